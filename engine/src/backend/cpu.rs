@@ -1,0 +1,227 @@
+//! The CPU backend: the reference implementation of every search stage (rayon over queries).
+//!
+//! Its results define what the wgpu and CUDA backends must return. It favours clarity with
+//! SGEMM for the dense stages; hand-written SIMD belongs in separate per-instruction-set files.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use super::{Backend, Candidates, LookupTables, Neighbors, PreparedIndex, Probes, Slot};
+use crate::error::EngineError;
+use crate::index::IvfPqIndex;
+use crate::linalg::{dot, gemm_abt, row_norms_sq};
+use crate::list::CodeLayout;
+use crate::topk::TopK;
+
+/// The CPU reference backend.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuBackend;
+
+/// An index prepared for the CPU: the index plus precomputed per-list tables for L2.
+#[derive(Debug)]
+pub struct CpuPrepared {
+    index: Arc<IvfPqIndex>,
+    centroid_norms: Vec<f32>,
+    /// L2 only: `nlist × M × ksub` values `‖C_mj‖² + 2 <c_l,m, C_mj>`.
+    l2_list_terms: Option<Vec<f32>>,
+}
+
+impl PreparedIndex for CpuPrepared {
+    fn index(&self) -> &IvfPqIndex {
+        &self.index
+    }
+}
+
+/// Queries per parallel task of the coarse stage.
+const COARSE_BLOCK: usize = 32;
+
+#[inline]
+fn pack(list: usize, offset: usize) -> u64 {
+    (list as u64) << 32 | offset as u64
+}
+
+#[inline]
+fn unpack(v: u64) -> Slot {
+    Slot { list: (v >> 32) as u32, offset: v as u32 }
+}
+
+impl Backend for CpuBackend {
+    type Prepared = CpuPrepared;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn prepare(&self, index: Arc<IvfPqIndex>) -> Result<CpuPrepared, EngineError> {
+        let centroid_norms = row_norms_sq(index.centroids(), index.dim());
+        let l2_list_terms = if index.metric().is_inner_product() {
+            None
+        } else {
+            let pq = index.pq();
+            let (m, ksub) = (pq.m(), pq.ksub());
+            let mut terms = vec![0f32; index.nlist() * m * ksub];
+            pq.inner_product_tables(index.centroids(), &mut terms);
+            let norms = pq.centroid_norms();
+            terms.par_chunks_mut(m * ksub).for_each(|t| {
+                t.iter_mut().zip(norms).for_each(|(v, n)| *v = n + 2.0 * *v);
+            });
+            Some(terms)
+        };
+        Ok(CpuPrepared { index, centroid_norms, l2_list_terms })
+    }
+
+    fn coarse_search(&self, p: &CpuPrepared, queries: &[f32], nprobe: usize) -> Result<Probes, EngineError> {
+        let index = &p.index;
+        let (dim, nlist) = (index.dim(), index.nlist());
+        let nq = queries.len() / dim;
+        let ip_metric = index.metric().is_inner_product();
+        let mut lists = vec![0u32; nq * nprobe];
+        let mut scores = vec![0f32; nq * nprobe];
+        queries
+            .par_chunks(COARSE_BLOCK * dim)
+            .zip(lists.par_chunks_mut(COARSE_BLOCK * nprobe))
+            .zip(scores.par_chunks_mut(COARSE_BLOCK * nprobe))
+            .for_each(|((qs, l_out), s_out)| {
+                let rows = qs.len() / dim;
+                let mut ip = vec![0f32; rows * nlist];
+                gemm_abt(qs, dim, rows, index.centroids(), dim, nlist, dim, &mut ip, nlist);
+                let mut top = TopK::new(nprobe);
+                for r in 0..rows {
+                    let q_norm = if ip_metric { 0.0 } else { dot(&qs[r * dim..(r + 1) * dim], &qs[r * dim..(r + 1) * dim]) };
+                    top.clear();
+                    for (c, &v) in ip[r * nlist..(r + 1) * nlist].iter().enumerate() {
+                        let s = if ip_metric { -v } else { (q_norm + p.centroid_norms[c] - 2.0 * v).max(0.0) };
+                        if s <= top.threshold() {
+                            top.push(s, c as u32);
+                        }
+                    }
+                    for (j, e) in top.drain_sorted().into_iter().enumerate() {
+                        l_out[r * nprobe + j] = e.item;
+                        s_out[r * nprobe + j] = e.score;
+                    }
+                }
+            });
+        Ok(Probes { nprobe, lists, scores })
+    }
+
+    fn lookup_tables(&self, p: &CpuPrepared, queries: &[f32]) -> Result<LookupTables, EngineError> {
+        let pq = p.index.pq();
+        let nq = queries.len() / p.index.dim();
+        let (m, ksub) = (pq.m(), pq.ksub());
+        let mut values = vec![0f32; nq * m * ksub];
+        pq.inner_product_tables(queries, &mut values);
+        let factor = if p.index.metric().is_inner_product() { -1.0 } else { -2.0 };
+        values.par_iter_mut().for_each(|v| *v *= factor);
+        Ok(LookupTables { m, ksub, values })
+    }
+
+    fn scan(&self, p: &CpuPrepared, probes: &Probes, tables: &LookupTables, keep: usize) -> Result<Candidates, EngineError> {
+        let index = &p.index;
+        let CodeLayout::Flat = index.layout();
+        let (m, ksub) = (tables.m, tables.ksub);
+        let table_len = m * ksub;
+        let nq = probes.lists.len() / probes.nprobe.max(1);
+        let mut slots = vec![Slot::NONE; nq * keep];
+        let mut scores = vec![f32::INFINITY; nq * keep];
+        slots
+            .par_chunks_mut(keep)
+            .zip(scores.par_chunks_mut(keep))
+            .enumerate()
+            .for_each_init(
+                || (TopK::new(keep), vec![0f32; table_len]),
+                |(top, combined), (q, (slot_out, score_out))| {
+                    top.clear();
+                    let q_table = &tables.values[q * table_len..(q + 1) * table_len];
+                    for j in 0..probes.nprobe {
+                        let l = probes.lists[q * probes.nprobe + j] as usize;
+                        let bias = probes.scores[q * probes.nprobe + j];
+                        let list = &index.lists()[l];
+                        let table: &[f32] = match &p.l2_list_terms {
+                            None => q_table,
+                            Some(terms) => {
+                                let t = &terms[l * table_len..(l + 1) * table_len];
+                                combined.iter_mut().zip(t.iter().zip(q_table)).for_each(|(o, (a, b))| *o = a + b);
+                                combined
+                            }
+                        };
+                        scan_flat_codes(list.codes.as_slice(), m, ksub, table, bias, l, list, top);
+                    }
+                    for (i, e) in top.drain_sorted().into_iter().enumerate() {
+                        slot_out[i] = unpack(e.item);
+                        score_out[i] = e.score;
+                    }
+                },
+            );
+        Ok(Candidates { per_query: keep, slots, scores })
+    }
+
+    fn refine(&self, p: &CpuPrepared, queries: &[f32], candidates: &Candidates, k: usize) -> Result<Neighbors, EngineError> {
+        let index = &p.index;
+        let dim = index.dim();
+        let metric = index.metric();
+        let nq = queries.len() / dim;
+        let per = candidates.per_query;
+        let has_raw = index.params().refine != crate::RefineKind::None;
+        let pad = Neighbors::padding_distance(metric);
+        let mut ids = vec![-1i64; nq * k];
+        let mut distances = vec![pad; nq * k];
+        ids.par_chunks_mut(k).zip(distances.par_chunks_mut(k)).enumerate().for_each_init(
+            || (TopK::new(k), vec![0f32; dim]),
+            |(top, buf), (q, (id_out, d_out))| {
+                top.clear();
+                let query = &queries[q * dim..(q + 1) * dim];
+                let slots = &candidates.slots[q * per..(q + 1) * per];
+                let approx = &candidates.scores[q * per..(q + 1) * per];
+                for (slot, &approx_score) in slots.iter().zip(approx) {
+                    if *slot == Slot::NONE {
+                        break;
+                    }
+                    let list = &index.lists()[slot.list as usize];
+                    let id = list.ids.as_slice()[slot.offset as usize];
+                    let score = if has_raw && list.raw_vector(slot.offset as usize, buf) {
+                        metric.score(query, buf)
+                    } else {
+                        approx_score
+                    };
+                    top.push(score, id);
+                }
+                for (i, e) in top.drain_sorted().into_iter().enumerate() {
+                    id_out[i] = e.item as i64;
+                    d_out[i] = metric.reported(e.score);
+                }
+            },
+        );
+        Ok(Neighbors { k, ids, distances })
+    }
+}
+
+/// Scores every live code of one list through `table` (`M × ksub`), offering each to `top`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn scan_flat_codes(
+    codes: &[u8],
+    m: usize,
+    ksub: usize,
+    table: &[f32],
+    bias: f32,
+    list_no: usize,
+    list: &crate::list::InvertedList,
+    top: &mut TopK<u64>,
+) {
+    let tombstones = list.tombstones();
+    for (s, code) in codes.chunks_exact(m).enumerate() {
+        let mut acc = bias;
+        for (t, &c) in table.chunks_exact(ksub).zip(code) {
+            acc += t[c as usize];
+        }
+        if acc <= top.threshold() {
+            if let Some(bits) = tombstones {
+                if bits[s / 64] >> (s % 64) & 1 == 1 {
+                    continue;
+                }
+            }
+            top.push(acc, pack(list_no, s));
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The backend boundary: every search stage of an IVF-PQ index behind one batch-first trait.
+//!
+//! An index is prepared once for a backend ([`Backend::prepare`]: an upload to a device, or
+//! precomputed tables on the CPU) and searched many times with per-call [`SearchParams`]. The
+//! stages are, in order:
+//! 1. [`Backend::coarse_search`]: the nprobe nearest coarse centroids of each query;
+//! 2. [`Backend::lookup_tables`]: per query, `M × ksub` PQ lookup tables;
+//! 3. [`Backend::scan`]: the probed lists' codes scored through the tables, keeping each
+//!    query's best `keep` candidates (the per-query top-k);
+//! 4. [`Backend::refine`]: candidates re-ranked by exact distance on raw vectors (or, without
+//!    raw vectors, the best k approximate candidates), giving ids and reported distances.
+//!
+//! [`Backend::search`] validates the batch, tiles it and runs the stages; a backend may
+//! override it to fuse stages. The CPU backend is the reference the others must match.
+
+pub mod cpu;
+
+use std::sync::Arc;
+
+use crate::error::EngineError;
+use crate::index::IvfPqIndex;
+use crate::metric::Metric;
+
+/// Largest k a search may ask for.
+pub const MAX_K: usize = 16_384;
+/// Largest number of candidates (`k × refine_factor`) a search may keep per query.
+pub const MAX_CANDIDATES: usize = 1 << 20;
+
+/// Per-call search parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SearchParams {
+    /// Neighbours returned per query.
+    pub k: usize,
+    /// Lists probed per query.
+    pub nprobe: usize,
+    /// With raw vectors, `k × refine_factor` PQ candidates are re-ranked exactly. Must be 1
+    /// for an index without raw vectors.
+    pub refine_factor: usize,
+}
+
+impl SearchParams {
+    /// Checks the parameters against an index.
+    pub fn validate(&self, index: &IvfPqIndex) -> Result<(), EngineError> {
+        if self.k == 0 || self.k > MAX_K {
+            return Err(EngineError::KOutOfRange { k: self.k, max: MAX_K });
+        }
+        if self.nprobe == 0 || self.nprobe > index.nlist() {
+            return Err(EngineError::NprobeOutOfRange { nprobe: self.nprobe, nlist: index.nlist() });
+        }
+        if self.refine_factor == 0 {
+            return Err(EngineError::InvalidParameter { name: "refine_factor", reason: "must be at least 1".into() });
+        }
+        if self.refine_factor > 1 && index.params().refine == crate::RefineKind::None {
+            return Err(EngineError::RefineUnavailable { refine_factor: self.refine_factor });
+        }
+        if self.k.saturating_mul(self.refine_factor) > MAX_CANDIDATES {
+            return Err(EngineError::InvalidParameter {
+                name: "refine_factor",
+                reason: format!("k × refine_factor = {} exceeds {MAX_CANDIDATES}", self.k.saturating_mul(self.refine_factor)),
+            });
+        }
+        Ok(())
+    }
+
+    /// Candidates the scan keeps per query.
+    pub fn candidates(&self) -> usize {
+        self.k * self.refine_factor
+    }
+}
+
+/// Output of the coarse stage: the probed lists of each query, best first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probes {
+    /// Lists per query.
+    pub nprobe: usize,
+    /// `nq × nprobe` list numbers.
+    pub lists: Vec<u32>,
+    /// `nq × nprobe` coarse scores: `-<q, c>` for inner-product metrics, `‖q − c‖²` for L2.
+    pub scores: Vec<f32>,
+}
+
+/// Output of the table stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LookupTables {
+    /// Sub-quantizers.
+    pub m: usize,
+    /// Entries per sub-quantizer table.
+    pub ksub: usize,
+    /// `nq × M × ksub` values: `-<q_m, C_mj>` for inner-product metrics, `-2 <q_m, C_mj>`
+    /// for L2 (where the per-list term `‖C_mj‖² + 2 <c_m, C_mj>` is added by the scan).
+    pub values: Vec<f32>,
+}
+
+/// A candidate's place in the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Slot {
+    /// List number.
+    pub list: u32,
+    /// Position in the list.
+    pub offset: u32,
+}
+
+impl Slot {
+    /// Marks a padding entry (fewer candidates than asked for).
+    pub const NONE: Slot = Slot { list: u32::MAX, offset: u32::MAX };
+}
+
+/// Output of the scan stage: each query's best candidates by approximate score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidates {
+    /// Candidates per query (padded with [`Slot::NONE`] and infinite scores).
+    pub per_query: usize,
+    /// `nq × per_query` slots, best first within each query.
+    pub slots: Vec<Slot>,
+    /// `nq × per_query` approximate scores (lower is better).
+    pub scores: Vec<f32>,
+}
+
+/// Final search results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Neighbors {
+    /// Neighbours per query.
+    pub k: usize,
+    /// `nq × k` ids, best first; `-1` pads queries with fewer than k results.
+    pub ids: Vec<i64>,
+    /// `nq × k` distances in the metric's reported direction (see [`Metric`]); padding is
+    /// `+∞` for L2 and `-∞` for inner-product metrics.
+    pub distances: Vec<f32>,
+}
+
+impl Neighbors {
+    /// Empty results for `k` neighbours.
+    pub fn new(k: usize) -> Self {
+        Neighbors { k, ids: Vec::new(), distances: Vec::new() }
+    }
+    /// Number of queries.
+    pub fn len(&self) -> usize {
+        self.ids.len().checked_div(self.k).unwrap_or(0)
+    }
+    /// True when there are no queries.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+    /// Ids of query `q`.
+    pub fn ids_of(&self, q: usize) -> &[i64] {
+        &self.ids[q * self.k..(q + 1) * self.k]
+    }
+    /// Distances of query `q`.
+    pub fn distances_of(&self, q: usize) -> &[f32] {
+        &self.distances[q * self.k..(q + 1) * self.k]
+    }
+    /// Appends another batch's results (same k).
+    pub fn extend(&mut self, other: Neighbors) {
+        debug_assert_eq!(self.k, other.k);
+        self.ids.extend(other.ids);
+        self.distances.extend(other.distances);
+    }
+    /// The padding distance of a metric.
+    pub fn padding_distance(metric: Metric) -> f32 {
+        if metric.is_inner_product() {
+            f32::NEG_INFINITY
+        } else {
+            f32::INFINITY
+        }
+    }
+}
+
+/// An index prepared for one backend.
+pub trait PreparedIndex: Send + Sync {
+    /// The index it was prepared from.
+    fn index(&self) -> &IvfPqIndex;
+}
+
+/// A search backend (CPU, wgpu, CUDA). Every method takes a batch of queries: row-major,
+/// `nq × dim`, already validated and normalised by [`Backend::search`].
+pub trait Backend: Send + Sync {
+    /// The backend's form of a prepared index (device buffers, precomputed tables).
+    type Prepared: PreparedIndex;
+
+    /// Short name (`cpu`, `wgpu`, `cuda`).
+    fn name(&self) -> &'static str;
+
+    /// Prepares an index for repeated searches.
+    fn prepare(&self, index: Arc<IvfPqIndex>) -> Result<Self::Prepared, EngineError>;
+
+    /// Stage 1: the `nprobe` best lists per query.
+    fn coarse_search(&self, prepared: &Self::Prepared, queries: &[f32], nprobe: usize) -> Result<Probes, EngineError>;
+
+    /// Stage 2: the PQ lookup tables of each query.
+    fn lookup_tables(&self, prepared: &Self::Prepared, queries: &[f32]) -> Result<LookupTables, EngineError>;
+
+    /// Stage 3: scan the probed lists, keeping each query's best `keep` candidates.
+    fn scan(
+        &self,
+        prepared: &Self::Prepared,
+        probes: &Probes,
+        tables: &LookupTables,
+        keep: usize,
+    ) -> Result<Candidates, EngineError>;
+
+    /// Stage 4: the final `k` neighbours of each query from its candidates.
+    fn refine(
+        &self,
+        prepared: &Self::Prepared,
+        queries: &[f32],
+        candidates: &Candidates,
+        k: usize,
+    ) -> Result<Neighbors, EngineError>;
+
+    /// Queries per tile of [`Backend::search`] (bounds the lookup tables' memory).
+    fn max_batch(&self, prepared: &Self::Prepared) -> usize {
+        let per_query = prepared.index().pq().m() * prepared.index().pq().ksub() * 4;
+        ((64 << 20) / per_query.max(1)).clamp(1, 1024)
+    }
+
+    /// Searches a batch: validates, normalises (cosine), tiles and runs the four stages.
+    fn search(&self, prepared: &Self::Prepared, queries: &[f32], params: &SearchParams) -> Result<Neighbors, EngineError> {
+        let index = prepared.index();
+        params.validate(index)?;
+        let queries = index.prepare_queries(queries)?;
+        let dim = index.dim();
+        let tile = self.max_batch(prepared);
+        let mut out = Neighbors::new(params.k);
+        for chunk in queries.chunks(tile * dim) {
+            let probes = self.coarse_search(prepared, chunk, params.nprobe)?;
+            let tables = self.lookup_tables(prepared, chunk)?;
+            let candidates = self.scan(prepared, &probes, &tables, params.candidates())?;
+            out.extend(self.refine(prepared, chunk, &candidates, params.k)?);
+        }
+        Ok(out)
+    }
+}

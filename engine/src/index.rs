@@ -1,0 +1,397 @@
+//! The IVF-PQ index: a coarse quantizer (nlist k-means centroids), inverted lists of
+//! (id, PQ code of the residual, optional raw vector), and the product quantizer.
+//!
+//! This module owns the index's state and its write path (train, add, delete, compact). It does
+//! not search: searching is the job of a [`crate::backend::Backend`], which reads the index.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use crate::error::EngineError;
+use crate::kmeans::{self, Assignment, KMeansParams};
+use crate::linalg::normalize_rows;
+use crate::list::{CodeLayout, InvertedList, RawVectors};
+use crate::metric::Metric;
+use crate::pq::ProductQuantizer;
+use crate::progress::Progress;
+use crate::storage::Storage;
+
+/// Which raw vectors an index keeps for exact re-ranking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefineKind {
+    /// No raw vectors: results carry PQ-approximated distances.
+    None,
+    /// Half-precision raw vectors (2 bytes per component).
+    F16,
+    /// Single-precision raw vectors (4 bytes per component).
+    F32,
+}
+
+impl RefineKind {
+    /// Stable code used in index files.
+    pub fn code(self) -> u8 {
+        match self {
+            RefineKind::None => 0,
+            RefineKind::F16 => 1,
+            RefineKind::F32 => 2,
+        }
+    }
+    /// Inverse of [`RefineKind::code`].
+    pub fn from_code(c: u8) -> Option<Self> {
+        match c {
+            0 => Some(RefineKind::None),
+            1 => Some(RefineKind::F16),
+            2 => Some(RefineKind::F32),
+            _ => None,
+        }
+    }
+    /// Bytes per component of a kept raw vector.
+    pub fn bytes_per_component(self) -> usize {
+        match self {
+            RefineKind::None => 0,
+            RefineKind::F16 => 2,
+            RefineKind::F32 => 4,
+        }
+    }
+    /// Name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            RefineKind::None => "none",
+            RefineKind::F16 => "f16",
+            RefineKind::F32 => "f32",
+        }
+    }
+}
+
+impl std::str::FromStr for RefineKind {
+    type Err = EngineError;
+    fn from_str(s: &str) -> Result<Self, EngineError> {
+        match s {
+            "none" => Ok(RefineKind::None),
+            "f16" => Ok(RefineKind::F16),
+            "f32" => Ok(RefineKind::F32),
+            _ => Err(EngineError::InvalidParameter { name: "refine", reason: format!("{s:?} (expected none, f16 or f32)") }),
+        }
+    }
+}
+
+/// Build parameters of an index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexParams {
+    /// Distance metric.
+    pub metric: Metric,
+    /// Vector dimension.
+    pub dim: usize,
+    /// Number of inverted lists (coarse centroids).
+    pub nlist: usize,
+    /// Number of PQ sub-quantizers `M`.
+    pub pq_m: usize,
+    /// Bits per PQ code (8).
+    pub pq_bits: u32,
+    /// Raw vectors kept for refine.
+    pub refine: RefineKind,
+    /// Seed of every random choice in training.
+    pub seed: u64,
+    /// Coarse k-means iterations.
+    pub kmeans_iterations: usize,
+}
+
+impl IndexParams {
+    /// Parameters with defaults: 8-bit PQ, no refine, seed 1234, 20 k-means iterations.
+    pub fn new(metric: Metric, dim: usize, nlist: usize, pq_m: usize) -> Self {
+        IndexParams { metric, dim, nlist, pq_m, pq_bits: 8, refine: RefineKind::None, seed: 1234, kmeans_iterations: 20 }
+    }
+
+    /// Checks the parameters on their own (not against data).
+    pub fn validate(&self) -> Result<(), EngineError> {
+        if self.dim == 0 || self.dim > MAX_DIM {
+            return Err(EngineError::InvalidParameter { name: "dimension", reason: format!("{} (must be 1..={MAX_DIM})", self.dim) });
+        }
+        if self.nlist == 0 || self.nlist > MAX_NLIST {
+            return Err(EngineError::InvalidParameter { name: "nlist", reason: format!("{} (must be 1..={MAX_NLIST})", self.nlist) });
+        }
+        if self.kmeans_iterations == 0 {
+            return Err(EngineError::InvalidParameter { name: "kmeans_iterations", reason: "must be at least 1".into() });
+        }
+        ProductQuantizer::validate(self.dim, self.pq_m, self.pq_bits)
+    }
+
+    /// Recommended number of training vectors: 256 per coarse centroid, and at least 256 × 256
+    /// for the PQ (FAISS's defaults).
+    pub fn default_train_sample(&self) -> usize {
+        (self.nlist * 256).max(256 * 256)
+    }
+}
+
+/// Largest supported dimension.
+pub const MAX_DIM: usize = 65_536;
+/// Largest supported number of lists.
+pub const MAX_NLIST: usize = 1 << 20;
+
+/// Where an id lives: (list, slot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    /// List number.
+    pub list: u32,
+    /// Slot in the list.
+    pub slot: u32,
+}
+
+/// A trained IVF-PQ index.
+#[derive(Debug, Clone)]
+pub struct IvfPqIndex {
+    params: IndexParams,
+    centroids: Vec<f32>,
+    pq: ProductQuantizer,
+    layout: CodeLayout,
+    lists: Vec<InvertedList>,
+    locations: HashMap<u64, Location>,
+    next_id: u64,
+}
+
+/// Rows added per encoding block (bounds temporary memory during add).
+const ADD_BLOCK: usize = 16_384;
+
+impl IvfPqIndex {
+    /// Trains the coarse quantizer and the PQ on `sample` (row-major `n × dim`), giving an
+    /// empty index.
+    pub fn train(params: IndexParams, sample: &[f32], progress: &dyn Progress) -> Result<Self, EngineError> {
+        params.validate()?;
+        let dim = params.dim;
+        if sample.len() % dim != 0 {
+            return Err(EngineError::DimensionMismatch { expected: dim, got: sample.len() % dim });
+        }
+        let n = sample.len() / dim;
+        if n < params.nlist {
+            return Err(EngineError::TooFewTrainingVectors { clusters: params.nlist, points: n });
+        }
+        let ksub = 1usize << params.pq_bits;
+        if n < ksub {
+            return Err(EngineError::TooFewTrainingVectors { clusters: ksub, points: n });
+        }
+        let sample = prepare_vectors(params.metric, dim, sample)?;
+        let assignment = if params.metric.is_inner_product() { Assignment::InnerProduct } else { Assignment::L2 };
+        let km = kmeans::train(
+            &sample,
+            dim,
+            &KMeansParams {
+                clusters: params.nlist,
+                iterations: params.kmeans_iterations,
+                seed: params.seed,
+                max_points_per_centroid: 256,
+                assignment,
+                init: kmeans::Init::Random,
+            },
+            progress,
+        )?;
+        let centroids = km.centroids;
+        // PQ on residuals of (at most 256 × 256) sample points.
+        let mut assign = vec![0u32; n];
+        let mut score = vec![0f32; n];
+        kmeans::assign_nearest(&sample, dim, &centroids, assignment, &mut assign, &mut score);
+        let mut residuals = sample.into_owned();
+        for (row, &a) in residuals.chunks_exact_mut(dim).zip(&assign) {
+            let c = &centroids[a as usize * dim..(a as usize + 1) * dim];
+            row.iter_mut().zip(c).for_each(|(x, c)| *x -= c);
+        }
+        let pq = ProductQuantizer::train(&residuals, dim, params.pq_m, params.pq_bits, params.seed ^ 0x5EED, progress)?;
+        Ok(Self::from_parts(params, centroids, pq, Vec::new()))
+    }
+
+    /// Assembles an index from stored parts; `lists` empty means `nlist` empty lists.
+    pub fn from_parts(params: IndexParams, centroids: Vec<f32>, pq: ProductQuantizer, mut lists: Vec<InvertedList>) -> Self {
+        if lists.is_empty() {
+            let raw = || match params.refine {
+                RefineKind::None => RawVectors::None,
+                RefineKind::F16 => RawVectors::F16(Storage::default()),
+                RefineKind::F32 => RawVectors::F32(Storage::default()),
+            };
+            lists = (0..params.nlist).map(|_| InvertedList::from_parts(Storage::default(), Storage::default(), raw())).collect();
+        }
+        let mut locations = HashMap::new();
+        let mut next_id = 0;
+        for (l, list) in lists.iter().enumerate() {
+            for (s, &id) in list.ids.as_slice().iter().enumerate() {
+                if !list.is_deleted(s) {
+                    locations.insert(id, Location { list: l as u32, slot: s as u32 });
+                    next_id = next_id.max(id + 1);
+                }
+            }
+        }
+        IvfPqIndex { params, centroids, pq, layout: CodeLayout::Flat, lists, locations, next_id }
+    }
+
+    /// Adds vectors (row-major `n × dim`) with the given ids, or with sequential ids after the
+    /// largest id so far. Nothing is added if any vector or id is invalid.
+    pub fn add(&mut self, vectors: &[f32], ids: Option<&[u64]>, progress: &dyn Progress) -> Result<(), EngineError> {
+        let dim = self.params.dim;
+        if vectors.len() % dim != 0 {
+            return Err(EngineError::DimensionMismatch { expected: dim, got: vectors.len() % dim });
+        }
+        let n = vectors.len() / dim;
+        let ids: Cow<[u64]> = match ids {
+            Some(ids) => {
+                if ids.len() != n {
+                    return Err(EngineError::IdCountMismatch { ids: ids.len(), vectors: n });
+                }
+                let mut seen = std::collections::HashSet::with_capacity(n);
+                for (row, &id) in ids.iter().enumerate() {
+                    if id > i64::MAX as u64 {
+                        return Err(EngineError::InvalidId { id: id as i64, row });
+                    }
+                    if self.locations.contains_key(&id) || !seen.insert(id) {
+                        return Err(EngineError::DuplicateId { id });
+                    }
+                }
+                Cow::Borrowed(ids)
+            }
+            None => Cow::Owned((self.next_id..self.next_id + n as u64).collect()),
+        };
+        let vectors = prepare_vectors(self.params.metric, dim, vectors)?;
+        let assignment = if self.params.metric.is_inner_product() { Assignment::InnerProduct } else { Assignment::L2 };
+        let cs = self.pq.code_size();
+        progress.stage("adding", n as u64);
+        for (b, block) in vectors.chunks(ADD_BLOCK * dim).enumerate() {
+            let rows = block.len() / dim;
+            let mut assign = vec![0u32; rows];
+            let mut score = vec![0f32; rows];
+            kmeans::assign_nearest(block, dim, &self.centroids, assignment, &mut assign, &mut score);
+            let mut residuals = block.to_vec();
+            for (row, &a) in residuals.chunks_exact_mut(dim).zip(&assign) {
+                let c = &self.centroids[a as usize * dim..(a as usize + 1) * dim];
+                row.iter_mut().zip(c).for_each(|(x, c)| *x -= c);
+            }
+            let mut codes = vec![0u8; rows * cs];
+            self.pq.encode(&residuals, &mut codes);
+            for r in 0..rows {
+                let id = ids[b * ADD_BLOCK + r];
+                let list = &mut self.lists[assign[r] as usize];
+                let slot = list.len() as u32;
+                list.push(id, &codes[r * cs..(r + 1) * cs], &block[r * dim..(r + 1) * dim]);
+                self.locations.insert(id, Location { list: assign[r], slot });
+                self.next_id = self.next_id.max(id + 1);
+            }
+            progress.advance(rows as u64);
+        }
+        progress.finish_stage();
+        Ok(())
+    }
+
+    /// Deletes the given ids (tombstones); returns how many were present.
+    pub fn delete(&mut self, ids: &[u64]) -> usize {
+        let mut removed = 0;
+        for id in ids {
+            if let Some(loc) = self.locations.remove(id) {
+                if self.lists[loc.list as usize].mark_deleted(loc.slot as usize) {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
+    /// Drops tombstoned entries from every list.
+    pub fn compact(&mut self) {
+        if self.lists.iter().all(|l| l.deleted_count() == 0) {
+            return;
+        }
+        let (cs, dim) = (self.pq.code_size(), self.params.dim);
+        let lists = self.lists.iter().map(|l| l.compacted(cs, dim)).collect();
+        *self = Self::from_parts(self.params.clone(), std::mem::take(&mut self.centroids), self.pq.clone(), lists);
+    }
+
+    /// Checks a query batch and returns it ready to search (normalised for cosine).
+    pub fn prepare_queries<'a>(&self, queries: &'a [f32]) -> Result<Cow<'a, [f32]>, EngineError> {
+        let dim = self.params.dim;
+        if queries.len() % dim != 0 {
+            let got = if queries.len() < dim { queries.len() } else { queries.len() % dim };
+            return Err(EngineError::DimensionMismatch { expected: dim, got });
+        }
+        prepare_vectors(self.params.metric, dim, queries)
+    }
+
+    /// True when `id` is present (not deleted).
+    pub fn contains(&self, id: u64) -> bool {
+        self.locations.contains_key(&id)
+    }
+    /// Where `id` is stored.
+    pub fn location(&self, id: u64) -> Option<Location> {
+        self.locations.get(&id).copied()
+    }
+    /// Build parameters.
+    pub fn params(&self) -> &IndexParams {
+        &self.params
+    }
+    /// Metric.
+    pub fn metric(&self) -> Metric {
+        self.params.metric
+    }
+    /// Dimension.
+    pub fn dim(&self) -> usize {
+        self.params.dim
+    }
+    /// Number of lists.
+    pub fn nlist(&self) -> usize {
+        self.params.nlist
+    }
+    /// Coarse centroids, `nlist × dim`.
+    pub fn centroids(&self) -> &[f32] {
+        &self.centroids
+    }
+    /// The product quantizer.
+    pub fn pq(&self) -> &ProductQuantizer {
+        &self.pq
+    }
+    /// The code layout of the lists.
+    pub fn layout(&self) -> CodeLayout {
+        self.layout
+    }
+    /// The inverted lists.
+    pub fn lists(&self) -> &[InvertedList] {
+        &self.lists
+    }
+    /// Number of live vectors.
+    pub fn len(&self) -> usize {
+        self.locations.len()
+    }
+    /// True when no vector is live.
+    pub fn is_empty(&self) -> bool {
+        self.locations.is_empty()
+    }
+    /// Number of tombstoned entries awaiting compaction.
+    pub fn deleted_count(&self) -> usize {
+        self.lists.iter().map(|l| l.deleted_count()).sum()
+    }
+    /// Next sequential id.
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+    }
+    /// Bytes stored per vector: id, PQ code and raw vector.
+    pub fn bytes_per_vector(&self) -> usize {
+        8 + self.pq.code_size() + self.params.dim * self.params.refine.bytes_per_component()
+    }
+    /// Bytes held by the index's data (centroids, codebooks, lists), mapped or not.
+    pub fn data_bytes(&self) -> usize {
+        let slots: usize = self.lists.iter().map(|l| l.len()).sum();
+        self.centroids.len() * 4 + self.pq.centroids().len() * 4 + slots * self.bytes_per_vector()
+    }
+}
+
+/// Checks dimension and finiteness of row-major vectors and normalises them for cosine.
+pub fn prepare_vectors<'a>(metric: Metric, dim: usize, vectors: &'a [f32]) -> Result<Cow<'a, [f32]>, EngineError> {
+    if vectors.len() % dim != 0 {
+        return Err(EngineError::DimensionMismatch { expected: dim, got: vectors.len() % dim });
+    }
+    if let Some(pos) = vectors.iter().position(|v| !v.is_finite()) {
+        return Err(EngineError::NonFinite { row: pos / dim, component: pos % dim, value: vectors[pos] });
+    }
+    if metric.normalizes() {
+        let mut v = vectors.to_vec();
+        if let Some(row) = normalize_rows(&mut v, dim) {
+            return Err(EngineError::ZeroVector { row });
+        }
+        Ok(Cow::Owned(v))
+    } else {
+        Ok(Cow::Borrowed(vectors))
+    }
+}

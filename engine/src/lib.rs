@@ -1,0 +1,32 @@
+//! Quiver's engine: the IVF-PQ index and everything it is made of.
+//!
+//! The data path of a search is one way: a batch of queries → coarse search (top-nprobe lists)
+//! → lookup tables → list scan with per-query top-k → exact refine → results. Each stage sits
+//! behind [`backend::Backend`]; [`backend::cpu::CpuBackend`] is the reference the GPU backends
+//! (crates `quiver-shaders`, `quiver-kernels`) must agree with.
+//!
+//! This crate does no terminal or network I/O: callers report progress through
+//! [`progress::Progress`] and handle errors typed as [`EngineError`].
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod bruteforce;
+pub mod error;
+pub mod index;
+pub mod io;
+pub mod kmeans;
+pub mod linalg;
+pub mod list;
+pub mod metric;
+pub mod persist;
+pub mod pq;
+pub mod progress;
+pub mod storage;
+pub mod topk;
+
+pub use error::EngineError;
+pub use index::{IndexParams, IvfPqIndex, RefineKind};
+pub use metric::Metric;
+
+/// Result type of the engine.
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

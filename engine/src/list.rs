@@ -1,0 +1,199 @@
+//! Inverted lists: for each coarse centroid, the ids, PQ codes and (optionally) raw vectors of
+//! the vectors assigned to it, plus tombstones for deleted entries.
+//!
+//! Entries are addressed by their offset in the list; a deleted entry keeps its slot (and is
+//! skipped by scans) until the index is compacted, which saving does.
+
+use half::f16;
+
+use crate::storage::Storage;
+
+/// How PQ codes are laid out inside a list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeLayout {
+    /// `code_size` bytes per vector, vector after vector (8-bit PQ).
+    Flat,
+}
+
+impl CodeLayout {
+    /// Stable code used in index files.
+    pub fn code(self) -> u8 {
+        match self {
+            CodeLayout::Flat => 0,
+        }
+    }
+    /// Inverse of [`CodeLayout::code`].
+    pub fn from_code(c: u8) -> Option<Self> {
+        match c {
+            0 => Some(CodeLayout::Flat),
+            _ => None,
+        }
+    }
+}
+
+/// Raw vectors kept for exact re-ranking, in list order.
+#[derive(Debug, Clone, Default)]
+pub enum RawVectors {
+    /// None kept.
+    #[default]
+    None,
+    /// Half precision.
+    F16(Storage<f16>),
+    /// Single precision.
+    F32(Storage<f32>),
+}
+
+/// One inverted list.
+#[derive(Debug, Clone, Default)]
+pub struct InvertedList {
+    /// User ids, one per entry.
+    pub ids: Storage<u64>,
+    /// PQ codes, `code_size` bytes per entry.
+    pub codes: Storage<u8>,
+    /// Raw vectors, `dim` values per entry, if the index keeps them.
+    pub raw: RawVectors,
+    deleted: Option<Vec<u64>>,
+    deleted_count: usize,
+}
+
+impl InvertedList {
+    /// A list from stored parts, with no tombstones.
+    pub fn from_parts(ids: Storage<u64>, codes: Storage<u8>, raw: RawVectors) -> Self {
+        InvertedList { ids, codes, raw, deleted: None, deleted_count: 0 }
+    }
+
+    /// Number of slots, deleted ones included.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// True when the list has no slots.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of entries not deleted.
+    pub fn live_len(&self) -> usize {
+        self.len() - self.deleted_count
+    }
+
+    /// Number of tombstones.
+    pub fn deleted_count(&self) -> usize {
+        self.deleted_count
+    }
+
+    /// The tombstone bitmap (bit `i` of word `i / 64`), if any entry is deleted.
+    #[inline]
+    pub fn tombstones(&self) -> Option<&[u64]> {
+        self.deleted.as_deref()
+    }
+
+    /// True when slot `i` is deleted.
+    #[inline]
+    pub fn is_deleted(&self, i: usize) -> bool {
+        match &self.deleted {
+            Some(bits) => bits[i / 64] >> (i % 64) & 1 == 1,
+            None => false,
+        }
+    }
+
+    /// Marks slot `i` deleted; returns false if it already was.
+    pub fn mark_deleted(&mut self, i: usize) -> bool {
+        let words = self.len().div_ceil(64);
+        let bits = self.deleted.get_or_insert_with(|| vec![0; words]);
+        if bits.len() < words {
+            bits.resize(words, 0);
+        }
+        let (w, b) = (i / 64, i % 64);
+        if bits[w] >> b & 1 == 1 {
+            return false;
+        }
+        bits[w] |= 1 << b;
+        self.deleted_count += 1;
+        true
+    }
+
+    /// Appends one entry. `raw` must match the list's raw-vector kind (ignored when none).
+    pub fn push(&mut self, id: u64, code: &[u8], raw: &[f32]) {
+        self.ids.to_mut().push(id);
+        self.codes.to_mut().extend_from_slice(code);
+        match &mut self.raw {
+            RawVectors::None => {}
+            RawVectors::F16(s) => s.to_mut().extend(raw.iter().map(|&x| f16::from_f32(x))),
+            RawVectors::F32(s) => s.to_mut().extend_from_slice(raw),
+        }
+        if let Some(bits) = &mut self.deleted {
+            bits.resize(self.ids.len().div_ceil(64), 0);
+        }
+    }
+
+    /// Copies the raw vector of slot `i` into `out` (`dim` values). Returns false if the list
+    /// keeps no raw vectors.
+    #[inline]
+    pub fn raw_vector(&self, i: usize, out: &mut [f32]) -> bool {
+        let dim = out.len();
+        match &self.raw {
+            RawVectors::None => false,
+            RawVectors::F16(s) => {
+                let src = &s.as_slice()[i * dim..(i + 1) * dim];
+                half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, out);
+                true
+            }
+            RawVectors::F32(s) => {
+                out.copy_from_slice(&s.as_slice()[i * dim..(i + 1) * dim]);
+                true
+            }
+        }
+    }
+
+    /// A copy without the deleted entries (what is saved).
+    pub fn compacted(&self, code_size: usize, dim: usize) -> InvertedList {
+        if self.deleted_count == 0 {
+            return InvertedList::from_parts(self.ids.clone(), self.codes.clone(), self.raw.clone());
+        }
+        let keep: Vec<usize> = (0..self.len()).filter(|&i| !self.is_deleted(i)).collect();
+        let ids: Vec<u64> = keep.iter().map(|&i| self.ids.as_slice()[i]).collect();
+        let codes_src = self.codes.as_slice();
+        let codes: Vec<u8> = keep.iter().flat_map(|&i| &codes_src[i * code_size..(i + 1) * code_size]).copied().collect();
+        let raw = match &self.raw {
+            RawVectors::None => RawVectors::None,
+            RawVectors::F16(s) => {
+                let src = s.as_slice();
+                RawVectors::F16(keep.iter().flat_map(|&i| &src[i * dim..(i + 1) * dim]).copied().collect::<Vec<_>>().into())
+            }
+            RawVectors::F32(s) => {
+                let src = s.as_slice();
+                RawVectors::F32(keep.iter().flat_map(|&i| &src[i * dim..(i + 1) * dim]).copied().collect::<Vec<_>>().into())
+            }
+        };
+        InvertedList::from_parts(ids.into(), codes.into(), raw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_delete_compact() {
+        let mut l = InvertedList::from_parts(Storage::default(), Storage::default(), RawVectors::F16(Storage::default()));
+        for i in 0..130u64 {
+            l.push(i * 10, &[i as u8, 1], &[i as f32, 0.5]);
+        }
+        assert!(l.mark_deleted(3));
+        assert!(!l.mark_deleted(3));
+        assert!(l.mark_deleted(129));
+        assert_eq!(l.live_len(), 128);
+        assert!(l.is_deleted(129) && !l.is_deleted(128));
+        l.push(9999, &[7, 7], &[1.0, 2.0]);
+        assert!(!l.is_deleted(130));
+        let c = l.compacted(2, 2);
+        assert_eq!(c.len(), 129);
+        assert_eq!(c.ids.as_slice()[3], 40);
+        assert_eq!(&c.codes.as_slice()[6..8], &[4, 1]);
+        let mut v = [0.0; 2];
+        assert!(c.raw_vector(128, &mut v));
+        assert_eq!(v, [1.0, 2.0]);
+    }
+}

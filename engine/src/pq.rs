@@ -1,0 +1,292 @@
+//! Product quantizer: splits a vector into `M` sub-vectors and codes each by the nearest of
+//! `2^nbits` sub-centroids trained by k-means on that sub-space.
+//!
+//! Codes are stored vector-major, `code_size()` bytes per vector. With 8-bit codes each byte is
+//! one sub-quantizer's index; the `nbits` field and [`crate::list::CodeLayout`] leave room for
+//! the 4-bit fast-scan layout (two codes per byte, blocks of 32 vectors) without a format change.
+//! This module does not know about inverted lists or coarse centroids: it codes whatever
+//! vectors it is given (the index gives it residuals).
+
+use rayon::prelude::*;
+
+use crate::error::EngineError;
+use crate::kmeans::{self, Assignment, KMeansParams};
+use crate::linalg::{gemm_abt, row_norms_sq};
+use crate::progress::Progress;
+
+/// A trained product quantizer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProductQuantizer {
+    dim: usize,
+    m: usize,
+    nbits: u32,
+    /// `m × ksub × dsub` sub-centroids.
+    centroids: Vec<f32>,
+    /// `m × ksub` squared norms of the sub-centroids.
+    norms: Vec<f32>,
+}
+
+const ENCODE_BLOCK: usize = 256;
+
+impl ProductQuantizer {
+    /// Checks that `m` sub-quantizers of `nbits` bits can code vectors of dimension `dim`.
+    pub fn validate(dim: usize, m: usize, nbits: u32) -> Result<(), EngineError> {
+        if m == 0 {
+            return Err(EngineError::InvalidParameter { name: "pq", reason: "M must be at least 1".into() });
+        }
+        if dim % m != 0 {
+            return Err(EngineError::PqDoesNotDivide { dim, m });
+        }
+        if nbits != 8 {
+            return Err(EngineError::InvalidParameter {
+                name: "pq",
+                reason: format!("{nbits}-bit codes are not supported by this build (8-bit only)"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Trains on row-major `data` (`n × dim`; typically residuals to coarse centroids).
+    pub fn train(
+        data: &[f32],
+        dim: usize,
+        m: usize,
+        nbits: u32,
+        seed: u64,
+        progress: &dyn Progress,
+    ) -> Result<Self, EngineError> {
+        Self::validate(dim, m, nbits)?;
+        let n = data.len() / dim;
+        let ksub = 1usize << nbits;
+        if n < ksub {
+            return Err(EngineError::TooFewTrainingVectors { clusters: ksub, points: n });
+        }
+        let dsub = dim / m;
+        let mut centroids = Vec::with_capacity(m * ksub * dsub);
+        progress.stage("PQ training", m as u64);
+        for sub in 0..m {
+            let mut slice = Vec::with_capacity(n * dsub);
+            for row in data.chunks_exact(dim) {
+                slice.extend_from_slice(&row[sub * dsub..(sub + 1) * dsub]);
+            }
+            let params = KMeansParams {
+                clusters: ksub,
+                iterations: 25,
+                seed: seed.wrapping_add(sub as u64 * 0x9E37_79B9),
+                max_points_per_centroid: 256,
+                assignment: Assignment::L2,
+                init: kmeans::Init::Random,
+            };
+            let km = kmeans::train(&slice, dsub, &params, &crate::progress::NoProgress)?;
+            centroids.extend_from_slice(&km.centroids);
+            progress.advance(1);
+        }
+        progress.finish_stage();
+        Ok(Self::from_parts(dim, m, nbits, centroids))
+    }
+
+    /// Rebuilds a quantizer from its stored parts (used when loading an index).
+    pub fn from_parts(dim: usize, m: usize, nbits: u32, centroids: Vec<f32>) -> Self {
+        let dsub = dim / m;
+        let norms = row_norms_sq(&centroids, dsub);
+        ProductQuantizer { dim, m, nbits, centroids, norms }
+    }
+
+    /// Vector dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+    /// Number of sub-quantizers `M`.
+    pub fn m(&self) -> usize {
+        self.m
+    }
+    /// Bits per sub-quantizer code.
+    pub fn nbits(&self) -> u32 {
+        self.nbits
+    }
+    /// Sub-vector dimension `dim / M`.
+    pub fn dsub(&self) -> usize {
+        self.dim / self.m
+    }
+    /// Centroids per sub-quantizer, `2^nbits`.
+    pub fn ksub(&self) -> usize {
+        1 << self.nbits
+    }
+    /// Bytes per coded vector.
+    pub fn code_size(&self) -> usize {
+        (self.m * self.nbits as usize).div_ceil(8)
+    }
+    /// The `M × ksub × dsub` sub-centroids.
+    pub fn centroids(&self) -> &[f32] {
+        &self.centroids
+    }
+    /// Sub-centroid `j` of sub-quantizer `sub`.
+    pub fn centroid(&self, sub: usize, j: usize) -> &[f32] {
+        let dsub = self.dsub();
+        let o = (sub * self.ksub() + j) * dsub;
+        &self.centroids[o..o + dsub]
+    }
+    /// Squared norms of the sub-centroids, `M × ksub`.
+    pub fn centroid_norms(&self) -> &[f32] {
+        &self.norms
+    }
+
+    /// Codes the row-major vectors `data` into `codes` (`code_size()` bytes per vector).
+    pub fn encode(&self, data: &[f32], codes: &mut [u8]) {
+        let (dim, dsub, ksub, cs) = (self.dim, self.dsub(), self.ksub(), self.code_size());
+        assert_eq!(data.len() / dim * cs, codes.len(), "encode: output size");
+        data.par_chunks(ENCODE_BLOCK * dim).zip(codes.par_chunks_mut(ENCODE_BLOCK * cs)).for_each(|(block, out)| {
+            let rows = block.len() / dim;
+            let mut ip = vec![0f32; rows * ksub];
+            for sub in 0..self.m {
+                let cents = &self.centroids[sub * ksub * dsub..(sub + 1) * ksub * dsub];
+                let norms = &self.norms[sub * ksub..(sub + 1) * ksub];
+                gemm_abt(&block[sub * dsub..], dim, rows, cents, dsub, ksub, dsub, &mut ip, ksub);
+                for r in 0..rows {
+                    let row = &ip[r * ksub..(r + 1) * ksub];
+                    let mut best = (f32::INFINITY, 0usize);
+                    for (j, (&v, &nn)) in row.iter().zip(norms).enumerate() {
+                        let s = nn - 2.0 * v;
+                        if s < best.0 {
+                            best = (s, j);
+                        }
+                    }
+                    out[r * cs + sub] = best.1 as u8;
+                }
+            }
+        });
+    }
+
+    /// Reconstructs vectors from their codes into `out` (row-major).
+    pub fn decode(&self, codes: &[u8], out: &mut [f32]) {
+        let (dim, dsub, cs) = (self.dim, self.dsub(), self.code_size());
+        for (code, row) in codes.chunks_exact(cs).zip(out.chunks_exact_mut(dim)) {
+            for sub in 0..self.m {
+                row[sub * dsub..(sub + 1) * dsub].copy_from_slice(self.centroid(sub, code[sub] as usize));
+            }
+        }
+    }
+
+    /// Inner-product lookup tables: `out[q][sub][j] = <query_q[sub], centroid(sub, j)>`, for
+    /// row-major queries (`nq × dim`); `out` holds `nq × M × ksub` values.
+    pub fn inner_product_tables(&self, queries: &[f32], out: &mut [f32]) {
+        let (dim, dsub, ksub, m) = (self.dim, self.dsub(), self.ksub(), self.m);
+        let nq = queries.len() / dim;
+        assert_eq!(out.len(), nq * m * ksub, "inner_product_tables: output size");
+        for sub in 0..m {
+            let cents = &self.centroids[sub * ksub * dsub..(sub + 1) * ksub * dsub];
+            gemm_abt(&queries[sub * dsub..], dim, nq, cents, dsub, ksub, dsub, &mut out[sub * ksub..], m * ksub);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::NoProgress;
+    use proptest::prelude::*;
+    use rand::{RngExt, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn data(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..n * dim).map(|i| rng.random_range(-1.0f32..1.0) + (i % dim) as f32 * 0.05).collect()
+    }
+
+    fn mse(pq: &ProductQuantizer, x: &[f32]) -> f64 {
+        let n = x.len() / pq.dim();
+        let mut codes = vec![0u8; n * pq.code_size()];
+        pq.encode(x, &mut codes);
+        let mut y = vec![0f32; x.len()];
+        pq.decode(&codes, &mut y);
+        x.iter().zip(&y).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / n as f64
+    }
+
+    #[test]
+    fn reconstruction_error_falls_as_m_grows() {
+        let dim = 16;
+        let x = data(2000, dim, 3);
+        let errs: Vec<f64> = [1, 2, 4, 8, 16]
+            .iter()
+            .map(|&m| mse(&ProductQuantizer::train(&x, dim, m, 8, 5, &NoProgress).unwrap(), &x))
+            .collect();
+        for w in errs.windows(2) {
+            assert!(w[1] < w[0], "error did not fall with M: {errs:?}");
+        }
+    }
+
+    #[test]
+    fn encode_picks_the_nearest_sub_centroid() {
+        let dim = 8;
+        let x = data(600, dim, 9);
+        let pq = ProductQuantizer::train(&x, dim, 4, 8, 1, &NoProgress).unwrap();
+        let mut codes = vec![0u8; 600 * pq.code_size()];
+        pq.encode(&x, &mut codes);
+        for (row, code) in x.chunks(dim).zip(codes.chunks(pq.code_size())).take(50) {
+            for sub in 0..4 {
+                let xs = &row[sub * 2..sub * 2 + 2];
+                let best = (0..256)
+                    .min_by(|&a, &b| {
+                        crate::linalg::l2_sq(xs, pq.centroid(sub, a)).total_cmp(&crate::linalg::l2_sq(xs, pq.centroid(sub, b)))
+                    })
+                    .unwrap();
+                let d_got = crate::linalg::l2_sq(xs, pq.centroid(sub, code[sub] as usize));
+                let d_best = crate::linalg::l2_sq(xs, pq.centroid(sub, best));
+                assert!(d_got <= d_best + 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn tables_equal_direct_inner_products() {
+        let dim = 12;
+        let x = data(400, dim, 4);
+        let pq = ProductQuantizer::train(&x, dim, 3, 8, 2, &NoProgress).unwrap();
+        let q = data(3, dim, 8);
+        let mut t = vec![0f32; 3 * 3 * 256];
+        pq.inner_product_tables(&q, &mut t);
+        for qi in 0..3 {
+            for sub in 0..3 {
+                for j in [0, 17, 255] {
+                    let want = crate::linalg::dot(&q[qi * dim + sub * 4..qi * dim + sub * 4 + 4], pq.centroid(sub, j));
+                    approx::assert_relative_eq!(t[(qi * 3 + sub) * 256 + j], want, epsilon = 1e-5);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let x = data(300, 10, 1);
+        assert!(matches!(
+            ProductQuantizer::train(&x, 10, 3, 8, 0, &NoProgress),
+            Err(EngineError::PqDoesNotDivide { dim: 10, m: 3 })
+        ));
+        assert!(matches!(
+            ProductQuantizer::train(&x[..100 * 10], 10, 5, 8, 0, &NoProgress),
+            Err(EngineError::TooFewTrainingVectors { clusters: 256, points: 100 })
+        ));
+        assert!(ProductQuantizer::validate(10, 0, 8).is_err());
+        assert!(ProductQuantizer::validate(10, 5, 4).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+        #[test]
+        fn decode_of_encode_is_a_fixed_point(seed in 0u64..1000) {
+            // Decoded vectors lie on the codebook, so re-encoding them gives the same codes.
+            let dim = 8;
+            let x = data(300, dim, seed);
+            let pq = ProductQuantizer::train(&x, dim, 2, 8, seed, &NoProgress).unwrap();
+            let mut c1 = vec![0u8; 300 * 2];
+            pq.encode(&x, &mut c1);
+            let mut y = vec![0f32; x.len()];
+            pq.decode(&c1, &mut y);
+            let mut c2 = vec![0u8; 300 * 2];
+            pq.encode(&y, &mut c2);
+            let mut y2 = vec![0f32; x.len()];
+            pq.decode(&c2, &mut y2);
+            prop_assert_eq!(y, y2);
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Copy-on-write typed storage: either an owned `Vec<T>` or a range of a memory-mapped index
+//! file.
+//!
+//! Loading an index maps its large sections (ids, codes, raw vectors) instead of copying them,
+//! so start-up costs one checksum pass and pages are shared with the OS cache. The first write
+//! to a mapped list copies that list alone into memory.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytemuck::Pod;
+use memmap2::Mmap;
+
+/// Elements of type `T`, owned or borrowed from a shared memory map.
+pub enum Storage<T: Pod> {
+    /// Owned in memory.
+    Owned(Vec<T>),
+    /// A byte range of a memory map; validated at construction to be aligned and sized for `T`.
+    Mapped {
+        /// The mapped file.
+        map: Arc<Mmap>,
+        /// Byte offset of the first element.
+        offset: usize,
+        /// Number of elements.
+        len: usize,
+    },
+}
+
+impl<T: Pod> Storage<T> {
+    /// Borrows `len` elements at byte `offset` of `map`; `None` if out of bounds or misaligned.
+    pub fn mapped(map: Arc<Mmap>, offset: usize, len: usize) -> Option<Self> {
+        let bytes = len.checked_mul(std::mem::size_of::<T>())?;
+        let end = offset.checked_add(bytes)?;
+        let slice = map.get(offset..end)?;
+        bytemuck::try_cast_slice::<u8, T>(slice).ok()?;
+        Some(Storage::Mapped { map, offset, len })
+    }
+
+    /// The elements.
+    #[inline]
+    pub fn as_slice(&self) -> &[T] {
+        match self {
+            Storage::Owned(v) => v,
+            Storage::Mapped { map, offset, len } => {
+                let bytes = &map[*offset..*offset + *len * std::mem::size_of::<T>()];
+                // Alignment and size were checked in `mapped`.
+                bytemuck::cast_slice(bytes)
+            }
+        }
+    }
+
+    /// Mutable access, copying mapped data into memory first.
+    pub fn to_mut(&mut self) -> &mut Vec<T> {
+        if let Storage::Mapped { .. } = self {
+            *self = Storage::Owned(self.as_slice().to_vec());
+        }
+        match self {
+            Storage::Owned(v) => v,
+            Storage::Mapped { .. } => unreachable!("converted to owned above"),
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// True when the data lives in a memory map.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self, Storage::Mapped { .. })
+    }
+}
+
+impl<T: Pod> Default for Storage<T> {
+    fn default() -> Self {
+        Storage::Owned(Vec::new())
+    }
+}
+
+impl<T: Pod> Clone for Storage<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Storage::Owned(v) => Storage::Owned(v.clone()),
+            Storage::Mapped { map, offset, len } => Storage::Mapped { map: map.clone(), offset: *offset, len: *len },
+        }
+    }
+}
+
+impl<T: Pod> fmt::Debug for Storage<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = if self.is_mapped() { "mapped" } else { "owned" };
+        write!(f, "Storage({kind}, {} elements)", self.len())
+    }
+}
+
+impl<T: Pod> From<Vec<T>> for Storage<T> {
+    fn from(v: Vec<T>) -> Self {
+        Storage::Owned(v)
+    }
+}
