@@ -85,6 +85,18 @@ const ASSIGN_BLOCK: usize = 256;
 /// Centroids per SGEMM tile, so that the distance buffer stays small for large k.
 const CENTROID_TILE: usize = 4096;
 
+/// `amount` distinct row numbers out of `n`, drawn with `seed`, in increasing order (all rows
+/// when `amount >= n`). Used to pick training samples from a file without reading it whole.
+pub fn sample_rows(n: usize, amount: usize, seed: u64) -> Vec<usize> {
+    if amount >= n {
+        return (0..n).collect();
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut v = sample(&mut rng, n, amount).into_vec();
+    v.sort_unstable();
+    v
+}
+
 /// Trains k-means on the row-major `points` (`n × dim`).
 pub fn train(
     points: &[f32],

@@ -42,7 +42,9 @@ impl VectorFile {
         let file = File::open(path).map_err(os)?;
         let meta = file.metadata().map_err(os)?;
         if meta.is_dir() {
-            return Err(os(std::io::Error::other("is a directory, not a vector file")));
+            return Err(os(std::io::Error::other(
+                "is a directory, not a vector file",
+            )));
         }
         let layout = match format {
             FileFormat::Npy => npy::probe(path, &file, meta.len())?,
@@ -281,9 +283,21 @@ mod tests {
             ("a.bvecs", ElementType::U8, bytes.clone()),
             ("a.npy", ElementType::F32, f.clone()),
             ("b.npy", ElementType::U8, bytes.clone()),
-            ("c.npy", ElementType::F16, f.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect()),
-            ("d.npy", ElementType::I32, bytes.iter().map(|v| v - 100.0).collect()),
-            ("a.ivecs", ElementType::I32, bytes.iter().map(|v| v * -3.0).collect()),
+            (
+                "c.npy",
+                ElementType::F16,
+                f.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect(),
+            ),
+            (
+                "d.npy",
+                ElementType::I32,
+                bytes.iter().map(|v| v - 100.0).collect(),
+            ),
+            (
+                "a.ivecs",
+                ElementType::I32,
+                bytes.iter().map(|v| v * -3.0).collect(),
+            ),
         ];
         for (name, el, data) in cases {
             let p = dir.path().join(name);

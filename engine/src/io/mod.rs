@@ -177,7 +177,9 @@ pub enum IoError {
     },
 
     /// A `.npy` file holds more data than its header's shape describes.
-    #[error("{path}: data section is {got} bytes, but the header's shape needs exactly {expected}")]
+    #[error(
+        "{path}: data section is {got} bytes, but the header's shape needs exactly {expected}"
+    )]
     TrailingBytes {
         /// The file concerned.
         path: PathBuf,
@@ -421,10 +423,22 @@ mod tests {
 
     #[test]
     fn format_detection() {
-        assert_eq!(FileFormat::from_path(Path::new("a/b.fvecs")).ok(), Some(FileFormat::Fvecs));
-        assert_eq!(FileFormat::from_path(Path::new("b.IVECS")).ok(), Some(FileFormat::Ivecs));
-        assert_eq!(FileFormat::from_path(Path::new("b.bvecs")).ok(), Some(FileFormat::Bvecs));
-        assert_eq!(FileFormat::from_path(Path::new("b.npy")).ok(), Some(FileFormat::Npy));
+        assert_eq!(
+            FileFormat::from_path(Path::new("a/b.fvecs")).ok(),
+            Some(FileFormat::Fvecs)
+        );
+        assert_eq!(
+            FileFormat::from_path(Path::new("b.IVECS")).ok(),
+            Some(FileFormat::Ivecs)
+        );
+        assert_eq!(
+            FileFormat::from_path(Path::new("b.bvecs")).ok(),
+            Some(FileFormat::Bvecs)
+        );
+        assert_eq!(
+            FileFormat::from_path(Path::new("b.npy")).ok(),
+            Some(FileFormat::Npy)
+        );
         for bad in ["b.txt", "b", "b.fvecs.gz", ".npy"] {
             let e = FileFormat::from_path(Path::new(bad)).unwrap_err();
             assert!(matches!(e, IoError::UnknownFormat { .. }), "{bad}: {e}");

@@ -100,10 +100,18 @@ pub(super) fn probe(path: &Path, file: &File, file_len: u64) -> Result<Layout, I
             12u64,
         ),
         2 | 3 => return Err(bad(path, "file ends inside the header length")),
-        _ => return Err(bad(path, format!("unsupported format version {major}.{minor}"))),
+        _ => {
+            return Err(bad(
+                path,
+                format!("unsupported format version {major}.{minor}"),
+            ))
+        }
     };
     if header_len > MAX_HEADER_LEN {
-        return Err(bad(path, format!("header length {header_len} is implausibly large")));
+        return Err(bad(
+            path,
+            format!("header length {header_len} is implausibly large"),
+        ));
     }
     let data_offset = dict_offset + header_len;
     if data_offset > file_len {
@@ -114,7 +122,8 @@ pub(super) fn probe(path: &Path, file: &File, file_len: u64) -> Result<Layout, I
     }
     let mut raw = vec![0u8; header_len as usize];
     file.read_exact_at(&mut raw, dict_offset).map_err(os)?;
-    let text = std::str::from_utf8(&raw).map_err(|_| bad(path, "header is not ASCII/UTF-8 text"))?;
+    let text =
+        std::str::from_utf8(&raw).map_err(|_| bad(path, "header is not ASCII/UTF-8 text"))?;
     let header = parse_header(text).map_err(|reason| bad(path, reason))?;
 
     let element = match &header.descr {
@@ -186,7 +195,10 @@ pub(super) fn parse_header(text: &str) -> Result<NpyHeader, String> {
     let v = p.value(0)?;
     p.ws();
     if p.pos != p.s.len() {
-        return Err(format!("unexpected text after the header dict at byte {}", p.pos));
+        return Err(format!(
+            "unexpected text after the header dict at byte {}",
+            p.pos
+        ));
     }
     let PyValue::Dict(items) = v else {
         return Err("header is not a dict".to_string());
@@ -200,7 +212,11 @@ pub(super) fn parse_header(text: &str) -> Result<NpyHeader, String> {
             "descr" => descr.replace(v).is_some(),
             "fortran_order" => match v {
                 PyValue::Bool(b) => fortran.replace(b).is_some(),
-                other => return Err(format!("'fortran_order' is {other}, expected True or False")),
+                other => {
+                    return Err(format!(
+                        "'fortran_order' is {other}, expected True or False"
+                    ))
+                }
             },
             "shape" => match v {
                 PyValue::Tuple(items) | PyValue::List(items) => {
@@ -300,7 +316,10 @@ impl Parser<'_> {
 
     fn err<T>(&self, what: &str) -> Result<T, String> {
         match self.peek() {
-            Some(c) => Err(format!("{what} at byte {} (found {:?})", self.pos, c as char)),
+            Some(c) => Err(format!(
+                "{what} at byte {} (found {:?})",
+                self.pos, c as char
+            )),
             None => Err(format!("{what} at end of header")),
         }
     }
@@ -410,7 +429,10 @@ impl Parser<'_> {
             }
             Some(c) if c.is_ascii_alphabetic() => {
                 let start = self.pos;
-                while self.peek().is_some_and(|c| c.is_ascii_alphanumeric() || c == b'_') {
+                while self
+                    .peek()
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == b'_')
+                {
                     self.pos += 1;
                 }
                 match &self.s[start..self.pos] {
@@ -442,7 +464,10 @@ pub(super) fn header_bytes(
     );
     let dict_len = WRITE_HEADER_BYTES - 10;
     if dict.len() + 1 > dict_len {
-        return Err(bad(path, format!("header for shape ({rows}, {dim}) does not fit")));
+        return Err(bad(
+            path,
+            format!("header for shape ({rows}, {dim}) does not fit"),
+        ));
     }
     let mut out = Vec::with_capacity(WRITE_HEADER_BYTES);
     out.extend_from_slice(MAGIC);
@@ -607,9 +632,22 @@ mod tests {
         let base = synth_f32(dim * 9, 2);
         let cases = [
             (ElementType::F32, base.clone()),
-            (ElementType::F16, base.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect()),
-            (ElementType::U8, base.iter().map(|&v| ((v + 8.0) * 15.9).floor()).collect()),
-            (ElementType::I32, base.iter().map(|&v| (v * 1e6).round()).collect::<Vec<f32>>()),
+            (
+                ElementType::F16,
+                base.iter()
+                    .map(|&v| half::f16::from_f32(v).to_f32())
+                    .collect(),
+            ),
+            (
+                ElementType::U8,
+                base.iter().map(|&v| ((v + 8.0) * 15.9).floor()).collect(),
+            ),
+            (
+                ElementType::I32,
+                base.iter()
+                    .map(|&v| (v * 1e6).round())
+                    .collect::<Vec<f32>>(),
+            ),
         ];
         for (el, data) in cases {
             let p = dir.path().join(format!("x_{el}.npy"));
@@ -618,7 +656,10 @@ mod tests {
             assert_eq!(bytes.len(), 128 + data.len() * el.size_bytes());
             assert_eq!(bytes[127], b'\n');
             let f = VectorFile::open(&p).unwrap();
-            assert_eq!((f.format(), f.element_type(), f.dim(), f.len()), (FileFormat::Npy, el, dim, 9));
+            assert_eq!(
+                (f.format(), f.element_type(), f.dim(), f.len()),
+                (FileFormat::Npy, el, dim, 9)
+            );
             assert_eq!(read_all_f32(&p).unwrap(), (dim, data.clone()), "{el}");
             if el == ElementType::I32 {
                 let ints: Vec<i32> = data.iter().map(|&v| v as i32).collect();
@@ -639,7 +680,10 @@ mod tests {
         assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
         assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 118);
         let text = std::str::from_utf8(&bytes[10..128]).unwrap();
-        assert!(text.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 2), }"), "{text}");
+        assert!(
+            text.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 2), }"),
+            "{text}"
+        );
         assert!(text.ends_with(" \n"));
     }
 
@@ -654,7 +698,15 @@ mod tests {
             assert_eq!(read_all_f32(&p).unwrap(), (3, data.to_vec()));
         }
         let p = dir.path().join("u.npy");
-        std::fs::write(&p, raw_npy(1, "{'descr': '|u1', 'fortran_order': False, 'shape': (1, 3)}", &[0, 7, 255])).unwrap();
+        std::fs::write(
+            &p,
+            raw_npy(
+                1,
+                "{'descr': '|u1', 'fortran_order': False, 'shape': (1, 3)}",
+                &[0, 7, 255],
+            ),
+        )
+        .unwrap();
         assert_eq!(read_all_f32(&p).unwrap(), (3, vec![0.0, 7.0, 255.0]));
     }
 
@@ -662,7 +714,14 @@ mod tests {
     fn fortran_order_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f.npy");
-        let e = open_err(&p, &raw_npy(1, "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }", &[0; 24]));
+        let e = open_err(
+            &p,
+            &raw_npy(
+                1,
+                "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }",
+                &[0; 24],
+            ),
+        );
         assert!(matches!(e, IoError::FortranOrder { .. }), "{e}");
         assert!(e.to_string().contains("Fortran"), "{e}");
     }
@@ -671,8 +730,18 @@ mod tests {
     fn big_endian_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("b.npy");
-        let e = open_err(&p, &raw_npy(1, "{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3), }", &[0; 24]));
-        assert!(matches!(&e, IoError::UnsupportedDtype { dtype, .. } if dtype == ">f4"), "{e}");
+        let e = open_err(
+            &p,
+            &raw_npy(
+                1,
+                "{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3), }",
+                &[0; 24],
+            ),
+        );
+        assert!(
+            matches!(&e, IoError::UnsupportedDtype { dtype, .. } if dtype == ">f4"),
+            "{e}"
+        );
         assert!(e.to_string().contains("big-endian"), "{e}");
     }
 
@@ -681,11 +750,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("d.npy");
         for d in ["<f8", "<i8", "<u2", "|b1", "=f4"] {
-            let e = open_err(&p, &raw_npy(1, &format!("{{'descr': '{d}', 'fortran_order': False, 'shape': (1, 1), }}"), &[0; 8]));
-            assert!(matches!(&e, IoError::UnsupportedDtype { dtype, .. } if dtype == d), "{e}");
+            let e = open_err(
+                &p,
+                &raw_npy(
+                    1,
+                    &format!("{{'descr': '{d}', 'fortran_order': False, 'shape': (1, 1), }}"),
+                    &[0; 8],
+                ),
+            );
+            assert!(
+                matches!(&e, IoError::UnsupportedDtype { dtype, .. } if dtype == d),
+                "{e}"
+            );
             assert!(e.to_string().contains(d), "{e}");
         }
-        let e = open_err(&p, &raw_npy(1, "{'descr': [('x', '<f4')], 'fortran_order': False, 'shape': (1, 1), }", &[0; 4]));
+        let e = open_err(
+            &p,
+            &raw_npy(
+                1,
+                "{'descr': [('x', '<f4')], 'fortran_order': False, 'shape': (1, 1), }",
+                &[0; 4],
+            ),
+        );
         assert!(matches!(e, IoError::UnsupportedDtype { .. }), "{e}");
     }
 
@@ -693,9 +779,23 @@ mod tests {
     fn non_2d_shapes_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s.npy");
-        for (shape, want) in [("(2, 3, 4)", vec![2u64, 3, 4]), ("(24,)", vec![24]), ("()", vec![])] {
-            let e = open_err(&p, &raw_npy(1, &format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}"), &[0; 96]));
-            assert!(matches!(&e, IoError::NotTwoDimensional { shape, .. } if *shape == want), "{e}");
+        for (shape, want) in [
+            ("(2, 3, 4)", vec![2u64, 3, 4]),
+            ("(24,)", vec![24]),
+            ("()", vec![]),
+        ] {
+            let e = open_err(
+                &p,
+                &raw_npy(
+                    1,
+                    &format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}"),
+                    &[0; 96],
+                ),
+            );
+            assert!(
+                matches!(&e, IoError::NotTwoDimensional { shape, .. } if *shape == want),
+                "{e}"
+            );
             assert!(e.to_string().contains("2-D"), "{e}");
         }
     }
@@ -708,14 +808,46 @@ mod tests {
         // 2 whole rows + 5 bytes of row 2.
         let e = open_err(&p, &raw_npy(1, dict, &[0; 29]));
         assert!(
-            matches!(e, IoError::Truncated { record: 2, record_bytes: 12, present: 5, .. }),
+            matches!(
+                e,
+                IoError::Truncated {
+                    record: 2,
+                    record_bytes: 12,
+                    present: 5,
+                    ..
+                }
+            ),
             "{e}"
         );
         let e = open_err(&p, &raw_npy(1, dict, &[0; 49]));
-        assert!(matches!(e, IoError::TrailingBytes { expected: 48, got: 49, .. }), "{e}");
-        let e = open_err(&p, &raw_npy(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (0, 3), }", &[]));
+        assert!(
+            matches!(
+                e,
+                IoError::TrailingBytes {
+                    expected: 48,
+                    got: 49,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = open_err(
+            &p,
+            &raw_npy(
+                1,
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (0, 3), }",
+                &[],
+            ),
+        );
         assert!(matches!(e, IoError::Empty { .. }), "{e}");
-        let e = open_err(&p, &raw_npy(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 0), }", &[]));
+        let e = open_err(
+            &p,
+            &raw_npy(
+                1,
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 0), }",
+                &[],
+            ),
+        );
         assert!(matches!(e, IoError::InvalidDimension { dim: 0, .. }), "{e}");
         let e = open_err(&p, &raw_npy(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (18446744073709551615, 1048576), }", &[]));
         assert!(matches!(e, IoError::BadNpyHeader { .. }), "{e}");
@@ -725,23 +857,47 @@ mod tests {
     fn garbage_headers_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("g.npy");
-        let mut wrong_version = raw_npy(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 1), }", &[0; 4]);
+        let mut wrong_version = raw_npy(
+            1,
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 1), }",
+            &[0; 4],
+        );
         wrong_version[6] = 9;
-        let mut long_len = raw_npy(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 1), }", &[0; 4]);
+        let mut long_len = raw_npy(
+            1,
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 1), }",
+            &[0; 4],
+        );
         long_len[8] = 0xff;
         long_len[9] = 0xff;
         let cases: Vec<Vec<u8>> = vec![
             b"not a numpy file at all, just some text".to_vec(),
             b"\x93NUMPY\x01".to_vec(),
             b"\x93NUMPY\x02\x00\x10".to_vec(),
-            raw_npy(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 1) @@@", &[0; 4]),
+            raw_npy(
+                1,
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 1) @@@",
+                &[0; 4],
+            ),
             raw_npy(1, "hello", &[0; 4]),
-            raw_npy(2, "{'descr': '<f4', 'fortran_order': Fals, 'shape': (1, 1), }", &[0; 4]),
-            raw_npy(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 1), 'x': 2}", &[0; 4]),
+            raw_npy(
+                2,
+                "{'descr': '<f4', 'fortran_order': Fals, 'shape': (1, 1), }",
+                &[0; 4],
+            ),
+            raw_npy(
+                1,
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 1), 'x': 2}",
+                &[0; 4],
+            ),
             wrong_version,
             long_len,
             {
-                let mut v = raw_npy(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 1), }", &[0; 4]);
+                let mut v = raw_npy(
+                    1,
+                    "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 1), }",
+                    &[0; 4],
+                );
                 v[20] = 0xff; // not UTF-8
                 v
             },
@@ -760,7 +916,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("h.npy");
         let e = write_f32(&p, 1, ElementType::F16, &[1.0, 70000.0]).unwrap_err();
-        assert!(matches!(e, IoError::ValueOutOfRange { record: 1, element: ElementType::F16, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                IoError::ValueOutOfRange {
+                    record: 1,
+                    element: ElementType::F16,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         // Infinities and NaN pass through unchanged (value checks live elsewhere).
         write_f32(&p, 1, ElementType::F16, &[f32::INFINITY, f32::NAN, 65504.0]).unwrap();
         let (_, v) = read_all_f32(&p).unwrap();

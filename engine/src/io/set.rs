@@ -186,7 +186,10 @@ mod tests {
     fn three_files(dir: &std::path::Path) -> (Vec<PathBuf>, Vec<f32>, usize) {
         let dim = 6;
         let a = synth_f32(dim * 10, 1);
-        let b: Vec<f32> = synth_f32(dim * 7, 2).iter().map(|v| ((v + 8.0) * 10.0).floor()).collect();
+        let b: Vec<f32> = synth_f32(dim * 7, 2)
+            .iter()
+            .map(|v| ((v + 8.0) * 10.0).floor())
+            .collect();
         let c = synth_f32(dim * 3, 3);
         let pa = dir.join("a.fvecs");
         let pb = dir.join("b.bvecs");
@@ -240,7 +243,11 @@ mod tests {
         set.gather_f32(&rows, &mut out).unwrap();
         assert_eq!(out.len(), 1 + rows.len() * dim);
         for (k, &r) in rows.iter().enumerate() {
-            assert_eq!(&out[1 + k * dim..1 + (k + 1) * dim], &all[r * dim..(r + 1) * dim], "row {r}");
+            assert_eq!(
+                &out[1 + k * dim..1 + (k + 1) * dim],
+                &all[r * dim..(r + 1) * dim],
+                "row {r}"
+            );
         }
         set.gather_f32(&[], &mut out).unwrap();
         assert_eq!(out.len(), 1 + rows.len() * dim);
@@ -258,7 +265,17 @@ mod tests {
         write_f32(&pa, 4, ElementType::F32, &[0.0; 8]).unwrap();
         write_f32(&pb, 5, ElementType::F32, &[0.0; 10]).unwrap();
         let e = VectorSet::open(&[pa.clone(), pb.clone()]).unwrap_err();
-        assert!(matches!(e, IoError::DimensionMismatch { expected: 4, got: 5, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                IoError::DimensionMismatch {
+                    expected: 4,
+                    got: 5,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         assert_names(&e, &pb);
         assert!(matches!(VectorSet::open(&[]), Err(IoError::NoFiles)));
         // A bad file in the list is reported with its own path.

@@ -64,7 +64,10 @@ pub(super) fn probe(
         });
     }
     let len = usize::try_from(rows).map_err(|_| {
-        IoError::os(path, std::io::Error::other("too many records for this platform"))
+        IoError::os(
+            path,
+            std::io::Error::other("too many records for this platform"),
+        )
     })?;
     if len > 1 {
         let last = read_header_at(path, file, (rows - 1) * rb)?;
@@ -200,7 +203,10 @@ mod tests {
         assert_eq!(&bytes[4..8], &data[0].to_le_bytes());
         assert_eq!(&bytes[16..20], &3i32.to_le_bytes());
         let f = VectorFile::open(&p).unwrap();
-        assert_eq!((f.format(), f.element_type(), f.dim(), f.len()), (FileFormat::Fvecs, ElementType::F32, 3, 4));
+        assert_eq!(
+            (f.format(), f.element_type(), f.dim(), f.len()),
+            (FileFormat::Fvecs, ElementType::F32, 3, 4)
+        );
         assert!(!f.is_empty());
         assert_eq!(f.path(), p.as_path());
         assert_eq!(read_all_f32(&p).unwrap(), (3, data));
@@ -221,7 +227,10 @@ mod tests {
         assert_eq!(read_all_i32(&p2).unwrap(), (1, vec![3, -4]));
         for bad in [0.5f32, 3e9, f32::NAN, f32::INFINITY] {
             let e = write_f32(&p2, 1, ElementType::I32, &[1.0, bad]).unwrap_err();
-            assert!(matches!(e, IoError::ValueOutOfRange { record: 1, .. }), "{e}");
+            assert!(
+                matches!(e, IoError::ValueOutOfRange { record: 1, .. }),
+                "{e}"
+            );
         }
     }
 
@@ -242,11 +251,24 @@ mod tests {
         let mut w = VectorWriter::create(&p, 2, ElementType::U8).unwrap();
         w.write_f32(&[1.0, 2.0]).unwrap();
         let e = w.write_f32(&[3.0, 4.0, 5.0, 300.0]).unwrap_err();
-        assert!(matches!(e, IoError::ValueOutOfRange { record: 2, element: ElementType::U8, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                IoError::ValueOutOfRange {
+                    record: 2,
+                    element: ElementType::U8,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         assert_names(&e, &p);
         assert!(e.to_string().contains("300"), "{e}");
         for bad in [-1.0f32, 1.5, f32::NAN] {
-            assert!(matches!(w.write_f32(&[bad, 0.0]), Err(IoError::ValueOutOfRange { .. })));
+            assert!(matches!(
+                w.write_f32(&[bad, 0.0]),
+                Err(IoError::ValueOutOfRange { .. })
+            ));
         }
         drop(w);
         assert!(!p.exists());
@@ -255,7 +277,11 @@ mod tests {
     #[test]
     fn writer_element_must_match_format() {
         let dir = tempfile::tempdir().unwrap();
-        for (name, el) in [("a.fvecs", ElementType::U8), ("a.ivecs", ElementType::F32), ("a.bvecs", ElementType::F16)] {
+        for (name, el) in [
+            ("a.fvecs", ElementType::U8),
+            ("a.ivecs", ElementType::F32),
+            ("a.bvecs", ElementType::F16),
+        ] {
             let p = dir.path().join(name);
             let e = VectorWriter::create(&p, 4, el).unwrap_err();
             assert!(matches!(e, IoError::UnsupportedDtype { .. }), "{e}");
@@ -272,7 +298,12 @@ mod tests {
         bytes.truncate(2 * 20 + 9);
         let e = open_err(&p, &bytes);
         match &e {
-            IoError::Truncated { record, record_bytes, present, .. } => {
+            IoError::Truncated {
+                record,
+                record_bytes,
+                present,
+                ..
+            } => {
                 assert_eq!((*record, *record_bytes, *present), (2, 20, 9));
             }
             _ => panic!("wrong error {e}"),
@@ -295,7 +326,12 @@ mod tests {
         let mut out = vec![9.0];
         let e = f.read_f32(0, 4, &mut out).unwrap_err();
         match &e {
-            IoError::InconsistentDimension { record, expected, got, .. } => {
+            IoError::InconsistentDimension {
+                record,
+                expected,
+                got,
+                ..
+            } => {
                 assert_eq!((*record, *expected, *got), (1, 3, 2));
             }
             _ => panic!("wrong error {e}"),
@@ -313,21 +349,57 @@ mod tests {
         let mut bytes = raw(&[3, 3, 3], 4);
         bytes[32..36].copy_from_slice(&(-3i32).to_le_bytes());
         let e = open_err(&p, &bytes);
-        assert!(matches!(e, IoError::InconsistentDimension { record: 2, got: -3, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                IoError::InconsistentDimension {
+                    record: 2,
+                    got: -3,
+                    ..
+                }
+            ),
+            "{e}"
+        );
 
         // bvecs and ivecs too.
         let pb = dir.path().join("d.bvecs");
         let mut bytes = raw(&[2, 2, 2], 1);
         bytes[6..10].copy_from_slice(&7i32.to_le_bytes());
         std::fs::write(&pb, &bytes).unwrap();
-        let e = VectorFile::open(&pb).unwrap().read_f32(0, 3, &mut Vec::new()).unwrap_err();
-        assert!(matches!(e, IoError::InconsistentDimension { record: 1, got: 7, .. }), "{e}");
+        let e = VectorFile::open(&pb)
+            .unwrap()
+            .read_f32(0, 3, &mut Vec::new())
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                IoError::InconsistentDimension {
+                    record: 1,
+                    got: 7,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let pi = dir.path().join("d.ivecs");
         let mut bytes = raw(&[1, 1, 1], 4);
         bytes[8..12].copy_from_slice(&5i32.to_le_bytes());
         std::fs::write(&pi, &bytes).unwrap();
-        let e = VectorFile::open(&pi).unwrap().read_i32(0, 3, &mut Vec::new()).unwrap_err();
-        assert!(matches!(e, IoError::InconsistentDimension { record: 1, got: 5, .. }), "{e}");
+        let e = VectorFile::open(&pi)
+            .unwrap()
+            .read_i32(0, 3, &mut Vec::new())
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                IoError::InconsistentDimension {
+                    record: 1,
+                    got: 5,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]
@@ -336,7 +408,10 @@ mod tests {
         for (i, d) in [0i32, -5, (1 << 20) + 1, i32::MIN].into_iter().enumerate() {
             let p = dir.path().join(format!("z{i}.fvecs"));
             let e = open_err(&p, &raw(&[d], 0));
-            assert!(matches!(e, IoError::InvalidDimension { dim, .. } if dim == d as i64), "{e}");
+            assert!(
+                matches!(e, IoError::InvalidDimension { dim, .. } if dim == d as i64),
+                "{e}"
+            );
         }
         let p = dir.path().join("w.fvecs");
         let e = VectorWriter::create(&p, 0, ElementType::F32).unwrap_err();

@@ -30,7 +30,11 @@ pub struct VectorWriter {
 impl VectorWriter {
     /// Format from the extension; `element` must be valid for it (fvecs: F32,
     /// ivecs: I32, bvecs: U8, npy: any); `dim` in `1..=MAX_DIM`.
-    pub fn create(path: impl AsRef<Path>, dim: usize, element: ElementType) -> Result<Self, IoError> {
+    pub fn create(
+        path: impl AsRef<Path>,
+        dim: usize,
+        element: ElementType,
+    ) -> Result<Self, IoError> {
         let path = path.as_ref();
         let format = FileFormat::from_path(path)?;
         if !format.supports(element) {
@@ -98,7 +102,10 @@ impl VectorWriter {
             return Err(IoError::UnsupportedDtype {
                 path: self.path().to_path_buf(),
                 dtype: "i32".to_string(),
-                reason: format!("write_i32 needs an i32 file, this one holds {}", self.element),
+                reason: format!(
+                    "write_i32 needs an i32 file, this one holds {}",
+                    self.element
+                ),
             });
         }
         self.write_rows(rows, |row, _, out| {
@@ -126,7 +133,8 @@ impl VectorWriter {
             });
         }
         let texmex = self.format != FileFormat::Npy;
-        let row_bytes = dim * self.element.size_bytes() + if texmex { texmex::HEADER_BYTES } else { 0 };
+        let row_bytes =
+            dim * self.element.size_bytes() + if texmex { texmex::HEADER_BYTES } else { 0 };
         let block_rows = (BLOCK_BYTES / row_bytes).max(1);
         for block in rows.chunks(block_rows * dim) {
             self.scratch.clear();
@@ -235,11 +243,19 @@ mod tests {
     #[test]
     fn dropped_writer_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        for (name, el) in [("a.fvecs", ElementType::F32), ("a.npy", ElementType::F16), ("a.bvecs", ElementType::U8)] {
+        for (name, el) in [
+            ("a.fvecs", ElementType::F32),
+            ("a.npy", ElementType::F16),
+            ("a.bvecs", ElementType::U8),
+        ] {
             let p = dir.path().join(name);
             let mut w = VectorWriter::create(&p, 3, el).unwrap();
             w.write_f32(&[1.0, 2.0, 3.0]).unwrap();
-            assert_eq!(entries(dir.path()).len(), 1, "temp file exists while writing");
+            assert_eq!(
+                entries(dir.path()).len(),
+                1,
+                "temp file exists while writing"
+            );
             drop(w);
             assert!(!p.exists());
             assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
@@ -256,7 +272,10 @@ mod tests {
         // The old file stays readable until finish.
         assert_eq!(VectorFile::open(&p).unwrap().len(), 4);
         assert_eq!(w.rows_written(), 1);
-        assert_eq!((w.dim(), w.format(), w.element_type(), w.path()), (2, FileFormat::Fvecs, ElementType::F32, p.as_path()));
+        assert_eq!(
+            (w.dim(), w.format(), w.element_type(), w.path()),
+            (2, FileFormat::Fvecs, ElementType::F32, p.as_path())
+        );
         w.finish().unwrap();
         assert_eq!(read_all_f32(&p).unwrap(), (2, vec![5.0, 6.0]));
         assert_eq!(entries(dir.path()), vec!["a.fvecs".to_string()]);
@@ -268,7 +287,10 @@ mod tests {
         let p = dir.path().join("a.npy");
         let mut w = VectorWriter::create(&p, 3, ElementType::F32).unwrap();
         let e = w.write_f32(&[1.0; 4]).unwrap_err();
-        assert!(matches!(e, IoError::RaggedRows { len: 4, dim: 3, .. }), "{e}");
+        assert!(
+            matches!(e, IoError::RaggedRows { len: 4, dim: 3, .. }),
+            "{e}"
+        );
         assert_names(&e, &p);
         assert_eq!(w.rows_written(), 0);
     }

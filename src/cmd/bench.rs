@@ -1,0 +1,190 @@
+//! `quiver bench`: recall@k, queries per second and latency percentiles for each nprobe of a
+//! sweep, against exact ground truth.
+//!
+//! Batch mode searches the queries in batches of `--batch-size` (default: all in one call),
+//! `--repeat` times; QPS is the best repetition (as FAISS's bench script takes the best of 2),
+//! and p50/p99 are over batch latencies. Single mode sends one query per call; QPS is the number
+//! of queries over the total time and p50/p99 are per query.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use quiver_engine::backend::{Backend, PreparedIndex, SearchParams};
+use quiver_engine::io::read_all_f32;
+use quiver_engine::EngineError;
+
+use super::{open_index, BackendChoice};
+use crate::output::read_int_rows;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Queries in batches (all at once by default).
+    Batch,
+    /// One query per call.
+    Single,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Index file made by `quiver build`.
+    #[arg(long)]
+    index: PathBuf,
+    /// Query vectors.
+    #[arg(long)]
+    queries: PathBuf,
+    /// Exact ground truth (.ivecs), row i for query i, best first (e.g. from `quiver gt`).
+    #[arg(long)]
+    gt: PathBuf,
+    /// Neighbours per query; recall@k compares the k returned with the true top k.
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// nprobe values to sweep, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64,128")]
+    nprobe: Vec<usize>,
+    /// Refine factor (k × R candidates re-ranked exactly).
+    #[arg(long, default_value_t = 1)]
+    refine_factor: usize,
+    /// Batch or single-query mode.
+    #[arg(long, value_enum, default_value = "batch")]
+    mode: Mode,
+    /// Queries per batch in batch mode (default: all).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Repetitions per nprobe in batch mode.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Backend.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args, threads: Option<usize>) -> anyhow::Result<()> {
+    let (backend, prepared) = open_index(&a.index, a.backend)?;
+    let index = prepared.index();
+    let (qdim, queries) = read_all_f32(&a.queries)?;
+    if qdim != index.dim() {
+        return Err(EngineError::DimensionMismatch { expected: index.dim(), got: qdim })
+            .with_context(|| format!("queries {}", a.queries.display()));
+    }
+    let nq = queries.len() / qdim;
+    let (gt_k, gt) = read_int_rows(&a.gt)?;
+    if gt_k < a.k {
+        bail!("{}: ground truth has {gt_k} neighbours per query, fewer than k = {}", a.gt.display(), a.k);
+    }
+    if gt.len() / gt_k < nq {
+        bail!("{}: ground truth has {} rows for {nq} queries", a.gt.display(), gt.len() / gt_k);
+    }
+    if a.repeat == 0 {
+        bail!("--repeat must be at least 1");
+    }
+    let threads = threads.unwrap_or_else(rayon::current_num_threads);
+    let mode = match a.mode {
+        Mode::Batch => "batch",
+        Mode::Single => "single",
+    };
+    for &nprobe in &a.nprobe {
+        SearchParams { k: a.k, nprobe, refine_factor: a.refine_factor }.validate(index)?;
+    }
+    if !a.json {
+        println!("backend {} | mode {mode} | threads {threads} | k {} | refine_factor {} | {nq} queries", backend.name(), a.k, a.refine_factor);
+        println!("{:>7} {:>9} {:>10} {:>10} {:>10}", "nprobe", "recall", "QPS", "p50_us", "p99_us");
+    }
+    // Warm-up: caches, page faults of a mapped index, thread pool start.
+    let warm = SearchParams { k: a.k, nprobe: a.nprobe[0], refine_factor: a.refine_factor };
+    backend.search(&prepared, &queries[..qdim * nq.min(64)], &warm)?;
+
+    for &nprobe in &a.nprobe {
+        let params = SearchParams { k: a.k, nprobe, refine_factor: a.refine_factor };
+        let mut latencies = Vec::new();
+        let mut ids = Vec::new();
+        let qps = match a.mode {
+            Mode::Batch => {
+                let batch = a.batch_size.unwrap_or(nq).max(1);
+                let mut best = f64::INFINITY;
+                for rep in 0..a.repeat {
+                    let t0 = Instant::now();
+                    let mut rep_ids = Vec::with_capacity(nq * a.k);
+                    for chunk in queries.chunks(batch * qdim) {
+                        let t = Instant::now();
+                        let res = backend.search(&prepared, chunk, &params)?;
+                        latencies.push(t.elapsed().as_secs_f64());
+                        rep_ids.extend(res.ids);
+                    }
+                    best = best.min(t0.elapsed().as_secs_f64());
+                    if rep == 0 {
+                        ids = rep_ids;
+                    }
+                }
+                nq as f64 / best
+            }
+            Mode::Single => {
+                let t0 = Instant::now();
+                for q in queries.chunks(qdim) {
+                    let t = Instant::now();
+                    let res = backend.search(&prepared, q, &params)?;
+                    latencies.push(t.elapsed().as_secs_f64());
+                    ids.extend(res.ids);
+                }
+                nq as f64 / t0.elapsed().as_secs_f64()
+            }
+        };
+        let recall = recall_at_k(&ids, &gt, gt_k, a.k, nq);
+        let (p50, p99) = (percentile(&mut latencies, 50.0) * 1e6, percentile(&mut latencies, 99.0) * 1e6);
+        if a.json {
+            let row = serde_json::json!({
+                "backend": backend.name(), "mode": mode, "threads": threads, "nprobe": nprobe, "k": a.k,
+                "refine_factor": a.refine_factor, "recall": recall, "qps": qps, "p50_us": p50, "p99_us": p99,
+            });
+            println!("{row}");
+        } else {
+            println!("{nprobe:>7} {recall:>9.4} {qps:>10.0} {p50:>10.1} {p99:>10.1}");
+        }
+    }
+    Ok(())
+}
+
+/// Share of each query's true top-k found among its k returned ids, averaged over queries.
+pub fn recall_at_k(ids: &[i64], gt: &[i32], gt_k: usize, k: usize, nq: usize) -> f64 {
+    let mut total = 0usize;
+    for q in 0..nq {
+        let truth = &gt[q * gt_k..q * gt_k + k];
+        let got = &ids[q * k..(q + 1) * k];
+        total += truth.iter().filter(|t| **t >= 0 && got.contains(&(**t as i64))).count();
+    }
+    total as f64 / (nq * k) as f64
+}
+
+/// The p-th percentile (nearest rank) of the samples, in the samples' unit.
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recall_counts_true_neighbours_found() {
+        let gt = [1, 2, 3, 9, 4, 5, 6, 9];
+        let ids = [2, 1, 7, 4, 6, 5];
+        // k = 3: query 0 finds {1,2} of {1,2,3}; query 1 finds {4,5,6}.
+        assert!((recall_at_k(&ids, &gt, 4, 3, 2) - 5.0 / 6.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let mut v: Vec<f64> = (1..=100).map(|x| x as f64).collect();
+        assert_eq!(percentile(&mut v, 50.0), 50.0);
+        assert_eq!(percentile(&mut v, 99.0), 99.0);
+        assert_eq!(percentile(&mut [], 50.0), 0.0);
+    }
+}
