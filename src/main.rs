@@ -36,6 +36,8 @@ enum Command {
     Rerank(cmd::rerank::Args),
     /// Describe an index file.
     Info(cmd::info::Args),
+    /// Generate a synthetic data set (clustered Gaussian).
+    Synth(cmd::synth::Args),
 }
 
 fn main() -> ExitCode {
@@ -61,5 +63,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gt(a) => cmd::gt::run(a),
         Command::Rerank(a) => cmd::rerank::run(a),
         Command::Info(a) => cmd::info::run(a),
+        Command::Synth(a) => cmd::synth::run(a),
     }
 }

@@ -22,6 +22,7 @@ pub mod persist;
 pub mod pq;
 pub mod progress;
 pub mod storage;
+pub mod synth;
 pub mod topk;
 
 pub use error::EngineError;

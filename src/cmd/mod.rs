@@ -6,6 +6,7 @@ pub mod gt;
 pub mod info;
 pub mod rerank;
 pub mod search;
+pub mod synth;
 
 use std::path::Path;
 use std::sync::Arc;

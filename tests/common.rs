@@ -1,0 +1,72 @@
+//! Helpers shared by the integration tests: a synthetic data set on disk and a way to run the
+//! `quiver` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use quiver_engine::io::{write_f32, ElementType};
+use quiver_engine::synth::ClusteredGaussian;
+
+/// A small clustered data set written to a temporary folder.
+pub struct DataSet {
+    pub dir: tempfile::TempDir,
+    pub dim: usize,
+    pub n: usize,
+    pub nq: usize,
+}
+
+impl DataSet {
+    pub fn new(n: usize, nq: usize, dim: usize) -> DataSet {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let g = ClusteredGaussian::new(dim, 20, 0.3, 11);
+        write_f32(dir.path().join("base.fvecs"), dim, ElementType::F32, &g.rows(0, n)).expect("write base");
+        write_f32(dir.path().join("query.fvecs"), dim, ElementType::F32, &g.rows(n, nq)).expect("write queries");
+        DataSet { dir, dim, n, nq }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn p(&self, name: &str) -> String {
+        self.path(name).to_string_lossy().into_owned()
+    }
+}
+
+/// Runs `quiver` with arguments.
+pub fn quiver<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    Command::new(env!("CARGO_BIN_EXE_quiver")).args(args).output().expect("run quiver")
+}
+
+/// Runs `quiver`, asserting success; returns stdout.
+pub fn quiver_ok(args: &[&str]) -> String {
+    let out = quiver(args);
+    assert!(
+        out.status.success(),
+        "quiver {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `quiver`, asserting a clean failure (exit code 1 or 2, no panic) whose message
+/// contains `needle`; returns stderr.
+pub fn quiver_err(args: &[&str], needle: &str) -> String {
+    let out = quiver(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "quiver {args:?} succeeded but should have failed");
+    assert!(matches!(out.status.code(), Some(1) | Some(2)), "quiver {args:?} exited with {:?}:\n{err}", out.status);
+    assert!(!err.contains("panicked"), "quiver {args:?} panicked:\n{err}");
+    assert!(err.contains(needle), "quiver {args:?}: message lacks {needle:?}:\n{err}");
+    err
+}
+
+/// Reads an .ivecs file as rows.
+pub fn read_ivecs(path: &Path) -> (usize, Vec<i32>) {
+    quiver_engine::io::read_all_i32(path).expect("read ivecs")
+}
