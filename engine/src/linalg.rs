@@ -63,6 +63,9 @@ pub fn row_norms_sq(rows: &[f32], dim: usize) -> Vec<f32> {
     rows.chunks_exact(dim).map(norm_sq).collect()
 }
 
+/// Up to this many rows of `A`, [`gemm_abt`] uses dot products instead of SGEMM.
+const SMALL_GEMM_ROWS: usize = 4;
+
 /// `C[i][j] = Σ_t A[i][t] · B[j][t]` for row-major `A` (`n × dim`, row stride `lda`) and
 /// `B` (`m × dim`, row stride `ldb`); `C` is row-major with row stride `ldc`.
 ///
@@ -90,6 +93,18 @@ pub fn gemm_abt(
     if dim == 0 {
         for row in c.chunks_mut(ldc).take(n) {
             row[..m].fill(0.0);
+        }
+        return;
+    }
+    if n <= SMALL_GEMM_ROWS {
+        // A few rows (single queries): SGEMM would repack all of B for little work; plain dot
+        // products read B once.
+        for i in 0..n {
+            let a_row = &a[i * lda..i * lda + dim];
+            let c_row = &mut c[i * ldc..i * ldc + m];
+            for (j, out) in c_row.iter_mut().enumerate() {
+                *out = dot(a_row, &b[j * ldb..j * ldb + dim]);
+            }
         }
         return;
     }
