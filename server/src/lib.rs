@@ -1,4 +1,16 @@
-//! Quiver's gRPC search service (placeholder crate).
+//! Quiver's gRPC search service: collections stored under a data directory, a write-ahead log
+//! for durability, and a per-collection micro-batcher that gathers concurrent searches into
+//! batches for the engine's backend.
 //!
-//! Will hold the protobuf API, the deadline-aware micro-batcher, collection storage with a
-//! write-ahead log, and the admin and metrics endpoints. Empty on purpose until the server issue.
+//! The service never panics on client input: every request is validated against the
+//! configured limits and engine errors are mapped once to gRPC status codes ([`status`]).
+#![warn(missing_docs)]
+
+pub mod proto {
+    //! Generated protobuf and gRPC code for `quiver.v1`.
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("quiver.v1");
+
+    /// The encoded file descriptor set of the API, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("quiver_descriptor");
+}
