@@ -49,12 +49,21 @@ impl ExactSearch {
             EngineError::ZeroVector { row } => EngineError::ZeroVector { row: row + first_id as usize },
             e => e,
         })?;
+        let nb = base.len() / self.dim;
+        let ids: Vec<u64> = (first_id..first_id + nb as u64).collect();
+        self.add_rows(&base, &ids);
+        Ok(())
+    }
+
+    /// Scores rows with explicit ids (`ids.len()` rows of `base`, already valid and
+    /// normalised, as a flat index holds them).
+    pub fn add_rows(&mut self, base: &[f32], ids: &[u64]) {
         let dim = self.dim;
-        let nb = base.len() / dim;
+        let nb = ids.len();
         if nb == 0 {
-            return Ok(());
+            return;
         }
-        let base_norms = row_norms_sq(&base, dim);
+        let base_norms = row_norms_sq(base, dim);
         let metric = self.metric;
         let queries = &self.queries;
         let query_norms = &self.query_norms;
@@ -62,19 +71,17 @@ impl ExactSearch {
             let q0 = b * QUERY_BLOCK;
             let rows = tops.len();
             let mut ip = vec![0f32; rows * nb];
-            gemm_abt(&queries[q0 * dim..], dim, rows, &base, dim, nb, dim, &mut ip, nb);
+            gemm_abt(&queries[q0 * dim..], dim, rows, base, dim, nb, dim, &mut ip, nb);
             for (r, top) in tops.iter_mut().enumerate() {
-                let row = &ip[r * nb..(r + 1) * nb];
-                for (j, &v) in row.iter().enumerate() {
+                for (j, &v) in ip[r * nb..(r + 1) * nb].iter().enumerate() {
                     let s = if metric.is_inner_product() { -v } else { (query_norms[q0 + r] + base_norms[j] - 2.0 * v).max(0.0) };
                     if s <= top.threshold() {
-                        top.push(s, first_id + j as u64);
+                        top.push(s, ids[j]);
                     }
                 }
             }
         });
         self.seen += nb as u64;
-        Ok(())
     }
 
     /// Base vectors seen so far.

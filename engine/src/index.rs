@@ -6,6 +6,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::error::EngineError;
 use crate::kmeans::{self, Assignment, KMeansParams};
@@ -138,13 +139,17 @@ pub struct Location {
 }
 
 /// A trained IVF-PQ index.
+///
+/// Cloning is cheap: centroids, codebooks and each inverted list are shared (`Arc`) and a
+/// write copies only the lists it touches, so a server can publish a new version after each
+/// write while searches go on over the old one.
 #[derive(Debug, Clone)]
 pub struct IvfPqIndex {
     params: IndexParams,
-    centroids: Vec<f32>,
-    pq: ProductQuantizer,
+    centroids: Arc<Vec<f32>>,
+    pq: Arc<ProductQuantizer>,
     layout: CodeLayout,
-    lists: Vec<InvertedList>,
+    lists: Vec<Arc<InvertedList>>,
     locations: HashMap<u64, Location>,
     next_id: u64,
 }
@@ -199,14 +204,25 @@ impl IvfPqIndex {
     }
 
     /// Assembles an index from stored parts; `lists` empty means `nlist` empty lists.
-    pub fn from_parts(params: IndexParams, centroids: Vec<f32>, pq: ProductQuantizer, mut lists: Vec<InvertedList>) -> Self {
+    pub fn from_parts(params: IndexParams, centroids: Vec<f32>, pq: ProductQuantizer, lists: Vec<InvertedList>) -> Self {
+        Self::from_shared(params, Arc::new(centroids), Arc::new(pq), lists.into_iter().map(Arc::new).collect())
+    }
+
+    fn from_shared(
+        params: IndexParams,
+        centroids: Arc<Vec<f32>>,
+        pq: Arc<ProductQuantizer>,
+        mut lists: Vec<Arc<InvertedList>>,
+    ) -> Self {
         if lists.is_empty() {
             let raw = || match params.refine {
                 RefineKind::None => RawVectors::None,
                 RefineKind::F16 => RawVectors::F16(Storage::default()),
                 RefineKind::F32 => RawVectors::F32(Storage::default()),
             };
-            lists = (0..params.nlist).map(|_| InvertedList::from_parts(Storage::default(), Storage::default(), raw())).collect();
+            lists = (0..params.nlist)
+                .map(|_| Arc::new(InvertedList::from_parts(Storage::default(), Storage::default(), raw())))
+                .collect();
         }
         let mut locations = HashMap::new();
         let mut next_id = 0;
@@ -265,7 +281,7 @@ impl IvfPqIndex {
             self.pq.encode(&residuals, &mut codes);
             for r in 0..rows {
                 let id = ids[b * ADD_BLOCK + r];
-                let list = &mut self.lists[assign[r] as usize];
+                let list = Arc::make_mut(&mut self.lists[assign[r] as usize]);
                 let slot = list.len() as u32;
                 list.push(id, &codes[r * cs..(r + 1) * cs], &block[r * dim..(r + 1) * dim]);
                 self.locations.insert(id, Location { list: assign[r], slot });
@@ -282,7 +298,7 @@ impl IvfPqIndex {
         let mut removed = 0;
         for id in ids {
             if let Some(loc) = self.locations.remove(id) {
-                if self.lists[loc.list as usize].mark_deleted(loc.slot as usize) {
+                if Arc::make_mut(&mut self.lists[loc.list as usize]).mark_deleted(loc.slot as usize) {
                     removed += 1;
                 }
             }
@@ -296,8 +312,35 @@ impl IvfPqIndex {
             return;
         }
         let (cs, dim) = (self.pq.code_size(), self.params.dim);
-        let lists = self.lists.iter().map(|l| l.compacted(cs, dim)).collect();
-        *self = Self::from_parts(self.params.clone(), std::mem::take(&mut self.centroids), self.pq.clone(), lists);
+        let lists = self.lists.iter().map(|l| Arc::new(l.compacted(cs, dim))).collect();
+        *self = Self::from_shared(self.params.clone(), self.centroids.clone(), self.pq.clone(), lists);
+    }
+
+    /// Adds or replaces vectors by id: ids already present are deleted first. Nothing changes
+    /// if any vector or id is invalid.
+    pub fn upsert(&mut self, vectors: &[f32], ids: &[u64], progress: &dyn Progress) -> Result<(), EngineError> {
+        let dim = self.params.dim;
+        if vectors.len() != ids.len() * dim {
+            return Err(EngineError::IdCountMismatch { ids: ids.len(), vectors: vectors.len() / dim });
+        }
+        prepare_vectors(self.params.metric, dim, vectors)?;
+        let mut seen = std::collections::HashSet::with_capacity(ids.len());
+        for (row, &id) in ids.iter().enumerate() {
+            if id > i64::MAX as u64 {
+                return Err(EngineError::InvalidId { id: id as i64, row });
+            }
+            if !seen.insert(id) {
+                return Err(EngineError::DuplicateId { id });
+            }
+        }
+        self.delete(ids);
+        self.add(vectors, Some(ids), progress)
+    }
+
+    /// True when `other` shares this index's coarse centroids and codebooks (it is a later
+    /// version of the same trained index), so per-index precomputations stay valid.
+    pub fn shares_quantizers_with(&self, other: &IvfPqIndex) -> bool {
+        Arc::ptr_eq(&self.centroids, &other.centroids) && Arc::ptr_eq(&self.pq, &other.pq)
     }
 
     /// Checks a query batch and returns it ready to search (normalised for cosine).
@@ -347,7 +390,7 @@ impl IvfPqIndex {
         self.layout
     }
     /// The inverted lists.
-    pub fn lists(&self) -> &[InvertedList] {
+    pub fn lists(&self) -> &[Arc<InvertedList>] {
         &self.lists
     }
     /// Number of live vectors.
@@ -393,5 +436,48 @@ pub fn prepare_vectors<'a>(metric: Metric, dim: usize, vectors: &'a [f32]) -> Re
         Ok(Cow::Owned(v))
     } else {
         Ok(Cow::Borrowed(vectors))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::NoProgress;
+    use crate::synth::ClusteredGaussian;
+
+    fn trained() -> IvfPqIndex {
+        let x = ClusteredGaussian::new(8, 5, 0.3, 2).rows(0, 600);
+        let mut p = IndexParams::new(Metric::L2, 8, 4, 2);
+        p.refine = RefineKind::F32;
+        IvfPqIndex::train(p, &x, &NoProgress).unwrap()
+    }
+
+    #[test]
+    fn upsert_replaces_and_clones_are_independent() {
+        let mut a = trained();
+        a.add(&[0.0; 16], Some(&[7, 9]), &NoProgress).unwrap();
+        let before = a.clone();
+        a.upsert(&[1.0; 8], &[7], &NoProgress).unwrap();
+        assert_eq!(a.len(), 2);
+        assert_eq!(before.len(), 2);
+        let loc = a.location(7).unwrap();
+        let mut v = [0.0; 8];
+        a.lists()[loc.list as usize].raw_vector(loc.slot as usize, &mut v);
+        assert_eq!(v, [1.0; 8]);
+        let old = before.location(7).unwrap();
+        before.lists()[old.list as usize].raw_vector(old.slot as usize, &mut v);
+        assert_eq!(v, [0.0; 8], "the clone saw the write");
+        assert!(a.shares_quantizers_with(&before));
+    }
+
+    #[test]
+    fn failed_upsert_changes_nothing() {
+        let mut a = trained();
+        a.add(&[0.0; 8], Some(&[1]), &NoProgress).unwrap();
+        let mut bad = vec![0.5; 16];
+        bad[9] = f32::NAN;
+        assert!(matches!(a.upsert(&bad, &[1, 2], &NoProgress), Err(EngineError::NonFinite { row: 1, component: 1, .. })));
+        assert!(matches!(a.upsert(&[0.0; 16], &[3, 3], &NoProgress), Err(EngineError::DuplicateId { id: 3 })));
+        assert!(a.contains(1) && a.len() == 1);
     }
 }

@@ -12,6 +12,7 @@
 pub mod backend;
 pub mod bruteforce;
 pub mod error;
+pub mod flat;
 pub mod index;
 pub mod io;
 pub mod kmeans;
@@ -26,6 +27,7 @@ pub mod synth;
 pub mod topk;
 
 pub use error::EngineError;
+pub use flat::FlatIndex;
 pub use index::{IndexParams, IvfPqIndex, RefineKind};
 pub use metric::Metric;
 

@@ -22,9 +22,9 @@ pub struct CpuBackend;
 #[derive(Debug)]
 pub struct CpuPrepared {
     index: Arc<IvfPqIndex>,
-    centroid_norms: Vec<f32>,
+    centroid_norms: Arc<Vec<f32>>,
     /// L2 only: `nlist × M × ksub` values `‖C_mj‖² + 2 <c_l,m, C_mj>`.
-    l2_list_terms: Option<Vec<f32>>,
+    l2_list_terms: Option<Arc<Vec<f32>>>,
 }
 
 impl PreparedIndex for CpuPrepared {
@@ -66,9 +66,20 @@ impl Backend for CpuBackend {
             terms.par_chunks_mut(m * ksub).for_each(|t| {
                 t.iter_mut().zip(norms).for_each(|(v, n)| *v = n + 2.0 * *v);
             });
-            Some(terms)
+            Some(Arc::new(terms))
         };
-        Ok(CpuPrepared { index, centroid_norms, l2_list_terms })
+        Ok(CpuPrepared { index, centroid_norms: Arc::new(centroid_norms), l2_list_terms })
+    }
+
+    fn refresh(&self, prepared: &CpuPrepared, index: Arc<IvfPqIndex>) -> Result<CpuPrepared, EngineError> {
+        if !prepared.index.shares_quantizers_with(&index) {
+            return self.prepare(index);
+        }
+        Ok(CpuPrepared {
+            index,
+            centroid_norms: prepared.centroid_norms.clone(),
+            l2_list_terms: prepared.l2_list_terms.clone(),
+        })
     }
 
     fn coarse_search(&self, p: &CpuPrepared, queries: &[f32], nprobe: usize) -> Result<Probes, EngineError> {
@@ -137,7 +148,7 @@ impl Backend for CpuBackend {
                         let l = probes.lists[q * probes.nprobe + j] as usize;
                         let bias = probes.scores[q * probes.nprobe + j];
                         let list = &index.lists()[l];
-                        let table: &[f32] = match &p.l2_list_terms {
+                        let table: &[f32] = match p.l2_list_terms.as_deref() {
                             None => q_table,
                             Some(terms) => {
                                 let t = &terms[l * table_len..(l + 1) * table_len];

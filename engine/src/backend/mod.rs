@@ -183,6 +183,13 @@ pub trait Backend: Send + Sync {
     /// Prepares an index for repeated searches.
     fn prepare(&self, index: Arc<IvfPqIndex>) -> Result<Self::Prepared, EngineError>;
 
+    /// Prepares a later version of an already prepared index (after adds or deletes), reusing
+    /// what did not change. The default prepares from scratch.
+    fn refresh(&self, prepared: &Self::Prepared, index: Arc<IvfPqIndex>) -> Result<Self::Prepared, EngineError> {
+        let _ = prepared;
+        self.prepare(index)
+    }
+
     /// Stage 1: the `nprobe` best lists per query.
     fn coarse_search(&self, prepared: &Self::Prepared, queries: &[f32], nprobe: usize) -> Result<Probes, EngineError>;
 
