@@ -38,6 +38,10 @@ enum Command {
     Info(cmd::info::Args),
     /// Generate a synthetic data set (clustered Gaussian).
     Synth(cmd::synth::Args),
+    /// Run the gRPC search service.
+    Serve(cmd::serve::Args),
+    /// Drive a running server with concurrent searches; report QPS, latency, errors, recall.
+    Loadgen(cmd::loadgen::Args),
 }
 
 fn main() -> ExitCode {
@@ -64,5 +68,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rerank(a) => cmd::rerank::run(a),
         Command::Info(a) => cmd::info::run(a),
         Command::Synth(a) => cmd::synth::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::Loadgen(a) => cmd::loadgen::run(a),
     }
 }

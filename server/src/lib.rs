@@ -14,3 +14,15 @@ pub mod proto {
     /// The encoded file descriptor set of the API, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("quiver_descriptor");
 }
+
+pub mod batcher;
+pub mod collection;
+pub mod config;
+pub mod metrics;
+pub mod registry;
+pub mod segment;
+pub mod server;
+pub mod service;
+pub mod snapshot;
+pub mod status;
+pub mod wal;

@@ -4,8 +4,10 @@ pub mod bench;
 pub mod build;
 pub mod gt;
 pub mod info;
+pub mod loadgen;
 pub mod rerank;
 pub mod search;
+pub mod serve;
 pub mod synth;
 
 use std::path::Path;

@@ -27,6 +27,13 @@ pub struct CpuPrepared {
     l2_list_terms: Option<Arc<Vec<f32>>>,
 }
 
+impl CpuPrepared {
+    /// The shared index this was prepared from.
+    pub fn index_arc(&self) -> &Arc<IvfPqIndex> {
+        &self.index
+    }
+}
+
 impl PreparedIndex for CpuPrepared {
     fn index(&self) -> &IvfPqIndex {
         &self.index

@@ -1,0 +1,158 @@
+//! The micro-batcher: gathers concurrent searches of one collection into batches.
+//!
+//! A bounded queue per collection feeds one dispatcher task. The dispatcher takes the oldest
+//! request, then keeps taking requests until the batch holds `max_batch` queries or the oldest
+//! has waited `max_delay` (NVIDIA Triton's dynamic-batching rule). Before running, requests whose
+//! caller went away are dropped and requests whose deadline passed get DEADLINE_EXCEEDED; the
+//! rest are grouped by search parameters and each group runs as one engine call on a blocking
+//! thread (the engine parallelises inside with rayon). While a batch runs, new requests queue, so
+//! batches grow with load. A full queue answers RESOURCE_EXHAUSTED at once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use quiver_engine::backend::Neighbors;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tonic::Status;
+
+use crate::config::BatchingConfig;
+use crate::metrics::Metrics;
+use crate::segment::{SearchKey, SegmentCell};
+
+/// One search request: `nq` valid queries with their parameters.
+#[derive(Debug)]
+pub struct Job {
+    /// Row-major queries.
+    pub queries: Vec<f32>,
+    /// Number of queries.
+    pub nq: usize,
+    /// Parameters.
+    pub key: SearchKey,
+    /// When it was queued.
+    pub enqueued: Instant,
+    /// When its caller stops waiting.
+    pub deadline: Option<Instant>,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Result<Neighbors, Status>>,
+}
+
+/// Handle to a collection's batcher.
+#[derive(Debug)]
+pub struct Batcher {
+    tx: mpsc::Sender<Job>,
+    task: JoinHandle<()>,
+}
+
+impl Batcher {
+    /// Starts the dispatcher of a collection.
+    pub fn spawn(collection: String, cell: Arc<SegmentCell>, cfg: BatchingConfig, metrics: Metrics) -> Batcher {
+        let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
+        let task = tokio::spawn(dispatch(collection, cell, cfg, metrics, rx));
+        Batcher { tx, task }
+    }
+
+    /// Queues a job, or refuses it at once when the queue is full.
+    pub fn submit(&self, job: Job) -> Result<(), Status> {
+        self.tx.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                Status::resource_exhausted("search queue is full: the server is overloaded, retry with backoff")
+            }
+            mpsc::error::TrySendError::Closed(_) => Status::unavailable("the collection is shutting down"),
+        })
+    }
+
+    /// Stops accepting and waits until every queued search has been answered.
+    pub async fn drain(self) {
+        drop(self.tx);
+        let _ = self.task.await;
+    }
+}
+
+async fn dispatch(collection: String, cell: Arc<SegmentCell>, cfg: BatchingConfig, metrics: Metrics, mut rx: mpsc::Receiver<Job>) {
+    let depth = metrics.queue_depth.with_label_values(&[collection.as_str()]);
+    while let Some(first) = rx.recv().await {
+        let until = first.enqueued + cfg.max_delay;
+        let mut nq = first.nq;
+        let mut batch = vec![first];
+        loop {
+            while nq < cfg.max_batch {
+                match rx.try_recv() {
+                    Ok(job) => {
+                        nq += job.nq;
+                        batch.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if nq >= cfg.max_batch || Instant::now() >= until {
+                break;
+            }
+            match tokio::time::timeout_at(until.into(), rx.recv()).await {
+                Ok(Some(job)) => {
+                    nq += job.nq;
+                    batch.push(job);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        depth.set(rx.len() as i64);
+        run_batch(&collection, &cell, &metrics, batch).await;
+    }
+}
+
+async fn run_batch(collection: &str, cell: &Arc<SegmentCell>, metrics: &Metrics, batch: Vec<Job>) {
+    let now = Instant::now();
+    let mut groups: HashMap<SearchKey, Vec<Job>> = HashMap::new();
+    for job in batch {
+        if job.reply.is_closed() {
+            continue; // cancelled by its caller
+        }
+        if job.deadline.is_some_and(|d| d <= now) {
+            let _ = job.reply.send(Err(Status::deadline_exceeded("deadline passed while queued; the search did not run")));
+            continue;
+        }
+        metrics.queue_wait.with_label_values(&[collection]).observe((now - job.enqueued).as_secs_f64());
+        groups.entry(job.key).or_default().push(job);
+    }
+    for (key, jobs) in groups {
+        let segment = cell.load();
+        let nq: usize = jobs.iter().map(|j| j.nq).sum();
+        let mut queries = Vec::with_capacity(jobs.iter().map(|j| j.queries.len()).sum());
+        for j in &jobs {
+            queries.extend_from_slice(&j.queries);
+        }
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || segment.search(&queries, key)).await;
+        metrics.batch_exec.with_label_values(&[collection]).observe(started.elapsed().as_secs_f64());
+        metrics.batch_size.with_label_values(&[collection]).observe(nq as f64);
+        match result {
+            Ok(Ok(all)) => {
+                let k = all.k;
+                let mut row = 0;
+                for j in jobs {
+                    let part = Neighbors {
+                        k,
+                        ids: all.ids[row * k..(row + j.nq) * k].to_vec(),
+                        distances: all.distances[row * k..(row + j.nq) * k].to_vec(),
+                    };
+                    row += j.nq;
+                    let _ = j.reply.send(Ok(part));
+                }
+            }
+            Ok(Err(e)) => {
+                let status = crate::status::from_engine(e);
+                for j in jobs {
+                    let _ = j.reply.send(Err(status.clone()));
+                }
+            }
+            Err(join) => {
+                tracing::error!(%collection, error = %join, "search batch failed");
+                for j in jobs {
+                    let _ = j.reply.send(Err(Status::internal("search batch failed")));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Server configuration: where data lives, how searches are batched, and the limits every
+//! request is checked against. Defaults are documented in the README and measured in
+//! docs/BENCHMARKS.md.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Limits on what one request may ask for; each violation is an INVALID_ARGUMENT naming the
+/// field.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest encoded request or response, in bytes.
+    pub max_message_bytes: usize,
+    /// Largest k.
+    pub max_k: usize,
+    /// Most query vectors in one SearchBatch request, and most vectors in one upsert message.
+    pub max_queries_per_request: usize,
+    /// Largest collection dimension.
+    pub max_dim: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_message_bytes: 64 << 20, max_k: 1024, max_queries_per_request: 4096, max_dim: 4096 }
+    }
+}
+
+/// How searches are gathered into batches.
+#[derive(Debug, Clone)]
+pub struct BatchingConfig {
+    /// A batch runs as soon as it holds this many queries.
+    pub max_batch: usize,
+    /// ... or when its oldest query has waited this long.
+    pub max_delay: Duration,
+    /// Search requests waiting per collection; beyond, requests get RESOURCE_EXHAUSTED.
+    pub queue_capacity: usize,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        BatchingConfig { max_batch: 256, max_delay: Duration::from_millis(2), queue_capacity: 1024 }
+    }
+}
+
+/// An index file served as a collection.
+#[derive(Debug, Clone)]
+pub struct StaticCollection {
+    /// Collection name.
+    pub name: String,
+    /// Index file made by `quiver build`.
+    pub path: PathBuf,
+    /// Copied into the data directory as a writable starting state (else served read-only).
+    pub writable: bool,
+}
+
+/// Everything `quiver serve` is configured with.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Prometheus text metrics listen address (`/metrics`), if any.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Root of the collections' files.
+    pub data_dir: PathBuf,
+    /// Index files served as collections.
+    pub static_collections: Vec<StaticCollection>,
+    /// Batching.
+    pub batching: BatchingConfig,
+    /// Request limits.
+    pub limits: Limits,
+    /// A collection's write-ahead log is folded into a snapshot when it grows past this size.
+    pub wal_snapshot_bytes: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_listen: None,
+            data_dir: PathBuf::from("quiver-data"),
+            static_collections: Vec::new(),
+            batching: BatchingConfig::default(),
+            limits: Limits::default(),
+            wal_snapshot_bytes: 256 << 20,
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Prometheus metrics of the service, served as text on `--metrics-listen` at `/metrics`.
+
+use std::net::SocketAddr;
+
+use prometheus::{
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The service's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by method and gRPC status.
+    pub requests: IntCounterVec,
+    /// Queries per executed batch.
+    pub batch_size: HistogramVec,
+    /// Seconds a search waited in the queue before its batch ran.
+    pub queue_wait: HistogramVec,
+    /// Seconds a batch took to execute.
+    pub batch_exec: HistogramVec,
+    /// Live vectors per collection.
+    pub vectors: IntGaugeVec,
+    /// Searches waiting per collection.
+    pub queue_depth: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests =
+            IntCounterVec::new(Opts::new("quiver_requests_total", "gRPC requests by method and status"), &["method", "status"])
+                .expect("valid metric");
+        let secs = exponential_buckets(0.000_05, 2.0, 18).expect("valid buckets");
+        let batch_size = HistogramVec::new(
+            HistogramOpts::new("quiver_batch_size", "queries per executed search batch")
+                .buckets(exponential_buckets(1.0, 2.0, 13).expect("valid buckets")),
+            &["collection"],
+        )
+        .expect("valid metric");
+        let queue_wait = HistogramVec::new(
+            HistogramOpts::new("quiver_queue_wait_seconds", "time a search waited before its batch ran").buckets(secs.clone()),
+            &["collection"],
+        )
+        .expect("valid metric");
+        let batch_exec = HistogramVec::new(
+            HistogramOpts::new("quiver_batch_exec_seconds", "time to execute one search batch").buckets(secs),
+            &["collection"],
+        )
+        .expect("valid metric");
+        let vectors =
+            IntGaugeVec::new(Opts::new("quiver_vectors", "live vectors per collection"), &["collection"]).expect("valid metric");
+        let queue_depth = IntGaugeVec::new(Opts::new("quiver_queue_depth", "searches waiting per collection"), &["collection"])
+            .expect("valid metric");
+        for m in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(batch_size.clone()),
+            Box::new(queue_wait.clone()),
+            Box::new(batch_exec.clone()),
+            Box::new(vectors.clone()),
+            Box::new(queue_depth.clone()),
+        ] {
+            registry.register(m).expect("metric registered once");
+        }
+        Metrics { registry, requests, batch_size, queue_wait, batch_exec, vectors, queue_depth }
+    }
+
+    /// Counts one finished request.
+    pub fn request(&self, method: &str, code: tonic::Code) {
+        self.requests.with_label_values(&[method, &format!("{code:?}")]).inc();
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Serves `/metrics` on `addr` until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = self.clone();
+                async move { m.render() }
+            }),
+        );
+        axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Binds the metrics address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}

@@ -1,0 +1,393 @@
+//! The `quiver.v1.Quiver` gRPC service: validates every request against the limits, runs
+//! writes on blocking threads and sends searches through the collection's micro-batcher.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quiver_engine::backend::{Neighbors, PreparedIndex};
+use quiver_engine::Metric;
+use tokio::sync::oneshot;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::batcher::Job;
+use crate::collection::{valid_name, Collection, IndexConfig, Meta};
+use crate::proto::{self, quiver_server::Quiver};
+use crate::registry::Registry;
+use crate::segment::{SearchKey, Segment};
+use crate::status::invalid;
+
+/// The service.
+#[derive(Clone)]
+pub struct QuiverService {
+    registry: Arc<Registry>,
+}
+
+impl QuiverService {
+    /// A service over a registry.
+    pub fn new(registry: Arc<Registry>) -> Self {
+        QuiverService { registry }
+    }
+
+    fn record<T>(&self, method: &str, r: Result<T, Status>) -> Result<T, Status> {
+        let code = match &r {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        self.registry.metrics().request(method, code);
+        r
+    }
+
+    fn limits(&self) -> &crate::config::Limits {
+        &self.registry.config().limits
+    }
+}
+
+fn metric_from_proto(m: i32) -> Result<Metric, Status> {
+    match proto::Metric::try_from(m) {
+        Ok(proto::Metric::L2) => Ok(Metric::L2),
+        Ok(proto::Metric::InnerProduct) => Ok(Metric::InnerProduct),
+        Ok(proto::Metric::Cosine) => Ok(Metric::Cosine),
+        _ => Err(invalid("metric", "must be METRIC_L2, METRIC_INNER_PRODUCT or METRIC_COSINE")),
+    }
+}
+
+fn metric_to_proto(m: Metric) -> proto::Metric {
+    match m {
+        Metric::L2 => proto::Metric::L2,
+        Metric::InnerProduct => proto::Metric::InnerProduct,
+        Metric::Cosine => proto::Metric::Cosine,
+    }
+}
+
+fn refine_from_proto(r: i32) -> Result<String, Status> {
+    match proto::Refine::try_from(r) {
+        Ok(proto::Refine::Unspecified) => Ok(String::new()),
+        Ok(proto::Refine::None) => Ok("none".into()),
+        Ok(proto::Refine::F16) => Ok("f16".into()),
+        Ok(proto::Refine::F32) => Ok("f32".into()),
+        Err(_) => Err(invalid("index.refine", format!("unknown value {r}"))),
+    }
+}
+
+fn refine_to_proto(r: &str) -> proto::Refine {
+    match r {
+        "none" => proto::Refine::None,
+        "f32" => proto::Refine::F32,
+        _ => proto::Refine::F16,
+    }
+}
+
+fn index_config(p: Option<&proto::IndexParams>) -> Result<IndexConfig, Status> {
+    let p = p.cloned().unwrap_or_default();
+    Ok(IndexConfig { nlist: p.nlist, pq_m: p.pq_m, refine: refine_from_proto(p.refine)?, seed: p.seed })
+}
+
+fn info(name: &str, c: &Collection) -> proto::CollectionInfo {
+    let meta = c.meta();
+    let seg = c.segment();
+    proto::CollectionInfo {
+        name: name.to_string(),
+        dim: meta.dim as u32,
+        metric: metric_to_proto(meta.metric()) as i32,
+        index: Some(proto::IndexParams {
+            nlist: meta.index.nlist,
+            pq_m: meta.index.pq_m,
+            refine: refine_to_proto(&meta.index.refine) as i32,
+            seed: meta.index.seed,
+        }),
+        count: seg.len() as u64,
+        trained: seg.trained(),
+        memory_bytes: seg.data_bytes() as u64,
+        read_only: c.is_read_only(),
+    }
+}
+
+/// Checks `values` hold whole rows of `dim` finite values (non-zero rows for cosine).
+fn check_vectors(field: &str, values: &[f32], dim: usize, metric: Metric) -> Result<usize, Status> {
+    if values.len() % dim != 0 {
+        return Err(invalid(field, format!("{} values is not a whole number of vectors of dimension {dim}", values.len())));
+    }
+    if let Some(p) = values.iter().position(|v| !v.is_finite()) {
+        return Err(invalid(field, format!("vector {} holds a non-finite value ({}) at component {}", p / dim, values[p], p % dim)));
+    }
+    if metric.normalizes() {
+        if let Some(row) = values.chunks_exact(dim).position(|r| r.iter().all(|&x| x == 0.0)) {
+            return Err(invalid(field, format!("vector {row} has zero length and cannot be normalised for the cosine metric")));
+        }
+    }
+    Ok(values.len() / dim)
+}
+
+fn check_key(seg: &Segment, key: SearchKey, max_k: usize) -> Result<(), Status> {
+    if key.k == 0 || key.k > max_k {
+        return Err(invalid("k", format!("{} is out of range: it must be between 1 and {max_k}", key.k)));
+    }
+    if let Segment::Ivf(p) = seg {
+        let nlist = p.index().nlist();
+        if key.nprobe > nlist {
+            return Err(invalid("nprobe", format!("{} is out of range: it must be between 1 and nlist = {nlist} (0 = default)", key.nprobe)));
+        }
+        seg.resolve(key).validate(p.index()).map_err(|e| invalid("refine_factor", e))?;
+    }
+    Ok(())
+}
+
+/// The deadline a client set with `grpc-timeout`, if any.
+fn deadline_of<T>(req: &Request<T>, start: Instant) -> Option<Instant> {
+    let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    let d = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    start.checked_add(d)
+}
+
+fn to_response(n: &Neighbors, q: usize) -> proto::SearchResponse {
+    let neighbors = n
+        .ids_of(q)
+        .iter()
+        .zip(n.distances_of(q))
+        .filter(|(id, _)| **id >= 0)
+        .map(|(&id, &distance)| proto::Neighbor { id: id as u64, distance })
+        .collect();
+    proto::SearchResponse { neighbors }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Status> + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(format!("worker failed: {e}")))?
+}
+
+impl QuiverService {
+    async fn search_inner(
+        &self,
+        collection: &str,
+        values: Vec<f32>,
+        key: SearchKey,
+        deadline: Option<Instant>,
+        batch_field: Option<&str>,
+    ) -> Result<Neighbors, Status> {
+        let c = self.registry.get(collection)?;
+        let meta = c.meta();
+        let field = batch_field.unwrap_or("vector");
+        if values.is_empty() {
+            return Err(invalid(field, "empty: at least one query vector is required"));
+        }
+        if batch_field.is_none() && values.len() != meta.dim {
+            return Err(invalid("vector", format!("dimension mismatch: expected {}, got {}", meta.dim, values.len())));
+        }
+        let nq = check_vectors(field, &values, meta.dim, meta.metric())?;
+        if nq > self.limits().max_queries_per_request {
+            return Err(invalid(field, format!("{nq} queries exceed the limit of {} per request", self.limits().max_queries_per_request)));
+        }
+        check_key(&c.segment(), key, self.limits().max_k)?;
+        let (tx, rx) = oneshot::channel();
+        c.submit(Job { queries: values, nq, key, enqueued: Instant::now(), deadline, reply: tx })?;
+        let answer = match deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), rx)
+                .await
+                .map_err(|_| Status::deadline_exceeded("deadline passed before the search finished"))?,
+            None => rx.await,
+        };
+        answer.map_err(|_| Status::unavailable("the search was dropped during shutdown"))?
+    }
+
+    fn write_meta(&self, r: &proto::CreateCollectionRequest) -> Result<Meta, Status> {
+        if !valid_name(&r.name) {
+            return Err(invalid("name", "must be 1 to 64 characters of A-Z a-z 0-9 _ - . and not start with a dot"));
+        }
+        if r.dim == 0 || r.dim as usize > self.limits().max_dim {
+            return Err(invalid("dim", format!("{} is out of range: it must be between 1 and {}", r.dim, self.limits().max_dim)));
+        }
+        let metric = metric_from_proto(r.metric)?;
+        let mut index = index_config(r.index.as_ref())?;
+        if index.refine.is_empty() {
+            index.refine = "f16".into();
+        }
+        if index.seed == 0 {
+            index.seed = 1234;
+        }
+        if index.pq_m != 0 && r.dim % index.pq_m != 0 {
+            return Err(invalid("index.pq_m", format!("{} does not divide dim = {}", index.pq_m, r.dim)));
+        }
+        Ok(Meta { format: 1, name: r.name.clone(), dim: r.dim as usize, metric: metric.name().into(), index, trained: false })
+    }
+
+    fn check_upsert(c: &Collection, r: &proto::UpsertRequest) -> Result<(), Status> {
+        let meta = c.meta();
+        if r.ids.is_empty() {
+            return Err(invalid("ids", "empty: at least one vector is required"));
+        }
+        if r.vectors.len() != r.ids.len() * meta.dim {
+            return Err(invalid(
+                "vectors",
+                format!("{} values for {} ids of dimension {} (expected {})", r.vectors.len(), r.ids.len(), meta.dim, r.ids.len() * meta.dim),
+            ));
+        }
+        check_vectors("vectors", &r.vectors, meta.dim, meta.metric())?;
+        if let Some(id) = r.ids.iter().find(|&&id| id > i64::MAX as u64) {
+            return Err(invalid("ids", format!("{id} is above 2^63-1")));
+        }
+        Ok(())
+    }
+
+    async fn upsert_one(&self, r: proto::UpsertRequest) -> Result<u64, Status> {
+        let c = self.registry.get(&r.collection)?;
+        Self::check_upsert(&c, &r)?;
+        let n = r.ids.len() as u64;
+        let (name, metrics) = (r.collection.clone(), self.registry.metrics().clone());
+        let live = blocking(move || c.upsert(r.ids, r.vectors)).await?;
+        metrics.vectors.with_label_values(&[&name]).set(live as i64);
+        Ok(n)
+    }
+}
+
+#[tonic::async_trait]
+impl Quiver for QuiverService {
+    async fn create_collection(
+        &self,
+        req: Request<proto::CreateCollectionRequest>,
+    ) -> Result<Response<proto::CollectionInfo>, Status> {
+        let r = async {
+            let meta = self.write_meta(req.get_ref())?;
+            let name = meta.name.clone();
+            let registry = self.registry.clone();
+            let c = blocking(move || registry.create(meta)).await?;
+            Ok(Response::new(info(&name, &c)))
+        }
+        .await;
+        self.record("CreateCollection", r)
+    }
+
+    async fn drop_collection(
+        &self,
+        req: Request<proto::DropCollectionRequest>,
+    ) -> Result<Response<proto::DropCollectionResponse>, Status> {
+        let r = self.registry.drop_collection(&req.get_ref().name).await.map(|_| Response::new(proto::DropCollectionResponse {}));
+        self.record("DropCollection", r)
+    }
+
+    async fn list_collections(
+        &self,
+        _req: Request<proto::ListCollectionsRequest>,
+    ) -> Result<Response<proto::ListCollectionsResponse>, Status> {
+        let collections = self.registry.list().iter().map(|(n, c)| info(n, c)).collect();
+        self.record("ListCollections", Ok(Response::new(proto::ListCollectionsResponse { collections })))
+    }
+
+    async fn get_collection(&self, req: Request<proto::GetCollectionRequest>) -> Result<Response<proto::CollectionInfo>, Status> {
+        let name = &req.get_ref().name;
+        let r = self.registry.get(name).map(|c| Response::new(info(name, &c)));
+        self.record("GetCollection", r)
+    }
+
+    async fn upsert(&self, req: Request<proto::UpsertRequest>) -> Result<Response<proto::UpsertResponse>, Status> {
+        let r = self.upsert_one(req.into_inner()).await.map(|upserted| Response::new(proto::UpsertResponse { upserted }));
+        self.record("Upsert", r)
+    }
+
+    async fn upsert_stream(
+        &self,
+        req: Request<Streaming<proto::UpsertRequest>>,
+    ) -> Result<Response<proto::UpsertResponse>, Status> {
+        let r = async {
+            let mut stream = req.into_inner();
+            let mut total = 0;
+            while let Some(msg) = stream.next().await {
+                total += self.upsert_one(msg?).await?;
+            }
+            Ok(Response::new(proto::UpsertResponse { upserted: total }))
+        }
+        .await;
+        self.record("UpsertStream", r)
+    }
+
+    async fn delete(&self, req: Request<proto::DeleteRequest>) -> Result<Response<proto::DeleteResponse>, Status> {
+        let r = async {
+            let r = req.into_inner();
+            let c = self.registry.get(&r.collection)?;
+            if r.ids.is_empty() {
+                return Err(invalid("ids", "empty: at least one id is required"));
+            }
+            let (name, metrics) = (r.collection.clone(), self.registry.metrics().clone());
+            let c2 = c.clone();
+            let deleted = blocking(move || c2.delete(r.ids)).await?;
+            metrics.vectors.with_label_values(&[&name]).set(c.segment().len() as i64);
+            Ok(Response::new(proto::DeleteResponse { deleted: deleted as u64 }))
+        }
+        .await;
+        self.record("Delete", r)
+    }
+
+    async fn train(&self, req: Request<proto::TrainRequest>) -> Result<Response<proto::CollectionInfo>, Status> {
+        let r = async {
+            let r = req.into_inner();
+            let c = self.registry.get(&r.collection)?;
+            let overrides = match r.index.as_ref() {
+                Some(p) => Some(index_config(Some(p))?),
+                None => None,
+            };
+            let c2 = c.clone();
+            blocking(move || c2.train(overrides)).await?;
+            Ok(Response::new(info(&r.collection, &c)))
+        }
+        .await;
+        self.record("Train", r)
+    }
+
+    async fn load_index(&self, req: Request<proto::LoadIndexRequest>) -> Result<Response<proto::CollectionInfo>, Status> {
+        let r = async {
+            let r = req.into_inner();
+            if !valid_name(&r.collection) {
+                return Err(invalid("collection", "must be 1 to 64 characters of A-Z a-z 0-9 _ - . and not start with a dot"));
+            }
+            if r.path.is_empty() {
+                return Err(invalid("path", "empty"));
+            }
+            let registry = self.registry.clone();
+            let (name, path) = (r.collection.clone(), std::path::PathBuf::from(&r.path));
+            let c = blocking(move || registry.load_index(&name, &path)).await?;
+            Ok(Response::new(info(&r.collection, &c)))
+        }
+        .await;
+        self.record("LoadIndex", r)
+    }
+
+    async fn flush(&self, req: Request<proto::FlushRequest>) -> Result<Response<proto::FlushResponse>, Status> {
+        let r = async {
+            let c = self.registry.get(&req.get_ref().collection)?;
+            let snapshot_bytes = blocking(move || c.flush()).await?;
+            Ok(Response::new(proto::FlushResponse { snapshot_bytes }))
+        }
+        .await;
+        self.record("Flush", r)
+    }
+
+    async fn search(&self, req: Request<proto::SearchRequest>) -> Result<Response<proto::SearchResponse>, Status> {
+        let deadline = deadline_of(&req, Instant::now());
+        let r = req.into_inner();
+        let key = SearchKey { k: r.k as usize, nprobe: r.nprobe as usize, refine_factor: r.refine_factor as usize };
+        let res = self.search_inner(&r.collection, r.vector, key, deadline, None).await.map(|n| Response::new(to_response(&n, 0)));
+        self.record("Search", res)
+    }
+
+    async fn search_batch(
+        &self,
+        req: Request<proto::SearchBatchRequest>,
+    ) -> Result<Response<proto::SearchBatchResponse>, Status> {
+        let deadline = deadline_of(&req, Instant::now());
+        let r = req.into_inner();
+        let key = SearchKey { k: r.k as usize, nprobe: r.nprobe as usize, refine_factor: r.refine_factor as usize };
+        let res = self.search_inner(&r.collection, r.vectors, key, deadline, Some("vectors")).await.map(|n| {
+            Response::new(proto::SearchBatchResponse { results: (0..n.len()).map(|q| to_response(&n, q)).collect() })
+        });
+        self.record("SearchBatch", res)
+    }
+}

@@ -1,0 +1,132 @@
+//! `quiver serve`: the gRPC search service. With no arguments it listens on 127.0.0.1:50051
+//! with its data in `./quiver-data` (created if missing).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use quiver_server::config::{BatchingConfig, Limits, ServerConfig, StaticCollection};
+
+use super::BackendChoice;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// gRPC listen address (port 0 picks a free port; the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Where collections are stored.
+    #[arg(long, default_value = "quiver-data")]
+    data_dir: PathBuf,
+    /// Serve an index file made by `quiver build` as collection NAME: `NAME=INDEX` read-only,
+    /// `NAME=INDEX:rw` copied into the data directory as the collection's starting state.
+    #[arg(long = "collection", value_name = "NAME=INDEX[:rw]")]
+    collections: Vec<String>,
+    /// A search batch runs when it holds this many queries...
+    #[arg(long, default_value_t = 256)]
+    max_batch: usize,
+    /// ...or when its oldest query has waited this many milliseconds.
+    #[arg(long, default_value_t = 2.0)]
+    max_delay_ms: f64,
+    /// Searches queued per collection before RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 1024)]
+    queue_capacity: usize,
+    /// Largest request or response message, in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    max_message_bytes: usize,
+    /// Largest k a search may ask for.
+    #[arg(long, default_value_t = 1024)]
+    max_k: usize,
+    /// Most queries in one SearchBatch request.
+    #[arg(long, default_value_t = 4096)]
+    max_queries_per_request: usize,
+    /// Largest collection dimension.
+    #[arg(long, default_value_t = 4096)]
+    max_dim: usize,
+    /// Fold a collection's write-ahead log into a snapshot beyond this many MiB.
+    #[arg(long, default_value_t = 256)]
+    wal_snapshot_mib: u64,
+    /// Prometheus metrics listen address (serves /metrics).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// Backend for trained collections.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
+}
+
+fn parse_collection(s: &str) -> anyhow::Result<StaticCollection> {
+    let Some((name, path)) = s.split_once('=') else {
+        bail!("--collection {s:?}: expected NAME=INDEX or NAME=INDEX:rw");
+    };
+    let (path, writable) = match path.strip_suffix(":rw") {
+        Some(p) => (p, true),
+        None => (path, false),
+    };
+    if name.is_empty() || path.is_empty() {
+        bail!("--collection {s:?}: expected NAME=INDEX or NAME=INDEX:rw");
+    }
+    Ok(StaticCollection { name: name.to_string(), path: PathBuf::from(path), writable })
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+    if a.max_batch == 0 || a.queue_capacity == 0 || a.max_k == 0 || a.max_queries_per_request == 0 || a.max_dim == 0 {
+        bail!("--max-batch, --queue-capacity, --max-k, --max-queries-per-request and --max-dim must be at least 1");
+    }
+    if !(a.max_delay_ms.is_finite() && a.max_delay_ms >= 0.0) {
+        bail!("--max-delay-ms must be a non-negative number");
+    }
+    let static_collections = a.collections.iter().map(|s| parse_collection(s)).collect::<anyhow::Result<Vec<_>>>()?;
+    let config = ServerConfig {
+        listen: a.listen,
+        metrics_listen: a.metrics_listen,
+        data_dir: a.data_dir.clone(),
+        static_collections,
+        batching: BatchingConfig {
+            max_batch: a.max_batch,
+            max_delay: Duration::from_secs_f64(a.max_delay_ms / 1000.0),
+            queue_capacity: a.queue_capacity,
+        },
+        limits: Limits {
+            max_message_bytes: a.max_message_bytes,
+            max_k: a.max_k,
+            max_queries_per_request: a.max_queries_per_request,
+            max_dim: a.max_dim,
+        },
+        wal_snapshot_bytes: a.wal_snapshot_mib.saturating_mul(1 << 20),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let data_dir = a.data_dir.clone();
+    rt.block_on(quiver_server::server::serve(
+        config,
+        |bound, registry| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "listening on {}", bound.grpc);
+            if let Some(m) = bound.metrics {
+                let _ = writeln!(out, "metrics on http://{m}/metrics");
+            }
+            let names: Vec<String> = registry.list().into_iter().map(|(n, _)| n).collect();
+            let _ = writeln!(out, "backend cpu; data in {}; collections: [{}]", data_dir.display(), names.join(", "));
+            let _ = writeln!(
+                out,
+                "try it (service quiver.v1.Quiver, reflection enabled):\n  \
+                 CreateCollection {{\"name\":\"docs\",\"dim\":384,\"metric\":\"METRIC_COSINE\"}}\n  \
+                 Upsert {{\"collection\":\"docs\",\"ids\":[1],\"vectors\":[...384 floats...]}}\n  \
+                 Search {{\"collection\":\"docs\",\"vector\":[...],\"k\":10}}\n  \
+                 e.g. with grpcurl: grpcurl -plaintext -d '{{\"name\":\"docs\",\"dim\":384,\"metric\":\"METRIC_COSINE\"}}' {} quiver.v1.Quiver/CreateCollection",
+                bound.grpc
+            );
+            let _ = out.flush();
+        },
+        quiver_server::server::termination_signal(),
+    ))
+    .with_context(|| format!("serving on {}", a.listen))?;
+    Ok(())
+}
