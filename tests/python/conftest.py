@@ -121,11 +121,15 @@ def server(tmp_path):
     except queue.Empty:
         first = None
     if first is None or not first.startswith("listening on "):
+        exited = proc.poll()
         code = _stop(proc)
-        pytest.fail(
-            f"server did not print 'listening on ...' within {STARTUP_TIMEOUT_S:.0f}s "
-            f"(first stdout line: {first!r}, exit code: {code})\n--- server stderr ---\n{srv.stderr()}"
-        )
+        if first is not None:
+            why = f"its first stdout line was {first!r}, not 'listening on ADDR'"
+        elif exited is not None:
+            why = f"it exited with code {exited} before printing 'listening on ADDR'"
+        else:
+            why = f"it printed nothing on stdout within {STARTUP_TIMEOUT_S:.0f}s (stopped; exit code {code})"
+        pytest.fail(f"server {binary} failed to start: {why}\n--- server stderr ---\n{srv.stderr()}")
     srv.addr = first[len("listening on "):].strip()
     host, _, port = srv.addr.rpartition(":")
     assert host == "127.0.0.1" and port.isdigit() and int(port) > 0, f"unexpected address {srv.addr!r}"
