@@ -24,7 +24,14 @@ pub struct ProductQuantizer {
     centroids: Vec<f32>,
     /// `m × ksub` squared norms of the sub-centroids.
     norms: Vec<f32>,
+    /// The sub-centroids transposed per sub-quantizer, `m × dsub × ksub`: a query's table is
+    /// then `dsub` vectorised multiply-adds over `ksub` entries.
+    transposed: Vec<f32>,
 }
+
+/// Below this many queries, lookup tables are built from the transposed codebook rather than
+/// with SGEMM (which would repack the codebook for little work).
+const SMALL_TABLE_BATCH: usize = 16;
 
 const ENCODE_BLOCK: usize = 256;
 
@@ -89,7 +96,16 @@ impl ProductQuantizer {
     pub fn from_parts(dim: usize, m: usize, nbits: u32, centroids: Vec<f32>) -> Self {
         let dsub = dim / m;
         let norms = row_norms_sq(&centroids, dsub);
-        ProductQuantizer { dim, m, nbits, centroids, norms }
+        let ksub = 1usize << nbits;
+        let mut transposed = vec![0f32; centroids.len()];
+        for sub in 0..m {
+            for j in 0..ksub {
+                for t in 0..dsub {
+                    transposed[(sub * dsub + t) * ksub + j] = centroids[(sub * ksub + j) * dsub + t];
+                }
+            }
+        }
+        ProductQuantizer { dim, m, nbits, centroids, norms, transposed }
     }
 
     /// Vector dimension.
@@ -173,6 +189,19 @@ impl ProductQuantizer {
         let (dim, dsub, ksub, m) = (self.dim, self.dsub(), self.ksub(), self.m);
         let nq = queries.len() / dim;
         assert_eq!(out.len(), nq * m * ksub, "inner_product_tables: output size");
+        if nq < SMALL_TABLE_BATCH {
+            for (q, table) in queries.chunks_exact(dim).zip(out.chunks_exact_mut(m * ksub)) {
+                for (sub, row) in table.chunks_exact_mut(ksub).enumerate() {
+                    row.fill(0.0);
+                    for t in 0..dsub {
+                        let x = q[sub * dsub + t];
+                        let ct = &self.transposed[(sub * dsub + t) * ksub..(sub * dsub + t + 1) * ksub];
+                        row.iter_mut().zip(ct).for_each(|(o, c)| *o += x * c);
+                    }
+                }
+            }
+            return;
+        }
         for sub in 0..m {
             let cents = &self.centroids[sub * ksub * dsub..(sub + 1) * ksub * dsub];
             gemm_abt(&queries[sub * dsub..], dim, nq, cents, dsub, ksub, dsub, &mut out[sub * ksub..], m * ksub);
@@ -242,9 +271,15 @@ mod tests {
         let dim = 12;
         let x = data(400, dim, 4);
         let pq = ProductQuantizer::train(&x, dim, 3, 8, 2, &NoProgress).unwrap();
-        let q = data(3, dim, 8);
-        let mut t = vec![0f32; 3 * 3 * 256];
+        // Both paths: few queries (transposed codebook) and many (SGEMM).
+        let q = data(40, dim, 8);
+        let mut t = vec![0f32; 40 * 3 * 256];
         pq.inner_product_tables(&q, &mut t);
+        let mut t3 = vec![0f32; 3 * 3 * 256];
+        pq.inner_product_tables(&q[..3 * dim], &mut t3);
+        for (a, b) in t3.iter().zip(&t) {
+            approx::assert_relative_eq!(a, b, epsilon = 1e-5, max_relative = 1e-5);
+        }
         for qi in 0..3 {
             for sub in 0..3 {
                 for j in [0, 17, 255] {

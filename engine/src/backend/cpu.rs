@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::{Backend, Candidates, LookupTables, Neighbors, PreparedIndex, Probes, Slot};
+use super::{run_stages, Backend, Candidates, LookupTables, Neighbors, PreparedIndex, Probes, SearchParams, Slot};
 use crate::error::EngineError;
 use crate::index::IvfPqIndex;
 use crate::linalg::{dot, gemm_abt, row_norms_sq};
@@ -76,6 +76,17 @@ impl Backend for CpuBackend {
             Some(Arc::new(terms))
         };
         Ok(CpuPrepared { index, centroid_norms: Arc::new(centroid_norms), l2_list_terms })
+    }
+
+    /// Runs the stages inside the rayon pool: a caller outside it (a server's blocking thread)
+    /// hands the pool one job per search instead of one per parallel stage.
+    fn search(&self, prepared: &CpuPrepared, queries: &[f32], params: &SearchParams) -> Result<Neighbors, EngineError> {
+        if rayon::current_thread_index().is_some() {
+            return run_stages(self, prepared, queries, params);
+        }
+        let mut result = None;
+        rayon::scope(|_| result = Some(run_stages(self, prepared, queries, params)));
+        result.unwrap_or_else(|| Err(EngineError::BackendUnavailable { backend: "cpu", reason: "search did not run".into() }))
     }
 
     fn refresh(&self, prepared: &CpuPrepared, index: Arc<IvfPqIndex>) -> Result<CpuPrepared, EngineError> {

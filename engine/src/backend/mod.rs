@@ -222,18 +222,29 @@ pub trait Backend: Send + Sync {
 
     /// Searches a batch: validates, normalises (cosine), tiles and runs the four stages.
     fn search(&self, prepared: &Self::Prepared, queries: &[f32], params: &SearchParams) -> Result<Neighbors, EngineError> {
-        let index = prepared.index();
-        params.validate(index)?;
-        let queries = index.prepare_queries(queries)?;
-        let dim = index.dim();
-        let tile = self.max_batch(prepared);
-        let mut out = Neighbors::new(params.k);
-        for chunk in queries.chunks(tile * dim) {
-            let probes = self.coarse_search(prepared, chunk, params.nprobe)?;
-            let tables = self.lookup_tables(prepared, chunk)?;
-            let candidates = self.scan(prepared, &probes, &tables, params.candidates())?;
-            out.extend(self.refine(prepared, chunk, &candidates, params.k)?);
-        }
-        Ok(out)
+        run_stages(self, prepared, queries, params)
     }
+}
+
+/// The default search: validation, normalisation, tiling to [`Backend::max_batch`] and the
+/// four stages in order.
+pub fn run_stages<B: Backend + ?Sized>(
+    backend: &B,
+    prepared: &B::Prepared,
+    queries: &[f32],
+    params: &SearchParams,
+) -> Result<Neighbors, EngineError> {
+    let index = prepared.index();
+    params.validate(index)?;
+    let queries = index.prepare_queries(queries)?;
+    let dim = index.dim();
+    let tile = backend.max_batch(prepared);
+    let mut out = Neighbors::new(params.k);
+    for chunk in queries.chunks(tile * dim) {
+        let probes = backend.coarse_search(prepared, chunk, params.nprobe)?;
+        let tables = backend.lookup_tables(prepared, chunk)?;
+        let candidates = backend.scan(prepared, &probes, &tables, params.candidates())?;
+        out.extend(backend.refine(prepared, chunk, &candidates, params.k)?);
+    }
+    Ok(out)
 }
