@@ -22,6 +22,7 @@ pub mod metric;
 pub mod persist;
 pub mod pq;
 pub mod progress;
+pub mod simd;
 pub mod storage;
 pub mod synth;
 pub mod topk;

@@ -2,54 +2,18 @@
 //! blocked `A·Bᵀ` product (through the `matrixmultiply` crate's SGEMM, which dispatches to
 //! AVX/FMA at run time).
 //!
-//! The scalar loops are written with eight independent accumulators so the compiler
-//! vectorises them; they are the reference the hand-written SIMD paths are checked against.
+//! Dot products and distances dispatch to [`crate::simd`] (scalar, AVX2 or AVX-512).
 
-/// Inner product of two equally long slices.
+/// Inner product of two equally long slices (SIMD level chosen at run time).
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    let mut acc = [0.0f32; 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut tail = 0.0;
-    for (x, y) in ra.iter().zip(rb) {
-        tail += x * y;
-    }
-    sum8(acc) + tail
+    crate::simd::dot(a, b)
 }
 
-/// Squared Euclidean distance of two equally long slices.
+/// Squared Euclidean distance of two equally long slices (SIMD level chosen at run time).
 #[inline]
 pub fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    let mut acc = [0.0f32; 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            let t = x[i] - y[i];
-            acc[i] += t * t;
-        }
-    }
-    let mut tail = 0.0;
-    for (x, y) in ra.iter().zip(rb) {
-        let t = x - y;
-        tail += t * t;
-    }
-    sum8(acc) + tail
-}
-
-#[inline]
-fn sum8(acc: [f32; 8]) -> f32 {
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+    crate::simd::l2_sq(a, b)
 }
 
 /// Squared L2 norm.

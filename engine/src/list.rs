@@ -147,6 +147,25 @@ impl InvertedList {
         }
     }
 
+    /// Exact score (lower is better) of slot `i`'s raw vector against a prepared query, read
+    /// in place (f16 widened on the fly). `None` if the list keeps no raw vectors.
+    #[inline]
+    pub fn raw_score(&self, i: usize, query: &[f32], metric: crate::Metric) -> Option<f32> {
+        let dim = query.len();
+        let ip = metric.is_inner_product();
+        match &self.raw {
+            RawVectors::None => None,
+            RawVectors::F16(s) => {
+                let v = &s.as_slice()[i * dim..(i + 1) * dim];
+                Some(if ip { -crate::simd::dot_f16(query, v) } else { crate::simd::l2_sq_f16(query, v) })
+            }
+            RawVectors::F32(s) => {
+                let v = &s.as_slice()[i * dim..(i + 1) * dim];
+                Some(if ip { -crate::simd::dot(query, v) } else { crate::simd::l2_sq(query, v) })
+            }
+        }
+    }
+
     /// A copy without the deleted entries (what is saved).
     pub fn compacted(&self, code_size: usize, dim: usize) -> InvertedList {
         if self.deleted_count == 0 {

@@ -196,8 +196,8 @@ impl Backend for CpuBackend {
         let mut ids = vec![-1i64; nq * k];
         let mut distances = vec![pad; nq * k];
         ids.par_chunks_mut(k).zip(distances.par_chunks_mut(k)).enumerate().for_each_init(
-            || (TopK::new(k), vec![0f32; dim]),
-            |(top, buf), (q, (id_out, d_out))| {
+            || TopK::new(k),
+            |top, (q, (id_out, d_out))| {
                 top.clear();
                 let query = &queries[q * dim..(q + 1) * dim];
                 let slots = &candidates.slots[q * per..(q + 1) * per];
@@ -208,8 +208,8 @@ impl Backend for CpuBackend {
                     }
                     let list = &index.lists()[slot.list as usize];
                     let id = list.ids.as_slice()[slot.offset as usize];
-                    let score = if has_raw && list.raw_vector(slot.offset as usize, buf) {
-                        metric.score(query, buf)
+                    let score = if has_raw {
+                        list.raw_score(slot.offset as usize, query, metric).unwrap_or(approx_score)
                     } else {
                         approx_score
                     };
