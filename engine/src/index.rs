@@ -234,7 +234,8 @@ impl IvfPqIndex {
                 }
             }
         }
-        IvfPqIndex { params, centroids, pq, layout: CodeLayout::Flat, lists, locations, next_id }
+        let layout = CodeLayout::for_bits(params.pq_bits);
+        IvfPqIndex { params, centroids, pq, layout, lists, locations, next_id }
     }
 
     /// Adds vectors (row-major `n × dim`) with the given ids, or with sequential ids after the
@@ -283,7 +284,7 @@ impl IvfPqIndex {
                 let id = ids[b * ADD_BLOCK + r];
                 let list = Arc::make_mut(&mut self.lists[assign[r] as usize]);
                 let slot = list.len() as u32;
-                list.push(id, &codes[r * cs..(r + 1) * cs], &block[r * dim..(r + 1) * dim]);
+                list.push(id, &codes[r * cs..(r + 1) * cs], &block[r * dim..(r + 1) * dim], self.layout);
                 self.locations.insert(id, Location { list: assign[r], slot });
                 self.next_id = self.next_id.max(id + 1);
             }
@@ -312,7 +313,8 @@ impl IvfPqIndex {
             return;
         }
         let (cs, dim) = (self.pq.code_size(), self.params.dim);
-        let lists = self.lists.iter().map(|l| Arc::new(l.compacted(cs, dim))).collect();
+        let layout = self.layout;
+        let lists = self.lists.iter().map(|l| Arc::new(l.compacted(cs, dim, layout))).collect();
         *self = Self::from_shared(self.params.clone(), self.centroids.clone(), self.pq.clone(), lists);
     }
 
@@ -409,7 +411,8 @@ impl IvfPqIndex {
     pub fn next_id(&self) -> u64 {
         self.next_id
     }
-    /// Bytes stored per vector: id, PQ code and raw vector.
+    /// Bytes stored per vector: id, PQ code and raw vector (a fast-scan list also rounds up to
+    /// whole blocks of 32).
     pub fn bytes_per_vector(&self) -> usize {
         8 + self.pq.code_size() + self.params.dim * self.params.refine.bytes_per_component()
     }

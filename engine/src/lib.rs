@@ -12,6 +12,7 @@
 pub mod backend;
 pub mod bruteforce;
 pub mod error;
+pub mod fastscan;
 pub mod flat;
 pub mod index;
 pub mod io;

@@ -13,6 +13,8 @@ use crate::storage::Storage;
 pub enum CodeLayout {
     /// `code_size` bytes per vector, vector after vector (8-bit PQ).
     Flat,
+    /// 4-bit codes in blocks of 32 vectors for fast-scan (see [`crate::fastscan`]).
+    Packed4x32,
 }
 
 impl CodeLayout {
@@ -20,13 +22,30 @@ impl CodeLayout {
     pub fn code(self) -> u8 {
         match self {
             CodeLayout::Flat => 0,
+            CodeLayout::Packed4x32 => 1,
         }
     }
     /// Inverse of [`CodeLayout::code`].
     pub fn from_code(c: u8) -> Option<Self> {
         match c {
             0 => Some(CodeLayout::Flat),
+            1 => Some(CodeLayout::Packed4x32),
             _ => None,
+        }
+    }
+    /// The layout of codes with `nbits` bits.
+    pub fn for_bits(nbits: u32) -> Self {
+        if nbits == 4 {
+            CodeLayout::Packed4x32
+        } else {
+            CodeLayout::Flat
+        }
+    }
+    /// Bytes of `n` codes of `m` sub-quantizers (`code_size` bytes each when flat).
+    pub fn bytes(self, n: usize, m: usize, code_size: usize) -> usize {
+        match self {
+            CodeLayout::Flat => n * code_size,
+            CodeLayout::Packed4x32 => crate::fastscan::list_bytes(n, m),
         }
     }
 }
@@ -114,10 +133,19 @@ impl InvertedList {
         true
     }
 
-    /// Appends one entry. `raw` must match the list's raw-vector kind (ignored when none).
-    pub fn push(&mut self, id: u64, code: &[u8], raw: &[f32]) {
+    /// Appends one entry: `code` is the vector's `code_size` bytes (4-bit codes two per byte,
+    /// low nibble first), stored in the given layout. `raw` must match the list's raw-vector
+    /// kind (ignored when none).
+    pub fn push(&mut self, id: u64, code: &[u8], raw: &[f32], layout: CodeLayout) {
+        let slot = self.ids.len();
         self.ids.to_mut().push(id);
-        self.codes.to_mut().extend_from_slice(code);
+        match layout {
+            CodeLayout::Flat => self.codes.to_mut().extend_from_slice(code),
+            CodeLayout::Packed4x32 => {
+                let nibbles: Vec<u8> = code.iter().flat_map(|b| [b & 0x0F, b >> 4]).collect();
+                crate::fastscan::set_codes(self.codes.to_mut(), slot, &nibbles);
+            }
+        }
         match &mut self.raw {
             RawVectors::None => {}
             RawVectors::F16(s) => s.to_mut().extend(raw.iter().map(|&x| f16::from_f32(x))),
@@ -166,15 +194,41 @@ impl InvertedList {
         }
     }
 
+    /// Slot `i`'s code as `code_size` bytes (4-bit codes two per byte, low nibble first).
+    pub fn code(&self, i: usize, code_size: usize, layout: CodeLayout) -> Vec<u8> {
+        match layout {
+            CodeLayout::Flat => self.codes.as_slice()[i * code_size..(i + 1) * code_size].to_vec(),
+            CodeLayout::Packed4x32 => {
+                let mut nibbles = vec![0u8; code_size * 2];
+                crate::fastscan::get_codes(self.codes.as_slice(), i, code_size * 2, &mut nibbles);
+                nibbles.chunks_exact(2).map(|p| p[0] | p[1] << 4).collect()
+            }
+        }
+    }
+
     /// A copy without the deleted entries (what is saved).
-    pub fn compacted(&self, code_size: usize, dim: usize) -> InvertedList {
+    pub fn compacted(&self, code_size: usize, dim: usize, layout: CodeLayout) -> InvertedList {
         if self.deleted_count == 0 {
             return InvertedList::from_parts(self.ids.clone(), self.codes.clone(), self.raw.clone());
         }
         let keep: Vec<usize> = (0..self.len()).filter(|&i| !self.is_deleted(i)).collect();
         let ids: Vec<u64> = keep.iter().map(|&i| self.ids.as_slice()[i]).collect();
-        let codes_src = self.codes.as_slice();
-        let codes: Vec<u8> = keep.iter().flat_map(|&i| &codes_src[i * code_size..(i + 1) * code_size]).copied().collect();
+        let codes: Vec<u8> = match layout {
+            CodeLayout::Flat => {
+                let src = self.codes.as_slice();
+                keep.iter().flat_map(|&i| &src[i * code_size..(i + 1) * code_size]).copied().collect()
+            }
+            CodeLayout::Packed4x32 => {
+                let m = code_size * 2;
+                let mut packed = Vec::new();
+                let mut nibbles = vec![0u8; m];
+                for (new, &old) in keep.iter().enumerate() {
+                    crate::fastscan::get_codes(self.codes.as_slice(), old, m, &mut nibbles);
+                    crate::fastscan::set_codes(&mut packed, new, &nibbles);
+                }
+                packed
+            }
+        };
         let raw = match &self.raw {
             RawVectors::None => RawVectors::None,
             RawVectors::F16(s) => {
@@ -198,21 +252,38 @@ mod tests {
     fn push_delete_compact() {
         let mut l = InvertedList::from_parts(Storage::default(), Storage::default(), RawVectors::F16(Storage::default()));
         for i in 0..130u64 {
-            l.push(i * 10, &[i as u8, 1], &[i as f32, 0.5]);
+            l.push(i * 10, &[i as u8, 1], &[i as f32, 0.5], CodeLayout::Flat);
         }
         assert!(l.mark_deleted(3));
         assert!(!l.mark_deleted(3));
         assert!(l.mark_deleted(129));
         assert_eq!(l.live_len(), 128);
         assert!(l.is_deleted(129) && !l.is_deleted(128));
-        l.push(9999, &[7, 7], &[1.0, 2.0]);
+        l.push(9999, &[7, 7], &[1.0, 2.0], CodeLayout::Flat);
         assert!(!l.is_deleted(130));
-        let c = l.compacted(2, 2);
+        let c = l.compacted(2, 2, CodeLayout::Flat);
         assert_eq!(c.len(), 129);
         assert_eq!(c.ids.as_slice()[3], 40);
         assert_eq!(&c.codes.as_slice()[6..8], &[4, 1]);
         let mut v = [0.0; 2];
         assert!(c.raw_vector(128, &mut v));
         assert_eq!(v, [1.0, 2.0]);
+    }
+
+    #[test]
+    fn packed_layout_push_delete_compact() {
+        let mut l = InvertedList::default();
+        for i in 0..70u64 {
+            l.push(i, &[(i % 256) as u8, 0x5A], &[], CodeLayout::Packed4x32);
+        }
+        assert_eq!(l.codes.len(), crate::fastscan::list_bytes(70, 4));
+        assert_eq!(l.code(37, 2, CodeLayout::Packed4x32), vec![37, 0x5A]);
+        l.mark_deleted(0);
+        l.mark_deleted(40);
+        let c = l.compacted(2, 0, CodeLayout::Packed4x32);
+        assert_eq!(c.len(), 68);
+        assert_eq!(c.code(0, 2, CodeLayout::Packed4x32), vec![1, 0x5A]);
+        assert_eq!(c.code(39, 2, CodeLayout::Packed4x32), vec![41, 0x5A]);
+        assert_eq!(c.codes.len(), crate::fastscan::list_bytes(68, 4));
     }
 }

@@ -5,7 +5,8 @@
 //! header   16 B   magic "QUIVERIX", format version u32, CRC32C of the previous 12 bytes u32
 //! sections        each at a 64-byte aligned offset:
 //!                 PARAMS (48 B), CENTROIDS (nlist·dim f32), CODEBOOK (M·ksub·dsub f32),
-//!                 LIST_SIZES (nlist u64), IDS (n u64), CODES (n·code_size u8),
+//!                 LIST_SIZES (nlist u64), IDS (n u64), CODES (per list: n·code_size
+//!                 bytes, or whole 32-vector blocks for 4-bit fast-scan),
 //!                 RAW (n·dim f16 or f32; only when the index keeps raw vectors)
 //! table           per section 24 B: kind u32, CRC32C u32, offset u64, length u64
 //! footer   32 B   table offset u64, section count u32, CRC32C of the table u32,
@@ -314,7 +315,9 @@ pub fn load(path: &Path) -> Result<IvfPqIndex, EngineError> {
         kmeans_iterations: u32_at(pb, 16) as usize,
     };
     params.validate().map_err(|e| corrupt(format!("invalid parameters: {e}")))?;
-    let _ = layout;
+    if layout != CodeLayout::for_bits(params.pq_bits) {
+        return Err(corrupt(format!("code layout {} does not match {}-bit codes", pb[2], params.pq_bits)));
+    }
     let next_id = u64_at(pb, 32);
     let total = u64_at(pb, 40);
     let (dim, nlist) = (params.dim, params.nlist);
@@ -348,7 +351,8 @@ pub fn load(path: &Path) -> Result<IvfPqIndex, EngineError> {
     }
     let total_bytes = |per: u64| total.checked_mul(per).ok_or_else(|| corrupt("vector count overflows".into()));
     let (ids_off, _) = expect_len(Section::Ids, total_bytes(8)?)?;
-    let (codes_off, _) = expect_len(Section::Codes, total_bytes(code_size as u64)?)?;
+    let codes_len: u64 = sizes.iter().map(|&n| layout.bytes(n as usize, params.pq_m, code_size) as u64).sum();
+    let (codes_off, _) = expect_len(Section::Codes, codes_len)?;
     let raw_elem = refine.bytes_per_component() as u64;
     let raw_off = if refine != RefineKind::None {
         Some(expect_len(Section::Raw, total_bytes(dim as u64 * raw_elem)?)?.0)
@@ -361,11 +365,14 @@ pub fn load(path: &Path) -> Result<IvfPqIndex, EngineError> {
 
     let mut lists = Vec::with_capacity(nlist);
     let mut start = 0u64;
+    let mut code_start = 0usize;
     let misaligned = || corrupt("misaligned section".into());
     for &n in &sizes {
         let (s, nn) = (start as usize, n as usize);
         let ids = Storage::<u64>::mapped(map.clone(), ids_off as usize + s * 8, nn).ok_or_else(misaligned)?;
-        let codes = Storage::<u8>::mapped(map.clone(), codes_off as usize + s * code_size, nn * code_size).ok_or_else(misaligned)?;
+        let code_bytes = layout.bytes(nn, params.pq_m, code_size);
+        let codes = Storage::<u8>::mapped(map.clone(), codes_off as usize + code_start, code_bytes).ok_or_else(misaligned)?;
+        code_start += code_bytes;
         let raw = match (refine, raw_off) {
             (RefineKind::F16, Some(o)) => RawVectors::F16(
                 Storage::mapped(map.clone(), o as usize + s * dim * 2, nn * dim).ok_or_else(misaligned)?,
@@ -432,6 +439,24 @@ mod tests {
             assert_eq!(loaded.len(), index.len());
             let q = &x[..20 * 16];
             assert_eq!(search(index, q, rf), search(loaded, q, rf));
+        }
+        // 4-bit fast-scan, with deletions compacted on save.
+        for metric in [Metric::L2, Metric::InnerProduct] {
+            let mut rng = ChaCha8Rng::seed_from_u64(8);
+            let x: Vec<f32> = (0..600 * 16).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let mut p = IndexParams::new(metric, 16, 8, 8);
+            p.pq_bits = 4;
+            p.refine = RefineKind::F16;
+            let mut index = IvfPqIndex::train(p, &x, &NoProgress).unwrap();
+            index.add(&x, None, &NoProgress).unwrap();
+            index.delete(&[3, 4, 5]);
+            let path = dir.path().join("i.qvr");
+            save(&index, &path).unwrap();
+            let loaded = load(&path).unwrap();
+            assert_eq!(loaded.params(), index.params());
+            assert_eq!(loaded.len(), index.len());
+            let q = &x[..20 * 16];
+            assert_eq!(search(index, q, 4), search(loaded, q, 4));
         }
     }
 

@@ -44,10 +44,16 @@ impl ProductQuantizer {
         if dim % m != 0 {
             return Err(EngineError::PqDoesNotDivide { dim, m });
         }
-        if nbits != 8 {
+        if nbits != 8 && nbits != 4 {
             return Err(EngineError::InvalidParameter {
                 name: "pq",
-                reason: format!("{nbits}-bit codes are not supported by this build (8-bit only)"),
+                reason: format!("{nbits}-bit codes are not supported (use 8, or 4 for fast-scan)"),
+            });
+        }
+        if nbits == 4 && m % 2 != 0 {
+            return Err(EngineError::InvalidParameter {
+                name: "pq",
+                reason: format!("4-bit fast-scan needs an even number of sub-quantizers, got M = {m}"),
             });
         }
         Ok(())
@@ -167,7 +173,12 @@ impl ProductQuantizer {
                             best = (s, j);
                         }
                     }
-                    out[r * cs + sub] = best.1 as u8;
+                    if self.nbits == 8 {
+                        out[r * cs + sub] = best.1 as u8;
+                    } else {
+                        let byte = &mut out[r * cs + sub / 2];
+                        *byte = if sub % 2 == 0 { (*byte & 0xF0) | best.1 as u8 } else { (*byte & 0x0F) | (best.1 as u8) << 4 };
+                    }
                 }
             }
         });
@@ -178,8 +189,20 @@ impl ProductQuantizer {
         let (dim, dsub, cs) = (self.dim, self.dsub(), self.code_size());
         for (code, row) in codes.chunks_exact(cs).zip(out.chunks_exact_mut(dim)) {
             for sub in 0..self.m {
-                row[sub * dsub..(sub + 1) * dsub].copy_from_slice(self.centroid(sub, code[sub] as usize));
+                let c = self.code_of(code, sub);
+                row[sub * dsub..(sub + 1) * dsub].copy_from_slice(self.centroid(sub, c));
             }
+        }
+    }
+
+    /// Sub-quantizer `sub`'s entry of one vector's code (`code_size()` bytes; 4-bit codes are
+    /// two per byte, low nibble first).
+    #[inline]
+    pub fn code_of(&self, code: &[u8], sub: usize) -> usize {
+        if self.nbits == 8 {
+            code[sub] as usize
+        } else {
+            (code[sub / 2] >> (4 * (sub % 2)) & 0x0F) as usize
         }
     }
 
@@ -245,6 +268,21 @@ mod tests {
     }
 
     #[test]
+    fn four_bit_codes_reconstruct_and_improve_with_m() {
+        let dim = 16;
+        let x = data(1500, dim, 5);
+        let errs: Vec<f64> = [2, 4, 8, 16]
+            .iter()
+            .map(|&m| mse(&ProductQuantizer::train(&x, dim, m, 4, 5, &NoProgress).unwrap(), &x))
+            .collect();
+        for w in errs.windows(2) {
+            assert!(w[1] < w[0], "error did not fall with M: {errs:?}");
+        }
+        let pq = ProductQuantizer::train(&x, dim, 8, 4, 1, &NoProgress).unwrap();
+        assert_eq!((pq.ksub(), pq.code_size()), (16, 4));
+    }
+
+    #[test]
     fn encode_picks_the_nearest_sub_centroid() {
         let dim = 8;
         let x = data(600, dim, 9);
@@ -302,7 +340,9 @@ mod tests {
             Err(EngineError::TooFewTrainingVectors { clusters: 256, points: 100 })
         ));
         assert!(ProductQuantizer::validate(10, 0, 8).is_err());
-        assert!(ProductQuantizer::validate(10, 5, 4).is_err());
+        assert!(ProductQuantizer::validate(10, 5, 4).is_err(), "odd M with 4 bits");
+        assert!(ProductQuantizer::validate(10, 5, 6).is_err());
+        assert!(ProductQuantizer::validate(10, 10, 4).is_ok());
     }
 
     proptest! {

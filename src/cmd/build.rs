@@ -25,9 +25,10 @@ pub struct Args {
     /// Number of inverted lists.
     #[arg(long)]
     nlist: usize,
-    /// PQ sub-quantizers M (8-bit codes); must divide the dimension.
-    #[arg(long)]
-    pq: usize,
+    /// PQ: `M` sub-quantizers with 8-bit codes, or `MxB` with B = 8 or 4 (`96x4`: 4-bit
+    /// fast-scan codes). M must divide the dimension (and be even for 4 bits).
+    #[arg(long, value_parser = parse_pq)]
+    pq: (usize, u32),
     /// Raw vectors kept for exact refine: none, f16 or f32.
     #[arg(long, default_value = "none")]
     refine: RefineKind,
@@ -51,7 +52,8 @@ const ADD_CHUNK: usize = 65_536;
 pub fn run(a: Args) -> anyhow::Result<()> {
     let base = VectorSet::open(&a.base)?;
     let (n, dim) = (base.len(), base.dim());
-    let mut params = IndexParams::new(a.metric, dim, a.nlist, a.pq);
+    let mut params = IndexParams::new(a.metric, dim, a.nlist, a.pq.0);
+    params.pq_bits = a.pq.1;
     params.refine = a.refine;
     params.seed = a.seed;
     params.kmeans_iterations = a.kmeans_iters;
@@ -122,6 +124,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Parses `M` or `MxB`.
+fn parse_pq(s: &str) -> Result<(usize, u32), String> {
+    let (m, bits) = match s.split_once(['x', 'X']) {
+        Some((m, b)) => (m, b),
+        None => (s, "8"),
+    };
+    let m: usize = m.trim().parse().map_err(|_| format!("{s:?}: expected M or MxB, e.g. 48 or 96x4"))?;
+    let bits: u32 = bits.trim().parse().map_err(|_| format!("{s:?}: expected M or MxB, e.g. 48 or 96x4"))?;
+    if bits != 8 && bits != 4 {
+        return Err(format!("{s:?}: codes of {bits} bits are not supported (8, or 4 for fast-scan)"));
+    }
+    Ok((m, bits))
 }
 
 /// Maps a row number within a training sample to the base row.

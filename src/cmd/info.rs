@@ -23,7 +23,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     println!("dimension       {}", p.dim);
     println!("vectors         {}", index.len());
     println!("nlist           {}", p.nlist);
-    println!("pq              M = {}, {} bits, {} bytes per code", p.pq_m, p.pq_bits, index.pq().code_size());
+    let layout = if p.pq_bits == 4 { ", fast-scan blocks of 32" } else { "" };
+    println!("pq              M = {}, {} bits, {} bytes per code{layout}", p.pq_m, p.pq_bits, index.pq().code_size());
     println!("refine          {}", p.refine.name());
     println!("seed            {}", p.seed);
     println!("list sizes      min {min}, mean {:.1}, max {max}, {empty} empty", index.len() as f64 / p.nlist as f64);

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::{run_stages, Backend, Candidates, LookupTables, Neighbors, PreparedIndex, Probes, SearchParams, Slot};
 use crate::error::EngineError;
+use crate::fastscan::{self, QuantizedTable};
 use crate::index::IvfPqIndex;
 use crate::linalg::{dot, gemm_abt, row_norms_sq};
 use crate::list::CodeLayout;
@@ -147,7 +148,8 @@ impl Backend for CpuBackend {
 
     fn scan(&self, p: &CpuPrepared, probes: &Probes, tables: &LookupTables, keep: usize) -> Result<Candidates, EngineError> {
         let index = &p.index;
-        let CodeLayout::Flat = index.layout();
+        let layout = index.layout();
+        let level = crate::simd::level();
         let (m, ksub) = (tables.m, tables.ksub);
         let table_len = m * ksub;
         let nq = probes.lists.len() / probes.nprobe.max(1);
@@ -158,10 +160,16 @@ impl Backend for CpuBackend {
             .zip(scores.par_chunks_mut(keep))
             .enumerate()
             .for_each_init(
-                || (TopK::new(keep), vec![0f32; table_len]),
-                |(top, combined), (q, (slot_out, score_out))| {
+                || (TopK::new(keep), vec![0f32; table_len], QuantizedTable::new(m)),
+                |(top, combined, quantized), (q, (slot_out, score_out))| {
                     top.clear();
                     let q_table = &tables.values[q * table_len..(q + 1) * table_len];
+                    // Inner product: one table for every list (the list enters through the bias),
+                    // so fast-scan quantizes it once per query.
+                    let shared = layout == CodeLayout::Packed4x32 && p.l2_list_terms.is_none();
+                    if shared {
+                        quantized.quantize(q_table, 0.0);
+                    }
                     for j in 0..probes.nprobe {
                         let l = probes.lists[q * probes.nprobe + j] as usize;
                         let bias = probes.scores[q * probes.nprobe + j];
@@ -174,7 +182,21 @@ impl Backend for CpuBackend {
                                 combined
                             }
                         };
-                        scan_flat_codes(list.codes.as_slice(), m, ksub, table, bias, l, list, top);
+                        match layout {
+                            CodeLayout::Flat => scan_flat_codes(list.codes.as_slice(), m, ksub, table, bias, l, list, top),
+                            CodeLayout::Packed4x32 => {
+                                let offset = if shared {
+                                    bias
+                                } else {
+                                    quantized.quantize(table, bias);
+                                    0.0
+                                };
+                                let codes = list.codes.as_slice();
+                                fastscan::scan_list(level, codes, list.len(), quantized, offset, list.tombstones(), top, |s| {
+                                    pack(l, s)
+                                });
+                            }
+                        }
                     }
                     for (i, e) in top.drain_sorted().into_iter().enumerate() {
                         slot_out[i] = unpack(e.item);
@@ -293,10 +315,15 @@ mod tests {
     use crate::{IndexParams, Metric, RefineKind};
 
     fn index(metric: Metric, refine: RefineKind) -> (Arc<IvfPqIndex>, Vec<f32>) {
+        index_bits(metric, refine, 8)
+    }
+
+    fn index_bits(metric: Metric, refine: RefineKind, bits: u32) -> (Arc<IvfPqIndex>, Vec<f32>) {
         let g = ClusteredGaussian::new(24, 10, 0.4, 3);
         let x = g.rows(0, 2000);
         let mut p = IndexParams::new(metric, 24, 12, 6);
         p.refine = refine;
+        p.pq_bits = bits;
         let mut idx = IvfPqIndex::train(p, &x, &NoProgress).unwrap();
         idx.add(&x, None, &NoProgress).unwrap();
         (Arc::new(idx), g.rows(2000, 25))
@@ -351,10 +378,40 @@ mod tests {
         }
     }
 
+    /// Fast-scan's approximate scores stay within the quantization bound of the float scores.
+    #[test]
+    fn fast_scan_scores_track_reconstructions() {
+        for metric in [Metric::L2, Metric::InnerProduct] {
+            let (idx, q) = index_bits(metric, RefineKind::None, 4);
+            let b = CpuBackend;
+            let p = b.prepare(idx.clone()).unwrap();
+            let probes = b.coarse_search(&p, &q, 3).unwrap();
+            let tables = b.lookup_tables(&p, &q).unwrap();
+            let cands = b.scan(&p, &probes, &tables, 20).unwrap();
+            let dim = idx.dim();
+            let cs = idx.pq().code_size();
+            let mut recon = vec![0f32; dim];
+            let mut worst = 0f32;
+            for qi in 0..q.len() / dim {
+                for j in 0..20 {
+                    let slot = cands.slots[qi * 20 + j];
+                    let list = &idx.lists()[slot.list as usize];
+                    let code = list.code(slot.offset as usize, cs, idx.layout());
+                    idx.pq().decode(&code, &mut recon);
+                    let c = &idx.centroids()[slot.list as usize * dim..][..dim];
+                    let full: Vec<f32> = recon.iter().zip(c).map(|(r, c)| r + c).collect();
+                    let want = metric.score(&q[qi * dim..(qi + 1) * dim], &full);
+                    worst = worst.max((cands.scores[qi * 20 + j] - want).abs() / (1.0 + want.abs()));
+                }
+            }
+            assert!(worst < 0.05, "{metric}: fast-scan score off by {worst}");
+        }
+    }
+
     #[test]
     fn refined_exhaustive_search_is_exact_and_deletes_are_honoured() {
-        for metric in [Metric::L2, Metric::InnerProduct, Metric::Cosine] {
-            let (idx, q) = index(metric, RefineKind::F32);
+        for (metric, bits) in [(Metric::L2, 8), (Metric::InnerProduct, 8), (Metric::Cosine, 8), (Metric::L2, 4), (Metric::InnerProduct, 4)] {
+            let (idx, q) = index_bits(metric, RefineKind::F32, bits);
             let mut idx = Arc::try_unwrap(idx).unwrap();
             idx.delete(&[1, 2, 3, 500]);
             let idx = Arc::new(idx);

@@ -1,0 +1,42 @@
+//! AVX2 fast-scan kernel: two sub-quantizers per 256-bit register, table lookups by
+//! `vpshufb`, sums widened to u16. Callers guarantee AVX2 and an even number of
+//! sub-quantizers.
+
+use std::arch::x86_64::*;
+
+use super::BLOCK;
+
+/// Quantized sums of the 32 vectors of one block. # Safety: the CPU must support AVX2;
+/// `table.len() / 16` is even and `block` holds at least `table.len()` bytes.
+#[target_feature(enable = "avx2")]
+pub unsafe fn block_sums(block: &[u8], table: &[u8], out: &mut [u16; BLOCK]) {
+    let m = table.len() / 16;
+    debug_assert!(m % 2 == 0 && block.len() >= m * 16);
+    let low = _mm256_set1_epi8(0x0F);
+    let (mut acc_lo, mut acc_hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+    let (pb, pt) = (block.as_ptr(), table.as_ptr());
+    for pair in 0..m / 2 {
+        // SAFETY: 32 bytes at pair·32 lie inside both `block` and `table` (length ≥ m·16).
+        let (codes, lut) = unsafe {
+            (
+                _mm256_loadu_si256(pb.add(pair * 32) as *const __m256i),
+                _mm256_loadu_si256(pt.add(pair * 32) as *const __m256i),
+            )
+        };
+        let lo = _mm256_and_si256(codes, low);
+        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(codes), low);
+        // Lane 0: sub-quantizer 2·pair, lane 1: 2·pair + 1; bytes j = vectors j (lo) / j + 16 (hi).
+        let v_lo = _mm256_shuffle_epi8(lut, lo);
+        let v_hi = _mm256_shuffle_epi8(lut, hi);
+        acc_lo = _mm256_add_epi16(acc_lo, _mm256_cvtepu8_epi16(_mm256_castsi256_si128(v_lo)));
+        acc_lo = _mm256_add_epi16(acc_lo, _mm256_cvtepu8_epi16(_mm256_extracti128_si256::<1>(v_lo)));
+        acc_hi = _mm256_add_epi16(acc_hi, _mm256_cvtepu8_epi16(_mm256_castsi256_si128(v_hi)));
+        acc_hi = _mm256_add_epi16(acc_hi, _mm256_cvtepu8_epi16(_mm256_extracti128_si256::<1>(v_hi)));
+    }
+    let p = out.as_mut_ptr() as *mut __m256i;
+    // SAFETY: `out` holds 32 u16 = two 256-bit stores.
+    unsafe {
+        _mm256_storeu_si256(p, acc_lo);
+        _mm256_storeu_si256(p.add(1), acc_hi);
+    }
+}

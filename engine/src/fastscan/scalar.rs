@@ -1,0 +1,15 @@
+//! Scalar fast-scan kernel: the reference for the SIMD ones (integer sums, bit-exact).
+
+use super::BLOCK;
+
+/// Quantized sums of the 32 vectors of one block.
+pub fn block_sums(block: &[u8], table: &[u8], out: &mut [u16; BLOCK]) {
+    out.fill(0);
+    for (codes, t) in block.chunks_exact(16).zip(table.chunks_exact(16)) {
+        for j in 0..16 {
+            let byte = codes[j];
+            out[j] = out[j].wrapping_add(t[(byte & 0x0F) as usize] as u16);
+            out[j + 16] = out[j + 16].wrapping_add(t[(byte >> 4) as usize] as u16);
+        }
+    }
+}
