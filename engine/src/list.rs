@@ -206,6 +206,24 @@ impl InvertedList {
         }
     }
 
+    /// Hints the CPU to start loading slot `i`'s raw vector (`dim` values) into cache, so a
+    /// refine that walks scattered candidates overlaps their memory latency.
+    #[inline]
+    pub fn prefetch_raw(&self, i: usize, dim: usize) {
+        let bytes: &[u8] = match &self.raw {
+            RawVectors::None => return,
+            RawVectors::F16(s) => bytemuck::cast_slice(s.as_slice().get(i * dim..(i + 1) * dim).unwrap_or(&[])),
+            RawVectors::F32(s) => bytemuck::cast_slice(s.as_slice().get(i * dim..(i + 1) * dim).unwrap_or(&[])),
+        };
+        #[cfg(target_arch = "x86_64")]
+        for line in bytes.chunks(64) {
+            // SAFETY: a prefetch is a hint on an address inside a live slice; it never faults.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr() as *const i8) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = bytes;
+    }
+
     /// A copy without the deleted entries (what is saved).
     pub fn compacted(&self, code_size: usize, dim: usize, layout: CodeLayout) -> InvertedList {
         if self.deleted_count == 0 {

@@ -22,17 +22,22 @@ impl<T: Ord> Scored<T> {
     }
 }
 
-/// Keeps the `k` best (lowest-score) entries, as a binary max-heap on the score.
+/// Keeps the `k` best (lowest-score) entries.
+///
+/// Entries are appended to a buffer of up to `2k`; when it fills, a linear-time selection keeps
+/// the best `k` and raises the entry threshold to the k-th best score. A push costs O(1)
+/// amortised (a binary heap costs O(log k)), which matters when scans offer many candidates.
 #[derive(Debug, Clone)]
 pub struct TopK<T> {
     k: usize,
-    heap: Vec<Scored<T>>,
+    buf: Vec<Scored<T>>,
+    threshold: f32,
 }
 
 impl<T: Copy + Ord> TopK<T> {
     /// An empty selection of at most `k` entries.
     pub fn new(k: usize) -> Self {
-        TopK { k, heap: Vec::with_capacity(k.min(1 << 16)) }
+        TopK { k, buf: Vec::with_capacity((2 * k).min(1 << 17)), threshold: f32::INFINITY }
     }
 
     /// The capacity `k`.
@@ -40,96 +45,71 @@ impl<T: Copy + Ord> TopK<T> {
         self.k
     }
 
-    /// Number of entries held.
+    /// Number of entries that would be returned now (at most k).
     pub fn len(&self) -> usize {
-        self.heap.len()
+        self.buf.len().min(self.k)
     }
 
     /// True when nothing is held.
     pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+        self.buf.is_empty()
     }
 
-    /// The score an entry must beat to enter (infinity while not full).
+    /// Entries scoring above this cannot enter (infinity until k entries have been kept).
     #[inline]
     pub fn threshold(&self) -> f32 {
-        if self.heap.len() < self.k {
-            f32::INFINITY
-        } else {
-            self.heap[0].score
+        self.threshold
+    }
+
+    /// Offers an entry; keeps it if it may be among the k best.
+    #[inline]
+    pub fn push(&mut self, score: f32, item: T) {
+        if self.k == 0 || score > self.threshold || score.is_nan() {
+            return;
+        }
+        self.buf.push(Scored { score, item });
+        if self.buf.len() >= 2 * self.k {
+            self.compact();
         }
     }
 
-    /// Offers an entry; keeps it if it is among the k best so far.
-    #[inline]
-    pub fn push(&mut self, score: f32, item: T) {
-        if self.k == 0 {
-            return;
+    /// Keeps the best k of the buffer and raises the threshold to the k-th best score.
+    fn compact(&mut self) {
+        let k = self.k;
+        if self.buf.len() > k {
+            self.buf.select_nth_unstable_by(k - 1, |a, b| a.cmp_key(b));
+            self.buf.truncate(k);
         }
-        let e = Scored { score, item };
-        if self.heap.len() < self.k {
-            self.heap.push(e);
-            self.sift_up(self.heap.len() - 1);
-        } else if e.cmp_key(&self.heap[0]) == Ordering::Less {
-            self.heap[0] = e;
-            self.sift_down(0);
+        if self.buf.len() == k {
+            self.threshold = self.buf.iter().map(|e| e.score).fold(f32::NEG_INFINITY, f32::max);
         }
     }
 
     /// Clears the selection, keeping its allocation.
     pub fn clear(&mut self) {
-        self.heap.clear();
+        self.buf.clear();
+        self.threshold = f32::INFINITY;
     }
 
     /// Offers every entry of another selection.
     pub fn merge(&mut self, other: &TopK<T>) {
-        for e in &other.heap {
+        for e in &other.buf {
             self.push(e.score, e.item);
         }
     }
 
     /// The entries, best first.
     pub fn into_sorted(mut self) -> Vec<Scored<T>> {
-        self.heap.sort_unstable_by(|a, b| a.cmp_key(b));
-        self.heap
+        self.drain_sorted()
     }
 
     /// The entries, best first, leaving this selection empty.
     pub fn drain_sorted(&mut self) -> Vec<Scored<T>> {
-        let mut v = std::mem::take(&mut self.heap);
+        let mut v = std::mem::take(&mut self.buf);
         v.sort_unstable_by(|a, b| a.cmp_key(b));
+        v.truncate(self.k);
+        self.threshold = f32::INFINITY;
         v
-    }
-
-    fn sift_up(&mut self, mut i: usize) {
-        while i > 0 {
-            let parent = (i - 1) / 2;
-            if self.heap[i].cmp_key(&self.heap[parent]) == Ordering::Greater {
-                self.heap.swap(i, parent);
-                i = parent;
-            } else {
-                break;
-            }
-        }
-    }
-
-    fn sift_down(&mut self, mut i: usize) {
-        let n = self.heap.len();
-        loop {
-            let (l, r) = (2 * i + 1, 2 * i + 2);
-            let mut largest = i;
-            if l < n && self.heap[l].cmp_key(&self.heap[largest]) == Ordering::Greater {
-                largest = l;
-            }
-            if r < n && self.heap[r].cmp_key(&self.heap[largest]) == Ordering::Greater {
-                largest = r;
-            }
-            if largest == i {
-                break;
-            }
-            self.heap.swap(i, largest);
-            i = largest;
-        }
     }
 }
 
@@ -170,14 +150,33 @@ mod tests {
     }
 
     #[test]
-    fn threshold_is_infinite_until_full() {
+    fn threshold_only_rises_to_the_kth_best() {
         let mut t = TopK::new(2);
         assert_eq!(t.threshold(), f32::INFINITY);
-        t.push(3.0, 0u32);
-        assert_eq!(t.threshold(), f32::INFINITY);
-        t.push(1.0, 1);
-        assert_eq!(t.threshold(), 3.0);
-        t.push(2.0, 2);
+        for (i, s) in [3.0, 1.0, 2.0, 5.0].into_iter().enumerate() {
+            t.push(s, i as u32);
+        }
+        // After a compaction the threshold is the k-th best so far, never below it.
         assert_eq!(t.threshold(), 2.0);
+        t.push(9.0, 9);
+        assert_eq!(t.len(), 2);
+        let got: Vec<u32> = t.into_sorted().iter().map(|e| e.item).collect();
+        assert_eq!(got, vec![1, 2]);
+    }
+
+    #[test]
+    fn merge_and_reuse_after_drain() {
+        let mut a = TopK::new(3);
+        let mut b = TopK::new(3);
+        for i in 0..10u32 {
+            a.push(i as f32, i);
+            b.push(i as f32 + 0.5, i + 100);
+        }
+        a.merge(&b);
+        let got: Vec<u32> = a.drain_sorted().iter().map(|e| e.item).collect();
+        assert_eq!(got, vec![0, 100, 1]);
+        assert!(a.is_empty() && a.threshold() == f32::INFINITY);
+        a.push(7.0, 7);
+        assert_eq!(a.drain_sorted().len(), 1);
     }
 }

@@ -224,10 +224,18 @@ impl Backend for CpuBackend {
                 let query = &queries[q * dim..(q + 1) * dim];
                 let slots = &candidates.slots[q * per..(q + 1) * per];
                 let approx = &candidates.scores[q * per..(q + 1) * per];
-                for (slot, &approx_score) in slots.iter().zip(approx) {
+                const AHEAD: usize = 4;
+                let prefetch = |j: usize| {
+                    if let Some(s) = slots.get(j).filter(|s| has_raw && **s != Slot::NONE) {
+                        index.lists()[s.list as usize].prefetch_raw(s.offset as usize, dim);
+                    }
+                };
+                (0..AHEAD).for_each(prefetch);
+                for (j, (slot, &approx_score)) in slots.iter().zip(approx).enumerate() {
                     if *slot == Slot::NONE {
                         break;
                     }
+                    prefetch(j + AHEAD);
                     let list = &index.lists()[slot.list as usize];
                     let id = list.ids.as_slice()[slot.offset as usize];
                     let score = if has_raw {
