@@ -17,6 +17,8 @@
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 use crate::simd::Level;
 use crate::topk::TopK;
@@ -131,7 +133,10 @@ pub fn block_sums_at(level: Level, block: &[u8], table: &[u8], out: &mut [u16; B
     let m = table.len() / 16;
     assert!(block.len() >= block_bytes(m), "block too short");
     match level {
-        // SAFETY: the level comes from `simd::level()`/`available()`: the CPU has AVX2.
+        // SAFETY: the level comes from `simd::level()`/`available()`: the CPU has AVX-512F/BW.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 if m % 4 == 0 && m <= 256 => unsafe { avx512::block_sums(block, table, out) },
+        // SAFETY: as above, the CPU has AVX2.
         #[cfg(target_arch = "x86_64")]
         Level::Avx2 | Level::Avx512 if m % 2 == 0 => unsafe { avx2::block_sums(block, table, out) },
         _ => scalar::block_sums(block, table, out),
@@ -202,7 +207,7 @@ mod tests {
     #[test]
     fn block_sums_are_bit_exact_at_every_level() {
         let mut rng = ChaCha8Rng::seed_from_u64(2);
-        for m in [2, 4, 16, 96, 7] {
+        for m in [2, 4, 6, 16, 96, 7] {
             let block: Vec<u8> = (0..block_bytes(m)).map(|_| rng.random()).collect();
             let table: Vec<u8> = (0..m * 16).map(|_| rng.random()).collect();
             let mut want = [0u16; BLOCK];

@@ -23,7 +23,7 @@ pub enum Level {
     Scalar,
     /// AVX2 + FMA + F16C.
     Avx2,
-    /// AVX-512F.
+    /// AVX-512F and AVX-512BW (with AVX2, FMA, F16C).
     Avx512,
 }
 
@@ -42,7 +42,10 @@ impl Level {
 pub fn detected() -> Level {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
         {
             return Level::Avx512;

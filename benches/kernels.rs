@@ -1,0 +1,98 @@
+//! Criterion benchmarks of the hot kernels, at every SIMD level this CPU has: distances
+//! (f32 and f16), the fast-scan block kernel, top-k selection, lookup tables, and a whole
+//! batch search on synthetic data for 8-bit and 4-bit codes.
+//!
+//! `cargo bench --bench kernels` (add `-- fast_scan` to run one group). Throughputs are in
+//! bytes or elements per second; compare levels within one run.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use half::f16;
+use quiver_engine::backend::cpu::CpuBackend;
+use quiver_engine::backend::{Backend, SearchParams};
+use quiver_engine::progress::NoProgress;
+use quiver_engine::synth::ClusteredGaussian;
+use quiver_engine::topk::TopK;
+use quiver_engine::{fastscan, simd, IndexParams, IvfPqIndex, Metric, RefineKind};
+
+fn distances(c: &mut Criterion) {
+    let a = ClusteredGaussian::new(384, 1, 1.0, 1).rows(0, 1);
+    let b = ClusteredGaussian::new(384, 1, 1.0, 2).rows(0, 1);
+    let h: Vec<f16> = b.iter().map(|&x| f16::from_f32(x)).collect();
+    let mut g = c.benchmark_group("dot_384_f32");
+    g.throughput(Throughput::Bytes(384 * 8));
+    for level in simd::available() {
+        g.bench_with_input(BenchmarkId::from_parameter(level.name()), &level, |bch, &l| {
+            bch.iter(|| simd::dot_at(l, black_box(&a), black_box(&b)))
+        });
+    }
+    g.finish();
+    let mut g = c.benchmark_group("dot_384_f16");
+    g.throughput(Throughput::Bytes(384 * 6));
+    for level in simd::available() {
+        g.bench_with_input(BenchmarkId::from_parameter(level.name()), &level, |bch, &l| {
+            bch.iter(|| simd::dot_f16_at(l, black_box(&a), black_box(&h)))
+        });
+    }
+    g.finish();
+}
+
+fn fast_scan(c: &mut Criterion) {
+    let m = 96;
+    let block: Vec<u8> = (0..fastscan::block_bytes(m)).map(|i| (i * 37 % 251) as u8).collect();
+    let table: Vec<u8> = (0..m * 16).map(|i| (i * 11 % 256) as u8).collect();
+    let mut out = [0u16; fastscan::BLOCK];
+    let mut g = c.benchmark_group("fast_scan_block_m96");
+    g.throughput(Throughput::Elements(fastscan::BLOCK as u64));
+    for level in simd::available() {
+        g.bench_with_input(BenchmarkId::from_parameter(level.name()), &level, |bch, &l| {
+            bch.iter(|| fastscan::block_sums_at(l, black_box(&block), black_box(&table), &mut out))
+        });
+    }
+    g.finish();
+}
+
+fn top_k(c: &mut Criterion) {
+    let scores: Vec<f32> = ClusteredGaussian::new(1, 1, 1.0, 3).rows(0, 10_000);
+    let mut g = c.benchmark_group("topk_100_of_10000");
+    g.throughput(Throughput::Elements(scores.len() as u64));
+    g.bench_function("push", |bch| {
+        bch.iter(|| {
+            let mut t = TopK::new(100);
+            for (i, &s) in scores.iter().enumerate() {
+                if s <= t.threshold() {
+                    t.push(s, i as u64);
+                }
+            }
+            t.into_sorted().len()
+        })
+    });
+    g.finish();
+}
+
+fn search(c: &mut Criterion) {
+    let g = ClusteredGaussian::new(128, 64, 0.3, 4);
+    let x = g.rows(0, 20_000);
+    let queries = g.rows(20_000, 256);
+    let mut grp = c.benchmark_group("search_20k_d128_batch256_nprobe8");
+    grp.throughput(Throughput::Elements(256));
+    grp.sample_size(10);
+    for (bits, m) in [(8u32, 16usize), (4, 32)] {
+        let mut p = IndexParams::new(Metric::L2, 128, 64, m);
+        p.pq_bits = bits;
+        p.refine = RefineKind::F16;
+        let mut index = IvfPqIndex::train(p, &x, &NoProgress).expect("train");
+        index.add(&x, None, &NoProgress).expect("add");
+        let prepared = CpuBackend.prepare(Arc::new(index)).expect("prepare");
+        let params = SearchParams { k: 10, nprobe: 8, refine_factor: 4 };
+        grp.bench_function(BenchmarkId::from_parameter(format!("pq{m}x{bits}")), |bch| {
+            bch.iter(|| CpuBackend.search(&prepared, black_box(&queries), &params).expect("search"))
+        });
+    }
+    grp.finish();
+}
+
+criterion_group!(benches, distances, fast_scan, top_k, search);
+criterion_main!(benches);
