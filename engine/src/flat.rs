@@ -72,15 +72,7 @@ impl FlatIndex {
             return Err(EngineError::IdCountMismatch { ids: ids.len(), vectors: vectors.len() / dim });
         }
         let vectors = prepare_vectors(self.metric, dim, vectors)?;
-        let mut seen = std::collections::HashSet::with_capacity(ids.len());
-        for (row, &id) in ids.iter().enumerate() {
-            if id > i64::MAX as u64 {
-                return Err(EngineError::InvalidId { id: id as i64, row });
-            }
-            if !seen.insert(id) {
-                return Err(EngineError::DuplicateId { id });
-            }
-        }
+        crate::index::check_upsert_ids(ids)?;
         self.delete(ids);
         for (row, &id) in ids.iter().enumerate() {
             if self.chunks.last().is_none_or(|c| c.ids.len() >= CHUNK_ROWS) {

@@ -326,15 +326,7 @@ impl IvfPqIndex {
             return Err(EngineError::IdCountMismatch { ids: ids.len(), vectors: vectors.len() / dim });
         }
         prepare_vectors(self.params.metric, dim, vectors)?;
-        let mut seen = std::collections::HashSet::with_capacity(ids.len());
-        for (row, &id) in ids.iter().enumerate() {
-            if id > i64::MAX as u64 {
-                return Err(EngineError::InvalidId { id: id as i64, row });
-            }
-            if !seen.insert(id) {
-                return Err(EngineError::DuplicateId { id });
-            }
-        }
+        check_upsert_ids(ids)?;
         self.delete(ids);
         self.add(vectors, Some(ids), progress)
     }
@@ -421,6 +413,20 @@ impl IvfPqIndex {
         let slots: usize = self.lists.iter().map(|l| l.len()).sum();
         self.centroids.len() * 4 + self.pq.centroids().len() * 4 + slots * self.bytes_per_vector()
     }
+}
+
+/// Checks the ids of an upsert batch: each below 2^63 and none repeated within the batch.
+pub(crate) fn check_upsert_ids(ids: &[u64]) -> Result<(), EngineError> {
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    for (row, &id) in ids.iter().enumerate() {
+        if id > i64::MAX as u64 {
+            return Err(EngineError::InvalidId { id: id as i64, row });
+        }
+        if !seen.insert(id) {
+            return Err(EngineError::DuplicateId { id });
+        }
+    }
+    Ok(())
 }
 
 /// Checks dimension and finiteness of row-major vectors and normalises them for cosine.
