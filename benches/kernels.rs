@@ -24,32 +24,44 @@ fn distances(c: &mut Criterion) {
     let mut g = c.benchmark_group("dot_384_f32");
     g.throughput(Throughput::Bytes(384 * 8));
     for level in simd::available() {
-        g.bench_with_input(BenchmarkId::from_parameter(level.name()), &level, |bch, &l| {
-            bch.iter(|| simd::dot_at(l, black_box(&a), black_box(&b)))
-        });
+        g.bench_with_input(
+            BenchmarkId::from_parameter(level.name()),
+            &level,
+            |bch, &l| bch.iter(|| simd::dot_at(l, black_box(&a), black_box(&b))),
+        );
     }
     g.finish();
     let mut g = c.benchmark_group("dot_384_f16");
     g.throughput(Throughput::Bytes(384 * 6));
     for level in simd::available() {
-        g.bench_with_input(BenchmarkId::from_parameter(level.name()), &level, |bch, &l| {
-            bch.iter(|| simd::dot_f16_at(l, black_box(&a), black_box(&h)))
-        });
+        g.bench_with_input(
+            BenchmarkId::from_parameter(level.name()),
+            &level,
+            |bch, &l| bch.iter(|| simd::dot_f16_at(l, black_box(&a), black_box(&h))),
+        );
     }
     g.finish();
 }
 
 fn fast_scan(c: &mut Criterion) {
     let m = 96;
-    let block: Vec<u8> = (0..fastscan::block_bytes(m)).map(|i| (i * 37 % 251) as u8).collect();
+    let block: Vec<u8> = (0..fastscan::block_bytes(m))
+        .map(|i| (i * 37 % 251) as u8)
+        .collect();
     let table: Vec<u8> = (0..m * 16).map(|i| (i * 11 % 256) as u8).collect();
     let mut out = [0u16; fastscan::BLOCK];
     let mut g = c.benchmark_group("fast_scan_block_m96");
     g.throughput(Throughput::Elements(fastscan::BLOCK as u64));
     for level in simd::available() {
-        g.bench_with_input(BenchmarkId::from_parameter(level.name()), &level, |bch, &l| {
-            bch.iter(|| fastscan::block_sums_at(l, black_box(&block), black_box(&table), &mut out))
-        });
+        g.bench_with_input(
+            BenchmarkId::from_parameter(level.name()),
+            &level,
+            |bch, &l| {
+                bch.iter(|| {
+                    fastscan::block_sums_at(l, black_box(&block), black_box(&table), &mut out)
+                })
+            },
+        );
     }
     g.finish();
 }
@@ -86,10 +98,21 @@ fn search(c: &mut Criterion) {
         let mut index = IvfPqIndex::train(p, &x, &NoProgress).expect("train");
         index.add(&x, None, &NoProgress).expect("add");
         let prepared = CpuBackend.prepare(Arc::new(index)).expect("prepare");
-        let params = SearchParams { k: 10, nprobe: 8, refine_factor: 4 };
-        grp.bench_function(BenchmarkId::from_parameter(format!("pq{m}x{bits}")), |bch| {
-            bch.iter(|| CpuBackend.search(&prepared, black_box(&queries), &params).expect("search"))
-        });
+        let params = SearchParams {
+            k: 10,
+            nprobe: 8,
+            refine_factor: 4,
+        };
+        grp.bench_function(
+            BenchmarkId::from_parameter(format!("pq{m}x{bits}")),
+            |bch| {
+                bch.iter(|| {
+                    CpuBackend
+                        .search(&prepared, black_box(&queries), &params)
+                        .expect("search")
+                })
+            },
+        );
     }
     grp.finish();
 }

@@ -58,7 +58,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(t) = cli.threads {
         anyhow::ensure!(t >= 1, "--threads must be at least 1");
-        rayon::ThreadPoolBuilder::new().num_threads(t).build_global()?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()?;
     }
     match cli.command {
         Command::Build(a) => cmd::build::run(a),

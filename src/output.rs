@@ -26,7 +26,9 @@ impl ResultWriter {
     pub fn write(&mut self, n: &Neighbors) -> anyhow::Result<()> {
         let mut ids = Vec::with_capacity(n.ids.len());
         for &id in &n.ids {
-            let v = i32::try_from(id).with_context(|| format!("id {id} does not fit the 32-bit ids of the output file"))?;
+            let v = i32::try_from(id).with_context(|| {
+                format!("id {id} does not fit the 32-bit ids of the output file")
+            })?;
             ids.push(v);
         }
         self.ids.write_i32(&ids)?;
@@ -49,7 +51,11 @@ impl ResultWriter {
 pub fn read_int_rows(path: &Path) -> anyhow::Result<(usize, Vec<i32>)> {
     let f = VectorFile::open(path)?;
     if f.element_type() != ElementType::I32 {
-        bail!("{}: expected an integer file (.ivecs or int32 .npy), found {} elements", path.display(), f.element_type());
+        bail!(
+            "{}: expected an integer file (.ivecs or int32 .npy), found {} elements",
+            path.display(),
+            f.element_type()
+        );
     }
     let mut out = Vec::with_capacity(f.len() * f.dim());
     f.read_i32(0, f.len(), &mut out)?;

@@ -13,14 +13,18 @@ pub struct TerminalProgress {
 
 impl TerminalProgress {
     pub fn new() -> Self {
-        TerminalProgress { bar: Mutex::new(None) }
+        TerminalProgress {
+            bar: Mutex::new(None),
+        }
     }
 }
 
 impl Progress for TerminalProgress {
     fn stage(&self, name: &str, total: u64) {
         let bar = ProgressBar::new(total);
-        if let Ok(style) = ProgressStyle::with_template("{msg:>14} [{elapsed_precise}] {wide_bar} {pos}/{len} ({eta})") {
+        if let Ok(style) = ProgressStyle::with_template(
+            "{msg:>14} [{elapsed_precise}] {wide_bar} {pos}/{len} ({eta})",
+        ) {
             bar.set_style(style);
         }
         bar.set_message(name.to_string());

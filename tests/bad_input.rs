@@ -10,14 +10,40 @@ use quiver_engine::io::{write_f32, ElementType};
 fn data_with_index() -> DataSet {
     let ds = DataSet::new(1500, 20, 16);
     quiver_ok(&[
-        "build", "--base", &ds.p("base.fvecs"), "--metric", "l2", "--nlist", "8", "--pq", "4", "--refine", "f16",
-        "--out", &ds.p("idx.qvr"),
+        "build",
+        "--base",
+        &ds.p("base.fvecs"),
+        "--metric",
+        "l2",
+        "--nlist",
+        "8",
+        "--pq",
+        "4",
+        "--refine",
+        "f16",
+        "--out",
+        &ds.p("idx.qvr"),
     ]);
     ds
 }
 
 fn search_args(idx: &str, queries: &str, k: &str, nprobe: &str, out: &str) -> Vec<String> {
-    ["search", "--index", idx, "--queries", queries, "--k", k, "--nprobe", nprobe, "--out", out].iter().map(|s| s.to_string()).collect()
+    [
+        "search",
+        "--index",
+        idx,
+        "--queries",
+        queries,
+        "--k",
+        k,
+        "--nprobe",
+        nprobe,
+        "--out",
+        out,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 fn as_refs(v: &[String]) -> Vec<&str> {
@@ -29,11 +55,13 @@ fn broken_vector_files() {
     let ds = DataSet::new(600, 5, 16);
     let good = std::fs::read(ds.path("base.fvecs")).unwrap();
     let build = |base: &str| {
-        vec!["build", "--base", base, "--metric", "l2", "--nlist", "4", "--pq", "4", "--out"]
-            .into_iter()
-            .map(String::from)
-            .chain([ds.p("x.qvr")])
-            .collect::<Vec<_>>()
+        vec![
+            "build", "--base", base, "--metric", "l2", "--nlist", "4", "--pq", "4", "--out",
+        ]
+        .into_iter()
+        .map(String::from)
+        .chain([ds.p("x.qvr")])
+        .collect::<Vec<_>>()
     };
     // Truncated mid-record.
     std::fs::write(ds.path("trunc.fvecs"), &good[..good.len() - 10]).unwrap();
@@ -43,7 +71,10 @@ fn broken_vector_files() {
     let rec = 4 + 16 * 4;
     bad[rec * 7..rec * 7 + 4].copy_from_slice(&17i32.to_le_bytes());
     std::fs::write(ds.path("dims.fvecs"), &bad).unwrap();
-    quiver_err(&as_refs(&build(&ds.p("dims.fvecs"))), "record 7 has dimension 17");
+    quiver_err(
+        &as_refs(&build(&ds.p("dims.fvecs"))),
+        "record 7 has dimension 17",
+    );
     // Unsupported dtype.
     let mut npy = b"\x93NUMPY\x01\x00".to_vec();
     let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 2), }";
@@ -70,12 +101,41 @@ fn build_parameters_out_of_range() {
     let ds = DataSet::new(600, 5, 16);
     let b = ds.p("base.fvecs");
     let o = ds.p("x.qvr");
-    quiver_err(&["build", "--base", &b, "--metric", "l2", "--nlist", "4", "--pq", "5", "--out", &o], "does not divide dimension 16");
-    quiver_err(&["build", "--base", &b, "--metric", "l2", "--nlist", "700", "--pq", "4", "--out", &o], "cannot train 700 clusters on 600");
-    quiver_err(&["build", "--base", &b, "--metric", "l2", "--nlist", "0", "--pq", "4", "--out", &o], "nlist");
-    quiver_err(&["build", "--base", &b, "--metric", "hamming", "--nlist", "4", "--pq", "4", "--out", &o], "unknown metric");
-    quiver_err(&["build", "--base", &b, "--metric", "l2", "--nlist", "4", "--pq", "4", "--refine", "f8", "--out", &o], "refine");
-    assert!(!ds.path("x.qvr").exists(), "a failed build left an index behind");
+    quiver_err(
+        &[
+            "build", "--base", &b, "--metric", "l2", "--nlist", "4", "--pq", "5", "--out", &o,
+        ],
+        "does not divide dimension 16",
+    );
+    quiver_err(
+        &[
+            "build", "--base", &b, "--metric", "l2", "--nlist", "700", "--pq", "4", "--out", &o,
+        ],
+        "cannot train 700 clusters on 600",
+    );
+    quiver_err(
+        &[
+            "build", "--base", &b, "--metric", "l2", "--nlist", "0", "--pq", "4", "--out", &o,
+        ],
+        "nlist",
+    );
+    quiver_err(
+        &[
+            "build", "--base", &b, "--metric", "hamming", "--nlist", "4", "--pq", "4", "--out", &o,
+        ],
+        "unknown metric",
+    );
+    quiver_err(
+        &[
+            "build", "--base", &b, "--metric", "l2", "--nlist", "4", "--pq", "4", "--refine", "f8",
+            "--out", &o,
+        ],
+        "refine",
+    );
+    assert!(
+        !ds.path("x.qvr").exists(),
+        "a failed build left an index behind"
+    );
 }
 
 #[test]
@@ -84,43 +144,162 @@ fn non_finite_values_and_zero_vectors() {
     let mut rows = quiver_engine::synth::ClusteredGaussian::new(16, 4, 0.3, 1).rows(0, 600);
     rows[16 * 321 + 5] = f32::NAN;
     write_f32(ds.path("nan.fvecs"), 16, ElementType::F32, &rows).unwrap();
-    quiver_err(&["build", "--base", &ds.p("nan.fvecs"), "--metric", "l2", "--nlist", "4", "--pq", "4", "--out", &ds.p("x.qvr")], "vector 321 holds a non-finite value");
+    quiver_err(
+        &[
+            "build",
+            "--base",
+            &ds.p("nan.fvecs"),
+            "--metric",
+            "l2",
+            "--nlist",
+            "4",
+            "--pq",
+            "4",
+            "--out",
+            &ds.p("x.qvr"),
+        ],
+        "vector 321 holds a non-finite value",
+    );
     rows[16 * 321 + 5] = 0.0;
     rows[16 * 599..].fill(0.0);
     write_f32(ds.path("zero.fvecs"), 16, ElementType::F32, &rows).unwrap();
-    quiver_err(&["build", "--base", &ds.p("zero.fvecs"), "--metric", "cosine", "--nlist", "4", "--pq", "4", "--out", &ds.p("x.qvr")], "vector 599 has zero length");
+    quiver_err(
+        &[
+            "build",
+            "--base",
+            &ds.p("zero.fvecs"),
+            "--metric",
+            "cosine",
+            "--nlist",
+            "4",
+            "--pq",
+            "4",
+            "--out",
+            &ds.p("x.qvr"),
+        ],
+        "vector 599 has zero length",
+    );
     // Infinity in a query.
     let ds = data_with_index();
     let mut q = quiver_engine::synth::ClusteredGaussian::new(16, 4, 0.3, 1).rows(0, 3);
     q[16 + 2] = f32::INFINITY;
     write_f32(ds.path("inf.fvecs"), 16, ElementType::F32, &q).unwrap();
-    let args = search_args(&ds.p("idx.qvr"), &ds.p("inf.fvecs"), "5", "2", &ds.p("r.ivecs"));
+    let args = search_args(
+        &ds.p("idx.qvr"),
+        &ds.p("inf.fvecs"),
+        "5",
+        "2",
+        &ds.p("r.ivecs"),
+    );
     quiver_err(&as_refs(&args), "vector 1 holds a non-finite value (inf)");
-    assert!(!ds.path("r.ivecs").exists(), "a failed search left a partial output");
+    assert!(
+        !ds.path("r.ivecs").exists(),
+        "a failed search left a partial output"
+    );
 }
 
 #[test]
 fn search_parameters_out_of_range() {
     let ds = data_with_index();
     let (i, q, o) = (ds.p("idx.qvr"), ds.p("query.fvecs"), ds.p("r.ivecs"));
-    quiver_err(&as_refs(&search_args(&i, &q, "0", "2", &o)), "k = 0 is out of range");
-    quiver_err(&as_refs(&search_args(&i, &q, "5", "0", &o)), "nprobe = 0 is out of range");
+    quiver_err(
+        &as_refs(&search_args(&i, &q, "0", "2", &o)),
+        "k = 0 is out of range",
+    );
+    quiver_err(
+        &as_refs(&search_args(&i, &q, "5", "0", &o)),
+        "nprobe = 0 is out of range",
+    );
     quiver_err(&as_refs(&search_args(&i, &q, "5", "9", &o)), "nlist = 8");
     quiver_err(&as_refs(&search_args(&i, &q, "-3", "2", &o)), "-3");
-    quiver_err(&as_refs(&search_args(&i, &q, "100000000", "2", &o)), "out of range");
+    quiver_err(
+        &as_refs(&search_args(&i, &q, "100000000", "2", &o)),
+        "out of range",
+    );
     // Query dimension differs from the index's.
     write_f32(ds.path("q8.fvecs"), 8, ElementType::F32, &[0.5; 16]).unwrap();
-    quiver_err(&as_refs(&search_args(&i, &ds.p("q8.fvecs"), "5", "2", &o)), "dimension mismatch: expected 16, got 8");
-    // Refine factor without raw vectors.
-    quiver_ok(&["build", "--base", &ds.p("base.fvecs"), "--metric", "l2", "--nlist", "8", "--pq", "4", "--out", &ds.p("noraw.qvr")]);
     quiver_err(
-        &["search", "--index", &ds.p("noraw.qvr"), "--queries", &q, "--k", "5", "--nprobe", "2", "--refine-factor", "4", "--out", &o],
+        &as_refs(&search_args(&i, &ds.p("q8.fvecs"), "5", "2", &o)),
+        "dimension mismatch: expected 16, got 8",
+    );
+    // Refine factor without raw vectors.
+    quiver_ok(&[
+        "build",
+        "--base",
+        &ds.p("base.fvecs"),
+        "--metric",
+        "l2",
+        "--nlist",
+        "8",
+        "--pq",
+        "4",
+        "--out",
+        &ds.p("noraw.qvr"),
+    ]);
+    quiver_err(
+        &[
+            "search",
+            "--index",
+            &ds.p("noraw.qvr"),
+            "--queries",
+            &q,
+            "--k",
+            "5",
+            "--nprobe",
+            "2",
+            "--refine-factor",
+            "4",
+            "--out",
+            &o,
+        ],
         "--refine none",
     );
     // Ground truth with too few columns for k.
-    quiver_ok(&["gt", "--base", &ds.p("base.fvecs"), "--queries", &q, "--metric", "l2", "--k", "5", "--out", &ds.p("gt.ivecs")]);
-    quiver_err(&["bench", "--index", &i, "--queries", &q, "--gt", &ds.p("gt.ivecs"), "--k", "10", "--nprobe", "1"], "fewer than k = 10");
-    quiver_err(&["bench", "--index", &i, "--queries", &q, "--gt", &ds.p("gt.ivecs"), "--k", "5", "--nprobe", "1,20"], "nprobe = 20");
+    quiver_ok(&[
+        "gt",
+        "--base",
+        &ds.p("base.fvecs"),
+        "--queries",
+        &q,
+        "--metric",
+        "l2",
+        "--k",
+        "5",
+        "--out",
+        &ds.p("gt.ivecs"),
+    ]);
+    quiver_err(
+        &[
+            "bench",
+            "--index",
+            &i,
+            "--queries",
+            &q,
+            "--gt",
+            &ds.p("gt.ivecs"),
+            "--k",
+            "10",
+            "--nprobe",
+            "1",
+        ],
+        "fewer than k = 10",
+    );
+    quiver_err(
+        &[
+            "bench",
+            "--index",
+            &i,
+            "--queries",
+            &q,
+            "--gt",
+            &ds.p("gt.ivecs"),
+            "--k",
+            "5",
+            "--nprobe",
+            "1,20",
+        ],
+        "nprobe = 20",
+    );
 }
 
 #[test]
@@ -128,7 +307,21 @@ fn ids_files_are_checked() {
     let ds = DataSet::new(600, 5, 16);
     let build = |ids: &str| {
         quiver_err(
-            &["build", "--base", &ds.p("base.fvecs"), "--ids", ids, "--metric", "l2", "--nlist", "4", "--pq", "4", "--out", &ds.p("x.qvr")],
+            &[
+                "build",
+                "--base",
+                &ds.p("base.fvecs"),
+                "--ids",
+                ids,
+                "--metric",
+                "l2",
+                "--nlist",
+                "4",
+                "--pq",
+                "4",
+                "--out",
+                &ds.p("x.qvr"),
+            ],
             "",
         )
     };
@@ -153,9 +346,18 @@ fn damaged_index_files_are_refused() {
     let at = good.len() / 2;
     flipped[at] ^= 1;
     std::fs::write(ds.path("flip.qvr"), &flipped).unwrap();
-    quiver_err(&as_refs(&search_args(&ds.p("flip.qvr"), &q, "5", "2", &o)), "is corrupt (CRC32C");
+    quiver_err(
+        &as_refs(&search_args(&ds.p("flip.qvr"), &q, "5", "2", &o)),
+        "is corrupt (CRC32C",
+    );
     std::fs::write(ds.path("cut.qvr"), &good[..good.len() - 100]).unwrap();
-    quiver_err(&as_refs(&search_args(&ds.p("cut.qvr"), &q, "5", "2", &o)), "truncated");
-    quiver_err(&as_refs(&search_args(&ds.p("query.fvecs"), &q, "5", "2", &o)), "not a Quiver index");
+    quiver_err(
+        &as_refs(&search_args(&ds.p("cut.qvr"), &q, "5", "2", &o)),
+        "truncated",
+    );
+    quiver_err(
+        &as_refs(&search_args(&ds.p("query.fvecs"), &q, "5", "2", &o)),
+        "not a Quiver index",
+    );
     quiver_err(&["info", &ds.p("flip.qvr")], "corrupt");
 }

@@ -20,8 +20,20 @@ impl DataSet {
     pub fn new(n: usize, nq: usize, dim: usize) -> DataSet {
         let dir = tempfile::tempdir().expect("tempdir");
         let g = ClusteredGaussian::new(dim, 20, 0.3, 11);
-        write_f32(dir.path().join("base.fvecs"), dim, ElementType::F32, &g.rows(0, n)).expect("write base");
-        write_f32(dir.path().join("query.fvecs"), dim, ElementType::F32, &g.rows(n, nq)).expect("write queries");
+        write_f32(
+            dir.path().join("base.fvecs"),
+            dim,
+            ElementType::F32,
+            &g.rows(0, n),
+        )
+        .expect("write base");
+        write_f32(
+            dir.path().join("query.fvecs"),
+            dim,
+            ElementType::F32,
+            &g.rows(n, nq),
+        )
+        .expect("write queries");
         DataSet { dir, dim, n, nq }
     }
 
@@ -40,7 +52,10 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    Command::new(env!("CARGO_BIN_EXE_quiver")).args(args).output().expect("run quiver")
+    Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(args)
+        .output()
+        .expect("run quiver")
 }
 
 /// Runs `quiver`, asserting success; returns stdout.
@@ -59,10 +74,23 @@ pub fn quiver_ok(args: &[&str]) -> String {
 pub fn quiver_err(args: &[&str], needle: &str) -> String {
     let out = quiver(args);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "quiver {args:?} succeeded but should have failed");
-    assert!(matches!(out.status.code(), Some(1) | Some(2)), "quiver {args:?} exited with {:?}:\n{err}", out.status);
-    assert!(!err.contains("panicked"), "quiver {args:?} panicked:\n{err}");
-    assert!(err.contains(needle), "quiver {args:?}: message lacks {needle:?}:\n{err}");
+    assert!(
+        !out.status.success(),
+        "quiver {args:?} succeeded but should have failed"
+    );
+    assert!(
+        matches!(out.status.code(), Some(1) | Some(2)),
+        "quiver {args:?} exited with {:?}:\n{err}",
+        out.status
+    );
+    assert!(
+        !err.contains("panicked"),
+        "quiver {args:?} panicked:\n{err}"
+    );
+    assert!(
+        err.contains(needle),
+        "quiver {args:?}: message lacks {needle:?}:\n{err}"
+    );
     err
 }
 

@@ -18,8 +18,19 @@ fn dir() -> PathBuf {
 fn search(index: &str, out: &str) {
     let q = dir().join("queries.fvecs");
     quiver_ok(&[
-        "search", "--index", index, "--queries", q.to_str().unwrap(), "--k", "5", "--nprobe", "2", "--refine-factor", "4",
-        "--out", out,
+        "search",
+        "--index",
+        index,
+        "--queries",
+        q.to_str().unwrap(),
+        "--k",
+        "5",
+        "--nprobe",
+        "2",
+        "--refine-factor",
+        "4",
+        "--out",
+        out,
     ]);
 }
 
@@ -27,7 +38,13 @@ fn search(index: &str, out: &str) {
 fn v1_fixture_loads_and_answers_as_when_written() {
     let index = dir().join("index.qvr");
     let info = quiver_ok(&["info", index.to_str().unwrap()]);
-    for line in ["metric          l2", "dimension       16", "vectors         400", "nlist           4", "refine          f16"] {
+    for line in [
+        "metric          l2",
+        "dimension       16",
+        "vectors         400",
+        "nlist           4",
+        "refine          f16",
+    ] {
         assert!(info.contains(line), "missing {line:?} in:\n{info}");
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -53,9 +70,25 @@ fn regenerate_v1_fixture() {
     write_f32(d.join("queries.fvecs"), 16, ElementType::F32, &queries).unwrap();
     let (base, index) = (d.join("base.fvecs"), d.join("index.qvr"));
     quiver_ok(&[
-        "build", "--base", base.to_str().unwrap(), "--metric", "l2", "--nlist", "4", "--pq", "4", "--refine", "f16", "--seed", "7",
-        "--out", index.to_str().unwrap(),
+        "build",
+        "--base",
+        base.to_str().unwrap(),
+        "--metric",
+        "l2",
+        "--nlist",
+        "4",
+        "--pq",
+        "4",
+        "--refine",
+        "f16",
+        "--seed",
+        "7",
+        "--out",
+        index.to_str().unwrap(),
     ]);
     std::fs::remove_file(&base).unwrap();
-    search(index.to_str().unwrap(), d.join("expected.ivecs").to_str().unwrap());
+    search(
+        index.to_str().unwrap(),
+        d.join("expected.ivecs").to_str().unwrap(),
+    );
 }

@@ -9,12 +9,13 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use common::{quiver_ok, read_ivecs, DataSet};
 use ::quiver_server::proto::quiver_client::QuiverClient;
 use ::quiver_server::proto::{
-    CreateCollectionRequest, DeleteRequest, DropCollectionRequest, GetCollectionRequest, IndexParams, ListCollectionsRequest,
-    LoadIndexRequest, Metric, Refine, SearchBatchRequest, SearchRequest, SearchResponse, TrainRequest, UpsertRequest,
+    CreateCollectionRequest, DeleteRequest, DropCollectionRequest, GetCollectionRequest,
+    IndexParams, ListCollectionsRequest, LoadIndexRequest, Metric, Refine, SearchBatchRequest,
+    SearchRequest, SearchResponse, TrainRequest, UpsertRequest,
 };
+use common::{quiver_ok, read_ivecs, DataSet};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -27,20 +28,35 @@ struct Server {
 impl Server {
     fn start(data_dir: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_quiver"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir.to_str().unwrap()])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+            ])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("start server");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("read address");
-        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("read address");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
         Server { child, addr }
     }
 
     async fn client(&self) -> QuiverClient<Channel> {
-        QuiverClient::connect(format!("http://{}", self.addr)).await.expect("connect").max_decoding_message_size(256 << 20)
+        QuiverClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("connect")
+            .max_decoding_message_size(256 << 20)
     }
 
     /// SIGTERM and wait: a clean shutdown exits 0.
@@ -69,12 +85,23 @@ fn create(name: &str, dim: u32, metric: Metric, nlist: u32, pq_m: u32) -> Create
         name: name.into(),
         dim,
         metric: metric as i32,
-        index: Some(IndexParams { nlist, pq_m, refine: Refine::F16 as i32, seed: 0 }),
+        index: Some(IndexParams {
+            nlist,
+            pq_m,
+            refine: Refine::F16 as i32,
+            seed: 0,
+        }),
     }
 }
 
 fn search(c: &str, v: Vec<f32>, k: u32) -> SearchRequest {
-    SearchRequest { collection: c.into(), vector: v, k, nprobe: 0, refine_factor: 0 }
+    SearchRequest {
+        collection: c.into(),
+        vector: v,
+        k,
+        nprobe: 0,
+        refine_factor: 0,
+    }
 }
 
 fn ids(r: &SearchResponse) -> Vec<u64> {
@@ -82,22 +109,52 @@ fn ids(r: &SearchResponse) -> Vec<u64> {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[test]
 fn life_cycle_equals_cli_and_survives_restart_and_sigkill() {
     let ds = DataSet::new(2000, 20, 16);
-    let base = quiver_engine::io::read_all_f32(ds.path("base.fvecs")).unwrap().1;
-    let queries = quiver_engine::io::read_all_f32(ds.path("query.fvecs")).unwrap().1;
+    let base = quiver_engine::io::read_all_f32(ds.path("base.fvecs"))
+        .unwrap()
+        .1;
+    let queries = quiver_engine::io::read_all_f32(ds.path("query.fvecs"))
+        .unwrap()
+        .1;
     // The CLI's answer for the same data and parameters.
     quiver_ok(&[
-        "build", "--base", &ds.p("base.fvecs"), "--metric", "cosine", "--nlist", "16", "--pq", "4", "--refine", "f16", "--out",
+        "build",
+        "--base",
+        &ds.p("base.fvecs"),
+        "--metric",
+        "cosine",
+        "--nlist",
+        "16",
+        "--pq",
+        "4",
+        "--refine",
+        "f16",
+        "--out",
         &ds.p("idx.qvr"),
     ]);
     quiver_ok(&[
-        "search", "--index", &ds.p("idx.qvr"), "--queries", &ds.p("query.fvecs"), "--k", "10", "--nprobe", "4", "--refine-factor",
-        "3", "--out", &ds.p("cli.ivecs"),
+        "search",
+        "--index",
+        &ds.p("idx.qvr"),
+        "--queries",
+        &ds.p("query.fvecs"),
+        "--k",
+        "10",
+        "--nprobe",
+        "4",
+        "--refine-factor",
+        "3",
+        "--out",
+        &ds.p("cli.ivecs"),
     ]);
     let (_, cli) = read_ivecs(&ds.path("cli.ivecs"));
     let data = ds.path("data");
@@ -105,21 +162,49 @@ fn life_cycle_equals_cli_and_survives_restart_and_sigkill() {
     let server = Server::start(&data, &[]);
     rt.block_on(async {
         let mut c = server.client().await;
-        let info = c.create_collection(create("docs", 16, Metric::Cosine, 16, 4)).await.unwrap().into_inner();
+        let info = c
+            .create_collection(create("docs", 16, Metric::Cosine, 16, 4))
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!((info.dim, info.count, info.trained), (16, 0, false));
         // Upsert in two messages: batched and streamed.
         let all_ids: Vec<u64> = (0..2000).collect();
-        c.upsert(UpsertRequest { collection: "docs".into(), ids: all_ids[..1000].to_vec(), vectors: base[..1000 * 16].to_vec() })
+        c.upsert(UpsertRequest {
+            collection: "docs".into(),
+            ids: all_ids[..1000].to_vec(),
+            vectors: base[..1000 * 16].to_vec(),
+        })
+        .await
+        .unwrap();
+        let rest = UpsertRequest {
+            collection: "docs".into(),
+            ids: all_ids[1000..].to_vec(),
+            vectors: base[1000 * 16..].to_vec(),
+        };
+        let n = c
+            .upsert_stream(tokio_stream::iter(vec![rest]))
             .await
-            .unwrap();
-        let rest = UpsertRequest { collection: "docs".into(), ids: all_ids[1000..].to_vec(), vectors: base[1000 * 16..].to_vec() };
-        let n = c.upsert_stream(tokio_stream::iter(vec![rest])).await.unwrap().into_inner().upserted;
+            .unwrap()
+            .into_inner()
+            .upserted;
         assert_eq!(n, 1000);
         // Untrained: exact search finds the vector itself.
-        let r = c.search(search("docs", base[16 * 7..16 * 8].to_vec(), 3)).await.unwrap().into_inner();
+        let r = c
+            .search(search("docs", base[16 * 7..16 * 8].to_vec(), 3))
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(r.neighbors[0].id, 7);
         assert!((r.neighbors[0].distance - 1.0).abs() < 1e-4);
-        let info = c.train(TrainRequest { collection: "docs".into(), index: None }).await.unwrap().into_inner();
+        let info = c
+            .train(TrainRequest {
+                collection: "docs".into(),
+                index: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
         assert!(info.trained && info.count == 2000);
         // Trained: equal to `quiver search` with the same parameters.
         for q in 0..20 {
@@ -134,23 +219,50 @@ fn life_cycle_equals_cli_and_survives_restart_and_sigkill() {
                 .await
                 .unwrap()
                 .into_inner();
-            let want: Vec<u64> = cli[q * 10..(q + 1) * 10].iter().map(|&i| i as u64).collect();
+            let want: Vec<u64> = cli[q * 10..(q + 1) * 10]
+                .iter()
+                .map(|&i| i as u64)
+                .collect();
             assert_eq!(ids(&r), want, "query {q}");
         }
         // Batch search: one list per query, same answers.
         let b = c
-            .search_batch(SearchBatchRequest { collection: "docs".into(), vectors: queries.clone(), k: 10, nprobe: 4, refine_factor: 3 })
+            .search_batch(SearchBatchRequest {
+                collection: "docs".into(),
+                vectors: queries.clone(),
+                k: 10,
+                nprobe: 4,
+                refine_factor: 3,
+            })
             .await
             .unwrap()
             .into_inner();
         assert_eq!(b.results.len(), 20);
-        assert_eq!(ids(&b.results[3]), cli[30..40].iter().map(|&i| i as u64).collect::<Vec<_>>());
+        assert_eq!(
+            ids(&b.results[3]),
+            cli[30..40].iter().map(|&i| i as u64).collect::<Vec<_>>()
+        );
         // Delete.
-        let d = c.delete(DeleteRequest { collection: "docs".into(), ids: vec![7, 8, 123_456] }).await.unwrap().into_inner();
+        let d = c
+            .delete(DeleteRequest {
+                collection: "docs".into(),
+                ids: vec![7, 8, 123_456],
+            })
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(d.deleted, 2);
-        let r = c.search(search("docs", base[16 * 7..16 * 8].to_vec(), 5)).await.unwrap().into_inner();
+        let r = c
+            .search(search("docs", base[16 * 7..16 * 8].to_vec(), 5))
+            .await
+            .unwrap()
+            .into_inner();
         assert!(!ids(&r).contains(&7));
-        let list = c.list_collections(ListCollectionsRequest {}).await.unwrap().into_inner();
+        let list = c
+            .list_collections(ListCollectionsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(list.collections.len(), 1);
         assert_eq!(list.collections[0].count, 1998);
     });
@@ -160,22 +272,58 @@ fn life_cycle_equals_cli_and_survives_restart_and_sigkill() {
     let server = Server::start(&data, &[]);
     rt.block_on(async {
         let mut c = server.client().await;
-        let info = c.get_collection(GetCollectionRequest { name: "docs".into() }).await.unwrap().into_inner();
+        let info = c
+            .get_collection(GetCollectionRequest {
+                name: "docs".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!((info.count, info.trained), (1998, true));
         // An acknowledged upsert just before SIGKILL.
-        c.upsert(UpsertRequest { collection: "docs".into(), ids: vec![9_000_000], vectors: vec![0.25; 16] }).await.unwrap();
-        c.delete(DeleteRequest { collection: "docs".into(), ids: vec![9] }).await.unwrap();
+        c.upsert(UpsertRequest {
+            collection: "docs".into(),
+            ids: vec![9_000_000],
+            vectors: vec![0.25; 16],
+        })
+        .await
+        .unwrap();
+        c.delete(DeleteRequest {
+            collection: "docs".into(),
+            ids: vec![9],
+        })
+        .await
+        .unwrap();
     });
     server.kill9();
     let server = Server::start(&data, &[]);
     rt.block_on(async {
         let mut c = server.client().await;
-        let info = c.get_collection(GetCollectionRequest { name: "docs".into() }).await.unwrap().into_inner();
+        let info = c
+            .get_collection(GetCollectionRequest {
+                name: "docs".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(info.count, 1998);
-        let r = c.search(search("docs", vec![0.25; 16], 1)).await.unwrap().into_inner();
+        let r = c
+            .search(search("docs", vec![0.25; 16], 1))
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(ids(&r), vec![9_000_000], "the acknowledged upsert was lost");
-        c.drop_collection(DropCollectionRequest { name: "docs".into() }).await.unwrap();
-        let e = c.get_collection(GetCollectionRequest { name: "docs".into() }).await.unwrap_err();
+        c.drop_collection(DropCollectionRequest {
+            name: "docs".into(),
+        })
+        .await
+        .unwrap();
+        let e = c
+            .get_collection(GetCollectionRequest {
+                name: "docs".into(),
+            })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::NotFound);
     });
     server.stop();
@@ -185,36 +333,106 @@ fn life_cycle_equals_cli_and_survives_restart_and_sigkill() {
 #[test]
 fn served_index_files_answer_like_the_cli() {
     let ds = DataSet::new(1500, 10, 8);
-    quiver_ok(&["build", "--base", &ds.p("base.fvecs"), "--metric", "l2", "--nlist", "8", "--pq", "4", "--refine", "f32", "--out", &ds.p("i.qvr")]);
     quiver_ok(&[
-        "search", "--index", &ds.p("i.qvr"), "--queries", &ds.p("query.fvecs"), "--k", "5", "--nprobe", "3", "--refine-factor", "2",
-        "--out", &ds.p("cli.ivecs"),
+        "build",
+        "--base",
+        &ds.p("base.fvecs"),
+        "--metric",
+        "l2",
+        "--nlist",
+        "8",
+        "--pq",
+        "4",
+        "--refine",
+        "f32",
+        "--out",
+        &ds.p("i.qvr"),
+    ]);
+    quiver_ok(&[
+        "search",
+        "--index",
+        &ds.p("i.qvr"),
+        "--queries",
+        &ds.p("query.fvecs"),
+        "--k",
+        "5",
+        "--nprobe",
+        "3",
+        "--refine-factor",
+        "2",
+        "--out",
+        &ds.p("cli.ivecs"),
     ]);
     let (_, cli) = read_ivecs(&ds.path("cli.ivecs"));
-    let queries = quiver_engine::io::read_all_f32(ds.path("query.fvecs")).unwrap().1;
+    let queries = quiver_engine::io::read_all_f32(ds.path("query.fvecs"))
+        .unwrap()
+        .1;
     let ro = format!("ro={}", ds.p("i.qvr"));
     let rw = format!("rw={}:rw", ds.p("i.qvr"));
-    let server = Server::start(&ds.path("data"), &["--collection", &ro, "--collection", &rw]);
+    let server = Server::start(
+        &ds.path("data"),
+        &["--collection", &ro, "--collection", &rw],
+    );
     rt().block_on(async {
         let mut c = server.client().await;
         for name in ["ro", "rw"] {
             let b = c
-                .search_batch(SearchBatchRequest { collection: name.into(), vectors: queries.clone(), k: 5, nprobe: 3, refine_factor: 2 })
+                .search_batch(SearchBatchRequest {
+                    collection: name.into(),
+                    vectors: queries.clone(),
+                    k: 5,
+                    nprobe: 3,
+                    refine_factor: 2,
+                })
                 .await
                 .unwrap()
                 .into_inner();
-            let got: Vec<i32> = b.results.iter().flat_map(|r| r.neighbors.iter().map(|n| n.id as i32)).collect();
+            let got: Vec<i32> = b
+                .results
+                .iter()
+                .flat_map(|r| r.neighbors.iter().map(|n| n.id as i32))
+                .collect();
             assert_eq!(got, cli, "{name}");
         }
-        let e = c.upsert(UpsertRequest { collection: "ro".into(), ids: vec![1], vectors: vec![0.0; 8] }).await.unwrap_err();
+        let e = c
+            .upsert(UpsertRequest {
+                collection: "ro".into(),
+                ids: vec![1],
+                vectors: vec![0.0; 8],
+            })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition);
-        c.upsert(UpsertRequest { collection: "rw".into(), ids: vec![99_999], vectors: vec![0.0; 8] }).await.unwrap();
-        let info = c.get_collection(GetCollectionRequest { name: "ro".into() }).await.unwrap().into_inner();
+        c.upsert(UpsertRequest {
+            collection: "rw".into(),
+            ids: vec![99_999],
+            vectors: vec![0.0; 8],
+        })
+        .await
+        .unwrap();
+        let info = c
+            .get_collection(GetCollectionRequest { name: "ro".into() })
+            .await
+            .unwrap()
+            .into_inner();
         assert!(info.read_only && info.trained && info.count == 1500);
         // LoadIndex creates a writable copy.
-        let info = c.load_index(LoadIndexRequest { collection: "copy".into(), path: ds.p("i.qvr") }).await.unwrap().into_inner();
+        let info = c
+            .load_index(LoadIndexRequest {
+                collection: "copy".into(),
+                path: ds.p("i.qvr"),
+            })
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(info.count, 1500);
-        let e = c.load_index(LoadIndexRequest { collection: "bad".into(), path: ds.p("query.fvecs") }).await.unwrap_err();
+        let e = c
+            .load_index(LoadIndexRequest {
+                collection: "bad".into(),
+                path: ds.p("query.fvecs"),
+            })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     });
     server.stop();
@@ -223,25 +441,74 @@ fn served_index_files_answer_like_the_cli() {
 #[test]
 fn bad_input_gets_the_right_status_and_the_server_keeps_serving() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(tmp.path(), &["--max-k", "100", "--max-message-bytes", "200000", "--max-queries-per-request", "50"]);
+    let server = Server::start(
+        tmp.path(),
+        &[
+            "--max-k",
+            "100",
+            "--max-message-bytes",
+            "200000",
+            "--max-queries-per-request",
+            "50",
+        ],
+    );
     rt().block_on(async {
         let mut c = server.client().await;
-        c.create_collection(create("v", 8, Metric::L2, 4, 2)).await.unwrap();
-        let vecs: Vec<f32> = (0..300 * 8).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
-        c.upsert(UpsertRequest { collection: "v".into(), ids: (0..300).collect(), vectors: vecs.clone() }).await.unwrap();
-        let expect = |r: Result<tonic::Response<SearchResponse>, tonic::Status>, code: Code, needle: &str| {
+        c.create_collection(create("v", 8, Metric::L2, 4, 2))
+            .await
+            .unwrap();
+        let vecs: Vec<f32> = (0..300 * 8)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
+            .collect();
+        c.upsert(UpsertRequest {
+            collection: "v".into(),
+            ids: (0..300).collect(),
+            vectors: vecs.clone(),
+        })
+        .await
+        .unwrap();
+        let expect = |r: Result<tonic::Response<SearchResponse>, tonic::Status>,
+                      code: Code,
+                      needle: &str| {
             let e = r.expect_err("should fail");
             assert_eq!(e.code(), code, "{e:?}");
-            assert!(e.message().contains(needle), "{:?} lacks {needle:?}", e.message());
+            assert!(
+                e.message().contains(needle),
+                "{:?} lacks {needle:?}",
+                e.message()
+            );
         };
-        expect(c.search(search("v", vec![0.5; 7], 3)).await, Code::InvalidArgument, "dimension mismatch: expected 8, got 7");
+        expect(
+            c.search(search("v", vec![0.5; 7], 3)).await,
+            Code::InvalidArgument,
+            "dimension mismatch: expected 8, got 7",
+        );
         let mut nan = vec![0.5; 8];
         nan[2] = f32::NAN;
-        expect(c.search(search("v", nan, 3)).await, Code::InvalidArgument, "non-finite");
-        expect(c.search(search("v", vec![0.5; 8], 0)).await, Code::InvalidArgument, "k: 0 is out of range");
-        expect(c.search(search("v", vec![0.5; 8], 101)).await, Code::InvalidArgument, "between 1 and 100");
-        expect(c.search(search("nope", vec![0.5; 8], 3)).await, Code::NotFound, "\"nope\" does not exist");
-        let e = c.create_collection(create("v", 8, Metric::L2, 4, 2)).await.unwrap_err();
+        expect(
+            c.search(search("v", nan, 3)).await,
+            Code::InvalidArgument,
+            "non-finite",
+        );
+        expect(
+            c.search(search("v", vec![0.5; 8], 0)).await,
+            Code::InvalidArgument,
+            "k: 0 is out of range",
+        );
+        expect(
+            c.search(search("v", vec![0.5; 8], 101)).await,
+            Code::InvalidArgument,
+            "between 1 and 100",
+        );
+        expect(
+            c.search(search("nope", vec![0.5; 8], 3)).await,
+            Code::NotFound,
+            "\"nope\" does not exist",
+        );
+        let e = c
+            .create_collection(create("v", 8, Metric::L2, 4, 2))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::AlreadyExists);
         for (bad, field) in [
             (create("d0", 0, Metric::L2, 0, 0), "dim"),
@@ -255,35 +522,113 @@ fn bad_input_gets_the_right_status_and_the_server_keeps_serving() {
         }
         // Empty batch, too many queries, oversized message.
         let e = c
-            .search_batch(SearchBatchRequest { collection: "v".into(), vectors: vec![], k: 3, nprobe: 0, refine_factor: 0 })
+            .search_batch(SearchBatchRequest {
+                collection: "v".into(),
+                vectors: vec![],
+                k: 3,
+                nprobe: 0,
+                refine_factor: 0,
+            })
             .await
             .unwrap_err();
-        assert!(e.code() == Code::InvalidArgument && e.message().contains("empty"), "{e:?}");
+        assert!(
+            e.code() == Code::InvalidArgument && e.message().contains("empty"),
+            "{e:?}"
+        );
         let e = c
-            .search_batch(SearchBatchRequest { collection: "v".into(), vectors: vec![0.1; 8 * 51], k: 3, nprobe: 0, refine_factor: 0 })
+            .search_batch(SearchBatchRequest {
+                collection: "v".into(),
+                vectors: vec![0.1; 8 * 51],
+                k: 3,
+                nprobe: 0,
+                refine_factor: 0,
+            })
             .await
             .unwrap_err();
-        assert!(e.code() == Code::InvalidArgument && e.message().contains("51 queries exceed"), "{e:?}");
-        let e = c.upsert(UpsertRequest { collection: "v".into(), ids: (0..10_000).collect(), vectors: vec![0.5; 80_000] }).await.unwrap_err();
+        assert!(
+            e.code() == Code::InvalidArgument && e.message().contains("51 queries exceed"),
+            "{e:?}"
+        );
+        let e = c
+            .upsert(UpsertRequest {
+                collection: "v".into(),
+                ids: (0..10_000).collect(),
+                vectors: vec![0.5; 80_000],
+            })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
         // Upsert shape errors.
-        let e = c.upsert(UpsertRequest { collection: "v".into(), ids: vec![1, 2], vectors: vec![0.5; 8] }).await.unwrap_err();
-        assert!(e.code() == Code::InvalidArgument && e.message().starts_with("vectors"), "{e:?}");
-        let e = c.upsert(UpsertRequest { collection: "v".into(), ids: vec![], vectors: vec![] }).await.unwrap_err();
+        let e = c
+            .upsert(UpsertRequest {
+                collection: "v".into(),
+                ids: vec![1, 2],
+                vectors: vec![0.5; 8],
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            e.code() == Code::InvalidArgument && e.message().starts_with("vectors"),
+            "{e:?}"
+        );
+        let e = c
+            .upsert(UpsertRequest {
+                collection: "v".into(),
+                ids: vec![],
+                vectors: vec![],
+            })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
         // Train, then nprobe out of range and refine on an index without raw vectors.
-        c.train(TrainRequest { collection: "v".into(), index: None }).await.unwrap();
+        c.train(TrainRequest {
+            collection: "v".into(),
+            index: None,
+        })
+        .await
+        .unwrap();
         let mut r = search("v", vec![0.5; 8], 3);
         r.nprobe = 5;
-        expect(c.search(r).await, Code::InvalidArgument, "nprobe: 5 is out of range");
-        let e = c.train(TrainRequest { collection: "v".into(), index: None }).await.unwrap_err();
+        expect(
+            c.search(r).await,
+            Code::InvalidArgument,
+            "nprobe: 5 is out of range",
+        );
+        let e = c
+            .train(TrainRequest {
+                collection: "v".into(),
+                index: None,
+            })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition);
-        c.create_collection(create("small", 8, Metric::L2, 0, 0)).await.unwrap();
-        c.upsert(UpsertRequest { collection: "small".into(), ids: vec![1], vectors: vec![0.5; 8] }).await.unwrap();
-        let e = c.train(TrainRequest { collection: "small".into(), index: None }).await.unwrap_err();
-        assert!(e.code() == Code::FailedPrecondition && e.message().contains("at least"), "{e:?}");
+        c.create_collection(create("small", 8, Metric::L2, 0, 0))
+            .await
+            .unwrap();
+        c.upsert(UpsertRequest {
+            collection: "small".into(),
+            ids: vec![1],
+            vectors: vec![0.5; 8],
+        })
+        .await
+        .unwrap();
+        let e = c
+            .train(TrainRequest {
+                collection: "small".into(),
+                index: None,
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            e.code() == Code::FailedPrecondition && e.message().contains("at least"),
+            "{e:?}"
+        );
         // Still serving.
-        let r = c.search(search("v", vecs[8 * 5..8 * 6].to_vec(), 1)).await.unwrap().into_inner();
+        let r = c
+            .search(search("v", vecs[8 * 5..8 * 6].to_vec(), 1))
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(ids(&r), vec![5]);
     });
     server.stop();
@@ -292,12 +637,26 @@ fn bad_input_gets_the_right_status_and_the_server_keeps_serving() {
 #[test]
 fn deadlines_and_a_full_queue() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(tmp.path(), &["--queue-capacity", "1", "--max-batch", "1", "--max-delay-ms", "0"]);
+    let server = Server::start(
+        tmp.path(),
+        &[
+            "--queue-capacity",
+            "1",
+            "--max-batch",
+            "1",
+            "--max-delay-ms",
+            "0",
+        ],
+    );
     rt().block_on(async {
         let mut c = server.client().await;
-        c.create_collection(create("big", 64, Metric::L2, 0, 0)).await.unwrap();
+        c.create_collection(create("big", 64, Metric::L2, 0, 0))
+            .await
+            .unwrap();
         let n = 20_000;
-        let vecs: Vec<f32> = (0..n * 64).map(|i| ((i * 2_654_435_761usize) % 10_007) as f32 / 10_007.0).collect();
+        let vecs: Vec<f32> = (0..n * 64)
+            .map(|i| ((i * 2_654_435_761usize) % 10_007) as f32 / 10_007.0)
+            .collect();
         for start in (0..n).step_by(5000) {
             c.upsert(UpsertRequest {
                 collection: "big".into(),
@@ -309,7 +668,8 @@ fn deadlines_and_a_full_queue() {
         }
         // A deadline already passed: DEADLINE_EXCEEDED, the search does not run.
         let mut req = tonic::Request::new(search("big", vec![0.5; 64], 3));
-        req.metadata_mut().insert("grpc-timeout", "1n".parse().unwrap());
+        req.metadata_mut()
+            .insert("grpc-timeout", "1n".parse().unwrap());
         let e = c.search(req).await.unwrap_err();
         assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
         // Many slow exact searches at once against a queue of one: some are refused at once.
@@ -333,7 +693,10 @@ fn deadlines_and_a_full_queue() {
         for t in tasks {
             codes.push(t.await.unwrap());
         }
-        let exhausted = codes.iter().filter(|r| **r == Err(Code::ResourceExhausted)).count();
+        let exhausted = codes
+            .iter()
+            .filter(|r| **r == Err(Code::ResourceExhausted))
+            .count();
         let ok = codes.iter().filter(|r| r.is_ok()).count();
         assert!(exhausted > 0, "no RESOURCE_EXHAUSTED: {codes:?}");
         assert_eq!(ok + exhausted, codes.len(), "{codes:?}");

@@ -32,21 +32,40 @@ impl ExactSearch {
     /// Starts an exact search of row-major `queries` for their `k` nearest neighbours.
     pub fn new(metric: Metric, dim: usize, queries: &[f32], k: usize) -> Result<Self, EngineError> {
         if k == 0 || k > crate::backend::MAX_K {
-            return Err(EngineError::KOutOfRange { k, max: crate::backend::MAX_K });
+            return Err(EngineError::KOutOfRange {
+                k,
+                max: crate::backend::MAX_K,
+            });
         }
         let queries = prepare_vectors(metric, dim, queries)?.into_owned();
         let nq = queries.len() / dim;
         let query_norms = row_norms_sq(&queries, dim);
-        Ok(ExactSearch { metric, dim, k, queries, query_norms, tops: (0..nq).map(|_| TopK::new(k)).collect(), seen: 0 })
+        Ok(ExactSearch {
+            metric,
+            dim,
+            k,
+            queries,
+            query_norms,
+            tops: (0..nq).map(|_| TopK::new(k)).collect(),
+            seen: 0,
+        })
     }
 
     /// Scores the next chunk of the base (row-major); its rows get ids `first_id, first_id+1, …`.
     pub fn add_chunk(&mut self, base: &[f32], first_id: u64) -> Result<(), EngineError> {
         let base = prepare_vectors(self.metric, self.dim, base).map_err(|e| match e {
-            EngineError::NonFinite { row, component, value } => {
-                EngineError::NonFinite { row: row + first_id as usize, component, value }
-            }
-            EngineError::ZeroVector { row } => EngineError::ZeroVector { row: row + first_id as usize },
+            EngineError::NonFinite {
+                row,
+                component,
+                value,
+            } => EngineError::NonFinite {
+                row: row + first_id as usize,
+                component,
+                value,
+            },
+            EngineError::ZeroVector { row } => EngineError::ZeroVector {
+                row: row + first_id as usize,
+            },
             e => e,
         })?;
         let nb = base.len() / self.dim;
@@ -67,20 +86,37 @@ impl ExactSearch {
         let metric = self.metric;
         let queries = &self.queries;
         let query_norms = &self.query_norms;
-        self.tops.par_chunks_mut(QUERY_BLOCK).enumerate().for_each(|(b, tops)| {
-            let q0 = b * QUERY_BLOCK;
-            let rows = tops.len();
-            let mut ip = vec![0f32; rows * nb];
-            gemm_abt(&queries[q0 * dim..], dim, rows, base, dim, nb, dim, &mut ip, nb);
-            for (r, top) in tops.iter_mut().enumerate() {
-                for (j, &v) in ip[r * nb..(r + 1) * nb].iter().enumerate() {
-                    let s = if metric.is_inner_product() { -v } else { (query_norms[q0 + r] + base_norms[j] - 2.0 * v).max(0.0) };
-                    if s <= top.threshold() {
-                        top.push(s, ids[j]);
+        self.tops
+            .par_chunks_mut(QUERY_BLOCK)
+            .enumerate()
+            .for_each(|(b, tops)| {
+                let q0 = b * QUERY_BLOCK;
+                let rows = tops.len();
+                let mut ip = vec![0f32; rows * nb];
+                gemm_abt(
+                    &queries[q0 * dim..],
+                    dim,
+                    rows,
+                    base,
+                    dim,
+                    nb,
+                    dim,
+                    &mut ip,
+                    nb,
+                );
+                for (r, top) in tops.iter_mut().enumerate() {
+                    for (j, &v) in ip[r * nb..(r + 1) * nb].iter().enumerate() {
+                        let s = if metric.is_inner_product() {
+                            -v
+                        } else {
+                            (query_norms[q0 + r] + base_norms[j] - 2.0 * v).max(0.0)
+                        };
+                        if s <= top.threshold() {
+                            top.push(s, ids[j]);
+                        }
                     }
                 }
-            }
-        });
+            });
         self.seen += nb as u64;
     }
 
@@ -121,7 +157,10 @@ pub fn rerank(
     k: usize,
 ) -> Result<Neighbors, EngineError> {
     if k == 0 || k > crate::backend::MAX_K {
-        return Err(EngineError::KOutOfRange { k, max: crate::backend::MAX_K });
+        return Err(EngineError::KOutOfRange {
+            k,
+            max: crate::backend::MAX_K,
+        });
     }
     let queries = prepare_vectors(metric, dim, queries)?;
     let nq = queries.len() / dim;
@@ -132,7 +171,11 @@ pub fn rerank(
     if per * nq != candidates.len() || vectors.len() != candidates.len() * dim {
         return Err(EngineError::InvalidParameter {
             name: "candidates",
-            reason: format!("{} candidates and {} vector values for {nq} queries", candidates.len(), vectors.len()),
+            reason: format!(
+                "{} candidates and {} vector values for {nq} queries",
+                candidates.len(),
+                vectors.len()
+            ),
         });
     }
     let tops: Result<Vec<TopK<u64>>, EngineError> = (0..nq)
@@ -149,7 +192,11 @@ pub fn rerank(
                 }
                 let v = &vectors[(q * per + j) * dim..(q * per + j + 1) * dim];
                 if let Some(c) = v.iter().position(|x| !x.is_finite()) {
-                    return Err(EngineError::NonFinite { row: id as usize, component: c, value: v[c] });
+                    return Err(EngineError::NonFinite {
+                        row: id as usize,
+                        component: c,
+                        value: v[c],
+                    });
                 }
                 buf.copy_from_slice(v);
                 if metric.normalizes() && crate::linalg::normalize_rows(&mut buf, dim).is_some() {
@@ -172,8 +219,11 @@ mod tests {
     fn naive(metric: Metric, dim: usize, q: &[f32], base: &[f32], k: usize) -> Vec<Vec<u64>> {
         q.chunks(dim)
             .map(|qq| {
-                let mut v: Vec<(f32, u64)> =
-                    base.chunks(dim).enumerate().map(|(i, b)| (metric.score(qq, b), i as u64)).collect();
+                let mut v: Vec<(f32, u64)> = base
+                    .chunks(dim)
+                    .enumerate()
+                    .map(|(i, b)| (metric.score(qq, b), i as u64))
+                    .collect();
                 v.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
                 v.into_iter().take(k).map(|x| x.1).collect()
             })
@@ -184,7 +234,9 @@ mod tests {
     fn chunked_exact_search_equals_naive() {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let dim = 7;
-        let base: Vec<f32> = (0..300 * dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let base: Vec<f32> = (0..300 * dim)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
         let q: Vec<f32> = (0..40 * dim).map(|_| rng.random_range(-1.0..1.0)).collect();
         for metric in [Metric::L2, Metric::InnerProduct] {
             let mut s = ExactSearch::new(metric, dim, &q, 5).unwrap();
@@ -208,7 +260,10 @@ mod tests {
         assert_eq!(r.ids, vec![0, 1, -1]);
         assert_eq!(r.distances[2], f32::INFINITY);
         let mut s = ExactSearch::new(Metric::L2, 2, &[0.0, 0.0], 3).unwrap();
-        assert!(matches!(s.add_chunk(&[1.0, 1.0, f32::NAN, 2.0], 10), Err(EngineError::NonFinite { row: 11, .. })));
+        assert!(matches!(
+            s.add_chunk(&[1.0, 1.0, f32::NAN, 2.0], 10),
+            Err(EngineError::NonFinite { row: 11, .. })
+        ));
     }
 
     #[test]

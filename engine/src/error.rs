@@ -128,7 +128,9 @@ pub enum EngineError {
     },
 
     /// An index file's section failed its checksum.
-    #[error("{path}: section {section} is corrupt (CRC32C {actual:#010x}, expected {expected:#010x})")]
+    #[error(
+        "{path}: section {section} is corrupt (CRC32C {actual:#010x}, expected {expected:#010x})"
+    )]
     ChecksumMismatch {
         /// The file.
         path: PathBuf,

@@ -37,7 +37,12 @@ pub struct FlatIndex {
 impl FlatIndex {
     /// An empty index.
     pub fn new(metric: Metric, dim: usize) -> Self {
-        FlatIndex { metric, dim, chunks: Vec::new(), locations: HashMap::new() }
+        FlatIndex {
+            metric,
+            dim,
+            chunks: Vec::new(),
+            locations: HashMap::new(),
+        }
     }
 
     /// Metric.
@@ -62,14 +67,20 @@ impl FlatIndex {
     }
     /// Bytes held by vectors and ids.
     pub fn data_bytes(&self) -> usize {
-        self.chunks.iter().map(|c| c.ids.len() * (8 + self.dim * 4)).sum()
+        self.chunks
+            .iter()
+            .map(|c| c.ids.len() * (8 + self.dim * 4))
+            .sum()
     }
 
     /// Adds or replaces vectors by id. Nothing changes if any vector or id is invalid.
     pub fn upsert(&mut self, vectors: &[f32], ids: &[u64]) -> Result<(), EngineError> {
         let dim = self.dim;
         if vectors.len() != ids.len() * dim {
-            return Err(EngineError::IdCountMismatch { ids: ids.len(), vectors: vectors.len() / dim });
+            return Err(EngineError::IdCountMismatch {
+                ids: ids.len(),
+                vectors: vectors.len() / dim,
+            });
         }
         let vectors = prepare_vectors(self.metric, dim, vectors)?;
         crate::index::check_upsert_ids(ids)?;
@@ -82,7 +93,9 @@ impl FlatIndex {
             let chunk = Arc::make_mut(&mut self.chunks[c]);
             let slot = chunk.ids.len();
             chunk.ids.push(id);
-            chunk.vectors.extend_from_slice(&vectors[row * dim..(row + 1) * dim]);
+            chunk
+                .vectors
+                .extend_from_slice(&vectors[row * dim..(row + 1) * dim]);
             if chunk.deleted.len() < chunk.ids.len().div_ceil(64) {
                 chunk.deleted.push(0);
             }
@@ -156,7 +169,10 @@ mod tests {
             assert_eq!(v.len(), ids.len() * 2);
         });
         assert_eq!(live, 2999);
-        assert!(matches!(f.upsert(&[f32::NAN, 0.0], &[1]), Err(EngineError::NonFinite { .. })));
+        assert!(matches!(
+            f.upsert(&[f32::NAN, 0.0], &[1]),
+            Err(EngineError::NonFinite { .. })
+        ));
         assert!(f.contains(1));
     }
 }

@@ -71,7 +71,10 @@ impl std::str::FromStr for RefineKind {
             "none" => Ok(RefineKind::None),
             "f16" => Ok(RefineKind::F16),
             "f32" => Ok(RefineKind::F32),
-            _ => Err(EngineError::InvalidParameter { name: "refine", reason: format!("{s:?} (expected none, f16 or f32)") }),
+            _ => Err(EngineError::InvalidParameter {
+                name: "refine",
+                reason: format!("{s:?} (expected none, f16 or f32)"),
+            }),
         }
     }
 }
@@ -100,19 +103,37 @@ pub struct IndexParams {
 impl IndexParams {
     /// Parameters with defaults: 8-bit PQ, no refine, seed 1234, 20 k-means iterations.
     pub fn new(metric: Metric, dim: usize, nlist: usize, pq_m: usize) -> Self {
-        IndexParams { metric, dim, nlist, pq_m, pq_bits: 8, refine: RefineKind::None, seed: 1234, kmeans_iterations: 20 }
+        IndexParams {
+            metric,
+            dim,
+            nlist,
+            pq_m,
+            pq_bits: 8,
+            refine: RefineKind::None,
+            seed: 1234,
+            kmeans_iterations: 20,
+        }
     }
 
     /// Checks the parameters on their own (not against data).
     pub fn validate(&self) -> Result<(), EngineError> {
         if self.dim == 0 || self.dim > MAX_DIM {
-            return Err(EngineError::InvalidParameter { name: "dimension", reason: format!("{} (must be 1..={MAX_DIM})", self.dim) });
+            return Err(EngineError::InvalidParameter {
+                name: "dimension",
+                reason: format!("{} (must be 1..={MAX_DIM})", self.dim),
+            });
         }
         if self.nlist == 0 || self.nlist > MAX_NLIST {
-            return Err(EngineError::InvalidParameter { name: "nlist", reason: format!("{} (must be 1..={MAX_NLIST})", self.nlist) });
+            return Err(EngineError::InvalidParameter {
+                name: "nlist",
+                reason: format!("{} (must be 1..={MAX_NLIST})", self.nlist),
+            });
         }
         if self.kmeans_iterations == 0 {
-            return Err(EngineError::InvalidParameter { name: "kmeans_iterations", reason: "must be at least 1".into() });
+            return Err(EngineError::InvalidParameter {
+                name: "kmeans_iterations",
+                reason: "must be at least 1".into(),
+            });
         }
         ProductQuantizer::validate(self.dim, self.pq_m, self.pq_bits)
     }
@@ -160,22 +181,39 @@ const ADD_BLOCK: usize = 16_384;
 impl IvfPqIndex {
     /// Trains the coarse quantizer and the PQ on `sample` (row-major `n × dim`), giving an
     /// empty index.
-    pub fn train(params: IndexParams, sample: &[f32], progress: &dyn Progress) -> Result<Self, EngineError> {
+    pub fn train(
+        params: IndexParams,
+        sample: &[f32],
+        progress: &dyn Progress,
+    ) -> Result<Self, EngineError> {
         params.validate()?;
         let dim = params.dim;
         if sample.len() % dim != 0 {
-            return Err(EngineError::DimensionMismatch { expected: dim, got: sample.len() % dim });
+            return Err(EngineError::DimensionMismatch {
+                expected: dim,
+                got: sample.len() % dim,
+            });
         }
         let n = sample.len() / dim;
         if n < params.nlist {
-            return Err(EngineError::TooFewTrainingVectors { clusters: params.nlist, points: n });
+            return Err(EngineError::TooFewTrainingVectors {
+                clusters: params.nlist,
+                points: n,
+            });
         }
         let ksub = 1usize << params.pq_bits;
         if n < ksub {
-            return Err(EngineError::TooFewTrainingVectors { clusters: ksub, points: n });
+            return Err(EngineError::TooFewTrainingVectors {
+                clusters: ksub,
+                points: n,
+            });
         }
         let sample = prepare_vectors(params.metric, dim, sample)?;
-        let assignment = if params.metric.is_inner_product() { Assignment::InnerProduct } else { Assignment::L2 };
+        let assignment = if params.metric.is_inner_product() {
+            Assignment::InnerProduct
+        } else {
+            Assignment::L2
+        };
         let km = kmeans::train(
             &sample,
             dim,
@@ -193,19 +231,43 @@ impl IvfPqIndex {
         // PQ on residuals of (at most 256 × 256) sample points.
         let mut assign = vec![0u32; n];
         let mut score = vec![0f32; n];
-        kmeans::assign_nearest(&sample, dim, &centroids, assignment, &mut assign, &mut score);
+        kmeans::assign_nearest(
+            &sample,
+            dim,
+            &centroids,
+            assignment,
+            &mut assign,
+            &mut score,
+        );
         let mut residuals = sample.into_owned();
         for (row, &a) in residuals.chunks_exact_mut(dim).zip(&assign) {
             let c = &centroids[a as usize * dim..(a as usize + 1) * dim];
             row.iter_mut().zip(c).for_each(|(x, c)| *x -= c);
         }
-        let pq = ProductQuantizer::train(&residuals, dim, params.pq_m, params.pq_bits, params.seed ^ 0x5EED, progress)?;
+        let pq = ProductQuantizer::train(
+            &residuals,
+            dim,
+            params.pq_m,
+            params.pq_bits,
+            params.seed ^ 0x5EED,
+            progress,
+        )?;
         Ok(Self::from_parts(params, centroids, pq, Vec::new()))
     }
 
     /// Assembles an index from stored parts; `lists` empty means `nlist` empty lists.
-    pub fn from_parts(params: IndexParams, centroids: Vec<f32>, pq: ProductQuantizer, lists: Vec<InvertedList>) -> Self {
-        Self::from_shared(params, Arc::new(centroids), Arc::new(pq), lists.into_iter().map(Arc::new).collect())
+    pub fn from_parts(
+        params: IndexParams,
+        centroids: Vec<f32>,
+        pq: ProductQuantizer,
+        lists: Vec<InvertedList>,
+    ) -> Self {
+        Self::from_shared(
+            params,
+            Arc::new(centroids),
+            Arc::new(pq),
+            lists.into_iter().map(Arc::new).collect(),
+        )
     }
 
     fn from_shared(
@@ -221,7 +283,13 @@ impl IvfPqIndex {
                 RefineKind::F32 => RawVectors::F32(Storage::default()),
             };
             lists = (0..params.nlist)
-                .map(|_| Arc::new(InvertedList::from_parts(Storage::default(), Storage::default(), raw())))
+                .map(|_| {
+                    Arc::new(InvertedList::from_parts(
+                        Storage::default(),
+                        Storage::default(),
+                        raw(),
+                    ))
+                })
                 .collect();
         }
         let mut locations = HashMap::new();
@@ -229,27 +297,52 @@ impl IvfPqIndex {
         for (l, list) in lists.iter().enumerate() {
             for (s, &id) in list.ids.as_slice().iter().enumerate() {
                 if !list.is_deleted(s) {
-                    locations.insert(id, Location { list: l as u32, slot: s as u32 });
+                    locations.insert(
+                        id,
+                        Location {
+                            list: l as u32,
+                            slot: s as u32,
+                        },
+                    );
                     next_id = next_id.max(id + 1);
                 }
             }
         }
         let layout = CodeLayout::for_bits(params.pq_bits);
-        IvfPqIndex { params, centroids, pq, layout, lists, locations, next_id }
+        IvfPqIndex {
+            params,
+            centroids,
+            pq,
+            layout,
+            lists,
+            locations,
+            next_id,
+        }
     }
 
     /// Adds vectors (row-major `n × dim`) with the given ids, or with sequential ids after the
     /// largest id so far. Nothing is added if any vector or id is invalid.
-    pub fn add(&mut self, vectors: &[f32], ids: Option<&[u64]>, progress: &dyn Progress) -> Result<(), EngineError> {
+    pub fn add(
+        &mut self,
+        vectors: &[f32],
+        ids: Option<&[u64]>,
+        progress: &dyn Progress,
+    ) -> Result<(), EngineError> {
         let dim = self.params.dim;
         if vectors.len() % dim != 0 {
-            return Err(EngineError::DimensionMismatch { expected: dim, got: vectors.len() % dim });
+            return Err(EngineError::DimensionMismatch {
+                expected: dim,
+                got: vectors.len() % dim,
+            });
         }
         let n = vectors.len() / dim;
         let ids: Cow<[u64]> = match ids {
             Some(ids) => {
                 if ids.len() != n {
-                    return Err(EngineError::IdCountMismatch { ids: ids.len(), vectors: n });
+                    return Err(EngineError::IdCountMismatch {
+                        ids: ids.len(),
+                        vectors: n,
+                    });
                 }
                 let mut seen = std::collections::HashSet::with_capacity(n);
                 for (row, &id) in ids.iter().enumerate() {
@@ -265,14 +358,25 @@ impl IvfPqIndex {
             None => Cow::Owned((self.next_id..self.next_id + n as u64).collect()),
         };
         let vectors = prepare_vectors(self.params.metric, dim, vectors)?;
-        let assignment = if self.params.metric.is_inner_product() { Assignment::InnerProduct } else { Assignment::L2 };
+        let assignment = if self.params.metric.is_inner_product() {
+            Assignment::InnerProduct
+        } else {
+            Assignment::L2
+        };
         let cs = self.pq.code_size();
         progress.stage("adding", n as u64);
         for (b, block) in vectors.chunks(ADD_BLOCK * dim).enumerate() {
             let rows = block.len() / dim;
             let mut assign = vec![0u32; rows];
             let mut score = vec![0f32; rows];
-            kmeans::assign_nearest(block, dim, &self.centroids, assignment, &mut assign, &mut score);
+            kmeans::assign_nearest(
+                block,
+                dim,
+                &self.centroids,
+                assignment,
+                &mut assign,
+                &mut score,
+            );
             let mut residuals = block.to_vec();
             for (row, &a) in residuals.chunks_exact_mut(dim).zip(&assign) {
                 let c = &self.centroids[a as usize * dim..(a as usize + 1) * dim];
@@ -284,8 +388,19 @@ impl IvfPqIndex {
                 let id = ids[b * ADD_BLOCK + r];
                 let list = Arc::make_mut(&mut self.lists[assign[r] as usize]);
                 let slot = list.len() as u32;
-                list.push(id, &codes[r * cs..(r + 1) * cs], &block[r * dim..(r + 1) * dim], self.layout);
-                self.locations.insert(id, Location { list: assign[r], slot });
+                list.push(
+                    id,
+                    &codes[r * cs..(r + 1) * cs],
+                    &block[r * dim..(r + 1) * dim],
+                    self.layout,
+                );
+                self.locations.insert(
+                    id,
+                    Location {
+                        list: assign[r],
+                        slot,
+                    },
+                );
                 self.next_id = self.next_id.max(id + 1);
             }
             progress.advance(rows as u64);
@@ -299,7 +414,8 @@ impl IvfPqIndex {
         let mut removed = 0;
         for id in ids {
             if let Some(loc) = self.locations.remove(id) {
-                if Arc::make_mut(&mut self.lists[loc.list as usize]).mark_deleted(loc.slot as usize) {
+                if Arc::make_mut(&mut self.lists[loc.list as usize]).mark_deleted(loc.slot as usize)
+                {
                     removed += 1;
                 }
             }
@@ -314,16 +430,33 @@ impl IvfPqIndex {
         }
         let (cs, dim) = (self.pq.code_size(), self.params.dim);
         let layout = self.layout;
-        let lists = self.lists.iter().map(|l| Arc::new(l.compacted(cs, dim, layout))).collect();
-        *self = Self::from_shared(self.params.clone(), self.centroids.clone(), self.pq.clone(), lists);
+        let lists = self
+            .lists
+            .iter()
+            .map(|l| Arc::new(l.compacted(cs, dim, layout)))
+            .collect();
+        *self = Self::from_shared(
+            self.params.clone(),
+            self.centroids.clone(),
+            self.pq.clone(),
+            lists,
+        );
     }
 
     /// Adds or replaces vectors by id: ids already present are deleted first. Nothing changes
     /// if any vector or id is invalid.
-    pub fn upsert(&mut self, vectors: &[f32], ids: &[u64], progress: &dyn Progress) -> Result<(), EngineError> {
+    pub fn upsert(
+        &mut self,
+        vectors: &[f32],
+        ids: &[u64],
+        progress: &dyn Progress,
+    ) -> Result<(), EngineError> {
         let dim = self.params.dim;
         if vectors.len() != ids.len() * dim {
-            return Err(EngineError::IdCountMismatch { ids: ids.len(), vectors: vectors.len() / dim });
+            return Err(EngineError::IdCountMismatch {
+                ids: ids.len(),
+                vectors: vectors.len() / dim,
+            });
         }
         prepare_vectors(self.params.metric, dim, vectors)?;
         check_upsert_ids(ids)?;
@@ -341,7 +474,11 @@ impl IvfPqIndex {
     pub fn prepare_queries<'a>(&self, queries: &'a [f32]) -> Result<Cow<'a, [f32]>, EngineError> {
         let dim = self.params.dim;
         if queries.len() % dim != 0 {
-            let got = if queries.len() < dim { queries.len() } else { queries.len() % dim };
+            let got = if queries.len() < dim {
+                queries.len()
+            } else {
+                queries.len() % dim
+            };
             return Err(EngineError::DimensionMismatch { expected: dim, got });
         }
         prepare_vectors(self.params.metric, dim, queries)
@@ -430,12 +567,23 @@ pub(crate) fn check_upsert_ids(ids: &[u64]) -> Result<(), EngineError> {
 }
 
 /// Checks dimension and finiteness of row-major vectors and normalises them for cosine.
-pub fn prepare_vectors<'a>(metric: Metric, dim: usize, vectors: &'a [f32]) -> Result<Cow<'a, [f32]>, EngineError> {
+pub fn prepare_vectors<'a>(
+    metric: Metric,
+    dim: usize,
+    vectors: &'a [f32],
+) -> Result<Cow<'a, [f32]>, EngineError> {
     if vectors.len() % dim != 0 {
-        return Err(EngineError::DimensionMismatch { expected: dim, got: vectors.len() % dim });
+        return Err(EngineError::DimensionMismatch {
+            expected: dim,
+            got: vectors.len() % dim,
+        });
     }
     if let Some(pos) = vectors.iter().position(|v| !v.is_finite()) {
-        return Err(EngineError::NonFinite { row: pos / dim, component: pos % dim, value: vectors[pos] });
+        return Err(EngineError::NonFinite {
+            row: pos / dim,
+            component: pos % dim,
+            value: vectors[pos],
+        });
     }
     if metric.normalizes() {
         let mut v = vectors.to_vec();
@@ -485,8 +633,18 @@ mod tests {
         a.add(&[0.0; 8], Some(&[1]), &NoProgress).unwrap();
         let mut bad = vec![0.5; 16];
         bad[9] = f32::NAN;
-        assert!(matches!(a.upsert(&bad, &[1, 2], &NoProgress), Err(EngineError::NonFinite { row: 1, component: 1, .. })));
-        assert!(matches!(a.upsert(&[0.0; 16], &[3, 3], &NoProgress), Err(EngineError::DuplicateId { id: 3 })));
+        assert!(matches!(
+            a.upsert(&bad, &[1, 2], &NoProgress),
+            Err(EngineError::NonFinite {
+                row: 1,
+                component: 1,
+                ..
+            })
+        ));
+        assert!(matches!(
+            a.upsert(&[0.0; 16], &[3, 3], &NoProgress),
+            Err(EngineError::DuplicateId { id: 3 })
+        ));
         assert!(a.contains(1) && a.len() == 1);
     }
 }

@@ -108,15 +108,24 @@ pub fn train(
     if dim == 0 || points.len() % dim != 0 {
         return Err(EngineError::InvalidParameter {
             name: "dimension",
-            reason: format!("{} values do not form rows of dimension {dim}", points.len()),
+            reason: format!(
+                "{} values do not form rows of dimension {dim}",
+                points.len()
+            ),
         });
     }
     let n = points.len() / dim;
     if k == 0 {
-        return Err(EngineError::InvalidParameter { name: "clusters", reason: "must be at least 1".into() });
+        return Err(EngineError::InvalidParameter {
+            name: "clusters",
+            reason: "must be at least 1".into(),
+        });
     }
     if n < k {
-        return Err(EngineError::TooFewTrainingVectors { clusters: k, points: n });
+        return Err(EngineError::TooFewTrainingVectors {
+            clusters: k,
+            points: n,
+        });
     }
     let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
 
@@ -154,14 +163,25 @@ pub fn train(
     let mut dist = vec![0f32; n];
     progress.stage("k-means", params.iterations as u64);
     for _ in 0..params.iterations {
-        assign_nearest(data, dim, &centroids, params.assignment, &mut assign, &mut dist);
+        assign_nearest(
+            data,
+            dim,
+            &centroids,
+            params.assignment,
+            &mut assign,
+            &mut dist,
+        );
         objective.push(dist.iter().map(|&d| d as f64).sum());
         let sizes = update_centroids(data, dim, &assign, k, &mut centroids);
         repair_empty_clusters(&mut centroids, dim, sizes, n, &mut rng);
         progress.advance(1);
     }
     progress.finish_stage();
-    Ok(KMeans { centroids, dim, objective })
+    Ok(KMeans {
+        centroids,
+        dim,
+        objective,
+    })
 }
 
 /// k-means++ seeding (D² sampling); squared L2 distances whatever the assignment rule.
@@ -170,7 +190,10 @@ fn plus_plus_init(data: &[f32], dim: usize, k: usize, rng: &mut ChaCha8Rng) -> V
     let mut centroids = Vec::with_capacity(k * dim);
     let first = rng.random_range(0..n);
     centroids.extend_from_slice(&data[first * dim..(first + 1) * dim]);
-    let mut d2: Vec<f64> = data.par_chunks(dim).map(|x| crate::linalg::l2_sq(x, &centroids[..dim]) as f64).collect();
+    let mut d2: Vec<f64> = data
+        .par_chunks(dim)
+        .map(|x| crate::linalg::l2_sq(x, &centroids[..dim]) as f64)
+        .collect();
     for _ in 1..k {
         let total: f64 = d2.iter().sum();
         let next = if total > 0.0 {
@@ -188,9 +211,11 @@ fn plus_plus_init(data: &[f32], dim: usize, k: usize, rng: &mut ChaCha8Rng) -> V
             rng.random_range(0..n)
         };
         let c = data[next * dim..(next + 1) * dim].to_vec();
-        d2.par_iter_mut().zip(data.par_chunks(dim)).for_each(|(d, x)| {
-            *d = d.min(crate::linalg::l2_sq(x, &c) as f64);
-        });
+        d2.par_iter_mut()
+            .zip(data.par_chunks(dim))
+            .for_each(|(d, x)| {
+                *d = d.min(crate::linalg::l2_sq(x, &c) as f64);
+            });
         centroids.extend_from_slice(&c);
     }
     centroids
@@ -219,7 +244,17 @@ pub fn assign_nearest(
             let mut best = vec![(f32::INFINITY, 0u32); rows];
             for c0 in (0..k).step_by(CENTROID_TILE) {
                 let kc = (k - c0).min(CENTROID_TILE);
-                gemm_abt(block, dim, rows, &centroids[c0 * dim..], dim, kc, dim, &mut ip, tile);
+                gemm_abt(
+                    block,
+                    dim,
+                    rows,
+                    &centroids[c0 * dim..],
+                    dim,
+                    kc,
+                    dim,
+                    &mut ip,
+                    tile,
+                );
                 for r in 0..rows {
                     let row = &ip[r * tile..r * tile + kc];
                     let b = &mut best[r];
@@ -251,7 +286,13 @@ pub fn assign_nearest(
 /// Recomputes each centroid as the mean of its points, summing in row order per cluster so
 /// the result is independent of the thread count. Returns the cluster sizes. Empty clusters
 /// keep their old centroid (they are repaired afterwards).
-fn update_centroids(points: &[f32], dim: usize, assign: &[u32], k: usize, centroids: &mut [f32]) -> Vec<usize> {
+fn update_centroids(
+    points: &[f32],
+    dim: usize,
+    assign: &[u32],
+    k: usize,
+    centroids: &mut [f32],
+) -> Vec<usize> {
     // Counting sort of the rows by cluster.
     let mut sizes = vec![0usize; k];
     for &a in assign {
@@ -267,29 +308,38 @@ fn update_centroids(points: &[f32], dim: usize, assign: &[u32], k: usize, centro
         members[fill[a as usize]] = i as u32;
         fill[a as usize] += 1;
     }
-    centroids.par_chunks_mut(dim).enumerate().for_each(|(c, centroid)| {
-        let rows = &members[start[c]..start[c + 1]];
-        if rows.is_empty() {
-            return;
-        }
-        let mut sum = vec![0f64; dim];
-        for &r in rows {
-            let x = &points[r as usize * dim..(r as usize + 1) * dim];
-            for (s, v) in sum.iter_mut().zip(x) {
-                *s += *v as f64;
+    centroids
+        .par_chunks_mut(dim)
+        .enumerate()
+        .for_each(|(c, centroid)| {
+            let rows = &members[start[c]..start[c + 1]];
+            if rows.is_empty() {
+                return;
             }
-        }
-        let inv = 1.0 / rows.len() as f64;
-        for (c, s) in centroid.iter_mut().zip(&sum) {
-            *c = (*s * inv) as f32;
-        }
-    });
+            let mut sum = vec![0f64; dim];
+            for &r in rows {
+                let x = &points[r as usize * dim..(r as usize + 1) * dim];
+                for (s, v) in sum.iter_mut().zip(x) {
+                    *s += *v as f64;
+                }
+            }
+            let inv = 1.0 / rows.len() as f64;
+            for (c, s) in centroid.iter_mut().zip(&sum) {
+                *c = (*s * inv) as f32;
+            }
+        });
     sizes
 }
 
 /// FAISS's repair: each empty cluster takes over half of a cluster chosen with probability
 /// proportional to its size, by copying its centroid with a symmetric perturbation.
-fn repair_empty_clusters(centroids: &mut [f32], dim: usize, mut sizes: Vec<usize>, n: usize, rng: &mut ChaCha8Rng) {
+fn repair_empty_clusters(
+    centroids: &mut [f32],
+    dim: usize,
+    mut sizes: Vec<usize>,
+    n: usize,
+    rng: &mut ChaCha8Rng,
+) {
     const EPS: f32 = 1.0 / 1024.0;
     let k = sizes.len();
     if n <= k {
@@ -309,7 +359,11 @@ fn repair_empty_clusters(centroids: &mut [f32], dim: usize, mut sizes: Vec<usize
         }
         let src: Vec<f32> = centroids[cj * dim..(cj + 1) * dim].to_vec();
         for (j, &v) in src.iter().enumerate() {
-            let (a, b) = if j % 2 == 0 { (1.0 + EPS, 1.0 - EPS) } else { (1.0 - EPS, 1.0 + EPS) };
+            let (a, b) = if j % 2 == 0 {
+                (1.0 + EPS, 1.0 - EPS)
+            } else {
+                (1.0 - EPS, 1.0 + EPS)
+            };
             centroids[ci * dim + j] = v * a;
             centroids[cj * dim + j] = v * b;
         }
@@ -326,7 +380,9 @@ mod tests {
     /// Points around `k` well-separated centres.
     fn blobs(k: usize, per: usize, dim: usize) -> (Vec<f32>, Vec<f32>) {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
-        let centres: Vec<f32> = (0..k * dim).map(|_| rng.random_range(-100.0..100.0)).collect();
+        let centres: Vec<f32> = (0..k * dim)
+            .map(|_| rng.random_range(-100.0..100.0))
+            .collect();
         let mut pts = Vec::new();
         for c in 0..k {
             for _ in 0..per {
@@ -347,7 +403,11 @@ mod tests {
         let km = train(&pts, 4, &p, &NoProgress).unwrap();
         // Every true centre has a learned centroid within the blob radius.
         for c in centres.chunks(4) {
-            let best = km.centroids.chunks(4).map(|x| crate::linalg::l2_sq(x, c)).fold(f32::INFINITY, f32::min);
+            let best = km
+                .centroids
+                .chunks(4)
+                .map(|x| crate::linalg::l2_sq(x, c))
+                .fold(f32::INFINITY, f32::min);
             assert!(best < 4.0, "centre not found, best distance {best}");
         }
     }
@@ -359,11 +419,18 @@ mod tests {
         p.iterations = 10;
         let a = train(&pts, 6, &p, &NoProgress).unwrap();
         for w in a.objective.windows(2) {
-            assert!(w[1] <= w[0] * 1.0001 + 1e-3, "objective rose: {:?}", a.objective);
+            assert!(
+                w[1] <= w[0] * 1.0001 + 1e-3,
+                "objective rose: {:?}",
+                a.objective
+            );
         }
         let b = train(&pts, 6, &p, &NoProgress).unwrap();
         assert_eq!(a.centroids, b.centroids);
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
         let c = pool.install(|| train(&pts, 6, &p, &NoProgress).unwrap());
         assert_eq!(a.centroids, c.centroids, "result depends on thread count");
     }
@@ -389,7 +456,13 @@ mod tests {
     fn too_few_points_is_an_error() {
         let pts = vec![0.0f32; 10 * 2];
         let e = train(&pts, 2, &KMeansParams::new(11), &NoProgress).unwrap_err();
-        assert!(matches!(e, EngineError::TooFewTrainingVectors { clusters: 11, points: 10 }));
+        assert!(matches!(
+            e,
+            EngineError::TooFewTrainingVectors {
+                clusters: 11,
+                points: 10
+            }
+        ));
     }
 
     #[test]

@@ -50,7 +50,10 @@ pub fn gemm_abt(
     if n == 0 || m == 0 {
         return;
     }
-    assert!(dim <= lda && dim <= ldb && m <= ldc, "gemm_abt: stride smaller than width");
+    assert!(
+        dim <= lda && dim <= ldb && m <= ldc,
+        "gemm_abt: stride smaller than width"
+    );
     assert!(a.len() >= (n - 1) * lda + dim, "gemm_abt: A too short");
     assert!(b.len() >= (m - 1) * ldb + dim, "gemm_abt: B too short");
     assert!(c.len() >= (n - 1) * ldc + m, "gemm_abt: C too short");
@@ -125,7 +128,11 @@ mod tests {
             let a: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
             let b: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos()).collect();
             assert_relative_eq!(dot(&a, &b) as f64, naive_dot(&a, &b), epsilon = 1e-5);
-            let l2: f64 = a.iter().zip(&b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+            let l2: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| ((x - y) as f64).powi(2))
+                .sum();
             assert_relative_eq!(l2_sq(&a, &b) as f64, l2, epsilon = 1e-5);
         }
     }

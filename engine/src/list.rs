@@ -78,7 +78,13 @@ pub struct InvertedList {
 impl InvertedList {
     /// A list from stored parts, with no tombstones.
     pub fn from_parts(ids: Storage<u64>, codes: Storage<u8>, raw: RawVectors) -> Self {
-        InvertedList { ids, codes, raw, deleted: None, deleted_count: 0 }
+        InvertedList {
+            ids,
+            codes,
+            raw,
+            deleted: None,
+            deleted_count: 0,
+        }
     }
 
     /// Number of slots, deleted ones included.
@@ -185,11 +191,19 @@ impl InvertedList {
             RawVectors::None => None,
             RawVectors::F16(s) => {
                 let v = &s.as_slice()[i * dim..(i + 1) * dim];
-                Some(if ip { -crate::simd::dot_f16(query, v) } else { crate::simd::l2_sq_f16(query, v) })
+                Some(if ip {
+                    -crate::simd::dot_f16(query, v)
+                } else {
+                    crate::simd::l2_sq_f16(query, v)
+                })
             }
             RawVectors::F32(s) => {
                 let v = &s.as_slice()[i * dim..(i + 1) * dim];
-                Some(if ip { -crate::simd::dot(query, v) } else { crate::simd::l2_sq(query, v) })
+                Some(if ip {
+                    -crate::simd::dot(query, v)
+                } else {
+                    crate::simd::l2_sq(query, v)
+                })
             }
         }
     }
@@ -212,13 +226,21 @@ impl InvertedList {
     pub fn prefetch_raw(&self, i: usize, dim: usize) {
         let bytes: &[u8] = match &self.raw {
             RawVectors::None => return,
-            RawVectors::F16(s) => bytemuck::cast_slice(s.as_slice().get(i * dim..(i + 1) * dim).unwrap_or(&[])),
-            RawVectors::F32(s) => bytemuck::cast_slice(s.as_slice().get(i * dim..(i + 1) * dim).unwrap_or(&[])),
+            RawVectors::F16(s) => {
+                bytemuck::cast_slice(s.as_slice().get(i * dim..(i + 1) * dim).unwrap_or(&[]))
+            }
+            RawVectors::F32(s) => {
+                bytemuck::cast_slice(s.as_slice().get(i * dim..(i + 1) * dim).unwrap_or(&[]))
+            }
         };
         #[cfg(target_arch = "x86_64")]
         for line in bytes.chunks(64) {
             // SAFETY: a prefetch is a hint on an address inside a live slice; it never faults.
-            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr() as *const i8) };
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    line.as_ptr() as *const i8
+                )
+            };
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = bytes;
@@ -227,14 +249,21 @@ impl InvertedList {
     /// A copy without the deleted entries (what is saved).
     pub fn compacted(&self, code_size: usize, dim: usize, layout: CodeLayout) -> InvertedList {
         if self.deleted_count == 0 {
-            return InvertedList::from_parts(self.ids.clone(), self.codes.clone(), self.raw.clone());
+            return InvertedList::from_parts(
+                self.ids.clone(),
+                self.codes.clone(),
+                self.raw.clone(),
+            );
         }
         let keep: Vec<usize> = (0..self.len()).filter(|&i| !self.is_deleted(i)).collect();
         let ids: Vec<u64> = keep.iter().map(|&i| self.ids.as_slice()[i]).collect();
         let codes: Vec<u8> = match layout {
             CodeLayout::Flat => {
                 let src = self.codes.as_slice();
-                keep.iter().flat_map(|&i| &src[i * code_size..(i + 1) * code_size]).copied().collect()
+                keep.iter()
+                    .flat_map(|&i| &src[i * code_size..(i + 1) * code_size])
+                    .copied()
+                    .collect()
             }
             CodeLayout::Packed4x32 => {
                 let m = code_size * 2;
@@ -251,11 +280,23 @@ impl InvertedList {
             RawVectors::None => RawVectors::None,
             RawVectors::F16(s) => {
                 let src = s.as_slice();
-                RawVectors::F16(keep.iter().flat_map(|&i| &src[i * dim..(i + 1) * dim]).copied().collect::<Vec<_>>().into())
+                RawVectors::F16(
+                    keep.iter()
+                        .flat_map(|&i| &src[i * dim..(i + 1) * dim])
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .into(),
+                )
             }
             RawVectors::F32(s) => {
                 let src = s.as_slice();
-                RawVectors::F32(keep.iter().flat_map(|&i| &src[i * dim..(i + 1) * dim]).copied().collect::<Vec<_>>().into())
+                RawVectors::F32(
+                    keep.iter()
+                        .flat_map(|&i| &src[i * dim..(i + 1) * dim])
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .into(),
+                )
             }
         };
         InvertedList::from_parts(ids.into(), codes.into(), raw)
@@ -268,7 +309,11 @@ mod tests {
 
     #[test]
     fn push_delete_compact() {
-        let mut l = InvertedList::from_parts(Storage::default(), Storage::default(), RawVectors::F16(Storage::default()));
+        let mut l = InvertedList::from_parts(
+            Storage::default(),
+            Storage::default(),
+            RawVectors::F16(Storage::default()),
+        );
         for i in 0..130u64 {
             l.push(i * 10, &[i as u8, 1], &[i as f32, 0.5], CodeLayout::Flat);
         }

@@ -130,7 +130,10 @@ mod tests {
         let a = [1.0, 2.0];
         let b = [3.0, 1.0];
         assert_eq!(Metric::L2.reported(Metric::L2.score(&a, &b)), 5.0);
-        assert_eq!(Metric::InnerProduct.reported(Metric::InnerProduct.score(&a, &b)), 5.0);
+        assert_eq!(
+            Metric::InnerProduct.reported(Metric::InnerProduct.score(&a, &b)),
+            5.0
+        );
         // Lower score is better for both.
         assert!(Metric::InnerProduct.score(&a, &a) < Metric::InnerProduct.score(&a, &[0.0, 0.0]));
     }

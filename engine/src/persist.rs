@@ -62,8 +62,15 @@ enum Section {
 }
 
 impl Section {
-    const ALL: [Section; 7] =
-        [Section::Params, Section::Centroids, Section::Codebook, Section::ListSizes, Section::Ids, Section::Codes, Section::Raw];
+    const ALL: [Section; 7] = [
+        Section::Params,
+        Section::Centroids,
+        Section::Codebook,
+        Section::ListSizes,
+        Section::Ids,
+        Section::Codes,
+        Section::Raw,
+    ];
     fn name(self) -> &'static str {
         match self {
             Section::Params => "PARAMS",
@@ -113,7 +120,12 @@ impl<'a> SectionWriter<'a> {
     }
     fn end(&mut self) {
         if let Some((s, start, crc)) = self.current.take() {
-            self.entries.push(Entry { kind: s as u32, crc, offset: start, len: self.pos - start });
+            self.entries.push(Entry {
+                kind: s as u32,
+                crc,
+                offset: start,
+                len: self.pos - start,
+            });
         }
     }
     fn section(&mut self, s: Section, bytes: &[u8]) -> std::io::Result<()> {
@@ -167,10 +179,18 @@ fn write_sections(index: &IvfPqIndex, out: &mut dyn Write) -> std::io::Result<()
     let crc = crc32c::crc32c(&header[..12]);
     header[12..16].copy_from_slice(&crc.to_le_bytes());
     out.write_all(&header)?;
-    let mut w = SectionWriter { out, pos: HEADER_LEN, entries: Vec::new(), current: None };
+    let mut w = SectionWriter {
+        out,
+        pos: HEADER_LEN,
+        entries: Vec::new(),
+        current: None,
+    };
     w.section(Section::Params, &encode_params(index, total))?;
     w.section(Section::Centroids, bytemuck::cast_slice(index.centroids()))?;
-    w.section(Section::Codebook, bytemuck::cast_slice(index.pq().centroids()))?;
+    w.section(
+        Section::Codebook,
+        bytemuck::cast_slice(index.pq().centroids()),
+    )?;
     let sizes: Vec<u64> = index.lists().iter().map(|l| l.len() as u64).collect();
     w.section(Section::ListSizes, bytemuck::cast_slice(&sizes))?;
     w.begin(Section::Ids)?;
@@ -225,7 +245,10 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
 
 /// Loads an index file, verifying every checksum; large sections are memory-mapped.
 pub fn load(path: &Path) -> Result<IvfPqIndex, EngineError> {
-    let corrupt = |reason: String| EngineError::CorruptIndex { path: path.to_path_buf(), reason };
+    let corrupt = |reason: String| EngineError::CorruptIndex {
+        path: path.to_path_buf(),
+        reason,
+    };
     let file = File::open(path).map_err(|e| IoError::os(path, e))?;
     // SAFETY: the map is read-only. Quiver replaces index files by rename, never in place, so
     // the mapped inode does not change under us; a file truncated by another program would
@@ -242,11 +265,20 @@ pub fn load(path: &Path) -> Result<IvfPqIndex, EngineError> {
     }
     let version = u32_at(b, 8);
     if version != FORMAT_VERSION {
-        return Err(EngineError::UnsupportedVersion { path: path.to_path_buf(), version, supported: SUPPORTED });
+        return Err(EngineError::UnsupportedVersion {
+            path: path.to_path_buf(),
+            version,
+            supported: SUPPORTED,
+        });
     }
     let (expected, actual) = (u32_at(b, 12), crc32c::crc32c(&b[..12]));
     if expected != actual {
-        return Err(EngineError::ChecksumMismatch { path: path.to_path_buf(), section: "HEADER", expected, actual });
+        return Err(EngineError::ChecksumMismatch {
+            path: path.to_path_buf(),
+            section: "HEADER",
+            expected,
+            actual,
+        });
     }
     let footer = &b[(len - FOOTER_LEN) as usize..];
     if &footer[24..32] != FOOTER_MAGIC {
@@ -257,31 +289,51 @@ pub fn load(path: &Path) -> Result<IvfPqIndex, EngineError> {
     }
     let table_offset = u64_at(footer, 0);
     let count = u32_at(footer, 8) as u64;
-    let table_end = table_offset.checked_add(count * ENTRY_LEN as u64).filter(|&e| e == len - FOOTER_LEN);
+    let table_end = table_offset
+        .checked_add(count * ENTRY_LEN as u64)
+        .filter(|&e| e == len - FOOTER_LEN);
     if table_end.is_none() || count > 64 {
         return Err(corrupt("section table out of bounds".into()));
     }
     let table = &b[table_offset as usize..(len - FOOTER_LEN) as usize];
     let (expected, actual) = (u32_at(footer, 12), crc32c::crc32c(table));
     if expected != actual {
-        return Err(EngineError::ChecksumMismatch { path: path.to_path_buf(), section: "TABLE", expected, actual });
+        return Err(EngineError::ChecksumMismatch {
+            path: path.to_path_buf(),
+            section: "TABLE",
+            expected,
+            actual,
+        });
     }
     let mut sections: [Option<(u64, u64)>; 8] = [None; 8];
     let mut covered = HEADER_LEN;
     for e in table.chunks_exact(ENTRY_LEN) {
         let (kind, crc, offset, slen) = (u32_at(e, 0), u32_at(e, 4), u64_at(e, 8), u64_at(e, 16));
-        let s = Section::from_kind(kind).ok_or_else(|| corrupt(format!("unknown section kind {kind}")))?;
-        if offset.checked_add(slen).is_none_or(|end| end > table_offset) || offset < HEADER_LEN {
+        let s = Section::from_kind(kind)
+            .ok_or_else(|| corrupt(format!("unknown section kind {kind}")))?;
+        if offset
+            .checked_add(slen)
+            .is_none_or(|end| end > table_offset)
+            || offset < HEADER_LEN
+        {
             return Err(corrupt(format!("section {} out of bounds", s.name())));
         }
         if offset < covered || b[covered as usize..offset as usize].iter().any(|&x| x != 0) {
-            return Err(corrupt(format!("damaged padding or overlapping section before {}", s.name())));
+            return Err(corrupt(format!(
+                "damaged padding or overlapping section before {}",
+                s.name()
+            )));
         }
         covered = offset + slen;
         let bytes = &b[offset as usize..(offset + slen) as usize];
         let actual = crc32c::crc32c(bytes);
         if actual != crc {
-            return Err(EngineError::ChecksumMismatch { path: path.to_path_buf(), section: s.name(), expected: crc, actual });
+            return Err(EngineError::ChecksumMismatch {
+                path: path.to_path_buf(),
+                section: s.name(),
+                expected: crc,
+                actual,
+            });
         }
         if sections[s as usize].replace((offset, slen)).is_some() {
             return Err(corrupt(format!("section {} appears twice", s.name())));
@@ -290,7 +342,9 @@ pub fn load(path: &Path) -> Result<IvfPqIndex, EngineError> {
     if covered != table_offset {
         return Err(corrupt("unaccounted bytes before the section table".into()));
     }
-    let get = |s: Section| sections[s as usize].ok_or_else(|| corrupt(format!("section {} missing", s.name())));
+    let get = |s: Section| {
+        sections[s as usize].ok_or_else(|| corrupt(format!("section {} missing", s.name())))
+    };
     let bytes_of = |s: Section| -> Result<&[u8], EngineError> {
         let (o, l) = get(s)?;
         Ok(&b[o as usize..(o + l) as usize])
@@ -299,11 +353,17 @@ pub fn load(path: &Path) -> Result<IvfPqIndex, EngineError> {
     // Parameters.
     let pb = bytes_of(Section::Params)?;
     if pb.len() != PARAMS_LEN {
-        return Err(corrupt(format!("PARAMS section has {} bytes, expected {PARAMS_LEN}", pb.len())));
+        return Err(corrupt(format!(
+            "PARAMS section has {} bytes, expected {PARAMS_LEN}",
+            pb.len()
+        )));
     }
-    let metric = Metric::from_code(pb[0]).ok_or_else(|| corrupt(format!("unknown metric code {}", pb[0])))?;
-    let refine = RefineKind::from_code(pb[1]).ok_or_else(|| corrupt(format!("unknown refine code {}", pb[1])))?;
-    let layout = CodeLayout::from_code(pb[2]).ok_or_else(|| corrupt(format!("unknown code layout {}", pb[2])))?;
+    let metric = Metric::from_code(pb[0])
+        .ok_or_else(|| corrupt(format!("unknown metric code {}", pb[0])))?;
+    let refine = RefineKind::from_code(pb[1])
+        .ok_or_else(|| corrupt(format!("unknown refine code {}", pb[1])))?;
+    let layout = CodeLayout::from_code(pb[2])
+        .ok_or_else(|| corrupt(format!("unknown code layout {}", pb[2])))?;
     let params = IndexParams {
         metric,
         dim: u32_at(pb, 4) as usize,
@@ -314,9 +374,14 @@ pub fn load(path: &Path) -> Result<IvfPqIndex, EngineError> {
         seed: u64_at(pb, 24),
         kmeans_iterations: u32_at(pb, 16) as usize,
     };
-    params.validate().map_err(|e| corrupt(format!("invalid parameters: {e}")))?;
+    params
+        .validate()
+        .map_err(|e| corrupt(format!("invalid parameters: {e}")))?;
     if layout != CodeLayout::for_bits(params.pq_bits) {
-        return Err(corrupt(format!("code layout {} does not match {}-bit codes", pb[2], params.pq_bits)));
+        return Err(corrupt(format!(
+            "code layout {} does not match {}-bit codes",
+            pb[2], params.pq_bits
+        )));
     }
     let next_id = u64_at(pb, 32);
     let total = u64_at(pb, 40);
@@ -328,16 +393,25 @@ pub fn load(path: &Path) -> Result<IvfPqIndex, EngineError> {
     let expect_len = |s: Section, want: u64| -> Result<(u64, u64), EngineError> {
         let (o, l) = get(s)?;
         if l != want {
-            return Err(corrupt(format!("section {} has {l} bytes, expected {want}", s.name())));
+            return Err(corrupt(format!(
+                "section {} has {l} bytes, expected {want}",
+                s.name()
+            )));
         }
         Ok((o, l))
     };
     let f32s = |s: Section, count: usize| -> Result<Vec<f32>, EngineError> {
         let (o, l) = expect_len(s, count as u64 * 4)?;
         let bytes = &b[o as usize..(o + l) as usize];
-        let v: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let v: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         if v.iter().any(|x| !x.is_finite()) {
-            return Err(corrupt(format!("section {} holds non-finite values", s.name())));
+            return Err(corrupt(format!(
+                "section {} holds non-finite values",
+                s.name()
+            )));
         }
         Ok(v)
     };
@@ -347,18 +421,29 @@ pub fn load(path: &Path) -> Result<IvfPqIndex, EngineError> {
     let sizes: Vec<u64> = (0..nlist).map(|i| u64_at(b, so as usize + i * 8)).collect();
     let sum = sizes.iter().try_fold(0u64, |a, &s| a.checked_add(s));
     if sum != Some(total) {
-        return Err(corrupt(format!("list sizes add up to {sum:?}, the header says {total} vectors")));
+        return Err(corrupt(format!(
+            "list sizes add up to {sum:?}, the header says {total} vectors"
+        )));
     }
-    let total_bytes = |per: u64| total.checked_mul(per).ok_or_else(|| corrupt("vector count overflows".into()));
+    let total_bytes = |per: u64| {
+        total
+            .checked_mul(per)
+            .ok_or_else(|| corrupt("vector count overflows".into()))
+    };
     let (ids_off, _) = expect_len(Section::Ids, total_bytes(8)?)?;
-    let codes_len: u64 = sizes.iter().map(|&n| layout.bytes(n as usize, params.pq_m, code_size) as u64).sum();
+    let codes_len: u64 = sizes
+        .iter()
+        .map(|&n| layout.bytes(n as usize, params.pq_m, code_size) as u64)
+        .sum();
     let (codes_off, _) = expect_len(Section::Codes, codes_len)?;
     let raw_elem = refine.bytes_per_component() as u64;
     let raw_off = if refine != RefineKind::None {
         Some(expect_len(Section::Raw, total_bytes(dim as u64 * raw_elem)?)?.0)
     } else {
         if sections[Section::Raw as usize].is_some() {
-            return Err(corrupt("RAW section present in an index without raw vectors".into()));
+            return Err(corrupt(
+                "RAW section present in an index without raw vectors".into(),
+            ));
         }
         None
     };
@@ -369,16 +454,20 @@ pub fn load(path: &Path) -> Result<IvfPqIndex, EngineError> {
     let misaligned = || corrupt("misaligned section".into());
     for &n in &sizes {
         let (s, nn) = (start as usize, n as usize);
-        let ids = Storage::<u64>::mapped(map.clone(), ids_off as usize + s * 8, nn).ok_or_else(misaligned)?;
+        let ids = Storage::<u64>::mapped(map.clone(), ids_off as usize + s * 8, nn)
+            .ok_or_else(misaligned)?;
         let code_bytes = layout.bytes(nn, params.pq_m, code_size);
-        let codes = Storage::<u8>::mapped(map.clone(), codes_off as usize + code_start, code_bytes).ok_or_else(misaligned)?;
+        let codes = Storage::<u8>::mapped(map.clone(), codes_off as usize + code_start, code_bytes)
+            .ok_or_else(misaligned)?;
         code_start += code_bytes;
         let raw = match (refine, raw_off) {
             (RefineKind::F16, Some(o)) => RawVectors::F16(
-                Storage::mapped(map.clone(), o as usize + s * dim * 2, nn * dim).ok_or_else(misaligned)?,
+                Storage::mapped(map.clone(), o as usize + s * dim * 2, nn * dim)
+                    .ok_or_else(misaligned)?,
             ),
             (RefineKind::F32, Some(o)) => RawVectors::F32(
-                Storage::mapped(map.clone(), o as usize + s * dim * 4, nn * dim).ok_or_else(misaligned)?,
+                Storage::mapped(map.clone(), o as usize + s * dim * 4, nn * dim)
+                    .ok_or_else(misaligned)?,
             ),
             _ => RawVectors::None,
         };
@@ -389,10 +478,16 @@ pub fn load(path: &Path) -> Result<IvfPqIndex, EngineError> {
     let pq = ProductQuantizer::from_parts(dim, params.pq_m, params.pq_bits, codebook);
     let index = IvfPqIndex::from_parts(params, centroids, pq, lists);
     if index.len() as u64 != total {
-        return Err(corrupt(format!("{} distinct ids for {total} vectors: ids repeat", index.len())));
+        return Err(corrupt(format!(
+            "{} distinct ids for {total} vectors: ids repeat",
+            index.len()
+        )));
     }
     if index.next_id() > next_id {
-        return Err(corrupt(format!("next id {next_id} is not above the largest id {}", index.next_id() - 1)));
+        return Err(corrupt(format!(
+            "next id {next_id} is not above the largest id {}",
+            index.next_id() - 1
+        )));
     }
     Ok(index)
 }
@@ -409,7 +504,9 @@ mod tests {
     fn small_index(refine: RefineKind, metric: Metric) -> (IvfPqIndex, Vec<f32>) {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let dim = 16;
-        let x: Vec<f32> = (0..600 * dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let x: Vec<f32> = (0..600 * dim)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
         let mut p = IndexParams::new(metric, dim, 8, 4);
         p.refine = refine;
         let mut index = IvfPqIndex::train(p, &x, &NoProgress).unwrap();
@@ -420,7 +517,16 @@ mod tests {
     fn search(index: IvfPqIndex, q: &[f32], rf: usize) -> crate::backend::Neighbors {
         let b = CpuBackend;
         let p = b.prepare(Arc::new(index)).unwrap();
-        b.search(&p, q, &SearchParams { k: 5, nprobe: 3, refine_factor: rf }).unwrap()
+        b.search(
+            &p,
+            q,
+            &SearchParams {
+                k: 5,
+                nprobe: 3,
+                refine_factor: rf,
+            },
+        )
+        .unwrap()
     }
 
     #[test]
@@ -483,12 +589,18 @@ mod tests {
         let bad = dir.path().join("bad.qvr");
         // Every byte of the header, params, table and footer, and a stride through the rest.
         let n = good.len();
-        let positions: Vec<usize> = (0..200).chain((200..n - 400).step_by(97)).chain(n - 400..n).collect();
+        let positions: Vec<usize> = (0..200)
+            .chain((200..n - 400).step_by(97))
+            .chain(n - 400..n)
+            .collect();
         for pos in positions {
             let mut b = good.clone();
             b[pos] ^= 0x40;
             std::fs::write(&bad, &b).unwrap();
-            assert!(load(&bad).is_err(), "flipped byte at {pos} of {n} was accepted");
+            assert!(
+                load(&bad).is_err(),
+                "flipped byte at {pos} of {n} was accepted"
+            );
         }
     }
 
@@ -503,14 +615,30 @@ mod tests {
         for cut in [0, 7, 16, 100, good.len() / 2, good.len() - 1] {
             std::fs::write(&bad, &good[..cut]).unwrap();
             let e = load(&bad).unwrap_err();
-            assert!(matches!(e, EngineError::CorruptIndex { .. }), "cut at {cut}: {e}");
+            assert!(
+                matches!(e, EngineError::CorruptIndex { .. }),
+                "cut at {cut}: {e}"
+            );
         }
-        std::fs::write(&bad, b"\x93NUMPY this is not an index at all, just some bytes").unwrap();
-        assert!(load(&bad).unwrap_err().to_string().contains("not a Quiver index"));
+        std::fs::write(
+            &bad,
+            b"\x93NUMPY this is not an index at all, just some bytes",
+        )
+        .unwrap();
+        assert!(load(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("not a Quiver index"));
         let mut v2 = good.clone();
         v2[8] = 2;
         std::fs::write(&bad, &v2).unwrap();
-        assert!(matches!(load(&bad), Err(EngineError::UnsupportedVersion { version: 2, .. })));
-        assert!(matches!(load(&dir.path().join("missing.qvr")), Err(EngineError::Io(_))));
+        assert!(matches!(
+            load(&bad),
+            Err(EngineError::UnsupportedVersion { version: 2, .. })
+        ));
+        assert!(matches!(
+            load(&dir.path().join("missing.qvr")),
+            Err(EngineError::Io(_))
+        ));
     }
 }

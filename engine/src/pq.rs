@@ -39,7 +39,10 @@ impl ProductQuantizer {
     /// Checks that `m` sub-quantizers of `nbits` bits can code vectors of dimension `dim`.
     pub fn validate(dim: usize, m: usize, nbits: u32) -> Result<(), EngineError> {
         if m == 0 {
-            return Err(EngineError::InvalidParameter { name: "pq", reason: "M must be at least 1".into() });
+            return Err(EngineError::InvalidParameter {
+                name: "pq",
+                reason: "M must be at least 1".into(),
+            });
         }
         if dim % m != 0 {
             return Err(EngineError::PqDoesNotDivide { dim, m });
@@ -53,7 +56,9 @@ impl ProductQuantizer {
         if nbits == 4 && m % 2 != 0 {
             return Err(EngineError::InvalidParameter {
                 name: "pq",
-                reason: format!("4-bit fast-scan needs an even number of sub-quantizers, got M = {m}"),
+                reason: format!(
+                    "4-bit fast-scan needs an even number of sub-quantizers, got M = {m}"
+                ),
             });
         }
         Ok(())
@@ -72,7 +77,10 @@ impl ProductQuantizer {
         let n = data.len() / dim;
         let ksub = 1usize << nbits;
         if n < ksub {
-            return Err(EngineError::TooFewTrainingVectors { clusters: ksub, points: n });
+            return Err(EngineError::TooFewTrainingVectors {
+                clusters: ksub,
+                points: n,
+            });
         }
         let dsub = dim / m;
         let mut centroids = Vec::with_capacity(m * ksub * dsub);
@@ -107,11 +115,19 @@ impl ProductQuantizer {
         for sub in 0..m {
             for j in 0..ksub {
                 for t in 0..dsub {
-                    transposed[(sub * dsub + t) * ksub + j] = centroids[(sub * ksub + j) * dsub + t];
+                    transposed[(sub * dsub + t) * ksub + j] =
+                        centroids[(sub * ksub + j) * dsub + t];
                 }
             }
         }
-        ProductQuantizer { dim, m, nbits, centroids, norms, transposed }
+        ProductQuantizer {
+            dim,
+            m,
+            nbits,
+            centroids,
+            norms,
+            transposed,
+        }
     }
 
     /// Vector dimension.
@@ -157,31 +173,47 @@ impl ProductQuantizer {
     pub fn encode(&self, data: &[f32], codes: &mut [u8]) {
         let (dim, dsub, ksub, cs) = (self.dim, self.dsub(), self.ksub(), self.code_size());
         assert_eq!(data.len() / dim * cs, codes.len(), "encode: output size");
-        data.par_chunks(ENCODE_BLOCK * dim).zip(codes.par_chunks_mut(ENCODE_BLOCK * cs)).for_each(|(block, out)| {
-            let rows = block.len() / dim;
-            let mut ip = vec![0f32; rows * ksub];
-            for sub in 0..self.m {
-                let cents = &self.centroids[sub * ksub * dsub..(sub + 1) * ksub * dsub];
-                let norms = &self.norms[sub * ksub..(sub + 1) * ksub];
-                gemm_abt(&block[sub * dsub..], dim, rows, cents, dsub, ksub, dsub, &mut ip, ksub);
-                for r in 0..rows {
-                    let row = &ip[r * ksub..(r + 1) * ksub];
-                    let mut best = (f32::INFINITY, 0usize);
-                    for (j, (&v, &nn)) in row.iter().zip(norms).enumerate() {
-                        let s = nn - 2.0 * v;
-                        if s < best.0 {
-                            best = (s, j);
+        data.par_chunks(ENCODE_BLOCK * dim)
+            .zip(codes.par_chunks_mut(ENCODE_BLOCK * cs))
+            .for_each(|(block, out)| {
+                let rows = block.len() / dim;
+                let mut ip = vec![0f32; rows * ksub];
+                for sub in 0..self.m {
+                    let cents = &self.centroids[sub * ksub * dsub..(sub + 1) * ksub * dsub];
+                    let norms = &self.norms[sub * ksub..(sub + 1) * ksub];
+                    gemm_abt(
+                        &block[sub * dsub..],
+                        dim,
+                        rows,
+                        cents,
+                        dsub,
+                        ksub,
+                        dsub,
+                        &mut ip,
+                        ksub,
+                    );
+                    for r in 0..rows {
+                        let row = &ip[r * ksub..(r + 1) * ksub];
+                        let mut best = (f32::INFINITY, 0usize);
+                        for (j, (&v, &nn)) in row.iter().zip(norms).enumerate() {
+                            let s = nn - 2.0 * v;
+                            if s < best.0 {
+                                best = (s, j);
+                            }
+                        }
+                        if self.nbits == 8 {
+                            out[r * cs + sub] = best.1 as u8;
+                        } else {
+                            let byte = &mut out[r * cs + sub / 2];
+                            *byte = if sub % 2 == 0 {
+                                (*byte & 0xF0) | best.1 as u8
+                            } else {
+                                (*byte & 0x0F) | (best.1 as u8) << 4
+                            };
                         }
                     }
-                    if self.nbits == 8 {
-                        out[r * cs + sub] = best.1 as u8;
-                    } else {
-                        let byte = &mut out[r * cs + sub / 2];
-                        *byte = if sub % 2 == 0 { (*byte & 0xF0) | best.1 as u8 } else { (*byte & 0x0F) | (best.1 as u8) << 4 };
-                    }
                 }
-            }
-        });
+            });
     }
 
     /// Reconstructs vectors from their codes into `out` (row-major).
@@ -211,14 +243,22 @@ impl ProductQuantizer {
     pub fn inner_product_tables(&self, queries: &[f32], out: &mut [f32]) {
         let (dim, dsub, ksub, m) = (self.dim, self.dsub(), self.ksub(), self.m);
         let nq = queries.len() / dim;
-        assert_eq!(out.len(), nq * m * ksub, "inner_product_tables: output size");
+        assert_eq!(
+            out.len(),
+            nq * m * ksub,
+            "inner_product_tables: output size"
+        );
         if nq < SMALL_TABLE_BATCH {
-            for (q, table) in queries.chunks_exact(dim).zip(out.chunks_exact_mut(m * ksub)) {
+            for (q, table) in queries
+                .chunks_exact(dim)
+                .zip(out.chunks_exact_mut(m * ksub))
+            {
                 for (sub, row) in table.chunks_exact_mut(ksub).enumerate() {
                     row.fill(0.0);
                     for t in 0..dsub {
                         let x = q[sub * dsub + t];
-                        let ct = &self.transposed[(sub * dsub + t) * ksub..(sub * dsub + t + 1) * ksub];
+                        let ct =
+                            &self.transposed[(sub * dsub + t) * ksub..(sub * dsub + t + 1) * ksub];
                         row.iter_mut().zip(ct).for_each(|(o, c)| *o += x * c);
                     }
                 }
@@ -227,7 +267,17 @@ impl ProductQuantizer {
         }
         for sub in 0..m {
             let cents = &self.centroids[sub * ksub * dsub..(sub + 1) * ksub * dsub];
-            gemm_abt(&queries[sub * dsub..], dim, nq, cents, dsub, ksub, dsub, &mut out[sub * ksub..], m * ksub);
+            gemm_abt(
+                &queries[sub * dsub..],
+                dim,
+                nq,
+                cents,
+                dsub,
+                ksub,
+                dsub,
+                &mut out[sub * ksub..],
+                m * ksub,
+            );
         }
     }
 }
@@ -242,7 +292,9 @@ mod tests {
 
     fn data(n: usize, dim: usize, seed: u64) -> Vec<f32> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        (0..n * dim).map(|i| rng.random_range(-1.0f32..1.0) + (i % dim) as f32 * 0.05).collect()
+        (0..n * dim)
+            .map(|i| rng.random_range(-1.0f32..1.0) + (i % dim) as f32 * 0.05)
+            .collect()
     }
 
     fn mse(pq: &ProductQuantizer, x: &[f32]) -> f64 {
@@ -251,7 +303,11 @@ mod tests {
         pq.encode(x, &mut codes);
         let mut y = vec![0f32; x.len()];
         pq.decode(&codes, &mut y);
-        x.iter().zip(&y).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / n as f64
+        x.iter()
+            .zip(&y)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+            / n as f64
     }
 
     #[test]
@@ -260,7 +316,12 @@ mod tests {
         let x = data(2000, dim, 3);
         let errs: Vec<f64> = [1, 2, 4, 8, 16]
             .iter()
-            .map(|&m| mse(&ProductQuantizer::train(&x, dim, m, 8, 5, &NoProgress).unwrap(), &x))
+            .map(|&m| {
+                mse(
+                    &ProductQuantizer::train(&x, dim, m, 8, 5, &NoProgress).unwrap(),
+                    &x,
+                )
+            })
             .collect();
         for w in errs.windows(2) {
             assert!(w[1] < w[0], "error did not fall with M: {errs:?}");
@@ -273,7 +334,12 @@ mod tests {
         let x = data(1500, dim, 5);
         let errs: Vec<f64> = [2, 4, 8, 16]
             .iter()
-            .map(|&m| mse(&ProductQuantizer::train(&x, dim, m, 4, 5, &NoProgress).unwrap(), &x))
+            .map(|&m| {
+                mse(
+                    &ProductQuantizer::train(&x, dim, m, 4, 5, &NoProgress).unwrap(),
+                    &x,
+                )
+            })
             .collect();
         for w in errs.windows(2) {
             assert!(w[1] < w[0], "error did not fall with M: {errs:?}");
@@ -294,7 +360,8 @@ mod tests {
                 let xs = &row[sub * 2..sub * 2 + 2];
                 let best = (0..256)
                     .min_by(|&a, &b| {
-                        crate::linalg::l2_sq(xs, pq.centroid(sub, a)).total_cmp(&crate::linalg::l2_sq(xs, pq.centroid(sub, b)))
+                        crate::linalg::l2_sq(xs, pq.centroid(sub, a))
+                            .total_cmp(&crate::linalg::l2_sq(xs, pq.centroid(sub, b)))
                     })
                     .unwrap();
                 let d_got = crate::linalg::l2_sq(xs, pq.centroid(sub, code[sub] as usize));
@@ -321,7 +388,10 @@ mod tests {
         for qi in 0..3 {
             for sub in 0..3 {
                 for j in [0, 17, 255] {
-                    let want = crate::linalg::dot(&q[qi * dim + sub * 4..qi * dim + sub * 4 + 4], pq.centroid(sub, j));
+                    let want = crate::linalg::dot(
+                        &q[qi * dim + sub * 4..qi * dim + sub * 4 + 4],
+                        pq.centroid(sub, j),
+                    );
                     approx::assert_relative_eq!(t[(qi * 3 + sub) * 256 + j], want, epsilon = 1e-5);
                 }
             }
@@ -337,10 +407,16 @@ mod tests {
         ));
         assert!(matches!(
             ProductQuantizer::train(&x[..100 * 10], 10, 5, 8, 0, &NoProgress),
-            Err(EngineError::TooFewTrainingVectors { clusters: 256, points: 100 })
+            Err(EngineError::TooFewTrainingVectors {
+                clusters: 256,
+                points: 100
+            })
         ));
         assert!(ProductQuantizer::validate(10, 0, 8).is_err());
-        assert!(ProductQuantizer::validate(10, 5, 4).is_err(), "odd M with 4 bits");
+        assert!(
+            ProductQuantizer::validate(10, 5, 4).is_err(),
+            "odd M with 4 bits"
+        );
         assert!(ProductQuantizer::validate(10, 5, 6).is_err());
         assert!(ProductQuantizer::validate(10, 10, 4).is_ok());
     }

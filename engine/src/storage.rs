@@ -86,7 +86,11 @@ impl<T: Pod> Clone for Storage<T> {
     fn clone(&self) -> Self {
         match self {
             Storage::Owned(v) => Storage::Owned(v.clone()),
-            Storage::Mapped { map, offset, len } => Storage::Mapped { map: map.clone(), offset: *offset, len: *len },
+            Storage::Mapped { map, offset, len } => Storage::Mapped {
+                map: map.clone(),
+                offset: *offset,
+                len: *len,
+            },
         }
     }
 }

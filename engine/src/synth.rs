@@ -25,8 +25,15 @@ impl ClusteredGaussian {
     pub fn new(dim: usize, clusters: usize, spread: f32, seed: u64) -> Self {
         let (dim, clusters) = (dim.max(1), clusters.max(1));
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let centres = (0..dim * clusters).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-        ClusteredGaussian { dim, spread, seed, centres }
+        let centres = (0..dim * clusters)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
+        ClusteredGaussian {
+            dim,
+            spread,
+            seed,
+            centres,
+        }
     }
 
     /// The dimension.
@@ -42,7 +49,9 @@ impl ClusteredGaussian {
         let mut row = start;
         while row < end {
             let block = row / BLOCK;
-            let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ (block as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut rng = ChaCha8Rng::seed_from_u64(
+                self.seed ^ (block as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
             // Skip to `row` inside the block, drawing the same numbers a full block would.
             let first = block * BLOCK;
             for r in first..(first + BLOCK).min(end) {
@@ -79,7 +88,10 @@ mod tests {
         assert_eq!(all.len(), 15_000);
         assert_eq!(g.rows(1000, 1100), all[1000 * 5..2100 * 5].to_vec());
         assert_eq!(g.rows(17, 5), all[17 * 5..22 * 5].to_vec());
-        assert_ne!(ClusteredGaussian::new(5, 3, 0.1, 43).rows(0, 10), all[..50].to_vec());
+        assert_ne!(
+            ClusteredGaussian::new(5, 3, 0.1, 43).rows(0, 10),
+            all[..50].to_vec()
+        );
         assert!(all.iter().all(|x| x.is_finite()));
     }
 }

@@ -18,7 +18,9 @@ pub struct Scored<T> {
 impl<T: Ord> Scored<T> {
     #[inline]
     fn cmp_key(&self, other: &Self) -> Ordering {
-        self.score.total_cmp(&other.score).then_with(|| self.item.cmp(&other.item))
+        self.score
+            .total_cmp(&other.score)
+            .then_with(|| self.item.cmp(&other.item))
     }
 }
 
@@ -37,7 +39,11 @@ pub struct TopK<T> {
 impl<T: Copy + Ord> TopK<T> {
     /// An empty selection of at most `k` entries.
     pub fn new(k: usize) -> Self {
-        TopK { k, buf: Vec::with_capacity((2 * k).min(1 << 17)), threshold: f32::INFINITY }
+        TopK {
+            k,
+            buf: Vec::with_capacity((2 * k).min(1 << 17)),
+            threshold: f32::INFINITY,
+        }
     }
 
     /// The capacity `k`.
@@ -81,7 +87,11 @@ impl<T: Copy + Ord> TopK<T> {
             self.buf.truncate(k);
         }
         if self.buf.len() == k {
-            self.threshold = self.buf.iter().map(|e| e.score).fold(f32::NEG_INFINITY, f32::max);
+            self.threshold = self
+                .buf
+                .iter()
+                .map(|e| e.score)
+                .fold(f32::NEG_INFINITY, f32::max);
         }
     }
 

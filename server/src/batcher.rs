@@ -47,7 +47,12 @@ pub struct Batcher {
 
 impl Batcher {
     /// Starts the dispatcher of a collection.
-    pub fn spawn(collection: String, cell: Arc<SegmentCell>, cfg: BatchingConfig, metrics: Metrics) -> Batcher {
+    pub fn spawn(
+        collection: String,
+        cell: Arc<SegmentCell>,
+        cfg: BatchingConfig,
+        metrics: Metrics,
+    ) -> Batcher {
         let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
         let task = tokio::spawn(dispatch(collection, cell, cfg, metrics, rx));
         Batcher { tx, task }
@@ -56,10 +61,12 @@ impl Batcher {
     /// Queues a job, or refuses it at once when the queue is full.
     pub fn submit(&self, job: Job) -> Result<(), Status> {
         self.tx.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                Status::resource_exhausted("search queue is full: the server is overloaded, retry with backoff")
+            mpsc::error::TrySendError::Full(_) => Status::resource_exhausted(
+                "search queue is full: the server is overloaded, retry with backoff",
+            ),
+            mpsc::error::TrySendError::Closed(_) => {
+                Status::unavailable("the collection is shutting down")
             }
-            mpsc::error::TrySendError::Closed(_) => Status::unavailable("the collection is shutting down"),
         })
     }
 
@@ -70,8 +77,16 @@ impl Batcher {
     }
 }
 
-async fn dispatch(collection: String, cell: Arc<SegmentCell>, cfg: BatchingConfig, metrics: Metrics, mut rx: mpsc::Receiver<Job>) {
-    let depth = metrics.queue_depth.with_label_values(&[collection.as_str()]);
+async fn dispatch(
+    collection: String,
+    cell: Arc<SegmentCell>,
+    cfg: BatchingConfig,
+    metrics: Metrics,
+    mut rx: mpsc::Receiver<Job>,
+) {
+    let depth = metrics
+        .queue_depth
+        .with_label_values(&[collection.as_str()]);
     while let Some(first) = rx.recv().await {
         let until = first.enqueued + cfg.max_delay;
         let mut nq = first.nq;
@@ -110,10 +125,15 @@ async fn run_batch(collection: &str, cell: &Arc<SegmentCell>, metrics: &Metrics,
             continue; // cancelled by its caller
         }
         if job.deadline.is_some_and(|d| d <= now) {
-            let _ = job.reply.send(Err(Status::deadline_exceeded("deadline passed while queued; the search did not run")));
+            let _ = job.reply.send(Err(Status::deadline_exceeded(
+                "deadline passed while queued; the search did not run",
+            )));
             continue;
         }
-        metrics.queue_wait.with_label_values(&[collection]).observe((now - job.enqueued).as_secs_f64());
+        metrics
+            .queue_wait
+            .with_label_values(&[collection])
+            .observe((now - job.enqueued).as_secs_f64());
         groups.entry(job.key).or_default().push(job);
     }
     for (key, jobs) in groups {
@@ -125,8 +145,14 @@ async fn run_batch(collection: &str, cell: &Arc<SegmentCell>, metrics: &Metrics,
         }
         let started = Instant::now();
         let result = tokio::task::spawn_blocking(move || segment.search(&queries, key)).await;
-        metrics.batch_exec.with_label_values(&[collection]).observe(started.elapsed().as_secs_f64());
-        metrics.batch_size.with_label_values(&[collection]).observe(nq as f64);
+        metrics
+            .batch_exec
+            .with_label_values(&[collection])
+            .observe(started.elapsed().as_secs_f64());
+        metrics
+            .batch_size
+            .with_label_values(&[collection])
+            .observe(nq as f64);
         match result {
             Ok(Ok(all)) => {
                 let k = all.k;

@@ -84,7 +84,9 @@ pub struct Collection {
 pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
 }
 
 fn write_meta(dir: &Path, meta: &Meta) -> Result<(), Status> {
@@ -106,10 +108,13 @@ impl Collection {
 
     /// Opens a collection folder: meta, snapshot, then the write-ahead log replayed on top.
     pub fn open(dir: PathBuf, wal_snapshot_bytes: u64) -> Result<Collection, Status> {
-        let raw = std::fs::read(dir.join("meta.json")).map_err(|e| from_io("reading meta.json", e))?;
-        let meta: Meta = serde_json::from_slice(&raw).map_err(|e| Status::internal(format!("{}: {e}", dir.display())))?;
+        let raw =
+            std::fs::read(dir.join("meta.json")).map_err(|e| from_io("reading meta.json", e))?;
+        let meta: Meta = serde_json::from_slice(&raw)
+            .map_err(|e| Status::internal(format!("{}: {e}", dir.display())))?;
         let mut segment = if meta.trained {
-            let index = quiver_engine::persist::load(&dir.join("state.qvr")).map_err(from_engine)?;
+            let index =
+                quiver_engine::persist::load(&dir.join("state.qvr")).map_err(from_engine)?;
             Segment::Ivf(CpuBackend.prepare(Arc::new(index)).map_err(from_engine)?)
         } else if dir.join("state.flat").exists() {
             Segment::Flat(crate::snapshot::load_flat(&dir.join("state.flat")).map_err(from_engine)?)
@@ -121,7 +126,8 @@ impl Collection {
                 WalRecord::Upsert { ids, vectors, .. } => segment.with_upsert(ids, vectors),
                 WalRecord::Delete { ids } => segment.with_delete(ids).map(|(s, _)| s),
             };
-            segment = next.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+            segment = next
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
             Ok(())
         })
         .map_err(|e| from_io(&format!("replaying {}", dir.join("wal.log").display()), e))?;
@@ -140,7 +146,9 @@ impl Collection {
         let meta = meta_of(name, &index);
         Ok(Collection {
             meta: Mutex::new(meta),
-            cell: Arc::new(SegmentCell::new(Segment::Ivf(CpuBackend.prepare(Arc::new(index))?))),
+            cell: Arc::new(SegmentCell::new(Segment::Ivf(
+                CpuBackend.prepare(Arc::new(index))?,
+            ))),
             writer: Mutex::new(None),
             batcher: Mutex::new(None),
             wal_snapshot_bytes: u64::MAX,
@@ -148,7 +156,12 @@ impl Collection {
     }
 
     /// Creates a writable collection in `dir` whose starting state is a copy of an index file.
-    pub fn import(name: &str, path: &Path, dir: PathBuf, wal_snapshot_bytes: u64) -> Result<Collection, Status> {
+    pub fn import(
+        name: &str,
+        path: &Path,
+        dir: PathBuf,
+        wal_snapshot_bytes: u64,
+    ) -> Result<Collection, Status> {
         let index = quiver_engine::persist::load(path).map_err(crate::status::from_client_file)?;
         std::fs::create_dir_all(&dir).map_err(|e| from_io("creating the collection folder", e))?;
         quiver_engine::persist::save(&index, &dir.join("state.qvr")).map_err(from_engine)?;
@@ -158,9 +171,22 @@ impl Collection {
     }
 
     /// Starts the collection's batcher (needs a Tokio runtime).
-    pub fn start(&self, name: &str, cfg: crate::config::BatchingConfig, metrics: crate::metrics::Metrics) {
-        metrics.vectors.with_label_values(&[name]).set(self.cell.load().len() as i64);
-        *self.batcher.lock() = Some(Batcher::spawn(name.to_string(), self.cell.clone(), cfg, metrics));
+    pub fn start(
+        &self,
+        name: &str,
+        cfg: crate::config::BatchingConfig,
+        metrics: crate::metrics::Metrics,
+    ) {
+        metrics
+            .vectors
+            .with_label_values(&[name])
+            .set(self.cell.load().len() as i64);
+        *self.batcher.lock() = Some(Batcher::spawn(
+            name.to_string(),
+            self.cell.clone(),
+            cfg,
+            metrics,
+        ));
     }
 
     /// Queues a search.
@@ -196,11 +222,16 @@ impl Collection {
         self.writer.lock().as_ref().map(|w| w.dir.clone())
     }
 
-    fn with_writer<T>(&self, f: impl FnOnce(&mut Writer) -> Result<T, Status>) -> Result<T, Status> {
+    fn with_writer<T>(
+        &self,
+        f: impl FnOnce(&mut Writer) -> Result<T, Status>,
+    ) -> Result<T, Status> {
         let mut guard = self.writer.lock();
         match guard.as_mut() {
             Some(w) => f(w),
-            None => Err(Status::failed_precondition("the collection is read-only (served from an index file)")),
+            None => Err(Status::failed_precondition(
+                "the collection is read-only (served from an index file)",
+            )),
         }
     }
 
@@ -208,9 +239,15 @@ impl Collection {
     /// published. Returns the live count.
     pub fn upsert(&self, ids: Vec<u64>, vectors: Vec<f32>) -> Result<usize, Status> {
         self.with_writer(|w| {
-            let next = self.cell.load().with_upsert(&ids, &vectors).map_err(from_engine)?;
+            let next = self
+                .cell
+                .load()
+                .with_upsert(&ids, &vectors)
+                .map_err(from_engine)?;
             let dim = self.meta.lock().dim;
-            w.wal.append(&WalRecord::Upsert { ids, vectors, dim }).map_err(|e| from_io("write-ahead log", e))?;
+            w.wal
+                .append(&WalRecord::Upsert { ids, vectors, dim })
+                .map_err(|e| from_io("write-ahead log", e))?;
             let n = next.len();
             self.cell.store(next);
             self.maybe_snapshot(w)?;
@@ -223,7 +260,9 @@ impl Collection {
         self.with_writer(|w| {
             let (next, n) = self.cell.load().with_delete(&ids).map_err(from_engine)?;
             if n > 0 {
-                w.wal.append(&WalRecord::Delete { ids }).map_err(|e| from_io("write-ahead log", e))?;
+                w.wal
+                    .append(&WalRecord::Delete { ids })
+                    .map_err(|e| from_io("write-ahead log", e))?;
                 self.cell.store(next);
                 self.maybe_snapshot(w)?;
             }
@@ -241,14 +280,22 @@ impl Collection {
     fn snapshot(&self, w: &mut Writer) -> Result<u64, Status> {
         let segment = self.cell.load();
         let bytes = match segment.as_ref() {
-            Segment::Flat(f) => crate::snapshot::save_flat(f, &w.dir.join("state.flat")).map_err(from_engine)?,
+            Segment::Flat(f) => {
+                crate::snapshot::save_flat(f, &w.dir.join("state.flat")).map_err(from_engine)?
+            }
             Segment::Ivf(p) => {
                 let path = w.dir.join("state.qvr");
-                quiver_engine::persist::save(quiver_engine::backend::PreparedIndex::index(p), &path).map_err(from_engine)?;
+                quiver_engine::persist::save(
+                    quiver_engine::backend::PreparedIndex::index(p),
+                    &path,
+                )
+                .map_err(from_engine)?;
                 std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
             }
         };
-        w.wal.reset().map_err(|e| from_io("truncating the write-ahead log", e))?;
+        w.wal
+            .reset()
+            .map_err(|e| from_io("truncating the write-ahead log", e))?;
         Ok(bytes)
     }
 
@@ -336,7 +383,10 @@ pub fn auto_pq_m(dim: usize) -> usize {
     if dim % 8 == 0 {
         return dim / 8;
     }
-    (1..=(dim / 4).max(1)).rev().find(|m| dim % m == 0).unwrap_or(1)
+    (1..=(dim / 4).max(1))
+        .rev()
+        .find(|m| dim % m == 0)
+        .unwrap_or(1)
 }
 
 fn meta_of(name: &str, index: &IvfPqIndex) -> Meta {
@@ -346,7 +396,12 @@ fn meta_of(name: &str, index: &IvfPqIndex) -> Meta {
         name: name.to_string(),
         dim: p.dim,
         metric: p.metric.name().to_string(),
-        index: IndexConfig { nlist: p.nlist as u32, pq_m: p.pq_m as u32, refine: p.refine.name().to_string(), seed: p.seed },
+        index: IndexConfig {
+            nlist: p.nlist as u32,
+            pq_m: p.pq_m as u32,
+            refine: p.refine.name().to_string(),
+            seed: p.seed,
+        },
         trained: true,
     }
 }
@@ -363,6 +418,8 @@ mod tests {
         assert_eq!(auto_pq_m(384), 48);
         assert_eq!(auto_pq_m(30), 6);
         assert_eq!(auto_pq_m(7), 1);
-        assert!(valid_name("docs-v2_1.0") && !valid_name("") && !valid_name("a/b") && !valid_name(".."));
+        assert!(
+            valid_name("docs-v2_1.0") && !valid_name("") && !valid_name("a/b") && !valid_name("..")
+        );
     }
 }

@@ -22,7 +22,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_message_bytes: 64 << 20, max_k: 1024, max_queries_per_request: 4096, max_dim: 4096 }
+        Limits {
+            max_message_bytes: 64 << 20,
+            max_k: 1024,
+            max_queries_per_request: 4096,
+            max_dim: 4096,
+        }
     }
 }
 
@@ -39,7 +44,11 @@ pub struct BatchingConfig {
 
 impl Default for BatchingConfig {
     fn default() -> Self {
-        BatchingConfig { max_batch: 256, max_delay: Duration::from_millis(2), queue_capacity: 1024 }
+        BatchingConfig {
+            max_batch: 256,
+            max_delay: Duration::from_millis(2),
+            queue_capacity: 1024,
+        }
     }
 }
 

@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 
 use prometheus::{
-    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The service's metrics.
@@ -28,9 +29,14 @@ impl Metrics {
     /// Registers every metric.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let requests =
-            IntCounterVec::new(Opts::new("quiver_requests_total", "gRPC requests by method and status"), &["method", "status"])
-                .expect("valid metric");
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "quiver_requests_total",
+                "gRPC requests by method and status",
+            ),
+            &["method", "status"],
+        )
+        .expect("valid metric");
         let secs = exponential_buckets(0.000_05, 2.0, 18).expect("valid buckets");
         let batch_size = HistogramVec::new(
             HistogramOpts::new("quiver_batch_size", "queries per executed search batch")
@@ -39,19 +45,33 @@ impl Metrics {
         )
         .expect("valid metric");
         let queue_wait = HistogramVec::new(
-            HistogramOpts::new("quiver_queue_wait_seconds", "time a search waited before its batch ran").buckets(secs.clone()),
+            HistogramOpts::new(
+                "quiver_queue_wait_seconds",
+                "time a search waited before its batch ran",
+            )
+            .buckets(secs.clone()),
             &["collection"],
         )
         .expect("valid metric");
         let batch_exec = HistogramVec::new(
-            HistogramOpts::new("quiver_batch_exec_seconds", "time to execute one search batch").buckets(secs),
+            HistogramOpts::new(
+                "quiver_batch_exec_seconds",
+                "time to execute one search batch",
+            )
+            .buckets(secs),
             &["collection"],
         )
         .expect("valid metric");
-        let vectors =
-            IntGaugeVec::new(Opts::new("quiver_vectors", "live vectors per collection"), &["collection"]).expect("valid metric");
-        let queue_depth = IntGaugeVec::new(Opts::new("quiver_queue_depth", "searches waiting per collection"), &["collection"])
-            .expect("valid metric");
+        let vectors = IntGaugeVec::new(
+            Opts::new("quiver_vectors", "live vectors per collection"),
+            &["collection"],
+        )
+        .expect("valid metric");
+        let queue_depth = IntGaugeVec::new(
+            Opts::new("quiver_queue_depth", "searches waiting per collection"),
+            &["collection"],
+        )
+        .expect("valid metric");
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(batch_size.clone()),
@@ -62,12 +82,22 @@ impl Metrics {
         ] {
             registry.register(m).expect("metric registered once");
         }
-        Metrics { registry, requests, batch_size, queue_wait, batch_exec, vectors, queue_depth }
+        Metrics {
+            registry,
+            requests,
+            batch_size,
+            queue_wait,
+            batch_exec,
+            vectors,
+            queue_depth,
+        }
     }
 
     /// Counts one finished request.
     pub fn request(&self, method: &str, code: tonic::Code) {
-        self.requests.with_label_values(&[method, &format!("{code:?}")]).inc();
+        self.requests
+            .with_label_values(&[method, &format!("{code:?}")])
+            .inc();
     }
 
     /// The metrics in Prometheus text format.
@@ -90,7 +120,9 @@ impl Metrics {
                 async move { m.render() }
             }),
         );
-        axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
     }
 }
 

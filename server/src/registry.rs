@@ -45,11 +45,20 @@ impl Registry {
     /// Opens every collection under `DATA_DIR/collections/` and the configured index files.
     pub fn open(cfg: ServerConfig, metrics: Metrics) -> Result<Registry, OpenError> {
         let root = cfg.data_dir.join("collections");
-        std::fs::create_dir_all(&root).map_err(|source| OpenError::DataDir { path: root.clone(), source })?;
+        std::fs::create_dir_all(&root).map_err(|source| OpenError::DataDir {
+            path: root.clone(),
+            source,
+        })?;
         let mut map = HashMap::new();
-        let entries = std::fs::read_dir(&root).map_err(|source| OpenError::DataDir { path: root.clone(), source })?;
+        let entries = std::fs::read_dir(&root).map_err(|source| OpenError::DataDir {
+            path: root.clone(),
+            source,
+        })?;
         for entry in entries {
-            let entry = entry.map_err(|source| OpenError::DataDir { path: root.clone(), source })?;
+            let entry = entry.map_err(|source| OpenError::DataDir {
+                path: root.clone(),
+                source,
+            })?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with(".dropped-") {
                 let _ = std::fs::remove_dir_all(entry.path());
@@ -58,13 +67,20 @@ impl Registry {
             if !valid_name(&name) || !entry.path().join("meta.json").exists() {
                 continue;
             }
-            let c = Collection::open(entry.path(), cfg.wal_snapshot_bytes)
-                .map_err(|s| OpenError::Collection { name: name.clone(), message: s.message().to_string() })?;
+            let c = Collection::open(entry.path(), cfg.wal_snapshot_bytes).map_err(|s| {
+                OpenError::Collection {
+                    name: name.clone(),
+                    message: s.message().to_string(),
+                }
+            })?;
             tracing::info!(collection = %name, vectors = c.segment().len(), trained = c.segment().trained(), "opened");
             map.insert(name, Arc::new(c));
         }
         for s in &cfg.static_collections {
-            let fail = |message: String| OpenError::Collection { name: s.name.clone(), message };
+            let fail = |message: String| OpenError::Collection {
+                name: s.name.clone(),
+                message,
+            };
             if !valid_name(&s.name) {
                 return Err(fail("invalid name".into()));
             }
@@ -77,13 +93,20 @@ impl Registry {
                     .map_err(|st| fail(st.message().to_string()))?
             } else {
                 if map.contains_key(&s.name) {
-                    return Err(fail("a collection of that name is already in the data directory".into()));
+                    return Err(fail(
+                        "a collection of that name is already in the data directory".into(),
+                    ));
                 }
                 Collection::read_only(&s.name, &s.path).map_err(|e| fail(e.to_string()))?
             };
             map.insert(s.name.clone(), Arc::new(c));
         }
-        Ok(Registry { root, cfg, metrics, collections: RwLock::new(map) })
+        Ok(Registry {
+            root,
+            cfg,
+            metrics,
+            collections: RwLock::new(map),
+        })
     }
 
     /// Starts every collection's batcher (inside a Tokio runtime).
@@ -95,12 +118,21 @@ impl Registry {
 
     /// A collection by name.
     pub fn get(&self, name: &str) -> Result<Arc<Collection>, Status> {
-        self.collections.read().get(name).cloned().ok_or_else(|| Status::not_found(format!("collection {name:?} does not exist")))
+        self.collections
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("collection {name:?} does not exist")))
     }
 
     /// All collections, by name.
     pub fn list(&self) -> Vec<(String, Arc<Collection>)> {
-        let mut v: Vec<_> = self.collections.read().iter().map(|(n, c)| (n.clone(), c.clone())).collect();
+        let mut v: Vec<_> = self
+            .collections
+            .read()
+            .iter()
+            .map(|(n, c)| (n.clone(), c.clone()))
+            .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
@@ -109,7 +141,10 @@ impl Registry {
     pub fn create(&self, meta: Meta) -> Result<Arc<Collection>, Status> {
         let mut map = self.collections.write();
         if map.contains_key(&meta.name) {
-            return Err(Status::already_exists(format!("collection {:?} already exists", meta.name)));
+            return Err(Status::already_exists(format!(
+                "collection {:?} already exists",
+                meta.name
+            )));
         }
         let name = meta.name.clone();
         let dir = self.root.join(&name);
@@ -123,12 +158,23 @@ impl Registry {
     }
 
     /// Creates a collection from an index file (blocking).
-    pub fn load_index(&self, name: &str, path: &std::path::Path) -> Result<Arc<Collection>, Status> {
+    pub fn load_index(
+        &self,
+        name: &str,
+        path: &std::path::Path,
+    ) -> Result<Arc<Collection>, Status> {
         let mut map = self.collections.write();
         if map.contains_key(name) {
-            return Err(Status::already_exists(format!("collection {name:?} already exists")));
+            return Err(Status::already_exists(format!(
+                "collection {name:?} already exists"
+            )));
         }
-        let c = Arc::new(Collection::import(name, path, self.root.join(name), self.cfg.wal_snapshot_bytes)?);
+        let c = Arc::new(Collection::import(
+            name,
+            path,
+            self.root.join(name),
+            self.cfg.wal_snapshot_bytes,
+        )?);
         c.start(name, self.cfg.batching.clone(), self.metrics.clone());
         map.insert(name.to_string(), c.clone());
         Ok(c)
@@ -136,11 +182,18 @@ impl Registry {
 
     /// Removes a collection and its files.
     pub async fn drop_collection(&self, name: &str) -> Result<(), Status> {
-        let c = self.collections.write().remove(name).ok_or_else(|| Status::not_found(format!("collection {name:?} does not exist")))?;
+        let c = self
+            .collections
+            .write()
+            .remove(name)
+            .ok_or_else(|| Status::not_found(format!("collection {name:?} does not exist")))?;
         c.drain().await;
         self.metrics.vectors.with_label_values(&[name]).set(0);
         if let Some(dir) = c.dir() {
-            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
             let trash = self.root.join(format!(".dropped-{name}-{nanos}"));
             tokio::task::spawn_blocking(move || {
                 if std::fs::rename(&dir, &trash).is_ok() {
@@ -166,7 +219,9 @@ impl Registry {
             }
             match tokio::task::spawn_blocking(move || c.flush()).await {
                 Ok(Ok(bytes)) => tracing::info!(collection = %name, bytes, "flushed"),
-                Ok(Err(e)) => tracing::error!(collection = %name, error = %e.message(), "flush failed"),
+                Ok(Err(e)) => {
+                    tracing::error!(collection = %name, error = %e.message(), "flush failed")
+                }
                 Err(e) => tracing::error!(collection = %name, error = %e, "flush failed"),
             }
         }

@@ -70,16 +70,28 @@ impl Segment {
     /// The engine parameters a key resolves to on this segment.
     pub fn resolve(&self, key: SearchKey) -> SearchParams {
         match self {
-            Segment::Flat(_) => SearchParams { k: key.k, nprobe: 1, refine_factor: 1 },
+            Segment::Flat(_) => SearchParams {
+                k: key.k,
+                nprobe: 1,
+                refine_factor: 1,
+            },
             Segment::Ivf(p) => {
                 let index = p.index();
-                let nprobe = if key.nprobe == 0 { DEFAULT_NPROBE.min(index.nlist()) } else { key.nprobe };
+                let nprobe = if key.nprobe == 0 {
+                    DEFAULT_NPROBE.min(index.nlist())
+                } else {
+                    key.nprobe
+                };
                 let refine_factor = match (key.refine_factor, index.params().refine) {
                     (0, RefineKind::None) => 1,
                     (0, _) => DEFAULT_REFINE_FACTOR,
                     (r, _) => r,
                 };
-                SearchParams { k: key.k, nprobe, refine_factor }
+                SearchParams {
+                    k: key.k,
+                    nprobe,
+                    refine_factor,
+                }
             }
         }
     }

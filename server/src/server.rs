@@ -55,19 +55,32 @@ pub async fn serve(
     let cfg = config.clone();
     let registry = tokio::task::spawn_blocking(move || Registry::open(cfg, metrics))
         .await
-        .map_err(|e| OpenError::Collection { name: "*".into(), message: e.to_string() })??;
+        .map_err(|e| OpenError::Collection {
+            name: "*".into(),
+            message: e.to_string(),
+        })??;
     let registry = Arc::new(registry);
     registry.start();
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
-    let grpc = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let grpc = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let metrics_addr = match config.metrics_listen {
         Some(addr) => {
-            let l = crate::metrics::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
-            let bound = l.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
+            let l = crate::metrics::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?;
+            let bound = l
+                .local_addr()
+                .map_err(|source| ServeError::Bind { addr, source })?;
             let mut rx = stop_rx.clone();
             let m = registry.metrics().clone();
             tokio::spawn(async move {
@@ -84,7 +97,9 @@ pub async fn serve(
     };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<QuiverServer<QuiverService>>().await;
+    health_reporter
+        .set_serving::<QuiverServer<QuiverService>>()
+        .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -98,12 +113,20 @@ pub async fn serve(
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
 
-    on_ready(Bound { grpc, metrics: metrics_addr }, &registry);
+    on_ready(
+        Bound {
+            grpc,
+            metrics: metrics_addr,
+        },
+        &registry,
+    );
     let reporter = health_reporter.clone();
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections; draining queued searches");
-        reporter.set_not_serving::<QuiverServer<QuiverService>>().await;
+        reporter
+            .set_not_serving::<QuiverServer<QuiverService>>()
+            .await;
     };
     tonic::transport::Server::builder()
         .add_service(health_service)

@@ -48,7 +48,10 @@ fn metric_from_proto(m: i32) -> Result<Metric, Status> {
         Ok(proto::Metric::L2) => Ok(Metric::L2),
         Ok(proto::Metric::InnerProduct) => Ok(Metric::InnerProduct),
         Ok(proto::Metric::Cosine) => Ok(Metric::Cosine),
-        _ => Err(invalid("metric", "must be METRIC_L2, METRIC_INNER_PRODUCT or METRIC_COSINE")),
+        _ => Err(invalid(
+            "metric",
+            "must be METRIC_L2, METRIC_INNER_PRODUCT or METRIC_COSINE",
+        )),
     }
 }
 
@@ -80,7 +83,12 @@ fn refine_to_proto(r: &str) -> proto::Refine {
 
 fn index_config(p: Option<&proto::IndexParams>) -> Result<IndexConfig, Status> {
     let p = p.cloned().unwrap_or_default();
-    Ok(IndexConfig { nlist: p.nlist, pq_m: p.pq_m, refine: refine_from_proto(p.refine)?, seed: p.seed })
+    Ok(IndexConfig {
+        nlist: p.nlist,
+        pq_m: p.pq_m,
+        refine: refine_from_proto(p.refine)?,
+        seed: p.seed,
+    })
 }
 
 fn info(name: &str, c: &Collection) -> proto::CollectionInfo {
@@ -106,14 +114,36 @@ fn info(name: &str, c: &Collection) -> proto::CollectionInfo {
 /// Checks `values` hold whole rows of `dim` finite values (non-zero rows for cosine).
 fn check_vectors(field: &str, values: &[f32], dim: usize, metric: Metric) -> Result<usize, Status> {
     if values.len() % dim != 0 {
-        return Err(invalid(field, format!("{} values is not a whole number of vectors of dimension {dim}", values.len())));
+        return Err(invalid(
+            field,
+            format!(
+                "{} values is not a whole number of vectors of dimension {dim}",
+                values.len()
+            ),
+        ));
     }
     if let Some(p) = values.iter().position(|v| !v.is_finite()) {
-        return Err(invalid(field, format!("vector {} holds a non-finite value ({}) at component {}", p / dim, values[p], p % dim)));
+        return Err(invalid(
+            field,
+            format!(
+                "vector {} holds a non-finite value ({}) at component {}",
+                p / dim,
+                values[p],
+                p % dim
+            ),
+        ));
     }
     if metric.normalizes() {
-        if let Some(row) = values.chunks_exact(dim).position(|r| r.iter().all(|&x| x == 0.0)) {
-            return Err(invalid(field, format!("vector {row} has zero length and cannot be normalised for the cosine metric")));
+        if let Some(row) = values
+            .chunks_exact(dim)
+            .position(|r| r.iter().all(|&x| x == 0.0))
+        {
+            return Err(invalid(
+                field,
+                format!(
+                    "vector {row} has zero length and cannot be normalised for the cosine metric"
+                ),
+            ));
         }
     }
     Ok(values.len() / dim)
@@ -121,14 +151,28 @@ fn check_vectors(field: &str, values: &[f32], dim: usize, metric: Metric) -> Res
 
 fn check_key(seg: &Segment, key: SearchKey, max_k: usize) -> Result<(), Status> {
     if key.k == 0 || key.k > max_k {
-        return Err(invalid("k", format!("{} is out of range: it must be between 1 and {max_k}", key.k)));
+        return Err(invalid(
+            "k",
+            format!(
+                "{} is out of range: it must be between 1 and {max_k}",
+                key.k
+            ),
+        ));
     }
     if let Segment::Ivf(p) = seg {
         let nlist = p.index().nlist();
         if key.nprobe > nlist {
-            return Err(invalid("nprobe", format!("{} is out of range: it must be between 1 and nlist = {nlist} (0 = default)", key.nprobe)));
+            return Err(invalid(
+                "nprobe",
+                format!(
+                    "{} is out of range: it must be between 1 and nlist = {nlist} (0 = default)",
+                    key.nprobe
+                ),
+            ));
         }
-        seg.resolve(key).validate(p.index()).map_err(|e| invalid("refine_factor", e))?;
+        seg.resolve(key)
+            .validate(p.index())
+            .map_err(|e| invalid("refine_factor", e))?;
     }
     Ok(())
 }
@@ -156,13 +200,20 @@ fn to_response(n: &Neighbors, q: usize) -> proto::SearchResponse {
         .iter()
         .zip(n.distances_of(q))
         .filter(|(id, _)| **id >= 0)
-        .map(|(&id, &distance)| proto::Neighbor { id: id as u64, distance })
+        .map(|(&id, &distance)| proto::Neighbor {
+            id: id as u64,
+            distance,
+        })
         .collect();
     proto::SearchResponse { neighbors }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Status> + Send + 'static) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(format!("worker failed: {e}")))?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("worker failed: {e}")))?
 }
 
 impl QuiverService {
@@ -178,22 +229,45 @@ impl QuiverService {
         let meta = c.meta();
         let field = batch_field.unwrap_or("vector");
         if values.is_empty() {
-            return Err(invalid(field, "empty: at least one query vector is required"));
+            return Err(invalid(
+                field,
+                "empty: at least one query vector is required",
+            ));
         }
         if batch_field.is_none() && values.len() != meta.dim {
-            return Err(invalid("vector", format!("dimension mismatch: expected {}, got {}", meta.dim, values.len())));
+            return Err(invalid(
+                "vector",
+                format!(
+                    "dimension mismatch: expected {}, got {}",
+                    meta.dim,
+                    values.len()
+                ),
+            ));
         }
         let nq = check_vectors(field, &values, meta.dim, meta.metric())?;
         if nq > self.limits().max_queries_per_request {
-            return Err(invalid(field, format!("{nq} queries exceed the limit of {} per request", self.limits().max_queries_per_request)));
+            return Err(invalid(
+                field,
+                format!(
+                    "{nq} queries exceed the limit of {} per request",
+                    self.limits().max_queries_per_request
+                ),
+            ));
         }
         check_key(&c.segment(), key, self.limits().max_k)?;
         let (tx, rx) = oneshot::channel();
-        c.submit(Job { queries: values, nq, key, enqueued: Instant::now(), deadline, reply: tx })?;
+        c.submit(Job {
+            queries: values,
+            nq,
+            key,
+            enqueued: Instant::now(),
+            deadline,
+            reply: tx,
+        })?;
         let answer = match deadline {
-            Some(d) => tokio::time::timeout_at(d.into(), rx)
-                .await
-                .map_err(|_| Status::deadline_exceeded("deadline passed before the search finished"))?,
+            Some(d) => tokio::time::timeout_at(d.into(), rx).await.map_err(|_| {
+                Status::deadline_exceeded("deadline passed before the search finished")
+            })?,
             None => rx.await,
         };
         answer.map_err(|_| Status::unavailable("the search was dropped during shutdown"))?
@@ -201,10 +275,20 @@ impl QuiverService {
 
     fn write_meta(&self, r: &proto::CreateCollectionRequest) -> Result<Meta, Status> {
         if !valid_name(&r.name) {
-            return Err(invalid("name", "must be 1 to 64 characters of A-Z a-z 0-9 _ - . and not start with a dot"));
+            return Err(invalid(
+                "name",
+                "must be 1 to 64 characters of A-Z a-z 0-9 _ - . and not start with a dot",
+            ));
         }
         if r.dim == 0 || r.dim as usize > self.limits().max_dim {
-            return Err(invalid("dim", format!("{} is out of range: it must be between 1 and {}", r.dim, self.limits().max_dim)));
+            return Err(invalid(
+                "dim",
+                format!(
+                    "{} is out of range: it must be between 1 and {}",
+                    r.dim,
+                    self.limits().max_dim
+                ),
+            ));
         }
         let metric = metric_from_proto(r.metric)?;
         let mut index = index_config(r.index.as_ref())?;
@@ -215,9 +299,19 @@ impl QuiverService {
             index.seed = 1234;
         }
         if index.pq_m != 0 && r.dim % index.pq_m != 0 {
-            return Err(invalid("index.pq_m", format!("{} does not divide dim = {}", index.pq_m, r.dim)));
+            return Err(invalid(
+                "index.pq_m",
+                format!("{} does not divide dim = {}", index.pq_m, r.dim),
+            ));
         }
-        Ok(Meta { format: 1, name: r.name.clone(), dim: r.dim as usize, metric: metric.name().into(), index, trained: false })
+        Ok(Meta {
+            format: 1,
+            name: r.name.clone(),
+            dim: r.dim as usize,
+            metric: metric.name().into(),
+            index,
+            trained: false,
+        })
     }
 
     fn check_upsert(c: &Collection, r: &proto::UpsertRequest) -> Result<(), Status> {
@@ -228,7 +322,13 @@ impl QuiverService {
         if r.vectors.len() != r.ids.len() * meta.dim {
             return Err(invalid(
                 "vectors",
-                format!("{} values for {} ids of dimension {} (expected {})", r.vectors.len(), r.ids.len(), meta.dim, r.ids.len() * meta.dim),
+                format!(
+                    "{} values for {} ids of dimension {} (expected {})",
+                    r.vectors.len(),
+                    r.ids.len(),
+                    meta.dim,
+                    r.ids.len() * meta.dim
+                ),
             ));
         }
         check_vectors("vectors", &r.vectors, meta.dim, meta.metric())?;
@@ -270,7 +370,11 @@ impl Quiver for QuiverService {
         &self,
         req: Request<proto::DropCollectionRequest>,
     ) -> Result<Response<proto::DropCollectionResponse>, Status> {
-        let r = self.registry.drop_collection(&req.get_ref().name).await.map(|_| Response::new(proto::DropCollectionResponse {}));
+        let r = self
+            .registry
+            .drop_collection(&req.get_ref().name)
+            .await
+            .map(|_| Response::new(proto::DropCollectionResponse {}));
         self.record("DropCollection", r)
     }
 
@@ -278,18 +382,40 @@ impl Quiver for QuiverService {
         &self,
         _req: Request<proto::ListCollectionsRequest>,
     ) -> Result<Response<proto::ListCollectionsResponse>, Status> {
-        let collections = self.registry.list().iter().map(|(n, c)| info(n, c)).collect();
-        self.record("ListCollections", Ok(Response::new(proto::ListCollectionsResponse { collections })))
+        let collections = self
+            .registry
+            .list()
+            .iter()
+            .map(|(n, c)| info(n, c))
+            .collect();
+        self.record(
+            "ListCollections",
+            Ok(Response::new(proto::ListCollectionsResponse {
+                collections,
+            })),
+        )
     }
 
-    async fn get_collection(&self, req: Request<proto::GetCollectionRequest>) -> Result<Response<proto::CollectionInfo>, Status> {
+    async fn get_collection(
+        &self,
+        req: Request<proto::GetCollectionRequest>,
+    ) -> Result<Response<proto::CollectionInfo>, Status> {
         let name = &req.get_ref().name;
-        let r = self.registry.get(name).map(|c| Response::new(info(name, &c)));
+        let r = self
+            .registry
+            .get(name)
+            .map(|c| Response::new(info(name, &c)));
         self.record("GetCollection", r)
     }
 
-    async fn upsert(&self, req: Request<proto::UpsertRequest>) -> Result<Response<proto::UpsertResponse>, Status> {
-        let r = self.upsert_one(req.into_inner()).await.map(|upserted| Response::new(proto::UpsertResponse { upserted }));
+    async fn upsert(
+        &self,
+        req: Request<proto::UpsertRequest>,
+    ) -> Result<Response<proto::UpsertResponse>, Status> {
+        let r = self
+            .upsert_one(req.into_inner())
+            .await
+            .map(|upserted| Response::new(proto::UpsertResponse { upserted }));
         self.record("Upsert", r)
     }
 
@@ -309,7 +435,10 @@ impl Quiver for QuiverService {
         self.record("UpsertStream", r)
     }
 
-    async fn delete(&self, req: Request<proto::DeleteRequest>) -> Result<Response<proto::DeleteResponse>, Status> {
+    async fn delete(
+        &self,
+        req: Request<proto::DeleteRequest>,
+    ) -> Result<Response<proto::DeleteResponse>, Status> {
         let r = async {
             let r = req.into_inner();
             let c = self.registry.get(&r.collection)?;
@@ -319,14 +448,22 @@ impl Quiver for QuiverService {
             let (name, metrics) = (r.collection.clone(), self.registry.metrics().clone());
             let c2 = c.clone();
             let deleted = blocking(move || c2.delete(r.ids)).await?;
-            metrics.vectors.with_label_values(&[&name]).set(c.segment().len() as i64);
-            Ok(Response::new(proto::DeleteResponse { deleted: deleted as u64 }))
+            metrics
+                .vectors
+                .with_label_values(&[&name])
+                .set(c.segment().len() as i64);
+            Ok(Response::new(proto::DeleteResponse {
+                deleted: deleted as u64,
+            }))
         }
         .await;
         self.record("Delete", r)
     }
 
-    async fn train(&self, req: Request<proto::TrainRequest>) -> Result<Response<proto::CollectionInfo>, Status> {
+    async fn train(
+        &self,
+        req: Request<proto::TrainRequest>,
+    ) -> Result<Response<proto::CollectionInfo>, Status> {
         let r = async {
             let r = req.into_inner();
             let c = self.registry.get(&r.collection)?;
@@ -342,11 +479,17 @@ impl Quiver for QuiverService {
         self.record("Train", r)
     }
 
-    async fn load_index(&self, req: Request<proto::LoadIndexRequest>) -> Result<Response<proto::CollectionInfo>, Status> {
+    async fn load_index(
+        &self,
+        req: Request<proto::LoadIndexRequest>,
+    ) -> Result<Response<proto::CollectionInfo>, Status> {
         let r = async {
             let r = req.into_inner();
             if !valid_name(&r.collection) {
-                return Err(invalid("collection", "must be 1 to 64 characters of A-Z a-z 0-9 _ - . and not start with a dot"));
+                return Err(invalid(
+                    "collection",
+                    "must be 1 to 64 characters of A-Z a-z 0-9 _ - . and not start with a dot",
+                ));
             }
             if r.path.is_empty() {
                 return Err(invalid("path", "empty"));
@@ -360,7 +503,10 @@ impl Quiver for QuiverService {
         self.record("LoadIndex", r)
     }
 
-    async fn flush(&self, req: Request<proto::FlushRequest>) -> Result<Response<proto::FlushResponse>, Status> {
+    async fn flush(
+        &self,
+        req: Request<proto::FlushRequest>,
+    ) -> Result<Response<proto::FlushResponse>, Status> {
         let r = async {
             let c = self.registry.get(&req.get_ref().collection)?;
             let snapshot_bytes = blocking(move || c.flush()).await?;
@@ -370,11 +516,21 @@ impl Quiver for QuiverService {
         self.record("Flush", r)
     }
 
-    async fn search(&self, req: Request<proto::SearchRequest>) -> Result<Response<proto::SearchResponse>, Status> {
+    async fn search(
+        &self,
+        req: Request<proto::SearchRequest>,
+    ) -> Result<Response<proto::SearchResponse>, Status> {
         let deadline = deadline_of(&req, Instant::now());
         let r = req.into_inner();
-        let key = SearchKey { k: r.k as usize, nprobe: r.nprobe as usize, refine_factor: r.refine_factor as usize };
-        let res = self.search_inner(&r.collection, r.vector, key, deadline, None).await.map(|n| Response::new(to_response(&n, 0)));
+        let key = SearchKey {
+            k: r.k as usize,
+            nprobe: r.nprobe as usize,
+            refine_factor: r.refine_factor as usize,
+        };
+        let res = self
+            .search_inner(&r.collection, r.vector, key, deadline, None)
+            .await
+            .map(|n| Response::new(to_response(&n, 0)));
         self.record("Search", res)
     }
 
@@ -384,10 +540,19 @@ impl Quiver for QuiverService {
     ) -> Result<Response<proto::SearchBatchResponse>, Status> {
         let deadline = deadline_of(&req, Instant::now());
         let r = req.into_inner();
-        let key = SearchKey { k: r.k as usize, nprobe: r.nprobe as usize, refine_factor: r.refine_factor as usize };
-        let res = self.search_inner(&r.collection, r.vectors, key, deadline, Some("vectors")).await.map(|n| {
-            Response::new(proto::SearchBatchResponse { results: (0..n.len()).map(|q| to_response(&n, q)).collect() })
-        });
+        let key = SearchKey {
+            k: r.k as usize,
+            nprobe: r.nprobe as usize,
+            refine_factor: r.refine_factor as usize,
+        };
+        let res = self
+            .search_inner(&r.collection, r.vectors, key, deadline, Some("vectors"))
+            .await
+            .map(|n| {
+                Response::new(proto::SearchBatchResponse {
+                    results: (0..n.len()).map(|q| to_response(&n, q)).collect(),
+                })
+            });
         self.record("SearchBatch", res)
     }
 }

@@ -48,7 +48,10 @@ pub fn save_flat(index: &FlatIndex, path: &Path) -> Result<u64, EngineError> {
 
 /// Reads a flat snapshot, verifying its checksum and shape.
 pub fn load_flat(path: &Path) -> Result<FlatIndex, EngineError> {
-    let corrupt = |reason: &str| EngineError::CorruptIndex { path: path.to_path_buf(), reason: reason.to_string() };
+    let corrupt = |reason: &str| EngineError::CorruptIndex {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
     let b = std::fs::read(path).map_err(|e| IoError::os(path, e))?;
     if b.len() < HEADER + 12 || &b[..8] != MAGIC {
         return Err(corrupt("not a Quiver flat snapshot"));
@@ -57,7 +60,11 @@ pub fn load_flat(path: &Path) -> Result<FlatIndex, EngineError> {
         return Err(corrupt("truncated flat snapshot"));
     }
     let body = &b[..b.len() - 12];
-    let stored = u32::from_le_bytes(b[b.len() - 12..b.len() - 8].try_into().map_err(|_| corrupt("short"))?);
+    let stored = u32::from_le_bytes(
+        b[b.len() - 12..b.len() - 8]
+            .try_into()
+            .map_err(|_| corrupt("short"))?,
+    );
     if crc32c::crc32c(body) != stored {
         return Err(corrupt("checksum mismatch"));
     }
@@ -70,7 +77,9 @@ pub fn load_flat(path: &Path) -> Result<FlatIndex, EngineError> {
     let mut c = [0u8; 8];
     c.copy_from_slice(&b[24..32]);
     let count = u64::from_le_bytes(c) as usize;
-    let want = count.checked_mul(8 + dim * 4).and_then(|x| x.checked_add(HEADER));
+    let want = count
+        .checked_mul(8 + dim * 4)
+        .and_then(|x| x.checked_add(HEADER));
     if dim == 0 || want != Some(body.len()) {
         return Err(corrupt("sizes do not match the header"));
     }
@@ -78,10 +87,14 @@ pub fn load_flat(path: &Path) -> Result<FlatIndex, EngineError> {
         .chunks_exact(8)
         .map(|x| u64::from_le_bytes([x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]]))
         .collect();
-    let vectors: Vec<f32> =
-        body[HEADER + count * 8..].chunks_exact(4).map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]])).collect();
+    let vectors: Vec<f32> = body[HEADER + count * 8..]
+        .chunks_exact(4)
+        .map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]]))
+        .collect();
     let mut index = FlatIndex::new(metric, dim);
-    index.upsert(&vectors, &ids).map_err(|e| corrupt(&format!("invalid contents: {e}")))?;
+    index
+        .upsert(&vectors, &ids)
+        .map_err(|e| corrupt(&format!("invalid contents: {e}")))?;
     Ok(index)
 }
 

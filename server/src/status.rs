@@ -31,9 +31,9 @@ pub fn from_engine(e: EngineError) -> Status {
 pub fn from_client_file(e: EngineError) -> Status {
     match e {
         EngineError::Io(io) => Status::invalid_argument(io.to_string()),
-        e @ (EngineError::CorruptIndex { .. } | EngineError::ChecksumMismatch { .. } | EngineError::UnsupportedVersion { .. }) => {
-            Status::invalid_argument(e.to_string())
-        }
+        e @ (EngineError::CorruptIndex { .. }
+        | EngineError::ChecksumMismatch { .. }
+        | EngineError::UnsupportedVersion { .. }) => Status::invalid_argument(e.to_string()),
         e => from_engine(e),
     }
 }

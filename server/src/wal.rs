@@ -42,8 +42,15 @@ const MAX_RECORD: usize = 1 << 30;
 impl Wal {
     /// Opens (creating if needed) the log at `path`, replays its records into `apply`, cuts
     /// a torn tail, and returns it ready to append.
-    pub fn open(path: &Path, mut apply: impl FnMut(WalRecord) -> std::io::Result<()>) -> std::io::Result<Wal> {
-        let mut file = OpenOptions::new().read(true).append(true).create(true).open(path)?;
+    pub fn open(
+        path: &Path,
+        mut apply: impl FnMut(WalRecord) -> std::io::Result<()>,
+    ) -> std::io::Result<Wal> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)?;
         let mut data = Vec::new();
         file.read_to_end(&mut data)?;
         let mut pos = 0usize;
@@ -57,7 +64,11 @@ impl Wal {
             file.sync_all()?;
         }
         sync_dir(path)?;
-        Ok(Wal { path: path.to_path_buf(), file, bytes: pos as u64 })
+        Ok(Wal {
+            path: path.to_path_buf(),
+            file,
+            bytes: pos as u64,
+        })
     }
 
     /// Appends a record and fsyncs it.
@@ -133,16 +144,21 @@ fn parse(data: &[u8], pos: usize) -> Option<(WalRecord, usize)> {
     let count = u32::from_le_bytes(payload[1..5].try_into().ok()?) as usize;
     let dim = u32::from_le_bytes(payload[5..9].try_into().ok()?) as usize;
     let ids_end = 9usize.checked_add(count.checked_mul(8)?)?;
-    let ids: Vec<u64> =
-        payload.get(9..ids_end)?.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
+    let ids: Vec<u64> = payload
+        .get(9..ids_end)?
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+        .collect();
     let record = match kind {
         1 => {
             let vec_end = ids_end.checked_add(count.checked_mul(dim)?.checked_mul(4)?)?;
             if vec_end != payload.len() {
                 return None;
             }
-            let vectors =
-                payload[ids_end..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap_or([0; 4]))).collect();
+            let vectors = payload[ids_end..]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap_or([0; 4])))
+                .collect();
             WalRecord::Upsert { ids, vectors, dim }
         }
         2 if ids_end == payload.len() => WalRecord::Delete { ids },
@@ -159,7 +175,11 @@ mod tests {
     fn replays_records_and_cuts_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("wal.log");
-        let a = WalRecord::Upsert { ids: vec![1, 2], vectors: vec![0.5, 1.5, 2.5, 3.5], dim: 2 };
+        let a = WalRecord::Upsert {
+            ids: vec![1, 2],
+            vectors: vec![0.5, 1.5, 2.5, 3.5],
+            dim: 2,
+        };
         let b = WalRecord::Delete { ids: vec![2] };
         {
             let mut w = Wal::open(&path, |_| Ok(())).unwrap();

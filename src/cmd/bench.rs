@@ -67,16 +67,27 @@ pub fn run(a: Args, threads: Option<usize>) -> anyhow::Result<()> {
     let index = prepared.index();
     let (qdim, queries) = read_all_f32(&a.queries)?;
     if qdim != index.dim() {
-        return Err(EngineError::DimensionMismatch { expected: index.dim(), got: qdim })
-            .with_context(|| format!("queries {}", a.queries.display()));
+        return Err(EngineError::DimensionMismatch {
+            expected: index.dim(),
+            got: qdim,
+        })
+        .with_context(|| format!("queries {}", a.queries.display()));
     }
     let nq = queries.len() / qdim;
     let (gt_k, gt) = read_int_rows(&a.gt)?;
     if gt_k < a.k {
-        bail!("{}: ground truth has {gt_k} neighbours per query, fewer than k = {}", a.gt.display(), a.k);
+        bail!(
+            "{}: ground truth has {gt_k} neighbours per query, fewer than k = {}",
+            a.gt.display(),
+            a.k
+        );
     }
     if gt.len() / gt_k < nq {
-        bail!("{}: ground truth has {} rows for {nq} queries", a.gt.display(), gt.len() / gt_k);
+        bail!(
+            "{}: ground truth has {} rows for {nq} queries",
+            a.gt.display(),
+            gt.len() / gt_k
+        );
     }
     if a.repeat == 0 {
         bail!("--repeat must be at least 1");
@@ -87,18 +98,39 @@ pub fn run(a: Args, threads: Option<usize>) -> anyhow::Result<()> {
         Mode::Single => "single",
     };
     for &nprobe in &a.nprobe {
-        SearchParams { k: a.k, nprobe, refine_factor: a.refine_factor }.validate(index)?;
+        SearchParams {
+            k: a.k,
+            nprobe,
+            refine_factor: a.refine_factor,
+        }
+        .validate(index)?;
     }
     if !a.json {
-        println!("backend {} | mode {mode} | threads {threads} | k {} | refine_factor {} | {nq} queries", backend.name(), a.k, a.refine_factor);
-        println!("{:>7} {:>9} {:>10} {:>10} {:>10}", "nprobe", "recall", "QPS", "p50_us", "p99_us");
+        println!(
+            "backend {} | mode {mode} | threads {threads} | k {} | refine_factor {} | {nq} queries",
+            backend.name(),
+            a.k,
+            a.refine_factor
+        );
+        println!(
+            "{:>7} {:>9} {:>10} {:>10} {:>10}",
+            "nprobe", "recall", "QPS", "p50_us", "p99_us"
+        );
     }
     // Warm-up: caches, page faults of a mapped index, thread pool start.
-    let warm = SearchParams { k: a.k, nprobe: a.nprobe[0], refine_factor: a.refine_factor };
+    let warm = SearchParams {
+        k: a.k,
+        nprobe: a.nprobe[0],
+        refine_factor: a.refine_factor,
+    };
     backend.search(&prepared, &queries[..qdim * nq.min(64)], &warm)?;
 
     for &nprobe in &a.nprobe {
-        let params = SearchParams { k: a.k, nprobe, refine_factor: a.refine_factor };
+        let params = SearchParams {
+            k: a.k,
+            nprobe,
+            refine_factor: a.refine_factor,
+        };
         let mut latencies = Vec::new();
         let mut ids = Vec::new();
         let qps = match a.mode {
@@ -133,7 +165,10 @@ pub fn run(a: Args, threads: Option<usize>) -> anyhow::Result<()> {
             }
         };
         let recall = recall_at_k(&ids, &gt, gt_k, a.k, nq);
-        let (p50, p99) = (percentile(&mut latencies, 50.0) * 1e6, percentile(&mut latencies, 99.0) * 1e6);
+        let (p50, p99) = (
+            percentile(&mut latencies, 50.0) * 1e6,
+            percentile(&mut latencies, 99.0) * 1e6,
+        );
         if a.json {
             let row = serde_json::json!({
                 "backend": backend.name(), "mode": mode, "threads": threads, "nprobe": nprobe, "k": a.k,
@@ -153,7 +188,10 @@ pub fn recall_at_k(ids: &[i64], gt: &[i32], gt_k: usize, k: usize, nq: usize) ->
     for q in 0..nq {
         let truth = &gt[q * gt_k..q * gt_k + k];
         let got = &ids[q * k..(q + 1) * k];
-        total += truth.iter().filter(|t| **t >= 0 && got.contains(&(**t as i64))).count();
+        total += truth
+            .iter()
+            .filter(|t| **t >= 0 && got.contains(&(**t as i64)))
+            .count();
     }
     total as f64 / (nq * k) as f64
 }

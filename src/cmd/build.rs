@@ -59,7 +59,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     params.kmeans_iterations = a.kmeans_iters;
     params.validate()?;
     if a.nlist > n {
-        return Err(EngineError::TooFewTrainingVectors { clusters: a.nlist, points: n }.into());
+        return Err(EngineError::TooFewTrainingVectors {
+            clusters: a.nlist,
+            points: n,
+        }
+        .into());
     }
     let ids_file = match &a.ids {
         Some(p) => {
@@ -68,7 +72,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 bail!("{}: ids must be one integer per row (.ivecs of dimension 1 or an N×1 int32 .npy)", p.display());
             }
             if f.len() != n {
-                return Err(EngineError::IdCountMismatch { ids: f.len(), vectors: n }.into());
+                return Err(EngineError::IdCountMismatch {
+                    ids: f.len(),
+                    vectors: n,
+                }
+                .into());
             }
             Some(f)
         }
@@ -77,9 +85,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let progress = TerminalProgress::new();
     let started = Instant::now();
 
-    let train_n = a.train_sample.unwrap_or_else(|| params.default_train_sample()).min(n);
+    let train_n = a
+        .train_sample
+        .unwrap_or_else(|| params.default_train_sample())
+        .min(n);
     if train_n < a.nlist {
-        bail!("--train-sample {train_n} is smaller than --nlist {}", a.nlist);
+        bail!(
+            "--train-sample {train_n} is smaller than --nlist {}",
+            a.nlist
+        );
     }
     let rows = sample_rows(n, train_n, a.seed);
     let mut sample = Vec::with_capacity(train_n * dim);
@@ -87,7 +101,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut index = IvfPqIndex::train(params, &sample, &progress).map_err(|e| at_rows(e, &rows))?;
     drop(sample);
     let trained = started.elapsed();
-    eprintln!("trained on {train_n} vectors in {:.1} s", trained.as_secs_f64());
+    eprintln!(
+        "trained on {train_n} vectors in {:.1} s",
+        trained.as_secs_f64()
+    );
 
     let mut ids_buf = Vec::new();
     for chunk in base.chunks_f32(ADD_CHUNK) {
@@ -100,8 +117,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 let mut v = Vec::with_capacity(rows);
                 for (r, &id) in ids_buf.iter().enumerate() {
                     if id < 0 {
-                        return Err(EngineError::InvalidId { id: id as i64, row: start + r })
-                            .with_context(|| format!("reading {}", f.path().display()));
+                        return Err(EngineError::InvalidId {
+                            id: id as i64,
+                            row: start + r,
+                        })
+                        .with_context(|| format!("reading {}", f.path().display()));
                     }
                     v.push(id as u64);
                 }
@@ -109,11 +129,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             }
             None => None,
         };
-        index.add(&vectors, ids.as_deref(), &progress).map_err(|e| offset_rows(e, start))?;
+        index
+            .add(&vectors, ids.as_deref(), &progress)
+            .map_err(|e| offset_rows(e, start))?;
     }
     let added = started.elapsed() - trained;
     eprintln!("added {n} vectors in {:.1} s", added.as_secs_f64());
-    quiver_engine::persist::save(&index, &a.out).with_context(|| format!("writing {}", a.out.display()))?;
+    quiver_engine::persist::save(&index, &a.out)
+        .with_context(|| format!("writing {}", a.out.display()))?;
     let size = std::fs::metadata(&a.out).map(|m| m.len()).unwrap_or(0);
     eprintln!(
         "wrote {} ({} vectors, {} bytes per vector, {:.1} MiB) in {:.1} s total",
@@ -132,10 +155,18 @@ fn parse_pq(s: &str) -> Result<(usize, u32), String> {
         Some((m, b)) => (m, b),
         None => (s, "8"),
     };
-    let m: usize = m.trim().parse().map_err(|_| format!("{s:?}: expected M or MxB, e.g. 48 or 96x4"))?;
-    let bits: u32 = bits.trim().parse().map_err(|_| format!("{s:?}: expected M or MxB, e.g. 48 or 96x4"))?;
+    let m: usize = m
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: expected M or MxB, e.g. 48 or 96x4"))?;
+    let bits: u32 = bits
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: expected M or MxB, e.g. 48 or 96x4"))?;
     if bits != 8 && bits != 4 {
-        return Err(format!("{s:?}: codes of {bits} bits are not supported (8, or 4 for fast-scan)"));
+        return Err(format!(
+            "{s:?}: codes of {bits} bits are not supported (8, or 4 for fast-scan)"
+        ));
     }
     Ok((m, bits))
 }
@@ -143,9 +174,16 @@ fn parse_pq(s: &str) -> Result<(usize, u32), String> {
 /// Maps a row number within a training sample to the base row.
 fn at_rows(e: EngineError, rows: &[usize]) -> anyhow::Error {
     match e {
-        EngineError::NonFinite { row, component, value } if row < rows.len() => {
-            anyhow::Error::from(EngineError::NonFinite { row: rows[row], component, value }).context("base vectors")
-        }
+        EngineError::NonFinite {
+            row,
+            component,
+            value,
+        } if row < rows.len() => anyhow::Error::from(EngineError::NonFinite {
+            row: rows[row],
+            component,
+            value,
+        })
+        .context("base vectors"),
         EngineError::ZeroVector { row } if row < rows.len() => {
             anyhow::Error::from(EngineError::ZeroVector { row: rows[row] }).context("base vectors")
         }
@@ -156,10 +194,20 @@ fn at_rows(e: EngineError, rows: &[usize]) -> anyhow::Error {
 /// Maps a row number within a chunk to the base row.
 fn offset_rows(e: EngineError, start: usize) -> anyhow::Error {
     match e {
-        EngineError::NonFinite { row, component, value } => {
-            anyhow::Error::from(EngineError::NonFinite { row: row + start, component, value }).context("base vectors")
+        EngineError::NonFinite {
+            row,
+            component,
+            value,
+        } => anyhow::Error::from(EngineError::NonFinite {
+            row: row + start,
+            component,
+            value,
+        })
+        .context("base vectors"),
+        EngineError::ZeroVector { row } => {
+            anyhow::Error::from(EngineError::ZeroVector { row: row + start })
+                .context("base vectors")
         }
-        EngineError::ZeroVector { row } => anyhow::Error::from(EngineError::ZeroVector { row: row + start }).context("base vectors"),
         e => e.into(),
     }
 }

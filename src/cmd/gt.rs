@@ -41,15 +41,27 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let base = VectorSet::open(&a.base)?;
     let (qdim, queries) = read_all_f32(&a.queries)?;
     if qdim != base.dim() {
-        return Err(EngineError::DimensionMismatch { expected: base.dim(), got: qdim })
-            .with_context(|| format!("queries {} against base {}", a.queries.display(), a.base[0].display()));
+        return Err(EngineError::DimensionMismatch {
+            expected: base.dim(),
+            got: qdim,
+        })
+        .with_context(|| {
+            format!(
+                "queries {} against base {}",
+                a.queries.display(),
+                a.base[0].display()
+            )
+        });
     }
-    let mut search = ExactSearch::new(a.metric, qdim, &queries, a.k).with_context(|| format!("queries {}", a.queries.display()))?;
+    let mut search = ExactSearch::new(a.metric, qdim, &queries, a.k)
+        .with_context(|| format!("queries {}", a.queries.display()))?;
     let progress = TerminalProgress::new();
     progress.stage("ground truth", base.len() as u64);
     for chunk in base.chunks_f32(BASE_CHUNK) {
         let (start, rows) = chunk?;
-        search.add_chunk(&rows, start as u64).context("base vectors")?;
+        search
+            .add_chunk(&rows, start as u64)
+            .context("base vectors")?;
         progress.advance((rows.len() / qdim) as u64);
     }
     progress.finish_stage();
@@ -57,6 +69,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut out = ResultWriter::create(&a.out, a.distances.as_deref(), a.k)?;
     out.write(&res)?;
     out.finish()?;
-    eprintln!("exact top-{} of {} queries over {} vectors written to {}", a.k, queries.len() / qdim, base.len(), a.out.display());
+    eprintln!(
+        "exact top-{} of {} queries over {} vectors written to {}",
+        a.k,
+        queries.len() / qdim,
+        base.len(),
+        a.out.display()
+    );
     Ok(())
 }

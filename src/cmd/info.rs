@@ -15,7 +15,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let p = index.params();
     let size = std::fs::metadata(&a.index).map(|m| m.len()).unwrap_or(0);
     let sizes: Vec<usize> = index.lists().iter().map(|l| l.live_len()).collect();
-    let (min, max) = (sizes.iter().min().copied().unwrap_or(0), sizes.iter().max().copied().unwrap_or(0));
+    let (min, max) = (
+        sizes.iter().min().copied().unwrap_or(0),
+        sizes.iter().max().copied().unwrap_or(0),
+    );
     let empty = sizes.iter().filter(|&&s| s == 0).count();
     println!("file            {}", a.index.display());
     println!("format version  {}", quiver_engine::persist::FORMAT_VERSION);
@@ -23,12 +26,32 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     println!("dimension       {}", p.dim);
     println!("vectors         {}", index.len());
     println!("nlist           {}", p.nlist);
-    let layout = if p.pq_bits == 4 { ", fast-scan blocks of 32" } else { "" };
-    println!("pq              M = {}, {} bits, {} bytes per code{layout}", p.pq_m, p.pq_bits, index.pq().code_size());
+    let layout = if p.pq_bits == 4 {
+        ", fast-scan blocks of 32"
+    } else {
+        ""
+    };
+    println!(
+        "pq              M = {}, {} bits, {} bytes per code{layout}",
+        p.pq_m,
+        p.pq_bits,
+        index.pq().code_size()
+    );
     println!("refine          {}", p.refine.name());
     println!("seed            {}", p.seed);
-    println!("list sizes      min {min}, mean {:.1}, max {max}, {empty} empty", index.len() as f64 / p.nlist as f64);
-    println!("bytes/vector    {} (id 8 + code {} + raw {})", index.bytes_per_vector(), index.pq().code_size(), p.dim * p.refine.bytes_per_component());
-    println!("file size       {size} bytes ({:.2} MiB)", size as f64 / (1 << 20) as f64);
+    println!(
+        "list sizes      min {min}, mean {:.1}, max {max}, {empty} empty",
+        index.len() as f64 / p.nlist as f64
+    );
+    println!(
+        "bytes/vector    {} (id 8 + code {} + raw {})",
+        index.bytes_per_vector(),
+        index.pq().code_size(),
+        p.dim * p.refine.bytes_per_component()
+    );
+    println!(
+        "file size       {size} bytes ({:.2} MiB)",
+        size as f64 / (1 << 20) as f64
+    );
     Ok(())
 }

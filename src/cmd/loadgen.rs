@@ -85,7 +85,10 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<()> {
     validate(&a)?;
     let work = Arc::new(load_workload(&a)?);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     let report = rt.block_on(execute(&a, work))?;
     println!("{report}");
     Ok(())
@@ -95,11 +98,22 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 fn validate(a: &Args) -> anyhow::Result<()> {
     ensure!(a.concurrency >= 1, "--concurrency must be at least 1");
     ensure!(a.connections >= 1, "--connections must be at least 1");
-    ensure!(a.duration.is_finite() && a.duration > 0.0, "--duration must be a positive number of seconds, got {}", a.duration);
-    ensure!(a.warmup.is_finite() && a.warmup >= 0.0, "--warmup must be zero or a positive number of seconds, got {}", a.warmup);
+    ensure!(
+        a.duration.is_finite() && a.duration > 0.0,
+        "--duration must be a positive number of seconds, got {}",
+        a.duration
+    );
+    ensure!(
+        a.warmup.is_finite() && a.warmup >= 0.0,
+        "--warmup must be zero or a positive number of seconds, got {}",
+        a.warmup
+    );
     ensure!(a.k >= 1, "--k must be at least 1");
     if let Some(r) = a.rate {
-        ensure!(r.is_finite() && r >= 1e-3, "--rate must be a number of requests per second of at least 0.001, got {r}");
+        ensure!(
+            r.is_finite() && r >= 1e-3,
+            "--rate must be a number of requests per second of at least 0.001, got {r}"
+        );
     }
     if let Some(t) = a.timeout_ms {
         ensure!(t >= 1, "--timeout-ms must be at least 1");
@@ -132,21 +146,36 @@ impl Workload {
 
     /// The true top k of query row `row`, when there is ground truth.
     fn truth(&self, row: usize) -> Option<&[i32]> {
-        self.gt.as_ref().map(|g| &g.ids[row * g.k..row * g.k + self.k as usize])
+        self.gt
+            .as_ref()
+            .map(|g| &g.ids[row * g.k..row * g.k + self.k as usize])
     }
 }
 
 fn load_workload(a: &Args) -> anyhow::Result<Workload> {
     let (dim, queries) = read_all_f32(&a.queries).context("reading the queries")?;
-    ensure!(dim > 0 && queries.len() >= dim, "{}: the queries file holds no vectors", a.queries.display());
+    ensure!(
+        dim > 0 && queries.len() >= dim,
+        "{}: the queries file holds no vectors",
+        a.queries.display()
+    );
     let nq = queries.len() / dim;
     let gt = match &a.gt {
         None => None,
         Some(p) => {
             let (gt_k, ids) = read_int_rows(p)?;
-            ensure!(gt_k >= a.k as usize, "{}: ground truth has {gt_k} neighbours per query, fewer than k = {}", p.display(), a.k);
+            ensure!(
+                gt_k >= a.k as usize,
+                "{}: ground truth has {gt_k} neighbours per query, fewer than k = {}",
+                p.display(),
+                a.k
+            );
             let rows = ids.len() / gt_k;
-            ensure!(rows >= nq, "{}: ground truth has {rows} rows for {nq} queries", p.display());
+            ensure!(
+                rows >= nq,
+                "{}: ground truth has {rows} rows for {nq} queries",
+                p.display()
+            );
             Some(GroundTruth { k: gt_k, ids })
         }
     };
@@ -170,22 +199,41 @@ async fn execute(a: &Args, work: Arc<Workload>) -> anyhow::Result<serde_json::Va
     for _ in 0..connections {
         channels.push(connect(&endpoint, &a.addr).await?);
     }
-    check_collection(QuiverClient::new(channels[0].clone()), &a.collection, work.dim, &a.addr).await?;
+    check_collection(
+        QuiverClient::new(channels[0].clone()),
+        &a.collection,
+        work.dim,
+        &a.addr,
+    )
+    .await?;
 
     let warmup = seconds(a.warmup, "--warmup")?;
     let duration = seconds(a.duration, "--duration")?;
     let start = Instant::now();
     let out_of_range = || anyhow!("--warmup + --duration is too long");
     let measure_start = start.checked_add(warmup).ok_or_else(out_of_range)?;
-    let end = measure_start.checked_add(duration).ok_or_else(out_of_range)?;
+    let end = measure_start
+        .checked_add(duration)
+        .ok_or_else(out_of_range)?;
     let hard_stop = end.checked_add(DRAIN_GRACE).ok_or_else(out_of_range)?;
-    let win = Window { measure_start, end, hard_stop };
+    let win = Window {
+        measure_start,
+        end,
+        hard_stop,
+    };
     let pacer = a.rate.map(|r| Arc::new(Pacer::new(start, r)));
 
     let mut handles = Vec::with_capacity(a.concurrency);
     for w in 0..a.concurrency {
         let client = QuiverClient::new(channels[w % channels.len()].clone());
-        handles.push(tokio::spawn(worker(w, a.concurrency, client, work.clone(), pacer.clone(), win)));
+        handles.push(tokio::spawn(worker(
+            w,
+            a.concurrency,
+            client,
+            work.clone(),
+            pacer.clone(),
+            win,
+        )));
     }
     let mut stats = Vec::with_capacity(handles.len());
     for h in handles {
@@ -194,11 +242,18 @@ async fn execute(a: &Args, work: Arc<Workload>) -> anyhow::Result<serde_json::Va
     let s = summarise(stats, &win, work.k, work.gt.is_some());
     if s.errors > 0 {
         if let Some((code, msg)) = &s.first_error {
-            eprintln!("loadgen: {} of {} requests failed; first: {code:?}: {msg}", s.errors, s.requests);
+            eprintln!(
+                "loadgen: {} of {} requests failed; first: {code:?}: {msg}",
+                s.errors, s.requests
+            );
         }
     }
     if s.abandoned > 0 {
-        eprintln!("loadgen: {} requests still unanswered {} s after the end were abandoned", s.abandoned, DRAIN_GRACE.as_secs());
+        eprintln!(
+            "loadgen: {} requests still unanswered {} s after the end were abandoned",
+            s.abandoned,
+            DRAIN_GRACE.as_secs()
+        );
     }
 
     let mut report = serde_json::json!({
@@ -229,7 +284,10 @@ async fn execute(a: &Args, work: Arc<Workload>) -> anyhow::Result<serde_json::Va
         obj.insert("timeout_ms".into(), t.into());
     }
     if work.gt.is_some() {
-        obj.insert("recall".into(), s.recall.map_or(serde_json::Value::Null, Into::into));
+        obj.insert(
+            "recall".into(),
+            s.recall.map_or(serde_json::Value::Null, Into::into),
+        );
     }
     Ok(report)
 }
@@ -240,8 +298,13 @@ fn seconds(x: f64, flag: &str) -> anyhow::Result<Duration> {
 
 /// An endpoint for HOST:PORT (plain HTTP/2) or a URL.
 fn endpoint(addr: &str) -> anyhow::Result<Endpoint> {
-    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    let ep = Endpoint::from_shared(url).with_context(|| format!("invalid server address {addr:?} (expected HOST:PORT)"))?;
+    let url = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let ep = Endpoint::from_shared(url)
+        .with_context(|| format!("invalid server address {addr:?} (expected HOST:PORT)"))?;
     Ok(ep.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true))
 }
 
@@ -250,25 +313,49 @@ async fn connect(ep: &Endpoint, addr: &str) -> anyhow::Result<Channel> {
     match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), ep.connect()).await {
         Ok(Ok(ch)) => Ok(ch),
         Ok(Err(e)) => Err(anyhow::Error::new(e).context(format!("cannot connect to {addr}"))),
-        Err(_) => bail!("cannot connect to {addr}: no connection within {} s", CONNECT_TIMEOUT.as_secs()),
+        Err(_) => bail!(
+            "cannot connect to {addr}: no connection within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        ),
     }
 }
 
 /// Checks that the collection exists and has the queries' dimension, so that a mistake fails
 /// at once instead of as a run of errors. A server without `GetCollection` is not checked.
-async fn check_collection(mut client: QuiverClient<Channel>, name: &str, dim: usize, addr: &str) -> anyhow::Result<()> {
-    let mut req = tonic::Request::new(GetCollectionRequest { name: name.to_string() });
+async fn check_collection(
+    mut client: QuiverClient<Channel>,
+    name: &str,
+    dim: usize,
+    addr: &str,
+) -> anyhow::Result<()> {
+    let mut req = tonic::Request::new(GetCollectionRequest {
+        name: name.to_string(),
+    });
     req.set_timeout(CONNECT_TIMEOUT);
-    match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), client.get_collection(req)).await {
-        Err(_) => bail!("{addr}: no reply to GetCollection within {} s", CONNECT_TIMEOUT.as_secs()),
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT + Duration::from_secs(1),
+        client.get_collection(req),
+    )
+    .await
+    {
+        Err(_) => bail!(
+            "{addr}: no reply to GetCollection within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        ),
         Ok(Ok(info)) => {
             let have = info.get_ref().dim as usize;
             ensure!(have == dim, "collection {name:?} on {addr} has dimension {have}, but the queries have dimension {dim}");
             Ok(())
         }
         Ok(Err(s)) if s.code() == Code::Unimplemented => Ok(()),
-        Ok(Err(s)) if s.code() == Code::NotFound => bail!("collection {name:?} not found on {addr}: {}", s.message()),
-        Ok(Err(s)) => bail!("{addr}: GetCollection {name:?} failed: {:?}: {}", s.code(), s.message()),
+        Ok(Err(s)) if s.code() == Code::NotFound => {
+            bail!("collection {name:?} not found on {addr}: {}", s.message())
+        }
+        Ok(Err(s)) => bail!(
+            "{addr}: GetCollection {name:?} failed: {:?}: {}",
+            s.code(),
+            s.message()
+        ),
     }
 }
 
@@ -290,7 +377,10 @@ struct Pacer {
 impl Pacer {
     /// `rate` is validated: finite and at least 0.001 per second.
     fn new(start: Instant, rate: f64) -> Self {
-        Pacer { interval: Duration::from_secs_f64(1.0 / rate), next: Mutex::new(start) }
+        Pacer {
+            interval: Duration::from_secs_f64(1.0 / rate),
+            next: Mutex::new(start),
+        }
     }
 
     fn take(&self, now: Instant) -> Instant {
@@ -324,7 +414,10 @@ async fn worker(
     let (nq, dim) = (work.nq(), work.dim);
     let step = concurrency % nq;
     let mut row = w % nq;
-    let mut st = WorkerStats { latencies_ms: Vec::with_capacity(1024), ..Default::default() };
+    let mut st = WorkerStats {
+        latencies_ms: Vec::with_capacity(1024),
+        ..Default::default()
+    };
     loop {
         if let Some(p) = &pacer {
             let slot = p.take(Instant::now());
@@ -348,13 +441,20 @@ async fn worker(
         let t0 = Instant::now();
         // The client enforces the deadline itself too, so that it reads as DeadlineExceeded
         // (tonic's own client timeout reports Cancelled).
-        let own_deadline = work.timeout.and_then(|t| t0.checked_add(t)).filter(|d| *d < win.hard_stop);
-        let outcome = tokio::time::timeout_at(own_deadline.unwrap_or(win.hard_stop), client.search(req)).await;
+        let own_deadline = work
+            .timeout
+            .and_then(|t| t0.checked_add(t))
+            .filter(|d| *d < win.hard_stop);
+        let outcome =
+            tokio::time::timeout_at(own_deadline.unwrap_or(win.hard_stop), client.search(req))
+                .await;
         let t1 = Instant::now();
         let counted = t0 >= win.measure_start;
         let result = match outcome {
             Ok(r) => r,
-            Err(_) if own_deadline.is_some() => Err(tonic::Status::deadline_exceeded("client deadline expired")),
+            Err(_) if own_deadline.is_some() => {
+                Err(tonic::Status::deadline_exceeded("client deadline expired"))
+            }
             Err(_) => {
                 st.abandoned += u64::from(counted);
                 break;
@@ -399,7 +499,10 @@ fn classify(status: &tonic::Status, elapsed: Duration, timeout: Option<Duration>
 
 /// How many of the true neighbours (negative ids are padding) are among those returned.
 fn hits(got: &[Neighbor], truth: &[i32]) -> usize {
-    truth.iter().filter(|&&t| t >= 0 && got.iter().any(|n| n.id == t as u64)).count()
+    truth
+        .iter()
+        .filter(|&&t| t >= 0 && got.iter().any(|n| n.id == t as u64))
+        .count()
 }
 
 /// The p-th percentile (nearest rank) of sorted samples; 0 when there are none.
@@ -459,9 +562,17 @@ fn summarise(stats: Vec<WorkerStats>, win: &Window, k: u32, with_gt: bool) -> Su
             by_status.insert(format!("{:?}", Code::from_i32(code as i32)), n.into());
         }
     }
-    let mean_ms = if ok == 0 { 0.0 } else { latencies.iter().sum::<f64>() / ok as f64 };
+    let mean_ms = if ok == 0 {
+        0.0
+    } else {
+        latencies.iter().sum::<f64>() / ok as f64
+    };
     Summary {
-        qps: if duration_s > 0.0 { ok as f64 / duration_s } else { 0.0 },
+        qps: if duration_s > 0.0 {
+            ok as f64 / duration_s
+        } else {
+            0.0
+        },
         p50_ms: nearest_rank(&latencies, 50.0),
         p95_ms: nearest_rank(&latencies, 95.0),
         p99_ms: nearest_rank(&latencies, 99.0),
@@ -484,17 +595,19 @@ mod tests {
 
     use ::quiver_server::proto::quiver_server::{Quiver, QuiverServer};
     use ::quiver_server::proto::{
-        CollectionInfo, CreateCollectionRequest, DeleteRequest, DeleteResponse, DropCollectionRequest,
-        DropCollectionResponse, FlushRequest, FlushResponse, ListCollectionsRequest, ListCollectionsResponse,
-        LoadIndexRequest, SearchBatchRequest, SearchBatchResponse, SearchResponse, TrainRequest, UpsertRequest,
-        UpsertResponse,
+        CollectionInfo, CreateCollectionRequest, DeleteRequest, DeleteResponse,
+        DropCollectionRequest, DropCollectionResponse, FlushRequest, FlushResponse,
+        ListCollectionsRequest, ListCollectionsResponse, LoadIndexRequest, SearchBatchRequest,
+        SearchBatchResponse, SearchResponse, TrainRequest, UpsertRequest, UpsertResponse,
     };
     use tonic::{Request, Response, Status};
 
     use super::*;
 
     fn nb(ids: &[u64]) -> Vec<Neighbor> {
-        ids.iter().map(|&id| Neighbor { id, distance: 0.0 }).collect()
+        ids.iter()
+            .map(|&id| Neighbor { id, distance: 0.0 })
+            .collect()
     }
 
     #[test]
@@ -523,14 +636,29 @@ mod tests {
     #[test]
     fn recall_averages_over_successful_requests() {
         let t0 = Instant::now();
-        let win = Window { measure_start: t0, end: t0 + Duration::from_secs(1), hard_stop: t0 + Duration::from_secs(2) };
-        let a = WorkerStats { latencies_ms: vec![1.0, 3.0], hits: 7, ..Default::default() };
-        let mut b = WorkerStats { latencies_ms: vec![2.0, 4.0], hits: 5, ..Default::default() };
+        let win = Window {
+            measure_start: t0,
+            end: t0 + Duration::from_secs(1),
+            hard_stop: t0 + Duration::from_secs(2),
+        };
+        let a = WorkerStats {
+            latencies_ms: vec![1.0, 3.0],
+            hits: 7,
+            ..Default::default()
+        };
+        let mut b = WorkerStats {
+            latencies_ms: vec![2.0, 4.0],
+            hits: 5,
+            ..Default::default()
+        };
         b.errors[Code::Unavailable as usize] = 3;
         let s = summarise(vec![a, b], &win, 4, true);
         assert_eq!(s.recall, Some(12.0 / 16.0));
         assert_eq!((s.requests, s.errors), (7, 3));
-        assert_eq!(s.errors_by_status.get("Unavailable"), Some(&serde_json::Value::from(3u64)));
+        assert_eq!(
+            s.errors_by_status.get("Unavailable"),
+            Some(&serde_json::Value::from(3u64))
+        );
         assert_eq!((s.p50_ms, s.max_ms, s.mean_ms), (2.0, 4.0, 2.5));
         assert!((s.qps - 4.0).abs() < 1e-9 && (s.duration_s - 1.0).abs() < 1e-9);
         assert_eq!(summarise(vec![], &win, 4, true).recall, None);
@@ -554,10 +682,19 @@ mod tests {
     fn cancelled_after_the_deadline_is_the_deadline() {
         let st = Status::cancelled("Timeout expired");
         let t = Some(Duration::from_millis(50));
-        assert_eq!(classify(&st, Duration::from_millis(51), t), Code::DeadlineExceeded);
+        assert_eq!(
+            classify(&st, Duration::from_millis(51), t),
+            Code::DeadlineExceeded
+        );
         assert_eq!(classify(&st, Duration::from_millis(10), t), Code::Cancelled);
-        assert_eq!(classify(&st, Duration::from_millis(51), None), Code::Cancelled);
-        assert_eq!(format!("{:?}", Code::ResourceExhausted), "ResourceExhausted");
+        assert_eq!(
+            classify(&st, Duration::from_millis(51), None),
+            Code::Cancelled
+        );
+        assert_eq!(
+            format!("{:?}", Code::ResourceExhausted),
+            "ResourceExhausted"
+        );
     }
 
     fn args(addr: &str) -> Args {
@@ -645,40 +782,74 @@ mod tests {
 
     #[tonic::async_trait]
     impl Quiver for Fake {
-        async fn create_collection(&self, _: Request<CreateCollectionRequest>) -> Result<Response<CollectionInfo>, Status> {
+        async fn create_collection(
+            &self,
+            _: Request<CreateCollectionRequest>,
+        ) -> Result<Response<CollectionInfo>, Status> {
             Err(Status::unimplemented(""))
         }
-        async fn drop_collection(&self, _: Request<DropCollectionRequest>) -> Result<Response<DropCollectionResponse>, Status> {
+        async fn drop_collection(
+            &self,
+            _: Request<DropCollectionRequest>,
+        ) -> Result<Response<DropCollectionResponse>, Status> {
             Err(Status::unimplemented(""))
         }
-        async fn list_collections(&self, _: Request<ListCollectionsRequest>) -> Result<Response<ListCollectionsResponse>, Status> {
+        async fn list_collections(
+            &self,
+            _: Request<ListCollectionsRequest>,
+        ) -> Result<Response<ListCollectionsResponse>, Status> {
             Err(Status::unimplemented(""))
         }
-        async fn get_collection(&self, r: Request<GetCollectionRequest>) -> Result<Response<CollectionInfo>, Status> {
+        async fn get_collection(
+            &self,
+            r: Request<GetCollectionRequest>,
+        ) -> Result<Response<CollectionInfo>, Status> {
             if r.get_ref().name != "c" {
                 return Err(Status::not_found("no such collection"));
             }
-            Ok(Response::new(CollectionInfo { name: "c".into(), dim: 4, ..Default::default() }))
+            Ok(Response::new(CollectionInfo {
+                name: "c".into(),
+                dim: 4,
+                ..Default::default()
+            }))
         }
-        async fn upsert(&self, _: Request<UpsertRequest>) -> Result<Response<UpsertResponse>, Status> {
+        async fn upsert(
+            &self,
+            _: Request<UpsertRequest>,
+        ) -> Result<Response<UpsertResponse>, Status> {
             Err(Status::unimplemented(""))
         }
-        async fn upsert_stream(&self, _: Request<tonic::Streaming<UpsertRequest>>) -> Result<Response<UpsertResponse>, Status> {
+        async fn upsert_stream(
+            &self,
+            _: Request<tonic::Streaming<UpsertRequest>>,
+        ) -> Result<Response<UpsertResponse>, Status> {
             Err(Status::unimplemented(""))
         }
-        async fn delete(&self, _: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        async fn delete(
+            &self,
+            _: Request<DeleteRequest>,
+        ) -> Result<Response<DeleteResponse>, Status> {
             Err(Status::unimplemented(""))
         }
-        async fn train(&self, _: Request<TrainRequest>) -> Result<Response<CollectionInfo>, Status> {
+        async fn train(
+            &self,
+            _: Request<TrainRequest>,
+        ) -> Result<Response<CollectionInfo>, Status> {
             Err(Status::unimplemented(""))
         }
-        async fn load_index(&self, _: Request<LoadIndexRequest>) -> Result<Response<CollectionInfo>, Status> {
+        async fn load_index(
+            &self,
+            _: Request<LoadIndexRequest>,
+        ) -> Result<Response<CollectionInfo>, Status> {
             Err(Status::unimplemented(""))
         }
         async fn flush(&self, _: Request<FlushRequest>) -> Result<Response<FlushResponse>, Status> {
             Err(Status::unimplemented(""))
         }
-        async fn search(&self, r: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
+        async fn search(
+            &self,
+            r: Request<SearchRequest>,
+        ) -> Result<Response<SearchResponse>, Status> {
             let (v, k) = (&r.get_ref().vector, u64::from(r.get_ref().k));
             if v[2] > 0.0 {
                 return Err(Status::resource_exhausted("queue full"));
@@ -688,9 +859,19 @@ mod tests {
             }
             let n = if v[3] > 0.0 { k / 2 } else { k };
             let base = v[0] as u64;
-            Ok(Response::new(SearchResponse { neighbors: (0..n).map(|i| Neighbor { id: base + i, distance: i as f32 }).collect() }))
+            Ok(Response::new(SearchResponse {
+                neighbors: (0..n)
+                    .map(|i| Neighbor {
+                        id: base + i,
+                        distance: i as f32,
+                    })
+                    .collect(),
+            }))
         }
-        async fn search_batch(&self, _: Request<SearchBatchRequest>) -> Result<Response<SearchBatchResponse>, Status> {
+        async fn search_batch(
+            &self,
+            _: Request<SearchBatchRequest>,
+        ) -> Result<Response<SearchBatchResponse>, Status> {
             Err(Status::unimplemented(""))
         }
     }
@@ -699,13 +880,23 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        tokio::spawn(tonic::transport::Server::builder().add_service(QuiverServer::new(Fake)).serve_with_incoming(incoming));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(QuiverServer::new(Fake))
+                .serve_with_incoming(incoming),
+        );
         addr.to_string()
     }
 
     /// Rows [base, sleep_ms, fail, half]; ground truth row i = base_i, base_i + 1, … (6 wide).
     fn workload(rows: &[[f32; 4]], with_gt: bool, timeout_ms: Option<u64>) -> Arc<Workload> {
-        let gt = with_gt.then(|| GroundTruth { k: 6, ids: rows.iter().flat_map(|r| (0..6).map(move |i| r[0] as i32 + i)).collect() });
+        let gt = with_gt.then(|| GroundTruth {
+            k: 6,
+            ids: rows
+                .iter()
+                .flat_map(|r| (0..6).map(move |i| r[0] as i32 + i))
+                .collect(),
+        });
         Arc::new(Workload {
             collection: "c".into(),
             dim: 4,
@@ -719,7 +910,9 @@ mod tests {
     }
 
     fn num(v: &serde_json::Value, key: &str) -> f64 {
-        v[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {v}"))
+        v[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} missing in {v}"))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -728,9 +921,27 @@ mod tests {
         let mut a = args(&addr);
         a.warmup = 0.1;
         a.connections = 2;
-        let rows = [[0.0, 0.0, 0.0, 0.0], [10.0, 0.0, 0.0, 0.0], [20.0, 0.0, 0.0, 0.0], [30.0, 0.0, 0.0, 0.0]];
-        let r = execute(&a, workload(&rows, true, Some(2000))).await.unwrap();
-        for key in ["qps", "p50_ms", "p95_ms", "p99_ms", "mean_ms", "max_ms", "requests", "errors", "concurrency", "duration_s"] {
+        let rows = [
+            [0.0, 0.0, 0.0, 0.0],
+            [10.0, 0.0, 0.0, 0.0],
+            [20.0, 0.0, 0.0, 0.0],
+            [30.0, 0.0, 0.0, 0.0],
+        ];
+        let r = execute(&a, workload(&rows, true, Some(2000)))
+            .await
+            .unwrap();
+        for key in [
+            "qps",
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+            "mean_ms",
+            "max_ms",
+            "requests",
+            "errors",
+            "concurrency",
+            "duration_s",
+        ] {
             num(&r, key);
         }
         assert!(num(&r, "requests") > 10.0, "{r}");
@@ -738,7 +949,10 @@ mod tests {
         assert_eq!(r["errors_by_status"], serde_json::json!({}));
         assert_eq!(num(&r, "recall"), 1.0);
         assert!(num(&r, "warmup_requests") > 0.0);
-        assert!(num(&r, "duration_s") >= 0.3 && num(&r, "duration_s") < 1.0, "{r}");
+        assert!(
+            num(&r, "duration_s") >= 0.3 && num(&r, "duration_s") < 1.0,
+            "{r}"
+        );
         let qps = num(&r, "requests") / num(&r, "duration_s");
         assert!((num(&r, "qps") - qps).abs() < 1e-6 * qps);
         assert!(num(&r, "p50_ms") <= num(&r, "p95_ms") && num(&r, "p95_ms") <= num(&r, "p99_ms"));
@@ -747,9 +961,13 @@ mod tests {
 
         // Short answers: 2 of k = 4 found on every request.
         let half = [[0.0, 0.0, 0.0, 1.0], [10.0, 0.0, 0.0, 1.0]];
-        let r = execute(&args(&addr), workload(&half, true, None)).await.unwrap();
+        let r = execute(&args(&addr), workload(&half, true, None))
+            .await
+            .unwrap();
         assert_eq!(num(&r, "recall"), 0.5);
-        let r = execute(&args(&addr), workload(&half, false, None)).await.unwrap();
+        let r = execute(&args(&addr), workload(&half, false, None))
+            .await
+            .unwrap();
         assert!(r.get("recall").is_none());
     }
 
@@ -761,7 +979,9 @@ mod tests {
         a.timeout_ms = Some(50);
         // Worker 0 always sends row 0 (rejected), worker 1 row 1 (too slow for the deadline).
         let rows = [[0.0, 0.0, 1.0, 0.0], [0.0, 300.0, 0.0, 0.0]];
-        let r = execute(&a, workload(&rows, false, a.timeout_ms)).await.unwrap();
+        let r = execute(&a, workload(&rows, false, a.timeout_ms))
+            .await
+            .unwrap();
         let by = &r["errors_by_status"];
         assert!(by["ResourceExhausted"].as_u64().unwrap() > 0, "{r}");
         assert!(by["DeadlineExceeded"].as_u64().unwrap() > 0, "{r}");
@@ -776,7 +996,9 @@ mod tests {
         a.concurrency = 4;
         a.duration = 0.5;
         a.rate = Some(100.0);
-        let r = execute(&a, workload(&[[0.0; 4]], false, None)).await.unwrap();
+        let r = execute(&a, workload(&[[0.0; 4]], false, None))
+            .await
+            .unwrap();
         let n = num(&r, "requests");
         assert!((40.0..=51.0).contains(&n), "{r}");
         assert_eq!(num(&r, "rate"), 100.0);
@@ -787,17 +1009,37 @@ mod tests {
         let addr = start_fake().await;
         let mut a = args(&addr);
         a.collection = "nope".into();
-        let e = format!("{:#}", execute(&a, workload(&[[0.0; 4]], false, None)).await.unwrap_err());
+        let e = format!(
+            "{:#}",
+            execute(&a, workload(&[[0.0; 4]], false, None))
+                .await
+                .unwrap_err()
+        );
         assert!(e.contains("\"nope\" not found"), "{e}");
 
-        let w = Arc::new(Workload { dim: 2, queries: vec![0.0; 2], ..Arc::try_unwrap(workload(&[[0.0; 4]], false, None)).ok().unwrap() });
+        let w = Arc::new(Workload {
+            dim: 2,
+            queries: vec![0.0; 2],
+            ..Arc::try_unwrap(workload(&[[0.0; 4]], false, None))
+                .ok()
+                .unwrap()
+        });
         let e = format!("{:#}", execute(&args(&addr), w).await.unwrap_err());
         assert!(e.contains("dimension 4"), "{e}");
 
         // A port with nothing listening.
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
         let t = std::time::Instant::now();
-        let e = format!("{:#}", execute(&args(&closed), workload(&[[0.0; 4]], false, None)).await.unwrap_err());
+        let e = format!(
+            "{:#}",
+            execute(&args(&closed), workload(&[[0.0; 4]], false, None))
+                .await
+                .unwrap_err()
+        );
         assert!(e.contains(&format!("cannot connect to {closed}")), "{e}");
         assert!(t.elapsed() < Duration::from_secs(7));
     }

@@ -28,8 +28,12 @@ pub enum BackendChoice {
 }
 
 /// Loads an index and prepares it on the chosen backend.
-pub fn open_index(path: &Path, backend: BackendChoice) -> anyhow::Result<(CpuBackend, CpuPrepared)> {
-    let index = quiver_engine::persist::load(path).with_context(|| format!("loading index {}", path.display()))?;
+pub fn open_index(
+    path: &Path,
+    backend: BackendChoice,
+) -> anyhow::Result<(CpuBackend, CpuPrepared)> {
+    let index = quiver_engine::persist::load(path)
+        .with_context(|| format!("loading index {}", path.display()))?;
     let backend = match backend {
         BackendChoice::Auto | BackendChoice::Cpu => CpuBackend,
     };

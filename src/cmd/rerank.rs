@@ -46,17 +46,32 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let cands = VectorFile::open(&a.candidates)?;
     let base = VectorSet::open(&a.base)?;
     if cands.element_type() != ElementType::I32 {
-        bail!("{}: candidates must be integer ids (.ivecs or int32 .npy)", a.candidates.display());
+        bail!(
+            "{}: candidates must be integer ids (.ivecs or int32 .npy)",
+            a.candidates.display()
+        );
     }
     if queries.dim() != base.dim() {
-        return Err(EngineError::DimensionMismatch { expected: base.dim(), got: queries.dim() })
-            .with_context(|| format!("queries {}", a.queries.display()));
+        return Err(EngineError::DimensionMismatch {
+            expected: base.dim(),
+            got: queries.dim(),
+        })
+        .with_context(|| format!("queries {}", a.queries.display()));
     }
     if cands.len() != queries.len() {
-        bail!("{}: {} candidate rows for {} queries", a.candidates.display(), cands.len(), queries.len());
+        bail!(
+            "{}: {} candidate rows for {} queries",
+            a.candidates.display(),
+            cands.len(),
+            queries.len()
+        );
     }
     if a.k == 0 || a.k > quiver_engine::backend::MAX_K {
-        return Err(EngineError::KOutOfRange { k: a.k, max: quiver_engine::backend::MAX_K }.into());
+        return Err(EngineError::KOutOfRange {
+            k: a.k,
+            max: quiver_engine::backend::MAX_K,
+        }
+        .into());
     }
     let (dim, per) = (queries.dim(), cands.dim());
     let mut out = ResultWriter::create(&a.out, a.distances.as_deref(), a.k)?;
@@ -85,9 +100,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         base.gather_f32(&rows, &mut v)?;
         let ids: Vec<i64> = c.iter().map(|&x| x as i64).collect();
         let res = rerank(a.metric, dim, &q, &ids, &v, a.k).map_err(|e| match e {
-            EngineError::NonFinite { row, component, value } if ids.iter().all(|&i| i as usize != row) => {
-                EngineError::NonFinite { row: row + start, component, value }
-            }
+            EngineError::NonFinite {
+                row,
+                component,
+                value,
+            } if ids.iter().all(|&i| i as usize != row) => EngineError::NonFinite {
+                row: row + start,
+                component,
+                value,
+            },
             e => e,
         });
         out.write(&res.context("re-ranking")?)?;
@@ -95,6 +116,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     progress.finish_stage();
     out.finish()?;
-    eprintln!("re-ranked {} queries ({per} candidates each) into {}", queries.len(), a.out.display());
+    eprintln!(
+        "re-ranked {} queries ({per} candidates each) into {}",
+        queries.len(),
+        a.out.display()
+    );
     Ok(())
 }

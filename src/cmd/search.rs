@@ -45,13 +45,20 @@ const QUERY_CHUNK: usize = 4096;
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let (backend, prepared) = open_index(&a.index, a.backend)?;
-    let params = SearchParams { k: a.k, nprobe: a.nprobe, refine_factor: a.refine_factor };
+    let params = SearchParams {
+        k: a.k,
+        nprobe: a.nprobe,
+        refine_factor: a.refine_factor,
+    };
     params.validate(quiver_engine::backend::PreparedIndex::index(&prepared))?;
     let queries = VectorFile::open(&a.queries)?;
     let dim = quiver_engine::backend::PreparedIndex::index(&prepared).dim();
     if queries.dim() != dim {
-        return Err(EngineError::DimensionMismatch { expected: dim, got: queries.dim() })
-            .with_context(|| format!("queries {}", a.queries.display()));
+        return Err(EngineError::DimensionMismatch {
+            expected: dim,
+            got: queries.dim(),
+        })
+        .with_context(|| format!("queries {}", a.queries.display()));
     }
     eprintln!("backend: {}", backend.name());
     let mut out = ResultWriter::create(&a.out, a.distances.as_deref(), a.k)?;
@@ -59,7 +66,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     for chunk in queries.chunks_f32(QUERY_CHUNK) {
         let (start, q) = chunk?;
         let res = backend.search(&prepared, &q, &params).map_err(|e| match e {
-            EngineError::NonFinite { row, component, value } => EngineError::NonFinite { row: row + start, component, value },
+            EngineError::NonFinite {
+                row,
+                component,
+                value,
+            } => EngineError::NonFinite {
+                row: row + start,
+                component,
+                value,
+            },
             EngineError::ZeroVector { row } => EngineError::ZeroVector { row: row + start },
             e => e,
         });
@@ -67,6 +82,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     out.finish()?;
     let secs = started.elapsed().as_secs_f64();
-    eprintln!("searched {} queries in {:.3} s ({:.0} QPS)", queries.len(), secs, queries.len() as f64 / secs.max(1e-9));
+    eprintln!(
+        "searched {} queries in {:.3} s ({:.0} QPS)",
+        queries.len(),
+        secs,
+        queries.len() as f64 / secs.max(1e-9)
+    );
     Ok(())
 }

@@ -66,24 +66,38 @@ fn parse_collection(s: &str) -> anyhow::Result<StaticCollection> {
     if name.is_empty() || path.is_empty() {
         bail!("--collection {s:?}: expected NAME=INDEX or NAME=INDEX:rw");
     }
-    Ok(StaticCollection { name: name.to_string(), path: PathBuf::from(path), writable })
+    Ok(StaticCollection {
+        name: name.to_string(),
+        path: PathBuf::from(path),
+        writable,
+    })
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
-    if a.max_batch == 0 || a.queue_capacity == 0 || a.max_k == 0 || a.max_queries_per_request == 0 || a.max_dim == 0 {
+    if a.max_batch == 0
+        || a.queue_capacity == 0
+        || a.max_k == 0
+        || a.max_queries_per_request == 0
+        || a.max_dim == 0
+    {
         bail!("--max-batch, --queue-capacity, --max-k, --max-queries-per-request and --max-dim must be at least 1");
     }
     if !(a.max_delay_ms.is_finite() && a.max_delay_ms >= 0.0) {
         bail!("--max-delay-ms must be a non-negative number");
     }
-    let static_collections = a.collections.iter().map(|s| parse_collection(s)).collect::<anyhow::Result<Vec<_>>>()?;
+    let static_collections = a
+        .collections
+        .iter()
+        .map(|s| parse_collection(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let config = ServerConfig {
         listen: a.listen,
         metrics_listen: a.metrics_listen,
@@ -102,7 +116,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         },
         wal_snapshot_bytes: a.wal_snapshot_mib.saturating_mul(1 << 20),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     let data_dir = a.data_dir.clone();
     rt.block_on(quiver_server::server::serve(
         config,

@@ -62,6 +62,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     w.write_f32(&g.rows(a.n, a.queries))?;
     w.finish()?;
     progress.finish_stage();
-    eprintln!("wrote {} base and {} query vectors of dimension {}", a.n, a.queries, a.dim);
+    eprintln!(
+        "wrote {} base and {} query vectors of dimension {}",
+        a.n, a.queries, a.dim
+    );
     Ok(())
 }

@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::{run_stages, Backend, Candidates, LookupTables, Neighbors, PreparedIndex, Probes, SearchParams, Slot};
+use super::{
+    run_stages, Backend, Candidates, LookupTables, Neighbors, PreparedIndex, Probes, SearchParams,
+    Slot,
+};
 use crate::error::EngineError;
 use crate::fastscan::{self, QuantizedTable};
 use crate::index::IvfPqIndex;
@@ -51,7 +54,10 @@ fn pack(list: usize, offset: usize) -> u64 {
 
 #[inline]
 fn unpack(v: u64) -> Slot {
-    Slot { list: (v >> 32) as u32, offset: v as u32 }
+    Slot {
+        list: (v >> 32) as u32,
+        offset: v as u32,
+    }
 }
 
 impl Backend for CpuBackend {
@@ -76,21 +82,41 @@ impl Backend for CpuBackend {
             });
             Some(Arc::new(terms))
         };
-        Ok(CpuPrepared { index, centroid_norms: Arc::new(centroid_norms), l2_list_terms })
+        Ok(CpuPrepared {
+            index,
+            centroid_norms: Arc::new(centroid_norms),
+            l2_list_terms,
+        })
     }
 
     /// Runs the stages inside the rayon pool: a caller outside it (a server's blocking thread)
     /// hands the pool one job per search instead of one per parallel stage.
-    fn search(&self, prepared: &CpuPrepared, queries: &[f32], params: &SearchParams) -> Result<Neighbors, EngineError> {
-        if rayon::current_thread_index().is_some() {
+    /// A single query runs on the calling thread, every stage inline: handing it to the pool
+    /// would cost two thread switches, more than its work on one core.
+    fn search(
+        &self,
+        prepared: &CpuPrepared,
+        queries: &[f32],
+        params: &SearchParams,
+    ) -> Result<Neighbors, EngineError> {
+        if rayon::current_thread_index().is_some() || queries.len() <= prepared.index.dim() {
             return run_stages(self, prepared, queries, params);
         }
         let mut result = None;
         rayon::scope(|_| result = Some(run_stages(self, prepared, queries, params)));
-        result.unwrap_or_else(|| Err(EngineError::BackendUnavailable { backend: "cpu", reason: "search did not run".into() }))
+        result.unwrap_or_else(|| {
+            Err(EngineError::BackendUnavailable {
+                backend: "cpu",
+                reason: "search did not run".into(),
+            })
+        })
     }
 
-    fn refresh(&self, prepared: &CpuPrepared, index: Arc<IvfPqIndex>) -> Result<CpuPrepared, EngineError> {
+    fn refresh(
+        &self,
+        prepared: &CpuPrepared,
+        index: Arc<IvfPqIndex>,
+    ) -> Result<CpuPrepared, EngineError> {
         if !prepared.index.shares_quantizers_with(&index) {
             return self.prepare(index);
         }
@@ -101,38 +127,70 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn coarse_search(&self, p: &CpuPrepared, queries: &[f32], nprobe: usize) -> Result<Probes, EngineError> {
+    fn coarse_search(
+        &self,
+        p: &CpuPrepared,
+        queries: &[f32],
+        nprobe: usize,
+    ) -> Result<Probes, EngineError> {
         let index = &p.index;
         let (dim, nlist) = (index.dim(), index.nlist());
         let nq = queries.len() / dim;
         let ip_metric = index.metric().is_inner_product();
         let mut lists = vec![0u32; nq * nprobe];
         let mut scores = vec![0f32; nq * nprobe];
-        queries
-            .par_chunks(COARSE_BLOCK * dim)
-            .zip(lists.par_chunks_mut(COARSE_BLOCK * nprobe))
-            .zip(scores.par_chunks_mut(COARSE_BLOCK * nprobe))
-            .for_each(|((qs, l_out), s_out)| {
-                let rows = qs.len() / dim;
-                let mut ip = vec![0f32; rows * nlist];
-                gemm_abt(qs, dim, rows, index.centroids(), dim, nlist, dim, &mut ip, nlist);
-                let mut top = TopK::new(nprobe);
-                for r in 0..rows {
-                    let q_norm = if ip_metric { 0.0 } else { dot(&qs[r * dim..(r + 1) * dim], &qs[r * dim..(r + 1) * dim]) };
-                    top.clear();
-                    for (c, &v) in ip[r * nlist..(r + 1) * nlist].iter().enumerate() {
-                        let s = if ip_metric { -v } else { (q_norm + p.centroid_norms[c] - 2.0 * v).max(0.0) };
-                        if s <= top.threshold() {
-                            top.push(s, c as u32);
-                        }
-                    }
-                    for (j, e) in top.drain_sorted().into_iter().enumerate() {
-                        l_out[r * nprobe + j] = e.item;
-                        s_out[r * nprobe + j] = e.score;
+        let block = |((qs, l_out), s_out): ((&[f32], &mut [u32]), &mut [f32])| {
+            let rows = qs.len() / dim;
+            let mut ip = vec![0f32; rows * nlist];
+            gemm_abt(
+                qs,
+                dim,
+                rows,
+                index.centroids(),
+                dim,
+                nlist,
+                dim,
+                &mut ip,
+                nlist,
+            );
+            let mut top = TopK::new(nprobe);
+            for r in 0..rows {
+                let q_norm = if ip_metric {
+                    0.0
+                } else {
+                    dot(&qs[r * dim..(r + 1) * dim], &qs[r * dim..(r + 1) * dim])
+                };
+                top.clear();
+                for (c, &v) in ip[r * nlist..(r + 1) * nlist].iter().enumerate() {
+                    let s = if ip_metric {
+                        -v
+                    } else {
+                        (q_norm + p.centroid_norms[c] - 2.0 * v).max(0.0)
+                    };
+                    if s <= top.threshold() {
+                        top.push(s, c as u32);
                     }
                 }
-            });
-        Ok(Probes { nprobe, lists, scores })
+                for (j, e) in top.drain_sorted().into_iter().enumerate() {
+                    l_out[r * nprobe + j] = e.item;
+                    s_out[r * nprobe + j] = e.score;
+                }
+            }
+        };
+        if nq <= COARSE_BLOCK {
+            block(((queries, &mut lists[..]), &mut scores[..]));
+        } else {
+            queries
+                .par_chunks(COARSE_BLOCK * dim)
+                .zip(lists.par_chunks_mut(COARSE_BLOCK * nprobe))
+                .zip(scores.par_chunks_mut(COARSE_BLOCK * nprobe))
+                .for_each(block);
+        }
+        Ok(Probes {
+            nprobe,
+            lists,
+            scores,
+        })
     }
 
     fn lookup_tables(&self, p: &CpuPrepared, queries: &[f32]) -> Result<LookupTables, EngineError> {
@@ -141,12 +199,26 @@ impl Backend for CpuBackend {
         let (m, ksub) = (pq.m(), pq.ksub());
         let mut values = vec![0f32; nq * m * ksub];
         pq.inner_product_tables(queries, &mut values);
-        let factor = if p.index.metric().is_inner_product() { -1.0 } else { -2.0 };
-        values.par_iter_mut().for_each(|v| *v *= factor);
+        let factor = if p.index.metric().is_inner_product() {
+            -1.0
+        } else {
+            -2.0
+        };
+        if nq == 1 {
+            values.iter_mut().for_each(|v| *v *= factor);
+        } else {
+            values.par_iter_mut().for_each(|v| *v *= factor);
+        }
         Ok(LookupTables { m, ksub, values })
     }
 
-    fn scan(&self, p: &CpuPrepared, probes: &Probes, tables: &LookupTables, keep: usize) -> Result<Candidates, EngineError> {
+    fn scan(
+        &self,
+        p: &CpuPrepared,
+        probes: &Probes,
+        tables: &LookupTables,
+        keep: usize,
+    ) -> Result<Candidates, EngineError> {
         let index = &p.index;
         let layout = index.layout();
         let level = crate::simd::level();
@@ -155,59 +227,99 @@ impl Backend for CpuBackend {
         let nq = probes.lists.len() / probes.nprobe.max(1);
         let mut slots = vec![Slot::NONE; nq * keep];
         let mut scores = vec![f32::INFINITY; nq * keep];
-        slots
-            .par_chunks_mut(keep)
-            .zip(scores.par_chunks_mut(keep))
-            .enumerate()
-            .for_each_init(
-                || (TopK::new(keep), vec![0f32; table_len], QuantizedTable::new(m)),
-                |(top, combined, quantized), (q, (slot_out, score_out))| {
-                    top.clear();
-                    let q_table = &tables.values[q * table_len..(q + 1) * table_len];
-                    // Inner product: one table for every list (the list enters through the bias),
-                    // so fast-scan quantizes it once per query.
-                    let shared = layout == CodeLayout::Packed4x32 && p.l2_list_terms.is_none();
-                    if shared {
-                        quantized.quantize(q_table, 0.0);
-                    }
-                    for j in 0..probes.nprobe {
-                        let l = probes.lists[q * probes.nprobe + j] as usize;
-                        let bias = probes.scores[q * probes.nprobe + j];
-                        let list = &index.lists()[l];
-                        let table: &[f32] = match p.l2_list_terms.as_deref() {
-                            None => q_table,
-                            Some(terms) => {
-                                let t = &terms[l * table_len..(l + 1) * table_len];
-                                combined.iter_mut().zip(t.iter().zip(q_table)).for_each(|(o, (a, b))| *o = a + b);
-                                combined
-                            }
-                        };
-                        match layout {
-                            CodeLayout::Flat => scan_flat_codes(list.codes.as_slice(), m, ksub, table, bias, l, list, top),
-                            CodeLayout::Packed4x32 => {
-                                let offset = if shared {
-                                    bias
-                                } else {
-                                    quantized.quantize(table, bias);
-                                    0.0
-                                };
-                                let codes = list.codes.as_slice();
-                                fastscan::scan_list(level, codes, list.len(), quantized, offset, list.tombstones(), top, |s| {
-                                    pack(l, s)
-                                });
-                            }
+        let init = || {
+            (
+                TopK::new(keep),
+                vec![0f32; table_len],
+                QuantizedTable::new(m),
+            )
+        };
+        let body =
+            |(top, combined, quantized): &mut (TopK<u64>, Vec<f32>, QuantizedTable),
+             (q, (slot_out, score_out)): (usize, (&mut [Slot], &mut [f32]))| {
+                top.clear();
+                let q_table = &tables.values[q * table_len..(q + 1) * table_len];
+                // Inner product: one table for every list (the list enters through the bias),
+                // so fast-scan quantizes it once per query.
+                let shared = layout == CodeLayout::Packed4x32 && p.l2_list_terms.is_none();
+                if shared {
+                    quantized.quantize(q_table, 0.0);
+                }
+                for j in 0..probes.nprobe {
+                    let l = probes.lists[q * probes.nprobe + j] as usize;
+                    let bias = probes.scores[q * probes.nprobe + j];
+                    let list = &index.lists()[l];
+                    let table: &[f32] = match p.l2_list_terms.as_deref() {
+                        None => q_table,
+                        Some(terms) => {
+                            let t = &terms[l * table_len..(l + 1) * table_len];
+                            combined
+                                .iter_mut()
+                                .zip(t.iter().zip(q_table))
+                                .for_each(|(o, (a, b))| *o = a + b);
+                            combined
+                        }
+                    };
+                    match layout {
+                        CodeLayout::Flat => scan_flat_codes(
+                            list.codes.as_slice(),
+                            m,
+                            ksub,
+                            table,
+                            bias,
+                            l,
+                            list,
+                            top,
+                        ),
+                        CodeLayout::Packed4x32 => {
+                            let offset = if shared {
+                                bias
+                            } else {
+                                quantized.quantize(table, bias);
+                                0.0
+                            };
+                            let codes = list.codes.as_slice();
+                            fastscan::scan_list(
+                                level,
+                                codes,
+                                list.len(),
+                                quantized,
+                                offset,
+                                list.tombstones(),
+                                top,
+                                |s| pack(l, s),
+                            );
                         }
                     }
-                    for (i, e) in top.drain_sorted().into_iter().enumerate() {
-                        slot_out[i] = unpack(e.item);
-                        score_out[i] = e.score;
-                    }
-                },
-            );
-        Ok(Candidates { per_query: keep, slots, scores })
+                }
+                for (i, e) in top.drain_sorted().into_iter().enumerate() {
+                    slot_out[i] = unpack(e.item);
+                    score_out[i] = e.score;
+                }
+            };
+        if nq == 1 {
+            body(&mut init(), (0, (&mut slots[..], &mut scores[..])));
+        } else {
+            slots
+                .par_chunks_mut(keep)
+                .zip(scores.par_chunks_mut(keep))
+                .enumerate()
+                .for_each_init(init, body);
+        }
+        Ok(Candidates {
+            per_query: keep,
+            slots,
+            scores,
+        })
     }
 
-    fn refine(&self, p: &CpuPrepared, queries: &[f32], candidates: &Candidates, k: usize) -> Result<Neighbors, EngineError> {
+    fn refine(
+        &self,
+        p: &CpuPrepared,
+        queries: &[f32],
+        candidates: &Candidates,
+        k: usize,
+    ) -> Result<Neighbors, EngineError> {
         let index = &p.index;
         let dim = index.dim();
         let metric = index.metric();
@@ -217,40 +329,47 @@ impl Backend for CpuBackend {
         let pad = Neighbors::padding_distance(metric);
         let mut ids = vec![-1i64; nq * k];
         let mut distances = vec![pad; nq * k];
-        ids.par_chunks_mut(k).zip(distances.par_chunks_mut(k)).enumerate().for_each_init(
-            || TopK::new(k),
-            |top, (q, (id_out, d_out))| {
-                top.clear();
-                let query = &queries[q * dim..(q + 1) * dim];
-                let slots = &candidates.slots[q * per..(q + 1) * per];
-                let approx = &candidates.scores[q * per..(q + 1) * per];
-                const AHEAD: usize = 4;
-                let prefetch = |j: usize| {
-                    if let Some(s) = slots.get(j).filter(|s| has_raw && **s != Slot::NONE) {
-                        index.lists()[s.list as usize].prefetch_raw(s.offset as usize, dim);
-                    }
+        let body = |top: &mut TopK<u64>,
+                    (q, (id_out, d_out)): (usize, (&mut [i64], &mut [f32]))| {
+            top.clear();
+            let query = &queries[q * dim..(q + 1) * dim];
+            let slots = &candidates.slots[q * per..(q + 1) * per];
+            let approx = &candidates.scores[q * per..(q + 1) * per];
+            const AHEAD: usize = 4;
+            let prefetch = |j: usize| {
+                if let Some(s) = slots.get(j).filter(|s| has_raw && **s != Slot::NONE) {
+                    index.lists()[s.list as usize].prefetch_raw(s.offset as usize, dim);
+                }
+            };
+            (0..AHEAD).for_each(prefetch);
+            for (j, (slot, &approx_score)) in slots.iter().zip(approx).enumerate() {
+                if *slot == Slot::NONE {
+                    break;
+                }
+                prefetch(j + AHEAD);
+                let list = &index.lists()[slot.list as usize];
+                let id = list.ids.as_slice()[slot.offset as usize];
+                let score = if has_raw {
+                    list.raw_score(slot.offset as usize, query, metric)
+                        .unwrap_or(approx_score)
+                } else {
+                    approx_score
                 };
-                (0..AHEAD).for_each(prefetch);
-                for (j, (slot, &approx_score)) in slots.iter().zip(approx).enumerate() {
-                    if *slot == Slot::NONE {
-                        break;
-                    }
-                    prefetch(j + AHEAD);
-                    let list = &index.lists()[slot.list as usize];
-                    let id = list.ids.as_slice()[slot.offset as usize];
-                    let score = if has_raw {
-                        list.raw_score(slot.offset as usize, query, metric).unwrap_or(approx_score)
-                    } else {
-                        approx_score
-                    };
-                    top.push(score, id);
-                }
-                for (i, e) in top.drain_sorted().into_iter().enumerate() {
-                    id_out[i] = e.item as i64;
-                    d_out[i] = metric.reported(e.score);
-                }
-            },
-        );
+                top.push(score, id);
+            }
+            for (i, e) in top.drain_sorted().into_iter().enumerate() {
+                id_out[i] = e.item as i64;
+                d_out[i] = metric.reported(e.score);
+            }
+        };
+        if nq == 1 {
+            body(&mut TopK::new(k), (0, (&mut ids[..], &mut distances[..])));
+        } else {
+            ids.par_chunks_mut(k)
+                .zip(distances.par_chunks_mut(k))
+                .enumerate()
+                .for_each_init(|| TopK::new(k), body);
+        }
         Ok(Neighbors { k, ids, distances })
     }
 }
@@ -357,12 +476,18 @@ mod tests {
                     let slot = cands.slots[qi * 20 + j];
                     let list = &idx.lists()[slot.list as usize];
                     let cs = idx.pq().code_size();
-                    idx.pq().decode(&list.codes.as_slice()[slot.offset as usize * cs..][..cs], &mut recon);
+                    idx.pq().decode(
+                        &list.codes.as_slice()[slot.offset as usize * cs..][..cs],
+                        &mut recon,
+                    );
                     let c = &idx.centroids()[slot.list as usize * dim..][..dim];
                     let full: Vec<f32> = recon.iter().zip(c).map(|(r, c)| r + c).collect();
                     let want = metric.score(query, &full);
                     let got = cands.scores[qi * 20 + j];
-                    assert!((got - want).abs() <= 1e-3 * (1.0 + want.abs()), "{metric}: {got} vs {want}");
+                    assert!(
+                        (got - want).abs() <= 1e-3 * (1.0 + want.abs()),
+                        "{metric}: {got} vs {want}"
+                    );
                     assert!(probes.lists[qi * 3..qi * 3 + 3].contains(&slot.list));
                 }
             }
@@ -378,8 +503,12 @@ mod tests {
         let dim = idx.dim();
         for qi in 0..q.len() / dim {
             let query = &q[qi * dim..(qi + 1) * dim];
-            let mut all: Vec<(f32, u32)> =
-                idx.centroids().chunks(dim).enumerate().map(|(c, x)| (crate::linalg::l2_sq(query, x), c as u32)).collect();
+            let mut all: Vec<(f32, u32)> = idx
+                .centroids()
+                .chunks(dim)
+                .enumerate()
+                .map(|(c, x)| (crate::linalg::l2_sq(query, x), c as u32))
+                .collect();
             all.sort_by(|a, b| a.0.total_cmp(&b.0));
             let want: Vec<u32> = all[..5].iter().map(|x| x.1).collect();
             assert_eq!(&probes.lists[qi * 5..qi * 5 + 5], &want[..]);
@@ -409,7 +538,8 @@ mod tests {
                     let c = &idx.centroids()[slot.list as usize * dim..][..dim];
                     let full: Vec<f32> = recon.iter().zip(c).map(|(r, c)| r + c).collect();
                     let want = metric.score(&q[qi * dim..(qi + 1) * dim], &full);
-                    worst = worst.max((cands.scores[qi * 20 + j] - want).abs() / (1.0 + want.abs()));
+                    worst =
+                        worst.max((cands.scores[qi * 20 + j] - want).abs() / (1.0 + want.abs()));
                 }
             }
             assert!(worst < 0.05, "{metric}: fast-scan score off by {worst}");
@@ -418,14 +548,30 @@ mod tests {
 
     #[test]
     fn refined_exhaustive_search_is_exact_and_deletes_are_honoured() {
-        for (metric, bits) in [(Metric::L2, 8), (Metric::InnerProduct, 8), (Metric::Cosine, 8), (Metric::L2, 4), (Metric::InnerProduct, 4)] {
+        for (metric, bits) in [
+            (Metric::L2, 8),
+            (Metric::InnerProduct, 8),
+            (Metric::Cosine, 8),
+            (Metric::L2, 4),
+            (Metric::InnerProduct, 4),
+        ] {
             let (idx, q) = index_bits(metric, RefineKind::F32, bits);
             let mut idx = Arc::try_unwrap(idx).unwrap();
             idx.delete(&[1, 2, 3, 500]);
             let idx = Arc::new(idx);
             let b = CpuBackend;
             let p = b.prepare(idx.clone()).unwrap();
-            let res = b.search(&p, &q, &SearchParams { k: 10, nprobe: 12, refine_factor: 300 }).unwrap();
+            let res = b
+                .search(
+                    &p,
+                    &q,
+                    &SearchParams {
+                        k: 10,
+                        nprobe: 12,
+                        refine_factor: 300,
+                    },
+                )
+                .unwrap();
             // Brute force over the live vectors.
             let g = ClusteredGaussian::new(24, 10, 0.4, 3);
             let mut exact = crate::bruteforce::ExactSearch::new(metric, 24, &q, 10).unwrap();
@@ -438,7 +584,10 @@ mod tests {
             let want = exact.finish();
             assert_eq!(res.ids, want.ids, "{metric}");
             for (a, b) in res.distances.iter().zip(&want.distances) {
-                assert!((a - b).abs() <= 1e-3 * (1.0 + b.abs()), "{metric}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 1e-3 * (1.0 + b.abs()),
+                    "{metric}: {a} vs {b}"
+                );
             }
         }
     }
@@ -448,7 +597,17 @@ mod tests {
         let (idx, q) = index(Metric::L2, RefineKind::None);
         let b = CpuBackend;
         let p = b.prepare(idx).unwrap();
-        let res = b.search(&p, &q[..24], &SearchParams { k: 2000, nprobe: 1, refine_factor: 1 }).unwrap();
+        let res = b
+            .search(
+                &p,
+                &q[..24],
+                &SearchParams {
+                    k: 2000,
+                    nprobe: 1,
+                    refine_factor: 1,
+                },
+            )
+            .unwrap();
         let found = res.ids.iter().filter(|&&i| i >= 0).count();
         assert!(found < 2000 && res.ids[found..].iter().all(|&i| i == -1));
         assert!(res.distances[found..].iter().all(|d| *d == f32::INFINITY));

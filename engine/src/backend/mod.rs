@@ -42,21 +42,35 @@ impl SearchParams {
     /// Checks the parameters against an index.
     pub fn validate(&self, index: &IvfPqIndex) -> Result<(), EngineError> {
         if self.k == 0 || self.k > MAX_K {
-            return Err(EngineError::KOutOfRange { k: self.k, max: MAX_K });
+            return Err(EngineError::KOutOfRange {
+                k: self.k,
+                max: MAX_K,
+            });
         }
         if self.nprobe == 0 || self.nprobe > index.nlist() {
-            return Err(EngineError::NprobeOutOfRange { nprobe: self.nprobe, nlist: index.nlist() });
+            return Err(EngineError::NprobeOutOfRange {
+                nprobe: self.nprobe,
+                nlist: index.nlist(),
+            });
         }
         if self.refine_factor == 0 {
-            return Err(EngineError::InvalidParameter { name: "refine_factor", reason: "must be at least 1".into() });
+            return Err(EngineError::InvalidParameter {
+                name: "refine_factor",
+                reason: "must be at least 1".into(),
+            });
         }
         if self.refine_factor > 1 && index.params().refine == crate::RefineKind::None {
-            return Err(EngineError::RefineUnavailable { refine_factor: self.refine_factor });
+            return Err(EngineError::RefineUnavailable {
+                refine_factor: self.refine_factor,
+            });
         }
         if self.k.saturating_mul(self.refine_factor) > MAX_CANDIDATES {
             return Err(EngineError::InvalidParameter {
                 name: "refine_factor",
-                reason: format!("k × refine_factor = {} exceeds {MAX_CANDIDATES}", self.k.saturating_mul(self.refine_factor)),
+                reason: format!(
+                    "k × refine_factor = {} exceeds {MAX_CANDIDATES}",
+                    self.k.saturating_mul(self.refine_factor)
+                ),
             });
         }
         Ok(())
@@ -102,7 +116,10 @@ pub struct Slot {
 
 impl Slot {
     /// Marks a padding entry (fewer candidates than asked for).
-    pub const NONE: Slot = Slot { list: u32::MAX, offset: u32::MAX };
+    pub const NONE: Slot = Slot {
+        list: u32::MAX,
+        offset: u32::MAX,
+    };
 }
 
 /// Output of the scan stage: each query's best candidates by approximate score.
@@ -131,7 +148,11 @@ pub struct Neighbors {
 impl Neighbors {
     /// Empty results for `k` neighbours.
     pub fn new(k: usize) -> Self {
-        Neighbors { k, ids: Vec::new(), distances: Vec::new() }
+        Neighbors {
+            k,
+            ids: Vec::new(),
+            distances: Vec::new(),
+        }
     }
     /// Number of queries.
     pub fn len(&self) -> usize {
@@ -185,16 +206,29 @@ pub trait Backend: Send + Sync {
 
     /// Prepares a later version of an already prepared index (after adds or deletes), reusing
     /// what did not change. The default prepares from scratch.
-    fn refresh(&self, prepared: &Self::Prepared, index: Arc<IvfPqIndex>) -> Result<Self::Prepared, EngineError> {
+    fn refresh(
+        &self,
+        prepared: &Self::Prepared,
+        index: Arc<IvfPqIndex>,
+    ) -> Result<Self::Prepared, EngineError> {
         let _ = prepared;
         self.prepare(index)
     }
 
     /// Stage 1: the `nprobe` best lists per query.
-    fn coarse_search(&self, prepared: &Self::Prepared, queries: &[f32], nprobe: usize) -> Result<Probes, EngineError>;
+    fn coarse_search(
+        &self,
+        prepared: &Self::Prepared,
+        queries: &[f32],
+        nprobe: usize,
+    ) -> Result<Probes, EngineError>;
 
     /// Stage 2: the PQ lookup tables of each query.
-    fn lookup_tables(&self, prepared: &Self::Prepared, queries: &[f32]) -> Result<LookupTables, EngineError>;
+    fn lookup_tables(
+        &self,
+        prepared: &Self::Prepared,
+        queries: &[f32],
+    ) -> Result<LookupTables, EngineError>;
 
     /// Stage 3: scan the probed lists, keeping each query's best `keep` candidates.
     fn scan(
@@ -221,7 +255,12 @@ pub trait Backend: Send + Sync {
     }
 
     /// Searches a batch: validates, normalises (cosine), tiles and runs the four stages.
-    fn search(&self, prepared: &Self::Prepared, queries: &[f32], params: &SearchParams) -> Result<Neighbors, EngineError> {
+    fn search(
+        &self,
+        prepared: &Self::Prepared,
+        queries: &[f32],
+        params: &SearchParams,
+    ) -> Result<Neighbors, EngineError> {
         run_stages(self, prepared, queries, params)
     }
 }

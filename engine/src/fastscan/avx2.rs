@@ -29,9 +29,15 @@ pub unsafe fn block_sums(block: &[u8], table: &[u8], out: &mut [u16; BLOCK]) {
         let v_lo = _mm256_shuffle_epi8(lut, lo);
         let v_hi = _mm256_shuffle_epi8(lut, hi);
         acc_lo = _mm256_add_epi16(acc_lo, _mm256_cvtepu8_epi16(_mm256_castsi256_si128(v_lo)));
-        acc_lo = _mm256_add_epi16(acc_lo, _mm256_cvtepu8_epi16(_mm256_extracti128_si256::<1>(v_lo)));
+        acc_lo = _mm256_add_epi16(
+            acc_lo,
+            _mm256_cvtepu8_epi16(_mm256_extracti128_si256::<1>(v_lo)),
+        );
         acc_hi = _mm256_add_epi16(acc_hi, _mm256_cvtepu8_epi16(_mm256_castsi256_si128(v_hi)));
-        acc_hi = _mm256_add_epi16(acc_hi, _mm256_cvtepu8_epi16(_mm256_extracti128_si256::<1>(v_hi)));
+        acc_hi = _mm256_add_epi16(
+            acc_hi,
+            _mm256_cvtepu8_epi16(_mm256_extracti128_si256::<1>(v_hi)),
+        );
     }
     let p = out.as_mut_ptr() as *mut __m256i;
     // SAFETY: `out` holds 32 u16 = two 256-bit stores.

@@ -9,8 +9,14 @@ use super::BLOCK;
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 fn lane_sum(v: __m512i) -> __m128i {
-    let a = _mm_add_epi16(_mm512_extracti32x4_epi32::<0>(v), _mm512_extracti32x4_epi32::<1>(v));
-    let b = _mm_add_epi16(_mm512_extracti32x4_epi32::<2>(v), _mm512_extracti32x4_epi32::<3>(v));
+    let a = _mm_add_epi16(
+        _mm512_extracti32x4_epi32::<0>(v),
+        _mm512_extracti32x4_epi32::<1>(v),
+    );
+    let b = _mm_add_epi16(
+        _mm512_extracti32x4_epi32::<2>(v),
+        _mm512_extracti32x4_epi32::<3>(v),
+    );
     _mm_add_epi16(a, b)
 }
 
@@ -28,7 +34,10 @@ pub unsafe fn block_sums(block: &[u8], table: &[u8], out: &mut [u16; BLOCK]) {
     for quad in 0..m / 4 {
         // SAFETY: 64 bytes at quad·64 lie inside both `block` and `table` (length ≥ m·16).
         let (codes, lut) = unsafe {
-            (_mm512_loadu_si512(pb.add(quad * 64) as *const _), _mm512_loadu_si512(pt.add(quad * 64) as *const _))
+            (
+                _mm512_loadu_si512(pb.add(quad * 64) as *const _),
+                _mm512_loadu_si512(pt.add(quad * 64) as *const _),
+            )
         };
         let lo = _mm512_and_si512(codes, low);
         let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(codes), low);

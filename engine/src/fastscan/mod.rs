@@ -14,11 +14,11 @@
 //! approximate: exact re-ranking (refine) restores full precision.
 //! This module does not choose lists or keep results beyond one list's scan.
 
-pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub mod scalar;
 
 use crate::simd::Level;
 use crate::topk::TopK;
@@ -80,7 +80,11 @@ pub struct QuantizedTable {
 impl QuantizedTable {
     /// An empty table, to be filled by [`QuantizedTable::quantize`].
     pub fn new(m: usize) -> Self {
-        QuantizedTable { values: vec![0; m * 16], base: 0.0, scale: 1.0 }
+        QuantizedTable {
+            values: vec![0; m * 16],
+            base: 0.0,
+            scale: 1.0,
+        }
     }
 
     /// Quantizes a float table (`M × 16`) whose sums are offset by `bias`.
@@ -88,11 +92,19 @@ impl QuantizedTable {
         let mut base = bias;
         let mut max_range = 0f32;
         for t in table.chunks_exact(16) {
-            let (lo, hi) = t.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+            let (lo, hi) = t
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
+                    (a.min(x), b.max(x))
+                });
             base += lo;
             max_range = max_range.max(hi - lo);
         }
-        let scale = if max_range > 0.0 { 255.0 / max_range } else { 1.0 };
+        let scale = if max_range > 0.0 {
+            255.0 / max_range
+        } else {
+            1.0
+        };
         for (t, q) in table.chunks_exact(16).zip(self.values.chunks_exact_mut(16)) {
             let lo = t.iter().copied().fold(f32::INFINITY, f32::min);
             for (x, o) in t.iter().zip(q) {
@@ -161,7 +173,12 @@ pub fn scan_list(
     let bb = block_bytes(m);
     let mut sums = [0u16; BLOCK];
     for b in 0..n.div_ceil(BLOCK) {
-        block_sums_at(level, &packed[b * bb..(b + 1) * bb], &table.values, &mut sums);
+        block_sums_at(
+            level,
+            &packed[b * bb..(b + 1) * bb],
+            &table.values,
+            &mut sums,
+        );
         let mut qthr = table.qthreshold(top.threshold() - offset);
         let valid = (n - b * BLOCK).min(BLOCK);
         for (v, &s) in sums.iter().enumerate().take(valid) {
@@ -190,7 +207,9 @@ mod tests {
     fn codes_round_trip_through_the_block_layout() {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let m = 6;
-        let codes: Vec<Vec<u8>> = (0..77).map(|_| (0..m).map(|_| rng.random_range(0..16u8)).collect()).collect();
+        let codes: Vec<Vec<u8>> = (0..77)
+            .map(|_| (0..m).map(|_| rng.random_range(0..16u8)).collect())
+            .collect();
         let mut packed = Vec::new();
         for (s, c) in codes.iter().enumerate() {
             set_codes(&mut packed, s, c);
@@ -216,7 +235,11 @@ mod tests {
             for (v, w) in want.iter().enumerate() {
                 let mut codes = vec![0u8; m];
                 get_codes(&block, v, m, &mut codes);
-                let direct: u32 = codes.iter().enumerate().map(|(sub, &c)| table[sub * 16 + c as usize] as u32).sum();
+                let direct: u32 = codes
+                    .iter()
+                    .enumerate()
+                    .map(|(sub, &c)| table[sub * 16 + c as usize] as u32)
+                    .sum();
                 assert_eq!(*w as u32, direct);
             }
             for level in crate::simd::available() {
@@ -231,12 +254,23 @@ mod tests {
     fn quantized_scores_track_float_scores() {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let m = 8;
-        let table: Vec<f32> = (0..m * 16).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let table: Vec<f32> = (0..m * 16)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
         let mut q = QuantizedTable::new(m);
         q.quantize(&table, 0.5);
         let codes: Vec<u8> = (0..m).map(|_| rng.random_range(0..16u8)).collect();
-        let exact: f32 = 0.5 + codes.iter().enumerate().map(|(s, &c)| table[s * 16 + c as usize]).sum::<f32>();
-        let qsum: u16 = codes.iter().enumerate().map(|(s, &c)| q.values[s * 16 + c as usize] as u16).sum();
+        let exact: f32 = 0.5
+            + codes
+                .iter()
+                .enumerate()
+                .map(|(s, &c)| table[s * 16 + c as usize])
+                .sum::<f32>();
+        let qsum: u16 = codes
+            .iter()
+            .enumerate()
+            .map(|(s, &c)| q.values[s * 16 + c as usize] as u16)
+            .sum();
         assert!((q.score(qsum) - exact).abs() <= m as f32 * 0.5 / q.scale + 1e-4);
         assert!(q.qthreshold(q.score(qsum) + 1e-3) >= qsum);
         assert_eq!(q.qthreshold(f32::INFINITY), u16::MAX);

@@ -27,7 +27,11 @@ pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
     unsafe {
         while i + 16 <= n {
             s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
-            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)), s1);
+            s1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i + 8)),
+                _mm256_loadu_ps(pb.add(i + 8)),
+                s1,
+            );
             i += 16;
         }
         if i + 8 <= n {
@@ -53,7 +57,10 @@ pub unsafe fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
     unsafe {
         while i + 16 <= n {
             let d0 = _mm256_sub_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)));
-            let d1 = _mm256_sub_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)));
+            let d1 = _mm256_sub_ps(
+                _mm256_loadu_ps(pa.add(i + 8)),
+                _mm256_loadu_ps(pb.add(i + 8)),
+            );
             s0 = _mm256_fmadd_ps(d0, d0, s0);
             s1 = _mm256_fmadd_ps(d1, d1, s1);
             i += 16;

@@ -21,7 +21,11 @@ pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
     unsafe {
         while i + 32 <= n {
             s0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), s0);
-            s1 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16)), _mm512_loadu_ps(pb.add(i + 16)), s1);
+            s1 = _mm512_fmadd_ps(
+                _mm512_loadu_ps(pa.add(i + 16)),
+                _mm512_loadu_ps(pb.add(i + 16)),
+                s1,
+            );
             i += 32;
         }
         while i + 16 <= n {
@@ -30,7 +34,11 @@ pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
         if i < n {
             let m = tail_mask(n - i);
-            s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, pa.add(i)), _mm512_maskz_loadu_ps(m, pb.add(i)), s1);
+            s1 = _mm512_fmadd_ps(
+                _mm512_maskz_loadu_ps(m, pa.add(i)),
+                _mm512_maskz_loadu_ps(m, pb.add(i)),
+                s1,
+            );
         }
     }
     _mm512_reduce_add_ps(_mm512_add_ps(s0, s1))
@@ -47,7 +55,10 @@ pub unsafe fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
     unsafe {
         while i + 32 <= n {
             let d0 = _mm512_sub_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)));
-            let d1 = _mm512_sub_ps(_mm512_loadu_ps(pa.add(i + 16)), _mm512_loadu_ps(pb.add(i + 16)));
+            let d1 = _mm512_sub_ps(
+                _mm512_loadu_ps(pa.add(i + 16)),
+                _mm512_loadu_ps(pb.add(i + 16)),
+            );
             s0 = _mm512_fmadd_ps(d0, d0, s0);
             s1 = _mm512_fmadd_ps(d1, d1, s1);
             i += 32;
@@ -59,7 +70,10 @@ pub unsafe fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
         }
         if i < n {
             let m = tail_mask(n - i);
-            let d = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, pa.add(i)), _mm512_maskz_loadu_ps(m, pb.add(i)));
+            let d = _mm512_sub_ps(
+                _mm512_maskz_loadu_ps(m, pa.add(i)),
+                _mm512_maskz_loadu_ps(m, pb.add(i)),
+            );
             s1 = _mm512_fmadd_ps(d, d, s1);
         }
     }

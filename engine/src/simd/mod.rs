@@ -10,11 +10,11 @@ use std::sync::OnceLock;
 
 use half::f16;
 
-pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub mod scalar;
 
 /// An instruction-set level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -50,7 +50,10 @@ pub fn detected() -> Level {
         {
             return Level::Avx512;
         }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+        if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
             return Level::Avx2;
         }
     }
@@ -59,7 +62,10 @@ pub fn detected() -> Level {
 
 /// Every level this CPU supports, lowest first.
 pub fn available() -> Vec<Level> {
-    [Level::Scalar, Level::Avx2, Level::Avx512].into_iter().filter(|l| *l <= detected()).collect()
+    [Level::Scalar, Level::Avx2, Level::Avx512]
+        .into_iter()
+        .filter(|l| *l <= detected())
+        .collect()
 }
 
 /// The level in use: detected, lowered by `QUIVER_SIMD` if set.
@@ -164,12 +170,21 @@ mod tests {
     #[test]
     fn every_level_matches_scalar() {
         let mut rng = ChaCha8Rng::seed_from_u64(9);
-        eprintln!("SIMD levels tested: {:?} (in use: {:?})", available(), level());
+        eprintln!(
+            "SIMD levels tested: {:?} (in use: {:?})",
+            available(),
+            level()
+        );
         for len in (0..70).chain([255, 256, 257, 384, 1000]) {
             let a: Vec<f32> = (0..len).map(|_| rng.random_range(-2.0f32..2.0)).collect();
             let b: Vec<f32> = (0..len).map(|_| rng.random_range(-2.0f32..2.0)).collect();
             let h: Vec<f16> = b.iter().map(|&x| f16::from_f32(x)).collect();
-            let scale: f32 = a.iter().zip(&b).map(|(x, y)| (x * y).abs() + (x - y).powi(2)).sum::<f32>() + 1.0;
+            let scale: f32 = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x * y).abs() + (x - y).powi(2))
+                .sum::<f32>()
+                + 1.0;
             for lvl in available() {
                 let pairs = [
                     (dot_at(lvl, &a, &b), scalar::dot(&a, &b)),
@@ -178,7 +193,10 @@ mod tests {
                     (l2_sq_f16_at(lvl, &a, &h), scalar::l2_sq_f16(&a, &h)),
                 ];
                 for (i, (got, want)) in pairs.into_iter().enumerate() {
-                    assert!((got - want).abs() <= 1e-5 * scale, "{lvl:?} kernel {i} len {len}: {got} vs {want}");
+                    assert!(
+                        (got - want).abs() <= 1e-5 * scale,
+                        "{lvl:?} kernel {i} len {len}: {got} vs {want}"
+                    );
                 }
             }
         }

@@ -35,7 +35,11 @@ pub fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
             acc[i] += t * t;
         }
     }
-    sum8(acc) + ra.iter().zip(rb).map(|(x, y)| (x - y) * (x - y)).sum::<f32>()
+    sum8(acc)
+        + ra.iter()
+            .zip(rb)
+            .map(|(x, y)| (x - y) * (x - y))
+            .sum::<f32>()
 }
 
 /// Inner product of an f32 query and an f16 vector.
@@ -64,5 +68,9 @@ pub fn l2_sq_f16(q: &[f32], v: &[f16]) -> f32 {
             acc[i] += t * t;
         }
     }
-    sum8(acc) + rq.iter().zip(rv).map(|(x, y)| (x - y.to_f32()) * (x - y.to_f32())).sum::<f32>()
+    sum8(acc)
+        + rq.iter()
+            .zip(rv)
+            .map(|(x, y)| (x - y.to_f32()) * (x - y.to_f32()))
+            .sum::<f32>()
 }
