@@ -670,11 +670,18 @@ fn deadlines_and_a_full_queue() {
         let mut req = tonic::Request::new(search("big", vec![0.5; 64], 3));
         req.metadata_mut()
             .insert("grpc-timeout", "1n".parse().unwrap());
+        // The server answers DEADLINE_EXCEEDED; tonic's client enforces the same deadline and
+        // may report it first as CANCELLED "Timeout expired". The server side is pinned down
+        // deterministically by the batcher's unit tests.
         let e = c.search(req).await.unwrap_err();
-        assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+        let client_timeout = e.code() == Code::Cancelled && e.message().contains("Timeout expired");
+        assert!(
+            e.code() == Code::DeadlineExceeded || client_timeout,
+            "{e:?}"
+        );
         // Many slow exact searches at once against a queue of one: some are refused at once.
         let mut tasks = Vec::new();
-        for _ in 0..24 {
+        for _ in 0..48 {
             let mut c = c.clone();
             tasks.push(tokio::spawn(async move {
                 c.search_batch(SearchBatchRequest {

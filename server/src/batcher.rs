@@ -182,3 +182,83 @@ async fn run_batch(collection: &str, cell: &Arc<SegmentCell>, metrics: &Metrics,
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::Segment;
+    use quiver_engine::{FlatIndex, Metric};
+    use std::time::Duration;
+
+    fn cell() -> Arc<SegmentCell> {
+        let mut f = FlatIndex::new(Metric::L2, 2);
+        f.upsert(&[0.0, 0.0, 1.0, 1.0, 5.0, 5.0], &[10, 11, 12])
+            .unwrap();
+        Arc::new(SegmentCell::new(Segment::Flat(f)))
+    }
+
+    fn job(
+        q: [f32; 2],
+        deadline: Option<Instant>,
+    ) -> (Job, oneshot::Receiver<Result<Neighbors, Status>>) {
+        let (tx, rx) = oneshot::channel();
+        let key = SearchKey {
+            k: 1,
+            nprobe: 0,
+            refine_factor: 0,
+        };
+        (
+            Job {
+                queries: q.to_vec(),
+                nq: 1,
+                key,
+                enqueued: Instant::now(),
+                deadline,
+                reply: tx,
+            },
+            rx,
+        )
+    }
+
+    #[tokio::test]
+    async fn expired_deadlines_do_not_run_and_others_get_their_own_answers() {
+        let cfg = BatchingConfig {
+            max_batch: 8,
+            max_delay: Duration::from_millis(20),
+            queue_capacity: 8,
+        };
+        let b = Batcher::spawn("t".into(), cell(), cfg, Metrics::new());
+        let (expired, rx_expired) = job([0.0, 0.0], Some(Instant::now()));
+        let (near, rx_near) = job([0.9, 0.9], None);
+        let (far, rx_far) = job([6.0, 6.0], Some(Instant::now() + Duration::from_secs(60)));
+        let (cancelled, rx_cancelled) = job([0.0, 0.0], None);
+        drop(rx_cancelled);
+        for j in [expired, near, far, cancelled] {
+            b.submit(j).unwrap();
+        }
+        let e = rx_expired.await.unwrap().unwrap_err();
+        assert_eq!(e.code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(rx_near.await.unwrap().unwrap().ids, vec![11]);
+        assert_eq!(rx_far.await.unwrap().unwrap().ids, vec![12]);
+        b.drain().await;
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once() {
+        let cfg = BatchingConfig {
+            max_batch: 1,
+            max_delay: Duration::ZERO,
+            queue_capacity: 1,
+        };
+        let b = Batcher::spawn("t".into(), cell(), cfg, Metrics::new());
+        // The dispatcher has not run yet (single-threaded test runtime): the first job fills
+        // the queue, the second is refused.
+        let (first, rx_first) = job([0.0, 0.0], None);
+        let (second, _rx) = job([0.0, 0.0], None);
+        b.submit(first).unwrap();
+        let e = b.submit(second).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(rx_first.await.unwrap().unwrap().ids, vec![10]);
+        b.drain().await;
+    }
+}
