@@ -79,7 +79,7 @@ fn broken_vector_files() {
     let mut npy = b"\x93NUMPY\x01\x00".to_vec();
     let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 2), }";
     let mut h = header.to_string();
-    while (10 + h.len() + 1) % 64 != 0 {
+    while !(10 + h.len() + 1).is_multiple_of(64) {
         h.push(' ');
     }
     h.push('\n');

@@ -188,7 +188,7 @@ impl IvfPqIndex {
     ) -> Result<Self, EngineError> {
         params.validate()?;
         let dim = params.dim;
-        if sample.len() % dim != 0 {
+        if !sample.len().is_multiple_of(dim) {
             return Err(EngineError::DimensionMismatch {
                 expected: dim,
                 got: sample.len() % dim,
@@ -329,7 +329,7 @@ impl IvfPqIndex {
         progress: &dyn Progress,
     ) -> Result<(), EngineError> {
         let dim = self.params.dim;
-        if vectors.len() % dim != 0 {
+        if !vectors.len().is_multiple_of(dim) {
             return Err(EngineError::DimensionMismatch {
                 expected: dim,
                 got: vectors.len() % dim,
@@ -473,7 +473,7 @@ impl IvfPqIndex {
     /// Checks a query batch and returns it ready to search (normalised for cosine).
     pub fn prepare_queries<'a>(&self, queries: &'a [f32]) -> Result<Cow<'a, [f32]>, EngineError> {
         let dim = self.params.dim;
-        if queries.len() % dim != 0 {
+        if !queries.len().is_multiple_of(dim) {
             let got = if queries.len() < dim {
                 queries.len()
             } else {
@@ -572,7 +572,7 @@ pub fn prepare_vectors<'a>(
     dim: usize,
     vectors: &'a [f32],
 ) -> Result<Cow<'a, [f32]>, EngineError> {
-    if vectors.len() % dim != 0 {
+    if !vectors.len().is_multiple_of(dim) {
         return Err(EngineError::DimensionMismatch {
             expected: dim,
             got: vectors.len() % dim,

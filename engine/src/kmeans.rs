@@ -105,7 +105,7 @@ pub fn train(
     progress: &dyn Progress,
 ) -> Result<KMeans, EngineError> {
     let k = params.clusters;
-    if dim == 0 || points.len() % dim != 0 {
+    if dim == 0 || !points.len().is_multiple_of(dim) {
         return Err(EngineError::InvalidParameter {
             name: "dimension",
             reason: format!(

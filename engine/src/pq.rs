@@ -44,7 +44,7 @@ impl ProductQuantizer {
                 reason: "M must be at least 1".into(),
             });
         }
-        if dim % m != 0 {
+        if !dim.is_multiple_of(m) {
             return Err(EngineError::PqDoesNotDivide { dim, m });
         }
         if nbits != 8 && nbits != 4 {
@@ -53,7 +53,7 @@ impl ProductQuantizer {
                 reason: format!("{nbits}-bit codes are not supported (use 8, or 4 for fast-scan)"),
             });
         }
-        if nbits == 4 && m % 2 != 0 {
+        if nbits == 4 && !m.is_multiple_of(2) {
             return Err(EngineError::InvalidParameter {
                 name: "pq",
                 reason: format!(

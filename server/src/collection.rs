@@ -380,12 +380,12 @@ pub fn auto_nlist(n: usize) -> usize {
 /// `dim / 8` sub-quantizers when 8 divides the dimension, else the largest divisor of `dim`
 /// not above `dim / 4` (at least 1).
 pub fn auto_pq_m(dim: usize) -> usize {
-    if dim % 8 == 0 {
+    if dim.is_multiple_of(8) {
         return dim / 8;
     }
     (1..=(dim / 4).max(1))
         .rev()
-        .find(|m| dim % m == 0)
+        .find(|m| dim.is_multiple_of(*m))
         .unwrap_or(1)
 }
 

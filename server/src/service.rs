@@ -113,7 +113,7 @@ fn info(name: &str, c: &Collection) -> proto::CollectionInfo {
 
 /// Checks `values` hold whole rows of `dim` finite values (non-zero rows for cosine).
 fn check_vectors(field: &str, values: &[f32], dim: usize, metric: Metric) -> Result<usize, Status> {
-    if values.len() % dim != 0 {
+    if !values.len().is_multiple_of(dim) {
         return Err(invalid(
             field,
             format!(
@@ -298,7 +298,7 @@ impl QuiverService {
         if index.seed == 0 {
             index.seed = 1234;
         }
-        if index.pq_m != 0 && r.dim % index.pq_m != 0 {
+        if index.pq_m != 0 && !r.dim.is_multiple_of(index.pq_m) {
             return Err(invalid(
                 "index.pq_m",
                 format!("{} does not divide dim = {}", index.pq_m, r.dim),

@@ -133,7 +133,7 @@ fn parse(data: &[u8], pos: usize) -> Option<(WalRecord, usize)> {
     let header = data.get(pos..pos + 8)?;
     let len = u32::from_le_bytes(header[0..4].try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
-    if len < 9 || len > MAX_RECORD {
+    if !(9..=MAX_RECORD).contains(&len) {
         return None;
     }
     let payload = data.get(pos + 8..pos + 8 + len)?;

@@ -11,7 +11,7 @@ use super::BLOCK;
 #[target_feature(enable = "avx2")]
 pub unsafe fn block_sums(block: &[u8], table: &[u8], out: &mut [u16; BLOCK]) {
     let m = table.len() / 16;
-    debug_assert!(m % 2 == 0 && block.len() >= m * 16);
+    debug_assert!(m.is_multiple_of(2) && block.len() >= m * 16);
     let low = _mm256_set1_epi8(0x0F);
     let (mut acc_lo, mut acc_hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
     let (pb, pt) = (block.as_ptr(), table.as_ptr());

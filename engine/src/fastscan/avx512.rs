@@ -26,7 +26,7 @@ fn lane_sum(v: __m512i) -> __m128i {
 #[target_feature(enable = "avx512f,avx512bw")]
 pub unsafe fn block_sums(block: &[u8], table: &[u8], out: &mut [u16; BLOCK]) {
     let m = table.len() / 16;
-    debug_assert!(m % 4 == 0 && m <= 256 && block.len() >= m * 16);
+    debug_assert!(m.is_multiple_of(4) && m <= 256 && block.len() >= m * 16);
     let low = _mm512_set1_epi8(0x0F);
     let zero = _mm512_setzero_si512();
     let (mut a, mut b, mut c, mut d) = (zero, zero, zero, zero);

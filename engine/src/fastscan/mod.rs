@@ -147,10 +147,14 @@ pub fn block_sums_at(level: Level, block: &[u8], table: &[u8], out: &mut [u16; B
     match level {
         // SAFETY: the level comes from `simd::level()`/`available()`: the CPU has AVX-512F/BW.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 if m % 4 == 0 && m <= 256 => unsafe { avx512::block_sums(block, table, out) },
+        Level::Avx512 if m.is_multiple_of(4) && m <= 256 => unsafe {
+            avx512::block_sums(block, table, out)
+        },
         // SAFETY: as above, the CPU has AVX2.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 | Level::Avx512 if m % 2 == 0 => unsafe { avx2::block_sums(block, table, out) },
+        Level::Avx2 | Level::Avx512 if m.is_multiple_of(2) => unsafe {
+            avx2::block_sums(block, table, out)
+        },
         _ => scalar::block_sums(block, table, out),
     }
 }

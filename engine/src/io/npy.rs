@@ -555,7 +555,7 @@ mod tests {
     fn raw_npy(major: u8, dict: &str, data: &[u8]) -> Vec<u8> {
         let pre = if major == 1 { 10 } else { 12 };
         let mut h = dict.to_string();
-        while (pre + h.len() + 1) % 64 != 0 {
+        while !(pre + h.len() + 1).is_multiple_of(64) {
             h.push(' ');
         }
         h.push('\n');

@@ -125,7 +125,7 @@ impl VectorWriter {
         encode: impl Fn(&[T], ElementType, &mut Vec<u8>) -> Result<(), f64>,
     ) -> Result<(), IoError> {
         let dim = self.dim;
-        if rows.len() % dim != 0 {
+        if !rows.len().is_multiple_of(dim) {
             return Err(IoError::RaggedRows {
                 path: self.path().to_path_buf(),
                 len: rows.len(),
