@@ -58,7 +58,13 @@ fn fast_scan(c: &mut Criterion) {
             &level,
             |bch, &l| {
                 bch.iter(|| {
-                    fastscan::block_sums_at(l, black_box(&block), black_box(&table), &mut out)
+                    fastscan::block_sums_at(
+                        l,
+                        black_box(&block),
+                        black_box(&table),
+                        &mut out,
+                        black_box(m as u16 * 100),
+                    )
                 })
             },
         );

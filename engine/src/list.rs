@@ -237,7 +237,7 @@ impl InvertedList {
         for line in bytes.chunks(64) {
             // SAFETY: a prefetch is a hint on an address inside a live slice; it never faults.
             unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T2 }>(
                     line.as_ptr() as *const i8
                 )
             };

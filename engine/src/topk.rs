@@ -113,6 +113,16 @@ impl<T: Copy + Ord> TopK<T> {
         self.drain_sorted()
     }
 
+    /// The entries, best first, sorted in place: the allocation is kept for the next use
+    /// (call [`TopK::clear`] before reusing the selection).
+    pub fn sorted(&mut self) -> &[Scored<T>] {
+        if self.buf.len() > self.k {
+            self.compact();
+        }
+        self.buf.sort_unstable_by(|a, b| a.cmp_key(b));
+        &self.buf
+    }
+
     /// The entries, best first, leaving this selection empty.
     pub fn drain_sorted(&mut self) -> Vec<Scored<T>> {
         let mut v = std::mem::take(&mut self.buf);
@@ -188,5 +198,22 @@ mod tests {
         assert!(a.is_empty() && a.threshold() == f32::INFINITY);
         a.push(7.0, 7);
         assert_eq!(a.drain_sorted().len(), 1);
+    }
+
+    #[test]
+    fn sorted_in_place_matches_drain_and_reuses_after_clear() {
+        let mut a = TopK::new(4);
+        let mut b = TopK::new(4);
+        for i in 0..50u32 {
+            let s = ((i * 37) % 23) as f32;
+            a.push(s, i);
+            b.push(s, i);
+        }
+        let want = b.drain_sorted();
+        assert_eq!(a.sorted(), &want[..]);
+        a.clear();
+        assert!(a.is_empty() && a.threshold() == f32::INFINITY);
+        a.push(1.0, 1);
+        assert_eq!(a.sorted().len(), 1);
     }
 }

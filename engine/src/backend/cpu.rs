@@ -171,7 +171,7 @@ impl Backend for CpuBackend {
                         top.push(s, c as u32);
                     }
                 }
-                for (j, e) in top.drain_sorted().into_iter().enumerate() {
+                for (j, e) in top.sorted().iter().enumerate() {
                     l_out[r * nprobe + j] = e.item;
                     s_out[r * nprobe + j] = e.score;
                 }
@@ -219,92 +219,36 @@ impl Backend for CpuBackend {
         tables: &LookupTables,
         keep: usize,
     ) -> Result<Candidates, EngineError> {
-        let index = &p.index;
-        let layout = index.layout();
-        let level = crate::simd::level();
-        let (m, ksub) = (tables.m, tables.ksub);
-        let table_len = m * ksub;
         let nq = probes.lists.len() / probes.nprobe.max(1);
         let mut slots = vec![Slot::NONE; nq * keep];
         let mut scores = vec![f32::INFINITY; nq * keep];
-        let init = || {
-            (
-                TopK::new(keep),
-                vec![0f32; table_len],
-                QuantizedTable::new(m),
-            )
-        };
-        let body =
-            |(top, combined, quantized): &mut (TopK<u64>, Vec<f32>, QuantizedTable),
-             (q, (slot_out, score_out)): (usize, (&mut [Slot], &mut [f32]))| {
-                top.clear();
-                let q_table = &tables.values[q * table_len..(q + 1) * table_len];
-                // Inner product: one table for every list (the list enters through the bias),
-                // so fast-scan quantizes it once per query.
-                let shared = layout == CodeLayout::Packed4x32 && p.l2_list_terms.is_none();
-                if shared {
-                    quantized.quantize(q_table, 0.0);
-                }
-                for j in 0..probes.nprobe {
-                    let l = probes.lists[q * probes.nprobe + j] as usize;
-                    let bias = probes.scores[q * probes.nprobe + j];
-                    let list = &index.lists()[l];
-                    let table: &[f32] = match p.l2_list_terms.as_deref() {
-                        None => q_table,
-                        Some(terms) => {
-                            let t = &terms[l * table_len..(l + 1) * table_len];
-                            combined
-                                .iter_mut()
-                                .zip(t.iter().zip(q_table))
-                                .for_each(|(o, (a, b))| *o = a + b);
-                            combined
-                        }
-                    };
-                    match layout {
-                        CodeLayout::Flat => scan_flat_codes(
-                            list.codes.as_slice(),
-                            m,
-                            ksub,
-                            table,
-                            bias,
-                            l,
-                            list,
-                            top,
-                        ),
-                        CodeLayout::Packed4x32 => {
-                            let offset = if shared {
-                                bias
-                            } else {
-                                quantized.quantize(table, bias);
-                                0.0
-                            };
-                            let codes = list.codes.as_slice();
-                            fastscan::scan_list(
-                                level,
-                                codes,
-                                list.len(),
-                                quantized,
-                                offset,
-                                list.tombstones(),
-                                top,
-                                |s| pack(l, s),
-                            );
-                        }
-                    }
-                }
-                for (i, e) in top.drain_sorted().into_iter().enumerate() {
-                    slot_out[i] = unpack(e.item);
-                    score_out[i] = e.score;
-                }
-            };
+        let scanner = ListScanner::new(p, tables);
         if nq == 1 {
-            body(&mut init(), (0, (&mut slots[..], &mut scores[..])));
+            let mut state = scanner.state(keep);
+            scanner.scan_query(&mut state, probes, 0, &mut slots, &mut scores);
+        } else if p.index.layout() == CodeLayout::Packed4x32 {
+            // List-major within chunks of queries: each list is streamed from memory once for
+            // every query of the chunk probing it; tops stay private to the chunk's task.
+            let chunk = list_major_chunk(nq);
+            slots
+                .par_chunks_mut(chunk * keep)
+                .zip(scores.par_chunks_mut(chunk * keep))
+                .enumerate()
+                .for_each(|(c, (slot_out, score_out))| {
+                    scanner.scan_chunk_list_major(probes, c * chunk, keep, slot_out, score_out);
+                });
         } else {
+            // 8-bit tables are 64 KiB-class per query: keep one query's table hot instead.
             slots
                 .par_chunks_mut(keep)
                 .zip(scores.par_chunks_mut(keep))
                 .enumerate()
-                .for_each_init(init, body);
+                .for_each_init(
+                    || scanner.state(keep),
+                    |state, (q, (slot_out, score_out))| {
+                        scanner.scan_query(state, probes, q, slot_out, score_out)
+                    },
+                );
         }
         Ok(Candidates {
             per_query: keep,
@@ -335,7 +279,7 @@ impl Backend for CpuBackend {
             let query = &queries[q * dim..(q + 1) * dim];
             let slots = &candidates.slots[q * per..(q + 1) * per];
             let approx = &candidates.scores[q * per..(q + 1) * per];
-            const AHEAD: usize = 4;
+            const AHEAD: usize = 8;
             let prefetch = |j: usize| {
                 if let Some(s) = slots.get(j).filter(|s| has_raw && **s != Slot::NONE) {
                     index.lists()[s.list as usize].prefetch_raw(s.offset as usize, dim);
@@ -357,7 +301,7 @@ impl Backend for CpuBackend {
                 };
                 top.push(score, id);
             }
-            for (i, e) in top.drain_sorted().into_iter().enumerate() {
+            for (i, e) in top.sorted().iter().enumerate() {
                 id_out[i] = e.item as i64;
                 d_out[i] = metric.reported(e.score);
             }
@@ -371,6 +315,206 @@ impl Backend for CpuBackend {
                 .for_each_init(|| TopK::new(k), body);
         }
         Ok(Neighbors { k, ids, distances })
+    }
+}
+
+/// Queries per task of the list-major scan: enough tasks for the pool, as many queries per
+/// task as that allows (more sharing of each list).
+fn list_major_chunk(nq: usize) -> usize {
+    let tasks = 4 * rayon::current_num_threads().max(1);
+    nq.div_ceil(tasks).clamp(8, 256)
+}
+
+/// Per-thread scratch of the scan: a query's selection, its L2 table and its quantized table.
+struct ScanState {
+    top: TopK<u64>,
+    combined: Vec<f32>,
+    quantized: QuantizedTable,
+}
+
+/// The scan stage of one search: scans inverted lists with a query's lookup table.
+struct ListScanner<'a> {
+    p: &'a CpuPrepared,
+    tables: &'a LookupTables,
+    level: crate::simd::Level,
+    /// Fast-scan with an inner-product metric: one quantized table per query serves every
+    /// list (the list enters through the bias), so it is quantized once per query.
+    shared: bool,
+}
+
+impl<'a> ListScanner<'a> {
+    fn new(p: &'a CpuPrepared, tables: &'a LookupTables) -> Self {
+        ListScanner {
+            p,
+            tables,
+            level: crate::simd::level(),
+            shared: p.index.layout() == CodeLayout::Packed4x32 && p.l2_list_terms.is_none(),
+        }
+    }
+
+    fn table_len(&self) -> usize {
+        self.tables.m * self.tables.ksub
+    }
+
+    fn state(&self, keep: usize) -> ScanState {
+        ScanState {
+            top: TopK::new(keep),
+            combined: vec![0f32; self.table_len()],
+            quantized: QuantizedTable::new(self.tables.m),
+        }
+    }
+
+    fn query_table(&self, q: usize) -> &'a [f32] {
+        let n = self.table_len();
+        &self.tables.values[q * n..(q + 1) * n]
+    }
+
+    /// Offers list `l` (coarse score `bias`) to query `q`'s selection. With a shared table,
+    /// `quantized` must already hold query `q`'s quantized table.
+    fn scan_list(
+        &self,
+        q: usize,
+        l: usize,
+        bias: f32,
+        top: &mut TopK<u64>,
+        combined: &mut [f32],
+        quantized: &mut QuantizedTable,
+    ) {
+        let index = &self.p.index;
+        let (m, ksub) = (self.tables.m, self.tables.ksub);
+        let q_table = self.query_table(q);
+        let list = &index.lists()[l];
+        let table: &[f32] = match self.p.l2_list_terms.as_deref() {
+            None => q_table,
+            Some(terms) => {
+                let n = self.table_len();
+                let t = &terms[l * n..(l + 1) * n];
+                combined
+                    .iter_mut()
+                    .zip(t.iter().zip(q_table))
+                    .for_each(|(o, (a, b))| *o = a + b);
+                combined
+            }
+        };
+        match index.layout() {
+            CodeLayout::Flat => {
+                scan_flat_codes(list.codes.as_slice(), m, ksub, table, bias, l, list, top)
+            }
+            CodeLayout::Packed4x32 => {
+                let offset = if self.shared {
+                    bias
+                } else {
+                    quantized.quantize(table, bias);
+                    0.0
+                };
+                fastscan::scan_list(
+                    self.level,
+                    list.codes.as_slice(),
+                    list.len(),
+                    quantized,
+                    offset,
+                    list.tombstones(),
+                    top,
+                    |s| pack(l, s),
+                );
+            }
+        }
+    }
+
+    /// Query-major: scans query `q`'s lists in probe order into `slot_out`/`score_out`.
+    fn scan_query(
+        &self,
+        state: &mut ScanState,
+        probes: &Probes,
+        q: usize,
+        slot_out: &mut [Slot],
+        score_out: &mut [f32],
+    ) {
+        let ScanState {
+            top,
+            combined,
+            quantized,
+        } = state;
+        top.clear();
+        if self.shared {
+            quantized.quantize(self.query_table(q), 0.0);
+        }
+        for j in 0..probes.nprobe {
+            let l = probes.lists[q * probes.nprobe + j] as usize;
+            let bias = probes.scores[q * probes.nprobe + j];
+            self.scan_list(q, l, bias, top, combined, quantized);
+        }
+        write_candidates(top, slot_out, score_out);
+    }
+
+    /// List-major over the queries `first..` whose outputs are the chunks of `keep` in
+    /// `slot_out`/`score_out`: after each query's best list, the (list, query) pairs are
+    /// visited in list order, so a list is read from memory once and then from cache for the
+    /// other queries probing it.
+    /// The result equals the query-major scan's (the selection does not depend on order).
+    fn scan_chunk_list_major(
+        &self,
+        probes: &Probes,
+        first: usize,
+        keep: usize,
+        slot_out: &mut [Slot],
+        score_out: &mut [f32],
+    ) {
+        let nq = slot_out.len() / keep;
+        let nprobe = probes.nprobe;
+        let m = self.tables.m;
+        let mut tops: Vec<TopK<u64>> = (0..nq).map(|_| TopK::new(keep)).collect();
+        let mut quantized: Vec<QuantizedTable> = if self.shared {
+            (0..nq)
+                .map(|i| {
+                    let mut t = QuantizedTable::new(m);
+                    t.quantize(self.query_table(first + i), 0.0);
+                    t
+                })
+                .collect()
+        } else {
+            vec![QuantizedTable::new(m)]
+        };
+        let mut combined = vec![0f32; self.table_len()];
+        // Each query's best list first (so that its threshold is tight early and few
+        // candidates are offered), then the other lists in list order.
+        let mut pairs: Vec<(bool, u32, u32)> = (0..nq * nprobe)
+            .map(|i| (i % nprobe != 0, probes.lists[first * nprobe + i], i as u32))
+            .collect();
+        pairs.sort_unstable();
+        for (_, l, i) in pairs {
+            let i = i as usize;
+            let local = i / nprobe;
+            let bias = probes.scores[first * nprobe + i];
+            let table = if self.shared {
+                &mut quantized[local]
+            } else {
+                &mut quantized[0]
+            };
+            self.scan_list(
+                first + local,
+                l as usize,
+                bias,
+                &mut tops[local],
+                &mut combined,
+                table,
+            );
+        }
+        for (local, top) in tops.iter_mut().enumerate() {
+            write_candidates(
+                top,
+                &mut slot_out[local * keep..(local + 1) * keep],
+                &mut score_out[local * keep..(local + 1) * keep],
+            );
+        }
+    }
+}
+
+/// Writes a selection's entries, best first, as candidate slots and scores.
+fn write_candidates(top: &mut TopK<u64>, slot_out: &mut [Slot], score_out: &mut [f32]) {
+    for (i, e) in top.sorted().iter().enumerate() {
+        slot_out[i] = unpack(e.item);
+        score_out[i] = e.score;
     }
 }
 
@@ -588,6 +732,48 @@ mod tests {
                     (a - b).abs() <= 1e-3 * (1.0 + b.abs()),
                     "{metric}: {a} vs {b}"
                 );
+            }
+        }
+    }
+
+    /// The batch scan (list-major for fast-scan) selects exactly what one query at a time
+    /// selects: same candidates in the same order, deletes honoured.
+    #[test]
+    fn batch_scan_equals_one_query_at_a_time() {
+        for (metric, bits) in [
+            (Metric::L2, 4),
+            (Metric::InnerProduct, 4),
+            (Metric::Cosine, 4),
+            (Metric::InnerProduct, 8),
+        ] {
+            let (idx, q) = index_bits(metric, RefineKind::None, bits);
+            let mut idx = Arc::try_unwrap(idx).unwrap();
+            idx.delete(&[5, 6, 7, 900]);
+            let b = CpuBackend;
+            let p = b.prepare(Arc::new(idx)).unwrap();
+            let dim = 24;
+            let nq = q.len() / dim;
+            let probes = b.coarse_search(&p, &q, 5).unwrap();
+            let tables = b.lookup_tables(&p, &q).unwrap();
+            let batch = b.scan(&p, &probes, &tables, 37).unwrap();
+            for i in 0..nq {
+                let one = &q[i * dim..(i + 1) * dim];
+                let probes = b.coarse_search(&p, one, 5).unwrap();
+                let tables = b.lookup_tables(&p, one).unwrap();
+                let single = b.scan(&p, &probes, &tables, 37).unwrap();
+                assert_eq!(
+                    single.slots,
+                    batch.slots[i * 37..(i + 1) * 37],
+                    "{metric} q{i}"
+                );
+                // Tables of a batch come from a GEMM: the last bits may differ.
+                for (a, b) in single
+                    .scores
+                    .iter()
+                    .zip(&batch.scores[i * 37..(i + 1) * 37])
+                {
+                    assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{metric} q{i}");
+                }
             }
         }
     }

@@ -6,10 +6,11 @@ use std::arch::x86_64::*;
 
 use super::BLOCK;
 
-/// Quantized sums of the 32 vectors of one block. # Safety: the CPU must support AVX2;
-/// `table.len() / 16` is even and `block` holds at least `table.len()` bytes.
+/// Quantized sums of the 32 vectors of one block, and the mask of those `<= qthr` (bit `v` for
+/// vector `v`). # Safety: the CPU must support AVX2; `table.len() / 16` is even and `block`
+/// holds at least `table.len()` bytes.
 #[target_feature(enable = "avx2")]
-pub unsafe fn block_sums(block: &[u8], table: &[u8], out: &mut [u16; BLOCK]) {
+pub unsafe fn block_sums(block: &[u8], table: &[u8], out: &mut [u16; BLOCK], qthr: u16) -> u32 {
     let m = table.len() / 16;
     debug_assert!(m.is_multiple_of(2) && block.len() >= m * 16);
     let low = _mm256_set1_epi8(0x0F);
@@ -45,4 +46,12 @@ pub unsafe fn block_sums(block: &[u8], table: &[u8], out: &mut [u16; BLOCK]) {
         _mm256_storeu_si256(p, acc_lo);
         _mm256_storeu_si256(p.add(1), acc_hi);
     }
+    // Unsigned `s <= t` is `max(s, t) == t`; the byte mask has two bits per u16 lane.
+    let t = _mm256_set1_epi16(qthr as i16);
+    let le_lo = _mm256_cmpeq_epi16(_mm256_max_epu16(acc_lo, t), t);
+    let le_hi = _mm256_cmpeq_epi16(_mm256_max_epu16(acc_hi, t), t);
+    // Packing with signed saturation keeps 0 / -1, but interleaves the 128-bit lanes:
+    // bytes 0..8 = lo[0..8], 8..16 = hi[0..8], 16..24 = lo[8..16], 24..32 = hi[8..16].
+    let packed = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi16(le_lo, le_hi));
+    _mm256_movemask_epi8(packed) as u32
 }

@@ -92,11 +92,7 @@ impl QuantizedTable {
         let mut base = bias;
         let mut max_range = 0f32;
         for t in table.chunks_exact(16) {
-            let (lo, hi) = t
-                .iter()
-                .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
-                    (a.min(x), b.max(x))
-                });
+            let (lo, hi) = min_max16(t);
             base += lo;
             max_range = max_range.max(hi - lo);
         }
@@ -106,10 +102,19 @@ impl QuantizedTable {
             1.0
         };
         for (t, q) in table.chunks_exact(16).zip(self.values.chunks_exact_mut(16)) {
-            let lo = t.iter().copied().fold(f32::INFINITY, f32::min);
-            for (x, o) in t.iter().zip(q) {
+            let lo = min_max16(t).0;
+            let mut v = [0i32; 16];
+            for (x, o) in t.iter().zip(&mut v) {
                 // Non-negative, so adding 0.5 and truncating rounds (without a libm call).
-                *o = ((x - lo) * scale + 0.5).min(255.0) as u8;
+                let y = (x - lo) * scale + 0.5;
+                // Written with comparisons (NaN → 0) so that the compiler vectorises it.
+                let y = if y >= 0.0 { y } else { 0.0 };
+                let y = if y <= 255.0 { y } else { 255.0 };
+                // SAFETY: `y` is finite and within 0..=255.
+                *o = unsafe { y.to_int_unchecked::<i32>() };
+            }
+            for (o, &x) in q.iter_mut().zip(&v) {
+                *o = x as u8;
             }
         }
         self.base = base;
@@ -122,46 +127,84 @@ impl QuantizedTable {
         self.base + qsum as f32 / self.scale
     }
 
-    /// The largest quantized sum whose score can still beat `threshold`.
+    /// A quantized sum above which the score cannot reach `threshold`: every sum whose score
+    /// is `<= threshold` is at most this. One unit above the rounded-down quotient, so that
+    /// float rounding never filters out a tie with the k-th entry (the selection then does not
+    /// depend on the order in which lists are scanned).
     #[inline]
     pub fn qthreshold(&self, threshold: f32) -> u16 {
         if !threshold.is_finite() {
             return u16::MAX;
         }
-        let q = ((threshold - self.base) * self.scale).floor();
+        // Truncation is the floor for non-negative values (no libm call on the hot path).
+        let q = (threshold - self.base) * self.scale;
         if q < 0.0 {
             0
-        } else if q >= u16::MAX as f32 {
+        } else if q >= (u16::MAX - 1) as f32 {
             u16::MAX
         } else {
-            q as u16
+            q as u16 + 1
         }
     }
 }
 
-/// The quantized sums of one block (32 vectors) at a level; the SIMD and scalar paths are
-/// bit-exact (integer arithmetic).
-pub fn block_sums_at(level: Level, block: &[u8], table: &[u8], out: &mut [u16; BLOCK]) {
+/// Minimum and maximum of 16 values, as a tree the compiler turns into a few vector
+/// instructions (a left-to-right fold would be a chain of 16 dependent scalar steps).
+#[inline]
+fn min_max16(t: &[f32]) -> (f32, f32) {
+    let t: &[f32; 16] = t.try_into().expect("chunks of 16");
+    let mut lo = [0f32; 8];
+    let mut hi = [0f32; 8];
+    // `if` rather than `f32::min`: the latter's NaN rule blocks `minps` (inputs are finite).
+    let min = |a: f32, b: f32| if a < b { a } else { b };
+    let max = |a: f32, b: f32| if a > b { a } else { b };
+    for i in 0..8 {
+        lo[i] = min(t[i], t[i + 8]);
+        hi[i] = max(t[i], t[i + 8]);
+    }
+    for w in [4, 2, 1] {
+        for i in 0..w {
+            lo[i] = min(lo[i], lo[i + w]);
+            hi[i] = max(hi[i], hi[i + w]);
+        }
+    }
+    (lo[0], hi[0])
+}
+
+/// The quantized sums of one block (32 vectors) at a level, and the mask of the vectors whose
+/// sum is at most `qthr` (bit `v` for vector `v`); the SIMD and scalar paths are bit-exact
+/// (integer arithmetic).
+#[inline]
+pub fn block_sums_at(
+    level: Level,
+    block: &[u8],
+    table: &[u8],
+    out: &mut [u16; BLOCK],
+    qthr: u16,
+) -> u32 {
     let m = table.len() / 16;
     assert!(block.len() >= block_bytes(m), "block too short");
     match level {
         // SAFETY: the level comes from `simd::level()`/`available()`: the CPU has AVX-512F/BW.
         #[cfg(target_arch = "x86_64")]
         Level::Avx512 if m.is_multiple_of(4) && m <= 256 => unsafe {
-            avx512::block_sums(block, table, out)
+            avx512::block_sums(block, table, out, qthr)
         },
         // SAFETY: as above, the CPU has AVX2.
         #[cfg(target_arch = "x86_64")]
         Level::Avx2 | Level::Avx512 if m.is_multiple_of(2) => unsafe {
-            avx2::block_sums(block, table, out)
+            avx2::block_sums(block, table, out, qthr)
         },
-        _ => scalar::block_sums(block, table, out),
+        _ => scalar::block_sums(block, table, out, qthr),
     }
 }
 
 /// Scans one list's packed codes (`n` vectors) with a quantized table, offering every live
 /// vector whose approximate score (plus `offset`, the list's share of the score when the table
 /// is shared by all lists) can enter `top` (payload from `item(slot)`).
+///
+/// The kernel compares a block's 32 sums with the current threshold in SIMD; only the vectors
+/// of its mask are looked at one by one (after the first blocks, most blocks have none).
 #[allow(clippy::too_many_arguments)]
 pub fn scan_list(
     level: Level,
@@ -176,18 +219,20 @@ pub fn scan_list(
     let m = table.values.len() / 16;
     let bb = block_bytes(m);
     let mut sums = [0u16; BLOCK];
-    for b in 0..n.div_ceil(BLOCK) {
-        block_sums_at(
-            level,
-            &packed[b * bb..(b + 1) * bb],
-            &table.values,
-            &mut sums,
-        );
-        let mut qthr = table.qthreshold(top.threshold() - offset);
-        let valid = (n - b * BLOCK).min(BLOCK);
-        for (v, &s) in sums.iter().enumerate().take(valid) {
+    let blocks = n.div_ceil(BLOCK);
+    let mut qthr = table.qthreshold(top.threshold() - offset);
+    for (b, block) in packed.chunks_exact(bb).take(blocks).enumerate() {
+        let mut mask = block_sums_at(level, block, &table.values, &mut sums, qthr);
+        let valid = n - b * BLOCK;
+        if valid < BLOCK {
+            mask &= (1u32 << valid) - 1;
+        }
+        while mask != 0 {
+            let v = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            let s = sums[v];
             if s > qthr {
-                continue;
+                continue; // the threshold fell since the block was compared
             }
             let slot = b * BLOCK + v;
             if let Some(bits) = tombstones {
@@ -234,7 +279,8 @@ mod tests {
             let block: Vec<u8> = (0..block_bytes(m)).map(|_| rng.random()).collect();
             let table: Vec<u8> = (0..m * 16).map(|_| rng.random()).collect();
             let mut want = [0u16; BLOCK];
-            scalar::block_sums(&block, &table, &mut want);
+            let qthr = rng.random_range(0..(m as u16 * 255));
+            let want_mask = scalar::block_sums(&block, &table, &mut want, qthr);
             // The scalar path against a direct definition.
             for (v, w) in want.iter().enumerate() {
                 let mut codes = vec![0u8; m];
@@ -245,11 +291,13 @@ mod tests {
                     .map(|(sub, &c)| table[sub * 16 + c as usize] as u32)
                     .sum();
                 assert_eq!(*w as u32, direct);
+                assert_eq!(want_mask >> v & 1 == 1, *w <= qthr, "mask bit {v}");
             }
             for level in crate::simd::available() {
                 let mut got = [0u16; BLOCK];
-                block_sums_at(level, &block, &table, &mut got);
+                let mask = block_sums_at(level, &block, &table, &mut got, qthr);
                 assert_eq!(got, want, "{level:?} m = {m}");
+                assert_eq!(mask, want_mask, "{level:?} m = {m}");
             }
         }
     }
