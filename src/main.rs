@@ -40,6 +40,8 @@ enum Command {
     Synth(cmd::synth::Args),
     /// Run the gRPC search service.
     Serve(cmd::serve::Args),
+    /// List the GPU adapters the wgpu backend can use.
+    Devices(cmd::devices::Args),
     /// Drive a running server with concurrent searches; report QPS, latency, errors, recall.
     Loadgen(cmd::loadgen::Args),
 }
@@ -72,5 +74,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Synth(a) => cmd::synth::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Loadgen(a) => cmd::loadgen::run(a),
+        Command::Devices(a) => cmd::devices::run(a),
     }
 }

@@ -1,4 +1,17 @@
-//! Quiver's wgpu backend (placeholder crate).
+//! Quiver's wgpu path: WGSL compute shaders for the search stages and the code that runs them.
 //!
-//! Will hold the WGSL compute shaders for every search stage and the pipelines that implement
-//! `quiver_engine::backend::Backend` on wgpu. Empty on purpose until the wgpu backend issue.
+//! Built so far (the wgpu backend issue is in progress): adapter discovery and selection
+//! ([`device`]), and the first two stages of a search, each checked against the CPU reference
+//! on Mesa's lavapipe in CI: coarse search ([`coarse`]: tiled distances, then a per-query
+//! bitonic top-nprobe) and PQ lookup tables ([`tables`]). The list scan, the per-query top-k
+//! and refine follow, after which this crate implements `quiver_engine::backend::Backend`.
+//! Shader sources live in `wgsl/`, one file per kernel, each with its algorithm at the top.
+
+pub mod coarse;
+pub mod device;
+mod error;
+mod kernel;
+pub mod tables;
+
+pub use device::{list_adapters, AdapterChoice, AdapterSummary, GpuDevice};
+pub use error::WgpuError;

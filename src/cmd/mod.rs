@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod build;
+pub mod devices;
 pub mod gt;
 pub mod info;
 pub mod loadgen;

@@ -1,0 +1,178 @@
+//! Coarse search on the GPU: distances of a query batch to every centroid (`coarse.wgsl`),
+//! then each query's `nprobe` best lists (`select.wgsl`), equal to the CPU reference's
+//! [`quiver_engine::backend::Backend::coarse_search`].
+//!
+//! The centroids are uploaded once. A batch is cut into tiles whose score matrix and queries
+//! each fit one storage binding, so any batch size runs within the device's limits.
+
+use bytemuck::{Pod, Zeroable};
+use quiver_engine::backend::Probes;
+use quiver_engine::IvfPqIndex;
+
+use crate::device::GpuDevice;
+use crate::error::WgpuError;
+use crate::kernel::{check_binding, grid, output, storage, submit_and_read, uniform, Kernel};
+
+/// Longest row the selection kernel sorts in workgroup memory.
+pub const MAX_SELECT_LEN: usize = 2048;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct DistanceParams {
+    nq: u32,
+    nlist: u32,
+    dim: u32,
+    l2: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct SelectParams {
+    rows: u32,
+    len: u32,
+    n: u32,
+    padded: u32,
+}
+
+/// The coarse quantizer on a device, with its two kernels.
+pub struct GpuCoarse {
+    distances: Kernel,
+    select: Kernel,
+    centroids: wgpu::Buffer,
+    norms: wgpu::Buffer,
+    nlist: usize,
+    dim: usize,
+    l2: bool,
+}
+
+impl std::fmt::Debug for GpuCoarse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuCoarse")
+            .field("nlist", &self.nlist)
+            .field("dim", &self.dim)
+            .finish()
+    }
+}
+
+impl GpuCoarse {
+    /// Uploads an index's centroids and builds the kernels.
+    pub fn new(gpu: &GpuDevice, index: &IvfPqIndex) -> Result<GpuCoarse, WgpuError> {
+        let (nlist, dim) = (index.nlist(), index.dim());
+        if nlist > MAX_SELECT_LEN {
+            return Err(WgpuError::TooLarge {
+                what: "nlist for the GPU coarse selection",
+                got: nlist as u64,
+                max: MAX_SELECT_LEN as u64,
+            });
+        }
+        check_binding(gpu, "centroid matrix (bytes)", (nlist * dim * 4) as u64)?;
+        let norms: Vec<f32> = index
+            .centroids()
+            .chunks_exact(dim)
+            .map(|c| c.iter().map(|x| x * x).sum())
+            .collect();
+        Ok(GpuCoarse {
+            distances: Kernel::new(gpu, "coarse", include_str!("../wgsl/coarse.wgsl")),
+            select: Kernel::new(gpu, "select", include_str!("../wgsl/select.wgsl")),
+            centroids: storage(gpu, "centroids", index.centroids()),
+            norms: storage(gpu, "centroid norms", &norms),
+            nlist,
+            dim,
+            l2: !index.metric().is_inner_product(),
+        })
+    }
+
+    /// Queries per tile: the score matrix and the queries each fit one binding.
+    fn tile_rows(&self, gpu: &GpuDevice) -> usize {
+        let row_bytes = (self.nlist.max(self.dim) * 4) as u64;
+        ((gpu.max_binding() / row_bytes) as usize).clamp(1, 65_535 * 16)
+    }
+
+    /// Each query's `nprobe` best lists, best first (ties by list number).
+    pub fn search(
+        &self,
+        gpu: &GpuDevice,
+        queries: &[f32],
+        nprobe: usize,
+    ) -> Result<Probes, WgpuError> {
+        let nq = queries.len() / self.dim;
+        let nprobe = nprobe.min(self.nlist);
+        let mut lists = Vec::with_capacity(nq * nprobe);
+        let mut scores = Vec::with_capacity(nq * nprobe);
+        for tile in queries.chunks(self.tile_rows(gpu) * self.dim) {
+            let rows = tile.len() / self.dim;
+            let (l, s) = self.search_tile(gpu, tile, rows, nprobe)?;
+            lists.extend(l);
+            scores.extend(s);
+        }
+        Ok(Probes {
+            nprobe,
+            lists,
+            scores,
+        })
+    }
+
+    fn search_tile(
+        &self,
+        gpu: &GpuDevice,
+        queries: &[f32],
+        rows: usize,
+        nprobe: usize,
+    ) -> Result<(Vec<u32>, Vec<f32>), WgpuError> {
+        let q = storage(gpu, "queries", queries);
+        let score_bytes = (rows * self.nlist * 4) as u64;
+        let all = output(gpu, "coarse scores", score_bytes);
+        let out_bytes = (rows * nprobe * 4) as u64;
+        let out_lists = output(gpu, "probe lists", out_bytes);
+        let out_scores = output(gpu, "probe scores", out_bytes);
+        let dp = uniform(
+            gpu,
+            &DistanceParams {
+                nq: rows as u32,
+                nlist: self.nlist as u32,
+                dim: self.dim as u32,
+                l2: u32::from(self.l2),
+            },
+        );
+        let sp = uniform(
+            gpu,
+            &SelectParams {
+                rows: rows as u32,
+                len: self.nlist as u32,
+                n: nprobe as u32,
+                padded: self.nlist.next_power_of_two().max(2) as u32,
+            },
+        );
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        let groups = (self.nlist.div_ceil(16) as u32, rows.div_ceil(16) as u32);
+        if groups.1 > 65_535 {
+            return Err(WgpuError::TooLarge {
+                what: "query tile",
+                got: rows as u64,
+                max: 65_535 * 16,
+            });
+        }
+        self.distances.dispatch(
+            gpu,
+            &mut enc,
+            &[&q, &self.centroids, &self.norms, &all, &dp],
+            groups,
+        );
+        self.select.dispatch(
+            gpu,
+            &mut enc,
+            &[&all, &out_lists, &out_scores, &sp],
+            grid(rows as u64)?,
+        );
+        let mut got = submit_and_read::<u32>(
+            gpu,
+            enc,
+            &[(&out_lists, out_bytes), (&out_scores, out_bytes)],
+        )?;
+        let scores: Vec<f32> = bytemuck::cast_slice(&got.pop().unwrap_or_default()).to_vec();
+        let lists = got.pop().unwrap_or_default();
+        Ok((lists, scores))
+    }
+}

@@ -1,0 +1,163 @@
+//! Adapter discovery and device creation.
+//!
+//! `auto` prefers a hardware adapter (discrete, then integrated, then virtual GPU) and never
+//! picks a CPU adapter such as Mesa's lavapipe: that runs shaders correctly but slower than
+//! the CPU backend. [`AdapterChoice::AnyIncludingCpu`] takes a CPU adapter too (tests, CI).
+
+use wgpu::{Adapter, Backends, DeviceType, Instance, InstanceDescriptor};
+
+use crate::error::WgpuError;
+
+/// Which adapter to open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdapterChoice {
+    /// The best hardware adapter; never a CPU adapter.
+    HardwareOnly,
+    /// The best adapter, a CPU one when nothing else exists.
+    AnyIncludingCpu,
+}
+
+/// One adapter as `quiver devices` shows it.
+#[derive(Debug, Clone)]
+pub struct AdapterSummary {
+    /// Adapter name (e.g. "llvmpipe (LLVM 15.0.6, 256 bits)").
+    pub name: String,
+    /// Graphics API behind it.
+    pub backend: String,
+    /// Discrete / integrated / virtual GPU, or CPU.
+    pub device_type: String,
+    /// Driver and version.
+    pub driver: String,
+    /// Largest storage buffer binding, bytes.
+    pub max_storage_binding: u64,
+    /// Largest buffer, bytes.
+    pub max_buffer: u64,
+    /// Whether `auto` may pick it.
+    pub hardware: bool,
+}
+
+fn instance() -> Instance {
+    let mut desc = InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = Backends::VULKAN | Backends::METAL | Backends::DX12;
+    Instance::new(desc)
+}
+
+fn rank(t: DeviceType) -> Option<u8> {
+    match t {
+        DeviceType::DiscreteGpu => Some(0),
+        DeviceType::IntegratedGpu => Some(1),
+        DeviceType::VirtualGpu => Some(2),
+        DeviceType::Other => Some(3),
+        DeviceType::Cpu => None,
+    }
+}
+
+fn summary(a: &Adapter) -> AdapterSummary {
+    let info = a.get_info();
+    let limits = a.limits();
+    AdapterSummary {
+        name: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+        driver: format!("{} {}", info.driver, info.driver_info)
+            .trim()
+            .to_string(),
+        max_storage_binding: u64::from(limits.max_storage_buffer_binding_size),
+        max_buffer: limits.max_buffer_size,
+        hardware: rank(info.device_type).is_some(),
+    }
+}
+
+/// Every adapter this process can see.
+pub fn list_adapters() -> Vec<AdapterSummary> {
+    pollster::block_on(instance().enumerate_adapters(Backends::all()))
+        .iter()
+        .map(summary)
+        .collect()
+}
+
+/// An open device and its queue, with what the kernels need to know of its limits.
+pub struct GpuDevice {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    adapter: AdapterSummary,
+    /// Largest storage binding the kernels may use (the adapter's, or less for tests).
+    pub(crate) max_binding: u64,
+}
+
+impl std::fmt::Debug for GpuDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuDevice")
+            .field("adapter", &self.adapter.name)
+            .finish()
+    }
+}
+
+impl GpuDevice {
+    /// Opens the best adapter allowed by `choice`.
+    pub fn open(choice: AdapterChoice) -> Result<GpuDevice, WgpuError> {
+        let adapters = pollster::block_on(instance().enumerate_adapters(Backends::all()));
+        let best = adapters
+            .into_iter()
+            .filter_map(|a| {
+                let r = rank(a.get_info().device_type);
+                match (r, choice) {
+                    (Some(r), _) => Some((r, a)),
+                    (None, AdapterChoice::AnyIncludingCpu) => Some((9, a)),
+                    (None, AdapterChoice::HardwareOnly) => None,
+                }
+            })
+            .min_by_key(|(r, _)| *r)
+            .map(|(_, a)| a)
+            .ok_or_else(|| {
+                WgpuError::NoAdapter(match choice {
+                    AdapterChoice::HardwareOnly => {
+                        "no hardware GPU adapter (CPU adapters such as lavapipe are only used \
+                         when asked for explicitly)"
+                            .into()
+                    }
+                    AdapterChoice::AnyIncludingCpu => {
+                        "no Vulkan, Metal or DX12 adapter (on Debian: apt-get install \
+                         mesa-vulkan-drivers libvulkan1)"
+                            .into()
+                    }
+                })
+            })?;
+        let adapter = summary(&best);
+        let limits = best.limits();
+        let (device, queue) = pollster::block_on(best.request_device(&wgpu::DeviceDescriptor {
+            label: Some("quiver"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| WgpuError::Device {
+            adapter: adapter.name.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(GpuDevice {
+            device,
+            queue,
+            max_binding: u64::from(limits.max_storage_buffer_binding_size),
+            adapter,
+        })
+    }
+
+    /// The adapter it runs on.
+    pub fn adapter(&self) -> &AdapterSummary {
+        &self.adapter
+    }
+
+    /// Caps the storage binding size the kernels use (to exercise tiling in tests).
+    pub fn with_max_binding(mut self, bytes: u64) -> Self {
+        self.max_binding = self.max_binding.min(bytes.max(256));
+        self
+    }
+
+    /// The storage binding size the kernels use.
+    pub fn max_binding(&self) -> u64 {
+        self.max_binding
+    }
+}

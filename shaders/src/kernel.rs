@@ -1,0 +1,179 @@
+//! Shared plumbing of the kernels: pipelines from WGSL, buffers, dispatch, read-back.
+
+use wgpu::util::DeviceExt;
+
+use crate::device::GpuDevice;
+use crate::error::WgpuError;
+
+/// A compute pipeline built once from one WGSL source (entry point `main`).
+pub(crate) struct Kernel {
+    pub(crate) pipeline: wgpu::ComputePipeline,
+}
+
+impl Kernel {
+    pub(crate) fn new(gpu: &GpuDevice, label: &str, source: &str) -> Kernel {
+        let module = gpu
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(label),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+        let pipeline = gpu
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(label),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        Kernel { pipeline }
+    }
+
+    /// Records one dispatch of `groups` workgroups (split over x and y past 65,535).
+    pub(crate) fn dispatch(
+        &self,
+        gpu: &GpuDevice,
+        encoder: &mut wgpu::CommandEncoder,
+        buffers: &[&wgpu::Buffer],
+        groups: (u32, u32),
+    ) {
+        let layout = self.pipeline.get_bind_group_layout(0);
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        let bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &layout,
+            entries: &entries,
+        });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: None,
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(groups.0, groups.1, 1);
+    }
+}
+
+/// Workgroups for `n` independent groups: x up to 65,535, the rest in y.
+pub(crate) fn grid(n: u64) -> Result<(u32, u32), WgpuError> {
+    const MAX: u64 = 65_535;
+    let n = n.max(1);
+    if n <= MAX {
+        return Ok((n as u32, 1));
+    }
+    let y = n.div_ceil(MAX);
+    if y > MAX {
+        return Err(WgpuError::TooLarge {
+            what: "workgroup count",
+            got: n,
+            max: MAX * MAX,
+        });
+    }
+    Ok((MAX as u32, y as u32))
+}
+
+/// A read-only storage buffer holding `data`.
+pub(crate) fn storage<T: bytemuck::Pod>(gpu: &GpuDevice, label: &str, data: &[T]) -> wgpu::Buffer {
+    let bytes: &[u8] = bytemuck::cast_slice(data);
+    // A binding may not be empty: pad to one element.
+    let padded;
+    let contents = if bytes.is_empty() {
+        padded = [0u8; 4];
+        &padded[..]
+    } else {
+        bytes
+    };
+    gpu.device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents,
+            usage: wgpu::BufferUsages::STORAGE,
+        })
+}
+
+/// A uniform buffer holding `value`.
+pub(crate) fn uniform<T: bytemuck::Pod>(gpu: &GpuDevice, value: &T) -> wgpu::Buffer {
+    gpu.device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("params"),
+            contents: bytemuck::bytes_of(value),
+            usage: wgpu::BufferUsages::UNIFORM,
+        })
+}
+
+/// A writable storage buffer of `bytes` bytes that can be copied out.
+pub(crate) fn output(gpu: &GpuDevice, label: &str, bytes: u64) -> wgpu::Buffer {
+    gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: bytes.max(4),
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    })
+}
+
+/// Checks that a binding of `bytes` fits the device's storage binding limit.
+pub(crate) fn check_binding(
+    gpu: &GpuDevice,
+    what: &'static str,
+    bytes: u64,
+) -> Result<(), WgpuError> {
+    if bytes > gpu.max_binding {
+        return Err(WgpuError::TooLarge {
+            what,
+            got: bytes,
+            max: gpu.max_binding,
+        });
+    }
+    Ok(())
+}
+
+/// Submits `encoder` after copying each `(buffer, bytes)` to a mappable buffer, waits, and
+/// returns their contents.
+pub(crate) fn submit_and_read<T: bytemuck::Pod>(
+    gpu: &GpuDevice,
+    mut encoder: wgpu::CommandEncoder,
+    outputs: &[(&wgpu::Buffer, u64)],
+) -> Result<Vec<Vec<T>>, WgpuError> {
+    let staging: Vec<wgpu::Buffer> = outputs
+        .iter()
+        .map(|(src, bytes)| {
+            let dst = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("read-back"),
+                size: (*bytes).max(4),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            encoder.copy_buffer_to_buffer(src, 0, &dst, 0, (*bytes).max(4));
+            dst
+        })
+        .collect();
+    gpu.queue.submit([encoder.finish()]);
+    for s in &staging {
+        s.map_async(wgpu::MapMode::Read, .., |_| {});
+    }
+    gpu.device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| WgpuError::Runtime(e.to_string()))?;
+    staging
+        .iter()
+        .zip(outputs)
+        .map(|(s, (_, bytes))| {
+            let view = s
+                .get_mapped_range(..)
+                .map_err(|e| WgpuError::Runtime(e.to_string()))?;
+            let out = bytemuck::cast_slice::<u8, T>(&view[..*bytes as usize]).to_vec();
+            drop(view);
+            s.unmap();
+            Ok(out)
+        })
+        .collect()
+}
