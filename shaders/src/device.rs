@@ -62,7 +62,7 @@ fn summary(a: &Adapter) -> AdapterSummary {
         driver: format!("{} {}", info.driver, info.driver_info)
             .trim()
             .to_string(),
-        max_storage_binding: u64::from(limits.max_storage_buffer_binding_size),
+        max_storage_binding: limits.max_storage_buffer_binding_size,
         max_buffer: limits.max_buffer_size,
         hardware: rank(info.device_type).is_some(),
     }
@@ -140,7 +140,7 @@ impl GpuDevice {
         Ok(GpuDevice {
             device,
             queue,
-            max_binding: u64::from(limits.max_storage_buffer_binding_size),
+            max_binding: limits.max_storage_buffer_binding_size,
             adapter,
         })
     }
