@@ -1,5 +1,5 @@
 //! Coarse search on the GPU: distances of a query batch to every centroid (`coarse.wgsl`),
-//! then each query's `nprobe` best lists (`select.wgsl`), equal to the CPU reference's
+//! then each query's `nprobe` best lists (the top-k kernel), equal to the CPU reference's
 //! [`quiver_engine::backend::Backend::coarse_search`].
 //!
 //! The centroids are uploaded once. A batch is cut into tiles whose score matrix and queries
@@ -11,10 +11,8 @@ use quiver_engine::IvfPqIndex;
 
 use crate::device::GpuDevice;
 use crate::error::WgpuError;
-use crate::kernel::{check_binding, grid, output, storage, submit_and_read, uniform, Kernel};
-
-/// Longest row the selection kernel sorts in workgroup memory.
-pub const MAX_SELECT_LEN: usize = 2048;
+use crate::kernel::{check_binding, output, storage, uniform, Kernel};
+use crate::topk::{GpuTopK, Rows};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -25,19 +23,10 @@ struct DistanceParams {
     l2: u32,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct SelectParams {
-    rows: u32,
-    len: u32,
-    n: u32,
-    padded: u32,
-}
-
 /// The coarse quantizer on a device, with its two kernels.
 pub struct GpuCoarse {
     distances: Kernel,
-    select: Kernel,
+    select: GpuTopK,
     centroids: wgpu::Buffer,
     norms: wgpu::Buffer,
     nlist: usize,
@@ -58,13 +47,6 @@ impl GpuCoarse {
     /// Uploads an index's centroids and builds the kernels.
     pub fn new(gpu: &GpuDevice, index: &IvfPqIndex) -> Result<GpuCoarse, WgpuError> {
         let (nlist, dim) = (index.nlist(), index.dim());
-        if nlist > MAX_SELECT_LEN {
-            return Err(WgpuError::TooLarge {
-                what: "nlist for the GPU coarse selection",
-                got: nlist as u64,
-                max: MAX_SELECT_LEN as u64,
-            });
-        }
         check_binding(gpu, "centroid matrix (bytes)", (nlist * dim * 4) as u64)?;
         let norms: Vec<f32> = index
             .centroids()
@@ -73,7 +55,7 @@ impl GpuCoarse {
             .collect();
         Ok(GpuCoarse {
             distances: Kernel::new(gpu, "coarse", include_str!("../wgsl/coarse.wgsl")),
-            select: Kernel::new(gpu, "select", include_str!("../wgsl/select.wgsl")),
+            select: GpuTopK::new(gpu),
             centroids: storage(gpu, "centroids", index.centroids()),
             norms: storage(gpu, "centroid norms", &norms),
             nlist,
@@ -82,9 +64,10 @@ impl GpuCoarse {
         })
     }
 
-    /// Queries per tile: the score matrix and the queries each fit one binding.
+    /// Queries per tile: the score matrix (with its 8-byte payloads) and the queries each fit
+    /// one binding.
     fn tile_rows(&self, gpu: &GpuDevice) -> usize {
-        let row_bytes = (self.nlist.max(self.dim) * 4) as u64;
+        let row_bytes = (self.nlist.max(self.dim / 2) * 8) as u64;
         ((gpu.max_binding() / row_bytes) as usize).clamp(1, 65_535 * 16)
     }
 
@@ -120,12 +103,10 @@ impl GpuCoarse {
         nprobe: usize,
     ) -> Result<(Vec<u32>, Vec<f32>), WgpuError> {
         let q = storage(gpu, "queries", queries);
-        let score_bytes = (rows * self.nlist * 4) as u64;
-        let all = output(gpu, "coarse scores", score_bytes);
-        let out_bytes = (rows * nprobe * 4) as u64;
-        let out_lists = output(gpu, "probe lists", out_bytes);
-        let out_scores = output(gpu, "probe scores", out_bytes);
-        let dp = uniform(
+        let n = rows * self.nlist;
+        let scores = output(gpu, "coarse scores", (n * 4) as u64);
+        let payloads = output(gpu, "coarse payloads", (n * 8) as u64);
+        let params = uniform(
             gpu,
             &DistanceParams {
                 nq: rows as u32,
@@ -134,45 +115,47 @@ impl GpuCoarse {
                 l2: u32::from(self.l2),
             },
         );
-        let sp = uniform(
-            gpu,
-            &SelectParams {
-                rows: rows as u32,
-                len: self.nlist as u32,
-                n: nprobe as u32,
-                padded: self.nlist.next_power_of_two().max(2) as u32,
-            },
-        );
-        let mut enc = gpu
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
         let groups = (self.nlist.div_ceil(16) as u32, rows.div_ceil(16) as u32);
-        if groups.1 > 65_535 {
+        if groups.0 > 65_535 || groups.1 > 65_535 {
             return Err(WgpuError::TooLarge {
-                what: "query tile",
-                got: rows as u64,
+                what: "coarse tile (lists or queries)",
+                got: rows.max(self.nlist) as u64,
                 max: 65_535 * 16,
             });
         }
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
         self.distances.dispatch(
             gpu,
             &mut enc,
-            &[&q, &self.centroids, &self.norms, &all, &dp],
+            &[
+                &q,
+                &self.centroids,
+                &self.norms,
+                &scores,
+                &payloads,
+                &params,
+            ],
             groups,
         );
-        self.select.dispatch(
-            gpu,
-            &mut enc,
-            &[&all, &out_lists, &out_scores, &sp],
-            grid(rows as u64)?,
-        );
-        let mut got = submit_and_read::<u32>(
+        let spans = (0..rows).map(|r| (r * self.nlist, self.nlist)).collect();
+        let selected = self.select.select(
             gpu,
             enc,
-            &[(&out_lists, out_bytes), (&out_scores, out_bytes)],
+            Rows {
+                scores,
+                payloads,
+                spans,
+            },
+            nprobe,
         )?;
-        let scores: Vec<f32> = bytemuck::cast_slice(&got.pop().unwrap_or_default()).to_vec();
-        let lists = got.pop().unwrap_or_default();
-        Ok((lists, scores))
+        let mut lists = Vec::with_capacity(rows * nprobe);
+        let mut out = Vec::with_capacity(rows * nprobe);
+        for (s, p) in selected {
+            lists.extend(p.iter().map(|p| p[1]));
+            out.extend(s);
+        }
+        Ok((lists, out))
     }
 }

@@ -3,7 +3,8 @@
 // One 16 × 16 workgroup computes a 16-query × 16-centroid tile; both operands are staged
 // through workgroup memory 16 dimensions at a time, so each query and centroid value read
 // from memory serves 16 products. Inner product: -<q, c>; L2: max(‖q‖² + ‖c‖² − 2<q, c>, 0),
-// the same expression as the CPU reference.
+// the same expression as the CPU reference. Each score goes out with its payload (0, centroid)
+// for the top-k kernel, which then picks the nprobe best.
 
 struct Params {
     nq: u32,
@@ -16,7 +17,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read> centroids: array<f32>;
 @group(0) @binding(2) var<storage, read> centroid_norms: array<f32>;
 @group(0) @binding(3) var<storage, read_write> scores: array<f32>;
-@group(0) @binding(4) var<uniform> params: Params;
+@group(0) @binding(4) var<storage, read_write> payloads: array<vec2<u32>>;
+@group(0) @binding(5) var<uniform> params: Params;
 
 const TILE: u32 = 16u;
 
@@ -60,5 +62,6 @@ fn main(
             s = max(q_norm + centroid_norms[c] - 2.0 * dot, 0.0);
         }
         scores[q * params.nlist + c] = s;
+        payloads[q * params.nlist + c] = vec2<u32>(0u, c);
     }
 }

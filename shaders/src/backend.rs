@@ -1,0 +1,602 @@
+//! The wgpu backend: every search stage on a device through WGSL compute shaders.
+//!
+//! `prepare` uploads the index once (coarse centroids, PQ codebook, codes and raw vectors split
+//! over bindings, tombstones, L2 list terms) and builds every pipeline. Each stage then runs a
+//! batch as tiles that fit the storage-binding limit:
+//! 1. coarse: tiled distances + top-k kernel (`coarse.wgsl`, `topk.wgsl`);
+//! 2. tables: `tables.wgsl`;
+//! 3. scan: `scan8.wgsl` (8-bit codes, float tables) or `scan4.wgsl` (4-bit fast-scan codes,
+//!    tables quantized to u8 on the host by the CPU code), one workgroup per (query, list),
+//!    then the top-k kernel over each query's row of scores;
+//! 4. refine: `refine.wgsl` (exact distances on f16/f32 raw vectors), then the top-k kernel by
+//!    (distance, id).
+//!
+//! Results equal the CPU reference's up to float rounding (the scan's scores exactly: same
+//! additions in the same order; the scan's integer sums in the 4-bit case).
+
+use std::sync::Arc;
+
+use bytemuck::{Pod, Zeroable};
+use quiver_engine::backend::{
+    Backend, Candidates, LookupTables, Neighbors, PreparedIndex, Probes, Slot,
+};
+use quiver_engine::fastscan::QuantizedTable;
+use quiver_engine::list::CodeLayout;
+use quiver_engine::{EngineError, IvfPqIndex, RefineKind};
+
+use crate::coarse::GpuCoarse;
+use crate::device::GpuDevice;
+use crate::error::WgpuError;
+use crate::index::GpuIndex;
+use crate::kernel::{check_binding, grid, output, storage, uniform, Kernel};
+use crate::tables::GpuTables;
+use crate::topk::{GpuTopK, Rows};
+
+/// The wgpu backend on one device.
+pub struct WgpuBackend {
+    gpu: Arc<GpuDevice>,
+    scan8: Kernel,
+    scan4: Kernel,
+    refine: Kernel,
+    topk: GpuTopK,
+}
+
+impl std::fmt::Debug for WgpuBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WgpuBackend")
+            .field("adapter", &self.gpu.adapter().name)
+            .finish()
+    }
+}
+
+/// An index uploaded to the device.
+pub struct WgpuPrepared {
+    coarse: GpuCoarse,
+    tables: GpuTables,
+    data: GpuIndex,
+    /// L2 only: `nlist × M × ksub` list terms (host copy for 4-bit quantization; for the
+    /// 8-bit scan also device buffers, split like the codes, and each list's (buffer, first
+    /// value) in them).
+    l2_terms: Option<(Vec<f32>, Vec<wgpu::Buffer>, Vec<(usize, u32)>)>,
+    /// Placeholder binding where no terms are needed.
+    no_terms: wgpu::Buffer,
+}
+
+impl std::fmt::Debug for WgpuPrepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WgpuPrepared")
+            .field("lists", &self.data.places.len())
+            .field("code_buffers", &self.data.code_bufs.len())
+            .field("raw_buffers", &self.data.raw_bufs.len())
+            .finish()
+    }
+}
+
+impl WgpuPrepared {
+    /// How many device buffers hold the codes and the raw vectors.
+    pub fn buffer_counts(&self) -> (usize, usize) {
+        (self.data.code_bufs.len(), self.data.raw_bufs.len())
+    }
+}
+
+impl PreparedIndex for WgpuPrepared {
+    fn index(&self) -> &IvfPqIndex {
+        &self.data.index
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct ScanItem {
+    table: u32,
+    byte_off: u32,
+    len: u32,
+    gslot: u32,
+    terms: u32,
+    out: u32,
+    bias: f32,
+    pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct RefineItem {
+    query: u32,
+    elem: u32,
+    out: u32,
+    pad: u32,
+}
+
+fn engine_err(e: WgpuError) -> EngineError {
+    EngineError::BackendUnavailable {
+        backend: "wgpu",
+        reason: e.to_string(),
+    }
+}
+
+impl WgpuBackend {
+    /// A backend on an open device; builds the pipelines.
+    pub fn new(gpu: Arc<GpuDevice>) -> WgpuBackend {
+        WgpuBackend {
+            scan8: Kernel::new(&gpu, "scan8", include_str!("../wgsl/scan8.wgsl")),
+            scan4: Kernel::new(&gpu, "scan4", include_str!("../wgsl/scan4.wgsl")),
+            refine: Kernel::new(&gpu, "refine", include_str!("../wgsl/refine.wgsl")),
+            topk: GpuTopK::new(&gpu),
+            gpu,
+        }
+    }
+
+    /// The device it runs on.
+    pub fn device(&self) -> &GpuDevice {
+        &self.gpu
+    }
+
+    fn encoder(&self) -> wgpu::CommandEncoder {
+        self.gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+    }
+
+    /// Queries per scan tile: each query's row of (score, payload) and its tables fit.
+    fn scan_tiles(
+        &self,
+        p: &WgpuPrepared,
+        probes: &Probes,
+        table_bytes: usize,
+    ) -> Result<Vec<std::ops::Range<usize>>, WgpuError> {
+        let nq = probes.lists.len() / probes.nprobe.max(1);
+        let limit = self.gpu.max_binding() as usize;
+        let mut tiles = Vec::new();
+        let (mut start, mut entries, mut tables) = (0, 0usize, 0usize);
+        for q in 0..nq {
+            let row: usize = probes.lists[q * probes.nprobe..(q + 1) * probes.nprobe]
+                .iter()
+                .map(|&l| p.data.places[l as usize].len as usize)
+                .sum();
+            if row * 8 > limit || table_bytes > limit {
+                return Err(WgpuError::TooLarge {
+                    what: "one query's scan (bytes)",
+                    got: (row * 8).max(table_bytes) as u64,
+                    max: limit as u64,
+                });
+            }
+            if q > start && ((entries + row) * 8 > limit || tables + table_bytes > limit) {
+                tiles.push(start..q);
+                (start, entries, tables) = (q, 0, 0);
+            }
+            entries += row;
+            tables += table_bytes;
+        }
+        if nq > start {
+            tiles.push(start..nq);
+        }
+        Ok(tiles)
+    }
+
+    fn scan_tile(
+        &self,
+        p: &WgpuPrepared,
+        probes: &Probes,
+        tables: &LookupTables,
+        keep: usize,
+        qs: std::ops::Range<usize>,
+        slots: &mut [Slot],
+        scores: &mut [f32],
+    ) -> Result<(), WgpuError> {
+        let index = &p.data.index;
+        let nprobe = probes.nprobe;
+        let (m, ksub) = (tables.m, tables.ksub);
+        let tl = m * ksub;
+        let fast = index.layout() == CodeLayout::Packed4x32;
+        // Work items per (code buffer, L2 terms buffer), and each query's row.
+        let mut items: std::collections::BTreeMap<(usize, usize), Vec<ScanItem>> =
+            Default::default();
+        let mut spans = Vec::with_capacity(qs.len());
+        let mut out = 0usize;
+        // 4-bit: quantized tables (u8, as words) and their (base, scale).
+        let mut qwords: Vec<u32> = Vec::new();
+        let mut qparams: Vec<[f32; 2]> = Vec::new();
+        let mut quantized = QuantizedTable::new(m);
+        let mut combined = vec![0f32; tl];
+        let shared = fast && p.l2_terms.is_none();
+        let push_table =
+            |q: &QuantizedTable, qwords: &mut Vec<u32>, qparams: &mut Vec<[f32; 2]>| {
+                let n = qparams.len() as u32;
+                qwords.extend(q.values.chunks(4).map(|c| {
+                    c.iter()
+                        .enumerate()
+                        .fold(0u32, |w, (i, &b)| w | u32::from(b) << (8 * i))
+                }));
+                qparams.push([q.base, q.scale]);
+                n
+            };
+        for (local, q) in qs.clone().enumerate() {
+            let q_table = &tables.values[q * tl..(q + 1) * tl];
+            let mut shared_table = 0;
+            if shared {
+                quantized.quantize(q_table, 0.0);
+                shared_table = push_table(&quantized, &mut qwords, &mut qparams);
+            }
+            let row_start = out;
+            for j in 0..nprobe {
+                let l = probes.lists[q * nprobe + j] as usize;
+                let bias = probes.scores[q * nprobe + j];
+                let place = &p.data.places[l];
+                let (table, offset) = if !fast {
+                    (local as u32, bias)
+                } else if shared {
+                    (shared_table, bias)
+                } else {
+                    let terms = &p.l2_terms.as_ref().map(|t| &t.0[..]).unwrap_or(&[]);
+                    let t = &terms[l * tl..(l + 1) * tl];
+                    combined
+                        .iter_mut()
+                        .zip(t.iter().zip(q_table))
+                        .for_each(|(o, (a, b))| *o = a + b);
+                    quantized.quantize(&combined, bias);
+                    (push_table(&quantized, &mut qwords, &mut qparams), 0.0)
+                };
+                let (terms_buf, terms) = match &p.l2_terms {
+                    Some((_, _, places)) if !fast => places[l],
+                    _ => (0, 0),
+                };
+                for seg in &place.segments {
+                    items
+                        .entry((seg.buf, terms_buf))
+                        .or_default()
+                        .push(ScanItem {
+                            table,
+                            byte_off: seg.byte,
+                            len: seg.len,
+                            gslot: place.gslot + seg.first,
+                            terms,
+                            out: (out + seg.first as usize) as u32,
+                            bias: offset,
+                            pad: 0,
+                        });
+                }
+                out += place.len as usize;
+            }
+            spans.push((row_start, out - row_start));
+        }
+        let entries = out.max(1);
+        let row_scores = output(&self.gpu, "scan scores", (entries * 4) as u64);
+        let row_payloads = output(&self.gpu, "scan payloads", (entries * 8) as u64);
+        let mut enc = self.encoder();
+        let mut keep_alive = Vec::new();
+        let table_buf = if fast {
+            check_binding(
+                &self.gpu,
+                "quantized tables (bytes)",
+                (qwords.len() * 4) as u64,
+            )?;
+            (
+                storage(&self.gpu, "quantized tables", &qwords),
+                storage(&self.gpu, "table params", &qparams),
+            )
+        } else {
+            let t = &tables.values[qs.start * tl..qs.end * tl];
+            (
+                storage(&self.gpu, "tables", t),
+                storage(&self.gpu, "unused", &[0u32]),
+            )
+        };
+        for (&(b, tb), its) in &items {
+            check_binding(
+                &self.gpu,
+                "scan work items (bytes)",
+                (its.len() * 32) as u64,
+            )?;
+            let item_buf = storage(&self.gpu, "scan items", its);
+            let groups = grid(its.len() as u64)?;
+            if fast {
+                let params = uniform(&self.gpu, &[m as u32, its.len() as u32, 0, 0]);
+                self.scan4.dispatch(
+                    &self.gpu,
+                    &mut enc,
+                    &[
+                        &p.data.code_bufs[b],
+                        &item_buf,
+                        &table_buf.0,
+                        &table_buf.1,
+                        &p.data.dead,
+                        &row_scores,
+                        &row_payloads,
+                        &params,
+                    ],
+                    groups,
+                );
+                keep_alive.push((item_buf, params));
+            } else {
+                let terms = p.l2_terms.as_ref().map(|t| &t.1[tb]).unwrap_or(&p.no_terms);
+                let params = uniform(
+                    &self.gpu,
+                    &[
+                        m as u32,
+                        u32::from(p.l2_terms.is_some()),
+                        its.len() as u32,
+                        0,
+                    ],
+                );
+                self.scan8.dispatch(
+                    &self.gpu,
+                    &mut enc,
+                    &[
+                        &p.data.code_bufs[b],
+                        &item_buf,
+                        &table_buf.0,
+                        terms,
+                        &p.data.dead,
+                        &row_scores,
+                        &row_payloads,
+                        &params,
+                    ],
+                    groups,
+                );
+                keep_alive.push((item_buf, params));
+            }
+        }
+        let selected = self.topk.select(
+            &self.gpu,
+            enc,
+            Rows {
+                scores: row_scores,
+                payloads: row_payloads,
+                spans,
+            },
+            keep,
+        )?;
+        drop(keep_alive);
+        for (local, (s, pay)) in selected.into_iter().enumerate() {
+            let q = qs.start + local;
+            for (i, (score, pl)) in s.iter().zip(&pay).enumerate() {
+                if *score == f32::INFINITY || pl[0] != 0 {
+                    break;
+                }
+                let (list, offset) = p.data.locate(pl[1]);
+                slots[q * keep + i] = Slot { list, offset };
+                scores[q * keep + i] = *score;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Backend for WgpuBackend {
+    type Prepared = WgpuPrepared;
+
+    fn name(&self) -> &'static str {
+        "wgpu"
+    }
+
+    fn prepare(&self, index: Arc<IvfPqIndex>) -> Result<WgpuPrepared, EngineError> {
+        let gpu = &self.gpu;
+        let l2_terms = if index.metric().is_inner_product() {
+            None
+        } else {
+            // The CPU reference's terms, computed the same way.
+            let pq = index.pq();
+            let (m, ksub) = (pq.m(), pq.ksub());
+            let mut terms = vec![0f32; index.nlist() * m * ksub];
+            pq.inner_product_tables(index.centroids(), &mut terms);
+            let norms = pq.centroid_norms();
+            terms.chunks_mut(m * ksub).for_each(|t| {
+                t.iter_mut().zip(norms).for_each(|(v, n)| *v = n + 2.0 * *v);
+            });
+            let (bufs, places) = if index.layout() == CodeLayout::Flat {
+                let (bufs, places) = crate::index::pack(
+                    gpu,
+                    "L2 terms",
+                    terms.chunks(m * ksub).map(bytemuck::cast_slice),
+                    gpu.max_binding(),
+                )
+                .map_err(engine_err)?;
+                let places = places
+                    .into_iter()
+                    .map(|(b, off)| (b, (off / 4) as u32))
+                    .collect();
+                (bufs, places)
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            Some((terms, bufs, places))
+        };
+        Ok(WgpuPrepared {
+            coarse: GpuCoarse::new(gpu, &index).map_err(engine_err)?,
+            tables: GpuTables::new(gpu, &index).map_err(engine_err)?,
+            no_terms: storage(gpu, "unused", &[0u32]),
+            data: GpuIndex::upload(gpu, index).map_err(engine_err)?,
+            l2_terms,
+        })
+    }
+
+    fn coarse_search(
+        &self,
+        p: &WgpuPrepared,
+        queries: &[f32],
+        nprobe: usize,
+    ) -> Result<Probes, EngineError> {
+        p.coarse
+            .search(&self.gpu, queries, nprobe)
+            .map_err(engine_err)
+    }
+
+    fn lookup_tables(
+        &self,
+        p: &WgpuPrepared,
+        queries: &[f32],
+    ) -> Result<LookupTables, EngineError> {
+        p.tables.compute(&self.gpu, queries).map_err(engine_err)
+    }
+
+    fn scan(
+        &self,
+        p: &WgpuPrepared,
+        probes: &Probes,
+        tables: &LookupTables,
+        keep: usize,
+    ) -> Result<Candidates, EngineError> {
+        let nq = probes.lists.len() / probes.nprobe.max(1);
+        let mut slots = vec![Slot::NONE; nq * keep];
+        let mut scores = vec![f32::INFINITY; nq * keep];
+        let fast = p.data.index.layout() == CodeLayout::Packed4x32;
+        let table_bytes = if fast {
+            tables.m
+                * 16
+                * if p.l2_terms.is_some() {
+                    probes.nprobe
+                } else {
+                    1
+                }
+        } else {
+            tables.m * tables.ksub * 4
+        };
+        for qs in self
+            .scan_tiles(p, probes, table_bytes)
+            .map_err(engine_err)?
+        {
+            self.scan_tile(p, probes, tables, keep, qs, &mut slots, &mut scores)
+                .map_err(engine_err)?;
+        }
+        Ok(Candidates {
+            per_query: keep,
+            slots,
+            scores,
+        })
+    }
+
+    fn refine(
+        &self,
+        p: &WgpuPrepared,
+        queries: &[f32],
+        candidates: &Candidates,
+        k: usize,
+    ) -> Result<Neighbors, EngineError> {
+        self.refine_all(p, queries, candidates, k)
+            .map_err(engine_err)
+    }
+}
+
+impl WgpuBackend {
+    fn refine_all(
+        &self,
+        p: &WgpuPrepared,
+        queries: &[f32],
+        candidates: &Candidates,
+        k: usize,
+    ) -> Result<Neighbors, WgpuError> {
+        let index = &p.data.index;
+        let dim = index.dim();
+        let metric = index.metric();
+        let nq = queries.len() / dim;
+        let per = candidates.per_query.max(1);
+        let pad = Neighbors::padding_distance(metric);
+        let mut ids = vec![-1i64; nq * k];
+        let mut distances = vec![pad; nq * k];
+        let has_raw = index.params().refine != RefineKind::None;
+        // Tiles: the candidates' scores and payloads, and the queries, fit one binding.
+        let limit = self.gpu.max_binding() as usize;
+        let rows_per_tile = (limit / (per * 8).max(dim * 4)).max(1);
+        for start in (0..nq).step_by(rows_per_tile) {
+            let end = (start + rows_per_tile).min(nq);
+            let n = (end - start) * per;
+            let mut score = vec![f32::INFINITY; n];
+            let mut payload = vec![[u32::MAX; 2]; n];
+            let mut items: Vec<Vec<RefineItem>> = vec![Vec::new(); p.data.raw_bufs.len()];
+            for q in start..end {
+                for j in 0..per {
+                    let slot = candidates.slots[q * per + j];
+                    if slot == Slot::NONE {
+                        break;
+                    }
+                    let list = &index.lists()[slot.list as usize];
+                    let id = list.ids.as_slice()[slot.offset as usize];
+                    let at = (q - start) * per + j;
+                    payload[at] = [(id >> 32) as u32, id as u32];
+                    if has_raw {
+                        let gslot = p.data.places[slot.list as usize].gslot + slot.offset;
+                        let (buf, elem) = p.data.raw_place(gslot);
+                        items[buf].push(RefineItem {
+                            query: (q - start) as u32,
+                            elem,
+                            out: at as u32,
+                            pad: 0,
+                        });
+                    } else {
+                        score[at] = candidates.scores[q * per + j];
+                    }
+                }
+            }
+            let scores_buf = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("refine scores"),
+                size: (n * 4).max(4) as u64,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            self.gpu
+                .queue
+                .write_buffer(&scores_buf, 0, bytemuck::cast_slice(&score));
+            let payload_buf = storage(&self.gpu, "refine ids", &payload);
+            let query_buf = storage(&self.gpu, "queries", &queries[start * dim..end * dim]);
+            let mut enc = self.encoder();
+            let mut keep_alive = Vec::new();
+            for (b, its) in items.iter().enumerate() {
+                if its.is_empty() {
+                    continue;
+                }
+                check_binding(
+                    &self.gpu,
+                    "refine work items (bytes)",
+                    (its.len() * 16) as u64,
+                )?;
+                let item_buf = storage(&self.gpu, "refine items", its);
+                let params = uniform(
+                    &self.gpu,
+                    &[
+                        dim as u32,
+                        u32::from(p.data.raw_f16),
+                        u32::from(metric.is_inner_product()),
+                        its.len() as u32,
+                    ],
+                );
+                let groups = grid(its.len().div_ceil(64) as u64)?;
+                self.refine.dispatch(
+                    &self.gpu,
+                    &mut enc,
+                    &[
+                        &p.data.raw_bufs[b],
+                        &item_buf,
+                        &query_buf,
+                        &scores_buf,
+                        &params,
+                    ],
+                    groups,
+                );
+                keep_alive.push((item_buf, params));
+            }
+            let spans = (0..end - start).map(|r| (r * per, per)).collect();
+            let selected = self.topk.select(
+                &self.gpu,
+                enc,
+                Rows {
+                    scores: scores_buf,
+                    payloads: payload_buf,
+                    spans,
+                },
+                k,
+            )?;
+            drop(keep_alive);
+            for (r, (s, pay)) in selected.into_iter().enumerate() {
+                let q = start + r;
+                for (i, (score, pl)) in s.iter().zip(&pay).enumerate() {
+                    if *pl == [u32::MAX; 2] && *score == f32::INFINITY {
+                        break;
+                    }
+                    ids[q * k + i] = (u64::from(pl[0]) << 32 | u64::from(pl[1])) as i64;
+                    distances[q * k + i] = metric.reported(*score);
+                }
+            }
+        }
+        Ok(Neighbors { k, ids, distances })
+    }
+}

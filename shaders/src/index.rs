@@ -1,0 +1,230 @@
+//! An IVF-PQ index resident on a device: codes, tombstones, raw vectors and L2 terms.
+//!
+//! Lists are packed, in list order, into as many code buffers as the storage-binding limit
+//! requires (each list's codes start on a 4-byte boundary); raw vectors likewise into raw
+//! buffers. A kernel binds one buffer at a time, so the scan and refine dispatch once per
+//! buffer with the work that lives in it: an index larger than one binding (128 MiB on
+//! lavapipe) searches like a small one. Every entry also has a global slot (its rank in list
+//! order), which indexes the tombstone bitmap and is the payload the top-k kernel orders by.
+
+use std::sync::Arc;
+
+use quiver_engine::list::{CodeLayout, RawVectors};
+use quiver_engine::IvfPqIndex;
+
+use crate::device::GpuDevice;
+use crate::error::WgpuError;
+use crate::kernel::{check_binding, storage};
+
+/// A run of one list's codes inside one code buffer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CodeSegment {
+    /// Code buffer number and first byte in it.
+    pub(crate) buf: usize,
+    pub(crate) byte: u32,
+    /// First entry of the list it holds, and how many.
+    pub(crate) first: u32,
+    pub(crate) len: u32,
+}
+
+/// Where one list lives on the device.
+#[derive(Debug, Clone)]
+pub(crate) struct ListPlace {
+    /// Its codes, in one or more buffers (split on entry or 32-entry block boundaries).
+    pub(crate) segments: Vec<CodeSegment>,
+    /// Global slot of the list's first entry.
+    pub(crate) gslot: u32,
+    /// Entries (deleted ones included).
+    pub(crate) len: u32,
+}
+
+/// The device copy of an index.
+pub(crate) struct GpuIndex {
+    pub(crate) index: Arc<IvfPqIndex>,
+    pub(crate) code_bufs: Vec<wgpu::Buffer>,
+    /// Raw vectors in global-slot order, `raw_rows` vectors per buffer.
+    pub(crate) raw_bufs: Vec<wgpu::Buffer>,
+    pub(crate) raw_rows: usize,
+    /// 1 bit per global slot: deleted.
+    pub(crate) dead: wgpu::Buffer,
+    pub(crate) places: Vec<ListPlace>,
+    /// Global slot of each list's first entry, for mapping slots back (sorted).
+    pub(crate) starts: Vec<u32>,
+    /// Raw vectors are f16 (else f32, or none).
+    pub(crate) raw_f16: bool,
+}
+
+/// Packs the lists' codes into buffers of at most `limit` bytes, splitting a list where it
+/// does not fit on a unit boundary (`unit_bytes` bytes holding `unit_entries` entries).
+fn pack_codes(
+    gpu: &GpuDevice,
+    index: &IvfPqIndex,
+    limit: u64,
+) -> Result<(Vec<wgpu::Buffer>, Vec<Vec<CodeSegment>>), WgpuError> {
+    let m = index.pq().m();
+    let (unit_bytes, unit_entries) = match index.layout() {
+        CodeLayout::Flat => (index.pq().code_size(), 1),
+        CodeLayout::Packed4x32 => (quiver_engine::fastscan::block_bytes(m), 32),
+    };
+    check_binding(
+        gpu,
+        "one code unit (bytes)",
+        unit_bytes.next_multiple_of(4) as u64,
+    )?;
+    let mut bufs = Vec::new();
+    let mut segments = Vec::new();
+    let mut cur: Vec<u8> = Vec::new();
+    for list in index.lists() {
+        let codes = list.codes.as_slice();
+        let n = list.len();
+        let units = n.div_ceil(unit_entries);
+        let mut segs = Vec::new();
+        let mut u = 0;
+        while u < units {
+            let room = (limit as usize).saturating_sub(cur.len()) / unit_bytes;
+            if room == 0 {
+                bufs.push(storage(gpu, "codes", &cur));
+                cur.clear();
+                continue;
+            }
+            let take = room.min(units - u);
+            let first = u * unit_entries;
+            let last = ((u + take) * unit_entries).min(n);
+            segs.push(CodeSegment {
+                buf: bufs.len(),
+                byte: cur.len() as u32,
+                first: first as u32,
+                len: (last - first) as u32,
+            });
+            cur.extend_from_slice(&codes[u * unit_bytes..(u + take) * unit_bytes]);
+            // Keep the next run 4-byte aligned.
+            cur.resize(cur.len().next_multiple_of(4), 0);
+            u += take;
+        }
+        segments.push(segs);
+    }
+    bufs.push(storage(gpu, "codes", &cur));
+    Ok((bufs, segments))
+}
+
+/// Packs byte runs into buffers of at most `limit` bytes; returns each run's (buffer, offset).
+pub(crate) fn pack<'a>(
+    gpu: &GpuDevice,
+    label: &str,
+    runs: impl Iterator<Item = &'a [u8]>,
+    limit: u64,
+) -> Result<(Vec<wgpu::Buffer>, Vec<(usize, u64)>), WgpuError> {
+    let mut bufs = Vec::new();
+    let mut places = Vec::new();
+    let mut cur: Vec<u8> = Vec::new();
+    for run in runs {
+        let padded = run.len().next_multiple_of(4) as u64;
+        check_binding(gpu, "one inverted list's data (bytes)", padded)?;
+        if cur.len() as u64 + padded > limit && !cur.is_empty() {
+            bufs.push(storage(gpu, label, &cur));
+            cur.clear();
+        }
+        places.push((bufs.len(), cur.len() as u64));
+        cur.extend_from_slice(run);
+        cur.resize(cur.len().next_multiple_of(4), 0);
+    }
+    bufs.push(storage(gpu, label, &cur));
+    Ok((bufs, places))
+}
+
+impl GpuIndex {
+    /// Uploads an index.
+    pub(crate) fn upload(gpu: &GpuDevice, index: Arc<IvfPqIndex>) -> Result<GpuIndex, WgpuError> {
+        let lists = index.lists();
+        let total: usize = lists.iter().map(|l| l.len()).sum();
+        if total >= u32::MAX as usize {
+            return Err(WgpuError::TooLarge {
+                what: "entries in one index",
+                got: total as u64,
+                max: u32::MAX as u64 - 1,
+            });
+        }
+        let limit = gpu.max_binding();
+        let (code_bufs, segments) = pack_codes(gpu, &index, limit)?;
+        // Raw vectors: every list's in global-slot order, cut into buffers of whole rows.
+        let dim = index.dim();
+        let raw_f16 = matches!(lists.first().map(|l| &l.raw), Some(RawVectors::F16(_)));
+        let row_bytes = dim * if raw_f16 { 2 } else { 4 };
+        check_binding(
+            gpu,
+            "one raw vector (bytes)",
+            row_bytes.next_multiple_of(4) as u64,
+        )?;
+        // Rows per buffer, even so that f16 rows of odd dimension start on a word.
+        let raw_rows = ((limit as usize / row_bytes) & !1).max(2);
+        let mut raw: Vec<u8> = Vec::new();
+        for l in lists {
+            match &l.raw {
+                RawVectors::None => {}
+                RawVectors::F16(s) => raw.extend_from_slice(bytemuck::cast_slice(s.as_slice())),
+                RawVectors::F32(s) => raw.extend_from_slice(bytemuck::cast_slice(s.as_slice())),
+            }
+        }
+        let raw_bufs = if raw.is_empty() {
+            vec![storage(gpu, "raw vectors", &[0u32])]
+        } else {
+            raw.chunks(raw_rows * row_bytes)
+                .map(|c| {
+                    let mut c = c.to_vec();
+                    c.resize(c.len().next_multiple_of(4), 0);
+                    storage(gpu, "raw vectors", &c)
+                })
+                .collect()
+        };
+        let mut dead = vec![0u32; total.div_ceil(32).max(1)];
+        check_binding(gpu, "tombstone bitmap (bytes)", (dead.len() * 4) as u64)?;
+        let mut places = Vec::with_capacity(lists.len());
+        let mut starts = Vec::with_capacity(lists.len());
+        let mut gslot = 0usize;
+        for (list, segments) in lists.iter().zip(segments) {
+            if list.tombstones().is_some() {
+                for i in 0..list.len() {
+                    if list.is_deleted(i) {
+                        let s = gslot + i;
+                        dead[s / 32] |= 1 << (s % 32);
+                    }
+                }
+            }
+            places.push(ListPlace {
+                segments,
+                gslot: gslot as u32,
+                len: list.len() as u32,
+            });
+            starts.push(gslot as u32);
+            gslot += list.len();
+        }
+        Ok(GpuIndex {
+            dead: storage(gpu, "tombstones", &dead),
+            code_bufs,
+            raw_bufs,
+            raw_rows,
+            places,
+            starts,
+            raw_f16,
+            index,
+        })
+    }
+
+    /// The raw buffer and first value of the vector at a global slot.
+    pub(crate) fn raw_place(&self, gslot: u32) -> (usize, u32) {
+        let g = gslot as usize;
+        let dim = self.index.dim();
+        (g / self.raw_rows, ((g % self.raw_rows) * dim) as u32)
+    }
+
+    /// The (list, offset) of a global slot.
+    pub(crate) fn locate(&self, gslot: u32) -> (u32, u32) {
+        // The last list starting at or before the slot (empty lists share a start).
+        let l = self.starts.partition_point(|&s| s <= gslot) - 1;
+        let mut l = l;
+        while self.places[l].len == 0 || gslot - self.starts[l] >= self.places[l].len {
+            l -= 1;
+        }
+        (l as u32, gslot - self.starts[l])
+    }
+}

@@ -1,0 +1,189 @@
+//! Per-row top-k on the GPU (`topk.wgsl`): the selection step of the coarse stage, the scan
+//! and refine.
+//!
+//! Rows of (score, payload) entries of any length are cut into chunks of 1,024; a round sorts
+//! every chunk in workgroup memory and keeps its best `keep`, so a row shrinks by a factor
+//! `1024 / keep` per round. Rounds repeat until each row is a single chunk, whose output is
+//! the row's best `keep`, sorted by (score, payload) — the CPU reference's order. Every round
+//! is recorded into the same command encoder: the host knows every length in advance.
+//! Selections with `keep` above [`MAX_GPU_KEEP`] (rows would shrink too slowly) read the rows
+//! back and select on the host with the engine's top-k.
+
+use bytemuck::{Pod, Zeroable};
+use quiver_engine::topk::TopK;
+
+use crate::device::GpuDevice;
+use crate::error::WgpuError;
+use crate::kernel::{grid, output, storage, submit_and_read, uniform, Kernel};
+
+/// Entries one workgroup sorts.
+pub const CHUNK: usize = 1024;
+/// Largest `keep` selected on the GPU (each round at least halves a row).
+pub const MAX_GPU_KEEP: usize = CHUNK / 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Chunk {
+    src: u32,
+    len: u32,
+    dst: u32,
+    keep: u32,
+}
+
+/// Rows of (score, payload) entries living in two device buffers.
+pub(crate) struct Rows {
+    pub(crate) scores: wgpu::Buffer,
+    pub(crate) payloads: wgpu::Buffer,
+    /// (first entry, length) of each row.
+    pub(crate) spans: Vec<(usize, usize)>,
+}
+
+/// One row's selection, best first: scores and payloads `(high, low)`.
+pub(crate) type Selected = (Vec<f32>, Vec<[u32; 2]>);
+
+/// The top-k kernel.
+pub(crate) struct GpuTopK {
+    kernel: Kernel,
+}
+
+impl GpuTopK {
+    pub(crate) fn new(gpu: &GpuDevice) -> GpuTopK {
+        GpuTopK {
+            kernel: Kernel::new(gpu, "topk", include_str!("../wgsl/topk.wgsl")),
+        }
+    }
+
+    /// Each row's best `keep` entries (fewer when the row is shorter), best first. Submits
+    /// `encoder` (which must already hold the work that fills `rows`) and reads back.
+    pub(crate) fn select(
+        &self,
+        gpu: &GpuDevice,
+        mut encoder: wgpu::CommandEncoder,
+        rows: Rows,
+        keep: usize,
+    ) -> Result<Vec<Selected>, WgpuError> {
+        if keep > MAX_GPU_KEEP {
+            return self.select_on_host(gpu, encoder, rows, keep);
+        }
+        let keep = keep.max(1);
+        let mut cur = rows;
+        // Uniform buffers and chunk tables must outlive the encoder's submission.
+        let mut keep_alive = Vec::new();
+        loop {
+            let last = cur.spans.iter().all(|&(_, len)| len <= CHUNK);
+            let mut chunks = Vec::new();
+            let mut spans = Vec::with_capacity(cur.spans.len());
+            let mut dst = 0usize;
+            for &(start, len) in &cur.spans {
+                let row_start = dst;
+                let mut off = 0;
+                while off < len {
+                    let n = (len - off).min(CHUNK);
+                    let k = n.min(keep);
+                    chunks.push(Chunk {
+                        src: (start + off) as u32,
+                        len: n as u32,
+                        dst: dst as u32,
+                        keep: k as u32,
+                    });
+                    dst += k;
+                    off += n;
+                }
+                spans.push((row_start, dst - row_start));
+            }
+            let total = dst.max(1);
+            let out_scores = output(gpu, "top-k scores", (total * 4) as u64);
+            let out_payloads = output(gpu, "top-k payloads", (total * 8) as u64);
+            if !chunks.is_empty() {
+                let table = storage(gpu, "top-k chunks", &chunks);
+                let params = uniform(gpu, &[chunks.len() as u32, 0, 0, 0]);
+                self.kernel.dispatch(
+                    gpu,
+                    &mut encoder,
+                    &[
+                        &cur.scores,
+                        &cur.payloads,
+                        &table,
+                        &out_scores,
+                        &out_payloads,
+                        &params,
+                    ],
+                    grid(chunks.len() as u64)?,
+                );
+                keep_alive.push((table, params));
+            }
+            keep_alive.push((cur.scores, cur.payloads));
+            cur = Rows {
+                scores: out_scores,
+                payloads: out_payloads,
+                spans,
+            };
+            if last {
+                break;
+            }
+        }
+        let total: usize = cur.spans.iter().map(|s| s.1).sum::<usize>().max(1);
+        let got = submit_and_read::<u32>(
+            gpu,
+            encoder,
+            &[
+                (&cur.scores, (total * 4) as u64),
+                (&cur.payloads, (total * 8) as u64),
+            ],
+        )?;
+        drop(keep_alive);
+        let scores: &[f32] = bytemuck::cast_slice(&got[0]);
+        let payloads: &[[u32; 2]] = bytemuck::cast_slice(&got[1]);
+        Ok(cur
+            .spans
+            .iter()
+            .map(|&(s, n)| (scores[s..s + n].to_vec(), payloads[s..s + n].to_vec()))
+            .collect())
+    }
+
+    /// The host path for large `keep`: reads every row back and selects with [`TopK`].
+    fn select_on_host(
+        &self,
+        gpu: &GpuDevice,
+        encoder: wgpu::CommandEncoder,
+        rows: Rows,
+        keep: usize,
+    ) -> Result<Vec<Selected>, WgpuError> {
+        let total: usize = rows
+            .spans
+            .iter()
+            .map(|&(s, n)| s + n)
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let got = submit_and_read::<u32>(
+            gpu,
+            encoder,
+            &[
+                (&rows.scores, (total * 4) as u64),
+                (&rows.payloads, (total * 8) as u64),
+            ],
+        )?;
+        let scores: &[f32] = bytemuck::cast_slice(&got[0]);
+        let payloads: &[[u32; 2]] = bytemuck::cast_slice(&got[1]);
+        let mut top = TopK::new(keep);
+        Ok(rows
+            .spans
+            .iter()
+            .map(|&(s, n)| {
+                top.clear();
+                for i in s..s + n {
+                    let p = payloads[i];
+                    top.push(scores[i], u64::from(p[0]) << 32 | u64::from(p[1]));
+                }
+                let sel = top.sorted();
+                (
+                    sel.iter().map(|e| e.score).collect(),
+                    sel.iter()
+                        .map(|e| [(e.item >> 32) as u32, e.item as u32])
+                        .collect(),
+                )
+            })
+            .collect())
+    }
+}
