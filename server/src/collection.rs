@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::backend::AnyBackend;
 use parking_lot::Mutex;
-use quiver_engine::backend::cpu::CpuBackend;
 use quiver_engine::backend::Backend;
 use quiver_engine::io::AtomicFile;
 use quiver_engine::progress::NoProgress;
@@ -78,6 +78,7 @@ pub struct Collection {
     writer: Mutex<Option<Writer>>,
     batcher: Mutex<Option<Batcher>>,
     wal_snapshot_bytes: u64,
+    backend: AnyBackend,
 }
 
 /// Checks a collection name: 1 to 64 of `[A-Za-z0-9_.-]`, not starting with a dot.
@@ -99,15 +100,24 @@ fn write_meta(dir: &Path, meta: &Meta) -> Result<(), Status> {
 
 impl Collection {
     /// Creates a new, empty collection in `dir` (which must not exist).
-    pub fn create(dir: PathBuf, meta: Meta, wal_snapshot_bytes: u64) -> Result<Collection, Status> {
+    pub fn create(
+        dir: PathBuf,
+        meta: Meta,
+        wal_snapshot_bytes: u64,
+        backend: &AnyBackend,
+    ) -> Result<Collection, Status> {
         std::fs::create_dir_all(&dir).map_err(|e| from_io("creating the collection folder", e))?;
         sync_dir(&dir).map_err(|e| from_io("syncing the data folder", e))?;
         write_meta(&dir, &meta)?;
-        Self::open(dir, wal_snapshot_bytes)
+        Self::open(dir, wal_snapshot_bytes, backend)
     }
 
     /// Opens a collection folder: meta, snapshot, then the write-ahead log replayed on top.
-    pub fn open(dir: PathBuf, wal_snapshot_bytes: u64) -> Result<Collection, Status> {
+    pub fn open(
+        dir: PathBuf,
+        wal_snapshot_bytes: u64,
+        backend: &AnyBackend,
+    ) -> Result<Collection, Status> {
         let raw =
             std::fs::read(dir.join("meta.json")).map_err(|e| from_io("reading meta.json", e))?;
         let meta: Meta = serde_json::from_slice(&raw)
@@ -115,7 +125,10 @@ impl Collection {
         let mut segment = if meta.trained {
             let index =
                 quiver_engine::persist::load(&dir.join("state.qvr")).map_err(from_engine)?;
-            Segment::Ivf(CpuBackend.prepare(Arc::new(index)).map_err(from_engine)?)
+            Segment::Ivf(
+                backend.clone(),
+                backend.prepare(Arc::new(index)).map_err(from_engine)?,
+            )
         } else if dir.join("state.flat").exists() {
             Segment::Flat(crate::snapshot::load_flat(&dir.join("state.flat")).map_err(from_engine)?)
         } else {
@@ -137,21 +150,28 @@ impl Collection {
             writer: Mutex::new(Some(Writer { dir, wal })),
             batcher: Mutex::new(None),
             wal_snapshot_bytes,
+            backend: backend.clone(),
         })
     }
 
     /// A read-only collection served from an index file.
-    pub fn read_only(name: &str, path: &Path) -> Result<Collection, EngineError> {
+    pub fn read_only(
+        name: &str,
+        path: &Path,
+        backend: &AnyBackend,
+    ) -> Result<Collection, EngineError> {
         let index = quiver_engine::persist::load(path)?;
         let meta = meta_of(name, &index);
         Ok(Collection {
             meta: Mutex::new(meta),
             cell: Arc::new(SegmentCell::new(Segment::Ivf(
-                CpuBackend.prepare(Arc::new(index))?,
+                backend.clone(),
+                backend.prepare(Arc::new(index))?,
             ))),
             writer: Mutex::new(None),
             batcher: Mutex::new(None),
             wal_snapshot_bytes: u64::MAX,
+            backend: backend.clone(),
         })
     }
 
@@ -161,13 +181,14 @@ impl Collection {
         path: &Path,
         dir: PathBuf,
         wal_snapshot_bytes: u64,
+        backend: &AnyBackend,
     ) -> Result<Collection, Status> {
         let index = quiver_engine::persist::load(path).map_err(crate::status::from_client_file)?;
         std::fs::create_dir_all(&dir).map_err(|e| from_io("creating the collection folder", e))?;
         quiver_engine::persist::save(&index, &dir.join("state.qvr")).map_err(from_engine)?;
         write_meta(&dir, &meta_of(name, &index))?;
         sync_dir(&dir).map_err(|e| from_io("syncing the collection folder", e))?;
-        Self::open(dir, wal_snapshot_bytes)
+        Self::open(dir, wal_snapshot_bytes, backend)
     }
 
     /// Starts the collection's batcher (needs a Tokio runtime).
@@ -283,7 +304,7 @@ impl Collection {
             Segment::Flat(f) => {
                 crate::snapshot::save_flat(f, &w.dir.join("state.flat")).map_err(from_engine)?
             }
-            Segment::Ivf(p) => {
+            Segment::Ivf(_, p) => {
                 let path = w.dir.join("state.qvr");
                 quiver_engine::persist::save(
                     quiver_engine::backend::PreparedIndex::index(p),
@@ -359,8 +380,12 @@ impl Collection {
             write_meta(&w.dir, &meta)?;
             w.wal.reset().map_err(|e| from_io("truncating the write-ahead log", e))?;
             let _ = std::fs::remove_file(w.dir.join("state.flat"));
-            let prepared = CpuBackend.prepare(Arc::new(index)).map_err(from_engine)?;
-            self.cell.store(Segment::Ivf(prepared));
+            let prepared = self
+                .backend
+                .prepare(Arc::new(index))
+                .map_err(from_engine)?;
+            self.cell
+                .store(Segment::Ivf(self.backend.clone(), prepared));
             *self.meta.lock() = meta;
             Ok(())
         })

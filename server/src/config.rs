@@ -80,6 +80,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// A collection's write-ahead log is folded into a snapshot when it grows past this size.
     pub wal_snapshot_bytes: u64,
+    /// The backend that searches trained collections.
+    pub backend: crate::backend::AnyBackend,
 }
 
 impl Default for ServerConfig {
@@ -92,6 +94,7 @@ impl Default for ServerConfig {
             batching: BatchingConfig::default(),
             limits: Limits::default(),
             wal_snapshot_bytes: 256 << 20,
+            backend: crate::backend::AnyBackend::Cpu(quiver_engine::backend::cpu::CpuBackend),
         }
     }
 }

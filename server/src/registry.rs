@@ -67,12 +67,12 @@ impl Registry {
             if !valid_name(&name) || !entry.path().join("meta.json").exists() {
                 continue;
             }
-            let c = Collection::open(entry.path(), cfg.wal_snapshot_bytes).map_err(|s| {
-                OpenError::Collection {
+            let c = Collection::open(entry.path(), cfg.wal_snapshot_bytes, &cfg.backend).map_err(
+                |s| OpenError::Collection {
                     name: name.clone(),
                     message: s.message().to_string(),
-                }
-            })?;
+                },
+            )?;
             tracing::info!(collection = %name, vectors = c.segment().len(), trained = c.segment().trained(), "opened");
             map.insert(name, Arc::new(c));
         }
@@ -89,15 +89,22 @@ impl Registry {
                     tracing::info!(collection = %s.name, "already in the data directory; not importing {} again", s.path.display());
                     continue;
                 }
-                Collection::import(&s.name, &s.path, root.join(&s.name), cfg.wal_snapshot_bytes)
-                    .map_err(|st| fail(st.message().to_string()))?
+                Collection::import(
+                    &s.name,
+                    &s.path,
+                    root.join(&s.name),
+                    cfg.wal_snapshot_bytes,
+                    &cfg.backend,
+                )
+                .map_err(|st| fail(st.message().to_string()))?
             } else {
                 if map.contains_key(&s.name) {
                     return Err(fail(
                         "a collection of that name is already in the data directory".into(),
                     ));
                 }
-                Collection::read_only(&s.name, &s.path).map_err(|e| fail(e.to_string()))?
+                Collection::read_only(&s.name, &s.path, &cfg.backend)
+                    .map_err(|e| fail(e.to_string()))?
             };
             map.insert(s.name.clone(), Arc::new(c));
         }
@@ -151,7 +158,12 @@ impl Registry {
         if dir.exists() {
             let _ = std::fs::remove_dir_all(&dir);
         }
-        let c = Arc::new(Collection::create(dir, meta, self.cfg.wal_snapshot_bytes)?);
+        let c = Arc::new(Collection::create(
+            dir,
+            meta,
+            self.cfg.wal_snapshot_bytes,
+            &self.cfg.backend,
+        )?);
         c.start(&name, self.cfg.batching.clone(), self.metrics.clone());
         map.insert(name, c.clone());
         Ok(c)
@@ -174,6 +186,7 @@ impl Registry {
             path,
             self.root.join(name),
             self.cfg.wal_snapshot_bytes,
+            &self.cfg.backend,
         )?);
         c.start(name, self.cfg.batching.clone(), self.metrics.clone());
         map.insert(name.to_string(), c.clone());

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
+use crate::backend::{AnyBackend, AnyPrepared};
 use parking_lot::RwLock;
-use quiver_engine::backend::cpu::{CpuBackend, CpuPrepared};
 use quiver_engine::backend::{Backend, Neighbors, PreparedIndex, SearchParams};
 use quiver_engine::progress::NoProgress;
 use quiver_engine::{EngineError, FlatIndex, IvfPqIndex, RefineKind};
@@ -32,8 +32,8 @@ pub const DEFAULT_REFINE_FACTOR: usize = 10;
 pub enum Segment {
     /// Exact search over raw vectors (untrained collection).
     Flat(FlatIndex),
-    /// IVF-PQ index prepared on the CPU backend.
-    Ivf(CpuPrepared),
+    /// IVF-PQ index prepared on the server's backend.
+    Ivf(AnyBackend, AnyPrepared),
 }
 
 impl Segment {
@@ -41,7 +41,7 @@ impl Segment {
     pub fn len(&self) -> usize {
         match self {
             Segment::Flat(f) => f.len(),
-            Segment::Ivf(p) => p.index().len(),
+            Segment::Ivf(_, p) => p.index().len(),
         }
     }
     /// True when empty.
@@ -50,20 +50,20 @@ impl Segment {
     }
     /// True for a trained (IVF-PQ) segment.
     pub fn trained(&self) -> bool {
-        matches!(self, Segment::Ivf(_))
+        matches!(self, Segment::Ivf(..))
     }
     /// Bytes of vectors, codes and centroids.
     pub fn data_bytes(&self) -> usize {
         match self {
             Segment::Flat(f) => f.data_bytes(),
-            Segment::Ivf(p) => p.index().data_bytes(),
+            Segment::Ivf(_, p) => p.index().data_bytes(),
         }
     }
     /// nlist of a trained segment.
     pub fn nlist(&self) -> Option<usize> {
         match self {
             Segment::Flat(_) => None,
-            Segment::Ivf(p) => Some(p.index().nlist()),
+            Segment::Ivf(_, p) => Some(p.index().nlist()),
         }
     }
 
@@ -75,7 +75,7 @@ impl Segment {
                 nprobe: 1,
                 refine_factor: 1,
             },
-            Segment::Ivf(p) => {
+            Segment::Ivf(_, p) => {
                 let index = p.index();
                 let nprobe = if key.nprobe == 0 {
                     DEFAULT_NPROBE.min(index.nlist())
@@ -101,7 +101,7 @@ impl Segment {
         let params = self.resolve(key);
         match self {
             Segment::Flat(f) => f.search(queries, params.k),
-            Segment::Ivf(p) => CpuBackend.search(p, queries, &params),
+            Segment::Ivf(b, p) => b.search(p, queries, &params),
         }
     }
 
@@ -113,10 +113,10 @@ impl Segment {
                 f.upsert(vectors, ids)?;
                 Ok(Segment::Flat(f))
             }
-            Segment::Ivf(p) => {
+            Segment::Ivf(b, p) => {
                 let mut index: IvfPqIndex = (**p.index_arc()).clone();
                 index.upsert(vectors, ids, &NoProgress)?;
-                Ok(Segment::Ivf(CpuBackend.refresh(p, Arc::new(index))?))
+                Ok(Segment::Ivf(b.clone(), b.refresh(p, Arc::new(index))?))
             }
         }
     }
@@ -129,10 +129,10 @@ impl Segment {
                 let n = f.delete(ids);
                 Ok((Segment::Flat(f), n))
             }
-            Segment::Ivf(p) => {
+            Segment::Ivf(b, p) => {
                 let mut index: IvfPqIndex = (**p.index_arc()).clone();
                 let n = index.delete(ids);
-                Ok((Segment::Ivf(CpuBackend.refresh(p, Arc::new(index))?), n))
+                Ok((Segment::Ivf(b.clone(), b.refresh(p, Arc::new(index))?), n))
             }
         }
     }

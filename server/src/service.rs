@@ -159,7 +159,7 @@ fn check_key(seg: &Segment, key: SearchKey, max_k: usize) -> Result<(), Status> 
             ),
         ));
     }
-    if let Segment::Ivf(p) = seg {
+    if let Segment::Ivf(_, p) = seg {
         let nlist = p.index().nlist();
         if key.nprobe > nlist {
             return Err(invalid(

@@ -57,7 +57,7 @@ pub struct WgpuPrepared {
     /// L2 only: `nlist × M × ksub` list terms (host copy for 4-bit quantization; for the
     /// 8-bit scan also device buffers, split like the codes, and each list's (buffer, first
     /// value) in them).
-    l2_terms: Option<(Vec<f32>, Vec<wgpu::Buffer>, Vec<(usize, u32)>)>,
+    l2_terms: Option<L2Terms>,
     /// Placeholder binding where no terms are needed.
     no_terms: wgpu::Buffer,
 }
@@ -72,7 +72,16 @@ impl std::fmt::Debug for WgpuPrepared {
     }
 }
 
+/// L2 list terms `‖C_mj‖² + 2 <c_l,m, C_mj>`: the host copy, and for the 8-bit scan the
+/// device buffers (split like the codes) with each list's (buffer, first value).
+type L2Terms = (Vec<f32>, Vec<wgpu::Buffer>, Vec<(usize, u32)>);
+
 impl WgpuPrepared {
+    /// The shared index this was prepared from.
+    pub fn index_arc(&self) -> &Arc<IvfPqIndex> {
+        &self.data.index
+    }
+
     /// How many device buffers hold the codes and the raw vectors.
     pub fn buffer_counts(&self) -> (usize, usize) {
         (self.data.code_bufs.len(), self.data.raw_bufs.len())
@@ -173,6 +182,7 @@ impl WgpuBackend {
         Ok(tiles)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn scan_tile(
         &self,
         p: &WgpuPrepared,

@@ -107,13 +107,16 @@ fn pack_codes(
     Ok((bufs, segments))
 }
 
+/// Buffers, and each run's (buffer, byte offset).
+pub(crate) type Packed = (Vec<wgpu::Buffer>, Vec<(usize, u64)>);
+
 /// Packs byte runs into buffers of at most `limit` bytes; returns each run's (buffer, offset).
 pub(crate) fn pack<'a>(
     gpu: &GpuDevice,
     label: &str,
     runs: impl Iterator<Item = &'a [u8]>,
     limit: u64,
-) -> Result<(Vec<wgpu::Buffer>, Vec<(usize, u64)>), WgpuError> {
+) -> Result<Packed, WgpuError> {
     let mut bufs = Vec::new();
     let mut places = Vec::new();
     let mut cur: Vec<u8> = Vec::new();

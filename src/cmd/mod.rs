@@ -15,30 +15,44 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use quiver_engine::backend::cpu::{CpuBackend, CpuPrepared};
 use quiver_engine::backend::Backend;
 use quiver_engine::IvfPqIndex;
+use quiver_server::backend::{AnyBackend, AnyPrepared, BackendKind};
 
 /// Which backend runs a search.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendChoice {
-    /// The best available backend (the CPU in this build).
+    /// A hardware GPU through wgpu when there is one, else the CPU (says which).
     Auto,
-    /// The CPU reference backend.
+    /// The CPU backend (SIMD, rayon).
     Cpu,
+    /// wgpu compute shaders on the best adapter, a CPU adapter such as lavapipe included.
+    Wgpu,
+}
+
+/// Opens the chosen backend; prints on stderr which one runs.
+pub fn open_backend(choice: BackendChoice) -> anyhow::Result<AnyBackend> {
+    let kind = match choice {
+        BackendChoice::Auto => BackendKind::Auto,
+        BackendChoice::Cpu => BackendKind::Cpu,
+        BackendChoice::Wgpu => BackendKind::Wgpu,
+    };
+    let (backend, line) = AnyBackend::open(kind)?;
+    eprintln!("{line}");
+    Ok(backend)
 }
 
 /// Loads an index and prepares it on the chosen backend.
 pub fn open_index(
     path: &Path,
     backend: BackendChoice,
-) -> anyhow::Result<(CpuBackend, CpuPrepared)> {
+) -> anyhow::Result<(AnyBackend, AnyPrepared)> {
     let index = quiver_engine::persist::load(path)
         .with_context(|| format!("loading index {}", path.display()))?;
-    let backend = match backend {
-        BackendChoice::Auto | BackendChoice::Cpu => CpuBackend,
-    };
-    let prepared = backend.prepare(Arc::new(index))?;
+    let backend = open_backend(backend)?;
+    let prepared = backend
+        .prepare(Arc::new(index))
+        .with_context(|| format!("preparing the index on the {} backend", backend.name()))?;
     Ok((backend, prepared))
 }
 

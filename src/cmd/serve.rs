@@ -115,7 +115,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             max_dim: a.max_dim,
         },
         wal_snapshot_bytes: a.wal_snapshot_mib.saturating_mul(1 << 20),
+        backend: super::open_backend(a.backend)?,
     };
+    let backend_name = quiver_engine::backend::Backend::name(&config.backend);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -130,7 +132,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 let _ = writeln!(out, "metrics on http://{m}/metrics");
             }
             let names: Vec<String> = registry.list().into_iter().map(|(n, _)| n).collect();
-            let _ = writeln!(out, "backend cpu; data in {}; collections: [{}]", data_dir.display(), names.join(", "));
+            let _ = writeln!(out, "backend {backend_name}; data in {}; collections: [{}]", data_dir.display(), names.join(", "));
             let _ = writeln!(
                 out,
                 "try it (service quiver.v1.Quiver, reflection enabled):\n  \
