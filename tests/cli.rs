@@ -282,3 +282,58 @@ fn synth_writes_a_usable_data_set() {
     assert_eq!((f.len(), f.dim()), (7, 12));
     assert_eq!(quiver_engine::io::VectorFile::open(&b).unwrap().len(), 500);
 }
+
+/// `--backend`: wgpu results equal the CPU's where an adapter exists; without any adapter
+/// (the Vulkan loader pointed at no driver), `--backend wgpu` fails with a clear message and
+/// `auto` falls back to the CPU, saying so.
+#[test]
+fn backend_choice_wgpu_and_fallback() {
+    let ds = DataSet::new(2000, 30, 16);
+    build(&ds, "l2", "f16", "idx.qvr");
+    let search = |backend: &str, out: &str, no_driver: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_quiver"));
+        cmd.args([
+            "search",
+            "--index",
+            &ds.p("idx.qvr"),
+            "--queries",
+            &ds.p("query.fvecs"),
+            "--k",
+            "10",
+            "--nprobe",
+            "4",
+            "--refine-factor",
+            "4",
+            "--backend",
+            backend,
+            "--out",
+            &ds.p(out),
+        ]);
+        if no_driver {
+            cmd.env("VK_ICD_FILENAMES", ds.p("no-such-driver.json"))
+                .env("VK_DRIVER_FILES", ds.p("no-such-driver.json"));
+        }
+        cmd.output().expect("run quiver")
+    };
+    let cpu = search("cpu", "cpu.ivecs", false);
+    assert!(cpu.status.success());
+    let wgpu = search("wgpu", "wgpu.ivecs", false);
+    let err = String::from_utf8_lossy(&wgpu.stderr).into_owned();
+    if wgpu.status.success() {
+        let (_, a) = read_ivecs(&ds.path("cpu.ivecs"));
+        let (_, b) = read_ivecs(&ds.path("wgpu.ivecs"));
+        let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
+        assert!(same * 100 >= a.len() * 99, "{same} of {} ids agree", a.len());
+        assert!(err.contains("backend wgpu on"), "{err}");
+    } else {
+        assert!(err.contains("no wgpu adapter"), "{err}");
+    }
+    let none = search("wgpu", "none.ivecs", true);
+    let err = String::from_utf8_lossy(&none.stderr).into_owned();
+    assert_eq!(none.status.code(), Some(1), "{err}");
+    assert!(err.contains("no wgpu adapter") && !err.contains("panicked"), "{err}");
+    let auto = search("auto", "auto.ivecs", true);
+    let err = String::from_utf8_lossy(&auto.stderr).into_owned();
+    assert!(auto.status.success(), "{err}");
+    assert!(err.contains("backend auto: cpu"), "{err}");
+}
