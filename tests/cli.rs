@@ -323,7 +323,11 @@ fn backend_choice_wgpu_and_fallback() {
         let (_, a) = read_ivecs(&ds.path("cpu.ivecs"));
         let (_, b) = read_ivecs(&ds.path("wgpu.ivecs"));
         let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
-        assert!(same * 100 >= a.len() * 99, "{same} of {} ids agree", a.len());
+        assert!(
+            same * 100 >= a.len() * 99,
+            "{same} of {} ids agree",
+            a.len()
+        );
         assert!(err.contains("backend wgpu on"), "{err}");
     } else {
         assert!(err.contains("no wgpu adapter"), "{err}");
@@ -331,7 +335,10 @@ fn backend_choice_wgpu_and_fallback() {
     let none = search("wgpu", "none.ivecs", true);
     let err = String::from_utf8_lossy(&none.stderr).into_owned();
     assert_eq!(none.status.code(), Some(1), "{err}");
-    assert!(err.contains("no wgpu adapter") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("no wgpu adapter") && !err.contains("panicked"),
+        "{err}"
+    );
     let auto = search("auto", "auto.ivecs", true);
     let err = String::from_utf8_lossy(&auto.stderr).into_owned();
     assert!(auto.status.success(), "{err}");

@@ -39,8 +39,8 @@ pub enum AnyBackend {
 pub enum AnyPrepared {
     /// On the CPU.
     Cpu(CpuPrepared),
-    /// On a wgpu device.
-    Wgpu(WgpuPrepared),
+    /// On a wgpu device (boxed: the device handles make it large).
+    Wgpu(Box<WgpuPrepared>),
 }
 
 impl AnyBackend {
@@ -113,14 +113,16 @@ impl Backend for AnyBackend {
     fn prepare(&self, index: Arc<IvfPqIndex>) -> Result<AnyPrepared, EngineError> {
         Ok(match self {
             AnyBackend::Cpu(b) => AnyPrepared::Cpu(b.prepare(index)?),
-            AnyBackend::Wgpu(b) => AnyPrepared::Wgpu(b.prepare(index)?),
+            AnyBackend::Wgpu(b) => AnyPrepared::Wgpu(Box::new(b.prepare(index)?)),
         })
     }
 
     fn refresh(&self, p: &AnyPrepared, index: Arc<IvfPqIndex>) -> Result<AnyPrepared, EngineError> {
         Ok(match (self, p) {
             (AnyBackend::Cpu(b), AnyPrepared::Cpu(p)) => AnyPrepared::Cpu(b.refresh(p, index)?),
-            (AnyBackend::Wgpu(b), AnyPrepared::Wgpu(p)) => AnyPrepared::Wgpu(b.refresh(p, index)?),
+            (AnyBackend::Wgpu(b), AnyPrepared::Wgpu(p)) => {
+                AnyPrepared::Wgpu(Box::new(b.refresh(p, index)?))
+            }
             _ => self.prepare(index)?,
         })
     }

@@ -29,6 +29,7 @@ pub const DEFAULT_REFINE_FACTOR: usize = 10;
 
 /// A searchable version of a collection's data.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per collection version, never in bulk
 pub enum Segment {
     /// Exact search over raw vectors (untrained collection).
     Flat(FlatIndex),

@@ -30,7 +30,7 @@ use crate::error::WgpuError;
 use crate::index::GpuIndex;
 use crate::kernel::{check_binding, grid, output, storage, uniform, Kernel};
 use crate::tables::GpuTables;
-use crate::topk::{GpuTopK, Rows};
+use crate::topk::{GpuTopK, PendingSelect, Rows, Selected};
 
 /// The wgpu backend on one device.
 pub struct WgpuBackend {
@@ -182,7 +182,7 @@ impl WgpuBackend {
         Ok(tiles)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Records and submits one tile's scan and selection (queries `qs`), without waiting.
     fn scan_tile(
         &self,
         p: &WgpuPrepared,
@@ -190,9 +190,7 @@ impl WgpuBackend {
         tables: &LookupTables,
         keep: usize,
         qs: std::ops::Range<usize>,
-        slots: &mut [Slot],
-        scores: &mut [f32],
-    ) -> Result<(), WgpuError> {
+    ) -> Result<PendingSelect, WgpuError> {
         let index = &p.data.index;
         let nprobe = probes.nprobe;
         let (m, ksub) = (tables.m, tables.ksub);
@@ -273,7 +271,6 @@ impl WgpuBackend {
         let row_scores = output(&self.gpu, "scan scores", (entries * 4) as u64);
         let row_payloads = output(&self.gpu, "scan payloads", (entries * 8) as u64);
         let mut enc = self.encoder();
-        let mut keep_alive = Vec::new();
         let table_buf = if fast {
             check_binding(
                 &self.gpu,
@@ -316,7 +313,6 @@ impl WgpuBackend {
                     ],
                     groups,
                 );
-                keep_alive.push((item_buf, params));
             } else {
                 let terms = p.l2_terms.as_ref().map(|t| &t.1[tb]).unwrap_or(&p.no_terms);
                 let params = uniform(
@@ -343,10 +339,9 @@ impl WgpuBackend {
                     ],
                     groups,
                 );
-                keep_alive.push((item_buf, params));
             }
         }
-        let selected = self.topk.select(
+        self.topk.submit(
             &self.gpu,
             enc,
             Rows {
@@ -355,20 +350,29 @@ impl WgpuBackend {
                 spans,
             },
             keep,
-        )?;
-        drop(keep_alive);
-        for (local, (s, pay)) in selected.into_iter().enumerate() {
-            let q = qs.start + local;
-            for (i, (score, pl)) in s.iter().zip(&pay).enumerate() {
-                if *score == f32::INFINITY || pl[0] != 0 {
-                    break;
-                }
-                let (list, offset) = p.data.locate(pl[1]);
-                slots[q * keep + i] = Slot { list, offset };
-                scores[q * keep + i] = *score;
+        )
+    }
+}
+
+/// Writes a scan tile's selections (queries `qs`) as candidates.
+fn write_candidates(
+    p: &WgpuPrepared,
+    qs: std::ops::Range<usize>,
+    selected: Vec<Selected>,
+    keep: usize,
+    slots: &mut [Slot],
+    scores: &mut [f32],
+) {
+    for (local, (s, pay)) in selected.into_iter().enumerate() {
+        let q = qs.start + local;
+        for (i, (score, pl)) in s.iter().zip(&pay).enumerate() {
+            if *score == f32::INFINITY || pl[0] != 0 {
+                break;
             }
+            let (list, offset) = p.data.locate(pl[1]);
+            slots[q * keep + i] = Slot { list, offset };
+            scores[q * keep + i] = *score;
         }
-        Ok(())
     }
 }
 
@@ -461,12 +465,24 @@ impl Backend for WgpuBackend {
         } else {
             tables.m * tables.ksub * 4
         };
+        // Tile t + 1 is prepared and submitted before tile t is read back, so the host's
+        // work (items, quantized tables) overlaps the device's.
+        let mut in_flight: Option<(std::ops::Range<usize>, PendingSelect)> = None;
         for qs in self
             .scan_tiles(p, probes, table_bytes)
             .map_err(engine_err)?
         {
-            self.scan_tile(p, probes, tables, keep, qs, &mut slots, &mut scores)
+            let pending = self
+                .scan_tile(p, probes, tables, keep, qs.clone())
                 .map_err(engine_err)?;
+            if let Some((prev, done)) = in_flight.replace((qs, pending)) {
+                let selected = done.finish(&self.gpu).map_err(engine_err)?;
+                write_candidates(p, prev, selected, keep, &mut slots, &mut scores);
+            }
+        }
+        if let Some((prev, done)) = in_flight {
+            let selected = done.finish(&self.gpu).map_err(engine_err)?;
+            write_candidates(p, prev, selected, keep, &mut slots, &mut scores);
         }
         Ok(Candidates {
             per_query: keep,
@@ -507,6 +523,7 @@ impl WgpuBackend {
         // Tiles: the candidates' scores and payloads, and the queries, fit one binding.
         let limit = self.gpu.max_binding() as usize;
         let rows_per_tile = (limit / (per * 8).max(dim * 4)).max(1);
+        let mut in_flight: Option<(usize, PendingSelect)> = None;
         for start in (0..nq).step_by(rows_per_tile) {
             let end = (start + rows_per_tile).min(nq);
             let n = (end - start) * per;
@@ -549,7 +566,6 @@ impl WgpuBackend {
             let payload_buf = storage(&self.gpu, "refine ids", &payload);
             let query_buf = storage(&self.gpu, "queries", &queries[start * dim..end * dim]);
             let mut enc = self.encoder();
-            let mut keep_alive = Vec::new();
             for (b, its) in items.iter().enumerate() {
                 if its.is_empty() {
                     continue;
@@ -582,10 +598,9 @@ impl WgpuBackend {
                     ],
                     groups,
                 );
-                keep_alive.push((item_buf, params));
             }
             let spans = (0..end - start).map(|r| (r * per, per)).collect();
-            let selected = self.topk.select(
+            let pending = self.topk.submit(
                 &self.gpu,
                 enc,
                 Rows {
@@ -595,18 +610,49 @@ impl WgpuBackend {
                 },
                 k,
             )?;
-            drop(keep_alive);
-            for (r, (s, pay)) in selected.into_iter().enumerate() {
-                let q = start + r;
-                for (i, (score, pl)) in s.iter().zip(&pay).enumerate() {
-                    if *pl == [u32::MAX; 2] && *score == f32::INFINITY {
-                        break;
-                    }
-                    ids[q * k + i] = (u64::from(pl[0]) << 32 | u64::from(pl[1])) as i64;
-                    distances[q * k + i] = metric.reported(*score);
-                }
+            // Read the previous tile back while this one runs.
+            if let Some((prev, done)) = in_flight.replace((start, pending)) {
+                write_neighbors(
+                    metric,
+                    prev,
+                    done.finish(&self.gpu)?,
+                    k,
+                    &mut ids,
+                    &mut distances,
+                );
             }
         }
+        if let Some((prev, done)) = in_flight {
+            write_neighbors(
+                metric,
+                prev,
+                done.finish(&self.gpu)?,
+                k,
+                &mut ids,
+                &mut distances,
+            );
+        }
         Ok(Neighbors { k, ids, distances })
+    }
+}
+
+/// Writes a refine tile's selections (queries from `start`) as ids and reported distances.
+fn write_neighbors(
+    metric: quiver_engine::Metric,
+    start: usize,
+    selected: Vec<Selected>,
+    k: usize,
+    ids: &mut [i64],
+    distances: &mut [f32],
+) {
+    for (r, (s, pay)) in selected.into_iter().enumerate() {
+        let q = start + r;
+        for (i, (score, pl)) in s.iter().zip(&pay).enumerate() {
+            if *pl == [u32::MAX; 2] && *score == f32::INFINITY {
+                break;
+            }
+            ids[q * k + i] = (u64::from(pl[0]) << 32 | u64::from(pl[1])) as i64;
+            distances[q * k + i] = metric.reported(*score);
+        }
     }
 }

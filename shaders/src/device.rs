@@ -76,6 +76,11 @@ pub fn list_adapters() -> Vec<AdapterSummary> {
         .collect()
 }
 
+/// Largest buffer the backend allocates for index data or one tile of a batch, whatever the
+/// adapter allows: a batch keeps a handful of such buffers in flight (scores, payloads, tables,
+/// read-back copies), so this bounds its device memory to about a gigabyte.
+pub const MAX_BUFFER_BYTES: u64 = 256 << 20;
+
 /// An open device and its queue, with what the kernels need to know of its limits.
 pub struct GpuDevice {
     pub(crate) device: wgpu::Device,
@@ -140,7 +145,10 @@ impl GpuDevice {
         Ok(GpuDevice {
             device,
             queue,
-            max_binding: limits.max_storage_buffer_binding_size,
+            max_binding: limits
+                .max_storage_buffer_binding_size
+                .min(limits.max_buffer_size)
+                .min(MAX_BUFFER_BYTES),
             adapter,
         })
     }

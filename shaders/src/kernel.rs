@@ -136,14 +136,24 @@ pub(crate) fn check_binding(
     Ok(())
 }
 
-/// Submits `encoder` after copying each `(buffer, bytes)` to a mappable buffer, waits, and
-/// returns their contents.
-pub(crate) fn submit_and_read<T: bytemuck::Pod>(
+/// Work submitted to the device whose outputs are being copied to mappable buffers.
+pub(crate) struct Pending {
+    submission: wgpu::SubmissionIndex,
+    staging: Vec<(wgpu::Buffer, u64)>,
+    /// Buffers the submitted work uses, kept alive until it is done.
+    _keep: Vec<wgpu::Buffer>,
+}
+
+/// Submits `encoder` after copying each `(buffer, bytes)` to a mappable buffer, without
+/// waiting: the caller prepares the next batch while the device runs this one. `keep` holds
+/// buffers the work uses.
+pub(crate) fn submit(
     gpu: &GpuDevice,
     mut encoder: wgpu::CommandEncoder,
     outputs: &[(&wgpu::Buffer, u64)],
-) -> Result<Vec<Vec<T>>, WgpuError> {
-    let staging: Vec<wgpu::Buffer> = outputs
+    keep: Vec<wgpu::Buffer>,
+) -> Pending {
+    let staging: Vec<(wgpu::Buffer, u64)> = outputs
         .iter()
         .map(|(src, bytes)| {
             let dst = gpu.device.create_buffer(&wgpu::BufferDescriptor {
@@ -153,27 +163,50 @@ pub(crate) fn submit_and_read<T: bytemuck::Pod>(
                 mapped_at_creation: false,
             });
             encoder.copy_buffer_to_buffer(src, 0, &dst, 0, (*bytes).max(4));
-            dst
+            (dst, *bytes)
         })
         .collect();
-    gpu.queue.submit([encoder.finish()]);
-    for s in &staging {
+    let submission = gpu.queue.submit([encoder.finish()]);
+    for (s, _) in &staging {
         s.map_async(wgpu::MapMode::Read, .., |_| {});
     }
-    gpu.device
-        .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|e| WgpuError::Runtime(e.to_string()))?;
-    staging
-        .iter()
-        .zip(outputs)
-        .map(|(s, (_, bytes))| {
-            let view = s
-                .get_mapped_range(..)
-                .map_err(|e| WgpuError::Runtime(e.to_string()))?;
-            let out = bytemuck::cast_slice::<u8, T>(&view[..*bytes as usize]).to_vec();
-            drop(view);
-            s.unmap();
-            Ok(out)
-        })
-        .collect()
+    Pending {
+        submission,
+        staging,
+        _keep: keep,
+    }
+}
+
+impl Pending {
+    /// Waits for this submission (not for later ones) and returns the outputs' contents.
+    pub(crate) fn read<T: bytemuck::Pod>(self, gpu: &GpuDevice) -> Result<Vec<Vec<T>>, WgpuError> {
+        gpu.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(self.submission),
+                timeout: None,
+            })
+            .map_err(|e| WgpuError::Runtime(e.to_string()))?;
+        self.staging
+            .iter()
+            .map(|(s, bytes)| {
+                let view = s
+                    .get_mapped_range(..)
+                    .map_err(|e| WgpuError::Runtime(e.to_string()))?;
+                let out = bytemuck::cast_slice::<u8, T>(&view[..*bytes as usize]).to_vec();
+                drop(view);
+                s.unmap();
+                Ok(out)
+            })
+            .collect()
+    }
+}
+
+/// Submits `encoder` after copying each `(buffer, bytes)` to a mappable buffer, waits, and
+/// returns their contents.
+pub(crate) fn submit_and_read<T: bytemuck::Pod>(
+    gpu: &GpuDevice,
+    encoder: wgpu::CommandEncoder,
+    outputs: &[(&wgpu::Buffer, u64)],
+) -> Result<Vec<Vec<T>>, WgpuError> {
+    submit(gpu, encoder, outputs, Vec::new()).read(gpu)
 }

@@ -14,7 +14,7 @@ use quiver_engine::topk::TopK;
 
 use crate::device::GpuDevice;
 use crate::error::WgpuError;
-use crate::kernel::{grid, output, storage, submit_and_read, uniform, Kernel};
+use crate::kernel::{grid, output, storage, submit, uniform, Kernel, Pending};
 
 /// Entries one workgroup sorts.
 pub const CHUNK: usize = 1024;
@@ -58,17 +58,47 @@ impl GpuTopK {
     pub(crate) fn select(
         &self,
         gpu: &GpuDevice,
-        mut encoder: wgpu::CommandEncoder,
+        encoder: wgpu::CommandEncoder,
         rows: Rows,
         keep: usize,
     ) -> Result<Vec<Selected>, WgpuError> {
+        self.submit(gpu, encoder, rows, keep)?.finish(gpu)
+    }
+
+    /// Records the selection rounds after the work in `encoder` and submits it all, without
+    /// waiting; [`PendingSelect::finish`] waits and reads back.
+    pub(crate) fn submit(
+        &self,
+        gpu: &GpuDevice,
+        mut encoder: wgpu::CommandEncoder,
+        rows: Rows,
+        keep: usize,
+    ) -> Result<PendingSelect, WgpuError> {
         if keep > MAX_GPU_KEEP {
-            return self.select_on_host(gpu, encoder, rows, keep);
+            let total: usize = rows
+                .spans
+                .iter()
+                .map(|&(s, n)| s + n)
+                .max()
+                .unwrap_or(0)
+                .max(1);
+            let pending = submit(
+                gpu,
+                encoder,
+                &[
+                    (&rows.scores, (total * 4) as u64),
+                    (&rows.payloads, (total * 8) as u64),
+                ],
+                Vec::new(),
+            );
+            return Ok(PendingSelect {
+                pending,
+                spans: rows.spans,
+                host_keep: Some(keep),
+            });
         }
         let keep = keep.max(1);
         let mut cur = rows;
-        // Uniform buffers and chunk tables must outlive the encoder's submission.
-        let mut keep_alive = Vec::new();
         loop {
             let last = cur.spans.iter().all(|&(_, len)| len <= CHUNK);
             let mut chunks = Vec::new();
@@ -95,6 +125,7 @@ impl GpuTopK {
             let out_scores = output(gpu, "top-k scores", (total * 4) as u64);
             let out_payloads = output(gpu, "top-k payloads", (total * 8) as u64);
             if !chunks.is_empty() {
+                // wgpu keeps these alive until the submitted work is done.
                 let table = storage(gpu, "top-k chunks", &chunks);
                 let params = uniform(gpu, &[chunks.len() as u32, 0, 0, 0]);
                 self.kernel.dispatch(
@@ -110,9 +141,7 @@ impl GpuTopK {
                     ],
                     grid(chunks.len() as u64)?,
                 );
-                keep_alive.push((table, params));
             }
-            keep_alive.push((cur.scores, cur.payloads));
             cur = Rows {
                 scores: out_scores,
                 payloads: out_payloads,
@@ -123,67 +152,71 @@ impl GpuTopK {
             }
         }
         let total: usize = cur.spans.iter().map(|s| s.1).sum::<usize>().max(1);
-        let got = submit_and_read::<u32>(
+        let pending = submit(
             gpu,
             encoder,
             &[
                 (&cur.scores, (total * 4) as u64),
                 (&cur.payloads, (total * 8) as u64),
             ],
-        )?;
-        drop(keep_alive);
-        let scores: &[f32] = bytemuck::cast_slice(&got[0]);
-        let payloads: &[[u32; 2]] = bytemuck::cast_slice(&got[1]);
-        Ok(cur
-            .spans
-            .iter()
-            .map(|&(s, n)| (scores[s..s + n].to_vec(), payloads[s..s + n].to_vec()))
-            .collect())
+            Vec::new(),
+        );
+        Ok(PendingSelect {
+            pending,
+            spans: cur.spans,
+            host_keep: None,
+        })
     }
+}
 
-    /// The host path for large `keep`: reads every row back and selects with [`TopK`].
-    fn select_on_host(
-        &self,
-        gpu: &GpuDevice,
-        encoder: wgpu::CommandEncoder,
-        rows: Rows,
-        keep: usize,
-    ) -> Result<Vec<Selected>, WgpuError> {
-        let total: usize = rows
-            .spans
-            .iter()
-            .map(|&(s, n)| s + n)
-            .max()
-            .unwrap_or(0)
-            .max(1);
-        let got = submit_and_read::<u32>(
-            gpu,
-            encoder,
-            &[
-                (&rows.scores, (total * 4) as u64),
-                (&rows.payloads, (total * 8) as u64),
-            ],
-        )?;
+/// A submitted selection.
+pub(crate) struct PendingSelect {
+    pending: Pending,
+    spans: Vec<(usize, usize)>,
+    /// `Some(keep)`: the rows come back whole and are selected on the host.
+    host_keep: Option<usize>,
+}
+
+impl PendingSelect {
+    /// Waits for the selection and returns each row's entries, best first.
+    pub(crate) fn finish(self, gpu: &GpuDevice) -> Result<Vec<Selected>, WgpuError> {
+        let got = self.pending.read::<u32>(gpu)?;
         let scores: &[f32] = bytemuck::cast_slice(&got[0]);
         let payloads: &[[u32; 2]] = bytemuck::cast_slice(&got[1]);
-        let mut top = TopK::new(keep);
-        Ok(rows
-            .spans
-            .iter()
-            .map(|&(s, n)| {
-                top.clear();
-                for i in s..s + n {
-                    let p = payloads[i];
-                    top.push(scores[i], u64::from(p[0]) << 32 | u64::from(p[1]));
-                }
-                let sel = top.sorted();
-                (
-                    sel.iter().map(|e| e.score).collect(),
-                    sel.iter()
-                        .map(|e| [(e.item >> 32) as u32, e.item as u32])
-                        .collect(),
-                )
-            })
-            .collect())
+        Ok(match self.host_keep {
+            None => self
+                .spans
+                .iter()
+                .map(|&(s, n)| (scores[s..s + n].to_vec(), payloads[s..s + n].to_vec()))
+                .collect(),
+            Some(keep) => select_on_host(scores, payloads, &self.spans, keep),
+        })
     }
+}
+
+/// The host path for large `keep`: the engine's [`TopK`] over rows read back whole.
+fn select_on_host(
+    scores: &[f32],
+    payloads: &[[u32; 2]],
+    spans: &[(usize, usize)],
+    keep: usize,
+) -> Vec<Selected> {
+    let mut top = TopK::new(keep);
+    spans
+        .iter()
+        .map(|&(s, n)| {
+            top.clear();
+            for i in s..s + n {
+                let p = payloads[i];
+                top.push(scores[i], u64::from(p[0]) << 32 | u64::from(p[1]));
+            }
+            let sel = top.sorted();
+            (
+                sel.iter().map(|e| e.score).collect(),
+                sel.iter()
+                    .map(|e| [(e.item >> 32) as u32, e.item as u32])
+                    .collect(),
+            )
+        })
+        .collect()
 }
