@@ -82,6 +82,11 @@ impl WgpuPrepared {
         &self.data.index
     }
 
+    /// Whether the codes and raw vectors live on the device (else they are streamed per batch).
+    pub fn is_resident(&self) -> bool {
+        self.data.resident
+    }
+
     /// How many device buffers hold the codes and the raw vectors.
     pub fn buffer_counts(&self) -> (usize, usize) {
         (self.data.code_bufs.len(), self.data.raw_bufs.len())
@@ -156,12 +161,24 @@ impl WgpuBackend {
         let nq = probes.lists.len() / probes.nprobe.max(1);
         let limit = self.gpu.max_binding() as usize;
         let mut tiles = Vec::new();
-        let (mut start, mut entries, mut tables) = (0, 0usize, 0usize);
+        let (mut start, mut entries, mut tables, mut codes) = (0, 0usize, 0usize, 0usize);
+        let lists = p.data.index.lists();
         for q in 0..nq {
-            let row: usize = probes.lists[q * probes.nprobe..(q + 1) * probes.nprobe]
+            let probed = &probes.lists[q * probes.nprobe..(q + 1) * probes.nprobe];
+            let row: usize = probed
                 .iter()
                 .map(|&l| p.data.places[l as usize].len as usize)
                 .sum();
+            // Streaming: the tile's lists are uploaded with it (bounded here, counting a list
+            // once per query that probes it).
+            let code_bytes: usize = if p.data.resident {
+                0
+            } else {
+                probed
+                    .iter()
+                    .map(|&l| lists[l as usize].codes.as_slice().len())
+                    .sum()
+            };
             if row * 8 > limit || table_bytes > limit {
                 return Err(WgpuError::TooLarge {
                     what: "one query's scan (bytes)",
@@ -169,12 +186,17 @@ impl WgpuBackend {
                     max: limit as u64,
                 });
             }
-            if q > start && ((entries + row) * 8 > limit || tables + table_bytes > limit) {
+            if q > start
+                && ((entries + row) * 8 > limit
+                    || tables + table_bytes > limit
+                    || codes + code_bytes > limit)
+            {
                 tiles.push(start..q);
-                (start, entries, tables) = (q, 0, 0);
+                (start, entries, tables, codes) = (q, 0, 0, 0);
             }
             entries += row;
             tables += table_bytes;
+            codes += code_bytes;
         }
         if nq > start {
             tiles.push(start..nq);
@@ -196,6 +218,30 @@ impl WgpuBackend {
         let (m, ksub) = (tables.m, tables.ksub);
         let tl = m * ksub;
         let fast = index.layout() == CodeLayout::Packed4x32;
+        // Streaming: this tile's probed lists, uploaded now.
+        let (streamed_bufs, streamed_segs) = if p.data.resident {
+            (Vec::new(), std::collections::HashMap::new())
+        } else {
+            let mut seen = std::collections::HashSet::new();
+            let probed: Vec<usize> = qs
+                .clone()
+                .flat_map(|q| probes.lists[q * nprobe..(q + 1) * nprobe].iter())
+                .map(|&l| l as usize)
+                .filter(|l| seen.insert(*l))
+                .collect();
+            let (bufs, segs) = crate::index::pack_codes(
+                &self.gpu,
+                index,
+                probed.iter().copied(),
+                self.gpu.max_binding(),
+            )?;
+            (bufs, probed.into_iter().zip(segs).collect())
+        };
+        let code_bufs = if p.data.resident {
+            &p.data.code_bufs
+        } else {
+            &streamed_bufs
+        };
         // Work items per (code buffer, L2 terms buffer), and each query's row.
         let mut items: std::collections::BTreeMap<(usize, usize), Vec<ScanItem>> =
             Default::default();
@@ -248,7 +294,12 @@ impl WgpuBackend {
                     Some((_, _, places)) if !fast => places[l],
                     _ => (0, 0),
                 };
-                for seg in &place.segments {
+                let segments = if p.data.resident {
+                    &place.segments
+                } else {
+                    &streamed_segs[&l]
+                };
+                for seg in segments {
                     items
                         .entry((seg.buf, terms_buf))
                         .or_default()
@@ -302,7 +353,7 @@ impl WgpuBackend {
                     &self.gpu,
                     &mut enc,
                     &[
-                        &p.data.code_bufs[b],
+                        &code_bufs[b],
                         &item_buf,
                         &table_buf.0,
                         &table_buf.1,
@@ -328,7 +379,7 @@ impl WgpuBackend {
                     &self.gpu,
                     &mut enc,
                     &[
-                        &p.data.code_bufs[b],
+                        &code_bufs[b],
                         &item_buf,
                         &table_buf.0,
                         terms,
@@ -529,7 +580,24 @@ impl WgpuBackend {
             let n = (end - start) * per;
             let mut score = vec![f32::INFINITY; n];
             let mut payload = vec![[u32::MAX; 2]; n];
-            let mut items: Vec<Vec<RefineItem>> = vec![Vec::new(); p.data.raw_bufs.len()];
+            // Streaming: this tile's candidate vectors, uploaded now.
+            let (streamed_raw, streamed_places) = if has_raw && !p.data.resident {
+                let slots: Vec<(u32, u32)> = (start * per..end * per)
+                    .map(|i| candidates.slots[i])
+                    .filter(|s| *s != Slot::NONE)
+                    .map(|s| (s.list, s.offset))
+                    .collect();
+                p.data.stream_raw(&self.gpu, &slots)
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            let raw_bufs = if p.data.resident {
+                &p.data.raw_bufs
+            } else {
+                &streamed_raw
+            };
+            let mut streamed_at = 0;
+            let mut items: Vec<Vec<RefineItem>> = vec![Vec::new(); raw_bufs.len()];
             for q in start..end {
                 for j in 0..per {
                     let slot = candidates.slots[q * per + j];
@@ -541,8 +609,13 @@ impl WgpuBackend {
                     let at = (q - start) * per + j;
                     payload[at] = [(id >> 32) as u32, id as u32];
                     if has_raw {
-                        let gslot = p.data.places[slot.list as usize].gslot + slot.offset;
-                        let (buf, elem) = p.data.raw_place(gslot);
+                        let (buf, elem) = if p.data.resident {
+                            let gslot = p.data.places[slot.list as usize].gslot + slot.offset;
+                            p.data.raw_place(gslot)
+                        } else {
+                            streamed_at += 1;
+                            streamed_places[streamed_at - 1]
+                        };
                         items[buf].push(RefineItem {
                             query: (q - start) as u32,
                             elem,
@@ -589,13 +662,7 @@ impl WgpuBackend {
                 self.refine.dispatch(
                     &self.gpu,
                     &mut enc,
-                    &[
-                        &p.data.raw_bufs[b],
-                        &item_buf,
-                        &query_buf,
-                        &scores_buf,
-                        &params,
-                    ],
+                    &[&raw_bufs[b], &item_buf, &query_buf, &scores_buf, &params],
                     groups,
                 );
             }

@@ -88,7 +88,13 @@ pub struct GpuDevice {
     adapter: AdapterSummary,
     /// Largest storage binding the kernels may use (the adapter's, or less for tests).
     pub(crate) max_binding: u64,
+    /// Device memory an index's codes and raw vectors may take; larger indexes are streamed.
+    memory_budget: u64,
 }
+
+/// The default device memory budget for an index's codes and raw vectors, MiB
+/// (`QUIVER_WGPU_MEMORY_MIB` overrides it).
+pub const DEFAULT_MEMORY_BUDGET_MIB: u64 = 4096;
 
 impl std::fmt::Debug for GpuDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -149,6 +155,11 @@ impl GpuDevice {
                 .max_storage_buffer_binding_size
                 .min(limits.max_buffer_size)
                 .min(MAX_BUFFER_BYTES),
+            memory_budget: std::env::var("QUIVER_WGPU_MEMORY_MIB")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(DEFAULT_MEMORY_BUDGET_MIB)
+                .saturating_mul(1 << 20),
             adapter,
         })
     }
@@ -162,6 +173,18 @@ impl GpuDevice {
     pub fn with_max_binding(mut self, bytes: u64) -> Self {
         self.max_binding = self.max_binding.min(bytes.max(256));
         self
+    }
+
+    /// Sets the device memory budget for an index's codes and raw vectors; an index above it
+    /// is streamed: each batch uploads the lists it probes and the candidates it refines.
+    pub fn with_memory_budget(mut self, bytes: u64) -> Self {
+        self.memory_budget = bytes;
+        self
+    }
+
+    /// The device memory budget for an index's codes and raw vectors.
+    pub fn memory_budget(&self) -> u64 {
+        self.memory_budget
     }
 
     /// The storage binding size the kernels use.

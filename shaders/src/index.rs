@@ -42,6 +42,9 @@ pub(crate) struct ListPlace {
 pub(crate) struct GpuIndex {
     pub(crate) index: Arc<IvfPqIndex>,
     pub(crate) code_bufs: Vec<wgpu::Buffer>,
+    /// Codes and raw vectors live on the device (else they are streamed per batch: the index
+    /// is larger than the device memory budget).
+    pub(crate) resident: bool,
     /// Raw vectors in global-slot order, `raw_rows` vectors per buffer.
     pub(crate) raw_bufs: Vec<wgpu::Buffer>,
     pub(crate) raw_rows: usize,
@@ -54,13 +57,18 @@ pub(crate) struct GpuIndex {
     pub(crate) raw_f16: bool,
 }
 
-/// Packs the lists' codes into buffers of at most `limit` bytes, splitting a list where it
-/// does not fit on a unit boundary (`unit_bytes` bytes holding `unit_entries` entries).
-fn pack_codes(
+/// Code buffers, and the segments of each packed list.
+pub(crate) type PackedCodes = (Vec<wgpu::Buffer>, Vec<Vec<CodeSegment>>);
+
+/// Packs the codes of `lists` into buffers of at most `limit` bytes, splitting a list where
+/// it does not fit on a unit boundary (`unit_bytes` bytes holding `unit_entries` entries).
+/// Segments come back in the order of `lists`.
+pub(crate) fn pack_codes(
     gpu: &GpuDevice,
     index: &IvfPqIndex,
+    lists: impl Iterator<Item = usize>,
     limit: u64,
-) -> Result<(Vec<wgpu::Buffer>, Vec<Vec<CodeSegment>>), WgpuError> {
+) -> Result<PackedCodes, WgpuError> {
     let m = index.pq().m();
     let (unit_bytes, unit_entries) = match index.layout() {
         CodeLayout::Flat => (index.pq().code_size(), 1),
@@ -74,7 +82,8 @@ fn pack_codes(
     let mut bufs = Vec::new();
     let mut segments = Vec::new();
     let mut cur: Vec<u8> = Vec::new();
-    for list in index.lists() {
+    for l in lists {
+        let list = &index.lists()[l];
         let codes = list.codes.as_slice();
         let n = list.len();
         let units = n.div_ceil(unit_entries);
@@ -148,8 +157,6 @@ impl GpuIndex {
             });
         }
         let limit = gpu.max_binding();
-        let (code_bufs, segments) = pack_codes(gpu, &index, limit)?;
-        // Raw vectors: every list's in global-slot order, cut into buffers of whole rows.
         let dim = index.dim();
         let raw_f16 = matches!(lists.first().map(|l| &l.raw), Some(RawVectors::F16(_)));
         let row_bytes = dim * if raw_f16 { 2 } else { 4 };
@@ -160,8 +167,28 @@ impl GpuIndex {
         )?;
         // Rows per buffer, even so that f16 rows of odd dimension start on a word.
         let raw_rows = ((limit as usize / row_bytes) & !1).max(2);
+        let data_bytes: u64 = lists
+            .iter()
+            .map(|l| {
+                let raw = match &l.raw {
+                    RawVectors::None => 0,
+                    RawVectors::F16(s) => s.as_slice().len() * 2,
+                    RawVectors::F32(s) => s.as_slice().len() * 4,
+                };
+                (l.codes.as_slice().len() + raw) as u64
+            })
+            .sum();
+        // Above the budget the codes and raw vectors stay on the host and each batch uploads
+        // what it touches.
+        let resident = data_bytes <= gpu.memory_budget();
+        let (code_bufs, segments) = if resident {
+            pack_codes(gpu, &index, 0..lists.len(), limit)?
+        } else {
+            (Vec::new(), vec![Vec::new(); lists.len()])
+        };
+        // Raw vectors: every list's in global-slot order, cut into buffers of whole rows.
         let mut raw: Vec<u8> = Vec::new();
-        for l in lists {
+        for l in lists.iter().filter(|_| resident) {
             match &l.raw {
                 RawVectors::None => {}
                 RawVectors::F16(s) => raw.extend_from_slice(bytemuck::cast_slice(s.as_slice())),
@@ -202,6 +229,7 @@ impl GpuIndex {
             gslot += list.len();
         }
         Ok(GpuIndex {
+            resident,
             dead: storage(gpu, "tombstones", &dead),
             code_bufs,
             raw_bufs,
@@ -211,6 +239,44 @@ impl GpuIndex {
             raw_f16,
             index,
         })
+    }
+
+    /// Streaming mode: the raw vectors of `slots` (list, offset), copied into fresh buffers of
+    /// whole rows; returns the buffers and each vector's (buffer, first value).
+    pub(crate) fn stream_raw(
+        &self,
+        gpu: &GpuDevice,
+        slots: &[(u32, u32)],
+    ) -> (Vec<wgpu::Buffer>, Vec<(usize, u32)>) {
+        let dim = self.index.dim();
+        let mut bufs = Vec::new();
+        let mut places = Vec::with_capacity(slots.len());
+        let mut cur: Vec<u8> = Vec::new();
+        let mut rows = 0;
+        for &(l, o) in slots {
+            if rows == self.raw_rows {
+                cur.resize(cur.len().next_multiple_of(4), 0);
+                bufs.push(storage(gpu, "raw vectors (streamed)", &cur));
+                cur.clear();
+                rows = 0;
+            }
+            let list = &self.index.lists()[l as usize];
+            let (o, d) = (o as usize, dim);
+            match &list.raw {
+                RawVectors::None => {}
+                RawVectors::F16(s) => {
+                    cur.extend_from_slice(bytemuck::cast_slice(&s.as_slice()[o * d..(o + 1) * d]))
+                }
+                RawVectors::F32(s) => {
+                    cur.extend_from_slice(bytemuck::cast_slice(&s.as_slice()[o * d..(o + 1) * d]))
+                }
+            }
+            places.push((bufs.len(), (rows * dim) as u32));
+            rows += 1;
+        }
+        cur.resize(cur.len().next_multiple_of(4).max(4), 0);
+        bufs.push(storage(gpu, "raw vectors (streamed)", &cur));
+        (bufs, places)
     }
 
     /// The raw buffer and first value of the vector at a global slot.

@@ -222,3 +222,54 @@ fn an_index_larger_than_one_binding_searches_correctly() {
         }
     }
 }
+
+/// An index above the device memory budget stays on the host: each batch uploads the lists it
+/// probes and the vectors it refines (here with a 32 KiB binding limit too, so those uploads
+/// are split and the batch tiled). Results do not change.
+#[test]
+fn an_index_above_the_memory_budget_is_streamed() {
+    let Some(gpu) = device() else { return };
+    let whole = WgpuBackend::new(Arc::new(gpu));
+    let streamed = WgpuBackend::new(Arc::new(
+        GpuDevice::open(AdapterChoice::AnyIncludingCpu)
+            .unwrap()
+            .with_max_binding(32 << 10)
+            .with_memory_budget(0),
+    ));
+    for c in [
+        Case {
+            metric: Metric::L2,
+            bits: 8,
+            m: 8,
+            refine: RefineKind::F32,
+        },
+        Case {
+            metric: Metric::InnerProduct,
+            bits: 4,
+            m: 16,
+            refine: RefineKind::F16,
+        },
+        Case {
+            metric: Metric::Cosine,
+            bits: 8,
+            m: 8,
+            refine: RefineKind::None,
+        },
+    ] {
+        let (idx, q) = build(&c, &[9, 10]);
+        let sp = streamed.prepare(idx.clone()).unwrap();
+        assert!(!sp.is_resident());
+        let wp = whole.prepare(idx.clone()).unwrap();
+        assert!(wp.is_resident());
+        let rf = if c.refine == RefineKind::None { 1 } else { 6 };
+        let params = SearchParams {
+            k: 10,
+            nprobe: 5,
+            refine_factor: rf,
+        };
+        let a = whole.search(&wp, &q, &params).unwrap();
+        let b = streamed.search(&sp, &q, &params).unwrap();
+        assert_eq!(a.ids, b.ids, "{} {}-bit", c.metric, c.bits);
+        assert_eq!(a.distances, b.distances, "{} {}-bit", c.metric, c.bits);
+    }
+}
