@@ -28,7 +28,7 @@ use crate::coarse::GpuCoarse;
 use crate::device::GpuDevice;
 use crate::error::WgpuError;
 use crate::index::GpuIndex;
-use crate::kernel::{check_binding, grid, output, storage, uniform, Kernel};
+use crate::kernel::{check_binding, checked, grid, output, storage, uniform, Kernel};
 use crate::tables::GpuTables;
 use crate::topk::{GpuTopK, PendingSelect, Rows, Selected};
 
@@ -427,15 +427,10 @@ fn write_candidates(
     }
 }
 
-impl Backend for WgpuBackend {
-    type Prepared = WgpuPrepared;
-
-    fn name(&self) -> &'static str {
-        "wgpu"
-    }
-
-    fn prepare(&self, index: Arc<IvfPqIndex>) -> Result<WgpuPrepared, EngineError> {
+impl WgpuBackend {
+    fn upload(&self, index: Arc<IvfPqIndex>) -> Result<WgpuPrepared, WgpuError> {
         let gpu = &self.gpu;
+
         let l2_terms = if index.metric().is_inner_product() {
             None
         } else {
@@ -454,8 +449,7 @@ impl Backend for WgpuBackend {
                     "L2 terms",
                     terms.chunks(m * ksub).map(bytemuck::cast_slice),
                     gpu.max_binding(),
-                )
-                .map_err(engine_err)?;
+                )?;
                 let places = places
                     .into_iter()
                     .map(|(b, off)| (b, (off / 4) as u32))
@@ -467,12 +461,24 @@ impl Backend for WgpuBackend {
             Some((terms, bufs, places))
         };
         Ok(WgpuPrepared {
-            coarse: GpuCoarse::new(gpu, &index).map_err(engine_err)?,
-            tables: GpuTables::new(gpu, &index).map_err(engine_err)?,
+            coarse: GpuCoarse::new(gpu, &index)?,
+            tables: GpuTables::new(gpu, &index)?,
             no_terms: storage(gpu, "unused", &[0u32]),
-            data: GpuIndex::upload(gpu, index).map_err(engine_err)?,
+            data: GpuIndex::upload(gpu, index)?,
             l2_terms,
         })
+    }
+}
+
+impl Backend for WgpuBackend {
+    type Prepared = WgpuPrepared;
+
+    fn name(&self) -> &'static str {
+        "wgpu"
+    }
+
+    fn prepare(&self, index: Arc<IvfPqIndex>) -> Result<WgpuPrepared, EngineError> {
+        checked(&self.gpu, "uploading the index", || self.upload(index)).map_err(engine_err)
     }
 
     fn coarse_search(
@@ -481,9 +487,10 @@ impl Backend for WgpuBackend {
         queries: &[f32],
         nprobe: usize,
     ) -> Result<Probes, EngineError> {
-        p.coarse
-            .search(&self.gpu, queries, nprobe)
-            .map_err(engine_err)
+        checked(&self.gpu, "coarse search", || {
+            p.coarse.search(&self.gpu, queries, nprobe)
+        })
+        .map_err(engine_err)
     }
 
     fn lookup_tables(
@@ -491,7 +498,10 @@ impl Backend for WgpuBackend {
         p: &WgpuPrepared,
         queries: &[f32],
     ) -> Result<LookupTables, EngineError> {
-        p.tables.compute(&self.gpu, queries).map_err(engine_err)
+        checked(&self.gpu, "lookup tables", || {
+            p.tables.compute(&self.gpu, queries)
+        })
+        .map_err(engine_err)
     }
 
     fn scan(
@@ -518,23 +528,22 @@ impl Backend for WgpuBackend {
         };
         // Tile t + 1 is prepared and submitted before tile t is read back, so the host's
         // work (items, quantized tables) overlaps the device's.
-        let mut in_flight: Option<(std::ops::Range<usize>, PendingSelect)> = None;
-        for qs in self
-            .scan_tiles(p, probes, table_bytes)
-            .map_err(engine_err)?
-        {
-            let pending = self
-                .scan_tile(p, probes, tables, keep, qs.clone())
-                .map_err(engine_err)?;
-            if let Some((prev, done)) = in_flight.replace((qs, pending)) {
-                let selected = done.finish(&self.gpu).map_err(engine_err)?;
+        checked(&self.gpu, "list scan", || {
+            let mut in_flight: Option<(std::ops::Range<usize>, PendingSelect)> = None;
+            for qs in self.scan_tiles(p, probes, table_bytes)? {
+                let pending = self.scan_tile(p, probes, tables, keep, qs.clone())?;
+                if let Some((prev, done)) = in_flight.replace((qs, pending)) {
+                    let selected = done.finish(&self.gpu)?;
+                    write_candidates(p, prev, selected, keep, &mut slots, &mut scores);
+                }
+            }
+            if let Some((prev, done)) = in_flight {
+                let selected = done.finish(&self.gpu)?;
                 write_candidates(p, prev, selected, keep, &mut slots, &mut scores);
             }
-        }
-        if let Some((prev, done)) = in_flight {
-            let selected = done.finish(&self.gpu).map_err(engine_err)?;
-            write_candidates(p, prev, selected, keep, &mut slots, &mut scores);
-        }
+            Ok(())
+        })
+        .map_err(engine_err)?;
         Ok(Candidates {
             per_query: keep,
             slots,
@@ -549,8 +558,10 @@ impl Backend for WgpuBackend {
         candidates: &Candidates,
         k: usize,
     ) -> Result<Neighbors, EngineError> {
-        self.refine_all(p, queries, candidates, k)
-            .map_err(engine_err)
+        checked(&self.gpu, "refine", || {
+            self.refine_all(p, queries, candidates, k)
+        })
+        .map_err(engine_err)
     }
 }
 

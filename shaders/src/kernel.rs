@@ -210,3 +210,26 @@ pub(crate) fn submit_and_read<T: bytemuck::Pod>(
 ) -> Result<Vec<Vec<T>>, WgpuError> {
     submit(gpu, encoder, outputs, Vec::new()).read(gpu)
 }
+
+/// Runs `f` (device work) inside out-of-memory and validation error scopes, so that a device
+/// failure comes back as an error naming `what` instead of wgpu's default panic.
+pub(crate) fn checked<T>(
+    gpu: &GpuDevice,
+    what: &str,
+    f: impl FnOnce() -> Result<T, WgpuError>,
+) -> Result<T, WgpuError> {
+    let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let validation = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let result = f();
+    let invalid = pollster::block_on(validation.pop());
+    let out_of_memory = pollster::block_on(oom.pop());
+    if let Some(e) = out_of_memory {
+        return Err(WgpuError::Runtime(format!(
+            "{what}: the device is out of memory ({e}); lower QUIVER_WGPU_MEMORY_MIB to stream the index"
+        )));
+    }
+    if let Some(e) = invalid {
+        return Err(WgpuError::Runtime(format!("{what}: {e}")));
+    }
+    result
+}
