@@ -90,6 +90,8 @@ pub struct GpuDevice {
     pub(crate) max_binding: u64,
     /// Device memory an index's codes and raw vectors may take; larger indexes are streamed.
     memory_budget: u64,
+    /// Mappable read-back buffers kept for reuse (sizes are powers of two).
+    pub(crate) readback_pool: std::sync::Mutex<Vec<wgpu::Buffer>>,
 }
 
 /// The default device memory budget for an index's codes and raw vectors, MiB
@@ -160,6 +162,7 @@ impl GpuDevice {
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(DEFAULT_MEMORY_BUDGET_MIB)
                 .saturating_mul(1 << 20),
+            readback_pool: std::sync::Mutex::new(Vec::new()),
             adapter,
         })
     }

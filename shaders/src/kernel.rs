@@ -156,12 +156,7 @@ pub(crate) fn submit(
     let staging: Vec<(wgpu::Buffer, u64)> = outputs
         .iter()
         .map(|(src, bytes)| {
-            let dst = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("read-back"),
-                size: (*bytes).max(4),
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
+            let dst = take_readback(gpu, (*bytes).max(4));
             encoder.copy_buffer_to_buffer(src, 0, &dst, 0, (*bytes).max(4));
             (dst, *bytes)
         })
@@ -186,7 +181,8 @@ impl Pending {
                 timeout: None,
             })
             .map_err(|e| WgpuError::Runtime(e.to_string()))?;
-        self.staging
+        let out: Result<Vec<Vec<T>>, WgpuError> = self
+            .staging
             .iter()
             .map(|(s, bytes)| {
                 let view = s
@@ -197,7 +193,43 @@ impl Pending {
                 s.unmap();
                 Ok(out)
             })
-            .collect()
+            .collect();
+        if out.is_ok() {
+            // All unmapped again: reusable.
+            for (s, _) in self.staging {
+                give_readback(gpu, s);
+            }
+        }
+        out
+    }
+}
+
+/// Read-back buffers kept per device.
+const READBACK_POOL: usize = 8;
+
+/// A mappable buffer of at least `bytes` bytes: a pooled one if any is large enough.
+fn take_readback(gpu: &GpuDevice, bytes: u64) -> wgpu::Buffer {
+    if let Ok(mut pool) = gpu.readback_pool.lock() {
+        if let Some(i) = pool.iter().position(|b| b.size() >= bytes) {
+            return pool.swap_remove(i);
+        }
+    }
+    gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("read-back"),
+        size: bytes.next_power_of_two(),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}
+
+/// Returns an unmapped read-back buffer to the pool (the smallest are dropped when full).
+fn give_readback(gpu: &GpuDevice, buffer: wgpu::Buffer) {
+    if let Ok(mut pool) = gpu.readback_pool.lock() {
+        pool.push(buffer);
+        if pool.len() > READBACK_POOL {
+            pool.sort_by_key(|b| std::cmp::Reverse(b.size()));
+            pool.truncate(READBACK_POOL);
+        }
     }
 }
 
