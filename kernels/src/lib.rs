@@ -1,6 +1,15 @@
-//! Quiver's CUDA backend (placeholder crate).
+//! Quiver's CUDA path: CUDA C kernels (`cuda/*.cu`), one per search stage and each the twin of
+//! a WGSL shader in `shaders/wgsl/` (same algorithm, stage for stage), compiled at run time by
+//! NVRTC through cudarc's dynamic loading, so building needs no CUDA installation.
 //!
-//! Will hold the CUDA C kernels (`.cu`, compiled at run time by NVRTC through cudarc's dynamic
-//! loading) and the backend that implements `quiver_engine::backend::Backend` with them. Until
-//! then this crate is empty on purpose: the workspace layout is fixed, the code arrives with the
-//! CUDA backend issue.
+//! [`sources`] lists the kernels; [`compile`] turns one into PTX for a GPU generation (CI
+//! compiles every kernel for `compute_80` and `compute_90` and assembles the PTX with ptxas);
+//! [`probe`] says whether a CUDA driver and device exist, without cudarc's panic when the
+//! driver library is missing.
+
+pub mod compile;
+pub mod probe;
+pub mod sources;
+
+pub use compile::{compile_ptx, CompileError};
+pub use sources::{Kernel, KERNELS};

@@ -1,0 +1,45 @@
+// Refine: exact distances between queries and their candidates' raw vectors (f32, or f16 via
+// cuda_fp16.h), one warp per (query, candidate): lanes stride over the dimensions (coalesced
+// reads of the scattered row) and reduce with shuffles. Twin of shaders/wgsl/refine.wgsl
+// (which uses one thread per pair; same arithmetic up to summation order).
+// Inner product scores −<q, v>, L2 |q − v|².
+
+#include <cuda_fp16.h>
+
+struct RefineItem {
+    unsigned int query;
+    unsigned int elem;
+    unsigned int out;
+    unsigned int pad;
+};
+
+extern "C" __global__ void refine(
+    const void* __restrict__ raw,
+    const RefineItem* __restrict__ items,
+    const float* __restrict__ queries,
+    float* __restrict__ out_score,
+    unsigned int dim,
+    unsigned int f16,
+    unsigned int ip,
+    unsigned int nitems)
+{
+    const unsigned int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32
+        + blockIdx.y * (gridDim.x * blockDim.x / 32);
+    const unsigned int lane = threadIdx.x % 32;
+    if (warp >= nitems) return;
+    const RefineItem it = items[warp];
+    const float* q = queries + (size_t)it.query * dim;
+    float acc = 0.0f;
+    for (unsigned int d = lane; d < dim; d += 32) {
+        const float v = f16 ? __half2float(((const __half*)raw)[(size_t)it.elem + d])
+                            : ((const float*)raw)[(size_t)it.elem + d];
+        if (ip) {
+            acc += q[d] * v;
+        } else {
+            const float diff = q[d] - v;
+            acc += diff * diff;
+        }
+    }
+    for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
+    if (lane == 0) out_score[it.out] = ip ? -acc : acc;
+}

@@ -1,0 +1,62 @@
+// 8-bit PQ list scan. Twin of shaders/wgsl/scan8.wgsl, stage for stage.
+//
+// One block per (query, probed list) work item; its 256 threads stride over the list's entries
+// (consecutive threads read consecutive codes: coalesced). The query's table (M × 256 floats)
+// is staged in shared memory when it fits (M ≤ 48: 48 KiB), else read through L1. An entry's
+// score is the coarse term plus, in sub-quantizer order, the table entry of its code (L2 adds
+// the list's term first) — the CPU scan's additions in the CPU scan's order. Deleted entries
+// score +inf. Output: score and payload (0, global slot) in the query's row, for top-k.
+
+struct ScanItem {
+    unsigned int table;
+    unsigned int byte_off;
+    unsigned int len;
+    unsigned int gslot;
+    unsigned int terms;
+    unsigned int out;
+    float bias;
+    unsigned int pad;
+};
+
+extern "C" __global__ void scan8(
+    const unsigned char* __restrict__ codes,
+    const ScanItem* __restrict__ items,
+    const float* __restrict__ tables,
+    const float* __restrict__ terms,
+    const unsigned int* __restrict__ dead,
+    float* __restrict__ out_score,
+    uint2* __restrict__ out_payload,
+    unsigned int m,
+    unsigned int l2,
+    unsigned int nitems)
+{
+    extern __shared__ float table[];
+    const unsigned int w = blockIdx.x + blockIdx.y * gridDim.x;
+    if (w >= nitems) return;
+    const ScanItem it = items[w];
+    const float* q_table = tables + (size_t)it.table * m * 256;
+    const bool staged = m <= 48;
+    if (staged) {
+        for (unsigned int i = threadIdx.x; i < m * 256; i += blockDim.x) table[i] = q_table[i];
+        __syncthreads();
+    }
+    const float* t = staged ? table : q_table;
+    for (unsigned int i = threadIdx.x; i < it.len; i += blockDim.x) {
+        const unsigned int slot = it.gslot + i;
+        if ((dead[slot >> 5] >> (slot & 31)) & 1u) {
+            out_score[it.out + i] = __int_as_float(0x7f800000);
+            out_payload[it.out + i] = make_uint2(0xffffffffu, 0xffffffffu);
+            continue;
+        }
+        float acc = it.bias;
+        const unsigned char* code = codes + it.byte_off + (size_t)i * m;
+        for (unsigned int s = 0; s < m; s++) {
+            const unsigned int c = code[s];
+            float v = t[s * 256 + c];
+            if (l2) v = terms[it.terms + s * 256 + c] + v;
+            acc += v;
+        }
+        out_score[it.out + i] = acc;
+        out_payload[it.out + i] = make_uint2(0u, slot);
+    }
+}

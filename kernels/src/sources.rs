@@ -1,0 +1,75 @@
+//! The CUDA kernel sources and the WGSL shader each one mirrors.
+
+/// One CUDA translation unit.
+#[derive(Debug, Clone, Copy)]
+pub struct Kernel {
+    /// File stem in `kernels/cuda/`.
+    pub name: &'static str,
+    /// Entry points (`extern "C" __global__`).
+    pub entries: &'static [&'static str],
+    /// The CUDA C source.
+    pub source: &'static str,
+    /// The WGSL twin in `shaders/wgsl/`.
+    pub wgsl_twin: &'static str,
+}
+
+/// Every kernel, in pipeline order.
+pub const KERNELS: &[Kernel] = &[
+    Kernel {
+        name: "coarse",
+        entries: &["coarse_distances"],
+        source: include_str!("../cuda/coarse.cu"),
+        wgsl_twin: "coarse.wgsl",
+    },
+    Kernel {
+        name: "topk",
+        entries: &["topk_chunks"],
+        source: include_str!("../cuda/topk.cu"),
+        wgsl_twin: "topk.wgsl",
+    },
+    Kernel {
+        name: "tables",
+        entries: &["lookup_tables"],
+        source: include_str!("../cuda/tables.cu"),
+        wgsl_twin: "tables.wgsl",
+    },
+    Kernel {
+        name: "scan8",
+        entries: &["scan8"],
+        source: include_str!("../cuda/scan8.cu"),
+        wgsl_twin: "scan8.wgsl",
+    },
+    Kernel {
+        name: "scan4",
+        entries: &["scan4"],
+        source: include_str!("../cuda/scan4.cu"),
+        wgsl_twin: "scan4.wgsl",
+    },
+    Kernel {
+        name: "refine",
+        entries: &["refine"],
+        source: include_str!("../cuda/refine.cu"),
+        wgsl_twin: "refine.wgsl",
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kernel names its entry points in its source and has its WGSL twin on disk.
+    #[test]
+    fn kernels_have_their_entries_and_twins() {
+        let shaders = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shaders/wgsl");
+        for k in KERNELS {
+            for e in k.entries {
+                assert!(
+                    k.source.contains(&format!("__global__ void {e}(")),
+                    "{}: no entry {e}",
+                    k.name
+                );
+            }
+            assert!(shaders.join(k.wgsl_twin).exists(), "{}: no twin", k.name);
+        }
+    }
+}
