@@ -7,9 +7,11 @@
 //! [`probe`] says whether a CUDA driver and device exist, without cudarc's panic when the
 //! driver library is missing.
 
+pub mod backend;
 pub mod compile;
 pub mod probe;
 pub mod sources;
 
+pub use backend::{CudaBackend, CudaError, CudaPrepared};
 pub use compile::{compile_ptx, CompileError};
 pub use sources::{Kernel, KERNELS};

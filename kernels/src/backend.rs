@@ -1,0 +1,928 @@
+//! The CUDA backend: the engine's `Backend` trait on an NVIDIA GPU through cudarc.
+//!
+//! The design is the wgpu backend's (docs/GPU.md), stage for stage, with the kernels in
+//! `cuda/`: `prepare` uploads the index once (explicit device allocations, never managed
+//! memory); coarse search is a tiled distance kernel then the top-k kernel; tables are one
+//! thread per entry; the scan is one block per (query, probed list) — 8-bit codes with float
+//! tables in shared memory, or 4-bit fast-scan codes with the CPU's own u8 tables — followed by
+//! top-k rounds; refine is one warp per candidate, then top-k by (distance, id). Batches are
+//! cut into tiles that fit a memory budget (a quarter of the device memory free at start).
+//! NVRTC compiles the kernels at first use for the device's compute capability; the PTX is
+//! cached on disk keyed by source hash and architecture.
+//!
+//! There is no CUDA device on the machines this is developed on: this code is compiled in CI,
+//! and `scripts/gpu-check` runs its tests (the wgpu backend's test bodies) on a GPU machine.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
+    ValidAsZeroBits,
+};
+use cudarc::nvrtc::Ptx;
+use quiver_engine::backend::{
+    Backend, Candidates, LookupTables, Neighbors, PreparedIndex, Probes, Slot,
+};
+use quiver_engine::fastscan::QuantizedTable;
+use quiver_engine::list::{CodeLayout, RawVectors};
+use quiver_engine::topk::TopK;
+use quiver_engine::{EngineError, IvfPqIndex, RefineKind};
+
+use crate::compile::{compile_ptx, CompileError};
+use crate::probe::{cuda_availability, CudaAvailability};
+use crate::sources::{Kernel, KERNELS};
+
+/// Entries one block sorts in the top-k kernel; `keep` above half of it is selected on the
+/// host (see `cuda/topk.cu` for the plan beyond).
+const CHUNK: usize = 1024;
+const MAX_GPU_KEEP: usize = CHUNK / 2;
+
+/// Why the CUDA backend is not available or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CudaError {
+    /// No driver or no device.
+    #[error("CUDA backend unavailable: {0}")]
+    Unavailable(String),
+    /// A kernel did not compile.
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    /// The driver reported an error.
+    #[error("CUDA driver error: {0}")]
+    Driver(String),
+    /// A size beyond what this backend addresses.
+    #[error("{what} is {got}, beyond the CUDA backend's limit of {max}")]
+    TooLarge {
+        /// What.
+        what: &'static str,
+        /// Its size.
+        got: u64,
+        /// The limit.
+        max: u64,
+    },
+}
+
+fn driver<E: std::fmt::Display>(e: E) -> CudaError {
+    CudaError::Driver(e.to_string())
+}
+
+fn engine_err(e: CudaError) -> EngineError {
+    EngineError::BackendUnavailable {
+        backend: "cuda",
+        reason: e.to_string(),
+    }
+}
+
+/// A (high, low) payload word pair: `uint2` in the kernels.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+struct Pay {
+    hi: u32,
+    lo: u32,
+}
+// SAFETY: plain-old-data, the layout of CUDA's uint2.
+unsafe impl DeviceRepr for Pay {}
+// SAFETY: all-zero bits are a valid value.
+unsafe impl ValidAsZeroBits for Pay {}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Chunk {
+    src: u32,
+    len: u32,
+    dst: u32,
+    keep: u32,
+}
+// SAFETY: plain-old-data matching `struct Chunk` in cuda/topk.cu.
+unsafe impl DeviceRepr for Chunk {}
+// SAFETY: all-zero bits are a valid value.
+unsafe impl ValidAsZeroBits for Chunk {}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct ScanItem {
+    table: u32,
+    byte_off: u32,
+    len: u32,
+    gslot: u32,
+    terms: u32,
+    out: u32,
+    bias: f32,
+    pad: u32,
+}
+// SAFETY: plain-old-data matching `struct ScanItem` in cuda/scan8.cu and cuda/scan4.cu.
+unsafe impl DeviceRepr for ScanItem {}
+// SAFETY: all-zero bits are a valid value.
+unsafe impl ValidAsZeroBits for ScanItem {}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct RefineItem {
+    query: u32,
+    elem: u32,
+    out: u32,
+    pad: u32,
+}
+// SAFETY: plain-old-data matching `struct RefineItem` in cuda/refine.cu.
+unsafe impl DeviceRepr for RefineItem {}
+// SAFETY: all-zero bits are a valid value.
+unsafe impl ValidAsZeroBits for RefineItem {}
+
+/// The CUDA backend on one device.
+pub struct CudaBackend {
+    /// The context's default stream (it keeps the context alive).
+    stream: Arc<CudaStream>,
+    name: String,
+    coarse: CudaFunction,
+    topk: CudaFunction,
+    tables: CudaFunction,
+    scan8: CudaFunction,
+    scan4: CudaFunction,
+    refine: CudaFunction,
+    /// Bytes a batch tile may allocate.
+    budget: usize,
+}
+
+impl std::fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaBackend")
+            .field("device", &self.name)
+            .finish()
+    }
+}
+
+/// Where compiled PTX is cached: `$QUIVER_CACHE_DIR`, else `$XDG_CACHE_HOME/quiver`, else
+/// `~/.cache/quiver`.
+fn cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("QUIVER_CACHE_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(d).join("quiver"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/quiver"))
+}
+
+/// PTX of one kernel for `arch`, from the disk cache or NVRTC.
+fn ptx_for(kernel: &Kernel, arch: &'static str) -> Result<String, CudaError> {
+    let mut h = DefaultHasher::new();
+    kernel.source.hash(&mut h);
+    arch.hash(&mut h);
+    let file = cache_dir().map(|d| {
+        d.join(format!(
+            "ptx/{}-{arch}-{:016x}.ptx",
+            kernel.name,
+            h.finish()
+        ))
+    });
+    if let Some(f) = &file {
+        if let Ok(ptx) = std::fs::read_to_string(f) {
+            return Ok(ptx);
+        }
+    }
+    let ptx = compile_ptx(kernel, arch)?;
+    if let Some(f) = &file {
+        // A cache: failing to write it only costs a compilation next time.
+        if let Some(parent) = f.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let tmp = f.with_extension("tmp");
+        if std::fs::write(&tmp, &ptx).is_ok() {
+            let _ = std::fs::rename(&tmp, f);
+        }
+    }
+    Ok(ptx)
+}
+
+fn arch_name(major: i32, minor: i32) -> &'static str {
+    match (major, minor) {
+        (7, 0) => "compute_70",
+        (7, 5) => "compute_75",
+        (8, 0) => "compute_80",
+        (8, 6) => "compute_86",
+        (8, 9) => "compute_89",
+        (9, 0) => "compute_90",
+        (m, n) => Box::leak(format!("compute_{m}{n}").into_boxed_str()),
+    }
+}
+
+/// One dimension of blocks for `n` independent blocks: x up to 65,535, the rest in y.
+fn grid(n: usize) -> (u32, u32, u32) {
+    let n = n.max(1);
+    if n <= 65_535 {
+        (n as u32, 1, 1)
+    } else {
+        (65_535, n.div_ceil(65_535) as u32, 1)
+    }
+}
+
+impl CudaBackend {
+    /// Opens device `ordinal`: checks for a driver and a device first (cudarc would panic
+    /// without `libcuda`), then compiles (or loads from the cache) every kernel.
+    pub fn open(ordinal: usize) -> Result<CudaBackend, CudaError> {
+        match cuda_availability() {
+            CudaAvailability::Devices(n) if ordinal < n => {}
+            CudaAvailability::Devices(n) => {
+                return Err(CudaError::Unavailable(format!(
+                    "device {ordinal} asked for, {n} present"
+                )))
+            }
+            other => return Err(CudaError::Unavailable(other.to_string())),
+        }
+        let ctx = CudaContext::new(ordinal).map_err(driver)?;
+        let (major, minor) = ctx.compute_capability().map_err(driver)?;
+        let arch = arch_name(major, minor);
+        let name = ctx.name().map_err(driver)?;
+        let mut funcs = std::collections::HashMap::new();
+        for k in KERNELS {
+            let module = ctx
+                .load_module(Ptx::from_src(ptx_for(k, arch)?))
+                .map_err(driver)?;
+            for e in k.entries {
+                funcs.insert(*e, module.load_function(e).map_err(driver)?);
+            }
+        }
+        let (free, _) = ctx.mem_get_info().map_err(driver)?;
+        let mut take = |n: &str| {
+            funcs
+                .remove(n)
+                .ok_or_else(|| CudaError::Driver(format!("kernel {n} missing")))
+        };
+        Ok(CudaBackend {
+            stream: ctx.default_stream(),
+            coarse: take("coarse_distances")?,
+            topk: take("topk_chunks")?,
+            tables: take("lookup_tables")?,
+            scan8: take("scan8")?,
+            scan4: take("scan4")?,
+            refine: take("refine")?,
+            budget: (free / 4).max(64 << 20),
+            name: format!("{name} (sm_{major}{minor})"),
+        })
+    }
+
+    /// The device's name and compute capability.
+    pub fn device_name(&self) -> &str {
+        &self.name
+    }
+
+    fn upload<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        data: &[T],
+    ) -> Result<CudaSlice<T>, CudaError> {
+        if data.is_empty() {
+            // No zero-byte allocations: one zeroed element.
+            return self.zeros(1);
+        }
+        self.stream.clone_htod(data).map_err(driver)
+    }
+
+    fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>, CudaError> {
+        self.stream.alloc_zeros::<T>(n.max(1)).map_err(driver)
+    }
+
+    fn download<T: DeviceRepr + Default + Clone>(
+        &self,
+        s: &CudaSlice<T>,
+    ) -> Result<Vec<T>, CudaError> {
+        self.stream.clone_dtoh(s).map_err(driver)
+    }
+
+    /// Each row's best `keep` (score, payload) entries, best first: top-k rounds on the
+    /// device while `keep ≤ 512`, the engine's top-k on the host above.
+    fn select(
+        &self,
+        scores: CudaSlice<f32>,
+        payloads: CudaSlice<Pay>,
+        spans: Vec<(usize, usize)>,
+        keep: usize,
+    ) -> Result<Vec<(Vec<f32>, Vec<Pay>)>, CudaError> {
+        if keep > MAX_GPU_KEEP {
+            let s = self.download(&scores)?;
+            let p = self.download(&payloads)?;
+            let mut top = TopK::new(keep);
+            return Ok(spans
+                .iter()
+                .map(|&(start, n)| {
+                    top.clear();
+                    for i in start..start + n {
+                        top.push(s[i], u64::from(p[i].hi) << 32 | u64::from(p[i].lo));
+                    }
+                    let sel = top.sorted();
+                    (
+                        sel.iter().map(|e| e.score).collect(),
+                        sel.iter()
+                            .map(|e| Pay {
+                                hi: (e.item >> 32) as u32,
+                                lo: e.item as u32,
+                            })
+                            .collect(),
+                    )
+                })
+                .collect());
+        }
+        let keep = keep.max(1);
+        let (mut cur_s, mut cur_p, mut cur_spans) = (scores, payloads, spans);
+        loop {
+            let last = cur_spans.iter().all(|&(_, len)| len <= CHUNK);
+            let mut chunks = Vec::new();
+            let mut spans = Vec::with_capacity(cur_spans.len());
+            let mut dst = 0usize;
+            for &(start, len) in &cur_spans {
+                let row_start = dst;
+                let mut off = 0;
+                while off < len {
+                    let n = (len - off).min(CHUNK);
+                    let k = n.min(keep);
+                    chunks.push(Chunk {
+                        src: (start + off) as u32,
+                        len: n as u32,
+                        dst: dst as u32,
+                        keep: k as u32,
+                    });
+                    dst += k;
+                    off += n;
+                }
+                spans.push((row_start, dst - row_start));
+            }
+            let mut out_s = self.zeros::<f32>(dst)?;
+            let mut out_p = self.zeros::<Pay>(dst)?;
+            if !chunks.is_empty() {
+                let table = self.upload(&chunks)?;
+                let n = chunks.len() as u32;
+                let cfg = LaunchConfig {
+                    grid_dim: grid(chunks.len()),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let mut b = self.stream.launch_builder(&self.topk);
+                b.arg(&cur_s)
+                    .arg(&cur_p)
+                    .arg(&table)
+                    .arg(&mut out_s)
+                    .arg(&mut out_p)
+                    .arg(&n);
+                // SAFETY: argument types and order match `topk_chunks`; every chunk reads
+                // inside its input row and writes inside its output span.
+                unsafe { b.launch(cfg) }.map_err(driver)?;
+            }
+            (cur_s, cur_p, cur_spans) = (out_s, out_p, spans);
+            if last {
+                break;
+            }
+        }
+        let s = self.download(&cur_s)?;
+        let p = self.download(&cur_p)?;
+        Ok(cur_spans
+            .iter()
+            .map(|&(start, n)| (s[start..start + n].to_vec(), p[start..start + n].to_vec()))
+            .collect())
+    }
+}
+
+/// An index on the device.
+pub struct CudaPrepared {
+    index: Arc<IvfPqIndex>,
+    centroids: CudaSlice<f32>,
+    norms: CudaSlice<f32>,
+    codebook: CudaSlice<f32>,
+    codes: CudaSlice<u8>,
+    raw: CudaSlice<u8>,
+    raw_f16: bool,
+    dead: CudaSlice<u32>,
+    /// L2: host terms (4-bit quantization) and device terms (8-bit scan).
+    l2_terms: Option<(Vec<f32>, CudaSlice<f32>)>,
+    /// Per list: first code byte, global slot of its first entry, entries.
+    places: Vec<(u32, u32, u32)>,
+}
+
+impl std::fmt::Debug for CudaPrepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaPrepared")
+            .field("lists", &self.places.len())
+            .finish()
+    }
+}
+
+impl PreparedIndex for CudaPrepared {
+    fn index(&self) -> &IvfPqIndex {
+        &self.index
+    }
+}
+
+impl CudaPrepared {
+    /// The shared index this was prepared from.
+    pub fn index_arc(&self) -> &Arc<IvfPqIndex> {
+        &self.index
+    }
+
+    /// (list, offset) of a global slot.
+    fn locate(&self, gslot: u32) -> (u32, u32) {
+        let mut l = self
+            .places
+            .partition_point(|p| p.1 <= gslot)
+            .saturating_sub(1);
+        while l > 0 && (self.places[l].2 == 0 || gslot - self.places[l].1 >= self.places[l].2) {
+            l -= 1;
+        }
+        (l as u32, gslot - self.places[l].1)
+    }
+}
+
+impl CudaBackend {
+    fn prepare_inner(&self, index: Arc<IvfPqIndex>) -> Result<CudaPrepared, CudaError> {
+        let lists = index.lists();
+        let dim = index.dim();
+        let total: usize = lists.iter().map(|l| l.len()).sum();
+        let code_bytes: usize = lists.iter().map(|l| l.codes.as_slice().len()).sum();
+        if total >= u32::MAX as usize || code_bytes >= u32::MAX as usize {
+            return Err(CudaError::TooLarge {
+                what: "entries or code bytes in one index",
+                got: total.max(code_bytes) as u64,
+                max: u32::MAX as u64 - 1,
+            });
+        }
+        let mut codes = Vec::with_capacity(code_bytes);
+        let mut raw: Vec<u8> = Vec::new();
+        let mut dead = vec![0u32; total.div_ceil(32).max(1)];
+        let mut places = Vec::with_capacity(lists.len());
+        let raw_f16 = matches!(lists.first().map(|l| &l.raw), Some(RawVectors::F16(_)));
+        let mut gslot = 0usize;
+        for list in lists {
+            places.push((codes.len() as u32, gslot as u32, list.len() as u32));
+            codes.extend_from_slice(list.codes.as_slice());
+            match &list.raw {
+                RawVectors::None => {}
+                RawVectors::F16(s) => raw.extend_from_slice(bytemuck::cast_slice(s.as_slice())),
+                RawVectors::F32(s) => raw.extend_from_slice(bytemuck::cast_slice(s.as_slice())),
+            }
+            for i in 0..list.len() {
+                if list.is_deleted(i) {
+                    let s = gslot + i;
+                    dead[s / 32] |= 1 << (s % 32);
+                }
+            }
+            gslot += list.len();
+        }
+        let value_bytes = if raw_f16 { 2 } else { 4 };
+        if raw.len() / value_bytes >= u32::MAX as usize {
+            return Err(CudaError::TooLarge {
+                what: "raw vector values in one index",
+                got: (raw.len() / value_bytes) as u64,
+                max: u32::MAX as u64 - 1,
+            });
+        }
+        let norms: Vec<f32> = index
+            .centroids()
+            .chunks_exact(dim)
+            .map(|c| c.iter().map(|x| x * x).sum())
+            .collect();
+        let l2_terms = if index.metric().is_inner_product() {
+            None
+        } else {
+            let pq = index.pq();
+            let (m, ksub) = (pq.m(), pq.ksub());
+            let mut terms = vec![0f32; index.nlist() * m * ksub];
+            pq.inner_product_tables(index.centroids(), &mut terms);
+            let cn = pq.centroid_norms();
+            terms.chunks_mut(m * ksub).for_each(|t| {
+                t.iter_mut().zip(cn).for_each(|(v, n)| *v = n + 2.0 * *v);
+            });
+            let device = self.upload(&terms)?;
+            Some((terms, device))
+        };
+        Ok(CudaPrepared {
+            centroids: self.upload(index.centroids())?,
+            norms: self.upload(&norms)?,
+            codebook: self.upload(index.pq().centroids())?,
+            codes: self.upload(&codes)?,
+            raw: self.upload(&raw)?,
+            raw_f16,
+            dead: self.upload(&dead)?,
+            l2_terms,
+            places,
+            index,
+        })
+    }
+}
+
+impl Backend for CudaBackend {
+    type Prepared = CudaPrepared;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn prepare(&self, index: Arc<IvfPqIndex>) -> Result<CudaPrepared, EngineError> {
+        self.prepare_inner(index).map_err(engine_err)
+    }
+
+    fn coarse_search(
+        &self,
+        p: &CudaPrepared,
+        queries: &[f32],
+        nprobe: usize,
+    ) -> Result<Probes, EngineError> {
+        self.coarse_inner(p, queries, nprobe).map_err(engine_err)
+    }
+
+    fn lookup_tables(
+        &self,
+        p: &CudaPrepared,
+        queries: &[f32],
+    ) -> Result<LookupTables, EngineError> {
+        self.tables_inner(p, queries).map_err(engine_err)
+    }
+
+    fn scan(
+        &self,
+        p: &CudaPrepared,
+        probes: &Probes,
+        tables: &LookupTables,
+        keep: usize,
+    ) -> Result<Candidates, EngineError> {
+        self.scan_inner(p, probes, tables, keep).map_err(engine_err)
+    }
+
+    fn refine(
+        &self,
+        p: &CudaPrepared,
+        queries: &[f32],
+        candidates: &Candidates,
+        k: usize,
+    ) -> Result<Neighbors, EngineError> {
+        self.refine_inner(p, queries, candidates, k)
+            .map_err(engine_err)
+    }
+}
+
+impl CudaBackend {
+    fn coarse_inner(
+        &self,
+        p: &CudaPrepared,
+        queries: &[f32],
+        nprobe: usize,
+    ) -> Result<Probes, CudaError> {
+        let (dim, nlist) = (p.index.dim(), p.index.nlist());
+        let nq = queries.len() / dim;
+        let nprobe = nprobe.min(nlist);
+        let rows_per_tile = (self.budget / (nlist * 12 + dim * 4)).clamp(1, 65_535 * 16);
+        let mut lists = Vec::with_capacity(nq * nprobe);
+        let mut scores = Vec::with_capacity(nq * nprobe);
+        for tile in queries.chunks(rows_per_tile * dim) {
+            let rows = tile.len() / dim;
+            let q = self.upload(tile)?;
+            let mut s = self.zeros::<f32>(rows * nlist)?;
+            let mut pl = self.zeros::<Pay>(rows * nlist)?;
+            let cfg = LaunchConfig {
+                grid_dim: (nlist.div_ceil(16) as u32, rows.div_ceil(16) as u32, 1),
+                block_dim: (16, 16, 1),
+                shared_mem_bytes: 0,
+            };
+            let (nq_u, nl_u, d_u, l2) = (
+                rows as u32,
+                nlist as u32,
+                dim as u32,
+                u32::from(!p.index.metric().is_inner_product()),
+            );
+            let mut b = self.stream.launch_builder(&self.coarse);
+            b.arg(&q)
+                .arg(&p.centroids)
+                .arg(&p.norms)
+                .arg(&mut s)
+                .arg(&mut pl);
+            b.arg(&nq_u).arg(&nl_u).arg(&d_u).arg(&l2);
+            // SAFETY: argument types and order match `coarse_distances`; the grid covers the
+            // rows × nlist matrix, which `s` and `pl` hold.
+            unsafe { b.launch(cfg) }.map_err(driver)?;
+            let spans = (0..rows).map(|r| (r * nlist, nlist)).collect();
+            for (sc, pay) in self.select(s, pl, spans, nprobe)? {
+                lists.extend(pay.iter().map(|x| x.lo));
+                scores.extend(sc);
+            }
+        }
+        Ok(Probes {
+            nprobe,
+            lists,
+            scores,
+        })
+    }
+
+    fn tables_inner(&self, p: &CudaPrepared, queries: &[f32]) -> Result<LookupTables, CudaError> {
+        let pq = p.index.pq();
+        let (m, ksub, dsub) = (pq.m(), pq.ksub(), pq.dsub());
+        let dim = p.index.dim();
+        let nq = queries.len() / dim;
+        let q = self.upload(queries)?;
+        let n = nq * m * ksub;
+        let mut out = self.zeros::<f32>(n)?;
+        let factor: f32 = if p.index.metric().is_inner_product() {
+            -1.0
+        } else {
+            -2.0
+        };
+        let cfg = LaunchConfig {
+            grid_dim: grid(n.div_ceil(256)),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (nq_u, m_u, k_u, d_u) = (nq as u32, m as u32, ksub as u32, dsub as u32);
+        let mut b = self.stream.launch_builder(&self.tables);
+        b.arg(&q).arg(&p.codebook).arg(&mut out);
+        b.arg(&nq_u).arg(&m_u).arg(&k_u).arg(&d_u).arg(&factor);
+        // SAFETY: argument types and order match `lookup_tables`; threads past n return.
+        unsafe { b.launch(cfg) }.map_err(driver)?;
+        Ok(LookupTables {
+            m,
+            ksub,
+            values: self.download(&out)?,
+        })
+    }
+
+    fn scan_inner(
+        &self,
+        p: &CudaPrepared,
+        probes: &Probes,
+        tables: &LookupTables,
+        keep: usize,
+    ) -> Result<Candidates, CudaError> {
+        let nprobe = probes.nprobe;
+        let nq = probes.lists.len() / nprobe.max(1);
+        let (m, ksub) = (tables.m, tables.ksub);
+        let tl = m * ksub;
+        let fast = p.index.layout() == CodeLayout::Packed4x32;
+        let shared = fast && p.l2_terms.is_none();
+        let mut slots = vec![Slot::NONE; nq * keep];
+        let mut scores = vec![f32::INFINITY; nq * keep];
+        // Tiles: each query's row of (score, payload) and its tables within the budget.
+        let row_of = |q: usize| -> usize {
+            probes.lists[q * nprobe..(q + 1) * nprobe]
+                .iter()
+                .map(|&l| p.places[l as usize].2 as usize)
+                .sum()
+        };
+        let mut q0 = 0;
+        while q0 < nq {
+            let (mut q1, mut bytes) = (q0, 0usize);
+            while q1 < nq {
+                let b = row_of(q1) * 12 + tl * 4 + nprobe * m * 16;
+                if q1 > q0 && bytes + b > self.budget {
+                    break;
+                }
+                bytes += b;
+                q1 += 1;
+            }
+            self.scan_tile(
+                p,
+                probes,
+                tables,
+                keep,
+                q0..q1,
+                fast,
+                shared,
+                &mut slots,
+                &mut scores,
+            )?;
+            q0 = q1;
+        }
+        Ok(Candidates {
+            per_query: keep,
+            slots,
+            scores,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn scan_tile(
+        &self,
+        p: &CudaPrepared,
+        probes: &Probes,
+        tables: &LookupTables,
+        keep: usize,
+        qs: std::ops::Range<usize>,
+        fast: bool,
+        shared: bool,
+        slots: &mut [Slot],
+        scores: &mut [f32],
+    ) -> Result<(), CudaError> {
+        let nprobe = probes.nprobe;
+        let (m, ksub) = (tables.m, tables.ksub);
+        let tl = m * ksub;
+        let mut items = Vec::new();
+        let mut spans = Vec::with_capacity(qs.len());
+        let mut out = 0usize;
+        let mut qbytes: Vec<u8> = Vec::new();
+        let mut qparams: Vec<[f32; 2]> = Vec::new();
+        let mut quantized = QuantizedTable::new(m);
+        let mut combined = vec![0f32; tl];
+        for (local, q) in qs.clone().enumerate() {
+            let q_table = &tables.values[q * tl..(q + 1) * tl];
+            let mut shared_table = 0u32;
+            if shared {
+                quantized.quantize(q_table, 0.0);
+                shared_table = qparams.len() as u32;
+                qbytes.extend_from_slice(&quantized.values);
+                qparams.push([quantized.base, quantized.scale]);
+            }
+            let row_start = out;
+            for j in 0..nprobe {
+                let l = probes.lists[q * nprobe + j] as usize;
+                let bias = probes.scores[q * nprobe + j];
+                let (byte_off, gslot, len) = p.places[l];
+                let (table, offset) = if !fast {
+                    (local as u32, bias)
+                } else if shared {
+                    (shared_table, bias)
+                } else {
+                    let terms = &p.l2_terms.as_ref().map(|t| &t.0[..]).unwrap_or(&[]);
+                    combined
+                        .iter_mut()
+                        .zip(terms[l * tl..(l + 1) * tl].iter().zip(q_table))
+                        .for_each(|(o, (a, b))| *o = a + b);
+                    quantized.quantize(&combined, bias);
+                    qbytes.extend_from_slice(&quantized.values);
+                    qparams.push([quantized.base, quantized.scale]);
+                    ((qparams.len() - 1) as u32, 0.0)
+                };
+                if len > 0 {
+                    items.push(ScanItem {
+                        table,
+                        byte_off,
+                        len,
+                        gslot,
+                        terms: (l * tl) as u32,
+                        out: out as u32,
+                        bias: offset,
+                        pad: 0,
+                    });
+                }
+                out += len as usize;
+            }
+            spans.push((row_start, out - row_start));
+        }
+        let mut row_s = self.zeros::<f32>(out)?;
+        let mut row_p = self.zeros::<Pay>(out)?;
+        if !items.is_empty() {
+            let item_buf = self.upload(&items)?;
+            let n = items.len() as u32;
+            let m_u = m as u32;
+            if fast {
+                let qt = self.upload(&qbytes)?;
+                let qp = self.upload(bytemuck::cast_slice::<[f32; 2], f32>(&qparams))?;
+                let cfg = LaunchConfig {
+                    grid_dim: grid(items.len()),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: (m * 16) as u32,
+                };
+                let mut b = self.stream.launch_builder(&self.scan4);
+                b.arg(&p.codes)
+                    .arg(&item_buf)
+                    .arg(&qt)
+                    .arg(&qp)
+                    .arg(&p.dead);
+                b.arg(&mut row_s).arg(&mut row_p).arg(&m_u).arg(&n);
+                // SAFETY: argument types and order match `scan4`; items address codes and
+                // output rows built above.
+                unsafe { b.launch(cfg) }.map_err(driver)?;
+            } else {
+                let t = self.upload(&tables.values[qs.start * tl..qs.end * tl])?;
+                let no_terms;
+                let terms = match &p.l2_terms {
+                    Some((_, d)) => d,
+                    None => {
+                        no_terms = self.zeros::<f32>(1)?;
+                        &no_terms
+                    }
+                };
+                let l2 = u32::from(p.l2_terms.is_some());
+                let smem = if m <= 48 { (m * 256 * 4) as u32 } else { 0 };
+                let cfg = LaunchConfig {
+                    grid_dim: grid(items.len()),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: smem,
+                };
+                let mut b = self.stream.launch_builder(&self.scan8);
+                b.arg(&p.codes)
+                    .arg(&item_buf)
+                    .arg(&t)
+                    .arg(terms)
+                    .arg(&p.dead);
+                b.arg(&mut row_s).arg(&mut row_p).arg(&m_u).arg(&l2).arg(&n);
+                // SAFETY: argument types and order match `scan8`; items address codes and
+                // output rows built above; shared memory holds one table when M ≤ 48.
+                unsafe { b.launch(cfg) }.map_err(driver)?;
+            }
+        }
+        for (local, (s, pay)) in self
+            .select(row_s, row_p, spans, keep)?
+            .into_iter()
+            .enumerate()
+        {
+            let q = qs.start + local;
+            for (i, (score, pl)) in s.iter().zip(&pay).enumerate() {
+                if *score == f32::INFINITY || pl.hi != 0 {
+                    break;
+                }
+                let (list, offset) = p.locate(pl.lo);
+                slots[q * keep + i] = Slot { list, offset };
+                scores[q * keep + i] = *score;
+            }
+        }
+        Ok(())
+    }
+
+    fn refine_inner(
+        &self,
+        p: &CudaPrepared,
+        queries: &[f32],
+        candidates: &Candidates,
+        k: usize,
+    ) -> Result<Neighbors, CudaError> {
+        let index = &p.index;
+        let dim = index.dim();
+        let metric = index.metric();
+        let nq = queries.len() / dim;
+        let per = candidates.per_query.max(1);
+        let pad = Neighbors::padding_distance(metric);
+        let mut ids = vec![-1i64; nq * k];
+        let mut distances = vec![pad; nq * k];
+        let has_raw = index.params().refine != RefineKind::None;
+        let rows_per_tile = (self.budget / (per * 28 + dim * 4)).max(1);
+        for start in (0..nq).step_by(rows_per_tile) {
+            let end = (start + rows_per_tile).min(nq);
+            let n = (end - start) * per;
+            let mut score = vec![f32::INFINITY; n];
+            let mut payload = vec![
+                Pay {
+                    hi: u32::MAX,
+                    lo: u32::MAX
+                };
+                n
+            ];
+            let mut items = Vec::new();
+            for q in start..end {
+                for j in 0..per {
+                    let slot = candidates.slots[q * per + j];
+                    if slot == Slot::NONE {
+                        break;
+                    }
+                    let id = index.lists()[slot.list as usize].ids.as_slice()[slot.offset as usize];
+                    let at = (q - start) * per + j;
+                    payload[at] = Pay {
+                        hi: (id >> 32) as u32,
+                        lo: id as u32,
+                    };
+                    if has_raw {
+                        let gslot = p.places[slot.list as usize].1 + slot.offset;
+                        items.push(RefineItem {
+                            query: (q - start) as u32,
+                            elem: gslot * dim as u32,
+                            out: at as u32,
+                            pad: 0,
+                        });
+                    } else {
+                        score[at] = candidates.scores[q * per + j];
+                    }
+                }
+            }
+            let mut s = self.upload(&score)?;
+            let pl = self.upload(&payload)?;
+            if !items.is_empty() {
+                let item_buf = self.upload(&items)?;
+                let qbuf = self.upload(&queries[start * dim..end * dim])?;
+                let (d_u, f16, ip, n_u) = (
+                    dim as u32,
+                    u32::from(p.raw_f16),
+                    u32::from(metric.is_inner_product()),
+                    items.len() as u32,
+                );
+                // One warp per item, four warps per block.
+                let cfg = LaunchConfig {
+                    grid_dim: grid(items.len().div_ceil(4)),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let mut b = self.stream.launch_builder(&self.refine);
+                b.arg(&p.raw).arg(&item_buf).arg(&qbuf).arg(&mut s);
+                b.arg(&d_u).arg(&f16).arg(&ip).arg(&n_u);
+                // SAFETY: argument types and order match `refine`; each item's vector lies in
+                // `raw` (global slot × dim values) and its output inside `s`.
+                unsafe { b.launch(cfg) }.map_err(driver)?;
+            }
+            let spans = (0..end - start).map(|r| (r * per, per)).collect();
+            for (r, (sc, pay)) in self.select(s, pl, spans, k)?.into_iter().enumerate() {
+                let q = start + r;
+                for (i, (d, id)) in sc.iter().zip(&pay).enumerate() {
+                    if id.hi == u32::MAX && id.lo == u32::MAX && *d == f32::INFINITY {
+                        break;
+                    }
+                    ids[q * k + i] = (u64::from(id.hi) << 32 | u64::from(id.lo)) as i64;
+                    distances[q * k + i] = metric.reported(*d);
+                }
+            }
+        }
+        Ok(Neighbors { k, ids, distances })
+    }
+}

@@ -1,0 +1,48 @@
+//! The CUDA backend against the CPU reference: the same test bodies as the wgpu backend's
+//! (`shaders/tests/parity/`). Without a CUDA device they print "skipped: no CUDA device" and
+//! pass; `scripts/gpu-check` runs them on a GPU machine.
+
+#[path = "../../shaders/tests/parity/mod.rs"]
+mod parity;
+
+use quiver_kernels::probe::{cuda_availability, CudaAvailability};
+use quiver_kernels::CudaBackend;
+
+fn backend() -> Option<CudaBackend> {
+    match cuda_availability() {
+        CudaAvailability::Devices(_) => Some(CudaBackend::open(0).expect("open CUDA device 0")),
+        other => {
+            eprintln!("skipped: no CUDA device ({other})");
+            None
+        }
+    }
+}
+
+#[test]
+fn searches_match_the_cpu_reference() {
+    let Some(b) = backend() else { return };
+    parity::searches_match_the_cpu_reference(&b);
+}
+
+#[test]
+fn scan_stage_selects_the_cpu_candidates() {
+    let Some(b) = backend() else { return };
+    parity::scan_stage_selects_the_cpu_candidates(&b);
+}
+
+#[test]
+fn coarse_and_tables_match_the_cpu_reference() {
+    let Some(b) = backend() else { return };
+    parity::coarse_and_tables_match_the_cpu_reference(&b);
+}
+
+/// Without a device, opening the backend is an error that says so (never cudarc's panic).
+#[test]
+fn no_device_is_a_clear_error() {
+    if matches!(cuda_availability(), CudaAvailability::Devices(_)) {
+        eprintln!("skipped: a CUDA device is present");
+        return;
+    }
+    let err = CudaBackend::open(0).unwrap_err().to_string();
+    assert!(err.contains("CUDA backend unavailable"), "{err}");
+}

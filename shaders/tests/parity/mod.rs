@@ -1,0 +1,204 @@
+//! Backend test bodies shared by the GPU backends: each runs a search (or a stage) on a
+//! backend and on the CPU reference and compares. `shaders/tests/backend.rs` runs them on
+//! wgpu, `kernels/tests/backend.rs` on CUDA (included from here by path).
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use quiver_engine::backend::cpu::CpuBackend;
+use quiver_engine::backend::{Backend, Neighbors, SearchParams};
+use quiver_engine::progress::NoProgress;
+use quiver_engine::synth::ClusteredGaussian;
+use quiver_engine::{IndexParams, IvfPqIndex, Metric, RefineKind};
+
+/// One index configuration.
+pub struct Case {
+    pub metric: Metric,
+    pub bits: u32,
+    pub m: usize,
+    pub refine: RefineKind,
+}
+
+/// Every metric × code width × refine kind worth covering.
+pub fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            metric: Metric::L2,
+            bits: 8,
+            m: 8,
+            refine: RefineKind::None,
+        },
+        Case {
+            metric: Metric::InnerProduct,
+            bits: 8,
+            m: 16,
+            refine: RefineKind::F16,
+        },
+        Case {
+            metric: Metric::Cosine,
+            bits: 8,
+            m: 8,
+            refine: RefineKind::F32,
+        },
+        Case {
+            metric: Metric::L2,
+            bits: 4,
+            m: 16,
+            refine: RefineKind::F32,
+        },
+        Case {
+            metric: Metric::InnerProduct,
+            bits: 4,
+            m: 32,
+            refine: RefineKind::F16,
+        },
+        Case {
+            metric: Metric::InnerProduct,
+            bits: 4,
+            m: 16,
+            refine: RefineKind::None,
+        },
+    ]
+}
+
+/// 4,000 clustered vectors of dimension 32 in 16 lists (rows of ≈ 2,000 entries at nprobe 8:
+/// two top-k rounds), `deletes` removed; 40 queries.
+pub fn build(c: &Case, deletes: &[u64]) -> (Arc<IvfPqIndex>, Vec<f32>) {
+    let dim = 32;
+    let g = ClusteredGaussian::new(dim, 12, 0.5, 11);
+    let x = g.rows(0, 4000);
+    let mut p = IndexParams::new(c.metric, dim, 16, c.m);
+    p.pq_bits = c.bits;
+    p.refine = c.refine;
+    let mut idx = IvfPqIndex::train(p, &x, &NoProgress).expect("train");
+    idx.add(&x, None, &NoProgress).expect("add");
+    idx.delete(deletes);
+    (Arc::new(idx), g.rows(4000, 40))
+}
+
+/// Same ids for at least 99% of (query, rank) positions; distances within 1e-4 relative where
+/// the ids agree.
+pub fn assert_parity(label: &str, want: &Neighbors, got: &Neighbors) {
+    assert_eq!(want.ids.len(), got.ids.len(), "{label}");
+    let same = want
+        .ids
+        .iter()
+        .zip(&got.ids)
+        .filter(|(a, b)| a == b)
+        .count();
+    assert!(
+        same * 100 >= want.ids.len() * 99,
+        "{label}: {same} of {} ids agree",
+        want.ids.len()
+    );
+    for ((a, b), (ia, ib)) in want
+        .distances
+        .iter()
+        .zip(&got.distances)
+        .zip(want.ids.iter().zip(&got.ids))
+    {
+        if ia == ib && a.is_finite() {
+            assert!(
+                (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+                "{label}: distance {a} vs {b}"
+            );
+        }
+    }
+}
+
+/// Whole searches on `backend` equal the CPU's, deletes honoured, for every case and a few
+/// (k, nprobe) pairs.
+pub fn searches_match_the_cpu_reference<B: Backend>(backend: &B) {
+    let cpu = CpuBackend;
+    let deleted = [3u64, 4, 5, 1000, 2500];
+    for c in cases() {
+        let (idx, q) = build(&c, &deleted);
+        let label = format!(
+            "{} {} {}-bit {:?}",
+            backend.name(),
+            c.metric,
+            c.bits,
+            c.refine
+        );
+        let rf = if c.refine == RefineKind::None { 1 } else { 8 };
+        for (k, nprobe) in [(10, 8), (1, 1), (70, 16)] {
+            let params = SearchParams {
+                k,
+                nprobe,
+                refine_factor: rf,
+            };
+            let want = cpu
+                .search(&cpu.prepare(idx.clone()).unwrap(), &q, &params)
+                .unwrap();
+            let got = backend
+                .search(&backend.prepare(idx.clone()).unwrap(), &q, &params)
+                .unwrap();
+            assert_parity(&format!("{label} k {k} nprobe {nprobe}"), &want, &got);
+            assert!(
+                got.ids.iter().all(|id| !deleted.contains(&(*id as u64))),
+                "{label}"
+            );
+        }
+    }
+}
+
+/// Given the same probes and tables, the backend's scan selects the CPU scan's candidates.
+pub fn scan_stage_selects_the_cpu_candidates<B: Backend>(backend: &B) {
+    let cpu = CpuBackend;
+    for c in cases() {
+        let (idx, q) = build(&c, &[7, 8]);
+        let cp = cpu.prepare(idx.clone()).unwrap();
+        let bp = backend.prepare(idx.clone()).unwrap();
+        let q = idx.prepare_queries(&q).unwrap().into_owned();
+        let probes = cpu.coarse_search(&cp, &q, 6).unwrap();
+        let tables = cpu.lookup_tables(&cp, &q).unwrap();
+        let want = cpu.scan(&cp, &probes, &tables, 50).unwrap();
+        let got = backend.scan(&bp, &probes, &tables, 50).unwrap();
+        let same = want
+            .slots
+            .iter()
+            .zip(&got.slots)
+            .filter(|(a, b)| a == b)
+            .count();
+        assert!(
+            same * 100 >= want.slots.len() * 99,
+            "{} {} {}-bit: {same} of {} candidates agree",
+            backend.name(),
+            c.metric,
+            c.bits,
+            want.slots.len()
+        );
+    }
+}
+
+/// Coarse search and lookup tables of `backend` against the CPU's.
+pub fn coarse_and_tables_match_the_cpu_reference<B: Backend>(backend: &B) {
+    let cpu = CpuBackend;
+    for c in cases() {
+        let (idx, q) = build(&c, &[]);
+        let cp = cpu.prepare(idx.clone()).unwrap();
+        let bp = backend.prepare(idx.clone()).unwrap();
+        let q = idx.prepare_queries(&q).unwrap().into_owned();
+        let want = cpu.coarse_search(&cp, &q, 7).unwrap();
+        let got = backend.coarse_search(&bp, &q, 7).unwrap();
+        let same = want
+            .lists
+            .iter()
+            .zip(&got.lists)
+            .filter(|(a, b)| a == b)
+            .count();
+        assert!(
+            same * 100 >= want.lists.len() * 99,
+            "{}: coarse lists",
+            backend.name()
+        );
+        let want = cpu.lookup_tables(&cp, &q).unwrap();
+        let got = backend.lookup_tables(&bp, &q).unwrap();
+        for (a, b) in want.values.iter().zip(&got.values) {
+            assert!(
+                (a - b).abs() <= 1e-4 * a.abs().max(b.abs()) + 1e-5,
+                "{a} vs {b}"
+            );
+        }
+    }
+}
