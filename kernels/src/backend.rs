@@ -130,6 +130,9 @@ unsafe impl DeviceRepr for RefineItem {}
 // SAFETY: all-zero bits are a valid value.
 unsafe impl ValidAsZeroBits for RefineItem {}
 
+/// One row's selection, best first: scores and payloads.
+type Selected = (Vec<f32>, Vec<Pay>);
+
 /// The CUDA backend on one device.
 pub struct CudaBackend {
     /// The context's default stream (it keeps the context alive).
@@ -298,7 +301,7 @@ impl CudaBackend {
         payloads: CudaSlice<Pay>,
         spans: Vec<(usize, usize)>,
         keep: usize,
-    ) -> Result<Vec<(Vec<f32>, Vec<Pay>)>, CudaError> {
+    ) -> Result<Vec<Selected>, CudaError> {
         if keep > MAX_GPU_KEEP {
             let s = self.download(&scores)?;
             let p = self.download(&payloads)?;

@@ -1,9 +1,9 @@
 //! The engine backend that searches trained collections, chosen once at start: the CPU
-//! reference or the wgpu backend (`quiver serve|search|bench --backend cpu|wgpu|auto`).
+//! reference, wgpu or CUDA (`quiver serve|search|bench --backend auto|cpu|wgpu|cuda`).
 //!
 //! [`AnyBackend`] implements the engine's `Backend` trait by dispatching to the chosen one, so
-//! callers stay generic. `auto` takes a hardware GPU adapter when wgpu finds one and the CPU
-//! otherwise (never a CPU adapter such as lavapipe), and says which it took.
+//! callers stay generic. `auto` takes CUDA when a CUDA device works, else a hardware GPU adapter
+//! through wgpu, else the CPU (never a CPU adapter such as lavapipe), and says which it took.
 
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use quiver_engine::backend::{
     Backend, Candidates, LookupTables, Neighbors, PreparedIndex, Probes, SearchParams,
 };
 use quiver_engine::{EngineError, IvfPqIndex};
+use quiver_kernels::{CudaBackend, CudaPrepared};
 use quiver_shaders::{AdapterChoice, GpuDevice, WgpuBackend, WgpuPrepared};
 
 /// Which backend to use, as the command line says it.
@@ -23,6 +24,8 @@ pub enum BackendKind {
     Cpu,
     /// wgpu on the best adapter, a CPU adapter (lavapipe) included.
     Wgpu,
+    /// CUDA on device 0.
+    Cuda,
 }
 
 /// A backend chosen at run time.
@@ -32,6 +35,8 @@ pub enum AnyBackend {
     Cpu(CpuBackend),
     /// wgpu on one device.
     Wgpu(Arc<WgpuBackend>),
+    /// CUDA on one device.
+    Cuda(Arc<CudaBackend>),
 }
 
 /// An index prepared on an [`AnyBackend`].
@@ -41,6 +46,8 @@ pub enum AnyPrepared {
     Cpu(CpuPrepared),
     /// On a wgpu device (boxed: the device handles make it large).
     Wgpu(Box<WgpuPrepared>),
+    /// On a CUDA device.
+    Cuda(Box<CudaPrepared>),
 }
 
 impl AnyBackend {
@@ -60,19 +67,36 @@ impl AnyBackend {
                     line,
                 ))
             }
-            BackendKind::Auto => match GpuDevice::open(AdapterChoice::HardwareOnly) {
-                Ok(gpu) => {
-                    let line = format!("backend auto: wgpu on {}", gpu.adapter().name);
-                    Ok((
-                        AnyBackend::Wgpu(Arc::new(WgpuBackend::new(Arc::new(gpu)))),
-                        line,
-                    ))
+            BackendKind::Cuda => {
+                let b = CudaBackend::open(0).map_err(|e| EngineError::BackendUnavailable {
+                    backend: "cuda",
+                    reason: e.to_string(),
+                })?;
+                let line = format!("backend cuda on {}", b.device_name());
+                Ok((AnyBackend::Cuda(Arc::new(b)), line))
+            }
+            BackendKind::Auto => {
+                let cuda = match CudaBackend::open(0) {
+                    Ok(b) => {
+                        let line = format!("backend auto: cuda on {}", b.device_name());
+                        return Ok((AnyBackend::Cuda(Arc::new(b)), line));
+                    }
+                    Err(e) => e,
+                };
+                match GpuDevice::open(AdapterChoice::HardwareOnly) {
+                    Ok(gpu) => {
+                        let line = format!("backend auto: wgpu on {} ({cuda})", gpu.adapter().name);
+                        Ok((
+                            AnyBackend::Wgpu(Arc::new(WgpuBackend::new(Arc::new(gpu)))),
+                            line,
+                        ))
+                    }
+                    Err(e) => Ok((
+                        AnyBackend::Cpu(CpuBackend),
+                        format!("backend auto: cpu ({cuda}; {e})"),
+                    )),
                 }
-                Err(e) => Ok((
-                    AnyBackend::Cpu(CpuBackend),
-                    format!("backend auto: cpu ({e})"),
-                )),
-            },
+            }
         }
     }
 }
@@ -90,6 +114,7 @@ impl AnyPrepared {
         match self {
             AnyPrepared::Cpu(p) => p.index_arc(),
             AnyPrepared::Wgpu(p) => p.index_arc(),
+            AnyPrepared::Cuda(p) => p.index_arc(),
         }
     }
 }
@@ -107,6 +132,7 @@ impl Backend for AnyBackend {
         match self {
             AnyBackend::Cpu(b) => b.name(),
             AnyBackend::Wgpu(b) => b.name(),
+            AnyBackend::Cuda(b) => b.name(),
         }
     }
 
@@ -114,6 +140,7 @@ impl Backend for AnyBackend {
         Ok(match self {
             AnyBackend::Cpu(b) => AnyPrepared::Cpu(b.prepare(index)?),
             AnyBackend::Wgpu(b) => AnyPrepared::Wgpu(Box::new(b.prepare(index)?)),
+            AnyBackend::Cuda(b) => AnyPrepared::Cuda(Box::new(b.prepare(index)?)),
         })
     }
 
@@ -122,6 +149,9 @@ impl Backend for AnyBackend {
             (AnyBackend::Cpu(b), AnyPrepared::Cpu(p)) => AnyPrepared::Cpu(b.refresh(p, index)?),
             (AnyBackend::Wgpu(b), AnyPrepared::Wgpu(p)) => {
                 AnyPrepared::Wgpu(Box::new(b.refresh(p, index)?))
+            }
+            (AnyBackend::Cuda(b), AnyPrepared::Cuda(p)) => {
+                AnyPrepared::Cuda(Box::new(b.refresh(p, index)?))
             }
             _ => self.prepare(index)?,
         })
@@ -136,6 +166,7 @@ impl Backend for AnyBackend {
         match (self, p) {
             (AnyBackend::Cpu(b), AnyPrepared::Cpu(p)) => b.coarse_search(p, queries, nprobe),
             (AnyBackend::Wgpu(b), AnyPrepared::Wgpu(p)) => b.coarse_search(p, queries, nprobe),
+            (AnyBackend::Cuda(b), AnyPrepared::Cuda(p)) => b.coarse_search(p, queries, nprobe),
             _ => Err(mismatch()),
         }
     }
@@ -144,6 +175,7 @@ impl Backend for AnyBackend {
         match (self, p) {
             (AnyBackend::Cpu(b), AnyPrepared::Cpu(p)) => b.lookup_tables(p, queries),
             (AnyBackend::Wgpu(b), AnyPrepared::Wgpu(p)) => b.lookup_tables(p, queries),
+            (AnyBackend::Cuda(b), AnyPrepared::Cuda(p)) => b.lookup_tables(p, queries),
             _ => Err(mismatch()),
         }
     }
@@ -158,6 +190,7 @@ impl Backend for AnyBackend {
         match (self, p) {
             (AnyBackend::Cpu(b), AnyPrepared::Cpu(p)) => b.scan(p, probes, tables, keep),
             (AnyBackend::Wgpu(b), AnyPrepared::Wgpu(p)) => b.scan(p, probes, tables, keep),
+            (AnyBackend::Cuda(b), AnyPrepared::Cuda(p)) => b.scan(p, probes, tables, keep),
             _ => Err(mismatch()),
         }
     }
@@ -172,6 +205,7 @@ impl Backend for AnyBackend {
         match (self, p) {
             (AnyBackend::Cpu(b), AnyPrepared::Cpu(p)) => b.refine(p, queries, candidates, k),
             (AnyBackend::Wgpu(b), AnyPrepared::Wgpu(p)) => b.refine(p, queries, candidates, k),
+            (AnyBackend::Cuda(b), AnyPrepared::Cuda(p)) => b.refine(p, queries, candidates, k),
             _ => Err(mismatch()),
         }
     }
@@ -180,6 +214,7 @@ impl Backend for AnyBackend {
         match (self, p) {
             (AnyBackend::Cpu(b), AnyPrepared::Cpu(p)) => b.max_batch(p),
             (AnyBackend::Wgpu(b), AnyPrepared::Wgpu(p)) => b.max_batch(p),
+            (AnyBackend::Cuda(b), AnyPrepared::Cuda(p)) => b.max_batch(p),
             _ => 1,
         }
     }
@@ -193,6 +228,7 @@ impl Backend for AnyBackend {
         match (self, p) {
             (AnyBackend::Cpu(b), AnyPrepared::Cpu(p)) => b.search(p, queries, params),
             (AnyBackend::Wgpu(b), AnyPrepared::Wgpu(p)) => b.search(p, queries, params),
+            (AnyBackend::Cuda(b), AnyPrepared::Cuda(p)) => b.search(p, queries, params),
             _ => Err(mismatch()),
         }
     }

@@ -22,12 +22,14 @@ use quiver_server::backend::{AnyBackend, AnyPrepared, BackendKind};
 /// Which backend runs a search.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendChoice {
-    /// A hardware GPU through wgpu when there is one, else the CPU (says which).
+    /// CUDA when a device works, else a hardware GPU through wgpu, else the CPU (says which).
     Auto,
     /// The CPU backend (SIMD, rayon).
     Cpu,
     /// wgpu compute shaders on the best adapter, a CPU adapter such as lavapipe included.
     Wgpu,
+    /// CUDA kernels (NVRTC) on device 0.
+    Cuda,
 }
 
 /// Opens the chosen backend; prints on stderr which one runs.
@@ -36,6 +38,7 @@ pub fn open_backend(choice: BackendChoice) -> anyhow::Result<AnyBackend> {
         BackendChoice::Auto => BackendKind::Auto,
         BackendChoice::Cpu => BackendKind::Cpu,
         BackendChoice::Wgpu => BackendKind::Wgpu,
+        BackendChoice::Cuda => BackendKind::Cuda,
     };
     let (backend, line) = AnyBackend::open(kind)?;
     eprintln!("{line}");
