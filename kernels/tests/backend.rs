@@ -1,6 +1,6 @@
 //! The CUDA backend against the CPU reference: the same test bodies as the wgpu backend's
 //! (`shaders/tests/parity/`). Without a CUDA device they print "skipped: no CUDA device" and
-//! pass; `scripts/gpu-check` runs them on a GPU machine.
+//! pass (unless `QUIVER_REQUIRE_CUDA=1`); `scripts/gpu-check` runs them on a GPU machine.
 
 #[path = "../../shaders/tests/parity/mod.rs"]
 mod parity;
@@ -12,6 +12,9 @@ fn backend() -> Option<CudaBackend> {
     match cuda_availability() {
         CudaAvailability::Devices(_) => Some(CudaBackend::open(0).expect("open CUDA device 0")),
         other => {
+            if std::env::var("QUIVER_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
+                panic!("QUIVER_REQUIRE_CUDA=1 but {other}");
+            }
             eprintln!("skipped: no CUDA device ({other})");
             None
         }
