@@ -35,10 +35,11 @@ use crate::compile::{compile_ptx, CompileError};
 use crate::probe::{cuda_availability, CudaAvailability};
 use crate::sources::{Kernel, KERNELS};
 
-/// Entries one block sorts in the top-k kernel; `keep` above half of it is selected on the
-/// host (see `cuda/topk.cu` for the plan beyond).
+/// Entries one block sorts in the top-k kernels: 1,024 for `keep ≤ 512`, 4,096 (48 KiB of
+/// shared memory) for `keep ≤ 2,048`; above that the host selects (see `cuda/topk.cu`).
 const CHUNK: usize = 1024;
-const MAX_GPU_KEEP: usize = CHUNK / 2;
+const BIG_CHUNK: usize = 4096;
+const MAX_GPU_KEEP: usize = BIG_CHUNK / 2;
 
 /// Why the CUDA backend is not available or failed.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +141,7 @@ pub struct CudaBackend {
     name: String,
     coarse: CudaFunction,
     topk: CudaFunction,
+    topk_4096: CudaFunction,
     tables: CudaFunction,
     scan8: CudaFunction,
     scan4: CudaFunction,
@@ -257,6 +259,7 @@ impl CudaBackend {
             stream: ctx.default_stream(),
             coarse: take("coarse_distances")?,
             topk: take("topk_chunks")?,
+            topk_4096: take("topk_chunks_4096")?,
             tables: take("lookup_tables")?,
             scan8: take("scan8")?,
             scan4: take("scan4")?,
@@ -294,7 +297,7 @@ impl CudaBackend {
     }
 
     /// Each row's best `keep` (score, payload) entries, best first: top-k rounds on the
-    /// device while `keep ≤ 512`, the engine's top-k on the host above.
+    /// device while `keep ≤ 2,048`, the engine's top-k on the host above.
     fn select(
         &self,
         scores: CudaSlice<f32>,
@@ -327,9 +330,14 @@ impl CudaBackend {
                 .collect());
         }
         let keep = keep.max(1);
+        let (chunk_len, kernel) = if keep <= CHUNK / 2 {
+            (CHUNK, &self.topk)
+        } else {
+            (BIG_CHUNK, &self.topk_4096)
+        };
         let (mut cur_s, mut cur_p, mut cur_spans) = (scores, payloads, spans);
         loop {
-            let last = cur_spans.iter().all(|&(_, len)| len <= CHUNK);
+            let last = cur_spans.iter().all(|&(_, len)| len <= chunk_len);
             let mut chunks = Vec::new();
             let mut spans = Vec::with_capacity(cur_spans.len());
             let mut dst = 0usize;
@@ -337,7 +345,7 @@ impl CudaBackend {
                 let row_start = dst;
                 let mut off = 0;
                 while off < len {
-                    let n = (len - off).min(CHUNK);
+                    let n = (len - off).min(chunk_len);
                     let k = n.min(keep);
                     chunks.push(Chunk {
                         src: (start + off) as u32,
@@ -360,14 +368,14 @@ impl CudaBackend {
                     block_dim: (256, 1, 1),
                     shared_mem_bytes: 0,
                 };
-                let mut b = self.stream.launch_builder(&self.topk);
+                let mut b = self.stream.launch_builder(kernel);
                 b.arg(&cur_s)
                     .arg(&cur_p)
                     .arg(&table)
                     .arg(&mut out_s)
                     .arg(&mut out_p)
                     .arg(&n);
-                // SAFETY: argument types and order match `topk_chunks`; every chunk reads
+                // SAFETY: argument types and order match `topk_chunks[_4096]`; every chunk reads
                 // inside its input row and writes inside its output span.
                 unsafe { b.launch(cfg) }.map_err(driver)?;
             }
