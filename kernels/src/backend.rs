@@ -490,19 +490,12 @@ impl CudaBackend {
             .chunks_exact(dim)
             .map(|c| c.iter().map(|x| x * x).sum())
             .collect();
-        let l2_terms = if index.metric().is_inner_product() {
-            None
-        } else {
-            let pq = index.pq();
-            let (m, ksub) = (pq.m(), pq.ksub());
-            let mut terms = vec![0f32; index.nlist() * m * ksub];
-            pq.inner_product_tables(index.centroids(), &mut terms);
-            let cn = pq.centroid_norms();
-            terms.chunks_mut(m * ksub).for_each(|t| {
-                t.iter_mut().zip(cn).for_each(|(v, n)| *v = n + 2.0 * *v);
-            });
-            let device = self.upload(&terms)?;
-            Some((terms, device))
+        let l2_terms = match quiver_engine::backend::l2_list_terms(&index) {
+            Some(terms) => {
+                let device = self.upload(&terms)?;
+                Some((terms, device))
+            }
+            None => None,
         };
         Ok(CudaPrepared {
             centroids: self.upload(index.centroids())?,

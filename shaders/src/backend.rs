@@ -431,18 +431,9 @@ impl WgpuBackend {
     fn upload(&self, index: Arc<IvfPqIndex>) -> Result<WgpuPrepared, WgpuError> {
         let gpu = &self.gpu;
 
-        let l2_terms = if index.metric().is_inner_product() {
-            None
-        } else {
-            // The CPU reference's terms, computed the same way.
+        let l2_terms = if let Some(terms) = quiver_engine::backend::l2_list_terms(&index) {
             let pq = index.pq();
             let (m, ksub) = (pq.m(), pq.ksub());
-            let mut terms = vec![0f32; index.nlist() * m * ksub];
-            pq.inner_product_tables(index.centroids(), &mut terms);
-            let norms = pq.centroid_norms();
-            terms.chunks_mut(m * ksub).for_each(|t| {
-                t.iter_mut().zip(norms).for_each(|(v, n)| *v = n + 2.0 * *v);
-            });
             let (bufs, places) = if index.layout() == CodeLayout::Flat {
                 let (bufs, places) = crate::index::pack(
                     gpu,
@@ -459,6 +450,8 @@ impl WgpuBackend {
                 (Vec::new(), Vec::new())
             };
             Some((terms, bufs, places))
+        } else {
+            None
         };
         Ok(WgpuPrepared {
             coarse: GpuCoarse::new(gpu, &index)?,

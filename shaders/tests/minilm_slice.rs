@@ -3,6 +3,8 @@
 //! vectors, the first 100 queries, 8-bit and 4-bit codes with f16 refine. Skips, saying so,
 //! when the data or an adapter is absent (see tests/stages.rs for the adapter rule).
 
+mod parity;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -76,20 +78,7 @@ fn wgpu_matches_cpu_on_a_slice_of_minilm() {
                 "PQ{m}x{bits} nprobe {nprobe}: {same} of {} ids agree",
                 want.ids.len()
             );
-            assert!(
-                same * 100 >= want.ids.len() * 99,
-                "PQ{m}x{bits} nprobe {nprobe}: {same}"
-            );
-            for ((a, b), (ia, ib)) in want
-                .distances
-                .iter()
-                .zip(&got.distances)
-                .zip(want.ids.iter().zip(&got.ids))
-            {
-                if ia == ib {
-                    assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{a} vs {b}");
-                }
-            }
+            parity::assert_parity(&format!("PQ{m}x{bits} nprobe {nprobe}"), &want, &got);
         }
     }
 }

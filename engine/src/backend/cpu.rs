@@ -69,19 +69,7 @@ impl Backend for CpuBackend {
 
     fn prepare(&self, index: Arc<IvfPqIndex>) -> Result<CpuPrepared, EngineError> {
         let centroid_norms = row_norms_sq(index.centroids(), index.dim());
-        let l2_list_terms = if index.metric().is_inner_product() {
-            None
-        } else {
-            let pq = index.pq();
-            let (m, ksub) = (pq.m(), pq.ksub());
-            let mut terms = vec![0f32; index.nlist() * m * ksub];
-            pq.inner_product_tables(index.centroids(), &mut terms);
-            let norms = pq.centroid_norms();
-            terms.par_chunks_mut(m * ksub).for_each(|t| {
-                t.iter_mut().zip(norms).for_each(|(v, n)| *v = n + 2.0 * *v);
-            });
-            Some(Arc::new(terms))
-        };
+        let l2_list_terms = super::l2_list_terms(&index).map(Arc::new);
         Ok(CpuPrepared {
             index,
             centroid_norms: Arc::new(centroid_norms),

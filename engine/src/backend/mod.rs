@@ -265,6 +265,25 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// L2 metrics: the per-list table terms `‖C_mj‖² + 2 <c_l,m, C_mj>` (`nlist × M × ksub`)
+/// that the scan adds to a query's `-2 <q_m, C_mj>` table for list `l`; `None` for
+/// inner-product metrics. Every backend uses these very values, so their scans agree.
+pub fn l2_list_terms(index: &IvfPqIndex) -> Option<Vec<f32>> {
+    use rayon::prelude::*;
+    if index.metric().is_inner_product() {
+        return None;
+    }
+    let pq = index.pq();
+    let (m, ksub) = (pq.m(), pq.ksub());
+    let mut terms = vec![0f32; index.nlist() * m * ksub];
+    pq.inner_product_tables(index.centroids(), &mut terms);
+    let norms = pq.centroid_norms();
+    terms.par_chunks_mut(m * ksub).for_each(|t| {
+        t.iter_mut().zip(norms).for_each(|(v, n)| *v = n + 2.0 * *v);
+    });
+    Some(terms)
+}
+
 /// The default search: validation, normalisation, tiling to [`Backend::max_batch`] and the
 /// four stages in order.
 pub fn run_stages<B: Backend + ?Sized>(
