@@ -20,6 +20,7 @@ pub mod kmeans;
 pub mod linalg;
 pub mod list;
 pub mod metric;
+pub mod panels;
 pub mod persist;
 pub mod pq;
 pub mod progress;

@@ -29,6 +29,8 @@ pub struct CpuPrepared {
     centroid_norms: Arc<Vec<f32>>,
     /// L2 only: `nlist × M × ksub` values `‖C_mj‖² + 2 <c_l,m, C_mj>`.
     l2_list_terms: Option<Arc<Vec<f32>>>,
+    /// The centroids packed for the AVX-512 coarse GEMM.
+    centroid_panels: Arc<crate::panels::PackedPanels>,
 }
 
 impl CpuPrepared {
@@ -70,10 +72,16 @@ impl Backend for CpuBackend {
     fn prepare(&self, index: Arc<IvfPqIndex>) -> Result<CpuPrepared, EngineError> {
         let centroid_norms = row_norms_sq(index.centroids(), index.dim());
         let l2_list_terms = super::l2_list_terms(&index).map(Arc::new);
+        let centroid_panels = Arc::new(crate::panels::PackedPanels::pack(
+            index.centroids(),
+            index.nlist(),
+            index.dim(),
+        ));
         Ok(CpuPrepared {
             index,
             centroid_norms: Arc::new(centroid_norms),
             l2_list_terms,
+            centroid_panels,
         })
     }
 
@@ -112,6 +120,7 @@ impl Backend for CpuBackend {
             index,
             centroid_norms: prepared.centroid_norms.clone(),
             l2_list_terms: prepared.l2_list_terms.clone(),
+            centroid_panels: prepared.centroid_panels.clone(),
         })
     }
 
@@ -130,17 +139,19 @@ impl Backend for CpuBackend {
         let block = |((qs, l_out), s_out): ((&[f32], &mut [u32]), &mut [f32])| {
             let rows = qs.len() / dim;
             let mut ip = vec![0f32; rows * nlist];
-            gemm_abt(
-                qs,
-                dim,
-                rows,
-                index.centroids(),
-                dim,
-                nlist,
-                dim,
-                &mut ip,
-                nlist,
-            );
+            if !p.centroid_panels.mul(qs, rows, &mut ip) {
+                gemm_abt(
+                    qs,
+                    dim,
+                    rows,
+                    index.centroids(),
+                    dim,
+                    nlist,
+                    dim,
+                    &mut ip,
+                    nlist,
+                );
+            }
             let mut top = TopK::new(nprobe);
             for r in 0..rows {
                 let q_norm = if ip_metric {
