@@ -85,8 +85,8 @@ mod avx512 {
         while p0 < panels {
             let count = (panels - p0).min(8);
             let mut acc = [_mm512_setzero_ps(); 8];
-            for d in 0..dim {
-                let x = _mm512_set1_ps(a[d]);
+            for (d, &ad) in a.iter().enumerate().take(dim) {
+                let x = _mm512_set1_ps(ad);
                 for (k, acc) in acc.iter_mut().enumerate().take(count) {
                     // SAFETY: panel p0 + k < panels and d < dim: inside `data`.
                     let b = unsafe { _mm512_loadu_ps(pd.add(((p0 + k) * dim + d) * PANEL)) };
