@@ -133,6 +133,74 @@ impl<T: Copy + Ord> TopK<T> {
     }
 }
 
+/// One chunk of a device top-k round: `len` entries from `src` sorted, the best `keep`
+/// written at `dst` (the layout of `Chunk` in `shaders/wgsl/topk.wgsl` and `kernels/cuda/topk.cu`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct RoundChunk {
+    /// First input entry.
+    pub src: u32,
+    /// Entries (at most the chunk size).
+    pub len: u32,
+    /// First output entry.
+    pub dst: u32,
+    /// Entries written: `min(keep, len)`.
+    pub keep: u32,
+}
+
+/// Plans one round of the GPU backends' chunked top-k: rows given as (first entry, length)
+/// are cut into chunks of at most `chunk` entries, each keeping its best `keep`; returns the
+/// chunks and the rows' (first entry, length) in the round's output. With `keep <= chunk / 2`
+/// every row at least halves, so rounds end when every row fits one chunk.
+pub fn plan_round(
+    spans: &[(usize, usize)],
+    keep: usize,
+    chunk: usize,
+) -> (Vec<RoundChunk>, Vec<(usize, usize)>) {
+    let mut chunks = Vec::new();
+    let mut out = Vec::with_capacity(spans.len());
+    let mut dst = 0usize;
+    for &(start, len) in spans {
+        let row_start = dst;
+        let mut off = 0;
+        while off < len {
+            let n = (len - off).min(chunk);
+            let k = n.min(keep);
+            chunks.push(RoundChunk {
+                src: (start + off) as u32,
+                len: n as u32,
+                dst: dst as u32,
+                keep: k as u32,
+            });
+            dst += k;
+            off += n;
+        }
+        out.push((row_start, dst - row_start));
+    }
+    (chunks, out)
+}
+
+/// Each row's best `keep` entries (scores with 64-bit payloads `payload(i)`), best first: the
+/// host selection the GPU backends fall back to for a large `keep`.
+pub fn select_rows(
+    scores: &[f32],
+    payload: impl Fn(usize) -> u64,
+    spans: &[(usize, usize)],
+    keep: usize,
+) -> Vec<Vec<Scored<u64>>> {
+    let mut top = TopK::new(keep);
+    spans
+        .iter()
+        .map(|&(start, n)| {
+            top.clear();
+            for (i, &score) in scores.iter().enumerate().skip(start).take(n) {
+                top.push(score, payload(i));
+            }
+            top.sorted().to_vec()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,5 +283,28 @@ mod tests {
         assert!(a.is_empty() && a.threshold() == f32::INFINITY);
         a.push(1.0, 1);
         assert_eq!(a.sorted().len(), 1);
+    }
+
+    #[test]
+    fn rounds_halve_rows_and_cover_them() {
+        let spans = [(0, 2500), (2500, 10), (2510, 0)];
+        let (chunks, out) = plan_round(&spans, 100, 1024);
+        assert_eq!(chunks.len(), 4);
+        assert_eq!(out, vec![(0, 300), (300, 10), (310, 0)]);
+        let covered: u32 = chunks.iter().map(|c| c.len).sum();
+        assert_eq!(covered, 2510);
+        let (_, again) = plan_round(&out, 100, 1024);
+        assert_eq!(again, vec![(0, 100), (100, 10), (110, 0)]);
+    }
+
+    #[test]
+    fn host_rows_select_by_score_then_payload() {
+        let scores = [3.0, 1.0, 2.0, 1.0, 5.0];
+        let rows = select_rows(&scores, |i| 10 - i as u64, &[(0, 4), (4, 1)], 2);
+        let items: Vec<Vec<u64>> = rows
+            .iter()
+            .map(|r| r.iter().map(|e| e.item).collect())
+            .collect();
+        assert_eq!(items, vec![vec![7, 9], vec![6]]);
     }
 }

@@ -28,7 +28,7 @@ use quiver_engine::backend::{
 };
 use quiver_engine::fastscan::QuantizedTable;
 use quiver_engine::list::{CodeLayout, RawVectors};
-use quiver_engine::topk::TopK;
+use quiver_engine::topk::{plan_round, select_rows, RoundChunk};
 use quiver_engine::{EngineError, IvfPqIndex, RefineKind};
 
 use crate::compile::{compile_ptx, CompileError};
@@ -88,15 +88,11 @@ unsafe impl DeviceRepr for Pay {}
 // SAFETY: all-zero bits are a valid value.
 unsafe impl ValidAsZeroBits for Pay {}
 
-#[repr(C)]
-#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Chunk {
-    src: u32,
-    len: u32,
-    dst: u32,
-    keep: u32,
-}
-// SAFETY: plain-old-data matching `struct Chunk` in cuda/topk.cu.
+/// `struct Chunk` of cuda/topk.cu.
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy)]
+struct Chunk(RoundChunk);
+// SAFETY: plain-old-data (four u32) matching `struct Chunk` in cuda/topk.cu.
 unsafe impl DeviceRepr for Chunk {}
 // SAFETY: all-zero bits are a valid value.
 unsafe impl ValidAsZeroBits for Chunk {}
@@ -308,18 +304,13 @@ impl CudaBackend {
         if keep > MAX_GPU_KEEP {
             let s = self.download(&scores)?;
             let p = self.download(&payloads)?;
-            let mut top = TopK::new(keep);
-            return Ok(spans
-                .iter()
-                .map(|&(start, n)| {
-                    top.clear();
-                    for i in start..start + n {
-                        top.push(s[i], u64::from(p[i].hi) << 32 | u64::from(p[i].lo));
-                    }
-                    let sel = top.sorted();
+            let payload = |i: usize| u64::from(p[i].hi) << 32 | u64::from(p[i].lo);
+            return Ok(select_rows(&s, payload, &spans, keep)
+                .into_iter()
+                .map(|row| {
                     (
-                        sel.iter().map(|e| e.score).collect(),
-                        sel.iter()
+                        row.iter().map(|e| e.score).collect(),
+                        row.iter()
                             .map(|e| Pay {
                                 hi: (e.item >> 32) as u32,
                                 lo: e.item as u32,
@@ -338,29 +329,12 @@ impl CudaBackend {
         let (mut cur_s, mut cur_p, mut cur_spans) = (scores, payloads, spans);
         loop {
             let last = cur_spans.iter().all(|&(_, len)| len <= chunk_len);
-            let mut chunks = Vec::new();
-            let mut spans = Vec::with_capacity(cur_spans.len());
-            let mut dst = 0usize;
-            for &(start, len) in &cur_spans {
-                let row_start = dst;
-                let mut off = 0;
-                while off < len {
-                    let n = (len - off).min(chunk_len);
-                    let k = n.min(keep);
-                    chunks.push(Chunk {
-                        src: (start + off) as u32,
-                        len: n as u32,
-                        dst: dst as u32,
-                        keep: k as u32,
-                    });
-                    dst += k;
-                    off += n;
-                }
-                spans.push((row_start, dst - row_start));
-            }
+            let (chunks, spans) = plan_round(&cur_spans, keep, chunk_len);
+            let dst: usize = spans.last().map_or(0, |&(s, n)| s + n);
             let mut out_s = self.zeros::<f32>(dst)?;
             let mut out_p = self.zeros::<Pay>(dst)?;
             if !chunks.is_empty() {
+                let chunks: Vec<Chunk> = chunks.into_iter().map(Chunk).collect();
                 let table = self.upload(&chunks)?;
                 let n = chunks.len() as u32;
                 let cfg = LaunchConfig {

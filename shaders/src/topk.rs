@@ -9,8 +9,7 @@
 //! Selections with `keep` above [`MAX_GPU_KEEP`] (rows would shrink too slowly) read the rows
 //! back and select on the host with the engine's top-k.
 
-use bytemuck::{Pod, Zeroable};
-use quiver_engine::topk::TopK;
+use quiver_engine::topk::{plan_round, select_rows};
 
 use crate::device::GpuDevice;
 use crate::error::WgpuError;
@@ -20,15 +19,6 @@ use crate::kernel::{grid, output, storage, submit, uniform, Kernel, Pending};
 pub const CHUNK: usize = 1024;
 /// Largest `keep` selected on the GPU (each round at least halves a row).
 pub const MAX_GPU_KEEP: usize = CHUNK / 2;
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Chunk {
-    src: u32,
-    len: u32,
-    dst: u32,
-    keep: u32,
-}
 
 /// Rows of (score, payload) entries living in two device buffers.
 pub(crate) struct Rows {
@@ -101,26 +91,8 @@ impl GpuTopK {
         let mut cur = rows;
         loop {
             let last = cur.spans.iter().all(|&(_, len)| len <= CHUNK);
-            let mut chunks = Vec::new();
-            let mut spans = Vec::with_capacity(cur.spans.len());
-            let mut dst = 0usize;
-            for &(start, len) in &cur.spans {
-                let row_start = dst;
-                let mut off = 0;
-                while off < len {
-                    let n = (len - off).min(CHUNK);
-                    let k = n.min(keep);
-                    chunks.push(Chunk {
-                        src: (start + off) as u32,
-                        len: n as u32,
-                        dst: dst as u32,
-                        keep: k as u32,
-                    });
-                    dst += k;
-                    off += n;
-                }
-                spans.push((row_start, dst - row_start));
-            }
+            let (chunks, spans) = plan_round(&cur.spans, keep, CHUNK);
+            let dst: usize = spans.last().map_or(0, |&(s, n)| s + n);
             let total = dst.max(1);
             let out_scores = output(gpu, "top-k scores", (total * 4) as u64);
             let out_payloads = output(gpu, "top-k payloads", (total * 8) as u64);
@@ -201,19 +173,13 @@ fn select_on_host(
     spans: &[(usize, usize)],
     keep: usize,
 ) -> Vec<Selected> {
-    let mut top = TopK::new(keep);
-    spans
-        .iter()
-        .map(|&(s, n)| {
-            top.clear();
-            for i in s..s + n {
-                let p = payloads[i];
-                top.push(scores[i], u64::from(p[0]) << 32 | u64::from(p[1]));
-            }
-            let sel = top.sorted();
+    let payload = |i: usize| u64::from(payloads[i][0]) << 32 | u64::from(payloads[i][1]);
+    select_rows(scores, payload, spans, keep)
+        .into_iter()
+        .map(|row| {
             (
-                sel.iter().map(|e| e.score).collect(),
-                sel.iter()
+                row.iter().map(|e| e.score).collect(),
+                row.iter()
                     .map(|e| [(e.item >> 32) as u32, e.item as u32])
                     .collect(),
             )
