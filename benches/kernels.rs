@@ -69,6 +69,29 @@ fn fast_scan(c: &mut Criterion) {
             },
         );
     }
+    // Four queries over one block (the list-major scan's grouping), per block of 4 queries.
+    let tables: Vec<Vec<u8>> = (0..4)
+        .map(|q| (0..m * 16).map(|i| ((i + q) * 11 % 256) as u8).collect())
+        .collect();
+    let mut out4 = [[0u16; fastscan::BLOCK]; 4];
+    g.throughput(Throughput::Elements(4 * fastscan::BLOCK as u64));
+    for level in simd::available() {
+        g.bench_with_input(
+            BenchmarkId::new("4_queries", level.name()),
+            &level,
+            |bch, &l| {
+                bch.iter(|| {
+                    fastscan::block_sums_for::<4>(
+                        l,
+                        black_box(&block),
+                        [&tables[0], &tables[1], &tables[2], &tables[3]],
+                        &mut out4,
+                        black_box([m as u16 * 100; 4]),
+                    )
+                })
+            },
+        );
+    }
     g.finish();
 }
 

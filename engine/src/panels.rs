@@ -44,7 +44,7 @@ impl PackedPanels {
         assert!(a.len() >= rows * self.dim, "panels: A too short");
         assert!(c.len() >= rows * self.n, "panels: C too short");
         #[cfg(target_arch = "x86_64")]
-        if crate::simd::level() == crate::simd::Level::Avx512 {
+        if crate::simd::level() >= crate::simd::Level::Avx512 {
             // SAFETY: the level check guarantees AVX-512F; the asserts bound every access.
             unsafe { avx512::mul(self, a, rows, c) };
             return true;

@@ -324,6 +324,25 @@ fn list_major_chunk(nq: usize) -> usize {
     nq.div_ceil(tasks).clamp(8, 256)
 }
 
+/// Queries scanned together over one list by the list-major scan.
+const GROUP: usize = 4;
+
+/// What a group scan of the list-major scan works on: the chunk's selections and tables.
+struct GroupScan<'s> {
+    /// The chunk's first query.
+    first: usize,
+    /// The list scanned.
+    list: usize,
+    /// The chunk's selections, by local index.
+    tops: &'s mut [TopK<u64>],
+    /// Shared (inner-product) tables, by local index; empty otherwise.
+    shared_tables: &'s [QuantizedTable],
+    /// Per-list tables of the group's members (L2), `GROUP` of them; empty otherwise.
+    scratch: &'s mut [QuantizedTable],
+    /// Scratch for one float table.
+    combined: &'s mut [f32],
+}
+
 /// Per-thread scratch of the scan: a query's selection, its L2 table and its quantized table.
 struct ScanState {
     top: TopK<u64>,
@@ -368,6 +387,27 @@ impl<'a> ListScanner<'a> {
         &self.tables.values[q * n..(q + 1) * n]
     }
 
+    /// Query `q`'s float table for list `l`: its own table, plus the list's terms for L2
+    /// (written into `combined`).
+    fn list_table<'c>(&self, q: usize, l: usize, combined: &'c mut [f32]) -> &'c [f32]
+    where
+        'a: 'c,
+    {
+        let q_table = self.query_table(q);
+        match self.p.l2_list_terms.as_deref() {
+            None => q_table,
+            Some(terms) => {
+                let n = self.table_len();
+                let t = &terms[l * n..(l + 1) * n];
+                combined
+                    .iter_mut()
+                    .zip(t.iter().zip(q_table))
+                    .for_each(|(o, (a, b))| *o = a + b);
+                combined
+            }
+        }
+    }
+
     /// Offers list `l` (coarse score `bias`) to query `q`'s selection. With a shared table,
     /// `quantized` must already hold query `q`'s quantized table.
     fn scan_list(
@@ -381,20 +421,8 @@ impl<'a> ListScanner<'a> {
     ) {
         let index = &self.p.index;
         let (m, ksub) = (self.tables.m, self.tables.ksub);
-        let q_table = self.query_table(q);
         let list = &index.lists()[l];
-        let table: &[f32] = match self.p.l2_list_terms.as_deref() {
-            None => q_table,
-            Some(terms) => {
-                let n = self.table_len();
-                let t = &terms[l * n..(l + 1) * n];
-                combined
-                    .iter_mut()
-                    .zip(t.iter().zip(q_table))
-                    .for_each(|(o, (a, b))| *o = a + b);
-                combined
-            }
-        };
+        let table = self.list_table(q, l, combined);
         match index.layout() {
             CodeLayout::Flat => {
                 scan_flat_codes(list.codes.as_slice(), m, ksub, table, bias, l, list, top)
@@ -418,6 +446,54 @@ impl<'a> ListScanner<'a> {
                 );
             }
         }
+    }
+
+    /// Scans list `ctx.list` for `Q` queries of a list-major chunk (`(local index, coarse
+    /// score)`), each with its own table, together; the same selections as one at a time.
+    fn scan_group<const Q: usize>(&self, ctx: &mut GroupScan<'_>, members: [(usize, f32); Q]) {
+        let index = &self.p.index;
+        let list = &index.lists()[ctx.list];
+        let locals: [usize; Q] = std::array::from_fn(|k| members[k].0);
+        if !self.shared {
+            // Per-list tables: each member's is built and quantized into its scratch slot.
+            for (k, &(local, bias)) in members.iter().enumerate() {
+                let table = self.list_table(ctx.first + local, ctx.list, ctx.combined);
+                ctx.scratch[k].quantize(table, bias);
+            }
+        }
+        let Ok(tops) = ctx.tops.get_disjoint_mut(locals) else {
+            // A query listed twice for one list (probes not from this backend): one by one.
+            for member in members {
+                self.scan_group::<1>(ctx, [member]);
+            }
+            return;
+        };
+        let mut tops = tops.into_iter();
+        let queries: [fastscan::ScanQuery<'_>; Q] = std::array::from_fn(|k| {
+            let top = tops.next().expect("Q selections");
+            if self.shared {
+                fastscan::ScanQuery {
+                    table: &ctx.shared_tables[locals[k]],
+                    offset: members[k].1,
+                    top,
+                }
+            } else {
+                fastscan::ScanQuery {
+                    table: &ctx.scratch[k],
+                    offset: 0.0,
+                    top,
+                }
+            }
+        });
+        let l = ctx.list;
+        fastscan::scan_list_for(
+            self.level,
+            list.codes.as_slice(),
+            list.len(),
+            queries,
+            list.tombstones(),
+            |s| pack(l, s),
+        );
     }
 
     /// Query-major: scans query `q`'s lists in probe order into `slot_out`/`score_out`.
@@ -463,7 +539,7 @@ impl<'a> ListScanner<'a> {
         let nprobe = probes.nprobe;
         let m = self.tables.m;
         let mut tops: Vec<TopK<u64>> = (0..nq).map(|_| TopK::new(keep)).collect();
-        let mut quantized: Vec<QuantizedTable> = if self.shared {
+        let quantized: Vec<QuantizedTable> = if self.shared {
             (0..nq)
                 .map(|i| {
                     let mut t = QuantizedTable::new(m);
@@ -472,32 +548,49 @@ impl<'a> ListScanner<'a> {
                 })
                 .collect()
         } else {
-            vec![QuantizedTable::new(m)]
+            Vec::new()
         };
         let mut combined = vec![0f32; self.table_len()];
+        let mut scratch: Vec<QuantizedTable> = if self.shared {
+            Vec::new()
+        } else {
+            (0..GROUP).map(|_| QuantizedTable::new(m)).collect()
+        };
         // Each query's best list first (so that its threshold is tight early and few
         // candidates are offered), then the other lists in list order.
         let mut pairs: Vec<(bool, u32, u32)> = (0..nq * nprobe)
             .map(|i| (i % nprobe != 0, probes.lists[first * nprobe + i], i as u32))
             .collect();
         pairs.sort_unstable();
-        for (_, l, i) in pairs {
+        // Up to GROUP queries probing the same list are scanned together (the list's codes
+        // read and unpacked once for all of them).
+        let member = |&(_, _, i): &(bool, u32, u32)| {
             let i = i as usize;
-            let local = i / nprobe;
-            let bias = probes.scores[first * nprobe + i];
-            let table = if self.shared {
-                &mut quantized[local]
-            } else {
-                &mut quantized[0]
+            (i / nprobe, probes.scores[first * nprobe + i])
+        };
+        let mut at = 0;
+        while at < pairs.len() {
+            let l = pairs[at].1;
+            let mut end = at + 1;
+            while end < pairs.len() && end - at < GROUP && pairs[end].1 == l {
+                end += 1;
+            }
+            let group = &pairs[at..end];
+            let mut ctx = GroupScan {
+                first,
+                list: l as usize,
+                tops: &mut tops,
+                shared_tables: &quantized,
+                scratch: &mut scratch,
+                combined: &mut combined,
             };
-            self.scan_list(
-                first + local,
-                l as usize,
-                bias,
-                &mut tops[local],
-                &mut combined,
-                table,
-            );
+            match group.len() {
+                4 => self.scan_group::<4>(&mut ctx, std::array::from_fn(|k| member(&group[k]))),
+                3 => self.scan_group::<3>(&mut ctx, std::array::from_fn(|k| member(&group[k]))),
+                2 => self.scan_group::<2>(&mut ctx, std::array::from_fn(|k| member(&group[k]))),
+                _ => self.scan_group::<1>(&mut ctx, [member(&group[0])]),
+            }
+            at = end;
         }
         for (local, top) in tops.iter_mut().enumerate() {
             write_candidates(

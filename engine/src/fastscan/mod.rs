@@ -18,6 +18,8 @@
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512vbmi;
 pub mod scalar;
 
 use crate::simd::Level;
@@ -185,26 +187,69 @@ pub fn block_sums_at(
     let m = table.len() / 16;
     assert!(block.len() >= block_bytes(m), "block too short");
     match level {
-        // SAFETY: the level comes from `simd::level()`/`available()`: the CPU has AVX-512F/BW.
+        // SAFETY: the level comes from `simd::level()`/`available()`: the CPU has
+        // AVX-512F/BW/VBMI/VNNI; the table is `m × 16` bytes, a multiple of 64.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 if m.is_multiple_of(4) && m <= 256 => unsafe {
+        Level::Avx512Vbmi if m.is_multiple_of(4) && m <= 256 => unsafe {
+            let mut sums = [[0u16; BLOCK]];
+            let [mask] = avx512vbmi::block_sums::<1>(block, [table], &mut sums, [qthr]);
+            *out = sums[0];
+            mask
+        },
+        // SAFETY: as above, the CPU has AVX-512F/BW.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 | Level::Avx512Vbmi if m.is_multiple_of(4) && m <= 256 => unsafe {
             avx512::block_sums(block, table, out, qthr)
         },
         // SAFETY: as above, the CPU has AVX2.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 | Level::Avx512 if m.is_multiple_of(2) => unsafe {
+        Level::Avx2 | Level::Avx512 | Level::Avx512Vbmi if m.is_multiple_of(2) => unsafe {
             avx2::block_sums(block, table, out, qthr)
         },
         _ => scalar::block_sums(block, table, out, qthr),
     }
 }
 
+/// [`block_sums_at`] for `Q` queries (tables of equal length) over the same block: on
+/// AVX-512 VBMI the block's codes are loaded and unpacked once for all of them; elsewhere it
+/// is one call per query. Results are identical either way.
+#[inline]
+pub fn block_sums_for<const Q: usize>(
+    level: Level,
+    block: &[u8],
+    tables: [&[u8]; Q],
+    out: &mut [[u16; BLOCK]; Q],
+    qthr: [u16; Q],
+) -> [u32; Q] {
+    let len = tables[0].len();
+    assert!(
+        tables.iter().all(|t| t.len() == len),
+        "tables of different lengths"
+    );
+    assert!(block.len() >= len, "block too short");
+    let m = len / 16;
+    #[cfg(target_arch = "x86_64")]
+    if level == Level::Avx512Vbmi && len % 16 == 0 && m.is_multiple_of(4) && m <= 256 {
+        // SAFETY: the level comes from `simd::level()`/`available()`; lengths checked above.
+        return unsafe { avx512vbmi::block_sums::<Q>(block, tables, out, qthr) };
+    }
+    std::array::from_fn(|q| block_sums_at(level, block, tables[q], &mut out[q], qthr[q]))
+}
+
+/// One query's part in a list scan: its quantized table, the list's share of its scores
+/// (`offset`, when the table is shared by all lists) and its selection.
+pub struct ScanQuery<'a> {
+    /// The query's quantized table for this list.
+    pub table: &'a QuantizedTable,
+    /// Added to every approximate score.
+    pub offset: f32,
+    /// Receives the candidates.
+    pub top: &'a mut TopK<u64>,
+}
+
 /// Scans one list's packed codes (`n` vectors) with a quantized table, offering every live
 /// vector whose approximate score (plus `offset`, the list's share of the score when the table
 /// is shared by all lists) can enter `top` (payload from `item(slot)`).
-///
-/// The kernel compares a block's 32 sums with the current threshold in SIMD; only the vectors
-/// of its mask are looked at one by one (after the first blocks, most blocks have none).
 #[allow(clippy::too_many_arguments)]
 pub fn scan_list(
     level: Level,
@@ -216,32 +261,65 @@ pub fn scan_list(
     top: &mut TopK<u64>,
     item: impl Fn(usize) -> u64,
 ) {
-    let m = table.values.len() / 16;
+    scan_list_for(
+        level,
+        packed,
+        n,
+        [ScanQuery { table, offset, top }],
+        tombstones,
+        item,
+    );
+}
+
+/// [`scan_list`] for `Q` queries probing the same list, the list read once for all of them.
+/// Each query's selection ends exactly as if its scan had run alone.
+///
+/// The kernel compares a block's 32 sums with each query's current threshold in SIMD; only the
+/// vectors of a mask are looked at one by one (after the first blocks, most blocks have none).
+pub fn scan_list_for<const Q: usize>(
+    level: Level,
+    packed: &[u8],
+    n: usize,
+    mut queries: [ScanQuery<'_>; Q],
+    tombstones: Option<&[u64]>,
+    item: impl Fn(usize) -> u64,
+) {
+    let m = queries[0].table.values.len() / 16;
     let bb = block_bytes(m);
-    let mut sums = [0u16; BLOCK];
+    let mut sums = [[0u16; BLOCK]; Q];
     let blocks = n.div_ceil(BLOCK);
-    let mut qthr = table.qthreshold(top.threshold() - offset);
+    let mut qthr: [u16; Q] = std::array::from_fn(|q| {
+        queries[q]
+            .table
+            .qthreshold(queries[q].top.threshold() - queries[q].offset)
+    });
+    let tables: [&[u8]; Q] = std::array::from_fn(|q| &queries[q].table.values[..]);
     for (b, block) in packed.chunks_exact(bb).take(blocks).enumerate() {
-        let mut mask = block_sums_at(level, block, &table.values, &mut sums, qthr);
+        let masks = block_sums_for(level, block, tables, &mut sums, qthr);
         let valid = n - b * BLOCK;
-        if valid < BLOCK {
-            mask &= (1u32 << valid) - 1;
-        }
-        while mask != 0 {
-            let v = mask.trailing_zeros() as usize;
-            mask &= mask - 1;
-            let s = sums[v];
-            if s > qthr {
-                continue; // the threshold fell since the block was compared
-            }
-            let slot = b * BLOCK + v;
-            if let Some(bits) = tombstones {
-                if bits[slot / 64] >> (slot % 64) & 1 == 1 {
-                    continue;
+        let tail = if valid < BLOCK {
+            (1u32 << valid) - 1
+        } else {
+            u32::MAX
+        };
+        for (q, sq) in queries.iter_mut().enumerate() {
+            let mut mask = masks[q] & tail;
+            while mask != 0 {
+                let v = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                let s = sums[q][v];
+                if s > qthr[q] {
+                    continue; // the threshold fell since the block was compared
                 }
+                let slot = b * BLOCK + v;
+                if let Some(bits) = tombstones {
+                    if bits[slot / 64] >> (slot % 64) & 1 == 1 {
+                        continue;
+                    }
+                }
+                sq.top.push(sq.table.score(s) + sq.offset, item(slot));
+                qthr[q] = sq.table.qthreshold(sq.top.threshold() - sq.offset);
             }
-            top.push(table.score(s) + offset, item(slot));
-            qthr = table.qthreshold(top.threshold() - offset);
         }
     }
 }
@@ -298,6 +376,106 @@ mod tests {
                 let mask = block_sums_at(level, &block, &table, &mut got, qthr);
                 assert_eq!(got, want, "{level:?} m = {m}");
                 assert_eq!(mask, want_mask, "{level:?} m = {m}");
+            }
+        }
+    }
+
+    /// The multi-query kernel equals one scalar call per query, at every level and for one to
+    /// four queries (each with its own table and threshold).
+    #[test]
+    fn multi_query_block_sums_equal_one_query_at_a_time() {
+        fn check<const Q: usize>(rng: &mut ChaCha8Rng, m: usize) {
+            let block: Vec<u8> = (0..block_bytes(m)).map(|_| rng.random()).collect();
+            let tables: Vec<Vec<u8>> = (0..Q)
+                .map(|_| (0..m * 16).map(|_| rng.random()).collect())
+                .collect();
+            let qthr: [u16; Q] = std::array::from_fn(|_| rng.random_range(0..(m as u16 * 255)));
+            for level in crate::simd::available() {
+                let mut got = [[0u16; BLOCK]; Q];
+                let refs: [&[u8]; Q] = std::array::from_fn(|q| &tables[q][..]);
+                let masks = block_sums_for(level, &block, refs, &mut got, qthr);
+                for q in 0..Q {
+                    let mut want = [0u16; BLOCK];
+                    let want_mask = scalar::block_sums(&block, &tables[q], &mut want, qthr[q]);
+                    assert_eq!(got[q], want, "{level:?} Q = {Q} q = {q} m = {m}");
+                    assert_eq!(masks[q], want_mask, "{level:?} Q = {Q} q = {q} m = {m}");
+                }
+            }
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        for m in [4, 8, 12, 96, 256, 6, 7] {
+            check::<1>(&mut rng, m);
+            check::<2>(&mut rng, m);
+            check::<3>(&mut rng, m);
+            check::<4>(&mut rng, m);
+        }
+    }
+
+    /// Scanning a list for several queries at once leaves each selection as a scan of its own.
+    #[test]
+    fn multi_query_scan_equals_separate_scans() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let (m, n) = (16, 300);
+        let mut packed = Vec::new();
+        for slot in 0..n {
+            let codes: Vec<u8> = (0..m).map(|_| rng.random_range(0..16u8)).collect();
+            set_codes(&mut packed, slot, &codes);
+        }
+        let tombstones = vec![0x0000_0F00_0000_0001u64; n.div_ceil(64)];
+        let tables: Vec<QuantizedTable> = (0..3)
+            .map(|_| {
+                let t: Vec<f32> = (0..m * 16)
+                    .map(|_| rng.random_range(-1.0f32..1.0))
+                    .collect();
+                let mut q = QuantizedTable::new(m);
+                q.quantize(&t, 0.25);
+                q
+            })
+            .collect();
+        for level in crate::simd::available() {
+            let mut alone: Vec<TopK<u64>> = (0..3).map(|_| TopK::new(17)).collect();
+            for (q, top) in alone.iter_mut().enumerate() {
+                scan_list(
+                    level,
+                    &packed,
+                    n,
+                    &tables[q],
+                    0.5 * q as f32,
+                    Some(&tombstones),
+                    top,
+                    |s| s as u64,
+                );
+            }
+            let mut together: Vec<TopK<u64>> = (0..3).map(|_| TopK::new(17)).collect();
+            let [a, b, c] = &mut together[..] else {
+                unreachable!()
+            };
+            scan_list_for(
+                level,
+                &packed,
+                n,
+                [
+                    ScanQuery {
+                        table: &tables[0],
+                        offset: 0.0,
+                        top: a,
+                    },
+                    ScanQuery {
+                        table: &tables[1],
+                        offset: 0.5,
+                        top: b,
+                    },
+                    ScanQuery {
+                        table: &tables[2],
+                        offset: 1.0,
+                        top: c,
+                    },
+                ],
+                Some(&tombstones),
+                |s| s as u64,
+            );
+            for (x, y) in alone.iter_mut().zip(&mut together) {
+                assert_eq!(x.sorted(), y.sorted(), "{level:?}");
             }
         }
     }

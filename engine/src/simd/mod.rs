@@ -2,7 +2,7 @@
 //! path always compiled and the reference the others are tested against.
 //!
 //! The level is detected once (`is_x86_feature_detected!`) and can be forced lower with the
-//! environment variable `QUIVER_SIMD=scalar|avx2|avx512`, so tests exercise every path on one
+//! environment variable `QUIVER_SIMD=scalar|avx2|avx512|avx512vbmi`, so tests exercise every path on one
 //! machine; a level the CPU lacks is never used, whatever the variable says. Release builds
 //! target baseline x86-64: nothing here assumes AVX at compile time.
 
@@ -25,6 +25,9 @@ pub enum Level {
     Avx2,
     /// AVX-512F and AVX-512BW (with AVX2, FMA, F16C).
     Avx512,
+    /// AVX-512 as above plus VBMI (byte permutes) and VNNI (byte dot products): Ice Lake,
+    /// Sapphire Rapids, Zen 4 and later. Only the fast-scan kernel differs from `Avx512`.
+    Avx512Vbmi,
 }
 
 impl Level {
@@ -34,6 +37,7 @@ impl Level {
             Level::Scalar => "scalar",
             Level::Avx2 => "avx2",
             Level::Avx512 => "avx512",
+            Level::Avx512Vbmi => "avx512vbmi",
         }
     }
 }
@@ -48,6 +52,9 @@ pub fn detected() -> Level {
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
         {
+            if is_x86_feature_detected!("avx512vbmi") && is_x86_feature_detected!("avx512vnni") {
+                return Level::Avx512Vbmi;
+            }
             return Level::Avx512;
         }
         if is_x86_feature_detected!("avx2")
@@ -62,7 +69,7 @@ pub fn detected() -> Level {
 
 /// Every level this CPU supports, lowest first.
 pub fn available() -> Vec<Level> {
-    [Level::Scalar, Level::Avx2, Level::Avx512]
+    [Level::Scalar, Level::Avx2, Level::Avx512, Level::Avx512Vbmi]
         .into_iter()
         .filter(|l| *l <= detected())
         .collect()
@@ -76,7 +83,8 @@ pub fn level() -> Level {
         match std::env::var("QUIVER_SIMD").ok().as_deref() {
             Some("scalar") => Level::Scalar,
             Some("avx2") => best.min(Level::Avx2),
-            Some("avx512") | None => best,
+            Some("avx512") => best.min(Level::Avx512),
+            Some("avx512vbmi") | None => best,
             Some(_) => best,
         }
     })
@@ -89,7 +97,7 @@ pub fn dot_at(level: Level, a: &[f32], b: &[f32]) -> f32 {
     match level {
         // SAFETY: callers pass a level from `level()` or `available()`, so the CPU has it.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => unsafe { avx512::dot(a, b) },
+        Level::Avx512 | Level::Avx512Vbmi => unsafe { avx512::dot(a, b) },
         #[cfg(target_arch = "x86_64")]
         Level::Avx2 => unsafe { avx2::dot(a, b) },
         _ => scalar::dot(a, b),
@@ -103,7 +111,7 @@ pub fn l2_sq_at(level: Level, a: &[f32], b: &[f32]) -> f32 {
     match level {
         // SAFETY: as in `dot_at`.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => unsafe { avx512::l2_sq(a, b) },
+        Level::Avx512 | Level::Avx512Vbmi => unsafe { avx512::l2_sq(a, b) },
         #[cfg(target_arch = "x86_64")]
         Level::Avx2 => unsafe { avx2::l2_sq(a, b) },
         _ => scalar::l2_sq(a, b),
@@ -117,7 +125,7 @@ pub fn dot_f16_at(level: Level, q: &[f32], v: &[f16]) -> f32 {
     match level {
         // SAFETY: as in `dot_at`.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => unsafe { avx512::dot_f16(q, v) },
+        Level::Avx512 | Level::Avx512Vbmi => unsafe { avx512::dot_f16(q, v) },
         #[cfg(target_arch = "x86_64")]
         Level::Avx2 => unsafe { avx2::dot_f16(q, v) },
         _ => scalar::dot_f16(q, v),
@@ -131,7 +139,7 @@ pub fn l2_sq_f16_at(level: Level, q: &[f32], v: &[f16]) -> f32 {
     match level {
         // SAFETY: as in `dot_at`.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => unsafe { avx512::l2_sq_f16(q, v) },
+        Level::Avx512 | Level::Avx512Vbmi => unsafe { avx512::l2_sq_f16(q, v) },
         #[cfg(target_arch = "x86_64")]
         Level::Avx2 => unsafe { avx2::l2_sq_f16(q, v) },
         _ => scalar::l2_sq_f16(q, v),
