@@ -241,6 +241,14 @@ impl ProductQuantizer {
     /// Inner-product lookup tables: `out[q][sub][j] = <query_q[sub], centroid(sub, j)>`, for
     /// row-major queries (`nq × dim`); `out` holds `nq × M × ksub` values.
     pub fn inner_product_tables(&self, queries: &[f32], out: &mut [f32]) {
+        self.scaled_inner_product_tables(queries, 1.0, out);
+    }
+
+    /// [`ProductQuantizer::inner_product_tables`] times `factor` (exact when `factor` is a power
+    /// of two, such as the −1 and −2 of the metrics' tables). Small codebooks (4-bit) and small
+    /// batches are built per query from the transposed codebook (parallel over queries, in the
+    /// CPU's widest vectors); large 8-bit batches by SGEMM.
+    pub fn scaled_inner_product_tables(&self, queries: &[f32], factor: f32, out: &mut [f32]) {
         let (dim, dsub, ksub, m) = (self.dim, self.dsub(), self.ksub(), self.m);
         let nq = queries.len() / dim;
         assert_eq!(
@@ -248,20 +256,28 @@ impl ProductQuantizer {
             nq * m * ksub,
             "inner_product_tables: output size"
         );
-        if nq < SMALL_TABLE_BATCH {
-            for (q, table) in queries
-                .chunks_exact(dim)
-                .zip(out.chunks_exact_mut(m * ksub))
-            {
-                for (sub, row) in table.chunks_exact_mut(ksub).enumerate() {
-                    row.fill(0.0);
-                    for t in 0..dsub {
-                        let x = q[sub * dsub + t];
-                        let ct =
-                            &self.transposed[(sub * dsub + t) * ksub..(sub * dsub + t + 1) * ksub];
-                        row.iter_mut().zip(ct).for_each(|(o, c)| *o += x * c);
-                    }
-                }
+        if nq < SMALL_TABLE_BATCH || ksub <= 16 {
+            let one = |(q, table): (&[f32], &mut [f32])| {
+                tables::one_query(
+                    crate::simd::level(),
+                    q,
+                    &self.transposed,
+                    dsub,
+                    ksub,
+                    factor,
+                    table,
+                )
+            };
+            if nq < SMALL_TABLE_BATCH {
+                queries
+                    .chunks_exact(dim)
+                    .zip(out.chunks_exact_mut(m * ksub))
+                    .for_each(one);
+            } else {
+                queries
+                    .par_chunks_exact(dim)
+                    .zip(out.par_chunks_exact_mut(m * ksub))
+                    .for_each(one);
             }
             return;
         }
@@ -278,6 +294,85 @@ impl ProductQuantizer {
                 &mut out[sub * ksub..],
                 m * ksub,
             );
+        }
+        if factor != 1.0 {
+            out.par_iter_mut().for_each(|v| *v *= factor);
+        }
+    }
+}
+
+/// One query's lookup tables from the transposed codebook, compiled once per instruction set
+/// (the same additions in the same order at every level: bit-exact across levels).
+mod tables {
+    use crate::simd::Level;
+
+    /// `out[sub][j] = Σ_t (factor · q[sub·dsub + t]) · transposed[sub][t][j]`.
+    #[inline(always)]
+    fn body(q: &[f32], transposed: &[f32], dsub: usize, ksub: usize, factor: f32, out: &mut [f32]) {
+        for (sub, row) in out.chunks_exact_mut(ksub).enumerate() {
+            row.fill(0.0);
+            for t in 0..dsub {
+                let x = factor * q[sub * dsub + t];
+                let ct = &transposed[(sub * dsub + t) * ksub..(sub * dsub + t + 1) * ksub];
+                row.iter_mut().zip(ct).for_each(|(o, c)| *o += x * c);
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    fn body_avx512(q: &[f32], tr: &[f32], dsub: usize, ksub: usize, f: f32, out: &mut [f32]) {
+        use std::arch::x86_64::*;
+        if ksub != 16 {
+            return body(q, tr, dsub, ksub, f, out);
+        }
+        // 4-bit codebooks: one sub-quantizer's 16 entries are one register, summed in it.
+        let m = out.len() / 16;
+        assert!(
+            q.len() >= m * dsub && tr.len() >= m * dsub * 16,
+            "table sizes"
+        );
+        for sub in 0..m {
+            let mut acc = _mm512_setzero_ps();
+            for t in 0..dsub {
+                let at = (sub * dsub + t) * 16;
+                // SAFETY: `at + 16 <= m · dsub · 16 <= tr.len()` (asserted above).
+                let c = unsafe { _mm512_loadu_ps(tr.as_ptr().add(at)) };
+                // Multiply, then add (not fused): the same rounding as the portable path.
+                let x = _mm512_set1_ps(f * q[sub * dsub + t]);
+                acc = _mm512_add_ps(acc, _mm512_mul_ps(x, c));
+            }
+            // SAFETY: `sub · 16 + 16 <= out.len()`.
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(sub * 16), acc) };
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn body_avx2(q: &[f32], tr: &[f32], dsub: usize, ksub: usize, f: f32, out: &mut [f32]) {
+        body(q, tr, dsub, ksub, f, out)
+    }
+
+    /// The tables of one query (`out`: `M × ksub`) at a SIMD level the CPU has.
+    pub fn one_query(
+        level: Level,
+        q: &[f32],
+        transposed: &[f32],
+        dsub: usize,
+        ksub: usize,
+        factor: f32,
+        out: &mut [f32],
+    ) {
+        match level {
+            // SAFETY: the level comes from `simd::level()`: the CPU has these features.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 | Level::Avx512Vbmi => unsafe {
+                body_avx512(q, transposed, dsub, ksub, factor, out)
+            },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => unsafe { body_avx2(q, transposed, dsub, ksub, factor, out) },
+            _ => body(q, transposed, dsub, ksub, factor, out),
         }
     }
 }
@@ -367,6 +462,29 @@ mod tests {
                 let d_got = crate::linalg::l2_sq(xs, pq.centroid(sub, code[sub] as usize));
                 let d_best = crate::linalg::l2_sq(xs, pq.centroid(sub, best));
                 assert!(d_got <= d_best + 1e-5);
+            }
+        }
+    }
+
+    /// Per-query tables: the same bits at every SIMD level, and a power-of-two factor scales
+    /// them exactly.
+    #[test]
+    fn query_tables_are_bit_exact_across_levels() {
+        let dim = 16;
+        let x = data(300, dim, 5);
+        let pq = ProductQuantizer::train(&x, dim, 4, 4, 2, &NoProgress).unwrap();
+        let q = data(3, dim, 9);
+        let mut want = vec![0f32; 3 * 4 * 16];
+        pq.inner_product_tables(&q, &mut want);
+        for level in crate::simd::available() {
+            for row in 0..3 {
+                let mut got = vec![0f32; 4 * 16];
+                let query = &q[row * dim..(row + 1) * dim];
+                tables::one_query(level, query, &pq.transposed, 4, 16, -2.0, &mut got);
+                let want_row = &want[row * 64..(row + 1) * 64];
+                for (g, w) in got.iter().zip(want_row) {
+                    assert_eq!(g.to_bits(), (-2.0 * w).to_bits(), "{level:?}");
+                }
             }
         }
     }

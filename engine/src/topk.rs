@@ -4,8 +4,6 @@
 //! in which candidates arrive. This is the per-query selection of the CPU scan and refine; GPU
 //! backends implement the same contract and are checked against it.
 
-use std::cmp::Ordering;
-
 /// A scored entry; ordered by score, then payload.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Scored<T> {
@@ -15,34 +13,51 @@ pub struct Scored<T> {
     pub item: T,
 }
 
-impl<T: Ord> Scored<T> {
-    #[inline]
-    fn cmp_key(&self, other: &Self) -> Ordering {
-        self.score
-            .total_cmp(&other.score)
-            .then_with(|| self.item.cmp(&other.item))
-    }
+/// The score's position in `f32::total_cmp` order as an unsigned integer (a monotone map), so
+/// that selection and sorting compare integers.
+#[inline]
+fn order_key(score: f32) -> u32 {
+    // Negative: all bits flipped; otherwise the sign bit set. Branch-free.
+    let b = score.to_bits();
+    b ^ ((b as i32 >> 31) as u32 | 0x8000_0000)
 }
 
 /// Keeps the `k` best (lowest-score) entries.
 ///
-/// Entries are appended to a buffer of up to `2k`; when it fills, a linear-time selection keeps
-/// the best `k` and raises the entry threshold to the k-th best score. A push costs O(1)
-/// amortised (a binary heap costs O(log k)), which matters when scans offer many candidates.
+/// Entries are appended (scores and payloads in two arrays) to a buffer of up to `2k`; when it
+/// fills, the k-th best score is found by an integer selection over the scores' order keys,
+/// the buffer is compacted to the best `k` (ties at the k-th score decided by payload) and the
+/// entry threshold rises to that score. A push costs O(1) amortised (a binary heap costs
+/// O(log k)), which matters when scans offer many candidates.
 #[derive(Debug, Clone)]
 pub struct TopK<T> {
     k: usize,
-    buf: Vec<Scored<T>>,
+    scores: Vec<f32>,
+    items: Vec<T>,
     threshold: f32,
+    /// Scratch: order keys for the selection.
+    select_keys: Vec<u32>,
+    /// Scratch: `(order key << 32) | index` for sorting.
+    keys: Vec<u64>,
+    /// Scratch: payloads tied at the k-th score.
+    ties: Vec<T>,
+    /// The last sorted result.
+    out: Vec<Scored<T>>,
 }
 
 impl<T: Copy + Ord> TopK<T> {
     /// An empty selection of at most `k` entries.
     pub fn new(k: usize) -> Self {
+        let cap = (2 * k).min(1 << 17);
         TopK {
             k,
-            buf: Vec::with_capacity((2 * k).min(1 << 17)),
+            scores: Vec::with_capacity(cap),
+            items: Vec::with_capacity(cap),
             threshold: f32::INFINITY,
+            select_keys: Vec::new(),
+            keys: Vec::new(),
+            ties: Vec::new(),
+            out: Vec::new(),
         }
     }
 
@@ -53,12 +68,12 @@ impl<T: Copy + Ord> TopK<T> {
 
     /// Number of entries that would be returned now (at most k).
     pub fn len(&self) -> usize {
-        self.buf.len().min(self.k)
+        self.scores.len().min(self.k)
     }
 
     /// True when nothing is held.
     pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
+        self.scores.is_empty()
     }
 
     /// Entries scoring above this cannot enter (infinity until k entries have been kept).
@@ -73,8 +88,9 @@ impl<T: Copy + Ord> TopK<T> {
         if self.k == 0 || score > self.threshold || score.is_nan() {
             return;
         }
-        self.buf.push(Scored { score, item });
-        if self.buf.len() >= 2 * self.k {
+        self.scores.push(score);
+        self.items.push(item);
+        if self.scores.len() >= 2 * self.k {
             self.compact();
         }
     }
@@ -82,29 +98,69 @@ impl<T: Copy + Ord> TopK<T> {
     /// Keeps the best k of the buffer and raises the threshold to the k-th best score.
     fn compact(&mut self) {
         let k = self.k;
-        if self.buf.len() > k {
-            self.buf.select_nth_unstable_by(k - 1, |a, b| a.cmp_key(b));
-            self.buf.truncate(k);
+        let n = self.scores.len();
+        if n > k {
+            self.select_keys.clear();
+            self.select_keys
+                .extend(self.scores.iter().map(|&s| order_key(s)));
+            let kth = *self.select_keys.select_nth_unstable(k - 1).1;
+            // Keep everything strictly better than the k-th score, in place (written always,
+            // kept by advancing: no unpredictable branch), and collect the payloads tied with
+            // it; the lowest of those fill the remaining places.
+            self.ties.clear();
+            let mut w = 0;
+            for r in 0..n {
+                let (score, item) = (self.scores[r], self.items[r]);
+                let key = order_key(score);
+                self.scores[w] = score;
+                self.items[w] = item;
+                w += (key < kth) as usize;
+                if key == kth {
+                    self.ties.push(item);
+                }
+            }
+            let need = k - w;
+            if self.ties.len() > need {
+                self.ties.select_nth_unstable(need - 1);
+            }
+            let kth_score = self.scores_of_key(kth);
+            self.scores.truncate(w);
+            self.items.truncate(w);
+            for &item in &self.ties[..need] {
+                self.scores.push(kth_score);
+                self.items.push(item);
+            }
         }
-        if self.buf.len() == k {
+        if self.scores.len() == k {
             self.threshold = self
-                .buf
+                .scores
                 .iter()
-                .map(|e| e.score)
+                .copied()
                 .fold(f32::NEG_INFINITY, f32::max);
         }
     }
 
+    /// The score whose order key is `key` (the inverse of [`order_key`]).
+    #[inline]
+    fn scores_of_key(&self, key: u32) -> f32 {
+        f32::from_bits(if key >> 31 == 1 {
+            key & 0x7FFF_FFFF
+        } else {
+            !key
+        })
+    }
+
     /// Clears the selection, keeping its allocation.
     pub fn clear(&mut self) {
-        self.buf.clear();
+        self.scores.clear();
+        self.items.clear();
         self.threshold = f32::INFINITY;
     }
 
     /// Offers every entry of another selection.
     pub fn merge(&mut self, other: &TopK<T>) {
-        for e in &other.buf {
-            self.push(e.score, e.item);
+        for (&score, &item) in other.scores.iter().zip(&other.items) {
+            self.push(score, item);
         }
     }
 
@@ -113,23 +169,50 @@ impl<T: Copy + Ord> TopK<T> {
         self.drain_sorted()
     }
 
-    /// The entries, best first, sorted in place: the allocation is kept for the next use
-    /// (call [`TopK::clear`] before reusing the selection).
+    /// The entries, best first, into a buffer this selection keeps for the next call (call
+    /// [`TopK::clear`] before reusing the selection).
     pub fn sorted(&mut self) -> &[Scored<T>] {
-        if self.buf.len() > self.k {
+        if self.scores.len() > self.k {
             self.compact();
         }
-        self.buf.sort_unstable_by(|a, b| a.cmp_key(b));
-        &self.buf
+        // Sort by (score, position) as integers, then order runs of equal scores by payload.
+        self.keys.clear();
+        self.keys.extend(
+            self.scores
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| (order_key(s) as u64) << 32 | i as u64),
+        );
+        self.keys.sort_unstable();
+        self.out.clear();
+        self.out.extend(self.keys.iter().map(|&key| {
+            let i = key as u32 as usize;
+            Scored {
+                score: self.scores[i],
+                item: self.items[i],
+            }
+        }));
+        let mut start = 0;
+        while start < self.out.len() {
+            let key = self.keys[start] >> 32;
+            let mut end = start + 1;
+            while end < self.out.len() && self.keys[end] >> 32 == key {
+                end += 1;
+            }
+            if end - start > 1 {
+                self.out[start..end].sort_unstable_by(|a, b| a.item.cmp(&b.item));
+            }
+            start = end;
+        }
+        &self.out
     }
 
     /// The entries, best first, leaving this selection empty.
     pub fn drain_sorted(&mut self) -> Vec<Scored<T>> {
-        let mut v = std::mem::take(&mut self.buf);
-        v.sort_unstable_by(|a, b| a.cmp_key(b));
-        v.truncate(self.k);
-        self.threshold = f32::INFINITY;
-        v
+        self.sorted();
+        let out = std::mem::take(&mut self.out);
+        self.clear();
+        out
     }
 }
 
@@ -217,6 +300,26 @@ mod tests {
             let mut want: Vec<(f32, u32)> = scores.iter().enumerate().map(|(i, s)| (*s, i as u32)).collect();
             want.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
             want.truncate(k);
+            prop_assert_eq!(got, want);
+        }
+
+        /// Many ties (scores from a handful of values, including ±0 and ±∞), payloads in any
+        /// order: the selection is still (score in `total_cmp` order, then payload).
+        #[test]
+        fn ties_and_signed_zeros_follow_total_order(
+            picks in proptest::collection::vec((0usize..6, 0u64..1000), 0..300),
+            k in 1usize..40,
+        ) {
+            let values = [-0.0f32, 0.0, 1.5, -2.0, f32::INFINITY, f32::NEG_INFINITY];
+            let mut t = TopK::new(k);
+            for &(v, item) in &picks {
+                t.push(values[v], item);
+            }
+            let got: Vec<(u32, u64)> = t.sorted().iter().map(|e| (e.score.to_bits(), e.item)).collect();
+            let mut want: Vec<(f32, u64)> = picks.iter().map(|&(v, i)| (values[v], i)).collect();
+            want.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            want.truncate(k);
+            let want: Vec<(u32, u64)> = want.iter().map(|&(s, i)| (s.to_bits(), i)).collect();
             prop_assert_eq!(got, want);
         }
     }

@@ -197,17 +197,12 @@ impl Backend for CpuBackend {
         let nq = queries.len() / p.index.dim();
         let (m, ksub) = (pq.m(), pq.ksub());
         let mut values = vec![0f32; nq * m * ksub];
-        pq.inner_product_tables(queries, &mut values);
         let factor = if p.index.metric().is_inner_product() {
             -1.0
         } else {
             -2.0
         };
-        if nq == 1 {
-            values.iter_mut().for_each(|v| *v *= factor);
-        } else {
-            values.par_iter_mut().for_each(|v| *v *= factor);
-        }
+        pq.scaled_inner_product_tables(queries, factor, &mut values);
         Ok(LookupTables { m, ksub, values })
     }
 

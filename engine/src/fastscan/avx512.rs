@@ -81,3 +81,46 @@ pub unsafe fn block_sums(block: &[u8], table: &[u8], out: &mut [u16; BLOCK], qth
     unsafe { _mm512_storeu_si512(out.as_mut_ptr() as *mut _, sums) };
     _mm512_cmple_epu16_mask(sums, _mm512_set1_epi16(qthr as i16))
 }
+
+/// [`super::QuantizedTable::quantize`]'s arithmetic, one 16-entry row per register: writes
+/// `out` and returns `(base, scale)`. The same operations in the same order as the portable
+/// path (min and max are exact in any order): bit-exact with it.
+/// # Safety: the CPU must support AVX-512F/BW; `table.len()` is a multiple of 16 and
+/// `out.len() >= table.len()`.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn quantize(table: &[f32], bias: f32, out: &mut [u8]) -> (f32, f32) {
+    debug_assert!(table.len().is_multiple_of(16) && out.len() >= table.len());
+    let rows = table.len() / 16;
+    // SAFETY (all loads and stores below): row `r` spans 16 values of `table` and 16 bytes of
+    // `out`, inside both for `r < rows`.
+    let row = |r: usize| unsafe { _mm512_loadu_ps(table.as_ptr().add(r * 16)) };
+    let mut base = bias;
+    let mut max_range = 0f32;
+    for r in 0..rows {
+        let v = row(r);
+        let (lo, hi) = (_mm512_reduce_min_ps(v), _mm512_reduce_max_ps(v));
+        base += lo;
+        max_range = max_range.max(hi - lo);
+    }
+    let scale = if max_range > 0.0 {
+        255.0 / max_range
+    } else {
+        1.0
+    };
+    let (vscale, half, zero, top) = (
+        _mm512_set1_ps(scale),
+        _mm512_set1_ps(0.5),
+        _mm512_setzero_ps(),
+        _mm512_set1_ps(255.0),
+    );
+    for r in 0..rows {
+        let v = row(r);
+        let lo = _mm512_set1_ps(_mm512_reduce_min_ps(v));
+        let y = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(v, lo), vscale), half);
+        // max(y, 0) maps NaN to 0 (the second operand), as the portable path does.
+        let y = _mm512_min_ps(_mm512_max_ps(y, zero), top);
+        let bytes = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(y));
+        unsafe { _mm_storeu_si128(out.as_mut_ptr().add(r * 16) as *mut _, bytes) };
+    }
+    (base, scale)
+}

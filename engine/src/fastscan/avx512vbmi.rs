@@ -88,7 +88,7 @@ pub unsafe fn block_sums<const Q: usize>(
     qthr: [u16; Q],
 ) -> [u32; Q] {
     let len = tables[0].len();
-    debug_assert!(len % 64 == 0 && len <= 256 * 16 && block.len() >= len);
+    debug_assert!(len.is_multiple_of(64) && len <= 256 * 16 && block.len() >= len);
     debug_assert!(tables.iter().all(|t| t.len() == len));
     // SAFETY: 64-byte unaligned loads of 64-byte arrays.
     let c = unsafe {

@@ -91,6 +91,22 @@ impl QuantizedTable {
 
     /// Quantizes a float table (`M × 16`) whose sums are offset by `bias`.
     pub fn quantize(&mut self, table: &[f32], bias: f32) {
+        self.quantize_at(crate::simd::level(), table, bias);
+    }
+
+    /// [`QuantizedTable::quantize`] at a given SIMD level (bit-exact at every level).
+    pub fn quantize_at(&mut self, level: Level, table: &[f32], bias: f32) {
+        assert_eq!(table.len(), self.values.len(), "table size");
+        #[cfg(target_arch = "x86_64")]
+        if level >= Level::Avx512 {
+            // SAFETY: the level comes from `simd::level()`/`available()`: the CPU has
+            // AVX-512F/BW; the lengths are equal multiples of 16 (`M × 16`).
+            let (base, scale) = unsafe { avx512::quantize(table, bias, &mut self.values) };
+            self.base = base;
+            self.scale = scale;
+            return;
+        }
+        let _ = level;
         let mut base = bias;
         let mut max_range = 0f32;
         for t in table.chunks_exact(16) {
@@ -229,7 +245,7 @@ pub fn block_sums_for<const Q: usize>(
     assert!(block.len() >= len, "block too short");
     let m = len / 16;
     #[cfg(target_arch = "x86_64")]
-    if level == Level::Avx512Vbmi && len % 16 == 0 && m.is_multiple_of(4) && m <= 256 {
+    if level == Level::Avx512Vbmi && len.is_multiple_of(16) && m.is_multiple_of(4) && m <= 256 {
         // SAFETY: the level comes from `simd::level()`/`available()`; lengths checked above.
         return unsafe { avx512vbmi::block_sums::<Q>(block, tables, out, qthr) };
     }
@@ -504,5 +520,34 @@ mod tests {
         assert!((q.score(qsum) - exact).abs() <= m as f32 * 0.5 / q.scale + 1e-4);
         assert!(q.qthreshold(q.score(qsum) + 1e-3) >= qsum);
         assert_eq!(q.qthreshold(f32::INFINITY), u16::MAX);
+    }
+
+    /// Table quantization gives the same bytes, base and scale at every SIMD level, including
+    /// constant rows and non-finite entries.
+    #[test]
+    fn quantization_is_bit_exact_at_every_level() {
+        let mut rng = ChaCha8Rng::seed_from_u64(6);
+        for m in [1, 2, 8, 96] {
+            let mut table: Vec<f32> = (0..m * 16)
+                .map(|_| rng.random_range(-3.0f32..3.0))
+                .collect();
+            if m > 2 {
+                table[..16].fill(0.25); // a constant row
+                table[20] = f32::NAN;
+            }
+            let mut want = QuantizedTable::new(m);
+            want.quantize_at(Level::Scalar, &table, -0.75);
+            for level in crate::simd::available() {
+                let mut got = QuantizedTable::new(m);
+                got.quantize_at(level, &table, -0.75);
+                assert_eq!(got.values, want.values, "{level:?} m = {m}");
+                assert_eq!(got.base.to_bits(), want.base.to_bits(), "{level:?} m = {m}");
+                assert_eq!(
+                    got.scale.to_bits(),
+                    want.scale.to_bits(),
+                    "{level:?} m = {m}"
+                );
+            }
+        }
     }
 }
