@@ -200,7 +200,7 @@ impl<T: Copy + Ord> TopK<T> {
                 end += 1;
             }
             if end - start > 1 {
-                self.out[start..end].sort_unstable_by(|a, b| a.item.cmp(&b.item));
+                self.out[start..end].sort_unstable_by_key(|a| a.item);
             }
             start = end;
         }
