@@ -1,6 +1,7 @@
 //! The index file: one versioned file holding an [`IvfPqIndex`].
 //!
-//! Layout (all integers little-endian), format version 1:
+//! Layout (all integers little-endian), format version 2 (version 1, whose codes are always
+//! residuals and whose PARAMS byte 20 is zero, still loads):
 //! ```text
 //! header   16 B   magic "QUIVERIX", format version u32, CRC32C of the previous 12 bytes u32
 //! sections        each at a 64-byte aligned offset:
@@ -41,8 +42,11 @@ pub const MAGIC: &[u8; 8] = b"QUIVERIX";
 /// Magic at the end of every index file.
 pub const FOOTER_MAGIC: &[u8; 8] = b"QVRFOOT1";
 /// The format version this build writes.
-pub const FORMAT_VERSION: u32 = 1;
-const SUPPORTED: &str = "1";
+pub const FORMAT_VERSION: u32 = 2;
+const SUPPORTED: &str = "1, 2";
+/// PARAMS byte 20 (version 2): bit 0 set when codes encode the vectors, not residuals.
+/// Version 1 files have zero there and residual codes.
+const FLAG_NOT_RESIDUAL: u8 = 1;
 const ALIGN: u64 = 64;
 const HEADER_LEN: u64 = 16;
 const FOOTER_LEN: u64 = 32;
@@ -147,6 +151,7 @@ fn encode_params(index: &IvfPqIndex, total: u64) -> [u8; PARAMS_LEN] {
     b[8..12].copy_from_slice(&(p.nlist as u32).to_le_bytes());
     b[12..16].copy_from_slice(&(p.pq_m as u32).to_le_bytes());
     b[16..20].copy_from_slice(&(p.kmeans_iterations as u32).to_le_bytes());
+    b[20] = FLAG_NOT_RESIDUAL * u8::from(!p.by_residual());
     b[24..32].copy_from_slice(&p.seed.to_le_bytes());
     b[32..40].copy_from_slice(&index.next_id().to_le_bytes());
     b[40..48].copy_from_slice(&total.to_le_bytes());
@@ -264,7 +269,7 @@ pub fn load(path: &Path) -> Result<IvfPqIndex, EngineError> {
         return Err(corrupt(format!("truncated: {len} bytes")));
     }
     let version = u32_at(b, 8);
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != 1 {
         return Err(EngineError::UnsupportedVersion {
             path: path.to_path_buf(),
             version,
@@ -373,7 +378,11 @@ pub fn load(path: &Path) -> Result<IvfPqIndex, EngineError> {
         refine,
         seed: u64_at(pb, 24),
         kmeans_iterations: u32_at(pb, 16) as usize,
+        residual: Some(pb[20] & FLAG_NOT_RESIDUAL == 0),
     };
+    if pb[20] & !FLAG_NOT_RESIDUAL != 0 || (version == 1 && pb[20] != 0) || pb[21..24] != [0; 3] {
+        return Err(corrupt(format!("unknown parameter flags {:#04x}", pb[20])));
+    }
     params
         .validate()
         .map_err(|e| corrupt(format!("invalid parameters: {e}")))?;
@@ -629,12 +638,12 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not a Quiver index"));
-        let mut v2 = good.clone();
-        v2[8] = 2;
-        std::fs::write(&bad, &v2).unwrap();
+        let mut v3 = good.clone();
+        v3[8] = 3;
+        std::fs::write(&bad, &v3).unwrap();
         assert!(matches!(
             load(&bad),
-            Err(EngineError::UnsupportedVersion { version: 2, .. })
+            Err(EngineError::UnsupportedVersion { version: 3, .. })
         ));
         assert!(matches!(
             load(&dir.path().join("missing.qvr")),

@@ -707,7 +707,8 @@ impl CudaBackend {
             let row_start = out;
             for j in 0..nprobe {
                 let l = probes.lists[q * nprobe + j] as usize;
-                let bias = probes.scores[q * nprobe + j];
+                let bias =
+                    quiver_engine::backend::list_bias(&p.index, probes.scores[q * nprobe + j]);
                 let (byte_off, gslot, len) = p.places[l];
                 let (table, offset) = if !fast {
                     (local as u32, bias)

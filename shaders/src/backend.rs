@@ -274,7 +274,7 @@ impl WgpuBackend {
             let row_start = out;
             for j in 0..nprobe {
                 let l = probes.lists[q * nprobe + j] as usize;
-                let bias = probes.scores[q * nprobe + j];
+                let bias = quiver_engine::backend::list_bias(index, probes.scores[q * nprobe + j]);
                 let place = &p.data.places[l];
                 let (table, offset) = if !fast {
                     (local as u32, bias)

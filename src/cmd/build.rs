@@ -41,6 +41,11 @@ pub struct Args {
     /// Coarse k-means iterations.
     #[arg(long, default_value_t = 20)]
     kmeans_iters: usize,
+    /// What PQ codes encode: `residual` (to the list centroid), `vector` (the vector itself;
+    /// ip and cosine only) or `auto`: residual for 8-bit codes and for l2, the vector for
+    /// 4-bit fast-scan with ip or cosine (FAISS's defaults).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "residual", "vector"])]
+    codes_of: String,
     /// The index file to write.
     #[arg(long)]
     out: PathBuf,
@@ -57,6 +62,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     params.refine = a.refine;
     params.seed = a.seed;
     params.kmeans_iterations = a.kmeans_iters;
+    params.residual = match a.codes_of.as_str() {
+        "residual" => Some(true),
+        "vector" => Some(false),
+        _ => None,
+    };
     params.validate()?;
     if a.nlist > n {
         return Err(EngineError::TooFewTrainingVectors {

@@ -38,6 +38,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         index.pq().code_size()
     );
     println!("refine          {}", p.refine.name());
+    println!(
+        "codes of        {}",
+        if p.by_residual() { "residual" } else { "vector" }
+    );
     println!("seed            {}", p.seed);
     println!(
         "list sizes      min {min}, mean {:.1}, max {max}, {empty} empty",

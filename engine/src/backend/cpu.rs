@@ -511,7 +511,7 @@ impl<'a> ListScanner<'a> {
         }
         for j in 0..probes.nprobe {
             let l = probes.lists[q * probes.nprobe + j] as usize;
-            let bias = probes.scores[q * probes.nprobe + j];
+            let bias = super::list_bias(&self.p.index, probes.scores[q * probes.nprobe + j]);
             self.scan_list(q, l, bias, top, combined, quantized);
         }
         write_candidates(top, slot_out, score_out);
@@ -561,7 +561,10 @@ impl<'a> ListScanner<'a> {
         // read and unpacked once for all of them).
         let member = |&(_, _, i): &(bool, u32, u32)| {
             let i = i as usize;
-            (i / nprobe, probes.scores[first * nprobe + i])
+            (
+                i / nprobe,
+                super::list_bias(&self.p.index, probes.scores[first * nprobe + i]),
+            )
         };
         let mut at = 0;
         while at < pairs.len() {
@@ -712,7 +715,12 @@ mod tests {
                         &mut recon,
                     );
                     let c = &idx.centroids()[slot.list as usize * dim..][..dim];
-                    let full: Vec<f32> = recon.iter().zip(c).map(|(r, c)| r + c).collect();
+                    let residual = idx.params().by_residual();
+                    let full: Vec<f32> = recon
+                        .iter()
+                        .zip(c)
+                        .map(|(r, c)| if residual { r + c } else { *r })
+                        .collect();
                     let want = metric.score(query, &full);
                     let got = cands.scores[qi * 20 + j];
                     assert!(
@@ -767,7 +775,12 @@ mod tests {
                     let code = list.code(slot.offset as usize, cs, idx.layout());
                     idx.pq().decode(&code, &mut recon);
                     let c = &idx.centroids()[slot.list as usize * dim..][..dim];
-                    let full: Vec<f32> = recon.iter().zip(c).map(|(r, c)| r + c).collect();
+                    let residual = idx.params().by_residual();
+                    let full: Vec<f32> = recon
+                        .iter()
+                        .zip(c)
+                        .map(|(r, c)| if residual { r + c } else { *r })
+                        .collect();
                     let want = metric.score(&q[qi * dim..(qi + 1) * dim], &full);
                     worst =
                         worst.max((cands.scores[qi * 20 + j] - want).abs() / (1.0 + want.abs()));

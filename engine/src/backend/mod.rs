@@ -265,6 +265,19 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// The coarse term a list adds to every score of its entries: the list's coarse score when
+/// codes are residuals (the score then splits into query–centroid and query–residual parts),
+/// zero when codes encode the vectors themselves (inner-product metrics only). Every backend
+/// uses this, so their scans agree.
+#[inline]
+pub fn list_bias(index: &IvfPqIndex, coarse_score: f32) -> f32 {
+    if index.params().by_residual() {
+        coarse_score
+    } else {
+        0.0
+    }
+}
+
 /// L2 metrics: the per-list table terms `‖C_mj‖² + 2 <c_l,m, C_mj>` (`nlist × M × ksub`)
 /// that the scan adds to a query's `-2 <q_m, C_mj>` table for list `l`; `None` for
 /// inner-product metrics. Every backend uses these very values, so their scans agree.
