@@ -132,6 +132,13 @@ fn build_parameters_out_of_range() {
         ],
         "refine",
     );
+    quiver_err(
+        &[
+            "build", "--base", &b, "--metric", "l2", "--nlist", "4", "--pq", "4x4",
+            "--codes-of", "vector", "--out", &o,
+        ],
+        "need metric ip or cosine",
+    );
     assert!(
         !ds.path("x.qvr").exists(),
         "a failed build left an index behind"

@@ -1,9 +1,12 @@
-//! Index files of every released format version must keep loading. `fixtures/v1/` holds an
-//! index written by format version 1, the queries it was searched with and the answers it gave;
-//! this test loads it with today's code and expects the same answers.
+//! Index files of every released format version must keep loading. `fixtures/vN/` holds an
+//! index written by format version N, the queries it was searched with and the answers it
+//! gave; these tests load each with today's code and expect the same answers.
+//! - v1: L2, 8-bit PQ, residual codes, f16 refine.
+//! - v2: cosine, 4-bit fast-scan codes of the vectors themselves (the PARAMS flags byte that
+//!   version 2 added), f16 refine.
 //!
-//! Regenerate (only when adding a new format version, into a new folder):
-//! `cargo test --test fixture -- --ignored regenerate_v1_fixture`
+//! Regenerate only the current version's folder, when adding a new format version:
+//! `cargo test --test fixture -- --ignored regenerate_current_fixture`
 
 mod common;
 
@@ -11,12 +14,12 @@ use std::path::PathBuf;
 
 use common::{quiver_ok, read_ivecs};
 
-fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1")
+fn dir(version: u32) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/v{version}"))
 }
 
-fn search(index: &str, out: &str) {
-    let q = dir().join("queries.fvecs");
+fn search(version: u32, index: &str, out: &str) {
+    let q = dir(version).join("queries.fvecs");
     quiver_ok(&[
         "search",
         "--index",
@@ -34,35 +37,61 @@ fn search(index: &str, out: &str) {
     ]);
 }
 
-#[test]
-fn v1_fixture_loads_and_answers_as_when_written() {
-    let index = dir().join("index.qvr");
+/// Loads fixture `version`, checks `quiver info` shows `lines`, and searches it.
+fn check_fixture(version: u32, lines: &[&str]) {
+    let index = dir(version).join("index.qvr");
     let info = quiver_ok(&["info", index.to_str().unwrap()]);
-    for line in [
-        "metric          l2",
-        "dimension       16",
-        "vectors         400",
-        "nlist           4",
-        "refine          f16",
-    ] {
+    for line in lines {
         assert!(info.contains(line), "missing {line:?} in:\n{info}");
     }
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("r.ivecs");
-    search(index.to_str().unwrap(), out.to_str().unwrap());
-    assert_eq!(read_ivecs(&out), read_ivecs(&dir().join("expected.ivecs")));
+    search(version, index.to_str().unwrap(), out.to_str().unwrap());
+    assert_eq!(
+        read_ivecs(&out),
+        read_ivecs(&dir(version).join("expected.ivecs"))
+    );
     // Each query is a base row: with refine it must find itself first.
     let (k, ids) = read_ivecs(&out);
     for (q, row) in ids.chunks(k).enumerate() {
-        assert_eq!(row[0], (q * 37) as i32, "query {q}");
+        assert_eq!(row[0], (q * 37) as i32, "v{version} query {q}");
     }
 }
 
 #[test]
+fn v1_fixture_loads_and_answers_as_when_written() {
+    check_fixture(
+        1,
+        &[
+            "metric          l2",
+            "dimension       16",
+            "vectors         400",
+            "nlist           4",
+            "refine          f16",
+            "codes of        residual",
+        ],
+    );
+}
+
+#[test]
+fn v2_fixture_loads_and_answers_as_when_written() {
+    check_fixture(
+        2,
+        &[
+            "metric          cosine",
+            "vectors         400",
+            "4 bits",
+            "codes of        vector",
+        ],
+    );
+}
+
+#[test]
 #[ignore = "writes the checked-in fixture; run only when creating a new format version"]
-fn regenerate_v1_fixture() {
+fn regenerate_current_fixture() {
     use quiver_engine::io::{write_f32, ElementType};
-    let d = dir();
+    let version = quiver_engine::persist::FORMAT_VERSION;
+    let d = dir(version);
     std::fs::create_dir_all(&d).unwrap();
     let g = quiver_engine::synth::ClusteredGaussian::new(16, 8, 0.3, 5);
     write_f32(d.join("base.fvecs"), 16, ElementType::F32, &g.rows(0, 400)).unwrap();
@@ -74,11 +103,11 @@ fn regenerate_v1_fixture() {
         "--base",
         base.to_str().unwrap(),
         "--metric",
-        "l2",
+        "cosine",
         "--nlist",
         "4",
         "--pq",
-        "4",
+        "8x4",
         "--refine",
         "f16",
         "--seed",
@@ -88,6 +117,7 @@ fn regenerate_v1_fixture() {
     ]);
     std::fs::remove_file(&base).unwrap();
     search(
+        version,
         index.to_str().unwrap(),
         d.join("expected.ivecs").to_str().unwrap(),
     );
