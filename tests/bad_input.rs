@@ -134,8 +134,19 @@ fn build_parameters_out_of_range() {
     );
     quiver_err(
         &[
-            "build", "--base", &b, "--metric", "l2", "--nlist", "4", "--pq", "4x4",
-            "--codes-of", "vector", "--out", &o,
+            "build",
+            "--base",
+            &b,
+            "--metric",
+            "l2",
+            "--nlist",
+            "4",
+            "--pq",
+            "4x4",
+            "--codes-of",
+            "vector",
+            "--out",
+            &o,
         ],
         "need metric ip or cosine",
     );

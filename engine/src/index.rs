@@ -645,7 +645,10 @@ mod tests {
         l2.residual = Some(false);
         assert!(matches!(
             l2.validate(),
-            Err(EngineError::InvalidParameter { name: "residual", .. })
+            Err(EngineError::InvalidParameter {
+                name: "residual",
+                ..
+            })
         ));
     }
 

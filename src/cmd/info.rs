@@ -40,7 +40,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     println!("refine          {}", p.refine.name());
     println!(
         "codes of        {}",
-        if p.by_residual() { "residual" } else { "vector" }
+        if p.by_residual() {
+            "residual"
+        } else {
+            "vector"
+        }
     );
     println!("seed            {}", p.seed);
     println!(

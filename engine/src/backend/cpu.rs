@@ -690,6 +690,17 @@ mod tests {
         (Arc::new(idx), g.rows(2000, 25))
     }
 
+    /// A decoded code as a vector: plus its list's centroid when codes are residuals.
+    fn with_centroid(idx: &IvfPqIndex, list: u32, decoded: &[f32]) -> Vec<f32> {
+        let dim = idx.dim();
+        let c = &idx.centroids()[list as usize * dim..][..dim];
+        if idx.params().by_residual() {
+            decoded.iter().zip(c).map(|(r, c)| r + c).collect()
+        } else {
+            decoded.to_vec()
+        }
+    }
+
     /// The scan's approximate score equals the distance to the PQ reconstruction, computed
     /// directly (this pins the L2 table decomposition and the IP bias term).
     #[test]
@@ -714,13 +725,7 @@ mod tests {
                         &list.codes.as_slice()[slot.offset as usize * cs..][..cs],
                         &mut recon,
                     );
-                    let c = &idx.centroids()[slot.list as usize * dim..][..dim];
-                    let residual = idx.params().by_residual();
-                    let full: Vec<f32> = recon
-                        .iter()
-                        .zip(c)
-                        .map(|(r, c)| if residual { r + c } else { *r })
-                        .collect();
+                    let full = with_centroid(&idx, slot.list, &recon);
                     let want = metric.score(query, &full);
                     let got = cands.scores[qi * 20 + j];
                     assert!(
@@ -774,13 +779,7 @@ mod tests {
                     let list = &idx.lists()[slot.list as usize];
                     let code = list.code(slot.offset as usize, cs, idx.layout());
                     idx.pq().decode(&code, &mut recon);
-                    let c = &idx.centroids()[slot.list as usize * dim..][..dim];
-                    let residual = idx.params().by_residual();
-                    let full: Vec<f32> = recon
-                        .iter()
-                        .zip(c)
-                        .map(|(r, c)| if residual { r + c } else { *r })
-                        .collect();
+                    let full = with_centroid(&idx, slot.list, &recon);
                     let want = metric.score(&q[qi * dim..(qi + 1) * dim], &full);
                     worst =
                         worst.max((cands.scores[qi * 20 + j] - want).abs() / (1.0 + want.abs()));

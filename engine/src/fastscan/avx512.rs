@@ -102,11 +102,7 @@ pub unsafe fn quantize(table: &[f32], bias: f32, out: &mut [u8]) -> (f32, f32) {
         base += lo;
         max_range = max_range.max(hi - lo);
     }
-    let scale = if max_range > 0.0 {
-        255.0 / max_range
-    } else {
-        1.0
-    };
+    let scale = super::scale_for_range(max_range);
     let (vscale, half, zero, top) = (
         _mm512_set1_ps(scale),
         _mm512_set1_ps(0.5),

@@ -114,11 +114,7 @@ impl QuantizedTable {
             base += lo;
             max_range = max_range.max(hi - lo);
         }
-        let scale = if max_range > 0.0 {
-            255.0 / max_range
-        } else {
-            1.0
-        };
+        let scale = scale_for_range(max_range);
         for (t, q) in table.chunks_exact(16).zip(self.values.chunks_exact_mut(16)) {
             let lo = min_max16(t).0;
             let mut v = [0i32; 16];
@@ -163,6 +159,16 @@ impl QuantizedTable {
         } else {
             q as u16 + 1
         }
+    }
+}
+
+/// The quantization scale for the widest table row's range: 255 units across it.
+#[inline]
+fn scale_for_range(max_range: f32) -> f32 {
+    if max_range > 0.0 {
+        255.0 / max_range
+    } else {
+        1.0
     }
 }
 
