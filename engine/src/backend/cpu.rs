@@ -458,8 +458,11 @@ impl<'a> ListScanner<'a> {
         }
         let Ok(tops) = ctx.tops.get_disjoint_mut(locals) else {
             // A query listed twice for one list (probes not from this backend): one by one.
-            for member in members {
-                self.scan_group::<1>(ctx, [member]);
+            // (A single member is always disjoint: local indices are below the chunk size.)
+            if Q > 1 {
+                for member in members {
+                    self.scan_group::<1>(ctx, [member]);
+                }
             }
             return;
         };
