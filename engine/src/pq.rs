@@ -257,16 +257,9 @@ impl ProductQuantizer {
             "inner_product_tables: output size"
         );
         if nq < SMALL_TABLE_BATCH || ksub <= 16 {
+            let level = crate::simd::level();
             let one = |(q, table): (&[f32], &mut [f32])| {
-                tables::one_query(
-                    crate::simd::level(),
-                    q,
-                    &self.transposed,
-                    dsub,
-                    ksub,
-                    factor,
-                    table,
-                )
+                tables::one_query(level, q, &self.transposed, dsub, ksub, factor, table)
             };
             if nq < SMALL_TABLE_BATCH {
                 queries

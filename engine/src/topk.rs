@@ -108,6 +108,7 @@ impl<T: Copy + Ord> TopK<T> {
             // kept by advancing: no unpredictable branch), and collect the payloads tied with
             // it; the lowest of those fill the remaining places.
             self.ties.clear();
+            let mut kth_score = f32::NAN;
             let mut w = 0;
             for r in 0..n {
                 let (score, item) = (self.scores[r], self.items[r]);
@@ -117,13 +118,13 @@ impl<T: Copy + Ord> TopK<T> {
                 w += (key < kth) as usize;
                 if key == kth {
                     self.ties.push(item);
+                    kth_score = score;
                 }
             }
             let need = k - w;
             if self.ties.len() > need {
                 self.ties.select_nth_unstable(need - 1);
             }
-            let kth_score = self.scores_of_key(kth);
             self.scores.truncate(w);
             self.items.truncate(w);
             for &item in &self.ties[..need] {
@@ -138,16 +139,6 @@ impl<T: Copy + Ord> TopK<T> {
                 .copied()
                 .fold(f32::NEG_INFINITY, f32::max);
         }
-    }
-
-    /// The score whose order key is `key` (the inverse of [`order_key`]).
-    #[inline]
-    fn scores_of_key(&self, key: u32) -> f32 {
-        f32::from_bits(if key >> 31 == 1 {
-            key & 0x7FFF_FFFF
-        } else {
-            !key
-        })
     }
 
     /// Clears the selection, keeping its allocation.

@@ -213,9 +213,8 @@ pub fn block_sums_at(
         // AVX-512F/BW/VBMI/VNNI; the table is `m × 16` bytes, a multiple of 64.
         #[cfg(target_arch = "x86_64")]
         Level::Avx512Vbmi if m.is_multiple_of(4) && m <= 256 => unsafe {
-            let mut sums = [[0u16; BLOCK]];
-            let [mask] = avx512vbmi::block_sums::<1>(block, [table], &mut sums, [qthr]);
-            *out = sums[0];
+            let [mask] =
+                avx512vbmi::block_sums::<1>(block, [table], std::array::from_mut(out), [qthr]);
             mask
         },
         // SAFETY: as above, the CPU has AVX-512F/BW.
