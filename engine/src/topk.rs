@@ -207,6 +207,41 @@ impl<T: Copy + Ord> TopK<T> {
     }
 }
 
+/// The shape of the GPU backends' WarpSelect-style top-k (`topk.wgsl`, `topk.cu`) for one
+/// `keep`: the warp queue's length, each lane's thread-queue length and the chunk a warp reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WarpSelectShape {
+    /// Warp queue entries K: a power of two, at least 64 and at least `keep`.
+    pub queue: usize,
+    /// Thread-queue entries per lane T: `min(8, K / 32)`, so the 32·T staged entries fit the
+    /// queue's tail when they are merged.
+    pub thread_queue: usize,
+    /// Entries of a row one warp selects from in a round (rows shrink by `chunk / keep` or
+    /// more per round).
+    pub chunk: usize,
+}
+
+impl WarpSelectShape {
+    /// Lanes of a warp.
+    pub const LANES: usize = 32;
+
+    /// The shape for selecting `keep` entries per row (`keep ≥ 1`).
+    pub fn for_keep(keep: usize) -> WarpSelectShape {
+        let queue = keep.max(64).next_power_of_two();
+        WarpSelectShape {
+            queue,
+            thread_queue: (queue / Self::LANES).min(8),
+            chunk: (queue * 8).max(8192),
+        }
+    }
+
+    /// Workgroup (shared) memory a warp uses: the queue and the staging area, 12 bytes per
+    /// entry (f32 score, two u32 payload words).
+    pub fn shared_bytes(&self) -> usize {
+        (self.queue + Self::LANES * self.thread_queue) * 12
+    }
+}
+
 /// One chunk of a device top-k round: `len` entries from `src` sorted, the best `keep`
 /// written at `dst` (the layout of `Chunk` in `shaders/wgsl/topk.wgsl` and `kernels/cuda/topk.cu`).
 #[repr(C)]
@@ -226,6 +261,7 @@ pub struct RoundChunk {
 /// are cut into chunks of at most `chunk` entries, each keeping its best `keep`; returns the
 /// chunks and the rows' (first entry, length) in the round's output. With `keep <= chunk / 2`
 /// every row at least halves, so rounds end when every row fits one chunk.
+/// ([`WarpSelectShape::chunk`] is at least 8 × `keep`.)
 pub fn plan_round(
     spans: &[(usize, usize)],
     keep: usize,
@@ -389,6 +425,20 @@ mod tests {
         assert_eq!(covered, 2510);
         let (_, again) = plan_round(&out, 100, 1024);
         assert_eq!(again, vec![(0, 100), (100, 10), (110, 0)]);
+    }
+
+    #[test]
+    fn warp_select_shapes_fit_their_merge_and_shrink_rows() {
+        for keep in [1, 10, 63, 64, 65, 100, 128, 500, 1024, 1025, 2048] {
+            let s = WarpSelectShape::for_keep(keep);
+            assert!(s.queue.is_power_of_two() && s.queue >= keep.max(64), "{keep}: {s:?}");
+            assert!(s.queue < 2 * keep.max(64), "{keep}: {s:?}");
+            assert!((2..=8).contains(&s.thread_queue), "{keep}: {s:?}");
+            assert!(WarpSelectShape::LANES * s.thread_queue <= s.queue, "{keep}: {s:?}");
+            assert!(s.chunk >= 8 * s.queue, "{keep}: {s:?}");
+        }
+        assert_eq!(WarpSelectShape::for_keep(1024).shared_bytes(), 15_360);
+        assert_eq!(WarpSelectShape::for_keep(2048).shared_bytes(), 27_648);
     }
 
     #[test]

@@ -19,8 +19,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
-    ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PinnedHostSlice,
+    PushKernelArg, ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
 use quiver_engine::backend::{
@@ -28,18 +28,22 @@ use quiver_engine::backend::{
 };
 use quiver_engine::fastscan::QuantizedTable;
 use quiver_engine::list::{CodeLayout, RawVectors};
-use quiver_engine::topk::{plan_round, select_rows, RoundChunk};
+use quiver_engine::topk::{plan_round, select_rows, WarpSelectShape};
 use quiver_engine::{EngineError, IvfPqIndex, RefineKind};
 
 use crate::compile::{compile_ptx, CompileError};
 use crate::probe::{cuda_availability, CudaAvailability};
 use crate::sources::{Kernel, KERNELS};
+use crate::transfer::{Fetched, Transfers};
 
-/// Entries one block sorts in the top-k kernels: 1,024 for `keep ≤ 512`, 4,096 (48 KiB of
-/// shared memory) for `keep ≤ 2,048`; above that the host selects (see `cuda/topk.cu`).
-const CHUNK: usize = 1024;
-const BIG_CHUNK: usize = 4096;
-const MAX_GPU_KEEP: usize = BIG_CHUNK / 2;
+/// Largest `keep` the WarpSelect-style kernel selects on the device (a 2,048-entry warp
+/// queue, 27 KiB of shared memory); above it the host selects (see `cuda/topk.cu`).
+pub const MAX_GPU_KEEP: usize = 2048;
+
+/// Bytes of score rows (and tables) a tile of a stage aims at: enough to fill the device,
+/// small enough that a large batch is several tiles, whose copies overlap each other's
+/// compute (two tiles are in flight; see `transfer.rs`).
+const PIPELINE_TILE_BYTES: usize = 64 << 20;
 
 /// Why the CUDA backend is not available or failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +57,9 @@ pub enum CudaError {
     /// The driver reported an error.
     #[error("CUDA driver error: {0}")]
     Driver(String),
+    /// Arguments that do not fit together.
+    #[error("invalid input: {0}")]
+    Invalid(String),
     /// A size beyond what this backend addresses.
     #[error("{what} is {got}, beyond the CUDA backend's limit of {max}")]
     TooLarge {
@@ -83,20 +90,9 @@ struct Pay {
     hi: u32,
     lo: u32,
 }
-// SAFETY: plain-old-data, the layout of CUDA's uint2.
-unsafe impl DeviceRepr for Pay {}
-// SAFETY: all-zero bits are a valid value.
-unsafe impl ValidAsZeroBits for Pay {}
 
-/// `struct Chunk` of cuda/topk.cu.
-#[repr(transparent)]
-#[derive(Debug, Clone, Copy)]
-struct Chunk(RoundChunk);
-// SAFETY: plain-old-data (four u32) matching `struct Chunk` in cuda/topk.cu.
-unsafe impl DeviceRepr for Chunk {}
-// SAFETY: all-zero bits are a valid value.
-unsafe impl ValidAsZeroBits for Chunk {}
-
+/// One (query, list) work item of the scans: `struct ScanItem` in cuda/scan8.cu and
+/// cuda/scan4.cu (staged as plain words).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct ScanItem {
@@ -109,11 +105,8 @@ struct ScanItem {
     bias: f32,
     pad: u32,
 }
-// SAFETY: plain-old-data matching `struct ScanItem` in cuda/scan8.cu and cuda/scan4.cu.
-unsafe impl DeviceRepr for ScanItem {}
-// SAFETY: all-zero bits are a valid value.
-unsafe impl ValidAsZeroBits for ScanItem {}
 
+/// One candidate of refine: `struct RefineItem` in cuda/refine.cu (staged as plain words).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct RefineItem {
@@ -122,22 +115,17 @@ struct RefineItem {
     out: u32,
     pad: u32,
 }
-// SAFETY: plain-old-data matching `struct RefineItem` in cuda/refine.cu.
-unsafe impl DeviceRepr for RefineItem {}
-// SAFETY: all-zero bits are a valid value.
-unsafe impl ValidAsZeroBits for RefineItem {}
 
 /// One row's selection, best first: scores and payloads.
 type Selected = (Vec<f32>, Vec<Pay>);
 
 /// The CUDA backend on one device.
 pub struct CudaBackend {
-    /// The context's default stream (it keeps the context alive).
-    stream: Arc<CudaStream>,
+    /// The compute and copy streams (they keep the context alive) and pinned buffers.
+    io: Transfers,
     name: String,
     coarse: CudaFunction,
-    topk: CudaFunction,
-    topk_4096: CudaFunction,
+    warp_select: CudaFunction,
     tables: CudaFunction,
     scan8: CudaFunction,
     scan4: CudaFunction,
@@ -252,10 +240,9 @@ impl CudaBackend {
                 .ok_or_else(|| CudaError::Driver(format!("kernel {n} missing")))
         };
         Ok(CudaBackend {
-            stream: ctx.default_stream(),
+            io: Transfers::new(&ctx)?,
             coarse: take("coarse_distances")?,
-            topk: take("topk_chunks")?,
-            topk_4096: take("topk_chunks_4096")?,
+            warp_select: take("warp_select")?,
             tables: take("lookup_tables")?,
             scan8: take("scan8")?,
             scan4: take("scan4")?,
@@ -278,79 +265,130 @@ impl CudaBackend {
             // No zero-byte allocations: one zeroed element.
             return self.zeros(1);
         }
-        self.stream.clone_htod(data).map_err(driver)
+        self.io.compute.clone_htod(data).map_err(driver)
     }
 
     fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>, CudaError> {
-        self.stream.alloc_zeros::<T>(n.max(1)).map_err(driver)
+        self.io.compute.alloc_zeros::<T>(n.max(1)).map_err(driver)
     }
 
     fn download<T: DeviceRepr + Default + Clone>(
         &self,
         s: &CudaSlice<T>,
     ) -> Result<Vec<T>, CudaError> {
-        self.stream.clone_dtoh(s).map_err(driver)
+        self.io.compute.clone_dtoh(s).map_err(driver)
     }
 
-    /// Each row's best `keep` (score, payload) entries, best first: top-k rounds on the
-    /// device while `keep ≤ 2,048`, the engine's top-k on the host above.
-    fn select(
+    /// Each row's best `keep` (score, payload) entries selected by the top-k kernel, best
+    /// first: the selection alone, as a search runs it (device rounds up to
+    /// [`MAX_GPU_KEEP`], the host above), for tests and benchmarks. Rows are (first entry,
+    /// length) spans of `scores` and `payloads`.
+    pub fn select_rows(
         &self,
-        scores: CudaSlice<f32>,
-        payloads: CudaSlice<Pay>,
+        scores: &[f32],
+        payloads: &[u64],
+        spans: &[(usize, usize)],
+        keep: usize,
+    ) -> Result<Vec<Vec<(f32, u64)>>, CudaError> {
+        let bad = |what: String| CudaError::Invalid(what);
+        if scores.len() != payloads.len() {
+            return Err(bad(format!(
+                "{} scores but {} payloads",
+                scores.len(),
+                payloads.len()
+            )));
+        }
+        if let Some(&(s, n)) = spans.iter().find(|&&(s, n)| s + n > scores.len()) {
+            return Err(bad(format!(
+                "row ({s}, {n}) past the {} entries",
+                scores.len()
+            )));
+        }
+        if scores.len() > u32::MAX as usize {
+            return Err(CudaError::TooLarge {
+                what: "top-k entries",
+                got: scores.len() as u64,
+                max: u64::from(u32::MAX),
+            });
+        }
+        let pays: Vec<Pay> = payloads
+            .iter()
+            .map(|&p| Pay {
+                hi: (p >> 32) as u32,
+                lo: p as u32,
+            })
+            .collect();
+        let s = self.upload(bytemuck::cast_slice::<f32, u32>(scores))?;
+        let p = self.upload(bytemuck::cast_slice::<Pay, u32>(&pays))?;
+        let mut held = Vec::new();
+        let pending = self.select_submit(s, p, spans.to_vec(), keep, &mut held)?;
+        let selected = pending.finish()?;
+        pending.release(&self.io, held);
+        Ok(selected
+            .into_iter()
+            .map(|(s, p)| {
+                s.into_iter()
+                    .zip(p)
+                    .map(|(s, p)| (s, u64::from(p.hi) << 32 | u64::from(p.lo)))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Records each row's selection of its best `keep` (score, payload) entries on the
+    /// compute stream and starts copying the result back: top-k rounds on the device while
+    /// `keep ≤ 2,048`; above that the whole rows come back, for the engine's top-k on the
+    /// host. `scores` holds one f32 word per entry, `payloads` two words (`uint2`).
+    fn select_submit(
+        &self,
+        scores: CudaSlice<u32>,
+        payloads: CudaSlice<u32>,
         spans: Vec<(usize, usize)>,
         keep: usize,
-    ) -> Result<Vec<Selected>, CudaError> {
+        held: &mut Vec<PinnedHostSlice<u32>>,
+    ) -> Result<PendingSelect, CudaError> {
         if keep > MAX_GPU_KEEP {
-            let s = self.download(&scores)?;
-            let p = self.download(&payloads)?;
-            let payload = |i: usize| u64::from(p[i].hi) << 32 | u64::from(p[i].lo);
-            return Ok(select_rows(&s, payload, &spans, keep)
-                .into_iter()
-                .map(|row| {
-                    (
-                        row.iter().map(|e| e.score).collect(),
-                        row.iter()
-                            .map(|e| Pay {
-                                hi: (e.item >> 32) as u32,
-                                lo: e.item as u32,
-                            })
-                            .collect(),
-                    )
-                })
-                .collect());
+            return Ok(PendingSelect {
+                scores: self.io.fetch(&scores)?,
+                payloads: self.io.fetch(&payloads)?,
+                spans,
+                host_keep: Some(keep),
+            });
         }
         let keep = keep.max(1);
-        let (chunk_len, kernel) = if keep <= CHUNK / 2 {
-            (CHUNK, &self.topk)
-        } else {
-            (BIG_CHUNK, &self.topk_4096)
-        };
+        let shape = WarpSelectShape::for_keep(keep);
         let (mut cur_s, mut cur_p, mut cur_spans) = (scores, payloads, spans);
         loop {
-            let last = cur_spans.iter().all(|&(_, len)| len <= chunk_len);
-            let (chunks, spans) = plan_round(&cur_spans, keep, chunk_len);
+            let last = cur_spans.iter().all(|&(_, len)| len <= shape.chunk);
+            let (chunks, spans) = plan_round(&cur_spans, keep, shape.chunk);
             let dst: usize = spans.last().map_or(0, |&(s, n)| s + n);
-            let mut out_s = self.zeros::<f32>(dst)?;
-            let mut out_p = self.zeros::<Pay>(dst)?;
+            let mut out_s = self.zeros::<u32>(dst)?;
+            let mut out_p = self.zeros::<u32>(2 * dst)?;
             if !chunks.is_empty() {
-                let chunks: Vec<Chunk> = chunks.into_iter().map(Chunk).collect();
-                let table = self.upload(&chunks)?;
-                let n = chunks.len() as u32;
+                let table = self.io.stage(&chunks, held)?;
+                let (n, k, t) = (
+                    chunks.len() as u32,
+                    shape.queue as u32,
+                    shape.thread_queue as u32,
+                );
+                // One warp per block: the warp queue and staging area in shared memory.
                 let cfg = LaunchConfig {
                     grid_dim: grid(chunks.len()),
-                    block_dim: (256, 1, 1),
-                    shared_mem_bytes: 0,
+                    block_dim: (WarpSelectShape::LANES as u32, 1, 1),
+                    shared_mem_bytes: shape.shared_bytes() as u32,
                 };
-                let mut b = self.stream.launch_builder(kernel);
+                let mut b = self.io.compute.launch_builder(&self.warp_select);
                 b.arg(&cur_s)
                     .arg(&cur_p)
                     .arg(&table)
                     .arg(&mut out_s)
                     .arg(&mut out_p)
-                    .arg(&n);
-                // SAFETY: argument types and order match `topk_chunks[_4096]`; every chunk reads
-                // inside its input row and writes inside its output span.
+                    .arg(&n)
+                    .arg(&k)
+                    .arg(&t);
+                // SAFETY: argument types and order match `warp_select` (`Chunk` is four u32
+                // words); every chunk reads inside its input row and writes inside its
+                // output span; the shared memory holds the queue and staging area of `shape`.
                 unsafe { b.launch(cfg) }.map_err(driver)?;
             }
             (cur_s, cur_p, cur_spans) = (out_s, out_p, spans);
@@ -358,12 +396,57 @@ impl CudaBackend {
                 break;
             }
         }
-        let s = self.download(&cur_s)?;
-        let p = self.download(&cur_p)?;
-        Ok(cur_spans
-            .iter()
-            .map(|&(start, n)| (s[start..start + n].to_vec(), p[start..start + n].to_vec()))
-            .collect())
+        Ok(PendingSelect {
+            scores: self.io.fetch(&cur_s)?,
+            payloads: self.io.fetch(&cur_p)?,
+            spans: cur_spans,
+            host_keep: None,
+        })
+    }
+}
+
+/// A selection whose rows are on their way back to the host.
+struct PendingSelect {
+    scores: Fetched,
+    payloads: Fetched,
+    spans: Vec<(usize, usize)>,
+    /// `Some(keep)`: the rows come back whole and are selected on the host.
+    host_keep: Option<usize>,
+}
+
+impl PendingSelect {
+    /// Waits for the copies and returns each row's entries, best first.
+    fn finish(&self) -> Result<Vec<Selected>, CudaError> {
+        let s: &[f32] = bytemuck::cast_slice(self.scores.wait()?);
+        let p: &[Pay] = bytemuck::cast_slice(self.payloads.wait()?);
+        Ok(match self.host_keep {
+            None => self
+                .spans
+                .iter()
+                .map(|&(start, n)| (s[start..start + n].to_vec(), p[start..start + n].to_vec()))
+                .collect(),
+            Some(keep) => {
+                let payload = |i: usize| u64::from(p[i].hi) << 32 | u64::from(p[i].lo);
+                select_rows(s, payload, &self.spans, keep)
+                    .into_iter()
+                    .map(|row| {
+                        (
+                            row.iter().map(|e| e.score).collect(),
+                            row.iter()
+                                .map(|e| Pay {
+                                    hi: (e.item >> 32) as u32,
+                                    lo: e.item as u32,
+                                })
+                                .collect(),
+                        )
+                    })
+                    .collect()
+            }
+        })
+    }
+
+    fn release(self, io: &Transfers, held: Vec<PinnedHostSlice<u32>>) {
+        io.release(held, vec![self.scores, self.payloads]);
     }
 }
 
@@ -546,14 +629,25 @@ impl CudaBackend {
         let (dim, nlist) = (p.index.dim(), p.index.nlist());
         let nq = queries.len() / dim;
         let nprobe = nprobe.min(nlist);
-        let rows_per_tile = (self.budget / (nlist * 12 + dim * 4)).clamp(1, 65_535 * 16);
+        let tile_bytes = self.budget.min(PIPELINE_TILE_BYTES);
+        let rows_per_tile = (tile_bytes / (nlist * 12 + dim * 4)).clamp(1, 65_535 * 16);
         let mut lists = Vec::with_capacity(nq * nprobe);
         let mut scores = Vec::with_capacity(nq * nprobe);
-        for tile in queries.chunks(rows_per_tile * dim) {
+        let mut finish = |tile: Tile| -> Result<(), CudaError> {
+            for (sc, pay) in tile.select.finish()? {
+                lists.extend(pay.iter().map(|x| x.lo));
+                scores.extend(sc);
+            }
+            tile.release(&self.io);
+            Ok(())
+        };
+        let mut in_flight = None;
+        for (t, tile) in queries.chunks(rows_per_tile * dim).enumerate() {
             let rows = tile.len() / dim;
-            let q = self.upload(tile)?;
-            let mut s = self.zeros::<f32>(rows * nlist)?;
-            let mut pl = self.zeros::<Pay>(rows * nlist)?;
+            let mut held = Vec::new();
+            let q = self.io.stage(tile, &mut held)?;
+            let mut s = self.zeros::<u32>(rows * nlist)?;
+            let mut pl = self.zeros::<u32>(2 * rows * nlist)?;
             let cfg = LaunchConfig {
                 grid_dim: (nlist.div_ceil(16) as u32, rows.div_ceil(16) as u32, 1),
                 block_dim: (16, 16, 1),
@@ -565,7 +659,7 @@ impl CudaBackend {
                 dim as u32,
                 u32::from(!p.index.metric().is_inner_product()),
             );
-            let mut b = self.stream.launch_builder(&self.coarse);
+            let mut b = self.io.compute.launch_builder(&self.coarse);
             b.arg(&q)
                 .arg(&p.centroids)
                 .arg(&p.norms)
@@ -573,13 +667,21 @@ impl CudaBackend {
                 .arg(&mut pl);
             b.arg(&nq_u).arg(&nl_u).arg(&d_u).arg(&l2);
             // SAFETY: argument types and order match `coarse_distances`; the grid covers the
-            // rows × nlist matrix, which `s` and `pl` hold.
+            // rows × nlist matrix, which `s` (f32) and `pl` (uint2) hold.
             unsafe { b.launch(cfg) }.map_err(driver)?;
             let spans = (0..rows).map(|r| (r * nlist, nlist)).collect();
-            for (sc, pay) in self.select(s, pl, spans, nprobe)? {
-                lists.extend(pay.iter().map(|x| x.lo));
-                scores.extend(sc);
+            let select = self.select_submit(s, pl, spans, nprobe, &mut held)?;
+            let next = Tile {
+                start: t * rows_per_tile,
+                select,
+                held,
+            };
+            if let Some(prev) = std::mem::replace(&mut in_flight, Some(next)) {
+                finish(prev)?;
             }
+        }
+        if let Some(last) = in_flight {
+            finish(last)?;
         }
         Ok(Probes {
             nprobe,
@@ -607,7 +709,7 @@ impl CudaBackend {
             shared_mem_bytes: 0,
         };
         let (nq_u, m_u, k_u, d_u) = (nq as u32, m as u32, ksub as u32, dsub as u32);
-        let mut b = self.stream.launch_builder(&self.tables);
+        let mut b = self.io.compute.launch_builder(&self.tables);
         b.arg(&q).arg(&p.codebook).arg(&mut out);
         b.arg(&nq_u).arg(&m_u).arg(&k_u).arg(&d_u).arg(&factor);
         // SAFETY: argument types and order match `lookup_tables`; threads past n return.
@@ -634,36 +736,49 @@ impl CudaBackend {
         let shared = fast && p.l2_terms.is_none();
         let mut slots = vec![Slot::NONE; nq * keep];
         let mut scores = vec![f32::INFINITY; nq * keep];
-        // Tiles: each query's row of (score, payload) and its tables within the budget.
+        // Tiles: each query's row of (score, payload) and its tables; two tiles in flight.
+        let tile_bytes = self.budget.min(PIPELINE_TILE_BYTES);
         let row_of = |q: usize| -> usize {
             probes.lists[q * nprobe..(q + 1) * nprobe]
                 .iter()
                 .map(|&l| p.places[l as usize].2 as usize)
                 .sum()
         };
+        let mut finish = |tile: Tile| -> Result<(), CudaError> {
+            for (local, (s, pay)) in tile.select.finish()?.into_iter().enumerate() {
+                let q = tile.start + local;
+                for (i, (score, pl)) in s.iter().zip(&pay).enumerate() {
+                    if *score == f32::INFINITY || pl.hi != 0 {
+                        break;
+                    }
+                    let (list, offset) = p.locate(pl.lo);
+                    slots[q * keep + i] = Slot { list, offset };
+                    scores[q * keep + i] = *score;
+                }
+            }
+            tile.release(&self.io);
+            Ok(())
+        };
+        let mut in_flight = None;
         let mut q0 = 0;
         while q0 < nq {
             let (mut q1, mut bytes) = (q0, 0usize);
             while q1 < nq {
                 let b = row_of(q1) * 12 + tl * 4 + nprobe * m * 16;
-                if q1 > q0 && bytes + b > self.budget {
+                if q1 > q0 && bytes + b > tile_bytes {
                     break;
                 }
                 bytes += b;
                 q1 += 1;
             }
-            self.scan_tile(
-                p,
-                probes,
-                tables,
-                keep,
-                q0..q1,
-                fast,
-                shared,
-                &mut slots,
-                &mut scores,
-            )?;
+            let next = self.scan_submit(p, probes, tables, keep, q0..q1, fast, shared)?;
+            if let Some(prev) = std::mem::replace(&mut in_flight, Some(next)) {
+                finish(prev)?;
+            }
             q0 = q1;
+        }
+        if let Some(last) = in_flight {
+            finish(last)?;
         }
         Ok(Candidates {
             per_query: keep,
@@ -672,8 +787,10 @@ impl CudaBackend {
         })
     }
 
+    /// Builds one scan tile (queries `qs`) on the host, stages its inputs, records its scan
+    /// and selection, and starts the read-back; returns without waiting.
     #[allow(clippy::too_many_arguments)]
-    fn scan_tile(
+    fn scan_submit(
         &self,
         p: &CudaPrepared,
         probes: &Probes,
@@ -682,9 +799,7 @@ impl CudaBackend {
         qs: std::ops::Range<usize>,
         fast: bool,
         shared: bool,
-        slots: &mut [Slot],
-        scores: &mut [f32],
-    ) -> Result<(), CudaError> {
+    ) -> Result<Tile, CudaError> {
         let nprobe = probes.nprobe;
         let (m, ksub) = (tables.m, tables.ksub);
         let tl = m * ksub;
@@ -741,32 +856,36 @@ impl CudaBackend {
             }
             spans.push((row_start, out - row_start));
         }
-        let mut row_s = self.zeros::<f32>(out)?;
-        let mut row_p = self.zeros::<Pay>(out)?;
+        let mut held = Vec::new();
+        let mut row_s = self.zeros::<u32>(out)?;
+        let mut row_p = self.zeros::<u32>(2 * out)?;
         if !items.is_empty() {
-            let item_buf = self.upload(&items)?;
+            let item_buf = self.io.stage(&items, &mut held)?;
             let n = items.len() as u32;
             let m_u = m as u32;
             if fast {
-                let qt = self.upload(&qbytes)?;
-                let qp = self.upload(bytemuck::cast_slice::<[f32; 2], f32>(&qparams))?;
+                let qt = self.io.stage(&qbytes, &mut held)?;
+                let qp = self.io.stage(&qparams, &mut held)?;
                 let cfg = LaunchConfig {
                     grid_dim: grid(items.len()),
                     block_dim: (256, 1, 1),
                     shared_mem_bytes: (m * 16) as u32,
                 };
-                let mut b = self.stream.launch_builder(&self.scan4);
+                let mut b = self.io.compute.launch_builder(&self.scan4);
                 b.arg(&p.codes)
                     .arg(&item_buf)
                     .arg(&qt)
                     .arg(&qp)
                     .arg(&p.dead);
                 b.arg(&mut row_s).arg(&mut row_p).arg(&m_u).arg(&n);
-                // SAFETY: argument types and order match `scan4`; items address codes and
+                // SAFETY: argument types and order match `scan4` (the staged buffers hold
+                // `ScanItem`s, u8 tables and (base, scale) pairs); items address codes and
                 // output rows built above.
                 unsafe { b.launch(cfg) }.map_err(driver)?;
             } else {
-                let t = self.upload(&tables.values[qs.start * tl..qs.end * tl])?;
+                let t = self
+                    .io
+                    .stage(&tables.values[qs.start * tl..qs.end * tl], &mut held)?;
                 let no_terms;
                 let terms = match &p.l2_terms {
                     Some((_, d)) => d,
@@ -782,34 +901,25 @@ impl CudaBackend {
                     block_dim: (256, 1, 1),
                     shared_mem_bytes: smem,
                 };
-                let mut b = self.stream.launch_builder(&self.scan8);
+                let mut b = self.io.compute.launch_builder(&self.scan8);
                 b.arg(&p.codes)
                     .arg(&item_buf)
                     .arg(&t)
                     .arg(terms)
                     .arg(&p.dead);
                 b.arg(&mut row_s).arg(&mut row_p).arg(&m_u).arg(&l2).arg(&n);
-                // SAFETY: argument types and order match `scan8`; items address codes and
-                // output rows built above; shared memory holds one table when M ≤ 48.
+                // SAFETY: argument types and order match `scan8` (the staged buffers hold
+                // `ScanItem`s and f32 tables); items address codes and output rows built
+                // above; shared memory holds one table when M ≤ 48.
                 unsafe { b.launch(cfg) }.map_err(driver)?;
             }
         }
-        for (local, (s, pay)) in self
-            .select(row_s, row_p, spans, keep)?
-            .into_iter()
-            .enumerate()
-        {
-            let q = qs.start + local;
-            for (i, (score, pl)) in s.iter().zip(&pay).enumerate() {
-                if *score == f32::INFINITY || pl.hi != 0 {
-                    break;
-                }
-                let (list, offset) = p.locate(pl.lo);
-                slots[q * keep + i] = Slot { list, offset };
-                scores[q * keep + i] = *score;
-            }
-        }
-        Ok(())
+        let select = self.select_submit(row_s, row_p, spans, keep, &mut held)?;
+        Ok(Tile {
+            start: qs.start,
+            select,
+            held,
+        })
     }
 
     fn refine_inner(
@@ -828,7 +938,23 @@ impl CudaBackend {
         let mut ids = vec![-1i64; nq * k];
         let mut distances = vec![pad; nq * k];
         let has_raw = index.params().refine != RefineKind::None;
-        let rows_per_tile = (self.budget / (per * 28 + dim * 4)).max(1);
+        let tile_bytes = self.budget.min(PIPELINE_TILE_BYTES);
+        let rows_per_tile = (tile_bytes / (per * 28 + dim * 4)).max(1);
+        let mut finish = |tile: Tile| -> Result<(), CudaError> {
+            for (r, (sc, pay)) in tile.select.finish()?.into_iter().enumerate() {
+                let q = tile.start + r;
+                for (i, (d, id)) in sc.iter().zip(&pay).enumerate() {
+                    if id.hi == u32::MAX && id.lo == u32::MAX && *d == f32::INFINITY {
+                        break;
+                    }
+                    ids[q * k + i] = (u64::from(id.hi) << 32 | u64::from(id.lo)) as i64;
+                    distances[q * k + i] = metric.reported(*d);
+                }
+            }
+            tile.release(&self.io);
+            Ok(())
+        };
+        let mut in_flight = None;
         for start in (0..nq).step_by(rows_per_tile) {
             let end = (start + rows_per_tile).min(nq);
             let n = (end - start) * per;
@@ -866,11 +992,12 @@ impl CudaBackend {
                     }
                 }
             }
-            let mut s = self.upload(&score)?;
-            let pl = self.upload(&payload)?;
+            let mut held = Vec::new();
+            let mut s = self.io.stage(&score, &mut held)?;
+            let pl = self.io.stage(&payload, &mut held)?;
             if !items.is_empty() {
-                let item_buf = self.upload(&items)?;
-                let qbuf = self.upload(&queries[start * dim..end * dim])?;
+                let item_buf = self.io.stage(&items, &mut held)?;
+                let qbuf = self.io.stage(&queries[start * dim..end * dim], &mut held)?;
                 let (d_u, f16, ip, n_u) = (
                     dim as u32,
                     u32::from(p.raw_f16),
@@ -883,25 +1010,42 @@ impl CudaBackend {
                     block_dim: (128, 1, 1),
                     shared_mem_bytes: 0,
                 };
-                let mut b = self.stream.launch_builder(&self.refine);
+                let mut b = self.io.compute.launch_builder(&self.refine);
                 b.arg(&p.raw).arg(&item_buf).arg(&qbuf).arg(&mut s);
                 b.arg(&d_u).arg(&f16).arg(&ip).arg(&n_u);
-                // SAFETY: argument types and order match `refine`; each item's vector lies in
+                // SAFETY: argument types and order match `refine` (the staged buffers hold
+                // `RefineItem`s, f32 queries and f32 scores); each item's vector lies in
                 // `raw` (global slot × dim values) and its output inside `s`.
                 unsafe { b.launch(cfg) }.map_err(driver)?;
             }
             let spans = (0..end - start).map(|r| (r * per, per)).collect();
-            for (r, (sc, pay)) in self.select(s, pl, spans, k)?.into_iter().enumerate() {
-                let q = start + r;
-                for (i, (d, id)) in sc.iter().zip(&pay).enumerate() {
-                    if id.hi == u32::MAX && id.lo == u32::MAX && *d == f32::INFINITY {
-                        break;
-                    }
-                    ids[q * k + i] = (u64::from(id.hi) << 32 | u64::from(id.lo)) as i64;
-                    distances[q * k + i] = metric.reported(*d);
-                }
+            let select = self.select_submit(s, pl, spans, k, &mut held)?;
+            let next = Tile {
+                start,
+                select,
+                held,
+            };
+            if let Some(prev) = std::mem::replace(&mut in_flight, Some(next)) {
+                finish(prev)?;
             }
         }
+        if let Some(last) = in_flight {
+            finish(last)?;
+        }
         Ok(Neighbors { k, ids, distances })
+    }
+}
+
+/// A submitted tile of a stage: its first query, its selection on the way back, and the
+/// pinned buffers its inputs were staged in.
+struct Tile {
+    start: usize,
+    select: PendingSelect,
+    held: Vec<PinnedHostSlice<u32>>,
+}
+
+impl Tile {
+    fn release(self, io: &Transfers) {
+        self.select.release(io, self.held);
     }
 }

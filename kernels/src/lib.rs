@@ -5,12 +5,14 @@
 //! [`sources`] lists the kernels; [`compile`] turns one into PTX for a GPU generation (CI
 //! compiles every kernel for `compute_80` and `compute_90` and assembles the PTX with ptxas);
 //! [`probe`] says whether a CUDA driver and device exist, without cudarc's panic when the
-//! driver library is missing.
+//! driver library is missing; [`backend`] runs the stages, with copies overlapping compute on
+//! a second stream (`transfer`).
 
 pub mod backend;
 pub mod compile;
 pub mod probe;
 pub mod sources;
+mod transfer;
 
 pub use backend::{CudaBackend, CudaError, CudaPrepared};
 pub use compile::{compile_ptx, CompileError};

@@ -23,7 +23,7 @@ pub const KERNELS: &[Kernel] = &[
     },
     Kernel {
         name: "topk",
-        entries: &["topk_chunks", "topk_chunks_4096"],
+        entries: &["warp_select"],
         source: include_str!("../cuda/topk.cu"),
         wgsl_twin: "topk.wgsl",
     },

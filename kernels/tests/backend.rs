@@ -49,3 +49,12 @@ fn no_device_is_a_clear_error() {
     let err = CudaBackend::open(0).unwrap_err().to_string();
     assert!(err.contains("CUDA backend unavailable"), "{err}");
 }
+
+#[test]
+fn top_k_selects_the_cpu_rows() {
+    let Some(b) = backend() else { return };
+    parity::top_k_selects_the_cpu_rows(&|scores, payloads, spans, keep| {
+        b.select_rows(scores, payloads, spans, keep)
+            .expect("device top-k")
+    });
+}

@@ -90,6 +90,8 @@ pub struct GpuDevice {
     pub(crate) max_binding: u64,
     /// Device memory an index's codes and raw vectors may take; larger indexes are streamed.
     memory_budget: u64,
+    /// Workgroup memory one workgroup may use, bytes (the adapter's limit).
+    pub(crate) max_workgroup_storage: u32,
     /// Mappable read-back buffers kept for reuse (sizes are powers of two).
     pub(crate) readback_pool: std::sync::Mutex<Vec<wgpu::Buffer>>,
 }
@@ -163,6 +165,7 @@ impl GpuDevice {
                 .unwrap_or(DEFAULT_MEMORY_BUDGET_MIB)
                 .saturating_mul(1 << 20),
             readback_pool: std::sync::Mutex::new(Vec::new()),
+            max_workgroup_storage: limits.max_compute_workgroup_storage_size,
             adapter,
         })
     }

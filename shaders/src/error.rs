@@ -26,6 +26,9 @@ pub enum WgpuError {
         /// The limit.
         max: u64,
     },
+    /// Arguments that do not fit together.
+    #[error("invalid input: {0}")]
+    Invalid(String),
     /// The device failed while running or reading back.
     #[error("wgpu device error: {0}")]
     Runtime(String),

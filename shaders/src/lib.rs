@@ -1,11 +1,11 @@
 //! Quiver's wgpu path: WGSL compute shaders for the search stages and the code that runs them.
 //!
-//! Built so far (the wgpu backend issue is in progress): adapter discovery and selection
-//! ([`device`]), and the first two stages of a search, each checked against the CPU reference
-//! on Mesa's lavapipe in CI: coarse search ([`coarse`]: tiled distances, then a per-query
-//! top-nprobe by the top-k kernel) and PQ lookup tables ([`tables`]). The list scan, the per-query top-k
-//! and refine follow, after which this crate implements `quiver_engine::backend::Backend`.
-//! Shader sources live in `wgsl/`, one file per kernel, each with its algorithm at the top.
+//! Adapter discovery and selection ([`device`]); every stage of a search, each checked against
+//! the CPU reference on Mesa's lavapipe in CI: coarse search ([`coarse`]: tiled distances,
+//! then a per-query top-nprobe), PQ lookup tables ([`tables`]), the list scans, the
+//! WarpSelect-style per-row top-k ([`topk`]) and refine; and [`WgpuBackend`], which runs them
+//! behind `quiver_engine::backend::Backend`. Shader sources live in `wgsl/`, one file per
+//! kernel, each with its algorithm at the top.
 
 pub mod backend;
 pub mod coarse;
@@ -14,7 +14,7 @@ mod error;
 mod index;
 mod kernel;
 pub mod tables;
-mod topk;
+pub mod topk;
 
 pub use backend::{WgpuBackend, WgpuPrepared};
 pub use device::{list_adapters, AdapterChoice, AdapterSummary, GpuDevice};

@@ -1,24 +1,27 @@
 //! Per-row top-k on the GPU (`topk.wgsl`): the selection step of the coarse stage, the scan
 //! and refine.
 //!
-//! Rows of (score, payload) entries of any length are cut into chunks of 1,024; a round sorts
-//! every chunk in workgroup memory and keeps its best `keep`, so a row shrinks by a factor
-//! `1024 / keep` per round. Rounds repeat until each row is a single chunk, whose output is
-//! the row's best `keep`, sorted by (score, payload) — the CPU reference's order. Every round
-//! is recorded into the same command encoder: the host knows every length in advance.
-//! Selections with `keep` above [`MAX_GPU_KEEP`] (rows would shrink too slowly) read the rows
-//! back and select on the host with the engine's top-k.
+//! A WarpSelect-style kernel: one 32-lane workgroup per chunk of a row keeps the chunk's best
+//! K in a sorted queue in workgroup memory, filtering entries through per-lane thread queues
+//! (see the shader's header). Rows longer than a chunk ([`WarpSelectShape::chunk`], at least
+//! 8 × K) are cut into chunks, each keeping its best `keep`; rounds repeat until each row is a
+//! single chunk, whose output is the row's best `keep`, sorted by (score, payload) — the CPU
+//! reference's order. Every round is recorded into the same command encoder: the host knows
+//! every length in advance. `keep` up to 1,024 runs on any WebGPU device (15 KiB of workgroup
+//! memory), up to 2,048 where the adapter allows 27 KiB; above that the rows are read back and
+//! selected on the host with the engine's top-k.
 
-use quiver_engine::topk::{plan_round, select_rows};
+use quiver_engine::topk::{plan_round, select_rows, WarpSelectShape};
+use wgpu::util::DeviceExt;
 
 use crate::device::GpuDevice;
 use crate::error::WgpuError;
 use crate::kernel::{grid, output, storage, submit, uniform, Kernel, Pending};
 
-/// Entries one workgroup sorts.
-pub const CHUNK: usize = 1024;
-/// Largest `keep` selected on the GPU (each round at least halves a row).
-pub const MAX_GPU_KEEP: usize = CHUNK / 2;
+/// Largest `keep` selected on the GPU when the adapter has 27 KiB of workgroup memory.
+pub const MAX_GPU_KEEP: usize = 2048;
+/// Largest `keep` selected on any WebGPU device (16 KiB of workgroup memory).
+pub const PORTABLE_GPU_KEEP: usize = 1024;
 
 /// Rows of (score, payload) entries living in two device buffers.
 pub(crate) struct Rows {
@@ -31,15 +34,35 @@ pub(crate) struct Rows {
 /// One row's selection, best first: scores and payloads `(high, low)`.
 pub(crate) type Selected = (Vec<f32>, Vec<[u32; 2]>);
 
-/// The top-k kernel.
+/// The top-k kernel: the portable variant (queue ≤ 1,024) and, where the adapter allows, the
+/// 2,048-entry one.
 pub(crate) struct GpuTopK {
     kernel: Kernel,
+    large: Option<Kernel>,
 }
 
 impl GpuTopK {
     pub(crate) fn new(gpu: &GpuDevice) -> GpuTopK {
+        const SOURCE: &str = include_str!("../wgsl/topk.wgsl");
+        const PORTABLE_QUEUE: &str = "const QCAP: u32 = 1024u;";
+        debug_assert!(SOURCE.contains(PORTABLE_QUEUE));
+        let large_bytes = WarpSelectShape::for_keep(MAX_GPU_KEEP).shared_bytes() + 16;
+        let large = (gpu.max_workgroup_storage as usize >= large_bytes).then(|| {
+            let source = SOURCE.replace(PORTABLE_QUEUE, "const QCAP: u32 = 2048u;");
+            Kernel::new(gpu, "topk-2048", &source)
+        });
         GpuTopK {
-            kernel: Kernel::new(gpu, "topk", include_str!("../wgsl/topk.wgsl")),
+            kernel: Kernel::new(gpu, "topk", SOURCE),
+            large,
+        }
+    }
+
+    /// Largest `keep` this device selects on the GPU.
+    pub(crate) fn max_keep(&self) -> usize {
+        if self.large.is_some() {
+            MAX_GPU_KEEP
+        } else {
+            PORTABLE_GPU_KEEP
         }
     }
 
@@ -64,7 +87,7 @@ impl GpuTopK {
         rows: Rows,
         keep: usize,
     ) -> Result<PendingSelect, WgpuError> {
-        if keep > MAX_GPU_KEEP {
+        if keep > self.max_keep() {
             let total: usize = rows
                 .spans
                 .iter()
@@ -88,10 +111,15 @@ impl GpuTopK {
             });
         }
         let keep = keep.max(1);
+        let shape = WarpSelectShape::for_keep(keep);
+        let kernel = match &self.large {
+            Some(large) if shape.queue > PORTABLE_GPU_KEEP => large,
+            _ => &self.kernel,
+        };
         let mut cur = rows;
         loop {
-            let last = cur.spans.iter().all(|&(_, len)| len <= CHUNK);
-            let (chunks, spans) = plan_round(&cur.spans, keep, CHUNK);
+            let last = cur.spans.iter().all(|&(_, len)| len <= shape.chunk);
+            let (chunks, spans) = plan_round(&cur.spans, keep, shape.chunk);
             let dst: usize = spans.last().map_or(0, |&(s, n)| s + n);
             let total = dst.max(1);
             let out_scores = output(gpu, "top-k scores", (total * 4) as u64);
@@ -99,8 +127,16 @@ impl GpuTopK {
             if !chunks.is_empty() {
                 // wgpu keeps these alive until the submitted work is done.
                 let table = storage(gpu, "top-k chunks", &chunks);
-                let params = uniform(gpu, &[chunks.len() as u32, 0, 0, 0]);
-                self.kernel.dispatch(
+                let params = uniform(
+                    gpu,
+                    &[
+                        chunks.len() as u32,
+                        shape.queue as u32,
+                        shape.thread_queue as u32,
+                        0,
+                    ],
+                );
+                kernel.dispatch(
                     gpu,
                     &mut encoder,
                     &[
@@ -185,4 +221,63 @@ fn select_on_host(
             )
         })
         .collect()
+}
+
+/// Each row's best `keep` (score, payload) entries selected by the top-k kernel, best first:
+/// the selection alone, as the backend runs it (device rounds up to the device's largest
+/// `keep`, the host above), for tests and benchmarks. Rows are (first entry, length) spans of
+/// `scores` and `payloads`.
+pub fn select_rows_on_device(
+    gpu: &GpuDevice,
+    scores: &[f32],
+    payloads: &[u64],
+    spans: &[(usize, usize)],
+    keep: usize,
+) -> Result<Vec<Vec<(f32, u64)>>, WgpuError> {
+    if scores.len() != payloads.len() {
+        return Err(WgpuError::Invalid(format!(
+            "{} scores but {} payloads",
+            scores.len(),
+            payloads.len()
+        )));
+    }
+    if let Some(&(s, n)) = spans.iter().find(|&&(s, n)| s + n > scores.len()) {
+        return Err(WgpuError::Invalid(format!(
+            "row ({s}, {n}) past the {} entries",
+            scores.len()
+        )));
+    }
+    let words: Vec<[u32; 2]> = payloads
+        .iter()
+        .map(|&p| [(p >> 32) as u32, p as u32])
+        .collect();
+    let input = |label: &str, bytes: &[u8]| {
+        gpu.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: if bytes.is_empty() { &[0; 8] } else { bytes },
+                // Read back whole when `keep` is beyond the device's selection.
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            })
+    };
+    let score_buf = input("top-k input scores", bytemuck::cast_slice(scores));
+    let payload_buf = input("top-k input payloads", bytemuck::cast_slice(&words));
+    let encoder = gpu
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+    let rows = Rows {
+        scores: score_buf,
+        payloads: payload_buf,
+        spans: spans.to_vec(),
+    };
+    let selected = GpuTopK::new(gpu).select(gpu, encoder, rows, keep)?;
+    Ok(selected
+        .into_iter()
+        .map(|(s, p)| {
+            s.into_iter()
+                .zip(p)
+                .map(|(s, [hi, lo])| (s, u64::from(hi) << 32 | u64::from(lo)))
+                .collect()
+        })
+        .collect())
 }

@@ -145,3 +145,15 @@ fn oversized_operands_are_refused_clearly() {
     let err = GpuCoarse::new(&tiny, &idx).unwrap_err().to_string();
     assert!(err.contains("centroid matrix"), "{err}");
 }
+
+#[path = "parity/mod.rs"]
+mod parity;
+
+#[test]
+fn top_k_selects_the_cpu_rows() {
+    let Some(gpu) = device() else { return };
+    parity::top_k_selects_the_cpu_rows(&|scores, payloads, spans, keep| {
+        quiver_shaders::topk::select_rows_on_device(&gpu, scores, payloads, spans, keep)
+            .expect("device top-k")
+    });
+}

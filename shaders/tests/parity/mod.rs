@@ -202,3 +202,63 @@ pub fn coarse_and_tables_match_the_cpu_reference<B: Backend>(backend: &B) {
         }
     }
 }
+
+/// A per-row selection under test: (scores, payloads, rows as (first, len), keep) → each
+/// row's best `keep` (score, payload), best first.
+pub type SelectRows<'a> = dyn Fn(&[f32], &[u64], &[(usize, usize)], usize) -> Vec<Vec<(f32, u64)>> + 'a;
+
+/// The device top-k (WarpSelect-style) against the engine's host selection: keep from 1 to
+/// beyond the device's largest, rows from empty to several rounds long, heavy ties (scores
+/// drawn from a few values, tied entries ordered by payload), infinities.
+pub fn top_k_selects_the_cpu_rows(select: &SelectRows<'_>) {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let lens = [0usize, 1, 31, 33, 64, 1000, 3125, 9000, 40_000];
+    for keep in [1usize, 10, 64, 100, 513, 1024, 1500, 2048, 2049] {
+        for distinct in [4u64, 1 << 20] {
+            let mut scores = Vec::new();
+            let mut payloads = Vec::new();
+            let mut spans = Vec::new();
+            for &len in &lens {
+                spans.push((scores.len(), len));
+                for _ in 0..len {
+                    let r = next();
+                    let s = match r % 97 {
+                        0 => f32::INFINITY,
+                        1 => f32::NEG_INFINITY,
+                        _ => (r >> 8) as f32 % distinct as f32 - distinct as f32 / 2.0,
+                    };
+                    scores.push(s);
+                    payloads.push(next() >> (r % 3 * 16));
+                }
+            }
+            let want: Vec<Vec<(f32, u64)>> =
+                quiver_engine::topk::select_rows(&scores, |i| payloads[i], &spans, keep)
+                    .into_iter()
+                    .map(|row| row.into_iter().map(|e| (e.score, e.item)).collect())
+                    .collect();
+            let got = select(&scores, &payloads, &spans, keep);
+            assert_eq!(got.len(), want.len(), "keep {keep}");
+            for (r, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    g.len(),
+                    w.len(),
+                    "keep {keep}, distinct {distinct}, row {r} of {}",
+                    lens[r]
+                );
+                for (i, (a, b)) in g.iter().zip(w).enumerate() {
+                    assert!(
+                        a.0.to_bits() == b.0.to_bits() && a.1 == b.1,
+                        "keep {keep}, distinct {distinct}, row {r} of {}, entry {i}: {a:?} vs {b:?}",
+                        lens[r]
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Host↔device copies that overlap compute: a copy stream beside the compute stream, and
+//! page-locked (pinned) host buffers reused across tiles.
+//!
+//! A tile's inputs are written into pinned buffers and copied on the copy stream; its
+//! kernels run on the compute stream; its outputs come back on the copy stream into pinned
+//! buffers. cudarc orders the streams by the events each `CudaSlice` records (a kernel waits
+//! for the copy that wrote its input, a read-back for the kernel that wrote its output), so
+//! the host only waits when it reads a result ([`Fetched::wait`]). While tile t computes, the
+//! host builds tile t + 1 and its inputs cross PCIe, and tile t − 1's results come back: the
+//! schedule of `shaders/src/backend.rs`, where wgpu's queue does the same.
+//!
+//! Copies from pageable memory would be staged by the driver and block the host; pinned
+//! memory is what lets a copy run asynchronously. Allocating it is slow (pages are locked),
+//! so buffers go back to a small pool. Everything moves as 32-bit words: every type the
+//! kernels exchange (f32, u32, `uint2`, the work-item structs) is a whole number of them.
+
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, PinnedHostSlice};
+
+use crate::backend::CudaError;
+
+fn driver<E: std::fmt::Display>(e: E) -> CudaError {
+    CudaError::Driver(e.to_string())
+}
+
+/// Smallest pinned buffer allocated, words (16 KiB).
+const MIN_WORDS: usize = 4096;
+/// Buffers kept for reuse.
+const POOL_SIZE: usize = 16;
+
+/// The two streams and the pinned-buffer pool of one backend.
+pub(crate) struct Transfers {
+    ctx: Arc<CudaContext>,
+    /// Kernels.
+    pub(crate) compute: Arc<CudaStream>,
+    /// Host↔device copies of tiles.
+    pub(crate) copy: Arc<CudaStream>,
+    pool: Mutex<Vec<PinnedHostSlice<u32>>>,
+}
+
+/// A device-to-host copy in flight into a pinned buffer.
+pub(crate) struct Fetched {
+    buffer: PinnedHostSlice<u32>,
+    words: usize,
+}
+
+impl Fetched {
+    /// Waits for the copy and returns its words.
+    pub(crate) fn wait(&self) -> Result<&[u32], CudaError> {
+        Ok(&self.buffer.as_slice().map_err(driver)?[..self.words])
+    }
+}
+
+impl Transfers {
+    /// Two new non-blocking streams on `ctx` (cudarc then tracks each allocation's reads
+    /// and writes with events, so work on one stream waits for the other where it must).
+    pub(crate) fn new(ctx: &Arc<CudaContext>) -> Result<Transfers, CudaError> {
+        Ok(Transfers {
+            ctx: ctx.clone(),
+            compute: ctx.new_stream().map_err(driver)?,
+            copy: ctx.new_stream().map_err(driver)?,
+            pool: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A pinned buffer of at least `words` words: the smallest pooled one that fits, or a
+    /// new one (a power of two, at least 16 KiB).
+    fn take(&self, words: usize) -> Result<PinnedHostSlice<u32>, CudaError> {
+        {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            let best = pool
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.len() >= words)
+                .min_by_key(|(_, b)| b.len())
+                .map(|(i, _)| i);
+            if let Some(i) = best {
+                return Ok(pool.swap_remove(i));
+            }
+        }
+        let len = words.max(MIN_WORDS).next_power_of_two();
+        // SAFETY: the buffer is zeroed below before anything reads it. Flags 0: cached
+        // (not write-combined) memory, which the host reads back at full speed.
+        let mut buffer = unsafe { self.ctx.alloc_pinned_with_flags::<u32>(len, 0) }.map_err(driver)?;
+        buffer.as_mut_slice().map_err(driver)?.fill(0);
+        Ok(buffer)
+    }
+
+    /// Returns a buffer to the pool (waiting for its last copy first, when its drop would).
+    fn give(&self, buffer: PinnedHostSlice<u32>) {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < POOL_SIZE {
+            pool.push(buffer);
+        }
+    }
+
+    /// Copies `data` to a new device buffer on the copy stream, through a pinned buffer that
+    /// `held` keeps until the tile is done. The device buffer may be longer than `data`
+    /// (the pinned buffer's length): kernels read only what their arguments address.
+    pub(crate) fn stage<T: bytemuck::Pod>(
+        &self,
+        data: &[T],
+        held: &mut Vec<PinnedHostSlice<u32>>,
+    ) -> Result<CudaSlice<u32>, CudaError> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let mut pinned = self.take(bytes.len().div_ceil(4).max(1))?;
+        {
+            let words = pinned.as_mut_slice().map_err(driver)?;
+            bytemuck::cast_slice_mut::<u32, u8>(words)[..bytes.len()].copy_from_slice(bytes);
+        }
+        // SAFETY: the copy below writes every word before any kernel reads it (the copy
+        // stream's write event orders them).
+        let mut device = unsafe { self.copy.alloc::<u32>(pinned.len()) }.map_err(driver)?;
+        self.copy.memcpy_htod(&pinned, &mut device).map_err(driver)?;
+        held.push(pinned);
+        Ok(device)
+    }
+
+    /// Starts copying `device` back on the copy stream (after the kernels that write it).
+    pub(crate) fn fetch(&self, device: &CudaSlice<u32>) -> Result<Fetched, CudaError> {
+        let words = device.len();
+        let mut buffer = self.take(words)?;
+        self.copy.memcpy_dtoh(device, &mut buffer).map_err(driver)?;
+        Ok(Fetched { buffer, words })
+    }
+
+    /// Gives a finished tile's pinned buffers back to the pool.
+    pub(crate) fn release(&self, held: Vec<PinnedHostSlice<u32>>, fetched: Vec<Fetched>) {
+        for b in held {
+            self.give(b);
+        }
+        for f in fetched {
+            self.give(f.buffer);
+        }
+    }
+}
