@@ -676,7 +676,7 @@ impl CudaBackend {
                 select,
                 held,
             };
-            if let Some(prev) = std::mem::replace(&mut in_flight, Some(next)) {
+            if let Some(prev) = in_flight.replace(next) {
                 finish(prev)?;
             }
         }
@@ -772,7 +772,7 @@ impl CudaBackend {
                 q1 += 1;
             }
             let next = self.scan_submit(p, probes, tables, keep, q0..q1, fast, shared)?;
-            if let Some(prev) = std::mem::replace(&mut in_flight, Some(next)) {
+            if let Some(prev) = in_flight.replace(next) {
                 finish(prev)?;
             }
             q0 = q1;
@@ -1025,7 +1025,7 @@ impl CudaBackend {
                 select,
                 held,
             };
-            if let Some(prev) = std::mem::replace(&mut in_flight, Some(next)) {
+            if let Some(prev) = in_flight.replace(next) {
                 finish(prev)?;
             }
         }
