@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Builds the CUDA emulator: a libcuda.so that runs Quiver's kernels on the CPU.
+
+Usage: build.py OUT_DIR   (writes OUT_DIR/libcuda.so and OUT_DIR/libcuda.so.1)
+
+Each kernels/cuda/*.cu is compiled as host C++ with cuda_emu.h: its `#include`s are dropped
+(the shim provides what they declared), `extern __shared__ T name[];` becomes a pointer to the
+launch's dynamic shared memory, and its source goes into a namespace of its own (helpers with
+the same name in two kernels stay apart). Its `extern "C" __global__` entry points are
+registered by name with the driver (driver.cpp), which looks them up when cudarc loads the
+module NVRTC compiled from the same source.
+"""
+
+import pathlib
+import re
+import subprocess
+import sys
+
+HERE = pathlib.Path(__file__).resolve().parent
+CUDA = HERE.parent / "cuda"
+
+ENTRY = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(')
+DYNAMIC_SHARED = re.compile(r"extern\s+__shared__\s+([A-Za-z_][\w ]*?)\s+(\w+)\s*\[\s*\]\s*;")
+INCLUDE = re.compile(r"^\s*#\s*include\s*[<\"].*$", re.MULTILINE)
+
+
+def wrapper(cu: pathlib.Path) -> str:
+    source = cu.read_text()
+    entries = ENTRY.findall(source)
+    if not entries:
+        sys.exit(f"{cu}: no extern \"C\" __global__ entry point")
+    body = INCLUDE.sub("", source)
+    body = DYNAMIC_SHARED.sub(r"\1* \2 = (\1*)emu::dynamic_shared();", body)
+    ns = f"emu_{cu.stem}"
+    lines = [
+        '#include "cuda_emu.h"',
+        '#include "registry.h"',
+        f"namespace {ns} {{",
+        f'#line 1 "{cu}"',
+        body,
+        f"}}  // namespace {ns}",
+    ]
+    for e in entries:
+        lines.append(f'static emu::Registrar register_{e}("{e}", emu::invoker(&{ns}::{e}));')
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    out = pathlib.Path(sys.argv[1]).resolve()
+    gen = out / "src"
+    gen.mkdir(parents=True, exist_ok=True)
+    sources = [HERE / "driver.cpp"]
+    for cu in sorted(CUDA.glob("*.cu")):
+        path = gen / f"{cu.stem}.cpp"
+        text = wrapper(cu)
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+        sources.append(path)
+    lib = out / "libcuda.so"
+    cmd = [
+        "c++", "-std=c++17", "-O2", "-g", "-fPIC", "-shared", "-Wall", "-Wno-unknown-pragmas",
+        "-Wno-unused-variable", "-I", str(HERE), "-o", str(lib), *map(str, sources),
+    ]
+    subprocess.run(cmd, check=True)
+    link = out / "libcuda.so.1"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to("libcuda.so")
+    print(f"cuda emulator: {lib} ({len(sources) - 1} kernels)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,498 @@
+// A CUDA driver (libcuda.so) that runs kernels on the CPU: the part of the driver API that
+// cudarc calls for Quiver's CUDA backend, over host memory, and a runtime that executes the
+// kernels compiled as host C++ (cuda_emu.h), every CUDA thread a fiber. See README.md.
+//
+// Device memory is host memory (a CUdeviceptr is a host address); streams, events and
+// asynchronous copies complete at once, in call order (so the order the backend records is
+// kept, and what it waits for is done). One kernel runs at a time: a lock serialises
+// launches from concurrent host threads; blocks run one after another; inside a block the
+// threads run as fibers switched at barriers, votes and shuffles.
+
+#include <ucontext.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <algorithm>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "cuda_emu.h"
+#include "registry.h"
+
+namespace emu {
+
+std::map<std::string, Invoker>& registry() {
+    static std::map<std::string, Invoker> kernels;
+    return kernels;
+}
+
+Registrar::Registrar(const char* name, Invoker invoker) { registry()[name] = std::move(invoker); }
+
+namespace {
+
+constexpr std::size_t STACK_BYTES = 128 * 1024;
+
+enum class State { Runnable, WaitBlock, WaitWarp, Done };
+
+struct Fiber {
+    ucontext_t ctx;
+    dim3 tid;
+    unsigned int linear;
+    State state;
+};
+
+struct Warp {
+    unsigned int live = 0;
+    unsigned int arrived = 0;
+    std::uint64_t words[32] = {};
+    bool votes[32] = {};
+};
+
+struct Launch {
+    const Invoker* kernel;
+    void** params;
+    dim3 grid, block, block_idx;
+    std::vector<unsigned char> shared;
+    std::vector<Fiber> fibers;
+    std::vector<Warp> warps;
+    unsigned int live = 0;
+    unsigned int arrived = 0;
+    Fiber* current = nullptr;
+    ucontext_t scheduler;
+};
+
+Launch* g_launch = nullptr;
+std::recursive_mutex g_lock;
+
+// Fiber stacks, kept across launches (uninitialised: allocated once, never cleared).
+std::vector<std::unique_ptr<char[]>> g_stacks;
+
+char* stack(unsigned int i) {
+    while (g_stacks.size() <= i) g_stacks.emplace_back(new char[STACK_BYTES]);
+    return g_stacks[i].get();
+}
+
+Fiber& me() { return *g_launch->current; }
+Warp& my_warp() { return g_launch->warps[me().linear / 32]; }
+
+void yield_to_scheduler() { swapcontext(&me().ctx, &g_launch->scheduler); }
+
+void release_block_if_complete() {
+    Launch& l = *g_launch;
+    if (l.arrived > 0 && l.arrived == l.live) {
+        l.arrived = 0;
+        for (Fiber& f : l.fibers)
+            if (f.state == State::WaitBlock) f.state = State::Runnable;
+    }
+}
+
+void release_warp_if_complete(unsigned int w) {
+    Launch& l = *g_launch;
+    Warp& warp = l.warps[w];
+    if (warp.arrived > 0 && warp.arrived == warp.live) {
+        warp.arrived = 0;
+        for (unsigned int i = w * 32; i < l.fibers.size() && i < (w + 1) * 32; ++i)
+            if (l.fibers[i].state == State::WaitWarp) l.fibers[i].state = State::Runnable;
+    }
+}
+
+void fiber_main() {
+    Launch& l = *g_launch;
+    (*l.kernel)(l.params);
+    Fiber& f = me();
+    f.state = State::Done;
+    l.live -= 1;
+    Warp& w = l.warps[f.linear / 32];
+    w.live -= 1;
+    w.votes[f.linear % 32] = false;
+    release_block_if_complete();
+    release_warp_if_complete(f.linear / 32);
+    // Returning resumes uc_link: the scheduler.
+}
+
+// Runs one block: every thread a fiber, round robin until all are done.
+void run_block(Launch& l) {
+    const unsigned int n = l.block.x * l.block.y * l.block.z;
+    l.live = n;
+    l.arrived = 0;
+    for (unsigned int w = 0; w < l.warps.size(); ++w) {
+        l.warps[w] = Warp{};
+        l.warps[w].live = std::min(32u, n - w * 32);
+    }
+    for (unsigned int i = 0; i < n; ++i) {
+        Fiber& f = l.fibers[i];
+        f.linear = i;
+        f.tid = dim3{i % l.block.x, (i / l.block.x) % l.block.y, i / (l.block.x * l.block.y)};
+        f.state = State::Runnable;
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = stack(i);
+        f.ctx.uc_stack.ss_size = STACK_BYTES;
+        f.ctx.uc_link = &l.scheduler;
+        makecontext(&f.ctx, fiber_main, 0);
+    }
+    unsigned int done = 0;
+    while (done < n) {
+        bool progressed = false;
+        done = 0;
+        for (Fiber& f : l.fibers) {
+            if (f.state == State::Done) {
+                ++done;
+                continue;
+            }
+            if (f.state != State::Runnable) continue;
+            l.current = &f;
+            swapcontext(&l.scheduler, &f.ctx);
+            progressed = true;
+        }
+        if (!progressed && done < n) {
+            std::fprintf(stderr,
+                         "cuda emulator: block (%u, %u, %u) deadlocked: threads wait at barriers "
+                         "that not every thread reaches\n",
+                         l.block_idx.x, l.block_idx.y, l.block_idx.z);
+            std::abort();
+        }
+    }
+}
+
+}  // namespace
+
+dim3 thread_idx() { return me().tid; }
+dim3 block_idx() { return g_launch->block_idx; }
+dim3 block_dim() { return g_launch->block; }
+dim3 grid_dim() { return g_launch->grid; }
+unsigned int lane_id() { return me().linear % 32; }
+void* dynamic_shared() { return g_launch->shared.data(); }
+
+void sync_block() {
+    Launch& l = *g_launch;
+    l.arrived += 1;
+    if (l.arrived == l.live) {
+        release_block_if_complete();
+        return;
+    }
+    me().state = State::WaitBlock;
+    yield_to_scheduler();
+}
+
+void sync_warp() {
+    Warp& w = my_warp();
+    w.arrived += 1;
+    if (w.arrived == w.live) {
+        release_warp_if_complete(me().linear / 32);
+        return;
+    }
+    me().state = State::WaitWarp;
+    yield_to_scheduler();
+}
+
+bool vote_any(bool p) {
+    Warp& w = my_warp();
+    w.votes[lane_id()] = p;
+    sync_warp();
+    bool any = false;
+    for (bool v : w.votes) any = any || v;
+    sync_warp();
+    return any;
+}
+
+bool vote_all(bool p) {
+    // All live lanes true: no live lane false (exited lanes vote false, so count them).
+    Warp& w = my_warp();
+    w.votes[lane_id()] = !p;
+    sync_warp();
+    bool any_false = false;
+    for (bool v : w.votes) any_false = any_false || v;
+    sync_warp();
+    return !any_false;
+}
+
+unsigned int vote_ballot(bool p) {
+    Warp& w = my_warp();
+    w.votes[lane_id()] = p;
+    sync_warp();
+    unsigned int bits = 0;
+    for (unsigned int i = 0; i < 32; ++i) bits |= (unsigned int)w.votes[i] << i;
+    sync_warp();
+    return bits;
+}
+
+std::uint64_t exchange(std::uint64_t mine, int src) {
+    Warp& w = my_warp();
+    w.words[lane_id()] = mine;
+    sync_warp();
+    const std::uint64_t got = (src >= 0 && src < 32) ? w.words[src] : mine;
+    sync_warp();
+    return got;
+}
+
+}  // namespace emu
+
+// ---- The driver API ------------------------------------------------------------------------
+
+extern "C" {
+
+typedef int CUresult;
+typedef int CUdevice;
+typedef unsigned long long CUdeviceptr;
+typedef void* CUcontext;
+typedef void* CUmodule;
+typedef void* CUfunction;
+typedef void* CUstream;
+typedef void* CUevent;
+
+enum {
+    CUDA_SUCCESS = 0,
+    CUDA_ERROR_INVALID_VALUE = 1,
+    CUDA_ERROR_OUT_OF_MEMORY = 2,
+    CUDA_ERROR_INVALID_DEVICE = 101,
+    CUDA_ERROR_INVALID_IMAGE = 200,
+    CUDA_ERROR_NOT_FOUND = 500,
+    CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES = 701,
+    CUDA_ERROR_NOT_SUPPORTED = 801,
+};
+
+static int g_context_token = 1;
+static CUcontext g_current = nullptr;
+
+CUresult cuInit(unsigned int) { return CUDA_SUCCESS; }
+// NVRTC opens libcuda and asks for the driver's private tables: there are none here.
+CUresult cuGetExportTable(const void** table, const void*) {
+    *table = nullptr;
+    return CUDA_ERROR_NOT_SUPPORTED;
+}
+CUresult cuDriverGetVersion(int* v) {
+    *v = 12090;
+    return CUDA_SUCCESS;
+}
+CUresult cuDeviceGetCount(int* n) {
+    *n = 1;
+    return CUDA_SUCCESS;
+}
+CUresult cuDeviceGet(CUdevice* d, int ordinal) {
+    if (ordinal != 0) return CUDA_ERROR_INVALID_DEVICE;
+    *d = 0;
+    return CUDA_SUCCESS;
+}
+CUresult cuDeviceGetName(char* name, int len, CUdevice) {
+    std::snprintf(name, (std::size_t)len, "Quiver CUDA emulator (CPU)");
+    return CUDA_SUCCESS;
+}
+CUresult cuDeviceTotalMem_v2(std::size_t* bytes, CUdevice) {
+    *bytes = (std::size_t)16 << 30;
+    return CUDA_SUCCESS;
+}
+CUresult cuDeviceGetAttribute(int* v, int attribute, CUdevice) {
+    switch (attribute) {
+        case 1: *v = 1024; break;        // max threads per block
+        case 2: *v = 1024; break;        // max block dim x
+        case 3: *v = 1024; break;        // max block dim y
+        case 4: *v = 64; break;          // max block dim z
+        case 5: *v = 2147483647; break;  // max grid dim x
+        case 6: *v = 65535; break;       // max grid dim y
+        case 7: *v = 65535; break;       // max grid dim z
+        case 8: *v = 49152; break;       // shared memory per block
+        case 10: *v = 32; break;         // warp size
+        case 16: *v = 132; break;        // multiprocessors
+        case 75: *v = 9; break;          // compute capability major
+        case 76: *v = 0; break;          // compute capability minor
+        case 97: *v = 232448; break;     // shared memory per block, opt-in
+        case 115: *v = 0; break;         // memory pools: no (plain cuMemAlloc)
+        default: *v = 0; break;
+    }
+    return CUDA_SUCCESS;
+}
+CUresult cuDevicePrimaryCtxRetain(CUcontext* c, CUdevice) {
+    *c = &g_context_token;
+    return CUDA_SUCCESS;
+}
+CUresult cuDevicePrimaryCtxRelease_v2(CUdevice) { return CUDA_SUCCESS; }
+CUresult cuCtxSetCurrent(CUcontext c) {
+    g_current = c;
+    return CUDA_SUCCESS;
+}
+CUresult cuCtxGetCurrent(CUcontext* c) {
+    *c = g_current;
+    return CUDA_SUCCESS;
+}
+CUresult cuCtxSynchronize() { return CUDA_SUCCESS; }
+CUresult cuMemGetInfo_v2(std::size_t* free_bytes, std::size_t* total) {
+    *free_bytes = (std::size_t)8 << 30;
+    *total = (std::size_t)16 << 30;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuGetErrorString(CUresult e, const char** s) {
+    *s = e == CUDA_SUCCESS ? "no error" : "cuda emulator error";
+    return CUDA_SUCCESS;
+}
+CUresult cuGetErrorName(CUresult e, const char** s) {
+    switch (e) {
+        case CUDA_SUCCESS: *s = "CUDA_SUCCESS"; break;
+        case CUDA_ERROR_INVALID_VALUE: *s = "CUDA_ERROR_INVALID_VALUE"; break;
+        case CUDA_ERROR_OUT_OF_MEMORY: *s = "CUDA_ERROR_OUT_OF_MEMORY"; break;
+        case CUDA_ERROR_NOT_FOUND: *s = "CUDA_ERROR_NOT_FOUND"; break;
+        case CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: *s = "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES"; break;
+        default: *s = "CUDA_ERROR_UNKNOWN"; break;
+    }
+    return CUDA_SUCCESS;
+}
+
+// Memory: device allocations are host allocations.
+CUresult cuMemAlloc_v2(CUdeviceptr* p, std::size_t bytes) {
+    void* m = std::aligned_alloc(256, (bytes + 255) / 256 * 256 + 256);
+    if (!m) return CUDA_ERROR_OUT_OF_MEMORY;
+    *p = (CUdeviceptr)m;
+    return CUDA_SUCCESS;
+}
+CUresult cuMemFree_v2(CUdeviceptr p) {
+    std::free((void*)p);
+    return CUDA_SUCCESS;
+}
+CUresult cuMemAllocAsync(CUdeviceptr* p, std::size_t bytes, CUstream) { return cuMemAlloc_v2(p, bytes); }
+CUresult cuMemFreeAsync(CUdeviceptr p, CUstream) { return cuMemFree_v2(p); }
+CUresult cuMemHostAlloc(void** p, std::size_t bytes, unsigned int) {
+    *p = std::aligned_alloc(4096, (bytes + 4095) / 4096 * 4096 + 4096);
+    return *p ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+CUresult cuMemFreeHost(void* p) {
+    std::free(p);
+    return CUDA_SUCCESS;
+}
+CUresult cuMemsetD8_v2(CUdeviceptr p, unsigned char v, std::size_t n) {
+    std::memset((void*)p, v, n);
+    return CUDA_SUCCESS;
+}
+CUresult cuMemsetD8Async(CUdeviceptr p, unsigned char v, std::size_t n, CUstream) {
+    return cuMemsetD8_v2(p, v, n);
+}
+CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, std::size_t n) {
+    std::memcpy((void*)dst, src, n);
+    return CUDA_SUCCESS;
+}
+CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, std::size_t n, CUstream) {
+    return cuMemcpyHtoD_v2(dst, src, n);
+}
+CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, std::size_t n) {
+    std::memcpy(dst, (const void*)src, n);
+    return CUDA_SUCCESS;
+}
+CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, std::size_t n, CUstream) {
+    return cuMemcpyDtoH_v2(dst, src, n);
+}
+CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, std::size_t n) {
+    std::memmove((void*)dst, (const void*)src, n);
+    return CUDA_SUCCESS;
+}
+CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, std::size_t n, CUstream) {
+    return cuMemcpyDtoD_v2(dst, src, n);
+}
+
+// Streams and events: work completes when it is recorded.
+static int g_stream_token;
+CUresult cuStreamCreate(CUstream* s, unsigned int) {
+    *s = new int(++g_stream_token);
+    return CUDA_SUCCESS;
+}
+CUresult cuStreamCreateWithPriority(CUstream* s, unsigned int flags, int) { return cuStreamCreate(s, flags); }
+CUresult cuStreamDestroy_v2(CUstream s) {
+    delete (int*)s;
+    return CUDA_SUCCESS;
+}
+CUresult cuStreamSynchronize(CUstream) { return CUDA_SUCCESS; }
+CUresult cuStreamWaitEvent(CUstream, CUevent, unsigned int) { return CUDA_SUCCESS; }
+CUresult cuStreamIsCapturing(CUstream, int* status) {
+    *status = 0;
+    return CUDA_SUCCESS;
+}
+CUresult cuEventCreate(CUevent* e, unsigned int) {
+    *e = new int(0);
+    return CUDA_SUCCESS;
+}
+CUresult cuEventDestroy_v2(CUevent e) {
+    delete (int*)e;
+    return CUDA_SUCCESS;
+}
+CUresult cuEventRecord(CUevent, CUstream) { return CUDA_SUCCESS; }
+CUresult cuEventSynchronize(CUevent) { return CUDA_SUCCESS; }
+CUresult cuEventQuery(CUevent) { return CUDA_SUCCESS; }
+CUresult cuEventElapsedTime(float* ms, CUevent, CUevent) {
+    *ms = 0.0f;
+    return CUDA_SUCCESS;
+}
+
+// Modules: the PTX names its entry points; the functions are the host-compiled kernels.
+struct Module {
+    std::vector<std::string> entries;
+};
+CUresult cuModuleLoadData(CUmodule* m, const void* image) {
+    const std::string ptx((const char*)image);
+    auto* module = new Module;
+    const std::string tag = ".entry ";
+    for (std::size_t at = ptx.find(tag); at != std::string::npos; at = ptx.find(tag, at + 1)) {
+        std::size_t end = ptx.find('(', at);
+        if (end == std::string::npos) break;
+        std::string name = ptx.substr(at + tag.size(), end - at - tag.size());
+        while (!name.empty() && name.back() == ' ') name.pop_back();
+        module->entries.push_back(name);
+    }
+    *m = module;
+    return CUDA_SUCCESS;
+}
+CUresult cuModuleUnload(CUmodule m) {
+    delete (Module*)m;
+    return CUDA_SUCCESS;
+}
+CUresult cuModuleGetFunction(CUfunction* f, CUmodule m, const char* name) {
+    auto* module = (Module*)m;
+    bool listed = false;
+    for (auto& e : module->entries) listed = listed || e == name;
+    auto it = emu::registry().find(name);
+    if (!listed || it == emu::registry().end()) {
+        std::fprintf(stderr, "cuda emulator: no kernel %s (listed in the PTX: %d)\n", name, listed);
+        return CUDA_ERROR_NOT_FOUND;
+    }
+    *f = (void*)&it->second;
+    return CUDA_SUCCESS;
+}
+CUresult cuFuncGetAttribute(int* v, int, CUfunction) {
+    *v = 0;
+    return CUDA_SUCCESS;
+}
+CUresult cuFuncSetAttribute(CUfunction, int, int) { return CUDA_SUCCESS; }
+
+CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
+                        unsigned int bx, unsigned int by, unsigned int bz, unsigned int shared_bytes,
+                        CUstream, void** params, void** extra) {
+    if (extra != nullptr) return CUDA_ERROR_NOT_SUPPORTED;
+    const unsigned long long threads = (unsigned long long)bx * by * bz;
+    if (threads == 0 || threads > 1024 || gx == 0 || gy == 0 || gz == 0 || gy > 65535 ||
+        gz > 65535)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (shared_bytes > 49152) return CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES;
+    std::lock_guard<std::recursive_mutex> guard(emu::g_lock);
+    emu::Launch l;
+    l.kernel = (const emu::Invoker*)f;
+    l.params = params;
+    l.grid = emu::dim3{gx, gy, gz};
+    l.block = emu::dim3{bx, by, bz};
+    l.shared.assign(shared_bytes + 16, 0xcd);  // uninitialised, as on a GPU
+    l.fibers.resize(threads);
+    l.warps.resize((threads + 31) / 32);
+    emu::g_launch = &l;
+    for (unsigned int z = 0; z < gz; ++z)
+        for (unsigned int y = 0; y < gy; ++y)
+            for (unsigned int x = 0; x < gx; ++x) {
+                l.block_idx = emu::dim3{x, y, z};
+                emu::run_block(l);
+            }
+    emu::g_launch = nullptr;
+    return CUDA_SUCCESS;
+}
+
+}  // extern "C"
