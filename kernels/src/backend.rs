@@ -6,7 +6,9 @@
 //! thread per entry; the scan is one block per (query, probed list) — 8-bit codes with float
 //! tables in shared memory, or 4-bit fast-scan codes with the CPU's own u8 tables — followed by
 //! top-k rounds; refine is one warp per candidate, then top-k by (distance, id). Batches are
-//! cut into tiles that fit a memory budget (a quarter of the device memory free at start).
+//! cut into tiles of at most 64 MiB of score rows (an eighth of the device memory free at
+//! start when that is less); two tiles are in flight, so one tile's copies (on a copy
+//! stream, through pinned host memory: `transfer.rs`) overlap the other's kernels.
 //! NVRTC compiles the kernels at first use for the device's compute capability; the PTX is
 //! cached on disk keyed by source hash and architecture.
 //!
@@ -130,8 +132,8 @@ pub struct CudaBackend {
     scan8: CudaFunction,
     scan4: CudaFunction,
     refine: CudaFunction,
-    /// Bytes a batch tile may allocate.
-    budget: usize,
+    /// Bytes of score rows and tables a batch tile aims at (two tiles are in flight).
+    tile_bytes: usize,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -247,9 +249,16 @@ impl CudaBackend {
             scan8: take("scan8")?,
             scan4: take("scan4")?,
             refine: take("refine")?,
-            budget: (free / 4).max(64 << 20),
+            tile_bytes: (free / 8).clamp(1 << 20, PIPELINE_TILE_BYTES),
             name: format!("{name} (sm_{major}{minor})"),
         })
+    }
+
+    /// Caps the bytes of a batch tile (to exercise tiling and the copy/compute pipeline in
+    /// tests: many small tiles, two in flight).
+    pub fn with_tile_bytes(mut self, bytes: usize) -> Self {
+        self.tile_bytes = bytes.max(1);
+        self
     }
 
     /// The device's name and compute capability.
@@ -629,7 +638,7 @@ impl CudaBackend {
         let (dim, nlist) = (p.index.dim(), p.index.nlist());
         let nq = queries.len() / dim;
         let nprobe = nprobe.min(nlist);
-        let tile_bytes = self.budget.min(PIPELINE_TILE_BYTES);
+        let tile_bytes = self.tile_bytes;
         let rows_per_tile = (tile_bytes / (nlist * 12 + dim * 4)).clamp(1, 65_535 * 16);
         let mut lists = Vec::with_capacity(nq * nprobe);
         let mut scores = Vec::with_capacity(nq * nprobe);
@@ -737,7 +746,7 @@ impl CudaBackend {
         let mut slots = vec![Slot::NONE; nq * keep];
         let mut scores = vec![f32::INFINITY; nq * keep];
         // Tiles: each query's row of (score, payload) and its tables; two tiles in flight.
-        let tile_bytes = self.budget.min(PIPELINE_TILE_BYTES);
+        let tile_bytes = self.tile_bytes;
         let row_of = |q: usize| -> usize {
             probes.lists[q * nprobe..(q + 1) * nprobe]
                 .iter()
@@ -938,7 +947,7 @@ impl CudaBackend {
         let mut ids = vec![-1i64; nq * k];
         let mut distances = vec![pad; nq * k];
         let has_raw = index.params().refine != RefineKind::None;
-        let tile_bytes = self.budget.min(PIPELINE_TILE_BYTES);
+        let tile_bytes = self.tile_bytes;
         let rows_per_tile = (tile_bytes / (per * 28 + dim * 4)).max(1);
         let mut finish = |tile: Tile| -> Result<(), CudaError> {
             for (r, (sc, pay)) in tile.select.finish()?.into_iter().enumerate() {

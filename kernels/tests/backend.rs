@@ -27,6 +27,14 @@ fn searches_match_the_cpu_reference() {
     parity::searches_match_the_cpu_reference(&b);
 }
 
+/// Tiny tiles: every stage cuts a batch into many tiles, two in flight (copies on the copy
+/// stream, pinned buffers reused from the pool); the results are the same.
+#[test]
+fn tiled_pipelined_searches_match_the_cpu_reference() {
+    let Some(b) = backend() else { return };
+    parity::searches_match_the_cpu_reference(&b.with_tile_bytes(16 << 10));
+}
+
 #[test]
 fn scan_stage_selects_the_cpu_candidates() {
     let Some(b) = backend() else { return };
