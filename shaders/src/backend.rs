@@ -662,7 +662,8 @@ impl WgpuBackend {
                         its.len() as u32,
                     ],
                 );
-                let groups = grid(its.len().div_ceil(64) as u64)?;
+                // One 32-lane warp per item, four per workgroup (as cuda/refine.cu).
+                let groups = grid(its.len().div_ceil(4) as u64)?;
                 self.refine.dispatch(
                     &self.gpu,
                     &mut enc,

@@ -5,7 +5,10 @@
 // nibble) and the same quantized tables (quantized on the host by the CPU code), so the u32
 // sum equals the CPU's u16 sum and the score `base + sum / scale + offset` is computed with
 // the same operations. One workgroup per (query, probed list); deleted entries score +inf.
-// Memory per entry: M / 2 code bytes + M table bytes (from cache) + 12 bytes written.
+// The work item's table (M × 16 bytes) is first staged in workgroup memory, as
+// kernels/cuda/scan4.cu stages it in shared memory (here up to M = 256, the 4 KiB reserved;
+// a larger M reads the table from the storage buffer, through the cache).
+// Memory per entry: M / 2 code bytes + M table bytes (workgroup memory) + 12 bytes written.
 
 struct Item {
     table: u32,    // quantized table number
@@ -38,8 +41,16 @@ fn code_byte(b: u32) -> u32 {
     return (codes[b >> 2u] >> ((b & 3u) * 8u)) & 0xffu;
 }
 
+const LUT_WORDS: u32 = 1024u; // 4 KiB: tables of M ≤ 256
+
+var<workgroup> lut: array<u32, 1024>;
+
 fn table_byte(b: u32) -> u32 {
     return (qtables[b >> 2u] >> ((b & 3u) * 8u)) & 0xffu;
+}
+
+fn lut_byte(b: u32) -> u32 {
+    return (lut[b >> 2u] >> ((b & 3u) * 8u)) & 0xffu;
 }
 
 @compute @workgroup_size(256)
@@ -54,6 +65,14 @@ fn main(
     let it = items[w];
     let m = params.m;
     let t0 = it.table * m * 16u;
+    // Tables are m × 16 bytes: whole words, word-aligned (t0 is a multiple of 16).
+    let staged = m * 4u <= LUT_WORDS;
+    if (staged) {
+        for (var i = tid; i < m * 4u; i += 256u) {
+            lut[i] = qtables[(t0 >> 2u) + i];
+        }
+    }
+    workgroupBarrier();
     let qp = qparams[it.table];
     for (var i = tid; i < it.len; i += 256u) {
         let slot = it.gslot + i;
@@ -67,9 +86,16 @@ fn main(
         let shift = select(0u, 4u, v >= 16u);
         let b0 = it.byte_off + block * m * 16u + (v % 16u);
         var sum = 0u;
-        for (var s = 0u; s < m; s++) {
-            let nib = (code_byte(b0 + s * 16u) >> shift) & 15u;
-            sum += table_byte(t0 + s * 16u + nib);
+        if (staged) {
+            for (var s = 0u; s < m; s++) {
+                let nib = (code_byte(b0 + s * 16u) >> shift) & 15u;
+                sum += lut_byte(s * 16u + nib);
+            }
+        } else {
+            for (var s = 0u; s < m; s++) {
+                let nib = (code_byte(b0 + s * 16u) >> shift) & 15u;
+                sum += table_byte(t0 + s * 16u + nib);
+            }
         }
         out_score[it.out + i] = (qp.x + f32(sum) / qp.y) + it.offset;
         out_payload[it.out + i] = vec2<u32>(0u, slot);
