@@ -8,6 +8,7 @@
 // launches from concurrent host threads; blocks run one after another; inside a block the
 // threads run as fibers switched at barriers, votes and shuffles.
 
+#include <sys/mman.h>
 #include <ucontext.h>
 
 #include <cstdint>
@@ -343,15 +344,34 @@ CUresult cuGetErrorName(CUresult e, const char** s) {
     return CUDA_SUCCESS;
 }
 
-// Memory: device allocations are host allocations.
+// Memory: device allocations are host memory, each ending against an inaccessible guard
+// page, so a kernel reading or writing past the end of an allocation (beyond the 256-byte
+// rounding CUDA allocations have too) faults at once instead of touching other data.
+static std::mutex g_alloc_lock;
+static std::map<CUdeviceptr, std::pair<void*, std::size_t>> g_allocations;
+
 CUresult cuMemAlloc_v2(CUdeviceptr* p, std::size_t bytes) {
-    void* m = std::aligned_alloc(256, (bytes + 255) / 256 * 256 + 256);
-    if (!m) return CUDA_ERROR_OUT_OF_MEMORY;
-    *p = (CUdeviceptr)m;
+    const std::size_t page = 4096;
+    const std::size_t data = (std::max<std::size_t>(bytes, 1) + 255) / 256 * 256;
+    const std::size_t len = (data + page - 1) / page * page + page;
+    void* map = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (map == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+    char* guard = (char*)map + len - page;
+    if (mprotect(guard, page, PROT_NONE) != 0) {
+        munmap(map, len);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    *p = (CUdeviceptr)(guard - data);
+    std::lock_guard<std::mutex> hold(g_alloc_lock);
+    g_allocations[*p] = {map, len};
     return CUDA_SUCCESS;
 }
 CUresult cuMemFree_v2(CUdeviceptr p) {
-    std::free((void*)p);
+    std::lock_guard<std::mutex> hold(g_alloc_lock);
+    auto it = g_allocations.find(p);
+    if (it == g_allocations.end()) return CUDA_ERROR_INVALID_VALUE;
+    munmap(it->second.first, it->second.second);
+    g_allocations.erase(it);
     return CUDA_SUCCESS;
 }
 CUresult cuMemAllocAsync(CUdeviceptr* p, std::size_t bytes, CUstream) { return cuMemAlloc_v2(p, bytes); }

@@ -16,7 +16,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, PinnedHostSlice};
+use cudarc::driver::{
+    CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, HostSlice, PinnedHostSlice,
+};
 
 use crate::backend::CudaError;
 
@@ -95,24 +97,37 @@ impl Transfers {
         }
     }
 
-    /// Copies `data` to a new device buffer on the copy stream, through a pinned buffer that
-    /// `held` keeps until the tile is done. The device buffer may be longer than `data`
-    /// (the pinned buffer's length): kernels read only what their arguments address.
+    /// Copies `data` to a new device buffer (of exactly its words) on the copy stream,
+    /// through a pinned buffer that `held` keeps until the tile is done.
     pub(crate) fn stage<T: bytemuck::Pod>(
         &self,
         data: &[T],
         held: &mut Vec<PinnedHostSlice<u32>>,
     ) -> Result<CudaSlice<u32>, CudaError> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
-        let mut pinned = self.take(bytes.len().div_ceil(4).max(1))?;
+        let words = bytes.len().div_ceil(4).max(1);
+        let mut pinned = self.take(words)?;
         {
-            let words = pinned.as_mut_slice().map_err(driver)?;
-            bytemuck::cast_slice_mut::<u32, u8>(words)[..bytes.len()].copy_from_slice(bytes);
+            let all = pinned.as_mut_slice().map_err(driver)?;
+            let dst = bytemuck::cast_slice_mut::<u32, u8>(&mut all[..words]);
+            dst[..bytes.len()].copy_from_slice(bytes);
+            dst[bytes.len()..].fill(0);
         }
         // SAFETY: the copy below writes every word before any kernel reads it (the copy
         // stream's write event orders them).
-        let mut device = unsafe { self.copy.alloc::<u32>(pinned.len()) }.map_err(driver)?;
-        self.copy.memcpy_htod(&pinned, &mut device).map_err(driver)?;
+        let mut device = unsafe { self.copy.alloc::<u32>(words) }.map_err(driver)?;
+        {
+            // Only `words` words: the pooled buffer may be longer than `device`.
+            let (dst, _record_dst) = device.device_ptr_mut(&self.copy);
+            // SAFETY: the slice is used only by the copy below, on `self.copy`.
+            let (src, _record_src) = unsafe { pinned.stream_synced_slice(&self.copy) };
+            // SAFETY: `src[..words]` and `dst` both hold `words` u32s; the guards keep both
+            // alive and ordered until the copy is recorded.
+            unsafe {
+                cudarc::driver::result::memcpy_htod_async(dst, &src[..words], self.copy.cu_stream())
+            }
+            .map_err(driver)?;
+        }
         held.push(pinned);
         Ok(device)
     }
@@ -121,7 +136,20 @@ impl Transfers {
     pub(crate) fn fetch(&self, device: &CudaSlice<u32>) -> Result<Fetched, CudaError> {
         let words = device.len();
         let mut buffer = self.take(words)?;
-        self.copy.memcpy_dtoh(device, &mut buffer).map_err(driver)?;
+        // Not `memcpy_dtoh`: it copies the destination's length, and a pooled buffer may be
+        // longer than `device` (the emulator's guard pages caught that read past the end).
+        // The same event bookkeeping by hand: the copy waits for the kernels that wrote
+        // `device` and for the buffer's previous use, and both record this use.
+        let (src, _record_src) = device.device_ptr(&self.copy);
+        // SAFETY: the slice is used only by the copy below, on `self.copy`.
+        let (dst, _record_dst) = unsafe { buffer.stream_synced_mut_slice(&self.copy) };
+        // SAFETY: `dst[..words]` and `src` both hold `words` u32s; the guards keep both
+        // alive and ordered until the copy is recorded.
+        unsafe {
+            cudarc::driver::result::memcpy_dtoh_async(&mut dst[..words], src, self.copy.cu_stream())
+        }
+        .map_err(driver)?;
+        drop((_record_src, _record_dst));
         Ok(Fetched { buffer, words })
     }
 
