@@ -431,10 +431,16 @@ mod tests {
     fn warp_select_shapes_fit_their_merge_and_shrink_rows() {
         for keep in [1, 10, 63, 64, 65, 100, 128, 500, 1024, 1025, 2048] {
             let s = WarpSelectShape::for_keep(keep);
-            assert!(s.queue.is_power_of_two() && s.queue >= keep.max(64), "{keep}: {s:?}");
+            assert!(
+                s.queue.is_power_of_two() && s.queue >= keep.max(64),
+                "{keep}: {s:?}"
+            );
             assert!(s.queue < 2 * keep.max(64), "{keep}: {s:?}");
             assert!((2..=8).contains(&s.thread_queue), "{keep}: {s:?}");
-            assert!(WarpSelectShape::LANES * s.thread_queue <= s.queue, "{keep}: {s:?}");
+            assert!(
+                WarpSelectShape::LANES * s.thread_queue <= s.queue,
+                "{keep}: {s:?}"
+            );
             assert!(s.chunk >= 8 * s.queue, "{keep}: {s:?}");
         }
         assert_eq!(WarpSelectShape::for_keep(1024).shared_bytes(), 15_360);

@@ -17,12 +17,13 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PinnedHostSlice,
-    PushKernelArg, ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg,
+    ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
 use quiver_engine::backend::{
@@ -642,19 +643,15 @@ impl CudaBackend {
         let rows_per_tile = (tile_bytes / (nlist * 12 + dim * 4)).clamp(1, 65_535 * 16);
         let mut lists = Vec::with_capacity(nq * nprobe);
         let mut scores = Vec::with_capacity(nq * nprobe);
-        let mut finish = |tile: Tile| -> Result<(), CudaError> {
-            for (sc, pay) in tile.select.finish()? {
-                lists.extend(pay.iter().map(|x| x.lo));
-                scores.extend(sc);
-            }
-            tile.release(&self.io);
-            Ok(())
-        };
-        let mut in_flight = None;
-        for (t, tile) in queries.chunks(rows_per_tile * dim).enumerate() {
-            let rows = tile.len() / dim;
-            let mut held = Vec::new();
-            let q = self.io.stage(tile, &mut held)?;
+        let tiles: Vec<_> = (0..nq)
+            .step_by(rows_per_tile)
+            .map(|s| s..(s + rows_per_tile).min(nq))
+            .collect();
+        let submit = |qs: Range<usize>, held: &mut Vec<PinnedHostSlice<u32>>| {
+            let rows = qs.len();
+            let q = self
+                .io
+                .stage(&queries[qs.start * dim..qs.end * dim], held)?;
             let mut s = self.zeros::<u32>(rows * nlist)?;
             let mut pl = self.zeros::<u32>(2 * rows * nlist)?;
             let cfg = LaunchConfig {
@@ -679,19 +676,15 @@ impl CudaBackend {
             // rows × nlist matrix, which `s` (f32) and `pl` (uint2) hold.
             unsafe { b.launch(cfg) }.map_err(driver)?;
             let spans = (0..rows).map(|r| (r * nlist, nlist)).collect();
-            let select = self.select_submit(s, pl, spans, nprobe, &mut held)?;
-            let next = Tile {
-                start: t * rows_per_tile,
-                select,
-                held,
-            };
-            if let Some(prev) = in_flight.replace(next) {
-                finish(prev)?;
+            self.select_submit(s, pl, spans, nprobe, held)
+        };
+        let finish = |_: usize, selected: Vec<Selected>| {
+            for (sc, pay) in selected {
+                lists.extend(pay.iter().map(|x| x.lo));
+                scores.extend(sc);
             }
-        }
-        if let Some(last) = in_flight {
-            finish(last)?;
-        }
+        };
+        self.pipelined(&tiles, submit, finish)?;
         Ok(Probes {
             nprobe,
             lists,
@@ -753,9 +746,9 @@ impl CudaBackend {
                 .map(|&l| p.places[l as usize].2 as usize)
                 .sum()
         };
-        let mut finish = |tile: Tile| -> Result<(), CudaError> {
-            for (local, (s, pay)) in tile.select.finish()?.into_iter().enumerate() {
-                let q = tile.start + local;
+        let finish = |start: usize, selected: Vec<Selected>| {
+            for (local, (s, pay)) in selected.into_iter().enumerate() {
+                let q = start + local;
                 for (i, (score, pl)) in s.iter().zip(&pay).enumerate() {
                     if *score == f32::INFINITY || pl.hi != 0 {
                         break;
@@ -765,10 +758,8 @@ impl CudaBackend {
                     scores[q * keep + i] = *score;
                 }
             }
-            tile.release(&self.io);
-            Ok(())
         };
-        let mut in_flight = None;
+        let mut tiles = Vec::new();
         let mut q0 = 0;
         while q0 < nq {
             let (mut q1, mut bytes) = (q0, 0usize);
@@ -780,15 +771,13 @@ impl CudaBackend {
                 bytes += b;
                 q1 += 1;
             }
-            let next = self.scan_submit(p, probes, tables, keep, q0..q1, fast, shared)?;
-            if let Some(prev) = in_flight.replace(next) {
-                finish(prev)?;
-            }
+            tiles.push(q0..q1);
             q0 = q1;
         }
-        if let Some(last) = in_flight {
-            finish(last)?;
-        }
+        let submit = |qs: Range<usize>, held: &mut Vec<PinnedHostSlice<u32>>| {
+            self.scan_submit(p, probes, tables, keep, qs, fast, shared, held)
+        };
+        self.pipelined(&tiles, submit, finish)?;
         Ok(Candidates {
             per_query: keep,
             slots,
@@ -796,8 +785,9 @@ impl CudaBackend {
         })
     }
 
-    /// Builds one scan tile (queries `qs`) on the host, stages its inputs, records its scan
-    /// and selection, and starts the read-back; returns without waiting.
+    /// Builds one scan tile (queries `qs`) on the host, stages its inputs (their pinned
+    /// buffers go to `held`), records its scan and selection, and starts the read-back;
+    /// returns without waiting.
     #[allow(clippy::too_many_arguments)]
     fn scan_submit(
         &self,
@@ -808,7 +798,8 @@ impl CudaBackend {
         qs: std::ops::Range<usize>,
         fast: bool,
         shared: bool,
-    ) -> Result<Tile, CudaError> {
+        held: &mut Vec<PinnedHostSlice<u32>>,
+    ) -> Result<PendingSelect, CudaError> {
         let nprobe = probes.nprobe;
         let (m, ksub) = (tables.m, tables.ksub);
         let tl = m * ksub;
@@ -865,16 +856,15 @@ impl CudaBackend {
             }
             spans.push((row_start, out - row_start));
         }
-        let mut held = Vec::new();
         let mut row_s = self.zeros::<u32>(out)?;
         let mut row_p = self.zeros::<u32>(2 * out)?;
         if !items.is_empty() {
-            let item_buf = self.io.stage(&items, &mut held)?;
+            let item_buf = self.io.stage(&items, held)?;
             let n = items.len() as u32;
             let m_u = m as u32;
             if fast {
-                let qt = self.io.stage(&qbytes, &mut held)?;
-                let qp = self.io.stage(&qparams, &mut held)?;
+                let qt = self.io.stage(&qbytes, held)?;
+                let qp = self.io.stage(&qparams, held)?;
                 let cfg = LaunchConfig {
                     grid_dim: grid(items.len()),
                     block_dim: (256, 1, 1),
@@ -894,7 +884,7 @@ impl CudaBackend {
             } else {
                 let t = self
                     .io
-                    .stage(&tables.values[qs.start * tl..qs.end * tl], &mut held)?;
+                    .stage(&tables.values[qs.start * tl..qs.end * tl], held)?;
                 let no_terms;
                 let terms = match &p.l2_terms {
                     Some((_, d)) => d,
@@ -923,12 +913,7 @@ impl CudaBackend {
                 unsafe { b.launch(cfg) }.map_err(driver)?;
             }
         }
-        let select = self.select_submit(row_s, row_p, spans, keep, &mut held)?;
-        Ok(Tile {
-            start: qs.start,
-            select,
-            held,
-        })
+        self.select_submit(row_s, row_p, spans, keep, held)
     }
 
     fn refine_inner(
@@ -949,9 +934,9 @@ impl CudaBackend {
         let has_raw = index.params().refine != RefineKind::None;
         let tile_bytes = self.tile_bytes;
         let rows_per_tile = (tile_bytes / (per * 28 + dim * 4)).max(1);
-        let mut finish = |tile: Tile| -> Result<(), CudaError> {
-            for (r, (sc, pay)) in tile.select.finish()?.into_iter().enumerate() {
-                let q = tile.start + r;
+        let finish = |start: usize, selected: Vec<Selected>| {
+            for (r, (sc, pay)) in selected.into_iter().enumerate() {
+                let q = start + r;
                 for (i, (d, id)) in sc.iter().zip(&pay).enumerate() {
                     if id.hi == u32::MAX && id.lo == u32::MAX && *d == f32::INFINITY {
                         break;
@@ -960,12 +945,13 @@ impl CudaBackend {
                     distances[q * k + i] = metric.reported(*d);
                 }
             }
-            tile.release(&self.io);
-            Ok(())
         };
-        let mut in_flight = None;
-        for start in (0..nq).step_by(rows_per_tile) {
-            let end = (start + rows_per_tile).min(nq);
+        let tiles: Vec<_> = (0..nq)
+            .step_by(rows_per_tile)
+            .map(|s| s..(s + rows_per_tile).min(nq))
+            .collect();
+        let submit = |qs: Range<usize>, held: &mut Vec<PinnedHostSlice<u32>>| {
+            let (start, end) = (qs.start, qs.end);
             let n = (end - start) * per;
             let mut score = vec![f32::INFINITY; n];
             let mut payload = vec![
@@ -1001,12 +987,11 @@ impl CudaBackend {
                     }
                 }
             }
-            let mut held = Vec::new();
-            let mut s = self.io.stage(&score, &mut held)?;
-            let pl = self.io.stage(&payload, &mut held)?;
+            let mut s = self.io.stage(&score, held)?;
+            let pl = self.io.stage(&payload, held)?;
             if !items.is_empty() {
-                let item_buf = self.io.stage(&items, &mut held)?;
-                let qbuf = self.io.stage(&queries[start * dim..end * dim], &mut held)?;
+                let item_buf = self.io.stage(&items, held)?;
+                let qbuf = self.io.stage(&queries[start * dim..end * dim], held)?;
                 let (d_u, f16, ip, n_u) = (
                     dim as u32,
                     u32::from(p.raw_f16),
@@ -1028,33 +1013,41 @@ impl CudaBackend {
                 unsafe { b.launch(cfg) }.map_err(driver)?;
             }
             let spans = (0..end - start).map(|r| (r * per, per)).collect();
-            let select = self.select_submit(s, pl, spans, k, &mut held)?;
-            let next = Tile {
-                start,
-                select,
-                held,
-            };
-            if let Some(prev) = in_flight.replace(next) {
-                finish(prev)?;
-            }
-        }
-        if let Some(last) = in_flight {
-            finish(last)?;
-        }
+            self.select_submit(s, pl, spans, k, held)
+        };
+        self.pipelined(&tiles, submit, finish)?;
         Ok(Neighbors { k, ids, distances })
     }
-}
 
-/// A submitted tile of a stage: its first query, its selection on the way back, and the
-/// pinned buffers its inputs were staged in.
-struct Tile {
-    start: usize,
-    select: PendingSelect,
-    held: Vec<PinnedHostSlice<u32>>,
-}
-
-impl Tile {
-    fn release(self, io: &Transfers) {
-        self.select.release(io, self.held);
+    /// Runs a stage's tiles (query ranges) two in flight: `submit` records a tile without
+    /// waiting (staging its inputs in the pinned buffers it is given); the previous tile's
+    /// selection is then waited for and handed to `finish` with its first query, so the host
+    /// builds tile t + 1 while the device computes tile t.
+    fn pipelined(
+        &self,
+        tiles: &[Range<usize>],
+        mut submit: impl FnMut(
+            Range<usize>,
+            &mut Vec<PinnedHostSlice<u32>>,
+        ) -> Result<PendingSelect, CudaError>,
+        mut finish: impl FnMut(usize, Vec<Selected>),
+    ) -> Result<(), CudaError> {
+        let mut in_flight: Option<(usize, PendingSelect, Vec<PinnedHostSlice<u32>>)> = None;
+        let mut complete = |(start, select, held): (usize, PendingSelect, _)| {
+            finish(start, select.finish()?);
+            select.release(&self.io, held);
+            Ok::<(), CudaError>(())
+        };
+        for qs in tiles {
+            let mut held = Vec::new();
+            let select = submit(qs.clone(), &mut held)?;
+            if let Some(prev) = in_flight.replace((qs.start, select, held)) {
+                complete(prev)?;
+            }
+        }
+        match in_flight {
+            Some(last) => complete(last),
+            None => Ok(()),
+        }
     }
 }

@@ -84,7 +84,8 @@ impl Transfers {
         let len = words.max(MIN_WORDS).next_power_of_two();
         // SAFETY: the buffer is zeroed below before anything reads it. Flags 0: cached
         // (not write-combined) memory, which the host reads back at full speed.
-        let mut buffer = unsafe { self.ctx.alloc_pinned_with_flags::<u32>(len, 0) }.map_err(driver)?;
+        let mut buffer =
+            unsafe { self.ctx.alloc_pinned_with_flags::<u32>(len, 0) }.map_err(driver)?;
         buffer.as_mut_slice().map_err(driver)?.fill(0);
         Ok(buffer)
     }

@@ -205,7 +205,8 @@ pub fn coarse_and_tables_match_the_cpu_reference<B: Backend>(backend: &B) {
 
 /// A per-row selection under test: (scores, payloads, rows as (first, len), keep) → each
 /// row's best `keep` (score, payload), best first.
-pub type SelectRows<'a> = dyn Fn(&[f32], &[u64], &[(usize, usize)], usize) -> Vec<Vec<(f32, u64)>> + 'a;
+pub type SelectRows<'a> =
+    dyn Fn(&[f32], &[u64], &[(usize, usize)], usize) -> Vec<Vec<(f32, u64)>> + 'a;
 
 /// The device top-k (WarpSelect-style) against the engine's host selection: keep from 1 to
 /// beyond the device's largest, rows from empty to several rounds long, heavy ties (scores
