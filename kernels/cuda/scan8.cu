@@ -1,8 +1,10 @@
 // 8-bit PQ list scan. Twin of shaders/wgsl/scan8.wgsl, stage for stage.
 //
 // One block per (query, probed list) work item; its 256 threads stride over the list's entries
-// (consecutive threads read consecutive codes: coalesced). The query's table (M × 256 floats)
-// is staged in shared memory when it fits (M ≤ 48: 48 KiB), else read through L1. An entry's
+// (consecutive threads read consecutive entries' codes). The query's table (M × 256 floats)
+// is staged in shared memory when the host says it fits (`staged`: M KiB within the device's
+// opt-in limit, which the host enables for this kernel — M ≤ 48 anywhere, M ≤ 160 on an
+// A100, M ≤ 227 on an H100), else read through L1. An entry's
 // score is the coarse term plus, in sub-quantizer order, the table entry of its code (L2 adds
 // the list's term first) — the CPU scan's additions in the CPU scan's order. Deleted entries
 // score +inf. Output: score and payload (0, global slot) in the query's row, for top-k.
@@ -28,6 +30,7 @@ extern "C" __global__ void scan8(
     uint2* __restrict__ out_payload,
     unsigned int m,
     unsigned int l2,
+    unsigned int staged,
     unsigned int nitems)
 {
     extern __shared__ float table[];
@@ -35,7 +38,6 @@ extern "C" __global__ void scan8(
     if (w >= nitems) return;
     const ScanItem it = items[w];
     const float* q_table = tables + (size_t)it.table * m * 256;
-    const bool staged = m <= 48;
     if (staged) {
         for (unsigned int i = threadIdx.x; i < m * 256; i += blockDim.x) table[i] = q_table[i];
         __syncthreads();

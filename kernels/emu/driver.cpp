@@ -480,11 +480,28 @@ CUresult cuModuleGetFunction(CUfunction* f, CUmodule m, const char* name) {
     *f = (void*)&it->second;
     return CUDA_SUCCESS;
 }
-CUresult cuFuncGetAttribute(int* v, int, CUfunction) {
+// Per function: the dynamic shared memory it may use (opted in beyond 48 KiB).
+static std::map<CUfunction, int> g_max_dynamic_shared;
+constexpr int DEFAULT_DYNAMIC_SHARED = 49152;
+constexpr int OPTIN_DYNAMIC_SHARED = 232448;
+
+CUresult cuFuncGetAttribute(int* v, int attribute, CUfunction f) {
+    std::lock_guard<std::recursive_mutex> guard(emu::g_lock);
     *v = 0;
+    if (attribute == 8) {  // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        auto it = g_max_dynamic_shared.find(f);
+        *v = it == g_max_dynamic_shared.end() ? DEFAULT_DYNAMIC_SHARED : it->second;
+    }
     return CUDA_SUCCESS;
 }
-CUresult cuFuncSetAttribute(CUfunction, int, int) { return CUDA_SUCCESS; }
+CUresult cuFuncSetAttribute(CUfunction f, int attribute, int value) {
+    std::lock_guard<std::recursive_mutex> guard(emu::g_lock);
+    if (attribute == 8) {
+        if (value < 0 || value > OPTIN_DYNAMIC_SHARED) return CUDA_ERROR_INVALID_VALUE;
+        g_max_dynamic_shared[f] = value;
+    }
+    return CUDA_SUCCESS;
+}
 
 CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
                         unsigned int bx, unsigned int by, unsigned int bz, unsigned int shared_bytes,
@@ -494,8 +511,11 @@ CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned
     if (threads == 0 || threads > 1024 || gx == 0 || gy == 0 || gz == 0 || gy > 65535 ||
         gz > 65535)
         return CUDA_ERROR_INVALID_VALUE;
-    if (shared_bytes > 49152) return CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES;
     std::lock_guard<std::recursive_mutex> guard(emu::g_lock);
+    auto opted = g_max_dynamic_shared.find(f);
+    const int limit = opted == g_max_dynamic_shared.end() ? DEFAULT_DYNAMIC_SHARED : opted->second;
+    if (shared_bytes > (unsigned int)std::max(limit, DEFAULT_DYNAMIC_SHARED))
+        return CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES;
     emu::Launch l;
     l.kernel = (const emu::Invoker*)f;
     l.params = params;

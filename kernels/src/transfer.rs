@@ -20,11 +20,7 @@ use cudarc::driver::{
     CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, HostSlice, PinnedHostSlice,
 };
 
-use crate::backend::CudaError;
-
-fn driver<E: std::fmt::Display>(e: E) -> CudaError {
-    CudaError::Driver(e.to_string())
-}
+use crate::backend::{driver, CudaError};
 
 /// Smallest pinned buffer allocated, words (16 KiB).
 const MIN_WORDS: usize = 4096;

@@ -36,6 +36,12 @@ fn tiled_pipelined_searches_match_the_cpu_reference() {
 }
 
 #[test]
+fn wide_codes_match_the_cpu_reference() {
+    let Some(b) = backend() else { return };
+    parity::wide_codes_match_the_cpu_reference(&b);
+}
+
+#[test]
 fn scan_stage_selects_the_cpu_candidates() {
     let Some(b) = backend() else { return };
     parity::scan_stage_selects_the_cpu_candidates(&b);

@@ -30,6 +30,12 @@ fn searches_match_the_cpu_reference() {
     parity::searches_match_the_cpu_reference(&WgpuBackend::new(Arc::new(gpu)));
 }
 
+#[test]
+fn wide_codes_match_the_cpu_reference() {
+    let Some(gpu) = device() else { return };
+    parity::wide_codes_match_the_cpu_reference(&WgpuBackend::new(Arc::new(gpu)));
+}
+
 /// Given the same probes and tables, the GPU scan selects the CPU scan's candidates.
 #[test]
 fn scan_stage_selects_the_cpu_candidates() {

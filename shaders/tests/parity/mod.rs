@@ -142,6 +142,40 @@ pub fn searches_match_the_cpu_reference<B: Backend>(backend: &B) {
     }
 }
 
+/// Wide codes: the scans' table paths for large M — 8-bit M = 64 (a 64 KiB table: CUDA stages
+/// it in opted-in shared memory), 8-bit M = 256 (256 KiB: read from global memory on both
+/// backends) and 4-bit M = 264 (past WGSL's 4 KiB of staged table) — match the CPU.
+pub fn wide_codes_match_the_cpu_reference<B: Backend>(backend: &B) {
+    let cpu = CpuBackend;
+    for (metric, bits, dim, m) in [
+        (Metric::L2, 8, 256, 64),
+        (Metric::InnerProduct, 8, 256, 256),
+        (Metric::InnerProduct, 4, 528, 264),
+    ] {
+        let g = ClusteredGaussian::new(dim, 8, 0.5, 13);
+        let x = g.rows(0, 2000);
+        let mut p = IndexParams::new(metric, dim, 8, m);
+        p.pq_bits = bits;
+        let mut idx = IvfPqIndex::train(p, &x, &NoProgress).expect("train");
+        idx.add(&x, None, &NoProgress).expect("add");
+        let idx = Arc::new(idx);
+        let q = g.rows(2000, 12);
+        let params = SearchParams {
+            k: 10,
+            nprobe: 3,
+            refine_factor: 1,
+        };
+        let want = cpu
+            .search(&cpu.prepare(idx.clone()).unwrap(), &q, &params)
+            .unwrap();
+        let got = backend
+            .search(&backend.prepare(idx.clone()).unwrap(), &q, &params)
+            .unwrap();
+        let label = format!("{} {metric} {bits}-bit M {m}", backend.name());
+        assert_parity(&label, &want, &got);
+    }
+}
+
 /// Given the same probes and tables, the backend's scan selects the CPU scan's candidates.
 pub fn scan_stage_selects_the_cpu_candidates<B: Backend>(backend: &B) {
     let cpu = CpuBackend;
