@@ -6,7 +6,8 @@
 //! compiles every kernel for `compute_80` and `compute_90` and assembles the PTX with ptxas);
 //! [`probe`] says whether a CUDA driver and device exist, without cudarc's panic when the
 //! driver library is missing; [`backend`] runs the stages, with copies overlapping compute on
-//! a second stream (`transfer`).
+//! a second stream (`transfer`). `emu/` (outside the crate) is a `libcuda.so` that runs these
+//! kernels on the CPU, so CI executes the whole backend (`emu/README.md`).
 
 pub mod backend;
 pub mod compile;
