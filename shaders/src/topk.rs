@@ -34,24 +34,37 @@ pub(crate) struct Rows {
 /// One row's selection, best first: scores and payloads `(high, low)`.
 pub(crate) type Selected = (Vec<f32>, Vec<[u32; 2]>);
 
-/// The top-k kernel: the portable variant (queue ≤ 1,024) and, where the adapter allows, the
-/// 2,048-entry one.
+/// The top-k kernel in three sizes of workgroup memory (the shader's arrays are sized at
+/// compile time, and workgroup memory bounds how many workgroups a GPU keeps resident): a
+/// queue of 128 (3 KiB, most selections: nprobe, k × refine factor and k are usually ≤ 128),
+/// of 1,024 (15 KiB, any WebGPU device) and, where the adapter allows 27 KiB, of 2,048.
 pub(crate) struct GpuTopK {
+    small: Kernel,
     kernel: Kernel,
     large: Option<Kernel>,
 }
 
+/// The lines of `topk.wgsl` that size its workgroup arrays.
+const QUEUE_LINE: &str = "const QCAP: u32 = 1024u;";
+const STAGE_LINE: &str = "const STAGE: u32 = 256u; // LANES × TQ_MAX";
+/// Queue of the small variant.
+const SMALL_QUEUE: usize = 128;
+
 impl GpuTopK {
     pub(crate) fn new(gpu: &GpuDevice) -> GpuTopK {
         const SOURCE: &str = include_str!("../wgsl/topk.wgsl");
-        const PORTABLE_QUEUE: &str = "const QCAP: u32 = 1024u;";
-        debug_assert!(SOURCE.contains(PORTABLE_QUEUE));
+        debug_assert!(SOURCE.contains(QUEUE_LINE) && SOURCE.contains(STAGE_LINE));
+        // K ≤ 128 has T ≤ 4: 128 staged entries at most.
+        let small = SOURCE
+            .replace(QUEUE_LINE, "const QCAP: u32 = 128u;")
+            .replace(STAGE_LINE, "const STAGE: u32 = 128u;");
         let large_bytes = WarpSelectShape::for_keep(MAX_GPU_KEEP).shared_bytes() + 16;
         let large = (gpu.max_workgroup_storage as usize >= large_bytes).then(|| {
-            let source = SOURCE.replace(PORTABLE_QUEUE, "const QCAP: u32 = 2048u;");
+            let source = SOURCE.replace(QUEUE_LINE, "const QCAP: u32 = 2048u;");
             Kernel::new(gpu, "topk-2048", &source)
         });
         GpuTopK {
+            small: Kernel::new(gpu, "topk-128", &small),
             kernel: Kernel::new(gpu, "topk", SOURCE),
             large,
         }
@@ -113,6 +126,7 @@ impl GpuTopK {
         let keep = keep.max(1);
         let shape = WarpSelectShape::for_keep(keep);
         let kernel = match &self.large {
+            _ if shape.queue <= SMALL_QUEUE => &self.small,
             Some(large) if shape.queue > PORTABLE_GPU_KEEP => large,
             _ => &self.kernel,
         };

@@ -20,9 +20,10 @@
 // After warm-up few entries beat the threshold, so most of the chunk costs one read and one
 // comparison per entry. K is a power of two from 64 to QCAP (host: the smallest one ≥ keep),
 // T = min(8, K / 32) so that the staging area (32·T ≤ K) fits the queue's tail. Workgroup
-// memory: QCAP × 12 + 256 × 12 bytes: 15 KiB for QCAP = 1,024 (fits WebGPU's 16 KiB default),
-// 27 KiB for 2,048 (the host builds that variant when the adapter allows it, replacing the
-// QCAP line). The host cuts rows into chunks and chains rounds until each row is one chunk.
+// memory: (QCAP + STAGE) × 12 bytes: 15 KiB for QCAP = 1,024 (fits WebGPU's 16 KiB default);
+// the host also builds a 3 KiB variant (QCAP = STAGE = 128) for the common small selections
+// and a 27 KiB one (QCAP = 2,048) where the adapter allows it, replacing those two lines.
+// The host cuts rows into chunks and chains rounds until each row is one chunk.
 //
 // CUDA exchanges through shared memory too, with `__syncwarp` where this has
 // `workgroupBarrier`; FAISS keeps the queue in registers and exchanges by shuffles, which
