@@ -341,6 +341,9 @@ impl CudaBackend {
                 max: u64::from(u32::MAX),
             });
         }
+        if keep == 0 {
+            return Ok(vec![Vec::new(); spans.len()]);
+        }
         let pays: Vec<Pay> = payloads
             .iter()
             .map(|&p| Pay {

@@ -71,4 +71,8 @@ fn top_k_selects_the_cpu_rows() {
         b.select_rows(scores, payloads, spans, keep)
             .expect("device top-k")
     });
+    let err = b.select_rows(&[1.0], &[], &[(0, 1)], 1).unwrap_err();
+    assert!(err.to_string().contains("1 scores but 0 payloads"), "{err}");
+    let err = b.select_rows(&[1.0], &[7], &[(0, 2)], 1).unwrap_err();
+    assert!(err.to_string().contains("past the 1 entries"), "{err}");
 }

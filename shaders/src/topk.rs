@@ -261,6 +261,9 @@ pub fn select_rows_on_device(
             scores.len()
         )));
     }
+    if keep == 0 {
+        return Ok(vec![Vec::new(); spans.len()]);
+    }
     let words: Vec<[u32; 2]> = payloads
         .iter()
         .map(|&p| [(p >> 32) as u32, p as u32])

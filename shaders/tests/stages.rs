@@ -156,4 +156,11 @@ fn top_k_selects_the_cpu_rows() {
         quiver_shaders::topk::select_rows_on_device(&gpu, scores, payloads, spans, keep)
             .expect("device top-k")
     });
+    let err = quiver_shaders::topk::select_rows_on_device(&gpu, &[1.0], &[], &[(0, 1)], 1);
+    assert!(err
+        .unwrap_err()
+        .to_string()
+        .contains("1 scores but 0 payloads"));
+    let err = quiver_shaders::topk::select_rows_on_device(&gpu, &[1.0], &[7], &[(0, 2)], 1);
+    assert!(err.unwrap_err().to_string().contains("past the 1 entries"));
 }
