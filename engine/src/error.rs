@@ -161,4 +161,13 @@ pub enum EngineError {
         /// Why.
         reason: String,
     },
+    /// A backend that opened failed at its work: a device error, or an index or batch beyond
+    /// what the device holds.
+    #[error("backend {backend} failed: {reason}")]
+    BackendFailed {
+        /// The backend's name.
+        backend: &'static str,
+        /// Why.
+        reason: String,
+    },
 }

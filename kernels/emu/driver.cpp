@@ -322,8 +322,11 @@ CUresult cuCtxGetCurrent(CUcontext* c) {
     return CUDA_SUCCESS;
 }
 CUresult cuCtxSynchronize() { return CUDA_SUCCESS; }
+// Device memory reported: 16 GiB, half of it free; QUIVER_EMU_FREE_MIB sets the free part
+// (to exercise the backend's checks against a small device).
 CUresult cuMemGetInfo_v2(std::size_t* free_bytes, std::size_t* total) {
     *free_bytes = (std::size_t)8 << 30;
+    if (const char* mib = std::getenv("QUIVER_EMU_FREE_MIB")) *free_bytes = std::strtoull(mib, nullptr, 10) << 20;
     *total = (std::size_t)16 << 30;
     return CUDA_SUCCESS;
 }

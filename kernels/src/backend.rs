@@ -82,9 +82,17 @@ pub(crate) fn driver<E: std::fmt::Display>(e: E) -> CudaError {
 }
 
 fn engine_err(e: CudaError) -> EngineError {
-    EngineError::BackendUnavailable {
-        backend: "cuda",
-        reason: e.to_string(),
+    match e {
+        CudaError::Unavailable(_) | CudaError::Compile(_) => EngineError::BackendUnavailable {
+            backend: "cuda",
+            reason: e.to_string(),
+        },
+        CudaError::Driver(_) | CudaError::Invalid(_) | CudaError::TooLarge { .. } => {
+            EngineError::BackendFailed {
+                backend: "cuda",
+                reason: e.to_string(),
+            }
+        }
     }
 }
 
@@ -573,6 +581,18 @@ impl CudaBackend {
                 what: "raw vector values in one index",
                 got: (raw.len() / value_bytes) as u64,
                 max: u32::MAX as u64 - 1,
+            });
+        }
+        // The index lives on the device whole (no streaming yet, unlike wgpu): refuse one that
+        // cannot fit, with the sizes, rather than fail on an allocation half-way.
+        let needed = (codes.len() + raw.len() + dead.len() * 4) as u64
+            + (index.centroids().len() + index.pq().centroids().len()) as u64 * 4;
+        let free = self.io.free_memory()? as u64;
+        if needed > free {
+            return Err(CudaError::TooLarge {
+                what: "index bytes on the device (codes, raw vectors, centroids)",
+                got: needed,
+                max: free,
             });
         }
         let norms: Vec<f32> = index

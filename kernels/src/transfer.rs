@@ -62,6 +62,11 @@ impl Transfers {
         })
     }
 
+    /// Device memory free now, bytes.
+    pub(crate) fn free_memory(&self) -> Result<usize, CudaError> {
+        Ok(self.ctx.mem_get_info().map_err(driver)?.0)
+    }
+
     /// A pinned buffer of at least `words` words: the smallest pooled one that fits, or a
     /// new one (a power of two, at least 16 KiB).
     fn take(&self, words: usize) -> Result<PinnedHostSlice<u32>, CudaError> {

@@ -20,6 +20,7 @@ pub fn from_engine(e: EngineError) -> Status {
         EngineError::TooFewTrainingVectors { .. } => Code::FailedPrecondition,
         EngineError::BackendUnavailable { .. } => Code::Unavailable,
         EngineError::Io(_)
+        | EngineError::BackendFailed { .. }
         | EngineError::CorruptIndex { .. }
         | EngineError::ChecksumMismatch { .. }
         | EngineError::UnsupportedVersion { .. } => Code::Internal,

@@ -122,9 +122,17 @@ struct RefineItem {
 }
 
 fn engine_err(e: WgpuError) -> EngineError {
-    EngineError::BackendUnavailable {
-        backend: "wgpu",
-        reason: e.to_string(),
+    match e {
+        WgpuError::NoAdapter(_) | WgpuError::Device { .. } => EngineError::BackendUnavailable {
+            backend: "wgpu",
+            reason: e.to_string(),
+        },
+        WgpuError::TooLarge { .. } | WgpuError::Invalid(_) | WgpuError::Runtime(_) => {
+            EngineError::BackendFailed {
+                backend: "wgpu",
+                reason: e.to_string(),
+            }
+        }
     }
 }
 
