@@ -3,7 +3,7 @@
 // One block per (query, probed list) work item; its 256 threads stride over the list's entries
 // (consecutive threads read consecutive entries' codes). The query's table (M × 256 floats)
 // is staged in shared memory when the host says it fits (`staged`: M KiB within the device's
-// opt-in limit, which the host enables for this kernel — M ≤ 48 anywhere, M ≤ 160 on an
+// opt-in limit, which the host enables for this kernel — M ≤ 48 anywhere, M ≤ 163 on an
 // A100, M ≤ 227 on an H100), else read through L1. An entry's
 // score is the coarse term plus, in sub-quantizer order, the table entry of its code (L2 adds
 // the list's term first) — the CPU scan's additions in the CPU scan's order. Deleted entries
