@@ -3,14 +3,16 @@
 - `quiver_pb`: Python stubs generated from server/proto/quiver/v1/quiver.proto with
   grpc_tools.protoc into a temporary directory at test time (session scope).
 - `server`: the `quiver serve` binary (env QUIVER_BIN, default target/debug/quiver) started on
-  127.0.0.1:0 in a fresh data directory; yields "127.0.0.1:PORT" and, on teardown, sends SIGTERM
-  and asserts a graceful exit (code 0).
+  127.0.0.1:0 in a fresh data directory, with the extra arguments in env QUIVER_SERVE_ARGS
+  (e.g. `--backend cuda`); yields "127.0.0.1:PORT" and, on teardown, sends SIGTERM and asserts
+  a graceful exit (code 0).
 - `channel` / `stub`: an insecure grpc channel to that server and a quiver.v1.Quiver stub.
 """
 
 import importlib
 import os
 import queue
+import shlex
 import signal
 import subprocess
 import sys
@@ -28,6 +30,7 @@ PROTO_FILE = PROTO_ROOT / "quiver" / "v1" / "quiver.proto"
 STARTUP_TIMEOUT_S = 30.0
 SHUTDOWN_TIMEOUT_S = 10.0
 RPC_TIMEOUT_S = 30.0
+SERVE_ARGS = shlex.split(os.environ.get("QUIVER_SERVE_ARGS", ""))
 
 
 def _quiver_bin() -> Path:
@@ -106,7 +109,7 @@ def server(tmp_path):
     stderr_path = tmp_path / "server.stderr"
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen(
-            [str(binary), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
+            [str(binary), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir), *SERVE_ARGS],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=err,
