@@ -303,7 +303,7 @@ CUresult cuDeviceGetAttribute(int* v, int attribute, CUdevice) {
         case 75: *v = 9; break;          // compute capability major
         case 76: *v = 0; break;          // compute capability minor
         case 97: *v = 232448; break;     // shared memory per block, opt-in
-        case 115: *v = 0; break;         // memory pools: no (plain cuMemAlloc)
+        case 115: *v = 1; break;         // memory pools: yes, as A100/H100 (cudarc then uses cuMemAllocAsync)
         default: *v = 0; break;
     }
     return CUDA_SUCCESS;
