@@ -41,8 +41,15 @@ struct Chunk {
     unsigned int keep;
 };
 
+// A score's place in IEEE total order (the CPU reference's `order_key`: −0 before +0).
+__device__ __forceinline__ unsigned int order_key(float f) {
+    const unsigned int b = __float_as_uint(f);
+    return b ^ ((unsigned int)((int)b >> 31) | 0x80000000u);
+}
+
 __device__ __forceinline__ bool before(float ka, uint2 pa, float kb, uint2 pb) {
-    return ka < kb || (ka == kb && (pa.x < pb.x || (pa.x == pb.x && pa.y < pb.y)));
+    const unsigned int a = order_key(ka), b = order_key(kb);
+    return a < b || (a == b && (pa.x < pb.x || (pa.x == pb.x && pa.y < pb.y)));
 }
 
 // First index of compare-exchange pair `p` in a bitonic step of half-width `stride`.

@@ -86,6 +86,11 @@ inline int __float_as_int(float f) {
     std::memcpy(&i, &f, 4);
     return i;
 }
+inline unsigned int __float_as_uint(float f) {
+    unsigned int u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
 
 // cuda_fp16.h: storage and the exact half → float conversion.
 struct __half {

@@ -60,8 +60,16 @@ var<workgroup> stage_payload: array<vec2<u32>, STAGE>;
 var<workgroup> vote: array<u32, 3>;
 var<workgroup> chunk_len: u32;
 
+// A score's place in IEEE total order (the CPU reference's `order_key`: −0 before +0).
+fn order_key(f: f32) -> u32 {
+    let b = bitcast<u32>(f);
+    return b ^ select(0x80000000u, 0xffffffffu, (b >> 31u) == 1u);
+}
+
 fn before(ka: f32, pa: vec2<u32>, kb: f32, pb: vec2<u32>) -> bool {
-    return ka < kb || (ka == kb && (pa.x < pb.x || (pa.x == pb.x && pa.y < pb.y)));
+    let a = order_key(ka);
+    let b = order_key(kb);
+    return a < b || (a == b && (pa.x < pb.x || (pa.x == pb.x && pa.y < pb.y)));
 }
 
 // First index of compare-exchange pair `p` in a bitonic step of half-width `stride`.

@@ -244,7 +244,8 @@ pub type SelectRows<'a> =
 
 /// The device top-k (WarpSelect-style) against the engine's host selection: keep from 1 to
 /// beyond the device's largest, rows from empty to several rounds long, heavy ties (scores
-/// drawn from a few values, tied entries ordered by payload), infinities.
+/// drawn from a few values, tied entries ordered by payload), infinities, −0 and +0 (−0
+/// first, the CPU's total order).
 pub fn top_k_selects_the_cpu_rows(select: &SelectRows<'_>) {
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {
@@ -266,6 +267,8 @@ pub fn top_k_selects_the_cpu_rows(select: &SelectRows<'_>) {
                     let s = match r % 97 {
                         0 => f32::INFINITY,
                         1 => f32::NEG_INFINITY,
+                        2 => -0.0,
+                        3 => 0.0,
                         _ => (r >> 8) as f32 % distinct as f32 - distinct as f32 / 2.0,
                     };
                     scores.push(s);
