@@ -62,6 +62,18 @@ pub enum RawVectors {
     F32(Storage<f32>),
 }
 
+impl RawVectors {
+    /// The stored values as bytes, entry after entry (2 bytes a value for f16, 4 for f32;
+    /// empty when none are kept).
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            RawVectors::None => &[],
+            RawVectors::F16(s) => bytemuck::cast_slice(s.as_slice()),
+            RawVectors::F32(s) => bytemuck::cast_slice(s.as_slice()),
+        }
+    }
+}
+
 /// One inverted list.
 #[derive(Debug, Clone, Default)]
 pub struct InvertedList {

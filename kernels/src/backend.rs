@@ -2,10 +2,11 @@
 //!
 //! The design is the wgpu backend's (docs/GPU.md), stage for stage, with the kernels in
 //! `cuda/`: `prepare` uploads the index once (explicit device allocations, never managed
-//! memory); coarse search is a tiled distance kernel then the top-k kernel; tables are one
-//! thread per entry; the scan is one block per (query, probed list) — 8-bit codes with float
-//! tables in shared memory, or 4-bit fast-scan codes with the CPU's own u8 tables — followed by
-//! top-k rounds; refine is one warp per candidate, then top-k by (distance, id). Batches are
+//! memory), its codes and raw vectors only when they fit the memory budget — else each tile
+//! stages the codes and rows it reads; coarse search is a tiled distance kernel then the
+//! top-k kernel; tables are one thread per entry; the scan is one block per (query, probed
+//! list) — 8-bit codes with float tables in shared memory, or 4-bit fast-scan codes with the
+//! CPU's own u8 tables — followed by top-k rounds; refine is one warp per candidate, then top-k by (distance, id). Batches are
 //! cut into tiles of at most 64 MiB of score rows (an eighth of the device memory free at
 //! start when that is less); two tiles are in flight, so one tile's copies (on a copy
 //! stream, through pinned host memory: `transfer.rs`) overlap the other's kernels.
@@ -129,6 +130,35 @@ struct RefineItem {
     pad: u32,
 }
 
+/// Bytes a kernel reads: the prepared index's resident buffer, or what a tile staged.
+enum DeviceBytes<'a> {
+    Resident(&'a CudaSlice<u8>),
+    Staged(&'a CudaSlice<u32>),
+}
+
+impl<'a> DeviceBytes<'a> {
+    fn of(
+        resident: &'a Option<CudaSlice<u8>>,
+        staged: &'a Option<CudaSlice<u32>>,
+    ) -> Result<DeviceBytes<'a>, CudaError> {
+        match (resident, staged) {
+            (Some(r), _) => Ok(DeviceBytes::Resident(r)),
+            (None, Some(s)) => Ok(DeviceBytes::Staged(s)),
+            (None, None) => Err(CudaError::Driver(
+                "internal: neither resident nor staged bytes".into(),
+            )),
+        }
+    }
+
+    /// Pushes the buffer as the next kernel argument (a pointer to bytes either way).
+    fn push(&self, b: &mut cudarc::driver::LaunchArgs<'a>) {
+        match self {
+            DeviceBytes::Resident(r) => b.arg(*r),
+            DeviceBytes::Staged(s) => b.arg(*s),
+        };
+    }
+}
+
 /// One row's selection, best first: scores and payloads.
 type Selected = (Vec<f32>, Vec<Pay>);
 
@@ -148,6 +178,9 @@ pub struct CudaBackend {
     /// Dynamic shared memory one block of `scan8` may use (the device's opt-in maximum,
     /// enabled for it at open).
     scan8_shared: usize,
+    /// Device memory an index's codes and raw vectors may take (`None`: what is free at
+    /// prepare, less room for the tiles); beyond it they are streamed.
+    memory_budget: Option<usize>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -276,6 +309,7 @@ impl CudaBackend {
                 f
             },
             scan8_shared: optin as usize,
+            memory_budget: None,
             scan4: take("scan4")?,
             refine: take("refine")?,
             tile_bytes: (free / 8).clamp(1 << 20, PIPELINE_TILE_BYTES),
@@ -287,6 +321,14 @@ impl CudaBackend {
     /// tests: many small tiles, two in flight).
     pub fn with_tile_bytes(mut self, bytes: usize) -> Self {
         self.tile_bytes = bytes.max(1);
+        self
+    }
+
+    /// Sets the device memory an index's codes and raw vectors may take; an index above it
+    /// keeps them on the host, and each tile stages the codes of the lists it probes and the
+    /// rows of the candidates it refines (0: always stream).
+    pub fn with_memory_budget(mut self, bytes: usize) -> Self {
+        self.memory_budget = Some(bytes);
         self
     }
 
@@ -497,13 +539,16 @@ pub struct CudaPrepared {
     centroids: CudaSlice<f32>,
     norms: CudaSlice<f32>,
     codebook: CudaSlice<f32>,
-    codes: CudaSlice<u8>,
-    raw: CudaSlice<u8>,
+    /// All codes, list after list; `None`: streamed (each scan tile stages its lists).
+    codes: Option<CudaSlice<u8>>,
+    /// All raw vectors in global-slot order; `None`: streamed (each refine tile stages its
+    /// candidates' rows), or none kept.
+    raw: Option<CudaSlice<u8>>,
     raw_f16: bool,
     dead: CudaSlice<u32>,
     /// L2: host terms (4-bit quantization) and device terms (8-bit scan).
     l2_terms: Option<(Vec<f32>, CudaSlice<f32>)>,
-    /// Per list: first code byte, global slot of its first entry, entries.
+    /// Per list: first code byte (in `codes`), global slot of its first entry, entries.
     places: Vec<(u32, u32, u32)>,
 }
 
@@ -545,28 +590,23 @@ impl CudaBackend {
         let lists = index.lists();
         let dim = index.dim();
         let total: usize = lists.iter().map(|l| l.len()).sum();
-        let code_bytes: usize = lists.iter().map(|l| l.codes.as_slice().len()).sum();
-        if total >= u32::MAX as usize || code_bytes >= u32::MAX as usize {
+        if total >= u32::MAX as usize {
             return Err(CudaError::TooLarge {
-                what: "entries or code bytes in one index",
-                got: total.max(code_bytes) as u64,
+                what: "entries in one index",
+                got: total as u64,
                 max: u32::MAX as u64 - 1,
             });
         }
-        let mut codes = Vec::with_capacity(code_bytes);
-        let mut raw: Vec<u8> = Vec::new();
+        let code_bytes: usize = lists.iter().map(|l| l.codes.as_slice().len()).sum();
+        let raw_f16 = matches!(lists.first().map(|l| &l.raw), Some(RawVectors::F16(_)));
+        let value_bytes = if raw_f16 { 2 } else { 4 };
+        let raw_bytes: usize = lists.iter().map(|l| l.raw.as_bytes().len()).sum();
         let mut dead = vec![0u32; total.div_ceil(32).max(1)];
         let mut places = Vec::with_capacity(lists.len());
-        let raw_f16 = matches!(lists.first().map(|l| &l.raw), Some(RawVectors::F16(_)));
         let mut gslot = 0usize;
+        let mut byte_off = 0usize;
         for list in lists {
-            places.push((codes.len() as u32, gslot as u32, list.len() as u32));
-            codes.extend_from_slice(list.codes.as_slice());
-            match &list.raw {
-                RawVectors::None => {}
-                RawVectors::F16(s) => raw.extend_from_slice(bytemuck::cast_slice(s.as_slice())),
-                RawVectors::F32(s) => raw.extend_from_slice(bytemuck::cast_slice(s.as_slice())),
-            }
+            places.push((byte_off as u32, gslot as u32, list.len() as u32));
             for i in 0..list.len() {
                 if list.is_deleted(i) {
                     let s = gslot + i;
@@ -574,33 +614,58 @@ impl CudaBackend {
                 }
             }
             gslot += list.len();
+            byte_off = (byte_off + list.codes.as_slice().len()).min(u32::MAX as usize);
         }
-        let value_bytes = if raw_f16 { 2 } else { 4 };
-        if raw.len() / value_bytes >= u32::MAX as usize {
+        // Always on the device: centroids, their norms, the codebook, the tombstones, the L2
+        // terms. Codes and raw vectors too when they fit the budget; else they stay on the
+        // host and each tile stages what it reads (codes of the lists it probes, rows of the
+        // candidates it refines), as the wgpu backend streams them.
+        let l2_terms = quiver_engine::backend::l2_list_terms(&index);
+        let fixed = (2 * index.centroids().len()
+            + index.pq().centroids().len()
+            + dead.len()
+            + l2_terms.as_ref().map_or(0, |t| t.len()))
+            * 4;
+        let free = self.io.free_memory()?;
+        if fixed > free {
             return Err(CudaError::TooLarge {
-                what: "raw vector values in one index",
-                got: (raw.len() / value_bytes) as u64,
-                max: u32::MAX as u64 - 1,
+                what: "index bytes that must stay on the device (centroids, codebook, tombstones)",
+                got: fixed as u64,
+                max: free as u64,
             });
         }
-        // The index lives on the device whole (no streaming yet, unlike wgpu): refuse one that
-        // cannot fit, with the sizes, rather than fail on an allocation half-way.
-        let needed = (codes.len() + raw.len() + dead.len() * 4) as u64
-            + (index.centroids().len() + index.pq().centroids().len()) as u64 * 4;
-        let free = self.io.free_memory()? as u64;
-        if needed > free {
-            return Err(CudaError::TooLarge {
-                what: "index bytes on the device (codes, raw vectors, centroids)",
-                got: needed,
-                max: free,
-            });
-        }
+        let budget = self
+            .memory_budget
+            // Room for two tiles in flight and their selection rounds.
+            .unwrap_or_else(|| (free - fixed).saturating_sub(4 * self.tile_bytes));
+        let codes_resident = code_bytes <= budget && code_bytes < u32::MAX as usize;
+        let raw_resident = codes_resident
+            && code_bytes + raw_bytes <= budget
+            && raw_bytes / value_bytes < u32::MAX as usize;
+        let codes = if codes_resident {
+            let mut codes = Vec::with_capacity(code_bytes);
+            for list in lists {
+                codes.extend_from_slice(list.codes.as_slice());
+            }
+            Some(self.upload(&codes)?)
+        } else {
+            None
+        };
+        let raw = if raw_resident {
+            let mut raw: Vec<u8> = Vec::with_capacity(raw_bytes);
+            for list in lists {
+                raw.extend_from_slice(list.raw.as_bytes());
+            }
+            Some(self.upload(&raw)?)
+        } else {
+            None
+        };
         let norms: Vec<f32> = index
             .centroids()
             .chunks_exact(dim)
             .map(|c| c.iter().map(|x| x * x).sum())
             .collect();
-        let l2_terms = match quiver_engine::backend::l2_list_terms(&index) {
+        let l2_terms = match l2_terms {
             Some(terms) => {
                 let device = self.upload(&terms)?;
                 Some((terms, device))
@@ -611,8 +676,8 @@ impl CudaBackend {
             centroids: self.upload(index.centroids())?,
             norms: self.upload(&norms)?,
             codebook: self.upload(index.pq().centroids())?,
-            codes: self.upload(&codes)?,
-            raw: self.upload(&raw)?,
+            codes,
+            raw,
             raw_f16,
             dead: self.upload(&dead)?,
             l2_terms,
@@ -781,8 +846,14 @@ impl CudaBackend {
         let shared = fast && p.l2_terms.is_none();
         let mut slots = vec![Slot::NONE; nq * keep];
         let mut scores = vec![f32::INFINITY; nq * keep];
-        // Tiles: each query's row of (score, payload) and its tables; two tiles in flight.
+        // Tiles: each query's row of (score, payload) and its tables (and its entries' codes
+        // when they are streamed); two tiles in flight.
         let tile_bytes = self.tile_bytes;
+        let streamed_code_bytes = if p.codes.is_none() {
+            p.index.pq().code_size()
+        } else {
+            0
+        };
         let row_of = |q: usize| -> usize {
             probes.lists[q * nprobe..(q + 1) * nprobe]
                 .iter()
@@ -807,7 +878,7 @@ impl CudaBackend {
         while q0 < nq {
             let (mut q1, mut bytes) = (q0, 0usize);
             while q1 < nq {
-                let b = row_of(q1) * 12 + tl * 4 + nprobe * m * 16;
+                let b = row_of(q1) * (12 + streamed_code_bytes) + tl * 4 + nprobe * m * 16;
                 if q1 > q0 && bytes + b > tile_bytes {
                     break;
                 }
@@ -853,6 +924,12 @@ impl CudaBackend {
         let mut qparams: Vec<[f32; 2]> = Vec::new();
         let mut quantized = QuantizedTable::new(m);
         let mut combined = vec![0f32; tl];
+        // Streamed codes: the lists this tile probes, packed in order of first use.
+        let mut packed: Vec<u8> = Vec::new();
+        let mut packed_at: Vec<u32> = Vec::new();
+        if p.codes.is_none() {
+            packed_at = vec![u32::MAX; p.places.len()];
+        }
         for (local, q) in qs.clone().enumerate() {
             let q_table = &tables.values[q * tl..(q + 1) * tl];
             let mut shared_table = 0u32;
@@ -867,7 +944,22 @@ impl CudaBackend {
                 let l = probes.lists[q * nprobe + j] as usize;
                 let bias =
                     quiver_engine::backend::list_bias(&p.index, probes.scores[q * nprobe + j]);
-                let (byte_off, gslot, len) = p.places[l];
+                let (mut byte_off, gslot, len) = p.places[l];
+                if p.codes.is_none() {
+                    if packed_at[l] == u32::MAX {
+                        let bytes = p.index.lists()[l].codes.as_slice();
+                        if packed.len() + bytes.len() > u32::MAX as usize {
+                            return Err(CudaError::TooLarge {
+                                what: "code bytes one scan tile stages",
+                                got: (packed.len() + bytes.len()) as u64,
+                                max: u64::from(u32::MAX),
+                            });
+                        }
+                        packed_at[l] = packed.len() as u32;
+                        packed.extend_from_slice(bytes);
+                    }
+                    byte_off = packed_at[l];
+                }
                 let (table, offset) = if !fast {
                     (local as u32, bias)
                 } else if shared {
@@ -903,6 +995,11 @@ impl CudaBackend {
         let mut row_p = self.zeros::<u32>(2 * out)?;
         if !items.is_empty() {
             let item_buf = self.io.stage(&items, held)?;
+            let staged_codes = match p.codes {
+                Some(_) => None,
+                None => Some(self.io.stage(&packed, held)?),
+            };
+            let codes = DeviceBytes::of(&p.codes, &staged_codes)?;
             let n = items.len() as u32;
             let m_u = m as u32;
             if fast {
@@ -914,11 +1011,8 @@ impl CudaBackend {
                     shared_mem_bytes: (m * 16) as u32,
                 };
                 let mut b = self.io.compute.launch_builder(&self.scan4);
-                b.arg(&p.codes)
-                    .arg(&item_buf)
-                    .arg(&qt)
-                    .arg(&qp)
-                    .arg(&p.dead);
+                codes.push(&mut b);
+                b.arg(&item_buf).arg(&qt).arg(&qp).arg(&p.dead);
                 b.arg(&mut row_s).arg(&mut row_p).arg(&m_u).arg(&n);
                 // SAFETY: argument types and order match `scan4` (the staged buffers hold
                 // `ScanItem`s, u8 tables and (base, scale) pairs); items address codes and
@@ -946,11 +1040,8 @@ impl CudaBackend {
                     shared_mem_bytes: smem,
                 };
                 let mut b = self.io.compute.launch_builder(&self.scan8);
-                b.arg(&p.codes)
-                    .arg(&item_buf)
-                    .arg(&t)
-                    .arg(terms)
-                    .arg(&p.dead);
+                codes.push(&mut b);
+                b.arg(&item_buf).arg(&t).arg(terms).arg(&p.dead);
                 b.arg(&mut row_s).arg(&mut row_p).arg(&m_u).arg(&l2);
                 b.arg(&staged).arg(&n);
                 // SAFETY: argument types and order match `scan8` (the staged buffers hold
@@ -979,7 +1070,10 @@ impl CudaBackend {
         let mut distances = vec![pad; nq * k];
         let has_raw = index.params().refine != RefineKind::None;
         let tile_bytes = self.tile_bytes;
-        let rows_per_tile = (tile_bytes / (per * 28 + dim * 4)).max(1);
+        let value_bytes = if p.raw_f16 { 2 } else { 4 };
+        let streamed_rows = has_raw && p.raw.is_none();
+        let row_bytes = if streamed_rows { dim * value_bytes } else { 0 };
+        let rows_per_tile = (tile_bytes / (per * (28 + row_bytes) + dim * 4)).max(1);
         let finish = |start: usize, selected: Vec<Selected>| {
             for (r, (sc, pay)) in selected.into_iter().enumerate() {
                 let q = start + r;
@@ -1008,6 +1102,7 @@ impl CudaBackend {
                 n
             ];
             let mut items = Vec::new();
+            let mut rows: Vec<u8> = Vec::new();
             for q in start..end {
                 for j in 0..per {
                     let slot = candidates.slots[q * per + j];
@@ -1021,10 +1116,19 @@ impl CudaBackend {
                         lo: id as u32,
                     };
                     if has_raw {
-                        let gslot = p.places[slot.list as usize].1 + slot.offset;
+                        let elem = if streamed_rows {
+                            // Streamed raw vectors: this tile's candidates' rows, in order.
+                            let row = rows.len() / (dim * value_bytes);
+                            let raw = index.lists()[slot.list as usize].raw.as_bytes();
+                            let at = slot.offset as usize * dim * value_bytes;
+                            rows.extend_from_slice(&raw[at..at + dim * value_bytes]);
+                            (row * dim) as u32
+                        } else {
+                            (p.places[slot.list as usize].1 + slot.offset) * dim as u32
+                        };
                         items.push(RefineItem {
                             query: (q - start) as u32,
-                            elem: gslot * dim as u32,
+                            elem,
                             out: at as u32,
                             pad: 0,
                         });
@@ -1037,6 +1141,11 @@ impl CudaBackend {
             let pl = self.io.stage(&payload, held)?;
             if !items.is_empty() {
                 let item_buf = self.io.stage(&items, held)?;
+                let staged_rows = match p.raw {
+                    Some(_) => None,
+                    None => Some(self.io.stage(&rows, held)?),
+                };
+                let raw = DeviceBytes::of(&p.raw, &staged_rows)?;
                 let qbuf = self.io.stage(&queries[start * dim..end * dim], held)?;
                 let (d_u, f16, ip, n_u) = (
                     dim as u32,
@@ -1051,7 +1160,8 @@ impl CudaBackend {
                     shared_mem_bytes: 0,
                 };
                 let mut b = self.io.compute.launch_builder(&self.refine);
-                b.arg(&p.raw).arg(&item_buf).arg(&qbuf).arg(&mut s);
+                raw.push(&mut b);
+                b.arg(&item_buf).arg(&qbuf).arg(&mut s);
                 b.arg(&d_u).arg(&f16).arg(&ip).arg(&n_u);
                 // SAFETY: argument types and order match `refine` (the staged buffers hold
                 // `RefineItem`s, f32 queries and f32 scores); each item's vector lies in

@@ -35,6 +35,17 @@ fn tiled_pipelined_searches_match_the_cpu_reference() {
     parity::searches_match_the_cpu_reference(&b.with_tile_bytes(16 << 10));
 }
 
+/// An index above the memory budget stays on the host: with a zero budget every scan tile
+/// stages its lists' codes and every refine tile its candidates' rows; with 200 KB the codes
+/// are resident and the raw vectors streamed.
+#[test]
+fn an_index_above_the_memory_budget_is_streamed() {
+    let Some(b) = backend() else { return };
+    parity::searches_match_the_cpu_reference(&b.with_memory_budget(0));
+    let Some(b) = backend() else { return };
+    parity::searches_match_the_cpu_reference(&b.with_memory_budget(200 << 10));
+}
+
 #[test]
 fn wide_codes_match_the_cpu_reference() {
     let Some(b) = backend() else { return };
