@@ -39,10 +39,82 @@ namespace {
 
 constexpr std::size_t STACK_BYTES = 128 * 1024;
 
+// Execution contexts of the fibers. On x86-64 a switch saves the callee-saved registers
+// and the stack pointer (System V ABI) and loads the other's: no system call, where glibc's
+// swapcontext saves and restores the signal mask with one each time (most of the emulator's
+// time went there). Elsewhere, ucontext.
+#if defined(__x86_64__)
+extern "C" void emu_switch(void** save_sp, void* next_sp);
+asm(R"(
+    .text
+    .globl emu_switch
+    .hidden emu_switch
+    .type emu_switch, @function
+emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_switch, .-emu_switch
+)");
+
+struct Context {
+    void* sp = nullptr;
+};
+
+// A context that starts `entry` on `stack` (which `entry` must never return from).
+void context_init(Context& c, char* stack, std::size_t bytes, void (*entry)()) {
+    auto top = reinterpret_cast<std::uintptr_t>(stack + bytes) & ~std::uintptr_t(15);
+    auto* slot = reinterpret_cast<std::uint64_t*>(top);
+    *--slot = 0;                                          // entry's (absent) return address
+    *--slot = reinterpret_cast<std::uint64_t>(entry);     // where emu_switch's ret goes
+    for (int i = 0; i < 6; ++i) *--slot = 0;              // rbp, rbx, r12–r15
+    std::uint32_t mxcsr;
+    std::uint16_t fpucw;
+    asm volatile("stmxcsr %0" : "=m"(mxcsr));
+    asm volatile("fnstcw %0" : "=m"(fpucw));
+    *--slot = std::uint64_t(mxcsr) | std::uint64_t(fpucw) << 32;
+    c.sp = slot;
+}
+
+void context_switch(Context& from, Context& to) { emu_switch(&from.sp, to.sp); }
+#else
+struct Context {
+    ucontext_t uc;
+};
+
+void context_init(Context& c, char* stack, std::size_t bytes, void (*entry)()) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = bytes;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, entry, 0);
+}
+
+void context_switch(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+#endif
+
 enum class State { Runnable, WaitBlock, WaitWarp, Done };
 
 struct Fiber {
-    ucontext_t ctx;
+    Context ctx;
     dim3 tid;
     unsigned int linear;
     State state;
@@ -65,7 +137,7 @@ struct Launch {
     unsigned int live = 0;
     unsigned int arrived = 0;
     Fiber* current = nullptr;
-    ucontext_t scheduler;
+    Context scheduler;
 };
 
 Launch* g_launch = nullptr;
@@ -82,7 +154,7 @@ char* stack(unsigned int i) {
 Fiber& me() { return *g_launch->current; }
 Warp& my_warp() { return g_launch->warps[me().linear / 32]; }
 
-void yield_to_scheduler() { swapcontext(&me().ctx, &g_launch->scheduler); }
+void yield_to_scheduler() { context_switch(me().ctx, g_launch->scheduler); }
 
 void release_block_if_complete() {
     Launch& l = *g_launch;
@@ -114,7 +186,13 @@ void fiber_main() {
     w.votes[f.linear % 32] = false;
     release_block_if_complete();
     release_warp_if_complete(f.linear / 32);
-    // Returning resumes uc_link: the scheduler.
+}
+
+// A fiber's first frame: runs the thread, then hands back to the scheduler for good.
+void fiber_entry() {
+    fiber_main();
+    context_switch(me().ctx, g_launch->scheduler);
+    std::abort();  // a finished fiber is never resumed
 }
 
 // Runs one block: every thread a fiber, round robin until all are done.
@@ -131,11 +209,7 @@ void run_block(Launch& l) {
         f.linear = i;
         f.tid = dim3{i % l.block.x, (i / l.block.x) % l.block.y, i / (l.block.x * l.block.y)};
         f.state = State::Runnable;
-        getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = stack(i);
-        f.ctx.uc_stack.ss_size = STACK_BYTES;
-        f.ctx.uc_link = &l.scheduler;
-        makecontext(&f.ctx, fiber_main, 0);
+        context_init(f.ctx, stack(i), STACK_BYTES, fiber_entry);
     }
     unsigned int done = 0;
     while (done < n) {
@@ -148,7 +222,7 @@ void run_block(Launch& l) {
             }
             if (f.state != State::Runnable) continue;
             l.current = &f;
-            swapcontext(&l.scheduler, &f.ctx);
+            context_switch(l.scheduler, f.ctx);
             progressed = true;
         }
         if (!progressed && done < n) {
