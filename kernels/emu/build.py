@@ -11,6 +11,7 @@ registered by name with the driver (driver.cpp), which looks them up when cudarc
 module NVRTC compiled from the same source.
 """
 
+import os
 import pathlib
 import re
 import subprocess
@@ -62,6 +63,8 @@ def main() -> None:
     cmd = [
         "c++", "-std=c++17", "-O2", "-g", "-fPIC", "-shared", "-Wall", "-Wno-unknown-pragmas",
         "-Wno-unused-variable", "-I", str(HERE), "-o", str(lib), *map(str, sources),
+        # Extra flags, e.g. -DQUIVER_EMU_UCONTEXT (the portable fiber switch, for comparison).
+        *os.environ.get("QUIVER_EMU_CXXFLAGS", "").split(),
     ]
     subprocess.run(cmd, check=True)
     link = out / "libcuda.so.1"

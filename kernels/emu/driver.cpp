@@ -43,7 +43,7 @@ constexpr std::size_t STACK_BYTES = 128 * 1024;
 // and the stack pointer (System V ABI) and loads the other's: no system call, where glibc's
 // swapcontext saves and restores the signal mask with one each time (most of the emulator's
 // time went there). Elsewhere, ucontext.
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(QUIVER_EMU_UCONTEXT)
 extern "C" void emu_switch(void** save_sp, void* next_sp);
 asm(R"(
     .text
