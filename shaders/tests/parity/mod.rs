@@ -106,10 +106,26 @@ pub fn assert_parity(label: &str, want: &Neighbors, got: &Neighbors) {
     }
 }
 
+/// The CPU reference's answer and `backend`'s to one search.
+fn search_both<B: Backend>(
+    backend: &B,
+    idx: &Arc<IvfPqIndex>,
+    q: &[f32],
+    params: &SearchParams,
+) -> (Neighbors, Neighbors) {
+    let cpu = CpuBackend;
+    let want = cpu
+        .search(&cpu.prepare(idx.clone()).unwrap(), q, params)
+        .unwrap();
+    let got = backend
+        .search(&backend.prepare(idx.clone()).unwrap(), q, params)
+        .unwrap();
+    (want, got)
+}
+
 /// Whole searches on `backend` equal the CPU's, deletes honoured, for every case and a few
 /// (k, nprobe) pairs.
 pub fn searches_match_the_cpu_reference<B: Backend>(backend: &B) {
-    let cpu = CpuBackend;
     let deleted = [3u64, 4, 5, 1000, 2500];
     for c in cases() {
         let (idx, q) = build(&c, &deleted);
@@ -127,12 +143,7 @@ pub fn searches_match_the_cpu_reference<B: Backend>(backend: &B) {
                 nprobe,
                 refine_factor: rf,
             };
-            let want = cpu
-                .search(&cpu.prepare(idx.clone()).unwrap(), &q, &params)
-                .unwrap();
-            let got = backend
-                .search(&backend.prepare(idx.clone()).unwrap(), &q, &params)
-                .unwrap();
+            let (want, got) = search_both(backend, &idx, &q, &params);
             assert_parity(&format!("{label} k {k} nprobe {nprobe}"), &want, &got);
             assert!(
                 got.ids.iter().all(|id| !deleted.contains(&(*id as u64))),
@@ -146,7 +157,6 @@ pub fn searches_match_the_cpu_reference<B: Backend>(backend: &B) {
 /// it in opted-in shared memory), 8-bit M = 256 (256 KiB: read from global memory on both
 /// backends) and 4-bit M = 264 (past WGSL's 4 KiB of staged table) — match the CPU.
 pub fn wide_codes_match_the_cpu_reference<B: Backend>(backend: &B) {
-    let cpu = CpuBackend;
     for (metric, bits, dim, m) in [
         (Metric::L2, 8, 256, 64),
         (Metric::InnerProduct, 8, 256, 256),
@@ -165,12 +175,7 @@ pub fn wide_codes_match_the_cpu_reference<B: Backend>(backend: &B) {
             nprobe: 3,
             refine_factor: 1,
         };
-        let want = cpu
-            .search(&cpu.prepare(idx.clone()).unwrap(), &q, &params)
-            .unwrap();
-        let got = backend
-            .search(&backend.prepare(idx.clone()).unwrap(), &q, &params)
-            .unwrap();
+        let (want, got) = search_both(backend, &idx, &q, &params);
         let label = format!("{} {metric} {bits}-bit M {m}", backend.name());
         assert_parity(&label, &want, &got);
     }
