@@ -201,6 +201,7 @@ fn life_cycle_equals_cli_and_survives_restart_and_sigkill() {
             .train(TrainRequest {
                 collection: "docs".into(),
                 index: None,
+                background: false,
             })
             .await
             .unwrap()
@@ -584,6 +585,7 @@ fn bad_input_gets_the_right_status_and_the_server_keeps_serving() {
         c.train(TrainRequest {
             collection: "v".into(),
             index: None,
+            background: false,
         })
         .await
         .unwrap();
@@ -598,6 +600,7 @@ fn bad_input_gets_the_right_status_and_the_server_keeps_serving() {
             .train(TrainRequest {
                 collection: "v".into(),
                 index: None,
+                background: false,
             })
             .await
             .unwrap_err();
@@ -616,6 +619,7 @@ fn bad_input_gets_the_right_status_and_the_server_keeps_serving() {
             .train(TrainRequest {
                 collection: "small".into(),
                 index: None,
+                background: false,
             })
             .await
             .unwrap_err();

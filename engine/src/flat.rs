@@ -1,11 +1,10 @@
 //! A flat (exact) index: raw vectors with ids, searched by brute force.
 //!
 //! It serves collections before an IVF-PQ index is trained on them, as FAISS's `IndexFlat`
-//! does. Vectors live in chunks shared by `Arc`, so a clone is cheap and a write copies only
-//! the chunk it touches; a server publishes a new version after each write while searches go on
+//! does. Vectors live in chunks shared by `Arc` and ids in a persistent map, so a clone is cheap and
+//! a write copies only the chunk it touches; a server publishes a new version after each write while searches go on
 //! over the old one.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::backend::Neighbors;
@@ -15,7 +14,7 @@ use crate::index::prepare_vectors;
 use crate::metric::Metric;
 
 /// Rows per chunk.
-const CHUNK_ROWS: usize = 1024;
+const CHUNK_ROWS: usize = 256;
 
 #[derive(Debug, Clone, Default)]
 struct Chunk {
@@ -31,7 +30,7 @@ pub struct FlatIndex {
     metric: Metric,
     dim: usize,
     chunks: Vec<Arc<Chunk>>,
-    locations: HashMap<u64, (u32, u32)>,
+    locations: imbl::HashMap<u64, (u32, u32)>,
 }
 
 impl FlatIndex {
@@ -41,7 +40,7 @@ impl FlatIndex {
             metric,
             dim,
             chunks: Vec::new(),
-            locations: HashMap::new(),
+            locations: imbl::HashMap::new(),
         }
     }
 
@@ -116,6 +115,13 @@ impl FlatIndex {
             }
         }
         n
+    }
+
+    /// The stored vector of a live id (normalised for cosine).
+    pub fn vector(&self, id: u64) -> Option<Vec<f32>> {
+        let &(c, s) = self.locations.get(&id)?;
+        let chunk = &self.chunks[c as usize];
+        Some(chunk.vectors[s as usize * self.dim..(s as usize + 1) * self.dim].to_vec())
     }
 
     /// Calls `f(ids, vectors)` for runs of live vectors, in insertion order (vectors are

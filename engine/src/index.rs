@@ -5,7 +5,6 @@
 //! not search: searching is the job of a [`crate::backend::Backend`], which reads the index.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::error::EngineError;
@@ -187,10 +186,33 @@ pub struct Location {
     pub slot: u32,
 }
 
+/// Vectors encoded for an index ([`IvfPqIndex::encode`]): list, PQ code and prepared
+/// (normalised for cosine) vector of each row.
+#[derive(Debug, Clone, Default)]
+pub struct EncodedRows {
+    /// The list of each row.
+    pub lists: Vec<u32>,
+    /// `code_size` bytes per row.
+    pub codes: Vec<u8>,
+    /// `dim` values per row, as stored (normalised for cosine).
+    pub vectors: Vec<f32>,
+}
+
+impl EncodedRows {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.lists.len()
+    }
+    /// True when there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.lists.is_empty()
+    }
+}
+
 /// A trained IVF-PQ index.
 ///
-/// Cloning is cheap: centroids, codebooks and each inverted list are shared (`Arc`) and a
-/// write copies only the lists it touches, so a server can publish a new version after each
+/// Cloning is cheap: centroids, codebooks, each inverted list's data (`Arc`) and the id map (a
+/// persistent map) are shared, and a write copies only the lists it touches, so a server can publish a new version after each
 /// write while searches go on over the old one.
 #[derive(Debug, Clone)]
 pub struct IvfPqIndex {
@@ -199,7 +221,8 @@ pub struct IvfPqIndex {
     pq: Arc<ProductQuantizer>,
     layout: CodeLayout,
     lists: Vec<Arc<InvertedList>>,
-    locations: HashMap<u64, Location>,
+    /// Persistent (structurally shared) map: a clone costs O(1), a write O(log n).
+    locations: imbl::HashMap<u64, Location>,
     next_id: u64,
 }
 
@@ -321,7 +344,7 @@ impl IvfPqIndex {
                 })
                 .collect();
         }
-        let mut locations = HashMap::new();
+        let mut locations = imbl::HashMap::new();
         let mut next_id = 0;
         for (l, list) in lists.iter().enumerate() {
             for (s, &id) in list.ids.as_slice().iter().enumerate() {
@@ -387,54 +410,76 @@ impl IvfPqIndex {
             None => Cow::Owned((self.next_id..self.next_id + n as u64).collect()),
         };
         let vectors = prepare_vectors(self.params.metric, dim, vectors)?;
+        progress.stage("adding", n as u64);
+        for (b, block) in vectors.chunks(ADD_BLOCK * dim).enumerate() {
+            let rows = block.len() / dim;
+            let encoded = self.encode_prepared(block);
+            self.push_encoded(&encoded, &ids[b * ADD_BLOCK..b * ADD_BLOCK + rows]);
+            progress.advance(rows as u64);
+        }
+        progress.finish_stage();
+        Ok(())
+    }
+
+    /// Encodes vectors for this index without changing it: checks and normalises them, assigns
+    /// each to its list and computes its PQ code. Its result is added with
+    /// [`IvfPqIndex::push_encoded`] to this index or to any index sharing its quantizers, so a
+    /// writer can encode before it takes a lock.
+    pub fn encode(&self, vectors: &[f32]) -> Result<EncodedRows, EngineError> {
+        let vectors = prepare_vectors(self.params.metric, self.params.dim, vectors)?;
+        Ok(self.encode_prepared(&vectors))
+    }
+
+    fn encode_prepared(&self, block: &[f32]) -> EncodedRows {
+        let dim = self.params.dim;
+        let rows = block.len() / dim;
         let assignment = if self.params.metric.is_inner_product() {
             Assignment::InnerProduct
         } else {
             Assignment::L2
         };
-        let cs = self.pq.code_size();
-        progress.stage("adding", n as u64);
-        for (b, block) in vectors.chunks(ADD_BLOCK * dim).enumerate() {
-            let rows = block.len() / dim;
-            let mut assign = vec![0u32; rows];
-            let mut score = vec![0f32; rows];
-            kmeans::assign_nearest(
-                block,
-                dim,
-                &self.centroids,
-                assignment,
-                &mut assign,
-                &mut score,
-            );
-            let mut residuals = block.to_vec();
-            if self.params.by_residual() {
-                subtract_centroids(&mut residuals, &self.centroids, &assign, dim);
-            }
-            let mut codes = vec![0u8; rows * cs];
-            self.pq.encode(&residuals, &mut codes);
-            for r in 0..rows {
-                let id = ids[b * ADD_BLOCK + r];
-                let list = Arc::make_mut(&mut self.lists[assign[r] as usize]);
-                let slot = list.len() as u32;
-                list.push(
-                    id,
-                    &codes[r * cs..(r + 1) * cs],
-                    &block[r * dim..(r + 1) * dim],
-                    self.layout,
-                );
-                self.locations.insert(
-                    id,
-                    Location {
-                        list: assign[r],
-                        slot,
-                    },
-                );
-                self.next_id = self.next_id.max(id + 1);
-            }
-            progress.advance(rows as u64);
+        let mut lists = vec![0u32; rows];
+        let mut score = vec![0f32; rows];
+        kmeans::assign_nearest(
+            block,
+            dim,
+            &self.centroids,
+            assignment,
+            &mut lists,
+            &mut score,
+        );
+        let mut residuals = block.to_vec();
+        if self.params.by_residual() {
+            subtract_centroids(&mut residuals, &self.centroids, &lists, dim);
         }
-        progress.finish_stage();
-        Ok(())
+        let cs = self.pq.code_size();
+        let mut codes = vec![0u8; rows * cs];
+        self.pq.encode(&residuals, &mut codes);
+        EncodedRows {
+            lists,
+            codes,
+            vectors: block.to_vec(),
+        }
+    }
+
+    /// Appends encoded rows under `ids` (one per row). The caller guarantees the ids are valid
+    /// and absent (deleted first for an upsert) and that `rows` was encoded by an index sharing
+    /// these quantizers ([`IvfPqIndex::shares_quantizers_with`]).
+    pub fn push_encoded(&mut self, rows: &EncodedRows, ids: &[u64]) {
+        let (cs, dim) = (self.pq.code_size(), self.params.dim);
+        for (r, &id) in ids.iter().enumerate().take(rows.len()) {
+            let l = rows.lists[r];
+            let list = Arc::make_mut(&mut self.lists[l as usize]);
+            let slot = list.len() as u32;
+            list.push(
+                id,
+                &rows.codes[r * cs..(r + 1) * cs],
+                &rows.vectors[r * dim..(r + 1) * dim],
+                self.layout,
+            );
+            self.locations.insert(id, Location { list: l, slot });
+            self.next_id = self.next_id.max(id + 1);
+        }
     }
 
     /// Deletes the given ids (tombstones); returns how many were present.
@@ -490,6 +535,81 @@ impl IvfPqIndex {
         check_upsert_ids(ids)?;
         self.delete(ids);
         self.add(vectors, Some(ids), progress)
+    }
+
+    /// An empty index with this index's parameters and (shared) quantizers: a new segment of
+    /// the same collection.
+    pub fn empty_like(&self) -> IvfPqIndex {
+        Self::from_shared(
+            self.params.clone(),
+            self.centroids.clone(),
+            self.pq.clone(),
+            Vec::new(),
+        )
+    }
+
+    /// The live entries of several indexes sharing these quantizers, list by list, in one
+    /// compacted index (a segment merge: codes are copied, never re-encoded). Fails if a part
+    /// has other quantizers or an id is live in two parts.
+    pub fn merged(&self, parts: &[&IvfPqIndex]) -> Result<IvfPqIndex, EngineError> {
+        if let Some(p) = parts.iter().find(|p| !self.shares_quantizers_with(p)) {
+            return Err(EngineError::InvalidParameter {
+                name: "parts",
+                reason: format!(
+                    "an index of {} vectors has other quantizers than the merge target",
+                    p.len()
+                ),
+            });
+        }
+        let mut out = self.empty_like();
+        let (cs, dim) = (self.pq.code_size(), self.params.dim);
+        let mut raw = vec![0f32; dim];
+        for l in 0..self.nlist() {
+            let list = Arc::make_mut(&mut out.lists[l]);
+            for part in parts {
+                let src = &part.lists[l];
+                for i in 0..src.len() {
+                    if src.is_deleted(i) {
+                        continue;
+                    }
+                    let id = src.ids.as_slice()[i];
+                    if !src.raw_vector(i, &mut raw) {
+                        raw.clear();
+                        raw.resize(dim, 0.0);
+                    }
+                    let code = src.code(i, cs, self.layout);
+                    let slot = list.len() as u32;
+                    list.push(id, &code, &raw, self.layout);
+                    if out
+                        .locations
+                        .insert(id, Location { list: l as u32, slot })
+                        .is_some()
+                    {
+                        return Err(EngineError::DuplicateId { id });
+                    }
+                    out.next_id = out.next_id.max(id + 1);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stored vector of a live id: its raw copy (f16 or f32) when the index keeps one, else
+    /// its PQ reconstruction. `None` when the id is absent.
+    pub fn vector(&self, id: u64) -> Option<Vec<f32>> {
+        let loc = self.locations.get(&id)?;
+        let list = &self.lists[loc.list as usize];
+        let mut out = vec![0f32; self.params.dim];
+        if list.raw_vector(loc.slot as usize, &mut out) {
+            return Some(out);
+        }
+        let code = list.code(loc.slot as usize, self.pq.code_size(), self.layout);
+        self.pq.decode(&code, &mut out);
+        if self.params.by_residual() {
+            let c = &self.centroids[loc.list as usize * self.params.dim..][..self.params.dim];
+            out.iter_mut().zip(c).for_each(|(x, c)| *x += c);
+        }
+        Some(out)
     }
 
     /// True when `other` shares this index's coarse centroids and codebooks (it is a later

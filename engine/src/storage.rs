@@ -1,6 +1,9 @@
 //! Copy-on-write typed storage: either an owned `Vec<T>` or a range of a memory-mapped index
 //! file.
 //!
+//! Owned data is shared (`Arc`), so cloning a list (to mark a tombstone in a new version of an
+//! index) copies no vectors; the first write to shared data copies it (`Arc::make_mut`).
+//!
 //! Loading an index maps its large sections (ids, codes, raw vectors) instead of copying them,
 //! so start-up costs one checksum pass and pages are shared with the OS cache. The first write
 //! to a mapped list copies that list alone into memory.
@@ -13,8 +16,8 @@ use memmap2::Mmap;
 
 /// Elements of type `T`, owned or borrowed from a shared memory map.
 pub enum Storage<T: Pod> {
-    /// Owned in memory.
-    Owned(Vec<T>),
+    /// Owned in memory, shared between clones until one of them writes.
+    Owned(Arc<Vec<T>>),
     /// A byte range of a memory map; validated at construction to be aligned and sized for `T`.
     Mapped {
         /// The mapped file.
@@ -52,10 +55,10 @@ impl<T: Pod> Storage<T> {
     /// Mutable access, copying mapped data into memory first.
     pub fn to_mut(&mut self) -> &mut Vec<T> {
         if let Storage::Mapped { .. } = self {
-            *self = Storage::Owned(self.as_slice().to_vec());
+            *self = Storage::Owned(Arc::new(self.as_slice().to_vec()));
         }
         match self {
-            Storage::Owned(v) => v,
+            Storage::Owned(v) => Arc::make_mut(v),
             Storage::Mapped { .. } => unreachable!("converted to owned above"),
         }
     }
@@ -78,14 +81,14 @@ impl<T: Pod> Storage<T> {
 
 impl<T: Pod> Default for Storage<T> {
     fn default() -> Self {
-        Storage::Owned(Vec::new())
+        Storage::Owned(Arc::new(Vec::new()))
     }
 }
 
 impl<T: Pod> Clone for Storage<T> {
     fn clone(&self) -> Self {
         match self {
-            Storage::Owned(v) => Storage::Owned(v.clone()),
+            Storage::Owned(v) => Storage::Owned(Arc::clone(v)),
             Storage::Mapped { map, offset, len } => Storage::Mapped {
                 map: map.clone(),
                 offset: *offset,
@@ -104,6 +107,6 @@ impl<T: Pod> fmt::Debug for Storage<T> {
 
 impl<T: Pod> From<Vec<T>> for Storage<T> {
     fn from(v: Vec<T>) -> Self {
-        Storage::Owned(v)
+        Storage::Owned(Arc::new(v))
     }
 }

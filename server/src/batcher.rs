@@ -9,6 +9,7 @@
 //! batches grow with load. A full queue answers RESOURCE_EXHAUSTED at once.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,7 +20,8 @@ use tonic::Status;
 
 use crate::config::BatchingConfig;
 use crate::metrics::Metrics;
-use crate::segment::{SearchKey, SegmentCell};
+use crate::collection::StoreCollection;
+use quiver_store::SearchKey;
 
 /// One search request: `nq` valid queries with their parameters.
 #[derive(Debug)]
@@ -43,29 +45,64 @@ pub struct Job {
 pub struct Batcher {
     tx: mpsc::Sender<Job>,
     task: JoinHandle<()>,
+    queued_bytes: Arc<AtomicUsize>,
+    max_queued_bytes: usize,
+}
+
+impl Job {
+    /// Bytes the job holds while queued.
+    pub fn bytes(&self) -> usize {
+        self.queries.len() * 4 + std::mem::size_of::<Job>()
+    }
 }
 
 impl Batcher {
     /// Starts the dispatcher of a collection.
     pub fn spawn(
         collection: String,
-        cell: Arc<SegmentCell>,
+        cell: Arc<StoreCollection>,
         cfg: BatchingConfig,
         metrics: Metrics,
     ) -> Batcher {
         let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
-        let task = tokio::spawn(dispatch(collection, cell, cfg, metrics, rx));
-        Batcher { tx, task }
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let max_queued_bytes = cfg.max_queued_bytes;
+        let task = tokio::spawn(dispatch(
+            collection,
+            cell,
+            cfg,
+            metrics,
+            rx,
+            queued_bytes.clone(),
+        ));
+        Batcher {
+            tx,
+            task,
+            queued_bytes,
+            max_queued_bytes,
+        }
     }
 
-    /// Queues a job, or refuses it at once when the queue is full.
+    /// Queues a job, or refuses it at once when the queue is full (in jobs or in bytes).
     pub fn submit(&self, job: Job) -> Result<(), Status> {
-        self.tx.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => Status::resource_exhausted(
-                "search queue is full: the server is overloaded, retry with backoff",
-            ),
-            mpsc::error::TrySendError::Closed(_) => {
-                Status::unavailable("the collection is shutting down")
+        let bytes = job.bytes();
+        let before = self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+        if before > 0 && before + bytes > self.max_queued_bytes {
+            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            return Err(Status::resource_exhausted(format!(
+                "search queue holds {before} bytes, at its limit of {} (--max-queued-bytes): the server is overloaded, retry with backoff",
+                self.max_queued_bytes
+            )));
+        }
+        self.tx.try_send(job).map_err(|e| {
+            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            match e {
+                mpsc::error::TrySendError::Full(_) => Status::resource_exhausted(
+                    "search queue is full: the server is overloaded, retry with backoff",
+                ),
+                mpsc::error::TrySendError::Closed(_) => {
+                    Status::unavailable("the collection is shutting down")
+                }
             }
         })
     }
@@ -79,10 +116,11 @@ impl Batcher {
 
 async fn dispatch(
     collection: String,
-    cell: Arc<SegmentCell>,
+    cell: Arc<StoreCollection>,
     cfg: BatchingConfig,
     metrics: Metrics,
     mut rx: mpsc::Receiver<Job>,
+    queued_bytes: Arc<AtomicUsize>,
 ) {
     let depth = metrics
         .queue_depth
@@ -113,11 +151,18 @@ async fn dispatch(
             }
         }
         depth.set(rx.len() as i64);
+        let taken: usize = batch.iter().map(Job::bytes).sum();
+        queued_bytes.fetch_sub(taken, Ordering::AcqRel);
         run_batch(&collection, &cell, &metrics, batch).await;
     }
 }
 
-async fn run_batch(collection: &str, cell: &Arc<SegmentCell>, metrics: &Metrics, batch: Vec<Job>) {
+async fn run_batch(
+    collection: &str,
+    cell: &Arc<StoreCollection>,
+    metrics: &Metrics,
+    batch: Vec<Job>,
+) {
     let now = Instant::now();
     let mut groups: HashMap<SearchKey, Vec<Job>> = HashMap::new();
     for job in batch {
@@ -137,14 +182,14 @@ async fn run_batch(collection: &str, cell: &Arc<SegmentCell>, metrics: &Metrics,
         groups.entry(job.key).or_default().push(job);
     }
     for (key, jobs) in groups {
-        let segment = cell.load();
+        let store = cell.clone();
         let nq: usize = jobs.iter().map(|j| j.nq).sum();
         let mut queries = Vec::with_capacity(jobs.iter().map(|j| j.queries.len()).sum());
         for j in &jobs {
             queries.extend_from_slice(&j.queries);
         }
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || segment.search(&queries, key)).await;
+        let result = tokio::task::spawn_blocking(move || store.search(&queries, nq, key)).await;
         metrics
             .batch_exec
             .with_label_values(&[collection])
@@ -168,7 +213,7 @@ async fn run_batch(collection: &str, cell: &Arc<SegmentCell>, metrics: &Metrics,
                 }
             }
             Ok(Err(e)) => {
-                let status = crate::status::from_engine(e);
+                let status = crate::status::from_store(e);
                 for j in jobs {
                     let _ = j.reply.send(Err(status.clone()));
                 }
@@ -186,15 +231,31 @@ async fn run_batch(collection: &str, cell: &Arc<SegmentCell>, metrics: &Metrics,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::segment::Segment;
-    use quiver_engine::{FlatIndex, Metric};
     use std::time::Duration;
 
-    fn cell() -> Arc<SegmentCell> {
-        let mut f = FlatIndex::new(Metric::L2, 2);
-        f.upsert(&[0.0, 0.0, 1.0, 1.0, 5.0, 5.0], &[10, 11, 12])
+    fn cell() -> (tempfile::TempDir, Arc<StoreCollection>) {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = quiver_store::CollectionMeta {
+            name: "t".into(),
+            dim: 2,
+            metric: "l2".into(),
+            index: quiver_store::IndexConfig {
+                nlist: 0,
+                pq_m: 0,
+                refine: "f16".into(),
+                seed: 1,
+            },
+        };
+        let c = StoreCollection::create(
+            &dir.path().join("t"),
+            meta,
+            crate::backend::AnyBackend::Cpu(quiver_engine::backend::cpu::CpuBackend),
+            Default::default(),
+        )
+        .unwrap();
+        c.upsert(vec![10, 11, 12], vec![0.0, 0.0, 1.0, 1.0, 5.0, 5.0])
             .unwrap();
-        Arc::new(SegmentCell::new(Segment::Flat(f)))
+        (dir, Arc::new(c))
     }
 
     fn job(
@@ -226,8 +287,10 @@ mod tests {
             max_batch: 8,
             max_delay: Duration::from_millis(20),
             queue_capacity: 8,
+            ..Default::default()
         };
-        let b = Batcher::spawn("t".into(), cell(), cfg, Metrics::new());
+        let (_dir, c) = cell();
+        let b = Batcher::spawn("t".into(), c, cfg, Metrics::new());
         let (expired, rx_expired) = job([0.0, 0.0], Some(Instant::now()));
         let (near, rx_near) = job([0.9, 0.9], None);
         let (far, rx_far) = job([6.0, 6.0], Some(Instant::now() + Duration::from_secs(60)));
@@ -249,8 +312,10 @@ mod tests {
             max_batch: 1,
             max_delay: Duration::ZERO,
             queue_capacity: 1,
+            ..Default::default()
         };
-        let b = Batcher::spawn("t".into(), cell(), cfg, Metrics::new());
+        let (_dir, c) = cell();
+        let b = Batcher::spawn("t".into(), c, cfg, Metrics::new());
         // The dispatcher has not run yet (single-threaded test runtime): the first job fills
         // the queue, the second is refused.
         let (first, rx_first) = job([0.0, 0.0], None);

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use quiver_store::StoreConfig;
+
 /// Limits on what one request may ask for; each violation is an INVALID_ARGUMENT naming the
 /// field.
 #[derive(Debug, Clone)]
@@ -18,6 +20,8 @@ pub struct Limits {
     pub max_queries_per_request: usize,
     /// Largest collection dimension.
     pub max_dim: usize,
+    /// Largest estimated working memory of one search request, in bytes.
+    pub max_request_bytes: u64,
 }
 
 impl Default for Limits {
@@ -27,6 +31,7 @@ impl Default for Limits {
             max_k: 1024,
             max_queries_per_request: 4096,
             max_dim: 4096,
+            max_request_bytes: 1 << 30,
         }
     }
 }
@@ -40,6 +45,8 @@ pub struct BatchingConfig {
     pub max_delay: Duration,
     /// Search requests waiting per collection; beyond, requests get RESOURCE_EXHAUSTED.
     pub queue_capacity: usize,
+    /// Bytes of queries waiting per collection; beyond, requests get RESOURCE_EXHAUSTED.
+    pub max_queued_bytes: usize,
 }
 
 impl Default for BatchingConfig {
@@ -48,6 +55,7 @@ impl Default for BatchingConfig {
             max_batch: 256,
             max_delay: Duration::from_millis(2),
             queue_capacity: 1024,
+            max_queued_bytes: 256 << 20,
         }
     }
 }
@@ -78,8 +86,8 @@ pub struct ServerConfig {
     pub batching: BatchingConfig,
     /// Request limits.
     pub limits: Limits,
-    /// A collection's write-ahead log is folded into a snapshot when it grows past this size.
-    pub wal_snapshot_bytes: u64,
+    /// How collections manage segments, checkpoints and recovery.
+    pub store: StoreConfig,
     /// The backend that searches trained collections.
     pub backend: crate::backend::AnyBackend,
 }
@@ -93,7 +101,7 @@ impl Default for ServerConfig {
             static_collections: Vec::new(),
             batching: BatchingConfig::default(),
             limits: Limits::default(),
-            wal_snapshot_bytes: 256 << 20,
+            store: quiver_store::StoreConfig::default(),
             backend: crate::backend::AnyBackend::Cpu(quiver_engine::backend::cpu::CpuBackend),
         }
     }

@@ -1,5 +1,6 @@
-//! Quiver's gRPC search service: collections stored under a data directory, a write-ahead log
-//! for durability, and a per-collection micro-batcher that gathers concurrent searches into
+//! Quiver's gRPC search service: a thin front over the store layer (`quiver_store`: segments,
+//! write-ahead log, checkpoints) for collections under a data directory, and a per-collection
+//! micro-batcher that gathers concurrent searches into
 //! batches for the engine's backend.
 //!
 //! The service never panics on client input: every request is validated against the
@@ -21,9 +22,7 @@ pub mod collection;
 pub mod config;
 pub mod metrics;
 pub mod registry;
-pub mod segment;
 pub mod server;
 pub mod service;
-pub mod snapshot;
 pub mod status;
-pub mod wal;
+

@@ -1,16 +1,25 @@
 //! The set of collections a server holds: created, dropped, listed and looked up by name,
-//! opened from the data directory at start and drained and flushed at shutdown.
+//! opened from the data directory at start and drained and checkpointed at shutdown.
+//!
+//! Long operations (opening files, loading an index) run with no lock held; a name being
+//! created or dropped is reserved meanwhile, so a Drop and a Create of one name cannot race.
+//! A collection that fails to open is reported (log, GetCollection, ListCollections) and the
+//! others serve.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
+use quiver_store::{valid_name, CollectionMeta, Optimizer};
 use tonic::Status;
 
-use crate::collection::{valid_name, Collection, Meta};
+use crate::backend::AnyBackend;
+use crate::collection::{Collection, StoreCollection};
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
+use crate::status::from_store;
 
 /// All collections of a server.
 pub struct Registry {
@@ -18,6 +27,11 @@ pub struct Registry {
     cfg: ServerConfig,
     metrics: Metrics,
     collections: RwLock<HashMap<String, Arc<Collection>>>,
+    /// Names being created, loaded or dropped.
+    busy: Mutex<HashSet<String>>,
+    /// Collections that failed to open, with why.
+    failed: RwLock<HashMap<String, String>>,
+    optimizer: Optimizer<AnyBackend>,
 }
 
 /// Why the server could not open its data.
@@ -31,7 +45,7 @@ pub enum OpenError {
         /// Why.
         source: std::io::Error,
     },
-    /// A collection failed to open.
+    /// A collection given on the command line failed to open.
     #[error("collection {name}: {message}")]
     Collection {
         /// Its name.
@@ -41,41 +55,64 @@ pub enum OpenError {
     },
 }
 
+struct Reservation<'a> {
+    registry: &'a Registry,
+    name: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.registry.busy.lock().remove(&self.name);
+    }
+}
+
 impl Registry {
     /// Opens every collection under `DATA_DIR/collections/` and the configured index files.
     pub fn open(cfg: ServerConfig, metrics: Metrics) -> Result<Registry, OpenError> {
         let root = cfg.data_dir.join("collections");
-        std::fs::create_dir_all(&root).map_err(|source| OpenError::DataDir {
+        let data_dir = |source| OpenError::DataDir {
             path: root.clone(),
             source,
-        })?;
+        };
+        std::fs::create_dir_all(&root).map_err(data_dir)?;
         let mut map = HashMap::new();
-        let entries = std::fs::read_dir(&root).map_err(|source| OpenError::DataDir {
-            path: root.clone(),
-            source,
-        })?;
-        for entry in entries {
-            let entry = entry.map_err(|source| OpenError::DataDir {
-                path: root.clone(),
-                source,
-            })?;
+        let mut failed = HashMap::new();
+        for entry in std::fs::read_dir(&root).map_err(data_dir)? {
+            let entry = entry.map_err(data_dir)?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(".dropped-") {
+            if name.starts_with(".dropped-") || name.starts_with(quiver_store::fsutil::TEMP_PREFIX)
+            {
                 let _ = std::fs::remove_dir_all(entry.path());
                 continue;
             }
-            if !valid_name(&name) || !entry.path().join("meta.json").exists() {
+            let p = entry.path();
+            if !valid_name(&name)
+                || !(p.join("manifest.json").exists() || p.join("meta.json").exists())
+            {
                 continue;
             }
-            let c = Collection::open(entry.path(), cfg.wal_snapshot_bytes, &cfg.backend).map_err(
-                |s| OpenError::Collection {
-                    name: name.clone(),
-                    message: s.message().to_string(),
-                },
-            )?;
-            tracing::info!(collection = %name, vectors = c.segment().len(), trained = c.segment().trained(), "opened");
-            map.insert(name, Arc::new(c));
+            match StoreCollection::open(&p, cfg.backend.clone(), cfg.store.clone()) {
+                Ok(c) => {
+                    let v = c.version();
+                    tracing::info!(collection = %name, vectors = v.len(), segments = v.segments.len() + 1, trained = v.quantizers.is_some(), "opened");
+                    map.insert(name, Arc::new(Collection::new(c)));
+                }
+                Err(e) => {
+                    tracing::error!(collection = %name, error = %e, "collection failed to open; serving the others");
+                    failed.insert(name, e.to_string());
+                }
+            }
         }
+        let optimizer = Optimizer::start(Duration::from_millis(100));
+        let registry = Registry {
+            root,
+            cfg: cfg.clone(),
+            metrics,
+            collections: RwLock::new(map),
+            busy: Mutex::new(HashSet::new()),
+            failed: RwLock::new(failed),
+            optimizer,
+        };
         for s in &cfg.static_collections {
             let fail = |message: String| OpenError::Collection {
                 name: s.name.clone(),
@@ -84,36 +121,34 @@ impl Registry {
             if !valid_name(&s.name) {
                 return Err(fail("invalid name".into()));
             }
-            let c = if s.writable {
-                if map.contains_key(&s.name) {
+            let exists = registry.collections.read().contains_key(&s.name);
+            if s.writable {
+                if exists {
                     tracing::info!(collection = %s.name, "already in the data directory; not importing {} again", s.path.display());
                     continue;
                 }
-                Collection::import(
-                    &s.name,
-                    &s.path,
-                    root.join(&s.name),
-                    cfg.wal_snapshot_bytes,
-                    &cfg.backend,
-                )
-                .map_err(|st| fail(st.message().to_string()))?
+                registry
+                    .import(&s.name, &s.path)
+                    .map_err(|st| fail(st.message().to_string()))?;
             } else {
-                if map.contains_key(&s.name) {
+                if exists {
                     return Err(fail(
                         "a collection of that name is already in the data directory".into(),
                     ));
                 }
-                Collection::read_only(&s.name, &s.path, &cfg.backend)
-                    .map_err(|e| fail(e.to_string()))?
-            };
-            map.insert(s.name.clone(), Arc::new(c));
+                let index = quiver_engine::persist::load(&s.path).map_err(|e| fail(e.to_string()))?;
+                let c = StoreCollection::read_only(&s.name, index, cfg.backend.clone())
+                    .map_err(|e| fail(e.to_string()))?;
+                registry
+                    .collections
+                    .write()
+                    .insert(s.name.clone(), Arc::new(Collection::new(c)));
+            }
         }
-        Ok(Registry {
-            root,
-            cfg,
-            metrics,
-            collections: RwLock::new(map),
-        })
+        for c in registry.collections.read().values() {
+            registry.optimizer.register(&c.store);
+        }
+        Ok(registry)
     }
 
     /// Starts every collection's batcher (inside a Tokio runtime).
@@ -125,11 +160,17 @@ impl Registry {
 
     /// A collection by name.
     pub fn get(&self, name: &str) -> Result<Arc<Collection>, Status> {
-        self.collections
-            .read()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Status::not_found(format!("collection {name:?} does not exist")))
+        if let Some(c) = self.collections.read().get(name) {
+            return Ok(c.clone());
+        }
+        if let Some(why) = self.failed.read().get(name) {
+            return Err(Status::unavailable(format!(
+                "collection {name:?} failed to open: {why}"
+            )));
+        }
+        Err(Status::not_found(format!(
+            "collection {name:?} does not exist"
+        )))
     }
 
     /// All collections, by name.
@@ -144,98 +185,179 @@ impl Registry {
         v
     }
 
-    /// Creates an empty collection (blocking: writes its folder).
-    pub fn create(&self, meta: Meta) -> Result<Arc<Collection>, Status> {
-        let mut map = self.collections.write();
-        if map.contains_key(&meta.name) {
-            return Err(Status::already_exists(format!(
-                "collection {:?} already exists",
-                meta.name
-            )));
-        }
-        let name = meta.name.clone();
-        let dir = self.root.join(&name);
-        if dir.exists() {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-        let c = Arc::new(Collection::create(
-            dir,
-            meta,
-            self.cfg.wal_snapshot_bytes,
-            &self.cfg.backend,
-        )?);
-        c.start(&name, self.cfg.batching.clone(), self.metrics.clone());
-        map.insert(name, c.clone());
-        Ok(c)
+    /// Collections that failed to open, with why.
+    pub fn failed(&self) -> Vec<(String, String)> {
+        let mut v: Vec<_> = self
+            .failed
+            .read()
+            .iter()
+            .map(|(a, b)| (a.clone(), b.clone()))
+            .collect();
+        v.sort();
+        v
     }
 
-    /// Creates a collection from an index file (blocking).
-    pub fn load_index(
-        &self,
-        name: &str,
-        path: &std::path::Path,
-    ) -> Result<Arc<Collection>, Status> {
-        let mut map = self.collections.write();
-        if map.contains_key(name) {
+    fn reserve(&self, name: &str) -> Result<Reservation<'_>, Status> {
+        let mut busy = self.busy.lock();
+        if busy.contains(name) {
+            return Err(Status::unavailable(format!(
+                "collection {name:?} is being created, loaded or dropped; retry"
+            )));
+        }
+        if self.collections.read().contains_key(name) || self.failed.read().contains_key(name) {
             return Err(Status::already_exists(format!(
                 "collection {name:?} already exists"
             )));
         }
-        let c = Arc::new(Collection::import(
-            name,
-            path,
-            self.root.join(name),
-            self.cfg.wal_snapshot_bytes,
-            &self.cfg.backend,
-        )?);
+        busy.insert(name.to_string());
+        Ok(Reservation {
+            registry: self,
+            name: name.to_string(),
+        })
+    }
+
+    fn insert(&self, name: &str, c: StoreCollection) -> Arc<Collection> {
+        let c = Arc::new(Collection::new(c));
         c.start(name, self.cfg.batching.clone(), self.metrics.clone());
-        map.insert(name.to_string(), c.clone());
-        Ok(c)
+        self.optimizer.register(&c.store);
+        self.collections.write().insert(name.to_string(), c.clone());
+        c
+    }
+
+    /// Creates an empty collection (blocking: writes its folder).
+    pub fn create(&self, meta: CollectionMeta) -> Result<Arc<Collection>, Status> {
+        let name = meta.name.clone();
+        let _r = self.reserve(&name)?;
+        let dir = self.root.join(&name);
+        if dir.exists() {
+            // Not in the map and not reserved: a leftover without a manifest.
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        let c = StoreCollection::create(&dir, meta, self.cfg.backend.clone(), self.cfg.store.clone())
+            .map_err(from_store)?;
+        Ok(self.insert(&name, c))
+    }
+
+    /// Creates a collection from an index file (blocking; no lock held while it loads).
+    pub fn load_index(&self, name: &str, path: &std::path::Path) -> Result<Arc<Collection>, Status> {
+        let _r = self.reserve(name)?;
+        self.import_reserved(name, path)
+    }
+
+    fn import(&self, name: &str, path: &std::path::Path) -> Result<Arc<Collection>, Status> {
+        let _r = self.reserve(name)?;
+        self.import_reserved(name, path)
+    }
+
+    fn import_reserved(&self, name: &str, path: &std::path::Path) -> Result<Arc<Collection>, Status> {
+        let index = quiver_engine::persist::load(path).map_err(crate::status::from_client_file)?;
+        let p = index.params().clone();
+        let meta = CollectionMeta {
+            name: name.to_string(),
+            dim: p.dim,
+            metric: p.metric.name().to_string(),
+            index: quiver_store::IndexConfig {
+                nlist: p.nlist as u32,
+                pq_m: p.pq_m as u32,
+                refine: p.refine.name().to_string(),
+                seed: p.seed,
+            },
+        };
+        let dir = self.root.join(name);
+        if dir.exists() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        let c = StoreCollection::create(&dir, meta, self.cfg.backend.clone(), self.cfg.store.clone())
+            .map_err(from_store)?;
+        if let Err(e) = c.load_index(index) {
+            c.close();
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(from_store(e));
+        }
+        Ok(self.insert(name, c))
     }
 
     /// Removes a collection and its files.
     pub async fn drop_collection(&self, name: &str) -> Result<(), Status> {
-        let c = self
-            .collections
-            .write()
-            .remove(name)
-            .ok_or_else(|| Status::not_found(format!("collection {name:?} does not exist")))?;
-        c.drain().await;
-        self.metrics.vectors.with_label_values(&[name]).set(0);
-        if let Some(dir) = c.dir() {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
-            let trash = self.root.join(format!(".dropped-{name}-{nanos}"));
-            tokio::task::spawn_blocking(move || {
-                if std::fs::rename(&dir, &trash).is_ok() {
-                    let _ = crate::wal::sync_dir(&trash);
-                    let _ = std::fs::remove_dir_all(&trash);
+        let c = {
+            let mut busy = self.busy.lock();
+            if busy.contains(name) {
+                return Err(Status::unavailable(format!(
+                    "collection {name:?} is being created, loaded or dropped; retry"
+                )));
+            }
+            let removed = self.collections.write().remove(name);
+            match removed {
+                Some(c) => {
+                    busy.insert(name.to_string());
+                    Some(c)
                 }
-            })
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+                None => {
+                    if self.failed.write().remove(name).is_none() {
+                        return Err(Status::not_found(format!(
+                            "collection {name:?} does not exist"
+                        )));
+                    }
+                    busy.insert(name.to_string());
+                    None
+                }
+            }
+        };
+        let _r = Reservation {
+            registry: self,
+            name: name.to_string(),
+        };
+        let dir = self.root.join(name);
+        let read_only = c.as_ref().is_some_and(|c| c.store.is_read_only());
+        if let Some(c) = &c {
+            c.drain().await;
+            self.metrics.vectors.with_label_values(&[name]).set(0);
         }
+        if read_only {
+            return Ok(());
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let trash = self.root.join(format!(".dropped-{name}-{nanos}"));
+        let root = self.root.clone();
+        let store = c.map(|c| c.store.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Some(s) = &store {
+                s.close();
+            }
+            if dir.exists() && std::fs::rename(&dir, &trash).is_ok() {
+                let _ = quiver_store::fsutil::sync_dir(&root);
+                let _ = std::fs::remove_dir_all(&trash);
+            }
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
         Ok(())
     }
 
-    /// Answers every queued search, then snapshots every writable collection.
+    /// Answers every queued search, then checkpoints every writable collection.
     pub async fn shutdown(&self) {
         let all = self.list();
         for (_, c) in &all {
             c.drain().await;
         }
         for (name, c) in all {
-            if c.is_read_only() {
+            if c.store.is_read_only() {
                 continue;
             }
-            match tokio::task::spawn_blocking(move || c.flush()).await {
-                Ok(Ok(bytes)) => tracing::info!(collection = %name, bytes, "flushed"),
-                Ok(Err(e)) => {
-                    tracing::error!(collection = %name, error = %e.message(), "flush failed")
-                }
-                Err(e) => tracing::error!(collection = %name, error = %e, "flush failed"),
+            let store = c.store.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                let r = store.checkpoint();
+                store.close();
+                r
+            })
+            .await;
+            match r {
+                Ok(Ok(bytes)) => tracing::info!(collection = %name, bytes, "checkpointed"),
+                Ok(Err(e)) => tracing::error!(collection = %name, error = %e, "checkpoint failed; the log keeps every write"),
+                Err(e) => tracing::error!(collection = %name, error = %e, "checkpoint failed"),
             }
         }
     }

@@ -4,18 +4,20 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quiver_engine::backend::{Neighbors, PreparedIndex};
+use quiver_engine::backend::Neighbors;
 use quiver_engine::Metric;
+use quiver_store::segment::resolve;
+use quiver_store::{CollectionMeta, IndexConfig, SearchKey};
 use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::batcher::Job;
-use crate::collection::{valid_name, Collection, IndexConfig, Meta};
+use crate::collection::Collection;
+use quiver_store::valid_name;
 use crate::proto::{self, quiver_server::Quiver};
 use crate::registry::Registry;
-use crate::segment::{SearchKey, Segment};
-use crate::status::invalid;
+use crate::status::{from_store, invalid};
 
 /// The service.
 #[derive(Clone)]
@@ -92,8 +94,8 @@ fn index_config(p: Option<&proto::IndexParams>) -> Result<IndexConfig, Status> {
 }
 
 fn info(name: &str, c: &Collection) -> proto::CollectionInfo {
-    let meta = c.meta();
-    let seg = c.segment();
+    let meta = c.store.meta();
+    let seg = c.store.version();
     proto::CollectionInfo {
         name: name.to_string(),
         dim: meta.dim as u32,
@@ -105,9 +107,19 @@ fn info(name: &str, c: &Collection) -> proto::CollectionInfo {
             seed: meta.index.seed,
         }),
         count: seg.len() as u64,
-        trained: seg.trained(),
+        trained: seg.quantizers.is_some(),
         memory_bytes: seg.data_bytes() as u64,
-        read_only: c.is_read_only(),
+        read_only: c.store.is_read_only(),
+        state: c.store.job().describe(),
+        segments: seg.segments.len() as u32 + 1,
+    }
+}
+
+fn failed_info(name: &str, why: &str) -> proto::CollectionInfo {
+    proto::CollectionInfo {
+        name: name.to_string(),
+        state: format!("failed: {why}"),
+        ..Default::default()
     }
 }
 
@@ -149,7 +161,8 @@ fn check_vectors(field: &str, values: &[f32], dim: usize, metric: Metric) -> Res
     Ok(values.len() / dim)
 }
 
-fn check_key(seg: &Segment, key: SearchKey, max_k: usize) -> Result<(), Status> {
+fn check_key(c: &Collection, key: SearchKey, nq: usize, limits: &crate::config::Limits) -> Result<(), Status> {
+    let max_k = limits.max_k;
     if key.k == 0 || key.k > max_k {
         return Err(invalid(
             "k",
@@ -159,20 +172,40 @@ fn check_key(seg: &Segment, key: SearchKey, max_k: usize) -> Result<(), Status> 
             ),
         ));
     }
-    if let Segment::Ivf(_, p) = seg {
-        let nlist = p.index().nlist();
-        if key.nprobe > nlist {
-            return Err(invalid(
-                "nprobe",
-                format!(
-                    "{} is out of range: it must be between 1 and nlist = {nlist} (0 = default)",
-                    key.nprobe
-                ),
-            ));
+    let v = c.store.version();
+    let meta = c.store.meta();
+    let segments = v.all().filter(|s| !s.is_empty()).count().max(1) as u64;
+    let (nq64, k) = (nq as u64, key.k as u64);
+    // Working memory: each segment's candidates (slot, score) and results, the merge, the
+    // queries, and (IVF) one tile's lookup tables.
+    let estimate = match &v.quantizers {
+        Some(q) => {
+            let nlist = q.nlist();
+            if key.nprobe > nlist {
+                return Err(invalid(
+                    "nprobe",
+                    format!(
+                        "{} is out of range: it must be between 1 and nlist = {nlist} (0 = default)",
+                        key.nprobe
+                    ),
+                ));
+            }
+            let params = resolve(key, nlist, q.params().refine);
+            params.validate(q).map_err(|e| invalid("refine_factor", e))?;
+            let candidates = k.saturating_mul(params.refine_factor as u64);
+            let tables = nq64.min(1024) * (q.pq().m() * q.pq().ksub() * 4) as u64;
+            nq64.saturating_mul(candidates.saturating_mul(16))
+                .saturating_add(tables)
+                .saturating_add(nq64 * k * 12 * (segments + 1))
         }
-        seg.resolve(key)
-            .validate(p.index())
-            .map_err(|e| invalid("refine_factor", e))?;
+        None => nq64 * k * 12 * (segments + 1),
+    }
+    .saturating_add(nq64 * meta.dim as u64 * 8);
+    if estimate > limits.max_request_bytes {
+        return Err(from_store(quiver_store::StoreError::TooLarge {
+            estimate,
+            limit: limits.max_request_bytes,
+        }));
     }
     Ok(())
 }
@@ -226,7 +259,7 @@ impl QuiverService {
         batch_field: Option<&str>,
     ) -> Result<Neighbors, Status> {
         let c = self.registry.get(collection)?;
-        let meta = c.meta();
+        let meta = c.store.meta();
         let field = batch_field.unwrap_or("vector");
         if values.is_empty() {
             return Err(invalid(
@@ -254,7 +287,7 @@ impl QuiverService {
                 ),
             ));
         }
-        check_key(&c.segment(), key, self.limits().max_k)?;
+        check_key(&c, key, nq, self.limits())?;
         let (tx, rx) = oneshot::channel();
         c.submit(Job {
             queries: values,
@@ -273,7 +306,7 @@ impl QuiverService {
         answer.map_err(|_| Status::unavailable("the search was dropped during shutdown"))?
     }
 
-    fn write_meta(&self, r: &proto::CreateCollectionRequest) -> Result<Meta, Status> {
+    fn write_meta(&self, r: &proto::CreateCollectionRequest) -> Result<CollectionMeta, Status> {
         if !valid_name(&r.name) {
             return Err(invalid(
                 "name",
@@ -304,20 +337,28 @@ impl QuiverService {
                 format!("{} does not divide dim = {}", index.pq_m, r.dim),
             ));
         }
-        Ok(Meta {
-            format: 1,
+        Ok(CollectionMeta {
             name: r.name.clone(),
             dim: r.dim as usize,
             metric: metric.name().into(),
             index,
-            trained: false,
         })
     }
 
-    fn check_upsert(c: &Collection, r: &proto::UpsertRequest) -> Result<(), Status> {
-        let meta = c.meta();
+    fn check_upsert(&self, c: &Collection, r: &proto::UpsertRequest) -> Result<(), Status> {
+        let meta = c.store.meta();
         if r.ids.is_empty() {
             return Err(invalid("ids", "empty: at least one vector is required"));
+        }
+        let max = self.limits().max_queries_per_request;
+        if r.ids.len() > max {
+            return Err(invalid(
+                "ids",
+                format!(
+                    "{} vectors exceed the limit of {max} per message (--max-queries-per-request)",
+                    r.ids.len()
+                ),
+            ));
         }
         if r.vectors.len() != r.ids.len() * meta.dim {
             return Err(invalid(
@@ -340,11 +381,15 @@ impl QuiverService {
 
     async fn upsert_one(&self, r: proto::UpsertRequest) -> Result<u64, Status> {
         let c = self.registry.get(&r.collection)?;
-        Self::check_upsert(&c, &r)?;
+        self.check_upsert(&c, &r)?;
         let n = r.ids.len() as u64;
         let (name, metrics) = (r.collection.clone(), self.registry.metrics().clone());
-        let live = blocking(move || c.upsert(r.ids, r.vectors)).await?;
-        metrics.vectors.with_label_values(&[&name]).set(live as i64);
+        let store = c.store.clone();
+        blocking(move || store.upsert(r.ids, r.vectors).map_err(from_store)).await?;
+        metrics
+            .vectors
+            .with_label_values(&[&name])
+            .set(c.store.version().len() as i64);
         Ok(n)
     }
 }
@@ -382,12 +427,13 @@ impl Quiver for QuiverService {
         &self,
         _req: Request<proto::ListCollectionsRequest>,
     ) -> Result<Response<proto::ListCollectionsResponse>, Status> {
-        let collections = self
+        let mut collections: Vec<_> = self
             .registry
             .list()
             .iter()
             .map(|(n, c)| info(n, c))
             .collect();
+        collections.extend(self.registry.failed().iter().map(|(n, w)| failed_info(n, w)));
         self.record(
             "ListCollections",
             Ok(Response::new(proto::ListCollectionsResponse {
@@ -446,12 +492,12 @@ impl Quiver for QuiverService {
                 return Err(invalid("ids", "empty: at least one id is required"));
             }
             let (name, metrics) = (r.collection.clone(), self.registry.metrics().clone());
-            let c2 = c.clone();
-            let deleted = blocking(move || c2.delete(r.ids)).await?;
+            let store = c.store.clone();
+            let deleted = blocking(move || store.delete(r.ids).map_err(from_store)).await?;
             metrics
                 .vectors
                 .with_label_values(&[&name])
-                .set(c.segment().len() as i64);
+                .set(c.store.version().len() as i64);
             Ok(Response::new(proto::DeleteResponse {
                 deleted: deleted as u64,
             }))
@@ -471,8 +517,11 @@ impl Quiver for QuiverService {
                 Some(p) => Some(index_config(Some(p))?),
                 None => None,
             };
-            let c2 = c.clone();
-            blocking(move || c2.train(overrides)).await?;
+            c.store.start_train(overrides).map_err(from_store)?;
+            if !r.background {
+                let store = c.store.clone();
+                blocking(move || store.wait_job().map_err(from_store)).await?;
+            }
             Ok(Response::new(info(&r.collection, &c)))
         }
         .await;
@@ -509,11 +558,52 @@ impl Quiver for QuiverService {
     ) -> Result<Response<proto::FlushResponse>, Status> {
         let r = async {
             let c = self.registry.get(&req.get_ref().collection)?;
-            let snapshot_bytes = blocking(move || c.flush()).await?;
+            let compact = req.get_ref().compact;
+            let store = c.store.clone();
+            let snapshot_bytes = blocking(move || {
+                if compact {
+                    store.compact().map_err(from_store)?;
+                }
+                store.checkpoint().map_err(from_store)
+            })
+            .await?;
             Ok(Response::new(proto::FlushResponse { snapshot_bytes }))
         }
         .await;
         self.record("Flush", r)
+    }
+
+    async fn get(
+        &self,
+        req: Request<proto::GetRequest>,
+    ) -> Result<Response<proto::GetResponse>, Status> {
+        let r = async {
+            let r = req.into_inner();
+            let c = self.registry.get(&r.collection)?;
+            let max = self.limits().max_queries_per_request;
+            if r.ids.len() > max {
+                return Err(invalid(
+                    "ids",
+                    format!("{} ids exceed the limit of {max} per request", r.ids.len()),
+                ));
+            }
+            let store = c.store.clone();
+            let with_vectors = r.with_vectors;
+            let points = blocking(move || {
+                Ok(store
+                    .get(&r.ids)
+                    .into_iter()
+                    .map(|(id, v)| proto::Point {
+                        id,
+                        vector: if with_vectors { v } else { Vec::new() },
+                    })
+                    .collect())
+            })
+            .await?;
+            Ok(Response::new(proto::GetResponse { points }))
+        }
+        .await;
+        self.record("Get", r)
     }
 
     async fn search(

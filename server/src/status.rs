@@ -48,3 +48,17 @@ pub fn from_io(context: &str, e: std::io::Error) -> Status {
 pub fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {reason}"))
 }
+
+/// Maps a store error to the status a client should see.
+pub fn from_store(e: quiver_store::StoreError) -> Status {
+    use quiver_store::StoreError as S;
+    match e {
+        S::Engine(e) => from_engine(e),
+        e @ S::Invalid { .. } => Status::invalid_argument(e.to_string()),
+        S::Precondition(m) => Status::failed_precondition(m),
+        e @ (S::WalFailed { .. } | S::WritesStopped(_)) => Status::unavailable(e.to_string()),
+        e @ S::Corrupt { .. } => Status::data_loss(e.to_string()),
+        e @ S::Io { .. } => Status::internal(e.to_string()),
+        e @ S::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
+    }
+}

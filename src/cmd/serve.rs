@@ -44,9 +44,23 @@ pub struct Args {
     /// Largest collection dimension.
     #[arg(long, default_value_t = 4096)]
     max_dim: usize,
-    /// Fold a collection's write-ahead log into a snapshot beyond this many MiB.
-    #[arg(long, default_value_t = 256)]
-    wal_snapshot_mib: u64,
+    /// Checkpoint a collection (new segment files, log removed) when its write-ahead log
+    /// passes this many MiB.
+    #[arg(long, alias = "wal-snapshot-mib", default_value_t = 256)]
+    checkpoint_wal_mib: u64,
+    /// Seal a collection's appendable segment (and checkpoint) when it holds this many points.
+    #[arg(long, default_value_t = 65_536)]
+    seal_rows: usize,
+    /// At start, a damaged write-ahead log record followed by valid ones keeps the records
+    /// before it and drops the rest, instead of refusing to open the collection.
+    #[arg(long)]
+    wal_recover: bool,
+    /// Refuse (RESOURCE_EXHAUSTED) a search whose estimated working memory is above this.
+    #[arg(long, default_value_t = 1 << 30)]
+    max_request_bytes: u64,
+    /// Refuse searches while a collection's queue holds this many bytes of queries.
+    #[arg(long, default_value_t = 256 << 20)]
+    max_queued_bytes: usize,
     /// Prometheus metrics listen address (serves /metrics).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
@@ -90,8 +104,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     {
         bail!("--max-batch, --queue-capacity, --max-k, --max-queries-per-request and --max-dim must be at least 1");
     }
-    if !(a.max_delay_ms.is_finite() && a.max_delay_ms >= 0.0) {
-        bail!("--max-delay-ms must be a non-negative number");
+    let Some(max_delay) = (a.max_delay_ms >= 0.0)
+        .then(|| Duration::try_from_secs_f64(a.max_delay_ms / 1000.0).ok())
+        .flatten()
+        .filter(|d| *d <= Duration::from_secs(3600))
+    else {
+        bail!("--max-delay-ms must be a number of milliseconds between 0 and 3600000");
+    };
+    if a.seal_rows == 0 {
+        bail!("--seal-rows must be at least 1");
     }
     let static_collections = a
         .collections
@@ -105,16 +126,23 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         static_collections,
         batching: BatchingConfig {
             max_batch: a.max_batch,
-            max_delay: Duration::from_secs_f64(a.max_delay_ms / 1000.0),
+            max_delay,
             queue_capacity: a.queue_capacity,
+            max_queued_bytes: a.max_queued_bytes,
         },
         limits: Limits {
             max_message_bytes: a.max_message_bytes,
             max_k: a.max_k,
             max_queries_per_request: a.max_queries_per_request,
             max_dim: a.max_dim,
+            max_request_bytes: a.max_request_bytes,
         },
-        wal_snapshot_bytes: a.wal_snapshot_mib.saturating_mul(1 << 20),
+        store: quiver_server::config::StoreConfig {
+            checkpoint_wal_bytes: a.checkpoint_wal_mib.saturating_mul(1 << 20),
+            seal_rows: a.seal_rows,
+            wal_recover: a.wal_recover,
+            ..Default::default()
+        },
         backend: super::open_backend(a.backend)?,
     };
     let backend_name = quiver_engine::backend::Backend::name(&config.backend);

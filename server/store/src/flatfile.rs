@@ -1,4 +1,5 @@
-//! Snapshots of untrained (flat) collections: ids and raw vectors in one checksummed file,
+//! Flat segment files (and the snapshots of untrained collections of the old layout): ids and
+//! raw vectors in one checksummed file,
 //! written to a temporary name, fsynced and renamed. Trained collections are snapshotted in
 //! the engine's index format (`quiver_engine::persist`).
 //!

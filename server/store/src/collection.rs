@@ -1,0 +1,1236 @@
+//! One collection's durable state: its published version, its write path (validate, stage,
+//! log with group commit, publish), checkpoints, training and the optimizer's steps.
+//!
+//! Write path: a writer validates and encodes its points without any lock, then, under the
+//! writer lock, builds the next *staged* version and appends its record to the pending group.
+//! Outside the lock it waits for the group commit: one writer at a time writes the whole pending
+//! group and fsyncs it; then the staged version it wrote becomes the published one and every
+//! writer of the group is acknowledged. A failed group is cut from the log and every write
+//! staged since the last durable one is refused and rolled back, so searches only ever see
+//! acknowledged writes and no acknowledgement follows garbage.
+//!
+//! Structural changes (seal, checkpoint, training's switch, merges) close a gate that holds new
+//! writers back, let the pending group commit, change the version under the writer lock, and
+//! reopen the gate; their long parts (k-means, encoding, merging, file writes) run outside
+//! every lock.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
+use quiver_engine::backend::cpu::CpuBackend;
+use quiver_engine::backend::{Backend, Neighbors};
+use quiver_engine::progress::NoProgress;
+use quiver_engine::{EngineError, FlatIndex, IndexParams, IvfPqIndex};
+
+use crate::error::{Result, StoreError};
+use crate::fsutil::{remove_temp_files, sync_dir};
+use crate::manifest::{CollectionMeta, IndexConfig, Manifest, SegmentEntry};
+use crate::segment::{Rows, SearchKey, Segment, SegmentIndex};
+use crate::version::Version;
+use crate::wal::{self, Op, WalWriter};
+use crate::StoreConfig;
+
+/// What a collection is doing in the background.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobState {
+    /// Nothing: serving.
+    Ready,
+    /// Training its IVF-PQ index.
+    Training,
+    /// The last background job failed (the collection is as it was before it).
+    Failed(String),
+}
+
+impl JobState {
+    /// "ready", "training", or "failed: …".
+    pub fn describe(&self) -> String {
+        match self {
+            JobState::Ready => "ready".into(),
+            JobState::Training => "training".into(),
+            JobState::Failed(m) => format!("failed: {m}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Failure {
+    Wal(PathBuf, String),
+    Stopped(String),
+}
+
+impl From<Failure> for StoreError {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Wal(path, reason) => StoreError::WalFailed { path, reason },
+            Failure::Stopped(m) => StoreError::WritesStopped(m),
+        }
+    }
+}
+
+type Ticket = Arc<OnceLock<std::result::Result<(), Failure>>>;
+
+struct Writer<B: Backend> {
+    staged: Arc<Version<B>>,
+    next_lsn: u64,
+    pending: Vec<u8>,
+    tickets: Vec<Ticket>,
+    gate_closed: bool,
+    stopped: Option<String>,
+    next_segment_id: u64,
+}
+
+struct Files {
+    /// Segments whose file is on disk, with the number of deletions recorded beside it.
+    written: HashMap<u64, (String, Option<String>, usize)>,
+    quantizers: Option<String>,
+}
+
+/// One collection.
+pub struct Collection<B: Backend> {
+    dir: PathBuf,
+    meta: RwLock<CollectionMeta>,
+    backend: B,
+    cpu: CpuBackend,
+    device: bool,
+    cfg: StoreConfig,
+    published: RwLock<Arc<Version<B>>>,
+    writer: Mutex<Writer<B>>,
+    gate: Condvar,
+    flushing: Mutex<bool>,
+    flushed: Condvar,
+    wal: Mutex<Option<WalWriter>>,
+    files: Mutex<Files>,
+    structural: Mutex<()>,
+    job: Mutex<JobState>,
+    dropped: AtomicBool,
+    read_only: bool,
+}
+
+/// Checks a collection name: 1 to 64 of `[A-Za-z0-9_.-]`, not starting with a dot.
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+}
+
+fn empty_appendable<B: Backend>(
+    id: u64,
+    meta: &CollectionMeta,
+    quantizers: Option<&Arc<IvfPqIndex>>,
+    cpu: &CpuBackend,
+) -> Result<Segment<B>> {
+    Ok(Segment::new(
+        id,
+        match quantizers {
+            Some(q) => SegmentIndex::Cpu(cpu.prepare(Arc::new(q.empty_like()))?),
+            None => SegmentIndex::Flat(FlatIndex::new(meta.metric(), meta.dim)),
+        },
+    ))
+}
+
+impl<B: Backend + Clone + 'static> Collection<B> {
+    /// Creates a new, empty collection in `dir` (which must not exist).
+    pub fn create(dir: &Path, meta: CollectionMeta, backend: B, cfg: StoreConfig) -> Result<Self> {
+        if dir.exists() {
+            return Err(StoreError::Precondition(format!(
+                "{} already exists",
+                dir.display()
+            )));
+        }
+        let parent = dir.parent().unwrap_or(Path::new("."));
+        let tmp = parent.join(format!(
+            "{}{}",
+            crate::fsutil::TEMP_PREFIX,
+            dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        ));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let mk = |p: &Path| std::fs::create_dir_all(p).map_err(|e| StoreError::io("creating", p, e));
+        mk(&tmp.join("segments"))?;
+        mk(&tmp.join("wal"))?;
+        WalWriter::create(&tmp.join("wal"), 1)?;
+        Manifest {
+            format: crate::manifest::FORMAT,
+            meta,
+            quantizers: None,
+            segments: Vec::new(),
+            wal_from: 1,
+            next_segment_id: 1,
+        }
+        .write(&tmp)?;
+        sync_dir(&tmp).map_err(|e| StoreError::io("syncing", &tmp, e))?;
+        std::fs::rename(&tmp, dir).map_err(|e| StoreError::io("renaming into place", dir, e))?;
+        sync_dir(parent).map_err(|e| StoreError::io("syncing", parent, e))?;
+        Self::open(dir, backend, cfg)
+    }
+
+    /// Opens a collection folder: the manifest's segments, then the write-ahead log replayed
+    /// over them. Leftover temporary files and files no manifest names are removed.
+    pub fn open(dir: &Path, backend: B, cfg: StoreConfig) -> Result<Self> {
+        if !dir.join("manifest.json").exists() && dir.join("meta.json").exists() {
+            crate::legacy::migrate(dir)?;
+        }
+        let manifest = Manifest::read(dir)?;
+        let segdir = dir.join("segments");
+        let waldir = dir.join("wal");
+        for d in [dir, segdir.as_path(), waldir.as_path()] {
+            let n = remove_temp_files(d)?;
+            if n > 0 {
+                tracing::info!(folder = %d.display(), files = n, "removed leftover temporary files");
+            }
+        }
+        let cpu = CpuBackend;
+        let device = backend.name() != "cpu";
+        let meta = manifest.meta.clone();
+        let quantizers = match &manifest.quantizers {
+            Some(f) => Some(Arc::new(quiver_engine::persist::load(&segdir.join(f))?)),
+            None => None,
+        };
+        let mut files = Files {
+            written: HashMap::new(),
+            quantizers: manifest.quantizers.clone(),
+        };
+        let mut segments = Vec::new();
+        for e in &manifest.segments {
+            let path = segdir.join(&e.file);
+            let mut index = if e.file.ends_with(".flat") {
+                SegmentIndex::Flat(crate::flatfile::load_flat(&path)?)
+            } else {
+                let i = Arc::new(quiver_engine::persist::load(&path)?);
+                if device {
+                    SegmentIndex::Device(backend.prepare(i)?)
+                } else {
+                    SegmentIndex::Cpu(cpu.prepare(i)?)
+                }
+            };
+            let mut deleted = imbl::Vector::new();
+            if let Some(d) = &e.deletes {
+                let ids = crate::manifest::read_deletes(&segdir.join(d))?;
+                let seg = Segment::<B>::new(e.id, index);
+                index = match seg.with_delete(&ids, true, &cpu, &backend)? {
+                    Some((s, _)) => s.index,
+                    None => seg.index,
+                };
+                deleted = ids.into_iter().collect();
+            }
+            files
+                .written
+                .insert(e.id, (e.file.clone(), e.deletes.clone(), deleted.len()));
+            segments.push(Arc::new(Segment {
+                id: e.id,
+                index,
+                deleted,
+            }));
+        }
+        let mut next_segment_id = manifest.next_segment_id;
+        let appendable = empty_appendable(next_segment_id, &meta, quantizers.as_ref(), &cpu)?;
+        next_segment_id += 1;
+        let mut version = Version {
+            segments,
+            appendable: Arc::new(appendable),
+            quantizers,
+            lsn: manifest.wal_from.saturating_sub(1),
+        };
+        let replayed = wal::replay(&waldir, manifest.wal_from, cfg.wal_recover, |lsn, op| {
+            version = apply(&version, &op, &meta, &cpu, &backend)?;
+            version.lsn = lsn;
+            Ok(())
+        })?;
+        let next_lsn = replayed.last_lsn.max(manifest.wal_from.saturating_sub(1)) + 1;
+        let writer = match replayed.tail {
+            Some((first, path, len)) => WalWriter::open(&waldir, &path, first, len)?,
+            None => WalWriter::create(&waldir, next_lsn)?,
+        };
+        if replayed.applied > 0 {
+            tracing::info!(collection = %meta.name, records = replayed.applied, "replayed the write-ahead log");
+        }
+        let c = Collection {
+            dir: dir.to_path_buf(),
+            meta: RwLock::new(meta),
+            backend,
+            cpu,
+            device,
+            cfg,
+            published: RwLock::new(Arc::new(version.clone())),
+            writer: Mutex::new(Writer {
+                staged: Arc::new(version),
+                next_lsn,
+                pending: Vec::new(),
+                tickets: Vec::new(),
+                gate_closed: false,
+                stopped: None,
+                next_segment_id,
+            }),
+            gate: Condvar::new(),
+            flushing: Mutex::new(false),
+            flushed: Condvar::new(),
+            wal: Mutex::new(Some(writer)),
+            files: Mutex::new(files),
+            structural: Mutex::new(()),
+            job: Mutex::new(JobState::Ready),
+            dropped: AtomicBool::new(false),
+            read_only: false,
+        };
+        c.remove_unreferenced(&manifest)?;
+        Ok(c)
+    }
+
+    /// A read-only collection serving an index file (no folder, no log).
+    pub fn read_only(name: &str, index: IvfPqIndex, backend: B) -> Result<Self> {
+        let p = index.params().clone();
+        let meta = CollectionMeta {
+            name: name.to_string(),
+            dim: p.dim,
+            metric: p.metric.name().to_string(),
+            index: IndexConfig {
+                nlist: p.nlist as u32,
+                pq_m: p.pq_m as u32,
+                refine: p.refine.name().to_string(),
+                seed: p.seed,
+            },
+        };
+        let cpu = CpuBackend;
+        let device = backend.name() != "cpu";
+        let quantizers = Arc::new(index.empty_like());
+        let index = Arc::new(index);
+        let sealed = if device {
+            SegmentIndex::Device(backend.prepare(index)?)
+        } else {
+            SegmentIndex::Cpu(cpu.prepare(index)?)
+        };
+        let version = Version {
+            segments: vec![Arc::new(Segment::new(1, sealed))],
+            appendable: Arc::new(empty_appendable(2, &meta, Some(&quantizers), &cpu)?),
+            quantizers: Some(quantizers),
+            lsn: 0,
+        };
+        Ok(Collection {
+            dir: PathBuf::new(),
+            meta: RwLock::new(meta),
+            backend,
+            cpu,
+            device,
+            cfg: StoreConfig::default(),
+            published: RwLock::new(Arc::new(version.clone())),
+            writer: Mutex::new(Writer {
+                staged: Arc::new(version),
+                next_lsn: 1,
+                pending: Vec::new(),
+                tickets: Vec::new(),
+                gate_closed: false,
+                stopped: None,
+                next_segment_id: 3,
+            }),
+            gate: Condvar::new(),
+            flushing: Mutex::new(false),
+            flushed: Condvar::new(),
+            wal: Mutex::new(None),
+            files: Mutex::new(Files {
+                written: HashMap::new(),
+                quantizers: None,
+            }),
+            structural: Mutex::new(()),
+            job: Mutex::new(JobState::Ready),
+            dropped: AtomicBool::new(false),
+            read_only: true,
+        })
+    }
+
+    /// True when writes are refused (served from an index file).
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn refuse_read_only(&self) -> Result<()> {
+        if self.read_only {
+            return Err(StoreError::Precondition(
+                "the collection is read-only (served from an index file)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The collection's folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Its metadata.
+    pub fn meta(&self) -> CollectionMeta {
+        self.meta.read().clone()
+    }
+
+    /// The published version (what searches see).
+    pub fn version(&self) -> Arc<Version<B>> {
+        self.published.read().clone()
+    }
+
+    /// Background job state.
+    pub fn job(&self) -> JobState {
+        self.job.lock().clone()
+    }
+
+    /// True once trained.
+    pub fn trained(&self) -> bool {
+        self.version().quantizers.is_some()
+    }
+
+    /// Why writes are refused, if they are.
+    pub fn writes_stopped(&self) -> Option<String> {
+        self.writer.lock().stopped.clone()
+    }
+
+    /// Searches valid queries (`nq × dim`) over the published version.
+    pub fn search(&self, queries: &[f32], nq: usize, key: SearchKey) -> Result<Neighbors> {
+        let v = self.version();
+        let metric = self.meta.read().metric();
+        Ok(v.search(queries, nq, key, metric, &self.cpu, &self.backend)?)
+    }
+
+    /// The stored vectors of the given ids that are live (normalised for cosine; f16-rounded
+    /// with f16 refine; PQ reconstructions without raw vectors).
+    pub fn get(&self, ids: &[u64]) -> Vec<(u64, Vec<f32>)> {
+        let v = self.version();
+        ids.iter()
+            .filter_map(|&id| v.vector(id).map(|x| (id, x)))
+            .collect()
+    }
+
+    /// Adds or replaces points by id; returns when the write is durable (fsynced) and visible.
+    pub fn upsert(&self, ids: Vec<u64>, vectors: Vec<f32>) -> Result<usize> {
+        let dim = self.meta.read().dim;
+        if vectors.len() != ids.len() * dim {
+            return Err(StoreError::Invalid {
+                field: "vectors",
+                reason: format!(
+                    "{} values for {} ids of dimension {dim}",
+                    vectors.len(),
+                    ids.len()
+                ),
+            });
+        }
+        check_ids(&ids)?;
+        let metric = self.meta.read().metric();
+        // Validate and encode before taking any lock.
+        let quantizers = self.version().quantizers.clone();
+        let mut rows = match &quantizers {
+            Some(q) => Rows::Encoded(q.encode(&vectors)?),
+            None => Rows::Raw(
+                quiver_engine::index::prepare_vectors(metric, dim, &vectors)?.into_owned(),
+            ),
+        };
+        let op = Op::Upsert { ids, vectors, dim };
+        self.write(op, |staged, op| {
+            let Op::Upsert { ids, vectors, .. } = op else {
+                unreachable!("an upsert")
+            };
+            let same = match (&staged.quantizers, &quantizers) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                // Trained since we encoded: encode again with the current quantizers.
+                rows = match &staged.quantizers {
+                    Some(q) => Rows::Encoded(q.encode(vectors)?),
+                    None => Rows::Raw(vectors.clone()),
+                };
+            }
+            Ok((staged.with_upsert(ids, &rows, &self.cpu, &self.backend)?, ids.len()))
+        })
+    }
+
+    /// Deletes ids; returns how many were live. Durable when it returns.
+    pub fn delete(&self, ids: Vec<u64>) -> Result<usize> {
+        self.write(Op::Delete { ids }, |staged, op| {
+            let Op::Delete { ids } = op else {
+                unreachable!("a delete")
+            };
+            Ok(staged.with_delete(ids, &self.cpu, &self.backend)?)
+        })
+    }
+
+    fn write(
+        &self,
+        op: Op,
+        stage: impl FnOnce(&Version<B>, &Op) -> Result<(Version<B>, usize)>,
+    ) -> Result<usize> {
+        self.refuse_read_only()?;
+        let mut w = self.writer.lock();
+        while w.gate_closed {
+            self.gate.wait(&mut w);
+        }
+        if let Some(m) = &w.stopped {
+            return Err(StoreError::WritesStopped(m.clone()));
+        }
+        if self.dropped.load(Ordering::Acquire) {
+            return Err(StoreError::Precondition("the collection was dropped".into()));
+        }
+        let (mut next, n) = stage(&w.staged, &op)?;
+        if n == 0 && matches!(op, Op::Delete { .. }) {
+            return Ok(0);
+        }
+        let lsn = w.next_lsn;
+        w.next_lsn += 1;
+        next.lsn = lsn;
+        wal::encode(lsn, &op, &mut w.pending);
+        let ticket: Ticket = Arc::new(OnceLock::new());
+        w.tickets.push(ticket.clone());
+        w.staged = Arc::new(next);
+        drop(w);
+        self.commit(&ticket)?;
+        Ok(n)
+    }
+
+    /// Waits until `ticket`'s group is committed, committing it (and whatever else is pending)
+    /// when no other writer is.
+    fn commit(&self, ticket: &Ticket) -> Result<()> {
+        loop {
+            {
+                let mut f = self.flushing.lock();
+                loop {
+                    if let Some(r) = ticket.get() {
+                        return r.clone().map_err(Into::into);
+                    }
+                    if !*f {
+                        break;
+                    }
+                    self.flushed.wait(&mut f);
+                }
+                *f = true;
+            }
+            self.flush_group();
+        }
+    }
+
+    /// Writes and fsyncs the pending group; the caller holds the flushing role.
+    fn flush_group(&self) {
+        let (buf, tickets, version) = {
+            let mut w = self.writer.lock();
+            (
+                std::mem::take(&mut w.pending),
+                std::mem::take(&mut w.tickets),
+                w.staged.clone(),
+            )
+        };
+        let result = if buf.is_empty() {
+            Ok(())
+        } else {
+            match self.wal.lock().as_mut() {
+                Some(wal) => wal.write_group(&buf),
+                None => Err(StoreError::WritesStopped("the log is closed".into())),
+            }
+        };
+        {
+            let mut w = self.writer.lock();
+            match result {
+                Ok(()) => {
+                    *self.published.write() = version;
+                    for t in &tickets {
+                        let _ = t.set(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    let failure = match e {
+                        StoreError::WalFailed { path, reason } => Failure::Wal(path, reason),
+                        StoreError::WritesStopped(m) => {
+                            w.stopped = Some(m.clone());
+                            Failure::Stopped(m)
+                        }
+                        other => Failure::Stopped(other.to_string()),
+                    };
+                    tracing::error!(collection = %self.meta.read().name, error = ?failure, "write-ahead log append failed; the writes of the group are refused");
+                    // Everything staged since the last durable version goes: this group and
+                    // what was staged on top of it meanwhile.
+                    let later = std::mem::take(&mut w.tickets);
+                    w.pending.clear();
+                    w.staged = self.published.read().clone();
+                    for t in tickets.iter().chain(&later) {
+                        let _ = t.set(Err(failure.clone()));
+                    }
+                }
+            }
+        }
+        *self.flushing.lock() = false;
+        self.flushed.notify_all();
+    }
+
+    /// Closes the gate, commits what is pending and returns the writer lock with nothing
+    /// pending: the caller may change the version; [`Collection::open_gate`] ends it.
+    fn quiesce(&self) -> MutexGuard<'_, Writer<B>> {
+        let mut w = self.writer.lock();
+        while w.gate_closed {
+            self.gate.wait(&mut w);
+        }
+        w.gate_closed = true;
+        loop {
+            if w.pending.is_empty() && !*self.flushing.lock() {
+                return w;
+            }
+            drop(w);
+            {
+                let mut f = self.flushing.lock();
+                while *f {
+                    self.flushed.wait(&mut f);
+                }
+                *f = true;
+            }
+            self.flush_group();
+            w = self.writer.lock();
+        }
+    }
+
+    fn open_gate(&self, mut w: MutexGuard<'_, Writer<B>>) {
+        w.gate_closed = false;
+        drop(w);
+        self.gate.notify_all();
+    }
+
+    /// Publishes `v` as both staged and published (nothing pending: under [`Self::quiesce`]).
+    fn publish(&self, w: &mut Writer<B>, v: Version<B>) {
+        let v = Arc::new(v);
+        w.staged = v.clone();
+        *self.published.write() = v;
+    }
+
+    /// Bytes in the current log file.
+    pub fn wal_bytes(&self) -> u64 {
+        self.wal.lock().as_ref().map_or(0, |w| w.bytes())
+    }
+
+    /// Seals the appendable segment (if it holds points), starts a new log file, writes every
+    /// segment not yet on disk, the deletions since, and a new manifest; then removes the log
+    /// files and segment files the manifest no longer needs. Writers wait only for the seal.
+    /// Returns the bytes of segment files written.
+    pub fn checkpoint(&self) -> Result<u64> {
+        self.refuse_read_only()?;
+        let _one = self.structural.lock();
+        self.checkpoint_locked()
+    }
+
+    fn checkpoint_locked(&self) -> Result<u64> {
+        let (version, wal_from, next_segment_id) = {
+            let mut w = self.quiesce();
+            let r = (|| -> Result<_> {
+                let mut v = (*w.staged).clone();
+                if !v.appendable.is_empty() {
+                    let id = w.next_segment_id;
+                    w.next_segment_id += 1;
+                    v.segments.push(v.appendable.clone());
+                    v.appendable = Arc::new(empty_appendable(
+                        id,
+                        &self.meta.read(),
+                        v.quantizers.as_ref(),
+                        &self.cpu,
+                    )?);
+                }
+                let from = w.next_lsn;
+                if let Some(wal) = self.wal.lock().as_mut() {
+                    if wal.bytes() > wal::HEADER {
+                        wal.rotate(from)?;
+                    }
+                }
+                self.publish(&mut w, v.clone());
+                Ok((Arc::new(v), from, w.next_segment_id))
+            })();
+            self.open_gate(w);
+            r?
+        };
+        self.write_checkpoint(&version, wal_from, next_segment_id)
+    }
+
+    fn write_checkpoint(
+        &self,
+        version: &Version<B>,
+        wal_from: u64,
+        next_segment_id: u64,
+    ) -> Result<u64> {
+        fail::fail_point!("checkpoint::before", |_| Err(StoreError::io(
+            "checkpoint",
+            &self.dir,
+            std::io::Error::other("injected failure at checkpoint::before")
+        )));
+        let segdir = self.dir.join("segments");
+        let mut bytes = 0u64;
+        let mut files = self.files.lock();
+        let mut quantizers = files.quantizers.clone();
+        if let (Some(q), None) = (&version.quantizers, &quantizers) {
+            let name = format!("quantizers-{}.qvr", version.appendable.id);
+            quiver_engine::persist::save(q, &segdir.join(&name))?;
+            quantizers = Some(name);
+        }
+        let mut entries = Vec::new();
+        let mut written = HashMap::new();
+        for s in &version.segments {
+            let (file, mut deletes, mut recorded) = match files.written.get(&s.id) {
+                Some(x) => x.clone(),
+                None => {
+                    let (name, b) = self.write_segment(s)?;
+                    bytes += b;
+                    // The file holds the points live now: deletions so far are in it.
+                    (name, None, s.deleted.len())
+                }
+            };
+            if s.deleted.len() > recorded {
+                let name = format!("{}-{}.del", s.id, s.deleted.len());
+                let ids: Vec<u64> = s.deleted.iter().copied().collect();
+                crate::manifest::write_deletes(&segdir.join(&name), &ids)?;
+                deletes = Some(name);
+                recorded = s.deleted.len();
+            }
+            written.insert(s.id, (file.clone(), deletes.clone(), recorded));
+            entries.push(SegmentEntry {
+                id: s.id,
+                file,
+                deletes,
+            });
+        }
+        let manifest = Manifest {
+            format: crate::manifest::FORMAT,
+            meta: self.meta.read().clone(),
+            quantizers: quantizers.clone(),
+            segments: entries,
+            wal_from,
+            next_segment_id,
+        };
+        manifest.write(&self.dir)?;
+        files.written = written;
+        files.quantizers = quantizers;
+        drop(files);
+        wal::remove_covered(&self.dir.join("wal"), wal_from)?;
+        self.remove_unreferenced(&manifest)?;
+        Ok(bytes)
+    }
+
+    fn write_segment(&self, s: &Segment<B>) -> Result<(String, u64)> {
+        let segdir = self.dir.join("segments");
+        match &s.index {
+            SegmentIndex::Flat(f) => {
+                let name = format!("{}.flat", s.id);
+                let b = crate::flatfile::save_flat(f, &segdir.join(&name))?;
+                Ok((name, b))
+            }
+            _ => {
+                let name = format!("{}.qvr", s.id);
+                let path = segdir.join(&name);
+                let index = s.ivf().expect("an IVF segment");
+                quiver_engine::persist::save(index, &path)?;
+                let b = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                Ok((name, b))
+            }
+        }
+    }
+
+    fn remove_unreferenced(&self, m: &Manifest) -> Result<()> {
+        let segdir = self.dir.join("segments");
+        let mut keep: HashSet<String> = HashSet::new();
+        keep.extend(m.quantizers.iter().cloned());
+        for e in &m.segments {
+            keep.insert(e.file.clone());
+            keep.extend(e.deletes.iter().cloned());
+        }
+        let entries =
+            std::fs::read_dir(&segdir).map_err(|e| StoreError::io("listing", &segdir, e))?;
+        let mut removed = false;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !keep.contains(&name) && !name.starts_with(crate::fsutil::TEMP_PREFIX) {
+                std::fs::remove_file(e.path())
+                    .map_err(|err| StoreError::io("removing", e.path(), err))?;
+                removed = true;
+            }
+        }
+        if removed {
+            sync_dir(&segdir).map_err(|e| StoreError::io("syncing", &segdir, e))?;
+        }
+        Ok(())
+    }
+
+    /// Starts training in the background (see [`Collection::train`]); fails at once if the
+    /// collection is trained or busy.
+    pub fn start_train(self: &Arc<Self>, overrides: Option<IndexConfig>) -> Result<()> {
+        self.refuse_read_only()?;
+        {
+            let mut job = self.job.lock();
+            if *job == JobState::Training {
+                return Err(StoreError::Precondition(
+                    "the collection is already training".into(),
+                ));
+            }
+            if self.trained() {
+                return Err(StoreError::Precondition(
+                    "the collection is already trained".into(),
+                ));
+            }
+            *job = JobState::Training;
+        }
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("quiver-train".into())
+            .spawn(move || {
+                let r = me.train_now(overrides);
+                let state = match &r {
+                    Ok(()) => JobState::Ready,
+                    Err(e) => {
+                        tracing::error!(collection = %me.meta.read().name, error = %e, "training failed; the collection is unchanged");
+                        JobState::Failed(e.to_string())
+                    }
+                };
+                *me.job.lock() = state;
+            })
+            .map_err(|e| StoreError::io("starting the training thread", &self.dir, e))?;
+        Ok(())
+    }
+
+    /// Waits until no background job runs; returns the last job's failure, if any.
+    pub fn wait_job(&self) -> Result<()> {
+        loop {
+            match self.job() {
+                JobState::Training => std::thread::sleep(std::time::Duration::from_millis(5)),
+                JobState::Ready => return Ok(()),
+                JobState::Failed(m) => return Err(StoreError::Precondition(m)),
+            }
+        }
+    }
+
+    /// Trains the IVF-PQ quantizers on the points present and switches the collection to
+    /// IVF-PQ segments. Writes go on meanwhile (into flat segments, indexed later by the
+    /// optimizer); the switch is published whole and made durable by a checkpoint.
+    fn train_now(&self, overrides: Option<IndexConfig>) -> Result<()> {
+        let _one = self.structural.lock();
+        // Seal what is appendable, so the inputs are immutable but for deletes.
+        let inputs = {
+            let mut w = self.quiesce();
+            let r = (|| -> Result<Version<B>> {
+                let mut v = (*w.staged).clone();
+                if v.quantizers.is_some() {
+                    return Err(StoreError::Precondition("the collection is already trained".into()));
+                }
+                if !v.appendable.is_empty() {
+                    let id = w.next_segment_id;
+                    w.next_segment_id += 1;
+                    v.segments.push(v.appendable.clone());
+                    v.appendable =
+                        Arc::new(empty_appendable(id, &self.meta.read(), None, &self.cpu)?);
+                    self.publish(&mut w, v.clone());
+                }
+                Ok(v)
+            })();
+            self.open_gate(w);
+            r?
+        };
+        let mut meta = self.meta.read().clone();
+        if let Some(o) = overrides {
+            if o.nlist != 0 {
+                meta.index.nlist = o.nlist;
+            }
+            if o.pq_m != 0 {
+                meta.index.pq_m = o.pq_m;
+            }
+            if !o.refine.is_empty() {
+                meta.index.refine = o.refine;
+            }
+            if o.seed != 0 {
+                meta.index.seed = o.seed;
+            }
+        }
+        let n: usize = inputs.segments.iter().map(|s| s.len()).sum();
+        let dim = meta.dim;
+        let nlist = if meta.index.nlist == 0 {
+            auto_nlist(n)
+        } else {
+            meta.index.nlist as usize
+        };
+        let pq_m = if meta.index.pq_m == 0 {
+            auto_pq_m(dim)
+        } else {
+            meta.index.pq_m as usize
+        };
+        let mut params = IndexParams::new(meta.metric(), dim, nlist, pq_m);
+        params.refine = meta.index.refine_kind();
+        params.seed = meta.index.seed;
+        params.validate()?;
+        if n < nlist.max(256) {
+            return Err(StoreError::Precondition(format!(
+                "training needs at least {} vectors (nlist = {nlist}, and 256 for the PQ); the collection has {n}",
+                nlist.max(256)
+            )));
+        }
+        let mut ids = Vec::with_capacity(n);
+        let mut vectors = Vec::with_capacity(n * dim);
+        for s in &inputs.segments {
+            if let SegmentIndex::Flat(f) = &s.index {
+                f.for_each_live(|i, v| {
+                    ids.extend_from_slice(i);
+                    vectors.extend_from_slice(v);
+                });
+            }
+        }
+        let rows = quiver_engine::kmeans::sample_rows(n, params.default_train_sample(), params.seed);
+        let mut sample = Vec::with_capacity(rows.len() * dim);
+        for r in rows {
+            sample.extend_from_slice(&vectors[r * dim..(r + 1) * dim]);
+        }
+        let quantizers = Arc::new(IvfPqIndex::train(params, &sample, &NoProgress)?);
+        let mut index = quantizers.empty_like();
+        index.add(&vectors, Some(&ids), &NoProgress)?;
+        drop(vectors);
+        let prepared = self.seal_index(Arc::new(index))?;
+        fail::fail_point!("train::before_publish", |_| Err(StoreError::Precondition(
+            "injected failure at train::before_publish".into()
+        )));
+        // Switch: the trained segment replaces the inputs, carrying deletions made meanwhile.
+        {
+            let mut w = self.quiesce();
+            let r = (|| -> Result<()> {
+                let cur = (*w.staged).clone();
+                let id = w.next_segment_id;
+                w.next_segment_id += 1;
+                let mut seg = Segment::new(id, prepared);
+                let input_ids: HashSet<u64> = inputs.segments.iter().map(|s| s.id).collect();
+                let mut late = Vec::new();
+                for s in cur.segments.iter().filter(|s| input_ids.contains(&s.id)) {
+                    let before = inputs
+                        .segments
+                        .iter()
+                        .find(|x| x.id == s.id)
+                        .map_or(0, |x| x.deleted.len());
+                    late.extend(s.deleted.iter().skip(before).copied());
+                }
+                if let Some((s, _)) = seg.with_delete(&late, false, &self.cpu, &self.backend)? {
+                    seg = s;
+                }
+                let mut next = cur.clone();
+                next.segments = std::iter::once(Arc::new(seg))
+                    .chain(cur.segments.iter().filter(|s| !input_ids.contains(&s.id)).cloned())
+                    .collect();
+                if !cur.appendable.is_empty() {
+                    next.segments.push(cur.appendable.clone());
+                }
+                let app = w.next_segment_id;
+                w.next_segment_id += 1;
+                next.appendable = Arc::new(empty_appendable(app, &meta, Some(&quantizers), &self.cpu)?);
+                next.quantizers = Some(quantizers.clone());
+                meta.index.nlist = nlist as u32;
+                meta.index.pq_m = pq_m as u32;
+                *self.meta.write() = meta.clone();
+                self.publish(&mut w, next);
+                Ok(())
+            })();
+            self.open_gate(w);
+            r?;
+        }
+        self.checkpoint_locked()?;
+        Ok(())
+    }
+
+    /// Makes an index file's contents the starting state of this empty, untrained collection
+    /// (LoadIndex): its quantizers become the collection's and its points one sealed segment;
+    /// a checkpoint makes it durable before this returns.
+    pub fn load_index(&self, index: IvfPqIndex) -> Result<()> {
+        self.refuse_read_only()?;
+        let _one = self.structural.lock();
+        let p = index.params().clone();
+        {
+            let m = self.meta.read();
+            if p.dim != m.dim || p.metric != m.metric() {
+                return Err(StoreError::Invalid {
+                    field: "path",
+                    reason: format!(
+                        "the index is {}-d {}, the collection {}-d {}",
+                        p.dim,
+                        p.metric.name(),
+                        m.dim,
+                        m.metric
+                    ),
+                });
+            }
+        }
+        let quantizers = Arc::new(index.empty_like());
+        let prepared = self.seal_index(Arc::new(index))?;
+        {
+            let mut w = self.quiesce();
+            let r = (|| -> Result<()> {
+                let cur = (*w.staged).clone();
+                if cur.quantizers.is_some() || !cur.is_empty() {
+                    return Err(StoreError::Precondition(
+                        "an index can only be loaded into an empty collection".into(),
+                    ));
+                }
+                let id = w.next_segment_id;
+                let app = id + 1;
+                w.next_segment_id += 2;
+                let mut meta = self.meta.read().clone();
+                meta.index = IndexConfig {
+                    nlist: p.nlist as u32,
+                    pq_m: p.pq_m as u32,
+                    refine: p.refine.name().to_string(),
+                    seed: p.seed,
+                };
+                let next = Version {
+                    segments: vec![Arc::new(Segment::new(id, prepared))],
+                    appendable: Arc::new(empty_appendable(app, &meta, Some(&quantizers), &self.cpu)?),
+                    quantizers: Some(quantizers),
+                    lsn: cur.lsn,
+                };
+                *self.meta.write() = meta;
+                self.publish(&mut w, next);
+                Ok(())
+            })();
+            self.open_gate(w);
+            r?;
+        }
+        self.checkpoint_locked()?;
+        Ok(())
+    }
+
+    /// Prepares a sealed IVF-PQ index for searching (uploads it once on a device backend).
+    fn seal_index(&self, index: Arc<IvfPqIndex>) -> Result<SegmentIndex<B>> {
+        Ok(if self.device {
+            SegmentIndex::Device(self.backend.prepare(index)?)
+        } else {
+            SegmentIndex::Cpu(self.cpu.prepare(index)?)
+        })
+    }
+
+    /// One step of background work, if any is due: a checkpoint when the log or the appendable
+    /// segment is large, indexing flat segments of a trained collection, uploading sealed
+    /// segments to the device, merging segments and purging deleted rows. Returns true when
+    /// it did something.
+    pub fn optimize_step(&self) -> Result<bool> {
+        if self.read_only || self.dropped.load(Ordering::Acquire) || self.job() == JobState::Training {
+            return Ok(false);
+        }
+        let v = self.version();
+        if self.wal_bytes() > self.cfg.checkpoint_wal_bytes
+            || v.appendable.len() >= self.cfg.seal_rows
+        {
+            self.checkpoint()?;
+            return Ok(true);
+        }
+        let Some(q) = v.quantizers.clone() else {
+            return Ok(false);
+        };
+        // Flat segments of a trained collection, and sealed segments still on the CPU.
+        if let Some(s) = v.segments.iter().find(|s| {
+            matches!(s.index, SegmentIndex::Flat(_))
+                || (self.device && matches!(s.index, SegmentIndex::Cpu(_)))
+        }) {
+            let s = s.clone();
+            self.replace_segments(&[s.clone()], || {
+                let index = match &s.index {
+                    SegmentIndex::Flat(f) => {
+                        let mut i = q.empty_like();
+                        let mut ids = Vec::new();
+                        let mut vectors = Vec::new();
+                        f.for_each_live(|a, b| {
+                            ids.extend_from_slice(a);
+                            vectors.extend_from_slice(b);
+                        });
+                        i.add(&vectors, Some(&ids), &NoProgress)?;
+                        i
+                    }
+                    _ => s.ivf().expect("an IVF segment").clone(),
+                };
+                Ok(index)
+            })?;
+            return Ok(true);
+        }
+        // Purge a segment with many deleted rows.
+        if let Some(s) = v.segments.iter().find(|s| {
+            let slots = s.slots();
+            slots > 0 && (slots - s.len()) as f64 > self.cfg.purge_ratio * slots as f64
+        }) {
+            let s = s.clone();
+            self.replace_segments(&[s.clone()], || merge_ivf(&q, &[s.clone()]))?;
+            return Ok(true);
+        }
+        // Merge: tiers of sizes (a factor of 4 apart); merge a tier holding `merge_factor`
+        // segments, or the smallest ones when there are too many.
+        let mut tiers: HashMap<u32, Vec<Arc<Segment<B>>>> = HashMap::new();
+        for s in &v.segments {
+            let t = (s.slots().max(1) as f64 / self.cfg.seal_rows.max(1) as f64)
+                .log(4.0)
+                .max(0.0) as u32;
+            tiers.entry(t).or_default().push(s.clone());
+        }
+        let mut pick = tiers
+            .into_values()
+            .find(|t| t.len() >= self.cfg.merge_factor);
+        if pick.is_none() && v.segments.len() > self.cfg.max_segments {
+            let mut by_size = v.segments.clone();
+            by_size.sort_by_key(|s| s.slots());
+            pick = Some(by_size[..v.segments.len() - self.cfg.max_segments + 1].to_vec());
+        }
+        if let Some(group) = pick {
+            self.replace_segments(&group, || merge_ivf(&q, &group))?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Merges every segment into one (after a checkpoint seals the appendable one): the layout
+    /// `quiver build` gives, for the fastest searches. Trained collections only.
+    pub fn compact(&self) -> Result<()> {
+        self.checkpoint()?;
+        loop {
+            let v = self.version();
+            let Some(q) = v.quantizers.clone() else {
+                return Ok(());
+            };
+            let all = v.segments.clone();
+            let clean = all.len() == 1
+                && all[0].slots() == all[0].len()
+                && !matches!(all[0].index, SegmentIndex::Flat(_));
+            if all.is_empty() || clean {
+                return Ok(());
+            }
+            self.replace_segments(&all, || merge_ivf(&q, &all))?;
+        }
+    }
+
+    /// Builds a segment from `inputs` outside every lock, then swaps it in for them, carrying
+    /// over the ids deleted from them meanwhile, and checkpoints.
+    fn replace_segments(
+        &self,
+        inputs: &[Arc<Segment<B>>],
+        build: impl FnOnce() -> Result<IvfPqIndex>,
+    ) -> Result<()> {
+        let _one = self.structural.lock();
+        let index = build()?;
+        let prepared = self.seal_index(Arc::new(index))?;
+        {
+            let mut w = self.quiesce();
+            let r = (|| -> Result<()> {
+                let cur = (*w.staged).clone();
+                let ids: HashSet<u64> = inputs.iter().map(|s| s.id).collect();
+                let mut late = Vec::new();
+                for s in cur.segments.iter().filter(|s| ids.contains(&s.id)) {
+                    let before = inputs
+                        .iter()
+                        .find(|x| x.id == s.id)
+                        .map_or(0, |x| x.deleted.len());
+                    late.extend(s.deleted.iter().skip(before).copied());
+                }
+                if cur.segments.iter().filter(|s| ids.contains(&s.id)).count() != inputs.len() {
+                    return Err(StoreError::Precondition(
+                        "the segments changed during the merge".into(),
+                    ));
+                }
+                let id = w.next_segment_id;
+                w.next_segment_id += 1;
+                let mut seg = Segment::new(id, prepared);
+                if let Some((s, _)) = seg.with_delete(&late, true, &self.cpu, &self.backend)? {
+                    seg = s;
+                }
+                let pos = cur
+                    .segments
+                    .iter()
+                    .position(|s| ids.contains(&s.id))
+                    .unwrap_or(0);
+                let mut next = cur.clone();
+                next.segments.retain(|s| !ids.contains(&s.id));
+                next.segments.insert(pos.min(next.segments.len()), Arc::new(seg));
+                self.publish(&mut w, next);
+                Ok(())
+            })();
+            self.open_gate(w);
+            r?;
+        }
+        self.checkpoint_locked()?;
+        Ok(())
+    }
+
+    /// Stops writes and background work for good (the collection is being dropped or the
+    /// server stops); waits for a running structural step to end.
+    pub fn close(&self) {
+        self.dropped.store(true, Ordering::Release);
+        let _one = self.structural.lock();
+        let w = self.quiesce();
+        self.open_gate(w);
+    }
+}
+
+fn merge_ivf<B: Backend>(q: &IvfPqIndex, parts: &[Arc<Segment<B>>]) -> Result<IvfPqIndex> {
+    let indexes: Vec<&IvfPqIndex> = parts.iter().filter_map(|s| s.ivf()).collect();
+    Ok(q.merged(&indexes)?)
+}
+
+/// Applies a logged write to a version (replay).
+fn apply<B: Backend>(
+    v: &Version<B>,
+    op: &Op,
+    meta: &CollectionMeta,
+    cpu: &CpuBackend,
+    device: &B,
+) -> Result<Version<B>> {
+    let bad = |e: EngineError| StoreError::Invalid {
+        field: "write-ahead log record",
+        reason: e.to_string(),
+    };
+    Ok(match op {
+        Op::Upsert { ids, vectors, dim } => {
+            if *dim != meta.dim {
+                return Err(StoreError::Invalid {
+                    field: "write-ahead log record",
+                    reason: format!("dimension {dim}, the collection's is {}", meta.dim),
+                });
+            }
+            let rows = match &v.quantizers {
+                Some(q) => Rows::Encoded(q.encode(vectors).map_err(bad)?),
+                None => Rows::Raw(
+                    quiver_engine::index::prepare_vectors(meta.metric(), meta.dim, vectors)
+                        .map_err(bad)?
+                        .into_owned(),
+                ),
+            };
+            v.with_upsert(ids, &rows, cpu, device).map_err(bad)?
+        }
+        Op::Delete { ids } => v.with_delete(ids, cpu, device).map_err(bad)?.0,
+    })
+}
+
+fn check_ids(ids: &[u64]) -> Result<()> {
+    let mut seen = HashSet::with_capacity(ids.len());
+    for &id in ids {
+        if id > i64::MAX as u64 {
+            return Err(StoreError::Invalid {
+                field: "ids",
+                reason: format!("{id} is above 2^63-1"),
+            });
+        }
+        if !seen.insert(id) {
+            return Err(StoreError::Invalid {
+                field: "ids",
+                reason: format!("{id} appears twice in one request"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// About 4·√n lists (the power of two at or below), with at least 39 vectors per list.
+pub fn auto_nlist(n: usize) -> usize {
+    let target = ((4.0 * (n as f64).sqrt()) as usize).max(1);
+    let mut nlist = 1usize << (usize::BITS - 1 - target.leading_zeros());
+    while nlist > 1 && nlist * 39 > n {
+        nlist /= 2;
+    }
+    nlist
+}
+
+/// `dim / 8` sub-quantizers when 8 divides the dimension, else the largest divisor of `dim`
+/// not above `dim / 4` (at least 1).
+pub fn auto_pq_m(dim: usize) -> usize {
+    if dim.is_multiple_of(8) {
+        return dim / 8;
+    }
+    (1..=(dim / 4).max(1))
+        .rev()
+        .find(|m| dim.is_multiple_of(*m))
+        .unwrap_or(1)
+}

@@ -1,0 +1,174 @@
+//! The manifest: which files make up a collection at its last checkpoint, and from which
+//! write-ahead log record on the log must be replayed over them. It is the one file that
+//! switches a collection from one checkpoint to the next (written atomically), so a crash
+//! leaves either the old set or the new one, never a mix.
+//!
+//! Folder of a collection: `manifest.json`, `segments/<id>.qvr` (IVF-PQ segments, the engine's
+//! index format), `segments/<id>.flat` (flat segments), `segments/<id>-<n>.del` (the n ids
+//! deleted from a segment since it was written), `segments/quantizers-<id>.qvr` (an empty
+//! index holding the trained quantizers), `wal/<first lsn>.log`.
+
+use std::path::Path;
+
+use quiver_engine::{Metric, RefineKind};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, StoreError};
+use crate::fsutil::write_atomic;
+
+/// Current manifest format.
+pub const FORMAT: u32 = 2;
+
+/// Index parameters of a collection; zeros are chosen at training.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexConfig {
+    /// Inverted lists (0: about 4·√n, at least 39 vectors per list).
+    pub nlist: u32,
+    /// PQ sub-quantizers (0: dim / 8, or the largest divisor of dim up to that).
+    pub pq_m: u32,
+    /// Raw vectors kept: "none", "f16", "f32".
+    pub refine: String,
+    /// Training seed.
+    pub seed: u64,
+}
+
+impl IndexConfig {
+    /// The refine kind.
+    pub fn refine_kind(&self) -> RefineKind {
+        self.refine.parse().unwrap_or(RefineKind::F16)
+    }
+}
+
+/// What a collection is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionMeta {
+    /// Name.
+    pub name: String,
+    /// Dimension.
+    pub dim: usize,
+    /// Metric name (`l2`, `ip`, `cosine`).
+    pub metric: String,
+    /// Index parameters.
+    pub index: IndexConfig,
+}
+
+impl CollectionMeta {
+    /// The metric.
+    pub fn metric(&self) -> Metric {
+        self.metric.parse().unwrap_or(Metric::L2)
+    }
+}
+
+/// One segment's files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentEntry {
+    /// Segment number.
+    pub id: u64,
+    /// Its file in `segments/`.
+    pub file: String,
+    /// Its deletions file in `segments/`, if any id was deleted since it was written.
+    pub deletes: Option<String>,
+}
+
+/// `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Layout version.
+    pub format: u32,
+    /// The collection.
+    pub meta: CollectionMeta,
+    /// The quantizers file once trained.
+    pub quantizers: Option<String>,
+    /// Sealed segments, oldest first.
+    pub segments: Vec<SegmentEntry>,
+    /// The first write-ahead log record not in the segments.
+    pub wal_from: u64,
+    /// The next segment number.
+    pub next_segment_id: u64,
+}
+
+impl Manifest {
+    /// Reads `dir/manifest.json`.
+    pub fn read(dir: &Path) -> Result<Manifest> {
+        let path = dir.join("manifest.json");
+        let raw = std::fs::read(&path).map_err(|e| StoreError::io("reading", &path, e))?;
+        let m: Manifest = serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            offset: e.column() as u64,
+            reason: format!("not a valid manifest: {e}"),
+        })?;
+        if m.format != FORMAT {
+            return Err(StoreError::Corrupt {
+                path,
+                offset: 0,
+                reason: format!("unsupported manifest format {}", m.format),
+            });
+        }
+        Ok(m)
+    }
+
+    /// Writes `dir/manifest.json` atomically and durably.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(|e| StoreError::Invalid {
+            field: "manifest",
+            reason: e.to_string(),
+        })?;
+        write_atomic(&dir.join("manifest.json"), &[&json])
+    }
+}
+
+const DEL_MAGIC: &[u8; 8] = b"QVRDEL01";
+
+/// Writes a deletions file: magic, count u64, ids u64 × count, CRC32C u32 of all before.
+pub fn write_deletes(path: &Path, ids: &[u64]) -> Result<()> {
+    let mut b = Vec::with_capacity(20 + ids.len() * 8);
+    b.extend_from_slice(DEL_MAGIC);
+    b.extend_from_slice(&(ids.len() as u64).to_le_bytes());
+    b.extend(ids.iter().flat_map(|i| i.to_le_bytes()));
+    let crc = crc32c::crc32c(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    write_atomic(path, &[&b])
+}
+
+/// Reads a deletions file.
+pub fn read_deletes(path: &Path) -> Result<Vec<u64>> {
+    let b = std::fs::read(path).map_err(|e| StoreError::io("reading", path, e))?;
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        offset: 0,
+        reason: reason.into(),
+    };
+    if b.len() < 20 || &b[..8] != DEL_MAGIC {
+        return Err(corrupt("not a Quiver deletions file"));
+    }
+    let n = u64::from_le_bytes(b[8..16].try_into().map_err(|_| corrupt("short"))?) as usize;
+    if n.checked_mul(8).and_then(|x| x.checked_add(20)) != Some(b.len()) {
+        return Err(corrupt("size does not match the count"));
+    }
+    let body = &b[..b.len() - 4];
+    let crc = u32::from_le_bytes(b[b.len() - 4..].try_into().map_err(|_| corrupt("short"))?);
+    if crc32c::crc32c(body) != crc {
+        return Err(corrupt("checksum mismatch"));
+    }
+    Ok(body[16..]
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deletes_round_trip_and_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("1-2.del");
+        write_deletes(&p, &[5, 9]).unwrap();
+        assert_eq!(read_deletes(&p).unwrap(), vec![5, 9]);
+        let mut b = std::fs::read(&p).unwrap();
+        b[17] ^= 1;
+        std::fs::write(&p, &b).unwrap();
+        assert!(matches!(read_deletes(&p), Err(StoreError::Corrupt { .. })));
+    }
+}

@@ -1,0 +1,369 @@
+//! Segments: the parts a collection's points live in. The appendable segment takes new points;
+//! sealed segments are immutable but for deletes. Before training every segment is flat (exact
+//! search); after, every segment is an IVF-PQ index encoded with the collection's one set of
+//! trained quantizers, so segments merge by copying codes, never re-encoding.
+//!
+//! A segment is never changed in place: a write builds the next version of the segments it
+//! touches (cheap clones: shared list data, persistent id maps) and publishes it.
+
+use std::sync::Arc;
+
+use quiver_engine::backend::cpu::{CpuBackend, CpuPrepared};
+use quiver_engine::backend::{Backend, Neighbors, PreparedIndex, SearchParams};
+use quiver_engine::index::EncodedRows;
+use quiver_engine::{EngineError, FlatIndex, IvfPqIndex, Metric, RefineKind};
+
+/// Search parameters as a client sent them; zeros mean "the default", resolved per segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SearchKey {
+    /// Neighbours per query.
+    pub k: usize,
+    /// Lists probed (0: min(32, nlist)).
+    pub nprobe: usize,
+    /// Refine factor (0: 10 with raw vectors, else 1).
+    pub refine_factor: usize,
+}
+
+/// Default nprobe: min(32, nlist).
+pub const DEFAULT_NPROBE: usize = 32;
+/// Default refine factor when raw vectors are kept.
+pub const DEFAULT_REFINE_FACTOR: usize = 10;
+
+/// The engine parameters `key` resolves to for an index with `nlist` lists and raw vectors
+/// of kind `refine`.
+pub fn resolve(key: SearchKey, nlist: usize, refine: RefineKind) -> SearchParams {
+    let nprobe = if key.nprobe == 0 {
+        DEFAULT_NPROBE.min(nlist)
+    } else {
+        key.nprobe
+    };
+    let refine_factor = match (key.refine_factor, refine) {
+        (0, RefineKind::None) => 1,
+        (0, _) => DEFAULT_REFINE_FACTOR,
+        (r, _) => r,
+    };
+    SearchParams {
+        k: key.k,
+        nprobe,
+        refine_factor,
+    }
+}
+
+/// How a segment is searched.
+pub enum SegmentIndex<B: Backend> {
+    /// Exact search over raw vectors (untrained collection).
+    Flat(FlatIndex),
+    /// IVF-PQ searched by the CPU backend: the appendable segment, or a sealed one not yet
+    /// uploaded to the device.
+    Cpu(CpuPrepared),
+    /// IVF-PQ prepared on the device backend (uploaded once, when sealed).
+    Device(B::Prepared),
+}
+
+/// One segment version.
+pub struct Segment<B: Backend> {
+    /// Number, unique in the collection (names its files).
+    pub id: u64,
+    /// Its index.
+    pub index: SegmentIndex<B>,
+    /// Ids deleted from it since it was sealed, in order (persisted beside its file; carried
+    /// over to a merge's result when deleted while the merge ran).
+    pub deleted: imbl::Vector<u64>,
+}
+
+impl<B: Backend> std::fmt::Debug for Segment<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.index {
+            SegmentIndex::Flat(_) => "flat",
+            SegmentIndex::Cpu(_) => "ivf-cpu",
+            SegmentIndex::Device(_) => "ivf-device",
+        };
+        write!(f, "Segment({}, {kind}, {} live)", self.id, self.len())
+    }
+}
+
+impl<B: Backend> Segment<B> {
+    /// A segment over `index`.
+    pub fn new(id: u64, index: SegmentIndex<B>) -> Self {
+        Segment {
+            id,
+            index,
+            deleted: imbl::Vector::new(),
+        }
+    }
+
+    /// Live points.
+    pub fn len(&self) -> usize {
+        match &self.index {
+            SegmentIndex::Flat(f) => f.len(),
+            _ => self.ivf().map_or(0, |i| i.len()),
+        }
+    }
+
+    /// True when no point is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The IVF-PQ index of a trained segment.
+    pub fn ivf(&self) -> Option<&IvfPqIndex> {
+        match &self.index {
+            SegmentIndex::Flat(_) => None,
+            SegmentIndex::Cpu(p) => Some(p.index()),
+            SegmentIndex::Device(p) => Some(p.index()),
+        }
+    }
+
+    /// The shared IVF-PQ index of a trained segment.
+    pub fn ivf_arc(&self) -> Option<Arc<IvfPqIndex>> {
+        match &self.index {
+            SegmentIndex::Flat(_) => None,
+            SegmentIndex::Cpu(p) => Some(p.index_arc().clone()),
+            SegmentIndex::Device(p) => Some(Arc::new(p.index().clone())),
+        }
+    }
+
+    /// Slots held, deleted ones included (what a scan reads).
+    pub fn slots(&self) -> usize {
+        match &self.index {
+            SegmentIndex::Flat(f) => f.len(),
+            _ => self
+                .ivf()
+                .map_or(0, |i| i.lists().iter().map(|l| l.len()).sum()),
+        }
+    }
+
+    /// True when `id` is live here.
+    pub fn contains(&self, id: u64) -> bool {
+        match &self.index {
+            SegmentIndex::Flat(f) => f.contains(id),
+            _ => self.ivf().is_some_and(|i| i.contains(id)),
+        }
+    }
+
+    /// The stored vector of a live id.
+    pub fn vector(&self, id: u64) -> Option<Vec<f32>> {
+        match &self.index {
+            SegmentIndex::Flat(f) => f.vector(id),
+            _ => self.ivf()?.vector(id),
+        }
+    }
+
+    /// Bytes of vectors, codes and (for the first trained segment) centroids.
+    pub fn data_bytes(&self) -> usize {
+        match &self.index {
+            SegmentIndex::Flat(f) => f.data_bytes(),
+            _ => self.ivf().map_or(0, |i| i.data_bytes()),
+        }
+    }
+
+    /// The next version with `ids` deleted (those present), recording them when `sealed`;
+    /// `None` when none is present.
+    pub fn with_delete(
+        &self,
+        ids: &[u64],
+        sealed: bool,
+        cpu: &CpuBackend,
+        device: &B,
+    ) -> Result<Option<(Segment<B>, usize)>, EngineError> {
+        let present: Vec<u64> = ids.iter().copied().filter(|&i| self.contains(i)).collect();
+        if present.is_empty() {
+            return Ok(None);
+        }
+        let index = match &self.index {
+            SegmentIndex::Flat(f) => {
+                let mut f = f.clone();
+                f.delete(&present);
+                SegmentIndex::Flat(f)
+            }
+            SegmentIndex::Cpu(p) => {
+                let mut i = p.index().clone();
+                i.delete(&present);
+                SegmentIndex::Cpu(cpu.refresh(p, Arc::new(i))?)
+            }
+            SegmentIndex::Device(p) => {
+                let mut i = p.index().clone();
+                i.delete(&present);
+                SegmentIndex::Device(device.refresh(p, Arc::new(i))?)
+            }
+        };
+        let mut deleted = self.deleted.clone();
+        if sealed {
+            deleted.extend(present.iter().copied());
+        }
+        Ok(Some((
+            Segment {
+                id: self.id,
+                index,
+                deleted,
+            },
+            present.len(),
+        )))
+    }
+
+    /// The next version of an appendable segment with rows appended (ids absent from it).
+    pub fn with_append(
+        &self,
+        ids: &[u64],
+        rows: &Rows,
+        cpu: &CpuBackend,
+    ) -> Result<Segment<B>, EngineError> {
+        let index = match (&self.index, rows) {
+            (SegmentIndex::Flat(f), Rows::Raw(v)) => {
+                let mut f = f.clone();
+                f.upsert(v, ids)?;
+                SegmentIndex::Flat(f)
+            }
+            (SegmentIndex::Cpu(p), Rows::Encoded(e)) => {
+                let mut i = p.index().clone();
+                i.push_encoded(e, ids);
+                SegmentIndex::Cpu(cpu.refresh(p, Arc::new(i))?)
+            }
+            _ => {
+                return Err(EngineError::InvalidParameter {
+                    name: "rows",
+                    reason: "rows do not match the appendable segment's kind".into(),
+                })
+            }
+        };
+        Ok(Segment {
+            id: self.id,
+            index,
+            deleted: self.deleted.clone(),
+        })
+    }
+
+    /// Searches prepared queries (`nq × dim`); results padded to `key.k`.
+    pub fn search(
+        &self,
+        queries: &[f32],
+        key: SearchKey,
+        cpu: &CpuBackend,
+        device: &B,
+    ) -> Result<Neighbors, EngineError> {
+        let live = self.len();
+        // Never ask a segment for more than it holds: buffers follow the real candidates.
+        let k = key.k.min(live).max(1);
+        let mut out = match &self.index {
+            SegmentIndex::Flat(f) => f.search(queries, k)?,
+            _ => {
+                let index = self.ivf().expect("trained segment");
+                let mut params = resolve(key, index.nlist(), index.params().refine);
+                params.k = k;
+                params.refine_factor = params.refine_factor.min(live.div_ceil(k)).max(1);
+                match &self.index {
+                    SegmentIndex::Cpu(p) => cpu.search(p, queries, &params)?,
+                    SegmentIndex::Device(p) => device.search(p, queries, &params)?,
+                    SegmentIndex::Flat(_) => unreachable!("matched above"),
+                }
+            }
+        };
+        if k < key.k {
+            out = pad(out, key.k, self.metric());
+        }
+        Ok(out)
+    }
+
+    fn metric(&self) -> Metric {
+        match &self.index {
+            SegmentIndex::Flat(f) => f.metric(),
+            _ => self.ivf().map_or(Metric::L2, |i| i.metric()),
+        }
+    }
+}
+
+/// Rows to append: raw (flat segments) or encoded with the collection's quantizers.
+#[derive(Debug)]
+pub enum Rows {
+    /// Row-major vectors.
+    Raw(Vec<f32>),
+    /// Encoded rows.
+    Encoded(EncodedRows),
+}
+
+fn pad(n: Neighbors, k: usize, metric: Metric) -> Neighbors {
+    let nq = n.len();
+    let mut out = Neighbors {
+        k,
+        ids: vec![-1; nq * k],
+        distances: vec![Neighbors::padding_distance(metric); nq * k],
+    };
+    for q in 0..nq {
+        let m = n.k;
+        out.ids[q * k..q * k + m].copy_from_slice(n.ids_of(q));
+        out.distances[q * k..q * k + m].copy_from_slice(n.distances_of(q));
+    }
+    out
+}
+
+/// Merges per-segment results (each `nq × k`, best first) into the best `k` per query, in the
+/// metric's direction, ties to the lower id, each id once.
+pub fn merge_results(parts: Vec<Neighbors>, nq: usize, k: usize, metric: Metric) -> Neighbors {
+    if parts.len() == 1 {
+        return parts.into_iter().next().expect("one part");
+    }
+    let mut out = Neighbors {
+        k,
+        ids: Vec::with_capacity(nq * k),
+        distances: Vec::with_capacity(nq * k),
+    };
+    let ip = metric.is_inner_product();
+    let mut all: Vec<(f32, i64)> = Vec::new();
+    for q in 0..nq {
+        all.clear();
+        for p in &parts {
+            all.extend(
+                p.distances_of(q)
+                    .iter()
+                    .zip(p.ids_of(q))
+                    .filter(|(_, &id)| id >= 0)
+                    .map(|(&d, &id)| (d, id)),
+            );
+        }
+        all.sort_by(|a, b| {
+            let o = if ip { b.0.total_cmp(&a.0) } else { a.0.total_cmp(&b.0) };
+            o.then(a.1.cmp(&b.1))
+        });
+        let mut taken = 0;
+        let mut seen = std::collections::HashSet::new();
+        for &(d, id) in &all {
+            if taken == k {
+                break;
+            }
+            if seen.insert(id) {
+                out.ids.push(id);
+                out.distances.push(d);
+                taken += 1;
+            }
+        }
+        for _ in taken..k {
+            out.ids.push(-1);
+            out.distances.push(Neighbors::padding_distance(metric));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_keeps_the_best_once_and_pads() {
+        let a = Neighbors {
+            k: 2,
+            ids: vec![1, 2],
+            distances: vec![0.5, 0.9],
+        };
+        let b = Neighbors {
+            k: 2,
+            ids: vec![3, -1],
+            distances: vec![0.5, f32::INFINITY],
+        };
+        let m = merge_results(vec![a.clone(), b], 1, 3, Metric::L2);
+        assert_eq!(m.ids, vec![1, 3, 2]);
+        let m = merge_results(vec![a.clone(), a], 1, 3, Metric::InnerProduct);
+        assert_eq!(m.ids, vec![2, 1, -1]);
+        assert_eq!(m.distances[2], f32::NEG_INFINITY);
+    }
+}

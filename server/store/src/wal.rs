@@ -1,0 +1,479 @@
+//! The write-ahead log of one collection: numbered records in a sequence of files
+//! `wal/<first lsn>.log`, each created atomically with a header, appended in groups (one write
+//! and one fsync per group commit) and removed once a durable checkpoint covers them.
+//!
+//! File: `"QVRWAL02" | first_lsn u64 | CRC32C u32 of the previous 16 bytes | 0 u32`, then
+//! records `length u32 | CRC32C u32 of the body | body`, body `lsn u64 | kind u8 (1 upsert,
+//! 2 delete) | count u32 | dim u32 | ids u64 × count | vectors f32 × count × dim`. Record
+//! numbers (LSNs) strictly increase; a failed group leaves a gap, never a reuse.
+//!
+//! Replay: a record cut short or damaged at the end of the last file, with nothing valid after
+//! it, is a torn write (never acknowledged) and is cut off. A damaged record followed by valid
+//! ones is corruption: start-up stops naming the file and offset, unless recovery is asked for,
+//! which keeps the records before it and drops the rest.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Result, StoreError};
+use crate::fsutil::{inject, sync_dir, write_atomic};
+
+const MAGIC: &[u8; 8] = b"QVRWAL02";
+/// Bytes of a file header.
+pub const HEADER: u64 = 24;
+/// Bytes before a record's body.
+const RECORD_HEAD: usize = 8;
+/// Smallest body: lsn, kind, count, dim.
+const MIN_BODY: usize = 17;
+/// Largest body accepted on replay.
+const MAX_BODY: usize = 1 << 30;
+
+/// A logged write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Vectors upserted (row-major, `ids.len() × dim` values).
+    Upsert {
+        /// Ids.
+        ids: Vec<u64>,
+        /// Values.
+        vectors: Vec<f32>,
+        /// Dimension.
+        dim: usize,
+    },
+    /// Ids deleted.
+    Delete {
+        /// Ids.
+        ids: Vec<u64>,
+    },
+}
+
+/// Appends the framed record `lsn: op` to `out`.
+pub fn encode(lsn: u64, op: &Op, out: &mut Vec<u8>) {
+    let (kind, ids, vectors, dim): (u8, &[u64], &[f32], usize) = match op {
+        Op::Upsert { ids, vectors, dim } => (1, ids, vectors, *dim),
+        Op::Delete { ids } => (2, ids, &[], 0),
+    };
+    let start = out.len();
+    out.extend_from_slice(&[0; RECORD_HEAD]);
+    out.extend_from_slice(&lsn.to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(dim as u32).to_le_bytes());
+    out.extend(ids.iter().flat_map(|i| i.to_le_bytes()));
+    out.extend(vectors.iter().flat_map(|v| v.to_le_bytes()));
+    let body_len = out.len() - start - RECORD_HEAD;
+    let crc = crc32c::crc32c(&out[start + RECORD_HEAD..]);
+    out[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+enum Parsed {
+    Record(u64, Op, usize),
+    Torn,
+    Bad(String),
+}
+
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[o..o + 8]);
+    u64::from_le_bytes(x)
+}
+
+fn parse(data: &[u8], pos: usize) -> Parsed {
+    let Some(head) = data.get(pos..pos + RECORD_HEAD) else {
+        return Parsed::Torn;
+    };
+    let len = u32_at(head, 0) as usize;
+    if !(MIN_BODY..=MAX_BODY).contains(&len) {
+        return Parsed::Bad(format!("record length {len} is out of range"));
+    }
+    let Some(body) = data.get(pos + RECORD_HEAD..pos + RECORD_HEAD + len) else {
+        return Parsed::Torn;
+    };
+    if crc32c::crc32c(body) != u32_at(head, 4) {
+        return Parsed::Bad("record checksum mismatch".into());
+    }
+    let lsn = u64_at(body, 0);
+    let kind = body[8];
+    let count = u32_at(body, 9) as usize;
+    let dim = u32_at(body, 13) as usize;
+    let ids_end = MIN_BODY + count * 8;
+    if ids_end > len {
+        return Parsed::Bad("record holds fewer ids than it says".into());
+    }
+    let ids: Vec<u64> = body[MIN_BODY..ids_end]
+        .chunks_exact(8)
+        .map(|c| u64_at(c, 0))
+        .collect();
+    let op = match kind {
+        1 if count.checked_mul(dim).and_then(|x| x.checked_mul(4)) == Some(len - ids_end)
+            && dim > 0 =>
+        {
+            let vectors = body[ids_end..]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            Op::Upsert { ids, vectors, dim }
+        }
+        2 if ids_end == len => Op::Delete { ids },
+        _ => return Parsed::Bad(format!("record of kind {kind} has the wrong size")),
+    };
+    Parsed::Record(lsn, op, pos + RECORD_HEAD + len)
+}
+
+/// True when a valid record with an LSN above `after` starts anywhere in `data[from..]`.
+fn valid_record_after(data: &[u8], from: usize, after: u64) -> bool {
+    (from..data.len().saturating_sub(RECORD_HEAD + MIN_BODY)).any(|p| {
+        let len = u32_at(data, p) as usize;
+        if !(MIN_BODY..=MAX_BODY).contains(&len) || p + RECORD_HEAD + len > data.len() {
+            return false;
+        }
+        let lsn = u64_at(data, p + RECORD_HEAD);
+        let kind = data[p + RECORD_HEAD + 8];
+        if lsn <= after || lsn - after > 1 << 40 || !(1..=2).contains(&kind) {
+            return false;
+        }
+        matches!(parse(data, p), Parsed::Record(..))
+    })
+}
+
+fn file_name(first_lsn: u64) -> String {
+    format!("{first_lsn:020}.log")
+}
+
+/// The log files in `dir`, by first LSN.
+pub fn list_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut files = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| StoreError::io("listing", dir, e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(n) = name
+            .strip_suffix(".log")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            files.push((n, entry.path()));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// What replay found.
+#[derive(Debug)]
+pub struct Replayed {
+    /// The highest LSN seen (0 if none).
+    pub last_lsn: u64,
+    /// Records applied.
+    pub applied: usize,
+    /// The last file and its valid length, to append to.
+    pub tail: Option<(u64, PathBuf, u64)>,
+}
+
+/// Replays the records with an LSN of at least `from_lsn` into `apply`, file by file, cutting a
+/// torn tail; see the module doc for damaged records and `recover`.
+pub fn replay(
+    dir: &Path,
+    from_lsn: u64,
+    recover: bool,
+    mut apply: impl FnMut(u64, Op) -> Result<()>,
+) -> Result<Replayed> {
+    let files = list_files(dir)?;
+    let mut out = Replayed {
+        last_lsn: from_lsn.saturating_sub(1),
+        applied: 0,
+        tail: None,
+    };
+    for (i, (first, path)) in files.iter().enumerate() {
+        let last_file = i + 1 == files.len();
+        let mut data = Vec::new();
+        File::open(path)
+            .and_then(|mut f| f.read_to_end(&mut data))
+            .map_err(|e| StoreError::io("reading", path, e))?;
+        let header_ok = data.len() >= HEADER as usize
+            && &data[..8] == MAGIC
+            && u64_at(&data, 8) == *first
+            && crc32c::crc32c(&data[..16]) == u32_at(&data, 16);
+        if !header_ok {
+            return Err(StoreError::Corrupt {
+                path: path.clone(),
+                offset: 0,
+                reason: "not a Quiver write-ahead log file (bad header)".into(),
+            });
+        }
+        let mut pos = HEADER as usize;
+        let mut prev = out.last_lsn;
+        loop {
+            if pos == data.len() {
+                break;
+            }
+            let problem = match parse(&data, pos) {
+                Parsed::Record(lsn, op, next) if lsn > prev => {
+                    if lsn >= from_lsn {
+                        apply(lsn, op)?;
+                        out.applied += 1;
+                    }
+                    prev = lsn;
+                    pos = next;
+                    continue;
+                }
+                Parsed::Record(lsn, ..) => {
+                    format!("record number {lsn} does not follow {prev}")
+                }
+                Parsed::Torn => "record cut short".to_string(),
+                Parsed::Bad(reason) => reason,
+            };
+            let later = !last_file || valid_record_after(&data, pos + 1, prev);
+            if later && !recover {
+                return Err(StoreError::Corrupt {
+                    path: path.clone(),
+                    offset: pos as u64,
+                    reason: format!(
+                        "{problem}, and valid records follow it (not a torn write); start with \
+                         --wal-recover to keep the records before this point and drop the rest"
+                    ),
+                });
+            }
+            if later {
+                tracing::error!(path = %path.display(), offset = pos, %problem, "write-ahead log damaged: keeping the records before this point, dropping the rest (--wal-recover)");
+                for (_, p) in &files[i + 1..] {
+                    std::fs::remove_file(p).map_err(|e| StoreError::io("removing", p, e))?;
+                }
+            } else {
+                tracing::warn!(path = %path.display(), offset = pos, torn_bytes = data.len() - pos, %problem, "cutting a torn write-ahead log tail");
+            }
+            truncate(path, pos as u64)?;
+            data.truncate(pos);
+            out.last_lsn = prev;
+            out.tail = Some((*first, path.clone(), pos as u64));
+            sync_dir(dir).map_err(|e| StoreError::io("syncing", dir, e))?;
+            return Ok(out);
+        }
+        out.last_lsn = prev;
+        out.tail = Some((*first, path.clone(), data.len() as u64));
+    }
+    Ok(out)
+}
+
+fn truncate(path: &Path, len: u64) -> Result<()> {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| StoreError::io("opening", path, e))?;
+    f.set_len(len)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| StoreError::io("truncating", path, e))
+}
+
+/// The file being appended to.
+#[derive(Debug)]
+pub struct WalWriter {
+    dir: PathBuf,
+    path: PathBuf,
+    file: File,
+    first_lsn: u64,
+    offset: u64,
+}
+
+impl WalWriter {
+    /// Creates the file for records from `first_lsn` on (atomically: header written to a
+    /// temporary name, fsynced, renamed, folder fsynced).
+    pub fn create(dir: &Path, first_lsn: u64) -> Result<WalWriter> {
+        let path = dir.join(file_name(first_lsn));
+        let mut header = Vec::with_capacity(HEADER as usize);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&first_lsn.to_le_bytes());
+        header.extend_from_slice(&crc32c::crc32c(&header).to_le_bytes());
+        header.extend_from_slice(&[0; 4]);
+        write_atomic(&path, &[&header])?;
+        Self::open(dir, &path, first_lsn, HEADER)
+    }
+
+    /// Opens an existing file to append after its first `len` bytes.
+    pub fn open(dir: &Path, path: &Path, first_lsn: u64, len: u64) -> Result<WalWriter> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| StoreError::io("opening", path, e))?;
+        Ok(WalWriter {
+            dir: dir.to_path_buf(),
+            path: path.to_path_buf(),
+            file,
+            first_lsn,
+            offset: len,
+        })
+    }
+
+    /// Writes a group of framed records and fsyncs them. On failure the file is cut back to
+    /// its last good length (so no later record ever follows garbage) and the error says the
+    /// group was not applied; if even that fails, writes must stop
+    /// ([`StoreError::WritesStopped`]).
+    pub fn write_group(&mut self, buf: &[u8]) -> Result<()> {
+        let run = || -> std::io::Result<()> {
+            inject!("wal::write");
+            self.file.write_all_at(buf, self.offset)?;
+            inject!("wal::fsync");
+            self.file.sync_data()
+        };
+        match run() {
+            Ok(()) => {
+                self.offset += buf.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let undo = || -> std::io::Result<()> {
+                    inject!("wal::truncate");
+                    self.file.set_len(self.offset)?;
+                    self.file.sync_all()
+                };
+                match undo() {
+                    Ok(()) => Err(StoreError::WalFailed {
+                        path: self.path.clone(),
+                        reason: e.to_string(),
+                    }),
+                    Err(u) => Err(StoreError::WritesStopped(format!(
+                        "write-ahead log {}: {e}, and cutting it back to {} bytes failed: {u}",
+                        self.path.display(),
+                        self.offset
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// Starts a new file for records from `next_lsn` on; the current one is complete.
+    pub fn rotate(&mut self, next_lsn: u64) -> Result<()> {
+        *self = WalWriter::create(&self.dir, next_lsn)?;
+        Ok(())
+    }
+
+    /// Bytes in the current file.
+    pub fn bytes(&self) -> u64 {
+        self.offset
+    }
+
+    /// First LSN of the current file.
+    pub fn first_lsn(&self) -> u64 {
+        self.first_lsn
+    }
+
+    /// The current file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Removes the files all of whose records are below `lsn` (a checkpoint covering them is
+/// durable): every file followed by one that starts at or below `lsn`.
+pub fn remove_covered(dir: &Path, lsn: u64) -> Result<usize> {
+    let files = list_files(dir)?;
+    let mut n = 0;
+    for w in files.windows(2) {
+        if w[1].0 <= lsn {
+            std::fs::remove_file(&w[0].1).map_err(|e| StoreError::io("removing", &w[0].1, e))?;
+            n += 1;
+        }
+    }
+    if n > 0 {
+        sync_dir(dir).map_err(|e| StoreError::io("syncing", dir, e))?;
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(id: u64) -> Op {
+        Op::Upsert {
+            ids: vec![id],
+            vectors: vec![id as f32, 0.5],
+            dim: 2,
+        }
+    }
+
+    fn collect(dir: &Path, from: u64, recover: bool) -> Result<(Vec<(u64, Op)>, Replayed)> {
+        let mut seen = Vec::new();
+        let r = replay(dir, from, recover, |l, op| {
+            seen.push((l, op));
+            Ok(())
+        })?;
+        Ok((seen, r))
+    }
+
+    fn group(records: &[(u64, Op)]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for (l, op) in records {
+            encode(*l, op, &mut buf);
+        }
+        buf
+    }
+
+    #[test]
+    fn replays_across_files_from_a_checkpoint_and_cuts_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = WalWriter::create(dir.path(), 1).unwrap();
+        w.write_group(&group(&[(1, up(1)), (2, Op::Delete { ids: vec![1] })]))
+            .unwrap();
+        w.rotate(3).unwrap();
+        w.write_group(&group(&[(3, up(3)), (5, up(5))])).unwrap();
+        // A torn record at the end (a crash mid-group).
+        let torn = group(&[(6, up(6))]);
+        w.write_group(&torn[..torn.len() - 3]).unwrap();
+        let (seen, r) = collect(dir.path(), 2, false).unwrap();
+        assert_eq!(
+            seen.iter().map(|(l, _)| *l).collect::<Vec<_>>(),
+            vec![2, 3, 5]
+        );
+        assert_eq!(r.last_lsn, 5);
+        let (first, path, len) = r.tail.unwrap();
+        assert_eq!(first, 3);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+        // Appending after the cut replays cleanly.
+        let mut w = WalWriter::open(dir.path(), &path, first, len).unwrap();
+        w.write_group(&group(&[(7, up(7))])).unwrap();
+        assert_eq!(collect(dir.path(), 0, false).unwrap().0.len(), 5);
+        assert_eq!(remove_covered(dir.path(), 3).unwrap(), 1);
+        assert_eq!(collect(dir.path(), 3, false).unwrap().0.len(), 3);
+    }
+
+    #[test]
+    fn damage_followed_by_valid_records_stops_start_unless_recovering() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = WalWriter::create(dir.path(), 1).unwrap();
+        let a = group(&[(1, up(1))]);
+        w.write_group(&a).unwrap();
+        w.write_group(&group(&[(2, up(2)), (3, up(3))])).unwrap();
+        let path = w.path().to_path_buf();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let bad = HEADER as usize + a.len() + 12;
+        bytes[bad] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        match collect(dir.path(), 0, false) {
+            Err(StoreError::Corrupt { offset, reason, .. }) => {
+                assert_eq!(offset, HEADER + a.len() as u64);
+                assert!(reason.contains("--wal-recover"), "{reason}");
+            }
+            other => panic!("expected corruption, got {other:?}"),
+        }
+        let (seen, r) = collect(dir.path(), 0, true).unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(r.last_lsn, 1);
+        assert_eq!(collect(dir.path(), 0, false).unwrap().0.len(), 1);
+    }
+
+    #[test]
+    fn garbage_tail_of_zeros_is_torn() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = WalWriter::create(dir.path(), 1).unwrap();
+        w.write_group(&group(&[(1, up(1))])).unwrap();
+        w.write_group(&[0u8; 4096]).unwrap();
+        let (seen, _) = collect(dir.path(), 0, false).unwrap();
+        assert_eq!(seen.len(), 1);
+    }
+}
