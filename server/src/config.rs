@@ -16,8 +16,10 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// Largest k.
     pub max_k: usize,
-    /// Most query vectors in one SearchBatch request, and most vectors in one upsert message.
+    /// Most query vectors in one SearchBatch request (and ids in one Get).
     pub max_queries_per_request: usize,
+    /// Most points in one upsert message.
+    pub max_upsert_points: usize,
     /// Largest collection dimension.
     pub max_dim: usize,
     /// Largest estimated working memory of one search request, in bytes.
@@ -30,6 +32,7 @@ impl Default for Limits {
             max_message_bytes: 64 << 20,
             max_k: 1024,
             max_queries_per_request: 4096,
+            max_upsert_points: 65_536,
             max_dim: 4096,
             max_request_bytes: 1 << 30,
         }

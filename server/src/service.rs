@@ -350,12 +350,12 @@ impl QuiverService {
         if r.ids.is_empty() {
             return Err(invalid("ids", "empty: at least one vector is required"));
         }
-        let max = self.limits().max_queries_per_request;
+        let max = self.limits().max_upsert_points;
         if r.ids.len() > max {
             return Err(invalid(
                 "ids",
                 format!(
-                    "{} vectors exceed the limit of {max} per message (--max-queries-per-request)",
+                    "{} vectors exceed the limit of {max} per message (--max-upsert-points)",
                     r.ids.len()
                 ),
             ));

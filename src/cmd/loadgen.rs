@@ -595,6 +595,7 @@ mod tests {
 
     use ::quiver_server::proto::quiver_server::{Quiver, QuiverServer};
     use ::quiver_server::proto::{
+        GetRequest, GetResponse,
         CollectionInfo, CreateCollectionRequest, DeleteRequest, DeleteResponse,
         DropCollectionRequest, DropCollectionResponse, FlushRequest, FlushResponse,
         ListCollectionsRequest, ListCollectionsResponse, LoadIndexRequest, SearchBatchRequest,
@@ -817,6 +818,9 @@ mod tests {
             &self,
             _: Request<UpsertRequest>,
         ) -> Result<Response<UpsertResponse>, Status> {
+            Err(Status::unimplemented(""))
+        }
+        async fn get(&self, _: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
             Err(Status::unimplemented(""))
         }
         async fn upsert_stream(

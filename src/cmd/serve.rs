@@ -44,6 +44,9 @@ pub struct Args {
     /// Largest collection dimension.
     #[arg(long, default_value_t = 4096)]
     max_dim: usize,
+    /// Most points in one upsert message.
+    #[arg(long, default_value_t = 65_536)]
+    max_upsert_points: usize,
     /// Checkpoint a collection (new segment files, log removed) when its write-ahead log
     /// passes this many MiB.
     #[arg(long, alias = "wal-snapshot-mib", default_value_t = 256)]
@@ -101,8 +104,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         || a.max_k == 0
         || a.max_queries_per_request == 0
         || a.max_dim == 0
+        || a.max_upsert_points == 0
     {
-        bail!("--max-batch, --queue-capacity, --max-k, --max-queries-per-request and --max-dim must be at least 1");
+        bail!("--max-batch, --queue-capacity, --max-k, --max-queries-per-request, --max-dim and --max-upsert-points must be at least 1");
     }
     let Some(max_delay) = (a.max_delay_ms >= 0.0)
         .then(|| Duration::try_from_secs_f64(a.max_delay_ms / 1000.0).ok())
@@ -136,6 +140,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             max_queries_per_request: a.max_queries_per_request,
             max_dim: a.max_dim,
             max_request_bytes: a.max_request_bytes,
+            max_upsert_points: a.max_upsert_points,
         },
         store: quiver_server::config::StoreConfig {
             checkpoint_wal_bytes: a.checkpoint_wal_mib.saturating_mul(1 << 20),

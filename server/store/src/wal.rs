@@ -184,7 +184,7 @@ pub fn replay(
 ) -> Result<Replayed> {
     let files = list_files(dir)?;
     let mut out = Replayed {
-        last_lsn: from_lsn.saturating_sub(1),
+        last_lsn: 0,
         applied: 0,
         tail: None,
     };
@@ -248,7 +248,7 @@ pub fn replay(
             }
             truncate(path, pos as u64)?;
             data.truncate(pos);
-            out.last_lsn = prev;
+            out.last_lsn = prev.max(from_lsn.saturating_sub(1));
             out.tail = Some((*first, path.clone(), pos as u64));
             sync_dir(dir).map_err(|e| StoreError::io("syncing", dir, e))?;
             return Ok(out);
@@ -256,6 +256,7 @@ pub fn replay(
         out.last_lsn = prev;
         out.tail = Some((*first, path.clone(), data.len() as u64));
     }
+    out.last_lsn = out.last_lsn.max(from_lsn.saturating_sub(1));
     Ok(out)
 }
 
