@@ -1006,7 +1006,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             return Ok(false);
         }
         let v = self.version();
-        if self.wal_bytes() > self.cfg.checkpoint_wal_bytes
+        if self.wal_bytes() > wal::HEADER + self.cfg.checkpoint_wal_bytes
             || v.appendable.len() >= self.cfg.seal_rows
         {
             self.checkpoint()?;
