@@ -1005,15 +1005,16 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         if self.read_only || self.dropped.load(Ordering::Acquire) || self.job() == JobState::Training {
             return Ok(false);
         }
-        let v = self.version();
+        let mut did = false;
         if self.wal_bytes() > wal::HEADER + self.cfg.checkpoint_wal_bytes
-            || v.appendable.len() >= self.cfg.seal_rows
+            || self.version().appendable.len() >= self.cfg.seal_rows
         {
             self.checkpoint()?;
-            return Ok(true);
+            did = true;
         }
+        let v = self.version();
         let Some(q) = v.quantizers.clone() else {
-            return Ok(false);
+            return Ok(did);
         };
         // Flat segments of a trained collection, and sealed segments still on the CPU.
         if let Some(s) = v.segments.iter().find(|s| {
@@ -1070,7 +1071,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             self.replace_segments(&group, || merge_ivf(&q, &group))?;
             return Ok(true);
         }
-        Ok(false)
+        Ok(did)
     }
 
     /// Merges every segment into one (after a checkpoint seals the appendable one): the layout

@@ -77,13 +77,14 @@ fn run<B: Backend + Clone + 'static>(s: Arc<Shared<B>>, interval: Duration) {
             list.iter().filter_map(|w| w.upgrade()).collect()
         };
         for c in live {
-            // Run due steps until none is left (or the server stops).
-            loop {
+            // Run due steps until none is left (at most a few per visit, so that one busy
+            // collection does not starve the others).
+            for _ in 0..8 {
                 if *s.stop.lock() {
                     return;
                 }
                 match c.optimize_step() {
-                    Ok(true) => continue,
+                    Ok(true) => {}
                     Ok(false) => break,
                     Err(e) => {
                         tracing::warn!(collection = %c.meta().name, error = %e, "background optimization step failed; will retry");

@@ -1,0 +1,361 @@
+//! Crash test: the real `quiver serve` binary, concurrent writers (upserts, replacements,
+//! deletes) with every acknowledged write recorded, background training and continual
+//! checkpoints, killed with SIGKILL at random moments and restarted, over and over. After
+//! each restart every acknowledged write must be there (Get, exact search), no unacknowledged
+//! batch may be half applied, and searches must be right.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use ::quiver_server::proto::quiver_client::QuiverClient;
+use ::quiver_server::proto::{
+    CreateCollectionRequest, DeleteRequest, GetCollectionRequest, GetRequest, IndexParams,
+    Metric, Refine, SearchRequest, TrainRequest, UpsertRequest,
+};
+use parking_lot::Mutex;
+use tonic::transport::Channel;
+
+const DIM: usize = 8;
+const WRITERS: u64 = 4;
+const KILLS: usize = 32;
+
+fn start(dir: &Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        // Checkpoint whenever the log holds anything, seal small segments: kills land in
+        // checkpoints, seals and merges as well as in appends.
+        .args(["--checkpoint-wal-mib", "0", "--seal-rows", "200"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("read address");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, addr)
+}
+
+async fn client(addr: &str) -> QuiverClient<Channel> {
+    QuiverClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect")
+}
+
+/// A small deterministic generator (xorshift).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn vector(id: u64, version: u64) -> Vec<f32> {
+    let mut r = Rng(id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ version.wrapping_add(1) ^ 0xABCD);
+    (0..DIM).map(|_| (r.below(20_000) as f32) / 1000.0).collect()
+}
+
+/// What the client knows: each id's last acknowledged state, and the batch in flight when the
+/// server died (its outcome unknown, but it must be whole or absent).
+#[derive(Default)]
+struct Model {
+    live: HashMap<u64, Vec<f32>>,
+    in_flight: Vec<Op>,
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Upsert(Vec<u64>, Vec<Vec<f32>>),
+    Delete(Vec<u64>),
+}
+
+async fn writer(addr: String, w: u64, seed: u64, model: Arc<Mutex<Model>>, next: Arc<Mutex<u64>>) {
+    let Ok(mut c) = QuiverClient::connect(format!("http://{addr}")).await else {
+        return;
+    };
+    let mut rng = Rng(seed | 1);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(1 + rng.below(4))).await;
+        let mine: Vec<u64> = {
+            let m = model.lock();
+            m.live.keys().copied().filter(|id| id % WRITERS == w).collect()
+        };
+        let op = if !mine.is_empty() && rng.below(4) == 0 {
+            let ids: Vec<u64> = (0..1 + rng.below(3))
+                .map(|_| mine[rng.below(mine.len() as u64) as usize])
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            Op::Delete(ids)
+        } else {
+            let mut ids = Vec::new();
+            for _ in 0..10 {
+                if !mine.is_empty() && rng.below(5) == 0 {
+                    ids.push(mine[rng.below(mine.len() as u64) as usize]);
+                } else {
+                    let mut n = next.lock();
+                    *n += 1;
+                    ids.push(*n * WRITERS + w);
+                }
+            }
+            ids.sort();
+            ids.dedup();
+            let version = rng.next() % 1000;
+            let vecs = ids.iter().map(|&i| vector(i, version)).collect();
+            Op::Upsert(ids, vecs)
+        };
+        model.lock().in_flight.push(op.clone());
+        let r = match &op {
+            Op::Upsert(ids, vecs) => c
+                .upsert(UpsertRequest {
+                    collection: "c".into(),
+                    ids: ids.clone(),
+                    vectors: vecs.concat(),
+                })
+                .await
+                .map(|_| ()),
+            Op::Delete(ids) => c
+                .delete(DeleteRequest {
+                    collection: "c".into(),
+                    ids: ids.clone(),
+                })
+                .await
+                .map(|_| ()),
+        };
+        let mut m = model.lock();
+        let pos = m.in_flight.iter().position(|o| std::ptr::eq(o, &op) || format!("{o:?}") == format!("{op:?}"));
+        if r.is_err() {
+            return; // the server died: this batch stays in flight
+        }
+        if let Some(p) = pos {
+            m.in_flight.remove(p);
+        }
+        match op {
+            Op::Upsert(ids, vecs) => {
+                for (id, v) in ids.into_iter().zip(vecs) {
+                    m.live.insert(id, v);
+                }
+            }
+            Op::Delete(ids) => {
+                for id in ids {
+                    m.live.remove(&id);
+                }
+            }
+        }
+    }
+}
+
+/// Checks the restarted server against the model, then folds the in-flight batches' observed
+/// outcomes into it.
+async fn verify(c: &mut QuiverClient<Channel>, model: &mut Model, round: usize) {
+    let mut ids: Vec<u64> = model.live.keys().copied().collect();
+    for op in &model.in_flight {
+        match op {
+            Op::Upsert(i, _) | Op::Delete(i) => ids.extend(i),
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    let mut got: HashMap<u64, Vec<f32>> = HashMap::new();
+    for chunk in ids.chunks(4000) {
+        got.extend(
+            c.get(GetRequest {
+                collection: "c".into(),
+                ids: chunk.to_vec(),
+                with_vectors: true,
+            })
+            .await
+            .expect("get")
+            .into_inner()
+            .points
+            .into_iter()
+            .map(|p| (p.id, p.vector)),
+        );
+    }
+    let in_flight_ids: std::collections::HashSet<u64> = model
+        .in_flight
+        .iter()
+        .flat_map(|o| match o {
+            Op::Upsert(i, _) | Op::Delete(i) => i.clone(),
+        })
+        .collect();
+    for (id, v) in &model.live {
+        if in_flight_ids.contains(id) {
+            continue;
+        }
+        assert_eq!(got.get(id), Some(v), "round {round}: acknowledged id {id} lost or changed");
+    }
+    for id in &ids {
+        if !model.live.contains_key(id) && !in_flight_ids.contains(id) {
+            assert!(!got.contains_key(id), "round {round}: deleted id {id} is back");
+        }
+    }
+    // Each in-flight batch is whole or absent.
+    for op in std::mem::take(&mut model.in_flight) {
+        match op {
+            Op::Upsert(ids, vecs) => {
+                let applied = ids
+                    .iter()
+                    .zip(&vecs)
+                    .filter(|(id, v)| got.get(id) == Some(v))
+                    .count();
+                let before = ids
+                    .iter()
+                    .filter(|id| got.get(id) == model.live.get(id))
+                    .count();
+                assert!(
+                    applied == ids.len() || before == ids.len(),
+                    "round {round}: upsert batch {ids:?} half applied ({applied} of {})",
+                    ids.len()
+                );
+                if applied == ids.len() {
+                    for (id, v) in ids.into_iter().zip(vecs) {
+                        model.live.insert(id, v);
+                    }
+                }
+            }
+            Op::Delete(ids) => {
+                let gone = ids.iter().filter(|id| !got.contains_key(id)).count();
+                let kept = ids
+                    .iter()
+                    .filter(|id| got.get(id) == model.live.get(id) && model.live.contains_key(id))
+                    .count();
+                assert!(
+                    gone == ids.len() || kept == ids.len(),
+                    "round {round}: delete batch {ids:?} half applied"
+                );
+                if gone == ids.len() {
+                    for id in ids {
+                        model.live.remove(&id);
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(got.len(), model.live.len(), "round {round}: extra points");
+    // Exact search: a stored vector finds itself first (probing every list, refining on f32).
+    let info = c
+        .get_collection(GetCollectionRequest { name: "c".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.count as usize, model.live.len(), "round {round}: count");
+    let nprobe = if info.trained { info.index.unwrap().nlist } else { 0 };
+    for (id, v) in model.live.iter().take(5) {
+        let r = c
+            .search(SearchRequest {
+                collection: "c".into(),
+                vector: v.clone(),
+                k: 1,
+                nprobe,
+                refine_factor: 200,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.neighbors[0].id, *id, "round {round}: search for {id}");
+        assert!(r.neighbors[0].distance < 1e-3);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_writes_survive_sigkill_during_writes_checkpoints_and_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let model = Arc::new(Mutex::new(Model::default()));
+    let next = Arc::new(Mutex::new(0u64));
+    let mut rng = Rng(0x5EED_1234);
+    let mut trained_at = None;
+    for round in 0..KILLS {
+        let (mut child, addr) = start(&data);
+        let mut c = client(&addr).await;
+        if round == 0 {
+            c.create_collection(CreateCollectionRequest {
+                name: "c".into(),
+                dim: DIM as u32,
+                metric: Metric::L2 as i32,
+                index: Some(IndexParams {
+                    nlist: 8,
+                    pq_m: 4,
+                    refine: Refine::F32 as i32,
+                    seed: 3,
+                }),
+            })
+            .await
+            .expect("create");
+        } else {
+            let mut m = model.lock();
+            verify(&mut c, &mut m, round).await;
+        }
+        let info = c
+            .get_collection(GetCollectionRequest { name: "c".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        let handles: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                tokio::spawn(writer(
+                    addr.clone(),
+                    w,
+                    rng.next(),
+                    model.clone(),
+                    next.clone(),
+                ))
+            })
+            .collect();
+        if !info.trained && info.count >= 600 {
+            // Kill during the background training (it may finish first on a fast machine).
+            let r = c
+                .train(TrainRequest {
+                    collection: "c".into(),
+                    index: None,
+                    background: true,
+                })
+                .await;
+            if r.is_ok() && trained_at.is_none() {
+                trained_at = Some(round);
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(40 + rng.below(260))).await;
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+    let (mut child, addr) = start(&data);
+    let mut c = client(&addr).await;
+    {
+        let mut m = model.lock();
+        verify(&mut c, &mut m, KILLS).await;
+        assert!(m.live.len() > 500, "too few writes acknowledged: {}", m.live.len());
+    }
+    let info = c
+        .get_collection(GetCollectionRequest { name: "c".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    eprintln!(
+        "crash test: {KILLS} kills, {} points live, trained {} (train started in round {trained_at:?}), {} segments",
+        info.count, info.trained, info.segments
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
+}
