@@ -1,4 +1,5 @@
 //! `quiver loadgen`: drives a running Quiver gRPC server with concurrent single-query searches
+//! (or, with `--upsert-batch N`, upserts of N rows under new ids: `vectors_per_s` is reported)
 //! and prints throughput, latency percentiles, errors by gRPC status and, against exact ground
 //! truth, recall@k, as one JSON object on one line of stdout.
 //!
@@ -24,7 +25,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, ensure, Context};
 use quiver_engine::io::read_all_f32;
 use quiver_server::proto::quiver_client::QuiverClient;
-use quiver_server::proto::{GetCollectionRequest, Neighbor, SearchRequest};
+use quiver_server::proto::{GetCollectionRequest, Neighbor, SearchRequest, UpsertRequest};
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
@@ -80,6 +81,13 @@ pub struct Args {
     /// HTTP/2 connections to open, shared round-robin by the workers.
     #[arg(long, default_value_t = 1)]
     connections: usize,
+    /// Write mode: each request upserts this many rows of `--queries` (taken in turn) under
+    /// new ids from `--id-start` on, and the report adds `vectors_per_s`; 0 searches.
+    #[arg(long, default_value_t = 0)]
+    upsert_batch: usize,
+    /// First id of write mode (ids then run on across workers).
+    #[arg(long, default_value_t = 1 << 40)]
+    id_start: u64,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -109,6 +117,14 @@ fn validate(a: &Args) -> anyhow::Result<()> {
         a.warmup
     );
     ensure!(a.k >= 1, "--k must be at least 1");
+    ensure!(
+        a.duration <= 1e6 && a.warmup <= 1e6,
+        "--duration and --warmup must be at most 1000000 seconds"
+    );
+    ensure!(
+        a.upsert_batch == 0 || a.gt.is_none(),
+        "--gt does not apply to write mode (--upsert-batch)"
+    );
     if let Some(r) = a.rate {
         ensure!(
             r.is_finite() && r >= 1e-3,
@@ -131,6 +147,8 @@ struct Workload {
     nprobe: u32,
     refine_factor: u32,
     timeout: Option<Duration>,
+    upsert_batch: usize,
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 struct GroundTruth {
@@ -188,6 +206,8 @@ fn load_workload(a: &Args) -> anyhow::Result<Workload> {
         nprobe: a.nprobe,
         refine_factor: a.refine_factor,
         timeout: a.timeout_ms.map(Duration::from_millis),
+        upsert_batch: a.upsert_batch,
+        next_id: std::sync::atomic::AtomicU64::new(a.id_start),
     })
 }
 
@@ -282,6 +302,13 @@ async fn execute(a: &Args, work: Arc<Workload>) -> anyhow::Result<serde_json::Va
     }
     if let Some(t) = a.timeout_ms {
         obj.insert("timeout_ms".into(), t.into());
+    }
+    if a.upsert_batch > 0 {
+        obj.insert("upsert_batch".into(), a.upsert_batch.into());
+        obj.insert(
+            "vectors_per_s".into(),
+            (s.qps * a.upsert_batch as f64).into(),
+        );
     }
     if work.gt.is_some() {
         obj.insert(
@@ -428,6 +455,50 @@ async fn worker(
         } else if Instant::now() >= win.end {
             break;
         }
+        let t0 = Instant::now();
+        if work.upsert_batch > 0 {
+            let b = work.upsert_batch;
+            let first = work
+                .next_id
+                .fetch_add(b as u64, std::sync::atomic::Ordering::Relaxed);
+            let mut vectors = Vec::with_capacity(b * dim);
+            for i in 0..b {
+                let r = (row + i) % nq;
+                vectors.extend_from_slice(&work.queries[r * dim..(r + 1) * dim]);
+            }
+            let mut req = tonic::Request::new(UpsertRequest {
+                collection: work.collection.clone(),
+                ids: (first..first + b as u64).collect(),
+                vectors,
+            });
+            if let Some(t) = work.timeout {
+                req.set_timeout(t);
+            }
+            let r = tokio::time::timeout_at(win.hard_stop, client.upsert(req)).await;
+            let t1 = Instant::now();
+            let counted = t0 >= win.measure_start;
+            match r {
+                Err(_) => {
+                    st.abandoned += u64::from(counted);
+                    break;
+                }
+                Ok(_) if !counted => st.warmup += 1,
+                Ok(Ok(_)) => {
+                    st.last_done = Some(t1);
+                    st.latencies_ms.push((t1 - t0).as_secs_f64() * 1e3);
+                }
+                Ok(Err(status)) => {
+                    st.last_done = Some(t1);
+                    let code = classify(&status, t1 - t0, work.timeout);
+                    st.errors[i32::from(code) as usize] += 1;
+                    if st.first_error.is_none() {
+                        st.first_error = Some((code, status.message().to_string()));
+                    }
+                }
+            }
+            row = (row + b * concurrency) % nq;
+            continue;
+        }
         let mut req = tonic::Request::new(SearchRequest {
             collection: work.collection.clone(),
             vector: work.queries[row * dim..(row + 1) * dim].to_vec(),
@@ -438,7 +509,6 @@ async fn worker(
         if let Some(t) = work.timeout {
             req.set_timeout(t);
         }
-        let t0 = Instant::now();
         // The client enforces the deadline itself too, so that it reads as DeadlineExceeded
         // (tonic's own client timeout reports Cancelled).
         let own_deadline = work
@@ -713,6 +783,8 @@ mod tests {
             timeout_ms: None,
             warmup: 0.0,
             connections: 1,
+            upsert_batch: 0,
+            id_start: 0,
         }
     }
 
@@ -910,6 +982,8 @@ mod tests {
             nprobe: 0,
             refine_factor: 0,
             timeout: timeout_ms.map(Duration::from_millis),
+            upsert_batch: 0,
+            next_id: Default::default(),
         })
     }
 
