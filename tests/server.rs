@@ -716,3 +716,48 @@ fn deadlines_and_a_full_queue() {
     });
     server.stop();
 }
+
+/// A search whose estimated working memory is above `--max-request-bytes` is refused with
+/// RESOURCE_EXHAUSTED naming the estimate, before anything is allocated; small ones run.
+#[test]
+fn memory_admission_refuses_oversized_searches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path(), &["--max-request-bytes", "100000"]);
+    rt().block_on(async {
+        let mut c = server.client().await;
+        c.create_collection(create("m", 8, Metric::L2, 4, 2))
+            .await
+            .unwrap();
+        c.upsert(UpsertRequest {
+            collection: "m".into(),
+            ids: (0..10).collect(),
+            vectors: (0..80).map(|i| i as f32).collect(),
+        })
+        .await
+        .unwrap();
+        let e = c
+            .search_batch(SearchBatchRequest {
+                collection: "m".into(),
+                vectors: vec![0.5; 8 * 50],
+                k: 100,
+                nprobe: 0,
+                refine_factor: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        assert!(e.message().contains("--max-request-bytes"), "{e:?}");
+        let r = c
+            .search(SearchRequest {
+                collection: "m".into(),
+                vector: vec![0.0; 8],
+                k: 1,
+                nprobe: 0,
+                refine_factor: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.neighbors[0].id, 0);
+    });
+}
