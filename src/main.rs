@@ -47,6 +47,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Test builds only: fault-injection points configured by FAILPOINTS (see Cargo.toml).
+    #[cfg(feature = "failpoints")]
+    let _faults = fail::FailScenario::setup();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

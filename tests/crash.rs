@@ -24,15 +24,33 @@ const DIM: usize = 8;
 const WRITERS: u64 = 4;
 const KILLS: usize = 32;
 
+/// Fault-injection points set in the server (builds with the `failpoints` feature): a pause
+/// before training publishes and in every checkpoint, so that kills land in them.
+const WINDOWS: &str = "train::before_publish=sleep(100);checkpoint::before=sleep(15)";
+
 fn start(dir: &Path) -> (Child, String) {
+    start_with(dir, if cfg!(feature = "failpoints") { WINDOWS } else { "" })
+}
+
+fn start_with(dir: &Path, failpoints: &str) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .env("FAILPOINTS", failpoints)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
         // Checkpoint whenever the log holds anything, seal small segments: kills land in
         // checkpoints, seals and merges as well as in appends.
         .args(["--checkpoint-wal-mib", "0", "--seal-rows", "200"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(match std::env::var_os("QUIVER_CRASH_LOG") {
+            Some(p) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .expect("log file"),
+            ),
+            None => Stdio::null(),
+        })
         .spawn()
         .expect("start server");
     let mut line = String::new();
@@ -283,6 +301,7 @@ async fn acknowledged_writes_survive_sigkill_during_writes_checkpoints_and_train
     let next = Arc::new(Mutex::new(0u64));
     let mut rng = Rng(0x5EED_1234);
     let mut trained_at = None;
+    let mut killed_training = 0;
     for round in 0..KILLS {
         let (mut child, addr) = start(&data);
         let mut c = client(&addr).await;
@@ -334,7 +353,37 @@ async fn acknowledged_writes_survive_sigkill_during_writes_checkpoints_and_train
             }
         }
         tokio::time::sleep(std::time::Duration::from_millis(40 + rng.below(260))).await;
+        if round == KILLS / 2 {
+            // Halfway, let a training finish (kills landed in it before), so that the second
+            // half kills a trained collection: IVF appendable segments, seals, merges.
+            for _ in 0..1200 {
+                let i = c
+                    .get_collection(GetCollectionRequest { name: "c".into() })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                if i.trained {
+                    break;
+                }
+                if i.state != "training" && i.count >= 600 {
+                    let _ = c
+                        .train(TrainRequest {
+                            collection: "c".into(),
+                            index: None,
+                            background: true,
+                        })
+                        .await;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        let state = c
+            .get_collection(GetCollectionRequest { name: "c".into() })
+            .await
+            .map(|r| r.into_inner().state)
+            .unwrap_or_default();
         child.kill().expect("SIGKILL");
+        killed_training += usize::from(state == "training");
         let _ = child.wait();
         for h in handles {
             let _ = h.await;
@@ -353,9 +402,72 @@ async fn acknowledged_writes_survive_sigkill_during_writes_checkpoints_and_train
         .unwrap()
         .into_inner();
     eprintln!(
-        "crash test: {KILLS} kills, {} points live, trained {} (train started in round {trained_at:?}), {} segments",
+        "crash test: {KILLS} kills ({killed_training} while training), {} points live, trained {} (a train started in round {trained_at:?}), {} segments",
         info.count, info.trained, info.segments
     );
+    if cfg!(feature = "failpoints") {
+        assert!(killed_training >= 1, "no kill landed in a training");
+        assert!(info.trained, "no training finished");
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+}
+
+/// The log's fsync fails (fault injection in the real binary): the client gets UNAVAILABLE
+/// saying the write was not applied, later writes are taken, and after a SIGKILL and a restart
+/// every acknowledged write is there and no refused one.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_fsync_gets_a_clear_status_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut child, addr) = start_with(&data, "wal::fsync=2*return");
+    let mut c = client(&addr).await;
+    c.create_collection(CreateCollectionRequest {
+        name: "c".into(),
+        dim: DIM as u32,
+        metric: Metric::L2 as i32,
+        index: None,
+    })
+    .await
+    .unwrap();
+    let up = |ids: Vec<u64>| UpsertRequest {
+        collection: "c".into(),
+        vectors: ids.iter().flat_map(|&i| vector(i, 0)).collect(),
+        ids,
+    };
+    let mut refused = Vec::new();
+    let mut acked = Vec::new();
+    for batch in 0..6u64 {
+        let ids = vec![batch * 10, batch * 10 + 1];
+        match c.upsert(up(ids.clone())).await {
+            Ok(_) => acked.extend(ids),
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+                assert!(e.message().contains("not applied"), "{e:?}");
+                refused.extend(ids);
+            }
+        }
+    }
+    assert_eq!(refused.len(), 4, "two failed fsyncs, two refused batches");
+    child.kill().unwrap();
+    let _ = child.wait();
+    let (mut child, addr) = start_with(&data, "");
+    let mut c = client(&addr).await;
+    let got: Vec<u64> = c
+        .get(GetRequest {
+            collection: "c".into(),
+            ids: (0..60).collect(),
+            with_vectors: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .points
+        .iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(got, acked);
     child.kill().unwrap();
     let _ = child.wait();
 }
