@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use ::quiver_server::proto::quiver_client::QuiverClient;
 use ::quiver_server::proto::{
-    CreateCollectionRequest, DeleteRequest, GetCollectionRequest, GetRequest, IndexParams,
-    Metric, Refine, SearchRequest, TrainRequest, UpsertRequest,
+    CreateCollectionRequest, DeleteRequest, GetCollectionRequest, GetRequest, IndexParams, Metric,
+    Refine, SearchRequest, TrainRequest, UpsertRequest,
 };
 use parking_lot::Mutex;
 use tonic::transport::Channel;
@@ -29,7 +29,14 @@ const KILLS: usize = 32;
 const WINDOWS: &str = "train::before_publish=sleep(100);checkpoint::before=sleep(15)";
 
 fn start(dir: &Path) -> (Child, String) {
-    start_with(dir, if cfg!(feature = "failpoints") { WINDOWS } else { "" })
+    start_with(
+        dir,
+        if cfg!(feature = "failpoints") {
+            WINDOWS
+        } else {
+            ""
+        },
+    )
 }
 
 fn start_with(dir: &Path, failpoints: &str) -> (Child, String) {
@@ -87,7 +94,9 @@ impl Rng {
 
 fn vector(id: u64, version: u64) -> Vec<f32> {
     let mut r = Rng(id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ version.wrapping_add(1) ^ 0xABCD);
-    (0..DIM).map(|_| (r.below(20_000) as f32) / 1000.0).collect()
+    (0..DIM)
+        .map(|_| (r.below(20_000) as f32) / 1000.0)
+        .collect()
 }
 
 /// What the client knows: each id's last acknowledged state, and the batch in flight when the
@@ -113,7 +122,11 @@ async fn writer(addr: String, w: u64, seed: u64, model: Arc<Mutex<Model>>, next:
         tokio::time::sleep(std::time::Duration::from_millis(1 + rng.below(4))).await;
         let mine: Vec<u64> = {
             let m = model.lock();
-            m.live.keys().copied().filter(|id| id % WRITERS == w).collect()
+            m.live
+                .keys()
+                .copied()
+                .filter(|id| id % WRITERS == w)
+                .collect()
         };
         let op = if !mine.is_empty() && rng.below(4) == 0 {
             let ids: Vec<u64> = (0..1 + rng.below(3))
@@ -158,7 +171,10 @@ async fn writer(addr: String, w: u64, seed: u64, model: Arc<Mutex<Model>>, next:
                 .map(|_| ()),
         };
         let mut m = model.lock();
-        let pos = m.in_flight.iter().position(|o| std::ptr::eq(o, &op) || format!("{o:?}") == format!("{op:?}"));
+        let pos = m
+            .in_flight
+            .iter()
+            .position(|o| std::ptr::eq(o, &op) || format!("{o:?}") == format!("{op:?}"));
         if r.is_err() {
             return; // the server died: this batch stays in flight
         }
@@ -218,11 +234,18 @@ async fn verify(c: &mut QuiverClient<Channel>, model: &mut Model, round: usize) 
         if in_flight_ids.contains(id) {
             continue;
         }
-        assert_eq!(got.get(id), Some(v), "round {round}: acknowledged id {id} lost or changed");
+        assert_eq!(
+            got.get(id),
+            Some(v),
+            "round {round}: acknowledged id {id} lost or changed"
+        );
     }
     for id in &ids {
         if !model.live.contains_key(id) && !in_flight_ids.contains(id) {
-            assert!(!got.contains_key(id), "round {round}: deleted id {id} is back");
+            assert!(
+                !got.contains_key(id),
+                "round {round}: deleted id {id} is back"
+            );
         }
     }
     // Each in-flight batch is whole or absent.
@@ -274,8 +297,16 @@ async fn verify(c: &mut QuiverClient<Channel>, model: &mut Model, round: usize) 
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(info.count as usize, model.live.len(), "round {round}: count");
-    let nprobe = if info.trained { info.index.unwrap().nlist } else { 0 };
+    assert_eq!(
+        info.count as usize,
+        model.live.len(),
+        "round {round}: count"
+    );
+    let nprobe = if info.trained {
+        info.index.unwrap().nlist
+    } else {
+        0
+    };
     for (id, v) in model.live.iter().take(5) {
         let r = c
             .search(SearchRequest {
@@ -394,7 +425,11 @@ async fn acknowledged_writes_survive_sigkill_during_writes_checkpoints_and_train
     {
         let mut m = model.lock();
         verify(&mut c, &mut m, KILLS).await;
-        assert!(m.live.len() > 500, "too few writes acknowledged: {}", m.live.len());
+        assert!(
+            m.live.len() > 500,
+            "too few writes acknowledged: {}",
+            m.live.len()
+        );
     }
     let info = c
         .get_collection(GetCollectionRequest { name: "c".into() })

@@ -582,7 +582,13 @@ impl IvfPqIndex {
                     list.push(id, &code, &raw, self.layout);
                     if out
                         .locations
-                        .insert(id, Location { list: l as u32, slot })
+                        .insert(
+                            id,
+                            Location {
+                                list: l as u32,
+                                slot,
+                            },
+                        )
                         .is_some()
                     {
                         return Err(EngineError::DuplicateId { id });

@@ -18,9 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tonic::Status;
 
+use crate::collection::StoreCollection;
 use crate::config::BatchingConfig;
 use crate::metrics::Metrics;
-use crate::collection::StoreCollection;
 use quiver_store::SearchKey;
 
 /// One search request: `nq` valid queries with their parameters.

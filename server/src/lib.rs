@@ -25,4 +25,3 @@ pub mod registry;
 pub mod server;
 pub mod service;
 pub mod status;
-

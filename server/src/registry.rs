@@ -136,7 +136,8 @@ impl Registry {
                         "a collection of that name is already in the data directory".into(),
                     ));
                 }
-                let index = quiver_engine::persist::load(&s.path).map_err(|e| fail(e.to_string()))?;
+                let index =
+                    quiver_engine::persist::load(&s.path).map_err(|e| fail(e.to_string()))?;
                 let c = StoreCollection::read_only(&s.name, index, cfg.backend.clone())
                     .map_err(|e| fail(e.to_string()))?;
                 registry
@@ -233,13 +234,18 @@ impl Registry {
             // Not in the map and not reserved: a leftover without a manifest.
             let _ = std::fs::remove_dir_all(&dir);
         }
-        let c = StoreCollection::create(&dir, meta, self.cfg.backend.clone(), self.cfg.store.clone())
-            .map_err(from_store)?;
+        let c =
+            StoreCollection::create(&dir, meta, self.cfg.backend.clone(), self.cfg.store.clone())
+                .map_err(from_store)?;
         Ok(self.insert(&name, c))
     }
 
     /// Creates a collection from an index file (blocking; no lock held while it loads).
-    pub fn load_index(&self, name: &str, path: &std::path::Path) -> Result<Arc<Collection>, Status> {
+    pub fn load_index(
+        &self,
+        name: &str,
+        path: &std::path::Path,
+    ) -> Result<Arc<Collection>, Status> {
         let _r = self.reserve(name)?;
         self.import_reserved(name, path)
     }
@@ -249,7 +255,11 @@ impl Registry {
         self.import_reserved(name, path)
     }
 
-    fn import_reserved(&self, name: &str, path: &std::path::Path) -> Result<Arc<Collection>, Status> {
+    fn import_reserved(
+        &self,
+        name: &str,
+        path: &std::path::Path,
+    ) -> Result<Arc<Collection>, Status> {
         let index = quiver_engine::persist::load(path).map_err(crate::status::from_client_file)?;
         let p = index.params().clone();
         let meta = CollectionMeta {
@@ -267,8 +277,9 @@ impl Registry {
         if dir.exists() {
             let _ = std::fs::remove_dir_all(&dir);
         }
-        let c = StoreCollection::create(&dir, meta, self.cfg.backend.clone(), self.cfg.store.clone())
-            .map_err(from_store)?;
+        let c =
+            StoreCollection::create(&dir, meta, self.cfg.backend.clone(), self.cfg.store.clone())
+                .map_err(from_store)?;
         if let Err(e) = c.load_index(index) {
             c.close();
             let _ = std::fs::remove_dir_all(&dir);
@@ -356,7 +367,9 @@ impl Registry {
             .await;
             match r {
                 Ok(Ok(bytes)) => tracing::info!(collection = %name, bytes, "checkpointed"),
-                Ok(Err(e)) => tracing::error!(collection = %name, error = %e, "checkpoint failed; the log keeps every write"),
+                Ok(Err(e)) => {
+                    tracing::error!(collection = %name, error = %e, "checkpoint failed; the log keeps every write")
+                }
                 Err(e) => tracing::error!(collection = %name, error = %e, "checkpoint failed"),
             }
         }

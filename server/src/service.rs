@@ -14,10 +14,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::batcher::Job;
 use crate::collection::Collection;
-use quiver_store::valid_name;
 use crate::proto::{self, quiver_server::Quiver};
 use crate::registry::Registry;
 use crate::status::{from_store, invalid};
+use quiver_store::valid_name;
 
 /// The service.
 #[derive(Clone)]
@@ -161,7 +161,12 @@ fn check_vectors(field: &str, values: &[f32], dim: usize, metric: Metric) -> Res
     Ok(values.len() / dim)
 }
 
-fn check_key(c: &Collection, key: SearchKey, nq: usize, limits: &crate::config::Limits) -> Result<(), Status> {
+fn check_key(
+    c: &Collection,
+    key: SearchKey,
+    nq: usize,
+    limits: &crate::config::Limits,
+) -> Result<(), Status> {
     let max_k = limits.max_k;
     if key.k == 0 || key.k > max_k {
         return Err(invalid(
@@ -433,7 +438,12 @@ impl Quiver for QuiverService {
             .iter()
             .map(|(n, c)| info(n, c))
             .collect();
-        collections.extend(self.registry.failed().iter().map(|(n, w)| failed_info(n, w)));
+        collections.extend(
+            self.registry
+                .failed()
+                .iter()
+                .map(|(n, w)| failed_info(n, w)),
+        );
         self.record(
             "ListCollections",
             Ok(Response::new(proto::ListCollectionsResponse {

@@ -665,11 +665,11 @@ mod tests {
 
     use ::quiver_server::proto::quiver_server::{Quiver, QuiverServer};
     use ::quiver_server::proto::{
-        GetRequest, GetResponse,
         CollectionInfo, CreateCollectionRequest, DeleteRequest, DeleteResponse,
-        DropCollectionRequest, DropCollectionResponse, FlushRequest, FlushResponse,
-        ListCollectionsRequest, ListCollectionsResponse, LoadIndexRequest, SearchBatchRequest,
-        SearchBatchResponse, SearchResponse, TrainRequest, UpsertRequest, UpsertResponse,
+        DropCollectionRequest, DropCollectionResponse, FlushRequest, FlushResponse, GetRequest,
+        GetResponse, ListCollectionsRequest, ListCollectionsResponse, LoadIndexRequest,
+        SearchBatchRequest, SearchBatchResponse, SearchResponse, TrainRequest, UpsertRequest,
+        UpsertResponse,
     };
     use tonic::{Request, Response, Status};
 

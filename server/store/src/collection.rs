@@ -146,10 +146,13 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         let tmp = parent.join(format!(
             "{}{}",
             crate::fsutil::TEMP_PREFIX,
-            dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
         ));
         let _ = std::fs::remove_dir_all(&tmp);
-        let mk = |p: &Path| std::fs::create_dir_all(p).map_err(|e| StoreError::io("creating", p, e));
+        let mk =
+            |p: &Path| std::fs::create_dir_all(p).map_err(|e| StoreError::io("creating", p, e));
         mk(&tmp.join("segments"))?;
         mk(&tmp.join("wal"))?;
         WalWriter::create(&tmp.join("wal"), 1)?;
@@ -440,7 +443,10 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                     None => Rows::Raw(vectors.clone()),
                 };
             }
-            Ok((staged.with_upsert(ids, &rows, &self.cpu, &self.backend)?, ids.len()))
+            Ok((
+                staged.with_upsert(ids, &rows, &self.cpu, &self.backend)?,
+                ids.len(),
+            ))
         })
     }
 
@@ -468,7 +474,9 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             return Err(StoreError::WritesStopped(m.clone()));
         }
         if self.dropped.load(Ordering::Acquire) {
-            return Err(StoreError::Precondition("the collection was dropped".into()));
+            return Err(StoreError::Precondition(
+                "the collection was dropped".into(),
+            ));
         }
         let (mut next, n) = stage(&w.staged, &op)?;
         if n == 0 && matches!(op, Op::Delete { .. }) {
@@ -584,6 +592,15 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         }
     }
 
+    /// Runs `f` on the writer state with the gate closed and nothing pending (a structural
+    /// change), then reopens the gate.
+    fn switch<T>(&self, f: impl FnOnce(&mut Writer<B>) -> Result<T>) -> Result<T> {
+        let mut w = self.quiesce();
+        let r = f(&mut w);
+        self.open_gate(w);
+        r
+    }
+
     fn open_gate(&self, mut w: MutexGuard<'_, Writer<B>>) {
         w.gate_closed = false;
         drop(w);
@@ -614,8 +631,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
 
     fn checkpoint_locked(&self) -> Result<u64> {
         let (version, wal_from, next_segment_id) = {
-            let mut w = self.quiesce();
-            let r = (|| -> Result<_> {
+            self.switch(|w| -> Result<_> {
                 let mut v = (*w.staged).clone();
                 if !v.appendable.is_empty() {
                     let id = w.next_segment_id;
@@ -634,11 +650,9 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                         wal.rotate(from)?;
                     }
                 }
-                self.publish(&mut w, v.clone());
+                self.publish(w, v.clone());
                 Ok((Arc::new(v), from, w.next_segment_id))
-            })();
-            self.open_gate(w);
-            r?
+            })?
         };
         self.write_checkpoint(&version, wal_from, next_segment_id)
     }
@@ -804,11 +818,12 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         let _one = self.structural.lock();
         // Seal what is appendable, so the inputs are immutable but for deletes.
         let inputs = {
-            let mut w = self.quiesce();
-            let r = (|| -> Result<Version<B>> {
+            self.switch(|w| -> Result<Version<B>> {
                 let mut v = (*w.staged).clone();
                 if v.quantizers.is_some() {
-                    return Err(StoreError::Precondition("the collection is already trained".into()));
+                    return Err(StoreError::Precondition(
+                        "the collection is already trained".into(),
+                    ));
                 }
                 if !v.appendable.is_empty() {
                     let id = w.next_segment_id;
@@ -816,12 +831,10 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                     v.segments.push(v.appendable.clone());
                     v.appendable =
                         Arc::new(empty_appendable(id, &self.meta.read(), None, &self.cpu)?);
-                    self.publish(&mut w, v.clone());
+                    self.publish(w, v.clone());
                 }
                 Ok(v)
-            })();
-            self.open_gate(w);
-            r?
+            })?
         };
         let mut meta = self.meta.read().clone();
         if let Some(o) = overrides {
@@ -870,7 +883,8 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 });
             }
         }
-        let rows = quiver_engine::kmeans::sample_rows(n, params.default_train_sample(), params.seed);
+        let rows =
+            quiver_engine::kmeans::sample_rows(n, params.default_train_sample(), params.seed);
         let mut sample = Vec::with_capacity(rows.len() * dim);
         for r in rows {
             sample.extend_from_slice(&vectors[r * dim..(r + 1) * dim]);
@@ -885,8 +899,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         )));
         // Switch: the trained segment replaces the inputs, carrying deletions made meanwhile.
         {
-            let mut w = self.quiesce();
-            let r = (|| -> Result<()> {
+            self.switch(|w| -> Result<()> {
                 let cur = (*w.staged).clone();
                 let id = w.next_segment_id;
                 w.next_segment_id += 1;
@@ -906,23 +919,27 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 }
                 let mut next = cur.clone();
                 next.segments = std::iter::once(Arc::new(seg))
-                    .chain(cur.segments.iter().filter(|s| !input_ids.contains(&s.id)).cloned())
+                    .chain(
+                        cur.segments
+                            .iter()
+                            .filter(|s| !input_ids.contains(&s.id))
+                            .cloned(),
+                    )
                     .collect();
                 if !cur.appendable.is_empty() {
                     next.segments.push(cur.appendable.clone());
                 }
                 let app = w.next_segment_id;
                 w.next_segment_id += 1;
-                next.appendable = Arc::new(empty_appendable(app, &meta, Some(&quantizers), &self.cpu)?);
+                next.appendable =
+                    Arc::new(empty_appendable(app, &meta, Some(&quantizers), &self.cpu)?);
                 next.quantizers = Some(quantizers.clone());
                 meta.index.nlist = nlist as u32;
                 meta.index.pq_m = pq_m as u32;
                 *self.meta.write() = meta.clone();
-                self.publish(&mut w, next);
+                self.publish(w, next);
                 Ok(())
-            })();
-            self.open_gate(w);
-            r?;
+            })?;
         }
         self.checkpoint_locked()?;
         Ok(())
@@ -953,8 +970,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         let quantizers = Arc::new(index.empty_like());
         let prepared = self.seal_index(Arc::new(index))?;
         {
-            let mut w = self.quiesce();
-            let r = (|| -> Result<()> {
+            self.switch(|w| -> Result<()> {
                 let cur = (*w.staged).clone();
                 if cur.quantizers.is_some() || !cur.is_empty() {
                     return Err(StoreError::Precondition(
@@ -973,16 +989,19 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 };
                 let next = Version {
                     segments: vec![Arc::new(Segment::new(id, prepared))],
-                    appendable: Arc::new(empty_appendable(app, &meta, Some(&quantizers), &self.cpu)?),
+                    appendable: Arc::new(empty_appendable(
+                        app,
+                        &meta,
+                        Some(&quantizers),
+                        &self.cpu,
+                    )?),
                     quantizers: Some(quantizers),
                     lsn: cur.lsn,
                 };
                 *self.meta.write() = meta;
-                self.publish(&mut w, next);
+                self.publish(w, next);
                 Ok(())
-            })();
-            self.open_gate(w);
-            r?;
+            })?;
         }
         self.checkpoint_locked()?;
         Ok(())
@@ -1002,7 +1021,10 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     /// segments to the device, merging segments and purging deleted rows. Returns true when
     /// it did something.
     pub fn optimize_step(&self) -> Result<bool> {
-        if self.read_only || self.dropped.load(Ordering::Acquire) || self.job() == JobState::Training {
+        if self.read_only
+            || self.dropped.load(Ordering::Acquire)
+            || self.job() == JobState::Training
+        {
             return Ok(false);
         }
         let mut did = false;
@@ -1105,8 +1127,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         let index = build()?;
         let prepared = self.seal_index(Arc::new(index))?;
         {
-            let mut w = self.quiesce();
-            let r = (|| -> Result<()> {
+            self.switch(|w| -> Result<()> {
                 let cur = (*w.staged).clone();
                 let ids: HashSet<u64> = inputs.iter().map(|s| s.id).collect();
                 let mut late = Vec::new();
@@ -1135,12 +1156,11 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                     .unwrap_or(0);
                 let mut next = cur.clone();
                 next.segments.retain(|s| !ids.contains(&s.id));
-                next.segments.insert(pos.min(next.segments.len()), Arc::new(seg));
-                self.publish(&mut w, next);
+                next.segments
+                    .insert(pos.min(next.segments.len()), Arc::new(seg));
+                self.publish(w, next);
                 Ok(())
-            })();
-            self.open_gate(w);
-            r?;
+            })?;
         }
         self.checkpoint_locked()?;
         Ok(())

@@ -75,7 +75,6 @@ fn parse(data: &[u8], pos: usize) -> Option<(WalRecord, usize)> {
     Some((record, pos + 8 + len))
 }
 
-
 #[derive(Deserialize)]
 struct OldMeta {
     name: String,
@@ -124,7 +123,9 @@ pub fn migrate(dir: &Path) -> Result<()> {
         let mut pos = 0;
         while let Some((record, next)) = parse(&data, pos) {
             let r = match (&mut state, record) {
-                (State::Flat(f), WalRecord::Upsert { ids, vectors, .. }) => f.upsert(&vectors, &ids),
+                (State::Flat(f), WalRecord::Upsert { ids, vectors, .. }) => {
+                    f.upsert(&vectors, &ids)
+                }
                 (State::Ivf(i), WalRecord::Upsert { ids, vectors, .. }) => {
                     i.upsert(&vectors, &ids, &quiver_engine::progress::NoProgress)
                 }

@@ -321,7 +321,11 @@ pub fn merge_results(parts: Vec<Neighbors>, nq: usize, k: usize, metric: Metric)
             );
         }
         all.sort_by(|a, b| {
-            let o = if ip { b.0.total_cmp(&a.0) } else { a.0.total_cmp(&b.0) };
+            let o = if ip {
+                b.0.total_cmp(&a.0)
+            } else {
+                a.0.total_cmp(&b.0)
+            };
             o.then(a.1.cmp(&b.1))
         });
         let mut taken = 0;

@@ -36,7 +36,9 @@ impl<B: Backend> Clone for Version<B> {
 impl<B: Backend> Version<B> {
     /// Every segment, sealed first, the appendable last.
     pub fn all(&self) -> impl Iterator<Item = &Arc<Segment<B>>> {
-        self.segments.iter().chain(std::iter::once(&self.appendable))
+        self.segments
+            .iter()
+            .chain(std::iter::once(&self.appendable))
     }
 
     /// Live points.
@@ -51,14 +53,17 @@ impl<B: Backend> Version<B> {
 
     /// Bytes of vectors, codes and centroids.
     pub fn data_bytes(&self) -> usize {
-        let centroids = self
-            .quantizers
-            .as_ref()
-            .map_or(0, |q| q.centroids().len() * 4 + q.pq().centroids().len() * 4);
+        let centroids = self.quantizers.as_ref().map_or(0, |q| {
+            q.centroids().len() * 4 + q.pq().centroids().len() * 4
+        });
         let per_segment: usize = self.all().map(|s| s.data_bytes()).sum();
         let shared = if self.quantizers.is_some() {
             // Each IVF segment counts the shared quantizers once in its data_bytes.
-            self.all().filter(|s| s.ivf().is_some()).count().saturating_sub(1) * centroids
+            self.all()
+                .filter(|s| s.ivf().is_some())
+                .count()
+                .saturating_sub(1)
+                * centroids
         } else {
             0
         };

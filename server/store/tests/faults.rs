@@ -29,7 +29,9 @@ fn meta() -> CollectionMeta {
 }
 
 fn vector(id: u64) -> Vec<f32> {
-    (0..4).map(|j| ((id * 31 + j * 7) % 97) as f32 / 97.0).collect()
+    (0..4)
+        .map(|j| ((id * 31 + j * 7) % 97) as f32 / 97.0)
+        .collect()
 }
 
 fn upsert(c: &C, ids: &[u64]) -> Result<usize, StoreError> {
@@ -116,7 +118,10 @@ fn a_failure_the_log_cannot_undo_stops_writes() {
     upsert(&c, &[1]).unwrap();
     fail::cfg("wal::fsync", "1*return").unwrap();
     fail::cfg("wal::truncate", "1*return").unwrap();
-    assert!(matches!(upsert(&c, &[2]), Err(StoreError::WritesStopped(_))));
+    assert!(matches!(
+        upsert(&c, &[2]),
+        Err(StoreError::WritesStopped(_))
+    ));
     fail::remove("wal::fsync");
     fail::remove("wal::truncate");
     match upsert(&c, &[3]) {
@@ -124,7 +129,10 @@ fn a_failure_the_log_cannot_undo_stops_writes() {
         other => panic!("expected stopped writes, got {other:?}"),
     }
     assert_eq!(c.get(&[1]).len(), 1);
-    assert!(c.get(&[2]).is_empty(), "searches never see an unacknowledged write");
+    assert!(
+        c.get(&[2]).is_empty(),
+        "searches never see an unacknowledged write"
+    );
     drop(c);
     // Write 2's bytes could not be cut from the log: after a restart it is there whole or not
     // at all (an unknown outcome, like a timeout's); write 3 was never logged.
