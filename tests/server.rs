@@ -761,3 +761,59 @@ fn memory_admission_refuses_oversized_searches() {
         assert_eq!(r.neighbors[0].id, 0);
     });
 }
+
+/// Shutdown waits for an open client stream at most `--shutdown-grace-s`, then exits 0 having
+/// kept what the stream had sent.
+#[test]
+fn shutdown_does_not_wait_forever_for_an_open_stream() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut server = Server::start(tmp.path(), &["--shutdown-grace-s", "1"]);
+    rt().block_on(async {
+        let mut c = server.client().await;
+        c.create_collection(create("s", 4, Metric::L2, 1, 1))
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(UpsertRequest {
+            collection: "s".into(),
+            ids: vec![1],
+            vectors: vec![1.0, 2.0, 3.0, 4.0],
+        })
+        .await
+        .unwrap();
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let call = tokio::spawn(async move { c.upsert_stream(stream).await });
+        // Wait until the message is applied, then ask the server to stop with the stream open.
+        let mut probe = server.client().await;
+        for _ in 0..100 {
+            let n = probe
+                .get_collection(GetCollectionRequest { name: "s".into() })
+                .await
+                .unwrap()
+                .into_inner()
+                .count;
+            if n == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let started = std::time::Instant::now();
+        let pid = server.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let status = server.child.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(8));
+        drop(tx);
+        let _ = call.await;
+    });
+    let server = Server::start(tmp.path(), &[]);
+    rt().block_on(async {
+        let mut c = server.client().await;
+        let info = c
+            .get_collection(GetCollectionRequest { name: "s".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(info.count, 1);
+    });
+}

@@ -93,6 +93,8 @@ pub struct ServerConfig {
     pub store: StoreConfig,
     /// The backend that searches trained collections.
     pub backend: crate::backend::AnyBackend,
+    /// How long open requests and streams may go on once shutdown begins.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerConfig {
@@ -106,6 +108,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             store: quiver_store::StoreConfig::default(),
             backend: crate::backend::AnyBackend::Cpu(quiver_engine::backend::cpu::CpuBackend),
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }

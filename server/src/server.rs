@@ -121,20 +121,34 @@ pub async fn serve(
         &registry,
     );
     let reporter = health_reporter.clone();
+    let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections; draining queued searches");
         reporter
             .set_not_serving::<QuiverServer<QuiverService>>()
             .await;
+        let _ = fired_tx.send(());
     };
-    tonic::transport::Server::builder()
+    let serve = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
-        .await?;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    // Requests and streams still open when shutdown begins get `shutdown_grace` to end; then
+    // their connections are closed (a stream's acknowledged messages are durable already).
+    let grace = config.shutdown_grace;
+    let deadline = async move {
+        match fired_rx.await {
+            Ok(()) => tokio::time::sleep(grace).await,
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        r = serve => r?,
+        _ = deadline => tracing::warn!(grace_s = grace.as_secs_f64(), "requests or streams still open after the shutdown grace period; closing them"),
+    }
     registry.shutdown().await;
     let _ = stop_tx.send(true);
     tracing::info!("stopped");

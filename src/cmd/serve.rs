@@ -64,6 +64,10 @@ pub struct Args {
     /// Refuse searches while a collection's queue holds this many bytes of queries.
     #[arg(long, default_value_t = 256 << 20)]
     max_queued_bytes: usize,
+    /// Seconds open requests and streams may go on once shutdown begins (SIGINT/SIGTERM);
+    /// then their connections are closed.
+    #[arg(long, default_value_t = 10.0)]
+    shutdown_grace_s: f64,
     /// Prometheus metrics listen address (serves /metrics).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
@@ -115,6 +119,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     else {
         bail!("--max-delay-ms must be a number of milliseconds between 0 and 3600000");
     };
+    let Some(shutdown_grace) = (a.shutdown_grace_s >= 0.0)
+        .then(|| Duration::try_from_secs_f64(a.shutdown_grace_s).ok())
+        .flatten()
+        .filter(|d| *d <= Duration::from_secs(86_400))
+    else {
+        bail!("--shutdown-grace-s must be a number of seconds between 0 and 86400");
+    };
     if a.seal_rows == 0 {
         bail!("--seal-rows must be at least 1");
     }
@@ -149,6 +160,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             ..Default::default()
         },
         backend: super::open_backend(a.backend)?,
+        shutdown_grace,
     };
     let backend_name = quiver_engine::backend::Backend::name(&config.backend);
     let rt = tokio::runtime::Builder::new_multi_thread()
