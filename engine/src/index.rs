@@ -430,6 +430,24 @@ impl IvfPqIndex {
         Ok(self.encode_prepared(&vectors))
     }
 
+    /// Encodes prepared (checked, normalised) vectors already assigned to their lists (e.g. by
+    /// a backend's coarse search with nprobe 1).
+    pub fn encode_assigned(&self, block: &[f32], lists: Vec<u32>) -> EncodedRows {
+        let dim = self.params.dim;
+        let mut residuals = block.to_vec();
+        if self.params.by_residual() {
+            subtract_centroids(&mut residuals, &self.centroids, &lists, dim);
+        }
+        let cs = self.pq.code_size();
+        let mut codes = vec![0u8; lists.len() * cs];
+        self.pq.encode(&residuals, &mut codes);
+        EncodedRows {
+            lists,
+            codes,
+            vectors: block.to_vec(),
+        }
+    }
+
     fn encode_prepared(&self, block: &[f32]) -> EncodedRows {
         let dim = self.params.dim;
         let rows = block.len() / dim;

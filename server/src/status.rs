@@ -58,7 +58,7 @@ pub fn from_store(e: quiver_store::StoreError) -> Status {
         S::Precondition(m) => Status::failed_precondition(m),
         e @ (S::WalFailed { .. } | S::WritesStopped(_)) => Status::unavailable(e.to_string()),
         e @ S::Corrupt { .. } => Status::data_loss(e.to_string()),
-        e @ S::Io { .. } => Status::internal(e.to_string()),
+        e @ (S::Io { .. } | S::Failed(_)) => Status::internal(e.to_string()),
         e @ S::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
     }
 }

@@ -38,6 +38,13 @@ impl CpuPrepared {
     pub fn index_arc(&self) -> &Arc<IvfPqIndex> {
         &self.index
     }
+
+    /// The index, to add or delete entries in place (copied first if shared: a cheap clone).
+    /// What was precomputed depends only on the quantizers, which no write changes, so it
+    /// stays valid.
+    pub fn index_mut(&mut self) -> &mut IvfPqIndex {
+        Arc::make_mut(&mut self.index)
+    }
 }
 
 impl PreparedIndex for CpuPrepared {

@@ -20,10 +20,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
-use quiver_engine::backend::cpu::CpuBackend;
+use crate::cpucache::CpuCache;
 use quiver_engine::backend::{Backend, Neighbors};
 use quiver_engine::progress::NoProgress;
-use quiver_engine::{EngineError, FlatIndex, IndexParams, IvfPqIndex};
+use quiver_engine::{FlatIndex, IndexParams, IvfPqIndex};
 
 use crate::error::{Result, StoreError};
 use crate::fsutil::{remove_temp_files, sync_dir};
@@ -59,6 +59,7 @@ impl JobState {
 enum Failure {
     Wal(PathBuf, String),
     Stopped(String),
+    Apply(String),
 }
 
 impl From<Failure> for StoreError {
@@ -66,17 +67,28 @@ impl From<Failure> for StoreError {
         match f {
             Failure::Wal(path, reason) => StoreError::WalFailed { path, reason },
             Failure::Stopped(m) => StoreError::WritesStopped(m),
+            Failure::Apply(m) => StoreError::Failed(m),
         }
     }
 }
 
-type Ticket = Arc<OnceLock<std::result::Result<(), Failure>>>;
+/// A write's outcome: the points upserted or deleted, once its group is committed.
+type Ticket = Arc<OnceLock<std::result::Result<usize, Failure>>>;
+
+/// A validated write waiting for the next group commit.
+struct QueuedWrite {
+    op: Op,
+    /// Its rows, encoded by the writer (with `encoded_with`) before it queued.
+    rows: Option<Rows>,
+    encoded_with: Option<Arc<IvfPqIndex>>,
+    ticket: Ticket,
+}
 
 struct Writer<B: Backend> {
+    /// The last committed version (published), or during a structural change the next one.
     staged: Arc<Version<B>>,
     next_lsn: u64,
-    pending: Vec<u8>,
-    tickets: Vec<Ticket>,
+    queue: Vec<QueuedWrite>,
     gate_closed: bool,
     stopped: Option<String>,
     next_segment_id: u64,
@@ -93,7 +105,7 @@ pub struct Collection<B: Backend> {
     dir: PathBuf,
     meta: RwLock<CollectionMeta>,
     backend: B,
-    cpu: CpuBackend,
+    cpu: CpuCache,
     device: bool,
     cfg: StoreConfig,
     published: RwLock<Arc<Version<B>>>,
@@ -122,7 +134,7 @@ fn empty_appendable<B: Backend>(
     id: u64,
     meta: &CollectionMeta,
     quantizers: Option<&Arc<IvfPqIndex>>,
-    cpu: &CpuBackend,
+    cpu: &CpuCache,
 ) -> Result<Segment<B>> {
     Ok(Segment::new(
         id,
@@ -186,7 +198,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 tracing::info!(folder = %d.display(), files = n, "removed leftover temporary files");
             }
         }
-        let cpu = CpuBackend;
+        let cpu = CpuCache::default();
         let device = backend.name() != "cpu";
         let meta = manifest.meta.clone();
         let quantizers = match &manifest.quantizers {
@@ -214,7 +226,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             if let Some(d) = &e.deletes {
                 let ids = crate::manifest::read_deletes(&segdir.join(d))?;
                 let seg = Segment::<B>::new(e.id, index);
-                index = match seg.with_delete(&ids, true, &cpu, &backend)? {
+                index = match seg.with_delete(&ids, true, cpu.backend(), &backend)? {
                     Some((s, _)) => s.index,
                     None => seg.index,
                 };
@@ -239,7 +251,12 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             lsn: manifest.wal_from.saturating_sub(1),
         };
         let replayed = wal::replay(&waldir, manifest.wal_from, cfg.wal_recover, |lsn, op| {
-            version = apply(&version, &op, &meta, &cpu, &backend)?;
+            version
+                .apply(&op, None, &cpu, &backend)
+                .map_err(|e| StoreError::Invalid {
+                    field: "write-ahead log record",
+                    reason: e.to_string(),
+                })?;
             version.lsn = lsn;
             Ok(())
         })?;
@@ -262,8 +279,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             writer: Mutex::new(Writer {
                 staged: Arc::new(version),
                 next_lsn,
-                pending: Vec::new(),
-                tickets: Vec::new(),
+                queue: Vec::new(),
                 gate_closed: false,
                 stopped: None,
                 next_segment_id,
@@ -296,7 +312,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 seed: p.seed,
             },
         };
-        let cpu = CpuBackend;
+        let cpu = CpuCache::default();
         let device = backend.name() != "cpu";
         let quantizers = Arc::new(index.empty_like());
         let index = Arc::new(index);
@@ -322,8 +338,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             writer: Mutex::new(Writer {
                 staged: Arc::new(version),
                 next_lsn: 1,
-                pending: Vec::new(),
-                tickets: Vec::new(),
+                queue: Vec::new(),
                 gate_closed: false,
                 stopped: None,
                 next_segment_id: 3,
@@ -391,7 +406,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     pub fn search(&self, queries: &[f32], nq: usize, key: SearchKey) -> Result<Neighbors> {
         let v = self.version();
         let metric = self.meta.read().metric();
-        Ok(v.search(queries, nq, key, metric, &self.cpu, &self.backend)?)
+        Ok(v.search(queries, nq, key, metric, self.cpu.backend(), &self.backend)?)
     }
 
     /// The stored vectors of the given ids that are live (normalised for cosine; f16-rounded
@@ -417,86 +432,50 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             });
         }
         check_ids(&ids)?;
-        let metric = self.meta.read().metric();
-        // Validate and encode before taking any lock.
-        let quantizers = self.version().quantizers.clone();
-        let mut rows = match &quantizers {
-            Some(q) => Rows::Encoded(q.encode(&vectors)?),
-            None => Rows::Raw(
-                quiver_engine::index::prepare_vectors(metric, dim, &vectors)?.into_owned(),
-            ),
-        };
+        // Validate and encode before taking any lock (writers encode in parallel).
+        let v = self.version();
+        let rows = v.rows_for(&vectors, &self.cpu)?;
         let op = Op::Upsert { ids, vectors, dim };
-        self.write(op, |staged, op| {
-            let Op::Upsert { ids, vectors, .. } = op else {
-                unreachable!("an upsert")
-            };
-            let same = match (&staged.quantizers, &quantizers) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                (None, None) => true,
-                _ => false,
-            };
-            if !same {
-                // Trained since we encoded: encode again with the current quantizers.
-                rows = match &staged.quantizers {
-                    Some(q) => Rows::Encoded(q.encode(vectors)?),
-                    None => Rows::Raw(vectors.clone()),
-                };
-            }
-            Ok((
-                staged.with_upsert(ids, &rows, &self.cpu, &self.backend)?,
-                ids.len(),
-            ))
-        })
+        self.write(op, Some(rows), v.quantizers.clone())
     }
 
     /// Deletes ids; returns how many were live. Durable when it returns.
     pub fn delete(&self, ids: Vec<u64>) -> Result<usize> {
-        self.write(Op::Delete { ids }, |staged, op| {
-            let Op::Delete { ids } = op else {
-                unreachable!("a delete")
-            };
-            Ok(staged.with_delete(ids, &self.cpu, &self.backend)?)
-        })
+        self.write(Op::Delete { ids }, None, None)
     }
 
     fn write(
         &self,
         op: Op,
-        stage: impl FnOnce(&Version<B>, &Op) -> Result<(Version<B>, usize)>,
+        rows: Option<Rows>,
+        encoded_with: Option<Arc<IvfPqIndex>>,
     ) -> Result<usize> {
         self.refuse_read_only()?;
-        let mut w = self.writer.lock();
-        while w.gate_closed {
-            self.gate.wait(&mut w);
-        }
-        if let Some(m) = &w.stopped {
-            return Err(StoreError::WritesStopped(m.clone()));
-        }
-        if self.dropped.load(Ordering::Acquire) {
-            return Err(StoreError::Precondition(
-                "the collection was dropped".into(),
-            ));
-        }
-        let (mut next, n) = stage(&w.staged, &op)?;
-        if n == 0 && matches!(op, Op::Delete { .. }) {
-            return Ok(0);
-        }
-        let lsn = w.next_lsn;
-        w.next_lsn += 1;
-        next.lsn = lsn;
-        wal::encode(lsn, &op, &mut w.pending);
         let ticket: Ticket = Arc::new(OnceLock::new());
-        w.tickets.push(ticket.clone());
-        w.staged = Arc::new(next);
-        drop(w);
-        self.commit(&ticket)?;
-        Ok(n)
+        {
+            let mut w = self.writer.lock();
+            while w.gate_closed {
+                self.gate.wait(&mut w);
+            }
+            if let Some(m) = &w.stopped {
+                return Err(StoreError::WritesStopped(m.clone()));
+            }
+            if self.dropped.load(Ordering::Acquire) {
+                return Err(StoreError::Precondition("the collection was dropped".into()));
+            }
+            w.queue.push(QueuedWrite {
+                op,
+                rows,
+                encoded_with,
+                ticket: ticket.clone(),
+            });
+        }
+        self.commit(&ticket)
     }
 
-    /// Waits until `ticket`'s group is committed, committing it (and whatever else is pending)
+    /// Waits until `ticket`'s group is committed, committing it (and whatever else is queued)
     /// when no other writer is.
-    fn commit(&self, ticket: &Ticket) -> Result<()> {
+    fn commit(&self, ticket: &Ticket) -> Result<usize> {
         loop {
             {
                 let mut f = self.flushing.lock();
@@ -515,50 +494,78 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         }
     }
 
-    /// Writes and fsyncs the pending group; the caller holds the flushing role.
+    /// Commits the queued writes as one group; the caller holds the flushing role. They are
+    /// applied in order to a copy of the committed version (each touched list copied once for
+    /// the group), their records written and fsynced together, and only then is the result
+    /// published and every writer answered. On failure nothing is published: the committed
+    /// version never held the group.
     fn flush_group(&self) {
-        let (buf, tickets, version) = {
+        let (base, mut queue, first_lsn) = {
             let mut w = self.writer.lock();
-            (
-                std::mem::take(&mut w.pending),
-                std::mem::take(&mut w.tickets),
-                w.staged.clone(),
-            )
+            (w.staged.clone(), std::mem::take(&mut w.queue), w.next_lsn)
         };
-        let result = if buf.is_empty() {
-            Ok(())
-        } else {
-            match self.wal.lock().as_mut() {
-                Some(wal) => wal.write_group(&buf),
-                None => Err(StoreError::WritesStopped("the log is closed".into())),
+        let mut outcome: std::result::Result<(Version<B>, Vec<usize>, u64, Vec<u8>), Failure> =
+            (|| {
+                let mut v = (*base).clone();
+                let mut buf = Vec::new();
+                let mut lsn = first_lsn;
+                let mut counts = Vec::with_capacity(queue.len());
+                for q in queue.iter_mut() {
+                    let same = match (&q.encoded_with, &v.quantizers) {
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        (None, None) => true,
+                        _ => false,
+                    };
+                    // Rows encoded before a training switch are encoded again.
+                    let rows = if same { q.rows.take() } else { None };
+                    let n = v
+                        .apply(&q.op, rows, &self.cpu, &self.backend)
+                        .map_err(|e| Failure::Apply(e.to_string()))?;
+                    if n > 0 || matches!(q.op, Op::Upsert { .. }) {
+                        wal::encode(lsn, &q.op, &mut buf);
+                        v.lsn = lsn;
+                        lsn += 1;
+                    }
+                    counts.push(n);
+                }
+                Ok((v, counts, lsn, buf))
+            })();
+        if let Ok((_, _, _, buf)) = &outcome {
+            if !buf.is_empty() {
+                let r = match self.wal.lock().as_mut() {
+                    Some(wal) => wal.write_group(buf),
+                    None => Err(StoreError::WritesStopped("the log is closed".into())),
+                };
+                if let Err(e) = r {
+                    outcome = Err(match e {
+                        StoreError::WalFailed { path, reason } => Failure::Wal(path, reason),
+                        StoreError::WritesStopped(m) => Failure::Stopped(m),
+                        other => Failure::Stopped(other.to_string()),
+                    });
+                }
             }
-        };
+        }
         {
             let mut w = self.writer.lock();
-            match result {
-                Ok(()) => {
-                    *self.published.write() = version;
-                    for t in &tickets {
-                        let _ = t.set(Ok(()));
+            match outcome {
+                Ok((v, counts, next_lsn, _)) => {
+                    let v = Arc::new(v);
+                    w.staged = v.clone();
+                    w.next_lsn = next_lsn;
+                    *self.published.write() = v;
+                    for (q, n) in queue.iter().zip(counts) {
+                        let _ = q.ticket.set(Ok(n));
                     }
                 }
-                Err(e) => {
-                    let failure = match e {
-                        StoreError::WalFailed { path, reason } => Failure::Wal(path, reason),
-                        StoreError::WritesStopped(m) => {
-                            w.stopped = Some(m.clone());
-                            Failure::Stopped(m)
-                        }
-                        other => Failure::Stopped(other.to_string()),
-                    };
-                    tracing::error!(collection = %self.meta.read().name, error = ?failure, "write-ahead log append failed; the writes of the group are refused");
-                    // Everything staged since the last durable version goes: this group and
-                    // what was staged on top of it meanwhile.
-                    let later = std::mem::take(&mut w.tickets);
-                    w.pending.clear();
-                    w.staged = self.published.read().clone();
-                    for t in tickets.iter().chain(&later) {
-                        let _ = t.set(Err(failure.clone()));
+                Err(failure) => {
+                    if let Failure::Stopped(m) = &failure {
+                        w.stopped = Some(m.clone());
+                    }
+                    // Numbers given to the group are never reused.
+                    w.next_lsn = first_lsn + queue.len() as u64;
+                    tracing::error!(collection = %self.meta.read().name, error = ?failure, "a group of writes failed; none of them was applied");
+                    for q in &queue {
+                        let _ = q.ticket.set(Err(failure.clone()));
                     }
                 }
             }
@@ -576,7 +583,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         }
         w.gate_closed = true;
         loop {
-            if w.pending.is_empty() && !*self.flushing.lock() {
+            if w.queue.is_empty() && !*self.flushing.lock() {
                 return w;
             }
             drop(w);
@@ -914,7 +921,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                         .map_or(0, |x| x.deleted.len());
                     late.extend(s.deleted.iter().skip(before).copied());
                 }
-                if let Some((s, _)) = seg.with_delete(&late, false, &self.cpu, &self.backend)? {
+                if let Some((s, _)) = seg.with_delete(&late, false, self.cpu.backend(), &self.backend)? {
                     seg = s;
                 }
                 let mut next = cur.clone();
@@ -1146,7 +1153,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 let id = w.next_segment_id;
                 w.next_segment_id += 1;
                 let mut seg = Segment::new(id, prepared);
-                if let Some((s, _)) = seg.with_delete(&late, true, &self.cpu, &self.backend)? {
+                if let Some((s, _)) = seg.with_delete(&late, true, self.cpu.backend(), &self.backend)? {
                     seg = s;
                 }
                 let pos = cur
@@ -1179,40 +1186,6 @@ impl<B: Backend + Clone + 'static> Collection<B> {
 fn merge_ivf<B: Backend>(q: &IvfPqIndex, parts: &[Arc<Segment<B>>]) -> Result<IvfPqIndex> {
     let indexes: Vec<&IvfPqIndex> = parts.iter().filter_map(|s| s.ivf()).collect();
     Ok(q.merged(&indexes)?)
-}
-
-/// Applies a logged write to a version (replay).
-fn apply<B: Backend>(
-    v: &Version<B>,
-    op: &Op,
-    meta: &CollectionMeta,
-    cpu: &CpuBackend,
-    device: &B,
-) -> Result<Version<B>> {
-    let bad = |e: EngineError| StoreError::Invalid {
-        field: "write-ahead log record",
-        reason: e.to_string(),
-    };
-    Ok(match op {
-        Op::Upsert { ids, vectors, dim } => {
-            if *dim != meta.dim {
-                return Err(StoreError::Invalid {
-                    field: "write-ahead log record",
-                    reason: format!("dimension {dim}, the collection's is {}", meta.dim),
-                });
-            }
-            let rows = match &v.quantizers {
-                Some(q) => Rows::Encoded(q.encode(vectors).map_err(bad)?),
-                None => Rows::Raw(
-                    quiver_engine::index::prepare_vectors(meta.metric(), meta.dim, vectors)
-                        .map_err(bad)?
-                        .into_owned(),
-                ),
-            };
-            v.with_upsert(ids, &rows, cpu, device).map_err(bad)?
-        }
-        Op::Delete { ids } => v.with_delete(ids, cpu, device).map_err(bad)?.0,
-    })
 }
 
 fn check_ids(ids: &[u64]) -> Result<()> {

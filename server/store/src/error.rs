@@ -53,6 +53,9 @@ pub enum StoreError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// An internal failure (a backend's); nothing of the request was applied.
+    #[error("{0}")]
+    Failed(String),
     /// A request would need more working memory than allowed.
     #[error("the request needs about {estimate} bytes of working memory, above --max-request-bytes = {limit}; ask for fewer queries, a smaller k or a smaller refine factor")]
     TooLarge {

@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod collection;
+pub mod cpucache;
 pub mod error;
 pub mod flatfile;
 pub mod fsutil;

@@ -201,36 +201,34 @@ impl<B: Backend> Segment<B> {
         )))
     }
 
-    /// The next version of an appendable segment with rows appended (ids absent from it).
-    pub fn with_append(
-        &self,
-        ids: &[u64],
-        rows: &Rows,
-        cpu: &CpuBackend,
-    ) -> Result<Segment<B>, EngineError> {
-        let index = match (&self.index, rows) {
-            (SegmentIndex::Flat(f), Rows::Raw(v)) => {
-                let mut f = f.clone();
-                f.upsert(v, ids)?;
-                SegmentIndex::Flat(f)
-            }
+    /// Appendable segment: replaces or adds rows by id, in place (the caller holds the only
+    /// reference: see [`crate::version::Version::apply`]).
+    pub fn upsert_in_place(&mut self, ids: &[u64], rows: Rows) -> Result<(), EngineError> {
+        match (&mut self.index, rows) {
+            (SegmentIndex::Flat(f), Rows::Raw(v)) => f.upsert(&v, ids),
             (SegmentIndex::Cpu(p), Rows::Encoded(e)) => {
-                let mut i = p.index().clone();
-                i.push_encoded(e, ids);
-                SegmentIndex::Cpu(cpu.refresh(p, Arc::new(i))?)
+                let i = p.index_mut();
+                i.delete(ids);
+                i.push_encoded(&e, ids);
+                Ok(())
             }
-            _ => {
-                return Err(EngineError::InvalidParameter {
-                    name: "rows",
-                    reason: "rows do not match the appendable segment's kind".into(),
-                })
-            }
-        };
-        Ok(Segment {
-            id: self.id,
-            index,
-            deleted: self.deleted.clone(),
-        })
+            _ => Err(EngineError::InvalidParameter {
+                name: "rows",
+                reason: "rows do not match the appendable segment's kind".into(),
+            }),
+        }
+    }
+
+    /// Appendable segment: deletes ids in place; returns how many were live.
+    pub fn delete_in_place(&mut self, ids: &[u64]) -> Result<usize, EngineError> {
+        match &mut self.index {
+            SegmentIndex::Flat(f) => Ok(f.delete(ids)),
+            SegmentIndex::Cpu(p) => Ok(p.index_mut().delete(ids)),
+            SegmentIndex::Device(_) => Err(EngineError::InvalidParameter {
+                name: "segment",
+                reason: "a device segment is never appendable".into(),
+            }),
+        }
     }
 
     /// Searches prepared queries (`nq × dim`); results padded to `key.k`.

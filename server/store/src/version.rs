@@ -8,7 +8,9 @@ use quiver_engine::backend::cpu::CpuBackend;
 use quiver_engine::backend::{Backend, Neighbors};
 use quiver_engine::{EngineError, IvfPqIndex, Metric};
 
-use crate::segment::{merge_results, Rows, SearchKey, Segment};
+use crate::cpucache::CpuCache;
+use crate::segment::{merge_results, Rows, SearchKey, Segment, SegmentIndex};
+use crate::wal::Op;
 
 /// One published state of a collection.
 pub struct Version<B: Backend> {
@@ -75,40 +77,83 @@ impl<B: Backend> Version<B> {
         self.all().find_map(|s| s.vector(id))
     }
 
-    /// The next version with `ids` removed wherever they live; returns it and how many were
-    /// present.
-    pub fn with_delete(
-        &self,
-        ids: &[u64],
-        cpu: &CpuBackend,
+    /// Applies one logged write in place: deletes from sealed segments make new versions of
+    /// the segments they touch; the appendable segment is copied once (cheaply) if shared and
+    /// then changed in place, so a group of writes copies each touched list once. Returns the
+    /// number of points upserted or deleted.
+    pub fn apply(
+        &mut self,
+        op: &Op,
+        rows: Option<Rows>,
+        cache: &CpuCache,
         device: &B,
-    ) -> Result<(Version<B>, usize), EngineError> {
-        let mut next = self.clone();
+    ) -> Result<usize, EngineError> {
+        let cpu = cache.backend();
+        let ids = match op {
+            Op::Upsert { ids, .. } | Op::Delete { ids } => ids,
+        };
         let mut n = 0;
-        for s in next.segments.iter_mut() {
+        for s in self.segments.iter_mut() {
             if let Some((seg, k)) = s.with_delete(ids, true, cpu, device)? {
                 *s = Arc::new(seg);
                 n += k;
             }
         }
-        if let Some((seg, k)) = next.appendable.with_delete(ids, false, cpu, device)? {
-            next.appendable = Arc::new(seg);
-            n += k;
+        match op {
+            Op::Upsert { vectors, .. } => {
+                let rows = match rows {
+                    Some(r) => r,
+                    None => self.rows_for(vectors, cache)?,
+                };
+                self.appendable_mut(cache)?.upsert_in_place(ids, rows)?;
+                Ok(ids.len())
+            }
+            Op::Delete { .. } => {
+                if ids.iter().any(|&i| self.appendable.contains(i)) {
+                    n += self.appendable_mut(cache)?.delete_in_place(ids)?;
+                }
+                Ok(n)
+            }
         }
-        Ok((next, n))
     }
 
-    /// The next version with rows added or replaced by id (valid ids, unique in the batch).
-    pub fn with_upsert(
-        &self,
-        ids: &[u64],
-        rows: &Rows,
-        cpu: &CpuBackend,
-        device: &B,
-    ) -> Result<Version<B>, EngineError> {
-        let (mut next, _) = self.with_delete(ids, cpu, device)?;
-        next.appendable = Arc::new(next.appendable.with_append(ids, rows, cpu)?);
-        Ok(next)
+    /// Rows of `vectors` for the appendable segment: encoded with the quantizers once trained,
+    /// else checked and normalised.
+    pub fn rows_for(&self, vectors: &[f32], cache: &CpuCache) -> Result<Rows, EngineError> {
+        Ok(match (&self.quantizers, &self.appendable.index) {
+            (Some(q), _) => Rows::Encoded(cache.encode(q, q.metric(), vectors)?),
+            (None, SegmentIndex::Flat(f)) => Rows::Raw(
+                quiver_engine::index::prepare_vectors(f.metric(), f.dim(), vectors)?.into_owned(),
+            ),
+            (None, _) => {
+                return Err(EngineError::InvalidParameter {
+                    name: "segment",
+                    reason: "an untrained collection's appendable segment is flat".into(),
+                })
+            }
+        })
+    }
+
+    fn appendable_mut(&mut self, cache: &CpuCache) -> Result<&mut Segment<B>, EngineError> {
+        if Arc::get_mut(&mut self.appendable).is_none() {
+            let a = &self.appendable;
+            let index = match &a.index {
+                SegmentIndex::Flat(f) => SegmentIndex::Flat(f.clone()),
+                SegmentIndex::Cpu(p) => SegmentIndex::Cpu(cache.prepare(p.index_arc().clone())?),
+                SegmentIndex::Device(_) => {
+                    return Err(EngineError::InvalidParameter {
+                        name: "segment",
+                        reason: "a device segment is never appendable".into(),
+                    })
+                }
+            };
+            self.appendable = Arc::new(Segment {
+                id: a.id,
+                index,
+                deleted: a.deleted.clone(),
+            });
+        }
+        Ok(Arc::get_mut(&mut self.appendable).expect("unique after the copy above"))
     }
 
     /// Searches prepared queries over every segment and merges the results.
