@@ -192,15 +192,16 @@ impl ProductQuantizer {
                         &mut ip,
                         ksub,
                     );
+                    let mut dist = vec![0f32; ksub];
                     for r in 0..rows {
                         let row = &ip[r * ksub..(r + 1) * ksub];
-                        let mut best = (f32::INFINITY, 0usize);
-                        for (j, (&v, &nn)) in row.iter().zip(norms).enumerate() {
-                            let s = nn - 2.0 * v;
-                            if s < best.0 {
-                                best = (s, j);
-                            }
-                        }
+                        // The first nearest centroid, in two passes that vectorise (a running
+                        // argmin does not): the minimum, then its first position.
+                        dist.iter_mut()
+                            .zip(row.iter().zip(norms))
+                            .for_each(|(d, (&v, &nn))| *d = nn - 2.0 * v);
+                        let min = dist.iter().fold(f32::INFINITY, |a, &b| a.min(b));
+                        let best = (min, dist.iter().position(|&d| d == min).unwrap_or(0));
                         if self.nbits == 8 {
                             out[r * cs + sub] = best.1 as u8;
                         } else {

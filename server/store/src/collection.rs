@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use crate::cpucache::CpuCache;
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use quiver_engine::backend::{Backend, Neighbors};
 use quiver_engine::progress::NoProgress;
 use quiver_engine::{FlatIndex, IndexParams, IvfPqIndex};
@@ -461,7 +461,9 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 return Err(StoreError::WritesStopped(m.clone()));
             }
             if self.dropped.load(Ordering::Acquire) {
-                return Err(StoreError::Precondition("the collection was dropped".into()));
+                return Err(StoreError::Precondition(
+                    "the collection was dropped".into(),
+                ));
             }
             w.queue.push(QueuedWrite {
                 op,
@@ -921,7 +923,9 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                         .map_or(0, |x| x.deleted.len());
                     late.extend(s.deleted.iter().skip(before).copied());
                 }
-                if let Some((s, _)) = seg.with_delete(&late, false, self.cpu.backend(), &self.backend)? {
+                if let Some((s, _)) =
+                    seg.with_delete(&late, false, self.cpu.backend(), &self.backend)?
+                {
                     seg = s;
                 }
                 let mut next = cur.clone();
@@ -1153,7 +1157,9 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 let id = w.next_segment_id;
                 w.next_segment_id += 1;
                 let mut seg = Segment::new(id, prepared);
-                if let Some((s, _)) = seg.with_delete(&late, true, self.cpu.backend(), &self.backend)? {
+                if let Some((s, _)) =
+                    seg.with_delete(&late, true, self.cpu.backend(), &self.backend)?
+                {
                     seg = s;
                 }
                 let pos = cur
