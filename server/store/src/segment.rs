@@ -279,7 +279,8 @@ pub enum Rows {
     Encoded(EncodedRows),
 }
 
-fn pad(n: Neighbors, k: usize, metric: Metric) -> Neighbors {
+/// Pads `n` (fewer than `k` per query) to `k` per query.
+pub(crate) fn pad(n: Neighbors, k: usize, metric: Metric) -> Neighbors {
     let nq = n.len();
     let mut out = Neighbors {
         k,

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use quiver_engine::backend::cpu::CpuBackend;
-use quiver_engine::backend::{Backend, Neighbors};
+use quiver_engine::backend::cpu::{CpuBackend, CpuPrepared};
+use quiver_engine::backend::{Backend, Neighbors, PreparedIndex};
 use quiver_engine::{EngineError, IvfPqIndex, Metric};
 
 use crate::cpucache::CpuCache;
@@ -167,7 +167,30 @@ impl<B: Backend> Version<B> {
         device: &B,
     ) -> Result<Neighbors, EngineError> {
         let mut parts = Vec::new();
-        for s in self.all().filter(|s| !s.is_empty()) {
+        let live: Vec<&Arc<Segment<B>>> = self.all().filter(|s| !s.is_empty()).collect();
+        let on_cpu: Vec<&CpuPrepared> = live
+            .iter()
+            .filter_map(|s| match &s.index {
+                SegmentIndex::Cpu(p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        if on_cpu.len() >= 2 {
+            // Segments with one set of quantizers share the coarse search and the tables.
+            let run = || search_shared(&on_cpu, queries, key, metric, cpu);
+            let shared = if rayon::current_thread_index().is_some() || nq <= 1 {
+                run()
+            } else {
+                let mut r = None;
+                rayon::scope(|_| r = Some(run()));
+                r.unwrap_or_else(|| Ok(Vec::new()))
+            };
+            parts.extend(shared?);
+        }
+        for s in live {
+            if on_cpu.len() >= 2 && matches!(s.index, SegmentIndex::Cpu(_)) {
+                continue;
+            }
             parts.push(s.search(queries, key, cpu, device)?);
         }
         if parts.is_empty() {
@@ -179,4 +202,41 @@ impl<B: Backend> Version<B> {
         }
         Ok(merge_results(parts, nq, key.k, metric))
     }
+}
+
+/// Searches IVF-PQ segments prepared on the CPU with one set of quantizers: per tile of
+/// queries, one coarse search and one set of lookup tables, then each segment's probed lists
+/// scanned and its candidates refined. Equal to searching each segment alone.
+fn search_shared(
+    segs: &[&CpuPrepared],
+    queries: &[f32],
+    key: SearchKey,
+    metric: Metric,
+    cpu: &CpuBackend,
+) -> Result<Vec<Neighbors>, EngineError> {
+    let first = segs[0];
+    let index = first.index();
+    let params = crate::segment::resolve(key, index.nlist(), index.params().refine);
+    params.validate(index)?;
+    let queries = index.prepare_queries(queries)?;
+    let dim = index.dim();
+    let tile = cpu.max_batch(first).max(1);
+    let mut outs: Vec<Neighbors> = segs.iter().map(|_| Neighbors::new(key.k)).collect();
+    for chunk in queries.chunks(tile * dim) {
+        let probes = cpu.coarse_search(first, chunk, params.nprobe)?;
+        let tables = cpu.lookup_tables(first, chunk)?;
+        for (s, out) in segs.iter().zip(outs.iter_mut()) {
+            let live = s.index().len();
+            let k = key.k.min(live).max(1);
+            let refine_factor = params.refine_factor.min(live.div_ceil(k)).max(1);
+            let candidates = cpu.scan(s, &probes, &tables, k * refine_factor)?;
+            let r = cpu.refine(s, chunk, &candidates, k)?;
+            out.extend(if k < key.k {
+                crate::segment::pad(r, key.k, metric)
+            } else {
+                r
+            });
+        }
+    }
+    Ok(outs)
 }
