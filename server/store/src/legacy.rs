@@ -189,3 +189,80 @@ fn remove_old(dir: &Path) -> Result<()> {
     }
     crate::fsutil::sync_dir(dir).map_err(|e| StoreError::io("syncing", dir, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quiver_engine::backend::cpu::CpuBackend;
+    use quiver_engine::progress::NoProgress;
+    use quiver_engine::{IndexParams, Metric, RefineKind};
+
+    /// An old log record, framed as the old server wrote it.
+    fn old_record(kind: u8, ids: &[u64], vectors: &[f32], dim: u32) -> Vec<u8> {
+        let mut p = vec![kind];
+        p.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+        p.extend_from_slice(&dim.to_le_bytes());
+        ids.iter()
+            .for_each(|i| p.extend_from_slice(&i.to_le_bytes()));
+        vectors
+            .iter()
+            .for_each(|v| p.extend_from_slice(&v.to_le_bytes()));
+        let mut r = (p.len() as u32).to_le_bytes().to_vec();
+        r.extend_from_slice(&crc32c::crc32c(&p).to_le_bytes());
+        r.extend(p);
+        r
+    }
+
+    fn old_meta(dir: &Path, trained: bool) {
+        let json = format!(
+            r#"{{"format":1,"name":"old","dim":4,"metric":"l2","index":{{"nlist":2,"pq_m":2,"refine":"f32","seed":3}},"trained":{trained}}}"#
+        );
+        std::fs::write(dir.join("meta.json"), json).unwrap();
+    }
+
+    fn v(id: u64) -> Vec<f32> {
+        (0..4).map(|j| ((id * 13 + j * 5) % 31) as f32).collect()
+    }
+
+    #[test]
+    fn old_flat_and_trained_collections_open_with_every_write() {
+        for trained in [false, true] {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("old");
+            std::fs::create_dir_all(&dir).unwrap();
+            old_meta(&dir, trained);
+            let ids: Vec<u64> = (0..300).collect();
+            let vectors: Vec<f32> = ids.iter().flat_map(|&i| v(i)).collect();
+            if trained {
+                let mut p = IndexParams::new(Metric::L2, 4, 2, 2);
+                p.refine = RefineKind::F32;
+                let mut index = IvfPqIndex::train(p, &vectors, &NoProgress).unwrap();
+                index.add(&vectors, Some(&ids), &NoProgress).unwrap();
+                quiver_engine::persist::save(&index, &dir.join("state.qvr")).unwrap();
+            } else {
+                let mut f = FlatIndex::new(Metric::L2, 4);
+                f.upsert(&vectors, &ids).unwrap();
+                crate::flatfile::save_flat(&f, &dir.join("state.flat")).unwrap();
+            }
+            let mut wal = old_record(1, &[1000, 1001], &[v(1000), v(1001)].concat(), 4);
+            wal.extend(old_record(2, &[5, 1001], &[], 0));
+            wal.extend([9, 0, 0]); // a torn tail
+            std::fs::write(dir.join("wal.log"), wal).unwrap();
+
+            let c =
+                crate::Collection::open(&dir, CpuBackend, crate::StoreConfig::default()).unwrap();
+            assert_eq!(c.trained(), trained);
+            assert_eq!(c.version().len(), 300, "trained {trained}");
+            assert_eq!(c.get(&[1000])[0].1, v(1000));
+            assert!(c.get(&[5]).is_empty() && c.get(&[1001]).is_empty());
+            assert_eq!(c.get(&[299])[0].1, v(299));
+            for f in OLD_FILES {
+                assert!(!dir.join(f).exists(), "{f} left behind");
+            }
+            drop(c);
+            let c =
+                crate::Collection::open(&dir, CpuBackend, crate::StoreConfig::default()).unwrap();
+            assert_eq!(c.version().len(), 300);
+        }
+    }
+}
