@@ -26,7 +26,7 @@ const KILLS: usize = 32;
 
 /// Fault-injection points set in the server (builds with the `failpoints` feature): a pause
 /// before training publishes and in every checkpoint, so that kills land in them.
-const WINDOWS: &str = "train::before_publish=sleep(100);checkpoint::before=sleep(15)";
+const WINDOWS: &str = "train::before_publish=sleep(250);checkpoint::before=sleep(15)";
 
 fn start(dir: &Path) -> (Child, String) {
     start_with(
@@ -393,7 +393,8 @@ async fn acknowledged_writes_survive_sigkill_during_writes_checkpoints_and_train
                     .await
                     .unwrap()
                     .into_inner();
-                if i.trained {
+                // Trained and the job over: the checkpoint that makes training durable ran.
+                if i.trained && i.state == "ready" {
                     break;
                 }
                 if i.state != "training" && i.count >= 600 {
