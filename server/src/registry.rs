@@ -128,7 +128,7 @@ impl Registry {
                     continue;
                 }
                 registry
-                    .import(&s.name, &s.path)
+                    .load_index(&s.name, &s.path)
                     .map_err(|st| fail(st.message().to_string()))?;
             } else {
                 if exists {
@@ -240,26 +240,14 @@ impl Registry {
         Ok(self.insert(&name, c))
     }
 
-    /// Creates a collection from an index file (blocking; no lock held while it loads).
+    /// Creates a collection from an index file (blocking; no lock held while it loads: the
+    /// name is reserved).
     pub fn load_index(
         &self,
         name: &str,
         path: &std::path::Path,
     ) -> Result<Arc<Collection>, Status> {
         let _r = self.reserve(name)?;
-        self.import_reserved(name, path)
-    }
-
-    fn import(&self, name: &str, path: &std::path::Path) -> Result<Arc<Collection>, Status> {
-        let _r = self.reserve(name)?;
-        self.import_reserved(name, path)
-    }
-
-    fn import_reserved(
-        &self,
-        name: &str,
-        path: &std::path::Path,
-    ) -> Result<Arc<Collection>, Status> {
         let index = quiver_engine::persist::load(path).map_err(crate::status::from_client_file)?;
         let p = index.params().clone();
         let meta = CollectionMeta {

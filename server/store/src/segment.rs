@@ -114,15 +114,6 @@ impl<B: Backend> Segment<B> {
         }
     }
 
-    /// The shared IVF-PQ index of a trained segment.
-    pub fn ivf_arc(&self) -> Option<Arc<IvfPqIndex>> {
-        match &self.index {
-            SegmentIndex::Flat(_) => None,
-            SegmentIndex::Cpu(p) => Some(p.index_arc().clone()),
-            SegmentIndex::Device(p) => Some(Arc::new(p.index().clone())),
-        }
-    }
-
     /// Slots held, deleted ones included (what a scan reads).
     pub fn slots(&self) -> usize {
         match &self.index {
