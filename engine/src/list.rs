@@ -166,7 +166,13 @@ impl InvertedList {
         }
         match &mut self.raw {
             RawVectors::None => {}
-            RawVectors::F16(s) => s.to_mut().extend(raw.iter().map(|&x| f16::from_f32(x))),
+            RawVectors::F16(s) => {
+                // The slice conversion uses F16C when the CPU has it (element-wise does not).
+                let v = s.to_mut();
+                let at = v.len();
+                v.resize(at + raw.len(), f16::ZERO);
+                half::slice::HalfFloatSliceExt::convert_from_f32_slice(&mut v[at..], raw);
+            }
             RawVectors::F32(s) => s.to_mut().extend_from_slice(raw),
         }
         if let Some(bits) = &mut self.deleted {

@@ -171,50 +171,36 @@ impl ProductQuantizer {
 
     /// Codes the row-major vectors `data` into `codes` (`code_size()` bytes per vector).
     pub fn encode(&self, data: &[f32], codes: &mut [u8]) {
-        let (dim, dsub, ksub, cs) = (self.dim, self.dsub(), self.ksub(), self.code_size());
+        let (dim, ksub, cs) = (self.dim, self.ksub(), self.code_size());
         assert_eq!(data.len() / dim * cs, codes.len(), "encode: output size");
-        data.par_chunks(ENCODE_BLOCK * dim)
-            .zip(codes.par_chunks_mut(ENCODE_BLOCK * cs))
-            .for_each(|(block, out)| {
-                let rows = block.len() / dim;
-                let mut ip = vec![0f32; rows * ksub];
-                for sub in 0..self.m {
-                    let cents = &self.centroids[sub * ksub * dsub..(sub + 1) * ksub * dsub];
-                    let norms = &self.norms[sub * ksub..(sub + 1) * ksub];
-                    gemm_abt(
-                        &block[sub * dsub..],
-                        dim,
-                        rows,
-                        cents,
-                        dsub,
-                        ksub,
-                        dsub,
-                        &mut ip,
-                        ksub,
-                    );
-                    let mut dist = vec![0f32; ksub];
-                    for r in 0..rows {
-                        let row = &ip[r * ksub..(r + 1) * ksub];
-                        // The first nearest centroid, in two passes that vectorise (a running
-                        // argmin does not): the minimum, then its first position.
-                        dist.iter_mut()
-                            .zip(row.iter().zip(norms))
-                            .for_each(|(d, (&v, &nn))| *d = nn - 2.0 * v);
-                        let min = dist.iter().fold(f32::INFINITY, |a, &b| a.min(b));
-                        let best = (min, dist.iter().position(|&d| d == min).unwrap_or(0));
-                        if self.nbits == 8 {
-                            out[r * cs + sub] = best.1 as u8;
-                        } else {
-                            let byte = &mut out[r * cs + sub / 2];
-                            *byte = if sub % 2 == 0 {
-                                (*byte & 0xF0) | best.1 as u8
-                            } else {
-                                (*byte & 0x0F) | (best.1 as u8) << 4
-                            };
-                        }
+        let level = crate::simd::level();
+        let block = |(block, out): (&[f32], &mut [u8])| {
+            let mut best = vec![0u32; block.len() / dim * self.m];
+            let cb = nearest::Codebook {
+                tr: &self.transposed,
+                norms: &self.norms,
+                dsub: self.dsub(),
+                ksub,
+            };
+            nearest::block(level, block, dim, cb, &mut best);
+            for (code, best) in out.chunks_exact_mut(cs).zip(best.chunks_exact(self.m)) {
+                if self.nbits == 8 {
+                    code.iter_mut().zip(best).for_each(|(c, &b)| *c = b as u8);
+                } else {
+                    for (byte, pair) in code.iter_mut().zip(best.chunks(2)) {
+                        *byte = pair[0] as u8 | (pair.get(1).copied().unwrap_or(0) as u8) << 4;
                     }
                 }
-            });
+            }
+        };
+        if data.len() <= ENCODE_BLOCK * dim {
+            // One block: in the caller's thread (no hand-off to the pool and back).
+            block((data, codes));
+        } else {
+            data.par_chunks(ENCODE_BLOCK * dim)
+                .zip(codes.par_chunks_mut(ENCODE_BLOCK * cs))
+                .for_each(block);
+        }
     }
 
     /// Reconstructs vectors from their codes into `out` (row-major).
@@ -295,6 +281,197 @@ impl ProductQuantizer {
     }
 }
 
+/// The encoder's inner loop: for a block of rows, the first nearest sub-centroid in every
+/// sub-quantizer, `‖c‖² − 2⟨x, c⟩` computed from the transposed codebook and reduced in SIMD
+/// lanes as it is produced (no table is stored). Sub-quantizers are the outer loop, so one
+/// sub-codebook (`dsub × ksub` floats) stays in L1 across the block's rows.
+///
+/// Each lane keeps a running minimum with a strict compare (the first index wins within a
+/// lane); lanes are then reduced taking the smallest value and, among equals, the smallest
+/// index: exactly the first position of the minimum. NaN distances are never taken; a row
+/// whose distances are all NaN gets 0.
+mod nearest {
+    use crate::simd::Level;
+
+    const LANES: usize = 16;
+
+    /// The transposed codebook (`m × dsub × ksub`) and the squared sub-centroid norms
+    /// (`m × ksub`).
+    #[derive(Clone, Copy)]
+    pub struct Codebook<'a> {
+        pub tr: &'a [f32],
+        pub norms: &'a [f32],
+        pub dsub: usize,
+        pub ksub: usize,
+    }
+
+    /// Reduces per-lane minima and their indices to the first position of the minimum.
+    #[inline(always)]
+    fn reduce(min: &[f32; LANES], idx: &[u32; LANES]) -> (f32, u32) {
+        let (mut bv, mut bi) = (f32::INFINITY, 0u32);
+        for l in 0..LANES {
+            if min[l] < bv || (min[l] == bv && idx[l] < bi) {
+                (bv, bi) = (min[l], idx[l]);
+            }
+        }
+        (bv, bi)
+    }
+
+    /// Portable body (auto-vectorised for whatever the wrapper enables).
+    #[inline(always)]
+    fn body(rows: &[f32], dim: usize, cb: Codebook, best: &mut [u32]) {
+        let Codebook {
+            tr,
+            norms,
+            dsub,
+            ksub,
+        } = cb;
+        let m = dim / dsub;
+        let n = rows.len() / dim;
+        for sub in 0..m {
+            let tr = &tr[sub * dsub * ksub..(sub + 1) * dsub * ksub];
+            let norms = &norms[sub * ksub..(sub + 1) * ksub];
+            for r in 0..n {
+                let x = &rows[r * dim + sub * dsub..r * dim + (sub + 1) * dsub];
+                let mut min = [f32::INFINITY; LANES];
+                let mut idx = [0u32; LANES];
+                let mut j = 0;
+                while j + LANES <= ksub {
+                    let mut acc = [0f32; LANES];
+                    acc.copy_from_slice(&norms[j..j + LANES]);
+                    for (t, &xt) in x.iter().enumerate() {
+                        let xt = -2.0 * xt;
+                        let c = &tr[t * ksub + j..t * ksub + j + LANES];
+                        acc.iter_mut().zip(c).for_each(|(a, c)| *a += xt * c);
+                    }
+                    for l in 0..LANES {
+                        if acc[l] < min[l] {
+                            min[l] = acc[l];
+                            idx[l] = (j + l) as u32;
+                        }
+                    }
+                    j += LANES;
+                }
+                let (mut bv, mut bi) = reduce(&min, &idx);
+                for jj in j..ksub {
+                    let d = x
+                        .iter()
+                        .enumerate()
+                        .fold(norms[jj], |a, (t, &xt)| a + -2.0 * xt * tr[t * ksub + jj]);
+                    if d < bv {
+                        (bv, bi) = (d, jj as u32);
+                    }
+                }
+                best[r * m + sub] = bi;
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    fn body_avx512(rows: &[f32], dim: usize, cb: Codebook, best: &mut [u32]) {
+        use std::arch::x86_64::*;
+        let Codebook {
+            tr,
+            norms,
+            dsub,
+            ksub,
+        } = cb;
+        if !ksub.is_multiple_of(LANES) {
+            return body(rows, dim, cb, best);
+        }
+        let m = dim / dsub;
+        let n = rows.len() / dim;
+        assert!(
+            tr.len() >= m * dsub * ksub && norms.len() >= m * ksub && best.len() >= n * m,
+            "encode sizes"
+        );
+        for sub in 0..m {
+            let trs = &tr[sub * dsub * ksub..(sub + 1) * dsub * ksub];
+            let ns = &norms[sub * ksub..(sub + 1) * ksub];
+            for r in 0..n {
+                let x = &rows[r * dim + sub * dsub..r * dim + (sub + 1) * dsub];
+                let (min, idx) = if ksub.is_multiple_of(8 * LANES) {
+                    // SAFETY: as this function (AVX-512F); sizes checked above.
+                    unsafe { row_min::<8>(x, trs, ns, ksub) }
+                } else {
+                    // SAFETY: as above.
+                    unsafe { row_min::<1>(x, trs, ns, ksub) }
+                };
+                let (mut mv, mut iv) = ([0f32; LANES], [0u32; LANES]);
+                // SAFETY: both arrays hold 16 lanes.
+                unsafe {
+                    _mm512_storeu_ps(mv.as_mut_ptr(), min);
+                    _mm512_storeu_si512(iv.as_mut_ptr().cast(), idx);
+                }
+                best[r * m + sub] = reduce(&mv, &iv).1;
+            }
+        }
+    }
+
+    /// One row's sub-vector `x` against one sub-codebook: per-lane minima and their indices.
+    /// `G` blocks of 16 are summed at once (`ksub` a multiple of `G · 16`): with `G` = 8, eight
+    /// independent multiply-add chains in registers hide the FMA latency.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    #[inline]
+    unsafe fn row_min<const G: usize>(
+        x: &[f32],
+        trs: &[f32],
+        ns: &[f32],
+        ksub: usize,
+    ) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m512i) {
+        use std::arch::x86_64::*;
+        debug_assert!(ksub.is_multiple_of(G * LANES) && trs.len() >= x.len() * ksub);
+        let lane_ids = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let mut min = _mm512_set1_ps(f32::INFINITY);
+        let mut idx = _mm512_setzero_si512();
+        for jg in (0..ksub).step_by(G * LANES) {
+            let mut acc = [_mm512_setzero_ps(); G];
+            for (g, a) in acc.iter_mut().enumerate() {
+                // SAFETY: `jg + g·16 + 16 <= ksub = ns.len()`.
+                *a = unsafe { _mm512_loadu_ps(ns.as_ptr().add(jg + g * LANES)) };
+            }
+            for (t, &xt) in x.iter().enumerate() {
+                let xv = _mm512_set1_ps(-2.0 * xt);
+                for (g, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: `t · ksub + jg + g·16 + 16 <= dsub · ksub <= trs.len()`.
+                    let c = unsafe { _mm512_loadu_ps(trs.as_ptr().add(t * ksub + jg + g * LANES)) };
+                    *a = _mm512_fmadd_ps(xv, c, *a);
+                }
+            }
+            // In index order, so a strict compare keeps the first of equal values.
+            for (g, &a) in acc.iter().enumerate() {
+                let less = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, min);
+                min = _mm512_mask_mov_ps(min, less, a);
+                let ids = _mm512_add_epi32(lane_ids, _mm512_set1_epi32((jg + g * LANES) as i32));
+                idx = _mm512_mask_mov_epi32(idx, less, ids);
+            }
+        }
+        (min, idx)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn body_avx2(rows: &[f32], dim: usize, cb: Codebook, best: &mut [u32]) {
+        body(rows, dim, cb, best)
+    }
+
+    /// `best[r · m + sub]` = the first `j` minimising `norms[sub][j] − 2⟨rows[r][sub], c_j⟩`,
+    /// with `tr` the transposed codebook (`m × dsub × ksub`).
+    pub fn block(level: Level, rows: &[f32], dim: usize, cb: Codebook, best: &mut [u32]) {
+        match level {
+            // SAFETY: the level comes from `simd::level()`: the CPU has these features.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 | Level::Avx512Vbmi => unsafe { body_avx512(rows, dim, cb, best) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => unsafe { body_avx2(rows, dim, cb, best) },
+            _ => body(rows, dim, cb, best),
+        }
+    }
+}
+
 /// One query's lookup tables from the transposed codebook, compiled once per instruction set
 /// (the same additions in the same order at every level: bit-exact across levels).
 mod tables {
@@ -303,12 +480,28 @@ mod tables {
     /// `out[sub][j] = Σ_t (factor · q[sub·dsub + t]) · transposed[sub][t][j]`.
     #[inline(always)]
     fn body(q: &[f32], transposed: &[f32], dsub: usize, ksub: usize, factor: f32, out: &mut [f32]) {
+        const W: usize = 16;
         for (sub, row) in out.chunks_exact_mut(ksub).enumerate() {
-            row.fill(0.0);
-            for t in 0..dsub {
-                let x = factor * q[sub * dsub + t];
-                let ct = &transposed[(sub * dsub + t) * ksub..(sub * dsub + t + 1) * ksub];
-                row.iter_mut().zip(ct).for_each(|(o, c)| *o += x * c);
+            let tr = &transposed[sub * dsub * ksub..(sub + 1) * dsub * ksub];
+            let xs = &q[sub * dsub..(sub + 1) * dsub];
+            // Blocks of W entries summed in registers over t (loads, no stores, per step);
+            // each entry still sums t = 0, 1, … in order, so every level gives the same bits.
+            let mut j = 0;
+            while j + W <= ksub {
+                let mut acc = [0f32; W];
+                for (t, &x) in xs.iter().enumerate() {
+                    let x = factor * x;
+                    let ct = &tr[t * ksub + j..t * ksub + j + W];
+                    acc.iter_mut().zip(ct).for_each(|(o, c)| *o += x * c);
+                }
+                row[j..j + W].copy_from_slice(&acc);
+                j += W;
+            }
+            for (jj, o) in row.iter_mut().enumerate().skip(j) {
+                *o = xs
+                    .iter()
+                    .enumerate()
+                    .fold(0.0, |a, (t, &x)| a + factor * x * tr[t * ksub + jj]);
             }
         }
     }
@@ -455,6 +648,80 @@ mod tests {
                     .unwrap();
                 let d_got = crate::linalg::l2_sq(xs, pq.centroid(sub, code[sub] as usize));
                 let d_best = crate::linalg::l2_sq(xs, pq.centroid(sub, best));
+                assert!(d_got <= d_best + 1e-5);
+            }
+        }
+    }
+
+    /// The encoder's nearest search equals the first position of the minimum of
+    /// `‖c‖² − 2⟨x, c⟩` at every level, with ties and a remainder past the last lane block.
+    #[test]
+    fn nearest_is_the_first_minimum_at_every_level() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for ksub in [16usize, 256, 21] {
+            let (m, dsub, n) = (3, 2, 7);
+            let dim = m * dsub;
+            // Small integers: exact arithmetic, so ties are common and equal at every level.
+            let rows: Vec<f32> = (0..n * dim)
+                .map(|_| rng.random_range(-2..3) as f32)
+                .collect();
+            let tr: Vec<f32> = (0..m * dsub * ksub)
+                .map(|_| rng.random_range(-2..3) as f32)
+                .collect();
+            let norms: Vec<f32> = (0..m * ksub)
+                .map(|_| rng.random_range(0..4) as f32)
+                .collect();
+            for level in crate::simd::available() {
+                let mut best = vec![0u32; n * m];
+                let cb = nearest::Codebook {
+                    tr: &tr,
+                    norms: &norms,
+                    dsub,
+                    ksub,
+                };
+                nearest::block(level, &rows, dim, cb, &mut best);
+                for r in 0..n {
+                    for sub in 0..m {
+                        let d: Vec<f32> = (0..ksub)
+                            .map(|j| {
+                                let ip: f32 = (0..dsub)
+                                    .map(|t| {
+                                        rows[r * dim + sub * dsub + t]
+                                            * tr[(sub * dsub + t) * ksub + j]
+                                    })
+                                    .sum();
+                                norms[sub * ksub + j] - 2.0 * ip
+                            })
+                            .collect();
+                        let min = d.iter().cloned().fold(f32::INFINITY, f32::min);
+                        let first = d.iter().position(|&x| x == min).unwrap();
+                        assert_eq!(
+                            best[r * m + sub] as usize,
+                            first,
+                            "{level:?} ksub {ksub} row {r} sub {sub}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// 4-bit codes: every sub-quantizer's nibble is its nearest sub-centroid.
+    #[test]
+    fn encode_4bit_picks_the_nearest() {
+        let dim = 12;
+        let x = data(500, dim, 2);
+        let pq = ProductQuantizer::train(&x, dim, 6, 4, 1, &NoProgress).unwrap();
+        let mut codes = vec![0u8; 500 * pq.code_size()];
+        pq.encode(&x, &mut codes);
+        for (row, code) in x.chunks(dim).zip(codes.chunks(pq.code_size())).take(80) {
+            for sub in 0..6 {
+                let xs = &row[sub * 2..sub * 2 + 2];
+                let got = pq.code_of(code, sub);
+                let d_got = crate::linalg::l2_sq(xs, pq.centroid(sub, got));
+                let d_best = (0..16)
+                    .map(|j| crate::linalg::l2_sq(xs, pq.centroid(sub, j)))
+                    .fold(f32::INFINITY, f32::min);
                 assert!(d_got <= d_best + 1e-5);
             }
         }
