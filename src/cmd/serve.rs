@@ -52,7 +52,9 @@ pub struct Args {
     #[arg(long, alias = "wal-snapshot-mib", default_value_t = 256)]
     checkpoint_wal_mib: u64,
     /// Seal a collection's appendable segment (and checkpoint) when it holds this many points.
-    #[arg(long, default_value_t = 65_536)]
+    /// Each write group copies the lists it touches in the appendable segment, so this bounds
+    /// a write's cost (docs/BENCHMARKS.md: 8,192 against 65,536).
+    #[arg(long, default_value_t = 8_192)]
     seal_rows: usize,
     /// At start, a damaged write-ahead log record followed by valid ones keeps the records
     /// before it and drops the rest, instead of refusing to open the collection.

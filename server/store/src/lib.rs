@@ -50,7 +50,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             checkpoint_wal_bytes: 256 << 20,
-            seal_rows: 65_536,
+            seal_rows: 8_192,
             merge_factor: 4,
             max_segments: 8,
             purge_ratio: 0.2,

@@ -60,13 +60,18 @@ impl<B: Backend + Clone + 'static> Drop for Optimizer<B> {
 }
 
 fn run<B: Backend + Clone + 'static>(s: Arc<Shared<B>>, interval: Duration) {
+    let mut busy = false;
     loop {
         {
             let mut stop = s.stop.lock();
             if *stop {
                 return;
             }
-            s.wake.wait_for(&mut stop, interval);
+            // Work left over from the last visit: go on at once; otherwise sleep until the
+            // next tick or a wake.
+            if !busy {
+                s.wake.wait_for(&mut stop, interval);
+            }
             if *stop {
                 return;
             }
@@ -76,6 +81,7 @@ fn run<B: Backend + Clone + 'static>(s: Arc<Shared<B>>, interval: Duration) {
             list.retain(|w| w.strong_count() > 0);
             list.iter().filter_map(|w| w.upgrade()).collect()
         };
+        busy = false;
         for c in live {
             // Run due steps until none is left (at most a few per visit, so that one busy
             // collection does not starve the others).
@@ -84,7 +90,7 @@ fn run<B: Backend + Clone + 'static>(s: Arc<Shared<B>>, interval: Duration) {
                     return;
                 }
                 match c.optimize_step() {
-                    Ok(true) => {}
+                    Ok(true) => busy = true,
                     Ok(false) => break,
                     Err(e) => {
                         tracing::warn!(collection = %c.meta().name, error = %e, "background optimization step failed; will retry");
