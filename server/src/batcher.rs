@@ -5,8 +5,9 @@
 //! has waited `max_delay` (NVIDIA Triton's dynamic-batching rule). Before running, requests whose
 //! caller went away are dropped and requests whose deadline passed get DEADLINE_EXCEEDED; the
 //! rest are grouped by search parameters and each group runs as one engine call on a blocking
-//! thread (the engine parallelises inside with rayon). While a batch runs, new requests queue, so
-//! batches grow with load. A full queue answers RESOURCE_EXHAUSTED at once.
+//! thread (the engine parallelises inside with rayon). Up to `concurrent_batches` batches run at
+//! once (so a core left idle by one batch's serial parts serves another); while that many run,
+//! new requests queue, so batches grow with load. A full queue answers RESOURCE_EXHAUSTED at once.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use quiver_engine::backend::Neighbors;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tonic::Status;
 
@@ -125,7 +126,18 @@ async fn dispatch(
     let depth = metrics
         .queue_depth
         .with_label_values(&[collection.as_str()]);
-    while let Some(first) = rx.recv().await {
+    let slots = cfg.concurrent_batches.max(1);
+    let running = Arc::new(Semaphore::new(slots));
+    let collection: Arc<str> = collection.into();
+    loop {
+        // A free slot first (requests keep queueing meanwhile), so the batch gathers
+        // everything that arrived while all slots were busy.
+        let Ok(slot) = running.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            break;
+        };
         let until = first.enqueued + cfg.max_delay;
         let mut nq = first.nq;
         let mut batch = vec![first];
@@ -150,11 +162,19 @@ async fn dispatch(
                 Ok(None) | Err(_) => break,
             }
         }
+        // Run the batch as its own task and go back to gathering the next.
         depth.set(rx.len() as i64);
         let taken: usize = batch.iter().map(Job::bytes).sum();
         queued_bytes.fetch_sub(taken, Ordering::AcqRel);
-        run_batch(&collection, &cell, &metrics, batch).await;
+        let (collection, cell, metrics) = (collection.clone(), cell.clone(), metrics.clone());
+        tokio::spawn(async move {
+            run_batch(&collection, &cell, &metrics, batch).await;
+            drop(slot);
+        });
     }
+    // Draining: every running batch answers before the dispatcher ends (this loop's own slot
+    // was released when it broke out).
+    let _all = running.acquire_many(slots as u32).await;
 }
 
 async fn run_batch(

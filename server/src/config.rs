@@ -50,7 +50,14 @@ pub struct BatchingConfig {
     pub queue_capacity: usize,
     /// Bytes of queries waiting per collection; beyond, requests get RESOURCE_EXHAUSTED.
     pub max_queued_bytes: usize,
+    /// Batches of one collection running at once (each on its own blocking thread); while
+    /// all run, new requests queue and the next batch grows.
+    pub concurrent_batches: usize,
 }
+
+/// Default of [`BatchingConfig::concurrent_batches`] (measured in docs/BENCHMARKS.md,
+/// "Concurrent search batches").
+pub const DEFAULT_CONCURRENT_BATCHES: usize = 2;
 
 impl Default for BatchingConfig {
     fn default() -> Self {
@@ -59,6 +66,7 @@ impl Default for BatchingConfig {
             max_delay: Duration::from_millis(2),
             queue_capacity: 1024,
             max_queued_bytes: 256 << 20,
+            concurrent_batches: DEFAULT_CONCURRENT_BATCHES,
         }
     }
 }

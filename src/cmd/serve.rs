@@ -32,6 +32,9 @@ pub struct Args {
     /// Searches queued per collection before RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 1024)]
     queue_capacity: usize,
+    /// Search batches of one collection running at once.
+    #[arg(long, default_value_t = quiver_server::config::DEFAULT_CONCURRENT_BATCHES)]
+    concurrent_batches: usize,
     /// Largest request or response message, in bytes.
     #[arg(long, default_value_t = 64 << 20)]
     max_message_bytes: usize,
@@ -107,12 +110,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .try_init();
     if a.max_batch == 0
         || a.queue_capacity == 0
+        || a.concurrent_batches == 0
         || a.max_k == 0
         || a.max_queries_per_request == 0
         || a.max_dim == 0
         || a.max_upsert_points == 0
     {
-        bail!("--max-batch, --queue-capacity, --max-k, --max-queries-per-request, --max-dim and --max-upsert-points must be at least 1");
+        bail!("--max-batch, --queue-capacity, --concurrent-batches, --max-k, --max-queries-per-request, --max-dim and --max-upsert-points must be at least 1");
     }
     let Some(max_delay) = (a.max_delay_ms >= 0.0)
         .then(|| Duration::try_from_secs_f64(a.max_delay_ms / 1000.0).ok())
@@ -146,6 +150,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             max_delay,
             queue_capacity: a.queue_capacity,
             max_queued_bytes: a.max_queued_bytes,
+            concurrent_batches: a.concurrent_batches,
         },
         limits: Limits {
             max_message_bytes: a.max_message_bytes,
