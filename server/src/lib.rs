@@ -25,3 +25,4 @@ pub mod registry;
 pub mod server;
 pub mod service;
 pub mod status;
+pub mod writes;

@@ -32,6 +32,7 @@ pub struct Registry {
     /// Collections that failed to open, with why.
     failed: RwLock<HashMap<String, String>>,
     optimizer: Optimizer<AnyBackend>,
+    writes: crate::writes::WritePool,
 }
 
 /// Why the server could not open its data.
@@ -103,7 +104,7 @@ impl Registry {
                 }
             }
         }
-        let optimizer = Optimizer::start(Duration::from_millis(100));
+        let optimizer = Optimizer::start(Duration::from_millis(100), cfg.store.write_nice);
         let registry = Registry {
             root,
             cfg: cfg.clone(),
@@ -112,6 +113,7 @@ impl Registry {
             busy: Mutex::new(HashSet::new()),
             failed: RwLock::new(failed),
             optimizer,
+            writes: crate::writes::WritePool::start(cfg.store.write_nice),
         };
         for s in &cfg.static_collections {
             let fail = |message: String| OpenError::Collection {
@@ -366,6 +368,11 @@ impl Registry {
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The threads writes run on.
+    pub fn writes(&self) -> &crate::writes::WritePool {
+        &self.writes
     }
 
     /// The server configuration.

@@ -390,7 +390,10 @@ impl QuiverService {
         let n = r.ids.len() as u64;
         let (name, metrics) = (r.collection.clone(), self.registry.metrics().clone());
         let store = c.store.clone();
-        blocking(move || store.upsert(r.ids, r.vectors).map_err(from_store)).await?;
+        self.registry
+            .writes()
+            .run(move || store.upsert(r.ids, r.vectors).map_err(from_store))
+            .await?;
         metrics
             .vectors
             .with_label_values(&[&name])
@@ -503,7 +506,11 @@ impl Quiver for QuiverService {
             }
             let (name, metrics) = (r.collection.clone(), self.registry.metrics().clone());
             let store = c.store.clone();
-            let deleted = blocking(move || store.delete(r.ids).map_err(from_store)).await?;
+            let deleted = self
+                .registry
+                .writes()
+                .run(move || store.delete(r.ids).map_err(from_store))
+                .await?;
             metrics
                 .vectors
                 .with_label_values(&[&name])

@@ -59,6 +59,11 @@ pub struct Args {
     /// a write's cost (docs/BENCHMARKS.md: 8,192 against 65,536).
     #[arg(long, default_value_t = 8_192)]
     seal_rows: usize,
+    /// Nice value (0-19) of the threads that run writes and background work (encoding,
+    /// commits, checkpoints, merges): above the searches' so that search latency holds while
+    /// writers run. 0 runs them at the searches' priority.
+    #[arg(long, default_value_t = 10)]
+    write_nice: i32,
     /// At start, a damaged write-ahead log record followed by valid ones keeps the records
     /// before it and drops the rest, instead of refusing to open the collection.
     #[arg(long)]
@@ -132,6 +137,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     else {
         bail!("--shutdown-grace-s must be a number of seconds between 0 and 86400");
     };
+    if !(0..=19).contains(&a.write_nice) {
+        bail!("--write-nice must be between 0 and 19");
+    }
     if a.seal_rows == 0 {
         bail!("--seal-rows must be at least 1");
     }
@@ -163,6 +171,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         store: quiver_server::config::StoreConfig {
             checkpoint_wal_bytes: a.checkpoint_wal_mib.saturating_mul(1 << 20),
             seal_rows: a.seal_rows,
+            write_nice: a.write_nice,
             wal_recover: a.wal_recover,
             ..Default::default()
         },

@@ -424,6 +424,19 @@ impl<'a> ListScanner<'a> {
         let index = &self.p.index;
         let (m, ksub) = (self.tables.m, self.tables.ksub);
         let list = &index.lists()[l];
+        if list.is_empty() {
+            return;
+        }
+        if index.layout() == CodeLayout::Flat && list.len() < DIRECT_MAX {
+            if let Some(terms) = self.p.l2_list_terms.as_deref() {
+                // A short list (a small segment's): two lookups per sub-quantizer and code cost
+                // less than adding the list's terms into a whole table first.
+                let n = self.table_len();
+                let (t, qt) = (&terms[l * n..(l + 1) * n], self.query_table(q));
+                scan_flat_codes_two(list.codes.as_slice(), m, t, qt, bias, l, list, top);
+                return;
+            }
+        }
         let table = self.list_table(q, l, combined);
         match index.layout() {
             CodeLayout::Flat => {
@@ -610,6 +623,40 @@ impl<'a> ListScanner<'a> {
     }
 }
 
+/// Lists shorter than this are scanned through two tables (the list's L2 terms and the
+/// query's) instead of one combined table built for them.
+const DIRECT_MAX: usize = 32;
+
+/// [`scan_flat_codes`] with the combined table `terms + q_table` never built: each entry is
+/// added where it is used, the same additions in the same order, so the same scores, bit for
+/// bit.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn scan_flat_codes_two(
+    codes: &[u8],
+    m: usize,
+    terms: &[f32],
+    q_table: &[f32],
+    bias: f32,
+    list_no: usize,
+    list: &crate::list::InvertedList,
+    top: &mut TopK<u64>,
+) {
+    let terms: &[[f32; 256]] = bytemuck::cast_slice(&terms[..m * 256]);
+    let q_table: &[[f32; 256]] = bytemuck::cast_slice(&q_table[..m * 256]);
+    let tombstones = list.tombstones();
+    for (s, code) in codes.chunks_exact(m).enumerate() {
+        let mut acc = bias;
+        for ((t, q), &c) in terms.iter().zip(q_table).zip(code) {
+            acc += t[c as usize] + q[c as usize];
+        }
+        let live = tombstones.is_none_or(|bits| bits[s / 64] >> (s % 64) & 1 == 0);
+        if acc <= top.threshold() && live {
+            top.push(acc, pack(list_no, s));
+        }
+    }
+}
+
 /// Writes a selection's entries, best first, as candidate slots and scores.
 fn write_candidates(top: &mut TopK<u64>, slot_out: &mut [Slot], score_out: &mut [f32]) {
     for (i, e) in top.sorted().iter().enumerate() {
@@ -745,6 +792,42 @@ mod tests {
                     assert!(probes.lists[qi * 3..qi * 3 + 3].contains(&slot.list));
                 }
             }
+        }
+    }
+
+    /// Short lists (scanned through two tables) score each code exactly as long lists
+    /// (scanned through the combined table) do: the same points in a small and a large index.
+    #[test]
+    fn short_lists_score_like_long_ones() {
+        let (big, q) = index(Metric::L2, RefineKind::None);
+        let g = ClusteredGaussian::new(24, 10, 0.4, 3);
+        let x = g.rows(0, 150);
+        let ids: Vec<u64> = (0..150).collect();
+        let mut small = big.empty_like();
+        small.push_encoded(&big.encode(&x).unwrap(), &ids);
+        let small = Arc::new(small);
+        assert!(small.lists().iter().all(|l| l.len() < DIRECT_MAX));
+        assert!(big.lists().iter().any(|l| l.len() >= DIRECT_MAX));
+        let b = CpuBackend;
+        let scores = |idx: &Arc<IvfPqIndex>, keep: usize| {
+            let p = b.prepare(idx.clone()).unwrap();
+            let qp = idx.prepare_queries(&q).unwrap().into_owned();
+            let probes = b.coarse_search(&p, &qp, 3).unwrap();
+            let tables = b.lookup_tables(&p, &qp).unwrap();
+            let c = b.scan(&p, &probes, &tables, keep).unwrap();
+            let mut out = std::collections::HashMap::new();
+            for (i, (slot, score)) in c.slots.iter().zip(&c.scores).enumerate() {
+                if *slot != Slot::NONE {
+                    let id = idx.lists()[slot.list as usize].ids.as_slice()[slot.offset as usize];
+                    out.insert((i / keep, id), score.to_bits());
+                }
+            }
+            out
+        };
+        let (s, l) = (scores(&small, 150), scores(&big, 2000));
+        assert!(s.len() > 100);
+        for (key, bits) in &s {
+            assert_eq!(l.get(key), Some(bits), "query {} id {}", key.0, key.1);
         }
     }
 

@@ -18,6 +18,7 @@ pub mod fsutil;
 pub mod legacy;
 pub mod manifest;
 pub mod optimizer;
+pub mod priority;
 pub mod segment;
 pub mod version;
 pub mod wal;
@@ -41,6 +42,8 @@ pub struct StoreConfig {
     pub max_segments: usize,
     /// A segment is rewritten without its deleted rows when more than this share is deleted.
     pub purge_ratio: f64,
+    /// Nice value (0–19) of the threads that write and optimize, above searches' (0: same).
+    pub write_nice: i32,
     /// At start, a damaged log record followed by valid ones keeps what precedes it (and drops
     /// the rest) instead of stopping.
     pub wal_recover: bool,
@@ -54,6 +57,7 @@ impl Default for StoreConfig {
             merge_factor: 4,
             max_segments: 8,
             purge_ratio: 0.2,
+            write_nice: 10,
             wal_recover: false,
         }
     }

@@ -24,7 +24,9 @@ pub struct Optimizer<B: Backend + Clone + 'static> {
 
 impl<B: Backend + Clone + 'static> Optimizer<B> {
     /// Starts the thread; it looks for work every `interval` and when woken.
-    pub fn start(interval: Duration) -> Self {
+    /// Starts the thread: a visit every `interval` (or on a wake), at nice value `nice`
+    /// (see [`crate::priority`]).
+    pub fn start(interval: Duration, nice: i32) -> Self {
         let shared = Arc::new(Shared {
             collections: Mutex::new(Vec::new()),
             wake: Condvar::new(),
@@ -33,7 +35,10 @@ impl<B: Backend + Clone + 'static> Optimizer<B> {
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("quiver-optimizer".into())
-            .spawn(move || run(s, interval))
+            .spawn(move || {
+                crate::priority::lower_current_thread(nice);
+                run(s, interval)
+            })
             .ok();
         Optimizer { shared, thread }
     }

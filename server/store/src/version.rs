@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use quiver_engine::backend::cpu::{CpuBackend, CpuPrepared};
-use quiver_engine::backend::{Backend, Neighbors, PreparedIndex};
+use quiver_engine::backend::{Backend, Candidates, Neighbors, PreparedIndex, Slot};
 use quiver_engine::{EngineError, IvfPqIndex, Metric};
 
 use crate::cpucache::CpuCache;
@@ -204,9 +204,11 @@ impl<B: Backend> Version<B> {
     }
 }
 
-/// Searches IVF-PQ segments prepared on the CPU with one set of quantizers: per tile of
-/// queries, one coarse search and one set of lookup tables, then each segment's probed lists
-/// scanned and its candidates refined. Equal to searching each segment alone.
+/// Searches IVF-PQ segments prepared on the CPU with one set of quantizers as one index would
+/// be searched: per tile of queries, one coarse search and one set of lookup tables; each
+/// segment's probed lists scanned; then, per query, the best `k × refine_factor` candidates
+/// across all segments (their approximate scores come from the same tables, so they compare)
+/// are the only ones refined. Refine work is that of one index, whatever the segment count.
 fn search_shared(
     segs: &[&CpuPrepared],
     queries: &[f32],
@@ -221,16 +223,19 @@ fn search_shared(
     let queries = index.prepare_queries(queries)?;
     let dim = index.dim();
     let tile = cpu.max_batch(first).max(1);
+    let keep = key.k.saturating_mul(params.refine_factor).max(1);
     let mut outs: Vec<Neighbors> = segs.iter().map(|_| Neighbors::new(key.k)).collect();
     for chunk in queries.chunks(tile * dim) {
         let probes = cpu.coarse_search(first, chunk, params.nprobe)?;
         let tables = cpu.lookup_tables(first, chunk)?;
-        for (s, out) in segs.iter().zip(outs.iter_mut()) {
-            let live = s.index().len();
-            let k = key.k.min(live).max(1);
-            let refine_factor = params.refine_factor.min(live.div_ceil(k)).max(1);
-            let candidates = cpu.scan(s, &probes, &tables, k * refine_factor)?;
-            let r = cpu.refine(s, chunk, &candidates, k)?;
+        let scanned = segs
+            .iter()
+            .map(|s| cpu.scan(s, &probes, &tables, keep))
+            .collect::<Result<Vec<_>, _>>()?;
+        let chosen = best_across(&scanned, chunk.len() / dim, keep);
+        for ((s, out), c) in segs.iter().zip(outs.iter_mut()).zip(&chosen) {
+            let k = key.k.min(s.index().len()).max(1);
+            let r = cpu.refine(s, chunk, c, k)?;
             out.extend(if k < key.k {
                 crate::segment::pad(r, key.k, metric)
             } else {
@@ -239,4 +244,51 @@ fn search_shared(
         }
     }
     Ok(outs)
+}
+
+/// Per query, the `keep` best candidates over every segment's scan (each best first), split
+/// back per segment, best first, padded with [`Slot::NONE`].
+fn best_across(scanned: &[Candidates], nq: usize, keep: usize) -> Vec<Candidates> {
+    let mut chosen: Vec<Candidates> = scanned
+        .iter()
+        .map(|_| Candidates {
+            per_query: keep,
+            slots: vec![Slot::NONE; nq * keep],
+            scores: vec![f32::INFINITY; nq * keep],
+        })
+        .collect();
+    let mut all: Vec<(f32, usize, usize)> = Vec::new();
+    let mut filled = vec![0usize; scanned.len()];
+    for q in 0..nq {
+        all.clear();
+        for (s, c) in scanned.iter().enumerate() {
+            let per = c.per_query;
+            for j in 0..per {
+                let slot = c.slots[q * per + j];
+                if slot == Slot::NONE {
+                    break;
+                }
+                all.push((c.scores[q * per + j], s, j));
+            }
+        }
+        // Ties broken by segment then position, so the choice does not depend on sort order.
+        let order = |a: &(f32, usize, usize), b: &(f32, usize, usize)| {
+            a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2))
+        };
+        if all.len() > keep {
+            all.select_nth_unstable_by(keep - 1, order);
+            all.truncate(keep);
+        }
+        // Back in each segment's own order (best first), per segment.
+        all.sort_unstable_by_key(|&(_, s, j)| (s, j));
+        filled.iter_mut().for_each(|f| *f = 0);
+        for &(score, s, j) in &all {
+            let per = scanned[s].per_query;
+            let at = q * keep + filled[s];
+            chosen[s].slots[at] = scanned[s].slots[q * per + j];
+            chosen[s].scores[at] = score;
+            filled[s] += 1;
+        }
+    }
+    chosen
 }
