@@ -319,6 +319,94 @@ impl Backend for CpuBackend {
     }
 }
 
+impl CpuBackend {
+    /// Scans the probed lists of several indexes that share one set of quantizers (segments
+    /// of one collection) with one query's tables: for each (query, list) the combined L2
+    /// table is built once and every segment's list `l` is scanned with it. Returns each
+    /// segment's own best `keep` candidates, exactly what [`Backend::scan`] returns for it.
+    /// Only 8-bit codes in the flat layout share this way; other layouts scan one by one.
+    pub fn scan_segments(
+        &self,
+        segs: &[&CpuPrepared],
+        probes: &Probes,
+        tables: &LookupTables,
+        keep: usize,
+    ) -> Result<Vec<Candidates>, EngineError> {
+        let Some(first) = segs.first() else {
+            return Ok(Vec::new());
+        };
+        if segs.len() == 1 || segs.iter().any(|p| p.index.layout() != CodeLayout::Flat) {
+            return segs
+                .iter()
+                .map(|p| self.scan(p, probes, tables, keep))
+                .collect();
+        }
+        let nq = probes.lists.len() / probes.nprobe.max(1);
+        let scanner = ListScanner::new(first, tables);
+        let (m, ksub, n) = (tables.m, tables.ksub, scanner.table_len());
+        let per_query: Vec<Vec<(Vec<Slot>, Vec<f32>)>> = (0..nq)
+            .into_par_iter()
+            .map_init(
+                || vec![0f32; n],
+                |combined, q| {
+                    let mut tops: Vec<TopK<u64>> = segs.iter().map(|_| TopK::new(keep)).collect();
+                    for j in 0..probes.nprobe {
+                        let l = probes.lists[q * probes.nprobe + j] as usize;
+                        let bias =
+                            super::list_bias(&first.index, probes.scores[q * probes.nprobe + j]);
+                        let terms = first.l2_list_terms.as_deref();
+                        let long = segs.iter().any(|p| p.index.lists()[l].len() >= DIRECT_MAX);
+                        // Built once for every segment's list l (when one of them is long).
+                        let table = if long {
+                            scanner.list_table(q, l, combined)
+                        } else {
+                            &[][..]
+                        };
+                        for (p, top) in segs.iter().zip(tops.iter_mut()) {
+                            let list = &p.index.lists()[l];
+                            let codes = list.codes.as_slice();
+                            match terms {
+                                _ if list.is_empty() => {}
+                                Some(t) if list.len() < DIRECT_MAX => {
+                                    let (t, qt) = (&t[l * n..(l + 1) * n], scanner.query_table(q));
+                                    scan_flat_codes_two(codes, m, t, qt, bias, l, list, top);
+                                }
+                                _ => {
+                                    let table = if long { table } else { scanner.query_table(q) };
+                                    scan_flat_codes(codes, m, ksub, table, bias, l, list, top);
+                                }
+                            }
+                        }
+                    }
+                    tops.iter_mut()
+                        .map(|top| {
+                            let mut slots = vec![Slot::NONE; keep];
+                            let mut scores = vec![f32::INFINITY; keep];
+                            write_candidates(top, &mut slots, &mut scores);
+                            (slots, scores)
+                        })
+                        .collect()
+                },
+            )
+            .collect();
+        let mut out: Vec<Candidates> = segs
+            .iter()
+            .map(|_| Candidates {
+                per_query: keep,
+                slots: Vec::with_capacity(nq * keep),
+                scores: Vec::with_capacity(nq * keep),
+            })
+            .collect();
+        for q in per_query {
+            for (c, (slots, scores)) in out.iter_mut().zip(q) {
+                c.slots.extend(slots);
+                c.scores.extend(scores);
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Queries per task of the list-major scan: enough tasks for the pool, as many queries per
 /// task as that allows (more sharing of each list).
 fn list_major_chunk(nq: usize) -> usize {
@@ -828,6 +916,41 @@ mod tests {
         assert!(s.len() > 100);
         for (key, bits) in &s {
             assert_eq!(l.get(key), Some(bits), "query {} id {}", key.0, key.1);
+        }
+    }
+
+    /// Scanning segments together gives each exactly what scanning it alone gives, for short
+    /// and long lists, L2 and inner product, one query and many.
+    #[test]
+    fn segments_scanned_together_equal_each_alone() {
+        for metric in [Metric::L2, Metric::InnerProduct] {
+            let (big, q) = index(metric, RefineKind::None);
+            let g = ClusteredGaussian::new(24, 10, 0.4, 3);
+            let part = |from: u64, n: usize| {
+                let mut i = big.empty_like();
+                let ids: Vec<u64> = (from..from + n as u64).collect();
+                i.push_encoded(&big.encode(&g.rows(from as usize, n)).unwrap(), &ids);
+                Arc::new(i)
+            };
+            let b = CpuBackend;
+            let segs: Vec<CpuPrepared> = [big.clone(), part(5000, 150), part(9000, 700)]
+                .into_iter()
+                .map(|i| b.prepare(i).unwrap())
+                .collect();
+            let refs: Vec<&CpuPrepared> = segs.iter().collect();
+            let dim = big.dim();
+            for nq in [1, q.len() / dim] {
+                let qp = big.prepare_queries(&q[..nq * dim]).unwrap().into_owned();
+                let probes = b.coarse_search(&segs[0], &qp, 4).unwrap();
+                let tables = b.lookup_tables(&segs[0], &qp).unwrap();
+                let together = b.scan_segments(&refs, &probes, &tables, 30).unwrap();
+                for (p, t) in segs.iter().zip(&together) {
+                    let alone = b.scan(p, &probes, &tables, 30).unwrap();
+                    assert_eq!(alone.slots, t.slots, "{metric} nq {nq}");
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&alone.scores), bits(&t.scores), "{metric} nq {nq}");
+                }
+            }
         }
     }
 

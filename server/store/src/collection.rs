@@ -1080,7 +1080,9 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             slots > 0 && (slots - s.len()) as f64 > self.cfg.purge_ratio * slots as f64
         }) {
             let s = s.clone();
-            self.replace_segments(std::slice::from_ref(&s), || merge_ivf(&q, std::slice::from_ref(&s)))?;
+            self.replace_segments(std::slice::from_ref(&s), || {
+                merge_ivf(&q, std::slice::from_ref(&s))
+            })?;
             return Ok(true);
         }
         // Merge: tiers of sizes (a factor of 4 apart); merge a tier holding `merge_factor`

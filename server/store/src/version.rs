@@ -205,8 +205,8 @@ impl<B: Backend> Version<B> {
 }
 
 /// Searches IVF-PQ segments prepared on the CPU with one set of quantizers as one index would
-/// be searched: per tile of queries, one coarse search and one set of lookup tables; each
-/// segment's probed lists scanned; then, per query, the best `k × refine_factor` candidates
+/// be searched: per tile of queries, one coarse search and one set of lookup tables; the
+/// probed lists of all segments scanned together (one list table for all); then, per query, the best `k × refine_factor` candidates
 /// across all segments (their approximate scores come from the same tables, so they compare)
 /// are the only ones refined. Refine work is that of one index, whatever the segment count.
 fn search_shared(
@@ -228,10 +228,8 @@ fn search_shared(
     for chunk in queries.chunks(tile * dim) {
         let probes = cpu.coarse_search(first, chunk, params.nprobe)?;
         let tables = cpu.lookup_tables(first, chunk)?;
-        let scanned = segs
-            .iter()
-            .map(|s| cpu.scan(s, &probes, &tables, keep))
-            .collect::<Result<Vec<_>, _>>()?;
+        // Each (query, list) table built once for all segments.
+        let scanned = cpu.scan_segments(segs, &probes, &tables, keep)?;
         let chosen = best_across(&scanned, chunk.len() / dim, keep);
         for ((s, out), c) in segs.iter().zip(outs.iter_mut()).zip(&chosen) {
             let k = key.k.min(s.index().len()).max(1);
