@@ -422,6 +422,7 @@ fn served_index_files_answer_like_the_cli() {
             .load_index(LoadIndexRequest {
                 collection: "copy".into(),
                 path: ds.p("i.qvr"),
+                background: false,
             })
             .await
             .unwrap()
@@ -431,10 +432,65 @@ fn served_index_files_answer_like_the_cli() {
             .load_index(LoadIndexRequest {
                 collection: "bad".into(),
                 path: ds.p("query.fvecs"),
+                background: false,
             })
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        // In the background: the reply comes at once, the state says how it went.
+        let state = |c: &mut QuiverClient<Channel>, name: &'static str| {
+            let mut c = c.clone();
+            async move {
+                for _ in 0..500 {
+                    let s = match c
+                        .get_collection(GetCollectionRequest { name: name.into() })
+                        .await
+                    {
+                        Ok(i) => i.into_inner().state,
+                        Err(e) => format!("{:?}: {}", e.code(), e.message()),
+                    };
+                    if s != "loading" {
+                        return s;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                panic!("{name} still loading");
+            }
+        };
+        for (name, path) in [("bg", "i.qvr"), ("bgbad", "query.fvecs")] {
+            let info = c
+                .load_index(LoadIndexRequest {
+                    collection: name.into(),
+                    path: ds.p(path),
+                    background: true,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(info.state == "loading" || info.state == "ready", "{info:?}");
+        }
+        assert_eq!(state(&mut c, "bg").await, "ready");
+        let bad = state(&mut c, "bgbad").await;
+        assert!(
+            bad.starts_with("Unavailable") && bad.contains("loading"),
+            "{bad}"
+        );
+        let listed = c
+            .list_collections(ListCollectionsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .collections;
+        assert!(listed.iter().any(|i| i.name == "bg" && i.count == 1500));
+        assert!(listed
+            .iter()
+            .any(|i| i.name == "bgbad" && i.state.starts_with("failed: loading")));
+        // The failed name is freed by a drop.
+        c.drop_collection(DropCollectionRequest {
+            name: "bgbad".into(),
+        })
+        .await
+        .unwrap();
     });
     server.stop();
 }

@@ -31,6 +31,8 @@ pub struct Registry {
     busy: Mutex<HashSet<String>>,
     /// Collections that failed to open, with why.
     failed: RwLock<HashMap<String, String>>,
+    /// Collections being loaded from an index file in the background.
+    loading: RwLock<HashSet<String>>,
     optimizer: Optimizer<AnyBackend>,
     writes: crate::writes::WritePool,
 }
@@ -112,6 +114,7 @@ impl Registry {
             collections: RwLock::new(map),
             busy: Mutex::new(HashSet::new()),
             failed: RwLock::new(failed),
+            loading: RwLock::new(HashSet::new()),
             optimizer,
             writes: crate::writes::WritePool::start(cfg.store.write_nice),
         };
@@ -171,6 +174,11 @@ impl Registry {
                 "collection {name:?} failed to open: {why}"
             )));
         }
+        if self.is_loading(name) {
+            return Err(Status::unavailable(format!(
+                "collection {name:?} is loading its index; retry when GetCollection says ready"
+            )));
+        }
         Err(Status::not_found(format!(
             "collection {name:?} does not exist"
         )))
@@ -185,6 +193,18 @@ impl Registry {
             .map(|(n, c)| (n.clone(), c.clone()))
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Whether `name` is being loaded in the background.
+    pub fn is_loading(&self, name: &str) -> bool {
+        self.loading.read().contains(name)
+    }
+
+    /// Collections being loaded in the background, by name.
+    pub fn loading(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.loading.read().iter().cloned().collect();
+        v.sort();
         v
     }
 
@@ -250,6 +270,50 @@ impl Registry {
         path: &std::path::Path,
     ) -> Result<Arc<Collection>, Status> {
         let _r = self.reserve(name)?;
+        self.load_index_reserved(name, path)
+    }
+
+    /// Starts loading an index file as a new collection on a blocking thread of the current
+    /// tokio runtime and returns at once: meanwhile the name is reserved and reported "loading"; a failure is then
+    /// reported like a collection that failed to open (until the name is dropped).
+    pub fn load_index_in_background(
+        self: &Arc<Self>,
+        name: &str,
+        path: &std::path::Path,
+    ) -> Result<(), Status> {
+        let r = self.reserve(name)?;
+        // The reservation's release is done by the thread (after the outcome is recorded).
+        std::mem::forget(r);
+        self.loading.write().insert(name.to_string());
+        let (registry, name, path) = (self.clone(), name.to_string(), path.to_path_buf());
+        // On a blocking thread of the runtime (opening a collection starts its batcher task).
+        tokio::task::spawn_blocking(move || {
+            // Whatever happens (a panic included), the name stops being "loading" and busy.
+            struct Release(Arc<Registry>, String);
+            impl Drop for Release {
+                fn drop(&mut self) {
+                    self.0.loading.write().remove(&self.1);
+                    self.0.busy.lock().remove(&self.1);
+                }
+            }
+            let _release = Release(registry.clone(), name.clone());
+            if let Err(s) = registry.load_index_reserved(&name, &path) {
+                tracing::error!(collection = %name, path = %path.display(), error = %s.message(), "loading the index failed");
+                registry.failed.write().insert(
+                    name.clone(),
+                    format!("loading {}: {}", path.display(), s.message()),
+                );
+            }
+        });
+        Ok(())
+    }
+
+    /// [`Self::load_index`] with the name already reserved.
+    fn load_index_reserved(
+        &self,
+        name: &str,
+        path: &std::path::Path,
+    ) -> Result<Arc<Collection>, Status> {
         let index = quiver_engine::persist::load(path).map_err(crate::status::from_client_file)?;
         let p = index.params().clone();
         let meta = CollectionMeta {

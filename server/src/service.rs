@@ -115,6 +115,14 @@ fn info(name: &str, c: &Collection) -> proto::CollectionInfo {
     }
 }
 
+fn loading_info(name: &str) -> proto::CollectionInfo {
+    proto::CollectionInfo {
+        name: name.to_string(),
+        state: "loading".into(),
+        ..Default::default()
+    }
+}
+
 fn failed_info(name: &str, why: &str) -> proto::CollectionInfo {
     proto::CollectionInfo {
         name: name.to_string(),
@@ -447,6 +455,7 @@ impl Quiver for QuiverService {
                 .iter()
                 .map(|(n, w)| failed_info(n, w)),
         );
+        collections.extend(self.registry.loading().iter().map(|n| loading_info(n)));
         self.record(
             "ListCollections",
             Ok(Response::new(proto::ListCollectionsResponse {
@@ -460,10 +469,13 @@ impl Quiver for QuiverService {
         req: Request<proto::GetCollectionRequest>,
     ) -> Result<Response<proto::CollectionInfo>, Status> {
         let name = &req.get_ref().name;
-        let r = self
-            .registry
-            .get(name)
-            .map(|c| Response::new(info(name, &c)));
+        let r = if self.registry.is_loading(name) {
+            Ok(Response::new(loading_info(name)))
+        } else {
+            self.registry
+                .get(name)
+                .map(|c| Response::new(info(name, &c)))
+        };
         self.record("GetCollection", r)
     }
 
@@ -562,6 +574,10 @@ impl Quiver for QuiverService {
             }
             let registry = self.registry.clone();
             let (name, path) = (r.collection.clone(), std::path::PathBuf::from(&r.path));
+            if r.background {
+                registry.load_index_in_background(&name, &path)?;
+                return Ok(Response::new(loading_info(&r.collection)));
+            }
             let c = blocking(move || registry.load_index(&name, &path)).await?;
             Ok(Response::new(info(&r.collection, &c)))
         }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use quiver_engine::backend::cpu::CpuBackend;
-use quiver_store::segment::{merge_results, SearchKey};
+use quiver_store::segment::SearchKey;
 use quiver_store::{Collection, CollectionMeta, IndexConfig, StoreConfig};
 
 type C = Collection<CpuBackend>;
