@@ -53,12 +53,22 @@ impl<T: Pod> Storage<T> {
     }
 
     /// Mutable access, copying mapped data into memory first.
+    ///
+    /// A copy (of mapped data, or of a vector shared with another version) gets room to grow
+    /// by half again, so the appends that usually follow do not copy it a second time.
     pub fn to_mut(&mut self) -> &mut Vec<T> {
-        if let Storage::Mapped { .. } = self {
-            *self = Storage::Owned(Arc::new(self.as_slice().to_vec()));
+        let shared = match self {
+            Storage::Mapped { .. } => true,
+            Storage::Owned(v) => Arc::get_mut(v).is_none(),
+        };
+        if shared {
+            let src = self.as_slice();
+            let mut copy = Vec::with_capacity(src.len() + src.len() / 2 + 16);
+            copy.extend_from_slice(src);
+            *self = Storage::Owned(Arc::new(copy));
         }
         match self {
-            Storage::Owned(v) => Arc::make_mut(v),
+            Storage::Owned(v) => Arc::get_mut(v).expect("unique after the copy above"),
             Storage::Mapped { .. } => unreachable!("converted to owned above"),
         }
     }
