@@ -106,6 +106,7 @@ def main():
         t0 = time.time()
         stub.Train(pb.TrainRequest(collection=coll, background=True))
         worst_get = worst_list = 0.0
+        worst_get_at = worst_list_at = 0.0
         polls = 0
         while True:
             a = time.time()
@@ -114,7 +115,10 @@ def main():
             stub.ListCollections(pb.ListCollectionsRequest())
             c = time.time()
             polls += 1
-            worst_get, worst_list = max(worst_get, b - a), max(worst_list, c - b)
+            if b - a > worst_get:
+                worst_get, worst_get_at = b - a, a - t0
+            if c - b > worst_list:
+                worst_list, worst_list_at = c - b, b - t0
             if info.state != "training":
                 break
             time.sleep(0.02)
@@ -122,7 +126,9 @@ def main():
                           "train_s": round(time.time() - t0, 1), "state": info.state,
                           "trained": info.trained, "polls": polls,
                           "get_collection_max_ms": round(worst_get * 1e3, 2),
+                          "get_collection_max_at_s": round(worst_get_at, 1),
                           "list_collections_max_ms": round(worst_list * 1e3, 2),
+                          "list_collections_max_at_s": round(worst_list_at, 1),
                           "rss_mib": rss_kib(pid) // 1024}))
     else:
         sys.exit(f"unknown command {cmd}")

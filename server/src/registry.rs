@@ -274,8 +274,9 @@ impl Registry {
     }
 
     /// Starts loading an index file as a new collection on a blocking thread of the current
-    /// tokio runtime and returns at once: meanwhile the name is reserved and reported "loading"; a failure is then
-    /// reported like a collection that failed to open (until the name is dropped).
+    /// tokio runtime and returns at once: meanwhile the name is reserved and reported
+    /// "loading"; a failure is then reported like a collection that failed to open (until the
+    /// name is dropped).
     pub fn load_index_in_background(
         self: &Arc<Self>,
         name: &str,

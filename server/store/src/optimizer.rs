@@ -23,7 +23,6 @@ pub struct Optimizer<B: Backend + Clone + 'static> {
 }
 
 impl<B: Backend + Clone + 'static> Optimizer<B> {
-    /// Starts the thread; it looks for work every `interval` and when woken.
     /// Starts the thread: a visit every `interval` (or on a wake), at nice value `nice`
     /// (see [`crate::priority`]).
     pub fn start(interval: Duration, nice: i32) -> Self {
