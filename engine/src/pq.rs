@@ -630,31 +630,26 @@ mod tests {
         assert_eq!((pq.ksub(), pq.code_size()), (16, 4));
     }
 
+    /// Every sub-quantizer's code (8-bit, and 4-bit nibbles) is its nearest sub-centroid.
     #[test]
     fn encode_picks_the_nearest_sub_centroid() {
-        let dim = 8;
-        let x = data(600, dim, 9);
-        let pq = ProductQuantizer::train(&x, dim, 4, 8, 1, &NoProgress).unwrap();
-        let mut codes = vec![0u8; 600 * pq.code_size()];
-        pq.encode(&x, &mut codes);
-        for (row, code) in x.chunks(dim).zip(codes.chunks(pq.code_size())).take(50) {
-            for sub in 0..4 {
-                let xs = &row[sub * 2..sub * 2 + 2];
-                let best = (0..256)
-                    .min_by(|&a, &b| {
-                        crate::linalg::l2_sq(xs, pq.centroid(sub, a))
-                            .total_cmp(&crate::linalg::l2_sq(xs, pq.centroid(sub, b)))
-                    })
-                    .unwrap();
-                let d_got = crate::linalg::l2_sq(xs, pq.centroid(sub, code[sub] as usize));
-                let d_best = crate::linalg::l2_sq(xs, pq.centroid(sub, best));
-                assert!(d_got <= d_best + 1e-5);
+        for (dim, m, nbits) in [(8usize, 4usize, 8u32), (12, 6, 4)] {
+            let x = data(600, dim, 9);
+            let pq = ProductQuantizer::train(&x, dim, m, nbits, 1, &NoProgress).unwrap();
+            let mut codes = vec![0u8; 600 * pq.code_size()];
+            pq.encode(&x, &mut codes);
+            for (row, code) in x.chunks(dim).zip(codes.chunks(pq.code_size())).take(80) {
+                for sub in 0..m {
+                    let xs = &row[sub * 2..sub * 2 + 2];
+                    let d = |j: usize| crate::linalg::l2_sq(xs, pq.centroid(sub, j));
+                    let d_best = (0..pq.ksub()).map(d).fold(f32::INFINITY, f32::min);
+                    let d_got = d(pq.code_of(code, sub));
+                    assert!(d_got <= d_best + 1e-5, "{nbits} bits, sub {sub}");
+                }
             }
         }
     }
 
-    /// The encoder's nearest search equals the first position of the minimum of
-    /// `‖c‖² − 2⟨x, c⟩` at every level, with ties and a remainder past the last lane block.
     #[test]
     fn nearest_is_the_first_minimum_at_every_level() {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
@@ -706,29 +701,6 @@ mod tests {
         }
     }
 
-    /// 4-bit codes: every sub-quantizer's nibble is its nearest sub-centroid.
-    #[test]
-    fn encode_4bit_picks_the_nearest() {
-        let dim = 12;
-        let x = data(500, dim, 2);
-        let pq = ProductQuantizer::train(&x, dim, 6, 4, 1, &NoProgress).unwrap();
-        let mut codes = vec![0u8; 500 * pq.code_size()];
-        pq.encode(&x, &mut codes);
-        for (row, code) in x.chunks(dim).zip(codes.chunks(pq.code_size())).take(80) {
-            for sub in 0..6 {
-                let xs = &row[sub * 2..sub * 2 + 2];
-                let got = pq.code_of(code, sub);
-                let d_got = crate::linalg::l2_sq(xs, pq.centroid(sub, got));
-                let d_best = (0..16)
-                    .map(|j| crate::linalg::l2_sq(xs, pq.centroid(sub, j)))
-                    .fold(f32::INFINITY, f32::min);
-                assert!(d_got <= d_best + 1e-5);
-            }
-        }
-    }
-
-    /// Per-query tables: the same bits at every SIMD level, and a power-of-two factor scales
-    /// them exactly.
     #[test]
     fn query_tables_are_bit_exact_across_levels() {
         let dim = 16;
