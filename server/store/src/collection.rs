@@ -21,7 +21,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::cpucache::CpuCache;
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
-use quiver_engine::backend::{Backend, Neighbors};
+use quiver_engine::backend::{Backend, Neighbors, PreparedIndex};
 use quiver_engine::progress::NoProgress;
 use quiver_engine::{FlatIndex, IndexParams, IvfPqIndex};
 
@@ -1056,21 +1056,11 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         }) {
             let s = s.clone();
             self.replace_segments(std::slice::from_ref(&s), || {
-                let index = match &s.index {
-                    SegmentIndex::Flat(f) => {
-                        let mut i = q.empty_like();
-                        let mut ids = Vec::new();
-                        let mut vectors = Vec::new();
-                        f.for_each_live(|a, b| {
-                            ids.extend_from_slice(a);
-                            vectors.extend_from_slice(b);
-                        });
-                        i.add(&vectors, Some(&ids), &NoProgress)?;
-                        i
-                    }
-                    _ => s.ivf().expect("an IVF segment").clone(),
-                };
-                Ok(index)
+                Ok(match &s.index {
+                    SegmentIndex::Flat(f) => encode_flat(&q, f)?,
+                    SegmentIndex::Cpu(p) => p.index().clone(),
+                    SegmentIndex::Device(p) => p.index().clone(),
+                })
             })?;
             return Ok(true);
         }
@@ -1191,9 +1181,32 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     }
 }
 
+/// One IVF-PQ index holding the live points of `parts`. Flat segments (written before the
+/// collection was trained, or while it trained) are encoded with the quantizers `q` first:
+/// none of their points may be left out.
 fn merge_ivf<B: Backend>(q: &IvfPqIndex, parts: &[Arc<Segment<B>>]) -> Result<IvfPqIndex> {
-    let indexes: Vec<&IvfPqIndex> = parts.iter().filter_map(|s| s.ivf()).collect();
+    let mut encoded = Vec::new();
+    for s in parts {
+        if let SegmentIndex::Flat(f) = &s.index {
+            encoded.push(encode_flat(q, f)?);
+        }
+    }
+    let mut indexes: Vec<&IvfPqIndex> = parts.iter().filter_map(|s| s.ivf()).collect();
+    indexes.extend(encoded.iter());
     Ok(q.merged(&indexes)?)
+}
+
+/// The live points of a flat segment encoded with the trained quantizers `q`.
+fn encode_flat(q: &IvfPqIndex, f: &FlatIndex) -> Result<IvfPqIndex> {
+    let mut index = q.empty_like();
+    let mut ids = Vec::new();
+    let mut vectors = Vec::new();
+    f.for_each_live(|a, b| {
+        ids.extend_from_slice(a);
+        vectors.extend_from_slice(b);
+    });
+    index.add(&vectors, Some(&ids), &NoProgress)?;
+    Ok(index)
 }
 
 fn check_ids(ids: &[u64]) -> Result<()> {

@@ -183,3 +183,38 @@ fn failed_checkpoints_and_training_keep_every_write() {
     check(&path, &acked, &[]);
     scenario.teardown();
 }
+
+/// Points written while training runs land in a flat segment of the trained collection; a
+/// compaction (or a merge) that takes it in must encode them, not leave them out. The
+/// failpoint holds the training open so the writes surely fall inside it.
+#[test]
+fn writes_made_during_training_survive_compaction() {
+    let _s = SERIAL.lock();
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let c = Arc::new(C::create(&path, meta(), CpuBackend, StoreConfig::default()).unwrap());
+    let ids: Vec<u64> = (0..400).collect();
+    upsert(&c, &ids).unwrap();
+    fail::cfg("train::before_publish", "sleep(300)").unwrap();
+    c.start_train(None).unwrap();
+    // Training has sealed its inputs once the version holds a segment.
+    while c.version().segments.is_empty() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let late: Vec<u64> = (400..500).collect();
+    upsert(&c, &late).unwrap();
+    c.wait_job().unwrap();
+    fail::remove("train::before_publish");
+    assert!(c.trained());
+    c.delete(vec![401, 3]).unwrap();
+    c.compact().unwrap();
+    let v = c.version();
+    assert_eq!(v.segments.len(), 1);
+    assert_eq!(v.len(), 498);
+    drop(v);
+    drop(c);
+    let acked: Vec<u64> = (0..500).filter(|&i| i != 401 && i != 3).collect();
+    check(&path, &acked, &[401, 3]);
+    scenario.teardown();
+}
