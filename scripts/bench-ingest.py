@@ -10,7 +10,7 @@
   bench-ingest.py ADDR train-probe COLLECTION VECTORS_FILE PID
       fills COLLECTION (created flat, cosine) with the .fvecs rows, starts a background Train,
       and calls GetCollection and ListCollections every 20 ms until it is trained: prints
-      the slowest answer of each.
+      the slowest answer of each, and every answer over 50 ms (seconds since Train, call, ms).
 Every result is one JSON line on stdout.
 """
 
@@ -108,6 +108,7 @@ def main():
         worst_get = worst_list = 0.0
         worst_get_at = worst_list_at = 0.0
         polls = 0
+        slow = []  # (seconds since Train, call, ms) of every answer slower than 50 ms
         while True:
             a = time.time()
             info = stub.GetCollection(pb.GetCollectionRequest(name=coll))
@@ -115,6 +116,9 @@ def main():
             stub.ListCollections(pb.ListCollectionsRequest())
             c = time.time()
             polls += 1
+            for call, ms, at in (("get", (b - a) * 1e3, a), ("list", (c - b) * 1e3, b)):
+                if ms > 50:
+                    slow.append([round(at - t0, 2), call, round(ms, 1)])
             if b - a > worst_get:
                 worst_get, worst_get_at = b - a, a - t0
             if c - b > worst_list:
@@ -129,6 +133,7 @@ def main():
                           "get_collection_max_at_s": round(worst_get_at, 1),
                           "list_collections_max_ms": round(worst_list * 1e3, 2),
                           "list_collections_max_at_s": round(worst_list_at, 1),
+                          "slow_calls": slow,
                           "rss_mib": rss_kib(pid) // 1024}))
     else:
         sys.exit(f"unknown command {cmd}")

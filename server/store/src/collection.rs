@@ -434,7 +434,9 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         check_ids(&ids)?;
         // Validate and encode before taking any lock (writers encode in parallel).
         let v = self.version();
-        let rows = v.rows_for(&vectors, &self.cpu)?;
+        let rows = crate::priority::in_background(self.cfg.write_nice, || {
+            v.rows_for(&vectors, &self.cpu)
+        })?;
         let op = Op::Upsert { ids, vectors, dim };
         self.write(op, Some(rows), v.quantizers.clone())
     }
@@ -892,17 +894,33 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 });
             }
         }
+        let name = self.meta.read().name.clone();
+        let started = std::time::Instant::now();
+        let phase = |what: &str| {
+            tracing::info!(collection = %name, points = n, seconds = started.elapsed().as_secs_f32(), "training: {what}");
+        };
+        phase("points gathered");
         let rows =
             quiver_engine::kmeans::sample_rows(n, params.default_train_sample(), params.seed);
         let mut sample = Vec::with_capacity(rows.len() * dim);
         for r in rows {
             sample.extend_from_slice(&vectors[r * dim..(r + 1) * dim]);
         }
-        let quantizers = Arc::new(IvfPqIndex::train(params, &sample, &NoProgress)?);
-        let mut index = quantizers.empty_like();
-        index.add(&vectors, Some(&ids), &NoProgress)?;
-        drop(vectors);
-        let prepared = self.seal_index(Arc::new(index))?;
+        // The heavy part at background priority: searches keep the cores they need.
+        let (quantizers, prepared) =
+            crate::priority::in_background(self.cfg.write_nice, || -> Result<_> {
+                let quantizers = Arc::new(IvfPqIndex::train(params, &sample, &NoProgress)?);
+                drop(sample);
+                phase("quantizers trained");
+                let mut index = quantizers.empty_like();
+                index.add(&vectors, Some(&ids), &NoProgress)?;
+                drop(vectors);
+                drop(ids);
+                phase("points encoded");
+                let prepared = self.seal_index(Arc::new(index))?;
+                phase("segment prepared");
+                Ok((quantizers, prepared))
+            })?;
         fail::fail_point!("train::before_publish", |_| Err(StoreError::Precondition(
             "injected failure at train::before_publish".into()
         )));
@@ -952,7 +970,9 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 Ok(())
             })?;
         }
+        phase("published");
         self.checkpoint_locked()?;
+        phase("checkpointed");
         Ok(())
     }
 
@@ -1124,11 +1144,12 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     fn replace_segments(
         &self,
         inputs: &[Arc<Segment<B>>],
-        build: impl FnOnce() -> Result<IvfPqIndex>,
+        build: impl FnOnce() -> Result<IvfPqIndex> + Send,
     ) -> Result<()> {
         let _one = self.structural.lock();
-        let index = build()?;
-        let prepared = self.seal_index(Arc::new(index))?;
+        let prepared = crate::priority::in_background(self.cfg.write_nice, || {
+            self.seal_index(Arc::new(build()?))
+        })?;
         {
             self.switch(|w| -> Result<()> {
                 let cur = (*w.staged).clone();

@@ -5,6 +5,50 @@
 //! Linux keeps a nice value per thread; raising it needs no privilege (lowering it back does,
 //! so a thread lowered here stays lowered: use it only on threads that do nothing else).
 //! Elsewhere this does nothing.
+//!
+//! Background work that fans out on rayon (training, encoding of upserts, merges) runs inside
+//! [`in_background`]: on a rayon pool of its own whose threads are lowered too, not on the
+//! global pool that searches use at the normal priority.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// The background pools, one per nice value, made on first use and kept for the process.
+static POOLS: Mutex<Option<HashMap<i32, Arc<rayon::ThreadPool>>>> = Mutex::new(None);
+
+fn pool(nice: i32) -> Option<Arc<rayon::ThreadPool>> {
+    let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+    let pools = pools.get_or_insert_with(HashMap::new);
+    if let Some(p) = pools.get(&nice) {
+        return Some(p.clone());
+    }
+    let built = rayon::ThreadPoolBuilder::new()
+        .thread_name(move |i| format!("quiver-bg{nice}-{i}"))
+        .start_handler(move |_| {
+            lower_current_thread(nice);
+        })
+        .build();
+    match built {
+        Ok(p) => {
+            let p = Arc::new(p);
+            pools.insert(nice, p.clone());
+            Some(p)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no background thread pool; background work runs at search priority");
+            None
+        }
+    }
+}
+
+/// Runs `f` so that the rayon work inside it runs on threads at nice value `nice` (as many as
+/// the global pool has). With `nice` 0, or when no pool can be started, `f` runs as is.
+pub fn in_background<T: Send>(nice: i32, f: impl FnOnce() -> T + Send) -> T {
+    match (nice > 0).then(|| pool(nice)).flatten() {
+        Some(p) => p.install(f),
+        None => f(),
+    }
+}
 
 /// Raises the calling thread's nice value to `nice` (0 leaves it). Returns whether it did.
 pub fn lower_current_thread(nice: i32) -> bool {
@@ -58,6 +102,23 @@ mod tests {
         assert_eq!(inside.1, before_plus(7));
         assert_eq!(nice_of(me), before, "only the calling thread changes");
         assert!(!super::lower_current_thread(0));
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn background_work_runs_on_lowered_threads() {
+        use rayon::prelude::*;
+        let nice = before_plus(5);
+        let seen: Vec<i32> = super::in_background(nice, || {
+            (0..64)
+                .into_par_iter()
+                .map(|_| nice_of(gettid()))
+                .collect()
+        });
+        assert!(seen.iter().all(|&n| n == nice), "{seen:?}");
+        // Nice 0: the work runs where it was called, at the caller's priority.
+        let me = nice_of(gettid());
+        assert_eq!(super::in_background(0, || nice_of(gettid())), me);
     }
 
     /// 7 above the test process's own nice value (itself perhaps raised), at most 19.
