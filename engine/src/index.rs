@@ -642,6 +642,54 @@ impl IvfPqIndex {
         Arc::ptr_eq(&self.centroids, &other.centroids) && Arc::ptr_eq(&self.pq, &other.pq)
     }
 
+    /// Makes this index share `other`'s coarse centroids and codebooks when they are the same
+    /// trained quantizers held twice (loaded from separate files), compared value by value:
+    /// afterwards [`Self::shares_quantizers_with`] holds and the memory is held once. Fails,
+    /// changing nothing, when they differ.
+    pub fn adopt_quantizers(&mut self, other: &IvfPqIndex) -> Result<(), EngineError> {
+        if self.shares_quantizers_with(other) {
+            return Ok(());
+        }
+        let same = self.params.dim == other.params.dim
+            && self.params.nlist == other.params.nlist
+            && self.params.metric == other.params.metric
+            && self.params.by_residual() == other.params.by_residual()
+            && self.layout == other.layout
+            && *self.centroids == *other.centroids
+            && *self.pq == *other.pq;
+        if !same {
+            return Err(EngineError::InvalidParameter {
+                name: "quantizers",
+                reason: "the index was trained with other quantizers".into(),
+            });
+        }
+        self.centroids = other.centroids.clone();
+        self.pq = other.pq.clone();
+        Ok(())
+    }
+
+    /// Every live entry's id and stored vector (its raw copy, or its PQ reconstruction when
+    /// the index keeps none), list by list: the input of a retraining.
+    pub fn for_each_live(&self, mut f: impl FnMut(u64, &[f32])) {
+        let (cs, dim) = (self.pq.code_size(), self.params.dim);
+        let mut out = vec![0f32; dim];
+        for (l, list) in self.lists.iter().enumerate() {
+            for i in 0..list.len() {
+                if list.is_deleted(i) {
+                    continue;
+                }
+                if !list.raw_vector(i, &mut out) {
+                    self.pq.decode(&list.code(i, cs, self.layout), &mut out);
+                    if self.params.by_residual() {
+                        let c = &self.centroids[l * dim..(l + 1) * dim];
+                        out.iter_mut().zip(c).for_each(|(x, c)| *x += c);
+                    }
+                }
+                f(list.ids.as_slice()[i], &out);
+            }
+        }
+    }
+
     /// Checks a query batch and returns it ready to search (normalised for cosine).
     pub fn prepare_queries<'a>(&self, queries: &'a [f32]) -> Result<Cow<'a, [f32]>, EngineError> {
         let dim = self.params.dim;

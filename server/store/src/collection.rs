@@ -215,7 +215,16 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             let mut index = if e.file.ends_with(".flat") {
                 SegmentIndex::Flat(crate::flatfile::load_flat(&path)?)
             } else {
-                let i = Arc::new(quiver_engine::persist::load(&path)?);
+                let mut i = quiver_engine::persist::load(&path)?;
+                // Each file holds its own copy of the collection's quantizers: share one, so
+                // that segments merge and search together as after a write.
+                if let Some(q) = &quantizers {
+                    i.adopt_quantizers(q).map_err(|e| StoreError::Invalid {
+                        field: "segment file",
+                        reason: format!("{}: {e}", path.display()),
+                    })?;
+                }
+                let i = Arc::new(i);
                 if device {
                     SegmentIndex::Device(backend.prepare(i)?)
                 } else {

@@ -110,10 +110,7 @@ mod tests {
         use rayon::prelude::*;
         let nice = before_plus(5);
         let seen: Vec<i32> = super::in_background(nice, || {
-            (0..64)
-                .into_par_iter()
-                .map(|_| nice_of(gettid()))
-                .collect()
+            (0..64).into_par_iter().map(|_| nice_of(gettid())).collect()
         });
         assert!(seen.iter().all(|&n| n == nice), "{seen:?}");
         // Nice 0: the work runs where it was called, at the caller's priority.
