@@ -112,6 +112,7 @@ fn info(name: &str, c: &Collection) -> proto::CollectionInfo {
         read_only: c.store.is_read_only(),
         state: c.store.job().describe(),
         segments: seg.segments.len() as u32 + 1,
+        drift: c.store.drift().ratio().unwrap_or(0.0),
     }
 }
 

@@ -64,6 +64,12 @@ pub struct Args {
     /// writers run. 0 runs them at the searches' priority.
     #[arg(long, default_value_t = 10)]
     write_nice: i32,
+    /// Retrain a collection's quantizers in the background when the points added since training
+    /// (at least 10% of those trained on) sit this many times farther from their list's
+    /// centroid, on average, than the training points did (mean squared distance). 0 never
+    /// retrains by itself (Train on a trained collection still does).
+    #[arg(long, default_value_t = 1.5)]
+    retrain_factor: f64,
     /// At start, a damaged write-ahead log record followed by valid ones keeps the records
     /// before it and drops the rest, instead of refusing to open the collection.
     #[arg(long)]
@@ -143,6 +149,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.seal_rows == 0 {
         bail!("--seal-rows must be at least 1");
     }
+    if !(a.retrain_factor == 0.0 || (a.retrain_factor.is_finite() && a.retrain_factor >= 1.0)) {
+        bail!("--retrain-factor must be 0 (never) or a number of at least 1");
+    }
     let static_collections = a
         .collections
         .iter()
@@ -173,6 +182,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             seal_rows: a.seal_rows,
             write_nice: a.write_nice,
             wal_recover: a.wal_recover,
+            retrain_factor: a.retrain_factor,
             ..Default::default()
         },
         backend: super::open_backend(a.backend)?,

@@ -25,6 +25,7 @@ use quiver_engine::backend::{Backend, Neighbors, PreparedIndex};
 use quiver_engine::progress::NoProgress;
 use quiver_engine::{FlatIndex, IndexParams, IvfPqIndex};
 
+use crate::drift::Drift;
 use crate::error::{Result, StoreError};
 use crate::fsutil::{remove_temp_files, sync_dir};
 use crate::manifest::{CollectionMeta, IndexConfig, Manifest, SegmentEntry};
@@ -97,7 +98,8 @@ struct Writer<B: Backend> {
 struct Files {
     /// Segments whose file is on disk, with the number of deletions recorded beside it.
     written: HashMap<u64, (String, Option<String>, usize)>,
-    quantizers: Option<String>,
+    /// The quantizers on disk: their file and the index they hold.
+    quantizers: Option<(String, Arc<IvfPqIndex>)>,
 }
 
 /// One collection.
@@ -117,6 +119,8 @@ pub struct Collection<B: Backend> {
     files: Mutex<Files>,
     structural: Mutex<()>,
     job: Mutex<JobState>,
+    /// How far the data has drifted from the quantizers (see [`crate::drift`]).
+    drift: Mutex<Drift>,
     dropped: AtomicBool,
     read_only: bool,
 }
@@ -175,6 +179,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             segments: Vec::new(),
             wal_from: 1,
             next_segment_id: 1,
+            drift: None,
         }
         .write(&tmp)?;
         sync_dir(&tmp).map_err(|e| StoreError::io("syncing", &tmp, e))?;
@@ -207,7 +212,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         };
         let mut files = Files {
             written: HashMap::new(),
-            quantizers: manifest.quantizers.clone(),
+            quantizers: manifest.quantizers.clone().zip(quantizers.clone()),
         };
         let mut segments = Vec::new();
         for e in &manifest.segments {
@@ -300,6 +305,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             files: Mutex::new(files),
             structural: Mutex::new(()),
             job: Mutex::new(JobState::Ready),
+            drift: Mutex::new(manifest.drift.clone().unwrap_or_default()),
             dropped: AtomicBool::new(false),
             read_only: false,
         };
@@ -362,6 +368,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             }),
             structural: Mutex::new(()),
             job: Mutex::new(JobState::Ready),
+            drift: Mutex::new(Drift::default()),
             dropped: AtomicBool::new(false),
             read_only: true,
         })
@@ -446,6 +453,10 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         let rows = crate::priority::in_background(self.cfg.write_nice, || {
             v.rows_for(&vectors, &self.cpu)
         })?;
+        if let (Rows::Encoded(r), Some(q)) = (&rows, &v.quantizers) {
+            let error = crate::drift::coarse_error(q, &r.vectors, &r.lists);
+            self.drift.lock().record(r.len(), error);
+        }
         let op = Op::Upsert { ids, vectors, dim };
         self.write(op, Some(rows), v.quantizers.clone())
     }
@@ -692,10 +703,17 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         let mut bytes = 0u64;
         let mut files = self.files.lock();
         let mut quantizers = files.quantizers.clone();
-        if let (Some(q), None) = (&version.quantizers, &quantizers) {
-            let name = format!("quantizers-{}.qvr", version.appendable.id);
-            quiver_engine::persist::save(q, &segdir.join(&name))?;
-            quantizers = Some(name);
+        if let Some(q) = &version.quantizers {
+            // First trained, or retrained: the new quantizers get a file of their own (the old
+            // one goes once the manifest no longer names it).
+            if !quantizers
+                .as_ref()
+                .is_some_and(|(_, on_disk)| Arc::ptr_eq(q, on_disk))
+            {
+                let name = format!("quantizers-{}.qvr", version.appendable.id);
+                quiver_engine::persist::save(q, &segdir.join(&name))?;
+                quantizers = Some((name, q.clone()));
+            }
         }
         let mut entries = Vec::new();
         let mut written = HashMap::new();
@@ -726,10 +744,14 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         let manifest = Manifest {
             format: crate::manifest::FORMAT,
             meta: self.meta.read().clone(),
-            quantizers: quantizers.clone(),
+            quantizers: quantizers.as_ref().map(|(name, _)| name.clone()),
             segments: entries,
             wal_from,
             next_segment_id,
+            drift: version
+                .quantizers
+                .as_ref()
+                .map(|_| self.drift.lock().clone()),
         };
         manifest.write(&self.dir)?;
         files.written = written;
@@ -784,8 +806,9 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         Ok(())
     }
 
-    /// Starts training in the background (see [`Collection::train`]); fails at once if the
-    /// collection is trained or busy.
+    /// Starts training in the background: the first, or a retraining of a trained collection
+    /// (new quantizers from the points stored now, every segment encoded again). Fails at once
+    /// if a training runs.
     pub fn start_train(self: &Arc<Self>, overrides: Option<IndexConfig>) -> Result<()> {
         self.refuse_read_only()?;
         {
@@ -795,29 +818,67 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                     "the collection is already training".into(),
                 ));
             }
-            if self.trained() {
-                return Err(StoreError::Precondition(
-                    "the collection is already trained".into(),
-                ));
-            }
             *job = JobState::Training;
         }
         let me = self.clone();
         std::thread::Builder::new()
             .name("quiver-train".into())
             .spawn(move || {
-                let r = me.train_now(overrides);
-                let state = match &r {
-                    Ok(()) => JobState::Ready,
-                    Err(e) => {
-                        tracing::error!(collection = %me.meta.read().name, error = %e, "training failed; the collection is unchanged");
-                        JobState::Failed(e.to_string())
-                    }
-                };
-                *me.job.lock() = state;
+                let _ = me.run_training(overrides);
             })
             .map_err(|e| StoreError::io("starting the training thread", &self.dir, e))?;
         Ok(())
+    }
+
+    /// Runs a training whose job state the caller set to training, and records the outcome.
+    fn run_training(&self, overrides: Option<IndexConfig>) -> Result<()> {
+        let r = self.train_now(overrides);
+        let state = match &r {
+            Ok(()) => JobState::Ready,
+            Err(e) => {
+                tracing::error!(collection = %self.meta.read().name, error = %e, "training failed; the collection is unchanged");
+                JobState::Failed(e.to_string())
+            }
+        };
+        *self.job.lock() = state;
+        r
+    }
+
+    /// Retrains when the data has drifted from the quantizers (see [`crate::drift`]) and no
+    /// other training runs. Returns whether it ran. After a failure, the count of new points
+    /// starts again (the next try waits for as many new points again).
+    fn retrain_if_drifted(&self) -> Result<bool> {
+        let (due, ratio, added) = {
+            let d = self.drift.lock();
+            (
+                d.due(self.cfg.retrain_share, self.cfg.retrain_factor),
+                d.ratio(),
+                d.added,
+            )
+        };
+        if !due {
+            return Ok(false);
+        }
+        {
+            let mut job = self.job.lock();
+            if *job == JobState::Training {
+                return Ok(false);
+            }
+            *job = JobState::Training;
+        }
+        tracing::info!(collection = %self.meta.read().name, ratio = ratio.unwrap_or(0.0), added, "the data has drifted from the quantizers: retraining");
+        if let Err(e) = self.run_training(None) {
+            let mut d = self.drift.lock();
+            d.added = 0;
+            d.added_error = 0.0;
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// Where the data stands against the quantizers (see [`crate::drift`]).
+    pub fn drift(&self) -> Drift {
+        self.drift.lock().clone()
     }
 
     /// Waits until no background job runs; returns the last job's failure, if any.
@@ -831,21 +892,19 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         }
     }
 
-    /// Trains the IVF-PQ quantizers on the points present and switches the collection to
-    /// IVF-PQ segments. Writes go on meanwhile (into flat segments, indexed later by the
+    /// Trains the IVF-PQ quantizers on the points present (again, for a trained collection)
+    /// and switches the collection to IVF-PQ segments encoded with them. Writes go on meanwhile (into flat segments, indexed later by the
     /// optimizer); the switch is published whole and made durable by a checkpoint.
     fn train_now(&self, overrides: Option<IndexConfig>) -> Result<()> {
         let _one = self.structural.lock();
-        // Seal what is appendable, so the inputs are immutable but for deletes.
+        // Seal what is appendable, so the inputs are immutable but for deletes. Writes go on
+        // into a flat appendable segment (of a trained collection too: its rows are encoded
+        // after the switch, with the new quantizers).
         let inputs = {
             self.switch(|w| -> Result<Version<B>> {
                 let mut v = (*w.staged).clone();
-                if v.quantizers.is_some() {
-                    return Err(StoreError::Precondition(
-                        "the collection is already trained".into(),
-                    ));
-                }
-                if !v.appendable.is_empty() {
+                let flat = matches!(v.appendable.index, SegmentIndex::Flat(_));
+                if !v.appendable.is_empty() || !flat {
                     let id = w.next_segment_id;
                     w.next_segment_id += 1;
                     v.segments.push(v.appendable.clone());
@@ -896,11 +955,17 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         let mut ids = Vec::with_capacity(n);
         let mut vectors = Vec::with_capacity(n * dim);
         for s in &inputs.segments {
-            if let SegmentIndex::Flat(f) = &s.index {
-                f.for_each_live(|i, v| {
+            match (&s.index, s.ivf()) {
+                (SegmentIndex::Flat(f), _) => f.for_each_live(|i, v| {
                     ids.extend_from_slice(i);
                     vectors.extend_from_slice(v);
-                });
+                }),
+                // A retraining: the stored vectors (or reconstructions without refine ones).
+                (_, Some(index)) => index.for_each_live(|i, v| {
+                    ids.push(i);
+                    vectors.extend_from_slice(v);
+                }),
+                (_, None) => {}
             }
         }
         let name = self.meta.read().name.clone();
@@ -916,9 +981,20 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             sample.extend_from_slice(&vectors[r * dim..(r + 1) * dim]);
         }
         // The heavy part at background priority: searches keep the cores they need.
-        let (quantizers, prepared) =
+        let (quantizers, prepared, baseline) =
             crate::priority::in_background(self.cfg.write_nice, || -> Result<_> {
                 let quantizers = Arc::new(IvfPqIndex::train(params, &sample, &NoProgress)?);
+                // The drift baseline: the coarse error over (an even spread of) the sample.
+                let rows = sample.len() / dim;
+                let step = rows.div_ceil(crate::drift::BASELINE_SAMPLE).max(1);
+                let part: Vec<f32> = sample
+                    .chunks_exact(dim)
+                    .step_by(step)
+                    .flatten()
+                    .copied()
+                    .collect();
+                let part = quiver_engine::index::prepare_vectors(quantizers.metric(), dim, &part)?;
+                let baseline = crate::drift::mean_error(&quantizers, &part);
                 drop(sample);
                 phase("quantizers trained");
                 let mut index = quantizers.empty_like();
@@ -928,7 +1004,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 phase("points encoded");
                 let prepared = self.seal_index(Arc::new(index))?;
                 phase("segment prepared");
-                Ok((quantizers, prepared))
+                Ok((quantizers, prepared, baseline))
             })?;
         fail::fail_point!("train::before_publish", |_| Err(StoreError::Precondition(
             "injected failure at train::before_publish".into()
@@ -975,6 +1051,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 meta.index.nlist = nlist as u32;
                 meta.index.pq_m = pq_m as u32;
                 *self.meta.write() = meta.clone();
+                *self.drift.lock() = Drift::after_training(baseline, n as u64);
                 self.publish(w, next);
                 Ok(())
             })?;
@@ -1091,6 +1168,9 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                     SegmentIndex::Device(p) => p.index().clone(),
                 })
             })?;
+            return Ok(true);
+        }
+        if self.retrain_if_drifted()? {
             return Ok(true);
         }
         // Purge a segment with many deleted rows.

@@ -175,6 +175,7 @@ pub fn migrate(dir: &Path) -> Result<()> {
         }],
         wal_from: 1,
         next_segment_id: 2,
+        drift: None,
     }
     .write(dir)?;
     remove_old(dir)

@@ -12,6 +12,7 @@
 
 pub mod collection;
 pub mod cpucache;
+pub mod drift;
 pub mod error;
 pub mod flatfile;
 pub mod fsutil;
@@ -42,6 +43,12 @@ pub struct StoreConfig {
     pub max_segments: usize,
     /// A segment is rewritten without its deleted rows when more than this share is deleted.
     pub purge_ratio: f64,
+    /// The optimizer retrains the quantizers when the points added since training are at least
+    /// this share of the points trained on ...
+    pub retrain_share: f64,
+    /// ... and their mean coarse error is above this multiple of the training points' (0:
+    /// never; see [`drift`]).
+    pub retrain_factor: f64,
     /// Nice value (0–19) of the threads that write and optimize, above searches' (0: same).
     pub write_nice: i32,
     /// At start, a damaged log record followed by valid ones keeps what precedes it (and drops
@@ -57,6 +64,8 @@ impl Default for StoreConfig {
             merge_factor: 4,
             max_segments: 8,
             purge_ratio: 0.2,
+            retrain_share: 0.1,
+            retrain_factor: 1.5,
             write_nice: 10,
             wal_recover: false,
         }

@@ -71,7 +71,7 @@ pub struct SegmentEntry {
 }
 
 /// `manifest.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     /// Layout version.
     pub format: u32,
@@ -85,6 +85,9 @@ pub struct Manifest {
     pub wal_from: u64,
     /// The next segment number.
     pub next_segment_id: u64,
+    /// Drift statistics of the quantizers (absent before training, and in older manifests).
+    #[serde(default)]
+    pub drift: Option<crate::drift::Drift>,
 }
 
 impl Manifest {

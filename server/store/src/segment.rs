@@ -270,6 +270,21 @@ pub enum Rows {
     Encoded(EncodedRows),
 }
 
+impl Rows {
+    /// True when these rows can be appended to a segment of this kind (raw rows to a flat
+    /// segment, encoded rows to an IVF-PQ one).
+    pub fn fits<B: Backend>(&self, index: &SegmentIndex<B>) -> bool {
+        matches!(
+            (self, index),
+            (Rows::Raw(_), SegmentIndex::Flat(_))
+                | (
+                    Rows::Encoded(_),
+                    SegmentIndex::Cpu(_) | SegmentIndex::Device(_)
+                )
+        )
+    }
+}
+
 /// Pads `n` (fewer than `k` per query) to `k` per query.
 pub(crate) fn pad(n: Neighbors, k: usize, metric: Metric) -> Neighbors {
     let nq = n.len();

@@ -101,9 +101,11 @@ impl<B: Backend> Version<B> {
         }
         match op {
             Op::Upsert { vectors, .. } => {
+                // Rows made for another kind of appendable segment (encoded just before a
+                // retraining made it flat) are made again.
                 let rows = match rows {
-                    Some(r) => r,
-                    None => self.rows_for(vectors, cache)?,
+                    Some(r) if r.fits(&self.appendable.index) => r,
+                    _ => self.rows_for(vectors, cache)?,
                 };
                 self.appendable_mut(cache)?.upsert_in_place(ids, rows)?;
                 Ok(ids.len())
@@ -117,14 +119,14 @@ impl<B: Backend> Version<B> {
         }
     }
 
-    /// Rows of `vectors` for the appendable segment: encoded with the quantizers once trained,
-    /// else checked and normalised.
+    /// Rows of `vectors` for the appendable segment: checked and normalised for a flat one
+    /// (before training, and while a training runs), else encoded with the quantizers.
     pub fn rows_for(&self, vectors: &[f32], cache: &CpuCache) -> Result<Rows, EngineError> {
         Ok(match (&self.quantizers, &self.appendable.index) {
-            (Some(q), _) => Rows::Encoded(cache.encode(q, q.metric(), vectors)?),
-            (None, SegmentIndex::Flat(f)) => Rows::Raw(
+            (_, SegmentIndex::Flat(f)) => Rows::Raw(
                 quiver_engine::index::prepare_vectors(f.metric(), f.dim(), vectors)?.into_owned(),
             ),
+            (Some(q), _) => Rows::Encoded(cache.encode(q, q.metric(), vectors)?),
             (None, _) => {
                 return Err(EngineError::InvalidParameter {
                     name: "segment",
@@ -168,13 +170,17 @@ impl<B: Backend> Version<B> {
     ) -> Result<Neighbors, EngineError> {
         let mut parts = Vec::new();
         let live: Vec<&Arc<Segment<B>>> = self.all().filter(|s| !s.is_empty()).collect();
-        let on_cpu: Vec<&CpuPrepared> = live
+        // CPU segments of one set of quantizers (all of them but in a retraining's switch).
+        let mut on_cpu: Vec<&CpuPrepared> = live
             .iter()
             .filter_map(|s| match &s.index {
                 SegmentIndex::Cpu(p) => Some(p),
                 _ => None,
             })
             .collect();
+        if let Some(first) = on_cpu.first().map(|p| p.index_arc().clone()) {
+            on_cpu.retain(|p| p.index().shares_quantizers_with(&first));
+        }
         if on_cpu.len() >= 2 {
             // Segments with one set of quantizers share the coarse search and the tables.
             let run = || search_shared(&on_cpu, queries, key, metric, cpu);
@@ -188,7 +194,9 @@ impl<B: Backend> Version<B> {
             parts.extend(shared?);
         }
         for s in live {
-            if on_cpu.len() >= 2 && matches!(s.index, SegmentIndex::Cpu(_)) {
+            if on_cpu.len() >= 2
+                && matches!(&s.index, SegmentIndex::Cpu(p) if on_cpu.iter().any(|x| std::ptr::eq(*x, p)))
+            {
                 continue;
             }
             parts.push(s.search(queries, key, cpu, device)?);

@@ -1,0 +1,184 @@
+//! Retraining when the data drifts: points from a region the quantizers were not trained on
+//! raise the coarse error; the optimizer retrains, every point stays (writes made during the
+//! retraining too), the new quantizers fit the new data, and the result survives a reopen.
+
+use std::sync::Arc;
+
+use quiver_engine::backend::cpu::CpuBackend;
+use quiver_store::segment::SearchKey;
+use quiver_store::{Collection, CollectionMeta, IndexConfig, StoreConfig};
+
+type C = Collection<CpuBackend>;
+const DIM: usize = 16;
+
+/// A point near one of 8 centres (the corners of a cube) of a region: region 0 around the origin, region 1 far off.
+fn vector(id: u64, region: u64) -> Vec<f32> {
+    let mut x = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let centre = id % 8;
+    (0..DIM)
+        .map(|j| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let noise = (x % 1000) as f32 / 1000.0;
+            let c = if (centre >> (j % 3)) & 1 == 1 {
+                4.0
+            } else {
+                0.0
+            };
+            c + noise + region as f32 * 40.0 * ((j % 2) as f32)
+        })
+        .collect()
+}
+
+fn upsert(c: &C, ids: std::ops::Range<u64>, region: u64) {
+    let ids: Vec<u64> = ids.collect();
+    let v: Vec<f32> = ids.iter().flat_map(|&i| vector(i, region)).collect();
+    c.upsert(ids, v).unwrap();
+}
+
+fn finds_itself(c: &C, id: u64, region: u64) -> bool {
+    let key = SearchKey {
+        k: 1,
+        nprobe: 16,
+        refine_factor: 50,
+    };
+    c.search(&vector(id, region), 1, key).unwrap().ids[0] == id as i64
+}
+
+#[test]
+fn drifted_data_is_retrained_without_losing_a_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d");
+    let meta = CollectionMeta {
+        name: "d".into(),
+        dim: DIM,
+        metric: "l2".into(),
+        index: IndexConfig {
+            nlist: 16,
+            pq_m: 4,
+            refine: "f32".into(),
+            seed: 3,
+        },
+    };
+    let c = Arc::new(C::create(&path, meta, CpuBackend, StoreConfig::default()).unwrap());
+    upsert(&c, 0..3000, 0);
+    c.start_train(None).unwrap();
+    c.wait_job().unwrap();
+    let first = c.version().quantizers.clone().unwrap();
+    let d = c.drift();
+    assert!(d.baseline > 0.0 && d.trained_points == 3000, "{d:?}");
+
+    // More of the same: no drift.
+    upsert(&c, 3000..3400, 0);
+    let r = c.drift().ratio().unwrap();
+    assert!(r < 1.5, "same data scores {r}");
+    while c.optimize_step().unwrap() {}
+    assert!(Arc::ptr_eq(
+        c.version().quantizers.as_ref().unwrap(),
+        &first
+    ));
+
+    // A new region: the error rises, and past 10% new points a retraining is due.
+    upsert(&c, 10_000..11_500, 1);
+    let r = c.drift().ratio().unwrap();
+    assert!(r > 1.5, "new data scores {r}");
+    let before = c.drift();
+    // Writes go on while the optimizer retrains.
+    let writer = {
+        let c = c.clone();
+        std::thread::spawn(move || {
+            for b in 0..20u64 {
+                let s = 20_000 + b * 10;
+                upsert(&c, s..s + 10, 1);
+            }
+        })
+    };
+    while c.optimize_step().unwrap() {}
+    writer.join().unwrap();
+    while c.optimize_step().unwrap() {}
+    let v = c.version();
+    let second = v.quantizers.clone().unwrap();
+    assert!(!Arc::ptr_eq(&second, &first), "retrained");
+    assert_eq!(v.len(), 3400 + 1500 + 200);
+    assert!(c.drift().trained_points >= 4900);
+    drop(v);
+    // The new quantizers fit the new region: more of it lands far nearer a centroid (the
+    // mean over the first batch's 400 old-region points and 1,500 new-region ones was
+    // dominated by the new region).
+    upsert(&c, 11_500..11_900, 1);
+    let after = c.drift();
+    let mean = |d: &quiver_store::drift::Drift| d.added_error / d.added as f64;
+    assert!(
+        mean(&after) * 10.0 < mean(&before),
+        "before {before:?}, after {after:?}"
+    );
+    for (id, region) in [
+        (5, 0),
+        (3100, 0),
+        (10_001, 1),
+        (11_499, 1),
+        (20_155, 1),
+        (11_555, 1),
+    ] {
+        assert!(finds_itself(&c, id, region), "{id}");
+    }
+
+    // Durable: a reopen finds the new quantizers and every point; the old quantizers file is
+    // gone.
+    c.checkpoint().unwrap();
+    drop(c);
+    let c = C::open(&path, CpuBackend, StoreConfig::default()).unwrap();
+    assert_eq!(c.version().len(), 5500);
+    assert!(c.drift().baseline > 0.0);
+    for (id, region) in [(5, 0), (10_001, 1), (20_199, 1), (11_899, 1)] {
+        assert!(finds_itself(&c, id, region), "{id} after reopen");
+    }
+    let quantizer_files = std::fs::read_dir(path.join("segments"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("quantizers-"))
+        .count();
+    assert_eq!(quantizer_files, 1);
+    c.compact().unwrap();
+    assert_eq!(c.version().len(), 5500);
+}
+
+#[test]
+fn train_on_a_trained_collection_retrains_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r");
+    let meta = CollectionMeta {
+        name: "r".into(),
+        dim: DIM,
+        metric: "cosine".into(),
+        index: IndexConfig {
+            nlist: 8,
+            pq_m: 4,
+            refine: "none".into(),
+            seed: 3,
+        },
+    };
+    let c = Arc::new(C::create(&path, meta, CpuBackend, StoreConfig::default()).unwrap());
+    upsert(&c, 0..1000, 0);
+    c.start_train(None).unwrap();
+    c.wait_job().unwrap();
+    upsert(&c, 1000..1500, 1);
+    let first = c.version().quantizers.clone().unwrap();
+    // Without refine vectors the retraining learns from the codes' reconstructions.
+    c.start_train(Some(IndexConfig {
+        nlist: 16,
+        pq_m: 0,
+        refine: String::new(),
+        seed: 0,
+    }))
+    .unwrap();
+    c.wait_job().unwrap();
+    let v = c.version();
+    let q = v.quantizers.clone().unwrap();
+    assert!(!Arc::ptr_eq(&q, &first));
+    assert_eq!(q.nlist(), 16);
+    assert_eq!(c.meta().index.nlist, 16);
+    assert_eq!(v.len(), 1500);
+    assert_eq!(c.drift().trained_points, 1500);
+}
