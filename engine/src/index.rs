@@ -690,6 +690,34 @@ impl IvfPqIndex {
         }
     }
 
+    /// True when `newer` is this index after deletes only: the same quantizers, and every list
+    /// either the same or holding the very same codes, ids and raw vectors (shared memory, not
+    /// equal copies) with other tombstones. A device copy then needs only a new tombstone
+    /// bitmap.
+    pub fn differs_only_in_tombstones(&self, newer: &IvfPqIndex) -> bool {
+        fn same<T>(a: &[T], b: &[T]) -> bool {
+            a.len() == b.len() && std::ptr::eq(a.as_ptr(), b.as_ptr())
+        }
+        self.shares_quantizers_with(newer)
+            && self.layout == newer.layout
+            && self.lists.len() == newer.lists.len()
+            && self.lists.iter().zip(&newer.lists).all(|(a, b)| {
+                Arc::ptr_eq(a, b)
+                    || (same(a.codes.as_slice(), b.codes.as_slice())
+                        && same(a.ids.as_slice(), b.ids.as_slice())
+                        && match (&a.raw, &b.raw) {
+                            (RawVectors::None, RawVectors::None) => true,
+                            (RawVectors::F16(x), RawVectors::F16(y)) => {
+                                same(x.as_slice(), y.as_slice())
+                            }
+                            (RawVectors::F32(x), RawVectors::F32(y)) => {
+                                same(x.as_slice(), y.as_slice())
+                            }
+                            _ => false,
+                        })
+            })
+    }
+
     /// Checks a query batch and returns it ready to search (normalised for cosine).
     pub fn prepare_queries<'a>(&self, queries: &'a [f32]) -> Result<Cow<'a, [f32]>, EngineError> {
         let dim = self.params.dim;
@@ -849,6 +877,25 @@ mod tests {
         let mut p = IndexParams::new(Metric::L2, 8, 4, 2);
         p.refine = RefineKind::F32;
         IvfPqIndex::train(p, &x, &NoProgress).unwrap()
+    }
+
+    #[test]
+    fn a_delete_changes_only_tombstones_an_add_more() {
+        let mut a = trained();
+        let x = ClusteredGaussian::new(8, 5, 0.3, 2).rows(0, 200);
+        a.add(&x, None, &NoProgress).unwrap();
+        let mut deleted = a.clone();
+        assert_eq!(deleted.delete(&[3, 150, 199]), 3);
+        assert!(a.differs_only_in_tombstones(&deleted));
+        assert!(a.differs_only_in_tombstones(&a.clone()));
+        let mut added = deleted.clone();
+        added.add(&x[..8], Some(&[1000]), &NoProgress).unwrap();
+        assert!(!deleted.differs_only_in_tombstones(&added));
+        let mut replaced = deleted.clone();
+        replaced.upsert(&x[..8], &[5], &NoProgress).unwrap();
+        assert!(!deleted.differs_only_in_tombstones(&replaced));
+        // Equal contents held elsewhere (another load, other quantizers) do not count.
+        assert!(!trained().differs_only_in_tombstones(&trained()));
     }
 
     #[test]

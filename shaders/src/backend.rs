@@ -51,13 +51,15 @@ impl std::fmt::Debug for WgpuBackend {
 
 /// An index uploaded to the device.
 pub struct WgpuPrepared {
-    coarse: GpuCoarse,
-    tables: GpuTables,
+    /// Coarse quantizer, codebooks and L2 terms: shared by the versions of one index that
+    /// differ only in deletions (see [`Backend::refresh`]).
+    coarse: Arc<GpuCoarse>,
+    tables: Arc<GpuTables>,
     data: GpuIndex,
     /// L2 only: `nlist × M × ksub` list terms (host copy for 4-bit quantization; for the
     /// 8-bit scan also device buffers, split like the codes, and each list's (buffer, first
     /// value) in them).
-    l2_terms: Option<L2Terms>,
+    l2_terms: Option<Arc<L2Terms>>,
     /// Placeholder binding where no terms are needed.
     no_terms: wgpu::Buffer,
 }
@@ -80,6 +82,12 @@ impl WgpuPrepared {
     /// The shared index this was prepared from.
     pub fn index_arc(&self) -> &Arc<IvfPqIndex> {
         &self.data.index
+    }
+
+    /// True when `other` holds the same device copy of the codes and quantizers (it was made
+    /// from this one by a tombstone-only [`Backend::refresh`]), not an upload of its own.
+    pub fn shares_device_data_with(&self, other: &WgpuPrepared) -> bool {
+        Arc::ptr_eq(&self.coarse, &other.coarse)
     }
 
     /// Whether the codes and raw vectors live on the device (else they are streamed per batch).
@@ -298,7 +306,7 @@ impl WgpuBackend {
                     quantized.quantize(&combined, bias);
                     (push_table(&quantized, &mut qwords, &mut qparams), 0.0)
                 };
-                let (terms_buf, terms) = match &p.l2_terms {
+                let (terms_buf, terms) = match p.l2_terms.as_deref() {
                     Some((_, _, places)) if !fast => places[l],
                     _ => (0, 0),
                 };
@@ -462,11 +470,11 @@ impl WgpuBackend {
             None
         };
         Ok(WgpuPrepared {
-            coarse: GpuCoarse::new(gpu, &index)?,
-            tables: GpuTables::new(gpu, &index)?,
+            coarse: Arc::new(GpuCoarse::new(gpu, &index)?),
+            tables: Arc::new(GpuTables::new(gpu, &index)?),
             no_terms: storage(gpu, "unused", &[0u32]),
             data: GpuIndex::upload(gpu, index)?,
-            l2_terms,
+            l2_terms: l2_terms.map(Arc::new),
         })
     }
 }
@@ -480,6 +488,29 @@ impl Backend for WgpuBackend {
 
     fn prepare(&self, index: Arc<IvfPqIndex>) -> Result<WgpuPrepared, EngineError> {
         checked(&self.gpu, "uploading the index", || self.upload(index)).map_err(engine_err)
+    }
+
+    /// After deletes only, keeps every buffer and uploads a new tombstone bitmap; otherwise
+    /// uploads the index again.
+    fn refresh(
+        &self,
+        p: &WgpuPrepared,
+        index: Arc<IvfPqIndex>,
+    ) -> Result<WgpuPrepared, EngineError> {
+        let data = checked(&self.gpu, "uploading tombstones", || {
+            Ok(p.data.with_tombstones(&self.gpu, index.clone()))
+        })
+        .map_err(engine_err)?;
+        match data {
+            Some(data) => Ok(WgpuPrepared {
+                coarse: p.coarse.clone(),
+                tables: p.tables.clone(),
+                data,
+                l2_terms: p.l2_terms.clone(),
+                no_terms: p.no_terms.clone(),
+            }),
+            None => self.prepare(index),
+        }
     }
 
     fn coarse_search(

@@ -38,7 +38,8 @@ pub(crate) struct ListPlace {
     pub(crate) len: u32,
 }
 
-/// The device copy of an index.
+/// The device copy of an index. A clone shares the device buffers.
+#[derive(Clone)]
 pub(crate) struct GpuIndex {
     pub(crate) index: Arc<IvfPqIndex>,
     pub(crate) code_bufs: Vec<wgpu::Buffer>,
@@ -206,20 +207,12 @@ impl GpuIndex {
                 })
                 .collect()
         };
-        let mut dead = vec![0u32; total.div_ceil(32).max(1)];
+        let dead = tombstone_bitmap(&index);
         check_binding(gpu, "tombstone bitmap (bytes)", (dead.len() * 4) as u64)?;
         let mut places = Vec::with_capacity(lists.len());
         let mut starts = Vec::with_capacity(lists.len());
         let mut gslot = 0usize;
         for (list, segments) in lists.iter().zip(segments) {
-            if list.tombstones().is_some() {
-                for i in 0..list.len() {
-                    if list.is_deleted(i) {
-                        let s = gslot + i;
-                        dead[s / 32] |= 1 << (s % 32);
-                    }
-                }
-            }
             places.push(ListPlace {
                 segments,
                 gslot: gslot as u32,
@@ -238,6 +231,25 @@ impl GpuIndex {
             starts,
             raw_f16,
             index,
+        })
+    }
+
+    /// The device copy of `newer` when it is this index after deletes only
+    /// ([`IvfPqIndex::differs_only_in_tombstones`]): the same code and raw-vector buffers with
+    /// a new tombstone bitmap (the only upload). `None` when more changed.
+    pub(crate) fn with_tombstones(
+        &self,
+        gpu: &GpuDevice,
+        newer: Arc<IvfPqIndex>,
+    ) -> Option<GpuIndex> {
+        if !self.index.differs_only_in_tombstones(&newer) {
+            return None;
+        }
+        let dead = tombstone_bitmap(&newer);
+        Some(GpuIndex {
+            dead: storage(gpu, "tombstones", &dead),
+            index: newer,
+            ..self.clone()
         })
     }
 
@@ -296,4 +308,24 @@ impl GpuIndex {
         }
         (l as u32, gslot - self.starts[l])
     }
+}
+
+/// One bit per global slot (list order), set where the entry is deleted.
+fn tombstone_bitmap(index: &IvfPqIndex) -> Vec<u32> {
+    let lists = index.lists();
+    let total: usize = lists.iter().map(|l| l.len()).sum();
+    let mut dead = vec![0u32; total.div_ceil(32).max(1)];
+    let mut gslot = 0usize;
+    for list in lists {
+        if list.tombstones().is_some() {
+            for i in 0..list.len() {
+                if list.is_deleted(i) {
+                    let s = gslot + i;
+                    dead[s / 32] |= 1 << (s % 32);
+                }
+            }
+        }
+        gslot += list.len();
+    }
+    dead
 }

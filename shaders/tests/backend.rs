@@ -36,6 +36,18 @@ fn wide_codes_match_the_cpu_reference() {
     parity::wide_codes_match_the_cpu_reference(&WgpuBackend::new(Arc::new(gpu)));
 }
 
+/// Deletes after the upload re-upload only the tombstones: the refreshed index shares the
+/// device copy of the old one and searches like the CPU.
+#[test]
+fn deletes_upload_only_tombstones() {
+    let Some(gpu) = device() else { return };
+    let pairs =
+        parity::deletes_after_prepare_match_the_cpu_reference(&WgpuBackend::new(Arc::new(gpu)));
+    for (before, after) in &pairs {
+        assert!(after.shares_device_data_with(before));
+    }
+}
+
 /// Given the same probes and tables, the GPU scan selects the CPU scan's candidates.
 #[test]
 fn scan_stage_selects_the_cpu_candidates() {

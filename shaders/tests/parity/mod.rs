@@ -123,6 +123,54 @@ fn search_both<B: Backend>(
     (want, got)
 }
 
+/// Deletes after the upload: `refresh` with the index after deletes (the answers' own top
+/// ids deleted, so they must go) searches like the CPU on that index, for every case. Returns
+/// each case's (before, after) prepared pair for backend-specific checks.
+pub fn deletes_after_prepare_match_the_cpu_reference<B: Backend>(
+    backend: &B,
+) -> Vec<(B::Prepared, B::Prepared)> {
+    let cpu = CpuBackend;
+    let mut pairs = Vec::new();
+    for c in cases() {
+        let (idx, q) = build(&c, &[]);
+        let label = format!(
+            "{} {} {}-bit {:?} refresh",
+            backend.name(),
+            c.metric,
+            c.bits,
+            c.refine
+        );
+        let params = SearchParams {
+            k: 10,
+            nprobe: 8,
+            refine_factor: if c.refine == RefineKind::None { 1 } else { 8 },
+        };
+        let before = backend.prepare(idx.clone()).unwrap();
+        let first = cpu
+            .search(&cpu.prepare(idx.clone()).unwrap(), &q, &params)
+            .unwrap();
+        let gone: Vec<u64> = first.ids.chunks(10).map(|r| r[0] as u64).collect();
+        let mut newer = (*idx).clone();
+        assert!(newer.delete(&gone) > 0);
+        let newer = Arc::new(newer);
+        let after = backend.refresh(&before, newer.clone()).unwrap();
+        let want = cpu
+            .search(&cpu.prepare(newer.clone()).unwrap(), &q, &params)
+            .unwrap();
+        let got = backend.search(&after, &q, &params).unwrap();
+        assert_parity(&label, &want, &got);
+        assert!(
+            got.ids.iter().all(|id| !gone.contains(&(*id as u64))),
+            "{label}: a deleted id was returned"
+        );
+        // The version before the deletes still answers as before.
+        let old = backend.search(&before, &q, &params).unwrap();
+        assert_parity(&format!("{label} (old version)"), &first, &old);
+        pairs.push((before, after));
+    }
+    pairs
+}
+
 /// Whole searches on `backend` equal the CPU's, deletes honoured, for every case and a few
 /// (k, nprobe) pairs.
 pub fn searches_match_the_cpu_reference<B: Backend>(backend: &B) {
