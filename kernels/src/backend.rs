@@ -536,6 +536,17 @@ impl PendingSelect {
 /// An index on the device.
 pub struct CudaPrepared {
     index: Arc<IvfPqIndex>,
+    /// What deletes do not change, shared by the versions of one index that differ only in
+    /// tombstones (see [`Backend::refresh`]).
+    dev: Arc<DeviceData>,
+    raw_f16: bool,
+    dead: CudaSlice<u32>,
+    /// Per list: first code byte (in `codes`), global slot of its first entry, entries.
+    places: Vec<(u32, u32, u32)>,
+}
+
+/// The device copy of an index's quantizers, codes and raw vectors.
+struct DeviceData {
     centroids: CudaSlice<f32>,
     norms: CudaSlice<f32>,
     codebook: CudaSlice<f32>,
@@ -544,12 +555,8 @@ pub struct CudaPrepared {
     /// All raw vectors in global-slot order; `None`: streamed (each refine tile stages its
     /// candidates' rows), or none kept.
     raw: Option<CudaSlice<u8>>,
-    raw_f16: bool,
-    dead: CudaSlice<u32>,
     /// L2: host terms (4-bit quantization) and device terms (8-bit scan).
     l2_terms: Option<(Vec<f32>, CudaSlice<f32>)>,
-    /// Per list: first code byte (in `codes`), global slot of its first entry, entries.
-    places: Vec<(u32, u32, u32)>,
 }
 
 impl std::fmt::Debug for CudaPrepared {
@@ -557,6 +564,14 @@ impl std::fmt::Debug for CudaPrepared {
         f.debug_struct("CudaPrepared")
             .field("lists", &self.places.len())
             .finish()
+    }
+}
+
+impl CudaPrepared {
+    /// True when `other` holds the same device copy of the quantizers, codes and raw vectors
+    /// (it was made from this one by a tombstone-only [`Backend::refresh`]).
+    pub fn shares_device_data_with(&self, other: &CudaPrepared) -> bool {
+        Arc::ptr_eq(&self.dev, &other.dev)
     }
 }
 
@@ -585,6 +600,24 @@ impl CudaPrepared {
     }
 }
 
+/// One bit per global slot (list order), set where the entry is deleted.
+fn tombstone_bitmap(index: &IvfPqIndex) -> Vec<u32> {
+    let lists = index.lists();
+    let total: usize = lists.iter().map(|l| l.len()).sum();
+    let mut dead = vec![0u32; total.div_ceil(32).max(1)];
+    let mut gslot = 0usize;
+    for list in lists {
+        for i in 0..list.len() {
+            if list.is_deleted(i) {
+                let s = gslot + i;
+                dead[s / 32] |= 1 << (s % 32);
+            }
+        }
+        gslot += list.len();
+    }
+    dead
+}
+
 impl CudaBackend {
     fn prepare_inner(&self, index: Arc<IvfPqIndex>) -> Result<CudaPrepared, CudaError> {
         let lists = index.lists();
@@ -601,18 +634,12 @@ impl CudaBackend {
         let raw_f16 = matches!(lists.first().map(|l| &l.raw), Some(RawVectors::F16(_)));
         let value_bytes = if raw_f16 { 2 } else { 4 };
         let raw_bytes: usize = lists.iter().map(|l| l.raw.as_bytes().len()).sum();
-        let mut dead = vec![0u32; total.div_ceil(32).max(1)];
+        let dead = tombstone_bitmap(&index);
         let mut places = Vec::with_capacity(lists.len());
         let mut gslot = 0usize;
         let mut byte_off = 0usize;
         for list in lists {
             places.push((byte_off as u32, gslot as u32, list.len() as u32));
-            for i in 0..list.len() {
-                if list.is_deleted(i) {
-                    let s = gslot + i;
-                    dead[s / 32] |= 1 << (s % 32);
-                }
-            }
             gslot += list.len();
             byte_off = (byte_off + list.codes.as_slice().len()).min(u32::MAX as usize);
         }
@@ -673,14 +700,16 @@ impl CudaBackend {
             None => None,
         };
         Ok(CudaPrepared {
-            centroids: self.upload(index.centroids())?,
-            norms: self.upload(&norms)?,
-            codebook: self.upload(index.pq().centroids())?,
-            codes,
-            raw,
+            dev: Arc::new(DeviceData {
+                centroids: self.upload(index.centroids())?,
+                norms: self.upload(&norms)?,
+                codebook: self.upload(index.pq().centroids())?,
+                codes,
+                raw,
+                l2_terms,
+            }),
             raw_f16,
             dead: self.upload(&dead)?,
-            l2_terms,
             places,
             index,
         })
@@ -696,6 +725,26 @@ impl Backend for CudaBackend {
 
     fn prepare(&self, index: Arc<IvfPqIndex>) -> Result<CudaPrepared, EngineError> {
         self.prepare_inner(index).map_err(engine_err)
+    }
+
+    /// After deletes only, keeps the device copy and uploads a new tombstone bitmap;
+    /// otherwise uploads the index again.
+    fn refresh(
+        &self,
+        p: &CudaPrepared,
+        index: Arc<IvfPqIndex>,
+    ) -> Result<CudaPrepared, EngineError> {
+        if !p.index.differs_only_in_tombstones(&index) {
+            return self.prepare(index);
+        }
+        let dead = self.upload(&tombstone_bitmap(&index)).map_err(engine_err)?;
+        Ok(CudaPrepared {
+            index,
+            dev: p.dev.clone(),
+            raw_f16: p.raw_f16,
+            dead,
+            places: p.places.clone(),
+        })
     }
 
     fn coarse_search(
@@ -775,8 +824,8 @@ impl CudaBackend {
             );
             let mut b = self.io.compute.launch_builder(&self.coarse);
             b.arg(&q)
-                .arg(&p.centroids)
-                .arg(&p.norms)
+                .arg(&p.dev.centroids)
+                .arg(&p.dev.norms)
                 .arg(&mut s)
                 .arg(&mut pl);
             b.arg(&nq_u).arg(&nl_u).arg(&d_u).arg(&l2);
@@ -820,7 +869,7 @@ impl CudaBackend {
         };
         let (nq_u, m_u, k_u, d_u) = (nq as u32, m as u32, ksub as u32, dsub as u32);
         let mut b = self.io.compute.launch_builder(&self.tables);
-        b.arg(&q).arg(&p.codebook).arg(&mut out);
+        b.arg(&q).arg(&p.dev.codebook).arg(&mut out);
         b.arg(&nq_u).arg(&m_u).arg(&k_u).arg(&d_u).arg(&factor);
         // SAFETY: argument types and order match `lookup_tables`; threads past n return.
         unsafe { b.launch(cfg) }.map_err(driver)?;
@@ -843,13 +892,13 @@ impl CudaBackend {
         let (m, ksub) = (tables.m, tables.ksub);
         let tl = m * ksub;
         let fast = p.index.layout() == CodeLayout::Packed4x32;
-        let shared = fast && p.l2_terms.is_none();
+        let shared = fast && p.dev.l2_terms.is_none();
         let mut slots = vec![Slot::NONE; nq * keep];
         let mut scores = vec![f32::INFINITY; nq * keep];
         // Tiles: each query's row of (score, payload) and its tables (and its entries' codes
         // when they are streamed); two tiles in flight.
         let tile_bytes = self.tile_bytes;
-        let streamed_code_bytes = if p.codes.is_none() {
+        let streamed_code_bytes = if p.dev.codes.is_none() {
             p.index.pq().code_size()
         } else {
             0
@@ -927,7 +976,7 @@ impl CudaBackend {
         // Streamed codes: the lists this tile probes, packed in order of first use.
         let mut packed: Vec<u8> = Vec::new();
         let mut packed_at: Vec<u32> = Vec::new();
-        if p.codes.is_none() {
+        if p.dev.codes.is_none() {
             packed_at = vec![u32::MAX; p.places.len()];
         }
         for (local, q) in qs.clone().enumerate() {
@@ -945,7 +994,7 @@ impl CudaBackend {
                 let bias =
                     quiver_engine::backend::list_bias(&p.index, probes.scores[q * nprobe + j]);
                 let (mut byte_off, gslot, len) = p.places[l];
-                if p.codes.is_none() {
+                if p.dev.codes.is_none() {
                     if packed_at[l] == u32::MAX {
                         let bytes = p.index.lists()[l].codes.as_slice();
                         if packed.len() + bytes.len() > u32::MAX as usize {
@@ -965,7 +1014,7 @@ impl CudaBackend {
                 } else if shared {
                     (shared_table, bias)
                 } else {
-                    let terms = &p.l2_terms.as_ref().map(|t| &t.0[..]).unwrap_or(&[]);
+                    let terms = &p.dev.l2_terms.as_ref().map(|t| &t.0[..]).unwrap_or(&[]);
                     combined
                         .iter_mut()
                         .zip(terms[l * tl..(l + 1) * tl].iter().zip(q_table))
@@ -995,11 +1044,11 @@ impl CudaBackend {
         let mut row_p = self.zeros::<u32>(2 * out)?;
         if !items.is_empty() {
             let item_buf = self.io.stage(&items, held)?;
-            let staged_codes = match p.codes {
+            let staged_codes = match p.dev.codes {
                 Some(_) => None,
                 None => Some(self.io.stage(&packed, held)?),
             };
-            let codes = DeviceBytes::of(&p.codes, &staged_codes)?;
+            let codes = DeviceBytes::of(&p.dev.codes, &staged_codes)?;
             let n = items.len() as u32;
             let m_u = m as u32;
             if fast {
@@ -1023,14 +1072,14 @@ impl CudaBackend {
                     .io
                     .stage(&tables.values[qs.start * tl..qs.end * tl], held)?;
                 let no_terms;
-                let terms = match &p.l2_terms {
+                let terms = match &p.dev.l2_terms {
                     Some((_, d)) => d,
                     None => {
                         no_terms = self.zeros::<f32>(1)?;
                         &no_terms
                     }
                 };
-                let l2 = u32::from(p.l2_terms.is_some());
+                let l2 = u32::from(p.dev.l2_terms.is_some());
                 let staged = m * 256 * 4 <= self.scan8_shared;
                 let smem = if staged { (m * 256 * 4) as u32 } else { 0 };
                 let staged = u32::from(staged);
@@ -1071,7 +1120,7 @@ impl CudaBackend {
         let has_raw = index.params().refine != RefineKind::None;
         let tile_bytes = self.tile_bytes;
         let value_bytes = if p.raw_f16 { 2 } else { 4 };
-        let streamed_rows = has_raw && p.raw.is_none();
+        let streamed_rows = has_raw && p.dev.raw.is_none();
         let row_bytes = if streamed_rows { dim * value_bytes } else { 0 };
         let rows_per_tile = (tile_bytes / (per * (28 + row_bytes) + dim * 4)).max(1);
         let finish = |start: usize, selected: Vec<Selected>| {
@@ -1141,11 +1190,11 @@ impl CudaBackend {
             let pl = self.io.stage(&payload, held)?;
             if !items.is_empty() {
                 let item_buf = self.io.stage(&items, held)?;
-                let staged_rows = match p.raw {
+                let staged_rows = match p.dev.raw {
                     Some(_) => None,
                     None => Some(self.io.stage(&rows, held)?),
                 };
-                let raw = DeviceBytes::of(&p.raw, &staged_rows)?;
+                let raw = DeviceBytes::of(&p.dev.raw, &staged_rows)?;
                 let qbuf = self.io.stage(&queries[start * dim..end * dim], held)?;
                 let (d_u, f16, ip, n_u) = (
                     dim as u32,

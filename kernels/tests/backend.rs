@@ -46,6 +46,18 @@ fn an_index_above_the_memory_budget_is_streamed() {
     parity::searches_match_the_cpu_reference(&b.with_memory_budget(200 << 10));
 }
 
+/// Deletes after the upload re-upload only the tombstones: the refreshed index shares the
+/// device copy of the old one and searches like the CPU (streamed indexes too).
+#[test]
+fn deletes_upload_only_tombstones() {
+    let Some(b) = backend() else { return };
+    for (before, after) in parity::deletes_after_prepare_match_the_cpu_reference(&b) {
+        assert!(after.shares_device_data_with(&before));
+    }
+    let Some(b) = backend() else { return };
+    parity::deletes_after_prepare_match_the_cpu_reference(&b.with_memory_budget(0));
+}
+
 #[test]
 fn wide_codes_match_the_cpu_reference() {
     let Some(b) = backend() else { return };
