@@ -333,6 +333,7 @@ async fn acknowledged_writes_survive_sigkill_during_writes_checkpoints_and_train
     let mut rng = Rng(0x5EED_1234);
     let mut trained_at = None;
     let mut killed_training = 0;
+    let mut retrains = 0;
     for round in 0..KILLS {
         let (mut child, addr) = start(&data);
         let mut c = client(&addr).await;
@@ -381,6 +382,21 @@ async fn acknowledged_writes_survive_sigkill_during_writes_checkpoints_and_train
                 .await;
             if r.is_ok() && trained_at.is_none() {
                 trained_at = Some(round);
+            }
+        }
+        if info.trained && round > KILLS / 2 && round % 3 == 0 {
+            // A retraining (Train on a trained collection), for kills to land in: writes go
+            // into a flat segment meanwhile, and the switch replaces every sealed segment.
+            if c
+                .train(TrainRequest {
+                    collection: "c".into(),
+                    index: None,
+                    background: true,
+                })
+                .await
+                .is_ok()
+            {
+                retrains += 1;
             }
         }
         tokio::time::sleep(std::time::Duration::from_millis(40 + rng.below(260))).await;
@@ -438,12 +454,13 @@ async fn acknowledged_writes_survive_sigkill_during_writes_checkpoints_and_train
         .unwrap()
         .into_inner();
     eprintln!(
-        "crash test: {KILLS} kills ({killed_training} while training), {} points live, trained {} (a train started in round {trained_at:?}), {} segments",
+        "crash test: {KILLS} kills ({killed_training} while training; {retrains} retrainings started), {} points live, trained {} (a train started in round {trained_at:?}), {} segments",
         info.count, info.trained, info.segments
     );
     if cfg!(feature = "failpoints") {
         assert!(killed_training >= 1, "no kill landed in a training");
         assert!(info.trained, "no training finished");
+        assert!(retrains >= 1, "no retraining started");
     }
     child.kill().unwrap();
     let _ = child.wait();
