@@ -387,14 +387,13 @@ async fn acknowledged_writes_survive_sigkill_during_writes_checkpoints_and_train
         if info.trained && round > KILLS / 2 && round % 3 == 0 {
             // A retraining (Train on a trained collection), for kills to land in: writes go
             // into a flat segment meanwhile, and the switch replaces every sealed segment.
-            if c
-                .train(TrainRequest {
-                    collection: "c".into(),
-                    index: None,
-                    background: true,
-                })
-                .await
-                .is_ok()
+            if c.train(TrainRequest {
+                collection: "c".into(),
+                index: None,
+                background: true,
+            })
+            .await
+            .is_ok()
             {
                 retrains += 1;
             }

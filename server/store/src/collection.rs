@@ -876,6 +876,43 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         Ok(true)
     }
 
+    /// Measures the drift baseline of quantizers that came without one (an index loaded from
+    /// a file, a collection trained by an earlier version) over an even spread of the points
+    /// in its sealed segments. Returns whether it did.
+    fn measure_missing_baseline(&self, v: &Version<B>, q: &Arc<IvfPqIndex>) -> bool {
+        if self.drift.lock().baseline > 0.0 {
+            return false;
+        }
+        let total: usize = v
+            .segments
+            .iter()
+            .filter_map(|s| s.ivf())
+            .map(|i| i.len())
+            .sum();
+        if total == 0 {
+            return false;
+        }
+        let step = total.div_ceil(crate::drift::BASELINE_SAMPLE).max(1);
+        let mut sample = Vec::new();
+        let mut i = 0usize;
+        for index in v.segments.iter().filter_map(|s| s.ivf()) {
+            index.for_each_live(|_, x| {
+                if i % step == 0 {
+                    sample.extend_from_slice(x);
+                }
+                i += 1;
+            });
+        }
+        let baseline = crate::priority::in_background(self.cfg.write_nice, || {
+            crate::drift::mean_error(q, &sample)
+        });
+        let mut d = self.drift.lock();
+        if d.baseline == 0.0 {
+            *d = Drift::after_training(baseline, total as u64);
+        }
+        true
+    }
+
     /// Where the data stands against the quantizers (see [`crate::drift`]).
     pub fn drift(&self) -> Drift {
         self.drift.lock().clone()
@@ -1168,6 +1205,9 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                     SegmentIndex::Device(p) => p.index().clone(),
                 })
             })?;
+            return Ok(true);
+        }
+        if self.measure_missing_baseline(&v, &q) {
             return Ok(true);
         }
         if self.retrain_if_drifted()? {

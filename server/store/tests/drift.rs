@@ -182,3 +182,44 @@ fn train_on_a_trained_collection_retrains_it() {
     assert_eq!(v.len(), 1500);
     assert_eq!(c.drift().trained_points, 1500);
 }
+
+/// An index loaded from a file comes without a drift baseline: the optimizer measures one
+/// over its points, and new points are then compared with it.
+#[test]
+fn a_loaded_index_gets_a_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = CollectionMeta {
+        name: "l".into(),
+        dim: DIM,
+        metric: "l2".into(),
+        index: IndexConfig {
+            nlist: 0,
+            pq_m: 0,
+            refine: "f16".into(),
+            seed: 0,
+        },
+    };
+    let x: Vec<f32> = (0..2000).flat_map(|i| vector(i, 0)).collect();
+    let mut params = quiver_engine::IndexParams::new(quiver_engine::Metric::L2, DIM, 16, 4);
+    params.refine = quiver_engine::RefineKind::F16;
+    let mut index =
+        quiver_engine::IvfPqIndex::train(params, &x, &quiver_engine::progress::NoProgress).unwrap();
+    index
+        .add(&x, None, &quiver_engine::progress::NoProgress)
+        .unwrap();
+    let c = C::create(
+        &dir.path().join("l"),
+        meta,
+        CpuBackend,
+        StoreConfig::default(),
+    )
+    .unwrap();
+    c.load_index(index).unwrap();
+    assert_eq!(c.drift().baseline, 0.0);
+    while c.optimize_step().unwrap() {}
+    let d = c.drift();
+    assert!(d.baseline > 0.0 && d.trained_points == 2000, "{d:?}");
+    upsert(&c, 5000..5100, 0);
+    let r = c.drift().ratio().unwrap();
+    assert!((0.5..1.5).contains(&r), "the same data scores {r}");
+}
