@@ -5,8 +5,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio_stream::wrappers::TcpListenerStream;
-
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::proto::quiver_server::QuiverServer;
@@ -135,7 +133,13 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        // TCP_NODELAY on every accepted connection (tonic sets it only on listeners it binds
+        // itself): with Nagle on, a reply written in several frames waits for the client's
+        // delayed ACK, ≈ 40 ms.
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            signal,
+        );
     // Requests and streams still open when shutdown begins get `shutdown_grace` to end; then
     // their connections are closed (a stream's acknowledged messages are durable already).
     let grace = config.shutdown_grace;

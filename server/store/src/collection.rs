@@ -876,6 +876,40 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         Ok(true)
     }
 
+    /// While a training holds checkpoints back (it holds the structural lock for minutes on a
+    /// large collection), seals a full appendable segment in memory only, so that writes keep
+    /// copying at most `seal_rows` points of it: the log still holds its records (nothing is
+    /// removed before a checkpoint), and the checkpoint after the training writes it. Returns
+    /// whether it sealed.
+    fn seal_held_back(&self) -> Result<bool> {
+        if self.version().appendable.len() < self.cfg.seal_rows {
+            return Ok(false);
+        }
+        if self.structural.try_lock().is_some() {
+            // Nothing holds checkpoints back: the next step checkpoints.
+            return Ok(false);
+        }
+        self.switch(|w| -> Result<bool> {
+            let mut v = (*w.staged).clone();
+            if v.appendable.len() < self.cfg.seal_rows {
+                return Ok(false);
+            }
+            let flat = matches!(v.appendable.index, SegmentIndex::Flat(_));
+            let id = w.next_segment_id;
+            w.next_segment_id += 1;
+            v.segments.push(v.appendable.clone());
+            let quantizers = if flat { None } else { v.quantizers.clone() };
+            v.appendable = Arc::new(empty_appendable(
+                id,
+                &self.meta.read(),
+                quantizers.as_ref(),
+                &self.cpu,
+            )?);
+            self.publish(w, v);
+            Ok(true)
+        })
+    }
+
     /// Measures the drift baseline of quantizers that came without one (an index loaded from
     /// a file, a collection trained by an earlier version) over an even spread of the points
     /// in its sealed segments. Returns whether it did.
@@ -1175,11 +1209,11 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     /// segments to the device, merging segments and purging deleted rows. Returns true when
     /// it did something.
     pub fn optimize_step(&self) -> Result<bool> {
-        if self.read_only
-            || self.dropped.load(Ordering::Acquire)
-            || self.job() == JobState::Training
-        {
+        if self.read_only || self.dropped.load(Ordering::Acquire) {
             return Ok(false);
+        }
+        if self.job() == JobState::Training {
+            return self.seal_held_back();
         }
         let mut did = false;
         if self.wal_bytes() > wal::HEADER + self.cfg.checkpoint_wal_bytes

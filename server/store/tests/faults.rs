@@ -218,3 +218,50 @@ fn writes_made_during_training_survive_compaction() {
     check(&path, &acked, &[401, 3]);
     scenario.teardown();
 }
+
+/// A training holds checkpoints back; the optimizer seals the appendable segment in memory
+/// meanwhile (each write then copies at most `seal_rows` points of it). After the training,
+/// and after a reopen, every point is there.
+#[test]
+fn writes_during_a_long_training_are_sealed_in_memory() {
+    let _s = SERIAL.lock();
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let cfg = StoreConfig {
+        seal_rows: 50,
+        ..StoreConfig::default()
+    };
+    let c = Arc::new(C::create(&path, meta(), CpuBackend, cfg.clone()).unwrap());
+    let ids: Vec<u64> = (0..400).collect();
+    upsert(&c, &ids).unwrap();
+    c.checkpoint().unwrap();
+    fail::cfg("train::before_publish", "sleep(500)").unwrap();
+    c.start_train(None).unwrap();
+    while c.version().appendable.len() > 0 || c.version().segments.is_empty() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let sealed_before = c.version().segments.len();
+    for b in 0..6u64 {
+        let batch: Vec<u64> = (1000 + b * 30..1000 + (b + 1) * 30).collect();
+        upsert(&c, &batch).unwrap();
+        c.optimize_step().unwrap();
+    }
+    assert!(
+        c.version().segments.len() >= sealed_before + 3,
+        "{} segments",
+        c.version().segments.len()
+    );
+    assert!(c.version().appendable.len() < 50);
+    c.wait_job().unwrap();
+    fail::remove("train::before_publish");
+    assert!(c.trained());
+    assert_eq!(c.version().len(), 580);
+    while c.optimize_step().unwrap() {}
+    drop(c);
+    let acked: Vec<u64> = (0..400).chain(1000..1180).collect();
+    check(&path, &acked, &[]);
+    let c = C::open(&path, CpuBackend, cfg).unwrap();
+    assert_eq!(c.version().len(), 580);
+    scenario.teardown();
+}
