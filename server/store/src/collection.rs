@@ -450,9 +450,9 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         check_ids(&ids)?;
         // Validate and encode before taking any lock (writers encode in parallel).
         let v = self.version();
-        let rows = crate::priority::in_background(self.cfg.write_nice, || {
-            v.rows_for(&vectors, &self.cpu)
-        })?;
+        // On the calling thread (a writer, already at background priority in the service), not
+        // on the background pool: a training's long tasks there would hold it up.
+        let rows = v.rows_for(&vectors, &self.cpu)?;
         if let (Rows::Encoded(r), Some(q)) = (&rows, &v.quantizers) {
             let error = crate::drift::coarse_error(q, &r.vectors, &r.lists);
             self.drift.lock().record(r.len(), error);
