@@ -600,24 +600,6 @@ impl CudaPrepared {
     }
 }
 
-/// One bit per global slot (list order), set where the entry is deleted.
-fn tombstone_bitmap(index: &IvfPqIndex) -> Vec<u32> {
-    let lists = index.lists();
-    let total: usize = lists.iter().map(|l| l.len()).sum();
-    let mut dead = vec![0u32; total.div_ceil(32).max(1)];
-    let mut gslot = 0usize;
-    for list in lists {
-        for i in 0..list.len() {
-            if list.is_deleted(i) {
-                let s = gslot + i;
-                dead[s / 32] |= 1 << (s % 32);
-            }
-        }
-        gslot += list.len();
-    }
-    dead
-}
-
 impl CudaBackend {
     fn prepare_inner(&self, index: Arc<IvfPqIndex>) -> Result<CudaPrepared, CudaError> {
         let lists = index.lists();
@@ -634,7 +616,7 @@ impl CudaBackend {
         let raw_f16 = matches!(lists.first().map(|l| &l.raw), Some(RawVectors::F16(_)));
         let value_bytes = if raw_f16 { 2 } else { 4 };
         let raw_bytes: usize = lists.iter().map(|l| l.raw.as_bytes().len()).sum();
-        let dead = tombstone_bitmap(&index);
+        let dead = quiver_engine::backend::tombstone_bitmap(&index);
         let mut places = Vec::with_capacity(lists.len());
         let mut gslot = 0usize;
         let mut byte_off = 0usize;
@@ -737,7 +719,9 @@ impl Backend for CudaBackend {
         if !p.index.differs_only_in_tombstones(&index) {
             return self.prepare(index);
         }
-        let dead = self.upload(&tombstone_bitmap(&index)).map_err(engine_err)?;
+        let dead = self
+            .upload(&quiver_engine::backend::tombstone_bitmap(&index))
+            .map_err(engine_err)?;
         Ok(CudaPrepared {
             index,
             dev: p.dev.clone(),

@@ -207,7 +207,7 @@ impl GpuIndex {
                 })
                 .collect()
         };
-        let dead = tombstone_bitmap(&index);
+        let dead = quiver_engine::backend::tombstone_bitmap(&index);
         check_binding(gpu, "tombstone bitmap (bytes)", (dead.len() * 4) as u64)?;
         let mut places = Vec::with_capacity(lists.len());
         let mut starts = Vec::with_capacity(lists.len());
@@ -245,7 +245,7 @@ impl GpuIndex {
         if !self.index.differs_only_in_tombstones(&newer) {
             return None;
         }
-        let dead = tombstone_bitmap(&newer);
+        let dead = quiver_engine::backend::tombstone_bitmap(&newer);
         Some(GpuIndex {
             dead: storage(gpu, "tombstones", &dead),
             index: newer,
@@ -308,24 +308,4 @@ impl GpuIndex {
         }
         (l as u32, gslot - self.starts[l])
     }
-}
-
-/// One bit per global slot (list order), set where the entry is deleted.
-fn tombstone_bitmap(index: &IvfPqIndex) -> Vec<u32> {
-    let lists = index.lists();
-    let total: usize = lists.iter().map(|l| l.len()).sum();
-    let mut dead = vec![0u32; total.div_ceil(32).max(1)];
-    let mut gslot = 0usize;
-    for list in lists {
-        if list.tombstones().is_some() {
-            for i in 0..list.len() {
-                if list.is_deleted(i) {
-                    let s = gslot + i;
-                    dead[s / 32] |= 1 << (s % 32);
-                }
-            }
-        }
-        gslot += list.len();
-    }
-    dead
 }

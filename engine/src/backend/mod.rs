@@ -278,6 +278,27 @@ pub fn list_bias(index: &IvfPqIndex, coarse_score: f32) -> f32 {
     }
 }
 
+/// One bit per global slot (the entries in list order), set where the entry is deleted: the
+/// tombstone bitmap the device backends upload.
+pub fn tombstone_bitmap(index: &IvfPqIndex) -> Vec<u32> {
+    let lists = index.lists();
+    let total: usize = lists.iter().map(|l| l.len()).sum();
+    let mut dead = vec![0u32; total.div_ceil(32).max(1)];
+    let mut gslot = 0usize;
+    for list in lists {
+        if list.tombstones().is_some() {
+            for i in 0..list.len() {
+                if list.is_deleted(i) {
+                    let s = gslot + i;
+                    dead[s / 32] |= 1 << (s % 32);
+                }
+            }
+        }
+        gslot += list.len();
+    }
+    dead
+}
+
 /// L2 metrics: the per-list table terms `‖C_mj‖² + 2 <c_l,m, C_mj>` (`nlist × M × ksub`)
 /// that the scan adds to a query's `-2 <q_m, C_mj>` table for list `l`; `None` for
 /// inner-product metrics. Every backend uses these very values, so their scans agree.
