@@ -6,7 +6,7 @@
 //! so a thread lowered here stays lowered: use it only on threads that do nothing else).
 //! Elsewhere this does nothing.
 //!
-//! Background work that fans out on rayon (training, encoding of upserts, merges) runs inside
+//! Background work that fans out on rayon (training, merges and purges) runs inside
 //! [`in_background`]: on a rayon pool of its own whose threads are lowered too, not on the
 //! global pool that searches use at the normal priority.
 
