@@ -31,6 +31,8 @@ pub struct FlatIndex {
     dim: usize,
     chunks: Vec<Arc<Chunk>>,
     locations: imbl::HashMap<u64, (u32, u32)>,
+    /// Above every id ever stored: larger ids need no lookup.
+    id_bound: u64,
 }
 
 impl FlatIndex {
@@ -41,6 +43,7 @@ impl FlatIndex {
             dim,
             chunks: Vec::new(),
             locations: imbl::HashMap::new(),
+            id_bound: 0,
         }
     }
 
@@ -62,7 +65,7 @@ impl FlatIndex {
     }
     /// True when `id` is present.
     pub fn contains(&self, id: u64) -> bool {
-        self.locations.contains_key(&id)
+        id < self.id_bound && self.locations.contains_key(&id)
     }
     /// Bytes held by vectors and ids.
     pub fn data_bytes(&self) -> usize {
@@ -99,6 +102,7 @@ impl FlatIndex {
                 chunk.deleted.push(0);
             }
             self.locations.insert(id, (c as u32, slot as u32));
+            self.id_bound = self.id_bound.max(id.saturating_add(1));
         }
         Ok(())
     }
@@ -106,7 +110,7 @@ impl FlatIndex {
     /// Deletes ids; returns how many were present.
     pub fn delete(&mut self, ids: &[u64]) -> usize {
         let mut n = 0;
-        for id in ids {
+        for id in ids.iter().filter(|&&id| id < self.id_bound) {
             if let Some((c, s)) = self.locations.remove(id) {
                 let chunk = Arc::make_mut(&mut self.chunks[c as usize]);
                 chunk.deleted[s as usize / 64] |= 1 << (s % 64);

@@ -503,7 +503,9 @@ impl IvfPqIndex {
     /// Deletes the given ids (tombstones); returns how many were present.
     pub fn delete(&mut self, ids: &[u64]) -> usize {
         let mut removed = 0;
-        for id in ids {
+        // Ids at or above `next_id` were never here: no lookup (nor a copy of the shared map's
+        // path, which a removal makes even for an absent key).
+        for id in ids.iter().filter(|&&id| id < self.next_id) {
             if let Some(loc) = self.locations.remove(id) {
                 if Arc::make_mut(&mut self.lists[loc.list as usize]).mark_deleted(loc.slot as usize)
                 {
@@ -734,10 +736,14 @@ impl IvfPqIndex {
 
     /// True when `id` is present (not deleted).
     pub fn contains(&self, id: u64) -> bool {
-        self.locations.contains_key(&id)
+        // `next_id` is above every id ever stored: new ids (usually the largest) skip the map.
+        id < self.next_id && self.locations.contains_key(&id)
     }
     /// Where `id` is stored.
     pub fn location(&self, id: u64) -> Option<Location> {
+        if id >= self.next_id {
+            return None;
+        }
         self.locations.get(&id).copied()
     }
     /// Build parameters.

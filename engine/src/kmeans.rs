@@ -233,12 +233,26 @@ pub fn assign_nearest(
 ) {
     let k = centroids.len() / dim;
     let c_norms = row_norms_sq(centroids, dim);
+    // Short vectors (PQ sub-spaces) gain nothing: their f32 products are cheap already.
+    let packed = (dim >= 64)
+        .then(|| crate::i8panels::I8Panels::pack(centroids, k, dim))
+        .flatten();
+    let i8_rule = match rule {
+        Assignment::L2 => crate::i8panels::Rule::L2,
+        Assignment::InnerProduct => crate::i8panels::Rule::InnerProduct,
+    };
     points
         .par_chunks(ASSIGN_BLOCK * dim)
         .zip(assign.par_chunks_mut(ASSIGN_BLOCK))
         .zip(score.par_chunks_mut(ASSIGN_BLOCK))
         .for_each(|((block, a_out), s_out)| {
             let rows = block.len() / dim;
+            if let Some(p8) = &packed {
+                // Int8 first, then exact f32 over the centroids it cannot rule out: the same
+                // answer as the GEMM below.
+                p8.nearest(block, rows, 1, i8_rule, centroids, &c_norms, a_out, s_out);
+                return;
+            }
             let tile = k.min(CENTROID_TILE);
             let mut ip = vec![0f32; rows * tile];
             let mut best = vec![(f32::INFINITY, 0u32); rows];

@@ -14,6 +14,7 @@ pub mod bruteforce;
 pub mod error;
 pub mod fastscan;
 pub mod flat;
+pub mod i8panels;
 pub mod index;
 pub mod io;
 pub mod kmeans;

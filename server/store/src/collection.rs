@@ -572,7 +572,13 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         {
             let mut w = self.writer.lock();
             match outcome {
-                Ok((v, counts, next_lsn, _)) => {
+                Ok((mut v, counts, next_lsn, _)) => {
+                    // A full appendable segment is sealed at once, in memory: the next group
+                    // copies the lists it touches, and those must not grow while a merge or
+                    // a checkpoint keeps the optimizer from sealing it with its files.
+                    if v.appendable.len() >= self.cfg.seal_rows {
+                        self.seal_in_memory(&mut w, &mut v);
+                    }
                     let v = Arc::new(v);
                     w.staged = v.clone();
                     w.next_lsn = next_lsn;
@@ -891,23 +897,48 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         }
         self.switch(|w| -> Result<bool> {
             let mut v = (*w.staged).clone();
-            if v.appendable.len() < self.cfg.seal_rows {
+            if v.appendable.len() < self.cfg.seal_rows || !self.seal_in_memory(w, &mut v) {
                 return Ok(false);
             }
-            let flat = matches!(v.appendable.index, SegmentIndex::Flat(_));
-            let id = w.next_segment_id;
-            w.next_segment_id += 1;
-            v.segments.push(v.appendable.clone());
-            let quantizers = if flat { None } else { v.quantizers.clone() };
-            v.appendable = Arc::new(empty_appendable(
-                id,
-                &self.meta.read(),
-                quantizers.as_ref(),
-                &self.cpu,
-            )?);
             self.publish(w, v);
             Ok(true)
         })
+    }
+
+    /// Moves `v`'s appendable segment to its sealed segments and gives it a new, empty one
+    /// of the same kind (flat while a training runs). No file is written: the log keeps the
+    /// records until the next checkpoint writes the segment. Returns false (and leaves `v`)
+    /// when the new segment could not be made.
+    fn seal_in_memory(&self, w: &mut Writer<B>, v: &mut Version<B>) -> bool {
+        let flat = matches!(v.appendable.index, SegmentIndex::Flat(_));
+        let quantizers = if flat { None } else { v.quantizers.clone() };
+        let next = empty_appendable(
+            w.next_segment_id,
+            &self.meta.read(),
+            quantizers.as_ref(),
+            &self.cpu,
+        );
+        match next {
+            Ok(next) => {
+                w.next_segment_id += 1;
+                let full = std::mem::replace(&mut v.appendable, Arc::new(next));
+                v.segments.push(full);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(collection = %self.meta.read().name, error = %e, "sealing the appendable segment in memory failed; it goes on growing until the next checkpoint");
+                false
+            }
+        }
+    }
+
+    /// True when a sealed segment has no file yet (sealed in memory by a write).
+    fn has_unwritten_segments(&self) -> bool {
+        let v = self.version();
+        let files = self.files.lock();
+        v.segments
+            .iter()
+            .any(|s| !files.written.contains_key(&s.id))
     }
 
     /// Measures the drift baseline of quantizers that came without one (an index loaded from
@@ -1218,6 +1249,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         let mut did = false;
         if self.wal_bytes() > wal::HEADER + self.cfg.checkpoint_wal_bytes
             || self.version().appendable.len() >= self.cfg.seal_rows
+            || self.has_unwritten_segments()
         {
             self.checkpoint()?;
             did = true;

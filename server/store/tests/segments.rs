@@ -37,12 +37,10 @@ fn same_answers(a: &quiver_engine::backend::Neighbors, b: &quiver_engine::backen
     }
 }
 
-#[test]
-fn segments_search_like_one_index_and_survive_compaction_and_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s");
-    let meta = CollectionMeta {
-        name: "s".into(),
+/// A 16-d L2 collection, IVF8,PQ4 with f32 refine.
+fn meta(name: &str) -> CollectionMeta {
+    CollectionMeta {
+        name: name.into(),
         dim: 16,
         metric: "l2".into(),
         index: IndexConfig {
@@ -51,7 +49,14 @@ fn segments_search_like_one_index_and_survive_compaction_and_reopen() {
             refine: "f32".into(),
             seed: 5,
         },
-    };
+    }
+}
+
+#[test]
+fn segments_search_like_one_index_and_survive_compaction_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    let meta = meta("s");
     let c = Arc::new(C::create(&path, meta, CpuBackend, StoreConfig::default()).unwrap());
     upsert(&c, 0..2000);
     c.start_train(None).unwrap();
@@ -151,4 +156,62 @@ fn segments_search_like_one_index_and_survive_compaction_and_reopen() {
     c.compact().unwrap();
     assert_eq!(c.version().segments.len(), 1);
     assert_eq!(c.version().len(), 2500);
+}
+
+/// The write that fills the appendable segment seals it in memory (no optimizer runs here),
+/// so later writes copy only a new, small appendable segment's lists. The sealed segments
+/// have no files until a checkpoint: a reopen before one finds their points in the log, and
+/// the optimizer's next step writes them.
+#[test]
+fn writes_seal_a_full_appendable_segment_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w");
+    let meta = meta("w");
+    let cfg = StoreConfig {
+        seal_rows: 100,
+        ..StoreConfig::default()
+    };
+    let c = C::create(&path, meta, CpuBackend, cfg.clone()).unwrap();
+    let c = Arc::new(c);
+    upsert(&c, 0..1000);
+    c.start_train(None).unwrap();
+    c.wait_job().unwrap();
+    let sealed = c.version().segments.len();
+    for b in 0..10u64 {
+        upsert(&c, 1000 + b * 50..1000 + (b + 1) * 50);
+        assert!(c.version().appendable.len() < 100, "write {b}: not sealed");
+    }
+    let v = c.version();
+    assert_eq!(v.segments.len(), sealed + 5, "one seal per 100 rows");
+    assert_eq!(v.len(), 1500);
+    drop(v);
+    let exact = SearchKey {
+        k: 1,
+        nprobe: 8,
+        refine_factor: 100,
+    };
+    for id in [1000u64, 1099, 1100, 1499] {
+        assert_eq!(c.search(&vector(id), 1, exact).unwrap().ids[0], id as i64);
+    }
+    drop(c);
+    // Reopened from the files of the training's checkpoint and the log.
+    let c = C::open(&path, CpuBackend, cfg.clone()).unwrap();
+    assert_eq!(c.version().len(), 1500);
+    for id in [0u64, 999, 1000, 1250, 1499] {
+        assert_eq!(c.get(&[id])[0].1, vector(id), "{id}");
+    }
+    // The optimizer's next steps write the sealed segments (and merge them); what a reopen
+    // then reads comes from their files.
+    let mut steps = 0;
+    while c.optimize_step().unwrap() {
+        steps += 1;
+        assert!(steps < 50, "the optimizer does not settle");
+    }
+    assert!(steps >= 1);
+    drop(c);
+    let c = C::open(&path, CpuBackend, cfg).unwrap();
+    assert_eq!(c.version().len(), 1500);
+    for id in [0u64, 1000, 1499] {
+        assert_eq!(c.search(&vector(id), 1, exact).unwrap().ids[0], id as i64);
+    }
 }
