@@ -588,6 +588,22 @@ impl IvfPqIndex {
             let list = Arc::make_mut(&mut out.lists[l]);
             for part in parts {
                 let src = &part.lists[l];
+                let mut placed = Vec::new();
+                if list.append_live(src, cs, dim, self.layout, |id, slot| {
+                    placed.push((id, slot))
+                }) {
+                    for (id, slot) in placed {
+                        let at = Location {
+                            list: l as u32,
+                            slot,
+                        };
+                        if out.locations.insert(id, at).is_some() {
+                            return Err(EngineError::DuplicateId { id });
+                        }
+                        out.next_id = out.next_id.max(id + 1);
+                    }
+                    continue;
+                }
                 for i in 0..src.len() {
                     if src.is_deleted(i) {
                         continue;
@@ -920,6 +936,70 @@ mod tests {
         before.lists()[old.list as usize].raw_vector(old.slot as usize, &mut v);
         assert_eq!(v, [0.0; 8], "the clone saw the write");
         assert!(a.shares_quantizers_with(&before));
+    }
+
+    /// A merge keeps exactly the live entries of its parts, codes and raw values unchanged
+    /// (copied as stored), for every raw kind and both code layouts, and refuses an id live
+    /// in two parts.
+    #[test]
+    fn merged_keeps_live_entries_as_stored() {
+        let x = ClusteredGaussian::new(8, 5, 0.3, 2).rows(0, 600);
+        for (refine, bits) in [
+            (RefineKind::F16, 8),
+            (RefineKind::F32, 8),
+            (RefineKind::None, 8),
+            (RefineKind::F16, 4),
+        ] {
+            let mut p = IndexParams::new(Metric::L2, 8, 4, 2);
+            p.refine = refine;
+            p.pq_bits = bits;
+            let q = IvfPqIndex::train(p, &x, &NoProgress).unwrap();
+            let mut a = q.empty_like();
+            a.add(
+                &x[..8 * 100],
+                Some(&(0..100).collect::<Vec<_>>()),
+                &NoProgress,
+            )
+            .unwrap();
+            let mut b = q.empty_like();
+            b.add(
+                &x[8 * 100..8 * 250],
+                Some(&(100..250).collect::<Vec<_>>()),
+                &NoProgress,
+            )
+            .unwrap();
+            assert_eq!(a.delete(&[0, 1, 2, 50, 99]), 5);
+            assert_eq!(b.delete(&[100, 180]), 2);
+            let m = q.merged(&[&a, &b]).unwrap();
+            assert_eq!(m.len(), 243, "{refine:?} {bits}");
+            assert_eq!(m.deleted_count(), 0);
+            let cs = q.pq().code_size();
+            for id in (0..250u64).filter(|i| ![0, 1, 2, 50, 99, 100, 180].contains(i)) {
+                let part = if id < 100 { &a } else { &b };
+                let (was, now) = (part.location(id).unwrap(), m.location(id).unwrap());
+                assert_eq!(was.list, now.list);
+                let (lw, ln) = (
+                    &part.lists()[was.list as usize],
+                    &m.lists()[now.list as usize],
+                );
+                assert_eq!(ln.ids.as_slice()[now.slot as usize], id);
+                assert_eq!(
+                    lw.code(was.slot as usize, cs, q.layout()),
+                    ln.code(now.slot as usize, cs, q.layout())
+                );
+                assert_eq!(part.vector(id), m.vector(id), "{refine:?} {bits} id {id}");
+            }
+            for id in [0u64, 99, 100, 180] {
+                assert!(!m.contains(id));
+            }
+            assert!(m.next_id() >= 250);
+            let mut c = q.empty_like();
+            c.add(&x[..8], Some(&[120]), &NoProgress).unwrap();
+            assert!(matches!(
+                q.merged(&[&b, &c]),
+                Err(EngineError::DuplicateId { id: 120 })
+            ));
+        }
     }
 
     #[test]

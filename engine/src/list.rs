@@ -180,6 +180,64 @@ impl InvertedList {
         }
     }
 
+    /// Appends the live entries of `src` as stored: ids, codes and raw values copied run by
+    /// run, with no decoding (a segment merge). Calls `placed(id, slot)` for each entry in
+    /// order. Returns false, appending nothing, when this cannot copy bytes as they are
+    /// (4-bit packed codes, or raw vectors of another kind): the caller pushes entry by entry.
+    pub fn append_live(
+        &mut self,
+        src: &InvertedList,
+        code_size: usize,
+        dim: usize,
+        layout: CodeLayout,
+        mut placed: impl FnMut(u64, u32),
+    ) -> bool {
+        let same_raw = matches!(
+            (&self.raw, &src.raw),
+            (RawVectors::None, RawVectors::None)
+                | (RawVectors::F16(_), RawVectors::F16(_))
+                | (RawVectors::F32(_), RawVectors::F32(_))
+        );
+        if layout != CodeLayout::Flat || !same_raw {
+            return false;
+        }
+        let n = src.len();
+        let mut a = 0;
+        while a < n {
+            if src.is_deleted(a) {
+                a += 1;
+                continue;
+            }
+            let mut b = a + 1;
+            while b < n && !src.is_deleted(b) {
+                b += 1;
+            }
+            let first = self.ids.len();
+            let ids = &src.ids.as_slice()[a..b];
+            self.ids.to_mut().extend_from_slice(ids);
+            self.codes
+                .to_mut()
+                .extend_from_slice(&src.codes.as_slice()[a * code_size..b * code_size]);
+            match (&mut self.raw, &src.raw) {
+                (RawVectors::F16(d), RawVectors::F16(s)) => d
+                    .to_mut()
+                    .extend_from_slice(&s.as_slice()[a * dim..b * dim]),
+                (RawVectors::F32(d), RawVectors::F32(s)) => d
+                    .to_mut()
+                    .extend_from_slice(&s.as_slice()[a * dim..b * dim]),
+                _ => {}
+            }
+            for (k, &id) in ids.iter().enumerate() {
+                placed(id, (first + k) as u32);
+            }
+            a = b;
+        }
+        if let Some(bits) = &mut self.deleted {
+            bits.resize(self.ids.len().div_ceil(64), 0);
+        }
+        true
+    }
+
     /// Copies the raw vector of slot `i` into `out` (`dim` values). Returns false if the list
     /// keeps no raw vectors.
     #[inline]
