@@ -76,6 +76,10 @@ impl From<Failure> for StoreError {
 /// A write's outcome: the points upserted or deleted, once its group is committed.
 type Ticket = Arc<OnceLock<std::result::Result<usize, Failure>>>;
 
+/// A group applied to a copy of the committed version: the version, each write's count, the
+/// next log number and the group's records.
+type Applied<B> = (Version<B>, Vec<usize>, u64, Vec<u8>);
+
 /// A validated write waiting for the next group commit.
 struct QueuedWrite {
     op: Op,
@@ -528,32 +532,31 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             let mut w = self.writer.lock();
             (w.staged.clone(), std::mem::take(&mut w.queue), w.next_lsn)
         };
-        let mut outcome: std::result::Result<(Version<B>, Vec<usize>, u64, Vec<u8>), Failure> =
-            (|| {
-                let mut v = (*base).clone();
-                let mut buf = Vec::new();
-                let mut lsn = first_lsn;
-                let mut counts = Vec::with_capacity(queue.len());
-                for q in queue.iter_mut() {
-                    let same = match (&q.encoded_with, &v.quantizers) {
-                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                        (None, None) => true,
-                        _ => false,
-                    };
-                    // Rows encoded before a training switch are encoded again.
-                    let rows = if same { q.rows.take() } else { None };
-                    let n = v
-                        .apply(&q.op, rows, &self.cpu, &self.backend)
-                        .map_err(|e| Failure::Apply(e.to_string()))?;
-                    if n > 0 || matches!(q.op, Op::Upsert { .. }) {
-                        wal::encode(lsn, &q.op, &mut buf);
-                        v.lsn = lsn;
-                        lsn += 1;
-                    }
-                    counts.push(n);
+        let mut outcome: std::result::Result<Applied<B>, Failure> = (|| {
+            let mut v = (*base).clone();
+            let mut buf = Vec::new();
+            let mut lsn = first_lsn;
+            let mut counts = Vec::with_capacity(queue.len());
+            for q in queue.iter_mut() {
+                let same = match (&q.encoded_with, &v.quantizers) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                };
+                // Rows encoded before a training switch are encoded again.
+                let rows = if same { q.rows.take() } else { None };
+                let n = v
+                    .apply(&q.op, rows, &self.cpu, &self.backend)
+                    .map_err(|e| Failure::Apply(e.to_string()))?;
+                if n > 0 || matches!(q.op, Op::Upsert { .. }) {
+                    wal::encode(lsn, &q.op, &mut buf);
+                    v.lsn = lsn;
+                    lsn += 1;
                 }
-                Ok((v, counts, lsn, buf))
-            })();
+                counts.push(n);
+            }
+            Ok((v, counts, lsn, buf))
+        })();
         if let Ok((_, _, _, buf)) = &outcome {
             if !buf.is_empty() {
                 let r = match self.wal.lock().as_mut() {
@@ -962,7 +965,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         let mut i = 0usize;
         for index in v.segments.iter().filter_map(|s| s.ivf()) {
             index.for_each_live(|_, x| {
-                if i % step == 0 {
+                if i.is_multiple_of(step) {
                     sample.extend_from_slice(x);
                 }
                 i += 1;
