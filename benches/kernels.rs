@@ -1,6 +1,6 @@
 //! Criterion benchmarks of the hot kernels, at every SIMD level this CPU has: distances
-//! (f32 and f16), the fast-scan block kernel, top-k selection, lookup tables, and a whole
-//! batch search on synthetic data for 8-bit and 4-bit codes.
+//! (f32 and f16), the fast-scan block kernel, top-k selection, lookup tables, a whole batch
+//! search on synthetic data for 8-bit and 4-bit codes, and coarse assignment (f32 / int8).
 //!
 //! `cargo bench --bench kernels` (add `-- fast_scan` to run one group). Throughputs are in
 //! bytes or elements per second; compare levels within one run.
@@ -12,6 +12,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use half::f16;
 use quiver_engine::backend::cpu::CpuBackend;
 use quiver_engine::backend::{Backend, SearchParams};
+use quiver_engine::i8panels::{I8Panels, Rule};
+use quiver_engine::linalg::row_norms_sq;
+use quiver_engine::panels::PackedPanels;
 use quiver_engine::progress::NoProgress;
 use quiver_engine::synth::ClusteredGaussian;
 use quiver_engine::topk::TopK;
@@ -146,5 +149,56 @@ fn search(c: &mut Criterion) {
     grp.finish();
 }
 
-criterion_group!(benches, distances, fast_scan, top_k, search);
+/// Assigning rows to their nearest coarse centroids (IVF1024, 384-d), side by side: the f32
+/// packed GEMM with an argmin (what the coarse stage ran alone before) against the int8 VNNI
+/// pass with its exact f32 recheck, for 1 and 8 probes (same answers; checked in the tests).
+fn coarse_assign(c: &mut Criterion) {
+    let (dim, n, rows) = (384, 1024, 256);
+    let a = ClusteredGaussian::new(dim, 64, 0.5, 1).rows(0, rows);
+    let b = ClusteredGaussian::new(dim, 64, 0.5, 2).rows(0, n);
+    let norms = row_norms_sq(&b, dim);
+    let panels = PackedPanels::pack(&b, n, dim);
+    let mut g = c.benchmark_group("coarse_assign_256x1024x384");
+    g.throughput(Throughput::Elements(rows as u64));
+    let mut ip = vec![0f32; rows * n];
+    let mut best = vec![0u32; rows];
+    g.bench_function("f32_panels_argmin", |bch| {
+        bch.iter(|| {
+            if panels.mul(black_box(&a), rows, &mut ip) {
+                for (r, row) in ip.chunks_exact(n).enumerate() {
+                    let (mut s, mut j) = (f32::INFINITY, 0);
+                    for (c, &v) in row.iter().enumerate() {
+                        let d = norms[c] - 2.0 * v;
+                        if d < s {
+                            (s, j) = (d, c as u32);
+                        }
+                    }
+                    best[r] = j;
+                }
+            }
+        })
+    });
+    if let Some(p8) = I8Panels::pack(&b, n, dim) {
+        for p in [1usize, 8] {
+            let (mut lists, mut scores) = (vec![0u32; rows * p], vec![0f32; rows * p]);
+            g.bench_with_input(BenchmarkId::new("int8_exact", p), &p, |bch, &p| {
+                bch.iter(|| {
+                    p8.nearest(
+                        black_box(&a),
+                        rows,
+                        p,
+                        Rule::L2,
+                        &b,
+                        &norms,
+                        &mut lists,
+                        &mut scores,
+                    )
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, distances, fast_scan, top_k, search, coarse_assign);
 criterion_main!(benches);
