@@ -81,7 +81,7 @@ fn failed_appends_and_fsyncs_lose_nothing_acknowledged() {
     // Concurrent writers while fsyncs fail now and then: each write is acknowledged or refused.
     fail::cfg("wal::fsync", "10%return").unwrap();
     let mut threads = Vec::new();
-    for t in 0..4u64 {
+    for t in 0..8u64 {
         let c = c.clone();
         threads.push(std::thread::spawn(move || {
             let (mut ok, mut bad) = (Vec::new(), Vec::new());
