@@ -200,5 +200,33 @@ fn coarse_assign(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, distances, fast_scan, top_k, search, coarse_assign);
+/// PQ encoding (M 48 × 256 sub-centroids of 8 dims) of a 256-row block on this thread, as a
+/// written batch is encoded.
+fn pq_encode(c: &mut Criterion) {
+    let (dim, rows) = (384, 256);
+    let a = ClusteredGaussian::new(dim, 30, 0.5, 1).rows(0, rows);
+    let pq = quiver_engine::pq::ProductQuantizer::from_parts(
+        dim,
+        48,
+        8,
+        ClusteredGaussian::new(8, 30, 0.5, 4).rows(0, 256 * 48),
+    );
+    let mut codes = vec![0u8; rows * 48];
+    let mut g = c.benchmark_group("pq_encode_256x384_m48");
+    g.throughput(Throughput::Elements(rows as u64));
+    g.bench_function("encode", |bch| {
+        bch.iter(|| pq.encode(black_box(&a), &mut codes))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    distances,
+    fast_scan,
+    top_k,
+    search,
+    coarse_assign,
+    pq_encode
+);
 criterion_main!(benches);

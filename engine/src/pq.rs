@@ -398,13 +398,13 @@ mod nearest {
                     // SAFETY: as above.
                     unsafe { row_min::<1>(x, trs, ns, ksub) }
                 };
-                let (mut mv, mut iv) = ([0f32; LANES], [0u32; LANES]);
-                // SAFETY: both arrays hold 16 lanes.
-                unsafe {
-                    _mm512_storeu_ps(mv.as_mut_ptr(), min);
-                    _mm512_storeu_si512(iv.as_mut_ptr().cast(), idx);
-                }
-                best[r * m + sub] = reduce(&mv, &iv).1;
+                // The smallest lane value, then the smallest index among the lanes holding
+                // it (each lane kept its first minimum): the first position of the minimum,
+                // as `reduce` finds it, without leaving the registers. Lanes that never took
+                // a value (all NaN) hold infinity and index 0.
+                let mv = _mm512_reduce_min_ps(min);
+                let at = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(min, _mm512_set1_ps(mv));
+                best[r * m + sub] = _mm512_mask_reduce_min_epu32(at, idx);
             }
         }
     }
