@@ -17,7 +17,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use crate::cpucache::CpuCache;
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
@@ -73,8 +73,31 @@ impl From<Failure> for StoreError {
     }
 }
 
-/// A write's outcome: the points upserted or deleted, once its group is committed.
-type Ticket = Arc<OnceLock<std::result::Result<usize, Failure>>>;
+/// Where a queued write stands, as its writer waits for it.
+enum Standing {
+    /// In the queue, or in the group being committed.
+    Waiting,
+    /// The committing role was handed to this writer: it commits the queue next.
+    Turn,
+    /// Its group was committed (the points upserted or deleted) or refused.
+    Done(std::result::Result<usize, Failure>),
+}
+
+/// A queued write's standing, with its own condition variable: a group's end wakes its own
+/// writers and the one writer it hands the role to, never every writer waiting.
+struct TicketState {
+    standing: Mutex<Standing>,
+    changed: Condvar,
+}
+
+impl TicketState {
+    fn set(&self, s: Standing) {
+        *self.standing.lock() = s;
+        self.changed.notify_one();
+    }
+}
+
+type Ticket = Arc<TicketState>;
 
 /// A group applied to a copy of the committed version: the version, each write's count, the
 /// next log number and the group's records.
@@ -97,6 +120,8 @@ struct Writer<B: Backend> {
     gate_closed: bool,
     stopped: Option<String>,
     next_segment_id: u64,
+    /// Some writer holds the committing role (it commits the queue as one group).
+    flushing: bool,
 }
 
 struct Files {
@@ -117,7 +142,7 @@ pub struct Collection<B: Backend> {
     published: RwLock<Arc<Version<B>>>,
     writer: Mutex<Writer<B>>,
     gate: Condvar,
-    flushing: Mutex<bool>,
+    /// Signalled (with the writer lock) at the end of every group, for `quiesce`.
     flushed: Condvar,
     wal: Mutex<Option<WalWriter>>,
     files: Mutex<Files>,
@@ -301,9 +326,9 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 gate_closed: false,
                 stopped: None,
                 next_segment_id,
+                flushing: false,
             }),
             gate: Condvar::new(),
-            flushing: Mutex::new(false),
             flushed: Condvar::new(),
             wal: Mutex::new(Some(writer)),
             files: Mutex::new(files),
@@ -361,9 +386,9 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 gate_closed: false,
                 stopped: None,
                 next_segment_id: 3,
+                flushing: false,
             }),
             gate: Condvar::new(),
-            flushing: Mutex::new(false),
             flushed: Condvar::new(),
             wal: Mutex::new(None),
             files: Mutex::new(Files {
@@ -477,8 +502,11 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         encoded_with: Option<Arc<IvfPqIndex>>,
     ) -> Result<usize> {
         self.refuse_read_only()?;
-        let ticket: Ticket = Arc::new(OnceLock::new());
-        {
+        let ticket: Ticket = Arc::new(TicketState {
+            standing: Mutex::new(Standing::Waiting),
+            changed: Condvar::new(),
+        });
+        let lead = {
             let mut w = self.writer.lock();
             while w.gate_closed {
                 self.gate.wait(&mut w);
@@ -497,36 +525,40 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 encoded_with,
                 ticket: ticket.clone(),
             });
+            // No group being committed: this writer commits the queue now.
+            !std::mem::replace(&mut w.flushing, true)
+        };
+        if lead {
+            self.flush_group();
         }
         self.commit(&ticket)
     }
 
-    /// Waits until `ticket`'s group is committed, committing it (and whatever else is queued)
-    /// when no other writer is.
+    /// Waits until `ticket`'s group is committed, committing the queue (with `ticket` in it)
+    /// when the role is handed to this writer.
     fn commit(&self, ticket: &Ticket) -> Result<usize> {
         loop {
             {
-                let mut f = self.flushing.lock();
+                let mut s = ticket.standing.lock();
                 loop {
-                    if let Some(r) = ticket.get() {
-                        return r.clone().map_err(Into::into);
+                    match &*s {
+                        Standing::Done(r) => return r.clone().map_err(Into::into),
+                        Standing::Turn => break,
+                        Standing::Waiting => ticket.changed.wait(&mut s),
                     }
-                    if !*f {
-                        break;
-                    }
-                    self.flushed.wait(&mut f);
                 }
-                *f = true;
+                *s = Standing::Waiting;
             }
             self.flush_group();
         }
     }
 
-    /// Commits the queued writes as one group; the caller holds the flushing role. They are
+    /// Commits the queued writes as one group; the caller holds the committing role. They are
     /// applied in order to a copy of the committed version (each touched list copied once for
     /// the group), their records written and fsynced together, and only then is the result
     /// published and every writer answered. On failure nothing is published: the committed
-    /// version never held the group.
+    /// version never held the group. At the end the role passes to the first writer queued
+    /// meanwhile (or is given up): only the group's own writers and that one successor wake.
     fn flush_group(&self) {
         let (base, mut queue, first_lsn) = {
             let mut w = self.writer.lock();
@@ -572,9 +604,9 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 }
             }
         }
-        {
+        let (answers, next) = {
             let mut w = self.writer.lock();
-            match outcome {
+            let answers: Vec<std::result::Result<usize, Failure>> = match outcome {
                 Ok((mut v, counts, next_lsn, _)) => {
                     // A full appendable segment is sealed at once, in memory: the next group
                     // copies the lists it touches, and those must not grow while a merge or
@@ -586,9 +618,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                     w.staged = v.clone();
                     w.next_lsn = next_lsn;
                     *self.published.write() = v;
-                    for (q, n) in queue.iter().zip(counts) {
-                        let _ = q.ticket.set(Ok(n));
-                    }
+                    counts.into_iter().map(Ok).collect()
                 }
                 Err(failure) => {
                     if let Failure::Stopped(m) = &failure {
@@ -597,14 +627,21 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                     // Numbers given to the group are never reused.
                     w.next_lsn = first_lsn + queue.len() as u64;
                     tracing::error!(collection = %self.meta.read().name, error = ?failure, "a group of writes failed; none of them was applied");
-                    for q in &queue {
-                        let _ = q.ticket.set(Err(failure.clone()));
-                    }
+                    queue.iter().map(|_| Err(failure.clone())).collect()
                 }
-            }
+            };
+            // The role passes to the first writer queued meanwhile, or is given up.
+            let next = w.queue.first().map(|q| q.ticket.clone());
+            w.flushing = next.is_some();
+            self.flushed.notify_all();
+            (answers, next)
+        };
+        for (q, a) in queue.iter().zip(answers) {
+            q.ticket.set(Standing::Done(a));
         }
-        *self.flushing.lock() = false;
-        self.flushed.notify_all();
+        if let Some(t) = next {
+            t.set(Standing::Turn);
+        }
     }
 
     /// Closes the gate, commits what is pending and returns the writer lock with nothing
@@ -616,17 +653,16 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         }
         w.gate_closed = true;
         loop {
-            if w.queue.is_empty() && !*self.flushing.lock() {
+            if w.queue.is_empty() && !w.flushing {
                 return w;
             }
-            drop(w);
-            {
-                let mut f = self.flushing.lock();
-                while *f {
-                    self.flushed.wait(&mut f);
-                }
-                *f = true;
+            if w.flushing {
+                // A writer commits a group (and hands the role on while writes are queued).
+                self.flushed.wait(&mut w);
+                continue;
             }
+            w.flushing = true;
+            drop(w);
             self.flush_group();
             w = self.writer.lock();
         }
