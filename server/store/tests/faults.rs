@@ -238,7 +238,7 @@ fn writes_during_a_long_training_are_sealed_in_memory() {
     c.checkpoint().unwrap();
     fail::cfg("train::before_publish", "sleep(500)").unwrap();
     c.start_train(None).unwrap();
-    while c.version().appendable.len() > 0 || c.version().segments.is_empty() {
+    while !c.version().appendable.is_empty() || c.version().segments.is_empty() {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     let sealed_before = c.version().segments.len();
