@@ -226,49 +226,8 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{pth_smallest, I8Panels, Rule, PANEL};
+    use crate::linalg::dot;
     use crate::topk::TopK;
-
-    /// `⟨x, y⟩` in f32, 16 lanes, two accumulators.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn dot(x: &[f32], y: &[f32]) -> f32 {
-        let n = x.len().min(y.len());
-        let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        let mut i = 0;
-        while i + 32 <= n {
-            // SAFETY: i + 32 ≤ n: inside both slices.
-            unsafe {
-                a0 = _mm512_fmadd_ps(
-                    _mm512_loadu_ps(x.as_ptr().add(i)),
-                    _mm512_loadu_ps(y.as_ptr().add(i)),
-                    a0,
-                );
-                a1 = _mm512_fmadd_ps(
-                    _mm512_loadu_ps(x.as_ptr().add(i + 16)),
-                    _mm512_loadu_ps(y.as_ptr().add(i + 16)),
-                    a1,
-                );
-            }
-            i += 32;
-        }
-        while i < n {
-            let m: __mmask16 = if n - i >= 16 {
-                0xFFFF
-            } else {
-                (1u16 << (n - i)) - 1
-            };
-            // SAFETY: the mask keeps the loads inside both slices.
-            unsafe {
-                a0 = _mm512_fmadd_ps(
-                    _mm512_maskz_loadu_ps(m, x.as_ptr().add(i)),
-                    _mm512_maskz_loadu_ps(m, y.as_ptr().add(i)),
-                    a0,
-                );
-            }
-            i += 16;
-        }
-        _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
-    }
 
     /// Quantizes a row as [`super::quantize`] does (rounding to nearest even, within the
     /// same half-step bound) and writes `q + 128` as bytes, the padding up to `out.len()` as
