@@ -43,3 +43,65 @@ extern "C" __global__ void refine(
     for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
     if (lane == 0) out_score[it.out] = ip ? -acc : acc;
 }
+
+// The device-resident search's refine: one warp per candidate of the scan's selection
+// (`per` of them per query, payload (0, global slot), padding (~0, ~0) with +inf), the same
+// arithmetic as `refine`, reading the candidate's raw vector at its global slot; without raw
+// vectors (`has_raw` 0) the approximate score stays. Output: the score and the point's id
+// (`ids`: (high, low) words per global slot), padding where the candidate is padding.
+extern "C" __global__ void refine_candidates(
+    const void* __restrict__ raw,
+    const float* __restrict__ cand_score,
+    const uint2* __restrict__ cand_payload,
+    const uint2* __restrict__ ids,
+    const float* __restrict__ queries,
+    float* __restrict__ out_score,
+    uint2* __restrict__ out_payload,
+    unsigned int dim,
+    unsigned int f16,
+    unsigned int ip,
+    unsigned int has_raw,
+    unsigned int per,
+    unsigned int n)
+{
+    const unsigned int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32
+        + blockIdx.y * (gridDim.x * blockDim.x / 32);
+    const unsigned int lane = threadIdx.x % 32;
+    if (warp >= n) return;
+    const uint2 p = cand_payload[warp];
+    const float approx = cand_score[warp];
+    // The same for every lane of the warp: the warp leaves together or not at all.
+    if (p.x != 0u || approx == __int_as_float(0x7f800000)) {
+        if (lane == 0) {
+            out_score[warp] = __int_as_float(0x7f800000);
+            out_payload[warp] = make_uint2(0xffffffffu, 0xffffffffu);
+        }
+        return;
+    }
+    const unsigned int slot = p.y;
+    if (!has_raw) {
+        if (lane == 0) {
+            out_score[warp] = approx;
+            out_payload[warp] = ids[slot];
+        }
+        return;
+    }
+    const float* q = queries + (size_t)(warp / per) * dim;
+    const size_t elem = (size_t)slot * dim;
+    float acc = 0.0f;
+    for (unsigned int d = lane; d < dim; d += 32) {
+        const float v = f16 ? __half2float(((const __half*)raw)[elem + d])
+                            : ((const float*)raw)[elem + d];
+        if (ip) {
+            acc += q[d] * v;
+        } else {
+            const float diff = q[d] - v;
+            acc += diff * diff;
+        }
+    }
+    for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
+    if (lane == 0) {
+        out_score[warp] = ip ? -acc : acc;
+        out_payload[warp] = ids[slot];
+    }
+}

@@ -62,3 +62,43 @@ extern "C" __global__ void scan8(
         out_payload[it.out + i] = make_uint2(0u, slot);
     }
 }
+
+// The device-resident search's work items, built where the probes are (no trip to the
+// host): one thread per query walks its `nprobe` probed lists in order (the coarse
+// selection's output row: payload (0, list), best first) and writes one item per list, its
+// entries placed one after another in the query's row of the scan output (rows `stride`
+// apart: the host sizes `stride` by the longest row possible), and the row's length.
+// `places` holds (first code byte, global slot of the first entry, entries, 0) per list.
+extern "C" __global__ void scan_items(
+    const uint2* __restrict__ probe_payload,
+    const float* __restrict__ probe_score,
+    const uint4* __restrict__ places,
+    ScanItem* __restrict__ items,
+    unsigned int* __restrict__ row_len,
+    unsigned int nq,
+    unsigned int nprobe,
+    unsigned int stride,
+    unsigned int table_len,
+    unsigned int by_residual)
+{
+    const unsigned int q = blockIdx.x * blockDim.x + threadIdx.x;
+    if (q >= nq) return;
+    unsigned int out = 0;
+    for (unsigned int j = 0; j < nprobe; j++) {
+        const unsigned int at = q * nprobe + j;
+        const unsigned int l = probe_payload[at].y;
+        const uint4 pl = places[l];
+        ScanItem it;
+        it.table = q;
+        it.byte_off = pl.x;
+        it.len = pl.z;
+        it.gslot = pl.y;
+        it.terms = l * table_len;
+        it.out = q * stride + out;
+        it.bias = by_residual ? probe_score[at] : 0.0f;
+        it.pad = 0;
+        items[at] = it;
+        out += pl.z;
+    }
+    row_len[q] = out;
+}

@@ -110,28 +110,28 @@ __device__ void merge_stage(unsigned int lane, unsigned int k, unsigned int n,
     }
 }
 
-// One chunk per block of 32 threads. Dynamic shared memory: (k + 32·t) × 12 bytes, laid out
-// as queue scores [k], staging scores [32·t], queue payloads [k], staging payloads [32·t].
-extern "C" __global__ void warp_select(
+// Selects the best `keep` of one chunk (`len` entries from `src`) into `dst`: the body of
+// both entry points. One warp; dynamic shared memory (k + 32·t) × 12 bytes, laid out as
+// queue scores [k], staging scores [32·t], queue payloads [k], staging payloads [32·t].
+__device__ void select_chunk(
     const float* __restrict__ in_score,
     const uint2* __restrict__ in_payload,
-    const Chunk* __restrict__ chunks,
+    unsigned int src,
+    unsigned int len,
+    unsigned int dst,
+    unsigned int keep,
     float* __restrict__ out_score,
     uint2* __restrict__ out_payload,
-    unsigned int nchunks,
     unsigned int k,
-    unsigned int t)
+    unsigned int t,
+    float* smem)
 {
-    extern __shared__ float smem[];
-    const unsigned int c = blockIdx.x + blockIdx.y * gridDim.x;
-    if (c >= nchunks) return;
     const unsigned int lane = threadIdx.x;
     const unsigned int n_stage = t * LANES;
     float* qs = smem;
     float* ss = qs + k;
     uint2* qp = reinterpret_cast<uint2*>(ss + n_stage);
     uint2* sp = qp + k;
-    const Chunk chunk = chunks[c];
     const float inf = __int_as_float(0x7f800000);
     const uint2 none = make_uint2(0xffffffffu, 0xffffffffu);
     for (unsigned int i = lane; i < k; i += LANES) {
@@ -145,13 +145,12 @@ extern "C" __global__ void warp_select(
     float tq_score[TQ_MAX];
     uint2 tq_payload[TQ_MAX];
     unsigned int count = 0;
-    const unsigned int len = chunk.len;
     // One extra step past the end flushes what the thread queues hold.
     for (unsigned int base = 0; base < len + LANES; base += LANES) {
         const unsigned int i = base + lane;
         if (i < len) {
-            const float s = in_score[chunk.src + i];
-            const uint2 p = in_payload[chunk.src + i];
+            const float s = in_score[src + i];
+            const uint2 p = in_payload[src + i];
             if (before(s, p, thr_score, thr_payload)) {
 #pragma unroll
                 for (unsigned int j = 0; j < TQ_MAX; ++j) {
@@ -182,8 +181,59 @@ extern "C" __global__ void warp_select(
         }
     }
     __syncwarp();
-    for (unsigned int i = lane; i < chunk.keep; i += LANES) {
-        out_score[chunk.dst + i] = qs[i];
-        out_payload[chunk.dst + i] = qp[i];
+    for (unsigned int i = lane; i < keep; i += LANES) {
+        out_score[dst + i] = qs[i];
+        out_payload[dst + i] = qp[i];
     }
+}
+
+// One chunk per block of 32 threads, the chunks listed by the host.
+extern "C" __global__ void warp_select(
+    const float* __restrict__ in_score,
+    const uint2* __restrict__ in_payload,
+    const Chunk* __restrict__ chunks,
+    float* __restrict__ out_score,
+    uint2* __restrict__ out_payload,
+    unsigned int nchunks,
+    unsigned int k,
+    unsigned int t)
+{
+    extern __shared__ float smem[];
+    const unsigned int c = blockIdx.x + blockIdx.y * gridDim.x;
+    if (c >= nchunks) return;
+    const Chunk chunk = chunks[c];
+    select_chunk(in_score, in_payload, chunk.src, chunk.len, chunk.dst, chunk.keep,
+                 out_score, out_payload, k, t, smem);
+}
+
+// The same selection over rows laid out at a fixed `stride`, each cut into `parts` chunks of
+// `chunk` entries, the chunks derived from the block's number (no list from the host: the
+// device-resident search's rounds). With `use_len`, row r holds only its first `row_len[r]`
+// entries (the rest of its stride is never read); chunks past a row's end output padding.
+// Chunk (r, p) writes its best `keep` at (r · parts + p) · keep, so the next round's rows are
+// `parts · keep` long, and a round with `parts` = 1 leaves row r's best at r · keep.
+extern "C" __global__ void select_strided(
+    const float* __restrict__ in_score,
+    const uint2* __restrict__ in_payload,
+    const unsigned int* __restrict__ row_len,
+    float* __restrict__ out_score,
+    uint2* __restrict__ out_payload,
+    unsigned int nrows,
+    unsigned int stride,
+    unsigned int parts,
+    unsigned int chunk,
+    unsigned int keep,
+    unsigned int use_len,
+    unsigned int k,
+    unsigned int t)
+{
+    extern __shared__ float smem[];
+    const unsigned int c = blockIdx.x + blockIdx.y * gridDim.x;
+    if (c >= nrows * parts) return;
+    const unsigned int row = c / parts, part = c % parts;
+    const unsigned int n = use_len ? min(row_len[row], stride) : stride;
+    const unsigned int first = part * chunk;
+    const unsigned int len = first < n ? min(chunk, n - first) : 0u;
+    select_chunk(in_score, in_payload, row * stride + first, len, c * keep, keep,
+                 out_score, out_payload, k, t, smem);
 }

@@ -73,6 +73,11 @@ struct uint2 {
 struct float2 {
     float x, y;
 };
+struct uint4 {
+    unsigned int x, y, z, w;
+};
+// CUDA's integer min().
+inline unsigned int min(unsigned int a, unsigned int b) { return a < b ? a : b; }
 inline uint2 make_uint2(unsigned int x, unsigned int y) { return uint2{x, y}; }
 inline float2 make_float2(float x, float y) { return float2{x, y}; }
 

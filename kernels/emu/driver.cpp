@@ -11,6 +11,7 @@
 #include <sys/mman.h>
 #include <ucontext.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -332,6 +333,45 @@ enum {
     CUDA_ERROR_NOT_SUPPORTED = 801,
 };
 
+// What the process asked of the device, counted per call (issue #13's proof without a GPU):
+// kernel launches, host→device and device→host copies (calls and bytes), device-to-device
+// copies, memsets and device allocations. `quiver_emu_stats` reads them in-process; with
+// QUIVER_EMU_STATS=FILE they are written to FILE as one JSON object when the process exits.
+enum Counter {
+    LAUNCHES, H2D_COPIES, H2D_BYTES, D2H_COPIES, D2H_BYTES, D2D_COPIES, MEMSETS, ALLOCS, COUNTERS
+};
+static const char* const COUNTER_NAMES[COUNTERS] = {
+    "launches", "h2d_copies", "h2d_bytes", "d2h_copies", "d2h_bytes", "d2d_copies", "memsets", "allocs",
+};
+static std::atomic<unsigned long long> g_counters[COUNTERS];
+static void count(Counter c, unsigned long long n = 1) { g_counters[c].fetch_add(n, std::memory_order_relaxed); }
+
+// Copies the counters into `out` (at most `n` of them, in COUNTER_NAMES order); returns how
+// many there are.
+__attribute__((visibility("default"))) unsigned int quiver_emu_stats(unsigned long long* out, unsigned int n) {
+    for (unsigned int i = 0; i < n && i < COUNTERS; ++i) out[i] = g_counters[i].load();
+    return COUNTERS;
+}
+
+namespace {
+struct StatsAtExit {
+    ~StatsAtExit() {
+        const char* path = std::getenv("QUIVER_EMU_STATS");
+        if (path == nullptr || *path == 0) return;
+        FILE* f = std::fopen(path, "w");
+        if (f == nullptr) {
+            std::fprintf(stderr, "cuda emulator: cannot write QUIVER_EMU_STATS=%s\n", path);
+            return;
+        }
+        std::fputc('{', f);
+        for (int i = 0; i < COUNTERS; ++i)
+            std::fprintf(f, "%s\"%s\":%llu", i ? "," : "", COUNTER_NAMES[i], g_counters[i].load());
+        std::fputs("}\n", f);
+        std::fclose(f);
+    }
+} g_stats_at_exit;
+}  // namespace
+
 static int g_context_token = 1;
 static CUcontext g_current = nullptr;
 
@@ -428,6 +468,7 @@ static std::mutex g_alloc_lock;
 static std::map<CUdeviceptr, std::pair<void*, std::size_t>> g_allocations;
 
 CUresult cuMemAlloc_v2(CUdeviceptr* p, std::size_t bytes) {
+    count(ALLOCS);
     const std::size_t page = 4096;
     const std::size_t data = (std::max<std::size_t>(bytes, 1) + 255) / 256 * 256;
     const std::size_t len = (data + page - 1) / page * page + page;
@@ -462,6 +503,7 @@ CUresult cuMemFreeHost(void* p) {
     return CUDA_SUCCESS;
 }
 CUresult cuMemsetD8_v2(CUdeviceptr p, unsigned char v, std::size_t n) {
+    count(MEMSETS);
     std::memset((void*)p, v, n);
     return CUDA_SUCCESS;
 }
@@ -469,6 +511,7 @@ CUresult cuMemsetD8Async(CUdeviceptr p, unsigned char v, std::size_t n, CUstream
     return cuMemsetD8_v2(p, v, n);
 }
 CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, std::size_t n) {
+    count(H2D_COPIES); count(H2D_BYTES, n);
     std::memcpy((void*)dst, src, n);
     return CUDA_SUCCESS;
 }
@@ -476,6 +519,7 @@ CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, std::size_t n, C
     return cuMemcpyHtoD_v2(dst, src, n);
 }
 CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, std::size_t n) {
+    count(D2H_COPIES); count(D2H_BYTES, n);
     std::memcpy(dst, (const void*)src, n);
     return CUDA_SUCCESS;
 }
@@ -483,6 +527,7 @@ CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, std::size_t n, CUstrea
     return cuMemcpyDtoH_v2(dst, src, n);
 }
 CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, std::size_t n) {
+    count(D2D_COPIES);
     std::memmove((void*)dst, (const void*)src, n);
     return CUDA_SUCCESS;
 }
@@ -589,6 +634,7 @@ CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned
         gz > 65535)
         return CUDA_ERROR_INVALID_VALUE;
     std::lock_guard<std::recursive_mutex> guard(emu::g_lock);
+    count(LAUNCHES);
     auto opted = g_max_dynamic_shared.find(f);
     const int limit = opted == g_max_dynamic_shared.end() ? DEFAULT_DYNAMIC_SHARED : opted->second;
     if (shared_bytes > (unsigned int)std::max(limit, DEFAULT_DYNAMIC_SHARED))

@@ -29,7 +29,8 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 use quiver_engine::backend::{
-    Backend, Candidates, LookupTables, Neighbors, PreparedIndex, Probes, Slot,
+    run_stages, Backend, Candidates, LookupTables, Neighbors, PreparedIndex, Probes, SearchParams,
+    Slot,
 };
 use quiver_engine::fastscan::QuantizedTable;
 use quiver_engine::list::{CodeLayout, RawVectors};
@@ -165,19 +166,22 @@ type Selected = (Vec<f32>, Vec<Pay>);
 /// The CUDA backend on one device.
 pub struct CudaBackend {
     /// The compute and copy streams (they keep the context alive) and pinned buffers.
-    io: Transfers,
+    pub(crate) io: Transfers,
     name: String,
-    coarse: CudaFunction,
+    pub(crate) coarse: CudaFunction,
     warp_select: CudaFunction,
-    tables: CudaFunction,
-    scan8: CudaFunction,
+    pub(crate) select_strided: CudaFunction,
+    pub(crate) tables: CudaFunction,
+    pub(crate) scan8: CudaFunction,
+    pub(crate) scan_items: CudaFunction,
     scan4: CudaFunction,
     refine: CudaFunction,
+    pub(crate) refine_candidates: CudaFunction,
     /// Bytes of score rows and tables a batch tile aims at (two tiles are in flight).
-    tile_bytes: usize,
+    pub(crate) tile_bytes: usize,
     /// Dynamic shared memory one block of `scan8` may use (the device's opt-in maximum,
     /// enabled for it at open).
-    scan8_shared: usize,
+    pub(crate) scan8_shared: usize,
     /// Device memory an index's codes and raw vectors may take (`None`: what is free at
     /// prepare, less room for the tiles); beyond it they are streamed.
     memory_budget: Option<usize>,
@@ -247,7 +251,7 @@ fn arch_name(major: i32, minor: i32) -> &'static str {
 }
 
 /// One dimension of blocks for `n` independent blocks: x up to 65,535, the rest in y.
-fn grid(n: usize) -> (u32, u32, u32) {
+pub(crate) fn grid(n: usize) -> (u32, u32, u32) {
     let n = n.max(1);
     if n <= 65_535 {
         (n as u32, 1, 1)
@@ -298,7 +302,10 @@ impl CudaBackend {
             io: Transfers::new(&ctx)?,
             coarse: take("coarse_distances")?,
             warp_select: take("warp_select")?,
+            select_strided: take("select_strided")?,
             tables: take("lookup_tables")?,
+            scan_items: take("scan_items")?,
+            refine_candidates: take("refine_candidates")?,
             scan8: {
                 let f = take("scan8")?;
                 f.set_attribute(
@@ -337,7 +344,7 @@ impl CudaBackend {
         &self.name
     }
 
-    fn upload<T: DeviceRepr + ValidAsZeroBits>(
+    pub(crate) fn upload<T: DeviceRepr + ValidAsZeroBits>(
         &self,
         data: &[T],
     ) -> Result<CudaSlice<T>, CudaError> {
@@ -352,7 +359,7 @@ impl CudaBackend {
         self.io.compute.alloc_zeros::<T>(n.max(1)).map_err(driver)
     }
 
-    fn download<T: DeviceRepr + Default + Clone>(
+    pub(crate) fn download<T: DeviceRepr + Default + Clone>(
         &self,
         s: &CudaSlice<T>,
     ) -> Result<Vec<T>, CudaError> {
@@ -538,25 +545,33 @@ pub struct CudaPrepared {
     index: Arc<IvfPqIndex>,
     /// What deletes do not change, shared by the versions of one index that differ only in
     /// tombstones (see [`Backend::refresh`]).
-    dev: Arc<DeviceData>,
-    raw_f16: bool,
-    dead: CudaSlice<u32>,
+    pub(crate) dev: Arc<DeviceData>,
+    pub(crate) raw_f16: bool,
+    pub(crate) dead: CudaSlice<u32>,
     /// Per list: first code byte (in `codes`), global slot of its first entry, entries.
     places: Vec<(u32, u32, u32)>,
 }
 
 /// The device copy of an index's quantizers, codes and raw vectors.
-struct DeviceData {
-    centroids: CudaSlice<f32>,
-    norms: CudaSlice<f32>,
-    codebook: CudaSlice<f32>,
+pub(crate) struct DeviceData {
+    pub(crate) centroids: CudaSlice<f32>,
+    pub(crate) norms: CudaSlice<f32>,
+    pub(crate) codebook: CudaSlice<f32>,
     /// All codes, list after list; `None`: streamed (each scan tile stages its lists).
-    codes: Option<CudaSlice<u8>>,
+    pub(crate) codes: Option<CudaSlice<u8>>,
     /// All raw vectors in global-slot order; `None`: streamed (each refine tile stages its
     /// candidates' rows), or none kept.
-    raw: Option<CudaSlice<u8>>,
+    pub(crate) raw: Option<CudaSlice<u8>>,
     /// L2: host terms (4-bit quantization) and device terms (8-bit scan).
-    l2_terms: Option<(Vec<f32>, CudaSlice<f32>)>,
+    pub(crate) l2_terms: Option<(Vec<f32>, CudaSlice<f32>)>,
+    /// Per list (first code byte, global slot of its first entry, entries, 0): the
+    /// device-resident search builds its work items from these.
+    pub(crate) places: CudaSlice<u32>,
+    /// Every entry's id as (high, low) words, in global-slot order; with resident codes.
+    pub(crate) ids: Option<CudaSlice<u32>>,
+    /// `row_bound[n]`: the most entries any n lists hold together (the n longest), the
+    /// stride of the device-resident scan's rows at nprobe n.
+    pub(crate) row_bound: Vec<usize>,
 }
 
 impl std::fmt::Debug for CudaPrepared {
@@ -674,6 +689,29 @@ impl CudaBackend {
             .chunks_exact(dim)
             .map(|c| c.iter().map(|x| x * x).sum())
             .collect();
+        let ids = if codes_resident {
+            let mut ids: Vec<u32> = Vec::with_capacity(2 * total);
+            for list in lists {
+                for &id in list.ids.as_slice() {
+                    ids.push((id >> 32) as u32);
+                    ids.push(id as u32);
+                }
+            }
+            Some(self.upload(&ids)?)
+        } else {
+            None
+        };
+        let place_words: Vec<u32> = places
+            .iter()
+            .flat_map(|&(byte_off, gslot, len)| [byte_off, gslot, len, 0])
+            .collect();
+        let mut sizes: Vec<usize> = lists.iter().map(|l| l.len()).collect();
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        let mut row_bound = Vec::with_capacity(sizes.len() + 1);
+        row_bound.push(0);
+        for s in sizes {
+            row_bound.push(row_bound.last().copied().unwrap_or(0) + s);
+        }
         let l2_terms = match l2_terms {
             Some(terms) => {
                 let device = self.upload(&terms)?;
@@ -689,6 +727,9 @@ impl CudaBackend {
                 codes,
                 raw,
                 l2_terms,
+                places: self.upload(&place_words)?,
+                ids,
+                row_bound,
             }),
             raw_f16,
             dead: self.upload(&dead)?,
@@ -729,6 +770,23 @@ impl Backend for CudaBackend {
             dead,
             places: p.places.clone(),
         })
+    }
+
+    /// The whole batch on the device when the index allows (`resident.rs`: one upload of
+    /// the queries, one download of the results); otherwise the staged stages.
+    fn search(
+        &self,
+        p: &CudaPrepared,
+        queries: &[f32],
+        params: &SearchParams,
+    ) -> Result<Neighbors, EngineError> {
+        if !self.resident_eligible(p, params) {
+            return run_stages(self, p, queries, params);
+        }
+        params.validate(&p.index)?;
+        let queries = p.index.prepare_queries(queries)?;
+        self.resident_search(p, &queries, params)
+            .map_err(engine_err)
     }
 
     fn coarse_search(

@@ -11,10 +11,13 @@
 
 pub mod backend;
 pub mod compile;
+pub mod counters;
 pub mod probe;
+mod resident;
 pub mod sources;
 mod transfer;
 
 pub use backend::{CudaBackend, CudaError, CudaPrepared};
 pub use compile::{compile_ptx, CompileError};
+pub use counters::{emulator_counters, DeviceCounters};
 pub use sources::{Kernel, KERNELS};

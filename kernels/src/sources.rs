@@ -23,7 +23,7 @@ pub const KERNELS: &[Kernel] = &[
     },
     Kernel {
         name: "topk",
-        entries: &["warp_select"],
+        entries: &["warp_select", "select_strided"],
         source: include_str!("../cuda/topk.cu"),
         wgsl_twin: "topk.wgsl",
     },
@@ -35,7 +35,7 @@ pub const KERNELS: &[Kernel] = &[
     },
     Kernel {
         name: "scan8",
-        entries: &["scan8"],
+        entries: &["scan8", "scan_items"],
         source: include_str!("../cuda/scan8.cu"),
         wgsl_twin: "scan8.wgsl",
     },
@@ -47,7 +47,7 @@ pub const KERNELS: &[Kernel] = &[
     },
     Kernel {
         name: "refine",
-        entries: &["refine"],
+        entries: &["refine", "refine_candidates"],
         source: include_str!("../cuda/refine.cu"),
         wgsl_twin: "refine.wgsl",
     },

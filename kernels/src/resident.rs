@@ -1,0 +1,391 @@
+//! The device-resident search: a whole batch on the device, from one upload of its queries
+//! to one download of its results (issue #13).
+//!
+//! The staged stages of `backend.rs` hand probes, tables and candidates back to the host
+//! between stages (the engine's `run_stages`); here they stay where they are made:
+//! coarse distances → strided top-k rounds (the probes) → lookup tables → work items built
+//! on the device from the probes and the lists' places (`scan_items`) → the 8-bit scan into
+//! rows a fixed stride apart (the longest row the probes could make), each row's length
+//! written by the items kernel → top-k rounds that read only each row's length → refine of
+//! the candidates at their global slots, ids read on the device → the final top-k into one
+//! result buffer, which comes back in one copy. A batch whose working memory exceeds the
+//! tile budget runs as several tiles, all reading the one uploaded query buffer and writing
+//! the one result buffer. Buffers every kernel overwrites are never cleared.
+//!
+//! Taken when the index's codes, raw vectors and ids are resident and the selection fits the
+//! device top-k (`keep ≤ 2,048`, `nprobe ≤ 2,048`) with 8-bit codes; otherwise the staged
+//! path runs (4-bit codes quantize their tables per list on the host there).
+
+use cudarc::driver::{CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg};
+use quiver_engine::backend::{Neighbors, SearchParams};
+use quiver_engine::list::CodeLayout;
+use quiver_engine::topk::WarpSelectShape;
+use quiver_engine::RefineKind;
+
+use crate::backend::{driver, grid, CudaBackend, CudaError, CudaPrepared, MAX_GPU_KEEP};
+
+/// A selection's scores and payloads on the device (one word, two words an entry).
+type Rows = (CudaSlice<u32>, CudaSlice<u32>);
+
+/// Where the last round of a selection writes: new buffers, or views of the batch's result.
+enum SelectOut<'a, 'b> {
+    New,
+    Into(&'a mut CudaViewMut<'b, u32>, &'a mut CudaViewMut<'b, u32>),
+}
+
+impl CudaBackend {
+    /// True when `search` can run on the device from end to end for this index and these
+    /// parameters (see the module doc).
+    pub(crate) fn resident_eligible(&self, p: &CudaPrepared, params: &SearchParams) -> bool {
+        let index = p.index_arc();
+        index.layout() != CodeLayout::Packed4x32
+            && p.dev.codes.is_some()
+            && p.dev.ids.is_some()
+            && (index.params().refine == RefineKind::None || p.dev.raw.is_some())
+            && params.candidates() <= MAX_GPU_KEEP
+            && params.nprobe <= MAX_GPU_KEEP
+    }
+
+    /// Bytes of device memory one query of a batch needs across the resident stages.
+    fn resident_bytes_per_query(&self, p: &CudaPrepared, params: &SearchParams) -> usize {
+        let index = p.index_arc();
+        let (nlist, tl) = (index.nlist(), index.pq().m() * index.pq().ksub());
+        let stride = p.dev.row_bound[params.nprobe.min(nlist)].max(1);
+        let keep = params.candidates();
+        nlist * 12 + tl * 4 + params.nprobe * (32 + 12) + 4 + stride * 12 + keep * 24
+    }
+
+    /// Runs the batch (queries already validated and normalised) on the device.
+    pub(crate) fn resident_search(
+        &self,
+        p: &CudaPrepared,
+        queries: &[f32],
+        params: &SearchParams,
+    ) -> Result<Neighbors, CudaError> {
+        let index = p.index_arc();
+        let dim = index.dim();
+        let nq = queries.len() / dim;
+        let k = params.k;
+        if nq == 0 {
+            return Ok(Neighbors::new(k));
+        }
+        let per_query = self.resident_bytes_per_query(p, params);
+        // Tiles as large as the memory a batch may take (eight pipeline tiles: 512 MiB on a
+        // device with 4 GiB free), so a usual batch is one tile; rows × stride must index
+        // in 32 bits.
+        let stride = p.dev.row_bound[params.nprobe.min(index.nlist())].max(1);
+        let rows_per_tile = ((self.tile_bytes * 8) / per_query)
+            .min((u32::MAX as usize) / stride.max(index.nlist()).max(params.candidates()))
+            .clamp(1, nq);
+        let q_dev = self.upload(queries)?;
+        // One buffer for the results: nq × k scores, then (8-byte aligned) nq × k payloads.
+        let s_words = (nq * k).next_multiple_of(2);
+        // SAFETY: the final selection writes every score and payload word of every row.
+        let mut result =
+            unsafe { self.io.compute.alloc::<u32>(s_words + 2 * nq * k) }.map_err(driver)?;
+        {
+            let (mut res_s, mut res_p) = result.split_at_mut(s_words);
+            let mut a = 0;
+            while a < nq {
+                let b = (a + rows_per_tile).min(nq);
+                let q_view = q_dev.slice(a * dim..b * dim);
+                let mut out_s = res_s.slice_mut(a * k..b * k);
+                let mut out_p = res_p.slice_mut(2 * a * k..2 * b * k);
+                self.resident_tile(p, &q_view, b - a, params, &mut out_s, &mut out_p)?;
+                a = b;
+            }
+        }
+        let words = self.download(&result)?;
+        let scores: &[f32] = bytemuck::cast_slice(&words[..nq * k]);
+        let metric = index.metric();
+        let pad = Neighbors::padding_distance(metric);
+        let mut ids = vec![-1i64; nq * k];
+        let mut distances = vec![pad; nq * k];
+        for i in 0..nq * k {
+            let (hi, lo) = (words[s_words + 2 * i], words[s_words + 2 * i + 1]);
+            if hi == u32::MAX && lo == u32::MAX && scores[i] == f32::INFINITY {
+                continue;
+            }
+            ids[i] = (u64::from(hi) << 32 | u64::from(lo)) as i64;
+            distances[i] = metric.reported(scores[i]);
+        }
+        Ok(Neighbors { k, ids, distances })
+    }
+
+    /// Every stage for `rows` queries (`queries`, on the device), the best k of each written
+    /// to `out_s` / `out_p`.
+    #[allow(clippy::too_many_arguments)]
+    fn resident_tile<'v>(
+        &self,
+        p: &CudaPrepared,
+        queries: &cudarc::driver::CudaView<'_, f32>,
+        rows: usize,
+        params: &SearchParams,
+        out_s: &mut CudaViewMut<'v, u32>,
+        out_p: &mut CudaViewMut<'v, u32>,
+    ) -> Result<(), CudaError> {
+        let index = p.index_arc();
+        let (dim, nlist) = (index.dim(), index.nlist());
+        let pq = index.pq();
+        let (m, ksub, dsub) = (pq.m(), pq.ksub(), pq.dsub());
+        let tl = m * ksub;
+        let nprobe = params.nprobe.min(nlist);
+        let keep = params.candidates();
+        let ip = index.metric().is_inner_product();
+        let dev = &p.dev;
+        let stream = &self.io.compute;
+        let (rows_u, nlist_u, dim_u) = (rows as u32, nlist as u32, dim as u32);
+
+        // 1. Coarse distances, rows × nlist, payload (0, list).
+        // SAFETY (all `alloc`s below): each buffer is written whole by the kernel that
+        // follows it before anything reads it (or, for the scan rows, read only below each
+        // row's length, which the scan writes).
+        let mut cs = unsafe { stream.alloc::<u32>(rows * nlist) }.map_err(driver)?;
+        let mut cp = unsafe { stream.alloc::<u32>(2 * rows * nlist) }.map_err(driver)?;
+        {
+            let cfg = LaunchConfig {
+                grid_dim: (nlist.div_ceil(16) as u32, rows.div_ceil(16) as u32, 1),
+                block_dim: (16, 16, 1),
+                shared_mem_bytes: 0,
+            };
+            let l2 = u32::from(!ip);
+            let mut b = stream.launch_builder(&self.coarse);
+            b.arg(queries)
+                .arg(&dev.centroids)
+                .arg(&dev.norms)
+                .arg(&mut cs)
+                .arg(&mut cp);
+            b.arg(&rows_u).arg(&nlist_u).arg(&dim_u).arg(&l2);
+            // SAFETY: argument types and order match `coarse_distances`; the grid covers
+            // the rows × nlist matrix.
+            unsafe { b.launch(cfg) }.map_err(driver)?;
+        }
+        // 2. The probes: each row's best nprobe lists, rows × nprobe.
+        let (ps, pp) = self
+            .select_strided_rounds(cs, cp, rows, nlist, None, nprobe, SelectOut::New)?
+            .ok_or_else(|| CudaError::Driver("internal: no probes".into()))?;
+        // 3. Lookup tables, rows × M × ksub.
+        let mut tables = unsafe { stream.alloc::<f32>(rows * tl) }.map_err(driver)?;
+        {
+            let n = rows * tl;
+            let factor: f32 = if ip { -1.0 } else { -2.0 };
+            let cfg = LaunchConfig {
+                grid_dim: grid(n.div_ceil(256)),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let (m_u, k_u, d_u) = (m as u32, ksub as u32, dsub as u32);
+            let mut b = stream.launch_builder(&self.tables);
+            b.arg(queries).arg(&dev.codebook).arg(&mut tables);
+            b.arg(&rows_u).arg(&m_u).arg(&k_u).arg(&d_u).arg(&factor);
+            // SAFETY: argument types and order match `lookup_tables`; threads past n return.
+            unsafe { b.launch(cfg) }.map_err(driver)?;
+        }
+        // 4. Work items and row lengths from the probes.
+        let stride = dev.row_bound[nprobe].max(1);
+        let nitems = rows * nprobe;
+        let mut items = unsafe { stream.alloc::<u32>(nitems * 8) }.map_err(driver)?;
+        let mut row_len = unsafe { stream.alloc::<u32>(rows) }.map_err(driver)?;
+        {
+            let cfg = LaunchConfig {
+                grid_dim: grid(rows.div_ceil(128)),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let (np_u, st_u, tl_u) = (nprobe as u32, stride as u32, tl as u32);
+            let by_residual = u32::from(index.params().by_residual());
+            let mut b = stream.launch_builder(&self.scan_items);
+            b.arg(&pp)
+                .arg(&ps)
+                .arg(&dev.places)
+                .arg(&mut items)
+                .arg(&mut row_len);
+            b.arg(&rows_u)
+                .arg(&np_u)
+                .arg(&st_u)
+                .arg(&tl_u)
+                .arg(&by_residual);
+            // SAFETY: argument types and order match `scan_items` (`places` is four words a
+            // list, `items` eight words an item); each thread writes its query's items.
+            unsafe { b.launch(cfg) }.map_err(driver)?;
+        }
+        // 5. The scan into rows `stride` apart.
+        let mut ss = unsafe { stream.alloc::<u32>(rows * stride) }.map_err(driver)?;
+        let mut sp = unsafe { stream.alloc::<u32>(2 * rows * stride) }.map_err(driver)?;
+        {
+            let codes = dev
+                .codes
+                .as_ref()
+                .ok_or_else(|| CudaError::Driver("internal: codes not resident".into()))?;
+            let no_terms;
+            let terms = match &dev.l2_terms {
+                Some((_, d)) => d,
+                None => {
+                    no_terms = unsafe { stream.alloc::<f32>(1) }.map_err(driver)?;
+                    &no_terms
+                }
+            };
+            let l2 = u32::from(dev.l2_terms.is_some());
+            let staged = m * 256 * 4 <= self.scan8_shared;
+            let smem = if staged { (m * 256 * 4) as u32 } else { 0 };
+            let staged = u32::from(staged);
+            let (m_u, n_u) = (m as u32, nitems as u32);
+            let cfg = LaunchConfig {
+                grid_dim: grid(nitems),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: smem,
+            };
+            let mut b = stream.launch_builder(&self.scan8);
+            b.arg(codes)
+                .arg(&items)
+                .arg(&tables)
+                .arg(terms)
+                .arg(&p.dead);
+            b.arg(&mut ss)
+                .arg(&mut sp)
+                .arg(&m_u)
+                .arg(&l2)
+                .arg(&staged)
+                .arg(&n_u);
+            // SAFETY: argument types and order match `scan8`; the items address resident
+            // codes and rows of `ss` / `sp` below each row's length.
+            unsafe { b.launch(cfg) }.map_err(driver)?;
+        }
+        // 6. Each query's best `keep` candidates.
+        let (ks, kp) = self
+            .select_strided_rounds(ss, sp, rows, stride, Some(&row_len), keep, SelectOut::New)?
+            .ok_or_else(|| CudaError::Driver("internal: no candidates".into()))?;
+        // 7. Refine at the candidates' global slots; payloads become ids.
+        let n = rows * keep;
+        let mut rs = unsafe { stream.alloc::<u32>(n) }.map_err(driver)?;
+        let mut rp = unsafe { stream.alloc::<u32>(2 * n) }.map_err(driver)?;
+        {
+            let ids = dev
+                .ids
+                .as_ref()
+                .ok_or_else(|| CudaError::Driver("internal: ids not resident".into()))?;
+            let has_raw = index.params().refine != RefineKind::None;
+            let f16 = u32::from(p.raw_f16);
+            let (ip_u, has_raw_u, per_u, n_u) =
+                (u32::from(ip), u32::from(has_raw), keep as u32, n as u32);
+            let cfg = LaunchConfig {
+                grid_dim: grid(n.div_ceil(4)),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut b = stream.launch_builder(&self.refine_candidates);
+            match &dev.raw {
+                Some(raw) => b.arg(raw),
+                // Never read without raw vectors.
+                None => b.arg(ids),
+            };
+            b.arg(&ks)
+                .arg(&kp)
+                .arg(ids)
+                .arg(queries)
+                .arg(&mut rs)
+                .arg(&mut rp);
+            b.arg(&dim_u)
+                .arg(&f16)
+                .arg(&ip_u)
+                .arg(&has_raw_u)
+                .arg(&per_u)
+                .arg(&n_u);
+            // SAFETY: argument types and order match `refine_candidates`; one warp per
+            // candidate, each reading its raw vector at its global slot × dim.
+            unsafe { b.launch(cfg) }.map_err(driver)?;
+        }
+        // 8. The best k by (distance, id), into the batch's result.
+        self.select_strided_rounds(
+            rs,
+            rp,
+            rows,
+            keep,
+            None,
+            params.k,
+            SelectOut::Into(out_s, out_p),
+        )?;
+        Ok(())
+    }
+
+    /// Top-k rounds over `rows` rows `stride` apart (of `row_len` entries each when given),
+    /// keeping `keep` per row; the last round writes to `out` (new buffers, returned, or the
+    /// views given).
+    #[allow(clippy::too_many_arguments)]
+    fn select_strided_rounds(
+        &self,
+        scores: CudaSlice<u32>,
+        payloads: CudaSlice<u32>,
+        rows: usize,
+        stride: usize,
+        row_len: Option<&CudaSlice<u32>>,
+        keep: usize,
+        out: SelectOut<'_, '_>,
+    ) -> Result<Option<Rows>, CudaError> {
+        let shape = WarpSelectShape::for_keep(keep.max(1));
+        let (k, t) = (shape.queue as u32, shape.thread_queue as u32);
+        let stream = &self.io.compute;
+        let (mut cur_s, mut cur_p, mut stride) = (scores, payloads, stride.max(1));
+        let mut lens = row_len;
+        let mut out = Some(out);
+        loop {
+            let parts = stride.div_ceil(shape.chunk);
+            let last = parts == 1;
+            let blocks = rows * parts;
+            let cfg = LaunchConfig {
+                grid_dim: grid(blocks),
+                block_dim: (WarpSelectShape::LANES as u32, 1, 1),
+                shared_mem_bytes: shape.shared_bytes() as u32,
+            };
+            let (rows_u, stride_u, parts_u, chunk_u, keep_u, use_len) = (
+                rows as u32,
+                stride as u32,
+                parts as u32,
+                shape.chunk as u32,
+                keep as u32,
+                u32::from(lens.is_some()),
+            );
+            let mut b = stream.launch_builder(&self.select_strided);
+            b.arg(&cur_s).arg(&cur_p);
+            match lens {
+                Some(l) => b.arg(l),
+                // Never read without `use_len`.
+                None => b.arg(&cur_s),
+            };
+            let mut fresh = None;
+            match (last, out.take()) {
+                (true, Some(SelectOut::Into(s, p))) => {
+                    b.arg(s).arg(p);
+                }
+                (_, o) => {
+                    out = o;
+                    // SAFETY: every chunk writes its `keep` entries.
+                    let s = unsafe { stream.alloc::<u32>(blocks * keep) }.map_err(driver)?;
+                    let p = unsafe { stream.alloc::<u32>(2 * blocks * keep) }.map_err(driver)?;
+                    fresh = Some((s, p));
+                }
+            }
+            if let Some((s, p)) = fresh.as_mut() {
+                b.arg(s).arg(p);
+            }
+            b.arg(&rows_u)
+                .arg(&stride_u)
+                .arg(&parts_u)
+                .arg(&chunk_u)
+                .arg(&keep_u);
+            b.arg(&use_len).arg(&k).arg(&t);
+            // SAFETY: argument types and order match `select_strided`; chunk (r, p) reads
+            // row r's entries below its length and writes `keep` entries at (r·parts+p)·keep,
+            // inside the output of `blocks × keep` entries.
+            unsafe { b.launch(cfg) }.map_err(driver)?;
+            match fresh {
+                Some((s, p)) if !last => {
+                    (cur_s, cur_p, stride) = (s, p, parts * keep);
+                    lens = None;
+                }
+                Some(done) => return Ok(Some(done)),
+                None => return Ok(None),
+            }
+        }
+    }
+}
