@@ -789,6 +789,11 @@ impl Backend for CudaBackend {
             .map_err(engine_err)
     }
 
+    /// The emulator's counters (the whole process's); `None` on NVIDIA's driver.
+    fn counters(&self) -> Option<quiver_engine::backend::DeviceCounters> {
+        crate::counters::emulator_counters()
+    }
+
     fn coarse_search(
         &self,
         p: &CudaPrepared,

@@ -1,6 +1,7 @@
 //! Every CUDA kernel compiles with NVRTC for the GPU generations Quiver targets (compute_80:
 //! A100; compute_90: H100), and, when `QUIVER_PTXAS` names a ptxas binary, the PTX assembles
-//! for sm_80 / sm_90 (its `-v` report of registers and shared memory is printed).
+//! for sm_80 / sm_90 without spilling a register (its `-v` report of registers, spills and
+//! shared memory is printed; a spill fails the test).
 //!
 //! Without NVRTC the test prints "skipped: NVRTC not found" and passes, unless
 //! `QUIVER_REQUIRE_NVRTC=1` (set by scripts/test, which installs NVRTC from PyPI).
@@ -47,10 +48,28 @@ fn every_kernel_compiles_and_assembles_for_sm80_and_sm90() {
                     .expect("run ptxas");
                 let log = String::from_utf8_lossy(&run.stderr);
                 assert!(run.status.success(), "ptxas {} {sm}: {log}", k.name);
-                for line in log
-                    .lines()
-                    .filter(|l| l.contains("Used") || l.contains("Compiling entry"))
-                {
+                // Every entry reports its frame; none may spill registers to local memory
+                // (a spill is a silent slowdown on the hot path), nor use more than the
+                // 255 registers a thread can have.
+                let frames: Vec<&str> =
+                    log.lines().filter(|l| l.contains("spill stores")).collect();
+                assert_eq!(
+                    frames.len(),
+                    k.entries.len(),
+                    "ptxas {} {sm}: one frame report per entry expected:\n{log}",
+                    k.name
+                );
+                for f in &frames {
+                    assert!(
+                        f.contains(" 0 bytes spill stores") && f.contains(" 0 bytes spill loads"),
+                        "ptxas {} {sm}: a kernel spills: {}\n{log}",
+                        k.name,
+                        f.trim()
+                    );
+                }
+                for line in log.lines().filter(|l| {
+                    l.contains("Used") || l.contains("Compiling entry") || l.contains("spill")
+                }) {
                     println!(
                         "ptxas {sm} {}: {}",
                         k.name,

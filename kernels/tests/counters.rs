@@ -83,3 +83,84 @@ fn a_resident_batch_crosses_the_bus_once_each_way() {
         assert!(c.launches <= 12, "{label}: {} launches", c.launches);
     }
 }
+
+/// The issue's batch (#13): 1,024 queries on a 100k × 384 index (IVF1024), nprobe 128, k 10,
+/// refine ×10, for PQ48 (8-bit) and PQ96x4, inner product and L2: the counts of the search
+/// as `CudaBackend::search` runs it and of the staged stages (`run_stages`) beside it. The
+/// resident path must stay within the issue's budget (one upload, one download, ≤ 12
+/// launches, ≤ 2 KB a query over the bus). Minutes on the emulator: `--ignored`.
+#[test]
+#[ignore = "minutes on the emulator: the issue's 100k-vector batch"]
+fn the_issue_batch_at_100k() {
+    let Some(b) = backend() else { return };
+    if emulator_counters().is_none() {
+        eprintln!("skipped: the driver is not the emulator (no counters)");
+        return;
+    }
+    let (dim, n, nq) = (384, 100_000, 1024);
+    let g = ClusteredGaussian::new(dim, 1000, 0.5, 7);
+    let x = g.rows(0, n);
+    let q = g.rows(n, nq);
+    let params = SearchParams {
+        k: 10,
+        nprobe: 128,
+        refine_factor: 10,
+    };
+    for (metric, m, bits) in [
+        (Metric::InnerProduct, 48, 8),
+        (Metric::L2, 48, 8),
+        (Metric::InnerProduct, 96, 4),
+        (Metric::L2, 96, 4),
+    ] {
+        let mut p = IndexParams::new(metric, dim, 1024, m);
+        p.pq_bits = bits;
+        p.refine = RefineKind::F16;
+        let sample = &x[..50_000 * dim];
+        let mut idx = IvfPqIndex::train(p, sample, &NoProgress).expect("train");
+        idx.add(&x, None, &NoProgress).expect("add");
+        let idx = Arc::new(idx);
+        let prepared = b.prepare(idx.clone()).expect("prepare");
+        let before = emulator_counters().expect("counters");
+        let resident = b.search(&prepared, &q, &params).expect("search");
+        let c = emulator_counters().expect("counters").since(&before);
+        let before = emulator_counters().expect("counters");
+        let staged =
+            quiver_engine::backend::run_stages(&b, &prepared, &q, &params).expect("staged");
+        let s = emulator_counters().expect("counters").since(&before);
+        let label = format!("PQ{m}x{bits} {metric}");
+        for (path, c) in [("search", c), ("staged", s)] {
+            println!(
+                "| {label} | {path} | {} | {} | {} | {} | {} | {} | {} | {:.0} |",
+                c.launches,
+                c.h2d_copies,
+                c.h2d_bytes,
+                c.d2h_copies,
+                c.d2h_bytes,
+                c.memsets,
+                c.allocs,
+                c.bus_bytes() as f64 / nq as f64
+            );
+        }
+        let same = resident
+            .ids
+            .iter()
+            .zip(&staged.ids)
+            .filter(|(a, b)| a == b)
+            .count();
+        println!(
+            "{label}: {same} of {} ids the same on both paths",
+            resident.ids.len()
+        );
+        if bits == 8 {
+            assert_eq!(c.h2d_copies, 1, "{label}");
+            assert_eq!(c.d2h_copies, 1, "{label}");
+            assert!(c.launches <= 12, "{label}: {} launches", c.launches);
+            assert!(
+                c.bus_bytes() <= 2048 * nq as u64,
+                "{label}: {} bytes",
+                c.bus_bytes()
+            );
+            assert_eq!(c.memsets, 0, "{label}");
+        }
+    }
+}

@@ -210,6 +210,14 @@ impl Backend for AnyBackend {
         }
     }
 
+    fn counters(&self) -> Option<quiver_engine::backend::DeviceCounters> {
+        match self {
+            AnyBackend::Cpu(b) => b.counters(),
+            AnyBackend::Wgpu(b) => b.counters(),
+            AnyBackend::Cuda(b) => b.counters(),
+        }
+    }
+
     fn max_batch(&self, p: &AnyPrepared) -> usize {
         match (self, p) {
             (AnyBackend::Cpu(b), AnyPrepared::Cpu(p)) => b.max_batch(p),

@@ -17,6 +17,7 @@
 use std::sync::Arc;
 
 use bytemuck::{Pod, Zeroable};
+use quiver_engine::backend::counters::Count;
 use quiver_engine::backend::{
     Backend, Candidates, LookupTables, Neighbors, PreparedIndex, Probes, Slot,
 };
@@ -486,6 +487,12 @@ impl Backend for WgpuBackend {
         "wgpu"
     }
 
+    /// Dispatches, uploads (uniform parameters included), read-backs and buffers created on
+    /// this backend's device so far.
+    fn counters(&self) -> Option<quiver_engine::backend::DeviceCounters> {
+        Some(self.gpu.counters.read())
+    }
+
     fn prepare(&self, index: Arc<IvfPqIndex>) -> Result<WgpuPrepared, EngineError> {
         checked(&self.gpu, "uploading the index", || self.upload(index)).map_err(engine_err)
     }
@@ -679,6 +686,10 @@ impl WgpuBackend {
             self.gpu
                 .queue
                 .write_buffer(&scores_buf, 0, bytemuck::cast_slice(&score));
+            self.gpu.counters.add(Count::Alloc, 0);
+            self.gpu
+                .counters
+                .add(Count::HostToDevice, (score.len() * 4) as u64);
             let payload_buf = storage(&self.gpu, "refine ids", &payload);
             let query_buf = storage(&self.gpu, "queries", &queries[start * dim..end * dim]);
             let mut enc = self.encoder();

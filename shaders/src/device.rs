@@ -94,6 +94,9 @@ pub struct GpuDevice {
     pub(crate) max_workgroup_storage: u32,
     /// Mappable read-back buffers kept for reuse (sizes are powers of two).
     pub(crate) readback_pool: std::sync::Mutex<Vec<wgpu::Buffer>>,
+    /// Dispatches, uploads, read-backs and buffers created on this device (issue #13's
+    /// counts; `WgpuBackend::counters`).
+    pub(crate) counters: quiver_engine::backend::counters::AtomicCounters,
 }
 
 /// The default device memory budget for an index's codes and raw vectors, MiB
@@ -165,6 +168,7 @@ impl GpuDevice {
                 .unwrap_or(DEFAULT_MEMORY_BUDGET_MIB)
                 .saturating_mul(1 << 20),
             readback_pool: std::sync::Mutex::new(Vec::new()),
+            counters: Default::default(),
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
             adapter,
         })

@@ -2,6 +2,8 @@
 
 use wgpu::util::DeviceExt;
 
+use quiver_engine::backend::counters::Count;
+
 use crate::device::GpuDevice;
 use crate::error::WgpuError;
 
@@ -60,6 +62,7 @@ impl Kernel {
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &bind, &[]);
         pass.dispatch_workgroups(groups.0, groups.1, 1);
+        gpu.counters.add(Count::Launch, 0);
     }
 }
 
@@ -92,6 +95,8 @@ pub(crate) fn storage<T: bytemuck::Pod>(gpu: &GpuDevice, label: &str, data: &[T]
     } else {
         bytes
     };
+    gpu.counters.add(Count::HostToDevice, contents.len() as u64);
+    gpu.counters.add(Count::Alloc, 0);
     gpu.device
         .create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(label),
@@ -102,6 +107,9 @@ pub(crate) fn storage<T: bytemuck::Pod>(gpu: &GpuDevice, label: &str, data: &[T]
 
 /// A uniform buffer holding `value`.
 pub(crate) fn uniform<T: bytemuck::Pod>(gpu: &GpuDevice, value: &T) -> wgpu::Buffer {
+    gpu.counters
+        .add(Count::HostToDevice, std::mem::size_of::<T>() as u64);
+    gpu.counters.add(Count::Alloc, 0);
     gpu.device
         .create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("params"),
@@ -112,6 +120,7 @@ pub(crate) fn uniform<T: bytemuck::Pod>(gpu: &GpuDevice, value: &T) -> wgpu::Buf
 
 /// A writable storage buffer of `bytes` bytes that can be copied out.
 pub(crate) fn output(gpu: &GpuDevice, label: &str, bytes: u64) -> wgpu::Buffer {
+    gpu.counters.add(Count::Alloc, 0);
     gpu.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
         size: bytes.max(4),
@@ -158,6 +167,7 @@ pub(crate) fn submit(
         .map(|(src, bytes)| {
             let dst = take_readback(gpu, (*bytes).max(4));
             encoder.copy_buffer_to_buffer(src, 0, &dst, 0, (*bytes).max(4));
+            gpu.counters.add(Count::DeviceToHost, (*bytes).max(4));
             (dst, *bytes)
         })
         .collect();
@@ -214,6 +224,7 @@ fn take_readback(gpu: &GpuDevice, bytes: u64) -> wgpu::Buffer {
             return pool.swap_remove(i);
         }
     }
+    gpu.counters.add(Count::Alloc, 0);
     gpu.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("read-back"),
         size: bytes.next_power_of_two(),

@@ -269,6 +269,12 @@ pub fn select_rows_on_device(
         .map(|&p| [(p >> 32) as u32, p as u32])
         .collect();
     let input = |label: &str, bytes: &[u8]| {
+        gpu.counters.add(
+            quiver_engine::backend::counters::Count::HostToDevice,
+            bytes.len().max(8) as u64,
+        );
+        gpu.counters
+            .add(quiver_engine::backend::counters::Count::Alloc, 0);
         gpu.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),

@@ -133,6 +133,7 @@ pub fn run(a: Args, threads: Option<usize>) -> anyhow::Result<()> {
         };
         let mut latencies = Vec::new();
         let mut ids = Vec::new();
+        let counted_from = backend.counters();
         let qps = match a.mode {
             Mode::Batch => {
                 let batch = a.batch_size.unwrap_or(nq).max(1);
@@ -164,6 +165,29 @@ pub fn run(a: Args, threads: Option<usize>) -> anyhow::Result<()> {
                 nq as f64 / t0.elapsed().as_secs_f64()
             }
         };
+        // What the device was asked per batch (GPU backends that count: the CUDA emulator,
+        // wgpu), averaged over the measured batches.
+        let device = match (counted_from, backend.counters()) {
+            (Some(from), Some(to)) => {
+                let c = to.since(&from);
+                let batches = latencies.len().max(1) as f64;
+                let per = |v: u64| v as f64 / batches;
+                let mut m = serde_json::Map::new();
+                for (name, v) in c.fields() {
+                    m.insert(name.to_string(), serde_json::json!(per(v)));
+                }
+                let searched = match a.mode {
+                    Mode::Batch => (nq * a.repeat) as f64,
+                    Mode::Single => nq as f64,
+                };
+                m.insert(
+                    "bus_bytes_per_query".into(),
+                    serde_json::json!(c.bus_bytes() as f64 / searched),
+                );
+                Some(serde_json::Value::Object(m))
+            }
+            _ => None,
+        };
         let recall = recall_at_k(&ids, &gt, gt_k, a.k, nq);
         let (p50, p99) = (
             percentile(&mut latencies, 50.0) * 1e6,
@@ -173,6 +197,7 @@ pub fn run(a: Args, threads: Option<usize>) -> anyhow::Result<()> {
             let row = serde_json::json!({
                 "backend": backend.name(), "mode": mode, "threads": threads, "nprobe": nprobe, "k": a.k,
                 "refine_factor": a.refine_factor, "recall": recall, "qps": qps, "p50_us": p50, "p99_us": p99,
+                "device_per_batch": device,
             });
             println!("{row}");
         } else {

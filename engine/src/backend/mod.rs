@@ -13,7 +13,10 @@
 //! [`Backend::search`] validates the batch, tiles it and runs the stages; a backend may
 //! override it to fuse stages. The CPU backend is the reference the others must match.
 
+pub mod counters;
 pub mod cpu;
+
+pub use counters::DeviceCounters;
 
 use std::sync::Arc;
 
@@ -247,6 +250,12 @@ pub trait Backend: Send + Sync {
         candidates: &Candidates,
         k: usize,
     ) -> Result<Neighbors, EngineError>;
+
+    /// What the backend has asked of its device so far (see [`counters`]), where it counts;
+    /// `None` by default (the CPU).
+    fn counters(&self) -> Option<DeviceCounters> {
+        None
+    }
 
     /// Queries per tile of [`Backend::search`] (bounds the lookup tables' memory).
     fn max_batch(&self, prepared: &Self::Prepared) -> usize {
