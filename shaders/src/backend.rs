@@ -19,7 +19,8 @@ use std::sync::Arc;
 use bytemuck::{Pod, Zeroable};
 use quiver_engine::backend::counters::Count;
 use quiver_engine::backend::{
-    Backend, Candidates, LookupTables, Neighbors, PreparedIndex, Probes, Slot,
+    run_stages, Backend, Candidates, LookupTables, Neighbors, PreparedIndex, Probes, SearchParams,
+    Slot,
 };
 use quiver_engine::fastscan::QuantizedTable;
 use quiver_engine::list::CodeLayout;
@@ -35,11 +36,15 @@ use crate::topk::{GpuTopK, PendingSelect, Rows, Selected};
 
 /// The wgpu backend on one device.
 pub struct WgpuBackend {
-    gpu: Arc<GpuDevice>,
-    scan8: Kernel,
+    pub(crate) gpu: Arc<GpuDevice>,
+    pub(crate) scan8: Kernel,
     scan4: Kernel,
     refine: Kernel,
-    topk: GpuTopK,
+    pub(crate) topk: GpuTopK,
+    /// The device-resident search's work items (`items.wgsl`) and refine
+    /// (`refine_candidates.wgsl`).
+    pub(crate) items: Kernel,
+    pub(crate) refine_candidates: Kernel,
 }
 
 impl std::fmt::Debug for WgpuBackend {
@@ -54,15 +59,15 @@ impl std::fmt::Debug for WgpuBackend {
 pub struct WgpuPrepared {
     /// Coarse quantizer, codebooks and L2 terms: shared by the versions of one index that
     /// differ only in deletions (see [`Backend::refresh`]).
-    coarse: Arc<GpuCoarse>,
-    tables: Arc<GpuTables>,
-    data: GpuIndex,
+    pub(crate) coarse: Arc<GpuCoarse>,
+    pub(crate) tables: Arc<GpuTables>,
+    pub(crate) data: GpuIndex,
     /// L2 only: `nlist × M × ksub` list terms (host copy for 4-bit quantization; for the
     /// 8-bit scan also device buffers, split like the codes, and each list's (buffer, first
     /// value) in them).
-    l2_terms: Option<Arc<L2Terms>>,
+    pub(crate) l2_terms: Option<Arc<L2Terms>>,
     /// Placeholder binding where no terms are needed.
-    no_terms: wgpu::Buffer,
+    pub(crate) no_terms: wgpu::Buffer,
 }
 
 impl std::fmt::Debug for WgpuPrepared {
@@ -152,6 +157,12 @@ impl WgpuBackend {
             scan8: Kernel::new(&gpu, "scan8", include_str!("../wgsl/scan8.wgsl")),
             scan4: Kernel::new(&gpu, "scan4", include_str!("../wgsl/scan4.wgsl")),
             refine: Kernel::new(&gpu, "refine", include_str!("../wgsl/refine.wgsl")),
+            items: Kernel::new(&gpu, "items", include_str!("../wgsl/items.wgsl")),
+            refine_candidates: Kernel::new(
+                &gpu,
+                "refine_candidates",
+                include_str!("../wgsl/refine_candidates.wgsl"),
+            ),
             topk: GpuTopK::new(&gpu),
             gpu,
         }
@@ -160,6 +171,10 @@ impl WgpuBackend {
     /// The device it runs on.
     pub fn device(&self) -> &GpuDevice {
         &self.gpu
+    }
+
+    pub(crate) fn new_encoder(&self) -> wgpu::CommandEncoder {
+        self.encoder()
     }
 
     fn encoder(&self) -> wgpu::CommandEncoder {
@@ -487,8 +502,8 @@ impl Backend for WgpuBackend {
         "wgpu"
     }
 
-    /// Dispatches, uploads (uniform parameters included), read-backs and buffers created on
-    /// this backend's device so far.
+    /// Dispatches, uploads (not the dispatches' uniform parameters: their arguments),
+    /// read-backs and buffers created on this backend's device so far.
     fn counters(&self) -> Option<quiver_engine::backend::DeviceCounters> {
         Some(self.gpu.counters.read())
     }
@@ -518,6 +533,26 @@ impl Backend for WgpuBackend {
             }),
             None => self.prepare(index),
         }
+    }
+
+    /// The whole batch on the device when the index allows (`resident.rs`: one upload of
+    /// the queries, one read-back of the results); otherwise the staged stages.
+    fn search(
+        &self,
+        p: &WgpuPrepared,
+        queries: &[f32],
+        params: &SearchParams,
+    ) -> Result<Neighbors, EngineError> {
+        if self.resident_eligible(p, params) {
+            params.validate(&p.data.index)?;
+            let q = p.data.index.prepare_queries(queries)?;
+            let done = checked(&self.gpu, "search", || self.resident_search(p, &q, params))
+                .map_err(engine_err)?;
+            if let Some(n) = done {
+                return Ok(n);
+            }
+        }
+        run_stages(self, p, queries, params)
     }
 
     fn coarse_search(

@@ -16,22 +16,22 @@ use crate::topk::{GpuTopK, Rows};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-struct DistanceParams {
-    nq: u32,
-    nlist: u32,
-    dim: u32,
-    l2: u32,
+pub(crate) struct DistanceParams {
+    pub(crate) nq: u32,
+    pub(crate) nlist: u32,
+    pub(crate) dim: u32,
+    pub(crate) l2: u32,
 }
 
 /// The coarse quantizer on a device, with its two kernels.
 pub struct GpuCoarse {
-    distances: Kernel,
+    pub(crate) distances: Kernel,
     select: GpuTopK,
-    centroids: wgpu::Buffer,
-    norms: wgpu::Buffer,
-    nlist: usize,
-    dim: usize,
-    l2: bool,
+    pub(crate) centroids: wgpu::Buffer,
+    pub(crate) norms: wgpu::Buffer,
+    pub(crate) nlist: usize,
+    pub(crate) dim: usize,
+    pub(crate) l2: bool,
 }
 
 impl std::fmt::Debug for GpuCoarse {

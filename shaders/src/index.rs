@@ -56,6 +56,21 @@ pub(crate) struct GpuIndex {
     pub(crate) starts: Vec<u32>,
     /// Raw vectors are f16 (else f32, or none).
     pub(crate) raw_f16: bool,
+    /// What the device-resident search reads (`resident.rs`), when the codes and raw vectors
+    /// are resident in one buffer each and the ids fit a binding.
+    pub(crate) resident_search: Option<ResidentData>,
+}
+
+/// The index data only the device-resident search reads.
+#[derive(Clone)]
+pub(crate) struct ResidentData {
+    /// Per list (first code byte, global slot of its first entry, entries, 0).
+    pub(crate) places: wgpu::Buffer,
+    /// Every entry's id as (high, low) words, in global-slot order.
+    pub(crate) ids: wgpu::Buffer,
+    /// `row_bound[n]`: the most entries any n lists hold together (the stride of the scan's
+    /// rows at nprobe n).
+    pub(crate) row_bound: Vec<usize>,
 }
 
 /// Code buffers, and the segments of each packed list.
@@ -221,8 +236,41 @@ impl GpuIndex {
             starts.push(gslot as u32);
             gslot += list.len();
         }
+        let resident_search = if resident
+            && code_bufs.len() == 1
+            && raw_bufs.len() == 1
+            && (total * 8) as u64 <= limit
+            && (lists.len() * 16) as u64 <= limit
+        {
+            let words: Vec<u32> = places
+                .iter()
+                .flat_map(|p| [p.segments.first().map_or(0, |s| s.byte), p.gslot, p.len, 0])
+                .collect();
+            let mut ids: Vec<u32> = Vec::with_capacity(2 * total);
+            for list in lists {
+                for &id in list.ids.as_slice() {
+                    ids.push((id >> 32) as u32);
+                    ids.push(id as u32);
+                }
+            }
+            let mut sizes: Vec<usize> = lists.iter().map(|l| l.len()).collect();
+            sizes.sort_unstable_by(|a, b| b.cmp(a));
+            let mut row_bound = Vec::with_capacity(sizes.len() + 1);
+            row_bound.push(0);
+            for n in sizes {
+                row_bound.push(row_bound.last().copied().unwrap_or(0) + n);
+            }
+            Some(ResidentData {
+                places: storage(gpu, "list places", &words),
+                ids: storage(gpu, "ids", &ids),
+                row_bound,
+            })
+        } else {
+            None
+        };
         Ok(GpuIndex {
             resident,
+            resident_search,
             dead: storage(gpu, "tombstones", &dead),
             code_bufs,
             raw_bufs,

@@ -14,6 +14,11 @@ pub(crate) struct Kernel {
 
 impl Kernel {
     pub(crate) fn new(gpu: &GpuDevice, label: &str, source: &str) -> Kernel {
+        Kernel::entry(gpu, label, source, "main")
+    }
+
+    /// A pipeline from one entry point of a WGSL source.
+    pub(crate) fn entry(gpu: &GpuDevice, label: &str, source: &str, entry: &str) -> Kernel {
         let module = gpu
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -26,7 +31,7 @@ impl Kernel {
                 label: Some(label),
                 layout: None,
                 module: &module,
-                entry_point: Some("main"),
+                entry_point: Some(entry),
                 compilation_options: Default::default(),
                 cache: None,
             });
@@ -64,6 +69,49 @@ impl Kernel {
         pass.dispatch_workgroups(groups.0, groups.1, 1);
         gpu.counters.add(Count::Launch, 0);
     }
+}
+
+impl Kernel {
+    /// Records one dispatch with explicit bindings: (binding number, buffer range), for entry
+    /// points that use some of a module's bindings or ranges of one buffer.
+    pub(crate) fn dispatch_bound(
+        &self,
+        gpu: &GpuDevice,
+        encoder: &mut wgpu::CommandEncoder,
+        bindings: &[(u32, wgpu::BindingResource<'_>)],
+        groups: (u32, u32),
+    ) {
+        let layout = self.pipeline.get_bind_group_layout(0);
+        let entries: Vec<wgpu::BindGroupEntry> = bindings
+            .iter()
+            .map(|(i, r)| wgpu::BindGroupEntry {
+                binding: *i,
+                resource: r.clone(),
+            })
+            .collect();
+        let bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &layout,
+            entries: &entries,
+        });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: None,
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(groups.0, groups.1, 1);
+        gpu.counters.add(Count::Launch, 0);
+    }
+}
+
+/// `bytes` bytes of `buffer` from `offset`, as a binding.
+pub(crate) fn range(buffer: &wgpu::Buffer, offset: u64, bytes: u64) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer,
+        offset,
+        size: std::num::NonZeroU64::new(bytes.max(4)),
+    })
 }
 
 /// Workgroups for `n` independent groups: x up to 65,535, the rest in y.
@@ -106,9 +154,9 @@ pub(crate) fn storage<T: bytemuck::Pod>(gpu: &GpuDevice, label: &str, data: &[T]
 }
 
 /// A uniform buffer holding `value`.
+///
+/// A kernel's parameters, as CUDA's launch arguments: counted as a buffer, not as a copy.
 pub(crate) fn uniform<T: bytemuck::Pod>(gpu: &GpuDevice, value: &T) -> wgpu::Buffer {
-    gpu.counters
-        .add(Count::HostToDevice, std::mem::size_of::<T>() as u64);
     gpu.counters.add(Count::Alloc, 0);
     gpu.device
         .create_buffer_init(&wgpu::util::BufferInitDescriptor {

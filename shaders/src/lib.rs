@@ -13,6 +13,7 @@ pub mod device;
 mod error;
 mod index;
 mod kernel;
+mod resident;
 pub mod tables;
 pub mod topk;
 

@@ -14,23 +14,23 @@ use crate::kernel::{check_binding, grid, output, storage, submit_and_read, unifo
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    nq: u32,
-    m: u32,
-    ksub: u32,
-    dsub: u32,
-    factor: f32,
-    pad: [u32; 3],
+pub(crate) struct Params {
+    pub(crate) nq: u32,
+    pub(crate) m: u32,
+    pub(crate) ksub: u32,
+    pub(crate) dsub: u32,
+    pub(crate) factor: f32,
+    pub(crate) pad: [u32; 3],
 }
 
 /// A product quantizer's codebook on a device, with the table kernel.
 pub struct GpuTables {
-    kernel: Kernel,
-    codebook: wgpu::Buffer,
-    m: usize,
-    ksub: usize,
-    dsub: usize,
-    factor: f32,
+    pub(crate) kernel: Kernel,
+    pub(crate) codebook: wgpu::Buffer,
+    pub(crate) m: usize,
+    pub(crate) ksub: usize,
+    pub(crate) dsub: usize,
+    pub(crate) factor: f32,
 }
 
 impl std::fmt::Debug for GpuTables {

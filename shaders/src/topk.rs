@@ -42,6 +42,8 @@ pub(crate) struct GpuTopK {
     small: Kernel,
     kernel: Kernel,
     large: Option<Kernel>,
+    /// The `strided` entry point of each variant (the device-resident search's rounds).
+    strided: [Option<Kernel>; 3],
 }
 
 /// The lines of `topk.wgsl` that size its workgroup arrays.
@@ -59,14 +61,105 @@ impl GpuTopK {
             .replace(QUEUE_LINE, "const QCAP: u32 = 128u;")
             .replace(STAGE_LINE, "const STAGE: u32 = 128u;");
         let large_bytes = WarpSelectShape::for_keep(MAX_GPU_KEEP).shared_bytes() + 16;
-        let large = (gpu.max_workgroup_storage as usize >= large_bytes).then(|| {
-            let source = SOURCE.replace(QUEUE_LINE, "const QCAP: u32 = 2048u;");
-            Kernel::new(gpu, "topk-2048", &source)
-        });
+        let large_source = (gpu.max_workgroup_storage as usize >= large_bytes)
+            .then(|| SOURCE.replace(QUEUE_LINE, "const QCAP: u32 = 2048u;"));
         GpuTopK {
             small: Kernel::new(gpu, "topk-128", &small),
             kernel: Kernel::new(gpu, "topk", SOURCE),
-            large,
+            large: large_source
+                .as_ref()
+                .map(|s| Kernel::new(gpu, "topk-2048", s)),
+            strided: [
+                Some(Kernel::entry(gpu, "topk-strided-128", &small, "strided")),
+                Some(Kernel::entry(gpu, "topk-strided", SOURCE, "strided")),
+                large_source
+                    .as_ref()
+                    .map(|s| Kernel::entry(gpu, "topk-strided-2048", s, "strided")),
+            ],
+        }
+    }
+
+    /// Records top-k rounds over `rows` rows `stride` entries apart in `scores` /
+    /// `payloads` (each row only its first `row_len[r]` entries when given), keeping `keep`
+    /// per row (at most [`Self::max_keep`]); the last round writes into `out` (score and
+    /// payload bindings) when given, else into new buffers, which are returned.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn record_strided(
+        &self,
+        gpu: &GpuDevice,
+        encoder: &mut wgpu::CommandEncoder,
+        scores: wgpu::Buffer,
+        payloads: wgpu::Buffer,
+        rows: usize,
+        stride: usize,
+        row_len: Option<&wgpu::Buffer>,
+        keep: usize,
+        mut out: Option<(wgpu::BindingResource<'_>, wgpu::BindingResource<'_>)>,
+    ) -> Result<Option<(wgpu::Buffer, wgpu::Buffer)>, WgpuError> {
+        let shape = WarpSelectShape::for_keep(keep.max(1));
+        let variant = if shape.queue <= SMALL_QUEUE {
+            0
+        } else if shape.queue <= PORTABLE_GPU_KEEP {
+            1
+        } else {
+            2
+        };
+        let kernel = self.strided[variant].as_ref().ok_or_else(|| {
+            WgpuError::Invalid(format!("keep {keep} is beyond this device's top-k"))
+        })?;
+        let (mut cur_s, mut cur_p, mut stride) = (scores, payloads, stride.max(1));
+        let mut lens = row_len;
+        loop {
+            let parts = stride.div_ceil(shape.chunk);
+            let last = parts == 1;
+            let blocks = rows * parts;
+            let params = uniform(
+                gpu,
+                &[
+                    rows as u32,
+                    stride as u32,
+                    parts as u32,
+                    shape.chunk as u32,
+                    keep as u32,
+                    u32::from(lens.is_some()),
+                    shape.queue as u32,
+                    shape.thread_queue as u32,
+                ],
+            );
+            let into = if last { out.take() } else { None };
+            let fresh = match into {
+                Some(_) => None,
+                None => Some((
+                    output(gpu, "top-k scores", (blocks * keep * 4) as u64),
+                    output(gpu, "top-k payloads", (blocks * keep * 8) as u64),
+                )),
+            };
+            let (os, op) = match (&into, &fresh) {
+                (Some((s, p)), _) => (s.clone(), p.clone()),
+                (None, Some((s, p))) => (s.as_entire_binding(), p.as_entire_binding()),
+                (None, None) => unreachable!("one of the two is set"),
+            };
+            kernel.dispatch_bound(
+                gpu,
+                encoder,
+                &[
+                    (0, cur_s.as_entire_binding()),
+                    (1, cur_p.as_entire_binding()),
+                    (3, os),
+                    (4, op),
+                    // Never read without `use_len`.
+                    (6, lens.unwrap_or(&cur_s).as_entire_binding()),
+                    (7, params.as_entire_binding()),
+                ],
+                grid(blocks as u64)?,
+            );
+            match fresh {
+                Some((s, p)) if !last => {
+                    (cur_s, cur_p, stride) = (s, p, parts * keep);
+                    lens = None;
+                }
+                done => return Ok(done),
+            }
         }
     }
 

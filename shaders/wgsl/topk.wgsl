@@ -137,19 +137,10 @@ fn merge_stage(lane: u32, k: u32, n: u32) {
     }
 }
 
-@compute @workgroup_size(32)
-fn main(
-    @builtin(local_invocation_index) lane: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-) {
-    let c = wid.x + wid.y * 65535u;
-    if (c >= params.x) {
-        return;
-    }
-    let k = params.y;
-    let t = params.z;
+// Selects the best `keep` of one chunk (`n` entries from `src`) into `dst`: the body of both
+// entry points (twin of `select_chunk` in topk.cu).
+fn select_chunk(lane: u32, src: u32, n: u32, dst: u32, keep: u32, k: u32, t: u32) {
     let n_stage = t * LANES;
-    let chunk = chunks[c];
     let inf = bitcast<f32>(INF_BITS);
     let none = vec2<u32>(0xffffffffu, 0xffffffffu);
     for (var i = lane; i < k; i += LANES) {
@@ -157,7 +148,7 @@ fn main(
         queue_payload[i] = none;
     }
     if (lane == 0u) {
-        chunk_len = chunk.len;
+        chunk_len = n;
         vote[0] = 0u;
         vote[1] = 0u;
         vote[2] = 0u;
@@ -174,8 +165,8 @@ fn main(
     for (var base = 0u; base < len + LANES; base += LANES) {
         let i = base + lane;
         if (i < len) {
-            let s = in_score[chunk.src + i];
-            let p = in_payload[chunk.src + i];
+            let s = in_score[src + i];
+            let p = in_payload[src + i];
             if (before(s, p, thr_score, thr_payload)) {
                 tq_score[count] = s;
                 tq_payload[count] = p;
@@ -210,8 +201,59 @@ fn main(
         }
     }
     workgroupBarrier();
-    for (var i = lane; i < chunk.keep; i += LANES) {
-        out_score[chunk.dst + i] = queue_score[i];
-        out_payload[chunk.dst + i] = queue_payload[i];
+    for (var i = lane; i < keep; i += LANES) {
+        out_score[dst + i] = queue_score[i];
+        out_payload[dst + i] = queue_payload[i];
     }
+}
+
+// One chunk per workgroup, the chunks listed by the host.
+@compute @workgroup_size(32)
+fn main(
+    @builtin(local_invocation_index) lane: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    let c = wid.x + wid.y * 65535u;
+    if (c >= params.x) {
+        return;
+    }
+    let chunk = chunks[c];
+    select_chunk(lane, chunk.src, chunk.len, chunk.dst, chunk.keep, params.y, params.z);
+}
+
+// The bindings of `strided` in place of `chunks` and `params`.
+@group(0) @binding(6) var<storage, read> row_len: array<u32>;
+// [0]: rows, stride, parts, chunk; [1]: keep, use_len, K, T.
+@group(0) @binding(7) var<uniform> sparams: array<vec4<u32>, 2>;
+
+// The same selection over rows `stride` apart, each cut into `parts` chunks of `chunk`
+// entries derived from the workgroup's number (no list from the host: the device-resident
+// search's rounds); with `use_len`, row r holds only its first `row_len[r]` entries. Chunk
+// (r, p) writes its best `keep` at (r · parts + p) · keep. Twin of `select_strided` in topk.cu.
+@compute @workgroup_size(32)
+fn strided(
+    @builtin(local_invocation_index) lane: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    let c = wid.x + wid.y * 65535u;
+    let rows = sparams[0].x;
+    let stride = sparams[0].y;
+    let parts = sparams[0].z;
+    let chunk = sparams[0].w;
+    let keep = sparams[1].x;
+    if (c >= rows * parts) {
+        return;
+    }
+    let row = c / parts;
+    let part = c % parts;
+    var n = stride;
+    if (sparams[1].y != 0u) {
+        n = min(row_len[row], stride);
+    }
+    let first = part * chunk;
+    var len = 0u;
+    if (first < n) {
+        len = min(chunk, n - first);
+    }
+    select_chunk(lane, row * stride + first, len, c * keep, keep, sparams[1].z, sparams[1].w);
 }

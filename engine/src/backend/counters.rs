@@ -14,8 +14,8 @@
 pub struct DeviceCounters {
     /// Kernel launches (wgpu: compute dispatches).
     pub launches: u64,
-    /// Host-to-device copies (wgpu: buffers created with data and queue writes, uniform
-    /// parameters included).
+    /// Host-to-device copies (wgpu: buffers created with data and queue writes; a
+    /// dispatch's uniform parameters are its arguments, as a CUDA launch's, and not counted).
     pub h2d_copies: u64,
     /// Bytes copied host to device.
     pub h2d_bytes: u64,

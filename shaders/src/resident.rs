@@ -1,0 +1,339 @@
+//! The device-resident search on wgpu: a whole batch from one upload of its queries to one
+//! read-back of its results, the twin of `kernels/src/resident.rs` (docs/GPU.md).
+//!
+//! Coarse distances (`coarse.wgsl`) → strided top-k rounds (`topk.wgsl` `strided`: the
+//! probes) → lookup tables (`tables.wgsl`) → work items built on the device from the probes
+//! and the lists' places (`items.wgsl`) → the 8-bit scan (`scan8.wgsl`) into rows a fixed
+//! stride apart → strided rounds reading each row's length → refine at the candidates'
+//! global slots with ids read on the device (`refine_candidates.wgsl`) → the final round
+//! into one result buffer, read back in one copy. A batch whose bindings would exceed the
+//! device's storage-binding limit runs as tiles (each submitted on its own, so its buffers
+//! go when it is done), every tile binding its range of the one query buffer and of the one
+//! result buffer (tile sizes keep those ranges on the device's offset alignment).
+//!
+//! Taken with 8-bit codes when the codes and raw vectors are resident in one buffer each, the
+//! ids and places fit a binding, L2 terms sit in one buffer, and the selections fit the
+//! device's top-k; otherwise the staged stages run.
+
+use quiver_engine::backend::{Neighbors, SearchParams};
+use quiver_engine::list::CodeLayout;
+use quiver_engine::RefineKind;
+
+use crate::backend::{WgpuBackend, WgpuPrepared};
+use crate::coarse::DistanceParams;
+use crate::error::WgpuError;
+use crate::kernel::{grid, output, range, storage, submit, uniform};
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+impl WgpuBackend {
+    /// True when the index and parameters allow the device-resident search (module doc).
+    pub(crate) fn resident_eligible(&self, p: &WgpuPrepared, params: &SearchParams) -> bool {
+        let index = &p.data.index;
+        p.data.resident_search.is_some()
+            && index.layout() != CodeLayout::Packed4x32
+            && params.candidates() <= self.topk.max_keep()
+            && params.nprobe <= self.topk.max_keep()
+            && p.l2_terms.as_ref().is_none_or(|t| t.1.len() == 1)
+    }
+
+    /// Queries per tile for `nq` queries, or `None` when not even one aligned tile fits the
+    /// binding limit.
+    fn resident_tile_rows(
+        &self,
+        p: &WgpuPrepared,
+        params: &SearchParams,
+        nq: usize,
+    ) -> Option<usize> {
+        let index = &p.data.index;
+        let data = p.data.resident_search.as_ref()?;
+        let (nlist, dim) = (index.nlist(), index.dim());
+        let tl = index.pq().m() * index.pq().ksub();
+        let nprobe = params.nprobe.min(nlist);
+        let stride = data.row_bound[nprobe].max(1);
+        let keep = params.candidates();
+        let widest = [
+            nlist * 8,
+            tl * 4,
+            nprobe * 32,
+            stride * 8,
+            keep * 8,
+            dim * 4,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(1);
+        let limit = self.gpu.max_binding() as usize;
+        // Coarse tiles address 65,535 workgroups of 16 queries; indexes are 32-bit.
+        let most = (limit / widest)
+            .min(65_535 * 16)
+            .min(u32::MAX as usize / stride.max(nlist).max(keep));
+        if nq <= most {
+            return Some(nq);
+        }
+        let align = self.gpu.device.limits().min_storage_buffer_offset_alignment as usize;
+        let unit = |bytes: usize| align / gcd(bytes, align);
+        let (a, b) = (unit(dim * 4), unit(params.k * 4));
+        let unit = a / gcd(a, b) * b;
+        let rows = most / unit * unit;
+        (rows > 0).then_some(rows)
+    }
+
+    /// Runs the batch (queries validated and normalised) on the device; `None` when its tiles
+    /// cannot be laid out (the caller runs the staged stages).
+    pub(crate) fn resident_search(
+        &self,
+        p: &WgpuPrepared,
+        queries: &[f32],
+        params: &SearchParams,
+    ) -> Result<Option<Neighbors>, WgpuError> {
+        let index = &p.data.index;
+        let dim = index.dim();
+        let nq = queries.len() / dim;
+        let k = params.k;
+        if nq == 0 {
+            return Ok(Some(Neighbors::new(k)));
+        }
+        let Some(rows_per_tile) = self.resident_tile_rows(p, params, nq) else {
+            return Ok(None);
+        };
+        let gpu = &self.gpu;
+        let align = gpu.device.limits().min_storage_buffer_offset_alignment as usize;
+        let q_buf = storage(gpu, "queries", queries);
+        // nq × k scores, then (aligned) nq × k payloads.
+        let s_bytes = (nq * k * 4).next_multiple_of(align.max(8));
+        let total = (s_bytes + nq * k * 8) as u64;
+        let result = output(gpu, "results", total);
+        let mut a = 0;
+        while a < nq {
+            let b = (a + rows_per_tile).min(nq);
+            let mut enc = self.new_encoder();
+            self.resident_tile(p, &mut enc, &q_buf, a, b, params, &result, s_bytes)?;
+            gpu.queue.submit([enc.finish()]);
+            a = b;
+        }
+        let words = submit(gpu, self.new_encoder(), &[(&result, total)], Vec::new())
+            .read::<u32>(gpu)?
+            .pop()
+            .unwrap_or_default();
+        let scores: &[f32] = bytemuck::cast_slice(&words[..nq * k]);
+        let base = s_bytes / 4;
+        let metric = index.metric();
+        let mut ids = vec![-1i64; nq * k];
+        let mut distances = vec![Neighbors::padding_distance(metric); nq * k];
+        for i in 0..nq * k {
+            let (hi, lo) = (words[base + 2 * i], words[base + 2 * i + 1]);
+            if hi == u32::MAX && lo == u32::MAX && scores[i] == f32::INFINITY {
+                continue;
+            }
+            ids[i] = (u64::from(hi) << 32 | u64::from(lo)) as i64;
+            distances[i] = metric.reported(scores[i]);
+        }
+        Ok(Some(Neighbors { k, ids, distances }))
+    }
+
+    /// Records every stage for queries `a..b` into `enc`, the best k of each written into its
+    /// ranges of `result` (scores from byte 0, payloads from `s_bytes`).
+    #[allow(clippy::too_many_arguments)]
+    fn resident_tile(
+        &self,
+        p: &WgpuPrepared,
+        enc: &mut wgpu::CommandEncoder,
+        q_buf: &wgpu::Buffer,
+        a: usize,
+        b: usize,
+        params: &SearchParams,
+        result: &wgpu::Buffer,
+        s_bytes: usize,
+    ) -> Result<(), WgpuError> {
+        let gpu = &self.gpu;
+        let index = &p.data.index;
+        let data = p
+            .data
+            .resident_search
+            .as_ref()
+            .ok_or_else(|| WgpuError::Invalid("internal: no resident search data".into()))?;
+        let (dim, nlist) = (index.dim(), index.nlist());
+        let t = &p.tables;
+        let tl = t.m * t.ksub;
+        let rows = b - a;
+        let nprobe = params.nprobe.min(nlist);
+        let keep = params.candidates();
+        let k = params.k;
+        let q = || range(q_buf, (a * dim * 4) as u64, (rows * dim * 4) as u64);
+
+        // 1. Coarse distances, rows × nlist.
+        let c = &p.coarse;
+        let cs = output(gpu, "coarse scores", (rows * nlist * 4) as u64);
+        let cp = output(gpu, "coarse payloads", (rows * nlist * 8) as u64);
+        let cparams = uniform(
+            gpu,
+            &DistanceParams {
+                nq: rows as u32,
+                nlist: nlist as u32,
+                dim: dim as u32,
+                l2: u32::from(c.l2),
+            },
+        );
+        c.distances.dispatch_bound(
+            gpu,
+            enc,
+            &[
+                (0, q()),
+                (1, c.centroids.as_entire_binding()),
+                (2, c.norms.as_entire_binding()),
+                (3, cs.as_entire_binding()),
+                (4, cp.as_entire_binding()),
+                (5, cparams.as_entire_binding()),
+            ],
+            (nlist.div_ceil(16) as u32, rows.div_ceil(16) as u32),
+        );
+        // 2. The probes, rows × nprobe.
+        let (ps, pp) = self
+            .topk
+            .record_strided(gpu, enc, cs, cp, rows, nlist, None, nprobe, None)?
+            .ok_or_else(|| WgpuError::Invalid("internal: no probes".into()))?;
+        // 3. Lookup tables, rows × M × ksub.
+        let tables = output(gpu, "tables", (rows * tl * 4) as u64);
+        let tparams = uniform(
+            gpu,
+            &crate::tables::Params {
+                nq: rows as u32,
+                m: t.m as u32,
+                ksub: t.ksub as u32,
+                dsub: t.dsub as u32,
+                factor: t.factor,
+                pad: [0; 3],
+            },
+        );
+        t.kernel.dispatch_bound(
+            gpu,
+            enc,
+            &[
+                (0, q()),
+                (1, t.codebook.as_entire_binding()),
+                (2, tables.as_entire_binding()),
+                (3, tparams.as_entire_binding()),
+            ],
+            grid((rows * tl).div_ceil(256) as u64)?,
+        );
+        // 4. Work items and row lengths.
+        let stride = data.row_bound[nprobe].max(1);
+        let nitems = rows * nprobe;
+        let items = output(gpu, "scan items", (nitems * 32) as u64);
+        let row_len = output(gpu, "row lengths", (rows * 4) as u64);
+        let by_residual = u32::from(index.params().by_residual());
+        let iparams = uniform(
+            gpu,
+            &[
+                rows as u32,
+                nprobe as u32,
+                stride as u32,
+                tl as u32,
+                by_residual,
+                0,
+                0,
+                0,
+            ],
+        );
+        self.items.dispatch_bound(
+            gpu,
+            enc,
+            &[
+                (0, pp.as_entire_binding()),
+                (1, ps.as_entire_binding()),
+                (2, data.places.as_entire_binding()),
+                (3, items.as_entire_binding()),
+                (4, row_len.as_entire_binding()),
+                (5, iparams.as_entire_binding()),
+            ],
+            grid(rows.div_ceil(128) as u64)?,
+        );
+        // 5. The scan into rows `stride` apart.
+        let ss = output(gpu, "scan scores", (rows * stride * 4) as u64);
+        let sp = output(gpu, "scan payloads", (rows * stride * 8) as u64);
+        let terms = p.l2_terms.as_ref().map(|t| &t.1[0]).unwrap_or(&p.no_terms);
+        let sparams = uniform(
+            gpu,
+            &[
+                t.m as u32,
+                u32::from(p.l2_terms.is_some()),
+                nitems as u32,
+                0,
+            ],
+        );
+        self.scan8.dispatch_bound(
+            gpu,
+            enc,
+            &[
+                (0, p.data.code_bufs[0].as_entire_binding()),
+                (1, items.as_entire_binding()),
+                (2, tables.as_entire_binding()),
+                (3, terms.as_entire_binding()),
+                (4, p.data.dead.as_entire_binding()),
+                (5, ss.as_entire_binding()),
+                (6, sp.as_entire_binding()),
+                (7, sparams.as_entire_binding()),
+            ],
+            grid(nitems as u64)?,
+        );
+        // 6. Each query's best `keep` candidates.
+        let (ks, kp) = self
+            .topk
+            .record_strided(gpu, enc, ss, sp, rows, stride, Some(&row_len), keep, None)?
+            .ok_or_else(|| WgpuError::Invalid("internal: no candidates".into()))?;
+        // 7. Refine at the candidates' global slots; payloads become ids.
+        let n = rows * keep;
+        let rs = output(gpu, "refine scores", (n * 4) as u64);
+        let rp = output(gpu, "refine payloads", (n * 8) as u64);
+        let has_raw = index.params().refine != RefineKind::None;
+        let rparams = uniform(
+            gpu,
+            &[
+                dim as u32,
+                u32::from(p.data.raw_f16),
+                u32::from(index.metric().is_inner_product()),
+                u32::from(has_raw),
+                keep as u32,
+                n as u32,
+                0,
+                0,
+            ],
+        );
+        // Without raw vectors the raw binding is never read.
+        let raw = if has_raw {
+            &p.data.raw_bufs[0]
+        } else {
+            &data.ids
+        };
+        self.refine_candidates.dispatch_bound(
+            gpu,
+            enc,
+            &[
+                (0, raw.as_entire_binding()),
+                (1, ks.as_entire_binding()),
+                (2, kp.as_entire_binding()),
+                (3, data.ids.as_entire_binding()),
+                (4, q()),
+                (5, rs.as_entire_binding()),
+                (6, rp.as_entire_binding()),
+                (7, rparams.as_entire_binding()),
+            ],
+            grid(n.div_ceil(4) as u64)?,
+        );
+        // 8. The best k by (distance, id), into the batch's result.
+        let out = (
+            range(result, (a * k * 4) as u64, (rows * k * 4) as u64),
+            range(result, (s_bytes + a * k * 8) as u64, (rows * k * 8) as u64),
+        );
+        self.topk
+            .record_strided(gpu, enc, rs, rp, rows, keep, None, k, Some(out))?;
+        Ok(())
+    }
+}
