@@ -55,3 +55,93 @@ extern "C" __global__ void scan4(
         out_payload[it.out + i] = make_uint2(0u, slot);
     }
 }
+
+// The device-resident search's 4-bit scan: `scan4` with each item's u8 table quantized on the
+// device, by the CPU's own float operations (`QuantizedTable::quantize`, bit for bit), from
+// the query's float table (`lookup_tables`: M × 16) and, for L2, the list's terms (terms +
+// table, as the CPU adds them). Per item: every sub-table's minimum and maximum; thread 0 sums
+// the minima in sub-quantizer order from the starting base (the item's coarse term for L2,
+// 0 for inner product, where the term is added to the score instead: the staged path's
+// shared per-query table) and takes the widest range; scale = 255 / range; each value
+// becomes trunc(clamp((x − min) · scale + 0.5, 0, 255)), with `__f*_rn` so that no
+// multiply-add is fused (the CPU rounds after each operation). Then `scan4`'s loop.
+// Dynamic shared memory: M × 16 floats (the table), 2·M + 2 floats (each sub-table's minimum
+// and range, base and scale), M × 16 bytes (the u8 table).
+extern "C" __global__ void scan4_quantized(
+    const unsigned char* __restrict__ codes,
+    const ScanItem* __restrict__ items,
+    const float* __restrict__ tables,
+    const float* __restrict__ terms,
+    const unsigned int* __restrict__ dead,
+    float* __restrict__ out_score,
+    uint2* __restrict__ out_payload,
+    unsigned int m,
+    unsigned int l2,
+    unsigned int nitems)
+{
+    extern __shared__ unsigned char smem4[];
+    const unsigned int w = blockIdx.x + blockIdx.y * gridDim.x;
+    if (w >= nitems) return;
+    const ScanItem it = items[w];
+    const unsigned int n = m * 16;
+    float* f = reinterpret_cast<float*>(smem4);
+    float* lo = f + n;
+    float* range = lo + m;
+    float* qp = range + m;
+    unsigned char* lut = reinterpret_cast<unsigned char*>(qp + 2);
+    const float* t = tables + (size_t)it.table * n;
+    for (unsigned int i = threadIdx.x; i < n; i += blockDim.x) {
+        f[i] = l2 ? __fadd_rn(terms[it.terms + i], t[i]) : t[i];
+    }
+    __syncthreads();
+    for (unsigned int s = threadIdx.x; s < m; s += blockDim.x) {
+        float a = f[s * 16], b = a;
+        for (unsigned int j = 1; j < 16; j++) {
+            const float x = f[s * 16 + j];
+            a = x < a ? x : a;
+            b = x > b ? x : b;
+        }
+        lo[s] = a;
+        range[s] = __fsub_rn(b, a);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float base = l2 ? it.offset : 0.0f;
+        float widest = 0.0f;
+        for (unsigned int s = 0; s < m; s++) {
+            base = __fadd_rn(base, lo[s]);
+            widest = range[s] > widest ? range[s] : widest;
+        }
+        qp[0] = base;
+        qp[1] = widest > 0.0f ? __fdiv_rn(255.0f, widest) : 1.0f;
+    }
+    __syncthreads();
+    const float scale = qp[1];
+    for (unsigned int i = threadIdx.x; i < n; i += blockDim.x) {
+        float y = __fadd_rn(__fmul_rn(__fsub_rn(f[i], lo[i / 16]), scale), 0.5f);
+        y = y >= 0.0f ? y : 0.0f;
+        y = y <= 255.0f ? y : 255.0f;
+        lut[i] = (unsigned char)(int)y;
+    }
+    __syncthreads();
+    const float base = qp[0];
+    const float offset = l2 ? 0.0f : it.offset;
+    for (unsigned int i = threadIdx.x; i < it.len; i += blockDim.x) {
+        const unsigned int slot = it.gslot + i;
+        if ((dead[slot >> 5] >> (slot & 31)) & 1u) {
+            out_score[it.out + i] = __int_as_float(0x7f800000);
+            out_payload[it.out + i] = make_uint2(0xffffffffu, 0xffffffffu);
+            continue;
+        }
+        const unsigned int block = i / 32, v = i % 32;
+        const unsigned int shift = v >= 16 ? 4 : 0;
+        const unsigned char* b0 = codes + it.byte_off + (size_t)block * m * 16 + (v % 16);
+        unsigned int sum = 0;
+        for (unsigned int s = 0; s < m; s++) {
+            const unsigned int nib = (b0[s * 16] >> shift) & 15u;
+            sum += lut[s * 16 + nib];
+        }
+        out_score[it.out + i] = (base + (float)sum / scale) + offset;
+        out_payload[it.out + i] = make_uint2(0u, slot);
+    }
+}

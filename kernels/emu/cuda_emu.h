@@ -76,6 +76,12 @@ struct float2 {
 struct uint4 {
     unsigned int x, y, z, w;
 };
+// Single-precision operations rounded on their own (never fused): plain operations here,
+// where g++ for x86-64 without -mfma does not contract.
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
 // CUDA's integer min().
 inline unsigned int min(unsigned int a, unsigned int b) { return a < b ? a : b; }
 inline uint2 make_uint2(unsigned int x, unsigned int y) { return uint2{x, y}; }

@@ -175,6 +175,7 @@ pub struct CudaBackend {
     pub(crate) scan8: CudaFunction,
     pub(crate) scan_items: CudaFunction,
     scan4: CudaFunction,
+    pub(crate) scan4_quantized: CudaFunction,
     refine: CudaFunction,
     pub(crate) refine_candidates: CudaFunction,
     /// Bytes of score rows and tables a batch tile aims at (two tiles are in flight).
@@ -318,6 +319,15 @@ impl CudaBackend {
             scan8_shared: optin as usize,
             memory_budget: None,
             scan4: take("scan4")?,
+            scan4_quantized: {
+                let f = take("scan4_quantized")?;
+                f.set_attribute(
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    optin,
+                )
+                .map_err(driver)?;
+                f
+            },
             refine: take("refine")?,
             tile_bytes: (free / 8).clamp(1 << 20, PIPELINE_TILE_BYTES),
             name: format!("{name} (sm_{major}{minor})"),

@@ -38,8 +38,11 @@ impl CudaBackend {
     /// parameters (see the module doc).
     pub(crate) fn resident_eligible(&self, p: &CudaPrepared, params: &SearchParams) -> bool {
         let index = p.index_arc();
-        index.layout() != CodeLayout::Packed4x32
-            && p.dev.codes.is_some()
+        let m = index.pq().m();
+        // 4-bit: the item's float table, ranges and u8 table in shared memory.
+        let fits =
+            index.layout() != CodeLayout::Packed4x32 || m * (16 * 5 + 8) + 8 <= self.scan8_shared;
+        fits && p.dev.codes.is_some()
             && p.dev.ids.is_some()
             && (index.params().refine == RefineKind::None || p.dev.raw.is_some())
             && params.candidates() <= MAX_GPU_KEEP
@@ -209,7 +212,7 @@ impl CudaBackend {
             // list, `items` eight words an item); each thread writes its query's items.
             unsafe { b.launch(cfg) }.map_err(driver)?;
         }
-        // 5. The scan into rows `stride` apart.
+        // 5. The scan into rows `stride` apart (4-bit: each item's table quantized there).
         let mut ss = unsafe { stream.alloc::<u32>(rows * stride) }.map_err(driver)?;
         let mut sp = unsafe { stream.alloc::<u32>(2 * rows * stride) }.map_err(driver)?;
         {
@@ -226,30 +229,50 @@ impl CudaBackend {
                 }
             };
             let l2 = u32::from(dev.l2_terms.is_some());
-            let staged = m * 256 * 4 <= self.scan8_shared;
-            let smem = if staged { (m * 256 * 4) as u32 } else { 0 };
-            let staged = u32::from(staged);
-            let (m_u, n_u) = (m as u32, nitems as u32);
-            let cfg = LaunchConfig {
-                grid_dim: grid(nitems),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: smem,
-            };
-            let mut b = stream.launch_builder(&self.scan8);
-            b.arg(codes)
-                .arg(&items)
-                .arg(&tables)
-                .arg(terms)
-                .arg(&p.dead);
-            b.arg(&mut ss)
-                .arg(&mut sp)
-                .arg(&m_u)
-                .arg(&l2)
-                .arg(&staged)
-                .arg(&n_u);
-            // SAFETY: argument types and order match `scan8`; the items address resident
-            // codes and rows of `ss` / `sp` below each row's length.
-            unsafe { b.launch(cfg) }.map_err(driver)?;
+            if index.layout() == CodeLayout::Packed4x32 {
+                let (m_u, n_u) = (m as u32, nitems as u32);
+                let cfg = LaunchConfig {
+                    grid_dim: grid(nitems),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: (m * (16 * 5 + 8) + 8) as u32,
+                };
+                let mut b = stream.launch_builder(&self.scan4_quantized);
+                b.arg(codes)
+                    .arg(&items)
+                    .arg(&tables)
+                    .arg(terms)
+                    .arg(&p.dead);
+                b.arg(&mut ss).arg(&mut sp).arg(&m_u).arg(&l2).arg(&n_u);
+                // SAFETY: argument types and order match `scan4_quantized`; the items
+                // address resident codes and rows of `ss` / `sp` below each row's length;
+                // shared memory holds the item's float table, ranges and u8 table.
+                unsafe { b.launch(cfg) }.map_err(driver)?;
+            } else {
+                let staged = m * 256 * 4 <= self.scan8_shared;
+                let smem = if staged { (m * 256 * 4) as u32 } else { 0 };
+                let staged = u32::from(staged);
+                let (m_u, n_u) = (m as u32, nitems as u32);
+                let cfg = LaunchConfig {
+                    grid_dim: grid(nitems),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: smem,
+                };
+                let mut b = stream.launch_builder(&self.scan8);
+                b.arg(codes)
+                    .arg(&items)
+                    .arg(&tables)
+                    .arg(terms)
+                    .arg(&p.dead);
+                b.arg(&mut ss)
+                    .arg(&mut sp)
+                    .arg(&m_u)
+                    .arg(&l2)
+                    .arg(&staged)
+                    .arg(&n_u);
+                // SAFETY: argument types and order match `scan8`; the items address resident
+                // codes and rows of `ss` / `sp` below each row's length.
+                unsafe { b.launch(cfg) }.map_err(driver)?;
+            }
         }
         // 6. Each query's best `keep` candidates.
         let (ks, kp) = self

@@ -41,7 +41,7 @@ pub const KERNELS: &[Kernel] = &[
     },
     Kernel {
         name: "scan4",
-        entries: &["scan4"],
+        entries: &["scan4", "scan4_quantized"],
         source: include_str!("../cuda/scan4.cu"),
         wgsl_twin: "scan4.wgsl",
     },
