@@ -39,6 +39,8 @@ pub struct WgpuBackend {
     pub(crate) gpu: Arc<GpuDevice>,
     pub(crate) scan8: Kernel,
     scan4: Kernel,
+    /// `scan4.wgsl`'s `quantized` entry: the device-resident 4-bit scan.
+    pub(crate) scan4_quantized: Kernel,
     refine: Kernel,
     pub(crate) topk: GpuTopK,
     /// The device-resident search's work items (`items.wgsl`) and refine
@@ -156,6 +158,12 @@ impl WgpuBackend {
         WgpuBackend {
             scan8: Kernel::new(&gpu, "scan8", include_str!("../wgsl/scan8.wgsl")),
             scan4: Kernel::new(&gpu, "scan4", include_str!("../wgsl/scan4.wgsl")),
+            scan4_quantized: Kernel::entry(
+                &gpu,
+                "scan4-quantized",
+                include_str!("../wgsl/scan4.wgsl"),
+                "quantized",
+            ),
             refine: Kernel::new(&gpu, "refine", include_str!("../wgsl/refine.wgsl")),
             items: Kernel::new(&gpu, "items", include_str!("../wgsl/items.wgsl")),
             refine_candidates: Kernel::new(
@@ -466,7 +474,11 @@ impl WgpuBackend {
         let l2_terms = if let Some(terms) = quiver_engine::backend::l2_list_terms(&index) {
             let pq = index.pq();
             let (m, ksub) = (pq.m(), pq.ksub());
-            let (bufs, places) = if index.layout() == CodeLayout::Flat {
+            // 4-bit codes read them on the device only in the device-resident search (the
+            // staged scan quantizes them into the tables on the host).
+            let (bufs, places) = if index.layout() == CodeLayout::Flat
+                || (terms.len() * 4) as u64 <= gpu.max_binding()
+            {
                 let (bufs, places) = crate::index::pack(
                     gpu,
                     "L2 terms",

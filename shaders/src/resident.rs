@@ -11,7 +11,8 @@
 //! go when it is done), every tile binding its range of the one query buffer and of the one
 //! result buffer (tile sizes keep those ranges on the device's offset alignment).
 //!
-//! Taken with 8-bit codes when the codes and raw vectors are resident in one buffer each, the
+//! Taken with 8-bit codes, or 4-bit codes of M ≤ 128 (each item's table quantized on the
+//! device, `scan4.wgsl` `quantized`), when the codes and raw vectors are resident in one buffer each, the
 //! ids and places fit a binding, L2 terms sit in one buffer, and the selections fit the
 //! device's top-k; otherwise the staged stages run.
 
@@ -37,7 +38,8 @@ impl WgpuBackend {
     pub(crate) fn resident_eligible(&self, p: &WgpuPrepared, params: &SearchParams) -> bool {
         let index = &p.data.index;
         p.data.resident_search.is_some()
-            && index.layout() != CodeLayout::Packed4x32
+            // 4-bit: the float table and the u8 table of M ≤ 128 in workgroup memory.
+            && (index.layout() != CodeLayout::Packed4x32 || index.pq().m() <= 128)
             && params.candidates() <= self.topk.max_keep()
             && params.nprobe <= self.topk.max_keep()
             && p.l2_terms.as_ref().is_none_or(|t| t.1.len() == 1)
@@ -268,18 +270,25 @@ impl WgpuBackend {
                 0,
             ],
         );
-        self.scan8.dispatch_bound(
+        // 4-bit: `scan4.wgsl`'s `quantized` entry, its tables, terms and parameters at
+        // bindings 8 to 10.
+        let (scan, tables_at, params_at) = if index.layout() == CodeLayout::Packed4x32 {
+            (&self.scan4_quantized, 8, 10)
+        } else {
+            (&self.scan8, 2, 7)
+        };
+        scan.dispatch_bound(
             gpu,
             enc,
             &[
                 (0, p.data.code_bufs[0].as_entire_binding()),
                 (1, items.as_entire_binding()),
-                (2, tables.as_entire_binding()),
-                (3, terms.as_entire_binding()),
+                (tables_at, tables.as_entire_binding()),
+                (tables_at + 1, terms.as_entire_binding()),
                 (4, p.data.dead.as_entire_binding()),
                 (5, ss.as_entire_binding()),
                 (6, sp.as_entire_binding()),
-                (7, sparams.as_entire_binding()),
+                (params_at, sparams.as_entire_binding()),
             ],
             grid(nitems as u64)?,
         );
