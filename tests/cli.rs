@@ -121,6 +121,8 @@ fn bench_prints_recall_rows_and_json_keys() {
         "qps",
         "p50_us",
         "p99_us",
+        // What each batch asked of the device: null on the CPU (nothing counts there).
+        "device_per_batch",
     ];
     for r in &rows {
         let obj = r.as_object().expect("object");
@@ -129,6 +131,7 @@ fn bench_prints_recall_rows_and_json_keys() {
             assert!(obj.contains_key(key), "missing {key} in {r}");
         }
     }
+    assert!(rows.iter().all(|r| r["device_per_batch"].is_null()));
     let recall: Vec<f64> = rows.iter().map(|r| r["recall"].as_f64().unwrap()).collect();
     assert!(
         recall[2] >= recall[0],
