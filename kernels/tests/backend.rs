@@ -100,40 +100,10 @@ fn top_k_selects_the_cpu_rows() {
     assert!(err.to_string().contains("past the 1 entries"), "{err}");
 }
 
-/// 4-bit codes: the device-resident search quantizes each (query, list) table on the device
-/// with the CPU's float operations, so it gives the staged path's answers (tables quantized on
-/// the host by `QuantizedTable::quantize`) bit for bit: ids and distances.
+/// 4-bit codes: each (query, list) table quantized on the device equals the host's bit for
+/// bit (the staged path's ids and distances).
 #[test]
 fn device_quantized_tables_equal_the_host_quantization() {
-    use quiver_engine::backend::{run_stages, Backend, SearchParams};
     let Some(b) = backend() else { return };
-    for c in parity::cases().into_iter().filter(|c| c.bits == 4) {
-        let (idx, q) = parity::build(&c, &[7, 8, 9]);
-        let prepared = b.prepare(idx.clone()).expect("prepare");
-        let rf = if c.refine == quiver_engine::RefineKind::None {
-            1
-        } else {
-            4
-        };
-        for (k, nprobe) in [(10, 8), (5, 16)] {
-            let params = SearchParams {
-                k,
-                nprobe,
-                refine_factor: rf,
-            };
-            let resident = b.search(&prepared, &q, &params).expect("search");
-            let staged = run_stages(&b, &prepared, &q, &params).expect("staged");
-            let label = format!(
-                "{} 4-bit M{} {:?} k {k} nprobe {nprobe}",
-                c.metric, c.m, c.refine
-            );
-            assert_eq!(resident.ids, staged.ids, "{label}");
-            let bits = |d: &[f32]| d.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(
-                bits(&resident.distances),
-                bits(&staged.distances),
-                "{label}"
-            );
-        }
-    }
+    parity::device_quantized_tables_equal_the_host_quantization(&b);
 }

@@ -46,28 +46,12 @@ impl Kernel {
         buffers: &[&wgpu::Buffer],
         groups: (u32, u32),
     ) {
-        let layout = self.pipeline.get_bind_group_layout(0);
-        let entries: Vec<wgpu::BindGroupEntry> = buffers
+        let bindings: Vec<(u32, wgpu::BindingResource<'_>)> = buffers
             .iter()
             .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: b.as_entire_binding(),
-            })
+            .map(|(i, b)| (i as u32, b.as_entire_binding()))
             .collect();
-        let bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &layout,
-            entries: &entries,
-        });
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: None,
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(groups.0, groups.1, 1);
-        gpu.counters.add(Count::Launch, 0);
+        self.dispatch_bound(gpu, encoder, &bindings, groups);
     }
 }
 

@@ -353,3 +353,203 @@ pub fn top_k_selects_the_cpu_rows(select: &SelectRows<'_>) {
         }
     }
 }
+
+/// How many bytes a resident batch's one download may hold: the backend's result buffer
+/// (scores, then the payloads on the backend's alignment).
+pub enum ResultBytes {
+    /// `nq × k` scores padded to an even count, then `nq × k` payloads (CUDA).
+    Exact,
+    /// At least the 12 bytes a result takes, less than 256 bytes of alignment more (wgpu).
+    Aligned,
+}
+
+/// The device-resident search's structure, counted by `backend.counters()` around one batch:
+/// exactly one upload (the queries' bytes), one download (the results), no memsets, at most
+/// 12 launches when the batch is one tile; results equal the CPU's. `n` points of dimension
+/// 32, 8- and 4-bit codes, L2 / inner product / cosine, f32 / f16 / no refine. Skips when the
+/// backend does not count (CUDA on NVIDIA's driver).
+pub fn a_resident_batch_crosses_the_bus_once_each_way<B: Backend>(
+    backend: &B,
+    n: usize,
+    one_tile: bool,
+    results: ResultBytes,
+) {
+    if backend.counters().is_none() {
+        eprintln!("skipped: {} does not count its device work", backend.name());
+        return;
+    }
+    let (dim, nq) = (32, 64);
+    let g = ClusteredGaussian::new(dim, 12, 0.5, 5);
+    let x = g.rows(0, n);
+    let q = g.rows(n, nq);
+    for (metric, bits, refine, k, nprobe, rf) in [
+        (Metric::L2, 8, RefineKind::F32, 10, 8, 10),
+        (Metric::InnerProduct, 8, RefineKind::F16, 10, 16, 10),
+        (Metric::Cosine, 8, RefineKind::None, 20, 4, 1),
+        (Metric::L2, 8, RefineKind::F16, 1, 1, 1),
+        (Metric::L2, 4, RefineKind::F16, 10, 8, 4),
+        (Metric::InnerProduct, 4, RefineKind::None, 10, 8, 1),
+    ] {
+        let mut p = IndexParams::new(metric, dim, 32, 8);
+        p.pq_bits = bits;
+        p.refine = refine;
+        let mut idx = IvfPqIndex::train(p, &x, &NoProgress).expect("train");
+        idx.add(&x, None, &NoProgress).expect("add");
+        let idx = Arc::new(idx);
+        let params = SearchParams {
+            k,
+            nprobe,
+            refine_factor: rf,
+        };
+        let prepared = backend.prepare(idx.clone()).expect("prepare");
+        let before = backend.counters().expect("counts");
+        let got = backend.search(&prepared, &q, &params).expect("search");
+        let c = backend.counters().expect("counts").since(&before);
+        let label = format!(
+            "{} {metric} {bits}-bit {refine:?} k {k} nprobe {nprobe} refine ×{rf} n {n}",
+            backend.name()
+        );
+        println!("{label}: {c:?}");
+        let cpu = CpuBackend;
+        let want = cpu
+            .search(&cpu.prepare(idx.clone()).expect("cpu"), &q, &params)
+            .expect("cpu search");
+        assert_parity(&label, &want, &got);
+        assert_eq!(c.h2d_copies, 1, "{label}: one upload (the queries)");
+        assert_eq!(
+            c.h2d_bytes,
+            (nq * dim * 4) as u64,
+            "{label}: the queries' bytes"
+        );
+        assert_eq!(c.d2h_copies, 1, "{label}: one download (the results)");
+        match results {
+            ResultBytes::Exact => {
+                let bytes = ((nq * k).next_multiple_of(2) + 2 * nq * k) * 4;
+                assert_eq!(c.d2h_bytes, bytes as u64, "{label}: the results' bytes");
+            }
+            ResultBytes::Aligned => {
+                let bytes = (nq * k * 12) as u64;
+                assert!(
+                    c.d2h_bytes >= bytes && c.d2h_bytes < bytes + 256,
+                    "{label}: {} bytes read back for {bytes} bytes of results",
+                    c.d2h_bytes
+                );
+            }
+        }
+        assert_eq!(c.memsets, 0, "{label}: no buffer is cleared");
+        if one_tile {
+            assert!(c.launches <= 12, "{label}: {} launches", c.launches);
+        }
+    }
+}
+
+/// The issue's batch (#13): 1,024 queries on a 100k × 384 index (IVF1024), nprobe 128, k 10,
+/// refine ×10, PQ48 and PQ96x4, inner product and L2: prints the counts of `search` and of
+/// the staged stages (`run_stages`) beside it as table rows (docs/GPU.md), and holds the
+/// resident path to the issue's budget: one upload, one download, ≤ 2 KB a query over the
+/// bus, no memsets, and (`one_tile`) ≤ 12 launches. Minutes on the emulator or lavapipe.
+pub fn the_issue_batch_at_100k<B: Backend>(backend: &B, one_tile: bool) {
+    if backend.counters().is_none() {
+        eprintln!("skipped: {} does not count its device work", backend.name());
+        return;
+    }
+    let (dim, n, nq) = (384, 100_000, 1024);
+    let g = ClusteredGaussian::new(dim, 1000, 0.5, 7);
+    let x = g.rows(0, n);
+    let q = g.rows(n, nq);
+    let params = SearchParams {
+        k: 10,
+        nprobe: 128,
+        refine_factor: 10,
+    };
+    for (metric, m, bits) in [
+        (Metric::InnerProduct, 48, 8),
+        (Metric::L2, 48, 8),
+        (Metric::InnerProduct, 96, 4),
+        (Metric::L2, 96, 4),
+    ] {
+        let mut p = IndexParams::new(metric, dim, 1024, m);
+        p.pq_bits = bits;
+        p.refine = RefineKind::F16;
+        let mut idx = IvfPqIndex::train(p, &x[..50_000 * dim], &NoProgress).expect("train");
+        idx.add(&x, None, &NoProgress).expect("add");
+        let prepared = backend.prepare(Arc::new(idx)).expect("prepare");
+        let before = backend.counters().expect("counts");
+        let resident = backend.search(&prepared, &q, &params).expect("search");
+        let c = backend.counters().expect("counts").since(&before);
+        let before = backend.counters().expect("counts");
+        let staged =
+            quiver_engine::backend::run_stages(backend, &prepared, &q, &params).expect("staged");
+        let s = backend.counters().expect("counts").since(&before);
+        let label = format!("PQ{m}x{bits} {metric}");
+        for (path, c) in [("search", c), ("staged", s)] {
+            println!(
+                "| {label} | {path} | {} | {} | {} | {} | {} | {} | {} | {:.0} |",
+                c.launches,
+                c.h2d_copies,
+                c.h2d_bytes,
+                c.d2h_copies,
+                c.d2h_bytes,
+                c.memsets,
+                c.allocs,
+                c.bus_bytes() as f64 / nq as f64
+            );
+        }
+        let same = resident
+            .ids
+            .iter()
+            .zip(&staged.ids)
+            .filter(|(a, b)| a == b)
+            .count();
+        println!(
+            "{label}: {same} of {} ids the same on both paths",
+            resident.ids.len()
+        );
+        assert_eq!(c.h2d_copies, 1, "{label}");
+        assert_eq!(c.d2h_copies, 1, "{label}");
+        assert!(
+            c.bus_bytes() <= 2048 * nq as u64,
+            "{label}: {} bytes",
+            c.bus_bytes()
+        );
+        assert_eq!(c.memsets, 0, "{label}");
+        if one_tile {
+            assert!(c.launches <= 12, "{label}: {} launches", c.launches);
+        }
+    }
+}
+
+/// 4-bit codes: the device-resident search quantizes each (query, list) table on the device
+/// with the CPU's float operations, so it gives the staged path's answers (tables quantized on
+/// the host by `QuantizedTable::quantize`) bit for bit: ids and distances.
+pub fn device_quantized_tables_equal_the_host_quantization<B: Backend>(backend: &B) {
+    for c in cases().into_iter().filter(|c| c.bits == 4) {
+        let (idx, q) = build(&c, &[7, 8, 9]);
+        let prepared = backend.prepare(idx.clone()).expect("prepare");
+        let rf = if c.refine == RefineKind::None { 1 } else { 4 };
+        for (k, nprobe) in [(10, 8), (5, 16)] {
+            let params = SearchParams {
+                k,
+                nprobe,
+                refine_factor: rf,
+            };
+            let resident = backend.search(&prepared, &q, &params).expect("search");
+            let staged = quiver_engine::backend::run_stages(backend, &prepared, &q, &params)
+                .expect("staged");
+            let label = format!(
+                "{} {} 4-bit M{} {:?} k {k} nprobe {nprobe}",
+                backend.name(),
+                c.metric,
+                c.m,
+                c.refine
+            );
+            assert_eq!(resident.ids, staged.ids, "{label}");
+            let bits = |d: &[f32]| d.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&resident.distances),
+                bits(&staged.distances),
+                "{label}"
+            );
+        }
+    }
+}
