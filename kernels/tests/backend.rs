@@ -65,6 +65,12 @@ fn wide_codes_match_the_cpu_reference() {
 }
 
 #[test]
+fn many_lists_and_several_rounds_match_the_cpu_reference() {
+    let Some(b) = backend() else { return };
+    parity::many_lists_and_several_rounds_match_the_cpu_reference(&b);
+}
+
+#[test]
 fn scan_stage_selects_the_cpu_candidates() {
     let Some(b) = backend() else { return };
     parity::scan_stage_selects_the_cpu_candidates(&b);

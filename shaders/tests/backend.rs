@@ -36,6 +36,12 @@ fn wide_codes_match_the_cpu_reference() {
     parity::wide_codes_match_the_cpu_reference(&WgpuBackend::new(Arc::new(gpu)));
 }
 
+#[test]
+fn many_lists_and_several_rounds_match_the_cpu_reference() {
+    let Some(gpu) = device() else { return };
+    parity::many_lists_and_several_rounds_match_the_cpu_reference(&WgpuBackend::new(Arc::new(gpu)));
+}
+
 /// Deletes after the upload re-upload only the tombstones: the refreshed index shares the
 /// device copy of the old one and searches like the CPU.
 #[test]

@@ -72,20 +72,12 @@ fn coarse_search_matches_the_cpu_reference() {
                 .search(&gpu, &q, nprobe)
                 .unwrap();
             assert_eq!(got.nprobe, want.nprobe);
-            let same = got
-                .lists
-                .iter()
-                .zip(&want.lists)
-                .filter(|(a, b)| a == b)
-                .count();
-            assert!(
-                same * 100 >= want.lists.len() * 99,
-                "{metric} dim {dim}: {same} of {} lists agree",
-                want.lists.len()
+            parity::assert_rows_match(
+                &format!("{metric} dim {dim} coarse"),
+                nprobe,
+                (&want.lists, &want.scores),
+                (&got.lists, &got.scores),
             );
-            for (a, b) in got.scores.iter().zip(&want.scores) {
-                assert!(close(*a, *b), "{metric} dim {dim}: score {a} vs {b}");
-            }
         }
     }
 }
