@@ -562,18 +562,36 @@ pub struct CudaPrepared {
     places: Vec<(u32, u32, u32)>,
 }
 
-/// The device copy of an index's quantizers, codes and raw vectors.
-pub(crate) struct DeviceData {
+/// The device copy of an index's trained quantizers and what derives from them alone: shared
+/// by every index (segment) encoded with the same quantizers (see [`Backend::refresh`]).
+pub(crate) struct DeviceQuantizers {
     pub(crate) centroids: CudaSlice<f32>,
     pub(crate) norms: CudaSlice<f32>,
     pub(crate) codebook: CudaSlice<f32>,
+    /// L2: host terms (4-bit quantization) and device terms (8-bit scan).
+    pub(crate) l2_terms: Option<(Vec<f32>, CudaSlice<f32>)>,
+}
+
+impl DeviceQuantizers {
+    /// Device bytes the quantizers take.
+    fn bytes(index: &IvfPqIndex) -> usize {
+        let terms = if index.metric().is_inner_product() {
+            0
+        } else {
+            index.nlist() * index.pq().m() * index.pq().ksub()
+        };
+        (2 * index.centroids().len() + index.pq().centroids().len() + terms) * 4
+    }
+}
+
+/// The device copy of an index's quantizers (shared), codes and raw vectors.
+pub(crate) struct DeviceData {
+    pub(crate) quant: Arc<DeviceQuantizers>,
     /// All codes, list after list; `None`: streamed (each scan tile stages its lists).
     pub(crate) codes: Option<CudaSlice<u8>>,
     /// All raw vectors in global-slot order; `None`: streamed (each refine tile stages its
     /// candidates' rows), or none kept.
     pub(crate) raw: Option<CudaSlice<u8>>,
-    /// L2: host terms (4-bit quantization) and device terms (8-bit scan).
-    pub(crate) l2_terms: Option<(Vec<f32>, CudaSlice<f32>)>,
     /// Per list (first code byte, global slot of its first entry, entries, 0): the
     /// device-resident search builds its work items from these.
     pub(crate) places: CudaSlice<u32>,
@@ -626,9 +644,36 @@ impl CudaPrepared {
 }
 
 impl CudaBackend {
-    fn prepare_inner(&self, index: Arc<IvfPqIndex>) -> Result<CudaPrepared, CudaError> {
+    /// Uploads an index's coarse centroids (and their norms), codebook and L2 list terms.
+    fn upload_quantizers(&self, index: &IvfPqIndex) -> Result<DeviceQuantizers, CudaError> {
+        let norms: Vec<f32> = index
+            .centroids()
+            .chunks_exact(index.dim())
+            .map(|c| c.iter().map(|x| x * x).sum())
+            .collect();
+        let l2_terms = match quiver_engine::backend::l2_list_terms(index) {
+            Some(terms) => {
+                let device = self.upload(&terms)?;
+                Some((terms, device))
+            }
+            None => None,
+        };
+        Ok(DeviceQuantizers {
+            centroids: self.upload(index.centroids())?,
+            norms: self.upload(&norms)?,
+            codebook: self.upload(index.pq().centroids())?,
+            l2_terms,
+        })
+    }
+
+    /// Uploads `index`: its lists, and its quantizers unless `quant` holds them already (an
+    /// index encoded with the same quantizers was uploaded before).
+    fn prepare_inner(
+        &self,
+        index: Arc<IvfPqIndex>,
+        quant: Option<Arc<DeviceQuantizers>>,
+    ) -> Result<CudaPrepared, CudaError> {
         let lists = index.lists();
-        let dim = index.dim();
         let total: usize = lists.iter().map(|l| l.len()).sum();
         if total >= u32::MAX as usize {
             return Err(CudaError::TooLarge {
@@ -654,12 +699,12 @@ impl CudaBackend {
         // terms. Codes and raw vectors too when they fit the budget; else they stay on the
         // host and each tile stages what it reads (codes of the lists it probes, rows of the
         // candidates it refines), as the wgpu backend streams them.
-        let l2_terms = quiver_engine::backend::l2_list_terms(&index);
-        let fixed = (2 * index.centroids().len()
-            + index.pq().centroids().len()
-            + dead.len()
-            + l2_terms.as_ref().map_or(0, |t| t.len()))
-            * 4;
+        let fixed = dead.len() * 4
+            + if quant.is_some() {
+                0
+            } else {
+                DeviceQuantizers::bytes(&index)
+            };
         let free = self.io.free_memory()?;
         if fixed > free {
             return Err(CudaError::TooLarge {
@@ -694,11 +739,6 @@ impl CudaBackend {
         } else {
             None
         };
-        let norms: Vec<f32> = index
-            .centroids()
-            .chunks_exact(dim)
-            .map(|c| c.iter().map(|x| x * x).sum())
-            .collect();
         let ids = if codes_resident {
             let mut ids: Vec<u32> = Vec::with_capacity(2 * total);
             for list in lists {
@@ -722,21 +762,15 @@ impl CudaBackend {
         for s in sizes {
             row_bound.push(row_bound.last().copied().unwrap_or(0) + s);
         }
-        let l2_terms = match l2_terms {
-            Some(terms) => {
-                let device = self.upload(&terms)?;
-                Some((terms, device))
-            }
-            None => None,
+        let quant = match quant {
+            Some(q) => q,
+            None => Arc::new(self.upload_quantizers(&index)?),
         };
         Ok(CudaPrepared {
             dev: Arc::new(DeviceData {
-                centroids: self.upload(index.centroids())?,
-                norms: self.upload(&norms)?,
-                codebook: self.upload(index.pq().centroids())?,
+                quant,
                 codes,
                 raw,
-                l2_terms,
                 places: self.upload(&place_words)?,
                 ids,
                 row_bound,
@@ -757,10 +791,11 @@ impl Backend for CudaBackend {
     }
 
     fn prepare(&self, index: Arc<IvfPqIndex>) -> Result<CudaPrepared, EngineError> {
-        self.prepare_inner(index).map_err(engine_err)
+        self.prepare_inner(index, None).map_err(engine_err)
     }
 
-    /// After deletes only, keeps the device copy and uploads a new tombstone bitmap;
+    /// After deletes only, keeps the device copy and uploads a new tombstone bitmap; with the
+    /// same quantizers (another segment of the collection, a merge), uploads the lists only;
     /// otherwise uploads the index again.
     fn refresh(
         &self,
@@ -768,7 +803,11 @@ impl Backend for CudaBackend {
         index: Arc<IvfPqIndex>,
     ) -> Result<CudaPrepared, EngineError> {
         if !p.index.differs_only_in_tombstones(&index) {
-            return self.prepare(index);
+            let quant = p
+                .index
+                .shares_quantizers_with(&index)
+                .then(|| p.dev.quant.clone());
+            return self.prepare_inner(index, quant).map_err(engine_err);
         }
         let dead = self
             .upload(&quiver_engine::backend::tombstone_bitmap(&index))
@@ -881,8 +920,8 @@ impl CudaBackend {
             );
             let mut b = self.io.compute.launch_builder(&self.coarse);
             b.arg(&q)
-                .arg(&p.dev.centroids)
-                .arg(&p.dev.norms)
+                .arg(&p.dev.quant.centroids)
+                .arg(&p.dev.quant.norms)
                 .arg(&mut s)
                 .arg(&mut pl);
             b.arg(&nq_u).arg(&nl_u).arg(&d_u).arg(&l2);
@@ -926,7 +965,7 @@ impl CudaBackend {
         };
         let (nq_u, m_u, k_u, d_u) = (nq as u32, m as u32, ksub as u32, dsub as u32);
         let mut b = self.io.compute.launch_builder(&self.tables);
-        b.arg(&q).arg(&p.dev.codebook).arg(&mut out);
+        b.arg(&q).arg(&p.dev.quant.codebook).arg(&mut out);
         b.arg(&nq_u).arg(&m_u).arg(&k_u).arg(&d_u).arg(&factor);
         // SAFETY: argument types and order match `lookup_tables`; threads past n return.
         unsafe { b.launch(cfg) }.map_err(driver)?;
@@ -949,7 +988,7 @@ impl CudaBackend {
         let (m, ksub) = (tables.m, tables.ksub);
         let tl = m * ksub;
         let fast = p.index.layout() == CodeLayout::Packed4x32;
-        let shared = fast && p.dev.l2_terms.is_none();
+        let shared = fast && p.dev.quant.l2_terms.is_none();
         let mut slots = vec![Slot::NONE; nq * keep];
         let mut scores = vec![f32::INFINITY; nq * keep];
         // Tiles: each query's row of (score, payload) and its tables (and its entries' codes
@@ -1071,7 +1110,13 @@ impl CudaBackend {
                 } else if shared {
                     (shared_table, bias)
                 } else {
-                    let terms = &p.dev.l2_terms.as_ref().map(|t| &t.0[..]).unwrap_or(&[]);
+                    let terms = &p
+                        .dev
+                        .quant
+                        .l2_terms
+                        .as_ref()
+                        .map(|t| &t.0[..])
+                        .unwrap_or(&[]);
                     combined
                         .iter_mut()
                         .zip(terms[l * tl..(l + 1) * tl].iter().zip(q_table))
@@ -1129,14 +1174,14 @@ impl CudaBackend {
                     .io
                     .stage(&tables.values[qs.start * tl..qs.end * tl], held)?;
                 let no_terms;
-                let terms = match &p.dev.l2_terms {
+                let terms = match &p.dev.quant.l2_terms {
                     Some((_, d)) => d,
                     None => {
                         no_terms = self.zeros::<f32>(1)?;
                         &no_terms
                     }
                 };
-                let l2 = u32::from(p.dev.l2_terms.is_some());
+                let l2 = u32::from(p.dev.quant.l2_terms.is_some());
                 let staged = m * 256 * 4 <= self.scan8_shared;
                 let smem = if staged { (m * 256 * 4) as u32 } else { 0 };
                 let staged = u32::from(staged);

@@ -154,8 +154,8 @@ impl CudaBackend {
             let l2 = u32::from(!ip);
             let mut b = stream.launch_builder(&self.coarse);
             b.arg(queries)
-                .arg(&dev.centroids)
-                .arg(&dev.norms)
+                .arg(&dev.quant.centroids)
+                .arg(&dev.quant.norms)
                 .arg(&mut cs)
                 .arg(&mut cp);
             b.arg(&rows_u).arg(&nlist_u).arg(&dim_u).arg(&l2);
@@ -179,7 +179,7 @@ impl CudaBackend {
             };
             let (m_u, k_u, d_u) = (m as u32, ksub as u32, dsub as u32);
             let mut b = stream.launch_builder(&self.tables);
-            b.arg(queries).arg(&dev.codebook).arg(&mut tables);
+            b.arg(queries).arg(&dev.quant.codebook).arg(&mut tables);
             b.arg(&rows_u).arg(&m_u).arg(&k_u).arg(&d_u).arg(&factor);
             // SAFETY: argument types and order match `lookup_tables`; threads past n return.
             unsafe { b.launch(cfg) }.map_err(driver)?;
@@ -221,14 +221,14 @@ impl CudaBackend {
                 .as_ref()
                 .ok_or_else(|| CudaError::Driver("internal: codes not resident".into()))?;
             let no_terms;
-            let terms = match &dev.l2_terms {
+            let terms = match &dev.quant.l2_terms {
                 Some((_, d)) => d,
                 None => {
                     no_terms = unsafe { stream.alloc::<f32>(1) }.map_err(driver)?;
                     &no_terms
                 }
             };
-            let l2 = u32::from(dev.l2_terms.is_some());
+            let l2 = u32::from(dev.quant.l2_terms.is_some());
             if index.layout() == CodeLayout::Packed4x32 {
                 let (m_u, n_u) = (m as u32, nitems as u32);
                 let cfg = LaunchConfig {

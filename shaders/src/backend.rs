@@ -524,8 +524,9 @@ impl Backend for WgpuBackend {
         checked(&self.gpu, "uploading the index", || self.upload(index)).map_err(engine_err)
     }
 
-    /// After deletes only, keeps every buffer and uploads a new tombstone bitmap; otherwise
-    /// uploads the index again.
+    /// After deletes only, keeps every buffer and uploads a new tombstone bitmap; with the
+    /// same quantizers (another segment of the collection, a merge), uploads the lists only;
+    /// otherwise uploads the index again.
     fn refresh(
         &self,
         p: &WgpuPrepared,
@@ -535,16 +536,23 @@ impl Backend for WgpuBackend {
             Ok(p.data.with_tombstones(&self.gpu, index.clone()))
         })
         .map_err(engine_err)?;
-        match data {
-            Some(data) => Ok(WgpuPrepared {
-                coarse: p.coarse.clone(),
-                tables: p.tables.clone(),
-                data,
-                l2_terms: p.l2_terms.clone(),
-                no_terms: p.no_terms.clone(),
-            }),
-            None => self.prepare(index),
-        }
+        let data = match data {
+            Some(data) => data,
+            None if p.data.index.shares_quantizers_with(&index) => {
+                checked(&self.gpu, "uploading the index's lists", || {
+                    GpuIndex::upload(&self.gpu, index)
+                })
+                .map_err(engine_err)?
+            }
+            None => return self.prepare(index),
+        };
+        Ok(WgpuPrepared {
+            coarse: p.coarse.clone(),
+            tables: p.tables.clone(),
+            data,
+            l2_terms: p.l2_terms.clone(),
+            no_terms: p.no_terms.clone(),
+        })
     }
 
     /// The whole batch on the device when the index allows (`resident.rs`: one upload of

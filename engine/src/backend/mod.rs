@@ -274,6 +274,82 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// A shared backend is a backend: every method goes to the one behind the `Arc` (how a
+/// server hands one device to many collections).
+impl<B: Backend + ?Sized> Backend for Arc<B> {
+    type Prepared = B::Prepared;
+
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+
+    fn prepare(&self, index: Arc<IvfPqIndex>) -> Result<Self::Prepared, EngineError> {
+        (**self).prepare(index)
+    }
+
+    fn refresh(
+        &self,
+        prepared: &Self::Prepared,
+        index: Arc<IvfPqIndex>,
+    ) -> Result<Self::Prepared, EngineError> {
+        (**self).refresh(prepared, index)
+    }
+
+    fn coarse_search(
+        &self,
+        prepared: &Self::Prepared,
+        queries: &[f32],
+        nprobe: usize,
+    ) -> Result<Probes, EngineError> {
+        (**self).coarse_search(prepared, queries, nprobe)
+    }
+
+    fn lookup_tables(
+        &self,
+        prepared: &Self::Prepared,
+        queries: &[f32],
+    ) -> Result<LookupTables, EngineError> {
+        (**self).lookup_tables(prepared, queries)
+    }
+
+    fn scan(
+        &self,
+        prepared: &Self::Prepared,
+        probes: &Probes,
+        tables: &LookupTables,
+        keep: usize,
+    ) -> Result<Candidates, EngineError> {
+        (**self).scan(prepared, probes, tables, keep)
+    }
+
+    fn refine(
+        &self,
+        prepared: &Self::Prepared,
+        queries: &[f32],
+        candidates: &Candidates,
+        k: usize,
+    ) -> Result<Neighbors, EngineError> {
+        (**self).refine(prepared, queries, candidates, k)
+    }
+
+    fn counters(&self) -> Option<DeviceCounters> {
+        (**self).counters()
+    }
+
+    fn max_batch(&self, prepared: &Self::Prepared) -> usize {
+        (**self).max_batch(prepared)
+    }
+
+    fn search(
+        &self,
+        prepared: &Self::Prepared,
+        queries: &[f32],
+        params: &SearchParams,
+    ) -> Result<Neighbors, EngineError> {
+        (**self).search(prepared, queries, params)
+    }
+}
+
 /// The coarse term a list adds to every score of its entries: the list's coarse score when
 /// codes are residuals (the score then splits into query–centroid and query–residual parts),
 /// zero when codes encode the vectors themselves (inner-product metrics only). Every backend

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::cpucache::CpuCache;
+use crate::preparer::Preparer;
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use quiver_engine::backend::{Backend, Neighbors, PreparedIndex};
 use quiver_engine::progress::NoProgress;
@@ -136,6 +137,8 @@ pub struct Collection<B: Backend> {
     dir: PathBuf,
     meta: RwLock<CollectionMeta>,
     backend: B,
+    /// Prepares sealed segments on the device backend, sharing the quantizers' device copy.
+    prep: Preparer<B>,
     cpu: CpuCache,
     device: bool,
     cfg: StoreConfig,
@@ -233,6 +236,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             }
         }
         let cpu = CpuCache::default();
+        let prep = Preparer::new(backend.clone());
         let device = backend.name() != "cpu";
         let meta = manifest.meta.clone();
         let quantizers = match &manifest.quantizers {
@@ -260,7 +264,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 }
                 let i = Arc::new(i);
                 if device {
-                    SegmentIndex::Device(backend.prepare(i)?)
+                    SegmentIndex::Device(prep.prepare(i)?)
                 } else {
                     SegmentIndex::Cpu(cpu.prepare(i)?)
                 }
@@ -315,6 +319,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             dir: dir.to_path_buf(),
             meta: RwLock::new(meta),
             backend,
+            prep,
             cpu,
             device,
             cfg,
@@ -357,11 +362,12 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             },
         };
         let cpu = CpuCache::default();
+        let prep = Preparer::new(backend.clone());
         let device = backend.name() != "cpu";
         let quantizers = Arc::new(index.empty_like());
         let index = Arc::new(index);
         let sealed = if device {
-            SegmentIndex::Device(backend.prepare(index)?)
+            SegmentIndex::Device(prep.prepare(index)?)
         } else {
             SegmentIndex::Cpu(cpu.prepare(index)?)
         };
@@ -375,6 +381,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             dir: PathBuf::new(),
             meta: RwLock::new(meta),
             backend,
+            prep,
             cpu,
             device,
             cfg: StoreConfig::default(),
@@ -1268,7 +1275,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     /// Prepares a sealed IVF-PQ index for searching (uploads it once on a device backend).
     fn seal_index(&self, index: Arc<IvfPqIndex>) -> Result<SegmentIndex<B>> {
         Ok(if self.device {
-            SegmentIndex::Device(self.backend.prepare(index)?)
+            SegmentIndex::Device(self.prep.prepare(index)?)
         } else {
             SegmentIndex::Cpu(self.cpu.prepare(index)?)
         })

@@ -5,39 +5,29 @@
 
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use quiver_engine::backend::cpu::{CpuBackend, CpuPrepared};
-use quiver_engine::backend::{Backend, PreparedIndex};
+use quiver_engine::backend::Backend;
 use quiver_engine::index::EncodedRows;
 use quiver_engine::{EngineError, IvfPqIndex, Metric};
+
+use crate::preparer::Preparer;
 
 /// Shared CPU preparation of one collection's segments.
 #[derive(Default)]
 pub struct CpuCache {
-    cpu: CpuBackend,
-    /// An empty index of the current quantizers, prepared (the tables to share).
-    template: Mutex<Option<CpuPrepared>>,
+    prep: Preparer<CpuBackend>,
 }
 
 impl CpuCache {
     /// The CPU backend.
     pub fn backend(&self) -> &CpuBackend {
-        &self.cpu
+        self.prep.backend()
     }
 
     /// Prepares `index` for CPU searches, reusing the tables of earlier segments with the same
     /// quantizers.
     pub fn prepare(&self, index: Arc<IvfPqIndex>) -> Result<CpuPrepared, EngineError> {
-        let mut t = self.template.lock();
-        if let Some(tp) = t.as_ref() {
-            if tp.index().shares_quantizers_with(&index) {
-                return self.cpu.refresh(tp, index);
-            }
-        }
-        let empty = Arc::new(index.empty_like());
-        let p = self.cpu.prepare(index)?;
-        *t = Some(self.cpu.refresh(&p, empty)?);
-        Ok(p)
+        self.prep.prepare(index)
     }
 
     /// Checks, normalises (cosine) and encodes vectors for `quantizers`: each assigned to its
@@ -50,7 +40,7 @@ impl CpuCache {
     ) -> Result<EncodedRows, EngineError> {
         let prepared = quiver_engine::index::prepare_vectors(metric, quantizers.dim(), vectors)?;
         let template = self.prepare(quantizers.clone())?;
-        let probes = self.cpu.coarse_search(&template, &prepared, 1)?;
+        let probes = self.backend().coarse_search(&template, &prepared, 1)?;
         Ok(quantizers.encode_assigned(&prepared, probes.lists))
     }
 }

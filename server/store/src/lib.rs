@@ -19,6 +19,7 @@ pub mod fsutil;
 pub mod legacy;
 pub mod manifest;
 pub mod optimizer;
+pub mod preparer;
 pub mod priority;
 pub mod segment;
 pub mod version;
