@@ -352,8 +352,11 @@ async fn acknowledged_writes_survive_sigkill_during_writes_checkpoints_and_train
             .await
             .expect("create");
         } else {
-            let mut m = model.lock();
+            // No writer runs between rounds: check a copy taken out of the lock (no guard
+            // held across an await), then put it back.
+            let mut m = std::mem::take(&mut *model.lock());
             verify(&mut c, &mut m, round).await;
+            *model.lock() = m;
         }
         let info = c
             .get_collection(GetCollectionRequest { name: "c".into() })
@@ -439,7 +442,7 @@ async fn acknowledged_writes_survive_sigkill_during_writes_checkpoints_and_train
     let (mut child, addr) = start(&data);
     let mut c = client(&addr).await;
     {
-        let mut m = model.lock();
+        let mut m = std::mem::take(&mut *model.lock());
         verify(&mut c, &mut m, KILLS).await;
         assert!(
             m.live.len() > 500,

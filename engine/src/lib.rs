@@ -16,6 +16,7 @@ pub mod fastscan;
 pub mod flat;
 pub mod i8panels;
 pub mod index;
+pub mod interleave;
 pub mod io;
 pub mod kmeans;
 pub mod linalg;

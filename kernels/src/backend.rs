@@ -33,6 +33,7 @@ use quiver_engine::backend::{
     Slot,
 };
 use quiver_engine::fastscan::QuantizedTable;
+use quiver_engine::interleave::{append_device_codes, device_code_bytes};
 use quiver_engine::list::{CodeLayout, RawVectors};
 use quiver_engine::topk::{plan_round, select_rows, WarpSelectShape};
 use quiver_engine::{EngineError, IvfPqIndex, RefineKind};
@@ -682,7 +683,7 @@ impl CudaBackend {
                 max: u32::MAX as u64 - 1,
             });
         }
-        let code_bytes: usize = lists.iter().map(|l| l.codes.as_slice().len()).sum();
+        let code_bytes: usize = (0..lists.len()).map(|l| device_code_bytes(&index, l)).sum();
         let raw_f16 = matches!(lists.first().map(|l| &l.raw), Some(RawVectors::F16(_)));
         let value_bytes = if raw_f16 { 2 } else { 4 };
         let raw_bytes: usize = lists.iter().map(|l| l.raw.as_bytes().len()).sum();
@@ -690,10 +691,10 @@ impl CudaBackend {
         let mut places = Vec::with_capacity(lists.len());
         let mut gslot = 0usize;
         let mut byte_off = 0usize;
-        for list in lists {
+        for (l, list) in lists.iter().enumerate() {
             places.push((byte_off as u32, gslot as u32, list.len() as u32));
             gslot += list.len();
-            byte_off = (byte_off + list.codes.as_slice().len()).min(u32::MAX as usize);
+            byte_off = (byte_off + device_code_bytes(&index, l)).min(u32::MAX as usize);
         }
         // Always on the device: centroids, their norms, the codebook, the tombstones, the L2
         // terms. Codes and raw vectors too when they fit the budget; else they stay on the
@@ -723,8 +724,8 @@ impl CudaBackend {
             && raw_bytes / value_bytes < u32::MAX as usize;
         let codes = if codes_resident {
             let mut codes = Vec::with_capacity(code_bytes);
-            for list in lists {
-                codes.extend_from_slice(list.codes.as_slice());
+            for l in 0..lists.len() {
+                append_device_codes(&index, l, &mut codes);
             }
             Some(self.upload(&codes)?)
         } else {
@@ -994,10 +995,12 @@ impl CudaBackend {
         // Tiles: each query's row of (score, payload) and its tables (and its entries' codes
         // when they are streamed); two tiles in flight.
         let tile_bytes = self.tile_bytes;
-        let streamed_code_bytes = if p.dev.codes.is_none() {
-            p.index.pq().code_size()
-        } else {
-            0
+        // Per entry, with a list's last block padded to 32 entries (counted as one more
+        // block per probed list).
+        let streamed_code_bytes = match (p.dev.codes.is_none(), fast) {
+            (false, _) => 0,
+            (true, false) => quiver_engine::interleave::padded_m(p.index.pq().code_size()),
+            (true, true) => p.index.pq().code_size(),
         };
         let row_of = |q: usize| -> usize {
             probes.lists[q * nprobe..(q + 1) * nprobe]
@@ -1023,7 +1026,10 @@ impl CudaBackend {
         while q0 < nq {
             let (mut q1, mut bytes) = (q0, 0usize);
             while q1 < nq {
-                let b = row_of(q1) * (12 + streamed_code_bytes) + tl * 4 + nprobe * m * 16;
+                let b = row_of(q1) * (12 + streamed_code_bytes)
+                    + nprobe * 32 * streamed_code_bytes
+                    + tl * 4
+                    + nprobe * m * 16;
                 if q1 > q0 && bytes + b > tile_bytes {
                     break;
                 }
@@ -1092,16 +1098,16 @@ impl CudaBackend {
                 let (mut byte_off, gslot, len) = p.places[l];
                 if p.dev.codes.is_none() {
                     if packed_at[l] == u32::MAX {
-                        let bytes = p.index.lists()[l].codes.as_slice();
-                        if packed.len() + bytes.len() > u32::MAX as usize {
+                        let bytes = device_code_bytes(&p.index, l);
+                        if packed.len() + bytes > u32::MAX as usize {
                             return Err(CudaError::TooLarge {
                                 what: "code bytes one scan tile stages",
-                                got: (packed.len() + bytes.len()) as u64,
+                                got: (packed.len() + bytes) as u64,
                                 max: u64::from(u32::MAX),
                             });
                         }
                         packed_at[l] = packed.len() as u32;
-                        packed.extend_from_slice(bytes);
+                        append_device_codes(&p.index, l, &mut packed);
                     }
                     byte_off = packed_at[l];
                 }

@@ -1,12 +1,14 @@
 //! Every CUDA kernel compiles with NVRTC for the GPU generations Quiver targets (compute_80:
 //! A100; compute_90: H100), and, when `QUIVER_PTXAS` names a ptxas binary, the PTX assembles
 //! for sm_80 / sm_90 without spilling a register (its `-v` report of registers, spills and
-//! shared memory is printed; a spill fails the test).
+//! shared memory is printed; a spill, registers or static shared memory above an entry's
+//! budget fail the test), and, when `QUIVER_NVDISASM` names an nvdisasm binary, the 8-bit
+//! scan's SASS reads its codes with 128-bit global loads (`LDG.E.128`).
 //!
 //! Without NVRTC the test prints "skipped: NVRTC not found" and passes, unless
 //! `QUIVER_REQUIRE_NVRTC=1` (set by scripts/test, which installs NVRTC from PyPI).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use quiver_kernels::compile::{compile_ptx, nvrtc_present};
@@ -24,6 +26,7 @@ fn every_kernel_compiles_and_assembles_for_sm80_and_sm90() {
         return;
     }
     let ptxas = std::env::var_os("QUIVER_PTXAS").map(PathBuf::from);
+    let nvdisasm = std::env::var_os("QUIVER_NVDISASM").map(PathBuf::from);
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ptx");
     std::fs::create_dir_all(&out).unwrap();
     for k in KERNELS {
@@ -85,7 +88,23 @@ fn every_kernel_compiles_and_assembles_for_sm80_and_sm90() {
                             regs <= budget,
                             "ptxas {sm} {entry}: {regs} registers, above its budget of {budget}"
                         );
+                        // Static shared memory ("N bytes smem"; absent: none). Dynamic
+                        // shared memory (scan8's staged table) is sized at launch.
+                        let smem: usize = line
+                            .split(", ")
+                            .find_map(|part| part.strip_suffix(" bytes smem"))
+                            .map_or(0, |n| n.trim().parse().unwrap_or(usize::MAX));
+                        let budget = static_shared_budget(entry);
+                        assert!(
+                            smem <= budget,
+                            "ptxas {sm} {entry}: {smem} bytes of static shared memory, above its \
+                             budget of {budget}"
+                        );
                     }
+                }
+                if let Some(nvdisasm) = &nvdisasm {
+                    let cubin = out.join(format!("{}.{sm}.cubin", k.name));
+                    check_wide_loads(nvdisasm, &cubin, k.name, sm);
                 }
                 for line in log.lines().filter(|l| {
                     l.contains("Used") || l.contains("Compiling entry") || l.contains("spill")
@@ -98,6 +117,66 @@ fn every_kernel_compiles_and_assembles_for_sm80_and_sm90() {
                 }
             }
         }
+    }
+}
+
+/// Entries whose SASS must read global memory 16 bytes at a time (`LDG.E.128`): the 8-bit
+/// scan reads its codes in the interleaved layout's 16-byte chunks.
+const WIDE_LOAD_ENTRIES: [&str; 1] = ["scan8"];
+
+/// Disassembles `cubin` with nvdisasm and checks that each entry of [`WIDE_LOAD_ENTRIES`] in
+/// it has a 128-bit global load; prints each entry's count of global loads by width.
+fn check_wide_loads(nvdisasm: &Path, cubin: &Path, kernel: &str, sm: &str) {
+    let run = Command::new(nvdisasm)
+        .arg("-c")
+        .arg(cubin)
+        .output()
+        .expect("run nvdisasm");
+    assert!(
+        run.status.success(),
+        "nvdisasm {kernel} {sm}: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let sass = String::from_utf8_lossy(&run.stdout);
+    // Sections start at a line `.text.<entry>:`.
+    let mut sections: Vec<(&str, Vec<&str>)> = Vec::new();
+    for line in sass.lines() {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix(".text.").and_then(|n| n.strip_suffix(':')) {
+            sections.push((name, Vec::new()));
+        } else if let Some((_, lines)) = sections.last_mut() {
+            lines.push(t);
+        }
+    }
+    for (entry, lines) in &sections {
+        let loads = |width: &str| {
+            lines
+                .iter()
+                .filter(|l| l.contains(&format!("LDG.E{width}")))
+                .count()
+        };
+        let (wide, all) = (loads(".128"), loads(""));
+        println!("sass {sm} {entry}: {all} global loads, {wide} of them 128-bit");
+        if WIDE_LOAD_ENTRIES.contains(entry) {
+            assert!(wide > 0, "sass {sm} {entry}: no 128-bit global load");
+        }
+    }
+    for entry in WIDE_LOAD_ENTRIES {
+        if kernel == entry {
+            assert!(
+                sections.iter().any(|(e, _)| e == &entry),
+                "sass {sm}: no section for {entry}"
+            );
+        }
+    }
+}
+
+/// Static shared memory each entry point may declare (bytes).
+fn static_shared_budget(entry: &str) -> usize {
+    match entry {
+        // A 16 × 32 tile of queries and centroids.
+        "coarse_distances" => 2048,
+        _ => 0,
     }
 }
 

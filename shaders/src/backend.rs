@@ -202,7 +202,6 @@ impl WgpuBackend {
         let limit = self.gpu.max_binding() as usize;
         let mut tiles = Vec::new();
         let (mut start, mut entries, mut tables, mut codes) = (0, 0usize, 0usize, 0usize);
-        let lists = p.data.index.lists();
         for q in 0..nq {
             let probed = &probes.lists[q * probes.nprobe..(q + 1) * probes.nprobe];
             let row: usize = probed
@@ -216,7 +215,9 @@ impl WgpuBackend {
             } else {
                 probed
                     .iter()
-                    .map(|&l| lists[l as usize].codes.as_slice().len())
+                    .map(|&l| {
+                        quiver_engine::interleave::device_code_bytes(&p.data.index, l as usize)
+                    })
                     .sum()
             };
             if row * 8 > limit || table_bytes > limit {

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use quiver_engine::list::{CodeLayout, RawVectors};
-use quiver_engine::IvfPqIndex;
+use quiver_engine::{interleave, IvfPqIndex};
 
 use crate::device::GpuDevice;
 use crate::error::WgpuError;
@@ -86,8 +86,14 @@ pub(crate) fn pack_codes(
     limit: u64,
 ) -> Result<PackedCodes, WgpuError> {
     let m = index.pq().m();
+    // 8-bit codes go in the GPU layout (`quiver_engine::interleave`: blocks of 32 entries in
+    // 16-byte chunks); 4-bit fast-scan blocks as stored.
+    let cs = index.pq().code_size();
     let (unit_bytes, unit_entries) = match index.layout() {
-        CodeLayout::Flat => (index.pq().code_size(), 1),
+        CodeLayout::Flat => (
+            interleave::interleaved_bytes(interleave::BLOCK, cs),
+            interleave::BLOCK,
+        ),
         CodeLayout::Packed4x32 => (quiver_engine::fastscan::block_bytes(m), 32),
     };
     check_binding(
@@ -121,13 +127,22 @@ pub(crate) fn pack_codes(
                 first: first as u32,
                 len: (last - first) as u32,
             });
-            cur.extend_from_slice(&codes[u * unit_bytes..(u + take) * unit_bytes]);
+            match index.layout() {
+                CodeLayout::Flat => {
+                    interleave::interleave(&codes[first * cs..last * cs], cs, &mut cur)
+                }
+                CodeLayout::Packed4x32 => {
+                    cur.extend_from_slice(&codes[u * unit_bytes..(u + take) * unit_bytes])
+                }
+            }
             // Keep the next run 4-byte aligned.
             cur.resize(cur.len().next_multiple_of(4), 0);
             u += take;
         }
         segments.push(segs);
     }
+    // scan8.wgsl reads 16-byte words: no binding shorter than one.
+    cur.resize(cur.len().max(16), 0);
     bufs.push(storage(gpu, "codes", &cur));
     Ok((bufs, segments))
 }
@@ -185,13 +200,14 @@ impl GpuIndex {
         let raw_rows = ((limit as usize / row_bytes) & !1).max(2);
         let data_bytes: u64 = lists
             .iter()
-            .map(|l| {
+            .enumerate()
+            .map(|(i, l)| {
                 let raw = match &l.raw {
                     RawVectors::None => 0,
                     RawVectors::F16(s) => s.as_slice().len() * 2,
                     RawVectors::F32(s) => s.as_slice().len() * 4,
                 };
-                (l.codes.as_slice().len() + raw) as u64
+                (interleave::device_code_bytes(&index, i) + raw) as u64
             })
             .sum();
         // Above the budget the codes and raw vectors stay on the host and each batch uploads

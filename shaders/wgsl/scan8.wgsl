@@ -1,13 +1,17 @@
-// 8-bit PQ list scan: the approximate score of every entry of every probed list.
+// 8-bit PQ list scan: the approximate score of every entry of every probed list. Twin of
+// kernels/cuda/scan8.cu.
 //
 // One workgroup per (query, probed list) work item; its 256 threads stride over the list's
-// entries. An entry's score is the coarse term (`bias`) plus, for each sub-quantizer in order,
-// the query's table entry for its code (L2 adds the list's term first, as the CPU reference
-// does) — the same additions in the same order as the CPU scan, so the scores agree exactly.
-// Deleted entries score +inf. Output: score and payload (0, global slot) at the item's place
-// in its query's row, for the top-k kernel.
-// Memory per entry: M code bytes + M table reads (from cache: one query's table is 64 KiB at
-// M = 64) + 12 bytes written.
+// entries. Codes are in the GPU layout (engine/src/interleave.rs): blocks of 32 entries, each
+// cut into 16-byte chunks stored entry after entry, so 32 consecutive invocations read 512
+// contiguous bytes per chunk, one vec4<u32> each. An entry's score is the coarse term
+// (`bias`) plus, for each sub-quantizer in order, the query's table entry for its code (L2
+// adds the list's term first, as the CPU reference does) — the same additions in the same
+// order as the CPU scan, so the scores agree exactly. Deleted entries score +inf. Output:
+// score and payload (0, global slot) at the item's place in its query's row, for the top-k
+// kernel. Unlike the CUDA twin the table is read from global memory (through the cache), not
+// staged in workgroup memory: WGSL's default limit is 16 KiB, an M = 16 table.
+// Memory per entry: Mp (M rounded up to 16) code bytes + M table reads + 12 bytes written.
 
 struct Item {
     table: u32,    // query's table number in `tables`
@@ -27,7 +31,7 @@ struct Params {
     pad: u32,
 }
 
-@group(0) @binding(0) var<storage, read> codes: array<u32>;
+@group(0) @binding(0) var<storage, read> codes: array<vec4<u32>>;
 @group(0) @binding(1) var<storage, read> items: array<Item>;
 @group(0) @binding(2) var<storage, read> tables: array<f32>;
 @group(0) @binding(3) var<storage, read> terms: array<f32>;
@@ -35,10 +39,6 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> out_score: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out_payload: array<vec2<u32>>;
 @group(0) @binding(7) var<uniform> params: Params;
-
-fn code_byte(b: u32) -> u32 {
-    return (codes[b >> 2u] >> ((b & 3u) * 8u)) & 0xffu;
-}
 
 @compute @workgroup_size(256)
 fn main(
@@ -61,14 +61,22 @@ fn main(
             continue;
         }
         var acc = it.bias;
-        let b0 = it.byte_off + i * m;
-        for (var s = 0u; s < m; s++) {
-            let c = code_byte(b0 + s);
-            var t = tables[t0 + s * 256u + c];
-            if (params.l2 != 0u) {
-                t = terms[l0 + s * 256u + c] + t;
+        // This entry's first chunk, in 16-byte words; chunk c is 32 words further.
+        let mp = (m + 15u) & ~15u;
+        let w0 = (it.byte_off + (i >> 5u) * 32u * mp + (i & 31u) * 16u) >> 4u;
+        for (var c0 = 0u; c0 < m; c0 += 16u) {
+            let v = codes[w0 + c0 * 2u];
+            for (var j = 0u; j < 16u; j++) {
+                let s = c0 + j;
+                if (s < m) {
+                    let c = (v[j >> 2u] >> ((j & 3u) * 8u)) & 0xffu;
+                    var t = tables[t0 + s * 256u + c];
+                    if (params.l2 != 0u) {
+                        t = terms[l0 + s * 256u + c] + t;
+                    }
+                    acc += t;
+                }
             }
-            acc += t;
         }
         out_score[it.out + i] = acc;
         out_payload[it.out + i] = vec2<u32>(0u, slot);

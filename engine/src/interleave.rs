@@ -1,0 +1,132 @@
+//! The GPU backends' layout of 8-bit PQ codes, written when a list is uploaded (the index's own
+//! lists stay row-major, one entry's M code bytes after another).
+//!
+//! Entries go in blocks of [`BLOCK`] (32: one warp); within a block the codes are cut into
+//! chunks of [`CHUNK`] (16) bytes, chunk after chunk, and within a chunk the 32 entries' 16
+//! bytes follow one another. Entry `i` of a list reads chunk `c` at byte
+//! `(i / 32) · 32 · Mp + c · 512 + (i % 32) · 16`, where `Mp` is M rounded up to a multiple
+//! of 16 (the padding bytes are zero and never scored). A warp scanning 32 consecutive
+//! entries therefore reads 512 contiguous bytes per chunk, one 16-byte load per thread, where
+//! the row-major layout has each thread read single bytes M apart (M wavefronts per chunk).
+//! The last block of a list is padded with zero entries, which the scans never read.
+
+use crate::list::CodeLayout;
+use crate::IvfPqIndex;
+
+/// Entries per block (one warp).
+pub const BLOCK: usize = 32;
+/// Code bytes an entry reads per load.
+pub const CHUNK: usize = 16;
+
+/// M rounded up to a whole number of chunks.
+pub fn padded_m(m: usize) -> usize {
+    m.next_multiple_of(CHUNK)
+}
+
+/// Bytes `n` entries of M-byte codes take interleaved (whole blocks).
+pub fn interleaved_bytes(n: usize, m: usize) -> usize {
+    n.div_ceil(BLOCK) * BLOCK * padded_m(m)
+}
+
+/// Appends `codes` (row-major, `m` bytes per entry, a whole number of entries) interleaved to
+/// `out`: [`interleaved_bytes`]`(codes.len() / m, m)` bytes.
+pub fn interleave(codes: &[u8], m: usize, out: &mut Vec<u8>) {
+    if m == 0 {
+        return;
+    }
+    let n = codes.len() / m;
+    let mp = padded_m(m);
+    let start = out.len();
+    out.resize(start + interleaved_bytes(n, m), 0);
+    let dst = &mut out[start..];
+    for (i, code) in codes.chunks_exact(m).enumerate() {
+        let block = (i / BLOCK) * BLOCK * mp;
+        let lane = (i % BLOCK) * CHUNK;
+        for (c, part) in code.chunks(CHUNK).enumerate() {
+            let at = block + c * BLOCK * CHUNK + lane;
+            dst[at..at + part.len()].copy_from_slice(part);
+        }
+    }
+}
+
+/// Bytes list `l`'s codes take on a GPU: interleaved 8-bit codes, or 4-bit fast-scan blocks
+/// as stored (already 32 entries per block).
+pub fn device_code_bytes(index: &IvfPqIndex, l: usize) -> usize {
+    let list = &index.lists()[l];
+    match index.layout() {
+        CodeLayout::Flat => interleaved_bytes(list.len(), index.pq().code_size()),
+        CodeLayout::Packed4x32 => list.codes.as_slice().len(),
+    }
+}
+
+/// Appends list `l`'s codes in their GPU layout to `out` ([`device_code_bytes`] bytes).
+pub fn append_device_codes(index: &IvfPqIndex, l: usize, out: &mut Vec<u8>) {
+    let codes = index.lists()[l].codes.as_slice();
+    match index.layout() {
+        CodeLayout::Flat => interleave(codes, index.pq().code_size(), out),
+        CodeLayout::Packed4x32 => out.extend_from_slice(codes),
+    }
+}
+
+/// Entry `i`'s code read back from an interleaved run (for tests and checks).
+pub fn code_at(interleaved: &[u8], m: usize, i: usize) -> Vec<u8> {
+    let mp = padded_m(m);
+    let block = (i / BLOCK) * BLOCK * mp;
+    let lane = (i % BLOCK) * CHUNK;
+    (0..m)
+        .map(|s| interleaved[block + (s / CHUNK) * BLOCK * CHUNK + lane + s % CHUNK])
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_entry_reads_back_its_code_and_padding_is_zero() {
+        for (n, m) in [
+            (0, 8),
+            (1, 8),
+            (31, 16),
+            (32, 48),
+            (33, 48),
+            (100, 20),
+            (70, 96),
+        ] {
+            let codes: Vec<u8> = (0..n * m).map(|i| (i * 7 + 3) as u8).collect();
+            let mut out = vec![9u8; 5];
+            interleave(&codes, m, &mut out);
+            assert_eq!(out.len(), 5 + interleaved_bytes(n, m), "n {n} m {m}");
+            assert_eq!(&out[..5], &[9; 5], "what was there stays");
+            let run = &out[5..];
+            for i in 0..n {
+                assert_eq!(
+                    code_at(run, m, i),
+                    &codes[i * m..(i + 1) * m],
+                    "n {n} m {m} i {i}"
+                );
+            }
+            let written: usize = codes.iter().filter(|&&b| b != 0).count();
+            let nonzero = run.iter().filter(|&&b| b != 0).count();
+            assert_eq!(nonzero, written, "padding is zero (n {n} m {m})");
+        }
+    }
+
+    #[test]
+    fn a_warp_reads_one_contiguous_run_per_chunk() {
+        let m = 48;
+        let mp = padded_m(m);
+        // Entries 32..64 (block 1), chunk 2: bytes 32·48 + 2·512 + lane·16 for lanes 0..32.
+        let first = BLOCK * mp + 2 * BLOCK * CHUNK;
+        let codes: Vec<u8> = (0..64 * m).map(|i| (i % 251) as u8).collect();
+        let mut out = Vec::new();
+        interleave(&codes, m, &mut out);
+        for lane in 0..BLOCK {
+            let i = BLOCK + lane;
+            assert_eq!(
+                &out[first + lane * CHUNK..first + (lane + 1) * CHUNK],
+                &codes[i * m + 32..i * m + 48]
+            );
+        }
+    }
+}
