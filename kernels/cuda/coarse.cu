@@ -1,12 +1,20 @@
 // Coarse distances: scores[q][c] for a batch of queries against every coarse centroid.
 // Twin of shaders/wgsl/coarse.wgsl, stage for stage.
 //
-// One 16 × 16 block computes a 16-query × 16-centroid tile; both operands are staged through
-// shared memory 16 dimensions at a time, so each value read from memory serves 16 products.
+// A register-tiled matrix product. One 16 × 16 block computes a 64-query × 64-centroid tile,
+// each thread a 4 × 4 sub-tile: queries ty + 16i and centroids tx + 16j (i, j < 4), so that
+// the 16 threads of a half-warp read 16 consecutive shared-memory words (no bank conflict)
+// and the two half-warps read a broadcast query word. Both operands are staged through
+// shared memory 16 dimensions at a time, dimension-major (row stride 65: the staging stores
+// touch at most two threads per bank); per dimension a thread reads 4 + 4 words and does
+// 16 multiply-adds for the dot products (+ 4 for the queries' norms), where a one-output
+// thread did 2 reads per multiply-add. Each dot product adds its dimensions in order.
 // Inner product: -<q, c>; L2: max(|q|² + |c|² − 2<q, c>, 0), the CPU reference's expression.
 // Each score goes out with its payload (0, centroid) for the top-k kernel.
 
-#define TILE 16
+#define TILE 64
+#define STEP 16
+#define STRIDE (TILE + 1)
 
 extern "C" __global__ void coarse_distances(
     const float* __restrict__ queries,
@@ -19,30 +27,59 @@ extern "C" __global__ void coarse_distances(
     unsigned int dim,
     unsigned int l2)
 {
-    __shared__ float q_tile[TILE * TILE];
-    __shared__ float c_tile[TILE * TILE];
-    const unsigned int lx = threadIdx.x, ly = threadIdx.y;
-    const unsigned int q = blockIdx.y * TILE + ly;
-    const unsigned int c = blockIdx.x * TILE + lx;
-    const unsigned int c_row = blockIdx.x * TILE + ly;
-    float dot = 0.0f, q_norm = 0.0f;
-    for (unsigned int d0 = 0; d0 < dim; d0 += TILE) {
-        const unsigned int d = d0 + lx;
-        q_tile[ly * TILE + lx] = (q < nq && d < dim) ? queries[(size_t)q * dim + d] : 0.0f;
-        c_tile[ly * TILE + lx] = (c_row < nlist && d < dim) ? centroids[(size_t)c_row * dim + d] : 0.0f;
+    __shared__ float q_tile[STEP * STRIDE];
+    __shared__ float c_tile[STEP * STRIDE];
+    const unsigned int tx = threadIdx.x, ty = threadIdx.y;
+    const unsigned int tid = ty * 16 + tx;
+    const unsigned int q0 = blockIdx.y * TILE, c0 = blockIdx.x * TILE;
+    float dot[4][4];
+    float q_norm[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        q_norm[i] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; j++) dot[i][j] = 0.0f;
+    }
+    for (unsigned int d0 = 0; d0 < dim; d0 += STEP) {
+        // Stage 64 rows × 16 dimensions of each operand: thread tid loads row tid / 16 + 16r,
+        // dimension tid % 16 (16 threads read one row's 64 contiguous bytes).
+        const unsigned int d = d0 + (tid & 15u);
+#pragma unroll
+        for (unsigned int r = 0; r < 4; r++) {
+            const unsigned int row = (tid >> 4) + 16u * r;
+            const unsigned int q = q0 + row, c = c0 + row;
+            q_tile[(tid & 15u) * STRIDE + row] = (q < nq && d < dim) ? queries[(size_t)q * dim + d] : 0.0f;
+            c_tile[(tid & 15u) * STRIDE + row] = (c < nlist && d < dim) ? centroids[(size_t)c * dim + d] : 0.0f;
+        }
         __syncthreads();
-        #pragma unroll
-        for (unsigned int t = 0; t < TILE; t++) {
-            const float a = q_tile[ly * TILE + t];
-            dot += a * c_tile[lx * TILE + t];
-            q_norm += a * a;
+#pragma unroll
+        for (unsigned int t = 0; t < STEP; t++) {
+            float a[4], b[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) a[i] = q_tile[t * STRIDE + ty + 16 * i];
+#pragma unroll
+            for (int j = 0; j < 4; j++) b[j] = c_tile[t * STRIDE + tx + 16 * j];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                q_norm[i] += a[i] * a[i];
+#pragma unroll
+                for (int j = 0; j < 4; j++) dot[i][j] += a[i] * b[j];
+            }
         }
         __syncthreads();
     }
-    if (q < nq && c < nlist) {
-        float s = -dot;
-        if (l2) s = fmaxf(q_norm + centroid_norms[c] - 2.0f * dot, 0.0f);
-        scores[(size_t)q * nlist + c] = s;
-        payloads[(size_t)q * nlist + c] = make_uint2(0u, c);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const unsigned int q = q0 + ty + 16 * i;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const unsigned int c = c0 + tx + 16 * j;
+            if (q < nq && c < nlist) {
+                float s = -dot[i][j];
+                if (l2) s = fmaxf(q_norm[i] + centroid_norms[c] - 2.0f * dot[i][j], 0.0f);
+                scores[(size_t)q * nlist + c] = s;
+                payloads[(size_t)q * nlist + c] = make_uint2(0u, c);
+            }
+        }
     }
 }

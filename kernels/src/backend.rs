@@ -43,6 +43,10 @@ use crate::probe::{cuda_availability, CudaAvailability};
 use crate::sources::{Kernel, KERNELS};
 use crate::transfer::{Fetched, Transfers};
 
+/// Queries and centroids of one `coarse_distances` block's tile (`cuda/coarse.cu`: 16 × 16
+/// threads, 4 × 4 outputs each).
+pub(crate) const COARSE_TILE: usize = 64;
+
 /// Largest `keep` the WarpSelect-style kernel selects on the device (a 2,048-entry warp
 /// queue, 27 KiB of shared memory); above it the host selects (see `cuda/topk.cu`).
 pub const MAX_GPU_KEEP: usize = 2048;
@@ -909,7 +913,11 @@ impl CudaBackend {
             let mut s = self.zeros::<u32>(rows * nlist)?;
             let mut pl = self.zeros::<u32>(2 * rows * nlist)?;
             let cfg = LaunchConfig {
-                grid_dim: (nlist.div_ceil(16) as u32, rows.div_ceil(16) as u32, 1),
+                grid_dim: (
+                    nlist.div_ceil(COARSE_TILE) as u32,
+                    rows.div_ceil(COARSE_TILE) as u32,
+                    1,
+                ),
                 block_dim: (16, 16, 1),
                 shared_mem_bytes: 0,
             };

@@ -22,7 +22,9 @@ use quiver_engine::list::CodeLayout;
 use quiver_engine::topk::WarpSelectShape;
 use quiver_engine::RefineKind;
 
-use crate::backend::{driver, grid, CudaBackend, CudaError, CudaPrepared, MAX_GPU_KEEP};
+use crate::backend::{
+    driver, grid, CudaBackend, CudaError, CudaPrepared, COARSE_TILE, MAX_GPU_KEEP,
+};
 
 /// A selection's scores and payloads on the device (one word, two words an entry).
 type Rows = (CudaSlice<u32>, CudaSlice<u32>);
@@ -147,7 +149,11 @@ impl CudaBackend {
         let mut cp = unsafe { stream.alloc::<u32>(2 * rows * nlist) }.map_err(driver)?;
         {
             let cfg = LaunchConfig {
-                grid_dim: (nlist.div_ceil(16) as u32, rows.div_ceil(16) as u32, 1),
+                grid_dim: (
+                    nlist.div_ceil(COARSE_TILE) as u32,
+                    rows.div_ceil(COARSE_TILE) as u32,
+                    1,
+                ),
                 block_dim: (16, 16, 1),
                 shared_mem_bytes: 0,
             };

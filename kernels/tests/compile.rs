@@ -174,8 +174,8 @@ fn check_wide_loads(nvdisasm: &Path, cubin: &Path, kernel: &str, sm: &str) {
 /// Static shared memory each entry point may declare (bytes).
 fn static_shared_budget(entry: &str) -> usize {
     match entry {
-        // A 16 × 32 tile of queries and centroids.
-        "coarse_distances" => 2048,
+        // 16 dimensions × (64 + 1) of queries and of centroids.
+        "coarse_distances" => 2 * 16 * 65 * 4,
         _ => 0,
     }
 }
@@ -185,7 +185,9 @@ fn static_shared_budget(entry: &str) -> usize {
 fn register_budget(entry: &str) -> usize {
     match entry {
         "warp_select" | "select_strided" => 96,
-        "coarse_distances" | "lookup_tables" | "refine" | "refine_candidates" => 40,
+        // 16 dot products, 4 norms and 8 operands held in registers.
+        "coarse_distances" => 56,
+        "lookup_tables" | "refine" | "refine_candidates" => 40,
         "scan8" | "scan4" | "scan4_quantized" | "scan_items" => 48,
         other => panic!("no register budget for entry {other}: add one"),
     }

@@ -23,6 +23,10 @@ pub(crate) struct DistanceParams {
     pub(crate) l2: u32,
 }
 
+/// Queries and centroids of one `coarse.wgsl` workgroup's tile (16 × 16 invocations, 4 × 4
+/// outputs each).
+pub(crate) const COARSE_TILE: usize = 64;
+
 /// The coarse quantizer on a device, with its two kernels.
 pub struct GpuCoarse {
     pub(crate) distances: Kernel,
@@ -115,12 +119,15 @@ impl GpuCoarse {
                 l2: u32::from(self.l2),
             },
         );
-        let groups = (self.nlist.div_ceil(16) as u32, rows.div_ceil(16) as u32);
+        let groups = (
+            self.nlist.div_ceil(COARSE_TILE) as u32,
+            rows.div_ceil(COARSE_TILE) as u32,
+        );
         if groups.0 > 65_535 || groups.1 > 65_535 {
             return Err(WgpuError::TooLarge {
                 what: "coarse tile (lists or queries)",
                 got: rows.max(self.nlist) as u64,
-                max: 65_535 * 16,
+                max: 65_535 * COARSE_TILE as u64,
             });
         }
         let mut enc = gpu

@@ -21,7 +21,7 @@ use quiver_engine::list::CodeLayout;
 use quiver_engine::RefineKind;
 
 use crate::backend::{WgpuBackend, WgpuPrepared};
-use crate::coarse::DistanceParams;
+use crate::coarse::{DistanceParams, COARSE_TILE};
 use crate::error::WgpuError;
 use crate::kernel::{grid, output, range, storage, submit, uniform};
 
@@ -194,7 +194,10 @@ impl WgpuBackend {
                 (4, cp.as_entire_binding()),
                 (5, cparams.as_entire_binding()),
             ],
-            (nlist.div_ceil(16) as u32, rows.div_ceil(16) as u32),
+            (
+                nlist.div_ceil(COARSE_TILE) as u32,
+                rows.div_ceil(COARSE_TILE) as u32,
+            ),
         );
         // 2. The probes, rows × nprobe.
         let (ps, pp) = self

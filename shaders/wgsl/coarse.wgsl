@@ -1,10 +1,15 @@
-// Coarse distances: scores[q][c] for a batch of queries against every coarse centroid.
+// Coarse distances: scores[q][c] for a batch of queries against every coarse centroid. Twin of
+// kernels/cuda/coarse.cu.
 //
-// One 16 × 16 workgroup computes a 16-query × 16-centroid tile; both operands are staged
-// through workgroup memory 16 dimensions at a time, so each query and centroid value read
-// from memory serves 16 products. Inner product: -<q, c>; L2: max(‖q‖² + ‖c‖² − 2<q, c>, 0),
-// the same expression as the CPU reference. Each score goes out with its payload (0, centroid)
-// for the top-k kernel, which then picks the nprobe best.
+// A register-tiled matrix product. One 16 × 16 workgroup computes a 64-query × 64-centroid
+// tile, each invocation a 4 × 4 sub-tile: queries y + 16i and centroids x + 16j (i, j < 4),
+// so that 16 neighbouring invocations read 16 consecutive workgroup-memory words. Both
+// operands are staged through workgroup memory 16 dimensions at a time, dimension-major (row
+// stride 65); per dimension an invocation reads 4 + 4 words and does 16 multiply-adds for the
+// dot products (+ 4 for the queries' norms). Each dot product adds its dimensions in order.
+// Inner product: -<q, c>; L2: max(‖q‖² + ‖c‖² − 2<q, c>, 0), the same expression as the CPU
+// reference. Each score goes out with its payload (0, centroid) for the top-k kernel, which
+// then picks the nprobe best.
 
 struct Params {
     nq: u32,
@@ -20,48 +25,79 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> payloads: array<vec2<u32>>;
 @group(0) @binding(5) var<uniform> params: Params;
 
-const TILE: u32 = 16u;
+const TILE: u32 = 64u;
+const STEP: u32 = 16u;
+const STRIDE: u32 = 65u;
 
-var<workgroup> q_tile: array<f32, 256>;
-var<workgroup> c_tile: array<f32, 256>;
+var<workgroup> q_tile: array<f32, 1040>; // STEP × STRIDE
+var<workgroup> c_tile: array<f32, 1040>;
 
 @compute @workgroup_size(16, 16)
 fn main(
     @builtin(local_invocation_id) lid: vec3<u32>,
     @builtin(workgroup_id) wid: vec3<u32>,
 ) {
-    let q = wid.y * TILE + lid.y;
-    let c = wid.x * TILE + lid.x;
-    // Rows this thread stages: query (wid.y, lid.y) and centroid (wid.x, lid.y).
-    let c_row = wid.x * TILE + lid.y;
-    var dot = 0.0;
-    var q_norm = 0.0;
-    for (var d0 = 0u; d0 < params.dim; d0 += TILE) {
-        let d = d0 + lid.x;
-        var qv = 0.0;
-        if (q < params.nq && d < params.dim) {
-            qv = queries[q * params.dim + d];
+    let tx = lid.x;
+    let ty = lid.y;
+    let tid = ty * 16u + tx;
+    let q0 = wid.y * TILE;
+    let c0 = wid.x * TILE;
+    var dot: array<array<f32, 4>, 4>;
+    var q_norm: array<f32, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        q_norm[i] = 0.0;
+        for (var j = 0u; j < 4u; j++) {
+            dot[i][j] = 0.0;
         }
-        var cv = 0.0;
-        if (c_row < params.nlist && d < params.dim) {
-            cv = centroids[c_row * params.dim + d];
+    }
+    for (var d0 = 0u; d0 < params.dim; d0 += STEP) {
+        // Stage 64 rows × 16 dimensions of each operand: invocation tid loads row tid / 16 +
+        // 16r, dimension tid % 16.
+        let d = d0 + (tid & 15u);
+        for (var r = 0u; r < 4u; r++) {
+            let row = (tid >> 4u) + 16u * r;
+            let q = q0 + row;
+            let c = c0 + row;
+            var qv = 0.0;
+            if (q < params.nq && d < params.dim) {
+                qv = queries[q * params.dim + d];
+            }
+            var cv = 0.0;
+            if (c < params.nlist && d < params.dim) {
+                cv = centroids[c * params.dim + d];
+            }
+            q_tile[(tid & 15u) * STRIDE + row] = qv;
+            c_tile[(tid & 15u) * STRIDE + row] = cv;
         }
-        q_tile[lid.y * TILE + lid.x] = qv;
-        c_tile[lid.y * TILE + lid.x] = cv;
         workgroupBarrier();
-        for (var t = 0u; t < TILE; t++) {
-            let a = q_tile[lid.y * TILE + t];
-            dot += a * c_tile[lid.x * TILE + t];
-            q_norm += a * a;
+        for (var t = 0u; t < STEP; t++) {
+            var a: array<f32, 4>;
+            var b: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                a[i] = q_tile[t * STRIDE + ty + 16u * i];
+                b[i] = c_tile[t * STRIDE + tx + 16u * i];
+            }
+            for (var i = 0u; i < 4u; i++) {
+                q_norm[i] += a[i] * a[i];
+                for (var j = 0u; j < 4u; j++) {
+                    dot[i][j] += a[i] * b[j];
+                }
+            }
         }
         workgroupBarrier();
     }
-    if (q < params.nq && c < params.nlist) {
-        var s = -dot;
-        if (params.l2 != 0u) {
-            s = max(q_norm + centroid_norms[c] - 2.0 * dot, 0.0);
+    for (var i = 0u; i < 4u; i++) {
+        let q = q0 + ty + 16u * i;
+        for (var j = 0u; j < 4u; j++) {
+            let c = c0 + tx + 16u * j;
+            if (q < params.nq && c < params.nlist) {
+                var s = -dot[i][j];
+                if (params.l2 != 0u) {
+                    s = max(q_norm[i] + centroid_norms[c] - 2.0 * dot[i][j], 0.0);
+                }
+                scores[q * params.nlist + c] = s;
+                payloads[q * params.nlist + c] = vec2<u32>(0u, c);
+            }
         }
-        scores[q * params.nlist + c] = s;
-        payloads[q * params.nlist + c] = vec2<u32>(0u, c);
     }
 }
