@@ -54,10 +54,14 @@ def model(n, dim, nlist, m, bits, nprobe, k, refine, batch, l2, raw_bytes=2):
     rows.append(("lookup_tables", table, 2 * ksub * dim * 4, 0, ksub * dim))
     rows.append(("scan_items", 0, 28 * nprobe + 32 * nprobe, 0, 0))
     if bits == 8:
-        # Each item stages the query's table in shared memory (from L2), L2 terms folded;
-        # per entry M shared reads; codes from HBM; rows of (score, payload) out.
-        stage = nprobe * table * (2 if l2 else 1)
-        rows.append(("scan8", code * e + e / 8 + 12 * e, stage, nprobe * table + 4 * m * e, 0))
+        # A block takes `group` consecutive items (engine::backend::scan_items_per_block) and
+        # stages the query's table in shared memory (from L2) once per query it meets —
+        # with L2 once per item, the list's terms folded in; per entry M shared reads; codes
+        # from HBM; rows of (score, payload) out.
+        group = min(max(batch * nprobe // 2048, 1), 8)
+        stagings = nprobe if l2 else min(nprobe, math.ceil(nprobe / group) + 1)
+        stage = stagings * table * (2 if l2 else 1)
+        rows.append(("scan8", code * e + e / 8 + 12 * e, stage, stagings * table + 4 * m * e, 0))
     else:
         # Each item builds and quantizes its (query, list) table in shared memory from the
         # f32 table (L2); per entry M/2 code bytes and M u8 lookups.

@@ -1,13 +1,17 @@
 // 8-bit PQ list scan. Twin of shaders/wgsl/scan8.wgsl, stage for stage.
 //
-// One block per (query, probed list) work item; its 256 threads stride over the list's entries.
+// One block per `group` consecutive (query, probed list) work items (the host picks 1 to 8:
+// enough blocks to fill the device, few table stagings); its 256 threads stride over each
+// item's entries in turn.
 // Codes are in the GPU layout (engine/src/interleave.rs): blocks of 32 entries, each cut into
 // 16-byte chunks stored entry after entry, so a warp reads 512 contiguous bytes per chunk, one
 // 16-byte load per thread. The query's table (M × 256 floats) is staged in shared memory when
 // the host says it fits (`staged`: M KiB within the device's opt-in limit, which the host
-// enables for this kernel — M ≤ 48 anywhere, M ≤ 163 on an A100, M ≤ 227 on an H100), with
-// the list's L2 terms folded in once per block (term + table: the very addition the CPU makes
-// per entry, made once per table cell); else read through L1, the terms added per entry. An
+// enables for this kernel — M ≤ 48 anywhere, M ≤ 163 on an A100, M ≤ 227 on an H100), once
+// per block and query (a query's items are consecutive, so a group of 8 stages it once, not
+// 8 times), or with L2 once per item, the list's terms folded in (term + table: the very
+// addition the CPU makes per entry, made once per table cell); else read through L1, the
+// terms added per entry. An
 // entry's score is the coarse term plus, in sub-quantizer order, its code's (term +) table
 // entry — the CPU scan's additions in the CPU scan's order. Deleted entries score +inf.
 // Output: score and payload (0, global slot) in the query's row, for top-k.
@@ -34,48 +38,58 @@ extern "C" __global__ void scan8(
     unsigned int m,
     unsigned int l2,
     unsigned int staged,
-    unsigned int nitems)
+    unsigned int nitems,
+    unsigned int group)
 {
     extern __shared__ float table[];
     const unsigned int w = blockIdx.x + blockIdx.y * gridDim.x;
-    if (w >= nitems) return;
-    const ScanItem it = items[w];
-    const float* q_table = tables + (size_t)it.table * m * 256;
-    const float* l_terms = terms + it.terms;
-    if (staged) {
-        for (unsigned int i = threadIdx.x; i < m * 256; i += blockDim.x)
-            table[i] = l2 ? l_terms[i] + q_table[i] : q_table[i];
-        __syncthreads();
-    }
-    const float* t = staged ? table : q_table;
-    const unsigned int add_terms = l2 && !staged;
+    const unsigned int first = w * group;
+    if (first >= nitems) return;
+    const unsigned int last = min(first + group, nitems);
     const unsigned int mp = (m + 15u) & ~15u;
-    for (unsigned int i = threadIdx.x; i < it.len; i += blockDim.x) {
-        const unsigned int slot = it.gslot + i;
-        if ((dead[slot >> 5] >> (slot & 31)) & 1u) {
-            out_score[it.out + i] = __int_as_float(0x7f800000);
-            out_payload[it.out + i] = make_uint2(0xffffffffu, 0xffffffffu);
-            continue;
+    const unsigned int add_terms = l2 && !staged;
+    // The table in shared memory belongs to this query table number (none yet).
+    unsigned int staged_table = 0xffffffffu;
+    for (unsigned int at = first; at < last; at++) {
+        // Every thread reads the same item: the branches below are uniform in the block.
+        const ScanItem it = items[at];
+        const float* q_table = tables + (size_t)it.table * m * 256;
+        const float* l_terms = terms + it.terms;
+        if (staged && (l2 || it.table != staged_table)) {
+            __syncthreads();  // the previous item's reads of `table` are done
+            for (unsigned int i = threadIdx.x; i < m * 256; i += blockDim.x)
+                table[i] = l2 ? l_terms[i] + q_table[i] : q_table[i];
+            __syncthreads();
+            staged_table = it.table;
         }
-        float acc = it.bias;
-        // This entry's first chunk; chunk c is c · 512 bytes further.
-        const unsigned char* code = codes + it.byte_off + (size_t)(i >> 5) * 32u * mp + (i & 31u) * 16u;
-        for (unsigned int c0 = 0; c0 < m; c0 += 16) {
-            const uint4 v = *reinterpret_cast<const uint4*>(code + (size_t)c0 * 32u);
+        const float* t = staged ? table : q_table;
+        for (unsigned int i = threadIdx.x; i < it.len; i += blockDim.x) {
+            const unsigned int slot = it.gslot + i;
+            if ((dead[slot >> 5] >> (slot & 31)) & 1u) {
+                out_score[it.out + i] = __int_as_float(0x7f800000);
+                out_payload[it.out + i] = make_uint2(0xffffffffu, 0xffffffffu);
+                continue;
+            }
+            float acc = it.bias;
+            // This entry's first chunk; chunk c is c · 512 bytes further.
+            const unsigned char* code = codes + it.byte_off + (size_t)(i >> 5) * 32u * mp + (i & 31u) * 16u;
+            for (unsigned int c0 = 0; c0 < m; c0 += 16) {
+                const uint4 v = *reinterpret_cast<const uint4*>(code + (size_t)c0 * 32u);
 #pragma unroll
-            for (unsigned int j = 0; j < 16; j++) {
-                const unsigned int s = c0 + j;
-                if (s < m) {
-                    const unsigned int word = j < 4 ? v.x : j < 8 ? v.y : j < 12 ? v.z : v.w;
-                    const unsigned int c = (word >> ((j & 3u) * 8u)) & 0xffu;
-                    float x = t[s * 256 + c];
-                    if (add_terms) x = l_terms[s * 256 + c] + x;
-                    acc += x;
+                for (unsigned int j = 0; j < 16; j++) {
+                    const unsigned int s = c0 + j;
+                    if (s < m) {
+                        const unsigned int word = j < 4 ? v.x : j < 8 ? v.y : j < 12 ? v.z : v.w;
+                        const unsigned int c = (word >> ((j & 3u) * 8u)) & 0xffu;
+                        float x = t[s * 256 + c];
+                        if (add_terms) x = l_terms[s * 256 + c] + x;
+                        acc += x;
+                    }
                 }
             }
+            out_score[it.out + i] = acc;
+            out_payload[it.out + i] = make_uint2(0u, slot);
         }
-        out_score[it.out + i] = acc;
-        out_payload[it.out + i] = make_uint2(0u, slot);
     }
 }
 

@@ -1199,16 +1199,18 @@ impl CudaBackend {
                 let staged = m * 256 * 4 <= self.scan8_shared;
                 let smem = if staged { (m * 256 * 4) as u32 } else { 0 };
                 let staged = u32::from(staged);
+                let group = quiver_engine::backend::scan_items_per_block(items.len());
                 let cfg = LaunchConfig {
-                    grid_dim: grid(items.len()),
+                    grid_dim: grid(items.len().div_ceil(group)),
                     block_dim: (256, 1, 1),
                     shared_mem_bytes: smem,
                 };
+                let group = group as u32;
                 let mut b = self.io.compute.launch_builder(&self.scan8);
                 codes.push(&mut b);
                 b.arg(&item_buf).arg(&t).arg(terms).arg(&p.dead);
                 b.arg(&mut row_s).arg(&mut row_p).arg(&m_u).arg(&l2);
-                b.arg(&staged).arg(&n);
+                b.arg(&staged).arg(&n).arg(&group);
                 // SAFETY: argument types and order match `scan8` (the staged buffers hold
                 // `ScanItem`s and f32 tables); items address codes and output rows built
                 // above; shared memory holds one table when `staged`.

@@ -257,9 +257,10 @@ impl CudaBackend {
                 let staged = m * 256 * 4 <= self.scan8_shared;
                 let smem = if staged { (m * 256 * 4) as u32 } else { 0 };
                 let staged = u32::from(staged);
-                let (m_u, n_u) = (m as u32, nitems as u32);
+                let group = quiver_engine::backend::scan_items_per_block(nitems);
+                let (m_u, n_u, g_u) = (m as u32, nitems as u32, group as u32);
                 let cfg = LaunchConfig {
-                    grid_dim: grid(nitems),
+                    grid_dim: grid(nitems.div_ceil(group)),
                     block_dim: (256, 1, 1),
                     shared_mem_bytes: smem,
                 };
@@ -274,7 +275,8 @@ impl CudaBackend {
                     .arg(&m_u)
                     .arg(&l2)
                     .arg(&staged)
-                    .arg(&n_u);
+                    .arg(&n_u)
+                    .arg(&g_u);
                 // SAFETY: argument types and order match `scan8`; the items address resident
                 // codes and rows of `ss` / `sp` below each row's length.
                 unsafe { b.launch(cfg) }.map_err(driver)?;

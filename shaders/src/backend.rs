@@ -387,7 +387,12 @@ impl WgpuBackend {
                 (its.len() * 32) as u64,
             )?;
             let item_buf = storage(&self.gpu, "scan items", its);
-            let groups = grid(its.len() as u64)?;
+            let group8 = quiver_engine::backend::scan_items_per_block(its.len());
+            let groups = if fast {
+                grid(its.len() as u64)?
+            } else {
+                grid(its.len().div_ceil(group8) as u64)?
+            };
             if fast {
                 let params = uniform(&self.gpu, &[m as u32, its.len() as u32, 0, 0]);
                 self.scan4.dispatch(
@@ -413,7 +418,7 @@ impl WgpuBackend {
                         m as u32,
                         u32::from(p.l2_terms.is_some()),
                         its.len() as u32,
-                        0,
+                        group8 as u32,
                     ],
                 );
                 self.scan8.dispatch(

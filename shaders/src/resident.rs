@@ -264,22 +264,27 @@ impl WgpuBackend {
         let ss = output(gpu, "scan scores", (rows * stride * 4) as u64);
         let sp = output(gpu, "scan payloads", (rows * stride * 8) as u64);
         let terms = p.l2_terms.as_ref().map(|t| &t.1[0]).unwrap_or(&p.no_terms);
+        // 4-bit: `scan4.wgsl`'s `quantized` entry (one item a workgroup), its tables, terms
+        // and parameters at bindings 8 to 10; 8-bit: `group` items a workgroup.
+        let (scan, tables_at, params_at, group) = if index.layout() == CodeLayout::Packed4x32 {
+            (&self.scan4_quantized, 8, 10, 1)
+        } else {
+            (
+                &self.scan8,
+                2,
+                7,
+                quiver_engine::backend::scan_items_per_block(nitems),
+            )
+        };
         let sparams = uniform(
             gpu,
             &[
                 t.m as u32,
                 u32::from(p.l2_terms.is_some()),
                 nitems as u32,
-                0,
+                group as u32,
             ],
         );
-        // 4-bit: `scan4.wgsl`'s `quantized` entry, its tables, terms and parameters at
-        // bindings 8 to 10.
-        let (scan, tables_at, params_at) = if index.layout() == CodeLayout::Packed4x32 {
-            (&self.scan4_quantized, 8, 10)
-        } else {
-            (&self.scan8, 2, 7)
-        };
         scan.dispatch_bound(
             gpu,
             enc,
@@ -293,7 +298,7 @@ impl WgpuBackend {
                 (6, sp.as_entire_binding()),
                 (params_at, sparams.as_entire_binding()),
             ],
-            grid(nitems as u64)?,
+            grid(nitems.div_ceil(group) as u64)?,
         );
         // 6. Each query's best `keep` candidates.
         let (ks, kp) = self

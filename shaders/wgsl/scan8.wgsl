@@ -1,8 +1,8 @@
 // 8-bit PQ list scan: the approximate score of every entry of every probed list. Twin of
 // kernels/cuda/scan8.cu.
 //
-// One workgroup per (query, probed list) work item; its 256 threads stride over the list's
-// entries. Codes are in the GPU layout (engine/src/interleave.rs): blocks of 32 entries, each
+// One workgroup per `group` consecutive (query, probed list) work items (the host picks 1 to
+// 8, as for CUDA); its 256 invocations stride over each item's entries in turn. Codes are in the GPU layout (engine/src/interleave.rs): blocks of 32 entries, each
 // cut into 16-byte chunks stored entry after entry, so 32 consecutive invocations read 512
 // contiguous bytes per chunk, one vec4<u32> each. An entry's score is the coarse term
 // (`bias`) plus, for each sub-quantizer in order, the query's table entry for its code (L2
@@ -28,7 +28,7 @@ struct Params {
     m: u32,
     l2: u32,
     items: u32,
-    pad: u32,
+    group: u32, // consecutive items per workgroup
 }
 
 @group(0) @binding(0) var<storage, read> codes: array<vec4<u32>>;
@@ -46,39 +46,43 @@ fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
 ) {
     let w = wid.x + wid.y * 65535u;
-    if (w >= params.items) {
+    let first = w * params.group;
+    if (first >= params.items) {
         return;
     }
-    let it = items[w];
+    let last = min(first + params.group, params.items);
     let m = params.m;
-    let t0 = it.table * m * 256u;
-    let l0 = it.terms;
-    for (var i = tid; i < it.len; i += 256u) {
-        let slot = it.gslot + i;
-        if (((dead[slot >> 5u] >> (slot & 31u)) & 1u) == 1u) {
-            out_score[it.out + i] = bitcast<f32>(0x7f800000u);
-            out_payload[it.out + i] = vec2<u32>(0xffffffffu, 0xffffffffu);
-            continue;
-        }
-        var acc = it.bias;
-        // This entry's first chunk, in 16-byte words; chunk c is 32 words further.
-        let mp = (m + 15u) & ~15u;
-        let w0 = (it.byte_off + (i >> 5u) * 32u * mp + (i & 31u) * 16u) >> 4u;
-        for (var c0 = 0u; c0 < m; c0 += 16u) {
-            let v = codes[w0 + c0 * 2u];
-            for (var j = 0u; j < 16u; j++) {
-                let s = c0 + j;
-                if (s < m) {
-                    let c = (v[j >> 2u] >> ((j & 3u) * 8u)) & 0xffu;
-                    var t = tables[t0 + s * 256u + c];
-                    if (params.l2 != 0u) {
-                        t = terms[l0 + s * 256u + c] + t;
+    let mp = (m + 15u) & ~15u;
+    for (var at = first; at < last; at++) {
+        let it = items[at];
+        let t0 = it.table * m * 256u;
+        let l0 = it.terms;
+        for (var i = tid; i < it.len; i += 256u) {
+            let slot = it.gslot + i;
+            if (((dead[slot >> 5u] >> (slot & 31u)) & 1u) == 1u) {
+                out_score[it.out + i] = bitcast<f32>(0x7f800000u);
+                out_payload[it.out + i] = vec2<u32>(0xffffffffu, 0xffffffffu);
+                continue;
+            }
+            var acc = it.bias;
+            // This entry's first chunk, in 16-byte words; chunk c is 32 words further.
+            let w0 = (it.byte_off + (i >> 5u) * 32u * mp + (i & 31u) * 16u) >> 4u;
+            for (var c0 = 0u; c0 < m; c0 += 16u) {
+                let v = codes[w0 + c0 * 2u];
+                for (var j = 0u; j < 16u; j++) {
+                    let s = c0 + j;
+                    if (s < m) {
+                        let c = (v[j >> 2u] >> ((j & 3u) * 8u)) & 0xffu;
+                        var t = tables[t0 + s * 256u + c];
+                        if (params.l2 != 0u) {
+                            t = terms[l0 + s * 256u + c] + t;
+                        }
+                        acc += t;
                     }
-                    acc += t;
                 }
             }
+            out_score[it.out + i] = acc;
+            out_payload[it.out + i] = vec2<u32>(0u, slot);
         }
-        out_score[it.out + i] = acc;
-        out_payload[it.out + i] = vec2<u32>(0u, slot);
     }
 }

@@ -350,6 +350,14 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     }
 }
 
+/// Work items one block (workgroup) of the GPU backends' 8-bit scan takes in turn: a query's
+/// items are consecutive, so a block stages its table once for the group instead of once per
+/// item. From 1 (small batches: every item its own block, to fill the device) to 8 (from
+/// 16,384 items on).
+pub fn scan_items_per_block(items: usize) -> usize {
+    (items / 2048).clamp(1, 8)
+}
+
 /// The coarse term a list adds to every score of its entries: the list's coarse score when
 /// codes are residuals (the score then splits into query–centroid and query–residual parts),
 /// zero when codes encode the vectors themselves (inner-product metrics only). Every backend
