@@ -2,13 +2,14 @@
 //! lists stay row-major, one entry's M code bytes after another).
 //!
 //! Entries go in blocks of [`BLOCK`] (32: one warp); within a block the codes are cut into
-//! chunks of [`CHUNK`] (16) bytes, chunk after chunk, and within a chunk the 32 entries' 16
-//! bytes follow one another. Entry `i` of a list reads chunk `c` at byte
-//! `(i / 32) · 32 · Mp + c · 512 + (i % 32) · 16`, where `Mp` is M rounded up to a multiple
-//! of 16 (the padding bytes are zero and never scored). A warp scanning 32 consecutive
-//! entries therefore reads 512 contiguous bytes per chunk, one 16-byte load per thread, where
-//! the row-major layout has each thread read single bytes M apart (M wavefronts per chunk).
-//! The last block of a list is padded with zero entries, which the scans never read.
+//! chunks of [`CHUNK`] (16) bytes, chunk after chunk, and within a chunk the block's entries'
+//! 16 bytes follow one another. With `Mp` = M rounded up to a multiple of 16 (the padding
+//! bytes are zero and never scored) and `nb` the entries in entry i's block (32, or fewer in a
+//! list's last block), entry `i` reads chunk `c` at byte
+//! `(i / 32) · 32 · Mp + c · 16 · nb + (i % 32) · 16`. A warp scanning 32 consecutive entries
+//! therefore reads 512 contiguous bytes per chunk, one 16-byte load per thread, where the
+//! row-major layout has each thread read single bytes M apart (M wavefronts per chunk). A
+//! list of n entries takes n · Mp bytes: the last block is as long as its entries.
 
 use crate::list::CodeLayout;
 use crate::IvfPqIndex;
@@ -23,9 +24,19 @@ pub fn padded_m(m: usize) -> usize {
     m.next_multiple_of(CHUNK)
 }
 
-/// Bytes `n` entries of M-byte codes take interleaved (whole blocks).
+/// Bytes `n` entries of M-byte codes take interleaved.
 pub fn interleaved_bytes(n: usize, m: usize) -> usize {
-    n.div_ceil(BLOCK) * BLOCK * padded_m(m)
+    n * padded_m(m)
+}
+
+/// Entries in the block holding entry `i` of a list of `n`.
+fn block_entries(i: usize, n: usize) -> usize {
+    (n - i / BLOCK * BLOCK).min(BLOCK)
+}
+
+/// Byte of chunk `c` of entry `i` (of a list of `n`) in the interleaved run.
+fn chunk_at(i: usize, n: usize, mp: usize, c: usize) -> usize {
+    (i / BLOCK) * BLOCK * mp + c * CHUNK * block_entries(i, n) + (i % BLOCK) * CHUNK
 }
 
 /// Appends `codes` (row-major, `m` bytes per entry, a whole number of entries) interleaved to
@@ -40,10 +51,8 @@ pub fn interleave(codes: &[u8], m: usize, out: &mut Vec<u8>) {
     out.resize(start + interleaved_bytes(n, m), 0);
     let dst = &mut out[start..];
     for (i, code) in codes.chunks_exact(m).enumerate() {
-        let block = (i / BLOCK) * BLOCK * mp;
-        let lane = (i % BLOCK) * CHUNK;
         for (c, part) in code.chunks(CHUNK).enumerate() {
-            let at = block + c * BLOCK * CHUNK + lane;
+            let at = chunk_at(i, n, mp, c);
             dst[at..at + part.len()].copy_from_slice(part);
         }
     }
@@ -68,13 +77,11 @@ pub fn append_device_codes(index: &IvfPqIndex, l: usize, out: &mut Vec<u8>) {
     }
 }
 
-/// Entry `i`'s code read back from an interleaved run (for tests and checks).
-pub fn code_at(interleaved: &[u8], m: usize, i: usize) -> Vec<u8> {
+/// Entry `i`'s code read back from an interleaved run of `n` entries (for tests and checks).
+pub fn code_at(interleaved: &[u8], m: usize, n: usize, i: usize) -> Vec<u8> {
     let mp = padded_m(m);
-    let block = (i / BLOCK) * BLOCK * mp;
-    let lane = (i % BLOCK) * CHUNK;
     (0..m)
-        .map(|s| interleaved[block + (s / CHUNK) * BLOCK * CHUNK + lane + s % CHUNK])
+        .map(|s| interleaved[chunk_at(i, n, mp, s / CHUNK) + s % CHUNK])
         .collect()
 }
 
@@ -101,7 +108,7 @@ mod tests {
             let run = &out[5..];
             for i in 0..n {
                 assert_eq!(
-                    code_at(run, m, i),
+                    code_at(run, m, n, i),
                     &codes[i * m..(i + 1) * m],
                     "n {n} m {m} i {i}"
                 );
@@ -109,6 +116,27 @@ mod tests {
             let written: usize = codes.iter().filter(|&&b| b != 0).count();
             let nonzero = run.iter().filter(|&&b| b != 0).count();
             assert_eq!(nonzero, written, "padding is zero (n {n} m {m})");
+        }
+    }
+
+    #[test]
+    fn a_short_last_block_is_as_long_as_its_entries() {
+        // 40 entries of M = 20 (Mp 32): a full block, then 8 entries whose chunks are 8 × 16
+        // bytes apart.
+        let (n, m) = (40, 20);
+        let codes: Vec<u8> = (0..n * m).map(|i| (i % 253 + 1) as u8).collect();
+        let mut out = Vec::new();
+        interleave(&codes, m, &mut out);
+        assert_eq!(out.len(), n * 32);
+        let second = 32 * 32;
+        for lane in 0..8 {
+            let i = 32 + lane;
+            assert_eq!(
+                &out[second + lane * 16..second + lane * 16 + 16],
+                &codes[i * m..i * m + 16]
+            );
+            let c1 = second + 8 * 16 + lane * 16;
+            assert_eq!(&out[c1..c1 + 4], &codes[i * m + 16..i * m + 20]);
         }
     }
 

@@ -3,9 +3,9 @@
 // One block per `group` consecutive (query, probed list) work items (the host picks 1 to 8:
 // enough blocks to fill the device, few table stagings); its 256 threads stride over each
 // item's entries in turn.
-// Codes are in the GPU layout (engine/src/interleave.rs): blocks of 32 entries, each cut into
-// 16-byte chunks stored entry after entry, so a warp reads 512 contiguous bytes per chunk, one
-// 16-byte load per thread. The query's table (M × 256 floats) is staged in shared memory when
+// Codes are in the GPU layout (engine/src/interleave.rs): blocks of 32 entries (fewer in a
+// list's last block), each cut into 16-byte chunks stored entry after entry, so a warp reads
+// 512 contiguous bytes per chunk, one 16-byte load per thread. The query's table (M × 256 floats) is staged in shared memory when
 // the host says it fits (`staged`: M KiB within the device's opt-in limit, which the host
 // enables for this kernel — M ≤ 48 anywhere, M ≤ 163 on an A100, M ≤ 227 on an H100), once
 // per block and query (a query's items are consecutive, so a group of 8 stages it once, not
@@ -71,10 +71,12 @@ extern "C" __global__ void scan8(
                 continue;
             }
             float acc = it.bias;
-            // This entry's first chunk; chunk c is c · 512 bytes further.
+            // This entry's first chunk; chunk c is c · 16 · nb bytes further (nb: entries in
+            // its block, 32 but in a list's last block).
+            const unsigned int nb = min(32u, it.len - (i & ~31u));
             const unsigned char* code = codes + it.byte_off + (size_t)(i >> 5) * 32u * mp + (i & 31u) * 16u;
             for (unsigned int c0 = 0; c0 < m; c0 += 16) {
-                const uint4 v = *reinterpret_cast<const uint4*>(code + (size_t)c0 * 32u);
+                const uint4 v = *reinterpret_cast<const uint4*>(code + (size_t)c0 * nb);
 #pragma unroll
                 for (unsigned int j = 0; j < 16; j++) {
                     const unsigned int s = c0 + j;

@@ -843,6 +843,29 @@ impl Backend for CudaBackend {
             .map_err(engine_err)
     }
 
+    /// One device-resident batch for all of `prepared` when they share their quantizers and
+    /// each could take the resident path alone; otherwise each in turn.
+    fn search_many(
+        &self,
+        prepared: &[&CudaPrepared],
+        queries: &[f32],
+        params: &SearchParams,
+    ) -> Result<Vec<Neighbors>, EngineError> {
+        let together = prepared.len() >= 2
+            && prepared.iter().all(|p| {
+                self.resident_eligible(p, params)
+                    && Arc::ptr_eq(&p.dev.quant, &prepared[0].dev.quant)
+            });
+        if !together {
+            return quiver_engine::backend::search_each(self, prepared, queries, params);
+        }
+        let first = &prepared[0].index;
+        params.validate(first)?;
+        let queries = first.prepare_queries(queries)?;
+        self.resident_search_many(prepared, &queries, params)
+            .map_err(engine_err)
+    }
+
     /// The emulator's counters (the whole process's); `None` on NVIDIA's driver.
     fn counters(&self) -> Option<quiver_engine::backend::DeviceCounters> {
         crate::counters::emulator_counters()

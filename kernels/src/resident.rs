@@ -67,68 +67,107 @@ impl CudaBackend {
         queries: &[f32],
         params: &SearchParams,
     ) -> Result<Neighbors, CudaError> {
-        let index = p.index_arc();
+        self.resident_search_many(&[p], queries, params)?
+            .pop()
+            .ok_or_else(|| CudaError::Driver("internal: no result".into()))
+    }
+
+    /// Runs the batch (queries already validated and normalised) on the device against every
+    /// index of `segs` (all eligible, all with the same quantizers): one upload of the
+    /// queries, one coarse search and one set of tables per tile for all of them, each
+    /// index's best k into its part of one result buffer, one download. Results in the order
+    /// of `segs`.
+    pub(crate) fn resident_search_many(
+        &self,
+        segs: &[&CudaPrepared],
+        queries: &[f32],
+        params: &SearchParams,
+    ) -> Result<Vec<Neighbors>, CudaError> {
+        let Some(first) = segs.first() else {
+            return Ok(Vec::new());
+        };
+        let index = first.index_arc();
         let dim = index.dim();
         let nq = queries.len() / dim;
         let k = params.k;
         if nq == 0 {
-            return Ok(Neighbors::new(k));
+            return Ok(segs.iter().map(|_| Neighbors::new(k)).collect());
         }
-        let per_query = self.resident_bytes_per_query(p, params);
+        let nprobe = params.nprobe.min(index.nlist());
+        let per_query = segs
+            .iter()
+            .map(|p| self.resident_bytes_per_query(p, params))
+            .max()
+            .unwrap_or(1);
         // Tiles as large as the memory a batch may take (eight pipeline tiles: 512 MiB on a
         // device with 4 GiB free), so a usual batch is one tile; rows × stride must index
         // in 32 bits.
-        let stride = p.dev.row_bound[params.nprobe.min(index.nlist())].max(1);
+        let stride = segs
+            .iter()
+            .map(|p| p.dev.row_bound[nprobe].max(1))
+            .max()
+            .unwrap_or(1);
         let rows_per_tile = ((self.tile_bytes * 8) / per_query)
             .min((u32::MAX as usize) / stride.max(index.nlist()).max(params.candidates()))
             .clamp(1, nq);
         let q_dev = self.upload(queries)?;
-        // One buffer for the results: nq × k scores, then (8-byte aligned) nq × k payloads.
-        let s_words = (nq * k).next_multiple_of(2);
-        // SAFETY: the final selection writes every score and payload word of every row.
+        // One buffer for the results: segments × nq × k scores, then (8-byte aligned) as
+        // many payloads; segment s's part is at s × nq × k.
+        let total = segs.len() * nq * k;
+        let s_words = total.next_multiple_of(2);
+        // SAFETY: the final selections write every score and payload word of every row of
+        // every segment.
         let mut result =
-            unsafe { self.io.compute.alloc::<u32>(s_words + 2 * nq * k) }.map_err(driver)?;
+            unsafe { self.io.compute.alloc::<u32>(s_words + 2 * total) }.map_err(driver)?;
         {
             let (mut res_s, mut res_p) = result.split_at_mut(s_words);
             let mut a = 0;
             while a < nq {
                 let b = (a + rows_per_tile).min(nq);
                 let q_view = q_dev.slice(a * dim..b * dim);
-                let mut out_s = res_s.slice_mut(a * k..b * k);
-                let mut out_p = res_p.slice_mut(2 * a * k..2 * b * k);
-                self.resident_tile(p, &q_view, b - a, params, &mut out_s, &mut out_p)?;
+                self.resident_tile(segs, &q_view, (a, b, nq), params, &mut res_s, &mut res_p)?;
                 a = b;
             }
         }
         let words = self.download(&result)?;
-        let scores: &[f32] = bytemuck::cast_slice(&words[..nq * k]);
+        let scores: &[f32] = bytemuck::cast_slice(&words[..total]);
         let metric = index.metric();
         let pad = Neighbors::padding_distance(metric);
-        let mut ids = vec![-1i64; nq * k];
-        let mut distances = vec![pad; nq * k];
-        for i in 0..nq * k {
-            let (hi, lo) = (words[s_words + 2 * i], words[s_words + 2 * i + 1]);
-            if hi == u32::MAX && lo == u32::MAX && scores[i] == f32::INFINITY {
-                continue;
+        let mut out = Vec::with_capacity(segs.len());
+        for s in 0..segs.len() {
+            let mut ids = vec![-1i64; nq * k];
+            let mut distances = vec![pad; nq * k];
+            for i in 0..nq * k {
+                let at = s * nq * k + i;
+                let (hi, lo) = (words[s_words + 2 * at], words[s_words + 2 * at + 1]);
+                if hi == u32::MAX && lo == u32::MAX && scores[at] == f32::INFINITY {
+                    continue;
+                }
+                ids[i] = (u64::from(hi) << 32 | u64::from(lo)) as i64;
+                distances[i] = metric.reported(scores[at]);
             }
-            ids[i] = (u64::from(hi) << 32 | u64::from(lo)) as i64;
-            distances[i] = metric.reported(scores[i]);
+            out.push(Neighbors { k, ids, distances });
         }
-        Ok(Neighbors { k, ids, distances })
+        Ok(out)
     }
 
-    /// Every stage for `rows` queries (`queries`, on the device), the best k of each written
-    /// to `out_s` / `out_p`.
-    #[allow(clippy::too_many_arguments)]
+    /// Every stage for the queries `a..b` of `nq` (`queries`, on the device): the coarse
+    /// search and tables once (the indexes share their quantizers), then for each index of
+    /// `segs` its items, scan, selections and refine, its best k of each query written to
+    /// its part of the result (`res_s` / `res_p`: segment s's rows at s × nq × k).
     fn resident_tile<'v>(
         &self,
-        p: &CudaPrepared,
+        segs: &[&CudaPrepared],
         queries: &cudarc::driver::CudaView<'_, f32>,
-        rows: usize,
+        (a, b, nq): (usize, usize, usize),
         params: &SearchParams,
-        out_s: &mut CudaViewMut<'v, u32>,
-        out_p: &mut CudaViewMut<'v, u32>,
+        res_s: &mut CudaViewMut<'v, u32>,
+        res_p: &mut CudaViewMut<'v, u32>,
     ) -> Result<(), CudaError> {
+        let rows = b - a;
+        let p = segs
+            .first()
+            .ok_or_else(|| CudaError::Driver("internal: no index".into()))?;
         let index = p.index_arc();
         let (dim, nlist) = (index.dim(), index.nlist());
         let pq = index.pq();
@@ -190,152 +229,160 @@ impl CudaBackend {
             // SAFETY: argument types and order match `lookup_tables`; threads past n return.
             unsafe { b.launch(cfg) }.map_err(driver)?;
         }
-        // 4. Work items and row lengths from the probes.
-        let stride = dev.row_bound[nprobe].max(1);
-        let nitems = rows * nprobe;
-        let mut items = unsafe { stream.alloc::<u32>(nitems * 8) }.map_err(driver)?;
-        let mut row_len = unsafe { stream.alloc::<u32>(rows) }.map_err(driver)?;
-        {
-            let cfg = LaunchConfig {
-                grid_dim: grid(rows.div_ceil(128)),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let (np_u, st_u, tl_u) = (nprobe as u32, stride as u32, tl as u32);
-            let by_residual = u32::from(index.params().by_residual());
-            let mut b = stream.launch_builder(&self.scan_items);
-            b.arg(&pp)
-                .arg(&ps)
-                .arg(&dev.places)
-                .arg(&mut items)
-                .arg(&mut row_len);
-            b.arg(&rows_u)
-                .arg(&np_u)
-                .arg(&st_u)
-                .arg(&tl_u)
-                .arg(&by_residual);
-            // SAFETY: argument types and order match `scan_items` (`places` is four words a
-            // list, `items` eight words an item); each thread writes its query's items.
-            unsafe { b.launch(cfg) }.map_err(driver)?;
-        }
-        // 5. The scan into rows `stride` apart (4-bit: each item's table quantized there).
-        let mut ss = unsafe { stream.alloc::<u32>(rows * stride) }.map_err(driver)?;
-        let mut sp = unsafe { stream.alloc::<u32>(2 * rows * stride) }.map_err(driver)?;
-        {
-            let codes = dev
-                .codes
-                .as_ref()
-                .ok_or_else(|| CudaError::Driver("internal: codes not resident".into()))?;
-            let no_terms;
-            let terms = match &dev.quant.l2_terms {
-                Some((_, d)) => d,
-                None => {
-                    no_terms = unsafe { stream.alloc::<f32>(1) }.map_err(driver)?;
-                    &no_terms
-                }
-            };
-            let l2 = u32::from(dev.quant.l2_terms.is_some());
-            if index.layout() == CodeLayout::Packed4x32 {
-                let (m_u, n_u) = (m as u32, nitems as u32);
+        let k = params.k;
+        for (seg, p) in segs.iter().enumerate() {
+            let index = p.index_arc();
+            let dev = &p.dev;
+            // 4. Work items and row lengths from the probes.
+            let stride = dev.row_bound[nprobe].max(1);
+            let nitems = rows * nprobe;
+            let mut items = unsafe { stream.alloc::<u32>(nitems * 8) }.map_err(driver)?;
+            let mut row_len = unsafe { stream.alloc::<u32>(rows) }.map_err(driver)?;
+            {
                 let cfg = LaunchConfig {
-                    grid_dim: grid(nitems),
-                    block_dim: (256, 1, 1),
-                    shared_mem_bytes: (m * (16 * 5 + 8) + 8) as u32,
+                    grid_dim: grid(rows.div_ceil(128)),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: 0,
                 };
-                let mut b = stream.launch_builder(&self.scan4_quantized);
-                b.arg(codes)
-                    .arg(&items)
-                    .arg(&tables)
-                    .arg(terms)
-                    .arg(&p.dead);
-                b.arg(&mut ss).arg(&mut sp).arg(&m_u).arg(&l2).arg(&n_u);
-                // SAFETY: argument types and order match `scan4_quantized`; the items
-                // address resident codes and rows of `ss` / `sp` below each row's length;
-                // shared memory holds the item's float table, ranges and u8 table.
-                unsafe { b.launch(cfg) }.map_err(driver)?;
-            } else {
-                let staged = m * 256 * 4 <= self.scan8_shared;
-                let smem = if staged { (m * 256 * 4) as u32 } else { 0 };
-                let staged = u32::from(staged);
-                let group = quiver_engine::backend::scan_items_per_block(nitems);
-                let (m_u, n_u, g_u) = (m as u32, nitems as u32, group as u32);
-                let cfg = LaunchConfig {
-                    grid_dim: grid(nitems.div_ceil(group)),
-                    block_dim: (256, 1, 1),
-                    shared_mem_bytes: smem,
-                };
-                let mut b = stream.launch_builder(&self.scan8);
-                b.arg(codes)
-                    .arg(&items)
-                    .arg(&tables)
-                    .arg(terms)
-                    .arg(&p.dead);
-                b.arg(&mut ss)
-                    .arg(&mut sp)
-                    .arg(&m_u)
-                    .arg(&l2)
-                    .arg(&staged)
-                    .arg(&n_u)
-                    .arg(&g_u);
-                // SAFETY: argument types and order match `scan8`; the items address resident
-                // codes and rows of `ss` / `sp` below each row's length.
+                let (np_u, st_u, tl_u) = (nprobe as u32, stride as u32, tl as u32);
+                let by_residual = u32::from(index.params().by_residual());
+                let mut b = stream.launch_builder(&self.scan_items);
+                b.arg(&pp)
+                    .arg(&ps)
+                    .arg(&dev.places)
+                    .arg(&mut items)
+                    .arg(&mut row_len);
+                b.arg(&rows_u)
+                    .arg(&np_u)
+                    .arg(&st_u)
+                    .arg(&tl_u)
+                    .arg(&by_residual);
+                // SAFETY: argument types and order match `scan_items` (`places` is four words a
+                // list, `items` eight words an item); each thread writes its query's items.
                 unsafe { b.launch(cfg) }.map_err(driver)?;
             }
+            // 5. The scan into rows `stride` apart (4-bit: each item's table quantized there).
+            let mut ss = unsafe { stream.alloc::<u32>(rows * stride) }.map_err(driver)?;
+            let mut sp = unsafe { stream.alloc::<u32>(2 * rows * stride) }.map_err(driver)?;
+            {
+                let codes = dev
+                    .codes
+                    .as_ref()
+                    .ok_or_else(|| CudaError::Driver("internal: codes not resident".into()))?;
+                let no_terms;
+                let terms = match &dev.quant.l2_terms {
+                    Some((_, d)) => d,
+                    None => {
+                        no_terms = unsafe { stream.alloc::<f32>(1) }.map_err(driver)?;
+                        &no_terms
+                    }
+                };
+                let l2 = u32::from(dev.quant.l2_terms.is_some());
+                if index.layout() == CodeLayout::Packed4x32 {
+                    let (m_u, n_u) = (m as u32, nitems as u32);
+                    let cfg = LaunchConfig {
+                        grid_dim: grid(nitems),
+                        block_dim: (256, 1, 1),
+                        shared_mem_bytes: (m * (16 * 5 + 8) + 8) as u32,
+                    };
+                    let mut b = stream.launch_builder(&self.scan4_quantized);
+                    b.arg(codes)
+                        .arg(&items)
+                        .arg(&tables)
+                        .arg(terms)
+                        .arg(&p.dead);
+                    b.arg(&mut ss).arg(&mut sp).arg(&m_u).arg(&l2).arg(&n_u);
+                    // SAFETY: argument types and order match `scan4_quantized`; the items
+                    // address resident codes and rows of `ss` / `sp` below each row's length;
+                    // shared memory holds the item's float table, ranges and u8 table.
+                    unsafe { b.launch(cfg) }.map_err(driver)?;
+                } else {
+                    let staged = m * 256 * 4 <= self.scan8_shared;
+                    let smem = if staged { (m * 256 * 4) as u32 } else { 0 };
+                    let staged = u32::from(staged);
+                    let group = quiver_engine::backend::scan_items_per_block(nitems);
+                    let (m_u, n_u, g_u) = (m as u32, nitems as u32, group as u32);
+                    let cfg = LaunchConfig {
+                        grid_dim: grid(nitems.div_ceil(group)),
+                        block_dim: (256, 1, 1),
+                        shared_mem_bytes: smem,
+                    };
+                    let mut b = stream.launch_builder(&self.scan8);
+                    b.arg(codes)
+                        .arg(&items)
+                        .arg(&tables)
+                        .arg(terms)
+                        .arg(&p.dead);
+                    b.arg(&mut ss)
+                        .arg(&mut sp)
+                        .arg(&m_u)
+                        .arg(&l2)
+                        .arg(&staged)
+                        .arg(&n_u)
+                        .arg(&g_u);
+                    // SAFETY: argument types and order match `scan8`; the items address resident
+                    // codes and rows of `ss` / `sp` below each row's length.
+                    unsafe { b.launch(cfg) }.map_err(driver)?;
+                }
+            }
+            // 6. Each query's best `keep` candidates.
+            let (ks, kp) = self
+                .select_strided_rounds(ss, sp, rows, stride, Some(&row_len), keep, SelectOut::New)?
+                .ok_or_else(|| CudaError::Driver("internal: no candidates".into()))?;
+            // 7. Refine at the candidates' global slots; payloads become ids.
+            let n = rows * keep;
+            let mut rs = unsafe { stream.alloc::<u32>(n) }.map_err(driver)?;
+            let mut rp = unsafe { stream.alloc::<u32>(2 * n) }.map_err(driver)?;
+            {
+                let ids = dev
+                    .ids
+                    .as_ref()
+                    .ok_or_else(|| CudaError::Driver("internal: ids not resident".into()))?;
+                let has_raw = index.params().refine != RefineKind::None;
+                let f16 = u32::from(p.raw_f16);
+                let (ip_u, has_raw_u, per_u, n_u) =
+                    (u32::from(ip), u32::from(has_raw), keep as u32, n as u32);
+                let cfg = LaunchConfig {
+                    grid_dim: grid(n.div_ceil(4)),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let mut b = stream.launch_builder(&self.refine_candidates);
+                match &dev.raw {
+                    Some(raw) => b.arg(raw),
+                    // Never read without raw vectors.
+                    None => b.arg(ids),
+                };
+                b.arg(&ks)
+                    .arg(&kp)
+                    .arg(ids)
+                    .arg(queries)
+                    .arg(&mut rs)
+                    .arg(&mut rp);
+                b.arg(&dim_u)
+                    .arg(&f16)
+                    .arg(&ip_u)
+                    .arg(&has_raw_u)
+                    .arg(&per_u)
+                    .arg(&n_u);
+                // SAFETY: argument types and order match `refine_candidates`; one warp per
+                // candidate, each reading its raw vector at its global slot × dim.
+                unsafe { b.launch(cfg) }.map_err(driver)?;
+            }
+            // 8. The best k by (distance, id), into this index's part of the batch's result.
+            let at = seg * nq * k;
+            let mut out_s = res_s.slice_mut(at + a * k..at + b * k);
+            let mut out_p = res_p.slice_mut(2 * (at + a * k)..2 * (at + b * k));
+            self.select_strided_rounds(
+                rs,
+                rp,
+                rows,
+                keep,
+                None,
+                k,
+                SelectOut::Into(&mut out_s, &mut out_p),
+            )?;
         }
-        // 6. Each query's best `keep` candidates.
-        let (ks, kp) = self
-            .select_strided_rounds(ss, sp, rows, stride, Some(&row_len), keep, SelectOut::New)?
-            .ok_or_else(|| CudaError::Driver("internal: no candidates".into()))?;
-        // 7. Refine at the candidates' global slots; payloads become ids.
-        let n = rows * keep;
-        let mut rs = unsafe { stream.alloc::<u32>(n) }.map_err(driver)?;
-        let mut rp = unsafe { stream.alloc::<u32>(2 * n) }.map_err(driver)?;
-        {
-            let ids = dev
-                .ids
-                .as_ref()
-                .ok_or_else(|| CudaError::Driver("internal: ids not resident".into()))?;
-            let has_raw = index.params().refine != RefineKind::None;
-            let f16 = u32::from(p.raw_f16);
-            let (ip_u, has_raw_u, per_u, n_u) =
-                (u32::from(ip), u32::from(has_raw), keep as u32, n as u32);
-            let cfg = LaunchConfig {
-                grid_dim: grid(n.div_ceil(4)),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let mut b = stream.launch_builder(&self.refine_candidates);
-            match &dev.raw {
-                Some(raw) => b.arg(raw),
-                // Never read without raw vectors.
-                None => b.arg(ids),
-            };
-            b.arg(&ks)
-                .arg(&kp)
-                .arg(ids)
-                .arg(queries)
-                .arg(&mut rs)
-                .arg(&mut rp);
-            b.arg(&dim_u)
-                .arg(&f16)
-                .arg(&ip_u)
-                .arg(&has_raw_u)
-                .arg(&per_u)
-                .arg(&n_u);
-            // SAFETY: argument types and order match `refine_candidates`; one warp per
-            // candidate, each reading its raw vector at its global slot × dim.
-            unsafe { b.launch(cfg) }.map_err(driver)?;
-        }
-        // 8. The best k by (distance, id), into the batch's result.
-        self.select_strided_rounds(
-            rs,
-            rp,
-            rows,
-            keep,
-            None,
-            params.k,
-            SelectOut::Into(out_s, out_p),
-        )?;
         Ok(())
     }
 

@@ -65,6 +65,12 @@ fn wide_codes_match_the_cpu_reference() {
 }
 
 #[test]
+fn one_batch_over_segments_equals_each_search() {
+    let Some(b) = backend() else { return };
+    parity::one_batch_over_segments_equals_each_search(&b, false);
+}
+
+#[test]
 fn many_lists_and_several_rounds_match_the_cpu_reference() {
     let Some(b) = backend() else { return };
     parity::many_lists_and_several_rounds_match_the_cpu_reference(&b);

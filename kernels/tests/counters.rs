@@ -24,7 +24,8 @@ fn backend() -> Option<CudaBackend> {
     }
 }
 
-/// One test: the process's counters must see no other test's work.
+/// One test: the process's counters must see no other test's work. Then several segments
+/// searched as one batch: one upload, one download.
 #[test]
 fn a_resident_batch_crosses_the_bus_once_each_way() {
     let Some(b) = backend() else { return };
@@ -34,6 +35,7 @@ fn a_resident_batch_crosses_the_bus_once_each_way() {
         true,
         parity::ResultBytes::Exact,
     );
+    parity::one_batch_over_segments_equals_each_search(&b, true);
 }
 
 /// The batch (#13) on the emulator: `--ignored` (about five minutes).

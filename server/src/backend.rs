@@ -240,4 +240,44 @@ impl Backend for AnyBackend {
             _ => Err(mismatch()),
         }
     }
+
+    fn search_many(
+        &self,
+        prepared: &[&AnyPrepared],
+        queries: &[f32],
+        params: &SearchParams,
+    ) -> Result<Vec<Neighbors>, EngineError> {
+        match self {
+            AnyBackend::Cpu(b) => {
+                let ps: Option<Vec<_>> = prepared
+                    .iter()
+                    .map(|p| match p {
+                        AnyPrepared::Cpu(p) => Some(p),
+                        _ => None,
+                    })
+                    .collect();
+                b.search_many(&ps.ok_or_else(mismatch)?, queries, params)
+            }
+            AnyBackend::Wgpu(b) => {
+                let ps: Option<Vec<_>> = prepared
+                    .iter()
+                    .map(|p| match p {
+                        AnyPrepared::Wgpu(p) => Some(&**p),
+                        _ => None,
+                    })
+                    .collect();
+                b.search_many(&ps.ok_or_else(mismatch)?, queries, params)
+            }
+            AnyBackend::Cuda(b) => {
+                let ps: Option<Vec<_>> = prepared
+                    .iter()
+                    .map(|p| match p {
+                        AnyPrepared::Cuda(p) => Some(&**p),
+                        _ => None,
+                    })
+                    .collect();
+                b.search_many(&ps.ok_or_else(mismatch)?, queries, params)
+            }
+        }
+    }
 }

@@ -581,6 +581,37 @@ impl Backend for WgpuBackend {
         run_stages(self, p, queries, params)
     }
 
+    /// One device-resident batch for all of `prepared` when they share their quantizers
+    /// (the coarse kernel's and the tables' buffers) and each could take the resident path
+    /// alone; otherwise each in turn.
+    fn search_many(
+        &self,
+        prepared: &[&WgpuPrepared],
+        queries: &[f32],
+        params: &SearchParams,
+    ) -> Result<Vec<Neighbors>, EngineError> {
+        let together = prepared.len() >= 2
+            && prepared.iter().all(|p| {
+                self.resident_eligible(p, params)
+                    && Arc::ptr_eq(&p.coarse, &prepared[0].coarse)
+                    && Arc::ptr_eq(&p.tables, &prepared[0].tables)
+                    && p.data.index.shares_quantizers_with(&prepared[0].data.index)
+            });
+        if together {
+            let index = &prepared[0].data.index;
+            params.validate(index)?;
+            let q = index.prepare_queries(queries)?;
+            let done = checked(&self.gpu, "search", || {
+                self.resident_search_many(prepared, &q, params)
+            })
+            .map_err(engine_err)?;
+            if let Some(n) = done {
+                return Ok(n);
+            }
+        }
+        quiver_engine::backend::search_each(self, prepared, queries, params)
+    }
+
     fn coarse_search(
         &self,
         p: &WgpuPrepared,

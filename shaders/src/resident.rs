@@ -49,16 +49,18 @@ impl WgpuBackend {
     /// binding limit.
     fn resident_tile_rows(
         &self,
-        p: &WgpuPrepared,
+        segs: &[&WgpuPrepared],
         params: &SearchParams,
         nq: usize,
     ) -> Option<usize> {
-        let index = &p.data.index;
-        let data = p.data.resident_search.as_ref()?;
+        let index = &segs.first()?.data.index;
         let (nlist, dim) = (index.nlist(), index.dim());
         let tl = index.pq().m() * index.pq().ksub();
         let nprobe = params.nprobe.min(nlist);
-        let stride = data.row_bound[nprobe].max(1);
+        let mut stride = 1;
+        for p in segs {
+            stride = stride.max(p.data.resident_search.as_ref()?.row_bound[nprobe]);
+        }
         let keep = params.candidates();
         let widest = [
             nlist * 8,
@@ -95,28 +97,53 @@ impl WgpuBackend {
         queries: &[f32],
         params: &SearchParams,
     ) -> Result<Option<Neighbors>, WgpuError> {
-        let index = &p.data.index;
+        Ok(self
+            .resident_search_many(&[p], queries, params)?
+            .and_then(|mut r| r.pop()))
+    }
+
+    /// Runs the batch (queries validated and normalised) on the device against every index
+    /// of `segs` (all eligible, all with the same quantizers): one upload of the queries, the
+    /// coarse search and tables once per tile for all, each index's best k into its part of
+    /// one result buffer, one read-back. Results in the order of `segs`; `None` when the
+    /// tiles cannot be laid out.
+    pub(crate) fn resident_search_many(
+        &self,
+        segs: &[&WgpuPrepared],
+        queries: &[f32],
+        params: &SearchParams,
+    ) -> Result<Option<Vec<Neighbors>>, WgpuError> {
+        let Some(first) = segs.first() else {
+            return Ok(Some(Vec::new()));
+        };
+        let index = &first.data.index;
         let dim = index.dim();
         let nq = queries.len() / dim;
         let k = params.k;
         if nq == 0 {
-            return Ok(Some(Neighbors::new(k)));
+            return Ok(Some(segs.iter().map(|_| Neighbors::new(k)).collect()));
         }
-        let Some(rows_per_tile) = self.resident_tile_rows(p, params, nq) else {
+        let Some(rows_per_tile) = self.resident_tile_rows(segs, params, nq) else {
             return Ok(None);
         };
         let gpu = &self.gpu;
         let align = gpu.device.limits().min_storage_buffer_offset_alignment as usize;
         let q_buf = storage(gpu, "queries", queries);
-        // nq × k scores, then (aligned) nq × k payloads.
-        let s_bytes = (nq * k * 4).next_multiple_of(align.max(8));
-        let total = (s_bytes + nq * k * 8) as u64;
+        // Per index nq × k scores (each index's block aligned), then as many payloads.
+        let s_block = (nq * k * 4).next_multiple_of(align.max(8));
+        let p_block = (nq * k * 8).next_multiple_of(align.max(8));
+        let layout = ResultLayout {
+            s_block,
+            p_base: segs.len() * s_block,
+            p_block,
+        };
+        let total = (segs.len() * (s_block + p_block)) as u64;
         let result = output(gpu, "results", total);
         let mut a = 0;
         while a < nq {
             let b = (a + rows_per_tile).min(nq);
             let mut enc = self.new_encoder();
-            self.resident_tile(p, &mut enc, &q_buf, a, b, params, &result, s_bytes)?;
+            self.resident_tile(segs, &mut enc, &q_buf, a, b, params, &result, &layout)?;
             gpu.queue.submit([enc.finish()]);
             a = b;
         }
@@ -124,43 +151,48 @@ impl WgpuBackend {
             .read::<u32>(gpu)?
             .pop()
             .unwrap_or_default();
-        let scores: &[f32] = bytemuck::cast_slice(&words[..nq * k]);
-        let base = s_bytes / 4;
         let metric = index.metric();
-        let mut ids = vec![-1i64; nq * k];
-        let mut distances = vec![Neighbors::padding_distance(metric); nq * k];
-        for i in 0..nq * k {
-            let (hi, lo) = (words[base + 2 * i], words[base + 2 * i + 1]);
-            if hi == u32::MAX && lo == u32::MAX && scores[i] == f32::INFINITY {
-                continue;
+        let mut out = Vec::with_capacity(segs.len());
+        for seg in 0..segs.len() {
+            let s0 = seg * s_block / 4;
+            let p0 = (layout.p_base + seg * p_block) / 4;
+            let scores: &[f32] = bytemuck::cast_slice(&words[s0..s0 + nq * k]);
+            let mut ids = vec![-1i64; nq * k];
+            let mut distances = vec![Neighbors::padding_distance(metric); nq * k];
+            for i in 0..nq * k {
+                let (hi, lo) = (words[p0 + 2 * i], words[p0 + 2 * i + 1]);
+                if hi == u32::MAX && lo == u32::MAX && scores[i] == f32::INFINITY {
+                    continue;
+                }
+                ids[i] = (u64::from(hi) << 32 | u64::from(lo)) as i64;
+                distances[i] = metric.reported(scores[i]);
             }
-            ids[i] = (u64::from(hi) << 32 | u64::from(lo)) as i64;
-            distances[i] = metric.reported(scores[i]);
+            out.push(Neighbors { k, ids, distances });
         }
-        Ok(Some(Neighbors { k, ids, distances }))
+        Ok(Some(out))
     }
 
-    /// Records every stage for queries `a..b` into `enc`, the best k of each written into its
-    /// ranges of `result` (scores from byte 0, payloads from `s_bytes`).
+    /// Records every stage for queries `a..b` into `enc`: the coarse search and tables once
+    /// (the indexes share their quantizers), then for each index of `segs` its items, scan,
+    /// selections and refine, its best k of each query written into its ranges of `result`
+    /// (`layout`).
     #[allow(clippy::too_many_arguments)]
     fn resident_tile(
         &self,
-        p: &WgpuPrepared,
+        segs: &[&WgpuPrepared],
         enc: &mut wgpu::CommandEncoder,
         q_buf: &wgpu::Buffer,
         a: usize,
         b: usize,
         params: &SearchParams,
         result: &wgpu::Buffer,
-        s_bytes: usize,
+        layout: &ResultLayout,
     ) -> Result<(), WgpuError> {
         let gpu = &self.gpu;
+        let p = segs
+            .first()
+            .ok_or_else(|| WgpuError::Invalid("internal: no index".into()))?;
         let index = &p.data.index;
-        let data = p
-            .data
-            .resident_search
-            .as_ref()
-            .ok_or_else(|| WgpuError::Invalid("internal: no resident search data".into()))?;
         let (dim, nlist) = (index.dim(), index.nlist());
         let t = &p.tables;
         let tl = t.m * t.ksub;
@@ -228,129 +260,153 @@ impl WgpuBackend {
             ],
             grid((rows * tl).div_ceil(256) as u64)?,
         );
-        // 4. Work items and row lengths.
-        let stride = data.row_bound[nprobe].max(1);
-        let nitems = rows * nprobe;
-        let items = output(gpu, "scan items", (nitems * 32) as u64);
-        let row_len = output(gpu, "row lengths", (rows * 4) as u64);
-        let by_residual = u32::from(index.params().by_residual());
-        let iparams = uniform(
-            gpu,
-            &[
-                rows as u32,
-                nprobe as u32,
-                stride as u32,
-                tl as u32,
-                by_residual,
-                0,
-                0,
-                0,
-            ],
-        );
-        self.items.dispatch_bound(
-            gpu,
-            enc,
-            &[
-                (0, pp.as_entire_binding()),
-                (1, ps.as_entire_binding()),
-                (2, data.places.as_entire_binding()),
-                (3, items.as_entire_binding()),
-                (4, row_len.as_entire_binding()),
-                (5, iparams.as_entire_binding()),
-            ],
-            grid(rows.div_ceil(128) as u64)?,
-        );
-        // 5. The scan into rows `stride` apart.
-        let ss = output(gpu, "scan scores", (rows * stride * 4) as u64);
-        let sp = output(gpu, "scan payloads", (rows * stride * 8) as u64);
-        let terms = p.l2_terms.as_ref().map(|t| &t.1[0]).unwrap_or(&p.no_terms);
-        // 4-bit: `scan4.wgsl`'s `quantized` entry (one item a workgroup), its tables, terms
-        // and parameters at bindings 8 to 10; 8-bit: `group` items a workgroup.
-        let (scan, tables_at, params_at, group) = if index.layout() == CodeLayout::Packed4x32 {
-            (&self.scan4_quantized, 8, 10, 1)
-        } else {
-            (
-                &self.scan8,
-                2,
-                7,
-                quiver_engine::backend::scan_items_per_block(nitems),
-            )
-        };
-        let sparams = uniform(
-            gpu,
-            &[
-                t.m as u32,
-                u32::from(p.l2_terms.is_some()),
-                nitems as u32,
-                group as u32,
-            ],
-        );
-        scan.dispatch_bound(
-            gpu,
-            enc,
-            &[
-                (0, p.data.code_bufs[0].as_entire_binding()),
-                (1, items.as_entire_binding()),
-                (tables_at, tables.as_entire_binding()),
-                (tables_at + 1, terms.as_entire_binding()),
-                (4, p.data.dead.as_entire_binding()),
-                (5, ss.as_entire_binding()),
-                (6, sp.as_entire_binding()),
-                (params_at, sparams.as_entire_binding()),
-            ],
-            grid(nitems.div_ceil(group) as u64)?,
-        );
-        // 6. Each query's best `keep` candidates.
-        let (ks, kp) = self
-            .topk
-            .record_strided(gpu, enc, ss, sp, rows, stride, Some(&row_len), keep, None)?
-            .ok_or_else(|| WgpuError::Invalid("internal: no candidates".into()))?;
-        // 7. Refine at the candidates' global slots; payloads become ids.
-        let n = rows * keep;
-        let rs = output(gpu, "refine scores", (n * 4) as u64);
-        let rp = output(gpu, "refine payloads", (n * 8) as u64);
-        let has_raw = index.params().refine != RefineKind::None;
-        let rparams = uniform(
-            gpu,
-            &[
-                dim as u32,
-                u32::from(p.data.raw_f16),
-                u32::from(index.metric().is_inner_product()),
-                u32::from(has_raw),
-                keep as u32,
-                n as u32,
-                0,
-                0,
-            ],
-        );
-        // Without raw vectors the raw binding is never read.
-        let raw = if has_raw {
-            &p.data.raw_bufs[0]
-        } else {
-            &data.ids
-        };
-        self.refine_candidates.dispatch_bound(
-            gpu,
-            enc,
-            &[
-                (0, raw.as_entire_binding()),
-                (1, ks.as_entire_binding()),
-                (2, kp.as_entire_binding()),
-                (3, data.ids.as_entire_binding()),
-                (4, q()),
-                (5, rs.as_entire_binding()),
-                (6, rp.as_entire_binding()),
-                (7, rparams.as_entire_binding()),
-            ],
-            grid(n.div_ceil(4) as u64)?,
-        );
-        // 8. The best k by (distance, id), into the batch's result.
-        let out = (
-            range(result, (a * k * 4) as u64, (rows * k * 4) as u64),
-            range(result, (s_bytes + a * k * 8) as u64, (rows * k * 8) as u64),
-        );
-        self.topk
-            .record_strided(gpu, enc, rs, rp, rows, keep, None, k, Some(out))?;
+        for (seg, p) in segs.iter().enumerate() {
+            let index = &p.data.index;
+            let data =
+                p.data.resident_search.as_ref().ok_or_else(|| {
+                    WgpuError::Invalid("internal: no resident search data".into())
+                })?;
+            // 4. Work items and row lengths.
+            let stride = data.row_bound[nprobe].max(1);
+            let nitems = rows * nprobe;
+            let items = output(gpu, "scan items", (nitems * 32) as u64);
+            let row_len = output(gpu, "row lengths", (rows * 4) as u64);
+            let by_residual = u32::from(index.params().by_residual());
+            let iparams = uniform(
+                gpu,
+                &[
+                    rows as u32,
+                    nprobe as u32,
+                    stride as u32,
+                    tl as u32,
+                    by_residual,
+                    0,
+                    0,
+                    0,
+                ],
+            );
+            self.items.dispatch_bound(
+                gpu,
+                enc,
+                &[
+                    (0, pp.as_entire_binding()),
+                    (1, ps.as_entire_binding()),
+                    (2, data.places.as_entire_binding()),
+                    (3, items.as_entire_binding()),
+                    (4, row_len.as_entire_binding()),
+                    (5, iparams.as_entire_binding()),
+                ],
+                grid(rows.div_ceil(128) as u64)?,
+            );
+            // 5. The scan into rows `stride` apart.
+            let ss = output(gpu, "scan scores", (rows * stride * 4) as u64);
+            let sp = output(gpu, "scan payloads", (rows * stride * 8) as u64);
+            let terms = p.l2_terms.as_ref().map(|t| &t.1[0]).unwrap_or(&p.no_terms);
+            // 4-bit: `scan4.wgsl`'s `quantized` entry (one item a workgroup), its tables, terms
+            // and parameters at bindings 8 to 10; 8-bit: `group` items a workgroup.
+            let (scan, tables_at, params_at, group) = if index.layout() == CodeLayout::Packed4x32 {
+                (&self.scan4_quantized, 8, 10, 1)
+            } else {
+                (
+                    &self.scan8,
+                    2,
+                    7,
+                    quiver_engine::backend::scan_items_per_block(nitems),
+                )
+            };
+            let sparams = uniform(
+                gpu,
+                &[
+                    t.m as u32,
+                    u32::from(p.l2_terms.is_some()),
+                    nitems as u32,
+                    group as u32,
+                ],
+            );
+            scan.dispatch_bound(
+                gpu,
+                enc,
+                &[
+                    (0, p.data.code_bufs[0].as_entire_binding()),
+                    (1, items.as_entire_binding()),
+                    (tables_at, tables.as_entire_binding()),
+                    (tables_at + 1, terms.as_entire_binding()),
+                    (4, p.data.dead.as_entire_binding()),
+                    (5, ss.as_entire_binding()),
+                    (6, sp.as_entire_binding()),
+                    (params_at, sparams.as_entire_binding()),
+                ],
+                grid(nitems.div_ceil(group) as u64)?,
+            );
+            // 6. Each query's best `keep` candidates.
+            let (ks, kp) = self
+                .topk
+                .record_strided(gpu, enc, ss, sp, rows, stride, Some(&row_len), keep, None)?
+                .ok_or_else(|| WgpuError::Invalid("internal: no candidates".into()))?;
+            // 7. Refine at the candidates' global slots; payloads become ids.
+            let n = rows * keep;
+            let rs = output(gpu, "refine scores", (n * 4) as u64);
+            let rp = output(gpu, "refine payloads", (n * 8) as u64);
+            let has_raw = index.params().refine != RefineKind::None;
+            let rparams = uniform(
+                gpu,
+                &[
+                    dim as u32,
+                    u32::from(p.data.raw_f16),
+                    u32::from(index.metric().is_inner_product()),
+                    u32::from(has_raw),
+                    keep as u32,
+                    n as u32,
+                    0,
+                    0,
+                ],
+            );
+            // Without raw vectors the raw binding is never read.
+            let raw = if has_raw {
+                &p.data.raw_bufs[0]
+            } else {
+                &data.ids
+            };
+            self.refine_candidates.dispatch_bound(
+                gpu,
+                enc,
+                &[
+                    (0, raw.as_entire_binding()),
+                    (1, ks.as_entire_binding()),
+                    (2, kp.as_entire_binding()),
+                    (3, data.ids.as_entire_binding()),
+                    (4, q()),
+                    (5, rs.as_entire_binding()),
+                    (6, rp.as_entire_binding()),
+                    (7, rparams.as_entire_binding()),
+                ],
+                grid(n.div_ceil(4) as u64)?,
+            );
+            // 8. The best k by (distance, id), into this index's part of the batch's result.
+            let out = (
+                range(
+                    result,
+                    (seg * layout.s_block + a * k * 4) as u64,
+                    (rows * k * 4) as u64,
+                ),
+                range(
+                    result,
+                    (layout.p_base + seg * layout.p_block + a * k * 8) as u64,
+                    (rows * k * 8) as u64,
+                ),
+            );
+            self.topk
+                .record_strided(gpu, enc, rs, rp, rows, keep, None, k, Some(out))?;
+        }
         Ok(())
     }
+}
+
+/// Where each index's results go in a batch's result buffer: index s's scores at
+/// s × `s_block` bytes, its payloads at `p_base` + s × `p_block` (blocks aligned to the
+/// device's storage offset alignment).
+struct ResultLayout {
+    s_block: usize,
+    p_base: usize,
+    p_block: usize,
 }

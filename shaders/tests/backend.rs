@@ -37,6 +37,12 @@ fn wide_codes_match_the_cpu_reference() {
 }
 
 #[test]
+fn one_batch_over_segments_equals_each_search() {
+    let Some(gpu) = device() else { return };
+    parity::one_batch_over_segments_equals_each_search(&WgpuBackend::new(Arc::new(gpu)), true);
+}
+
+#[test]
 fn many_lists_and_several_rounds_match_the_cpu_reference() {
     let Some(gpu) = device() else { return };
     parity::many_lists_and_several_rounds_match_the_cpu_reference(&WgpuBackend::new(Arc::new(gpu)));

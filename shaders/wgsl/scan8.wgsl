@@ -2,15 +2,16 @@
 // kernels/cuda/scan8.cu.
 //
 // One workgroup per `group` consecutive (query, probed list) work items (the host picks 1 to
-// 8, as for CUDA); its 256 invocations stride over each item's entries in turn. Codes are in the GPU layout (engine/src/interleave.rs): blocks of 32 entries, each
-// cut into 16-byte chunks stored entry after entry, so 32 consecutive invocations read 512
-// contiguous bytes per chunk, one vec4<u32> each. An entry's score is the coarse term
-// (`bias`) plus, for each sub-quantizer in order, the query's table entry for its code (L2
-// adds the list's term first, as the CPU reference does) — the same additions in the same
-// order as the CPU scan, so the scores agree exactly. Deleted entries score +inf. Output:
-// score and payload (0, global slot) at the item's place in its query's row, for the top-k
-// kernel. Unlike the CUDA twin the table is read from global memory (through the cache), not
-// staged in workgroup memory: WGSL's default limit is 16 KiB, an M = 16 table.
+// 8, as for CUDA); its 256 invocations stride over each item's entries in turn. Codes are in
+// the GPU layout (engine/src/interleave.rs): blocks of 32 entries (fewer in a list's last
+// block), each cut into 16-byte chunks stored entry after entry, so 32 consecutive
+// invocations read 512 contiguous bytes per chunk, one vec4<u32> each. An entry's score is
+// the coarse term (`bias`) plus, for each sub-quantizer in order, the query's table entry for
+// its code (L2 adds the list's term first, as the CPU reference does) — the same additions in
+// the same order as the CPU scan, so the scores agree exactly. Deleted entries score +inf.
+// Output: score and payload (0, global slot) at the item's place in its query's row, for the
+// top-k kernel. Unlike the CUDA twin the table is read from global memory (through the
+// cache), not staged in workgroup memory: WGSL's default limit is 16 KiB, an M = 16 table.
 // Memory per entry: Mp (M rounded up to 16) code bytes + M table reads + 12 bytes written.
 
 struct Item {
@@ -65,10 +66,12 @@ fn main(
                 continue;
             }
             var acc = it.bias;
-            // This entry's first chunk, in 16-byte words; chunk c is 32 words further.
+            // This entry's first chunk, in 16-byte words; chunk c is c · nb words further
+            // (nb: entries in its block, 32 but in a list's last block).
+            let nb = min(32u, it.len - (i & ~31u));
             let w0 = (it.byte_off + (i >> 5u) * 32u * mp + (i & 31u) * 16u) >> 4u;
             for (var c0 = 0u; c0 < m; c0 += 16u) {
-                let v = codes[w0 + c0 * 2u];
+                let v = codes[w0 + (c0 >> 4u) * nb];
                 for (var j = 0u; j < 16u; j++) {
                     let s = c0 + j;
                     if (s < m) {

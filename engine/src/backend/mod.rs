@@ -272,6 +272,33 @@ pub trait Backend: Send + Sync {
     ) -> Result<Neighbors, EngineError> {
         run_stages(self, prepared, queries, params)
     }
+
+    /// Searches one batch against several indexes (a collection's sealed segments): each
+    /// index's own best `params.k` per query, in the order given. The device backends run
+    /// it as one batch when the indexes share their quantizers (one upload of the queries,
+    /// one coarse search and one set of tables for all, one download of every result); the
+    /// default searches each in turn.
+    fn search_many(
+        &self,
+        prepared: &[&Self::Prepared],
+        queries: &[f32],
+        params: &SearchParams,
+    ) -> Result<Vec<Neighbors>, EngineError> {
+        search_each(self, prepared, queries, params)
+    }
+}
+
+/// [`Backend::search_many`]'s default: each index searched in turn.
+pub fn search_each<B: Backend + ?Sized>(
+    backend: &B,
+    prepared: &[&B::Prepared],
+    queries: &[f32],
+    params: &SearchParams,
+) -> Result<Vec<Neighbors>, EngineError> {
+    prepared
+        .iter()
+        .map(|p| backend.search(p, queries, params))
+        .collect()
 }
 
 /// A shared backend is a backend: every method goes to the one behind the `Arc` (how a
@@ -347,6 +374,15 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
         params: &SearchParams,
     ) -> Result<Neighbors, EngineError> {
         (**self).search(prepared, queries, params)
+    }
+
+    fn search_many(
+        &self,
+        prepared: &[&Self::Prepared],
+        queries: &[f32],
+        params: &SearchParams,
+    ) -> Result<Vec<Neighbors>, EngineError> {
+        (**self).search_many(prepared, queries, params)
     }
 }
 

@@ -193,9 +193,34 @@ impl<B: Backend> Version<B> {
             };
             parts.extend(shared?);
         }
+        // Device segments of one set of quantizers, each holding at least k points: one
+        // device batch for all (one upload of the queries, one coarse search and one set of
+        // tables, one download of every segment's results).
+        let mut on_device: Vec<(&B::Prepared, &IvfPqIndex)> = live
+            .iter()
+            .filter(|s| s.len() >= key.k)
+            .filter_map(|s| match &s.index {
+                SegmentIndex::Device(p) => Some((p, p.index())),
+                _ => None,
+            })
+            .collect();
+        if let Some(first) = on_device.first().map(|(_, i)| *i) {
+            on_device.retain(|(_, i)| i.shares_quantizers_with(first));
+        }
+        if on_device.len() >= 2 {
+            let index = on_device[0].1;
+            let params = crate::segment::resolve(key, index.nlist(), index.params().refine);
+            let prepared: Vec<&B::Prepared> = on_device.iter().map(|(p, _)| *p).collect();
+            parts.extend(device.search_many(&prepared, queries, &params)?);
+        }
         for s in live {
             if on_cpu.len() >= 2
                 && matches!(&s.index, SegmentIndex::Cpu(p) if on_cpu.iter().any(|x| std::ptr::eq(*x, p)))
+            {
+                continue;
+            }
+            if on_device.len() >= 2
+                && matches!(&s.index, SegmentIndex::Device(p) if on_device.iter().any(|(x, _)| std::ptr::eq(*x, p)))
             {
                 continue;
             }

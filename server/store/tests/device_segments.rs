@@ -1,13 +1,15 @@
 //! Sealed segments on a device backend share one device copy of the collection's quantizers:
 //! upserting 1,000 points into a 100,000-point collection and sealing them uploads the new
 //! segment's own bytes (codes, ids, raw vectors, list places, tombstones), never the
-//! quantizers or the other segments again; a merge uploads the merged segment once. Counted
+//! quantizers or the other segments again; a merge uploads the merged segment once; a search
+//! runs the sealed segments as one device batch (one upload, one download). Counted
 //! by the backends' own counters (`Backend::counters`): wgpu (lavapipe in CI) and CUDA (the
 //! emulator in CI; the counters are the process's, and only the CUDA test here uses CUDA).
 
 use std::sync::Arc;
 
 use quiver_engine::backend::{Backend, DeviceCounters, PreparedIndex};
+use quiver_engine::interleave::device_code_bytes;
 use quiver_engine::synth::ClusteredGaussian;
 use quiver_engine::IvfPqIndex;
 use quiver_store::segment::{SearchKey, SegmentIndex};
@@ -16,14 +18,16 @@ use quiver_store::{Collection, CollectionMeta, IndexConfig, StoreConfig};
 const DIM: usize = 32;
 const NLIST: usize = 256;
 
-/// Bytes an index's own lists take on a device: codes, ids, raw vectors, the per-list places
-/// (16 bytes each) and the tombstone bitmap.
+/// Bytes an index's own lists take on a device: codes (in the GPU layout:
+/// `quiver_engine::interleave`, M rounded up to 16 bytes an entry), ids, raw vectors, the
+/// per-list places (16 bytes each) and the tombstone bitmap.
 fn list_bytes(index: &IvfPqIndex) -> u64 {
     let entries: usize = index.lists().iter().map(|l| l.len()).sum();
     let own: usize = index
         .lists()
         .iter()
-        .map(|l| l.codes.as_slice().len() + 8 * l.len() + l.raw.as_bytes().len())
+        .enumerate()
+        .map(|(i, l)| device_code_bytes(index, i) + 8 * l.len() + l.raw.as_bytes().len())
         .sum();
     (own + 16 * index.nlist() + 4 * entries.div_ceil(32)) as u64
 }
@@ -128,7 +132,8 @@ fn new_segments_upload_only_their_own_bytes<B: Backend + Clone + 'static>(backen
         seal.h2d_bytes
     );
 
-    // Searches see both segments and upload nothing but the queries.
+    // Searches see both segments in one device batch: the queries go up once, both
+    // segments' results come back in one copy.
     let q = g.rows(200_000, 8);
     let before = counts(&backend);
     let key = SearchKey {
@@ -139,11 +144,11 @@ fn new_segments_upload_only_their_own_bytes<B: Backend + Clone + 'static>(backen
     let got = c.search(&q, 8, key).expect("search");
     let s = counts(&backend).since(&before);
     assert_eq!(got.ids.len(), 80);
-    assert!(
-        s.h2d_bytes <= (segs.len() * q.len() * 4) as u64,
-        "a search uploaded {} bytes",
-        s.h2d_bytes
-    );
+    assert_eq!(segs.len(), 2);
+    println!("{}: a search over both segments: {s:?}", backend.name());
+    assert_eq!(s.h2d_copies, 1, "both segments in one batch: one upload");
+    assert_eq!(s.h2d_bytes, (q.len() * 4) as u64, "the queries' bytes");
+    assert_eq!(s.d2h_copies, 1, "one download of both segments' results");
 
     // Merging the two uploads the merged segment once.
     let before = counts(&backend);

@@ -300,6 +300,74 @@ pub fn many_lists_and_several_rounds_match_the_cpu_reference<B: Backend>(backend
     }
 }
 
+/// Indexes sharing their quantizers (a collection's segments: one trained index, three parts
+/// added to copies of it, each prepared from the first by `refresh`) searched as one batch
+/// (`search_many`) give each index's own search, ids and distance bits. With `count` (a
+/// backend whose counters only this test moves) the batch also crosses the bus once each
+/// way: one upload of the queries' bytes and one download, whatever the number of indexes.
+pub fn one_batch_over_segments_equals_each_search<B: Backend>(backend: &B, count: bool) {
+    let dim = 32;
+    let g = ClusteredGaussian::new(dim, 12, 0.5, 21);
+    let x = g.rows(0, 6000);
+    let q = g.rows(6000, 30);
+    for (metric, bits, refine) in [
+        (Metric::L2, 8, RefineKind::F16),
+        (Metric::InnerProduct, 8, RefineKind::None),
+        (Metric::Cosine, 4, RefineKind::F32),
+    ] {
+        let mut p = IndexParams::new(metric, dim, 16, 8);
+        p.pq_bits = bits;
+        p.refine = refine;
+        let trained = IvfPqIndex::train(p, &x[..4000 * dim], &NoProgress).expect("train");
+        let segs: Vec<Arc<IvfPqIndex>> = x
+            .chunks(2000 * dim)
+            .enumerate()
+            .map(|(i, part)| {
+                let mut s = trained.empty_like();
+                let ids: Vec<u64> = (i as u64 * 2000..(i as u64 + 1) * 2000).collect();
+                s.add(part, Some(&ids), &NoProgress).expect("add");
+                Arc::new(s)
+            })
+            .collect();
+        let mut prepared = vec![backend.prepare(segs[0].clone()).expect("prepare")];
+        for s in &segs[1..] {
+            let next = backend.refresh(&prepared[0], s.clone()).expect("refresh");
+            prepared.push(next);
+        }
+        let refs: Vec<&B::Prepared> = prepared.iter().collect();
+        let rf = if refine == RefineKind::None { 1 } else { 4 };
+        let params = SearchParams {
+            k: 10,
+            nprobe: 6,
+            refine_factor: rf,
+        };
+        let label = format!("{} {metric} {bits}-bit {refine:?}", backend.name());
+        let before = backend.counters();
+        let many = backend
+            .search_many(&refs, &q, &params)
+            .expect("search_many");
+        let counted = backend.counters().zip(before).map(|(a, b)| a.since(&b));
+        assert_eq!(many.len(), segs.len(), "{label}");
+        for (i, (p, got)) in prepared.iter().zip(&many).enumerate() {
+            let want = backend.search(p, &q, &params).expect("search");
+            assert_eq!(want.ids, got.ids, "{label}: segment {i}");
+            let bits = |d: &[f32]| d.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&want.distances),
+                bits(&got.distances),
+                "{label}: segment {i}"
+            );
+        }
+        if let Some(c) = counted.filter(|_| count) {
+            println!("{label}: {} segments in one batch: {c:?}", segs.len());
+            assert_eq!(c.h2d_copies, 1, "{label}: one upload");
+            assert_eq!(c.h2d_bytes, (q.len() * 4) as u64, "{label}: the queries");
+            assert_eq!(c.d2h_copies, 1, "{label}: one download");
+            assert_eq!(c.memsets, 0, "{label}");
+        }
+    }
+}
+
 /// Given the same probes and tables, the backend's scan selects the CPU scan's candidates.
 pub fn scan_stage_selects_the_cpu_candidates<B: Backend>(backend: &B) {
     let cpu = CpuBackend;
