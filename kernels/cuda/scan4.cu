@@ -17,6 +17,41 @@ struct ScanItem {
     unsigned int pad;
 };
 
+// Scores the item's entries from its u8 table `lut` (M × 16, in shared memory): the integer
+// sum of each entry's M nibbles' table bytes, then `(base + sum / scale) + offset`; deleted
+// entries score +inf. Both scans' loop (the host-quantized and the device-quantized tables).
+__device__ __forceinline__ void score_entries(
+    const unsigned char* __restrict__ codes,
+    const ScanItem& it,
+    const unsigned char* lut,
+    float base,
+    float scale,
+    float offset,
+    const unsigned int* __restrict__ dead,
+    float* __restrict__ out_score,
+    uint2* __restrict__ out_payload,
+    unsigned int m)
+{
+    for (unsigned int i = threadIdx.x; i < it.len; i += blockDim.x) {
+        const unsigned int slot = it.gslot + i;
+        if ((dead[slot >> 5] >> (slot & 31)) & 1u) {
+            out_score[it.out + i] = __int_as_float(0x7f800000);
+            out_payload[it.out + i] = make_uint2(0xffffffffu, 0xffffffffu);
+            continue;
+        }
+        const unsigned int block = i / 32, v = i % 32;
+        const unsigned int shift = v >= 16 ? 4 : 0;
+        const unsigned char* b0 = codes + it.byte_off + (size_t)block * m * 16 + (v % 16);
+        unsigned int sum = 0;
+        for (unsigned int s = 0; s < m; s++) {
+            const unsigned int nib = (b0[s * 16] >> shift) & 15u;
+            sum += lut[s * 16 + nib];
+        }
+        out_score[it.out + i] = (base + (float)sum / scale) + offset;
+        out_payload[it.out + i] = make_uint2(0u, slot);
+    }
+}
+
 extern "C" __global__ void scan4(
     const unsigned char* __restrict__ codes,
     const ScanItem* __restrict__ items,
@@ -36,24 +71,7 @@ extern "C" __global__ void scan4(
     for (unsigned int i = threadIdx.x; i < m * 16; i += blockDim.x) lut[i] = t[i];
     __syncthreads();
     const float2 qp = qparams[it.table];
-    for (unsigned int i = threadIdx.x; i < it.len; i += blockDim.x) {
-        const unsigned int slot = it.gslot + i;
-        if ((dead[slot >> 5] >> (slot & 31)) & 1u) {
-            out_score[it.out + i] = __int_as_float(0x7f800000);
-            out_payload[it.out + i] = make_uint2(0xffffffffu, 0xffffffffu);
-            continue;
-        }
-        const unsigned int block = i / 32, v = i % 32;
-        const unsigned int shift = v >= 16 ? 4 : 0;
-        const unsigned char* b0 = codes + it.byte_off + (size_t)block * m * 16 + (v % 16);
-        unsigned int sum = 0;
-        for (unsigned int s = 0; s < m; s++) {
-            const unsigned int nib = (b0[s * 16] >> shift) & 15u;
-            sum += lut[s * 16 + nib];
-        }
-        out_score[it.out + i] = (qp.x + (float)sum / qp.y) + it.offset;
-        out_payload[it.out + i] = make_uint2(0u, slot);
-    }
+    score_entries(codes, it, lut, qp.x, qp.y, it.offset, dead, out_score, out_payload, m);
 }
 
 // The device-resident search's 4-bit scan: `scan4` with each item's u8 table quantized on the
@@ -124,24 +142,6 @@ extern "C" __global__ void scan4_quantized(
         lut[i] = (unsigned char)(int)y;
     }
     __syncthreads();
-    const float base = qp[0];
-    const float offset = l2 ? 0.0f : it.offset;
-    for (unsigned int i = threadIdx.x; i < it.len; i += blockDim.x) {
-        const unsigned int slot = it.gslot + i;
-        if ((dead[slot >> 5] >> (slot & 31)) & 1u) {
-            out_score[it.out + i] = __int_as_float(0x7f800000);
-            out_payload[it.out + i] = make_uint2(0xffffffffu, 0xffffffffu);
-            continue;
-        }
-        const unsigned int block = i / 32, v = i % 32;
-        const unsigned int shift = v >= 16 ? 4 : 0;
-        const unsigned char* b0 = codes + it.byte_off + (size_t)block * m * 16 + (v % 16);
-        unsigned int sum = 0;
-        for (unsigned int s = 0; s < m; s++) {
-            const unsigned int nib = (b0[s * 16] >> shift) & 15u;
-            sum += lut[s * 16 + nib];
-        }
-        out_score[it.out + i] = (base + (float)sum / scale) + offset;
-        out_payload[it.out + i] = make_uint2(0u, slot);
-    }
+    score_entries(codes, it, lut, qp[0], scale, l2 ? 0.0f : it.offset, dead, out_score,
+                  out_payload, m);
 }

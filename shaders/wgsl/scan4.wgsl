@@ -74,6 +74,10 @@ fn main(
     }
     workgroupBarrier();
     let qp = qparams[it.table];
+    if (staged) {
+        score_entries(it, m, qp.x, qp.y, it.offset, tid);
+        return;
+    }
     for (var i = tid; i < it.len; i += 256u) {
         let slot = it.gslot + i;
         if (((dead[slot >> 5u] >> (slot & 31u)) & 1u) == 1u) {
@@ -86,18 +90,37 @@ fn main(
         let shift = select(0u, 4u, v >= 16u);
         let b0 = it.byte_off + block * m * 16u + (v % 16u);
         var sum = 0u;
-        if (staged) {
-            for (var s = 0u; s < m; s++) {
-                let nib = (code_byte(b0 + s * 16u) >> shift) & 15u;
-                sum += lut_byte(s * 16u + nib);
-            }
-        } else {
-            for (var s = 0u; s < m; s++) {
-                let nib = (code_byte(b0 + s * 16u) >> shift) & 15u;
-                sum += table_byte(t0 + s * 16u + nib);
-            }
+        for (var s = 0u; s < m; s++) {
+            let nib = (code_byte(b0 + s * 16u) >> shift) & 15u;
+            sum += table_byte(t0 + s * 16u + nib);
         }
         out_score[it.out + i] = (qp.x + f32(sum) / qp.y) + it.offset;
+        out_payload[it.out + i] = vec2<u32>(0u, slot);
+    }
+}
+
+// Scores the item's entries from its u8 table staged in `lut`: the integer sum of each
+// entry's M nibbles' table bytes, then `(base + sum / scale) + offset`; deleted entries score
+// +inf. The loop of both entries (`main` with a staged table, and `quantized`); it touches
+// only bindings both have.
+fn score_entries(it: Item, m: u32, base: f32, scale: f32, offset: f32, tid: u32) {
+    for (var i = tid; i < it.len; i += 256u) {
+        let slot = it.gslot + i;
+        if (((dead[slot >> 5u] >> (slot & 31u)) & 1u) == 1u) {
+            out_score[it.out + i] = bitcast<f32>(0x7f800000u);
+            out_payload[it.out + i] = vec2<u32>(0xffffffffu, 0xffffffffu);
+            continue;
+        }
+        let block = i / 32u;
+        let v = i % 32u;
+        let shift = select(0u, 4u, v >= 16u);
+        let b0 = it.byte_off + block * m * 16u + (v % 16u);
+        var sum = 0u;
+        for (var s = 0u; s < m; s++) {
+            let nib = (code_byte(b0 + s * 16u) >> shift) & 15u;
+            sum += lut_byte(s * 16u + nib);
+        }
+        out_score[it.out + i] = (base + f32(sum) / scale) + offset;
         out_payload[it.out + i] = vec2<u32>(0u, slot);
     }
 }
@@ -186,28 +209,9 @@ fn quantized(
         lut[wd] = word;
     }
     workgroupBarrier();
-    let base = base_scale.x;
     var offset = it.offset;
     if (l2) {
         offset = 0.0;
     }
-    for (var i = tid; i < it.len; i += 256u) {
-        let slot = it.gslot + i;
-        if (((dead[slot >> 5u] >> (slot & 31u)) & 1u) == 1u) {
-            out_score[it.out + i] = bitcast<f32>(0x7f800000u);
-            out_payload[it.out + i] = vec2<u32>(0xffffffffu, 0xffffffffu);
-            continue;
-        }
-        let block = i / 32u;
-        let v = i % 32u;
-        let shift = select(0u, 4u, v >= 16u);
-        let b0 = it.byte_off + block * m * 16u + (v % 16u);
-        var sum = 0u;
-        for (var s = 0u; s < m; s++) {
-            let nib = (code_byte(b0 + s * 16u) >> shift) & 15u;
-            sum += lut_byte(s * 16u + nib);
-        }
-        out_score[it.out + i] = (base + f32(sum) / scale) + offset;
-        out_payload[it.out + i] = vec2<u32>(0u, slot);
-    }
+    score_entries(it, m, base_scale.x, scale, offset, tid);
 }
