@@ -23,6 +23,7 @@ pub mod linalg;
 pub mod list;
 pub mod metric;
 pub mod panels;
+pub mod payload;
 pub mod persist;
 pub mod pq;
 pub mod progress;
