@@ -196,6 +196,8 @@ pub struct EncodedRows {
     pub codes: Vec<u8>,
     /// `dim` values per row, as stored (normalised for cosine).
     pub vectors: Vec<f32>,
+    /// Stored payload of each row ([`crate::payload::encode`]); empty: no row has one.
+    pub payloads: Vec<Vec<u8>>,
 }
 
 impl EncodedRows {
@@ -380,6 +382,18 @@ impl IvfPqIndex {
         ids: Option<&[u64]>,
         progress: &dyn Progress,
     ) -> Result<(), EngineError> {
+        self.add_with_payloads(vectors, ids, &[], progress)
+    }
+
+    /// [`IvfPqIndex::add`] with each row's stored payload ([`crate::payload::encode`]);
+    /// `payloads` is empty (no payloads) or holds one entry per row.
+    pub fn add_with_payloads(
+        &mut self,
+        vectors: &[f32],
+        ids: Option<&[u64]>,
+        payloads: &[Vec<u8>],
+        progress: &dyn Progress,
+    ) -> Result<(), EngineError> {
         let dim = self.params.dim;
         if !vectors.len().is_multiple_of(dim) {
             return Err(EngineError::DimensionMismatch {
@@ -388,6 +402,12 @@ impl IvfPqIndex {
             });
         }
         let n = vectors.len() / dim;
+        if !payloads.is_empty() && payloads.len() != n {
+            return Err(EngineError::InvalidParameter {
+                name: "payloads",
+                reason: format!("{} payloads for {n} vectors", payloads.len()),
+            });
+        }
         let ids: Cow<[u64]> = match ids {
             Some(ids) => {
                 if ids.len() != n {
@@ -413,7 +433,10 @@ impl IvfPqIndex {
         progress.stage("adding", n as u64);
         for (b, block) in vectors.chunks(ADD_BLOCK * dim).enumerate() {
             let rows = block.len() / dim;
-            let encoded = self.encode_prepared(block);
+            let mut encoded = self.encode_prepared(block);
+            if !payloads.is_empty() {
+                encoded.payloads = payloads[b * ADD_BLOCK..b * ADD_BLOCK + rows].to_vec();
+            }
             self.push_encoded(&encoded, &ids[b * ADD_BLOCK..b * ADD_BLOCK + rows]);
             progress.advance(rows as u64);
         }
@@ -445,6 +468,7 @@ impl IvfPqIndex {
             lists,
             codes,
             vectors: block.to_vec(),
+            payloads: Vec::new(),
         }
     }
 
@@ -477,6 +501,7 @@ impl IvfPqIndex {
             lists,
             codes,
             vectors: block.to_vec(),
+            payloads: Vec::new(),
         }
     }
 
@@ -489,10 +514,11 @@ impl IvfPqIndex {
             let l = rows.lists[r];
             let list = Arc::make_mut(&mut self.lists[l as usize]);
             let slot = list.len() as u32;
-            list.push(
+            list.push_with_payload(
                 id,
                 &rows.codes[r * cs..(r + 1) * cs],
                 &rows.vectors[r * dim..(r + 1) * dim],
+                rows.payloads.get(r).map_or(&[][..], |p| p.as_slice()),
                 self.layout,
             );
             self.locations.insert(id, Location { list: l, slot });
@@ -615,7 +641,7 @@ impl IvfPqIndex {
                     }
                     let code = src.code(i, cs, self.layout);
                     let slot = list.len() as u32;
-                    list.push(id, &code, &raw, self.layout);
+                    list.push_with_payload(id, &code, &raw, src.payloads.get(i), self.layout);
                     if out
                         .locations
                         .insert(
@@ -652,6 +678,28 @@ impl IvfPqIndex {
             out.iter_mut().zip(c).for_each(|(x, c)| *x += c);
         }
         Some(out)
+    }
+
+    /// The stored payload of a live id (empty: none); `None` when the id is absent.
+    pub fn payload(&self, id: u64) -> Option<&[u8]> {
+        let loc = self.locations.get(&id)?;
+        Some(self.lists[loc.list as usize].payloads.get(loc.slot as usize))
+    }
+
+    /// Replaces the stored payload of a live id; false when the id is absent.
+    pub fn set_payload(&mut self, id: u64, payload: &[u8]) -> bool {
+        let Some(loc) = self.locations.get(&id).copied() else {
+            return false;
+        };
+        let list = Arc::make_mut(&mut self.lists[loc.list as usize]);
+        let len = list.len();
+        list.payloads.set(len, loc.slot as usize, payload);
+        true
+    }
+
+    /// True when some entry carries a payload.
+    pub fn has_payloads(&self) -> bool {
+        self.lists.iter().any(|l| !l.payloads.is_empty())
     }
 
     /// True when `other` shares this index's coarse centroids and codebooks (it is a later

@@ -6,6 +6,7 @@
 
 use half::f16;
 
+use crate::payload::column::PayloadColumn;
 use crate::storage::Storage;
 
 /// How PQ codes are laid out inside a list.
@@ -83,6 +84,8 @@ pub struct InvertedList {
     pub codes: Storage<u8>,
     /// Raw vectors, `dim` values per entry, if the index keeps them.
     pub raw: RawVectors,
+    /// Payloads (stored JSON), one per entry; empty when no entry has one.
+    pub payloads: PayloadColumn,
     deleted: Option<Vec<u64>>,
     deleted_count: usize,
 }
@@ -94,6 +97,7 @@ impl InvertedList {
             ids,
             codes,
             raw,
+            payloads: PayloadColumn::default(),
             deleted: None,
             deleted_count: 0,
         }
@@ -155,7 +159,20 @@ impl InvertedList {
     /// low nibble first), stored in the given layout. `raw` must match the list's raw-vector
     /// kind (ignored when none).
     pub fn push(&mut self, id: u64, code: &[u8], raw: &[f32], layout: CodeLayout) {
+        self.push_with_payload(id, code, raw, &[], layout);
+    }
+
+    /// [`InvertedList::push`] with the entry's stored payload (empty: none).
+    pub fn push_with_payload(
+        &mut self,
+        id: u64,
+        code: &[u8],
+        raw: &[f32],
+        payload: &[u8],
+        layout: CodeLayout,
+    ) {
         let slot = self.ids.len();
+        self.payloads.push(slot, payload);
         self.ids.to_mut().push(id);
         match layout {
             CodeLayout::Flat => self.codes.to_mut().extend_from_slice(code),
@@ -213,6 +230,9 @@ impl InvertedList {
                 b += 1;
             }
             let first = self.ids.len();
+            for i in a..b {
+                self.payloads.push(first + (i - a), src.payloads.get(i));
+            }
             let ids = &src.ids.as_slice()[a..b];
             self.ids.to_mut().extend_from_slice(ids);
             self.codes
@@ -325,11 +345,10 @@ impl InvertedList {
     /// A copy without the deleted entries (what is saved).
     pub fn compacted(&self, code_size: usize, dim: usize, layout: CodeLayout) -> InvertedList {
         if self.deleted_count == 0 {
-            return InvertedList::from_parts(
-                self.ids.clone(),
-                self.codes.clone(),
-                self.raw.clone(),
-            );
+            let mut l =
+                InvertedList::from_parts(self.ids.clone(), self.codes.clone(), self.raw.clone());
+            l.payloads = self.payloads.clone();
+            return l;
         }
         let keep: Vec<usize> = (0..self.len()).filter(|&i| !self.is_deleted(i)).collect();
         let ids: Vec<u64> = keep.iter().map(|&i| self.ids.as_slice()[i]).collect();
@@ -375,7 +394,11 @@ impl InvertedList {
                 )
             }
         };
-        InvertedList::from_parts(ids.into(), codes.into(), raw)
+        let mut list = InvertedList::from_parts(ids.into(), codes.into(), raw);
+        if !self.payloads.is_empty() {
+            list.payloads = PayloadColumn::from_entries(keep.iter().map(|&i| self.payloads.get(i)));
+        }
+        list
     }
 }
 

@@ -8,7 +8,9 @@
 //!                 PARAMS (48 B), CENTROIDS (nlist·dim f32), CODEBOOK (M·ksub·dsub f32),
 //!                 LIST_SIZES (nlist u64), IDS (n u64), CODES (per list: n·code_size
 //!                 bytes, or whole 32-vector blocks for 4-bit fast-scan),
-//!                 RAW (n·dim f16 or f32; only when the index keeps raw vectors)
+//!                 RAW (n·dim f16 or f32; only when the index keeps raw vectors),
+//!                 PAYLOAD_OFFSETS ((n + 1) u64) and PAYLOAD_BYTES (each entry's stored JSON,
+//!                 back to back in list order; both only when an entry has a payload)
 //! table           per section 24 B: kind u32, CRC32C u32, offset u64, length u64
 //! footer   32 B   table offset u64, section count u32, CRC32C of the table u32,
 //!                 format version u32, reserved u32, magic "QVRFOOT1"
@@ -30,6 +32,7 @@ use crate::error::EngineError;
 use crate::index::{IndexParams, IvfPqIndex, RefineKind};
 use crate::io::{AtomicFile, IoError};
 use crate::list::{CodeLayout, InvertedList, RawVectors};
+use crate::payload::column::PayloadColumn;
 use crate::metric::Metric;
 use crate::pq::ProductQuantizer;
 use crate::storage::Storage;
@@ -63,10 +66,12 @@ enum Section {
     Ids = 5,
     Codes = 6,
     Raw = 7,
+    PayloadOffsets = 8,
+    PayloadBytes = 9,
 }
 
 impl Section {
-    const ALL: [Section; 7] = [
+    const ALL: [Section; 9] = [
         Section::Params,
         Section::Centroids,
         Section::Codebook,
@@ -74,6 +79,8 @@ impl Section {
         Section::Ids,
         Section::Codes,
         Section::Raw,
+        Section::PayloadOffsets,
+        Section::PayloadBytes,
     ];
     fn name(self) -> &'static str {
         match self {
@@ -84,6 +91,8 @@ impl Section {
             Section::Ids => "IDS",
             Section::Codes => "CODES",
             Section::Raw => "RAW",
+            Section::PayloadOffsets => "PAYLOAD_OFFSETS",
+            Section::PayloadBytes => "PAYLOAD_BYTES",
         }
     }
     fn from_kind(k: u32) -> Option<Section> {
@@ -219,6 +228,26 @@ fn write_sections(index: &IvfPqIndex, out: &mut dyn Write) -> std::io::Result<()
         }
         w.end();
     }
+    if index.has_payloads() {
+        // Offsets of every entry's payload in PAYLOAD_BYTES (total + 1, from 0), then the bytes.
+        w.begin(Section::PayloadOffsets)?;
+        let mut at = 0u64;
+        w.write(&at.to_le_bytes())?;
+        for l in index.lists() {
+            for i in 0..l.len() {
+                at += l.payloads.get(i).len() as u64;
+                w.write(&at.to_le_bytes())?;
+            }
+        }
+        w.end();
+        w.begin(Section::PayloadBytes)?;
+        for l in index.lists() {
+            for i in 0..l.len() {
+                w.write(l.payloads.get(i))?;
+            }
+        }
+        w.end();
+    }
     let table_offset = w.pos;
     let mut table = Vec::with_capacity(w.entries.len() * ENTRY_LEN);
     for e in &w.entries {
@@ -310,7 +339,7 @@ pub fn load(path: &Path) -> Result<IvfPqIndex, EngineError> {
             actual,
         });
     }
-    let mut sections: [Option<(u64, u64)>; 8] = [None; 8];
+    let mut sections: [Option<(u64, u64)>; 10] = [None; 10];
     let mut covered = HEADER_LEN;
     for e in table.chunks_exact(ENTRY_LEN) {
         let (kind, crc, offset, slen) = (u32_at(e, 0), u32_at(e, 4), u64_at(e, 8), u64_at(e, 16));
@@ -457,6 +486,31 @@ pub fn load(path: &Path) -> Result<IvfPqIndex, EngineError> {
         None
     };
 
+    let payloads = match (
+        sections[Section::PayloadOffsets as usize],
+        sections[Section::PayloadBytes as usize],
+    ) {
+        (None, None) => None,
+        (Some(_), Some((bo, bl))) => {
+            let (oo, _) = expect_len(Section::PayloadOffsets, total_bytes(8)? + 8)?;
+            let offsets: &[u8] = &b[oo as usize..(oo + (total + 1) * 8) as usize];
+            let at = |i: usize| u64_at(offsets, i * 8);
+            let mut prev = 0;
+            for i in 0..=total as usize {
+                let o = at(i);
+                if o < prev || (i == 0 && o != 0) || o > bl {
+                    return Err(corrupt("payload offsets out of order or bounds".into()));
+                }
+                prev = o;
+            }
+            if prev != bl {
+                return Err(corrupt("payload offsets do not end at the bytes' end".into()));
+            }
+            Some((oo, bo))
+        }
+        _ => return Err(corrupt("one of the two payload sections is missing".into())),
+    };
+
     let mut lists = Vec::with_capacity(nlist);
     let mut start = 0u64;
     let mut code_start = 0usize;
@@ -480,7 +534,18 @@ pub fn load(path: &Path) -> Result<IvfPqIndex, EngineError> {
             ),
             _ => RawVectors::None,
         };
-        lists.push(InvertedList::from_parts(ids, codes, raw));
+        let mut list = InvertedList::from_parts(ids, codes, raw);
+        if let Some((oo, bo)) = payloads {
+            let offsets = Storage::<u64>::mapped(map.clone(), oo as usize + s * 8, nn + 1)
+                .ok_or_else(misaligned)?;
+            let (first, last) = (offsets.as_slice()[0], offsets.as_slice()[nn]);
+            let bytes =
+                Storage::<u8>::mapped(map.clone(), (bo + first) as usize, (last - first) as usize)
+                    .ok_or_else(misaligned)?;
+            list.payloads = PayloadColumn::from_parts(offsets, bytes)
+                .ok_or_else(|| corrupt("inconsistent payload offsets".into()))?;
+        }
+        lists.push(list);
         start += n;
     }
     // Codes must index existing sub-centroids (always true for 8-bit; checked for future widths).
@@ -588,10 +653,59 @@ mod tests {
         assert!(!loaded.contains(5) && loaded.contains(6));
     }
 
+    /// An index whose every third point carries a payload.
+    fn with_payloads(refine: RefineKind) -> IvfPqIndex {
+        let (index, x) = small_index(refine, Metric::L2);
+        let mut out = index.empty_like();
+        let payloads: Vec<Vec<u8>> = (0..600)
+            .map(|i| {
+                if i % 3 == 0 {
+                    crate::payload::encode_text(&format!("{{\"i\":{i},\"s\":\"p{}\"}}", i % 7))
+                        .unwrap()
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
+        out.add_with_payloads(&x, None, &payloads, &NoProgress).unwrap();
+        out
+    }
+
+    #[test]
+    fn payloads_round_trip_with_deletes_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = with_payloads(RefineKind::F16);
+        index.delete(&[0, 1, 2, 3, 300]);
+        let path = dir.path().join("p.qvr");
+        save(&index, &path).unwrap();
+        let loaded = load(&path).unwrap();
+        assert_eq!(loaded.len(), 595);
+        for id in 0..600u64 {
+            assert_eq!(loaded.payload(id), index.payload(id), "id {id}");
+        }
+        assert_eq!(loaded.payload(6), Some(&b"{\"i\":6,\"s\":\"p6\"}"[..]));
+        assert_eq!(loaded.payload(7), Some(&b""[..]));
+        // Mapped payloads stay readable after a write copies a list, and after a re-save.
+        let mut again = loaded.clone();
+        again.set_payload(7, b"{\"x\":1}");
+        assert_eq!(again.payload(7), Some(&b"{\"x\":1}"[..]));
+        assert_eq!(again.payload(6), loaded.payload(6));
+        let path2 = dir.path().join("p2.qvr");
+        save(&again, &path2).unwrap();
+        let re = load(&path2).unwrap();
+        for id in 4..600u64 {
+            assert_eq!(re.payload(id), again.payload(id), "id {id}");
+        }
+        // No payloads, no payload sections.
+        let (plain, _) = small_index(RefineKind::None, Metric::L2);
+        save(&plain, &path).unwrap();
+        assert!(!load(&path).unwrap().has_payloads());
+    }
+
     #[test]
     fn every_flipped_byte_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (index, _) = small_index(RefineKind::F16, Metric::L2);
+        let index = with_payloads(RefineKind::F16);
         let path = dir.path().join("i.qvr");
         save(&index, &path).unwrap();
         let good = std::fs::read(&path).unwrap();

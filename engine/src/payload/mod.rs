@@ -11,6 +11,7 @@
 //! - [`filter`]: the filter (Qdrant's semantics), parsed with errors naming the offending path and
 //!   evaluated to a bitmap of rows.
 
+pub mod column;
 pub mod fields;
 pub mod filter;
 pub mod path;
