@@ -683,7 +683,11 @@ impl IvfPqIndex {
     /// The stored payload of a live id (empty: none); `None` when the id is absent.
     pub fn payload(&self, id: u64) -> Option<&[u8]> {
         let loc = self.locations.get(&id)?;
-        Some(self.lists[loc.list as usize].payloads.get(loc.slot as usize))
+        Some(
+            self.lists[loc.list as usize]
+                .payloads
+                .get(loc.slot as usize),
+        )
     }
 
     /// Replaces the stored payload of a live id; false when the id is absent.

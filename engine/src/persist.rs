@@ -32,8 +32,8 @@ use crate::error::EngineError;
 use crate::index::{IndexParams, IvfPqIndex, RefineKind};
 use crate::io::{AtomicFile, IoError};
 use crate::list::{CodeLayout, InvertedList, RawVectors};
-use crate::payload::column::PayloadColumn;
 use crate::metric::Metric;
+use crate::payload::column::PayloadColumn;
 use crate::pq::ProductQuantizer;
 use crate::storage::Storage;
 
@@ -504,7 +504,9 @@ pub fn load(path: &Path) -> Result<IvfPqIndex, EngineError> {
                 prev = o;
             }
             if prev != bl {
-                return Err(corrupt("payload offsets do not end at the bytes' end".into()));
+                return Err(corrupt(
+                    "payload offsets do not end at the bytes' end".into(),
+                ));
             }
             Some((oo, bo))
         }
@@ -667,7 +669,8 @@ mod tests {
                 }
             })
             .collect();
-        out.add_with_payloads(&x, None, &payloads, &NoProgress).unwrap();
+        out.add_with_payloads(&x, None, &payloads, &NoProgress)
+            .unwrap();
         out
     }
 

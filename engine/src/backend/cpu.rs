@@ -8,8 +8,8 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::{
-    run_stages, Backend, Candidates, LookupTables, Neighbors, PreparedIndex, Probes, SearchParams,
-    Slot,
+    run_stages, AllowSet, Backend, Candidates, LookupTables, Neighbors, PreparedIndex, Probes,
+    QueryFilters, SearchParams, Slot,
 };
 use crate::error::EngineError;
 use crate::fastscan::{self, QuantizedTable};
@@ -254,41 +254,38 @@ impl Backend for CpuBackend {
         tables: &LookupTables,
         keep: usize,
     ) -> Result<Candidates, EngineError> {
-        let nq = probes.lists.len() / probes.nprobe.max(1);
-        let mut slots = vec![Slot::NONE; nq * keep];
-        let mut scores = vec![f32::INFINITY; nq * keep];
-        let scanner = ListScanner::new(p, tables);
-        if nq == 1 {
-            let mut state = scanner.state(keep);
-            scanner.scan_query(&mut state, probes, 0, &mut slots, &mut scores);
-        } else if p.index.layout() == CodeLayout::Packed4x32 {
-            // List-major within chunks of queries: each list is streamed from memory once for
-            // every query of the chunk probing it; tops stay private to the chunk's task.
-            let chunk = list_major_chunk(nq);
-            slots
-                .par_chunks_mut(chunk * keep)
-                .zip(scores.par_chunks_mut(chunk * keep))
-                .enumerate()
-                .for_each(|(c, (slot_out, score_out))| {
-                    scanner.scan_chunk_list_major(probes, c * chunk, keep, slot_out, score_out);
-                });
-        } else {
-            // 8-bit tables are 64 KiB-class per query: keep one query's table hot instead.
-            slots
-                .par_chunks_mut(keep)
-                .zip(scores.par_chunks_mut(keep))
-                .enumerate()
-                .for_each_init(
-                    || scanner.state(keep),
-                    |state, (q, (slot_out, score_out))| {
-                        scanner.scan_query(state, probes, q, slot_out, score_out)
-                    },
-                );
+        self.scan_with(p, probes, tables, keep, None)
+    }
+
+    fn scan_filtered(
+        &self,
+        p: &CpuPrepared,
+        probes: &Probes,
+        tables: &LookupTables,
+        keep: usize,
+        filters: QueryFilters<'_>,
+    ) -> Result<Candidates, EngineError> {
+        self.scan_with(p, probes, tables, keep, Some(filters))
+    }
+
+    fn search_filtered(
+        &self,
+        prepared: &CpuPrepared,
+        queries: &[f32],
+        params: &SearchParams,
+        filters: QueryFilters<'_>,
+    ) -> Result<Neighbors, EngineError> {
+        let run = || super::planner::search_filtered(self, prepared, queries, params, filters);
+        if rayon::current_thread_index().is_some() || queries.len() <= prepared.index.dim() {
+            return run();
         }
-        Ok(Candidates {
-            per_query: keep,
-            slots,
-            scores,
+        let mut result = None;
+        rayon::scope(|_| result = Some(run()));
+        result.unwrap_or_else(|| {
+            Err(EngineError::BackendUnavailable {
+                backend: "cpu",
+                reason: "search did not run".into(),
+            })
         })
     }
 
@@ -354,6 +351,53 @@ impl Backend for CpuBackend {
 }
 
 impl CpuBackend {
+    /// The scan stage, with per-query allow-sets or without.
+    fn scan_with(
+        &self,
+        p: &CpuPrepared,
+        probes: &Probes,
+        tables: &LookupTables,
+        keep: usize,
+        filters: Option<QueryFilters<'_>>,
+    ) -> Result<Candidates, EngineError> {
+        let nq = probes.lists.len() / probes.nprobe.max(1);
+        let mut slots = vec![Slot::NONE; nq * keep];
+        let mut scores = vec![f32::INFINITY; nq * keep];
+        let scanner = ListScanner::new(p, tables, filters);
+        if nq == 1 {
+            let mut state = scanner.state(keep);
+            scanner.scan_query(&mut state, probes, 0, &mut slots, &mut scores);
+        } else if p.index.layout() == CodeLayout::Packed4x32 {
+            // List-major within chunks of queries: each list is streamed from memory once for
+            // every query of the chunk probing it; tops stay private to the chunk's task.
+            let chunk = list_major_chunk(nq);
+            slots
+                .par_chunks_mut(chunk * keep)
+                .zip(scores.par_chunks_mut(chunk * keep))
+                .enumerate()
+                .for_each(|(c, (slot_out, score_out))| {
+                    scanner.scan_chunk_list_major(probes, c * chunk, keep, slot_out, score_out);
+                });
+        } else {
+            // 8-bit tables are 64 KiB-class per query: keep one query's table hot instead.
+            slots
+                .par_chunks_mut(keep)
+                .zip(scores.par_chunks_mut(keep))
+                .enumerate()
+                .for_each_init(
+                    || scanner.state(keep),
+                    |state, (q, (slot_out, score_out))| {
+                        scanner.scan_query(state, probes, q, slot_out, score_out)
+                    },
+                );
+        }
+        Ok(Candidates {
+            per_query: keep,
+            slots,
+            scores,
+        })
+    }
+
     /// Scans the probed lists of several indexes that share one set of quantizers (segments
     /// of one collection) with one query's tables: for each (query, list) the combined L2
     /// table is built once and every segment's list `l` is scanned with it. Returns each
@@ -376,7 +420,7 @@ impl CpuBackend {
                 .collect();
         }
         let nq = probes.lists.len() / probes.nprobe.max(1);
-        let scanner = ListScanner::new(first, tables);
+        let scanner = ListScanner::new(first, tables, None);
         let (m, ksub, n) = (tables.m, tables.ksub, scanner.table_len());
         let per_query: Vec<Vec<(Vec<Slot>, Vec<f32>)>> = (0..nq)
             .into_par_iter()
@@ -403,11 +447,13 @@ impl CpuBackend {
                                 _ if list.is_empty() => {}
                                 Some(t) if list.len() < DIRECT_MAX => {
                                     let (t, qt) = (&t[l * n..(l + 1) * n], scanner.query_table(q));
-                                    scan_flat_codes_two(codes, m, t, qt, bias, l, list, top);
+                                    let dead = list.tombstones();
+                                    scan_flat_codes_two(codes, m, t, qt, bias, l, dead, top);
                                 }
                                 _ => {
                                     let table = if long { table } else { scanner.query_table(q) };
-                                    scan_flat_codes(codes, m, ksub, table, bias, l, list, top);
+                                    let dead = list.tombstones();
+                                    scan_flat_codes(codes, m, ksub, table, bias, l, dead, top);
                                 }
                             }
                         }
@@ -478,6 +524,8 @@ struct ScanState {
 struct ListScanner<'a> {
     p: &'a CpuPrepared,
     tables: &'a LookupTables,
+    /// Per-query allow-sets (a filtered scan).
+    filters: Option<QueryFilters<'a>>,
     level: crate::simd::Level,
     /// Fast-scan with an inner-product metric: one quantized table per query serves every
     /// list (the list enters through the bias), so it is quantized once per query.
@@ -485,10 +533,15 @@ struct ListScanner<'a> {
 }
 
 impl<'a> ListScanner<'a> {
-    fn new(p: &'a CpuPrepared, tables: &'a LookupTables) -> Self {
+    fn new(
+        p: &'a CpuPrepared,
+        tables: &'a LookupTables,
+        filters: Option<QueryFilters<'a>>,
+    ) -> Self {
         ListScanner {
             p,
             tables,
+            filters,
             level: crate::simd::level(),
             shared: p.index.layout() == CodeLayout::Packed4x32 && p.l2_list_terms.is_none(),
         }
@@ -496,6 +549,21 @@ impl<'a> ListScanner<'a> {
 
     fn table_len(&self) -> usize {
         self.tables.m * self.tables.ksub
+    }
+
+    /// Query `q`'s allow-set, in a filtered scan.
+    #[inline]
+    fn set_of(&self, q: usize) -> Option<&'a AllowSet> {
+        self.filters.and_then(|f| f.set_of(q))
+    }
+
+    /// What query `q` must skip in list `l`: its allow-set's exclusions, else the tombstones.
+    #[inline]
+    fn excluded(&self, q: usize, l: usize) -> Option<&'a [u64]> {
+        match self.set_of(q) {
+            Some(set) => Some(set.excluded(l)),
+            None => self.p.index.lists()[l].tombstones(),
+        }
     }
 
     fn state(&self, keep: usize) -> ScanState {
@@ -546,23 +614,24 @@ impl<'a> ListScanner<'a> {
         let index = &self.p.index;
         let (m, ksub) = (self.tables.m, self.tables.ksub);
         let list = &index.lists()[l];
-        if list.is_empty() {
+        if list.is_empty() || self.set_of(q).is_some_and(|s| s.in_list(l) == 0) {
             return;
         }
+        let dead = self.excluded(q, l);
         if index.layout() == CodeLayout::Flat && list.len() < DIRECT_MAX {
             if let Some(terms) = self.p.l2_list_terms.as_deref() {
                 // A short list (a small segment's): two lookups per sub-quantizer and code cost
                 // less than adding the list's terms into a whole table first.
                 let n = self.table_len();
                 let (t, qt) = (&terms[l * n..(l + 1) * n], self.query_table(q));
-                scan_flat_codes_two(list.codes.as_slice(), m, t, qt, bias, l, list, top);
+                scan_flat_codes_two(list.codes.as_slice(), m, t, qt, bias, l, dead, top);
                 return;
             }
         }
         let table = self.list_table(q, l, combined);
         match index.layout() {
             CodeLayout::Flat => {
-                scan_flat_codes(list.codes.as_slice(), m, ksub, table, bias, l, list, top)
+                scan_flat_codes(list.codes.as_slice(), m, ksub, table, bias, l, dead, top)
             }
             CodeLayout::Packed4x32 => {
                 let offset = if self.shared {
@@ -577,7 +646,7 @@ impl<'a> ListScanner<'a> {
                     list.len(),
                     quantized,
                     offset,
-                    list.tombstones(),
+                    dead,
                     top,
                     |s| pack(l, s),
                 );
@@ -616,12 +685,18 @@ impl<'a> ListScanner<'a> {
                     table: &ctx.shared_tables[locals[k]],
                     offset: members[k].1,
                     top,
+                    excluded: self
+                        .set_of(ctx.first + locals[k])
+                        .map(|s| s.excluded(ctx.list)),
                 }
             } else {
                 fastscan::ScanQuery {
                     table: &ctx.scratch[k],
                     offset: 0.0,
                     top,
+                    excluded: self
+                        .set_of(ctx.first + locals[k])
+                        .map(|s| s.excluded(ctx.list)),
                 }
             }
         });
@@ -700,6 +775,10 @@ impl<'a> ListScanner<'a> {
         // candidates are offered), then the other lists in list order.
         let mut pairs: Vec<(bool, u32, u32)> = (0..nq * nprobe)
             .map(|i| (i % nprobe != 0, probes.lists[first * nprobe + i], i as u32))
+            .filter(|&(_, l, i)| {
+                self.set_of(first + i as usize / nprobe)
+                    .is_none_or(|s| s.in_list(l as usize) > 0)
+            })
             .collect();
         pairs.sort_unstable();
         // Up to GROUP queries probing the same list are scanned together (the list's codes
@@ -761,12 +840,11 @@ fn scan_flat_codes_two(
     q_table: &[f32],
     bias: f32,
     list_no: usize,
-    list: &crate::list::InvertedList,
+    tombstones: Option<&[u64]>,
     top: &mut TopK<u64>,
 ) {
     let terms: &[[f32; 256]] = bytemuck::cast_slice(&terms[..m * 256]);
     let q_table: &[[f32; 256]] = bytemuck::cast_slice(&q_table[..m * 256]);
-    let tombstones = list.tombstones();
     for (s, code) in codes.chunks_exact(m).enumerate() {
         let mut acc = bias;
         for ((t, q), &c) in terms.iter().zip(q_table).zip(code) {
@@ -801,13 +879,12 @@ fn scan_flat_codes(
     table: &[f32],
     bias: f32,
     list_no: usize,
-    list: &crate::list::InvertedList,
+    tombstones: Option<&[u64]>,
     top: &mut TopK<u64>,
 ) {
     debug_assert_eq!(ksub, 256, "flat layout holds 8-bit codes");
     let tables: &[[f32; 256]] = bytemuck::cast_slice(&table[..m * 256]);
     let tables = &tables[..m];
-    let tombstones = list.tombstones();
     let live = |s: usize| match tombstones {
         Some(bits) => bits[s / 64] >> (s % 64) & 1 == 0,
         None => true,

@@ -13,9 +13,12 @@
 //! [`Backend::search`] validates the batch, tiles it and runs the stages; a backend may
 //! override it to fuse stages. The CPU backend is the reference the others must match.
 
+pub mod allow;
 pub mod counters;
 pub mod cpu;
+pub mod planner;
 
+pub use allow::{AllowSet, QueryFilters, NO_FILTER};
 pub use counters::DeviceCounters;
 
 use std::sync::Arc;
@@ -242,6 +245,24 @@ pub trait Backend: Send + Sync {
         keep: usize,
     ) -> Result<Candidates, EngineError>;
 
+    /// Stage 3 under per-query allow-sets: an entry a query's set excludes is never offered
+    /// to its selection (checked inside the scan loop, like a tombstone); queries without a
+    /// set scan as in [`Backend::scan`]. Backends without it report so.
+    fn scan_filtered(
+        &self,
+        prepared: &Self::Prepared,
+        probes: &Probes,
+        tables: &LookupTables,
+        keep: usize,
+        filters: QueryFilters<'_>,
+    ) -> Result<Candidates, EngineError> {
+        let _ = (prepared, probes, tables, keep, filters);
+        Err(EngineError::BackendUnavailable {
+            backend: self.name(),
+            reason: "filtered search is not supported by this backend".into(),
+        })
+    }
+
     /// Stage 4: the final `k` neighbours of each query from its candidates.
     fn refine(
         &self,
@@ -271,6 +292,19 @@ pub trait Backend: Send + Sync {
         params: &SearchParams,
     ) -> Result<Neighbors, EngineError> {
         run_stages(self, prepared, queries, params)
+    }
+
+    /// Searches a batch in which each query may have an allow-set (see [`planner`]: exact
+    /// search over few allowed entries, else the IVF scan with nprobe widened until enough
+    /// allowed entries were seen). Queries with different filters share the batch.
+    fn search_filtered(
+        &self,
+        prepared: &Self::Prepared,
+        queries: &[f32],
+        params: &SearchParams,
+        filters: QueryFilters<'_>,
+    ) -> Result<Neighbors, EngineError> {
+        planner::search_filtered(self, prepared, queries, params, filters)
     }
 
     /// Searches one batch against several indexes (a collection's sealed segments): each
@@ -349,6 +383,17 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
         (**self).scan(prepared, probes, tables, keep)
     }
 
+    fn scan_filtered(
+        &self,
+        prepared: &Self::Prepared,
+        probes: &Probes,
+        tables: &LookupTables,
+        keep: usize,
+        filters: QueryFilters<'_>,
+    ) -> Result<Candidates, EngineError> {
+        (**self).scan_filtered(prepared, probes, tables, keep, filters)
+    }
+
     fn refine(
         &self,
         prepared: &Self::Prepared,
@@ -357,6 +402,16 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
         k: usize,
     ) -> Result<Neighbors, EngineError> {
         (**self).refine(prepared, queries, candidates, k)
+    }
+
+    fn search_filtered(
+        &self,
+        prepared: &Self::Prepared,
+        queries: &[f32],
+        params: &SearchParams,
+        filters: QueryFilters<'_>,
+    ) -> Result<Neighbors, EngineError> {
+        (**self).search_filtered(prepared, queries, params, filters)
     }
 
     fn counters(&self) -> Option<DeviceCounters> {

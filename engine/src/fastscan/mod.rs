@@ -266,6 +266,9 @@ pub struct ScanQuery<'a> {
     pub offset: f32,
     /// Receives the candidates.
     pub top: &'a mut TopK<u64>,
+    /// This query's exclusion bits for the list (an allow-set's, tombstones included), in
+    /// place of the list's tombstones; `None`: the list's tombstones.
+    pub excluded: Option<&'a [u64]>,
 }
 
 /// Scans one list's packed codes (`n` vectors) with a quantized table, offering every live
@@ -286,7 +289,12 @@ pub fn scan_list(
         level,
         packed,
         n,
-        [ScanQuery { table, offset, top }],
+        [ScanQuery {
+            table,
+            offset,
+            top,
+            excluded: None,
+        }],
         tombstones,
         item,
     );
@@ -333,7 +341,7 @@ pub fn scan_list_for<const Q: usize>(
                     continue; // the threshold fell since the block was compared
                 }
                 let slot = b * BLOCK + v;
-                if let Some(bits) = tombstones {
+                if let Some(bits) = sq.excluded.or(tombstones) {
                     if bits[slot / 64] >> (slot % 64) & 1 == 1 {
                         continue;
                     }
@@ -480,16 +488,19 @@ mod tests {
                         table: &tables[0],
                         offset: 0.0,
                         top: a,
+                        excluded: None,
                     },
                     ScanQuery {
                         table: &tables[1],
                         offset: 0.5,
                         top: b,
+                        excluded: None,
                     },
                     ScanQuery {
                         table: &tables[2],
                         offset: 1.0,
                         top: c,
+                        excluded: None,
                     },
                 ],
                 Some(&tombstones),

@@ -213,7 +213,8 @@ fn collect_sorted(pairs: &[(f64, u32)], range: &Range, out: &mut RoaringBitmap) 
 impl FieldIndex {
     /// Indexes `spec` over rows given as stored payload bytes, in row order.
     pub fn build<'a>(spec: &FieldSpec, rows: impl Iterator<Item = &'a [u8]>) -> FieldIndex {
-        let path = KeyPath::parse(&spec.key).unwrap_or_else(|_| KeyPath::parse("_").expect("a key"));
+        let path =
+            KeyPath::parse(&spec.key).unwrap_or_else(|_| KeyPath::parse("_").expect("a key"));
         let mut keyword: HashMap<String, RoaringBitmap> = HashMap::new();
         let mut ints: BTreeMap<i64, RoaringBitmap> = BTreeMap::new();
         let mut nums: Vec<(f64, u32)> = Vec::new();
@@ -441,7 +442,10 @@ mod tests {
     fn indexes_answer_match_range_and_except() {
         let s = index("s:keyword");
         assert_eq!(set(s.matching(&[Scalar::Str("a".into())]).unwrap()), [0, 1]);
-        assert_eq!(set(s.not_matching(&[Scalar::Str("a".into())]).unwrap()), [1, 2]);
+        assert_eq!(
+            set(s.not_matching(&[Scalar::Str("a".into())]).unwrap()),
+            [1, 2]
+        );
         assert_eq!(set(s.foreign().clone()), [3]);
         assert_eq!(set(s.nonempty().clone()), [0, 1, 2, 3]);
         assert!(s.in_range(&Range::default()).is_none());

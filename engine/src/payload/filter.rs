@@ -126,7 +126,10 @@ struct Parser {
 impl Parser {
     fn filter(&mut self, v: &Value, path: &str, depth: usize) -> Result<Filter, FilterError> {
         if depth > MAX_FILTER_DEPTH {
-            return err(path, format!("filters nest deeper than {MAX_FILTER_DEPTH} levels"));
+            return err(
+                path,
+                format!("filters nest deeper than {MAX_FILTER_DEPTH} levels"),
+            );
         }
         let Value::Object(obj) = v else {
             return err(
@@ -193,7 +196,12 @@ impl Parser {
         Ok(f)
     }
 
-    fn clause(&mut self, v: &Value, path: &str, depth: usize) -> Result<Vec<Condition>, FilterError> {
+    fn clause(
+        &mut self,
+        v: &Value,
+        path: &str,
+        depth: usize,
+    ) -> Result<Vec<Condition>, FilterError> {
         match v {
             Value::Null => Ok(Vec::new()),
             Value::Array(items) => items
@@ -223,10 +231,16 @@ impl Parser {
     fn condition(&mut self, v: &Value, path: &str, depth: usize) -> Result<Condition, FilterError> {
         self.conditions += 1;
         if self.conditions > MAX_CONDITIONS {
-            return err(path, format!("the filter has more than {MAX_CONDITIONS} conditions"));
+            return err(
+                path,
+                format!("the filter has more than {MAX_CONDITIONS} conditions"),
+            );
         }
         let Value::Object(obj) = v else {
-            return err(path, format!("expected a condition object, got {}", type_name(v)));
+            return err(
+                path,
+                format!("expected a condition object, got {}", type_name(v)),
+            );
         };
         if obj.contains_key("key") {
             return self.field_condition(obj, path);
@@ -254,7 +268,12 @@ impl Parser {
                     self.key(o, &at)?
                 }
                 Value::String(s) => KeyPath::parse(s).or_else(|m| err(&at, m))?,
-                v => return err(&at, format!("expected {{\"key\": ...}}, got {}", type_name(v))),
+                v => {
+                    return err(
+                        &at,
+                        format!("expected {{\"key\": ...}}, got {}", type_name(v)),
+                    )
+                }
             };
             return Ok(if name == "is_empty" {
                 Condition::IsEmpty(key)
@@ -266,7 +285,10 @@ impl Parser {
             only("has_id")?;
             let at = format!("{path}.has_id");
             let Value::Array(items) = ids else {
-                return err(&at, format!("expected a list of point ids, got {}", type_name(ids)));
+                return err(
+                    &at,
+                    format!("expected a list of point ids, got {}", type_name(ids)),
+                );
             };
             self.count_values(items.len(), &at)?;
             let mut out = Vec::with_capacity(items.len());
@@ -297,10 +319,17 @@ impl Parser {
             .iter()
             .any(|k| obj.contains_key(*k))
         {
-            return Ok(Condition::Nested(Box::new(self.filter(v, path, depth + 1)?)));
+            return Ok(Condition::Nested(Box::new(self.filter(
+                v,
+                path,
+                depth + 1,
+            )?)));
         }
         if obj.contains_key("nested") {
-            return err(&format!("{path}.nested"), "nested-object conditions are not supported; use a key path such as `items[].name`");
+            return err(
+                &format!("{path}.nested"),
+                "nested-object conditions are not supported; use a key path such as `items[].name`",
+            );
         }
         match obj.keys().next() {
             Some(k) => err(
@@ -322,7 +351,11 @@ impl Parser {
         Ok(())
     }
 
-    fn field_condition(&mut self, obj: &Map<String, Value>, path: &str) -> Result<Condition, FilterError> {
+    fn field_condition(
+        &mut self,
+        obj: &Map<String, Value>,
+        path: &str,
+    ) -> Result<Condition, FilterError> {
         let key = self.key(obj, path)?;
         let mut test = None;
         for (k, v) in obj {
@@ -407,7 +440,10 @@ fn scalar(v: &Value, path: &str) -> Result<Scalar, FilterError> {
         },
         _ => err(
             path,
-            format!("expected a string, an integer or a boolean, got {}", type_name(v)),
+            format!(
+                "expected a string, an integer or a boolean, got {}",
+                type_name(v)
+            ),
         ),
     }
 }
@@ -429,7 +465,9 @@ fn range(v: &Value, path: &str) -> Result<Range, FilterError> {
         *slot = match b {
             Value::Null => None,
             Value::Number(n) => Some(n.as_f64().unwrap_or(f64::NAN)),
-            Value::String(_) => return err(&at, "expected a number (datetime ranges are not supported)"),
+            Value::String(_) => {
+                return err(&at, "expected a number (datetime ranges are not supported)")
+            }
             _ => return err(&at, format!("expected a number, got {}", type_name(b))),
         };
         if slot.is_some_and(|x| !x.is_finite()) {
@@ -490,7 +528,8 @@ impl Filter {
         if text.len() > MAX_FILTER_BYTES {
             return err("filter", format!("larger than {MAX_FILTER_BYTES} bytes"));
         }
-        let v: Value = serde_json::from_str(text).or_else(|e| err("filter", format!("not valid JSON: {e}")))?;
+        let v: Value = serde_json::from_str(text)
+            .or_else(|e| err("filter", format!("not valid JSON: {e}")))?;
         Filter::parse(&v)
     }
 
@@ -762,8 +801,16 @@ mod tests {
             .filter(|(i, p)| f.matches(100 + *i as u64, p.as_object().unwrap()))
             .map(|(i, _)| i as u32)
             .collect();
-        assert_eq!(with.iter().collect::<Vec<_>>(), one_by_one, "indexed vs one by one");
-        assert_eq!(without.iter().collect::<Vec<_>>(), one_by_one, "unindexed vs one by one");
+        assert_eq!(
+            with.iter().collect::<Vec<_>>(),
+            one_by_one,
+            "indexed vs one by one"
+        );
+        assert_eq!(
+            without.iter().collect::<Vec<_>>(),
+            one_by_one,
+            "unindexed vs one by one"
+        );
         one_by_one
     }
 
@@ -793,10 +840,19 @@ mod tests {
             rows_of(json!({"must": [{"key": "score", "range": {"gt": 0.1}}]})),
             [1]
         );
-        assert_eq!(rows_of(json!({"must": [{"is_empty": {"key": "tags"}}]})), [2, 3, 4, 5, 6]);
-        assert_eq!(rows_of(json!({"must": [{"is_empty": {"key": "source"}}]})), [4, 5]);
+        assert_eq!(
+            rows_of(json!({"must": [{"is_empty": {"key": "tags"}}]})),
+            [2, 3, 4, 5, 6]
+        );
+        assert_eq!(
+            rows_of(json!({"must": [{"is_empty": {"key": "source"}}]})),
+            [4, 5]
+        );
         assert_eq!(rows_of(json!({"must": [{"is_null": {"key": "n"}}]})), [4]);
-        assert_eq!(rows_of(json!({"must": [{"has_id": [101, 105, 999]}]})), [1, 5]);
+        assert_eq!(
+            rows_of(json!({"must": [{"has_id": [101, 105, 999]}]})),
+            [1, 5]
+        );
     }
 
     #[test]
@@ -841,21 +897,57 @@ mod tests {
     fn bad_filters_name_the_path() {
         let cases = [
             (json!([]), "filter"),
-            (json!({"must": [{"key": "a", "match": {"valu": 1}}]}), "filter.must[0].match.valu"),
-            (json!({"must": [{"key": "a", "match": {"value": 1.5}}]}), "filter.must[0].match.value"),
-            (json!({"must": [{"key": "a", "match": {"value": {"x": 1}}}]}), "filter.must[0].match.value"),
-            (json!({"must": [{"key": "a", "range": {"gt": "2020"}}]}), "filter.must[0].range.gt"),
-            (json!({"must": [{"key": "a", "range": {"between": 1}}]}), "filter.must[0].range.between"),
-            (json!({"must": [{"key": "a", "like": "x"}]}), "filter.must[0].like"),
+            (
+                json!({"must": [{"key": "a", "match": {"valu": 1}}]}),
+                "filter.must[0].match.valu",
+            ),
+            (
+                json!({"must": [{"key": "a", "match": {"value": 1.5}}]}),
+                "filter.must[0].match.value",
+            ),
+            (
+                json!({"must": [{"key": "a", "match": {"value": {"x": 1}}}]}),
+                "filter.must[0].match.value",
+            ),
+            (
+                json!({"must": [{"key": "a", "range": {"gt": "2020"}}]}),
+                "filter.must[0].range.gt",
+            ),
+            (
+                json!({"must": [{"key": "a", "range": {"between": 1}}]}),
+                "filter.must[0].range.between",
+            ),
+            (
+                json!({"must": [{"key": "a", "like": "x"}]}),
+                "filter.must[0].like",
+            ),
             (json!({"must": [{"key": "a"}]}), "filter.must[0]"),
-            (json!({"must": [{"key": 5, "match": {"value": 1}}]}), "filter.must[0].key"),
-            (json!({"must": [{"key": "a..b", "match": {"value": 1}}]}), "filter.must[0].key"),
-            (json!({"should": [{"frobnicate": 1}]}), "filter.should[0].frobnicate"),
-            (json!({"must_not": [{"has_id": [1, -2]}]}), "filter.must_not[0].has_id[1]"),
+            (
+                json!({"must": [{"key": 5, "match": {"value": 1}}]}),
+                "filter.must[0].key",
+            ),
+            (
+                json!({"must": [{"key": "a..b", "match": {"value": 1}}]}),
+                "filter.must[0].key",
+            ),
+            (
+                json!({"should": [{"frobnicate": 1}]}),
+                "filter.should[0].frobnicate",
+            ),
+            (
+                json!({"must_not": [{"has_id": [1, -2]}]}),
+                "filter.must_not[0].has_id[1]",
+            ),
             (json!({"musts": []}), "filter.musts"),
             (json!({"must": 3}), "filter.must"),
-            (json!({"must": [{"key": "a", "match": {"any": "x"}}]}), "filter.must[0].match.any"),
-            (json!({"must": [{"key": "a", "match": {"value": 1}, "range": {"gt": 1}}]}), "filter.must[0].range"),
+            (
+                json!({"must": [{"key": "a", "match": {"any": "x"}}]}),
+                "filter.must[0].match.any",
+            ),
+            (
+                json!({"must": [{"key": "a", "match": {"value": 1}, "range": {"gt": 1}}]}),
+                "filter.must[0].range",
+            ),
         ];
         for (f, path) in cases {
             let e = error_of(f.clone());
@@ -869,10 +961,17 @@ mod tests {
         let many: Vec<Value> = (0..2000)
             .map(|i| json!({"key": "a", "match": {"value": i}}))
             .collect();
-        assert!(error_of(json!({ "should": many })).message.contains("conditions"));
+        assert!(error_of(json!({ "should": many }))
+            .message
+            .contains("conditions"));
         let ids: Vec<u64> = (0..200_000).collect();
-        assert!(error_of(json!({"must": [{"has_id": ids}]})).message.contains("values"));
-        assert!(Filter::parse_text("{").unwrap_err().message.contains("JSON"));
+        assert!(error_of(json!({"must": [{"has_id": ids}]}))
+            .message
+            .contains("values"));
+        assert!(Filter::parse_text("{")
+            .unwrap_err()
+            .message
+            .contains("JSON"));
     }
 
     #[test]
