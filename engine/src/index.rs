@@ -12,6 +12,7 @@ use crate::kmeans::{self, Assignment, KMeansParams};
 use crate::linalg::normalize_rows;
 use crate::list::{CodeLayout, InvertedList, RawVectors};
 use crate::metric::Metric;
+use crate::payload::fields::FieldSpec;
 use crate::pq::ProductQuantizer;
 use crate::progress::Progress;
 use crate::storage::Storage;
@@ -226,6 +227,8 @@ pub struct IvfPqIndex {
     /// Persistent (structurally shared) map: a clone costs O(1), a write O(log n).
     locations: imbl::HashMap<u64, Location>,
     next_id: u64,
+    /// Payload fields to index (field indexes are built from the payloads when searched).
+    fields: Arc<Vec<FieldSpec>>,
 }
 
 /// Rows added per encoding block (bounds temporary memory during add).
@@ -371,6 +374,7 @@ impl IvfPqIndex {
             lists,
             locations,
             next_id,
+            fields: Arc::default(),
         }
     }
 
@@ -554,12 +558,14 @@ impl IvfPqIndex {
             .iter()
             .map(|l| Arc::new(l.compacted(cs, dim, layout)))
             .collect();
+        let fields = self.fields.clone();
         *self = Self::from_shared(
             self.params.clone(),
             self.centroids.clone(),
             self.pq.clone(),
             lists,
         );
+        self.fields = fields;
     }
 
     /// Adds or replaces vectors by id: ids already present are deleted first. Nothing changes
@@ -586,12 +592,29 @@ impl IvfPqIndex {
     /// An empty index with this index's parameters and (shared) quantizers: a new segment of
     /// the same collection.
     pub fn empty_like(&self) -> IvfPqIndex {
-        Self::from_shared(
+        let mut out = Self::from_shared(
             self.params.clone(),
             self.centroids.clone(),
             self.pq.clone(),
             Vec::new(),
-        )
+        );
+        out.fields = self.fields.clone();
+        out
+    }
+
+    /// The payload fields to index.
+    pub fn field_specs(&self) -> &[FieldSpec] {
+        &self.fields
+    }
+
+    /// Sets the payload fields to index (each key once; a later spec for a key wins).
+    pub fn set_field_specs(&mut self, specs: Vec<FieldSpec>) {
+        let mut out: Vec<FieldSpec> = Vec::new();
+        for s in specs {
+            out.retain(|o| o.key != s.key);
+            out.push(s);
+        }
+        self.fields = Arc::new(out);
     }
 
     /// The live entries of several indexes sharing these quantizers, list by list, in one

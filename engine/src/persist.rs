@@ -34,6 +34,7 @@ use crate::io::{AtomicFile, IoError};
 use crate::list::{CodeLayout, InvertedList, RawVectors};
 use crate::metric::Metric;
 use crate::payload::column::PayloadColumn;
+use crate::payload::fields::{FieldSpec, FieldType};
 use crate::pq::ProductQuantizer;
 use crate::storage::Storage;
 
@@ -68,10 +69,11 @@ enum Section {
     Raw = 7,
     PayloadOffsets = 8,
     PayloadBytes = 9,
+    Fields = 10,
 }
 
 impl Section {
-    const ALL: [Section; 9] = [
+    const ALL: [Section; 10] = [
         Section::Params,
         Section::Centroids,
         Section::Codebook,
@@ -81,6 +83,7 @@ impl Section {
         Section::Raw,
         Section::PayloadOffsets,
         Section::PayloadBytes,
+        Section::Fields,
     ];
     fn name(self) -> &'static str {
         match self {
@@ -93,6 +96,7 @@ impl Section {
             Section::Raw => "RAW",
             Section::PayloadOffsets => "PAYLOAD_OFFSETS",
             Section::PayloadBytes => "PAYLOAD_BYTES",
+            Section::Fields => "FIELDS",
         }
     }
     fn from_kind(k: u32) -> Option<Section> {
@@ -248,6 +252,16 @@ fn write_sections(index: &IvfPqIndex, out: &mut dyn Write) -> std::io::Result<()
         }
         w.end();
     }
+    if !index.field_specs().is_empty() {
+        // Per field: type code u8, key length u32, key bytes.
+        let mut f = Vec::new();
+        for spec in index.field_specs() {
+            f.push(spec.kind.code());
+            f.extend_from_slice(&(spec.key.len() as u32).to_le_bytes());
+            f.extend_from_slice(spec.key.as_bytes());
+        }
+        w.section(Section::Fields, &f)?;
+    }
     let table_offset = w.pos;
     let mut table = Vec::with_capacity(w.entries.len() * ENTRY_LEN);
     for e in &w.entries {
@@ -339,7 +353,7 @@ pub fn load(path: &Path) -> Result<IvfPqIndex, EngineError> {
             actual,
         });
     }
-    let mut sections: [Option<(u64, u64)>; 10] = [None; 10];
+    let mut sections: [Option<(u64, u64)>; 11] = [None; 11];
     let mut covered = HEADER_LEN;
     for e in table.chunks_exact(ENTRY_LEN) {
         let (kind, crc, offset, slen) = (u32_at(e, 0), u32_at(e, 4), u64_at(e, 8), u64_at(e, 16));
@@ -550,9 +564,14 @@ pub fn load(path: &Path) -> Result<IvfPqIndex, EngineError> {
         lists.push(list);
         start += n;
     }
+    let fields = match sections[Section::Fields as usize] {
+        None => Vec::new(),
+        Some(_) => parse_fields(bytes_of(Section::Fields)?).map_err(corrupt)?,
+    };
     // Codes must index existing sub-centroids (always true for 8-bit; checked for future widths).
     let pq = ProductQuantizer::from_parts(dim, params.pq_m, params.pq_bits, codebook);
-    let index = IvfPqIndex::from_parts(params, centroids, pq, lists);
+    let mut index = IvfPqIndex::from_parts(params, centroids, pq, lists);
+    index.set_field_specs(fields);
     if index.len() as u64 != total {
         return Err(corrupt(format!(
             "{} distinct ids for {total} vectors: ids repeat",
@@ -566,6 +585,29 @@ pub fn load(path: &Path) -> Result<IvfPqIndex, EngineError> {
         )));
     }
     Ok(index)
+}
+
+/// The FIELDS section: per field, type code u8, key length u32, key bytes.
+fn parse_fields(mut b: &[u8]) -> Result<Vec<FieldSpec>, String> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        if b.len() < 5 {
+            return Err("FIELDS section truncated".into());
+        }
+        let kind = FieldType::from_code(b[0]).ok_or_else(|| format!("unknown field type {}", b[0]))?;
+        let n = u32_at(b, 1) as usize;
+        let key = b
+            .get(5..5 + n)
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .ok_or_else(|| "FIELDS section: bad key".to_string())?;
+        crate::payload::path::KeyPath::parse(key)?;
+        out.push(FieldSpec {
+            key: key.to_string(),
+            kind,
+        });
+        b = &b[5 + n..];
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -683,6 +725,7 @@ mod tests {
         save(&index, &path).unwrap();
         let loaded = load(&path).unwrap();
         assert_eq!(loaded.len(), 595);
+        assert_eq!(loaded.field_specs(), index.field_specs());
         for id in 0..600u64 {
             assert_eq!(loaded.payload(id), index.payload(id), "id {id}");
         }

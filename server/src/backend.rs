@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use quiver_engine::backend::cpu::{CpuBackend, CpuPrepared};
 use quiver_engine::backend::{
-    Backend, Candidates, LookupTables, Neighbors, PreparedIndex, Probes, SearchParams,
+    Backend, Candidates, LookupTables, Neighbors, PreparedIndex, Probes, QueryFilters,
+    SearchParams,
 };
 use quiver_engine::{EngineError, IvfPqIndex};
 use quiver_kernels::{CudaBackend, CudaPrepared};
@@ -191,6 +192,49 @@ impl Backend for AnyBackend {
             (AnyBackend::Cpu(b), AnyPrepared::Cpu(p)) => b.scan(p, probes, tables, keep),
             (AnyBackend::Wgpu(b), AnyPrepared::Wgpu(p)) => b.scan(p, probes, tables, keep),
             (AnyBackend::Cuda(b), AnyPrepared::Cuda(p)) => b.scan(p, probes, tables, keep),
+            _ => Err(mismatch()),
+        }
+    }
+
+    fn scan_filtered(
+        &self,
+        p: &AnyPrepared,
+        probes: &Probes,
+        tables: &LookupTables,
+        keep: usize,
+        filters: QueryFilters<'_>,
+    ) -> Result<Candidates, EngineError> {
+        match (self, p) {
+            (AnyBackend::Cpu(b), AnyPrepared::Cpu(p)) => {
+                b.scan_filtered(p, probes, tables, keep, filters)
+            }
+            (AnyBackend::Wgpu(b), AnyPrepared::Wgpu(p)) => {
+                b.scan_filtered(p, probes, tables, keep, filters)
+            }
+            (AnyBackend::Cuda(b), AnyPrepared::Cuda(p)) => {
+                b.scan_filtered(p, probes, tables, keep, filters)
+            }
+            _ => Err(mismatch()),
+        }
+    }
+
+    fn search_filtered(
+        &self,
+        p: &AnyPrepared,
+        queries: &[f32],
+        params: &SearchParams,
+        filters: QueryFilters<'_>,
+    ) -> Result<Neighbors, EngineError> {
+        match (self, p) {
+            (AnyBackend::Cpu(b), AnyPrepared::Cpu(p)) => {
+                b.search_filtered(p, queries, params, filters)
+            }
+            (AnyBackend::Wgpu(b), AnyPrepared::Wgpu(p)) => {
+                b.search_filtered(p, queries, params, filters)
+            }
+            (AnyBackend::Cuda(b), AnyPrepared::Cuda(p)) => {
+                b.search_filtered(p, queries, params, filters)
+            }
             _ => Err(mismatch()),
         }
     }

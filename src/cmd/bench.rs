@@ -10,10 +10,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use quiver_engine::backend::{Backend, PreparedIndex, SearchParams};
+use quiver_engine::backend::{Backend, PreparedIndex, QueryFilters, SearchParams};
 use quiver_engine::io::read_all_f32;
 use quiver_engine::EngineError;
 
+use super::filtering::{exact_ground_truth, QueryFilterChoice};
 use super::{open_index, BackendChoice};
 use crate::output::read_int_rows;
 
@@ -34,8 +35,20 @@ pub struct Args {
     #[arg(long)]
     queries: PathBuf,
     /// Exact ground truth (.ivecs), row i for query i, best first (e.g. from `quiver gt`).
-    #[arg(long)]
-    gt: PathBuf,
+    /// Not with a filter: filtered ground truth is computed from --base.
+    #[arg(long, required_unless_present_any = ["filter", "filters"])]
+    gt: Option<PathBuf>,
+    /// Only points whose payload passes this filter (Qdrant's JSON syntax, docs/FILTERS.md);
+    /// recall is measured against the exact filtered top-k, computed from --base.
+    #[arg(long, conflicts_with = "gt")]
+    filter: Option<String>,
+    /// One filter per query: a file with one JSON filter per line, line i for query i.
+    #[arg(long, conflicts_with_all = ["gt", "filter"])]
+    filters: Option<PathBuf>,
+    /// With a filter: the base vectors the index was built from (ids 0, 1, 2, … by row), for
+    /// the exact filtered ground truth.
+    #[arg(long, num_args = 1..)]
+    base: Vec<PathBuf>,
     /// Neighbours per query; recall@k compares the k returned with the true top k.
     #[arg(long, default_value_t = 10)]
     k: usize,
@@ -74,21 +87,57 @@ pub fn run(a: Args, threads: Option<usize>) -> anyhow::Result<()> {
         .with_context(|| format!("queries {}", a.queries.display()));
     }
     let nq = queries.len() / qdim;
-    let (gt_k, gt) = read_int_rows(&a.gt)?;
-    if gt_k < a.k {
-        bail!(
-            "{}: ground truth has {gt_k} neighbours per query, fewer than k = {}",
-            a.gt.display(),
-            a.k
-        );
-    }
-    if gt.len() / gt_k < nq {
-        bail!(
-            "{}: ground truth has {} rows for {nq} queries",
-            a.gt.display(),
-            gt.len() / gt_k
-        );
-    }
+    let choice =
+        QueryFilterChoice::load(a.filter.as_deref(), a.filters.as_deref(), nq, index)?;
+    let fields = quiver_engine::backend::allow::field_indexes(index);
+    let mut selectivity = None;
+    let (gt_k, gt) = match (&choice, &a.gt) {
+        (Some(choice), _) => {
+            if a.base.is_empty() {
+                bail!("a filtered bench needs --base (the base the index was built from) for its exact ground truth");
+            }
+            let t = Instant::now();
+            let (ids, share) = exact_ground_truth(&a.base, index, &fields, choice, &queries, a.k)?;
+            eprintln!("exact filtered ground truth in {:.1} s", t.elapsed().as_secs_f64());
+            selectivity = Some(share.iter().sum::<f64>() / nq.max(1) as f64);
+            (a.k, ids.into_iter().map(|i| i as i32).collect::<Vec<i32>>())
+        }
+        (None, Some(path)) => {
+            let (gt_k, gt) = read_int_rows(path)?;
+            if gt_k < a.k {
+                bail!(
+                    "{}: ground truth has {gt_k} neighbours per query, fewer than k = {}",
+                    path.display(),
+                    a.k
+                );
+            }
+            if gt.len() / gt_k < nq {
+                bail!(
+                    "{}: ground truth has {} rows for {nq} queries",
+                    path.display(),
+                    gt.len() / gt_k
+                );
+            }
+            (gt_k, gt)
+        }
+        (None, None) => bail!("--gt is required without a filter"),
+    };
+    // One search call over queries `range`: filtered (the filters evaluated and the allow-sets
+    // built inside the call, as a server does per batch) or not.
+    let search = |range: std::ops::Range<usize>, params: &SearchParams| {
+        let chunk = &queries[range.start * qdim..range.end * qdim];
+        match &choice {
+            Some(choice) => {
+                let (sets, of_query) = choice.allow_sets(index, &fields, range);
+                let filters = QueryFilters {
+                    sets: &sets,
+                    of_query: &of_query,
+                };
+                backend.search_filtered(&prepared, chunk, params, filters)
+            }
+            None => backend.search(&prepared, chunk, params),
+        }
+    };
     if a.repeat == 0 {
         bail!("--repeat must be at least 1");
     }
@@ -106,8 +155,12 @@ pub fn run(a: Args, threads: Option<usize>) -> anyhow::Result<()> {
         .validate(index)?;
     }
     if !a.json {
+        let filtered = match selectivity {
+            Some(s) => format!(" | filtered, {:.2}% of points allowed on average", s * 100.0),
+            None => String::new(),
+        };
         println!(
-            "backend {} | mode {mode} | threads {threads} | k {} | refine_factor {} | {nq} queries",
+            "backend {} | mode {mode} | threads {threads} | k {} | refine_factor {} | {nq} queries{filtered}",
             backend.name(),
             a.k,
             a.refine_factor
@@ -123,7 +176,7 @@ pub fn run(a: Args, threads: Option<usize>) -> anyhow::Result<()> {
         nprobe: a.nprobe[0],
         refine_factor: a.refine_factor,
     };
-    backend.search(&prepared, &queries[..qdim * nq.min(64)], &warm)?;
+    search(0..nq.min(64), &warm)?;
 
     for &nprobe in &a.nprobe {
         let params = SearchParams {
@@ -141,9 +194,9 @@ pub fn run(a: Args, threads: Option<usize>) -> anyhow::Result<()> {
                 for rep in 0..a.repeat {
                     let t0 = Instant::now();
                     let mut rep_ids = Vec::with_capacity(nq * a.k);
-                    for chunk in queries.chunks(batch * qdim) {
+                    for first in (0..nq).step_by(batch) {
                         let t = Instant::now();
-                        let res = backend.search(&prepared, chunk, &params)?;
+                        let res = search(first..(first + batch).min(nq), &params)?;
                         latencies.push(t.elapsed().as_secs_f64());
                         rep_ids.extend(res.ids);
                     }
@@ -156,9 +209,9 @@ pub fn run(a: Args, threads: Option<usize>) -> anyhow::Result<()> {
             }
             Mode::Single => {
                 let t0 = Instant::now();
-                for q in queries.chunks(qdim) {
+                for q in 0..nq {
                     let t = Instant::now();
-                    let res = backend.search(&prepared, q, &params)?;
+                    let res = search(q..q + 1, &params)?;
                     latencies.push(t.elapsed().as_secs_f64());
                     ids.extend(res.ids);
                 }
@@ -197,6 +250,7 @@ pub fn run(a: Args, threads: Option<usize>) -> anyhow::Result<()> {
             let row = serde_json::json!({
                 "backend": backend.name(), "mode": mode, "threads": threads, "nprobe": nprobe, "k": a.k,
                 "refine_factor": a.refine_factor, "recall": recall, "qps": qps, "p50_us": p50, "p99_us": p99,
+                "selectivity": selectivity,
                 "device_per_batch": device,
             });
             println!("{row}");
@@ -207,18 +261,23 @@ pub fn run(a: Args, threads: Option<usize>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Share of each query's true top-k found among its k returned ids, averaged over queries.
+/// Share of the true top-k found among the k returned ids, over all queries. Truth entries of
+/// -1 (a filter allowing fewer than k points) are not counted.
 pub fn recall_at_k(ids: &[i64], gt: &[i32], gt_k: usize, k: usize, nq: usize) -> f64 {
-    let mut total = 0usize;
+    let (mut found, mut total) = (0usize, 0usize);
     for q in 0..nq {
         let truth = &gt[q * gt_k..q * gt_k + k];
         let got = &ids[q * k..(q + 1) * k];
-        total += truth
+        total += truth.iter().filter(|t| **t >= 0).count();
+        found += truth
             .iter()
             .filter(|t| **t >= 0 && got.contains(&(**t as i64)))
             .count();
     }
-    total as f64 / (nq * k) as f64
+    if total == 0 {
+        return 1.0;
+    }
+    found as f64 / total as f64
 }
 
 /// The p-th percentile (nearest rank) of the samples, in the samples' unit.

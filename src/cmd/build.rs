@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use quiver_engine::io::{ElementType, VectorFile, VectorSet};
 use quiver_engine::kmeans::sample_rows;
+use quiver_engine::payload::fields::FieldSpec;
 use quiver_engine::{EngineError, IndexParams, IvfPqIndex, Metric, RefineKind};
 
 use crate::progress_bar::TerminalProgress;
@@ -46,9 +47,72 @@ pub struct Args {
     /// 4-bit fast-scan with ip or cosine (FAISS's defaults).
     #[arg(long, default_value = "auto", value_parser = ["auto", "residual", "vector"])]
     codes_of: String,
+    /// Payloads: a JSON Lines file with one JSON object per base row, in row order (`{}` for a
+    /// row without one). Each is checked (an object, at most 64 KiB, nested at most 32 deep).
+    #[arg(long)]
+    payload: Option<PathBuf>,
+    /// A payload field to index for filtered search, NAME:TYPE with TYPE keyword, integer,
+    /// float or bool (e.g. `source:keyword`); repeat for more. Fields without an index can
+    /// still be filtered on, slower.
+    #[arg(long = "index-field", value_parser = FieldSpec::parse)]
+    index_field: Vec<FieldSpec>,
     /// The index file to write.
     #[arg(long)]
     out: PathBuf,
+}
+
+/// Reads a payload file a chunk of rows at a time.
+struct PayloadReader {
+    path: PathBuf,
+    lines: std::io::Lines<std::io::BufReader<std::fs::File>>,
+    line: usize,
+}
+
+impl PayloadReader {
+    fn open(path: &std::path::Path) -> anyhow::Result<Self> {
+        use std::io::BufRead;
+        let f = std::fs::File::open(path)
+            .with_context(|| format!("opening payload file {}", path.display()))?;
+        Ok(PayloadReader {
+            path: path.to_path_buf(),
+            lines: std::io::BufReader::new(f).lines(),
+            line: 0,
+        })
+    }
+
+    /// The next `rows` payloads, stored form.
+    fn next_rows(&mut self, rows: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+        let mut out = Vec::with_capacity(rows);
+        while out.len() < rows {
+            self.line += 1;
+            let Some(line) = self.lines.next() else {
+                bail!(
+                    "{}: {} lines, fewer than the base's rows (one JSON object per base row)",
+                    self.path.display(),
+                    self.line - 1
+                );
+            };
+            let line = line.with_context(|| format!("reading {}", self.path.display()))?;
+            let p = quiver_engine::payload::encode_text(line.trim())
+                .with_context(|| format!("{} line {}", self.path.display(), self.line))?;
+            out.push(p);
+        }
+        Ok(out)
+    }
+
+    /// Fails if lines remain (blank ones aside).
+    fn finish(mut self, n: usize) -> anyhow::Result<()> {
+        for line in self.lines.by_ref() {
+            let line = line.with_context(|| format!("reading {}", self.path.display()))?;
+            if !line.trim().is_empty() {
+                bail!(
+                    "{}: more lines than the base's {n} rows (one JSON object per base row)",
+                    self.path.display()
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Rows per streamed chunk while adding.
@@ -90,6 +154,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             }
             Some(f)
         }
+        None => None,
+    };
+    let mut payloads = match &a.payload {
+        Some(p) => Some(PayloadReader::open(p)?),
         None => None,
     };
     let progress = TerminalProgress::new();
@@ -139,10 +207,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             }
             None => None,
         };
+        let rows_payloads = match &mut payloads {
+            Some(r) => r.next_rows(rows)?,
+            None => Vec::new(),
+        };
         index
-            .add(&vectors, ids.as_deref(), &progress)
+            .add_with_payloads(&vectors, ids.as_deref(), &rows_payloads, &progress)
             .map_err(|e| offset_rows(e, start))?;
     }
+    if let Some(r) = payloads {
+        r.finish(n)?;
+    }
+    index.set_field_specs(a.index_field.clone());
     let added = started.elapsed() - trained;
     eprintln!("added {n} vectors in {:.1} s", added.as_secs_f64());
     quiver_engine::persist::save(&index, &a.out)

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod build;
 pub mod devices;
+pub mod filtering;
 pub mod gt;
 pub mod info;
 pub mod loadgen;

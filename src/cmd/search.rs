@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use quiver_engine::backend::{Backend, SearchParams};
+use quiver_engine::backend::{Backend, QueryFilters, SearchParams};
 use quiver_engine::io::VectorFile;
 use quiver_engine::EngineError;
 
+use super::filtering::QueryFilterChoice;
 use super::{open_index, BackendChoice};
 use crate::output::ResultWriter;
 
@@ -38,6 +39,14 @@ pub struct Args {
     /// Output distances (.fvecs or .npy), in the metric's direction (see README).
     #[arg(long)]
     distances: Option<PathBuf>,
+    /// Only points whose payload passes this filter (Qdrant's JSON syntax, docs/FILTERS.md),
+    /// e.g. `{"must":[{"key":"source","match":{"value":"torch"}}]}`. Rows with fewer than k
+    /// passing points are padded with -1.
+    #[arg(long)]
+    filter: Option<String>,
+    /// One filter per query: a file with one JSON filter per line, line i for query i.
+    #[arg(long)]
+    filters: Option<PathBuf>,
 }
 
 /// Queries per search call.
@@ -61,11 +70,29 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .with_context(|| format!("queries {}", a.queries.display()));
     }
     eprintln!("backend: {}", backend.name());
+    let index = quiver_engine::backend::PreparedIndex::index(&prepared);
+    let choice =
+        QueryFilterChoice::load(a.filter.as_deref(), a.filters.as_deref(), queries.len(), index)?;
+    let fields = choice
+        .as_ref()
+        .map(|_| quiver_engine::backend::allow::field_indexes(index));
     let mut out = ResultWriter::create(&a.out, a.distances.as_deref(), a.k)?;
     let started = Instant::now();
     for chunk in queries.chunks_f32(QUERY_CHUNK) {
         let (start, q) = chunk?;
-        let res = backend.search(&prepared, &q, &params).map_err(|e| match e {
+        let res = match (&choice, &fields) {
+            (Some(choice), Some(fields)) => {
+                let range = start..start + q.len() / dim;
+                let (sets, of_query) = choice.allow_sets(index, fields, range);
+                let filters = QueryFilters {
+                    sets: &sets,
+                    of_query: &of_query,
+                };
+                backend.search_filtered(&prepared, &q, &params, filters)
+            }
+            _ => backend.search(&prepared, &q, &params),
+        };
+        let res = res.map_err(|e| match e {
             EngineError::NonFinite {
                 row,
                 component,

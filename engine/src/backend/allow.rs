@@ -12,7 +12,7 @@ use roaring::RoaringBitmap;
 use super::Slot;
 use crate::index::IvfPqIndex;
 use crate::payload::fields::FieldIndexes;
-use crate::payload::filter::Rows;
+use crate::payload::filter::{Filter, Rows};
 
 /// An index's entries as the rows of a payload filter, with its field indexes if any.
 pub struct IndexRows<'a> {
@@ -86,6 +86,18 @@ impl Rows for IndexRows<'_> {
     fn fields(&self) -> Option<&FieldIndexes> {
         self.fields
     }
+}
+
+/// Field indexes over an index's payloads, for the fields it names
+/// ([`IvfPqIndex::field_specs`]).
+pub fn field_indexes(index: &IvfPqIndex) -> FieldIndexes {
+    let rows = IndexRows::new(index, None);
+    FieldIndexes::build(index.field_specs(), rows.len(), || rows.payloads())
+}
+
+/// The allow-set of a filter over an index, evaluated through `fields` where they index a key.
+pub fn allow_set(index: &IvfPqIndex, fields: Option<&FieldIndexes>, filter: &Filter) -> AllowSet {
+    AllowSet::new(index, &filter.evaluate(&IndexRows::new(index, fields)))
 }
 
 /// The entries of one index a query may return.
@@ -262,7 +274,6 @@ impl<'a> QueryFilters<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::payload::filter::Filter;
     use crate::progress::NoProgress;
     use crate::{IndexParams, Metric};
 
