@@ -594,7 +594,8 @@ fn parse_fields(mut b: &[u8]) -> Result<Vec<FieldSpec>, String> {
         if b.len() < 5 {
             return Err("FIELDS section truncated".into());
         }
-        let kind = FieldType::from_code(b[0]).ok_or_else(|| format!("unknown field type {}", b[0]))?;
+        let kind =
+            FieldType::from_code(b[0]).ok_or_else(|| format!("unknown field type {}", b[0]))?;
         let n = u32_at(b, 1) as usize;
         let key = b
             .get(5..5 + n)

@@ -14,7 +14,7 @@ struct ScanItem {
     unsigned int terms;
     unsigned int out;
     float offset;
-    unsigned int pad;
+    unsigned int dead_off;  // first word of this query's exclusion bitmap in `dead`
 };
 
 // Scores the item's entries from its u8 table `lut` (M × 16, in shared memory): the integer
@@ -34,7 +34,7 @@ __device__ __forceinline__ void score_entries(
 {
     for (unsigned int i = threadIdx.x; i < it.len; i += blockDim.x) {
         const unsigned int slot = it.gslot + i;
-        if ((dead[slot >> 5] >> (slot & 31)) & 1u) {
+        if ((dead[it.dead_off + (slot >> 5)] >> (slot & 31)) & 1u) {
             out_score[it.out + i] = __int_as_float(0x7f800000);
             out_payload[it.out + i] = make_uint2(0xffffffffu, 0xffffffffu);
             continue;

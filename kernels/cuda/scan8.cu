@@ -24,7 +24,7 @@ struct ScanItem {
     unsigned int terms;
     unsigned int out;
     float bias;
-    unsigned int pad;
+    unsigned int dead_off;  // first word of this query's exclusion bitmap in `dead`
 };
 
 extern "C" __global__ void scan8(
@@ -65,7 +65,7 @@ extern "C" __global__ void scan8(
         const float* t = staged ? table : q_table;
         for (unsigned int i = threadIdx.x; i < it.len; i += blockDim.x) {
             const unsigned int slot = it.gslot + i;
-            if ((dead[slot >> 5] >> (slot & 31)) & 1u) {
+            if ((dead[it.dead_off + (slot >> 5)] >> (slot & 31)) & 1u) {
                 out_score[it.out + i] = __int_as_float(0x7f800000);
                 out_payload[it.out + i] = make_uint2(0xffffffffu, 0xffffffffu);
                 continue;
@@ -128,7 +128,7 @@ extern "C" __global__ void scan_items(
         it.terms = l * table_len;
         it.out = q * stride + out;
         it.bias = by_residual ? probe_score[at] : 0.0f;
-        it.pad = 0;
+        it.dead_off = 0;
         items[at] = it;
         out += pl.z;
     }

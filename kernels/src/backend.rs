@@ -29,8 +29,8 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 use quiver_engine::backend::{
-    run_stages, Backend, Candidates, LookupTables, Neighbors, PreparedIndex, Probes, SearchParams,
-    Slot,
+    run_stages, Backend, Candidates, LookupTables, Neighbors, PreparedIndex, Probes, QueryFilters,
+    SearchParams, Slot,
 };
 use quiver_engine::fastscan::QuantizedTable;
 use quiver_engine::interleave::{append_device_codes, device_code_bytes};
@@ -123,7 +123,9 @@ struct ScanItem {
     terms: u32,
     out: u32,
     bias: f32,
-    pad: u32,
+    /// First word of the query's exclusion bitmap in the scan's `dead` buffer (0: the
+    /// tombstones; a filtered scan appends one bitmap per allow-set).
+    dead_off: u32,
 }
 
 /// One candidate of refine: `struct RefineItem` in cuda/refine.cu (staged as plain words).
@@ -895,7 +897,20 @@ impl Backend for CudaBackend {
         tables: &LookupTables,
         keep: usize,
     ) -> Result<Candidates, EngineError> {
-        self.scan_inner(p, probes, tables, keep).map_err(engine_err)
+        self.scan_inner(p, probes, tables, keep, None)
+            .map_err(engine_err)
+    }
+
+    fn scan_filtered(
+        &self,
+        p: &CudaPrepared,
+        probes: &Probes,
+        tables: &LookupTables,
+        keep: usize,
+        filters: QueryFilters<'_>,
+    ) -> Result<Candidates, EngineError> {
+        self.scan_inner(p, probes, tables, keep, Some(filters))
+            .map_err(engine_err)
     }
 
     fn refine(
@@ -1008,15 +1023,28 @@ impl CudaBackend {
         })
     }
 
+    /// The scan stage; with allow-sets, each query skips its set's excluded entries: the
+    /// tombstone bitmap and one exclusion bitmap per set go up in one buffer (once per call),
+    /// and each work item names its query's bitmap.
     fn scan_inner(
         &self,
         p: &CudaPrepared,
         probes: &Probes,
         tables: &LookupTables,
         keep: usize,
+        filters: Option<QueryFilters<'_>>,
     ) -> Result<Candidates, CudaError> {
         let nprobe = probes.nprobe;
         let nq = probes.lists.len() / nprobe.max(1);
+        let (filter_dead, dead_off) = match filters {
+            Some(f) => {
+                let (words, offsets) =
+                    quiver_engine::backend::allow::exclusion_bitmaps(&p.index, f, nq);
+                (Some(self.upload(&words)?), offsets)
+            }
+            None => (None, Vec::new()),
+        };
+        let dead = filter_dead.as_ref().unwrap_or(&p.dead);
         let (m, ksub) = (tables.m, tables.ksub);
         let tl = m * ksub;
         let fast = p.index.layout() == CodeLayout::Packed4x32;
@@ -1071,7 +1099,17 @@ impl CudaBackend {
             q0 = q1;
         }
         let submit = |qs: Range<usize>, held: &mut Vec<PinnedHostSlice<u32>>| {
-            self.scan_submit(p, probes, tables, keep, qs, fast, shared, held)
+            self.scan_submit(
+                p,
+                probes,
+                tables,
+                keep,
+                qs,
+                fast,
+                shared,
+                (dead, &dead_off),
+                held,
+            )
         };
         self.pipelined(&tiles, submit, finish)?;
         Ok(Candidates {
@@ -1094,6 +1132,7 @@ impl CudaBackend {
         qs: std::ops::Range<usize>,
         fast: bool,
         shared: bool,
+        (dead, dead_off): (&CudaSlice<u32>, &[u32]),
         held: &mut Vec<PinnedHostSlice<u32>>,
     ) -> Result<PendingSelect, CudaError> {
         let nprobe = probes.nprobe;
@@ -1172,7 +1211,7 @@ impl CudaBackend {
                         terms: (l * tl) as u32,
                         out: out as u32,
                         bias: offset,
-                        pad: 0,
+                        dead_off: dead_off.get(q).copied().unwrap_or(0),
                     });
                 }
                 out += len as usize;
@@ -1200,7 +1239,7 @@ impl CudaBackend {
                 };
                 let mut b = self.io.compute.launch_builder(&self.scan4);
                 codes.push(&mut b);
-                b.arg(&item_buf).arg(&qt).arg(&qp).arg(&p.dead);
+                b.arg(&item_buf).arg(&qt).arg(&qp).arg(dead);
                 b.arg(&mut row_s).arg(&mut row_p).arg(&m_u).arg(&n);
                 // SAFETY: argument types and order match `scan4` (the staged buffers hold
                 // `ScanItem`s, u8 tables and (base, scale) pairs); items address codes and
@@ -1231,7 +1270,7 @@ impl CudaBackend {
                 let group = group as u32;
                 let mut b = self.io.compute.launch_builder(&self.scan8);
                 codes.push(&mut b);
-                b.arg(&item_buf).arg(&t).arg(terms).arg(&p.dead);
+                b.arg(&item_buf).arg(&t).arg(terms).arg(dead);
                 b.arg(&mut row_s).arg(&mut row_p).arg(&m_u).arg(&l2);
                 b.arg(&staged).arg(&n).arg(&group);
                 // SAFETY: argument types and order match `scan8` (the staged buffers hold

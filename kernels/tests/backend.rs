@@ -27,6 +27,13 @@ fn searches_match_the_cpu_reference() {
     parity::searches_match_the_cpu_reference(&b);
 }
 
+#[test]
+fn filtered_searches_match_the_cpu_reference() {
+    let Some(b) = backend() else { return };
+    parity::filtered_searches_match_the_cpu_reference(&b);
+    parity::filtered_searches_match_the_cpu_reference(&b.with_memory_budget(0));
+}
+
 /// Tiny tiles: every stage cuts a batch into many tiles, two in flight (copies on the copy
 /// stream, pinned buffers reused from the pool); the results are the same.
 #[test]

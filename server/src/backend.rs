@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use quiver_engine::backend::cpu::{CpuBackend, CpuPrepared};
 use quiver_engine::backend::{
-    Backend, Candidates, LookupTables, Neighbors, PreparedIndex, Probes, QueryFilters,
-    SearchParams,
+    Backend, Candidates, LookupTables, Neighbors, PreparedIndex, Probes, QueryFilters, SearchParams,
 };
 use quiver_engine::{EngineError, IvfPqIndex};
 use quiver_kernels::{CudaBackend, CudaPrepared};

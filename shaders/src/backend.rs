@@ -19,8 +19,8 @@ use std::sync::Arc;
 use bytemuck::{Pod, Zeroable};
 use quiver_engine::backend::counters::Count;
 use quiver_engine::backend::{
-    run_stages, Backend, Candidates, LookupTables, Neighbors, PreparedIndex, Probes, SearchParams,
-    Slot,
+    run_stages, Backend, Candidates, LookupTables, Neighbors, PreparedIndex, Probes, QueryFilters,
+    SearchParams, Slot,
 };
 use quiver_engine::fastscan::QuantizedTable;
 use quiver_engine::list::CodeLayout;
@@ -125,7 +125,9 @@ struct ScanItem {
     terms: u32,
     out: u32,
     bias: f32,
-    pad: u32,
+    /// First word of the query's exclusion bitmap in the scan's `dead` buffer (0: the
+    /// tombstones; a filtered scan appends one bitmap per allow-set).
+    dead_off: u32,
 }
 
 #[repr(C)]
@@ -246,6 +248,7 @@ impl WgpuBackend {
     }
 
     /// Records and submits one tile's scan and selection (queries `qs`), without waiting.
+    #[allow(clippy::too_many_arguments)]
     fn scan_tile(
         &self,
         p: &WgpuPrepared,
@@ -253,6 +256,8 @@ impl WgpuBackend {
         tables: &LookupTables,
         keep: usize,
         qs: std::ops::Range<usize>,
+        dead: &wgpu::Buffer,
+        dead_off: &[u32],
     ) -> Result<PendingSelect, WgpuError> {
         let index = &p.data.index;
         let nprobe = probes.nprobe;
@@ -352,7 +357,7 @@ impl WgpuBackend {
                             terms,
                             out: (out + seg.first as usize) as u32,
                             bias: offset,
-                            pad: 0,
+                            dead_off: dead_off.get(q).copied().unwrap_or(0),
                         });
                 }
                 out += place.len as usize;
@@ -403,7 +408,7 @@ impl WgpuBackend {
                         &item_buf,
                         &table_buf.0,
                         &table_buf.1,
-                        &p.data.dead,
+                        dead,
                         &row_scores,
                         &row_payloads,
                         &params,
@@ -429,7 +434,7 @@ impl WgpuBackend {
                         &item_buf,
                         &table_buf.0,
                         terms,
-                        &p.data.dead,
+                        dead,
                         &row_scores,
                         &row_payloads,
                         &params,
@@ -642,7 +647,62 @@ impl Backend for WgpuBackend {
         tables: &LookupTables,
         keep: usize,
     ) -> Result<Candidates, EngineError> {
+        self.scan_with(p, probes, tables, keep, None)
+    }
+
+    fn scan_filtered(
+        &self,
+        p: &WgpuPrepared,
+        probes: &Probes,
+        tables: &LookupTables,
+        keep: usize,
+        filters: QueryFilters<'_>,
+    ) -> Result<Candidates, EngineError> {
+        self.scan_with(p, probes, tables, keep, Some(filters))
+    }
+
+    fn refine(
+        &self,
+        p: &WgpuPrepared,
+        queries: &[f32],
+        candidates: &Candidates,
+        k: usize,
+    ) -> Result<Neighbors, EngineError> {
+        checked(&self.gpu, "refine", || {
+            self.refine_all(p, queries, candidates, k)
+        })
+        .map_err(engine_err)
+    }
+}
+
+impl WgpuBackend {
+    /// The scan stage; with allow-sets, each query skips its set's excluded entries: the
+    /// tombstone bitmap and one exclusion bitmap per set go up in one buffer (once per call),
+    /// and each work item names its query's bitmap.
+    fn scan_with(
+        &self,
+        p: &WgpuPrepared,
+        probes: &Probes,
+        tables: &LookupTables,
+        keep: usize,
+        filters: Option<QueryFilters<'_>>,
+    ) -> Result<Candidates, EngineError> {
         let nq = probes.lists.len() / probes.nprobe.max(1);
+        let (filter_dead, dead_off) = match filters {
+            Some(f) => {
+                let (words, offsets) =
+                    quiver_engine::backend::allow::exclusion_bitmaps(&p.data.index, f, nq);
+                check_binding(
+                    &self.gpu,
+                    "filter bitmaps (bytes)",
+                    (words.len() * 4) as u64,
+                )
+                .map_err(engine_err)?;
+                (Some(storage(&self.gpu, "filter bitmaps", &words)), offsets)
+            }
+            None => (None, Vec::new()),
+        };
+        let dead = filter_dead.as_ref().unwrap_or(&p.data.dead);
         let mut slots = vec![Slot::NONE; nq * keep];
         let mut scores = vec![f32::INFINITY; nq * keep];
         let fast = p.data.index.layout() == CodeLayout::Packed4x32;
@@ -662,7 +722,8 @@ impl Backend for WgpuBackend {
         checked(&self.gpu, "list scan", || {
             let mut in_flight: Option<(std::ops::Range<usize>, PendingSelect)> = None;
             for qs in self.scan_tiles(p, probes, table_bytes)? {
-                let pending = self.scan_tile(p, probes, tables, keep, qs.clone())?;
+                let pending =
+                    self.scan_tile(p, probes, tables, keep, qs.clone(), dead, &dead_off)?;
                 if let Some((prev, done)) = in_flight.replace((qs, pending)) {
                     let selected = done.finish(&self.gpu)?;
                     write_candidates(p, prev, selected, keep, &mut slots, &mut scores);
@@ -682,21 +743,6 @@ impl Backend for WgpuBackend {
         })
     }
 
-    fn refine(
-        &self,
-        p: &WgpuPrepared,
-        queries: &[f32],
-        candidates: &Candidates,
-        k: usize,
-    ) -> Result<Neighbors, EngineError> {
-        checked(&self.gpu, "refine", || {
-            self.refine_all(p, queries, candidates, k)
-        })
-        .map_err(engine_err)
-    }
-}
-
-impl WgpuBackend {
     fn refine_all(
         &self,
         p: &WgpuPrepared,

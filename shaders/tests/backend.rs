@@ -31,6 +31,12 @@ fn searches_match_the_cpu_reference() {
 }
 
 #[test]
+fn filtered_searches_match_the_cpu_reference() {
+    let Some(gpu) = device() else { return };
+    parity::filtered_searches_match_the_cpu_reference(&WgpuBackend::new(Arc::new(gpu)));
+}
+
+#[test]
 fn wide_codes_match_the_cpu_reference() {
     let Some(gpu) = device() else { return };
     parity::wide_codes_match_the_cpu_reference(&WgpuBackend::new(Arc::new(gpu)));

@@ -14,7 +14,7 @@ struct Item {
     terms: u32,
     out: u32,
     bias: f32,
-    pad: u32,
+    dead_off: u32,
 }
 
 struct Params {

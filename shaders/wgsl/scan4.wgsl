@@ -18,7 +18,7 @@ struct Item {
     terms: u32,    // unused (tables arrive quantized with their terms)
     out: u32,
     offset: f32,   // added after the table's score (the coarse term when the table is shared)
-    pad: u32,
+    dead_off: u32, // first word of this query's exclusion bitmap in `dead`
 }
 
 struct Params {
@@ -80,7 +80,7 @@ fn main(
     }
     for (var i = tid; i < it.len; i += 256u) {
         let slot = it.gslot + i;
-        if (((dead[slot >> 5u] >> (slot & 31u)) & 1u) == 1u) {
+        if (((dead[it.dead_off + (slot >> 5u)] >> (slot & 31u)) & 1u) == 1u) {
             out_score[it.out + i] = bitcast<f32>(0x7f800000u);
             out_payload[it.out + i] = vec2<u32>(0xffffffffu, 0xffffffffu);
             continue;
@@ -106,7 +106,7 @@ fn main(
 fn score_entries(it: Item, m: u32, base: f32, scale: f32, offset: f32, tid: u32) {
     for (var i = tid; i < it.len; i += 256u) {
         let slot = it.gslot + i;
-        if (((dead[slot >> 5u] >> (slot & 31u)) & 1u) == 1u) {
+        if (((dead[it.dead_off + (slot >> 5u)] >> (slot & 31u)) & 1u) == 1u) {
             out_score[it.out + i] = bitcast<f32>(0x7f800000u);
             out_payload[it.out + i] = vec2<u32>(0xffffffffu, 0xffffffffu);
             continue;

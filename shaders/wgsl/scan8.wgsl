@@ -22,7 +22,7 @@ struct Item {
     terms: u32,    // first value of the list's L2 terms in `terms`
     out: u32,      // first output entry
     bias: f32,     // coarse term
-    pad: u32,
+    dead_off: u32, // first word of this query's exclusion bitmap in `dead`
 }
 
 struct Params {
@@ -60,7 +60,7 @@ fn main(
         let l0 = it.terms;
         for (var i = tid; i < it.len; i += 256u) {
             let slot = it.gslot + i;
-            if (((dead[slot >> 5u] >> (slot & 31u)) & 1u) == 1u) {
+            if (((dead[it.dead_off + (slot >> 5u)] >> (slot & 31u)) & 1u) == 1u) {
                 out_score[it.out + i] = bitcast<f32>(0x7f800000u);
                 out_payload[it.out + i] = vec2<u32>(0xffffffffu, 0xffffffffu);
                 continue;

@@ -87,8 +87,7 @@ pub fn run(a: Args, threads: Option<usize>) -> anyhow::Result<()> {
         .with_context(|| format!("queries {}", a.queries.display()));
     }
     let nq = queries.len() / qdim;
-    let choice =
-        QueryFilterChoice::load(a.filter.as_deref(), a.filters.as_deref(), nq, index)?;
+    let choice = QueryFilterChoice::load(a.filter.as_deref(), a.filters.as_deref(), nq, index)?;
     let fields = quiver_engine::backend::allow::field_indexes(index);
     let mut selectivity = None;
     let (gt_k, gt) = match (&choice, &a.gt) {
@@ -98,7 +97,10 @@ pub fn run(a: Args, threads: Option<usize>) -> anyhow::Result<()> {
             }
             let t = Instant::now();
             let (ids, share) = exact_ground_truth(&a.base, index, &fields, choice, &queries, a.k)?;
-            eprintln!("exact filtered ground truth in {:.1} s", t.elapsed().as_secs_f64());
+            eprintln!(
+                "exact filtered ground truth in {:.1} s",
+                t.elapsed().as_secs_f64()
+            );
             selectivity = Some(share.iter().sum::<f64>() / nq.max(1) as f64);
             (a.k, ids.into_iter().map(|i| i as i32).collect::<Vec<i32>>())
         }
@@ -156,7 +158,10 @@ pub fn run(a: Args, threads: Option<usize>) -> anyhow::Result<()> {
     }
     if !a.json {
         let filtered = match selectivity {
-            Some(s) => format!(" | filtered, {:.2}% of points allowed on average", s * 100.0),
+            Some(s) => format!(
+                " | filtered, {:.2}% of points allowed on average",
+                s * 100.0
+            ),
             None => String::new(),
         };
         println!(

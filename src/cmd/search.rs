@@ -71,8 +71,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     eprintln!("backend: {}", backend.name());
     let index = quiver_engine::backend::PreparedIndex::index(&prepared);
-    let choice =
-        QueryFilterChoice::load(a.filter.as_deref(), a.filters.as_deref(), queries.len(), index)?;
+    let choice = QueryFilterChoice::load(
+        a.filter.as_deref(),
+        a.filters.as_deref(),
+        queries.len(),
+        index,
+    )?;
     let fields = choice
         .as_ref()
         .map(|_| quiver_engine::backend::allow::field_indexes(index));

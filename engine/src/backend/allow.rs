@@ -249,6 +249,29 @@ impl AllowSet {
     }
 }
 
+/// The device form of a batch's filters: the tombstone bitmap, then each allow-set's
+/// exclusion bitmap (one bit per global slot, set where the entry is not allowed or deleted),
+/// each [`super::tombstone_bitmap`]'s length; and per query the first word of its bitmap (0,
+/// the tombstones, for a query without a set).
+pub fn exclusion_bitmaps(
+    index: &IvfPqIndex,
+    filters: QueryFilters<'_>,
+    nq: usize,
+) -> (Vec<u32>, Vec<u32>) {
+    let mut words = super::tombstone_bitmap(index);
+    let w = words.len();
+    for set in filters.sets {
+        words.extend(set.global_bits(index).iter().map(|b| !b));
+    }
+    let offsets = (0..nq)
+        .map(|q| match filters.of_query.get(q) {
+            Some(&f) if (f as usize) < filters.sets.len() => ((f as usize + 1) * w) as u32,
+            _ => 0,
+        })
+        .collect();
+    (words, offsets)
+}
+
 /// The filters of a batch: distinct allow-sets, and which one each query uses.
 #[derive(Debug, Clone, Copy)]
 pub struct QueryFilters<'a> {

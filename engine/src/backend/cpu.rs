@@ -630,9 +630,13 @@ impl<'a> ListScanner<'a> {
         }
         let table = self.list_table(q, l, combined);
         match index.layout() {
-            CodeLayout::Flat => {
-                scan_flat_codes(list.codes.as_slice(), m, ksub, table, bias, l, dead, top)
-            }
+            CodeLayout::Flat => match (self.set_of(q), dead) {
+                // Few allowed entries: score only those, not every code then check.
+                (Some(set), Some(dead)) if (set.in_list(l) as usize) * 2 < list.len() => {
+                    scan_allowed_codes(list.codes.as_slice(), m, table, bias, l, dead, top)
+                }
+                _ => scan_flat_codes(list.codes.as_slice(), m, ksub, table, bias, l, dead, top),
+            },
             CodeLayout::Packed4x32 => {
                 let offset = if self.shared {
                     bias
@@ -853,6 +857,41 @@ fn scan_flat_codes_two(
         let live = tombstones.is_none_or(|bits| bits[s / 64] >> (s % 64) & 1 == 0);
         if acc <= top.threshold() && live {
             top.push(acc, pack(list_no, s));
+        }
+    }
+}
+
+/// Scores only the entries of one list whose bit in `excluded` is clear (a selective
+/// allow-set), offering each to `top`: the same scores as [`scan_flat_codes`], in entry order.
+#[inline]
+fn scan_allowed_codes(
+    codes: &[u8],
+    m: usize,
+    table: &[f32],
+    bias: f32,
+    list_no: usize,
+    excluded: &[u64],
+    top: &mut TopK<u64>,
+) {
+    let tables: &[[f32; 256]] = bytemuck::cast_slice(&table[..m * 256]);
+    let tables = &tables[..m];
+    let n = codes.len() / m;
+    for (w, &word) in excluded.iter().enumerate() {
+        let mut free = !word;
+        while free != 0 {
+            let s = w * 64 + free.trailing_zeros() as usize;
+            free &= free - 1;
+            if s >= n {
+                break;
+            }
+            let code = &codes[s * m..(s + 1) * m];
+            let mut acc = bias;
+            for (t, &c) in tables.iter().zip(code) {
+                acc += t[c as usize];
+            }
+            if acc <= top.threshold() {
+                top.push(acc, pack(list_no, s));
+            }
         }
     }
 }

@@ -681,3 +681,131 @@ pub fn device_quantized_tables_equal_the_host_quantization<B: Backend>(backend: 
         }
     }
 }
+
+/// Filters of the parity test: nothing allowed, everything, ≈ 1% (`r` < 40), 10% (`g` = 3),
+/// 50% (`g` < 5) and an unindexed one, for payloads `{"g": i % 10, "r": i, "t": "t{i % 3}"}`.
+pub const PARITY_FILTERS: [&str; 6] = [
+    r#"{"must":[{"key":"g","match":{"value":42}}]}"#,
+    "{}",
+    r#"{"must":[{"key":"r","range":{"lt":40}}]}"#,
+    r#"{"must":[{"key":"g","match":{"value":3}}]}"#,
+    r#"{"must":[{"key":"g","range":{"lt":5}}]}"#,
+    r#"{"should":[{"key":"t","match":{"value":"t1"}}],"must_not":[{"has_id":[1,2,3]}]}"#,
+];
+
+/// [`build`] with payloads on every point (and the same deletes).
+pub fn build_with_payloads(c: &Case, deletes: &[u64]) -> (Arc<IvfPqIndex>, Vec<f32>) {
+    let dim = 32;
+    let g = ClusteredGaussian::new(dim, 12, 0.5, 11);
+    let x = g.rows(0, 4000);
+    let mut p = IndexParams::new(c.metric, dim, 16, c.m);
+    p.pq_bits = c.bits;
+    p.refine = c.refine;
+    let mut idx = IvfPqIndex::train(p, &x, &NoProgress).expect("train");
+    let payloads: Vec<Vec<u8>> = (0..4000)
+        .map(|i| {
+            quiver_engine::payload::encode_text(&format!(
+                r#"{{"g":{},"r":{i},"t":"t{}"}}"#,
+                i % 10,
+                i % 3
+            ))
+            .expect("payload")
+        })
+        .collect();
+    idx.add_with_payloads(&x, None, &payloads, &NoProgress)
+        .expect("add");
+    idx.set_field_specs(vec![
+        quiver_engine::payload::fields::FieldSpec::parse("g:integer").unwrap(),
+        quiver_engine::payload::fields::FieldSpec::parse("r:integer").unwrap(),
+    ]);
+    idx.delete(deletes);
+    (Arc::new(idx), g.rows(4000, 40))
+}
+
+/// Filtered searches, queries with different filters (and none) in one batch, give the CPU
+/// reference's answers for every case: the planner's routes (empty, plain, exact, widened
+/// IVF) on the backend's stages, with its scan skipping excluded entries. The scan stage
+/// alone selects the CPU's candidates under the same allow-sets.
+pub fn filtered_searches_match_the_cpu_reference<B: Backend>(backend: &B) {
+    use quiver_engine::backend::allow::{allow_set, field_indexes};
+    use quiver_engine::backend::{QueryFilters, NO_FILTER};
+    use quiver_engine::payload::filter::Filter;
+    let cpu = CpuBackend;
+    let dead: Vec<u64> = (0..4000).step_by(13).collect();
+    for c in cases() {
+        let (idx, q) = build_with_payloads(&c, &dead);
+        let fields = field_indexes(&idx);
+        let sets: Vec<_> = PARITY_FILTERS
+            .iter()
+            .map(|f| allow_set(&idx, Some(&fields), &Filter::parse_text(f).unwrap()))
+            .collect();
+        assert_eq!(sets[0].allowed(), 0);
+        assert_eq!(sets[1].allowed(), idx.len());
+        // Query i: filter i % 7, the seventh being none.
+        let of_query: Vec<u32> = (0..40u32)
+            .map(|i| if i % 7 == 6 { NO_FILTER } else { i % 7 })
+            .collect();
+        let filters = QueryFilters {
+            sets: &sets,
+            of_query: &of_query,
+        };
+        let label = format!(
+            "{} {} {}-bit {:?} filtered",
+            backend.name(),
+            c.metric,
+            c.bits,
+            c.refine
+        );
+        let params = SearchParams {
+            k: 10,
+            nprobe: 4,
+            refine_factor: if c.refine == RefineKind::None { 1 } else { 4 },
+        };
+        let cp = cpu.prepare(idx.clone()).unwrap();
+        let bp = backend.prepare(idx.clone()).unwrap();
+        let want = cpu.search_filtered(&cp, &q, &params, filters).unwrap();
+        let got = backend.search_filtered(&bp, &q, &params, filters).unwrap();
+        assert_parity(&label, &want, &got);
+        for (i, row) in got.ids.chunks(10).enumerate() {
+            if of_query[i] == 0 {
+                assert!(
+                    row.iter().all(|&id| id == -1),
+                    "{label}: query {i} allows nothing"
+                );
+            }
+            assert!(
+                row.iter().all(|&id| id < 0 || !dead.contains(&(id as u64))),
+                "{label}: a deleted id came back"
+            );
+        }
+        // The scan stage alone, at a widened nprobe, under the same sets.
+        let probes = cpu
+            .coarse_search(&cp, &idx.prepare_queries(&q).unwrap(), 12)
+            .unwrap();
+        let tables = cpu
+            .lookup_tables(&cp, &idx.prepare_queries(&q).unwrap())
+            .unwrap();
+        let keep = 40;
+        let want = cpu
+            .scan_filtered(&cp, &probes, &tables, keep, filters)
+            .unwrap();
+        let got = backend
+            .scan_filtered(&bp, &probes, &tables, keep, filters)
+            .unwrap();
+        for (i, s) in got.slots.chunks(keep).enumerate() {
+            if let Some(set) = filters.set_of(i) {
+                assert!(
+                    s.iter().all(|s| s.list == u32::MAX
+                        || set.is_allowed(s.list as usize, s.offset as usize)),
+                    "{label}: query {i}'s scan offered an excluded entry"
+                );
+            }
+        }
+        assert_rows_match(
+            &format!("{label} scan stage"),
+            keep,
+            (&want.slots, &want.scores),
+            (&got.slots, &got.scores),
+        );
+    }
+}
