@@ -123,6 +123,8 @@ fn bench_prints_recall_rows_and_json_keys() {
         "p99_us",
         // What each batch asked of the device: null on the CPU (nothing counts there).
         "device_per_batch",
+        // Share of points a filter allows: null without one.
+        "selectivity",
     ];
     for r in &rows {
         let obj = r.as_object().expect("object");
