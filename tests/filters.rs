@@ -66,6 +66,9 @@ fn search(ds: &DataSet, filter: &[&str], out: &str) -> Vec<i32> {
 #[test]
 fn searches_return_only_points_that_pass_the_filter() {
     let ds = data();
+    let info = quiver_ok(&["info", &ds.p("idx.qvr")]);
+    assert!(info.contains("3000 vectors carry one"), "{info}");
+    assert!(info.contains("g:integer, r:integer"), "{info}");
     let ids = search(
         &ds,
         &["--filter", r#"{"must":[{"key":"g","match":{"value":3}}]}"#],

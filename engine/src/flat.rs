@@ -12,6 +12,9 @@ use crate::bruteforce::ExactSearch;
 use crate::error::EngineError;
 use crate::index::prepare_vectors;
 use crate::metric::Metric;
+use crate::payload::fields::{FieldIndexes, FieldSpec};
+use crate::payload::filter::Rows;
+use roaring::RoaringBitmap;
 
 /// Rows per chunk.
 const CHUNK_ROWS: usize = 256;
@@ -20,6 +23,8 @@ const CHUNK_ROWS: usize = 256;
 struct Chunk {
     ids: Vec<u64>,
     vectors: Vec<f32>,
+    /// Stored payload of each row (empty: none).
+    payloads: Vec<Vec<u8>>,
     deleted: Vec<u64>,
     deleted_count: usize,
 }
@@ -77,11 +82,28 @@ impl FlatIndex {
 
     /// Adds or replaces vectors by id. Nothing changes if any vector or id is invalid.
     pub fn upsert(&mut self, vectors: &[f32], ids: &[u64]) -> Result<(), EngineError> {
+        self.upsert_with_payloads(vectors, ids, &[])
+    }
+
+    /// [`FlatIndex::upsert`] with each row's stored payload ([`crate::payload::encode`]);
+    /// `payloads` is empty (none) or holds one per id.
+    pub fn upsert_with_payloads(
+        &mut self,
+        vectors: &[f32],
+        ids: &[u64],
+        payloads: &[Vec<u8>],
+    ) -> Result<(), EngineError> {
         let dim = self.dim;
         if vectors.len() != ids.len() * dim {
             return Err(EngineError::IdCountMismatch {
                 ids: ids.len(),
                 vectors: vectors.len() / dim,
+            });
+        }
+        if !payloads.is_empty() && payloads.len() != ids.len() {
+            return Err(EngineError::InvalidParameter {
+                name: "payloads",
+                reason: format!("{} payloads for {} ids", payloads.len(), ids.len()),
             });
         }
         let vectors = prepare_vectors(self.metric, dim, vectors)?;
@@ -98,6 +120,9 @@ impl FlatIndex {
             chunk
                 .vectors
                 .extend_from_slice(&vectors[row * dim..(row + 1) * dim]);
+            chunk
+                .payloads
+                .push(payloads.get(row).cloned().unwrap_or_default());
             if chunk.deleted.len() < chunk.ids.len().div_ceil(64) {
                 chunk.deleted.push(0);
             }
@@ -131,6 +156,11 @@ impl FlatIndex {
     /// Calls `f(ids, vectors)` for runs of live vectors, in insertion order (vectors are
     /// normalised for cosine).
     pub fn for_each_live(&self, mut f: impl FnMut(&[u64], &[f32])) {
+        self.for_each_live_with_payloads(|ids, vectors, _| f(ids, vectors));
+    }
+
+    /// [`FlatIndex::for_each_live`] with the rows' stored payloads.
+    pub fn for_each_live_with_payloads(&self, mut f: impl FnMut(&[u64], &[f32], &[Vec<u8>])) {
         let dim = self.dim;
         for chunk in &self.chunks {
             let mut start = 0;
@@ -138,7 +168,11 @@ impl FlatIndex {
                 let dead = s == chunk.ids.len() || chunk.deleted[s / 64] >> (s % 64) & 1 == 1;
                 if dead {
                     if s > start {
-                        f(&chunk.ids[start..s], &chunk.vectors[start * dim..s * dim]);
+                        f(
+                            &chunk.ids[start..s],
+                            &chunk.vectors[start * dim..s * dim],
+                            &chunk.payloads[start..s],
+                        );
                     }
                     start = s + 1;
                 }
@@ -146,11 +180,153 @@ impl FlatIndex {
         }
     }
 
+    /// The stored payload of a live id (empty: none).
+    pub fn payload(&self, id: u64) -> Option<&[u8]> {
+        let &(c, s) = self.locations.get(&id)?;
+        Some(&self.chunks[c as usize].payloads[s as usize])
+    }
+
+    /// Replaces the stored payload of a live id; false when absent.
+    pub fn set_payload(&mut self, id: u64, payload: &[u8]) -> bool {
+        let Some(&(c, s)) = self.locations.get(&id) else {
+            return false;
+        };
+        Arc::make_mut(&mut self.chunks[c as usize]).payloads[s as usize] = payload.to_vec();
+        true
+    }
+
+    /// Rows (every slot, deleted ones included, chunk after chunk): what a filter is evaluated
+    /// over.
+    pub fn rows<'a>(&'a self, fields: Option<&'a FieldIndexes>) -> FlatRows<'a> {
+        FlatRows {
+            index: self,
+            fields,
+        }
+    }
+
+    /// Field indexes over the rows, for the given fields.
+    pub fn field_indexes(&self, specs: &[FieldSpec]) -> FieldIndexes {
+        let rows = self.rows(None);
+        FieldIndexes::build(specs, rows.len(), || {
+            self.chunks
+                .iter()
+                .flat_map(|c| c.payloads.iter().map(|p| p.as_slice()))
+        })
+    }
+
+    /// Exact k nearest neighbours of each query among the live rows in its allow-set (rows
+    /// from [`FlatIndex::rows`]; `of_query[q]` indexes `sets`, [`crate::backend::NO_FILTER`]:
+    /// every row), best first, padded with -1.
+    pub fn search_filtered(
+        &self,
+        queries: &[f32],
+        k: usize,
+        sets: &[RoaringBitmap],
+        of_query: &[u32],
+    ) -> Result<Neighbors, EngineError> {
+        let dim = self.dim;
+        let nq = queries.len() / dim.max(1);
+        if of_query.len() != nq {
+            return Err(EngineError::InvalidParameter {
+                name: "filters",
+                reason: format!("{} filter choices for {nq} queries", of_query.len()),
+            });
+        }
+        let mut out = Neighbors {
+            k,
+            ids: vec![-1; nq * k],
+            distances: vec![Neighbors::padding_distance(self.metric); nq * k],
+        };
+        let mut choices: Vec<u32> = of_query.to_vec();
+        choices.sort_unstable();
+        choices.dedup();
+        for f in choices {
+            let members: Vec<usize> = (0..nq).filter(|&q| of_query[q] == f).collect();
+            let q: Vec<f32> = members
+                .iter()
+                .flat_map(|&m| &queries[m * dim..(m + 1) * dim])
+                .copied()
+                .collect();
+            let part = match sets.get(f as usize) {
+                None => self.search(&q, k)?,
+                Some(allowed) => {
+                    let mut search = ExactSearch::new(self.metric, dim, &q, k)?;
+                    let (mut ids, mut vectors) = (Vec::new(), Vec::new());
+                    for row in allowed.iter() {
+                        let (c, s) = (row as usize / CHUNK_ROWS, row as usize % CHUNK_ROWS);
+                        let Some(chunk) = self.chunks.get(c) else {
+                            break;
+                        };
+                        if s >= chunk.ids.len() || chunk.deleted[s / 64] >> (s % 64) & 1 == 1 {
+                            continue;
+                        }
+                        ids.push(chunk.ids[s]);
+                        vectors.extend_from_slice(&chunk.vectors[s * dim..(s + 1) * dim]);
+                        if ids.len() == 4096 {
+                            search.add_rows(&vectors, &ids);
+                            ids.clear();
+                            vectors.clear();
+                        }
+                    }
+                    search.add_rows(&vectors, &ids);
+                    search.finish()
+                }
+            };
+            for (i, &m) in members.iter().enumerate() {
+                out.ids[m * k..(m + 1) * k].copy_from_slice(part.ids_of(i));
+                out.distances[m * k..(m + 1) * k].copy_from_slice(part.distances_of(i));
+            }
+        }
+        Ok(out)
+    }
+
     /// Exact k nearest neighbours of each query (row-major), best first, padded with -1.
     pub fn search(&self, queries: &[f32], k: usize) -> Result<Neighbors, EngineError> {
         let mut search = ExactSearch::new(self.metric, self.dim, queries, k)?;
         self.for_each_live(|ids, vectors| search.add_rows(vectors, ids));
         Ok(search.finish())
+    }
+}
+
+/// A flat index's rows (slot `s` of chunk `c` is row `c × 256 + s`), for filters.
+pub struct FlatRows<'a> {
+    index: &'a FlatIndex,
+    fields: Option<&'a FieldIndexes>,
+}
+
+impl FlatRows<'_> {
+    fn at(&self, row: u32) -> Option<(&Chunk, usize)> {
+        let (c, s) = (row as usize / CHUNK_ROWS, row as usize % CHUNK_ROWS);
+        let chunk = self.index.chunks.get(c)?;
+        (s < chunk.ids.len()).then_some((&**chunk, s))
+    }
+
+    /// True when the row's point is deleted (or the row is past the end).
+    pub fn is_deleted(&self, row: u32) -> bool {
+        self.at(row)
+            .is_none_or(|(c, s)| c.deleted[s / 64] >> (s % 64) & 1 == 1)
+    }
+}
+
+impl Rows for FlatRows<'_> {
+    fn len(&self) -> u32 {
+        match self.index.chunks.last() {
+            None => 0,
+            Some(last) => ((self.index.chunks.len() - 1) * CHUNK_ROWS + last.ids.len()) as u32,
+        }
+    }
+    fn payload(&self, row: u32) -> &[u8] {
+        self.at(row).map_or(&[], |(c, s)| c.payloads[s].as_slice())
+    }
+    fn id(&self, row: u32) -> u64 {
+        self.at(row).map_or(u64::MAX, |(c, s)| c.ids[s])
+    }
+    fn row_of(&self, id: u64) -> Option<u32> {
+        let &(c, s) = self.index.locations.get(&id)?;
+        Some((c as usize * CHUNK_ROWS + s as usize) as u32)
+    }
+    fn fields(&self) -> Option<&FieldIndexes> {
+        self.fields
     }
 }
 
@@ -184,5 +360,45 @@ mod tests {
             Err(EngineError::NonFinite { .. })
         ));
         assert!(f.contains(1));
+    }
+
+    #[test]
+    fn payloads_filters_and_filtered_search() {
+        use crate::payload::filter::Filter;
+        let mut f = FlatIndex::new(Metric::L2, 2);
+        let n = 1000u64;
+        let ids: Vec<u64> = (0..n).collect();
+        let v: Vec<f32> = (0..2 * n).map(|i| (i / 2) as f32).collect();
+        let payloads: Vec<Vec<u8>> = (0..n)
+            .map(|i| crate::payload::encode_text(&format!(r#"{{"g":{}}}"#, i % 4)).unwrap())
+            .collect();
+        f.upsert_with_payloads(&v, &ids, &payloads).unwrap();
+        f.delete(&[2, 6]);
+        assert_eq!(f.payload(5), Some(&br#"{"g":1}"#[..]));
+        assert!(f.set_payload(5, br#"{"g":2}"#));
+        assert_eq!(f.payload(2), None);
+        let spec = [FieldSpec::parse("g:integer").unwrap()];
+        let fields = f.field_indexes(&spec);
+        let filter = Filter::parse_text(r#"{"must":[{"key":"g","match":{"value":2}}]}"#).unwrap();
+        let with = filter.evaluate(&f.rows(Some(&fields)));
+        let without = filter.evaluate(&f.rows(None));
+        assert_eq!(with, without);
+        // Nearest to (4, 4) with g = 2: 5 (set above), then 10 (2 and 6 are deleted).
+        let r = f
+            .search_filtered(
+                &[4.0, 4.0, 4.0, 4.0],
+                3,
+                &[with],
+                &[0, crate::backend::NO_FILTER],
+            )
+            .unwrap();
+        assert_eq!(r.ids_of(0), &[5, 10, 14]);
+        assert_eq!(r.ids_of(1), &[4, 3, 5]);
+        let mut seen = 0;
+        f.for_each_live_with_payloads(|ids, _, p| {
+            seen += ids.len();
+            assert_eq!(ids.len(), p.len());
+        });
+        assert_eq!(seen, 998);
     }
 }

@@ -764,6 +764,11 @@ impl IvfPqIndex {
     /// Every live entry's id and stored vector (its raw copy, or its PQ reconstruction when
     /// the index keeps none), list by list: the input of a retraining.
     pub fn for_each_live(&self, mut f: impl FnMut(u64, &[f32])) {
+        self.for_each_live_with_payload(|id, v, _| f(id, v));
+    }
+
+    /// [`IvfPqIndex::for_each_live`] with each entry's stored payload (empty: none).
+    pub fn for_each_live_with_payload(&self, mut f: impl FnMut(u64, &[f32], &[u8])) {
         let (cs, dim) = (self.pq.code_size(), self.params.dim);
         let mut out = vec![0f32; dim];
         for (l, list) in self.lists.iter().enumerate() {
@@ -778,7 +783,7 @@ impl IvfPqIndex {
                         out.iter_mut().zip(c).for_each(|(x, c)| *x += c);
                     }
                 }
-                f(list.ids.as_slice()[i], &out);
+                f(list.ids.as_slice()[i], &out, list.payloads.get(i));
             }
         }
     }

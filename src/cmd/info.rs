@@ -57,6 +57,30 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         index.pq().code_size(),
         p.dim * p.refine.bytes_per_component()
     );
+    let with_payload: usize = index
+        .lists()
+        .iter()
+        .map(|l| {
+            (0..l.len())
+                .filter(|&i| !l.is_deleted(i) && !l.payloads.get(i).is_empty())
+                .count()
+        })
+        .sum();
+    let payload_bytes: usize = index.lists().iter().map(|l| l.payloads.byte_len()).sum();
+    println!("payloads        {with_payload} vectors carry one ({payload_bytes} bytes)");
+    let fields: Vec<String> = index
+        .field_specs()
+        .iter()
+        .map(|f| format!("{}:{}", f.key, f.kind.name()))
+        .collect();
+    println!(
+        "indexed fields  {}",
+        if fields.is_empty() {
+            "none".to_string()
+        } else {
+            fields.join(", ")
+        }
+    );
     println!(
         "file size       {size} bytes ({:.2} MiB)",
         size as f64 / (1 << 20) as f64

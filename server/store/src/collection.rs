@@ -23,6 +23,7 @@ use crate::cpucache::CpuCache;
 use crate::preparer::Preparer;
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use quiver_engine::backend::{Backend, Neighbors, PreparedIndex};
+use quiver_engine::payload::filter::Filter;
 use quiver_engine::progress::NoProgress;
 use quiver_engine::{FlatIndex, IndexParams, IvfPqIndex};
 
@@ -32,7 +33,7 @@ use crate::fsutil::{remove_temp_files, sync_dir};
 use crate::manifest::{CollectionMeta, IndexConfig, Manifest, SegmentEntry};
 use crate::segment::{Rows, SearchKey, Segment, SegmentIndex};
 use crate::version::Version;
-use crate::wal::{self, Op, WalWriter};
+use crate::wal::{self, Op, PayloadEdit, WalWriter};
 use crate::StoreConfig;
 
 /// What a collection is doing in the background.
@@ -470,8 +471,94 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             .collect()
     }
 
+    /// The stored vectors and payloads of the given ids that are live (see [`Self::get`]).
+    pub fn get_points(&self, ids: &[u64]) -> Vec<(u64, Vec<f32>, Vec<u8>)> {
+        let v = self.version();
+        ids.iter()
+            .filter_map(|&id| {
+                let s = v.all().find(|s| s.contains(id))?;
+                Some((id, s.vector(id)?, s.payload(id)?.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Searches valid queries (`nq × dim`), query `q` among the points passing
+    /// `filters[of_query[q]]` ([`quiver_engine::backend::NO_FILTER`]: all).
+    pub fn search_filtered(
+        &self,
+        queries: &[f32],
+        nq: usize,
+        key: SearchKey,
+        filters: &[Filter],
+        of_query: &[u32],
+    ) -> Result<Neighbors> {
+        if of_query.len() != nq {
+            return Err(StoreError::Invalid {
+                field: "filters",
+                reason: format!("{} filter choices for {nq} queries", of_query.len()),
+            });
+        }
+        let v = self.version();
+        let metric = self.meta.read().metric();
+        Ok(v.search_filtered(
+            queries,
+            nq,
+            key,
+            filters,
+            of_query,
+            metric,
+            self.cpu.backend(),
+            &self.backend,
+        )?)
+    }
+
+    /// Live points passing `filter` (all without one).
+    pub fn count(&self, filter: Option<&Filter>) -> usize {
+        match filter {
+            None => self.version().len(),
+            Some(f) => self.version().matching(Some(f)).len(),
+        }
+    }
+
+    /// Up to `limit` live points passing `filter`, by ascending id from `offset` (an id, or
+    /// the start): their ids and payloads, and the id to continue from (`None` at the end).
+    pub fn scroll(
+        &self,
+        filter: Option<&Filter>,
+        offset: Option<u64>,
+        limit: usize,
+    ) -> (Vec<(u64, Vec<u8>)>, Option<u64>) {
+        let v = self.version();
+        let ids = v.matching(filter);
+        let start = offset.map_or(0, |o| ids.partition_point(|&i| i < o));
+        let page: Vec<(u64, Vec<u8>)> = ids[start..]
+            .iter()
+            .take(limit)
+            .map(|&id| (id, v.payload(id).unwrap_or_default().to_vec()))
+            .collect();
+        let next = ids.get(start + limit).copied();
+        (page, next)
+    }
+
     /// Adds or replaces points by id; returns when the write is durable (fsynced) and visible.
     pub fn upsert(&self, ids: Vec<u64>, vectors: Vec<f32>) -> Result<usize> {
+        self.upsert_with_payloads(ids, vectors, Vec::new())
+    }
+
+    /// [`Self::upsert`] with each point's stored payload (`quiver_engine::payload::encode`;
+    /// empty: none for any point).
+    pub fn upsert_with_payloads(
+        &self,
+        ids: Vec<u64>,
+        vectors: Vec<f32>,
+        payloads: Vec<Vec<u8>>,
+    ) -> Result<usize> {
+        if !payloads.is_empty() && payloads.len() != ids.len() {
+            return Err(StoreError::Invalid {
+                field: "payloads",
+                reason: format!("{} payloads for {} ids", payloads.len(), ids.len()),
+            });
+        }
         let dim = self.meta.read().dim;
         if vectors.len() != ids.len() * dim {
             return Err(StoreError::Invalid {
@@ -493,13 +580,51 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             let error = crate::drift::coarse_error(q, &r.vectors, &r.lists);
             self.drift.lock().record(r.len(), error);
         }
-        let op = Op::Upsert { ids, vectors, dim };
+        let op = Op::Upsert {
+            ids,
+            vectors,
+            dim,
+            payloads,
+        };
         self.write(op, Some(rows), v.quantizers.clone())
     }
 
     /// Deletes ids; returns how many were live. Durable when it returns.
     pub fn delete(&self, ids: Vec<u64>) -> Result<usize> {
         self.write(Op::Delete { ids }, None, None)
+    }
+
+    /// Deletes the points passing a filter (JSON text); returns how many. The filter is
+    /// logged, so replay deletes what it matched when written. Durable when it returns.
+    pub fn delete_filter(&self, filter: &str) -> Result<usize> {
+        Filter::parse_text(filter).map_err(|e| StoreError::Invalid {
+            field: "filter",
+            reason: e.to_string(),
+        })?;
+        self.write(
+            Op::DeleteFilter {
+                filter: filter.to_string(),
+            },
+            None,
+            None,
+        )
+    }
+
+    /// Edits the payloads of the given ids (those live); returns how many. Refused, changing
+    /// nothing, when the result would not be a valid payload for one of them. Durable when it
+    /// returns.
+    pub fn set_payload(&self, ids: Vec<u64>, edit: PayloadEdit) -> Result<usize> {
+        check_ids(&ids)?;
+        let v = self.version();
+        for &id in &ids {
+            if let Some(old) = v.payload(id) {
+                edit.apply(old).map_err(|e| StoreError::Invalid {
+                    field: "payload",
+                    reason: format!("point {id}: {e}"),
+                })?;
+            }
+        }
+        self.write(Op::SetPayload { ids, edit }, None, None)
     }
 
     fn write(
@@ -1102,19 +1227,25 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         }
         let mut ids = Vec::with_capacity(n);
         let mut vectors = Vec::with_capacity(n * dim);
+        let mut payloads: Vec<Vec<u8>> = Vec::with_capacity(n);
         for s in &inputs.segments {
             match (&s.index, s.ivf()) {
-                (SegmentIndex::Flat(f), _) => f.for_each_live(|i, v| {
+                (SegmentIndex::Flat(f), _) => f.for_each_live_with_payloads(|i, v, p| {
                     ids.extend_from_slice(i);
                     vectors.extend_from_slice(v);
+                    payloads.extend_from_slice(p);
                 }),
                 // A retraining: the stored vectors (or reconstructions without refine ones).
-                (_, Some(index)) => index.for_each_live(|i, v| {
+                (_, Some(index)) => index.for_each_live_with_payload(|i, v, p| {
                     ids.push(i);
                     vectors.extend_from_slice(v);
+                    payloads.push(p.to_vec());
                 }),
                 (_, None) => {}
             }
+        }
+        if payloads.iter().all(|p| p.is_empty()) {
+            payloads = Vec::new();
         }
         let name = self.meta.read().name.clone();
         let started = std::time::Instant::now();
@@ -1146,9 +1277,10 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 drop(sample);
                 phase("quantizers trained");
                 let mut index = quantizers.empty_like();
-                index.add(&vectors, Some(&ids), &NoProgress)?;
+                index.add_with_payloads(&vectors, Some(&ids), &payloads, &NoProgress)?;
                 drop(vectors);
                 drop(ids);
+                drop(payloads);
                 phase("points encoded");
                 let prepared = self.seal_index(Arc::new(index))?;
                 phase("segment prepared");
@@ -1463,11 +1595,16 @@ fn encode_flat(q: &IvfPqIndex, f: &FlatIndex) -> Result<IvfPqIndex> {
     let mut index = q.empty_like();
     let mut ids = Vec::new();
     let mut vectors = Vec::new();
-    f.for_each_live(|a, b| {
+    let mut payloads: Vec<Vec<u8>> = Vec::new();
+    f.for_each_live_with_payloads(|a, b, p| {
         ids.extend_from_slice(a);
         vectors.extend_from_slice(b);
+        payloads.extend_from_slice(p);
     });
-    index.add(&vectors, Some(&ids), &NoProgress)?;
+    if payloads.iter().all(|p| p.is_empty()) {
+        payloads.clear();
+    }
+    index.add_with_payloads(&vectors, Some(&ids), &payloads, &NoProgress)?;
     Ok(index)
 }
 

@@ -8,9 +8,11 @@
 
 use std::sync::Arc;
 
+use quiver_engine::backend::allow::{allow_set, IndexRows};
 use quiver_engine::backend::cpu::{CpuBackend, CpuPrepared};
-use quiver_engine::backend::{Backend, Neighbors, PreparedIndex, SearchParams};
+use quiver_engine::backend::{Backend, Neighbors, PreparedIndex, QueryFilters, SearchParams};
 use quiver_engine::index::EncodedRows;
+use quiver_engine::payload::filter::{Filter, Rows as _};
 use quiver_engine::{EngineError, FlatIndex, IvfPqIndex, Metric, RefineKind};
 
 /// Search parameters as a client sent them; zeros mean "the default", resolved per segment.
@@ -140,6 +142,42 @@ impl<B: Backend> Segment<B> {
         }
     }
 
+    /// The stored payload of a live id (empty: none).
+    pub fn payload(&self, id: u64) -> Option<&[u8]> {
+        match &self.index {
+            SegmentIndex::Flat(f) => f.payload(id),
+            _ => self.ivf()?.payload(id),
+        }
+    }
+
+    /// The rows (see [`quiver_engine::payload::filter::Rows`]) of the live points passing
+    /// `filter`, as ids.
+    pub fn matching(&self, filter: &Filter) -> Vec<u64> {
+        match &self.index {
+            SegmentIndex::Flat(f) => {
+                let rows = f.rows(None);
+                filter
+                    .evaluate(&rows)
+                    .iter()
+                    .filter(|&r| !rows.is_deleted(r))
+                    .map(|r| rows.id(r))
+                    .collect()
+            }
+            _ => match self.ivf() {
+                Some(index) => {
+                    let rows = IndexRows::new(index, None);
+                    filter
+                        .evaluate(&rows)
+                        .iter()
+                        .filter(|&r| !rows.is_deleted(r))
+                        .map(|r| rows.id(r))
+                        .collect()
+                }
+                None => Vec::new(),
+            },
+        }
+    }
+
     /// Bytes of vectors, codes and (for the first trained segment) centroids.
     pub fn data_bytes(&self) -> usize {
         match &self.index {
@@ -192,12 +230,19 @@ impl<B: Backend> Segment<B> {
         )))
     }
 
-    /// Appendable segment: replaces or adds rows by id, in place (the caller holds the only
-    /// reference: see [`crate::version::Version::apply`]).
-    pub fn upsert_in_place(&mut self, ids: &[u64], rows: Rows) -> Result<(), EngineError> {
+    /// Appendable segment: replaces or adds rows by id, with their payloads (empty: none),
+    /// in place (the caller holds the only reference: see
+    /// [`crate::version::Version::apply`]).
+    pub fn upsert_in_place(
+        &mut self,
+        ids: &[u64],
+        rows: Rows,
+        payloads: &[Vec<u8>],
+    ) -> Result<(), EngineError> {
         match (&mut self.index, rows) {
-            (SegmentIndex::Flat(f), Rows::Raw(v)) => f.upsert(&v, ids),
-            (SegmentIndex::Cpu(p), Rows::Encoded(e)) => {
+            (SegmentIndex::Flat(f), Rows::Raw(v)) => f.upsert_with_payloads(&v, ids, payloads),
+            (SegmentIndex::Cpu(p), Rows::Encoded(mut e)) => {
+                e.payloads = payloads.to_vec();
                 let i = p.index_mut();
                 i.delete(ids);
                 i.push_encoded(&e, ids);
@@ -243,6 +288,49 @@ impl<B: Backend> Segment<B> {
                 match &self.index {
                     SegmentIndex::Cpu(p) => cpu.search(p, queries, &params)?,
                     SegmentIndex::Device(p) => device.search(p, queries, &params)?,
+                    SegmentIndex::Flat(_) => unreachable!("matched above"),
+                }
+            }
+        };
+        if k < key.k {
+            out = pad(out, key.k, self.metric());
+        }
+        Ok(out)
+    }
+
+    /// [`Segment::search`] with per-query filters (`of_query[q]` indexes `filters`,
+    /// [`quiver_engine::backend::NO_FILTER`]: none): the exact search over allowed points of a flat segment, the
+    /// filtered planner ([`Backend::search_filtered`]) on an IVF-PQ one.
+    pub fn search_filtered(
+        &self,
+        queries: &[f32],
+        key: SearchKey,
+        filters: &[Filter],
+        of_query: &[u32],
+        cpu: &CpuBackend,
+        device: &B,
+    ) -> Result<Neighbors, EngineError> {
+        let live = self.len();
+        let k = key.k.min(live).max(1);
+        let mut out = match &self.index {
+            SegmentIndex::Flat(f) => {
+                let rows = f.rows(None);
+                let sets: Vec<_> = filters.iter().map(|x| x.evaluate(&rows)).collect();
+                f.search_filtered(queries, k, &sets, of_query)?
+            }
+            _ => {
+                let index = self.ivf().expect("trained segment");
+                let mut params = resolve(key, index.nlist(), index.params().refine);
+                params.k = k;
+                params.refine_factor = params.refine_factor.min(live.div_ceil(k)).max(1);
+                let sets: Vec<_> = filters.iter().map(|x| allow_set(index, None, x)).collect();
+                let qf = QueryFilters {
+                    sets: &sets,
+                    of_query,
+                };
+                match &self.index {
+                    SegmentIndex::Cpu(p) => cpu.search_filtered(p, queries, &params, qf)?,
+                    SegmentIndex::Device(p) => device.search_filtered(p, queries, &params, qf)?,
                     SegmentIndex::Flat(_) => unreachable!("matched above"),
                 }
             }

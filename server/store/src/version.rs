@@ -11,6 +11,7 @@ use quiver_engine::{EngineError, IvfPqIndex, Metric};
 use crate::cpucache::CpuCache;
 use crate::segment::{merge_results, Rows, SearchKey, Segment, SegmentIndex};
 use crate::wal::Op;
+use quiver_engine::payload::filter::Filter;
 
 /// One published state of a collection.
 pub struct Version<B: Backend> {
@@ -88,10 +89,91 @@ impl<B: Backend> Version<B> {
         cache: &CpuCache,
         device: &B,
     ) -> Result<usize, EngineError> {
+        match op {
+            Op::Upsert {
+                ids,
+                vectors,
+                payloads,
+                ..
+            } => {
+                self.delete_sealed(ids, cache, device)?;
+                // Rows made for another kind of appendable segment (encoded just before a
+                // retraining made it flat) are made again.
+                let rows = match rows {
+                    Some(r) if r.fits(&self.appendable.index) => r,
+                    _ => self.rows_for(vectors, cache)?,
+                };
+                self.appendable_mut(cache)?
+                    .upsert_in_place(ids, rows, payloads)?;
+                Ok(ids.len())
+            }
+            Op::Delete { ids } => self.delete(ids, cache, device),
+            Op::DeleteFilter { filter } => {
+                let filter =
+                    Filter::parse_text(filter).map_err(|e| EngineError::InvalidParameter {
+                        name: "filter",
+                        reason: e.to_string(),
+                    })?;
+                let ids: Vec<u64> = self.all().flat_map(|s| s.matching(&filter)).collect();
+                self.delete(&ids, cache, device)
+            }
+            Op::SetPayload { ids, edit } => {
+                // An edited point is written again (its stored vector, its new payload) into
+                // the appendable segment: sealed segments only ever lose points, and every
+                // path that carries deletes (checkpoints, merges, trainings) carries this.
+                let mut found = Vec::new();
+                let mut vectors = Vec::new();
+                let mut payloads = Vec::new();
+                let mut seen = std::collections::HashSet::new();
+                for &id in ids {
+                    if !seen.insert(id) {
+                        continue;
+                    }
+                    let Some(s) = self.all().find(|s| s.contains(id)) else {
+                        continue;
+                    };
+                    let (Some(v), Some(old)) = (s.vector(id), s.payload(id)) else {
+                        continue;
+                    };
+                    // An edit the payload cannot take (too large) leaves the point as it is (the
+                    // writer was refused before logging; replay decides alike).
+                    let Ok(new) = edit.apply(old) else {
+                        continue;
+                    };
+                    found.push(id);
+                    vectors.extend_from_slice(&v);
+                    payloads.push(new);
+                }
+                if found.is_empty() {
+                    return Ok(0);
+                }
+                self.delete_sealed(&found, cache, device)?;
+                let rows = self.rows_for(&vectors, cache)?;
+                self.appendable_mut(cache)?
+                    .upsert_in_place(&found, rows, &payloads)?;
+                Ok(found.len())
+            }
+        }
+    }
+
+    /// Deletes ids from every segment; returns how many were live.
+    fn delete(&mut self, ids: &[u64], cache: &CpuCache, device: &B) -> Result<usize, EngineError> {
+        let mut n = self.delete_sealed(ids, cache, device)?;
+        if ids.iter().any(|&i| self.appendable.contains(i)) {
+            n += self.appendable_mut(cache)?.delete_in_place(ids)?;
+        }
+        Ok(n)
+    }
+
+    /// Deletes ids from the sealed segments (new versions of those they touch); returns how
+    /// many were live there.
+    fn delete_sealed(
+        &mut self,
+        ids: &[u64],
+        cache: &CpuCache,
+        device: &B,
+    ) -> Result<usize, EngineError> {
         let cpu = cache.backend();
-        let ids = match op {
-            Op::Upsert { ids, .. } | Op::Delete { ids } => ids,
-        };
         let mut n = 0;
         for s in self.segments.iter_mut() {
             if let Some((seg, k)) = s.with_delete(ids, true, cpu, device)? {
@@ -99,24 +181,21 @@ impl<B: Backend> Version<B> {
                 n += k;
             }
         }
-        match op {
-            Op::Upsert { vectors, .. } => {
-                // Rows made for another kind of appendable segment (encoded just before a
-                // retraining made it flat) are made again.
-                let rows = match rows {
-                    Some(r) if r.fits(&self.appendable.index) => r,
-                    _ => self.rows_for(vectors, cache)?,
-                };
-                self.appendable_mut(cache)?.upsert_in_place(ids, rows)?;
-                Ok(ids.len())
-            }
-            Op::Delete { .. } => {
-                if ids.iter().any(|&i| self.appendable.contains(i)) {
-                    n += self.appendable_mut(cache)?.delete_in_place(ids)?;
-                }
-                Ok(n)
-            }
-        }
+        Ok(n)
+    }
+
+    /// The stored payload of a live id (empty: none).
+    pub fn payload(&self, id: u64) -> Option<&[u8]> {
+        self.all().find_map(|s| s.payload(id))
+    }
+
+    /// The ids of the live points passing `filter` (every live point without one), ascending.
+    pub fn matching(&self, filter: Option<&Filter>) -> Vec<u64> {
+        let all = Filter::default();
+        let f = filter.unwrap_or(&all);
+        let mut ids: Vec<u64> = self.all().flat_map(|s| s.matching(f)).collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// Rows of `vectors` for the appendable segment: checked and normalised for a flat one
@@ -226,6 +305,38 @@ impl<B: Backend> Version<B> {
             }
             parts.push(s.search(queries, key, cpu, device)?);
         }
+        if parts.is_empty() {
+            return Ok(Neighbors {
+                k: key.k,
+                ids: vec![-1; nq * key.k],
+                distances: vec![Neighbors::padding_distance(metric); nq * key.k],
+            });
+        }
+        Ok(merge_results(parts, nq, key.k, metric))
+    }
+}
+
+impl<B: Backend> Version<B> {
+    /// Searches prepared queries over every segment, each query under its filter
+    /// (`of_query[q]` indexes `filters`, [`quiver_engine::backend::NO_FILTER`]: none), and
+    /// merges the results. Each segment runs the filtered planner on its own.
+    #[allow(clippy::too_many_arguments)]
+    pub fn search_filtered(
+        &self,
+        queries: &[f32],
+        nq: usize,
+        key: SearchKey,
+        filters: &[Filter],
+        of_query: &[u32],
+        metric: Metric,
+        cpu: &CpuBackend,
+        device: &B,
+    ) -> Result<Neighbors, EngineError> {
+        let parts = self
+            .all()
+            .filter(|s| !s.is_empty())
+            .map(|s| s.search_filtered(queries, key, filters, of_query, cpu, device))
+            .collect::<Result<Vec<_>, _>>()?;
         if parts.is_empty() {
             return Ok(Neighbors {
                 k: key.k,

@@ -3,9 +3,19 @@
 //! and one fsync per group commit) and removed once a durable checkpoint covers them.
 //!
 //! File: `"QVRWAL02" | first_lsn u64 | CRC32C u32 of the previous 16 bytes | 0 u32`, then
-//! records `length u32 | CRC32C u32 of the body | body`, body `lsn u64 | kind u8 (1 upsert,
-//! 2 delete) | count u32 | dim u32 | ids u64 × count | vectors f32 × count × dim`. Record
-//! numbers (LSNs) strictly increase; a failed group leaves a gap, never a reuse.
+//! records `length u32 | CRC32C u32 of the body | body`, body `lsn u64 | kind u8 | count u32 |
+//! dim u32 | ids u64 × count | …`, by kind:
+//! - 1 upsert: `vectors f32 × count × dim`;
+//! - 2 delete: nothing more;
+//! - 3 upsert with payloads: vectors as kind 1, then `payload length u32 × count` and the
+//!   payloads (compact JSON) back to back;
+//! - 4 payload edit of the ids: `dim` holds the edit (1 merge keys, 2 replace, 3 delete keys,
+//!   4 clear), then its JSON (the object to merge or set; the array of keys to delete);
+//! - 5 delete by filter: `count` 0, `dim` the filter's length, then the filter's JSON text. The
+//!   filter is logged, not the ids it matched: replay evaluates it against the state at that
+//!   record, so it deletes what it deleted when written.
+//!
+//! Record numbers (LSNs) strictly increase; a failed group leaves a gap, never a reuse.
 //!
 //! Replay: a record cut short or damaged at the end of the last file, with nothing valid after
 //! it, is a torn write (never acknowledged) and is cut off. A damaged record followed by valid
@@ -30,10 +40,66 @@ const MIN_BODY: usize = 17;
 /// Largest body accepted on replay.
 const MAX_BODY: usize = 1 << 30;
 
+/// A change to the payloads of some points.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PayloadEdit {
+    /// Set these top-level keys (a JSON object), keeping the others.
+    Merge(Vec<u8>),
+    /// Replace the whole payload (a JSON object).
+    Replace(Vec<u8>),
+    /// Remove these top-level keys.
+    DeleteKeys(Vec<String>),
+    /// Remove the payload.
+    Clear,
+}
+
+impl PayloadEdit {
+    fn code(&self) -> u32 {
+        match self {
+            PayloadEdit::Merge(_) => 1,
+            PayloadEdit::Replace(_) => 2,
+            PayloadEdit::DeleteKeys(_) => 3,
+            PayloadEdit::Clear => 4,
+        }
+    }
+
+    fn body(&self) -> Vec<u8> {
+        match self {
+            PayloadEdit::Merge(b) | PayloadEdit::Replace(b) => b.clone(),
+            PayloadEdit::DeleteKeys(k) => serde_json::to_vec(k).unwrap_or_default(),
+            PayloadEdit::Clear => Vec::new(),
+        }
+    }
+
+    fn parse(code: u32, body: &[u8]) -> Option<PayloadEdit> {
+        Some(match code {
+            1 => PayloadEdit::Merge(body.to_vec()),
+            2 => PayloadEdit::Replace(body.to_vec()),
+            3 => PayloadEdit::DeleteKeys(serde_json::from_slice(body).ok()?),
+            4 if body.is_empty() => PayloadEdit::Clear,
+            _ => return None,
+        })
+    }
+
+    /// The payload after this edit of `old` (stored bytes; empty: none).
+    pub fn apply(
+        &self,
+        old: &[u8],
+    ) -> std::result::Result<Vec<u8>, quiver_engine::payload::PayloadError> {
+        use quiver_engine::payload as p;
+        match self {
+            PayloadEdit::Merge(b) => p::merged(old, &p::decode(b)),
+            PayloadEdit::Replace(b) => Ok(b.clone()),
+            PayloadEdit::DeleteKeys(k) => p::without_keys(old, k),
+            PayloadEdit::Clear => Ok(Vec::new()),
+        }
+    }
+}
+
 /// A logged write.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
-    /// Vectors upserted (row-major, `ids.len() × dim` values).
+    /// Vectors upserted (row-major, `ids.len() × dim` values), with their payloads.
     Upsert {
         /// Ids.
         ids: Vec<u64>,
@@ -41,19 +107,38 @@ pub enum Op {
         vectors: Vec<f32>,
         /// Dimension.
         dim: usize,
+        /// Stored payload of each point (empty: no point has one).
+        payloads: Vec<Vec<u8>>,
     },
     /// Ids deleted.
     Delete {
         /// Ids.
         ids: Vec<u64>,
     },
+    /// Payloads of these ids edited.
+    SetPayload {
+        /// Ids.
+        ids: Vec<u64>,
+        /// The edit.
+        edit: PayloadEdit,
+    },
+    /// Points matching a filter deleted (the filter's JSON text).
+    DeleteFilter {
+        /// The filter.
+        filter: String,
+    },
 }
 
 /// Appends the framed record `lsn: op` to `out`.
 pub fn encode(lsn: u64, op: &Op, out: &mut Vec<u8>) {
-    let (kind, ids, vectors, dim): (u8, &[u64], &[f32], usize) = match op {
-        Op::Upsert { ids, vectors, dim } => (1, ids, vectors, *dim),
-        Op::Delete { ids } => (2, ids, &[], 0),
+    let none: &[u64] = &[];
+    let (kind, ids, dim): (u8, &[u64], usize) = match op {
+        Op::Upsert {
+            ids, dim, payloads, ..
+        } => (if payloads.is_empty() { 1 } else { 3 }, ids, *dim),
+        Op::Delete { ids } => (2, ids, 0),
+        Op::SetPayload { ids, edit } => (4, ids, edit.code() as usize),
+        Op::DeleteFilter { filter } => (5, none, filter.len()),
     };
     let start = out.len();
     out.extend_from_slice(&[0; RECORD_HEAD]);
@@ -62,7 +147,22 @@ pub fn encode(lsn: u64, op: &Op, out: &mut Vec<u8>) {
     out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
     out.extend_from_slice(&(dim as u32).to_le_bytes());
     out.extend(ids.iter().flat_map(|i| i.to_le_bytes()));
-    out.extend(vectors.iter().flat_map(|v| v.to_le_bytes()));
+    match op {
+        Op::Upsert {
+            vectors, payloads, ..
+        } => {
+            out.extend(vectors.iter().flat_map(|v| v.to_le_bytes()));
+            if !payloads.is_empty() {
+                out.extend(payloads.iter().flat_map(|p| (p.len() as u32).to_le_bytes()));
+                for p in payloads {
+                    out.extend_from_slice(p);
+                }
+            }
+        }
+        Op::Delete { .. } => {}
+        Op::SetPayload { edit, .. } => out.extend_from_slice(&edit.body()),
+        Op::DeleteFilter { filter } => out.extend_from_slice(filter.as_bytes()),
+    }
     let body_len = out.len() - start - RECORD_HEAD;
     let crc = crc32c::crc32c(&out[start + RECORD_HEAD..]);
     out[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
@@ -110,18 +210,54 @@ fn parse(data: &[u8], pos: usize) -> Parsed {
         .chunks_exact(8)
         .map(|c| u64_at(c, 0))
         .collect();
+    let vec_bytes = count.checked_mul(dim).and_then(|x| x.checked_mul(4));
+    let floats = |b: &[u8]| -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    let wrong = || Parsed::Bad(format!("record of kind {kind} has the wrong size"));
     let op = match kind {
-        1 if count.checked_mul(dim).and_then(|x| x.checked_mul(4)) == Some(len - ids_end)
-            && dim > 0 =>
-        {
-            let vectors = body[ids_end..]
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            Op::Upsert { ids, vectors, dim }
+        1 if vec_bytes == Some(len - ids_end) && dim > 0 => Op::Upsert {
+            ids,
+            vectors: floats(&body[ids_end..]),
+            dim,
+            payloads: Vec::new(),
+        },
+        3 if dim > 0 && vec_bytes.is_some_and(|v| ids_end + v + count * 4 <= len) => {
+            let vec_end = ids_end + vec_bytes.unwrap_or(0);
+            let mut at = vec_end + count * 4;
+            let mut payloads = Vec::with_capacity(count);
+            for r in 0..count {
+                let n = u32_at(body, vec_end + r * 4) as usize;
+                let Some(p) = body.get(at..at + n) else {
+                    return wrong();
+                };
+                payloads.push(p.to_vec());
+                at += n;
+            }
+            if at != len {
+                return wrong();
+            }
+            Op::Upsert {
+                ids,
+                vectors: floats(&body[ids_end..vec_end]),
+                dim,
+                payloads,
+            }
         }
         2 if ids_end == len => Op::Delete { ids },
-        _ => return Parsed::Bad(format!("record of kind {kind} has the wrong size")),
+        4 => match PayloadEdit::parse(dim as u32, &body[ids_end..]) {
+            Some(edit) => Op::SetPayload { ids, edit },
+            None => return Parsed::Bad("payload edit record does not parse".into()),
+        },
+        5 if count == 0 && ids_end + dim == len => match std::str::from_utf8(&body[ids_end..]) {
+            Ok(f) => Op::DeleteFilter {
+                filter: f.to_string(),
+            },
+            Err(_) => return Parsed::Bad("delete-by-filter record is not UTF-8".into()),
+        },
+        _ => return wrong(),
     };
     Parsed::Record(lsn, op, pos + RECORD_HEAD + len)
 }
@@ -135,7 +271,7 @@ fn valid_record_after(data: &[u8], from: usize, after: u64) -> bool {
         }
         let lsn = u64_at(data, p + RECORD_HEAD);
         let kind = data[p + RECORD_HEAD + 8];
-        if lsn <= after || lsn - after > 1 << 40 || !(1..=2).contains(&kind) {
+        if lsn <= after || lsn - after > 1 << 40 || !(1..=5).contains(&kind) {
             return false;
         }
         matches!(parse(data, p), Parsed::Record(..))
@@ -395,7 +531,54 @@ mod tests {
             ids: vec![id],
             vectors: vec![id as f32, 0.5],
             dim: 2,
+            payloads: Vec::new(),
         }
+    }
+
+    #[test]
+    fn every_kind_of_record_round_trips() {
+        let ops = [
+            up(1),
+            Op::Upsert {
+                ids: vec![2, 3],
+                vectors: vec![1.0, 2.0, 3.0, 4.0],
+                dim: 2,
+                payloads: vec![b"{\"a\":1}".to_vec(), Vec::new()],
+            },
+            Op::Delete { ids: vec![1, 9] },
+            Op::SetPayload {
+                ids: vec![2],
+                edit: PayloadEdit::Merge(b"{\"b\":2}".to_vec()),
+            },
+            Op::SetPayload {
+                ids: vec![2, 3],
+                edit: PayloadEdit::DeleteKeys(vec!["a".into()]),
+            },
+            Op::SetPayload {
+                ids: vec![3],
+                edit: PayloadEdit::Clear,
+            },
+            Op::DeleteFilter {
+                filter: r#"{"must":[{"key":"a","match":{"value":1}}]}"#.into(),
+            },
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = WalWriter::create(dir.path(), 1).unwrap();
+        let records: Vec<(u64, Op)> = ops
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, o)| (i as u64 + 1, o))
+            .collect();
+        w.write_group(&group(&records)).unwrap();
+        let (seen, _) = collect(dir.path(), 0, false).unwrap();
+        assert_eq!(seen, records);
+        let e = PayloadEdit::Merge(b"{\"b\":2}".to_vec());
+        assert_eq!(
+            e.apply(b"{\"a\":1}").unwrap(),
+            b"{\"a\":1,\"b\":2}".to_vec()
+        );
+        assert!(PayloadEdit::Clear.apply(b"{\"a\":1}").unwrap().is_empty());
     }
 
     fn collect(dir: &Path, from: u64, recover: bool) -> Result<(Vec<(u64, Op)>, Replayed)> {

@@ -1,0 +1,226 @@
+//! Payloads in the store: written with points, edited, read back with Get and Scroll, counted
+//! and filtered on in searches, deleted by filter; all of it the same after a log replay, after
+//! a checkpoint (flat and IVF-PQ segment files), across a training, and on sealed segments.
+
+use std::sync::Arc;
+
+use quiver_engine::backend::NO_FILTER;
+use quiver_engine::payload::{self, filter::Filter};
+use quiver_store::segment::SearchKey;
+use quiver_store::wal::PayloadEdit;
+use quiver_store::{Collection, CollectionMeta, IndexConfig, StoreConfig};
+
+type C = Collection<quiver_engine::backend::cpu::CpuBackend>;
+
+fn vector(id: u64) -> Vec<f32> {
+    let mut x = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..16)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % 10_000) as f32 / 1000.0
+        })
+        .collect()
+}
+
+fn meta() -> CollectionMeta {
+    CollectionMeta {
+        name: "p".into(),
+        dim: 16,
+        metric: "l2".into(),
+        index: IndexConfig {
+            nlist: 8,
+            pq_m: 4,
+            refine: "f32".into(),
+            seed: 5,
+        },
+    }
+}
+
+/// Points `ids` with payload `{"g": id % 10, "tag": "t{id % 3}"}`.
+fn upsert(c: &C, ids: std::ops::Range<u64>) {
+    let ids: Vec<u64> = ids.collect();
+    let v: Vec<f32> = ids.iter().flat_map(|&i| vector(i)).collect();
+    let p: Vec<Vec<u8>> = ids
+        .iter()
+        .map(|i| {
+            payload::encode_text(&format!(r#"{{"g":{},"tag":"t{}"}}"#, i % 10, i % 3)).unwrap()
+        })
+        .collect();
+    c.upsert_with_payloads(ids, v, p).unwrap();
+}
+
+fn filter(text: &str) -> Filter {
+    Filter::parse_text(text).unwrap()
+}
+
+fn payload_of(c: &C, id: u64) -> serde_json::Value {
+    let got = c.get_points(&[id]);
+    serde_json::Value::Object(payload::decode(&got[0].2))
+}
+
+/// Every check of the collection's state after the writes of the test.
+fn check(c: &C, label: &str) {
+    // Deleted by filter: g = 7 (but 1007, written after, is live).
+    assert_eq!(
+        c.count(Some(&filter(
+            r#"{"must":[{"key":"g","match":{"value":7}}]}"#
+        ))),
+        1,
+        "{label}"
+    );
+    assert!(c.get_points(&[17]).is_empty(), "{label}");
+    assert_eq!(c.get_points(&[1007]).len(), 1, "{label}");
+    // Edited: 5 merged, 6 lost "tag", 8 cleared.
+    assert_eq!(
+        payload_of(c, 5),
+        serde_json::json!({"g": 5, "tag": "t2", "new": true}),
+        "{label}"
+    );
+    assert_eq!(payload_of(c, 6), serde_json::json!({"g": 6}), "{label}");
+    assert_eq!(payload_of(c, 8), serde_json::json!({}), "{label}");
+    assert_eq!(c.count(None), 1201 - 120, "{label}");
+    // Scroll: ids ascending from an offset, with payloads, and where to go on.
+    let (page, next) = c.scroll(
+        Some(&filter(r#"{"must":[{"key":"g","match":{"value":3}}]}"#)),
+        Some(100),
+        5,
+    );
+    let ids: Vec<u64> = page.iter().map(|(i, _)| *i).collect();
+    assert_eq!(ids, [103, 113, 123, 133, 143], "{label}");
+    assert_eq!(next, Some(153), "{label}");
+    assert_eq!(
+        serde_json::Value::Object(payload::decode(&page[0].1)),
+        serde_json::json!({"g": 3, "tag": "t1"}),
+        "{label}"
+    );
+    // Filtered search: only g = 3 points (first query), only "new" ones (second), none (third).
+    let q: Vec<f32> = [vector(3), vector(5), vector(9)].concat();
+    let filters = [
+        filter(r#"{"must":[{"key":"g","match":{"value":3}}]}"#),
+        filter(r#"{"must":[{"key":"new","match":{"value":true}}]}"#),
+    ];
+    let key = SearchKey {
+        k: 5,
+        nprobe: 8,
+        refine_factor: 0,
+    };
+    let r = c
+        .search_filtered(&q, 3, key, &filters, &[0, 1, NO_FILTER])
+        .unwrap();
+    assert_eq!(r.ids_of(0)[0], 3, "{label}");
+    assert!(
+        r.ids_of(0).iter().all(|&i| i % 10 == 3),
+        "{label}: {:?}",
+        r.ids_of(0)
+    );
+    assert_eq!(r.ids_of(1), &[5, -1, -1, -1, -1], "{label}");
+    assert_eq!(r.ids_of(2)[0], 9, "{label}");
+}
+
+#[test]
+fn payloads_survive_replay_checkpoints_and_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    let c = Arc::new(
+        C::create(
+            &path,
+            meta(),
+            quiver_engine::backend::cpu::CpuBackend,
+            StoreConfig::default(),
+        )
+        .unwrap(),
+    );
+    upsert(&c, 0..1200);
+    // Edits, then a delete by filter, then a point that filter matches written after it.
+    let merge = payload::encode_text(r#"{"new":true}"#).unwrap();
+    assert_eq!(
+        c.set_payload(vec![5, 99_999], PayloadEdit::Merge(merge))
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        c.set_payload(vec![6], PayloadEdit::DeleteKeys(vec!["tag".into()]))
+            .unwrap(),
+        1
+    );
+    assert_eq!(c.set_payload(vec![8], PayloadEdit::Clear).unwrap(), 1);
+    assert_eq!(
+        c.delete_filter(r#"{"must":[{"key":"g","match":{"value":7}}]}"#)
+            .unwrap(),
+        120
+    );
+    upsert(&c, 1007..1008);
+    // A bad filter or an oversized edit is refused, changing nothing.
+    assert!(c
+        .delete_filter(r#"{"must":[{"key":"g","frob":1}]}"#)
+        .is_err());
+    let big =
+        |k: &str| payload::encode_text(&format!(r#"{{"{k}":"{}"}}"#, "x".repeat(40_000))).unwrap();
+    c.set_payload(vec![9], PayloadEdit::Merge(big("s")))
+        .unwrap();
+    let e = c
+        .set_payload(vec![9], PayloadEdit::Merge(big("s2")))
+        .unwrap_err();
+    assert!(e.to_string().contains("point 9"), "{e}");
+    assert!(payload_of(&c, 9).get("s2").is_none());
+    c.set_payload(vec![9], PayloadEdit::DeleteKeys(vec!["s".into()]))
+        .unwrap();
+    check(&c, "flat, live");
+
+    // Replay of the log alone.
+    drop(c);
+    let c = Arc::new(
+        C::open(
+            &path,
+            quiver_engine::backend::cpu::CpuBackend,
+            StoreConfig::default(),
+        )
+        .unwrap(),
+    );
+    check(&c, "flat, replayed");
+    // Flat segment files.
+    c.checkpoint().unwrap();
+    drop(c);
+    let c = Arc::new(
+        C::open(
+            &path,
+            quiver_engine::backend::cpu::CpuBackend,
+            StoreConfig::default(),
+        )
+        .unwrap(),
+    );
+    check(&c, "flat, checkpointed");
+
+    // Training carries payloads into the IVF-PQ segment; edits of its (sealed) points after.
+    c.start_train(None).unwrap();
+    c.wait_job().unwrap();
+    assert!(c.trained());
+    check(&c, "trained");
+    let merge = payload::encode_text(r#"{"late":1}"#).unwrap();
+    assert_eq!(
+        c.set_payload(vec![3], PayloadEdit::Merge(merge)).unwrap(),
+        1
+    );
+    assert_eq!(
+        payload_of(&c, 3),
+        serde_json::json!({"g": 3, "tag": "t0", "late": 1})
+    );
+    c.set_payload(vec![3], PayloadEdit::DeleteKeys(vec!["late".into()]))
+        .unwrap();
+    check(&c, "trained, edited");
+    c.checkpoint().unwrap();
+    drop(c);
+    let c = Arc::new(
+        C::open(
+            &path,
+            quiver_engine::backend::cpu::CpuBackend,
+            StoreConfig::default(),
+        )
+        .unwrap(),
+    );
+    check(&c, "trained, reopened");
+    c.compact().unwrap();
+    check(&c, "compacted");
+}
