@@ -1,5 +1,6 @@
-//! Crash test: the real `quiver serve` binary, concurrent writers (upserts, replacements,
-//! deletes) with every acknowledged write recorded, background training and continual
+//! Crash test: the real `quiver serve` binary, concurrent writers (upserts with payloads,
+//! replacements, deletes, payload edits, deletes by filter) with every acknowledged write
+//! recorded, background training and continual
 //! checkpoints, killed with SIGKILL at random moments and restarted, over and over. After
 //! each restart every acknowledged write must be there (Get, exact search), no unacknowledged
 //! batch may be half applied, and searches must be right.
@@ -14,8 +15,8 @@ use std::sync::Arc;
 
 use ::quiver_server::proto::quiver_client::QuiverClient;
 use ::quiver_server::proto::{
-    CreateCollectionRequest, DeleteRequest, GetCollectionRequest, GetRequest, IndexParams, Metric,
-    Refine, SearchRequest, TrainRequest, UpsertRequest,
+    CountRequest, CreateCollectionRequest, DeleteRequest, GetCollectionRequest, GetRequest,
+    IndexParams, Metric, Refine, SearchRequest, SetPayloadRequest, TrainRequest, UpsertRequest,
 };
 use parking_lot::Mutex;
 use tonic::transport::Channel;
@@ -99,18 +100,43 @@ fn vector(id: u64, version: u64) -> Vec<f32> {
         .collect()
 }
 
+/// A point as the client last saw it acknowledged: its vector and its payload.
+type Point = (Vec<f32>, serde_json::Value);
+
 /// What the client knows: each id's last acknowledged state, and the batch in flight when the
 /// server died (its outcome unknown, but it must be whole or absent).
 #[derive(Default)]
 struct Model {
-    live: HashMap<u64, Vec<f32>>,
+    live: HashMap<u64, Point>,
     in_flight: Vec<Op>,
 }
 
 #[derive(Clone, Debug)]
 enum Op {
-    Upsert(Vec<u64>, Vec<Vec<f32>>),
+    /// Ids, vectors and payloads `{"w": writer, "v": version}`.
+    Upsert(Vec<u64>, Vec<Vec<f32>>, Vec<serde_json::Value>),
     Delete(Vec<u64>),
+    /// Ids and the keys merged into their payloads.
+    SetPayload(Vec<u64>, serde_json::Value),
+    /// The filter `w = writer and v = version`, and the ids it matched when sent (the writer's
+    /// own points: no other writer touches them).
+    DeleteFilter(String, Vec<u64>),
+}
+
+impl Op {
+    fn ids(&self) -> &[u64] {
+        match self {
+            Op::Upsert(i, ..) | Op::Delete(i) | Op::SetPayload(i, _) | Op::DeleteFilter(_, i) => i,
+        }
+    }
+}
+
+fn merged(old: &serde_json::Value, keys: &serde_json::Value) -> serde_json::Value {
+    let mut m = old.as_object().cloned().unwrap_or_default();
+    for (k, v) in keys.as_object().into_iter().flatten() {
+        m.insert(k.clone(), v.clone());
+    }
+    serde_json::Value::Object(m)
 }
 
 async fn writer(addr: String, w: u64, seed: u64, model: Arc<Mutex<Model>>, next: Arc<Mutex<u64>>) {
@@ -120,26 +146,43 @@ async fn writer(addr: String, w: u64, seed: u64, model: Arc<Mutex<Model>>, next:
     let mut rng = Rng(seed | 1);
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(1 + rng.below(4))).await;
-        let mine: Vec<u64> = {
+        let mine: Vec<(u64, serde_json::Value)> = {
             let m = model.lock();
             m.live
-                .keys()
-                .copied()
-                .filter(|id| id % WRITERS == w)
+                .iter()
+                .filter(|(id, _)| *id % WRITERS == w)
+                .map(|(id, (_, p))| (*id, p.clone()))
                 .collect()
         };
-        let op = if !mine.is_empty() && rng.below(4) == 0 {
-            let ids: Vec<u64> = (0..1 + rng.below(3))
-                .map(|_| mine[rng.below(mine.len() as u64) as usize])
+        let pick = |rng: &mut Rng| -> Vec<u64> {
+            (0..1 + rng.below(3))
+                .map(|_| mine[rng.below(mine.len() as u64) as usize].0)
                 .collect::<std::collections::BTreeSet<_>>()
                 .into_iter()
+                .collect()
+        };
+        let dice = rng.below(12);
+        let op = if !mine.is_empty() && dice < 3 {
+            Op::Delete(pick(&mut rng))
+        } else if !mine.is_empty() && dice == 3 {
+            Op::SetPayload(pick(&mut rng), serde_json::json!({ "tag": rng.below(100) }))
+        } else if !mine.is_empty() && dice == 4 {
+            // Delete by filter: this writer's points of one version.
+            let v = mine[rng.below(mine.len() as u64) as usize].1["v"].clone();
+            let ids = mine
+                .iter()
+                .filter(|(_, p)| p["v"] == v)
+                .map(|(id, _)| *id)
                 .collect();
-            Op::Delete(ids)
+            let filter = serde_json::json!({"must": [
+                {"key": "w", "match": {"value": w}},
+                {"key": "v", "match": {"value": v}}]});
+            Op::DeleteFilter(filter.to_string(), ids)
         } else {
             let mut ids = Vec::new();
             for _ in 0..10 {
                 if !mine.is_empty() && rng.below(5) == 0 {
-                    ids.push(mine[rng.below(mine.len() as u64) as usize]);
+                    ids.push(mine[rng.below(mine.len() as u64) as usize].0);
                 } else {
                     let mut n = next.lock();
                     *n += 1;
@@ -150,15 +193,20 @@ async fn writer(addr: String, w: u64, seed: u64, model: Arc<Mutex<Model>>, next:
             ids.dedup();
             let version = rng.next() % 1000;
             let vecs = ids.iter().map(|&i| vector(i, version)).collect();
-            Op::Upsert(ids, vecs)
+            let payloads = ids
+                .iter()
+                .map(|_| serde_json::json!({"w": w, "v": version}))
+                .collect();
+            Op::Upsert(ids, vecs, payloads)
         };
         model.lock().in_flight.push(op.clone());
         let r = match &op {
-            Op::Upsert(ids, vecs) => c
+            Op::Upsert(ids, vecs, payloads) => c
                 .upsert(UpsertRequest {
                     collection: "c".into(),
                     ids: ids.clone(),
                     vectors: vecs.concat(),
+                    payloads: payloads.iter().map(|p| p.to_string()).collect(),
                 })
                 .await
                 .map(|_| ()),
@@ -166,6 +214,24 @@ async fn writer(addr: String, w: u64, seed: u64, model: Arc<Mutex<Model>>, next:
                 .delete(DeleteRequest {
                     collection: "c".into(),
                     ids: ids.clone(),
+                    filter: String::new(),
+                })
+                .await
+                .map(|_| ()),
+            Op::SetPayload(ids, keys) => c
+                .set_payload(SetPayloadRequest {
+                    collection: "c".into(),
+                    ids: ids.clone(),
+                    payload: keys.to_string(),
+                    replace: false,
+                })
+                .await
+                .map(|_| ()),
+            Op::DeleteFilter(filter, _) => c
+                .delete(DeleteRequest {
+                    collection: "c".into(),
+                    ids: Vec::new(),
+                    filter: filter.clone(),
                 })
                 .await
                 .map(|_| ()),
@@ -181,15 +247,27 @@ async fn writer(addr: String, w: u64, seed: u64, model: Arc<Mutex<Model>>, next:
         if let Some(p) = pos {
             m.in_flight.remove(p);
         }
-        match op {
-            Op::Upsert(ids, vecs) => {
-                for (id, v) in ids.into_iter().zip(vecs) {
-                    m.live.insert(id, v);
-                }
+        apply(&mut m.live, op);
+    }
+}
+
+/// Folds an acknowledged write into the model.
+fn apply(live: &mut HashMap<u64, Point>, op: Op) {
+    match op {
+        Op::Upsert(ids, vecs, payloads) => {
+            for ((id, v), p) in ids.into_iter().zip(vecs).zip(payloads) {
+                live.insert(id, (v, p));
             }
-            Op::Delete(ids) => {
-                for id in ids {
-                    m.live.remove(&id);
+        }
+        Op::Delete(ids) | Op::DeleteFilter(_, ids) => {
+            for id in ids {
+                live.remove(&id);
+            }
+        }
+        Op::SetPayload(ids, keys) => {
+            for id in ids {
+                if let Some((_, p)) = live.get_mut(&id) {
+                    *p = merged(p, &keys);
                 }
             }
         }
@@ -201,34 +279,35 @@ async fn writer(addr: String, w: u64, seed: u64, model: Arc<Mutex<Model>>, next:
 async fn verify(c: &mut QuiverClient<Channel>, model: &mut Model, round: usize) {
     let mut ids: Vec<u64> = model.live.keys().copied().collect();
     for op in &model.in_flight {
-        match op {
-            Op::Upsert(i, _) | Op::Delete(i) => ids.extend(i),
-        }
+        ids.extend(op.ids());
     }
     ids.sort();
     ids.dedup();
-    let mut got: HashMap<u64, Vec<f32>> = HashMap::new();
+    let mut got: HashMap<u64, Point> = HashMap::new();
     for chunk in ids.chunks(4000) {
         got.extend(
             c.get(GetRequest {
                 collection: "c".into(),
                 ids: chunk.to_vec(),
                 with_vectors: true,
+                with_payload: true,
+                payload_keys: Vec::new(),
             })
             .await
             .expect("get")
             .into_inner()
             .points
             .into_iter()
-            .map(|p| (p.id, p.vector)),
+            .map(|p| {
+                let payload = serde_json::from_str(&p.payload).expect("payload JSON");
+                (p.id, (p.vector, payload))
+            }),
         );
     }
     let in_flight_ids: std::collections::HashSet<u64> = model
         .in_flight
         .iter()
-        .flat_map(|o| match o {
-            Op::Upsert(i, _) | Op::Delete(i) => i.clone(),
-        })
+        .flat_map(|o| o.ids().to_vec())
         .collect();
     for (id, v) in &model.live {
         if in_flight_ids.contains(id) {
@@ -250,44 +329,26 @@ async fn verify(c: &mut QuiverClient<Channel>, model: &mut Model, round: usize) 
     }
     // Each in-flight batch is whole or absent.
     for op in std::mem::take(&mut model.in_flight) {
-        match op {
-            Op::Upsert(ids, vecs) => {
-                let applied = ids
-                    .iter()
-                    .zip(&vecs)
-                    .filter(|(id, v)| got.get(id) == Some(v))
-                    .count();
-                let before = ids
-                    .iter()
-                    .filter(|id| got.get(id) == model.live.get(id))
-                    .count();
-                assert!(
-                    applied == ids.len() || before == ids.len(),
-                    "round {round}: upsert batch {ids:?} half applied ({applied} of {})",
-                    ids.len()
-                );
-                if applied == ids.len() {
-                    for (id, v) in ids.into_iter().zip(vecs) {
-                        model.live.insert(id, v);
-                    }
-                }
-            }
-            Op::Delete(ids) => {
-                let gone = ids.iter().filter(|id| !got.contains_key(id)).count();
-                let kept = ids
-                    .iter()
-                    .filter(|id| got.get(id) == model.live.get(id) && model.live.contains_key(id))
-                    .count();
-                assert!(
-                    gone == ids.len() || kept == ids.len(),
-                    "round {round}: delete batch {ids:?} half applied"
-                );
-                if gone == ids.len() {
-                    for id in ids {
-                        model.live.remove(&id);
-                    }
-                }
-            }
+        let ids = op.ids().to_vec();
+        let before = ids
+            .iter()
+            .filter(|id| got.get(id) == model.live.get(id))
+            .count();
+        let after = {
+            let mut m: HashMap<u64, Point> = ids
+                .iter()
+                .filter_map(|id| model.live.get(id).map(|p| (*id, p.clone())))
+                .collect();
+            apply(&mut m, op.clone());
+            ids.iter().filter(|id| got.get(id) == m.get(id)).count()
+        };
+        assert!(
+            after == ids.len() || before == ids.len(),
+            "round {round}: batch {op:?} half applied ({after} of {} after, {before} as before)",
+            ids.len()
+        );
+        if after == ids.len() {
+            apply(&mut model.live, op);
         }
     }
     assert_eq!(got.len(), model.live.len(), "round {round}: extra points");
@@ -307,7 +368,7 @@ async fn verify(c: &mut QuiverClient<Channel>, model: &mut Model, round: usize) 
     } else {
         0
     };
-    for (id, v) in model.live.iter().take(5) {
+    for (id, (v, p)) in model.live.iter().take(5) {
         let r = c
             .search(SearchRequest {
                 collection: "c".into(),
@@ -315,13 +376,50 @@ async fn verify(c: &mut QuiverClient<Channel>, model: &mut Model, round: usize) 
                 k: 1,
                 nprobe,
                 refine_factor: 200,
+                with_payload: true,
+                ..Default::default()
             })
             .await
             .unwrap()
             .into_inner();
         assert_eq!(r.neighbors[0].id, *id, "round {round}: search for {id}");
         assert!(r.neighbors[0].distance < 1e-3);
+        let payload: serde_json::Value = serde_json::from_str(&r.neighbors[0].payload).unwrap();
+        assert_eq!(&payload, p, "round {round}: payload of {id} in a search");
+        // Filtered to its writer and version: still found first.
+        let filter = serde_json::json!({"must": [
+            {"key": "w", "match": {"value": p["w"]}},
+            {"key": "v", "match": {"value": p["v"]}}]});
+        let r = c
+            .search(SearchRequest {
+                collection: "c".into(),
+                vector: v.clone(),
+                k: 1,
+                nprobe,
+                refine_factor: 200,
+                filter: filter.to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.neighbors[0].id, *id,
+            "round {round}: filtered search for {id}"
+        );
     }
+    // Count by filter agrees with the model, for one writer.
+    let n = c
+        .count(CountRequest {
+            collection: "c".into(),
+            filter: r#"{"must":[{"key":"w","match":{"value":1}}]}"#.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .count as usize;
+    let want = model.live.values().filter(|(_, p)| p["w"] == 1).count();
+    assert_eq!(n, want, "round {round}: count by filter");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -490,6 +588,7 @@ async fn a_failing_fsync_gets_a_clear_status_and_loses_nothing_acknowledged() {
         collection: "c".into(),
         vectors: ids.iter().flat_map(|&i| vector(i, 0)).collect(),
         ids,
+        ..Default::default()
     };
     let mut refused = Vec::new();
     let mut acked = Vec::new();
@@ -513,7 +612,7 @@ async fn a_failing_fsync_gets_a_clear_status_and_loses_nothing_acknowledged() {
         .get(GetRequest {
             collection: "c".into(),
             ids: (0..60).collect(),
-            with_vectors: false,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -101,6 +101,7 @@ fn search(c: &str, v: Vec<f32>, k: u32) -> SearchRequest {
         k,
         nprobe: 0,
         refine_factor: 0,
+        ..Default::default()
     }
 }
 
@@ -174,6 +175,7 @@ fn life_cycle_equals_cli_and_survives_restart_and_sigkill() {
             collection: "docs".into(),
             ids: all_ids[..1000].to_vec(),
             vectors: base[..1000 * 16].to_vec(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -181,6 +183,7 @@ fn life_cycle_equals_cli_and_survives_restart_and_sigkill() {
             collection: "docs".into(),
             ids: all_ids[1000..].to_vec(),
             vectors: base[1000 * 16..].to_vec(),
+            ..Default::default()
         };
         let n = c
             .upsert_stream(tokio_stream::iter(vec![rest]))
@@ -216,6 +219,7 @@ fn life_cycle_equals_cli_and_survives_restart_and_sigkill() {
                     k: 10,
                     nprobe: 4,
                     refine_factor: 3,
+                    ..Default::default()
                 })
                 .await
                 .unwrap()
@@ -234,6 +238,7 @@ fn life_cycle_equals_cli_and_survives_restart_and_sigkill() {
                 k: 10,
                 nprobe: 4,
                 refine_factor: 3,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -248,6 +253,7 @@ fn life_cycle_equals_cli_and_survives_restart_and_sigkill() {
             .delete(DeleteRequest {
                 collection: "docs".into(),
                 ids: vec![7, 8, 123_456],
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -286,12 +292,14 @@ fn life_cycle_equals_cli_and_survives_restart_and_sigkill() {
             collection: "docs".into(),
             ids: vec![9_000_000],
             vectors: vec![0.25; 16],
+            ..Default::default()
         })
         .await
         .unwrap();
         c.delete(DeleteRequest {
             collection: "docs".into(),
             ids: vec![9],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -384,6 +392,7 @@ fn served_index_files_answer_like_the_cli() {
                     k: 5,
                     nprobe: 3,
                     refine_factor: 2,
+                    ..Default::default()
                 })
                 .await
                 .unwrap()
@@ -400,6 +409,7 @@ fn served_index_files_answer_like_the_cli() {
                 collection: "ro".into(),
                 ids: vec![1],
                 vectors: vec![0.0; 8],
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -408,6 +418,7 @@ fn served_index_files_answer_like_the_cli() {
             collection: "rw".into(),
             ids: vec![99_999],
             vectors: vec![0.0; 8],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -521,6 +532,7 @@ fn bad_input_gets_the_right_status_and_the_server_keeps_serving() {
             collection: "v".into(),
             ids: (0..300).collect(),
             vectors: vecs.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -585,6 +597,7 @@ fn bad_input_gets_the_right_status_and_the_server_keeps_serving() {
                 k: 3,
                 nprobe: 0,
                 refine_factor: 0,
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -599,6 +612,7 @@ fn bad_input_gets_the_right_status_and_the_server_keeps_serving() {
                 k: 3,
                 nprobe: 0,
                 refine_factor: 0,
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -611,6 +625,7 @@ fn bad_input_gets_the_right_status_and_the_server_keeps_serving() {
                 collection: "v".into(),
                 ids: (0..10_000).collect(),
                 vectors: vec![0.5; 80_000],
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -621,6 +636,7 @@ fn bad_input_gets_the_right_status_and_the_server_keeps_serving() {
                 collection: "v".into(),
                 ids: vec![1, 2],
                 vectors: vec![0.5; 8],
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -633,6 +649,7 @@ fn bad_input_gets_the_right_status_and_the_server_keeps_serving() {
                 collection: "v".into(),
                 ids: vec![],
                 vectors: vec![],
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -672,6 +689,7 @@ fn bad_input_gets_the_right_status_and_the_server_keeps_serving() {
             collection: "small".into(),
             ids: vec![1],
             vectors: vec![0.5; 8],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -726,6 +744,7 @@ fn deadlines_and_a_full_queue() {
                 collection: "big".into(),
                 ids: (start as u64..(start + 5000) as u64).collect(),
                 vectors: vecs[start * 64..(start + 5000) * 64].to_vec(),
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -754,6 +773,7 @@ fn deadlines_and_a_full_queue() {
                     k: 5,
                     nprobe: 0,
                     refine_factor: 0,
+                    ..Default::default()
                 })
                 .await
                 .map(|_| ())
@@ -792,6 +812,7 @@ fn memory_admission_refuses_oversized_searches() {
             collection: "m".into(),
             ids: (0..10).collect(),
             vectors: (0..80).map(|i| i as f32).collect(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -802,6 +823,7 @@ fn memory_admission_refuses_oversized_searches() {
                 k: 100,
                 nprobe: 0,
                 refine_factor: 0,
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -814,6 +836,7 @@ fn memory_admission_refuses_oversized_searches() {
                 k: 1,
                 nprobe: 0,
                 refine_factor: 0,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -838,6 +861,7 @@ fn shutdown_does_not_wait_forever_for_an_open_stream() {
             collection: "s".into(),
             ids: vec![1],
             vectors: vec![1.0, 2.0, 3.0, 4.0],
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use quiver_engine::backend::Neighbors;
+use quiver_engine::backend::{Neighbors, NO_FILTER};
+use quiver_engine::payload::filter::Filter;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tonic::Status;
@@ -39,6 +40,10 @@ pub struct Job {
     pub deadline: Option<Instant>,
     /// Where the answer goes.
     pub reply: oneshot::Sender<Result<Neighbors, Status>>,
+    /// The job's distinct filters (empty: none).
+    pub filters: Vec<Arc<Filter>>,
+    /// With filters: per query, an index into `filters` or [`NO_FILTER`].
+    pub of_query: Vec<u32>,
 }
 
 /// Handle to a collection's batcher.
@@ -53,7 +58,7 @@ pub struct Batcher {
 impl Job {
     /// Bytes the job holds while queued.
     pub fn bytes(&self) -> usize {
-        self.queries.len() * 4 + std::mem::size_of::<Job>()
+        self.queries.len() * 4 + self.of_query.len() * 4 + std::mem::size_of::<Job>()
     }
 }
 
@@ -208,8 +213,36 @@ async fn run_batch(
         for j in &jobs {
             queries.extend_from_slice(&j.queries);
         }
+        // Queries with filters and without share the batch: each query names its filter.
+        let filtered = jobs.iter().any(|j| !j.filters.is_empty());
+        let mut filters: Vec<Filter> = Vec::new();
+        let mut of_query: Vec<u32> = Vec::with_capacity(if filtered { nq } else { 0 });
+        if filtered {
+            for j in &jobs {
+                let base = filters.len() as u32;
+                filters.extend(j.filters.iter().map(|f| (**f).clone()));
+                if j.filters.is_empty() {
+                    of_query.extend(std::iter::repeat_n(NO_FILTER, j.nq));
+                } else {
+                    of_query.extend(j.of_query.iter().map(|&f| {
+                        if f == NO_FILTER {
+                            f
+                        } else {
+                            base + f
+                        }
+                    }));
+                }
+            }
+        }
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || store.search(&queries, nq, key)).await;
+        let result = tokio::task::spawn_blocking(move || {
+            if filtered {
+                store.search_filtered(&queries, nq, key, &filters, &of_query)
+            } else {
+                store.search(&queries, nq, key)
+            }
+        })
+        .await;
         metrics
             .batch_exec
             .with_label_values(&[collection])
@@ -296,6 +329,8 @@ mod tests {
                 enqueued: Instant::now(),
                 deadline,
                 reply: tx,
+                filters: Vec::new(),
+                of_query: Vec::new(),
             },
             rx,
         )

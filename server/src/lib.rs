@@ -21,6 +21,7 @@ pub mod batcher;
 pub mod collection;
 pub mod config;
 pub mod metrics;
+pub mod payloads;
 pub mod registry;
 pub mod server;
 pub mod service;

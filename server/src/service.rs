@@ -14,10 +14,13 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::batcher::Job;
 use crate::collection::Collection;
+use crate::payloads::{encode_payloads, parse_filter, query_filters, render};
 use crate::proto::{self, quiver_server::Quiver};
 use crate::registry::Registry;
 use crate::status::{from_store, invalid};
+use quiver_engine::payload::{self, filter::Filter};
 use quiver_store::valid_name;
+use quiver_store::wal::PayloadEdit;
 
 /// The service.
 #[derive(Clone)]
@@ -250,6 +253,7 @@ fn to_response(n: &Neighbors, q: usize) -> proto::SearchResponse {
         .map(|(&id, &distance)| proto::Neighbor {
             id: id as u64,
             distance,
+            payload: String::new(),
         })
         .collect();
     proto::SearchResponse { neighbors }
@@ -271,6 +275,7 @@ impl QuiverService {
         key: SearchKey,
         deadline: Option<Instant>,
         batch_field: Option<&str>,
+        (filters, of_query): (Vec<Arc<Filter>>, Vec<u32>),
     ) -> Result<Neighbors, Status> {
         let c = self.registry.get(collection)?;
         let meta = c.store.meta();
@@ -310,6 +315,8 @@ impl QuiverService {
             enqueued: Instant::now(),
             deadline,
             reply: tx,
+            filters,
+            of_query,
         })?;
         let answer = match deadline {
             Some(d) => tokio::time::timeout_at(d.into(), rx).await.map_err(|_| {
@@ -318,6 +325,51 @@ impl QuiverService {
             None => rx.await,
         };
         answer.map_err(|_| Status::unavailable("the search was dropped during shutdown"))?
+    }
+
+    /// Fills each neighbour's payload (only `keys` when given) from the collection's current
+    /// version.
+    fn attach_payloads(
+        &self,
+        collection: &str,
+        results: &mut [proto::SearchResponse],
+        keys: &[String],
+    ) -> Result<(), Status> {
+        let c = self.registry.get(collection)?;
+        let v = c.store.version();
+        for n in results.iter_mut().flat_map(|r| r.neighbors.iter_mut()) {
+            n.payload = render(v.payload(n.id).unwrap_or_default(), keys);
+        }
+        Ok(())
+    }
+
+    /// Applies a payload edit to ids (a logged write); answers how many were live.
+    async fn edit_payloads(
+        &self,
+        collection: &str,
+        ids: Vec<u64>,
+        edit: PayloadEdit,
+    ) -> Result<Response<proto::SetPayloadResponse>, Status> {
+        let c = self.registry.get(collection)?;
+        if ids.is_empty() {
+            return Err(invalid("ids", "empty: at least one id is required"));
+        }
+        let max = self.limits().max_upsert_points;
+        if ids.len() > max {
+            return Err(invalid(
+                "ids",
+                format!("{} ids exceed the limit of {max} per message", ids.len()),
+            ));
+        }
+        let store = c.store.clone();
+        let updated = self
+            .registry
+            .writes()
+            .run(move || store.set_payload(ids, edit).map_err(from_store))
+            .await?;
+        Ok(Response::new(proto::SetPayloadResponse {
+            updated: updated as u64,
+        }))
     }
 
     fn write_meta(&self, r: &proto::CreateCollectionRequest) -> Result<CollectionMeta, Status> {
@@ -397,11 +449,16 @@ impl QuiverService {
         let c = self.registry.get(&r.collection)?;
         self.check_upsert(&c, &r)?;
         let n = r.ids.len() as u64;
+        let payloads = encode_payloads(&r.payloads, r.ids.len())?;
         let (name, metrics) = (r.collection.clone(), self.registry.metrics().clone());
         let store = c.store.clone();
         self.registry
             .writes()
-            .run(move || store.upsert(r.ids, r.vectors).map_err(from_store))
+            .run(move || {
+                store
+                    .upsert_with_payloads(r.ids, r.vectors, payloads)
+                    .map_err(from_store)
+            })
             .await?;
         metrics
             .vectors
@@ -514,15 +571,30 @@ impl Quiver for QuiverService {
         let r = async {
             let r = req.into_inner();
             let c = self.registry.get(&r.collection)?;
-            if r.ids.is_empty() {
-                return Err(invalid("ids", "empty: at least one id is required"));
+            let by_filter = !r.filter.trim().is_empty();
+            if by_filter && !r.ids.is_empty() {
+                return Err(invalid("filter", "give ids or a filter, not both"));
+            }
+            if by_filter {
+                parse_filter("filter", &r.filter)?;
+            } else if r.ids.is_empty() {
+                return Err(invalid(
+                    "ids",
+                    "empty: at least one id (or a filter) is required",
+                ));
             }
             let (name, metrics) = (r.collection.clone(), self.registry.metrics().clone());
             let store = c.store.clone();
             let deleted = self
                 .registry
                 .writes()
-                .run(move || store.delete(r.ids).map_err(from_store))
+                .run(move || {
+                    if by_filter {
+                        store.delete_filter(&r.filter).map_err(from_store)
+                    } else {
+                        store.delete(r.ids).map_err(from_store)
+                    }
+                })
                 .await?;
             metrics
                 .vectors
@@ -622,14 +694,20 @@ impl Quiver for QuiverService {
                 ));
             }
             let store = c.store.clone();
-            let with_vectors = r.with_vectors;
+            let (with_vectors, with_payload) = (r.with_vectors, r.with_payload);
+            let keys = r.payload_keys;
             let points = blocking(move || {
                 Ok(store
-                    .get(&r.ids)
+                    .get_points(&r.ids)
                     .into_iter()
-                    .map(|(id, v)| proto::Point {
+                    .map(|(id, v, p)| proto::Point {
                         id,
                         vector: if with_vectors { v } else { Vec::new() },
+                        payload: if with_payload {
+                            render(&p, &keys)
+                        } else {
+                            String::new()
+                        },
                     })
                     .collect())
             })
@@ -651,10 +729,19 @@ impl Quiver for QuiverService {
             nprobe: r.nprobe as usize,
             refine_factor: r.refine_factor as usize,
         };
-        let res = self
-            .search_inner(&r.collection, r.vector, key, deadline, None)
-            .await
-            .map(|n| Response::new(to_response(&n, 0)));
+        let res = async {
+            let filters = query_filters(&r.filter, &[], 1)?;
+            let n = self
+                .search_inner(&r.collection, r.vector, key, deadline, None, filters)
+                .await?;
+            let mut out = [to_response(&n, 0)];
+            if r.with_payload {
+                self.attach_payloads(&r.collection, &mut out, &r.payload_keys)?;
+            }
+            let [out] = out;
+            Ok(Response::new(out))
+        }
+        .await;
         self.record("Search", res)
     }
 
@@ -669,14 +756,130 @@ impl Quiver for QuiverService {
             nprobe: r.nprobe as usize,
             refine_factor: r.refine_factor as usize,
         };
-        let res = self
-            .search_inner(&r.collection, r.vectors, key, deadline, Some("vectors"))
-            .await
-            .map(|n| {
-                Response::new(proto::SearchBatchResponse {
-                    results: (0..n.len()).map(|q| to_response(&n, q)).collect(),
-                })
-            });
+        let res = async {
+            let dim = self.registry.get(&r.collection)?.store.meta().dim.max(1);
+            let filters = query_filters(&r.filter, &r.filters, r.vectors.len() / dim)?;
+            let n = self
+                .search_inner(
+                    &r.collection,
+                    r.vectors,
+                    key,
+                    deadline,
+                    Some("vectors"),
+                    filters,
+                )
+                .await?;
+            let mut results: Vec<proto::SearchResponse> =
+                (0..n.len()).map(|q| to_response(&n, q)).collect();
+            if r.with_payload {
+                self.attach_payloads(&r.collection, &mut results, &r.payload_keys)?;
+            }
+            Ok(Response::new(proto::SearchBatchResponse { results }))
+        }
+        .await;
         self.record("SearchBatch", res)
+    }
+
+    async fn count(
+        &self,
+        req: Request<proto::CountRequest>,
+    ) -> Result<Response<proto::CountResponse>, Status> {
+        let r = async {
+            let r = req.into_inner();
+            let c = self.registry.get(&r.collection)?;
+            let filter = parse_filter("filter", &r.filter)?;
+            let store = c.store.clone();
+            let count = blocking(move || Ok(store.count(filter.as_ref()) as u64)).await?;
+            Ok(Response::new(proto::CountResponse { count }))
+        }
+        .await;
+        self.record("Count", r)
+    }
+
+    async fn scroll(
+        &self,
+        req: Request<proto::ScrollRequest>,
+    ) -> Result<Response<proto::ScrollResponse>, Status> {
+        let r = async {
+            let r = req.into_inner();
+            let c = self.registry.get(&r.collection)?;
+            let filter = parse_filter("filter", &r.filter)?;
+            let max = self.limits().max_queries_per_request;
+            let limit = if r.limit == 0 { 10 } else { r.limit as usize };
+            if limit > max {
+                return Err(invalid(
+                    "limit",
+                    format!("{limit} exceeds the limit of {max} points per request"),
+                ));
+            }
+            let store = c.store.clone();
+            let (with_payload, with_vectors) = (r.with_payload, r.with_vectors);
+            let keys = r.payload_keys;
+            let offset = r.offset;
+            let (points, next_offset) = blocking(move || {
+                let (page, next) = store.scroll(filter.as_ref(), offset, limit);
+                let ids: Vec<u64> = page.iter().map(|(id, _)| *id).collect();
+                let vectors: std::collections::HashMap<u64, Vec<f32>> = if with_vectors {
+                    store.get(&ids).into_iter().collect()
+                } else {
+                    Default::default()
+                };
+                let points = page
+                    .into_iter()
+                    .map(|(id, p)| proto::Point {
+                        id,
+                        vector: vectors.get(&id).cloned().unwrap_or_default(),
+                        payload: if with_payload {
+                            render(&p, &keys)
+                        } else {
+                            String::new()
+                        },
+                    })
+                    .collect();
+                Ok((points, next))
+            })
+            .await?;
+            Ok(Response::new(proto::ScrollResponse {
+                points,
+                next_offset,
+            }))
+        }
+        .await;
+        self.record("Scroll", r)
+    }
+
+    async fn set_payload(
+        &self,
+        req: Request<proto::SetPayloadRequest>,
+    ) -> Result<Response<proto::SetPayloadResponse>, Status> {
+        let r = async {
+            let r = req.into_inner();
+            let payload = payload::encode_text(&r.payload).map_err(|e| invalid("payload", e))?;
+            let edit = if r.replace {
+                PayloadEdit::Replace(payload)
+            } else {
+                PayloadEdit::Merge(payload)
+            };
+            self.edit_payloads(&r.collection, r.ids, edit).await
+        }
+        .await;
+        self.record("SetPayload", r)
+    }
+
+    async fn delete_payload(
+        &self,
+        req: Request<proto::DeletePayloadRequest>,
+    ) -> Result<Response<proto::SetPayloadResponse>, Status> {
+        let r = async {
+            let r = req.into_inner();
+            let edit = if r.keys.is_empty() {
+                PayloadEdit::Clear
+            } else {
+                PayloadEdit::DeleteKeys(r.keys)
+            };
+            self.edit_payloads(&r.collection, r.ids, edit).await
+        }
+        .await;
+        self.record("DeletePayload", r)
     }
 }

@@ -470,6 +470,7 @@ async fn worker(
                 collection: work.collection.clone(),
                 ids: (first..first + b as u64).collect(),
                 vectors,
+                ..Default::default()
             });
             if let Some(t) = work.timeout {
                 req.set_timeout(t);
@@ -505,6 +506,7 @@ async fn worker(
             k: work.k,
             nprobe: work.nprobe,
             refine_factor: work.refine_factor,
+            ..Default::default()
         });
         if let Some(t) = work.timeout {
             req.set_timeout(t);
@@ -665,10 +667,11 @@ mod tests {
 
     use ::quiver_server::proto::quiver_server::{Quiver, QuiverServer};
     use ::quiver_server::proto::{
-        CollectionInfo, CreateCollectionRequest, DeleteRequest, DeleteResponse,
-        DropCollectionRequest, DropCollectionResponse, FlushRequest, FlushResponse, GetRequest,
-        GetResponse, ListCollectionsRequest, ListCollectionsResponse, LoadIndexRequest,
-        SearchBatchRequest, SearchBatchResponse, SearchResponse, TrainRequest, UpsertRequest,
+        CollectionInfo, CountRequest, CountResponse, CreateCollectionRequest, DeletePayloadRequest,
+        DeleteRequest, DeleteResponse, DropCollectionRequest, DropCollectionResponse, FlushRequest,
+        FlushResponse, GetRequest, GetResponse, ListCollectionsRequest, ListCollectionsResponse,
+        LoadIndexRequest, ScrollRequest, ScrollResponse, SearchBatchRequest, SearchBatchResponse,
+        SearchResponse, SetPayloadRequest, SetPayloadResponse, TrainRequest, UpsertRequest,
         UpsertResponse,
     };
     use tonic::{Request, Response, Status};
@@ -677,7 +680,11 @@ mod tests {
 
     fn nb(ids: &[u64]) -> Vec<Neighbor> {
         ids.iter()
-            .map(|&id| Neighbor { id, distance: 0.0 })
+            .map(|&id| Neighbor {
+                id,
+                distance: 0.0,
+                ..Default::default()
+            })
             .collect()
     }
 
@@ -940,6 +947,7 @@ mod tests {
                     .map(|i| Neighbor {
                         id: base + i,
                         distance: i as f32,
+                        ..Default::default()
                     })
                     .collect(),
             }))
@@ -948,6 +956,27 @@ mod tests {
             &self,
             _: Request<SearchBatchRequest>,
         ) -> Result<Response<SearchBatchResponse>, Status> {
+            Err(Status::unimplemented(""))
+        }
+        async fn count(&self, _: Request<CountRequest>) -> Result<Response<CountResponse>, Status> {
+            Err(Status::unimplemented(""))
+        }
+        async fn scroll(
+            &self,
+            _: Request<ScrollRequest>,
+        ) -> Result<Response<ScrollResponse>, Status> {
+            Err(Status::unimplemented(""))
+        }
+        async fn set_payload(
+            &self,
+            _: Request<SetPayloadRequest>,
+        ) -> Result<Response<SetPayloadResponse>, Status> {
+            Err(Status::unimplemented(""))
+        }
+        async fn delete_payload(
+            &self,
+            _: Request<DeletePayloadRequest>,
+        ) -> Result<Response<SetPayloadResponse>, Status> {
             Err(Status::unimplemented(""))
         }
     }
