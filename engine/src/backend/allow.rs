@@ -124,25 +124,30 @@ impl AllowSet {
         }
         word_starts.push(words);
         let mut excluded = vec![u64::MAX; words];
+        // Clear each allowed row's bit (bits past a list's end stay set: excluded).
+        let mut starts = Vec::with_capacity(lists.len() + 1);
+        let mut at = 0u32;
+        for l in lists {
+            starts.push(at);
+            at += l.len() as u32;
+        }
+        starts.push(at);
+        let mut l = 0usize;
+        for row in rows.iter() {
+            if row >= at {
+                break;
+            }
+            while row >= starts[l + 1] {
+                l += 1;
+            }
+            let i = (row - starts[l]) as usize;
+            excluded[word_starts[l] + i / 64] &= !(1u64 << (i % 64));
+        }
         let mut per_list = vec![0u32; lists.len()];
-        let mut it = rows.iter().peekable();
-        let mut start = 0u32;
         let mut allowed = 0usize;
         for (l, list) in lists.iter().enumerate() {
-            let n = list.len() as u32;
+            let n = list.len();
             let w = &mut excluded[word_starts[l]..word_starts[l + 1]];
-            // Bits past the list's end stay set (excluded), harmlessly.
-            while let Some(&row) = it.peek() {
-                if row >= start + n {
-                    break;
-                }
-                it.next();
-                if row < start {
-                    continue;
-                }
-                let i = (row - start) as usize;
-                w[i / 64] &= !(1u64 << (i % 64));
-            }
             if let Some(dead) = list.tombstones() {
                 w.iter_mut().zip(dead).for_each(|(a, d)| *a |= d);
             }
@@ -150,7 +155,7 @@ impl AllowSet {
                 .iter()
                 .enumerate()
                 .map(|(j, &x)| {
-                    let valid = (n as usize).saturating_sub(j * 64).min(64);
+                    let valid = n.saturating_sub(j * 64).min(64);
                     let mask = if valid == 64 {
                         u64::MAX
                     } else {
@@ -161,7 +166,6 @@ impl AllowSet {
                 .sum();
             per_list[l] = live_allowed;
             allowed += live_allowed as usize;
-            start += n;
         }
         AllowSet {
             excluded,

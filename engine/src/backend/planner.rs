@@ -7,8 +7,9 @@
 //!   costs no more bytes than the widened IVF scan would (estimated below), every allowed entry
 //!   is a candidate and the refine stage ranks them exactly (recall 1 but for f16 rounding).
 //! - **Widened IVF**: the coarse stage ranks up to [`MAX_WIDE_PROBES`] lists; the query probes
-//!   lists in that order until they hold [`SEEN_FACTOR`] times as many *allowed* entries as an
-//!   unfiltered search scans (`nprobe × live / nlist`; at least the refine candidates). The count is exact, not a
+//!   lists in that order until they hold `(1 + 2s)` times as many *allowed* entries as an
+//!   unfiltered search scans (`nprobe × live / nlist`, `s` the share allowed; at least the
+//!   refine candidates: [`target_seen`]). The count is exact, not a
 //!   selectivity guess: the allow-set knows how many allowed entries each list holds. The
 //!   result is rounded up to a step of a ×1.5 ladder from `nprobe`, and queries of one step
 //!   share one scan (with their own allow-sets, checked inside the scan loop).
@@ -51,18 +52,18 @@ pub struct PlanStats {
     pub nprobes: Vec<usize>,
 }
 
-/// How many times an unfiltered search's scanned entries a filtered IVF query must see
-/// allowed: the filtered neighbours are spread over more lists than the unfiltered ones, and
-/// at equal count the filtered recall fell short of the unfiltered one on MiniLM at 50%
-/// selectivity (docs/BENCHMARKS.md).
-pub const SEEN_FACTOR: usize = 2;
-
-/// Allowed entries a filtered IVF query must see: [`SEEN_FACTOR`] × what an unfiltered
-/// search scans (`nprobe × live / nlist`), at least the refine candidates.
-pub fn target_seen(index: &IvfPqIndex, params: &SearchParams) -> usize {
-    let per_list = index.len() as f64 / index.nlist().max(1) as f64;
-    let unfiltered = (params.nprobe as f64 * per_list).ceil() as usize;
-    (SEEN_FACTOR * unfiltered).max(params.candidates())
+/// Allowed entries a filtered IVF query must see: `(1 + 2s)` times what an unfiltered search
+/// scans (`nprobe × live / nlist`), `s` the share of live entries allowed; at least the refine
+/// candidates. The filtered neighbours of a broad filter sit among many disallowed points, so
+/// the scan must see more of them to rank as well as an unfiltered one (on MiniLM at 50%: recall
+/// 0.94 at 1×, 0.97 at 2×); a selective filter's widened probe already spans many lists (at 10%:
+/// 0.98 at 1×). docs/BENCHMARKS.md has the measurements.
+pub fn target_seen(index: &IvfPqIndex, params: &SearchParams, allowed: usize) -> usize {
+    let live = index.len().max(1) as f64;
+    let per_list = live / index.nlist().max(1) as f64;
+    let unfiltered = params.nprobe as f64 * per_list;
+    let share = (allowed as f64 / live).min(1.0);
+    (((1.0 + 2.0 * share) * unfiltered).ceil() as usize).max(params.candidates())
 }
 
 /// The route of a query with allow-set `set` (see the module documentation).
@@ -83,8 +84,8 @@ pub fn route(index: &IvfPqIndex, params: &SearchParams, set: Option<&AllowSet>) 
     }
     let row = (index.dim() * raw) as f64;
     let exact = allowed as f64 * row;
-    let scanned =
-        (target_seen(index, params) as f64 * live as f64 / allowed as f64).min(live as f64);
+    let scanned = (target_seen(index, params, allowed) as f64 * live as f64 / allowed as f64)
+        .min(live as f64);
     let ivf = scanned * index.pq().code_size() as f64 + params.candidates() as f64 * row;
     if exact <= ivf {
         Route::Exact
@@ -213,7 +214,6 @@ pub fn plan_and_search<B: Backend + ?Sized>(
     }
 
     let tile = backend.max_batch(prepared).max(1);
-    let target = target_seen(index, params);
     let wide = index.nlist().min(MAX_WIDE_PROBES.max(params.nprobe));
     for chunk in ivf.chunks(tile) {
         let tile_queries = gather(&normalised, dim, chunk);
@@ -224,6 +224,7 @@ pub fn plan_and_search<B: Backend + ?Sized>(
             .enumerate()
             .map(|(i, &q)| {
                 let set = filters.set_of(q).expect("IVF-route queries have a set");
+                let target = target_seen(index, params, set.allowed());
                 widened_nprobe(
                     set,
                     &ranked.lists[i * wide..(i + 1) * wide],

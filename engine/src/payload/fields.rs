@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 
-use roaring::RoaringBitmap;
+use roaring::{MultiOps, RoaringBitmap};
 use serde_json::Value;
 
 use super::path::KeyPath;
@@ -298,6 +298,19 @@ impl FieldIndex {
     /// when such a match does not apply to the type (checked before, by [`super::filter`]).
     pub fn matching(&self, values: &[Scalar]) -> Option<RoaringBitmap> {
         let mut out = RoaringBitmap::new();
+        if let (Body::Keyword(m), true) = (&self.body, values.len() > 1) {
+            let hits: Option<Vec<&RoaringBitmap>> = values
+                .iter()
+                .map(|v| match v {
+                    Scalar::Str(s) => Some(m.get(s)),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()
+                .map(|v| v.into_iter().flatten().collect());
+            if let Some(hits) = hits {
+                return Some(hits.into_iter().union());
+            }
+        }
         for v in values {
             match (&self.body, v) {
                 (Body::Keyword(m), Scalar::Str(s)) => {
@@ -354,9 +367,8 @@ impl FieldIndex {
         match &self.body {
             Body::Integer(m, nums) => {
                 if let Some(bounds) = range.integer_bounds() {
-                    for (_, b) in m.range(bounds) {
-                        out |= b;
-                    }
+                    // One multi-way union, not a growing bitmap or-ed value by value.
+                    out = m.range(bounds).map(|(_, b)| b).union();
                 }
                 collect_sorted(nums, range, &mut out);
             }
