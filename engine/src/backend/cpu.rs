@@ -64,6 +64,27 @@ const COARSE_BLOCK: usize = 128;
 /// and the f32 GEMM is faster (measured at 1,024 centroids × 384 dims: even at 16 probes).
 const I8_MAX_PROBES: usize = 8;
 
+/// Runs a whole search inside the rayon pool (one job handed over, not one per parallel
+/// stage), or inline when already on a pool thread or for a single query (two thread switches
+/// would cost more than its work on one core).
+fn in_pool(
+    prepared: &CpuPrepared,
+    queries: &[f32],
+    run: impl FnOnce() -> Result<Neighbors, EngineError> + Send,
+) -> Result<Neighbors, EngineError> {
+    if rayon::current_thread_index().is_some() || queries.len() <= prepared.index.dim() {
+        return run();
+    }
+    let mut result = None;
+    rayon::scope(|_| result = Some(run()));
+    result.unwrap_or_else(|| {
+        Err(EngineError::BackendUnavailable {
+            backend: "cpu",
+            reason: "search did not run".into(),
+        })
+    })
+}
+
 #[inline]
 fn pack(list: usize, offset: usize) -> u64 {
     (list as u64) << 32 | offset as u64
@@ -113,16 +134,8 @@ impl Backend for CpuBackend {
         queries: &[f32],
         params: &SearchParams,
     ) -> Result<Neighbors, EngineError> {
-        if rayon::current_thread_index().is_some() || queries.len() <= prepared.index.dim() {
-            return run_stages(self, prepared, queries, params);
-        }
-        let mut result = None;
-        rayon::scope(|_| result = Some(run_stages(self, prepared, queries, params)));
-        result.unwrap_or_else(|| {
-            Err(EngineError::BackendUnavailable {
-                backend: "cpu",
-                reason: "search did not run".into(),
-            })
+        in_pool(prepared, queries, || {
+            run_stages(self, prepared, queries, params)
         })
     }
 
@@ -275,17 +288,8 @@ impl Backend for CpuBackend {
         params: &SearchParams,
         filters: QueryFilters<'_>,
     ) -> Result<Neighbors, EngineError> {
-        let run = || super::planner::search_filtered(self, prepared, queries, params, filters);
-        if rayon::current_thread_index().is_some() || queries.len() <= prepared.index.dim() {
-            return run();
-        }
-        let mut result = None;
-        rayon::scope(|_| result = Some(run()));
-        result.unwrap_or_else(|| {
-            Err(EngineError::BackendUnavailable {
-                backend: "cpu",
-                reason: "search did not run".into(),
-            })
+        in_pool(prepared, queries, || {
+            super::planner::search_filtered(self, prepared, queries, params, filters)
         })
     }
 
