@@ -15,8 +15,9 @@ use std::sync::Arc;
 
 use ::quiver_server::proto::quiver_client::QuiverClient;
 use ::quiver_server::proto::{
-    CountRequest, CreateCollectionRequest, DeleteRequest, GetCollectionRequest, GetRequest,
-    IndexParams, Metric, Refine, SearchRequest, SetPayloadRequest, TrainRequest, UpsertRequest,
+    CountRequest, CreateCollectionRequest, CreateFieldIndexRequest, DeleteRequest, FieldIndex,
+    FieldType, GetCollectionRequest, GetRequest, IndexParams, Metric, Refine, SearchRequest,
+    SetPayloadRequest, TrainRequest, UpsertRequest,
 };
 use parking_lot::Mutex;
 use tonic::transport::Channel;
@@ -432,6 +433,7 @@ async fn acknowledged_writes_survive_sigkill_during_writes_checkpoints_and_train
     let mut trained_at = None;
     let mut killed_training = 0;
     let mut retrains = 0;
+    let mut fields_acked: Vec<String> = Vec::new();
     for round in 0..KILLS {
         let (mut child, addr) = start(&data);
         let mut c = client(&addr).await;
@@ -446,9 +448,14 @@ async fn acknowledged_writes_survive_sigkill_during_writes_checkpoints_and_train
                     refine: Refine::F32 as i32,
                     seed: 3,
                 }),
+                field_indexes: vec![FieldIndex {
+                    key: "w".into(),
+                    r#type: FieldType::Integer as i32,
+                }],
             })
             .await
             .expect("create");
+            fields_acked.push("w".to_string());
         } else {
             // No writer runs between rounds: check a copy taken out of the lock (no guard
             // held across an await), then put it back.
@@ -461,6 +468,14 @@ async fn acknowledged_writes_survive_sigkill_during_writes_checkpoints_and_train
             .await
             .unwrap()
             .into_inner();
+        // Every acknowledged field index is there.
+        let indexed: Vec<&str> = info.field_indexes.iter().map(|f| f.key.as_str()).collect();
+        for k in &fields_acked {
+            assert!(
+                indexed.contains(&k.as_str()),
+                "round {round}: field index {k} lost: {indexed:?}"
+            );
+        }
         let handles: Vec<_> = (0..WRITERS)
             .map(|w| {
                 tokio::spawn(writer(
@@ -497,6 +512,22 @@ async fn acknowledged_writes_survive_sigkill_during_writes_checkpoints_and_train
             .is_ok()
             {
                 retrains += 1;
+            }
+        }
+        if round == 2 || round == KILLS / 2 + 1 {
+            // A field index created while writers run (the kill may come right after).
+            let key = if round == 2 { "v" } else { "x.y" };
+            if c.create_field_index(CreateFieldIndexRequest {
+                collection: "c".into(),
+                field: Some(FieldIndex {
+                    key: key.into(),
+                    r#type: FieldType::Integer as i32,
+                }),
+            })
+            .await
+            .is_ok()
+            {
+                fields_acked.push(key.to_string());
             }
         }
         tokio::time::sleep(std::time::Duration::from_millis(40 + rng.below(260))).await;
@@ -556,6 +587,11 @@ async fn acknowledged_writes_survive_sigkill_during_writes_checkpoints_and_train
     eprintln!(
         "crash test: {KILLS} kills ({killed_training} while training; {retrains} retrainings started), {} points live, trained {} (a train started in round {trained_at:?}), {} segments",
         info.count, info.trained, info.segments
+    );
+    let indexed: Vec<&str> = info.field_indexes.iter().map(|f| f.key.as_str()).collect();
+    assert_eq!(
+        indexed, fields_acked,
+        "field indexes after the last restart"
     );
     if cfg!(feature = "failpoints") {
         assert!(killed_training >= 1, "no kill landed in a training");

@@ -298,6 +298,7 @@ mod tests {
                 refine: "f16".into(),
                 seed: 1,
             },
+            fields: Vec::new(),
         };
         let c = StoreCollection::create(
             &dir.path().join("t"),

@@ -327,6 +327,7 @@ impl Registry {
                 refine: p.refine.name().to_string(),
                 seed: p.seed,
             },
+            fields: Vec::new(),
         };
         let dir = self.root.join(name);
         if dir.exists() {

@@ -14,7 +14,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::batcher::Job;
 use crate::collection::Collection;
-use crate::payloads::{encode_payloads, parse_filter, query_filters, render};
+use crate::payloads::{
+    encode_payloads, field_spec, field_to_proto, parse_filter, query_filters, render,
+};
 use crate::proto::{self, quiver_server::Quiver};
 use crate::registry::Registry;
 use crate::status::{from_store, invalid};
@@ -116,6 +118,7 @@ fn info(name: &str, c: &Collection) -> proto::CollectionInfo {
         state: c.store.job().describe(),
         segments: seg.segments.len() as u32 + 1,
         drift: c.store.drift().ratio().unwrap_or(0.0),
+        field_indexes: meta.fields.iter().map(field_to_proto).collect(),
     }
 }
 
@@ -403,11 +406,33 @@ impl QuiverService {
                 format!("{} does not divide dim = {}", index.pq_m, r.dim),
             ));
         }
+        let mut fields: Vec<quiver_engine::payload::fields::FieldSpec> = Vec::new();
+        for (i, f) in r.field_indexes.iter().enumerate() {
+            let spec = field_spec(&format!("field_indexes[{i}]"), f)?;
+            if fields.iter().any(|x| x.key == spec.key) {
+                return Err(invalid(
+                    &format!("field_indexes[{i}].key"),
+                    format!("`{}` is given twice", spec.key),
+                ));
+            }
+            fields.push(spec);
+        }
+        if fields.len() > quiver_store::collection::MAX_FIELD_INDEXES {
+            return Err(invalid(
+                "field_indexes",
+                format!(
+                    "{} fields exceed the limit of {}",
+                    fields.len(),
+                    quiver_store::collection::MAX_FIELD_INDEXES
+                ),
+            ));
+        }
         Ok(CollectionMeta {
             name: r.name.clone(),
             dim: r.dim as usize,
             metric: metric.name().into(),
             index,
+            fields,
         })
     }
 
@@ -576,7 +601,7 @@ impl Quiver for QuiverService {
                 return Err(invalid("filter", "give ids or a filter, not both"));
             }
             if by_filter {
-                parse_filter("filter", &r.filter)?;
+                parse_filter("filter", &r.filter, &c.store.field_specs())?;
             } else if r.ids.is_empty() {
                 return Err(invalid(
                     "ids",
@@ -730,7 +755,13 @@ impl Quiver for QuiverService {
             refine_factor: r.refine_factor as usize,
         };
         let res = async {
-            let filters = query_filters(&r.filter, &[], 1)?;
+            // (An unknown collection is reported by the search.)
+            let fields = self
+                .registry
+                .get(&r.collection)
+                .map(|c| c.store.field_specs())
+                .unwrap_or_default();
+            let filters = query_filters(&r.filter, &[], 1, &fields)?;
             let n = self
                 .search_inner(&r.collection, r.vector, key, deadline, None, filters)
                 .await?;
@@ -757,8 +788,10 @@ impl Quiver for QuiverService {
             refine_factor: r.refine_factor as usize,
         };
         let res = async {
-            let dim = self.registry.get(&r.collection)?.store.meta().dim.max(1);
-            let filters = query_filters(&r.filter, &r.filters, r.vectors.len() / dim)?;
+            let meta = self.registry.get(&r.collection)?.store.meta();
+            let dim = meta.dim.max(1);
+            let filters =
+                query_filters(&r.filter, &r.filters, r.vectors.len() / dim, &meta.fields)?;
             let n = self
                 .search_inner(
                     &r.collection,
@@ -787,7 +820,7 @@ impl Quiver for QuiverService {
         let r = async {
             let r = req.into_inner();
             let c = self.registry.get(&r.collection)?;
-            let filter = parse_filter("filter", &r.filter)?;
+            let filter = parse_filter("filter", &r.filter, &c.store.field_specs())?;
             let store = c.store.clone();
             let count = blocking(move || Ok(store.count(filter.as_ref()) as u64)).await?;
             Ok(Response::new(proto::CountResponse { count }))
@@ -803,7 +836,7 @@ impl Quiver for QuiverService {
         let r = async {
             let r = req.into_inner();
             let c = self.registry.get(&r.collection)?;
-            let filter = parse_filter("filter", &r.filter)?;
+            let filter = parse_filter("filter", &r.filter, &c.store.field_specs())?;
             let max = self.limits().max_queries_per_request;
             let limit = if r.limit == 0 { 10 } else { r.limit as usize };
             if limit > max {
@@ -881,5 +914,43 @@ impl Quiver for QuiverService {
         }
         .await;
         self.record("DeletePayload", r)
+    }
+
+    async fn create_field_index(
+        &self,
+        req: Request<proto::CreateFieldIndexRequest>,
+    ) -> Result<Response<proto::CollectionInfo>, Status> {
+        let r = async {
+            let r = req.into_inner();
+            let c = self.registry.get(&r.collection)?;
+            let Some(field) = r.field.as_ref() else {
+                return Err(invalid("field", "missing"));
+            };
+            let spec = field_spec("field", field)?;
+            let store = c.store.clone();
+            blocking(move || store.create_field_index(spec).map_err(from_store)).await?;
+            Ok(Response::new(info(&r.collection, &c)))
+        }
+        .await;
+        self.record("CreateFieldIndex", r)
+    }
+
+    async fn delete_field_index(
+        &self,
+        req: Request<proto::DeleteFieldIndexRequest>,
+    ) -> Result<Response<proto::CollectionInfo>, Status> {
+        let r = async {
+            let r = req.into_inner();
+            let c = self.registry.get(&r.collection)?;
+            if r.key.is_empty() {
+                return Err(invalid("key", "empty"));
+            }
+            let store = c.store.clone();
+            let key = r.key.clone();
+            blocking(move || store.delete_field_index(&key).map_err(from_store)).await?;
+            Ok(Response::new(info(&r.collection, &c)))
+        }
+        .await;
+        self.record("DeleteFieldIndex", r)
     }
 }

@@ -979,6 +979,18 @@ mod tests {
         ) -> Result<Response<SetPayloadResponse>, Status> {
             Err(Status::unimplemented(""))
         }
+        async fn create_field_index(
+            &self,
+            _: Request<::quiver_server::proto::CreateFieldIndexRequest>,
+        ) -> Result<Response<CollectionInfo>, Status> {
+            Err(Status::unimplemented(""))
+        }
+        async fn delete_field_index(
+            &self,
+            _: Request<::quiver_server::proto::DeleteFieldIndexRequest>,
+        ) -> Result<Response<CollectionInfo>, Status> {
+            Err(Status::unimplemented(""))
+        }
     }
 
     async fn start_fake() -> String {

@@ -192,3 +192,82 @@ def test_bad_payloads_are_invalid_argument(stub, quiver_pb):
         stub.SetPayload(pb.SetPayloadRequest(collection="b", ids=[1], payload="[]"), timeout=TIMEOUT)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "payload:" in e.value.details()
+
+
+def test_field_indexes_answer_as_payloads_do(stub, quiver_pb, coll):
+    pb = quiver_pb.pb2
+    vectors = coll
+    q = vectors[30] + 0.01
+    cases = [
+        {"must": [{"key": "g", "range": {"gte": 2, "lt": 4}}, {"key": "tag", "match": {"any": ["t0", "t1"]}}]},
+        {"must": [{"key": "meta.lang", "match": {"value": "en"}}], "must_not": [{"key": "g", "match": {"value": 0}}]},
+        {"must": [{"key": "tag", "match": {"except": ["t2"]}}]},
+    ]
+
+    def answers():
+        out = []
+        for f in cases:
+            text = json.dumps(f)
+            resp = stub.Search(pb.SearchRequest(collection="p", vector=q.tolist(), k=10, nprobe=8,
+                                                refine_factor=50, filter=text), timeout=TIMEOUT)
+            count = stub.Count(pb.CountRequest(collection="p", filter=text), timeout=TIMEOUT).count
+            out.append(([n.id for n in resp.neighbors], count))
+        return out
+
+    before = answers()
+    fields = [("g", pb.FIELD_TYPE_INTEGER), ("tag", pb.FIELD_TYPE_KEYWORD), ("meta.lang", pb.FIELD_TYPE_KEYWORD)]
+    for key, kind in fields:
+        info = stub.CreateFieldIndex(pb.CreateFieldIndexRequest(
+            collection="p", field=pb.FieldIndex(key=key, type=kind)), timeout=TIMEOUT)
+    assert [(f.key, f.type) for f in info.field_indexes] == fields
+    got = stub.GetCollection(pb.GetCollectionRequest(name="p"), timeout=TIMEOUT)
+    assert [(f.key, f.type) for f in got.field_indexes] == fields
+    assert answers() == before
+    # Written after: new points are found through the indexes too.
+    stub.Upsert(pb.UpsertRequest(collection="p", ids=[5000], vectors=(q + 0.001).tolist(),
+                                 payloads=[json.dumps({"g": 3, "tag": "t0"})]), timeout=TIMEOUT)
+    resp = stub.Search(pb.SearchRequest(collection="p", vector=q.tolist(), k=1,
+                                        filter=json.dumps(cases[0])), timeout=TIMEOUT)
+    assert resp.neighbors[0].id == 5000
+    # A condition that does not suit an indexed field's type is refused, naming the place.
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Search(pb.SearchRequest(collection="p", vector=q.tolist(), k=1, filter=json.dumps(
+            {"must": [{"key": "tag", "range": {"gt": 1}}]})), timeout=TIMEOUT)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "filter.must[0]" in e.value.details(), e.value.details()
+    # Dropped: the filters still answer, point by point.
+    info = stub.DeleteFieldIndex(pb.DeleteFieldIndexRequest(collection="p", key="tag"), timeout=TIMEOUT)
+    assert [f.key for f in info.field_indexes] == ["g", "meta.lang"]
+    stub.Delete(pb.DeleteRequest(collection="p", ids=[5000]), timeout=TIMEOUT)
+    assert answers() == before
+
+
+def test_bad_field_indexes_are_invalid_argument(stub, quiver_pb):
+    pb = quiver_pb.pb2
+    stub.CreateCollection(pb.CreateCollectionRequest(
+        name="b", dim=2, metric=pb.METRIC_L2,
+        field_indexes=[pb.FieldIndex(key="n", type=pb.FIELD_TYPE_INTEGER)]), timeout=TIMEOUT)
+    for field, message in [
+        (pb.FieldIndex(key="n"), "field.type:"),
+        (pb.FieldIndex(key="", type=pb.FIELD_TYPE_BOOL), "field.key: empty"),
+        (pb.FieldIndex(key="a..b", type=pb.FIELD_TYPE_BOOL), "field.key:"),
+        (None, "field: missing"),
+    ]:
+        with pytest.raises(grpc.RpcError) as e:
+            stub.CreateFieldIndex(pb.CreateFieldIndexRequest(collection="b", field=field), timeout=TIMEOUT)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+        assert message in e.value.details(), e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        stub.CreateCollection(pb.CreateCollectionRequest(
+            name="c", dim=2, metric=pb.METRIC_L2,
+            field_indexes=[pb.FieldIndex(key="n", type=pb.FIELD_TYPE_BOOL)] * 2), timeout=TIMEOUT)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "field_indexes[1].key" in e.value.details(), e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        stub.CreateFieldIndex(pb.CreateFieldIndexRequest(
+            collection="nope", field=pb.FieldIndex(key="n", type=pb.FIELD_TYPE_BOOL)), timeout=TIMEOUT)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    # The integer index refuses a string match on its field.
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Count(pb.CountRequest(collection="b", filter='{"must":[{"key":"n","match":{"value":"x"}}]}'), timeout=TIMEOUT)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -11,7 +11,7 @@ use roaring::RoaringBitmap;
 
 use super::Slot;
 use crate::index::IvfPqIndex;
-use crate::payload::fields::FieldIndexes;
+use crate::payload::fields::{FieldIndexes, FieldSpec};
 use crate::payload::filter::{Filter, Rows};
 
 /// An index's entries as the rows of a payload filter, with its field indexes if any.
@@ -91,8 +91,13 @@ impl Rows for IndexRows<'_> {
 /// Field indexes over an index's payloads, for the fields it names
 /// ([`IvfPqIndex::field_specs`]).
 pub fn field_indexes(index: &IvfPqIndex) -> FieldIndexes {
+    field_indexes_for(index, index.field_specs())
+}
+
+/// Field indexes over an index's payloads, for the given fields.
+pub fn field_indexes_for(index: &IvfPqIndex, specs: &[FieldSpec]) -> FieldIndexes {
     let rows = IndexRows::new(index, None);
-    FieldIndexes::build(index.field_specs(), rows.len(), || rows.payloads())
+    FieldIndexes::build(specs, rows.len(), || rows.payloads())
 }
 
 /// The allow-set of a filter over an index, evaluated through `fields` where they index a key.

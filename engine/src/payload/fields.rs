@@ -79,6 +79,13 @@ pub struct FieldSpec {
     pub kind: FieldType,
 }
 
+impl std::fmt::Display for FieldSpec {
+    /// `NAME:TYPE`, as [`FieldSpec::parse`] reads it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.key, self.kind.name())
+    }
+}
+
 impl FieldSpec {
     /// Parses `NAME:TYPE` (e.g. `source:keyword`).
     pub fn parse(s: &str) -> Result<FieldSpec, String> {

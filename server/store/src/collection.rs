@@ -23,6 +23,7 @@ use crate::cpucache::CpuCache;
 use crate::preparer::Preparer;
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use quiver_engine::backend::{Backend, Neighbors, PreparedIndex};
+use quiver_engine::payload::fields::FieldSpec;
 use quiver_engine::payload::filter::Filter;
 use quiver_engine::progress::NoProgress;
 use quiver_engine::{FlatIndex, IndexParams, IvfPqIndex};
@@ -35,6 +36,9 @@ use crate::segment::{Rows, SearchKey, Segment, SegmentIndex};
 use crate::version::Version;
 use crate::wal::{self, Op, PayloadEdit, WalWriter};
 use crate::StoreConfig;
+
+/// Most payload fields a collection indexes.
+pub const MAX_FIELD_INDEXES: usize = 64;
 
 /// What a collection is doing in the background.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,11 +287,9 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             files
                 .written
                 .insert(e.id, (e.file.clone(), e.deletes.clone(), deleted.len()));
-            segments.push(Arc::new(Segment {
-                id: e.id,
-                index,
-                deleted,
-            }));
+            let mut segment = Segment::new(e.id, index);
+            segment.deleted = deleted;
+            segments.push(Arc::new(segment));
         }
         let mut next_segment_id = manifest.next_segment_id;
         let appendable = empty_appendable(next_segment_id, &meta, quantizers.as_ref(), &cpu)?;
@@ -361,6 +363,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 refine: p.refine.name().to_string(),
                 seed: p.seed,
             },
+            fields: index.field_specs().to_vec(),
         };
         let cpu = CpuCache::default();
         let prep = Preparer::new(backend.clone());
@@ -499,13 +502,17 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             });
         }
         let v = self.version();
-        let metric = self.meta.read().metric();
+        let (metric, fields) = {
+            let m = self.meta.read();
+            (m.metric(), m.fields.clone())
+        };
         Ok(v.search_filtered(
             queries,
             nq,
             key,
             filters,
             of_query,
+            &fields,
             metric,
             self.cpu.backend(),
             &self.backend,
@@ -516,7 +523,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     pub fn count(&self, filter: Option<&Filter>) -> usize {
         match filter {
             None => self.version().len(),
-            Some(f) => self.version().matching(Some(f)).len(),
+            Some(f) => self.version().matching(Some(f), &self.field_specs()).len(),
         }
     }
 
@@ -529,7 +536,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         limit: usize,
     ) -> (Vec<(u64, Vec<u8>)>, Option<u64>) {
         let v = self.version();
-        let ids = v.matching(filter);
+        let ids = v.matching(filter, &self.field_specs());
         let start = offset.map_or(0, |o| ids.partition_point(|&i| i < o));
         let page: Vec<(u64, Vec<u8>)> = ids[start..]
             .iter()
@@ -538,6 +545,84 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             .collect();
         let next = ids.get(start + limit).copied();
         (page, next)
+    }
+
+    /// The indexed payload fields.
+    pub fn field_specs(&self) -> Vec<FieldSpec> {
+        self.meta.read().fields.clone()
+    }
+
+    /// Indexes a payload field for filters (the key's index is replaced if it had another
+    /// type); returns false when the field was indexed so already. Durable when it returns,
+    /// and every sealed segment's index is built by then.
+    pub fn create_field_index(&self, spec: FieldSpec) -> Result<bool> {
+        self.refuse_read_only()?;
+        let changed = self.change_fields(|fields| {
+            let count = fields.len();
+            match fields.iter_mut().find(|f| f.key == spec.key) {
+                Some(f) if *f == spec => return Ok(false),
+                Some(f) => *f = spec,
+                None if count >= MAX_FIELD_INDEXES => {
+                    return Err(StoreError::Invalid {
+                        field: "field",
+                        reason: format!(
+                            "the collection already indexes {MAX_FIELD_INDEXES} fields, the most allowed"
+                        ),
+                    })
+                }
+                None => fields.push(spec),
+            }
+            Ok(true)
+        })?;
+        self.build_field_indexes(usize::MAX);
+        Ok(changed)
+    }
+
+    /// Drops the index of a payload field (filters on it are then evaluated point by point);
+    /// returns false when the key had none. Durable when it returns.
+    pub fn delete_field_index(&self, key: &str) -> Result<bool> {
+        self.refuse_read_only()?;
+        self.change_fields(|fields| {
+            let before = fields.len();
+            fields.retain(|f| f.key != key);
+            Ok(fields.len() != before)
+        })
+    }
+
+    /// Changes the indexed fields with `edit` (false: nothing changed) and writes them into the
+    /// manifest. The manifest's other contents stay as the last checkpoint wrote them: holding
+    /// the files lock, no checkpoint runs meanwhile, and the next one writes the new fields.
+    fn change_fields(
+        &self,
+        edit: impl FnOnce(&mut Vec<FieldSpec>) -> Result<bool>,
+    ) -> Result<bool> {
+        let _files = self.files.lock();
+        let mut fields = self.meta.read().fields.clone();
+        if !edit(&mut fields)? {
+            return Ok(false);
+        }
+        let mut m = Manifest::read(&self.dir)?;
+        m.meta.fields = fields.clone();
+        m.write(&self.dir)?;
+        self.meta.write().fields = fields;
+        Ok(true)
+    }
+
+    /// Builds the field indexes of up to `limit` sealed segments that lack them; returns how
+    /// many it built.
+    fn build_field_indexes(&self, limit: usize) -> usize {
+        let fields = self.field_specs();
+        let mut built = 0;
+        for s in self.version().segments.iter() {
+            if built == limit {
+                break;
+            }
+            if !s.has_field_indexes(&fields) {
+                s.field_indexes(&fields);
+                built += 1;
+            }
+        }
+        built
     }
 
     /// Adds or replaces points by id; returns when the write is durable (fsynced) and visible.
@@ -1330,7 +1415,8 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 next.quantizers = Some(quantizers.clone());
                 meta.index.nlist = nlist as u32;
                 meta.index.pq_m = pq_m as u32;
-                *self.meta.write() = meta.clone();
+                // Only the index parameters: the indexed fields may have changed meanwhile.
+                self.meta.write().index = meta.index.clone();
                 *self.drift.lock() = Drift::after_training(baseline, n as u64);
                 self.publish(w, next);
                 Ok(())
@@ -1365,6 +1451,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             }
         }
         let quantizers = Arc::new(index.empty_like());
+        let from_file = index.field_specs().to_vec();
         let prepared = self.seal_index(Arc::new(index))?;
         {
             self.switch(|w| -> Result<()> {
@@ -1395,7 +1482,17 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                     quantizers: Some(quantizers),
                     lsn: cur.lsn,
                 };
-                *self.meta.write() = meta;
+                {
+                    let mut m = self.meta.write();
+                    m.index = meta.index.clone();
+                    // The fields the file indexes join the collection's.
+                    for f in from_file {
+                        match m.fields.iter_mut().find(|x| x.key == f.key) {
+                            Some(have) => *have = f,
+                            None => m.fields.push(f),
+                        }
+                    }
+                }
                 self.publish(w, next);
                 Ok(())
             })?;
@@ -1425,6 +1522,10 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             return self.seal_held_back();
         }
         let mut did = false;
+        // Field indexes of segments sealed or loaded without them (one per step).
+        if self.build_field_indexes(1) > 0 {
+            return Ok(true);
+        }
         if self.wal_bytes() > wal::HEADER + self.cfg.checkpoint_wal_bytes
             || self.version().appendable.len() >= self.cfg.seal_rows
             || self.has_unwritten_segments()
@@ -1520,8 +1621,12 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         build: impl FnOnce() -> Result<IvfPqIndex> + Send,
     ) -> Result<()> {
         let _one = self.structural.lock();
-        let prepared = crate::priority::in_background(self.cfg.write_nice, || {
-            self.seal_index(Arc::new(build()?))
+        let fields = self.field_specs();
+        let built = crate::priority::in_background(self.cfg.write_nice, || {
+            let s = Segment::new(0, self.seal_index(Arc::new(build()?))?);
+            // Its field indexes too, before it is published.
+            s.field_indexes(&fields);
+            Ok::<_, StoreError>(s)
         })?;
         {
             self.switch(|w| -> Result<()> {
@@ -1542,7 +1647,8 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 }
                 let id = w.next_segment_id;
                 w.next_segment_id += 1;
-                let mut seg = Segment::new(id, prepared);
+                let mut seg = built;
+                seg.id = id;
                 if let Some((s, _)) =
                     seg.with_delete(&late, true, self.cpu.backend(), &self.backend)?
                 {

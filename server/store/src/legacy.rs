@@ -104,6 +104,7 @@ pub fn migrate(dir: &Path) -> Result<()> {
         dim: old.dim,
         metric: old.metric,
         index: old.index,
+        fields: Vec::new(),
     };
     tracing::info!(collection = %meta.name, "converting the collection to the segment layout");
     enum State {

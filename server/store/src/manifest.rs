@@ -10,6 +10,7 @@
 
 use std::path::Path;
 
+use quiver_engine::payload::fields::FieldSpec;
 use quiver_engine::{Metric, RefineKind};
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +51,27 @@ pub struct CollectionMeta {
     pub metric: String,
     /// Index parameters.
     pub index: IndexConfig,
+    /// Indexed payload fields (`NAME:TYPE` in the file; absent in older manifests).
+    #[serde(default, with = "field_specs", skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldSpec>,
+}
+
+/// Field specs as their `NAME:TYPE` strings.
+mod field_specs {
+    use quiver_engine::payload::fields::FieldSpec;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(specs: &[FieldSpec], s: S) -> Result<S::Ok, S::Error> {
+        let names: Vec<String> = specs.iter().map(|f| f.to_string()).collect();
+        names.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<FieldSpec>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|n| FieldSpec::parse(n).map_err(serde::de::Error::custom))
+            .collect()
+    }
 }
 
 impl CollectionMeta {

@@ -8,10 +8,12 @@
 
 use std::sync::Arc;
 
-use quiver_engine::backend::allow::{allow_set, IndexRows};
+use parking_lot::Mutex;
+use quiver_engine::backend::allow::{allow_set, field_indexes_for, IndexRows};
 use quiver_engine::backend::cpu::{CpuBackend, CpuPrepared};
 use quiver_engine::backend::{Backend, Neighbors, PreparedIndex, QueryFilters, SearchParams};
 use quiver_engine::index::EncodedRows;
+use quiver_engine::payload::fields::{FieldIndexes, FieldSpec};
 use quiver_engine::payload::filter::{Filter, Rows as _};
 use quiver_engine::{EngineError, FlatIndex, IvfPqIndex, Metric, RefineKind};
 
@@ -71,6 +73,29 @@ pub struct Segment<B: Backend> {
     /// Ids deleted from it since it was sealed, in order (persisted beside its file; carried
     /// over to a merge's result when deleted while the merge ran).
     pub deleted: imbl::Vector<u64>,
+    /// Its field indexes, once built.
+    fields: FieldCache,
+}
+
+/// A segment's field indexes (value → rows, for the collection's indexed fields): built on
+/// first use, or ahead of it when the segment is sealed, merged or loaded; kept while the
+/// segment's rows stay as they are (deletes only mark rows), rebuilt when the indexed fields
+/// change. A write to the appendable segment drops them.
+#[derive(Default)]
+struct FieldCache(Mutex<Option<Arc<FieldIndexes>>>);
+
+impl FieldCache {
+    fn of(f: Option<Arc<FieldIndexes>>) -> FieldCache {
+        FieldCache(Mutex::new(f))
+    }
+}
+
+/// True when `built` indexes exactly the fields `specs`.
+fn indexes_exactly(built: &FieldIndexes, specs: &[FieldSpec]) -> bool {
+    built.specs().count() == specs.len()
+        && specs
+            .iter()
+            .all(|s| built.get(&s.key).is_some_and(|f| f.spec() == s))
 }
 
 impl<B: Backend> std::fmt::Debug for Segment<B> {
@@ -91,7 +116,68 @@ impl<B: Backend> Segment<B> {
             id,
             index,
             deleted: imbl::Vector::new(),
+            fields: FieldCache::default(),
         }
+    }
+
+    /// A copy of this segment (`index` the same rows: a copy of this one's index, or it with
+    /// rows marked deleted), keeping its field indexes.
+    pub fn with_index(&self, index: SegmentIndex<B>, deleted: imbl::Vector<u64>) -> Self {
+        Segment {
+            id: self.id,
+            index,
+            deleted,
+            fields: FieldCache::of(self.fields.0.lock().clone()),
+        }
+    }
+
+    /// Rows a filter is evaluated over (deleted ones included).
+    fn row_count(&self) -> u32 {
+        match &self.index {
+            SegmentIndex::Flat(f) => f.rows(None).len(),
+            _ => self.ivf().map_or(0, |i| IndexRows::new(i, None).len()),
+        }
+    }
+
+    /// The field indexes for `specs` (`None` when there are none): the ones kept, or built now
+    /// (and kept) when those index other fields or other rows.
+    pub fn field_indexes(&self, specs: &[FieldSpec]) -> Option<Arc<FieldIndexes>> {
+        if specs.is_empty() {
+            return None;
+        }
+        let mut kept = self.fields.0.lock();
+        let rows = self.row_count();
+        if let Some(f) = kept.as_ref() {
+            if f.rows() == rows && indexes_exactly(f, specs) {
+                return Some(f.clone());
+            }
+        }
+        let built = Arc::new(match &self.index {
+            SegmentIndex::Flat(f) => f.field_indexes(specs),
+            _ => match self.ivf() {
+                Some(i) => field_indexes_for(i, specs),
+                None => return None,
+            },
+        });
+        *kept = Some(built.clone());
+        Some(built)
+    }
+
+    /// True when the field indexes kept are those of `specs` over the rows as they are.
+    pub fn has_field_indexes(&self, specs: &[FieldSpec]) -> bool {
+        specs.is_empty()
+            || self
+                .fields
+                .0
+                .lock()
+                .as_ref()
+                .is_some_and(|f| f.rows() == self.row_count() && indexes_exactly(f, specs))
+    }
+
+    /// The field indexes kept, if they cover the segment's rows as they are.
+    pub fn kept_field_indexes(&self) -> Option<Arc<FieldIndexes>> {
+        let kept = self.fields.0.lock().clone()?;
+        (kept.rows() == self.row_count()).then_some(kept)
     }
 
     /// Live points.
@@ -150,12 +236,12 @@ impl<B: Backend> Segment<B> {
         }
     }
 
-    /// The rows (see [`quiver_engine::payload::filter::Rows`]) of the live points passing
-    /// `filter`, as ids.
-    pub fn matching(&self, filter: &Filter) -> Vec<u64> {
+    /// The ids of the live points passing `filter`, evaluated through `fields` where they
+    /// index a key (see [`Segment::field_indexes`]).
+    pub fn matching(&self, filter: &Filter, fields: Option<&FieldIndexes>) -> Vec<u64> {
         match &self.index {
             SegmentIndex::Flat(f) => {
-                let rows = f.rows(None);
+                let rows = f.rows(fields);
                 filter
                     .evaluate(&rows)
                     .iter()
@@ -165,7 +251,7 @@ impl<B: Backend> Segment<B> {
             }
             _ => match self.ivf() {
                 Some(index) => {
-                    let rows = IndexRows::new(index, None);
+                    let rows = IndexRows::new(index, fields);
                     filter
                         .evaluate(&rows)
                         .iter()
@@ -220,14 +306,8 @@ impl<B: Backend> Segment<B> {
         if sealed {
             deleted.extend(present.iter().copied());
         }
-        Ok(Some((
-            Segment {
-                id: self.id,
-                index,
-                deleted,
-            },
-            present.len(),
-        )))
+        // Deletes only mark rows: the field indexes still apply.
+        Ok(Some((self.with_index(index, deleted), present.len())))
     }
 
     /// Appendable segment: replaces or adds rows by id, with their payloads (empty: none),
@@ -239,6 +319,8 @@ impl<B: Backend> Segment<B> {
         rows: Rows,
         payloads: &[Vec<u8>],
     ) -> Result<(), EngineError> {
+        // Rows move: the field indexes no longer apply.
+        *self.fields.0.get_mut() = None;
         match (&mut self.index, rows) {
             (SegmentIndex::Flat(f), Rows::Raw(v)) => f.upsert_with_payloads(&v, ids, payloads),
             (SegmentIndex::Cpu(p), Rows::Encoded(mut e)) => {
@@ -300,21 +382,25 @@ impl<B: Backend> Segment<B> {
 
     /// [`Segment::search`] with per-query filters (`of_query[q]` indexes `filters`,
     /// [`quiver_engine::backend::NO_FILTER`]: none): the exact search over allowed points of a flat segment, the
-    /// filtered planner ([`Backend::search_filtered`]) on an IVF-PQ one.
+    /// filtered planner ([`Backend::search_filtered`]) on an IVF-PQ one. Filters are
+    /// evaluated through the field indexes of `fields` (the collection's indexed fields).
+    #[allow(clippy::too_many_arguments)]
     pub fn search_filtered(
         &self,
         queries: &[f32],
         key: SearchKey,
         filters: &[Filter],
         of_query: &[u32],
+        fields: &[FieldSpec],
         cpu: &CpuBackend,
         device: &B,
     ) -> Result<Neighbors, EngineError> {
         let live = self.len();
         let k = key.k.min(live).max(1);
+        let indexes = self.field_indexes(fields);
         let mut out = match &self.index {
             SegmentIndex::Flat(f) => {
-                let rows = f.rows(None);
+                let rows = f.rows(indexes.as_deref());
                 let sets: Vec<_> = filters.iter().map(|x| x.evaluate(&rows)).collect();
                 f.search_filtered(queries, k, &sets, of_query)?
             }
@@ -323,7 +409,10 @@ impl<B: Backend> Segment<B> {
                 let mut params = resolve(key, index.nlist(), index.params().refine);
                 params.k = k;
                 params.refine_factor = params.refine_factor.min(live.div_ceil(k)).max(1);
-                let sets: Vec<_> = filters.iter().map(|x| allow_set(index, None, x)).collect();
+                let sets: Vec<_> = filters
+                    .iter()
+                    .map(|x| allow_set(index, indexes.as_deref(), x))
+                    .collect();
                 let qf = QueryFilters {
                     sets: &sets,
                     of_query,

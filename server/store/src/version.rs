@@ -11,6 +11,7 @@ use quiver_engine::{EngineError, IvfPqIndex, Metric};
 use crate::cpucache::CpuCache;
 use crate::segment::{merge_results, Rows, SearchKey, Segment, SegmentIndex};
 use crate::wal::Op;
+use quiver_engine::payload::fields::FieldSpec;
 use quiver_engine::payload::filter::Filter;
 
 /// One published state of a collection.
@@ -114,7 +115,11 @@ impl<B: Backend> Version<B> {
                         name: "filter",
                         reason: e.to_string(),
                     })?;
-                let ids: Vec<u64> = self.all().flat_map(|s| s.matching(&filter)).collect();
+                // Through the field indexes at hand (the result is the same without them).
+                let ids: Vec<u64> = self
+                    .all()
+                    .flat_map(|s| s.matching(&filter, s.kept_field_indexes().as_deref()))
+                    .collect();
                 self.delete(&ids, cache, device)
             }
             Op::SetPayload { ids, edit } => {
@@ -189,11 +194,17 @@ impl<B: Backend> Version<B> {
         self.all().find_map(|s| s.payload(id))
     }
 
-    /// The ids of the live points passing `filter` (every live point without one), ascending.
-    pub fn matching(&self, filter: Option<&Filter>) -> Vec<u64> {
+    /// The ids of the live points passing `filter` (every live point without one), ascending;
+    /// evaluated through the field indexes of `fields` (the collection's indexed fields).
+    pub fn matching(&self, filter: Option<&Filter>, fields: &[FieldSpec]) -> Vec<u64> {
         let all = Filter::default();
-        let f = filter.unwrap_or(&all);
-        let mut ids: Vec<u64> = self.all().flat_map(|s| s.matching(f)).collect();
+        let mut ids: Vec<u64> = match filter {
+            None => self.all().flat_map(|s| s.matching(&all, None)).collect(),
+            Some(f) => self
+                .all()
+                .flat_map(|s| s.matching(f, s.field_indexes(fields).as_deref()))
+                .collect(),
+        };
         ids.sort_unstable();
         ids
     }
@@ -228,11 +239,7 @@ impl<B: Backend> Version<B> {
                     })
                 }
             };
-            self.appendable = Arc::new(Segment {
-                id: a.id,
-                index,
-                deleted: a.deleted.clone(),
-            });
+            self.appendable = Arc::new(a.with_index(index, a.deleted.clone()));
         }
         Ok(Arc::get_mut(&mut self.appendable).expect("unique after the copy above"))
     }
@@ -328,6 +335,7 @@ impl<B: Backend> Version<B> {
         key: SearchKey,
         filters: &[Filter],
         of_query: &[u32],
+        fields: &[FieldSpec],
         metric: Metric,
         cpu: &CpuBackend,
         device: &B,
@@ -335,7 +343,7 @@ impl<B: Backend> Version<B> {
         let parts = self
             .all()
             .filter(|s| !s.is_empty())
-            .map(|s| s.search_filtered(queries, key, filters, of_query, cpu, device))
+            .map(|s| s.search_filtered(queries, key, filters, of_query, fields, cpu, device))
             .collect::<Result<Vec<_>, _>>()?;
         if parts.is_empty() {
             return Ok(Neighbors {

@@ -75,6 +75,7 @@ fn new_segments_upload_only_their_own_bytes<B: Backend + Clone + 'static>(backen
             refine: "f16".into(),
             seed: 3,
         },
+        fields: Vec::new(),
     };
     let cfg = StoreConfig {
         seal_rows: 1_000_000,

@@ -60,6 +60,7 @@ fn drifted_data_is_retrained_without_losing_a_point() {
             refine: "f32".into(),
             seed: 3,
         },
+        fields: Vec::new(),
     };
     let c = Arc::new(C::create(&path, meta, CpuBackend, StoreConfig::default()).unwrap());
     upsert(&c, 0..3000, 0);
@@ -158,6 +159,7 @@ fn train_on_a_trained_collection_retrains_it() {
             refine: "none".into(),
             seed: 3,
         },
+        fields: Vec::new(),
     };
     let c = Arc::new(C::create(&path, meta, CpuBackend, StoreConfig::default()).unwrap());
     upsert(&c, 0..1000, 0);
@@ -198,6 +200,7 @@ fn a_loaded_index_gets_a_baseline() {
             refine: "f16".into(),
             seed: 0,
         },
+        fields: Vec::new(),
     };
     let x: Vec<f32> = (0..2000).flat_map(|i| vector(i, 0)).collect();
     let mut params = quiver_engine::IndexParams::new(quiver_engine::Metric::L2, DIM, 16, 4);

@@ -25,6 +25,7 @@ fn meta() -> CollectionMeta {
             refine: "f32".into(),
             seed: 7,
         },
+        fields: Vec::new(),
     }
 }
 

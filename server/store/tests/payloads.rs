@@ -35,6 +35,7 @@ fn meta() -> CollectionMeta {
             refine: "f32".into(),
             seed: 5,
         },
+        fields: Vec::new(),
     }
 }
 
@@ -223,4 +224,123 @@ fn payloads_survive_replay_checkpoints_and_training() {
     check(&c, "trained, reopened");
     c.compact().unwrap();
     check(&c, "compacted");
+}
+
+/// Answers of the filters of `field_index_checks`: counts, scroll pages and filtered searches.
+fn answers(c: &C) -> Vec<String> {
+    let filters = [
+        r#"{"must":[{"key":"g","match":{"value":3}}]}"#,
+        r#"{"must":[{"key":"g","range":{"gte":2,"lt":5}},{"key":"tag","match":{"any":["t0","t2"]}}]}"#,
+        r#"{"should":[{"key":"tag","match":{"value":"t1"}}],"must_not":[{"key":"g","range":{"gt":4}}]}"#,
+        r#"{"must":[{"key":"tag","match":{"except":["t0"]}}]}"#,
+        r#"{"must":[{"key":"g","match":{"value":"x"}}]}"#,
+    ];
+    let mut out = Vec::new();
+    let q: Vec<f32> = [vector(3), vector(500), vector(1111)].concat();
+    let key = SearchKey {
+        k: 10,
+        nprobe: 8,
+        refine_factor: 0,
+    };
+    for (i, text) in filters.iter().enumerate() {
+        let f = filter(text);
+        let (page, next) = c.scroll(Some(&f), Some(400), 7);
+        out.push(format!(
+            "{i}: count {} page {:?} next {next:?}",
+            c.count(Some(&f)),
+            page.iter().map(|(id, _)| *id).collect::<Vec<_>>()
+        ));
+        let r = c
+            .search_filtered(&q, 3, key, std::slice::from_ref(&f), &[0, 0, 0])
+            .unwrap();
+        out.push(format!("{i}: ids {:?}", r.ids));
+    }
+    out
+}
+
+#[test]
+fn field_indexes_are_kept_built_and_answer_as_payloads_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let mut m = meta();
+    m.fields = vec![payload::fields::FieldSpec::parse("g:integer").unwrap()];
+    let cpu = || quiver_engine::backend::cpu::CpuBackend;
+    let c = Arc::new(C::create(&path, m, cpu(), StoreConfig::default()).unwrap());
+    upsert(&c, 0..1200);
+    // The reference: the same filters with no field indexed.
+    c.delete_field_index("g").unwrap();
+    assert!(c.field_specs().is_empty());
+    let flat = answers(&c);
+    let specs = || {
+        vec![
+            payload::fields::FieldSpec::parse("g:integer").unwrap(),
+            payload::fields::FieldSpec::parse("tag:keyword").unwrap(),
+        ]
+    };
+    for s in specs() {
+        assert!(c.create_field_index(s).unwrap());
+    }
+    assert!(!c.create_field_index(specs()[1].clone()).unwrap());
+    assert_eq!(c.field_specs(), specs());
+    assert_eq!(answers(&c), flat, "indexed, appendable flat segment");
+    c.checkpoint().unwrap();
+    assert_eq!(answers(&c), flat, "indexed, sealed flat segment");
+    assert!(c.version().segments[0].has_field_indexes(&specs()));
+
+    // Trained: the IVF-PQ segments answer as the flat ones did (exact counts and scrolls; the
+    // searches probe every list).
+    c.start_train(None).unwrap();
+    c.wait_job().unwrap();
+    let trained = answers(&c);
+    let unindexed = {
+        c.delete_field_index("g").unwrap();
+        c.delete_field_index("tag").unwrap();
+        answers(&c)
+    };
+    assert_eq!(trained, unindexed, "trained: indexed and not");
+    for s in specs() {
+        c.create_field_index(s).unwrap();
+    }
+    for s in c.version().segments.iter() {
+        assert!(s.has_field_indexes(&specs()), "{s:?}");
+    }
+    // A type change replaces the key's index; conditions must then suit the new type.
+    assert!(c
+        .create_field_index(payload::fields::FieldSpec::parse("g:keyword").unwrap())
+        .unwrap());
+    assert_eq!(c.field_specs()[0].to_string(), "g:keyword");
+    assert_eq!(answers(&c), trained, "g as a keyword");
+    c.create_field_index(specs()[0].clone()).unwrap();
+
+    // Writes after: the appendable segment's indexes are rebuilt, merges build theirs.
+    upsert(&c, 1200..1300);
+    c.delete(vec![3, 13]).unwrap();
+    let after = answers(&c);
+    c.checkpoint().unwrap();
+    // (The sealed appendable segment keeps the indexes the searches above built.)
+    while c.optimize_step().unwrap() {}
+    for s in c.version().segments.iter() {
+        assert!(s.has_field_indexes(&specs()), "{s:?}");
+    }
+    assert_eq!(answers(&c), after, "sealed and optimized");
+    c.compact().unwrap();
+    assert_eq!(c.version().segments.len(), 1);
+    assert!(c.version().segments[0].has_field_indexes(&specs()));
+    assert_eq!(answers(&c), after, "compacted");
+
+    // The indexed fields survive a restart (from the manifest) and a read-only load.
+    drop(c);
+    let c = Arc::new(C::open(&path, cpu(), StoreConfig::default()).unwrap());
+    assert_eq!(c.field_specs(), specs());
+    // Loaded segments get theirs from the optimizer.
+    assert!(!c.version().segments[0].has_field_indexes(&specs()));
+    while c.optimize_step().unwrap() {}
+    assert!(c.version().segments[0].has_field_indexes(&specs()));
+    assert_eq!(answers(&c), after, "reopened");
+    assert!(!c.delete_field_index("nope").unwrap());
+    assert!(c.delete_field_index("tag").unwrap());
+    drop(c);
+    let c = Arc::new(C::open(&path, cpu(), StoreConfig::default()).unwrap());
+    assert_eq!(c.field_specs(), vec![specs()[0].clone()]);
+    assert_eq!(answers(&c), after, "one index dropped");
 }

@@ -49,6 +49,7 @@ fn meta(name: &str) -> CollectionMeta {
             refine: "f32".into(),
             seed: 5,
         },
+        fields: Vec::new(),
     }
 }
 
