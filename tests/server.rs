@@ -379,9 +379,17 @@ fn served_index_files_answer_like_the_cli() {
         .1;
     let ro = format!("ro={}", ds.p("i.qvr"));
     let rw = format!("rw={}:rw", ds.p("i.qvr"));
+    let imports = ds.p("");
     let server = Server::start(
         &ds.path("data"),
-        &["--collection", &ro, "--collection", &rw],
+        &[
+            "--collection",
+            &ro,
+            "--collection",
+            &rw,
+            "--import-dir",
+            &imports,
+        ],
     );
     rt().block_on(async {
         let mut c = server.client().await;

@@ -103,6 +103,12 @@ pub struct ServerConfig {
     pub backend: crate::backend::AnyBackend,
     /// How long open requests and streams may go on once shutdown begins.
     pub shutdown_grace: Duration,
+    /// TLS on the gRPC and metrics listeners (none: plaintext).
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// API keys (none: every call is allowed).
+    pub api_keys: crate::auth::ApiKeys,
+    /// The folder `LoadIndex` reads index files from (none: `LoadIndex` is off).
+    pub import_dir: Option<crate::imports::ImportDir>,
 }
 
 impl Default for ServerConfig {
@@ -117,6 +123,9 @@ impl Default for ServerConfig {
             store: quiver_store::StoreConfig::default(),
             backend: crate::backend::AnyBackend::Cpu(quiver_engine::backend::cpu::CpuBackend),
             shutdown_grace: Duration::from_secs(10),
+            tls: None,
+            api_keys: crate::auth::ApiKeys::default(),
+            import_dir: None,
         }
     }
 }

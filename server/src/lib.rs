@@ -16,14 +16,17 @@ pub mod proto {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("quiver_descriptor");
 }
 
+pub mod auth;
 pub mod backend;
 pub mod batcher;
 pub mod collection;
 pub mod config;
+pub mod imports;
 pub mod metrics;
 pub mod payloads;
 pub mod registry;
 pub mod server;
 pub mod service;
 pub mod status;
+pub mod tls;
 pub mod writes;

@@ -108,11 +108,15 @@ impl Metrics {
     }
 
     /// Serves `/metrics` on `addr` until `shutdown` resolves.
-    pub async fn serve(
+    pub async fn serve<L>(
         self,
-        listener: tokio::net::TcpListener,
+        listener: L,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<()>
+    where
+        L: axum::serve::Listener,
+        L::Addr: std::fmt::Debug,
+    {
         let app = axum::Router::new().route(
             "/metrics",
             axum::routing::get(move || {

@@ -5,11 +5,15 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio_stream::StreamExt;
+
+use crate::auth::AuthLayer;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::proto::quiver_server::QuiverServer;
 use crate::registry::{OpenError, Registry};
 use crate::service::QuiverService;
+use crate::tls::{Protocol, Tls, TlsListener};
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +35,9 @@ pub enum ServeError {
     /// Reflection could not be set up.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The TLS files cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Addresses actually bound (port 0 resolved).
@@ -49,6 +56,12 @@ pub async fn serve(
     on_ready: impl FnOnce(Bound, &Registry),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // TLS files are checked before anything opens.
+    let tls = match &config.tls {
+        Some(files) => Some(Arc::new(Tls::load(files.clone())?)),
+        None => None,
+    };
+    warn_if_exposed(&config, tls.is_some());
     let metrics = Metrics::new();
     let cfg = config.clone();
     let registry = tokio::task::spawn_blocking(move || Registry::open(cfg, metrics))
@@ -81,11 +94,19 @@ pub async fn serve(
                 .map_err(|source| ServeError::Bind { addr, source })?;
             let mut rx = stop_rx.clone();
             let m = registry.metrics().clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let stop = async move {
                     let _ = rx.wait_for(|s| *s).await;
                 };
-                if let Err(e) = m.serve(l, stop).await {
+                let r = match tls {
+                    Some(tls) => match TlsListener::new(l, tls) {
+                        Ok(l) => m.serve(l, stop).await,
+                        Err(e) => Err(e),
+                    },
+                    None => m.serve(l, stop).await,
+                };
+                if let Err(e) = r {
                     tracing::error!(error = %e, "metrics server failed");
                 }
             });
@@ -128,18 +149,33 @@ pub async fn serve(
             .await;
         let _ = fired_tx.send(());
     };
-    let serve = tonic::transport::Server::builder()
+    if let Some(tls) = &tls {
+        tokio::spawn(reload_on_sighup(tls.clone()));
+    }
+    let router = tonic::transport::Server::builder()
+        .layer(AuthLayer::new(Arc::new(config.api_keys.clone())))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(service)
+        .add_service(service);
+    type Serving = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    >;
+    let serve: Serving = match &tls {
         // TCP_NODELAY on every accepted connection (tonic sets it only on listeners it binds
         // itself): with Nagle on, a reply written in several frames waits for the client's
         // delayed ACK, ≈ 40 ms.
-        .serve_with_incoming_shutdown(
+        None => Box::pin(router.serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             signal,
-        );
+        )),
+        Some(tls) => {
+            let established = crate::tls::accept(listener, tls.clone(), Protocol::Grpc);
+            let incoming = tokio_stream::wrappers::ReceiverStream::new(established)
+                .map(|(stream, _)| Ok::<_, std::io::Error>(stream));
+            Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+        }
+    };
     // Requests and streams still open when shutdown begins get `shutdown_grace` to end; then
     // their connections are closed (a stream's acknowledged messages are durable already).
     let grace = config.shutdown_grace;
@@ -157,6 +193,46 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Warns, loudly, when the service listens beyond this machine without TLS (keys and data
+/// would cross the network in the clear) or without keys (anyone reaching the port may write
+/// and drop collections).
+fn warn_if_exposed(config: &ServerConfig, tls: bool) {
+    let exposed = |a: &SocketAddr| !a.ip().is_loopback();
+    let mut listeners = vec![("gRPC", config.listen)];
+    listeners.extend(config.metrics_listen.map(|m| ("metrics", m)));
+    for (what, addr) in listeners.into_iter().filter(|(_, a)| exposed(a)) {
+        if !tls {
+            let m = format!("WARNING: the {what} listener {addr} is reachable beyond this machine without TLS: requests, data and API keys cross the network in plaintext (use --tls-cert and --tls-key)");
+            tracing::warn!("{m}");
+            eprintln!("{m}");
+        }
+        if what == "gRPC" && config.api_keys.is_empty() {
+            let m = format!("WARNING: the gRPC listener {addr} is reachable beyond this machine and no API key is set: anyone reaching it may write, overwrite and drop collections (use --api-key-file)");
+            tracing::warn!("{m}");
+            eprintln!("{m}");
+        }
+    }
+}
+
+/// Reads the TLS files again on every SIGHUP.
+async fn reload_on_sighup(tls: Arc<Tls>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificate and key reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "reloading TLS failed; the previous certificate stays")
+                }
+            }
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -667,11 +667,16 @@ impl Quiver for QuiverService {
                     "must be 1 to 64 characters of A-Z a-z 0-9 _ - . and not start with a dot",
                 ));
             }
-            if r.path.is_empty() {
-                return Err(invalid("path", "empty"));
-            }
+            let Some(imports) = &self.registry.config().import_dir else {
+                return Err(Status::permission_denied(
+                    "LoadIndex is off: start the server with --import-dir DIR to load index files from DIR",
+                ));
+            };
+            // Checked now, on this thread: a FIFO or a path outside the folder is refused at
+            // once (the file is opened without blocking).
+            let (path, _checked) = imports.open("path", &r.path)?;
             let registry = self.registry.clone();
-            let (name, path) = (r.collection.clone(), std::path::PathBuf::from(&r.path));
+            let name = r.collection.clone();
             if r.background {
                 registry.load_index_in_background(&name, &path)?;
                 return Ok(Response::new(loading_info(&r.collection)));

@@ -90,6 +90,26 @@ pub struct Args {
     /// Backend for trained collections.
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendChoice,
+    /// TLS certificate chain (PEM, leaf first) for the gRPC and metrics listeners; with
+    /// --tls-key. SIGHUP reloads both files.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: clients must present a certificate signed by this CA (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// API keys, one per line: `rw:KEY` (read-write) or `ro:KEY` (read-only); `#` comments.
+    /// Also read from the QUIVER_API_KEYS environment variable (entries separated by commas
+    /// or newlines). With any key set, every call but health checks needs one (`api-key:
+    /// KEY` or `authorization: Bearer KEY`).
+    #[arg(long, value_name = "FILE")]
+    api_key_file: Option<PathBuf>,
+    /// The folder LoadIndex may read index files from (relative paths are taken inside it;
+    /// nothing outside it, and only regular files). Without it LoadIndex is refused.
+    #[arg(long, value_name = "DIR")]
+    import_dir: Option<PathBuf>,
 }
 
 fn parse_collection(s: &str) -> anyhow::Result<StaticCollection> {
@@ -157,7 +177,34 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .iter()
         .map(|s| parse_collection(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut api_keys = quiver_server::auth::ApiKeys::default();
+    if let Some(f) = &a.api_key_file {
+        api_keys.add_file(f).context("--api-key-file")?;
+    }
+    if let Ok(text) = std::env::var("QUIVER_API_KEYS") {
+        api_keys.add("QUIVER_API_KEYS", &text)?;
+    }
+    let import_dir = match &a.import_dir {
+        Some(d) => Some(
+            quiver_server::imports::ImportDir::new(d)
+                .with_context(|| format!("--import-dir {}", d.display()))?,
+        ),
+        None => None,
+    };
+    let tls = a
+        .tls_cert
+        .clone()
+        .zip(a.tls_key.clone())
+        .map(|(cert, key)| quiver_server::tls::TlsFiles {
+            cert,
+            key,
+            client_ca: a.tls_client_ca.clone(),
+        });
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let config = ServerConfig {
+        tls,
+        api_keys,
+        import_dir,
         listen: a.listen,
         metrics_listen: a.metrics_listen,
         data_dir: a.data_dir.clone(),
@@ -200,7 +247,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "listening on {}", bound.grpc);
             if let Some(m) = bound.metrics {
-                let _ = writeln!(out, "metrics on http://{m}/metrics");
+                let _ = writeln!(out, "metrics on {scheme}://{m}/metrics");
             }
             let names: Vec<String> = registry.list().into_iter().map(|(n, _)| n).collect();
             let _ = writeln!(out, "backend {backend_name}; data in {}; collections: [{}]", data_dir.display(), names.join(", "));

@@ -98,27 +98,30 @@ def _stop(proc) -> int:
     return proc.returncode
 
 
-@pytest.fixture
-def server(tmp_path):
-    """Starts `quiver serve` on an ephemeral port in a fresh data dir; yields a _Server."""
+def start_server(tmp_path, extra_args=(), env=None, name="server"):
+    """Starts `quiver serve` on 127.0.0.1:0 with its data in tmp_path/<name>-data; returns a
+    _Server once it printed its address (stop it with stop_server)."""
     binary = _quiver_bin()
     if not binary.exists():
         pytest.fail(f"server binary not found: {binary} (build it with `cargo build`, or set QUIVER_BIN)")
-    data_dir = tmp_path / "data"
+    data_dir = tmp_path / f"{name}-data"
     data_dir.mkdir()
-    stderr_path = tmp_path / "server.stderr"
+    stderr_path = tmp_path / f"{name}.stderr"
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen(
-            [str(binary), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir), *SERVE_ARGS],
+            [str(binary), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),
+             *SERVE_ARGS, *extra_args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=err,
             cwd=tmp_path,
+            env={**os.environ, **(env or {})},
         )
     lines: "queue.Queue[str | None]" = queue.Queue()
     threading.Thread(target=_drain, args=(proc.stdout, lines), daemon=True).start()
 
     srv = _Server(proc, None, stderr_path, data_dir)
+    srv.lines = lines
     try:
         first = lines.get(timeout=STARTUP_TIMEOUT_S)  # the first stdout line; None at EOF
     except queue.Empty:
@@ -136,15 +139,25 @@ def server(tmp_path):
     srv.addr = first[len("listening on "):].strip()
     host, _, port = srv.addr.rpartition(":")
     assert host == "127.0.0.1" and port.isdigit() and int(port) > 0, f"unexpected address {srv.addr!r}"
+    return srv
 
-    yield srv
 
-    code = _stop(proc)
+def stop_server(srv):
+    """SIGTERM, then asserts a graceful exit (code 0)."""
+    code = _stop(srv.proc)
     assert code is not None, (
         f"server did not exit within {SHUTDOWN_TIMEOUT_S:.0f}s of SIGTERM (killed)\n"
         f"--- server stderr ---\n{srv.stderr()}"
     )
     assert code == 0, f"server exited with {code} after SIGTERM\n--- server stderr ---\n{srv.stderr()}"
+
+
+@pytest.fixture
+def server(tmp_path):
+    """Starts `quiver serve` on an ephemeral port in a fresh data dir; yields a _Server."""
+    srv = start_server(tmp_path, name="server")
+    yield srv
+    stop_server(srv)
 
 
 @pytest.fixture

@@ -1,0 +1,202 @@
+"""Security of `quiver serve` against Python grpcio: TLS with certificates from a throwaway CA
+(trustme), mutual TLS, plaintext refused on the TLS port, API keys (read-write and read-only,
+from a file and from QUIVER_API_KEYS, as `api-key` or `authorization: Bearer`), and LoadIndex
+limited to regular files inside --import-dir.
+"""
+
+import os
+import subprocess
+import time
+
+import grpc
+import numpy as np
+import pytest
+import trustme
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from conftest import _quiver_bin, start_server, stop_server
+
+TIMEOUT = 10.0
+RW = "rw-0123456789abcdef"
+RO = "ro-0123456789abcdef"
+
+
+def tls_files(tmp_path, ca, name="server"):
+    leaf = ca.issue_cert("localhost", "127.0.0.1")
+    cert, key = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+    cert.write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(key))
+    return cert, key
+
+
+def secure_channel(srv, ca, client=None):
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=ca.cert_pem.bytes(),
+        private_key=client.private_key_pem.bytes() if client else None,
+        certificate_chain=b"".join(b.bytes() for b in client.cert_chain_pems) if client else None,
+    )
+    return grpc.secure_channel(srv.addr, creds, options=[("grpc.ssl_target_name_override", "localhost")])
+
+
+def roundtrip(channel, pb, name):
+    stub = pb.grpc.QuiverStub(channel)
+    stub.CreateCollection(pb.pb2.CreateCollectionRequest(name=name, dim=2, metric=pb.pb2.METRIC_L2), timeout=TIMEOUT)
+    stub.Upsert(pb.pb2.UpsertRequest(collection=name, ids=[1], vectors=[0.5, 0.5]), timeout=TIMEOUT)
+    r = stub.Search(pb.pb2.SearchRequest(collection=name, vector=[0.5, 0.5], k=1), timeout=TIMEOUT)
+    assert [n.id for n in r.neighbors] == [1]
+
+
+def test_tls_serves_and_plaintext_is_refused(tmp_path, quiver_pb):
+    ca = trustme.CA()
+    cert, key = tls_files(tmp_path, ca)
+    srv = start_server(tmp_path, ["--tls-cert", str(cert), "--tls-key", str(key)])
+    try:
+        with secure_channel(srv, ca) as ch:
+            roundtrip(ch, quiver_pb, "t")
+            health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+        # Plaintext to the TLS port: no answer but an error.
+        with grpc.insecure_channel(srv.addr) as ch:
+            with pytest.raises(grpc.RpcError) as e:
+                quiver_pb.grpc.QuiverStub(ch).ListCollections(quiver_pb.pb2.ListCollectionsRequest(), timeout=3)
+            assert e.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        # A client that does not trust the server's CA fails the handshake.
+        with secure_channel(srv, trustme.CA()) as ch:
+            with pytest.raises(grpc.RpcError) as e:
+                quiver_pb.grpc.QuiverStub(ch).ListCollections(quiver_pb.pb2.ListCollectionsRequest(), timeout=3)
+            assert e.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    finally:
+        stop_server(srv)
+
+
+def test_mutual_tls_needs_a_client_certificate_from_the_client_ca(tmp_path, quiver_pb):
+    ca, clients = trustme.CA(), trustme.CA()
+    cert, key = tls_files(tmp_path, ca)
+    client_ca = tmp_path / "clients.pem"
+    clients.cert_pem.write_to_path(str(client_ca))
+    srv = start_server(tmp_path, ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca", str(client_ca)])
+    try:
+        with secure_channel(srv, ca, client=clients.issue_cert("client@example.com")) as ch:
+            roundtrip(ch, quiver_pb, "m")
+        for client in (None, trustme.CA().issue_cert("intruder@example.com")):
+            with secure_channel(srv, ca, client=client) as ch:
+                with pytest.raises(grpc.RpcError) as e:
+                    quiver_pb.grpc.QuiverStub(ch).ListCollections(quiver_pb.pb2.ListCollectionsRequest(), timeout=3)
+                assert e.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    finally:
+        stop_server(srv)
+
+
+def test_bad_tls_files_stop_the_server_with_a_message(tmp_path):
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    r = subprocess.run(
+        [str(_quiver_bin()), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "d"),
+         "--tls-cert", str(junk), "--tls-key", str(junk)],
+        capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0
+    assert "junk.pem" in r.stderr, r.stderr
+
+
+def test_api_keys_separate_readers_from_writers(tmp_path, quiver_pb):
+    pb = quiver_pb.pb2
+    keys = tmp_path / "keys"
+    keys.write_text(f"# writers\nrw:{RW}\n")
+    # The read-only key comes from the environment.
+    srv = start_server(tmp_path, ["--api-key-file", str(keys)], env={"QUIVER_API_KEYS": f"ro:{RO}"})
+    try:
+        assert RW not in srv.stderr() and RO not in srv.stderr()
+        with grpc.insecure_channel(srv.addr) as ch:
+            stub = quiver_pb.grpc.QuiverStub(ch)
+            create = pb.CreateCollectionRequest(name="k", dim=2, metric=pb.METRIC_L2)
+            upsert = pb.UpsertRequest(collection="k", ids=[7], vectors=[1.0, 0.0])
+            search = pb.SearchRequest(collection="k", vector=[1.0, 0.0], k=1)
+            for md in [None, [("api-key", "wrong-0123456789abcdef")], [("authorization", f"Basic {RW}")]]:
+                with pytest.raises(grpc.RpcError) as e:
+                    stub.Search(search, metadata=md, timeout=TIMEOUT)
+                assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED, md
+            stub.CreateCollection(create, metadata=[("api-key", RW)], timeout=TIMEOUT)
+            stub.Upsert(upsert, metadata=[("authorization", f"Bearer {RW}")], timeout=TIMEOUT)
+            # Read-only: searches and reads work, writes are refused.
+            r = stub.Search(search, metadata=[("api-key", RO)], timeout=TIMEOUT)
+            assert [n.id for n in r.neighbors] == [7]
+            assert stub.Count(pb.CountRequest(collection="k"), metadata=[("api-key", RO)], timeout=TIMEOUT).count == 1
+            for call, req in [(stub.Upsert, upsert), (stub.Delete, pb.DeleteRequest(collection="k", ids=[7])),
+                              (stub.DropCollection, pb.DropCollectionRequest(name="k")),
+                              (stub.LoadIndex, pb.LoadIndexRequest(collection="x", path="i.qvr"))]:
+                with pytest.raises(grpc.RpcError) as e:
+                    call(req, metadata=[("api-key", RO)], timeout=TIMEOUT)
+                assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert stub.Count(pb.CountRequest(collection="k"), metadata=[("api-key", RW)], timeout=TIMEOUT).count == 1
+            # Health stays open.
+            health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+        assert RW not in srv.stderr() and RO not in srv.stderr()
+    finally:
+        stop_server(srv)
+
+
+def test_bad_key_files_stop_the_server_without_echoing_keys(tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("rw:0123456789abcdef-good\nrx:0123456789abcdef-secret\n")
+    r = subprocess.run(
+        [str(_quiver_bin()), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "d"),
+         "--api-key-file", str(keys)],
+        capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0
+    assert "entry 2" in r.stderr and "secret" not in r.stderr, r.stderr
+
+
+def build_index(tmp_path, out):
+    base = tmp_path / "base.fvecs"
+    x = np.random.default_rng(1).standard_normal((300, 8)).astype(np.float32)
+    rows = np.hstack([np.full((300, 1), 8, dtype=np.int32).view(np.float32), x])
+    rows.tofile(base)
+    subprocess.run([str(_quiver_bin()), "build", "--base", str(base), "--metric", "l2", "--nlist", "4",
+                    "--pq", "4", "--out", str(out)], check=True, capture_output=True, timeout=120)
+
+
+def test_load_index_reads_only_regular_files_inside_the_import_dir(tmp_path, quiver_pb):
+    pb = quiver_pb.pb2
+    imports = tmp_path / "imports"
+    imports.mkdir()
+    build_index(tmp_path, imports / "ok.qvr")
+    outside = tmp_path / "outside.qvr"
+    build_index(tmp_path, outside)
+    os.symlink(outside, imports / "link-out.qvr")
+    os.mkfifo(imports / "fifo.qvr")
+
+    # Without --import-dir, LoadIndex is off.
+    srv = start_server(tmp_path, [], name="off")
+    try:
+        with grpc.insecure_channel(srv.addr) as ch:
+            with pytest.raises(grpc.RpcError) as e:
+                quiver_pb.grpc.QuiverStub(ch).LoadIndex(pb.LoadIndexRequest(collection="a", path=str(outside)), timeout=TIMEOUT)
+            assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "--import-dir" in e.value.details()
+    finally:
+        stop_server(srv)
+
+    srv = start_server(tmp_path, ["--import-dir", str(imports)], name="on")
+    try:
+        with grpc.insecure_channel(srv.addr) as ch:
+            stub = quiver_pb.grpc.QuiverStub(ch)
+            for path, code in [
+                (str(outside), grpc.StatusCode.PERMISSION_DENIED),
+                ("../outside.qvr", grpc.StatusCode.PERMISSION_DENIED),
+                ("link-out.qvr", grpc.StatusCode.PERMISSION_DENIED),
+                ("fifo.qvr", grpc.StatusCode.INVALID_ARGUMENT),
+                ("missing.qvr", grpc.StatusCode.INVALID_ARGUMENT),
+                ("", grpc.StatusCode.INVALID_ARGUMENT),
+            ]:
+                for background in (False, True):
+                    t = time.monotonic()
+                    with pytest.raises(grpc.RpcError) as e:
+                        stub.LoadIndex(pb.LoadIndexRequest(collection="x", path=path, background=background), timeout=TIMEOUT)
+                    assert e.value.code() == code, (path, e.value.details())
+                    assert e.value.details().startswith("path"), e.value.details()
+                    assert time.monotonic() - t < 5, f"{path}: refused only after {time.monotonic() - t:.1f}s"
+            info = stub.LoadIndex(pb.LoadIndexRequest(collection="ok", path="ok.qvr"), timeout=60)
+            assert info.count == 300
+    finally:
+        stop_server(srv)
