@@ -87,15 +87,20 @@ def test_mutual_tls_needs_a_client_certificate_from_the_client_ca(tmp_path, quiv
         stop_server(srv)
 
 
+def serve_refused(tmp_path, args):
+    """Runs `quiver serve` with a bad setting: it must exit non-zero; returns its stderr."""
+    r = subprocess.run(
+        [str(_quiver_bin()), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "d"), *args],
+        capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0
+    return r.stderr
+
+
 def test_bad_tls_files_stop_the_server_with_a_message(tmp_path):
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n")
-    r = subprocess.run(
-        [str(_quiver_bin()), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "d"),
-         "--tls-cert", str(junk), "--tls-key", str(junk)],
-        capture_output=True, text=True, timeout=30)
-    assert r.returncode != 0
-    assert "junk.pem" in r.stderr, r.stderr
+    err = serve_refused(tmp_path, ["--tls-cert", str(junk), "--tls-key", str(junk)])
+    assert "junk.pem" in err, err
 
 
 def test_api_keys_separate_readers_from_writers(tmp_path, quiver_pb):
@@ -139,12 +144,8 @@ def test_api_keys_separate_readers_from_writers(tmp_path, quiver_pb):
 def test_bad_key_files_stop_the_server_without_echoing_keys(tmp_path):
     keys = tmp_path / "keys"
     keys.write_text("rw:0123456789abcdef-good\nrx:0123456789abcdef-secret\n")
-    r = subprocess.run(
-        [str(_quiver_bin()), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "d"),
-         "--api-key-file", str(keys)],
-        capture_output=True, text=True, timeout=30)
-    assert r.returncode != 0
-    assert "entry 2" in r.stderr and "secret" not in r.stderr, r.stderr
+    err = serve_refused(tmp_path, ["--api-key-file", str(keys)])
+    assert "entry 2" in err and "secret" not in err, err
 
 
 def build_index(tmp_path, out):
