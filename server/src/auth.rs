@@ -10,6 +10,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use subtle::ConstantTimeEq;
+
+use crate::metrics::Metrics;
+use crate::ratelimit::{Client, Limit, RateLimiter};
 use tonic::body::Body;
 use tonic::Status;
 
@@ -121,10 +124,15 @@ impl ApiKeys {
     /// The access of a presented key (`None`: unknown). Every configured key is compared, in
     /// constant time for keys of the presented length.
     pub fn check(&self, presented: &[u8]) -> Option<Access> {
+        self.identify(presented).map(|(_, a)| a)
+    }
+
+    /// The number and access of a presented key (see [`Self::check`]).
+    pub fn identify(&self, presented: &[u8]) -> Option<(usize, Access)> {
         let mut found = None;
-        for (key, access) in &self.keys {
+        for (i, (key, access)) in self.keys.iter().enumerate() {
             if bool::from(key.as_slice().ct_eq(presented)) {
-                found = Some(*access);
+                found = Some((i, *access));
             }
         }
         found
@@ -185,16 +193,41 @@ pub fn refusal(keys: &ApiKeys, path: &str, headers: &http::HeaderMap) -> Option<
     }
 }
 
-/// A tower layer refusing requests without the right key (see the module doc).
+/// Who sent a request: its key if it presented a valid one, else its address.
+fn client_of<B>(keys: &ApiKeys, req: &http::Request<B>) -> Client {
+    if let Some((i, _)) = presented_key(req.headers()).and_then(|k| keys.identify(k)) {
+        return Client::Key(i);
+    }
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let ext = req.extensions();
+    let addr = ext
+        .get::<TcpConnectInfo>()
+        .and_then(|c| c.remote_addr())
+        .or_else(|| {
+            ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|c| c.get_ref().remote_addr())
+        });
+    addr.map_or(Client::Unknown, |a| Client::Peer(a.ip()))
+}
+
+/// Admission of every gRPC request, as a tower layer: the API key (see the module doc), then
+/// the client's request rate ([`RateLimiter`]). The request carries its [`Client`] on, for the
+/// handlers' vector limits.
 #[derive(Clone)]
 pub struct AuthLayer {
     keys: Arc<ApiKeys>,
+    limiter: Arc<RateLimiter>,
+    metrics: Metrics,
 }
 
 impl AuthLayer {
-    /// Checks requests against `keys` (none: every request passes).
-    pub fn new(keys: Arc<ApiKeys>) -> Self {
-        AuthLayer { keys }
+    /// Checks requests against `keys` (none: every request passes) and `limiter`.
+    pub fn new(keys: Arc<ApiKeys>, limiter: Arc<RateLimiter>, metrics: Metrics) -> Self {
+        AuthLayer {
+            keys,
+            limiter,
+            metrics,
+        }
     }
 }
 
@@ -203,7 +236,7 @@ impl<S> tower::Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Auth<S> {
         Auth {
             inner,
-            keys: self.keys.clone(),
+            layer: self.clone(),
         }
     }
 }
@@ -212,7 +245,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 #[derive(Clone)]
 pub struct Auth<S> {
     inner: S,
-    keys: Arc<ApiKeys>,
+    layer: AuthLayer,
 }
 
 impl<S, B> tower::Service<http::Request<B>> for Auth<S>
@@ -230,10 +263,20 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if let Some(status) = refusal(&self.keys, req.uri().path(), req.headers()) {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let l = &self.layer;
+        let path = req.uri().path();
+        let refused = refusal(&l.keys, path, req.headers()).map(Err);
+        let client = client_of(&l.keys, &req);
+        let checked = refused.unwrap_or_else(|| match needed(path) {
+            // Health checks are neither keyed nor limited.
+            None => Ok(()),
+            Some(_) => l.limiter.check(client, Limit::Requests, 1, &l.metrics),
+        });
+        if let Err(status) = checked {
             return Box::pin(async move { Ok(status.into_http()) });
         }
+        req.extensions_mut().insert(client);
         let fut = self.inner.call(req);
         Box::pin(fut)
     }

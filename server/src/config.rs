@@ -109,6 +109,8 @@ pub struct ServerConfig {
     pub api_keys: crate::auth::ApiKeys,
     /// The folder `LoadIndex` reads index files from (none: `LoadIndex` is off).
     pub import_dir: Option<crate::imports::ImportDir>,
+    /// Per-client rate limits.
+    pub rate_limits: crate::ratelimit::RateLimits,
 }
 
 impl Default for ServerConfig {
@@ -126,6 +128,7 @@ impl Default for ServerConfig {
             tls: None,
             api_keys: crate::auth::ApiKeys::default(),
             import_dir: None,
+            rate_limits: crate::ratelimit::RateLimits::default(),
         }
     }
 }

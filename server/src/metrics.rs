@@ -23,6 +23,8 @@ pub struct Metrics {
     pub vectors: IntGaugeVec,
     /// Searches waiting per collection.
     pub queue_depth: IntGaugeVec,
+    /// Requests refused by a rate limit, by limit (`requests`, `vectors`).
+    pub rate_limited: IntCounterVec,
 }
 
 impl Metrics {
@@ -72,6 +74,14 @@ impl Metrics {
             &["collection"],
         )
         .expect("valid metric");
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "quiver_rate_limited_total",
+                "requests refused by a per-client rate limit, by limit",
+            ),
+            &["limit"],
+        )
+        .expect("valid metric");
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(batch_size.clone()),
@@ -79,6 +89,7 @@ impl Metrics {
             Box::new(batch_exec.clone()),
             Box::new(vectors.clone()),
             Box::new(queue_depth.clone()),
+            Box::new(rate_limited.clone()),
         ] {
             registry.register(m).expect("metric registered once");
         }
@@ -90,6 +101,7 @@ impl Metrics {
             batch_exec,
             vectors,
             queue_depth,
+            rate_limited,
         }
     }
 

@@ -35,6 +35,7 @@ pub struct Registry {
     loading: RwLock<HashSet<String>>,
     optimizer: Optimizer<AnyBackend>,
     writes: crate::writes::WritePool,
+    limiter: Arc<crate::ratelimit::RateLimiter>,
 }
 
 /// Why the server could not open its data.
@@ -117,6 +118,7 @@ impl Registry {
             loading: RwLock::new(HashSet::new()),
             optimizer,
             writes: crate::writes::WritePool::start(cfg.store.write_nice),
+            limiter: Arc::new(crate::ratelimit::RateLimiter::new(cfg.rate_limits)),
         };
         for s in &cfg.static_collections {
             let fail = |message: String| OpenError::Collection {
@@ -434,6 +436,11 @@ impl Registry {
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The per-client rate limiter.
+    pub fn limiter(&self) -> &Arc<crate::ratelimit::RateLimiter> {
+        &self.limiter
     }
 
     /// The threads writes run on.

@@ -153,7 +153,11 @@ pub async fn serve(
         tokio::spawn(reload_on_sighup(tls.clone()));
     }
     let router = tonic::transport::Server::builder()
-        .layer(AuthLayer::new(Arc::new(config.api_keys.clone())))
+        .layer(AuthLayer::new(
+            Arc::new(config.api_keys.clone()),
+            registry.limiter().clone(),
+            registry.metrics().clone(),
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

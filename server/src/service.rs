@@ -18,6 +18,7 @@ use crate::payloads::{
     encode_payloads, field_spec, field_to_proto, parse_filter, query_filters, render,
 };
 use crate::proto::{self, quiver_server::Quiver};
+use crate::ratelimit::{Client, Limit};
 use crate::registry::Registry;
 use crate::status::{from_store, invalid};
 use quiver_engine::payload::{self, filter::Filter};
@@ -48,6 +49,21 @@ impl QuiverService {
     fn limits(&self) -> &crate::config::Limits {
         &self.registry.config().limits
     }
+
+    /// Counts `n` vectors (written or searched) against the client's rate limit.
+    fn take_vectors(&self, client: Client, n: usize) -> Result<(), Status> {
+        self.registry
+            .limiter()
+            .check(client, Limit::Vectors, n, self.registry.metrics())
+    }
+}
+
+/// Who sent a request (set by [`crate::auth::AuthLayer`]).
+fn client_of<T>(req: &Request<T>) -> Client {
+    req.extensions()
+        .get::<Client>()
+        .copied()
+        .unwrap_or(Client::Unknown)
 }
 
 fn metric_from_proto(m: i32) -> Result<Metric, Status> {
@@ -470,9 +486,10 @@ impl QuiverService {
         Ok(())
     }
 
-    async fn upsert_one(&self, r: proto::UpsertRequest) -> Result<u64, Status> {
+    async fn upsert_one(&self, client: Client, r: proto::UpsertRequest) -> Result<u64, Status> {
         let c = self.registry.get(&r.collection)?;
         self.check_upsert(&c, &r)?;
+        self.take_vectors(client, r.ids.len())?;
         let n = r.ids.len() as u64;
         let payloads = encode_payloads(&r.payloads, r.ids.len())?;
         let (name, metrics) = (r.collection.clone(), self.registry.metrics().clone());
@@ -566,8 +583,9 @@ impl Quiver for QuiverService {
         &self,
         req: Request<proto::UpsertRequest>,
     ) -> Result<Response<proto::UpsertResponse>, Status> {
+        let client = client_of(&req);
         let r = self
-            .upsert_one(req.into_inner())
+            .upsert_one(client, req.into_inner())
             .await
             .map(|upserted| Response::new(proto::UpsertResponse { upserted }));
         self.record("Upsert", r)
@@ -577,11 +595,12 @@ impl Quiver for QuiverService {
         &self,
         req: Request<Streaming<proto::UpsertRequest>>,
     ) -> Result<Response<proto::UpsertResponse>, Status> {
+        let client = client_of(&req);
         let r = async {
             let mut stream = req.into_inner();
             let mut total = 0;
             while let Some(msg) = stream.next().await {
-                total += self.upsert_one(msg?).await?;
+                total += self.upsert_one(client, msg?).await?;
             }
             Ok(Response::new(proto::UpsertResponse { upserted: total }))
         }
@@ -753,6 +772,7 @@ impl Quiver for QuiverService {
         req: Request<proto::SearchRequest>,
     ) -> Result<Response<proto::SearchResponse>, Status> {
         let deadline = deadline_of(&req, Instant::now());
+        let client = client_of(&req);
         let r = req.into_inner();
         let key = SearchKey {
             k: r.k as usize,
@@ -760,6 +780,7 @@ impl Quiver for QuiverService {
             refine_factor: r.refine_factor as usize,
         };
         let res = async {
+            self.take_vectors(client, 1)?;
             // (An unknown collection is reported by the search.)
             let fields = self
                 .registry
@@ -786,6 +807,7 @@ impl Quiver for QuiverService {
         req: Request<proto::SearchBatchRequest>,
     ) -> Result<Response<proto::SearchBatchResponse>, Status> {
         let deadline = deadline_of(&req, Instant::now());
+        let client = client_of(&req);
         let r = req.into_inner();
         let key = SearchKey {
             k: r.k as usize,
@@ -795,6 +817,7 @@ impl Quiver for QuiverService {
         let res = async {
             let meta = self.registry.get(&r.collection)?.store.meta();
             let dim = meta.dim.max(1);
+            self.take_vectors(client, r.vectors.len() / dim)?;
             let filters =
                 query_filters(&r.filter, &r.filters, r.vectors.len() / dim, &meta.fields)?;
             let n = self

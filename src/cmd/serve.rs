@@ -106,6 +106,19 @@ pub struct Args {
     /// KEY` or `authorization: Bearer KEY`).
     #[arg(long, value_name = "FILE")]
     api_key_file: Option<PathBuf>,
+    /// Requests per second each client (API key, or address without keys) may send; 0: no
+    /// limit. Over it: RESOURCE_EXHAUSTED with the wait (`retry-after-ms`).
+    #[arg(long, default_value_t = 100_000.0)]
+    rate_limit_requests: f64,
+    /// Requests a client may send at once after being idle.
+    #[arg(long, default_value_t = 100_000.0)]
+    rate_limit_request_burst: f64,
+    /// Vectors (upserted or searched) per second per client; 0: no limit.
+    #[arg(long, default_value_t = 5_000_000.0)]
+    rate_limit_vectors: f64,
+    /// Vectors a client may send at once after being idle.
+    #[arg(long, default_value_t = 5_000_000.0)]
+    rate_limit_vector_burst: f64,
     /// The folder LoadIndex may read index files from (relative paths are taken inside it;
     /// nothing outside it, and only regular files). Without it LoadIndex is refused.
     #[arg(long, value_name = "DIR")]
@@ -200,8 +213,25 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             key,
             client_ca: a.tls_client_ca.clone(),
         });
+    for (flag, v) in [
+        ("--rate-limit-requests", a.rate_limit_requests),
+        ("--rate-limit-request-burst", a.rate_limit_request_burst),
+        ("--rate-limit-vectors", a.rate_limit_vectors),
+        ("--rate-limit-vector-burst", a.rate_limit_vector_burst),
+    ] {
+        if !(v.is_finite() && v >= 0.0) {
+            bail!("{flag} must be a number of at least 0");
+        }
+    }
+    let rate_limits = quiver_server::ratelimit::RateLimits {
+        requests_per_s: a.rate_limit_requests,
+        request_burst: a.rate_limit_request_burst,
+        vectors_per_s: a.rate_limit_vectors,
+        vector_burst: a.rate_limit_vector_burst,
+    };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let config = ServerConfig {
+        rate_limits,
         tls,
         api_keys,
         import_dir,

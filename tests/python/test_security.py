@@ -5,8 +5,10 @@ limited to regular files inside --import-dir.
 """
 
 import os
+import ssl
 import subprocess
 import time
+import urllib.request
 
 import grpc
 import numpy as np
@@ -49,10 +51,18 @@ def roundtrip(channel, pb, name):
 def test_tls_serves_and_plaintext_is_refused(tmp_path, quiver_pb):
     ca = trustme.CA()
     cert, key = tls_files(tmp_path, ca)
-    srv = start_server(tmp_path, ["--tls-cert", str(cert), "--tls-key", str(key)])
+    srv = start_server(tmp_path, ["--tls-cert", str(cert), "--tls-key", str(key), "--metrics-listen", "127.0.0.1:0"])
     try:
         with secure_channel(srv, ca) as ch:
             roundtrip(ch, quiver_pb, "t")
+        # Metrics over HTTPS too; plain HTTP gets no page.
+        url = next(l for l in iter(srv.lines.get, None) if l.startswith("metrics on ")).split()[-1]
+        assert url.startswith("https://"), url
+        ctx = ssl.create_default_context(cadata=ca.cert_pem.bytes().decode())
+        ctx.check_hostname = False
+        assert "quiver_requests_total" in urllib.request.urlopen(url, context=ctx, timeout=TIMEOUT).read().decode()
+        with pytest.raises(Exception):
+            urllib.request.urlopen(url.replace("https://", "http://"), timeout=3).read()
             health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
             assert health.status == health_pb2.HealthCheckResponse.SERVING
         # Plaintext to the TLS port: no answer but an error.
@@ -199,5 +209,46 @@ def test_load_index_reads_only_regular_files_inside_the_import_dir(tmp_path, qui
                     assert time.monotonic() - t < 5, f"{path}: refused only after {time.monotonic() - t:.1f}s"
             info = stub.LoadIndex(pb.LoadIndexRequest(collection="ok", path="ok.qvr"), timeout=60)
             assert info.count == 300
+    finally:
+        stop_server(srv)
+
+
+def test_rate_limits_answer_resource_exhausted_with_a_retry_hint(tmp_path, quiver_pb):
+    pb = quiver_pb.pb2
+    srv = start_server(tmp_path, ["--rate-limit-requests", "5", "--rate-limit-request-burst", "10",
+                                  "--rate-limit-vectors", "100", "--rate-limit-vector-burst", "100",
+                                  "--metrics-listen", "127.0.0.1:0"])
+    try:
+        with grpc.insecure_channel(srv.addr) as ch:
+            stub = quiver_pb.grpc.QuiverStub(ch)
+            stub.CreateCollection(pb.CreateCollectionRequest(name="r", dim=2, metric=pb.METRIC_L2), timeout=TIMEOUT)
+            # Vectors: 100 fit the bucket, the next upsert does not.
+            ids = list(range(1, 101))
+            stub.Upsert(pb.UpsertRequest(collection="r", ids=ids, vectors=[0.5] * 200), timeout=TIMEOUT)
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Upsert(pb.UpsertRequest(collection="r", ids=[500], vectors=[0.5, 0.5]), timeout=TIMEOUT)
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "vectors" in e.value.details() and "retry in" in e.value.details(), e.value.details()
+            hint = dict(e.value.trailing_metadata())["retry-after-ms"]
+            assert 0 < int(hint) <= 1000, hint
+            # Requests: a burst of 10, then refusals, then health checks still answer.
+            codes = []
+            for _ in range(20):
+                try:
+                    stub.ListCollections(pb.ListCollectionsRequest(), timeout=TIMEOUT)
+                    codes.append("ok")
+                except grpc.RpcError as err:
+                    codes.append(err.code().name)
+            assert "RESOURCE_EXHAUSTED" in codes and set(codes) <= {"ok", "RESOURCE_EXHAUSTED"}, codes
+            health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            # After a wait the client is served again.
+            time.sleep(1.0)
+            stub.ListCollections(pb.ListCollectionsRequest(), timeout=TIMEOUT)
+        metrics_line = next(l for l in iter(srv.lines.get, None) if l.startswith("metrics on "))
+        url = metrics_line.split()[-1]
+        text = urllib.request.urlopen(url, timeout=TIMEOUT).read().decode()
+        assert 'quiver_rate_limited_total{limit="requests"}' in text
+        assert 'quiver_rate_limited_total{limit="vectors"} 1' in text
     finally:
         stop_server(srv)
