@@ -616,7 +616,7 @@ async fn a_failing_fsync_gets_a_clear_status_and_loses_nothing_acknowledged() {
         name: "c".into(),
         dim: DIM as u32,
         metric: Metric::L2 as i32,
-        index: None,
+        ..Default::default()
     })
     .await
     .unwrap();
