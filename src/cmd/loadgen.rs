@@ -88,6 +88,17 @@ pub struct Args {
     /// First id of write mode (ids then run on across workers).
     #[arg(long, default_value_t = 1 << 40)]
     id_start: u64,
+    /// Write mode: ids cycle through this many from `--id-start` (upserts then replace
+    /// points, so the collection's size holds); 0: they run on.
+    #[arg(long, default_value_t = 0)]
+    id_count: u64,
+    /// Write mode: the payload (a JSON object) of every upserted point.
+    #[arg(long, value_name = "JSON")]
+    payload: Option<String>,
+    /// Search mode: every request searches only points passing this filter (Qdrant's JSON
+    /// filter syntax).
+    #[arg(long, value_name = "JSON")]
+    filter: Option<String>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -125,6 +136,18 @@ fn validate(a: &Args) -> anyhow::Result<()> {
         a.upsert_batch == 0 || a.gt.is_none(),
         "--gt does not apply to write mode (--upsert-batch)"
     );
+    ensure!(
+        a.filter.is_none() || (a.upsert_batch == 0 && a.gt.is_none()),
+        "--filter applies to search mode only, without --gt (its ground truth is unfiltered)"
+    );
+    ensure!(
+        a.upsert_batch > 0 || (a.payload.is_none() && a.id_count == 0),
+        "--payload and --id-count apply to write mode only (--upsert-batch)"
+    );
+    ensure!(
+        a.id_count == 0 || a.id_count >= a.upsert_batch as u64,
+        "--id-count must be 0 or at least --upsert-batch"
+    );
     if let Some(r) = a.rate {
         ensure!(
             r.is_finite() && r >= 1e-3,
@@ -149,6 +172,11 @@ struct Workload {
     timeout: Option<Duration>,
     upsert_batch: usize,
     next_id: std::sync::atomic::AtomicU64,
+    /// First id and count of the ids write mode cycles through (count 0: they run on).
+    id_start: u64,
+    id_count: u64,
+    payload: String,
+    filter: String,
 }
 
 struct GroundTruth {
@@ -208,6 +236,10 @@ fn load_workload(a: &Args) -> anyhow::Result<Workload> {
         timeout: a.timeout_ms.map(Duration::from_millis),
         upsert_batch: a.upsert_batch,
         next_id: std::sync::atomic::AtomicU64::new(a.id_start),
+        id_start: a.id_start,
+        id_count: a.id_count,
+        payload: a.payload.clone().unwrap_or_default(),
+        filter: a.filter.clone().unwrap_or_default(),
     })
 }
 
@@ -466,11 +498,22 @@ async fn worker(
                 let r = (row + i) % nq;
                 vectors.extend_from_slice(&work.queries[r * dim..(r + 1) * dim]);
             }
+            let ids: Vec<u64> = (first..first + b as u64)
+                .map(|i| match work.id_count {
+                    0 => i,
+                    n => work.id_start + (i - work.id_start) % n,
+                })
+                .collect();
+            let payloads = if work.payload.is_empty() {
+                Vec::new()
+            } else {
+                vec![work.payload.clone(); b]
+            };
             let mut req = tonic::Request::new(UpsertRequest {
                 collection: work.collection.clone(),
-                ids: (first..first + b as u64).collect(),
+                ids,
                 vectors,
-                ..Default::default()
+                payloads,
             });
             if let Some(t) = work.timeout {
                 req.set_timeout(t);
@@ -506,6 +549,7 @@ async fn worker(
             k: work.k,
             nprobe: work.nprobe,
             refine_factor: work.refine_factor,
+            filter: work.filter.clone(),
             ..Default::default()
         });
         if let Some(t) = work.timeout {
@@ -792,13 +836,16 @@ mod tests {
             connections: 1,
             upsert_batch: 0,
             id_start: 0,
+            id_count: 0,
+            payload: None,
+            filter: None,
         }
     }
 
     #[test]
     fn flags_are_validated() {
         assert!(validate(&args("x:1")).is_ok());
-        let bad: [fn(&mut Args); 7] = [
+        let bad: [fn(&mut Args); 11] = [
             |a| a.concurrency = 0,
             |a| a.connections = 0,
             |a| a.duration = 0.0,
@@ -806,6 +853,16 @@ mod tests {
             |a| a.warmup = -1.0,
             |a| a.k = 0,
             |a| a.rate = Some(0.0),
+            |a| a.payload = Some("{}".into()),
+            |a| a.id_count = 5,
+            |a| {
+                a.upsert_batch = 10;
+                a.id_count = 5;
+            },
+            |a| {
+                a.upsert_batch = 10;
+                a.filter = Some("{}".into());
+            },
         ];
         for f in bad {
             let mut a = args("x:1");
@@ -1025,6 +1082,10 @@ mod tests {
             timeout: timeout_ms.map(Duration::from_millis),
             upsert_batch: 0,
             next_id: Default::default(),
+            id_start: 0,
+            id_count: 0,
+            payload: String::new(),
+            filter: String::new(),
         })
     }
 
