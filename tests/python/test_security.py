@@ -5,6 +5,7 @@ limited to regular files inside --import-dir.
 """
 
 import os
+import signal
 import ssl
 import subprocess
 import time
@@ -75,6 +76,42 @@ def test_tls_serves_and_plaintext_is_refused(tmp_path, quiver_pb):
             with pytest.raises(grpc.RpcError) as e:
                 quiver_pb.grpc.QuiverStub(ch).ListCollections(quiver_pb.pb2.ListCollectionsRequest(), timeout=3)
             assert e.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    finally:
+        stop_server(srv)
+
+
+def test_sighup_reloads_the_certificate_for_new_connections(tmp_path, quiver_pb):
+    old_ca, new_ca = trustme.CA(), trustme.CA()
+    cert, key = tls_files(tmp_path, old_ca)
+    srv = start_server(tmp_path, ["--tls-cert", str(cert), "--tls-key", str(key)])
+    list_req = quiver_pb.pb2.ListCollectionsRequest()
+    try:
+        kept = secure_channel(srv, old_ca)
+        quiver_pb.grpc.QuiverStub(kept).ListCollections(list_req, timeout=TIMEOUT)
+        tls_files(tmp_path, new_ca)  # the same file names, a certificate of another CA
+        srv.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with secure_channel(srv, new_ca) as ch:
+                    quiver_pb.grpc.QuiverStub(ch).ListCollections(list_req, timeout=3)
+                break
+            except grpc.RpcError:
+                assert time.monotonic() < deadline, "the new certificate was not served after SIGHUP"
+                time.sleep(0.2)
+        # The connection opened before keeps working; new ones trusting the old CA fail.
+        quiver_pb.grpc.QuiverStub(kept).ListCollections(list_req, timeout=TIMEOUT)
+        kept.close()
+        with secure_channel(srv, old_ca) as ch:
+            with pytest.raises(grpc.RpcError):
+                quiver_pb.grpc.QuiverStub(ch).ListCollections(list_req, timeout=3)
+        # A broken file on the next SIGHUP keeps the current certificate.
+        cert.write_text("garbage\n")
+        srv.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        with secure_channel(srv, new_ca) as ch:
+            quiver_pb.grpc.QuiverStub(ch).ListCollections(list_req, timeout=TIMEOUT)
+        assert "reloading TLS failed" in srv.stderr()
     finally:
         stop_server(srv)
 
