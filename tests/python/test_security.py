@@ -252,7 +252,7 @@ def test_load_index_reads_only_regular_files_inside_the_import_dir(tmp_path, qui
 
 def test_rate_limits_answer_resource_exhausted_with_a_retry_hint(tmp_path, quiver_pb):
     pb = quiver_pb.pb2
-    srv = start_server(tmp_path, ["--rate-limit-requests", "5", "--rate-limit-request-burst", "10",
+    srv = start_server(tmp_path, ["--rate-limit-requests", "1", "--rate-limit-request-burst", "10",
                                   "--rate-limit-vectors", "100", "--rate-limit-vector-burst", "100",
                                   "--metrics-listen", "127.0.0.1:0"])
     try:
@@ -280,7 +280,7 @@ def test_rate_limits_answer_resource_exhausted_with_a_retry_hint(tmp_path, quive
             health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
             assert health.status == health_pb2.HealthCheckResponse.SERVING
             # After a wait the client is served again.
-            time.sleep(1.0)
+            time.sleep(1.5)
             stub.ListCollections(pb.ListCollectionsRequest(), timeout=TIMEOUT)
         metrics_line = next(l for l in iter(srv.lines.get, None) if l.startswith("metrics on "))
         url = metrics_line.split()[-1]
