@@ -177,25 +177,35 @@ pub fn needed(path: &str) -> Option<Access> {
 
 /// The status a request gets, if refused.
 pub fn refusal(keys: &ApiKeys, path: &str, headers: &http::HeaderMap) -> Option<Status> {
+    admit(keys, path, headers).err()
+}
+
+/// Checks a request's key once: the number of its valid key (`None`: it presented none that is
+/// valid, and needs none), or the status refusing it.
+fn admit(keys: &ApiKeys, path: &str, headers: &http::HeaderMap) -> Result<Option<usize>, Status> {
     if keys.is_empty() {
-        return None;
+        return Ok(None);
     }
-    let need = needed(path)?;
-    match presented_key(headers).and_then(|k| keys.check(k)) {
-        None if presented_key(headers).is_none() => Some(Status::unauthenticated(
+    let presented = presented_key(headers);
+    let valid = presented.and_then(|k| keys.identify(k));
+    let Some(need) = needed(path) else {
+        return Ok(valid.map(|(i, _)| i));
+    };
+    match valid {
+        None if presented.is_none() => Err(Status::unauthenticated(
             "an API key is required: send it as `api-key: KEY` or `authorization: Bearer KEY`",
         )),
-        None => Some(Status::unauthenticated("the API key is not valid")),
-        Some(Access::ReadOnly) if need == Access::ReadWrite => Some(Status::permission_denied(
+        None => Err(Status::unauthenticated("the API key is not valid")),
+        Some((_, Access::ReadOnly)) if need == Access::ReadWrite => Err(Status::permission_denied(
             "the API key is read-only; this call writes",
         )),
-        Some(_) => None,
+        Some((i, _)) => Ok(Some(i)),
     }
 }
 
-/// Who sent a request: its key if it presented a valid one, else its address.
-fn client_of<B>(keys: &ApiKeys, req: &http::Request<B>) -> Client {
-    if let Some((i, _)) = presented_key(req.headers()).and_then(|k| keys.identify(k)) {
+/// Who sent a request: its valid key (`key`, from [`admit`]) if any, else its address.
+fn client_of<B>(key: Option<usize>, req: &http::Request<B>) -> Client {
+    if let Some(i) = key {
         return Client::Key(i);
     }
     use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -266,16 +276,21 @@ where
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let l = &self.layer;
         let path = req.uri().path();
-        let refused = refusal(&l.keys, path, req.headers()).map(Err);
-        let client = client_of(&l.keys, &req);
-        let checked = refused.unwrap_or_else(|| match needed(path) {
-            // Health checks are neither keyed nor limited.
-            None => Ok(()),
-            Some(_) => l.limiter.check(client, Limit::Requests, 1, &l.metrics),
+        let checked = admit(&l.keys, path, req.headers()).and_then(|key| {
+            let client = client_of(key, &req);
+            match needed(path) {
+                // Health checks are neither keyed nor limited.
+                None => Ok(client),
+                Some(_) => l
+                    .limiter
+                    .check(client, Limit::Requests, 1, &l.metrics)
+                    .map(|()| client),
+            }
         });
-        if let Err(status) = checked {
-            return Box::pin(async move { Ok(status.into_http()) });
-        }
+        let client = match checked {
+            Ok(c) => c,
+            Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
+        };
         req.extensions_mut().insert(client);
         let fut = self.inner.call(req);
         Box::pin(fut)
