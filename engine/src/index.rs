@@ -361,7 +361,7 @@ impl IvfPqIndex {
                             slot: s as u32,
                         },
                     );
-                    next_id = next_id.max(id + 1);
+                    next_id = next_id.max(id.saturating_add(1));
                 }
             }
         }
@@ -526,7 +526,7 @@ impl IvfPqIndex {
                 self.layout,
             );
             self.locations.insert(id, Location { list: l, slot });
-            self.next_id = self.next_id.max(id + 1);
+            self.next_id = self.next_id.max(id.saturating_add(1));
         }
     }
 
@@ -649,7 +649,7 @@ impl IvfPqIndex {
                         if out.locations.insert(id, at).is_some() {
                             return Err(EngineError::DuplicateId { id });
                         }
-                        out.next_id = out.next_id.max(id + 1);
+                        out.next_id = out.next_id.max(id.saturating_add(1));
                     }
                     continue;
                 }
@@ -678,7 +678,7 @@ impl IvfPqIndex {
                     {
                         return Err(EngineError::DuplicateId { id });
                     }
-                    out.next_id = out.next_id.max(id + 1);
+                    out.next_id = out.next_id.max(id.saturating_add(1));
                 }
             }
         }

@@ -11,6 +11,7 @@
 
 pub mod backend;
 pub mod bruteforce;
+pub mod checksum;
 pub mod error;
 pub mod fastscan;
 pub mod flat;

@@ -320,7 +320,7 @@ pub fn load(path: &Path) -> Result<IvfPqIndex, EngineError> {
         });
     }
     let (expected, actual) = (u32_at(b, 12), crc32c::crc32c(&b[..12]));
-    if expected != actual {
+    if !crate::checksum::accepts(actual, expected) {
         return Err(EngineError::ChecksumMismatch {
             path: path.to_path_buf(),
             section: "HEADER",
@@ -345,7 +345,7 @@ pub fn load(path: &Path) -> Result<IvfPqIndex, EngineError> {
     }
     let table = &b[table_offset as usize..(len - FOOTER_LEN) as usize];
     let (expected, actual) = (u32_at(footer, 12), crc32c::crc32c(table));
-    if expected != actual {
+    if !crate::checksum::accepts(actual, expected) {
         return Err(EngineError::ChecksumMismatch {
             path: path.to_path_buf(),
             section: "TABLE",
@@ -375,7 +375,7 @@ pub fn load(path: &Path) -> Result<IvfPqIndex, EngineError> {
         covered = offset + slen;
         let bytes = &b[offset as usize..(offset + slen) as usize];
         let actual = crc32c::crc32c(bytes);
-        if actual != crc {
+        if !crate::checksum::accepts(actual, crc) {
             return Err(EngineError::ChecksumMismatch {
                 path: path.to_path_buf(),
                 section: s.name(),
@@ -555,9 +555,11 @@ pub fn load(path: &Path) -> Result<IvfPqIndex, EngineError> {
             let offsets = Storage::<u64>::mapped(map.clone(), oo as usize + s * 8, nn + 1)
                 .ok_or_else(misaligned)?;
             let (first, last) = (offsets.as_slice()[0], offsets.as_slice()[nn]);
-            let bytes =
-                Storage::<u8>::mapped(map.clone(), (bo + first) as usize, (last - first) as usize)
-                    .ok_or_else(misaligned)?;
+            let (Some(at), Some(len)) = (bo.checked_add(first), last.checked_sub(first)) else {
+                return Err(corrupt("inconsistent payload offsets".into()));
+            };
+            let bytes = Storage::<u8>::mapped(map.clone(), at as usize, len as usize)
+                .ok_or_else(misaligned)?;
             list.payloads = PayloadColumn::from_parts(offsets, bytes)
                 .ok_or_else(|| corrupt("inconsistent payload offsets".into()))?;
         }
@@ -576,6 +578,13 @@ pub fn load(path: &Path) -> Result<IvfPqIndex, EngineError> {
         return Err(corrupt(format!(
             "{} distinct ids for {total} vectors: ids repeat",
             index.len()
+        )));
+    }
+    // Results carry ids as i64 (-1 pads), so no stored id may be above i64::MAX.
+    if index.next_id() > i64::MAX as u64 + 1 {
+        return Err(corrupt(format!(
+            "id {} is above the largest allowed, 2^63 - 1",
+            index.next_id() - 1
         )));
     }
     if index.next_id() > next_id {
@@ -646,6 +655,39 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    /// Found by the `index_file` fuzz target: an index file holding an id above i64::MAX
+    /// overflowed the next-id counter while loading (a panic in checked builds). Such ids are
+    /// refused (results carry ids as i64), and the counter saturates.
+    #[test]
+    fn ids_above_i64_max_are_refused_at_load() {
+        let (index, _) = small_index(RefineKind::None, Metric::L2);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.qvr");
+        save(&index, &path).unwrap();
+        // Rewrite the first stored id to u64::MAX and fix the IDS section's checksum.
+        let mut b = std::fs::read(&path).unwrap();
+        let len = b.len();
+        let footer = &b[len - FOOTER_LEN as usize..];
+        let (table_off, count) = (u64_at(footer, 0) as usize, u32_at(footer, 8) as usize);
+        let entry = (0..count)
+            .map(|i| table_off + i * ENTRY_LEN)
+            .find(|&e| u32_at(&b, e) == Section::Ids as u32)
+            .unwrap();
+        let (off, slen) = (
+            u64_at(&b, entry + 8) as usize,
+            u64_at(&b, entry + 16) as usize,
+        );
+        b[off..off + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        let crc = crc32c::crc32c(&b[off..off + slen]);
+        b[entry + 4..entry + 8].copy_from_slice(&crc.to_le_bytes());
+        let table_crc = crc32c::crc32c(&b[table_off..len - FOOTER_LEN as usize]);
+        b[len - FOOTER_LEN as usize + 12..len - FOOTER_LEN as usize + 16]
+            .copy_from_slice(&table_crc.to_le_bytes());
+        std::fs::write(&path, &b).unwrap();
+        let e = load(&path).unwrap_err();
+        assert!(e.to_string().contains("above the largest allowed"), "{e}");
     }
 
     #[test]

@@ -77,7 +77,7 @@ pub fn load_flat(path: &Path) -> Result<FlatIndex, EngineError> {
             .try_into()
             .map_err(|_| corrupt("short"))?,
     );
-    if crc32c::crc32c(body) != stored {
+    if !quiver_engine::checksum::crc32c_matches(body, stored) {
         return Err(corrupt("checksum mismatch"));
     }
     let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);

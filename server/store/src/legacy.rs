@@ -45,7 +45,7 @@ fn parse(data: &[u8], pos: usize) -> Option<(WalRecord, usize)> {
         return None;
     }
     let payload = data.get(pos + 8..pos + 8 + len)?;
-    if crc32c::crc32c(payload) != crc {
+    if !quiver_engine::checksum::crc32c_matches(payload, crc) {
         return None;
     }
     let kind = payload[0];

@@ -172,7 +172,7 @@ pub fn read_deletes(path: &Path) -> Result<Vec<u64>> {
     }
     let body = &b[..b.len() - 4];
     let crc = u32::from_le_bytes(b[b.len() - 4..].try_into().map_err(|_| corrupt("short"))?);
-    if crc32c::crc32c(body) != crc {
+    if !quiver_engine::checksum::crc32c_matches(body, crc) {
         return Err(corrupt("checksum mismatch"));
     }
     Ok(body[16..]

@@ -195,7 +195,7 @@ fn parse(data: &[u8], pos: usize) -> Parsed {
     let Some(body) = data.get(pos + RECORD_HEAD..pos + RECORD_HEAD + len) else {
         return Parsed::Torn;
     };
-    if crc32c::crc32c(body) != u32_at(head, 4) {
+    if !quiver_engine::checksum::crc32c_matches(body, u32_at(head, 4)) {
         return Parsed::Bad("record checksum mismatch".into());
     }
     let lsn = u64_at(body, 0);
@@ -333,7 +333,7 @@ pub fn replay(
         let header_ok = data.len() >= HEADER as usize
             && &data[..8] == MAGIC
             && u64_at(&data, 8) == *first
-            && crc32c::crc32c(&data[..16]) == u32_at(&data, 16);
+            && quiver_engine::checksum::crc32c_matches(&data[..16], u32_at(&data, 16));
         if !header_ok {
             return Err(StoreError::Corrupt {
                 path: path.clone(),
