@@ -922,6 +922,12 @@ pub fn prepare_vectors<'a>(
     dim: usize,
     vectors: &'a [f32],
 ) -> Result<Cow<'a, [f32]>, EngineError> {
+    if dim == 0 {
+        return Err(EngineError::InvalidParameter {
+            name: "dim",
+            reason: "must be at least 1".into(),
+        });
+    }
     if !vectors.len().is_multiple_of(dim) {
         return Err(EngineError::DimensionMismatch {
             expected: dim,

@@ -293,15 +293,22 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
 
 /// Loads an index file, verifying every checksum; large sections are memory-mapped.
 pub fn load(path: &Path) -> Result<IvfPqIndex, EngineError> {
+    let file = File::open(path).map_err(|e| IoError::os(path, e))?;
+    load_file(&file, path)
+}
+
+/// [`load`] of a file already open (`path` names it in errors): a caller that checked what
+/// the open file is (a regular file inside an import folder) loads that same file, whatever
+/// happens to the path meanwhile.
+pub fn load_file(file: &File, path: &Path) -> Result<IvfPqIndex, EngineError> {
     let corrupt = |reason: String| EngineError::CorruptIndex {
         path: path.to_path_buf(),
         reason,
     };
-    let file = File::open(path).map_err(|e| IoError::os(path, e))?;
     // SAFETY: the map is read-only. Quiver replaces index files by rename, never in place, so
     // the mapped inode does not change under us; a file truncated by another program would
     // fault, which is the documented contract of memory-mapped indexes.
-    let map = unsafe { Mmap::map(&file) }.map_err(|e| IoError::os(path, e))?;
+    let map = unsafe { Mmap::map(file) }.map_err(|e| IoError::os(path, e))?;
     let map = Arc::new(map);
     let b: &[u8] = &map;
     let len = b.len() as u64;
@@ -688,6 +695,22 @@ mod tests {
         std::fs::write(&path, &b).unwrap();
         let e = load(&path).unwrap_err();
         assert!(e.to_string().contains("above the largest allowed"), "{e}");
+    }
+
+    /// An import checks the open file, then loads it: replacing the path in between (a
+    /// symlink out of the import folder, another file) changes nothing.
+    #[test]
+    fn load_file_reads_the_open_file_not_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.qvr");
+        let (index, _) = small_index(RefineKind::None, Metric::L2);
+        save(&index, &path).unwrap();
+        let file = File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+        let loaded = load_file(&file, &path).unwrap();
+        assert_eq!(loaded.len(), index.len());
+        assert!(load(&path).is_err());
     }
 
     #[test]

@@ -111,6 +111,8 @@ pub struct ServerConfig {
     pub import_dir: Option<crate::imports::ImportDir>,
     /// Per-client rate limits.
     pub rate_limits: crate::ratelimit::RateLimits,
+    /// `/metrics` answers only requests carrying one of `api_keys` (read-only suffices).
+    pub metrics_require_key: bool,
 }
 
 impl Default for ServerConfig {
@@ -129,6 +131,7 @@ impl Default for ServerConfig {
             api_keys: crate::auth::ApiKeys::default(),
             import_dir: None,
             rate_limits: crate::ratelimit::RateLimits::default(),
+            metrics_require_key: false,
         }
     }
 }

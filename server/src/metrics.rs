@@ -119,21 +119,41 @@ impl Metrics {
         String::from_utf8(buf).unwrap_or_default()
     }
 
-    /// Serves `/metrics` on `addr` until `shutdown` resolves.
+    /// Serves `/metrics` on `addr` until `shutdown` resolves; with `keys`, only to requests
+    /// carrying one of them (read-only suffices) as `api-key` or `authorization: Bearer`,
+    /// others get 401.
     pub async fn serve<L>(
         self,
         listener: L,
+        keys: Option<std::sync::Arc<crate::auth::ApiKeys>>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()>
     where
         L: axum::serve::Listener,
         L::Addr: std::fmt::Debug,
     {
+        use axum::http::{header, HeaderMap, StatusCode};
+        use axum::response::IntoResponse;
         let app = axum::Router::new().route(
             "/metrics",
-            axum::routing::get(move || {
+            axum::routing::get(move |headers: HeaderMap| {
                 let m = self.clone();
-                async move { m.render() }
+                let keys = keys.clone();
+                async move {
+                    let allowed = keys.as_ref().is_none_or(|k| {
+                        crate::auth::presented_key(&headers).is_some_and(|p| k.check(p).is_some())
+                    });
+                    if allowed {
+                        m.render().into_response()
+                    } else {
+                        (
+                            StatusCode::UNAUTHORIZED,
+                            [(header::WWW_AUTHENTICATE, "Bearer")],
+                            "an API key is required: send it as `api-key: KEY` or `authorization: Bearer KEY`\n",
+                        )
+                            .into_response()
+                    }
+                }
             }),
         );
         axum::serve(listener, app)

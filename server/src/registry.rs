@@ -134,8 +134,10 @@ impl Registry {
                     tracing::info!(collection = %s.name, "already in the data directory; not importing {} again", s.path.display());
                     continue;
                 }
+                let file = std::fs::File::open(&s.path)
+                    .map_err(|e| fail(format!("{}: {e}", s.path.display())))?;
                 registry
-                    .load_index(&s.name, &s.path)
+                    .load_index(&s.name, &s.path, file)
                     .map_err(|st| fail(st.message().to_string()))?;
             } else {
                 if exists {
@@ -264,15 +266,16 @@ impl Registry {
         Ok(self.insert(&name, c))
     }
 
-    /// Creates a collection from an index file (blocking; no lock held while it loads: the
-    /// name is reserved).
+    /// Creates a collection from an index file, open as `file` (`path` names it; blocking, no
+    /// lock held while it loads: the name is reserved).
     pub fn load_index(
         &self,
         name: &str,
         path: &std::path::Path,
+        file: std::fs::File,
     ) -> Result<Arc<Collection>, Status> {
         let _r = self.reserve(name)?;
-        self.load_index_reserved(name, path)
+        self.load_index_reserved(name, path, &file)
     }
 
     /// Starts loading an index file as a new collection on a blocking thread of the current
@@ -283,6 +286,7 @@ impl Registry {
         self: &Arc<Self>,
         name: &str,
         path: &std::path::Path,
+        file: std::fs::File,
     ) -> Result<(), Status> {
         let r = self.reserve(name)?;
         // The reservation's release is done by the thread (after the outcome is recorded).
@@ -300,7 +304,7 @@ impl Registry {
                 }
             }
             let _release = Release(registry.clone(), name.clone());
-            if let Err(s) = registry.load_index_reserved(&name, &path) {
+            if let Err(s) = registry.load_index_reserved(&name, &path, &file) {
                 tracing::error!(collection = %name, path = %path.display(), error = %s.message(), "loading the index failed");
                 registry.failed.write().insert(
                     name.clone(),
@@ -316,8 +320,10 @@ impl Registry {
         &self,
         name: &str,
         path: &std::path::Path,
+        file: &std::fs::File,
     ) -> Result<Arc<Collection>, Status> {
-        let index = quiver_engine::persist::load(path).map_err(crate::status::from_client_file)?;
+        let index = quiver_engine::persist::load_file(file, path)
+            .map_err(crate::status::from_client_file)?;
         let p = index.params().clone();
         let meta = CollectionMeta {
             name: name.to_string(),

@@ -95,16 +95,19 @@ pub async fn serve(
             let mut rx = stop_rx.clone();
             let m = registry.metrics().clone();
             let tls = tls.clone();
+            let keys = config
+                .metrics_require_key
+                .then(|| Arc::new(config.api_keys.clone()));
             tokio::spawn(async move {
                 let stop = async move {
                     let _ = rx.wait_for(|s| *s).await;
                 };
                 let r = match tls {
                     Some(tls) => match TlsListener::new(l, tls) {
-                        Ok(l) => m.serve(l, stop).await,
+                        Ok(l) => m.serve(l, keys, stop).await,
                         Err(e) => Err(e),
                     },
-                    None => m.serve(l, stop).await,
+                    None => m.serve(l, keys, stop).await,
                 };
                 if let Err(e) = r {
                     tracing::error!(error = %e, "metrics server failed");

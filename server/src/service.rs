@@ -692,15 +692,16 @@ impl Quiver for QuiverService {
                 ));
             };
             // Checked now, on this thread: a FIFO or a path outside the folder is refused at
-            // once (the file is opened without blocking).
-            let (path, _checked) = imports.open("path", &r.path)?;
+            // once (the file is opened without blocking). The load reads that open file, not
+            // the path again, so swapping the path afterwards changes nothing.
+            let (path, file) = imports.open("path", &r.path)?;
             let registry = self.registry.clone();
             let name = r.collection.clone();
             if r.background {
-                registry.load_index_in_background(&name, &path)?;
+                registry.load_index_in_background(&name, &path, file)?;
                 return Ok(Response::new(loading_info(&r.collection)));
             }
-            let c = blocking(move || registry.load_index(&name, &path)).await?;
+            let c = blocking(move || registry.load_index(&name, &path, file)).await?;
             Ok(Response::new(info(&r.collection, &c)))
         }
         .await;

@@ -106,6 +106,10 @@ pub struct Args {
     /// KEY` or `authorization: Bearer KEY`).
     #[arg(long, value_name = "FILE")]
     api_key_file: Option<PathBuf>,
+    /// `/metrics` answers only requests with an API key (any, read-only included) as
+    /// `api-key: KEY` or `authorization: Bearer KEY`; needs keys to be set.
+    #[arg(long)]
+    metrics_require_key: bool,
     /// Requests per second each client (API key, or address without keys) may send; 0: no
     /// limit. Over it: RESOURCE_EXHAUSTED with the wait (`retry-after-ms`).
     #[arg(long, default_value_t = 100_000.0)]
@@ -197,6 +201,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if let Ok(text) = std::env::var("QUIVER_API_KEYS") {
         api_keys.add("QUIVER_API_KEYS", &text)?;
     }
+    if a.metrics_require_key && api_keys.is_empty() {
+        bail!("--metrics-require-key needs API keys (--api-key-file or QUIVER_API_KEYS)");
+    }
     let import_dir = match &a.import_dir {
         Some(d) => Some(
             quiver_server::imports::ImportDir::new(d)
@@ -232,6 +239,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let config = ServerConfig {
         rate_limits,
+        metrics_require_key: a.metrics_require_key,
         tls,
         api_keys,
         import_dir,

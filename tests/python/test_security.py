@@ -9,6 +9,7 @@ import signal
 import ssl
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 import grpc
@@ -155,9 +156,19 @@ def test_api_keys_separate_readers_from_writers(tmp_path, quiver_pb):
     keys = tmp_path / "keys"
     keys.write_text(f"# writers\nrw:{RW}\n")
     # The read-only key comes from the environment.
-    srv = start_server(tmp_path, ["--api-key-file", str(keys)], env={"QUIVER_API_KEYS": f"ro:{RO}"})
+    srv = start_server(tmp_path, ["--api-key-file", str(keys), "--metrics-listen", "127.0.0.1:0",
+                                  "--metrics-require-key"], env={"QUIVER_API_KEYS": f"ro:{RO}"})
     try:
         assert RW not in srv.stderr() and RO not in srv.stderr()
+        # Metrics need a key too (--metrics-require-key): a read-only one suffices.
+        url = next(l for l in iter(srv.lines.get, None) if l.startswith("metrics on ")).split()[-1]
+        for headers in [{}, {"api-key": "wrong-0123456789abcdef"}]:
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT)
+            assert e.value.code == 401 and e.value.headers["WWW-Authenticate"] == "Bearer", headers
+        for headers in [{"api-key": RO}, {"authorization": f"Bearer {RW}"}]:
+            text = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT).read()
+            assert b"quiver_" in text
         with grpc.insecure_channel(srv.addr) as ch:
             stub = quiver_pb.grpc.QuiverStub(ch)
             create = pb.CreateCollectionRequest(name="k", dim=2, metric=pb.METRIC_L2)
@@ -193,6 +204,8 @@ def test_bad_key_files_stop_the_server_without_echoing_keys(tmp_path):
     keys.write_text("rw:0123456789abcdef-good\nrx:0123456789abcdef-secret\n")
     err = serve_refused(tmp_path, ["--api-key-file", str(keys)])
     assert "entry 2" in err and "secret" not in err, err
+    err = serve_refused(tmp_path, ["--metrics-require-key"])
+    assert "--metrics-require-key needs API keys" in err, err
 
 
 def build_index(tmp_path, out):

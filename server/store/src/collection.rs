@@ -26,7 +26,7 @@ use quiver_engine::backend::{Backend, Neighbors, PreparedIndex};
 use quiver_engine::payload::fields::FieldSpec;
 use quiver_engine::payload::filter::Filter;
 use quiver_engine::progress::NoProgress;
-use quiver_engine::{FlatIndex, IndexParams, IvfPqIndex};
+use quiver_engine::{FlatIndex, IndexParams, IvfPqIndex, Metric};
 
 use crate::drift::Drift;
 use crate::error::{Result, StoreError};
@@ -245,7 +245,12 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         let device = backend.name() != "cpu";
         let meta = manifest.meta.clone();
         let quantizers = match &manifest.quantizers {
-            Some(f) => Some(Arc::new(quiver_engine::persist::load(&segdir.join(f))?)),
+            Some(f) => {
+                let path = segdir.join(f);
+                let q = quiver_engine::persist::load(&path)?;
+                check_shape(&path, q.dim(), q.metric(), &meta)?;
+                Some(Arc::new(q))
+            }
             None => None,
         };
         let mut files = Files {
@@ -256,9 +261,12 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         for e in &manifest.segments {
             let path = segdir.join(&e.file);
             let mut index = if e.file.ends_with(".flat") {
-                SegmentIndex::Flat(crate::flatfile::load_flat(&path)?)
+                let f = crate::flatfile::load_flat(&path)?;
+                check_shape(&path, f.dim(), f.metric(), &meta)?;
+                SegmentIndex::Flat(f)
             } else {
                 let mut i = quiver_engine::persist::load(&path)?;
+                check_shape(&path, i.dim(), i.metric(), &meta)?;
                 // Each file holds its own copy of the collection's quantizers: share one, so
                 // that segments merge and search together as after a write.
                 if let Some(q) = &quantizers {
@@ -1679,6 +1687,22 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         let w = self.quiesce();
         self.open_gate(w);
     }
+}
+
+/// Refuses a segment or quantizers file whose dimension or metric is not the collection's.
+fn check_shape(path: &Path, dim: usize, metric: Metric, meta: &CollectionMeta) -> Result<()> {
+    if dim != meta.dim || metric != meta.metric() {
+        return Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            offset: 0,
+            reason: format!(
+                "holds {dim}-d {metric} vectors; the collection is {}-d {}",
+                meta.dim,
+                meta.metric()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// One IVF-PQ index holding the live points of `parts`. Flat segments (written before the

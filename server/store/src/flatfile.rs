@@ -98,7 +98,7 @@ pub fn load_flat(path: &Path) -> Result<FlatIndex, EngineError> {
         Some(f) => f <= body.len(),
         None => false,
     };
-    if dim == 0 || !fits {
+    if dim == 0 || dim > quiver_engine::index::MAX_DIM || !fits {
         return Err(corrupt("sizes do not match the header"));
     }
     let ids: Vec<u64> = body[HEADER..HEADER + count * 8]

@@ -129,7 +129,41 @@ impl Manifest {
                 reason: format!("unsupported manifest format {}", m.format),
             });
         }
+        m.check().map_err(|reason| StoreError::Corrupt {
+            path,
+            offset: 0,
+            reason,
+        })?;
         Ok(m)
+    }
+
+    /// What a manifest read from disk must hold before anything is opened from it.
+    fn check(&self) -> std::result::Result<(), String> {
+        let max = quiver_engine::index::MAX_DIM;
+        if self.meta.dim == 0 || self.meta.dim > max {
+            return Err(format!("dimension {} is outside 1..={max}", self.meta.dim));
+        }
+        if self.meta.metric.parse::<Metric>().is_err() {
+            return Err(format!("unknown metric {:?}", self.meta.metric));
+        }
+        if self.wal_from >= crate::wal::MAX_LSN || self.next_segment_id >= crate::wal::MAX_LSN {
+            return Err("counters out of range".into());
+        }
+        // Files the manifest names are plain names inside the collection's `segments/`.
+        let plain = |f: &String| {
+            !f.is_empty() && f != "." && f != ".." && !f.contains(['/', '\\', '\0'])
+        };
+        let files = self.quantizers.iter().chain(
+            self.segments
+                .iter()
+                .flat_map(|s| std::iter::once(&s.file).chain(s.deletes.iter())),
+        );
+        for f in files {
+            if !plain(f) {
+                return Err(format!("file name {f:?} is not a plain name"));
+            }
+        }
+        Ok(())
     }
 
     /// Writes `dir/manifest.json` atomically and durably.

@@ -129,6 +129,10 @@ pub enum Op {
     },
 }
 
+/// Record numbers (and the manifest's counters) stay below this: far beyond any real log, and
+/// room to add one without overflow.
+pub const MAX_LSN: u64 = 1 << 62;
+
 /// Appends the framed record `lsn: op` to `out`.
 pub fn encode(lsn: u64, op: &Op, out: &mut Vec<u8>) {
     let none: &[u64] = &[];
@@ -199,6 +203,9 @@ fn parse(data: &[u8], pos: usize) -> Parsed {
         return Parsed::Bad("record checksum mismatch".into());
     }
     let lsn = u64_at(body, 0);
+    if lsn >= MAX_LSN {
+        return Parsed::Bad(format!("record number {lsn} is out of range"));
+    }
     let kind = body[8];
     let count = u32_at(body, 9) as usize;
     let dim = u32_at(body, 13) as usize;

@@ -216,3 +216,36 @@ fn writes_seal_a_full_appendable_segment_in_memory() {
         assert_eq!(c.search(&vector(id), 1, exact).unwrap().ids[0], id as i64);
     }
 }
+
+/// Found by the `collection_files` fuzz target: a manifest whose dimension, metric or file
+/// names do not match its segment files opened, and the first search then panicked merging
+/// per-segment results of different shapes. Such a folder is refused at open, naming the file.
+#[test]
+fn a_manifest_that_disagrees_with_its_segments_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m");
+    let c = C::create(&path, meta("m"), CpuBackend, StoreConfig::default()).unwrap();
+    upsert(&c, 0..50);
+    c.checkpoint().unwrap();
+    c.close();
+    drop(c);
+    let manifest = path.join("manifest.json");
+    let good = std::fs::read_to_string(&manifest).unwrap();
+    assert!(good.contains("\"dim\": 16") && good.contains("\"metric\": \"l2\""));
+    for (from, to, says) in [
+        ("\"dim\": 16", "\"dim\": 8", "holds 16-d"),
+        ("\"dim\": 16", "\"dim\": 0", "dimension 0"),
+        ("\"metric\": \"l2\"", "\"metric\": \"ip\"", "holds 16-d"),
+        ("\"metric\": \"l2\"", "\"metric\": \"manhattan\"", "unknown metric"),
+        ("\"file\": \"", "\"file\": \"../", "not a plain name"),
+    ] {
+        std::fs::write(&manifest, good.replacen(from, to, 1)).unwrap();
+        let e = C::open(&path, CpuBackend, StoreConfig::default())
+            .err()
+            .unwrap_or_else(|| panic!("{to}: opened"));
+        assert!(e.to_string().contains(says), "{to}: {e}");
+    }
+    std::fs::write(&manifest, good).unwrap();
+    let c = C::open(&path, CpuBackend, StoreConfig::default()).unwrap();
+    assert_eq!(c.count(None), 50);
+}
