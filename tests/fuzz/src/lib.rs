@@ -20,8 +20,11 @@ pub mod vector_file;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+/// A target: runs one input.
+pub type Target = fn(&[u8]);
+
 /// The targets, by name, as `scripts/fuzz` and the corpus folders know them.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("index_file", index_file::run),
     ("vector_file", vector_file::run),
     ("filter", filter::run),

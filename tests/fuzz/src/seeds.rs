@@ -40,7 +40,7 @@ fn payload(i: u64) -> Vec<u8> {
         i % 100,
         i % 4,
         i % 7,
-        i % 2 == 0
+        i.is_multiple_of(2)
     );
     quiver_engine::payload::encode_text(&text).expect("seed payloads are valid")
 }
