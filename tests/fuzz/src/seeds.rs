@@ -11,6 +11,7 @@ use quiver_engine::backend::cpu::CpuBackend;
 use quiver_engine::io::{self, ElementType, VectorWriter};
 use quiver_engine::payload::fields::FieldSpec;
 use quiver_engine::progress::NoProgress;
+use quiver_engine::synth::ClusteredGaussian;
 use quiver_engine::{FlatIndex, IndexParams, IvfPqIndex, Metric, RefineKind};
 use quiver_server::proto;
 use quiver_store::wal::PayloadEdit;
@@ -18,19 +19,9 @@ use quiver_store::{Collection, CollectionMeta, IndexConfig};
 
 use crate::{archive, collection_files, grpc};
 
-/// Deterministic vectors in [-1, 1) (a linear congruential generator: no dependency).
+/// Deterministic vectors: `n` rows of the engine's seeded Gaussian mixture.
 pub fn vectors(n: usize, dim: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n * dim)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    ClusteredGaussian::new(dim, 4, 0.3, seed).rows(0, n)
 }
 
 fn payload(i: u64) -> Vec<u8> {
