@@ -39,7 +39,7 @@ enum Command {
     /// Generate a synthetic data set (clustered Gaussian).
     Synth(cmd::synth::Args),
     /// Run the gRPC search service.
-    Serve(cmd::serve::Args),
+    Serve(Box<cmd::serve::Args>),
     /// List the GPU adapters the wgpu backend can use.
     Devices(cmd::devices::Args),
     /// Drive a running server with concurrent searches; report QPS, latency, errors, recall.
@@ -75,7 +75,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rerank(a) => cmd::rerank::run(a),
         Command::Info(a) => cmd::info::run(a),
         Command::Synth(a) => cmd::synth::run(a),
-        Command::Serve(a) => cmd::serve::run(a),
+        Command::Serve(a) => cmd::serve::run(*a),
         Command::Loadgen(a) => cmd::loadgen::run(a),
         Command::Devices(a) => cmd::devices::run(a),
     }

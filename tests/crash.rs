@@ -447,6 +447,7 @@ async fn acknowledged_writes_survive_sigkill_during_writes_checkpoints_and_train
                     pq_m: 4,
                     refine: Refine::F32 as i32,
                     seed: 3,
+                    train_at: 0,
                 }),
                 field_indexes: vec![FieldIndex {
                     key: "w".into(),

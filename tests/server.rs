@@ -90,6 +90,7 @@ fn create(name: &str, dim: u32, metric: Metric, nlist: u32, pq_m: u32) -> Create
             pq_m,
             refine: Refine::F16 as i32,
             seed: 0,
+            train_at: 0,
         }),
         field_indexes: Vec::new(),
     }

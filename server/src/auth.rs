@@ -168,6 +168,25 @@ pub fn needed(path: &str) -> Option<Access> {
     if path.starts_with("/grpc.reflection.") {
         return Some(Access::ReadOnly);
     }
+    // Qdrant's API (crate::qdrant): its health check is open like gRPC health.
+    const QDRANT_READS: &[&str] = &[
+        "/qdrant.Collections/Get",
+        "/qdrant.Collections/List",
+        "/qdrant.Collections/CollectionExists",
+        "/qdrant.Points/Get",
+        "/qdrant.Points/Search",
+        "/qdrant.Points/SearchBatch",
+        "/qdrant.Points/Scroll",
+        "/qdrant.Points/Count",
+        "/qdrant.Points/Query",
+        "/qdrant.Points/QueryBatch",
+    ];
+    if path == "/qdrant.Qdrant/HealthCheck" {
+        return None;
+    }
+    if QDRANT_READS.contains(&path) {
+        return Some(Access::ReadOnly);
+    }
     match path.strip_prefix("/quiver.v1.Quiver/") {
         Some(m) if READS.contains(&m) => Some(Access::ReadOnly),
         // Writes, and anything not known to be a read.
@@ -183,12 +202,23 @@ pub fn refusal(keys: &ApiKeys, path: &str, headers: &http::HeaderMap) -> Option<
 /// Checks a request's key once: the number of its valid key (`None`: it presented none that is
 /// valid, and needs none), or the status refusing it.
 fn admit(keys: &ApiKeys, path: &str, headers: &http::HeaderMap) -> Result<Option<usize>, Status> {
+    admit_key(keys, needed(path), headers)
+}
+
+/// Checks a request needing `need` (`None`: open) against the keys: the number of its valid
+/// key (`None`: it presented none that is valid, and needs none), or the status refusing it.
+/// For front ends other than gRPC (Qdrant's REST API).
+pub fn admit_key(
+    keys: &ApiKeys,
+    need: Option<Access>,
+    headers: &http::HeaderMap,
+) -> Result<Option<usize>, Status> {
     if keys.is_empty() {
         return Ok(None);
     }
     let presented = presented_key(headers);
     let valid = presented.and_then(|k| keys.identify(k));
-    let Some(need) = needed(path) else {
+    let Some(need) = need else {
         return Ok(valid.map(|(i, _)| i));
     };
     match valid {

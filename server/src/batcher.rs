@@ -297,8 +297,10 @@ mod tests {
                 pq_m: 0,
                 refine: "f16".into(),
                 seed: 1,
+                train_at: 0,
             },
             fields: Vec::new(),
+            settings: serde_json::Value::Null,
         };
         let c = StoreCollection::create(
             &dir.path().join("t"),

@@ -113,6 +113,10 @@ pub struct ServerConfig {
     pub rate_limits: crate::ratelimit::RateLimits,
     /// `/metrics` answers only requests carrying one of `api_keys` (read-only suffices).
     pub metrics_require_key: bool,
+    /// Qdrant's gRPC API (`crate::qdrant`) listen address, if any (Qdrant's port: 6334).
+    pub qdrant_grpc_listen: Option<SocketAddr>,
+    /// Qdrant's REST API listen address, if any (Qdrant's port: 6333).
+    pub qdrant_http_listen: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -132,6 +136,8 @@ impl Default for ServerConfig {
             import_dir: None,
             rate_limits: crate::ratelimit::RateLimits::default(),
             metrics_require_key: false,
+            qdrant_grpc_listen: None,
+            qdrant_http_listen: None,
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod config;
 pub mod imports;
 pub mod metrics;
 pub mod payloads;
+pub mod qdrant;
 pub mod ratelimit;
 pub mod registry;
 pub mod server;

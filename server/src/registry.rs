@@ -334,8 +334,10 @@ impl Registry {
                 pq_m: p.pq_m as u32,
                 refine: p.refine.name().to_string(),
                 seed: p.seed,
+                train_at: 0,
             },
             fields: Vec::new(),
+            settings: serde_json::Value::Null,
         };
         let dir = self.root.join(name);
         if dir.exists() {

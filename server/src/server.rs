@@ -47,6 +47,10 @@ pub struct Bound {
     pub grpc: SocketAddr,
     /// Metrics, if enabled.
     pub metrics: Option<SocketAddr>,
+    /// Qdrant's gRPC API, if enabled.
+    pub qdrant_grpc: Option<SocketAddr>,
+    /// Qdrant's REST API, if enabled.
+    pub qdrant_http: Option<SocketAddr>,
 }
 
 /// Serves until `shutdown` resolves, then drains and flushes. `on_ready` is called once the
@@ -73,25 +77,11 @@ pub async fn serve(
     let registry = Arc::new(registry);
     registry.start();
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let grpc = listener.local_addr().map_err(|source| ServeError::Bind {
-        addr: config.listen,
-        source,
-    })?;
+    let (listener, grpc) = bind(config.listen).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let metrics_addr = match config.metrics_listen {
         Some(addr) => {
-            let l = crate::metrics::bind(addr)
-                .await
-                .map_err(|source| ServeError::Bind { addr, source })?;
-            let bound = l
-                .local_addr()
-                .map_err(|source| ServeError::Bind { addr, source })?;
+            let (l, bound) = bind(addr).await?;
             let mut rx = stop_rx.clone();
             let m = registry.metrics().clone();
             let tls = tls.clone();
@@ -135,10 +125,36 @@ pub async fn serve(
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
 
+    // Qdrant's APIs: bound now (a bad address fails the start), served until shutdown begins.
+    let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
+    let mut extra = Vec::new();
+    let qdrant_grpc = match config.qdrant_grpc_listen {
+        Some(addr) => {
+            let (bound, task) =
+                serve_qdrant_grpc(addr, &config, &registry, tls.clone(), draining_rx.clone())
+                    .await?;
+            extra.push(task);
+            Some(bound)
+        }
+        None => None,
+    };
+    let qdrant_http = match config.qdrant_http_listen {
+        Some(addr) => {
+            let (bound, task) =
+                serve_qdrant_http(addr, &config, &registry, tls.clone(), draining_rx.clone())
+                    .await?;
+            extra.push(task);
+            Some(bound)
+        }
+        None => None,
+    };
+
     on_ready(
         Bound {
             grpc,
             metrics: metrics_addr,
+            qdrant_grpc,
+            qdrant_http,
         },
         &registry,
     );
@@ -147,6 +163,7 @@ pub async fn serve(
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections; draining queued searches");
+        let _ = draining_tx.send(true);
         reporter
             .set_not_serving::<QuiverServer<QuiverService>>()
             .await;
@@ -196,10 +213,119 @@ pub async fn serve(
         r = serve => r?,
         _ = deadline => tracing::warn!(grace_s = grace.as_secs_f64(), "requests or streams still open after the shutdown grace period; closing them"),
     }
+    // The Qdrant listeners stopped accepting when shutdown began; their open requests get
+    // the same grace.
+    for task in extra {
+        if tokio::time::timeout(grace, task).await.is_err() {
+            tracing::warn!(
+                "Qdrant API requests still open after the shutdown grace period; closing them"
+            );
+        }
+    }
     registry.shutdown().await;
     let _ = stop_tx.send(true);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Resolves once `rx` turns true (shutdown began).
+async fn draining(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|d| *d).await;
+}
+
+async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), ServeError> {
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let bound = l
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    Ok((l, bound))
+}
+
+/// Binds and serves Qdrant's gRPC services (with the same keys, limits and TLS as the main
+/// listener).
+async fn serve_qdrant_grpc(
+    addr: SocketAddr,
+    config: &ServerConfig,
+    registry: &Arc<Registry>,
+    tls: Option<Arc<Tls>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ServeError> {
+    use crate::qdrant::proto::{
+        collections_server::CollectionsServer, points_server::PointsServer,
+        qdrant_server::QdrantServer,
+    };
+    let (listener, bound) = bind(addr).await?;
+    let svc = crate::qdrant::grpc::QdrantGrpc::new(registry.clone());
+    let limit = config.limits.max_message_bytes;
+    let router = tonic::transport::Server::builder()
+        .layer(AuthLayer::new(
+            Arc::new(config.api_keys.clone()),
+            registry.limiter().clone(),
+            registry.metrics().clone(),
+        ))
+        .add_service(QdrantServer::new(svc.clone()))
+        .add_service(
+            CollectionsServer::new(svc.clone())
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        )
+        .add_service(
+            PointsServer::new(svc)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        );
+    let task = tokio::spawn(async move {
+        let r = match tls {
+            None => {
+                router
+                    .serve_with_incoming_shutdown(
+                        tonic::transport::server::TcpIncoming::from(listener)
+                            .with_nodelay(Some(true)),
+                        draining(stop),
+                    )
+                    .await
+            }
+            Some(tls) => {
+                let established = crate::tls::accept(listener, tls, Protocol::Grpc);
+                let incoming = tokio_stream::wrappers::ReceiverStream::new(established)
+                    .map(|(stream, _)| Ok::<_, std::io::Error>(stream));
+                router
+                    .serve_with_incoming_shutdown(incoming, draining(stop))
+                    .await
+            }
+        };
+        if let Err(e) = r {
+            tracing::error!(error = %e, "Qdrant gRPC server failed");
+        }
+    });
+    Ok((bound, task))
+}
+
+/// Binds and serves Qdrant's REST API.
+async fn serve_qdrant_http(
+    addr: SocketAddr,
+    config: &ServerConfig,
+    registry: &Arc<Registry>,
+    tls: Option<Arc<Tls>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ServeError> {
+    let (listener, bound) = bind(addr).await?;
+    let rest = crate::qdrant::rest::Rest::new(registry.clone(), Arc::new(config.api_keys.clone()));
+    let task = tokio::spawn(async move {
+        let r = match tls {
+            Some(tls) => match TlsListener::new(listener, tls) {
+                Ok(l) => crate::qdrant::rest::serve(rest, l, draining(stop)).await,
+                Err(e) => Err(e),
+            },
+            None => crate::qdrant::rest::serve(rest, listener, draining(stop)).await,
+        };
+        if let Err(e) = r {
+            tracing::error!(error = %e, "Qdrant REST server failed");
+        }
+    });
+    Ok((bound, task))
 }
 
 /// Warns, loudly, when the service listens beyond this machine without TLS (keys and data
@@ -209,13 +335,15 @@ fn warn_if_exposed(config: &ServerConfig, tls: bool) {
     let exposed = |a: &SocketAddr| !a.ip().is_loopback();
     let mut listeners = vec![("gRPC", config.listen)];
     listeners.extend(config.metrics_listen.map(|m| ("metrics", m)));
+    listeners.extend(config.qdrant_grpc_listen.map(|m| ("Qdrant gRPC", m)));
+    listeners.extend(config.qdrant_http_listen.map(|m| ("Qdrant REST", m)));
     for (what, addr) in listeners.into_iter().filter(|(_, a)| exposed(a)) {
         if !tls {
             let m = format!("WARNING: the {what} listener {addr} is reachable beyond this machine without TLS: requests, data and API keys cross the network in plaintext (use --tls-cert and --tls-key)");
             tracing::warn!("{m}");
             eprintln!("{m}");
         }
-        if what == "gRPC" && config.api_keys.is_empty() {
+        if what != "metrics" && config.api_keys.is_empty() {
             let m = format!("WARNING: the gRPC listener {addr} is reachable beyond this machine and no API key is set: anyone reaching it may write, overwrite and drop collections (use --api-key-file)");
             tracing::warn!("{m}");
             eprintln!("{m}");

@@ -111,6 +111,7 @@ fn index_config(p: Option<&proto::IndexParams>) -> Result<IndexConfig, Status> {
         pq_m: p.pq_m,
         refine: refine_from_proto(p.refine)?,
         seed: p.seed,
+        train_at: p.train_at,
     })
 }
 
@@ -126,6 +127,7 @@ fn info(name: &str, c: &Collection) -> proto::CollectionInfo {
             pq_m: meta.index.pq_m,
             refine: refine_to_proto(&meta.index.refine) as i32,
             seed: meta.index.seed,
+            train_at: meta.index.train_at,
         }),
         count: seg.len() as u64,
         trained: seg.quantizers.is_some(),
@@ -248,6 +250,11 @@ fn check_key(
 
 /// The deadline a client set with `grpc-timeout`, if any.
 fn deadline_of<T>(req: &Request<T>, start: Instant) -> Option<Instant> {
+    start.checked_add(grpc_timeout(req)?)
+}
+
+/// The time a client gave a call with `grpc-timeout`, if any.
+pub(crate) fn grpc_timeout<T>(req: &Request<T>) -> Option<Duration> {
     let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
     let (num, unit) = v.split_at(v.len().checked_sub(1)?);
     let n: u64 = num.parse().ok()?;
@@ -260,7 +267,7 @@ fn deadline_of<T>(req: &Request<T>, start: Instant) -> Option<Instant> {
         "n" => Duration::from_nanos(n),
         _ => return None,
     };
-    start.checked_add(d)
+    Some(d)
 }
 
 fn to_response(n: &Neighbors, q: usize) -> proto::SearchResponse {
@@ -278,7 +285,8 @@ fn to_response(n: &Neighbors, q: usize) -> proto::SearchResponse {
     proto::SearchResponse { neighbors }
 }
 
-async fn blocking<T: Send + 'static>(
+/// Runs `f` on a blocking thread.
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Status> + Send + 'static,
 ) -> Result<T, Status> {
     tokio::task::spawn_blocking(f)
@@ -391,7 +399,11 @@ impl QuiverService {
         }))
     }
 
-    fn write_meta(&self, r: &proto::CreateCollectionRequest) -> Result<CollectionMeta, Status> {
+    /// A new collection's description from a create request, checked against the limits.
+    pub(crate) fn write_meta(
+        &self,
+        r: &proto::CreateCollectionRequest,
+    ) -> Result<CollectionMeta, Status> {
         if !valid_name(&r.name) {
             return Err(invalid(
                 "name",
@@ -449,6 +461,7 @@ impl QuiverService {
             metric: metric.name().into(),
             index,
             fields,
+            settings: serde_json::Value::Null,
         })
     }
 

@@ -127,6 +127,18 @@ pub struct Args {
     /// nothing outside it, and only regular files). Without it LoadIndex is refused.
     #[arg(long, value_name = "DIR")]
     import_dir: Option<PathBuf>,
+    /// Also serve Qdrant's gRPC API here (Qdrant's clients with prefer_grpc=True; Qdrant's
+    /// port is 6334). docs/QDRANT.md lists what is supported.
+    #[arg(long, value_name = "ADDR")]
+    qdrant_grpc_listen: Option<SocketAddr>,
+    /// Also serve Qdrant's REST API here (Qdrant's clients by default, LangChain, LlamaIndex;
+    /// Qdrant's port is 6333).
+    #[arg(long, value_name = "ADDR")]
+    qdrant_http_listen: Option<SocketAddr>,
+    /// Serve Qdrant's APIs on Qdrant's own ports: REST on 127.0.0.1:6333 and gRPC on
+    /// 127.0.0.1:6334 (unless given with --qdrant-http-listen / --qdrant-grpc-listen).
+    #[arg(long)]
+    qdrant: bool,
 }
 
 fn parse_collection(s: &str) -> anyhow::Result<StaticCollection> {
@@ -245,6 +257,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         import_dir,
         listen: a.listen,
         metrics_listen: a.metrics_listen,
+        qdrant_grpc_listen: a
+            .qdrant_grpc_listen
+            .or(a.qdrant.then(|| SocketAddr::from(([127, 0, 0, 1], 6334)))),
+        qdrant_http_listen: a
+            .qdrant_http_listen
+            .or(a.qdrant.then(|| SocketAddr::from(([127, 0, 0, 1], 6333)))),
         data_dir: a.data_dir.clone(),
         static_collections,
         batching: BatchingConfig {
@@ -286,6 +304,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let _ = writeln!(out, "listening on {}", bound.grpc);
             if let Some(m) = bound.metrics {
                 let _ = writeln!(out, "metrics on {scheme}://{m}/metrics");
+            }
+            if let Some(q) = bound.qdrant_grpc {
+                let _ = writeln!(out, "qdrant grpc on {q}");
+            }
+            if let Some(q) = bound.qdrant_http {
+                let _ = writeln!(out, "qdrant rest on {scheme}://{q}");
             }
             let names: Vec<String> = registry.list().into_iter().map(|(n, _)| n).collect();
             let _ = writeln!(out, "backend {backend_name}; data in {}; collections: [{}]", data_dir.display(), names.join(", "));

@@ -370,8 +370,10 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 pq_m: p.pq_m as u32,
                 refine: p.refine.name().to_string(),
                 seed: p.seed,
+                train_at: 0,
             },
             fields: index.field_specs().to_vec(),
+            settings: serde_json::Value::Null,
         };
         let cpu = CpuCache::default();
         let prep = Preparer::new(backend.clone());
@@ -604,15 +606,43 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         &self,
         edit: impl FnOnce(&mut Vec<FieldSpec>) -> Result<bool>,
     ) -> Result<bool> {
+        self.change_meta(|meta| edit(&mut meta.fields))
+    }
+
+    /// Replaces the front end's settings ([`CollectionMeta::settings`]) and, when given, the
+    /// size at which the collection trains by itself ([`IndexConfig::train_at`]). Durable when
+    /// it returns.
+    pub fn update_settings(
+        &self,
+        settings: serde_json::Value,
+        train_at: Option<u64>,
+    ) -> Result<()> {
+        self.refuse_read_only()?;
+        self.change_meta(|meta| {
+            let before = (meta.settings.clone(), meta.index.train_at);
+            meta.settings = settings;
+            if let Some(n) = train_at {
+                meta.index.train_at = n;
+            }
+            Ok(before != (meta.settings.clone(), meta.index.train_at))
+        })?;
+        Ok(())
+    }
+
+    /// Changes the collection's description with `edit` (false: nothing changed) and writes it
+    /// into the manifest. The manifest's other contents stay as the last checkpoint wrote them:
+    /// holding the files lock, no checkpoint runs meanwhile, and the next one writes the new
+    /// description.
+    fn change_meta(&self, edit: impl FnOnce(&mut CollectionMeta) -> Result<bool>) -> Result<bool> {
         let _files = self.files.lock();
-        let mut fields = self.meta.read().fields.clone();
-        if !edit(&mut fields)? {
+        let mut meta = self.meta.read().clone();
+        if !edit(&mut meta)? {
             return Ok(false);
         }
         let mut m = Manifest::read(&self.dir)?;
-        m.meta.fields = fields.clone();
+        m.meta = meta.clone();
         m.write(&self.dir)?;
-        self.meta.write().fields = fields;
+        *self.meta.write() = meta;
         Ok(true)
     }
 
@@ -1114,6 +1144,21 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         r
     }
 
+    /// Trains an untrained collection that reached its `train_at` size, on this (the
+    /// optimizer's) thread; false when a training runs already or the last one failed.
+    fn train_by_itself(&self, live: usize) -> Result<bool> {
+        {
+            let mut job = self.job.lock();
+            if *job != JobState::Ready {
+                return Ok(false);
+            }
+            *job = JobState::Training;
+        }
+        tracing::info!(collection = %self.meta.read().name, live, "the collection reached its training size: training its index");
+        self.run_training(None)?;
+        Ok(true)
+    }
+
     /// Retrains when the data has drifted from the quantizers (see [`crate::drift`]) and no
     /// other training runs. Returns whether it ran. After a failure, the count of new points
     /// starts again (the next try waits for as many new points again).
@@ -1478,6 +1523,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                     pq_m: p.pq_m as u32,
                     refine: p.refine.name().to_string(),
                     seed: p.seed,
+                    train_at: 0,
                 };
                 let next = Version {
                     segments: vec![Arc::new(Segment::new(id, prepared))],
@@ -1543,6 +1589,12 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         }
         let v = self.version();
         let Some(q) = v.quantizers.clone() else {
+            // Untrained: train by itself once large enough (when asked to, and not after a
+            // failed training: that waits for a Train call).
+            let train_at = self.meta.read().index.train_at;
+            if train_at > 0 && v.len() as u64 >= train_at {
+                return self.train_by_itself(v.len());
+            }
             return Ok(did);
         };
         // Flat segments of a trained collection, and sealed segments still on the CPU.

@@ -105,6 +105,7 @@ pub fn migrate(dir: &Path) -> Result<()> {
         metric: old.metric,
         index: old.index,
         fields: Vec::new(),
+        settings: serde_json::Value::Null,
     };
     tracing::info!(collection = %meta.name, "converting the collection to the segment layout");
     enum State {

@@ -21,7 +21,7 @@ use crate::fsutil::write_atomic;
 pub const FORMAT: u32 = 2;
 
 /// Index parameters of a collection; zeros are chosen at training.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexConfig {
     /// Inverted lists (0: about 4·√n, at least 39 vectors per list).
     pub nlist: u32,
@@ -31,6 +31,14 @@ pub struct IndexConfig {
     pub refine: String,
     /// Training seed.
     pub seed: u64,
+    /// Train by itself (in the background) once this many vectors are live and no index is
+    /// trained yet; 0: only when asked (absent in older manifests).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub train_at: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl IndexConfig {
@@ -41,7 +49,7 @@ impl IndexConfig {
 }
 
 /// What a collection is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CollectionMeta {
     /// Name.
     pub name: String,
@@ -54,6 +62,11 @@ pub struct CollectionMeta {
     /// Indexed payload fields (`NAME:TYPE` in the file; absent in older manifests).
     #[serde(default, with = "field_specs", skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<FieldSpec>,
+    /// Settings a front end keeps for the collection and reports back (the Qdrant API's
+    /// HNSW, WAL and optimizer settings and metadata): opaque JSON to the store, `null` when
+    /// none (absent in older manifests).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub settings: serde_json::Value,
 }
 
 /// Field specs as their `NAME:TYPE` strings.
@@ -150,9 +163,8 @@ impl Manifest {
             return Err("counters out of range".into());
         }
         // Files the manifest names are plain names inside the collection's `segments/`.
-        let plain = |f: &String| {
-            !f.is_empty() && f != "." && f != ".." && !f.contains(['/', '\\', '\0'])
-        };
+        let plain =
+            |f: &String| !f.is_empty() && f != "." && f != ".." && !f.contains(['/', '\\', '\0']);
         let files = self.quantizers.iter().chain(
             self.segments
                 .iter()

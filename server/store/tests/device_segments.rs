@@ -74,8 +74,10 @@ fn new_segments_upload_only_their_own_bytes<B: Backend + Clone + 'static>(backen
             pq_m: 8,
             refine: "f16".into(),
             seed: 3,
+            train_at: 0,
         },
         fields: Vec::new(),
+        settings: serde_json::Value::Null,
     };
     let cfg = StoreConfig {
         seal_rows: 1_000_000,

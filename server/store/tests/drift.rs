@@ -59,8 +59,10 @@ fn drifted_data_is_retrained_without_losing_a_point() {
             pq_m: 4,
             refine: "f32".into(),
             seed: 3,
+            train_at: 0,
         },
         fields: Vec::new(),
+        settings: serde_json::Value::Null,
     };
     let c = Arc::new(C::create(&path, meta, CpuBackend, StoreConfig::default()).unwrap());
     upsert(&c, 0..3000, 0);
@@ -158,8 +160,10 @@ fn train_on_a_trained_collection_retrains_it() {
             pq_m: 4,
             refine: "none".into(),
             seed: 3,
+            train_at: 0,
         },
         fields: Vec::new(),
+        settings: serde_json::Value::Null,
     };
     let c = Arc::new(C::create(&path, meta, CpuBackend, StoreConfig::default()).unwrap());
     upsert(&c, 0..1000, 0);
@@ -173,6 +177,7 @@ fn train_on_a_trained_collection_retrains_it() {
         pq_m: 0,
         refine: String::new(),
         seed: 0,
+        train_at: 0,
     }))
     .unwrap();
     c.wait_job().unwrap();
@@ -199,8 +204,10 @@ fn a_loaded_index_gets_a_baseline() {
             pq_m: 0,
             refine: "f16".into(),
             seed: 0,
+            train_at: 0,
         },
         fields: Vec::new(),
+        settings: serde_json::Value::Null,
     };
     let x: Vec<f32> = (0..2000).flat_map(|i| vector(i, 0)).collect();
     let mut params = quiver_engine::IndexParams::new(quiver_engine::Metric::L2, DIM, 16, 4);
@@ -225,4 +232,45 @@ fn a_loaded_index_gets_a_baseline() {
     upsert(&c, 5000..5100, 0);
     let r = c.drift().ratio().unwrap();
     assert!((0.5..1.5).contains(&r), "the same data scores {r}");
+}
+
+#[test]
+fn a_collection_trains_by_itself_at_its_training_size_and_keeps_its_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t");
+    let meta = CollectionMeta {
+        name: "t".into(),
+        dim: DIM,
+        metric: "l2".into(),
+        index: IndexConfig {
+            nlist: 16,
+            pq_m: 4,
+            refine: "f32".into(),
+            seed: 3,
+            train_at: 1_000,
+        },
+        fields: Vec::new(),
+        settings: serde_json::json!({"hnsw_config": {"m": 32}}),
+    };
+    let c = Arc::new(C::create(&path, meta, CpuBackend, StoreConfig::default()).unwrap());
+    upsert(&c, 0..999, 0);
+    while c.optimize_step().unwrap() {}
+    assert!(c.version().quantizers.is_none(), "trained below its size");
+    upsert(&c, 999..1200, 0);
+    while c.optimize_step().unwrap() {}
+    assert!(c.version().quantizers.is_some(), "not trained at its size");
+    assert!((0..1200).step_by(97).all(|id| finds_itself(&c, id, 0)));
+
+    // Settings change durably; train_at 0 turns training by itself off.
+    c.update_settings(serde_json::json!({"metadata": {"team": "a"}}), Some(0))
+        .unwrap();
+    drop(c);
+    let c = C::open(&path, CpuBackend, StoreConfig::default()).unwrap();
+    let meta = c.meta();
+    assert_eq!(
+        meta.settings,
+        serde_json::json!({"metadata": {"team": "a"}})
+    );
+    assert_eq!(meta.index.train_at, 0);
+    assert_eq!(c.version().len(), 1200);
 }

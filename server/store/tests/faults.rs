@@ -24,8 +24,10 @@ fn meta() -> CollectionMeta {
             pq_m: 2,
             refine: "f32".into(),
             seed: 7,
+            train_at: 0,
         },
         fields: Vec::new(),
+        settings: serde_json::Value::Null,
     }
 }
 

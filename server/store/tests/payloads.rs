@@ -34,8 +34,10 @@ fn meta() -> CollectionMeta {
             pq_m: 4,
             refine: "f32".into(),
             seed: 5,
+            train_at: 0,
         },
         fields: Vec::new(),
+        settings: serde_json::Value::Null,
     }
 }
 

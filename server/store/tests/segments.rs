@@ -48,8 +48,10 @@ fn meta(name: &str) -> CollectionMeta {
             pq_m: 4,
             refine: "f32".into(),
             seed: 5,
+            train_at: 0,
         },
         fields: Vec::new(),
+        settings: serde_json::Value::Null,
     }
 }
 
@@ -236,7 +238,11 @@ fn a_manifest_that_disagrees_with_its_segments_is_refused() {
         ("\"dim\": 16", "\"dim\": 8", "holds 16-d"),
         ("\"dim\": 16", "\"dim\": 0", "dimension 0"),
         ("\"metric\": \"l2\"", "\"metric\": \"ip\"", "holds 16-d"),
-        ("\"metric\": \"l2\"", "\"metric\": \"manhattan\"", "unknown metric"),
+        (
+            "\"metric\": \"l2\"",
+            "\"metric\": \"manhattan\"",
+            "unknown metric",
+        ),
         ("\"file\": \"", "\"file\": \"../", "not a plain name"),
     ] {
         std::fs::write(&manifest, good.replacen(from, to, 1)).unwrap();

@@ -221,8 +221,10 @@ fn collection_meta(name: &str, dim: usize, metric: &str, refine: &str) -> Collec
             pq_m: 2,
             refine: refine.into(),
             seed: 3,
+            train_at: 0,
         },
         fields: vec![FieldSpec::parse("source:keyword").unwrap()],
+        settings: serde_json::Value::Null,
     }
 }
 

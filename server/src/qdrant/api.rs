@@ -1,0 +1,1039 @@
+//! The operations of Quiver's Qdrant API, in terms neutral to the wire: the gRPC ([`super::grpc`])
+//! and REST ([`super::rest`]) front ends decode a request into these types, call one
+//! operation, and encode its answer. Searches and writes go through Quiver's own service
+//! ([`QuiverService`]: its validation, rate limits, metrics and micro-batcher), so a Qdrant
+//! client is served exactly as a native one; reads of payloads and vectors go to the store.
+//!
+//! Mapping (docs/QDRANT.md): a collection holds one unnamed dense vector; `Cosine`, `Dot` and
+//! `Euclid` are Quiver's cosine, inner-product and L2 metrics (Euclid scores are distances, the
+//! square root of Quiver's squared L2); ids map as [`super::ids`] says; HNSW, WAL and optimizer
+//! settings are kept and reported; `metadata.quiver` sets Quiver's own index parameters; the
+//! index is trained by itself once the vectors pass `optimizers_config.indexing_threshold`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quiver_engine::payload;
+use quiver_engine::payload::fields::{FieldSpec, FieldType};
+use quiver_engine::Metric;
+use quiver_store::wal::PayloadEdit;
+use serde_json::{json, Map, Value};
+use tonic::{Request, Status};
+
+use super::ids::{key_of, key_of_stored, PointKey, UUID_KEY};
+use super::unsupported;
+use crate::payloads::parse_filter;
+use crate::proto;
+use crate::proto::quiver_server::Quiver;
+use crate::ratelimit::Client;
+use crate::registry::Registry;
+use crate::service::{blocking, QuiverService};
+use crate::status::{from_store, invalid};
+
+/// Qdrant's distance of a collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Distance {
+    /// Cosine similarity (Quiver's cosine metric).
+    Cosine,
+    /// Euclidean distance (Quiver's L2 metric; scores are distances).
+    Euclid,
+    /// Dot product (Quiver's inner product).
+    Dot,
+}
+
+impl Distance {
+    /// Its name in Qdrant's REST API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Distance::Cosine => "Cosine",
+            Distance::Euclid => "Euclid",
+            Distance::Dot => "Dot",
+        }
+    }
+
+    /// From a REST name.
+    pub fn parse(field: &str, name: &str) -> Result<Self, Status> {
+        match name {
+            "Cosine" => Ok(Distance::Cosine),
+            "Euclid" => Ok(Distance::Euclid),
+            "Dot" => Ok(Distance::Dot),
+            "Manhattan" => Err(unsupported(&format!("{field}: the Manhattan distance"))),
+            other => Err(invalid(
+                field,
+                format!("unknown distance `{other}` (Cosine, Euclid or Dot)"),
+            )),
+        }
+    }
+
+    fn of(m: Metric) -> Self {
+        match m {
+            Metric::Cosine => Distance::Cosine,
+            Metric::L2 => Distance::Euclid,
+            Metric::InnerProduct => Distance::Dot,
+        }
+    }
+
+    /// Qdrant's score of a Quiver distance.
+    fn score(self, distance: f32) -> f32 {
+        match self {
+            Distance::Euclid => distance.max(0.0).sqrt(),
+            _ => distance,
+        }
+    }
+
+    /// Whether a score passes a threshold (distances at most it; similarities at least it).
+    fn passes(self, score: f32, threshold: Option<f32>) -> bool {
+        match (self, threshold) {
+            (_, None) => true,
+            (Distance::Euclid, Some(t)) => score <= t,
+            (_, Some(t)) => score >= t,
+        }
+    }
+}
+
+/// A collection to create. `settings` holds, in REST form, what the client gave of
+/// `hnsw_config`, `wal_config`, `optimizers_config`, `quantization_config` and `metadata`.
+#[derive(Debug, Clone)]
+pub struct CreateSpec {
+    /// Name.
+    pub name: String,
+    /// Vector size.
+    pub dim: u64,
+    /// Distance.
+    pub distance: Distance,
+    /// The client's settings.
+    pub settings: Map<String, Value>,
+}
+
+/// What a collection is, for `GetCollectionInfo`.
+#[derive(Debug, Clone)]
+pub struct InfoView {
+    /// "green" (serving), "yellow" (training its index) or "red" (the last job failed).
+    pub status: &'static str,
+    /// Why the last background job failed.
+    pub error: Option<String>,
+    /// Live points.
+    pub points: u64,
+    /// Points in the trained IVF-PQ index (0 until trained).
+    pub indexed: u64,
+    /// Segments, the appendable one included.
+    pub segments: u64,
+    /// Vector size.
+    pub dim: u64,
+    /// Distance.
+    pub distance: Distance,
+    /// HNSW, WAL and optimizer settings: the client's over Qdrant's defaults.
+    pub hnsw: Map<String, Value>,
+    /// WAL settings.
+    pub wal: Map<String, Value>,
+    /// Optimizer settings.
+    pub optimizers: Map<String, Value>,
+    /// The client's metadata.
+    pub metadata: Map<String, Value>,
+    /// Indexed payload fields.
+    pub fields: Vec<(String, FieldType)>,
+}
+
+/// A point to upsert.
+#[derive(Debug, Clone)]
+pub struct PointIn {
+    /// Its id.
+    pub key: PointKey,
+    /// Its vector.
+    pub vector: Vec<f32>,
+    /// Its payload.
+    pub payload: Map<String, Value>,
+}
+
+/// Which points an operation applies to.
+#[derive(Debug, Clone)]
+pub enum Selector {
+    /// These ids.
+    Ids(Vec<PointKey>),
+    /// Those passing this filter (Quiver's filter text).
+    Filter(String),
+}
+
+/// Which payload keys an answer carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PayloadSel {
+    /// None.
+    None,
+    /// All.
+    All,
+    /// Only these top-level keys.
+    Include(Vec<String>),
+    /// All but these top-level keys.
+    Exclude(Vec<String>),
+}
+
+impl PayloadSel {
+    /// The payload to answer (`None`: not asked for), the reserved UUID key removed.
+    fn apply(&self, mut map: Map<String, Value>) -> Option<Map<String, Value>> {
+        map.remove(UUID_KEY);
+        match self {
+            PayloadSel::None => None,
+            PayloadSel::All => Some(map),
+            PayloadSel::Include(keys) => Some(payload::select(map, Some(keys))),
+            PayloadSel::Exclude(keys) => {
+                for k in keys {
+                    map.remove(k);
+                }
+                Some(map)
+            }
+        }
+    }
+}
+
+/// A point read back.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Its id.
+    pub key: PointKey,
+    /// Its payload, when asked for.
+    pub payload: Option<Map<String, Value>>,
+    /// Its vector, when asked for.
+    pub vector: Option<Vec<f32>>,
+}
+
+/// A search hit.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    /// The point.
+    pub record: Record,
+    /// Qdrant's score.
+    pub score: f32,
+}
+
+/// What a query searches with.
+#[derive(Debug, Clone)]
+pub enum QueryVector {
+    /// This vector.
+    Dense(Vec<f32>),
+    /// The stored vector of this point (which is left out of the answer).
+    Point(PointKey),
+}
+
+/// One nearest-neighbour query.
+#[derive(Debug, Clone)]
+pub struct QuerySpec {
+    /// What it searches with.
+    pub vector: QueryVector,
+    /// Only points passing this filter (Quiver's filter text).
+    pub filter: Option<String>,
+    /// Hits to answer.
+    pub limit: usize,
+    /// Hits to skip first.
+    pub offset: usize,
+    /// Only hits scoring at least this (Euclid: at most).
+    pub score_threshold: Option<f32>,
+    /// Inverted lists to visit (0: the server's default); from `params.hnsw_ef`.
+    pub nprobe: u32,
+    /// Refine factor (0: the server's default); from `params.quantization.oversampling`.
+    pub refine_factor: u32,
+    /// Visit every list (`params.exact`).
+    pub exact: bool,
+    /// Payload keys to answer.
+    pub with_payload: PayloadSel,
+    /// Answer the vectors.
+    pub with_vector: bool,
+}
+
+/// Quiver's own index parameters, given as `metadata.quiver` (an extension Qdrant clients can
+/// send unchanged).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuiverParams {
+    nlist: Option<u32>,
+    pq_m: Option<u32>,
+    refine: Option<String>,
+    seed: Option<u64>,
+    train_at: Option<u64>,
+}
+
+/// Qdrant's default `optimizers_config.indexing_threshold`, in KiB of vectors.
+const DEFAULT_INDEXING_THRESHOLD_KB: u64 = 10_000;
+/// Fewest vectors a collection trains by itself on.
+const MIN_TRAIN_AT: u64 = 1_024;
+
+/// Qdrant's reported defaults.
+fn default_hnsw() -> Map<String, Value> {
+    obj(
+        json!({"m": 16, "ef_construct": 100, "full_scan_threshold": 10000,
+               "max_indexing_threads": 0, "on_disk": false}),
+    )
+}
+fn default_wal() -> Map<String, Value> {
+    obj(json!({"wal_capacity_mb": 32, "wal_segments_ahead": 0, "wal_retain_closed": 1}))
+}
+fn default_optimizers() -> Map<String, Value> {
+    obj(
+        json!({"deleted_threshold": 0.2, "vacuum_min_vector_number": 1000,
+               "default_segment_number": 0, "indexing_threshold": DEFAULT_INDEXING_THRESHOLD_KB,
+               "flush_interval_sec": 5}),
+    )
+}
+
+fn obj(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(o) => o,
+        _ => Map::new(),
+    }
+}
+
+/// `base` with `over`'s keys set (nulls skipped).
+fn merged(mut base: Map<String, Value>, over: Option<&Value>) -> Map<String, Value> {
+    if let Some(Value::Object(o)) = over {
+        for (k, v) in o {
+            if !v.is_null() {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    base
+}
+
+/// The client's settings, the same keys as a create or update request.
+const SETTINGS: [&str; 5] = [
+    "hnsw_config",
+    "wal_config",
+    "optimizers_config",
+    "quantization_config",
+    "metadata",
+];
+
+/// The operations, over a registry.
+#[derive(Clone)]
+pub struct QdrantApi {
+    svc: QuiverService,
+    registry: Arc<Registry>,
+}
+
+fn request<T>(msg: T, client: Client, timeout: Option<Duration>) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.extensions_mut().insert(client);
+    if let Some(t) = timeout {
+        let ms = t.as_millis().min(99_999_999);
+        if let Ok(v) = format!("{ms}m").parse() {
+            r.metadata_mut().insert("grpc-timeout", v);
+        }
+    }
+    r
+}
+
+impl QdrantApi {
+    /// The operations over `registry`.
+    pub fn new(registry: Arc<Registry>) -> Self {
+        QdrantApi {
+            svc: QuiverService::new(registry.clone()),
+            registry,
+        }
+    }
+
+    fn collection(&self, name: &str) -> Result<Arc<crate::collection::Collection>, Status> {
+        self.registry.get(name)
+    }
+
+    // ---- collections ----
+
+    /// Creates a collection.
+    pub async fn create(&self, spec: CreateSpec) -> Result<(), Status> {
+        let quiver = quiver_params(&spec.settings)?;
+        let native = proto::CreateCollectionRequest {
+            name: spec.name.clone(),
+            dim: u32::try_from(spec.dim).unwrap_or(u32::MAX),
+            metric: match spec.distance {
+                Distance::Cosine => proto::Metric::Cosine,
+                Distance::Euclid => proto::Metric::L2,
+                Distance::Dot => proto::Metric::InnerProduct,
+            } as i32,
+            index: Some(proto::IndexParams {
+                nlist: quiver.nlist.unwrap_or(0),
+                pq_m: quiver.pq_m.unwrap_or(0),
+                refine: match quiver.refine.as_deref() {
+                    None | Some("") => proto::Refine::Unspecified,
+                    Some("none") => proto::Refine::None,
+                    Some("f16") => proto::Refine::F16,
+                    Some("f32") => proto::Refine::F32,
+                    Some(other) => {
+                        return Err(invalid(
+                            "metadata.quiver.refine",
+                            format!("unknown value `{other}` (none, f16 or f32)"),
+                        ))
+                    }
+                } as i32,
+                seed: quiver.seed.unwrap_or(0),
+                train_at: 0,
+            }),
+            field_indexes: Vec::new(),
+        };
+        let mut meta = self
+            .svc
+            .write_meta(&native)
+            .map_err(|s| rename_field(s, "dim", "vectors.size"))?;
+        meta.index.train_at = train_at(&spec.settings, spec.dim, &quiver)?;
+        meta.settings = Value::Object(spec.settings);
+        let registry = self.registry.clone();
+        blocking(move || registry.create(meta).map(|_| ())).await
+    }
+
+    /// Changes a collection's settings (merged into those it has).
+    pub async fn update(&self, name: &str, update: Map<String, Value>) -> Result<(), Status> {
+        let c = self.collection(name)?;
+        let meta = c.store.meta();
+        let mut settings = obj(meta.settings.clone());
+        for key in SETTINGS {
+            let Some(v) = update.get(key).filter(|v| !v.is_null()) else {
+                continue;
+            };
+            let now = if key == "quantization_config" {
+                v.clone()
+            } else {
+                Value::Object(merged(
+                    obj(settings.get(key).cloned().unwrap_or_default()),
+                    Some(v),
+                ))
+            };
+            settings.insert(key.into(), now);
+        }
+        let quiver = quiver_params(&settings)?;
+        let at = train_at(&settings, meta.dim as u64, &quiver)?;
+        let store = c.store.clone();
+        self.registry
+            .writes()
+            .run(move || {
+                store
+                    .update_settings(Value::Object(settings), Some(at))
+                    .map_err(from_store)
+            })
+            .await
+    }
+
+    /// Drops a collection; false when there was none.
+    pub async fn delete(&self, name: &str) -> Result<bool, Status> {
+        match self.registry.drop_collection(name).await {
+            Ok(()) => Ok(true),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
+            Err(s) => Err(s),
+        }
+    }
+
+    /// Whether a collection exists (or is being loaded).
+    pub fn exists(&self, name: &str) -> bool {
+        self.registry.is_loading(name) || self.registry.get(name).is_ok()
+    }
+
+    /// The collections' names.
+    pub fn list(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.registry.list().into_iter().map(|(n, _)| n).collect();
+        names.extend(self.registry.loading());
+        names.sort();
+        names
+    }
+
+    /// What a collection is.
+    pub fn info(&self, name: &str) -> Result<InfoView, Status> {
+        let c = self.collection(name)?;
+        let meta = c.store.meta();
+        let v = c.store.version();
+        let settings = obj(meta.settings.clone());
+        let (status, error) = match c.store.job() {
+            quiver_store::collection::JobState::Ready => ("green", None),
+            quiver_store::collection::JobState::Training => ("yellow", None),
+            quiver_store::collection::JobState::Failed(m) => ("red", Some(m)),
+        };
+        let points = v.len() as u64;
+        Ok(InfoView {
+            status,
+            error,
+            points,
+            indexed: if v.quantizers.is_some() { points } else { 0 },
+            segments: v.segments.len() as u64 + 1,
+            dim: meta.dim as u64,
+            distance: Distance::of(meta.metric()),
+            hnsw: merged(default_hnsw(), settings.get("hnsw_config")),
+            wal: merged(default_wal(), settings.get("wal_config")),
+            optimizers: merged(default_optimizers(), settings.get("optimizers_config")),
+            metadata: obj(settings.get("metadata").cloned().unwrap_or_default()),
+            fields: meta
+                .fields
+                .iter()
+                .map(|f| (f.key.clone(), f.kind))
+                .collect(),
+        })
+    }
+
+    // ---- points: writes ----
+
+    /// Adds or replaces points; durable and visible when it returns.
+    pub async fn upsert(
+        &self,
+        client: Client,
+        name: &str,
+        points: Vec<PointIn>,
+    ) -> Result<(), Status> {
+        let c = self.collection(name)?;
+        if points.is_empty() {
+            return Err(invalid("points", "empty: at least one point is required"));
+        }
+        let dim = c.store.meta().dim;
+        let v = c.store.version();
+        let mut seen: HashMap<u64, PointKey> = HashMap::with_capacity(points.len());
+        let mut ids = Vec::with_capacity(points.len());
+        let mut vectors = Vec::with_capacity(points.len() * dim);
+        let mut payloads = Vec::with_capacity(points.len());
+        for (i, p) in points.into_iter().enumerate() {
+            let id = p.key.internal();
+            if let Some(other) = seen.insert(id, p.key) {
+                if other != p.key {
+                    return Err(collision(&format!("points[{i}].id"), p.key, other));
+                }
+            }
+            if let Some(u) = p.key.as_uuid() {
+                if let Some(stored) = v.payload(id) {
+                    match key_of_stored(id, stored) {
+                        Some(k) if k == p.key => {}
+                        Some(k) => return Err(collision(&format!("points[{i}].id"), p.key, k)),
+                        None => {
+                            return Err(invalid(
+                                &format!("points[{i}].id"),
+                                format!("UUID {u} maps to id {id}, which a point written without a UUID holds"),
+                            ))
+                        }
+                    }
+                }
+            }
+            if p.vector.len() != dim {
+                return Err(invalid(
+                    &format!("points[{i}].vector"),
+                    format!("dimension mismatch: expected {dim}, got {}", p.vector.len()),
+                ));
+            }
+            let mut payload = p.payload;
+            if payload.contains_key(UUID_KEY) {
+                return Err(reserved(&format!("points[{i}].payload")));
+            }
+            if let Some(u) = p.key.as_uuid() {
+                payload.insert(UUID_KEY.into(), Value::String(u.hyphenated().to_string()));
+            }
+            ids.push(id);
+            vectors.extend_from_slice(&p.vector);
+            payloads.push(if payload.is_empty() {
+                String::new()
+            } else {
+                Value::Object(payload).to_string()
+            });
+        }
+        let native = proto::UpsertRequest {
+            collection: name.to_string(),
+            ids,
+            vectors,
+            payloads,
+        };
+        self.svc
+            .upsert(request(native, client, None))
+            .await
+            .map_err(|s| rename_field(s, "vectors", "points.vector"))?;
+        Ok(())
+    }
+
+    /// Deletes points.
+    pub async fn delete_points(
+        &self,
+        client: Client,
+        name: &str,
+        selector: Selector,
+    ) -> Result<(), Status> {
+        let native = match selector {
+            Selector::Ids(keys) => {
+                if keys.is_empty() {
+                    return Ok(());
+                }
+                proto::DeleteRequest {
+                    collection: name.to_string(),
+                    ids: keys.iter().map(|k| k.internal()).collect(),
+                    filter: String::new(),
+                }
+            }
+            Selector::Filter(filter) => proto::DeleteRequest {
+                collection: name.to_string(),
+                ids: Vec::new(),
+                filter,
+            },
+        };
+        self.svc.delete(request(native, client, None)).await?;
+        Ok(())
+    }
+
+    /// The internal ids and keys of the points a selector names that exist.
+    async fn resolve(
+        &self,
+        name: &str,
+        selector: Selector,
+    ) -> Result<Vec<(u64, PointKey)>, Status> {
+        let c = self.collection(name)?;
+        let fields = c.store.field_specs();
+        let store = c.store.clone();
+        match selector {
+            Selector::Ids(keys) => {
+                let v = store.version();
+                Ok(keys
+                    .into_iter()
+                    .filter_map(|k| {
+                        let id = k.internal();
+                        let stored = v.payload(id)?;
+                        (key_of_stored(id, stored) == Some(k)).then_some((id, k))
+                    })
+                    .collect())
+            }
+            Selector::Filter(text) => {
+                let filter = parse_filter("filter", &text, &fields)?;
+                blocking(move || {
+                    let v = store.version();
+                    Ok(v.matching(filter.as_ref(), &fields)
+                        .into_iter()
+                        .filter_map(|id| {
+                            let k = key_of_stored(id, v.payload(id).unwrap_or_default())?;
+                            Some((id, k))
+                        })
+                        .collect())
+                })
+                .await
+            }
+        }
+    }
+
+    async fn edit(&self, name: &str, ids: Vec<u64>, edit: PayloadEdit) -> Result<(), Status> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let c = self.collection(name)?;
+        let store = c.store.clone();
+        let chunk = self.registry.config().limits.max_upsert_points.max(1);
+        self.registry
+            .writes()
+            .run(move || {
+                for part in ids.chunks(chunk) {
+                    store
+                        .set_payload(part.to_vec(), edit.clone())
+                        .map_err(from_store)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Sets payload keys (`overwrite`: replaces the whole payload) of the selected points.
+    pub async fn set_payload(
+        &self,
+        name: &str,
+        selector: Selector,
+        payload: Map<String, Value>,
+        key: Option<String>,
+        overwrite: bool,
+    ) -> Result<(), Status> {
+        if key.as_deref().is_some_and(|k| !k.is_empty()) {
+            return Err(unsupported("key: setting a payload at a nested key"));
+        }
+        if payload.contains_key(UUID_KEY) {
+            return Err(reserved("payload"));
+        }
+        let encoded =
+            payload::encode(&Value::Object(payload.clone())).map_err(|e| invalid("payload", e))?;
+        let points = self.resolve(name, selector).await?;
+        let (nums, uuids): (Vec<_>, Vec<_>) =
+            points.into_iter().partition(|(_, k)| k.as_uuid().is_none());
+        let edit = if overwrite {
+            PayloadEdit::Replace(encoded.clone())
+        } else {
+            PayloadEdit::Merge(encoded.clone())
+        };
+        self.edit(name, nums.iter().map(|(id, _)| *id).collect(), edit.clone())
+            .await?;
+        if !overwrite {
+            return self
+                .edit(name, uuids.iter().map(|(id, _)| *id).collect(), edit)
+                .await;
+        }
+        // A replaced payload keeps its point's UUID.
+        for (id, k) in uuids {
+            let mut p = payload.clone();
+            p.insert(UUID_KEY.into(), k.to_json());
+            let bytes = payload::encode(&Value::Object(p)).map_err(|e| invalid("payload", e))?;
+            self.edit(name, vec![id], PayloadEdit::Replace(bytes))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Removes payload keys of the selected points.
+    pub async fn delete_payload(
+        &self,
+        name: &str,
+        selector: Selector,
+        keys: Vec<String>,
+    ) -> Result<(), Status> {
+        let keys: Vec<String> = keys.into_iter().filter(|k| k != UUID_KEY).collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let ids = self.resolve(name, selector).await?;
+        self.edit(
+            name,
+            ids.into_iter().map(|(id, _)| id).collect(),
+            PayloadEdit::DeleteKeys(keys),
+        )
+        .await
+    }
+
+    /// Removes the whole payload of the selected points (a UUID point keeps its UUID).
+    pub async fn clear_payload(&self, name: &str, selector: Selector) -> Result<(), Status> {
+        let points = self.resolve(name, selector).await?;
+        let (nums, uuids): (Vec<_>, Vec<_>) =
+            points.into_iter().partition(|(_, k)| k.as_uuid().is_none());
+        self.edit(
+            name,
+            nums.into_iter().map(|(id, _)| id).collect(),
+            PayloadEdit::Clear,
+        )
+        .await?;
+        for (id, k) in uuids {
+            let bytes = payload::encode(&json!({ UUID_KEY: k.to_json() }))
+                .map_err(|e| invalid("payload", e))?;
+            self.edit(name, vec![id], PayloadEdit::Replace(bytes))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Indexes a payload field.
+    pub async fn create_field_index(
+        &self,
+        name: &str,
+        field: &str,
+        kind: FieldType,
+    ) -> Result<(), Status> {
+        let native = proto::CreateFieldIndexRequest {
+            collection: name.to_string(),
+            field: Some(crate::payloads::field_to_proto(&FieldSpec {
+                key: field.to_string(),
+                kind,
+            })),
+        };
+        self.svc
+            .create_field_index(Request::new(native))
+            .await
+            .map_err(|s| rename_field(s, "field.key", "field_name"))?;
+        Ok(())
+    }
+
+    /// Drops a payload field's index.
+    pub async fn delete_field_index(&self, name: &str, field: &str) -> Result<(), Status> {
+        let native = proto::DeleteFieldIndexRequest {
+            collection: name.to_string(),
+            key: field.to_string(),
+        };
+        self.svc
+            .delete_field_index(Request::new(native))
+            .await
+            .map_err(|s| rename_field(s, "key", "field_name"))?;
+        Ok(())
+    }
+
+    // ---- points: reads ----
+
+    /// Reads points back by id, in request order (absent ones left out).
+    pub async fn get(
+        &self,
+        name: &str,
+        keys: Vec<PointKey>,
+        with_payload: PayloadSel,
+        with_vector: bool,
+    ) -> Result<Vec<Record>, Status> {
+        let c = self.collection(name)?;
+        let max = self.registry.config().limits.max_queries_per_request;
+        if keys.len() > max {
+            return Err(invalid(
+                "ids",
+                format!("{} ids exceed the limit of {max} per request", keys.len()),
+            ));
+        }
+        let store = c.store.clone();
+        blocking(move || {
+            let ids: Vec<u64> = keys.iter().map(|k| k.internal()).collect();
+            let found: HashMap<u64, (Vec<f32>, Vec<u8>)> = store
+                .get_points(&ids)
+                .into_iter()
+                .map(|(id, v, p)| (id, (v, p)))
+                .collect();
+            Ok(keys
+                .into_iter()
+                .filter_map(|k| {
+                    let (v, p) = found.get(&k.internal())?;
+                    let map = payload::decode(p);
+                    (key_of(k.internal(), Some(&map)) == Some(k)).then(|| Record {
+                        key: k,
+                        payload: with_payload.apply(map),
+                        vector: with_vector.then(|| v.clone()),
+                    })
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// A page of points by ascending id, from `offset`; and the id the next page starts at.
+    pub async fn scroll(
+        &self,
+        name: &str,
+        filter: Option<String>,
+        offset: Option<PointKey>,
+        limit: usize,
+        with_payload: PayloadSel,
+        with_vector: bool,
+    ) -> Result<(Vec<Record>, Option<PointKey>), Status> {
+        let c = self.collection(name)?;
+        let filter = parse_filter(
+            "filter",
+            filter.as_deref().unwrap_or(""),
+            &c.store.field_specs(),
+        )?;
+        let max = self.registry.config().limits.max_queries_per_request;
+        if limit == 0 || limit > max {
+            return Err(invalid(
+                "limit",
+                format!("{limit} is out of range: it must be between 1 and {max}"),
+            ));
+        }
+        let store = c.store.clone();
+        blocking(move || {
+            let (page, next) = store.scroll(filter.as_ref(), offset.map(|k| k.internal()), limit);
+            let vectors: HashMap<u64, Vec<f32>> = if with_vector {
+                let ids: Vec<u64> = page.iter().map(|(id, _)| *id).collect();
+                store.get(&ids).into_iter().collect()
+            } else {
+                HashMap::new()
+            };
+            let records = page
+                .into_iter()
+                .filter_map(|(id, p)| {
+                    let map = payload::decode(&p);
+                    let key = key_of(id, Some(&map))?;
+                    Some(Record {
+                        key,
+                        payload: with_payload.apply(map),
+                        vector: vectors.get(&id).cloned(),
+                    })
+                })
+                .collect();
+            let v = store.version();
+            let next = next.and_then(|id| key_of_stored(id, v.payload(id).unwrap_or_default()));
+            Ok((records, next))
+        })
+        .await
+    }
+
+    /// How many points pass a filter.
+    pub async fn count(&self, name: &str, filter: Option<String>) -> Result<u64, Status> {
+        let c = self.collection(name)?;
+        let filter = parse_filter(
+            "filter",
+            filter.as_deref().unwrap_or(""),
+            &c.store.field_specs(),
+        )?;
+        let store = c.store.clone();
+        blocking(move || Ok(store.count(filter.as_ref()) as u64)).await
+    }
+
+    /// Answers nearest-neighbour queries (one batch: the same collection).
+    pub async fn query(
+        &self,
+        client: Client,
+        name: &str,
+        queries: Vec<QuerySpec>,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Vec<Scored>>, Status> {
+        let c = self.collection(name)?;
+        let meta = c.store.meta();
+        let distance = Distance::of(meta.metric());
+        let max_k = self.registry.config().limits.max_k;
+        let nlist = c
+            .store
+            .version()
+            .quantizers
+            .as_ref()
+            .map_or(0, |q| q.nlist() as u32);
+        let n = queries.len();
+        let mut out = Vec::with_capacity(n);
+        for (qi, q) in queries.into_iter().enumerate() {
+            let field = if n == 1 {
+                "query".to_string()
+            } else {
+                format!("searches[{qi}].query")
+            };
+            let (vector, exclude) = match &q.vector {
+                QueryVector::Dense(v) => (v.clone(), None),
+                QueryVector::Point(k) => {
+                    let found = self.get(name, vec![*k], PayloadSel::None, true).await?;
+                    let Some(v) = found.into_iter().next().and_then(|r| r.vector) else {
+                        return Err(Status::not_found(format!(
+                            "query: no point with id {}",
+                            k.to_json()
+                        )));
+                    };
+                    (v, Some(k.internal()))
+                }
+            };
+            let k = q.limit + q.offset + usize::from(exclude.is_some());
+            if q.limit == 0 || k > max_k {
+                return Err(invalid(
+                    "limit",
+                    format!(
+                        "limit {} with offset {} is out of range: limit must be at least 1 and limit + offset at most {max_k}",
+                        q.limit, q.offset
+                    ),
+                ));
+            }
+            let native = proto::SearchRequest {
+                collection: name.to_string(),
+                vector,
+                k: k as u32,
+                nprobe: if q.exact { nlist } else { q.nprobe.min(nlist) },
+                refine_factor: q.refine_factor,
+                filter: q.filter.clone().unwrap_or_default(),
+                with_payload: false,
+                payload_keys: Vec::new(),
+            };
+            let hits = self
+                .svc
+                .search(request(native, client, timeout))
+                .await
+                .map_err(|s| rename_field(s, "vector", &field))?
+                .into_inner()
+                .neighbors;
+            out.push(self.hits(&c, hits, exclude, distance, &q).await?);
+        }
+        Ok(out)
+    }
+
+    /// Search hits as Qdrant's scored points: ids and payloads from the stored points, the
+    /// offset skipped and the threshold applied.
+    async fn hits(
+        &self,
+        c: &crate::collection::Collection,
+        hits: Vec<proto::Neighbor>,
+        exclude: Option<u64>,
+        distance: Distance,
+        q: &QuerySpec,
+    ) -> Result<Vec<Scored>, Status> {
+        let v = c.store.version();
+        let mut out = Vec::with_capacity(hits.len());
+        for n in hits
+            .into_iter()
+            .filter(|n| Some(n.id) != exclude)
+            .skip(q.offset)
+        {
+            let score = distance.score(n.distance);
+            if !distance.passes(score, q.score_threshold) {
+                continue;
+            }
+            let stored = v.payload(n.id).unwrap_or_default();
+            let needs_payload = q.with_payload != PayloadSel::None || n.id >= super::ids::UUID_BASE;
+            let map = if needs_payload {
+                payload::decode(stored)
+            } else {
+                Map::new()
+            };
+            let Some(key) = key_of(n.id, Some(&map)) else {
+                continue;
+            };
+            out.push(Scored {
+                record: Record {
+                    key,
+                    payload: q.with_payload.apply(map),
+                    vector: None,
+                },
+                score,
+            });
+            if out.len() == q.limit {
+                break;
+            }
+        }
+        if q.with_vector && !out.is_empty() {
+            let ids: Vec<u64> = out.iter().map(|s| s.record.key.internal()).collect();
+            let store = c.store.clone();
+            let vectors: HashMap<u64, Vec<f32>> =
+                blocking(move || Ok(store.get(&ids).into_iter().collect())).await?;
+            for s in &mut out {
+                s.record.vector = vectors.get(&s.record.key.internal()).cloned();
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Quiver's index parameters from `metadata.quiver`.
+fn quiver_params(settings: &Map<String, Value>) -> Result<QuiverParams, Status> {
+    match settings.get("metadata").and_then(|m| m.get("quiver")) {
+        None | Some(Value::Null) => Ok(QuiverParams::default()),
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
+            invalid(
+                "metadata.quiver",
+                format!("{e} (keys: nlist, pq_m, refine, seed, train_at)"),
+            )
+        }),
+    }
+}
+
+/// The size at which the collection trains by itself: `metadata.quiver.train_at`, else
+/// `optimizers_config.indexing_threshold` (KiB of vectors; 0: never) in vectors, at least
+/// [`MIN_TRAIN_AT`].
+fn train_at(settings: &Map<String, Value>, dim: u64, quiver: &QuiverParams) -> Result<u64, Status> {
+    if let Some(n) = quiver.train_at {
+        return Ok(n);
+    }
+    let kb = match settings
+        .get("optimizers_config")
+        .and_then(|o| o.get("indexing_threshold"))
+    {
+        None | Some(Value::Null) => DEFAULT_INDEXING_THRESHOLD_KB,
+        Some(v) => v.as_u64().ok_or_else(|| {
+            invalid(
+                "optimizers_config.indexing_threshold",
+                "expected an unsigned integer (KiB)",
+            )
+        })?,
+    };
+    if kb == 0 {
+        return Ok(0);
+    }
+    Ok((kb.saturating_mul(1024) / (dim.max(1) * 4)).max(MIN_TRAIN_AT))
+}
+
+/// A status whose message names `from` renamed to `to` (the native field's Qdrant name).
+fn rename_field(s: Status, from: &str, to: &str) -> Status {
+    match s.message().strip_prefix(&format!("{from}:")) {
+        Some(rest) => Status::new(s.code(), format!("{to}:{rest}")),
+        None => s,
+    }
+}
+
+fn collision(field: &str, a: PointKey, b: PointKey) -> Status {
+    invalid(
+        field,
+        format!(
+            "ids {} and {} map to the same internal id {}; give one of them another UUID",
+            a.to_json(),
+            b.to_json(),
+            a.internal()
+        ),
+    )
+}
+
+fn reserved(field: &str) -> Status {
+    invalid(
+        field,
+        format!("the key `{UUID_KEY}` is reserved (it holds a UUID point's id)"),
+    )
+}

@@ -1,0 +1,1071 @@
+//! Qdrant's gRPC services on Quiver (the port Qdrant serves gRPC on: 6334): each call decodes
+//! its message into [`super::api`]'s terms, runs the operation and encodes the answer in
+//! Qdrant's messages.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quiver_engine::payload::fields::FieldType;
+use serde_json::{Map, Value};
+use tonic::{Request, Response, Status};
+
+use super::api::{
+    CreateSpec, Distance, InfoView, PayloadSel, PointIn, QdrantApi, QuerySpec, QueryVector, Record,
+    Scored, Selector,
+};
+use super::filter::{from_grpc, point_id, point_key};
+use super::proto::{
+    self, collections_server::Collections, points_server::Points, qdrant_server::Qdrant,
+};
+use super::unsupported;
+use super::values;
+use crate::ratelimit::Client;
+use crate::registry::Registry;
+use crate::service::grpc_timeout;
+use crate::status::invalid;
+
+/// The three services, over one set of operations.
+#[derive(Clone)]
+pub struct QdrantGrpc {
+    api: QdrantApi,
+    registry: Arc<Registry>,
+}
+
+impl QdrantGrpc {
+    /// The services over `registry`.
+    pub fn new(registry: Arc<Registry>) -> Self {
+        QdrantGrpc {
+            api: QdrantApi::new(registry.clone()),
+            registry,
+        }
+    }
+
+    fn record<T>(&self, method: &str, r: Result<T, Status>) -> Result<T, Status> {
+        let code = match &r {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        self.registry.metrics().request(method, code);
+        r
+    }
+}
+
+fn client_of<T>(req: &Request<T>) -> Client {
+    req.extensions()
+        .get::<Client>()
+        .copied()
+        .unwrap_or(Client::Unknown)
+}
+
+/// The shorter of the call's `grpc-timeout` and a request's `timeout` field (seconds).
+fn timeout_of<T>(req: &Request<T>, field: Option<u64>) -> Option<Duration> {
+    let field = field.filter(|&s| s > 0).map(Duration::from_secs);
+    match (grpc_timeout(req), field) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn secs(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64()
+}
+
+fn done(wait: Option<bool>) -> proto::PointsOperationResponse {
+    proto::PointsOperationResponse {
+        result: Some(proto::UpdateResult {
+            operation_id: Some(0),
+            // Every write is durable and visible when answered; Qdrant answers "acknowledged"
+            // to a call that did not ask to wait.
+            status: if wait == Some(false) {
+                proto::UpdateStatus::Acknowledged
+            } else {
+                proto::UpdateStatus::Completed
+            } as i32,
+        }),
+        time: 0.0,
+    }
+}
+
+fn timed(mut r: proto::PointsOperationResponse, start: Instant) -> proto::PointsOperationResponse {
+    r.time = secs(start);
+    r
+}
+
+// ---- decoding ----
+
+fn payload_sel(s: Option<&proto::WithPayloadSelector>, default: PayloadSel) -> PayloadSel {
+    use proto::with_payload_selector::SelectorOptions;
+    match s.and_then(|s| s.selector_options.as_ref()) {
+        None => default,
+        Some(SelectorOptions::Enable(true)) => PayloadSel::All,
+        Some(SelectorOptions::Enable(false)) => PayloadSel::None,
+        Some(SelectorOptions::Include(i)) => PayloadSel::Include(i.fields.clone()),
+        Some(SelectorOptions::Exclude(e)) => PayloadSel::Exclude(e.fields.clone()),
+    }
+}
+
+fn vector_sel(s: Option<&proto::WithVectorsSelector>) -> Result<bool, Status> {
+    use proto::with_vectors_selector::SelectorOptions;
+    match s.and_then(|s| s.selector_options.as_ref()) {
+        None => Ok(false),
+        Some(SelectorOptions::Enable(b)) => Ok(*b),
+        Some(SelectorOptions::Include(names)) => {
+            if let Some(n) = names.names.iter().find(|n| !n.is_empty()) {
+                return Err(unsupported(&format!(
+                    "with_vectors: the named vector `{n}`"
+                )));
+            }
+            Ok(true)
+        }
+    }
+}
+
+fn dense(field: &str, v: &proto::Vector) -> Result<Vec<f32>, Status> {
+    use proto::vector::Vector as V;
+    match &v.vector {
+        Some(V::Dense(d)) => Ok(d.data.clone()),
+        Some(V::Sparse(_)) => Err(unsupported(&format!("{field}: sparse vectors"))),
+        Some(V::MultiDense(_)) => Err(unsupported(&format!("{field}: multi-vectors"))),
+        Some(V::Document(_) | V::Image(_) | V::Object(_)) => Err(unsupported(&format!(
+            "{field}: server-side inference (documents, images, objects)"
+        ))),
+        None if v.indices.is_some() => Err(unsupported(&format!("{field}: sparse vectors"))),
+        None => Ok(v.data.clone()),
+    }
+}
+
+fn point_vector(field: &str, v: Option<&proto::Vectors>) -> Result<Vec<f32>, Status> {
+    use proto::vectors::VectorsOptions;
+    match v.and_then(|v| v.vectors_options.as_ref()) {
+        None => Err(invalid(field, "missing: every point needs a vector")),
+        Some(VectorsOptions::Vector(v)) => dense(field, v),
+        Some(VectorsOptions::Vectors(named)) => match named.vectors.get("") {
+            Some(v) if named.vectors.len() == 1 => dense(field, v),
+            _ => Err(unsupported(&format!(
+                "{field}: named vectors (a collection holds one unnamed vector)"
+            ))),
+        },
+    }
+}
+
+fn selector(field: &str, s: Option<&proto::PointsSelector>) -> Result<Selector, Status> {
+    use proto::points_selector::PointsSelectorOneOf;
+    match s.and_then(|s| s.points_selector_one_of.as_ref()) {
+        None => Err(invalid(field, "missing: give point ids or a filter")),
+        Some(PointsSelectorOneOf::Points(list)) => Ok(Selector::Ids(
+            list.ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| point_key(&format!("{field}.ids[{i}]"), id))
+                .collect::<Result<_, _>>()?,
+        )),
+        Some(PointsSelectorOneOf::Filter(f)) => {
+            match from_grpc(&format!("{field}.filter"), Some(f))? {
+                Some(text) => Ok(Selector::Filter(text)),
+                // An empty filter selects every point.
+                None => Ok(Selector::Filter("{}".into())),
+            }
+        }
+    }
+}
+
+fn field_type(t: Option<i32>) -> Result<FieldType, Status> {
+    match proto::FieldType::try_from(t.unwrap_or(0)) {
+        Ok(proto::FieldType::Keyword) => Ok(FieldType::Keyword),
+        Ok(proto::FieldType::Integer) => Ok(FieldType::Integer),
+        Ok(proto::FieldType::Float) => Ok(FieldType::Float),
+        Ok(proto::FieldType::Bool) => Ok(FieldType::Bool),
+        Ok(other) => Err(unsupported(&format!(
+            "field_type: {} field indexes",
+            other.as_str_name()
+        ))),
+        Err(_) => Err(invalid("field_type", "unknown value")),
+    }
+}
+
+fn distance(d: i32) -> Result<Distance, Status> {
+    match proto::Distance::try_from(d) {
+        Ok(proto::Distance::Cosine) => Ok(Distance::Cosine),
+        Ok(proto::Distance::Euclid) => Ok(Distance::Euclid),
+        Ok(proto::Distance::Dot) => Ok(Distance::Dot),
+        Ok(proto::Distance::Manhattan) => Err(unsupported(
+            "vectors_config.params.distance: the Manhattan distance",
+        )),
+        _ => Err(invalid(
+            "vectors_config.params.distance",
+            "must be Cosine, Euclid or Dot",
+        )),
+    }
+}
+
+fn put(o: &mut Map<String, Value>, key: &str, v: Option<impl Into<Value>>) {
+    if let Some(v) = v {
+        o.insert(key.into(), v.into());
+    }
+}
+
+fn hnsw_json(h: &proto::HnswConfigDiff) -> Value {
+    let mut o = Map::new();
+    put(&mut o, "m", h.m);
+    put(&mut o, "ef_construct", h.ef_construct);
+    put(&mut o, "full_scan_threshold", h.full_scan_threshold);
+    put(&mut o, "max_indexing_threads", h.max_indexing_threads);
+    put(&mut o, "on_disk", h.on_disk);
+    put(&mut o, "payload_m", h.payload_m);
+    Value::Object(o)
+}
+
+fn wal_json(w: &proto::WalConfigDiff) -> Value {
+    let mut o = Map::new();
+    put(&mut o, "wal_capacity_mb", w.wal_capacity_mb);
+    put(&mut o, "wal_segments_ahead", w.wal_segments_ahead);
+    put(&mut o, "wal_retain_closed", w.wal_retain_closed);
+    Value::Object(o)
+}
+
+fn optimizers_json(c: &proto::OptimizersConfigDiff) -> Result<Value, Status> {
+    let mut o = Map::new();
+    if let Some(t) = c.deleted_threshold {
+        let n = serde_json::Number::from_f64(t)
+            .ok_or_else(|| invalid("optimizers_config.deleted_threshold", "not a finite number"))?;
+        o.insert("deleted_threshold".into(), Value::Number(n));
+    }
+    put(
+        &mut o,
+        "vacuum_min_vector_number",
+        c.vacuum_min_vector_number,
+    );
+    put(&mut o, "default_segment_number", c.default_segment_number);
+    put(&mut o, "max_segment_size", c.max_segment_size);
+    put(&mut o, "memmap_threshold", c.memmap_threshold);
+    put(&mut o, "indexing_threshold", c.indexing_threshold);
+    put(&mut o, "flush_interval_sec", c.flush_interval_sec);
+    Ok(Value::Object(o))
+}
+
+fn settings(
+    hnsw: Option<&proto::HnswConfigDiff>,
+    wal: Option<&proto::WalConfigDiff>,
+    optimizers: Option<&proto::OptimizersConfigDiff>,
+    quantization: bool,
+    metadata: &std::collections::HashMap<String, proto::Value>,
+) -> Result<Map<String, Value>, Status> {
+    let mut s = Map::new();
+    if let Some(h) = hnsw {
+        s.insert("hnsw_config".into(), hnsw_json(h));
+    }
+    if let Some(w) = wal {
+        s.insert("wal_config".into(), wal_json(w));
+    }
+    if let Some(o) = optimizers {
+        s.insert("optimizers_config".into(), optimizers_json(o)?);
+    }
+    if quantization {
+        // Accepted; Quiver's own quantization (IVF-PQ) is set with metadata.quiver.
+        s.insert("quantization_config".into(), Value::Object(Map::new()));
+    }
+    if !metadata.is_empty() {
+        s.insert(
+            "metadata".into(),
+            Value::Object(values::map_to_json("metadata", metadata)?),
+        );
+    }
+    Ok(s)
+}
+
+fn query_spec(field: &str, q: &proto::QueryPoints) -> Result<QuerySpec, Status> {
+    use proto::query::Variant;
+    use proto::vector_input::Variant as Input;
+    if !q.prefetch.is_empty() {
+        return Err(unsupported(&format!("{field}prefetch: prefetch queries")));
+    }
+    if q.lookup_from.is_some() {
+        return Err(unsupported(&format!("{field}lookup_from")));
+    }
+    if let Some(u) = q.using.as_deref().filter(|u| !u.is_empty()) {
+        return Err(unsupported(&format!(
+            "{field}using: the named vector `{u}`"
+        )));
+    }
+    let vector = match q.query.as_ref().and_then(|q| q.variant.as_ref()) {
+        None => {
+            return Err(unsupported(&format!(
+                "{field}query: a query without a vector (use Scroll)"
+            )))
+        }
+        Some(Variant::Nearest(input)) => match &input.variant {
+            Some(Input::Dense(d)) => QueryVector::Dense(d.data.clone()),
+            Some(Input::Id(id)) => {
+                QueryVector::Point(point_key(&format!("{field}query.nearest.id"), id)?)
+            }
+            Some(Input::Sparse(_)) => {
+                return Err(unsupported(&format!("{field}query: sparse vectors")))
+            }
+            Some(Input::MultiDense(_)) => {
+                return Err(unsupported(&format!("{field}query: multi-vectors")))
+            }
+            Some(_) => {
+                return Err(unsupported(&format!(
+                    "{field}query: server-side inference (documents, images, objects)"
+                )))
+            }
+            None => return Err(invalid(&format!("{field}query.nearest"), "empty")),
+        },
+        Some(other) => {
+            let name = match other {
+                Variant::Recommend(_) => "recommend",
+                Variant::Discover(_) => "discover",
+                Variant::Context(_) => "context",
+                Variant::OrderBy(_) => "order_by",
+                Variant::Fusion(_) => "fusion",
+                Variant::Sample(_) => "sample",
+                Variant::Formula(_) => "formula",
+                Variant::NearestWithMmr(_) => "nearest_with_mmr",
+                Variant::Rrf(_) => "rrf",
+                Variant::RelevanceFeedback(_) => "relevance_feedback",
+                Variant::Text(_) => "text",
+                Variant::Nearest(_) => "nearest",
+            };
+            return Err(unsupported(&format!("{field}query: `{name}` queries")));
+        }
+    };
+    let (nprobe, refine_factor, exact) = params(q.params.as_ref());
+    Ok(QuerySpec {
+        vector,
+        filter: from_grpc(&format!("{field}filter"), q.filter.as_ref())?,
+        limit: q.limit.unwrap_or(10) as usize,
+        offset: q.offset.unwrap_or(0) as usize,
+        score_threshold: q.score_threshold,
+        nprobe,
+        refine_factor,
+        exact,
+        with_payload: payload_sel(q.with_payload.as_ref(), PayloadSel::None),
+        with_vector: vector_sel(q.with_vectors.as_ref())?,
+    })
+}
+
+/// `hnsw_ef` as nprobe, `quantization.oversampling` as the refine factor, `exact`.
+fn params(p: Option<&proto::SearchParams>) -> (u32, u32, bool) {
+    let Some(p) = p else { return (0, 0, false) };
+    let nprobe = p.hnsw_ef.map_or(0, |e| e.min(u32::MAX as u64) as u32);
+    let refine = p
+        .quantization
+        .as_ref()
+        .and_then(|q| q.oversampling)
+        .filter(|o| o.is_finite() && *o >= 1.0)
+        .map_or(0, |o| o.ceil().min(1000.0) as u32);
+    (nprobe, refine, p.exact.unwrap_or(false))
+}
+
+fn search_spec(field: &str, s: &proto::SearchPoints) -> Result<QuerySpec, Status> {
+    if let Some(n) = s.vector_name.as_deref().filter(|n| !n.is_empty()) {
+        return Err(unsupported(&format!(
+            "{field}vector_name: the named vector `{n}`"
+        )));
+    }
+    if s.sparse_indices.is_some() {
+        return Err(unsupported(&format!(
+            "{field}sparse_indices: sparse vectors"
+        )));
+    }
+    let (nprobe, refine_factor, exact) = params(s.params.as_ref());
+    Ok(QuerySpec {
+        vector: QueryVector::Dense(s.vector.clone()),
+        filter: from_grpc(&format!("{field}filter"), s.filter.as_ref())?,
+        limit: s.limit as usize,
+        offset: s.offset.unwrap_or(0) as usize,
+        score_threshold: s.score_threshold,
+        nprobe,
+        refine_factor,
+        exact,
+        with_payload: payload_sel(s.with_payload.as_ref(), PayloadSel::None),
+        with_vector: vector_sel(s.with_vectors.as_ref())?,
+    })
+}
+
+// ---- encoding ----
+
+fn vectors_out(v: Option<Vec<f32>>) -> Option<proto::VectorsOutput> {
+    v.map(|data| proto::VectorsOutput {
+        vectors_options: Some(proto::vectors_output::VectorsOptions::Vector(
+            proto::VectorOutput {
+                vector: Some(proto::vector_output::Vector::Dense(proto::DenseVector {
+                    data,
+                })),
+            },
+        )),
+    })
+}
+
+fn retrieved(r: Record) -> proto::RetrievedPoint {
+    proto::RetrievedPoint {
+        id: Some(point_id(r.key)),
+        payload: r
+            .payload
+            .as_ref()
+            .map(values::map_from_json)
+            .unwrap_or_default(),
+        vectors: vectors_out(r.vector),
+    }
+}
+
+fn scored(s: Scored) -> proto::ScoredPoint {
+    proto::ScoredPoint {
+        id: Some(point_id(s.record.key)),
+        payload: s
+            .record
+            .payload
+            .as_ref()
+            .map(values::map_from_json)
+            .unwrap_or_default(),
+        score: s.score,
+        version: 0,
+        vectors: vectors_out(s.record.vector),
+    }
+}
+
+fn u64_of(o: &Map<String, Value>, k: &str) -> Option<u64> {
+    o.get(k).and_then(Value::as_u64)
+}
+
+fn info_proto(v: InfoView) -> proto::CollectionInfo {
+    let h = &v.hnsw;
+    let w = &v.wal;
+    let o = &v.optimizers;
+    proto::CollectionInfo {
+        status: match v.status {
+            "green" => proto::CollectionStatus::Green,
+            "yellow" => proto::CollectionStatus::Yellow,
+            _ => proto::CollectionStatus::Red,
+        } as i32,
+        optimizer_status: Some(proto::OptimizerStatus {
+            ok: v.error.is_none(),
+            error: v.error.clone().unwrap_or_default(),
+        }),
+        segments_count: v.segments,
+        config: Some(proto::CollectionConfig {
+            params: Some(proto::CollectionParams {
+                shard_number: 1,
+                on_disk_payload: true,
+                vectors_config: Some(proto::VectorsConfig {
+                    config: Some(proto::vectors_config::Config::Params(proto::VectorParams {
+                        size: v.dim,
+                        distance: match v.distance {
+                            Distance::Cosine => proto::Distance::Cosine,
+                            Distance::Euclid => proto::Distance::Euclid,
+                            Distance::Dot => proto::Distance::Dot,
+                        } as i32,
+                        ..Default::default()
+                    })),
+                }),
+                replication_factor: Some(1),
+                write_consistency_factor: Some(1),
+            }),
+            hnsw_config: Some(proto::HnswConfigDiff {
+                m: u64_of(h, "m"),
+                ef_construct: u64_of(h, "ef_construct"),
+                full_scan_threshold: u64_of(h, "full_scan_threshold"),
+                max_indexing_threads: u64_of(h, "max_indexing_threads"),
+                on_disk: h.get("on_disk").and_then(Value::as_bool),
+                payload_m: u64_of(h, "payload_m"),
+            }),
+            optimizer_config: Some(proto::OptimizersConfigDiff {
+                deleted_threshold: o.get("deleted_threshold").and_then(Value::as_f64),
+                vacuum_min_vector_number: u64_of(o, "vacuum_min_vector_number"),
+                default_segment_number: u64_of(o, "default_segment_number"),
+                max_segment_size: u64_of(o, "max_segment_size"),
+                memmap_threshold: u64_of(o, "memmap_threshold"),
+                indexing_threshold: u64_of(o, "indexing_threshold"),
+                flush_interval_sec: u64_of(o, "flush_interval_sec"),
+            }),
+            wal_config: Some(proto::WalConfigDiff {
+                wal_capacity_mb: u64_of(w, "wal_capacity_mb"),
+                wal_segments_ahead: u64_of(w, "wal_segments_ahead"),
+                wal_retain_closed: u64_of(w, "wal_retain_closed"),
+            }),
+            metadata: values::map_from_json(&v.metadata),
+        }),
+        payload_schema: v
+            .fields
+            .iter()
+            .map(|(k, t)| {
+                let data_type = match t {
+                    FieldType::Keyword => proto::PayloadSchemaType::Keyword,
+                    FieldType::Integer => proto::PayloadSchemaType::Integer,
+                    FieldType::Float => proto::PayloadSchemaType::Float,
+                    FieldType::Bool => proto::PayloadSchemaType::Bool,
+                };
+                (
+                    k.clone(),
+                    proto::PayloadSchemaInfo {
+                        data_type: data_type as i32,
+                        points: Some(0),
+                    },
+                )
+            })
+            .collect(),
+        points_count: Some(v.points),
+        indexed_vectors_count: Some(v.indexed),
+        warnings: Vec::new(),
+    }
+}
+
+// ---- services ----
+
+#[tonic::async_trait]
+impl Qdrant for QdrantGrpc {
+    async fn health_check(
+        &self,
+        _req: Request<proto::HealthCheckRequest>,
+    ) -> Result<Response<proto::HealthCheckReply>, Status> {
+        Ok(Response::new(proto::HealthCheckReply {
+            title: format!("quiver {} (Qdrant API)", env!("CARGO_PKG_VERSION")),
+            version: super::API_VERSION.into(),
+            commit: None,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Collections for QdrantGrpc {
+    async fn get(
+        &self,
+        req: Request<proto::GetCollectionInfoRequest>,
+    ) -> Result<Response<proto::GetCollectionInfoResponse>, Status> {
+        let start = Instant::now();
+        let r = self.api.info(&req.get_ref().collection_name).map(|v| {
+            Response::new(proto::GetCollectionInfoResponse {
+                result: Some(info_proto(v)),
+                time: secs(start),
+            })
+        });
+        self.record("qdrant.Collections/Get", r)
+    }
+
+    async fn list(
+        &self,
+        _req: Request<proto::ListCollectionsRequest>,
+    ) -> Result<Response<proto::ListCollectionsResponse>, Status> {
+        let start = Instant::now();
+        let collections = self
+            .api
+            .list()
+            .into_iter()
+            .map(|name| proto::CollectionDescription { name })
+            .collect();
+        self.record(
+            "qdrant.Collections/List",
+            Ok(Response::new(proto::ListCollectionsResponse {
+                collections,
+                time: secs(start),
+            })),
+        )
+    }
+
+    async fn create(
+        &self,
+        req: Request<proto::CreateCollection>,
+    ) -> Result<Response<proto::CollectionOperationResponse>, Status> {
+        let start = Instant::now();
+        let r = async {
+            let r = req.into_inner();
+            if r.sparse_vectors_config
+                .as_ref()
+                .is_some_and(|s| !s.map.is_empty())
+            {
+                return Err(unsupported("sparse_vectors_config: sparse vectors"));
+            }
+            if r.strict_mode_config.is_some() {
+                return Err(unsupported("strict_mode_config"));
+            }
+            use proto::vectors_config::Config;
+            let params =
+                match r.vectors_config.as_ref().and_then(|v| v.config.as_ref()) {
+                    None => {
+                        return Err(invalid(
+                            "vectors_config",
+                            "missing: the vector size and distance are required",
+                        ))
+                    }
+                    Some(Config::Params(p)) => *p,
+                    Some(Config::ParamsMap(m)) => match m.map.get("") {
+                        Some(p) if m.map.len() == 1 => *p,
+                        _ => return Err(unsupported(
+                            "vectors_config: named vectors (a collection holds one unnamed vector)",
+                        )),
+                    },
+                };
+            if params.multivector_config.is_some() {
+                return Err(unsupported("vectors_config: multi-vectors"));
+            }
+            let s = settings(
+                r.hnsw_config.as_ref().or(params.hnsw_config.as_ref()),
+                r.wal_config.as_ref(),
+                r.optimizers_config.as_ref(),
+                r.quantization_config.is_some() || params.quantization_config.is_some(),
+                &r.metadata,
+            )?;
+            self.api
+                .create(CreateSpec {
+                    name: r.collection_name,
+                    dim: params.size,
+                    distance: distance(params.distance)?,
+                    settings: s,
+                })
+                .await?;
+            Ok(Response::new(proto::CollectionOperationResponse {
+                result: true,
+                time: secs(start),
+            }))
+        }
+        .await;
+        self.record("qdrant.Collections/Create", r)
+    }
+
+    async fn update(
+        &self,
+        req: Request<proto::UpdateCollection>,
+    ) -> Result<Response<proto::CollectionOperationResponse>, Status> {
+        let start = Instant::now();
+        let r = async {
+            let r = req.into_inner();
+            if r.sparse_vectors_config
+                .as_ref()
+                .is_some_and(|s| !s.map.is_empty())
+            {
+                return Err(unsupported("sparse_vectors_config: sparse vectors"));
+            }
+            if r.strict_mode_config.is_some() {
+                return Err(unsupported("strict_mode_config"));
+            }
+            let s = settings(
+                r.hnsw_config.as_ref(),
+                None,
+                r.optimizers_config.as_ref(),
+                r.quantization_config.is_some(),
+                &r.metadata,
+            )?;
+            self.api.update(&r.collection_name, s).await?;
+            Ok(Response::new(proto::CollectionOperationResponse {
+                result: true,
+                time: secs(start),
+            }))
+        }
+        .await;
+        self.record("qdrant.Collections/Update", r)
+    }
+
+    async fn delete(
+        &self,
+        req: Request<proto::DeleteCollection>,
+    ) -> Result<Response<proto::CollectionOperationResponse>, Status> {
+        let start = Instant::now();
+        let r = self
+            .api
+            .delete(&req.get_ref().collection_name)
+            .await
+            .map(|result| {
+                Response::new(proto::CollectionOperationResponse {
+                    result,
+                    time: secs(start),
+                })
+            });
+        self.record("qdrant.Collections/Delete", r)
+    }
+
+    async fn collection_exists(
+        &self,
+        req: Request<proto::CollectionExistsRequest>,
+    ) -> Result<Response<proto::CollectionExistsResponse>, Status> {
+        let start = Instant::now();
+        let exists = self.api.exists(&req.get_ref().collection_name);
+        self.record(
+            "qdrant.Collections/CollectionExists",
+            Ok(Response::new(proto::CollectionExistsResponse {
+                result: Some(proto::CollectionExists { exists }),
+                time: secs(start),
+            })),
+        )
+    }
+}
+
+#[tonic::async_trait]
+impl Points for QdrantGrpc {
+    async fn upsert(
+        &self,
+        req: Request<proto::UpsertPoints>,
+    ) -> Result<Response<proto::PointsOperationResponse>, Status> {
+        let start = Instant::now();
+        let client = client_of(&req);
+        let r = async {
+            let r = req.into_inner();
+            if r.update_filter.is_some() {
+                return Err(unsupported("update_filter: conditional upserts"));
+            }
+            if r.update_mode.is_some_and(|m| m != 0) {
+                return Err(unsupported(
+                    "update_mode: insert-only and update-only upserts",
+                ));
+            }
+            let points = r
+                .points
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let field = format!("points[{i}]");
+                    let id =
+                        p.id.as_ref()
+                            .ok_or_else(|| invalid(&format!("{field}.id"), "missing"))?;
+                    Ok(PointIn {
+                        key: point_key(&format!("{field}.id"), id)?,
+                        vector: point_vector(&format!("{field}.vectors"), p.vectors.as_ref())?,
+                        payload: values::map_to_json(&format!("{field}.payload"), &p.payload)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, Status>>()?;
+            self.api.upsert(client, &r.collection_name, points).await?;
+            Ok(Response::new(timed(done(r.wait), start)))
+        }
+        .await;
+        self.record("qdrant.Points/Upsert", r)
+    }
+
+    async fn delete(
+        &self,
+        req: Request<proto::DeletePoints>,
+    ) -> Result<Response<proto::PointsOperationResponse>, Status> {
+        let start = Instant::now();
+        let client = client_of(&req);
+        let r = async {
+            let r = req.into_inner();
+            let sel = selector("points", r.points.as_ref())?;
+            self.api
+                .delete_points(client, &r.collection_name, sel)
+                .await?;
+            Ok(Response::new(timed(done(r.wait), start)))
+        }
+        .await;
+        self.record("qdrant.Points/Delete", r)
+    }
+
+    async fn get(
+        &self,
+        req: Request<proto::GetPoints>,
+    ) -> Result<Response<proto::GetResponse>, Status> {
+        let start = Instant::now();
+        let r = async {
+            let r = req.into_inner();
+            let keys = r
+                .ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| point_key(&format!("ids[{i}]"), id))
+                .collect::<Result<Vec<_>, _>>()?;
+            let records = self
+                .api
+                .get(
+                    &r.collection_name,
+                    keys,
+                    payload_sel(r.with_payload.as_ref(), PayloadSel::All),
+                    vector_sel(r.with_vectors.as_ref())?,
+                )
+                .await?;
+            Ok(Response::new(proto::GetResponse {
+                result: records.into_iter().map(retrieved).collect(),
+                time: secs(start),
+            }))
+        }
+        .await;
+        self.record("qdrant.Points/Get", r)
+    }
+
+    async fn set_payload(
+        &self,
+        req: Request<proto::SetPayloadPoints>,
+    ) -> Result<Response<proto::PointsOperationResponse>, Status> {
+        let start = Instant::now();
+        let r = self.set_or_overwrite(req.into_inner(), false).await;
+        self.record(
+            "qdrant.Points/SetPayload",
+            r.map(|x| Response::new(timed(x, start))),
+        )
+    }
+
+    async fn overwrite_payload(
+        &self,
+        req: Request<proto::SetPayloadPoints>,
+    ) -> Result<Response<proto::PointsOperationResponse>, Status> {
+        let start = Instant::now();
+        let r = self.set_or_overwrite(req.into_inner(), true).await;
+        self.record(
+            "qdrant.Points/OverwritePayload",
+            r.map(|x| Response::new(timed(x, start))),
+        )
+    }
+
+    async fn delete_payload(
+        &self,
+        req: Request<proto::DeletePayloadPoints>,
+    ) -> Result<Response<proto::PointsOperationResponse>, Status> {
+        let start = Instant::now();
+        let r = async {
+            let r = req.into_inner();
+            let sel = selector("points_selector", r.points_selector.as_ref())?;
+            self.api
+                .delete_payload(&r.collection_name, sel, r.keys)
+                .await?;
+            Ok(Response::new(timed(done(r.wait), start)))
+        }
+        .await;
+        self.record("qdrant.Points/DeletePayload", r)
+    }
+
+    async fn clear_payload(
+        &self,
+        req: Request<proto::ClearPayloadPoints>,
+    ) -> Result<Response<proto::PointsOperationResponse>, Status> {
+        let start = Instant::now();
+        let r = async {
+            let r = req.into_inner();
+            let sel = selector("points", r.points.as_ref())?;
+            self.api.clear_payload(&r.collection_name, sel).await?;
+            Ok(Response::new(timed(done(r.wait), start)))
+        }
+        .await;
+        self.record("qdrant.Points/ClearPayload", r)
+    }
+
+    async fn create_field_index(
+        &self,
+        req: Request<proto::CreateFieldIndexCollection>,
+    ) -> Result<Response<proto::PointsOperationResponse>, Status> {
+        let start = Instant::now();
+        let r = async {
+            let r = req.into_inner();
+            let kind = field_type(r.field_type)?;
+            self.api
+                .create_field_index(&r.collection_name, &r.field_name, kind)
+                .await?;
+            Ok(Response::new(timed(done(r.wait), start)))
+        }
+        .await;
+        self.record("qdrant.Points/CreateFieldIndex", r)
+    }
+
+    async fn delete_field_index(
+        &self,
+        req: Request<proto::DeleteFieldIndexCollection>,
+    ) -> Result<Response<proto::PointsOperationResponse>, Status> {
+        let start = Instant::now();
+        let r = async {
+            let r = req.into_inner();
+            self.api
+                .delete_field_index(&r.collection_name, &r.field_name)
+                .await?;
+            Ok(Response::new(timed(done(r.wait), start)))
+        }
+        .await;
+        self.record("qdrant.Points/DeleteFieldIndex", r)
+    }
+
+    async fn search(
+        &self,
+        req: Request<proto::SearchPoints>,
+    ) -> Result<Response<proto::SearchResponse>, Status> {
+        let start = Instant::now();
+        let client = client_of(&req);
+        let timeout = timeout_of(&req, req.get_ref().timeout);
+        let r = async {
+            let r = req.into_inner();
+            let spec = search_spec("", &r)?;
+            let mut hits = self
+                .api
+                .query(client, &r.collection_name, vec![spec], timeout)
+                .await?;
+            Ok(Response::new(proto::SearchResponse {
+                result: hits
+                    .pop()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(scored)
+                    .collect(),
+                time: secs(start),
+            }))
+        }
+        .await;
+        self.record("qdrant.Points/Search", r)
+    }
+
+    async fn search_batch(
+        &self,
+        req: Request<proto::SearchBatchPoints>,
+    ) -> Result<Response<proto::SearchBatchResponse>, Status> {
+        let start = Instant::now();
+        let client = client_of(&req);
+        let timeout = timeout_of(&req, req.get_ref().timeout);
+        let r = async {
+            let r = req.into_inner();
+            let mut specs = Vec::with_capacity(r.search_points.len());
+            for (i, s) in r.search_points.iter().enumerate() {
+                if !s.collection_name.is_empty() && s.collection_name != r.collection_name {
+                    return Err(invalid(
+                        &format!("search_points[{i}].collection_name"),
+                        "differs from the batch's collection",
+                    ));
+                }
+                specs.push(search_spec(&format!("search_points[{i}]."), s)?);
+            }
+            let hits = self
+                .api
+                .query(client, &r.collection_name, specs, timeout)
+                .await?;
+            Ok(Response::new(proto::SearchBatchResponse {
+                result: hits
+                    .into_iter()
+                    .map(|h| proto::BatchResult {
+                        result: h.into_iter().map(scored).collect(),
+                    })
+                    .collect(),
+                time: secs(start),
+            }))
+        }
+        .await;
+        self.record("qdrant.Points/SearchBatch", r)
+    }
+
+    async fn scroll(
+        &self,
+        req: Request<proto::ScrollPoints>,
+    ) -> Result<Response<proto::ScrollResponse>, Status> {
+        let start = Instant::now();
+        let r = async {
+            let r = req.into_inner();
+            if r.order_by.is_some() {
+                return Err(unsupported("order_by: scrolling in payload order"));
+            }
+            let offset = r
+                .offset
+                .as_ref()
+                .map(|o| point_key("offset", o))
+                .transpose()?;
+            let (records, next) = self
+                .api
+                .scroll(
+                    &r.collection_name,
+                    from_grpc("filter", r.filter.as_ref())?,
+                    offset,
+                    r.limit.unwrap_or(10) as usize,
+                    payload_sel(r.with_payload.as_ref(), PayloadSel::All),
+                    vector_sel(r.with_vectors.as_ref())?,
+                )
+                .await?;
+            Ok(Response::new(proto::ScrollResponse {
+                next_page_offset: next.map(point_id),
+                result: records.into_iter().map(retrieved).collect(),
+                time: secs(start),
+            }))
+        }
+        .await;
+        self.record("qdrant.Points/Scroll", r)
+    }
+
+    async fn count(
+        &self,
+        req: Request<proto::CountPoints>,
+    ) -> Result<Response<proto::CountResponse>, Status> {
+        let start = Instant::now();
+        let r = async {
+            let r = req.into_inner();
+            let count = self
+                .api
+                .count(&r.collection_name, from_grpc("filter", r.filter.as_ref())?)
+                .await?;
+            Ok(Response::new(proto::CountResponse {
+                result: Some(proto::CountResult { count }),
+                time: secs(start),
+            }))
+        }
+        .await;
+        self.record("qdrant.Points/Count", r)
+    }
+
+    async fn query(
+        &self,
+        req: Request<proto::QueryPoints>,
+    ) -> Result<Response<proto::QueryResponse>, Status> {
+        let start = Instant::now();
+        let client = client_of(&req);
+        let timeout = timeout_of(&req, req.get_ref().timeout);
+        let r = async {
+            let r = req.into_inner();
+            let spec = query_spec("", &r)?;
+            let mut hits = self
+                .api
+                .query(client, &r.collection_name, vec![spec], timeout)
+                .await?;
+            Ok(Response::new(proto::QueryResponse {
+                result: hits
+                    .pop()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(scored)
+                    .collect(),
+                time: secs(start),
+            }))
+        }
+        .await;
+        self.record("qdrant.Points/Query", r)
+    }
+
+    async fn query_batch(
+        &self,
+        req: Request<proto::QueryBatchPoints>,
+    ) -> Result<Response<proto::QueryBatchResponse>, Status> {
+        let start = Instant::now();
+        let client = client_of(&req);
+        let timeout = timeout_of(&req, req.get_ref().timeout);
+        let r = async {
+            let r = req.into_inner();
+            let mut specs = Vec::with_capacity(r.query_points.len());
+            for (i, q) in r.query_points.iter().enumerate() {
+                if !q.collection_name.is_empty() && q.collection_name != r.collection_name {
+                    return Err(invalid(
+                        &format!("query_points[{i}].collection_name"),
+                        "differs from the batch's collection",
+                    ));
+                }
+                specs.push(query_spec(&format!("query_points[{i}]."), q)?);
+            }
+            let hits = self
+                .api
+                .query(client, &r.collection_name, specs, timeout)
+                .await?;
+            Ok(Response::new(proto::QueryBatchResponse {
+                result: hits
+                    .into_iter()
+                    .map(|h| proto::BatchResult {
+                        result: h.into_iter().map(scored).collect(),
+                    })
+                    .collect(),
+                time: secs(start),
+            }))
+        }
+        .await;
+        self.record("qdrant.Points/QueryBatch", r)
+    }
+}
+
+impl QdrantGrpc {
+    async fn set_or_overwrite(
+        &self,
+        r: proto::SetPayloadPoints,
+        overwrite: bool,
+    ) -> Result<proto::PointsOperationResponse, Status> {
+        let sel = selector("points_selector", r.points_selector.as_ref())?;
+        let payload = values::map_to_json("payload", &r.payload)?;
+        self.api
+            .set_payload(&r.collection_name, sel, payload, r.key, overwrite)
+            .await?;
+        Ok(done(r.wait))
+    }
+}

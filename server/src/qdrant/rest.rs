@@ -1,0 +1,1309 @@
+//! Qdrant's REST API on Quiver (the port Qdrant serves REST on: 6333), with axum: Qdrant's
+//! paths and JSON shapes, answers in its `{"result", "status", "time"}` envelope and errors as
+//! `{"status": {"error": …}, "time": …}` with the HTTP code of the failure (400 for bad input
+//! and for features outside the supported surface, 401/403 for keys, 404, 409, 429, 5xx).
+//! API keys and per-client request limits apply as on the gRPC port.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::serve::IncomingStream;
+use axum::Router;
+use quiver_engine::payload::fields::FieldType;
+use serde_json::{json, Map, Value};
+use tonic::{Code, Status};
+
+use super::api::{
+    CreateSpec, Distance, InfoView, PayloadSel, PointIn, QdrantApi, QuerySpec, QueryVector, Record,
+    Scored, Selector,
+};
+use super::filter::from_rest;
+use super::ids::PointKey;
+use super::unsupported;
+use crate::auth::{Access, ApiKeys};
+use crate::metrics::Metrics;
+use crate::ratelimit::{Client, Limit, RateLimiter};
+use crate::registry::Registry;
+use crate::status::invalid;
+
+/// The REST front end's state.
+#[derive(Clone)]
+pub struct Rest {
+    api: QdrantApi,
+    keys: Arc<ApiKeys>,
+    limiter: Arc<RateLimiter>,
+    metrics: Metrics,
+    max_body: usize,
+}
+
+impl Rest {
+    /// The REST API over `registry`, checking `keys`.
+    pub fn new(registry: Arc<Registry>, keys: Arc<ApiKeys>) -> Self {
+        Rest {
+            api: QdrantApi::new(registry.clone()),
+            keys,
+            limiter: registry.limiter().clone(),
+            metrics: registry.metrics().clone(),
+            max_body: registry.config().limits.max_message_bytes,
+        }
+    }
+
+    /// The routes.
+    pub fn router(self) -> Router {
+        let limit = axum::extract::DefaultBodyLimit::max(self.max_body);
+        Router::new()
+            .route("/", get(root))
+            .route("/healthz", get(health))
+            .route("/livez", get(health))
+            .route("/readyz", get(health))
+            .route("/collections", get(list))
+            .route(
+                "/collections/{name}",
+                get(info).put(create).patch(update).delete(drop),
+            )
+            .route("/collections/{name}/exists", get(exists))
+            .route("/collections/{name}/points", put(upsert).post(retrieve))
+            .route("/collections/{name}/points/{id}", get(retrieve_one))
+            .route("/collections/{name}/points/delete", post(delete_points))
+            .route(
+                "/collections/{name}/points/payload",
+                post(set_payload).put(overwrite_payload),
+            )
+            .route(
+                "/collections/{name}/points/payload/delete",
+                post(delete_payload),
+            )
+            .route(
+                "/collections/{name}/points/payload/clear",
+                post(clear_payload),
+            )
+            .route("/collections/{name}/index", put(create_index))
+            .route("/collections/{name}/index/{field}", delete(delete_index))
+            .route("/collections/{name}/points/search", post(search))
+            .route(
+                "/collections/{name}/points/search/batch",
+                post(search_batch),
+            )
+            .route("/collections/{name}/points/query", post(query))
+            .route("/collections/{name}/points/query/batch", post(query_batch))
+            .route("/collections/{name}/points/scroll", post(scroll))
+            .route("/collections/{name}/points/count", post(count))
+            .fallback(not_supported)
+            .method_not_allowed_fallback(not_supported)
+            .layer(limit)
+            .with_state(self)
+    }
+
+    /// Admits a request: its key (when keys are set) and its client's request rate.
+    fn admit(&self, headers: &HeaderMap, peer: SocketAddr, need: Access) -> Result<Client, Status> {
+        let key = crate::auth::admit_key(&self.keys, Some(need), headers)?;
+        let client = match key {
+            Some(i) => Client::Key(i),
+            None => Client::Peer(peer.ip()),
+        };
+        self.limiter
+            .check(client, Limit::Requests, 1, &self.metrics)
+            .map(|()| client)
+    }
+
+    /// Runs an operation needing `need` and answers in Qdrant's envelope.
+    async fn run<F, Fut>(
+        &self,
+        op: &str,
+        need: Access,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+        f: F,
+    ) -> Response
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<Value, Status>>,
+    {
+        let start = Instant::now();
+        let r = match self.admit(headers, peer, need) {
+            Ok(client) => f(client).await,
+            Err(s) => Err(s),
+        };
+        let code = match &r {
+            Ok(_) => Code::Ok,
+            Err(s) => s.code(),
+        };
+        self.metrics.request(&format!("qdrant.rest/{op}"), code);
+        envelope(r, start)
+    }
+}
+
+/// The client's address, for per-client limits without keys.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for PeerAddr {
+    fn connect_info(s: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        PeerAddr(*s.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, crate::tls::TlsListener>> for PeerAddr {
+    fn connect_info(s: IncomingStream<'_, crate::tls::TlsListener>) -> Self {
+        PeerAddr(*s.remote_addr())
+    }
+}
+
+/// Serves the REST API on `listener` until `shutdown` resolves.
+pub async fn serve<L>(
+    rest: Rest,
+    listener: L,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    for<'a> PeerAddr: Connected<IncomingStream<'a, L>>,
+{
+    axum::serve(
+        listener,
+        rest.router()
+            .into_make_service_with_connect_info::<PeerAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+fn http_code(c: Code) -> StatusCode {
+    match c {
+        Code::Ok => StatusCode::OK,
+        Code::InvalidArgument
+        | Code::Unimplemented
+        | Code::FailedPrecondition
+        | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::Unavailable | Code::Cancelled => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn envelope(r: Result<Value, Status>, start: Instant) -> Response {
+    let time = start.elapsed().as_secs_f64();
+    match r {
+        Ok(result) => (
+            StatusCode::OK,
+            axum::Json(json!({"result": result, "status": "ok", "time": time})),
+        )
+            .into_response(),
+        Err(s) => {
+            let code = http_code(s.code());
+            let mut resp = (
+                code,
+                axum::Json(json!({"status": {"error": s.message()}, "time": time})),
+            )
+                .into_response();
+            if code == StatusCode::TOO_MANY_REQUESTS {
+                // The limiter's status says when to retry; REST clients read Retry-After.
+                if let Some(ms) = s
+                    .metadata()
+                    .get("retry-after-ms")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
+                    let secs = ms.div_ceil(1000).max(1).to_string();
+                    if let Ok(v) = secs.parse() {
+                        resp.headers_mut().insert("retry-after", v);
+                    }
+                }
+            }
+            resp
+        }
+    }
+}
+
+// ---- request bodies ----
+
+/// A request body: a JSON object (an empty body reads as `{}`).
+struct Body(Map<String, Value>);
+
+impl Body {
+    fn parse(bytes: &[u8]) -> Result<Self, Status> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Body(Map::new()));
+        }
+        match serde_json::from_slice(bytes) {
+            Ok(Value::Object(o)) => Ok(Body(o)),
+            Ok(other) => Err(invalid(
+                "body",
+                format!(
+                    "expected a JSON object, got {}",
+                    quiver_engine::payload::type_name(&other)
+                ),
+            )),
+            Err(e) => Err(invalid("body", format!("not valid JSON: {e}"))),
+        }
+    }
+
+    fn get(&self, k: &str) -> Option<&Value> {
+        self.0.get(k).filter(|v| !v.is_null())
+    }
+}
+
+fn u64_in(field: &str, v: Option<&Value>, default: u64) -> Result<u64, Status> {
+    match v.filter(|v| !v.is_null()) {
+        None => Ok(default),
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| invalid(field, "expected an unsigned integer")),
+    }
+}
+
+fn f32_in(field: &str, v: Option<&Value>) -> Result<Option<f32>, Status> {
+    match v.filter(|v| !v.is_null()) {
+        None => Ok(None),
+        Some(v) => v
+            .as_f64()
+            .map(|x| Some(x as f32))
+            .ok_or_else(|| invalid(field, "expected a number")),
+    }
+}
+
+fn bool_in(field: &str, v: Option<&Value>, default: bool) -> Result<bool, Status> {
+    match v.filter(|v| !v.is_null()) {
+        None => Ok(default),
+        Some(v) => v
+            .as_bool()
+            .ok_or_else(|| invalid(field, "expected true or false")),
+    }
+}
+
+fn object_in(field: &str, v: Option<&Value>) -> Result<Map<String, Value>, Status> {
+    match v.filter(|v| !v.is_null()) {
+        None => Ok(Map::new()),
+        Some(Value::Object(o)) => Ok(o.clone()),
+        Some(_) => Err(invalid(field, "expected a JSON object")),
+    }
+}
+
+fn strings_in(field: &str, v: Option<&Value>) -> Result<Vec<String>, Status> {
+    match v.filter(|v| !v.is_null()) {
+        None => Ok(Vec::new()),
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                x.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| invalid(&format!("{field}[{i}]"), "expected a string"))
+            })
+            .collect(),
+        Some(_) => Err(invalid(field, "expected a list of strings")),
+    }
+}
+
+fn keys_in(field: &str, v: Option<&Value>) -> Result<Vec<PointKey>, Status> {
+    match v.filter(|v| !v.is_null()) {
+        None => Ok(Vec::new()),
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, x)| PointKey::from_json(&format!("{field}[{i}]"), x))
+            .collect(),
+        Some(_) => Err(invalid(field, "expected a list of ids")),
+    }
+}
+
+/// A dense vector: a list of numbers, or `{"": [...]}` (the unnamed vector by name).
+fn dense_in(field: &str, v: Option<&Value>) -> Result<Vec<f32>, Status> {
+    match v.filter(|v| !v.is_null()) {
+        None => Err(invalid(field, "missing")),
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, x)| match x {
+                Value::Number(n) => n
+                    .as_f64()
+                    .map(|f| f as f32)
+                    .ok_or_else(|| invalid(&format!("{field}[{i}]"), "expected a number")),
+                Value::Array(_) => Err(unsupported(&format!("{field}: multi-vectors"))),
+                _ => Err(invalid(&format!("{field}[{i}]"), "expected a number")),
+            })
+            .collect(),
+        Some(Value::Object(o)) if o.contains_key("indices") => {
+            Err(unsupported(&format!("{field}: sparse vectors")))
+        }
+        Some(Value::Object(o)) if o.contains_key("text") || o.contains_key("image") => {
+            Err(unsupported(&format!(
+                "{field}: server-side inference (documents, images, objects)"
+            )))
+        }
+        Some(Value::Object(o)) => match o.get("") {
+            Some(v) if o.len() == 1 => dense_in(field, Some(v)),
+            _ => Err(unsupported(&format!(
+                "{field}: named vectors (a collection holds one unnamed vector)"
+            ))),
+        },
+        Some(_) => Err(invalid(field, "expected a list of numbers")),
+    }
+}
+
+fn payload_sel(field: &str, v: Option<&Value>, default: PayloadSel) -> Result<PayloadSel, Status> {
+    match v.filter(|v| !v.is_null()) {
+        None => Ok(default),
+        Some(Value::Bool(true)) => Ok(PayloadSel::All),
+        Some(Value::Bool(false)) => Ok(PayloadSel::None),
+        Some(Value::Array(_)) => Ok(PayloadSel::Include(strings_in(field, v)?)),
+        Some(Value::Object(o)) if o.contains_key("include") => Ok(PayloadSel::Include(strings_in(
+            &format!("{field}.include"),
+            o.get("include"),
+        )?)),
+        Some(Value::Object(o)) if o.contains_key("exclude") => Ok(PayloadSel::Exclude(strings_in(
+            &format!("{field}.exclude"),
+            o.get("exclude"),
+        )?)),
+        Some(_) => Err(invalid(
+            field,
+            "expected true, false, a list of keys, {\"include\": […]} or {\"exclude\": […]}",
+        )),
+    }
+}
+
+fn vector_sel(field: &str, v: Option<&Value>) -> Result<bool, Status> {
+    match v.filter(|v| !v.is_null()) {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::Array(_)) => {
+            let names = strings_in(field, v)?;
+            if let Some(n) = names.iter().find(|n| !n.is_empty()) {
+                return Err(unsupported(&format!("{field}: the named vector `{n}`")));
+            }
+            Ok(!names.is_empty())
+        }
+        Some(_) => Err(invalid(
+            field,
+            "expected true, false or a list of vector names",
+        )),
+    }
+}
+
+fn selector_in(b: &Body) -> Result<Selector, Status> {
+    if let Some(f) = b.get("filter") {
+        if b.get("points").is_some() {
+            return Err(invalid("filter", "give points or a filter, not both"));
+        }
+        return Ok(Selector::Filter(
+            from_rest("filter", Some(f))?.unwrap_or_else(|| "{}".into()),
+        ));
+    }
+    match b.get("points") {
+        // `{"points": [ids]}`, or the selector form `{"points": {"filter": …}}`.
+        Some(Value::Object(o)) if o.contains_key("filter") => Ok(Selector::Filter(
+            from_rest("points.filter", o.get("filter"))?.unwrap_or_else(|| "{}".into()),
+        )),
+        Some(Value::Object(o)) if o.contains_key("points") => {
+            Ok(Selector::Ids(keys_in("points.points", o.get("points"))?))
+        }
+        Some(v) => Ok(Selector::Ids(keys_in("points", Some(v))?)),
+        None => Err(invalid("points", "missing: give point ids or a filter")),
+    }
+}
+
+fn params_in(field: &str, v: Option<&Value>) -> Result<(u32, u32, bool), Status> {
+    let p = object_in(field, v)?;
+    let nprobe =
+        u64_in(&format!("{field}.hnsw_ef"), p.get("hnsw_ef"), 0)?.min(u32::MAX as u64) as u32;
+    let exact = bool_in(&format!("{field}.exact"), p.get("exact"), false)?;
+    let q = object_in(&format!("{field}.quantization"), p.get("quantization"))?;
+    let over = f32_in(
+        &format!("{field}.quantization.oversampling"),
+        q.get("oversampling"),
+    )?;
+    let refine = over
+        .filter(|o| o.is_finite() && *o >= 1.0)
+        .map_or(0, |o| o.ceil().min(1000.0) as u32);
+    Ok((nprobe, refine, exact))
+}
+
+fn search_in(field: &str, b: &Map<String, Value>) -> Result<QuerySpec, Status> {
+    let f = |k: &str| format!("{field}{k}");
+    let vector = match b.get("vector") {
+        Some(Value::Object(o)) if o.contains_key("vector") => {
+            if let Some(n) = o
+                .get("name")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+            {
+                return Err(unsupported(&format!(
+                    "{}: the named vector `{n}`",
+                    f("vector")
+                )));
+            }
+            dense_in(&f("vector.vector"), o.get("vector"))?
+        }
+        v => dense_in(&f("vector"), v)?,
+    };
+    let (nprobe, refine_factor, exact) = params_in(&f("params"), b.get("params"))?;
+    Ok(QuerySpec {
+        vector: QueryVector::Dense(vector),
+        filter: from_rest(&f("filter"), b.get("filter"))?,
+        limit: u64_in(&f("limit"), b.get("limit"), 10)? as usize,
+        offset: u64_in(&f("offset"), b.get("offset"), 0)? as usize,
+        score_threshold: f32_in(&f("score_threshold"), b.get("score_threshold"))?,
+        nprobe,
+        refine_factor,
+        exact,
+        with_payload: payload_sel(&f("with_payload"), b.get("with_payload"), PayloadSel::None)?,
+        with_vector: vector_sel(
+            &f("with_vector"),
+            b.get("with_vector").or(b.get("with_vectors")),
+        )?,
+    })
+}
+
+/// The vector of a `query`: a vector, a point id, or `{"nearest": …}` of either.
+fn query_vector(field: &str, v: Option<&Value>) -> Result<QueryVector, Status> {
+    match v.filter(|v| !v.is_null()) {
+        None => Err(unsupported(&format!(
+            "{field}: a query without a vector (use scroll)"
+        ))),
+        Some(Value::Number(_) | Value::String(_)) => Ok(QueryVector::Point(PointKey::from_json(
+            field,
+            v.unwrap_or(&Value::Null),
+        )?)),
+        Some(Value::Array(_)) => Ok(QueryVector::Dense(dense_in(field, v)?)),
+        Some(Value::Object(o)) => {
+            if let Some(n) = o.get("nearest") {
+                return query_vector(&format!("{field}.nearest"), Some(n));
+            }
+            if o.contains_key("indices") {
+                return Err(unsupported(&format!("{field}: sparse vectors")));
+            }
+            let kind = o.keys().next().cloned().unwrap_or_default();
+            Err(unsupported(&format!("{field}: `{kind}` queries")))
+        }
+        Some(_) => Err(invalid(
+            field,
+            "expected a vector, a point id or {\"nearest\": …}",
+        )),
+    }
+}
+
+fn query_in(field: &str, b: &Map<String, Value>) -> Result<QuerySpec, Status> {
+    let f = |k: &str| format!("{field}{k}");
+    if b.get("prefetch").is_some_and(|p| !p.is_null()) {
+        return Err(unsupported(&format!("{}: prefetch queries", f("prefetch"))));
+    }
+    if b.get("lookup_from").is_some_and(|p| !p.is_null()) {
+        return Err(unsupported(&f("lookup_from")));
+    }
+    if let Some(u) = b
+        .get("using")
+        .and_then(Value::as_str)
+        .filter(|u| !u.is_empty())
+    {
+        return Err(unsupported(&format!(
+            "{}: the named vector `{u}`",
+            f("using")
+        )));
+    }
+    let (nprobe, refine_factor, exact) = params_in(&f("params"), b.get("params"))?;
+    Ok(QuerySpec {
+        vector: query_vector(&f("query"), b.get("query"))?,
+        filter: from_rest(&f("filter"), b.get("filter"))?,
+        limit: u64_in(&f("limit"), b.get("limit"), 10)? as usize,
+        offset: u64_in(&f("offset"), b.get("offset"), 0)? as usize,
+        score_threshold: f32_in(&f("score_threshold"), b.get("score_threshold"))?,
+        nprobe,
+        refine_factor,
+        exact,
+        with_payload: payload_sel(&f("with_payload"), b.get("with_payload"), PayloadSel::None)?,
+        with_vector: vector_sel(
+            &f("with_vector"),
+            b.get("with_vector").or(b.get("with_vectors")),
+        )?,
+    })
+}
+
+/// The client's settings from a create or update body (the keys [`super::api`] keeps).
+fn settings_in(
+    b: &Body,
+    vectors: Option<&Map<String, Value>>,
+) -> Result<Map<String, Value>, Status> {
+    let mut s = Map::new();
+    for key in ["hnsw_config", "wal_config", "optimizers_config", "metadata"] {
+        if let Some(v) = b.get(key) {
+            s.insert(key.into(), Value::Object(object_in(key, Some(v))?));
+        }
+    }
+    if let (false, Some(h)) = (
+        s.contains_key("hnsw_config"),
+        vectors.and_then(|v| v.get("hnsw_config")),
+    ) {
+        if !h.is_null() {
+            s.insert(
+                "hnsw_config".into(),
+                Value::Object(object_in("vectors.hnsw_config", Some(h))?),
+            );
+        }
+    }
+    let quantization = b.get("quantization_config").or(vectors
+        .and_then(|v| v.get("quantization_config"))
+        .filter(|v| !v.is_null()));
+    if let Some(q) = quantization {
+        s.insert("quantization_config".into(), q.clone());
+    }
+    Ok(s)
+}
+
+fn field_type_in(v: Option<&Value>) -> Result<FieldType, Status> {
+    let name = match v.filter(|v| !v.is_null()) {
+        None => {
+            return Err(invalid(
+                "field_schema",
+                "missing (keyword, integer, float or bool)",
+            ))
+        }
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Object(o)) => match o.get("type").and_then(Value::as_str) {
+            Some(t) => t.to_string(),
+            None => return Err(invalid("field_schema.type", "missing")),
+        },
+        Some(_) => {
+            return Err(invalid(
+                "field_schema",
+                "expected a type name or {\"type\": …}",
+            ))
+        }
+    };
+    match name.as_str() {
+        "keyword" => Ok(FieldType::Keyword),
+        "integer" => Ok(FieldType::Integer),
+        "float" => Ok(FieldType::Float),
+        "bool" => Ok(FieldType::Bool),
+        "geo" | "text" | "datetime" | "uuid" => {
+            Err(unsupported(&format!("field_schema: {name} field indexes")))
+        }
+        other => Err(invalid(
+            "field_schema",
+            format!("unknown type `{other}` (keyword, integer, float or bool)"),
+        )),
+    }
+}
+
+// ---- answers ----
+
+fn record_json(r: Record) -> Value {
+    json!({
+        "id": r.key.to_json(),
+        "payload": r.payload.map(Value::Object),
+        "vector": r.vector,
+    })
+}
+
+fn scored_json(s: Scored) -> Value {
+    json!({
+        "id": s.record.key.to_json(),
+        "version": 0,
+        "score": s.score,
+        "payload": s.record.payload.map(Value::Object),
+        "vector": s.record.vector,
+    })
+}
+
+fn info_json(v: InfoView) -> Value {
+    let schema: Map<String, Value> = v
+        .fields
+        .iter()
+        .map(|(k, t)| {
+            let name = match t {
+                FieldType::Keyword => "keyword",
+                FieldType::Integer => "integer",
+                FieldType::Float => "float",
+                FieldType::Bool => "bool",
+            };
+            (k.clone(), json!({"data_type": name, "points": 0}))
+        })
+        .collect();
+    json!({
+        "status": v.status,
+        "optimizer_status": match &v.error {
+            None => json!("ok"),
+            Some(e) => json!({"error": e}),
+        },
+        "segments_count": v.segments,
+        "points_count": v.points,
+        "indexed_vectors_count": v.indexed,
+        "config": {
+            "params": {
+                "vectors": {"size": v.dim, "distance": v.distance.name()},
+                "shard_number": 1,
+                "replication_factor": 1,
+                "write_consistency_factor": 1,
+                "on_disk_payload": true,
+            },
+            "hnsw_config": v.hnsw,
+            "optimizer_config": v.optimizers,
+            "wal_config": v.wal,
+            "quantization_config": null,
+            "metadata": if v.metadata.is_empty() { Value::Null } else { Value::Object(v.metadata) },
+        },
+        "payload_schema": schema,
+    })
+}
+
+// ---- handlers ----
+
+type Peer = ConnectInfo<PeerAddr>;
+
+async fn root() -> Response {
+    axum::Json(json!({
+        "title": format!("quiver {} (Qdrant API)", env!("CARGO_PKG_VERSION")),
+        "version": super::API_VERSION,
+    }))
+    .into_response()
+}
+
+async fn health() -> &'static str {
+    "healthz check passed"
+}
+
+async fn not_supported(method: Method, uri: Uri) -> Response {
+    envelope(
+        Err(Status::not_found(format!(
+            "{method} {} is not part of Quiver's Qdrant API (see docs/QDRANT.md)",
+            uri.path()
+        ))),
+        Instant::now(),
+    )
+}
+
+async fn list(State(s): State<Rest>, ConnectInfo(PeerAddr(peer)): Peer, h: HeaderMap) -> Response {
+    s.run("list", Access::ReadOnly, &h, peer, |_| async {
+        let names: Vec<Value> = s
+            .api
+            .list()
+            .into_iter()
+            .map(|n| json!({ "name": n }))
+            .collect();
+        Ok(json!({ "collections": names }))
+    })
+    .await
+}
+
+async fn info(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    Path(name): Path<String>,
+    h: HeaderMap,
+) -> Response {
+    s.run("get_collection", Access::ReadOnly, &h, peer, |_| async {
+        s.api.info(&name).map(info_json)
+    })
+    .await
+}
+
+async fn exists(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    Path(name): Path<String>,
+    h: HeaderMap,
+) -> Response {
+    s.run("collection_exists", Access::ReadOnly, &h, peer, |_| async {
+        Ok(json!({ "exists": s.api.exists(&name) }))
+    })
+    .await
+}
+
+async fn create(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    Path(name): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    s.run(
+        "create_collection",
+        Access::ReadWrite,
+        &h,
+        peer,
+        |_| async {
+            let b = Body::parse(&body)?;
+            if b.get("sparse_vectors")
+                .is_some_and(|v| v.as_object().is_some_and(|o| !o.is_empty()))
+            {
+                return Err(unsupported("sparse_vectors: sparse vectors"));
+            }
+            if b.get("strict_mode_config").is_some() {
+                return Err(unsupported("strict_mode_config"));
+            }
+            let vectors = object_in("vectors", b.get("vectors"))?;
+            let params = if vectors.contains_key("size") {
+                vectors
+            } else if vectors.is_empty() {
+                return Err(invalid(
+                    "vectors",
+                    "missing: the vector size and distance are required",
+                ));
+            } else {
+                match vectors.get("") {
+                    Some(Value::Object(p)) if vectors.len() == 1 => p.clone(),
+                    _ => {
+                        return Err(unsupported(
+                            "vectors: named vectors (a collection holds one unnamed vector)",
+                        ))
+                    }
+                }
+            };
+            if params
+                .get("multivector_config")
+                .is_some_and(|v| !v.is_null())
+            {
+                return Err(unsupported("vectors.multivector_config: multi-vectors"));
+            }
+            let dim = u64_in("vectors.size", params.get("size"), 0)?;
+            let distance = match params.get("distance").and_then(Value::as_str) {
+                Some(d) => Distance::parse("vectors.distance", d)?,
+                None => {
+                    return Err(invalid(
+                        "vectors.distance",
+                        "missing (Cosine, Euclid or Dot)",
+                    ))
+                }
+            };
+            let settings = settings_in(&b, Some(&params))?;
+            s.api
+                .create(CreateSpec {
+                    name: name.clone(),
+                    dim,
+                    distance,
+                    settings,
+                })
+                .await?;
+            Ok(json!(true))
+        },
+    )
+    .await
+}
+
+async fn update(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    Path(name): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    s.run(
+        "update_collection",
+        Access::ReadWrite,
+        &h,
+        peer,
+        |_| async {
+            let b = Body::parse(&body)?;
+            if b.get("sparse_vectors")
+                .is_some_and(|v| v.as_object().is_some_and(|o| !o.is_empty()))
+            {
+                return Err(unsupported("sparse_vectors: sparse vectors"));
+            }
+            if b.get("strict_mode_config").is_some() {
+                return Err(unsupported("strict_mode_config"));
+            }
+            let settings = settings_in(&b, None)?;
+            s.api.update(&name, settings).await?;
+            Ok(json!(true))
+        },
+    )
+    .await
+}
+
+async fn drop(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    Path(name): Path<String>,
+    h: HeaderMap,
+) -> Response {
+    s.run(
+        "delete_collection",
+        Access::ReadWrite,
+        &h,
+        peer,
+        |_| async { Ok(json!(s.api.delete(&name).await?)) },
+    )
+    .await
+}
+
+fn update_result() -> Value {
+    json!({"operation_id": 0, "status": "completed"})
+}
+
+fn points_in(b: &Body) -> Result<Vec<PointIn>, Status> {
+    if let Some(batch) = b.get("batch") {
+        let batch = object_in("batch", Some(batch))?;
+        let ids = keys_in("batch.ids", batch.get("ids"))?;
+        let vectors = match batch.get("vectors") {
+            Some(Value::Array(a)) => a.clone(),
+            Some(Value::Object(o)) => match o.get("") {
+                Some(Value::Array(a)) if o.len() == 1 => a.clone(),
+                _ => {
+                    return Err(unsupported(
+                        "batch.vectors: named vectors (a collection holds one unnamed vector)",
+                    ))
+                }
+            },
+            _ => return Err(invalid("batch.vectors", "missing: a list of vectors")),
+        };
+        if vectors.len() != ids.len() {
+            return Err(invalid(
+                "batch.vectors",
+                format!("{} vectors for {} ids", vectors.len(), ids.len()),
+            ));
+        }
+        let payloads = match batch.get("payloads") {
+            None | Some(Value::Null) => vec![Value::Null; ids.len()],
+            Some(Value::Array(a)) if a.len() == ids.len() => a.clone(),
+            Some(_) => {
+                return Err(invalid(
+                    "batch.payloads",
+                    "expected one payload (or null) per id",
+                ))
+            }
+        };
+        return ids
+            .into_iter()
+            .zip(vectors)
+            .zip(payloads)
+            .enumerate()
+            .map(|(i, ((key, v), p))| {
+                Ok(PointIn {
+                    key,
+                    vector: dense_in(&format!("batch.vectors[{i}]"), Some(&v))?,
+                    payload: object_in(&format!("batch.payloads[{i}]"), Some(&p))?,
+                })
+            })
+            .collect();
+    }
+    match b.get("points") {
+        Some(Value::Array(points)) => points
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let field = format!("points[{i}]");
+                let p = object_in(&field, Some(p))?;
+                Ok(PointIn {
+                    key: PointKey::from_json(
+                        &format!("{field}.id"),
+                        p.get("id").unwrap_or(&Value::Null),
+                    )?,
+                    vector: dense_in(&format!("{field}.vector"), p.get("vector"))?,
+                    payload: object_in(&format!("{field}.payload"), p.get("payload"))?,
+                })
+            })
+            .collect(),
+        _ => Err(invalid("points", "missing: a list of points (or a batch)")),
+    }
+}
+
+async fn upsert(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    Path(name): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    s.clone()
+        .run(
+            "upsert_points",
+            Access::ReadWrite,
+            &h,
+            peer,
+            |client| async move {
+                let b = Body::parse(&body)?;
+                if b.get("update_filter").is_some() {
+                    return Err(unsupported("update_filter: conditional upserts"));
+                }
+                s.api.upsert(client, &name, points_in(&b)?).await?;
+                Ok(update_result())
+            },
+        )
+        .await
+}
+
+async fn retrieve(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    Path(name): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    s.run("get_points", Access::ReadOnly, &h, peer, |_| async {
+        let b = Body::parse(&body)?;
+        let records = s
+            .api
+            .get(
+                &name,
+                keys_in("ids", b.get("ids"))?,
+                payload_sel("with_payload", b.get("with_payload"), PayloadSel::All)?,
+                vector_sel(
+                    "with_vector",
+                    b.get("with_vector").or(b.get("with_vectors")),
+                )?,
+            )
+            .await?;
+        Ok(Value::Array(records.into_iter().map(record_json).collect()))
+    })
+    .await
+}
+
+async fn retrieve_one(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    Path((name, id)): Path<(String, String)>,
+    h: HeaderMap,
+) -> Response {
+    s.run("get_point", Access::ReadOnly, &h, peer, |_| async {
+        let key = match id.parse::<u64>() {
+            Ok(n) => PointKey::num("id", n)?,
+            Err(_) => PointKey::uuid("id", &id)?,
+        };
+        let mut records = s.api.get(&name, vec![key], PayloadSel::All, true).await?;
+        match records.pop() {
+            Some(r) => Ok(record_json(r)),
+            None => Err(Status::not_found(format!("no point with id {id}"))),
+        }
+    })
+    .await
+}
+
+async fn delete_points(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    Path(name): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    s.clone()
+        .run(
+            "delete_points",
+            Access::ReadWrite,
+            &h,
+            peer,
+            |client| async move {
+                let b = Body::parse(&body)?;
+                s.api.delete_points(client, &name, selector_in(&b)?).await?;
+                Ok(update_result())
+            },
+        )
+        .await
+}
+
+async fn set_or_overwrite(
+    s: &Rest,
+    name: &str,
+    body: &[u8],
+    overwrite: bool,
+) -> Result<Value, Status> {
+    let b = Body::parse(body)?;
+    let payload = object_in("payload", b.get("payload"))?;
+    let key = b.get("key").and_then(Value::as_str).map(str::to_string);
+    s.api
+        .set_payload(name, selector_in(&b)?, payload, key, overwrite)
+        .await?;
+    Ok(update_result())
+}
+
+async fn set_payload(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    Path(name): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    s.run("set_payload", Access::ReadWrite, &h, peer, |_| {
+        set_or_overwrite(&s, &name, &body, false)
+    })
+    .await
+}
+
+async fn overwrite_payload(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    Path(name): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    s.run("overwrite_payload", Access::ReadWrite, &h, peer, |_| {
+        set_or_overwrite(&s, &name, &body, true)
+    })
+    .await
+}
+
+async fn delete_payload(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    Path(name): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    s.run("delete_payload", Access::ReadWrite, &h, peer, |_| async {
+        let b = Body::parse(&body)?;
+        let keys = strings_in("keys", b.get("keys"))?;
+        s.api.delete_payload(&name, selector_in(&b)?, keys).await?;
+        Ok(update_result())
+    })
+    .await
+}
+
+async fn clear_payload(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    Path(name): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    s.run("clear_payload", Access::ReadWrite, &h, peer, |_| async {
+        let b = Body::parse(&body)?;
+        s.api.clear_payload(&name, selector_in(&b)?).await?;
+        Ok(update_result())
+    })
+    .await
+}
+
+async fn create_index(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    Path(name): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    s.run(
+        "create_field_index",
+        Access::ReadWrite,
+        &h,
+        peer,
+        |_| async {
+            let b = Body::parse(&body)?;
+            let Some(field) = b.get("field_name").and_then(Value::as_str) else {
+                return Err(invalid("field_name", "missing"));
+            };
+            let kind = field_type_in(b.get("field_schema"))?;
+            s.api.create_field_index(&name, field, kind).await?;
+            Ok(update_result())
+        },
+    )
+    .await
+}
+
+async fn delete_index(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    Path((name, field)): Path<(String, String)>,
+    h: HeaderMap,
+) -> Response {
+    s.run(
+        "delete_field_index",
+        Access::ReadWrite,
+        &h,
+        peer,
+        |_| async {
+            s.api.delete_field_index(&name, &field).await?;
+            Ok(update_result())
+        },
+    )
+    .await
+}
+
+async fn search(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    Path(name): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    s.clone()
+        .run(
+            "search_points",
+            Access::ReadOnly,
+            &h,
+            peer,
+            |client| async move {
+                let b = Body::parse(&body)?;
+                let spec = search_in("", &b.0)?;
+                let mut hits = s.api.query(client, &name, vec![spec], None).await?;
+                Ok(Value::Array(
+                    hits.pop()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(scored_json)
+                        .collect(),
+                ))
+            },
+        )
+        .await
+}
+
+fn batch_of(b: &Body) -> Result<Vec<Map<String, Value>>, Status> {
+    match b.get("searches") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, x)| object_in(&format!("searches[{i}]"), Some(x)))
+            .collect(),
+        _ => Err(invalid("searches", "missing: a list of requests")),
+    }
+}
+
+async fn search_batch(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    Path(name): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    s.clone()
+        .run(
+            "search_batch_points",
+            Access::ReadOnly,
+            &h,
+            peer,
+            |client| async move {
+                let b = Body::parse(&body)?;
+                let specs = batch_of(&b)?
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| search_in(&format!("searches[{i}]."), x))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let hits = s.api.query(client, &name, specs, None).await?;
+                Ok(Value::Array(
+                    hits.into_iter()
+                        .map(|h| Value::Array(h.into_iter().map(scored_json).collect()))
+                        .collect(),
+                ))
+            },
+        )
+        .await
+}
+
+async fn query(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    Path(name): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    s.clone()
+        .run(
+            "query_points",
+            Access::ReadOnly,
+            &h,
+            peer,
+            |client| async move {
+                let b = Body::parse(&body)?;
+                let spec = query_in("", &b.0)?;
+                let mut hits = s.api.query(client, &name, vec![spec], None).await?;
+                let points: Vec<Value> = hits
+                    .pop()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(scored_json)
+                    .collect();
+                Ok(json!({ "points": points }))
+            },
+        )
+        .await
+}
+
+async fn query_batch(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    Path(name): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    s.clone()
+        .run(
+            "query_batch_points",
+            Access::ReadOnly,
+            &h,
+            peer,
+            |client| async move {
+                let b = Body::parse(&body)?;
+                let specs = batch_of(&b)?
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| query_in(&format!("searches[{i}]."), x))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let hits = s.api.query(client, &name, specs, None).await?;
+                Ok(Value::Array(
+                    hits.into_iter()
+                        .map(|h| {
+                            let points: Vec<Value> = h.into_iter().map(scored_json).collect();
+                            json!({ "points": points })
+                        })
+                        .collect(),
+                ))
+            },
+        )
+        .await
+}
+
+async fn scroll(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    Path(name): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    s.run("scroll_points", Access::ReadOnly, &h, peer, |_| async {
+        let b = Body::parse(&body)?;
+        if b.get("order_by").is_some() {
+            return Err(unsupported("order_by: scrolling in payload order"));
+        }
+        let offset = b
+            .get("offset")
+            .map(|o| PointKey::from_json("offset", o))
+            .transpose()?;
+        let (records, next) = s
+            .api
+            .scroll(
+                &name,
+                from_rest("filter", b.get("filter"))?,
+                offset,
+                u64_in("limit", b.get("limit"), 10)? as usize,
+                payload_sel("with_payload", b.get("with_payload"), PayloadSel::All)?,
+                vector_sel(
+                    "with_vector",
+                    b.get("with_vector").or(b.get("with_vectors")),
+                )?,
+            )
+            .await?;
+        let points: Vec<Value> = records.into_iter().map(record_json).collect();
+        Ok(json!({
+            "points": points,
+            "next_page_offset": next.map(PointKey::to_json),
+        }))
+    })
+    .await
+}
+
+async fn count(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    Path(name): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    s.run("count_points", Access::ReadOnly, &h, peer, |_| async {
+        let b = Body::parse(&body)?;
+        let count = s
+            .api
+            .count(&name, from_rest("filter", b.get("filter"))?)
+            .await?;
+        Ok(json!({ "count": count }))
+    })
+    .await
+}
