@@ -1,6 +1,5 @@
 //! Prometheus metrics of the service, served as text on `--metrics-listen` at `/metrics`.
 
-
 use prometheus::{
     exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
     Registry, TextEncoder,

@@ -17,6 +17,10 @@
 //! `duration_s` runs from the end of the warm-up to the later of the end of sending and the last
 //! counted reply; `qps` is the successful counted requests over it. Latencies are from send to
 //! reply, over successful counted requests, percentiles by nearest rank.
+//!
+//! `--api qdrant` sends each search as Qdrant's `qdrant.Points/Query` (a nearest-vector query,
+//! `hnsw_ef` = nprobe, `quantization.oversampling` = refine factor) to a server's Qdrant gRPC
+//! listener instead, so that the two APIs are measured by the same client.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -26,6 +30,7 @@ use anyhow::{anyhow, bail, ensure, Context};
 use quiver_engine::io::read_all_f32;
 use quiver_server::proto::quiver_client::QuiverClient;
 use quiver_server::proto::{GetCollectionRequest, Neighbor, SearchRequest, UpsertRequest};
+use quiver_server::qdrant::proto::{self as qdrant, points_client::PointsClient};
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
@@ -99,6 +104,19 @@ pub struct Args {
     /// filter syntax).
     #[arg(long, value_name = "JSON")]
     filter: Option<String>,
+    /// The API searched: Quiver's own (`quiver.v1.Quiver/Search`) or Qdrant's
+    /// (`qdrant.Points/Query`, on a `--qdrant-grpc-listen` address; search mode only).
+    #[arg(long, value_enum, default_value = "quiver")]
+    api: Api,
+}
+
+/// The gRPC API a load run searches through.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    /// `quiver.v1.Quiver/Search`.
+    Quiver,
+    /// `qdrant.Points/Query`.
+    Qdrant,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -148,6 +166,10 @@ fn validate(a: &Args) -> anyhow::Result<()> {
         a.id_count == 0 || a.id_count >= a.upsert_batch as u64,
         "--id-count must be 0 or at least --upsert-batch"
     );
+    ensure!(
+        a.api == Api::Quiver || (a.upsert_batch == 0 && a.filter.is_none()),
+        "--api qdrant measures unfiltered searches only (no --upsert-batch, no --filter)"
+    );
     if let Some(r) = a.rate {
         ensure!(
             r.is_finite() && r >= 1e-3,
@@ -177,6 +199,7 @@ struct Workload {
     id_count: u64,
     payload: String,
     filter: String,
+    api: Api,
 }
 
 struct GroundTruth {
@@ -240,6 +263,7 @@ fn load_workload(a: &Args) -> anyhow::Result<Workload> {
         id_count: a.id_count,
         payload: a.payload.clone().unwrap_or_default(),
         filter: a.filter.clone().unwrap_or_default(),
+        api: a.api,
     })
 }
 
@@ -251,13 +275,15 @@ async fn execute(a: &Args, work: Arc<Workload>) -> anyhow::Result<serde_json::Va
     for _ in 0..connections {
         channels.push(connect(&endpoint, &a.addr).await?);
     }
-    check_collection(
-        QuiverClient::new(channels[0].clone()),
-        &a.collection,
-        work.dim,
-        &a.addr,
-    )
-    .await?;
+    if a.api == Api::Quiver {
+        check_collection(
+            QuiverClient::new(channels[0].clone()),
+            &a.collection,
+            work.dim,
+            &a.addr,
+        )
+        .await?;
+    }
 
     let warmup = seconds(a.warmup, "--warmup")?;
     let duration = seconds(a.duration, "--duration")?;
@@ -277,11 +303,11 @@ async fn execute(a: &Args, work: Arc<Workload>) -> anyhow::Result<serde_json::Va
 
     let mut handles = Vec::with_capacity(a.concurrency);
     for w in 0..a.concurrency {
-        let client = QuiverClient::new(channels[w % channels.len()].clone());
+        let channel = channels[w % channels.len()].clone();
         handles.push(tokio::spawn(worker(
             w,
             a.concurrency,
-            client,
+            channel,
             work.clone(),
             pacer.clone(),
             win,
@@ -327,6 +353,7 @@ async fn execute(a: &Args, work: Arc<Workload>) -> anyhow::Result<serde_json::Va
         "k": a.k,
         "nprobe": a.nprobe,
         "refine_factor": a.refine_factor,
+        "api": format!("{:?}", a.api).to_lowercase(),
     });
     let obj = report.as_object_mut().expect("a JSON object");
     if let Some(r) = a.rate {
@@ -465,11 +492,13 @@ struct WorkerStats {
 async fn worker(
     w: usize,
     concurrency: usize,
-    mut client: QuiverClient<Channel>,
+    channel: Channel,
     work: Arc<Workload>,
     pacer: Option<Arc<Pacer>>,
     win: Window,
 ) -> WorkerStats {
+    let mut client = QuiverClient::new(channel.clone());
+    let mut qdrant = PointsClient::new(channel);
     let (nq, dim) = (work.nq(), work.dim);
     let step = concurrency % nq;
     let mut row = w % nq;
@@ -543,27 +572,43 @@ async fn worker(
             row = (row + b * concurrency) % nq;
             continue;
         }
-        let mut req = tonic::Request::new(SearchRequest {
-            collection: work.collection.clone(),
-            vector: work.queries[row * dim..(row + 1) * dim].to_vec(),
-            k: work.k,
-            nprobe: work.nprobe,
-            refine_factor: work.refine_factor,
-            filter: work.filter.clone(),
-            ..Default::default()
-        });
-        if let Some(t) = work.timeout {
-            req.set_timeout(t);
-        }
+        let vector = work.queries[row * dim..(row + 1) * dim].to_vec();
         // The client enforces the deadline itself too, so that it reads as DeadlineExceeded
         // (tonic's own client timeout reports Cancelled).
         let own_deadline = work
             .timeout
             .and_then(|t| t0.checked_add(t))
             .filter(|d| *d < win.hard_stop);
-        let outcome =
-            tokio::time::timeout_at(own_deadline.unwrap_or(win.hard_stop), client.search(req))
-                .await;
+        let search = async {
+            match work.api {
+                Api::Quiver => {
+                    let mut req = tonic::Request::new(SearchRequest {
+                        collection: work.collection.clone(),
+                        vector,
+                        k: work.k,
+                        nprobe: work.nprobe,
+                        refine_factor: work.refine_factor,
+                        filter: work.filter.clone(),
+                        ..Default::default()
+                    });
+                    if let Some(t) = work.timeout {
+                        req.set_timeout(t);
+                    }
+                    client.search(req).await.map(|r| r.into_inner().neighbors)
+                }
+                Api::Qdrant => {
+                    let mut req = tonic::Request::new(qdrant_query(&work, vector));
+                    if let Some(t) = work.timeout {
+                        req.set_timeout(t);
+                    }
+                    qdrant
+                        .query(req)
+                        .await
+                        .map(|r| qdrant_neighbors(r.into_inner()))
+                }
+            }
+        };
+        let outcome = tokio::time::timeout_at(own_deadline.unwrap_or(win.hard_stop), search).await;
         let t1 = Instant::now();
         let counted = t0 >= win.measure_start;
         let result = match outcome {
@@ -581,10 +626,10 @@ async fn worker(
         } else {
             st.last_done = Some(t1);
             match result {
-                Ok(resp) => {
+                Ok(neighbors) => {
                     st.latencies_ms.push((t1 - t0).as_secs_f64() * 1e3);
                     if let Some(truth) = work.truth(row) {
-                        st.hits += hits(&resp.get_ref().neighbors, truth) as u64;
+                        st.hits += hits(&neighbors, truth) as u64;
                     }
                 }
                 Err(status) => {
@@ -602,6 +647,45 @@ async fn worker(
         }
     }
     st
+}
+
+/// Qdrant's nearest-vector query for one row, with the run's parameters.
+fn qdrant_query(work: &Workload, vector: Vec<f32>) -> qdrant::QueryPoints {
+    use qdrant::{query::Variant, vector_input::Variant as Input};
+    qdrant::QueryPoints {
+        collection_name: work.collection.clone(),
+        query: Some(qdrant::Query {
+            variant: Some(Variant::Nearest(qdrant::VectorInput {
+                variant: Some(Input::Dense(qdrant::DenseVector { data: vector })),
+            })),
+        }),
+        limit: Some(u64::from(work.k)),
+        params: Some(qdrant::SearchParams {
+            hnsw_ef: (work.nprobe > 0).then_some(u64::from(work.nprobe)),
+            quantization: (work.refine_factor > 0).then_some(qdrant::QuantizationSearchParams {
+                oversampling: Some(f64::from(work.refine_factor)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A Qdrant answer as neighbours (integer ids; a UUID id counts as no match).
+fn qdrant_neighbors(r: qdrant::QueryResponse) -> Vec<Neighbor> {
+    use qdrant::point_id::PointIdOptions;
+    r.result
+        .into_iter()
+        .map(|p| Neighbor {
+            id: match p.id.and_then(|i| i.point_id_options) {
+                Some(PointIdOptions::Num(n)) => n,
+                _ => u64::MAX,
+            },
+            distance: p.score,
+            payload: String::new(),
+        })
+        .collect()
 }
 
 /// The status code to count: a Cancelled that came once the deadline had passed is the
@@ -839,6 +923,7 @@ mod tests {
             id_count: 0,
             payload: None,
             filter: None,
+            api: Api::Quiver,
         }
     }
 
@@ -1086,6 +1171,7 @@ mod tests {
             id_count: 0,
             payload: String::new(),
             filter: String::new(),
+            api: Api::Quiver,
         })
     }
 

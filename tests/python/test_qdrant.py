@@ -2,7 +2,8 @@
 its modes: REST (the default, and what LangChain uses) and gRPC (prefer_grpc=True). Results
 are checked against Quiver's native gRPC API on the same data; a LangChain run
 (langchain-qdrant with langchain-core's deterministic fake embeddings) adds texts with metadata
-and searches with a metadata filter.
+and searches with a metadata filter, and a LlamaIndex run (llama-index-vector-stores-qdrant,
+nodes with their embeddings given) adds nodes, queries with a metadata filter and deletes.
 """
 
 import json
@@ -317,3 +318,36 @@ def test_langchain_adds_texts_and_searches_with_a_metadata_filter(qserver):
     assert docs[0].page_content == "passage 3 about numpy"
     scored = store.similarity_search_with_score("passage 4 about torch", k=1)
     assert scored[0][0].page_content == "passage 4 about torch"
+
+
+def test_llamaindex_adds_nodes_and_queries_with_a_metadata_filter(qserver):
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores.types import (
+        MetadataFilter,
+        MetadataFilters,
+        VectorStoreQuery,
+    )
+    from llama_index.vector_stores.qdrant import QdrantVectorStore
+
+    client = QdrantClient(url=f"http://127.0.0.1:{qserver.rest_port}")
+    store = QdrantVectorStore(client=client, collection_name="li")
+    emb = vectors(20, 5)
+    nodes = [
+        TextNode(text=f"node {i}", embedding=emb[i].tolist(),
+                 metadata={"source": "numpy" if i % 2 else "torch", "n": i})
+        for i in range(20)
+    ]
+    assert len(store.add(nodes)) == 20
+    # LlamaIndex indexes the document id field when it creates the collection.
+    assert "doc_id" in client.get_collection("li").payload_schema
+    res = store.query(VectorStoreQuery(
+        query_embedding=emb[3].tolist(), similarity_top_k=3,
+        filters=MetadataFilters(filters=[MetadataFilter(key="source", value="numpy")])))
+    assert len(res.nodes) == 3
+    assert res.nodes[0].get_content() == "node 3"
+    assert all(n.metadata["source"] == "numpy" for n in res.nodes)
+    assert res.ids[0] == nodes[3].node_id
+    store.delete_nodes([nodes[3].node_id])
+    res = store.query(VectorStoreQuery(query_embedding=emb[3].tolist(), similarity_top_k=1))
+    assert res.nodes[0].get_content() != "node 3"
+    client.close()
