@@ -534,7 +534,9 @@ impl QdrantApi {
         self.svc
             .upsert(request(native, client, None))
             .await
-            .map_err(|s| rename_field(s, "vectors", "points.vector"))?;
+            .map_err(|s| {
+                rename_field(rename_field(s, "vectors", "points.vector"), "ids", "points")
+            })?;
         Ok(())
     }
 
@@ -865,6 +867,13 @@ impl QdrantApi {
             .as_ref()
             .map_or(0, |q| q.nlist() as u32);
         let n = queries.len();
+        let max = self.registry.config().limits.max_queries_per_request;
+        if n > max {
+            return Err(invalid(
+                "searches",
+                format!("{n} queries exceed the limit of {max} per request"),
+            ));
+        }
         let mut out = Vec::with_capacity(n);
         for (qi, q) in queries.into_iter().enumerate() {
             let field = if n == 1 {
