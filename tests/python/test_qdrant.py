@@ -92,14 +92,27 @@ def test_qdrant_client_end_to_end(qserver, prefer_grpc, qstub, quiver_pb):
     c = client_for(qserver, prefer_grpc)
     name = "docs"
     assert not c.collection_exists(name)
-    c.create_collection(name, vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE))
+    c.create_collection(
+        name,
+        vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE),
+        hnsw_config=models.HnswConfigDiff(m=32),
+        quantization_config=models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
+            type=models.ScalarType.INT8, quantile=0.99, always_ram=True)),
+        metadata={"team": "search"},
+    )
     assert c.collection_exists(name)
     assert name in [x.name for x in c.get_collections().collections]
     info = c.get_collection(name)
     assert info.status == models.CollectionStatus.GREEN
     assert info.config.params.vectors.size == DIM
     assert info.config.params.vectors.distance == models.Distance.COSINE
-    assert info.config.hnsw_config.m == 16
+    # Settings are kept and reported.
+    assert info.config.hnsw_config.m == 32
+    assert info.config.hnsw_config.ef_construct == 100
+    assert info.config.quantization_config.scalar.quantile == pytest.approx(0.99)
+    assert info.config.metadata == {"team": "search"}
+    c.update_collection(name, optimizers_config=models.OptimizersConfigDiff(indexing_threshold=20000))
+    assert c.get_collection(name).config.optimizer_config.indexing_threshold == 20000
 
     # Integer and UUID ids, with payloads.
     x = vectors(45, 1)
@@ -248,6 +261,16 @@ def test_outside_the_supported_surface_is_refused_by_name(qserver, prefer_grpc):
         c.count("c", count_filter=models.Filter(must=[
             models.FieldCondition(key="t", match=models.MatchText(text="x"))]))
     check_unsupported(e.value, prefer_grpc)
+    # Operations Qdrant has and Quiver does not: UNIMPLEMENTED, or a REST error naming the path.
+    if prefer_grpc:
+        from qdrant_client import grpc as qgrpc
+        with pytest.raises(grpc.RpcError) as e:
+            c.grpc_points.Facet(qgrpc.FacetCounts(collection_name="c", key="t"), timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    else:
+        import httpx
+        r = httpx.post(f"http://127.0.0.1:{qserver.rest_port}/collections/c/facet", json={"key": "t"})
+        assert r.status_code == 404 and "not part of Quiver's Qdrant API" in r.json()["status"]["error"]
     # Bad input: a wrong dimension is INVALID_ARGUMENT / 400 naming the field.
     with pytest.raises(grpc.RpcError if prefer_grpc else UnexpectedResponse) as e:
         c.upsert("c", points=[models.PointStruct(id=9, vector=[1.0, 2.0])], wait=True)

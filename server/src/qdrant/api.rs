@@ -129,6 +129,8 @@ pub struct InfoView {
     pub wal: Map<String, Value>,
     /// Optimizer settings.
     pub optimizers: Map<String, Value>,
+    /// The client's quantization settings (REST form), if any.
+    pub quantization: Option<Value>,
     /// The client's metadata.
     pub metadata: Map<String, Value>,
     /// Indexed payload fields.
@@ -455,6 +457,10 @@ impl QdrantApi {
             hnsw: merged(default_hnsw(), settings.get("hnsw_config")),
             wal: merged(default_wal(), settings.get("wal_config")),
             optimizers: merged(default_optimizers(), settings.get("optimizers_config")),
+            quantization: settings
+                .get("quantization_config")
+                .filter(|q| q.as_object().is_some_and(|o| !o.is_empty()))
+                .cloned(),
             metadata: obj(settings.get("metadata").cloned().unwrap_or_default()),
             fields: meta
                 .fields

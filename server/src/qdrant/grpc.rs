@@ -247,7 +247,7 @@ fn settings(
     hnsw: Option<&proto::HnswConfigDiff>,
     wal: Option<&proto::WalConfigDiff>,
     optimizers: Option<&proto::OptimizersConfigDiff>,
-    quantization: bool,
+    quantization: Option<Value>,
     metadata: &std::collections::HashMap<String, proto::Value>,
 ) -> Result<Map<String, Value>, Status> {
     let mut s = Map::new();
@@ -260,9 +260,9 @@ fn settings(
     if let Some(o) = optimizers {
         s.insert("optimizers_config".into(), optimizers_json(o)?);
     }
-    if quantization {
-        // Accepted; Quiver's own quantization (IVF-PQ) is set with metadata.quiver.
-        s.insert("quantization_config".into(), Value::Object(Map::new()));
+    if let Some(q) = quantization {
+        // Kept and reported; Quiver's own quantization (IVF-PQ) is set with metadata.quiver.
+        s.insert("quantization_config".into(), q);
     }
     if !metadata.is_empty() {
         s.insert(
@@ -271,6 +271,81 @@ fn settings(
         );
     }
     Ok(s)
+}
+
+const COMPRESSION: [&str; 5] = ["x4", "x8", "x16", "x32", "x64"];
+
+/// Quantization settings in REST form (how they are kept).
+fn quantization_json(q: Option<&proto::QuantizationConfig>) -> Result<Option<Value>, Status> {
+    use proto::quantization_config::Quantization as Q;
+    let Some(q) = q.and_then(|q| q.quantization.as_ref()) else {
+        return Ok(None);
+    };
+    let mut o = Map::new();
+    let kind = match q {
+        Q::Scalar(sq) => {
+            if sq.r#type != 1 {
+                return Err(invalid("quantization_config.scalar.type", "must be Int8"));
+            }
+            o.insert("type".into(), "int8".into());
+            if let Some(x) = sq
+                .quantile
+                .and_then(|x| serde_json::Number::from_f64(x.into()))
+            {
+                o.insert("quantile".into(), Value::Number(x));
+            }
+            put(&mut o, "always_ram", sq.always_ram);
+            "scalar"
+        }
+        Q::Product(pq) => {
+            let Some(c) = usize::try_from(pq.compression)
+                .ok()
+                .and_then(|c| COMPRESSION.get(c))
+            else {
+                return Err(invalid(
+                    "quantization_config.product.compression",
+                    "unknown ratio",
+                ));
+            };
+            o.insert("compression".into(), (*c).into());
+            put(&mut o, "always_ram", pq.always_ram);
+            "product"
+        }
+        Q::Binary(bq) => {
+            put(&mut o, "always_ram", bq.always_ram);
+            "binary"
+        }
+        Q::Turboquant(_) => return Err(unsupported("quantization_config: turbo quantization")),
+    };
+    Ok(Some(serde_json::json!({ kind: o })))
+}
+
+/// Kept quantization settings (REST form) as gRPC's; `None` for a form it cannot read.
+fn quantization_proto(v: &Value) -> Option<proto::QuantizationConfig> {
+    use proto::quantization_config::Quantization as Q;
+    let o = v.as_object()?;
+    let q = if let Some(sq) = o.get("scalar") {
+        Q::Scalar(proto::ScalarQuantization {
+            r#type: 1,
+            quantile: sq.get("quantile").and_then(Value::as_f64).map(|x| x as f32),
+            always_ram: sq.get("always_ram").and_then(Value::as_bool),
+        })
+    } else if let Some(pq) = o.get("product") {
+        let c = pq.get("compression").and_then(Value::as_str)?;
+        Q::Product(proto::ProductQuantization {
+            compression: COMPRESSION.iter().position(|x| *x == c)? as i32,
+            always_ram: pq.get("always_ram").and_then(Value::as_bool),
+        })
+    } else if let Some(bq) = o.get("binary") {
+        Q::Binary(proto::BinaryQuantization {
+            always_ram: bq.get("always_ram").and_then(Value::as_bool),
+        })
+    } else {
+        return None;
+    };
+    Some(proto::QuantizationConfig {
+        quantization: Some(q),
+    })
 }
 
 fn query_spec(field: &str, q: &proto::QueryPoints) -> Result<QuerySpec, Status> {
@@ -483,6 +558,7 @@ fn info_proto(v: InfoView) -> proto::CollectionInfo {
                 wal_segments_ahead: u64_of(w, "wal_segments_ahead"),
                 wal_retain_closed: u64_of(w, "wal_retain_closed"),
             }),
+            quantization_config: v.quantization.as_ref().and_then(quantization_proto),
             metadata: values::map_from_json(&v.metadata),
         }),
         payload_schema: v
@@ -602,7 +678,11 @@ impl Collections for QdrantGrpc {
                 r.hnsw_config.as_ref().or(params.hnsw_config.as_ref()),
                 r.wal_config.as_ref(),
                 r.optimizers_config.as_ref(),
-                r.quantization_config.is_some() || params.quantization_config.is_some(),
+                quantization_json(
+                    r.quantization_config
+                        .as_ref()
+                        .or(params.quantization_config.as_ref()),
+                )?,
                 &r.metadata,
             )?;
             self.api
@@ -642,7 +722,7 @@ impl Collections for QdrantGrpc {
                 r.hnsw_config.as_ref(),
                 None,
                 r.optimizers_config.as_ref(),
-                r.quantization_config.is_some(),
+                None,
                 &r.metadata,
             )?;
             self.api.update(&r.collection_name, s).await?;

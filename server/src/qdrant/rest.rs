@@ -650,7 +650,7 @@ fn info_json(v: InfoView) -> Value {
             "hnsw_config": v.hnsw,
             "optimizer_config": v.optimizers,
             "wal_config": v.wal,
-            "quantization_config": null,
+            "quantization_config": v.quantization,
             "metadata": if v.metadata.is_empty() { Value::Null } else { Value::Object(v.metadata) },
         },
         "payload_schema": schema,
