@@ -59,7 +59,7 @@ impl QuiverService {
 }
 
 /// Who sent a request (set by [`crate::auth::AuthLayer`]).
-fn client_of<T>(req: &Request<T>) -> Client {
+pub(crate) fn client_of<T>(req: &Request<T>) -> Client {
     req.extensions()
         .get::<Client>()
         .copied()

@@ -271,6 +271,25 @@ def test_outside_the_supported_surface_is_refused_by_name(qserver, prefer_grpc):
         import httpx
         r = httpx.post(f"http://127.0.0.1:{qserver.rest_port}/collections/c/facet", json={"key": "t"})
         assert r.status_code == 404 and "not part of Quiver's Qdrant API" in r.json()["status"]["error"]
+    # An id given twice in one upsert keeps its last point, as in Qdrant.
+    c.upsert("c", points=[models.PointStruct(id=7, vector=[1.0, 0, 0, 0], payload={"v": 1}),
+                          models.PointStruct(id=7, vector=[2.0, 0, 0, 0], payload={"v": 2})], wait=True)
+    assert c.retrieve("c", ids=[7])[0].payload == {"v": 2}
+    # Settings are held to a payload's limits (they live in the collection's manifest).
+    # (Too deep for the gRPC decoder's own limit, so that one is too large instead.)
+    bad = {"blob": "x" * 70_000}
+    if not prefer_grpc:
+        bad = {}
+        for _ in range(40):
+            bad = {"d": bad}
+    with pytest.raises(grpc.RpcError if prefer_grpc else UnexpectedResponse) as e:
+        c.create_collection("deep", vectors_config=models.VectorParams(size=4, distance=models.Distance.DOT),
+                            metadata=bad)
+    if prefer_grpc:
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    else:
+        assert e.value.status_code == 400
+    assert not c.collection_exists("deep")
     # Bad input: a wrong dimension is INVALID_ARGUMENT / 400 naming the field.
     with pytest.raises(grpc.RpcError if prefer_grpc else UnexpectedResponse) as e:
         c.upsert("c", points=[models.PointStruct(id=9, vector=[1.0, 2.0])], wait=True)

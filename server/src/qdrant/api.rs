@@ -30,6 +30,7 @@ use crate::ratelimit::Client;
 use crate::registry::Registry;
 use crate::service::{blocking, QuiverService};
 use crate::status::{from_store, invalid};
+use quiver_store::wal::RESERVED_KEY_PREFIX;
 
 /// Qdrant's distance of a collection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -375,38 +376,46 @@ impl QdrantApi {
             .write_meta(&native)
             .map_err(|s| rename_field(s, "dim", "vectors.size"))?;
         meta.index.train_at = train_at(&spec.settings, spec.dim, &quiver)?;
+        check_settings(&spec.settings)?;
         meta.settings = Value::Object(spec.settings);
         let registry = self.registry.clone();
         blocking(move || registry.create(meta).map(|_| ())).await
     }
 
-    /// Changes a collection's settings (merged into those it has).
+    /// Changes a collection's settings (merged into those it has; an update's
+    /// `quantization_config` is ignored). The size at which it trains by itself changes only
+    /// when the update gives `optimizers_config.indexing_threshold` or `metadata.quiver`.
     pub async fn update(&self, name: &str, update: Map<String, Value>) -> Result<(), Status> {
         let c = self.collection(name)?;
         let meta = c.store.meta();
-        let mut settings = obj(meta.settings.clone());
-        for key in SETTINGS {
-            let Some(v) = update.get(key).filter(|v| !v.is_null()) else {
-                continue;
-            };
-            let now = if key == "quantization_config" {
-                v.clone()
-            } else {
-                Value::Object(merged(
-                    obj(settings.get(key).cloned().unwrap_or_default()),
-                    Some(v),
-                ))
-            };
-            settings.insert(key.into(), now);
-        }
+        let dim = meta.dim as u64;
+        // Checked against the settings now; applied below to the settings current then, under
+        // the store's lock, so that concurrent updates do not undo each other.
+        let settings = with_update(obj(meta.settings.clone()), &update);
+        check_settings(&settings)?;
         let quiver = quiver_params(&settings)?;
-        let at = train_at(&settings, meta.dim as u64, &quiver)?;
+        train_at(&settings, dim, &quiver)?;
+        let retrain = update
+            .get("optimizers_config")
+            .is_some_and(|o| o.get("indexing_threshold").is_some())
+            || update
+                .get("metadata")
+                .is_some_and(|m| m.get("quiver").is_some());
         let store = c.store.clone();
         self.registry
             .writes()
             .run(move || {
                 store
-                    .update_settings(Value::Object(settings), Some(at))
+                    .update_settings(|settings, at| {
+                        let now = with_update(obj(settings.take()), &update);
+                        if retrain {
+                            if let Ok(n) = quiver_params(&now).and_then(|q| train_at(&now, dim, &q))
+                            {
+                                *at = n;
+                            }
+                        }
+                        *settings = Value::Object(now);
+                    })
                     .map_err(from_store)
             })
             .await
@@ -472,7 +481,8 @@ impl QdrantApi {
 
     // ---- points: writes ----
 
-    /// Adds or replaces points; durable and visible when it returns.
+    /// Adds or replaces points; durable and visible when it returns. An id given twice keeps
+    /// its last point (as Qdrant does).
     pub async fn upsert(
         &self,
         client: Client,
@@ -483,54 +493,19 @@ impl QdrantApi {
         if points.is_empty() {
             return Err(invalid("points", "empty: at least one point is required"));
         }
-        let dim = c.store.meta().dim;
-        let v = c.store.version();
-        let mut seen: HashMap<u64, PointKey> = HashMap::with_capacity(points.len());
-        let mut ids = Vec::with_capacity(points.len());
-        let mut vectors = Vec::with_capacity(points.len() * dim);
-        let mut payloads = Vec::with_capacity(points.len());
-        for (i, p) in points.into_iter().enumerate() {
-            let id = p.key.internal();
-            if let Some(other) = seen.insert(id, p.key) {
-                if other != p.key {
-                    return Err(collision(&format!("points[{i}].id"), p.key, other));
-                }
-            }
-            if let Some(u) = p.key.as_uuid() {
-                if let Some(stored) = v.payload(id) {
-                    match key_of_stored(id, stored) {
-                        Some(k) if k == p.key => {}
-                        Some(k) => return Err(collision(&format!("points[{i}].id"), p.key, k)),
-                        None => {
-                            return Err(invalid(
-                                &format!("points[{i}].id"),
-                                format!("UUID {u} maps to id {id}, which a point written without a UUID holds"),
-                            ))
-                        }
-                    }
-                }
-            }
-            if p.vector.len() != dim {
-                return Err(invalid(
-                    &format!("points[{i}].vector"),
-                    format!("dimension mismatch: expected {dim}, got {}", p.vector.len()),
-                ));
-            }
-            let mut payload = p.payload;
-            if payload.contains_key(UUID_KEY) {
-                return Err(reserved(&format!("points[{i}].payload")));
-            }
-            if let Some(u) = p.key.as_uuid() {
-                payload.insert(UUID_KEY.into(), Value::String(u.hyphenated().to_string()));
-            }
-            ids.push(id);
-            vectors.extend_from_slice(&p.vector);
-            payloads.push(if payload.is_empty() {
-                String::new()
-            } else {
-                Value::Object(payload).to_string()
-            });
+        let max = self.registry.config().limits.max_upsert_points;
+        if points.len() > max {
+            return Err(invalid(
+                "points",
+                format!(
+                    "{} points exceed the limit of {max} per request",
+                    points.len()
+                ),
+            ));
         }
+        let store = c.store.clone();
+        // Reading the stored UUIDs parses payloads: off the async threads.
+        let (ids, vectors, payloads) = blocking(move || prepare_upsert(&store, points)).await?;
         let native = proto::UpsertRequest {
             collection: name.to_string(),
             ids,
@@ -546,7 +521,7 @@ impl QdrantApi {
         Ok(())
     }
 
-    /// Deletes points.
+    /// Deletes points (a UUID only deletes the point holding that UUID).
     pub async fn delete_points(
         &self,
         client: Client,
@@ -555,12 +530,18 @@ impl QdrantApi {
     ) -> Result<(), Status> {
         let native = match selector {
             Selector::Ids(keys) => {
-                if keys.is_empty() {
+                let ids: Vec<u64> = self
+                    .resolve(name, Selector::Ids(keys))
+                    .await?
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .collect();
+                if ids.is_empty() {
                     return Ok(());
                 }
                 proto::DeleteRequest {
                     collection: name.to_string(),
-                    ids: keys.iter().map(|k| k.internal()).collect(),
+                    ids,
                     filter: String::new(),
                 }
             }
@@ -574,7 +555,8 @@ impl QdrantApi {
         Ok(())
     }
 
-    /// The internal ids and keys of the points a selector names that exist.
+    /// The internal ids and keys of the points a selector names that exist, each once; at
+    /// most `--max-upsert-points` of them (one logged write edits them all).
     async fn resolve(
         &self,
         name: &str,
@@ -583,52 +565,62 @@ impl QdrantApi {
         let c = self.collection(name)?;
         let fields = c.store.field_specs();
         let store = c.store.clone();
-        match selector {
-            Selector::Ids(keys) => {
-                let v = store.version();
-                Ok(keys
+        let max = self.registry.config().limits.max_upsert_points;
+        let filter = match &selector {
+            Selector::Filter(text) => parse_filter("filter", text, &fields)?,
+            Selector::Ids(keys) if keys.len() > max => {
+                return Err(invalid(
+                    "points",
+                    format!("{} ids exceed the limit of {max} per request", keys.len()),
+                ))
+            }
+            Selector::Ids(_) => None,
+        };
+        blocking(move || {
+            let v = store.version();
+            let mut found: Vec<(u64, PointKey)> = match selector {
+                Selector::Ids(keys) => keys
                     .into_iter()
                     .filter_map(|k| {
                         let id = k.internal();
-                        let stored = v.payload(id)?;
+                        let stored = v.payload(id).unwrap_or_default();
                         (key_of_stored(id, stored) == Some(k)).then_some((id, k))
                     })
-                    .collect())
+                    .collect(),
+                Selector::Filter(_) => v
+                    .matching(filter.as_ref(), &fields)
+                    .into_iter()
+                    .filter_map(|id| {
+                        let k = key_of_stored(id, v.payload(id).unwrap_or_default())?;
+                        Some((id, k))
+                    })
+                    .collect(),
+            };
+            found.sort_unstable_by_key(|(id, _)| *id);
+            found.dedup_by_key(|(id, _)| *id);
+            if found.len() > max {
+                return Err(invalid(
+                    "filter",
+                    format!(
+                        "selects {} points, more than the limit of {max} per request",
+                        found.len()
+                    ),
+                ));
             }
-            Selector::Filter(text) => {
-                let filter = parse_filter("filter", &text, &fields)?;
-                blocking(move || {
-                    let v = store.version();
-                    Ok(v.matching(filter.as_ref(), &fields)
-                        .into_iter()
-                        .filter_map(|id| {
-                            let k = key_of_stored(id, v.payload(id).unwrap_or_default())?;
-                            Some((id, k))
-                        })
-                        .collect())
-                })
-                .await
-            }
-        }
+            Ok(found)
+        })
+        .await
     }
 
+    /// Applies one logged payload edit to `ids`.
     async fn edit(&self, name: &str, ids: Vec<u64>, edit: PayloadEdit) -> Result<(), Status> {
         if ids.is_empty() {
             return Ok(());
         }
-        let c = self.collection(name)?;
-        let store = c.store.clone();
-        let chunk = self.registry.config().limits.max_upsert_points.max(1);
+        let store = self.collection(name)?.store.clone();
         self.registry
             .writes()
-            .run(move || {
-                for part in ids.chunks(chunk) {
-                    store
-                        .set_payload(part.to_vec(), edit.clone())
-                        .map_err(from_store)?;
-                }
-                Ok(())
-            })
+            .run(move || store.set_payload(ids, edit).map(|_| ()).map_err(from_store))
             .await
     }
 
@@ -644,35 +636,20 @@ impl QdrantApi {
         if key.as_deref().is_some_and(|k| !k.is_empty()) {
             return Err(unsupported("key: setting a payload at a nested key"));
         }
-        if payload.contains_key(UUID_KEY) {
+        if payload.keys().any(|k| k.starts_with(RESERVED_KEY_PREFIX)) {
             return Err(reserved("payload"));
         }
         let encoded =
-            payload::encode(&Value::Object(payload.clone())).map_err(|e| invalid("payload", e))?;
-        let points = self.resolve(name, selector).await?;
-        let (nums, uuids): (Vec<_>, Vec<_>) =
-            points.into_iter().partition(|(_, k)| k.as_uuid().is_none());
+            payload::encode(&Value::Object(payload)).map_err(|e| invalid("payload", e))?;
+        let ids = self.resolve(name, selector).await?;
+        // A replaced payload keeps a UUID point's UUID.
         let edit = if overwrite {
-            PayloadEdit::Replace(encoded.clone())
+            PayloadEdit::ReplaceKeepingReserved(encoded)
         } else {
-            PayloadEdit::Merge(encoded.clone())
+            PayloadEdit::Merge(encoded)
         };
-        self.edit(name, nums.iter().map(|(id, _)| *id).collect(), edit.clone())
-            .await?;
-        if !overwrite {
-            return self
-                .edit(name, uuids.iter().map(|(id, _)| *id).collect(), edit)
-                .await;
-        }
-        // A replaced payload keeps its point's UUID.
-        for (id, k) in uuids {
-            let mut p = payload.clone();
-            p.insert(UUID_KEY.into(), k.to_json());
-            let bytes = payload::encode(&Value::Object(p)).map_err(|e| invalid("payload", e))?;
-            self.edit(name, vec![id], PayloadEdit::Replace(bytes))
-                .await?;
-        }
-        Ok(())
+        self.edit(name, ids.into_iter().map(|(id, _)| id).collect(), edit)
+            .await
     }
 
     /// Removes payload keys of the selected points.
@@ -682,7 +659,10 @@ impl QdrantApi {
         selector: Selector,
         keys: Vec<String>,
     ) -> Result<(), Status> {
-        let keys: Vec<String> = keys.into_iter().filter(|k| k != UUID_KEY).collect();
+        let keys: Vec<String> = keys
+            .into_iter()
+            .filter(|k| !k.starts_with(RESERVED_KEY_PREFIX))
+            .collect();
         if keys.is_empty() {
             return Ok(());
         }
@@ -697,22 +677,13 @@ impl QdrantApi {
 
     /// Removes the whole payload of the selected points (a UUID point keeps its UUID).
     pub async fn clear_payload(&self, name: &str, selector: Selector) -> Result<(), Status> {
-        let points = self.resolve(name, selector).await?;
-        let (nums, uuids): (Vec<_>, Vec<_>) =
-            points.into_iter().partition(|(_, k)| k.as_uuid().is_none());
+        let ids = self.resolve(name, selector).await?;
         self.edit(
             name,
-            nums.into_iter().map(|(id, _)| id).collect(),
-            PayloadEdit::Clear,
+            ids.into_iter().map(|(id, _)| id).collect(),
+            PayloadEdit::ReplaceKeepingReserved(Vec::new()),
         )
-        .await?;
-        for (id, k) in uuids {
-            let bytes = payload::encode(&json!({ UUID_KEY: k.to_json() }))
-                .map_err(|e| invalid("payload", e))?;
-            self.edit(name, vec![id], PayloadEdit::Replace(bytes))
-                .await?;
-        }
-        Ok(())
+        .await
     }
 
     /// Indexes a payload field.
@@ -815,28 +786,42 @@ impl QdrantApi {
             ));
         }
         let store = c.store.clone();
+        let fields = c.store.field_specs();
         blocking(move || {
-            let (page, next) = store.scroll(filter.as_ref(), offset.map(|k| k.internal()), limit);
+            // One version throughout; ids no key maps to (written in the UUID range by
+            // Quiver's own API) are passed over, so the next page's first id is always a key.
+            let v = store.version();
+            let ids = v.matching(filter.as_ref(), &fields);
+            let start = offset.map_or(0, |o| ids.partition_point(|&i| i < o.internal()));
+            let mut page = Vec::with_capacity(limit);
+            let mut next = None;
+            for &id in &ids[start..] {
+                let map = payload::decode(v.payload(id).unwrap_or_default());
+                let Some(key) = key_of(id, Some(&map)) else {
+                    continue;
+                };
+                if page.len() == limit {
+                    next = Some(key);
+                    break;
+                }
+                page.push((id, key, map));
+            }
             let vectors: HashMap<u64, Vec<f32>> = if with_vector {
-                let ids: Vec<u64> = page.iter().map(|(id, _)| *id).collect();
-                store.get(&ids).into_iter().collect()
+                let ids: Vec<u64> = page.iter().map(|(id, _, _)| *id).collect();
+                ids.iter()
+                    .filter_map(|&id| v.vector(id).map(|x| (id, x)))
+                    .collect()
             } else {
                 HashMap::new()
             };
             let records = page
                 .into_iter()
-                .filter_map(|(id, p)| {
-                    let map = payload::decode(&p);
-                    let key = key_of(id, Some(&map))?;
-                    Some(Record {
-                        key,
-                        payload: with_payload.apply(map),
-                        vector: vectors.get(&id).cloned(),
-                    })
+                .map(|(id, key, map)| Record {
+                    key,
+                    payload: with_payload.apply(map),
+                    vector: vectors.get(&id).cloned(),
                 })
                 .collect();
-            let v = store.version();
-            let next = next.and_then(|id| key_of_stored(id, v.payload(id).unwrap_or_default()));
             Ok((records, next))
         })
         .await
@@ -900,7 +885,10 @@ impl QdrantApi {
                     (v, Some(k.internal()))
                 }
             };
-            let k = q.limit + q.offset + usize::from(exclude.is_some());
+            let k = q
+                .limit
+                .saturating_add(q.offset)
+                .saturating_add(usize::from(exclude.is_some()));
             if q.limit == 0 || k > max_k {
                 return Err(invalid(
                     "limit",
@@ -942,50 +930,149 @@ impl QdrantApi {
         distance: Distance,
         q: &QuerySpec,
     ) -> Result<Vec<Scored>, Status> {
-        let v = c.store.version();
-        let mut out = Vec::with_capacity(hits.len());
-        for n in hits
-            .into_iter()
-            .filter(|n| Some(n.id) != exclude)
-            .skip(q.offset)
-        {
-            let score = distance.score(n.distance);
-            if !distance.passes(score, q.score_threshold) {
-                continue;
+        let uuid_hits = hits.iter().any(|n| n.id >= super::ids::UUID_BASE);
+        let (offset, limit, threshold) = (q.offset, q.limit, q.score_threshold);
+        let (with_payload, with_vector) = (q.with_payload.clone(), q.with_vector);
+        let store = c.store.clone();
+        let answer = move || {
+            let v = store.version();
+            let mut out = Vec::with_capacity(hits.len().min(limit));
+            for n in hits
+                .into_iter()
+                .filter(|n| Some(n.id) != exclude)
+                .skip(offset)
+            {
+                let score = distance.score(n.distance);
+                if !distance.passes(score, threshold) {
+                    continue;
+                }
+                let map = if with_payload != PayloadSel::None || n.id >= super::ids::UUID_BASE {
+                    payload::decode(v.payload(n.id).unwrap_or_default())
+                } else {
+                    Map::new()
+                };
+                let Some(key) = key_of(n.id, Some(&map)) else {
+                    continue;
+                };
+                out.push(Scored {
+                    record: Record {
+                        key,
+                        payload: with_payload.apply(map),
+                        vector: if with_vector { v.vector(n.id) } else { None },
+                    },
+                    score,
+                });
+                if out.len() == limit {
+                    break;
+                }
             }
-            let stored = v.payload(n.id).unwrap_or_default();
-            let needs_payload = q.with_payload != PayloadSel::None || n.id >= super::ids::UUID_BASE;
-            let map = if needs_payload {
-                payload::decode(stored)
-            } else {
-                Map::new()
-            };
-            let Some(key) = key_of(n.id, Some(&map)) else {
-                continue;
-            };
-            out.push(Scored {
-                record: Record {
-                    key,
-                    payload: q.with_payload.apply(map),
-                    vector: None,
-                },
-                score,
-            });
-            if out.len() == q.limit {
-                break;
-            }
+            Ok(out)
+        };
+        // Parsing payloads and reading vectors runs off the async threads; plain integer ids
+        // and scores (the common answer) are made here.
+        if q.with_payload != PayloadSel::None || q.with_vector || uuid_hits {
+            blocking(answer).await
+        } else {
+            answer()
         }
-        if q.with_vector && !out.is_empty() {
-            let ids: Vec<u64> = out.iter().map(|s| s.record.key.internal()).collect();
-            let store = c.store.clone();
-            let vectors: HashMap<u64, Vec<f32>> =
-                blocking(move || Ok(store.get(&ids).into_iter().collect())).await?;
-            for s in &mut out {
-                s.record.vector = vectors.get(&s.record.key.internal()).cloned();
-            }
-        }
-        Ok(out)
     }
+}
+
+/// An upsert's ids, vectors and payload texts: each id once (its last point), every UUID
+/// checked against the point its id holds now and written into its payload.
+#[allow(clippy::type_complexity)]
+fn prepare_upsert<B: quiver_engine::backend::Backend + Clone + 'static>(
+    store: &quiver_store::Collection<B>,
+    points: Vec<PointIn>,
+) -> Result<(Vec<u64>, Vec<f32>, Vec<String>), Status> {
+    let dim = store.meta().dim;
+    let v = store.version();
+    let mut row_of: HashMap<u64, (usize, PointKey)> = HashMap::with_capacity(points.len());
+    let mut ids = Vec::with_capacity(points.len());
+    let mut vectors = Vec::with_capacity(points.len() * dim);
+    let mut payloads = Vec::with_capacity(points.len());
+    for (i, p) in points.into_iter().enumerate() {
+        let field = format!("points[{i}]");
+        let id = p.key.internal();
+        if p.vector.len() != dim {
+            return Err(invalid(
+                &format!("{field}.vector"),
+                format!("dimension mismatch: expected {dim}, got {}", p.vector.len()),
+            ));
+        }
+        let mut payload = p.payload;
+        if payload.keys().any(|k| k.starts_with(RESERVED_KEY_PREFIX)) {
+            return Err(reserved(&format!("{field}.payload")));
+        }
+        if let Some(u) = p.key.as_uuid() {
+            payload.insert(UUID_KEY.into(), Value::String(u.hyphenated().to_string()));
+        }
+        let text = if payload.is_empty() {
+            String::new()
+        } else {
+            Value::Object(payload).to_string()
+        };
+        match row_of.get(&id) {
+            // The same id again: its last point wins.
+            Some(&(row, key)) if key == p.key => {
+                vectors[row * dim..(row + 1) * dim].copy_from_slice(&p.vector);
+                payloads[row] = text;
+                continue;
+            }
+            Some(&(_, other)) => return Err(collision(&format!("{field}.id"), p.key, other)),
+            None => {}
+        }
+        if let Some(u) = p.key.as_uuid() {
+            if let Some(stored) = v.payload(id) {
+                match key_of_stored(id, stored) {
+                    Some(k) if k == p.key => {}
+                    Some(k) => return Err(collision(&format!("{field}.id"), p.key, k)),
+                    None => return Err(invalid(
+                        &format!("{field}.id"),
+                        format!(
+                            "UUID {u} maps to id {id}, which a point written without a UUID holds"
+                        ),
+                    )),
+                }
+            }
+        }
+        row_of.insert(id, (ids.len(), p.key));
+        ids.push(id);
+        vectors.extend_from_slice(&p.vector);
+        payloads.push(text);
+    }
+    Ok((ids, vectors, payloads))
+}
+
+/// `settings` with an update's keys merged in (`quantization_config` excepted).
+fn with_update(
+    mut settings: Map<String, Value>,
+    update: &Map<String, Value>,
+) -> Map<String, Value> {
+    for key in SETTINGS.iter().filter(|k| **k != "quantization_config") {
+        let Some(v) = update.get(*key).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let now = merged(
+            obj(settings.get(*key).cloned().unwrap_or_default()),
+            Some(v),
+        );
+        settings.insert((*key).into(), Value::Object(now));
+    }
+    settings
+}
+
+/// Settings are kept in the collection's manifest: held to a payload's limits (64 KiB of
+/// JSON, 32 levels).
+fn check_settings(settings: &Map<String, Value>) -> Result<(), Status> {
+    payload::encode(&Value::Object(settings.clone()))
+        .map(|_| ())
+        .map_err(|e| {
+            invalid(
+            "settings (hnsw_config, wal_config, optimizers_config, quantization_config, metadata)",
+            e.to_string().replacen("payload", "the settings", 1),
+        )
+        })
 }
 
 /// Quiver's index parameters from `metadata.quiver`.
@@ -1049,6 +1136,6 @@ fn collision(field: &str, a: PointKey, b: PointKey) -> Status {
 fn reserved(field: &str) -> Status {
     invalid(
         field,
-        format!("the key `{UUID_KEY}` is reserved (it holds a UUID point's id)"),
+        format!("keys starting with `{RESERVED_KEY_PREFIX}` are reserved (`{UUID_KEY}` holds a UUID point's id)"),
     )
 }

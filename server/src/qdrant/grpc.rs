@@ -19,9 +19,8 @@ use super::proto::{
 };
 use super::unsupported;
 use super::values;
-use crate::ratelimit::Client;
 use crate::registry::Registry;
-use crate::service::grpc_timeout;
+use crate::service::{client_of, grpc_timeout};
 use crate::status::invalid;
 
 /// The three services, over one set of operations.
@@ -48,13 +47,6 @@ impl QdrantGrpc {
         self.registry.metrics().request(method, code);
         r
     }
-}
-
-fn client_of<T>(req: &Request<T>) -> Client {
-    req.extensions()
-        .get::<Client>()
-        .copied()
-        .unwrap_or(Client::Unknown)
 }
 
 /// The shorter of the call's `grpc-timeout` and a request's `timeout` field (seconds).

@@ -841,20 +841,35 @@ fn update_result() -> Value {
     json!({"operation_id": 0, "status": "completed"})
 }
 
-fn points_in(b: &Body) -> Result<Vec<PointIn>, Status> {
-    if let Some(batch) = b.get("batch") {
-        let batch = object_in("batch", Some(batch))?;
+/// A payload taken out of a request (null: none).
+fn payload_owned(field: &str, v: Value) -> Result<Map<String, Value>, Status> {
+    match v {
+        Value::Null => Ok(Map::new()),
+        Value::Object(o) => Ok(o),
+        _ => Err(invalid(field, "expected a JSON object")),
+    }
+}
+
+/// The points of an upsert body, taken out of it (a large body is not copied).
+fn points_in(mut b: Body) -> Result<Vec<PointIn>, Status> {
+    if let Some(batch) = b.0.remove("batch").filter(|v| !v.is_null()) {
+        let Value::Object(mut batch) = batch else {
+            return Err(invalid("batch", "expected a JSON object"));
+        };
         let ids = keys_in("batch.ids", batch.get("ids"))?;
-        let vectors = match batch.get("vectors") {
-            Some(Value::Array(a)) => a.clone(),
-            Some(Value::Object(o)) => match o.get("") {
-                Some(Value::Array(a)) if o.len() == 1 => a.clone(),
-                _ => {
-                    return Err(unsupported(
-                        "batch.vectors: named vectors (a collection holds one unnamed vector)",
-                    ))
+        let vectors = match batch.remove("vectors") {
+            Some(Value::Array(a)) => a,
+            Some(Value::Object(mut o)) if o.len() == 1 && o.contains_key("") => {
+                match o.remove("") {
+                    Some(Value::Array(a)) => a,
+                    _ => return Err(invalid("batch.vectors", "expected a list of vectors")),
                 }
-            },
+            }
+            Some(Value::Object(_)) => {
+                return Err(unsupported(
+                    "batch.vectors: named vectors (a collection holds one unnamed vector)",
+                ))
+            }
             _ => return Err(invalid("batch.vectors", "missing: a list of vectors")),
         };
         if vectors.len() != ids.len() {
@@ -863,9 +878,9 @@ fn points_in(b: &Body) -> Result<Vec<PointIn>, Status> {
                 format!("{} vectors for {} ids", vectors.len(), ids.len()),
             ));
         }
-        let payloads = match batch.get("payloads") {
+        let payloads = match batch.remove("payloads") {
             None | Some(Value::Null) => vec![Value::Null; ids.len()],
-            Some(Value::Array(a)) if a.len() == ids.len() => a.clone(),
+            Some(Value::Array(a)) if a.len() == ids.len() => a,
             Some(_) => {
                 return Err(invalid(
                     "batch.payloads",
@@ -882,25 +897,30 @@ fn points_in(b: &Body) -> Result<Vec<PointIn>, Status> {
                 Ok(PointIn {
                     key,
                     vector: dense_in(&format!("batch.vectors[{i}]"), Some(&v))?,
-                    payload: object_in(&format!("batch.payloads[{i}]"), Some(&p))?,
+                    payload: payload_owned(&format!("batch.payloads[{i}]"), p)?,
                 })
             })
             .collect();
     }
-    match b.get("points") {
+    match b.0.remove("points") {
         Some(Value::Array(points)) => points
-            .iter()
+            .into_iter()
             .enumerate()
             .map(|(i, p)| {
                 let field = format!("points[{i}]");
-                let p = object_in(&field, Some(p))?;
+                let Value::Object(mut p) = p else {
+                    return Err(invalid(&field, "expected a JSON object"));
+                };
                 Ok(PointIn {
                     key: PointKey::from_json(
                         &format!("{field}.id"),
                         p.get("id").unwrap_or(&Value::Null),
                     )?,
                     vector: dense_in(&format!("{field}.vector"), p.get("vector"))?,
-                    payload: object_in(&format!("{field}.payload"), p.get("payload"))?,
+                    payload: payload_owned(
+                        &format!("{field}.payload"),
+                        p.remove("payload").unwrap_or(Value::Null),
+                    )?,
                 })
             })
             .collect(),
@@ -926,7 +946,8 @@ async fn upsert(
                 if b.get("update_filter").is_some() {
                     return Err(unsupported("update_filter: conditional upserts"));
                 }
-                s.api.upsert(client, &name, points_in(&b)?).await?;
+                let points = points_in(b)?;
+                s.api.upsert(client, &name, points).await?;
                 Ok(update_result())
             },
         )

@@ -609,21 +609,18 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         self.change_meta(|meta| edit(&mut meta.fields))
     }
 
-    /// Replaces the front end's settings ([`CollectionMeta::settings`]) and, when given, the
-    /// size at which the collection trains by itself ([`IndexConfig::train_at`]). Durable when
-    /// it returns.
+    /// Changes the front end's settings ([`CollectionMeta::settings`]) and the size at which
+    /// the collection trains by itself ([`IndexConfig::train_at`]) with `edit`, given the
+    /// current ones (no other change of the description runs meanwhile). Durable when it
+    /// returns.
     pub fn update_settings(
         &self,
-        settings: serde_json::Value,
-        train_at: Option<u64>,
+        edit: impl FnOnce(&mut serde_json::Value, &mut u64),
     ) -> Result<()> {
         self.refuse_read_only()?;
         self.change_meta(|meta| {
             let before = (meta.settings.clone(), meta.index.train_at);
-            meta.settings = settings;
-            if let Some(n) = train_at {
-                meta.index.train_at = n;
-            }
+            edit(&mut meta.settings, &mut meta.index.train_at);
             Ok(before != (meta.settings.clone(), meta.index.train_at))
         })?;
         Ok(())

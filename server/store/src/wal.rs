@@ -51,7 +51,14 @@ pub enum PayloadEdit {
     DeleteKeys(Vec<String>),
     /// Remove the payload.
     Clear,
+    /// Replace the whole payload (a JSON object; empty: none) but for the keys starting with
+    /// [`RESERVED_KEY_PREFIX`], which a front end keeps for itself (the Qdrant API's UUIDs).
+    ReplaceKeepingReserved(Vec<u8>),
 }
+
+/// Payload keys a front end reserves for itself: [`PayloadEdit::ReplaceKeepingReserved`]
+/// keeps them.
+pub const RESERVED_KEY_PREFIX: &str = "__quiver_";
 
 impl PayloadEdit {
     fn code(&self) -> u32 {
@@ -60,12 +67,15 @@ impl PayloadEdit {
             PayloadEdit::Replace(_) => 2,
             PayloadEdit::DeleteKeys(_) => 3,
             PayloadEdit::Clear => 4,
+            PayloadEdit::ReplaceKeepingReserved(_) => 5,
         }
     }
 
     fn body(&self) -> Vec<u8> {
         match self {
-            PayloadEdit::Merge(b) | PayloadEdit::Replace(b) => b.clone(),
+            PayloadEdit::Merge(b)
+            | PayloadEdit::Replace(b)
+            | PayloadEdit::ReplaceKeepingReserved(b) => b.clone(),
             PayloadEdit::DeleteKeys(k) => serde_json::to_vec(k).unwrap_or_default(),
             PayloadEdit::Clear => Vec::new(),
         }
@@ -77,6 +87,7 @@ impl PayloadEdit {
             2 => PayloadEdit::Replace(body.to_vec()),
             3 => PayloadEdit::DeleteKeys(serde_json::from_slice(body).ok()?),
             4 if body.is_empty() => PayloadEdit::Clear,
+            5 => PayloadEdit::ReplaceKeepingReserved(body.to_vec()),
             _ => return None,
         })
     }
@@ -92,6 +103,15 @@ impl PayloadEdit {
             PayloadEdit::Replace(b) => Ok(b.clone()),
             PayloadEdit::DeleteKeys(k) => p::without_keys(old, k),
             PayloadEdit::Clear => Ok(Vec::new()),
+            PayloadEdit::ReplaceKeepingReserved(b) => {
+                let mut new = p::decode(b);
+                for (k, v) in p::decode(old) {
+                    if k.starts_with(RESERVED_KEY_PREFIX) {
+                        new.insert(k, v);
+                    }
+                }
+                p::encode(&serde_json::Value::Object(new))
+            }
         }
     }
 }
@@ -565,6 +585,10 @@ mod tests {
                 ids: vec![3],
                 edit: PayloadEdit::Clear,
             },
+            Op::SetPayload {
+                ids: vec![4],
+                edit: PayloadEdit::ReplaceKeepingReserved(b"{\"c\":3}".to_vec()),
+            },
             Op::DeleteFilter {
                 filter: r#"{"must":[{"key":"a","match":{"value":1}}]}"#.into(),
             },
@@ -586,6 +610,15 @@ mod tests {
             b"{\"a\":1,\"b\":2}".to_vec()
         );
         assert!(PayloadEdit::Clear.apply(b"{\"a\":1}").unwrap().is_empty());
+        let keep = PayloadEdit::ReplaceKeepingReserved(b"{\"c\":3}".to_vec());
+        let kept: serde_json::Value =
+            serde_json::from_slice(&keep.apply(b"{\"a\":1,\"__quiver_uuid\":\"u\"}").unwrap())
+                .unwrap();
+        assert_eq!(kept, serde_json::json!({"__quiver_uuid": "u", "c": 3}));
+        assert!(PayloadEdit::ReplaceKeepingReserved(Vec::new())
+            .apply(b"{\"a\":1}")
+            .unwrap()
+            .is_empty());
     }
 
     fn collect(dir: &Path, from: u64, recover: bool) -> Result<(Vec<(u64, Op)>, Replayed)> {

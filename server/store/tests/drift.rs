@@ -262,8 +262,11 @@ fn a_collection_trains_by_itself_at_its_training_size_and_keeps_its_settings() {
     assert!((0..1200).step_by(97).all(|id| finds_itself(&c, id, 0)));
 
     // Settings change durably; train_at 0 turns training by itself off.
-    c.update_settings(serde_json::json!({"metadata": {"team": "a"}}), Some(0))
-        .unwrap();
+    c.update_settings(|settings, at| {
+        *settings = serde_json::json!({"metadata": {"team": "a"}});
+        *at = 0;
+    })
+    .unwrap();
     drop(c);
     let c = C::open(&path, CpuBackend, StoreConfig::default()).unwrap();
     let meta = c.meta();
