@@ -1027,12 +1027,14 @@ fn prepare_upsert<B: quiver_engine::backend::Backend + Clone + 'static>(
                 match key_of_stored(id, stored) {
                     Some(k) if k == p.key => {}
                     Some(k) => return Err(collision(&format!("{field}.id"), p.key, k)),
-                    None => return Err(invalid(
-                        &format!("{field}.id"),
-                        format!(
+                    None => {
+                        return Err(invalid(
+                            &format!("{field}.id"),
+                            format!(
                             "UUID {u} maps to id {id}, which a point written without a UUID holds"
                         ),
-                    )),
+                        ))
+                    }
                 }
             }
         }

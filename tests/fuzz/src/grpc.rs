@@ -56,14 +56,15 @@ const MAX_CALLS: usize = 24;
 /// A call that takes longer than this is a hang.
 const CALL_LIMIT: Duration = Duration::from_secs(20);
 
-struct Server {
-    runtime: tokio::runtime::Runtime,
-    registry: Arc<Registry>,
-    layer: AuthLayer,
-    limit: usize,
+/// The fuzzed server, shared by the `grpc` and `qdrant` targets' inputs within a process.
+pub(crate) struct Server {
+    pub(crate) runtime: tokio::runtime::Runtime,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) layer: AuthLayer,
+    pub(crate) limit: usize,
 }
 
-fn server() -> &'static Server {
+pub(crate) fn server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
     SERVER.get_or_init(|| {
         let root = scratch().join("grpc");
@@ -162,82 +163,116 @@ pub fn frame(message: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Whether `QUIVER_FUZZ_TRACE` is set: each call's status is printed (to check what seeds reach).
+pub(crate) fn tracing() -> bool {
+    static TRACE: OnceLock<bool> = OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var_os("QUIVER_FUZZ_TRACE").is_some())
+}
+
+/// A gRPC request for `path` (`/package.Service/Method`) with the credentials of `flags` bits
+/// 0–1 and `bytes` as one framed message, or as the raw body when bit 2 is set.
+pub(crate) fn grpc_request(
+    path: &str,
+    flags: u8,
+    bytes: &[u8],
+) -> http::Request<tonic::body::Body> {
+    let body = if flags & 4 != 0 {
+        bytes.to_vec()
+    } else {
+        frame(bytes)
+    };
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://fuzz{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    with_key(req, flags)
+        .body(tonic::body::Body::new(Full::new(Bytes::from(body))))
+        .expect("a well-formed HTTP request")
+}
+
+/// Adds the credentials flags bits 0–1 pick: read-write key, read-only key, bearer, none.
+pub(crate) fn with_key(req: http::request::Builder, flags: u8) -> http::request::Builder {
+    match flags & 3 {
+        0 => req.header("api-key", RW_KEY),
+        1 => req.header("api-key", RO_KEY),
+        2 => req.header("authorization", format!("Bearer {RW_KEY}")),
+        _ => req,
+    }
+}
+
+/// Sends `req` to `svc` and drives the whole reply (trailers included) within [`CALL_LIMIT`];
+/// no answer in time is a hang, and fails the input.
+pub(crate) async fn call<S, B>(name: &str, svc: S, req: http::Request<tonic::body::Body>)
+where
+    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+{
+    let answer = tokio::time::timeout(CALL_LIMIT, async {
+        let resp = svc
+            .oneshot(req)
+            .await
+            .expect("the service never fails a call");
+        let (head, body) = resp.into_parts();
+        let body = body.collect().await;
+        if tracing() {
+            let trailers = body.ok().and_then(|b| b.trailers().cloned());
+            let get = |k: &str| {
+                trailers
+                    .as_ref()
+                    .and_then(|t| t.get(k))
+                    .or_else(|| head.headers.get(k))
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            eprintln!(
+                "{name}: http {} grpc-status {} {}",
+                head.status,
+                get("grpc-status"),
+                get("grpc-message")
+            );
+        }
+    })
+    .await;
+    assert!(
+        answer.is_ok(),
+        "{name} did not answer within {CALL_LIMIT:?}"
+    );
+}
+
+/// Empties the server for the next input: background loads end first, then every
+/// collection (served or failed) is dropped.
+pub(crate) async fn reset(s: &Server) {
+    for _ in 0..2000 {
+        if s.registry.loading().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for (name, _) in s.registry.list() {
+        let _ = s.registry.drop_collection(&name).await;
+    }
+    for (name, _) in s.registry.failed() {
+        let _ = s.registry.drop_collection(&name).await;
+    }
+}
+
 /// Runs one input.
 pub fn run(data: &[u8]) {
     let s = server();
-    // QUIVER_FUZZ_TRACE=1 prints each call's status (to check what seeds reach).
-    let trace = std::env::var_os("QUIVER_FUZZ_TRACE").is_some();
     s.runtime.block_on(async {
-        for call in parse(data) {
-            let method = METHODS[call.method as usize % METHODS.len()];
-            let body = if call.flags & 4 != 0 {
-                call.bytes.to_vec()
-            } else {
-                frame(call.bytes)
-            };
-            let mut req = http::Request::builder()
-                .method("POST")
-                .uri(format!("http://fuzz/quiver.v1.Quiver/{method}"))
-                .header("content-type", "application/grpc")
-                .header("te", "trailers");
-            req = match call.flags & 3 {
-                0 => req.header("api-key", RW_KEY),
-                1 => req.header("api-key", RO_KEY),
-                2 => req.header("authorization", format!("Bearer {RW_KEY}")),
-                _ => req,
-            };
-            let req = req
-                .body(tonic::body::Body::new(Full::new(Bytes::from(body))))
-                .expect("a well-formed HTTP request");
+        for c in parse(data) {
+            let method = METHODS[c.method as usize % METHODS.len()];
+            let req = grpc_request(&format!("/quiver.v1.Quiver/{method}"), c.flags, c.bytes);
             let svc = s.layer.layer(
                 QuiverServer::new(QuiverService::new(s.registry.clone()))
                     .max_decoding_message_size(s.limit)
                     .max_encoding_message_size(s.limit),
             );
-            let answer = tokio::time::timeout(CALL_LIMIT, async {
-                let resp = svc
-                    .oneshot(req)
-                    .await
-                    .expect("the service never fails a call");
-                let head = resp.headers().clone();
-                // Drive the whole reply, trailers included.
-                let body = resp.into_body().collect().await;
-                if trace {
-                    let trailers = body.ok().and_then(|b| b.trailers().cloned());
-                    let get = |k: &str| {
-                        trailers
-                            .as_ref()
-                            .and_then(|t| t.get(k))
-                            .or_else(|| head.get(k))
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_string()
-                    };
-                    eprintln!(
-                        "{method}: grpc-status {} {}",
-                        get("grpc-status"),
-                        get("grpc-message")
-                    );
-                }
-            })
-            .await;
-            assert!(
-                answer.is_ok(),
-                "{method} did not answer within {CALL_LIMIT:?}"
-            );
+            call(method, svc, req).await;
         }
-        // Start the next input from an empty server (loads in the background end first).
-        for _ in 0..2000 {
-            if s.registry.loading().is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        for (name, _) in s.registry.list() {
-            let _ = s.registry.drop_collection(&name).await;
-        }
-        for (name, _) in s.registry.failed() {
-            let _ = s.registry.drop_collection(&name).await;
-        }
+        reset(s).await;
     });
 }

@@ -1,7 +1,7 @@
 //! Quiver's fuzz targets: each takes arbitrary bytes and drives one of the places where
 //! hostile input meets the code — the index file loader, the vector file readers, payload and
-//! filter parsing, a collection's files (write-ahead log and checkpoint replay) and every gRPC
-//! handler. A target returns normally for every input: errors are the expected answer to bad
+//! filter parsing, a collection's files (write-ahead log and checkpoint replay), every gRPC
+//! handler, and Qdrant's API (its gRPC methods and REST routes). A target returns normally for every input: errors are the expected answer to bad
 //! input, while a panic, an abort, a hang or runaway memory is a finding.
 //!
 //! `scripts/fuzz` builds the targets for libFuzzer (`targets/`), with Quiver's crates
@@ -14,6 +14,7 @@ pub mod collection_files;
 pub mod filter;
 pub mod grpc;
 pub mod index_file;
+pub mod qdrant;
 pub mod seeds;
 pub mod vector_file;
 
@@ -30,6 +31,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("filter", filter::run),
     ("collection_files", collection_files::run),
     ("grpc", grpc::run),
+    ("qdrant", qdrant::run),
 ];
 
 /// A folder of this process's own under the temporary directory (`TMPDIR`; scripts/fuzz

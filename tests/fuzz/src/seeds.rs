@@ -546,6 +546,9 @@ pub fn all(tmp: &Path) -> Vec<(&'static str, String, Vec<u8>)> {
     for (name, data) in grpc_seeds() {
         out.push(("grpc", name, data));
     }
+    for (name, data) in crate::qdrant::seeds() {
+        out.push(("qdrant", name, data));
+    }
     out
 }
 
