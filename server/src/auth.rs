@@ -4,6 +4,14 @@
 //! `authorization: Bearer KEY`. With keys configured, every gRPC call but health checks needs
 //! one: none or an unknown one is UNAUTHENTICATED, a read-only key on a write is
 //! PERMISSION_DENIED. Keys are compared in constant time and never logged.
+//!
+//! A key may be held to some collections (multi-tenant use): `rw@tenant-a-*:KEY` or
+//! `ro@docs|faq:KEY` reaches only the collections its [`Scope`] names (a name, or a prefix
+//! ending in `*`; `|` between them). The layer hands the scope to the handlers as a [`Reach`]
+//! extension; they refuse a call naming any other collection with PERMISSION_DENIED
+//! ([`check_reach`]) and list only the collections in reach. Calls that act beyond
+//! collections (LoadIndex reads the server's import folder; /metrics shows every collection)
+//! need a key without a scope.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -28,10 +36,103 @@ pub enum Access {
 /// Shortest key accepted (bytes): shorter ones are guessable.
 pub const MIN_KEY_LEN: usize = 16;
 
+/// The collections a scoped key reaches: those named, or starting with a prefix given as
+/// `PREFIX*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    /// Exact names, and prefixes (with their `*` stripped).
+    names: Vec<String>,
+    prefixes: Vec<String>,
+}
+
+impl Scope {
+    /// Parses `a|b|tenant-*`: names of collections (their characters), or prefixes ending in
+    /// `*`; at least one.
+    pub fn parse(text: &str) -> Result<Scope, &'static str> {
+        let mut scope = Scope {
+            names: Vec::new(),
+            prefixes: Vec::new(),
+        };
+        for part in text.split('|') {
+            let (body, prefix) = match part.strip_suffix('*') {
+                Some(p) => (p, true),
+                None => (part, false),
+            };
+            let ok_chars = body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+            if !ok_chars || body.len() > 64 || (!prefix && body.is_empty()) {
+                return Err("a scope is collection names or prefixes ending in *, separated by |");
+            }
+            if prefix {
+                scope.prefixes.push(body.to_string());
+            } else {
+                scope.names.push(body.to_string());
+            }
+        }
+        Ok(scope)
+    }
+
+    /// Whether the scope reaches collection `name`.
+    pub fn reaches(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n == name) || self.prefixes.iter().any(|p| name.starts_with(p))
+    }
+}
+
+/// What a request's key is held to, when it is scoped: set by [`AuthLayer`] (and Qdrant's
+/// REST front end) as a request extension; absent, the request reaches every collection.
+#[derive(Debug, Clone)]
+pub struct Reach(pub Arc<Scope>);
+
+/// Refuses (PERMISSION_DENIED, naming `field` and the collection) a request whose key's
+/// scope (its [`Reach`] extension) does not reach `collection`.
+pub fn check_reach(ext: &http::Extensions, field: &str, collection: &str) -> Result<(), Status> {
+    match ext.get::<Reach>() {
+        Some(Reach(scope)) if !scope.reaches(collection) => Err(Status::permission_denied(
+            format!("{field}: the API key does not reach collection {collection:?}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Whether a request (by its extensions) may see collection `name` in a listing.
+pub fn in_reach(ext: &http::Extensions, name: &str) -> bool {
+    ext.get::<Reach>().is_none_or(|Reach(s)| s.reaches(name))
+}
+
+/// Refuses a request whose key is scoped: for calls that act beyond collections.
+pub fn check_unscoped(ext: &http::Extensions, what: &str) -> Result<(), Status> {
+    match ext.get::<Reach>() {
+        Some(_) => Err(Status::permission_denied(format!(
+            "{what} needs an API key without a collection scope"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A configured key.
+#[derive(Clone)]
+struct Key {
+    secret: Vec<u8>,
+    access: Access,
+    scope: Option<Arc<Scope>>,
+}
+
+/// A presented key found valid.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// Its number among the configured keys (for per-key limits).
+    pub index: usize,
+    /// What it may do.
+    pub access: Access,
+    /// The collections it is held to (`None`: all).
+    pub scope: Option<Arc<Scope>>,
+}
+
 /// The configured keys.
 #[derive(Clone, Default)]
 pub struct ApiKeys {
-    keys: Vec<(Vec<u8>, Access)>,
+    keys: Vec<Key>,
 }
 
 impl std::fmt::Debug for ApiKeys {
@@ -75,8 +176,9 @@ impl ApiKeys {
         self.keys.len()
     }
 
-    /// Adds the entries of `text` (`rw:KEY` / `ro:KEY`, one per line or comma-separated;
-    /// blank entries and `#` comments skipped); `origin` names the source in errors.
+    /// Adds the entries of `text` (`rw:KEY` / `ro:KEY`, either optionally scoped as
+    /// `rw@SCOPE:KEY`, one per line or comma-separated; blank entries and `#` comments
+    /// skipped); `origin` names the source in errors.
     pub fn add(&mut self, origin: &str, text: &str) -> Result<(), KeyError> {
         let entries = text.split(['\n', ',']);
         for (i, raw) in entries.enumerate() {
@@ -89,10 +191,17 @@ impl ApiKeys {
                 entry: i + 1,
                 reason,
             };
-            let (access, key) = match line.split_once(':') {
-                Some(("rw", k)) => (Access::ReadWrite, k),
-                Some(("ro", k)) => (Access::ReadOnly, k),
-                _ => return Err(bad("expected rw:KEY or ro:KEY")),
+            let Some((head, key)) = line.split_once(':') else {
+                return Err(bad("expected rw:KEY or ro:KEY (or rw@SCOPE:KEY)"));
+            };
+            let (access, scope) = match head.split_once('@') {
+                Some((a, s)) => (a, Some(Arc::new(Scope::parse(s).map_err(bad)?))),
+                None => (head, None),
+            };
+            let access = match access {
+                "rw" => Access::ReadWrite,
+                "ro" => Access::ReadOnly,
+                _ => return Err(bad("expected rw:KEY or ro:KEY (or rw@SCOPE:KEY)")),
             };
             if key.len() < MIN_KEY_LEN {
                 return Err(bad("the key is shorter than 16 characters"));
@@ -100,14 +209,14 @@ impl ApiKeys {
             if !key.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(bad("the key holds spaces or non-ASCII characters"));
             }
-            if self
-                .keys
-                .iter()
-                .any(|(k, _)| k.as_slice() == key.as_bytes())
-            {
+            if self.keys.iter().any(|k| k.secret == key.as_bytes()) {
                 return Err(bad("the key is given twice"));
             }
-            self.keys.push((key.as_bytes().to_vec(), access));
+            self.keys.push(Key {
+                secret: key.as_bytes().to_vec(),
+                access,
+                scope,
+            });
         }
         Ok(())
     }
@@ -124,15 +233,19 @@ impl ApiKeys {
     /// The access of a presented key (`None`: unknown). Every configured key is compared, in
     /// constant time for keys of the presented length.
     pub fn check(&self, presented: &[u8]) -> Option<Access> {
-        self.identify(presented).map(|(_, a)| a)
+        self.identify(presented).map(|g| g.access)
     }
 
-    /// The number and access of a presented key (see [`Self::check`]).
-    pub fn identify(&self, presented: &[u8]) -> Option<(usize, Access)> {
+    /// What a presented key grants (see [`Self::check`]).
+    pub fn identify(&self, presented: &[u8]) -> Option<Grant> {
         let mut found = None;
-        for (i, (key, access)) in self.keys.iter().enumerate() {
-            if bool::from(key.as_slice().ct_eq(presented)) {
-                found = Some((i, *access));
+        for (index, key) in self.keys.iter().enumerate() {
+            if bool::from(key.secret.as_slice().ct_eq(presented)) {
+                found = Some(Grant {
+                    index,
+                    access: key.access,
+                    scope: key.scope.clone(),
+                });
             }
         }
         found
@@ -199,37 +312,37 @@ pub fn refusal(keys: &ApiKeys, path: &str, headers: &http::HeaderMap) -> Option<
     admit(keys, path, headers).err()
 }
 
-/// Checks a request's key once: the number of its valid key (`None`: it presented none that is
+/// Checks a request's key once: what its valid key grants (`None`: it presented none that is
 /// valid, and needs none), or the status refusing it.
-fn admit(keys: &ApiKeys, path: &str, headers: &http::HeaderMap) -> Result<Option<usize>, Status> {
+fn admit(keys: &ApiKeys, path: &str, headers: &http::HeaderMap) -> Result<Option<Grant>, Status> {
     admit_key(keys, needed(path), headers)
 }
 
-/// Checks a request needing `need` (`None`: open) against the keys: the number of its valid
-/// key (`None`: it presented none that is valid, and needs none), or the status refusing it.
+/// Checks a request needing `need` (`None`: open) against the keys: what its valid key grants
+/// (`None`: it presented none that is valid, and needs none), or the status refusing it.
 /// For front ends other than gRPC (Qdrant's REST API).
 pub fn admit_key(
     keys: &ApiKeys,
     need: Option<Access>,
     headers: &http::HeaderMap,
-) -> Result<Option<usize>, Status> {
+) -> Result<Option<Grant>, Status> {
     if keys.is_empty() {
         return Ok(None);
     }
     let presented = presented_key(headers);
     let valid = presented.and_then(|k| keys.identify(k));
     let Some(need) = need else {
-        return Ok(valid.map(|(i, _)| i));
+        return Ok(valid);
     };
     match valid {
         None if presented.is_none() => Err(Status::unauthenticated(
             "an API key is required: send it as `api-key: KEY` or `authorization: Bearer KEY`",
         )),
         None => Err(Status::unauthenticated("the API key is not valid")),
-        Some((_, Access::ReadOnly)) if need == Access::ReadWrite => Err(Status::permission_denied(
-            "the API key is read-only; this call writes",
-        )),
-        Some((i, _)) => Ok(Some(i)),
+        Some(g) if g.access == Access::ReadOnly && need == Access::ReadWrite => Err(
+            Status::permission_denied("the API key is read-only; this call writes"),
+        ),
+        Some(g) => Ok(Some(g)),
     }
 }
 
@@ -306,22 +419,26 @@ where
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let l = &self.layer;
         let path = req.uri().path();
-        let checked = admit(&l.keys, path, req.headers()).and_then(|key| {
-            let client = client_of(key, &req);
+        let checked = admit(&l.keys, path, req.headers()).and_then(|grant| {
+            let client = client_of(grant.as_ref().map(|g| g.index), &req);
+            let scope = grant.and_then(|g| g.scope);
             match needed(path) {
                 // Health checks are neither keyed nor limited.
-                None => Ok(client),
+                None => Ok((client, scope)),
                 Some(_) => l
                     .limiter
                     .check(client, Limit::Requests, 1, &l.metrics)
-                    .map(|()| client),
+                    .map(|()| (client, scope)),
             }
         });
-        let client = match checked {
+        let (client, scope) = match checked {
             Ok(c) => c,
             Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
         };
         req.extensions_mut().insert(client);
+        if let Some(scope) = scope {
+            req.extensions_mut().insert(Reach(scope));
+        }
         let fut = self.inner.call(req);
         Box::pin(fut)
     }
@@ -368,6 +485,61 @@ mod tests {
             assert!(e.contains(reason), "{e}");
             assert!(!e.contains("0123456789abcdef"), "{e}");
         }
+    }
+
+    #[test]
+    fn scoped_keys_reach_only_their_collections() {
+        let mut k = ApiKeys::default();
+        k.add(
+            "test",
+            "rw@tenant-a-*:0123456789abcdef-tenant\nro@docs|faq:0123456789abcdef-reader\nrw@*:0123456789abcdef-any",
+        )
+        .unwrap();
+        let tenant = k.identify(b"0123456789abcdef-tenant").unwrap();
+        assert_eq!(tenant.access, Access::ReadWrite);
+        let scope = tenant.scope.unwrap();
+        assert!(scope.reaches("tenant-a-docs") && scope.reaches("tenant-a-"));
+        assert!(!scope.reaches("tenant-b-docs") && !scope.reaches("tenant-a"));
+        let reader = k.identify(b"0123456789abcdef-reader").unwrap();
+        assert_eq!(reader.access, Access::ReadOnly);
+        let scope = reader.scope.unwrap();
+        assert!(scope.reaches("docs") && scope.reaches("faq"));
+        assert!(!scope.reaches("docs2") && !scope.reaches("fa"));
+        assert!(k
+            .identify(b"0123456789abcdef-any")
+            .unwrap()
+            .scope
+            .unwrap()
+            .reaches("x"));
+        for text in [
+            "rw@:0123456789abcdef",
+            "rw@a||b:0123456789abcdef",
+            "rw@a/b:0123456789abcdef",
+            "rw@a*b:0123456789abcdef",
+            "xx@a:0123456789abcdef",
+        ] {
+            let e = ApiKeys::default().add("f", text).unwrap_err().to_string();
+            assert!(!e.contains("0123456789abcdef"), "{e}");
+        }
+
+        // The extension the layer sets holds a request to its scope.
+        let mut ext = http::Extensions::new();
+        assert!(check_reach(&ext, "collection", "anything").is_ok());
+        assert!(check_unscoped(&ext, "LoadIndex").is_ok());
+        ext.insert(Reach(Arc::new(Scope::parse("docs|t-*").unwrap())));
+        assert!(check_reach(&ext, "collection", "t-1").is_ok());
+        let refused = check_reach(&ext, "collection", "other").unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(
+            refused.message().starts_with("collection:"),
+            "{}",
+            refused.message()
+        );
+        assert!(in_reach(&ext, "docs") && !in_reach(&ext, "doc"));
+        assert_eq!(
+            check_unscoped(&ext, "LoadIndex").unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
     }
 
     #[test]

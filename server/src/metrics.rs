@@ -138,18 +138,24 @@ impl Metrics {
                 let m = self.clone();
                 let keys = keys.clone();
                 async move {
-                    let allowed = keys.as_ref().is_none_or(|k| {
-                        crate::auth::presented_key(&headers).is_some_and(|p| k.check(p).is_some())
-                    });
-                    if allowed {
-                        m.render().into_response()
-                    } else {
-                        (
+                    let Some(keys) = keys else {
+                        return m.render().into_response();
+                    };
+                    let grant = crate::auth::presented_key(&headers).and_then(|p| keys.identify(p));
+                    match grant {
+                        Some(g) if g.scope.is_none() => m.render().into_response(),
+                        // The metrics name every collection: a key held to some may not see them.
+                        Some(_) => (
+                            StatusCode::FORBIDDEN,
+                            "the metrics need an API key without a collection scope\n",
+                        )
+                            .into_response(),
+                        None => (
                             StatusCode::UNAUTHORIZED,
                             [(header::WWW_AUTHENTICATE, "Bearer")],
                             "an API key is required: send it as `api-key: KEY` or `authorization: Bearer KEY`\n",
                         )
-                            .into_response()
+                            .into_response(),
                     }
                 }
             }),

@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{check_reach, check_unscoped, in_reach};
 use crate::batcher::Job;
 use crate::collection::Collection;
 use crate::payloads::{
@@ -530,6 +531,7 @@ impl Quiver for QuiverService {
         req: Request<proto::CreateCollectionRequest>,
     ) -> Result<Response<proto::CollectionInfo>, Status> {
         let r = async {
+            check_reach(req.extensions(), "name", &req.get_ref().name)?;
             let meta = self.write_meta(req.get_ref())?;
             let name = meta.name.clone();
             let registry = self.registry.clone();
@@ -544,17 +546,18 @@ impl Quiver for QuiverService {
         &self,
         req: Request<proto::DropCollectionRequest>,
     ) -> Result<Response<proto::DropCollectionResponse>, Status> {
-        let r = self
-            .registry
-            .drop_collection(&req.get_ref().name)
-            .await
-            .map(|_| Response::new(proto::DropCollectionResponse {}));
+        let r = async {
+            check_reach(req.extensions(), "name", &req.get_ref().name)?;
+            self.registry.drop_collection(&req.get_ref().name).await?;
+            Ok(Response::new(proto::DropCollectionResponse {}))
+        }
+        .await;
         self.record("DropCollection", r)
     }
 
     async fn list_collections(
         &self,
-        _req: Request<proto::ListCollectionsRequest>,
+        req: Request<proto::ListCollectionsRequest>,
     ) -> Result<Response<proto::ListCollectionsResponse>, Status> {
         let mut collections: Vec<_> = self
             .registry
@@ -569,6 +572,8 @@ impl Quiver for QuiverService {
                 .map(|(n, w)| failed_info(n, w)),
         );
         collections.extend(self.registry.loading().iter().map(|n| loading_info(n)));
+        // A scoped key lists only the collections it reaches.
+        collections.retain(|c| in_reach(req.extensions(), &c.name));
         self.record(
             "ListCollections",
             Ok(Response::new(proto::ListCollectionsResponse {
@@ -582,7 +587,9 @@ impl Quiver for QuiverService {
         req: Request<proto::GetCollectionRequest>,
     ) -> Result<Response<proto::CollectionInfo>, Status> {
         let name = &req.get_ref().name;
-        let r = if self.registry.is_loading(name) {
+        let r = if let Err(s) = check_reach(req.extensions(), "name", name) {
+            Err(s)
+        } else if self.registry.is_loading(name) {
             Ok(Response::new(loading_info(name)))
         } else {
             self.registry
@@ -597,10 +604,12 @@ impl Quiver for QuiverService {
         req: Request<proto::UpsertRequest>,
     ) -> Result<Response<proto::UpsertResponse>, Status> {
         let client = client_of(&req);
-        let r = self
-            .upsert_one(client, req.into_inner())
-            .await
-            .map(|upserted| Response::new(proto::UpsertResponse { upserted }));
+        let r = async {
+            check_reach(req.extensions(), "collection", &req.get_ref().collection)?;
+            let upserted = self.upsert_one(client, req.into_inner()).await?;
+            Ok(Response::new(proto::UpsertResponse { upserted }))
+        }
+        .await;
         self.record("Upsert", r)
     }
 
@@ -610,10 +619,13 @@ impl Quiver for QuiverService {
     ) -> Result<Response<proto::UpsertResponse>, Status> {
         let client = client_of(&req);
         let r = async {
+            let ext = req.extensions().clone();
             let mut stream = req.into_inner();
             let mut total = 0;
             while let Some(msg) = stream.next().await {
-                total += self.upsert_one(client, msg?).await?;
+                let msg = msg?;
+                check_reach(&ext, "collection", &msg.collection)?;
+                total += self.upsert_one(client, msg).await?;
             }
             Ok(Response::new(proto::UpsertResponse { upserted: total }))
         }
@@ -626,6 +638,7 @@ impl Quiver for QuiverService {
         req: Request<proto::DeleteRequest>,
     ) -> Result<Response<proto::DeleteResponse>, Status> {
         let r = async {
+            check_reach(req.extensions(), "collection", &req.get_ref().collection)?;
             let r = req.into_inner();
             let c = self.registry.get(&r.collection)?;
             let by_filter = !r.filter.trim().is_empty();
@@ -670,6 +683,7 @@ impl Quiver for QuiverService {
         req: Request<proto::TrainRequest>,
     ) -> Result<Response<proto::CollectionInfo>, Status> {
         let r = async {
+            check_reach(req.extensions(), "collection", &req.get_ref().collection)?;
             let r = req.into_inner();
             let c = self.registry.get(&r.collection)?;
             let overrides = match r.index.as_ref() {
@@ -692,6 +706,7 @@ impl Quiver for QuiverService {
         req: Request<proto::LoadIndexRequest>,
     ) -> Result<Response<proto::CollectionInfo>, Status> {
         let r = async {
+            check_unscoped(req.extensions(), "LoadIndex (it reads the server's import folder)")?;
             let r = req.into_inner();
             if !valid_name(&r.collection) {
                 return Err(invalid(
@@ -726,6 +741,7 @@ impl Quiver for QuiverService {
         req: Request<proto::FlushRequest>,
     ) -> Result<Response<proto::FlushResponse>, Status> {
         let r = async {
+            check_reach(req.extensions(), "collection", &req.get_ref().collection)?;
             let c = self.registry.get(&req.get_ref().collection)?;
             let compact = req.get_ref().compact;
             let store = c.store.clone();
@@ -747,6 +763,7 @@ impl Quiver for QuiverService {
         req: Request<proto::GetRequest>,
     ) -> Result<Response<proto::GetResponse>, Status> {
         let r = async {
+            check_reach(req.extensions(), "collection", &req.get_ref().collection)?;
             let r = req.into_inner();
             let c = self.registry.get(&r.collection)?;
             let max = self.limits().max_queries_per_request;
@@ -787,6 +804,7 @@ impl Quiver for QuiverService {
     ) -> Result<Response<proto::SearchResponse>, Status> {
         let deadline = deadline_of(&req, Instant::now());
         let client = client_of(&req);
+        let reach = check_reach(req.extensions(), "collection", &req.get_ref().collection);
         let r = req.into_inner();
         let key = SearchKey {
             k: r.k as usize,
@@ -794,6 +812,7 @@ impl Quiver for QuiverService {
             refine_factor: r.refine_factor as usize,
         };
         let res = async {
+            reach?;
             self.take_vectors(client, 1)?;
             // (An unknown collection is reported by the search.)
             let fields = self
@@ -822,6 +841,7 @@ impl Quiver for QuiverService {
     ) -> Result<Response<proto::SearchBatchResponse>, Status> {
         let deadline = deadline_of(&req, Instant::now());
         let client = client_of(&req);
+        let reach = check_reach(req.extensions(), "collection", &req.get_ref().collection);
         let r = req.into_inner();
         let key = SearchKey {
             k: r.k as usize,
@@ -829,6 +849,7 @@ impl Quiver for QuiverService {
             refine_factor: r.refine_factor as usize,
         };
         let res = async {
+            reach?;
             let meta = self.registry.get(&r.collection)?.store.meta();
             let dim = meta.dim.max(1);
             self.take_vectors(client, r.vectors.len() / dim)?;
@@ -860,6 +881,7 @@ impl Quiver for QuiverService {
         req: Request<proto::CountRequest>,
     ) -> Result<Response<proto::CountResponse>, Status> {
         let r = async {
+            check_reach(req.extensions(), "collection", &req.get_ref().collection)?;
             let r = req.into_inner();
             let c = self.registry.get(&r.collection)?;
             let filter = parse_filter("filter", &r.filter, &c.store.field_specs())?;
@@ -876,6 +898,7 @@ impl Quiver for QuiverService {
         req: Request<proto::ScrollRequest>,
     ) -> Result<Response<proto::ScrollResponse>, Status> {
         let r = async {
+            check_reach(req.extensions(), "collection", &req.get_ref().collection)?;
             let r = req.into_inner();
             let c = self.registry.get(&r.collection)?;
             let filter = parse_filter("filter", &r.filter, &c.store.field_specs())?;
@@ -928,6 +951,7 @@ impl Quiver for QuiverService {
         req: Request<proto::SetPayloadRequest>,
     ) -> Result<Response<proto::SetPayloadResponse>, Status> {
         let r = async {
+            check_reach(req.extensions(), "collection", &req.get_ref().collection)?;
             let r = req.into_inner();
             let payload = payload::encode_text(&r.payload).map_err(|e| invalid("payload", e))?;
             let edit = if r.replace {
@@ -946,6 +970,7 @@ impl Quiver for QuiverService {
         req: Request<proto::DeletePayloadRequest>,
     ) -> Result<Response<proto::SetPayloadResponse>, Status> {
         let r = async {
+            check_reach(req.extensions(), "collection", &req.get_ref().collection)?;
             let r = req.into_inner();
             let edit = if r.keys.is_empty() {
                 PayloadEdit::Clear
@@ -963,6 +988,7 @@ impl Quiver for QuiverService {
         req: Request<proto::CreateFieldIndexRequest>,
     ) -> Result<Response<proto::CollectionInfo>, Status> {
         let r = async {
+            check_reach(req.extensions(), "collection", &req.get_ref().collection)?;
             let r = req.into_inner();
             let c = self.registry.get(&r.collection)?;
             let Some(field) = r.field.as_ref() else {
@@ -982,6 +1008,7 @@ impl Quiver for QuiverService {
         req: Request<proto::DeleteFieldIndexRequest>,
     ) -> Result<Response<proto::CollectionInfo>, Status> {
         let r = async {
+            check_reach(req.extensions(), "collection", &req.get_ref().collection)?;
             let r = req.into_inner();
             let c = self.registry.get(&r.collection)?;
             if r.key.is_empty() {

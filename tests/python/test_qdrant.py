@@ -7,7 +7,10 @@ nodes with their embeddings given) adds nodes, queries with a metadata filter an
 """
 
 import json
+import urllib.error
+import urllib.request
 import uuid
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -335,6 +338,100 @@ def test_keys_are_honoured_on_both_qdrant_ports(tmp_path):
                 assert e.value.status_code == 401
             for cl in (writer, reader, nokey):
                 cl.close()
+    finally:
+        stop_server(srv)
+
+
+def _implemented_methods():
+    """`(service, method)` of every Qdrant gRPC method Quiver implements, from its proto."""
+    proto = (Path(__file__).resolve().parents[2] / "server/proto/qdrant/qdrant.proto").read_text()
+    methods, service = [], None
+    for line in proto.splitlines():
+        line = line.strip()
+        if line.startswith("service "):
+            service = line.split()[1]
+        elif line.startswith("rpc ") and service in ("Collections", "Points"):
+            methods.append((service, line.split()[1].split("(")[0]))
+    return methods
+
+
+def test_scoped_keys_reach_only_their_collections_on_both_qdrant_ports(tmp_path):
+    from google.protobuf import message_factory
+    from qdrant_client.grpc import collections_service_pb2, points_service_pb2
+
+    keyfile = tmp_path / "keys"
+    admin, tenant = "admin-key-0123456789abcdef", "tenant-key-0123456789abcdef"
+    keyfile.write_text(f"rw:{admin}\nrw@tenant-a-*:{tenant}\n")
+    srv = start_server(
+        tmp_path,
+        ["--qdrant-grpc-listen", "127.0.0.1:0", "--qdrant-http-listen", "127.0.0.1:0",
+         "--api-key-file", str(keyfile)],
+        name="scopes",
+    )
+    try:
+        srv.grpc_port, srv.rest_port = _read_addresses(srv)
+        boss = client_for(srv, False, api_key=admin)
+        boss.create_collection("tenant-b-docs", vectors_config=models.VectorParams(size=4, distance=models.Distance.DOT))
+        boss.upsert("tenant-b-docs", points=[models.PointStruct(id=1, vector=[1.0, 0, 0, 0])], wait=True)
+        for prefer_grpc in (False, True):
+            mine = f"tenant-a-{int(prefer_grpc)}"
+            c = client_for(srv, prefer_grpc, api_key=tenant)
+            c.create_collection(mine, vectors_config=models.VectorParams(size=4, distance=models.Distance.DOT))
+            c.upsert(mine, points=[models.PointStruct(id=3, vector=[0, 1.0, 0, 0])], wait=True)
+            assert [h.id for h in c.query_points(mine, query=[0, 1.0, 0, 0], limit=1).points] == [3]
+            assert mine in [x.name for x in c.get_collections().collections]
+            assert "tenant-b-docs" not in [x.name for x in c.get_collections().collections]
+            for call in (lambda: c.count("tenant-b-docs"), lambda: c.collection_exists("tenant-b-docs"),
+                         lambda: c.query_points("tenant-b-docs", query=[1.0, 0, 0, 0], limit=1),
+                         lambda: c.delete_collection("tenant-b-docs")):
+                with pytest.raises(grpc.RpcError if prefer_grpc else UnexpectedResponse) as e:
+                    call()
+                if prefer_grpc:
+                    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED, e.value
+                else:
+                    assert e.value.status_code == 403, e.value
+            c.close()
+        assert boss.count("tenant-b-docs").count == 1
+        boss.close()
+
+        # Every implemented gRPC method naming a collection out of reach is refused (messages
+        # from qdrant-client's own protos, the collection name their only content).
+        files = {"Collections": collections_service_pb2, "Points": points_service_pb2}
+        methods = _implemented_methods()
+        assert len(methods) >= 20
+        with grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}") as ch:
+            for service, method in methods:
+                desc = files[service].DESCRIPTOR.services_by_name[service].methods_by_name[method]
+                cls = message_factory.GetMessageClass(desc.input_type)
+                msg = cls(**({"collection_name": "tenant-b-docs"} if "collection_name" in
+                             desc.input_type.fields_by_name else {}))
+                rpc = ch.unary_unary(f"/qdrant.{service}/{method}", request_serializer=cls.SerializeToString,
+                                     response_deserializer=lambda b: b)
+                if method == "List":
+                    rpc(msg, metadata=[("api-key", tenant)], timeout=10)
+                    continue
+                with pytest.raises(grpc.RpcError) as e:
+                    rpc(msg, metadata=[("api-key", tenant)], timeout=10)
+                assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED, (method, e.value)
+                assert '"tenant-b-docs"' in e.value.details(), (method, e.value.details())
+
+        # And every REST route.
+        base = f"http://127.0.0.1:{srv.rest_port}/collections/tenant-b-docs"
+        routes = [("GET", ""), ("PUT", ""), ("PATCH", ""), ("DELETE", ""), ("GET", "/exists"),
+                  ("PUT", "/points"), ("POST", "/points"), ("GET", "/points/1"), ("POST", "/points/delete"),
+                  ("POST", "/points/payload"), ("PUT", "/points/payload"), ("POST", "/points/payload/delete"),
+                  ("POST", "/points/payload/clear"), ("PUT", "/index"), ("DELETE", "/index/city"),
+                  ("POST", "/points/search"), ("POST", "/points/search/batch"), ("POST", "/points/query"),
+                  ("POST", "/points/query/batch"), ("POST", "/points/scroll"), ("POST", "/points/count")]
+        for method, path in routes:
+            req = urllib.request.Request(base + path, data=b"{}", method=method,
+                                         headers={"api-key": tenant, "content-type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(req, timeout=10)
+            assert e.value.code == 403, (method, path, e.value.code)
+            body = json.loads(e.value.read())
+            assert "tenant-b-docs" in body["status"]["error"], (method, path, body)
+        assert tenant not in srv.stderr()
     finally:
         stop_server(srv)
 

@@ -200,11 +200,87 @@ def test_api_keys_separate_readers_from_writers(tmp_path, quiver_pb):
         stop_server(srv)
 
 
+def test_scoped_keys_reach_only_their_collections(tmp_path, quiver_pb):
+    pb = quiver_pb.pb2
+    tenant, reader = "tenant-a-0123456789abcdef", "shared-reader-0123456789abcdef"
+    keys = tmp_path / "keys"
+    keys.write_text(f"rw:{RW}\nrw@tenant-a-*:{tenant}\nro@shared|faq:{reader}\n")
+    srv = start_server(tmp_path, ["--api-key-file", str(keys), "--metrics-listen", "127.0.0.1:0",
+                                  "--metrics-require-key"])
+    try:
+        url = next(l for l in iter(srv.lines.get, None) if l.startswith("metrics on ")).split()[-1]
+        with grpc.insecure_channel(srv.addr) as ch:
+            stub = quiver_pb.grpc.QuiverStub(ch)
+            admin, a, r = [("api-key", RW)], [("api-key", tenant)], [("authorization", f"Bearer {reader}")]
+            for name in ["shared", "tenant-b-docs"]:
+                stub.CreateCollection(pb.CreateCollectionRequest(name=name, dim=2, metric=pb.METRIC_L2),
+                                      metadata=admin, timeout=TIMEOUT)
+            stub.Upsert(pb.UpsertRequest(collection="shared", ids=[1], vectors=[0.0, 1.0]), metadata=admin,
+                        timeout=TIMEOUT)
+            # The tenant makes and uses collections under its prefix.
+            stub.CreateCollection(pb.CreateCollectionRequest(name="tenant-a-docs", dim=2, metric=pb.METRIC_L2),
+                                  metadata=a, timeout=TIMEOUT)
+            stub.Upsert(pb.UpsertRequest(collection="tenant-a-docs", ids=[5], vectors=[1.0, 0.0]), metadata=a,
+                        timeout=TIMEOUT)
+            hits = stub.Search(pb.SearchRequest(collection="tenant-a-docs", vector=[1.0, 0.0], k=1), metadata=a,
+                               timeout=TIMEOUT)
+            assert [n.id for n in hits.neighbors] == [5]
+            # Listings show only what a key reaches.
+            listed = lambda md: sorted(c.name for c in stub.ListCollections(pb.ListCollectionsRequest(),
+                                                                             metadata=md, timeout=TIMEOUT).collections)
+            assert listed(a) == ["tenant-a-docs"]
+            assert listed(r) == ["shared"]
+            assert listed(admin) == ["shared", "tenant-a-docs", "tenant-b-docs"]
+            assert stub.Count(pb.CountRequest(collection="shared"), metadata=r, timeout=TIMEOUT).count == 1
+            # Every method naming a collection out of reach is refused, before anything else is
+            # looked at; LoadIndex (the server's files) needs an unscoped key.
+            methods = pb.DESCRIPTOR.services_by_name["Quiver"].methods
+            assert len(methods) >= 19
+            for m in methods:
+                msg = getattr(pb, m.input_type.name)()
+                fields = {f.name for f in m.input_type.fields}
+                target = "collection" if "collection" in fields else "name" if "name" in fields else None
+                if target is not None:
+                    setattr(msg, target, "tenant-b-docs")
+                call = getattr(stub, m.name)
+                if m.name == "ListCollections":
+                    continue
+                with pytest.raises(grpc.RpcError) as e:
+                    call(iter([msg]) if m.client_streaming else msg, metadata=a, timeout=TIMEOUT)
+                assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED, (m.name, e.value)
+                want = "without a collection scope" if m.name == "LoadIndex" else '"tenant-b-docs"'
+                assert want in e.value.details(), (m.name, e.value.details())
+            # The read-only scoped key cannot write even in reach.
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Upsert(pb.UpsertRequest(collection="shared", ids=[2], vectors=[0.0, 1.0]), metadata=r,
+                            timeout=TIMEOUT)
+            assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            # A stream may not switch to a collection out of reach midway.
+            stream = [pb.UpsertRequest(collection="tenant-a-docs", ids=[6], vectors=[1.0, 1.0]),
+                      pb.UpsertRequest(collection="shared", ids=[7], vectors=[1.0, 1.0])]
+            with pytest.raises(grpc.RpcError) as e:
+                stub.UpsertStream(iter(stream), metadata=a, timeout=TIMEOUT)
+            assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert stub.Count(pb.CountRequest(collection="shared"), metadata=admin, timeout=TIMEOUT).count == 1
+            assert stub.Count(pb.CountRequest(collection="tenant-b-docs"), metadata=admin, timeout=TIMEOUT).count == 0
+        # The metrics name every collection: scoped keys may not read them.
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(urllib.request.Request(url, headers={"api-key": tenant}), timeout=TIMEOUT)
+        assert e.value.code == 403
+        assert urllib.request.urlopen(urllib.request.Request(url, headers={"api-key": RW}), timeout=TIMEOUT).status == 200
+        assert tenant not in srv.stderr() and reader not in srv.stderr()
+    finally:
+        stop_server(srv)
+
+
 def test_bad_key_files_stop_the_server_without_echoing_keys(tmp_path):
     keys = tmp_path / "keys"
     keys.write_text("rw:0123456789abcdef-good\nrx:0123456789abcdef-secret\n")
     err = serve_refused(tmp_path, ["--api-key-file", str(keys)])
     assert "entry 2" in err and "secret" not in err, err
+    keys.write_text("rw@tenant/a:0123456789abcdef-secret\n")
+    err = serve_refused(tmp_path, ["--api-key-file", str(keys)])
+    assert "entry 1" in err and "scope" in err and "secret" not in err, err
     err = serve_refused(tmp_path, ["--metrics-require-key"])
     assert "--metrics-require-key needs API keys" in err, err
 

@@ -19,6 +19,7 @@ use super::proto::{
 };
 use super::unsupported;
 use super::values;
+use crate::auth::{check_reach, in_reach};
 use crate::registry::Registry;
 use crate::service::{client_of, grpc_timeout};
 use crate::status::invalid;
@@ -594,6 +595,11 @@ impl Qdrant for QdrantGrpc {
     }
 }
 
+/// Refuses a request whose API key does not reach its collection (see [`crate::auth::Reach`]).
+fn reach<T>(req: &Request<T>, collection: &str) -> Result<(), Status> {
+    check_reach(req.extensions(), "collection_name", collection)
+}
+
 #[tonic::async_trait]
 impl Collections for QdrantGrpc {
     async fn get(
@@ -601,24 +607,28 @@ impl Collections for QdrantGrpc {
         req: Request<proto::GetCollectionInfoRequest>,
     ) -> Result<Response<proto::GetCollectionInfoResponse>, Status> {
         let start = Instant::now();
-        let r = self.api.info(&req.get_ref().collection_name).map(|v| {
-            Response::new(proto::GetCollectionInfoResponse {
-                result: Some(info_proto(v)),
-                time: secs(start),
-            })
-        });
+        let name = &req.get_ref().collection_name;
+        let r = reach(&req, name)
+            .and_then(|()| self.api.info(name))
+            .map(|v| {
+                Response::new(proto::GetCollectionInfoResponse {
+                    result: Some(info_proto(v)),
+                    time: secs(start),
+                })
+            });
         self.record("qdrant.Collections/Get", r)
     }
 
     async fn list(
         &self,
-        _req: Request<proto::ListCollectionsRequest>,
+        req: Request<proto::ListCollectionsRequest>,
     ) -> Result<Response<proto::ListCollectionsResponse>, Status> {
         let start = Instant::now();
         let collections = self
             .api
             .list()
             .into_iter()
+            .filter(|name| in_reach(req.extensions(), name))
             .map(|name| proto::CollectionDescription { name })
             .collect();
         self.record(
@@ -636,6 +646,7 @@ impl Collections for QdrantGrpc {
     ) -> Result<Response<proto::CollectionOperationResponse>, Status> {
         let start = Instant::now();
         let r = async {
+            reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             if r.sparse_vectors_config
                 .as_ref()
@@ -700,6 +711,7 @@ impl Collections for QdrantGrpc {
     ) -> Result<Response<proto::CollectionOperationResponse>, Status> {
         let start = Instant::now();
         let r = async {
+            reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             if r.sparse_vectors_config
                 .as_ref()
@@ -732,16 +744,16 @@ impl Collections for QdrantGrpc {
         req: Request<proto::DeleteCollection>,
     ) -> Result<Response<proto::CollectionOperationResponse>, Status> {
         let start = Instant::now();
-        let r = self
-            .api
-            .delete(&req.get_ref().collection_name)
-            .await
-            .map(|result| {
-                Response::new(proto::CollectionOperationResponse {
-                    result,
-                    time: secs(start),
-                })
-            });
+        let r = async {
+            let name = &req.get_ref().collection_name;
+            reach(&req, name)?;
+            let result = self.api.delete(name).await?;
+            Ok(Response::new(proto::CollectionOperationResponse {
+                result,
+                time: secs(start),
+            }))
+        }
+        .await;
         self.record("qdrant.Collections/Delete", r)
     }
 
@@ -750,14 +762,16 @@ impl Collections for QdrantGrpc {
         req: Request<proto::CollectionExistsRequest>,
     ) -> Result<Response<proto::CollectionExistsResponse>, Status> {
         let start = Instant::now();
-        let exists = self.api.exists(&req.get_ref().collection_name);
-        self.record(
-            "qdrant.Collections/CollectionExists",
-            Ok(Response::new(proto::CollectionExistsResponse {
-                result: Some(proto::CollectionExists { exists }),
+        let name = &req.get_ref().collection_name;
+        let r = reach(&req, name).map(|()| {
+            Response::new(proto::CollectionExistsResponse {
+                result: Some(proto::CollectionExists {
+                    exists: self.api.exists(name),
+                }),
                 time: secs(start),
-            })),
-        )
+            })
+        });
+        self.record("qdrant.Collections/CollectionExists", r)
     }
 }
 
@@ -770,6 +784,7 @@ impl Points for QdrantGrpc {
         let start = Instant::now();
         let client = client_of(&req);
         let r = async {
+            reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             if r.update_filter.is_some() {
                 return Err(unsupported("update_filter: conditional upserts"));
@@ -809,6 +824,7 @@ impl Points for QdrantGrpc {
         let start = Instant::now();
         let client = client_of(&req);
         let r = async {
+            reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             let sel = selector("points", r.points.as_ref())?;
             self.api
@@ -826,6 +842,7 @@ impl Points for QdrantGrpc {
     ) -> Result<Response<proto::GetResponse>, Status> {
         let start = Instant::now();
         let r = async {
+            reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             let keys = r
                 .ids
@@ -856,7 +873,10 @@ impl Points for QdrantGrpc {
         req: Request<proto::SetPayloadPoints>,
     ) -> Result<Response<proto::PointsOperationResponse>, Status> {
         let start = Instant::now();
-        let r = self.set_or_overwrite(req.into_inner(), false).await;
+        let r = match reach(&req, &req.get_ref().collection_name) {
+            Ok(()) => self.set_or_overwrite(req.into_inner(), false).await,
+            Err(s) => Err(s),
+        };
         self.record(
             "qdrant.Points/SetPayload",
             r.map(|x| Response::new(timed(x, start))),
@@ -868,7 +888,10 @@ impl Points for QdrantGrpc {
         req: Request<proto::SetPayloadPoints>,
     ) -> Result<Response<proto::PointsOperationResponse>, Status> {
         let start = Instant::now();
-        let r = self.set_or_overwrite(req.into_inner(), true).await;
+        let r = match reach(&req, &req.get_ref().collection_name) {
+            Ok(()) => self.set_or_overwrite(req.into_inner(), true).await,
+            Err(s) => Err(s),
+        };
         self.record(
             "qdrant.Points/OverwritePayload",
             r.map(|x| Response::new(timed(x, start))),
@@ -881,6 +904,7 @@ impl Points for QdrantGrpc {
     ) -> Result<Response<proto::PointsOperationResponse>, Status> {
         let start = Instant::now();
         let r = async {
+            reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             let sel = selector("points_selector", r.points_selector.as_ref())?;
             self.api
@@ -898,6 +922,7 @@ impl Points for QdrantGrpc {
     ) -> Result<Response<proto::PointsOperationResponse>, Status> {
         let start = Instant::now();
         let r = async {
+            reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             let sel = selector("points", r.points.as_ref())?;
             self.api.clear_payload(&r.collection_name, sel).await?;
@@ -913,6 +938,7 @@ impl Points for QdrantGrpc {
     ) -> Result<Response<proto::PointsOperationResponse>, Status> {
         let start = Instant::now();
         let r = async {
+            reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             let kind = field_type(r.field_type)?;
             self.api
@@ -930,6 +956,7 @@ impl Points for QdrantGrpc {
     ) -> Result<Response<proto::PointsOperationResponse>, Status> {
         let start = Instant::now();
         let r = async {
+            reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             self.api
                 .delete_field_index(&r.collection_name, &r.field_name)
@@ -948,6 +975,7 @@ impl Points for QdrantGrpc {
         let client = client_of(&req);
         let timeout = timeout_of(&req, req.get_ref().timeout);
         let r = async {
+            reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             let spec = search_spec("", &r)?;
             let mut hits = self
@@ -976,6 +1004,7 @@ impl Points for QdrantGrpc {
         let client = client_of(&req);
         let timeout = timeout_of(&req, req.get_ref().timeout);
         let r = async {
+            reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             let mut specs = Vec::with_capacity(r.search_points.len());
             for (i, s) in r.search_points.iter().enumerate() {
@@ -1011,6 +1040,7 @@ impl Points for QdrantGrpc {
     ) -> Result<Response<proto::ScrollResponse>, Status> {
         let start = Instant::now();
         let r = async {
+            reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             if r.order_by.is_some() {
                 return Err(unsupported("order_by: scrolling in payload order"));
@@ -1047,6 +1077,7 @@ impl Points for QdrantGrpc {
     ) -> Result<Response<proto::CountResponse>, Status> {
         let start = Instant::now();
         let r = async {
+            reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             let count = self
                 .api
@@ -1069,6 +1100,7 @@ impl Points for QdrantGrpc {
         let client = client_of(&req);
         let timeout = timeout_of(&req, req.get_ref().timeout);
         let r = async {
+            reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             let spec = query_spec("", &r)?;
             let mut hits = self
@@ -1097,6 +1129,7 @@ impl Points for QdrantGrpc {
         let client = client_of(&req);
         let timeout = timeout_of(&req, req.get_ref().timeout);
         let r = async {
+            reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             let mut specs = Vec::with_capacity(r.query_points.len());
             for (i, q) in r.query_points.iter().enumerate() {

@@ -101,34 +101,51 @@ impl Rest {
             .with_state(self)
     }
 
-    /// Admits a request: its key (when keys are set) and its client's request rate.
-    fn admit(&self, headers: &HeaderMap, peer: SocketAddr, need: Access) -> Result<Client, Status> {
-        let key = crate::auth::admit_key(&self.keys, Some(need), headers)?;
-        let client = match key {
-            Some(i) => Client::Key(i),
+    /// Admits a request: its key (when keys are set), the collection it names (`collection`)
+    /// against the key's scope, and its client's request rate.
+    fn admit(
+        &self,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+        need: Access,
+        collection: Option<&str>,
+    ) -> Result<Caller, Status> {
+        let grant = crate::auth::admit_key(&self.keys, Some(need), headers)?;
+        let client = match &grant {
+            Some(g) => Client::Key(g.index),
             None => Client::Peer(peer.ip()),
         };
+        let scope = grant.and_then(|g| g.scope);
+        if let (Some(scope), Some(name)) = (&scope, collection) {
+            if !scope.reaches(name) {
+                return Err(Status::permission_denied(format!(
+                    "the API key does not reach collection {name:?}"
+                )));
+            }
+        }
         self.limiter
             .check(client, Limit::Requests, 1, &self.metrics)
-            .map(|()| client)
+            .map(|()| Caller { client, scope })
     }
 
-    /// Runs an operation needing `need` and answers in Qdrant's envelope.
+    /// Runs an operation needing `need` on `collection` (`None`: on none) and answers in
+    /// Qdrant's envelope.
     async fn run<F, Fut>(
         &self,
         op: &str,
         need: Access,
         headers: &HeaderMap,
         peer: SocketAddr,
+        collection: Option<&str>,
         f: F,
     ) -> Response
     where
-        F: FnOnce(Client) -> Fut,
+        F: FnOnce(Caller) -> Fut,
         Fut: std::future::Future<Output = Result<Value, Status>>,
     {
         let start = Instant::now();
-        let r = match self.admit(headers, peer, need) {
-            Ok(client) => f(client).await,
+        let r = match self.admit(headers, peer, need, collection) {
+            Ok(caller) => f(caller).await,
             Err(s) => Err(s),
         };
         let code = match &r {
@@ -138,6 +155,13 @@ impl Rest {
         self.metrics.request(&format!("qdrant.rest/{op}"), code);
         envelope(r, start)
     }
+}
+
+/// Who a REST request comes from: the client its limits count against, and the collections
+/// its key reaches (`None`: all).
+struct Caller {
+    client: Client,
+    scope: Option<Arc<crate::auth::Scope>>,
 }
 
 /// The client's address, for per-client limits without keys.
@@ -684,11 +708,12 @@ async fn not_supported(method: Method, uri: Uri) -> Response {
 }
 
 async fn list(State(s): State<Rest>, ConnectInfo(PeerAddr(peer)): Peer, h: HeaderMap) -> Response {
-    s.run("list", Access::ReadOnly, &h, peer, |_| async {
-        let names: Vec<Value> = s
-            .api
+    let api = &s.api;
+    s.run("list", Access::ReadOnly, &h, peer, None, |c| async move {
+        let names: Vec<Value> = api
             .list()
             .into_iter()
+            .filter(|n| c.scope.as_ref().is_none_or(|sc| sc.reaches(n)))
             .map(|n| json!({ "name": n }))
             .collect();
         Ok(json!({ "collections": names }))
@@ -702,9 +727,14 @@ async fn info(
     Path(name): Path<String>,
     h: HeaderMap,
 ) -> Response {
-    s.run("get_collection", Access::ReadOnly, &h, peer, |_| async {
-        s.api.info(&name).map(info_json)
-    })
+    s.run(
+        "get_collection",
+        Access::ReadOnly,
+        &h,
+        peer,
+        Some(&name),
+        |_| async { s.api.info(&name).map(info_json) },
+    )
     .await
 }
 
@@ -714,9 +744,14 @@ async fn exists(
     Path(name): Path<String>,
     h: HeaderMap,
 ) -> Response {
-    s.run("collection_exists", Access::ReadOnly, &h, peer, |_| async {
-        Ok(json!({ "exists": s.api.exists(&name) }))
-    })
+    s.run(
+        "collection_exists",
+        Access::ReadOnly,
+        &h,
+        peer,
+        Some(&name),
+        |_| async { Ok(json!({ "exists": s.api.exists(&name) })) },
+    )
     .await
 }
 
@@ -732,6 +767,7 @@ async fn create(
         Access::ReadWrite,
         &h,
         peer,
+        Some(&name),
         |_| async {
             let b = Body::parse(&body)?;
             if b.get("sparse_vectors")
@@ -803,6 +839,7 @@ async fn update(
         Access::ReadWrite,
         &h,
         peer,
+        Some(&name),
         |_| async {
             let b = Body::parse(&body)?;
             if b.get("sparse_vectors")
@@ -832,6 +869,7 @@ async fn drop(
         Access::ReadWrite,
         &h,
         peer,
+        Some(&name),
         |_| async { Ok(json!(s.api.delete(&name).await?)) },
     )
     .await
@@ -941,7 +979,8 @@ async fn upsert(
             Access::ReadWrite,
             &h,
             peer,
-            |client| async move {
+            Some(&name.clone()),
+            |Caller { client, .. }| async move {
                 let b = Body::parse(&body)?;
                 if b.get("update_filter").is_some() {
                     return Err(unsupported("update_filter: conditional upserts"));
@@ -961,22 +1000,29 @@ async fn retrieve(
     h: HeaderMap,
     body: Bytes,
 ) -> Response {
-    s.run("get_points", Access::ReadOnly, &h, peer, |_| async {
-        let b = Body::parse(&body)?;
-        let records = s
-            .api
-            .get(
-                &name,
-                keys_in("ids", b.get("ids"))?,
-                payload_sel("with_payload", b.get("with_payload"), PayloadSel::All)?,
-                vector_sel(
-                    "with_vector",
-                    b.get("with_vector").or(b.get("with_vectors")),
-                )?,
-            )
-            .await?;
-        Ok(Value::Array(records.into_iter().map(record_json).collect()))
-    })
+    s.run(
+        "get_points",
+        Access::ReadOnly,
+        &h,
+        peer,
+        Some(&name),
+        |_| async {
+            let b = Body::parse(&body)?;
+            let records = s
+                .api
+                .get(
+                    &name,
+                    keys_in("ids", b.get("ids"))?,
+                    payload_sel("with_payload", b.get("with_payload"), PayloadSel::All)?,
+                    vector_sel(
+                        "with_vector",
+                        b.get("with_vector").or(b.get("with_vectors")),
+                    )?,
+                )
+                .await?;
+            Ok(Value::Array(records.into_iter().map(record_json).collect()))
+        },
+    )
     .await
 }
 
@@ -986,17 +1032,24 @@ async fn retrieve_one(
     Path((name, id)): Path<(String, String)>,
     h: HeaderMap,
 ) -> Response {
-    s.run("get_point", Access::ReadOnly, &h, peer, |_| async {
-        let key = match id.parse::<u64>() {
-            Ok(n) => PointKey::num("id", n)?,
-            Err(_) => PointKey::uuid("id", &id)?,
-        };
-        let mut records = s.api.get(&name, vec![key], PayloadSel::All, true).await?;
-        match records.pop() {
-            Some(r) => Ok(record_json(r)),
-            None => Err(Status::not_found(format!("no point with id {id}"))),
-        }
-    })
+    s.run(
+        "get_point",
+        Access::ReadOnly,
+        &h,
+        peer,
+        Some(&name),
+        |_| async {
+            let key = match id.parse::<u64>() {
+                Ok(n) => PointKey::num("id", n)?,
+                Err(_) => PointKey::uuid("id", &id)?,
+            };
+            let mut records = s.api.get(&name, vec![key], PayloadSel::All, true).await?;
+            match records.pop() {
+                Some(r) => Ok(record_json(r)),
+                None => Err(Status::not_found(format!("no point with id {id}"))),
+            }
+        },
+    )
     .await
 }
 
@@ -1013,7 +1066,8 @@ async fn delete_points(
             Access::ReadWrite,
             &h,
             peer,
-            |client| async move {
+            Some(&name.clone()),
+            |Caller { client, .. }| async move {
                 let b = Body::parse(&body)?;
                 s.api.delete_points(client, &name, selector_in(&b)?).await?;
                 Ok(update_result())
@@ -1044,9 +1098,14 @@ async fn set_payload(
     h: HeaderMap,
     body: Bytes,
 ) -> Response {
-    s.run("set_payload", Access::ReadWrite, &h, peer, |_| {
-        set_or_overwrite(&s, &name, &body, false)
-    })
+    s.run(
+        "set_payload",
+        Access::ReadWrite,
+        &h,
+        peer,
+        Some(&name),
+        |_| set_or_overwrite(&s, &name, &body, false),
+    )
     .await
 }
 
@@ -1057,9 +1116,14 @@ async fn overwrite_payload(
     h: HeaderMap,
     body: Bytes,
 ) -> Response {
-    s.run("overwrite_payload", Access::ReadWrite, &h, peer, |_| {
-        set_or_overwrite(&s, &name, &body, true)
-    })
+    s.run(
+        "overwrite_payload",
+        Access::ReadWrite,
+        &h,
+        peer,
+        Some(&name),
+        |_| set_or_overwrite(&s, &name, &body, true),
+    )
     .await
 }
 
@@ -1070,12 +1134,19 @@ async fn delete_payload(
     h: HeaderMap,
     body: Bytes,
 ) -> Response {
-    s.run("delete_payload", Access::ReadWrite, &h, peer, |_| async {
-        let b = Body::parse(&body)?;
-        let keys = strings_in("keys", b.get("keys"))?;
-        s.api.delete_payload(&name, selector_in(&b)?, keys).await?;
-        Ok(update_result())
-    })
+    s.run(
+        "delete_payload",
+        Access::ReadWrite,
+        &h,
+        peer,
+        Some(&name),
+        |_| async {
+            let b = Body::parse(&body)?;
+            let keys = strings_in("keys", b.get("keys"))?;
+            s.api.delete_payload(&name, selector_in(&b)?, keys).await?;
+            Ok(update_result())
+        },
+    )
     .await
 }
 
@@ -1086,11 +1157,18 @@ async fn clear_payload(
     h: HeaderMap,
     body: Bytes,
 ) -> Response {
-    s.run("clear_payload", Access::ReadWrite, &h, peer, |_| async {
-        let b = Body::parse(&body)?;
-        s.api.clear_payload(&name, selector_in(&b)?).await?;
-        Ok(update_result())
-    })
+    s.run(
+        "clear_payload",
+        Access::ReadWrite,
+        &h,
+        peer,
+        Some(&name),
+        |_| async {
+            let b = Body::parse(&body)?;
+            s.api.clear_payload(&name, selector_in(&b)?).await?;
+            Ok(update_result())
+        },
+    )
     .await
 }
 
@@ -1106,6 +1184,7 @@ async fn create_index(
         Access::ReadWrite,
         &h,
         peer,
+        Some(&name),
         |_| async {
             let b = Body::parse(&body)?;
             let Some(field) = b.get("field_name").and_then(Value::as_str) else {
@@ -1130,6 +1209,7 @@ async fn delete_index(
         Access::ReadWrite,
         &h,
         peer,
+        Some(&name),
         |_| async {
             s.api.delete_field_index(&name, &field).await?;
             Ok(update_result())
@@ -1151,7 +1231,8 @@ async fn search(
             Access::ReadOnly,
             &h,
             peer,
-            |client| async move {
+            Some(&name.clone()),
+            |Caller { client, .. }| async move {
                 let b = Body::parse(&body)?;
                 let spec = search_in("", &b.0)?;
                 let mut hits = s.api.query(client, &name, vec![spec], None).await?;
@@ -1191,7 +1272,8 @@ async fn search_batch(
             Access::ReadOnly,
             &h,
             peer,
-            |client| async move {
+            Some(&name.clone()),
+            |Caller { client, .. }| async move {
                 let b = Body::parse(&body)?;
                 let specs = batch_of(&b)?
                     .iter()
@@ -1222,7 +1304,8 @@ async fn query(
             Access::ReadOnly,
             &h,
             peer,
-            |client| async move {
+            Some(&name.clone()),
+            |Caller { client, .. }| async move {
                 let b = Body::parse(&body)?;
                 let spec = query_in("", &b.0)?;
                 let mut hits = s.api.query(client, &name, vec![spec], None).await?;
@@ -1251,7 +1334,8 @@ async fn query_batch(
             Access::ReadOnly,
             &h,
             peer,
-            |client| async move {
+            Some(&name.clone()),
+            |Caller { client, .. }| async move {
                 let b = Body::parse(&body)?;
                 let specs = batch_of(&b)?
                     .iter()
@@ -1279,35 +1363,42 @@ async fn scroll(
     h: HeaderMap,
     body: Bytes,
 ) -> Response {
-    s.run("scroll_points", Access::ReadOnly, &h, peer, |_| async {
-        let b = Body::parse(&body)?;
-        if b.get("order_by").is_some() {
-            return Err(unsupported("order_by: scrolling in payload order"));
-        }
-        let offset = b
-            .get("offset")
-            .map(|o| PointKey::from_json("offset", o))
-            .transpose()?;
-        let (records, next) = s
-            .api
-            .scroll(
-                &name,
-                from_rest("filter", b.get("filter"))?,
-                offset,
-                u64_in("limit", b.get("limit"), 10)? as usize,
-                payload_sel("with_payload", b.get("with_payload"), PayloadSel::All)?,
-                vector_sel(
-                    "with_vector",
-                    b.get("with_vector").or(b.get("with_vectors")),
-                )?,
-            )
-            .await?;
-        let points: Vec<Value> = records.into_iter().map(record_json).collect();
-        Ok(json!({
-            "points": points,
-            "next_page_offset": next.map(PointKey::to_json),
-        }))
-    })
+    s.run(
+        "scroll_points",
+        Access::ReadOnly,
+        &h,
+        peer,
+        Some(&name),
+        |_| async {
+            let b = Body::parse(&body)?;
+            if b.get("order_by").is_some() {
+                return Err(unsupported("order_by: scrolling in payload order"));
+            }
+            let offset = b
+                .get("offset")
+                .map(|o| PointKey::from_json("offset", o))
+                .transpose()?;
+            let (records, next) = s
+                .api
+                .scroll(
+                    &name,
+                    from_rest("filter", b.get("filter"))?,
+                    offset,
+                    u64_in("limit", b.get("limit"), 10)? as usize,
+                    payload_sel("with_payload", b.get("with_payload"), PayloadSel::All)?,
+                    vector_sel(
+                        "with_vector",
+                        b.get("with_vector").or(b.get("with_vectors")),
+                    )?,
+                )
+                .await?;
+            let points: Vec<Value> = records.into_iter().map(record_json).collect();
+            Ok(json!({
+                "points": points,
+                "next_page_offset": next.map(PointKey::to_json),
+            }))
+        },
+    )
     .await
 }
 
@@ -1318,13 +1409,20 @@ async fn count(
     h: HeaderMap,
     body: Bytes,
 ) -> Response {
-    s.run("count_points", Access::ReadOnly, &h, peer, |_| async {
-        let b = Body::parse(&body)?;
-        let count = s
-            .api
-            .count(&name, from_rest("filter", b.get("filter"))?)
-            .await?;
-        Ok(json!({ "count": count }))
-    })
+    s.run(
+        "count_points",
+        Access::ReadOnly,
+        &h,
+        peer,
+        Some(&name),
+        |_| async {
+            let b = Body::parse(&body)?;
+            let count = s
+                .api
+                .count(&name, from_rest("filter", b.get("filter"))?)
+                .await?;
+            Ok(json!({ "count": count }))
+        },
+    )
     .await
 }

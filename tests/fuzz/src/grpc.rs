@@ -2,7 +2,7 @@
 //! the API-key layer and tonic's decoding — with request bodies of arbitrary content. The
 //! input is a sequence of calls, each `[method: u8][flags: u8][length: u16 LE][bytes]`:
 //! `method` indexes [`METHODS`]; flags bits 0–1 pick the credentials (read-write key, read-only
-//! key, bearer token, none) and bit 2 sends `bytes` as the raw HTTP body (gRPC framing
+//! key, bearer token, none; bit 3: a key scoped to some collections) and bit 2 sends `bytes` as the raw HTTP body (gRPC framing
 //! included, so a stream of several messages) instead of as one framed message. One server
 //! (registry, batcher, write pool, rate limiter) serves every input; collections an input
 //! made are dropped after it, so inputs do not see each other's data.
@@ -51,6 +51,8 @@ pub const METHODS: &[&str] = &[
 pub const RW_KEY: &str = "fuzz-read-write-key-0001";
 /// Its read-only key.
 pub const RO_KEY: &str = "fuzz-read-only-key-00001";
+/// Its read-write key held to the collections `fz` and `loaded`.
+pub const SCOPED_KEY: &str = "fuzz-scoped-key-0000001";
 /// Most calls taken from one input.
 const MAX_CALLS: usize = 24;
 /// A call that takes longer than this is a hang.
@@ -72,8 +74,11 @@ pub(crate) fn server() -> &'static Server {
         std::fs::create_dir_all(&imports).expect("creating the import folder");
         crate::seeds::write_import_files(&imports).expect("writing the import folder's files");
         let mut keys = ApiKeys::default();
-        keys.add("fuzz", &format!("rw:{RW_KEY}\nro:{RO_KEY}\n"))
-            .expect("the fuzz keys are valid");
+        keys.add(
+            "fuzz",
+            &format!("rw:{RW_KEY}\nro:{RO_KEY}\nrw@fz|loaded:{SCOPED_KEY}\n"),
+        )
+        .expect("the fuzz keys are valid");
         let mut cfg = ServerConfig {
             data_dir: root.join("data"),
             api_keys: keys,
@@ -191,8 +196,12 @@ pub(crate) fn grpc_request(
         .expect("a well-formed HTTP request")
 }
 
-/// Adds the credentials flags bits 0–1 pick: read-write key, read-only key, bearer, none.
+/// Adds the credentials the flags pick: the scoped key when bit 3 is set, else by bits 0–1
+/// the read-write key, the read-only key, the read-write key as a bearer token, or none.
 pub(crate) fn with_key(req: http::request::Builder, flags: u8) -> http::request::Builder {
+    if flags & 8 != 0 {
+        return req.header("api-key", SCOPED_KEY);
+    }
     match flags & 3 {
         0 => req.header("api-key", RW_KEY),
         1 => req.header("api-key", RO_KEY),

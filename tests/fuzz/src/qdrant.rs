@@ -3,7 +3,7 @@
 //! tonic's decoding) and every route of its REST API (through axum's router and body limit),
 //! fed request bodies of arbitrary content. The input is a sequence of calls laid out as the
 //! `grpc` target's (`[op: u8][flags: u8][length: u16 LE][bytes]`): `op` indexes [`OPS`];
-//! flags bits 0–1 pick the credentials, bit 2 sends a gRPC body raw (framing included). A REST
+//! flags bits 0–1 and 3 pick the credentials, bit 2 sends a gRPC body raw (framing included). A REST
 //! call sends `bytes` as its JSON body; the [`Op::RestRaw`] call takes its method and path from
 //! `bytes` too (`METHOD PATH\n` then the body), so the router meets arbitrary paths and query
 //! strings. It runs on the `grpc` target's server (same keys and limits); collections an input
@@ -493,8 +493,8 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         (g("/qdrant.Collections/Update"), 0, update),
         (g("/qdrant.Collections/Get"), 1, info),
         (g("/qdrant.Collections/CollectionExists"), 1, exists),
-        (g("/qdrant.Collections/List"), 1, none.clone()),
-        (g("/qdrant.Collections/Delete"), 0, drop),
+        (g("/qdrant.Collections/List"), 8, none.clone()),
+        (g("/qdrant.Collections/Delete"), 8, drop),
     ]);
 
     let json = |v: serde_json::Value| v.to_string().into_bytes();
@@ -627,6 +627,7 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         (r("GET", "/collections/fz"), 1, none.clone()),
         (r("GET", "/collections/fz/exists"), 1, none.clone()),
         (r("GET", "/collections"), 3, none.clone()),
+        (r("GET", "/collections"), 8, none.clone()),
         (
             Op::RestRaw,
             0,

@@ -523,6 +523,11 @@ fn grpc_seeds() -> Vec<(String, Vec<u8>)> {
                 ("CreateCollection", 3, &create),
                 ("ListCollections", 3, &empty),
                 ("GetCollection", 1, &get_coll),
+                ("CreateCollection", 8, &create),
+                ("LoadIndex", 8, &load),
+                ("ListCollections", 8, &empty),
+                ("Search", 8, &search_loaded),
+                ("DropCollection", 8, &drop),
             ]),
         ),
     ]
