@@ -3,7 +3,8 @@
 //! separated by commas or newlines). Clients send `api-key: KEY` (Qdrant's header) or
 //! `authorization: Bearer KEY`. With keys configured, every gRPC call but health checks needs
 //! one: none or an unknown one is UNAUTHENTICATED, a read-only key on a write is
-//! PERMISSION_DENIED. Keys are compared in constant time and never logged.
+//! PERMISSION_DENIED. Keys are kept and compared as SHA-256 digests, in constant time (so
+//! neither their content nor their length shows in the time a check takes), and never logged.
 //!
 //! A key may be held to some collections (multi-tenant use): `rw@tenant-a-*:KEY` or
 //! `ro@docs|faq:KEY` reaches only the collections its [`Scope`] names (a name, or a prefix
@@ -113,7 +114,8 @@ pub fn check_unscoped(ext: &http::Extensions, what: &str) -> Result<(), Status> 
 /// A configured key.
 #[derive(Clone)]
 struct Key {
-    secret: Vec<u8>,
+    /// The key's SHA-256 digest.
+    digest: [u8; 32],
     access: Access,
     scope: Option<Arc<Scope>>,
 }
@@ -209,11 +211,12 @@ impl ApiKeys {
             if !key.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(bad("the key holds spaces or non-ASCII characters"));
             }
-            if self.keys.iter().any(|k| k.secret == key.as_bytes()) {
+            let digest = digest(key.as_bytes());
+            if self.keys.iter().any(|k| k.digest == digest) {
                 return Err(bad("the key is given twice"));
             }
             self.keys.push(Key {
-                secret: key.as_bytes().to_vec(),
+                digest,
                 access,
                 scope,
             });
@@ -230,17 +233,18 @@ impl ApiKeys {
         self.add(&path.display().to_string(), &text)
     }
 
-    /// The access of a presented key (`None`: unknown). Every configured key is compared, in
-    /// constant time for keys of the presented length.
+    /// The access of a presented key (`None`: unknown). Every configured key's digest is
+    /// compared with the presented key's, in constant time.
     pub fn check(&self, presented: &[u8]) -> Option<Access> {
         self.identify(presented).map(|g| g.access)
     }
 
     /// What a presented key grants (see [`Self::check`]).
     pub fn identify(&self, presented: &[u8]) -> Option<Grant> {
+        let presented = digest(presented);
         let mut found = None;
         for (index, key) in self.keys.iter().enumerate() {
-            if bool::from(key.secret.as_slice().ct_eq(presented)) {
+            if bool::from(key.digest.ct_eq(&presented)) {
                 found = Some(Grant {
                     index,
                     access: key.access,
@@ -250,6 +254,14 @@ impl ApiKeys {
         }
         found
     }
+}
+
+/// A key's SHA-256 digest: what is kept and compared.
+fn digest(key: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, key);
+    let mut out = [0; 32];
+    out.copy_from_slice(d.as_ref());
+    out
 }
 
 /// The key a request carries: `api-key`, else `authorization: Bearer`.
