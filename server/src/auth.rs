@@ -173,6 +173,11 @@ impl ApiKeys {
         self.keys.is_empty()
     }
 
+    /// Whether some key is held to some collections.
+    pub fn has_scoped(&self) -> bool {
+        self.keys.iter().any(|k| k.scope.is_some())
+    }
+
     /// Number of keys.
     pub fn len(&self) -> usize {
         self.keys.len()

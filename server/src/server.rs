@@ -329,8 +329,9 @@ async fn serve_qdrant_http(
 }
 
 /// Warns, loudly, when the service listens beyond this machine without TLS (keys and data
-/// would cross the network in the clear) or without keys (anyone reaching the port may write
-/// and drop collections).
+/// would cross the network in the clear), without keys (anyone reaching the port may write
+/// and drop collections), or with open metrics beside keys held to some collections (the
+/// metrics name them all).
 fn warn_if_exposed(config: &ServerConfig, tls: bool) {
     let exposed = |a: &SocketAddr| !a.ip().is_loopback();
     let mut listeners = vec![("gRPC", config.listen)];
@@ -340,6 +341,11 @@ fn warn_if_exposed(config: &ServerConfig, tls: bool) {
     for (what, addr) in listeners.into_iter().filter(|(_, a)| exposed(a)) {
         if !tls {
             let m = format!("WARNING: the {what} listener {addr} is reachable beyond this machine without TLS: requests, data and API keys cross the network in plaintext (use --tls-cert and --tls-key)");
+            tracing::warn!("{m}");
+            eprintln!("{m}");
+        }
+        if what == "metrics" && config.api_keys.has_scoped() && !config.metrics_require_key {
+            let m = format!("WARNING: the metrics listener {addr} is reachable beyond this machine without a key, while some API keys are held to some collections: /metrics names every collection and its figures to whoever reaches it (use --metrics-require-key: then only keys without a scope may read it)");
             tracing::warn!("{m}");
             eprintln!("{m}");
         }

@@ -273,6 +273,21 @@ def test_scoped_keys_reach_only_their_collections(tmp_path, quiver_pb):
         stop_server(srv)
 
 
+def test_exposed_servers_warn_about_what_they_lack(tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text(f"rw:{RW}\nrw@tenant-a-*:tenant-a-0123456789abcdef\n")
+    srv = start_server(tmp_path, ["--api-key-file", str(keys), "--metrics-listen", "0.0.0.0:0"])
+    try:
+        deadline = time.time() + TIMEOUT
+        while "metrics names every collection" not in srv.stderr() and time.time() < deadline:
+            time.sleep(0.05)
+        err = srv.stderr()
+        assert "WARNING: the metrics listener" in err and "without TLS" in err, err
+        assert "--metrics-require-key" in err and "tenant-a-0123456789abcdef" not in err, err
+    finally:
+        stop_server(srv)
+
+
 def test_bad_key_files_stop_the_server_without_echoing_keys(tmp_path):
     keys = tmp_path / "keys"
     keys.write_text("rw:0123456789abcdef-good\nrx:0123456789abcdef-secret\n")

@@ -115,6 +115,9 @@ impl Rest {
             Some(g) => Client::Key(g.index),
             None => Client::Peer(peer.ip()),
         };
+        // Counted first: refusals out of a key's reach count against its rate too.
+        self.limiter
+            .check(client, Limit::Requests, 1, &self.metrics)?;
         let scope = grant.and_then(|g| g.scope);
         if let (Some(scope), Some(name)) = (&scope, collection) {
             if !scope.reaches(name) {
@@ -123,9 +126,7 @@ impl Rest {
                 )));
             }
         }
-        self.limiter
-            .check(client, Limit::Requests, 1, &self.metrics)
-            .map(|()| Caller { client, scope })
+        Ok(Caller { client, scope })
     }
 
     /// Runs an operation needing `need` on `collection` (`None`: on none) and answers in
