@@ -911,3 +911,129 @@ fn shutdown_does_not_wait_forever_for_an_open_stream() {
         assert_eq!(info.count, 1);
     });
 }
+
+/// Starts `quiver serve` on `data_dir` with stderr going to `log`. With `hold_signals` the
+/// child starts with SIGTERM blocked, as a launcher may leave it: a SIGTERM sent before the
+/// server has registered its handlers then waits (instead of ending the process before `main`
+/// runs, a window every process has), and the server must unblock it once it can take it.
+fn spawn_server(data_dir: &Path, log: &Path, hold_signals: bool) -> Child {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quiver"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).expect("create log"));
+    if hold_signals {
+        // SAFETY: between fork and exec this only calls async-signal-safe libc functions on a
+        // local sigset_t.
+        unsafe {
+            cmd.pre_exec(|| {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGTERM);
+                match libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) {
+                    0 => Ok(()),
+                    rc => Err(std::io::Error::from_raw_os_error(rc)),
+                }
+            });
+        }
+    }
+    cmd.spawn().expect("start server")
+}
+
+/// Sends SIGTERM to `child` and waits up to a minute for it to end; returns its exit status
+/// and its log.
+fn terminate_and_wait(child: &mut Child, log: &Path) -> (std::process::ExitStatus, String) {
+    let pid = libc::pid_t::try_from(child.id()).expect("pid");
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "kill");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the server did not end within 60 s of SIGTERM\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    (status, std::fs::read_to_string(log).unwrap_or_default())
+}
+
+/// A SIGTERM at any moment of start-up takes the graceful path: exit 0 with the collection's
+/// shutdown checkpoint logged. Once at once after `listening on` (before the server can have
+/// polled anything), then 50 times at seeded random points in the first 200 ms after spawn
+/// (while the runtime starts, the collection opens, the listeners bind and the lines print).
+#[test]
+fn sigterm_at_any_point_of_start_up_shuts_down_gracefully() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // A collection with acknowledged writes, so every shutdown has something to checkpoint.
+    let server = Server::start(&data, &[]);
+    rt().block_on(async {
+        let mut c = server.client().await;
+        c.create_collection(create("s", 4, Metric::L2, 1, 1))
+            .await
+            .unwrap();
+        c.upsert(UpsertRequest {
+            collection: "s".into(),
+            ids: (0..100).collect(),
+            vectors: (0..400).map(|i| i as f32).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    });
+    server.stop();
+    let checked = |status: std::process::ExitStatus, log: &str, when: &str| {
+        assert!(
+            status.success(),
+            "SIGTERM {when}: the server exited with {status}\n--- log ---\n{log}"
+        );
+        assert!(
+            log.contains("checkpointed") && log.contains("stopped"),
+            "SIGTERM {when}: no shutdown checkpoint logged\n--- log ---\n{log}"
+        );
+    };
+
+    // At once after the readiness line.
+    let log = tmp.path().join("at-once.log");
+    let mut child = spawn_server(&data, &log, false);
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("read address");
+    assert!(line.starts_with("listening on "), "{line:?}");
+    let (status, text) = terminate_and_wait(&mut child, &log);
+    checked(status, &text, "at once after 'listening on'");
+
+    // At random points in the first 200 ms (xorshift, fixed seed: the delays are printed).
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    for run in 0..50 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let delay = std::time::Duration::from_micros(state % 200_000);
+        let log = tmp.path().join(format!("random-{run}.log"));
+        let mut child = spawn_server(&data, &log, true);
+        std::thread::sleep(delay);
+        let (status, text) = terminate_and_wait(&mut child, &log);
+        println!(
+            "run {run}: SIGTERM {:.1} ms after spawn: {status}",
+            delay.as_secs_f64() * 1e3
+        );
+        checked(
+            status,
+            &text,
+            &format!(
+                "{:.1} ms after spawn (run {run})",
+                delay.as_secs_f64() * 1e3
+            ),
+        );
+    }
+}

@@ -29,6 +29,7 @@ pub mod ratelimit;
 pub mod registry;
 pub mod server;
 pub mod service;
+pub mod signals;
 pub mod status;
 pub mod tls;
 pub mod writes;

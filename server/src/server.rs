@@ -1,6 +1,7 @@
 //! Runs the service: opens the collections, binds the listeners, serves gRPC with health and
-//! reflection (v1 and v1alpha) and Prometheus metrics, and shuts down gracefully on SIGINT or
-//! SIGTERM: stop accepting, answer what is queued, flush every collection.
+//! reflection (v1 and v1alpha) and Prometheus metrics, and shuts down gracefully when its
+//! shutdown future resolves (SIGINT or SIGTERM, registered before start-up by
+//! [`crate::signals`]): stop accepting, answer what is queued, flush every collection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use crate::metrics::Metrics;
 use crate::proto::quiver_server::QuiverServer;
 use crate::registry::{OpenError, Registry};
 use crate::service::QuiverService;
+use crate::signals::Hangups;
 use crate::tls::{Protocol, Tls, TlsListener};
 
 /// Why the server stopped with an error.
@@ -54,11 +56,14 @@ pub struct Bound {
 }
 
 /// Serves until `shutdown` resolves, then drains and flushes. `on_ready` is called once the
-/// listeners are bound and the collections are open.
+/// listeners are bound and the collections are open. A `shutdown` that resolved during
+/// start-up (a signal while the collections opened) shuts the server down as soon as it is
+/// up, through the same drain and checkpoint. Each SIGHUP in `hangups` reloads the TLS files.
 pub async fn serve(
     config: ServerConfig,
     on_ready: impl FnOnce(Bound, &Registry),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    hangups: Hangups,
 ) -> Result<(), ServeError> {
     // TLS files are checked before anything opens.
     let tls = match &config.tls {
@@ -169,9 +174,7 @@ pub async fn serve(
             .await;
         let _ = fired_tx.send(());
     };
-    if let Some(tls) = &tls {
-        tokio::spawn(reload_on_sighup(tls.clone()));
-    }
+    tokio::spawn(reload_on_sighup(hangups, tls.clone()));
     let router = tonic::transport::Server::builder()
         .layer(AuthLayer::new(
             Arc::new(config.api_keys.clone()),
@@ -357,43 +360,24 @@ fn warn_if_exposed(config: &ServerConfig, tls: bool) {
     }
 }
 
-/// Reads the TLS files again on every SIGHUP.
-async fn reload_on_sighup(tls: Arc<Tls>) {
-    #[cfg(unix)]
-    {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            return;
-        };
-        while hup.recv().await.is_some() {
-            match tls.reload() {
-                Ok(()) => tracing::info!("TLS certificate and key reloaded"),
-                Err(e) => {
-                    tracing::error!(error = %e, "reloading TLS failed; the previous certificate stays")
+/// Reads the TLS files again on every SIGHUP (without TLS there is nothing to reload: the
+/// signal is logged and otherwise ignored, never the default action of ending the process).
+async fn reload_on_sighup(mut hangups: Hangups, tls: Option<Arc<Tls>>) {
+    while hangups.recv().await.is_some() {
+        match &tls {
+            Some(tls) => {
+                let tls = tls.clone();
+                match tokio::task::spawn_blocking(move || tls.reload()).await {
+                    Ok(Ok(())) => tracing::info!("TLS certificate and key reloaded"),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "reloading TLS failed; the previous certificate stays")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "reloading TLS failed; the previous certificate stays")
+                    }
                 }
             }
+            None => tracing::info!("SIGHUP received; nothing to reload (no TLS)"),
         }
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn termination_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
     }
 }

@@ -168,6 +168,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+    // The runtime and the signal handlers come first, before any file is read or opened, any
+    // backend starts or any line is printed: from here on a SIGTERM, SIGINT or SIGHUP takes
+    // the server's own path (a SIGTERM during start-up shuts down once the collections are
+    // open, with their checkpoint), never the default action of ending the process.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let signals = {
+        let _in_runtime = rt.enter();
+        quiver_server::signals::ProcessSignals::install()?
+    };
     if a.max_batch == 0
         || a.queue_capacity == 0
         || a.concurrent_batches == 0
@@ -292,10 +304,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         shutdown_grace,
     };
     let backend_name = quiver_engine::backend::Backend::name(&config.backend);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let (shutdown, hangups) = signals.split();
     let data_dir = a.data_dir.clone();
     rt.block_on(quiver_server::server::serve(
         config,
@@ -324,7 +333,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             );
             let _ = out.flush();
         },
-        quiver_server::server::termination_signal(),
+        shutdown,
+        hangups,
     ))
     .with_context(|| format!("serving on {}", a.listen))?;
     Ok(())
