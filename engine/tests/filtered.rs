@@ -284,3 +284,65 @@ fn bad_filter_choices_are_errors() {
         .unwrap_err();
     assert!(e.to_string().contains("filter"), "{e}");
 }
+
+/// A filter allowing every entry of a sparse index (3 points over 32 lists, as a store
+/// segment holding a few edited points is) finds all of them at nprobe 1: the plain search
+/// would open one list and miss the points in the others.
+#[test]
+fn everything_allowed_in_a_sparse_index_finds_every_allowed_point() {
+    let b = CpuBackend;
+    let g = ClusteredGaussian::new(DIM, 16, 0.5, 5);
+    let train = g.rows(0, N);
+    for refine in [RefineKind::F16, RefineKind::None] {
+        let mut p = IndexParams::new(Metric::L2, DIM, 32, 8);
+        p.refine = refine;
+        let mut index = IvfPqIndex::train(p, &train, &NoProgress).unwrap();
+        // Three points from far-apart clusters.
+        let rows: Vec<f32> = [0usize, 2000, 4000]
+            .iter()
+            .flat_map(|&r| train[r * DIM..(r + 1) * DIM].to_vec())
+            .collect();
+        let payloads: Vec<Vec<u8>> = (0..3)
+            .map(|_| quiver_engine::payload::encode_text(r#"{"new":true}"#).unwrap())
+            .collect();
+        index
+            .add_with_payloads(&rows, None, &payloads, &NoProgress)
+            .unwrap();
+        let index = Arc::new(index);
+        let filter = Filter::parse_text(r#"{"must":[{"key":"new","match":{"value":true}}]}"#)
+            .unwrap();
+        let set = AllowSet::new(&index, &filter.evaluate(&IndexRows::new(&index, None)));
+        assert_eq!(set.allowed(), 3);
+        let prepared = b.prepare(index.clone()).unwrap();
+        let p = SearchParams {
+            k: 10,
+            nprobe: 1,
+            ..params(refine)
+        };
+        let sets = [set];
+        let of_query = [0u32; 3];
+        let (got, stats) = plan_and_search(
+            &b,
+            &prepared,
+            &rows,
+            &p,
+            QueryFilters {
+                sets: &sets,
+                of_query: &of_query,
+            },
+        )
+        .unwrap();
+        let want = if refine == RefineKind::None {
+            Route::Ivf
+        } else {
+            Route::Exact
+        };
+        assert_eq!(stats.routes[want as usize], 3, "{refine:?}: {stats:?}");
+        for q in 0..3 {
+            let mut ids: Vec<i64> = got.ids_of(q).iter().copied().filter(|&i| i >= 0).collect();
+            ids.sort_unstable();
+            assert_eq!(ids, vec![0, 1, 2], "{refine:?} query {q}");
+            assert_eq!(got.ids_of(q)[0], q as i64, "{refine:?} query {q}: nearest is itself");
+        }
+    }
+}

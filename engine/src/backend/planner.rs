@@ -1,7 +1,8 @@
 //! The filtered-search planner: decides, per query, how a search under an allow-set runs, so
 //! that recall holds at any selectivity without the caller tuning anything.
 //!
-//! - **No filter**, or a filter allowing every live entry: the ordinary search.
+//! - **No filter**, or a filter allowing every live entry of an index dense enough for
+//!   `nprobe` lists to hold the refine candidates: the ordinary search.
 //! - **Nothing allowed**: no results (padding).
 //! - **Exact**: when the index keeps raw vectors and reading the allowed entries' raw vectors
 //!   costs no more bytes than the widened IVF scan would (estimated below), every allowed entry
@@ -75,7 +76,13 @@ pub fn route(index: &IvfPqIndex, params: &SearchParams, set: Option<&AllowSet>) 
     if allowed == 0 {
         return Route::Empty;
     }
-    if allowed >= live {
+    // A filter allowing every live entry is the plain search, unless the index is too sparse
+    // for `nprobe` lists to hold the candidates (a segment of a few edited points spread over
+    // hundreds of lists): then the plain search would miss allowed entries in lists it never
+    // opens, and the filter's own routes below find them all.
+    let per_list = live as f64 / index.nlist().max(1) as f64;
+    let sparse = (params.nprobe as f64 * per_list) < params.candidates() as f64;
+    if allowed >= live && !sparse {
         return Route::Unfiltered;
     }
     let raw = index.params().refine.bytes_per_component();
@@ -224,7 +231,9 @@ pub fn plan_and_search<B: Backend + ?Sized>(
             .enumerate()
             .map(|(i, &q)| {
                 let set = filters.set_of(q).expect("IVF-route queries have a set");
-                let target = target_seen(index, params, set.allowed());
+                // Never more than the set allows: once every allowed entry's list is
+                // scanned, wider probes find nothing new.
+                let target = target_seen(index, params, set.allowed()).min(set.allowed());
                 widened_nprobe(
                     set,
                     &ranked.lists[i * wide..(i + 1) * wide],

@@ -346,3 +346,65 @@ fn field_indexes_are_kept_built_and_answer_as_payloads_do() {
     assert_eq!(c.field_specs(), vec![specs()[0].clone()]);
     assert_eq!(answers(&c), after, "one index dropped");
 }
+
+/// A payload edit moves its points into the appendable segment, which then holds only them,
+/// spread over the collection's lists. A search filtered on the new field finds all of them at
+/// any nprobe (regression: it searched that segment as if unfiltered, opening nprobe lists of
+/// 64, and found only the points in those), live, after a checkpoint seals them into a small
+/// segment of their own, and after a compaction.
+#[test]
+fn a_filter_on_a_few_edited_points_finds_them_all() {
+    for refine in ["f32", "none"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = meta();
+        m.index.nlist = 64;
+        m.index.refine = refine.into();
+        let c = Arc::new(
+            C::create(
+                &dir.path().join("p"),
+                m,
+                quiver_engine::backend::cpu::CpuBackend,
+                StoreConfig::default(),
+            )
+            .unwrap(),
+        );
+        upsert(&c, 0..4000);
+        c.start_train(None).unwrap();
+        c.wait_job().unwrap();
+        let tagged = [11u64, 2222, 3777];
+        let merge = payload::encode_text(r#"{"new":true}"#).unwrap();
+        assert_eq!(
+            c.set_payload(tagged.to_vec(), PayloadEdit::Merge(merge))
+                .unwrap(),
+            3
+        );
+        assert_eq!(c.version().appendable.len(), 3, "{refine}");
+        let f = filter(r#"{"must":[{"key":"new","match":{"value":true}}]}"#);
+        let found = |c: &C, label: &str| {
+            for nprobe in [1, 4, 64] {
+                for &t in &tagged {
+                    let key = SearchKey {
+                        k: 10,
+                        nprobe,
+                        refine_factor: 0,
+                    };
+                    let r = c
+                        .search_filtered(&vector(t), 1, key, std::slice::from_ref(&f), &[0])
+                        .unwrap();
+                    let mut ids: Vec<i64> = r.ids.iter().copied().filter(|&i| i >= 0).collect();
+                    ids.sort_unstable();
+                    assert_eq!(
+                        ids,
+                        vec![11, 2222, 3777],
+                        "{refine}, {label}: nprobe {nprobe}, query near {t}"
+                    );
+                }
+            }
+        };
+        found(&c, "live");
+        c.checkpoint().unwrap();
+        found(&c, "checkpointed");
+        c.compact().unwrap();
+        found(&c, "compacted");
+    }
+}
