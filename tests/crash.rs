@@ -208,6 +208,7 @@ async fn writer(addr: String, w: u64, seed: u64, model: Arc<Mutex<Model>>, next:
                     ids: ids.clone(),
                     vectors: vecs.concat(),
                     payloads: payloads.iter().map(|p| p.to_string()).collect(),
+                    ..Default::default()
                 })
                 .await
                 .map(|_| ()),

@@ -309,8 +309,8 @@ fn everything_allowed_in_a_sparse_index_finds_every_allowed_point() {
             .add_with_payloads(&rows, None, &payloads, &NoProgress)
             .unwrap();
         let index = Arc::new(index);
-        let filter = Filter::parse_text(r#"{"must":[{"key":"new","match":{"value":true}}]}"#)
-            .unwrap();
+        let filter =
+            Filter::parse_text(r#"{"must":[{"key":"new","match":{"value":true}}]}"#).unwrap();
         let set = AllowSet::new(&index, &filter.evaluate(&IndexRows::new(&index, None)));
         assert_eq!(set.allowed(), 3);
         let prepared = b.prepare(index.clone()).unwrap();
@@ -342,7 +342,11 @@ fn everything_allowed_in_a_sparse_index_finds_every_allowed_point() {
             let mut ids: Vec<i64> = got.ids_of(q).iter().copied().filter(|&i| i >= 0).collect();
             ids.sort_unstable();
             assert_eq!(ids, vec![0, 1, 2], "{refine:?} query {q}");
-            assert_eq!(got.ids_of(q)[0], q as i64, "{refine:?} query {q}: nearest is itself");
+            assert_eq!(
+                got.ids_of(q)[0],
+                q as i64,
+                "{refine:?} query {q}: nearest is itself"
+            );
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use quiver_engine::backend::Neighbors;
 use quiver_engine::Metric;
 use quiver_store::segment::resolve;
-use quiver_store::{CollectionMeta, IndexConfig, SearchKey};
+use quiver_store::{CollectionMeta, IndexConfig, SearchKey, UpsertMode};
 use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -504,18 +504,29 @@ impl QuiverService {
         let c = self.registry.get(&r.collection)?;
         self.check_upsert(&c, &r)?;
         self.take_vectors(client, r.ids.len())?;
-        let n = r.ids.len() as u64;
+        let mode = match proto::UpsertMode::try_from(r.mode) {
+            Ok(proto::UpsertMode::Upsert) => UpsertMode::Upsert,
+            Ok(proto::UpsertMode::InsertOnly) => UpsertMode::InsertOnly,
+            Ok(proto::UpsertMode::UpdateOnly) => UpsertMode::UpdateOnly,
+            Err(_) => {
+                return Err(invalid(
+                    "mode",
+                    format!("unknown upsert mode {} (0, 1 or 2)", r.mode),
+                ))
+            }
+        };
         let payloads = encode_payloads(&r.payloads, r.ids.len())?;
         let (name, metrics) = (r.collection.clone(), self.registry.metrics().clone());
         let store = c.store.clone();
-        self.registry
+        let n = self
+            .registry
             .writes()
             .run(move || {
                 store
-                    .upsert_with_payloads(r.ids, r.vectors, payloads)
+                    .upsert_with_mode(r.ids, r.vectors, payloads, mode)
                     .map_err(from_store)
             })
-            .await?;
+            .await? as u64;
         metrics
             .vectors
             .with_label_values(&[&name])

@@ -543,6 +543,7 @@ async fn worker(
                 ids,
                 vectors,
                 payloads,
+                ..Default::default()
             });
             if let Some(t) = work.timeout {
                 req.set_timeout(t);

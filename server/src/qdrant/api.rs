@@ -18,6 +18,7 @@ use quiver_engine::payload;
 use quiver_engine::payload::fields::{FieldSpec, FieldType};
 use quiver_engine::Metric;
 use quiver_store::wal::PayloadEdit;
+use quiver_store::UpsertMode;
 use serde_json::{json, Map, Value};
 use tonic::{Request, Status};
 
@@ -488,6 +489,7 @@ impl QdrantApi {
         client: Client,
         name: &str,
         points: Vec<PointIn>,
+        mode: UpsertMode,
     ) -> Result<(), Status> {
         let c = self.collection(name)?;
         if points.is_empty() {
@@ -511,6 +513,11 @@ impl QdrantApi {
             ids,
             vectors,
             payloads,
+            mode: match mode {
+                UpsertMode::Upsert => proto::UpsertMode::Upsert,
+                UpsertMode::InsertOnly => proto::UpsertMode::InsertOnly,
+                UpsertMode::UpdateOnly => proto::UpsertMode::UpdateOnly,
+            } as i32,
         };
         self.svc
             .upsert(request(native, client, None))

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quiver_engine::payload::fields::FieldType;
+use quiver_store::UpsertMode;
 use serde_json::{Map, Value};
 use tonic::{Request, Response, Status};
 
@@ -789,11 +790,17 @@ impl Points for QdrantGrpc {
             if r.update_filter.is_some() {
                 return Err(unsupported("update_filter: conditional upserts"));
             }
-            if r.update_mode.is_some_and(|m| m != 0) {
-                return Err(unsupported(
-                    "update_mode: insert-only and update-only upserts",
-                ));
-            }
+            let mode = match r.update_mode.unwrap_or(0) {
+                0 => UpsertMode::Upsert,
+                1 => UpsertMode::InsertOnly,
+                2 => UpsertMode::UpdateOnly,
+                m => {
+                    return Err(invalid(
+                        "update_mode",
+                        format!("unknown mode {m} (0 upsert, 1 insert only, 2 update only)"),
+                    ))
+                }
+            };
             let points = r
                 .points
                 .iter()
@@ -810,7 +817,9 @@ impl Points for QdrantGrpc {
                     })
                 })
                 .collect::<Result<Vec<_>, Status>>()?;
-            self.api.upsert(client, &r.collection_name, points).await?;
+            self.api
+                .upsert(client, &r.collection_name, points, mode)
+                .await?;
             Ok(Response::new(timed(done(r.wait), start)))
         }
         .await;

@@ -17,6 +17,8 @@ use axum::routing::{delete, get, post, put};
 use axum::serve::IncomingStream;
 use axum::Router;
 use quiver_engine::payload::fields::FieldType;
+use quiver_store::UpsertMode;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tonic::{Code, Status};
 
@@ -277,6 +279,30 @@ impl Body {
 
     fn get(&self, k: &str) -> Option<&Value> {
         self.0.get(k).filter(|v| !v.is_null())
+    }
+}
+
+/// Qdrant's `update_mode` of an upsert (`upsert`, `insert_only`, `update_only`; absent: upsert).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum UpdateMode {
+    Upsert,
+    InsertOnly,
+    UpdateOnly,
+}
+
+fn update_mode_in(v: Option<&Value>) -> Result<UpsertMode, Status> {
+    let Some(v) = v else {
+        return Ok(UpsertMode::Upsert);
+    };
+    match UpdateMode::deserialize(v) {
+        Ok(UpdateMode::Upsert) => Ok(UpsertMode::Upsert),
+        Ok(UpdateMode::InsertOnly) => Ok(UpsertMode::InsertOnly),
+        Ok(UpdateMode::UpdateOnly) => Ok(UpsertMode::UpdateOnly),
+        Err(_) => Err(invalid(
+            "update_mode",
+            "expected \"upsert\", \"insert_only\" or \"update_only\"",
+        )),
     }
 }
 
@@ -986,8 +1012,9 @@ async fn upsert(
                 if b.get("update_filter").is_some() {
                     return Err(unsupported("update_filter: conditional upserts"));
                 }
+                let mode = update_mode_in(b.get("update_mode"))?;
                 let points = points_in(b)?;
-                s.api.upsert(client, &name, points).await?;
+                s.api.upsert(client, &name, points, mode).await?;
                 Ok(update_result())
             },
         )

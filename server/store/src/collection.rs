@@ -110,8 +110,23 @@ type Ticket = Arc<TicketState>;
 type Applied<B> = (Version<B>, Vec<usize>, u64, Vec<u8>);
 
 /// A validated write waiting for the next group commit.
+/// Which points of an upsert are written, decided against the collection's state at the
+/// moment the write is applied (in its group, after the writes queued before it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpsertMode {
+    /// Every point: added, or replacing the point of that id.
+    #[default]
+    Upsert,
+    /// Only points whose id is not live; the others are left as they are.
+    InsertOnly,
+    /// Only points whose id is live; the others are not created.
+    UpdateOnly,
+}
+
 struct QueuedWrite {
     op: Op,
+    /// For an upsert, which of its points are written.
+    mode: UpsertMode,
     /// Its rows, encoded by the writer (with `encoded_with`) before it queued.
     rows: Option<Rows>,
     encoded_with: Option<Arc<IvfPqIndex>>,
@@ -673,6 +688,20 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         vectors: Vec<f32>,
         payloads: Vec<Vec<u8>>,
     ) -> Result<usize> {
+        self.upsert_with_mode(ids, vectors, payloads, UpsertMode::Upsert)
+    }
+
+    /// [`Self::upsert_with_payloads`], writing only the points `mode` lets through; returns how
+    /// many were written. The check and the write are one step of the group commit, so two
+    /// concurrent insert-only writes of one id cannot both insert it. The log records a plain
+    /// upsert of the points written (none: no record), so replay needs no mode.
+    pub fn upsert_with_mode(
+        &self,
+        ids: Vec<u64>,
+        vectors: Vec<f32>,
+        payloads: Vec<Vec<u8>>,
+        mode: UpsertMode,
+    ) -> Result<usize> {
         if !payloads.is_empty() && payloads.len() != ids.len() {
             return Err(StoreError::Invalid {
                 field: "payloads",
@@ -706,7 +735,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             dim,
             payloads,
         };
-        self.write(op, Some(rows), v.quantizers.clone())
+        self.write_queued(op, mode, Some(rows), v.quantizers.clone())
     }
 
     /// Deletes ids; returns how many were live. Durable when it returns.
@@ -753,6 +782,16 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         rows: Option<Rows>,
         encoded_with: Option<Arc<IvfPqIndex>>,
     ) -> Result<usize> {
+        self.write_queued(op, UpsertMode::Upsert, rows, encoded_with)
+    }
+
+    fn write_queued(
+        &self,
+        op: Op,
+        mode: UpsertMode,
+        rows: Option<Rows>,
+        encoded_with: Option<Arc<IvfPqIndex>>,
+    ) -> Result<usize> {
         self.refuse_read_only()?;
         let ticket: Ticket = Arc::new(TicketState {
             standing: Mutex::new(Standing::Waiting),
@@ -773,6 +812,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             }
             w.queue.push(QueuedWrite {
                 op,
+                mode,
                 rows,
                 encoded_with,
                 ticket: ticket.clone(),
@@ -828,7 +868,14 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                     _ => false,
                 };
                 // Rows encoded before a training switch are encoded again.
-                let rows = if same { q.rows.take() } else { None };
+                let mut rows = if same { q.rows.take() } else { None };
+                if q.mode != UpsertMode::Upsert {
+                    retain_for_mode(&v, &mut q.op, &mut rows, q.mode);
+                    if matches!(&q.op, Op::Upsert { ids, .. } if ids.is_empty()) {
+                        counts.push(0);
+                        continue;
+                    }
+                }
                 let n = v
                     .apply(&q.op, rows, &self.cpu, &self.backend)
                     .map_err(|e| Failure::Apply(e.to_string()))?;
@@ -1826,4 +1873,45 @@ pub fn auto_pq_m(dim: usize) -> usize {
         .rev()
         .find(|m| dim.is_multiple_of(*m))
         .unwrap_or(1)
+}
+
+/// Keeps the points of an upsert that `mode` lets through against `v` (the version its group
+/// has built so far). Rows encoded for the whole upsert are dropped when some points go: the
+/// apply encodes the kept ones.
+fn retain_for_mode<B: Backend>(
+    v: &Version<B>,
+    op: &mut Op,
+    rows: &mut Option<Rows>,
+    mode: UpsertMode,
+) {
+    let Op::Upsert {
+        ids,
+        vectors,
+        dim,
+        payloads,
+    } = op
+    else {
+        return;
+    };
+    let keep: Vec<bool> = ids
+        .iter()
+        .map(|&id| v.contains(id) == (mode == UpsertMode::UpdateOnly))
+        .collect();
+    if keep.iter().all(|&k| k) {
+        return;
+    }
+    *rows = None;
+    let dim = *dim;
+    let mut kept = keep.iter();
+    ids.retain(|_| kept.next() == Some(&true));
+    *vectors = vectors
+        .chunks_exact(dim.max(1))
+        .zip(&keep)
+        .filter(|(_, &k)| k)
+        .flat_map(|(row, _)| row.iter().copied())
+        .collect();
+    if !payloads.is_empty() {
+        let mut kept = keep.iter();
+        payloads.retain(|_| kept.next() == Some(&true));
+    }
 }

@@ -25,7 +25,7 @@ pub mod segment;
 pub mod version;
 pub mod wal;
 
-pub use collection::{valid_name, Collection, JobState};
+pub use collection::{valid_name, Collection, JobState, UpsertMode};
 pub use error::{Result, StoreError};
 pub use manifest::{CollectionMeta, IndexConfig};
 pub use optimizer::Optimizer;

@@ -189,6 +189,11 @@ impl<B: Backend> Version<B> {
         Ok(n)
     }
 
+    /// Whether `id` is a live point.
+    pub fn contains(&self, id: u64) -> bool {
+        self.all().any(|s| s.contains(id))
+    }
+
     /// The stored payload of a live id (empty: none).
     pub fn payload(&self, id: u64) -> Option<&[u8]> {
         self.all().find_map(|s| s.payload(id))

@@ -340,6 +340,7 @@ fn grpc_seeds() -> Vec<(String, Vec<u8>)> {
                 .map(|&i| String::from_utf8(payload(i)).unwrap())
                 .collect(),
             ids,
+            ..Default::default()
         }
         .encode_to_vec()
     };
