@@ -663,3 +663,98 @@ async fn a_failing_fsync_gets_a_clear_status_and_loses_nothing_acknowledged() {
     child.kill().unwrap();
     let _ = child.wait();
 }
+
+/// A drop whose client gives up (a 1 s deadline) while the collection trains (held 4 s before
+/// publishing) goes on by itself and keeps the name until its files are gone: a Create of the
+/// same name meanwhile is told to retry instead of starting a folder the drop then deletes.
+/// Once created, 1,000 acknowledged upserts into the new collection survive a restart.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_drop_during_training_keeps_a_recreated_collection() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut child, addr) = start_with(&data, "train::before_publish=sleep(4000)");
+    let mut c = client(&addr).await;
+    let create = || CreateCollectionRequest {
+        name: "d".into(),
+        dim: DIM as u32,
+        metric: Metric::L2 as i32,
+        index: Some(IndexParams {
+            nlist: 8,
+            pq_m: 4,
+            refine: Refine::F16 as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let up = |ids: Vec<u64>| UpsertRequest {
+        collection: "d".into(),
+        vectors: ids.iter().flat_map(|&i| vector(i, 0)).collect(),
+        ids,
+        ..Default::default()
+    };
+    c.create_collection(create()).await.unwrap();
+    c.upsert(up((0..600).collect())).await.unwrap();
+    c.train(TrainRequest {
+        collection: "d".into(),
+        background: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut drop_req =
+        tonic::Request::new(::quiver_server::proto::DropCollectionRequest { name: "d".into() });
+    drop_req.set_timeout(std::time::Duration::from_secs(1));
+    let drop_sent = std::time::Instant::now();
+    let dropped = c.drop_collection(drop_req).await;
+    assert!(
+        matches!(
+            dropped.as_ref().map_err(|e| e.code()),
+            Err(tonic::Code::DeadlineExceeded | tonic::Code::Cancelled)
+        ),
+        "the drop waits for the training, past the deadline: {dropped:?}"
+    );
+    // Create as soon as the server lets it.
+    let started = std::time::Instant::now();
+    let mut refused = 0;
+    loop {
+        match c.create_collection(create()).await {
+            Ok(_) => break,
+            Err(e) if e.code() == tonic::Code::Unavailable => {
+                assert!(e.message().contains("dropped"), "{e:?}");
+                refused += 1;
+                assert!(started.elapsed().as_secs() < 60, "the drop never ended");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("create: {e:?}"),
+        }
+    }
+    for batch in 0..10u64 {
+        let ids: Vec<u64> = (batch * 100..(batch + 1) * 100).collect();
+        c.upsert(up(ids)).await.unwrap();
+    }
+    // Past the old training's pause: whatever the old collection does after it must not touch
+    // the new folder.
+    let settle = std::time::Duration::from_secs(6).saturating_sub(drop_sent.elapsed());
+    tokio::time::sleep(settle).await;
+    child.kill().unwrap();
+    let _ = child.wait();
+    let (mut child, addr) = start_with(&data, "");
+    let mut c = client(&addr).await;
+    let info = c
+        .get_collection(GetCollectionRequest { name: "d".into() })
+        .await
+        .expect("the re-created collection is there after the restart")
+        .into_inner();
+    assert_eq!(info.count, 1000);
+    assert!(
+        !info.trained,
+        "the new collection is not the trained old one"
+    );
+    assert!(
+        refused > 0,
+        "the create ran while the drop still held the name"
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
+}

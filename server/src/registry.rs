@@ -354,8 +354,14 @@ impl Registry {
         Ok(self.insert(name, c))
     }
 
-    /// Removes a collection and its files.
-    pub async fn drop_collection(&self, name: &str) -> Result<(), Status> {
+    /// Removes a collection and its files. Cancel-safe: the work runs as a task of its own that
+    /// keeps the name reserved until the files are gone, so a client giving up (deadline,
+    /// disconnect) neither stops it half-way nor lets a Create of that name start while the
+    /// old collection is still closing (its training ending) and its folder still to move.
+    /// Acknowledged only once the folder's removal is durable (moved aside and the parent
+    /// fsynced); a failure is an error, and the name then reports the failure until dropped
+    /// again.
+    pub async fn drop_collection(self: &Arc<Self>, name: &str) -> Result<(), Status> {
         let c = {
             let mut busy = self.busy.lock();
             if busy.contains(name) {
@@ -380,11 +386,31 @@ impl Registry {
                 }
             }
         };
-        let _r = Reservation {
-            registry: self,
-            name: name.to_string(),
-        };
-        let dir = self.root.join(name);
+        let registry = self.clone();
+        let name = name.to_string();
+        let task = tokio::spawn(async move {
+            let _r = Reservation {
+                registry: &registry,
+                name: name.clone(),
+            };
+            let r = registry.remove_files(&name, c).await;
+            if let Err(e) = &r {
+                tracing::error!(collection = %name, error = %e.message(), "dropping failed");
+                registry.failed.write().insert(
+                    name.clone(),
+                    format!("dropping failed: {}; drop it again", e.message()),
+                );
+            }
+            r
+        });
+        task.await
+            .map_err(|e| Status::internal(format!("dropping {e}")))?
+    }
+
+    /// The part of a drop after the name left the map: drains the collection, closes it
+    /// (waiting for a running structural step: after it the old handle writes nothing), moves
+    /// its folder aside durably, then deletes it.
+    async fn remove_files(&self, name: &str, c: Option<Arc<Collection>>) -> Result<(), Status> {
         let read_only = c.as_ref().is_some_and(|c| c.store.is_read_only());
         if let Some(c) = &c {
             c.drain().await;
@@ -393,6 +419,7 @@ impl Registry {
         if read_only {
             return Ok(());
         }
+        let dir = self.root.join(name);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -400,18 +427,26 @@ impl Registry {
         let trash = self.root.join(format!(".dropped-{name}-{nanos}"));
         let root = self.root.clone();
         let store = c.map(|c| c.store.clone());
-        tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
             if let Some(s) = &store {
                 s.close();
             }
-            if dir.exists() && std::fs::rename(&dir, &trash).is_ok() {
-                let _ = quiver_store::fsutil::sync_dir(&root);
-                let _ = std::fs::remove_dir_all(&trash);
+            match std::fs::rename(&dir, &trash) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(format!("moving {} aside: {e}", dir.display())),
             }
+            quiver_store::fsutil::sync_dir(&root)
+                .map_err(|e| format!("syncing {}: {e}", root.display()))?;
+            // Left behind, the trash is removed at the next start.
+            if let Err(e) = std::fs::remove_dir_all(&trash) {
+                tracing::warn!(path = %trash.display(), error = %e, "removing a dropped collection's files failed; they go at the next start");
+            }
+            Ok(())
         })
         .await
-        .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(())
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(Status::unavailable)
     }
 
     /// Answers every queued search, then checkpoints every writable collection.

@@ -444,6 +444,19 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         self.read_only
     }
 
+    /// Refuses work on a closed (dropped) collection. Checked under the lock a step publishes
+    /// or writes files with (the structural lock, the files lock, the writer lock): `close`
+    /// sets the flag and then takes those locks, so a step either ends before `close` returns
+    /// or sees the flag and touches nothing (the folder may hold a new collection by then).
+    fn refuse_dropped(&self) -> Result<()> {
+        if self.dropped.load(Ordering::Acquire) {
+            return Err(StoreError::Precondition(
+                "the collection was dropped".into(),
+            ));
+        }
+        Ok(())
+    }
+
     fn refuse_read_only(&self) -> Result<()> {
         if self.read_only {
             return Err(StoreError::Precondition(
@@ -647,6 +660,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     /// description.
     fn change_meta(&self, edit: impl FnOnce(&mut CollectionMeta) -> Result<bool>) -> Result<bool> {
         let _files = self.files.lock();
+        self.refuse_dropped()?;
         let mut meta = self.meta.read().clone();
         if !edit(&mut meta)? {
             return Ok(false);
@@ -805,11 +819,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             if let Some(m) = &w.stopped {
                 return Err(StoreError::WritesStopped(m.clone()));
             }
-            if self.dropped.load(Ordering::Acquire) {
-                return Err(StoreError::Precondition(
-                    "the collection was dropped".into(),
-                ));
-            }
+            self.refuse_dropped()?;
             w.queue.push(QueuedWrite {
                 op,
                 mode,
@@ -1001,6 +1011,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     pub fn checkpoint(&self) -> Result<u64> {
         self.refuse_read_only()?;
         let _one = self.structural.lock();
+        self.refuse_dropped()?;
         self.checkpoint_locked()
     }
 
@@ -1352,6 +1363,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     /// optimizer); the switch is published whole and made durable by a checkpoint.
     fn train_now(&self, overrides: Option<IndexConfig>) -> Result<()> {
         let _one = self.structural.lock();
+        self.refuse_dropped()?;
         // Seal what is appendable, so the inputs are immutable but for deletes. Writes go on
         // into a flat appendable segment (of a trained collection too: its rows are encoded
         // after the switch, with the new quantizers).
@@ -1531,6 +1543,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     pub fn load_index(&self, index: IvfPqIndex) -> Result<()> {
         self.refuse_read_only()?;
         let _one = self.structural.lock();
+        self.refuse_dropped()?;
         let p = index.params().clone();
         {
             let m = self.meta.read();
@@ -1725,6 +1738,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         build: impl FnOnce() -> Result<IvfPqIndex> + Send,
     ) -> Result<()> {
         let _one = self.structural.lock();
+        self.refuse_dropped()?;
         let fields = self.field_specs();
         let built = crate::priority::in_background(self.cfg.write_nice, || {
             let s = Segment::new(0, self.seal_index(Arc::new(build()?))?);
@@ -1780,6 +1794,8 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     pub fn close(&self) {
         self.dropped.store(true, Ordering::Release);
         let _one = self.structural.lock();
+        // A description change in flight (it holds only the files lock) ends first.
+        drop(self.files.lock());
         let w = self.quiesce();
         self.open_gate(w);
     }

@@ -255,3 +255,62 @@ fn a_manifest_that_disagrees_with_its_segments_is_refused() {
     let c = C::open(&path, CpuBackend, StoreConfig::default()).unwrap();
     assert_eq!(c.count(None), 50);
 }
+
+/// A closed (dropped) collection's handle is fenced: after `close`, a checkpoint, a training,
+/// a field index, a settings change, a write and an optimizer step through it change nothing
+/// on disk, where a new collection of the same name may live by then.
+#[test]
+fn a_closed_collection_touches_nothing_in_its_old_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c");
+    let old = Arc::new(C::create(&path, meta("c"), CpuBackend, StoreConfig::default()).unwrap());
+    upsert(&old, 0..400);
+    old.close();
+    // The drop moved the folder aside; a new collection took the name.
+    std::fs::rename(&path, dir.path().join("trash")).unwrap();
+    let new = Arc::new(C::create(&path, meta("c"), CpuBackend, StoreConfig::default()).unwrap());
+    upsert(&new, 1000..1010);
+    new.checkpoint().unwrap();
+    let before: Vec<_> = files_under(&path);
+
+    assert!(old.checkpoint().is_err());
+    assert!(old.start_train(None).is_err() || old.wait_job().is_err());
+    assert!(old
+        .create_field_index(quiver_engine::payload::fields::FieldSpec {
+            key: "k".into(),
+            kind: quiver_engine::payload::fields::FieldType::Keyword,
+        })
+        .is_err());
+    assert!(old
+        .update_settings(|s, _| *s = serde_json::json!({"x": 1}))
+        .is_err());
+    assert!(old.upsert(vec![5], vector(5)).is_err());
+    assert!(!old.optimize_step().unwrap());
+    assert_eq!(
+        files_under(&path),
+        before,
+        "the old handle changed the new folder"
+    );
+    drop((old, new));
+    let reopened = C::open(&path, CpuBackend, StoreConfig::default()).unwrap();
+    assert_eq!(reopened.count(None), 10);
+    assert_eq!(reopened.meta().settings, serde_json::Value::Null);
+}
+
+/// Every file below `dir` with its contents.
+fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
