@@ -703,6 +703,16 @@ impl IvfPqIndex {
         Some(out)
     }
 
+    /// The list and PQ code of a live id, in [`Self::encode`]'s form; `None` when absent.
+    pub fn encoded(&self, id: u64) -> Option<(u32, Vec<u8>)> {
+        let loc = self.location(id)?;
+        let list = &self.lists[loc.list as usize];
+        Some((
+            loc.list,
+            list.code(loc.slot as usize, self.pq.code_size(), self.layout),
+        ))
+    }
+
     /// The stored payload of a live id (empty: none); `None` when the id is absent.
     pub fn payload(&self, id: u64) -> Option<&[u8]> {
         let loc = self.locations.get(&id)?;

@@ -152,8 +152,8 @@ impl<B: Backend> Version<B> {
                 if found.is_empty() {
                     return Ok(0);
                 }
+                let rows = self.rows_keeping_codes(&found, &vectors, cache)?;
                 self.delete_sealed(&found, cache, device)?;
-                let rows = self.rows_for(&vectors, cache)?;
                 self.appendable_mut(cache)?
                     .upsert_in_place(&found, rows, &payloads)?;
                 Ok(found.len())
@@ -229,6 +229,35 @@ impl<B: Backend> Version<B> {
                 })
             }
         })
+    }
+
+    /// Rows for the live points `ids` (their stored `vectors`) written again unchanged (a
+    /// payload edit): a point already encoded with the appendable segment's quantizers keeps
+    /// its list and PQ code bit for bit, instead of the encoding of its stored vector (for an
+    /// index without raw vectors that is its PQ reconstruction, which re-encoding would move).
+    fn rows_keeping_codes(
+        &self,
+        ids: &[u64],
+        vectors: &[f32],
+        cache: &CpuCache,
+    ) -> Result<Rows, EngineError> {
+        let mut rows = self.rows_for(vectors, cache)?;
+        let (Rows::Encoded(r), Some(q)) = (&mut rows, &self.quantizers) else {
+            return Ok(rows);
+        };
+        let size = q.pq().code_size();
+        for (i, &id) in ids.iter().enumerate() {
+            let kept = self
+                .all()
+                .filter_map(|s| s.ivf())
+                .filter(|ivf| ivf.shares_quantizers_with(q))
+                .find_map(|ivf| ivf.encoded(id));
+            if let Some((list, code)) = kept {
+                r.lists[i] = list;
+                r.codes[i * size..(i + 1) * size].copy_from_slice(&code);
+            }
+        }
+        Ok(rows)
     }
 
     fn appendable_mut(&mut self, cache: &CpuCache) -> Result<&mut Segment<B>, EngineError> {
