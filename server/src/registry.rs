@@ -49,6 +49,14 @@ pub enum OpenError {
         /// Why.
         source: std::io::Error,
     },
+    /// A background thread could not be started.
+    #[error("starting {what}'s thread: {source}")]
+    Thread {
+        /// Which thread.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A collection given on the command line failed to open.
     #[error("collection {name}: {message}")]
     Collection {
@@ -107,7 +115,11 @@ impl Registry {
                 }
             }
         }
-        let optimizer = Optimizer::start(Duration::from_millis(100), cfg.store.write_nice);
+        let optimizer = Optimizer::start(Duration::from_millis(100), cfg.store.write_nice)
+            .map_err(|source| OpenError::Thread {
+                what: "the optimizer",
+                source,
+            })?;
         let registry = Registry {
             root,
             cfg: cfg.clone(),

@@ -866,7 +866,9 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             let mut w = self.writer.lock();
             (w.staged.clone(), std::mem::take(&mut w.queue), w.next_lsn)
         };
-        let mut outcome: std::result::Result<Applied<B>, Failure> = (|| {
+        // A panic while applying fails the group like an error (nothing of it is published and
+        // the committing role passes on), instead of leaving every writer waiting.
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut v = (*base).clone();
             let mut buf = Vec::new();
             let mut lsn = first_lsn;
@@ -877,6 +879,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                     (None, None) => true,
                     _ => false,
                 };
+                fail::fail_point!("write::apply");
                 // Rows encoded before a training switch are encoded again.
                 let mut rows = if same { q.rows.take() } else { None };
                 if q.mode != UpsertMode::Upsert {
@@ -897,7 +900,13 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 counts.push(n);
             }
             Ok((v, counts, lsn, buf))
-        })();
+        }));
+        let mut outcome: std::result::Result<Applied<B>, Failure> = applied.unwrap_or_else(|p| {
+            Err(Failure::Apply(format!(
+                "applying the writes panicked: {}",
+                panic_message(&*p)
+            )))
+        });
         if let Ok((_, _, _, buf)) = &outcome {
             if !buf.is_empty() {
                 let r = match self.wal.lock().as_mut() {
@@ -981,9 +990,10 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     /// change), then reopens the gate.
     fn switch<T>(&self, f: impl FnOnce(&mut Writer<B>) -> Result<T>) -> Result<T> {
         let mut w = self.quiesce();
-        let r = f(&mut w);
+        // The gate reopens whatever `f` does, a panic included.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut w)));
         self.open_gate(w);
-        r
+        r.unwrap_or_else(|p| std::panic::resume_unwind(p))
     }
 
     fn open_gate(&self, mut w: MutexGuard<'_, Writer<B>>) {
@@ -1181,13 +1191,24 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             .spawn(move || {
                 let _ = me.run_training(overrides);
             })
-            .map_err(|e| StoreError::io("starting the training thread", &self.dir, e))?;
+            .map_err(|e| {
+                *self.job.lock() = JobState::Failed(format!("starting the training thread: {e}"));
+                StoreError::io("starting the training thread", &self.dir, e)
+            })?;
         Ok(())
     }
 
     /// Runs a training whose job state the caller set to training, and records the outcome.
     fn run_training(&self, overrides: Option<IndexConfig>) -> Result<()> {
-        let r = self.train_now(overrides);
+        // A panic fails the training like an error: the job state is not left at training.
+        let r =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.train_now(overrides)))
+                .unwrap_or_else(|p| {
+                    Err(StoreError::Precondition(format!(
+                        "training panicked: {}",
+                        panic_message(&*p)
+                    )))
+                });
         let state = match &r {
             Ok(()) => JobState::Ready,
             Err(e) => {
@@ -1369,6 +1390,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         // after the switch, with the new quantizers).
         let inputs = {
             self.switch(|w| -> Result<Version<B>> {
+                fail::fail_point!("train::switch");
                 let mut v = (*w.staged).clone();
                 let flat = matches!(v.appendable.index, SegmentIndex::Flat(_));
                 if !v.appendable.is_empty() || !flat {
@@ -1929,5 +1951,16 @@ fn retain_for_mode<B: Backend>(
     if !payloads.is_empty() {
         let mut kept = keep.iter();
         payloads.retain(|_| kept.next() == Some(&true));
+    }
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".into()
     }
 }

@@ -25,7 +25,7 @@ pub struct Optimizer<B: Backend + Clone + 'static> {
 impl<B: Backend + Clone + 'static> Optimizer<B> {
     /// Starts the thread: a visit every `interval` (or on a wake), at nice value `nice`
     /// (see [`crate::priority`]).
-    pub fn start(interval: Duration, nice: i32) -> Self {
+    pub fn start(interval: Duration, nice: i32) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             collections: Mutex::new(Vec::new()),
             wake: Condvar::new(),
@@ -37,9 +37,11 @@ impl<B: Backend + Clone + 'static> Optimizer<B> {
             .spawn(move || {
                 crate::priority::lower_current_thread(nice);
                 run(s, interval)
-            })
-            .ok();
-        Optimizer { shared, thread }
+            })?;
+        Ok(Optimizer {
+            shared,
+            thread: Some(thread),
+        })
     }
 
     /// Adds a collection to visit.
@@ -93,11 +95,19 @@ fn run<B: Backend + Clone + 'static>(s: Arc<Shared<B>>, interval: Duration) {
                 if *s.stop.lock() {
                     return;
                 }
-                match c.optimize_step() {
-                    Ok(true) => busy = true,
-                    Ok(false) => break,
-                    Err(e) => {
+                // A panic in one step is reported like an error; the thread goes on serving
+                // every collection.
+                let step =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.optimize_step()));
+                match step {
+                    Ok(Ok(true)) => busy = true,
+                    Ok(Ok(false)) => break,
+                    Ok(Err(e)) => {
                         tracing::warn!(collection = %c.meta().name, error = %e, "background optimization step failed; will retry");
+                        break;
+                    }
+                    Err(p) => {
+                        tracing::error!(collection = %c.meta().name, panic = %crate::collection::panic_message(&*p), "background optimization step panicked; will retry");
                         break;
                     }
                 }

@@ -268,3 +268,46 @@ fn writes_during_a_long_training_are_sealed_in_memory() {
     assert_eq!(c.version().len(), 580);
     scenario.teardown();
 }
+
+/// A panic in the write group fails that group's writes (not applied, a clear error) and the
+/// next write and checkpoint succeed; a panic in a training (inside its switch, with the gate
+/// closed, and before publishing) fails the training, reported by the job state, and writes,
+/// checkpoints and a new training go on. Before, the first left every writer waiting forever
+/// and the second left the job "training" for good.
+#[test]
+fn panics_in_the_write_group_and_in_training_fail_only_their_operation() {
+    let _s = SERIAL.lock();
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let c = Arc::new(C::create(&path, meta(), CpuBackend, StoreConfig::default()).unwrap());
+    let ids: Vec<u64> = (0..400).collect();
+    upsert(&c, &ids).unwrap();
+
+    fail::cfg("write::apply", "1*panic").unwrap();
+    let e = upsert(&c, &[7000]).expect_err("the panicking group");
+    assert!(e.to_string().contains("panicked"), "{e}");
+    fail::remove("write::apply");
+    upsert(&c, &[7001]).unwrap();
+    c.checkpoint().unwrap();
+
+    for point in ["train::switch", "train::before_publish"] {
+        fail::cfg(point, "1*panic").unwrap();
+        c.start_train(None).unwrap();
+        let e = c.wait_job().expect_err(point);
+        assert!(e.to_string().contains("panicked"), "{point}: {e}");
+        assert!(c.job().describe().starts_with("failed"), "{point}");
+        assert!(!c.trained());
+        fail::remove(point);
+        upsert(&c, &[7002]).unwrap();
+        c.checkpoint().unwrap();
+    }
+    c.start_train(None).unwrap();
+    c.wait_job().unwrap();
+    assert!(c.trained());
+    drop(c);
+    let mut acked = ids.clone();
+    acked.extend([7001, 7002]);
+    check(&path, &acked, &[7000]);
+    scenario.teardown();
+}
