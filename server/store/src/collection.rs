@@ -1670,8 +1670,14 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         let Some(q) = v.quantizers.clone() else {
             // Untrained: train by itself once large enough (when asked to, and not after a
             // failed training: that waits for a Train call).
-            let train_at = self.meta.read().index.train_at;
-            if train_at > 0 && v.len() as u64 >= train_at {
+            // Never below what a training needs (a list per point at least, and a PQ code
+            // book's 256 entries): a training started earlier would fail, and a failed one
+            // waits for a Train call.
+            let (train_at, nlist) = {
+                let m = self.meta.read();
+                (m.index.train_at, u64::from(m.index.nlist))
+            };
+            if train_at > 0 && v.len() as u64 >= train_at.max(nlist).max(256) {
                 return self.train_by_itself(v.len());
             }
             return Ok(did);
