@@ -1037,3 +1037,36 @@ fn sigterm_at_any_point_of_start_up_shuts_down_gracefully() {
         );
     }
 }
+
+/// `--max-write-bytes` bounds the writes in flight: an upsert above it is refused with
+/// RESOURCE_EXHAUSTED naming the flag (nothing written), one within it is taken.
+#[test]
+fn writes_above_the_write_budget_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path(), &["--max-write-bytes", "65536"]);
+    rt().block_on(async {
+        let mut c = server.client().await;
+        c.create_collection(create("w", 16, Metric::L2, 1, 1))
+            .await
+            .unwrap();
+        let up = |n: u64| UpsertRequest {
+            collection: "w".into(),
+            ids: (0..n).collect(),
+            vectors: vec![0.5; n as usize * 16],
+            ..Default::default()
+        };
+        // 2,000 × 16 × 4 = 128 KB.
+        let e = c.upsert(up(2000)).await.unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        assert!(e.message().contains("--max-write-bytes"), "{e:?}");
+        let n = c.upsert(up(500)).await.unwrap().into_inner().upserted;
+        assert_eq!(n, 500);
+        let info = c
+            .get_collection(GetCollectionRequest { name: "w".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(info.count, 500);
+    });
+    server.stop();
+}

@@ -24,6 +24,8 @@ pub struct Limits {
     pub max_dim: usize,
     /// Largest estimated working memory of one search request, in bytes.
     pub max_request_bytes: u64,
+    /// Most bytes of writes (vectors and payloads) in flight across the server.
+    pub max_write_bytes: u64,
 }
 
 impl Default for Limits {
@@ -35,6 +37,7 @@ impl Default for Limits {
             max_upsert_points: 65_536,
             max_dim: 4096,
             max_request_bytes: 1 << 30,
+            max_write_bytes: 1 << 30,
         }
     }
 }

@@ -35,6 +35,7 @@ pub struct Registry {
     loading: RwLock<HashSet<String>>,
     optimizer: Optimizer<AnyBackend>,
     writes: crate::writes::WritePool,
+    write_budget: crate::writes::WriteBudget,
     limiter: Arc<crate::ratelimit::RateLimiter>,
 }
 
@@ -130,6 +131,7 @@ impl Registry {
             loading: RwLock::new(HashSet::new()),
             optimizer,
             writes: crate::writes::WritePool::start(cfg.store.write_nice),
+            write_budget: crate::writes::WriteBudget::new(cfg.limits.max_write_bytes),
             limiter: Arc::new(crate::ratelimit::RateLimiter::new(cfg.rate_limits)),
         };
         for s in &cfg.static_collections {
@@ -501,6 +503,11 @@ impl Registry {
     /// The threads writes run on.
     pub fn writes(&self) -> &crate::writes::WritePool {
         &self.writes
+    }
+
+    /// The bytes of writes the server holds in flight at most.
+    pub fn write_budget(&self) -> &crate::writes::WriteBudget {
+        &self.write_budget
     }
 
     /// The server configuration.

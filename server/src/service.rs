@@ -516,12 +516,16 @@ impl QuiverService {
             }
         };
         let payloads = encode_payloads(&r.payloads, r.ids.len())?;
+        let bytes = (r.vectors.len() * 4 + payloads.iter().map(Vec::len).sum::<usize>()) as u64;
+        let share = self.registry.write_budget().take(bytes)?;
         let (name, metrics) = (r.collection.clone(), self.registry.metrics().clone());
         let store = c.store.clone();
         let n = self
             .registry
             .writes()
             .run(move || {
+                // Held until the write ends, even when the client gave up before.
+                let _share = share;
                 store
                     .upsert_with_mode(r.ids, r.vectors, payloads, mode)
                     .map_err(from_store)

@@ -4,9 +4,66 @@
 //! threads; under contention the scheduler gives searches the cores first, so search tail
 //! latency moves little while writers run, and ingest uses what searches leave idle.
 //! With `write_nice` 0, writes run on the main runtime's blocking pool like everything else.
+//! [`WriteBudget`] bounds the bytes of writes in flight across the server
+//! (`--max-write-bytes`): past it a write is refused with RESOURCE_EXHAUSTED instead of
+//! queueing without bound.
+
+use std::sync::Arc;
 
 use tokio::runtime::Runtime;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
+
+/// The bytes of writes (their vectors and payloads) the server holds in flight at most, in
+/// KiB permits. A write takes its share before it is queued and gives it back when its
+/// blocking part ends, even if its client gave up first.
+pub struct WriteBudget {
+    kib: Arc<Semaphore>,
+    total_kib: u32,
+    max_bytes: u64,
+}
+
+/// A write's share of the budget, given back when dropped.
+pub struct WriteShare(#[allow(dead_code)] OwnedSemaphorePermit);
+
+impl WriteBudget {
+    /// A budget of `max_bytes` (at least 1 KiB, at most 4 TiB).
+    pub fn new(max_bytes: u64) -> WriteBudget {
+        let total_kib = u32::try_from(max_bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        WriteBudget {
+            kib: Arc::new(Semaphore::new(total_kib as usize)),
+            total_kib,
+            max_bytes,
+        }
+    }
+
+    /// Takes `bytes` of the budget, or refuses with RESOURCE_EXHAUSTED (a write above the whole
+    /// budget, or one that does not fit beside the writes in flight).
+    pub fn take(&self, bytes: u64) -> Result<WriteShare, Status> {
+        let kib = bytes.div_ceil(1024).max(1);
+        let Some(kib) = u32::try_from(kib).ok().filter(|&k| k <= self.total_kib) else {
+            return Err(Status::resource_exhausted(format!(
+                "a write of {bytes} bytes is above --max-write-bytes ({}); split it",
+                self.max_bytes
+            )));
+        };
+        self.kib
+            .clone()
+            .try_acquire_many_owned(kib)
+            .map(WriteShare)
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "writes in flight fill --max-write-bytes ({} bytes); retry later",
+                    self.max_bytes
+                ))
+            })
+    }
+
+    /// Bytes taken by writes in flight now.
+    pub fn in_flight_bytes(&self) -> u64 {
+        u64::from(self.total_kib - self.kib.available_permits() as u32) * 1024
+    }
+}
 
 /// The write threads.
 pub struct WritePool {
@@ -90,5 +147,25 @@ mod tests {
         drop(pool);
         let shared = WritePool::start(0);
         assert_eq!(shared.run(|| Ok(1)).await.unwrap(), 1);
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::WriteBudget;
+
+    #[test]
+    fn the_budget_refuses_past_its_size_and_takes_back_what_ends() {
+        let b = WriteBudget::new(10 * 1024);
+        let a = b.take(6 * 1024).unwrap();
+        assert_eq!(b.in_flight_bytes(), 6 * 1024);
+        let e = b.take(5 * 1024).err().unwrap();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert!(e.message().contains("--max-write-bytes"), "{e:?}");
+        let e = b.take(11 * 1024).err().unwrap();
+        assert!(e.message().contains("split it"), "{e:?}");
+        drop(a);
+        assert_eq!(b.in_flight_bytes(), 0);
+        let _c = b.take(10 * 1024).unwrap();
     }
 }

@@ -50,6 +50,10 @@ pub struct Args {
     /// Most points in one upsert message.
     #[arg(long, default_value_t = 65_536)]
     max_upsert_points: usize,
+    /// Most bytes of writes (vectors and payloads) in flight across the server; past it a
+    /// write is refused with RESOURCE_EXHAUSTED (retry later).
+    #[arg(long, default_value_t = 1 << 30)]
+    max_write_bytes: u64,
     /// Checkpoint a collection (new segment files, log removed) when its write-ahead log
     /// passes this many MiB.
     #[arg(long, alias = "wal-snapshot-mib", default_value_t = 256)]
@@ -187,8 +191,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         || a.max_queries_per_request == 0
         || a.max_dim == 0
         || a.max_upsert_points == 0
+        || a.max_write_bytes == 0
     {
-        bail!("--max-batch, --queue-capacity, --concurrent-batches, --max-k, --max-queries-per-request, --max-dim and --max-upsert-points must be at least 1");
+        bail!("--max-batch, --queue-capacity, --concurrent-batches, --max-k, --max-queries-per-request, --max-dim, --max-upsert-points and --max-write-bytes must be at least 1");
     }
     let Some(max_delay) = (a.max_delay_ms >= 0.0)
         .then(|| Duration::try_from_secs_f64(a.max_delay_ms / 1000.0).ok())
@@ -291,6 +296,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             max_dim: a.max_dim,
             max_request_bytes: a.max_request_bytes,
             max_upsert_points: a.max_upsert_points,
+            max_write_bytes: a.max_write_bytes,
         },
         store: quiver_server::config::StoreConfig {
             checkpoint_wal_bytes: a.checkpoint_wal_mib.saturating_mul(1 << 20),

@@ -1688,7 +1688,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 || (self.device && matches!(s.index, SegmentIndex::Cpu(_)))
         }) {
             let s = s.clone();
-            self.replace_segments(std::slice::from_ref(&s), || {
+            self.replace_segments(std::slice::from_ref(&s), &q, || {
                 Ok(match &s.index {
                     SegmentIndex::Flat(f) => encode_flat(&q, f)?,
                     SegmentIndex::Cpu(p) => p.index().clone(),
@@ -1709,7 +1709,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             slots > 0 && (slots - s.len()) as f64 > self.cfg.purge_ratio * slots as f64
         }) {
             let s = s.clone();
-            self.replace_segments(std::slice::from_ref(&s), || {
+            self.replace_segments(std::slice::from_ref(&s), &q, || {
                 merge_ivf(&q, std::slice::from_ref(&s))
             })?;
             return Ok(true);
@@ -1732,7 +1732,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             pick = Some(by_size[..v.segments.len() - self.cfg.max_segments + 1].to_vec());
         }
         if let Some(group) = pick {
-            self.replace_segments(&group, || merge_ivf(&q, &group))?;
+            self.replace_segments(&group, &q, || merge_ivf(&q, &group))?;
             return Ok(true);
         }
         Ok(did)
@@ -1754,19 +1754,35 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             if all.is_empty() || clean {
                 return Ok(());
             }
-            self.replace_segments(&all, || merge_ivf(&q, &all))?;
+            self.replace_segments(&all, &q, || merge_ivf(&q, &all))?;
         }
     }
 
-    /// Builds a segment from `inputs` outside every lock, then swaps it in for them, carrying
-    /// over the ids deleted from them meanwhile, and checkpoints.
+    /// Builds a segment from `inputs` with the quantizers `encoder` (those of the version the
+    /// step was planned on) outside every lock, then swaps it in for them, carrying over the
+    /// ids deleted from them meanwhile, and checkpoints. A step planned before a training
+    /// switched the quantizers is refused before it builds (its inputs may outlive the switch:
+    /// flat segments written during the training), so no segment encoded with replaced
+    /// quantizers is ever published.
     fn replace_segments(
         &self,
         inputs: &[Arc<Segment<B>>],
+        encoder: &Arc<IvfPqIndex>,
         build: impl FnOnce() -> Result<IvfPqIndex> + Send,
     ) -> Result<()> {
         let _one = self.structural.lock();
         self.refuse_dropped()?;
+        // Under the structural lock no training can switch until this step ends.
+        if !self
+            .version()
+            .quantizers
+            .as_ref()
+            .is_some_and(|q| Arc::ptr_eq(q, encoder))
+        {
+            return Err(StoreError::Precondition(
+                "the quantizers changed (a training) since this step was planned".into(),
+            ));
+        }
         let fields = self.field_specs();
         let built = crate::priority::in_background(self.cfg.write_nice, || {
             let s = Segment::new(0, self.seal_index(Arc::new(build()?))?);
