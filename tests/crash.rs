@@ -702,6 +702,9 @@ async fn a_cancelled_drop_during_training_keeps_a_recreated_collection() {
     })
     .await
     .unwrap();
+    // The training thread takes the collection's structural lock at once and then holds it
+    // through the 4 s pause; give it that moment even on a loaded machine.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let mut drop_req =
         tonic::Request::new(::quiver_server::proto::DropCollectionRequest { name: "d".into() });
     drop_req.set_timeout(std::time::Duration::from_secs(1));

@@ -13,6 +13,7 @@ The seed budget is fixed (QUIVER_DIFF_SEEDS, default 4; a longer sweep: raise it
 """
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -168,11 +169,17 @@ def test_random_ops_agree_with_qdrant_client_local_mode(qserver, seed):  # noqa:
                       wait=True)
         if step % 40 == 39:
             compare(pair, rng, f"seed {seed} step {step}", recalls)
+    # The collection trains by itself once it holds 256 points (the optimizer's next tick).
+    deadline = time.time() + 60
+    while (local.count(name).count >= 256 and not quiver.get_collection(name).indexed_vectors_count
+           and time.time() < deadline):
+        time.sleep(0.1)
     info = quiver.get_collection(name)
     trained = info.indexed_vectors_count
     print(f"seed {seed} ({distance}, {'grpc' if prefer_grpc else 'rest'}): {info.points_count} points, "
           f"{trained} indexed; recall@10 " + ", ".join(f"{c} {h / max(t, 1):.3f} of {t}" for c, (h, t) in recalls.items()))
-    assert trained, "the collection did not train part-way"
+    if info.points_count >= 256:
+        assert trained, "the collection did not train by itself"
     for cls, (hit, total) in recalls.items():
         if total:
             assert hit / total >= 0.95, f"seed {seed} {cls}: recall@10 {hit / total:.3f} ({hit}/{total}); trained: {trained}"
