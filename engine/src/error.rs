@@ -161,6 +161,13 @@ pub enum EngineError {
         /// Why.
         reason: String,
     },
+    /// A long operation (training, adding) was stopped by its caller
+    /// ([`crate::progress::Progress::cancelled`]).
+    #[error("{what} was cancelled")]
+    Cancelled {
+        /// The operation.
+        what: &'static str,
+    },
     /// A backend that opened failed at its work: a device error, or an index or batch beyond
     /// what the device holds.
     #[error("backend {backend} failed: {reason}")]

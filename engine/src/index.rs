@@ -436,6 +436,9 @@ impl IvfPqIndex {
         let vectors = prepare_vectors(self.params.metric, dim, vectors)?;
         progress.stage("adding", n as u64);
         for (b, block) in vectors.chunks(ADD_BLOCK * dim).enumerate() {
+            if progress.cancelled() {
+                return Err(EngineError::Cancelled { what: "adding" });
+            }
             let rows = block.len() / dim;
             let mut encoded = self.encode_prepared(block);
             if !payloads.is_empty() {

@@ -163,6 +163,9 @@ pub fn train(
     let mut dist = vec![0f32; n];
     progress.stage("k-means", params.iterations as u64);
     for _ in 0..params.iterations {
+        if progress.cancelled() {
+            return Err(EngineError::Cancelled { what: "k-means" });
+        }
         assign_nearest(
             data,
             dim,

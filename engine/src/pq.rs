@@ -86,6 +86,11 @@ impl ProductQuantizer {
         let mut centroids = Vec::with_capacity(m * ksub * dsub);
         progress.stage("PQ training", m as u64);
         for sub in 0..m {
+            if progress.cancelled() {
+                return Err(EngineError::Cancelled {
+                    what: "PQ training",
+                });
+            }
             let mut slice = Vec::with_capacity(n * dsub);
             for row in data.chunks_exact(dim) {
                 slice.extend_from_slice(&row[sub * dsub..(sub + 1) * dsub]);

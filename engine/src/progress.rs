@@ -12,6 +12,12 @@ pub trait Progress: Sync {
     fn advance(&self, n: u64);
     /// The current stage is finished.
     fn finish_stage(&self) {}
+    /// True when the caller wants the operation stopped: training and adding check it between
+    /// steps (a k-means iteration, a sub-quantizer, a block of rows) and return
+    /// [`crate::EngineError::Cancelled`].
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// Ignores all progress.

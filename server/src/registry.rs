@@ -466,6 +466,11 @@ impl Registry {
     /// Answers every queued search, then checkpoints every writable collection.
     pub async fn shutdown(&self) {
         let all = self.list();
+        // A training running now ends at its next step instead of holding the checkpoint back
+        // (a supervisor's SIGKILL would otherwise come first).
+        for (_, c) in &all {
+            c.store.stop_training();
+        }
         for (_, c) in &all {
             c.drain().await;
         }

@@ -19,6 +19,7 @@ pub fn from_engine(e: EngineError) -> Status {
         | EngineError::RefineUnavailable { .. } => Code::InvalidArgument,
         EngineError::TooFewTrainingVectors { .. } => Code::FailedPrecondition,
         EngineError::BackendUnavailable { .. } => Code::Unavailable,
+        EngineError::Cancelled { .. } => Code::Aborted,
         EngineError::Io(_)
         | EngineError::BackendFailed { .. }
         | EngineError::CorruptIndex { .. }

@@ -174,6 +174,9 @@ pub struct Collection<B: Backend> {
     /// How far the data has drifted from the quantizers (see [`crate::drift`]).
     drift: Mutex<Drift>,
     dropped: AtomicBool,
+    /// Set when the server stops: a running training ends at its next step (see
+    /// [`Collection::stop_training`]).
+    training_stopped: AtomicBool,
     read_only: bool,
 }
 
@@ -367,6 +370,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             job: Mutex::new(JobState::Ready),
             drift: Mutex::new(manifest.drift.clone().unwrap_or_default()),
             dropped: AtomicBool::new(false),
+            training_stopped: AtomicBool::new(false),
             read_only: false,
         };
         c.remove_unreferenced(&manifest)?;
@@ -435,6 +439,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             job: Mutex::new(JobState::Ready),
             drift: Mutex::new(Drift::default()),
             dropped: AtomicBool::new(false),
+            training_stopped: AtomicBool::new(false),
             read_only: true,
         })
     }
@@ -1465,6 +1470,10 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         }
         let name = self.meta.read().name.clone();
         let started = std::time::Instant::now();
+        let stop = TrainingStop {
+            dropped: &self.dropped,
+            stopped: &self.training_stopped,
+        };
         let phase = |what: &str| {
             tracing::info!(collection = %name, points = n, seconds = started.elapsed().as_secs_f32(), "training: {what}");
         };
@@ -1478,7 +1487,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         // The heavy part at background priority: searches keep the cores they need.
         let (quantizers, prepared, baseline) =
             crate::priority::in_background(self.cfg.write_nice, || -> Result<_> {
-                let quantizers = Arc::new(IvfPqIndex::train(params, &sample, &NoProgress)?);
+                let quantizers = Arc::new(IvfPqIndex::train(params, &sample, &stop)?);
                 // The drift baseline: the coarse error over (an even spread of) the sample.
                 let rows = sample.len() / dim;
                 let step = rows.div_ceil(crate::drift::BASELINE_SAMPLE).max(1);
@@ -1493,7 +1502,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 drop(sample);
                 phase("quantizers trained");
                 let mut index = quantizers.empty_like();
-                index.add_with_payloads(&vectors, Some(&ids), &payloads, &NoProgress)?;
+                index.add_with_payloads(&vectors, Some(&ids), &payloads, &stop)?;
                 drop(vectors);
                 drop(ids);
                 drop(payloads);
@@ -1833,8 +1842,17 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         Ok(())
     }
 
+    /// Stops a running training at its next step (a k-means iteration, a sub-quantizer, a
+    /// block of points encoded: the job then reads "failed: … cancelled") and every later one,
+    /// so a shutdown's checkpoint does not wait for a whole training. Nothing of the training
+    /// was published; the collection stays as it was.
+    pub fn stop_training(&self) {
+        self.training_stopped.store(true, Ordering::Release);
+    }
+
     /// Stops writes and background work for good (the collection is being dropped or the
-    /// server stops); waits for a running structural step to end.
+    /// server stops); waits for a running structural step to end (a training ends at its
+    /// next step).
     pub fn close(&self) {
         self.dropped.store(true, Ordering::Release);
         let _one = self.structural.lock();
@@ -1986,3 +2004,19 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         "(no message)".into()
     }
 }
+
+/// A training's cancellation: the collection was closed (dropped, or the server stops) or its
+/// training was stopped. The engine checks it between steps.
+struct TrainingStop<'a> {
+    dropped: &'a AtomicBool,
+    stopped: &'a AtomicBool,
+}
+
+impl quiver_engine::progress::Progress for TrainingStop<'_> {
+    fn stage(&self, _name: &str, _total: u64) {}
+    fn advance(&self, _n: u64) {}
+    fn cancelled(&self) -> bool {
+        self.dropped.load(Ordering::Acquire) || self.stopped.load(Ordering::Acquire)
+    }
+}
+

@@ -314,3 +314,29 @@ fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
     out.sort();
     out
 }
+
+/// A stopped training (the server's shutdown stops them so its checkpoint does not wait for
+/// a whole training) ends at its first step, reports why, publishes nothing, and the
+/// collection goes on taking writes and checkpoints.
+#[test]
+fn a_stopped_training_ends_and_leaves_the_collection_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Arc::new(
+        C::create(
+            &dir.path().join("c"),
+            meta("c"),
+            CpuBackend,
+            StoreConfig::default(),
+        )
+        .unwrap(),
+    );
+    upsert(&c, 0..1000);
+    c.stop_training();
+    c.start_train(None).unwrap();
+    let e = c.wait_job().unwrap_err();
+    assert!(e.to_string().contains("cancelled"), "{e}");
+    assert!(!c.trained());
+    upsert(&c, 1000..1010);
+    c.checkpoint().unwrap();
+    assert_eq!(c.count(None), 1010);
+}
