@@ -1070,3 +1070,77 @@ fn writes_above_the_write_budget_are_refused() {
     });
     server.stop();
 }
+
+/// A second SIGTERM ends the process at once (exit code 130) while the first one's shutdown
+/// waits on an open stream; what was acknowledged (stream messages included) is there after
+/// a restart.
+#[test]
+fn a_second_sigterm_stops_at_once_and_keeps_what_was_acknowledged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut server = Server::start(tmp.path(), &["--shutdown-grace-s", "600"]);
+    rt().block_on(async {
+        let mut c = server.client().await;
+        c.create_collection(create("s", 4, Metric::L2, 1, 1))
+            .await
+            .unwrap();
+        c.upsert(UpsertRequest {
+            collection: "s".into(),
+            ids: vec![1, 2],
+            vectors: vec![1.0; 8],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        // An open stream keeps the first SIGTERM's shutdown waiting (grace 600 s).
+        let (tx, rx) = tokio::sync::mpsc::channel::<UpsertRequest>(1);
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let mut streaming = server.client().await;
+        let call = tokio::spawn(async move { streaming.upsert_stream(stream).await });
+        tx.send(UpsertRequest {
+            collection: "s".into(),
+            ids: vec![3],
+            vectors: vec![1.0; 4],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        // The stream is open once its first message is applied.
+        for _ in 0..500 {
+            let n = c
+                .get_collection(GetCollectionRequest { name: "s".into() })
+                .await
+                .unwrap()
+                .into_inner()
+                .count;
+            if n == 3 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let pid = libc::pid_t::try_from(server.child.id()).unwrap();
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            server.child.try_wait().unwrap().is_none(),
+            "the first SIGTERM waits on the open stream"
+        );
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let status = server.child.wait().unwrap();
+        assert_eq!(status.code(), Some(130), "{status:?}");
+        drop(tx);
+        let _ = call.await;
+    });
+    let server = Server::start(tmp.path(), &[]);
+    rt().block_on(async {
+        let mut c = server.client().await;
+        let info = c
+            .get_collection(GetCollectionRequest { name: "s".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(info.count, 3);
+    });
+    server.stop();
+}

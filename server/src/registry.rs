@@ -402,6 +402,7 @@ impl Registry {
         };
         let registry = self.clone();
         let name = name.to_string();
+        let name_for_failure = name.clone();
         let task = tokio::spawn(async move {
             let _r = Reservation {
                 registry: &registry,
@@ -417,8 +418,14 @@ impl Registry {
             }
             r
         });
-        task.await
-            .map_err(|e| Status::internal(format!("dropping {e}")))?
+        match task.await {
+            Ok(r) => r,
+            Err(e) => {
+                let m = format!("dropping failed: {e}; drop it again");
+                self.failed.write().insert(name_for_failure, m.clone());
+                Err(Status::internal(m))
+            }
+        }
     }
 
     /// The part of a drop after the name left the map: drains the collection, closes it

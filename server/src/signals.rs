@@ -71,7 +71,11 @@ impl ProcessSignals {
     }
 
     /// Splits into the shutdown future (resolves on the first SIGTERM or SIGINT) and the
-    /// SIGHUP stream.
+    /// SIGHUP stream. A second SIGTERM or SIGINT ends the process at once (exit code 130), as
+    /// a second Ctrl-C does elsewhere: during a long start-up or a shutdown that waits on
+    /// open requests, the operator keeps a way out short of SIGKILL (acknowledged writes are
+    /// in the log either way). Must run inside a Tokio runtime context: a task watches the
+    /// signals from now on.
     pub fn split(self) -> (impl Future<Output = ()> + Send + 'static, Hangups) {
         #[cfg(unix)]
         {
@@ -80,11 +84,30 @@ impl ProcessSignals {
                 mut interrupt,
                 hangup,
             } = self;
-            let shutdown = async move {
-                tokio::select! {
-                    _ = terminate.recv() => tracing::info!("SIGTERM received"),
-                    _ = interrupt.recv() => tracing::info!("SIGINT received"),
+            let (first_tx, mut first_rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                let mut seen = 0;
+                loop {
+                    let which = tokio::select! {
+                        _ = terminate.recv() => "SIGTERM",
+                        _ = interrupt.recv() => "SIGINT",
+                    };
+                    seen += 1;
+                    if seen == 1 {
+                        tracing::info!(
+                            "{which} received: shutting down (send it again to stop at once)"
+                        );
+                        let _ = first_tx.send(true);
+                    } else {
+                        let m = format!("{which} received again: stopping at once, without the shutdown checkpoint (acknowledged writes are in the write-ahead log)");
+                        tracing::warn!("{m}");
+                        eprintln!("{m}");
+                        std::process::exit(130);
+                    }
                 }
+            });
+            let shutdown = async move {
+                let _ = first_rx.wait_for(|s| *s).await;
             };
             (
                 shutdown,

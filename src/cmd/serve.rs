@@ -180,9 +180,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let signals = {
+    let (shutdown, hangups) = {
         let _in_runtime = rt.enter();
-        quiver_server::signals::ProcessSignals::install()?
+        quiver_server::signals::ProcessSignals::install()?.split()
     };
     if a.max_batch == 0
         || a.queue_capacity == 0
@@ -310,7 +310,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         shutdown_grace,
     };
     let backend_name = quiver_engine::backend::Backend::name(&config.backend);
-    let (shutdown, hangups) = signals.split();
     let data_dir = a.data_dir.clone();
     rt.block_on(quiver_server::server::serve(
         config,

@@ -1264,9 +1264,13 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         }
         tracing::info!(collection = %self.meta.read().name, ratio = ratio.unwrap_or(0.0), added, "the data has drifted from the quantizers: retraining");
         if let Err(e) = self.run_training(None) {
-            let mut d = self.drift.lock();
-            d.added = 0;
-            d.added_error = 0.0;
+            // A training stopped by a shutdown or a drop says nothing about the data: the
+            // trigger stays, so the retraining is due again after a restart.
+            if !self.training_cancelled() {
+                let mut d = self.drift.lock();
+                d.added = 0;
+                d.added_error = 0.0;
+            }
             return Err(e);
         }
         Ok(true)
@@ -1514,6 +1518,8 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         fail::fail_point!("train::before_publish", |_| Err(StoreError::Precondition(
             "injected failure at train::before_publish".into()
         )));
+        // Dropped while the last step ran: nothing to publish into a folder about to go.
+        self.refuse_dropped()?;
         // Switch: the trained segment replaces the inputs, carrying deletions made meanwhile.
         {
             self.switch(|w| -> Result<()> {
@@ -1850,6 +1856,11 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         self.training_stopped.store(true, Ordering::Release);
     }
 
+    /// Whether trainings are being stopped (a shutdown) or the collection was closed.
+    fn training_cancelled(&self) -> bool {
+        self.training_stopped.load(Ordering::Acquire) || self.dropped.load(Ordering::Acquire)
+    }
+
     /// Stops writes and background work for good (the collection is being dropped or the
     /// server stops); waits for a running structural step to end (a training ends at its
     /// next step).
@@ -2019,4 +2030,3 @@ impl quiver_engine::progress::Progress for TrainingStop<'_> {
         self.dropped.load(Ordering::Acquire) || self.stopped.load(Ordering::Acquire)
     }
 }
-
