@@ -438,17 +438,51 @@ fn served_index_files_answer_like_the_cli() {
             .unwrap()
             .into_inner();
         assert!(info.read_only && info.trained && info.count == 1500);
-        // LoadIndex creates a writable copy.
+        // LoadIndex creates a writable copy, served from the server's own copy of the file:
+        // truncating and rewriting the client's file afterwards changes no answer (before, the
+        // collection kept a map of it: truncation faulted the server with SIGBUS).
+        std::fs::copy(ds.path("i.qvr"), ds.path("imp.qvr")).unwrap();
         let info = c
             .load_index(LoadIndexRequest {
                 collection: "copy".into(),
-                path: ds.p("i.qvr"),
+                path: ds.p("imp.qvr"),
                 background: false,
             })
             .await
             .unwrap()
             .into_inner();
         assert_eq!(info.count, 1500);
+        let search_copy = |c: &QuiverClient<Channel>| {
+            let (mut c, queries) = (c.clone(), queries.clone());
+            async move {
+                c.search_batch(SearchBatchRequest {
+                    collection: "copy".into(),
+                    vectors: queries,
+                    k: 5,
+                    nprobe: 3,
+                    refine_factor: 2,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+            }
+        };
+        let before = search_copy(&c).await;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(ds.path("imp.qvr"))
+            .unwrap();
+        f.set_len(0).unwrap();
+        drop(f);
+        std::fs::write(ds.path("imp.qvr"), vec![0x5a; 1 << 16]).unwrap();
+        assert_eq!(search_copy(&c).await, before);
+        let got: Vec<i32> = before
+            .results
+            .iter()
+            .flat_map(|r| r.neighbors.iter().map(|n| n.id as i32))
+            .collect();
+        assert_eq!(got, cli, "copy");
         let e = c
             .load_index(LoadIndexRequest {
                 collection: "bad".into(),

@@ -99,19 +99,37 @@ pub fn gemm_abt(
 
 /// Normalises each row of a row-major matrix to unit L2 length in place. Returns the index of
 /// the first zero row, if any (it is left untouched).
+///
+/// The norm is summed in f64 in component order, so the result is the same bits on every
+/// CPU and SIMD level (replicas on different machines store the same vectors), and a row
+/// whose norm is already within [`UNIT_NORM_TOLERANCE`] of 1 is left as it is: normalising a
+/// stored vector again (a payload edit, a retraining) never moves it.
 pub fn normalize_rows(rows: &mut [f32], dim: usize) -> Option<usize> {
     let mut first_zero = None;
     for (i, row) in rows.chunks_exact_mut(dim).enumerate() {
-        let n = norm_sq(row).sqrt();
+        let n = row
+            .iter()
+            .map(|&x| f64::from(x) * f64::from(x))
+            .sum::<f64>()
+            .sqrt();
         if n == 0.0 || !n.is_finite() {
             first_zero.get_or_insert(i);
             continue;
         }
+        if (n - 1.0).abs() <= UNIT_NORM_TOLERANCE {
+            continue;
+        }
         let inv = 1.0 / n;
-        row.iter_mut().for_each(|x| *x *= inv);
+        row.iter_mut()
+            .for_each(|x| *x = (f64::from(*x) * inv) as f32);
     }
     first_zero
 }
+
+/// How far from 1 a row's norm may be for [`normalize_rows`] to count it as normalised: well
+/// above the rounding of a row it normalised itself (about `√dim · 2⁻²⁴`), well below any
+/// difference a score could show.
+pub const UNIT_NORM_TOLERANCE: f64 = 1e-6;
 
 #[cfg(test)]
 mod tests {
@@ -158,5 +176,29 @@ mod tests {
         assert_eq!(normalize_rows(&mut v, 2), Some(1));
         assert_relative_eq!(v[0], 0.6);
         assert_relative_eq!(v[1], 0.8);
+    }
+
+    /// Normalising again leaves a normalised row's bits as they are.
+    #[test]
+    fn normalize_is_idempotent_bit_for_bit() {
+        let mut state = 7u64;
+        for dim in [3usize, 384, 1536] {
+            let mut v: Vec<f32> = (0..dim * 20)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((state >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0 + 1e-3
+                })
+                .collect();
+            assert_eq!(normalize_rows(&mut v, dim), None);
+            let once = v.clone();
+            normalize_rows(&mut v, dim);
+            assert!(once.iter().zip(&v).all(|(a, b)| a.to_bits() == b.to_bits()));
+            for row in v.chunks_exact(dim) {
+                let n: f64 = row.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+                assert!((n.sqrt() - 1.0).abs() <= UNIT_NORM_TOLERANCE);
+            }
+        }
     }
 }

@@ -296,6 +296,7 @@ mod tests {
                 nlist: 0,
                 pq_m: 0,
                 refine: "f16".into(),
+                refine_factor: 0,
                 seed: 1,
                 train_at: 0,
             },

@@ -95,7 +95,11 @@ impl Registry {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with(".dropped-") || name.starts_with(quiver_store::fsutil::TEMP_PREFIX)
             {
-                let _ = std::fs::remove_dir_all(entry.path());
+                // Folders (a drop's trash, a create's half-made folder) or files (an import's
+                // copy).
+                if std::fs::remove_dir_all(entry.path()).is_err() {
+                    let _ = std::fs::remove_file(entry.path());
+                }
                 continue;
             }
             let p = entry.path();
@@ -336,20 +340,26 @@ impl Registry {
         path: &std::path::Path,
         file: &std::fs::File,
     ) -> Result<Arc<Collection>, Status> {
-        let index = quiver_engine::persist::load_file(file, path)
-            .map_err(crate::status::from_client_file)?;
+        // Served from a private copy, never from the client's file: a file truncated or
+        // rewritten afterwards (or while this runs) cannot fault the server or change codes.
+        let copy = self.root.join(format!(
+            "{}import-{name}.qvr",
+            quiver_store::fsutil::TEMP_PREFIX
+        ));
+        let copied = copy_import(file, path, &copy);
+        let index = copied.and_then(|copy_file| {
+            quiver_engine::persist::load_file(&copy_file, path)
+                .map_err(crate::status::from_client_file)
+        });
+        // The map keeps the copy's pages; its name is not needed once loaded (or failed).
+        let _ = std::fs::remove_file(&copy);
+        let index = index?;
         let p = index.params().clone();
         let meta = CollectionMeta {
             name: name.to_string(),
             dim: p.dim,
             metric: p.metric.name().to_string(),
-            index: quiver_store::IndexConfig {
-                nlist: p.nlist as u32,
-                pq_m: p.pq_m as u32,
-                refine: p.refine.name().to_string(),
-                seed: p.seed,
-                train_at: 0,
-            },
+            index: quiver_store::IndexConfig::of_index(&p),
             fields: Vec::new(),
             settings: serde_json::Value::Null,
         };
@@ -526,4 +536,27 @@ impl Registry {
     pub fn config(&self) -> &ServerConfig {
         &self.cfg
     }
+}
+
+/// Copies an import file (open as `file`, named `path` in errors) to `copy` with reads, not a
+/// map (a file truncated meanwhile gives a short copy that fails its checksum, not a fault),
+/// and returns the copy opened for reading.
+fn copy_import(
+    file: &std::fs::File,
+    path: &std::path::Path,
+    copy: &std::path::Path,
+) -> Result<std::fs::File, Status> {
+    let failed = |what: &str, e: std::io::Error| {
+        Status::internal(format!(
+            "{what} {} to {}: {e}",
+            path.display(),
+            copy.display()
+        ))
+    };
+    let mut out = std::fs::File::create(copy).map_err(|e| failed("copying", e))?;
+    let mut src = file;
+    std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(0)).map_err(|e| failed("copying", e))?;
+    std::io::copy(&mut src, &mut out).map_err(|e| failed("copying", e))?;
+    drop(out);
+    std::fs::File::open(copy).map_err(|e| failed("opening the copy of", e))
 }

@@ -87,30 +87,36 @@ fn metric_to_proto(m: Metric) -> proto::Metric {
     }
 }
 
-fn refine_from_proto(r: i32) -> Result<String, Status> {
+/// The stored raw-vector kind and default refine factor a `Refine` choice means (kind "" for
+/// the server's default: f32, the vectors as written).
+fn refine_from_proto(r: i32) -> Result<(String, u32), Status> {
     match proto::Refine::try_from(r) {
-        Ok(proto::Refine::Unspecified) => Ok(String::new()),
-        Ok(proto::Refine::None) => Ok("none".into()),
-        Ok(proto::Refine::F16) => Ok("f16".into()),
-        Ok(proto::Refine::F32) => Ok("f32".into()),
+        Ok(proto::Refine::Unspecified) => Ok((String::new(), 0)),
+        Ok(proto::Refine::None) => Ok(("f32".into(), 1)),
+        Ok(proto::Refine::F16) => Ok(("f16".into(), 0)),
+        Ok(proto::Refine::F32) => Ok(("f32".into(), 0)),
+        Ok(proto::Refine::Codes) => Ok(("none".into(), 0)),
         Err(_) => Err(invalid("index.refine", format!("unknown value {r}"))),
     }
 }
 
-fn refine_to_proto(r: &str) -> proto::Refine {
-    match r {
-        "none" => proto::Refine::None,
-        "f32" => proto::Refine::F32,
+fn refine_to_proto(c: &IndexConfig) -> proto::Refine {
+    match (c.refine.as_str(), c.refine_factor) {
+        ("none", _) => proto::Refine::Codes,
+        ("f32", 1) => proto::Refine::None,
+        ("f32", _) => proto::Refine::F32,
         _ => proto::Refine::F16,
     }
 }
 
 fn index_config(p: Option<&proto::IndexParams>) -> Result<IndexConfig, Status> {
     let p = p.cloned().unwrap_or_default();
+    let (refine, refine_factor) = refine_from_proto(p.refine)?;
     Ok(IndexConfig {
         nlist: p.nlist,
         pq_m: p.pq_m,
-        refine: refine_from_proto(p.refine)?,
+        refine,
+        refine_factor,
         seed: p.seed,
         train_at: p.train_at,
     })
@@ -126,7 +132,7 @@ fn info(name: &str, c: &Collection) -> proto::CollectionInfo {
         index: Some(proto::IndexParams {
             nlist: meta.index.nlist,
             pq_m: meta.index.pq_m,
-            refine: refine_to_proto(&meta.index.refine) as i32,
+            refine: refine_to_proto(&meta.index) as i32,
             seed: meta.index.seed,
             train_at: meta.index.train_at,
         }),
@@ -229,7 +235,7 @@ fn check_key(
                     ),
                 ));
             }
-            let params = resolve(key, nlist, q.params().refine);
+            let params = resolve(c.store.with_default_refine(key), nlist, q.params().refine);
             params.validate(q).map_err(|e| invalid("refine_factor", e))?;
             let candidates = k.saturating_mul(params.refine_factor as u64);
             let tables = nq64.min(1024) * (q.pq().m() * q.pq().ksub() * 4) as u64;
@@ -424,7 +430,7 @@ impl QuiverService {
         let metric = metric_from_proto(r.metric)?;
         let mut index = index_config(r.index.as_ref())?;
         if index.refine.is_empty() {
-            index.refine = "f16".into();
+            index.refine = "f32".into();
         }
         if index.seed == 0 {
             index.seed = 1234;
@@ -792,11 +798,13 @@ impl Quiver for QuiverService {
             let (with_vectors, with_payload) = (r.with_vectors, r.with_payload);
             let keys = r.payload_keys;
             let points = blocking(move || {
+                let approximate = with_vectors && !store.keeps_vectors() && store.trained();
                 Ok(store
                     .get_points(&r.ids)
                     .into_iter()
                     .map(|(id, v, p)| proto::Point {
                         id,
+                        approximate,
                         vector: if with_vectors { v } else { Vec::new() },
                         payload: if with_payload {
                             render(&p, &keys)
@@ -937,10 +945,12 @@ impl Quiver for QuiverService {
                 } else {
                     Default::default()
                 };
+                let approximate = with_vectors && !store.keeps_vectors() && store.trained();
                 let points = page
                     .into_iter()
                     .map(|(id, p)| proto::Point {
                         id,
+                        approximate,
                         vector: vectors.get(&id).cloned().unwrap_or_default(),
                         payload: if with_payload {
                             render(&p, &keys)

@@ -6,7 +6,10 @@ of its modes (REST and gRPC):
   nprobe of its 64 lists); now it finds all of them, and agrees with `exact=True`;
 - `update_mode` on upsert (qdrant-client's congruence test `test_update_mode`): insert_only
   leaves existing points as they are, update_only creates nothing, on `upsert`,
-  `upload_points` and `upload_collection`.
+  `upload_points` and `upload_collection`;
+- retrieved vectors were PQ reconstructions (or f16-rounded) once a collection trained; now
+  they are the vectors as written, through training and payload edits (f16 only when the
+  collection's `datatype` asks for it).
 """
 
 import time
@@ -109,3 +112,35 @@ def test_a_bad_update_mode_is_refused_by_name(qserver):  # noqa: F811
         urllib.request.urlopen(req, timeout=30)
     assert e.value.code == 400
     assert "update_mode" in e.value.read().decode()
+
+
+@pytest.mark.parametrize("prefer_grpc", [False, True], ids=["rest", "grpc"])
+def test_retrieved_vectors_are_the_ones_written(qserver, prefer_grpc):  # noqa: F811
+    c = client_for(qserver, prefer_grpc)
+    x = np.random.default_rng(11).standard_normal((3000, DIM)).astype(np.float32)
+    kinds = {
+        "written-f32": (None, x),
+        "written-f16": (models.Datatype.FLOAT16, x.astype(np.float16).astype(np.float32)),
+    }
+    for name, (datatype, expected) in kinds.items():
+        c.create_collection(
+            name,
+            vectors_config=models.VectorParams(size=DIM, distance=models.Distance.EUCLID,
+                                               datatype=datatype),
+            metadata={"quiver": {"nlist": 16, "pq_m": 4, "train_at": 2000}},
+        )
+        c.upload_collection(name, vectors=x, ids=list(range(3000)), batch_size=1000, wait=True)
+        _wait_trained(c, name)
+        c.set_payload(name, payload={"edited": True}, points=list(range(0, 3000, 3)), wait=True)
+        got = c.retrieve(name, ids=list(range(3000)), with_vectors=True)
+        assert len(got) == 3000
+        back = np.array([p.vector for p in sorted(got, key=lambda p: p.id)], dtype=np.float32)
+        assert np.array_equal(back, expected), name
+    with pytest.raises(Exception) as e:
+        c.create_collection(
+            "written-u8",
+            vectors_config=models.VectorParams(size=DIM, distance=models.Distance.EUCLID,
+                                               datatype=models.Datatype.UINT8),
+        )
+    assert "uint8" in str(e.value)
+    c.close()

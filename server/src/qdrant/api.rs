@@ -94,6 +94,41 @@ impl Distance {
     }
 }
 
+/// The element type a collection's vectors are kept in (Qdrant's `datatype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Datatype {
+    /// f32: the vectors as written (Qdrant's default).
+    #[default]
+    Float32,
+    /// f16.
+    Float16,
+}
+
+impl Datatype {
+    /// From a REST name (absent: the default).
+    pub fn parse(field: &str, name: Option<&str>) -> Result<Self, Status> {
+        match name {
+            None | Some("float32") => Ok(Datatype::Float32),
+            Some("float16") => Ok(Datatype::Float16),
+            Some("uint8") => Err(unsupported(&format!("{field}: uint8 vectors"))),
+            Some(other) => Err(invalid(
+                field,
+                format!("unknown datatype `{other}` (float32 or float16)"),
+            )),
+        }
+    }
+
+    /// From a gRPC value (Qdrant's `Datatype` enum: 0 default, 1 float32, 2 uint8, 3 float16).
+    pub fn from_grpc(field: &str, value: Option<i32>) -> Result<Self, Status> {
+        match value {
+            None | Some(0) | Some(1) => Ok(Datatype::Float32),
+            Some(3) => Ok(Datatype::Float16),
+            Some(2) => Err(unsupported(&format!("{field}: uint8 vectors"))),
+            Some(other) => Err(invalid(field, format!("unknown datatype {other}"))),
+        }
+    }
+}
+
 /// A collection to create. `settings` holds, in REST form, what the client gave of
 /// `hnsw_config`, `wal_config`, `optimizers_config`, `quantization_config` and `metadata`.
 #[derive(Debug, Clone)]
@@ -104,6 +139,8 @@ pub struct CreateSpec {
     pub dim: u64,
     /// Distance.
     pub distance: Distance,
+    /// What the vectors are kept in.
+    pub datatype: Datatype,
     /// The client's settings.
     pub settings: Map<String, Value>,
 }
@@ -356,14 +393,16 @@ impl QdrantApi {
                 nlist: quiver.nlist.unwrap_or(0),
                 pq_m: quiver.pq_m.unwrap_or(0),
                 refine: match quiver.refine.as_deref() {
-                    None | Some("") => proto::Refine::Unspecified,
+                    None | Some("") if spec.datatype == Datatype::Float16 => proto::Refine::F16,
+                    None | Some("") => proto::Refine::F32,
                     Some("none") => proto::Refine::None,
                     Some("f16") => proto::Refine::F16,
                     Some("f32") => proto::Refine::F32,
+                    Some("codes") => proto::Refine::Codes,
                     Some(other) => {
                         return Err(invalid(
                             "metadata.quiver.refine",
-                            format!("unknown value `{other}` (none, f16 or f32)"),
+                            format!("unknown value `{other}` (none, f16, f32 or codes)"),
                         ))
                     }
                 } as i32,

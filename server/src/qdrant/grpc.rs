@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 use tonic::{Request, Response, Status};
 
 use super::api::{
-    CreateSpec, Distance, InfoView, PayloadSel, PointIn, QdrantApi, QuerySpec, QueryVector, Record,
-    Scored, Selector,
+    CreateSpec, Datatype, Distance, InfoView, PayloadSel, PointIn, QdrantApi, QuerySpec,
+    QueryVector, Record, Scored, Selector,
 };
 use super::filter::{from_grpc, point_id, point_key};
 use super::proto::{
@@ -694,6 +694,7 @@ impl Collections for QdrantGrpc {
                     name: r.collection_name,
                     dim: params.size,
                     distance: distance(params.distance)?,
+                    datatype: Datatype::from_grpc("vectors_config.datatype", params.datatype)?,
                     settings: s,
                 })
                 .await?;

@@ -23,8 +23,8 @@ use serde_json::{json, Map, Value};
 use tonic::{Code, Status};
 
 use super::api::{
-    CreateSpec, Distance, InfoView, PayloadSel, PointIn, QdrantApi, QuerySpec, QueryVector, Record,
-    Scored, Selector,
+    CreateSpec, Datatype, Distance, InfoView, PayloadSel, PointIn, QdrantApi, QuerySpec,
+    QueryVector, Record, Scored, Selector,
 };
 use super::filter::from_rest;
 use super::ids::PointKey;
@@ -839,12 +839,17 @@ async fn create(
                     ))
                 }
             };
+            let datatype = Datatype::parse(
+                "vectors.datatype",
+                params.get("datatype").and_then(Value::as_str),
+            )?;
             let settings = settings_in(&b, Some(&params))?;
             s.api
                 .create(CreateSpec {
                     name: name.clone(),
                     dim,
                     distance,
+                    datatype,
                     settings,
                 })
                 .await?;

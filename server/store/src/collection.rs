@@ -26,7 +26,7 @@ use quiver_engine::backend::{Backend, Neighbors, PreparedIndex};
 use quiver_engine::payload::fields::FieldSpec;
 use quiver_engine::payload::filter::Filter;
 use quiver_engine::progress::NoProgress;
-use quiver_engine::{FlatIndex, IndexParams, IvfPqIndex, Metric};
+use quiver_engine::{FlatIndex, IndexParams, IvfPqIndex, Metric, RefineKind};
 
 use crate::drift::Drift;
 use crate::error::{Result, StoreError};
@@ -384,13 +384,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             name: name.to_string(),
             dim: p.dim,
             metric: p.metric.name().to_string(),
-            index: IndexConfig {
-                nlist: p.nlist as u32,
-                pq_m: p.pq_m as u32,
-                refine: p.refine.name().to_string(),
-                seed: p.seed,
-                train_at: 0,
-            },
+            index: IndexConfig::of_index(&p),
             fields: index.field_specs().to_vec(),
             settings: serde_json::Value::Null,
         };
@@ -504,12 +498,31 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     /// Searches valid queries (`nq × dim`) over the published version.
     pub fn search(&self, queries: &[f32], nq: usize, key: SearchKey) -> Result<Neighbors> {
         let v = self.version();
+        let key = self.with_default_refine(key);
         let metric = self.meta.read().metric();
         Ok(v.search(queries, nq, key, metric, self.cpu.backend(), &self.backend)?)
     }
 
+    /// `key` with the collection's default refine factor where it asks for the default.
+    pub fn with_default_refine(&self, key: SearchKey) -> SearchKey {
+        match key.refine_factor {
+            0 => SearchKey {
+                refine_factor: self.meta.read().index.refine_factor as usize,
+                ..key
+            },
+            _ => key,
+        }
+    }
+
+    /// Whether `Get` returns the vectors as written (normalised for cosine; f16-rounded when
+    /// the collection keeps f16): false for a codes-only collection, whose points are PQ
+    /// reconstructions once it is trained.
+    pub fn keeps_vectors(&self) -> bool {
+        self.meta.read().index.refine_kind() != RefineKind::None
+    }
+
     /// The stored vectors of the given ids that are live (normalised for cosine; f16-rounded
-    /// with f16 refine; PQ reconstructions without raw vectors).
+    /// with f16 refine; PQ reconstructions in a trained codes-only collection).
     pub fn get(&self, ids: &[u64]) -> Vec<(u64, Vec<f32>)> {
         let v = self.version();
         ids.iter()
@@ -545,6 +558,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             });
         }
         let v = self.version();
+        let key = self.with_default_refine(key);
         let (metric, fields) = {
             let m = self.meta.read();
             (m.metric(), m.fields.clone())
@@ -1423,6 +1437,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             }
             if !o.refine.is_empty() {
                 meta.index.refine = o.refine;
+                meta.index.refine_factor = o.refine_factor;
             }
             if o.seed != 0 {
                 meta.index.seed = o.seed;
@@ -1482,12 +1497,19 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             tracing::info!(collection = %name, points = n, seconds = started.elapsed().as_secs_f32(), "training: {what}");
         };
         phase("points gathered");
+        // The sample is drawn from the points in id order, so the quantizers depend on the
+        // points alone, not on how edits, seals and merges happened to lay them out (a
+        // retraining of unchanged points, or a replica, trains the same quantizers).
+        let mut by_id: Vec<u32> = (0..n as u32).collect();
+        by_id.sort_unstable_by_key(|&r| ids[r as usize]);
         let rows =
             quiver_engine::kmeans::sample_rows(n, params.default_train_sample(), params.seed);
         let mut sample = Vec::with_capacity(rows.len() * dim);
         for r in rows {
+            let r = by_id[r] as usize;
             sample.extend_from_slice(&vectors[r * dim..(r + 1) * dim]);
         }
+        drop(by_id);
         // The heavy part at background priority: searches keep the cores they need.
         let (quantizers, prepared, baseline) =
             crate::priority::in_background(self.cfg.write_nice, || -> Result<_> {
@@ -1612,13 +1634,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 let app = id + 1;
                 w.next_segment_id += 2;
                 let mut meta = self.meta.read().clone();
-                meta.index = IndexConfig {
-                    nlist: p.nlist as u32,
-                    pq_m: p.pq_m as u32,
-                    refine: p.refine.name().to_string(),
-                    seed: p.seed,
-                    train_at: 0,
-                };
+                meta.index = IndexConfig::of_index(&p);
                 let next = Version {
                     segments: vec![Arc::new(Segment::new(id, prepared))],
                     appendable: Arc::new(empty_appendable(
@@ -1785,6 +1801,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         encoder: &Arc<IvfPqIndex>,
         build: impl FnOnce() -> Result<IvfPqIndex> + Send,
     ) -> Result<()> {
+        fail::fail_point!("optimize::before_replace");
         let _one = self.structural.lock();
         self.refuse_dropped()?;
         // Under the structural lock no training can switch until this step ends.

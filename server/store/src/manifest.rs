@@ -27,8 +27,15 @@ pub struct IndexConfig {
     pub nlist: u32,
     /// PQ sub-quantizers (0: dim / 8, or the largest divisor of dim up to that).
     pub pq_m: u32,
-    /// Raw vectors kept: "none", "f16", "f32".
+    /// Raw vectors kept beside the codes: "f32" (the vectors as written; the default of new
+    /// collections), "f16", or "none" (codes only: `Get` returns PQ reconstructions and a
+    /// retraining trains on them).
     pub refine: String,
+    /// The refine factor a search without one uses (0: 10 when raw vectors are kept, else 1;
+    /// 1: the collection was created with refine "none", so results rank by PQ codes and only
+    /// the `k` returned are scored on their vectors). Absent in older manifests.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub refine_factor: u32,
     /// Training seed.
     pub seed: u64,
     /// Train by itself (in the background) once this many vectors are live and no index is
@@ -41,7 +48,23 @@ fn is_zero(v: &u64) -> bool {
     *v == 0
 }
 
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+
 impl IndexConfig {
+    /// The configuration an index file was built with (a loaded or served index).
+    pub fn of_index(p: &quiver_engine::IndexParams) -> Self {
+        IndexConfig {
+            nlist: p.nlist as u32,
+            pq_m: p.pq_m as u32,
+            refine: p.refine.name().to_string(),
+            refine_factor: 0,
+            seed: p.seed,
+            train_at: 0,
+        }
+    }
+
     /// The refine kind.
     pub fn refine_kind(&self) -> RefineKind {
         self.refine.parse().unwrap_or(RefineKind::F16)

@@ -73,6 +73,7 @@ fn new_segments_upload_only_their_own_bytes<B: Backend + Clone + 'static>(backen
             nlist: NLIST as u32,
             pq_m: 8,
             refine: "f16".into(),
+            refine_factor: 0,
             seed: 3,
             train_at: 0,
         },

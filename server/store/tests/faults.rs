@@ -23,6 +23,7 @@ fn meta() -> CollectionMeta {
             nlist: 4,
             pq_m: 2,
             refine: "f32".into(),
+            refine_factor: 0,
             seed: 7,
             train_at: 0,
         },
@@ -309,5 +310,55 @@ fn panics_in_the_write_group_and_in_training_fail_only_their_operation() {
     let mut acked = ids.clone();
     acked.extend([7001, 7002]);
     check(&path, &acked, &[7000]);
+    scenario.teardown();
+}
+
+/// An optimizer step planned before a retraining and run after it (held at
+/// `optimize::before_replace` while the retraining runs to its end) is refused, publishes
+/// nothing, and the collection keeps serving and opens again with every point. (On the code
+/// before the quantizer check this ordering was refused too, by the step's input ids: the
+/// retraining replaces every segment the step could have planned on; the check makes the
+/// rule explicit, so a step can never publish codes of replaced quantizers.)
+#[test]
+fn a_stale_optimizer_step_across_a_retraining_is_refused() {
+    let _s = SERIAL.lock();
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let c = Arc::new(C::create(&path, meta(), CpuBackend, StoreConfig::default()).unwrap());
+    let ids: Vec<u64> = (0..3000).collect();
+    upsert(&c, &ids).unwrap();
+    c.start_train(None).unwrap();
+    c.wait_job().unwrap();
+    c.checkpoint().unwrap();
+    // A purge is due: most of the trained segment deleted.
+    let gone: Vec<u64> = (0..2000).collect();
+    c.delete(gone.clone()).unwrap();
+    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let go_rx = parking_lot::Mutex::new(go_rx);
+    let held_tx = parking_lot::Mutex::new(held_tx);
+    fail::cfg_callback("optimize::before_replace", move || {
+        let _ = held_tx.lock().send(());
+        let _ = go_rx.lock().recv();
+    })
+    .unwrap();
+    let step = {
+        let c = c.clone();
+        std::thread::spawn(move || c.optimize_step())
+    };
+    held_rx.recv().unwrap();
+    c.start_train(None).unwrap();
+    c.wait_job().unwrap();
+    fail::remove("optimize::before_replace");
+    go_tx.send(()).unwrap();
+    let e = step.join().unwrap().expect_err("the stale step");
+    assert!(matches!(e, StoreError::Precondition(_)), "{e}");
+    upsert(&c, &[9001]).unwrap();
+    c.checkpoint().unwrap();
+    let live: Vec<u64> = (2000..3000).chain([9001]).collect();
+    assert_eq!(c.count(None), live.len());
+    drop(c);
+    check(&path, &live, &gone);
     scenario.teardown();
 }

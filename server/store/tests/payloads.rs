@@ -33,6 +33,7 @@ fn meta() -> CollectionMeta {
             nlist: 8,
             pq_m: 4,
             refine: "f32".into(),
+            refine_factor: 0,
             seed: 5,
             train_at: 0,
         },
@@ -512,29 +513,34 @@ fn insert_only_and_update_only_write_what_their_mode_lets_through() {
     assert_eq!(c.count(None), 61);
 }
 
-/// Payload edits never move a point: on a collection without raw vectors (`refine none`, where
-/// a point's stored vector is its PQ reconstruction), 20 edits of the same points leave what
+/// A collection of `meta` (with 16 lists) in `dir`, points 0..3000 written and trained.
+fn trained_3000(dir: &std::path::Path, mut meta: CollectionMeta) -> Arc<C> {
+    meta.index.nlist = 16;
+    let c = Arc::new(
+        C::create(
+            &dir.join("p"),
+            meta,
+            quiver_engine::backend::cpu::CpuBackend,
+            StoreConfig::default(),
+        )
+        .unwrap(),
+    );
+    upsert(&c, 0..3000);
+    c.start_train(None).unwrap();
+    c.wait_job().unwrap();
+    c
+}
+
+/// Payload edits never move a point: on a codes-only collection (raw-vector kind "none", what
+/// `REFINE_CODES` creates, where a point's stored vector is its PQ reconstruction), 20 edits of the same points leave what
 /// `Get` returns bit for bit and every search answer as on an untouched control (before,
 /// each edit re-encoded the reconstruction, which can land in another list or code).
 #[test]
 fn payload_edits_leave_vectors_and_answers_as_they_were() {
     let make = |dir: &std::path::Path| {
         let mut m = meta();
-        m.index.nlist = 16;
         m.index.refine = "none".into();
-        let c = Arc::new(
-            C::create(
-                &dir.join("p"),
-                m,
-                quiver_engine::backend::cpu::CpuBackend,
-                StoreConfig::default(),
-            )
-            .unwrap(),
-        );
-        upsert(&c, 0..3000);
-        c.start_train(None).unwrap();
-        c.wait_job().unwrap();
-        c
+        trained_3000(dir, m)
     };
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (edited, control) = (make(d1.path()), make(d2.path()));
@@ -575,5 +581,90 @@ fn payload_edits_leave_vectors_and_answers_as_they_were() {
         x.sort_unstable();
         y.sort_unstable();
         assert_eq!(x, y, "query {i}");
+    }
+}
+
+/// The vectors as written survive edits and retrainings: on a collection created with refine
+/// "none" (which keeps f32 vectors and re-ranks only the `k` returned), 20 payload edits and 3
+/// forced retrainings leave `Get` returning the written vectors bit for bit (cosine: the
+/// normalised ones, which normalising again leaves as they are), and every answer as on an
+/// untouched control trained once (before, such a collection kept only codes: each edit and
+/// retraining re-encoded PQ reconstructions and points drifted).
+#[test]
+fn vectors_as_written_survive_edits_and_retrainings() {
+    for metric in ["l2", "cosine"] {
+        let make = |dir: &std::path::Path| {
+            let mut m = meta();
+            m.metric = metric.into();
+            m.index.refine_factor = 1;
+            trained_3000(dir, m)
+        };
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (edited, control) = (make(d1.path()), make(d2.path()));
+        let all: Vec<u64> = (0..3000).collect();
+        let written = control.get_points(&all);
+        if metric == "l2" {
+            for (id, v, _) in &written {
+                let bits = |x: &[f32]| x.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(v), bits(&vector(*id)), "point {id} as written");
+            }
+        }
+        let edits: Vec<u64> = (0..3000).step_by(7).collect();
+        for round in 0..20 {
+            let merge = payload::encode_text(&format!(r#"{{"round":{round}}}"#)).unwrap();
+            edited
+                .set_payload(edits.clone(), PayloadEdit::Merge(merge))
+                .unwrap();
+            if round % 7 == 6 || round == 19 {
+                edited.start_train(None).unwrap();
+                edited.wait_job().unwrap();
+            }
+        }
+        let after = edited.get_points(&all);
+        assert_eq!(after.len(), written.len());
+        for (w, a) in written.iter().zip(&after) {
+            assert_eq!(w.0, a.0);
+            let (wb, ab): (Vec<u32>, Vec<u32>) = (
+                w.1.iter().map(|x| x.to_bits()).collect(),
+                a.1.iter().map(|x| x.to_bits()).collect(),
+            );
+            assert_eq!(wb, ab, "{metric}: point {} moved", w.0);
+        }
+        assert_eq!(payload_of(&edited, 7)["round"], 19);
+        // Recall@10 against brute force over the written vectors: equal to the control's.
+        let q: Vec<f32> = (0..100u64).flat_map(|i| vector(i * 61 + 100_000)).collect();
+        let key = SearchKey {
+            k: 10,
+            nprobe: 4,
+            refine_factor: 0,
+        };
+        let exact = SearchKey {
+            k: 10,
+            nprobe: 16,
+            refine_factor: 300,
+        };
+        let truth = control.search(&q, 100, exact).unwrap();
+        let recall = |n: &quiver_engine::backend::Neighbors| {
+            let mut hits = 0;
+            for i in 0..100 {
+                let t: std::collections::HashSet<i64> = truth.ids_of(i).iter().copied().collect();
+                hits += n.ids_of(i).iter().filter(|x| t.contains(x)).count();
+            }
+            hits as f64 / 1000.0
+        };
+        let (a, b) = (
+            edited.search(&q, 100, key).unwrap(),
+            control.search(&q, 100, key).unwrap(),
+        );
+        let (ra, rb) = (recall(&a), recall(&b));
+        eprintln!("{metric}: recall@10 edited {ra:.3}, control {rb:.3}");
+        assert_eq!(ra, rb, "{metric}: recall after edits and retrainings");
+        for i in 0..100 {
+            let mut x = a.ids_of(i).to_vec();
+            let mut y = b.ids_of(i).to_vec();
+            x.sort_unstable();
+            y.sort_unstable();
+            assert_eq!(x, y, "{metric}: query {i}");
+        }
     }
 }

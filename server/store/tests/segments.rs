@@ -47,6 +47,7 @@ fn meta(name: &str) -> CollectionMeta {
             nlist: 8,
             pq_m: 4,
             refine: "f32".into(),
+            refine_factor: 0,
             seed: 5,
             train_at: 0,
         },

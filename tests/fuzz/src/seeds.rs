@@ -220,6 +220,7 @@ fn collection_meta(name: &str, dim: usize, metric: &str, refine: &str) -> Collec
             nlist: 4,
             pq_m: 2,
             refine: refine.into(),
+            refine_factor: 0,
             seed: 3,
             train_at: 0,
         },
