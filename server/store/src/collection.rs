@@ -177,8 +177,15 @@ pub struct Collection<B: Backend> {
     /// Set when the server stops: a running training ends at its next step (see
     /// [`Collection::stop_training`]).
     training_stopped: AtomicBool,
+    /// A training was running when the process last stopped (killed, out of memory, power
+    /// cut: its marker file was left): trainings by size or drift wait for a `Train` call, so a
+    /// training that kills the process is not started again at every start.
+    interrupted: AtomicBool,
     read_only: bool,
 }
+
+/// The file a running training keeps in its collection's folder (see `interrupted`).
+const TRAINING_MARKER: &str = "training.running";
 
 /// Checks a collection name: 1 to 64 of `[A-Za-z0-9_.-]`, not starting with a dot.
 pub fn valid_name(name: &str) -> bool {
@@ -344,6 +351,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         if replayed.applied > 0 {
             tracing::info!(collection = %meta.name, records = replayed.applied, "replayed the write-ahead log");
         }
+        let interrupted = std::fs::read_to_string(dir.join(TRAINING_MARKER)).ok();
         let c = Collection {
             dir: dir.to_path_buf(),
             meta: RwLock::new(meta),
@@ -371,8 +379,16 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             drift: Mutex::new(manifest.drift.clone().unwrap_or_default()),
             dropped: AtomicBool::new(false),
             training_stopped: AtomicBool::new(false),
+            interrupted: AtomicBool::new(interrupted.is_some()),
             read_only: false,
         };
+        if let Some(since) = interrupted {
+            let why = format!(
+                "a training started {since} was interrupted (the server stopped while it ran, e.g. killed for memory); automatic training waits for a Train call"
+            );
+            tracing::warn!(collection = %c.meta.read().name, "{why}");
+            *c.job.lock() = JobState::Failed(why);
+        }
         c.remove_unreferenced(&manifest)?;
         Ok(c)
     }
@@ -434,6 +450,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             drift: Mutex::new(Drift::default()),
             dropped: AtomicBool::new(false),
             training_stopped: AtomicBool::new(false),
+            interrupted: AtomicBool::new(false),
             read_only: true,
         })
     }
@@ -1051,11 +1068,17 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 if !v.appendable.is_empty() {
                     let id = w.next_segment_id;
                     w.next_segment_id += 1;
+                    // While a training runs the appendable segment stays flat: its points
+                    // are encoded with the new quantizers after the switch, never with the
+                    // ones the switch replaces.
+                    let flat = matches!(v.appendable.index, SegmentIndex::Flat(_))
+                        && self.job() == JobState::Training;
+                    let quantizers = if flat { None } else { v.quantizers.as_ref() };
                     v.segments.push(v.appendable.clone());
                     v.appendable = Arc::new(empty_appendable(
                         id,
                         &self.meta.read(),
-                        v.quantizers.as_ref(),
+                        quantizers,
                         &self.cpu,
                     )?);
                 }
@@ -1204,11 +1227,32 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             }
             *job = JobState::Training;
         }
+        // Asked for: trainings by size or drift may run again after this one.
+        self.interrupted.store(false, Ordering::Release);
+        self.spawn_training(overrides, Trigger::Asked)
+    }
+
+    /// Runs [`Self::run_training`] on a thread of its own (the job state already says
+    /// training): a training never holds up the optimizer's visits to other collections.
+    fn spawn_training(
+        self: &Arc<Self>,
+        overrides: Option<IndexConfig>,
+        trigger: Trigger,
+    ) -> Result<()> {
         let me = self.clone();
         std::thread::Builder::new()
             .name("quiver-train".into())
             .spawn(move || {
-                let _ = me.run_training(overrides);
+                crate::priority::lower_current_thread(me.cfg.write_nice);
+                let r = me.run_training(overrides);
+                if r.is_err() && trigger == Trigger::Drift && !me.training_cancelled() {
+                    // A failed retraining waits for as many new points again. One stopped
+                    // by a shutdown or a drop says nothing about the data: the trigger
+                    // stays, so it is due again after a restart.
+                    let mut d = me.drift.lock();
+                    d.added = 0;
+                    d.added_error = 0.0;
+                }
             })
             .map_err(|e| {
                 *self.job.lock() = JobState::Failed(format!("starting the training thread: {e}"));
@@ -1228,6 +1272,14 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                         panic_message(&*p)
                     )))
                 });
+        // Ended, however it ended (only a stopped process leaves the marker). Under the
+        // structural lock and only while the folder is still this collection's.
+        {
+            let _one = self.structural.lock();
+            if !self.dropped.load(Ordering::Acquire) {
+                let _ = std::fs::remove_file(self.dir.join(TRAINING_MARKER));
+            }
+        }
         let state = match &r {
             Ok(()) => JobState::Ready,
             Err(e) => {
@@ -1239,9 +1291,9 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         r
     }
 
-    /// Trains an untrained collection that reached its `train_at` size, on this (the
-    /// optimizer's) thread; false when a training runs already or the last one failed.
-    fn train_by_itself(&self, live: usize) -> Result<bool> {
+    /// Starts training an untrained collection that reached its `train_at` size (on a thread
+    /// of its own); false when a training runs already or the last one failed.
+    fn train_by_itself(self: &Arc<Self>, live: usize) -> Result<bool> {
         {
             let mut job = self.job.lock();
             if *job != JobState::Ready {
@@ -1250,14 +1302,15 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             *job = JobState::Training;
         }
         tracing::info!(collection = %self.meta.read().name, live, "the collection reached its training size: training its index");
-        self.run_training(None)?;
+        self.spawn_training(None, Trigger::Size)?;
         Ok(true)
     }
 
-    /// Retrains when the data has drifted from the quantizers (see [`crate::drift`]) and no
-    /// other training runs. Returns whether it ran. After a failure, the count of new points
-    /// starts again (the next try waits for as many new points again).
-    fn retrain_if_drifted(&self) -> Result<bool> {
+    /// Starts a retraining (on a thread of its own) when the data has drifted from the
+    /// quantizers (see [`crate::drift`]) and no other training runs. Returns whether it
+    /// started. After a failure, the count of new points starts again (the next try waits
+    /// for as many new points again).
+    fn retrain_if_drifted(self: &Arc<Self>) -> Result<bool> {
         let (due, ratio, added) = {
             let d = self.drift.lock();
             (
@@ -1266,7 +1319,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 d.added,
             )
         };
-        if !due {
+        if !due || self.interrupted.load(Ordering::Acquire) {
             return Ok(false);
         }
         {
@@ -1277,16 +1330,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             *job = JobState::Training;
         }
         tracing::info!(collection = %self.meta.read().name, ratio = ratio.unwrap_or(0.0), added, "the data has drifted from the quantizers: retraining");
-        if let Err(e) = self.run_training(None) {
-            // A training stopped by a shutdown or a drop says nothing about the data: the
-            // trigger stays, so the retraining is due again after a restart.
-            if !self.training_cancelled() {
-                let mut d = self.drift.lock();
-                d.added = 0;
-                d.added_error = 0.0;
-            }
-            return Err(e);
-        }
+        self.spawn_training(None, Trigger::Drift)?;
         Ok(true)
     }
 
@@ -1405,8 +1449,14 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     /// Trains the IVF-PQ quantizers on the points present (again, for a trained collection)
     /// and switches the collection to IVF-PQ segments encoded with them. Writes go on meanwhile (into flat segments, indexed later by the
     /// optimizer); the switch is published whole and made durable by a checkpoint.
+    ///
+    /// The structural lock is held to pick the inputs and to switch, not in between: while it
+    /// trains, checkpoints go on (the log stays bounded) and a drop or shutdown closes the
+    /// collection without waiting (the training stops at its next step and publishes nothing).
+    /// Merges, purges and indexing wait (they are refused while the job is training), so the
+    /// inputs stay the segments the switch replaces.
     fn train_now(&self, overrides: Option<IndexConfig>) -> Result<()> {
-        let _one = self.structural.lock();
+        let one = self.structural.lock();
         self.refuse_dropped()?;
         // Seal what is appendable, so the inputs are immutable but for deletes. Writes go on
         // into a flat appendable segment (of a trained collection too: its rows are encoded
@@ -1427,6 +1477,15 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 Ok(v)
             })?
         };
+        // Left behind only if the process stops while this trains (see `interrupted`).
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        crate::fsutil::write_atomic(
+            &self.dir.join(TRAINING_MARKER),
+            &[format!("at unix time {since}").as_bytes()],
+        )?;
+        drop(one);
         let mut meta = self.meta.read().clone();
         if let Some(o) = overrides {
             if o.nlist != 0 {
@@ -1465,28 +1524,6 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 nlist.max(256)
             )));
         }
-        let mut ids = Vec::with_capacity(n);
-        let mut vectors = Vec::with_capacity(n * dim);
-        let mut payloads: Vec<Vec<u8>> = Vec::with_capacity(n);
-        for s in &inputs.segments {
-            match (&s.index, s.ivf()) {
-                (SegmentIndex::Flat(f), _) => f.for_each_live_with_payloads(|i, v, p| {
-                    ids.extend_from_slice(i);
-                    vectors.extend_from_slice(v);
-                    payloads.extend_from_slice(p);
-                }),
-                // A retraining: the stored vectors (or reconstructions without refine ones).
-                (_, Some(index)) => index.for_each_live_with_payload(|i, v, p| {
-                    ids.push(i);
-                    vectors.extend_from_slice(v);
-                    payloads.push(p.to_vec());
-                }),
-                (_, None) => {}
-            }
-        }
-        if payloads.iter().all(|p| p.is_empty()) {
-            payloads = Vec::new();
-        }
         let name = self.meta.read().name.clone();
         let started = std::time::Instant::now();
         let stop = TrainingStop {
@@ -1496,20 +1533,16 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         let phase = |what: &str| {
             tracing::info!(collection = %name, points = n, seconds = started.elapsed().as_secs_f32(), "training: {what}");
         };
-        phase("points gathered");
         // The sample is drawn from the points in id order, so the quantizers depend on the
         // points alone, not on how edits, seals and merges happened to lay them out (a
         // retraining of unchanged points, or a replica, trains the same quantizers).
-        let mut by_id: Vec<u32> = (0..n as u32).collect();
-        by_id.sort_unstable_by_key(|&r| ids[r as usize]);
-        let rows =
-            quiver_engine::kmeans::sample_rows(n, params.default_train_sample(), params.seed);
-        let mut sample = Vec::with_capacity(rows.len() * dim);
-        for r in rows {
-            let r = by_id[r] as usize;
-            sample.extend_from_slice(&vectors[r * dim..(r + 1) * dim]);
-        }
-        drop(by_id);
+        let sample = crate::training_input::sample_in_id_order(
+            &inputs.segments,
+            dim,
+            params.default_train_sample(),
+            params.seed,
+        )?;
+        phase("sample gathered");
         // The heavy part at background priority: searches keep the cores they need.
         let (quantizers, prepared, baseline) =
             crate::priority::in_background(self.cfg.write_nice, || -> Result<_> {
@@ -1527,20 +1560,22 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 let baseline = crate::drift::mean_error(&quantizers, &part);
                 drop(sample);
                 phase("quantizers trained");
+                // Encoded block by block from the inputs: no copy of every vector.
                 let mut index = quantizers.empty_like();
-                index.add_with_payloads(&vectors, Some(&ids), &payloads, &stop)?;
-                drop(vectors);
-                drop(ids);
-                drop(payloads);
+                crate::training_input::for_each_block(&inputs.segments, dim, |i, v, p| {
+                    index.add_with_payloads(v, Some(i), p, &stop)?;
+                    Ok(())
+                })?;
                 phase("points encoded");
                 let prepared = self.seal_index(Arc::new(index))?;
                 phase("segment prepared");
                 Ok((quantizers, prepared, baseline))
             })?;
+        let _one = self.structural.lock();
         fail::fail_point!("train::before_publish", |_| Err(StoreError::Precondition(
             "injected failure at train::before_publish".into()
         )));
-        // Dropped while the last step ran: nothing to publish into a folder about to go.
+        // Dropped while it trained: nothing to publish into a folder about to go.
         self.refuse_dropped()?;
         // Switch: the trained segment replaces the inputs, carrying deletions made meanwhile.
         {
@@ -1678,11 +1713,22 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     /// segment is large, indexing flat segments of a trained collection, uploading sealed
     /// segments to the device, merging segments and purging deleted rows. Returns true when
     /// it did something.
-    pub fn optimize_step(&self) -> Result<bool> {
+    pub fn optimize_step(self: &Arc<Self>) -> Result<bool> {
         if self.read_only || self.dropped.load(Ordering::Acquire) {
             return Ok(false);
         }
         if self.job() == JobState::Training {
+            // A training's inputs stay as they are until it switches (no merge, purge or
+            // indexing), but checkpoints go on, so the log stays bounded however long it
+            // trains; while the training holds the structural lock (its first and last
+            // steps), full appendable segments are sealed in memory instead.
+            if self.checkpoint_due() {
+                if let Some(_one) = self.structural.try_lock() {
+                    self.refuse_dropped()?;
+                    self.checkpoint_locked()?;
+                    return Ok(true);
+                }
+            }
             return self.seal_held_back();
         }
         let mut did = false;
@@ -1690,10 +1736,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         if self.build_field_indexes(1) > 0 {
             return Ok(true);
         }
-        if self.wal_bytes() > wal::HEADER + self.cfg.checkpoint_wal_bytes
-            || self.version().appendable.len() >= self.cfg.seal_rows
-            || self.has_unwritten_segments()
-        {
+        if self.checkpoint_due() {
             self.checkpoint()?;
             did = true;
         }
@@ -1769,10 +1812,23 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         Ok(did)
     }
 
+    /// Whether the log or the appendable segment is large enough for a checkpoint, or a
+    /// sealed segment is not yet on disk.
+    fn checkpoint_due(&self) -> bool {
+        self.wal_bytes() > wal::HEADER + self.cfg.checkpoint_wal_bytes
+            || self.version().appendable.len() >= self.cfg.seal_rows
+            || self.has_unwritten_segments()
+    }
+
     /// Merges every segment into one (after a checkpoint seals the appendable one): the layout
     /// `quiver build` gives, for the fastest searches. Trained collections only.
     pub fn compact(&self) -> Result<()> {
         self.checkpoint()?;
+        if self.job() == JobState::Training {
+            // The training's switch leaves one segment in place of its inputs; merging them
+            // now would be undone by it.
+            return Ok(());
+        }
         loop {
             let v = self.version();
             let Some(q) = v.quantizers.clone() else {
@@ -1804,6 +1860,13 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         fail::fail_point!("optimize::before_replace");
         let _one = self.structural.lock();
         self.refuse_dropped()?;
+        // A training's inputs are not merged under it (its switch replaces them); checked
+        // under the structural lock, which a training takes before it picks its inputs.
+        if self.job() == JobState::Training {
+            return Err(StoreError::Precondition(
+                "a training runs; segments are merged after it".into(),
+            ));
+        }
         // Under the structural lock no training can switch until this step ends.
         if !self
             .version()
@@ -1889,6 +1952,17 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         let w = self.quiesce();
         self.open_gate(w);
     }
+}
+
+/// What started a training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// A `Train` call.
+    Asked,
+    /// The collection reached its `train_at` size.
+    Size,
+    /// The data drifted from the quantizers.
+    Drift,
 }
 
 /// Refuses a segment or quantizers file whose dimension or metric is not the collection's.

@@ -23,7 +23,6 @@
 //! which keeps the records before it and drops the rest.
 
 use std::fs::{File, OpenOptions};
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -353,10 +352,24 @@ pub fn replay(
     };
     for (i, (first, path)) in files.iter().enumerate() {
         let last_file = i + 1 == files.len();
-        let mut data = Vec::new();
-        File::open(path)
-            .and_then(|mut f| f.read_to_end(&mut data))
-            .map_err(|e| StoreError::io("reading", path, e))?;
+        // Mapped, not read: replaying a large log holds no copy of it (the pages are the
+        // file's, dropped as the kernel needs). Only this process writes the log, and it
+        // truncates only after the map is gone.
+        let file = File::open(path).map_err(|e| StoreError::io("reading", path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| StoreError::io("reading", path, e))?
+            .len();
+        let map = if len == 0 {
+            None
+        } else {
+            // SAFETY: read-only map of a log file no other process writes (see above).
+            Some(
+                unsafe { memmap2::Mmap::map(&file) }
+                    .map_err(|e| StoreError::io("mapping", path, e))?,
+            )
+        };
+        let data: &[u8] = map.as_deref().unwrap_or(&[]);
         let header_ok = data.len() >= HEADER as usize
             && &data[..8] == MAGIC
             && u64_at(&data, 8) == *first
@@ -374,7 +387,7 @@ pub fn replay(
             if pos == data.len() {
                 break;
             }
-            let problem = match parse(&data, pos) {
+            let problem = match parse(data, pos) {
                 Parsed::Record(lsn, op, next) if lsn > prev => {
                     if lsn >= from_lsn {
                         apply(lsn, op)?;
@@ -390,7 +403,7 @@ pub fn replay(
                 Parsed::Torn => "record cut short".to_string(),
                 Parsed::Bad(reason) => reason,
             };
-            let later = !last_file || valid_record_after(&data, pos + 1, prev);
+            let later = !last_file || valid_record_after(data, pos + 1, prev);
             if later && !recover {
                 return Err(StoreError::Corrupt {
                     path: path.clone(),
@@ -409,8 +422,8 @@ pub fn replay(
             } else {
                 tracing::warn!(path = %path.display(), offset = pos, torn_bytes = data.len() - pos, %problem, "cutting a torn write-ahead log tail");
             }
+            drop(map);
             truncate(path, pos as u64)?;
-            data.truncate(pos);
             out.last_lsn = prev.max(from_lsn.saturating_sub(1));
             out.tail = Some((*first, path.clone(), pos as u64));
             sync_dir(dir).map_err(|e| StoreError::io("syncing", dir, e))?;

@@ -9,6 +9,18 @@ use quiver_store::segment::SearchKey;
 use quiver_store::{Collection, CollectionMeta, IndexConfig, StoreConfig};
 
 type C = Collection<CpuBackend>;
+
+/// Runs the optimizer's steps until none is due and no training it started runs (trainings
+/// run on threads of their own).
+fn settle(c: &Arc<C>) {
+    loop {
+        while c.optimize_step().unwrap() {}
+        if c.job() != quiver_store::JobState::Training {
+            return;
+        }
+        let _ = c.wait_job();
+    }
+}
 const DIM: usize = 16;
 
 /// A point near one of 8 centres (the corners of a cube) of a region: region 0 around the origin, region 1 far off.
@@ -77,7 +89,7 @@ fn drifted_data_is_retrained_without_losing_a_point() {
     upsert(&c, 3000..3400, 0);
     let r = c.drift().ratio().unwrap();
     assert!(r < 1.5, "same data scores {r}");
-    while c.optimize_step().unwrap() {}
+    settle(&c);
     assert!(Arc::ptr_eq(
         c.version().quantizers.as_ref().unwrap(),
         &first
@@ -98,9 +110,9 @@ fn drifted_data_is_retrained_without_losing_a_point() {
             }
         })
     };
-    while c.optimize_step().unwrap() {}
+    settle(&c);
     writer.join().unwrap();
-    while c.optimize_step().unwrap() {}
+    settle(&c);
     let v = c.version();
     let second = v.quantizers.clone().unwrap();
     assert!(!Arc::ptr_eq(&second, &first), "retrained");
@@ -221,16 +233,18 @@ fn a_loaded_index_gets_a_baseline() {
     index
         .add(&x, None, &quiver_engine::progress::NoProgress)
         .unwrap();
-    let c = C::create(
-        &dir.path().join("l"),
-        meta,
-        CpuBackend,
-        StoreConfig::default(),
-    )
-    .unwrap();
+    let c = Arc::new(
+        C::create(
+            &dir.path().join("l"),
+            meta,
+            CpuBackend,
+            StoreConfig::default(),
+        )
+        .unwrap(),
+    );
     c.load_index(index).unwrap();
     assert_eq!(c.drift().baseline, 0.0);
-    while c.optimize_step().unwrap() {}
+    settle(&c);
     let d = c.drift();
     assert!(d.baseline > 0.0 && d.trained_points == 2000, "{d:?}");
     upsert(&c, 5000..5100, 0);
@@ -259,10 +273,10 @@ fn a_collection_trains_by_itself_at_its_training_size_and_keeps_its_settings() {
     };
     let c = Arc::new(C::create(&path, meta, CpuBackend, StoreConfig::default()).unwrap());
     upsert(&c, 0..999, 0);
-    while c.optimize_step().unwrap() {}
+    settle(&c);
     assert!(c.version().quantizers.is_none(), "trained below its size");
     upsert(&c, 999..1200, 0);
-    while c.optimize_step().unwrap() {}
+    settle(&c);
     assert!(c.version().quantizers.is_some(), "not trained at its size");
     assert!((0..1200).step_by(97).all(|id| finds_itself(&c, id, 0)));
 

@@ -362,3 +362,65 @@ fn a_stale_optimizer_step_across_a_retraining_is_refused() {
     check(&path, &live, &gone);
     scenario.teardown();
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+/// A training the process did not outlive (its folder copied while it ran: what a kill or a
+/// power cut leaves) does not start again by itself: the reopened collection reports the
+/// interruption, trains by size or drift no more, and a Train call trains it. Before, a
+/// training that killed the process (out of memory) started again at every start.
+#[test]
+fn an_interrupted_training_waits_for_a_train_call() {
+    let _s = SERIAL.lock();
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let mut m = meta();
+    m.index.train_at = 300;
+    let c = Arc::new(C::create(&path, m, CpuBackend, StoreConfig::default()).unwrap());
+    let ids: Vec<u64> = (0..400).collect();
+    upsert(&c, &ids).unwrap();
+    fail::cfg("train::before_publish", "sleep(1500)").unwrap();
+    assert!(c.optimize_step().unwrap(), "the training by size starts");
+    let marker = path.join("training.running");
+    while !marker.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let image = dir.path().join("image");
+    copy_dir(&path, &image);
+    c.wait_job().unwrap();
+    fail::remove("train::before_publish");
+    assert!(c.trained() && !marker.exists());
+    drop(c);
+
+    let c = Arc::new(C::open(&image, CpuBackend, StoreConfig::default()).unwrap());
+    let state = c.job().describe();
+    assert!(
+        state.starts_with("failed") && state.contains("interrupted"),
+        "{state}"
+    );
+    for _ in 0..5 {
+        c.optimize_step().unwrap();
+    }
+    assert!(
+        !c.trained(),
+        "trained by itself after an interrupted training"
+    );
+    assert_eq!(c.job().describe(), state);
+    c.start_train(None).unwrap();
+    c.wait_job().unwrap();
+    assert!(c.trained() && !image.join("training.running").exists());
+    drop(c);
+    check(&image, &ids, &[]);
+    scenario.teardown();
+}

@@ -199,7 +199,7 @@ fn writes_seal_a_full_appendable_segment_in_memory() {
     }
     drop(c);
     // Reopened from the files of the training's checkpoint and the log.
-    let c = C::open(&path, CpuBackend, cfg.clone()).unwrap();
+    let c = Arc::new(C::open(&path, CpuBackend, cfg.clone()).unwrap());
     assert_eq!(c.version().len(), 1500);
     for id in [0u64, 999, 1000, 1250, 1499] {
         assert_eq!(c.get(&[id])[0].1, vector(id), "{id}");
