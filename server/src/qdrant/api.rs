@@ -837,20 +837,27 @@ impl QdrantApi {
             // One version throughout; ids no key maps to (written in the UUID range by
             // Quiver's own API) are passed over, so the next page's first id is always a key.
             let v = store.version();
-            let ids = v.matching(filter.as_ref(), &fields);
-            let start = offset.map_or(0, |o| ids.partition_point(|&i| i < o.internal()));
+            // Read in batches of the page's size (and one more), never every matching id.
+            let mut from = offset.map_or(0, |o| o.internal());
             let mut page = Vec::with_capacity(limit);
             let mut next = None;
-            for &id in &ids[start..] {
-                let map = payload::decode(v.payload(id).unwrap_or_default());
-                let Some(key) = key_of(id, Some(&map)) else {
-                    continue;
-                };
-                if page.len() == limit {
-                    next = Some(key);
-                    break;
+            'batches: loop {
+                let ids = v.page_matching(filter.as_ref(), &fields, from, limit + 1);
+                for &id in &ids {
+                    let map = payload::decode(v.payload(id).unwrap_or_default());
+                    let Some(key) = key_of(id, Some(&map)) else {
+                        continue;
+                    };
+                    if page.len() == limit {
+                        next = Some(key);
+                        break 'batches;
+                    }
+                    page.push((id, key, map));
                 }
-                page.push((id, key, map));
+                match ids.last() {
+                    Some(&last) if ids.len() == limit + 1 && last < u64::MAX => from = last + 1,
+                    _ => break,
+                }
             }
             let vectors: HashMap<u64, Vec<f32>> = if with_vector {
                 let ids: Vec<u64> = page.iter().map(|(id, _, _)| *id).collect();

@@ -597,7 +597,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     pub fn count(&self, filter: Option<&Filter>) -> usize {
         match filter {
             None => self.version().len(),
-            Some(f) => self.version().matching(Some(f), &self.field_specs()).len(),
+            Some(f) => self.version().count_matching(Some(f), &self.field_specs()),
         }
     }
 
@@ -610,14 +610,19 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         limit: usize,
     ) -> (Vec<(u64, Vec<u8>)>, Option<u64>) {
         let v = self.version();
-        let ids = v.matching(filter, &self.field_specs());
-        let start = offset.map_or(0, |o| ids.partition_point(|&i| i < o));
-        let page: Vec<(u64, Vec<u8>)> = ids[start..]
-            .iter()
-            .take(limit)
-            .map(|&id| (id, v.payload(id).unwrap_or_default().to_vec()))
+        // One more than the page: the id to continue from.
+        let mut ids = v.page_matching(
+            filter,
+            &self.field_specs(),
+            offset.unwrap_or(0),
+            limit.saturating_add(1),
+        );
+        let next = (ids.len() > limit).then(|| ids[limit]);
+        ids.truncate(limit);
+        let page = ids
+            .into_iter()
+            .map(|id| (id, v.payload(id).unwrap_or_default().to_vec()))
             .collect();
-        let next = ids.get(start + limit).copied();
         (page, next)
     }
 

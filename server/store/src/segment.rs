@@ -264,6 +264,69 @@ impl<B: Backend> Segment<B> {
         }
     }
 
+    /// How many live points pass `filter` (no id list is built).
+    pub fn count_matching(&self, filter: &Filter, fields: Option<&FieldIndexes>) -> usize {
+        let mut n = 0;
+        self.for_each_matching(filter, fields, |_| n += 1);
+        n
+    }
+
+    /// The `n` smallest ids of live points passing `filter` that are at least `from`,
+    /// ascending: a page of a scroll, in memory bounded by `n` (and the filter's bitmap),
+    /// not by the segment's size.
+    pub fn smallest_matching(
+        &self,
+        filter: &Filter,
+        fields: Option<&FieldIndexes>,
+        from: u64,
+        n: usize,
+    ) -> Vec<u64> {
+        let mut heap = std::collections::BinaryHeap::with_capacity(n.min(1 << 16) + 1);
+        if n > 0 {
+            self.for_each_matching(filter, fields, |id| {
+                if id < from {
+                    return;
+                }
+                if heap.len() < n {
+                    heap.push(id);
+                } else if heap.peek().is_some_and(|&top| id < top) {
+                    heap.pop();
+                    heap.push(id);
+                }
+            });
+        }
+        heap.into_sorted_vec()
+    }
+
+    /// Calls `f` with the id of every live point passing `filter`, in row order.
+    fn for_each_matching(
+        &self,
+        filter: &Filter,
+        fields: Option<&FieldIndexes>,
+        mut f: impl FnMut(u64),
+    ) {
+        match &self.index {
+            SegmentIndex::Flat(flat) => {
+                let rows = flat.rows(fields);
+                for r in filter.evaluate(&rows).iter() {
+                    if !rows.is_deleted(r) {
+                        f(rows.id(r));
+                    }
+                }
+            }
+            _ => {
+                if let Some(index) = self.ivf() {
+                    let rows = IndexRows::new(index, fields);
+                    for r in filter.evaluate(&rows).iter() {
+                        if !rows.is_deleted(r) {
+                            f(rows.id(r));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Bytes of vectors, codes and (for the first trained segment) centroids.
     pub fn data_bytes(&self) -> usize {
         match &self.index {

@@ -199,6 +199,42 @@ impl<B: Backend> Version<B> {
         self.all().find_map(|s| s.payload(id))
     }
 
+    /// How many live points pass `filter` (every live point without one), through the field
+    /// indexes of `fields`; no id list is built.
+    pub fn count_matching(&self, filter: Option<&Filter>, fields: &[FieldSpec]) -> usize {
+        let all = Filter::default();
+        self.all()
+            .map(|s| match filter {
+                None => s.count_matching(&all, None),
+                Some(f) => s.count_matching(f, s.field_indexes(fields).as_deref()),
+            })
+            .sum()
+    }
+
+    /// The `n` smallest ids at least `from` of live points passing `filter`, ascending (a
+    /// page of a scroll): each segment keeps its `n` smallest, so memory follows `n`, not the
+    /// collection's size.
+    pub fn page_matching(
+        &self,
+        filter: Option<&Filter>,
+        fields: &[FieldSpec],
+        from: u64,
+        n: usize,
+    ) -> Vec<u64> {
+        let all = Filter::default();
+        let mut ids: Vec<u64> = Vec::new();
+        for s in self.all() {
+            let part = match filter {
+                None => s.smallest_matching(&all, None, from, n),
+                Some(f) => s.smallest_matching(f, s.field_indexes(fields).as_deref(), from, n),
+            };
+            ids.extend(part);
+            ids.sort_unstable();
+            ids.truncate(n);
+        }
+        ids
+    }
+
     /// The ids of the live points passing `filter` (every live point without one), ascending;
     /// evaluated through the field indexes of `fields` (the collection's indexed fields).
     pub fn matching(&self, filter: Option<&Filter>, fields: &[FieldSpec]) -> Vec<u64> {
