@@ -509,7 +509,6 @@ impl QuiverService {
     async fn upsert_one(&self, client: Client, r: proto::UpsertRequest) -> Result<u64, Status> {
         let c = self.registry.get(&r.collection)?;
         self.check_upsert(&c, &r)?;
-        self.take_vectors(client, r.ids.len())?;
         let mode = match proto::UpsertMode::try_from(r.mode) {
             Ok(proto::UpsertMode::Upsert) => UpsertMode::Upsert,
             Ok(proto::UpsertMode::InsertOnly) => UpsertMode::InsertOnly,
@@ -522,8 +521,12 @@ impl QuiverService {
             }
         };
         let payloads = encode_payloads(&r.payloads, r.ids.len())?;
-        let bytes = (r.vectors.len() * 4 + payloads.iter().map(Vec::len).sum::<usize>()) as u64;
+        let bytes = (r.ids.len() * 8
+            + r.vectors.len() * 4
+            + payloads.iter().map(Vec::len).sum::<usize>()) as u64;
         let share = self.registry.write_budget().take(bytes)?;
+        // Rate tokens only for a write that will run (a refused one spends none).
+        self.take_vectors(client, r.ids.len())?;
         let (name, metrics) = (r.collection.clone(), self.registry.metrics().clone());
         let store = c.store.clone();
         let n = self

@@ -780,17 +780,27 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         // On the calling thread (a writer, already at background priority in the service), not
         // on the background pool: a training's long tasks there would hold it up.
         let rows = v.rows_for(&vectors, &self.cpu)?;
-        if let (Rows::Encoded(r), Some(q)) = (&rows, &v.quantizers) {
-            let error = crate::drift::coarse_error(q, &r.vectors, &r.lists);
-            self.drift.lock().record(r.len(), error);
-        }
+        let drift = match (&rows, &v.quantizers) {
+            (Rows::Encoded(r), Some(q)) if !r.is_empty() => {
+                Some((r.len(), crate::drift::coarse_error(q, &r.vectors, &r.lists)))
+            }
+            _ => None,
+        };
         let op = Op::Upsert {
             ids,
             vectors,
             dim,
             payloads,
         };
-        self.write_queued(op, mode, Some(rows), v.quantizers.clone())
+        let written = self.write_queued(op, mode, Some(rows), v.quantizers.clone())?;
+        // The points written count towards the drift (a conditional write may skip some:
+        // their share of the batch's error is left out).
+        if let Some((n, error)) = drift.filter(|_| written > 0) {
+            self.drift
+                .lock()
+                .record(written, error * written as f64 / n as f64);
+        }
+        Ok(written)
     }
 
     /// Deletes ids; returns how many were live. Durable when it returns.
@@ -848,6 +858,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         encoded_with: Option<Arc<IvfPqIndex>>,
     ) -> Result<usize> {
         self.refuse_read_only()?;
+        wal::check_size(&op)?;
         let ticket: Ticket = Arc::new(TicketState {
             standing: Mutex::new(Standing::Waiting),
             changed: Condvar::new(),
@@ -2085,7 +2096,55 @@ fn retain_for_mode<B: Backend>(
     if keep.iter().all(|&k| k) {
         return;
     }
-    *rows = None;
+    // The rows already encoded are kept as they are, the skipped ones left out (no point is
+    // encoded again).
+    match rows {
+        Some(Rows::Encoded(r)) => {
+            let size = r.codes.len() / r.lists.len().max(1);
+            *r = quiver_engine::index::EncodedRows {
+                lists: r
+                    .lists
+                    .iter()
+                    .zip(&keep)
+                    .filter(|(_, &k)| k)
+                    .map(|(l, _)| *l)
+                    .collect(),
+                codes: r
+                    .codes
+                    .chunks_exact(size.max(1))
+                    .zip(&keep)
+                    .filter(|(_, &k)| k)
+                    .flat_map(|(c, _)| c.iter().copied())
+                    .collect(),
+                vectors: r
+                    .vectors
+                    .chunks_exact((*dim).max(1))
+                    .zip(&keep)
+                    .filter(|(_, &k)| k)
+                    .flat_map(|(x, _)| x.iter().copied())
+                    .collect(),
+                payloads: if r.payloads.is_empty() {
+                    Vec::new()
+                } else {
+                    r.payloads
+                        .iter()
+                        .zip(&keep)
+                        .filter(|(_, &k)| k)
+                        .map(|(p, _)| p.clone())
+                        .collect()
+                },
+            };
+        }
+        Some(Rows::Raw(x)) => {
+            *x = x
+                .chunks_exact((*dim).max(1))
+                .zip(&keep)
+                .filter(|(_, &k)| k)
+                .flat_map(|(row, _)| row.iter().copied())
+                .collect();
+        }
+        None => {}
+    }
     let dim = *dim;
     let mut kept = keep.iter();
     ids.retain(|_| kept.next() == Some(&true));

@@ -152,6 +152,39 @@ pub enum Op {
 /// room to add one without overflow.
 pub const MAX_LSN: u64 = 1 << 62;
 
+/// The body size of `op`'s record (what [`encode`] writes after the record head).
+pub fn body_len(op: &Op) -> usize {
+    let (ids, rest) = match op {
+        Op::Upsert {
+            ids,
+            vectors,
+            payloads,
+            ..
+        } => (
+            ids.len(),
+            vectors.len() * 4 + payloads.iter().map(|p| 4 + p.len()).sum::<usize>(),
+        ),
+        Op::Delete { ids } => (ids.len(), 0),
+        Op::SetPayload { ids, edit } => (ids.len(), edit.body().len()),
+        Op::DeleteFilter { filter } => (0, filter.len()),
+    };
+    MIN_BODY + ids * 8 + rest
+}
+
+/// Refuses an op whose record replay would refuse (a body above 1 GiB): it is never written.
+pub fn check_size(op: &Op) -> Result<()> {
+    let len = body_len(op);
+    if len > MAX_BODY {
+        return Err(StoreError::Invalid {
+            field: "points",
+            reason: format!(
+                "the write's log record would be {len} bytes, above the {MAX_BODY} a record may hold; split it"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Appends the framed record `lsn: op` to `out`.
 pub fn encode(lsn: u64, op: &Op, out: &mut Vec<u8>) {
     let none: &[u64] = &[];
@@ -573,6 +606,36 @@ mod tests {
             dim: 2,
             payloads: Vec::new(),
         }
+    }
+
+    #[test]
+    fn record_sizes_are_known_before_writing_and_bounded() {
+        let ops = [
+            up(3),
+            Op::Delete { ids: vec![1, 2] },
+            Op::DeleteFilter {
+                filter: "{}".into(),
+            },
+        ];
+        for op in &ops {
+            let mut buf = Vec::new();
+            encode(5, op, &mut buf);
+            assert_eq!(buf.len() - RECORD_HEAD, body_len(op));
+            check_size(op).unwrap();
+        }
+        let huge = Op::Upsert {
+            ids: vec![1],
+            vectors: Vec::new(),
+            dim: 1,
+            payloads: vec![vec![0; MAX_BODY]],
+        };
+        assert!(matches!(
+            check_size(&huge),
+            Err(StoreError::Invalid {
+                field: "points",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Background work while a collection trains: its checkpoints go on (the log stays bounded
 //! however long it trains) and the other collections' work is not held up (trainings run on
 //! threads of their own, not on the optimizer's). `QUIVER_MAINTENANCE_SECS` sets how long
-//! the ingest runs (default 12; the bar is 600).
+//! the ingest runs (default 12; the bar is 600) and `QUIVER_MAINTENANCE_BATCH` the
+//! points per write (default 500; fewer for a long run, to bound the points kept in memory).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -82,7 +83,11 @@ fn checkpoints_go_on_while_a_collection_trains() {
     let optimizer = Optimizer::start(Duration::from_millis(10), 0).unwrap();
     optimizer.register(&a);
     optimizer.register(&b);
-    let (mut next, batch) = (0u64, 500u64);
+    let batch: u64 = std::env::var("QUIVER_MAINTENANCE_BATCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(500);
+    let mut next = 0u64;
     let (mut max_a, mut max_b, mut trainings, mut trained_while) = (0u64, 0u64, 0u32, 0u32);
     let start = Instant::now();
     let mut was_training = false;

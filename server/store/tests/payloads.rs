@@ -668,3 +668,51 @@ fn vectors_as_written_survive_edits_and_retrainings() {
         }
     }
 }
+
+/// Conditional upserts into a trained collection (rows encoded before the group decides):
+/// the points let through are written with their own codes (each found by its own vector),
+/// the others left bit for bit as they were.
+#[test]
+fn conditional_upserts_into_a_trained_collection_keep_each_rows_code() {
+    use quiver_store::UpsertMode;
+    let dir = tempfile::tempdir().unwrap();
+    let c = trained_3000(dir.path(), meta());
+    let before = c.get_points(&[3, 4]);
+    let n = c
+        .upsert_with_mode(
+            vec![3, 50_000, 50_001],
+            [vector(100), vector(50_000), vector(50_001)].concat(),
+            Vec::new(),
+            UpsertMode::InsertOnly,
+        )
+        .unwrap();
+    assert_eq!(n, 2);
+    let n = c
+        .upsert_with_mode(
+            vec![60_000, 4],
+            [vector(60_000), vector(104)].concat(),
+            Vec::new(),
+            UpsertMode::UpdateOnly,
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(c.get_points(&[3])[0].1, before[0].1, "insert-only left 3");
+    assert!(c.get(&[60_000]).is_empty());
+    let key = SearchKey {
+        k: 1,
+        nprobe: 16,
+        refine_factor: 10,
+    };
+    for (id, v) in [
+        (50_000u64, vector(50_000)),
+        (50_001, vector(50_001)),
+        (4, vector(104)),
+    ] {
+        assert_eq!(c.get(&[id])[0].1, v, "point {id}");
+        assert_eq!(
+            c.search(&v, 1, key).unwrap().ids[0],
+            id as i64,
+            "point {id}"
+        );
+    }
+}
