@@ -16,6 +16,7 @@ pub mod proto {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("quiver_descriptor");
 }
 
+pub mod admission;
 pub mod auth;
 pub mod backend;
 pub mod batcher;

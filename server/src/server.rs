@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio_stream::StreamExt;
 
+use crate::admission::WriteAdmissionLayer;
 use crate::auth::AuthLayer;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
@@ -181,6 +182,7 @@ pub async fn serve(
             registry.limiter().clone(),
             registry.metrics().clone(),
         ))
+        .layer(WriteAdmissionLayer::new(registry.write_budget().clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -268,6 +270,7 @@ async fn serve_qdrant_grpc(
             registry.limiter().clone(),
             registry.metrics().clone(),
         ))
+        .layer(WriteAdmissionLayer::new(registry.write_budget().clone()))
         .add_service(QdrantServer::new(svc.clone()))
         .add_service(
             CollectionsServer::new(svc.clone())

@@ -506,7 +506,14 @@ impl QuiverService {
         Ok(())
     }
 
-    async fn upsert_one(&self, client: Client, r: proto::UpsertRequest) -> Result<u64, Status> {
+    /// Writes one upsert; `admitted`: its share of the write budget is held already (by
+    /// [`crate::admission`], for the whole request).
+    async fn upsert_one(
+        &self,
+        client: Client,
+        r: proto::UpsertRequest,
+        admitted: bool,
+    ) -> Result<u64, Status> {
         let c = self.registry.get(&r.collection)?;
         self.check_upsert(&c, &r)?;
         let mode = match proto::UpsertMode::try_from(r.mode) {
@@ -524,7 +531,10 @@ impl QuiverService {
         let bytes = (r.ids.len() * 8
             + r.vectors.len() * 4
             + payloads.iter().map(Vec::len).sum::<usize>()) as u64;
-        let share = self.registry.write_budget().take(bytes)?;
+        let share = match admitted {
+            true => None,
+            false => Some(self.registry.write_budget().take(bytes)?),
+        };
         // Rate tokens only for a write that will run (a refused one spends none).
         self.take_vectors(client, r.ids.len())?;
         let (name, metrics) = (r.collection.clone(), self.registry.metrics().clone());
@@ -628,9 +638,13 @@ impl Quiver for QuiverService {
         req: Request<proto::UpsertRequest>,
     ) -> Result<Response<proto::UpsertResponse>, Status> {
         let client = client_of(&req);
+        let admitted = req
+            .extensions()
+            .get::<crate::admission::PreAdmitted>()
+            .is_some();
         let r = async {
             check_reach(req.extensions(), "collection", &req.get_ref().collection)?;
-            let upserted = self.upsert_one(client, req.into_inner()).await?;
+            let upserted = self.upsert_one(client, req.into_inner(), admitted).await?;
             Ok(Response::new(proto::UpsertResponse { upserted }))
         }
         .await;
@@ -649,7 +663,7 @@ impl Quiver for QuiverService {
             while let Some(msg) = stream.next().await {
                 let msg = msg?;
                 check_reach(&ext, "collection", &msg.collection)?;
-                total += self.upsert_one(client, msg).await?;
+                total += self.upsert_one(client, msg, false).await?;
             }
             Ok(Response::new(proto::UpsertResponse { upserted: total }))
         }

@@ -16,7 +16,8 @@ use tonic::Status;
 
 /// The bytes of writes (their vectors and payloads) the server holds in flight at most, in
 /// KiB permits. A write takes its share before it is queued and gives it back when its
-/// blocking part ends, even if its client gave up first.
+/// blocking part ends, even if its client gave up first. Clones share one budget.
+#[derive(Clone)]
 pub struct WriteBudget {
     kib: Arc<Semaphore>,
     total_kib: u32,

@@ -522,13 +522,15 @@ impl QdrantApi {
     // ---- points: writes ----
 
     /// Adds or replaces points; durable and visible when it returns. An id given twice keeps
-    /// its last point (as Qdrant does).
+    /// its last point (as Qdrant does). `admitted`: the request's share of the write budget is
+    /// held already ([`crate::admission`]).
     pub async fn upsert(
         &self,
         client: Client,
         name: &str,
         points: Vec<PointIn>,
         mode: UpsertMode,
+        admitted: bool,
     ) -> Result<(), Status> {
         let c = self.collection(name)?;
         if points.is_empty() {
@@ -558,12 +560,13 @@ impl QdrantApi {
                 UpsertMode::UpdateOnly => proto::UpsertMode::UpdateOnly,
             } as i32,
         };
-        self.svc
-            .upsert(request(native, client, None))
-            .await
-            .map_err(|s| {
-                rename_field(rename_field(s, "vectors", "points.vector"), "ids", "points")
-            })?;
+        let mut req = request(native, client, None);
+        if admitted {
+            req.extensions_mut().insert(crate::admission::PreAdmitted);
+        }
+        self.svc.upsert(req).await.map_err(|s| {
+            rename_field(rename_field(s, "vectors", "points.vector"), "ids", "points")
+        })?;
         Ok(())
     }
 

@@ -785,6 +785,10 @@ impl Points for QdrantGrpc {
     ) -> Result<Response<proto::PointsOperationResponse>, Status> {
         let start = Instant::now();
         let client = client_of(&req);
+        let admitted = req
+            .extensions()
+            .get::<crate::admission::PreAdmitted>()
+            .is_some();
         let r = async {
             reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
@@ -819,7 +823,7 @@ impl Points for QdrantGrpc {
                 })
                 .collect::<Result<Vec<_>, Status>>()?;
             self.api
-                .upsert(client, &r.collection_name, points, mode)
+                .upsert(client, &r.collection_name, points, mode, admitted)
                 .await?;
             Ok(Response::new(timed(done(r.wait), start)))
         }

@@ -1019,7 +1019,7 @@ async fn upsert(
                 }
                 let mode = update_mode_in(b.get("update_mode"))?;
                 let points = points_in(b)?;
-                s.api.upsert(client, &name, points, mode).await?;
+                s.api.upsert(client, &name, points, mode, false).await?;
                 Ok(update_result())
             },
         )
