@@ -809,7 +809,8 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     }
 
     /// Deletes the points passing a filter (JSON text); returns how many. The filter is
-    /// logged, so replay deletes what it matched when written. Durable when it returns.
+    /// evaluated in the write group, in log order, and the log records the ids it deleted, so
+    /// replay and replicas delete those very points. Durable when it returns.
     pub fn delete_filter(&self, filter: &str) -> Result<usize> {
         Filter::parse_text(filter).map_err(|e| StoreError::Invalid {
             field: "filter",
@@ -932,6 +933,14 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                     _ => false,
                 };
                 fail::fail_point!("write::apply");
+                // A delete by filter is resolved here, in log order, and logged as the ids it
+                // deleted: replay and replicas apply ids, never evaluate the filter again.
+                if let Op::DeleteFilter { filter } = &q.op {
+                    let ids = v
+                        .resolve_filter(filter)
+                        .map_err(|e| Failure::Apply(e.to_string()))?;
+                    q.op = Op::Delete { ids };
+                }
                 // Rows encoded before a training switch are encoded again.
                 let mut rows = if same { q.rows.take() } else { None };
                 if q.mode != UpsertMode::Upsert {

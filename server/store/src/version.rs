@@ -109,17 +109,9 @@ impl<B: Backend> Version<B> {
                 Ok(ids.len())
             }
             Op::Delete { ids } => self.delete(ids, cache, device),
+            // Written by older versions, which logged the filter: evaluated at replay.
             Op::DeleteFilter { filter } => {
-                let filter =
-                    Filter::parse_text(filter).map_err(|e| EngineError::InvalidParameter {
-                        name: "filter",
-                        reason: e.to_string(),
-                    })?;
-                // Through the field indexes at hand (the result is the same without them).
-                let ids: Vec<u64> = self
-                    .all()
-                    .flat_map(|s| s.matching(&filter, s.kept_field_indexes().as_deref()))
-                    .collect();
+                let ids = self.resolve_filter(filter)?;
                 self.delete(&ids, cache, device)
             }
             Op::SetPayload { ids, edit } => {
@@ -159,6 +151,22 @@ impl<B: Backend> Version<B> {
                 Ok(found.len())
             }
         }
+    }
+
+    /// The ids of the live points passing the filter `text` now, ascending: what a delete by
+    /// filter deletes (the log records these ids, so a replica applies the very same delete).
+    pub fn resolve_filter(&self, text: &str) -> Result<Vec<u64>, EngineError> {
+        let filter = Filter::parse_text(text).map_err(|e| EngineError::InvalidParameter {
+            name: "filter",
+            reason: e.to_string(),
+        })?;
+        // Through the field indexes at hand (the result is the same without them).
+        let mut ids: Vec<u64> = self
+            .all()
+            .flat_map(|s| s.matching(&filter, s.kept_field_indexes().as_deref()))
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
     }
 
     /// Deletes ids from every segment; returns how many were live.

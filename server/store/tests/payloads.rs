@@ -156,6 +156,20 @@ fn payloads_survive_replay_checkpoints_and_training() {
         120
     );
     upsert(&c, 1007..1008);
+    // The log holds the ids the filter deleted (replicas apply ids), not the filter.
+    let mut logged = Vec::new();
+    quiver_store::wal::replay(&path.join("wal"), 1, false, |_, op| {
+        logged.push(op);
+        Ok(())
+    })
+    .unwrap();
+    assert!(!logged
+        .iter()
+        .any(|op| matches!(op, quiver_store::wal::Op::DeleteFilter { .. })));
+    let deleted: Vec<u64> = (0..1200).filter(|i| i % 10 == 7).collect();
+    assert!(logged
+        .iter()
+        .any(|op| matches!(op, quiver_store::wal::Op::Delete { ids } if *ids == deleted)));
     // A bad filter or an oversized edit is refused, changing nothing.
     assert!(c
         .delete_filter(r#"{"must":[{"key":"g","frob":1}]}"#)
