@@ -5,8 +5,9 @@
 //! sending large upserts at once raise the server's memory by at most the budget, not by the
 //! sum of their messages. The share covers the message three times (the buffered body or the
 //! decoded request, the rows prepared from it, and its log record; five times for Qdrant's
-//! point structs, converted twice more) and is held until the response is ready; the
-//! handler, seeing [`PreAdmitted`], takes none of its own.
+//! point structs, converted twice more); the handler takes it over ([`PreAdmitted`]) and holds
+//! it until its write ends, taking none of its own. A client sending its body slowly holds
+//! its share meanwhile (at most three times `--max-message-bytes` each).
 //! Client-streaming upserts are admitted message by message in their handler instead.
 
 use std::future::Future;
@@ -18,11 +19,29 @@ use http_body_util::BodyExt;
 use tonic::body::Body;
 use tonic::Status;
 
-use crate::writes::WriteBudget;
+use std::sync::Arc;
 
-/// Marks a request whose write share the admission layer holds.
-#[derive(Debug, Clone, Copy)]
-pub struct PreAdmitted;
+use parking_lot::Mutex;
+
+use crate::writes::{WriteBudget, WriteShare};
+
+/// A request's share of the write budget, taken before its body was read, handed to the
+/// handler in the request's extensions: the handler moves it into the write, so it is held
+/// until the write's blocking part ends even if the client gives up first.
+#[derive(Clone)]
+pub struct PreAdmitted(Arc<Mutex<Option<WriteShare>>>);
+
+impl PreAdmitted {
+    /// Wraps a share taken for a request.
+    pub fn new(share: WriteShare) -> Self {
+        PreAdmitted(Arc::new(Mutex::new(Some(share))))
+    }
+
+    /// The share, for the one write that holds it (`None` once taken).
+    pub fn take(&self) -> Option<WriteShare> {
+        self.0.lock().take()
+    }
+}
 
 /// The methods admitted here, and how many times its message size each one's share is.
 const METHODS: &[(&str, u64)] = &[
@@ -126,12 +145,10 @@ where
                 parts,
                 Body::new(http_body_util::StreamBody::new(stream)),
             );
-            if share.is_some() {
-                req.extensions_mut().insert(PreAdmitted);
+            if let Some(share) = share {
+                req.extensions_mut().insert(PreAdmitted::new(share));
             }
-            let response = inner.call(req).await;
-            drop(share);
-            response
+            inner.call(req).await
         })
     }
 }

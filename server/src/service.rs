@@ -506,13 +506,13 @@ impl QuiverService {
         Ok(())
     }
 
-    /// Writes one upsert; `admitted`: its share of the write budget is held already (by
-    /// [`crate::admission`], for the whole request).
+    /// Writes one upsert; `admitted`: its share of the write budget, taken already (by
+    /// [`crate::admission`] before the body was read).
     async fn upsert_one(
         &self,
         client: Client,
         r: proto::UpsertRequest,
-        admitted: bool,
+        admitted: Option<crate::admission::PreAdmitted>,
     ) -> Result<u64, Status> {
         let c = self.registry.get(&r.collection)?;
         self.check_upsert(&c, &r)?;
@@ -531,9 +531,9 @@ impl QuiverService {
         let bytes = (r.ids.len() * 8
             + r.vectors.len() * 4
             + payloads.iter().map(Vec::len).sum::<usize>()) as u64;
-        let share = match admitted {
-            true => None,
-            false => Some(self.registry.write_budget().take(bytes)?),
+        let share = match admitted.and_then(|a| a.take()) {
+            Some(share) => share,
+            None => self.registry.write_budget().take(bytes)?,
         };
         // Rate tokens only for a write that will run (a refused one spends none).
         self.take_vectors(client, r.ids.len())?;
@@ -641,7 +641,7 @@ impl Quiver for QuiverService {
         let admitted = req
             .extensions()
             .get::<crate::admission::PreAdmitted>()
-            .is_some();
+            .cloned();
         let r = async {
             check_reach(req.extensions(), "collection", &req.get_ref().collection)?;
             let upserted = self.upsert_one(client, req.into_inner(), admitted).await?;
@@ -663,7 +663,7 @@ impl Quiver for QuiverService {
             while let Some(msg) = stream.next().await {
                 let msg = msg?;
                 check_reach(&ext, "collection", &msg.collection)?;
-                total += self.upsert_one(client, msg, false).await?;
+                total += self.upsert_one(client, msg, None).await?;
             }
             Ok(Response::new(proto::UpsertResponse { upserted: total }))
         }

@@ -144,3 +144,39 @@ def test_retrieved_vectors_are_the_ones_written(qserver, prefer_grpc):  # noqa: 
         )
     assert "uint8" in str(e.value)
     c.close()
+
+
+def test_rest_upserts_take_their_write_share_before_the_body_is_read(tmp_path):
+    """A REST upsert's share of --max-write-bytes is its declared length (times 8: the body, the
+    parsed JSON, the converted points and their log record), taken before the body is read: past
+    the budget it is refused with 429 naming the flag, and a smaller one is written."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from conftest import start_server, stop_server
+    from test_qdrant import _read_addresses
+
+    srv = start_server(tmp_path, ["--qdrant-grpc-listen", "127.0.0.1:0", "--qdrant-http-listen",
+                                  "127.0.0.1:0", "--max-write-bytes", "1000000"], name="budget")
+    try:
+        srv.grpc_port, srv.rest_port = _read_addresses(srv)
+        c = client_for(srv, False)
+        c.create_collection("b", vectors_config=models.VectorParams(size=DIM, distance=models.Distance.DOT))
+        c.close()
+
+        def put(n):
+            body = json.dumps({"points": [{"id": i, "vector": [0.123456] * DIM} for i in range(n)]}).encode()
+            req = urllib.request.Request(f"http://127.0.0.1:{srv.rest_port}/collections/b/points?wait=true",
+                                         data=body, method="PUT",
+                                         headers={"content-type": "application/json"})
+            return len(body), urllib.request.urlopen(req, timeout=30)
+
+        with pytest.raises(urllib.error.HTTPError) as e:
+            put(2000)  # about 170 KB: a share of 1.4 MB
+        assert e.value.code == 429
+        assert "--max-write-bytes" in e.value.read().decode()
+        size, ok = put(500)  # about 43 KB: a share of 340 KB
+        assert ok.status == 200 and size < 1000000 // 8
+    finally:
+        stop_server(srv)

@@ -522,15 +522,15 @@ impl QdrantApi {
     // ---- points: writes ----
 
     /// Adds or replaces points; durable and visible when it returns. An id given twice keeps
-    /// its last point (as Qdrant does). `admitted`: the request's share of the write budget is
-    /// held already ([`crate::admission`]).
+    /// its last point (as Qdrant does). `admitted`: the request's share of the write budget,
+    /// taken already ([`crate::admission`]).
     pub async fn upsert(
         &self,
         client: Client,
         name: &str,
         points: Vec<PointIn>,
         mode: UpsertMode,
-        admitted: bool,
+        admitted: Option<crate::admission::PreAdmitted>,
     ) -> Result<(), Status> {
         let c = self.collection(name)?;
         if points.is_empty() {
@@ -561,8 +561,8 @@ impl QdrantApi {
             } as i32,
         };
         let mut req = request(native, client, None);
-        if admitted {
-            req.extensions_mut().insert(crate::admission::PreAdmitted);
+        if let Some(share) = admitted {
+            req.extensions_mut().insert(share);
         }
         self.svc.upsert(req).await.map_err(|s| {
             rename_field(rename_field(s, "vectors", "points.vector"), "ids", "points")

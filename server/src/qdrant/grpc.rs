@@ -788,7 +788,7 @@ impl Points for QdrantGrpc {
         let admitted = req
             .extensions()
             .get::<crate::admission::PreAdmitted>()
-            .is_some();
+            .cloned();
         let r = async {
             reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();

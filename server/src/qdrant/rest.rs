@@ -43,6 +43,7 @@ pub struct Rest {
     limiter: Arc<RateLimiter>,
     metrics: Metrics,
     max_body: usize,
+    budget: crate::writes::WriteBudget,
 }
 
 impl Rest {
@@ -54,6 +55,7 @@ impl Rest {
             limiter: registry.limiter().clone(),
             metrics: registry.metrics().clone(),
             max_body: registry.config().limits.max_message_bytes,
+            budget: registry.write_budget().clone(),
         }
     }
 
@@ -998,13 +1000,24 @@ fn points_in(mut b: Body) -> Result<Vec<PointIn>, Status> {
     }
 }
 
+/// How many times its body's size an upsert's share of the write budget is: the body, the
+/// parsed JSON (several times the text), the points converted twice, their log record.
+const REST_UPSERT_SHARE: u64 = 8;
+
 async fn upsert(
     State(s): State<Rest>,
     ConnectInfo(PeerAddr(peer)): Peer,
     Path(name): Path<String>,
     h: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
+    // The write's share is taken before the body is read, by its declared length (the most
+    // a body may be without one), so many large upserts at once hold at most the budget.
+    let declared = h
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(s.max_body as u64)
+        .min(s.max_body as u64);
     s.clone()
         .run(
             "upsert_points",
@@ -1013,13 +1026,24 @@ async fn upsert(
             peer,
             Some(&name.clone()),
             |Caller { client, .. }| async move {
+                let share = crate::admission::PreAdmitted::new(
+                    s.budget.take(declared.saturating_mul(REST_UPSERT_SHARE))?,
+                );
+                let body = axum::body::to_bytes(body, s.max_body).await.map_err(|e| {
+                    invalid(
+                        "body",
+                        format!("could not be read within {} bytes: {e}", s.max_body),
+                    )
+                })?;
                 let b = Body::parse(&body)?;
                 if b.get("update_filter").is_some() {
                     return Err(unsupported("update_filter: conditional upserts"));
                 }
                 let mode = update_mode_in(b.get("update_mode"))?;
                 let points = points_in(b)?;
-                s.api.upsert(client, &name, points, mode, false).await?;
+                s.api
+                    .upsert(client, &name, points, mode, Some(share))
+                    .await?;
                 Ok(update_result())
             },
         )

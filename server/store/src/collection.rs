@@ -796,9 +796,17 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         // The points written count towards the drift (a conditional write may skip some:
         // their share of the batch's error is left out).
         if let Some((n, error)) = drift.filter(|_| written > 0) {
-            self.drift
-                .lock()
-                .record(written, error * written as f64 / n as f64);
+            // Not when a training switched the quantizers meanwhile: the error was measured
+            // against the replaced ones.
+            let current = self.version().quantizers.clone();
+            if current
+                .zip(v.quantizers.as_ref())
+                .is_some_and(|(a, b)| Arc::ptr_eq(&a, b))
+            {
+                self.drift
+                    .lock()
+                    .record(written, error * written as f64 / n as f64);
+            }
         }
         Ok(written)
     }
@@ -954,9 +962,12 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                     .apply(&q.op, rows, &self.cpu, &self.backend)
                     .map_err(|e| Failure::Apply(e.to_string()))?;
                 if n > 0 || matches!(q.op, Op::Upsert { .. }) {
-                    wal::encode(lsn, &q.op, &mut buf);
-                    v.lsn = lsn;
-                    lsn += 1;
+                    // (A delete by filter may resolve to more ids than one record holds.)
+                    for part in wal::records_of(&q.op) {
+                        wal::encode(lsn, part.as_ref(), &mut buf);
+                        v.lsn = lsn;
+                        lsn += 1;
+                    }
                 }
                 counts.push(n);
             }
@@ -1643,8 +1654,18 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 next.quantizers = Some(quantizers.clone());
                 meta.index.nlist = nlist as u32;
                 meta.index.pq_m = pq_m as u32;
-                // Only the index parameters: the indexed fields may have changed meanwhile.
-                self.meta.write().index = meta.index.clone();
+                // Only what the training chose (the index parameters but `train_at`, which a
+                // settings change may have set meanwhile); under the files lock, so a
+                // description change in flight does not write back what it read before.
+                {
+                    let _files = self.files.lock();
+                    let mut live = self.meta.write();
+                    let train_at = live.index.train_at;
+                    live.index = IndexConfig {
+                        train_at,
+                        ..meta.index.clone()
+                    };
+                }
                 *self.drift.lock() = Drift::after_training(baseline, n as u64);
                 self.publish(w, next);
                 Ok(())
@@ -1972,6 +1993,12 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     pub fn close(&self) {
         self.dropped.store(true, Ordering::Release);
         let _one = self.structural.lock();
+        // A training stopped by a close (a shutdown, a drop) was not interrupted: its marker
+        // goes now, while the folder is still this collection's (a training writes it only
+        // under this lock, and not once closed).
+        if !self.read_only {
+            let _ = std::fs::remove_file(self.dir.join(TRAINING_MARKER));
+        }
         // A description change in flight (it holds only the files lock) ends first.
         drop(self.files.lock());
         let w = self.quiesce();

@@ -185,6 +185,21 @@ pub fn check_size(op: &Op) -> Result<()> {
     Ok(())
 }
 
+/// Ids a delete record holds at most (its body within the 1 GiB a record may hold).
+pub const MAX_DELETE_IDS: usize = (MAX_BODY - MIN_BODY) / 8;
+
+/// The records `op` is logged as: itself, or a delete of more than [`MAX_DELETE_IDS`] ids
+/// (a delete by filter, resolved) as several deletes in order.
+pub fn records_of(op: &Op) -> Vec<std::borrow::Cow<'_, Op>> {
+    match op {
+        Op::Delete { ids } if ids.len() > MAX_DELETE_IDS => ids
+            .chunks(MAX_DELETE_IDS)
+            .map(|part| std::borrow::Cow::Owned(Op::Delete { ids: part.to_vec() }))
+            .collect(),
+        _ => vec![std::borrow::Cow::Borrowed(op)],
+    }
+}
+
 /// Appends the framed record `lsn: op` to `out`.
 pub fn encode(lsn: u64, op: &Op, out: &mut Vec<u8>) {
     let none: &[u64] = &[];

@@ -422,5 +422,27 @@ fn an_interrupted_training_waits_for_a_train_call() {
     assert!(c.trained() && !image.join("training.running").exists());
     drop(c);
     check(&image, &ids, &[]);
+
+    // A training stopped by a shutdown (stop, then close) was not interrupted: the collection
+    // opens ready and trains by itself again.
+    let other = dir.path().join("g");
+    let mut m = meta();
+    m.index.train_at = 300;
+    let c = Arc::new(C::create(&other, m, CpuBackend, StoreConfig::default()).unwrap());
+    upsert(&c, &ids).unwrap();
+    fail::cfg("train::before_publish", "sleep(1500)").unwrap();
+    assert!(c.optimize_step().unwrap());
+    while !other.join("training.running").exists() {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    c.stop_training();
+    c.close();
+    fail::remove("train::before_publish");
+    drop(c);
+    let c = Arc::new(C::open(&other, CpuBackend, StoreConfig::default()).unwrap());
+    assert_eq!(c.job().describe(), "ready");
+    assert!(c.optimize_step().unwrap(), "trains by itself again");
+    c.wait_job().unwrap();
+    assert!(c.trained());
     scenario.teardown();
 }
