@@ -2134,66 +2134,35 @@ fn retain_for_mode<B: Backend>(
     }
     // The rows already encoded are kept as they are, the skipped ones left out (no point is
     // encoded again).
+    let dim = (*dim).max(1);
     match rows {
         Some(Rows::Encoded(r)) => {
-            let size = r.codes.len() / r.lists.len().max(1);
-            *r = quiver_engine::index::EncodedRows {
-                lists: r
-                    .lists
-                    .iter()
-                    .zip(&keep)
-                    .filter(|(_, &k)| k)
-                    .map(|(l, _)| *l)
-                    .collect(),
-                codes: r
-                    .codes
-                    .chunks_exact(size.max(1))
-                    .zip(&keep)
-                    .filter(|(_, &k)| k)
-                    .flat_map(|(c, _)| c.iter().copied())
-                    .collect(),
-                vectors: r
-                    .vectors
-                    .chunks_exact((*dim).max(1))
-                    .zip(&keep)
-                    .filter(|(_, &k)| k)
-                    .flat_map(|(x, _)| x.iter().copied())
-                    .collect(),
-                payloads: if r.payloads.is_empty() {
-                    Vec::new()
-                } else {
-                    r.payloads
-                        .iter()
-                        .zip(&keep)
-                        .filter(|(_, &k)| k)
-                        .map(|(p, _)| p.clone())
-                        .collect()
-                },
-            };
+            let size = (r.codes.len() / r.lists.len().max(1)).max(1);
+            r.lists = kept_rows(&r.lists, 1, &keep);
+            r.codes = kept_rows(&r.codes, size, &keep);
+            r.vectors = kept_rows(&r.vectors, dim, &keep);
+            if !r.payloads.is_empty() {
+                r.payloads = kept_rows(&r.payloads, 1, &keep);
+            }
         }
-        Some(Rows::Raw(x)) => {
-            *x = x
-                .chunks_exact((*dim).max(1))
-                .zip(&keep)
-                .filter(|(_, &k)| k)
-                .flat_map(|(row, _)| row.iter().copied())
-                .collect();
-        }
+        Some(Rows::Raw(x)) => *x = kept_rows(x, dim, &keep),
         None => {}
     }
-    let dim = *dim;
-    let mut kept = keep.iter();
-    ids.retain(|_| kept.next() == Some(&true));
-    *vectors = vectors
-        .chunks_exact(dim.max(1))
-        .zip(&keep)
-        .filter(|(_, &k)| k)
-        .flat_map(|(row, _)| row.iter().copied())
-        .collect();
+    *ids = kept_rows(ids, 1, &keep);
+    *vectors = kept_rows(vectors, dim, &keep);
     if !payloads.is_empty() {
-        let mut kept = keep.iter();
-        payloads.retain(|_| kept.next() == Some(&true));
+        *payloads = kept_rows(payloads, 1, &keep);
     }
+}
+
+/// The rows of `values` (`width` values each) whose `keep` is true, in order.
+fn kept_rows<T: Clone>(values: &[T], width: usize, keep: &[bool]) -> Vec<T> {
+    values
+        .chunks_exact(width)
+        .zip(keep)
+        .filter(|(_, &k)| k)
+        .flat_map(|(row, _)| row.iter().cloned())
+        .collect()
 }
 
 /// The message of a caught panic.
