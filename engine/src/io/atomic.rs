@@ -79,7 +79,7 @@ impl AtomicFile {
         let target = self.target.clone();
         let os = |e| IoError::os(&target, e);
         self.writer.flush().map_err(os)?;
-        self.writer.get_ref().sync_all().map_err(os)?;
+        super::sync::file(self.writer.get_ref()).map_err(os)?;
         std::fs::rename(&self.tmp, &self.target).map_err(os)?;
         self.committed = true;
         sync_parent_dir(&self.target)
@@ -101,9 +101,7 @@ fn sync_parent_dir(path: &Path) -> Result<(), IoError> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| IoError::os(dir, e))
+    super::sync::dir(dir).map_err(|e| IoError::os(dir, e))
 }
 
 /// Atomically replaces `path` with what `write` produces: temp name in the

@@ -27,6 +27,7 @@ mod atomic;
 mod file;
 mod npy;
 mod set;
+pub mod sync;
 mod texmex;
 mod writer;
 

@@ -107,7 +107,7 @@ type Ticket = Arc<TicketState>;
 
 /// A group applied to a copy of the committed version: the version, each write's count, the
 /// next log number and the group's records.
-type Applied<B> = (Version<B>, Vec<usize>, u64, Vec<u8>);
+type GroupApplied<B> = (Version<B>, Vec<usize>, u64, Vec<u8>);
 
 /// A validated write waiting for the next group commit.
 /// Which points of an upsert are written, decided against the collection's state at the
@@ -130,6 +130,9 @@ struct QueuedWrite {
     /// Its rows, encoded by the writer (with `encoded_with`) before it queued.
     rows: Option<Rows>,
     encoded_with: Option<Arc<IvfPqIndex>>,
+    /// Logged under its own number even when it changes nothing (an op of an external log,
+    /// [`Collection::apply`]).
+    log_always: bool,
     ticket: Ticket,
 }
 
@@ -181,6 +184,9 @@ pub struct Collection<B: Backend> {
     /// cut: its marker file was left): trainings by size or drift wait for a `Train` call, so a
     /// training that kills the process is not started again at every start.
     interrupted: AtomicBool,
+    /// Fed by [`Collection::apply`]: its log is numbered by an external one, and it takes no
+    /// other writes.
+    follower: AtomicBool,
     read_only: bool,
 }
 
@@ -380,6 +386,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             dropped: AtomicBool::new(false),
             training_stopped: AtomicBool::new(false),
             interrupted: AtomicBool::new(interrupted.is_some()),
+            follower: AtomicBool::new(false),
             read_only: false,
         };
         if let Some(since) = interrupted {
@@ -451,6 +458,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             dropped: AtomicBool::new(false),
             training_stopped: AtomicBool::new(false),
             interrupted: AtomicBool::new(false),
+            follower: AtomicBool::new(false),
             read_only: true,
         })
     }
@@ -468,6 +476,15 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         if self.dropped.load(Ordering::Acquire) {
             return Err(StoreError::Precondition(
                 "the collection was dropped".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn refuse_follower(&self) -> Result<()> {
+        if self.follower.load(Ordering::Acquire) {
+            return Err(StoreError::Precondition(
+                "the collection follows an external log (apply): write through that log".into(),
             ));
         }
         Ok(())
@@ -850,6 +867,142 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         self.write(Op::SetPayload { ids, edit }, None, None)
     }
 
+    /// The number of the last op in the log (0: none yet): where a replica fed by
+    /// [`Self::apply`] resumes its source log (after it).
+    pub fn last_seq(&self) -> u64 {
+        self.writer.lock().next_lsn - 1
+    }
+
+    /// Applies the ops numbered `first_seq`, `first_seq + 1`, … of an external, gap-free log
+    /// (a replica's source), as one group: durable (one fsync) and visible when it returns.
+    /// Each op is logged under its own number, even one that changes nothing, so this
+    /// collection's log numbers are the source's and [`Self::last_seq`] says where to resume
+    /// after a restart. Ops numbered at or below `last_seq` were applied before (a redelivery)
+    /// and are skipped; a first number past `last_seq + 1` is a gap and refused, as is every
+    /// other write once a collection applied ops (it would take a number of the source's).
+    ///
+    /// A delete by filter is evaluated here, in log order, and logged as the ids it deleted.
+    /// Training and retraining are not started by `apply`: a follower is created with
+    /// `train_at` 0 and a retrain factor of 0, and its caller decides.
+    pub fn apply(&self, first_seq: u64, ops: Vec<Op>) -> Result<Applied> {
+        self.refuse_read_only()?;
+        if first_seq == 0 {
+            return Err(StoreError::Invalid {
+                field: "seq",
+                reason: "log numbers start at 1".into(),
+            });
+        }
+        let dim = self.meta.read().dim;
+        for op in &ops {
+            match op {
+                Op::Upsert {
+                    ids,
+                    vectors,
+                    dim: d,
+                    payloads,
+                } => {
+                    if *d != dim || vectors.len() != ids.len() * dim {
+                        return Err(StoreError::Invalid {
+                            field: "vectors",
+                            reason: format!(
+                                "{} values of dimension {d} for {} ids; the collection is {dim}-d",
+                                vectors.len(),
+                                ids.len()
+                            ),
+                        });
+                    }
+                    if !payloads.is_empty() && payloads.len() != ids.len() {
+                        return Err(StoreError::Invalid {
+                            field: "payloads",
+                            reason: format!("{} payloads for {} ids", payloads.len(), ids.len()),
+                        });
+                    }
+                    check_ids(ids)?;
+                }
+                Op::Delete { ids } | Op::SetPayload { ids, .. } => check_ids(ids)?,
+                Op::DeleteFilter { filter } => {
+                    Filter::parse_text(filter).map_err(|e| StoreError::Invalid {
+                        field: "filter",
+                        reason: e.to_string(),
+                    })?;
+                }
+            }
+            wal::check_size(op)?;
+        }
+        self.follower.store(true, Ordering::Release);
+        // Rows encoded before any lock, as a writer does.
+        let v = self.version();
+        let mut prepared = Vec::with_capacity(ops.len());
+        for op in ops {
+            let rows = match &op {
+                Op::Upsert { vectors, .. } => Some(v.rows_for(vectors, &self.cpu)?),
+                _ => None,
+            };
+            prepared.push((op, rows));
+        }
+        let mut tickets = Vec::new();
+        let (last, skipped) = {
+            let mut w = self.writer.lock();
+            // Alone in its group: wait until no group commits and nothing is queued.
+            loop {
+                if w.gate_closed {
+                    self.gate.wait(&mut w);
+                } else if w.flushing || !w.queue.is_empty() {
+                    self.flushed.wait(&mut w);
+                } else {
+                    break;
+                }
+            }
+            if let Some(m) = &w.stopped {
+                return Err(StoreError::WritesStopped(m.clone()));
+            }
+            self.refuse_dropped()?;
+            let next = w.next_lsn;
+            if first_seq > next {
+                return Err(StoreError::Precondition(format!(
+                    "op {first_seq} does not follow the last one applied, {}: ops {next}..{} are missing",
+                    next - 1,
+                    first_seq - 1
+                )));
+            }
+            let skip = ((next - first_seq) as usize).min(prepared.len());
+            for (op, rows) in prepared.into_iter().skip(skip) {
+                let ticket: Ticket = Arc::new(TicketState {
+                    standing: Mutex::new(Standing::Waiting),
+                    changed: Condvar::new(),
+                });
+                w.queue.push(QueuedWrite {
+                    op,
+                    mode: UpsertMode::Upsert,
+                    rows,
+                    encoded_with: v.quantizers.clone(),
+                    log_always: true,
+                    ticket: ticket.clone(),
+                });
+                tickets.push(ticket);
+            }
+            if tickets.is_empty() {
+                return Ok(Applied {
+                    changed: Vec::new(),
+                    skipped: skip,
+                    last_seq: next - 1,
+                });
+            }
+            w.flushing = true;
+            (next - 1 + tickets.len() as u64, skip)
+        };
+        self.flush_group();
+        let mut changed = Vec::with_capacity(tickets.len());
+        for t in &tickets {
+            changed.push(self.commit(t)?);
+        }
+        Ok(Applied {
+            changed,
+            skipped,
+            last_seq: last,
+        })
+    }
+
     fn write(
         &self,
         op: Op,
@@ -867,6 +1020,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         encoded_with: Option<Arc<IvfPqIndex>>,
     ) -> Result<usize> {
         self.refuse_read_only()?;
+        self.refuse_follower()?;
         wal::check_size(&op)?;
         let ticket: Ticket = Arc::new(TicketState {
             standing: Mutex::new(Standing::Waiting),
@@ -886,6 +1040,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 mode,
                 rows,
                 encoded_with,
+                log_always: false,
                 ticket: ticket.clone(),
             });
             // No group being committed: this writer commits the queue now.
@@ -961,7 +1116,13 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 let n = v
                     .apply(&q.op, rows, &self.cpu, &self.backend)
                     .map_err(|e| Failure::Apply(e.to_string()))?;
-                if n > 0 || matches!(q.op, Op::Upsert { .. }) {
+                if q.log_always {
+                    // One op, one number: the external log's.
+                    wal::check_size(&q.op).map_err(|e| Failure::Apply(e.to_string()))?;
+                    wal::encode(lsn, &q.op, &mut buf);
+                    v.lsn = lsn;
+                    lsn += 1;
+                } else if n > 0 || matches!(q.op, Op::Upsert { .. }) {
                     // (A delete by filter may resolve to more ids than one record holds.)
                     for part in wal::records_of(&q.op) {
                         wal::encode(lsn, part.as_ref(), &mut buf);
@@ -973,12 +1134,13 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             }
             Ok((v, counts, lsn, buf))
         }));
-        let mut outcome: std::result::Result<Applied<B>, Failure> = applied.unwrap_or_else(|p| {
-            Err(Failure::Apply(format!(
-                "applying the writes panicked: {}",
-                panic_message(&*p)
-            )))
-        });
+        let mut outcome: std::result::Result<GroupApplied<B>, Failure> =
+            applied.unwrap_or_else(|p| {
+                Err(Failure::Apply(format!(
+                    "applying the writes panicked: {}",
+                    panic_message(&*p)
+                )))
+            });
         if let Ok((_, _, _, buf)) = &outcome {
             if !buf.is_empty() {
                 let r = match self.wal.lock().as_mut() {
@@ -1014,8 +1176,10 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                     if let Failure::Stopped(m) = &failure {
                         w.stopped = Some(m.clone());
                     }
-                    // Numbers given to the group are never reused.
-                    w.next_lsn = first_lsn + queue.len() as u64;
+                    // Nothing of the group is in the log (a failed append is cut back, or
+                    // writes stop): its numbers go to the next group, so the log's numbers
+                    // have no gaps (a replica's log is numbered by its source).
+                    w.next_lsn = first_lsn;
                     tracing::error!(collection = %self.meta.read().name, error = ?failure, "a group of writes failed; none of them was applied");
                     queue.iter().map(|_| Err(failure.clone())).collect()
                 }
@@ -1896,16 +2060,27 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     /// ids deleted from them meanwhile, and checkpoints. A step planned before a training
     /// switched the quantizers is refused before it builds (its inputs may outlive the switch:
     /// flat segments written during the training), so no segment encoded with replaced
-    /// quantizers is ever published.
+    /// quantizers is ever published. Returns false, doing nothing, when another step (the
+    /// optimizer's, a compaction's) replaced one of the inputs since they were picked: the
+    /// caller plans again.
     fn replace_segments(
         &self,
         inputs: &[Arc<Segment<B>>],
         encoder: &Arc<IvfPqIndex>,
         build: impl FnOnce() -> Result<IvfPqIndex> + Send,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         fail::fail_point!("optimize::before_replace");
         let _one = self.structural.lock();
         self.refuse_dropped()?;
+        // Segments are replaced only under the structural lock: inputs present now stay until
+        // the switch below.
+        let current = self.version();
+        if !inputs
+            .iter()
+            .all(|i| current.segments.iter().any(|s| s.id == i.id))
+        {
+            return Ok(false);
+        }
         // A training's inputs are not merged under it (its switch replaces them); checked
         // under the structural lock, which a training takes before it picks its inputs.
         if self.job() == JobState::Training {
@@ -1971,7 +2146,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             })?;
         }
         self.checkpoint_locked()?;
-        Ok(())
+        Ok(true)
     }
 
     /// Stops a running training at its next step (a k-means iteration, a sub-quantizer, a
@@ -2004,6 +2179,17 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         let w = self.quiesce();
         self.open_gate(w);
     }
+}
+
+/// What [`Collection::apply`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// For each op applied (those not skipped), the points it changed.
+    pub changed: Vec<usize>,
+    /// Ops skipped at the start: applied before (numbered at or below the last one).
+    pub skipped: usize,
+    /// The number of the last op now applied.
+    pub last_seq: u64,
 }
 
 /// What started a training.

@@ -25,7 +25,7 @@ pub(crate) use inject;
 /// Fsyncs a folder, so entries created, renamed or removed in it are durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     inject!("fs::sync_dir");
-    File::open(dir)?.sync_all()
+    quiver_engine::io::sync::dir(dir)
 }
 
 /// The temporary name `write_atomic` uses for `path`.
@@ -48,7 +48,7 @@ pub fn write_atomic(path: &Path, parts: &[&[u8]]) -> Result<()> {
             f.write_all(p)?;
         }
         inject!("fs::write_atomic::fsync");
-        f.sync_all()?;
+        quiver_engine::io::sync::file(&f)?;
         drop(f);
         inject!("fs::write_atomic::rename");
         std::fs::rename(&tmp, path)?;

@@ -26,7 +26,7 @@ pub mod training_input;
 pub mod version;
 pub mod wal;
 
-pub use collection::{valid_name, Collection, JobState, UpsertMode};
+pub use collection::{valid_name, Applied, Collection, JobState, UpsertMode};
 pub use error::{Result, StoreError};
 pub use manifest::{CollectionMeta, IndexConfig};
 pub use optimizer::Optimizer;

@@ -420,8 +420,8 @@ pub fn replay(
         let data: &[u8] = map.as_deref().unwrap_or(&[]);
         let header_ok = data.len() >= HEADER as usize
             && &data[..8] == MAGIC
-            && u64_at(&data, 8) == *first
-            && quiver_engine::checksum::crc32c_matches(&data[..16], u32_at(&data, 16));
+            && u64_at(data, 8) == *first
+            && quiver_engine::checksum::crc32c_matches(&data[..16], u32_at(data, 16));
         if !header_ok {
             return Err(StoreError::Corrupt {
                 path: path.clone(),
@@ -490,7 +490,7 @@ fn truncate(path: &Path, len: u64) -> Result<()> {
         .open(path)
         .map_err(|e| StoreError::io("opening", path, e))?;
     f.set_len(len)
-        .and_then(|_| f.sync_all())
+        .and_then(|_| quiver_engine::io::sync::file(&f))
         .map_err(|e| StoreError::io("truncating", path, e))
 }
 
@@ -543,7 +543,7 @@ impl WalWriter {
             inject!("wal::write");
             self.file.write_all_at(buf, self.offset)?;
             inject!("wal::fsync");
-            self.file.sync_data()
+            quiver_engine::io::sync::file_data(&self.file)
         };
         match run() {
             Ok(()) => {
@@ -554,7 +554,7 @@ impl WalWriter {
                 let undo = || -> std::io::Result<()> {
                     inject!("wal::truncate");
                     self.file.set_len(self.offset)?;
-                    self.file.sync_all()
+                    quiver_engine::io::sync::file(&self.file)
                 };
                 match undo() {
                     Ok(()) => Err(StoreError::WalFailed {

@@ -107,7 +107,21 @@ fn failed_appends_and_fsyncs_lose_nothing_acknowledged() {
     }
     fail::remove("wal::fsync");
     assert!(!refused.is_empty() && acked.len() > 100);
+    // Failed groups took no numbers: the log's are gap-free (a replica's log is numbered
+    // by its source, with no room for holes).
+    let last = c.last_seq();
     drop(c);
+    let mut numbers = Vec::new();
+    quiver_store::wal::replay(&path.join("wal"), 1, false, |lsn, _| {
+        numbers.push(lsn);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        numbers,
+        (1..=last).collect::<Vec<u64>>(),
+        "the log's numbers have gaps"
+    );
     check(&path, &acked, &refused);
     scenario.teardown();
 }
