@@ -115,8 +115,17 @@ impl Registry {
                     map.insert(name, Arc::new(Collection::new(c)));
                 }
                 Err(e) => {
+                    let e = match &e {
+                        // The store's recovery mode is this server's flag.
+                        quiver_store::StoreError::Corrupt { path, .. }
+                            if path.extension().is_some_and(|x| x == "log") =>
+                        {
+                            format!("{e} (start the server with --wal-recover for that)")
+                        }
+                        _ => e.to_string(),
+                    };
                     tracing::error!(collection = %name, error = %e, "collection failed to open; serving the others");
-                    failed.insert(name, e.to_string());
+                    failed.insert(name, e);
                 }
             }
         }

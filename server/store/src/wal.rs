@@ -457,13 +457,13 @@ pub fn replay(
                     path: path.clone(),
                     offset: pos as u64,
                     reason: format!(
-                        "{problem}, and valid records follow it (not a torn write); start with \
-                         --wal-recover to keep the records before this point and drop the rest"
+                        "{problem}, and valid records follow it (not a torn write); opening in \
+                         log recovery mode keeps the records before this point and drops the rest"
                     ),
                 });
             }
             if later {
-                tracing::error!(path = %path.display(), offset = pos, %problem, "write-ahead log damaged: keeping the records before this point, dropping the rest (--wal-recover)");
+                tracing::error!(path = %path.display(), offset = pos, %problem, "write-ahead log damaged: keeping the records before this point, dropping the rest (log recovery mode)");
                 for (_, p) in &files[i + 1..] {
                     std::fs::remove_file(p).map_err(|e| StoreError::io("removing", p, e))?;
                 }
@@ -772,7 +772,7 @@ mod tests {
         match collect(dir.path(), 0, false) {
             Err(StoreError::Corrupt { offset, reason, .. }) => {
                 assert_eq!(offset, HEADER + a.len() as u64);
-                assert!(reason.contains("--wal-recover"), "{reason}");
+                assert!(reason.contains("recovery mode"), "{reason}");
             }
             other => panic!("expected corruption, got {other:?}"),
         }

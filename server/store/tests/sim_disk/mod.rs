@@ -52,9 +52,11 @@ impl Node {
     }
 }
 
-/// A crash image and the label the test gave the moment it was taken.
+/// A crash image and the labels the test gave the moments its building began and ended (the
+/// image holds what files held while it was built: a crash anywhere in between).
 pub struct Image {
     pub label: u64,
+    pub label_after: u64,
     pub event: usize,
     pub tree: Node,
 }
@@ -140,28 +142,26 @@ impl SimDisk {
         std::mem::take(&mut self.state.lock().images)
     }
 
-    fn pin(state: &mut State, ino: u64, path: &Path) {
-        if let std::collections::hash_map::Entry::Vacant(v) = state.pinned.entry(ino) {
-            if let Ok(f) = File::open(path) {
-                v.insert(f);
-            }
-        }
-    }
-
+    /// The entries of `dir` now, each pinned. An entry's inode is read from the handle that
+    /// pins it (not from a separate `stat`), so a rename over the name in between cannot pin
+    /// another file under its number.
     fn current_listing(state: &mut State, dir: &Path) -> BTreeMap<String, Entry> {
         let mut out = BTreeMap::new();
         let Ok(rd) = std::fs::read_dir(dir) else {
             return out;
         };
         for e in rd.flatten() {
-            let Ok(m) = e.path().symlink_metadata() else {
+            let Ok(handle) = File::open(e.path()) else {
+                continue;
+            };
+            let Ok(m) = handle.metadata() else {
                 continue;
             };
             let entry = Entry {
                 ino: m.ino(),
                 dir: m.is_dir(),
             };
-            Self::pin(state, entry.ino, &e.path());
+            state.pinned.entry(entry.ino).or_insert(handle);
             out.insert(e.file_name().to_string_lossy().into_owned(), entry);
         }
         out
@@ -174,8 +174,14 @@ impl SimDisk {
         if rng.chance(self.crash_chance) {
             let label = (self.label)();
             let tree = self.build(state, self.root_ino, &mut rng);
+            let label_after = (self.label)();
             let event = state.events;
-            state.images.push(Image { label, event, tree });
+            state.images.push(Image {
+                label,
+                label_after,
+                event,
+                tree,
+            });
         }
         state.rng = Some(rng);
     }
@@ -247,7 +253,11 @@ impl SyncObserver for SimDisk {
         }
         let Ok(m) = path.metadata() else { return };
         let mut state = self.state.lock();
-        Self::pin(&mut state, m.ino(), &path);
+        if let Ok(h) = File::open(&path) {
+            if h.metadata().is_ok_and(|hm| hm.ino() == m.ino()) {
+                state.pinned.entry(m.ino()).or_insert(h);
+            }
+        }
         let listing = Self::current_listing(&mut state, &path);
         state.listing.insert(m.ino(), listing);
         self.after_event(&mut state);
