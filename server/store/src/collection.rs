@@ -1418,6 +1418,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     /// if a training runs.
     pub fn start_train(self: &Arc<Self>, overrides: Option<IndexConfig>) -> Result<()> {
         self.refuse_read_only()?;
+        self.refuse_follower()?;
         {
             let mut job = self.job.lock();
             if *job == JobState::Training {
@@ -1494,6 +1495,10 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     /// Starts training an untrained collection that reached its `train_at` size (on a thread
     /// of its own); false when a training runs already or the last one failed.
     fn train_by_itself(self: &Arc<Self>, live: usize) -> Result<bool> {
+        // A replica trains only when its log says so (`apply_train`).
+        if self.follower.load(Ordering::Acquire) {
+            return Ok(false);
+        }
         {
             let mut job = self.job.lock();
             if *job != JobState::Ready {
@@ -1519,7 +1524,8 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 d.added,
             )
         };
-        if !due || self.interrupted.load(Ordering::Acquire) {
+        if !due || self.interrupted.load(Ordering::Acquire) || self.follower.load(Ordering::Acquire)
+        {
             return Ok(false);
         }
         {
@@ -1655,6 +1661,189 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     /// collection without waiting (the training stops at its next step and publishes nothing).
     /// Merges, purges and indexing wait (they are refused while the job is training), so the
     /// inputs stay the segments the switch replaces.
+    /// The description a training with `overrides` gives the collection, and its engine
+    /// parameters for `n` points (refused below what a training needs).
+    fn training_plan(
+        &self,
+        overrides: Option<IndexConfig>,
+        n: usize,
+    ) -> Result<(CollectionMeta, IndexParams)> {
+        let mut meta = self.meta.read().clone();
+        if let Some(o) = overrides {
+            if o.nlist != 0 {
+                meta.index.nlist = o.nlist;
+            }
+            if o.pq_m != 0 {
+                meta.index.pq_m = o.pq_m;
+            }
+            if !o.refine.is_empty() {
+                meta.index.refine = o.refine;
+                meta.index.refine_factor = o.refine_factor;
+            }
+            if o.seed != 0 {
+                meta.index.seed = o.seed;
+            }
+        }
+        let dim = meta.dim;
+        let nlist = if meta.index.nlist == 0 {
+            auto_nlist(n)
+        } else {
+            meta.index.nlist as usize
+        };
+        let pq_m = if meta.index.pq_m == 0 {
+            auto_pq_m(dim)
+        } else {
+            meta.index.pq_m as usize
+        };
+        let mut params = IndexParams::new(meta.metric(), dim, nlist, pq_m);
+        params.refine = meta.index.refine_kind();
+        params.seed = meta.index.seed;
+        params.validate()?;
+        if n < nlist.max(256) {
+            return Err(StoreError::Precondition(format!(
+                "training needs at least {} vectors (nlist = {nlist}, and 256 for the PQ); the collection has {n}",
+                nlist.max(256)
+            )));
+        }
+        Ok((meta, params))
+    }
+
+    /// Trains quantizers on the points present now (the sample drawn in id order, as
+    /// [`Self::start_train`] does) without switching to them: what the leader of a replicated
+    /// collection does before it logs a training that every replica applies
+    /// ([`Self::apply_train`]). Returns the trained, empty index.
+    pub fn train_quantizers(&self, overrides: Option<IndexConfig>) -> Result<IvfPqIndex> {
+        self.refuse_read_only()?;
+        let v = self.version();
+        let mut inputs = v.segments.clone();
+        inputs.push(v.appendable.clone());
+        let n = v.len();
+        let (_, params) = self.training_plan(overrides, n)?;
+        let sample = crate::training_input::sample_in_id_order(
+            &inputs,
+            params.dim,
+            params.default_train_sample(),
+            params.seed,
+        )?;
+        let stop = TrainingStop {
+            dropped: &self.dropped,
+            stopped: &self.training_stopped,
+        };
+        crate::priority::in_background(self.cfg.write_nice, || {
+            Ok(IvfPqIndex::train(params, &sample, &stop)?)
+        })
+    }
+
+    /// Applies a training entry of an external log (numbered `seq`, see [`Self::apply`]): the
+    /// collection switches to `quantizers` (trained by the log's leader,
+    /// [`Self::train_quantizers`]) with every point encoded with them, as of this number, and a
+    /// checkpoint makes it durable before it returns (the number is then covered: a replica
+    /// that stops before that applies the entry again). Writes wait meanwhile. A number at or
+    /// below [`Self::last_seq`] is skipped; a gap is refused.
+    pub fn apply_train(&self, seq: u64, quantizers: &IvfPqIndex) -> Result<Applied> {
+        self.refuse_read_only()?;
+        let dim = self.meta.read().dim;
+        let dir = self.dir.clone();
+        check_shape(
+            &dir,
+            quantizers.dim(),
+            quantizers.metric(),
+            &self.meta.read(),
+        )?;
+        self.follower.store(true, Ordering::Release);
+        let _one = self.structural.lock();
+        self.refuse_dropped()?;
+        if self.job() == JobState::Training {
+            return Err(StoreError::Precondition(
+                "the collection is training by itself; a replica only applies its log's trainings"
+                    .into(),
+            ));
+        }
+        let q = Arc::new(quantizers.empty_like());
+        let stop = TrainingStop {
+            dropped: &self.dropped,
+            stopped: &self.training_stopped,
+        };
+        let switched = self.switch(|w| -> Result<Option<Applied>> {
+            let next = w.next_lsn;
+            if seq < next {
+                return Ok(Some(Applied {
+                    changed: Vec::new(),
+                    skipped: 1,
+                    last_seq: next - 1,
+                }));
+            }
+            if seq > next {
+                return Err(StoreError::Precondition(format!(
+                    "op {seq} does not follow the last one applied, {}: ops {next}..{} are missing",
+                    next - 1,
+                    seq - 1
+                )));
+            }
+            let cur = (*w.staged).clone();
+            let mut inputs = cur.segments.clone();
+            inputs.push(cur.appendable.clone());
+            let n = cur.len();
+            let (index, baseline) = crate::priority::in_background(self.cfg.write_nice, || {
+                let mut index = q.empty_like();
+                crate::training_input::for_each_block(&inputs, dim, |i, v, p| {
+                    index.add_with_payloads(v, Some(i), p, &stop)?;
+                    Ok(())
+                })?;
+                // The drift baseline over an even spread of the points, as a training's.
+                let sample = crate::training_input::sample_in_id_order(
+                    &inputs,
+                    dim,
+                    crate::drift::BASELINE_SAMPLE,
+                    q.params().seed,
+                )?;
+                let sample = quiver_engine::index::prepare_vectors(q.metric(), dim, &sample)?;
+                Ok::<_, StoreError>((index, crate::drift::mean_error(&q, &sample)))
+            })?;
+            let mut next_version = cur.clone();
+            next_version.segments = Vec::new();
+            if index.len() > 0 {
+                let id = w.next_segment_id;
+                w.next_segment_id += 1;
+                next_version.segments.push(Arc::new(Segment::new(
+                    id,
+                    self.seal_index(Arc::new(index))?,
+                )));
+            }
+            let app = w.next_segment_id;
+            w.next_segment_id += 1;
+            let meta = {
+                let _files = self.files.lock();
+                let mut live = self.meta.write();
+                live.index.nlist = q.params().nlist as u32;
+                live.index.pq_m = q.params().pq_m as u32;
+                live.clone()
+            };
+            next_version.appendable = Arc::new(empty_appendable(app, &meta, Some(&q), &self.cpu)?);
+            next_version.quantizers = Some(q.clone());
+            next_version.lsn = seq;
+            *self.drift.lock() = Drift::after_training(baseline, n as u64);
+            w.next_lsn = seq + 1;
+            self.publish(w, next_version);
+            Ok(None)
+        })?;
+        if let Some(skipped) = switched {
+            return Ok(skipped);
+        }
+        if let Err(e) = self.checkpoint_locked() {
+            // The switch took number `seq` but is not durable: writes stop, so no later op is
+            // logged after a number the log does not hold; a restart applies the entry again.
+            let m = format!("the checkpoint of the training applied at {seq} failed: {e}; restart the collection");
+            self.writer.lock().stopped = Some(m);
+            return Err(e);
+        }
+        Ok(Applied {
+            changed: vec![self.version().len()],
+            skipped: 0,
+            last_seq: seq,
+        })
+    }
+
     fn train_now(&self, overrides: Option<IndexConfig>) -> Result<()> {
         let one = self.structural.lock();
         self.refuse_dropped()?;
@@ -1686,44 +1875,9 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             &[format!("at unix time {since}").as_bytes()],
         )?;
         drop(one);
-        let mut meta = self.meta.read().clone();
-        if let Some(o) = overrides {
-            if o.nlist != 0 {
-                meta.index.nlist = o.nlist;
-            }
-            if o.pq_m != 0 {
-                meta.index.pq_m = o.pq_m;
-            }
-            if !o.refine.is_empty() {
-                meta.index.refine = o.refine;
-                meta.index.refine_factor = o.refine_factor;
-            }
-            if o.seed != 0 {
-                meta.index.seed = o.seed;
-            }
-        }
         let n: usize = inputs.segments.iter().map(|s| s.len()).sum();
-        let dim = meta.dim;
-        let nlist = if meta.index.nlist == 0 {
-            auto_nlist(n)
-        } else {
-            meta.index.nlist as usize
-        };
-        let pq_m = if meta.index.pq_m == 0 {
-            auto_pq_m(dim)
-        } else {
-            meta.index.pq_m as usize
-        };
-        let mut params = IndexParams::new(meta.metric(), dim, nlist, pq_m);
-        params.refine = meta.index.refine_kind();
-        params.seed = meta.index.seed;
-        params.validate()?;
-        if n < nlist.max(256) {
-            return Err(StoreError::Precondition(format!(
-                "training needs at least {} vectors (nlist = {nlist}, and 256 for the PQ); the collection has {n}",
-                nlist.max(256)
-            )));
-        }
+        let (mut meta, params) = self.training_plan(overrides, n)?;
+        let (nlist, pq_m, dim) = (params.nlist, params.pq_m, params.dim);
         let name = self.meta.read().name.clone();
         let started = std::time::Instant::now();
         let stop = TrainingStop {

@@ -181,3 +181,165 @@ fn a_follower_fed_the_leaders_log_ends_in_its_state() {
     follower.close();
     assert_eq!(log_of(&fdir), log);
 }
+
+/// An entry of a replicated collection's log: an op, or a training its leader decided.
+enum Entry {
+    Op(Op),
+    Train(quiver_engine::index::IvfPqIndex),
+}
+
+fn some_ids(rng: &mut Rng, n: u64, below: u64) -> Vec<u64> {
+    let mut v: Vec<u64> = (0..1 + rng.below(n)).map(|_| rng.below(below)).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+fn random_op(rng: &mut Rng, step: u64) -> Op {
+    match rng.below(10) {
+        0..=6 => {
+            let ids = some_ids(rng, 40, 3000);
+            Op::Upsert {
+                vectors: ids.iter().flat_map(|&i| vector(i, step)).collect(),
+                payloads: ids
+                    .iter()
+                    .map(|&i| {
+                        payload::encode_text(&format!(r#"{{"g":{},"s":{step}}}"#, i % 5)).unwrap()
+                    })
+                    .collect(),
+                ids,
+                dim: DIM,
+            }
+        }
+        7 | 8 => Op::Delete {
+            ids: some_ids(rng, 10, 3000),
+        },
+        _ => Op::SetPayload {
+            ids: some_ids(rng, 10, 3000),
+            edit: PayloadEdit::Merge(payload::encode_text(&format!(r#"{{"e":{step}}}"#)).unwrap()),
+        },
+    }
+}
+
+/// Feeds `log` (entry `i` numbered `i + 1`) to the collection in `slot` from its last
+/// number on, in batches of up to `batch` ops, restarting it once past each entry in
+/// `restarts`; returns how many restarts it made.
+fn feed(
+    slot: &mut C,
+    dir: &Path,
+    log: &[Entry],
+    batch: u64,
+    restarts: &[u64],
+    cfg: &StoreConfig,
+) -> usize {
+    let mut next = slot.last_seq() + 1;
+    let mut pending: Vec<u64> = restarts.to_vec();
+    let mut made = 0;
+    while (next as usize) <= log.len() {
+        match &log[next as usize - 1] {
+            Entry::Train(q) => {
+                let done = slot.apply_train(next, q).unwrap();
+                assert_eq!(done.last_seq, next);
+                next += 1;
+            }
+            Entry::Op(_) => {
+                let mut ops = Vec::new();
+                while (next as usize + ops.len()) <= log.len() && (ops.len() as u64) < batch {
+                    match &log[next as usize - 1 + ops.len()] {
+                        Entry::Op(op) => ops.push(op.clone()),
+                        Entry::Train(_) => break,
+                    }
+                }
+                let n = ops.len() as u64;
+                assert_eq!(slot.apply(next, ops).unwrap().last_seq, next + n - 1);
+                next += n;
+            }
+        }
+        if pending.iter().any(|&r| r < next) {
+            pending.retain(|&r| r >= next);
+            slot.close();
+            *slot = C::open(dir, CpuBackend, cfg.clone()).unwrap();
+            assert_eq!(slot.last_seq(), next - 1);
+            made += 1;
+        }
+    }
+    made
+}
+
+#[test]
+fn replicas_switch_to_the_leaders_training_at_its_number() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let a_cfg = StoreConfig::default();
+    // The other replica seals, merges and purges often.
+    let b_cfg = StoreConfig {
+        seal_rows: 64,
+        merge_factor: 2,
+        max_segments: 3,
+        checkpoint_wal_bytes: 16 << 10,
+        ..StoreConfig::default()
+    };
+    let (adir, bdir) = (tmp.path().join("a"), tmp.path().join("b"));
+    let mut a = C::create(&adir, small_meta("a", DIM, 0), CpuBackend, a_cfg.clone()).unwrap();
+    let mut b = C::create(&bdir, small_meta("b", DIM, 0), CpuBackend, b_cfg.clone()).unwrap();
+    let mut log: Vec<Entry> = (0..120u64)
+        .map(|s| Entry::Op(random_op(&mut rng, s)))
+        .collect();
+    // The leader (here, replica a once it applied everything so far) trains, and logs it.
+    assert_eq!(feed(&mut a, &adir, &log, 25, &[], &a_cfg), 0);
+    let q = a.train_quantizers(None).unwrap();
+    log.push(Entry::Train(q));
+    log.extend((120..240u64).map(|s| Entry::Op(random_op(&mut rng, s))));
+    // A second training later (a retraining), on what the replicas hold then.
+    assert_eq!(feed(&mut a, &adir, &log, 25, &[], &a_cfg), 0);
+    let q = a.train_quantizers(None).unwrap();
+    log.push(Entry::Train(q));
+    log.extend((240..300u64).map(|s| Entry::Op(random_op(&mut rng, s))));
+    assert_eq!(feed(&mut a, &adir, &log, 25, &[], &a_cfg), 0);
+    // Replica b: other batches, its optimizer stepping between them, restarts around the
+    // first training.
+    let trained_at = log
+        .iter()
+        .position(|e| matches!(e, Entry::Train(_)))
+        .unwrap() as u64
+        + 1;
+    let restarts = feed(
+        &mut b,
+        &bdir,
+        &log,
+        7,
+        &[trained_at - 1, trained_at, 200],
+        &b_cfg,
+    );
+    assert_eq!(restarts, 3);
+    let b = std::sync::Arc::new(b);
+    while b.optimize_step().unwrap() {}
+    assert!(a.trained() && b.trained());
+    assert_eq!(a.last_seq(), log.len() as u64);
+    assert_eq!(b.last_seq(), log.len() as u64);
+    assert!(
+        b.version().segments.len() > 1,
+        "replica b should differ in layout"
+    );
+    assert_eq!(points(&a), points(&b), "the replicas' points differ");
+    let key = SearchKey {
+        k: 10,
+        nprobe: 2,
+        refine_factor: 0,
+    };
+    let queries: Vec<f32> = (0..50).flat_map(|q| vector(q * 7, 999)).collect();
+    let (x, y) = (
+        a.search(&queries, 50, key).unwrap(),
+        b.search(&queries, 50, key).unwrap(),
+    );
+    assert_eq!(x.ids, y.ids, "the replicas answer differently");
+    assert_eq!(
+        x.distances.iter().map(|d| d.to_bits()).collect::<Vec<_>>(),
+        y.distances.iter().map(|d| d.to_bits()).collect::<Vec<_>>()
+    );
+    // A replica trains only when its log says so.
+    assert!(matches!(
+        b.start_train(None),
+        Err(StoreError::Precondition(_))
+    ));
+}

@@ -374,7 +374,10 @@ fn a_stale_optimizer_step_across_a_retraining_is_refused() {
         Err(e) => panic!("the stale step: {e}"),
     }
     let after = c.version();
-    assert!(Arc::ptr_eq(&before, &after), "the stale step published a version");
+    assert!(
+        Arc::ptr_eq(&before, &after),
+        "the stale step published a version"
+    );
     upsert(&c, &[9001]).unwrap();
     c.checkpoint().unwrap();
     let live: Vec<u64> = (2000..3000).chain([9001]).collect();
@@ -465,5 +468,49 @@ fn an_interrupted_training_waits_for_a_train_call() {
     assert!(c.optimize_step().unwrap(), "trains by itself again");
     c.wait_job().unwrap();
     assert!(c.trained());
+    scenario.teardown();
+}
+
+#[test]
+fn a_replica_whose_training_checkpoint_fails_stops_and_applies_it_again_after_a_restart() {
+    let _s = SERIAL.lock();
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let c = C::create(&path, meta(), CpuBackend, StoreConfig::default()).unwrap();
+    let ids: Vec<u64> = (0..600).collect();
+    let op = quiver_store::wal::Op::Upsert {
+        vectors: ids.iter().flat_map(|&i| vector(i)).collect(),
+        ids: ids.clone(),
+        dim: 4,
+        payloads: Vec::new(),
+    };
+    c.apply(1, vec![op]).unwrap();
+    let q = c.train_quantizers(None).unwrap();
+    fail::cfg("checkpoint::before", "1*return").unwrap();
+    assert!(c.apply_train(2, &q).is_err());
+    fail::remove("checkpoint::before");
+    // The switch took number 2 but is not durable: nothing more is logged after it.
+    let next = c.apply(3, vec![quiver_store::wal::Op::Delete { ids: vec![1] }]);
+    assert!(
+        matches!(next, Err(StoreError::WritesStopped(_))),
+        "{next:?}"
+    );
+    drop(c);
+    let c = C::open(&path, CpuBackend, StoreConfig::default()).unwrap();
+    assert_eq!(
+        c.last_seq(),
+        1,
+        "the training is applied again after a restart"
+    );
+    assert!(!c.trained());
+    c.apply_train(2, &q).unwrap();
+    c.apply(3, vec![quiver_store::wal::Op::Delete { ids: vec![1] }])
+        .unwrap();
+    drop(c);
+    let c = C::open(&path, CpuBackend, StoreConfig::default()).unwrap();
+    assert!(c.trained());
+    assert_eq!(c.last_seq(), 3);
+    assert_eq!(c.count(None), 599);
     scenario.teardown();
 }
