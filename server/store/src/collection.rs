@@ -220,40 +220,67 @@ fn empty_appendable<B: Backend>(
 impl<B: Backend + Clone + 'static> Collection<B> {
     /// Creates a new, empty collection in `dir` (which must not exist).
     pub fn create(dir: &Path, meta: CollectionMeta, backend: B, cfg: StoreConfig) -> Result<Self> {
-        if dir.exists() {
-            return Err(StoreError::Precondition(format!(
-                "{} already exists",
-                dir.display()
-            )));
-        }
-        let parent = dir.parent().unwrap_or(Path::new("."));
-        let tmp = parent.join(format!(
-            "{}{}",
-            crate::fsutil::TEMP_PREFIX,
-            dir.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        ));
-        let _ = std::fs::remove_dir_all(&tmp);
-        let mk =
-            |p: &Path| std::fs::create_dir_all(p).map_err(|e| StoreError::io("creating", p, e));
-        mk(&tmp.join("segments"))?;
-        mk(&tmp.join("wal"))?;
-        WalWriter::create(&tmp.join("wal"), 1)?;
-        Manifest {
-            format: crate::manifest::FORMAT,
-            meta,
-            quantizers: None,
-            segments: Vec::new(),
-            wal_from: 1,
-            next_segment_id: 1,
-            drift: None,
-        }
-        .write(&tmp)?;
-        sync_dir(&tmp).map_err(|e| StoreError::io("syncing", &tmp, e))?;
-        std::fs::rename(&tmp, dir).map_err(|e| StoreError::io("renaming into place", dir, e))?;
-        sync_dir(parent).map_err(|e| StoreError::io("syncing", parent, e))?;
+        crate::fsutil::build_folder(dir, |tmp| {
+            WalWriter::create(&tmp.join("wal"), 1)?;
+            Manifest {
+                format: crate::manifest::FORMAT,
+                meta,
+                quantizers: None,
+                segments: Vec::new(),
+                wal_from: 1,
+                next_segment_id: 1,
+                drift: None,
+            }
+            .write(tmp)
+        })?;
         Self::open(dir, backend, cfg)
+    }
+
+    /// Creates a collection in `dir` (which must not exist) from a snapshot folder written by
+    /// [`Self::export_snapshot`] (of this or another process): its files are linked or copied,
+    /// and the collection's log starts after the last op the snapshot covers, so a new replica
+    /// goes on from there with [`Self::apply`] ([`Self::last_seq`] says from where).
+    pub fn create_from_snapshot(
+        snapshot: &Path,
+        dir: &Path,
+        backend: B,
+        cfg: StoreConfig,
+    ) -> Result<Self> {
+        let manifest = Manifest::read(snapshot)?;
+        crate::fsutil::build_folder(dir, |tmp| {
+            crate::snapshot::place_files(
+                &snapshot.join("segments"),
+                &tmp.join("segments"),
+                &crate::snapshot::files_of(&manifest),
+            )?;
+            WalWriter::create(&tmp.join("wal"), manifest.wal_from)?;
+            manifest.write(tmp)
+        })?;
+        Self::open(dir, backend, cfg)
+    }
+
+    /// Writes a snapshot of the collection into the folder `dest` (which must not exist): a
+    /// checkpoint is made, and its files and manifest are linked or copied there. Returns the
+    /// number of the last op it covers ([`Self::last_seq`] at the checkpoint): a replica
+    /// created from it ([`Self::create_from_snapshot`]) applies the log from the next one.
+    /// Writes go on meanwhile; merges and trainings wait.
+    pub fn export_snapshot(&self, dest: &Path) -> Result<u64> {
+        self.refuse_read_only()?;
+        let _one = self.structural.lock();
+        self.refuse_dropped()?;
+        self.checkpoint_locked()?;
+        // No checkpoint removes the files while they are placed.
+        let _files = self.files.lock();
+        let manifest = Manifest::read(&self.dir)?;
+        crate::fsutil::build_folder(dest, |tmp| {
+            crate::snapshot::place_files(
+                &self.dir.join("segments"),
+                &tmp.join("segments"),
+                &crate::snapshot::files_of(&manifest),
+            )?;
+            manifest.write(tmp)
+        })?;
+        Ok(manifest.wal_from - 1)
     }
 
     /// Opens a collection folder: the manifest's segments, then the write-ahead log replayed
@@ -1802,7 +1829,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             })?;
             let mut next_version = cur.clone();
             next_version.segments = Vec::new();
-            if index.len() > 0 {
+            if !index.is_empty() {
                 let id = w.next_segment_id;
                 w.next_segment_id += 1;
                 next_version.segments.push(Arc::new(Segment::new(

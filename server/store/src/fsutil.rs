@@ -79,6 +79,41 @@ pub fn remove_temp_files(dir: &Path) -> Result<usize> {
     Ok(n)
 }
 
+/// Builds a collection or snapshot folder at `dest` (which must not exist) through a
+/// temporary folder beside it: `fill` gets that folder, with `segments/` and `wal/` made;
+/// then it is fsynced and renamed into place, and the parent fsynced.
+pub fn build_folder(dest: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if dest.exists() {
+        return Err(StoreError::Precondition(format!(
+            "{} already exists",
+            dest.display()
+        )));
+    }
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    let tmp = parent.join(format!(
+        "{}{}",
+        TEMP_PREFIX,
+        dest.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    for d in [tmp.join("segments"), tmp.join("wal")] {
+        std::fs::create_dir_all(&d).map_err(|e| StoreError::io("creating", &d, e))?;
+    }
+    let built = fill(&tmp).and_then(|()| {
+        for d in [tmp.join("segments"), tmp.join("wal"), tmp.clone()] {
+            sync_dir(&d).map_err(|e| StoreError::io("syncing", &d, e))?;
+        }
+        std::fs::rename(&tmp, dest).map_err(|e| StoreError::io("renaming into place", dest, e))?;
+        sync_dir(parent).map_err(|e| StoreError::io("syncing", parent, e))
+    });
+    if built.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    built
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,7 @@ pub mod optimizer;
 pub mod preparer;
 pub mod priority;
 pub mod segment;
+pub mod snapshot;
 pub mod training_input;
 pub mod version;
 pub mod wal;

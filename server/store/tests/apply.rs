@@ -343,3 +343,64 @@ fn replicas_switch_to_the_leaders_training_at_its_number() {
         Err(StoreError::Precondition(_))
     ));
 }
+
+#[test]
+fn a_new_replica_starts_from_a_snapshot_and_goes_on_with_the_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = Rng(0x51ed_270b_2705_3a1f);
+    let cfg = StoreConfig {
+        seal_rows: 100,
+        ..StoreConfig::default()
+    };
+    let adir = tmp.path().join("a");
+    let mut a = C::create(&adir, small_meta("a", DIM, 0), CpuBackend, cfg.clone()).unwrap();
+    let mut log: Vec<Entry> = (0..100u64)
+        .map(|s| Entry::Op(random_op(&mut rng, s)))
+        .collect();
+    feed(&mut a, &adir, &log, 30, &[], &cfg);
+    log.push(Entry::Train(a.train_quantizers(None).unwrap()));
+    log.extend((100..150u64).map(|s| Entry::Op(random_op(&mut rng, s))));
+    feed(&mut a, &adir, &log, 30, &[], &cfg);
+    // Replica a writes a snapshot; writes, merges and checkpoints go on after it.
+    let snap = tmp.path().join("snapshot");
+    let covered = a.export_snapshot(&snap).unwrap();
+    assert_eq!(covered, log.len() as u64);
+    let at_snapshot = points(&a);
+    assert!(matches!(
+        a.export_snapshot(&snap),
+        Err(StoreError::Precondition(_))
+    ));
+    log.extend((150..250u64).map(|s| Entry::Op(random_op(&mut rng, s))));
+    feed(&mut a, &adir, &log, 30, &[], &cfg);
+    let a = std::sync::Arc::new(a);
+    while a.optimize_step().unwrap() {}
+    a.checkpoint().unwrap();
+    // A new replica from the snapshot, then the log from the number after it.
+    let cdir = tmp.path().join("c");
+    let mut c = C::create_from_snapshot(&snap, &cdir, CpuBackend, cfg.clone()).unwrap();
+    assert_eq!(c.last_seq(), covered);
+    assert!(c.trained());
+    feed(&mut c, &cdir, &log, 13, &[200], &cfg);
+    assert_eq!(c.last_seq(), a.last_seq());
+    assert_eq!(points(&a), points(&c), "the new replica's points differ");
+    let key = SearchKey {
+        k: 10,
+        nprobe: 2,
+        refine_factor: 0,
+    };
+    let queries: Vec<f32> = (0..30).flat_map(|q| vector(q * 11, 777)).collect();
+    let (x, y) = (
+        a.search(&queries, 30, key).unwrap(),
+        c.search(&queries, 30, key).unwrap(),
+    );
+    assert_eq!(x.ids, y.ids);
+    assert_eq!(
+        x.distances.iter().map(|d| d.to_bits()).collect::<Vec<_>>(),
+        y.distances.iter().map(|d| d.to_bits()).collect::<Vec<_>>()
+    );
+    // The snapshot still opens as it was (its files outlive the ones replica a removed).
+    drop(c);
+    let again = C::create_from_snapshot(&snap, &tmp.path().join("d"), CpuBackend, cfg).unwrap();
+    assert_eq!(again.last_seq(), covered);
+    assert_eq!(points(&again), at_snapshot);
+}
