@@ -187,6 +187,8 @@ pub struct Collection<B: Backend> {
     /// Fed by [`Collection::apply`]: its log is numbered by an external one, and it takes no
     /// other writes.
     follower: AtomicBool,
+    /// Held by a description change from reading the description to logging the new one.
+    describing: Mutex<()>,
     read_only: bool,
 }
 
@@ -366,7 +368,11 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             quantizers,
             lsn: manifest.wal_from.saturating_sub(1),
         };
+        let mut meta = meta;
         let replayed = wal::replay(&waldir, manifest.wal_from, cfg.wal_recover, |lsn, op| {
+            if let Op::Describe(d) = &op {
+                meta.describe(d);
+            }
             version
                 .apply(&op, None, &cpu, &backend)
                 .map_err(|e| StoreError::Invalid {
@@ -414,6 +420,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             training_stopped: AtomicBool::new(false),
             interrupted: AtomicBool::new(interrupted.is_some()),
             follower: AtomicBool::new(false),
+            describing: Mutex::new(()),
             read_only: false,
         };
         if let Some(since) = interrupted {
@@ -486,6 +493,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             training_stopped: AtomicBool::new(false),
             interrupted: AtomicBool::new(false),
             follower: AtomicBool::new(false),
+            describing: Mutex::new(()),
             read_only: true,
         })
     }
@@ -739,21 +747,18 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         Ok(())
     }
 
-    /// Changes the collection's description with `edit` (false: nothing changed) and writes it
-    /// into the manifest. The manifest's other contents stay as the last checkpoint wrote them:
-    /// holding the files lock, no checkpoint runs meanwhile, and the next one writes the new
-    /// description.
+    /// Changes the collection's description with `edit` (false: nothing changed): the new
+    /// description is an op of the log ([`Op::Describe`]), in order with the writes, durable
+    /// when this returns and in effect from its group on; checkpoints write it into the
+    /// manifest. One change at a time, so none is lost to another's.
     fn change_meta(&self, edit: impl FnOnce(&mut CollectionMeta) -> Result<bool>) -> Result<bool> {
-        let _files = self.files.lock();
+        let _one = self.describing.lock();
         self.refuse_dropped()?;
         let mut meta = self.meta.read().clone();
         if !edit(&mut meta)? {
             return Ok(false);
         }
-        let mut m = Manifest::read(&self.dir)?;
-        m.meta = meta.clone();
-        m.write(&self.dir)?;
-        *self.meta.write() = meta;
+        self.write(Op::Describe(meta.description()), None, None)?;
         Ok(true)
     }
 
@@ -953,6 +958,17 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                         reason: e.to_string(),
                     })?;
                 }
+                Op::Describe(d) => {
+                    if d.fields.len() > MAX_FIELD_INDEXES {
+                        return Err(StoreError::Invalid {
+                            field: "fields",
+                            reason: format!(
+                                "{} indexed fields; at most {MAX_FIELD_INDEXES} are allowed",
+                                d.fields.len()
+                            ),
+                        });
+                    }
+                }
             }
             wal::check_size(op)?;
         }
@@ -1149,7 +1165,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                     wal::encode(lsn, &q.op, &mut buf);
                     v.lsn = lsn;
                     lsn += 1;
-                } else if n > 0 || matches!(q.op, Op::Upsert { .. }) {
+                } else if n > 0 || matches!(q.op, Op::Upsert { .. } | Op::Describe(_)) {
                     // (A delete by filter may resolve to more ids than one record holds.)
                     for part in wal::records_of(&q.op) {
                         wal::encode(lsn, part.as_ref(), &mut buf);
@@ -1197,6 +1213,13 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                     w.staged = v.clone();
                     w.next_lsn = next_lsn;
                     *self.published.write() = v;
+                    // Description changes take effect with their group (a checkpoint, which
+                    // quiesces the writer first, writes them into the manifest).
+                    for q in queue.iter() {
+                        if let Op::Describe(d) = &q.op {
+                            self.meta.write().describe(d);
+                        }
+                    }
                     counts.into_iter().map(Ok).collect()
                 }
                 Err(failure) => {

@@ -115,6 +115,39 @@ impl CollectionMeta {
     pub fn metric(&self) -> Metric {
         self.metric.parse().unwrap_or(Metric::L2)
     }
+
+    /// The parts of the description that change after creation.
+    pub fn description(&self) -> Description {
+        Description {
+            fields: self.fields.clone(),
+            settings: self.settings.clone(),
+            train_at: self.index.train_at,
+        }
+    }
+
+    /// Takes the changeable parts from `d`.
+    pub fn describe(&mut self, d: &Description) {
+        self.fields = d.fields.clone();
+        self.settings = d.settings.clone();
+        self.index.train_at = d.train_at;
+    }
+}
+
+/// The parts of a collection's description that change after it is created: its indexed
+/// payload fields, the front end's settings and the size at which it trains by itself. A
+/// change is logged as the whole new value ([`crate::wal::Op::Describe`]), so applying it
+/// twice is applying it once.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Description {
+    /// Indexed payload fields (`NAME:TYPE`).
+    #[serde(default, with = "field_specs")]
+    pub fields: Vec<FieldSpec>,
+    /// The front end's settings (see [`CollectionMeta::settings`]).
+    #[serde(default)]
+    pub settings: serde_json::Value,
+    /// See [`IndexConfig::train_at`].
+    #[serde(default)]
+    pub train_at: u64,
 }
 
 /// One segment's files.

@@ -91,6 +91,8 @@ impl<B: Backend> Version<B> {
         device: &B,
     ) -> Result<usize, EngineError> {
         match op {
+            // The description is the collection's, not the version's (see `Collection`).
+            Op::Describe(_) => Ok(0),
             Op::Upsert {
                 ids,
                 vectors,

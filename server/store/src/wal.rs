@@ -146,6 +146,9 @@ pub enum Op {
         /// The filter.
         filter: String,
     },
+    /// The collection's description changed (indexed fields, settings, training size): the
+    /// whole new value.
+    Describe(crate::manifest::Description),
 }
 
 /// Record numbers (and the manifest's counters) stay below this: far beyond any real log, and
@@ -167,6 +170,7 @@ pub fn body_len(op: &Op) -> usize {
         Op::Delete { ids } => (ids.len(), 0),
         Op::SetPayload { ids, edit } => (ids.len(), edit.body().len()),
         Op::DeleteFilter { filter } => (0, filter.len()),
+        Op::Describe(d) => (0, describe_body(d).len()),
     };
     MIN_BODY + ids * 8 + rest
 }
@@ -200,9 +204,18 @@ pub fn records_of(op: &Op) -> Vec<std::borrow::Cow<'_, Op>> {
     }
 }
 
+/// The body of a description record: its JSON.
+fn describe_body(d: &crate::manifest::Description) -> Vec<u8> {
+    serde_json::to_vec(d).unwrap_or_default()
+}
+
 /// Appends the framed record `lsn: op` to `out`.
 pub fn encode(lsn: u64, op: &Op, out: &mut Vec<u8>) {
     let none: &[u64] = &[];
+    let described = match op {
+        Op::Describe(d) => describe_body(d),
+        _ => Vec::new(),
+    };
     let (kind, ids, dim): (u8, &[u64], usize) = match op {
         Op::Upsert {
             ids, dim, payloads, ..
@@ -210,6 +223,7 @@ pub fn encode(lsn: u64, op: &Op, out: &mut Vec<u8>) {
         Op::Delete { ids } => (2, ids, 0),
         Op::SetPayload { ids, edit } => (4, ids, edit.code() as usize),
         Op::DeleteFilter { filter } => (5, none, filter.len()),
+        Op::Describe(_) => (6, none, described.len()),
     };
     let start = out.len();
     out.extend_from_slice(&[0; RECORD_HEAD]);
@@ -233,6 +247,7 @@ pub fn encode(lsn: u64, op: &Op, out: &mut Vec<u8>) {
         Op::Delete { .. } => {}
         Op::SetPayload { edit, .. } => out.extend_from_slice(&edit.body()),
         Op::DeleteFilter { filter } => out.extend_from_slice(filter.as_bytes()),
+        Op::Describe(_) => out.extend_from_slice(&described),
     }
     let body_len = out.len() - start - RECORD_HEAD;
     let crc = crc32c::crc32c(&out[start + RECORD_HEAD..]);
@@ -330,6 +345,10 @@ fn parse(data: &[u8], pos: usize) -> Parsed {
                 filter: f.to_string(),
             },
             Err(_) => return Parsed::Bad("delete-by-filter record is not UTF-8".into()),
+        },
+        6 if count == 0 && ids_end + dim == len => match serde_json::from_slice(&body[ids_end..]) {
+            Ok(d) => Op::Describe(d),
+            Err(e) => return Parsed::Bad(format!("description record does not parse: {e}")),
         },
         _ => return wrong(),
     };

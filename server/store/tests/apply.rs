@@ -12,6 +12,7 @@ use std::path::Path;
 use common::{small_meta, Rng};
 use quiver_engine::backend::cpu::CpuBackend;
 use quiver_engine::payload;
+use quiver_engine::payload::fields::{FieldSpec, FieldType};
 use quiver_store::segment::SearchKey;
 use quiver_store::wal::{self, Op, PayloadEdit};
 use quiver_store::{Collection, StoreConfig, StoreError};
@@ -80,9 +81,26 @@ fn a_follower_fed_the_leaders_log_ends_in_its_state() {
                     .collect();
                 leader.upsert_with_payloads(ids, vectors, payloads).unwrap();
             }
-            6 | 7 => {
+            6 => {
                 // Deletes of absent ids change nothing and are not logged.
                 leader.delete(ids).unwrap();
+            }
+            7 => {
+                // Field indexes and settings are ops of the log too.
+                let key = ["g", "e", "s"][rng.below(3) as usize];
+                if rng.below(3) == 0 {
+                    leader.delete_field_index(key).unwrap();
+                } else {
+                    leader
+                        .create_field_index(FieldSpec {
+                            key: key.into(),
+                            kind: FieldType::Integer,
+                        })
+                        .unwrap();
+                }
+                leader
+                    .update_settings(|s, _| *s = serde_json::json!({ "step": step }))
+                    .unwrap();
             }
             8 => {
                 let edit = PayloadEdit::Merge(
@@ -159,6 +177,12 @@ fn a_follower_fed_the_leaders_log_ends_in_its_state() {
     );
 
     assert_eq!(follower.last_seq(), leader.last_seq());
+    assert!(log.iter().any(|(_, op)| matches!(op, Op::Describe(_))));
+    assert_eq!(follower.meta(), {
+        let mut m = leader.meta();
+        m.name = "r".into();
+        m
+    });
     let (a, b) = (points(&leader), points(&follower));
     assert!(!a.is_empty());
     assert_eq!(a, b, "the follower's points differ from the leader's");
