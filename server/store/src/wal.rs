@@ -10,12 +10,18 @@
 //! - 3 upsert with payloads: vectors as kind 1, then `payload length u32 × count` and the
 //!   payloads (compact JSON) back to back;
 //! - 4 payload edit of the ids: `dim` holds the edit (1 merge keys, 2 replace, 3 delete keys,
-//!   4 clear), then its JSON (the object to merge or set; the array of keys to delete);
-//! - 5 delete by filter: `count` 0, `dim` the filter's length, then the filter's JSON text. The
-//!   filter is logged, not the ids it matched: replay evaluates it against the state at that
-//!   record, so it deletes what it deleted when written.
+//!   4 clear, 5 replace keeping reserved keys), then its JSON (the object to merge or set; the
+//!   array of keys to delete);
+//! - 5 delete by filter: `count` 0, `dim` the filter's length, then the filter's JSON text.
+//!   Only older logs hold these (replay evaluates the filter against the state at that
+//!   record); a delete by filter is now logged as a kind 2 of the ids it deleted;
+//! - 6 description: `count` 0, `dim` the body's length, then the collection's new indexed
+//!   fields, settings and training size as JSON ([`crate::manifest::Description`]).
 //!
-//! Record numbers (LSNs) strictly increase; a failed group leaves a gap, never a reuse.
+//! Record numbers (LSNs) increase by one from record to record: a failed group's numbers go to
+//! the next group, and a collection fed by another's log ([`crate::Collection::apply`]) logs
+//! every op under the source's number. (Logs written before this may have gaps; replay
+//! accepts any increasing numbers.)
 //!
 //! Replay: a record cut short or damaged at the end of the last file, with nothing valid after
 //! it, is a torn write (never acknowledged) and is cut off. A damaged record followed by valid
