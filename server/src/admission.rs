@@ -157,11 +157,7 @@ where
 fn first_frame<E>(
     prefix: Bytes,
 ) -> impl tokio_stream::Stream<Item = Result<http_body::Frame<Bytes>, E>> + Unpin {
-    tokio_stream::iter(
-        (!prefix.is_empty())
-            .then(|| Ok(http_body::Frame::data(prefix)))
-            .into_iter(),
-    )
+    tokio_stream::iter((!prefix.is_empty()).then(|| Ok(http_body::Frame::data(prefix))))
 }
 
 /// A gRPC error response (trailers-only) for `status`.

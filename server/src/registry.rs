@@ -1,18 +1,19 @@
 //! The set of collections a server holds: created, dropped, listed and looked up by name,
 //! opened from the data directory at start and drained and checkpointed at shutdown.
 //!
-//! Long operations (opening files, loading an index) run with no lock held; a name being
-//! created or dropped is reserved meanwhile, so a Drop and a Create of one name cannot race.
+//! The folders on disk are the store's ([`CollectionsFolder`]: layout, leftovers, durable
+//! removal); this module serves them. Long operations (opening files, loading an index) run
+//! with no lock held; a name being created or dropped is reserved meanwhile, so a Drop and a
+//! Create of one name cannot race.
 //! A collection that fails to open is reported (log, GetCollection, ListCollections) and the
 //! others serve.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
-use quiver_store::{valid_name, CollectionMeta, Optimizer};
+use quiver_store::{valid_name, CollectionMeta, CollectionsFolder, Optimizer};
 use tonic::Status;
 
 use crate::backend::AnyBackend;
@@ -23,7 +24,7 @@ use crate::status::from_store;
 
 /// All collections of a server.
 pub struct Registry {
-    root: PathBuf,
+    folder: CollectionsFolder,
     cfg: ServerConfig,
     metrics: Metrics,
     collections: RwLock<HashMap<String, Arc<Collection>>>,
@@ -43,13 +44,8 @@ pub struct Registry {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// The data directory cannot be used.
-    #[error("data directory {path}: {source}")]
-    DataDir {
-        /// The folder.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
+    #[error("data directory: {0}")]
+    DataDir(quiver_store::StoreError),
     /// A background thread could not be started.
     #[error("starting {what}'s thread: {source}")]
     Thread {
@@ -82,32 +78,12 @@ impl Drop for Reservation<'_> {
 impl Registry {
     /// Opens every collection under `DATA_DIR/collections/` and the configured index files.
     pub fn open(cfg: ServerConfig, metrics: Metrics) -> Result<Registry, OpenError> {
-        let root = cfg.data_dir.join("collections");
-        let data_dir = |source| OpenError::DataDir {
-            path: root.clone(),
-            source,
-        };
-        std::fs::create_dir_all(&root).map_err(data_dir)?;
+        let folder = CollectionsFolder::open(&cfg.data_dir.join("collections"))
+            .map_err(OpenError::DataDir)?;
         let mut map = HashMap::new();
         let mut failed = HashMap::new();
-        for entry in std::fs::read_dir(&root).map_err(data_dir)? {
-            let entry = entry.map_err(data_dir)?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(".dropped-") || name.starts_with(quiver_store::fsutil::TEMP_PREFIX)
-            {
-                // Folders (a drop's trash, a create's half-made folder) or files (an import's
-                // copy).
-                if std::fs::remove_dir_all(entry.path()).is_err() {
-                    let _ = std::fs::remove_file(entry.path());
-                }
-                continue;
-            }
-            let p = entry.path();
-            if !valid_name(&name)
-                || !(p.join("manifest.json").exists() || p.join("meta.json").exists())
-            {
-                continue;
-            }
+        for name in folder.names().map_err(OpenError::DataDir)? {
+            let p = folder.path(&name);
             match StoreCollection::open(&p, cfg.backend.clone(), cfg.store.clone()) {
                 Ok(c) => {
                     let v = c.version();
@@ -135,7 +111,7 @@ impl Registry {
                 source,
             })?;
         let registry = Registry {
-            root,
+            folder,
             cfg: cfg.clone(),
             metrics,
             collections: RwLock::new(map),
@@ -282,14 +258,10 @@ impl Registry {
     pub fn create(&self, meta: CollectionMeta) -> Result<Arc<Collection>, Status> {
         let name = meta.name.clone();
         let _r = self.reserve(&name)?;
-        let dir = self.root.join(&name);
-        if dir.exists() {
-            // Not in the map and not reserved: a leftover without a manifest.
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-        let c =
-            StoreCollection::create(&dir, meta, self.cfg.backend.clone(), self.cfg.store.clone())
-                .map_err(from_store)?;
+        let c = self
+            .folder
+            .create(meta, self.cfg.backend.clone(), self.cfg.store.clone())
+            .map_err(from_store)?;
         Ok(self.insert(&name, c))
     }
 
@@ -351,10 +323,7 @@ impl Registry {
     ) -> Result<Arc<Collection>, Status> {
         // Served from a private copy, never from the client's file: a file truncated or
         // rewritten afterwards (or while this runs) cannot fault the server or change codes.
-        let copy = self.root.join(format!(
-            "{}import-{name}.qvr",
-            quiver_store::fsutil::TEMP_PREFIX
-        ));
+        let copy = self.folder.import_path(name);
         let copied = copy_import(file, path, &copy);
         let index = copied.and_then(|copy_file| {
             quiver_engine::persist::load_file(&copy_file, path)
@@ -372,16 +341,14 @@ impl Registry {
             fields: Vec::new(),
             settings: serde_json::Value::Null,
         };
-        let dir = self.root.join(name);
-        if dir.exists() {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-        let c =
-            StoreCollection::create(&dir, meta, self.cfg.backend.clone(), self.cfg.store.clone())
-                .map_err(from_store)?;
+        let c = self
+            .folder
+            .create(meta, self.cfg.backend.clone(), self.cfg.store.clone())
+            .map_err(from_store)?;
         if let Err(e) = c.load_index(index) {
-            c.close();
-            let _ = std::fs::remove_dir_all(&dir);
+            if let Err(r) = self.folder.remove(name, Some(&c)) {
+                tracing::warn!(collection = %name, error = %r, "removing a failed import's folder failed; it is replaced at the next create");
+            }
             return Err(from_store(e));
         }
         Ok(self.insert(name, c))
@@ -459,34 +426,13 @@ impl Registry {
         if read_only {
             return Ok(());
         }
-        let dir = self.root.join(name);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let trash = self.root.join(format!(".dropped-{name}-{nanos}"));
-        let root = self.root.clone();
+        let folder = self.folder.clone();
+        let name = name.to_string();
         let store = c.map(|c| c.store.clone());
-        tokio::task::spawn_blocking(move || -> Result<(), String> {
-            if let Some(s) = &store {
-                s.close();
-            }
-            match std::fs::rename(&dir, &trash) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-                Err(e) => return Err(format!("moving {} aside: {e}", dir.display())),
-            }
-            quiver_store::fsutil::sync_dir(&root)
-                .map_err(|e| format!("syncing {}: {e}", root.display()))?;
-            // Left behind, the trash is removed at the next start.
-            if let Err(e) = std::fs::remove_dir_all(&trash) {
-                tracing::warn!(path = %trash.display(), error = %e, "removing a dropped collection's files failed; they go at the next start");
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(Status::unavailable)
+        tokio::task::spawn_blocking(move || folder.remove(&name, store.as_deref()))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::unavailable(e.to_string()))
     }
 
     /// Answers every queued search, then checkpoints every writable collection.
@@ -506,9 +452,7 @@ impl Registry {
             }
             let store = c.store.clone();
             let r = tokio::task::spawn_blocking(move || {
-                let r = store.checkpoint();
-                store.close();
-                r
+                quiver_store::folder::checkpoint_and_close(&store)
             })
             .await;
             match r {

@@ -15,6 +15,7 @@ pub mod cpucache;
 pub mod drift;
 pub mod error;
 pub mod flatfile;
+pub mod folder;
 pub mod fsutil;
 pub mod legacy;
 pub mod manifest;
@@ -29,6 +30,7 @@ pub mod wal;
 
 pub use collection::{valid_name, Applied, Collection, JobState, UpsertMode};
 pub use error::{Result, StoreError};
+pub use folder::CollectionsFolder;
 pub use manifest::{CollectionMeta, IndexConfig};
 pub use optimizer::Optimizer;
 pub use segment::SearchKey;

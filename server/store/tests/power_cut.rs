@@ -28,7 +28,7 @@ use quiver_engine::payload;
 use quiver_engine::payload::fields::{FieldSpec, FieldType};
 use quiver_store::segment::SearchKey;
 use quiver_store::wal::PayloadEdit;
-use quiver_store::{Collection, Optimizer, StoreConfig};
+use quiver_store::{Collection, CollectionsFolder, Optimizer, StoreConfig};
 use serde_json::{json, Map, Value};
 use sim_disk::SimDisk;
 
@@ -82,6 +82,10 @@ enum Op {
     Train,
     Compact,
     Restart,
+    /// The collection is dropped (through its folder, as the service does) ...
+    Drop,
+    /// ... and created again, empty.
+    Create,
 }
 
 fn some_ids(rng: &mut Rng, max: u64) -> Vec<u64> {
@@ -107,14 +111,22 @@ fn ops(rng: &mut Rng, count: usize) -> Vec<Op> {
             78..=85 => Op::Checkpoint,
             86..=90 => Op::Train,
             91..=94 => Op::Compact,
-            _ => Op::Restart,
+            95..=97 => Op::Restart,
+            _ => Op::Drop,
+        })
+        // A drop is followed by a create of the same name.
+        .flat_map(|op| match op {
+            Op::Drop => vec![Op::Drop, Op::Create],
+            op => vec![op],
         })
         .collect()
 }
 
-/// What the collection must hold: each point's vector and payload, and the indexed fields.
+/// What the collection must hold: whether it exists, each point's vector and payload, and
+/// the indexed fields.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Model {
+    exists: bool,
     points: BTreeMap<u64, (Vec<f32>, Map<String, Value>)>,
     fields: Vec<String>,
 }
@@ -187,6 +199,13 @@ impl Model {
             }
             Op::DropFieldIndex(k) => m.fields.retain(|f| f != k),
             Op::Checkpoint | Op::Train | Op::Compact | Op::Restart => {}
+            Op::Drop => m = Model::default(),
+            Op::Create => {
+                m = Model {
+                    exists: true,
+                    ..Model::default()
+                }
+            }
         }
         m
     }
@@ -197,8 +216,18 @@ fn encode(v: Value) -> Vec<u8> {
 }
 
 /// Runs `op` (at `step`) on the collection in `slot`.
-fn run(slot: &mut Arc<C>, dir: &Path, optimizer: &Optimizer<CpuBackend>, op: &Op, step: usize) {
+/// The collection being tested, in its folder.
+struct Live {
+    folder: CollectionsFolder,
+    train_at: u64,
+    optimizer: Optimizer<CpuBackend>,
+}
+
+/// Runs `op` (at `step`) on the collection in `slot`.
+fn run(slot: &mut Arc<C>, live: &Live, op: &Op, step: usize) {
     let c = slot.clone();
+    let dir = live.folder.path("c");
+    let optimizer = &live.optimizer;
     match op {
         Op::Upsert(ids) => {
             let vectors = ids.iter().flat_map(|&i| vector(i, step)).collect();
@@ -257,7 +286,20 @@ fn run(slot: &mut Arc<C>, dir: &Path, optimizer: &Optimizer<CpuBackend>, op: &Op
             c.close();
             let _ = c.wait_job();
             drop(c);
-            *slot = Arc::new(C::open(dir, CpuBackend, store_config()).expect("reopen"));
+            *slot = Arc::new(C::open(&dir, CpuBackend, store_config()).expect("reopen"));
+            optimizer.register(slot);
+        }
+        Op::Drop => {
+            let _ = c.wait_job();
+            live.folder.remove("c", Some(&c)).expect("drop");
+        }
+        Op::Create => {
+            let meta = small_meta("c", DIM, live.train_at);
+            *slot = Arc::new(
+                live.folder
+                    .create(meta, CpuBackend, store_config())
+                    .expect("create"),
+            );
             optimizer.register(slot);
         }
     }
@@ -280,7 +322,11 @@ fn contents(c: &C) -> Model {
     }
     let mut fields: Vec<String> = c.field_specs().into_iter().map(|f| f.key).collect();
     fields.sort();
-    Model { points, fields }
+    Model {
+        exists: true,
+        points,
+        fields,
+    }
 }
 
 fn sorted_fields(m: &Model) -> Model {
@@ -302,13 +348,18 @@ fn check_image(
         .tree
         .write(&root)
         .map_err(|e| format!("writing the image: {e}"))?;
-    let dir = root.join("c");
-    // Label 0: the create itself was in flight; a collection there must still open.
-    if image.label == 0 && !dir.join("manifest.json").exists() {
-        return Ok(());
-    }
-    let c = C::open(&dir, CpuBackend, store_config()).map_err(|e| format!("does not open: {e}"))?;
-    let got = contents(&c);
+    // Opened as the service opens its data: leftovers removed, each collection listed.
+    let folder =
+        CollectionsFolder::open(&root).map_err(|e| format!("the folder does not open: {e}"))?;
+    let names = folder.names().map_err(|e| format!("listing: {e}"))?;
+    let opened = match names.iter().any(|n| n == "c") {
+        true => Some(
+            C::open(&folder.path("c"), CpuBackend, store_config())
+                .map_err(|e| format!("does not open: {e}"))?,
+        ),
+        false => None,
+    };
+    let got = opened.as_ref().map(contents).unwrap_or_default();
     // Every operation acknowledged before the image was begun is in it; the one in flight
     // when it was done, and any acknowledged meanwhile, may be.
     let acked = image.label as usize;
@@ -355,6 +406,9 @@ fn check_image(
             diffs.join(" | ")
         ));
     }
+    let Some(c) = opened else {
+        return Ok(());
+    };
     // Searches answer.
     let key = SearchKey {
         k: 5,
@@ -380,7 +434,7 @@ fn check_image(
             .map_err(|e| format!("checkpoint after recovery: {e}"))?;
         c.close();
         drop(c);
-        let c = C::open(&dir, CpuBackend, store_config())
+        let c = C::open(&folder.path("c"), CpuBackend, store_config())
             .map_err(|e| format!("reopen after recovery: {e}"))?;
         if c.get(&[id]).len() != 1 || c.count(None) != got.points.len() + 1 {
             return Err("a write after recovery was lost".into());
@@ -398,30 +452,37 @@ fn run_case(seed: u64, work: &Path) -> (Vec<sim_disk::Image>, Vec<Model>, Vec<Op
     let ops = ops(&mut rng, count);
     let root = work.join("live");
     std::fs::create_dir_all(&root).expect("work folder");
+    let folder = CollectionsFolder::open(&root).expect("folder");
     let acked = Arc::new(AtomicU64::new(0));
     let label = acked.clone();
     let disk = SimDisk::new(&root, seed ^ 0x5eed, 0.25, move || {
         label.load(Ordering::SeqCst)
     });
     quiver_engine::io::sync::observe(Some(disk.clone()));
-    let optimizer = Optimizer::start(Duration::from_millis(1), 0).expect("optimizer");
-    let dir = root.join("c");
+    let live_state = Live {
+        folder,
+        train_at,
+        optimizer: Optimizer::start(Duration::from_millis(1), 0).expect("optimizer"),
+    };
     let mut c = Arc::new(
-        C::create(
-            &dir,
-            small_meta("c", DIM, train_at),
-            CpuBackend,
-            store_config(),
-        )
-        .expect("create"),
+        live_state
+            .folder
+            .create(small_meta("c", DIM, train_at), CpuBackend, store_config())
+            .expect("create"),
     );
-    optimizer.register(&c);
-    let mut states = vec![Model::default(), Model::default()];
+    live_state.optimizer.register(&c);
+    let mut states = vec![
+        Model::default(),
+        Model {
+            exists: true,
+            ..Model::default()
+        },
+    ];
     acked.store(1, Ordering::SeqCst);
     for (i, op) in ops.iter().enumerate() {
         let step = i + 1;
         let next = states[step].after(op, step);
-        run(&mut c, &dir, &optimizer, op, step);
+        run(&mut c, &live_state, op, step);
         states.push(next);
         acked.store(step as u64 + 1, Ordering::SeqCst);
     }
@@ -436,7 +497,7 @@ fn run_case(seed: u64, work: &Path) -> (Vec<sim_disk::Image>, Vec<Model>, Vec<Op
         want.points.len()
     );
     c.close();
-    drop(optimizer);
+    drop(live_state);
     quiver_engine::io::sync::observe(None);
     (disk.take_images(), states, ops)
 }
