@@ -1196,20 +1196,37 @@ fn memory_kib(pid: u32, field: &str) -> u64 {
 /// points it stores (they all write the same 65,536 points). Before, every message was
 /// buffered and decoded before the budget was asked: the peak rose by gigabytes. The 64
 /// requests share one encoded body, so the client holds it once.
+/// `QUIVER_BIG_UPSERT_POINTS` (default 65,536: 32 MiB per upsert; 131,072 for 64 MiB) sets
+/// each upsert's size.
 #[test]
 fn many_large_upserts_at_once_stay_within_the_write_budget() {
     use prost::Message;
     use tower::ServiceExt;
     const BUDGET: u64 = 256 << 20;
+    let n: u64 = std::env::var("QUIVER_BIG_UPSERT_POINTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(65_536);
+    // Room for the message (ids and vectors) above the 64 MiB default.
+    let max_message = (n * (128 * 4 + 10) + (1 << 20)).max(64 << 20);
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(tmp.path(), &["--max-write-bytes", &BUDGET.to_string()]);
+    let server = Server::start(
+        tmp.path(),
+        &[
+            "--max-write-bytes",
+            &BUDGET.to_string(),
+            "--max-message-bytes",
+            &max_message.to_string(),
+            "--max-upsert-points",
+            &n.max(65_536).to_string(),
+        ],
+    );
     let pid = server.child.id();
     rt().block_on(async {
         let mut c = server.client().await;
         c.create_collection(create("big", 128, Metric::L2, 1, 1))
             .await
             .unwrap();
-        let n = 65_536u64;
         let msg = UpsertRequest {
             collection: "big".into(),
             ids: (0..n).collect(),
