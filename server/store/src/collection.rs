@@ -146,6 +146,9 @@ struct Writer<B: Backend> {
     next_segment_id: u64,
     /// Some writer holds the committing role (it commits the queue as one group).
     flushing: bool,
+    /// A replica's training switch is published but not yet durable: writes wait (their
+    /// numbers would follow one the log does not hold).
+    held: bool,
 }
 
 struct Files {
@@ -184,8 +187,9 @@ pub struct Collection<B: Backend> {
     /// cut: its marker file was left): trainings by size or drift wait for a `Train` call, so a
     /// training that kills the process is not started again at every start.
     interrupted: AtomicBool,
-    /// Fed by [`Collection::apply`]: its log is numbered by an external one, and it takes no
-    /// other writes.
+    /// A replica ([`Collection::create_replica`], from its manifest): fed only by
+    /// [`Collection::apply`], its log numbered by an external one; it takes no other writes
+    /// and never trains by itself.
     follower: AtomicBool,
     /// Held by a description change from reading the description to logging the new one.
     describing: Mutex<()>,
@@ -222,6 +226,29 @@ fn empty_appendable<B: Backend>(
 impl<B: Backend + Clone + 'static> Collection<B> {
     /// Creates a new, empty collection in `dir` (which must not exist).
     pub fn create(dir: &Path, meta: CollectionMeta, backend: B, cfg: StoreConfig) -> Result<Self> {
+        Self::create_as(dir, meta, false, backend, cfg)
+    }
+
+    /// Creates a new, empty replica in `dir` (which must not exist): a collection fed only by
+    /// an external log ([`Self::apply`], [`Self::apply_train`]) from its first op on. It takes
+    /// no other writes and never trains by itself, whatever its description says; the role is
+    /// kept in its manifest.
+    pub fn create_replica(
+        dir: &Path,
+        meta: CollectionMeta,
+        backend: B,
+        cfg: StoreConfig,
+    ) -> Result<Self> {
+        Self::create_as(dir, meta, true, backend, cfg)
+    }
+
+    fn create_as(
+        dir: &Path,
+        meta: CollectionMeta,
+        replica: bool,
+        backend: B,
+        cfg: StoreConfig,
+    ) -> Result<Self> {
         crate::fsutil::build_folder(dir, |tmp| {
             WalWriter::create(&tmp.join("wal"), 1)?;
             Manifest {
@@ -231,6 +258,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 segments: Vec::new(),
                 wal_from: 1,
                 next_segment_id: 1,
+                replica,
                 drift: None,
             }
             .write(tmp)
@@ -248,7 +276,9 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         backend: B,
         cfg: StoreConfig,
     ) -> Result<Self> {
-        let manifest = Manifest::read(snapshot)?;
+        let mut manifest = Manifest::read(snapshot)?;
+        // A collection started from a snapshot goes on with the log: a replica.
+        manifest.replica = true;
         crate::fsutil::build_folder(dir, |tmp| {
             crate::snapshot::place_files(
                 &snapshot.join("segments"),
@@ -408,6 +438,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 stopped: None,
                 next_segment_id,
                 flushing: false,
+                held: false,
             }),
             gate: Condvar::new(),
             flushed: Condvar::new(),
@@ -419,7 +450,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             dropped: AtomicBool::new(false),
             training_stopped: AtomicBool::new(false),
             interrupted: AtomicBool::new(interrupted.is_some()),
-            follower: AtomicBool::new(false),
+            follower: AtomicBool::new(manifest.replica),
             describing: Mutex::new(()),
             read_only: false,
         };
@@ -478,6 +509,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 stopped: None,
                 next_segment_id: 3,
                 flushing: false,
+                held: false,
             }),
             gate: Condvar::new(),
             flushed: Condvar::new(),
@@ -511,6 +543,16 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         if self.dropped.load(Ordering::Acquire) {
             return Err(StoreError::Precondition(
                 "the collection was dropped".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn refuse_not_replica(&self) -> Result<()> {
+        if !self.follower.load(Ordering::Acquire) {
+            return Err(StoreError::Precondition(
+                "only a replica (created as one, or from a snapshot) applies an external log"
+                    .into(),
             ));
         }
         Ok(())
@@ -910,12 +952,14 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     /// Each op is logged under its own number, even one that changes nothing, so this
     /// collection's log numbers are the source's and [`Self::last_seq`] says where to resume
     /// after a restart. Ops numbered at or below `last_seq` were applied before (a redelivery)
-    /// and are skipped; a first number past `last_seq + 1` is a gap and refused, as is every
-    /// other write once a collection applied ops (it would take a number of the source's).
+    /// and are skipped (they are not compared); a first number past `last_seq + 1` is a gap
+    /// and refused. Only a replica applies ([`Self::create_replica`],
+    /// [`Self::create_from_snapshot`]): every op in its log is its source's.
     ///
     /// A delete by filter is evaluated here, in log order, and logged as the ids it deleted.
-    /// Training and retraining are not started by `apply`: a follower is created with
-    /// `train_at` 0 and a retrain factor of 0, and its caller decides.
+    /// Training and retraining are not started by `apply` (a replica never trains by itself):
+    /// its source logs them ([`Self::apply_train`]). A delete by filter resolving to more ids
+    /// than one record holds fails (the source splits such deletes into ids).
     pub fn apply(&self, first_seq: u64, ops: Vec<Op>) -> Result<Applied> {
         self.refuse_read_only()?;
         if first_seq == 0 {
@@ -972,7 +1016,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             }
             wal::check_size(op)?;
         }
-        self.follower.store(true, Ordering::Release);
+        self.refuse_not_replica()?;
         // Rows encoded before any lock, as a writer does.
         let v = self.version();
         let mut prepared = Vec::with_capacity(ops.len());
@@ -988,7 +1032,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             let mut w = self.writer.lock();
             // Alone in its group: wait until no group commits and nothing is queued.
             loop {
-                if w.gate_closed {
+                if w.gate_closed || w.held {
                     self.gate.wait(&mut w);
                 } else if w.flushing || !w.queue.is_empty() {
                     self.flushed.wait(&mut w);
@@ -1071,7 +1115,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         });
         let lead = {
             let mut w = self.writer.lock();
-            while w.gate_closed {
+            while w.gate_closed || w.held {
                 self.gate.wait(&mut w);
             }
             if let Some(m) = &w.stopped {
@@ -1226,10 +1270,15 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                     if let Failure::Stopped(m) = &failure {
                         w.stopped = Some(m.clone());
                     }
-                    // Nothing of the group is in the log (a failed append is cut back, or
-                    // writes stop): its numbers go to the next group, so the log's numbers
-                    // have no gaps (a replica's log is numbered by its source).
-                    w.next_lsn = first_lsn;
+                    // A failed append was cut back: nothing of the group is in the log, and
+                    // its numbers go to the next group, so the log's numbers have no gaps (a
+                    // replica's log is numbered by its source). When cutting back failed too,
+                    // writes stop and the group's records may be in the file: their numbers
+                    // are never given again (a checkpoint then starts past them).
+                    w.next_lsn = match &failure {
+                        Failure::Stopped(_) => first_lsn + queue.len() as u64,
+                        _ => first_lsn,
+                    };
                     tracing::error!(collection = %self.meta.read().name, error = ?failure, "a group of writes failed; none of them was applied");
                     queue.iter().map(|_| Err(failure.clone())).collect()
                 }
@@ -1405,6 +1454,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             segments: entries,
             wal_from,
             next_segment_id,
+            replica: self.follower.load(Ordering::Acquire),
             drift: version
                 .quantizers
                 .as_ref()
@@ -1784,44 +1834,44 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         })
     }
 
-    /// Applies a training entry of an external log (numbered `seq`, see [`Self::apply`]): the
-    /// collection switches to `quantizers` (trained by the log's leader,
-    /// [`Self::train_quantizers`]) with every point encoded with them, as of this number, and a
-    /// checkpoint makes it durable before it returns (the number is then covered: a replica
-    /// that stops before that applies the entry again). Writes wait meanwhile. A number at or
-    /// below [`Self::last_seq`] is skipped; a gap is refused.
+    /// Applies a training entry of an external log (numbered `seq`, see [`Self::apply`]) to a
+    /// replica: it switches to `quantizers` (trained by the log's leader,
+    /// [`Self::train_quantizers`]) with every point encoded with them, as of this number. The
+    /// points are encoded while ops wait (they follow this number); a checkpoint makes the
+    /// switch durable before any later op is logged and before this returns, so a replica
+    /// that stops before that applies the entry again, and one that stops after it never
+    /// does. A number at or below [`Self::last_seq`] is skipped; a gap is refused.
     pub fn apply_train(&self, seq: u64, quantizers: &IvfPqIndex) -> Result<Applied> {
         self.refuse_read_only()?;
+        if seq == 0 {
+            return Err(StoreError::Invalid {
+                field: "seq",
+                reason: "log numbers start at 1".into(),
+            });
+        }
+        self.refuse_not_replica()?;
         let dim = self.meta.read().dim;
-        let dir = self.dir.clone();
         check_shape(
-            &dir,
+            &self.dir,
             quantizers.dim(),
             quantizers.metric(),
             &self.meta.read(),
         )?;
-        self.follower.store(true, Ordering::Release);
         let _one = self.structural.lock();
         self.refuse_dropped()?;
-        if self.job() == JobState::Training {
-            return Err(StoreError::Precondition(
-                "the collection is training by itself; a replica only applies its log's trainings"
-                    .into(),
-            ));
-        }
-        let q = Arc::new(quantizers.empty_like());
-        let stop = TrainingStop {
-            dropped: &self.dropped,
-            stopped: &self.training_stopped,
-        };
-        let switched = self.switch(|w| -> Result<Option<Applied>> {
+        // Where the log stands: every op before `seq` applied.
+        let base = {
+            let w = self.writer.lock();
+            if let Some(m) = &w.stopped {
+                return Err(StoreError::WritesStopped(m.clone()));
+            }
             let next = w.next_lsn;
             if seq < next {
-                return Ok(Some(Applied {
+                return Ok(Applied {
                     changed: Vec::new(),
                     skipped: 1,
                     last_seq: next - 1,
-                }));
+                });
             }
             if seq > next {
                 return Err(StoreError::Precondition(format!(
@@ -1830,43 +1880,72 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                     seq - 1
                 )));
             }
-            let cur = (*w.staged).clone();
-            let mut inputs = cur.segments.clone();
-            inputs.push(cur.appendable.clone());
-            let n = cur.len();
-            let (index, baseline) = crate::priority::in_background(self.cfg.write_nice, || {
-                let mut index = q.empty_like();
-                crate::training_input::for_each_block(&inputs, dim, |i, v, p| {
-                    index.add_with_payloads(v, Some(i), p, &stop)?;
-                    Ok(())
-                })?;
-                // The drift baseline over an even spread of the points, as a training's.
-                let sample = crate::training_input::sample_in_id_order(
-                    &inputs,
-                    dim,
-                    crate::drift::BASELINE_SAMPLE,
-                    q.params().seed,
-                )?;
-                let sample = quiver_engine::index::prepare_vectors(q.metric(), dim, &sample)?;
-                Ok::<_, StoreError>((index, crate::drift::mean_error(&q, &sample)))
+            w.staged.clone()
+        };
+        // Encoded under the structural lock only (no other switch runs; an op numbered after
+        // this one is refused as a gap meanwhile).
+        let q = Arc::new(quantizers.empty_like());
+        let stop = TrainingStop {
+            dropped: &self.dropped,
+            stopped: &self.training_stopped,
+        };
+        let mut inputs = base.segments.clone();
+        inputs.push(base.appendable.clone());
+        let n = base.len();
+        let (index, baseline) = crate::priority::in_background(self.cfg.write_nice, || {
+            let mut index = q.empty_like();
+            crate::training_input::for_each_block(&inputs, dim, |i, v, p| {
+                index.add_with_payloads(v, Some(i), p, &stop)?;
+                Ok(())
             })?;
-            let mut next_version = cur.clone();
+            // The drift baseline over an even spread of the points, as a training's.
+            let sample = crate::training_input::sample_in_id_order(
+                &inputs,
+                dim,
+                crate::drift::BASELINE_SAMPLE,
+                q.params().seed,
+            )?;
+            let sample = quiver_engine::index::prepare_vectors(q.metric(), dim, &sample)?;
+            Ok::<_, StoreError>((index, crate::drift::mean_error(&q, &sample)))
+        })?;
+        let sealed = if index.is_empty() {
+            None
+        } else {
+            Some(self.seal_index(Arc::new(index))?)
+        };
+        self.switch(|w| -> Result<()> {
+            if w.next_lsn != seq || !Arc::ptr_eq(&w.staged, &base) {
+                return Err(StoreError::Precondition(format!(
+                    "ops were applied while the training entry {seq} was; apply it again"
+                )));
+            }
+            let mut next_version = (*base).clone();
             next_version.segments = Vec::new();
-            if !index.is_empty() {
+            if let Some(sealed) = sealed {
                 let id = w.next_segment_id;
                 w.next_segment_id += 1;
-                next_version.segments.push(Arc::new(Segment::new(
-                    id,
-                    self.seal_index(Arc::new(index))?,
-                )));
+                next_version
+                    .segments
+                    .push(Arc::new(Segment::new(id, sealed)));
             }
             let app = w.next_segment_id;
             w.next_segment_id += 1;
             let meta = {
                 let _files = self.files.lock();
                 let mut live = self.meta.write();
-                live.index.nlist = q.params().nlist as u32;
-                live.index.pq_m = q.params().pq_m as u32;
+                // The index the quantizers are (their lists, PQ, refine kind and seed); the
+                // training size and, for an unchanged refine kind, the refine factor stay.
+                let trained = IndexConfig::of_index(q.params());
+                let refine_factor = if live.index.refine_kind() == q.params().refine {
+                    live.index.refine_factor
+                } else {
+                    trained.refine_factor
+                };
+                live.index = IndexConfig {
+                    train_at: live.index.train_at,
+                    refine_factor,
+                    ..trained
+                };
                 live.clone()
             };
             next_version.appendable = Arc::new(empty_appendable(app, &meta, Some(&q), &self.cpu)?);
@@ -1874,19 +1953,26 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             next_version.lsn = seq;
             *self.drift.lock() = Drift::after_training(baseline, n as u64);
             w.next_lsn = seq + 1;
+            // No op is logged after this number until the switch is durable.
+            w.held = true;
             self.publish(w, next_version);
-            Ok(None)
+            Ok(())
         })?;
-        if let Some(skipped) = switched {
-            return Ok(skipped);
+        let checkpointed = self.checkpoint_locked();
+        {
+            let mut w = self.writer.lock();
+            w.held = false;
+            if let Err(e) = &checkpointed {
+                // The switch took number `seq` but is not durable: writes stop, so no later
+                // op is logged after a number the log does not hold; a restart applies the
+                // entry again.
+                w.stopped = Some(format!(
+                    "the checkpoint of the training applied at {seq} failed: {e}; restart the collection"
+                ));
+            }
         }
-        if let Err(e) = self.checkpoint_locked() {
-            // The switch took number `seq` but is not durable: writes stop, so no later op is
-            // logged after a number the log does not hold; a restart applies the entry again.
-            let m = format!("the checkpoint of the training applied at {seq} failed: {e}; restart the collection");
-            self.writer.lock().stopped = Some(m);
-            return Err(e);
-        }
+        self.gate.notify_all();
+        checkpointed?;
         Ok(Applied {
             changed: vec![self.version().len()],
             skipped: 0,
@@ -2023,8 +2109,9 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 meta.index.nlist = nlist as u32;
                 meta.index.pq_m = pq_m as u32;
                 // Only what the training chose (the index parameters but `train_at`, which a
-                // settings change may have set meanwhile); under the files lock, so a
-                // description change in flight does not write back what it read before.
+                // settings change may have set meanwhile: a description change logs and sets
+                // only fields, settings and `train_at`); under the files lock, so a
+                // checkpoint writes the description whole.
                 {
                     let _files = self.files.lock();
                     let mut live = self.meta.write();
@@ -2378,7 +2465,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         if !self.read_only {
             let _ = std::fs::remove_file(self.dir.join(TRAINING_MARKER));
         }
-        // A description change in flight (it holds only the files lock) ends first.
+        // A description change in flight is a write: the quiesce below waits for it.
         drop(self.files.lock());
         let w = self.quiesce();
         self.open_gate(w);

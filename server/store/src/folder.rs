@@ -101,6 +101,12 @@ impl CollectionsFolder {
             });
         }
         let dir = self.path(&meta.name);
+        if dir.join("manifest.json").exists() || dir.join("meta.json").exists() {
+            return Err(StoreError::Precondition(format!(
+                "collection {:?} already exists",
+                meta.name
+            )));
+        }
         if dir.exists() {
             std::fs::remove_dir_all(&dir)
                 .map_err(|e| StoreError::io("removing the leftover", &dir, e))?;
@@ -193,6 +199,11 @@ mod tests {
             .create(meta("empty"), CpuBackend, StoreConfig::default())
             .unwrap();
         assert_eq!(folder.names().unwrap(), vec!["a", "b", "empty"]);
+        // Never over a collection.
+        assert!(matches!(
+            folder.create(meta("b"), CpuBackend, StoreConfig::default()),
+            Err(StoreError::Precondition(_))
+        ));
         // A drop closes the handle (it writes nothing more) and the folder is gone.
         folder.remove("a", Some(&c)).unwrap();
         assert!(c.upsert(vec![2], vec![0.1, 0.1]).is_err());

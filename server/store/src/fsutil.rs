@@ -90,12 +90,16 @@ pub fn build_folder(dest: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Resu
         )));
     }
     let parent = dest.parent().unwrap_or(Path::new("."));
+    // Unique to this build (two builds of one destination never share it).
+    static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tmp = parent.join(format!(
-        "{}{}",
+        "{}{}-{}-{}",
         TEMP_PREFIX,
         dest.file_name()
             .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        std::process::id(),
+        BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let _ = std::fs::remove_dir_all(&tmp);
     for d in [tmp.join("segments"), tmp.join("wal")] {

@@ -177,6 +177,7 @@ pub fn migrate(dir: &Path) -> Result<()> {
         }],
         wal_from: 1,
         next_segment_id: 2,
+        replica: false,
         drift: None,
     }
     .write(dir)?;

@@ -176,6 +176,10 @@ pub struct Manifest {
     pub wal_from: u64,
     /// The next segment number.
     pub next_segment_id: u64,
+    /// A replica: fed only by an external log ([`crate::Collection::apply`]), from its
+    /// creation on (absent in older manifests: false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replica: bool,
     /// Drift statistics of the quantizers (absent before training, and in older manifests).
     #[serde(default)]
     pub drift: Option<crate::drift::Drift>,

@@ -2,7 +2,7 @@
 //! `wal/<first lsn>.log`, each created atomically with a header, appended in groups (one write
 //! and one fsync per group commit) and removed once a durable checkpoint covers them.
 //!
-//! File: `"QVRWAL02" | first_lsn u64 | CRC32C u32 of the previous 16 bytes | 0 u32`, then
+//! File: `"QVRWAL03" | first_lsn u64 | CRC32C u32 of the previous 16 bytes | 0 u32`, then
 //! records `length u32 | CRC32C u32 of the body | body`, body `lsn u64 | kind u8 | count u32 |
 //! dim u32 | ids u64 × count | …`, by kind:
 //! - 1 upsert: `vectors f32 × count × dim`;
@@ -35,7 +35,11 @@ use std::path::{Path, PathBuf};
 use crate::error::{Result, StoreError};
 use crate::fsutil::{inject, sync_dir, write_atomic};
 
-const MAGIC: &[u8; 8] = b"QVRWAL02";
+/// The header of files this version writes. `QVRWAL02` files (no kind 6 records) are read as
+/// well; an older binary refuses a `QVRWAL03` file by its header instead of reading a record
+/// kind it does not know as damage.
+const MAGIC: &[u8; 8] = b"QVRWAL03";
+const MAGIC_V2: &[u8; 8] = b"QVRWAL02";
 /// Bytes of a file header.
 pub const HEADER: u64 = 24;
 /// Bytes before a record's body.
@@ -444,7 +448,7 @@ pub fn replay(
         };
         let data: &[u8] = map.as_deref().unwrap_or(&[]);
         let header_ok = data.len() >= HEADER as usize
-            && &data[..8] == MAGIC
+            && (&data[..8] == MAGIC || &data[..8] == MAGIC_V2)
             && u64_at(data, 8) == *first
             && quiver_engine::checksum::crc32c_matches(&data[..16], u32_at(data, 16));
         if !header_ok {

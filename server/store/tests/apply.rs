@@ -130,7 +130,7 @@ fn a_follower_fed_the_leaders_log_ends_in_its_state() {
         .all(|(_, op)| !matches!(op, Op::DeleteFilter { .. })));
 
     let fdir = tmp.path().join("f");
-    let mut follower = C::create(
+    let mut follower = C::create_replica(
         &fdir,
         small_meta("r", DIM, 0),
         CpuBackend,
@@ -169,11 +169,16 @@ fn a_follower_fed_the_leaders_log_ends_in_its_state() {
             );
         }
     }
-    // Once fed by a log, the follower refuses other writes.
+    // A replica refuses other writes, and a collection that is not one refuses the log.
     let local = follower.upsert(vec![1], vector(1, 0));
     assert!(
         matches!(local, Err(StoreError::Precondition(_))),
         "{local:?}"
+    );
+    let not_replica = leader.apply(leader.last_seq() + 1, vec![Op::Delete { ids: vec![1] }]);
+    assert!(
+        matches!(&not_replica, Err(StoreError::Precondition(m)) if m.contains("replica")),
+        "{not_replica:?}"
     );
 
     assert_eq!(follower.last_seq(), leader.last_seq());
@@ -304,8 +309,10 @@ fn replicas_switch_to_the_leaders_training_at_its_number() {
         ..StoreConfig::default()
     };
     let (adir, bdir) = (tmp.path().join("a"), tmp.path().join("b"));
-    let mut a = C::create(&adir, small_meta("a", DIM, 0), CpuBackend, a_cfg.clone()).unwrap();
-    let mut b = C::create(&bdir, small_meta("b", DIM, 0), CpuBackend, b_cfg.clone()).unwrap();
+    let mut a =
+        C::create_replica(&adir, small_meta("a", DIM, 0), CpuBackend, a_cfg.clone()).unwrap();
+    let mut b =
+        C::create_replica(&bdir, small_meta("b", DIM, 0), CpuBackend, b_cfg.clone()).unwrap();
     let mut log: Vec<Entry> = (0..120u64)
         .map(|s| Entry::Op(random_op(&mut rng, s)))
         .collect();
@@ -377,7 +384,7 @@ fn a_new_replica_starts_from_a_snapshot_and_goes_on_with_the_log() {
         ..StoreConfig::default()
     };
     let adir = tmp.path().join("a");
-    let mut a = C::create(&adir, small_meta("a", DIM, 0), CpuBackend, cfg.clone()).unwrap();
+    let mut a = C::create_replica(&adir, small_meta("a", DIM, 0), CpuBackend, cfg.clone()).unwrap();
     let mut log: Vec<Entry> = (0..100u64)
         .map(|s| Entry::Op(random_op(&mut rng, s)))
         .collect();

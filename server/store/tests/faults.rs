@@ -477,7 +477,7 @@ fn a_replica_whose_training_checkpoint_fails_stops_and_applies_it_again_after_a_
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f");
-    let c = C::create(&path, meta(), CpuBackend, StoreConfig::default()).unwrap();
+    let c = C::create_replica(&path, meta(), CpuBackend, StoreConfig::default()).unwrap();
     let ids: Vec<u64> = (0..600).collect();
     let op = quiver_store::wal::Op::Upsert {
         vectors: ids.iter().flat_map(|&i| vector(i)).collect(),
@@ -512,5 +512,60 @@ fn a_replica_whose_training_checkpoint_fails_stops_and_applies_it_again_after_a_
     assert!(c.trained());
     assert_eq!(c.last_seq(), 3);
     assert_eq!(c.count(None), 599);
+    scenario.teardown();
+}
+
+#[test]
+fn ops_after_a_replicated_training_wait_until_it_is_durable() {
+    let _s = SERIAL.lock();
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let c = Arc::new(C::create_replica(&path, meta(), CpuBackend, StoreConfig::default()).unwrap());
+    let ids: Vec<u64> = (0..600).collect();
+    let op = quiver_store::wal::Op::Upsert {
+        vectors: ids.iter().flat_map(|&i| vector(i)).collect(),
+        ids,
+        dim: 4,
+        payloads: Vec::new(),
+    };
+    c.apply(1, vec![op]).unwrap();
+    let q = c.train_quantizers(None).unwrap();
+    // The training's checkpoint is held up; the op after it must not be logged before the
+    // switch is durable (a crash would replay it without the training, and the training
+    // would then be skipped as applied).
+    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (held_tx, go_rx) = (
+        parking_lot::Mutex::new(held_tx),
+        parking_lot::Mutex::new(go_rx),
+    );
+    fail::cfg_callback("checkpoint::before", move || {
+        let _ = held_tx.lock().send(());
+        let _ = go_rx.lock().recv();
+    })
+    .unwrap();
+    let train = {
+        let c = c.clone();
+        std::thread::spawn(move || c.apply_train(2, &q))
+    };
+    held_rx.recv().unwrap();
+    let next = {
+        let c = c.clone();
+        std::thread::spawn(move || c.apply(3, vec![quiver_store::wal::Op::Delete { ids: vec![1] }]))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        !next.is_finished(),
+        "an op was applied before the training was durable"
+    );
+    fail::remove("checkpoint::before");
+    go_tx.send(()).unwrap();
+    train.join().unwrap().unwrap();
+    assert_eq!(next.join().unwrap().unwrap().last_seq, 3);
+    drop(c);
+    let c = C::open(&path, CpuBackend, StoreConfig::default()).unwrap();
+    assert!(c.trained());
+    assert_eq!((c.last_seq(), c.count(None)), (3, 599));
     scenario.teardown();
 }
