@@ -414,8 +414,12 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         })?;
         let next_lsn = replayed.last_lsn.max(manifest.wal_from.saturating_sub(1)) + 1;
         let writer = match replayed.tail {
-            Some((first, path, len)) => WalWriter::open(&waldir, &path, first, len)?,
-            None => WalWriter::create(&waldir, next_lsn)?,
+            // A file of the earlier format is not appended to (its readers do not know every
+            // record kind written now): the next records start a file of their own.
+            Some((first, path, len)) if !wal::is_earlier_format(&path)? => {
+                WalWriter::open(&waldir, &path, first, len)?
+            }
+            _ => WalWriter::create(&waldir, next_lsn)?,
         };
         if replayed.applied > 0 {
             tracing::info!(collection = %meta.name, records = replayed.applied, "replayed the write-ahead log");
@@ -1273,12 +1277,10 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                     // A failed append was cut back: nothing of the group is in the log, and
                     // its numbers go to the next group, so the log's numbers have no gaps (a
                     // replica's log is numbered by its source). When cutting back failed too,
-                    // writes stop and the group's records may be in the file: their numbers
-                    // are never given again (a checkpoint then starts past them).
-                    w.next_lsn = match &failure {
-                        Failure::Stopped(_) => first_lsn + queue.len() as u64,
-                        _ => first_lsn,
-                    };
+                    // writes stop and the group's records may or may not be in the file: no
+                    // checkpoint runs after that (it could cover numbers the segments lack),
+                    // and the next start replays whatever the file holds.
+                    w.next_lsn = first_lsn;
                     tracing::error!(collection = %self.meta.read().name, error = ?failure, "a group of writes failed; none of them was applied");
                     queue.iter().map(|_| Err(failure.clone())).collect()
                 }
@@ -1363,6 +1365,11 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     fn checkpoint_locked(&self) -> Result<u64> {
         let (version, wal_from, next_segment_id) = {
             self.switch(|w| -> Result<_> {
+                // After a failure the log could not undo, what it holds is known only to a
+                // replay: a checkpoint now could cover numbers whose ops are not applied.
+                if let Some(m) = &w.stopped {
+                    return Err(StoreError::WritesStopped(m.clone()));
+                }
                 let mut v = (*w.staged).clone();
                 if !v.appendable.is_empty() {
                     let id = w.next_segment_id;
@@ -1958,7 +1965,15 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             self.publish(w, next_version);
             Ok(())
         })?;
-        let checkpointed = self.checkpoint_locked();
+        // A panic in the checkpoint must not leave ops waiting forever: it fails like an error.
+        let checkpointed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.checkpoint_locked()))
+                .unwrap_or_else(|p| {
+                    Err(StoreError::Precondition(format!(
+                        "the checkpoint panicked: {}",
+                        panic_message(&*p)
+                    )))
+                });
         {
             let mut w = self.writer.lock();
             w.held = false;
@@ -2137,6 +2152,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     /// a checkpoint makes it durable before this returns.
     pub fn load_index(&self, index: IvfPqIndex) -> Result<()> {
         self.refuse_read_only()?;
+        self.refuse_follower()?;
         let _one = self.structural.lock();
         self.refuse_dropped()?;
         let p = index.params().clone();

@@ -622,6 +622,16 @@ impl WalWriter {
     }
 }
 
+/// Whether the log file at `path` has the earlier format's header (`QVRWAL02`).
+pub fn is_earlier_format(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut magic = [0u8; 8];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .map_err(|e| StoreError::io("reading", path, e))?;
+    Ok(&magic == MAGIC_V2)
+}
+
 /// Removes the files all of whose records are below `lsn` (a checkpoint covering them is
 /// durable): every file followed by one that starts at or below `lsn`.
 pub fn remove_covered(dir: &Path, lsn: u64) -> Result<usize> {
@@ -756,6 +766,36 @@ mod tests {
             encode(*l, op, &mut buf);
         }
         buf
+    }
+
+    #[test]
+    fn files_of_the_earlier_format_are_read_and_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = WalWriter::create(dir.path(), 1).unwrap();
+        w.write_group(&group(&[(1, up(1)), (2, up(2))])).unwrap();
+        let path = w.path().to_path_buf();
+        assert!(!is_earlier_format(&path).unwrap());
+        // The same file with the earlier header (its checksum covers the magic).
+        let mut b = std::fs::read(&path).unwrap();
+        b[..8].copy_from_slice(MAGIC_V2);
+        let crc = crc32c::crc32c(&b[..16]);
+        b[16..20].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &b).unwrap();
+        assert!(is_earlier_format(&path).unwrap());
+        let (seen, r) = collect(dir.path(), 1, false).unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(r.last_lsn, 2);
+        // A description round-trips.
+        let d = crate::manifest::Description {
+            fields: vec![quiver_engine::payload::fields::FieldSpec::parse("g:integer").unwrap()],
+            settings: serde_json::json!({"hnsw": {"m": 16}}),
+            train_at: 5000,
+        };
+        let mut w = WalWriter::create(dir.path(), 3).unwrap();
+        w.write_group(&group(&[(3, Op::Describe(d.clone()))]))
+            .unwrap();
+        let (seen, _) = collect(dir.path(), 3, false).unwrap();
+        assert_eq!(seen, vec![(3, Op::Describe(d))]);
     }
 
     #[test]
