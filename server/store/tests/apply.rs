@@ -52,6 +52,26 @@ fn points(c: &C) -> Vec<(u64, Vec<f32>, Vec<u8>)> {
     }
 }
 
+/// Both collections answer `nq` queries (`vector(q * mul, step)`) at `nprobe` with the same
+/// ids and bit-identical distances.
+fn assert_same_answers(a: &C, b: &C, nprobe: usize, nq: u64, mul: u64, step: u64) {
+    let key = SearchKey {
+        k: 10,
+        nprobe,
+        refine_factor: 0,
+    };
+    let queries: Vec<f32> = (0..nq).flat_map(|q| vector(q * mul, step)).collect();
+    let (x, y) = (
+        a.search(&queries, nq as usize, key).unwrap(),
+        b.search(&queries, nq as usize, key).unwrap(),
+    );
+    assert_eq!(x.ids, y.ids, "the collections answer differently");
+    assert_eq!(
+        x.distances.iter().map(|d| d.to_bits()).collect::<Vec<_>>(),
+        y.distances.iter().map(|d| d.to_bits()).collect::<Vec<_>>()
+    );
+}
+
 #[test]
 fn a_follower_fed_the_leaders_log_ends_in_its_state() {
     let tmp = tempfile::tempdir().unwrap();
@@ -191,21 +211,7 @@ fn a_follower_fed_the_leaders_log_ends_in_its_state() {
     let (a, b) = (points(&leader), points(&follower));
     assert!(!a.is_empty());
     assert_eq!(a, b, "the follower's points differ from the leader's");
-    let key = SearchKey {
-        k: 10,
-        nprobe: 0,
-        refine_factor: 0,
-    };
-    let queries: Vec<f32> = (0..20).flat_map(|q| vector(q * 13, 1000)).collect();
-    let (x, y) = (
-        leader.search(&queries, 20, key).unwrap(),
-        follower.search(&queries, 20, key).unwrap(),
-    );
-    assert_eq!(x.ids, y.ids);
-    assert_eq!(
-        x.distances.iter().map(|d| d.to_bits()).collect::<Vec<_>>(),
-        y.distances.iter().map(|d| d.to_bits()).collect::<Vec<_>>()
-    );
+    assert_same_answers(&leader, &follower, 0, 20, 13, 1000);
     // The follower's log holds the leader's ops under the leader's numbers.
     follower.close();
     assert_eq!(log_of(&fdir), log);
@@ -353,21 +359,7 @@ fn replicas_switch_to_the_leaders_training_at_its_number() {
         "replica b should differ in layout"
     );
     assert_eq!(points(&a), points(&b), "the replicas' points differ");
-    let key = SearchKey {
-        k: 10,
-        nprobe: 2,
-        refine_factor: 0,
-    };
-    let queries: Vec<f32> = (0..50).flat_map(|q| vector(q * 7, 999)).collect();
-    let (x, y) = (
-        a.search(&queries, 50, key).unwrap(),
-        b.search(&queries, 50, key).unwrap(),
-    );
-    assert_eq!(x.ids, y.ids, "the replicas answer differently");
-    assert_eq!(
-        x.distances.iter().map(|d| d.to_bits()).collect::<Vec<_>>(),
-        y.distances.iter().map(|d| d.to_bits()).collect::<Vec<_>>()
-    );
+    assert_same_answers(&a, &b, 2, 50, 7, 999);
     // A replica trains only when its log says so.
     assert!(matches!(
         b.start_train(None),
@@ -414,21 +406,7 @@ fn a_new_replica_starts_from_a_snapshot_and_goes_on_with_the_log() {
     feed(&mut c, &cdir, &log, 13, &[200], &cfg);
     assert_eq!(c.last_seq(), a.last_seq());
     assert_eq!(points(&a), points(&c), "the new replica's points differ");
-    let key = SearchKey {
-        k: 10,
-        nprobe: 2,
-        refine_factor: 0,
-    };
-    let queries: Vec<f32> = (0..30).flat_map(|q| vector(q * 11, 777)).collect();
-    let (x, y) = (
-        a.search(&queries, 30, key).unwrap(),
-        c.search(&queries, 30, key).unwrap(),
-    );
-    assert_eq!(x.ids, y.ids);
-    assert_eq!(
-        x.distances.iter().map(|d| d.to_bits()).collect::<Vec<_>>(),
-        y.distances.iter().map(|d| d.to_bits()).collect::<Vec<_>>()
-    );
+    assert_same_answers(&a, &c, 2, 30, 11, 777);
     // The snapshot still opens as it was (its files outlive the ones replica a removed).
     drop(c);
     let again = C::create_from_snapshot(&snap, &tmp.path().join("d"), CpuBackend, cfg).unwrap();

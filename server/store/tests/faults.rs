@@ -3,11 +3,13 @@
 //! the errors say what happened. Run with `cargo test -p quiver-store --features failpoints`.
 #![cfg(feature = "failpoints")]
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
 use quiver_engine::backend::cpu::CpuBackend;
-use quiver_store::{Collection, CollectionMeta, IndexConfig, StoreConfig, StoreError};
+use quiver_store::{Collection, CollectionMeta, StoreConfig, StoreError};
 
 /// The failpoint registry is global: one scenario at a time.
 static SERIAL: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
@@ -15,21 +17,7 @@ static SERIAL: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 type C = Collection<CpuBackend>;
 
 fn meta() -> CollectionMeta {
-    CollectionMeta {
-        name: "f".into(),
-        dim: 4,
-        metric: "l2".into(),
-        index: IndexConfig {
-            nlist: 4,
-            pq_m: 2,
-            refine: "f32".into(),
-            refine_factor: 0,
-            seed: 7,
-            train_at: 0,
-        },
-        fields: Vec::new(),
-        settings: serde_json::Value::Null,
-    }
+    common::small_meta("f", 4, 0)
 }
 
 fn vector(id: u64) -> Vec<f32> {
