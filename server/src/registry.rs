@@ -105,11 +105,15 @@ impl Registry {
                 }
             }
         }
-        let optimizer = Optimizer::start(Duration::from_millis(100), cfg.store.write_nice)
-            .map_err(|source| OpenError::Thread {
-                what: "the optimizer",
-                source,
-            })?;
+        let optimizer = Optimizer::start(
+            Duration::from_millis(100),
+            cfg.store.write_nice,
+            cfg.store.background_threads,
+        )
+        .map_err(|source| OpenError::Thread {
+            what: "the optimizer",
+            source,
+        })?;
         let registry = Registry {
             folder,
             cfg: cfg.clone(),

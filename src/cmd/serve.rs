@@ -68,6 +68,11 @@ pub struct Args {
     /// writers run. 0 runs them at the searches' priority.
     #[arg(long, default_value_t = 10)]
     write_nice: i32,
+    /// Threads of the pool that runs every collection's background work (checkpoints,
+    /// indexing, merges, purges; one collection at a time per thread). Default: half the
+    /// cores, between 2 and 4. Trainings run on threads of their own.
+    #[arg(long)]
+    background_threads: Option<usize>,
     /// Retrain a collection's quantizers in the background when the points added since training
     /// (at least 10% of those trained on) sit this many times farther from their list's
     /// centroid, on average, than the training points did (mean squared distance). 0 never
@@ -212,6 +217,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if !(0..=19).contains(&a.write_nice) {
         bail!("--write-nice must be between 0 and 19");
     }
+    if a.background_threads.is_some_and(|n| !(1..=64).contains(&n)) {
+        bail!("--background-threads must be between 1 and 64");
+    }
     if a.seal_rows == 0 {
         bail!("--seal-rows must be at least 1");
     }
@@ -304,6 +312,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             write_nice: a.write_nice,
             wal_recover: a.wal_recover,
             retrain_factor: a.retrain_factor,
+            background_threads: a
+                .background_threads
+                .unwrap_or_else(quiver_store::optimizer::default_threads),
             ..Default::default()
         },
         backend: super::open_backend(a.backend)?,

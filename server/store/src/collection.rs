@@ -208,6 +208,24 @@ pub fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
 }
 
+/// Writes the folder of a new, empty collection at `dir` (which must not exist), durably.
+pub(crate) fn write_empty(dir: &Path, meta: CollectionMeta, replica: bool) -> Result<()> {
+    crate::fsutil::build_folder(dir, |tmp| {
+        WalWriter::create(&tmp.join("wal"), 1)?;
+        Manifest {
+            format: crate::manifest::FORMAT,
+            meta,
+            quantizers: None,
+            segments: Vec::new(),
+            wal_from: 1,
+            next_segment_id: 1,
+            replica,
+            drift: None,
+        }
+        .write(tmp)
+    })
+}
+
 fn empty_appendable<B: Backend>(
     id: u64,
     meta: &CollectionMeta,
@@ -242,27 +260,14 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         Self::create_as(dir, meta, true, backend, cfg)
     }
 
-    fn create_as(
+    pub(crate) fn create_as(
         dir: &Path,
         meta: CollectionMeta,
         replica: bool,
         backend: B,
         cfg: StoreConfig,
     ) -> Result<Self> {
-        crate::fsutil::build_folder(dir, |tmp| {
-            WalWriter::create(&tmp.join("wal"), 1)?;
-            Manifest {
-                format: crate::manifest::FORMAT,
-                meta,
-                quantizers: None,
-                segments: Vec::new(),
-                wal_from: 1,
-                next_segment_id: 1,
-                replica,
-                drift: None,
-            }
-            .write(tmp)
-        })?;
+        write_empty(dir, meta, replica)?;
         Self::open(dir, backend, cfg)
     }
 
@@ -2231,6 +2236,12 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     /// segments to the device, merging segments and purging deleted rows. Returns true when
     /// it did something.
     pub fn optimize_step(self: &Arc<Self>) -> Result<bool> {
+        // A step that takes long (tests pause it to hold a pool thread).
+        fail::fail_point!(
+            "optimizer::step::held",
+            self.meta.read().name.starts_with("held"),
+            |_| Ok(false)
+        );
         if self.read_only || self.dropped.load(Ordering::Acquire) {
             return Ok(false);
         }

@@ -1,37 +1,58 @@
 //! The folder that holds a server's collections (`DATA_DIR/collections/`), one sub-folder per
-//! collection named after it: the lifecycle of those folders on disk. At start it removes what
-//! a crash left behind (a drop's trash, a create's or an import's half-made temporary), lists
-//! the collections to open, creates new ones (replacing a leftover with no manifest), and
-//! removes dropped ones durably: the folder is moved aside and the parent fsynced before the
-//! drop is acknowledged, then deleted (a crash before that leaves trash, removed at the next
-//! start). [`checkpoint_and_close`] is a collection's shutdown.
+//! collection named after it, and the catalog log that says which exist ([`Catalog`]): the
+//! lifecycle of those folders on disk.
 //!
-//! Which names are taken, being created or being dropped is the caller's (the service
-//! reserves a name from the moment a create or drop starts until its files are in place or
-//! gone); this module only touches the files.
+//! A create or drop is first a numbered catalog entry, fsynced, then folder work: a create
+//! writes the new folder through a temporary one; a drop moves the folder aside, fsyncs the
+//! parent and deletes it. At start, what a crash left behind is finished from the catalog:
+//! temporaries and trash are removed, a created collection with no folder gets its empty
+//! folder, a dropped one's folder is removed. A data folder from before the catalog existed
+//! is adopted as it is (its collections become the first entries). A cluster replica applies
+//! its leader's entries with their numbers ([`CollectionsFolder::apply`]), so replicas hold the
+//! same collections.
+//!
+//! Which names are being created or dropped is the caller's (the service reserves a name from
+//! the moment a create or drop starts until its files are in place or gone).
+//! [`checkpoint_and_close`] is a collection's shutdown.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
 use quiver_engine::backend::Backend;
 
+use crate::catalog::{Catalog, CatalogOp};
 use crate::collection::{valid_name, Collection};
 use crate::error::{Result, StoreError};
 use crate::fsutil::{sync_dir, TEMP_PREFIX};
-use crate::manifest::CollectionMeta;
+use crate::manifest::{CollectionMeta, Manifest};
 use crate::StoreConfig;
 
 /// Prefix of a dropped collection's folder once moved aside.
 const TRASH_PREFIX: &str = ".dropped-";
 
-/// A folder of collections.
+/// A folder of collections and its catalog.
 #[derive(Debug, Clone)]
 pub struct CollectionsFolder {
     root: PathBuf,
+    catalog: Arc<Mutex<Catalog>>,
+}
+
+/// What applying a leader's catalog entry did ([`CollectionsFolder::apply`]).
+pub enum CatalogApplied<B: Backend + Clone + 'static> {
+    /// Applied before (its number is not above the last one applied): nothing was done.
+    Skipped,
+    /// The collection was created; here it is, open.
+    Created(Box<Collection<B>>),
+    /// The collection was dropped.
+    Dropped,
 }
 
 impl CollectionsFolder {
-    /// Opens (creating it if needed) the folder at `root` and removes the leftovers of a crash:
-    /// trash and temporary folders or files.
+    /// Opens (creating it if needed) the folder at `root` with its catalog, and finishes what
+    /// a crash left: trash and temporaries are removed, creations without a folder get one,
+    /// dropped collections' folders go. A folder with collections and no catalog (written
+    /// before the catalog existed) is adopted.
     pub fn open(root: &Path) -> Result<CollectionsFolder> {
         std::fs::create_dir_all(root).map_err(|e| StoreError::io("creating", root, e))?;
         let entries = std::fs::read_dir(root).map_err(|e| StoreError::io("listing", root, e))?;
@@ -40,15 +61,74 @@ impl CollectionsFolder {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with(TRASH_PREFIX) || name.starts_with(TEMP_PREFIX) {
                 // Folders (a drop's trash, a create's half-made folder) or files (an import's
-                // copy).
+                // copy, a catalog's rewrite).
                 if std::fs::remove_dir_all(entry.path()).is_err() {
                     let _ = std::fs::remove_file(entry.path());
                 }
             }
         }
-        Ok(CollectionsFolder {
+        let path = Catalog::path_in(root);
+        let catalog = if path.exists() {
+            Catalog::open(&path)?
+        } else {
+            let found = collection_folders(root)?;
+            if !found.is_empty() {
+                tracing::info!(folder = %root.display(), collections = found.len(), "adopting the collections of a data folder written before the catalog");
+            }
+            let ops = found
+                .into_iter()
+                .map(|name| CatalogOp::Create {
+                    meta: Manifest::read(&root.join(&name)).ok().map(|m| m.meta),
+                    name,
+                    replica: false,
+                })
+                .collect();
+            Catalog::create(&path, ops)?
+        };
+        let folder = CollectionsFolder {
             root: root.to_path_buf(),
-        })
+            catalog: Arc::new(Mutex::new(catalog)),
+        };
+        folder.finish_interrupted()?;
+        Ok(folder)
+    }
+
+    /// Makes the folders what the catalog says: the last step of a create or drop a crash
+    /// interrupted.
+    fn finish_interrupted(&self) -> Result<()> {
+        let mut catalog = self.catalog.lock();
+        let on_disk = collection_folders(&self.root)?;
+        for name in &on_disk {
+            if !catalog.live().contains_key(name) {
+                tracing::warn!(collection = %name, "finishing an interrupted drop");
+                self.remove_files(name)?;
+            }
+        }
+        let missing: Vec<(String, crate::catalog::LiveCollection)> = catalog
+            .live()
+            .iter()
+            .filter(|(name, _)| !on_disk.contains(*name))
+            .map(|(n, l)| (n.clone(), l.clone()))
+            .collect();
+        for (name, live) in missing {
+            match live.meta {
+                Some(meta) => {
+                    tracing::warn!(collection = %name, "finishing an interrupted create");
+                    let dir = self.path(&name);
+                    if dir.exists() {
+                        std::fs::remove_dir_all(&dir)
+                            .map_err(|e| StoreError::io("removing the leftover", &dir, e))?;
+                    }
+                    crate::collection::write_empty(&dir, meta, live.replica)?;
+                }
+                None => {
+                    // Adopted without a description and gone since: nothing to create it from.
+                    tracing::warn!(collection = %name, "an adopted collection's folder is gone; recording it as dropped");
+                    catalog.append(None, CatalogOp::Drop { name })?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The folder.
@@ -61,24 +141,14 @@ impl CollectionsFolder {
         self.root.join(name)
     }
 
-    /// The collections in the folder (valid names with a manifest, or the earlier layout's
-    /// description), sorted.
+    /// The collections, sorted (what the catalog says exists; each has its folder).
     pub fn names(&self) -> Result<Vec<String>> {
-        let entries =
-            std::fs::read_dir(&self.root).map_err(|e| StoreError::io("listing", &self.root, e))?;
-        let mut names = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| StoreError::io("listing", &self.root, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let p = entry.path();
-            if valid_name(&name)
-                && (p.join("manifest.json").exists() || p.join("meta.json").exists())
-            {
-                names.push(name);
-            }
-        }
-        names.sort();
-        Ok(names)
+        Ok(self.catalog.lock().live().keys().cloned().collect())
+    }
+
+    /// The number of the last catalog entry (0 for none): where a replica goes on from.
+    pub fn catalog_seq(&self) -> u64 {
+        self.catalog.lock().last_seq()
     }
 
     /// A temporary file for an import into `name` (removed at the next start if left).
@@ -86,45 +156,175 @@ impl CollectionsFolder {
         self.root.join(format!("{TEMP_PREFIX}import-{name}.qvr"))
     }
 
-    /// Creates the collection `meta.name` (the caller has reserved the name and knows no
-    /// collection has it): a folder left there without a manifest is replaced.
+    /// Creates the collection `meta.name` (the caller has reserved the name): a catalog entry,
+    /// then its folder (a folder left there without a manifest is replaced). Refused when the
+    /// collection exists. If the folder cannot be written, the entry is undone by a drop entry.
     pub fn create<B: Backend + Clone + 'static>(
         &self,
         meta: CollectionMeta,
         backend: B,
         cfg: StoreConfig,
     ) -> Result<Collection<B>> {
-        if !valid_name(&meta.name) {
-            return Err(StoreError::Invalid {
-                field: "name",
-                reason: format!("{:?} is not a collection name", meta.name),
-            });
+        let name = meta.name.clone();
+        self.check_new(&name)?;
+        self.catalog.lock().append(
+            None,
+            CatalogOp::Create {
+                name: name.clone(),
+                meta: Some(meta.clone()),
+                replica: false,
+            },
+        )?;
+        let made = self.make(meta, false, backend, cfg);
+        if made.is_err() {
+            let _ = std::fs::remove_dir_all(self.path(&name));
+            if let Err(e) = self
+                .catalog
+                .lock()
+                .append(None, CatalogOp::Drop { name: name.clone() })
+            {
+                tracing::warn!(collection = %name, error = %e, "undoing a failed create in the catalog failed; the next start creates it empty");
+            }
         }
-        let dir = self.path(&meta.name);
-        if dir.join("manifest.json").exists() || dir.join("meta.json").exists() {
-            return Err(StoreError::Precondition(format!(
-                "collection {:?} already exists",
-                meta.name
-            )));
-        }
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .map_err(|e| StoreError::io("removing the leftover", &dir, e))?;
-        }
-        Collection::create(&dir, meta, backend, cfg)
+        made
     }
 
     /// Removes the collection `name`: closes `open` (its handle, if it was open: after that it
-    /// writes nothing), moves the folder aside, fsyncs the parent (from here the drop is
-    /// durable) and deletes it. A folder already gone is not an error.
+    /// writes nothing), writes a catalog entry (unless a failed drop already wrote it), moves
+    /// the folder aside, fsyncs the parent and deletes it. A folder already gone is not an
+    /// error.
     pub fn remove<B: Backend + Clone + 'static>(
         &self,
         name: &str,
         open: Option<&Collection<B>>,
     ) -> Result<()> {
+        // Closed first: whatever happens next, the old handle writes nothing more (a failed
+        // drop is reported and repeated; after a restart the collection opens again).
         if let Some(c) = open {
             c.close();
         }
+        {
+            let mut catalog = self.catalog.lock();
+            if catalog.live().contains_key(name) {
+                catalog.append(None, CatalogOp::Drop { name: name.into() })?;
+            }
+        }
+        self.remove_files(name)
+    }
+
+    /// Applies a leader's catalog entry numbered `seq` (gap-free; one applied before is
+    /// skipped): a creation makes the collection (a replica when the entry says so) and
+    /// returns it; a drop closes `open` (the collection's handle, if open) and removes it. The
+    /// entry is durable before the folder work; if that fails, the error is returned and the
+    /// next [`Self::open`] finishes it.
+    pub fn apply<B: Backend + Clone + 'static>(
+        &self,
+        seq: u64,
+        op: CatalogOp,
+        open: Option<&Collection<B>>,
+        backend: B,
+        cfg: StoreConfig,
+    ) -> Result<CatalogApplied<B>> {
+        if let CatalogOp::Create {
+            name,
+            meta: Some(meta),
+            ..
+        } = &op
+        {
+            if name != &meta.name {
+                return Err(StoreError::Invalid {
+                    field: "meta",
+                    reason: format!("creates {name:?} with a description named {:?}", meta.name),
+                });
+            }
+        }
+        if let Some(name) = op.name() {
+            if !valid_name(name) {
+                return Err(StoreError::Invalid {
+                    field: "name",
+                    reason: format!("{name:?} is not a collection name"),
+                });
+            }
+        }
+        let create = match &op {
+            CatalogOp::Create {
+                meta: None, name, ..
+            } => {
+                return Err(StoreError::Invalid {
+                    field: "meta",
+                    reason: format!("the creation of {name:?} has no description"),
+                })
+            }
+            CatalogOp::Create {
+                meta: Some(meta),
+                replica,
+                ..
+            } => Some((meta.clone(), *replica)),
+            _ => None,
+        };
+        if let Some((meta, _)) = &create {
+            if seq == self.catalog_seq() + 1 {
+                self.check_new(&meta.name)?;
+            }
+        }
+        let name = op.name().map(str::to_string);
+        if self.catalog.lock().append(Some(seq), op)?.is_none() {
+            return Ok(CatalogApplied::Skipped);
+        }
+        match (create, name) {
+            (Some((meta, replica)), _) => Ok(CatalogApplied::Created(Box::new(
+                self.make(meta, replica, backend, cfg)?,
+            ))),
+            (None, Some(name)) => {
+                if let Some(c) = open {
+                    c.close();
+                }
+                self.remove_files(&name)?;
+                Ok(CatalogApplied::Dropped)
+            }
+            (None, None) => Ok(CatalogApplied::Skipped),
+        }
+    }
+
+    /// Refuses a create of `name`: not a valid name, or a collection is there.
+    fn check_new(&self, name: &str) -> Result<()> {
+        if !valid_name(name) {
+            return Err(StoreError::Invalid {
+                field: "name",
+                reason: format!("{name:?} is not a collection name"),
+            });
+        }
+        let dir = self.path(name);
+        if self.catalog.lock().live().contains_key(name)
+            || dir.join("manifest.json").exists()
+            || dir.join("meta.json").exists()
+        {
+            return Err(StoreError::Precondition(format!(
+                "collection {name:?} already exists"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Writes a new collection's folder (replacing a leftover without a manifest) and opens it.
+    fn make<B: Backend + Clone + 'static>(
+        &self,
+        meta: CollectionMeta,
+        replica: bool,
+        backend: B,
+        cfg: StoreConfig,
+    ) -> Result<Collection<B>> {
+        let dir = self.path(&meta.name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| StoreError::io("removing the leftover", &dir, e))?;
+        }
+        Collection::create_as(&dir, meta, replica, backend, cfg)
+    }
+
+    /// Moves `name`'s folder aside, fsyncs the parent (from here its removal is durable) and
+    /// deletes it (left behind, the trash goes at the next start).
+    fn remove_files(&self, name: &str) -> Result<()> {
         let dir = self.path(name);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -137,12 +337,28 @@ impl CollectionsFolder {
             Err(e) => return Err(StoreError::io("moving aside", &dir, e)),
         }
         sync_dir(&self.root).map_err(|e| StoreError::io("syncing", &self.root, e))?;
-        // Left behind, the trash is removed at the next start.
         if let Err(e) = std::fs::remove_dir_all(&trash) {
             tracing::warn!(path = %trash.display(), error = %e, "removing a dropped collection's files failed; they go at the next start");
         }
         Ok(())
     }
+}
+
+/// The collection folders under `root` (valid names with a manifest, or the earlier layout's
+/// description), sorted.
+fn collection_folders(root: &Path) -> Result<Vec<String>> {
+    let entries = std::fs::read_dir(root).map_err(|e| StoreError::io("listing", root, e))?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io("listing", root, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let p = entry.path();
+        if valid_name(&name) && (p.join("manifest.json").exists() || p.join("meta.json").exists()) {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// A collection's shutdown: a checkpoint (so the next start replays little), then closed
@@ -193,7 +409,7 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        assert_eq!(left, vec!["a", "b", "empty"]);
+        assert_eq!(left, vec![".catalog.log", "a", "b", "empty"]);
         // A create over the leftover folder replaces it.
         folder
             .create(meta("empty"), CpuBackend, StoreConfig::default())
@@ -215,5 +431,129 @@ mod tests {
             folder.create(meta("../x"), CpuBackend, StoreConfig::default()),
             Err(StoreError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn a_crash_between_catalog_entry_and_folder_work_is_finished_at_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("collections");
+        let folder = CollectionsFolder::open(&root).unwrap();
+        let a = folder
+            .create(meta("a"), CpuBackend, StoreConfig::default())
+            .unwrap();
+        a.upsert(vec![1], vec![0.5, 0.5]).unwrap();
+        drop(a);
+        // A create whose entry is durable but whose folder was not written, and a drop whose
+        // entry is durable but whose folder was not moved: what a crash between the two
+        // leaves.
+        {
+            let mut catalog = folder.catalog.lock();
+            catalog
+                .append(
+                    None,
+                    CatalogOp::Create {
+                        name: "b".into(),
+                        meta: Some(meta("b")),
+                        replica: false,
+                    },
+                )
+                .unwrap();
+            catalog
+                .append(None, CatalogOp::Drop { name: "a".into() })
+                .unwrap();
+        }
+        drop(folder);
+        let folder = CollectionsFolder::open(&root).unwrap();
+        assert_eq!(folder.names().unwrap(), vec!["b"]);
+        assert!(!root.join("a").exists());
+        let b = Collection::open(&folder.path("b"), CpuBackend, StoreConfig::default()).unwrap();
+        assert_eq!(b.meta(), meta("b"));
+        assert_eq!(folder.catalog_seq(), 3);
+    }
+
+    #[test]
+    fn a_data_folder_from_before_the_catalog_is_adopted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("collections");
+        let folder = CollectionsFolder::open(&root).unwrap();
+        for n in ["x", "y"] {
+            folder
+                .create(meta(n), CpuBackend, StoreConfig::default())
+                .unwrap()
+                .upsert(vec![7], vec![1.0, 2.0])
+                .unwrap();
+        }
+        drop(folder);
+        std::fs::remove_file(Catalog::path_in(&root)).unwrap();
+        let folder = CollectionsFolder::open(&root).unwrap();
+        assert_eq!(folder.names().unwrap(), vec!["x", "y"]);
+        assert_eq!(folder.catalog_seq(), 2);
+        let live = folder.catalog.lock().live().clone();
+        assert_eq!(live["y"].meta, Some(meta("y")));
+        let x = Collection::open(&folder.path("x"), CpuBackend, StoreConfig::default()).unwrap();
+        assert_eq!(x.version().len(), 1);
+    }
+
+    #[test]
+    fn replicas_fed_the_same_entries_hold_the_same_collections() {
+        let tmp = tempfile::tempdir().unwrap();
+        let leader = CollectionsFolder::open(&tmp.path().join("leader")).unwrap();
+        let mut log = Vec::new();
+        for (name, drop_it) in [("a", false), ("b", true), ("c", false)] {
+            leader
+                .create(meta(name), CpuBackend, StoreConfig::default())
+                .unwrap();
+            log.push(CatalogOp::Create {
+                name: name.into(),
+                meta: Some(meta(name)),
+                replica: true,
+            });
+            if drop_it {
+                leader.remove::<CpuBackend>(name, None).unwrap();
+                log.push(CatalogOp::Drop { name: name.into() });
+            }
+        }
+        let replica = CollectionsFolder::open(&tmp.path().join("replica")).unwrap();
+        let apply = |seq: usize| {
+            replica.apply::<CpuBackend>(
+                seq as u64 + 1,
+                log[seq].clone(),
+                None,
+                CpuBackend,
+                StoreConfig::default(),
+            )
+        };
+        // In order, with one entry delivered twice and one ahead of its turn.
+        assert!(matches!(apply(0).unwrap(), CatalogApplied::Created(_)));
+        assert!(matches!(apply(0).unwrap(), CatalogApplied::Skipped));
+        assert!(matches!(apply(2), Err(StoreError::Precondition(_))));
+        for (i, op) in log.iter().enumerate().skip(1) {
+            let r = apply(i).unwrap();
+            assert!(matches!(
+                (op, r),
+                (CatalogOp::Create { .. }, CatalogApplied::Created(_))
+                    | (CatalogOp::Drop { .. }, CatalogApplied::Dropped)
+            ));
+        }
+        assert_eq!(replica.names().unwrap(), leader.names().unwrap());
+        assert_eq!(replica.catalog_seq(), leader.catalog_seq());
+        // Created as the entries say: replicas.
+        let c = Collection::open(&replica.path("c"), CpuBackend, StoreConfig::default()).unwrap();
+        assert!(c.upsert(vec![1], vec![0.0, 0.0]).is_err());
+        // A creation must carry its description, under its own name.
+        let bad = CatalogOp::Create {
+            name: "d".into(),
+            meta: Some(meta("e")),
+            replica: true,
+        };
+        assert!(matches!(
+            replica.apply::<CpuBackend>(5, bad, None, CpuBackend, StoreConfig::default()),
+            Err(StoreError::Invalid { field: "meta", .. })
+        ));
+        // After a restart it goes on from the same number.
+        drop(replica);
+        let replica = CollectionsFolder::open(&tmp.path().join("replica")).unwrap();
+        assert_eq!(replica.catalog_seq(), 4);
+        assert_eq!(replica.names().unwrap(), vec!["a", "c"]);
     }
 }

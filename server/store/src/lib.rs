@@ -7,9 +7,12 @@
 //! points and sealed segments that change only by deletes, published together as an immutable
 //! [`version::Version`]. Writes go through a group-committed log ([`wal`]); checkpoints write
 //! new segment files and a manifest ([`manifest`]) and then drop the log they cover; the
-//! [`optimizer`] merges segments and purges deleted rows in the background.
+//! [`optimizer`]'s pool of threads merges segments and purges deleted rows in the background;
+//! the collections folder and its catalog log ([`folder`], [`catalog`]) hold which collections
+//! exist.
 #![warn(missing_docs)]
 
+pub mod catalog;
 pub mod collection;
 pub mod cpucache;
 pub mod drift;
@@ -28,9 +31,10 @@ pub mod training_input;
 pub mod version;
 pub mod wal;
 
+pub use catalog::{CatalogEntry, CatalogOp};
 pub use collection::{valid_name, Applied, Collection, JobState, UpsertMode};
 pub use error::{Result, StoreError};
-pub use folder::CollectionsFolder;
+pub use folder::{CatalogApplied, CollectionsFolder};
 pub use manifest::{CollectionMeta, IndexConfig};
 pub use optimizer::Optimizer;
 pub use segment::SearchKey;
@@ -59,6 +63,9 @@ pub struct StoreConfig {
     /// At start, a damaged log record followed by valid ones keeps what precedes it (and drops
     /// the rest) instead of stopping.
     pub wal_recover: bool,
+    /// Threads of the background optimizer's pool, shared by every collection
+    /// ([`Optimizer`]).
+    pub background_threads: usize,
 }
 
 impl Default for StoreConfig {
@@ -73,6 +80,7 @@ impl Default for StoreConfig {
             retrain_factor: 1.5,
             write_nice: 10,
             wal_recover: false,
+            background_threads: optimizer::default_threads(),
         }
     }
 }

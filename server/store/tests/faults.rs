@@ -557,3 +557,108 @@ fn ops_after_a_replicated_training_wait_until_it_is_durable() {
     assert_eq!((c.last_seq(), c.count(None)), (3, 599));
     scenario.teardown();
 }
+
+#[test]
+fn failed_catalog_appends_and_folder_writes_leave_creates_and_drops_undone() {
+    use quiver_store::CollectionsFolder;
+    let _s = SERIAL.lock();
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("collections");
+    let folder = CollectionsFolder::open(&root).unwrap();
+    let create = |name: &str| {
+        let mut m = meta();
+        m.name = name.into();
+        folder.create(m, CpuBackend, StoreConfig::default())
+    };
+    let kept = create("kept").unwrap();
+    upsert(&kept, &[1, 2]).unwrap();
+    // The create's catalog entry cannot be written: refused, nothing made.
+    fail::cfg("catalog::append::fsync", "1*return").unwrap();
+    assert!(matches!(create("a"), Err(StoreError::Io { .. })));
+    assert!(!root.join("a").exists());
+    // Its entry is written but its folder is not: refused, and the entry undone.
+    fail::cfg("fs::sync_dir", "1*return").unwrap();
+    assert!(create("b").is_err());
+    fail::remove("fs::sync_dir");
+    assert!(!root.join("b").exists());
+    // A drop whose entry cannot be written: refused; the handle is closed, the collection
+    // opens again after a restart with every acknowledged write.
+    fail::cfg("catalog::append::write", "1*return").unwrap();
+    assert!(folder.remove("kept", Some(&kept)).is_err());
+    assert!(upsert(&kept, &[3]).is_err());
+    drop((kept, folder));
+    let folder = CollectionsFolder::open(&root).unwrap();
+    assert_eq!(folder.names().unwrap(), vec!["kept"]);
+    check(&folder.path("kept"), &[1, 2], &[3]);
+    // Catalog: kept's creation, b's and its undo.
+    assert_eq!(folder.catalog_seq(), 3);
+    // And a drop that goes through is gone for good.
+    folder.remove::<CpuBackend>("kept", None).unwrap();
+    drop(folder);
+    let folder = CollectionsFolder::open(&root).unwrap();
+    assert!(folder.names().unwrap().is_empty());
+    assert!(!root.join("kept").exists());
+    scenario.teardown();
+}
+
+/// Background work runs on a pool: while one collection's step is held (a long merge, say),
+/// another collection's checkpoints go on. Before, one optimizer thread served every
+/// collection in turn, so the second one's log grew until the first step ended (this test,
+/// with a pool of one thread, times out that way).
+#[test]
+fn a_held_background_step_does_not_hold_other_collections_checkpoints() {
+    use quiver_store::Optimizer;
+    let _s = SERIAL.lock();
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        checkpoint_wal_bytes: 16 << 10,
+        ..StoreConfig::default()
+    };
+    let open = |name: &str| {
+        let mut m = meta();
+        m.name = name.into();
+        Arc::new(C::create(&dir.path().join(name), m, CpuBackend, cfg.clone()).unwrap())
+    };
+    let (held, other) = (open("held"), open("other"));
+    fail::cfg("optimizer::step::held", "pause").unwrap();
+    let optimizer = Optimizer::start(std::time::Duration::from_millis(5), 0, 2).unwrap();
+    optimizer.register(&held);
+    optimizer.register(&other);
+    let wal = |name: &str| -> u64 {
+        std::fs::read_dir(dir.path().join(name).join("wal"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.metadata().map_or(0, |m| m.len()))
+            .sum()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut id = 0u64;
+    let mut checkpoints = 0;
+    while checkpoints < 3 && std::time::Instant::now() < deadline {
+        // Past the checkpoint size, then wait for the pool to bring it back.
+        while wal("other") < 2 * cfg.checkpoint_wal_bytes {
+            let ids: Vec<u64> = (id..id + 64).collect();
+            id += 64;
+            upsert(&other, &ids).unwrap();
+        }
+        while wal("other") >= cfg.checkpoint_wal_bytes && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if wal("other") < cfg.checkpoint_wal_bytes {
+            checkpoints += 1;
+        }
+    }
+    // Released before asserting: the held thread must end for the pool to stop.
+    let left = wal("other");
+    fail::remove("optimizer::step::held");
+    assert_eq!(
+        checkpoints, 3,
+        "the other collection's log was not checkpointed ({left} bytes) while a step was held"
+    );
+    drop(optimizer);
+    drop((held, other));
+    check(&dir.path().join("other"), &(0..id).collect::<Vec<_>>(), &[]);
+    scenario.teardown();
+}

@@ -80,7 +80,7 @@ fn checkpoints_go_on_while_a_collection_trains() {
     let (pa, pb) = (dir.path().join("a"), dir.path().join("b"));
     let a = Arc::new(C::create(&pa, meta("a", 60_000), CpuBackend, cfg.clone()).unwrap());
     let b = Arc::new(C::create(&pb, meta("b", 0), CpuBackend, cfg.clone()).unwrap());
-    let optimizer = Optimizer::start(Duration::from_millis(10), 0).unwrap();
+    let optimizer = Optimizer::start(Duration::from_millis(10), 0, 2).unwrap();
     optimizer.register(&a);
     optimizer.register(&b);
     let batch: u64 = std::env::var("QUIVER_MAINTENANCE_BATCH")

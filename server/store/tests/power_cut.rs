@@ -462,7 +462,7 @@ fn run_case(seed: u64, work: &Path) -> (Vec<sim_disk::Image>, Vec<Model>, Vec<Op
     let live_state = Live {
         folder,
         train_at,
-        optimizer: Optimizer::start(Duration::from_millis(1), 0).expect("optimizer"),
+        optimizer: Optimizer::start(Duration::from_millis(1), 0, 2).expect("optimizer"),
     };
     let mut c = Arc::new(
         live_state

@@ -1,0 +1,546 @@
+//! The catalog log: which collections exist, as a numbered, durable sequence of creations and
+//! drops (`.catalog.log` in the collections folder). It is to the collections folder what a
+//! collection's write-ahead log is to its points: an entry is fsynced before the folder work it
+//! describes, so a crash between the two is finished at the next start from the entry
+//! ([`crate::folder::CollectionsFolder::open`]), and numbers are gap-free, so a replica fed the
+//! same entries ([`Catalog::append`] with the leader's number) holds the same collections.
+//!
+//! File: the magic `QVRCAT01`, then records of `u32` length, `u32` CRC-32C of the body, and the
+//! body: one [`CatalogEntry`] as JSON. A torn last record (a crash while appending) is cut off
+//! at open; a damaged record followed by others is [`StoreError::Corrupt`]. When dropped
+//! collections' entries outnumber the live ones, the file is rewritten at open with only the
+//! live creations (keeping their numbers) and a [`CatalogOp::Compacted`] mark holding the last
+//! number.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, StoreError};
+use crate::fsutil::{inject, write_atomic};
+use crate::manifest::CollectionMeta;
+
+const MAGIC: &[u8; 8] = b"QVRCAT01";
+const RECORD_HEAD: usize = 8;
+/// Largest entry (a description with its front end's settings).
+const MAX_ENTRY_BYTES: usize = 16 << 20;
+
+/// One change of the set of collections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum CatalogOp {
+    /// A collection is created empty.
+    Create {
+        /// Its name.
+        name: String,
+        /// Its description at creation; `None` for a collection adopted from a data folder
+        /// written before the catalog existed whose description could not be read then.
+        meta: Option<CollectionMeta>,
+        /// Created as a replica ([`crate::Collection::create_replica`]).
+        #[serde(default)]
+        replica: bool,
+    },
+    /// A collection and its files are removed.
+    Drop {
+        /// Its name.
+        name: String,
+    },
+    /// The entries before this one were compacted away (only live creations are kept); its
+    /// number is the last one they had.
+    Compacted,
+}
+
+impl CatalogOp {
+    /// The collection it is about (none for a compaction mark).
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            CatalogOp::Create { name, .. } | CatalogOp::Drop { name } => Some(name),
+            CatalogOp::Compacted => None,
+        }
+    }
+}
+
+/// An op with its number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CatalogEntry {
+    /// Its number: 1, 2, … with no gaps.
+    pub seq: u64,
+    /// What it does.
+    #[serde(flatten)]
+    pub op: CatalogOp,
+}
+
+/// A collection the catalog says exists.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveCollection {
+    /// The number of its creation (tells incarnations of one name apart).
+    pub created_at: u64,
+    /// Its description at creation (see [`CatalogOp::Create`]).
+    pub meta: Option<CollectionMeta>,
+    /// Created as a replica.
+    pub replica: bool,
+}
+
+/// The open catalog log.
+#[derive(Debug)]
+pub struct Catalog {
+    path: PathBuf,
+    file: File,
+    /// Bytes of valid records (where the next one goes).
+    len: u64,
+    last_seq: u64,
+    records: usize,
+    live: BTreeMap<String, LiveCollection>,
+    /// Set when a failed append could not be undone: the file's tail is unknown until a restart.
+    broken: Option<String>,
+}
+
+impl Catalog {
+    /// The catalog's file in a collections folder.
+    pub fn path_in(root: &Path) -> PathBuf {
+        root.join(".catalog.log")
+    }
+
+    /// Writes a new catalog at `path` holding `ops` numbered from 1 (atomically and durably).
+    pub fn create(path: &Path, ops: Vec<CatalogOp>) -> Result<Catalog> {
+        let entries: Vec<CatalogEntry> = ops
+            .into_iter()
+            .enumerate()
+            .map(|(i, op)| CatalogEntry {
+                seq: i as u64 + 1,
+                op,
+            })
+            .collect();
+        write_file(path, &entries)?;
+        Catalog::open(path)
+    }
+
+    /// Opens the catalog at `path`: replays it, cuts off a torn last record and compacts it when
+    /// dropped collections' entries dominate.
+    pub fn open(path: &Path) -> Result<Catalog> {
+        let data = std::fs::read(path).map_err(|e| StoreError::io("reading", path, e))?;
+        let corrupt = |offset: usize, reason: String| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            offset: offset as u64,
+            reason,
+        };
+        if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
+            if data.len() < MAGIC.len() && MAGIC.starts_with(&data) {
+                // A crash while the file was first written cannot leave this (it is written
+                // whole and renamed into place), but an empty file is no catalog either way.
+                return Err(corrupt(0, "the catalog is empty; restore it or remove it to adopt the collections folder as it is".into()));
+            }
+            return Err(corrupt(0, "not a Quiver catalog (bad magic)".into()));
+        }
+        let mut state = State::default();
+        let mut at = MAGIC.len();
+        let mut torn = false;
+        while at < data.len() {
+            let rest = &data[at..];
+            let whole = rest.len() >= RECORD_HEAD && {
+                let n = u32::from_le_bytes(rest[..4].try_into().unwrap_or_default()) as usize;
+                rest.len() >= RECORD_HEAD + n
+            };
+            if !whole {
+                torn = true;
+                break;
+            }
+            let n = u32::from_le_bytes(rest[..4].try_into().unwrap_or_default()) as usize;
+            let crc = u32::from_le_bytes(rest[4..8].try_into().unwrap_or_default());
+            let body = &rest[RECORD_HEAD..RECORD_HEAD + n];
+            if !quiver_engine::checksum::crc32c_matches(body, crc) {
+                if at + RECORD_HEAD + n == data.len() {
+                    torn = true;
+                    break;
+                }
+                return Err(corrupt(
+                    at,
+                    "a damaged catalog record is followed by others; restore the file".into(),
+                ));
+            }
+            let entry: CatalogEntry = serde_json::from_slice(body)
+                .map_err(|e| corrupt(at, format!("an unreadable catalog entry: {e}")))?;
+            state
+                .apply(&entry)
+                .map_err(|why| corrupt(at, format!("entry {}: {why}", entry.seq)))?;
+            at += RECORD_HEAD + n;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| StoreError::io("opening", path, e))?;
+        if torn {
+            tracing::warn!(path = %path.display(), bytes = data.len() - at, "cutting off a torn last catalog record (a crash while it was written; it was not acknowledged)");
+            file.set_len(at as u64)
+                .and_then(|()| quiver_engine::io::sync::file(&file))
+                .map_err(|e| StoreError::io("truncating", path, e))?;
+        }
+        let catalog = Catalog {
+            path: path.to_path_buf(),
+            file,
+            len: at as u64,
+            last_seq: state.last_seq,
+            records: state.records,
+            live: state.live,
+            broken: None,
+        };
+        if catalog.records > 64 + 2 * catalog.live.len() {
+            return catalog.compact();
+        }
+        Ok(catalog)
+    }
+
+    /// Rewrites the file with only the live creations and a mark holding the last number.
+    fn compact(self) -> Result<Catalog> {
+        let mut entries: Vec<CatalogEntry> = self
+            .live
+            .iter()
+            .map(|(name, l)| CatalogEntry {
+                seq: l.created_at,
+                op: CatalogOp::Create {
+                    name: name.clone(),
+                    meta: l.meta.clone(),
+                    replica: l.replica,
+                },
+            })
+            .collect();
+        entries.sort_by_key(|e| e.seq);
+        entries.push(CatalogEntry {
+            seq: self.last_seq,
+            op: CatalogOp::Compacted,
+        });
+        let path = self.path.clone();
+        drop(self);
+        write_file(&path, &entries)?;
+        Catalog::open(&path)
+    }
+
+    /// The last entry's number (0 for none).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// The collections that exist, by name.
+    pub fn live(&self) -> &BTreeMap<String, LiveCollection> {
+        &self.live
+    }
+
+    /// Appends `op` durably: numbered `last_seq + 1` when `seq` is `None` (a local change),
+    /// or `seq` as given (a replica applying its leader's entries: one already applied,
+    /// `seq <= last_seq`, is skipped and returns `None`; a gap is refused). Refuses what does
+    /// not fit the current set (creating an existing name, dropping a missing one) before
+    /// writing anything. Returns the entry's number.
+    pub fn append(&mut self, seq: Option<u64>, op: CatalogOp) -> Result<Option<u64>> {
+        if let Some(why) = &self.broken {
+            return Err(StoreError::WritesStopped(why.clone()));
+        }
+        let seq = match seq {
+            None => self.last_seq + 1,
+            Some(0) => {
+                return Err(StoreError::Invalid {
+                    field: "seq",
+                    reason: "catalog entries are numbered from 1".into(),
+                })
+            }
+            Some(s) if s <= self.last_seq => return Ok(None),
+            Some(s) if s > self.last_seq + 1 => {
+                return Err(StoreError::Precondition(format!(
+                    "catalog entry {s} does not follow the last one applied ({}); apply {} first",
+                    self.last_seq,
+                    self.last_seq + 1
+                )))
+            }
+            Some(s) => s,
+        };
+        if matches!(op, CatalogOp::Compacted) {
+            return Err(StoreError::Invalid {
+                field: "op",
+                reason: "a compaction mark is written by the catalog itself".into(),
+            });
+        }
+        let entry = CatalogEntry { seq, op };
+        let mut probe = State {
+            last_seq: self.last_seq,
+            records: 0,
+            live: BTreeMap::new(),
+        };
+        if let Some(name) = entry.op.name() {
+            if let Some(l) = self.live.get(name) {
+                probe.live.insert(name.to_string(), l.clone());
+            }
+        }
+        probe.apply(&entry).map_err(StoreError::Precondition)?;
+        let body = serde_json::to_vec(&entry).map_err(|e| StoreError::Failed(e.to_string()))?;
+        if body.len() > MAX_ENTRY_BYTES {
+            return Err(StoreError::Invalid {
+                field: "meta",
+                reason: format!(
+                    "the description takes {} bytes, above the catalog's {MAX_ENTRY_BYTES}",
+                    body.len()
+                ),
+            });
+        }
+        let record = record(&body);
+        let written = (|| -> std::io::Result<()> {
+            inject!("catalog::append::write");
+            self.file.write_all_at(&record, self.len)?;
+            inject!("catalog::append::fsync");
+            quiver_engine::io::sync::file_data(&self.file)
+        })();
+        if let Err(e) = written {
+            // Undo: nothing of the entry may stay to be read at the next start.
+            let undone = self
+                .file
+                .set_len(self.len)
+                .and_then(|()| quiver_engine::io::sync::file(&self.file));
+            if let Err(u) = undone {
+                self.broken = Some(format!(
+                    "a failed catalog append could not be undone ({u}); collections cannot be created or dropped"
+                ));
+            }
+            return Err(StoreError::io("appending to", &self.path, e));
+        }
+        self.len += record.len() as u64;
+        self.records += 1;
+        self.last_seq = seq;
+        for (name, l) in probe.live {
+            self.live.insert(name, l);
+        }
+        if let Some(name) = entry.op.name() {
+            if matches!(entry.op, CatalogOp::Drop { .. }) {
+                self.live.remove(name);
+            }
+        }
+        Ok(Some(seq))
+    }
+}
+
+/// What replaying entries builds.
+#[derive(Default)]
+struct State {
+    last_seq: u64,
+    records: usize,
+    live: BTreeMap<String, LiveCollection>,
+}
+
+impl State {
+    /// Applies one entry read from the file or about to be written.
+    fn apply(&mut self, e: &CatalogEntry) -> std::result::Result<(), String> {
+        match &e.op {
+            CatalogOp::Create {
+                name,
+                meta,
+                replica,
+            } => {
+                if e.seq <= self.last_seq {
+                    return Err(format!("number {} after {}", e.seq, self.last_seq));
+                }
+                if let Some(m) = meta {
+                    if &m.name != name {
+                        return Err(format!(
+                            "creates {name:?} with a description named {:?}",
+                            m.name
+                        ));
+                    }
+                }
+                if self.live.contains_key(name) {
+                    return Err(format!("collection {name:?} already exists"));
+                }
+                self.live.insert(
+                    name.clone(),
+                    LiveCollection {
+                        created_at: e.seq,
+                        meta: meta.clone(),
+                        replica: *replica,
+                    },
+                );
+            }
+            CatalogOp::Drop { name } => {
+                if e.seq <= self.last_seq {
+                    return Err(format!("number {} after {}", e.seq, self.last_seq));
+                }
+                if self.live.remove(name).is_none() {
+                    return Err(format!("collection {name:?} does not exist"));
+                }
+            }
+            // Numbered like the entry it follows; creations before it may be lower.
+            CatalogOp::Compacted => {
+                if e.seq < self.last_seq {
+                    return Err(format!("compaction mark {} after {}", e.seq, self.last_seq));
+                }
+            }
+        }
+        self.last_seq = e.seq;
+        self.records += 1;
+        Ok(())
+    }
+}
+
+fn record(body: &[u8]) -> Vec<u8> {
+    let mut r = Vec::with_capacity(RECORD_HEAD + body.len());
+    r.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    r.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
+    r.extend_from_slice(body);
+    r
+}
+
+/// Writes a whole catalog file atomically and durably.
+fn write_file(path: &Path, entries: &[CatalogEntry]) -> Result<()> {
+    let mut out = Vec::new();
+    out.write_all(MAGIC)
+        .map_err(|e| StoreError::io("writing", path, e))?;
+    for e in entries {
+        let body = serde_json::to_vec(e).map_err(|e| StoreError::Failed(e.to_string()))?;
+        out.extend_from_slice(&record(&body));
+    }
+    write_atomic(path, &[&out])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(name: &str) -> CollectionMeta {
+        CollectionMeta {
+            name: name.into(),
+            dim: 4,
+            metric: "l2".into(),
+            ..CollectionMeta::default()
+        }
+    }
+
+    fn create(name: &str) -> CatalogOp {
+        CatalogOp::Create {
+            name: name.into(),
+            meta: Some(meta(name)),
+            replica: false,
+        }
+    }
+
+    fn drop_op(name: &str) -> CatalogOp {
+        CatalogOp::Drop { name: name.into() }
+    }
+
+    fn names(c: &Catalog) -> Vec<String> {
+        c.live().keys().cloned().collect()
+    }
+
+    #[test]
+    fn entries_are_numbered_durable_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Catalog::path_in(dir.path());
+        let mut c = Catalog::create(&path, vec![]).unwrap();
+        assert_eq!(c.last_seq(), 0);
+        assert_eq!(c.append(None, create("a")).unwrap(), Some(1));
+        assert_eq!(c.append(None, create("b")).unwrap(), Some(2));
+        assert_eq!(c.append(None, drop_op("a")).unwrap(), Some(3));
+        assert_eq!(c.append(None, create("a")).unwrap(), Some(4));
+        // Refused before anything is written.
+        assert!(matches!(
+            c.append(None, create("b")),
+            Err(StoreError::Precondition(_))
+        ));
+        assert!(matches!(
+            c.append(None, drop_op("z")),
+            Err(StoreError::Precondition(_))
+        ));
+        assert!(matches!(
+            c.append(None, CatalogOp::Compacted),
+            Err(StoreError::Invalid { field: "op", .. })
+        ));
+        let c = Catalog::open(&path).unwrap();
+        assert_eq!(c.last_seq(), 4);
+        assert_eq!(names(&c), vec!["a", "b"]);
+        assert_eq!(c.live()["a"].created_at, 4);
+        assert_eq!(c.live()["a"].meta, Some(meta("a")));
+    }
+
+    #[test]
+    fn a_replica_applies_numbered_entries_once_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Catalog::create(&Catalog::path_in(dir.path()), vec![]).unwrap();
+        assert_eq!(c.append(Some(1), create("a")).unwrap(), Some(1));
+        // Again: skipped.
+        assert_eq!(c.append(Some(1), create("a")).unwrap(), None);
+        // A gap: refused, naming the next one.
+        let gap = c.append(Some(3), drop_op("a")).unwrap_err().to_string();
+        assert!(gap.contains("apply 2 first"), "{gap}");
+        assert!(matches!(
+            c.append(Some(0), drop_op("a")),
+            Err(StoreError::Invalid { field: "seq", .. })
+        ));
+        assert_eq!(c.append(Some(2), drop_op("a")).unwrap(), Some(2));
+        assert!(c.live().is_empty());
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_a_damaged_middle_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Catalog::path_in(dir.path());
+        let mut c = Catalog::create(&path, vec![create("a")]).unwrap();
+        c.append(None, create("b")).unwrap();
+        drop(c);
+        let whole = std::fs::read(&path).unwrap();
+        // Every cut inside the last record is a torn append: the first entry stays.
+        let second = whole.len() - (whole.len() - MAGIC.len()) / 2;
+        for cut in [whole.len() - 1, whole.len() - 10, second + 3] {
+            std::fs::write(&path, &whole[..cut]).unwrap();
+            let c = Catalog::open(&path).unwrap();
+            assert_eq!(names(&c), vec!["a"], "cut at {cut}");
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), c.len);
+        }
+        // A flipped byte in the last record: torn too.
+        let mut bad = whole.clone();
+        *bad.last_mut().unwrap() ^= 0x20;
+        std::fs::write(&path, &bad).unwrap();
+        assert_eq!(names(&Catalog::open(&path).unwrap()), vec!["a"]);
+        // In the first record, with the second after it: corrupt, never guessed past.
+        let mut bad = whole.clone();
+        bad[MAGIC.len() + RECORD_HEAD + 2] ^= 0x20;
+        std::fs::write(&path, &bad).unwrap();
+        assert!(matches!(
+            Catalog::open(&path),
+            Err(StoreError::Corrupt { .. })
+        ));
+        std::fs::write(&path, b"QVRCAT0").unwrap();
+        assert!(matches!(
+            Catalog::open(&path),
+            Err(StoreError::Corrupt { .. })
+        ));
+        std::fs::write(&path, b"not a catalog at all").unwrap();
+        assert!(matches!(
+            Catalog::open(&path),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn compaction_keeps_live_creations_and_the_last_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Catalog::path_in(dir.path());
+        let mut c = Catalog::create(&path, vec![create("keep")]).unwrap();
+        for i in 0..100 {
+            c.append(None, create(&format!("t{i}"))).unwrap();
+            c.append(None, drop_op(&format!("t{i}"))).unwrap();
+        }
+        c.append(None, create("late")).unwrap();
+        c.append(None, create("gone")).unwrap();
+        c.append(None, drop_op("gone")).unwrap();
+        let before = std::fs::metadata(&path).unwrap().len();
+        let mut c = Catalog::open(&path).unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() < before / 10);
+        assert_eq!(c.last_seq(), 204);
+        assert_eq!(names(&c), vec!["keep", "late"]);
+        assert_eq!(c.live()["keep"].created_at, 1);
+        assert_eq!(c.live()["late"].created_at, 202);
+        // Numbering goes on; a replica's next entry is still 205.
+        assert_eq!(c.append(Some(205), drop_op("keep")).unwrap(), Some(205));
+        let c = Catalog::open(&path).unwrap();
+        assert_eq!((c.last_seq(), names(&c)), (205, vec!["late".to_string()]));
+    }
+}
