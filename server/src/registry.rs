@@ -76,7 +76,8 @@ impl Drop for Reservation<'_> {
 }
 
 impl Registry {
-    /// Opens every collection under `DATA_DIR/collections/` and the configured index files.
+    /// Opens every collection the store's collections folder lists (`DATA_DIR/collections/`)
+    /// and the configured index files.
     pub fn open(cfg: ServerConfig, metrics: Metrics) -> Result<Registry, OpenError> {
         let folder = CollectionsFolder::open(&cfg.data_dir.join("collections"))
             .map_err(OpenError::DataDir)?;
@@ -265,8 +266,20 @@ impl Registry {
         let c = self
             .folder
             .create(meta, self.cfg.backend.clone(), self.cfg.store.clone())
-            .map_err(from_store)?;
+            .map_err(|e| self.failed_half_way(&name, e))?;
         Ok(self.insert(&name, c))
+    }
+
+    /// A create that failed: when the store still lists the collection (its folder work and
+    /// the undo both failed), the name reports the failure until dropped.
+    fn failed_half_way(&self, name: &str, e: quiver_store::StoreError) -> Status {
+        if self.folder.is_live(name) {
+            self.failed.write().insert(
+                name.to_string(),
+                format!("creating failed half-way: {e}; drop it"),
+            );
+        }
+        from_store(e)
     }
 
     /// Creates a collection from an index file, open as `file` (`path` names it; blocking, no
@@ -348,12 +361,12 @@ impl Registry {
         let c = self
             .folder
             .create(meta, self.cfg.backend.clone(), self.cfg.store.clone())
-            .map_err(from_store)?;
+            .map_err(|e| self.failed_half_way(name, e))?;
         if let Err(e) = c.load_index(index) {
             if let Err(r) = self.folder.remove(name, Some(&c)) {
-                tracing::warn!(collection = %name, error = %r, "removing a failed import's folder failed; it is replaced at the next create");
+                tracing::warn!(collection = %name, error = %r, "removing a failed import's collection failed; drop it");
             }
-            return Err(from_store(e));
+            return Err(self.failed_half_way(name, e));
         }
         Ok(self.insert(name, c))
     }

@@ -6,11 +6,12 @@
 //! same entries ([`Catalog::append`] with the leader's number) holds the same collections.
 //!
 //! File: the magic `QVRCAT01`, then records of `u32` length, `u32` CRC-32C of the body, and the
-//! body: one [`CatalogEntry`] as JSON. A torn last record (a crash while appending) is cut off
-//! at open; a damaged record followed by others is [`StoreError::Corrupt`]. When dropped
-//! collections' entries outnumber the live ones, the file is rewritten at open with only the
-//! live creations (keeping their numbers) and a [`CatalogOp::Compacted`] mark holding the last
-//! number.
+//! body: one [`CatalogEntry`] as JSON. A torn last record (a crash while appending: cut short,
+//! zeros, or a checksum that fails with nothing after it) is cut off at open, its bytes kept
+//! beside the file when they are not zeros; a damaged record followed by others, or a length
+//! out of range, is [`StoreError::Corrupt`]. When dropped collections' entries outnumber the
+//! live ones, [`Catalog::compact_if_due`] rewrites the file with only the live creations
+//! (keeping their numbers) and a [`CatalogOp::Compacted`] mark holding the last number.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -28,6 +29,8 @@ const MAGIC: &[u8; 8] = b"QVRCAT01";
 const RECORD_HEAD: usize = 8;
 /// Largest entry (a description with its front end's settings).
 const MAX_ENTRY_BYTES: usize = 16 << 20;
+/// Smallest entry body (`{}`).
+const MIN_ENTRY_BYTES: usize = 2;
 
 /// One change of the set of collections.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,6 +98,8 @@ pub struct Catalog {
     last_seq: u64,
     records: usize,
     live: BTreeMap<String, LiveCollection>,
+    /// Names whose last entry is a drop, with its number (forgotten at compaction).
+    dropped: BTreeMap<String, u64>,
     /// Set when a failed append could not be undone: the file's tail is unknown until a restart.
     broken: Option<String>,
 }
@@ -119,8 +124,7 @@ impl Catalog {
         Catalog::open(path)
     }
 
-    /// Opens the catalog at `path`: replays it, cuts off a torn last record and compacts it when
-    /// dropped collections' entries dominate.
+    /// Opens the catalog at `path`: replays it and cuts off a torn last record.
     pub fn open(path: &Path) -> Result<Catalog> {
         let data = std::fs::read(path).map_err(|e| StoreError::io("reading", path, e))?;
         let corrupt = |offset: usize, reason: String| StoreError::Corrupt {
@@ -129,27 +133,33 @@ impl Catalog {
             reason,
         };
         if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
-            if data.len() < MAGIC.len() && MAGIC.starts_with(&data) {
-                // A crash while the file was first written cannot leave this (it is written
-                // whole and renamed into place), but an empty file is no catalog either way.
-                return Err(corrupt(0, "the catalog is empty; restore it or remove it to adopt the collections folder as it is".into()));
-            }
-            return Err(corrupt(0, "not a Quiver catalog (bad magic)".into()));
+            return Err(corrupt(
+                0,
+                "not a Quiver catalog (bad magic); restore it, or remove it to adopt the collection folders as they are".into(),
+            ));
         }
         let mut state = State::default();
         let mut at = MAGIC.len();
         let mut torn = false;
         while at < data.len() {
             let rest = &data[at..];
-            let whole = rest.len() >= RECORD_HEAD && {
-                let n = u32::from_le_bytes(rest[..4].try_into().unwrap_or_default()) as usize;
-                rest.len() >= RECORD_HEAD + n
-            };
-            if !whole {
+            // A crash while appending leaves a prefix of the record, or zeros where the file
+            // grew before its data landed; nothing else.
+            if rest.iter().all(|&b| b == 0) || rest.len() < RECORD_HEAD {
                 torn = true;
                 break;
             }
             let n = u32::from_le_bytes(rest[..4].try_into().unwrap_or_default()) as usize;
+            if !(MIN_ENTRY_BYTES..=MAX_ENTRY_BYTES).contains(&n) {
+                return Err(corrupt(
+                    at,
+                    format!("a catalog record's length ({n}) is out of range; restore the file"),
+                ));
+            }
+            if rest.len() < RECORD_HEAD + n {
+                torn = true;
+                break;
+            }
             let crc = u32::from_le_bytes(rest[4..8].try_into().unwrap_or_default());
             let body = &rest[RECORD_HEAD..RECORD_HEAD + n];
             if !quiver_engine::checksum::crc32c_matches(body, crc) {
@@ -175,28 +185,42 @@ impl Catalog {
             .open(path)
             .map_err(|e| StoreError::io("opening", path, e))?;
         if torn {
-            tracing::warn!(path = %path.display(), bytes = data.len() - at, "cutting off a torn last catalog record (a crash while it was written; it was not acknowledged)");
+            let cut = &data[at..];
+            let kept = if cut.iter().all(|&b| b == 0) {
+                None
+            } else {
+                // Kept for inspection: an append never acknowledged, or damage to the last one.
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                let copy = path.with_file_name(format!(".catalog-torn-{nanos}"));
+                std::fs::write(&copy, cut).map_err(|e| StoreError::io("saving", &copy, e))?;
+                Some(copy)
+            };
+            tracing::warn!(path = %path.display(), bytes = cut.len(), kept = ?kept, "cutting off a torn last catalog record (a crash while it was written: it was not acknowledged)");
             file.set_len(at as u64)
                 .and_then(|()| quiver_engine::io::sync::file(&file))
                 .map_err(|e| StoreError::io("truncating", path, e))?;
         }
-        let catalog = Catalog {
+        Ok(Catalog {
             path: path.to_path_buf(),
             file,
             len: at as u64,
             last_seq: state.last_seq,
             records: state.records,
             live: state.live,
+            dropped: state.dropped,
             broken: None,
-        };
-        if catalog.records > 64 + 2 * catalog.live.len() {
-            return catalog.compact();
-        }
-        Ok(catalog)
+        })
     }
 
-    /// Rewrites the file with only the live creations and a mark holding the last number.
-    fn compact(self) -> Result<Catalog> {
+    /// When dropped collections' entries dominate (and their folders are gone: the caller
+    /// has made the folder what the catalog says), rewrites the file with only the live
+    /// creations and a mark holding the last number. A failure leaves the file as it was.
+    pub fn compact_if_due(&mut self) {
+        if self.records <= 64 + 2 * self.live.len() {
+            return;
+        }
         let mut entries: Vec<CatalogEntry> = self
             .live
             .iter()
@@ -214,10 +238,13 @@ impl Catalog {
             seq: self.last_seq,
             op: CatalogOp::Compacted,
         });
-        let path = self.path.clone();
-        drop(self);
-        write_file(&path, &entries)?;
-        Catalog::open(&path)
+        let reopened = write_file(&self.path, &entries).and_then(|()| Catalog::open(&self.path));
+        match reopened {
+            Ok(c) => *self = c,
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "compacting the catalog failed; it stays as it is");
+            }
+        }
     }
 
     /// The last entry's number (0 for none).
@@ -228,6 +255,11 @@ impl Catalog {
     /// The collections that exist, by name.
     pub fn live(&self) -> &BTreeMap<String, LiveCollection> {
         &self.live
+    }
+
+    /// Names whose last entry is a drop, with its number (since the last compaction).
+    pub fn dropped(&self) -> &BTreeMap<String, u64> {
+        &self.dropped
     }
 
     /// Appends `op` durably: numbered `last_seq + 1` when `seq` is `None` (a local change),
@@ -266,8 +298,7 @@ impl Catalog {
         let entry = CatalogEntry { seq, op };
         let mut probe = State {
             last_seq: self.last_seq,
-            records: 0,
-            live: BTreeMap::new(),
+            ..State::default()
         };
         if let Some(name) = entry.op.name() {
             if let Some(l) = self.live.get(name) {
@@ -308,13 +339,16 @@ impl Catalog {
         self.len += record.len() as u64;
         self.records += 1;
         self.last_seq = seq;
-        for (name, l) in probe.live {
-            self.live.insert(name, l);
-        }
-        if let Some(name) = entry.op.name() {
-            if matches!(entry.op, CatalogOp::Drop { .. }) {
-                self.live.remove(name);
+        match &entry.op {
+            CatalogOp::Create { name, .. } => {
+                self.dropped.remove(name);
+                self.live.extend(probe.live);
             }
+            CatalogOp::Drop { name } => {
+                self.live.remove(name);
+                self.dropped.insert(name.clone(), seq);
+            }
+            CatalogOp::Compacted => {}
         }
         Ok(Some(seq))
     }
@@ -326,11 +360,17 @@ struct State {
     last_seq: u64,
     records: usize,
     live: BTreeMap<String, LiveCollection>,
+    dropped: BTreeMap<String, u64>,
 }
 
 impl State {
     /// Applies one entry read from the file or about to be written.
     fn apply(&mut self, e: &CatalogEntry) -> std::result::Result<(), String> {
+        if let Some(name) = e.op.name() {
+            if !crate::collection::valid_name(name) {
+                return Err(format!("{name:?} is not a collection name"));
+            }
+        }
         match &e.op {
             CatalogOp::Create {
                 name,
@@ -351,6 +391,7 @@ impl State {
                 if self.live.contains_key(name) {
                     return Err(format!("collection {name:?} already exists"));
                 }
+                self.dropped.remove(name);
                 self.live.insert(
                     name.clone(),
                     LiveCollection {
@@ -367,6 +408,7 @@ impl State {
                 if self.live.remove(name).is_none() {
                     return Err(format!("collection {name:?} does not exist"));
                 }
+                self.dropped.insert(name.clone(), e.seq);
             }
             // Numbered like the entry it follows; creations before it may be lower.
             CatalogOp::Compacted => {
@@ -494,11 +536,37 @@ mod tests {
             assert_eq!(names(&c), vec!["a"], "cut at {cut}");
             assert_eq!(std::fs::metadata(&path).unwrap().len(), c.len);
         }
+        // A cut record's bytes are kept beside the file; zeros (where the file grew before
+        // its data landed) are not.
+        let kept = || {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(".catalog-torn-")
+                })
+                .count()
+        };
+        assert_eq!(kept(), 3);
+        std::fs::write(&path, [whole.as_slice(), &[0u8; 40]].concat()).unwrap();
+        assert_eq!(names(&Catalog::open(&path).unwrap()), vec!["a", "b"]);
+        assert_eq!(kept(), 3);
         // A flipped byte in the last record: torn too.
         let mut bad = whole.clone();
         *bad.last_mut().unwrap() ^= 0x20;
         std::fs::write(&path, &bad).unwrap();
         assert_eq!(names(&Catalog::open(&path).unwrap()), vec!["a"]);
+        assert_eq!(kept(), 4);
+        // A length out of range is damage, not a torn append.
+        let mut bad = whole.clone();
+        bad[MAGIC.len() + 3] = 0x7f;
+        std::fs::write(&path, &bad).unwrap();
+        assert!(matches!(
+            Catalog::open(&path),
+            Err(StoreError::Corrupt { .. })
+        ));
         // In the first record, with the second after it: corrupt, never guessed past.
         let mut bad = whole.clone();
         bad[MAGIC.len() + RECORD_HEAD + 2] ^= 0x20;
@@ -533,6 +601,9 @@ mod tests {
         c.append(None, drop_op("gone")).unwrap();
         let before = std::fs::metadata(&path).unwrap().len();
         let mut c = Catalog::open(&path).unwrap();
+        assert_eq!(c.dropped().len(), 101);
+        c.compact_if_due();
+        assert!(c.dropped().is_empty());
         assert!(std::fs::metadata(&path).unwrap().len() < before / 10);
         assert_eq!(c.last_seq(), 204);
         assert_eq!(names(&c), vec!["keep", "late"]);

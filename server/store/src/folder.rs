@@ -5,11 +5,14 @@
 //! A create or drop is first a numbered catalog entry, fsynced, then folder work: a create
 //! writes the new folder through a temporary one; a drop moves the folder aside, fsyncs the
 //! parent and deletes it. At start, what a crash left behind is finished from the catalog:
-//! temporaries and trash are removed, a created collection with no folder gets its empty
-//! folder, a dropped one's folder is removed. A data folder from before the catalog existed
-//! is adopted as it is (its collections become the first entries). A cluster replica applies
-//! its leader's entries with their numbers ([`CollectionsFolder::apply`]), so replicas hold the
-//! same collections.
+//! temporaries and trash are removed, a created collection with no folder (none at all at its
+//! path) gets its empty folder, and a folder whose collection's last entry is a drop is
+//! removed. Nothing else is deleted: a collection folder the catalog does not list (put there
+//! by hand, or by an older version, which wrote no catalog) is adopted, and so is a whole data
+//! folder from before the catalog existed. A live collection whose path holds something other
+//! than a collection folder is listed, and fails to open with the reason. One process at a
+//! time holds the folder (a lock on `.lock`). A cluster replica applies its leader's entries
+//! with their numbers ([`CollectionsFolder::apply`]), so replicas hold the same collections.
 //!
 //! Which names are being created or dropped is the caller's (the service reserves a name from
 //! the moment a create or drop starts until its files are in place or gone).
@@ -36,6 +39,8 @@ const TRASH_PREFIX: &str = ".dropped-";
 pub struct CollectionsFolder {
     root: PathBuf,
     catalog: Arc<Mutex<Catalog>>,
+    /// Holds the folder's lock while any clone lives.
+    _lock: Arc<std::fs::File>,
 }
 
 /// What applying a leader's catalog entry did ([`CollectionsFolder::apply`]).
@@ -54,7 +59,14 @@ impl CollectionsFolder {
     /// dropped collections' folders go. A folder with collections and no catalog (written
     /// before the catalog existed) is adopted.
     pub fn open(root: &Path) -> Result<CollectionsFolder> {
-        std::fs::create_dir_all(root).map_err(|e| StoreError::io("creating", root, e))?;
+        if !root.exists() {
+            std::fs::create_dir_all(root).map_err(|e| StoreError::io("creating", root, e))?;
+            // The new folder's entry in its parent is durable before anything is created in it.
+            if let Some(parent) = root.parent() {
+                sync_dir(parent).map_err(|e| StoreError::io("syncing", parent, e))?;
+            }
+        }
+        let lock = lock_folder(root)?;
         let entries = std::fs::read_dir(root).map_err(|e| StoreError::io("listing", root, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| StoreError::io("listing", root, e))?;
@@ -68,40 +80,44 @@ impl CollectionsFolder {
             }
         }
         let path = Catalog::path_in(root);
-        let catalog = if path.exists() {
+        let exists = path
+            .try_exists()
+            .map_err(|e| StoreError::io("looking for", &path, e))?;
+        let catalog = if exists {
             Catalog::open(&path)?
         } else {
             let found = collection_folders(root)?;
             if !found.is_empty() {
                 tracing::info!(folder = %root.display(), collections = found.len(), "adopting the collections of a data folder written before the catalog");
             }
-            let ops = found
-                .into_iter()
-                .map(|name| CatalogOp::Create {
-                    meta: Manifest::read(&root.join(&name)).ok().map(|m| m.meta),
-                    name,
-                    replica: false,
-                })
-                .collect();
+            let ops = found.into_iter().map(|name| adoption(root, name)).collect();
             Catalog::create(&path, ops)?
         };
         let folder = CollectionsFolder {
             root: root.to_path_buf(),
             catalog: Arc::new(Mutex::new(catalog)),
+            _lock: Arc::new(lock),
         };
         folder.finish_interrupted()?;
+        folder.catalog.lock().compact_if_due();
         Ok(folder)
     }
 
     /// Makes the folders what the catalog says: the last step of a create or drop a crash
-    /// interrupted.
+    /// interrupted; collection folders it does not list are adopted.
     fn finish_interrupted(&self) -> Result<()> {
         let mut catalog = self.catalog.lock();
         let on_disk = collection_folders(&self.root)?;
         for name in &on_disk {
-            if !catalog.live().contains_key(name) {
+            if catalog.live().contains_key(name) {
+                continue;
+            }
+            if catalog.dropped().contains_key(name) {
                 tracing::warn!(collection = %name, "finishing an interrupted drop");
                 self.remove_files(name)?;
+            } else {
+                tracing::warn!(collection = %name, "adopting a collection folder the catalog does not list");
+                catalog.append(None, adoption(&self.root, name.clone()))?;
             }
         }
         let missing: Vec<(String, crate::catalog::LiveCollection)> = catalog
@@ -111,14 +127,20 @@ impl CollectionsFolder {
             .map(|(n, l)| (n.clone(), l.clone()))
             .collect();
         for (name, live) in missing {
+            let dir = self.path(&name);
+            match std::fs::symlink_metadata(&dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io("looking for", &dir, e)),
+                Ok(_) => {
+                    // Not a collection folder (a link to a volume not mounted, a folder
+                    // emptied by hand): left as it is; opening it reports why.
+                    tracing::error!(collection = %name, path = %dir.display(), "a collection's path holds no collection; left as it is");
+                    continue;
+                }
+            }
             match live.meta {
                 Some(meta) => {
                     tracing::warn!(collection = %name, "finishing an interrupted create");
-                    let dir = self.path(&name);
-                    if dir.exists() {
-                        std::fs::remove_dir_all(&dir)
-                            .map_err(|e| StoreError::io("removing the leftover", &dir, e))?;
-                    }
                     crate::collection::write_empty(&dir, meta, live.replica)?;
                 }
                 None => {
@@ -144,6 +166,12 @@ impl CollectionsFolder {
     /// The collections, sorted (what the catalog says exists; each has its folder).
     pub fn names(&self) -> Result<Vec<String>> {
         Ok(self.catalog.lock().live().keys().cloned().collect())
+    }
+
+    /// Whether the catalog lists `name` (a collection that failed half-way through its create
+    /// is listed until dropped).
+    pub fn is_live(&self, name: &str) -> bool {
+        self.catalog.lock().live().contains_key(name)
     }
 
     /// The number of the last catalog entry (0 for none): where a replica goes on from.
@@ -198,8 +226,9 @@ impl CollectionsFolder {
         name: &str,
         open: Option<&Collection<B>>,
     ) -> Result<()> {
-        // Closed first: whatever happens next, the old handle writes nothing more (a failed
-        // drop is reported and repeated; after a restart the collection opens again).
+        // Closed first: whatever happens next, the old handle writes nothing more. A drop that
+        // fails before its entry is written leaves the collection as it was (it opens again
+        // after a restart); one that fails after it is finished at the next start.
         if let Some(c) = open {
             c.close();
         }
@@ -268,7 +297,19 @@ impl CollectionsFolder {
             }
         }
         let name = op.name().map(str::to_string);
+        let last = self.catalog_seq();
+        if seq == last + 1 {
+            if let (None, Some(c)) = (&create, open) {
+                // As a local drop: the old handle writes nothing more, whatever happens next.
+                c.close();
+            }
+        }
         if self.catalog.lock().append(Some(seq), op)?.is_none() {
+            // Applied before. If it was the last entry, its folder work may have failed
+            // half-way: done again now (it is idempotent).
+            if seq == last {
+                return self.redo_last(seq, create, name.as_deref(), open, backend, cfg);
+            }
             return Ok(CatalogApplied::Skipped);
         }
         match (create, name) {
@@ -276,13 +317,46 @@ impl CollectionsFolder {
                 self.make(meta, replica, backend, cfg)?,
             ))),
             (None, Some(name)) => {
-                if let Some(c) = open {
-                    c.close();
-                }
                 self.remove_files(&name)?;
                 Ok(CatalogApplied::Dropped)
             }
             (None, None) => Ok(CatalogApplied::Skipped),
+        }
+    }
+
+    /// The folder work of the last applied entry, if it is not done.
+    fn redo_last<B: Backend + Clone + 'static>(
+        &self,
+        seq: u64,
+        create: Option<(CollectionMeta, bool)>,
+        name: Option<&str>,
+        open: Option<&Collection<B>>,
+        backend: B,
+        cfg: StoreConfig,
+    ) -> Result<CatalogApplied<B>> {
+        let Some(name) = name else {
+            return Ok(CatalogApplied::Skipped);
+        };
+        let dir = self.path(name);
+        let present = dir.join("manifest.json").exists();
+        let live = self
+            .catalog
+            .lock()
+            .live()
+            .get(name)
+            .is_some_and(|l| l.created_at == seq);
+        match create {
+            Some((meta, replica)) if live && !present => Ok(CatalogApplied::Created(Box::new(
+                self.make(meta, replica, backend, cfg)?,
+            ))),
+            None if !self.is_live(name) && dir.exists() => {
+                if let Some(c) = open {
+                    c.close();
+                }
+                self.remove_files(name)?;
+                Ok(CatalogApplied::Dropped)
+            }
+            _ => Ok(CatalogApplied::Skipped),
         }
     }
 
@@ -344,6 +418,44 @@ impl CollectionsFolder {
     }
 }
 
+/// The catalog entry adopting the collection folder `name`: its description and role from its
+/// manifest when it reads and names it (none otherwise, e.g. the earlier layout's).
+fn adoption(root: &Path, name: String) -> CatalogOp {
+    let manifest = Manifest::read(&root.join(&name))
+        .ok()
+        .filter(|m| m.meta.name == name);
+    CatalogOp::Create {
+        replica: manifest.as_ref().is_some_and(|m| m.replica),
+        meta: manifest.map(|m| m.meta),
+        name,
+    }
+}
+
+/// Takes the folder's lock (`.lock`, held while the returned file is open): one process at a
+/// time.
+fn lock_folder(root: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = root.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::io("opening", &path, e))?;
+    // SAFETY: flock on a descriptor this function owns; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            return Err(StoreError::Precondition(format!(
+                "{} is in use by another Quiver process (or another open of it in this one)",
+                root.display()
+            )));
+        }
+        return Err(StoreError::io("locking", &path, e));
+    }
+    Ok(file)
+}
+
 /// The collection folders under `root` (valid names with a manifest, or the earlier layout's
 /// description), sorted.
 fn collection_folders(root: &Path) -> Result<Vec<String>> {
@@ -402,6 +514,12 @@ mod tests {
         std::fs::create_dir_all(root.join(".tmp-y/wal")).unwrap();
         std::fs::write(folder.import_path("z"), b"partial").unwrap();
         std::fs::create_dir_all(root.join("empty")).unwrap();
+        // One open at a time.
+        assert!(matches!(
+            CollectionsFolder::open(&root),
+            Err(StoreError::Precondition(_))
+        ));
+        drop(folder);
         let folder = CollectionsFolder::open(&root).unwrap();
         assert_eq!(folder.names().unwrap(), vec!["a", "b"]);
         let mut left: Vec<String> = std::fs::read_dir(&root)
@@ -409,7 +527,7 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        assert_eq!(left, vec![".catalog.log", "a", "b", "empty"]);
+        assert_eq!(left, vec![".catalog.log", ".lock", "a", "b", "empty"]);
         // A create over the leftover folder replaces it.
         folder
             .create(meta("empty"), CpuBackend, StoreConfig::default())
@@ -555,5 +673,71 @@ mod tests {
         let replica = CollectionsFolder::open(&tmp.path().join("replica")).unwrap();
         assert_eq!(replica.catalog_seq(), 4);
         assert_eq!(replica.names().unwrap(), vec!["a", "c"]);
+    }
+
+    #[test]
+    fn only_dropped_collections_folders_are_removed_at_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("collections");
+        let folder = CollectionsFolder::open(&root).unwrap();
+        for n in ["kept", "gone"] {
+            folder
+                .create(meta(n), CpuBackend, StoreConfig::default())
+                .unwrap()
+                .upsert(vec![3], vec![0.25, 0.75])
+                .unwrap();
+        }
+        drop(folder);
+        // A collection folder copied in by hand (restored from a backup, or written by an
+        // older version): adopted, never deleted.
+        let elsewhere = tmp.path().join("other");
+        let other = CollectionsFolder::open(&elsewhere).unwrap();
+        other
+            .create(meta("restored"), CpuBackend, StoreConfig::default())
+            .unwrap()
+            .upsert(vec![5], vec![1.0, 0.0])
+            .unwrap();
+        drop(other);
+        std::fs::rename(elsewhere.join("restored"), root.join("restored")).unwrap();
+        // A live collection's folder replaced by something that is not one (a volume not
+        // mounted): left as it is, not re-created empty over it.
+        std::fs::rename(root.join("kept"), tmp.path().join("kept-away")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("not-mounted"), root.join("kept")).unwrap();
+        let folder = CollectionsFolder::open(&root).unwrap();
+        assert_eq!(folder.names().unwrap(), vec!["gone", "kept", "restored"]);
+        assert!(std::fs::symlink_metadata(root.join("kept"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(
+            Collection::open(&folder.path("kept"), CpuBackend, StoreConfig::default()).is_err()
+        );
+        let r =
+            Collection::open(&folder.path("restored"), CpuBackend, StoreConfig::default()).unwrap();
+        assert_eq!(r.get(&[5]).len(), 1);
+        assert_eq!(
+            folder.catalog.lock().live()["restored"].meta,
+            Some(meta("restored"))
+        );
+        // The volume back: the collection opens with its points.
+        std::fs::remove_file(root.join("kept")).unwrap();
+        std::fs::rename(tmp.path().join("kept-away"), root.join("kept")).unwrap();
+        let k = Collection::open(&folder.path("kept"), CpuBackend, StoreConfig::default()).unwrap();
+        assert_eq!(k.get(&[3]).len(), 1);
+        // A drop whose folder work was cut short (the folder back in place, as if the rename
+        // had not happened) is finished.
+        drop((r, k));
+        folder.remove::<CpuBackend>("gone", None).unwrap();
+        let again = tmp.path().join("gone-copy");
+        drop(folder);
+        let src = CollectionsFolder::open(&tmp.path().join("src")).unwrap();
+        src.create(meta("gone"), CpuBackend, StoreConfig::default())
+            .unwrap();
+        drop(src);
+        std::fs::rename(tmp.path().join("src/gone"), &again).unwrap();
+        std::fs::rename(&again, root.join("gone")).unwrap();
+        let folder = CollectionsFolder::open(&root).unwrap();
+        assert_eq!(folder.names().unwrap(), vec!["kept", "restored"]);
+        assert!(!root.join("gone").exists());
     }
 }

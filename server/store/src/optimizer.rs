@@ -84,14 +84,22 @@ impl<B: Backend + Clone + 'static> Optimizer<B> {
         Ok(optimizer)
     }
 
-    /// Adds a collection to visit.
+    /// Adds a collection to visit (once: registering it again changes nothing).
     pub fn register(&self, c: &Arc<Collection<B>>) {
         let mut state = self.shared.state.lock();
+        let weak = Arc::downgrade(c);
+        if state
+            .entries
+            .iter()
+            .any(|e| Weak::ptr_eq(&e.collection, &weak))
+        {
+            return;
+        }
         let id = state.next_id;
         state.next_id += 1;
         state.entries.push(Entry {
             id,
-            collection: Arc::downgrade(c),
+            collection: weak,
             busy: false,
             due: Instant::now(),
         });

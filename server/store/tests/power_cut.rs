@@ -452,13 +452,14 @@ fn run_case(seed: u64, work: &Path) -> (Vec<sim_disk::Image>, Vec<Model>, Vec<Op
     let ops = ops(&mut rng, count);
     let root = work.join("live");
     std::fs::create_dir_all(&root).expect("work folder");
-    let folder = CollectionsFolder::open(&root).expect("folder");
     let acked = Arc::new(AtomicU64::new(0));
     let label = acked.clone();
     let disk = SimDisk::new(&root, seed ^ 0x5eed, 0.25, move || {
         label.load(Ordering::SeqCst)
     });
     quiver_engine::io::sync::observe(Some(disk.clone()));
+    // Opened under the simulated disk: the catalog's first write is cut too.
+    let folder = CollectionsFolder::open(&root).expect("folder");
     let live_state = Live {
         folder,
         train_at,
