@@ -43,6 +43,12 @@ pub enum ClusterError {
         /// The replica's next op.
         wanted: u64,
     },
+    /// No collection of that name exists in the cluster.
+    #[error("collection {0:?} does not exist")]
+    NotFound(String),
+    /// A collection of that name exists already.
+    #[error("collection {0:?} already exists")]
+    Exists(String),
     /// The replica's store refused or failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -5,18 +5,16 @@
 //! damaged entry, a log trimmed past the replica, or a store failure stops it with that error.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use quiver_engine::backend::Backend;
+use quiver_store::wal::Op;
 use quiver_store::Collection;
 use tokio::sync::watch;
 
 use crate::error::{ClusterError, Result};
 use crate::shard_log::ShardLog;
-
-/// Longest wait between attempts to read a log that is not reachable.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+use crate::tail::{follow, Entries, Target};
 
 /// A running follower; stopped by [`Follower::stop`] (or when dropped: its stop channel closes).
 pub struct Follower {
@@ -34,7 +32,12 @@ impl Follower {
     ) -> Follower {
         let (applied_tx, applied) = watch::channel(replica.last_seq());
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(log, replica, applied_tx, stop_rx));
+        let target = ShardTarget {
+            log,
+            replica,
+            applied: applied_tx,
+        };
+        let task = tokio::spawn(follow(target, stop_rx));
         Follower {
             applied,
             stop,
@@ -45,6 +48,11 @@ impl Follower {
     /// The number of the last op applied.
     pub fn applied(&self) -> u64 {
         *self.applied.borrow()
+    }
+
+    /// A watch of the number of the last op applied.
+    pub fn progress(&self) -> watch::Receiver<u64> {
+        self.applied.clone()
     }
 
     /// Waits until the op numbered `seq` is applied; an error if the follower stopped first
@@ -80,68 +88,34 @@ impl Follower {
     }
 }
 
-async fn run<B: Backend + Clone + Send + Sync + 'static>(
+/// A replica as the target of its shard's log.
+struct ShardTarget<B: Backend + Clone + Send + Sync + 'static> {
     log: ShardLog,
     replica: Arc<Collection<B>>,
     applied: watch::Sender<u64>,
-    mut stop: watch::Receiver<bool>,
-) -> Result<()> {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        if *stop.borrow() {
-            return Ok(());
-        }
-        let next = replica.last_seq() + 1;
-        match log.read_from(next).await {
-            Ok(entries) => {
-                let mut entries = std::pin::pin!(entries);
-                loop {
-                    let entry = tokio::select! {
-                        _ = stop.changed() => return Ok(()),
-                        e = entries.next() => e,
-                    };
-                    let (seq, op) = match entry {
-                        None => break,
-                        Some(Ok(e)) => e,
-                        Some(Err(e @ ClusterError::BadEntry { .. })) => return Err(e),
-                        Some(Err(e)) => {
-                            tracing::warn!(log = log.stream(), error = %e, "reading the log failed; resuming");
-                            break;
-                        }
-                    };
-                    let expected = replica.last_seq() + 1;
-                    if seq < expected {
-                        continue;
-                    }
-                    if seq > expected {
-                        tracing::warn!(
-                            log = log.stream(),
-                            seq,
-                            expected,
-                            "the log skipped entries; reading again from the next one"
-                        );
-                        break;
-                    }
-                    let r = replica.clone();
-                    let done = tokio::task::spawn_blocking(move || r.apply(seq, vec![op]))
-                        .await
-                        .map_err(|e| ClusterError::Broker {
-                            context: "applying an op",
-                            reason: e.to_string(),
-                        })??;
-                    applied.send_replace(done.last_seq);
-                    backoff = Duration::from_millis(50);
-                }
-            }
-            Err(e @ ClusterError::Trimmed { .. }) => return Err(e),
-            Err(e) => {
-                tracing::warn!(log = log.stream(), error = %e, "the log is not reachable; retrying");
-            }
-        }
-        tokio::select! {
-            _ = stop.changed() => return Ok(()),
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+}
+
+impl<B: Backend + Clone + Send + Sync + 'static> Target for ShardTarget<B> {
+    type Entry = Op;
+
+    fn log_name(&self) -> String {
+        self.log.stream().to_string()
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.replica.last_seq() + 1
+    }
+
+    async fn read(&self, start: u64) -> Result<Entries<Op>> {
+        Ok(self.log.read_from(start).await?.boxed())
+    }
+
+    async fn apply(&self, seq: u64, op: Op) -> Result<()> {
+        let r = self.replica.clone();
+        let done = tokio::task::spawn_blocking(move || r.apply(seq, vec![op]))
+            .await
+            .map_err(|e| ClusterError::broker("applying an op", e))??;
+        self.applied.send_replace(done.last_seq);
+        Ok(())
     }
 }

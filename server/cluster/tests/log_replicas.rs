@@ -100,13 +100,8 @@ async fn replicas_fed_one_log_hold_the_same_points_through_broker_and_replica_re
     let Some(mut nats) = common::NatsServer::start() else {
         return;
     };
-    let client = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connect(nats.url())
-        .await
-        .unwrap();
-    let js = async_nats::jetstream::new(client);
-    let log = ShardLog::open(&js, "docs", 0, 1).await.unwrap();
+    let js = nats.jetstream().await;
+    let log = ShardLog::open(&js, "docs", 1, 0, 1).await.unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let (pa, pb) = (tmp.path().join("a"), tmp.path().join("b"));
     let a = replica(&pa);

@@ -956,29 +956,13 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         self.writer.lock().next_lsn - 1
     }
 
-    /// Applies the ops numbered `first_seq`, `first_seq + 1`, … of an external, gap-free log
-    /// (a replica's source), as one group: durable (one fsync) and visible when it returns.
-    /// Each op is logged under its own number, even one that changes nothing, so this
-    /// collection's log numbers are the source's and [`Self::last_seq`] says where to resume
-    /// after a restart. Ops numbered at or below `last_seq` were applied before (a redelivery)
-    /// and are skipped (they are not compared); a first number past `last_seq + 1` is a gap
-    /// and refused. Only a replica applies ([`Self::create_replica`],
-    /// [`Self::create_from_snapshot`]): every op in its log is its source's.
-    ///
-    /// A delete by filter is evaluated here, in log order, and logged as the ids it deleted.
-    /// Training and retraining are not started by `apply` (a replica never trains by itself):
-    /// its source logs them ([`Self::apply_train`]). A delete by filter resolving to more ids
-    /// than one record holds fails (the source splits such deletes into ids).
-    pub fn apply(&self, first_seq: u64, ops: Vec<Op>) -> Result<Applied> {
-        self.refuse_read_only()?;
-        if first_seq == 0 {
-            return Err(StoreError::Invalid {
-                field: "seq",
-                reason: "log numbers start at 1".into(),
-            });
-        }
+    /// Refuses what [`Self::apply`] would refuse of `ops` whatever the collection's points:
+    /// a wrong dimension or payload count, bad ids, an unparsable filter, too many indexed
+    /// fields, a record too large. A cluster checks a write with it before the write enters
+    /// the log every replica applies.
+    pub fn check_ops(&self, ops: &[Op]) -> Result<()> {
         let dim = self.meta.read().dim;
-        for op in &ops {
+        for op in ops {
             match op {
                 Op::Upsert {
                     ids,
@@ -1025,6 +1009,31 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             }
             wal::check_size(op)?;
         }
+        Ok(())
+    }
+
+    /// Applies the ops numbered `first_seq`, `first_seq + 1`, … of an external, gap-free log
+    /// (a replica's source), as one group: durable (one fsync) and visible when it returns.
+    /// Each op is logged under its own number, even one that changes nothing, so this
+    /// collection's log numbers are the source's and [`Self::last_seq`] says where to resume
+    /// after a restart. Ops numbered at or below `last_seq` were applied before (a redelivery)
+    /// and are skipped (they are not compared); a first number past `last_seq + 1` is a gap
+    /// and refused. Only a replica applies ([`Self::create_replica`],
+    /// [`Self::create_from_snapshot`]): every op in its log is its source's.
+    ///
+    /// A delete by filter is evaluated here, in log order, and logged as the ids it deleted.
+    /// Training and retraining are not started by `apply` (a replica never trains by itself):
+    /// its source logs them ([`Self::apply_train`]). A delete by filter resolving to more ids
+    /// than one record holds fails (the source splits such deletes into ids).
+    pub fn apply(&self, first_seq: u64, ops: Vec<Op>) -> Result<Applied> {
+        self.refuse_read_only()?;
+        if first_seq == 0 {
+            return Err(StoreError::Invalid {
+                field: "seq",
+                reason: "log numbers start at 1".into(),
+            });
+        }
+        self.check_ops(&ops)?;
         self.refuse_not_replica()?;
         // Rows encoded before any lock, as a writer does.
         let v = self.version();

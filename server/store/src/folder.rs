@@ -174,6 +174,12 @@ impl CollectionsFolder {
         self.catalog.lock().live().contains_key(name)
     }
 
+    /// What the catalog says of the collection `name`, if it exists (the number of its
+    /// creation tells its incarnations apart).
+    pub fn live(&self, name: &str) -> Option<crate::catalog::LiveCollection> {
+        self.catalog.lock().live().get(name).cloned()
+    }
+
     /// The number of the last catalog entry (0 for none): where a replica goes on from.
     pub fn catalog_seq(&self) -> u64 {
         self.catalog.lock().last_seq()

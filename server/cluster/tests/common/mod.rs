@@ -92,6 +92,16 @@ impl NatsServer {
         }
     }
 
+    /// A JetStream context on a client that reconnects by itself (through restarts).
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(self.url())
+            .await
+            .expect("connecting to nats-server");
+        async_nats::jetstream::new(client)
+    }
+
     /// Kills the server with SIGKILL (what it had stored stays in its folder).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

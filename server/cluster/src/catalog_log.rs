@@ -1,0 +1,63 @@
+//! The cluster's catalog log: which collections exist, as a [`LogStream`]
+//! (`QUIVER_CATALOG`) of [`CatalogOp`]s in JSON, applied by every node to its collections
+//! folder with their numbers ([`quiver_store::CollectionsFolder::apply`]). An entry is appended
+//! only if the log's last entry is the one its writer checked it against (compare-and-set), so
+//! the log never holds a create of an existing name or a drop of a missing one: every node
+//! applies every entry, and all end with the same collections.
+
+use futures_util::{Stream, StreamExt};
+use quiver_store::CatalogOp;
+
+use crate::error::{ClusterError, Result};
+use crate::stream::{Appended, LogStream};
+
+/// The stream's name.
+pub const STREAM: &str = "QUIVER_CATALOG";
+
+/// The catalog log on a JetStream server or cluster.
+#[derive(Clone)]
+pub struct CatalogLog {
+    stream: LogStream,
+}
+
+impl CatalogLog {
+    /// Opens the catalog log, creating its stream (`replicas` copies) if needed.
+    pub async fn open(js: &async_nats::jetstream::Context, replicas: usize) -> Result<CatalogLog> {
+        Ok(CatalogLog {
+            stream: LogStream::open(js, STREAM.into(), "quiver.catalog".into(), replicas).await?,
+        })
+    }
+
+    /// The number of the last entry (0 for none).
+    pub async fn last_seq(&self) -> Result<u64> {
+        Ok(self.stream.bounds().await?.1)
+    }
+
+    /// Appends `op` if the log's last entry is still number `after`: `None` when another
+    /// entry came first (check again against it and retry).
+    pub async fn append_after(
+        &self,
+        after: u64,
+        id: &str,
+        op: &CatalogOp,
+    ) -> Result<Option<Appended>> {
+        let body = serde_json::to_vec(op).map_err(|e| ClusterError::broker("encoding", e))?;
+        self.stream.append(id, body, Some(after)).await
+    }
+
+    /// The entries from number `start` on, in order, as they are appended.
+    pub async fn read_from(
+        &self,
+        start: u64,
+    ) -> Result<impl Stream<Item = Result<(u64, CatalogOp)>> + Send + 'static> {
+        Ok(self.stream.read_from(start).await?.map(|e| {
+            let (seq, body) = e?;
+            let op = serde_json::from_slice(&body).map_err(|e| ClusterError::BadEntry {
+                stream: STREAM.into(),
+                seq,
+                reason: e.to_string(),
+            })?;
+            Ok((seq, op))
+        }))
+    }
+}

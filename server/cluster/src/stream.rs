@@ -1,0 +1,195 @@
+//! A log on JetStream, whatever it carries: one stream with one subject, file storage, R
+//! copies, message ids de-duplicated within [`DUPLICATE_WINDOW`]. Publishing waits for the
+//! stream's acknowledgement (on a JetStream cluster, a quorum of its copies); reading yields
+//! `(sequence, payload)` in order from a given sequence through an ordered consumer. The shard
+//! and catalog logs are this with their codecs.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self, consumer, context::PublishErrorKind, message::PublishMessage, stream,
+};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+
+use crate::error::{ClusterError, Result};
+
+/// How long JetStream remembers message ids to drop repeats.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Where an appended message landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Its number in the log.
+    pub seq: u64,
+    /// The message id was seen before: this is the first publish's number, nothing new was
+    /// written.
+    pub duplicate: bool,
+}
+
+/// A name as it may stand in a stream name or subject token: letters, digits and `-` as they
+/// are, every other byte as `_` and two hex digits (so distinct names stay distinct).
+pub fn escape(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("_{b:02x}"));
+        }
+    }
+    out
+}
+
+/// One JetStream stream used as a log.
+#[derive(Clone)]
+pub struct LogStream {
+    js: jetstream::Context,
+    name: String,
+    subject: String,
+}
+
+impl LogStream {
+    /// Opens the stream `name` (subject `subject`), creating it with `replicas` copies if it
+    /// does not exist.
+    pub async fn open(
+        js: &jetstream::Context,
+        name: String,
+        subject: String,
+        replicas: usize,
+    ) -> Result<LogStream> {
+        js.get_or_create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![subject.clone()],
+            storage: stream::StorageType::File,
+            num_replicas: replicas.max(1),
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| ClusterError::broker("creating a log stream", e))?;
+        Ok(LogStream {
+            js: js.clone(),
+            name,
+            subject,
+        })
+    }
+
+    /// The stream's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Appends `body` under the message id `id`; with `after`, only if the log's last entry
+    /// is still that number (compare-and-set: `None` when another entry came first).
+    pub async fn append(
+        &self,
+        id: &str,
+        body: Vec<u8>,
+        after: Option<u64>,
+    ) -> Result<Option<Appended>> {
+        let limit = self.js.client().server_info().max_payload;
+        if limit > 0 && body.len() > limit {
+            return Err(ClusterError::TooLarge {
+                bytes: body.len(),
+                limit,
+            });
+        }
+        let mut msg = PublishMessage::build().payload(body.into()).message_id(id);
+        if let Some(seq) = after {
+            msg = msg.expected_last_sequence(seq);
+        }
+        let pending = self
+            .js
+            .send_publish(self.subject.clone(), msg)
+            .await
+            .map_err(|e| ClusterError::broker("publishing", e))?;
+        match pending.await {
+            Ok(ack) => Ok(Some(Appended {
+                seq: ack.sequence,
+                duplicate: ack.duplicate,
+            })),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
+            Err(e) => Err(ClusterError::broker("waiting for an acknowledgement", e)),
+        }
+    }
+
+    /// The first and last numbers the log holds (`(n + 1, n)` when it holds none).
+    pub async fn bounds(&self) -> Result<(u64, u64)> {
+        let stream = self
+            .js
+            .get_stream(&self.name)
+            .await
+            .map_err(|e| ClusterError::broker("reading a log's state", e))?;
+        let info = stream
+            .get_info()
+            .await
+            .map_err(|e| ClusterError::broker("reading a log's state", e))?;
+        Ok((info.state.first_sequence, info.state.last_sequence))
+    }
+
+    /// The entries from number `start` on, in order, as they are appended (the stream never
+    /// ends by itself). Refused with [`ClusterError::Trimmed`] when the log no longer starts
+    /// at or before `start`.
+    pub async fn read_from(
+        &self,
+        start: u64,
+    ) -> Result<impl Stream<Item = Result<(u64, Bytes)>> + Send + 'static> {
+        let (first, last) = self.bounds().await?;
+        if start < first && last >= first {
+            return Err(ClusterError::Trimmed {
+                stream: self.name.clone(),
+                first,
+                wanted: start,
+            });
+        }
+        let stream = self
+            .js
+            .get_stream(&self.name)
+            .await
+            .map_err(|e| ClusterError::broker("opening a log", e))?;
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: start.max(1),
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ClusterError::broker("starting to read a log", e))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| ClusterError::broker("starting to read a log", e))?;
+        Ok(messages.map(move |m| {
+            let m = m.map_err(|e| ClusterError::broker("reading a log", e))?;
+            let seq = m
+                .info()
+                .map_err(|e| ClusterError::broker("reading a log entry's number", e))?
+                .stream_sequence;
+            Ok((seq, m.payload.clone()))
+        }))
+    }
+
+    /// Deletes the stream (a dropped collection's log).
+    pub async fn delete(&self) -> Result<()> {
+        self.js
+            .delete_stream(&self.name)
+            .await
+            .map_err(|e| ClusterError::broker("deleting a log", e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_escape_distinctly() {
+        assert_eq!(escape("docs"), "docs");
+        assert_eq!(escape("a.b"), "a_2eb");
+        assert_ne!(escape("a_2eb"), escape("a.b"));
+        assert_eq!(escape("x-y_z"), "x-y_5fz");
+    }
+}

@@ -1,0 +1,80 @@
+//! Following a log: apply its entries in order from the target's next number, through broker
+//! restarts and failovers (read again from the next number, with back-off), until stopped.
+//! A damaged entry or a log trimmed past the target stops it with that error, as does a
+//! failure to apply; an entry already applied (redelivered) is passed over. The shard
+//! follower and the node's catalog follower are this with their targets.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use tokio::sync::watch;
+
+use crate::error::{ClusterError, Result};
+
+/// Longest wait between attempts to read a log that is not reachable.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// A log's entries from some number on, with their numbers.
+pub(crate) type Entries<E> = BoxStream<'static, Result<(u64, E)>>;
+
+/// What a log is applied to.
+pub(crate) trait Target: Send + Sync + 'static {
+    /// An entry of the log.
+    type Entry: Send + 'static;
+    /// The log, for messages.
+    fn log_name(&self) -> String;
+    /// The number of the next entry to apply.
+    fn next_seq(&self) -> u64;
+    /// The log's entries from `start` on.
+    fn read(&self, start: u64) -> impl Future<Output = Result<Entries<Self::Entry>>> + Send;
+    /// Applies entry `seq` (the next one).
+    fn apply(&self, seq: u64, entry: Self::Entry) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Applies `target`'s log to it until `stop` turns true (or its sender goes).
+pub(crate) async fn follow<T: Target>(target: T, mut stop: watch::Receiver<bool>) -> Result<()> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        match target.read(target.next_seq()).await {
+            Ok(mut entries) => loop {
+                let entry = tokio::select! {
+                    _ = stop.changed() => return Ok(()),
+                    e = entries.next() => e,
+                };
+                let (seq, entry) = match entry {
+                    None => break,
+                    Some(Ok(e)) => e,
+                    Some(Err(e @ ClusterError::BadEntry { .. })) => return Err(e),
+                    Some(Err(e)) => {
+                        tracing::warn!(log = %target.log_name(), error = %e, "reading the log failed; resuming");
+                        break;
+                    }
+                };
+                let expected = target.next_seq();
+                if seq < expected {
+                    continue;
+                }
+                if seq > expected {
+                    tracing::warn!(log = %target.log_name(), seq, expected, "the log skipped entries; reading again from the next one");
+                    break;
+                }
+                target.apply(seq, entry).await?;
+                backoff = Duration::from_millis(50);
+            },
+            Err(e @ ClusterError::Trimmed { .. }) => return Err(e),
+            Err(e) => {
+                tracing::warn!(log = %target.log_name(), error = %e, "the log is not reachable; retrying");
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => return Ok(()),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
