@@ -2,8 +2,9 @@
 //! (`QUIVER_CATALOG`) of [`CatalogOp`]s in JSON, applied by every node to its collections
 //! folder with their numbers ([`quiver_store::CollectionsFolder::apply`]). An entry is appended
 //! only if the log's last entry is the one its writer checked it against (compare-and-set), so
-//! the log never holds a create of an existing name or a drop of a missing one: every node
-//! applies every entry, and all end with the same collections.
+//! the log never holds a create of an existing name or a drop of a missing one (as long as
+//! every writer appends this way: a deployment restricts publishing on `quiver.catalog` to
+//! its nodes): every node applies every entry, and all end with the same collections.
 
 use futures_util::{Stream, StreamExt};
 use quiver_store::CatalogOp;
@@ -43,6 +44,13 @@ impl CatalogLog {
     ) -> Result<Option<Appended>> {
         let body = serde_json::to_vec(op).map_err(|e| ClusterError::broker("encoding", e))?;
         self.stream.append(id, body, Some(after)).await
+    }
+
+    /// Whether entry `seq` was appended under the message id `id` (a write whose answer was
+    /// lost: the broker refuses its repeat against an expected last entry that is now its
+    /// own).
+    pub async fn is_entry(&self, seq: u64, id: &str) -> Result<bool> {
+        Ok(self.stream.message_id_at(seq).await?.as_deref() == Some(id))
     }
 
     /// The entries from number `start` on, in order, as they are appended.

@@ -5,8 +5,8 @@ use quiver_store::StoreError;
 /// Why a cluster operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    /// The broker could not be reached or refused the request (retry: a publish carries its
-    /// message id, so a retried write is applied once).
+    /// The broker could not be reached or refused the request. A write retried with the same
+    /// message id is applied once.
     #[error("NATS {context}: {reason}")]
     Broker {
         /// What was being done.
@@ -43,6 +43,37 @@ pub enum ClusterError {
         /// The replica's next op.
         wanted: u64,
     },
+    /// The log holds fewer entries than a replica has applied: it was lost or re-created
+    /// under the same name (e.g. a single broker's unsynced tail lost to a power cut). The
+    /// replica must not take the new entries as its next ones.
+    #[error("log {stream} ends at {last}, before this replica's next op {wanted}: the log was lost or re-created; start the replica from a snapshot")]
+    Behind {
+        /// The stream.
+        stream: String,
+        /// Its last entry.
+        last: u64,
+        /// The replica's next op.
+        wanted: u64,
+    },
+    /// The log skipped entries (deleted from it): the replica cannot go on.
+    #[error("log {stream} has no entry {expected} (the next one is {got}): entries were deleted from it")]
+    Gap {
+        /// The stream.
+        stream: String,
+        /// The entry wanted.
+        expected: u64,
+        /// The entry delivered.
+        got: u64,
+    },
+    /// A collection's replica on this node is not usable (it failed to open, or its log
+    /// stopped); what it holds is kept for inspection.
+    #[error("collection {name:?} is not available on this node: {reason}")]
+    Unavailable {
+        /// The collection.
+        name: String,
+        /// Why.
+        reason: String,
+    },
     /// No collection of that name exists in the cluster.
     #[error("collection {0:?} does not exist")]
     NotFound(String),
@@ -55,6 +86,17 @@ pub enum ClusterError {
 }
 
 impl ClusterError {
+    /// Whether following a log must stop on this error (retrying cannot help).
+    pub fn ends_following(&self) -> bool {
+        matches!(
+            self,
+            ClusterError::BadEntry { .. }
+                | ClusterError::Trimmed { .. }
+                | ClusterError::Behind { .. }
+                | ClusterError::Gap { .. }
+        )
+    }
+
     pub(crate) fn broker(context: &'static str, e: impl std::fmt::Display) -> Self {
         ClusterError::Broker {
             context,

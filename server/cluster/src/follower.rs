@@ -2,7 +2,8 @@
 //! ([`quiver_store::Collection::apply`]) from the replica's last applied op on, so a restarted
 //! replica catches up from where its store says it is, and an op delivered twice is applied
 //! once. A broker that goes away (restart, failover) is waited for and reading resumes; a
-//! damaged entry, a log trimmed past the replica, or a store failure stops it with that error.
+//! damaged entry, missing entries, a log trimmed past the replica or ending before it, or a
+//! store failure stops it with that error.
 
 use std::sync::Arc;
 
@@ -48,6 +49,11 @@ impl Follower {
     /// The number of the last op applied.
     pub fn applied(&self) -> u64 {
         *self.applied.borrow()
+    }
+
+    /// Whether it has stopped by itself (an error [`Self::stop`] returns).
+    pub fn has_stopped(&self) -> bool {
+        self.task.is_finished()
     }
 
     /// A watch of the number of the last op applied.

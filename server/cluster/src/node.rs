@@ -42,8 +42,13 @@ struct Shared<B: Backend + Clone + Send + Sync + 'static> {
     node_id: String,
     next_id: AtomicU64,
     held: Mutex<HashMap<String, Replica<B>>>,
+    /// Collections this node lists but cannot serve, with why (failed to open, or their log
+    /// could not be opened).
+    failed: std::sync::Mutex<HashMap<String, String>>,
     /// The number of the last catalog entry applied here.
     applied: watch::Sender<u64>,
+    /// Why the catalog follower stopped, once it has.
+    catalog_stopped: watch::Sender<Option<String>>,
 }
 
 /// A running node; [`Node::stop`] stops its followers.
@@ -77,18 +82,41 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
             node_id: node_id.to_string(),
             next_id: AtomicU64::new(0),
             held: Mutex::new(HashMap::new()),
+            failed: std::sync::Mutex::new(HashMap::new()),
+            catalog_stopped: watch::channel(None).0,
         });
+        // A folder that has applied more of the catalog than the cluster's log holds is not
+        // this cluster's (or the log was lost): its numbers would not be the log's.
+        let last = shared.catalog.last_seq().await?;
+        if shared.folder.catalog_seq() > last {
+            return Err(ClusterError::Behind {
+                stream: crate::catalog_log::STREAM.into(),
+                last,
+                wanted: shared.folder.catalog_seq() + 1,
+            });
+        }
         for name in shared.folder.names()? {
             let f = shared.folder.clone();
             let (b, cfg) = (shared.backend.clone(), shared.cfg.clone());
             let path = f.path(&name);
-            let c = tokio::task::spawn_blocking(move || Collection::open(&path, b, cfg))
+            let opened = tokio::task::spawn_blocking(move || Collection::open(&path, b, cfg))
                 .await
-                .map_err(|e| ClusterError::broker("opening a collection", e))??;
-            shared.hold(&name, Arc::new(c)).await?;
+                .map_err(|e| ClusterError::broker("opening a collection", e))?;
+            match opened {
+                Ok(c) => shared.hold(&name, Arc::new(c)).await,
+                Err(e) => shared.fail(&name, format!("it does not open: {e}")),
+            }
         }
         let (stop, stop_rx) = watch::channel(false);
-        let catalog_task = tokio::spawn(follow(CatalogTarget(shared.clone()), stop_rx));
+        let follower = shared.clone();
+        let catalog_task = tokio::spawn(async move {
+            let r = follow(CatalogTarget(follower.clone()), stop_rx).await;
+            if let Err(e) = &r {
+                tracing::error!(error = %e, "the catalog follower stopped: this node creates and drops nothing more until restarted");
+                follower.catalog_stopped.send_replace(Some(e.to_string()));
+            }
+            r
+        });
         Ok(Node {
             shared,
             stop,
@@ -106,6 +134,8 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
                 reason: format!("{name:?} is not a collection name"),
             }));
         }
+        // Every node opens what the entry describes: refused here, before it is in the log.
+        meta.check()?;
         let op = CatalogOp::Create {
             name: name.clone(),
             meta: Some(meta),
@@ -135,20 +165,40 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
     }
 
     /// Appends `op` to the catalog once `check` passes against every entry so far (applied
-    /// here first), and waits until this node has applied it.
+    /// here first), and waits until this node has applied it. An append whose answer was
+    /// lost is sent again with the same id and the same expected last entry; if that is
+    /// refused because the entry after it is the first one's (the broker checks the expected
+    /// entry before repeats), the append is done.
     async fn append_catalog(
         &self,
         op: CatalogOp,
         check: impl Fn(&CollectionsFolder) -> Result<()>,
     ) -> Result<()> {
         let id = self.shared.message_id();
-        loop {
+        for _ in 0..100 {
             let last = self.sync_catalog().await?;
             check(&self.shared.folder)?;
-            if let Some(a) = self.shared.catalog.append_after(last, &id, &op).await? {
+            let mut tries = 0;
+            let appended = loop {
+                match self.shared.catalog.append_after(last, &id, &op).await {
+                    Err(ClusterError::Broker { .. }) if tries < 5 => {
+                        tries += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(100 << tries)).await;
+                    }
+                    r => break r?,
+                }
+            };
+            if let Some(a) = appended {
                 return self.wait_catalog(a.seq).await;
             }
+            if tries > 0 && self.shared.catalog.is_entry(last + 1, &id).await? {
+                return self.wait_catalog(last + 1).await;
+            }
         }
+        Err(ClusterError::Broker {
+            context: "appending to the catalog",
+            reason: "other entries kept coming first; retry".into(),
+        })
     }
 
     /// Waits until this node has applied every catalog entry appended so far; returns the
@@ -159,18 +209,24 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
         Ok(last)
     }
 
-    /// Waits until this node has applied catalog entry `seq`.
+    /// Waits until this node has applied catalog entry `seq` (an error once its catalog
+    /// follower has stopped).
     async fn wait_catalog(&self, seq: u64) -> Result<()> {
-        let mut rx = self.shared.applied.subscribe();
+        let mut applied = self.shared.applied.subscribe();
+        let mut stopped = self.shared.catalog_stopped.subscribe();
         loop {
-            if *rx.borrow_and_update() >= seq {
+            if *applied.borrow_and_update() >= seq {
                 return Ok(());
             }
-            if self.catalog_task.is_finished() || rx.changed().await.is_err() {
+            if let Some(why) = stopped.borrow_and_update().clone() {
                 return Err(ClusterError::Broker {
                     context: "following the catalog",
-                    reason: "the node's catalog follower stopped".into(),
+                    reason: format!("this node's catalog follower stopped: {why}"),
                 });
+            }
+            tokio::select! {
+                _ = applied.changed() => {}
+                _ = stopped.changed() => {}
             }
         }
     }
@@ -181,13 +237,38 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
     pub async fn write(&self, collection: &str, id: &str, op: Op) -> Result<u64> {
         let (c, log) = {
             let held = self.shared.held.lock().await;
-            let r = held
-                .get(collection)
-                .ok_or_else(|| ClusterError::NotFound(collection.into()))?;
+            let Some(r) = held.get(collection) else {
+                return Err(match self.shared.failed(collection) {
+                    Some(reason) => ClusterError::Unavailable {
+                        name: collection.into(),
+                        reason,
+                    },
+                    None => ClusterError::NotFound(collection.into()),
+                });
+            };
+            // Writes its replica here would never apply are not taken.
+            if r.follower.has_stopped() {
+                return Err(ClusterError::Unavailable {
+                    name: collection.into(),
+                    reason: "its log follower stopped (see the node's log)".into(),
+                });
+            }
             (r.collection.clone(), r.log.clone())
         };
         c.check_ops(std::slice::from_ref(&op))?;
         Ok(log.append(id, &op).await?.seq)
+    }
+
+    /// Collections this node lists but cannot serve, with why, sorted.
+    pub fn failed(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = self
+            .shared
+            .failed
+            .lock()
+            .map(|f| f.iter().map(|(a, b)| (a.clone(), b.clone())).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
     }
 
     /// Waits until this node's replica of `collection` has applied op `seq` (read-your-writes).
@@ -234,7 +315,8 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
         *self.shared.applied.borrow()
     }
 
-    /// Stops following the logs (every collection is left closed cleanly, as it was applied).
+    /// Stops following the logs (each collection holds what it has applied; nothing is
+    /// checkpointed: the next start replays its own log).
     pub async fn stop(self) -> Result<()> {
         let _ = self.stop.send(true);
         let r = match self.catalog_task.await {
@@ -268,14 +350,40 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
         format!("{}-{nanos}-{n}", self.node_id)
     }
 
-    /// Starts following `name`'s log into `c`.
-    async fn hold(&self, name: &str, c: Arc<Collection<B>>) -> Result<()> {
-        let incarnation = self
-            .folder
-            .live(name)
-            .ok_or_else(|| ClusterError::NotFound(name.into()))?
-            .created_at;
-        let log = ShardLog::open(&self.js, name, incarnation, 0, self.replicas).await?;
+    /// Records that `name` cannot be served here.
+    fn fail(&self, name: &str, reason: String) {
+        tracing::error!(collection = %name, reason = %reason, "collection not available on this node");
+        if let Ok(mut f) = self.failed.lock() {
+            f.insert(name.to_string(), reason);
+        }
+    }
+
+    /// Why `name` cannot be served here, if it cannot.
+    fn failed(&self, name: &str) -> Option<String> {
+        self.failed.lock().ok().and_then(|f| f.get(name).cloned())
+    }
+
+    /// Starts following `name`'s log into `c` (its log opened with a few retries: a broker
+    /// electing a leader answers late); a failure marks the collection failed here.
+    async fn hold(&self, name: &str, c: Arc<Collection<B>>) {
+        let Some(incarnation) = self.folder.live(name).map(|l| l.created_at) else {
+            return;
+        };
+        let mut tries = 0;
+        let log = loop {
+            match ShardLog::open(&self.js, name, incarnation, 0, self.replicas).await {
+                Ok(log) => break log,
+                Err(e) if tries < 6 => {
+                    tries += 1;
+                    tracing::warn!(collection = %name, error = %e, "opening the collection's log failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(100 << tries)).await;
+                }
+                Err(e) => {
+                    self.fail(name, format!("its log does not open: {e}"));
+                    return;
+                }
+            }
+        };
         let follower = Follower::start(log.clone(), c.clone());
         self.held.lock().await.insert(
             name.to_string(),
@@ -285,7 +393,6 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
                 follower,
             },
         );
-        Ok(())
     }
 
     /// Applies catalog entry `seq` here.
@@ -308,16 +415,32 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
         let applied =
             tokio::task::spawn_blocking(move || f.apply(seq, op, handle.as_deref(), b, cfg))
                 .await
-                .map_err(|e| ClusterError::broker("applying a catalog entry", e))??;
+                .map_err(|e| ClusterError::broker("applying a catalog entry", e))?;
         match (applied, name) {
-            (CatalogApplied::Created(c), Some(name)) => self.hold(&name, Arc::new(*c)).await?,
-            (CatalogApplied::Dropped, _) => {
+            (Ok(CatalogApplied::Created(c)), Some(name)) => {
+                if let Ok(mut f) = self.failed.lock() {
+                    f.remove(&name);
+                }
+                self.hold(&name, Arc::new(*c)).await
+            }
+            (Ok(CatalogApplied::Dropped), Some(name)) => {
+                if let Ok(mut f) = self.failed.lock() {
+                    f.remove(&name);
+                }
                 // Its log goes with it (any node may get there first).
                 if let Some(log) = log {
-                    let _ = log.delete().await;
+                    if let Err(e) = log.delete().await {
+                        tracing::debug!(log = log.stream(), error = %e, "deleting a dropped collection's log");
+                    }
                 }
             }
-            _ => {}
+            (Ok(_), _) => {}
+            // The entry is applied here (its number is the folder's) but its folder work
+            // failed: the collection is reported, the catalog goes on.
+            (Err(e), Some(name)) if self.folder.catalog_seq() >= seq => {
+                self.fail(&name, format!("applying catalog entry {seq} failed: {e}"));
+            }
+            (Err(e), _) => return Err(e.into()),
         }
         self.applied.send_replace(seq);
         Ok(())

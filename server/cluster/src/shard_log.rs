@@ -1,6 +1,7 @@
 //! One shard's op log: a [`LogStream`] (`QUIVER_<collection>_<incarnation>_<shard>`) whose
 //! messages are the shard's writes, each one store op ([`quiver_store::wal::encode_op`]). The
-//! stream numbers them 1, 2, … with no gaps; that number is the op's in every replica
+//! stream numbers them 1, 2, … with no gaps (its messages may not be deleted or purged); that
+//! number is the op's in every replica
 //! ([`quiver_store::Collection::apply`]). A publish carries a message id: JetStream drops a
 //! repeat within the duplicate window and answers with the first one's number, so a client or
 //! node retrying a write after a lost acknowledgement applies it once. The incarnation (the

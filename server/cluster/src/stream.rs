@@ -64,6 +64,10 @@ impl LogStream {
             storage: stream::StorageType::File,
             num_replicas: replicas.max(1),
             duplicate_window: DUPLICATE_WINDOW,
+            // Numbers are ops' numbers in every replica: no entry may leave but by trimming
+            // below every replica (to come).
+            deny_delete: true,
+            deny_purge: true,
             ..Default::default()
         })
         .await
@@ -114,7 +118,8 @@ impl LogStream {
         }
     }
 
-    /// The first and last numbers the log holds (`(n + 1, n)` when it holds none).
+    /// The first and last numbers the log holds (`(0, 0)` when it never held any; after
+    /// trimming everything, `(n + 1, n)`).
     pub async fn bounds(&self) -> Result<(u64, u64)> {
         let stream = self
             .js
@@ -129,14 +134,22 @@ impl LogStream {
     }
 
     /// The entries from number `start` on, in order, as they are appended (the stream never
-    /// ends by itself). Refused with [`ClusterError::Trimmed`] when the log no longer starts
-    /// at or before `start`.
+    /// ends by itself). Refused with [`ClusterError::Trimmed`] when the log no longer holds
+    /// `start`, and with [`ClusterError::Behind`] when it ends before `start - 1` (it was
+    /// lost or re-created: its next entries are not the reader's next ones).
     pub async fn read_from(
         &self,
         start: u64,
     ) -> Result<impl Stream<Item = Result<(u64, Bytes)>> + Send + 'static> {
         let (first, last) = self.bounds().await?;
-        if start < first && last >= first {
+        if start > last + 1 {
+            return Err(ClusterError::Behind {
+                stream: self.name.clone(),
+                last,
+                wanted: start,
+            });
+        }
+        if start < first {
             return Err(ClusterError::Trimmed {
                 stream: self.name.clone(),
                 first,
@@ -169,6 +182,28 @@ impl LogStream {
                 .stream_sequence;
             Ok((seq, m.payload.clone()))
         }))
+    }
+
+    /// The message id entry `seq` was appended under (`None`: no such entry, or none given).
+    pub async fn message_id_at(&self, seq: u64) -> Result<Option<String>> {
+        let stream = self
+            .js
+            .get_stream(&self.name)
+            .await
+            .map_err(|e| ClusterError::broker("opening a log", e))?;
+        match stream.get_raw_message(seq).await {
+            Ok(m) => Ok(m
+                .headers
+                .get(async_nats::header::NATS_MESSAGE_ID)
+                .map(|v| v.as_str().to_string())),
+            Err(e)
+                if e.kind()
+                    == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(ClusterError::broker("reading a log entry", e)),
+        }
     }
 
     /// Deletes the stream (a dropped collection's log).

@@ -1,8 +1,10 @@
 //! Following a log: apply its entries in order from the target's next number, through broker
 //! restarts and failovers (read again from the next number, with back-off), until stopped.
-//! A damaged entry or a log trimmed past the target stops it with that error, as does a
-//! failure to apply; an entry already applied (redelivered) is passed over. The shard
-//! follower and the node's catalog follower are this with their targets.
+//! An entry below the next number (a consumer the client rebuilt from the start, or a log
+//! re-created) makes it read again from the next number, where the log's bounds are checked;
+//! a damaged entry, entries missing, a log trimmed past the target or ending before it stop
+//! it with that error, as does a failure to apply. The shard follower and the node's catalog
+//! follower are this with their targets.
 
 use std::future::Future;
 use std::time::Duration;
@@ -49,7 +51,7 @@ pub(crate) async fn follow<T: Target>(target: T, mut stop: watch::Receiver<bool>
                 let (seq, entry) = match entry {
                     None => break,
                     Some(Ok(e)) => e,
-                    Some(Err(e @ ClusterError::BadEntry { .. })) => return Err(e),
+                    Some(Err(e)) if e.ends_following() => return Err(e),
                     Some(Err(e)) => {
                         tracing::warn!(log = %target.log_name(), error = %e, "reading the log failed; resuming");
                         break;
@@ -57,16 +59,20 @@ pub(crate) async fn follow<T: Target>(target: T, mut stop: watch::Receiver<bool>
                 };
                 let expected = target.next_seq();
                 if seq < expected {
-                    continue;
+                    // Read again from the next number, the log's bounds checked.
+                    break;
                 }
                 if seq > expected {
-                    tracing::warn!(log = %target.log_name(), seq, expected, "the log skipped entries; reading again from the next one");
-                    break;
+                    return Err(ClusterError::Gap {
+                        stream: target.log_name(),
+                        expected,
+                        got: seq,
+                    });
                 }
                 target.apply(seq, entry).await?;
                 backoff = Duration::from_millis(50);
             },
-            Err(e @ ClusterError::Trimmed { .. }) => return Err(e),
+            Err(e) if e.ends_following() => return Err(e),
             Err(e) => {
                 tracing::warn!(log = %target.log_name(), error = %e, "the log is not reachable; retrying");
             }

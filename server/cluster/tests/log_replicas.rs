@@ -1,7 +1,8 @@
 //! Replicas fed one shard log on a real NATS JetStream server hold the same points and answer
 //! bit-identically: through a retried (de-duplicated) write, the broker killed with SIGKILL
 //! and restarted mid-stream, a replica started late from nothing, and a replica restarted
-//! from its own files (it goes on from its last applied op).
+//! from its own files (it goes on from its last applied op); a replica ahead of a re-created
+//! log stops with an error instead of applying it.
 
 mod common;
 
@@ -186,4 +187,31 @@ async fn replicas_fed_one_log_hold_the_same_points_through_broker_and_replica_re
         .all(|(x, y)| x.to_bits() == y.to_bits()));
     follow_a.stop().await.unwrap();
     follow_b.stop().await.unwrap();
+
+    // The log lost or re-created under its name (a broker's unsynced tail lost, an operator's
+    // `stream rm`): a replica ahead of it stops instead of taking its new entries as its
+    // next ones, and the error says so.
+    log.delete().await.unwrap();
+    let log = ShardLog::open(&js, "docs", 1, 0, 1).await.unwrap();
+    log.append("new-1", &write(0)).await.unwrap();
+    let follow_a = Follower::start(log.clone(), a.clone());
+    let stopped = tokio::time::timeout(Duration::from_secs(30), async {
+        while !follow_a.has_stopped() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        stopped.is_ok(),
+        "the follower went on over a re-created log"
+    );
+    assert!(matches!(
+        follow_a.stop().await,
+        Err(ClusterError::Behind {
+            last: 1,
+            wanted: 151,
+            ..
+        })
+    ));
+    assert_eq!(a.last_seq(), 150);
 }

@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use quiver_cluster::{ClusterError, Node};
+use quiver_cluster::{CatalogLog, ClusterError, Node};
 use quiver_engine::backend::cpu::CpuBackend;
 use quiver_store::wal::Op;
-use quiver_store::{CollectionMeta, CollectionsFolder, StoreConfig, StoreError};
+use quiver_store::{CatalogOp, CollectionMeta, CollectionsFolder, StoreConfig, StoreError};
 
 const DIM: usize = 4;
 
@@ -84,6 +84,13 @@ async fn every_node_holds_the_same_collections_and_points() {
     let Some(nats) = common::NatsServer::start() else {
         return;
     };
+    // A hang is a failure, not a stuck CI job.
+    tokio::time::timeout(Duration::from_secs(120), scenario(&nats))
+        .await
+        .expect("the scenario did not end within 120 s");
+}
+
+async fn scenario(nats: &common::NatsServer) {
     let js = nats.jetstream().await;
     let tmp = tempfile::tempdir().unwrap();
     let a = node(&js, &tmp.path().join("a"), "a").await;
@@ -97,6 +104,47 @@ async fn every_node_holds_the_same_collections_and_points() {
         b.create_collection(meta("docs")).await,
         Err(ClusterError::Exists(_))
     ));
+    // A description no node could open is refused before it enters the log.
+    let before = a.sync_catalog().await.unwrap();
+    let mut bad = meta("flat");
+    bad.dim = 0;
+    assert!(matches!(
+        a.create_collection(bad).await,
+        Err(ClusterError::Store(StoreError::Invalid {
+            field: "dim",
+            ..
+        }))
+    ));
+    assert_eq!(a.sync_catalog().await.unwrap(), before);
+    // The catalog's compare-and-set: of two appends checked against the same last entry,
+    // the second is refused (the log never holds a create its writer did not check).
+    let catalog = CatalogLog::open(&js, 1).await.unwrap();
+    let create = |name: &str| CatalogOp::Create {
+        name: name.into(),
+        meta: Some(meta(name)),
+        replica: true,
+    };
+    let first = catalog
+        .append_after(before, "cas-1", &create("cas"))
+        .await
+        .unwrap();
+    assert_eq!(first.map(|a| a.seq), Some(before + 1));
+    assert!(catalog
+        .append_after(before, "cas-2", &create("cas"))
+        .await
+        .unwrap()
+        .is_none());
+    // A repeat of the first (its answer lost) is refused too, and the entry tells it is its
+    // own (what a node's retry checks).
+    let again = catalog
+        .append_after(before, "cas-1", &create("cas"))
+        .await
+        .unwrap();
+    assert!(again.is_none(), "{again:?}");
+    assert!(catalog.is_entry(before + 1, "cas-1").await.unwrap());
+    assert!(!catalog.is_entry(before + 1, "cas-2").await.unwrap());
+    assert!(!catalog.is_entry(before + 5, "cas-1").await.unwrap());
+    a.drop_collection("cas").await.unwrap();
     // Two nodes creating one name at once: exactly one wins.
     let (ra, rb) = tokio::join!(
         a.create_collection(meta("race")),

@@ -111,6 +111,25 @@ mod field_specs {
 }
 
 impl CollectionMeta {
+    /// Refuses a description no collection can be opened with: a dimension outside
+    /// 1..=`MAX_DIM` (`dim`), an unknown metric (`metric`).
+    pub fn check(&self) -> Result<()> {
+        let max = quiver_engine::index::MAX_DIM;
+        if self.dim == 0 || self.dim > max {
+            return Err(StoreError::Invalid {
+                field: "dim",
+                reason: format!("dimension {} is outside 1..={max}", self.dim),
+            });
+        }
+        if self.metric.parse::<Metric>().is_err() {
+            return Err(StoreError::Invalid {
+                field: "metric",
+                reason: format!("unknown metric {:?}", self.metric),
+            });
+        }
+        Ok(())
+    }
+
     /// The metric.
     pub fn metric(&self) -> Metric {
         self.metric.parse().unwrap_or(Metric::L2)
@@ -212,13 +231,7 @@ impl Manifest {
 
     /// What a manifest read from disk must hold before anything is opened from it.
     fn check(&self) -> std::result::Result<(), String> {
-        let max = quiver_engine::index::MAX_DIM;
-        if self.meta.dim == 0 || self.meta.dim > max {
-            return Err(format!("dimension {} is outside 1..={max}", self.meta.dim));
-        }
-        if self.meta.metric.parse::<Metric>().is_err() {
-            return Err(format!("unknown metric {:?}", self.meta.metric));
-        }
+        self.meta.check().map_err(|e| e.to_string())?;
         if self.wal_from >= crate::wal::MAX_LSN || self.next_segment_id >= crate::wal::MAX_LSN {
             return Err("counters out of range".into());
         }
