@@ -1,19 +1,40 @@
-//! The cluster's catalog log: which collections exist, as a [`LogStream`]
-//! (`QUIVER_CATALOG`) of [`CatalogOp`]s in JSON, applied by every node to its collections
-//! folder with their numbers ([`quiver_store::CollectionsFolder::apply`]). An entry is appended
-//! only if the log's last entry is the one its writer checked it against (compare-and-set), so
-//! the log never holds a create of an existing name or a drop of a missing one (as long as
-//! every writer appends this way: a deployment restricts publishing on `quiver.catalog` to
-//! its nodes): every node applies every entry, and all end with the same collections.
+//! The cluster's catalog log: which collections exist, their shards and where their replicas
+//! are, as a [`LogStream`] (`QUIVER_CATALOG`) of [`CatalogEntry`]s in JSON, which every node
+//! reads into its [`crate::topology::Topology`]. An entry is appended only if the log's last
+//! entry is the one its writer checked it against (compare-and-set), so the log never holds a
+//! create of an existing name or a drop of a missing one (as long as every writer appends this
+//! way: a deployment restricts publishing on `quiver.catalog` to its nodes): every node reads
+//! every entry, and all end with the same collections and placement. A collection's
+//! incarnation is the number of the entry that created it.
 
 use futures_util::{Stream, StreamExt};
-use quiver_store::CatalogOp;
+use quiver_store::CollectionMeta;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{ClusterError, Result};
 use crate::stream::{Appended, LogStream};
 
 /// The stream's name.
 pub const STREAM: &str = "QUIVER_CATALOG";
+
+/// An entry of the catalog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CatalogEntry {
+    /// A collection is created empty.
+    Create {
+        /// Its description (name, dimension, metric, index, fields, settings).
+        meta: CollectionMeta,
+        /// Per shard, the nodes holding its replicas (the first is where its trains are
+        /// decided).
+        placement: Vec<Vec<String>>,
+    },
+    /// A collection and its logs are removed.
+    Drop {
+        /// Its name.
+        name: String,
+    },
+}
 
 /// The catalog log on a JetStream server or cluster.
 #[derive(Clone)]
@@ -40,7 +61,7 @@ impl CatalogLog {
         &self,
         after: u64,
         id: &str,
-        op: &CatalogOp,
+        op: &CatalogEntry,
     ) -> Result<Option<Appended>> {
         let body = serde_json::to_vec(op).map_err(|e| ClusterError::broker("encoding", e))?;
         self.stream.append(id, body, Some(after)).await
@@ -57,7 +78,7 @@ impl CatalogLog {
     pub async fn read_from(
         &self,
         start: u64,
-    ) -> Result<impl Stream<Item = Result<(u64, CatalogOp)>> + Send + 'static> {
+    ) -> Result<impl Stream<Item = Result<(u64, CatalogEntry)>> + Send + 'static> {
         Ok(self.stream.read_from(start).await?.map(|e| {
             let (seq, body) = e?;
             let op = serde_json::from_slice(&body).map_err(|e| ClusterError::BadEntry {

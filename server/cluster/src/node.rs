@@ -1,38 +1,103 @@
-//! A node of the cluster: its collections folder kept equal to the catalog log (every entry
-//! applied with its number, [`quiver_store::CollectionsFolder::apply`]), and for every
-//! collection a replica following that collection's log ([`Follower`]). Creates and drops are
-//! catalog entries appended by compare-and-set against the last entry this node has applied
-//! (so the log never holds a create of an existing name); writes are checked against the
-//! collection and appended to its log, and every replica applies them with the same numbers.
-//! Today every node holds every collection, one shard each; placement and routing come next.
+//! A node of the cluster. It reads the whole catalog log into its [`Topology`] at start and
+//! follows it, holds a replica of every shard placed on it (a store collection in its folder,
+//! named `NAME.INCARNATION.SHARD`, following that shard's log: [`Follower`]), answers other
+//! nodes' requests about those replicas ([`crate::rpc`]), and routes its own callers':
+//!
+//! - creates and drops are catalog entries appended by compare-and-set against the last entry
+//!   this node has read (so the log never holds a create of an existing name), a create
+//!   carrying its placement, decided from the nodes up at that moment ([`place`]);
+//! - a write is checked as every replica will check it, split by shard ([`split_op`]) and
+//!   appended to each shard's log; its [`WriteToken`] (each shard's op number) lets a later
+//!   read wait for it;
+//! - a search goes to one replica of every shard (this node's own first, then nodes that are
+//!   up), each shard's answer within the caller's deadline, another replica tried when one
+//!   fails; the shards' neighbours are merged exactly (by distance, then id).
+//!
+//! At start the folder is made what the catalog says: replicas of collections dropped (or of
+//! an older incarnation) are removed, missing ones created empty (they catch up from the
+//! log). A folder holding a replica of a collection the log has not created yet is refused:
+//! the log was lost or belongs to another cluster.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use quiver_engine::backend::Backend;
+use quiver_engine::payload::filter::Filter;
 use quiver_store::wal::Op;
 use quiver_store::{
-    CatalogApplied, CatalogOp, Collection, CollectionMeta, CollectionsFolder, StoreConfig,
+    Collection, CollectionMeta, CollectionsFolder, SearchKey, StoreConfig, StoreError,
 };
 use tokio::sync::{watch, Mutex};
+use tokio::time::Instant;
 
-use crate::catalog_log::CatalogLog;
+use crate::catalog_log::{CatalogEntry, CatalogLog};
 use crate::error::{ClusterError, Result};
 use crate::follower::Follower;
+use crate::membership::{valid_node_id, Membership};
+use crate::placement::{place, shard_of, split_op};
+use crate::rpc::{self, Point, ShardRef, ShardRequest, ShardResponse};
 use crate::shard_log::ShardLog;
 use crate::tail::{follow, Entries, Target};
+use crate::topology::{ClusterCollection, Topology};
 
-/// A collection held by this node.
+/// A collection's name and one of its shards.
+type ShardKey = (String, u32);
+
+/// Where a write landed: each shard's op number. A read given it waits until the replica it
+/// asks has applied that op (read-your-writes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteToken {
+    /// (shard, op number) of every shard the write went to.
+    pub shards: Vec<(u32, u64)>,
+}
+
+impl WriteToken {
+    /// The op number shard `shard` must have applied (0: none).
+    pub fn seq_of(&self, shard: u32) -> u64 {
+        self.shards
+            .iter()
+            .filter(|(s, _)| *s == shard)
+            .map(|(_, q)| *q)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// A search through the cluster.
+#[derive(Debug, Clone, Default)]
+pub struct SearchRequest {
+    /// Row-major queries, `nq × dim`.
+    pub queries: Vec<f32>,
+    /// Number of queries.
+    pub nq: usize,
+    /// Neighbours per query.
+    pub k: usize,
+    /// Lists probed per shard (0: the collection's default).
+    pub nprobe: usize,
+    /// Refine factor (0: the collection's default).
+    pub refine_factor: usize,
+    /// Only points passing this filter (its JSON text).
+    pub filter: Option<String>,
+    /// Answer only from replicas that have applied this write.
+    pub after: Option<WriteToken>,
+}
+
+/// A shard replica held by this node.
 struct Replica<B: Backend + Clone + Send + Sync + 'static> {
     collection: Arc<Collection<B>>,
+    incarnation: u64,
     log: ShardLog,
     follower: Follower,
+    /// Its folder's name.
+    local: String,
 }
 
 struct Shared<B: Backend + Clone + Send + Sync + 'static> {
     js: async_nats::jetstream::Context,
+    client: async_nats::Client,
     catalog: CatalogLog,
     folder: CollectionsFolder,
     backend: B,
@@ -41,10 +106,16 @@ struct Shared<B: Backend + Clone + Send + Sync + 'static> {
     replicas: usize,
     node_id: String,
     next_id: AtomicU64,
-    held: Mutex<HashMap<String, Replica<B>>>,
-    /// Collections this node lists but cannot serve, with why (failed to open, or their log
-    /// could not be opened).
-    failed: std::sync::Mutex<HashMap<String, String>>,
+    topology: std::sync::RwLock<Topology>,
+    held: Mutex<HashMap<ShardKey, Replica<B>>>,
+    /// Replicas placed here that cannot serve, with their folder's name and why (failed to
+    /// open, or their log could not be opened).
+    failed: std::sync::Mutex<HashMap<ShardKey, (String, String)>>,
+    /// Logs of shards this node writes to but does not hold.
+    logs: Mutex<HashMap<(String, u64, u32), ShardLog>>,
+    /// Requests this node routed, per (collection, shard, node that answered).
+    routed: std::sync::Mutex<HashMap<(String, u32, String), u64>>,
+    members: Membership,
     /// The number of the last catalog entry applied here.
     applied: watch::Sender<u64>,
     /// Why the catalog follower stopped, once it has.
@@ -58,10 +129,29 @@ pub struct Node<B: Backend + Clone + Send + Sync + 'static> {
     catalog_task: tokio::task::JoinHandle<Result<()>>,
 }
 
+/// The folder name of a shard replica.
+fn local_name(collection: &str, incarnation: u64, shard: u32) -> String {
+    format!("{collection}.{incarnation}.{shard}")
+}
+
+/// The collection, incarnation and shard of a replica's folder name.
+fn parse_local(local: &str) -> Option<(String, u64, u32)> {
+    let mut parts = local.rsplitn(3, '.');
+    let shard = parts.next()?.parse().ok()?;
+    let incarnation = parts.next()?.parse().ok()?;
+    let name = parts.next()?;
+    quiver_store::valid_name(name).then(|| (name.to_string(), incarnation, shard))
+}
+
+fn invalid(field: &'static str, reason: String) -> ClusterError {
+    ClusterError::Store(StoreError::Invalid { field, reason })
+}
+
 impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
     /// Starts a node named `node_id` over `folder` (opened by the caller, which holds its
-    /// lock), with streams of `replicas` copies: opens the collections it holds, starts their
-    /// followers and the catalog's.
+    /// lock), with streams of `replicas` copies: reads the catalog, makes the folder hold the
+    /// replicas placed here, starts their followers, the catalog's, the heartbeat and the
+    /// answering of other nodes.
     pub async fn start(
         js: async_nats::jetstream::Context,
         folder: CollectionsFolder,
@@ -70,44 +160,55 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
         replicas: usize,
         node_id: &str,
     ) -> Result<Node<B>> {
+        if !valid_node_id(node_id) {
+            return Err(invalid(
+                "node_id",
+                format!("{node_id:?}: 1 to 64 of [A-Za-z0-9_-]"),
+            ));
+        }
         let catalog = CatalogLog::open(&js, replicas).await?;
+        let (stop, stop_rx) = watch::channel(false);
+        let members = Membership::start(&js, node_id, replicas, stop_rx.clone()).await?;
+        let last = catalog.last_seq().await?;
+        let topology = read_catalog(&catalog, last).await?;
         let shared = Arc::new(Shared {
+            client: js.client(),
             js,
             catalog,
-            applied: watch::channel(folder.catalog_seq()).0,
+            applied: watch::channel(last).0,
             folder,
             backend,
             cfg,
             replicas,
             node_id: node_id.to_string(),
             next_id: AtomicU64::new(0),
+            topology: std::sync::RwLock::new(topology),
             held: Mutex::new(HashMap::new()),
             failed: std::sync::Mutex::new(HashMap::new()),
+            logs: Mutex::new(HashMap::new()),
+            routed: std::sync::Mutex::new(HashMap::new()),
+            members,
             catalog_stopped: watch::channel(None).0,
         });
-        // A folder that has applied more of the catalog than the cluster's log holds is not
-        // this cluster's (or the log was lost): its numbers would not be the log's.
-        let last = shared.catalog.last_seq().await?;
-        if shared.folder.catalog_seq() > last {
-            return Err(ClusterError::Behind {
-                stream: crate::catalog_log::STREAM.into(),
-                last,
-                wanted: shared.folder.catalog_seq() + 1,
-            });
+        shared.reconcile(last).await?;
+        let placed: Vec<(ClusterCollection, u32)> = shared
+            .topology()
+            .collections()
+            .flat_map(|c| c.shards_on(node_id).into_iter().map(|s| (c.clone(), s)))
+            .collect();
+        for (c, s) in placed {
+            shared.place_replica(&c, s).await;
         }
-        for name in shared.folder.names()? {
-            let f = shared.folder.clone();
-            let (b, cfg) = (shared.backend.clone(), shared.cfg.clone());
-            let path = f.path(&name);
-            let opened = tokio::task::spawn_blocking(move || Collection::open(&path, b, cfg))
-                .await
-                .map_err(|e| ClusterError::broker("opening a collection", e))?;
-            match opened {
-                Ok(c) => shared.hold(&name, Arc::new(c)).await,
-                Err(e) => shared.fail(&name, format!("it does not open: {e}")),
-            }
-        }
-        let (stop, stop_rx) = watch::channel(false);
+        let subscription = shared
+            .client
+            .subscribe(rpc::subject(node_id))
+            .await
+            .map_err(|e| ClusterError::broker("answering other nodes", e))?;
+        tokio::spawn(answer_requests(
+            shared.clone(),
+            subscription,
+            stop_rx.clone(),
+        ));
         let follower = shared.clone();
         let catalog_task = tokio::spawn(async move {
             let r = follow(CatalogTarget(follower.clone()), stop_rx).await;
@@ -124,75 +225,89 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
         })
     }
 
-    /// Creates `meta.name` across the cluster; returns once this node holds it. Refused when
-    /// the name exists.
-    pub async fn create_collection(&self, meta: CollectionMeta) -> Result<()> {
+    /// This node's id.
+    pub fn id(&self) -> &str {
+        &self.shared.node_id
+    }
+
+    /// Creates `meta.name` across the cluster with `shards` shards of `replication` replicas
+    /// each, placed on the nodes up now; returns once this node has read the entry (its own
+    /// replicas are created then; they are empty until written).
+    pub async fn create_collection(
+        &self,
+        meta: CollectionMeta,
+        shards: u32,
+        replication: u32,
+    ) -> Result<ClusterCollection> {
         let name = meta.name.clone();
         if !quiver_store::valid_name(&name) {
-            return Err(ClusterError::Store(quiver_store::StoreError::Invalid {
-                field: "name",
-                reason: format!("{name:?} is not a collection name"),
-            }));
+            return Err(invalid(
+                "name",
+                format!("{name:?} is not a collection name"),
+            ));
         }
         // Every node opens what the entry describes: refused here, before it is in the log.
         meta.check()?;
-        let op = CatalogOp::Create {
-            name: name.clone(),
-            meta: Some(meta),
-            replica: true,
-        };
-        self.append_catalog(op, |f| {
-            if f.is_live(&name) {
-                Err(ClusterError::Exists(name.clone()))
-            } else {
-                Ok(())
-            }
-        })
-        .await
+        let members = self.shared.members.clone();
+        let seq = self
+            .append_catalog(|t| {
+                if t.get(&name).is_some() {
+                    return Err(ClusterError::Exists(name.clone()));
+                }
+                Ok(CatalogEntry::Create {
+                    meta: meta.clone(),
+                    placement: place(&members.live(), shards, replication)?,
+                })
+            })
+            .await?;
+        self.shared
+            .topology()
+            .get(&name)
+            .filter(|c| c.incarnation == seq)
+            .cloned()
+            .ok_or(ClusterError::NotFound(name))
     }
 
-    /// Drops `name` across the cluster; returns once this node has removed it.
+    /// Drops `name` across the cluster; returns once this node has removed its replicas.
     pub async fn drop_collection(&self, name: &str) -> Result<()> {
-        let op = CatalogOp::Drop { name: name.into() };
-        self.append_catalog(op, |f| {
-            if f.is_live(name) {
-                Ok(())
-            } else {
-                Err(ClusterError::NotFound(name.into()))
-            }
+        self.append_catalog(|t| match t.get(name) {
+            Some(_) => Ok(CatalogEntry::Drop { name: name.into() }),
+            None => Err(ClusterError::NotFound(name.into())),
         })
         .await
+        .map(|_| ())
     }
 
-    /// Appends `op` to the catalog once `check` passes against every entry so far (applied
-    /// here first), and waits until this node has applied it. An append whose answer was
-    /// lost is sent again with the same id and the same expected last entry; if that is
-    /// refused because the entry after it is the first one's (the broker checks the expected
-    /// entry before repeats), the append is done.
+    /// Appends the entry `make` builds from the catalog as read so far (after this node has
+    /// read all of it), if no other entry came first, and waits until this node has applied
+    /// it; returns its number. An append whose answer was lost is sent again with the same id
+    /// and expected last entry; if the broker refuses that because the entry after it is the
+    /// first one's (it checks the expected entry before repeats), the append is done.
     async fn append_catalog(
         &self,
-        op: CatalogOp,
-        check: impl Fn(&CollectionsFolder) -> Result<()>,
-    ) -> Result<()> {
+        make: impl Fn(&Topology) -> Result<CatalogEntry>,
+    ) -> Result<u64> {
         let id = self.shared.message_id();
         for _ in 0..100 {
             let last = self.sync_catalog().await?;
-            check(&self.shared.folder)?;
+            let entry = make(&self.shared.topology())?;
             let mut tries = 0;
             let appended = loop {
-                match self.shared.catalog.append_after(last, &id, &op).await {
+                match self.shared.catalog.append_after(last, &id, &entry).await {
                     Err(ClusterError::Broker { .. }) if tries < 5 => {
                         tries += 1;
-                        tokio::time::sleep(std::time::Duration::from_millis(100 << tries)).await;
+                        tokio::time::sleep(Duration::from_millis(100 << tries)).await;
                     }
                     r => break r?,
                 }
             };
             if let Some(a) = appended {
-                return self.wait_catalog(a.seq).await;
+                self.wait_catalog(a.seq).await?;
+                return Ok(a.seq);
             }
             if tries > 0 && self.shared.catalog.is_entry(last + 1, &id).await? {
-                return self.wait_catalog(last + 1).await;
+                self.wait_catalog(last + 1).await?;
+                return Ok(last + 1);
             }
         }
         Err(ClusterError::Broker {
@@ -231,81 +346,231 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
         }
     }
 
-    /// Appends the write `op` to `collection`'s log under the message id `id` (a retry with
-    /// the same id is applied once) after checking it as every replica will; returns its
-    /// number.
-    pub async fn write(&self, collection: &str, id: &str, op: Op) -> Result<u64> {
-        let (c, log) = {
-            let held = self.shared.held.lock().await;
-            let Some(r) = held.get(collection) else {
-                return Err(match self.shared.failed(collection) {
-                    Some(reason) => ClusterError::Unavailable {
-                        name: collection.into(),
-                        reason,
-                    },
-                    None => ClusterError::NotFound(collection.into()),
-                });
-            };
-            // Writes its replica here would never apply are not taken.
-            if r.follower.has_stopped() {
-                return Err(ClusterError::Unavailable {
-                    name: collection.into(),
-                    reason: "its log follower stopped (see the node's log)".into(),
-                });
+    /// Appends the write `op` to `collection`'s shard logs under the message id `id` (a retry
+    /// with the same id is applied once), after checking it as every replica will: each shard
+    /// gets its part ([`split_op`]). Returns once every part is stored by the broker.
+    pub async fn write(&self, collection: &str, id: &str, op: Op) -> Result<WriteToken> {
+        let c = self.shared.cluster_collection(collection)?;
+        quiver_store::check_ops(c.meta.dim, std::slice::from_ref(&op))?;
+        let parts = split_op(op, c.shards());
+        let appends = parts.into_iter().map(|(shard, part)| {
+            let c = &c;
+            async move {
+                let log = self.shared.shard_log(c, shard).await?;
+                let a = log.append(&format!("{id}.{shard}"), &part).await?;
+                Ok::<_, ClusterError>((shard, a.seq))
             }
-            (r.collection.clone(), r.log.clone())
-        };
-        c.check_ops(std::slice::from_ref(&op))?;
-        Ok(log.append(id, &op).await?.seq)
+        });
+        let shards = futures_util::future::try_join_all(appends).await?;
+        Ok(WriteToken { shards })
     }
 
-    /// Collections this node lists but cannot serve, with why, sorted.
-    pub fn failed(&self) -> Vec<(String, String)> {
-        let mut v: Vec<(String, String)> = self
+    /// Waits (up to `timeout`) until a replica of every shard `token` names has applied it.
+    pub async fn wait_applied(
+        &self,
+        collection: &str,
+        token: &WriteToken,
+        timeout: Duration,
+    ) -> Result<()> {
+        let c = self.shared.cluster_collection(collection)?;
+        let deadline = Instant::now() + timeout;
+        let waits = token.shards.iter().map(|&(shard, seq)| {
+            let r = shard_ref(&c, shard, seq);
+            self.shared.ask_shard(
+                &c,
+                shard,
+                ShardRequest::Count {
+                    shard: r,
+                    filter: None,
+                },
+                deadline,
+            )
+        });
+        futures_util::future::try_join_all(waits).await.map(|_| ())
+    }
+
+    /// The `k` nearest neighbours of each query among `collection`'s points: (id, distance),
+    /// best first.
+    pub async fn search(
+        &self,
+        collection: &str,
+        req: SearchRequest,
+        timeout: Duration,
+    ) -> Result<Vec<Vec<(u64, f32)>>> {
+        let c = self.shared.cluster_collection(collection)?;
+        let dim = c.meta.dim;
+        if req.queries.len() != req.nq * dim {
+            return Err(invalid(
+                "queries",
+                format!(
+                    "{} values for {} queries of dimension {dim}",
+                    req.queries.len(),
+                    req.nq
+                ),
+            ));
+        }
+        if req.queries.iter().any(|x| !x.is_finite()) {
+            return Err(invalid("queries", "a value is not finite".into()));
+        }
+        if let Some(f) = &req.filter {
+            Filter::parse_text(f).map_err(|e| invalid("filter", e.to_string()))?;
+        }
+        let deadline = Instant::now() + timeout;
+        let asks = (0..c.shards()).map(|shard| {
+            let r = shard_ref(&c, shard, req.after.as_ref().map_or(0, |t| t.seq_of(shard)));
+            let ask = ShardRequest::Search {
+                shard: r,
+                queries: req.queries.clone(),
+                nq: req.nq,
+                k: req.k,
+                nprobe: req.nprobe,
+                refine_factor: req.refine_factor,
+                filter: req.filter.clone(),
+            };
+            self.shared.ask_shard(&c, shard, ask, deadline)
+        });
+        let answers = futures_util::future::try_join_all(asks).await?;
+        let mut parts = Vec::with_capacity(answers.len());
+        for a in answers {
+            match a {
+                ShardResponse::Neighbors(n) if n.len() == req.nq => parts.push(n),
+                other => return Err(unexpected(other)),
+            }
+        }
+        Ok(merge(
+            parts,
+            req.nq,
+            req.k,
+            c.meta.metric().is_inner_product(),
+        ))
+    }
+
+    /// The stored points of `ids` that exist, in the order asked.
+    pub async fn get(
+        &self,
+        collection: &str,
+        ids: &[u64],
+        after: Option<&WriteToken>,
+        timeout: Duration,
+    ) -> Result<Vec<Point>> {
+        let c = self.shared.cluster_collection(collection)?;
+        let deadline = Instant::now() + timeout;
+        let mut by_shard: Vec<Vec<u64>> = vec![Vec::new(); c.shards() as usize];
+        for &id in ids {
+            by_shard[shard_of(id, c.shards()) as usize].push(id);
+        }
+        let asks = by_shard
+            .into_iter()
+            .enumerate()
+            .filter(|(_, ids)| !ids.is_empty())
+            .map(|(shard, ids)| {
+                let shard = shard as u32;
+                let r = shard_ref(&c, shard, after.map_or(0, |t| t.seq_of(shard)));
+                self.shared
+                    .ask_shard(&c, shard, ShardRequest::Get { shard: r, ids }, deadline)
+            });
+        let mut found: HashMap<u64, Point> = HashMap::new();
+        for a in futures_util::future::try_join_all(asks).await? {
+            match a {
+                ShardResponse::Points(p) => found.extend(p.into_iter().map(|p| (p.id, p))),
+                other => return Err(unexpected(other)),
+            }
+        }
+        Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+    }
+
+    /// Live points of `collection` passing `filter` (all without one).
+    pub async fn count(
+        &self,
+        collection: &str,
+        filter: Option<&str>,
+        after: Option<&WriteToken>,
+        timeout: Duration,
+    ) -> Result<u64> {
+        let c = self.shared.cluster_collection(collection)?;
+        if let Some(f) = filter {
+            Filter::parse_text(f).map_err(|e| invalid("filter", e.to_string()))?;
+        }
+        let deadline = Instant::now() + timeout;
+        let asks = (0..c.shards()).map(|shard| {
+            let r = shard_ref(&c, shard, after.map_or(0, |t| t.seq_of(shard)));
+            let ask = ShardRequest::Count {
+                shard: r,
+                filter: filter.map(str::to_string),
+            };
+            self.shared.ask_shard(&c, shard, ask, deadline)
+        });
+        let mut total = 0;
+        for a in futures_util::future::try_join_all(asks).await? {
+            match a {
+                ShardResponse::Count(n) => total += n,
+                other => return Err(unexpected(other)),
+            }
+        }
+        Ok(total)
+    }
+
+    /// The collections of the cluster, as this node has read the catalog.
+    pub fn topology(&self) -> Topology {
+        self.shared.topology()
+    }
+
+    /// The nodes this node takes as up, sorted.
+    pub fn live_nodes(&self) -> Vec<String> {
+        self.shared.members.live()
+    }
+
+    /// This node's replica of shard `shard` of `collection`.
+    pub async fn replica(&self, collection: &str, shard: u32) -> Option<Arc<Collection<B>>> {
+        self.shared
+            .held
+            .lock()
+            .await
+            .get(&(collection.to_string(), shard))
+            .map(|r| r.collection.clone())
+    }
+
+    /// The op number this node's replica of shard `shard` of `collection` has applied.
+    pub async fn applied(&self, collection: &str, shard: u32) -> Option<u64> {
+        self.shared
+            .held
+            .lock()
+            .await
+            .get(&(collection.to_string(), shard))
+            .map(|r| r.follower.applied())
+    }
+
+    /// The shard replicas this node holds, as (collection, shard), sorted.
+    pub async fn held(&self) -> Vec<(String, u32)> {
+        let mut v: Vec<(String, u32)> = self.shared.held.lock().await.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Replicas placed here that cannot serve, as (collection, shard, why), sorted.
+    pub fn failed(&self) -> Vec<(String, u32, String)> {
+        let mut v: Vec<(String, u32, String)> = self
             .shared
             .failed
             .lock()
-            .map(|f| f.iter().map(|(a, b)| (a.clone(), b.clone())).collect())
+            .map(|f| {
+                f.iter()
+                    .map(|((c, s), (_, why))| (c.clone(), *s, why.clone()))
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
     }
 
-    /// Waits until this node's replica of `collection` has applied op `seq` (read-your-writes).
-    pub async fn wait_applied(&self, collection: &str, seq: u64) -> Result<()> {
-        let mut rx = {
-            let held = self.shared.held.lock().await;
-            held.get(collection)
-                .ok_or_else(|| ClusterError::NotFound(collection.into()))?
-                .follower
-                .progress()
-        };
-        loop {
-            if *rx.borrow_and_update() >= seq {
-                return Ok(());
-            }
-            if rx.changed().await.is_err() {
-                return Err(ClusterError::Broker {
-                    context: "following a collection's log",
-                    reason: format!("the follower of {collection:?} stopped"),
-                });
-            }
-        }
-    }
-
-    /// This node's replica of `collection`.
-    pub async fn collection(&self, collection: &str) -> Option<Arc<Collection<B>>> {
-        self.shared
-            .held
+    /// Requests this node routed, as ((collection, shard, answering node), count), sorted.
+    pub fn routed(&self) -> Vec<((String, u32, String), u64)> {
+        let mut v: Vec<_> = self
+            .shared
+            .routed
             .lock()
-            .await
-            .get(collection)
-            .map(|r| r.collection.clone())
-    }
-
-    /// The collections this node holds, sorted.
-    pub async fn collections(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.shared.held.lock().await.keys().cloned().collect();
+            .map(|r| r.iter().map(|(k, n)| (k.clone(), *n)).collect())
+            .unwrap_or_default();
         v.sort();
         v
     }
@@ -315,8 +580,8 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
         *self.shared.applied.borrow()
     }
 
-    /// Stops following the logs (each collection holds what it has applied; nothing is
-    /// checkpointed: the next start replays its own log).
+    /// Stops following the logs, heartbeating and answering (each replica holds what it has
+    /// applied; nothing is checkpointed: the next start replays its own log).
     pub async fn stop(self) -> Result<()> {
         let _ = self.stop.send(true);
         let r = match self.catalog_task.await {
@@ -333,11 +598,90 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
             .collect();
         for rep in held {
             if let Err(e) = rep.follower.stop().await {
-                tracing::warn!(error = %e, "a collection's follower had stopped");
+                tracing::warn!(error = %e, "a replica's follower had stopped");
             }
         }
         r
     }
+}
+
+/// Reads catalog entries 1 to `last` (the whole log when this node starts).
+async fn read_catalog(catalog: &CatalogLog, last: u64) -> Result<Topology> {
+    let mut topology = Topology::default();
+    if last == 0 {
+        return Ok(topology);
+    }
+    let read = async {
+        let mut entries = Box::pin(catalog.read_from(1).await?);
+        while topology.applied() < last {
+            match entries.next().await {
+                Some(Ok((seq, entry))) if seq == topology.applied() + 1 => {
+                    topology.apply(seq, entry);
+                }
+                Some(Ok((seq, _))) if seq <= topology.applied() => {}
+                Some(Ok((seq, _))) => {
+                    return Err(ClusterError::Gap {
+                        stream: crate::catalog_log::STREAM.into(),
+                        expected: topology.applied() + 1,
+                        got: seq,
+                    })
+                }
+                Some(Err(e)) => return Err(e),
+                None => {
+                    return Err(ClusterError::broker(
+                        "reading the catalog",
+                        "the log ended early",
+                    ))
+                }
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .map_err(|_| ClusterError::broker("reading the catalog", "not read within 60 s"))??;
+    Ok(topology)
+}
+
+/// Per query, the best `k` of every shard's neighbours: by distance (larger first for inner
+/// products), then by id.
+fn merge(
+    parts: Vec<Vec<Vec<(u64, f32)>>>,
+    nq: usize,
+    k: usize,
+    larger_is_better: bool,
+) -> Vec<Vec<(u64, f32)>> {
+    (0..nq)
+        .map(|q| {
+            let mut all: Vec<(u64, f32)> =
+                parts.iter().flat_map(|p| p[q].iter().copied()).collect();
+            all.sort_by(|a, b| {
+                let by_distance = if larger_is_better {
+                    b.1.total_cmp(&a.1)
+                } else {
+                    a.1.total_cmp(&b.1)
+                };
+                by_distance.then(a.0.cmp(&b.0))
+            });
+            all.truncate(k);
+            all
+        })
+        .collect()
+}
+
+/// Shard `shard` of `c`, read once it has applied op `min_seq`.
+fn shard_ref(c: &ClusterCollection, shard: u32, min_seq: u64) -> ShardRef {
+    ShardRef {
+        collection: c.meta.name.clone(),
+        incarnation: c.incarnation,
+        shard,
+        min_seq,
+        wait_ms: 0,
+    }
+}
+
+fn unexpected(r: ShardResponse) -> ClusterError {
+    ClusterError::broker("asking a replica", format!("unexpected answer {r:?}"))
 }
 
 impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
@@ -350,100 +694,344 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
         format!("{}-{nanos}-{n}", self.node_id)
     }
 
-    /// Records that `name` cannot be served here.
-    fn fail(&self, name: &str, reason: String) {
-        tracing::error!(collection = %name, reason = %reason, "collection not available on this node");
-        if let Ok(mut f) = self.failed.lock() {
-            f.insert(name.to_string(), reason);
+    fn topology(&self) -> Topology {
+        match self.topology.read() {
+            Ok(t) => t.clone(),
+            Err(p) => p.into_inner().clone(),
         }
     }
 
-    /// Why `name` cannot be served here, if it cannot.
-    fn failed(&self, name: &str) -> Option<String> {
-        self.failed.lock().ok().and_then(|f| f.get(name).cloned())
+    fn cluster_collection(&self, name: &str) -> Result<ClusterCollection> {
+        let t = match self.topology.read() {
+            Ok(t) => t,
+            Err(p) => p.into_inner(),
+        };
+        t.get(name)
+            .cloned()
+            .ok_or_else(|| ClusterError::NotFound(name.into()))
     }
 
-    /// Starts following `name`'s log into `c` (its log opened with a few retries: a broker
-    /// electing a leader answers late); a failure marks the collection failed here.
-    async fn hold(&self, name: &str, c: Arc<Collection<B>>) {
-        let Some(incarnation) = self.folder.live(name).map(|l| l.created_at) else {
+    /// Records that a replica placed here cannot serve.
+    fn fail(&self, key: ShardKey, local: String, reason: String) {
+        tracing::error!(collection = %key.0, shard = key.1, reason = %reason, "replica not available on this node");
+        if let Ok(mut f) = self.failed.lock() {
+            f.insert(key, (local, reason));
+        }
+    }
+
+    /// Removes what this node holds of collections the catalog (read to `last`) does not
+    /// place here: replicas of dropped collections, older incarnations, shards placed
+    /// elsewhere. Refuses a folder holding a replica of an incarnation past `last`.
+    async fn reconcile(&self, last: u64) -> Result<()> {
+        let topology = self.topology();
+        for local in self.folder.names()? {
+            let Some((name, incarnation, shard)) = parse_local(&local) else {
+                tracing::warn!(folder = %local, "not a shard replica's folder; left alone");
+                continue;
+            };
+            if incarnation > last {
+                return Err(ClusterError::Behind {
+                    stream: crate::catalog_log::STREAM.into(),
+                    last,
+                    wanted: incarnation,
+                });
+            }
+            let placed = topology.get(&name).is_some_and(|c| {
+                c.incarnation == incarnation && c.shards_on(&self.node_id).contains(&shard)
+            });
+            if !placed {
+                tracing::info!(folder = %local, "replica no longer placed here; removing it");
+                self.remove_folder(local).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_folder(&self, local: String) {
+        let f = self.folder.clone();
+        let l = local.clone();
+        let r = tokio::task::spawn_blocking(move || f.remove::<B>(&l, None)).await;
+        if !matches!(r, Ok(Ok(()))) {
+            tracing::warn!(folder = %local, "removing a replica's folder failed; the next start tries again");
+        }
+    }
+
+    /// Opens (or creates empty) this node's replica of shard `shard` of `c` and starts
+    /// following its log; a failure marks it failed here.
+    async fn place_replica(&self, c: &ClusterCollection, shard: u32) {
+        let key = (c.meta.name.clone(), shard);
+        if self.held.lock().await.contains_key(&key) {
             return;
+        }
+        let local = local_name(&c.meta.name, c.incarnation, shard);
+        let (f, b, cfg) = (self.folder.clone(), self.backend.clone(), self.cfg.clone());
+        let mut meta = c.meta.clone();
+        meta.name = local.clone();
+        let l = local.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            if f.is_live(&l) {
+                Collection::open(&f.path(&l), b, cfg)
+            } else {
+                f.create_replica(meta, b, cfg)
+            }
+        })
+        .await;
+        let collection = match opened {
+            Ok(Ok(coll)) => Arc::new(coll),
+            Ok(Err(e)) => return self.fail(key, local, format!("it does not open: {e}")),
+            Err(e) => return self.fail(key, local, format!("opening it failed: {e}")),
         };
         let mut tries = 0;
         let log = loop {
-            match ShardLog::open(&self.js, name, incarnation, 0, self.replicas).await {
+            match ShardLog::open(&self.js, &c.meta.name, c.incarnation, shard, self.replicas).await
+            {
                 Ok(log) => break log,
                 Err(e) if tries < 6 => {
                     tries += 1;
-                    tracing::warn!(collection = %name, error = %e, "opening the collection's log failed; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(100 << tries)).await;
+                    tracing::warn!(collection = %c.meta.name, shard, error = %e, "opening the shard's log failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 << tries)).await;
                 }
-                Err(e) => {
-                    self.fail(name, format!("its log does not open: {e}"));
-                    return;
-                }
+                Err(e) => return self.fail(key, local, format!("its log does not open: {e}")),
             }
         };
-        let follower = Follower::start(log.clone(), c.clone());
+        let follower = Follower::start(log.clone(), collection.clone());
+        if let Ok(mut f) = self.failed.lock() {
+            f.remove(&key);
+        }
         self.held.lock().await.insert(
-            name.to_string(),
+            key,
             Replica {
-                collection: c,
+                collection,
+                incarnation: c.incarnation,
                 log,
                 follower,
+                local,
             },
         );
     }
 
-    /// Applies catalog entry `seq` here.
-    async fn apply_catalog(&self, seq: u64, op: CatalogOp) -> Result<()> {
-        let dropping = match &op {
-            CatalogOp::Drop { name } => self.held.lock().await.remove(name),
-            _ => None,
+    /// Removes every replica of `name` this node holds (or failed to), and their logs.
+    async fn remove_replicas(&self, name: &str) {
+        let removed: Vec<Replica<B>> = {
+            let mut held = self.held.lock().await;
+            let keys: Vec<ShardKey> = held.keys().filter(|k| k.0 == name).cloned().collect();
+            keys.into_iter().filter_map(|k| held.remove(&k)).collect()
         };
-        let (handle, log) = match dropping {
-            Some(r) => {
-                if let Err(e) = r.follower.stop().await {
-                    tracing::warn!(error = %e, "a dropped collection's follower had stopped");
-                }
-                (Some(r.collection), Some(r.log))
+        for r in removed {
+            if let Err(e) = r.follower.stop().await {
+                tracing::debug!(error = %e, "a dropped replica's follower had stopped");
             }
-            None => (None, None),
+            let (f, l, c) = (self.folder.clone(), r.local.clone(), r.collection.clone());
+            let done = tokio::task::spawn_blocking(move || f.remove(&l, Some(&c))).await;
+            if !matches!(done, Ok(Ok(()))) {
+                tracing::warn!(folder = %r.local, "removing a dropped replica failed; the next start removes it");
+            }
+            // Its log goes with it (any node holding a replica may get there first).
+            if let Err(e) = r.log.delete().await {
+                tracing::debug!(log = r.log.stream(), error = %e, "deleting a dropped shard's log");
+            }
+        }
+        let failed: Vec<String> = match self.failed.lock() {
+            Ok(mut f) => {
+                let keys: Vec<ShardKey> = f.keys().filter(|k| k.0 == name).cloned().collect();
+                keys.into_iter()
+                    .filter_map(|k| f.remove(&k).map(|v| v.0))
+                    .collect()
+            }
+            Err(_) => Vec::new(),
         };
-        let (f, b, cfg) = (self.folder.clone(), self.backend.clone(), self.cfg.clone());
-        let name = op.name().map(str::to_string);
-        let applied =
-            tokio::task::spawn_blocking(move || f.apply(seq, op, handle.as_deref(), b, cfg))
-                .await
-                .map_err(|e| ClusterError::broker("applying a catalog entry", e))?;
-        match (applied, name) {
-            (Ok(CatalogApplied::Created(c)), Some(name)) => {
-                if let Ok(mut f) = self.failed.lock() {
-                    f.remove(&name);
-                }
-                self.hold(&name, Arc::new(*c)).await
+        for local in failed {
+            self.remove_folder(local).await;
+        }
+        self.logs.lock().await.retain(|k, _| k.0 != name);
+    }
+
+    /// The log of shard `shard` of `c` (opened once).
+    async fn shard_log(&self, c: &ClusterCollection, shard: u32) -> Result<ShardLog> {
+        if let Some(r) = self.held.lock().await.get(&(c.meta.name.clone(), shard)) {
+            if r.incarnation == c.incarnation {
+                return Ok(r.log.clone());
             }
-            (Ok(CatalogApplied::Dropped), Some(name)) => {
-                if let Ok(mut f) = self.failed.lock() {
-                    f.remove(&name);
+        }
+        let key = (c.meta.name.clone(), c.incarnation, shard);
+        if let Some(log) = self.logs.lock().await.get(&key) {
+            return Ok(log.clone());
+        }
+        let log =
+            ShardLog::open(&self.js, &c.meta.name, c.incarnation, shard, self.replicas).await?;
+        self.logs.lock().await.insert(key, log.clone());
+        Ok(log)
+    }
+
+    /// Asks a replica of shard `shard` of `c`: this node's first, then those on nodes that
+    /// are up, then the others; the next one when one fails, until `deadline`.
+    async fn ask_shard(
+        &self,
+        c: &ClusterCollection,
+        shard: u32,
+        request: ShardRequest,
+        deadline: Instant,
+    ) -> Result<ShardResponse> {
+        let mut nodes: Vec<&String> = c.placement[shard as usize].iter().collect();
+        // Stable: this node first, then those up, each group in placement order.
+        nodes.sort_by_key(|n| (**n != self.node_id, !self.members.is_live(n)));
+        let mut why = Vec::new();
+        for node in nodes {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                why.push("deadline reached".to_string());
+                break;
+            }
+            let mut request = request.clone();
+            request.shard_mut().wait_ms = left.as_millis() as u64;
+            let answer = if *node == self.node_id {
+                Ok(self.answer(request).await)
+            } else {
+                rpc::call(&self.client, node, &request, left).await
+            };
+            match answer {
+                Ok(ShardResponse::Failed(e)) => why.push(format!("{node}: {e}")),
+                Ok(a) => {
+                    if let Ok(mut r) = self.routed.lock() {
+                        *r.entry((c.meta.name.clone(), shard, node.clone()))
+                            .or_default() += 1;
+                    }
+                    return Ok(a);
                 }
-                // Its log goes with it (any node may get there first).
-                if let Some(log) = log {
-                    if let Err(e) = log.delete().await {
-                        tracing::debug!(log = log.stream(), error = %e, "deleting a dropped collection's log");
+                Err(e) => why.push(format!("{node}: {e}")),
+            }
+        }
+        Err(ClusterError::Unavailable {
+            name: c.meta.name.clone(),
+            reason: format!("no replica of shard {shard} answered ({})", why.join("; ")),
+        })
+    }
+
+    /// Answers a request about a replica this node holds.
+    async fn answer(&self, request: ShardRequest) -> ShardResponse {
+        let r = request.shard().clone();
+        let (collection, mut progress) = {
+            let held = self.held.lock().await;
+            match held.get(&(r.collection.clone(), r.shard)) {
+                Some(rep) if rep.incarnation == r.incarnation => {
+                    (rep.collection.clone(), rep.follower.progress())
+                }
+                _ => return ShardResponse::Failed("no such replica here".into()),
+            }
+        };
+        if r.min_seq > 0 {
+            let wait = async {
+                loop {
+                    if *progress.borrow_and_update() >= r.min_seq {
+                        return true;
+                    }
+                    if progress.changed().await.is_err() {
+                        return false;
                     }
                 }
+            };
+            let in_time = tokio::time::timeout(Duration::from_millis(r.wait_ms.max(1)), wait).await;
+            if in_time != Ok(true) {
+                return ShardResponse::Failed(format!(
+                    "behind: op {} not applied here in time",
+                    r.min_seq
+                ));
             }
-            (Ok(_), _) => {}
-            // The entry is applied here (its number is the folder's) but its folder work
-            // failed: the collection is reported, the catalog goes on.
-            (Err(e), Some(name)) if self.folder.catalog_seq() >= seq => {
-                self.fail(&name, format!("applying catalog entry {seq} failed: {e}"));
-            }
-            (Err(e), _) => return Err(e.into()),
         }
-        self.applied.send_replace(seq);
-        Ok(())
+        let done = tokio::task::spawn_blocking(move || answer_locally(&collection, request)).await;
+        match done {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => ShardResponse::Failed(e.to_string()),
+            Err(e) => ShardResponse::Failed(format!("the request failed: {e}")),
+        }
+    }
+}
+
+/// Runs a request on a replica (blocking).
+fn answer_locally<B: Backend + Clone + Send + Sync + 'static>(
+    c: &Collection<B>,
+    request: ShardRequest,
+) -> std::result::Result<ShardResponse, StoreError> {
+    let parse = |f: &str| {
+        Filter::parse_text(f).map_err(|e| StoreError::Invalid {
+            field: "filter",
+            reason: e.to_string(),
+        })
+    };
+    Ok(match request {
+        ShardRequest::Search {
+            queries,
+            nq,
+            k,
+            nprobe,
+            refine_factor,
+            filter,
+            ..
+        } => {
+            let key = SearchKey {
+                k,
+                nprobe,
+                refine_factor,
+            };
+            let n = match filter {
+                Some(f) => c.search_filtered(&queries, nq, key, &[parse(&f)?], &vec![0; nq])?,
+                None => c.search(&queries, nq, key)?,
+            };
+            let per = n.k;
+            ShardResponse::Neighbors(
+                (0..nq)
+                    .map(|q| {
+                        (q * per..(q + 1) * per)
+                            .filter(|&i| n.ids[i] >= 0)
+                            .map(|i| (n.ids[i] as u64, n.distances[i]))
+                            .collect()
+                    })
+                    .collect(),
+            )
+        }
+        ShardRequest::Get { ids, .. } => ShardResponse::Points(
+            c.get_points(&ids)
+                .into_iter()
+                .map(|(id, vector, payload)| Point {
+                    id,
+                    vector,
+                    payload,
+                })
+                .collect(),
+        ),
+        ShardRequest::Count { filter, .. } => {
+            let f = filter.as_deref().map(parse).transpose()?;
+            ShardResponse::Count(c.count(f.as_ref()) as u64)
+        }
+    })
+}
+
+/// Answers other nodes' requests on this node's subject until `stop` turns true.
+async fn answer_requests<B: Backend + Clone + Send + Sync + 'static>(
+    shared: Arc<Shared<B>>,
+    mut requests: async_nats::Subscriber,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let msg = tokio::select! {
+            _ = stop.changed() => return,
+            m = requests.next() => m,
+        };
+        let Some(msg) = msg else { return };
+        let Some(reply) = msg.reply.clone() else {
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let answer = match serde_json::from_slice::<ShardRequest>(&msg.payload) {
+                Ok(r) => shared.answer(r).await,
+                Err(e) => ShardResponse::Failed(format!("not a request: {e}")),
+            };
+            let body = serde_json::to_vec(&answer).unwrap_or_default();
+            if let Err(e) = shared.client.publish(reply, body.into()).await {
+                tracing::debug!(error = %e, "answering a node failed");
+            }
+        });
     }
 }
 
@@ -451,21 +1039,80 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
 struct CatalogTarget<B: Backend + Clone + Send + Sync + 'static>(Arc<Shared<B>>);
 
 impl<B: Backend + Clone + Send + Sync + 'static> Target for CatalogTarget<B> {
-    type Entry = CatalogOp;
+    type Entry = CatalogEntry;
 
     fn log_name(&self) -> String {
         crate::catalog_log::STREAM.into()
     }
 
     fn next_seq(&self) -> u64 {
-        self.0.folder.catalog_seq() + 1
+        *self.0.applied.borrow() + 1
     }
 
-    async fn read(&self, start: u64) -> Result<Entries<CatalogOp>> {
+    async fn read(&self, start: u64) -> Result<Entries<CatalogEntry>> {
         Ok(self.0.catalog.read_from(start).await?.boxed())
     }
 
-    async fn apply(&self, seq: u64, op: CatalogOp) -> Result<()> {
-        self.0.apply_catalog(seq, op).await
+    async fn apply(&self, seq: u64, entry: CatalogEntry) -> Result<()> {
+        let shared = &self.0;
+        let dropped = match &entry {
+            CatalogEntry::Drop { name } => Some(name.clone()),
+            CatalogEntry::Create { .. } => None,
+        };
+        let changed = match shared.topology.write() {
+            Ok(mut t) => t.apply(seq, entry),
+            Err(p) => p.into_inner().apply(seq, entry),
+        };
+        match (changed, dropped) {
+            (Some(_), Some(name)) => shared.remove_replicas(&name).await,
+            (Some(c), None) => {
+                for s in c.shards_on(&shared.node_id) {
+                    shared.place_replica(&c, s).await;
+                }
+            }
+            (None, _) => {}
+        }
+        shared.applied.send_replace(seq);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_folder_names_round_trip() {
+        for (name, inc, shard) in [
+            ("docs", 1u64, 0u32),
+            ("a.b.c", 77, 1023),
+            ("x-1_y", u64::MAX, 5),
+        ] {
+            let local = local_name(name, inc, shard);
+            assert!(quiver_store::valid_folder_name(&local) || local.len() > 128);
+            assert_eq!(parse_local(&local), Some((name.to_string(), inc, shard)));
+        }
+        assert_eq!(parse_local("docs"), None);
+        assert_eq!(parse_local("docs.x.1"), None);
+        assert_eq!(parse_local(".1.2"), None);
+    }
+
+    #[test]
+    fn merge_orders_by_distance_then_id_in_the_metric_direction() {
+        let a = vec![vec![(1, 0.5), (4, 2.0)], vec![]];
+        let b = vec![vec![(3, 0.5), (2, 1.0)], vec![(9, 1.0)]];
+        let m = merge(vec![a.clone(), b.clone()], 2, 3, false);
+        assert_eq!(m[0], vec![(1, 0.5), (3, 0.5), (2, 1.0)]);
+        assert_eq!(m[1], vec![(9, 1.0)]);
+        let m = merge(vec![a, b], 2, 2, true);
+        assert_eq!(m[0], vec![(4, 2.0), (2, 1.0)]);
+    }
+
+    #[test]
+    fn a_write_token_names_each_shards_op() {
+        let t = WriteToken {
+            shards: vec![(0, 5), (2, 9)],
+        };
+        assert_eq!((t.seq_of(0), t.seq_of(1), t.seq_of(2)), (5, 0, 9));
     }
 }

@@ -1,9 +1,11 @@
-//! Nodes of a cluster on a real NATS JetStream server: a collection created on one node is
-//! held by every node, racing creates of one name give exactly one collection, writes taken
-//! by any node reach every replica with the same numbers and bits, a bad write is refused
-//! before it enters the log, a dropped and re-created collection starts empty, a node started
-//! later from an empty folder catches up from the logs, and a restarted node goes on from its
-//! own files.
+//! Nodes of a cluster on a real NATS JetStream server: a collection of 2 shards × 2 replicas
+//! on 3 nodes is placed the same on every node, racing creates of one name give exactly one
+//! collection, writes taken by any node are split by shard and reach every replica of their
+//! shard with the same numbers and bits, a bad write is refused before it enters the log, any
+//! node's Get, Count and exact search equal a model of the acknowledged writes (brute force),
+//! reads go on while a node is down, a dropped and re-created collection starts empty, a
+//! restarted node goes on from its own files and a node whose folder was deleted catches up
+//! from the logs.
 
 mod common;
 
@@ -11,10 +13,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use quiver_cluster::{CatalogLog, ClusterError, Node};
+use quiver_cluster::placement::shard_of;
+use quiver_cluster::{CatalogEntry, CatalogLog, ClusterError, Node, SearchRequest, WriteToken};
 use quiver_engine::backend::cpu::CpuBackend;
 use quiver_store::wal::Op;
-use quiver_store::{CatalogOp, CollectionMeta, CollectionsFolder, StoreConfig, StoreError};
+use quiver_store::{CollectionMeta, CollectionsFolder, StoreConfig, StoreError};
 
 const DIM: usize = 4;
 
@@ -27,24 +30,30 @@ fn meta(name: &str) -> CollectionMeta {
     }
 }
 
+/// A point's vector in write `version`: pseudo-random, so distances do not tie.
+fn vector(id: u64, version: u64) -> Vec<f32> {
+    (0..DIM as u64)
+        .map(|j| {
+            let mut z = (id * 31 + j * 7 + version * 1_000_003).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            z ^= z >> 29;
+            (z % 1_000_000) as f32 / 1_000_000.0
+        })
+        .collect()
+}
+
 fn upsert(ids: &[u64], version: u64) -> Op {
     Op::Upsert {
         ids: ids.to_vec(),
-        vectors: ids
-            .iter()
-            .flat_map(|&id| {
-                (0..DIM as u64).map(move |j| ((id * 7 + j + version * 13) % 101) as f32 / 101.0)
-            })
-            .collect(),
+        vectors: ids.iter().flat_map(|&id| vector(id, version)).collect(),
         dim: DIM,
         payloads: Vec::new(),
     }
 }
 
-async fn node(js: &async_nats::jetstream::Context, dir: &Path, id: &str) -> Node<CpuBackend> {
+async fn node(nats: &common::NatsServer, dir: &Path, id: &str) -> Node<CpuBackend> {
     let folder = CollectionsFolder::open(dir).unwrap();
     Node::start(
-        js.clone(),
+        nats.jetstream().await,
         folder,
         CpuBackend,
         StoreConfig::default(),
@@ -55,13 +64,76 @@ async fn node(js: &async_nats::jetstream::Context, dir: &Path, id: &str) -> Node
     .unwrap()
 }
 
-async fn points(n: &Node<CpuBackend>, name: &str) -> BTreeMap<u64, Vec<u32>> {
-    let c = n.collection(name).await.expect("held");
-    let ids: Vec<u64> = (0..200).collect();
+/// What a replica holds: id → vector bits.
+async fn replica_points(n: &Node<CpuBackend>, name: &str, shard: u32) -> BTreeMap<u64, Vec<u32>> {
+    let c = n.replica(name, shard).await.expect("held");
+    let ids: Vec<u64> = (0..400).collect();
     c.get(&ids)
         .into_iter()
         .map(|(id, v)| (id, v.iter().map(|x| x.to_bits()).collect()))
         .collect()
+}
+
+/// The model's points of one shard.
+fn of_shard(model: &BTreeMap<u64, Vec<f32>>, shard: u32) -> BTreeMap<u64, Vec<u32>> {
+    model
+        .iter()
+        .filter(|(id, _)| shard_of(**id, 2) == shard)
+        .map(|(id, v)| (*id, v.iter().map(|x| x.to_bits()).collect()))
+        .collect()
+}
+
+/// The exact `k` nearest (squared L2) of `q` in the model, by distance then id.
+fn brute_force(model: &BTreeMap<u64, Vec<f32>>, q: &[f32], k: usize) -> Vec<u64> {
+    let mut all: Vec<(f32, u64)> = model
+        .iter()
+        .map(|(id, v)| (v.iter().zip(q).map(|(a, b)| (a - b) * (a - b)).sum(), *id))
+        .collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    all.into_iter().take(k).map(|(_, id)| id).collect()
+}
+
+/// Checks every node's Get, Count and search against the model.
+async fn reads_match(
+    nodes: &[&Node<CpuBackend>],
+    model: &BTreeMap<u64, Vec<f32>>,
+    after: &WriteToken,
+) {
+    let t = Duration::from_secs(10);
+    let ids: Vec<u64> = (0..400).collect();
+    let queries: Vec<f32> = (0..8).flat_map(|q| vector(10_000 + q, 7)).collect();
+    for n in nodes {
+        let got = n.get("docs", &ids, Some(after), t).await.unwrap();
+        let got: BTreeMap<u64, Vec<f32>> = got.into_iter().map(|p| (p.id, p.vector)).collect();
+        assert_eq!(&got, model, "Get on {}", n.id());
+        assert_eq!(
+            n.count("docs", None, Some(after), t).await.unwrap(),
+            model.len() as u64
+        );
+        let found = n
+            .search(
+                "docs",
+                SearchRequest {
+                    queries: queries.clone(),
+                    nq: 8,
+                    k: 10,
+                    after: Some(after.clone()),
+                    ..SearchRequest::default()
+                },
+                t,
+            )
+            .await
+            .unwrap();
+        for (q, f) in found.iter().enumerate() {
+            let want = brute_force(model, &queries[q * DIM..(q + 1) * DIM], 10);
+            assert_eq!(
+                f.iter().map(|x| x.0).collect::<Vec<_>>(),
+                want,
+                "search on {}, query {q}",
+                n.id()
+            );
+        }
+    }
 }
 
 /// Waits (up to 30 s) until `cond` holds.
@@ -80,49 +152,78 @@ async fn eventually<F: std::future::Future<Output = bool>>(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_node_holds_the_same_collections_and_points() {
+async fn sharded_replicated_collections_through_any_node() {
     let Some(nats) = common::NatsServer::start() else {
         return;
     };
     // A hang is a failure, not a stuck CI job.
-    tokio::time::timeout(Duration::from_secs(120), scenario(&nats))
+    tokio::time::timeout(Duration::from_secs(150), scenario(&nats))
         .await
-        .expect("the scenario did not end within 120 s");
+        .expect("the scenario did not end within 150 s");
 }
 
 async fn scenario(nats: &common::NatsServer) {
-    let js = nats.jetstream().await;
     let tmp = tempfile::tempdir().unwrap();
-    let a = node(&js, &tmp.path().join("a"), "a").await;
-    let b = node(&js, &tmp.path().join("b"), "b").await;
 
-    // Created on A, held by B once B has applied the catalog.
-    a.create_collection(meta("docs")).await.unwrap();
-    b.sync_catalog().await.unwrap();
-    assert_eq!(b.collections().await, vec!["docs"]);
+    let a = node(nats, &tmp.path().join("a"), "a").await;
+    let b = node(nats, &tmp.path().join("b"), "b").await;
+    let c = node(nats, &tmp.path().join("c"), "c").await;
+    for n in [&a, &b, &c] {
+        eventually("every node sees the others up", || async {
+            n.live_nodes().len() == 3
+        })
+        .await;
+    }
+
+    // Created on A with 2 shards of 2 replicas: placed on distinct nodes, the same on all.
+    let docs = a.create_collection(meta("docs"), 2, 2).await.unwrap();
+    assert_eq!(docs.placement, vec![vec!["a", "b"], vec!["c", "a"]]);
+    for n in [&b, &c] {
+        n.sync_catalog().await.unwrap();
+        assert_eq!(n.topology().get("docs"), Some(&docs));
+    }
+    assert_eq!(
+        a.held().await,
+        [("docs".to_string(), 0), ("docs".to_string(), 1)]
+    );
+    assert_eq!(b.held().await, [("docs".to_string(), 0)]);
+    assert_eq!(c.held().await, [("docs".to_string(), 1)]);
     assert!(matches!(
-        b.create_collection(meta("docs")).await,
+        b.create_collection(meta("docs"), 1, 1).await,
         Err(ClusterError::Exists(_))
     ));
-    // A description no node could open is refused before it enters the log.
+    // Descriptions and placements no node could serve are refused before they enter the log.
     let before = a.sync_catalog().await.unwrap();
     let mut bad = meta("flat");
     bad.dim = 0;
     assert!(matches!(
-        a.create_collection(bad).await,
+        a.create_collection(bad, 1, 1).await,
         Err(ClusterError::Store(StoreError::Invalid {
             field: "dim",
+            ..
+        }))
+    ));
+    assert!(matches!(
+        a.create_collection(meta("wide"), 1, 4).await,
+        Err(ClusterError::Store(StoreError::Invalid {
+            field: "replication_factor",
+            ..
+        }))
+    ));
+    assert!(matches!(
+        a.create_collection(meta("none"), 0, 1).await,
+        Err(ClusterError::Store(StoreError::Invalid {
+            field: "shard_number",
             ..
         }))
     ));
     assert_eq!(a.sync_catalog().await.unwrap(), before);
     // The catalog's compare-and-set: of two appends checked against the same last entry,
     // the second is refused (the log never holds a create its writer did not check).
-    let catalog = CatalogLog::open(&js, 1).await.unwrap();
-    let create = |name: &str| CatalogOp::Create {
-        name: name.into(),
-        meta: Some(meta(name)),
-        replica: true,
+    let catalog = CatalogLog::open(&nats.jetstream().await, 1).await.unwrap();
+    let create = |name: &str| CatalogEntry::Create {
+        meta: meta(name),
+        placement: vec![vec!["a".into()]],
     };
     let first = catalog
         .append_after(before, "cas-1", &create("cas"))
@@ -147,8 +248,8 @@ async fn scenario(nats: &common::NatsServer) {
     a.drop_collection("cas").await.unwrap();
     // Two nodes creating one name at once: exactly one wins.
     let (ra, rb) = tokio::join!(
-        a.create_collection(meta("race")),
-        b.create_collection(meta("race"))
+        a.create_collection(meta("race"), 1, 3),
+        b.create_collection(meta("race"), 1, 3)
     );
     assert_eq!(
         [ra.is_ok(), rb.is_ok()].iter().filter(|x| **x).count(),
@@ -160,21 +261,42 @@ async fn scenario(nats: &common::NatsServer) {
         Some(ClusterError::Exists(_))
     ));
 
-    // Writes taken by either node, interleaved.
-    let mut last = 0;
-    for i in 0..40u64 {
-        let ids: Vec<u64> = (i * 3..i * 3 + 5).collect();
-        let n = if i % 2 == 0 { &a } else { &b };
+    // Writes taken by every node, interleaved; the model is what was acknowledged.
+    let mut model: BTreeMap<u64, Vec<f32>> = BTreeMap::new();
+    let mut tokens = Vec::new();
+    for i in 0..45u64 {
+        let ids: Vec<u64> = (i * 5..i * 5 + 9).collect();
+        let n = [&a, &b, &c][i as usize % 3];
         let op = if i % 9 == 8 {
             Op::Delete {
-                ids: ids[..2].to_vec(),
+                ids: ids[..4].to_vec(),
             }
         } else {
             upsert(&ids, i)
         };
-        last = n.write("docs", &format!("w{i}"), op).await.unwrap();
+        let token = n.write("docs", &format!("w{i}"), op).await.unwrap();
+        match i % 9 {
+            8 => ids[..4].iter().for_each(|id| {
+                model.remove(id);
+            }),
+            _ => ids.iter().for_each(|&id| {
+                model.insert(id, vector(id, i));
+            }),
+        }
+        tokens.push(token);
     }
-    assert_eq!(last, 40);
+    // Both shards got writes, numbered from 1 without gaps in each.
+    let last = |s: u32| {
+        tokens
+            .iter()
+            .map(|t: &WriteToken| t.seq_of(s))
+            .max()
+            .unwrap()
+    };
+    assert!(last(0) > 10 && last(1) > 10, "{tokens:?}");
+    let all = WriteToken {
+        shards: vec![(0, last(0)), (1, last(1))],
+    };
     // Checked before it enters the log: nothing appended.
     let bad = Op::Upsert {
         ids: vec![1],
@@ -193,52 +315,96 @@ async fn scenario(nats: &common::NatsServer) {
         a.write("nope", "x", upsert(&[1], 0)).await,
         Err(ClusterError::NotFound(_))
     ));
-    a.wait_applied("docs", last).await.unwrap();
-    b.wait_applied("docs", last).await.unwrap();
-    let want = points(&a, "docs").await;
-    assert!(want.len() > 50);
-    assert_eq!(points(&b, "docs").await, want);
+    // A retried write (same message id) is applied once.
+    let again = a
+        .write("docs", "w3", upsert(&(15..24).collect::<Vec<_>>(), 3))
+        .await
+        .unwrap();
+    assert!(again.shards.iter().all(|&(s, q)| q <= last(s)), "{again:?}");
 
-    // Dropped on B and re-created on A: the new one starts empty (its own log).
+    for n in [&a, &b, &c] {
+        n.wait_applied("docs", &all, Duration::from_secs(20))
+            .await
+            .unwrap();
+    }
+    // Every replica holds exactly its shard's points, bit for bit.
+    eventually("every replica has applied every write", || async {
+        a.applied("docs", 0).await == Some(last(0))
+            && b.applied("docs", 0).await == Some(last(0))
+            && a.applied("docs", 1).await == Some(last(1))
+            && c.applied("docs", 1).await == Some(last(1))
+    })
+    .await;
+    for (n, s) in [(&a, 0), (&b, 0), (&a, 1), (&c, 1)] {
+        assert_eq!(
+            replica_points(n, "docs", s).await,
+            of_shard(&model, s),
+            "{} shard {s}",
+            n.id()
+        );
+    }
+    reads_match(&[&a, &b, &c], &model, &all).await;
+    assert!(b
+        .routed()
+        .iter()
+        .any(|((_, s, node), _)| *s == 1 && node != "b"));
+
+    // Dropped on B and re-created on A: the new one starts empty (its own logs).
     a.write("race", "r1", upsert(&[1, 2, 3], 0)).await.unwrap();
     b.drop_collection("race").await.unwrap();
     assert!(matches!(
         b.drop_collection("race").await,
         Err(ClusterError::NotFound(_))
     ));
-    a.sync_catalog().await.unwrap();
-    assert_eq!(a.collections().await, vec!["docs"]);
-    a.create_collection(meta("race")).await.unwrap();
-    b.sync_catalog().await.unwrap();
-    assert!(points(&b, "race").await.is_empty());
+    a.create_collection(meta("race"), 1, 3).await.unwrap();
+    for n in [&a, &b, &c] {
+        n.sync_catalog().await.unwrap();
+        assert_eq!(
+            n.count("race", None, None, Duration::from_secs(5))
+                .await
+                .unwrap(),
+            0
+        );
+    }
 
-    // A node started later from an empty folder catches up from the logs.
-    let c = node(&js, &tmp.path().join("c"), "c").await;
-    c.sync_catalog().await.unwrap();
-    assert_eq!(c.collections().await, vec!["docs", "race"]);
-    c.wait_applied("docs", last).await.unwrap();
-    assert_eq!(points(&c, "docs").await, want);
+    // C stops: every read still answers (shard 1 from A), and writes go on.
+    c.stop().await.unwrap();
+    let mut during = WriteToken::default();
+    for i in 45..55u64 {
+        let ids: Vec<u64> = (i * 5..i * 5 + 9).collect();
+        let t = [&a, &b][i as usize % 2]
+            .write("docs", &format!("w{i}"), upsert(&ids, i))
+            .await
+            .unwrap();
+        ids.iter().for_each(|&id| {
+            model.insert(id, vector(id, i));
+        });
+        during.shards.extend(t.shards);
+    }
+    reads_match(&[&a, &b], &model, &during).await;
 
-    // A restarted node goes on from its own files.
-    b.stop().await.unwrap();
-    let seq = a
-        .write("docs", "after", upsert(&[150, 151], 99))
+    // C restarted goes on from its own files; then, its folder deleted, from the logs alone.
+    let c = node(nats, &tmp.path().join("c"), "c").await;
+    c.wait_applied("docs", &during, Duration::from_secs(20))
         .await
         .unwrap();
-    let b = node(&js, &tmp.path().join("b"), "b").await;
-    b.wait_applied("docs", seq).await.unwrap();
-    c.wait_applied("docs", seq).await.unwrap();
-    a.wait_applied("docs", seq).await.unwrap();
-    let want = points(&a, "docs").await;
-    assert_eq!(want.len(), points(&c, "docs").await.len());
-    for n in [&b, &c] {
-        assert_eq!(points(n, "docs").await, want);
-    }
-    eventually("every node holds the same collections", || async {
-        b.collections().await == a.collections().await
+    let last1 = during.seq_of(1);
+    eventually("the restarted node catches up", || async {
+        c.applied("docs", 1).await == Some(last1)
     })
     .await;
+    assert_eq!(replica_points(&c, "docs", 1).await, of_shard(&model, 1));
+    c.stop().await.unwrap();
+    std::fs::remove_dir_all(tmp.path().join("c")).unwrap();
+    let c = node(nats, &tmp.path().join("c"), "c").await;
+    eventually("the wiped node catches up", || async {
+        c.applied("docs", 1).await == Some(last1)
+    })
+    .await;
+    assert_eq!(replica_points(&c, "docs", 1).await, of_shard(&model, 1));
+    reads_match(&[&a, &b, &c], &model, &during).await;
     for n in [a, b, c] {
         n.stop().await.unwrap();
     }
+    eprintln!("scenario: done");
 }

@@ -367,7 +367,7 @@ impl State {
     /// Applies one entry read from the file or about to be written.
     fn apply(&mut self, e: &CatalogEntry) -> std::result::Result<(), String> {
         if let Some(name) = e.op.name() {
-            if !crate::collection::valid_name(name) {
+            if !crate::collection::valid_folder_name(name) {
                 return Err(format!("{name:?} is not a collection name"));
             }
         }

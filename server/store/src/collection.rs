@@ -201,11 +201,70 @@ const TRAINING_MARKER: &str = "training.running";
 
 /// Checks a collection name: 1 to 64 of `[A-Za-z0-9_.-]`, not starting with a dot.
 pub fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
+    name.len() <= 64 && valid_folder_name(name)
+}
+
+/// Checks the name of a collection's folder: a collection name, or one up to 128 characters
+/// (a cluster node names its shard replicas' folders `NAME.INCARNATION.SHARD`).
+pub fn valid_folder_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
         && !name.starts_with('.')
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+}
+
+/// Refuses what [`Collection::apply`] would refuse of `ops` in a `dim`-dimensional
+/// collection whatever its points (see [`Collection::check_ops`]).
+pub fn check_ops(dim: usize, ops: &[Op]) -> Result<()> {
+    for op in ops {
+        match op {
+            Op::Upsert {
+                ids,
+                vectors,
+                dim: d,
+                payloads,
+            } => {
+                if *d != dim || vectors.len() != ids.len() * dim {
+                    return Err(StoreError::Invalid {
+                        field: "vectors",
+                        reason: format!(
+                            "{} values of dimension {d} for {} ids; the collection is {dim}-d",
+                            vectors.len(),
+                            ids.len()
+                        ),
+                    });
+                }
+                if !payloads.is_empty() && payloads.len() != ids.len() {
+                    return Err(StoreError::Invalid {
+                        field: "payloads",
+                        reason: format!("{} payloads for {} ids", payloads.len(), ids.len()),
+                    });
+                }
+                check_ids(ids)?;
+            }
+            Op::Delete { ids } | Op::SetPayload { ids, .. } => check_ids(ids)?,
+            Op::DeleteFilter { filter } => {
+                Filter::parse_text(filter).map_err(|e| StoreError::Invalid {
+                    field: "filter",
+                    reason: e.to_string(),
+                })?;
+            }
+            Op::Describe(d) => {
+                if d.fields.len() > MAX_FIELD_INDEXES {
+                    return Err(StoreError::Invalid {
+                        field: "fields",
+                        reason: format!(
+                            "{} indexed fields; at most {MAX_FIELD_INDEXES} are allowed",
+                            d.fields.len()
+                        ),
+                    });
+                }
+            }
+        }
+        wal::check_size(op)?;
+    }
+    Ok(())
 }
 
 /// Writes the folder of a new, empty collection at `dir` (which must not exist), durably.
@@ -961,55 +1020,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     /// fields, a record too large. A cluster checks a write with it before the write enters
     /// the log every replica applies.
     pub fn check_ops(&self, ops: &[Op]) -> Result<()> {
-        let dim = self.meta.read().dim;
-        for op in ops {
-            match op {
-                Op::Upsert {
-                    ids,
-                    vectors,
-                    dim: d,
-                    payloads,
-                } => {
-                    if *d != dim || vectors.len() != ids.len() * dim {
-                        return Err(StoreError::Invalid {
-                            field: "vectors",
-                            reason: format!(
-                                "{} values of dimension {d} for {} ids; the collection is {dim}-d",
-                                vectors.len(),
-                                ids.len()
-                            ),
-                        });
-                    }
-                    if !payloads.is_empty() && payloads.len() != ids.len() {
-                        return Err(StoreError::Invalid {
-                            field: "payloads",
-                            reason: format!("{} payloads for {} ids", payloads.len(), ids.len()),
-                        });
-                    }
-                    check_ids(ids)?;
-                }
-                Op::Delete { ids } | Op::SetPayload { ids, .. } => check_ids(ids)?,
-                Op::DeleteFilter { filter } => {
-                    Filter::parse_text(filter).map_err(|e| StoreError::Invalid {
-                        field: "filter",
-                        reason: e.to_string(),
-                    })?;
-                }
-                Op::Describe(d) => {
-                    if d.fields.len() > MAX_FIELD_INDEXES {
-                        return Err(StoreError::Invalid {
-                            field: "fields",
-                            reason: format!(
-                                "{} indexed fields; at most {MAX_FIELD_INDEXES} are allowed",
-                                d.fields.len()
-                            ),
-                        });
-                    }
-                }
-            }
-            wal::check_size(op)?;
-        }
-        Ok(())
+        check_ops(self.meta.read().dim, ops)
     }
 
     /// Applies the ops numbered `first_seq`, `first_seq + 1`, … of an external, gap-free log

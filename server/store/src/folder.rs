@@ -25,7 +25,7 @@ use parking_lot::Mutex;
 use quiver_engine::backend::Backend;
 
 use crate::catalog::{Catalog, CatalogOp};
-use crate::collection::{valid_name, Collection};
+use crate::collection::{valid_folder_name, Collection};
 use crate::error::{Result, StoreError};
 use crate::fsutil::{sync_dir, TEMP_PREFIX};
 use crate::manifest::{CollectionMeta, Manifest};
@@ -199,6 +199,27 @@ impl CollectionsFolder {
         backend: B,
         cfg: StoreConfig,
     ) -> Result<Collection<B>> {
+        self.create_as(meta, false, backend, cfg)
+    }
+
+    /// [`Self::create`] for a replica ([`Collection::create_replica`]: it applies another
+    /// log's numbered ops).
+    pub fn create_replica<B: Backend + Clone + 'static>(
+        &self,
+        meta: CollectionMeta,
+        backend: B,
+        cfg: StoreConfig,
+    ) -> Result<Collection<B>> {
+        self.create_as(meta, true, backend, cfg)
+    }
+
+    fn create_as<B: Backend + Clone + 'static>(
+        &self,
+        meta: CollectionMeta,
+        replica: bool,
+        backend: B,
+        cfg: StoreConfig,
+    ) -> Result<Collection<B>> {
         let name = meta.name.clone();
         self.check_new(&name)?;
         self.catalog.lock().append(
@@ -206,10 +227,10 @@ impl CollectionsFolder {
             CatalogOp::Create {
                 name: name.clone(),
                 meta: Some(meta.clone()),
-                replica: false,
+                replica,
             },
         )?;
-        let made = self.make(meta, false, backend, cfg);
+        let made = self.make(meta, replica, backend, cfg);
         if made.is_err() {
             let _ = std::fs::remove_dir_all(self.path(&name));
             if let Err(e) = self
@@ -274,7 +295,7 @@ impl CollectionsFolder {
             }
         }
         if let Some(name) = op.name() {
-            if !valid_name(name) {
+            if !valid_folder_name(name) {
                 return Err(StoreError::Invalid {
                     field: "name",
                     reason: format!("{name:?} is not a collection name"),
@@ -368,7 +389,7 @@ impl CollectionsFolder {
 
     /// Refuses a create of `name`: not a valid name, or a collection is there.
     fn check_new(&self, name: &str) -> Result<()> {
-        if !valid_name(name) {
+        if !valid_folder_name(name) {
             return Err(StoreError::Invalid {
                 field: "name",
                 reason: format!("{name:?} is not a collection name"),
@@ -471,7 +492,9 @@ fn collection_folders(root: &Path) -> Result<Vec<String>> {
         let entry = entry.map_err(|e| StoreError::io("listing", root, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let p = entry.path();
-        if valid_name(&name) && (p.join("manifest.json").exists() || p.join("meta.json").exists()) {
+        if valid_folder_name(&name)
+            && (p.join("manifest.json").exists() || p.join("meta.json").exists())
+        {
             names.push(name);
         }
     }

@@ -32,7 +32,9 @@ pub mod version;
 pub mod wal;
 
 pub use catalog::{CatalogEntry, CatalogOp};
-pub use collection::{valid_name, Applied, Collection, JobState, UpsertMode};
+pub use collection::{
+    check_ops, valid_folder_name, valid_name, Applied, Collection, JobState, UpsertMode,
+};
 pub use error::{Result, StoreError};
 pub use folder::{CatalogApplied, CollectionsFolder};
 pub use manifest::{CollectionMeta, IndexConfig};

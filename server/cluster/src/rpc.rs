@@ -1,0 +1,174 @@
+//! Requests one node sends another about a shard replica it holds, over NATS
+//! request/reply: every node answers on `quiver.rpc.<node id>`. Bodies are JSON ([`ShardRequest`]
+//! and [`ShardResponse`]); results carry only real neighbours (no padding), so every float is
+//! finite. A request names the collection's incarnation, so a replica of a collection dropped
+//! and created again under the same name never answers for the other one.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ClusterError, Result};
+
+/// The subject node `node` answers on.
+pub fn subject(node: &str) -> String {
+    format!("quiver.rpc.{node}")
+}
+
+/// Which replica a request is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRef {
+    /// The collection.
+    pub collection: String,
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// The shard.
+    pub shard: u32,
+    /// The replica must have applied this op of the shard's log first (read-your-writes);
+    /// it waits for it up to the request's deadline.
+    #[serde(default)]
+    pub min_seq: u64,
+    /// How long the replica may wait for `min_seq`, in milliseconds (the caller's deadline).
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// A request to a replica.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardRequest {
+    /// Nearest neighbours of `nq` queries.
+    Search {
+        /// The replica.
+        shard: ShardRef,
+        /// Row-major queries.
+        queries: Vec<f32>,
+        /// Number of queries.
+        nq: usize,
+        /// Neighbours per query.
+        k: usize,
+        /// Lists probed (0: the collection's default).
+        nprobe: usize,
+        /// Refine factor (0: the collection's default).
+        refine_factor: usize,
+        /// Only points passing this filter (its JSON text).
+        filter: Option<String>,
+    },
+    /// Stored points by id.
+    Get {
+        /// The replica.
+        shard: ShardRef,
+        /// Ids (of this shard).
+        ids: Vec<u64>,
+    },
+    /// Live points passing a filter (all without one).
+    Count {
+        /// The replica.
+        shard: ShardRef,
+        /// The filter's JSON text.
+        filter: Option<String>,
+    },
+}
+
+impl ShardRequest {
+    /// The replica it is for.
+    pub fn shard(&self) -> &ShardRef {
+        match self {
+            ShardRequest::Search { shard, .. }
+            | ShardRequest::Get { shard, .. }
+            | ShardRequest::Count { shard, .. } => shard,
+        }
+    }
+
+    /// The replica it is for, to change.
+    pub fn shard_mut(&mut self) -> &mut ShardRef {
+        match self {
+            ShardRequest::Search { shard, .. }
+            | ShardRequest::Get { shard, .. }
+            | ShardRequest::Count { shard, .. } => shard,
+        }
+    }
+}
+
+/// A stored point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    /// Its id.
+    pub id: u64,
+    /// Its stored vector.
+    pub vector: Vec<f32>,
+    /// Its stored payload bytes (empty: none).
+    pub payload: Vec<u8>,
+}
+
+/// A replica's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardResponse {
+    /// Per query, its neighbours best first as (id, distance).
+    Neighbors(Vec<Vec<(u64, f32)>>),
+    /// The points found.
+    Points(Vec<Point>),
+    /// A count.
+    Count(u64),
+    /// The replica could not answer; another may.
+    Failed(String),
+}
+
+/// Sends `request` to node `node` and waits up to `timeout` for its answer.
+pub async fn call(
+    client: &async_nats::Client,
+    node: &str,
+    request: &ShardRequest,
+    timeout: Duration,
+) -> Result<ShardResponse> {
+    let body = serde_json::to_vec(request).map_err(|e| ClusterError::broker("encoding", e))?;
+    let req = async_nats::Request::new()
+        .payload(body.into())
+        .timeout(Some(timeout));
+    let reply = client
+        .send_request(subject(node), req)
+        .await
+        .map_err(|e| ClusterError::broker("asking a replica", format!("node {node}: {e}")))?;
+    serde_json::from_slice(&reply.payload)
+        .map_err(|e| ClusterError::broker("asking a replica", format!("node {node} answered: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_answers_round_trip_exactly() {
+        let r = ShardRequest::Search {
+            shard: ShardRef {
+                collection: "docs".into(),
+                incarnation: 3,
+                shard: 1,
+                min_seq: 9,
+                wait_ms: 100,
+            },
+            queries: vec![0.1, f32::MIN_POSITIVE, -3.5e-12, f32::MAX],
+            nq: 1,
+            k: 10,
+            nprobe: 0,
+            refine_factor: 0,
+            filter: Some(r#"{"must":[]}"#.into()),
+        };
+        let back: ShardRequest = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+        let ShardRequest::Search { queries, .. } = &back else {
+            panic!("a search")
+        };
+        assert_eq!(
+            queries.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            [0.1f32, f32::MIN_POSITIVE, -3.5e-12, f32::MAX].map(f32::to_bits)
+        );
+        assert_eq!(back.shard().min_seq, 9);
+        let a = ShardResponse::Neighbors(vec![vec![(7, 0.25), (u64::MAX >> 2, 1e-30)]]);
+        let back: ShardResponse = serde_json::from_slice(&serde_json::to_vec(&a).unwrap()).unwrap();
+        let ShardResponse::Neighbors(n) = back else {
+            panic!("neighbours")
+        };
+        assert_eq!(n, vec![vec![(7, 0.25), (u64::MAX >> 2, 1e-30)]]);
+    }
+}
