@@ -2,8 +2,9 @@
 //! `quiver` binary.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
 
 use quiver_engine::io::{write_f32, ElementType};
 use quiver_engine::synth::ClusteredGaussian;
@@ -97,4 +98,14 @@ pub fn quiver_err(args: &[&str], needle: &str) -> String {
 /// Reads an .ivecs file as rows.
 pub fn read_ivecs(path: &Path) -> (usize, Vec<i32>) {
     quiver_engine::io::read_all_i32(path).expect("read ivecs")
+}
+
+/// The gRPC address a started `quiver serve` prints first (`listening on ADDR`); `None` when
+/// its first line is something else (it failed to start).
+pub fn listening_address(child: &mut Child) -> Option<String> {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take()?)
+        .read_line(&mut line)
+        .ok()?;
+    line.trim().strip_prefix("listening on ").map(str::to_string)
 }

@@ -217,6 +217,7 @@ async fn writer(addr: String, w: u64, seed: u64, model: Arc<Mutex<Model>>, next:
                     collection: "c".into(),
                     ids: ids.clone(),
                     filter: String::new(),
+                    ..Default::default()
                 })
                 .await
                 .map(|_| ()),
@@ -234,6 +235,7 @@ async fn writer(addr: String, w: u64, seed: u64, model: Arc<Mutex<Model>>, next:
                     collection: "c".into(),
                     ids: Vec::new(),
                     filter: filter.clone(),
+                    ..Default::default()
                 })
                 .await
                 .map(|_| ()),
@@ -454,6 +456,7 @@ async fn acknowledged_writes_survive_sigkill_during_writes_checkpoints_and_train
                     key: "w".into(),
                     r#type: FieldType::Integer as i32,
                 }],
+                ..Default::default()
             })
             .await
             .expect("create");

@@ -93,6 +93,7 @@ fn create(name: &str, dim: u32, metric: Metric, nlist: u32, pq_m: u32) -> Create
             train_at: 0,
         }),
         field_indexes: Vec::new(),
+        ..Default::default()
     }
 }
 

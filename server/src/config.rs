@@ -120,6 +120,8 @@ pub struct ServerConfig {
     pub qdrant_grpc_listen: Option<SocketAddr>,
     /// Qdrant's REST API listen address, if any (Qdrant's port: 6333).
     pub qdrant_http_listen: Option<SocketAddr>,
+    /// Cluster mode: the NATS servers and this node's id (none: a single server).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Default for ServerConfig {
@@ -141,6 +143,7 @@ impl Default for ServerConfig {
             metrics_require_key: false,
             qdrant_grpc_listen: None,
             qdrant_http_listen: None,
+            cluster: None,
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod admission;
 pub mod auth;
 pub mod backend;
 pub mod batcher;
+pub mod cluster;
 pub mod collection;
 pub mod config;
 pub mod imports;

@@ -38,6 +38,8 @@ pub struct Registry {
     writes: crate::writes::WritePool,
     write_budget: crate::writes::WriteBudget,
     limiter: Arc<crate::ratelimit::RateLimiter>,
+    /// In cluster mode, the node collection calls go through.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::ClusterFront>>,
 }
 
 /// Why the server could not open its data.
@@ -127,6 +129,7 @@ impl Registry {
             writes: crate::writes::WritePool::start(cfg.store.write_nice),
             write_budget: crate::writes::WriteBudget::new(cfg.limits.max_write_bytes),
             limiter: Arc::new(crate::ratelimit::RateLimiter::new(cfg.rate_limits)),
+            cluster: std::sync::OnceLock::new(),
         };
         for s in &cfg.static_collections {
             let fail = |message: String| OpenError::Collection {
@@ -452,8 +455,12 @@ impl Registry {
             .map_err(|e| Status::unavailable(e.to_string()))
     }
 
-    /// Answers every queued search, then checkpoints every writable collection.
+    /// Answers every queued search, then checkpoints every writable collection (and stops
+    /// the cluster node, in cluster mode).
     pub async fn shutdown(&self) {
+        if let Some(front) = self.cluster() {
+            front.stop().await;
+        }
         let all = self.list();
         // A training running now ends at its next step instead of holding the checkpoint back
         // (a supervisor's SIGKILL would otherwise come first).
@@ -480,6 +487,16 @@ impl Registry {
                 Err(e) => tracing::error!(collection = %name, error = %e, "checkpoint failed"),
             }
         }
+    }
+
+    /// Puts the server in cluster mode: collection calls go through `front` from now on.
+    pub fn join_cluster(&self, front: Arc<crate::cluster::ClusterFront>) {
+        let _ = self.cluster.set(front);
+    }
+
+    /// The cluster node collection calls go through, in cluster mode.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::ClusterFront>> {
+        self.cluster.get()
     }
 
     /// The metrics.

@@ -41,6 +41,9 @@ pub enum ServeError {
     /// The TLS files cannot be used.
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// Joining the cluster failed.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::JoinError),
 }
 
 /// Addresses actually bound (port 0 resolved).
@@ -82,6 +85,17 @@ pub async fn serve(
         })??;
     let registry = Arc::new(registry);
     registry.start();
+    if let Some(cluster) = &config.cluster {
+        let front = crate::cluster::ClusterFront::join(
+            cluster,
+            &config.data_dir,
+            config.backend.clone(),
+            config.store.clone(),
+        )
+        .await?;
+        tracing::info!(node = %cluster.node_id, nats = %cluster.urls.join(","), "joined the cluster");
+        registry.join_cluster(Arc::new(front));
+    }
 
     let (listener, grpc) = bind(config.listen).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

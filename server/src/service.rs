@@ -47,6 +47,29 @@ impl QuiverService {
         r
     }
 
+    /// Refuses a k out of range (cluster mode; a single server checks it with the memory
+    /// estimate).
+    fn check_k(&self, k: usize) -> Result<(), Status> {
+        let max_k = self.limits().max_k;
+        if k == 0 || k > max_k {
+            return Err(invalid(
+                "k",
+                format!("{k} is out of range: it must be between 1 and {max_k}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses a call cluster mode does not route yet.
+    fn not_in_cluster(&self, call: &str) -> Result<(), Status> {
+        match self.registry.cluster() {
+            Some(_) => Err(Status::unimplemented(format!(
+                "{call} is not available in cluster mode yet"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     fn limits(&self) -> &crate::config::Limits {
         &self.registry.config().limits
     }
@@ -79,7 +102,7 @@ fn metric_from_proto(m: i32) -> Result<Metric, Status> {
     }
 }
 
-fn metric_to_proto(m: Metric) -> proto::Metric {
+pub(crate) fn metric_to_proto(m: Metric) -> proto::Metric {
     match m {
         Metric::L2 => proto::Metric::L2,
         Metric::InnerProduct => proto::Metric::InnerProduct,
@@ -129,13 +152,7 @@ fn info(name: &str, c: &Collection) -> proto::CollectionInfo {
         name: name.to_string(),
         dim: meta.dim as u32,
         metric: metric_to_proto(meta.metric()) as i32,
-        index: Some(proto::IndexParams {
-            nlist: meta.index.nlist,
-            pq_m: meta.index.pq_m,
-            refine: refine_to_proto(&meta.index) as i32,
-            seed: meta.index.seed,
-            train_at: meta.index.train_at,
-        }),
+        index: Some(index_params(&meta.index)),
         count: seg.len() as u64,
         trained: seg.quantizers.is_some(),
         memory_bytes: seg.data_bytes() as u64,
@@ -144,6 +161,19 @@ fn info(name: &str, c: &Collection) -> proto::CollectionInfo {
         segments: seg.segments.len() as u32 + 1,
         drift: c.store.drift().ratio().unwrap_or(0.0),
         field_indexes: meta.fields.iter().map(field_to_proto).collect(),
+        shard_number: 1,
+        replication_factor: 1,
+    }
+}
+
+/// A collection's index parameters as the API describes them.
+pub(crate) fn index_params(c: &IndexConfig) -> proto::IndexParams {
+    proto::IndexParams {
+        nlist: c.nlist,
+        pq_m: c.pq_m,
+        refine: refine_to_proto(c) as i32,
+        seed: c.seed,
+        train_at: c.train_at,
     }
 }
 
@@ -164,7 +194,12 @@ fn failed_info(name: &str, why: &str) -> proto::CollectionInfo {
 }
 
 /// Checks `values` hold whole rows of `dim` finite values (non-zero rows for cosine).
-fn check_vectors(field: &str, values: &[f32], dim: usize, metric: Metric) -> Result<usize, Status> {
+pub(crate) fn check_vectors(
+    field: &str,
+    values: &[f32],
+    dim: usize,
+    metric: Metric,
+) -> Result<usize, Status> {
     if !values.len().is_multiple_of(dim) {
         return Err(invalid(
             field,
@@ -251,6 +286,44 @@ fn check_key(
             estimate,
             limit: limits.max_request_bytes,
         }));
+    }
+    Ok(())
+}
+
+/// Refuses an upsert whose shape does not fit a `dim`-dimensional collection of `metric`, or
+/// that holds more than `max` points.
+pub(crate) fn check_upsert_shape(
+    r: &proto::UpsertRequest,
+    dim: usize,
+    metric: Metric,
+    max: usize,
+) -> Result<(), Status> {
+    if r.ids.is_empty() {
+        return Err(invalid("ids", "empty: at least one vector is required"));
+    }
+    if r.ids.len() > max {
+        return Err(invalid(
+            "ids",
+            format!(
+                "{} vectors exceed the limit of {max} per message (--max-upsert-points)",
+                r.ids.len()
+            ),
+        ));
+    }
+    if r.vectors.len() != r.ids.len() * dim {
+        return Err(invalid(
+            "vectors",
+            format!(
+                "{} values for {} ids of dimension {dim} (expected {})",
+                r.vectors.len(),
+                r.ids.len(),
+                r.ids.len() * dim
+            ),
+        ));
+    }
+    check_vectors("vectors", &r.vectors, dim, metric)?;
+    if let Some(id) = r.ids.iter().find(|&&id| id > i64::MAX as u64) {
+        return Err(invalid("ids", format!("{id} is above 2^63-1")));
     }
     Ok(())
 }
@@ -474,36 +547,7 @@ impl QuiverService {
 
     fn check_upsert(&self, c: &Collection, r: &proto::UpsertRequest) -> Result<(), Status> {
         let meta = c.store.meta();
-        if r.ids.is_empty() {
-            return Err(invalid("ids", "empty: at least one vector is required"));
-        }
-        let max = self.limits().max_upsert_points;
-        if r.ids.len() > max {
-            return Err(invalid(
-                "ids",
-                format!(
-                    "{} vectors exceed the limit of {max} per message (--max-upsert-points)",
-                    r.ids.len()
-                ),
-            ));
-        }
-        if r.vectors.len() != r.ids.len() * meta.dim {
-            return Err(invalid(
-                "vectors",
-                format!(
-                    "{} values for {} ids of dimension {} (expected {})",
-                    r.vectors.len(),
-                    r.ids.len(),
-                    meta.dim,
-                    r.ids.len() * meta.dim
-                ),
-            ));
-        }
-        check_vectors("vectors", &r.vectors, meta.dim, meta.metric())?;
-        if let Some(id) = r.ids.iter().find(|&&id| id > i64::MAX as u64) {
-            return Err(invalid("ids", format!("{id} is above 2^63-1")));
-        }
-        Ok(())
+        check_upsert_shape(r, meta.dim, meta.metric(), self.limits().max_upsert_points)
     }
 
     /// Writes one upsert; `admitted`: its share of the write budget, taken already (by
@@ -514,6 +558,12 @@ impl QuiverService {
         r: proto::UpsertRequest,
         admitted: Option<crate::admission::PreAdmitted>,
     ) -> Result<u64, Status> {
+        if let Some(cluster) = self.registry.cluster() {
+            cluster.check_upsert(&r, self.limits().max_upsert_points)?;
+            self.take_vectors(client, r.ids.len())?;
+            let wait = r.wait;
+            return cluster.upsert(r, wait).await;
+        }
         let c = self.registry.get(&r.collection)?;
         self.check_upsert(&c, &r)?;
         let mode = match proto::UpsertMode::try_from(r.mode) {
@@ -567,6 +617,16 @@ impl Quiver for QuiverService {
         let r = async {
             check_reach(req.extensions(), "name", &req.get_ref().name)?;
             let meta = self.write_meta(req.get_ref())?;
+            let (shards, replication) = (req.get_ref().shard_number, req.get_ref().replication_factor);
+            if let Some(cluster) = self.registry.cluster() {
+                return Ok(Response::new(cluster.create(meta, shards, replication).await?));
+            }
+            if shards > 1 || replication > 1 {
+                return Err(invalid(
+                    if shards > 1 { "shard_number" } else { "replication_factor" },
+                    "a single server holds 1 shard of 1 replica: start it in cluster mode (serve --nats) for more",
+                ));
+            }
             let name = meta.name.clone();
             let registry = self.registry.clone();
             let c = blocking(move || registry.create(meta)).await?;
@@ -582,7 +642,10 @@ impl Quiver for QuiverService {
     ) -> Result<Response<proto::DropCollectionResponse>, Status> {
         let r = async {
             check_reach(req.extensions(), "name", &req.get_ref().name)?;
-            self.registry.drop_collection(&req.get_ref().name).await?;
+            match self.registry.cluster() {
+                Some(cluster) => cluster.drop_collection(&req.get_ref().name).await?,
+                None => self.registry.drop_collection(&req.get_ref().name).await?,
+            }
             Ok(Response::new(proto::DropCollectionResponse {}))
         }
         .await;
@@ -599,6 +662,9 @@ impl Quiver for QuiverService {
             .iter()
             .map(|(n, c)| info(n, c))
             .collect();
+        if let Some(cluster) = self.registry.cluster() {
+            collections = cluster.list().await;
+        }
         collections.extend(
             self.registry
                 .failed()
@@ -623,6 +689,8 @@ impl Quiver for QuiverService {
         let name = &req.get_ref().name;
         let r = if let Err(s) = check_reach(req.extensions(), "name", name) {
             Err(s)
+        } else if let Some(cluster) = self.registry.cluster() {
+            cluster.info(name).await.map(Response::new)
         } else if self.registry.is_loading(name) {
             Ok(Response::new(loading_info(name)))
         } else {
@@ -678,6 +746,11 @@ impl Quiver for QuiverService {
         let r = async {
             check_reach(req.extensions(), "collection", &req.get_ref().collection)?;
             let r = req.into_inner();
+            if let Some(cluster) = self.registry.cluster() {
+                let wait = r.wait;
+                let deleted = cluster.delete(r, wait).await?;
+                return Ok(Response::new(proto::DeleteResponse { deleted }));
+            }
             let c = self.registry.get(&r.collection)?;
             let by_filter = !r.filter.trim().is_empty();
             if by_filter && !r.ids.is_empty() {
@@ -721,6 +794,7 @@ impl Quiver for QuiverService {
         req: Request<proto::TrainRequest>,
     ) -> Result<Response<proto::CollectionInfo>, Status> {
         let r = async {
+            self.not_in_cluster("Train")?;
             check_reach(req.extensions(), "collection", &req.get_ref().collection)?;
             let r = req.into_inner();
             let c = self.registry.get(&r.collection)?;
@@ -744,6 +818,7 @@ impl Quiver for QuiverService {
         req: Request<proto::LoadIndexRequest>,
     ) -> Result<Response<proto::CollectionInfo>, Status> {
         let r = async {
+            self.not_in_cluster("LoadIndex")?;
             check_unscoped(req.extensions(), "LoadIndex (it reads the server's import folder)")?;
             let r = req.into_inner();
             if !valid_name(&r.collection) {
@@ -779,6 +854,7 @@ impl Quiver for QuiverService {
         req: Request<proto::FlushRequest>,
     ) -> Result<Response<proto::FlushResponse>, Status> {
         let r = async {
+            self.not_in_cluster("Flush")?;
             check_reach(req.extensions(), "collection", &req.get_ref().collection)?;
             let c = self.registry.get(&req.get_ref().collection)?;
             let compact = req.get_ref().compact;
@@ -803,7 +879,6 @@ impl Quiver for QuiverService {
         let r = async {
             check_reach(req.extensions(), "collection", &req.get_ref().collection)?;
             let r = req.into_inner();
-            let c = self.registry.get(&r.collection)?;
             let max = self.limits().max_queries_per_request;
             if r.ids.len() > max {
                 return Err(invalid(
@@ -811,6 +886,10 @@ impl Quiver for QuiverService {
                     format!("{} ids exceed the limit of {max} per request", r.ids.len()),
                 ));
             }
+            if let Some(cluster) = self.registry.cluster() {
+                return Ok(Response::new(cluster.get(r).await?));
+            }
+            let c = self.registry.get(&r.collection)?;
             let store = c.store.clone();
             let (with_vectors, with_payload) = (r.with_vectors, r.with_payload);
             let keys = r.payload_keys;
@@ -854,6 +933,20 @@ impl Quiver for QuiverService {
         let res = async {
             reach?;
             self.take_vectors(client, 1)?;
+            if let Some(cluster) = self.registry.cluster() {
+                self.check_k(key.k)?;
+                let mut found = cluster
+                    .search(
+                        &r.collection,
+                        r.vector,
+                        key,
+                        (&r.filter, &[]),
+                        (r.with_payload, &r.payload_keys),
+                        deadline.map(|d| d.saturating_duration_since(Instant::now())),
+                    )
+                    .await?;
+                return Ok(Response::new(found.pop().unwrap_or_default()));
+            }
             // (An unknown collection is reported by the search.)
             let fields = self
                 .registry
@@ -890,6 +983,32 @@ impl Quiver for QuiverService {
         };
         let res = async {
             reach?;
+            if let Some(cluster) = self.registry.cluster() {
+                self.check_k(key.k)?;
+                let dim = cluster.dim_of(&r.collection)?;
+                let nq = r.vectors.len() / dim.max(1);
+                if nq > self.limits().max_queries_per_request {
+                    return Err(invalid(
+                        "vectors",
+                        format!(
+                            "{nq} queries exceed the limit of {} per request",
+                            self.limits().max_queries_per_request
+                        ),
+                    ));
+                }
+                self.take_vectors(client, nq)?;
+                let results = cluster
+                    .search(
+                        &r.collection,
+                        r.vectors,
+                        key,
+                        (&r.filter, &r.filters),
+                        (r.with_payload, &r.payload_keys),
+                        deadline.map(|d| d.saturating_duration_since(Instant::now())),
+                    )
+                    .await?;
+                return Ok(Response::new(proto::SearchBatchResponse { results }));
+            }
             let meta = self.registry.get(&r.collection)?.store.meta();
             let dim = meta.dim.max(1);
             self.take_vectors(client, r.vectors.len() / dim)?;
@@ -923,6 +1042,10 @@ impl Quiver for QuiverService {
         let r = async {
             check_reach(req.extensions(), "collection", &req.get_ref().collection)?;
             let r = req.into_inner();
+            if let Some(cluster) = self.registry.cluster() {
+                let count = cluster.count(&r.collection, &r.filter).await?;
+                return Ok(Response::new(proto::CountResponse { count }));
+            }
             let c = self.registry.get(&r.collection)?;
             let filter = parse_filter("filter", &r.filter, &c.store.field_specs())?;
             let store = c.store.clone();
@@ -938,6 +1061,7 @@ impl Quiver for QuiverService {
         req: Request<proto::ScrollRequest>,
     ) -> Result<Response<proto::ScrollResponse>, Status> {
         let r = async {
+            self.not_in_cluster("Scroll")?;
             check_reach(req.extensions(), "collection", &req.get_ref().collection)?;
             let r = req.into_inner();
             let c = self.registry.get(&r.collection)?;
@@ -993,6 +1117,7 @@ impl Quiver for QuiverService {
         req: Request<proto::SetPayloadRequest>,
     ) -> Result<Response<proto::SetPayloadResponse>, Status> {
         let r = async {
+            self.not_in_cluster("SetPayload")?;
             check_reach(req.extensions(), "collection", &req.get_ref().collection)?;
             let r = req.into_inner();
             let payload = payload::encode_text(&r.payload).map_err(|e| invalid("payload", e))?;
@@ -1012,6 +1137,7 @@ impl Quiver for QuiverService {
         req: Request<proto::DeletePayloadRequest>,
     ) -> Result<Response<proto::SetPayloadResponse>, Status> {
         let r = async {
+            self.not_in_cluster("DeletePayload")?;
             check_reach(req.extensions(), "collection", &req.get_ref().collection)?;
             let r = req.into_inner();
             let edit = if r.keys.is_empty() {
@@ -1030,6 +1156,7 @@ impl Quiver for QuiverService {
         req: Request<proto::CreateFieldIndexRequest>,
     ) -> Result<Response<proto::CollectionInfo>, Status> {
         let r = async {
+            self.not_in_cluster("CreateFieldIndex")?;
             check_reach(req.extensions(), "collection", &req.get_ref().collection)?;
             let r = req.into_inner();
             let c = self.registry.get(&r.collection)?;
@@ -1050,6 +1177,7 @@ impl Quiver for QuiverService {
         req: Request<proto::DeleteFieldIndexRequest>,
     ) -> Result<Response<proto::CollectionInfo>, Status> {
         let r = async {
+            self.not_in_cluster("DeleteFieldIndex")?;
             check_reach(req.extensions(), "collection", &req.get_ref().collection)?;
             let r = req.into_inner();
             let c = self.registry.get(&r.collection)?;

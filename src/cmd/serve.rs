@@ -148,6 +148,23 @@ pub struct Args {
     /// 127.0.0.1:6334 (unless given with --qdrant-http-listen / --qdrant-grpc-listen).
     #[arg(long)]
     qdrant: bool,
+    /// Join a cluster: the NATS servers (with JetStream) holding its logs, comma-separated.
+    /// Collections are then created, written and read through the cluster (their replicas
+    /// in DATA_DIR/cluster); without it the server stands alone.
+    #[arg(
+        long,
+        value_name = "URL[,URL...]",
+        value_delimiter = ',',
+        requires = "node_id"
+    )]
+    nats: Vec<String>,
+    /// This node's id in the cluster (1 to 64 of A-Z a-z 0-9 _ -), the same across restarts:
+    /// shards are placed on node ids.
+    #[arg(long, value_name = "ID", requires = "nats")]
+    node_id: Option<String>,
+    /// Copies of each log on the JetStream cluster (3 on a cluster of 3 NATS servers).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    stream_replicas: u8,
 }
 
 fn parse_collection(s: &str) -> anyhow::Result<StaticCollection> {
@@ -274,6 +291,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         vector_burst: a.rate_limit_vector_burst,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
+    if a.node_id.is_some() && !a.collections.is_empty() {
+        bail!("--collection serves an index file from one server; in cluster mode (--nats) create collections through the API");
+    }
     let config = ServerConfig {
         rate_limits,
         metrics_require_key: a.metrics_require_key,
@@ -289,6 +309,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .qdrant_http_listen
             .or(a.qdrant.then(|| SocketAddr::from(([127, 0, 0, 1], 6333)))),
         data_dir: a.data_dir.clone(),
+        cluster: a
+            .node_id
+            .clone()
+            .map(|node_id| quiver_server::cluster::ClusterConfig {
+                urls: a.nats.clone(),
+                node_id,
+                stream_replicas: a.stream_replicas as usize,
+            }),
         static_collections,
         batching: BatchingConfig {
             max_batch: a.max_batch,

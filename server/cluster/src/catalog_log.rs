@@ -50,6 +50,12 @@ impl CatalogLog {
         })
     }
 
+    /// The log's identity: when its stream was created (a lost and re-created catalog has
+    /// another, whatever it holds).
+    pub async fn identity(&self) -> Result<String> {
+        self.stream.created().await
+    }
+
     /// The number of the last entry (0 for none).
     pub async fn last_seq(&self) -> Result<u64> {
         Ok(self.stream.bounds().await?.1)

@@ -74,6 +74,15 @@ pub enum ClusterError {
         /// Why.
         reason: String,
     },
+    /// The node's folder belongs to another cluster, or to this one before its catalog was
+    /// lost: its replicas' numbers are not this catalog's.
+    #[error("this node's folder was written for the catalog created at {folder}, not this cluster's (created at {catalog}): give the node an empty folder")]
+    Foreign {
+        /// The catalog the folder was written for.
+        folder: String,
+        /// This cluster's catalog.
+        catalog: String,
+    },
     /// No collection of that name exists in the cluster.
     #[error("collection {0:?} does not exist")]
     NotFound(String),

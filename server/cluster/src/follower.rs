@@ -116,6 +116,10 @@ impl<B: Backend + Clone + Send + Sync + 'static> Target for ShardTarget<B> {
         Ok(self.log.read_from(start).await?.boxed())
     }
 
+    async fn last_seq(&self) -> Result<u64> {
+        Ok(self.log.bounds().await?.1)
+    }
+
     async fn apply(&self, seq: u64, op: Op) -> Result<()> {
         let r = self.replica.clone();
         let done = tokio::task::spawn_blocking(move || r.apply(seq, vec![op]))

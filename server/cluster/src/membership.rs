@@ -138,6 +138,13 @@ async fn heartbeat(store: kv::Store, me: String, mut stop: watch::Receiver<bool>
     }
 }
 
+/// Whether a heartbeat stored at `created` is younger than [`LIVE_FOR`].
+fn recent(created: impl Into<std::time::SystemTime>) -> bool {
+    std::time::SystemTime::now()
+        .duration_since(created.into())
+        .map_or(true, |age| age < LIVE_FOR)
+}
+
 /// Follows the bucket into `m` (watching again after a broker failover).
 async fn watch_nodes(store: kv::Store, m: Membership, mut stop: watch::Receiver<bool>) {
     loop {
@@ -152,7 +159,11 @@ async fn watch_nodes(store: kv::Store, m: Membership, mut stop: watch::Receiver<
                 };
                 match e {
                     Some(Ok(e)) => match e.operation {
-                        kv::Operation::Put => m.mark(&e.key),
+                        // A heartbeat replayed from the bucket's history may be a node's
+                        // last before it died: only a recent one counts (by the broker's
+                        // clock against this machine's: skew shortens or lengthens it).
+                        kv::Operation::Put if recent(e.created) => m.mark(&e.key),
+                        kv::Operation::Put => {}
                         kv::Operation::Delete | kv::Operation::Purge => m.forget(&e.key),
                     },
                     Some(Err(e)) => {

@@ -93,6 +93,10 @@ struct Replica<B: Backend + Clone + Send + Sync + 'static> {
     follower: Follower,
     /// Its folder's name.
     local: String,
+    /// The log's last op when the replica was placed: until it has applied that far (caught
+    /// up after a restart or a wipe) it answers no read, as its points are older than its
+    /// peers'.
+    ready_at: u64,
 }
 
 struct Shared<B: Backend + Clone + Send + Sync + 'static> {
@@ -122,11 +126,13 @@ struct Shared<B: Backend + Clone + Send + Sync + 'static> {
     catalog_stopped: watch::Sender<Option<String>>,
 }
 
-/// A running node; [`Node::stop`] stops its followers.
+/// A running node; [`Node::stop`] stops its followers (a second stop does nothing).
 pub struct Node<B: Backend + Clone + Send + Sync + 'static> {
     shared: Arc<Shared<B>>,
     stop: watch::Sender<bool>,
-    catalog_task: tokio::task::JoinHandle<Result<()>>,
+    catalog_task: std::sync::Mutex<Option<tokio::task::JoinHandle<Result<()>>>>,
+    /// The task answering other nodes (it holds the folder: awaited by [`Node::stop`]).
+    answering: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// The folder name of a shard replica.
@@ -190,6 +196,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
             members,
             catalog_stopped: watch::channel(None).0,
         });
+        shared.check_identity().await?;
         shared.reconcile(last).await?;
         let placed: Vec<(ClusterCollection, u32)> = shared
             .topology()
@@ -204,7 +211,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
             .subscribe(rpc::subject(node_id))
             .await
             .map_err(|e| ClusterError::broker("answering other nodes", e))?;
-        tokio::spawn(answer_requests(
+        let answering = tokio::spawn(answer_requests(
             shared.clone(),
             subscription,
             stop_rx.clone(),
@@ -221,13 +228,19 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
         Ok(Node {
             shared,
             stop,
-            catalog_task,
+            catalog_task: std::sync::Mutex::new(Some(catalog_task)),
+            answering: std::sync::Mutex::new(Some(answering)),
         })
     }
 
     /// This node's id.
     pub fn id(&self) -> &str {
         &self.shared.node_id
+    }
+
+    /// A message id for a new write, unique to this node (a retry of that write reuses it).
+    pub fn new_write_id(&self) -> String {
+        self.shared.message_id()
     }
 
     /// Creates `meta.name` across the cluster with `shards` shards of `replication` replicas
@@ -260,12 +273,25 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
                 })
             })
             .await?;
-        self.shared
+        let c = self
+            .shared
             .topology()
             .get(&name)
             .filter(|c| c.incarnation == seq)
             .cloned()
-            .ok_or(ClusterError::NotFound(name))
+            .ok_or(ClusterError::NotFound(name))?;
+        // Every shard's log exists once the create is answered (writers never create one).
+        for shard in 0..c.shards() {
+            ShardLog::open(
+                &self.shared.js,
+                &c.meta.name,
+                c.incarnation,
+                shard,
+                self.shared.replicas,
+            )
+            .await?;
+        }
+        Ok(c)
     }
 
     /// Drops `name` across the cluster; returns once this node has removed its replicas.
@@ -353,13 +379,17 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
         let c = self.shared.cluster_collection(collection)?;
         quiver_store::check_ops(c.meta.dim, std::slice::from_ref(&op))?;
         let parts = split_op(op, c.shards());
-        let appends = parts.into_iter().map(|(shard, part)| {
-            let c = &c;
-            async move {
-                let log = self.shared.shard_log(c, shard).await?;
-                let a = log.append(&format!("{id}.{shard}"), &part).await?;
-                Ok::<_, ClusterError>((shard, a.seq))
-            }
+        // Every part's log found and every part checked before any is appended: a write
+        // refused for one shard is refused whole.
+        let mut ready = Vec::with_capacity(parts.len());
+        for (shard, part) in parts {
+            let log = self.shared.shard_log(&c, shard).await?;
+            log.check_op(&part)?;
+            ready.push((shard, part, log));
+        }
+        let appends = ready.into_iter().map(|(shard, part, log)| async move {
+            let a = log.append(&format!("{id}.{shard}"), &part).await?;
+            Ok::<_, ClusterError>((shard, a.seq))
         });
         let shards = futures_util::future::try_join_all(appends).await?;
         Ok(WriteToken { shards })
@@ -373,7 +403,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
         timeout: Duration,
     ) -> Result<()> {
         let c = self.shared.cluster_collection(collection)?;
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_in(timeout);
         let waits = token.shards.iter().map(|&(shard, seq)| {
             let r = shard_ref(&c, shard, seq);
             self.shared.ask_shard(
@@ -412,10 +442,13 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
         if req.queries.iter().any(|x| !x.is_finite()) {
             return Err(invalid("queries", "a value is not finite".into()));
         }
+        if req.k == 0 || req.k > MAX_K {
+            return Err(invalid("k", format!("{}: 1 to {MAX_K}", req.k)));
+        }
         if let Some(f) = &req.filter {
             Filter::parse_text(f).map_err(|e| invalid("filter", e.to_string()))?;
         }
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_in(timeout);
         let asks = (0..c.shards()).map(|shard| {
             let r = shard_ref(&c, shard, req.after.as_ref().map_or(0, |t| t.seq_of(shard)));
             let ask = ShardRequest::Search {
@@ -454,7 +487,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
         timeout: Duration,
     ) -> Result<Vec<Point>> {
         let c = self.shared.cluster_collection(collection)?;
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_in(timeout);
         let mut by_shard: Vec<Vec<u64>> = vec![Vec::new(); c.shards() as usize];
         for &id in ids {
             by_shard[shard_of(id, c.shards()) as usize].push(id);
@@ -462,7 +495,11 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
         let asks = by_shard
             .into_iter()
             .enumerate()
-            .filter(|(_, ids)| !ids.is_empty())
+            .flat_map(|(shard, ids)| {
+                ids.chunks(GET_CHUNK)
+                    .map(|chunk| (shard, chunk.to_vec()))
+                    .collect::<Vec<_>>()
+            })
             .map(|(shard, ids)| {
                 let shard = shard as u32;
                 let r = shard_ref(&c, shard, after.map_or(0, |t| t.seq_of(shard)));
@@ -476,7 +513,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
                 other => return Err(unexpected(other)),
             }
         }
-        Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+        Ok(ids.iter().filter_map(|id| found.get(id).cloned()).collect())
     }
 
     /// Live points of `collection` passing `filter` (all without one).
@@ -491,7 +528,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
         if let Some(f) = filter {
             Filter::parse_text(f).map_err(|e| invalid("filter", e.to_string()))?;
         }
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_in(timeout);
         let asks = (0..c.shards()).map(|shard| {
             let r = shard_ref(&c, shard, after.map_or(0, |t| t.seq_of(shard)));
             let ask = ShardRequest::Count {
@@ -547,8 +584,24 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
         v
     }
 
-    /// Replicas placed here that cannot serve, as (collection, shard, why), sorted.
-    pub fn failed(&self) -> Vec<(String, u32, String)> {
+    /// Replicas placed here that cannot serve, as (collection, shard, why), sorted: those
+    /// that failed to open and those whose log follower stopped.
+    pub async fn failed(&self) -> Vec<(String, u32, String)> {
+        let stopped: Vec<(String, u32, String)> = self
+            .shared
+            .held
+            .lock()
+            .await
+            .iter()
+            .filter(|(_, r)| r.follower.has_stopped())
+            .map(|((c, s), _)| {
+                (
+                    c.clone(),
+                    *s,
+                    "its log follower stopped (see the node's log)".into(),
+                )
+            })
+            .collect();
         let mut v: Vec<(String, u32, String)> = self
             .shared
             .failed
@@ -559,6 +612,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
                     .collect()
             })
             .unwrap_or_default();
+        v.extend(stopped);
         v.sort();
         v
     }
@@ -582,12 +636,20 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
 
     /// Stops following the logs, heartbeating and answering (each replica holds what it has
     /// applied; nothing is checkpointed: the next start replays its own log).
-    pub async fn stop(self) -> Result<()> {
+    pub async fn stop(&self) -> Result<()> {
         let _ = self.stop.send(true);
-        let r = match self.catalog_task.await {
-            Ok(r) => r,
-            Err(e) => Err(ClusterError::broker("following the catalog", e)),
+        let task = self.catalog_task.lock().ok().and_then(|mut t| t.take());
+        let r = match task {
+            Some(t) => match t.await {
+                Ok(r) => r,
+                Err(e) => Err(ClusterError::broker("following the catalog", e)),
+            },
+            None => Ok(()),
         };
+        let answering = self.answering.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = answering {
+            let _ = t.await;
+        }
         let held: Vec<Replica<B>> = self
             .shared
             .held
@@ -603,6 +665,17 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
         }
         r
     }
+}
+
+/// Largest k a search through the cluster may ask for.
+pub const MAX_K: usize = 16_384;
+
+/// Ids asked of one replica per request (answers stay well below NATS's message limit).
+const GET_CHUNK: usize = 64;
+
+/// The instant `timeout` from now (a day at most).
+fn deadline_in(timeout: Duration) -> Instant {
+    Instant::now() + timeout.min(Duration::from_secs(86_400))
 }
 
 /// Reads catalog entries 1 to `last` (the whole log when this node starts).
@@ -719,6 +792,32 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
         }
     }
 
+    /// Refuses a folder written for another catalog (the file `cluster.identity` in it names
+    /// the catalog stream's creation; written on the first start).
+    async fn check_identity(&self) -> Result<()> {
+        let catalog = self.catalog.identity().await?;
+        let file = self.folder.root().join("cluster.identity");
+        match std::fs::read_to_string(&file) {
+            Ok(folder) if folder.trim() == catalog => Ok(()),
+            Ok(folder) => Err(ClusterError::Foreign {
+                folder: folder.trim().to_string(),
+                catalog,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let body = catalog.clone();
+                tokio::task::spawn_blocking(move || {
+                    quiver_store::fsutil::write_atomic(&file, &[body.as_bytes()])
+                })
+                .await
+                .map_err(|e| ClusterError::broker("writing the folder's identity", e))??;
+                Ok(())
+            }
+            Err(e) => Err(ClusterError::Store(quiver_store::StoreError::io(
+                "reading", &file, e,
+            ))),
+        }
+    }
+
     /// Removes what this node holds of collections the catalog (read to `last`) does not
     /// place here: replicas of dropped collections, older incarnations, shards placed
     /// elsewhere. Refuses a folder holding a replica of an incarnation past `last`.
@@ -794,6 +893,11 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
                 Err(e) => return self.fail(key, local, format!("its log does not open: {e}")),
             }
         };
+        let ready_at = match log.bounds().await {
+            Ok((_, last)) => last,
+            // Unknown: reads are answered (as before the restart) rather than refused.
+            Err(_) => 0,
+        };
         let follower = Follower::start(log.clone(), collection.clone());
         if let Ok(mut f) = self.failed.lock() {
             f.remove(&key);
@@ -806,6 +910,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
                 log,
                 follower,
                 local,
+                ready_at,
             },
         );
     }
@@ -857,8 +962,22 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
         if let Some(log) = self.logs.lock().await.get(&key) {
             return Ok(log.clone());
         }
-        let log =
-            ShardLog::open(&self.js, &c.meta.name, c.incarnation, shard, self.replicas).await?;
+        // Never created here: a write must not bring back the log of a dropped collection.
+        let log = ShardLog::open_existing(&self.js, &c.meta.name, c.incarnation, shard)
+            .await?
+            .ok_or_else(|| ClusterError::Unavailable {
+                name: c.meta.name.clone(),
+                reason: format!("the log of shard {shard} does not exist (the collection is being created or dropped); retry"),
+            })?;
+        // Still the same collection (not dropped meanwhile).
+        if self
+            .cluster_collection(&c.meta.name)
+            .map(|now| now.incarnation)
+            .ok()
+            != Some(c.incarnation)
+        {
+            return Err(ClusterError::NotFound(c.meta.name.clone()));
+        }
         self.logs.lock().await.insert(key, log.clone());
         Ok(log)
     }
@@ -872,16 +991,34 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
         request: ShardRequest,
         deadline: Instant,
     ) -> Result<ShardResponse> {
-        let mut nodes: Vec<&String> = c.placement[shard as usize].iter().collect();
+        let Some(placed) = c.placement.get(shard as usize) else {
+            return Err(invalid(
+                "shard",
+                format!(
+                    "{} has {} shards; there is no shard {shard}",
+                    c.meta.name,
+                    c.shards()
+                ),
+            ));
+        };
+        let mut nodes: Vec<&String> = placed.iter().collect();
         // Stable: this node first, then those up, each group in placement order.
         nodes.sort_by_key(|n| (**n != self.node_id, !self.members.is_live(n)));
         let mut why = Vec::new();
-        for node in nodes {
+        let tries = nodes.len();
+        for (i, node) in nodes.into_iter().enumerate() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 why.push("deadline reached".to_string());
                 break;
             }
+            // Each replica but the last gets a share of the time left, so one that does not
+            // answer (down but not yet known to be) leaves time for the others.
+            let left = if i + 1 < tries {
+                (left / (tries - i) as u32).max(left.min(Duration::from_millis(500)))
+            } else {
+                left
+            };
             let mut request = request.clone();
             request.shard_mut().wait_ms = left.as_millis() as u64;
             let answer = if *node == self.node_id {
@@ -913,6 +1050,23 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
         let (collection, mut progress) = {
             let held = self.held.lock().await;
             match held.get(&(r.collection.clone(), r.shard)) {
+                Some(rep) if rep.incarnation == r.incarnation && rep.follower.has_stopped() => {
+                    // Its data is as old as when it stopped: never answered from.
+                    return ShardResponse::Failed(
+                        "this replica's log follower stopped (see the node's log)".into(),
+                    );
+                }
+                Some(rep)
+                    if rep.incarnation == r.incarnation
+                        && r.min_seq == 0
+                        && rep.follower.applied() < rep.ready_at =>
+                {
+                    return ShardResponse::Failed(format!(
+                        "this replica is catching up (op {} of {})",
+                        rep.follower.applied(),
+                        rep.ready_at
+                    ));
+                }
                 Some(rep) if rep.incarnation == r.incarnation => {
                     (rep.collection.clone(), rep.follower.progress())
                 }
@@ -983,7 +1137,9 @@ fn answer_locally<B: Backend + Clone + Send + Sync + 'static>(
                     .map(|q| {
                         (q * per..(q + 1) * per)
                             .filter(|&i| n.ids[i] >= 0)
-                            .map(|i| (n.ids[i] as u64, n.distances[i]))
+                            // JSON has no infinities: an overflowed inner product ranks as the
+                            // largest finite one.
+                            .map(|i| (n.ids[i] as u64, n.distances[i].clamp(f32::MIN, f32::MAX)))
                             .collect()
                     })
                     .collect(),
@@ -1027,7 +1183,15 @@ async fn answer_requests<B: Backend + Clone + Send + Sync + 'static>(
                 Ok(r) => shared.answer(r).await,
                 Err(e) => ShardResponse::Failed(format!("not a request: {e}")),
             };
-            let body = serde_json::to_vec(&answer).unwrap_or_default();
+            let mut body = serde_json::to_vec(&answer).unwrap_or_default();
+            let limit = shared.client.server_info().max_payload;
+            if limit > 0 && body.len() > limit {
+                let too_large = ShardResponse::Failed(format!(
+                    "the answer takes {} bytes, above the {limit} a NATS message may hold; ask for fewer points",
+                    body.len()
+                ));
+                body = serde_json::to_vec(&too_large).unwrap_or_default();
+            }
             if let Err(e) = shared.client.publish(reply, body.into()).await {
                 tracing::debug!(error = %e, "answering a node failed");
             }
@@ -1051,6 +1215,10 @@ impl<B: Backend + Clone + Send + Sync + 'static> Target for CatalogTarget<B> {
 
     async fn read(&self, start: u64) -> Result<Entries<CatalogEntry>> {
         Ok(self.0.catalog.read_from(start).await?.boxed())
+    }
+
+    async fn last_seq(&self) -> Result<u64> {
+        self.0.catalog.last_seq().await
     }
 
     async fn apply(&self, seq: u64, entry: CatalogEntry) -> Result<()> {

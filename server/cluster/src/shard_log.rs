@@ -37,10 +37,35 @@ impl ShardLog {
         replicas: usize,
     ) -> Result<ShardLog> {
         let name = Self::stream_name(collection, incarnation, shard);
-        let subject = format!("quiver.log.{}.{incarnation}.{shard}", escape(collection));
+        let subject = Self::subject(collection, incarnation, shard);
         Ok(ShardLog {
             stream: LogStream::open(js, name, subject, replicas).await?,
         })
+    }
+
+    /// Opens the log of shard `shard` of `collection`'s incarnation `incarnation` only if its
+    /// stream exists (`None`: not created yet, or deleted with its collection): a writer must
+    /// never re-create the log of a dropped collection.
+    pub async fn open_existing(
+        js: &async_nats::jetstream::Context,
+        collection: &str,
+        incarnation: u64,
+        shard: u32,
+    ) -> Result<Option<ShardLog>> {
+        let name = Self::stream_name(collection, incarnation, shard);
+        let subject = Self::subject(collection, incarnation, shard);
+        Ok(LogStream::open_existing(js, name, subject)
+            .await?
+            .map(|stream| ShardLog { stream }))
+    }
+
+    fn subject(collection: &str, incarnation: u64, shard: u32) -> String {
+        format!("quiver.log.{}.{incarnation}.{shard}", escape(collection))
+    }
+
+    /// Refuses `op` if its message would be above the broker's largest.
+    pub fn check_op(&self, op: &Op) -> Result<()> {
+        self.stream.check_size(encode_op(op).len())
     }
 
     /// The stream's name.

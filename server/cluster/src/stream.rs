@@ -14,6 +14,9 @@ use futures_util::{Stream, StreamExt};
 
 use crate::error::{ClusterError, Result};
 
+/// Longest pull a log reader waits on (its idle heartbeat is half of it).
+const READ_EXPIRES: Duration = Duration::from_secs(2);
+
 /// How long JetStream remembers message ids to drop repeats.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
@@ -79,9 +82,44 @@ impl LogStream {
         })
     }
 
+    /// Opens the stream `name` (subject `subject`) only if it exists: `None` when it does
+    /// not (never created, or deleted with its collection).
+    pub async fn open_existing(
+        js: &jetstream::Context,
+        name: String,
+        subject: String,
+    ) -> Result<Option<LogStream>> {
+        match js.get_stream(&name).await {
+            Ok(_) => Ok(Some(LogStream {
+                js: js.clone(),
+                name,
+                subject,
+            })),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::context::GetStreamErrorKind::JetStream(j)
+                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(ClusterError::broker("opening a log stream", e)),
+        }
+    }
+
     /// The stream's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Refuses a body the broker would refuse (above its largest message).
+    pub fn check_size(&self, len: usize) -> Result<()> {
+        let limit = self.js.client().server_info().max_payload;
+        if limit > 0 && len > limit {
+            return Err(ClusterError::TooLarge { bytes: len, limit });
+        }
+        Ok(())
     }
 
     /// Appends `body` under the message id `id`; with `after`, only if the log's last entry
@@ -92,13 +130,7 @@ impl LogStream {
         body: Vec<u8>,
         after: Option<u64>,
     ) -> Result<Option<Appended>> {
-        let limit = self.js.client().server_info().max_payload;
-        if limit > 0 && body.len() > limit {
-            return Err(ClusterError::TooLarge {
-                bytes: body.len(),
-                limit,
-            });
-        }
+        self.check_size(body.len())?;
         let mut msg = PublishMessage::build().payload(body.into()).message_id(id);
         if let Some(seq) = after {
             msg = msg.expected_last_sequence(seq);
@@ -131,6 +163,21 @@ impl LogStream {
             .await
             .map_err(|e| ClusterError::broker("reading a log's state", e))?;
         Ok((info.state.first_sequence, info.state.last_sequence))
+    }
+
+    /// When the stream was created, as the broker says (RFC 3339): a stream deleted and
+    /// created again under the same name has another.
+    pub async fn created(&self) -> Result<String> {
+        let mut stream = self
+            .js
+            .get_stream(&self.name)
+            .await
+            .map_err(|e| ClusterError::broker("reading a log's state", e))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| ClusterError::broker("reading a log's state", e))?;
+        Ok(info.created.to_string())
     }
 
     /// The entries from number `start` on, in order, as they are appended (the stream never
@@ -166,6 +213,11 @@ impl LogStream {
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                     start_sequence: start.max(1),
                 },
+                // Pulls of at most this long carry idle heartbeats of half of it: a consumer
+                // lost with its server (a stream leader killed) is noticed after two missed
+                // ones and made again from the next entry, in seconds rather than the
+                // client's default half-minute.
+                max_expires: READ_EXPIRES,
                 ..Default::default()
             })
             .await

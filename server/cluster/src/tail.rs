@@ -15,6 +15,9 @@ use tokio::sync::watch;
 
 use crate::error::{ClusterError, Result};
 
+/// How long a reader may go without an entry before the log's end is checked.
+const STALL_CHECK: Duration = Duration::from_secs(2);
+
 /// Longest wait between attempts to read a log that is not reachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -31,6 +34,8 @@ pub(crate) trait Target: Send + Sync + 'static {
     fn next_seq(&self) -> u64;
     /// The log's entries from `start` on.
     fn read(&self, start: u64) -> impl Future<Output = Result<Entries<Self::Entry>>> + Send;
+    /// The number of the log's last entry.
+    fn last_seq(&self) -> impl Future<Output = Result<u64>> + Send;
     /// Applies entry `seq` (the next one).
     fn apply(&self, seq: u64, entry: Self::Entry) -> impl Future<Output = Result<()>> + Send;
 }
@@ -47,6 +52,18 @@ pub(crate) async fn follow<T: Target>(target: T, mut stop: watch::Receiver<bool>
                 let entry = tokio::select! {
                     _ = stop.changed() => return Ok(()),
                     e = entries.next() => e,
+                    // Nothing came for a while: if the log holds entries not applied, the
+                    // reader is stuck (its consumer lost with a server, not yet noticed by
+                    // the client): read again.
+                    _ = tokio::time::sleep(STALL_CHECK) => {
+                        match target.last_seq().await {
+                            Ok(last) if last >= target.next_seq() => {
+                                tracing::warn!(log = %target.log_name(), last, next = target.next_seq(), "the log's reader stalled; reading again");
+                                break;
+                            }
+                            _ => continue,
+                        }
+                    }
                 };
                 let (seq, entry) = match entry {
                     None => break,

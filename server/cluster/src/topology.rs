@@ -58,6 +58,16 @@ impl Topology {
                     tracing::warn!(collection = %meta.name, seq, "catalog entry creates a live collection; ignored");
                     return None;
                 }
+                // Nodes write placements through `place`; anything else is not served.
+                let replication = placement.first().map_or(0, Vec::len);
+                if placement.is_empty()
+                    || placement.len() > crate::placement::MAX_SHARDS as usize
+                    || replication == 0
+                    || placement.iter().any(|p| p.len() != replication)
+                {
+                    tracing::error!(collection = %meta.name, seq, "catalog entry places shards impossibly; ignored");
+                    return None;
+                }
                 let c = ClusterCollection {
                     meta,
                     incarnation: seq,

@@ -344,6 +344,7 @@ async fn scenario(nats: &common::NatsServer) {
         );
     }
     reads_match(&[&a, &b, &c], &model, &all).await;
+    // B holds no replica of shard 1: its reads of it went to A or C.
     assert!(b
         .routed()
         .iter()
@@ -351,11 +352,25 @@ async fn scenario(nats: &common::NatsServer) {
 
     // Dropped on B and re-created on A: the new one starts empty (its own logs).
     a.write("race", "r1", upsert(&[1, 2, 3], 0)).await.unwrap();
+    let old = a.topology().get("race").unwrap().incarnation;
+    let old_folder = format!("race.{old}.0");
+    assert!(tmp.path().join("a").join(&old_folder).exists());
     b.drop_collection("race").await.unwrap();
     assert!(matches!(
         b.drop_collection("race").await,
         Err(ClusterError::NotFound(_))
     ));
+    // Every node removed its replica of the dropped one, and its log is gone: a write
+    // racing the drop cannot bring it back.
+    for (n, dir) in [(&a, "a"), (&b, "b"), (&c, "c")] {
+        n.sync_catalog().await.unwrap();
+        assert!(!tmp.path().join(dir).join(&old_folder).exists(), "{dir}");
+    }
+    let js = nats.jetstream().await;
+    assert!(quiver_cluster::ShardLog::open_existing(&js, "race", old, 0)
+        .await
+        .unwrap()
+        .is_none());
     a.create_collection(meta("race"), 1, 3).await.unwrap();
     for n in [&a, &b, &c] {
         n.sync_catalog().await.unwrap();
@@ -369,6 +384,8 @@ async fn scenario(nats: &common::NatsServer) {
 
     // C stops: every read still answers (shard 1 from A), and writes go on.
     c.stop().await.unwrap();
+    // Its folder is free once the node is gone.
+    drop(c);
     let mut during = WriteToken::default();
     for i in 45..55u64 {
         let ids: Vec<u64> = (i * 5..i * 5 + 9).collect();
@@ -382,6 +399,11 @@ async fn scenario(nats: &common::NatsServer) {
         during.shards.extend(t.shards);
     }
     reads_match(&[&a, &b], &model, &during).await;
+    // With C down, B's reads of shard 1 went to A.
+    assert!(b
+        .routed()
+        .iter()
+        .any(|((_, s, node), _)| *s == 1 && node == "a"));
 
     // C restarted goes on from its own files; then, its folder deleted, from the logs alone.
     let c = node(nats, &tmp.path().join("c"), "c").await;
@@ -395,6 +417,8 @@ async fn scenario(nats: &common::NatsServer) {
     .await;
     assert_eq!(replica_points(&c, "docs", 1).await, of_shard(&model, 1));
     c.stop().await.unwrap();
+    // Its folder is free once the node is gone.
+    drop(c);
     std::fs::remove_dir_all(tmp.path().join("c")).unwrap();
     let c = node(nats, &tmp.path().join("c"), "c").await;
     eventually("the wiped node catches up", || async {
@@ -403,8 +427,31 @@ async fn scenario(nats: &common::NatsServer) {
     .await;
     assert_eq!(replica_points(&c, "docs", 1).await, of_shard(&model, 1));
     reads_match(&[&a, &b, &c], &model, &during).await;
+    assert!(a.failed().await.is_empty() && c.failed().await.is_empty());
+
+    // A folder written for another catalog (or before this one was lost) is refused.
+    let foreign = tmp.path().join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(
+        foreign.join("cluster.identity"),
+        "2001-01-01 0:00:00.0 +00:00:00",
+    )
+    .unwrap();
+    let refused = Node::start(
+        nats.jetstream().await,
+        CollectionsFolder::open(&foreign).unwrap(),
+        CpuBackend,
+        StoreConfig::default(),
+        1,
+        "d",
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(ClusterError::Foreign { .. })),
+        "{:?}",
+        refused.err()
+    );
     for n in [a, b, c] {
         n.stop().await.unwrap();
     }
-    eprintln!("scenario: done");
 }

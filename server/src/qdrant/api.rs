@@ -410,6 +410,8 @@ impl QdrantApi {
                 train_at: 0,
             }),
             field_indexes: Vec::new(),
+            shard_number: 0,
+            replication_factor: 0,
         };
         let mut meta = self
             .svc
@@ -559,6 +561,7 @@ impl QdrantApi {
                 UpsertMode::InsertOnly => proto::UpsertMode::InsertOnly,
                 UpsertMode::UpdateOnly => proto::UpsertMode::UpdateOnly,
             } as i32,
+            wait: false,
         };
         let mut req = request(native, client, None);
         if let Some(share) = admitted {
@@ -592,12 +595,14 @@ impl QdrantApi {
                     collection: name.to_string(),
                     ids,
                     filter: String::new(),
+                    wait: false,
                 }
             }
             Selector::Filter(filter) => proto::DeleteRequest {
                 collection: name.to_string(),
                 ids: Vec::new(),
                 filter,
+                wait: false,
             },
         };
         self.svc.delete(request(native, client, None)).await?;

@@ -329,6 +329,7 @@ fn grpc_seeds() -> Vec<(String, Vec<u8>)> {
             key: "source".into(),
             r#type: proto::FieldType::Keyword as i32,
         }],
+        ..Default::default()
     }
     .encode_to_vec();
     let upsert = |from: u64, n: u64| {
@@ -421,12 +422,14 @@ fn grpc_seeds() -> Vec<(String, Vec<u8>)> {
         collection: name.clone(),
         ids: vec![4, 5],
         filter: String::new(),
+        ..Default::default()
     }
     .encode_to_vec();
     let delete_filter = proto::DeleteRequest {
         collection: name.clone(),
         ids: vec![],
         filter: r#"{"must": [{"key": "n", "range": {"gte": 90}}]}"#.into(),
+        ..Default::default()
     }
     .encode_to_vec();
     let train = proto::TrainRequest {

@@ -1,0 +1,498 @@
+//! Cluster mode of the native service (`quiver serve --nats URL --node-id ID`): this server is
+//! a node of a Quiver cluster ([`quiver_cluster::Node`]) and the native API's collection,
+//! write and read calls go through it instead of the local registry: creates and drops
+//! through the catalog log, writes split by shard into the shards' logs, reads to one replica
+//! of each shard, merged. The node's replicas live in `DATA_DIR/cluster/`.
+//!
+//! A read on this server waits until the replicas it asks have applied every write this
+//! server acknowledged (read-your-writes through one server); `wait` on a write (and
+//! [`ClusterFront::wait_applied`]) waits until a replica of each shard has applied it.
+//! Calls about a collection's index life (Train, LoadIndex, Flush), Scroll and payload edits
+//! are not routed yet: they answer UNIMPLEMENTED in cluster mode.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use quiver_cluster::{ClusterCollection, ClusterError, Node, SearchRequest, WriteToken};
+use quiver_store::wal::Op;
+use quiver_store::{CollectionMeta, CollectionsFolder, StoreConfig};
+use tonic::Status;
+
+use crate::backend::AnyBackend;
+use crate::payloads::{encode_payloads, field_to_proto, parse_filter, render};
+use crate::proto;
+use crate::status::{from_store, invalid};
+
+/// How a server joins a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// NATS server URLs (any of a JetStream cluster's servers).
+    pub urls: Vec<String>,
+    /// This node's id: 1 to 64 of `[A-Za-z0-9_-]`, stable across restarts (placement names it).
+    pub node_id: String,
+    /// Copies of each stream and bucket on the JetStream cluster (3 on a 3-server cluster).
+    pub stream_replicas: usize,
+}
+
+/// Why joining the cluster failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The NATS servers could not be reached.
+    #[error("connecting to NATS at {urls}: {reason}")]
+    Connect {
+        /// The URLs.
+        urls: String,
+        /// Why.
+        reason: String,
+    },
+    /// The node's folder could not be opened.
+    #[error("the cluster node's folder: {0}")]
+    Folder(quiver_store::StoreError),
+    /// The node could not start.
+    #[error("joining the cluster: {0}")]
+    Node(ClusterError),
+}
+
+/// How long a call without a deadline may take.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The cluster node behind the native API.
+pub struct ClusterFront {
+    node: Node<AnyBackend>,
+    /// Per collection (and incarnation), the writes this server acknowledged: what its reads
+    /// wait for.
+    written: Mutex<HashMap<(String, u64), WriteToken>>,
+}
+
+impl ClusterFront {
+    /// Connects to NATS and starts this server's node over `DATA_DIR/cluster/`.
+    pub async fn join(
+        cfg: &ClusterConfig,
+        data_dir: &Path,
+        backend: AnyBackend,
+        store: StoreConfig,
+    ) -> Result<ClusterFront, JoinError> {
+        let urls = cfg.urls.join(",");
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("quiver-{}", cfg.node_id))
+            .connection_timeout(Duration::from_secs(5))
+            .connect(cfg.urls.as_slice())
+            .await
+            .map_err(|e| JoinError::Connect {
+                urls: urls.clone(),
+                reason: e.to_string(),
+            })?;
+        let js = async_nats::jetstream::new(client);
+        let root = data_dir.join("cluster");
+        let folder = tokio::task::spawn_blocking(move || CollectionsFolder::open(&root))
+            .await
+            .map_err(|e| JoinError::Folder(quiver_store::StoreError::Failed(e.to_string())))?
+            .map_err(JoinError::Folder)?;
+        // A JetStream cluster electing its leaders (all servers starting together, one
+        // restarting) refuses for a while: tried for up to a minute.
+        let mut tries = 0;
+        let node = loop {
+            let started = Node::start(
+                js.clone(),
+                folder.clone(),
+                backend.clone(),
+                store.clone(),
+                cfg.stream_replicas,
+                &cfg.node_id,
+            )
+            .await;
+            match started {
+                Ok(node) => break node,
+                Err(e @ ClusterError::Broker { .. }) if tries < 60 => {
+                    tries += 1;
+                    tracing::warn!(error = %e, "the cluster is not ready; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(JoinError::Node(e)),
+            }
+        };
+        Ok(ClusterFront {
+            node,
+            written: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The node.
+    pub fn node(&self) -> &Node<AnyBackend> {
+        &self.node
+    }
+
+    /// Stops the node (its replicas keep what they applied).
+    pub async fn stop(&self) {
+        if let Err(e) = self.node.stop().await {
+            tracing::warn!(error = %e, "the cluster node stopped with an error");
+        }
+    }
+
+    fn collection(&self, name: &str) -> Result<ClusterCollection, Status> {
+        self.node
+            .topology()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("collection {name:?} does not exist")))
+    }
+
+    /// What reads of `c` on this server wait for.
+    fn read_after(&self, c: &ClusterCollection) -> Option<WriteToken> {
+        self.written
+            .lock()
+            .get(&(c.meta.name.clone(), c.incarnation))
+            .cloned()
+    }
+
+    /// Records an acknowledged write to `c`.
+    fn wrote(&self, c: &ClusterCollection, token: &WriteToken) {
+        let mut w = self.written.lock();
+        let t = w.entry((c.meta.name.clone(), c.incarnation)).or_default();
+        for &(shard, seq) in &token.shards {
+            match t.shards.iter_mut().find(|(s, _)| *s == shard) {
+                Some(e) => e.1 = e.1.max(seq),
+                None => t.shards.push((shard, seq)),
+            }
+        }
+    }
+
+    /// Creates a collection of `shards` shards × `replication` replicas (0: 1).
+    pub async fn create(
+        &self,
+        meta: CollectionMeta,
+        shards: u32,
+        replication: u32,
+    ) -> Result<proto::CollectionInfo, Status> {
+        let c = self
+            .node
+            .create_collection(meta, shards.max(1), replication.max(1))
+            .await
+            .map_err(from_cluster)?;
+        Ok(info(&c, 0))
+    }
+
+    /// Drops a collection.
+    pub async fn drop_collection(&self, name: &str) -> Result<(), Status> {
+        self.node
+            .drop_collection(name)
+            .await
+            .map_err(from_cluster)?;
+        self.written.lock().retain(|k, _| k.0 != name);
+        Ok(())
+    }
+
+    /// A collection's description and count.
+    pub async fn info(&self, name: &str) -> Result<proto::CollectionInfo, Status> {
+        let c = self.collection(name)?;
+        let count = self
+            .node
+            .count(name, None, self.read_after(&c).as_ref(), DEFAULT_TIMEOUT)
+            .await
+            .map_err(from_cluster)?;
+        Ok(info(&c, count))
+    }
+
+    /// Every collection (with counts where a replica of each shard answers).
+    pub async fn list(&self) -> Vec<proto::CollectionInfo> {
+        let all: Vec<ClusterCollection> = self.node.topology().collections().cloned().collect();
+        let mut out = Vec::with_capacity(all.len());
+        for c in all {
+            let count = self
+                .node
+                .count(&c.meta.name, None, None, Duration::from_secs(5))
+                .await;
+            out.push(match count {
+                Ok(n) => info(&c, n),
+                Err(e) => proto::CollectionInfo {
+                    state: format!("failed: {e}"),
+                    ..info(&c, 0)
+                },
+            });
+        }
+        out
+    }
+
+    /// Refuses an upsert that does not fit its collection, or of more than `max` points.
+    pub fn check_upsert(&self, r: &proto::UpsertRequest, max: usize) -> Result<(), Status> {
+        let c = self.collection(&r.collection)?;
+        crate::service::check_upsert_shape(r, c.meta.dim, c.meta.metric(), max)
+    }
+
+    /// Writes an upsert checked by [`Self::check_upsert`]; returns the points written. Only
+    /// the plain upsert mode is routed.
+    pub async fn upsert(&self, r: proto::UpsertRequest, wait: bool) -> Result<u64, Status> {
+        let c = self.collection(&r.collection)?;
+        if r.mode != proto::UpsertMode::Upsert as i32 {
+            return Err(Status::unimplemented(
+                "insert-only and update-only upserts are not available in cluster mode yet",
+            ));
+        }
+        let dim = c.meta.dim;
+        let payloads = encode_payloads(&r.payloads, r.ids.len())?;
+        let n = r.ids.len() as u64;
+        let op = Op::Upsert {
+            ids: r.ids,
+            vectors: r.vectors,
+            dim,
+            payloads,
+        };
+        self.write(&c, op, wait).await?;
+        Ok(n)
+    }
+
+    /// Deletes ids, or the points passing a filter; returns how many of the ids were live
+    /// when the delete was taken (for a filter: how many passed it then).
+    pub async fn delete(&self, r: proto::DeleteRequest, wait: bool) -> Result<u64, Status> {
+        let c = self.collection(&r.collection)?;
+        let by_filter = !r.filter.trim().is_empty();
+        if by_filter && !r.ids.is_empty() {
+            return Err(invalid("filter", "give ids or a filter, not both"));
+        }
+        let after = self.read_after(&c);
+        let (op, live) = if by_filter {
+            parse_filter("filter", &r.filter, &c.meta.fields)?;
+            let live = self
+                .node
+                .count(
+                    &c.meta.name,
+                    Some(&r.filter),
+                    after.as_ref(),
+                    DEFAULT_TIMEOUT,
+                )
+                .await
+                .map_err(from_cluster)?;
+            (Op::DeleteFilter { filter: r.filter }, live)
+        } else {
+            if r.ids.is_empty() {
+                return Err(invalid(
+                    "ids",
+                    "empty: at least one id (or a filter) is required",
+                ));
+            }
+            let live = self
+                .node
+                .get(&c.meta.name, &r.ids, after.as_ref(), DEFAULT_TIMEOUT)
+                .await
+                .map_err(from_cluster)?
+                .len() as u64;
+            (Op::Delete { ids: r.ids }, live)
+        };
+        self.write(&c, op, wait).await?;
+        Ok(live)
+    }
+
+    async fn write(&self, c: &ClusterCollection, op: Op, wait: bool) -> Result<(), Status> {
+        let id = self.node.new_write_id();
+        let token = self
+            .node
+            .write(&c.meta.name, &id, op)
+            .await
+            .map_err(from_cluster)?;
+        self.wrote(c, &token);
+        if wait {
+            self.node
+                .wait_applied(&c.meta.name, &token, DEFAULT_TIMEOUT)
+                .await
+                .map_err(from_cluster)?;
+        }
+        Ok(())
+    }
+
+    /// Stored points by id, in request order.
+    pub async fn get(&self, r: proto::GetRequest) -> Result<proto::GetResponse, Status> {
+        let c = self.collection(&r.collection)?;
+        let points = self
+            .node
+            .get(
+                &r.collection,
+                &r.ids,
+                self.read_after(&c).as_ref(),
+                DEFAULT_TIMEOUT,
+            )
+            .await
+            .map_err(from_cluster)?;
+        Ok(proto::GetResponse {
+            points: points
+                .into_iter()
+                .map(|p| proto::Point {
+                    id: p.id,
+                    approximate: false,
+                    vector: if r.with_vectors { p.vector } else { Vec::new() },
+                    payload: if r.with_payload {
+                        render(&p.payload, &r.payload_keys)
+                    } else {
+                        String::new()
+                    },
+                })
+                .collect(),
+        })
+    }
+
+    /// The dimension of collection `name`.
+    pub fn dim_of(&self, name: &str) -> Result<usize, Status> {
+        Ok(self.collection(name)?.meta.dim)
+    }
+
+    /// Searches `nq` queries (`filters`: one per query, or none; `filter`: one for all).
+    pub async fn search(
+        &self,
+        collection: &str,
+        queries: Vec<f32>,
+        key: quiver_store::SearchKey,
+        (filter, filters): (&str, &[String]),
+        (with_payload, payload_keys): (bool, &[String]),
+        timeout: Option<Duration>,
+    ) -> Result<Vec<proto::SearchResponse>, Status> {
+        let c = self.collection(collection)?;
+        let dim = c.meta.dim;
+        let nq = crate::service::check_vectors("vectors", &queries, dim, c.meta.metric())?;
+        if nq == 0 {
+            return Err(invalid(
+                "vectors",
+                "empty: at least one query vector is required",
+            ));
+        }
+        if !filters.is_empty() && !filter.is_empty() {
+            return Err(invalid("filters", "give filter or filters, not both"));
+        }
+        if !filters.is_empty() && filters.len() != nq {
+            return Err(invalid(
+                "filters",
+                format!(
+                    "{} filters for {nq} queries (one per query, or none)",
+                    filters.len()
+                ),
+            ));
+        }
+        let text_of = |q: usize| -> &str {
+            if filters.is_empty() {
+                filter
+            } else {
+                &filters[q]
+            }
+        };
+        // Queries sharing a filter go together.
+        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+        for q in 0..nq {
+            let f = text_of(q).trim().to_string();
+            match groups.iter_mut().find(|g| g.0 == f) {
+                Some(g) => g.1.push(q),
+                None => {
+                    let field = if filters.is_empty() {
+                        "filter".to_string()
+                    } else {
+                        format!("filters[{q}]")
+                    };
+                    parse_filter(&field, &f, &c.meta.fields)?;
+                    groups.push((f, vec![q]));
+                }
+            }
+        }
+        let after = self.read_after(&c);
+        let timeout = timeout.unwrap_or(DEFAULT_TIMEOUT);
+        let mut results = vec![proto::SearchResponse::default(); nq];
+        let searches = groups.iter().map(|(f, qs)| {
+            let req = SearchRequest {
+                queries: qs
+                    .iter()
+                    .flat_map(|&q| queries[q * dim..(q + 1) * dim].iter().copied())
+                    .collect(),
+                nq: qs.len(),
+                k: key.k,
+                nprobe: key.nprobe,
+                refine_factor: key.refine_factor,
+                filter: (!f.is_empty()).then(|| f.clone()),
+                after: after.clone(),
+            };
+            self.node.search(collection, req, timeout)
+        });
+        let answers = futures_util::future::try_join_all(searches)
+            .await
+            .map_err(from_cluster)?;
+        for ((_, qs), found) in groups.iter().zip(answers) {
+            for (&q, n) in qs.iter().zip(found) {
+                results[q].neighbors = n
+                    .into_iter()
+                    .map(|(id, distance)| proto::Neighbor {
+                        id,
+                        distance,
+                        payload: String::new(),
+                    })
+                    .collect();
+            }
+        }
+        if with_payload {
+            let ids: Vec<u64> = results
+                .iter()
+                .flat_map(|r| r.neighbors.iter().map(|n| n.id))
+                .collect();
+            let points = self
+                .node
+                .get(collection, &ids, after.as_ref(), timeout)
+                .await
+                .map_err(from_cluster)?;
+            let payloads: HashMap<u64, Vec<u8>> =
+                points.into_iter().map(|p| (p.id, p.payload)).collect();
+            for n in results.iter_mut().flat_map(|r| r.neighbors.iter_mut()) {
+                n.payload = render(
+                    payloads.get(&n.id).map(Vec::as_slice).unwrap_or_default(),
+                    payload_keys,
+                );
+            }
+        }
+        Ok(results)
+    }
+
+    /// Live points passing `filter` (all when empty).
+    pub async fn count(&self, collection: &str, filter: &str) -> Result<u64, Status> {
+        let c = self.collection(collection)?;
+        parse_filter("filter", filter, &c.meta.fields)?;
+        let f = (!filter.trim().is_empty()).then_some(filter);
+        self.node
+            .count(collection, f, self.read_after(&c).as_ref(), DEFAULT_TIMEOUT)
+            .await
+            .map_err(from_cluster)
+    }
+}
+
+/// A cluster collection as the native API describes it.
+fn info(c: &ClusterCollection, count: u64) -> proto::CollectionInfo {
+    let meta = &c.meta;
+    proto::CollectionInfo {
+        name: meta.name.clone(),
+        dim: meta.dim as u32,
+        metric: crate::service::metric_to_proto(meta.metric()) as i32,
+        index: Some(crate::service::index_params(&meta.index)),
+        count,
+        state: "ready".into(),
+        field_indexes: meta.fields.iter().map(field_to_proto).collect(),
+        shard_number: c.shards(),
+        replication_factor: c.replication(),
+        ..Default::default()
+    }
+}
+
+/// The status a cluster error answers with.
+pub fn from_cluster(e: ClusterError) -> Status {
+    match e {
+        ClusterError::Store(e) => from_store(e),
+        ClusterError::NotFound(name) => {
+            Status::not_found(format!("collection {name:?} does not exist"))
+        }
+        ClusterError::Exists(name) => {
+            Status::already_exists(format!("collection {name:?} already exists"))
+        }
+        e @ ClusterError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
+        e @ (ClusterError::Broker { .. } | ClusterError::Unavailable { .. }) => {
+            Status::unavailable(e.to_string())
+        }
+        e @ (ClusterError::BadEntry { .. }
+        | ClusterError::Trimmed { .. }
+        | ClusterError::Behind { .. }
+        | ClusterError::Gap { .. }
+        | ClusterError::Foreign { .. }) => Status::internal(e.to_string()),
+    }
+}

