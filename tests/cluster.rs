@@ -413,8 +413,12 @@ async fn scenario(binary: PathBuf) {
     for w in writers {
         w.await.expect("a writer failed");
     }
-    // Searches go on a little longer with the cluster in its degraded state.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Searches go on with the cluster in its degraded state: at least 5 answered (within
+    // 30 s of the writers' end).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reads.0.load(Ordering::Relaxed) < 5 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     reader.abort();
     let (ok, failed) = (
         reads.0.load(Ordering::Relaxed),

@@ -107,5 +107,7 @@ pub fn listening_address(child: &mut Child) -> Option<String> {
     BufReader::new(child.stdout.take()?)
         .read_line(&mut line)
         .ok()?;
-    line.trim().strip_prefix("listening on ").map(str::to_string)
+    line.trim()
+        .strip_prefix("listening on ")
+        .map(str::to_string)
 }
