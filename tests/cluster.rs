@@ -114,11 +114,13 @@ impl Nats {
                 ),
             )
             .unwrap();
+            let log = std::fs::File::create(dir.join(format!("nats-{i}.log")))
+                .expect("a log file for nats-server");
             let child = Command::new(binary)
                 .arg("-c")
                 .arg(&config)
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(Stdio::from(log))
                 .spawn()
                 .expect("starting nats-server");
             servers.push(Proc(Some(child)));
@@ -185,13 +187,39 @@ fn start_node(id: &str, dir: &Path, urls: &str) -> QuiverNode {
         .stderr(Stdio::from(log))
         .spawn()
         .expect("start quiver serve");
-    let addr = common::listening_address(&mut child).unwrap_or_else(|| {
+    let addr = common::listening_address(&mut child);
+    // Killed on the way out whatever happens.
+    let proc = Proc(Some(child));
+    let addr = addr.unwrap_or_else(|| {
         let log = std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default();
         panic!("node {id} did not start; its log:\n{log}")
     });
-    QuiverNode {
-        proc: Proc(Some(child)),
-        addr,
+    QuiverNode { proc, addr }
+}
+
+/// [`start_node`] off the async threads (it blocks until the node is up).
+async fn start_node_async(id: &str, dir: PathBuf, urls: &str) -> QuiverNode {
+    let (id, urls) = (id.to_string(), urls.to_string());
+    tokio::task::spawn_blocking(move || start_node(&id, &dir, &urls))
+        .await
+        .expect("starting a node")
+}
+
+/// Retries `read` until it succeeds (a node busy with a failover answers late), for 30 s.
+async fn eventually_ok<T, F: std::future::Future<Output = Result<T, String>>>(
+    what: &str,
+    mut read: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match read().await {
+            Ok(v) => return v,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("{what}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
     }
 }
 
@@ -286,19 +314,16 @@ async fn scenario(binary: PathBuf) {
     };
     let mut nats = Nats::start(&binary, root.as_path());
     let urls = nats.urls();
-    let mut nodes: Vec<QuiverNode> = (0..3)
-        .map(|i| {
-            start_node(
-                &format!("n{i}"),
-                &root.as_path().join(format!("q{i}")),
-                &urls,
-            )
-        })
-        .collect();
+    let mut nodes: Vec<QuiverNode> = Vec::new();
+    for i in 0..3 {
+        nodes.push(start_node_async(&format!("n{i}"), root.join(format!("q{i}")), &urls).await);
+    }
     let addrs: Arc<Mutex<Vec<String>>> =
         Arc::new(Mutex::new(nodes.iter().map(|n| n.addr.clone()).collect()));
 
-    // Created once every node is up (heartbeats): 2 shards of 2 replicas on n0..n2.
+    // Created once every node has heard the others (heartbeats every 0.5 s): 2 shards of 2
+    // replicas placed [[n0, n1], [n2, n0]].
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut c0 = client(&nodes[0].addr).await.expect("node 0");
     let deadline = Instant::now() + Duration::from_secs(30);
     let info = loop {
@@ -449,7 +474,7 @@ async fn scenario(binary: PathBuf) {
         // replicas within moments.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let got = get_all(&addr, &ids).await.unwrap();
+            let got = eventually_ok("Get", || get_all(&addr, &ids)).await;
             let missing: Vec<&u64> = acked.keys().filter(|id| !got.contains_key(id)).collect();
             let wrong: Vec<&u64> = got
                 .iter()
@@ -469,18 +494,19 @@ async fn scenario(binary: PathBuf) {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let mut c = client(&addr).await.unwrap();
-        let count = c
-            .count(CountRequest {
+        let count = eventually_ok("Count", || async {
+            let mut c = client(&addr).await.ok_or("no connection")?;
+            c.count(CountRequest {
                 collection: "docs".into(),
                 ..Default::default()
             })
             .await
-            .unwrap()
-            .into_inner()
-            .count;
+            .map(|r| r.into_inner().count)
+            .map_err(|s| s.to_string())
+        })
+        .await;
         assert_eq!(count, acked.len() as u64, "Count on {addr}");
-        let found = search_all(&addr, &queries).await.unwrap();
+        let found = eventually_ok("search", || search_all(&addr, &queries)).await;
         for (q, f) in found.iter().enumerate() {
             // Exact search: each query is a stored point, found first (its distance is 0 up
             // to the rounding of |a|² + |b|² - 2a·b).
@@ -492,7 +518,7 @@ async fn scenario(binary: PathBuf) {
 
     // The killed node, restarted (its NATS server still down), catches up from the logs and
     // answers as its peers do.
-    let restarted = start_node("n2", &root.as_path().join("q2"), &urls);
+    let restarted = start_node_async("n2", root.join("q2"), &urls).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let got = get_all(&restarted.addr, &ids).await;
@@ -509,6 +535,15 @@ async fn scenario(binary: PathBuf) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     nodes[2] = restarted;
+    // It answers from its own replica: with n0 (the other replica of shard 1) killed too,
+    // every read of shard 1 is n2's, through n1 and through n2.
+    nodes[0].proc.kill();
+    for addr in [nodes[1].addr.clone(), nodes[2].addr.clone()] {
+        let got = eventually_ok("Get after n0's kill", || get_all(&addr, &ids)).await;
+        assert_eq!(got, acked, "Get on {addr} with n0 down");
+        let found = eventually_ok("search after n0's kill", || search_all(&addr, &queries)).await;
+        assert_eq!(found, answers[0], "search on {addr} with n0 down");
+    }
     drop(nodes);
     drop(nats);
 }

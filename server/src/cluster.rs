@@ -131,7 +131,13 @@ impl ClusterFront {
         }
     }
 
-    fn collection(&self, name: &str) -> Result<ClusterCollection, Status> {
+    /// Collection `name`; when this node does not know it, after reading the catalog to its
+    /// end (created through another node a moment ago).
+    async fn collection(&self, name: &str) -> Result<ClusterCollection, Status> {
+        if let Some(c) = self.node.topology().get(name) {
+            return Ok(c.clone());
+        }
+        self.node.sync_catalog().await.map_err(from_cluster)?;
         self.node
             .topology()
             .get(name)
@@ -147,10 +153,15 @@ impl ClusterFront {
             .cloned()
     }
 
-    /// Records an acknowledged write to `c`.
+    /// Records an acknowledged write to `c` (to the incarnation the token names).
     fn wrote(&self, c: &ClusterCollection, token: &WriteToken) {
         let mut w = self.written.lock();
-        let t = w.entry((c.meta.name.clone(), c.incarnation)).or_default();
+        let t = w
+            .entry((c.meta.name.clone(), token.incarnation))
+            .or_insert_with(|| WriteToken {
+                incarnation: token.incarnation,
+                shards: Vec::new(),
+            });
         for &(shard, seq) in &token.shards {
             match t.shards.iter_mut().find(|(s, _)| *s == shard) {
                 Some(e) => e.1 = e.1.max(seq),
@@ -180,13 +191,17 @@ impl ClusterFront {
             .drop_collection(name)
             .await
             .map_err(from_cluster)?;
-        self.written.lock().retain(|k, _| k.0 != name);
+        // The dropped one's tokens go (not those of one created again meanwhile).
+        let live = self.node.topology().get(name).map(|c| c.incarnation);
+        self.written
+            .lock()
+            .retain(|k, _| k.0 != name || Some(k.1) == live);
         Ok(())
     }
 
     /// A collection's description and count.
     pub async fn info(&self, name: &str) -> Result<proto::CollectionInfo, Status> {
-        let c = self.collection(name)?;
+        let c = self.collection(name).await?;
         let count = self
             .node
             .count(name, None, self.read_after(&c).as_ref(), DEFAULT_TIMEOUT)
@@ -215,21 +230,36 @@ impl ClusterFront {
         out
     }
 
-    /// Refuses an upsert that does not fit its collection, or of more than `max` points.
-    pub fn check_upsert(&self, r: &proto::UpsertRequest, max: usize) -> Result<(), Status> {
-        let c = self.collection(&r.collection)?;
+    /// Refuses an upsert that does not fit its collection, or of more than `max` points, or
+    /// in a mode not routed (only the plain upsert is).
+    pub async fn check_upsert(&self, r: &proto::UpsertRequest, max: usize) -> Result<(), Status> {
+        match proto::UpsertMode::try_from(r.mode) {
+            Ok(proto::UpsertMode::Upsert) => {}
+            Ok(_) => {
+                return Err(Status::unimplemented(
+                    "insert-only and update-only upserts are not available in cluster mode yet",
+                ))
+            }
+            Err(_) => {
+                return Err(invalid(
+                    "mode",
+                    format!("unknown upsert mode {} (0, 1 or 2)", r.mode),
+                ))
+            }
+        }
+        let c = self.collection(&r.collection).await?;
         crate::service::check_upsert_shape(r, c.meta.dim, c.meta.metric(), max)
     }
 
     /// Writes an upsert checked by [`Self::check_upsert`]; returns the points written. Only
     /// the plain upsert mode is routed.
-    pub async fn upsert(&self, r: proto::UpsertRequest, wait: bool) -> Result<u64, Status> {
-        let c = self.collection(&r.collection)?;
-        if r.mode != proto::UpsertMode::Upsert as i32 {
-            return Err(Status::unimplemented(
-                "insert-only and update-only upserts are not available in cluster mode yet",
-            ));
-        }
+    pub async fn upsert(
+        &self,
+        r: proto::UpsertRequest,
+        wait: bool,
+        timeout: Option<Duration>,
+    ) -> Result<u64, Status> {
+        let c = self.collection(&r.collection).await?;
         let dim = c.meta.dim;
         let payloads = encode_payloads(&r.payloads, r.ids.len())?;
         let n = r.ids.len() as u64;
@@ -239,14 +269,21 @@ impl ClusterFront {
             dim,
             payloads,
         };
-        self.write(&c, op, wait).await?;
+        self.write(&c, op, wait, timeout).await?;
         Ok(n)
     }
 
-    /// Deletes ids, or the points passing a filter; returns how many of the ids were live
-    /// when the delete was taken (for a filter: how many passed it then).
-    pub async fn delete(&self, r: proto::DeleteRequest, wait: bool) -> Result<u64, Status> {
-        let c = self.collection(&r.collection)?;
+    /// Deletes ids, or the points passing a filter; returns how many of the (distinct) ids
+    /// were live just before the delete was taken (for a filter: how many passed it then),
+    /// as this server read them: a write through another server in between is not counted.
+    pub async fn delete(
+        &self,
+        r: proto::DeleteRequest,
+        wait: bool,
+        timeout: Option<Duration>,
+    ) -> Result<u64, Status> {
+        let c = self.collection(&r.collection).await?;
+        let t = timeout.unwrap_or(DEFAULT_TIMEOUT);
         let by_filter = !r.filter.trim().is_empty();
         if by_filter && !r.ids.is_empty() {
             return Err(invalid("filter", "give ids or a filter, not both"));
@@ -256,12 +293,7 @@ impl ClusterFront {
             parse_filter("filter", &r.filter, &c.meta.fields)?;
             let live = self
                 .node
-                .count(
-                    &c.meta.name,
-                    Some(&r.filter),
-                    after.as_ref(),
-                    DEFAULT_TIMEOUT,
-                )
+                .count(&c.meta.name, Some(&r.filter), after.as_ref(), t)
                 .await
                 .map_err(from_cluster)?;
             (Op::DeleteFilter { filter: r.filter }, live)
@@ -272,19 +304,28 @@ impl ClusterFront {
                     "empty: at least one id (or a filter) is required",
                 ));
             }
+            let mut distinct = r.ids.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
             let live = self
                 .node
-                .get(&c.meta.name, &r.ids, after.as_ref(), DEFAULT_TIMEOUT)
+                .get(&c.meta.name, &distinct, after.as_ref(), t)
                 .await
                 .map_err(from_cluster)?
                 .len() as u64;
             (Op::Delete { ids: r.ids }, live)
         };
-        self.write(&c, op, wait).await?;
+        self.write(&c, op, wait, timeout).await?;
         Ok(live)
     }
 
-    async fn write(&self, c: &ClusterCollection, op: Op, wait: bool) -> Result<(), Status> {
+    async fn write(
+        &self,
+        c: &ClusterCollection,
+        op: Op,
+        wait: bool,
+        timeout: Option<Duration>,
+    ) -> Result<(), Status> {
         let id = self.node.new_write_id();
         let token = self
             .node
@@ -294,7 +335,7 @@ impl ClusterFront {
         self.wrote(c, &token);
         if wait {
             self.node
-                .wait_applied(&c.meta.name, &token, DEFAULT_TIMEOUT)
+                .wait_applied(&c.meta.name, &token, timeout.unwrap_or(DEFAULT_TIMEOUT))
                 .await
                 .map_err(from_cluster)?;
         }
@@ -302,15 +343,19 @@ impl ClusterFront {
     }
 
     /// Stored points by id, in request order.
-    pub async fn get(&self, r: proto::GetRequest) -> Result<proto::GetResponse, Status> {
-        let c = self.collection(&r.collection)?;
+    pub async fn get(
+        &self,
+        r: proto::GetRequest,
+        timeout: Option<Duration>,
+    ) -> Result<proto::GetResponse, Status> {
+        let c = self.collection(&r.collection).await?;
         let points = self
             .node
             .get(
                 &r.collection,
                 &r.ids,
                 self.read_after(&c).as_ref(),
-                DEFAULT_TIMEOUT,
+                timeout.unwrap_or(DEFAULT_TIMEOUT),
             )
             .await
             .map_err(from_cluster)?;
@@ -332,8 +377,8 @@ impl ClusterFront {
     }
 
     /// The dimension of collection `name`.
-    pub fn dim_of(&self, name: &str) -> Result<usize, Status> {
-        Ok(self.collection(name)?.meta.dim)
+    pub async fn dim_of(&self, name: &str) -> Result<usize, Status> {
+        Ok(self.collection(name).await?.meta.dim)
     }
 
     /// Searches `nq` queries (`filters`: one per query, or none; `filter`: one for all).
@@ -346,7 +391,7 @@ impl ClusterFront {
         (with_payload, payload_keys): (bool, &[String]),
         timeout: Option<Duration>,
     ) -> Result<Vec<proto::SearchResponse>, Status> {
-        let c = self.collection(collection)?;
+        let c = self.collection(collection).await?;
         let dim = c.meta.dim;
         let nq = crate::service::check_vectors("vectors", &queries, dim, c.meta.metric())?;
         if nq == 0 {
@@ -425,10 +470,12 @@ impl ClusterFront {
             }
         }
         if with_payload {
-            let ids: Vec<u64> = results
+            let mut ids: Vec<u64> = results
                 .iter()
                 .flat_map(|r| r.neighbors.iter().map(|n| n.id))
                 .collect();
+            ids.sort_unstable();
+            ids.dedup();
             let points = self
                 .node
                 .get(collection, &ids, after.as_ref(), timeout)
@@ -447,12 +494,22 @@ impl ClusterFront {
     }
 
     /// Live points passing `filter` (all when empty).
-    pub async fn count(&self, collection: &str, filter: &str) -> Result<u64, Status> {
-        let c = self.collection(collection)?;
+    pub async fn count(
+        &self,
+        collection: &str,
+        filter: &str,
+        timeout: Option<Duration>,
+    ) -> Result<u64, Status> {
+        let c = self.collection(collection).await?;
         parse_filter("filter", filter, &c.meta.fields)?;
         let f = (!filter.trim().is_empty()).then_some(filter);
         self.node
-            .count(collection, f, self.read_after(&c).as_ref(), DEFAULT_TIMEOUT)
+            .count(
+                collection,
+                f,
+                self.read_after(&c).as_ref(),
+                timeout.unwrap_or(DEFAULT_TIMEOUT),
+            )
             .await
             .map_err(from_cluster)
     }

@@ -559,10 +559,12 @@ impl QuiverService {
         admitted: Option<crate::admission::PreAdmitted>,
     ) -> Result<u64, Status> {
         if let Some(cluster) = self.registry.cluster() {
-            cluster.check_upsert(&r, self.limits().max_upsert_points)?;
+            cluster
+                .check_upsert(&r, self.limits().max_upsert_points)
+                .await?;
             self.take_vectors(client, r.ids.len())?;
             let wait = r.wait;
-            return cluster.upsert(r, wait).await;
+            return cluster.upsert(r, wait, None).await;
         }
         let c = self.registry.get(&r.collection)?;
         self.check_upsert(&c, &r)?;
@@ -663,7 +665,14 @@ impl Quiver for QuiverService {
             .map(|(n, c)| info(n, c))
             .collect();
         if let Some(cluster) = self.registry.cluster() {
-            collections = cluster.list().await;
+            let mut collections = cluster.list().await;
+            collections.retain(|c| in_reach(req.extensions(), &c.name));
+            return self.record(
+                "ListCollections",
+                Ok(Response::new(proto::ListCollectionsResponse {
+                    collections,
+                })),
+            );
         }
         collections.extend(
             self.registry
@@ -745,10 +754,11 @@ impl Quiver for QuiverService {
     ) -> Result<Response<proto::DeleteResponse>, Status> {
         let r = async {
             check_reach(req.extensions(), "collection", &req.get_ref().collection)?;
+            let timeout = grpc_timeout(&req);
             let r = req.into_inner();
             if let Some(cluster) = self.registry.cluster() {
                 let wait = r.wait;
-                let deleted = cluster.delete(r, wait).await?;
+                let deleted = cluster.delete(r, wait, timeout).await?;
                 return Ok(Response::new(proto::DeleteResponse { deleted }));
             }
             let c = self.registry.get(&r.collection)?;
@@ -878,6 +888,7 @@ impl Quiver for QuiverService {
     ) -> Result<Response<proto::GetResponse>, Status> {
         let r = async {
             check_reach(req.extensions(), "collection", &req.get_ref().collection)?;
+            let timeout = grpc_timeout(&req);
             let r = req.into_inner();
             let max = self.limits().max_queries_per_request;
             if r.ids.len() > max {
@@ -887,7 +898,7 @@ impl Quiver for QuiverService {
                 ));
             }
             if let Some(cluster) = self.registry.cluster() {
-                return Ok(Response::new(cluster.get(r).await?));
+                return Ok(Response::new(cluster.get(r, timeout).await?));
             }
             let c = self.registry.get(&r.collection)?;
             let store = c.store.clone();
@@ -985,7 +996,7 @@ impl Quiver for QuiverService {
             reach?;
             if let Some(cluster) = self.registry.cluster() {
                 self.check_k(key.k)?;
-                let dim = cluster.dim_of(&r.collection)?;
+                let dim = cluster.dim_of(&r.collection).await?;
                 let nq = r.vectors.len() / dim.max(1);
                 if nq > self.limits().max_queries_per_request {
                     return Err(invalid(
@@ -1041,9 +1052,10 @@ impl Quiver for QuiverService {
     ) -> Result<Response<proto::CountResponse>, Status> {
         let r = async {
             check_reach(req.extensions(), "collection", &req.get_ref().collection)?;
+            let timeout = grpc_timeout(&req);
             let r = req.into_inner();
             if let Some(cluster) = self.registry.cluster() {
-                let count = cluster.count(&r.collection, &r.filter).await?;
+                let count = cluster.count(&r.collection, &r.filter, timeout).await?;
                 return Ok(Response::new(proto::CountResponse { count }));
             }
             let c = self.registry.get(&r.collection)?;

@@ -50,11 +50,19 @@ type ShardKey = (String, u32);
 /// asks has applied that op (read-your-writes).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteToken {
+    /// The incarnation of the collection written (0: any): a token of a collection dropped
+    /// since is not waited for by reads of the one created after it.
+    pub incarnation: u64,
     /// (shard, op number) of every shard the write went to.
     pub shards: Vec<(u32, u64)>,
 }
 
 impl WriteToken {
+    /// Whether it is about incarnation `incarnation` of its collection.
+    pub fn is_for(&self, incarnation: u64) -> bool {
+        self.incarnation == 0 || self.incarnation == incarnation
+    }
+
     /// The op number shard `shard` must have applied (0: none).
     pub fn seq_of(&self, shard: u32) -> u64 {
         self.shards
@@ -296,12 +304,38 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
 
     /// Drops `name` across the cluster; returns once this node has removed its replicas.
     pub async fn drop_collection(&self, name: &str) -> Result<()> {
+        let dropped = std::sync::Mutex::new(None);
         self.append_catalog(|t| match t.get(name) {
-            Some(_) => Ok(CatalogEntry::Drop { name: name.into() }),
+            Some(c) => {
+                if let Ok(mut d) = dropped.lock() {
+                    *d = Some(c.clone());
+                }
+                Ok(CatalogEntry::Drop { name: name.into() })
+            }
             None => Err(ClusterError::NotFound(name.into())),
         })
-        .await
-        .map(|_| ())
+        .await?;
+        // Every shard's log goes before the drop is answered (not only where a replica is
+        // held, whenever its node gets there): a node that has not read the drop yet then
+        // fails a write to the old collection instead of acknowledging it into a log no one
+        // reads.
+        let dropped = dropped.lock().ok().and_then(|mut d| d.take());
+        if let Some(c) = dropped {
+            for shard in 0..c.shards() {
+                match ShardLog::open_existing(&self.shared.js, name, c.incarnation, shard).await {
+                    Ok(Some(log)) => {
+                        if let Err(e) = log.delete().await {
+                            tracing::warn!(log = log.stream(), error = %e, "deleting a dropped shard's log failed");
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(collection = %name, shard, error = %e, "finding a dropped shard's log failed")
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Appends the entry `make` builds from the catalog as read so far (after this node has
@@ -355,6 +389,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
     async fn wait_catalog(&self, seq: u64) -> Result<()> {
         let mut applied = self.shared.applied.subscribe();
         let mut stopped = self.shared.catalog_stopped.subscribe();
+        let deadline = Instant::now() + CATALOG_WAIT;
         loop {
             if *applied.borrow_and_update() >= seq {
                 return Ok(());
@@ -368,6 +403,12 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
             tokio::select! {
                 _ = applied.changed() => {}
                 _ = stopped.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(ClusterError::Broker {
+                        context: "following the catalog",
+                        reason: format!("entry {seq} not applied here within {} s; retry", CATALOG_WAIT.as_secs()),
+                    });
+                }
             }
         }
     }
@@ -392,7 +433,10 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
             Ok::<_, ClusterError>((shard, a.seq))
         });
         let shards = futures_util::future::try_join_all(appends).await?;
-        Ok(WriteToken { shards })
+        Ok(WriteToken {
+            incarnation: c.incarnation,
+            shards,
+        })
     }
 
     /// Waits (up to `timeout`) until a replica of every shard `token` names has applied it.
@@ -403,9 +447,13 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
         timeout: Duration,
     ) -> Result<()> {
         let c = self.shared.cluster_collection(collection)?;
+        if !token.is_for(c.incarnation) {
+            // Written to a collection of that name dropped since.
+            return Err(ClusterError::NotFound(collection.into()));
+        }
         let deadline = deadline_in(timeout);
         let waits = token.shards.iter().map(|&(shard, seq)| {
-            let r = shard_ref(&c, shard, seq);
+            let r = shard_ref_at(&c, shard, seq);
             self.shared.ask_shard(
                 &c,
                 shard,
@@ -450,7 +498,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
         }
         let deadline = deadline_in(timeout);
         let asks = (0..c.shards()).map(|shard| {
-            let r = shard_ref(&c, shard, req.after.as_ref().map_or(0, |t| t.seq_of(shard)));
+            let r = shard_ref(&c, shard, req.after.as_ref());
             let ask = ShardRequest::Search {
                 shard: r,
                 queries: req.queries.clone(),
@@ -502,7 +550,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
             })
             .map(|(shard, ids)| {
                 let shard = shard as u32;
-                let r = shard_ref(&c, shard, after.map_or(0, |t| t.seq_of(shard)));
+                let r = shard_ref(&c, shard, after);
                 self.shared
                     .ask_shard(&c, shard, ShardRequest::Get { shard: r, ids }, deadline)
             });
@@ -530,7 +578,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
         }
         let deadline = deadline_in(timeout);
         let asks = (0..c.shards()).map(|shard| {
-            let r = shard_ref(&c, shard, after.map_or(0, |t| t.seq_of(shard)));
+            let r = shard_ref(&c, shard, after);
             let ask = ShardRequest::Count {
                 shard: r,
                 filter: filter.map(str::to_string),
@@ -667,6 +715,9 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
     }
 }
 
+/// How long a create or drop waits for this node to apply its catalog entry.
+const CATALOG_WAIT: Duration = Duration::from_secs(60);
+
 /// Largest k a search through the cluster may ask for.
 pub const MAX_K: usize = 16_384;
 
@@ -742,8 +793,17 @@ fn merge(
         .collect()
 }
 
+/// Shard `shard` of `c`, read once it has applied what `after` says of it (a token of
+/// another incarnation is ignored).
+fn shard_ref(c: &ClusterCollection, shard: u32, after: Option<&WriteToken>) -> ShardRef {
+    let min_seq = after
+        .filter(|t| t.is_for(c.incarnation))
+        .map_or(0, |t| t.seq_of(shard));
+    shard_ref_at(c, shard, min_seq)
+}
+
 /// Shard `shard` of `c`, read once it has applied op `min_seq`.
-fn shard_ref(c: &ClusterCollection, shard: u32, min_seq: u64) -> ShardRef {
+fn shard_ref_at(c: &ClusterCollection, shard: u32, min_seq: u64) -> ShardRef {
     ShardRef {
         collection: c.meta.name.clone(),
         incarnation: c.incarnation,
@@ -1027,6 +1087,10 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
                 rpc::call(&self.client, node, &request, left).await
             };
             match answer {
+                // The request itself is wrong: every replica would say so.
+                Ok(ShardResponse::Refused(e)) => {
+                    return Err(invalid("request", e));
+                }
                 Ok(ShardResponse::Failed(e)) => why.push(format!("{node}: {e}")),
                 Ok(a) => {
                     if let Ok(mut r) = self.routed.lock() {
@@ -1035,6 +1099,8 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
                     }
                     return Ok(a);
                 }
+                // Too large for any node.
+                Err(e @ ClusterError::TooLarge { .. }) => return Err(e),
                 Err(e) => why.push(format!("{node}: {e}")),
             }
         }
@@ -1095,6 +1161,9 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
         let done = tokio::task::spawn_blocking(move || answer_locally(&collection, request)).await;
         match done {
             Ok(Ok(a)) => a,
+            Ok(Err(e @ (StoreError::Invalid { .. } | StoreError::TooLarge { .. }))) => {
+                ShardResponse::Refused(e.to_string())
+            }
             Ok(Err(e)) => ShardResponse::Failed(e.to_string()),
             Err(e) => ShardResponse::Failed(format!("the request failed: {e}")),
         }
@@ -1279,8 +1348,11 @@ mod tests {
     #[test]
     fn a_write_token_names_each_shards_op() {
         let t = WriteToken {
+            incarnation: 4,
             shards: vec![(0, 5), (2, 9)],
         };
         assert_eq!((t.seq_of(0), t.seq_of(1), t.seq_of(2)), (5, 0, 9));
+        assert!(t.is_for(4) && !t.is_for(5));
+        assert!(WriteToken::default().is_for(5));
     }
 }

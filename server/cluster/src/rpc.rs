@@ -113,6 +113,9 @@ pub enum ShardResponse {
     Count(u64),
     /// The replica could not answer; another may.
     Failed(String),
+    /// The request is not valid (a bad filter or parameter, too large): no replica would
+    /// answer it.
+    Refused(String),
 }
 
 /// Sends `request` to node `node` and waits up to `timeout` for its answer.
@@ -123,6 +126,13 @@ pub async fn call(
     timeout: Duration,
 ) -> Result<ShardResponse> {
     let body = serde_json::to_vec(request).map_err(|e| ClusterError::broker("encoding", e))?;
+    let limit = client.server_info().max_payload;
+    if limit > 0 && body.len() > limit {
+        return Err(ClusterError::TooLarge {
+            bytes: body.len(),
+            limit,
+        });
+    }
     let req = async_nats::Request::new()
         .payload(body.into())
         .timeout(Some(timeout));

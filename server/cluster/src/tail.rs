@@ -56,7 +56,11 @@ pub(crate) async fn follow<T: Target>(target: T, mut stop: watch::Receiver<bool>
                     // reader is stuck (its consumer lost with a server, not yet noticed by
                     // the client): read again.
                     _ = tokio::time::sleep(STALL_CHECK) => {
-                        match target.last_seq().await {
+                        let last = tokio::select! {
+                            _ = stop.changed() => return Ok(()),
+                            last = target.last_seq() => last,
+                        };
+                        match last {
                             Ok(last) if last >= target.next_seq() => {
                                 tracing::warn!(log = %target.log_name(), last, next = target.next_seq(), "the log's reader stalled; reading again");
                                 break;

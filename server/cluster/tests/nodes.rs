@@ -295,6 +295,7 @@ async fn scenario(nats: &common::NatsServer) {
     };
     assert!(last(0) > 10 && last(1) > 10, "{tokens:?}");
     let all = WriteToken {
+        incarnation: docs.incarnation,
         shards: vec![(0, last(0)), (1, last(1))],
     };
     // Checked before it enters the log: nothing appended.
