@@ -379,3 +379,82 @@ fn damaged_index_files_are_refused() {
     );
     quiver_err(&["info", &ds.p("flip.qvr")], "corrupt");
 }
+
+#[test]
+fn cluster_flags_are_checked_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    // Unreachable on purpose: every case below must fail before connecting, or say why it
+    // could not connect.
+    let nats = "nats://127.0.0.1:1";
+    quiver_err(&["serve", "--data-dir", data, "--nats", nats], "--node-id");
+    quiver_err(&["serve", "--data-dir", data, "--node-id", "a"], "--nats");
+    quiver_err(
+        &[
+            "serve",
+            "--data-dir",
+            data,
+            "--nats",
+            nats,
+            "--node-id",
+            "a.b",
+        ],
+        "node_id",
+    );
+    quiver_err(
+        &[
+            "serve",
+            "--data-dir",
+            data,
+            "--nats",
+            nats,
+            "--node-id",
+            "a",
+            "--qdrant",
+        ],
+        "not available in cluster mode",
+    );
+    quiver_err(
+        &[
+            "serve",
+            "--data-dir",
+            data,
+            "--nats",
+            nats,
+            "--node-id",
+            "a",
+            "--collection",
+            "x=y.qvr",
+        ],
+        "cluster mode",
+    );
+    quiver_err(
+        &[
+            "serve",
+            "--data-dir",
+            data,
+            "--nats",
+            nats,
+            "--node-id",
+            "a",
+            "--stream-replicas",
+            "9",
+        ],
+        "--stream-replicas",
+    );
+    quiver_err(
+        &[
+            "serve",
+            "--data-dir",
+            data,
+            "--listen",
+            "127.0.0.1:0",
+            "--nats",
+            nats,
+            "--node-id",
+            "a",
+        ],
+        "connecting to NATS",
+    );
+}

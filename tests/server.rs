@@ -1316,3 +1316,27 @@ where
     }
     out
 }
+
+#[test]
+fn a_single_server_refuses_shards_and_replicas_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    rt().block_on(async {
+        let mut c = server.client().await;
+        for (shards, replicas, field) in [(2, 0, "shard_number"), (1, 3, "replication_factor")] {
+            let mut req = create("sharded", 4, Metric::L2, 0, 0);
+            req.shard_number = shards;
+            req.replication_factor = replicas;
+            let e = c.create_collection(req).await.unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+            assert!(e.message().contains(field), "{e:?}");
+            assert!(e.message().contains("--nats"), "{e:?}");
+        }
+        // 1 × 1 is what a single server is: accepted, and reported.
+        let mut req = create("single", 4, Metric::L2, 0, 0);
+        req.shard_number = 1;
+        req.replication_factor = 1;
+        let info = c.create_collection(req).await.unwrap().into_inner();
+        assert_eq!((info.shard_number, info.replication_factor), (1, 1));
+    });
+}

@@ -47,6 +47,9 @@ pub enum JoinError {
         /// Why.
         reason: String,
     },
+    /// The node id is not one.
+    #[error("node_id {0:?}: 1 to 64 of A-Z a-z 0-9 _ -")]
+    NodeId(String),
     /// The node's folder could not be opened.
     #[error("the cluster node's folder: {0}")]
     Folder(quiver_store::StoreError),
@@ -74,6 +77,9 @@ impl ClusterFront {
         backend: AnyBackend,
         store: StoreConfig,
     ) -> Result<ClusterFront, JoinError> {
+        if !quiver_cluster::membership::valid_node_id(&cfg.node_id) {
+            return Err(JoinError::NodeId(cfg.node_id.clone()));
+        }
         let urls = cfg.urls.join(",");
         let client = async_nats::ConnectOptions::new()
             .name(format!("quiver-{}", cfg.node_id))
