@@ -388,73 +388,30 @@ fn cluster_flags_are_checked_before_anything_starts() {
     // Unreachable on purpose: every case below must fail before connecting, or say why it
     // could not connect.
     let nats = "nats://127.0.0.1:1";
-    quiver_err(&["serve", "--data-dir", data, "--nats", nats], "--node-id");
-    quiver_err(&["serve", "--data-dir", data, "--node-id", "a"], "--nats");
-    quiver_err(
-        &[
-            "serve",
-            "--data-dir",
-            data,
-            "--nats",
-            nats,
-            "--node-id",
-            "a.b",
-        ],
-        "node_id",
-    );
-    quiver_err(
-        &[
-            "serve",
-            "--data-dir",
-            data,
-            "--nats",
-            nats,
-            "--node-id",
-            "a",
-            "--qdrant",
-        ],
-        "not available in cluster mode",
-    );
-    quiver_err(
-        &[
-            "serve",
-            "--data-dir",
-            data,
-            "--nats",
-            nats,
-            "--node-id",
-            "a",
-            "--collection",
-            "x=y.qvr",
-        ],
-        "cluster mode",
-    );
-    quiver_err(
-        &[
-            "serve",
-            "--data-dir",
-            data,
-            "--nats",
-            nats,
-            "--node-id",
-            "a",
+    let serve = ["serve", "--data-dir", data];
+    let member = ["--nats", nats, "--node-id", "a"];
+    let cases: [(Vec<&str>, &str); 7] = [
+        (vec!["--nats", nats], "--node-id"),
+        (vec!["--node-id", "a"], "--nats"),
+        (vec!["--nats", nats, "--node-id", "a.b"], "node_id"),
+        (
+            [&member[..], &["--qdrant"]].concat(),
+            "not available in cluster mode",
+        ),
+        (
+            [&member[..], &["--collection", "x=y.qvr"]].concat(),
+            "cluster mode",
+        ),
+        (
+            [&member[..], &["--stream-replicas", "9"]].concat(),
             "--stream-replicas",
-            "9",
-        ],
-        "--stream-replicas",
-    );
-    quiver_err(
-        &[
-            "serve",
-            "--data-dir",
-            data,
-            "--listen",
-            "127.0.0.1:0",
-            "--nats",
-            nats,
-            "--node-id",
-            "a",
-        ],
-        "connecting to NATS",
-    );
+        ),
+        (
+            [&member[..], &["--listen", "127.0.0.1:0"]].concat(),
+            "connecting to NATS",
+        ),
+    ];
+    for (flags, needle) in cases {
+        quiver_err(&[&serve[..], &flags].concat(), needle);
+    }
 }
