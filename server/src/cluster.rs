@@ -7,17 +7,20 @@
 //! A read on this server waits until the replicas it asks have applied every write this
 //! server acknowledged (read-your-writes through one server); `wait` on a write (and
 //! [`ClusterFront::wait_applied`]) waits until a replica of each shard has applied it.
-//! Calls about a collection's index life (Train, LoadIndex, Flush), Scroll and payload edits
-//! are not routed yet: they answer UNIMPLEMENTED in cluster mode.
+//! Train trains every shard (each on its own points) and switches every replica at one number
+//! of its shard's log. LoadIndex, Flush, Scroll and payload edits are not routed yet: they
+//! answer UNIMPLEMENTED in cluster mode.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use quiver_cluster::{ClusterCollection, ClusterError, Node, SearchRequest, WriteToken};
+use quiver_cluster::{
+    ClusterCollection, ClusterError, Node, SearchRequest, ShardState, WriteToken,
+};
 use quiver_store::wal::Op;
-use quiver_store::{CollectionMeta, CollectionsFolder, StoreConfig};
+use quiver_store::{CollectionMeta, CollectionsFolder, IndexConfig, StoreConfig};
 use tonic::Status;
 
 use crate::backend::AnyBackend;
@@ -61,12 +64,24 @@ pub enum JoinError {
 /// How long a call without a deadline may take.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a training without a deadline may take.
+const TRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A training this server started in the background, by collection and incarnation.
+#[derive(Debug, Clone)]
+enum TrainJob {
+    Running,
+    Failed(String),
+}
+
 /// The cluster node behind the native API.
 pub struct ClusterFront {
-    node: Node<AnyBackend>,
+    node: std::sync::Arc<Node<AnyBackend>>,
     /// Per collection (and incarnation), the writes this server acknowledged: what its reads
     /// wait for.
     written: Mutex<HashMap<(String, u64), WriteToken>>,
+    /// Trainings started here in the background (their state shows in [`Self::info`]).
+    trainings: std::sync::Arc<Mutex<HashMap<(String, u64), TrainJob>>>,
 }
 
 impl ClusterFront {
@@ -120,8 +135,9 @@ impl ClusterFront {
             }
         };
         Ok(ClusterFront {
-            node,
+            node: std::sync::Arc::new(node),
             written: Mutex::new(HashMap::new()),
+            trainings: Default::default(),
         })
     }
 
@@ -205,35 +221,104 @@ impl ClusterFront {
         Ok(())
     }
 
-    /// A collection's description and count.
+    /// A collection's description, from a replica of each shard.
     pub async fn info(&self, name: &str) -> Result<proto::CollectionInfo, Status> {
         let c = self.collection(name).await?;
-        let count = self
+        let shards = self
             .node
-            .count(name, None, self.read_after(&c).as_ref(), DEFAULT_TIMEOUT)
+            .describe(name, self.read_after(&c).as_ref(), DEFAULT_TIMEOUT)
             .await
             .map_err(from_cluster)?;
-        Ok(info(&c, count))
+        Ok(self.with_job(&c, described(&c, &shards)))
     }
 
-    /// Every collection (with counts where a replica of each shard answers).
+    /// Every collection (described where a replica of each shard answers).
     pub async fn list(&self) -> Vec<proto::CollectionInfo> {
         let all: Vec<ClusterCollection> = self.node.topology().collections().cloned().collect();
-        let mut out = Vec::with_capacity(all.len());
-        for c in all {
-            let count = self
+        let asks = all.iter().map(|c| async move {
+            match self
                 .node
-                .count(&c.meta.name, None, None, Duration::from_secs(5))
-                .await;
-            out.push(match count {
-                Ok(n) => info(&c, n),
+                .describe(&c.meta.name, None, Duration::from_secs(5))
+                .await
+            {
+                Ok(shards) => self.with_job(c, described(c, &shards)),
                 Err(e) => proto::CollectionInfo {
                     state: format!("failed: {e}"),
-                    ..info(&c, 0)
+                    ..info(c, 0)
                 },
+            }
+        });
+        futures_util::future::join_all(asks).await
+    }
+
+    /// `info` with the state of a training this server runs in the background, if any.
+    fn with_job(
+        &self,
+        c: &ClusterCollection,
+        info: proto::CollectionInfo,
+    ) -> proto::CollectionInfo {
+        let state = match self
+            .trainings
+            .lock()
+            .get(&(c.meta.name.clone(), c.incarnation))
+        {
+            Some(TrainJob::Running) => "training".to_string(),
+            Some(TrainJob::Failed(why)) => format!("failed: {why}"),
+            None => return info,
+        };
+        proto::CollectionInfo { state, ..info }
+    }
+
+    /// Trains every shard of `name` (`index` overriding its parameters); in the background
+    /// (answering at once) or waiting until a replica of each shard has switched.
+    pub async fn train(
+        &self,
+        name: &str,
+        index: Option<IndexConfig>,
+        background: bool,
+        timeout: Option<Duration>,
+    ) -> Result<proto::CollectionInfo, Status> {
+        let c = self.collection(name).await?;
+        let key = (c.meta.name.clone(), c.incarnation);
+        if background {
+            {
+                let mut jobs = self.trainings.lock();
+                if matches!(jobs.get(&key), Some(TrainJob::Running)) {
+                    return Err(Status::failed_precondition(format!(
+                        "collection {name:?} is being trained already"
+                    )));
+                }
+                jobs.insert(key.clone(), TrainJob::Running);
+            }
+            let (node, jobs, name) = (self.node.clone(), self.trainings.clone(), name.to_string());
+            tokio::spawn(async move {
+                let done = node.train(&name, index, TRAIN_TIMEOUT).await;
+                let mut jobs = jobs.lock();
+                match done {
+                    Ok(_) => jobs.remove(&key),
+                    Err(e) => jobs.insert(key, TrainJob::Failed(e.to_string())),
+                };
+            });
+            return Ok(proto::CollectionInfo {
+                state: "training".into(),
+                ..info(&c, 0)
             });
         }
-        out
+        let timeout = timeout.unwrap_or(TRAIN_TIMEOUT);
+        let started = tokio::time::Instant::now();
+        let token = self
+            .node
+            .train(name, index, timeout)
+            .await
+            .map_err(from_cluster)?;
+        self.wrote(&c, &token);
+        let left = timeout.saturating_sub(started.elapsed());
+        self.node
+            .wait_applied(name, &token, left)
+            .await
+            .map_err(from_cluster)?;
+        self.trainings.lock().remove(&key);
+        self.info(name).await
     }
 
     /// Refuses an upsert that does not fit its collection, or of more than `max` points, or
@@ -535,6 +620,26 @@ fn info(c: &ClusterCollection, count: u64) -> proto::CollectionInfo {
         shard_number: c.shards(),
         replication_factor: c.replication(),
         ..Default::default()
+    }
+}
+
+/// A cluster collection as the native API describes it, from what a replica of each shard
+/// holds: counts, memory and segments summed; trained once every shard is; the index
+/// parameters are shard 0's (each shard trains its own quantizers); drift the largest.
+fn described(c: &ClusterCollection, shards: &[ShardState]) -> proto::CollectionInfo {
+    let count = shards.iter().map(|s| s.count).sum();
+    let base = info(c, count);
+    let index = match shards.first() {
+        Some(s) => crate::service::index_params(&s.index),
+        None => crate::service::index_params(&c.meta.index),
+    };
+    proto::CollectionInfo {
+        index: Some(index),
+        trained: !shards.is_empty() && shards.iter().all(|s| s.trained),
+        memory_bytes: shards.iter().map(|s| s.memory_bytes).sum(),
+        segments: shards.iter().map(|s| s.segments).sum(),
+        drift: shards.iter().map(|s| s.drift).fold(0.0, f64::max),
+        ..base
     }
 }
 

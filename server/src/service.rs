@@ -804,14 +804,20 @@ impl Quiver for QuiverService {
         req: Request<proto::TrainRequest>,
     ) -> Result<Response<proto::CollectionInfo>, Status> {
         let r = async {
-            self.not_in_cluster("Train")?;
             check_reach(req.extensions(), "collection", &req.get_ref().collection)?;
+            let timeout = grpc_timeout(&req);
             let r = req.into_inner();
-            let c = self.registry.get(&r.collection)?;
             let overrides = match r.index.as_ref() {
                 Some(p) => Some(index_config(Some(p))?),
                 None => None,
             };
+            if let Some(cluster) = self.registry.cluster() {
+                let info = cluster
+                    .train(&r.collection, overrides, r.background, timeout)
+                    .await?;
+                return Ok(Response::new(info));
+            }
+            let c = self.registry.get(&r.collection)?;
             c.store.start_train(overrides).map_err(from_store)?;
             if !r.background {
                 let store = c.store.clone();

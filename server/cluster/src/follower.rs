@@ -1,5 +1,7 @@
 //! A replica following its shard's log: applies each op with its log number
-//! ([`quiver_store::Collection::apply`]) from the replica's last applied op on, so a restarted
+//! ([`quiver_store::Collection::apply`]), and each training by fetching its quantizers from
+//! the artifacts bucket and switching to them at that number
+//! ([`quiver_store::Collection::apply_train`]), from the replica's last applied op on, so a restarted
 //! replica catches up from where its store says it is, and an op delivered twice is applied
 //! once. A broker that goes away (restart, failover) is waited for and reading resumes; a
 //! damaged entry, missing entries, a log trimmed past the replica or ending before it, or a
@@ -9,12 +11,12 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use quiver_engine::backend::Backend;
-use quiver_store::wal::Op;
 use quiver_store::Collection;
 use tokio::sync::watch;
 
+use crate::artifacts::Artifacts;
 use crate::error::{ClusterError, Result};
-use crate::shard_log::ShardLog;
+use crate::shard_log::{ShardEntry, ShardLog, TrainEntry};
 use crate::tail::{follow, Entries, Target};
 
 /// A running follower; stopped by [`Follower::stop`] (or when dropped: its stop channel closes).
@@ -26,16 +28,18 @@ pub struct Follower {
 
 impl Follower {
     /// Starts applying `log` to `replica` (a collection created as a replica) on the current
-    /// tokio runtime.
+    /// tokio runtime, with trainings' quantizers read from `artifacts`.
     pub fn start<B: Backend + Clone + Send + Sync + 'static>(
         log: ShardLog,
         replica: Arc<Collection<B>>,
+        artifacts: Artifacts,
     ) -> Follower {
         let (applied_tx, applied) = watch::channel(replica.last_seq());
         let (stop, stop_rx) = watch::channel(false);
         let target = ShardTarget {
             log,
             replica,
+            artifacts,
             applied: applied_tx,
         };
         let task = tokio::spawn(follow(target, stop_rx));
@@ -98,11 +102,52 @@ impl Follower {
 struct ShardTarget<B: Backend + Clone + Send + Sync + 'static> {
     log: ShardLog,
     replica: Arc<Collection<B>>,
+    artifacts: Artifacts,
     applied: watch::Sender<u64>,
 }
 
+impl<B: Backend + Clone + Send + Sync + 'static> ShardTarget<B> {
+    /// A task applying an entry failed (panicked): the follower stops (retrying would not
+    /// help).
+    fn failed_task(&self, what: &str, e: tokio::task::JoinError) -> ClusterError {
+        ClusterError::Unavailable {
+            name: self.log.stream().to_string(),
+            reason: format!("{what} failed: {e}"),
+        }
+    }
+
+    /// Switches the replica to the quantizers of training entry `seq`.
+    async fn apply_train(&self, seq: u64, train: &TrainEntry) -> Result<quiver_store::Applied> {
+        let scratch = tempfile::Builder::new()
+            .prefix("quiver-quantizers-")
+            .tempfile()
+            .map_err(|e| {
+                ClusterError::broker("reading an artifact", format!("a scratch file: {e}"))
+            })?;
+        // Broker errors are retried by the reader.
+        self.artifacts
+            .get_file(&train.object, scratch.path())
+            .await?;
+        let r = self.replica.clone();
+        let stream = self.log.stream().to_string();
+        let done = tokio::task::spawn_blocking(move || {
+            let quantizers = quiver_engine::persist::load(scratch.path()).map_err(|e| {
+                ClusterError::BadEntry {
+                    stream,
+                    seq,
+                    reason: format!("the training's quantizers: {e}"),
+                }
+            })?;
+            Ok::<_, ClusterError>(r.apply_train(seq, &quantizers)?)
+        })
+        .await
+        .map_err(|e| self.failed_task("applying a training", e))??;
+        Ok(done)
+    }
+}
+
 impl<B: Backend + Clone + Send + Sync + 'static> Target for ShardTarget<B> {
-    type Entry = Op;
+    type Entry = ShardEntry;
 
     fn log_name(&self) -> String {
         self.log.stream().to_string()
@@ -112,7 +157,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Target for ShardTarget<B> {
         self.replica.last_seq() + 1
     }
 
-    async fn read(&self, start: u64) -> Result<Entries<Op>> {
+    async fn read(&self, start: u64) -> Result<Entries<ShardEntry>> {
         Ok(self.log.read_from(start).await?.boxed())
     }
 
@@ -120,11 +165,16 @@ impl<B: Backend + Clone + Send + Sync + 'static> Target for ShardTarget<B> {
         Ok(self.log.bounds().await?.1)
     }
 
-    async fn apply(&self, seq: u64, op: Op) -> Result<()> {
-        let r = self.replica.clone();
-        let done = tokio::task::spawn_blocking(move || r.apply(seq, vec![op]))
-            .await
-            .map_err(|e| ClusterError::broker("applying an op", e))??;
+    async fn apply(&self, seq: u64, entry: ShardEntry) -> Result<()> {
+        let done = match entry {
+            ShardEntry::Op(op) => {
+                let r = self.replica.clone();
+                tokio::task::spawn_blocking(move || r.apply(seq, vec![op]))
+                    .await
+                    .map_err(|e| self.failed_task("applying an op", e))??
+            }
+            ShardEntry::Train(t) => self.apply_train(seq, &t).await?,
+        };
         self.applied.send_replace(done.last_seq);
         Ok(())
     }

@@ -13,6 +13,9 @@
 //!   by every node.
 //! - [`placement`]: a point's shard (a fixed hash of its id) and a shard's nodes.
 //! - [`membership`]: which nodes are up (heartbeats in a key-value bucket).
+//! - [`lease`]: one node at a time decides for a shard (its training), by a lease in a
+//!   key-value bucket; [`artifacts`]: the trained quantizers every replica switches to, in an
+//!   object store bucket.
 //! - [`rpc`]: what a node asks another about a replica it holds (NATS request/reply).
 //! - [`node`]: a node: holds the replicas placed on it, answers other nodes, and routes its
 //!   callers' creates, drops, writes (split by shard) and reads (one replica per shard, the
@@ -20,9 +23,11 @@
 //! - [`stream`]: a JetStream stream used as a log, under the logs; `tail` follows one.
 #![warn(missing_docs)]
 
+pub mod artifacts;
 pub mod catalog_log;
 pub mod error;
 pub mod follower;
+pub mod lease;
 pub mod membership;
 pub mod node;
 pub mod placement;
@@ -36,6 +41,7 @@ pub use catalog_log::{CatalogEntry, CatalogLog};
 pub use error::{ClusterError, Result};
 pub use follower::Follower;
 pub use node::{Node, SearchRequest, WriteToken};
-pub use shard_log::ShardLog;
+pub use rpc::ShardState;
+pub use shard_log::{ShardEntry, ShardLog, TrainEntry};
 pub use stream::Appended;
 pub use topology::{ClusterCollection, Topology};

@@ -28,18 +28,20 @@ use quiver_engine::backend::Backend;
 use quiver_engine::payload::filter::Filter;
 use quiver_store::wal::Op;
 use quiver_store::{
-    Collection, CollectionMeta, CollectionsFolder, SearchKey, StoreConfig, StoreError,
+    Collection, CollectionMeta, CollectionsFolder, IndexConfig, SearchKey, StoreConfig, StoreError,
 };
 use tokio::sync::{watch, Mutex};
 use tokio::time::Instant;
 
+use crate::artifacts::Artifacts;
 use crate::catalog_log::{CatalogEntry, CatalogLog};
 use crate::error::{ClusterError, Result};
 use crate::follower::Follower;
+use crate::lease::{Lease, Leases};
 use crate::membership::{valid_node_id, Membership};
 use crate::placement::{place, shard_of, split_op};
-use crate::rpc::{self, Point, ShardRef, ShardRequest, ShardResponse};
-use crate::shard_log::ShardLog;
+use crate::rpc::{self, Point, ShardRef, ShardRequest, ShardResponse, ShardState};
+use crate::shard_log::{ShardLog, TrainEntry};
 use crate::tail::{follow, Entries, Target};
 use crate::topology::{ClusterCollection, Topology};
 
@@ -111,6 +113,10 @@ struct Shared<B: Backend + Clone + Send + Sync + 'static> {
     js: async_nats::jetstream::Context,
     client: async_nats::Client,
     catalog: CatalogLog,
+    /// Trained quantizers, shared.
+    artifacts: Artifacts,
+    /// Which node leads each shard's training.
+    leases: Leases,
     folder: CollectionsFolder,
     backend: B,
     cfg: StoreConfig,
@@ -181,6 +187,8 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
             ));
         }
         let catalog = CatalogLog::open(&js, replicas).await?;
+        let artifacts = Artifacts::open(&js, replicas).await?;
+        let leases = Leases::open(&js, replicas).await?;
         let (stop, stop_rx) = watch::channel(false);
         let members = Membership::start(&js, node_id, replicas, stop_rx.clone()).await?;
         let last = catalog.last_seq().await?;
@@ -189,6 +197,8 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
             client: js.client(),
             js,
             catalog,
+            artifacts,
+            leases,
             applied: watch::channel(last).0,
             folder,
             backend,
@@ -321,6 +331,11 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
         // reads.
         let dropped = dropped.lock().ok().and_then(|mut d| d.take());
         if let Some(c) = dropped {
+            // Its trained quantizers (named after its shards' logs) go too.
+            let prefix = ShardLog::incarnation_prefix(name, c.incarnation);
+            if let Err(e) = self.shared.artifacts.delete_prefix(&prefix).await {
+                tracing::warn!(collection = %name, error = %e, "deleting a dropped collection's quantizers failed");
+            }
             for shard in 0..c.shards() {
                 match ShardLog::open_existing(&self.shared.js, name, c.incarnation, shard).await {
                     Ok(Some(log)) => {
@@ -593,6 +608,68 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
             }
         }
         Ok(total)
+    }
+
+    /// Trains every shard of `collection` (with `index` overriding its parameters where
+    /// non-zero): a replica of each shard, leading that shard's training while it holds the
+    /// shard's lease, trains quantizers on its points, stores them as an artifact and logs
+    /// the switch, which every replica applies at that number. Returns the switches' numbers
+    /// (wait for them with [`Self::wait_applied`]). Each shard trains on its own points.
+    pub async fn train(
+        &self,
+        collection: &str,
+        index: Option<IndexConfig>,
+        timeout: Duration,
+    ) -> Result<WriteToken> {
+        let c = self.shared.cluster_collection(collection)?;
+        let deadline = deadline_in(timeout);
+        let asks = (0..c.shards()).map(|shard| {
+            let ask = ShardRequest::Train {
+                shard: shard_ref(&c, shard, None),
+                index: index.clone(),
+            };
+            let shared = &self.shared;
+            let c = &c;
+            async move {
+                Ok::<_, ClusterError>((shard, shared.ask_shard(c, shard, ask, deadline).await?))
+            }
+        });
+        let mut shards = Vec::with_capacity(c.shards() as usize);
+        for (shard, a) in futures_util::future::try_join_all(asks).await? {
+            match a {
+                ShardResponse::Trained(seq) => shards.push((shard, seq)),
+                other => return Err(unexpected(other)),
+            }
+        }
+        Ok(WriteToken {
+            incarnation: c.incarnation,
+            shards,
+        })
+    }
+
+    /// What a replica of each shard of `collection` holds, in shard order.
+    pub async fn describe(
+        &self,
+        collection: &str,
+        after: Option<&WriteToken>,
+        timeout: Duration,
+    ) -> Result<Vec<ShardState>> {
+        let c = self.shared.cluster_collection(collection)?;
+        let deadline = deadline_in(timeout);
+        let asks = (0..c.shards()).map(|shard| {
+            let ask = ShardRequest::Describe {
+                shard: shard_ref(&c, shard, after),
+            };
+            self.shared.ask_shard(&c, shard, ask, deadline)
+        });
+        futures_util::future::try_join_all(asks)
+            .await?
+            .into_iter()
+            .map(|a| match a {
+                ShardResponse::Described(s) => Ok(s),
+                other => Err(unexpected(other)),
+            })
+            .collect()
     }
 
     /// The collections of the cluster, as this node has read the catalog.
@@ -958,7 +1035,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
             // Unknown: reads are answered (as before the restart) rather than refused.
             Err(_) => 0,
         };
-        let follower = Follower::start(log.clone(), collection.clone());
+        let follower = Follower::start(log.clone(), collection.clone(), self.artifacts.clone());
         if let Ok(mut f) = self.failed.lock() {
             f.remove(&key);
         }
@@ -1074,7 +1151,9 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
             }
             // Each replica but the last gets a share of the time left, so one that does not
             // answer (down but not yet known to be) leaves time for the others.
-            let left = if i + 1 < tries {
+            // A training takes as long as it takes: its leader gets all of it.
+            let is_training = matches!(request, ShardRequest::Train { .. });
+            let left = if i + 1 < tries && !is_training {
                 (left / (tries - i) as u32).max(left.min(Duration::from_millis(500)))
             } else {
                 left
@@ -1090,6 +1169,10 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
                 // The request itself is wrong: every replica would say so.
                 Ok(ShardResponse::Refused(e)) => {
                     return Err(invalid("request", e));
+                }
+                // Not possible now, whichever replica is asked.
+                Ok(ShardResponse::Precondition(e)) => {
+                    return Err(ClusterError::Store(StoreError::Precondition(e)));
                 }
                 Ok(ShardResponse::Failed(e)) => why.push(format!("{node}: {e}")),
                 Ok(a) => {
@@ -1113,7 +1196,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
     /// Answers a request about a replica this node holds.
     async fn answer(&self, request: ShardRequest) -> ShardResponse {
         let r = request.shard().clone();
-        let (collection, mut progress) = {
+        let (collection, log, mut progress) = {
             let held = self.held.lock().await;
             match held.get(&(r.collection.clone(), r.shard)) {
                 Some(rep) if rep.incarnation == r.incarnation && rep.follower.has_stopped() => {
@@ -1133,9 +1216,11 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
                         rep.ready_at
                     ));
                 }
-                Some(rep) if rep.incarnation == r.incarnation => {
-                    (rep.collection.clone(), rep.follower.progress())
-                }
+                Some(rep) if rep.incarnation == r.incarnation => (
+                    rep.collection.clone(),
+                    rep.log.clone(),
+                    rep.follower.progress(),
+                ),
                 _ => return ShardResponse::Failed("no such replica here".into()),
             }
         };
@@ -1158,6 +1243,11 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
                 ));
             }
         }
+        if let ShardRequest::Train { index, .. } = request {
+            return self
+                .lead_training(collection, &log, progress, &r, index)
+                .await;
+        }
         let done = tokio::task::spawn_blocking(move || answer_locally(&collection, request)).await;
         match done {
             Ok(Ok(a)) => a,
@@ -1167,6 +1257,104 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
             Ok(Err(e)) => ShardResponse::Failed(e.to_string()),
             Err(e) => ShardResponse::Failed(format!("the request failed: {e}")),
         }
+    }
+}
+
+impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
+    /// Leads the training of the shard `r` names (its replica here is `collection`, its log
+    /// `log`), if no other node leads it now.
+    async fn lead_training(
+        &self,
+        collection: Arc<Collection<B>>,
+        log: &ShardLog,
+        mut progress: watch::Receiver<u64>,
+        r: &ShardRef,
+        index: Option<IndexConfig>,
+    ) -> ShardResponse {
+        // Trained on every write acknowledged before the request: the replica catches up to
+        // the log's end first.
+        let last = match log.bounds().await {
+            Ok((_, last)) => last,
+            Err(e) => return ShardResponse::Failed(e.to_string()),
+        };
+        let caught_up = tokio::time::timeout(Duration::from_millis(r.wait_ms.max(1)), async {
+            loop {
+                if *progress.borrow_and_update() >= last {
+                    return true;
+                }
+                if progress.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await;
+        if caught_up != Ok(true) {
+            return ShardResponse::Failed(format!(
+                "behind: op {last} not applied here in time to train"
+            ));
+        }
+        let key = format!("train.{}", log.stream());
+        let lease = match self.leases.acquire(&key, &self.node_id).await {
+            Ok(Ok(lease)) => lease,
+            Ok(Err(holder)) => {
+                return ShardResponse::Precondition(format!(
+                    "shard {} of {:?} is being trained already (led by node {holder})",
+                    r.shard, r.collection
+                ))
+            }
+            Err(e) => return ShardResponse::Failed(e.to_string()),
+        };
+        let done = self.train_and_log(collection, log, index, &lease).await;
+        lease.release().await;
+        match done {
+            Ok(seq) => ShardResponse::Trained(seq),
+            Err(ClusterError::Store(e @ StoreError::Precondition(_))) => {
+                ShardResponse::Precondition(e.to_string())
+            }
+            Err(ClusterError::Store(e @ StoreError::Invalid { .. })) => {
+                ShardResponse::Refused(e.to_string())
+            }
+            Err(e) => ShardResponse::Failed(e.to_string()),
+        }
+    }
+
+    /// Trains quantizers on `collection`'s points, stores them as an artifact and logs the
+    /// switch to them; returns its number in the log.
+    async fn train_and_log(
+        &self,
+        collection: Arc<Collection<B>>,
+        log: &ShardLog,
+        index: Option<IndexConfig>,
+        lease: &Lease,
+    ) -> Result<u64> {
+        let scratch = tempfile::Builder::new()
+            .prefix("quiver-quantizers-")
+            .tempfile()
+            .map_err(|e| StoreError::Failed(format!("a scratch file for the quantizers: {e}")))?;
+        let path = scratch.path().to_owned();
+        tokio::task::spawn_blocking(move || {
+            let quantizers = collection.train_quantizers(index)?;
+            quiver_engine::persist::save(&quantizers, &path)
+                .map_err(|e| StoreError::Failed(format!("writing the quantizers: {e}")))
+        })
+        .await
+        .map_err(|e| StoreError::Failed(format!("the training failed: {e}")))??;
+        let lost = || ClusterError::Broker {
+            context: "leading a training",
+            reason: "the shard's training lease was lost (the broker was unreachable); train again"
+                .into(),
+        };
+        if !lease.held() {
+            return Err(lost());
+        }
+        let object = format!("{}.{}", log.stream(), self.message_id());
+        let bytes = self.artifacts.put_file(&object, scratch.path()).await?;
+        if !lease.held() {
+            return Err(lost());
+        }
+        let id = format!("train.{object}");
+        let a = log.append_train(&id, &TrainEntry { object, bytes }).await?;
+        Ok(a.seq)
     }
 }
 
@@ -1227,6 +1415,22 @@ fn answer_locally<B: Backend + Clone + Send + Sync + 'static>(
         ShardRequest::Count { filter, .. } => {
             let f = filter.as_deref().map(parse).transpose()?;
             ShardResponse::Count(c.count(f.as_ref()) as u64)
+        }
+        ShardRequest::Describe { .. } => {
+            let v = c.version();
+            ShardResponse::Described(ShardState {
+                count: v.len() as u64,
+                trained: v.quantizers.is_some(),
+                index: c.meta().index,
+                segments: v.segments.len() as u32 + 1,
+                memory_bytes: v.data_bytes() as u64,
+                drift: c.drift().ratio().unwrap_or(0.0),
+                applied: c.last_seq(),
+            })
+        }
+        // Led by the node ([`Shared::lead_training`]), never answered here.
+        ShardRequest::Train { .. } => {
+            ShardResponse::Failed("a training is not answered here".into())
         }
     })
 }

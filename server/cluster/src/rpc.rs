@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use quiver_store::IndexConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ClusterError, Result};
@@ -68,6 +69,19 @@ pub enum ShardRequest {
         /// The filter's JSON text.
         filter: Option<String>,
     },
+    /// What the replica holds: its points, whether it is trained and with what.
+    Describe {
+        /// The replica.
+        shard: ShardRef,
+    },
+    /// Train quantizers on the replica's points and log the switch to them (the replica's
+    /// node leads that shard's training while it holds the shard's training lease).
+    Train {
+        /// The replica.
+        shard: ShardRef,
+        /// Overrides of the collection's index parameters (zeros: chosen at training).
+        index: Option<IndexConfig>,
+    },
 }
 
 impl ShardRequest {
@@ -76,7 +90,9 @@ impl ShardRequest {
         match self {
             ShardRequest::Search { shard, .. }
             | ShardRequest::Get { shard, .. }
-            | ShardRequest::Count { shard, .. } => shard,
+            | ShardRequest::Count { shard, .. }
+            | ShardRequest::Describe { shard }
+            | ShardRequest::Train { shard, .. } => shard,
         }
     }
 
@@ -85,7 +101,9 @@ impl ShardRequest {
         match self {
             ShardRequest::Search { shard, .. }
             | ShardRequest::Get { shard, .. }
-            | ShardRequest::Count { shard, .. } => shard,
+            | ShardRequest::Count { shard, .. }
+            | ShardRequest::Describe { shard }
+            | ShardRequest::Train { shard, .. } => shard,
         }
     }
 }
@@ -101,6 +119,25 @@ pub struct Point {
     pub payload: Vec<u8>,
 }
 
+/// What a replica holds ([`ShardRequest::Describe`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardState {
+    /// Live points.
+    pub count: u64,
+    /// Trained (searched through IVF-PQ; otherwise exhaustively).
+    pub trained: bool,
+    /// Its index parameters (those chosen at training once trained).
+    pub index: IndexConfig,
+    /// Sealed segments plus the appendable one.
+    pub segments: u32,
+    /// Bytes held by vectors, codes and centroids.
+    pub memory_bytes: u64,
+    /// Coarse drift since training (0 until known).
+    pub drift: f64,
+    /// The number of the last op applied.
+    pub applied: u64,
+}
+
 /// A replica's answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -111,6 +148,13 @@ pub enum ShardResponse {
     Points(Vec<Point>),
     /// A count.
     Count(u64),
+    /// What the replica holds.
+    Described(ShardState),
+    /// The training's switch was logged as this op of the shard's log.
+    Trained(u64),
+    /// The request cannot be done in the collection's present state (too few points to
+    /// train, a training under way): no replica would do it now.
+    Precondition(String),
     /// The replica could not answer; another may.
     Failed(String),
     /// The request is not valid (a bad filter or parameter, too large): no replica would

@@ -1,5 +1,7 @@
 //! One shard's op log: a [`LogStream`] (`QUIVER_<collection>_<incarnation>_<shard>`) whose
-//! messages are the shard's writes, each one store op ([`quiver_store::wal::encode_op`]). The
+//! messages are the shard's writes, each one store op ([`quiver_store::wal::encode_op`]), and
+//! its trainings ([`ShardEntry::Train`]: every replica switches to the quantizers it names at
+//! that number). The
 //! stream numbers them 1, 2, … with no gaps (its messages may not be deleted or purged); that
 //! number is the op's in every replica
 //! ([`quiver_store::Collection::apply`]). A publish carries a message id: JetStream drops a
@@ -10,9 +12,61 @@
 
 use futures_util::{Stream, StreamExt};
 use quiver_store::wal::{decode_op, encode_op, Op};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{ClusterError, Result};
 use crate::stream::{escape, Appended, LogStream};
+
+/// What a training entry's body starts with. An op's record starts with its length, which
+/// these bytes would make about 1.3 GB, far above any message a broker takes: the two never
+/// collide.
+const TRAIN_MAGIC: &[u8; 8] = b"QVTRAIN1";
+
+/// A training logged for every replica of a shard: the quantizers the shard's training
+/// leader trained, stored as an artifact ([`crate::artifacts`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainEntry {
+    /// The artifact holding the quantizers (an index file with no points).
+    pub object: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
+/// An entry of a shard's log.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ShardEntry {
+    /// A write.
+    Op(Op),
+    /// A switch to newly trained quantizers.
+    Train(TrainEntry),
+}
+
+impl ShardEntry {
+    /// The message body.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            ShardEntry::Op(op) => encode_op(op),
+            ShardEntry::Train(t) => {
+                let mut out = TRAIN_MAGIC.to_vec();
+                // A struct of a string and a number always serializes.
+                out.extend(serde_json::to_vec(t).unwrap_or_default());
+                out
+            }
+        }
+    }
+
+    /// The entry a message body holds.
+    pub fn decode(body: &[u8]) -> std::result::Result<ShardEntry, String> {
+        match body.strip_prefix(TRAIN_MAGIC.as_slice()) {
+            Some(json) => serde_json::from_slice(json)
+                .map(ShardEntry::Train)
+                .map_err(|e| format!("a training entry: {e}")),
+            None => decode_op(body)
+                .map(ShardEntry::Op)
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
 
 /// A shard's log on a JetStream server or cluster.
 #[derive(Clone)]
@@ -23,7 +77,16 @@ pub struct ShardLog {
 impl ShardLog {
     /// The stream holding shard `shard` of `collection`'s incarnation `incarnation`.
     pub fn stream_name(collection: &str, incarnation: u64, shard: u32) -> String {
-        format!("QUIVER_{}_{incarnation}_{shard}", escape(collection))
+        format!(
+            "{}{shard}",
+            Self::incarnation_prefix(collection, incarnation)
+        )
+    }
+
+    /// What the names of every shard's stream of `collection`'s incarnation `incarnation`
+    /// start with, and no other's (an escaped name holds no `_` of its own).
+    pub fn incarnation_prefix(collection: &str, incarnation: u64) -> String {
+        format!("QUIVER_{}_{incarnation}_", escape(collection))
     }
 
     /// Opens the log of shard `shard` of `collection` created at catalog number
@@ -76,8 +139,18 @@ impl ShardLog {
     /// Appends `op` under the message id `id` (unique per write: a repeat within the duplicate
     /// window is dropped) and waits until the stream has stored it.
     pub async fn append(&self, id: &str, op: &Op) -> Result<Appended> {
+        self.append_body(id, encode_op(op)).await
+    }
+
+    /// Appends a training under the message id `id`, as [`Self::append`].
+    pub async fn append_train(&self, id: &str, train: &TrainEntry) -> Result<Appended> {
+        self.append_body(id, ShardEntry::Train(train.clone()).encode())
+            .await
+    }
+
+    async fn append_body(&self, id: &str, body: Vec<u8>) -> Result<Appended> {
         self.stream
-            .append(id, encode_op(op), None)
+            .append(id, body, None)
             .await?
             .ok_or_else(|| ClusterError::broker("publishing a write", "refused"))
     }
@@ -87,20 +160,20 @@ impl ShardLog {
         self.stream.bounds().await
     }
 
-    /// The ops from number `start` on, in order, as they are appended.
+    /// The entries from number `start` on, in order, as they are appended.
     pub async fn read_from(
         &self,
         start: u64,
-    ) -> Result<impl Stream<Item = Result<(u64, Op)>> + Send + 'static> {
+    ) -> Result<impl Stream<Item = Result<(u64, ShardEntry)>> + Send + 'static> {
         let name = self.stream.name().to_string();
         Ok(self.stream.read_from(start).await?.map(move |e| {
             let (seq, body) = e?;
-            let op = decode_op(&body).map_err(|e| ClusterError::BadEntry {
+            let entry = ShardEntry::decode(&body).map_err(|reason| ClusterError::BadEntry {
                 stream: name.clone(),
                 seq,
-                reason: e.to_string(),
+                reason,
             })?;
-            Ok((seq, op))
+            Ok((seq, entry))
         }))
     }
 

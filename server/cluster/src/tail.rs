@@ -3,7 +3,8 @@
 //! An entry below the next number (a consumer the client rebuilt from the start, or a log
 //! re-created) makes it read again from the next number, where the log's bounds are checked;
 //! a damaged entry, entries missing, a log trimmed past the target or ending before it stop
-//! it with that error, as does a failure to apply. The shard follower and the node's catalog
+//! it with that error, as does a failure to apply (but for one to reach the broker, which is
+//! retried). The shard follower and the node's catalog
 //! follower are this with their targets.
 
 use std::future::Future;
@@ -90,7 +91,16 @@ pub(crate) async fn follow<T: Target>(target: T, mut stop: watch::Receiver<bool>
                         got: seq,
                     });
                 }
-                target.apply(seq, entry).await?;
+                match target.apply(seq, entry).await {
+                    Ok(()) => {}
+                    // What the entry needs from the broker (a training's quantizers) could
+                    // not be read: read again from this entry.
+                    Err(e @ ClusterError::Broker { .. }) => {
+                        tracing::warn!(log = %target.log_name(), seq, error = %e, "applying an entry needs the broker; retrying");
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
                 backoff = Duration::from_millis(50);
             },
             Err(e) if e.ends_following() => return Err(e),

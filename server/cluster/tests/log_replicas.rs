@@ -1,8 +1,9 @@
 //! Replicas fed one shard log on a real NATS JetStream server hold the same points and answer
 //! bit-identically: through a retried (de-duplicated) write, the broker killed with SIGKILL
 //! and restarted mid-stream, a replica started late from nothing, and a replica restarted
-//! from its own files (it goes on from its last applied op); a replica ahead of a re-created
-//! log stops with an error instead of applying it.
+//! from its own files (it goes on from its last applied op), and a training logged mid-stream
+//! (every replica switches to the same quantizers, read from the artifacts bucket, at its
+//! number); a replica ahead of a re-created log stops with an error instead of applying it.
 
 mod common;
 
@@ -11,10 +12,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quiver_cluster::{ClusterError, Follower, ShardLog};
+use quiver_cluster::artifacts::Artifacts;
+use quiver_cluster::{ClusterError, Follower, ShardLog, TrainEntry};
 use quiver_engine::backend::cpu::CpuBackend;
 use quiver_store::wal::Op;
-use quiver_store::{Collection, CollectionMeta, SearchKey, StoreConfig};
+use quiver_store::{Collection, CollectionMeta, IndexConfig, SearchKey, StoreConfig};
 
 type C = Collection<CpuBackend>;
 
@@ -105,8 +107,9 @@ async fn replicas_fed_one_log_hold_the_same_points_through_broker_and_replica_re
     let log = ShardLog::open(&js, "docs", 1, 0, 1).await.unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let (pa, pb) = (tmp.path().join("a"), tmp.path().join("b"));
+    let artifacts = Artifacts::open(&js, 1).await.unwrap();
     let a = replica(&pa);
-    let mut follow_a = Follower::start(log.clone(), a.clone());
+    let mut follow_a = Follower::start(log.clone(), a.clone(), artifacts.clone());
     let mut model = BTreeMap::new();
     let mut seqs = Vec::new();
     for i in 0..60 {
@@ -136,25 +139,52 @@ async fn replicas_fed_one_log_hold_the_same_points_through_broker_and_replica_re
         apply_to_model(&mut model, &op);
     }
 
+    // A training logged as a shard's training leader logs it: quantizers trained on A's
+    // points, stored as an artifact, then the switch appended.
+    wait(&mut follow_a, 120).await;
+    let trainer = a.clone();
+    let quantizers = tokio::task::spawn_blocking(move || {
+        trainer.train_quantizers(Some(IndexConfig {
+            nlist: 8,
+            pq_m: 4,
+            // The vectors kept as written (compared bit for bit below).
+            refine: "f32".into(),
+            ..IndexConfig::default()
+        }))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let file = tmp.path().join("quantizers.qvr");
+    quiver_engine::persist::save(&quantizers, &file).unwrap();
+    let object = format!("{}.t1", log.stream());
+    let bytes = artifacts.put_file(&object, &file).await.unwrap();
+    let train = TrainEntry { object, bytes };
+    assert_eq!(log.append_train("t1", &train).await.unwrap().seq, 121);
+    assert!(!a.trained());
+
     // A replica started late from nothing, and A restarted from its own files meanwhile.
     let b = replica(&pb);
-    let mut follow_b = Follower::start(log.clone(), b.clone());
+    let mut follow_b = Follower::start(log.clone(), b.clone(), artifacts.clone());
     follow_a.stop().await.unwrap();
     let stopped_at = a.last_seq();
     drop(a);
     let a = Arc::new(C::open(&pa, CpuBackend, StoreConfig::default()).unwrap());
     assert_eq!(a.last_seq(), stopped_at);
-    let mut follow_a = Follower::start(log.clone(), a.clone());
+    let mut follow_a = Follower::start(log.clone(), a.clone(), artifacts.clone());
     for i in 120..150 {
         let op = write(i);
         append_acked(&log, &format!("w{i}"), &op).await;
         apply_to_model(&mut model, &op);
     }
     let (first, last) = log.bounds().await.unwrap();
-    assert_eq!((first, last), (1, 150));
+    assert_eq!((first, last), (1, 151));
     wait(&mut follow_a, last).await;
     wait(&mut follow_b, last).await;
-    assert_eq!((a.last_seq(), b.last_seq()), (150, 150));
+    assert_eq!((a.last_seq(), b.last_seq()), (151, 151));
+    // Both switched to the logged quantizers (searched through IVF-PQ below).
+    assert!(a.trained() && b.trained());
+    assert_eq!(a.meta().index.nlist, 8);
 
     // Both hold exactly the model's points, bit for bit, and answer identically.
     let ids: Vec<u64> = (0..160 * 5).collect();
@@ -194,7 +224,7 @@ async fn replicas_fed_one_log_hold_the_same_points_through_broker_and_replica_re
     log.delete().await.unwrap();
     let log = ShardLog::open(&js, "docs", 1, 0, 1).await.unwrap();
     log.append("new-1", &write(0)).await.unwrap();
-    let follow_a = Follower::start(log.clone(), a.clone());
+    let follow_a = Follower::start(log.clone(), a.clone(), artifacts.clone());
     let stopped = tokio::time::timeout(Duration::from_secs(30), async {
         while !follow_a.has_stopped() {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -209,9 +239,9 @@ async fn replicas_fed_one_log_hold_the_same_points_through_broker_and_replica_re
         follow_a.stop().await,
         Err(ClusterError::Behind {
             last: 1,
-            wanted: 151,
+            wanted: 152,
             ..
         })
     ));
-    assert_eq!(a.last_seq(), 150);
+    assert_eq!(a.last_seq(), 151);
 }

@@ -5,7 +5,9 @@
 //! node's Get, Count and exact search equal a model of the acknowledged writes (brute force),
 //! reads go on while a node is down, a dropped and re-created collection starts empty, a
 //! restarted node goes on from its own files and a node whose folder was deleted catches up
-//! from the logs.
+//! from the logs. A training is refused with too few points; one that runs switches every
+//! replica of each shard at one number of its log, and a shard's replicas then answer
+//! identically.
 
 mod common;
 
@@ -17,7 +19,7 @@ use quiver_cluster::placement::shard_of;
 use quiver_cluster::{CatalogEntry, CatalogLog, ClusterError, Node, SearchRequest, WriteToken};
 use quiver_engine::backend::cpu::CpuBackend;
 use quiver_store::wal::Op;
-use quiver_store::{CollectionMeta, CollectionsFolder, StoreConfig, StoreError};
+use quiver_store::{CollectionMeta, CollectionsFolder, IndexConfig, StoreConfig, StoreError};
 
 const DIM: usize = 4;
 
@@ -381,6 +383,89 @@ async fn scenario(nats: &common::NatsServer) {
                 .unwrap(),
             0
         );
+    }
+
+    // Too few points per shard to train: refused before any replica switches, saying why.
+    let refused = b.train("docs", None, Duration::from_secs(20)).await;
+    assert!(
+        matches!(&refused, Err(ClusterError::Store(StoreError::Precondition(m))) if m.contains("training needs")),
+        "{refused:?}"
+    );
+
+    // A trained collection: each shard's training leader logs its quantizers, every replica
+    // switches at that number (writes after it are encoded with them), and the replicas of a
+    // shard answer bit-identically.
+    a.create_collection(meta("trained"), 2, 2).await.unwrap();
+    let first: Vec<u64> = (0..1200).collect();
+    let w1 = b.write("trained", "t1", upsert(&first, 0)).await.unwrap();
+    let index = IndexConfig {
+        nlist: 4,
+        pq_m: 2,
+        refine: "f32".into(),
+        ..IndexConfig::default()
+    };
+    let switched = c
+        .train("trained", Some(index), Duration::from_secs(60))
+        .await
+        .unwrap();
+    for s in 0..2 {
+        assert_eq!(switched.seq_of(s), w1.seq_of(s) + 1, "{switched:?}");
+    }
+    let later: Vec<u64> = (1200..1300).collect();
+    let w2 = a.write("trained", "t2", upsert(&later, 1)).await.unwrap();
+    let queries: Vec<f32> = (0..20).flat_map(|q| vector(q * 61, 0)).collect();
+    let key = quiver_store::SearchKey {
+        k: 5,
+        nprobe: 4,
+        refine_factor: 0,
+    };
+    for s in 0..2u32 {
+        let mut answers = Vec::new();
+        for n in [&a, &b, &c] {
+            let Some(r) = n.replica("trained", s).await else {
+                continue;
+            };
+            eventually(
+                "the replica applies the training and the write after it",
+                || async { n.applied("trained", s).await == Some(w2.seq_of(s)) },
+            )
+            .await;
+            assert!(r.trained(), "{} shard {s}", n.id());
+            assert_eq!(r.meta().index.nlist, 4);
+            let found = r.search(&queries, 20, key).unwrap();
+            answers.push((
+                found.ids,
+                found
+                    .distances
+                    .iter()
+                    .map(|d| d.to_bits())
+                    .collect::<Vec<_>>(),
+            ));
+        }
+        assert_eq!(answers.len(), 2);
+        assert_eq!(answers[0], answers[1], "shard {s}");
+    }
+    // Through any node: each stored point finds itself first.
+    let probe: Vec<u64> = (0..1300).step_by(97).collect();
+    let found = a
+        .search(
+            "trained",
+            SearchRequest {
+                queries: probe
+                    .iter()
+                    .flat_map(|&id| vector(id, u64::from(id >= 1200)))
+                    .collect(),
+                nq: probe.len(),
+                k: 3,
+                nprobe: 4,
+                ..SearchRequest::default()
+            },
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    for (q, f) in found.iter().enumerate() {
+        assert_eq!(f[0].0, probe[q]);
     }
 
     // C stops: every read still answers (shard 1 from A), and writes go on.
