@@ -14,11 +14,11 @@
 
 mod common;
 
+use common::{free_port, healthy, nats_binary, Proc};
+
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,47 +40,6 @@ const BATCHES_AFTER: u64 = 25;
 /// minute) before it is acknowledged. A stream whose leader was on the killed server refuses
 /// writes until its new leader is elected.
 const MAX_TRIES: usize = 60;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn nats_binary() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("QUIVER_NATS_SERVER") {
-        return Some(PathBuf::from(p));
-    }
-    if let Some(paths) = std::env::var_os("PATH") {
-        for d in std::env::split_paths(&paths) {
-            let p = d.join("nats-server");
-            if p.is_file() {
-                return Some(p);
-            }
-        }
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/nats-venv/bin/nats-server");
-    venv.is_file().then_some(venv)
-}
-
-/// A child process killed (SIGKILL) when dropped.
-struct Proc(Option<Child>);
-
-impl Proc {
-    fn kill(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// A 3-server JetStream cluster on loopback.
 struct Nats {
@@ -149,22 +108,6 @@ impl Nats {
             .collect::<Vec<_>>()
             .join(",")
     }
-}
-
-/// Whether the server's monitoring port answers `/healthz` with 200.
-fn healthy(port: u16) -> bool {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
-    answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
 }
 
 /// A Quiver node: its process and gRPC address.

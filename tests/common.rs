@@ -2,9 +2,11 @@
 //! `quiver` binary.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
+use std::time::Duration;
 
 use quiver_engine::io::{write_f32, ElementType};
 use quiver_engine::synth::ClusteredGaussian;
@@ -110,4 +112,64 @@ pub fn listening_address(child: &mut Child) -> Option<String> {
     line.trim()
         .strip_prefix("listening on ")
         .map(str::to_string)
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The nats-server binary: `$QUIVER_NATS_SERVER`, else `nats-server` on the PATH, else the one
+/// scripts/test installs in `target/nats-venv`.
+pub fn nats_binary() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("QUIVER_NATS_SERVER") {
+        return Some(PathBuf::from(p));
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for d in std::env::split_paths(&paths) {
+            let p = d.join("nats-server");
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/nats-venv/bin/nats-server");
+    venv.is_file().then_some(venv)
+}
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Proc(pub Option<Child>);
+
+impl Proc {
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Whether the server's monitoring port answers `/healthz` with 200.
+pub fn healthy(port: u16) -> bool {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
 }
