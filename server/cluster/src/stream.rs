@@ -17,6 +17,10 @@ use crate::error::{ClusterError, Result};
 /// Longest pull a log reader waits on (its idle heartbeat is half of it).
 const READ_EXPIRES: Duration = Duration::from_secs(2);
 
+/// How long an append is retried while the stream answers "no stream found" (a stream just
+/// created, or electing a leader).
+const NOT_FOUND_RETRY: Duration = Duration::from_secs(10);
+
 /// How long JetStream remembers message ids to drop repeats.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
@@ -131,22 +135,39 @@ impl LogStream {
         after: Option<u64>,
     ) -> Result<Option<Appended>> {
         self.check_size(body.len())?;
-        let mut msg = PublishMessage::build().payload(body.into()).message_id(id);
-        if let Some(seq) = after {
-            msg = msg.expected_last_sequence(seq);
-        }
-        let pending = self
-            .js
-            .send_publish(self.subject.clone(), msg)
-            .await
-            .map_err(|e| ClusterError::broker("publishing", e))?;
-        match pending.await {
-            Ok(ack) => Ok(Some(Appended {
-                seq: ack.sequence,
-                duplicate: ack.duplicate,
-            })),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
-            Err(e) => Err(ClusterError::broker("waiting for an acknowledgement", e)),
+        let body = Bytes::from(body);
+        // A stream just created on a JetStream cluster answers no publish until its group
+        // has a leader ("no stream found"), nor does one whose leader is being re-elected:
+        // sent again (the same message id: stored once) for a while.
+        let mut wait = Duration::from_millis(50);
+        let give_up = tokio::time::Instant::now() + NOT_FOUND_RETRY;
+        loop {
+            let mut msg = PublishMessage::build().payload(body.clone()).message_id(id);
+            if let Some(seq) = after {
+                msg = msg.expected_last_sequence(seq);
+            }
+            let pending = self
+                .js
+                .send_publish(self.subject.clone(), msg)
+                .await
+                .map_err(|e| ClusterError::broker("publishing", e))?;
+            match pending.await {
+                Ok(ack) => {
+                    return Ok(Some(Appended {
+                        seq: ack.sequence,
+                        duplicate: ack.duplicate,
+                    }))
+                }
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => return Ok(None),
+                Err(e)
+                    if e.kind() == PublishErrorKind::StreamNotFound
+                        && tokio::time::Instant::now() + wait < give_up =>
+                {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(500));
+                }
+                Err(e) => return Err(ClusterError::broker("waiting for an acknowledgement", e)),
+            }
         }
     }
 
