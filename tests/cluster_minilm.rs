@@ -18,7 +18,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -32,20 +32,6 @@ use tonic::transport::Channel;
 const DIM: usize = 384;
 const K: usize = 10;
 const BATCH: usize = 1000;
-
-fn data_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("QUIVER_MINILM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/minilm-pydocs")
-        });
-    if dir.join("base-00.fvecs").exists() {
-        Some(dir)
-    } else {
-        eprintln!("skipped: {} not found", dir.display());
-        None
-    }
-}
 
 /// One NATS server with JetStream on loopback; returns it and its URL.
 fn start_nats(binary: &Path, dir: &Path) -> (Proc, String) {
@@ -168,7 +154,9 @@ async fn train(c: &mut QuiverClient<Channel>, nlist: u32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "heavy: 100k real vectors into a cluster and a single server, both trained"]
 async fn cluster_search_equals_single_node_search_on_minilm() {
-    let Some(data) = data_dir() else { return };
+    let Some(data) = common::minilm_dir() else {
+        return;
+    };
     let Some(binary) = nats_binary_or_skip() else {
         return;
     };

@@ -186,3 +186,19 @@ pub fn healthy(port: u16) -> bool {
     let _ = s.read_to_string(&mut answer);
     answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
 }
+
+/// The MiniLM data set (`$QUIVER_MINILM_DIR`, else `../shared/data/minilm-pydocs`), or `None`
+/// after saying the test is skipped.
+pub fn minilm_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("QUIVER_MINILM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/minilm-pydocs")
+        });
+    if dir.join("base-00.fvecs").exists() {
+        Some(dir)
+    } else {
+        eprintln!("skipped: {} not found", dir.display());
+        None
+    }
+}

@@ -10,17 +10,7 @@ use std::path::PathBuf;
 use common::{quiver_ok, read_ivecs};
 
 fn data_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("QUIVER_MINILM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/minilm-pydocs")
-        });
-    if dir.join("base-00.fvecs").exists() {
-        Some(dir)
-    } else {
-        eprintln!("skipped: {} not found", dir.display());
-        None
-    }
+    common::minilm_dir()
 }
 
 fn s(p: &std::path::Path) -> String {
