@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{free_port, healthy, nats_binary_or_skip, Proc};
+use common::{free_port, healthy, http_get, nats_binary_or_skip, Proc};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use ::quiver_server::proto::quiver_client::QuiverClient;
 use ::quiver_server::proto::{
-    CountRequest, CreateCollectionRequest, GetRequest, Metric, SearchBatchRequest, TrainRequest,
-    UpsertRequest,
+    CountRequest, CreateCollectionRequest, GetRequest, Metric, SearchBatchRequest, SearchRequest,
+    TrainRequest, UpsertRequest,
 };
 use parking_lot::Mutex;
 use tonic::transport::Channel;
@@ -526,6 +526,8 @@ async fn the_local_cluster_script_starts_serves_and_stops() {
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("QUIVER_BIN", env!("CARGO_BIN_EXE_quiver"))
             .env("QUIVER_NATS_SERVER", &binary)
+            // Replica requests answered show in the nodes' logs, with their request ids.
+            .env("RUST_LOG", "info,quiver_cluster=debug")
             .output()
             .expect("run scripts/cluster")
     };
@@ -570,7 +572,16 @@ async fn the_local_cluster_script_starts_serves_and_stops() {
     })
     .await
     .expect("upsert");
-    let got = eventually_ok("Get through node 1", || get_all(&addrs[1], &ids)).await;
+    // Node 1 reads its own replicas, which apply the write on their own time.
+    let got = eventually_ok("Get through node 1", || async {
+        let got = get_all(&addrs[1], &ids).await?;
+        if got.len() == ids.len() {
+            Ok(got)
+        } else {
+            Err(format!("{} of {} points so far", got.len(), ids.len()))
+        }
+    })
+    .await;
     assert_eq!(got.len(), ids.len());
     // Too few points to train: refused as on one server, naming why, after no replica
     // switched.
@@ -587,6 +598,73 @@ async fn the_local_cluster_script_starts_serves_and_stops() {
         "{refused:?}"
     );
     assert!(refused.message().contains("training needs"), "{refused:?}");
+
+    // 2 shards x 1 replica: each node holds one shard, so a search through node 0 asks node 1
+    // for the other. The caller's request id comes back with the answer and is in node 1's
+    // log; node 0's metrics count the requests it routed and every replica's progress.
+    eventually_ok("create solo", || {
+        let mut c = c0.clone();
+        async move {
+            c.create_collection(CreateCollectionRequest {
+                name: "solo".into(),
+                replication_factor: 1,
+                ..docs_2x2()
+            })
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| s.to_string())
+        }
+    })
+    .await;
+    c0.upsert(UpsertRequest {
+        collection: "solo".into(),
+        ids: ids.clone(),
+        vectors: ids.iter().flat_map(|&id| vector(id)).collect(),
+        wait: true,
+        ..Default::default()
+    })
+    .await
+    .expect("upsert solo");
+    let mut search = tonic::Request::new(SearchRequest {
+        collection: "solo".into(),
+        vector: vector(3),
+        k: 5,
+        ..Default::default()
+    });
+    search
+        .metadata_mut()
+        .insert("x-request-id", "it-solo-search-1".parse().unwrap());
+    let found = c0.search(search).await.expect("search solo");
+    assert_eq!(
+        found
+            .metadata()
+            .get("x-request-id")
+            .map(|v| v.to_str().unwrap()),
+        Some("it-solo-search-1")
+    );
+    assert_eq!(found.into_inner().neighbors[0].id, 3);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = std::fs::read_to_string(dir.join("quiver-1.log")).unwrap_or_default();
+        let metrics = http_get((19090 + offset) as u16, "/metrics").unwrap_or_default();
+        let routed_to_1 = metrics.lines().any(|l| {
+            l.starts_with("quiver_cluster_routed_total{")
+                && l.contains(r#"collection="solo""#)
+                && l.contains(r#"node="node-1""#)
+        });
+        let progress = metrics.lines().any(|l| {
+            l.starts_with("quiver_cluster_replication_lag{") && l.contains(r#"collection="docs""#)
+        }) && metrics.contains("quiver_cluster_applied_seq{");
+        if log.contains("it-solo-search-1") && routed_to_1 && progress {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "request id in node 1's log: {}, routed to node 1: {routed_to_1}, progress: {progress}\n{metrics}",
+            log.contains("it-solo-search-1")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 
     let status = tokio::task::block_in_place(|| script(&["status"]));
     assert!(status.status.success());

@@ -171,20 +171,25 @@ impl Drop for Proc {
     }
 }
 
-/// Whether the server's monitoring port answers `/healthz` with 200.
-pub fn healthy(port: u16) -> bool {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
+/// The whole HTTP/1.0 answer (status line, headers, body) of `GET path` on a loopback port,
+/// or `None` when nothing answers.
+#[allow(dead_code)]
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .ok()?;
     let mut answer = String::new();
     let _ = s.read_to_string(&mut answer);
-    answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
+    Some(answer)
+}
+
+/// Whether the server's monitoring port answers `/healthz` with 200.
+#[allow(dead_code)]
+pub fn healthy(port: u16) -> bool {
+    http_get(port, "/healthz").is_some_and(|answer| {
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
+    })
 }
 
 /// The MiniLM data set (`$QUIVER_MINILM_DIR`, else `../shared/data/minilm-pydocs`), or `None`

@@ -37,6 +37,11 @@ pub struct ClusterConfig {
     pub node_id: String,
     /// Copies of each stream and bucket on the JetStream cluster (3 on a 3-server cluster).
     pub stream_replicas: usize,
+    /// How often the node exports snapshots of its shard replicas (zero: never;
+    /// [`Node::snapshot_every`]).
+    pub snapshot_interval: Duration,
+    /// Ops a replica applies past its shard's last snapshot before another is exported.
+    pub snapshot_min_ops: u64,
 }
 
 /// Why joining the cluster failed.
@@ -134,11 +139,29 @@ impl ClusterFront {
                 Err(e) => return Err(JoinError::Node(e)),
             }
         };
+        if !cfg.snapshot_interval.is_zero() {
+            node.snapshot_every(cfg.snapshot_interval, cfg.snapshot_min_ops);
+        }
         Ok(ClusterFront {
             node: std::sync::Arc::new(node),
             written: Mutex::new(HashMap::new()),
             trainings: Default::default(),
         })
+    }
+
+    /// Keeps the cluster's figures in `metrics` (replicas' applied ops and lag, requests
+    /// routed) up to date: refreshed every [`METRICS_EVERY`] until the node stops.
+    pub fn report_metrics(&self, metrics: crate::metrics::Metrics) {
+        let node = std::sync::Arc::downgrade(&self.node);
+        tokio::spawn(async move {
+            loop {
+                // Held only while refreshing: a node stopped and dropped ends this.
+                let Some(n) = node.upgrade() else { return };
+                refresh_metrics(&n, &metrics).await;
+                drop(n);
+                tokio::time::sleep(METRICS_EVERY).await;
+            }
+        });
     }
 
     /// The node.
@@ -612,6 +635,43 @@ impl ClusterFront {
             )
             .await
             .map_err(from_cluster)
+    }
+}
+
+/// How often [`ClusterFront::report_metrics`] refreshes the cluster's figures.
+pub const METRICS_EVERY: Duration = Duration::from_secs(5);
+
+/// Sets the cluster's figures in `metrics` from what `node` says now.
+async fn refresh_metrics(node: &Node<AnyBackend>, metrics: &crate::metrics::Metrics) {
+    let replicas = node.replication().await;
+    // Replicas no longer held (dropped, moved) leave the figures.
+    metrics.cluster_applied.reset();
+    metrics.cluster_lag.reset();
+    for r in &replicas {
+        let shard = r.shard.to_string();
+        let labels = [r.collection.as_str(), shard.as_str()];
+        metrics
+            .cluster_applied
+            .with_label_values(&labels)
+            .set(i64::try_from(r.applied).unwrap_or(i64::MAX));
+        if let Some(last) = r.log_last {
+            metrics
+                .cluster_lag
+                .with_label_values(&labels)
+                .set(i64::try_from(last.saturating_sub(r.applied)).unwrap_or(i64::MAX));
+        }
+    }
+    for ((collection, shard, answered_by), n) in node.routed() {
+        let shard = shard.to_string();
+        let counter = metrics.cluster_routed.with_label_values(&[
+            collection.as_str(),
+            shard.as_str(),
+            answered_by.as_str(),
+        ]);
+        let seen = counter.get();
+        if n > seen {
+            counter.inc_by(n - seen);
+        }
     }
 }
 

@@ -29,6 +29,7 @@ pub mod payloads;
 pub mod qdrant;
 pub mod ratelimit;
 pub mod registry;
+pub mod request_id;
 pub mod server;
 pub mod service;
 pub mod signals;

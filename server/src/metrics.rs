@@ -23,6 +23,12 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     /// Requests refused by a rate limit, by limit (`requests`, `vectors`).
     pub rate_limited: IntCounterVec,
+    /// Cluster mode: the last op each shard replica held here has applied.
+    pub cluster_applied: IntGaugeVec,
+    /// Cluster mode: ops each shard replica held here is behind the end of its shard's log.
+    pub cluster_lag: IntGaugeVec,
+    /// Cluster mode: replica requests this node routed, by shard and the node that answered.
+    pub cluster_routed: IntCounterVec,
 }
 
 impl Metrics {
@@ -80,6 +86,30 @@ impl Metrics {
             &["limit"],
         )
         .expect("valid metric");
+        let cluster_applied = IntGaugeVec::new(
+            Opts::new(
+                "quiver_cluster_applied_seq",
+                "cluster mode: the last op of its shard's log each replica held here has applied",
+            ),
+            &["collection", "shard"],
+        )
+        .expect("valid metric");
+        let cluster_lag = IntGaugeVec::new(
+            Opts::new(
+                "quiver_cluster_replication_lag",
+                "cluster mode: ops each replica held here is behind the end of its shard's log",
+            ),
+            &["collection", "shard"],
+        )
+        .expect("valid metric");
+        let cluster_routed = IntCounterVec::new(
+            Opts::new(
+                "quiver_cluster_routed_total",
+                "cluster mode: replica requests this node sent, by shard and answering node",
+            ),
+            &["collection", "shard", "node"],
+        )
+        .expect("valid metric");
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(batch_size.clone()),
@@ -88,6 +118,9 @@ impl Metrics {
             Box::new(vectors.clone()),
             Box::new(queue_depth.clone()),
             Box::new(rate_limited.clone()),
+            Box::new(cluster_applied.clone()),
+            Box::new(cluster_lag.clone()),
+            Box::new(cluster_routed.clone()),
         ] {
             registry.register(m).expect("metric registered once");
         }
@@ -100,6 +133,9 @@ impl Metrics {
             vectors,
             queue_depth,
             rate_limited,
+            cluster_applied,
+            cluster_lag,
+            cluster_routed,
         }
     }
 

@@ -94,6 +94,7 @@ pub async fn serve(
         )
         .await?;
         tracing::info!(node = %cluster.node_id, nats = %cluster.urls.join(","), "joined the cluster");
+        front.report_metrics(registry.metrics().clone());
         registry.join_cluster(Arc::new(front));
     }
 
@@ -191,6 +192,7 @@ pub async fn serve(
     };
     tokio::spawn(reload_on_sighup(hangups, tls.clone()));
     let router = tonic::transport::Server::builder()
+        .layer(crate::request_id::RequestIdLayer)
         .layer(AuthLayer::new(
             Arc::new(config.api_keys.clone()),
             registry.limiter().clone(),
@@ -279,6 +281,7 @@ async fn serve_qdrant_grpc(
     let svc = crate::qdrant::grpc::QdrantGrpc::new(registry.clone());
     let limit = config.limits.max_message_bytes;
     let router = tonic::transport::Server::builder()
+        .layer(crate::request_id::RequestIdLayer)
         .layer(AuthLayer::new(
             Arc::new(config.api_keys.clone()),
             registry.limiter().clone(),

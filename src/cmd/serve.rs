@@ -165,6 +165,17 @@ pub struct Args {
     /// Copies of each log on the JetStream cluster (3 on a cluster of 3 NATS servers).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     stream_replicas: u8,
+    /// How often (seconds) this node exports a snapshot of each shard replica it holds that
+    /// has applied at least --snapshot-min-ops ops since the shard's last snapshot (one node
+    /// per shard at a time). A new or wiped node starts its replicas from them, and each
+    /// shard's log is trimmed below them. 0: never (the logs then keep every write).
+    #[arg(long, default_value_t = 300, value_name = "SECS", requires = "nats",
+          value_parser = clap::value_parser!(u64).range(0..=604_800))]
+    snapshot_interval: u64,
+    /// Ops a shard replica must have applied past its shard's last snapshot before this node
+    /// exports another.
+    #[arg(long, default_value_t = 10_000, value_name = "N", requires = "nats")]
+    snapshot_min_ops: u64,
 }
 
 fn parse_collection(s: &str) -> anyhow::Result<StaticCollection> {
@@ -321,6 +332,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 urls: a.nats.clone(),
                 node_id,
                 stream_replicas: a.stream_replicas as usize,
+                snapshot_interval: Duration::from_secs(a.snapshot_interval),
+                snapshot_min_ops: a.snapshot_min_ops,
             }),
         static_collections,
         batching: BatchingConfig {

@@ -46,7 +46,8 @@ impl CatalogLog {
     /// Opens the catalog log, creating its stream (`replicas` copies) if needed.
     pub async fn open(js: &async_nats::jetstream::Context, replicas: usize) -> Result<CatalogLog> {
         Ok(CatalogLog {
-            stream: LogStream::open(js, STREAM.into(), "quiver.catalog".into(), replicas).await?,
+            stream: LogStream::open(js, STREAM.into(), "quiver.catalog".into(), replicas, false)
+                .await?,
         })
     }
 

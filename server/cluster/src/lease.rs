@@ -40,27 +40,16 @@ pub struct Lease {
 impl Leases {
     /// Opens the bucket, creating it (`replicas` copies) if missing.
     pub async fn open(js: &async_nats::jetstream::Context, replicas: usize) -> Result<Leases> {
-        let kv = match js.get_key_value(BUCKET).await {
-            Ok(s) => s,
-            Err(_) => match js
-                .create_key_value(kv::Config {
-                    bucket: BUCKET.into(),
-                    description: "Quiver leases: which node decides for a shard".into(),
-                    history: 1,
-                    max_age: TTL,
-                    num_replicas: replicas.max(1),
-                    storage: async_nats::jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-            {
-                Ok(s) => s,
-                // Another node created it meanwhile.
-                Err(create) => js.get_key_value(BUCKET).await.map_err(|e| {
-                    ClusterError::broker("opening the leases bucket", format!("{create}; {e}"))
-                })?,
-            },
+        let cfg = kv::Config {
+            bucket: BUCKET.into(),
+            description: "Quiver leases: which node decides for a shard".into(),
+            history: 1,
+            max_age: TTL,
+            num_replicas: replicas.max(1),
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
         };
+        let kv = crate::bucket::key_value(js, cfg, "opening the leases bucket").await?;
         Ok(Leases { kv })
     }
 

@@ -16,6 +16,10 @@
 //! - [`lease`]: one node at a time decides for a shard (its training), by a lease in a
 //!   key-value bucket; [`artifacts`]: the trained quantizers every replica switches to, in an
 //!   object store bucket.
+//! - [`snapshots`]: checkpoint exports of shard replicas in the object store, which a new or
+//!   wiped node starts from (then the log after them); logs are trimmed below them.
+//! - [`request_id`]: the caller's request id, carried to every replica asked for it and named
+//!   in the logs of both nodes.
 //! - [`rpc`]: what a node asks another about a replica it holds (NATS request/reply).
 //! - [`node`]: a node: holds the replicas placed on it, answers other nodes, and routes its
 //!   callers' creates, drops, writes (split by shard) and reads (one replica per shard, the
@@ -24,6 +28,7 @@
 #![warn(missing_docs)]
 
 pub mod artifacts;
+mod bucket;
 pub mod catalog_log;
 pub mod error;
 pub mod follower;
@@ -31,8 +36,10 @@ pub mod lease;
 pub mod membership;
 pub mod node;
 pub mod placement;
+pub mod request_id;
 pub mod rpc;
 pub mod shard_log;
+pub mod snapshots;
 pub mod stream;
 mod tail;
 pub mod topology;
@@ -40,7 +47,7 @@ pub mod topology;
 pub use catalog_log::{CatalogEntry, CatalogLog};
 pub use error::{ClusterError, Result};
 pub use follower::Follower;
-pub use node::{Node, SearchRequest, WriteToken};
+pub use node::{Node, ReplicaProgress, SearchRequest, SnapshotDone, WriteToken};
 pub use rpc::ShardState;
 pub use shard_log::{ShardEntry, ShardLog, TrainEntry};
 pub use stream::Appended;

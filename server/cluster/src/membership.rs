@@ -12,7 +12,7 @@ use async_nats::jetstream::kv;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use crate::error::{ClusterError, Result};
+use crate::error::Result;
 
 /// The bucket's name.
 pub const BUCKET: &str = "QUIVER_NODES";
@@ -47,27 +47,16 @@ impl Membership {
         replicas: usize,
         stop: watch::Receiver<bool>,
     ) -> Result<Membership> {
-        let store = match js.get_key_value(BUCKET).await {
-            Ok(s) => s,
-            Err(_) => match js
-                .create_key_value(kv::Config {
-                    bucket: BUCKET.into(),
-                    description: "Quiver nodes that are up (heartbeats)".into(),
-                    history: 1,
-                    max_age: KEEP,
-                    num_replicas: replicas.max(1),
-                    storage: async_nats::jetstream::stream::StorageType::Memory,
-                    ..Default::default()
-                })
-                .await
-            {
-                Ok(s) => s,
-                // Another node created it meanwhile.
-                Err(create) => js.get_key_value(BUCKET).await.map_err(|e| {
-                    ClusterError::broker("opening the nodes bucket", format!("{create}; {e}"))
-                })?,
-            },
+        let cfg = kv::Config {
+            bucket: BUCKET.into(),
+            description: "Quiver nodes that are up (heartbeats)".into(),
+            history: 1,
+            max_age: KEEP,
+            num_replicas: replicas.max(1),
+            storage: async_nats::jetstream::stream::StorageType::Memory,
+            ..Default::default()
         };
+        let store = crate::bucket::key_value(js, cfg, "opening the nodes bucket").await?;
         let m = Membership {
             seen: Arc::new(Mutex::new(HashMap::new())),
             me: me.to_string(),

@@ -14,9 +14,12 @@
 //!   fails; the shards' neighbours are merged exactly (by distance, then id).
 //!
 //! At start the folder is made what the catalog says: replicas of collections dropped (or of
-//! an older incarnation) are removed, missing ones created empty (they catch up from the
-//! log). A folder holding a replica of a collection the log has not created yet is refused:
-//! the log was lost or belongs to another cluster.
+//! an older incarnation) are removed; missing ones, and those the trimmed log no longer
+//! covers, are made from their shard's snapshot ([`crate::snapshots`]) or, when it has none,
+//! created empty; each then catches up from the log. A folder holding a replica of a
+//! collection the log has not created yet is refused: the log was lost or belongs to another
+//! cluster. One node at a time exports each shard's snapshot ([`Node::snapshot`], and
+//! [`Node::snapshot_every`] in the background) and trims the shard's log below it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +35,7 @@ use quiver_store::{
 };
 use tokio::sync::{watch, Mutex};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::artifacts::Artifacts;
 use crate::catalog_log::{CatalogEntry, CatalogLog};
@@ -42,6 +46,7 @@ use crate::membership::{valid_node_id, Membership};
 use crate::placement::{place, shard_of, split_op};
 use crate::rpc::{self, Point, ShardRef, ShardRequest, ShardResponse, ShardState};
 use crate::shard_log::{ShardLog, TrainEntry};
+use crate::snapshots::Snapshots;
 use crate::tail::{follow, Entries, Target};
 use crate::topology::{ClusterCollection, Topology};
 
@@ -74,6 +79,28 @@ impl WriteToken {
             .max()
             .unwrap_or(0)
     }
+}
+
+/// How far a replica has applied its shard's log ([`Node::replication`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaProgress {
+    /// The collection.
+    pub collection: String,
+    /// The shard.
+    pub shard: u32,
+    /// The number of the last op applied.
+    pub applied: u64,
+    /// The number of the log's last entry (`None`: the broker did not say in time).
+    pub log_last: Option<u64>,
+}
+
+/// A snapshot exported by [`Node::snapshot`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotDone {
+    /// The last op it covers.
+    pub seq: u64,
+    /// The shard's log holds no entry below this number now.
+    pub trimmed_below: u64,
 }
 
 /// A search through the cluster.
@@ -115,8 +142,13 @@ struct Shared<B: Backend + Clone + Send + Sync + 'static> {
     catalog: CatalogLog,
     /// Trained quantizers, shared.
     artifacts: Artifacts,
-    /// Which node leads each shard's training.
+    /// Which node leads each shard's training, and exports its snapshot.
     leases: Leases,
+    /// The shards' snapshots.
+    snapshots: Snapshots,
+    /// The replicas this node started from a snapshot since it started, with the op each
+    /// snapshot covered.
+    restored: std::sync::Mutex<HashMap<ShardKey, u64>>,
     folder: CollectionsFolder,
     backend: B,
     cfg: StoreConfig,
@@ -147,6 +179,8 @@ pub struct Node<B: Backend + Clone + Send + Sync + 'static> {
     catalog_task: std::sync::Mutex<Option<tokio::task::JoinHandle<Result<()>>>>,
     /// The task answering other nodes (it holds the folder: awaited by [`Node::stop`]).
     answering: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The task exporting snapshots ([`Node::snapshot_every`]; it holds the folder too).
+    exporting: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// The folder name of a shard replica.
@@ -189,6 +223,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
         let catalog = CatalogLog::open(&js, replicas).await?;
         let artifacts = Artifacts::open(&js, replicas).await?;
         let leases = Leases::open(&js, replicas).await?;
+        let snapshots = Snapshots::open(&js, replicas, artifacts.clone()).await?;
         let (stop, stop_rx) = watch::channel(false);
         let members = Membership::start(&js, node_id, replicas, stop_rx.clone()).await?;
         let last = catalog.last_seq().await?;
@@ -199,6 +234,8 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
             catalog,
             artifacts,
             leases,
+            snapshots,
+            restored: std::sync::Mutex::new(HashMap::new()),
             applied: watch::channel(last).0,
             folder,
             backend,
@@ -248,6 +285,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
             stop,
             catalog_task: std::sync::Mutex::new(Some(catalog_task)),
             answering: std::sync::Mutex::new(Some(answering)),
+            exporting: std::sync::Mutex::new(None),
         })
     }
 
@@ -337,6 +375,10 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
                 tracing::warn!(collection = %name, error = %e, "deleting a dropped collection's quantizers failed");
             }
             for shard in 0..c.shards() {
+                let log = ShardLog::stream_name(name, c.incarnation, shard);
+                if let Err(e) = self.shared.snapshots.forget(&log).await {
+                    tracing::warn!(log = %log, error = %e, "deleting a dropped shard's snapshot record failed");
+                }
                 match ShardLog::open_existing(&self.shared.js, name, c.incarnation, shard).await {
                     Ok(Some(log)) => {
                         if let Err(e) = log.delete().await {
@@ -742,6 +784,37 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
         v
     }
 
+    /// How far each replica held here has applied its shard's log, and where that log ends,
+    /// sorted by collection and shard.
+    pub async fn replication(&self) -> Vec<ReplicaProgress> {
+        let held: Vec<(ShardKey, u64, ShardLog)> = self
+            .shared
+            .held
+            .lock()
+            .await
+            .iter()
+            .map(|(k, r)| (k.clone(), r.follower.applied(), r.log.clone()))
+            .collect();
+        let asks = held
+            .into_iter()
+            .map(|((collection, shard), applied, log)| async move {
+                let last = tokio::time::timeout(Duration::from_secs(2), log.bounds())
+                    .await
+                    .ok()
+                    .and_then(|b| b.ok())
+                    .map(|(_, last)| last);
+                ReplicaProgress {
+                    collection,
+                    shard,
+                    applied,
+                    log_last: last,
+                }
+            });
+        let mut v = futures_util::future::join_all(asks).await;
+        v.sort_by(|a, b| (&a.collection, a.shard).cmp(&(&b.collection, b.shard)));
+        v
+    }
+
     /// Requests this node routed, as ((collection, shard, answering node), count), sorted.
     pub fn routed(&self) -> Vec<((String, u32, String), u64)> {
         let mut v: Vec<_> = self
@@ -759,8 +832,85 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
         *self.shared.applied.borrow()
     }
 
-    /// Stops following the logs, heartbeating and answering (each replica holds what it has
-    /// applied; nothing is checkpointed: the next start replays its own log).
+    /// The op number of the snapshot this node started its replica of shard `shard` of
+    /// `collection` from, if it did since it started.
+    pub fn restored_from(&self, collection: &str, shard: u32) -> Option<u64> {
+        self.shared
+            .restored
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&(collection.to_string(), shard)).copied())
+    }
+
+    /// Exports this node's replica of shard `shard` of `collection` as the shard's snapshot
+    /// (unless another node is exporting it now, or the current one covers as much), then
+    /// trims the shard's log below the ops the snapshot covers and every replica that answers
+    /// has applied. Returns what was done; `None` when nothing was.
+    pub async fn snapshot(&self, collection: &str, shard: u32) -> Result<Option<SnapshotDone>> {
+        self.shared.snapshot_shard(collection, shard).await
+    }
+
+    /// Exports a snapshot of every shard replica held here that has applied at least
+    /// `min_ops` ops past its shard's snapshot, every `every`, until the node stops; a replica
+    /// whose follower stopped because the log was trimmed past it is started again from the
+    /// snapshot. Logs are trimmed below the snapshots.
+    pub fn snapshot_every(&self, every: Duration, min_ops: u64) {
+        let shared = self.shared.clone();
+        let mut stop = self.stop.subscribe();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                shared.restart_trimmed().await;
+                let held: Vec<(ShardKey, u64)> = shared
+                    .held
+                    .lock()
+                    .await
+                    .iter()
+                    .map(|(k, r)| (k.clone(), r.follower.applied()))
+                    .collect();
+                for ((name, shard), applied) in held {
+                    if *stop.borrow() {
+                        return;
+                    }
+                    let log = match shared.cluster_collection(&name) {
+                        Ok(c) => ShardLog::stream_name(&name, c.incarnation, shard),
+                        Err(_) => continue,
+                    };
+                    let covered = match shared.snapshots.latest(&log).await {
+                        Ok(r) => r.map_or(0, |r| r.seq),
+                        Err(e) => {
+                            tracing::debug!(log = %log, error = %e, "reading a shard's snapshot record");
+                            continue;
+                        }
+                    };
+                    if applied < covered.saturating_add(min_ops.max(1)) {
+                        continue;
+                    }
+                    match shared.snapshot_shard(&name, shard).await {
+                        Ok(Some(done)) => {
+                            tracing::info!(collection = %name, shard, seq = done.seq, trimmed_below = done.trimmed_below, "exported the shard's snapshot")
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(collection = %name, shard, error = %e, "exporting the shard's snapshot failed")
+                        }
+                    }
+                }
+            }
+        });
+        if let Ok(mut t) = self.exporting.lock() {
+            if let Some(old) = t.replace(task) {
+                old.abort();
+            }
+        }
+    }
+
+    /// Stops following the logs, heartbeating, answering and exporting snapshots (each
+    /// replica holds what it has applied; nothing is checkpointed: the next start replays
+    /// its own log).
     pub async fn stop(&self) -> Result<()> {
         let _ = self.stop.send(true);
         let task = self.catalog_task.lock().ok().and_then(|mut t| t.take());
@@ -773,6 +923,10 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
         };
         let answering = self.answering.lock().ok().and_then(|mut t| t.take());
         if let Some(t) = answering {
+            let _ = t.await;
+        }
+        let exporting = self.exporting.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = exporting {
             let _ = t.await;
         }
         let held: Vec<Replica<B>> = self
@@ -802,6 +956,18 @@ pub const MAX_K: usize = 16_384;
 
 /// Ids asked of one replica per request (answers stay well below NATS's message limit).
 const GET_CHUNK: usize = 64;
+
+/// Removes a scratch folder, if there is one (what is left goes at the folder's next open).
+async fn remove_scratch(path: &std::path::Path) {
+    let p = path.to_path_buf();
+    let _ = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::debug!(path = %p.display(), error = %e, "removing a scratch folder")
+        }
+        _ => {}
+    })
+    .await;
+}
 
 /// The instant `timeout` from now (a day at most).
 fn deadline_in(timeout: Duration) -> Instant {
@@ -889,6 +1055,7 @@ fn shard_ref_at(c: &ClusterCollection, shard: u32, min_seq: u64) -> ShardRef {
         shard,
         min_seq,
         wait_ms: 0,
+        request_id: crate::request_id::current().unwrap_or_default(),
     }
 }
 
@@ -994,7 +1161,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
         }
     }
 
-    /// Opens (or creates empty) this node's replica of shard `shard` of `c` and starts
+    /// Opens this node's replica of shard `shard` of `c` ([`Self::open_replica`]) and starts
     /// following its log; a failure marks it failed here.
     async fn place_replica(&self, c: &ClusterCollection, shard: u32) {
         let key = (c.meta.name.clone(), shard);
@@ -1002,23 +1169,6 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
             return;
         }
         let local = local_name(&c.meta.name, c.incarnation, shard);
-        let (f, b, cfg) = (self.folder.clone(), self.backend.clone(), self.cfg.clone());
-        let mut meta = c.meta.clone();
-        meta.name = local.clone();
-        let l = local.clone();
-        let opened = tokio::task::spawn_blocking(move || {
-            if f.is_live(&l) {
-                Collection::open(&f.path(&l), b, cfg)
-            } else {
-                f.create_replica(meta, b, cfg)
-            }
-        })
-        .await;
-        let collection = match opened {
-            Ok(Ok(coll)) => Arc::new(coll),
-            Ok(Err(e)) => return self.fail(key, local, format!("it does not open: {e}")),
-            Err(e) => return self.fail(key, local, format!("opening it failed: {e}")),
-        };
         let mut tries = 0;
         let log = loop {
             match ShardLog::open(&self.js, &c.meta.name, c.incarnation, shard, self.replicas).await
@@ -1032,10 +1182,12 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
                 Err(e) => return self.fail(key, local, format!("its log does not open: {e}")),
             }
         };
-        let ready_at = match log.bounds().await {
-            Ok((_, last)) => last,
-            // Unknown: reads are answered (as before the restart) rather than refused.
-            Err(_) => 0,
+        // Unknown bounds: the folder's replica is taken as covered, and reads are answered
+        // (as before the restart) rather than refused.
+        let (first, ready_at) = log.bounds().await.unwrap_or((0, 0));
+        let collection = match self.open_replica(c, &local, &log, first).await {
+            Ok(coll) => Arc::new(coll),
+            Err(why) => return self.fail(key, local, why),
         };
         let follower = Follower::start(log.clone(), collection.clone(), self.artifacts.clone());
         if let Ok(mut f) = self.failed.lock() {
@@ -1052,6 +1204,229 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
                 ready_at,
             },
         );
+    }
+
+    /// This node's replica `local` of a shard of `c` whose log `log` starts at entry `first`:
+    /// the one in the folder if the log still holds the ops after it; otherwise one made from
+    /// the shard's snapshot (it then applies the log after it); empty when the shard has no
+    /// snapshot (its log was never trimmed).
+    async fn open_replica(
+        &self,
+        c: &ClusterCollection,
+        local: &str,
+        log: &ShardLog,
+        first: u64,
+    ) -> std::result::Result<Collection<B>, String> {
+        if self.folder.is_live(local) {
+            let (f, b, cfg, l) = (
+                self.folder.clone(),
+                self.backend.clone(),
+                self.cfg.clone(),
+                local.to_string(),
+            );
+            let coll = tokio::task::spawn_blocking(move || Collection::open(&f.path(&l), b, cfg))
+                .await
+                .map_err(|e| format!("opening it failed: {e}"))?
+                .map_err(|e| format!("it does not open: {e}"))?;
+            if coll.last_seq() + 1 >= first {
+                return Ok(coll);
+            }
+            tracing::warn!(replica = %local, applied = coll.last_seq(), first, "the log was trimmed past this replica: starting it again from the shard's snapshot");
+            let (f, l) = (self.folder.clone(), local.to_string());
+            tokio::task::spawn_blocking(move || f.remove(&l, Some(&coll)))
+                .await
+                .map_err(|e| format!("removing it failed: {e}"))?
+                .map_err(|e| format!("removing it failed: {e}"))?;
+        }
+        if let Some(coll) = self.restore(local, log).await? {
+            return Ok(coll);
+        }
+        if first > 1 {
+            return Err(format!(
+                "its log starts at op {first} and the shard has no snapshot to start from"
+            ));
+        }
+        let (f, b, cfg) = (self.folder.clone(), self.backend.clone(), self.cfg.clone());
+        let mut meta = c.meta.clone();
+        meta.name = local.to_string();
+        tokio::task::spawn_blocking(move || f.create_replica(meta, b, cfg))
+            .await
+            .map_err(|e| format!("creating it failed: {e}"))?
+            .map_err(|e| format!("it cannot be created: {e}"))
+    }
+
+    /// The replica `local` made from the current snapshot of its shard's log (`None`: the
+    /// shard has none). A snapshot replaced while it is read is read again.
+    async fn restore(
+        &self,
+        local: &str,
+        log: &ShardLog,
+    ) -> std::result::Result<Option<Collection<B>>, String> {
+        let scratch = self.folder.snapshot_path(local);
+        let mut why = String::new();
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            remove_scratch(&scratch).await;
+            let record = match self.snapshots.download(log.stream(), &scratch).await {
+                Ok(None) => return Ok(None),
+                Ok(Some(record)) => record,
+                Err(e) => {
+                    tracing::warn!(replica = %local, error = %e, "reading the shard's snapshot failed; trying again");
+                    why = e.to_string();
+                    continue;
+                }
+            };
+            let (f, b, cfg, l, s) = (
+                self.folder.clone(),
+                self.backend.clone(),
+                self.cfg.clone(),
+                local.to_string(),
+                scratch.clone(),
+            );
+            let made =
+                tokio::task::spawn_blocking(move || f.create_replica_from_snapshot(&l, &s, b, cfg))
+                    .await;
+            remove_scratch(&scratch).await;
+            return match made {
+                Ok(Ok(coll)) => {
+                    tracing::info!(replica = %local, seq = record.seq, bytes = record.bytes(), from = %record.node, "started the replica from the shard's snapshot");
+                    if let Ok(mut r) = self.restored.lock() {
+                        if let Some((name, _, shard)) = parse_local(local) {
+                            r.insert((name, shard), record.seq);
+                        }
+                    }
+                    Ok(Some(coll))
+                }
+                Ok(Err(e)) => Err(format!("its snapshot does not open: {e}")),
+                Err(e) => Err(format!("opening its snapshot failed: {e}")),
+            };
+        }
+        Err(format!("its snapshot could not be read: {why}"))
+    }
+
+    /// [`Node::snapshot`].
+    async fn snapshot_shard(&self, name: &str, shard: u32) -> Result<Option<SnapshotDone>> {
+        let c = self.cluster_collection(name)?;
+        let (replica, log, local) = {
+            let held = self.held.lock().await;
+            match held.get(&(name.to_string(), shard)) {
+                Some(r) if r.incarnation == c.incarnation && !r.follower.has_stopped() => {
+                    (r.collection.clone(), r.log.clone(), r.local.clone())
+                }
+                _ => {
+                    return Err(ClusterError::Unavailable {
+                        name: name.to_string(),
+                        reason: format!("this node holds no working replica of shard {shard}"),
+                    })
+                }
+            }
+        };
+        // One node at a time exports a shard's snapshot.
+        let lease = match self
+            .leases
+            .acquire(&format!("snapshot.{}", log.stream()), &self.node_id)
+            .await?
+        {
+            Ok(lease) => lease,
+            Err(_) => return Ok(None),
+        };
+        let done = async {
+            let scratch = self.folder.snapshot_path(&format!("{local}-export"));
+            remove_scratch(&scratch).await;
+            let (r, s) = (replica.clone(), scratch.clone());
+            let exported = tokio::task::spawn_blocking(move || r.export_snapshot(&s))
+                .await
+                .map_err(|e| ClusterError::broker("exporting a snapshot", e));
+            let published = match exported {
+                Ok(Ok(seq)) => self
+                    .snapshots
+                    .publish(log.stream(), &self.node_id, seq, &scratch)
+                    .await
+                    .map(|p| p.then_some(seq)),
+                Ok(Err(e)) => Err(e.into()),
+                Err(e) => Err(e),
+            };
+            remove_scratch(&scratch).await;
+            let Some(seq) = published? else {
+                return Ok(None);
+            };
+            // Below what every replica that answers has applied: one that does not (down,
+            // or not yet restarted) starts again from the snapshot if the log has gone past it.
+            let mut below = seq + 1;
+            let placed = c.placement.get(shard as usize).cloned().unwrap_or_default();
+            for node in placed.iter().filter(|n| **n != self.node_id) {
+                let ask = ShardRequest::Progress {
+                    shard: shard_ref_at(&c, shard, 0),
+                };
+                match rpc::call(&self.client, node, &ask, Duration::from_secs(2)).await {
+                    Ok(ShardResponse::Progress(applied)) => below = below.min(applied + 1),
+                    answer => {
+                        tracing::debug!(node = %node, ?answer, "a replica did not say how far it has applied; the log is trimmed past it")
+                    }
+                }
+            }
+            // Only while this node still holds the lease (no other export raced past it).
+            if lease.held() && below > 1 {
+                log.trim_below(below).await?;
+            }
+            Ok(Some(SnapshotDone {
+                seq,
+                trimmed_below: below,
+            }))
+        }
+        .await;
+        lease.release().await;
+        done
+    }
+
+    /// Starts again, from their shard's snapshot, the replicas whose followers stopped because
+    /// the log was trimmed past them; others whose followers stopped are marked failed.
+    async fn restart_trimmed(&self) {
+        let stopped: Vec<(ShardKey, Replica<B>)> = {
+            let mut held = self.held.lock().await;
+            let keys: Vec<ShardKey> = held
+                .iter()
+                .filter(|(_, r)| r.follower.has_stopped())
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| held.remove(&k).map(|r| (k, r)))
+                .collect()
+        };
+        for (key, rep) in stopped {
+            match rep.follower.stop().await {
+                Err(ClusterError::Trimmed { .. }) => {
+                    tracing::warn!(replica = %rep.local, "the log was trimmed past this replica: starting it again from the shard's snapshot");
+                    let (f, l, coll) = (self.folder.clone(), rep.local.clone(), rep.collection);
+                    let removed =
+                        tokio::task::spawn_blocking(move || f.remove(&l, Some(&coll))).await;
+                    if !matches!(removed, Ok(Ok(()))) {
+                        self.fail(
+                            key,
+                            rep.local,
+                            "removing it to start it again failed".into(),
+                        );
+                        continue;
+                    }
+                    let placed = self
+                        .cluster_collection(&key.0)
+                        .ok()
+                        .filter(|c| c.incarnation == rep.incarnation);
+                    if let Some(c) = placed {
+                        self.place_replica(&c, key.1).await;
+                    }
+                }
+                r => {
+                    let why = match r {
+                        Err(e) => format!("its log follower stopped: {e}"),
+                        Ok(()) => "its log follower stopped".to_string(),
+                    };
+                    self.fail(key, rep.local, why);
+                }
+            }
+        }
     }
 
     /// Removes every replica of `name` this node holds (or failed to), and their logs.
@@ -1142,72 +1517,93 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
                 ),
             ));
         };
+        let request_id = request.shard().request_id.clone();
         let mut nodes: Vec<&String> = placed.iter().collect();
         // Stable: this node first, then those up, each group in placement order.
         nodes.sort_by_key(|n| (**n != self.node_id, !self.members.is_live(n)));
-        let mut why = Vec::new();
         let tries = nodes.len();
-        for (i, node) in nodes.into_iter().enumerate() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                why.push("deadline reached".to_string());
-                break;
-            }
-            // Each replica but the last gets a share of the time left, so one that does not
-            // answer (down but not yet known to be) leaves time for the others.
-            // A training takes as long as it takes: its leader gets all of it.
-            let is_training = matches!(request, ShardRequest::Train { .. });
-            let left = if i + 1 < tries && !is_training {
-                (left / (tries - i) as u32).max(left.min(Duration::from_millis(500)))
-            } else {
-                left
-            };
-            let mut request = request.clone();
-            request.shard_mut().wait_ms = left.as_millis() as u64;
-            let answer = if *node == self.node_id {
-                Ok(self.answer(request).await)
-            } else if is_training {
-                // A leader that dies mid-training never answers: given up once it is down,
-                // and the next replica asked.
-                let call = rpc::call(&self.client, node, &request, left);
-                tokio::pin!(call);
-                loop {
-                    tokio::select! {
-                        a = &mut call => break a,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                            if !self.members.is_live(node) {
-                                break Err(ClusterError::broker(
-                                    "leading a training",
-                                    format!("node {node} went down"),
-                                ));
+        let mut why = Vec::new();
+        let mut backoff = Duration::from_millis(50);
+        // Rounds over the replicas while one says it is not ready yet (the collection's
+        // creation not yet read there, or catching up) and time is left.
+        loop {
+            let mut not_ready = false;
+            why.clear();
+            for (i, node) in nodes.iter().copied().enumerate() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    why.push("deadline reached".to_string());
+                    break;
+                }
+                // Each replica but the last gets a share of the time left, so one that does not
+                // answer (down but not yet known to be) leaves time for the others.
+                // A training takes as long as it takes: its leader gets all of it.
+                let is_training = matches!(request, ShardRequest::Train { .. });
+                let left = if i + 1 < tries && !is_training {
+                    (left / (tries - i) as u32).max(left.min(Duration::from_millis(500)))
+                } else {
+                    left
+                };
+                let mut request = request.clone();
+                request.shard_mut().wait_ms = left.as_millis() as u64;
+                let answer = if *node == self.node_id {
+                    Ok(self.answer(request).await)
+                } else if is_training {
+                    // A leader that dies mid-training never answers: given up once it is down,
+                    // and the next replica asked.
+                    let call = rpc::call(&self.client, node, &request, left);
+                    tokio::pin!(call);
+                    loop {
+                        tokio::select! {
+                            a = &mut call => break a,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                                if !self.members.is_live(node) {
+                                    break Err(ClusterError::broker(
+                                        "leading a training",
+                                        format!("node {node} went down"),
+                                    ));
+                                }
                             }
                         }
                     }
-                }
-            } else {
-                rpc::call(&self.client, node, &request, left).await
-            };
-            match answer {
-                // The request itself is wrong: every replica would say so.
-                Ok(ShardResponse::Refused(e)) => {
-                    return Err(invalid("request", e));
-                }
-                // Not possible now, whichever replica is asked.
-                Ok(ShardResponse::Precondition(e)) => {
-                    return Err(ClusterError::Store(StoreError::Precondition(e)));
-                }
-                Ok(ShardResponse::Failed(e)) => why.push(format!("{node}: {e}")),
-                Ok(a) => {
-                    if let Ok(mut r) = self.routed.lock() {
-                        *r.entry((c.meta.name.clone(), shard, node.clone()))
-                            .or_default() += 1;
+                } else {
+                    rpc::call(&self.client, node, &request, left).await
+                };
+                match answer {
+                    // The request itself is wrong: every replica would say so.
+                    Ok(ShardResponse::Refused(e)) => {
+                        return Err(invalid("request", e));
                     }
-                    return Ok(a);
+                    // Not possible now, whichever replica is asked.
+                    Ok(ShardResponse::Precondition(e)) => {
+                        return Err(ClusterError::Store(StoreError::Precondition(e)));
+                    }
+                    Ok(ShardResponse::NotReady(e)) => {
+                        not_ready = true;
+                        why.push(format!("{node}: {e}"))
+                    }
+                    Ok(ShardResponse::Failed(e)) => {
+                        tracing::debug!(request_id = %request_id, node = %node, shard, why = %e, "a replica could not answer; asking the next");
+                        why.push(format!("{node}: {e}"))
+                    }
+                    Ok(a) => {
+                        if let Ok(mut r) = self.routed.lock() {
+                            *r.entry((c.meta.name.clone(), shard, node.clone()))
+                                .or_default() += 1;
+                        }
+                        return Ok(a);
+                    }
+                    // Too large for any node.
+                    Err(e @ ClusterError::TooLarge { .. }) => return Err(e),
+                    Err(e) => why.push(format!("{node}: {e}")),
                 }
-                // Too large for any node.
-                Err(e @ ClusterError::TooLarge { .. }) => return Err(e),
-                Err(e) => why.push(format!("{node}: {e}")),
             }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !not_ready || left <= backoff {
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
         }
         Err(ClusterError::Unavailable {
             name: c.meta.name.clone(),
@@ -1220,6 +1616,16 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
         let r = request.shard().clone();
         let (collection, log, mut progress) = {
             let held = self.held.lock().await;
+            if let ShardRequest::Progress { .. } = request {
+                return match held.get(&(r.collection.clone(), r.shard)) {
+                    Some(rep)
+                        if rep.incarnation == r.incarnation && !rep.follower.has_stopped() =>
+                    {
+                        ShardResponse::Progress(rep.follower.applied())
+                    }
+                    _ => ShardResponse::NotReady("no such replica here".into()),
+                };
+            }
             match held.get(&(r.collection.clone(), r.shard)) {
                 Some(rep) if rep.incarnation == r.incarnation && rep.follower.has_stopped() => {
                     // Its data is as old as when it stopped: never answered from.
@@ -1232,7 +1638,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
                         && r.min_seq == 0
                         && rep.follower.applied() < rep.ready_at =>
                 {
-                    return ShardResponse::Failed(format!(
+                    return ShardResponse::NotReady(format!(
                         "this replica is catching up (op {} of {})",
                         rep.follower.applied(),
                         rep.ready_at
@@ -1243,7 +1649,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
                     rep.log.clone(),
                     rep.follower.progress(),
                 ),
-                _ => return ShardResponse::Failed("no such replica here".into()),
+                _ => return ShardResponse::NotReady("no such replica here".into()),
             }
         };
         if r.min_seq > 0 {
@@ -1516,6 +1922,7 @@ fn answer_locally<B: Backend + Clone + Send + Sync + 'static>(
                 applied: c.last_seq(),
             })
         }
+        ShardRequest::Progress { .. } => ShardResponse::Progress(c.last_seq()),
         // Led by the node ([`TrainingLead`]), never answered here.
         ShardRequest::Train { .. } => {
             ShardResponse::Failed("a training is not answered here".into())
@@ -1541,7 +1948,30 @@ async fn answer_requests<B: Backend + Clone + Send + Sync + 'static>(
         let shared = shared.clone();
         tokio::spawn(async move {
             let answer = match serde_json::from_slice::<ShardRequest>(&msg.payload) {
-                Ok(r) => shared.answer(r).await,
+                Ok(r) => {
+                    // Every log line of the answer names the caller's request.
+                    let s = r.shard();
+                    let span = tracing::info_span!(
+                        "shard_request",
+                        request_id = %s.request_id,
+                        collection = %s.collection,
+                        shard = s.shard,
+                    );
+                    let kind = r.kind();
+                    let started = Instant::now();
+                    let answer = shared.answer(r).instrument(span.clone()).await;
+                    span.in_scope(|| match &answer {
+                        ShardResponse::Failed(why) => {
+                            tracing::info!(kind, why = %why, "a replica request failed here")
+                        }
+                        _ => tracing::debug!(
+                            kind,
+                            ms = started.elapsed().as_millis() as u64,
+                            "answered a replica request"
+                        ),
+                    });
+                    answer
+                }
                 Err(e) => ShardResponse::Failed(format!("not a request: {e}")),
             };
             let mut body = serde_json::to_vec(&answer).unwrap_or_default();

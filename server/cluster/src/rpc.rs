@@ -32,6 +32,9 @@ pub struct ShardRef {
     /// How long the replica may wait for `min_seq`, in milliseconds (the caller's deadline).
     #[serde(default)]
     pub wait_ms: u64,
+    /// The caller's request this is part of ([`crate::request_id`]; empty: none), for logs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub request_id: String,
 }
 
 /// A request to a replica.
@@ -74,6 +77,12 @@ pub enum ShardRequest {
         /// The replica.
         shard: ShardRef,
     },
+    /// How far the replica has applied its log (answered while it catches up too): a log is
+    /// trimmed only below what every replica that answers has applied.
+    Progress {
+        /// The replica.
+        shard: ShardRef,
+    },
     /// Train quantizers on the replica's points and log the switch to them (the replica's
     /// node leads that shard's training while it holds the shard's training lease).
     Train {
@@ -92,7 +101,20 @@ impl ShardRequest {
             | ShardRequest::Get { shard, .. }
             | ShardRequest::Count { shard, .. }
             | ShardRequest::Describe { shard }
+            | ShardRequest::Progress { shard }
             | ShardRequest::Train { shard, .. } => shard,
+        }
+    }
+
+    /// What it asks, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ShardRequest::Search { .. } => "search",
+            ShardRequest::Get { .. } => "get",
+            ShardRequest::Count { .. } => "count",
+            ShardRequest::Describe { .. } => "describe",
+            ShardRequest::Progress { .. } => "progress",
+            ShardRequest::Train { .. } => "train",
         }
     }
 
@@ -103,6 +125,7 @@ impl ShardRequest {
             | ShardRequest::Get { shard, .. }
             | ShardRequest::Count { shard, .. }
             | ShardRequest::Describe { shard }
+            | ShardRequest::Progress { shard }
             | ShardRequest::Train { shard, .. } => shard,
         }
     }
@@ -150,6 +173,8 @@ pub enum ShardResponse {
     Count(u64),
     /// What the replica holds.
     Described(ShardState),
+    /// The number of the last op the replica has applied.
+    Progress(u64),
     /// The training's switch was logged as this op of the shard's log.
     Trained(u64),
     /// The request cannot be done in the collection's present state (too few points to
@@ -157,6 +182,9 @@ pub enum ShardResponse {
     Precondition(String),
     /// The replica could not answer; another may.
     Failed(String),
+    /// The replica is not there yet (its node has not read the collection's creation) or is
+    /// catching up after a start: asked again shortly, it may answer.
+    NotReady(String),
     /// The request is not valid (a bad filter or parameter, too large): no replica would
     /// answer it.
     Refused(String),
@@ -201,6 +229,7 @@ mod tests {
                 shard: 1,
                 min_seq: 9,
                 wait_ms: 100,
+                request_id: "r-7".into(),
             },
             queries: vec![0.1, f32::MIN_POSITIVE, -3.5e-12, f32::MAX],
             nq: 1,

@@ -102,7 +102,7 @@ impl ShardLog {
         let name = Self::stream_name(collection, incarnation, shard);
         let subject = Self::subject(collection, incarnation, shard);
         Ok(ShardLog {
-            stream: LogStream::open(js, name, subject, replicas).await?,
+            stream: LogStream::open(js, name, subject, replicas, true).await?,
         })
     }
 
@@ -175,6 +175,12 @@ impl ShardLog {
             })?;
             Ok((seq, entry))
         }))
+    }
+
+    /// Removes the entries numbered below `below` (a published snapshot covers them); returns
+    /// how many were removed.
+    pub async fn trim_below(&self, below: u64) -> Result<u64> {
+        self.stream.trim_below(below).await
     }
 
     /// Deletes the log (its collection was dropped).

@@ -58,12 +58,14 @@ pub struct LogStream {
 
 impl LogStream {
     /// Opens the stream `name` (subject `subject`), creating it with `replicas` copies if it
-    /// does not exist.
+    /// does not exist; `trimmable`: entries below a number may be removed
+    /// ([`Self::trim_below`]; the broker refuses it otherwise).
     pub async fn open(
         js: &jetstream::Context,
         name: String,
         subject: String,
         replicas: usize,
+        trimmable: bool,
     ) -> Result<LogStream> {
         js.get_or_create_stream(stream::Config {
             name: name.clone(),
@@ -71,10 +73,11 @@ impl LogStream {
             storage: stream::StorageType::File,
             num_replicas: replicas.max(1),
             duplicate_window: DUPLICATE_WINDOW,
-            // Numbers are ops' numbers in every replica: no entry may leave but by trimming
-            // below every replica (to come).
+            // Numbers are ops' numbers in every replica: no single entry may leave; a shard's
+            // entries leave only by trimming (a purge below a number) below a published
+            // snapshot ([`Self::trim_below`]); the catalog's never.
             deny_delete: true,
-            deny_purge: true,
+            deny_purge: !trimmable,
             ..Default::default()
         })
         .await
@@ -184,6 +187,22 @@ impl LogStream {
             .await
             .map_err(|e| ClusterError::broker("reading a log's state", e))?;
         Ok((info.state.first_sequence, info.state.last_sequence))
+    }
+
+    /// Removes the entries numbered below `below` (a snapshot covers them); returns how many
+    /// were removed. The numbers of the others stay as they were.
+    pub async fn trim_below(&self, below: u64) -> Result<u64> {
+        let stream = self
+            .js
+            .get_stream(&self.name)
+            .await
+            .map_err(|e| ClusterError::broker("trimming a log", e))?;
+        let r = stream
+            .purge()
+            .sequence(below)
+            .await
+            .map_err(|e| ClusterError::broker("trimming a log", e))?;
+        Ok(r.purged)
     }
 
     /// When the stream was created, as the broker says (RFC 3339): a stream deleted and

@@ -5,7 +5,9 @@
 //! node's Get, Count and exact search equal a model of the acknowledged writes (brute force),
 //! reads go on while a node is down, a dropped and re-created collection starts empty, a
 //! restarted node goes on from its own files and a node whose folder was deleted catches up
-//! from the logs. A training is refused with too few points; one that runs switches every
+//! from the logs; once a shard's snapshot is exported and its log trimmed below it, a node
+//! whose replica the log no longer covers, or whose folder was deleted, starts from the
+//! snapshot and the log after it. A training is refused with too few points; one that runs switches every
 //! replica of each shard at one number of its log, and a shard's replicas then answer
 //! identically.
 
@@ -136,6 +138,28 @@ async fn reads_match(
             );
         }
     }
+}
+
+/// Writes batch `i` of `batches` (9 points from id 5i, version i) to "docs" through
+/// `nodes[i % len]`, into the model too; the writes' token.
+async fn write_batches(
+    nodes: &[&Node<CpuBackend>],
+    batches: std::ops::Range<u64>,
+    model: &mut BTreeMap<u64, Vec<f32>>,
+) -> WriteToken {
+    let mut token = WriteToken::default();
+    for i in batches {
+        let ids: Vec<u64> = (i * 5..i * 5 + 9).collect();
+        let t = nodes[i as usize % nodes.len()]
+            .write("docs", &format!("w{i}"), upsert(&ids, i))
+            .await
+            .unwrap();
+        ids.iter().for_each(|&id| {
+            model.insert(id, vector(id, i));
+        });
+        token.shards.extend(t.shards);
+    }
+    token
 }
 
 /// Waits (up to 30 s) until `cond` holds.
@@ -472,18 +496,7 @@ async fn scenario(nats: &common::NatsServer) {
     c.stop().await.unwrap();
     // Its folder is free once the node is gone.
     drop(c);
-    let mut during = WriteToken::default();
-    for i in 45..55u64 {
-        let ids: Vec<u64> = (i * 5..i * 5 + 9).collect();
-        let t = [&a, &b][i as usize % 2]
-            .write("docs", &format!("w{i}"), upsert(&ids, i))
-            .await
-            .unwrap();
-        ids.iter().for_each(|&id| {
-            model.insert(id, vector(id, i));
-        });
-        during.shards.extend(t.shards);
-    }
+    let during = write_batches(&[&a, &b], 45..55, &mut model).await;
     reads_match(&[&a, &b], &model, &during).await;
     // With C down, B's reads of shard 1 went to A.
     assert!(b
@@ -514,6 +527,66 @@ async fn scenario(nats: &common::NatsServer) {
     assert_eq!(replica_points(&c, "docs", 1).await, of_shard(&model, 1));
     reads_match(&[&a, &b, &c], &model, &during).await;
     assert!(a.failed().await.is_empty() && c.failed().await.is_empty());
+
+    // Snapshots: a node holding no replica of a shard exports none of it.
+    assert!(matches!(
+        b.snapshot("docs", 1).await,
+        Err(ClusterError::Unavailable { .. })
+    ));
+    // C stops; writes go on; A exports shard 1's snapshot, and the log is trimmed below it
+    // (C, down, does not say how far it has applied: the log is trimmed past it).
+    c.stop().await.unwrap();
+    drop(c);
+    let later = write_batches(&[&a], 55..60, &mut model).await;
+    let last1 = later.seq_of(1);
+    eventually("A applies the writes", || async {
+        a.applied("docs", 1).await == Some(last1)
+    })
+    .await;
+    let done = a.snapshot("docs", 1).await.unwrap().expect("exported");
+    assert_eq!(done.seq, last1);
+    assert_eq!(done.trimmed_below, last1 + 1);
+    let incarnation = a.topology().get("docs").unwrap().incarnation;
+    let log =
+        quiver_cluster::ShardLog::open_existing(&nats.jetstream().await, "docs", incarnation, 1)
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(log.bounds().await.unwrap(), (last1 + 1, last1));
+    // The current snapshot covers that much already: nothing more to export.
+    assert_eq!(a.snapshot("docs", 1).await.unwrap(), None);
+    // C restarted with its folder, which the log no longer covers, starts from the snapshot.
+    let c = node(nats, &tmp.path().join("c"), "c").await;
+    assert_eq!(c.restored_from("docs", 1), Some(last1));
+    assert_eq!(c.applied("docs", 1).await, Some(last1));
+    assert_eq!(replica_points(&c, "docs", 1).await, of_shard(&model, 1));
+    // Writes after the snapshot reach it through the log.
+    let t = b
+        .write("docs", "w60", upsert(&[1, 3, 5, 7], 60))
+        .await
+        .unwrap();
+    for id in [1, 3, 5, 7] {
+        model.insert(id, vector(id, 60));
+    }
+    reads_match(&[&a, &b, &c], &model, &t).await;
+    eventually("C applies the write", || async {
+        c.applied("docs", 1).await == Some(t.seq_of(1).max(last1))
+    })
+    .await;
+    assert_eq!(replica_points(&c, "docs", 1).await, of_shard(&model, 1));
+    // Wiped, C starts from the snapshot and the log after it.
+    c.stop().await.unwrap();
+    drop(c);
+    std::fs::remove_dir_all(tmp.path().join("c")).unwrap();
+    let c = node(nats, &tmp.path().join("c"), "c").await;
+    assert_eq!(c.restored_from("docs", 1), Some(last1));
+    eventually("the wiped node catches up from the snapshot", || async {
+        c.applied("docs", 1).await == Some(t.seq_of(1).max(last1))
+    })
+    .await;
+    assert_eq!(replica_points(&c, "docs", 1).await, of_shard(&model, 1));
+    reads_match(&[&a, &b, &c], &model, &t).await;
+    assert!(c.failed().await.is_empty());
 
     // A folder written for another catalog (or before this one was lost) is refused.
     let foreign = tmp.path().join("foreign");

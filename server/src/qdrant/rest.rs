@@ -102,6 +102,7 @@ impl Rest {
             .fallback(not_supported)
             .method_not_allowed_fallback(not_supported)
             .layer(limit)
+            .layer(crate::request_id::RequestIdLayer)
             .with_state(self)
     }
 

@@ -190,6 +190,12 @@ impl CollectionsFolder {
         self.root.join(format!("{TEMP_PREFIX}import-{name}.qvr"))
     }
 
+    /// A scratch folder for a snapshot of `name` (written or read; removed at the next start
+    /// if left). On the folder's file system, so a snapshot's files are linked, not copied.
+    pub fn snapshot_path(&self, name: &str) -> PathBuf {
+        self.root.join(format!("{TEMP_PREFIX}snapshot-{name}"))
+    }
+
     /// Creates the collection `meta.name` (the caller has reserved the name): a catalog entry,
     /// then its folder (a folder left there without a manifest is replaced). Refused when the
     /// collection exists. If the folder cannot be written, the entry is undone by a drop entry.
@@ -211,6 +217,51 @@ impl CollectionsFolder {
         cfg: StoreConfig,
     ) -> Result<Collection<B>> {
         self.create_as(meta, true, backend, cfg)
+    }
+
+    /// [`Self::create_replica`] from a snapshot folder written by
+    /// [`Collection::export_snapshot`] (of this process or another): the replica `name` holds
+    /// what the snapshot holds and goes on with the log after the op it covers
+    /// ([`Collection::last_seq`]). A leftover folder `name` without a catalog entry is replaced;
+    /// if the folder cannot be written, the entry is undone by a drop entry.
+    pub fn create_replica_from_snapshot<B: Backend + Clone + 'static>(
+        &self,
+        name: &str,
+        snapshot: &Path,
+        backend: B,
+        cfg: StoreConfig,
+    ) -> Result<Collection<B>> {
+        self.check_new(name)?;
+        let mut meta = Manifest::read(snapshot)?.meta;
+        meta.name = name.to_string();
+        self.catalog.lock().append(
+            None,
+            CatalogOp::Create {
+                name: name.to_string(),
+                meta: Some(meta),
+                replica: true,
+            },
+        )?;
+        let dir = self.path(name);
+        let made = (|| {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .map_err(|e| StoreError::io("removing the leftover", &dir, e))?;
+            }
+            Collection::create_from_snapshot(snapshot, &dir, backend, cfg)
+        })();
+        if made.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+            if let Err(e) = self.catalog.lock().append(
+                None,
+                CatalogOp::Drop {
+                    name: name.to_string(),
+                },
+            ) {
+                tracing::warn!(collection = %name, error = %e, "undoing a failed create in the catalog failed; the next start creates it empty");
+            }
+        }
+        made
     }
 
     fn create_as<B: Backend + Clone + 'static>(

@@ -336,19 +336,28 @@ fn stores_on_different_simd_levels_answer_alike() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    // One child process per level, all at once (each is single-threaded for the most part).
+    let children: Vec<(&str, std::path::PathBuf, std::process::Child)> =
+        ["scalar", "avx2", "avx512vbmi"]
+            .into_iter()
+            .map(|level| {
+                let out = dir.path().join(level);
+                let child = std::process::Command::new(std::env::current_exe().unwrap())
+                    .args([
+                        "--exact",
+                        "stores_on_different_simd_levels_answer_alike",
+                        "--nocapture",
+                    ])
+                    .env("QUIVER_SIMD", level)
+                    .env("QUIVER_DETERMINISM_OUT", &out)
+                    .spawn()
+                    .unwrap();
+                (level, out, child)
+            })
+            .collect();
     let mut runs: Vec<(String, Vec<u8>)> = Vec::new();
-    for level in ["scalar", "avx2", "avx512vbmi"] {
-        let out = dir.path().join(level);
-        let status = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "stores_on_different_simd_levels_answer_alike",
-                "--nocapture",
-            ])
-            .env("QUIVER_SIMD", level)
-            .env("QUIVER_DETERMINISM_OUT", &out)
-            .status()
-            .unwrap();
+    for (level, out, mut child) in children {
+        let status = child.wait().unwrap();
         assert!(status.success(), "{level}");
         runs.push((level.to_string(), std::fs::read(&out).unwrap()));
     }
