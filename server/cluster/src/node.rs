@@ -99,8 +99,9 @@ pub struct ReplicaProgress {
 pub struct SnapshotDone {
     /// The last op it covers.
     pub seq: u64,
-    /// The shard's log holds no entry below this number now.
-    pub trimmed_below: u64,
+    /// The shard's log was trimmed: it holds no entry below this number now (`None`: not
+    /// trimmed, as a replica on a node that is up did not say how far it has applied).
+    pub trimmed_below: Option<u64>,
 }
 
 /// A search through the cluster.
@@ -146,9 +147,12 @@ struct Shared<B: Backend + Clone + Send + Sync + 'static> {
     leases: Leases,
     /// The shards' snapshots.
     snapshots: Snapshots,
-    /// The replicas this node started from a snapshot since it started, with the op each
-    /// snapshot covered.
-    restored: std::sync::Mutex<HashMap<ShardKey, u64>>,
+    /// The replicas this node started from a snapshot since it started: (incarnation, the
+    /// op the snapshot covered).
+    restored: std::sync::Mutex<HashMap<ShardKey, (u64, u64)>>,
+    /// Held while replicas are placed or removed (the catalog's entries, and the restarts
+    /// and retries of [`Shared::supervise`]), so those never interleave.
+    placing: Mutex<()>,
     folder: CollectionsFolder,
     backend: B,
     cfg: StoreConfig,
@@ -181,6 +185,8 @@ pub struct Node<B: Backend + Clone + Send + Sync + 'static> {
     answering: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The task exporting snapshots ([`Node::snapshot_every`]; it holds the folder too).
     exporting: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The task starting replicas again ([`supervise`]; it holds the folder too).
+    supervising: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// The folder name of a shard replica.
@@ -236,6 +242,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
             leases,
             snapshots,
             restored: std::sync::Mutex::new(HashMap::new()),
+            placing: Mutex::new(()),
             applied: watch::channel(last).0,
             folder,
             backend,
@@ -271,6 +278,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
             subscription,
             stop_rx.clone(),
         ));
+        let supervising = tokio::spawn(supervise(shared.clone(), stop_rx.clone()));
         let follower = shared.clone();
         let catalog_task = tokio::spawn(async move {
             let r = follow(CatalogTarget(follower.clone()), stop_rx).await;
@@ -286,6 +294,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
             catalog_task: std::sync::Mutex::new(Some(catalog_task)),
             answering: std::sync::Mutex::new(Some(answering)),
             exporting: std::sync::Mutex::new(None),
+            supervising: std::sync::Mutex::new(Some(supervising)),
         })
     }
 
@@ -835,11 +844,14 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
     /// The op number of the snapshot this node started its replica of shard `shard` of
     /// `collection` from, if it did since it started.
     pub fn restored_from(&self, collection: &str, shard: u32) -> Option<u64> {
+        let incarnation = self.shared.cluster_collection(collection).ok()?.incarnation;
         self.shared
             .restored
             .lock()
             .ok()
             .and_then(|r| r.get(&(collection.to_string(), shard)).copied())
+            .filter(|(inc, _)| *inc == incarnation)
+            .map(|(_, seq)| seq)
     }
 
     /// Exports this node's replica of shard `shard` of `collection` as the shard's snapshot
@@ -851,10 +863,15 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
     }
 
     /// Exports a snapshot of every shard replica held here that has applied at least
-    /// `min_ops` ops past its shard's snapshot, every `every`, until the node stops; a replica
-    /// whose follower stopped because the log was trimmed past it is started again from the
-    /// snapshot. Logs are trimmed below the snapshots.
+    /// `min_ops` ops past its shard's snapshot, every `every`, until the node stops (logs are
+    /// trimmed below them). A second call while it runs does nothing.
     pub fn snapshot_every(&self, every: Duration, min_ops: u64) {
+        let Ok(mut exporting) = self.exporting.lock() else {
+            return;
+        };
+        if exporting.is_some() {
+            return;
+        }
         let shared = self.shared.clone();
         let mut stop = self.stop.subscribe();
         let task = tokio::spawn(async move {
@@ -863,7 +880,6 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
                     _ = stop.changed() => return,
                     _ = tokio::time::sleep(every) => {}
                 }
-                shared.restart_trimmed().await;
                 let held: Vec<(ShardKey, u64)> = shared
                     .held
                     .lock()
@@ -891,7 +907,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
                     }
                     match shared.snapshot_shard(&name, shard).await {
                         Ok(Some(done)) => {
-                            tracing::info!(collection = %name, shard, seq = done.seq, trimmed_below = done.trimmed_below, "exported the shard's snapshot")
+                            tracing::info!(collection = %name, shard, seq = done.seq, trimmed_below = ?done.trimmed_below, "exported the shard's snapshot")
                         }
                         Ok(None) => {}
                         Err(e) => {
@@ -901,11 +917,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
                 }
             }
         });
-        if let Ok(mut t) = self.exporting.lock() {
-            if let Some(old) = t.replace(task) {
-                old.abort();
-            }
-        }
+        *exporting = Some(task);
     }
 
     /// Stops following the logs, heartbeating, answering and exporting snapshots (each
@@ -927,6 +939,10 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
         }
         let exporting = self.exporting.lock().ok().and_then(|mut t| t.take());
         if let Some(t) = exporting {
+            let _ = t.await;
+        }
+        let supervising = self.supervising.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = supervising {
             let _ = t.await;
         }
         let held: Vec<Replica<B>> = self
@@ -956,6 +972,32 @@ pub const MAX_K: usize = 16_384;
 
 /// Ids asked of one replica per request (answers stay well below NATS's message limit).
 const GET_CHUNK: usize = 64;
+
+/// How often [`supervise`] looks for replicas to start again.
+const SUPERVISE_EVERY: Duration = Duration::from_secs(2);
+
+/// How often [`supervise`] places again the replicas that failed to be placed.
+const RETRY_FAILED_EVERY: Duration = Duration::from_secs(30);
+
+/// Until `stop`: starts again the replicas whose log was trimmed past them, and places again
+/// those that failed to be placed, now and then.
+async fn supervise<B: Backend + Clone + Send + Sync + 'static>(
+    shared: Arc<Shared<B>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut retried = Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
+        }
+        shared.restart_stopped().await;
+        if retried.elapsed() >= RETRY_FAILED_EVERY {
+            retried = Instant::now();
+            shared.retry_failed().await;
+        }
+    }
+}
 
 /// Removes a scratch folder, if there is one (what is left goes at the folder's next open).
 async fn remove_scratch(path: &std::path::Path) {
@@ -1293,8 +1335,8 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
                 Ok(Ok(coll)) => {
                     tracing::info!(replica = %local, seq = record.seq, bytes = record.bytes(), from = %record.node, "started the replica from the shard's snapshot");
                     if let Ok(mut r) = self.restored.lock() {
-                        if let Some((name, _, shard)) = parse_local(local) {
-                            r.insert((name, shard), record.seq);
+                        if let Some((name, incarnation, shard)) = parse_local(local) {
+                            r.insert((name, shard), (incarnation, record.seq));
                         }
                     }
                     Ok(Some(coll))
@@ -1352,38 +1394,61 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
             let Some(seq) = published? else {
                 return Ok(None);
             };
-            // Below what every replica that answers has applied: one that does not (down,
-            // or not yet restarted) starts again from the snapshot if the log has gone past it.
-            let mut below = seq + 1;
+            // Dropped meanwhile: the drop deleted what it found; what was published after
+            // it goes too.
+            if self.cluster_collection(name).map(|now| now.incarnation).ok() != Some(c.incarnation)
+            {
+                let _ = self.snapshots.forget(log.stream()).await;
+                let _ = self.artifacts.delete_prefix(&format!("{}/", log.stream())).await;
+                return Err(ClusterError::NotFound(name.to_string()));
+            }
+            // Below what every replica that answers has applied. One on a node that is down
+            // (or whose replica failed) starts again from the snapshot if the log has gone past
+            // it; while one on a node that is up does not say (busy, placing it, catching up),
+            // the log is not trimmed.
+            let mut below = Some(seq + 1);
             let placed = c.placement.get(shard as usize).cloned().unwrap_or_default();
             for node in placed.iter().filter(|n| **n != self.node_id) {
                 let ask = ShardRequest::Progress {
                     shard: shard_ref_at(&c, shard, 0),
                 };
                 match rpc::call(&self.client, node, &ask, Duration::from_secs(2)).await {
-                    Ok(ShardResponse::Progress(applied)) => below = below.min(applied + 1),
+                    Ok(ShardResponse::Progress(applied)) => {
+                        below = below.map(|b| b.min(applied + 1))
+                    }
+                    Ok(ShardResponse::Failed(why)) => {
+                        tracing::debug!(node = %node, why = %why, "a replica failed there; the log may be trimmed past it")
+                    }
+                    _ if !self.members.is_live(node) => {
+                        tracing::debug!(node = %node, "a replica's node is down; the log may be trimmed past it")
+                    }
                     answer => {
-                        tracing::debug!(node = %node, ?answer, "a replica did not say how far it has applied; the log is trimmed past it")
+                        tracing::info!(node = %node, ?answer, "a replica on a node that is up did not say how far it has applied: the log is not trimmed now");
+                        below = None;
                     }
                 }
             }
             // Only while this node still holds the lease (no other export raced past it).
-            if lease.held() && below > 1 {
-                log.trim_below(below).await?;
-            }
-            Ok(Some(SnapshotDone {
-                seq,
-                trimmed_below: below,
-            }))
+            let trimmed_below = match below {
+                Some(b) if lease.held() && b > 1 => {
+                    log.trim_below(b).await?;
+                    Some(b)
+                }
+                _ => None,
+            };
+            Ok(Some(SnapshotDone { seq, trimmed_below }))
         }
         .await;
         lease.release().await;
         done
     }
 
-    /// Starts again, from their shard's snapshot, the replicas whose followers stopped because
-    /// the log was trimmed past them; others whose followers stopped are marked failed.
-    async fn restart_trimmed(&self) {
+    /// Starts again the replicas whose followers stopped because entries they needed are
+    /// no longer in the log (trimmed past them: `Trimmed`, or skipped by a reader that was
+    /// open across the trim: `Gap`): removed, then placed again, from the shard's snapshot.
+    /// Others whose followers stopped are marked failed. Under [`Shared::placing`].
+    async fn restart_stopped(&self) {
+        let _placing = self.placing.lock().await;
         let stopped: Vec<(ShardKey, Replica<B>)> = {
             let mut held = self.held.lock().await;
             let keys: Vec<ShardKey> = held
@@ -1397,8 +1462,8 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
         };
         for (key, rep) in stopped {
             match rep.follower.stop().await {
-                Err(ClusterError::Trimmed { .. }) => {
-                    tracing::warn!(replica = %rep.local, "the log was trimmed past this replica: starting it again from the shard's snapshot");
+                Err(e @ (ClusterError::Trimmed { .. } | ClusterError::Gap { .. })) => {
+                    tracing::warn!(replica = %rep.local, error = %e, "the log no longer holds what this replica needs: starting it again from the shard's snapshot");
                     let (f, l, coll) = (self.folder.clone(), rep.local.clone(), rep.collection);
                     let removed =
                         tokio::task::spawn_blocking(move || f.remove(&l, Some(&coll))).await;
@@ -1425,6 +1490,32 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
                     };
                     self.fail(key, rep.local, why);
                 }
+            }
+        }
+    }
+
+    /// Places again the replicas that failed to be placed here (a snapshot that could not be
+    /// read, a log that did not open) and are still placed here. Under [`Shared::placing`].
+    async fn retry_failed(&self) {
+        let _placing = self.placing.lock().await;
+        let failed: Vec<ShardKey> = match self.failed.lock() {
+            Ok(f) => f.keys().cloned().collect(),
+            Err(_) => return,
+        };
+        for (name, shard) in failed {
+            let Ok(c) = self.cluster_collection(&name) else {
+                continue;
+            };
+            let local = local_name(&name, c.incarnation, shard);
+            let same = self
+                .failed
+                .lock()
+                .ok()
+                .and_then(|f| f.get(&(name.clone(), shard)).map(|(l, _)| *l == local))
+                .unwrap_or(false);
+            if same && c.shards_on(&self.node_id).contains(&shard) {
+                tracing::info!(replica = %local, "placing a replica that failed here again");
+                self.place_replica(&c, shard).await;
             }
         }
     }
@@ -1611,6 +1702,21 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
         })
     }
 
+    /// The answer for a replica this node does not hold: failed here (another replica may
+    /// answer), or not there yet (this node has not read its creation, or is placing it:
+    /// asked again shortly, it may answer).
+    fn not_held(&self, r: &ShardRef) -> ShardResponse {
+        let failed = self.failed.lock().ok().and_then(|f| {
+            f.get(&(r.collection.clone(), r.shard))
+                .filter(|(local, _)| *local == local_name(&r.collection, r.incarnation, r.shard))
+                .map(|(_, why)| why.clone())
+        });
+        match failed {
+            Some(why) => ShardResponse::Failed(format!("this replica failed here: {why}")),
+            None => ShardResponse::NotReady("no such replica here (yet)".into()),
+        }
+    }
+
     /// Answers a request about a replica this node holds.
     async fn answer(&self, request: ShardRequest) -> ShardResponse {
         let r = request.shard().clone();
@@ -1623,7 +1729,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
                     {
                         ShardResponse::Progress(rep.follower.applied())
                     }
-                    _ => ShardResponse::NotReady("no such replica here".into()),
+                    _ => self.not_held(&r),
                 };
             }
             match held.get(&(r.collection.clone(), r.shard)) {
@@ -1649,7 +1755,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
                     rep.log.clone(),
                     rep.follower.progress(),
                 ),
-                _ => return ShardResponse::NotReady("no such replica here".into()),
+                _ => return self.not_held(&r),
             }
         };
         if r.min_seq > 0 {
@@ -2014,6 +2120,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Target for CatalogTarget<B> {
 
     async fn apply(&self, seq: u64, entry: CatalogEntry) -> Result<()> {
         let shared = &self.0;
+        let _placing = shared.placing.lock().await;
         let dropped = match &entry {
             CatalogEntry::Drop { name } => Some(name.clone()),
             CatalogEntry::Create { .. } => None,

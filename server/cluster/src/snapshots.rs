@@ -7,8 +7,9 @@
 //! dropped collection's go with its prefix). A record in the `QUIVER_SNAPSHOTS` key-value
 //! bucket, one key per shard log, names the current snapshot: it is written by
 //! compare-and-set once every file is stored (a reader never sees half a snapshot), only
-//! forward (to a snapshot covering more of the log), and the files of the one it replaces are
-//! deleted after it. A log is trimmed only below the op its current snapshot covers.
+//! forward (to a snapshot covering more of the log); the files of the one it replaces are
+//! kept one generation more (a node may be reading them) and deleted when the next one is
+//! published. A log is trimmed only below the op its current snapshot covers.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -30,6 +31,10 @@ pub struct SnapshotRecord {
     pub node: String,
     /// Its files.
     pub files: Vec<SnapshotFile>,
+    /// The objects of the snapshot it replaced, kept until it is replaced in turn (a node
+    /// still reading that one has until then), and deleted then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<String>,
 }
 
 /// One file of a snapshot.
@@ -166,6 +171,7 @@ impl Snapshots {
             seq,
             node: node.to_string(),
             files: Vec::with_capacity(paths.len()),
+            retired: Vec::new(),
         };
         let stored = async {
             for path in paths {
@@ -177,14 +183,15 @@ impl Snapshots {
                     bytes,
                 });
             }
-            self.replace(log, &record).await
+            self.replace(log, &mut record).await
         }
         .await;
         match stored {
             Ok(Replaced::Yes(old)) => {
-                for f in old.iter().flat_map(|o| &o.files) {
-                    if let Err(e) = self.artifacts.delete(&f.object).await {
-                        tracing::debug!(object = %f.object, error = %e, "deleting a replaced snapshot's file");
+                // The files of the snapshot before the replaced one.
+                for object in old.iter().flat_map(|o| &o.retired) {
+                    if let Err(e) = self.artifacts.delete(object).await {
+                        tracing::debug!(object = %object, error = %e, "deleting a retired snapshot's file");
                     }
                 }
                 Ok(true)
@@ -193,36 +200,53 @@ impl Snapshots {
                 self.delete_files(&prefix).await;
                 Ok(false)
             }
-            Err(e) => {
-                self.delete_files(&prefix).await;
-                Err(e)
-            }
+            // The record may have been written though its answer was lost: its files are
+            // deleted only once the record is known not to name them.
+            Err(e) => match self.latest(log).await {
+                Ok(Some(now)) if now.files.iter().any(|f| f.object.starts_with(&prefix)) => {
+                    Ok(true)
+                }
+                Ok(_) => {
+                    self.delete_files(&prefix).await;
+                    Err(e)
+                }
+                Err(_) => Err(e),
+            },
         }
     }
 
-    /// Makes `record` the current snapshot of `log` unless the current one covers as much.
-    async fn replace(&self, log: &str, record: &SnapshotRecord) -> Result<Replaced> {
-        let body = serde_json::to_vec(record)
-            .map_err(|e| ClusterError::broker("writing a snapshot record", e))?;
+    /// Makes `record` the current snapshot of `log` unless the current one covers as much
+    /// (the replaced one's files become `record`'s retired ones).
+    async fn replace(&self, log: &str, record: &mut SnapshotRecord) -> Result<Replaced> {
+        let encode = |r: &SnapshotRecord| {
+            serde_json::to_vec(r).map_err(|e| ClusterError::broker("writing a snapshot record", e))
+        };
         for _ in 0..8 {
-            match self.entry(log).await? {
+            let written = match self.entry(log).await? {
                 Some((current, _)) if current.seq >= record.seq => return Ok(Replaced::NewerThere),
                 Some((current, revision)) => {
+                    record.retired = current.files.iter().map(|f| f.object.clone()).collect();
                     match self
                         .kv
-                        .update(key(log), body.clone().into(), revision)
+                        .update(key(log), encode(record)?.into(), revision)
                         .await
                     {
-                        Ok(_) => return Ok(Replaced::Yes(Some(current))),
-                        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                        Ok(_) => Some(Some(current)),
+                        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => None,
                         Err(e) => return Err(ClusterError::broker("writing a snapshot record", e)),
                     }
                 }
-                None => match self.kv.create(key(log), body.clone().into()).await {
-                    Ok(_) => return Ok(Replaced::Yes(None)),
-                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(ClusterError::broker("writing a snapshot record", e)),
-                },
+                None => {
+                    record.retired.clear();
+                    match self.kv.create(key(log), encode(record)?.into()).await {
+                        Ok(_) => Some(None),
+                        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => None,
+                        Err(e) => return Err(ClusterError::broker("writing a snapshot record", e)),
+                    }
+                }
+            };
+            if let Some(replaced) = written {
+                return Ok(Replaced::Yes(replaced));
             }
         }
         Err(ClusterError::broker(
