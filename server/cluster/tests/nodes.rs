@@ -7,7 +7,8 @@
 //! restarted node goes on from its own files and a node whose folder was deleted catches up
 //! from the logs; once a shard's snapshot is exported and its log trimmed below it, a node
 //! whose replica the log no longer covers, or whose folder was deleted, starts from the
-//! snapshot and the log after it. A training is refused with too few points; one that runs switches every
+//! snapshot and the log after it; in the background (`snapshot_every`) snapshots are exported
+//! and the log trimmed without being asked. A training is refused with too few points; one that runs switches every
 //! replica of each shard at one number of its log, and a shard's replicas then answer
 //! identically.
 
@@ -615,4 +616,59 @@ async fn scenario(nats: &common::NatsServer) {
     for n in [a, b, c] {
         n.stop().await.unwrap();
     }
+}
+
+/// In the background (`snapshot_every`), a node exports each shard's snapshot once enough ops
+/// were applied past the last one and trims the log below it (both replicas answer how far
+/// they have applied); a node whose folder is deleted then starts from the snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_exported_in_the_background_and_a_wiped_node_starts_from_one() {
+    let Some(nats) = common::NatsServer::start() else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = node(&nats, &tmp.path().join("a"), "a").await;
+        let b = node(&nats, &tmp.path().join("b"), "b").await;
+        eventually("both nodes up", || async { a.live_nodes().len() == 2 }).await;
+        a.create_collection(meta("docs"), 1, 2).await.unwrap();
+        a.snapshot_every(Duration::from_millis(200), 5);
+        let mut model = BTreeMap::new();
+        let t = write_batches(&[&a, &b], 0..12, &mut model).await;
+        let last = t.seq_of(0);
+        let incarnation = a.topology().get("docs").unwrap().incarnation;
+        let log = quiver_cluster::ShardLog::open_existing(
+            &nats.jetstream().await,
+            "docs",
+            incarnation,
+            0,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        eventually("the log is trimmed below a snapshot", || async {
+            log.bounds().await.unwrap().0 > 1
+        })
+        .await;
+        // B, wiped, starts from the snapshot and catches up from the log.
+        b.stop().await.unwrap();
+        drop(b);
+        std::fs::remove_dir_all(tmp.path().join("b")).unwrap();
+        let b = node(&nats, &tmp.path().join("b"), "b").await;
+        assert!(b.restored_from("docs", 0).is_some_and(|seq| seq <= last));
+        eventually("the wiped node catches up", || async {
+            b.applied("docs", 0).await == Some(last)
+        })
+        .await;
+        let all: BTreeMap<u64, Vec<u32>> = model
+            .iter()
+            .map(|(id, v)| (*id, v.iter().map(|x| x.to_bits()).collect()))
+            .collect();
+        assert_eq!(replica_points(&b, "docs", 0).await, all);
+        for n in [a, b] {
+            n.stop().await.unwrap();
+        }
+    })
+    .await
+    .expect("the scenario did not end within 120 s");
 }
