@@ -8,9 +8,9 @@
 //! from the logs; once a shard's snapshot is exported and its log trimmed below it, a node
 //! whose replica the log no longer covers, or whose folder was deleted, starts from the
 //! snapshot and the log after it; in the background (`snapshot_every`) snapshots are exported
-//! and the log trimmed without being asked. A training is refused with too few points; one that runs switches every
-//! replica of each shard at one number of its log, and a shard's replicas then answer
-//! identically.
+//! and the log trimmed without being asked. A training is refused with too few points; one
+//! that runs switches every replica of each shard at one number of its log, and a shard's
+//! replicas then answer identically.
 
 mod common;
 
