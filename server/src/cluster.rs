@@ -1,15 +1,17 @@
-//! Cluster mode of the native service (`quiver serve --nats URL --node-id ID`): this server is
-//! a node of a Quiver cluster ([`quiver_cluster::Node`]) and the native API's collection,
-//! write and read calls go through it instead of the local registry: creates and drops
+//! Cluster mode of the request layer (`quiver serve --nats URL --node-id ID`): this server is
+//! a node of a Quiver cluster ([`quiver_cluster::Node`]) and the [`crate::requests::Router`]
+//! serves every front end's requests through it instead of the local registry: creates and drops
 //! through the catalog log, writes split by shard into the shards' logs, reads to one replica
 //! of each shard, merged. The node's replicas live in `DATA_DIR/cluster/`.
 //!
 //! A read on this server waits until the replicas it asks have applied every write this
 //! server acknowledged (read-your-writes through one server); `wait` on a write (and
-//! [`ClusterFront::wait_applied`]) waits until a replica of each shard has applied it.
+//! [`quiver_cluster::Node::wait_applied`]) waits until a replica of each shard has applied it.
 //! Train trains every shard (each on its own points) and switches every replica at one number
-//! of its shard's log. LoadIndex, Flush, Scroll and payload edits are not routed yet: they
-//! answer UNIMPLEMENTED in cluster mode.
+//! of its shard's log. Scroll merges the shards' pages by id; payload edits are split by shard
+//! like deletes; field indexes and settings change the collection's description through the
+//! catalog and every shard's log. LoadIndex and Flush are not routed: they answer
+//! UNIMPLEMENTED in cluster mode.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,16 +19,21 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use quiver_cluster::{
-    ClusterCollection, ClusterError, Node, SearchRequest, ShardState, WriteToken,
+    ClusterCollection, ClusterError, Node, ScrollRequest, SearchRequest, ShardState, WriteToken,
 };
 use quiver_store::wal::Op;
-use quiver_store::{CollectionMeta, CollectionsFolder, IndexConfig, StoreConfig};
+use quiver_store::{CollectionMeta, CollectionsFolder, StoreConfig, UpsertMode};
 use tonic::Status;
 
 use crate::backend::AnyBackend;
-use crate::payloads::{encode_payloads, field_to_proto, parse_filter, render};
-use crate::proto;
+use crate::payloads::parse_filter;
+use crate::requests::{
+    check_queries, check_upsert_shape, Caller, CollectionState, CollectionStatus, Count,
+    CreateCollection, Delete, DeleteTarget, EditPayload, Get, Hit, Probes, QueryFilters, Router,
+    Scroll, ScrollPage, Search, SettingsEdit, StoredPoint, Train, Upsert,
+};
 use crate::status::{from_store, invalid};
+use quiver_engine::payload::fields::FieldSpec;
 
 /// How a server joins a cluster.
 #[derive(Debug, Clone)]
@@ -79,7 +86,7 @@ enum TrainJob {
     Failed(String),
 }
 
-/// The cluster node behind the native API.
+/// The cluster node behind the request layer.
 pub struct ClusterFront {
     node: std::sync::Arc<Node<AnyBackend>>,
     /// Per collection (and incarnation), the writes this server acknowledged: what its reads
@@ -215,19 +222,14 @@ impl ClusterFront {
         }
     }
 
-    /// Creates a collection of `shards` shards × `replication` replicas (0: 1).
-    pub async fn create(
-        &self,
-        meta: CollectionMeta,
-        shards: u32,
-        replication: u32,
-    ) -> Result<proto::CollectionInfo, Status> {
+    /// Creates a collection (0 shards or replicas: 1).
+    pub async fn create(&self, r: CreateCollection) -> Result<CollectionState, Status> {
         let c = self
             .node
-            .create_collection(meta, shards.max(1), replication.max(1))
+            .create_collection(r.meta, r.shards.max(1), r.replication.max(1))
             .await
             .map_err(from_cluster)?;
-        Ok(info(&c, 0))
+        Ok(state(&c, &[]))
     }
 
     /// Drops a collection.
@@ -247,19 +249,33 @@ impl ClusterFront {
         Ok(())
     }
 
-    /// A collection's description, from a replica of each shard.
-    pub async fn info(&self, name: &str) -> Result<proto::CollectionInfo, Status> {
+    /// Whether a collection exists (after reading the catalog to its end).
+    pub async fn exists(&self, name: &str) -> Result<bool, Status> {
+        match self.collection(name).await {
+            Ok(_) => Ok(true),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
+            Err(s) => Err(s),
+        }
+    }
+
+    /// A collection's description, as the catalog has it.
+    pub async fn meta(&self, name: &str) -> Result<CollectionMeta, Status> {
+        Ok(self.collection(name).await?.meta)
+    }
+
+    /// A collection's state, from a replica of each shard.
+    pub async fn describe(&self, name: &str, caller: &Caller) -> Result<CollectionState, Status> {
         let c = self.collection(name).await?;
         let shards = self
             .node
-            .describe(name, self.read_after(&c).as_ref(), DEFAULT_TIMEOUT)
+            .describe(name, self.read_after(&c).as_ref(), timeout_of(caller))
             .await
             .map_err(from_cluster)?;
-        Ok(self.with_job(&c, described(&c, &shards)))
+        Ok(self.with_job(&c, state(&c, &shards)))
     }
 
     /// Every collection (described where a replica of each shard answers).
-    pub async fn list(&self) -> Vec<proto::CollectionInfo> {
+    pub async fn list(&self) -> Vec<CollectionState> {
         let all: Vec<ClusterCollection> = self.node.topology().collections().cloned().collect();
         let asks = all.iter().map(|c| async move {
             match self
@@ -267,46 +283,37 @@ impl ClusterFront {
                 .describe(&c.meta.name, None, Duration::from_secs(5))
                 .await
             {
-                Ok(shards) => self.with_job(c, described(c, &shards)),
-                Err(e) => proto::CollectionInfo {
-                    state: format!("failed: {e}"),
-                    ..info(c, 0)
+                Ok(shards) => self.with_job(c, state(c, &shards)),
+                Err(e) => CollectionState {
+                    status: CollectionStatus::Failed(e.to_string()),
+                    ..state(c, &[])
                 },
             }
         });
         futures_util::future::join_all(asks).await
     }
 
-    /// `info` with the state of a training this server runs in the background, if any.
-    fn with_job(
-        &self,
-        c: &ClusterCollection,
-        info: proto::CollectionInfo,
-    ) -> proto::CollectionInfo {
-        let state = match self
+    /// `state` with the state of a training this server runs in the background, if any.
+    fn with_job(&self, c: &ClusterCollection, state: CollectionState) -> CollectionState {
+        let status = match self
             .trainings
             .lock()
             .get(&(c.meta.name.clone(), c.incarnation))
         {
-            Some(TrainJob::Running) => "training".to_string(),
-            Some(TrainJob::Failed(why)) => format!("failed: {why}"),
-            None => return info,
+            Some(TrainJob::Running) => CollectionStatus::Training,
+            Some(TrainJob::Failed(why)) => CollectionStatus::Failed(why.clone()),
+            None => return state,
         };
-        proto::CollectionInfo { state, ..info }
+        CollectionState { status, ..state }
     }
 
-    /// Trains every shard of `name` (`index` overriding its parameters); in the background
-    /// (answering at once) or waiting until a replica of each shard has switched.
-    pub async fn train(
-        &self,
-        name: &str,
-        index: Option<IndexConfig>,
-        background: bool,
-        timeout: Option<Duration>,
-    ) -> Result<proto::CollectionInfo, Status> {
+    /// Trains every shard (`overrides` over its parameters); in the background (answering at
+    /// once) or waiting until a replica of each shard has switched.
+    pub async fn train(&self, r: Train, caller: &Caller) -> Result<CollectionState, Status> {
+        let name = r.collection.as_str();
         let c = self.collection(name).await?;
         let key = (c.meta.name.clone(), c.incarnation);
-        if background {
+        if r.background {
             {
                 let mut jobs = self.trainings.lock();
                 if matches!(jobs.get(&key), Some(TrainJob::Running)) {
@@ -317,6 +324,7 @@ impl ClusterFront {
                 jobs.insert(key.clone(), TrainJob::Running);
             }
             let (node, jobs, name) = (self.node.clone(), self.trainings.clone(), name.to_string());
+            let index = r.overrides;
             tokio::spawn(async move {
                 let done = node.train(&name, index, TRAIN_TIMEOUT).await;
                 let mut jobs = jobs.lock();
@@ -325,16 +333,16 @@ impl ClusterFront {
                     Err(e) => jobs.insert(key, TrainJob::Failed(e.to_string())),
                 };
             });
-            return Ok(proto::CollectionInfo {
-                state: "training".into(),
-                ..info(&c, 0)
+            return Ok(CollectionState {
+                status: CollectionStatus::Training,
+                ..state(&c, &[])
             });
         }
-        let timeout = timeout.unwrap_or(TRAIN_TIMEOUT);
+        let timeout = caller.time_left().unwrap_or(TRAIN_TIMEOUT);
         let started = tokio::time::Instant::now();
         let token = self
             .node
-            .train(name, index, timeout)
+            .train(name, r.overrides, timeout)
             .await
             .map_err(from_cluster)?;
         self.wrote(&c, &token);
@@ -350,96 +358,180 @@ impl ClusterFront {
                 jobs.remove(&key);
             }
         }
-        self.info(name).await
+        self.describe(name, caller).await
+    }
+
+    /// Indexes a payload field (its type replaced when indexed already) on every shard;
+    /// answers once a replica of each shard has it.
+    pub async fn create_field_index(
+        &self,
+        name: &str,
+        spec: FieldSpec,
+        caller: &Caller,
+    ) -> Result<CollectionState, Status> {
+        self.describe_collection(
+            name,
+            move |d| {
+                match d.fields.iter_mut().find(|f| f.key == spec.key) {
+                    Some(f) => *f = spec.clone(),
+                    None => d.fields.push(spec.clone()),
+                }
+                Ok(())
+            },
+            caller,
+        )
+        .await?;
+        self.describe(name, caller).await
+    }
+
+    /// Drops a payload field's index on every shard (none: nothing changes).
+    pub async fn delete_field_index(
+        &self,
+        name: &str,
+        key: &str,
+        caller: &Caller,
+    ) -> Result<CollectionState, Status> {
+        let c = self.collection(name).await?;
+        if c.meta.fields.iter().any(|f| f.key == key) {
+            self.describe_collection(
+                name,
+                |d| {
+                    d.fields.retain(|f| f.key != key);
+                    Ok(())
+                },
+                caller,
+            )
+            .await?;
+        }
+        self.describe(name, caller).await
+    }
+
+    /// Edits a collection's settings and training size across the cluster.
+    pub async fn update_settings(&self, name: &str, edit: SettingsEdit) -> Result<(), Status> {
+        self.describe_collection(
+            name,
+            move |d| {
+                edit(&mut d.settings, &mut d.train_at);
+                Ok(())
+            },
+            &Caller::default(),
+        )
+        .await
+    }
+
+    /// Changes a collection's description with `edit` ([`Node::describe_collection`]) and
+    /// waits until a replica of each shard has applied it.
+    async fn describe_collection(
+        &self,
+        name: &str,
+        edit: impl Fn(&mut quiver_store::manifest::Description) -> quiver_cluster::Result<()>,
+        caller: &Caller,
+    ) -> Result<(), Status> {
+        let c = self.collection(name).await?;
+        let token = self
+            .node
+            .describe_collection(name, edit)
+            .await
+            .map_err(from_cluster)?;
+        self.wrote(&c, &token);
+        self.node
+            .wait_applied(name, &token, timeout_of(caller))
+            .await
+            .map_err(from_cluster)
     }
 
     /// Refuses an upsert that does not fit its collection, or of more than `max` points, or
     /// in a mode not routed (only the plain upsert is).
-    pub async fn check_upsert(&self, r: &proto::UpsertRequest, max: usize) -> Result<(), Status> {
-        match proto::UpsertMode::try_from(r.mode) {
-            Ok(proto::UpsertMode::Upsert) => {}
-            Ok(_) => {
-                return Err(Status::unimplemented(
-                    "insert-only and update-only upserts are not available in cluster mode yet",
-                ))
-            }
-            Err(_) => {
-                return Err(invalid(
-                    "mode",
-                    format!("unknown upsert mode {} (0, 1 or 2)", r.mode),
-                ))
-            }
+    pub async fn check_upsert(&self, r: &Upsert, max: usize) -> Result<(), Status> {
+        if r.mode != UpsertMode::Upsert {
+            return Err(Status::unimplemented(
+                "insert-only and update-only upserts are not available in cluster mode yet",
+            ));
         }
         let c = self.collection(&r.collection).await?;
-        crate::service::check_upsert_shape(r, c.meta.dim, c.meta.metric(), max)
+        check_upsert_shape(r, c.meta.dim, c.meta.metric(), max)
     }
 
-    /// Writes an upsert checked by [`Self::check_upsert`]; returns the points written. Only
-    /// the plain upsert mode is routed.
-    pub async fn upsert(
-        &self,
-        r: proto::UpsertRequest,
-        wait: bool,
-        timeout: Option<Duration>,
-    ) -> Result<u64, Status> {
+    /// Writes an upsert checked by [`Self::check_upsert`]; returns the points written.
+    pub async fn upsert(&self, r: Upsert, caller: &Caller) -> Result<u64, Status> {
         let c = self.collection(&r.collection).await?;
-        let dim = c.meta.dim;
-        let payloads = encode_payloads(&r.payloads, r.ids.len())?;
         let n = r.ids.len() as u64;
         let op = Op::Upsert {
             ids: r.ids,
             vectors: r.vectors,
-            dim,
-            payloads,
+            dim: c.meta.dim,
+            payloads: r.payloads,
         };
-        self.write(&c, op, wait, timeout).await?;
+        self.write(&c, op, r.wait, caller).await?;
         Ok(n)
     }
 
     /// Deletes ids, or the points passing a filter; returns how many of the (distinct) ids
     /// were live just before the delete was taken (for a filter: how many passed it then),
     /// as this server read them: a write through another server in between is not counted.
-    pub async fn delete(
-        &self,
-        r: proto::DeleteRequest,
-        wait: bool,
-        timeout: Option<Duration>,
-    ) -> Result<u64, Status> {
+    pub async fn delete(&self, r: Delete, caller: &Caller) -> Result<u64, Status> {
         let c = self.collection(&r.collection).await?;
-        let t = timeout.unwrap_or(DEFAULT_TIMEOUT);
-        let by_filter = !r.filter.trim().is_empty();
-        if by_filter && !r.ids.is_empty() {
-            return Err(invalid("filter", "give ids or a filter, not both"));
-        }
+        let t = timeout_of(caller);
         let after = self.read_after(&c);
-        let (op, live) = if by_filter {
-            parse_filter("filter", &r.filter, &c.meta.fields)?;
-            let live = self
-                .node
-                .count(&c.meta.name, Some(&r.filter), after.as_ref(), t)
-                .await
-                .map_err(from_cluster)?;
-            (Op::DeleteFilter { filter: r.filter }, live)
-        } else {
-            if r.ids.is_empty() {
-                return Err(invalid(
-                    "ids",
-                    "empty: at least one id (or a filter) is required",
-                ));
+        let (op, live) = match r.target {
+            DeleteTarget::Filter(filter) => {
+                parse_filter("filter", &filter, &c.meta.fields)?;
+                let live = self
+                    .node
+                    .count(&c.meta.name, Some(&filter), after.as_ref(), t)
+                    .await
+                    .map_err(from_cluster)?;
+                (Op::DeleteFilter { filter }, live)
             }
-            let mut distinct = r.ids.clone();
-            distinct.sort_unstable();
-            distinct.dedup();
-            let live = self
-                .node
-                .get(&c.meta.name, &distinct, after.as_ref(), t)
-                .await
-                .map_err(from_cluster)?
-                .len() as u64;
-            (Op::Delete { ids: r.ids }, live)
+            DeleteTarget::Ids(ids) => {
+                if ids.is_empty() {
+                    return Err(invalid(
+                        "ids",
+                        "empty: at least one id (or a filter) is required",
+                    ));
+                }
+                let live = self.live(&c, &ids, caller).await?;
+                (Op::Delete { ids }, live)
+            }
         };
-        self.write(&c, op, wait, timeout).await?;
+        self.write(&c, op, r.wait, caller).await?;
         Ok(live)
+    }
+
+    /// Edits the payloads of points; returns how many of the (distinct) ids were live just
+    /// before (as [`Self::delete`] counts them).
+    pub async fn edit_payload(&self, r: EditPayload, caller: &Caller) -> Result<u64, Status> {
+        let c = self.collection(&r.collection).await?;
+        let live = self.live(&c, &r.ids, caller).await?;
+        let op = Op::SetPayload {
+            ids: r.ids,
+            edit: r.edit,
+        };
+        self.write(&c, op, r.wait, caller).await?;
+        Ok(live)
+    }
+
+    /// How many of the distinct `ids` are live, as this server reads them.
+    async fn live(
+        &self,
+        c: &ClusterCollection,
+        ids: &[u64],
+        caller: &Caller,
+    ) -> Result<u64, Status> {
+        let mut distinct = ids.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        Ok(self
+            .node
+            .get(
+                &c.meta.name,
+                &distinct,
+                self.read_after(c).as_ref(),
+                timeout_of(caller),
+            )
+            .await
+            .map_err(from_cluster)?
+            .len() as u64)
     }
 
     async fn write(
@@ -447,7 +539,7 @@ impl ClusterFront {
         c: &ClusterCollection,
         op: Op,
         wait: bool,
-        timeout: Option<Duration>,
+        caller: &Caller,
     ) -> Result<(), Status> {
         let id = self.node.new_write_id();
         let token = self
@@ -458,7 +550,7 @@ impl ClusterFront {
         self.wrote(c, &token);
         if wait {
             self.node
-                .wait_applied(&c.meta.name, &token, timeout.unwrap_or(DEFAULT_TIMEOUT))
+                .wait_applied(&c.meta.name, &token, timeout_of(caller))
                 .await
                 .map_err(from_cluster)?;
         }
@@ -466,11 +558,7 @@ impl ClusterFront {
     }
 
     /// Stored points by id, in request order.
-    pub async fn get(
-        &self,
-        r: proto::GetRequest,
-        timeout: Option<Duration>,
-    ) -> Result<proto::GetResponse, Status> {
+    pub async fn get(&self, r: Get, caller: &Caller) -> Result<Vec<StoredPoint>, Status> {
         let c = self.collection(&r.collection).await?;
         let points = self
             .node
@@ -478,68 +566,68 @@ impl ClusterFront {
                 &r.collection,
                 &r.ids,
                 self.read_after(&c).as_ref(),
-                timeout.unwrap_or(DEFAULT_TIMEOUT),
+                timeout_of(caller),
             )
             .await
             .map_err(from_cluster)?;
-        Ok(proto::GetResponse {
+        Ok(points
+            .into_iter()
+            .map(|p| StoredPoint {
+                id: p.id,
+                vector: if r.with_vectors { p.vector } else { Vec::new() },
+                payload: p.payload,
+            })
+            .collect())
+    }
+
+    /// A page of points by ascending id, merged from a replica of each shard.
+    pub async fn scroll(&self, r: Scroll, caller: &Caller) -> Result<ScrollPage, Status> {
+        let c = self.collection(&r.collection).await?;
+        parse_filter("filter", &r.filter, &c.meta.fields)?;
+        // One more than the page: the id the next one starts at.
+        let req = ScrollRequest {
+            filter: (!r.filter.trim().is_empty()).then(|| r.filter.clone()),
+            from: r.from.unwrap_or(0),
+            limit: r.limit.saturating_add(1),
+            with_vectors: r.with_vectors,
+            after: self.read_after(&c),
+        };
+        let mut points = self
+            .node
+            .scroll(&r.collection, req, timeout_of(caller))
+            .await
+            .map_err(from_cluster)?;
+        let next = (points.len() > r.limit).then(|| points[r.limit].id);
+        points.truncate(r.limit);
+        Ok(ScrollPage {
             points: points
                 .into_iter()
-                .map(|p| proto::Point {
+                .map(|p| StoredPoint {
                     id: p.id,
-                    approximate: false,
-                    vector: if r.with_vectors { p.vector } else { Vec::new() },
-                    payload: if r.with_payload {
-                        render(&p.payload, &r.payload_keys)
-                    } else {
-                        String::new()
-                    },
+                    vector: p.vector,
+                    payload: p.payload,
                 })
                 .collect(),
+            next,
         })
     }
 
-    /// The dimension of collection `name`.
-    pub async fn dim_of(&self, name: &str) -> Result<usize, Status> {
-        Ok(self.collection(name).await?.meta.dim)
-    }
-
-    /// Searches `nq` queries (`filters`: one per query, or none; `filter`: one for all).
+    /// Searches a batch of queries (those sharing a filter together), merged from a replica of
+    /// each shard.
     pub async fn search(
         &self,
-        collection: &str,
-        queries: Vec<f32>,
-        key: quiver_store::SearchKey,
-        (filter, filters): (&str, &[String]),
-        (with_payload, payload_keys): (bool, &[String]),
-        timeout: Option<Duration>,
-    ) -> Result<Vec<proto::SearchResponse>, Status> {
-        let c = self.collection(collection).await?;
+        r: Search,
+        caller: &Caller,
+        router: &Router,
+    ) -> Result<Vec<Vec<Hit>>, Status> {
+        let c = self.collection(&r.collection).await?;
         let dim = c.meta.dim;
-        let nq = crate::service::check_vectors("vectors", &queries, dim, c.meta.metric())?;
-        if nq == 0 {
-            return Err(invalid(
-                "vectors",
-                "empty: at least one query vector is required",
-            ));
-        }
-        if !filters.is_empty() && !filter.is_empty() {
-            return Err(invalid("filters", "give filter or filters, not both"));
-        }
-        if !filters.is_empty() && filters.len() != nq {
-            return Err(invalid(
-                "filters",
-                format!(
-                    "{} filters for {nq} queries (one per query, or none)",
-                    filters.len()
-                ),
-            ));
-        }
+        let nq = check_queries(&r, dim, c.meta.metric(), router.limits())?;
         let text_of = |q: usize| -> &str {
-            if filters.is_empty() {
-                filter
-            } else {
-                &filters[q]
+            match &r.filters {
+                QueryFilters::One(f) => f,
+                QueryFilters::PerQuery(f) if f.is_empty() => "",
+                QueryFilters::PerQuery(f) => &f[q],
             }
         };
         // Queries sharing a filter go together.
@@ -549,93 +637,93 @@ impl ClusterFront {
             match groups.iter_mut().find(|g| g.0 == f) {
                 Some(g) => g.1.push(q),
                 None => {
-                    let field = if filters.is_empty() {
-                        "filter".to_string()
-                    } else {
-                        format!("filters[{q}]")
+                    let field = match &r.filters {
+                        QueryFilters::One(_) => "filter".to_string(),
+                        QueryFilters::PerQuery(_) => format!("filters[{q}]"),
                     };
                     parse_filter(&field, &f, &c.meta.fields)?;
                     groups.push((f, vec![q]));
                 }
             }
         }
+        router.take_vectors(caller.client, nq)?;
+        let nprobe = match r.probes {
+            Probes::Default => 0,
+            Probes::Lists(n) | Probes::AtMost(n) => n,
+            // Each replica visits at most its own lists.
+            Probes::All => usize::MAX,
+        };
         let after = self.read_after(&c);
-        let timeout = timeout.unwrap_or(DEFAULT_TIMEOUT);
-        let mut results = vec![proto::SearchResponse::default(); nq];
+        let timeout = timeout_of(caller);
+        let mut results = vec![Vec::new(); nq];
         let searches = groups.iter().map(|(f, qs)| {
             let req = SearchRequest {
                 queries: qs
                     .iter()
-                    .flat_map(|&q| queries[q * dim..(q + 1) * dim].iter().copied())
+                    .flat_map(|&q| r.queries[q * dim..(q + 1) * dim].iter().copied())
                     .collect(),
                 nq: qs.len(),
-                k: key.k,
-                nprobe: key.nprobe,
-                refine_factor: key.refine_factor,
+                k: r.k,
+                nprobe,
+                refine_factor: r.refine_factor,
                 filter: (!f.is_empty()).then(|| f.clone()),
                 after: after.clone(),
             };
-            self.node.search(collection, req, timeout)
+            self.node.search(&r.collection, req, timeout)
         });
         let answers = futures_util::future::try_join_all(searches)
             .await
             .map_err(from_cluster)?;
         for ((_, qs), found) in groups.iter().zip(answers) {
             for (&q, n) in qs.iter().zip(found) {
-                results[q].neighbors = n
+                results[q] = n
                     .into_iter()
-                    .map(|(id, distance)| proto::Neighbor {
+                    .map(|(id, distance)| Hit {
                         id,
                         distance,
-                        payload: String::new(),
+                        payload: Vec::new(),
                     })
                     .collect();
             }
         }
-        if with_payload {
-            let mut ids: Vec<u64> = results
-                .iter()
-                .flat_map(|r| r.neighbors.iter().map(|n| n.id))
-                .collect();
+        if r.with_payload {
+            let mut ids: Vec<u64> = results.iter().flatten().map(|h| h.id).collect();
             ids.sort_unstable();
             ids.dedup();
             let points = self
                 .node
-                .get(collection, &ids, after.as_ref(), timeout)
+                .get(&r.collection, &ids, after.as_ref(), timeout)
                 .await
                 .map_err(from_cluster)?;
             let payloads: HashMap<u64, Vec<u8>> =
                 points.into_iter().map(|p| (p.id, p.payload)).collect();
-            for n in results.iter_mut().flat_map(|r| r.neighbors.iter_mut()) {
-                n.payload = render(
-                    payloads.get(&n.id).map(Vec::as_slice).unwrap_or_default(),
-                    payload_keys,
-                );
+            for h in results.iter_mut().flatten() {
+                h.payload = payloads.get(&h.id).cloned().unwrap_or_default();
             }
         }
         Ok(results)
     }
 
-    /// Live points passing `filter` (all when empty).
-    pub async fn count(
-        &self,
-        collection: &str,
-        filter: &str,
-        timeout: Option<Duration>,
-    ) -> Result<u64, Status> {
-        let c = self.collection(collection).await?;
-        parse_filter("filter", filter, &c.meta.fields)?;
-        let f = (!filter.trim().is_empty()).then_some(filter);
+    /// Live points passing a filter (all when empty).
+    pub async fn count(&self, r: Count, caller: &Caller) -> Result<u64, Status> {
+        let c = self.collection(&r.collection).await?;
+        parse_filter("filter", &r.filter, &c.meta.fields)?;
+        let f = (!r.filter.trim().is_empty()).then_some(r.filter.as_str());
         self.node
             .count(
-                collection,
+                &r.collection,
                 f,
                 self.read_after(&c).as_ref(),
-                timeout.unwrap_or(DEFAULT_TIMEOUT),
+                timeout_of(caller),
             )
             .await
             .map_err(from_cluster)
     }
+}
+
+/// How long a call may take: until its caller's deadline, or [`DEFAULT_TIMEOUT`].
+fn timeout_of(caller: &Caller) -> Duration {
+    caller.time_left().unwrap_or(DEFAULT_TIMEOUT)
 }
 
 /// How often [`ClusterFront::report_metrics`] refreshes the cluster's figures.
@@ -675,40 +763,23 @@ async fn refresh_metrics(node: &Node<AnyBackend>, metrics: &crate::metrics::Metr
     }
 }
 
-/// A cluster collection as the native API describes it.
-fn info(c: &ClusterCollection, count: u64) -> proto::CollectionInfo {
-    let meta = &c.meta;
-    proto::CollectionInfo {
-        name: meta.name.clone(),
-        dim: meta.dim as u32,
-        metric: crate::service::metric_to_proto(meta.metric()) as i32,
-        index: Some(crate::service::index_params(&meta.index)),
-        count,
-        state: "ready".into(),
-        field_indexes: meta.fields.iter().map(field_to_proto).collect(),
-        shard_number: c.shards(),
-        replication_factor: c.replication(),
-        ..Default::default()
-    }
-}
-
-/// A cluster collection as the native API describes it, from what a replica of each shard
-/// holds: counts, memory and segments summed; trained once every shard is; the index
-/// parameters are shard 0's (each shard trains its own quantizers); drift the largest.
-fn described(c: &ClusterCollection, shards: &[ShardState]) -> proto::CollectionInfo {
-    let count = shards.iter().map(|s| s.count).sum();
-    let base = info(c, count);
-    let index = match shards.first() {
-        Some(s) => crate::service::index_params(&s.index),
-        None => crate::service::index_params(&c.meta.index),
-    };
-    proto::CollectionInfo {
-        index: Some(index),
+/// A cluster collection's state from what a replica of each shard holds (none: only what
+/// the catalog says): counts, memory and segments summed; trained once every shard is; the
+/// index parameters shard 0's (each shard trains its own quantizers); drift the largest.
+fn state(c: &ClusterCollection, shards: &[ShardState]) -> CollectionState {
+    CollectionState {
+        name: c.meta.name.clone(),
+        status: CollectionStatus::Ready,
+        count: shards.iter().map(|s| s.count).sum(),
         trained: !shards.is_empty() && shards.iter().all(|s| s.trained),
+        index: shards.first().map_or(&c.meta.index, |s| &s.index).clone(),
         memory_bytes: shards.iter().map(|s| s.memory_bytes).sum(),
         segments: shards.iter().map(|s| s.segments).sum(),
         drift: shards.iter().map(|s| s.drift).fold(0.0, f64::max),
-        ..base
+        read_only: false,
+        shards: c.shards(),
+        replication: c.replication(),
+        meta: Some(c.meta.clone()),
     }
 }
 

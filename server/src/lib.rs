@@ -30,6 +30,7 @@ pub mod qdrant;
 pub mod ratelimit;
 pub mod registry;
 pub mod request_id;
+pub mod requests;
 pub mod server;
 pub mod service;
 pub mod signals;

@@ -305,11 +305,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.node_id.is_some() && !a.collections.is_empty() {
         bail!("--collection serves an index file from one server; in cluster mode (--nats) create collections through the API");
     }
-    if a.node_id.is_some()
-        && (a.qdrant || a.qdrant_grpc_listen.is_some() || a.qdrant_http_listen.is_some())
-    {
-        bail!("Qdrant's API serves a single server's collections; it is not available in cluster mode (--nats) yet");
-    }
     let config = ServerConfig {
         rate_limits,
         metrics_require_key: a.metrics_require_key,

@@ -34,6 +34,16 @@ pub enum CatalogEntry {
         /// Its name.
         name: String,
     },
+    /// A collection's description changes (indexed payload fields, settings, the size at
+    /// which it trains by itself): the whole new value.
+    Describe {
+        /// Its name.
+        name: String,
+        /// The incarnation it is for (one dropped since is left as it was).
+        incarnation: u64,
+        /// The new value.
+        description: quiver_store::manifest::Description,
+    },
 }
 
 /// The catalog log on a JetStream server or cluster.

@@ -47,7 +47,7 @@ pub mod topology;
 pub use catalog_log::{CatalogEntry, CatalogLog};
 pub use error::{ClusterError, Result};
 pub use follower::Follower;
-pub use node::{Node, ReplicaProgress, SearchRequest, SnapshotDone, WriteToken};
+pub use node::{Node, ReplicaProgress, ScrollRequest, SearchRequest, SnapshotDone, WriteToken};
 pub use rpc::ShardState;
 pub use shard_log::{ShardEntry, ShardLog, TrainEntry};
 pub use stream::Appended;

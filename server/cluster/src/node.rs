@@ -29,6 +29,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use quiver_engine::backend::Backend;
 use quiver_engine::payload::filter::Filter;
+use quiver_store::manifest::Description;
 use quiver_store::wal::Op;
 use quiver_store::{
     Collection, CollectionMeta, CollectionsFolder, IndexConfig, SearchKey, StoreConfig, StoreError,
@@ -123,6 +124,21 @@ pub struct SearchRequest {
     pub after: Option<WriteToken>,
 }
 
+/// A page of points through the cluster, by ascending id.
+#[derive(Debug, Clone, Default)]
+pub struct ScrollRequest {
+    /// Only points passing this filter (its JSON text).
+    pub filter: Option<String>,
+    /// The first id.
+    pub from: u64,
+    /// Points at most.
+    pub limit: usize,
+    /// Answer the stored vectors too.
+    pub with_vectors: bool,
+    /// Answer only from replicas that have applied this write.
+    pub after: Option<WriteToken>,
+}
+
 /// A shard replica held by this node.
 struct Replica<B: Backend + Clone + Send + Sync + 'static> {
     collection: Arc<Collection<B>>,
@@ -169,6 +185,9 @@ struct Shared<B: Backend + Clone + Send + Sync + 'static> {
     logs: Mutex<HashMap<(String, u64, u32), ShardLog>>,
     /// Requests this node routed, per (collection, shard, node that answered).
     routed: std::sync::Mutex<HashMap<(String, u32, String), u64>>,
+    /// Shard logs whose training this node started by itself ([`Shared::train_due`]):
+    /// `None` while it runs; after one that did not happen, when to try again.
+    auto_training: std::sync::Mutex<HashMap<String, Option<Instant>>>,
     members: Membership,
     /// The number of the last catalog entry applied here.
     applied: watch::Sender<u64>,
@@ -253,6 +272,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
             topology: std::sync::RwLock::new(topology),
             held: Mutex::new(HashMap::new()),
             failed: std::sync::Mutex::new(HashMap::new()),
+            auto_training: std::sync::Mutex::new(HashMap::new()),
             logs: Mutex::new(HashMap::new()),
             routed: std::sync::Mutex::new(HashMap::new()),
             members,
@@ -402,6 +422,94 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
             }
         }
         Ok(())
+    }
+
+    /// Changes `name`'s description (indexed payload fields, settings, the size at which it
+    /// trains by itself) with `edit`, applied to the current one: the catalog takes the new
+    /// value (every node checks requests and filters against it), then every shard's log, so
+    /// that each replica indexes the fields at a number of its log. Changes of one collection
+    /// take its description lease in turn, so their log entries never cross. A node dying
+    /// between the two leaves the replicas without that change until the next one (the
+    /// catalog's value is what requests are checked against; a replica's indexed fields only
+    /// speed its filters). Returns the shard logs' numbers (wait with [`Self::wait_applied`]).
+    pub async fn describe_collection(
+        &self,
+        name: &str,
+        edit: impl Fn(&mut Description) -> Result<()>,
+    ) -> Result<WriteToken> {
+        let key = format!("describe.{name}");
+        let deadline = Instant::now() + DESCRIBE_WAIT;
+        let lease = loop {
+            match self.shared.leases.acquire(&key, &self.shared.node_id).await? {
+                Ok(lease) => break lease,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(holder) => {
+                    return Err(ClusterError::Unavailable {
+                        name: name.into(),
+                        reason: format!(
+                            "another change of its description (led by node {holder}) has not ended in {} s; retry",
+                            DESCRIBE_WAIT.as_secs()
+                        ),
+                    })
+                }
+            }
+        };
+        let done = self.describe_holding(name, edit).await;
+        lease.release().await;
+        done
+    }
+
+    /// [`Self::describe_collection`] under the collection's description lease.
+    async fn describe_holding(
+        &self,
+        name: &str,
+        edit: impl Fn(&mut Description) -> Result<()>,
+    ) -> Result<WriteToken> {
+        let changed = std::sync::Mutex::new(None);
+        let seq = self
+            .append_catalog(|t| {
+                let c = t
+                    .get(name)
+                    .ok_or_else(|| ClusterError::NotFound(name.into()))?;
+                let mut d = c.meta.description();
+                edit(&mut d)?;
+                quiver_store::check_ops(c.meta.dim, &[Op::Describe(d.clone())])?;
+                if let Ok(mut ch) = changed.lock() {
+                    *ch = Some((c.incarnation, d.clone()));
+                }
+                Ok(CatalogEntry::Describe {
+                    name: name.into(),
+                    incarnation: c.incarnation,
+                    description: d,
+                })
+            })
+            .await?;
+        let Some((incarnation, d)) = changed.lock().ok().and_then(|mut c| c.take()) else {
+            return Err(ClusterError::NotFound(name.into()));
+        };
+        let c = self
+            .shared
+            .topology()
+            .get(name)
+            .filter(|c| c.incarnation == incarnation)
+            .cloned()
+            .ok_or_else(|| ClusterError::NotFound(name.into()))?;
+        let op = Op::Describe(d);
+        let appends = (0..c.shards()).map(|shard| {
+            let (op, c) = (&op, &c);
+            async move {
+                let log = self.shared.shard_log(c, shard).await?;
+                let a = log.append(&format!("describe.{seq}.{shard}"), op).await?;
+                Ok::<_, ClusterError>((shard, a.seq))
+            }
+        });
+        let shards = futures_util::future::try_join_all(appends).await?;
+        Ok(WriteToken {
+            incarnation: c.incarnation,
+            shards,
+        })
     }
 
     /// Appends the entry `make` builds from the catalog as read so far (after this node has
@@ -659,6 +767,112 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
             }
         }
         Ok(total)
+    }
+
+    /// Up to `req.limit` live points of `collection` passing its filter (all without one), by
+    /// ascending id from `req.from`, merged from a replica of each shard (each read a chunk at
+    /// a time, only as far as the page needs).
+    pub async fn scroll(
+        &self,
+        collection: &str,
+        req: ScrollRequest,
+        timeout: Duration,
+    ) -> Result<Vec<Point>> {
+        let c = self.shared.cluster_collection(collection)?;
+        if let Some(f) = &req.filter {
+            Filter::parse_text(f).map_err(|e| invalid("filter", e.to_string()))?;
+        }
+        let ScrollRequest {
+            filter,
+            from,
+            limit,
+            with_vectors,
+            after,
+        } = req;
+        let after = after.as_ref();
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = deadline_in(timeout);
+        /// A shard's points read and not merged yet, and where its next chunk starts (none:
+        /// it has no more).
+        struct Cursor {
+            read: std::collections::VecDeque<Point>,
+            next: Option<u64>,
+        }
+        let mut cursors: Vec<Cursor> = (0..c.shards())
+            .map(|_| Cursor {
+                read: Default::default(),
+                next: Some(from),
+            })
+            .collect();
+        let mut page = Vec::with_capacity(limit.min(MAX_SCROLL));
+        loop {
+            // Every shard with more to read and none read gets its next chunk.
+            let want = (limit - page.len()).clamp(1, SCROLL_CHUNK);
+            let asks = cursors
+                .iter()
+                .enumerate()
+                .filter(|(_, k)| k.read.is_empty())
+                .filter_map(|(shard, k)| Some((shard as u32, k.next?)))
+                .map(|(shard, from)| {
+                    let ask = ShardRequest::Scroll {
+                        shard: shard_ref(&c, shard, after),
+                        filter: filter.clone(),
+                        from,
+                        limit: want,
+                        with_vectors,
+                    };
+                    let (shared, c) = (&self.shared, &c);
+                    async move {
+                        Ok::<_, ClusterError>((
+                            shard,
+                            shared.ask_shard(c, shard, ask, deadline).await?,
+                        ))
+                    }
+                });
+            for (shard, a) in futures_util::future::try_join_all(asks).await? {
+                let ShardResponse::Points(points) = a else {
+                    return Err(unexpected(a));
+                };
+                let k = &mut cursors[shard as usize];
+                k.next = match points.last() {
+                    Some(p) if points.len() >= want && p.id < u64::MAX => Some(p.id + 1),
+                    _ => None,
+                };
+                // A replica answers ascending ids of its shard from where it was asked;
+                // anything else is dropped rather than merged out of order.
+                let mut last: Option<u64> = None;
+                for p in points {
+                    if shard_of(p.id, c.shards()) == shard && last.is_none_or(|l| p.id > l) {
+                        last = Some(p.id);
+                        k.read.push_back(p);
+                    }
+                }
+            }
+            // The smallest head is next while every shard with more to read has some read.
+            loop {
+                if page.len() == limit {
+                    return Ok(page);
+                }
+                if cursors
+                    .iter()
+                    .any(|k| k.read.is_empty() && k.next.is_some())
+                {
+                    break;
+                }
+                let next = cursors
+                    .iter_mut()
+                    .filter_map(|k| Some((k.read.front()?.id, k)))
+                    .min_by_key(|(id, _)| *id)
+                    .and_then(|(_, k)| k.read.pop_front());
+                match next {
+                    Some(p) => page.push(p),
+                    // Every shard read to its end.
+                    None => return Ok(page),
+                }
+            }
+        }
     }
 
     /// Trains every shard of `collection` (with `index` overriding its parameters where
@@ -973,14 +1187,21 @@ pub const MAX_K: usize = 16_384;
 /// Ids asked of one replica per request (answers stay well below NATS's message limit).
 const GET_CHUNK: usize = 64;
 
+/// Points a scroll asks of one replica at a time (as [`GET_CHUNK`]: messages stay small).
+const SCROLL_CHUNK: usize = 64;
+
+/// Points a replica answers to one scroll request at most.
+const MAX_SCROLL: usize = 1024;
+
 /// How often [`supervise`] looks for replicas to start again.
 const SUPERVISE_EVERY: Duration = Duration::from_secs(2);
 
 /// How often [`supervise`] places again the replicas that failed to be placed.
 const RETRY_FAILED_EVERY: Duration = Duration::from_secs(30);
 
-/// Until `stop`: starts again the replicas whose log was trimmed past them, and places again
-/// those that failed to be placed, now and then.
+/// Until `stop`: starts again the replicas whose log was trimmed past them, starts the
+/// trainings that are due, and places again the replicas that failed to be placed, now and
+/// then.
 async fn supervise<B: Backend + Clone + Send + Sync + 'static>(
     shared: Arc<Shared<B>>,
     mut stop: watch::Receiver<bool>,
@@ -992,6 +1213,7 @@ async fn supervise<B: Backend + Clone + Send + Sync + 'static>(
             _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
         }
         shared.restart_stopped().await;
+        shared.train_due().await;
         if retried.elapsed() >= RETRY_FAILED_EVERY {
             retried = Instant::now();
             shared.retry_failed().await;
@@ -1494,6 +1716,100 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
         }
     }
 
+    /// Starts the training of each shard held here whose collection trains by itself (its
+    /// `train_at` size, Qdrant's indexing threshold, shared evenly by its shards) once a
+    /// caught-up replica here holds its shard's share of points untrained (and as many as a
+    /// training needs): as [`Node::train`] does for one shard, led by whichever node
+    /// gets the shard's training lease (the others find it held, or the replica trained when
+    /// they have it, and pass). One that did not happen is
+    /// tried again after [`AUTO_TRAIN_RETRY`] (after [`AUTO_TRAIN_BUSY`] when another node
+    /// leads it).
+    async fn train_due(self: &Arc<Self>) {
+        let topology = self.topology();
+        let due: Vec<(String, TrainingLead<B>)> = {
+            let held = self.held.lock().await;
+            let Ok(mut auto) = self.auto_training.lock() else {
+                return;
+            };
+            let now = Instant::now();
+            held.iter()
+                .filter_map(|((name, shard), rep)| {
+                    if rep.follower.has_stopped() || rep.follower.applied() < rep.ready_at {
+                        return None;
+                    }
+                    // Each shard trains at its share of the collection's training size.
+                    let shards = topology
+                        .get(name)
+                        .filter(|c| c.incarnation == rep.incarnation)
+                        .map_or(1, |c| u64::from(c.shards()).max(1));
+                    // Never below what a training needs (as a single server: a list per
+                    // point at least, and a PQ code book's 256 entries).
+                    let index = rep.collection.meta().index;
+                    let at = index.train_at.div_ceil(shards);
+                    let v = rep.collection.version();
+                    let enough = at.max(u64::from(index.nlist)).max(256);
+                    if at == 0 || v.quantizers.is_some() || (v.len() as u64) < enough {
+                        return None;
+                    }
+                    let log = rep.log.stream().to_string();
+                    match auto.get(&log) {
+                        Some(None) => return None,
+                        Some(Some(not_before)) if *not_before > now => return None,
+                        _ => {}
+                    }
+                    auto.insert(log.clone(), None);
+                    let lead = TrainingLead {
+                        leases: self.leases.clone(),
+                        artifacts: self.artifacts.clone(),
+                        node_id: self.node_id.clone(),
+                        collection: rep.collection.clone(),
+                        log: rep.log.clone(),
+                        progress: rep.follower.progress(),
+                        shard: ShardRef {
+                            collection: name.clone(),
+                            incarnation: rep.incarnation,
+                            shard: *shard,
+                            min_seq: 0,
+                            wait_ms: TRAIN_CATCH_UP.as_millis() as u64,
+                            request_id: String::new(),
+                        },
+                        index: None,
+                        only_untrained: true,
+                        id: self.message_id(),
+                    };
+                    Some((log, lead))
+                })
+                .collect()
+        };
+        for (log, lead) in due {
+            let shared = self.clone();
+            tokio::spawn(async move {
+                tracing::debug!(log = %log, "a replica here reached its collection's training size: training the shard");
+                let answer = lead.run().await;
+                let retry = match &answer {
+                    ShardResponse::Trained(seq) => {
+                        tracing::info!(log = %log, seq, "the shard trained by itself");
+                        None
+                    }
+                    ShardResponse::Precondition(why) => {
+                        tracing::debug!(log = %log, why = %why, "the shard's training is not led here");
+                        Some(AUTO_TRAIN_BUSY)
+                    }
+                    other => {
+                        tracing::warn!(log = %log, answer = ?other, "the shard's training by itself did not happen; tried again later");
+                        Some(AUTO_TRAIN_RETRY)
+                    }
+                };
+                if let Ok(mut auto) = shared.auto_training.lock() {
+                    match retry {
+                        Some(after) => auto.insert(log, Some(Instant::now() + after)),
+                        None => auto.remove(&log),
+                    };
+                }
+            });
+        }
+    }
+
     /// Places again the replicas that failed to be placed here (a snapshot that could not be
     /// read, a log that did not open) and are still placed here. Under [`Shared::placing`].
     async fn retry_failed(&self) {
@@ -1787,6 +2103,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
                 progress,
                 shard: r,
                 index,
+                only_untrained: false,
                 id: self.message_id(),
             };
             // Its own task: it ends (and gives the lease back) even if this caller goes.
@@ -1808,6 +2125,15 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
 /// leaving the training to another replica.
 const TRAIN_CATCH_UP: Duration = Duration::from_secs(60);
 
+/// How long a change of a collection's description waits for another one to end.
+const DESCRIBE_WAIT: Duration = Duration::from_secs(30);
+
+/// How long after a training by itself failed it is tried again.
+const AUTO_TRAIN_RETRY: Duration = Duration::from_secs(60);
+
+/// How long after finding a shard's training led by another node this node looks again.
+const AUTO_TRAIN_BUSY: Duration = Duration::from_secs(10);
+
 /// What leading one shard's training needs, owned: it runs as a task of its own, so a caller
 /// that goes away (a deadline, a cancelled request) neither leaves the lease held nor a
 /// training half done.
@@ -1820,6 +2146,9 @@ struct TrainingLead<B: Backend + Clone + Send + Sync + 'static> {
     progress: watch::Receiver<u64>,
     shard: ShardRef,
     index: Option<IndexConfig>,
+    /// Train only a replica not trained yet (a training by itself: once the replica has
+    /// caught up, one logged meanwhile may have trained it).
+    only_untrained: bool,
     /// Unique to this training (the artifact's name and the log entry's message id).
     id: String,
 }
@@ -1862,6 +2191,13 @@ impl<B: Backend + Clone + Send + Sync + 'static> TrainingLead<B> {
             }
             Err(e) => return ShardResponse::Failed(e.to_string()),
         };
+        if self.only_untrained && self.collection.version().quantizers.is_some() {
+            lease.release().await;
+            return ShardResponse::Precondition(format!(
+                "shard {} of {:?} is trained already",
+                self.shard.shard, self.shard.collection
+            ));
+        }
         let done = self.train_and_log(&lease).await;
         lease.release().await;
         match done {
@@ -1979,6 +2315,12 @@ fn answer_locally<B: Backend + Clone + Send + Sync + 'static>(
             filter,
             ..
         } => {
+            // Each shard trains its own quantizers, with as many lists as its points call
+            // for: a search visits at most this replica's lists.
+            let nprobe = match &c.version().quantizers {
+                Some(q) => nprobe.min(q.nlist()),
+                None => nprobe,
+            };
             let key = SearchKey {
                 k,
                 nprobe,
@@ -2015,6 +2357,31 @@ fn answer_locally<B: Backend + Clone + Send + Sync + 'static>(
         ShardRequest::Count { filter, .. } => {
             let f = filter.as_deref().map(parse).transpose()?;
             ShardResponse::Count(c.count(f.as_ref()) as u64)
+        }
+        ShardRequest::Scroll {
+            filter,
+            from,
+            limit,
+            with_vectors,
+            ..
+        } => {
+            let f = filter.as_deref().map(parse).transpose()?;
+            let (page, _) = c.scroll(f.as_ref(), Some(from), limit.min(MAX_SCROLL));
+            let mut vectors: HashMap<u64, Vec<f32>> = if with_vectors {
+                let ids: Vec<u64> = page.iter().map(|(id, _)| *id).collect();
+                c.get(&ids).into_iter().collect()
+            } else {
+                HashMap::new()
+            };
+            ShardResponse::Points(
+                page.into_iter()
+                    .map(|(id, payload)| Point {
+                        id,
+                        vector: vectors.remove(&id).unwrap_or_default(),
+                        payload,
+                    })
+                    .collect(),
+            )
         }
         ShardRequest::Describe { .. } => {
             let v = c.version();
@@ -2123,7 +2490,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Target for CatalogTarget<B> {
         let _placing = shared.placing.lock().await;
         let dropped = match &entry {
             CatalogEntry::Drop { name } => Some(name.clone()),
-            CatalogEntry::Create { .. } => None,
+            CatalogEntry::Create { .. } | CatalogEntry::Describe { .. } => None,
         };
         let changed = match shared.topology.write() {
             Ok(mut t) => t.apply(seq, entry),

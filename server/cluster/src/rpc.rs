@@ -72,6 +72,19 @@ pub enum ShardRequest {
         /// The filter's JSON text.
         filter: Option<String>,
     },
+    /// Up to `limit` live points passing a filter, by ascending id from `from`.
+    Scroll {
+        /// The replica.
+        shard: ShardRef,
+        /// The filter's JSON text.
+        filter: Option<String>,
+        /// The first id.
+        from: u64,
+        /// Points at most.
+        limit: usize,
+        /// Answer the stored vectors too.
+        with_vectors: bool,
+    },
     /// What the replica holds: its points, whether it is trained and with what.
     Describe {
         /// The replica.
@@ -100,6 +113,7 @@ impl ShardRequest {
             ShardRequest::Search { shard, .. }
             | ShardRequest::Get { shard, .. }
             | ShardRequest::Count { shard, .. }
+            | ShardRequest::Scroll { shard, .. }
             | ShardRequest::Describe { shard }
             | ShardRequest::Progress { shard }
             | ShardRequest::Train { shard, .. } => shard,
@@ -112,6 +126,7 @@ impl ShardRequest {
             ShardRequest::Search { .. } => "search",
             ShardRequest::Get { .. } => "get",
             ShardRequest::Count { .. } => "count",
+            ShardRequest::Scroll { .. } => "scroll",
             ShardRequest::Describe { .. } => "describe",
             ShardRequest::Progress { .. } => "progress",
             ShardRequest::Train { .. } => "train",
@@ -124,6 +139,7 @@ impl ShardRequest {
             ShardRequest::Search { shard, .. }
             | ShardRequest::Get { shard, .. }
             | ShardRequest::Count { shard, .. }
+            | ShardRequest::Scroll { shard, .. }
             | ShardRequest::Describe { shard }
             | ShardRequest::Progress { shard }
             | ShardRequest::Train { shard, .. } => shard,

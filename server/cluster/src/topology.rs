@@ -77,6 +77,21 @@ impl Topology {
                 Some(c)
             }
             CatalogEntry::Drop { name } => self.collections.remove(&name),
+            // Placement does not change: nothing to place or remove.
+            CatalogEntry::Describe {
+                name,
+                incarnation,
+                description,
+            } => {
+                if let Some(c) = self
+                    .collections
+                    .get_mut(&name)
+                    .filter(|c| c.incarnation == incarnation)
+                {
+                    c.meta.describe(&description);
+                }
+                None
+            }
         }
     }
 

@@ -1,8 +1,9 @@
 //! The operations of Quiver's Qdrant API, in terms neutral to the wire: the gRPC ([`super::grpc`])
 //! and REST ([`super::rest`]) front ends decode a request into these types, call one
-//! operation, and encode its answer. Searches and writes go through Quiver's own service
-//! ([`QuiverService`]: its validation, rate limits, metrics and micro-batcher), so a Qdrant
-//! client is served exactly as a native one; reads of payloads and vectors go to the store.
+//! operation, and encode its answer. Every operation is made of the internal request layer's
+//! requests ([`crate::requests`]: its validation, rate limits and micro-batcher, local or
+//! through the cluster), as the native API's are, so a Qdrant client is served exactly as a
+//! native one, on a single server or a cluster node alike.
 //!
 //! Mapping (docs/QDRANT.md): a collection holds one unnamed dense vector; `Cosine`, `Dot` and
 //! `Euclid` are Quiver's cosine, inner-product and L2 metrics (Euclid scores are distances, the
@@ -18,19 +19,22 @@ use quiver_engine::payload;
 use quiver_engine::payload::fields::{FieldSpec, FieldType};
 use quiver_engine::Metric;
 use quiver_store::wal::PayloadEdit;
-use quiver_store::UpsertMode;
+use quiver_store::{IndexConfig, UpsertMode};
 use serde_json::{json, Map, Value};
-use tonic::{Request, Status};
+use tonic::Status;
 
 use super::ids::{key_of, key_of_stored, PointKey, UUID_KEY};
 use super::unsupported;
-use crate::payloads::parse_filter;
-use crate::proto;
-use crate::proto::quiver_server::Quiver;
+use crate::payloads::encode_payloads;
 use crate::ratelimit::Client;
 use crate::registry::Registry;
-use crate::service::{blocking, QuiverService};
-use crate::status::{from_store, invalid};
+use crate::requests::local::blocking;
+use crate::requests::{
+    collection_meta, Caller, CollectionStatus, Count, CreateCollection, Delete, DeleteTarget,
+    EditPayload, Get, Hit, Probes, QueryFilters, Router, Scroll, Search, SettingsEdit, StoredPoint,
+    Upsert,
+};
+use crate::status::invalid;
 use quiver_store::wal::RESERVED_KEY_PREFIX;
 
 /// Qdrant's distance of a collection.
@@ -143,6 +147,10 @@ pub struct CreateSpec {
     pub datatype: Datatype,
     /// The client's settings.
     pub settings: Map<String, Value>,
+    /// Shards (`shard_number`; 0: 1).
+    pub shards: u32,
+    /// Replicas of each shard (`replication_factor`; 0: 1).
+    pub replication: u32,
 }
 
 /// What a collection is, for `GetCollectionInfo`.
@@ -174,6 +182,10 @@ pub struct InfoView {
     pub metadata: Map<String, Value>,
     /// Indexed payload fields.
     pub fields: Vec<(String, FieldType)>,
+    /// Shards.
+    pub shards: u32,
+    /// Replicas of each shard.
+    pub replication: u32,
 }
 
 /// A point to upsert.
@@ -344,36 +356,22 @@ const SETTINGS: [&str; 5] = [
     "metadata",
 ];
 
-/// The operations, over a registry.
+/// The operations, over the request layer.
 #[derive(Clone)]
 pub struct QdrantApi {
-    svc: QuiverService,
-    registry: Arc<Registry>,
-}
-
-fn request<T>(msg: T, client: Client, timeout: Option<Duration>) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.extensions_mut().insert(client);
-    if let Some(t) = timeout {
-        let ms = t.as_millis().min(99_999_999);
-        if let Ok(v) = format!("{ms}m").parse() {
-            r.metadata_mut().insert("grpc-timeout", v);
-        }
-    }
-    r
+    router: Router,
 }
 
 impl QdrantApi {
-    /// The operations over `registry`.
+    /// The operations over `registry`'s request layer.
     pub fn new(registry: Arc<Registry>) -> Self {
         QdrantApi {
-            svc: QuiverService::new(registry.clone()),
-            registry,
+            router: Router::new(registry),
         }
     }
 
-    fn collection(&self, name: &str) -> Result<Arc<crate::collection::Collection>, Status> {
-        self.registry.get(name)
+    fn limits(&self) -> &crate::config::Limits {
+        self.router.limits()
     }
 
     // ---- collections ----
@@ -381,55 +379,59 @@ impl QdrantApi {
     /// Creates a collection.
     pub async fn create(&self, spec: CreateSpec) -> Result<(), Status> {
         let quiver = quiver_params(&spec.settings)?;
-        let native = proto::CreateCollectionRequest {
-            name: spec.name.clone(),
-            dim: u32::try_from(spec.dim).unwrap_or(u32::MAX),
-            metric: match spec.distance {
-                Distance::Cosine => proto::Metric::Cosine,
-                Distance::Euclid => proto::Metric::L2,
-                Distance::Dot => proto::Metric::InnerProduct,
-            } as i32,
-            index: Some(proto::IndexParams {
-                nlist: quiver.nlist.unwrap_or(0),
-                pq_m: quiver.pq_m.unwrap_or(0),
-                refine: match quiver.refine.as_deref() {
-                    None | Some("") if spec.datatype == Datatype::Float16 => proto::Refine::F16,
-                    None | Some("") => proto::Refine::F32,
-                    Some("none") => proto::Refine::None,
-                    Some("f16") => proto::Refine::F16,
-                    Some("f32") => proto::Refine::F32,
-                    Some("codes") => proto::Refine::Codes,
-                    Some(other) => {
-                        return Err(invalid(
-                            "metadata.quiver.refine",
-                            format!("unknown value `{other}` (none, f16, f32 or codes)"),
-                        ))
-                    }
-                } as i32,
-                seed: quiver.seed.unwrap_or(0),
-                train_at: 0,
-            }),
-            field_indexes: Vec::new(),
-            shard_number: 0,
-            replication_factor: 0,
+        let (refine, refine_factor) = match quiver.refine.as_deref() {
+            None | Some("") if spec.datatype == Datatype::Float16 => ("f16", 0),
+            None | Some("") => ("f32", 0),
+            Some("none") => ("f32", 1),
+            Some("f16") => ("f16", 0),
+            Some("f32") => ("f32", 0),
+            Some("codes") => ("none", 0),
+            Some(other) => {
+                return Err(invalid(
+                    "metadata.quiver.refine",
+                    format!("unknown value `{other}` (none, f16, f32 or codes)"),
+                ))
+            }
         };
-        let mut meta = self
-            .svc
-            .write_meta(&native)
-            .map_err(|s| rename_field(s, "dim", "vectors.size"))?;
+        let index = IndexConfig {
+            nlist: quiver.nlist.unwrap_or(0),
+            pq_m: quiver.pq_m.unwrap_or(0),
+            refine: refine.into(),
+            refine_factor,
+            seed: quiver.seed.unwrap_or(0),
+            train_at: 0,
+        };
+        let metric = match spec.distance {
+            Distance::Cosine => Metric::Cosine,
+            Distance::Euclid => Metric::L2,
+            Distance::Dot => Metric::InnerProduct,
+        };
+        let mut meta = collection_meta(
+            self.limits(),
+            &spec.name,
+            spec.dim,
+            metric,
+            index,
+            Vec::new(),
+        )
+        .map_err(|s| rename_field(s, "dim", "vectors.size"))?;
         meta.index.train_at = train_at(&spec.settings, spec.dim, &quiver)?;
         check_settings(&spec.settings)?;
         meta.settings = Value::Object(spec.settings);
-        let registry = self.registry.clone();
-        blocking(move || registry.create(meta).map(|_| ())).await
+        let create = CreateCollection {
+            meta,
+            shards: spec.shards,
+            replication: spec.replication,
+        };
+        self.router.create(create).await?;
+        Ok(())
     }
 
     /// Changes a collection's settings (merged into those it has; an update's
     /// `quantization_config` is ignored). The size at which it trains by itself changes only
     /// when the update gives `optimizers_config.indexing_threshold` or `metadata.quiver`.
     pub async fn update(&self, name: &str, update: Map<String, Value>) -> Result<(), Status> {
-        let c = self.collection(name)?;
-        let meta = c.store.meta();
+        let meta = self.router.meta(name).await?;
         let dim = meta.dim as u64;
         // Checked against the settings now; applied below to the settings current then, under
         // the store's lock, so that concurrent updates do not undo each other.
@@ -443,29 +445,21 @@ impl QdrantApi {
             || update
                 .get("metadata")
                 .is_some_and(|m| m.get("quiver").is_some());
-        let store = c.store.clone();
-        self.registry
-            .writes()
-            .run(move || {
-                store
-                    .update_settings(|settings, at| {
-                        let now = with_update(obj(settings.take()), &update);
-                        if retrain {
-                            if let Ok(n) = quiver_params(&now).and_then(|q| train_at(&now, dim, &q))
-                            {
-                                *at = n;
-                            }
-                        }
-                        *settings = Value::Object(now);
-                    })
-                    .map_err(from_store)
-            })
-            .await
+        let edit: SettingsEdit = Arc::new(move |settings, at| {
+            let now = with_update(obj(settings.take()), &update);
+            if retrain {
+                if let Ok(n) = quiver_params(&now).and_then(|q| train_at(&now, dim, &q)) {
+                    *at = n;
+                }
+            }
+            *settings = Value::Object(now);
+        });
+        self.router.update_settings(name, edit).await
     }
 
     /// Drops a collection; false when there was none.
     pub async fn delete(&self, name: &str) -> Result<bool, Status> {
-        match self.registry.drop_collection(name).await {
+        match self.router.drop_collection(name).await {
             Ok(()) => Ok(true),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
             Err(s) => Err(s),
@@ -473,36 +467,46 @@ impl QdrantApi {
     }
 
     /// Whether a collection exists (or is being loaded).
-    pub fn exists(&self, name: &str) -> bool {
-        self.registry.is_loading(name) || self.registry.get(name).is_ok()
+    pub async fn exists(&self, name: &str) -> Result<bool, Status> {
+        self.router.exists(name).await
     }
 
-    /// The collections' names.
-    pub fn list(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.registry.list().into_iter().map(|(n, _)| n).collect();
-        names.extend(self.registry.loading());
+    /// The collections' names (those being loaded included; those that failed to open left
+    /// out).
+    pub async fn list(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .router
+            .list()
+            .await
+            .into_iter()
+            .filter(|s| s.meta.is_some() || s.status == CollectionStatus::Loading)
+            .map(|s| s.name)
+            .collect();
         names.sort();
         names
     }
 
     /// What a collection is.
-    pub fn info(&self, name: &str) -> Result<InfoView, Status> {
-        let c = self.collection(name)?;
-        let meta = c.store.meta();
-        let v = c.store.version();
-        let settings = obj(meta.settings.clone());
-        let (status, error) = match c.store.job() {
-            quiver_store::collection::JobState::Ready => ("green", None),
-            quiver_store::collection::JobState::Training => ("yellow", None),
-            quiver_store::collection::JobState::Failed(m) => ("red", Some(m)),
+    pub async fn info(&self, name: &str) -> Result<InfoView, Status> {
+        let state = self.router.describe(name, &Caller::default()).await?;
+        let Some(meta) = state.meta else {
+            return Err(Status::unavailable(format!(
+                "collection {name:?} is {}",
+                state.status.describe()
+            )));
         };
-        let points = v.len() as u64;
+        let settings = obj(meta.settings.clone());
+        let (status, error) = match state.status {
+            CollectionStatus::Ready => ("green", None),
+            CollectionStatus::Training | CollectionStatus::Loading => ("yellow", None),
+            CollectionStatus::Failed(m) => ("red", Some(m)),
+        };
         Ok(InfoView {
             status,
             error,
-            points,
-            indexed: if v.quantizers.is_some() { points } else { 0 },
-            segments: v.segments.len() as u64 + 1,
+            points: state.count,
+            indexed: if state.trained { state.count } else { 0 },
+            segments: u64::from(state.segments),
             dim: meta.dim as u64,
             distance: Distance::of(meta.metric()),
             hnsw: merged(default_hnsw(), settings.get("hnsw_config")),
@@ -518,6 +522,8 @@ impl QdrantApi {
                 .iter()
                 .map(|f| (f.key.clone(), f.kind))
                 .collect(),
+            shards: state.shards,
+            replication: state.replication,
         })
     }
 
@@ -534,11 +540,11 @@ impl QdrantApi {
         mode: UpsertMode,
         admitted: Option<crate::admission::PreAdmitted>,
     ) -> Result<(), Status> {
-        let c = self.collection(name)?;
+        let meta = self.router.meta(name).await?;
         if points.is_empty() {
             return Err(invalid("points", "empty: at least one point is required"));
         }
-        let max = self.registry.config().limits.max_upsert_points;
+        let max = self.limits().max_upsert_points;
         if points.len() > max {
             return Err(invalid(
                 "points",
@@ -548,28 +554,54 @@ impl QdrantApi {
                 ),
             ));
         }
-        let store = c.store.clone();
-        // Reading the stored UUIDs parses payloads: off the async threads.
-        let (ids, vectors, payloads) = blocking(move || prepare_upsert(&store, points)).await?;
-        let native = proto::UpsertRequest {
+        let caller = Caller::new(client, None);
+        // The points UUIDs map to now: a UUID is refused where another id holds its point.
+        let mut uuid_ids: Vec<u64> = points
+            .iter()
+            .filter(|p| p.key.as_uuid().is_some())
+            .map(|p| p.key.internal())
+            .collect();
+        uuid_ids.sort_unstable();
+        uuid_ids.dedup();
+        let mut stored = HashMap::new();
+        for chunk in uuid_ids.chunks(self.limits().max_queries_per_request.max(1)) {
+            let get = Get {
+                collection: name.to_string(),
+                ids: chunk.to_vec(),
+                with_vectors: false,
+            };
+            stored.extend(
+                self.router
+                    .get(get, &caller)
+                    .await?
+                    .into_iter()
+                    .map(|p| (p.id, p.payload)),
+            );
+        }
+        let dim = meta.dim;
+        // Rendering and encoding payloads runs off the async threads.
+        let (ids, vectors, payloads) = blocking(move || {
+            let (ids, vectors, texts) = prepare_upsert(dim, &stored, points)?;
+            let payloads = encode_payloads(&texts, ids.len())?;
+            Ok((ids, vectors, payloads))
+        })
+        .await?;
+        let upsert = Upsert {
             collection: name.to_string(),
             ids,
             vectors,
             payloads,
-            mode: match mode {
-                UpsertMode::Upsert => proto::UpsertMode::Upsert,
-                UpsertMode::InsertOnly => proto::UpsertMode::InsertOnly,
-                UpsertMode::UpdateOnly => proto::UpsertMode::UpdateOnly,
-            } as i32,
-            wait: false,
+            mode,
+            // Qdrant's answer means applied (a single server applies a write before it
+            // answers; a cluster node waits until a replica of each shard has).
+            wait: true,
         };
-        let mut req = request(native, client, None);
-        if let Some(share) = admitted {
-            req.extensions_mut().insert(share);
-        }
-        self.svc.upsert(req).await.map_err(|s| {
-            rename_field(rename_field(s, "vectors", "points.vector"), "ids", "points")
-        })?;
+        self.router
+            .upsert(upsert, &caller, admitted)
+            .await
+            .map_err(|s| {
+                rename_field(rename_field(s, "vectors", "points.vector"), "ids", "points")
+            })?;
         Ok(())
     }
 
@@ -580,7 +612,7 @@ impl QdrantApi {
         name: &str,
         selector: Selector,
     ) -> Result<(), Status> {
-        let native = match selector {
+        let target = match selector {
             Selector::Ids(keys) => {
                 let ids: Vec<u64> = self
                     .resolve(name, Selector::Ids(keys))
@@ -591,21 +623,18 @@ impl QdrantApi {
                 if ids.is_empty() {
                     return Ok(());
                 }
-                proto::DeleteRequest {
-                    collection: name.to_string(),
-                    ids,
-                    filter: String::new(),
-                    wait: false,
-                }
+                DeleteTarget::Ids(ids)
             }
-            Selector::Filter(filter) => proto::DeleteRequest {
-                collection: name.to_string(),
-                ids: Vec::new(),
-                filter,
-                wait: false,
-            },
+            Selector::Filter(filter) => DeleteTarget::Filter(filter),
         };
-        self.svc.delete(request(native, client, None)).await?;
+        let delete = Delete {
+            collection: name.to_string(),
+            target,
+            wait: true,
+        };
+        self.router
+            .delete(delete, &Caller::new(client, None))
+            .await?;
         Ok(())
     }
 
@@ -616,54 +645,70 @@ impl QdrantApi {
         name: &str,
         selector: Selector,
     ) -> Result<Vec<(u64, PointKey)>, Status> {
-        let c = self.collection(name)?;
-        let fields = c.store.field_specs();
-        let store = c.store.clone();
-        let max = self.registry.config().limits.max_upsert_points;
-        let filter = match &selector {
-            Selector::Filter(text) => parse_filter("filter", text, &fields)?,
-            Selector::Ids(keys) if keys.len() > max => {
-                return Err(invalid(
-                    "points",
-                    format!("{} ids exceed the limit of {max} per request", keys.len()),
-                ))
-            }
-            Selector::Ids(_) => None,
-        };
-        blocking(move || {
-            let v = store.version();
-            let mut found: Vec<(u64, PointKey)> = match selector {
-                Selector::Ids(keys) => keys
-                    .into_iter()
-                    .filter_map(|k| {
+        let max = self.limits().max_upsert_points;
+        let page = self.limits().max_queries_per_request.max(1);
+        let caller = Caller::default();
+        let mut found: Vec<(u64, PointKey)> = Vec::new();
+        match selector {
+            Selector::Ids(keys) => {
+                if keys.len() > max {
+                    return Err(invalid(
+                        "points",
+                        format!("{} ids exceed the limit of {max} per request", keys.len()),
+                    ));
+                }
+                for chunk in keys.chunks(page) {
+                    let get = Get {
+                        collection: name.to_string(),
+                        ids: chunk.iter().map(|k| k.internal()).collect(),
+                        with_vectors: false,
+                    };
+                    let stored: HashMap<u64, Vec<u8>> = self
+                        .router
+                        .get(get, &caller)
+                        .await?
+                        .into_iter()
+                        .map(|p| (p.id, p.payload))
+                        .collect();
+                    found.extend(chunk.iter().filter_map(|&k| {
                         let id = k.internal();
-                        let stored = v.payload(id).unwrap_or_default();
-                        (key_of_stored(id, stored) == Some(k)).then_some((id, k))
-                    })
-                    .collect(),
-                Selector::Filter(_) => v
-                    .matching(filter.as_ref(), &fields)
-                    .into_iter()
-                    .filter_map(|id| {
-                        let k = key_of_stored(id, v.payload(id).unwrap_or_default())?;
-                        Some((id, k))
-                    })
-                    .collect(),
-            };
-            found.sort_unstable_by_key(|(id, _)| *id);
-            found.dedup_by_key(|(id, _)| *id);
-            if found.len() > max {
-                return Err(invalid(
-                    "filter",
-                    format!(
-                        "selects {} points, more than the limit of {max} per request",
-                        found.len()
-                    ),
-                ));
+                        let payload = stored.get(&id)?;
+                        (key_of_stored(id, payload) == Some(k)).then_some((id, k))
+                    }));
+                }
             }
-            Ok(found)
-        })
-        .await
+            Selector::Filter(filter) => {
+                let mut from = None;
+                loop {
+                    let scroll = Scroll {
+                        collection: name.to_string(),
+                        filter: filter.clone(),
+                        from,
+                        limit: page,
+                        with_vectors: false,
+                    };
+                    let got = self.router.scroll(scroll, &caller).await?;
+                    found.extend(
+                        got.points
+                            .iter()
+                            .filter_map(|p| Some((p.id, key_of_stored(p.id, &p.payload)?))),
+                    );
+                    if found.len() > max {
+                        return Err(invalid(
+                            "filter",
+                            format!("selects more than the limit of {max} points per request"),
+                        ));
+                    }
+                    match got.next {
+                        Some(next) => from = Some(next),
+                        None => break,
+                    }
+                }
+            }
+        }
+        found.sort_unstable_by_key(|(id, _)| *id);
+        found.dedup_by_key(|(id, _)| *id);
+        Ok(found)
     }
 
     /// Applies one logged payload edit to `ids`.
@@ -671,11 +716,14 @@ impl QdrantApi {
         if ids.is_empty() {
             return Ok(());
         }
-        let store = self.collection(name)?.store.clone();
-        self.registry
-            .writes()
-            .run(move || store.set_payload(ids, edit).map(|_| ()).map_err(from_store))
-            .await
+        let edit = EditPayload {
+            collection: name.to_string(),
+            ids,
+            edit,
+            wait: true,
+        };
+        self.router.edit_payload(edit, &Caller::default()).await?;
+        Ok(())
     }
 
     /// Sets payload keys (`overwrite`: replaces the whole payload) of the selected points.
@@ -747,28 +795,22 @@ impl QdrantApi {
         field: &str,
         kind: FieldType,
     ) -> Result<(), Status> {
-        let native = proto::CreateFieldIndexRequest {
-            collection: name.to_string(),
-            field: Some(crate::payloads::field_to_proto(&FieldSpec {
-                key: field.to_string(),
-                kind,
-            })),
-        };
-        self.svc
-            .create_field_index(Request::new(native))
-            .await
+        let given = crate::payloads::field_to_proto(&FieldSpec {
+            key: field.to_string(),
+            kind,
+        });
+        let spec = crate::payloads::field_spec("field", &given)
             .map_err(|s| rename_field(s, "field.key", "field_name"))?;
+        self.router
+            .create_field_index(name, spec, &Caller::default())
+            .await?;
         Ok(())
     }
 
     /// Drops a payload field's index.
     pub async fn delete_field_index(&self, name: &str, field: &str) -> Result<(), Status> {
-        let native = proto::DeleteFieldIndexRequest {
-            collection: name.to_string(),
-            key: field.to_string(),
-        };
-        self.svc
-            .delete_field_index(Request::new(native))
+        self.router
+            .delete_field_index(name, field, &Caller::default())
             .await
             .map_err(|s| rename_field(s, "key", "field_name"))?;
         Ok(())
@@ -784,31 +826,29 @@ impl QdrantApi {
         with_payload: PayloadSel,
         with_vector: bool,
     ) -> Result<Vec<Record>, Status> {
-        let c = self.collection(name)?;
-        let max = self.registry.config().limits.max_queries_per_request;
-        if keys.len() > max {
-            return Err(invalid(
-                "ids",
-                format!("{} ids exceed the limit of {max} per request", keys.len()),
-            ));
-        }
-        let store = c.store.clone();
+        let get = Get {
+            collection: name.to_string(),
+            ids: keys.iter().map(|k| k.internal()).collect(),
+            with_vectors: with_vector,
+        };
+        let found: HashMap<u64, StoredPoint> = self
+            .router
+            .get(get, &Caller::default())
+            .await?
+            .into_iter()
+            .map(|p| (p.id, p))
+            .collect();
+        // Parsing payloads runs off the async threads.
         blocking(move || {
-            let ids: Vec<u64> = keys.iter().map(|k| k.internal()).collect();
-            let found: HashMap<u64, (Vec<f32>, Vec<u8>)> = store
-                .get_points(&ids)
-                .into_iter()
-                .map(|(id, v, p)| (id, (v, p)))
-                .collect();
             Ok(keys
                 .into_iter()
                 .filter_map(|k| {
-                    let (v, p) = found.get(&k.internal())?;
-                    let map = payload::decode(p);
+                    let p = found.get(&k.internal())?;
+                    let map = payload::decode(&p.payload);
                     (key_of(k.internal(), Some(&map)) == Some(k)).then(|| Record {
                         key: k,
                         payload: with_payload.apply(map),
-                        vector: with_vector.then(|| v.clone()),
+                        vector: with_vector.then(|| p.vector.clone()),
                     })
                 })
                 .collect())
@@ -826,78 +866,63 @@ impl QdrantApi {
         with_payload: PayloadSel,
         with_vector: bool,
     ) -> Result<(Vec<Record>, Option<PointKey>), Status> {
-        let c = self.collection(name)?;
-        let filter = parse_filter(
-            "filter",
-            filter.as_deref().unwrap_or(""),
-            &c.store.field_specs(),
-        )?;
-        let max = self.registry.config().limits.max_queries_per_request;
+        let max = self.limits().max_queries_per_request;
         if limit == 0 || limit > max {
             return Err(invalid(
                 "limit",
                 format!("{limit} is out of range: it must be between 1 and {max}"),
             ));
         }
-        let store = c.store.clone();
-        let fields = c.store.field_specs();
-        blocking(move || {
-            // One version throughout; ids no key maps to (written in the UUID range by
-            // Quiver's own API) are passed over, so the next page's first id is always a key.
-            let v = store.version();
-            // Read in batches of the page's size (and one more), never every matching id.
-            let mut from = offset.map_or(0, |o| o.internal());
-            let mut page = Vec::with_capacity(limit);
-            let mut next = None;
-            'batches: loop {
-                let ids = v.page_matching(filter.as_ref(), &fields, from, limit + 1);
-                for &id in &ids {
-                    let map = payload::decode(v.payload(id).unwrap_or_default());
-                    let Some(key) = key_of(id, Some(&map)) else {
-                        continue;
-                    };
-                    if page.len() == limit {
-                        next = Some(key);
-                        break 'batches;
-                    }
-                    page.push((id, key, map));
-                }
-                match ids.last() {
-                    Some(&last) if ids.len() == limit + 1 && last < u64::MAX => from = last + 1,
-                    _ => break,
-                }
-            }
-            let vectors: HashMap<u64, Vec<f32>> = if with_vector {
-                let ids: Vec<u64> = page.iter().map(|(id, _, _)| *id).collect();
-                ids.iter()
-                    .filter_map(|&id| v.vector(id).map(|x| (id, x)))
-                    .collect()
-            } else {
-                HashMap::new()
+        // Ids no key maps to (written in the UUID range by Quiver's own API) are passed
+        // over, so the next page's first id is always a key. Read in batches of the page's
+        // size (and one more), never every matching id.
+        let caller = Caller::default();
+        let mut from = offset.map(|o| o.internal());
+        let mut page: Vec<(StoredPoint, PointKey, Map<String, Value>)> = Vec::with_capacity(limit);
+        let mut next = None;
+        'batches: loop {
+            let scroll = Scroll {
+                collection: name.to_string(),
+                filter: filter.clone().unwrap_or_default(),
+                from,
+                limit: (limit + 1).min(max),
+                with_vectors: with_vector,
             };
-            let records = page
-                .into_iter()
-                .map(|(id, key, map)| Record {
-                    key,
-                    payload: with_payload.apply(map),
-                    vector: vectors.get(&id).cloned(),
-                })
-                .collect();
-            Ok((records, next))
-        })
-        .await
+            let got = self.router.scroll(scroll, &caller).await?;
+            for p in got.points {
+                let map = payload::decode(&p.payload);
+                let Some(key) = key_of(p.id, Some(&map)) else {
+                    continue;
+                };
+                if page.len() == limit {
+                    next = Some(key);
+                    break 'batches;
+                }
+                page.push((p, key, map));
+            }
+            match got.next {
+                Some(n) => from = Some(n),
+                None => break,
+            }
+        }
+        let records = page
+            .into_iter()
+            .map(|(p, key, map)| Record {
+                key,
+                payload: with_payload.apply(map),
+                vector: with_vector.then_some(p.vector),
+            })
+            .collect();
+        Ok((records, next))
     }
 
     /// How many points pass a filter.
     pub async fn count(&self, name: &str, filter: Option<String>) -> Result<u64, Status> {
-        let c = self.collection(name)?;
-        let filter = parse_filter(
-            "filter",
-            filter.as_deref().unwrap_or(""),
-            &c.store.field_specs(),
-        )?;
-        let store = c.store.clone();
-        blocking(move || Ok(store.count(filter.as_ref()) as u64)).await
+        let count = Count {
+            collection: name.to_string(),
+            filter: filter.unwrap_or_default(),
+        };
+        self.router.count(count, &Caller::default()).await
     }
 
     /// Answers nearest-neighbour queries (one batch: the same collection).
@@ -908,24 +933,18 @@ impl QdrantApi {
         queries: Vec<QuerySpec>,
         timeout: Option<Duration>,
     ) -> Result<Vec<Vec<Scored>>, Status> {
-        let c = self.collection(name)?;
-        let meta = c.store.meta();
+        let meta = self.router.meta(name).await?;
         let distance = Distance::of(meta.metric());
-        let max_k = self.registry.config().limits.max_k;
-        let nlist = c
-            .store
-            .version()
-            .quantizers
-            .as_ref()
-            .map_or(0, |q| q.nlist() as u32);
+        let max_k = self.limits().max_k;
         let n = queries.len();
-        let max = self.registry.config().limits.max_queries_per_request;
+        let max = self.limits().max_queries_per_request;
         if n > max {
             return Err(invalid(
                 "searches",
                 format!("{n} queries exceed the limit of {max} per request"),
             ));
         }
+        let caller = Caller::new(client, timeout);
         let mut out = Vec::with_capacity(n);
         for (qi, q) in queries.into_iter().enumerate() {
             let field = if n == 1 {
@@ -959,24 +978,31 @@ impl QdrantApi {
                     ),
                 ));
             }
-            let native = proto::SearchRequest {
+            let search = Search {
                 collection: name.to_string(),
-                vector,
-                k: k as u32,
-                nprobe: if q.exact { nlist } else { q.nprobe.min(nlist) },
-                refine_factor: q.refine_factor,
-                filter: q.filter.clone().unwrap_or_default(),
+                queries: vector,
+                batch_field: None,
+                k,
+                probes: match (q.exact, q.nprobe) {
+                    (true, _) => Probes::All,
+                    (false, 0) => Probes::Default,
+                    (false, n) => Probes::AtMost(n as usize),
+                },
+                refine_factor: q.refine_factor as usize,
+                filters: QueryFilters::One(q.filter.clone().unwrap_or_default()),
                 with_payload: false,
-                payload_keys: Vec::new(),
             };
             let hits = self
-                .svc
-                .search(request(native, client, timeout))
+                .router
+                .search(search, &caller)
                 .await
                 .map_err(|s| rename_field(s, "vector", &field))?
-                .into_inner()
-                .neighbors;
-            out.push(self.hits(&c, hits, exclude, distance, &q).await?);
+                .pop()
+                .unwrap_or_default();
+            out.push(
+                self.hits(name, hits, exclude, distance, &q, &caller)
+                    .await?,
+            );
         }
         Ok(out)
     }
@@ -985,41 +1011,72 @@ impl QdrantApi {
     /// offset skipped and the threshold applied.
     async fn hits(
         &self,
-        c: &crate::collection::Collection,
-        hits: Vec<proto::Neighbor>,
+        name: &str,
+        hits: Vec<Hit>,
         exclude: Option<u64>,
         distance: Distance,
         q: &QuerySpec,
+        caller: &Caller,
     ) -> Result<Vec<Scored>, Status> {
-        let uuid_hits = hits.iter().any(|n| n.id >= super::ids::UUID_BASE);
         let (offset, limit, threshold) = (q.offset, q.limit, q.score_threshold);
+        let hits: Vec<(u64, f32)> = hits
+            .into_iter()
+            .filter(|h| Some(h.id) != exclude)
+            .skip(offset)
+            .map(|h| (h.id, distance.score(h.distance)))
+            .filter(|&(_, score)| distance.passes(score, threshold))
+            .collect();
+        let uuid_hits = hits.iter().any(|&(id, _)| id >= super::ids::UUID_BASE);
         let (with_payload, with_vector) = (q.with_payload.clone(), q.with_vector);
-        let store = c.store.clone();
-        let answer = move || {
-            let v = store.version();
-            let mut out = Vec::with_capacity(hits.len().min(limit));
-            for n in hits
+        if with_payload == PayloadSel::None && !with_vector && !uuid_hits {
+            // Plain integer ids and scores (the common answer) are made here.
+            return Ok(hits
                 .into_iter()
-                .filter(|n| Some(n.id) != exclude)
-                .skip(offset)
-            {
-                let score = distance.score(n.distance);
-                if !distance.passes(score, threshold) {
+                .take(limit)
+                .map(|(id, score)| Scored {
+                    record: Record {
+                        key: PointKey::Num(id),
+                        payload: None,
+                        vector: None,
+                    },
+                    score,
+                })
+                .collect());
+        }
+        // The hits' points, read once (more than a page only for UUID ids passed over).
+        let get = Get {
+            collection: name.to_string(),
+            ids: hits.iter().map(|&(id, _)| id).collect(),
+            with_vectors: with_vector,
+        };
+        let stored: HashMap<u64, StoredPoint> = self
+            .router
+            .get(get, caller)
+            .await?
+            .into_iter()
+            .map(|p| (p.id, p))
+            .collect();
+        // Parsing payloads runs off the async threads.
+        blocking(move || {
+            let mut out = Vec::with_capacity(hits.len().min(limit));
+            for (id, score) in hits {
+                let Some(p) = stored.get(&id) else {
+                    // Deleted since the search.
                     continue;
-                }
-                let map = if with_payload != PayloadSel::None || n.id >= super::ids::UUID_BASE {
-                    payload::decode(v.payload(n.id).unwrap_or_default())
+                };
+                let map = if with_payload != PayloadSel::None || id >= super::ids::UUID_BASE {
+                    payload::decode(&p.payload)
                 } else {
                     Map::new()
                 };
-                let Some(key) = key_of(n.id, Some(&map)) else {
+                let Some(key) = key_of(id, Some(&map)) else {
                     continue;
                 };
                 out.push(Scored {
                     record: Record {
                         key,
                         payload: with_payload.apply(map),
-                        vector: if with_vector { v.vector(n.id) } else { None },
+                        vector: with_vector.then(|| p.vector.clone()),
                     },
                     score,
                 });
@@ -1028,26 +1085,20 @@ impl QdrantApi {
                 }
             }
             Ok(out)
-        };
-        // Parsing payloads and reading vectors runs off the async threads; plain integer ids
-        // and scores (the common answer) are made here.
-        if q.with_payload != PayloadSel::None || q.with_vector || uuid_hits {
-            blocking(answer).await
-        } else {
-            answer()
-        }
+        })
+        .await
     }
 }
 
 /// An upsert's ids, vectors and payload texts: each id once (its last point), every UUID
-/// checked against the point its id holds now and written into its payload.
+/// checked against the point its id holds now (`stored`: the payloads of the UUIDs' ids that
+/// exist) and written into its payload.
 #[allow(clippy::type_complexity)]
-fn prepare_upsert<B: quiver_engine::backend::Backend + Clone + 'static>(
-    store: &quiver_store::Collection<B>,
+fn prepare_upsert(
+    dim: usize,
+    stored: &HashMap<u64, Vec<u8>>,
     points: Vec<PointIn>,
 ) -> Result<(Vec<u64>, Vec<f32>, Vec<String>), Status> {
-    let dim = store.meta().dim;
-    let v = store.version();
     let mut row_of: HashMap<u64, (usize, PointKey)> = HashMap::with_capacity(points.len());
     let mut ids = Vec::with_capacity(points.len());
     let mut vectors = Vec::with_capacity(points.len() * dim);
@@ -1084,7 +1135,7 @@ fn prepare_upsert<B: quiver_engine::backend::Backend + Clone + 'static>(
             None => {}
         }
         if let Some(u) = p.key.as_uuid() {
-            if let Some(stored) = v.payload(id) {
+            if let Some(stored) = stored.get(&id) {
                 match key_of_stored(id, stored) {
                     Some(k) if k == p.key => {}
                     Some(k) => return Err(collision(&format!("{field}.id"), p.key, k)),

@@ -514,7 +514,7 @@ fn info_proto(v: InfoView) -> proto::CollectionInfo {
         segments_count: v.segments,
         config: Some(proto::CollectionConfig {
             params: Some(proto::CollectionParams {
-                shard_number: 1,
+                shard_number: v.shards,
                 on_disk_payload: true,
                 vectors_config: Some(proto::VectorsConfig {
                     config: Some(proto::vectors_config::Config::Params(proto::VectorParams {
@@ -527,7 +527,7 @@ fn info_proto(v: InfoView) -> proto::CollectionInfo {
                         ..Default::default()
                     })),
                 }),
-                replication_factor: Some(1),
+                replication_factor: Some(v.replication),
                 write_consistency_factor: Some(1),
             }),
             hnsw_config: Some(proto::HnswConfigDiff {
@@ -609,14 +609,15 @@ impl Collections for QdrantGrpc {
     ) -> Result<Response<proto::GetCollectionInfoResponse>, Status> {
         let start = Instant::now();
         let name = &req.get_ref().collection_name;
-        let r = reach(&req, name)
-            .and_then(|()| self.api.info(name))
-            .map(|v| {
-                Response::new(proto::GetCollectionInfoResponse {
-                    result: Some(info_proto(v)),
-                    time: secs(start),
-                })
-            });
+        let r = async {
+            reach(&req, name)?;
+            let v = self.api.info(name).await?;
+            Ok(Response::new(proto::GetCollectionInfoResponse {
+                result: Some(info_proto(v)),
+                time: secs(start),
+            }))
+        }
+        .await;
         self.record("qdrant.Collections/Get", r)
     }
 
@@ -628,6 +629,7 @@ impl Collections for QdrantGrpc {
         let collections = self
             .api
             .list()
+            .await
             .into_iter()
             .filter(|name| in_reach(req.extensions(), name))
             .map(|name| proto::CollectionDescription { name })
@@ -696,6 +698,8 @@ impl Collections for QdrantGrpc {
                     distance: distance(params.distance)?,
                     datatype: Datatype::from_grpc("vectors_config.datatype", params.datatype)?,
                     settings: s,
+                    shards: r.shard_number.unwrap_or(0),
+                    replication: r.replication_factor.unwrap_or(0),
                 })
                 .await?;
             Ok(Response::new(proto::CollectionOperationResponse {
@@ -765,14 +769,16 @@ impl Collections for QdrantGrpc {
     ) -> Result<Response<proto::CollectionExistsResponse>, Status> {
         let start = Instant::now();
         let name = &req.get_ref().collection_name;
-        let r = reach(&req, name).map(|()| {
-            Response::new(proto::CollectionExistsResponse {
+        let r = async {
+            reach(&req, name)?;
+            Ok(Response::new(proto::CollectionExistsResponse {
                 result: Some(proto::CollectionExists {
-                    exists: self.api.exists(name),
+                    exists: self.api.exists(name).await?,
                 }),
                 time: secs(start),
-            })
-        });
+            }))
+        }
+        .await;
         self.record("qdrant.Collections/CollectionExists", r)
     }
 }

@@ -309,6 +309,12 @@ fn update_mode_in(v: Option<&Value>) -> Result<UpsertMode, Status> {
     }
 }
 
+/// An optional count that fits 32 bits (absent or null: 0).
+fn u32_in(field: &str, v: Option<&Value>) -> Result<u32, Status> {
+    let n = u64_in(field, v, 0)?;
+    u32::try_from(n).map_err(|_| invalid(field, format!("{n} is out of range")))
+}
+
 fn u64_in(field: &str, v: Option<&Value>, default: u64) -> Result<u64, Status> {
     match v.filter(|v| !v.is_null()) {
         None => Ok(default),
@@ -696,8 +702,8 @@ fn info_json(v: InfoView) -> Value {
         "config": {
             "params": {
                 "vectors": {"size": v.dim, "distance": v.distance.name()},
-                "shard_number": 1,
-                "replication_factor": 1,
+                "shard_number": v.shards,
+                "replication_factor": v.replication,
                 "write_consistency_factor": 1,
                 "on_disk_payload": true,
             },
@@ -742,6 +748,7 @@ async fn list(State(s): State<Rest>, ConnectInfo(PeerAddr(peer)): Peer, h: Heade
     s.run("list", Access::ReadOnly, &h, peer, None, |c| async move {
         let names: Vec<Value> = api
             .list()
+            .await
             .into_iter()
             .filter(|n| c.scope.as_ref().is_none_or(|sc| sc.reaches(n)))
             .map(|n| json!({ "name": n }))
@@ -763,7 +770,7 @@ async fn info(
         &h,
         peer,
         Some(&name),
-        |_| async { s.api.info(&name).map(info_json) },
+        |_| async { s.api.info(&name).await.map(info_json) },
     )
     .await
 }
@@ -780,7 +787,7 @@ async fn exists(
         &h,
         peer,
         Some(&name),
-        |_| async { Ok(json!({ "exists": s.api.exists(&name) })) },
+        |_| async { Ok(json!({ "exists": s.api.exists(&name).await? })) },
     )
     .await
 }
@@ -847,6 +854,8 @@ async fn create(
                 params.get("datatype").and_then(Value::as_str),
             )?;
             let settings = settings_in(&b, Some(&params))?;
+            let shards = u32_in("shard_number", b.get("shard_number"))?;
+            let replication = u32_in("replication_factor", b.get("replication_factor"))?;
             s.api
                 .create(CreateSpec {
                     name: name.clone(),
@@ -854,6 +863,8 @@ async fn create(
                     distance,
                     datatype,
                     settings,
+                    shards,
+                    replication,
                 })
                 .await?;
             Ok(json!(true))
