@@ -92,7 +92,7 @@ pub struct ClusterFront {
     /// Per collection (and incarnation), the writes this server acknowledged: what its reads
     /// wait for.
     written: Mutex<HashMap<(String, u64), WriteToken>>,
-    /// Trainings started here in the background (their state shows in [`Self::info`]).
+    /// Trainings started here in the background (their state shows in [`Self::describe`]).
     trainings: std::sync::Arc<Mutex<HashMap<(String, u64), TrainJob>>>,
 }
 
@@ -249,6 +249,15 @@ impl ClusterFront {
         Ok(())
     }
 
+    /// The collections' names, as this node has read the catalog.
+    pub fn names(&self) -> Vec<String> {
+        self.node
+            .topology()
+            .collections()
+            .map(|c| c.meta.name.clone())
+            .collect()
+    }
+
     /// Whether a collection exists (after reading the catalog to its end).
     pub async fn exists(&self, name: &str) -> Result<bool, Status> {
         match self.collection(name).await {
@@ -373,10 +382,11 @@ impl ClusterFront {
             name,
             move |d| {
                 match d.fields.iter_mut().find(|f| f.key == spec.key) {
+                    Some(f) if *f == spec => return Ok(false),
                     Some(f) => *f = spec.clone(),
                     None => d.fields.push(spec.clone()),
                 }
-                Ok(())
+                Ok(true)
             },
             caller,
         )
@@ -391,18 +401,17 @@ impl ClusterFront {
         key: &str,
         caller: &Caller,
     ) -> Result<CollectionState, Status> {
-        let c = self.collection(name).await?;
-        if c.meta.fields.iter().any(|f| f.key == key) {
-            self.describe_collection(
-                name,
-                |d| {
-                    d.fields.retain(|f| f.key != key);
-                    Ok(())
-                },
-                caller,
-            )
-            .await?;
-        }
+        let key = key.to_string();
+        self.describe_collection(
+            name,
+            move |d| {
+                let before = d.fields.len();
+                d.fields.retain(|f| f.key != key);
+                Ok(d.fields.len() != before)
+            },
+            caller,
+        )
+        .await?;
         self.describe(name, caller).await
     }
 
@@ -411,8 +420,9 @@ impl ClusterFront {
         self.describe_collection(
             name,
             move |d| {
+                let before = (d.settings.clone(), d.train_at);
                 edit(&mut d.settings, &mut d.train_at);
-                Ok(())
+                Ok(before != (d.settings.clone(), d.train_at))
             },
             &Caller::default(),
         )
@@ -424,7 +434,10 @@ impl ClusterFront {
     async fn describe_collection(
         &self,
         name: &str,
-        edit: impl Fn(&mut quiver_store::manifest::Description) -> quiver_cluster::Result<()>,
+        edit: impl Fn(&mut quiver_store::manifest::Description) -> quiver_cluster::Result<bool>
+            + Send
+            + Sync
+            + 'static,
         caller: &Caller,
     ) -> Result<(), Status> {
         let c = self.collection(name).await?;
@@ -433,6 +446,9 @@ impl ClusterFront {
             .describe_collection(name, edit)
             .await
             .map_err(from_cluster)?;
+        let Some(token) = token else {
+            return Ok(());
+        };
         self.wrote(&c, &token);
         self.node
             .wait_applied(name, &token, timeout_of(caller))
@@ -502,7 +518,35 @@ impl ClusterFront {
     /// before (as [`Self::delete`] counts them).
     pub async fn edit_payload(&self, r: EditPayload, caller: &Caller) -> Result<u64, Status> {
         let c = self.collection(&r.collection).await?;
-        let live = self.live(&c, &r.ids, caller).await?;
+        let mut distinct = r.ids.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let points = self
+            .node
+            .get(
+                &c.meta.name,
+                &distinct,
+                self.read_after(&c).as_ref(),
+                timeout_of(caller),
+            )
+            .await
+            .map_err(from_cluster)?;
+        let live = points.len() as u64;
+        // Refused as a single server refuses it: an edit one of the points cannot take (a
+        // payload past its limit) changes none (a replica would pass over that point).
+        let edit = r.edit.clone();
+        crate::requests::local::blocking(move || {
+            for p in &points {
+                edit.apply(&p.payload).map_err(|e| {
+                    from_store(quiver_store::StoreError::Invalid {
+                        field: "payload",
+                        reason: format!("point {}: {e}", p.id),
+                    })
+                })?;
+            }
+            Ok(())
+        })
+        .await?;
         let op = Op::SetPayload {
             ids: r.ids,
             edit: r.edit,

@@ -348,6 +348,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
         meta.check()?;
         let members = self.shared.members.clone();
         let seq = self
+            .shared
             .append_catalog(|t| {
                 if t.get(&name).is_some() {
                     return Err(ClusterError::Exists(name.clone()));
@@ -382,16 +383,17 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
     /// Drops `name` across the cluster; returns once this node has removed its replicas.
     pub async fn drop_collection(&self, name: &str) -> Result<()> {
         let dropped = std::sync::Mutex::new(None);
-        self.append_catalog(|t| match t.get(name) {
-            Some(c) => {
-                if let Ok(mut d) = dropped.lock() {
-                    *d = Some(c.clone());
+        self.shared
+            .append_catalog(|t| match t.get(name) {
+                Some(c) => {
+                    if let Ok(mut d) = dropped.lock() {
+                        *d = Some(c.clone());
+                    }
+                    Ok(CatalogEntry::Drop { name: name.into() })
                 }
-                Ok(CatalogEntry::Drop { name: name.into() })
-            }
-            None => Err(ClusterError::NotFound(name.into())),
-        })
-        .await?;
+                None => Err(ClusterError::NotFound(name.into())),
+            })
+            .await?;
         // Every shard's log goes before the drop is answered (not only where a replica is
         // held, whenever its node gets there): a node that has not read the drop yet then
         // fails a write to the old collection instead of acknowledging it into a log no one
@@ -425,166 +427,34 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
     }
 
     /// Changes `name`'s description (indexed payload fields, settings, the size at which it
-    /// trains by itself) with `edit`, applied to the current one: the catalog takes the new
-    /// value (every node checks requests and filters against it), then every shard's log, so
-    /// that each replica indexes the fields at a number of its log. Changes of one collection
-    /// take its description lease in turn, so their log entries never cross. A node dying
-    /// between the two leaves the replicas without that change until the next one (the
-    /// catalog's value is what requests are checked against; a replica's indexed fields only
-    /// speed its filters). Returns the shard logs' numbers (wait with [`Self::wait_applied`]).
+    /// trains by itself) with `edit` (false: it changes nothing, and nothing is appended),
+    /// applied to the current one: the catalog takes the new value (every node checks
+    /// requests and filters against it), then every shard's log, so that each replica indexes
+    /// the fields at a number of its log. Changes of one collection take its description
+    /// lease in turn, so their log entries never cross, and each runs as a task of its own:
+    /// a caller that goes away leaves neither the lease held nor the change half made. A node
+    /// dying between the two appends leaves the replicas without that change until the next
+    /// one (requests are checked against the catalog's value; a replica's indexed fields only
+    /// speed its filters). Returns the shard logs' numbers (wait with
+    /// [`Self::wait_applied`]), or none when nothing changed.
     pub async fn describe_collection(
         &self,
         name: &str,
-        edit: impl Fn(&mut Description) -> Result<()>,
-    ) -> Result<WriteToken> {
-        let key = format!("describe.{name}");
-        let deadline = Instant::now() + DESCRIBE_WAIT;
-        let lease = loop {
-            match self.shared.leases.acquire(&key, &self.shared.node_id).await? {
-                Ok(lease) => break lease,
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await
-                }
-                Err(holder) => {
-                    return Err(ClusterError::Unavailable {
-                        name: name.into(),
-                        reason: format!(
-                            "another change of its description (led by node {holder}) has not ended in {} s; retry",
-                            DESCRIBE_WAIT.as_secs()
-                        ),
-                    })
-                }
-            }
-        };
-        let done = self.describe_holding(name, edit).await;
-        lease.release().await;
-        done
-    }
-
-    /// [`Self::describe_collection`] under the collection's description lease.
-    async fn describe_holding(
-        &self,
-        name: &str,
-        edit: impl Fn(&mut Description) -> Result<()>,
-    ) -> Result<WriteToken> {
-        let changed = std::sync::Mutex::new(None);
-        let seq = self
-            .append_catalog(|t| {
-                let c = t
-                    .get(name)
-                    .ok_or_else(|| ClusterError::NotFound(name.into()))?;
-                let mut d = c.meta.description();
-                edit(&mut d)?;
-                quiver_store::check_ops(c.meta.dim, &[Op::Describe(d.clone())])?;
-                if let Ok(mut ch) = changed.lock() {
-                    *ch = Some((c.incarnation, d.clone()));
-                }
-                Ok(CatalogEntry::Describe {
-                    name: name.into(),
-                    incarnation: c.incarnation,
-                    description: d,
-                })
-            })
-            .await?;
-        let Some((incarnation, d)) = changed.lock().ok().and_then(|mut c| c.take()) else {
-            return Err(ClusterError::NotFound(name.into()));
-        };
-        let c = self
-            .shared
-            .topology()
-            .get(name)
-            .filter(|c| c.incarnation == incarnation)
-            .cloned()
-            .ok_or_else(|| ClusterError::NotFound(name.into()))?;
-        let op = Op::Describe(d);
-        let appends = (0..c.shards()).map(|shard| {
-            let (op, c) = (&op, &c);
-            async move {
-                let log = self.shared.shard_log(c, shard).await?;
-                let a = log.append(&format!("describe.{seq}.{shard}"), op).await?;
-                Ok::<_, ClusterError>((shard, a.seq))
-            }
-        });
-        let shards = futures_util::future::try_join_all(appends).await?;
-        Ok(WriteToken {
-            incarnation: c.incarnation,
-            shards,
-        })
-    }
-
-    /// Appends the entry `make` builds from the catalog as read so far (after this node has
-    /// read all of it), if no other entry came first, and waits until this node has applied
-    /// it; returns its number. An append whose answer was lost is sent again with the same id
-    /// and expected last entry; if the broker refuses that because the entry after it is the
-    /// first one's (it checks the expected entry before repeats), the append is done.
-    async fn append_catalog(
-        &self,
-        make: impl Fn(&Topology) -> Result<CatalogEntry>,
-    ) -> Result<u64> {
-        let id = self.shared.message_id();
-        for _ in 0..100 {
-            let last = self.sync_catalog().await?;
-            let entry = make(&self.shared.topology())?;
-            let mut tries = 0;
-            let appended = loop {
-                match self.shared.catalog.append_after(last, &id, &entry).await {
-                    Err(ClusterError::Broker { .. }) if tries < 5 => {
-                        tries += 1;
-                        tokio::time::sleep(Duration::from_millis(100 << tries)).await;
-                    }
-                    r => break r?,
-                }
-            };
-            if let Some(a) = appended {
-                self.wait_catalog(a.seq).await?;
-                return Ok(a.seq);
-            }
-            if tries > 0 && self.shared.catalog.is_entry(last + 1, &id).await? {
-                self.wait_catalog(last + 1).await?;
-                return Ok(last + 1);
-            }
-        }
-        Err(ClusterError::Broker {
-            context: "appending to the catalog",
-            reason: "other entries kept coming first; retry".into(),
-        })
+        edit: impl Fn(&mut Description) -> Result<bool> + Send + Sync + 'static,
+    ) -> Result<Option<WriteToken>> {
+        let (shared, name) = (self.shared.clone(), name.to_string());
+        tokio::spawn(async move { shared.describe_collection(&name, edit).await })
+            .await
+            .map_err(|e| ClusterError::Broker {
+                context: "changing a collection's description",
+                reason: e.to_string(),
+            })?
     }
 
     /// Waits until this node has applied every catalog entry appended so far; returns the
     /// last one's number.
     pub async fn sync_catalog(&self) -> Result<u64> {
-        let last = self.shared.catalog.last_seq().await?;
-        self.wait_catalog(last).await?;
-        Ok(last)
-    }
-
-    /// Waits until this node has applied catalog entry `seq` (an error once its catalog
-    /// follower has stopped).
-    async fn wait_catalog(&self, seq: u64) -> Result<()> {
-        let mut applied = self.shared.applied.subscribe();
-        let mut stopped = self.shared.catalog_stopped.subscribe();
-        let deadline = Instant::now() + CATALOG_WAIT;
-        loop {
-            if *applied.borrow_and_update() >= seq {
-                return Ok(());
-            }
-            if let Some(why) = stopped.borrow_and_update().clone() {
-                return Err(ClusterError::Broker {
-                    context: "following the catalog",
-                    reason: format!("this node's catalog follower stopped: {why}"),
-                });
-            }
-            tokio::select! {
-                _ = applied.changed() => {}
-                _ = stopped.changed() => {}
-                _ = tokio::time::sleep_until(deadline) => {
-                    return Err(ClusterError::Broker {
-                        context: "following the catalog",
-                        reason: format!("entry {seq} not applied here within {} s; retry", CATALOG_WAIT.as_secs()),
-                    });
-                }
-            }
-        }
+        self.shared.sync_catalog().await
     }
 
     /// Appends the write `op` to `collection`'s shard logs under the message id `id` (a retry
@@ -1716,6 +1586,164 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
         }
     }
 
+    /// [`Node::describe_collection`], in its own task.
+    async fn describe_collection(
+        &self,
+        name: &str,
+        edit: impl Fn(&mut Description) -> Result<bool>,
+    ) -> Result<Option<WriteToken>> {
+        let key = format!("describe.{}", crate::stream::escape(name));
+        let deadline = Instant::now() + DESCRIBE_WAIT;
+        let lease = loop {
+            match self.leases.acquire(&key, &self.node_id).await? {
+                Ok(lease) => break lease,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(holder) => {
+                    return Err(ClusterError::Unavailable {
+                        name: name.into(),
+                        reason: format!(
+                            "another change of its description (led by node {holder}) has not ended in {} s; retry",
+                            DESCRIBE_WAIT.as_secs()
+                        ),
+                    })
+                }
+            }
+        };
+        let done = self.describe_holding(name, edit, &lease).await;
+        lease.release().await;
+        done
+    }
+
+    /// [`Self::describe_collection`] under the collection's description lease: no other
+    /// change of it runs, so the new value is made once, from the catalog read to its end.
+    async fn describe_holding(
+        &self,
+        name: &str,
+        edit: impl Fn(&mut Description) -> Result<bool>,
+        lease: &Lease,
+    ) -> Result<Option<WriteToken>> {
+        self.sync_catalog().await?;
+        let c = self.cluster_collection(name)?;
+        let mut d = c.meta.description();
+        if !edit(&mut d)? {
+            return Ok(None);
+        }
+        let op = Op::Describe(d.clone());
+        quiver_store::check_ops(c.meta.dim, std::slice::from_ref(&op))?;
+        // Every shard's log found and the entry checked before the catalog takes it.
+        let mut logs = Vec::with_capacity(c.shards() as usize);
+        for shard in 0..c.shards() {
+            let log = self.shard_log(&c, shard).await?;
+            log.check_op(&op)?;
+            logs.push(log);
+        }
+        let seq = self
+            .append_catalog(|t| match t.get(name) {
+                Some(now) if now.incarnation == c.incarnation => Ok(CatalogEntry::Describe {
+                    name: name.into(),
+                    incarnation: c.incarnation,
+                    description: d.clone(),
+                }),
+                _ => Err(ClusterError::NotFound(name.into())),
+            })
+            .await?;
+        if !lease.held() {
+            return Err(ClusterError::Broker {
+                context: "changing a collection's description",
+                reason: "its lease was lost (the broker was unreachable): the catalog has the change, the shards' logs may not; make the change again".into(),
+            });
+        }
+        let appends = logs.iter().enumerate().map(|(shard, log)| {
+            let op = &op;
+            async move {
+                let a = log.append(&format!("describe.{seq}.{shard}"), op).await?;
+                Ok::<_, ClusterError>((shard as u32, a.seq))
+            }
+        });
+        let shards = futures_util::future::try_join_all(appends).await?;
+        Ok(Some(WriteToken {
+            incarnation: c.incarnation,
+            shards,
+        }))
+    }
+
+    /// Appends the entry `make` builds from the catalog as read so far (after this node has
+    /// read all of it), if no other entry came first, and waits until this node has applied
+    /// it; returns its number. An append whose answer was lost is sent again with the same id
+    /// and expected last entry; if the broker refuses that because the entry after it is the
+    /// first one's (it checks the expected entry before repeats), the append is done.
+    async fn append_catalog(
+        &self,
+        make: impl Fn(&Topology) -> Result<CatalogEntry>,
+    ) -> Result<u64> {
+        let id = self.message_id();
+        for _ in 0..100 {
+            let last = self.sync_catalog().await?;
+            let entry = make(&self.topology())?;
+            let mut tries = 0;
+            let appended = loop {
+                match self.catalog.append_after(last, &id, &entry).await {
+                    Err(ClusterError::Broker { .. }) if tries < 5 => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(100 << tries)).await;
+                    }
+                    r => break r?,
+                }
+            };
+            if let Some(a) = appended {
+                self.wait_catalog(a.seq).await?;
+                return Ok(a.seq);
+            }
+            if tries > 0 && self.catalog.is_entry(last + 1, &id).await? {
+                self.wait_catalog(last + 1).await?;
+                return Ok(last + 1);
+            }
+        }
+        Err(ClusterError::Broker {
+            context: "appending to the catalog",
+            reason: "other entries kept coming first; retry".into(),
+        })
+    }
+
+    /// Waits until this node has applied every catalog entry appended so far; returns the
+    /// last one's number.
+    async fn sync_catalog(&self) -> Result<u64> {
+        let last = self.catalog.last_seq().await?;
+        self.wait_catalog(last).await?;
+        Ok(last)
+    }
+
+    /// Waits until this node has applied catalog entry `seq` (an error once its catalog
+    /// follower has stopped).
+    async fn wait_catalog(&self, seq: u64) -> Result<()> {
+        let mut applied = self.applied.subscribe();
+        let mut stopped = self.catalog_stopped.subscribe();
+        let deadline = Instant::now() + CATALOG_WAIT;
+        loop {
+            if *applied.borrow_and_update() >= seq {
+                return Ok(());
+            }
+            if let Some(why) = stopped.borrow_and_update().clone() {
+                return Err(ClusterError::Broker {
+                    context: "following the catalog",
+                    reason: format!("this node's catalog follower stopped: {why}"),
+                });
+            }
+            tokio::select! {
+                _ = applied.changed() => {}
+                _ = stopped.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(ClusterError::Broker {
+                        context: "following the catalog",
+                        reason: format!("entry {seq} not applied here within {} s; retry", CATALOG_WAIT.as_secs()),
+                    });
+                }
+            }
+        }
+    }
+
     /// Starts the training of each shard held here whose collection trains by itself (its
     /// `train_at` size, Qdrant's indexing threshold, shared evenly by its shards) once a
     /// caught-up replica here holds its shard's share of points untrained (and as many as a
@@ -2158,27 +2186,8 @@ impl<B: Backend + Clone + Send + Sync + 'static> TrainingLead<B> {
     async fn run(mut self) -> ShardResponse {
         // Trained on every write acknowledged before the request: the replica catches up to
         // the log's end first.
-        let last = match self.log.bounds().await {
-            Ok((_, last)) => last,
-            Err(e) => return ShardResponse::Failed(e.to_string()),
-        };
-        let wait = Duration::from_millis(self.shard.wait_ms.max(1)).min(TRAIN_CATCH_UP);
-        let progress = &mut self.progress;
-        let caught_up = tokio::time::timeout(wait, async {
-            loop {
-                if *progress.borrow_and_update() >= last {
-                    return true;
-                }
-                if progress.changed().await.is_err() {
-                    return false;
-                }
-            }
-        })
-        .await;
-        if caught_up != Ok(true) {
-            return ShardResponse::Failed(format!(
-                "behind: op {last} not applied here in time to train"
-            ));
+        if let Err(why) = self.catch_up().await {
+            return ShardResponse::Failed(why);
         }
         let key = format!("train.{}", self.log.stream());
         let lease = match self.leases.acquire(&key, &self.node_id).await {
@@ -2191,6 +2200,17 @@ impl<B: Backend + Clone + Send + Sync + 'static> TrainingLead<B> {
             }
             Err(e) => return ShardResponse::Failed(e.to_string()),
         };
+        // A training by itself: one another node led may have been logged while this one
+        // waited, so the replica catches up again under the lease before looking.
+        let caught_up = if self.only_untrained {
+            self.catch_up().await
+        } else {
+            Ok(())
+        };
+        if let Err(why) = caught_up {
+            lease.release().await;
+            return ShardResponse::Failed(why);
+        }
         if self.only_untrained && self.collection.version().quantizers.is_some() {
             lease.release().await;
             return ShardResponse::Precondition(format!(
@@ -2207,6 +2227,31 @@ impl<B: Backend + Clone + Send + Sync + 'static> TrainingLead<B> {
                 None => ShardResponse::Failed(e.to_string()),
             },
             Err(e) => ShardResponse::Failed(e.to_string()),
+        }
+    }
+
+    /// Waits until the replica has applied its log's end as of now (the request's wait, at
+    /// most [`TRAIN_CATCH_UP`]).
+    async fn catch_up(&mut self) -> std::result::Result<(), String> {
+        let last = self.log.bounds().await.map_err(|e| e.to_string())?.1;
+        let wait = Duration::from_millis(self.shard.wait_ms.max(1)).min(TRAIN_CATCH_UP);
+        let progress = &mut self.progress;
+        let caught_up = tokio::time::timeout(wait, async {
+            loop {
+                if *progress.borrow_and_update() >= last {
+                    return true;
+                }
+                if progress.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await;
+        match caught_up {
+            Ok(true) => Ok(()),
+            _ => Err(format!(
+                "behind: op {last} not applied here in time to train"
+            )),
         }
     }
 
@@ -2316,19 +2361,31 @@ fn answer_locally<B: Backend + Clone + Send + Sync + 'static>(
             ..
         } => {
             // Each shard trains its own quantizers, with as many lists as its points call
-            // for: a search visits at most this replica's lists.
-            let nprobe = match &c.version().quantizers {
-                Some(q) => nprobe.min(q.nlist()),
-                None => nprobe,
+            // for: a search visits at most this replica's lists (looked at again if a
+            // training switched them in between).
+            let filters = filter.as_deref().map(parse).transpose()?;
+            let search = |nprobe: usize| {
+                let nprobe = match &c.version().quantizers {
+                    Some(q) => nprobe.min(q.nlist()),
+                    None => nprobe,
+                };
+                let key = SearchKey {
+                    k,
+                    nprobe,
+                    refine_factor,
+                };
+                match &filters {
+                    Some(f) => {
+                        c.search_filtered(&queries, nq, key, std::slice::from_ref(f), &vec![0; nq])
+                    }
+                    None => c.search(&queries, nq, key),
+                }
             };
-            let key = SearchKey {
-                k,
-                nprobe,
-                refine_factor,
-            };
-            let n = match filter {
-                Some(f) => c.search_filtered(&queries, nq, key, &[parse(&f)?], &vec![0; nq])?,
-                None => c.search(&queries, nq, key)?,
+            let n = match search(nprobe) {
+                Err(StoreError::Engine(quiver_engine::error::EngineError::NprobeOutOfRange {
+                    ..
+                })) => search(nprobe)?,
+                r => r?,
             };
             let per = n.k;
             ShardResponse::Neighbors(

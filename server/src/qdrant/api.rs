@@ -418,10 +418,16 @@ impl QdrantApi {
         meta.index.train_at = train_at(&spec.settings, spec.dim, &quiver)?;
         check_settings(&spec.settings)?;
         meta.settings = Value::Object(spec.settings);
+        // A single server holds one shard of one replica whatever is asked (as a single
+        // Qdrant node does); a cluster node makes what is asked.
+        let (shards, replication) = match self.router.is_cluster() {
+            true => (spec.shards, spec.replication),
+            false => (0, 0),
+        };
         let create = CreateCollection {
             meta,
-            shards: spec.shards,
-            replication: spec.replication,
+            shards,
+            replication,
         };
         self.router.create(create).await?;
         Ok(())
@@ -474,16 +480,7 @@ impl QdrantApi {
     /// The collections' names (those being loaded included; those that failed to open left
     /// out).
     pub async fn list(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .router
-            .list()
-            .await
-            .into_iter()
-            .filter(|s| s.meta.is_some() || s.status == CollectionStatus::Loading)
-            .map(|s| s.name)
-            .collect();
-        names.sort();
-        names
+        self.router.names().await
     }
 
     /// What a collection is.
@@ -491,7 +488,7 @@ impl QdrantApi {
         let state = self.router.describe(name, &Caller::default()).await?;
         let Some(meta) = state.meta else {
             return Err(Status::unavailable(format!(
-                "collection {name:?} is {}",
+                "collection {name:?} is {}; retry when GetCollection says ready",
                 state.status.describe()
             )));
         };
@@ -563,21 +560,12 @@ impl QdrantApi {
             .collect();
         uuid_ids.sort_unstable();
         uuid_ids.dedup();
-        let mut stored = HashMap::new();
-        for chunk in uuid_ids.chunks(self.limits().max_queries_per_request.max(1)) {
-            let get = Get {
-                collection: name.to_string(),
-                ids: chunk.to_vec(),
-                with_vectors: false,
-            };
-            stored.extend(
-                self.router
-                    .get(get, &caller)
-                    .await?
-                    .into_iter()
-                    .map(|p| (p.id, p.payload)),
-            );
-        }
+        let stored: HashMap<u64, Vec<u8>> = self
+            .get_many(name, uuid_ids, false, &caller)
+            .await?
+            .into_iter()
+            .map(|(id, p)| (id, p.payload))
+            .collect();
         let dim = meta.dim;
         // Rendering and encoding payloads runs off the async threads.
         let (ids, vectors, payloads) = blocking(move || {
@@ -638,6 +626,32 @@ impl QdrantApi {
         Ok(())
     }
 
+    /// The stored points of `ids` that exist, by id, read a request's worth at a time.
+    async fn get_many(
+        &self,
+        name: &str,
+        ids: Vec<u64>,
+        with_vectors: bool,
+        caller: &Caller,
+    ) -> Result<HashMap<u64, StoredPoint>, Status> {
+        let mut found = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(self.limits().max_queries_per_request.max(1)) {
+            let get = Get {
+                collection: name.to_string(),
+                ids: chunk.to_vec(),
+                with_vectors,
+            };
+            found.extend(
+                self.router
+                    .get(get, caller)
+                    .await?
+                    .into_iter()
+                    .map(|p| (p.id, p)),
+            );
+        }
+        Ok(found)
+    }
+
     /// The internal ids and keys of the points a selector names that exist, each once; at
     /// most `--max-upsert-points` of them (one logged write edits them all).
     async fn resolve(
@@ -645,6 +659,8 @@ impl QdrantApi {
         name: &str,
         selector: Selector,
     ) -> Result<Vec<(u64, PointKey)>, Status> {
+        // An unknown collection is one even when the selector names nothing.
+        self.router.meta(name).await?;
         let max = self.limits().max_upsert_points;
         let page = self.limits().max_queries_per_request.max(1);
         let caller = Caller::default();
@@ -657,25 +673,20 @@ impl QdrantApi {
                         format!("{} ids exceed the limit of {max} per request", keys.len()),
                     ));
                 }
-                for chunk in keys.chunks(page) {
-                    let get = Get {
-                        collection: name.to_string(),
-                        ids: chunk.iter().map(|k| k.internal()).collect(),
-                        with_vectors: false,
-                    };
-                    let stored: HashMap<u64, Vec<u8>> = self
-                        .router
-                        .get(get, &caller)
-                        .await?
+                let ids = keys.iter().map(|k| k.internal()).collect();
+                let stored = self.get_many(name, ids, false, &caller).await?;
+                // A UUID's key is in its payload: parsed off the async threads.
+                found = blocking(move || {
+                    Ok(keys
                         .into_iter()
-                        .map(|p| (p.id, p.payload))
-                        .collect();
-                    found.extend(chunk.iter().filter_map(|&k| {
-                        let id = k.internal();
-                        let payload = stored.get(&id)?;
-                        (key_of_stored(id, payload) == Some(k)).then_some((id, k))
-                    }));
-                }
+                        .filter_map(|k| {
+                            let id = k.internal();
+                            let p = stored.get(&id)?;
+                            (key_of_stored(id, &p.payload) == Some(k)).then_some((id, k))
+                        })
+                        .collect())
+                })
+                .await?;
             }
             Selector::Filter(filter) => {
                 let mut from = None;
@@ -688,11 +699,15 @@ impl QdrantApi {
                         with_vectors: false,
                     };
                     let got = self.router.scroll(scroll, &caller).await?;
-                    found.extend(
-                        got.points
+                    let keyed: Vec<(u64, PointKey)> = blocking(move || {
+                        Ok(got
+                            .points
                             .iter()
-                            .filter_map(|p| Some((p.id, key_of_stored(p.id, &p.payload)?))),
-                    );
+                            .filter_map(|p| Some((p.id, key_of_stored(p.id, &p.payload)?)))
+                            .collect())
+                    })
+                    .await?;
+                    found.extend(keyed);
                     if found.len() > max {
                         return Err(invalid(
                             "filter",
@@ -826,18 +841,17 @@ impl QdrantApi {
         with_payload: PayloadSel,
         with_vector: bool,
     ) -> Result<Vec<Record>, Status> {
-        let get = Get {
-            collection: name.to_string(),
-            ids: keys.iter().map(|k| k.internal()).collect(),
-            with_vectors: with_vector,
-        };
-        let found: HashMap<u64, StoredPoint> = self
-            .router
-            .get(get, &Caller::default())
-            .await?
-            .into_iter()
-            .map(|p| (p.id, p))
-            .collect();
+        let max = self.limits().max_queries_per_request;
+        if keys.len() > max {
+            return Err(invalid(
+                "ids",
+                format!("{} ids exceed the limit of {max} per request", keys.len()),
+            ));
+        }
+        let ids = keys.iter().map(|k| k.internal()).collect();
+        let found = self
+            .get_many(name, ids, with_vector, &Caller::default())
+            .await?;
         // Parsing payloads runs off the async threads.
         blocking(move || {
             Ok(keys
@@ -889,8 +903,19 @@ impl QdrantApi {
                 with_vectors: with_vector,
             };
             let got = self.router.scroll(scroll, &caller).await?;
-            for p in got.points {
-                let map = payload::decode(&p.payload);
+            // Parsing payloads runs off the async threads.
+            let points = got.points;
+            let decoded = blocking(move || {
+                Ok(points
+                    .into_iter()
+                    .map(|p| {
+                        let map = payload::decode(&p.payload);
+                        (p, map)
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+            for (p, map) in decoded {
                 let Some(key) = key_of(p.id, Some(&map)) else {
                     continue;
                 };
@@ -1043,19 +1068,9 @@ impl QdrantApi {
                 })
                 .collect());
         }
-        // The hits' points, read once (more than a page only for UUID ids passed over).
-        let get = Get {
-            collection: name.to_string(),
-            ids: hits.iter().map(|&(id, _)| id).collect(),
-            with_vectors: with_vector,
-        };
-        let stored: HashMap<u64, StoredPoint> = self
-            .router
-            .get(get, caller)
-            .await?
-            .into_iter()
-            .map(|p| (p.id, p))
-            .collect();
+        // The hits' points, read once.
+        let ids = hits.iter().map(|&(id, _)| id).collect();
+        let stored = self.get_many(name, ids, with_vector, caller).await?;
         // Parsing payloads runs off the async threads.
         blocking(move || {
             let mut out = Vec::with_capacity(hits.len().min(limit));

@@ -402,6 +402,21 @@ impl Router {
         }
     }
 
+    /// The collections' names (those being loaded included; those that failed to open on a
+    /// single server left out), sorted.
+    pub async fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = match self.registry.cluster() {
+            Some(c) => c.names(),
+            None => {
+                let mut n: Vec<String> = self.registry.list().into_iter().map(|(n, _)| n).collect();
+                n.extend(self.registry.loading());
+                n
+            }
+        };
+        names.sort();
+        names
+    }
+
     /// Whether a collection exists (or is being loaded).
     pub async fn exists(&self, name: &str) -> Result<bool, Status> {
         match self.registry.cluster() {

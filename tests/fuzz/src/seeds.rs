@@ -566,6 +566,8 @@ pub fn all(tmp: &Path) -> Vec<(&'static str, String, Vec<u8>)> {
 mod tests {
     use std::path::PathBuf;
 
+    use anyhow::Context;
+
     fn crate_dir() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
     }
@@ -573,22 +575,23 @@ mod tests {
     /// Rewrites `corpus/` from Quiver's writers (run by hand after a format change).
     #[test]
     #[ignore]
-    fn write_seed_corpus() {
+    fn write_seed_corpus() -> anyhow::Result<()> {
         let tmp = std::env::temp_dir().join(format!("quiver-fuzz-seeds-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).unwrap();
+        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         for (target, name, data) in super::all(&tmp) {
             let dir = crate_dir().join("corpus").join(target);
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join(name), data).unwrap();
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let path = dir.join(name);
+            std::fs::write(&path, data).with_context(|| format!("writing {}", path.display()))?;
         }
-        std::fs::remove_dir_all(&tmp).unwrap();
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))
     }
 
     /// Every committed seed and every saved finding (`regressions/<target>/`) runs through
     /// its target without a panic: the fuzzers' findings stay fixed.
     #[test]
-    fn seeds_and_regressions_replay() {
+    fn seeds_and_regressions_replay() -> anyhow::Result<()> {
         let mut ran = 0;
         for (target, run) in crate::TARGETS {
             for folder in ["corpus", "regressions"] {
@@ -596,16 +599,24 @@ mod tests {
                 let Ok(entries) = std::fs::read_dir(&dir) else {
                     continue;
                 };
-                let mut files: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
+                let mut files = Vec::new();
+                for e in entries {
+                    files.push(
+                        e.with_context(|| format!("listing {}", dir.display()))?
+                            .path(),
+                    );
+                }
                 files.sort();
                 for f in files {
-                    let data = std::fs::read(&f).unwrap();
+                    let data =
+                        std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
                     eprintln!("{target}: {}", f.display());
                     run(&data);
                     ran += 1;
                 }
             }
         }
-        assert!(ran >= 20, "only {ran} committed inputs found");
+        anyhow::ensure!(ran >= 20, "only {ran} committed inputs found");
+        Ok(())
     }
 }
