@@ -65,8 +65,7 @@ def client_for(srv, prefer_grpc, **kw):
         grpc_port=srv.grpc_port,
         prefer_grpc=prefer_grpc,
         https=False,
-        timeout=30,
-        **kw,
+        **{"timeout": 30, **kw},
     )
 
 

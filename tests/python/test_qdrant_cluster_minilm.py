@@ -11,8 +11,8 @@ nodes (one NATS JetStream server) holding a collection created with `shard_numbe
   own on its half), then answer `hnsw_ef=32` (32 lists per shard) queries: recall@10 against
   the shipped ground truth within 0.01 of the single server's, through gRPC and REST.
 
-Heavy (a few minutes on 2 cores): runs only with QUIVER_HEAVY=1 (CI's acceptance stage sets
-it), and skips, saying so, when the data or nats-server is absent.
+Heavy (about 2.5 minutes on 2 cores, so not in CI): runs only with QUIVER_HEAVY=1, and
+skips, saying so, when the data or nats-server is absent.
 """
 
 import os
