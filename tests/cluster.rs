@@ -6,7 +6,9 @@
 //! another node; the error budget is stated below); afterwards every acknowledged point is
 //! found by Get and by exact search on every live node, nothing else is there (no write is
 //! half-applied), and the killed node, restarted, answers Get and a fixed query set exactly
-//! as its peers do.
+//! as its peers do. The nodes export snapshots every second (after 20 ops), so the shard logs
+//! are trimmed as they go; at the end a node's folder is deleted and the node, restarted,
+//! starts its replicas from the snapshots and the logs after them, and answers as its peers.
 //!
 //! The NATS binary is found as the cluster crate's tests find it (`$QUIVER_NATS_SERVER`, the
 //! PATH, or `target/nats-venv`); without one the test skips with a message unless
@@ -127,6 +129,9 @@ fn start_node(id: &str, dir: &Path, urls: &str) -> QuiverNode {
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
         .args(["--nats", urls, "--node-id", id, "--stream-replicas", "3"])
+        // Snapshots every second once a replica has applied 20 ops past its shard's last one:
+        // the shard logs are trimmed while the test writes, kills and restarts.
+        .args(["--snapshot-interval", "1", "--snapshot-min-ops", "20"])
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .spawn()
@@ -462,21 +467,8 @@ async fn scenario(binary: PathBuf) {
     // The killed node, restarted (its NATS server still down), catches up from the logs and
     // answers as its peers do.
     let restarted = start_node_async("n2", root.join("q2"), &urls).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got = get_all(&restarted.addr, &ids).await;
-        let found = search_all(&restarted.addr, &queries).await;
-        if got.as_ref() == Ok(&acked) && found.as_ref() == Ok(&answers[0]) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the restarted node did not catch up: {} points, search {:?}",
-            got.map(|g| g.len()).unwrap_or(0),
-            found.err()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let expected: Expected = (&ids, &acked, &queries, &answers[0]);
+    answers_like_its_peers("the restarted node", &restarted.addr, expected).await;
     nodes[2] = restarted;
     // It answers from its own replica: with n0 (the other replica of shard 1) killed too,
     // every read of shard 1 is n2's, through n1 and through n2.
@@ -487,8 +479,58 @@ async fn scenario(binary: PathBuf) {
         let found = eventually_ok("search after n0's kill", || search_all(&addr, &queries)).await;
         assert_eq!(found, answers[0], "search on {addr} with n0 down");
     }
+    // n0's folder deleted: restarted, it starts both its replicas from their shards'
+    // snapshots (the logs were trimmed below them) and the logs after, and answers as its
+    // peers do.
+    std::fs::remove_dir_all(root.join("q0")).expect("deleting n0's folder");
+    let wiped = start_node_async("n0", root.join("q0"), &urls).await;
+    let expected: Expected = (&ids, &acked, &queries, &answers[0]);
+    answers_like_its_peers("the wiped node", &wiped.addr, expected).await;
+    let log = std::fs::read_to_string(root.join("q0.log")).unwrap_or_default();
+    let restored = log
+        .lines()
+        .filter(|l| l.contains("started the replica from the shard's snapshot"))
+        .count();
+    assert!(
+        restored >= 1,
+        "the wiped node started no replica from a snapshot; its log ends:\n{}",
+        log.lines().rev().take(30).collect::<Vec<_>>().join("\n")
+    );
+    nodes[0] = wiped;
     drop(nodes);
     drop(nats);
+}
+
+/// What a node caught up answers: (the ids asked, the points Get finds, the queries, their
+/// exact search's answers).
+type Expected<'a> = (
+    &'a [u64],
+    &'a BTreeMap<u64, Vec<f32>>,
+    &'a [f32],
+    &'a Vec<Vec<(u64, u32)>>,
+);
+
+/// Waits (up to 60 s) until the node at `addr` answers Get and the query set as expected.
+async fn answers_like_its_peers(
+    what: &str,
+    addr: &str,
+    (ids, acked, queries, answers): Expected<'_>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = get_all(addr, ids).await;
+        let found = search_all(addr, queries).await;
+        if got.as_ref() == Ok(acked) && found.as_ref() == Ok(answers) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not catch up: {} points, search {:?}",
+            got.map(|g| g.len()).unwrap_or(0),
+            found.err()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// `scripts/cluster down` on the way out, whatever happens.

@@ -272,8 +272,10 @@ impl ClusterFront {
         Ok(self.collection(name).await?.meta)
     }
 
-    /// A collection's state, from a replica of each shard.
+    /// A collection's state, from a replica of each shard (and the catalog read to its end:
+    /// a change of its description through another node a moment ago is in it).
     pub async fn describe(&self, name: &str, caller: &Caller) -> Result<CollectionState, Status> {
+        self.node.sync_catalog().await.map_err(from_cluster)?;
         let c = self.collection(name).await?;
         let shards = self
             .node
@@ -446,9 +448,6 @@ impl ClusterFront {
             .describe_collection(name, edit)
             .await
             .map_err(from_cluster)?;
-        let Some(token) = token else {
-            return Ok(());
-        };
         self.wrote(&c, &token);
         self.node
             .wait_applied(name, &token, timeout_of(caller))
@@ -518,6 +517,16 @@ impl ClusterFront {
     /// before (as [`Self::delete`] counts them).
     pub async fn edit_payload(&self, r: EditPayload, caller: &Caller) -> Result<u64, Status> {
         let c = self.collection(&r.collection).await?;
+        // The ids checked first, as a single server checks them.
+        let op = Op::SetPayload {
+            ids: r.ids,
+            edit: r.edit,
+        };
+        quiver_store::check_ops(c.meta.dim, std::slice::from_ref(&op)).map_err(from_store)?;
+        let Op::SetPayload { ids, edit } = op else {
+            return Err(Status::internal("a payload edit changed kind"));
+        };
+        let r = EditPayload { ids, edit, ..r };
         let mut distinct = r.ids.clone();
         distinct.sort_unstable();
         distinct.dedup();

@@ -489,3 +489,14 @@ def test_llamaindex_adds_nodes_and_queries_with_a_metadata_filter(qserver):
     res = store.query(VectorStoreQuery(query_embedding=emb[3].tolist(), similarity_top_k=1))
     assert res.nodes[0].get_content() != "node 3"
     client.close()
+
+
+@pytest.mark.parametrize("prefer_grpc", [False, True], ids=["rest", "grpc"])
+def test_a_single_server_keeps_one_shard_whatever_is_asked(qserver, prefer_grpc):
+    """As a single Qdrant node: `shard_number` and `replication_factor` are accepted and the
+    collection is reported as one shard of one replica."""
+    c = client_for(qserver, prefer_grpc)
+    c.create_collection("one", vectors_config=models.VectorParams(size=4, distance=models.Distance.DOT),
+                        shard_number=3, replication_factor=2)
+    params = c.get_collection("one").config.params
+    assert (params.shard_number, params.replication_factor) == (1, 1)

@@ -20,9 +20,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from qdrant_client import models
+from qdrant_client.http.exceptions import UnexpectedResponse
 
 from conftest import start_server, stop_server
 from test_qdrant import _read_addresses, client_for
@@ -161,3 +163,47 @@ def test_a_sharded_collection_trains_by_itself(qcluster):
         assert found[0].id == q
         hits += len(set(truth.tolist()) & {h.id for h in found})
     assert hits / 400 >= 0.9, f"recall@10 {hits / 400:.3f} on the trained shards"
+
+
+def _refused(prefer_grpc, call, code, status):
+    """Runs `call`, which must fail with gRPC `code` or REST `status`; returns the message."""
+    with pytest.raises(grpc.RpcError if prefer_grpc else UnexpectedResponse) as err:
+        call()
+    if prefer_grpc:
+        assert err.value.code() == code, err.value
+        return err.value.details()
+    assert err.value.status_code == status, err.value
+    return str(err.value)
+
+
+@pytest.mark.parametrize("prefer_grpc", [False, True], ids=["rest", "grpc"])
+def test_a_cluster_refuses_what_a_single_server_refuses(qcluster, prefer_grpc):
+    """A payload edit one point cannot take changes none (as on a single server); an unknown
+    collection is NOT_FOUND even when nothing is selected; a repeated field index or
+    settings change is answered and changes nothing."""
+    a, b = (client_for(n, prefer_grpc) for n in qcluster)
+    name = "refusals"
+    a.create_collection(name, vectors_config=models.VectorParams(size=4, distance=models.Distance.DOT),
+                        shard_number=2)
+    a.upsert(name, points=[models.PointStruct(id=i, vector=[1.0, 0.0, 0.0, float(i)],
+                                              payload={"big": "x" * 40_000 if i == 3 else "", "i": i})
+                           for i in range(8)], wait=True)
+    # Point 3 would pass the 64 KiB payload limit: the edit is refused whole.
+    msg = _refused(prefer_grpc, lambda: a.set_payload(name, payload={"more": "y" * 30_000},
+                                                      points=[1, 3, 5], wait=True),
+                   grpc.StatusCode.INVALID_ARGUMENT, 400)
+    assert "payload" in msg and "point 3" in msg, msg
+    assert all("more" not in p.payload for p in b.retrieve(name, ids=[1, 3, 5]))
+    for call in (lambda: b.retrieve("nope", ids=[]),
+                 lambda: b.delete("nope", points_selector=models.PointIdsList(points=[]))):
+        _refused(prefer_grpc, call, grpc.StatusCode.NOT_FOUND, 404)
+    for _ in range(2):
+        a.create_payload_index(name, field_name="i", field_schema=models.PayloadSchemaType.INTEGER, wait=True)
+        b.update_collection(name, optimizers_config=models.OptimizersConfigDiff(indexing_threshold=20_000))
+    assert list(b.get_collection(name).payload_schema) == ["i"]
+    assert a.get_collection(name).config.optimizer_config.indexing_threshold == 20_000
+    flt = models.Filter(must=[models.FieldCondition(key="i", range=models.Range(gte=5))])
+    assert b.count(name, count_filter=flt, exact=True).count == 3
+    a.delete_payload_index(name, field_name="i", wait=True)
+    a.delete_payload_index(name, field_name="i", wait=True)
+    assert not b.get_collection(name).payload_schema

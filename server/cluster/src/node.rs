@@ -427,21 +427,20 @@ impl<B: Backend + Clone + Send + Sync + 'static> Node<B> {
     }
 
     /// Changes `name`'s description (indexed payload fields, settings, the size at which it
-    /// trains by itself) with `edit` (false: it changes nothing, and nothing is appended),
-    /// applied to the current one: the catalog takes the new value (every node checks
-    /// requests and filters against it), then every shard's log, so that each replica indexes
-    /// the fields at a number of its log. Changes of one collection take its description
-    /// lease in turn, so their log entries never cross, and each runs as a task of its own:
-    /// a caller that goes away leaves neither the lease held nor the change half made. A node
-    /// dying between the two appends leaves the replicas without that change until the next
-    /// one (requests are checked against the catalog's value; a replica's indexed fields only
-    /// speed its filters). Returns the shard logs' numbers (wait with
-    /// [`Self::wait_applied`]), or none when nothing changed.
+    /// trains by itself) with `edit` (false: the catalog's value has it already), applied to
+    /// the current one: the catalog takes the new value (every node checks requests and
+    /// filters against it), then every shard's log, so that each replica indexes the fields
+    /// at a number of its log (a value unchanged goes to the shards' logs again, so that a
+    /// change cut off between the two appends is completed by its retry). Changes of one
+    /// collection take its description lease in turn, so their log entries never cross, and
+    /// each runs as a task of its own: a caller that goes away leaves neither the lease held
+    /// nor the change half made. Returns the shard logs' numbers (wait with
+    /// [`Self::wait_applied`]).
     pub async fn describe_collection(
         &self,
         name: &str,
         edit: impl Fn(&mut Description) -> Result<bool> + Send + Sync + 'static,
-    ) -> Result<Option<WriteToken>> {
+    ) -> Result<WriteToken> {
         let (shared, name) = (self.shared.clone(), name.to_string());
         tokio::spawn(async move { shared.describe_collection(&name, edit).await })
             .await
@@ -1591,7 +1590,7 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
         &self,
         name: &str,
         edit: impl Fn(&mut Description) -> Result<bool>,
-    ) -> Result<Option<WriteToken>> {
+    ) -> Result<WriteToken> {
         let key = format!("describe.{}", crate::stream::escape(name));
         let deadline = Instant::now() + DESCRIBE_WAIT;
         let lease = loop {
@@ -1617,19 +1616,20 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
     }
 
     /// [`Self::describe_collection`] under the collection's description lease: no other
-    /// change of it runs, so the new value is made once, from the catalog read to its end.
+    /// change of it runs, so the new value is made once, from the catalog read to its end (an
+    /// append finding the catalog's value changed meanwhile, the lease having lapsed, is
+    /// refused rather than undo that change).
     async fn describe_holding(
         &self,
         name: &str,
         edit: impl Fn(&mut Description) -> Result<bool>,
         lease: &Lease,
-    ) -> Result<Option<WriteToken>> {
+    ) -> Result<WriteToken> {
         self.sync_catalog().await?;
         let c = self.cluster_collection(name)?;
-        let mut d = c.meta.description();
-        if !edit(&mut d)? {
-            return Ok(None);
-        }
+        let before = c.meta.description();
+        let mut d = before.clone();
+        let changed = edit(&mut d)?;
         let op = Op::Describe(d.clone());
         quiver_store::check_ops(c.meta.dim, std::slice::from_ref(&op))?;
         // Every shard's log found and the entry checked before the catalog takes it.
@@ -1639,34 +1639,54 @@ impl<B: Backend + Clone + Send + Sync + 'static> Shared<B> {
             log.check_op(&op)?;
             logs.push(log);
         }
-        let seq = self
-            .append_catalog(|t| match t.get(name) {
-                Some(now) if now.incarnation == c.incarnation => Ok(CatalogEntry::Describe {
-                    name: name.into(),
-                    incarnation: c.incarnation,
-                    description: d.clone(),
-                }),
-                _ => Err(ClusterError::NotFound(name.into())),
-            })
-            .await?;
+        let lost = || ClusterError::Broker {
+            context: "changing a collection's description",
+            reason: "its lease was lost (the broker was unreachable); make the change again".into(),
+        };
+        // A change goes to the catalog first. A value the catalog has already (a repeat, or a
+        // retry of a change whose shard entries were not all appended) goes to the shards'
+        // logs only: applying it again changes nothing there either.
+        let tag = if changed {
+            if !lease.held() {
+                return Err(lost());
+            }
+            let seq = self
+                .append_catalog(|t| match t.get(name) {
+                    Some(now)
+                        if now.incarnation == c.incarnation && now.meta.description() == before =>
+                    {
+                        Ok(CatalogEntry::Describe {
+                            name: name.into(),
+                            incarnation: c.incarnation,
+                            description: d.clone(),
+                        })
+                    }
+                    Some(now) if now.incarnation == c.incarnation => Err(ClusterError::Broker {
+                        context: "changing a collection's description",
+                        reason: "another change of it came first; retry".into(),
+                    }),
+                    _ => Err(ClusterError::NotFound(name.into())),
+                })
+                .await?;
+            format!("describe.{seq}")
+        } else {
+            format!("describe.{}", self.message_id())
+        };
         if !lease.held() {
-            return Err(ClusterError::Broker {
-                context: "changing a collection's description",
-                reason: "its lease was lost (the broker was unreachable): the catalog has the change, the shards' logs may not; make the change again".into(),
-            });
+            return Err(lost());
         }
         let appends = logs.iter().enumerate().map(|(shard, log)| {
-            let op = &op;
+            let (op, tag) = (&op, &tag);
             async move {
-                let a = log.append(&format!("describe.{seq}.{shard}"), op).await?;
+                let a = log.append(&format!("{tag}.{shard}"), op).await?;
                 Ok::<_, ClusterError>((shard as u32, a.seq))
             }
         });
         let shards = futures_util::future::try_join_all(appends).await?;
-        Ok(Some(WriteToken {
+        Ok(WriteToken {
             incarnation: c.incarnation,
             shards,
-        }))
+        })
     }
 
     /// Appends the entry `make` builds from the catalog as read so far (after this node has

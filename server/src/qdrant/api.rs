@@ -841,6 +841,8 @@ impl QdrantApi {
         with_payload: PayloadSel,
         with_vector: bool,
     ) -> Result<Vec<Record>, Status> {
+        // An unknown collection is one even when no id is asked for.
+        self.router.meta(name).await?;
         let max = self.limits().max_queries_per_request;
         if keys.len() > max {
             return Err(invalid(

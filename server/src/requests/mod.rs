@@ -414,6 +414,8 @@ impl Router {
             }
         };
         names.sort();
+        // A collection whose background load just ended is briefly in both.
+        names.dedup();
         names
     }
 
