@@ -5,8 +5,8 @@
 //! killed with SIGKILL. Writes and searches go on (a write or read that fails is retried on
 //! another node; the error budget is stated below); afterwards every acknowledged point is
 //! found by Get and by exact search on every live node, nothing else is there (no write is
-//! half-applied), and the killed node, restarted, answers Get and a fixed query set exactly
-//! as its peers do. The nodes export snapshots every second (after 20 ops), so the shard logs
+//! half-applied), and the killed node, restarted, reaches the applied op of its peers'
+//! replicas (from `/metrics`) and answers Get and a fixed query set exactly as they do. The nodes export snapshots every second (after 20 ops), so the shard logs
 //! are trimmed as they go; at the end a node's folder is deleted and the node, restarted,
 //! starts its replicas from the snapshots and the logs after them, and answers as its peers.
 //!
@@ -113,13 +113,15 @@ impl Nats {
     }
 }
 
-/// A Quiver node: its process and gRPC address.
+/// A Quiver node: its process, gRPC address and metrics port.
 struct QuiverNode {
     proc: Proc,
     addr: String,
+    metrics: u16,
 }
 
 fn start_node(id: &str, dir: &Path, urls: &str) -> QuiverNode {
+    let metrics = common::free_port();
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -132,6 +134,7 @@ fn start_node(id: &str, dir: &Path, urls: &str) -> QuiverNode {
         // Snapshots every second once a replica has applied 20 ops past its shard's last one:
         // the shard logs are trimmed while the test writes, kills and restarts.
         .args(["--snapshot-interval", "1", "--snapshot-min-ops", "20"])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .spawn()
@@ -143,7 +146,11 @@ fn start_node(id: &str, dir: &Path, urls: &str) -> QuiverNode {
         let log = std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default();
         panic!("node {id} did not start; its log:\n{log}")
     });
-    QuiverNode { proc, addr }
+    QuiverNode {
+        proc,
+        addr,
+        metrics,
+    }
 }
 
 /// [`start_node`] off the async threads (it blocks until the node is up).
@@ -469,6 +476,7 @@ async fn scenario(binary: PathBuf) {
     let restarted = start_node_async("n2", root.join("q2"), &urls).await;
     let expected: Expected = (&ids, &acked, &queries, &answers[0]);
     answers_like_its_peers("the restarted node", &restarted.addr, expected).await;
+    same_applied_as_peers("the restarted node", &restarted, &[&nodes[0], &nodes[1]]).await;
     nodes[2] = restarted;
     // It answers from its own replica: with n0 (the other replica of shard 1) killed too,
     // every read of shard 1 is n2's, through n1 and through n2.
@@ -496,6 +504,7 @@ async fn scenario(binary: PathBuf) {
         "the wiped node started no replica from a snapshot; its log ends:\n{}",
         log.lines().rev().take(30).collect::<Vec<_>>().join("\n")
     );
+    same_applied_as_peers("the wiped node", &wiped, &[&nodes[1], &nodes[2]]).await;
     nodes[0] = wiped;
     drop(nodes);
     drop(nats);
@@ -530,6 +539,58 @@ async fn answers_like_its_peers(
             found.err()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Each `docs` replica's applied op, by shard, from a node's `/metrics` (empty if it does
+/// not answer).
+fn applied(node: &QuiverNode) -> BTreeMap<u32, u64> {
+    let metrics = common::http_get(node.metrics, "/metrics").unwrap_or_default();
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("quiver_cluster_applied_seq{") && l.contains(r#"collection="docs""#)
+        })
+        .filter_map(|l| {
+            let shard = l
+                .split(r#"shard=""#)
+                .nth(1)?
+                .split('"')
+                .next()?
+                .parse()
+                .ok()?;
+            let seq = l.rsplit(' ').next()?.parse().ok()?;
+            Some((shard, seq))
+        })
+        .collect()
+}
+
+/// Waits (up to 30 s: the figures are refreshed every 5 s) until every replica `node` holds
+/// has applied the same op as each of `peers`' replicas of that shard.
+async fn same_applied_as_peers(what: &str, node: &QuiverNode, peers: &[&QuiverNode]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mine = applied(node);
+        let theirs: Vec<BTreeMap<u32, u64>> = peers.iter().map(|p| applied(p)).collect();
+        let differ: Vec<(u32, u64, Vec<u64>)> = mine
+            .iter()
+            .map(|(&shard, &seq)| {
+                let other: Vec<u64> = theirs
+                    .iter()
+                    .filter_map(|t| t.get(&shard).copied())
+                    .collect();
+                (shard, seq, other)
+            })
+            .filter(|(_, seq, other)| other.is_empty() || other.iter().any(|o| o != seq))
+            .collect();
+        if !mine.is_empty() && differ.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: replicas applied {mine:?}; (shard, applied, the peers') differing: {differ:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
