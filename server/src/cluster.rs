@@ -505,7 +505,7 @@ impl ClusterFront {
                         "empty: at least one id (or a filter) is required",
                     ));
                 }
-                let live = self.live(&c, &ids, caller).await?;
+                let live = self.live(&c, &ids, caller).await?.len() as u64;
                 (Op::Delete { ids }, live)
             }
         };
@@ -527,19 +527,7 @@ impl ClusterFront {
             return Err(Status::internal("a payload edit changed kind"));
         };
         let r = EditPayload { ids, edit, ..r };
-        let mut distinct = r.ids.clone();
-        distinct.sort_unstable();
-        distinct.dedup();
-        let points = self
-            .node
-            .get(
-                &c.meta.name,
-                &distinct,
-                self.read_after(&c).as_ref(),
-                timeout_of(caller),
-            )
-            .await
-            .map_err(from_cluster)?;
+        let points = self.live(&c, &r.ids, caller).await?;
         let live = points.len() as u64;
         // Refused as a single server refuses it: an edit one of the points cannot take (a
         // payload past its limit) changes none (a replica would pass over that point).
@@ -564,18 +552,17 @@ impl ClusterFront {
         Ok(live)
     }
 
-    /// How many of the distinct `ids` are live, as this server reads them.
+    /// The live points of the distinct `ids`, as this server reads them.
     async fn live(
         &self,
         c: &ClusterCollection,
         ids: &[u64],
         caller: &Caller,
-    ) -> Result<u64, Status> {
+    ) -> Result<Vec<quiver_cluster::rpc::Point>, Status> {
         let mut distinct = ids.to_vec();
         distinct.sort_unstable();
         distinct.dedup();
-        Ok(self
-            .node
+        self.node
             .get(
                 &c.meta.name,
                 &distinct,
@@ -583,8 +570,7 @@ impl ClusterFront {
                 timeout_of(caller),
             )
             .await
-            .map_err(from_cluster)?
-            .len() as u64)
+            .map_err(from_cluster)
     }
 
     async fn write(

@@ -172,6 +172,7 @@ impl<'a> Local<'a> {
         r: Upsert,
         caller: &Caller,
         admitted: Option<PreAdmitted>,
+        router: &Router,
     ) -> Result<u64, Status> {
         let c = self.registry.get(&r.collection)?;
         let meta = c.store.meta();
@@ -184,7 +185,7 @@ impl<'a> Local<'a> {
             None => self.registry.write_budget().take(bytes)?,
         };
         // Rate tokens only for a write that will run (a refused one spends none).
-        Router::new(self.registry.clone()).take_vectors(caller.client, r.ids.len())?;
+        router.take_vectors(caller.client, r.ids.len())?;
         let store = c.store.clone();
         let n = self
             .registry

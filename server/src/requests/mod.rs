@@ -486,7 +486,7 @@ impl Router {
                 self.take_vectors(caller.client, r.ids.len())?;
                 c.upsert(r, caller).await
             }
-            None => self.local().upsert(r, caller, admitted).await,
+            None => self.local().upsert(r, caller, admitted, self).await,
         }
     }
 
