@@ -10,6 +10,8 @@
 // 16 multiply-adds for the dot products (+ 4 for the queries' norms), where a one-output
 // thread did 2 reads per multiply-add. Each dot product adds its dimensions in order.
 // Inner product: -<q, c>; L2: max(|q|² + |c|² − 2<q, c>, 0), the CPU reference's expression.
+// The multiply-adds are fused (`__fmaf_rn`, one rounding each: FFMA on the GPU, std::fma in
+// the emulator); nothing else is (the kernels compile with --fmad=false).
 // Each score goes out with its payload (0, centroid) for the top-k kernel.
 
 #define TILE 64
@@ -61,9 +63,9 @@ extern "C" __global__ void coarse_distances(
             for (int j = 0; j < 4; j++) b[j] = c_tile[t * STRIDE + tx + 16 * j];
 #pragma unroll
             for (int i = 0; i < 4; i++) {
-                q_norm[i] += a[i] * a[i];
+                q_norm[i] = __fmaf_rn(a[i], a[i], q_norm[i]);
 #pragma unroll
-                for (int j = 0; j < 4; j++) dot[i][j] += a[i] * b[j];
+                for (int j = 0; j < 4; j++) dot[i][j] = __fmaf_rn(a[i], b[j], dot[i][j]);
             }
         }
         __syncthreads();

@@ -2,7 +2,8 @@
 // cuda_fp16.h), one warp per (query, candidate): lanes stride over the dimensions (coalesced
 // reads of the scattered row) and reduce with shuffles. Twin of shaders/wgsl/refine.wgsl
 // (which uses one thread per pair; same arithmetic up to summation order).
-// Inner product scores −<q, v>, L2 |q − v|².
+// Inner product scores −<q, v>, L2 |q − v|², accumulated with fused multiply-adds
+// (`__fmaf_rn`: the same rounding on the GPU and in the emulator).
 
 #include <cuda_fp16.h>
 
@@ -34,10 +35,10 @@ extern "C" __global__ void refine(
         const float v = f16 ? __half2float(((const __half*)raw)[(size_t)it.elem + d])
                             : ((const float*)raw)[(size_t)it.elem + d];
         if (ip) {
-            acc += q[d] * v;
+            acc = __fmaf_rn(q[d], v, acc);
         } else {
             const float diff = q[d] - v;
-            acc += diff * diff;
+            acc = __fmaf_rn(diff, diff, acc);
         }
     }
     for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
@@ -93,10 +94,10 @@ extern "C" __global__ void refine_candidates(
         const float v = f16 ? __half2float(((const __half*)raw)[elem + d])
                             : ((const float*)raw)[elem + d];
         if (ip) {
-            acc += q[d] * v;
+            acc = __fmaf_rn(q[d], v, acc);
         } else {
             const float diff = q[d] - v;
-            acc += diff * diff;
+            acc = __fmaf_rn(diff, diff, acc);
         }
     }
     for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);

@@ -61,7 +61,10 @@ def main() -> None:
         sources.append(path)
     lib = out / "libcuda.so"
     cmd = [
-        "c++", "-std=c++17", "-O2", "-g", "-fPIC", "-shared", "-Wall", "-Wno-unknown-pragmas",
+        # No contraction of a multiply and an add into an FMA: NVRTC compiles the kernels
+        # with --fmad=false, and where they want an FMA they write __fmaf_rn (std::fma here).
+        "c++", "-std=c++17", "-O2", "-g", "-ffp-contract=off", "-fPIC", "-shared", "-Wall",
+        "-Wno-unknown-pragmas",
         "-Wno-unused-variable", "-I", str(HERE), "-o", str(lib), *map(str, sources),
         # Extra flags, e.g. -DQUIVER_EMU_UCONTEXT (the portable fiber switch, for comparison).
         *os.environ.get("QUIVER_EMU_CXXFLAGS", "").split(),

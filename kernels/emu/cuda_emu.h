@@ -77,11 +77,13 @@ struct uint4 {
     unsigned int x, y, z, w;
 };
 // Single-precision operations rounded on their own (never fused): plain operations here,
-// where g++ for x86-64 without -mfma does not contract.
+// where build.py compiles with -ffp-contract=off (as NVRTC compiles with --fmad=false).
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
+// A fused multiply-add, rounded once: what the hardware's FFMA computes.
+inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
 // CUDA's integer min().
 inline unsigned int min(unsigned int a, unsigned int b) { return a < b ? a : b; }
 inline uint2 make_uint2(unsigned int x, unsigned int y) { return uint2{x, y}; }

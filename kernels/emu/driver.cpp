@@ -328,6 +328,8 @@ enum {
     CUDA_ERROR_OUT_OF_MEMORY = 2,
     CUDA_ERROR_INVALID_DEVICE = 101,
     CUDA_ERROR_INVALID_IMAGE = 200,
+    CUDA_ERROR_NO_BINARY_FOR_GPU = 209,
+    CUDA_ERROR_UNSUPPORTED_PTX_VERSION = 222,
     CUDA_ERROR_NOT_FOUND = 500,
     CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES = 701,
     CUDA_ERROR_NOT_SUPPORTED = 801,
@@ -381,8 +383,15 @@ CUresult cuGetExportTable(const void** table, const void*) {
     *table = nullptr;
     return CUDA_ERROR_NOT_SUPPORTED;
 }
+// The CUDA version this driver claims: 12.9, or QUIVER_EMU_DRIVER_VERSION (e.g. 12040 for
+// an R550 driver), which decides the PTX ISA modules may declare (below).
+static int driver_version() {
+    const char* v = std::getenv("QUIVER_EMU_DRIVER_VERSION");
+    const int n = v ? std::atoi(v) : 0;
+    return n > 0 ? n : 12090;
+}
 CUresult cuDriverGetVersion(int* v) {
-    *v = 12090;
+    *v = driver_version();
     return CUDA_SUCCESS;
 }
 CUresult cuDeviceGetCount(int* n) {
@@ -568,13 +577,44 @@ CUresult cuEventElapsedTime(float* ms, CUevent, CUevent) {
     return CUDA_SUCCESS;
 }
 
-// Modules: the PTX names its entry points; the functions are the host-compiled kernels.
+// Modules: the PTX or the cubin names its entry points; the functions are the host-compiled
+// kernels. A module is refused as a driver of driver_version() would refuse it: PTX declaring
+// an ISA newer than the driver's release reads (CUDA_ERROR_UNSUPPORTED_PTX_VERSION) or
+// targeting a GPU newer than sm_90; a cubin built for another architecture than sm_90
+// (CUDA_ERROR_NO_BINARY_FOR_GPU), or any cubin on a driver older than CUDA 12.0 (NVRTC 12's
+// cubins need a CUDA 12 driver: minor-version compatibility stops at the major version).
 struct Module {
     std::vector<std::string> entries;
 };
-CUresult cuModuleLoadData(CUmodule* m, const void* image) {
-    const std::string ptx((const char*)image);
-    auto* module = new Module;
+constexpr int DEVICE_SM = 90;
+// The newest PTX ISA (10 · major + minor) a driver of CUDA version `v` reads: the PTX ISA
+// manual's release history (kernels/src/compile.rs holds the same table).
+static int ptx_isa_for_driver(int v) {
+    static const int table[][2] = {
+        {11000, 70}, {11010, 71}, {11020, 72}, {11030, 73}, {11040, 74}, {11050, 75},
+        {11060, 76}, {11070, 77}, {11080, 78}, {12000, 80}, {12010, 81}, {12020, 82},
+        {12030, 83}, {12040, 84}, {12050, 85}, {12060, 85}, {12070, 86}, {12080, 87},
+        {12090, 88}, {13000, 90}};
+    int isa = 60;
+    for (auto& row : table)
+        if (row[0] <= v) isa = row[1];
+    return isa;
+}
+static CUresult load_ptx(Module* module, const std::string& ptx) {
+    int major = 0, minor = 0, sm = 0;
+    const std::size_t version = ptx.find(".version ");
+    if (version == std::string::npos ||
+        std::sscanf(ptx.c_str() + version, ".version %d.%d", &major, &minor) != 2)
+        return CUDA_ERROR_INVALID_IMAGE;
+    const std::size_t target = ptx.find(".target sm_");
+    if (target == std::string::npos || std::sscanf(ptx.c_str() + target, ".target sm_%d", &sm) != 1)
+        return CUDA_ERROR_INVALID_IMAGE;
+    if (major * 10 + minor > ptx_isa_for_driver(driver_version())) {
+        std::fprintf(stderr, "cuda emulator: PTX ISA %d.%d is newer than driver %d reads\n", major,
+                     minor, driver_version());
+        return CUDA_ERROR_UNSUPPORTED_PTX_VERSION;
+    }
+    if (sm > DEVICE_SM) return CUDA_ERROR_NO_BINARY_FOR_GPU;
     const std::string tag = ".entry ";
     for (std::size_t at = ptx.find(tag); at != std::string::npos; at = ptx.find(tag, at + 1)) {
         std::size_t end = ptx.find('(', at);
@@ -582,6 +622,50 @@ CUresult cuModuleLoadData(CUmodule* m, const void* image) {
         std::string name = ptx.substr(at + tag.size(), end - at - tag.size());
         while (!name.empty() && name.back() == ' ') name.pop_back();
         module->entries.push_back(name);
+    }
+    return CUDA_SUCCESS;
+}
+static std::uint64_t read_at(const unsigned char* image, std::size_t at, std::size_t bytes) {
+    std::uint64_t v = 0;
+    std::memcpy(&v, image + at, bytes);  // little-endian, as the ELF's e_ident[5] says
+    return v;
+}
+// A 64-bit CUDA ELF (EM_CUDA = 190): its architecture from e_flags (the low byte: the SM
+// number) and its kernels from the `.text.<name>` sections.
+static CUresult load_cubin(Module* module, const unsigned char* image) {
+    if (image[4] != 2 || read_at(image, 18, 2) != 190) return CUDA_ERROR_INVALID_IMAGE;
+    if (driver_version() < 12000) {
+        std::fprintf(stderr, "cuda emulator: a CUDA 12 cubin on driver %d\n", driver_version());
+        return CUDA_ERROR_INVALID_IMAGE;
+    }
+    const std::uint32_t flags = read_at(image, 48, 4);
+    if ((int)(flags & 0xff) != DEVICE_SM) {
+        std::fprintf(stderr, "cuda emulator: cubin for sm_%u, the device is sm_%d\n", flags & 0xff,
+                     DEVICE_SM);
+        return CUDA_ERROR_NO_BINARY_FOR_GPU;
+    }
+    const auto shoff = read_at(image, 40, 8);
+    const auto shentsize = read_at(image, 58, 2);
+    const auto shnum = read_at(image, 60, 2);
+    const auto shstrndx = read_at(image, 62, 2);
+    if (shstrndx >= shnum) return CUDA_ERROR_INVALID_IMAGE;
+    // Section header: sh_name at 0, sh_offset at 24.
+    const auto names = read_at(image, shoff + (std::size_t)shstrndx * shentsize + 24, 8);
+    for (std::uint64_t i = 0; i < shnum; i++) {
+        const auto name_at = read_at(image, shoff + (std::size_t)i * shentsize, 4);
+        const std::string name((const char*)image + names + name_at);
+        if (name.rfind(".text.", 0) == 0) module->entries.push_back(name.substr(6));
+    }
+    return CUDA_SUCCESS;
+}
+CUresult cuModuleLoadData(CUmodule* m, const void* image) {
+    const auto* bytes = (const unsigned char*)image;
+    auto* module = new Module;
+    const bool elf = bytes[0] == 0x7f && bytes[1] == 'E' && bytes[2] == 'L' && bytes[3] == 'F';
+    const CUresult r = elf ? load_cubin(module, bytes) : load_ptx(module, (const char*)image);
+    if (r != CUDA_SUCCESS) {
+        delete module;
+        return r;
     }
     *m = module;
     return CUDA_SUCCESS;

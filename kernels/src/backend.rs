@@ -10,16 +10,13 @@
 //! cut into tiles of at most 64 MiB of score rows (an eighth of the device memory free at
 //! start when that is less); two tiles are in flight, so one tile's copies (on a copy
 //! stream, through pinned host memory: `transfer.rs`) overlap the other's kernels.
-//! NVRTC compiles the kernels at first use for the device's compute capability; the PTX is
-//! cached on disk keyed by source hash and architecture.
+//! NVRTC compiles the kernels at first use for the device's compute capability, to a cubin
+//! or to PTX the driver reads (`load.rs`), cached on disk.
 //!
 //! There is no CUDA device on the machines this is developed on: this code is compiled in CI,
 //! and `scripts/gpu-check` runs its tests (the wgpu backend's test bodies) on a GPU machine.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::ops::Range;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
@@ -27,7 +24,6 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg,
     ValidAsZeroBits,
 };
-use cudarc::nvrtc::Ptx;
 use quiver_engine::backend::{
     run_stages, Backend, Candidates, LookupTables, Neighbors, PreparedIndex, Probes, QueryFilters,
     SearchParams, Slot,
@@ -38,9 +34,9 @@ use quiver_engine::list::{CodeLayout, RawVectors};
 use quiver_engine::topk::{plan_round, select_rows, WarpSelectShape};
 use quiver_engine::{EngineError, IvfPqIndex, RefineKind};
 
-use crate::compile::{compile_ptx, CompileError};
+use crate::compile::CompileError;
+use crate::load::{load_kernels, LoadedCode};
 use crate::probe::{cuda_availability, CudaAvailability};
-use crate::sources::{Kernel, KERNELS};
 use crate::transfer::{Fetched, Transfers};
 
 /// Queries and centroids of one `coarse_distances` block's tile (`cuda/coarse.cu`: 16 × 16
@@ -193,6 +189,8 @@ pub struct CudaBackend {
     /// Device memory an index's codes and raw vectors may take (`None`: what is free at
     /// prepare, less room for the tiles); beyond it they are streamed.
     memory_budget: Option<usize>,
+    /// The form the kernels were loaded in.
+    code: LoadedCode,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -200,61 +198,6 @@ impl std::fmt::Debug for CudaBackend {
         f.debug_struct("CudaBackend")
             .field("device", &self.name)
             .finish()
-    }
-}
-
-/// Where compiled PTX is cached: `$QUIVER_CACHE_DIR`, else `$XDG_CACHE_HOME/quiver`, else
-/// `~/.cache/quiver`.
-fn cache_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("QUIVER_CACHE_DIR") {
-        return Some(PathBuf::from(d));
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return Some(PathBuf::from(d).join("quiver"));
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/quiver"))
-}
-
-/// PTX of one kernel for `arch`, from the disk cache or NVRTC.
-fn ptx_for(kernel: &Kernel, arch: &'static str) -> Result<String, CudaError> {
-    let mut h = DefaultHasher::new();
-    kernel.source.hash(&mut h);
-    arch.hash(&mut h);
-    let file = cache_dir().map(|d| {
-        d.join(format!(
-            "ptx/{}-{arch}-{:016x}.ptx",
-            kernel.name,
-            h.finish()
-        ))
-    });
-    if let Some(f) = &file {
-        if let Ok(ptx) = std::fs::read_to_string(f) {
-            return Ok(ptx);
-        }
-    }
-    let ptx = compile_ptx(kernel, arch)?;
-    if let Some(f) = &file {
-        // A cache: failing to write it only costs a compilation next time.
-        if let Some(parent) = f.parent() {
-            let _ = std::fs::create_dir_all(parent);
-        }
-        let tmp = f.with_extension("tmp");
-        if std::fs::write(&tmp, &ptx).is_ok() {
-            let _ = std::fs::rename(&tmp, f);
-        }
-    }
-    Ok(ptx)
-}
-
-fn arch_name(major: i32, minor: i32) -> &'static str {
-    match (major, minor) {
-        (7, 0) => "compute_70",
-        (7, 5) => "compute_75",
-        (8, 0) => "compute_80",
-        (8, 6) => "compute_86",
-        (8, 9) => "compute_89",
-        (9, 0) => "compute_90",
-        (m, n) => Box::leak(format!("compute_{m}{n}").into_boxed_str()),
     }
 }
 
@@ -283,17 +226,8 @@ impl CudaBackend {
         }
         let ctx = CudaContext::new(ordinal).map_err(driver)?;
         let (major, minor) = ctx.compute_capability().map_err(driver)?;
-        let arch = arch_name(major, minor);
         let name = ctx.name().map_err(driver)?;
-        let mut funcs = std::collections::HashMap::new();
-        for k in KERNELS {
-            let module = ctx
-                .load_module(Ptx::from_src(ptx_for(k, arch)?))
-                .map_err(driver)?;
-            for e in k.entries {
-                funcs.insert(*e, module.load_function(e).map_err(driver)?);
-            }
-        }
+        let (mut funcs, code) = load_kernels(&ctx)?;
         let (free, _) = ctx.mem_get_info().map_err(driver)?;
         // Opt in to the device's largest shared memory per block for scan8's tables (48 KiB
         // without opting in; 163 KiB on an A100, 227 KiB on an H100).
@@ -338,6 +272,7 @@ impl CudaBackend {
             refine: take("refine")?,
             tile_bytes: (free / 8).clamp(1 << 20, PIPELINE_TILE_BYTES),
             name: format!("{name} (sm_{major}{minor})"),
+            code,
         })
     }
 
@@ -359,6 +294,12 @@ impl CudaBackend {
     /// The device's name and compute capability.
     pub fn device_name(&self) -> &str {
         &self.name
+    }
+
+    /// Which code the kernels were loaded as (cubin or PTX, and at which ISA), with NVRTC's
+    /// and the driver's versions.
+    pub fn loaded_code(&self) -> LoadedCode {
+        self.code
     }
 
     pub(crate) fn upload<T: DeviceRepr + ValidAsZeroBits>(

@@ -2,8 +2,10 @@
 //! a WGSL shader in `shaders/wgsl/` (same algorithm, stage for stage), compiled at run time by
 //! NVRTC through cudarc's dynamic loading, so building needs no CUDA installation.
 //!
-//! [`sources`] lists the kernels; [`compile`] turns one into PTX for a GPU generation (CI
-//! compiles every kernel for `compute_80` and `compute_90` and assembles the PTX with ptxas);
+//! [`sources`] lists the kernels; [`compile`] turns one into a cubin or PTX for a GPU
+//! generation (CI compiles every kernel for `compute_80` and `compute_90` and assembles the
+//! PTX with ptxas); `load` picks the form this driver loads (a cubin, else PTX at an ISA the
+//! driver reads) and caches it;
 //! [`probe`] says whether a CUDA driver and device exist, without cudarc's panic when the
 //! driver library is missing; [`backend`] runs the stages, with copies overlapping compute on
 //! a second stream (`transfer`). `emu/` (outside the crate) is a `libcuda.so` that runs these
@@ -12,12 +14,14 @@
 pub mod backend;
 pub mod compile;
 pub mod counters;
+mod load;
 pub mod probe;
 mod resident;
 pub mod sources;
 mod transfer;
 
 pub use backend::{CudaBackend, CudaError, CudaPrepared};
-pub use compile::{compile_ptx, CompileError};
+pub use compile::{compile_cubin, compile_ptx, CompileError, CudaVersion, PtxIsa};
 pub use counters::{emulator_counters, DeviceCounters};
+pub use load::{CodeForm, LoadedCode};
 pub use sources::{Kernel, KERNELS};

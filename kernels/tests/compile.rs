@@ -3,7 +3,11 @@
 //! for sm_80 / sm_90 without spilling a register (its `-v` report of registers, spills and
 //! shared memory is printed; a spill, registers or static shared memory above an entry's
 //! budget fail the test), and, when `QUIVER_NVDISASM` names an nvdisasm binary, the 8-bit
-//! scan's SASS reads its codes with 128-bit global loads (`LDG.E.128`).
+//! scan's SASS reads its codes with 128-bit global loads (`LDG.E.128`) and only the kernels
+//! that ask for fused multiply-adds have FFMA instructions (the rest compile with
+//! `--fmad=false`, as the CPU reference and the emulator compute). Each kernel also compiles
+//! to a cubin (what the backend loads first), and its PTX declared at the oldest ISA its
+//! architecture allows (what an old driver is given) assembles.
 //!
 //! Without NVRTC the test prints "skipped: NVRTC not found" and passes, unless
 //! `QUIVER_REQUIRE_NVRTC=1` (set by scripts/test, which installs NVRTC from PyPI).
@@ -11,7 +15,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use quiver_kernels::compile::{compile_ptx, nvrtc_present};
+use quiver_kernels::compile::{
+    compile_cubin, compile_ptx, min_ptx_isa_for, nvrtc_present, with_ptx_isa,
+};
 use quiver_kernels::KERNELS;
 
 const ARCHS: [(&str, &str); 2] = [("compute_80", "sm_80"), ("compute_90", "sm_90")];
@@ -39,10 +45,65 @@ fn every_kernel_compiles_and_assembles_for_sm80_and_sm90() {
                     k.name
                 );
             }
+            // Contraction only where the source asks for it (see `UNFUSED_KERNELS`); every
+            // multiply and add elsewhere is rounded on its own (`.rn`), so ptxas cannot fuse.
+            let fma = ptx.matches("fma.rn.f32").count();
+            let loose = ptx
+                .lines()
+                .filter(|l| {
+                    let t = l.trim_start();
+                    t.starts_with("mul.f32") || t.starts_with("add.f32") || t.starts_with("sub.f32")
+                })
+                .count();
+            println!(
+                "nvrtc: {}.cu -> {arch}: {fma} fma.rn.f32, {loose} contractible",
+                k.name
+            );
+            assert_eq!(
+                loose, 0,
+                "{} {arch}: a float multiply or add ptxas may fuse",
+                k.name
+            );
+            if UNFUSED_KERNELS.contains(&k.name) {
+                assert_eq!(fma, 0, "{} {arch}: a fused multiply-add", k.name);
+            }
+            if FUSED_KERNELS.contains(&k.name) {
+                assert!(
+                    fma > 0,
+                    "{} {arch}: no fma where __fmaf_rn is written",
+                    k.name
+                );
+            }
             let path = out.join(format!("{}.{arch}.ptx", k.name));
             std::fs::write(&path, &ptx).unwrap();
             println!("nvrtc: {}.cu -> {arch}: {} bytes of PTX", k.name, ptx.len());
+            // The cubin the backend loads first.
+            let cubin = compile_cubin(k, sm).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(&cubin[..4], b"\x7fELF", "{} {sm}: not an ELF image", k.name);
+            println!(
+                "nvrtc: {}.cu -> {sm}: {} bytes of cubin",
+                k.name,
+                cubin.len()
+            );
             if let Some(ptxas) = &ptxas {
+                // The PTX declared at the oldest ISA its target allows (what an old driver is
+                // given) still assembles: the kernels use nothing newer.
+                let (major, minor) = (sm[3..4].parse().unwrap(), sm[4..].parse().unwrap());
+                let floor = min_ptx_isa_for(major, minor).expect("a known architecture");
+                let low = out.join(format!("{}.{arch}.isa{floor}.ptx", k.name));
+                std::fs::write(&low, with_ptx_isa(&ptx, floor)).unwrap();
+                let run = Command::new(ptxas)
+                    .args(["-arch", sm, "-o"])
+                    .arg(out.join(format!("{}.{sm}.isa{floor}.cubin", k.name)))
+                    .arg(&low)
+                    .output()
+                    .expect("run ptxas");
+                assert!(
+                    run.status.success(),
+                    "ptxas {} {sm}, PTX declared at ISA {floor}: {}",
+                    k.name,
+                    String::from_utf8_lossy(&run.stderr)
+                );
                 let run = Command::new(ptxas)
                     .args(["-arch", sm, "-v", "-o"])
                     .arg(out.join(format!("{}.{sm}.cubin", k.name)))
@@ -156,7 +217,8 @@ fn check_wide_loads(nvdisasm: &Path, cubin: &Path, kernel: &str, sm: &str) {
                 .count()
         };
         let (wide, all) = (loads(".128"), loads(""));
-        println!("sass {sm} {entry}: {all} global loads, {wide} of them 128-bit");
+        let ffma = lines.iter().filter(|l| l.contains("FFMA")).count();
+        println!("sass {sm} {entry}: {all} global loads, {wide} of them 128-bit; {ffma} FFMA");
         if WIDE_LOAD_ENTRIES.contains(entry) {
             assert!(wide > 0, "sass {sm} {entry}: no 128-bit global load");
         }
@@ -170,6 +232,15 @@ fn check_wide_loads(nvdisasm: &Path, cubin: &Path, kernel: &str, sm: &str) {
         }
     }
 }
+
+/// Kernels whose PTX has no fused multiply-add: they multiply and add as separate, rounded
+/// operations (`mul.rn` / `add.rn`, which ptxas does not contract either), as the CPU does —
+/// the lookup tables, on which the scans' exact parity rests, and the 4-bit quantization.
+/// (Their SASS may still hold FFMA: ptxas expands a correctly rounded division into them.)
+const UNFUSED_KERNELS: [&str; 4] = ["tables", "scan8", "scan4", "topk"];
+
+/// Kernels that fuse multiply-adds where their source says `__fmaf_rn`.
+const FUSED_KERNELS: [&str; 2] = ["coarse", "refine"];
 
 /// Static shared memory each entry point may declare (bytes).
 fn static_shared_budget(entry: &str) -> usize {
