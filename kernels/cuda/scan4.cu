@@ -6,6 +6,8 @@
 // (M × 16 bytes), so the integer sum equals the CPU's and `base + sum / scale + offset` is the
 // same expression. One block per (query, probed list); deleted entries score +inf.
 
+#include "warp_queue.cuh"
+
 struct ScanItem {
     unsigned int table;
     unsigned int byte_off;
@@ -16,6 +18,29 @@ struct ScanItem {
     float offset;
     unsigned int dead_off;  // first word of this query's exclusion bitmap in `dead`
 };
+
+// Entry i's score of the list whose blocks start at `byte_off`: the integer sum of its M
+// nibbles' table bytes, then `(base + sum / scale) + offset`.
+__device__ __forceinline__ float score4(
+    const unsigned char* __restrict__ codes,
+    unsigned int byte_off,
+    unsigned int i,
+    const unsigned char* lut,
+    float base,
+    float scale,
+    float offset,
+    unsigned int m)
+{
+    const unsigned int block = i / 32, v = i % 32;
+    const unsigned int shift = v >= 16 ? 4 : 0;
+    const unsigned char* b0 = codes + byte_off + (size_t)block * m * 16 + (v % 16);
+    unsigned int sum = 0;
+    for (unsigned int s = 0; s < m; s++) {
+        const unsigned int nib = (b0[s * 16] >> shift) & 15u;
+        sum += lut[s * 16 + nib];
+    }
+    return (base + (float)sum / scale) + offset;
+}
 
 // Scores the item's entries from its u8 table `lut` (M × 16, in shared memory): the integer
 // sum of each entry's M nibbles' table bytes, then `(base + sum / scale) + offset`; deleted
@@ -39,15 +64,7 @@ __device__ __forceinline__ void score_entries(
             out_payload[it.out + i] = make_uint2(0xffffffffu, 0xffffffffu);
             continue;
         }
-        const unsigned int block = i / 32, v = i % 32;
-        const unsigned int shift = v >= 16 ? 4 : 0;
-        const unsigned char* b0 = codes + it.byte_off + (size_t)block * m * 16 + (v % 16);
-        unsigned int sum = 0;
-        for (unsigned int s = 0; s < m; s++) {
-            const unsigned int nib = (b0[s * 16] >> shift) & 15u;
-            sum += lut[s * 16 + nib];
-        }
-        out_score[it.out + i] = (base + (float)sum / scale) + offset;
+        out_score[it.out + i] = score4(codes, it.byte_off, i, lut, base, scale, offset, m);
         out_payload[it.out + i] = make_uint2(0u, slot);
     }
 }
@@ -72,6 +89,71 @@ extern "C" __global__ void scan4(
     __syncthreads();
     const float2 qp = qparams[it.table];
     score_entries(codes, it, lut, qp.x, qp.y, it.offset, dead, out_score, out_payload, m);
+}
+
+// An item's u8 table, quantized in shared memory (see `scan4_quantized`).
+struct QuantizedItem {
+    const unsigned char* lut;
+    float base;
+    float scale;
+};
+
+// Quantizes the item's table (the query's float table `t`, M × 16, plus for L2 the list's
+// `terms`) in `smem4` (M × 16 floats, 2·M + 2 floats, M × 16 bytes) as the CPU does. Every
+// thread of the block calls it; it returns after the last barrier.
+__device__ QuantizedItem quantize_item(
+    unsigned char* smem4,
+    const float* __restrict__ t,
+    const float* __restrict__ terms,
+    unsigned int l2,
+    float offset,
+    unsigned int m)
+{
+    const unsigned int n = m * 16;
+    float* f = reinterpret_cast<float*>(smem4);
+    float* lo = f + n;
+    float* range = lo + m;
+    float* qp = range + m;
+    unsigned char* lut = reinterpret_cast<unsigned char*>(qp + 2);
+    for (unsigned int i = threadIdx.x; i < n; i += blockDim.x) {
+        f[i] = l2 ? __fadd_rn(terms[i], t[i]) : t[i];
+    }
+    __syncthreads();
+    for (unsigned int s = threadIdx.x; s < m; s += blockDim.x) {
+        float a = f[s * 16], b = a;
+        for (unsigned int j = 1; j < 16; j++) {
+            const float x = f[s * 16 + j];
+            a = x < a ? x : a;
+            b = x > b ? x : b;
+        }
+        lo[s] = a;
+        range[s] = __fsub_rn(b, a);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float base = l2 ? offset : 0.0f;
+        float widest = 0.0f;
+        for (unsigned int s = 0; s < m; s++) {
+            base = __fadd_rn(base, lo[s]);
+            widest = range[s] > widest ? range[s] : widest;
+        }
+        qp[0] = base;
+        qp[1] = widest > 0.0f ? __fdiv_rn(255.0f, widest) : 1.0f;
+    }
+    __syncthreads();
+    const float scale = qp[1];
+    for (unsigned int i = threadIdx.x; i < n; i += blockDim.x) {
+        float y = __fadd_rn(__fmul_rn(__fsub_rn(f[i], lo[i / 16]), scale), 0.5f);
+        y = y >= 0.0f ? y : 0.0f;
+        y = y <= 255.0f ? y : 255.0f;
+        lut[i] = (unsigned char)(int)y;
+    }
+    __syncthreads();
+    QuantizedItem out;
+    out.lut = lut;
+    out.base = qp[0];
+    out.scale = scale;
+    return out;
 }
 
 // The device-resident search's 4-bit scan: `scan4` with each item's u8 table quantized on the
@@ -101,47 +183,82 @@ extern "C" __global__ void scan4_quantized(
     const unsigned int w = blockIdx.x + blockIdx.y * gridDim.x;
     if (w >= nitems) return;
     const ScanItem it = items[w];
-    const unsigned int n = m * 16;
-    float* f = reinterpret_cast<float*>(smem4);
-    float* lo = f + n;
-    float* range = lo + m;
-    float* qp = range + m;
-    unsigned char* lut = reinterpret_cast<unsigned char*>(qp + 2);
-    const float* t = tables + (size_t)it.table * n;
-    for (unsigned int i = threadIdx.x; i < n; i += blockDim.x) {
-        f[i] = l2 ? __fadd_rn(terms[it.terms + i], t[i]) : t[i];
-    }
-    __syncthreads();
-    for (unsigned int s = threadIdx.x; s < m; s += blockDim.x) {
-        float a = f[s * 16], b = a;
-        for (unsigned int j = 1; j < 16; j++) {
-            const float x = f[s * 16 + j];
-            a = x < a ? x : a;
-            b = x > b ? x : b;
-        }
-        lo[s] = a;
-        range[s] = __fsub_rn(b, a);
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        float base = l2 ? it.offset : 0.0f;
-        float widest = 0.0f;
-        for (unsigned int s = 0; s < m; s++) {
-            base = __fadd_rn(base, lo[s]);
-            widest = range[s] > widest ? range[s] : widest;
-        }
-        qp[0] = base;
-        qp[1] = widest > 0.0f ? __fdiv_rn(255.0f, widest) : 1.0f;
-    }
-    __syncthreads();
-    const float scale = qp[1];
-    for (unsigned int i = threadIdx.x; i < n; i += blockDim.x) {
-        float y = __fadd_rn(__fmul_rn(__fsub_rn(f[i], lo[i / 16]), scale), 0.5f);
-        y = y >= 0.0f ? y : 0.0f;
-        y = y <= 255.0f ? y : 255.0f;
-        lut[i] = (unsigned char)(int)y;
-    }
-    __syncthreads();
-    score_entries(codes, it, lut, qp[0], scale, l2 ? 0.0f : it.offset, dead, out_score,
+    const QuantizedItem qi = quantize_item(smem4, tables + (size_t)it.table * m * 16,
+                                           terms + it.terms, l2, it.offset, m);
+    score_entries(codes, it, qi.lut, qi.base, qi.scale, l2 ? 0.0f : it.offset, dead, out_score,
                   out_payload, m);
+}
+
+// The 4-bit scan with the selection fused in: `scan8_select`'s shape (one block of 8 warps
+// per (query, part of `group` probes), items made from the probes, each warp's `WarpQueue`,
+// a pairwise merge, the best `keep` at (q · parts + p) · keep), each item's table quantized
+// in shared memory as `scan4_quantized` quantizes it. Dynamic shared memory: the item's
+// tables (`quantize_item`, rounded up to 8 bytes), then 8 queues of (K + 32·T) × 12 bytes.
+extern "C" __global__ void scan4_select(
+    const unsigned char* __restrict__ codes,
+    const uint2* __restrict__ probe_payload,
+    const float* __restrict__ probe_score,
+    const uint4* __restrict__ places,
+    const float* __restrict__ tables,
+    const float* __restrict__ terms,
+    const unsigned int* __restrict__ dead,
+    float* __restrict__ out_score,
+    uint2* __restrict__ out_payload,
+    unsigned int m,
+    unsigned int l2,
+    unsigned int nq,
+    unsigned int nprobe,
+    unsigned int group,
+    unsigned int by_residual,
+    unsigned int keep,
+    unsigned int k,
+    unsigned int t)
+{
+    extern __shared__ unsigned char smem4[];
+    const unsigned int parts = (nprobe + group - 1u) / group;
+    const unsigned int w = blockIdx.x + blockIdx.y * gridDim.x;
+    if (w >= nq * parts) return;
+    const unsigned int q = w / parts, part = w % parts;
+    const unsigned int first = part * group, last = min(first + group, nprobe);
+    const unsigned int table_len = m * 16u;
+    const unsigned int warp = threadIdx.x / LANES, lane = threadIdx.x % LANES;
+    const unsigned int nwarps = blockDim.x / LANES;
+    const unsigned int item_bytes = ((m * (16u * 5u + 8u) + 8u) + 7u) & ~7u;
+    float* queues = reinterpret_cast<float*>(smem4 + item_bytes);
+    const unsigned int queue_words = (k + LANES * t) * 3u;
+    WarpQueue wq;
+    wq_init(wq, queues + warp * queue_words, lane, k, t);
+    for (unsigned int j = first; j < last; j++) {
+        const unsigned int at = q * nprobe + j;
+        const unsigned int l = probe_payload[at].y;
+        const uint4 pl = places[l];
+        const float bias = by_residual ? probe_score[at] : 0.0f;
+        __syncthreads();  // the previous item's reads of its table are done
+        const QuantizedItem qi = quantize_item(smem4, tables + (size_t)q * table_len,
+                                               terms + (size_t)l * table_len, l2, bias, m);
+        const float offset = l2 ? 0.0f : bias;
+        for (unsigned int base = warp * LANES; base < pl.z; base += blockDim.x) {
+            const unsigned int i = base + lane;
+            const unsigned int slot = pl.y + i;
+            const bool has = i < pl.z && !((dead[slot >> 5] >> (slot & 31u)) & 1u);
+            const float s = has ? score4(codes, pl.x, i, qi.lut, qi.base, qi.scale, offset, m) : 0.0f;
+            wq_offer(wq, lane, has, s, make_uint2(0u, slot));
+        }
+    }
+    wq_finish(wq, lane);
+    for (unsigned int step = 1; step < nwarps; step <<= 1) {
+        __syncthreads();
+        if (warp % (2u * step) == 0 && warp + step < nwarps) {
+            float* os = queues + (warp + step) * queue_words;
+            const uint2* op = reinterpret_cast<const uint2*>(os + k + LANES * t);
+            merge_stage(lane, k, k, wq.qs, wq.qp, os, op);
+        }
+    }
+    if (warp == 0) {
+        __syncwarp();
+        for (unsigned int i = lane; i < keep; i += LANES) {
+            out_score[(size_t)w * keep + i] = wq.qs[i];
+            out_payload[(size_t)w * keep + i] = wq.qp[i];
+        }
+    }
 }

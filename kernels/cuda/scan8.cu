@@ -16,6 +16,8 @@
 // entry — the CPU scan's additions in the CPU scan's order. Deleted entries score +inf.
 // Output: score and payload (0, global slot) in the query's row, for top-k.
 
+#include "warp_queue.cuh"
+
 struct ScanItem {
     unsigned int table;
     unsigned int byte_off;
@@ -26,6 +28,42 @@ struct ScanItem {
     float bias;
     unsigned int dead_off;  // first word of this query's exclusion bitmap in `dead`
 };
+
+// Entry i's score of a list whose codes start at `byte_off` (GPU layout, `len` entries):
+// `bias` plus, in sub-quantizer order, its code's table entry `t` (and, with `l_terms`,
+// the list's term first: term + table, the CPU's addition).
+__device__ __forceinline__ float score8(
+    const unsigned char* __restrict__ codes,
+    unsigned int byte_off,
+    unsigned int len,
+    unsigned int i,
+    float bias,
+    const float* t,
+    const float* l_terms,
+    unsigned int m)
+{
+    const unsigned int mp = (m + 15u) & ~15u;
+    float acc = bias;
+    // This entry's first chunk; chunk c is c · 16 · nb bytes further (nb: entries in its
+    // block, 32 but in a list's last block).
+    const unsigned int nb = min(32u, len - (i & ~31u));
+    const unsigned char* code = codes + byte_off + (size_t)(i >> 5) * 32u * mp + (i & 31u) * 16u;
+    for (unsigned int c0 = 0; c0 < m; c0 += 16) {
+        const uint4 v = *reinterpret_cast<const uint4*>(code + (size_t)c0 * nb);
+#pragma unroll
+        for (unsigned int j = 0; j < 16; j++) {
+            const unsigned int s = c0 + j;
+            if (s < m) {
+                const unsigned int word = j < 4 ? v.x : j < 8 ? v.y : j < 12 ? v.z : v.w;
+                const unsigned int c = (word >> ((j & 3u) * 8u)) & 0xffu;
+                float x = t[s * 256 + c];
+                if (l_terms) x = l_terms[s * 256 + c] + x;
+                acc += x;
+            }
+        }
+    }
+    return acc;
+}
 
 extern "C" __global__ void scan8(
     const unsigned char* __restrict__ codes,
@@ -46,7 +84,6 @@ extern "C" __global__ void scan8(
     const unsigned int first = w * group;
     if (first >= nitems) return;
     const unsigned int last = min(first + group, nitems);
-    const unsigned int mp = (m + 15u) & ~15u;
     const unsigned int add_terms = l2 && !staged;
     // The table in shared memory belongs to this query table number (none yet).
     unsigned int staged_table = 0xffffffffu;
@@ -70,25 +107,8 @@ extern "C" __global__ void scan8(
                 out_payload[it.out + i] = make_uint2(0xffffffffu, 0xffffffffu);
                 continue;
             }
-            float acc = it.bias;
-            // This entry's first chunk; chunk c is c · 16 · nb bytes further (nb: entries in
-            // its block, 32 but in a list's last block).
-            const unsigned int nb = min(32u, it.len - (i & ~31u));
-            const unsigned char* code = codes + it.byte_off + (size_t)(i >> 5) * 32u * mp + (i & 31u) * 16u;
-            for (unsigned int c0 = 0; c0 < m; c0 += 16) {
-                const uint4 v = *reinterpret_cast<const uint4*>(code + (size_t)c0 * nb);
-#pragma unroll
-                for (unsigned int j = 0; j < 16; j++) {
-                    const unsigned int s = c0 + j;
-                    if (s < m) {
-                        const unsigned int word = j < 4 ? v.x : j < 8 ? v.y : j < 12 ? v.z : v.w;
-                        const unsigned int c = (word >> ((j & 3u) * 8u)) & 0xffu;
-                        float x = t[s * 256 + c];
-                        if (add_terms) x = l_terms[s * 256 + c] + x;
-                        acc += x;
-                    }
-                }
-            }
+            const float acc = score8(codes, it.byte_off, it.len, i, it.bias, t,
+                                     add_terms ? l_terms : nullptr, m);
             out_score[it.out + i] = acc;
             out_payload[it.out + i] = make_uint2(0u, slot);
         }
@@ -133,4 +153,96 @@ extern "C" __global__ void scan_items(
         out += pl.z;
     }
     row_len[q] = out;
+}
+
+// The scan with the selection fused in (no score rows): one block of 8 warps per (query,
+// part), part p of query q scanning its probes p·group … min((p+1)·group, nprobe) − 1 (the
+// coarse selection's output row, best first; each item made here as `scan_items` makes it,
+// from the lists' places). The table is staged as `scan8` stages it. Warp w scores the
+// entries 32w … 32w + 31 of every 256 of an item (one interleaved code block) and offers
+// them to its own `WarpQueue` (K, T: the host's shape for `keep`); deleted entries are not
+// offered (they would score +inf with the padding's payload, which never beats a real
+// entry). After the last item the eight queues are merged pairwise (three bitonic merges
+// deep) and warp 0 writes the best `keep` at (q · parts + p) · keep, sorted; what one
+// `select_strided` round over each query's `parts · keep` entries then selects is exactly
+// what the score rows' rounds select (the same entries, the same order).
+// Dynamic shared memory: the staged table (M KiB, when `staged`), then 8 queues of
+// (K + 32·T) × 12 bytes.
+extern "C" __global__ void scan8_select(
+    const unsigned char* __restrict__ codes,
+    const uint2* __restrict__ probe_payload,
+    const float* __restrict__ probe_score,
+    const uint4* __restrict__ places,
+    const float* __restrict__ tables,
+    const float* __restrict__ terms,
+    const unsigned int* __restrict__ dead,
+    float* __restrict__ out_score,
+    uint2* __restrict__ out_payload,
+    unsigned int m,
+    unsigned int l2,
+    unsigned int staged,
+    unsigned int nq,
+    unsigned int nprobe,
+    unsigned int group,
+    unsigned int by_residual,
+    unsigned int keep,
+    unsigned int k,
+    unsigned int t)
+{
+    extern __shared__ float smem[];
+    const unsigned int parts = (nprobe + group - 1u) / group;
+    const unsigned int w = blockIdx.x + blockIdx.y * gridDim.x;
+    if (w >= nq * parts) return;
+    const unsigned int q = w / parts, part = w % parts;
+    const unsigned int first = part * group, last = min(first + group, nprobe);
+    const unsigned int table_len = m * 256u;
+    const unsigned int warp = threadIdx.x / LANES, lane = threadIdx.x % LANES;
+    const unsigned int nwarps = blockDim.x / LANES;
+    float* table = smem;
+    float* queues = smem + (staged ? table_len : 0u);
+    const unsigned int queue_words = (k + LANES * t) * 3u;
+    WarpQueue wq;
+    wq_init(wq, queues + warp * queue_words, lane, k, t);
+    const float* q_table = tables + (size_t)q * table_len;
+    bool have_table = false;
+    for (unsigned int j = first; j < last; j++) {
+        // Every thread reads the same item: the branches below are uniform in the block.
+        const unsigned int at = q * nprobe + j;
+        const unsigned int l = probe_payload[at].y;
+        const uint4 pl = places[l];
+        const float bias = by_residual ? probe_score[at] : 0.0f;
+        const float* l_terms = terms + (size_t)l * table_len;
+        if (staged && (l2 || !have_table)) {
+            __syncthreads();  // the previous item's reads of `table` are done
+            for (unsigned int i = threadIdx.x; i < table_len; i += blockDim.x)
+                table[i] = l2 ? l_terms[i] + q_table[i] : q_table[i];
+            __syncthreads();
+            have_table = true;
+        }
+        const float* tt = staged ? table : q_table;
+        const float* add = (l2 && !staged) ? l_terms : nullptr;
+        for (unsigned int base = warp * LANES; base < pl.z; base += blockDim.x) {
+            const unsigned int i = base + lane;
+            const unsigned int slot = pl.y + i;
+            const bool has = i < pl.z && !((dead[slot >> 5] >> (slot & 31u)) & 1u);
+            const float s = has ? score8(codes, pl.x, pl.z, i, bias, tt, add, m) : 0.0f;
+            wq_offer(wq, lane, has, s, make_uint2(0u, slot));
+        }
+    }
+    wq_finish(wq, lane);
+    for (unsigned int step = 1; step < nwarps; step <<= 1) {
+        __syncthreads();
+        if (warp % (2u * step) == 0 && warp + step < nwarps) {
+            float* os = queues + (warp + step) * queue_words;
+            const uint2* op = reinterpret_cast<const uint2*>(os + k + LANES * t);
+            merge_stage(lane, k, k, wq.qs, wq.qp, os, op);
+        }
+    }
+    if (warp == 0) {
+        __syncwarp();
+        for (unsigned int i = lane; i < keep; i += LANES) {
+            out_score[(size_t)w * keep + i] = wq.qs[i];
+            out_payload[(size_t)w * keep + i] = wq.qp[i];
+        }
+    }
 }

@@ -30,89 +30,10 @@
 // passes with block histograms find the k-th key), a compaction of the entries at or under
 // it, then this kernel's bitonic sort over the survivors.
 
-#define LANES 32
-#define TQ_MAX 8
-#define FULL_MASK 0xffffffffu
-
-struct Chunk {
-    unsigned int src;
-    unsigned int len;
-    unsigned int dst;
-    unsigned int keep;
-};
-
-// A score's place in IEEE total order (the CPU reference's `order_key`: −0 before +0).
-__device__ __forceinline__ unsigned int order_key(float f) {
-    const unsigned int b = __float_as_uint(f);
-    return b ^ ((unsigned int)((int)b >> 31) | 0x80000000u);
-}
-
-__device__ __forceinline__ bool before(float ka, uint2 pa, float kb, uint2 pb) {
-    const unsigned int a = order_key(ka), b = order_key(kb);
-    return a < b || (a == b && (pa.x < pb.x || (pa.x == pb.x && pa.y < pb.y)));
-}
-
-// First index of compare-exchange pair `p` in a bitonic step of half-width `stride`.
-__device__ __forceinline__ unsigned int pair_first(unsigned int p, unsigned int stride) {
-    return 2u * stride * (p / stride) + p % stride;
-}
-
-// Sorts the first `n` staging entries ascending (bitonic sort; n a power of two).
-__device__ void sort_stage(unsigned int lane, unsigned int n, float* ss, uint2* sp) {
-    for (unsigned int size = 2; size <= n; size <<= 1) {
-        for (unsigned int stride = size >> 1; stride > 0; stride >>= 1) {
-            for (unsigned int p = lane; p < n / 2; p += LANES) {
-                const unsigned int i = pair_first(p, stride);
-                const unsigned int j = i + stride;
-                const bool ascending = (i & size) == 0;
-                const float ki = ss[i], kj = ss[j];
-                const uint2 pi = sp[i], pj = sp[j];
-                const bool swap = ascending ? before(kj, pj, ki, pi) : before(ki, pi, kj, pj);
-                if (swap) {
-                    ss[i] = kj; ss[j] = ki;
-                    sp[i] = pj; sp[j] = pi;
-                }
-            }
-            __syncwarp();
-        }
-    }
-}
-
-// Merges the sorted staging area (n entries) into the sorted queue (k ≥ n entries), keeping
-// the best k, sorted.
-__device__ void merge_stage(unsigned int lane, unsigned int k, unsigned int n,
-                            float* qs, uint2* qp, const float* ss, const uint2* sp) {
-    // The queue's best k − n entries stay; its last n against the staging area reversed:
-    // the element-wise minimum is the best n of the two, and the whole queue is bitonic.
-    for (unsigned int p = lane; p < n; p += LANES) {
-        const unsigned int i = k - n + p;
-        const unsigned int b = n - 1 - p;
-        const float sb = ss[b];
-        const uint2 pb = sp[b];
-        if (before(sb, pb, qs[i], qp[i])) {
-            qs[i] = sb;
-            qp[i] = pb;
-        }
-    }
-    __syncwarp();
-    for (unsigned int stride = k >> 1; stride > 0; stride >>= 1) {
-        for (unsigned int p = lane; p < k / 2; p += LANES) {
-            const unsigned int i = pair_first(p, stride);
-            const unsigned int j = i + stride;
-            const float ki = qs[i], kj = qs[j];
-            const uint2 pi = qp[i], pj = qp[j];
-            if (before(kj, pj, ki, pi)) {
-                qs[i] = kj; qs[j] = ki;
-                qp[i] = pj; qp[j] = pi;
-            }
-        }
-        __syncwarp();
-    }
-}
+#include "warp_queue.cuh"
 
 // Selects the best `keep` of one chunk (`len` entries from `src`) into `dst`: the body of
-// both entry points. One warp; dynamic shared memory (k + 32·t) × 12 bytes, laid out as
-// queue scores [k], staging scores [32·t], queue payloads [k], staging payloads [32·t].
+// both entry points. One warp; dynamic shared memory (k + 32·t) × 12 bytes (a `WarpQueue`).
 __device__ void select_chunk(
     const float* __restrict__ in_score,
     const uint2* __restrict__ in_payload,
@@ -127,63 +48,19 @@ __device__ void select_chunk(
     float* smem)
 {
     const unsigned int lane = threadIdx.x;
-    const unsigned int n_stage = t * LANES;
-    float* qs = smem;
-    float* ss = qs + k;
-    uint2* qp = reinterpret_cast<uint2*>(ss + n_stage);
-    uint2* sp = qp + k;
-    const float inf = __int_as_float(0x7f800000);
-    const uint2 none = make_uint2(0xffffffffu, 0xffffffffu);
-    for (unsigned int i = lane; i < k; i += LANES) {
-        qs[i] = inf;
-        qp[i] = none;
-    }
-    __syncwarp();
-
-    float thr_score = inf;
-    uint2 thr_payload = none;
-    float tq_score[TQ_MAX];
-    uint2 tq_payload[TQ_MAX];
-    unsigned int count = 0;
-    // One extra step past the end flushes what the thread queues hold.
-    for (unsigned int base = 0; base < len + LANES; base += LANES) {
+    WarpQueue w;
+    wq_init(w, smem, lane, k, t);
+    for (unsigned int base = 0; base < len; base += LANES) {
         const unsigned int i = base + lane;
-        if (i < len) {
-            const float s = in_score[src + i];
-            const uint2 p = in_payload[src + i];
-            if (before(s, p, thr_score, thr_payload)) {
-#pragma unroll
-                for (unsigned int j = 0; j < TQ_MAX; ++j) {
-                    if (j == count) {
-                        tq_score[j] = s;
-                        tq_payload[j] = p;
-                    }
-                }
-                count += 1;
-            }
-        }
-        const bool full = count == t || (base >= len && count > 0);
-        if (__any_sync(FULL_MASK, full)) {
-#pragma unroll
-            for (unsigned int j = 0; j < TQ_MAX; ++j) {
-                if (j < t) {
-                    const unsigned int at = lane * t + j;
-                    ss[at] = j < count ? tq_score[j] : inf;
-                    sp[at] = j < count ? tq_payload[j] : none;
-                }
-            }
-            count = 0;
-            __syncwarp();
-            sort_stage(lane, n_stage, ss, sp);
-            merge_stage(lane, k, n_stage, qs, qp, ss, sp);
-            thr_score = qs[k - 1];
-            thr_payload = qp[k - 1];
-        }
+        const bool has = i < len;
+        const float s = has ? in_score[src + i] : 0.0f;
+        const uint2 p = has ? in_payload[src + i] : make_uint2(0u, 0u);
+        wq_offer(w, lane, has, s, p);
     }
-    __syncwarp();
+    wq_finish(w, lane);
     for (unsigned int i = lane; i < keep; i += LANES) {
-        out_score[dst + i] = qs[i];
-        out_payload[dst + i] = qp[i];
+        out_score[dst + i] = w.qs[i];
+        out_payload[dst + i] = w.qp[i];
     }
 }
 

@@ -23,6 +23,7 @@ CUDA = HERE.parent / "cuda"
 ENTRY = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(')
 DYNAMIC_SHARED = re.compile(r"extern\s+__shared__\s+([A-Za-z_][\w ]*?)\s+(\w+)\s*\[\s*\]\s*;")
 INCLUDE = re.compile(r"^\s*#\s*include\s*[<\"].*$", re.MULTILINE)
+LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s*"([\w.]+)"\s*$', re.MULTILINE)
 
 
 def wrapper(cu: pathlib.Path) -> str:
@@ -30,7 +31,20 @@ def wrapper(cu: pathlib.Path) -> str:
     entries = ENTRY.findall(source)
     if not entries:
         sys.exit(f"{cu}: no extern \"C\" __global__ entry point")
-    body = INCLUDE.sub("", source)
+    # Quoted includes are Quiver's headers beside the kernels: inlined (once each); system
+    # includes are dropped (cuda_emu.h provides what they declare).
+    seen = set()
+
+    def local(m: re.Match) -> str:
+        name = m.group(1)
+        if name in seen:
+            return ""
+        seen.add(name)
+        text = (CUDA / name).read_text().replace("#pragma once", "")
+        return f'#line 1 "{CUDA / name}"\n{text}\n#line {source[:m.end()].count(chr(10)) + 2} "{cu}"'
+
+    body = LOCAL_INCLUDE.sub(local, source)
+    body = INCLUDE.sub("", body)
     body = DYNAMIC_SHARED.sub(r"\1* \2 = (\1*)emu::dynamic_shared();", body)
     ns = f"emu_{cu.stem}"
     lines = [
@@ -55,6 +69,7 @@ def main() -> None:
     sources = [HERE / "driver.cpp"]
     for cu in sorted(CUDA.glob("*.cu")):
         path = gen / f"{cu.stem}.cpp"
+        # (headers, *.cuh, are inlined into the kernels that include them)
         text = wrapper(cu)
         if not path.exists() or path.read_text() != text:
             path.write_text(text)

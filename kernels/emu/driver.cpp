@@ -337,13 +337,15 @@ enum {
 
 // What the process asked of the device, counted per call (issue #13's proof without a GPU):
 // kernel launches, host→device and device→host copies (calls and bytes), device-to-device
-// copies, memsets and device allocations. `quiver_emu_stats` reads them in-process; with
+// copies, memsets and device allocations (calls and bytes). `quiver_emu_stats` reads them in-process; with
 // QUIVER_EMU_STATS=FILE they are written to FILE as one JSON object when the process exits.
 enum Counter {
-    LAUNCHES, H2D_COPIES, H2D_BYTES, D2H_COPIES, D2H_BYTES, D2D_COPIES, MEMSETS, ALLOCS, COUNTERS
+    LAUNCHES, H2D_COPIES, H2D_BYTES, D2H_COPIES, D2H_BYTES, D2D_COPIES, MEMSETS, ALLOCS, ALLOC_BYTES,
+    COUNTERS
 };
 static const char* const COUNTER_NAMES[COUNTERS] = {
     "launches", "h2d_copies", "h2d_bytes", "d2h_copies", "d2h_bytes", "d2d_copies", "memsets", "allocs",
+    "alloc_bytes",
 };
 static std::atomic<unsigned long long> g_counters[COUNTERS];
 static void count(Counter c, unsigned long long n = 1) { g_counters[c].fetch_add(n, std::memory_order_relaxed); }
@@ -478,6 +480,7 @@ static std::map<CUdeviceptr, std::pair<void*, std::size_t>> g_allocations;
 
 CUresult cuMemAlloc_v2(CUdeviceptr* p, std::size_t bytes) {
     count(ALLOCS);
+    count(ALLOC_BYTES, bytes);
     const std::size_t page = 4096;
     const std::size_t data = (std::max<std::size_t>(bytes, 1) + 255) / 256 * 256;
     const std::size_t len = (data + page - 1) / page * page + page;

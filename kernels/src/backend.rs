@@ -179,6 +179,8 @@ pub struct CudaBackend {
     pub(crate) scan_items: CudaFunction,
     scan4: CudaFunction,
     pub(crate) scan4_quantized: CudaFunction,
+    pub(crate) scan8_select: CudaFunction,
+    pub(crate) scan4_select: CudaFunction,
     refine: CudaFunction,
     pub(crate) refine_candidates: CudaFunction,
     /// Bytes of score rows and tables a batch tile aims at (two tiles are in flight).
@@ -191,6 +193,8 @@ pub struct CudaBackend {
     memory_budget: Option<usize>,
     /// The form the kernels were loaded in.
     code: LoadedCode,
+    /// Whether the resident search selects inside the scan where it can (`scan8_select`).
+    pub(crate) fused_select: bool,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -259,7 +263,26 @@ impl CudaBackend {
             },
             scan8_shared: optin as usize,
             memory_budget: None,
+            fused_select: true,
             scan4: take("scan4")?,
+            scan8_select: {
+                let f = take("scan8_select")?;
+                f.set_attribute(
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    optin,
+                )
+                .map_err(driver)?;
+                f
+            },
+            scan4_select: {
+                let f = take("scan4_select")?;
+                f.set_attribute(
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    optin,
+                )
+                .map_err(driver)?;
+                f
+            },
             scan4_quantized: {
                 let f = take("scan4_quantized")?;
                 f.set_attribute(
@@ -288,6 +311,13 @@ impl CudaBackend {
     /// rows of the candidates it refines (0: always stream).
     pub fn with_memory_budget(mut self, bytes: usize) -> Self {
         self.memory_budget = Some(bytes);
+        self
+    }
+
+    /// Turns off the fused scan + selection: the resident search then writes every score
+    /// into rows and selects in rounds, as before it existed (for A/B counts and timings).
+    pub fn without_fused_select(mut self) -> Self {
+        self.fused_select = false;
         self
     }
 

@@ -25,7 +25,7 @@
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::fmt;
 
-use cudarc::nvrtc::{compile_ptx_with_opts, sys, CompileOptions};
+use cudarc::nvrtc::sys;
 use thiserror::Error;
 
 use crate::sources::Kernel;
@@ -223,95 +223,112 @@ pub fn include_paths() -> Vec<String> {
 pub const COMPILE_FLAGS: [&str; 2] = ["--std=c++17", "--fmad=false"];
 
 /// Compiles one kernel to PTX for `arch` (e.g. `compute_80`).
-pub fn compile_ptx(kernel: &Kernel, arch: &'static str) -> Result<String, CompileError> {
-    if !nvrtc_present() {
-        return Err(CompileError::NvrtcMissing);
-    }
-    let opts = CompileOptions {
-        arch: Some(arch),
-        include_paths: include_paths(),
-        name: Some(format!("{}.cu", kernel.name)),
-        options: COMPILE_FLAGS.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    };
-    compile_ptx_with_opts(kernel.source, opts)
-        .map(|ptx| ptx.to_src())
-        .map_err(|e| CompileError::Rejected {
-            kernel: kernel.name,
-            arch: arch.into(),
-            log: e.to_string(),
-        })
+pub fn compile_ptx(kernel: &Kernel, arch: &str) -> Result<String, CompileError> {
+    let bytes = nvrtc_compile(kernel, arch, Output::Ptx)?;
+    let text = CStr::from_bytes_until_nul(&bytes)
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+    Ok(text)
 }
 
 /// Compiles one kernel to a cubin (an ELF image of machine code) for `sm` (e.g. `sm_90`):
 /// what the driver loads without compiling anything, whatever PTX ISA it reads.
 pub fn compile_cubin(kernel: &Kernel, sm: &str) -> Result<Vec<u8>, CompileError> {
+    nvrtc_compile(kernel, sm, Output::Cubin)
+}
+
+/// What NVRTC hands back.
+#[derive(Clone, Copy)]
+enum Output {
+    Ptx,
+    Cubin,
+}
+
+/// One NVRTC compilation of `kernel` (its headers given by name, so `#include "x.cuh"`
+/// resolves) for `arch`.
+fn nvrtc_compile(kernel: &Kernel, arch: &str, output: Output) -> Result<Vec<u8>, CompileError> {
     if !nvrtc_present() {
         return Err(CompileError::NvrtcMissing);
     }
     let rejected = |log: String| CompileError::Rejected {
         kernel: kernel.name,
-        arch: sm.into(),
+        arch: arch.into(),
         log,
     };
-    let src = CString::new(kernel.source).map_err(|e| rejected(e.to_string()))?;
-    let name = CString::new(format!("{}.cu", kernel.name)).map_err(|e| rejected(e.to_string()))?;
-    let mut options: Vec<CString> = Vec::new();
-    for o in COMPILE_FLAGS
+    let c = |s: &str| CString::new(s).map_err(|e| rejected(e.to_string()));
+    let src = c(kernel.source)?;
+    let name = c(&format!("{}.cu", kernel.name))?;
+    let headers = kernel
+        .headers
+        .iter()
+        .map(|(_, text)| c(text))
+        .collect::<Result<Vec<_>, _>>()?;
+    let header_names = kernel
+        .headers
+        .iter()
+        .map(|(n, _)| c(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let header_ptrs: Vec<*const c_char> = headers.iter().map(|h| h.as_ptr()).collect();
+    let header_name_ptrs: Vec<*const c_char> = header_names.iter().map(|h| h.as_ptr()).collect();
+    let options = COMPILE_FLAGS
         .iter()
         .map(|s| s.to_string())
-        .chain([format!("--gpu-architecture={sm}")])
+        .chain([format!("--gpu-architecture={arch}")])
         .chain(
             include_paths()
                 .into_iter()
                 .map(|p| format!("--include-path={p}")),
         )
-    {
-        options.push(CString::new(o).map_err(|e| rejected(e.to_string()))?);
-    }
+        .map(|o| c(&o))
+        .collect::<Result<Vec<_>, _>>()?;
     let option_ptrs: Vec<*const c_char> = options.iter().map(|o| o.as_ptr()).collect();
     let mut prog: sys::nvrtcProgram = std::ptr::null_mut();
-    // SAFETY: NVRTC's C API with NUL-terminated strings that outlive the program; the program
-    // is destroyed on every path below.
+    let ok = sys::nvrtcResult::NVRTC_SUCCESS;
+    // SAFETY: NVRTC's C API with NUL-terminated strings and arrays that outlive the program;
+    // the program is destroyed on every path below.
     unsafe {
         let r = sys::nvrtcCreateProgram(
             &mut prog,
             src.as_ptr(),
             name.as_ptr(),
-            0,
-            std::ptr::null(),
-            std::ptr::null(),
+            header_ptrs.len() as c_int,
+            header_ptrs.as_ptr(),
+            header_name_ptrs.as_ptr(),
         );
-        if r != sys::nvrtcResult::NVRTC_SUCCESS {
+        if r != ok {
             return Err(rejected(format!("nvrtcCreateProgram: {r:?}")));
         }
         let result = (|| {
             let r =
                 sys::nvrtcCompileProgram(prog, option_ptrs.len() as c_int, option_ptrs.as_ptr());
-            if r != sys::nvrtcResult::NVRTC_SUCCESS {
+            if r != ok {
                 let mut size = 0usize;
                 let mut log = String::new();
-                if sys::nvrtcGetProgramLogSize(prog, &mut size) == sys::nvrtcResult::NVRTC_SUCCESS {
+                if sys::nvrtcGetProgramLogSize(prog, &mut size) == ok {
                     let mut buf = vec![0 as c_char; size.max(1)];
-                    if sys::nvrtcGetProgramLog(prog, buf.as_mut_ptr())
-                        == sys::nvrtcResult::NVRTC_SUCCESS
-                    {
+                    if sys::nvrtcGetProgramLog(prog, buf.as_mut_ptr()) == ok {
                         log = CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned();
                     }
                 }
                 return Err(rejected(format!("{r:?}: {log}")));
             }
             let mut size = 0usize;
-            let r = sys::nvrtcGetCUBINSize(prog, &mut size);
-            if r != sys::nvrtcResult::NVRTC_SUCCESS || size == 0 {
-                return Err(rejected(format!("no cubin ({r:?}, {size} bytes)")));
+            let r = match output {
+                Output::Ptx => sys::nvrtcGetPTXSize(prog, &mut size),
+                Output::Cubin => sys::nvrtcGetCUBINSize(prog, &mut size),
+            };
+            if r != ok || size == 0 {
+                return Err(rejected(format!("no output ({r:?}, {size} bytes)")));
             }
-            let mut cubin = vec![0u8; size];
-            let r = sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr() as *mut c_char);
-            if r != sys::nvrtcResult::NVRTC_SUCCESS {
-                return Err(rejected(format!("nvrtcGetCUBIN: {r:?}")));
+            let mut out = vec![0u8; size];
+            let r = match output {
+                Output::Ptx => sys::nvrtcGetPTX(prog, out.as_mut_ptr() as *mut c_char),
+                Output::Cubin => sys::nvrtcGetCUBIN(prog, out.as_mut_ptr() as *mut c_char),
+            };
+            if r != ok {
+                return Err(rejected(format!("reading NVRTC's output: {r:?}")));
             }
-            Ok(cubin)
+            Ok(out)
         })();
         sys::nvrtcDestroyProgram(&mut prog);
         result

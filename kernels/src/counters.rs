@@ -1,5 +1,5 @@
 //! The CUDA emulator's counters (`emu/driver.cpp`): every launch, copy, memset and
-//! allocation the process asked of the driver, read in-process through the emulator's
+//! allocation (and its bytes) the process asked of the driver, read in-process through the emulator's
 //! `quiver_emu_stats` (and written at exit to the file `QUIVER_EMU_STATS` names). NVIDIA's
 //! driver has no such counters.
 
@@ -16,8 +16,8 @@ pub fn emulator_counters() -> Option<DeviceCounters> {
     // SAFETY: the library is present (checked above); `quiver_emu_stats` exists only in the
     // emulator, with this signature (emu/driver.cpp).
     let stats = unsafe { cudarc::driver::sys::culib().get::<Stats>(b"quiver_emu_stats\0") }.ok()?;
-    let mut v = [0u64; 8];
-    // SAFETY: `v` holds 8 values and the call writes at most the 8 it is given.
+    let mut v = [0u64; 9];
+    // SAFETY: `v` holds 9 values and the call writes at most the 9 it is given.
     unsafe { stats(v.as_mut_ptr(), v.len() as u32) };
     Some(DeviceCounters {
         launches: v[0],
@@ -28,5 +28,6 @@ pub fn emulator_counters() -> Option<DeviceCounters> {
         d2d_copies: v[5],
         memsets: v[6],
         allocs: v[7],
+        alloc_bytes: v[8],
     })
 }

@@ -17,7 +17,7 @@
 //! path runs (4-bit codes quantize their tables per list on the host there).
 
 use cudarc::driver::{CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg};
-use quiver_engine::backend::{Neighbors, SearchParams};
+use quiver_engine::backend::{fused_scan_group, Neighbors, SearchParams, FUSED_SELECT_MAX_KEEP};
 use quiver_engine::list::CodeLayout;
 use quiver_engine::topk::WarpSelectShape;
 use quiver_engine::RefineKind;
@@ -25,6 +25,16 @@ use quiver_engine::RefineKind;
 use crate::backend::{
     driver, grid, CudaBackend, CudaError, CudaPrepared, COARSE_TILE, MAX_GPU_KEEP,
 };
+
+/// Warps in a block of the fused scan + selection (each with its own queue).
+const FUSED_WARPS: usize = 8;
+
+/// The fused scan's dynamic shared memory, and whether the 8-bit table is staged in it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FusedShared {
+    bytes: usize,
+    staged: bool,
+}
 
 /// A selection's scores and payloads on the device (one word, two words an entry).
 type Rows = (CudaSlice<u32>, CudaSlice<u32>);
@@ -51,13 +61,42 @@ impl CudaBackend {
             && params.nprobe <= MAX_GPU_KEEP
     }
 
+    /// The dynamic shared memory of the fused scan + selection (`scan8_select` /
+    /// `scan4_select`) for this index and `keep`, when it runs: `keep` within
+    /// [`FUSED_SELECT_MAX_KEEP`] and the block's tables and eight warp queues within the
+    /// device's opt-in shared memory.
+    pub(crate) fn fused_shared_bytes(&self, p: &CudaPrepared, keep: usize) -> Option<FusedShared> {
+        if keep > FUSED_SELECT_MAX_KEEP || !self.fused_select {
+            return None;
+        }
+        let index = p.index_arc();
+        let m = index.pq().m();
+        let queues = FUSED_WARPS * WarpSelectShape::for_keep(keep.max(1)).shared_bytes();
+        let (tables, staged) = if index.layout() == CodeLayout::Packed4x32 {
+            ((m * (16 * 5 + 8) + 8).next_multiple_of(8), false)
+        } else if m * 256 * 4 + queues <= self.scan8_shared {
+            (m * 256 * 4, true)
+        } else {
+            (0, false)
+        };
+        let bytes = tables + queues;
+        (bytes <= self.scan8_shared).then_some(FusedShared { bytes, staged })
+    }
+
     /// Bytes of device memory one query of a batch needs across the resident stages.
     fn resident_bytes_per_query(&self, p: &CudaPrepared, params: &SearchParams) -> usize {
         let index = p.index_arc();
         let (nlist, tl) = (index.nlist(), index.pq().m() * index.pq().ksub());
-        let stride = p.dev.row_bound[params.nprobe.min(nlist)].max(1);
+        let nprobe = params.nprobe.min(nlist);
         let keep = params.candidates();
-        nlist * 12 + tl * 4 + params.nprobe * (32 + 12) + 4 + stride * 12 + keep * 24
+        let common = nlist * 12 + tl * 4 + nprobe * 12 + keep * 24;
+        if self.fused_shared_bytes(p, keep).is_some() {
+            // Each part's candidates (a part per probe at most), then the merged ones.
+            common + nprobe * keep * 12
+        } else {
+            let stride = p.dev.row_bound[nprobe].max(1);
+            common + nprobe * 32 + 4 + stride * 12
+        }
     }
 
     /// Runs the batch (queries already validated and normalised) on the device.
@@ -104,6 +143,7 @@ impl CudaBackend {
         // in 32 bits.
         let stride = segs
             .iter()
+            .filter(|p| self.fused_shared_bytes(p, params.candidates()).is_none())
             .map(|p| p.dev.row_bound[nprobe].max(1))
             .max()
             .unwrap_or(1);
@@ -233,102 +273,12 @@ impl CudaBackend {
         for (seg, p) in segs.iter().enumerate() {
             let index = p.index_arc();
             let dev = &p.dev;
-            // 4. Work items and row lengths from the probes.
-            let stride = dev.row_bound[nprobe].max(1);
-            let nitems = rows * nprobe;
-            let mut items = unsafe { stream.alloc::<u32>(nitems * 8) }.map_err(driver)?;
-            let mut row_len = unsafe { stream.alloc::<u32>(rows) }.map_err(driver)?;
-            {
-                let cfg = LaunchConfig {
-                    grid_dim: grid(rows.div_ceil(128)),
-                    block_dim: (128, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                let (np_u, st_u, tl_u) = (nprobe as u32, stride as u32, tl as u32);
-                let by_residual = u32::from(index.params().by_residual());
-                let mut b = stream.launch_builder(&self.scan_items);
-                b.arg(&pp)
-                    .arg(&ps)
-                    .arg(&dev.places)
-                    .arg(&mut items)
-                    .arg(&mut row_len);
-                b.arg(&rows_u)
-                    .arg(&np_u)
-                    .arg(&st_u)
-                    .arg(&tl_u)
-                    .arg(&by_residual);
-                // SAFETY: argument types and order match `scan_items` (`places` is four words a
-                // list, `items` eight words an item); each thread writes its query's items.
-                unsafe { b.launch(cfg) }.map_err(driver)?;
-            }
-            // 5. The scan into rows `stride` apart (4-bit: each item's table quantized there).
-            let mut ss = unsafe { stream.alloc::<u32>(rows * stride) }.map_err(driver)?;
-            let mut sp = unsafe { stream.alloc::<u32>(2 * rows * stride) }.map_err(driver)?;
-            {
-                let codes = dev
-                    .codes
-                    .as_ref()
-                    .ok_or_else(|| CudaError::Driver("internal: codes not resident".into()))?;
-                let no_terms;
-                let terms = match &dev.quant.l2_terms {
-                    Some((_, d)) => d,
-                    None => {
-                        no_terms = unsafe { stream.alloc::<f32>(1) }.map_err(driver)?;
-                        &no_terms
-                    }
-                };
-                let l2 = u32::from(dev.quant.l2_terms.is_some());
-                if index.layout() == CodeLayout::Packed4x32 {
-                    let (m_u, n_u) = (m as u32, nitems as u32);
-                    let cfg = LaunchConfig {
-                        grid_dim: grid(nitems),
-                        block_dim: (256, 1, 1),
-                        shared_mem_bytes: (m * (16 * 5 + 8) + 8) as u32,
-                    };
-                    let mut b = stream.launch_builder(&self.scan4_quantized);
-                    b.arg(codes)
-                        .arg(&items)
-                        .arg(&tables)
-                        .arg(terms)
-                        .arg(&p.dead);
-                    b.arg(&mut ss).arg(&mut sp).arg(&m_u).arg(&l2).arg(&n_u);
-                    // SAFETY: argument types and order match `scan4_quantized`; the items
-                    // address resident codes and rows of `ss` / `sp` below each row's length;
-                    // shared memory holds the item's float table, ranges and u8 table.
-                    unsafe { b.launch(cfg) }.map_err(driver)?;
-                } else {
-                    let staged = m * 256 * 4 <= self.scan8_shared;
-                    let smem = if staged { (m * 256 * 4) as u32 } else { 0 };
-                    let staged = u32::from(staged);
-                    let group = quiver_engine::backend::scan_items_per_block(nitems);
-                    let (m_u, n_u, g_u) = (m as u32, nitems as u32, group as u32);
-                    let cfg = LaunchConfig {
-                        grid_dim: grid(nitems.div_ceil(group)),
-                        block_dim: (256, 1, 1),
-                        shared_mem_bytes: smem,
-                    };
-                    let mut b = stream.launch_builder(&self.scan8);
-                    b.arg(codes)
-                        .arg(&items)
-                        .arg(&tables)
-                        .arg(terms)
-                        .arg(&p.dead);
-                    b.arg(&mut ss)
-                        .arg(&mut sp)
-                        .arg(&m_u)
-                        .arg(&l2)
-                        .arg(&staged)
-                        .arg(&n_u)
-                        .arg(&g_u);
-                    // SAFETY: argument types and order match `scan8`; the items address resident
-                    // codes and rows of `ss` / `sp` below each row's length.
-                    unsafe { b.launch(cfg) }.map_err(driver)?;
-                }
-            }
-            // 6. Each query's best `keep` candidates.
-            let (ks, kp) = self
-                .select_strided_rounds(ss, sp, rows, stride, Some(&row_len), keep, SelectOut::New)?
-                .ok_or_else(|| CudaError::Driver("internal: no candidates".into()))?;
+            // 4–6. Each query's best `keep` candidates: scored and selected in one kernel
+            // (then one round merging its parts), or scored into rows and selected in rounds.
+            let (ks, kp) = match self.fused_shared_bytes(p, keep) {
+                Some(smem) => self.fused_scan_select(p, &pp, &ps, &tables, rows, params, smem)?,
+                None => self.scan_then_select(p, &pp, &ps, &tables, rows, params)?,
+            };
             // 7. Refine at the candidates' global slots; payloads become ids.
             let n = rows * keep;
             let mut rs = unsafe { stream.alloc::<u32>(n) }.map_err(driver)?;
@@ -384,6 +334,198 @@ impl CudaBackend {
             )?;
         }
         Ok(())
+    }
+
+    /// Steps 4–6 of a tile, unfused: work items from the probes, the scan into rows `stride`
+    /// apart (each row's length written by the items kernel), then top-k rounds over them.
+    fn scan_then_select(
+        &self,
+        p: &CudaPrepared,
+        pp: &CudaSlice<u32>,
+        ps: &CudaSlice<u32>,
+        tables: &CudaSlice<f32>,
+        rows: usize,
+        params: &SearchParams,
+    ) -> Result<Rows, CudaError> {
+        let index = p.index_arc();
+        let dev = &p.dev;
+        let stream = &self.io.compute;
+        let nlist = index.nlist();
+        let (m, ksub) = (index.pq().m(), index.pq().ksub());
+        let tl = m * ksub;
+        let nprobe = params.nprobe.min(nlist);
+        let keep = params.candidates();
+        let rows_u = rows as u32;
+        // 4. Work items and row lengths from the probes.
+        let stride = dev.row_bound[nprobe].max(1);
+        let nitems = rows * nprobe;
+        let mut items = unsafe { stream.alloc::<u32>(nitems * 8) }.map_err(driver)?;
+        let mut row_len = unsafe { stream.alloc::<u32>(rows) }.map_err(driver)?;
+        {
+            let cfg = LaunchConfig {
+                grid_dim: grid(rows.div_ceil(128)),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let (np_u, st_u, tl_u) = (nprobe as u32, stride as u32, tl as u32);
+            let by_residual = u32::from(index.params().by_residual());
+            let mut b = stream.launch_builder(&self.scan_items);
+            b.arg(pp)
+                .arg(ps)
+                .arg(&dev.places)
+                .arg(&mut items)
+                .arg(&mut row_len);
+            b.arg(&rows_u)
+                .arg(&np_u)
+                .arg(&st_u)
+                .arg(&tl_u)
+                .arg(&by_residual);
+            // SAFETY: argument types and order match `scan_items` (`places` is four words a
+            // list, `items` eight words an item); each thread writes its query's items.
+            unsafe { b.launch(cfg) }.map_err(driver)?;
+        }
+        // 5. The scan into rows `stride` apart (4-bit: each item's table quantized there).
+        let mut ss = unsafe { stream.alloc::<u32>(rows * stride) }.map_err(driver)?;
+        let mut sp = unsafe { stream.alloc::<u32>(2 * rows * stride) }.map_err(driver)?;
+        {
+            let codes = dev
+                .codes
+                .as_ref()
+                .ok_or_else(|| CudaError::Driver("internal: codes not resident".into()))?;
+            let no_terms;
+            let terms = match &dev.quant.l2_terms {
+                Some((_, d)) => d,
+                None => {
+                    no_terms = unsafe { stream.alloc::<f32>(1) }.map_err(driver)?;
+                    &no_terms
+                }
+            };
+            let l2 = u32::from(dev.quant.l2_terms.is_some());
+            if index.layout() == CodeLayout::Packed4x32 {
+                let (m_u, n_u) = (m as u32, nitems as u32);
+                let cfg = LaunchConfig {
+                    grid_dim: grid(nitems),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: (m * (16 * 5 + 8) + 8) as u32,
+                };
+                let mut b = stream.launch_builder(&self.scan4_quantized);
+                b.arg(codes).arg(&items).arg(tables).arg(terms).arg(&p.dead);
+                b.arg(&mut ss).arg(&mut sp).arg(&m_u).arg(&l2).arg(&n_u);
+                // SAFETY: argument types and order match `scan4_quantized`; the items
+                // address resident codes and rows of `ss` / `sp` below each row's length;
+                // shared memory holds the item's float table, ranges and u8 table.
+                unsafe { b.launch(cfg) }.map_err(driver)?;
+            } else {
+                let staged = m * 256 * 4 <= self.scan8_shared;
+                let smem = if staged { (m * 256 * 4) as u32 } else { 0 };
+                let staged = u32::from(staged);
+                let group = quiver_engine::backend::scan_items_per_block(nitems);
+                let (m_u, n_u, g_u) = (m as u32, nitems as u32, group as u32);
+                let cfg = LaunchConfig {
+                    grid_dim: grid(nitems.div_ceil(group)),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: smem,
+                };
+                let mut b = stream.launch_builder(&self.scan8);
+                b.arg(codes).arg(&items).arg(tables).arg(terms).arg(&p.dead);
+                b.arg(&mut ss)
+                    .arg(&mut sp)
+                    .arg(&m_u)
+                    .arg(&l2)
+                    .arg(&staged)
+                    .arg(&n_u)
+                    .arg(&g_u);
+                // SAFETY: argument types and order match `scan8`; the items address resident
+                // codes and rows of `ss` / `sp` below each row's length.
+                unsafe { b.launch(cfg) }.map_err(driver)?;
+            }
+        }
+        // 6. Each query's best `keep` candidates.
+        let (ks, kp) = self
+            .select_strided_rounds(ss, sp, rows, stride, Some(&row_len), keep, SelectOut::New)?
+            .ok_or_else(|| CudaError::Driver("internal: no candidates".into()))?;
+        Ok((ks, kp))
+    }
+
+    /// Steps 4–6 of a tile, fused: `scan8_select` / `scan4_select` score each query's probed
+    /// lists in parts of `fused_scan_group` probes, each part's block writing its best `keep`
+    /// (no score rows); one `select_strided` round merges a query's parts (none when it has
+    /// one). `smem`: the kernel's dynamic shared memory ([`Self::fused_shared_bytes`]).
+    #[allow(clippy::too_many_arguments)]
+    fn fused_scan_select(
+        &self,
+        p: &CudaPrepared,
+        pp: &CudaSlice<u32>,
+        ps: &CudaSlice<u32>,
+        tables: &CudaSlice<f32>,
+        rows: usize,
+        params: &SearchParams,
+        smem: FusedShared,
+    ) -> Result<Rows, CudaError> {
+        let index = p.index_arc();
+        let dev = &p.dev;
+        let stream = &self.io.compute;
+        let m = index.pq().m();
+        let nprobe = params.nprobe.min(index.nlist());
+        let keep = params.candidates();
+        let group = fused_scan_group(rows, nprobe);
+        let parts = nprobe.div_ceil(group);
+        let blocks = rows * parts;
+        let shape = WarpSelectShape::for_keep(keep.max(1));
+        let codes = dev
+            .codes
+            .as_ref()
+            .ok_or_else(|| CudaError::Driver("internal: codes not resident".into()))?;
+        let no_terms;
+        let terms = match &dev.quant.l2_terms {
+            Some((_, d)) => d,
+            None => {
+                no_terms = unsafe { stream.alloc::<f32>(1) }.map_err(driver)?;
+                &no_terms
+            }
+        };
+        // SAFETY: every block writes its `keep` entries (padding where a part has fewer).
+        let mut fs = unsafe { stream.alloc::<u32>(blocks * keep) }.map_err(driver)?;
+        let mut fp = unsafe { stream.alloc::<u32>(2 * blocks * keep) }.map_err(driver)?;
+        let l2 = u32::from(dev.quant.l2_terms.is_some());
+        let four_bit = index.layout() == CodeLayout::Packed4x32;
+        let staged = u32::from(smem.staged);
+        let (m_u, rows_u, np_u, g_u) = (m as u32, rows as u32, nprobe as u32, group as u32);
+        let by_residual = u32::from(index.params().by_residual());
+        let (keep_u, k_u, t_u) = (keep as u32, shape.queue as u32, shape.thread_queue as u32);
+        let cfg = LaunchConfig {
+            grid_dim: grid(blocks),
+            block_dim: ((FUSED_WARPS * WarpSelectShape::LANES) as u32, 1, 1),
+            shared_mem_bytes: smem.bytes as u32,
+        };
+        let mut b = stream.launch_builder(if four_bit {
+            &self.scan4_select
+        } else {
+            &self.scan8_select
+        });
+        b.arg(codes)
+            .arg(pp)
+            .arg(ps)
+            .arg(&dev.places)
+            .arg(tables)
+            .arg(terms);
+        b.arg(&p.dead).arg(&mut fs).arg(&mut fp);
+        b.arg(&m_u).arg(&l2);
+        if !four_bit {
+            b.arg(&staged);
+        }
+        b.arg(&rows_u).arg(&np_u).arg(&g_u).arg(&by_residual);
+        b.arg(&keep_u).arg(&k_u).arg(&t_u);
+        // SAFETY: argument types and order match `scan8_select` (with `staged`) and
+        // `scan4_select` (without); each block reads its query's probes and the lists' resident
+        // codes, and writes `keep` entries at its block number × keep, inside `blocks × keep`;
+        // `smem` holds its tables and eight queues of `shape`.
+        unsafe { b.launch(cfg) }.map_err(driver)?;
+        if parts == 1 {
+            return Ok((fs, fp));
+        }
+        self.select_strided_rounds(fs, fp, rows, parts * keep, None, keep, SelectOut::New)?
+            .ok_or_else(|| CudaError::Driver("internal: no candidates".into()))
     }
 
     /// Top-k rounds over `rows` rows `stride` apart (of `row_len` entries each when given),

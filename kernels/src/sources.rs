@@ -9,9 +9,15 @@ pub struct Kernel {
     pub entries: &'static [&'static str],
     /// The CUDA C source.
     pub source: &'static str,
+    /// Headers it includes (`#include "name"`), by name: given to NVRTC with the source (the
+    /// emulator's build inlines them).
+    pub headers: &'static [(&'static str, &'static str)],
     /// The WGSL twin in `shaders/wgsl/`.
     pub wgsl_twin: &'static str,
 }
+
+/// The warp queue of the selections (`cuda/warp_queue.cuh`).
+const WARP_QUEUE: &[(&str, &str)] = &[("warp_queue.cuh", include_str!("../cuda/warp_queue.cuh"))];
 
 /// Every kernel, in pipeline order.
 pub const KERNELS: &[Kernel] = &[
@@ -19,36 +25,42 @@ pub const KERNELS: &[Kernel] = &[
         name: "coarse",
         entries: &["coarse_distances"],
         source: include_str!("../cuda/coarse.cu"),
+        headers: &[],
         wgsl_twin: "coarse.wgsl",
     },
     Kernel {
         name: "topk",
         entries: &["warp_select", "select_strided"],
         source: include_str!("../cuda/topk.cu"),
+        headers: WARP_QUEUE,
         wgsl_twin: "topk.wgsl",
     },
     Kernel {
         name: "tables",
         entries: &["lookup_tables"],
         source: include_str!("../cuda/tables.cu"),
+        headers: &[],
         wgsl_twin: "tables.wgsl",
     },
     Kernel {
         name: "scan8",
-        entries: &["scan8", "scan_items"],
+        entries: &["scan8", "scan_items", "scan8_select"],
         source: include_str!("../cuda/scan8.cu"),
+        headers: WARP_QUEUE,
         wgsl_twin: "scan8.wgsl",
     },
     Kernel {
         name: "scan4",
-        entries: &["scan4", "scan4_quantized"],
+        entries: &["scan4", "scan4_quantized", "scan4_select"],
         source: include_str!("../cuda/scan4.cu"),
+        headers: WARP_QUEUE,
         wgsl_twin: "scan4.wgsl",
     },
     Kernel {
         name: "refine",
         entries: &["refine", "refine_candidates"],
         source: include_str!("../cuda/refine.cu"),
+        headers: &[],
         wgsl_twin: "refine.wgsl",
     },
 ];

@@ -260,6 +260,7 @@ fn register_budget(entry: &str) -> usize {
         "coarse_distances" => 56,
         "lookup_tables" | "refine" | "refine_candidates" => 40,
         "scan8" | "scan4" | "scan4_quantized" | "scan_items" => 48,
+        "scan8_select" | "scan4_select" => 96,
         other => panic!("no register budget for entry {other}: add one"),
     }
 }

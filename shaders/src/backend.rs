@@ -824,7 +824,7 @@ impl WgpuBackend {
             self.gpu
                 .queue
                 .write_buffer(&scores_buf, 0, bytemuck::cast_slice(&score));
-            self.gpu.counters.add(Count::Alloc, 0);
+            self.gpu.counters.add(Count::Alloc, (n * 4).max(4) as u64);
             self.gpu
                 .counters
                 .add(Count::HostToDevice, (score.len() * 4) as u64);

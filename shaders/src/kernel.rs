@@ -128,7 +128,7 @@ pub(crate) fn storage<T: bytemuck::Pod>(gpu: &GpuDevice, label: &str, data: &[T]
         bytes
     };
     gpu.counters.add(Count::HostToDevice, contents.len() as u64);
-    gpu.counters.add(Count::Alloc, 0);
+    gpu.counters.add(Count::Alloc, contents.len() as u64);
     gpu.device
         .create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(label),
@@ -141,7 +141,8 @@ pub(crate) fn storage<T: bytemuck::Pod>(gpu: &GpuDevice, label: &str, data: &[T]
 ///
 /// A kernel's parameters, as CUDA's launch arguments: counted as a buffer, not as a copy.
 pub(crate) fn uniform<T: bytemuck::Pod>(gpu: &GpuDevice, value: &T) -> wgpu::Buffer {
-    gpu.counters.add(Count::Alloc, 0);
+    gpu.counters
+        .add(Count::Alloc, std::mem::size_of::<T>() as u64);
     gpu.device
         .create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("params"),
@@ -152,7 +153,7 @@ pub(crate) fn uniform<T: bytemuck::Pod>(gpu: &GpuDevice, value: &T) -> wgpu::Buf
 
 /// A writable storage buffer of `bytes` bytes that can be copied out.
 pub(crate) fn output(gpu: &GpuDevice, label: &str, bytes: u64) -> wgpu::Buffer {
-    gpu.counters.add(Count::Alloc, 0);
+    gpu.counters.add(Count::Alloc, bytes.max(4));
     gpu.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
         size: bytes.max(4),
@@ -256,7 +257,7 @@ fn take_readback(gpu: &GpuDevice, bytes: u64) -> wgpu::Buffer {
             return pool.swap_remove(i);
         }
     }
-    gpu.counters.add(Count::Alloc, 0);
+    gpu.counters.add(Count::Alloc, bytes.next_power_of_two());
     gpu.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("read-back"),
         size: bytes.next_power_of_two(),

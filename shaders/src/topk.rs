@@ -366,8 +366,10 @@ pub fn select_rows_on_device(
             quiver_engine::backend::counters::Count::HostToDevice,
             bytes.len().max(8) as u64,
         );
-        gpu.counters
-            .add(quiver_engine::backend::counters::Count::Alloc, 0);
+        gpu.counters.add(
+            quiver_engine::backend::counters::Count::Alloc,
+            bytes.len().max(8) as u64,
+        );
         gpu.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),

@@ -29,6 +29,10 @@ pub struct DeviceCounters {
     pub memsets: u64,
     /// Device allocations (wgpu: buffers created).
     pub allocs: u64,
+    /// Bytes of those allocations. Every buffer of the device-resident search is written
+    /// whole (or, for the unfused scan's rows, below each row's length) by the kernel that
+    /// makes it, so this bounds the device bytes a batch writes.
+    pub alloc_bytes: u64,
 }
 
 impl DeviceCounters {
@@ -43,6 +47,7 @@ impl DeviceCounters {
             d2d_copies: self.d2d_copies.saturating_sub(earlier.d2d_copies),
             memsets: self.memsets.saturating_sub(earlier.memsets),
             allocs: self.allocs.saturating_sub(earlier.allocs),
+            alloc_bytes: self.alloc_bytes.saturating_sub(earlier.alloc_bytes),
         }
     }
 
@@ -52,7 +57,7 @@ impl DeviceCounters {
     }
 
     /// The counts as (name, value) pairs (the emulator's JSON keys, in its order).
-    pub fn fields(&self) -> [(&'static str, u64); 8] {
+    pub fn fields(&self) -> [(&'static str, u64); 9] {
         [
             ("launches", self.launches),
             ("h2d_copies", self.h2d_copies),
@@ -62,6 +67,7 @@ impl DeviceCounters {
             ("d2d_copies", self.d2d_copies),
             ("memsets", self.memsets),
             ("allocs", self.allocs),
+            ("alloc_bytes", self.alloc_bytes),
         ]
     }
 }
@@ -76,13 +82,14 @@ impl std::ops::AddAssign for DeviceCounters {
         self.d2d_copies += o.d2d_copies;
         self.memsets += o.memsets;
         self.allocs += o.allocs;
+        self.alloc_bytes += o.alloc_bytes;
     }
 }
 
 /// Atomic counters a backend keeps for itself (the wgpu backend), read as [`DeviceCounters`].
 #[derive(Debug, Default)]
 pub struct AtomicCounters {
-    values: [std::sync::atomic::AtomicU64; 8],
+    values: [std::sync::atomic::AtomicU64; 9],
 }
 
 /// One of [`AtomicCounters`]' counts.
@@ -103,7 +110,8 @@ pub enum Count {
 }
 
 impl AtomicCounters {
-    /// Counts one `what` of `bytes` bytes (bytes only count for copies across the bus).
+    /// Counts one `what` of `bytes` bytes (bytes count for copies across the bus and for
+    /// allocations).
     pub fn add(&self, what: Count, bytes: u64) {
         use std::sync::atomic::Ordering::Relaxed;
         let (calls, b) = match what {
@@ -112,7 +120,7 @@ impl AtomicCounters {
             Count::DeviceToHost => (3, Some(4)),
             Count::DeviceToDevice => (5, None),
             Count::Memset => (6, None),
-            Count::Alloc => (7, None),
+            Count::Alloc => (7, Some(8)),
         };
         self.values[calls].fetch_add(1, Relaxed);
         if let Some(b) = b {
@@ -132,6 +140,7 @@ impl AtomicCounters {
             d2d_copies: v(5),
             memsets: v(6),
             allocs: v(7),
+            alloc_bytes: v(8),
         }
     }
 }

@@ -449,6 +449,25 @@ pub fn scan_items_per_block(items: usize) -> usize {
     (items / 2048).clamp(1, 8)
 }
 
+/// The largest `keep` (`k × refine_factor`) the GPU backends select inside the scan (each
+/// block's warps keep their best in shared-memory queues of up to 256 entries and write only
+/// those); above it the scan writes every score and top-k rounds select.
+pub const FUSED_SELECT_MAX_KEEP: usize = 256;
+
+/// Blocks the fused scan + selection aims at for a batch: enough (≈ 31 per SM of an H100) for
+/// lists of unequal lengths to even out across the device.
+const FUSED_TARGET_BLOCKS: usize = 4096;
+
+/// Probes one block of the fused scan + selection takes in turn, for `rows` queries of
+/// `nprobe` probes each: as many as keep about [`FUSED_TARGET_BLOCKS`] blocks (at least 1,
+/// at most `nprobe`). A query's probes are cut into `nprobe.div_ceil(group)` parts, and each
+/// part writes `keep` candidates.
+pub fn fused_scan_group(rows: usize, nprobe: usize) -> usize {
+    (rows * nprobe)
+        .div_ceil(FUSED_TARGET_BLOCKS)
+        .clamp(1, nprobe.max(1))
+}
+
 /// The coarse term a list adds to every score of its entries: the list's coarse score when
 /// codes are residuals (the score then splits into query–centroid and query–residual parts),
 /// zero when codes encode the vectors themselves (inner-product metrics only). Every backend
