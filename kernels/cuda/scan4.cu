@@ -222,7 +222,6 @@ extern "C" __global__ void scan4_select(
     const unsigned int first = part * group, last = min(first + group, nprobe);
     const unsigned int table_len = m * 16u;
     const unsigned int warp = threadIdx.x / LANES, lane = threadIdx.x % LANES;
-    const unsigned int nwarps = blockDim.x / LANES;
     const unsigned int item_bytes = ((m * (16u * 5u + 8u) + 8u) + 7u) & ~7u;
     float* queues = reinterpret_cast<float*>(smem4 + item_bytes);
     const unsigned int queue_words = (k + LANES * t) * 3u;
@@ -246,19 +245,5 @@ extern "C" __global__ void scan4_select(
         }
     }
     wq_finish(wq, lane);
-    for (unsigned int step = 1; step < nwarps; step <<= 1) {
-        __syncthreads();
-        if (warp % (2u * step) == 0 && warp + step < nwarps) {
-            float* os = queues + (warp + step) * queue_words;
-            const uint2* op = reinterpret_cast<const uint2*>(os + k + LANES * t);
-            merge_stage(lane, k, k, wq.qs, wq.qp, os, op);
-        }
-    }
-    if (warp == 0) {
-        __syncwarp();
-        for (unsigned int i = lane; i < keep; i += LANES) {
-            out_score[(size_t)w * keep + i] = wq.qs[i];
-            out_payload[(size_t)w * keep + i] = wq.qp[i];
-        }
-    }
+    wq_merge_block(wq, queues, keep, out_score, out_payload, (size_t)w * keep);
 }

@@ -173,3 +173,29 @@ __device__ __forceinline__ void wq_finish(WarpQueue& w, unsigned int lane) {
     if (__any_sync(FULL_MASK, w.count > 0)) wq_flush(w, lane);
     __syncwarp();
 }
+
+// Merges the block's warp queues (warp w's at `queues` + w · (k + 32·t) · 3 words) into warp
+// 0's, pairwise (log2(warps) bitonic merges deep), and warp 0 writes the best `keep` at `dst`,
+// sorted. Every thread of the block calls it, after `wq_finish`.
+__device__ __forceinline__ void wq_merge_block(WarpQueue& wq, float* queues, unsigned int keep,
+                                               float* __restrict__ out_score,
+                                               uint2* __restrict__ out_payload, size_t dst) {
+    const unsigned int warp = threadIdx.x / LANES, lane = threadIdx.x % LANES;
+    const unsigned int nwarps = blockDim.x / LANES;
+    const unsigned int queue_words = (wq.k + LANES * wq.t) * 3u;
+    for (unsigned int step = 1; step < nwarps; step <<= 1) {
+        __syncthreads();
+        if (warp % (2u * step) == 0 && warp + step < nwarps) {
+            const float* os = queues + (warp + step) * queue_words;
+            const uint2* op = reinterpret_cast<const uint2*>(os + wq.k + LANES * wq.t);
+            merge_stage(lane, wq.k, wq.k, wq.qs, wq.qp, os, op);
+        }
+    }
+    if (warp == 0) {
+        __syncwarp();
+        for (unsigned int i = lane; i < keep; i += LANES) {
+            out_score[dst + i] = wq.qs[i];
+            out_payload[dst + i] = wq.qp[i];
+        }
+    }
+}

@@ -38,6 +38,10 @@ use crate::topk::{GpuTopK, PendingSelect, Rows, Selected};
 pub struct WgpuBackend {
     pub(crate) gpu: Arc<GpuDevice>,
     pub(crate) scan8: Kernel,
+    /// `scan8.wgsl`'s `fused` entry: the scan selecting as it scores.
+    pub(crate) scan8_fused: Kernel,
+    /// Whether the resident search selects inside the 8-bit scan where it can.
+    pub(crate) fused_select: bool,
     scan4: Kernel,
     /// `scan4.wgsl`'s `quantized` entry: the device-resident 4-bit scan.
     pub(crate) scan4_quantized: Kernel,
@@ -158,7 +162,8 @@ impl WgpuBackend {
     /// A backend on an open device; builds the pipelines.
     pub fn new(gpu: Arc<GpuDevice>) -> WgpuBackend {
         WgpuBackend {
-            scan8: Kernel::new(&gpu, "scan8", include_str!("../wgsl/scan8.wgsl")),
+            scan8: Kernel::new(&gpu, "scan8", &crate::topk::scan8_source()),
+            scan8_fused: Kernel::entry(&gpu, "scan8-fused", &crate::topk::scan8_source(), "fused"),
             scan4: Kernel::new(&gpu, "scan4", include_str!("../wgsl/scan4.wgsl")),
             scan4_quantized: Kernel::entry(
                 &gpu,
@@ -174,8 +179,16 @@ impl WgpuBackend {
                 include_str!("../wgsl/refine_candidates.wgsl"),
             ),
             topk: GpuTopK::new(&gpu),
+            fused_select: true,
             gpu,
         }
+    }
+
+    /// Turns off the fused scan + selection: the resident search then writes every score
+    /// into rows and selects in rounds (for A/B counts and timings).
+    pub fn without_fused_select(mut self) -> Self {
+        self.fused_select = false;
+        self
     }
 
     /// The device it runs on.

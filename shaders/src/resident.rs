@@ -16,8 +16,9 @@
 //! ids and places fit a binding, L2 terms sit in one buffer, and the selections fit the
 //! device's top-k; otherwise the staged stages run.
 
-use quiver_engine::backend::{Neighbors, SearchParams};
+use quiver_engine::backend::{fused_scan_group, Neighbors, SearchParams, FUSED_SELECT_MAX_KEEP};
 use quiver_engine::list::CodeLayout;
+use quiver_engine::topk::WarpSelectShape;
 use quiver_engine::RefineKind;
 
 use crate::backend::{WgpuBackend, WgpuPrepared};
@@ -57,11 +58,18 @@ impl WgpuBackend {
         let (nlist, dim) = (index.nlist(), index.dim());
         let tl = index.pq().m() * index.pq().ksub();
         let nprobe = params.nprobe.min(nlist);
+        let keep = params.candidates();
+        // The widest per-query binding of the scan: its rows (`stride` entries) unfused, its
+        // parts' candidates fused (a part per probe at most).
         let mut stride = 1;
         for p in segs {
-            stride = stride.max(p.data.resident_search.as_ref()?.row_bound[nprobe]);
+            let row = if self.fused_eligible(p, keep) {
+                nprobe * keep
+            } else {
+                p.data.resident_search.as_ref()?.row_bound[nprobe]
+            };
+            stride = stride.max(row);
         }
-        let keep = params.candidates();
         let widest = [
             nlist * 8,
             tl * 4,
@@ -262,87 +270,21 @@ impl WgpuBackend {
         );
         for (seg, p) in segs.iter().enumerate() {
             let index = &p.data.index;
-            let data =
-                p.data.resident_search.as_ref().ok_or_else(|| {
-                    WgpuError::Invalid("internal: no resident search data".into())
-                })?;
-            // 4. Work items and row lengths.
-            let stride = data.row_bound[nprobe].max(1);
-            let nitems = rows * nprobe;
-            let items = output(gpu, "scan items", (nitems * 32) as u64);
-            let row_len = output(gpu, "row lengths", (rows * 4) as u64);
-            let by_residual = u32::from(index.params().by_residual());
-            let iparams = uniform(
-                gpu,
-                &[
-                    rows as u32,
-                    nprobe as u32,
-                    stride as u32,
-                    tl as u32,
-                    by_residual,
-                    0,
-                    0,
-                    0,
-                ],
-            );
-            self.items.dispatch_bound(
-                gpu,
-                enc,
-                &[
-                    (0, pp.as_entire_binding()),
-                    (1, ps.as_entire_binding()),
-                    (2, data.places.as_entire_binding()),
-                    (3, items.as_entire_binding()),
-                    (4, row_len.as_entire_binding()),
-                    (5, iparams.as_entire_binding()),
-                ],
-                grid(rows.div_ceil(128) as u64)?,
-            );
-            // 5. The scan into rows `stride` apart.
-            let ss = output(gpu, "scan scores", (rows * stride * 4) as u64);
-            let sp = output(gpu, "scan payloads", (rows * stride * 8) as u64);
-            let terms = p.l2_terms.as_ref().map(|t| &t.1[0]).unwrap_or(&p.no_terms);
-            // 4-bit: `scan4.wgsl`'s `quantized` entry (one item a workgroup), its tables, terms
-            // and parameters at bindings 8 to 10; 8-bit: `group` items a workgroup.
-            let (scan, tables_at, params_at, group) = if index.layout() == CodeLayout::Packed4x32 {
-                (&self.scan4_quantized, 8, 10, 1)
-            } else {
-                (
-                    &self.scan8,
-                    2,
-                    7,
-                    quiver_engine::backend::scan_items_per_block(nitems),
-                )
+            let data = resident_data(p)?;
+            // 4–6. Each query's best `keep` candidates: scored and selected in one kernel
+            // (8-bit; then one round merging its parts), or scored into rows and selected in
+            // rounds.
+            let input = ScanInputs {
+                pp: &pp,
+                ps: &ps,
+                tables: &tables,
+                rows,
             };
-            let sparams = uniform(
-                gpu,
-                &[
-                    t.m as u32,
-                    u32::from(p.l2_terms.is_some()),
-                    nitems as u32,
-                    group as u32,
-                ],
-            );
-            scan.dispatch_bound(
-                gpu,
-                enc,
-                &[
-                    (0, p.data.code_bufs[0].as_entire_binding()),
-                    (1, items.as_entire_binding()),
-                    (tables_at, tables.as_entire_binding()),
-                    (tables_at + 1, terms.as_entire_binding()),
-                    (4, p.data.dead.as_entire_binding()),
-                    (5, ss.as_entire_binding()),
-                    (6, sp.as_entire_binding()),
-                    (params_at, sparams.as_entire_binding()),
-                ],
-                grid(nitems.div_ceil(group) as u64)?,
-            );
-            // 6. Each query's best `keep` candidates.
-            let (ks, kp) = self
-                .topk
-                .record_strided(gpu, enc, ss, sp, rows, stride, Some(&row_len), keep, None)?
-                .ok_or_else(|| WgpuError::Invalid("internal: no candidates".into()))?;
+            let (ks, kp) = if self.fused_eligible(p, keep) {
+                self.fused_scan_select(p, enc, input, params)?
+            } else {
+                self.scan_then_select(p, enc, input, params)?
+            };
             // 7. Refine at the candidates' global slots; payloads become ids.
             let n = rows * keep;
             let rs = output(gpu, "refine scores", (n * 4) as u64);
@@ -400,6 +342,195 @@ impl WgpuBackend {
         }
         Ok(())
     }
+
+    /// True when the 8-bit scan selects as it scores (`scan8.wgsl` `fused`) for this index
+    /// and `keep` (4-bit indexes keep the unfused path on wgpu).
+    pub(crate) fn fused_eligible(&self, p: &WgpuPrepared, keep: usize) -> bool {
+        self.fused_select
+            && keep <= FUSED_SELECT_MAX_KEEP
+            && p.data.index.layout() != CodeLayout::Packed4x32
+    }
+
+    /// Steps 4–6 of a tile, fused: `scan8.wgsl`'s `fused` entry scores each query's probed
+    /// lists in parts of `fused_scan_group` probes, each part's workgroup writing its best
+    /// `keep` (no score rows); one strided round merges a query's parts (none when it has
+    /// one).
+    fn fused_scan_select(
+        &self,
+        p: &WgpuPrepared,
+        enc: &mut wgpu::CommandEncoder,
+        input: ScanInputs<'_>,
+        params: &SearchParams,
+    ) -> Result<(wgpu::Buffer, wgpu::Buffer), WgpuError> {
+        let gpu = &self.gpu;
+        let index = &p.data.index;
+        let data = resident_data(p)?;
+        let (pp, ps, tables, rows) = (input.pp, input.ps, input.tables, input.rows);
+        let nprobe = params.nprobe.min(index.nlist());
+        let keep = params.candidates();
+        let group = fused_scan_group(rows, nprobe);
+        let parts = nprobe.div_ceil(group);
+        let blocks = rows * parts;
+        let shape = WarpSelectShape::for_keep(keep.max(1));
+        let fs = output(gpu, "fused scores", (blocks * keep * 4) as u64);
+        let fp = output(gpu, "fused payloads", (blocks * keep * 8) as u64);
+        let terms = p.l2_terms.as_ref().map(|t| &t.1[0]).unwrap_or(&p.no_terms);
+        let fparams = uniform(
+            gpu,
+            &[
+                p.tables.m as u32,
+                u32::from(p.l2_terms.is_some()),
+                rows as u32,
+                nprobe as u32,
+                group as u32,
+                u32::from(index.params().by_residual()),
+                keep as u32,
+                shape.queue as u32,
+                shape.thread_queue as u32,
+                0,
+                0,
+                0,
+            ],
+        );
+        self.scan8_fused.dispatch_bound(
+            gpu,
+            enc,
+            &[
+                (0, p.data.code_bufs[0].as_entire_binding()),
+                (2, tables.as_entire_binding()),
+                (3, terms.as_entire_binding()),
+                (4, p.data.dead.as_entire_binding()),
+                (5, fs.as_entire_binding()),
+                (6, fp.as_entire_binding()),
+                (8, pp.as_entire_binding()),
+                (9, ps.as_entire_binding()),
+                (10, data.places.as_entire_binding()),
+                (11, fparams.as_entire_binding()),
+            ],
+            grid(blocks as u64)?,
+        );
+        if parts == 1 {
+            return Ok((fs, fp));
+        }
+        self.topk
+            .record_strided(gpu, enc, fs, fp, rows, parts * keep, None, keep, None)?
+            .ok_or_else(|| WgpuError::Invalid("internal: no candidates".into()))
+    }
+
+    /// Steps 4–6 of a tile, unfused: work items and row lengths from the probes, the scan
+    /// into rows `stride` apart, then strided rounds reading each row's length.
+    fn scan_then_select(
+        &self,
+        p: &WgpuPrepared,
+        enc: &mut wgpu::CommandEncoder,
+        input: ScanInputs<'_>,
+        params: &SearchParams,
+    ) -> Result<(wgpu::Buffer, wgpu::Buffer), WgpuError> {
+        let gpu = &self.gpu;
+        let index = &p.data.index;
+        let data = resident_data(p)?;
+        let (pp, ps, tables, rows) = (input.pp, input.ps, input.tables, input.rows);
+        let t = &p.tables;
+        let tl = t.m * t.ksub;
+        let nprobe = params.nprobe.min(index.nlist());
+        let keep = params.candidates();
+        // 4. Work items and row lengths.
+        let stride = data.row_bound[nprobe].max(1);
+        let nitems = rows * nprobe;
+        let items = output(gpu, "scan items", (nitems * 32) as u64);
+        let row_len = output(gpu, "row lengths", (rows * 4) as u64);
+        let by_residual = u32::from(index.params().by_residual());
+        let iparams = uniform(
+            gpu,
+            &[
+                rows as u32,
+                nprobe as u32,
+                stride as u32,
+                tl as u32,
+                by_residual,
+                0,
+                0,
+                0,
+            ],
+        );
+        self.items.dispatch_bound(
+            gpu,
+            enc,
+            &[
+                (0, pp.as_entire_binding()),
+                (1, ps.as_entire_binding()),
+                (2, data.places.as_entire_binding()),
+                (3, items.as_entire_binding()),
+                (4, row_len.as_entire_binding()),
+                (5, iparams.as_entire_binding()),
+            ],
+            grid(rows.div_ceil(128) as u64)?,
+        );
+        // 5. The scan into rows `stride` apart.
+        let ss = output(gpu, "scan scores", (rows * stride * 4) as u64);
+        let sp = output(gpu, "scan payloads", (rows * stride * 8) as u64);
+        let terms = p.l2_terms.as_ref().map(|t| &t.1[0]).unwrap_or(&p.no_terms);
+        // 4-bit: `scan4.wgsl`'s `quantized` entry (one item a workgroup), its tables, terms
+        // and parameters at bindings 8 to 10; 8-bit: `group` items a workgroup.
+        let (scan, tables_at, params_at, group) = if index.layout() == CodeLayout::Packed4x32 {
+            (&self.scan4_quantized, 8, 10, 1)
+        } else {
+            (
+                &self.scan8,
+                2,
+                7,
+                quiver_engine::backend::scan_items_per_block(nitems),
+            )
+        };
+        let sparams = uniform(
+            gpu,
+            &[
+                t.m as u32,
+                u32::from(p.l2_terms.is_some()),
+                nitems as u32,
+                group as u32,
+            ],
+        );
+        scan.dispatch_bound(
+            gpu,
+            enc,
+            &[
+                (0, p.data.code_bufs[0].as_entire_binding()),
+                (1, items.as_entire_binding()),
+                (tables_at, tables.as_entire_binding()),
+                (tables_at + 1, terms.as_entire_binding()),
+                (4, p.data.dead.as_entire_binding()),
+                (5, ss.as_entire_binding()),
+                (6, sp.as_entire_binding()),
+                (params_at, sparams.as_entire_binding()),
+            ],
+            grid(nitems.div_ceil(group) as u64)?,
+        );
+        // 6. Each query's best `keep` candidates.
+        let (ks, kp) = self
+            .topk
+            .record_strided(gpu, enc, ss, sp, rows, stride, Some(&row_len), keep, None)?
+            .ok_or_else(|| WgpuError::Invalid("internal: no candidates".into()))?;
+        Ok((ks, kp))
+    }
+}
+
+/// What steps 4–6 of a tile read: the probes (payloads, scores), the lookup tables, and how
+/// many queries the tile holds.
+#[derive(Clone, Copy)]
+struct ScanInputs<'a> {
+    pp: &'a wgpu::Buffer,
+    ps: &'a wgpu::Buffer,
+    tables: &'a wgpu::Buffer,
+    rows: usize,
+}
+
+/// The device-resident search's data of an eligible index.
+fn resident_data(p: &WgpuPrepared) -> Result<&crate::index::ResidentData, WgpuError> {
+    p.data
+        .resident_search
+        .as_ref()
+        .ok_or_else(|| WgpuError::Invalid("internal: no resident search data".into()))
 }
 
 /// Where each index's results go in a batch's result buffer: index s's scores at

@@ -11,6 +11,7 @@
 //! memory), up to 2,048 where the adapter allows 27 KiB; above that the rows are read back and
 //! selected on the host with the engine's top-k.
 
+use quiver_engine::backend::FUSED_SELECT_MAX_KEEP;
 use quiver_engine::topk::{plan_round, select_rows, WarpSelectShape};
 use wgpu::util::DeviceExt;
 
@@ -46,15 +47,32 @@ pub(crate) struct GpuTopK {
     strided: [Option<Kernel>; 3],
 }
 
-/// The lines of `topk.wgsl` that size its workgroup arrays.
+/// The lines of `warp_queue.wgsl` that size the queue's workgroup arrays.
 const QUEUE_LINE: &str = "const QCAP: u32 = 1024u;";
 const STAGE_LINE: &str = "const STAGE: u32 = 256u; // LANES × TQ_MAX";
 /// Queue of the small variant.
 const SMALL_QUEUE: usize = 128;
 
+/// `scan8.wgsl` with the warp queue it selects into (`fused`) prepended, sized for the fused
+/// selection's largest keep ([`FUSED_SELECT_MAX_KEEP`]: K ≤ 256, T ≤ 8; 6 KiB).
+pub(crate) fn scan8_source() -> String {
+    let queue = include_str!("../wgsl/warp_queue.wgsl")
+        .replace(QUEUE_LINE, "const QCAP: u32 = 256u;")
+        .replace(STAGE_LINE, "const STAGE: u32 = 256u;");
+    debug_assert_eq!(
+        WarpSelectShape::for_keep(FUSED_SELECT_MAX_KEEP).queue,
+        256,
+        "the fused queue's size"
+    );
+    queue + include_str!("../wgsl/scan8.wgsl")
+}
+
 impl GpuTopK {
     pub(crate) fn new(gpu: &GpuDevice) -> GpuTopK {
-        const SOURCE: &str = include_str!("../wgsl/topk.wgsl");
+        const SOURCE: &str = concat!(
+            include_str!("../wgsl/warp_queue.wgsl"),
+            include_str!("../wgsl/topk.wgsl")
+        );
         debug_assert!(SOURCE.contains(QUEUE_LINE) && SOURCE.contains(STAGE_LINE));
         // K ≤ 128 has T ≤ 4: 128 staged entries at most.
         let small = SOURCE

@@ -41,6 +41,33 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> out_payload: array<vec2<u32>>;
 @group(0) @binding(7) var<uniform> params: Params;
 
+// Entry i's score of a list whose codes start at byte `byte_off` (GPU layout, `len`
+// entries): `bias` plus, in sub-quantizer order, its code's entry of the table at `t0` (with
+// `l2`, the list's term at `l0` first: term + table, the CPU's addition).
+fn score8(byte_off: u32, len: u32, i: u32, bias: f32, t0: u32, l0: u32, m: u32, l2: bool) -> f32 {
+    let mp = (m + 15u) & ~15u;
+    var acc = bias;
+    // This entry's first chunk, in 16-byte words; chunk c is c · nb words further (nb:
+    // entries in its block, 32 but in a list's last block).
+    let nb = min(32u, len - (i & ~31u));
+    let w0 = (byte_off + (i >> 5u) * 32u * mp + (i & 31u) * 16u) >> 4u;
+    for (var c0 = 0u; c0 < m; c0 += 16u) {
+        let v = codes[w0 + (c0 >> 4u) * nb];
+        for (var j = 0u; j < 16u; j++) {
+            let s = c0 + j;
+            if (s < m) {
+                let c = (v[j >> 2u] >> ((j & 3u) * 8u)) & 0xffu;
+                var t = tables[t0 + s * 256u + c];
+                if (l2) {
+                    t = terms[l0 + s * 256u + c] + t;
+                }
+                acc += t;
+            }
+        }
+    }
+    return acc;
+}
+
 @compute @workgroup_size(256)
 fn main(
     @builtin(local_invocation_index) tid: u32,
@@ -53,7 +80,6 @@ fn main(
     }
     let last = min(first + params.group, params.items);
     let m = params.m;
-    let mp = (m + 15u) & ~15u;
     for (var at = first; at < last; at++) {
         let it = items[at];
         let t0 = it.table * m * 256u;
@@ -65,27 +91,84 @@ fn main(
                 out_payload[it.out + i] = vec2<u32>(0xffffffffu, 0xffffffffu);
                 continue;
             }
-            var acc = it.bias;
-            // This entry's first chunk, in 16-byte words; chunk c is c · nb words further
-            // (nb: entries in its block, 32 but in a list's last block).
-            let nb = min(32u, it.len - (i & ~31u));
-            let w0 = (it.byte_off + (i >> 5u) * 32u * mp + (i & 31u) * 16u) >> 4u;
-            for (var c0 = 0u; c0 < m; c0 += 16u) {
-                let v = codes[w0 + (c0 >> 4u) * nb];
-                for (var j = 0u; j < 16u; j++) {
-                    let s = c0 + j;
-                    if (s < m) {
-                        let c = (v[j >> 2u] >> ((j & 3u) * 8u)) & 0xffu;
-                        var t = tables[t0 + s * 256u + c];
-                        if (params.l2 != 0u) {
-                            t = terms[l0 + s * 256u + c] + t;
-                        }
-                        acc += t;
-                    }
-                }
-            }
+            let acc = score8(it.byte_off, it.len, i, it.bias, t0, l0, m, params.l2 != 0u);
             out_score[it.out + i] = acc;
             out_payload[it.out + i] = vec2<u32>(0u, slot);
         }
+    }
+}
+
+// The bindings of `fused` besides codes, tables, terms, dead and the outputs.
+@group(0) @binding(8) var<storage, read> probe_payload: array<vec2<u32>>;
+@group(0) @binding(9) var<storage, read> probe_score: array<f32>;
+@group(0) @binding(10) var<storage, read> places: array<vec4<u32>>;
+// [0]: m, l2, queries, nprobe; [1]: group, by_residual, keep, K; [2]: T.
+@group(0) @binding(11) var<uniform> fparams: array<vec4<u32>, 3>;
+
+var<workgroup> item_len: u32;
+
+// The scan with the selection fused in (twin of `scan8_select` in scan8.cu; warp_queue.wgsl
+// is prepended by the host): one workgroup of 32 invocations per (query, part), part p of
+// query q scanning its probes p·group … min((p+1)·group, nprobe) − 1 (the coarse selection's
+// output, best first; each item made as items.wgsl makes it), scoring entries lane, lane +
+// 32, … of each list and offering them to the workgroup's queue (K, T: the host's shape for
+// `keep`); deleted entries are not offered. The best `keep` go to (q · parts + p) · keep,
+// sorted. CUDA runs 8 warps per block, one queue each, merged at the end (its table staged
+// once for the 8); one warp here, as WGSL's 16 KiB of workgroup memory holds one queue of
+// 256 beside nothing else of size, and the table is read through the cache. The selected
+// entries and their order are the same.
+@compute @workgroup_size(32)
+fn fused(
+    @builtin(local_invocation_index) lane: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    let w = wid.x + wid.y * 65535u;
+    let m = fparams[0].x;
+    let l2 = fparams[0].y != 0u;
+    let nprobe = fparams[0].w;
+    let group = fparams[1].x;
+    let keep = fparams[1].z;
+    let k = fparams[1].w;
+    let t = fparams[2].x;
+    let parts = (nprobe + group - 1u) / group;
+    if (w >= fparams[0].z * parts) {
+        return;
+    }
+    let q = w / parts;
+    let first = (w % parts) * group;
+    let last = min(first + group, nprobe);
+    wq_init(lane, k);
+    var step = 0u;
+    for (var j = first; j < last; j++) {
+        let at = q * nprobe + j;
+        let l = probe_payload[at].y;
+        let place = places[l];
+        if (lane == 0u) {
+            item_len = place.z;
+        }
+        let len = workgroupUniformLoad(&item_len);
+        var bias = 0.0;
+        if (fparams[1].y != 0u) {
+            bias = probe_score[at];
+        }
+        for (var base = 0u; base < len; base += LANES) {
+            let i = base + lane;
+            let slot = place.y + i;
+            var has = i < len;
+            if (has) {
+                has = ((dead[slot >> 5u] >> (slot & 31u)) & 1u) == 0u;
+            }
+            var s = 0.0;
+            if (has) {
+                s = score8(place.x, len, i, bias, q * m * 256u, l * m * 256u, m, l2);
+            }
+            wq_offer(lane, has, s, vec2<u32>(0u, slot), k, t, step);
+            step += 1u;
+        }
+    }
+    wq_finish(lane, k, t, step);
+    for (var i = lane; i < keep; i += LANES) {
+        out_score[w * keep + i] = queue_score[i];
+        out_payload[w * keep + i] = queue_payload[i];
     }
 }

@@ -1,0 +1,185 @@
+// The warp queue of the WarpSelect-style selection (topk.wgsl's header describes the
+// algorithm), shared by the top-k shader (topk.wgsl) and the 8-bit scan's fused entry
+// (scan8.wgsl `fused`): the host prepends this file to theirs. Twin of
+// kernels/cuda/warp_queue.cuh.
+//
+// One queue per workgroup of 32 invocations: the sorted queue of K entries and the staging
+// area of 32·T in workgroup memory ((QCAP + STAGE) × 12 bytes; the host sizes QCAP and STAGE
+// by replacing their lines), each invocation's thread queue and the threshold in private
+// memory. Every invocation calls `wq_offer` together (in uniform control flow), one
+// candidate (or none) each; `wq_finish` flushes what the thread queues hold. Entries order by
+// (score, payload): a score's IEEE total order (−0 before +0), then the payload's high word,
+// then its low word — the CPU reference's tie rule.
+
+const LANES: u32 = 32u;
+const QCAP: u32 = 1024u;
+const TQ_MAX: u32 = 8u;
+const STAGE: u32 = 256u; // LANES × TQ_MAX
+
+const INF_BITS: u32 = 0x7f800000u;
+
+var<workgroup> queue_score: array<f32, QCAP>;
+var<workgroup> queue_payload: array<vec2<u32>, QCAP>;
+var<workgroup> stage_score: array<f32, STAGE>;
+var<workgroup> stage_payload: array<vec2<u32>, STAGE>;
+// The "any thread queue full" vote, three slots so that a slot is cleared two steps before
+// it is used again (no barrier is needed between clearing and voting).
+var<workgroup> vote: array<u32, 3>;
+
+// A score's place in IEEE total order (the CPU reference's `order_key`: −0 before +0).
+fn order_key(f: f32) -> u32 {
+    let b = bitcast<u32>(f);
+    return b ^ select(0x80000000u, 0xffffffffu, (b >> 31u) == 1u);
+}
+
+fn before(ka: f32, pa: vec2<u32>, kb: f32, pb: vec2<u32>) -> bool {
+    let a = order_key(ka);
+    let b = order_key(kb);
+    return a < b || (a == b && (pa.x < pb.x || (pa.x == pb.x && pa.y < pb.y)));
+}
+
+// First index of compare-exchange pair `p` in a bitonic step of half-width `stride`.
+fn pair_first(p: u32, stride: u32) -> u32 {
+    return 2u * stride * (p / stride) + p % stride;
+}
+
+// Sorts the first `n` staging entries ascending (bitonic sort; n a power of two ≤ STAGE).
+fn sort_stage(lane: u32, n: u32) {
+    for (var size = 2u; size <= n; size <<= 1u) {
+        for (var stride = size >> 1u; stride > 0u; stride >>= 1u) {
+            for (var p = lane; p < n / 2u; p += LANES) {
+                let i = pair_first(p, stride);
+                let j = i + stride;
+                let ascending = (i & size) == 0u;
+                let ki = stage_score[i];
+                let kj = stage_score[j];
+                let pi = stage_payload[i];
+                let pj = stage_payload[j];
+                let swap = select(before(ki, pi, kj, pj), before(kj, pj, ki, pi), ascending);
+                if (swap) {
+                    stage_score[i] = kj;
+                    stage_score[j] = ki;
+                    stage_payload[i] = pj;
+                    stage_payload[j] = pi;
+                }
+            }
+            workgroupBarrier();
+        }
+    }
+}
+
+// Merges the sorted staging area (n entries) into the sorted queue (k ≥ n entries), keeping
+// the best k, sorted.
+fn merge_stage(lane: u32, k: u32, n: u32) {
+    // The queue's best k − n entries stay; its last n against the staging area reversed:
+    // the element-wise minimum is the best n of the two, and the whole queue is bitonic.
+    for (var p = lane; p < n; p += LANES) {
+        let i = k - n + p;
+        let b = n - 1u - p;
+        let sb = stage_score[b];
+        let pb = stage_payload[b];
+        if (before(sb, pb, queue_score[i], queue_payload[i])) {
+            queue_score[i] = sb;
+            queue_payload[i] = pb;
+        }
+    }
+    workgroupBarrier();
+    for (var stride = k >> 1u; stride > 0u; stride >>= 1u) {
+        for (var p = lane; p < k / 2u; p += LANES) {
+            let i = pair_first(p, stride);
+            let j = i + stride;
+            let ki = queue_score[i];
+            let kj = queue_score[j];
+            let pi = queue_payload[i];
+            let pj = queue_payload[j];
+            if (before(kj, pj, ki, pi)) {
+                queue_score[i] = kj;
+                queue_score[j] = ki;
+                queue_payload[i] = pj;
+                queue_payload[j] = pi;
+            }
+        }
+        workgroupBarrier();
+    }
+}
+
+var<private> thr_score: f32;
+var<private> thr_payload: vec2<u32>;
+var<private> tq_score: array<f32, TQ_MAX>;
+var<private> tq_payload: array<vec2<u32>, TQ_MAX>;
+var<private> tq_count: u32;
+
+// Empties the queue (K entries of padding: +inf, payload all ones) and the thread queues.
+fn wq_init(lane: u32, k: u32) {
+    let inf = bitcast<f32>(INF_BITS);
+    let none = vec2<u32>(0xffffffffu, 0xffffffffu);
+    for (var i = lane; i < k; i += LANES) {
+        queue_score[i] = inf;
+        queue_payload[i] = none;
+    }
+    if (lane == 0u) {
+        vote[0] = 0u;
+        vote[1] = 0u;
+        vote[2] = 0u;
+    }
+    thr_score = inf;
+    thr_payload = none;
+    tq_count = 0u;
+    workgroupBarrier();
+}
+
+// Moves every thread queue into the staging area, sorts it, merges it into the queue and
+// reloads the threshold.
+fn wq_flush(lane: u32, k: u32, t: u32) {
+    let inf = bitcast<f32>(INF_BITS);
+    let none = vec2<u32>(0xffffffffu, 0xffffffffu);
+    for (var j = 0u; j < t; j += 1u) {
+        let at = lane * t + j;
+        if (j < tq_count) {
+            stage_score[at] = tq_score[j];
+            stage_payload[at] = tq_payload[j];
+        } else {
+            stage_score[at] = inf;
+            stage_payload[at] = none;
+        }
+    }
+    tq_count = 0u;
+    workgroupBarrier();
+    sort_stage(lane, t * LANES);
+    merge_stage(lane, k, t * LANES);
+    thr_score = queue_score[k - 1u];
+    thr_payload = queue_payload[k - 1u];
+}
+
+// One step, the caller's `step`-th (counted from 0 since `wq_init`, the same in every
+// invocation): each invocation offers (s, p) when `has`; kept when it beats the threshold;
+// a flush when any thread queue is full (or, with `last`, holds anything). The vote uses
+// three slots so that a slot is cleared two steps before it is used again.
+fn wq_step(lane: u32, has: bool, s: f32, p: vec2<u32>, k: u32, t: u32, step: u32, last: bool) {
+    if (has && before(s, p, thr_score, thr_payload)) {
+        tq_score[tq_count] = s;
+        tq_payload[tq_count] = p;
+        tq_count += 1u;
+    }
+    let slot = step % 3u;
+    if (tq_count == t || (last && tq_count > 0u)) {
+        vote[slot] = 1u;
+    }
+    if (lane == 0u) {
+        vote[(step + 1u) % 3u] = 0u;
+    }
+    if (workgroupUniformLoad(&vote[slot]) != 0u) {
+        wq_flush(lane, k, t);
+    }
+}
+
+fn wq_offer(lane: u32, has: bool, s: f32, p: vec2<u32>, k: u32, t: u32, step: u32) {
+    wq_step(lane, has, s, p, k, t, step, false);
+}
+
+// Merges what the thread queues still hold (`step`: the number of offers made); the queue is
+// then the best k offered, sorted.
+fn wq_finish(lane: u32, k: u32, t: u32, step: u32) {
+    wq_step(lane, false, 0.0, vec2<u32>(0u, 0u), k, t, step, true);
+    workgroupBarrier();
+}
