@@ -12,7 +12,9 @@
 // Inner product: -<q, c>; L2: max(|q|² + |c|² − 2<q, c>, 0), the CPU reference's expression.
 // The multiply-adds are fused (`__fmaf_rn`, one rounding each: FFMA on the GPU, std::fma in
 // the emulator); nothing else is (the kernels compile with --fmad=false).
-// Each score goes out with its payload (0, centroid) for the top-k kernel.
+// Each score goes out with its payload (0, centroid) for the top-k kernel, or (with
+// `with_payloads` 0: the device-resident search) alone, 4 bytes a list, the selection taking
+// an entry's place in its row as its payload.
 
 #define TILE 64
 #define STEP 16
@@ -27,7 +29,8 @@ extern "C" __global__ void coarse_distances(
     unsigned int nq,
     unsigned int nlist,
     unsigned int dim,
-    unsigned int l2)
+    unsigned int l2,
+    unsigned int with_payloads)
 {
     __shared__ float q_tile[STEP * STRIDE];
     __shared__ float c_tile[STEP * STRIDE];
@@ -80,7 +83,7 @@ extern "C" __global__ void coarse_distances(
                 float s = -dot[i][j];
                 if (l2) s = fmaxf(q_norm[i] + centroid_norms[c] - 2.0f * dot[i][j], 0.0f);
                 scores[(size_t)q * nlist + c] = s;
-                payloads[(size_t)q * nlist + c] = make_uint2(0u, c);
+                if (with_payloads) payloads[(size_t)q * nlist + c] = make_uint2(0u, c);
             }
         }
     }

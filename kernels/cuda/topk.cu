@@ -34,6 +34,7 @@
 
 // Selects the best `keep` of one chunk (`len` entries from `src`) into `dst`: the body of
 // both entry points. One warp; dynamic shared memory (k + 32·t) × 12 bytes (a `WarpQueue`).
+// With `implicit`, entry i's payload is (0, first_pos + i) and `in_payload` is not read.
 __device__ void select_chunk(
     const float* __restrict__ in_score,
     const uint2* __restrict__ in_payload,
@@ -45,7 +46,9 @@ __device__ void select_chunk(
     uint2* __restrict__ out_payload,
     unsigned int k,
     unsigned int t,
-    float* smem)
+    float* smem,
+    unsigned int implicit,
+    unsigned int first_pos)
 {
     const unsigned int lane = threadIdx.x;
     WarpQueue w;
@@ -54,7 +57,9 @@ __device__ void select_chunk(
         const unsigned int i = base + lane;
         const bool has = i < len;
         const float s = has ? in_score[src + i] : 0.0f;
-        const uint2 p = has ? in_payload[src + i] : make_uint2(0u, 0u);
+        const uint2 p = !has ? make_uint2(0u, 0u)
+                      : implicit ? make_uint2(0u, first_pos + i)
+                                 : in_payload[src + i];
         wq_offer(w, lane, has, s, p);
     }
     wq_finish(w, lane);
@@ -80,7 +85,7 @@ extern "C" __global__ void warp_select(
     if (c >= nchunks) return;
     const Chunk chunk = chunks[c];
     select_chunk(in_score, in_payload, chunk.src, chunk.len, chunk.dst, chunk.keep,
-                 out_score, out_payload, k, t, smem);
+                 out_score, out_payload, k, t, smem, 0u, 0u);
 }
 
 // The same selection over rows laid out at a fixed `stride`, each cut into `parts` chunks of
@@ -88,7 +93,9 @@ extern "C" __global__ void warp_select(
 // device-resident search's rounds). With `use_len`, row r holds only its first `row_len[r]`
 // entries (the rest of its stride is never read); chunks past a row's end output padding.
 // Chunk (r, p) writes its best `keep` at (r · parts + p) · keep, so the next round's rows are
-// `parts · keep` long, and a round with `parts` = 1 leaves row r's best at r · keep.
+// `parts · keep` long, and a round with `parts` = 1 leaves row r's best at r · keep. With
+// `implicit` (the coarse scores, written without payloads), an entry's payload is (0, its
+// place in its row).
 extern "C" __global__ void select_strided(
     const float* __restrict__ in_score,
     const uint2* __restrict__ in_payload,
@@ -102,7 +109,8 @@ extern "C" __global__ void select_strided(
     unsigned int keep,
     unsigned int use_len,
     unsigned int k,
-    unsigned int t)
+    unsigned int t,
+    unsigned int implicit)
 {
     extern __shared__ float smem[];
     const unsigned int c = blockIdx.x + blockIdx.y * gridDim.x;
@@ -112,5 +120,5 @@ extern "C" __global__ void select_strided(
     const unsigned int first = part * chunk;
     const unsigned int len = first < n ? min(chunk, n - first) : 0u;
     select_chunk(in_score, in_payload, row * stride + first, len, c * keep, keep,
-                 out_score, out_payload, k, t, smem);
+                 out_score, out_payload, k, t, smem, implicit, first);
 }

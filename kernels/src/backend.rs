@@ -942,7 +942,12 @@ impl CudaBackend {
                 .arg(&p.dev.quant.norms)
                 .arg(&mut s)
                 .arg(&mut pl);
-            b.arg(&nq_u).arg(&nl_u).arg(&d_u).arg(&l2);
+            let with_payloads = 1u32;
+            b.arg(&nq_u)
+                .arg(&nl_u)
+                .arg(&d_u)
+                .arg(&l2)
+                .arg(&with_payloads);
             // SAFETY: argument types and order match `coarse_distances`; the grid covers the
             // rows × nlist matrix, which `s` (f32) and `pl` (uint2) hold.
             unsafe { b.launch(cfg) }.map_err(driver)?;

@@ -89,7 +89,7 @@ impl CudaBackend {
         let (nlist, tl) = (index.nlist(), index.pq().m() * index.pq().ksub());
         let nprobe = params.nprobe.min(nlist);
         let keep = params.candidates();
-        let common = nlist * 12 + tl * 4 + nprobe * 12 + keep * 24;
+        let common = nlist * 4 + tl * 4 + nprobe * 12 + keep * 24;
         if self.fused_shared_bytes(p, keep).is_some() {
             // Each part's candidates (a part per probe at most), then the merged ones.
             common + nprobe * keep * 12
@@ -220,12 +220,13 @@ impl CudaBackend {
         let stream = &self.io.compute;
         let (rows_u, nlist_u, dim_u) = (rows as u32, nlist as u32, dim as u32);
 
-        // 1. Coarse distances, rows × nlist, payload (0, list).
+        // 1. Coarse distances, rows × nlist, scores alone (4 bytes a list: the selection
+        // takes a list's place in its row as its payload).
         // SAFETY (all `alloc`s below): each buffer is written whole by the kernel that
         // follows it before anything reads it (or, for the scan rows, read only below each
-        // row's length, which the scan writes).
+        // row's length, which the scan writes); `no_payloads` is never written or read.
         let mut cs = unsafe { stream.alloc::<u32>(rows * nlist) }.map_err(driver)?;
-        let mut cp = unsafe { stream.alloc::<u32>(2 * rows * nlist) }.map_err(driver)?;
+        let mut no_payloads = unsafe { stream.alloc::<u32>(2) }.map_err(driver)?;
         {
             let cfg = LaunchConfig {
                 grid_dim: (
@@ -242,15 +243,20 @@ impl CudaBackend {
                 .arg(&dev.quant.centroids)
                 .arg(&dev.quant.norms)
                 .arg(&mut cs)
-                .arg(&mut cp);
-            b.arg(&rows_u).arg(&nlist_u).arg(&dim_u).arg(&l2);
+                .arg(&mut no_payloads);
+            let with_payloads = 0u32;
+            b.arg(&rows_u)
+                .arg(&nlist_u)
+                .arg(&dim_u)
+                .arg(&l2)
+                .arg(&with_payloads);
             // SAFETY: argument types and order match `coarse_distances`; the grid covers
-            // the rows × nlist matrix.
+            // the rows × nlist matrix; without payloads the payload pointer is not used.
             unsafe { b.launch(cfg) }.map_err(driver)?;
         }
         // 2. The probes: each row's best nprobe lists, rows × nprobe.
         let (ps, pp) = self
-            .select_strided_rounds(cs, cp, rows, nlist, None, nprobe, SelectOut::New)?
+            .select_strided_rounds(cs, None, rows, nlist, None, nprobe, SelectOut::New)?
             .ok_or_else(|| CudaError::Driver("internal: no probes".into()))?;
         // 3. Lookup tables, rows × M × ksub.
         let mut tables = unsafe { stream.alloc::<f32>(rows * tl) }.map_err(driver)?;
@@ -325,7 +331,7 @@ impl CudaBackend {
             let mut out_p = res_p.slice_mut(2 * (at + a * k)..2 * (at + b * k));
             self.select_strided_rounds(
                 rs,
-                rp,
+                Some(rp),
                 rows,
                 keep,
                 None,
@@ -442,7 +448,15 @@ impl CudaBackend {
         }
         // 6. Each query's best `keep` candidates.
         let (ks, kp) = self
-            .select_strided_rounds(ss, sp, rows, stride, Some(&row_len), keep, SelectOut::New)?
+            .select_strided_rounds(
+                ss,
+                Some(sp),
+                rows,
+                stride,
+                Some(&row_len),
+                keep,
+                SelectOut::New,
+            )?
             .ok_or_else(|| CudaError::Driver("internal: no candidates".into()))?;
         Ok((ks, kp))
     }
@@ -524,18 +538,19 @@ impl CudaBackend {
         if parts == 1 {
             return Ok((fs, fp));
         }
-        self.select_strided_rounds(fs, fp, rows, parts * keep, None, keep, SelectOut::New)?
+        self.select_strided_rounds(fs, Some(fp), rows, parts * keep, None, keep, SelectOut::New)?
             .ok_or_else(|| CudaError::Driver("internal: no candidates".into()))
     }
 
-    /// Top-k rounds over `rows` rows `stride` apart (of `row_len` entries each when given),
-    /// keeping `keep` per row; the last round writes to `out` (new buffers, returned, or the
+    /// Top-k rounds over `rows` rows `stride` apart (of `row_len` entries each when given;
+    /// without `payloads`, each entry's payload is (0, its place in its row)), keeping `keep`
+    /// per row; the last round writes to `out` (new buffers, returned, or the
     /// views given).
     #[allow(clippy::too_many_arguments)]
     fn select_strided_rounds(
         &self,
         scores: CudaSlice<u32>,
-        payloads: CudaSlice<u32>,
+        payloads: Option<CudaSlice<u32>>,
         rows: usize,
         stride: usize,
         row_len: Option<&CudaSlice<u32>>,
@@ -565,8 +580,14 @@ impl CudaBackend {
                 keep as u32,
                 u32::from(lens.is_some()),
             );
+            let implicit = u32::from(cur_p.is_none());
             let mut b = stream.launch_builder(&self.select_strided);
-            b.arg(&cur_s).arg(&cur_p);
+            b.arg(&cur_s);
+            match &cur_p {
+                Some(p) => b.arg(p),
+                // Never read with `implicit` payloads.
+                None => b.arg(&cur_s),
+            };
             match lens {
                 Some(l) => b.arg(l),
                 // Never read without `use_len`.
@@ -593,14 +614,14 @@ impl CudaBackend {
                 .arg(&parts_u)
                 .arg(&chunk_u)
                 .arg(&keep_u);
-            b.arg(&use_len).arg(&k).arg(&t);
+            b.arg(&use_len).arg(&k).arg(&t).arg(&implicit);
             // SAFETY: argument types and order match `select_strided`; chunk (r, p) reads
             // row r's entries below its length and writes `keep` entries at (r·parts+p)·keep,
             // inside the output of `blocks × keep` entries.
             unsafe { b.launch(cfg) }.map_err(driver)?;
             match fresh {
                 Some((s, p)) if !last => {
-                    (cur_s, cur_p, stride) = (s, p, parts * keep);
+                    (cur_s, cur_p, stride) = (s, Some(p), parts * keep);
                     lens = None;
                 }
                 Some(done) => return Ok(Some(done)),

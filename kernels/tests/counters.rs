@@ -2,7 +2,7 @@
 //! (`Backend::counters`, `quiver_kernels::emulator_counters`): the device-resident search
 //! uploads the queries once and downloads the results once, with a bounded number of launches
 //! and no memsets (the shared bodies of `shaders/tests/parity/`). Its own test binary: the
-//! counters are the process's, so nothing else may run meanwhile. Skips (passes) on NVIDIA's
+//! counters are the process's, so nothing else may run meanwhile (its tests take turns). Skips (passes) on NVIDIA's
 //! driver, which has no counters, and without a driver unless `QUIVER_REQUIRE_CUDA=1`.
 
 #[path = "../../shaders/tests/parity/mod.rs"]
@@ -16,6 +16,13 @@ use quiver_engine::synth::ClusteredGaussian;
 use quiver_engine::{IndexParams, IvfPqIndex, Metric, RefineKind};
 use quiver_kernels::probe::{cuda_availability, CudaAvailability};
 use quiver_kernels::CudaBackend;
+
+/// The process's counters see every test's work: each test holds this while it counts.
+static COUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn counting() -> std::sync::MutexGuard<'static, ()> {
+    COUNTING.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn backend() -> Option<CudaBackend> {
     match cuda_availability() {
@@ -34,6 +41,7 @@ fn backend() -> Option<CudaBackend> {
 /// searched as one batch: one upload, one download.
 #[test]
 fn a_resident_batch_crosses_the_bus_once_each_way() {
+    let _alone = counting();
     let Some(b) = backend() else { return };
     parity::a_resident_batch_crosses_the_bus_once_each_way(
         &b,
@@ -125,6 +133,7 @@ fn fused_against_unfused(
 /// device bytes than the unfused path.
 #[test]
 fn the_fused_scan_writes_candidates_not_score_rows() {
+    let _alone = counting();
     let Some(b) = backend() else { return };
     let s = Shape {
         n: 40_000,
@@ -150,6 +159,7 @@ fn the_fused_scan_writes_candidates_not_score_rows() {
 #[test]
 #[ignore = "long on the emulator: the issue's per-query shapes at 1M vectors"]
 fn the_issue_shapes_fused_and_unfused() {
+    let _alone = counting();
     let Some(b) = backend() else { return };
     for nprobe in [32, 128] {
         let s = Shape {
@@ -169,6 +179,7 @@ fn the_issue_shapes_fused_and_unfused() {
 #[test]
 #[ignore = "minutes on the emulator: the issue's 100k-vector batch"]
 fn the_issue_batch_at_100k() {
+    let _alone = counting();
     let Some(b) = backend() else { return };
     parity::the_issue_batch_at_100k(&b, true);
 }

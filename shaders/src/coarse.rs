@@ -21,6 +21,9 @@ pub(crate) struct DistanceParams {
     pub(crate) nlist: u32,
     pub(crate) dim: u32,
     pub(crate) l2: u32,
+    /// 1: write each score's payload (0, list); 0: scores alone.
+    pub(crate) payloads: u32,
+    pub(crate) pad: [u32; 3],
 }
 
 /// Queries and centroids of one `coarse.wgsl` workgroup's tile (16 × 16 invocations, 4 × 4
@@ -117,6 +120,8 @@ impl GpuCoarse {
                 nlist: self.nlist as u32,
                 dim: self.dim as u32,
                 l2: u32::from(self.l2),
+                payloads: 1,
+                pad: [0; 3],
             },
         );
         let groups = (

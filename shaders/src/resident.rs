@@ -71,7 +71,7 @@ impl WgpuBackend {
             stride = stride.max(row);
         }
         let widest = [
-            nlist * 8,
+            nlist * 4,
             tl * 4,
             nprobe * 32,
             stride * 8,
@@ -212,8 +212,10 @@ impl WgpuBackend {
 
         // 1. Coarse distances, rows × nlist.
         let c = &p.coarse;
+        // Scores alone (the selection takes a list's place in its row as its payload); the
+        // payload binding gets a placeholder the kernel does not write.
         let cs = output(gpu, "coarse scores", (rows * nlist * 4) as u64);
-        let cp = output(gpu, "coarse payloads", (rows * nlist * 8) as u64);
+        let cp = output(gpu, "no coarse payloads", 8);
         let cparams = uniform(
             gpu,
             &DistanceParams {
@@ -221,6 +223,8 @@ impl WgpuBackend {
                 nlist: nlist as u32,
                 dim: dim as u32,
                 l2: u32::from(c.l2),
+                payloads: 0,
+                pad: [0; 3],
             },
         );
         c.distances.dispatch_bound(
@@ -242,7 +246,7 @@ impl WgpuBackend {
         // 2. The probes, rows × nprobe.
         let (ps, pp) = self
             .topk
-            .record_strided(gpu, enc, cs, cp, rows, nlist, None, nprobe, None)?
+            .record_strided(gpu, enc, cs, None, rows, nlist, None, nprobe, None)?
             .ok_or_else(|| WgpuError::Invalid("internal: no probes".into()))?;
         // 3. Lookup tables, rows × M × ksub.
         let tables = output(gpu, "tables", (rows * tl * 4) as u64);
@@ -338,7 +342,7 @@ impl WgpuBackend {
                 ),
             );
             self.topk
-                .record_strided(gpu, enc, rs, rp, rows, keep, None, k, Some(out))?;
+                .record_strided(gpu, enc, rs, Some(rp), rows, keep, None, k, Some(out))?;
         }
         Ok(())
     }
@@ -413,7 +417,7 @@ impl WgpuBackend {
             return Ok((fs, fp));
         }
         self.topk
-            .record_strided(gpu, enc, fs, fp, rows, parts * keep, None, keep, None)?
+            .record_strided(gpu, enc, fs, Some(fp), rows, parts * keep, None, keep, None)?
             .ok_or_else(|| WgpuError::Invalid("internal: no candidates".into()))
     }
 
@@ -509,7 +513,17 @@ impl WgpuBackend {
         // 6. Each query's best `keep` candidates.
         let (ks, kp) = self
             .topk
-            .record_strided(gpu, enc, ss, sp, rows, stride, Some(&row_len), keep, None)?
+            .record_strided(
+                gpu,
+                enc,
+                ss,
+                Some(sp),
+                rows,
+                stride,
+                Some(&row_len),
+                keep,
+                None,
+            )?
             .ok_or_else(|| WgpuError::Invalid("internal: no candidates".into()))?;
         Ok((ks, kp))
     }

@@ -98,8 +98,9 @@ impl GpuTopK {
     }
 
     /// Records top-k rounds over `rows` rows `stride` entries apart in `scores` /
-    /// `payloads` (each row only its first `row_len[r]` entries when given), keeping `keep`
-    /// per row (at most [`Self::max_keep`]); the last round writes into `out` (score and
+    /// `payloads` (each row only its first `row_len[r]` entries when given; without
+    /// `payloads`, an entry's payload is (0, its place in its row)), keeping `keep` per row
+    /// (at most [`Self::max_keep`]); the last round writes into `out` (score and
     /// payload bindings) when given, else into new buffers, which are returned.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn record_strided(
@@ -107,7 +108,7 @@ impl GpuTopK {
         gpu: &GpuDevice,
         encoder: &mut wgpu::CommandEncoder,
         scores: wgpu::Buffer,
-        payloads: wgpu::Buffer,
+        payloads: Option<wgpu::Buffer>,
         rows: usize,
         stride: usize,
         row_len: Option<&wgpu::Buffer>,
@@ -142,6 +143,10 @@ impl GpuTopK {
                     u32::from(lens.is_some()),
                     shape.queue as u32,
                     shape.thread_queue as u32,
+                    u32::from(cur_p.is_none()),
+                    0,
+                    0,
+                    0,
                 ],
             );
             let into = if last { out.take() } else { None };
@@ -162,7 +167,8 @@ impl GpuTopK {
                 encoder,
                 &[
                     (0, cur_s.as_entire_binding()),
-                    (1, cur_p.as_entire_binding()),
+                    // Never read with implicit payloads.
+                    (1, cur_p.as_ref().unwrap_or(&cur_s).as_entire_binding()),
                     (3, os),
                     (4, op),
                     // Never read without `use_len`.
@@ -173,7 +179,7 @@ impl GpuTopK {
             );
             match fresh {
                 Some((s, p)) if !last => {
-                    (cur_s, cur_p, stride) = (s, p, parts * keep);
+                    (cur_s, cur_p, stride) = (s, Some(p), parts * keep);
                     lens = None;
                 }
                 done => return Ok(done),

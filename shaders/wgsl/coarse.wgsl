@@ -16,6 +16,10 @@ struct Params {
     nlist: u32,
     dim: u32,
     l2: u32,
+    payloads: u32, // 0: scores alone (the resident search's selection takes places as payloads)
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> queries: array<f32>;
@@ -96,7 +100,9 @@ fn main(
                     s = max(q_norm[i] + centroid_norms[c] - 2.0 * dot[i][j], 0.0);
                 }
                 scores[q * params.nlist + c] = s;
-                payloads[q * params.nlist + c] = vec2<u32>(0u, c);
+                if (params.payloads != 0u) {
+                    payloads[q * params.nlist + c] = vec2<u32>(0u, c);
+                }
             }
         }
     }

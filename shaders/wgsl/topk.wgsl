@@ -51,7 +51,11 @@ var<workgroup> chunk_len: u32;
 
 // Selects the best `keep` of one chunk (`n` entries from `src`) into `dst`: the body of both
 // entry points (twin of `select_chunk` in topk.cu).
-fn select_chunk(lane: u32, src: u32, n: u32, dst: u32, keep: u32, k: u32, t: u32) {
+// With `implicit`, entry i's payload is (0, first_pos + i) and `in_payload` is not read.
+fn select_chunk(
+    lane: u32, src: u32, n: u32, dst: u32, keep: u32, k: u32, t: u32, implicit: bool,
+    first_pos: u32,
+) {
     wq_init(lane, k);
     if (lane == 0u) {
         chunk_len = n;
@@ -65,7 +69,11 @@ fn select_chunk(lane: u32, src: u32, n: u32, dst: u32, keep: u32, k: u32, t: u32
         var p = vec2<u32>(0u, 0u);
         if (has) {
             s = in_score[src + i];
-            p = in_payload[src + i];
+            if (implicit) {
+                p = vec2<u32>(0u, first_pos + i);
+            } else {
+                p = in_payload[src + i];
+            }
         }
         wq_offer(lane, has, s, p, k, t, step);
         step += 1u;
@@ -88,18 +96,20 @@ fn main(
         return;
     }
     let chunk = chunks[c];
-    select_chunk(lane, chunk.src, chunk.len, chunk.dst, chunk.keep, params.y, params.z);
+    select_chunk(lane, chunk.src, chunk.len, chunk.dst, chunk.keep, params.y, params.z, false, 0u);
 }
 
 // The bindings of `strided` in place of `chunks` and `params`.
 @group(0) @binding(6) var<storage, read> row_len: array<u32>;
-// [0]: rows, stride, parts, chunk; [1]: keep, use_len, K, T.
-@group(0) @binding(7) var<uniform> sparams: array<vec4<u32>, 2>;
+// [0]: rows, stride, parts, chunk; [1]: keep, use_len, K, T; [2]: implicit payloads.
+@group(0) @binding(7) var<uniform> sparams: array<vec4<u32>, 3>;
 
 // The same selection over rows `stride` apart, each cut into `parts` chunks of `chunk`
 // entries derived from the workgroup's number (no list from the host: the device-resident
 // search's rounds); with `use_len`, row r holds only its first `row_len[r]` entries. Chunk
-// (r, p) writes its best `keep` at (r · parts + p) · keep. Twin of `select_strided` in topk.cu.
+// (r, p) writes its best `keep` at (r · parts + p) · keep. With `implicit` (the coarse
+// scores, written without payloads) an entry's payload is (0, its place in its row). Twin of
+// `select_strided` in topk.cu.
 @compute @workgroup_size(32)
 fn strided(
     @builtin(local_invocation_index) lane: u32,
@@ -125,5 +135,8 @@ fn strided(
     if (first < n) {
         len = min(chunk, n - first);
     }
-    select_chunk(lane, row * stride + first, len, c * keep, keep, sparams[1].z, sparams[1].w);
+    select_chunk(
+        lane, row * stride + first, len, c * keep, keep, sparams[1].z, sparams[1].w,
+        sparams[2].x != 0u, first,
+    );
 }
