@@ -6,6 +6,7 @@
 // (M × 16 bytes), so the integer sum equals the CPU's and `base + sum / scale + offset` is the
 // same expression. One block per (query, probed list); deleted entries score +inf.
 
+#include "table_entry.cuh"
 #include "warp_queue.cuh"
 
 struct ScanItem {
@@ -190,21 +191,26 @@ extern "C" __global__ void scan4_quantized(
 }
 
 // The 4-bit scan with the selection fused in: `scan8_select`'s shape (one block of 8 warps
-// per (query, part of `group` probes), items made from the probes, each warp's `WarpQueue`,
-// a pairwise merge, the best `keep` at (q · parts + p) · keep), each item's table quantized
-// in shared memory as `scan4_quantized` quantizes it. Dynamic shared memory: the item's
-// tables (`quantize_item`, rounded up to 8 bytes), then 8 queues of (K + 32·T) × 12 bytes.
+// per (query, part of `group` probes), items made from the probes, the query's float table
+// built in shared memory by `query_table`, each warp's `WarpQueue`, a pairwise merge, the best
+// `keep` at (q · parts + p) · keep), each item's table quantized in shared memory from it as
+// `scan4_quantized` quantizes the tables kernel's. Dynamic shared memory: the query's table
+// (M × 16 floats), the item's tables (`quantize_item`, rounded up to 8 bytes), then 8 queues
+// of (K + 32·T) × 12 bytes.
 extern "C" __global__ void scan4_select(
     const unsigned char* __restrict__ codes,
     const uint2* __restrict__ probe_payload,
     const float* __restrict__ probe_score,
     const uint4* __restrict__ places,
-    const float* __restrict__ tables,
+    const float* __restrict__ queries,
+    const float* __restrict__ codebook,
     const float* __restrict__ terms,
     const unsigned int* __restrict__ dead,
     float* __restrict__ out_score,
     uint2* __restrict__ out_payload,
     unsigned int m,
+    unsigned int dsub,
+    float factor,
     unsigned int l2,
     unsigned int nq,
     unsigned int nprobe,
@@ -222,19 +228,22 @@ extern "C" __global__ void scan4_select(
     const unsigned int first = part * group, last = min(first + group, nprobe);
     const unsigned int table_len = m * 16u;
     const unsigned int warp = threadIdx.x / LANES, lane = threadIdx.x % LANES;
+    float* q_table = reinterpret_cast<float*>(smem4);
+    unsigned char* item = smem4 + table_len * 4u;
     const unsigned int item_bytes = ((m * (16u * 5u + 8u) + 8u) + 7u) & ~7u;
-    float* queues = reinterpret_cast<float*>(smem4 + item_bytes);
+    float* queues = reinterpret_cast<float*>(item + item_bytes);
     const unsigned int queue_words = (k + LANES * t) * 3u;
     WarpQueue wq;
     wq_init(wq, queues + warp * queue_words, lane, k, t);
+    query_table(queries + (size_t)q * m * dsub, codebook, q_table, m, 16u, dsub, factor);
     for (unsigned int j = first; j < last; j++) {
         const unsigned int at = q * nprobe + j;
         const unsigned int l = probe_payload[at].y;
         const uint4 pl = places[l];
         const float bias = by_residual ? probe_score[at] : 0.0f;
-        __syncthreads();  // the previous item's reads of its table are done
-        const QuantizedItem qi = quantize_item(smem4, tables + (size_t)q * table_len,
-                                               terms + (size_t)l * table_len, l2, bias, m);
+        __syncthreads();  // the table is built; the previous item's reads of its tables done
+        const QuantizedItem qi = quantize_item(item, q_table, terms + (size_t)l * table_len, l2,
+                                               bias, m);
         const float offset = l2 ? 0.0f : bias;
         for (unsigned int base = warp * LANES; base < pl.z; base += blockDim.x) {
             const unsigned int i = base + lane;

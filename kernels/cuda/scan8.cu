@@ -16,6 +16,7 @@
 // entry — the CPU scan's additions in the CPU scan's order. Deleted entries score +inf.
 // Output: score and payload (0, global slot) in the query's row, for top-k.
 
+#include "table_entry.cuh"
 #include "warp_queue.cuh"
 
 struct ScanItem {
@@ -155,32 +156,37 @@ extern "C" __global__ void scan_items(
     row_len[q] = out;
 }
 
-// The scan with the selection fused in (no score rows): one block of 8 warps per (query,
-// part), part p of query q scanning its probes p·group … min((p+1)·group, nprobe) − 1 (the
-// coarse selection's output row, best first; each item made here as `scan_items` makes it,
-// from the lists' places). The table is staged as `scan8` stages it. Warp w scores the
-// entries 32w … 32w + 31 of every 256 of an item (one interleaved code block) and offers
-// them to its own `WarpQueue` (K, T: the host's shape for `keep`); deleted entries are not
-// offered (they would score +inf with the padding's payload, which never beats a real
+// The scan with the selection fused in (no score rows, no table in device memory): one
+// block of 8 warps per (query, part), part p of query q scanning its probes p·group …
+// min((p+1)·group, nprobe) − 1 (the coarse selection's output row, best first; each item made
+// here as `scan_items` makes it, from the lists' places). The block first builds the query's
+// table in shared memory (`query_table`: `lookup_tables`' arithmetic, from the queries and the
+// codebook: what the tables kernel would have written and `scan8` staged), and with L2 folds
+// each list's terms into a second copy per item (term + table, as `scan8` stages it). Warp w
+// scores the entries 32w … 32w + 31 of every 256 of an item (one interleaved code block) and
+// offers them to its own `WarpQueue` (K, T: the host's shape for `keep`); deleted entries are
+// not offered (they would score +inf with the padding's payload, which never beats a real
 // entry). After the last item the eight queues are merged pairwise (three bitonic merges
 // deep) and warp 0 writes the best `keep` at (q · parts + p) · keep, sorted; what one
 // `select_strided` round over each query's `parts · keep` entries then selects is exactly
 // what the score rows' rounds select (the same entries, the same order).
-// Dynamic shared memory: the staged table (M KiB, when `staged`), then 8 queues of
-// (K + 32·T) × 12 bytes.
+// Dynamic shared memory: the query's table (M KiB), with L2 the folded table (M KiB more),
+// then 8 queues of (K + 32·T) × 12 bytes.
 extern "C" __global__ void scan8_select(
     const unsigned char* __restrict__ codes,
     const uint2* __restrict__ probe_payload,
     const float* __restrict__ probe_score,
     const uint4* __restrict__ places,
-    const float* __restrict__ tables,
+    const float* __restrict__ queries,
+    const float* __restrict__ codebook,
     const float* __restrict__ terms,
     const unsigned int* __restrict__ dead,
     float* __restrict__ out_score,
     uint2* __restrict__ out_payload,
     unsigned int m,
+    unsigned int dsub,
+    float factor,
     unsigned int l2,
-    unsigned int staged,
     unsigned int nq,
     unsigned int nprobe,
     unsigned int group,
@@ -197,34 +203,33 @@ extern "C" __global__ void scan8_select(
     const unsigned int first = part * group, last = min(first + group, nprobe);
     const unsigned int table_len = m * 256u;
     const unsigned int warp = threadIdx.x / LANES, lane = threadIdx.x % LANES;
-    float* table = smem;
-    float* queues = smem + (staged ? table_len : 0u);
+    float* q_table = smem;
+    float* folded = smem + table_len;
+    float* queues = smem + (l2 ? 2u : 1u) * table_len;
     const unsigned int queue_words = (k + LANES * t) * 3u;
     WarpQueue wq;
     wq_init(wq, queues + warp * queue_words, lane, k, t);
-    const float* q_table = tables + (size_t)q * table_len;
-    bool have_table = false;
+    query_table(queries + (size_t)q * m * dsub, codebook, q_table, m, 256u, dsub, factor);
+    __syncthreads();
     for (unsigned int j = first; j < last; j++) {
         // Every thread reads the same item: the branches below are uniform in the block.
         const unsigned int at = q * nprobe + j;
         const unsigned int l = probe_payload[at].y;
         const uint4 pl = places[l];
         const float bias = by_residual ? probe_score[at] : 0.0f;
-        const float* l_terms = terms + (size_t)l * table_len;
-        if (staged && (l2 || !have_table)) {
-            __syncthreads();  // the previous item's reads of `table` are done
+        if (l2) {
+            const float* l_terms = terms + (size_t)l * table_len;
+            __syncthreads();  // the previous item's reads of `folded` are done
             for (unsigned int i = threadIdx.x; i < table_len; i += blockDim.x)
-                table[i] = l2 ? l_terms[i] + q_table[i] : q_table[i];
+                folded[i] = l_terms[i] + q_table[i];
             __syncthreads();
-            have_table = true;
         }
-        const float* tt = staged ? table : q_table;
-        const float* add = (l2 && !staged) ? l_terms : nullptr;
+        const float* tt = l2 ? folded : q_table;
         for (unsigned int base = warp * LANES; base < pl.z; base += blockDim.x) {
             const unsigned int i = base + lane;
             const unsigned int slot = pl.y + i;
             const bool has = i < pl.z && !((dead[slot >> 5] >> (slot & 31u)) & 1u);
-            const float s = has ? score8(codes, pl.x, pl.z, i, bias, tt, add, m) : 0.0f;
+            const float s = has ? score8(codes, pl.x, pl.z, i, bias, tt, nullptr, m) : 0.0f;
             wq_offer(wq, lane, has, s, make_uint2(0u, slot));
         }
     }

@@ -4,6 +4,8 @@
 // One thread per table entry; the codebook (M × ksub × dsub) is read in place (it stays in
 // L2: 4 KiB to 400 KiB).
 
+#include "table_entry.cuh"
+
 extern "C" __global__ void lookup_tables(
     const float* __restrict__ queries,
     const float* __restrict__ codebook,
@@ -21,10 +23,5 @@ extern "C" __global__ void lookup_tables(
     const size_t q = i / per_query;
     const unsigned int r = (unsigned int)(i % per_query);
     const unsigned int sub = r / ksub, j = r % ksub;
-    const size_t dim = (size_t)m * dsub;
-    float acc = 0.0f;
-    for (unsigned int t = 0; t < dsub; t++) {
-        acc += queries[q * dim + sub * dsub + t] * codebook[((size_t)sub * ksub + j) * dsub + t];
-    }
-    values[i] = factor * acc;
+    values[i] = table_entry(queries + q * (size_t)m * dsub, codebook, sub, j, ksub, dsub, factor);
 }

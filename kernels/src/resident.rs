@@ -29,11 +29,10 @@ use crate::backend::{
 /// Warps in a block of the fused scan + selection (each with its own queue).
 const FUSED_WARPS: usize = 8;
 
-/// The fused scan's dynamic shared memory, and whether the 8-bit table is staged in it.
+/// The fused scan's dynamic shared memory.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FusedShared {
     bytes: usize,
-    staged: bool,
 }
 
 /// A selection's scores and payloads on the device (one word, two words an entry).
@@ -63,8 +62,8 @@ impl CudaBackend {
 
     /// The dynamic shared memory of the fused scan + selection (`scan8_select` /
     /// `scan4_select`) for this index and `keep`, when it runs: `keep` within
-    /// [`FUSED_SELECT_MAX_KEEP`] and the block's tables and eight warp queues within the
-    /// device's opt-in shared memory.
+    /// [`FUSED_SELECT_MAX_KEEP`] and the block's tables (it builds its query's table itself)
+    /// and eight warp queues within the device's opt-in shared memory.
     pub(crate) fn fused_shared_bytes(&self, p: &CudaPrepared, keep: usize) -> Option<FusedShared> {
         if keep > FUSED_SELECT_MAX_KEEP || !self.fused_select {
             return None;
@@ -72,15 +71,15 @@ impl CudaBackend {
         let index = p.index_arc();
         let m = index.pq().m();
         let queues = FUSED_WARPS * WarpSelectShape::for_keep(keep.max(1)).shared_bytes();
-        let (tables, staged) = if index.layout() == CodeLayout::Packed4x32 {
-            ((m * (16 * 5 + 8) + 8).next_multiple_of(8), false)
-        } else if m * 256 * 4 + queues <= self.scan8_shared {
-            (m * 256 * 4, true)
+        // The query's table built in the block, and with 8-bit L2 the list-folded copy; with
+        // 4-bit codes the item's quantized tables.
+        let tables = if index.layout() == CodeLayout::Packed4x32 {
+            m * 16 * 4 + (m * (16 * 5 + 8) + 8).next_multiple_of(8)
         } else {
-            (0, false)
+            m * 256 * 4 * if p.dev.quant.l2_terms.is_some() { 2 } else { 1 }
         };
         let bytes = tables + queues;
-        (bytes <= self.scan8_shared).then_some(FusedShared { bytes, staged })
+        (bytes <= self.scan8_shared).then_some(FusedShared { bytes })
     }
 
     /// Bytes of device memory one query of a batch needs across the resident stages.
@@ -258,11 +257,16 @@ impl CudaBackend {
         let (ps, pp) = self
             .select_strided_rounds(cs, None, rows, nlist, None, nprobe, SelectOut::New)?
             .ok_or_else(|| CudaError::Driver("internal: no probes".into()))?;
-        // 3. Lookup tables, rows × M × ksub.
-        let mut tables = unsafe { stream.alloc::<f32>(rows * tl) }.map_err(driver)?;
-        {
+        // 3. Lookup tables, rows × M × ksub, for the indexes that scan unfused (the fused
+        // scan builds each query's table in shared memory).
+        let unfused = segs
+            .iter()
+            .any(|p| self.fused_shared_bytes(p, params.candidates()).is_none());
+        let factor: f32 = if ip { -1.0 } else { -2.0 };
+        let mut tables =
+            unsafe { stream.alloc::<f32>(if unfused { rows * tl } else { 1 }) }.map_err(driver)?;
+        if unfused {
             let n = rows * tl;
-            let factor: f32 = if ip { -1.0 } else { -2.0 };
             let cfg = LaunchConfig {
                 grid_dim: grid(n.div_ceil(256)),
                 block_dim: (256, 1, 1),
@@ -282,7 +286,10 @@ impl CudaBackend {
             // 4–6. Each query's best `keep` candidates: scored and selected in one kernel
             // (then one round merging its parts), or scored into rows and selected in rounds.
             let (ks, kp) = match self.fused_shared_bytes(p, keep) {
-                Some(smem) => self.fused_scan_select(p, &pp, &ps, &tables, rows, params, smem)?,
+                Some(smem) => {
+                    let probes = (&pp, &ps);
+                    self.fused_scan_select(p, probes, queries, factor, rows, params, smem)?
+                }
                 None => self.scan_then_select(p, &pp, &ps, &tables, rows, params)?,
             };
             // 7. Refine at the candidates' global slots; payloads become ids.
@@ -461,17 +468,18 @@ impl CudaBackend {
         Ok((ks, kp))
     }
 
-    /// Steps 4–6 of a tile, fused: `scan8_select` / `scan4_select` score each query's probed
-    /// lists in parts of `fused_scan_group` probes, each part's block writing its best `keep`
-    /// (no score rows); one `select_strided` round merges a query's parts (none when it has
-    /// one). `smem`: the kernel's dynamic shared memory ([`Self::fused_shared_bytes`]).
+    /// Steps 3–6 of a tile, fused: `scan8_select` / `scan4_select` build each query's table
+    /// in shared memory and score its probed lists in parts of `fused_scan_group` probes, each
+    /// part's block writing its best `keep` (no tables or score rows in device memory); one
+    /// `select_strided` round merges a query's parts (none when it has one). `smem`: the
+    /// kernel's dynamic shared memory ([`Self::fused_shared_bytes`]).
     #[allow(clippy::too_many_arguments)]
     fn fused_scan_select(
         &self,
         p: &CudaPrepared,
-        pp: &CudaSlice<u32>,
-        ps: &CudaSlice<u32>,
-        tables: &CudaSlice<f32>,
+        (pp, ps): (&CudaSlice<u32>, &CudaSlice<u32>),
+        queries: &cudarc::driver::CudaView<'_, f32>,
+        factor: f32,
         rows: usize,
         params: &SearchParams,
         smem: FusedShared,
@@ -503,8 +511,8 @@ impl CudaBackend {
         let mut fp = unsafe { stream.alloc::<u32>(2 * blocks * keep) }.map_err(driver)?;
         let l2 = u32::from(dev.quant.l2_terms.is_some());
         let four_bit = index.layout() == CodeLayout::Packed4x32;
-        let staged = u32::from(smem.staged);
         let (m_u, rows_u, np_u, g_u) = (m as u32, rows as u32, nprobe as u32, group as u32);
+        let dsub_u = index.pq().dsub() as u32;
         let by_residual = u32::from(index.params().by_residual());
         let (keep_u, k_u, t_u) = (keep as u32, shape.queue as u32, shape.thread_queue as u32);
         let cfg = LaunchConfig {
@@ -517,23 +525,16 @@ impl CudaBackend {
         } else {
             &self.scan8_select
         });
-        b.arg(codes)
-            .arg(pp)
-            .arg(ps)
-            .arg(&dev.places)
-            .arg(tables)
-            .arg(terms);
+        b.arg(codes).arg(pp).arg(ps).arg(&dev.places);
+        b.arg(queries).arg(&dev.quant.codebook).arg(terms);
         b.arg(&p.dead).arg(&mut fs).arg(&mut fp);
-        b.arg(&m_u).arg(&l2);
-        if !four_bit {
-            b.arg(&staged);
-        }
+        b.arg(&m_u).arg(&dsub_u).arg(&factor).arg(&l2);
         b.arg(&rows_u).arg(&np_u).arg(&g_u).arg(&by_residual);
         b.arg(&keep_u).arg(&k_u).arg(&t_u);
-        // SAFETY: argument types and order match `scan8_select` (with `staged`) and
-        // `scan4_select` (without); each block reads its query's probes and the lists' resident
-        // codes, and writes `keep` entries at its block number × keep, inside `blocks × keep`;
-        // `smem` holds its tables and eight queues of `shape`.
+        // SAFETY: argument types and order match `scan8_select` and `scan4_select`; each block
+        // reads its query (rows × M · dsub floats), the codebook, its probes and the lists'
+        // resident codes, and writes `keep` entries at its block number × keep, inside
+        // `blocks × keep`; `smem` holds its tables and eight queues of `shape`.
         unsafe { b.launch(cfg) }.map_err(driver)?;
         if parts == 1 {
             return Ok((fs, fp));

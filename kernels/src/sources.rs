@@ -16,8 +16,11 @@ pub struct Kernel {
     pub wgsl_twin: &'static str,
 }
 
+/// The table entry of the lookup tables (`cuda/table_entry.cuh`).
+const TABLE_ENTRY: (&str, &str) = ("table_entry.cuh", include_str!("../cuda/table_entry.cuh"));
+
 /// The warp queue of the selections (`cuda/warp_queue.cuh`).
-const WARP_QUEUE: &[(&str, &str)] = &[("warp_queue.cuh", include_str!("../cuda/warp_queue.cuh"))];
+const WARP_QUEUE: (&str, &str) = ("warp_queue.cuh", include_str!("../cuda/warp_queue.cuh"));
 
 /// Every kernel, in pipeline order.
 pub const KERNELS: &[Kernel] = &[
@@ -32,28 +35,28 @@ pub const KERNELS: &[Kernel] = &[
         name: "topk",
         entries: &["warp_select", "select_strided"],
         source: include_str!("../cuda/topk.cu"),
-        headers: WARP_QUEUE,
+        headers: &[WARP_QUEUE],
         wgsl_twin: "topk.wgsl",
     },
     Kernel {
         name: "tables",
         entries: &["lookup_tables"],
         source: include_str!("../cuda/tables.cu"),
-        headers: &[],
+        headers: &[TABLE_ENTRY],
         wgsl_twin: "tables.wgsl",
     },
     Kernel {
         name: "scan8",
         entries: &["scan8", "scan_items", "scan8_select"],
         source: include_str!("../cuda/scan8.cu"),
-        headers: WARP_QUEUE,
+        headers: &[TABLE_ENTRY, WARP_QUEUE],
         wgsl_twin: "scan8.wgsl",
     },
     Kernel {
         name: "scan4",
         entries: &["scan4", "scan4_quantized", "scan4_select"],
         source: include_str!("../cuda/scan4.cu"),
-        headers: WARP_QUEUE,
+        headers: &[TABLE_ENTRY, WARP_QUEUE],
         wgsl_twin: "scan4.wgsl",
     },
     Kernel {
