@@ -235,6 +235,26 @@ impl WarpSelectShape {
         }
     }
 
+    /// Warps a first round over long rows aims at: an H100 keeps 32 one-warp blocks on each of
+    /// its 132 SMs, and a lone warp's loop waits on memory at every step, so a batch's rows
+    /// are cut until they fill the device.
+    pub const SPREAD_WARPS: usize = 4096;
+
+    /// The chunk of a first round over `rows` rows of `row_len` entries: [`Self::chunk`] or
+    /// less, so that `rows × parts` reaches [`Self::SPREAD_WARPS`], but never below 8·K (each
+    /// round still shrinks a row at least 8-fold). The coarse selection's rows (`nlist`
+    /// scores) use it: 1,024 queries at nlist 16,384 and nprobe 32 read 2,048-entry chunks,
+    /// 8 warps a row, where 8,192-entry chunks would leave 2 warps a row and most of an H100
+    /// idle.
+    pub fn spread_chunk(&self, rows: usize, row_len: usize) -> usize {
+        let parts = Self::SPREAD_WARPS.div_ceil(rows.max(1));
+        row_len
+            .div_ceil(parts)
+            .next_power_of_two()
+            .max(8 * self.queue)
+            .min(self.chunk)
+    }
+
     /// Workgroup (shared) memory a warp uses: the queue and the staging area, 12 bytes per
     /// entry (f32 score, two u32 payload words).
     pub fn shared_bytes(&self) -> usize {

@@ -564,8 +564,10 @@ impl CudaBackend {
         let (mut cur_s, mut cur_p, mut stride) = (scores, payloads, stride.max(1));
         let mut lens = row_len;
         let mut out = Some(out);
+        // Long rows' first round is cut finer, to fill the device (`spread_chunk`).
+        let mut chunk = shape.spread_chunk(rows, stride);
         loop {
-            let parts = stride.div_ceil(shape.chunk);
+            let parts = stride.div_ceil(chunk);
             let last = parts == 1;
             let blocks = rows * parts;
             let cfg = LaunchConfig {
@@ -577,7 +579,7 @@ impl CudaBackend {
                 rows as u32,
                 stride as u32,
                 parts as u32,
-                shape.chunk as u32,
+                chunk as u32,
                 keep as u32,
                 u32::from(lens.is_some()),
             );
@@ -624,6 +626,7 @@ impl CudaBackend {
                 Some((s, p)) if !last => {
                     (cur_s, cur_p, stride) = (s, Some(p), parts * keep);
                     lens = None;
+                    chunk = shape.chunk;
                 }
                 Some(done) => return Ok(Some(done)),
                 None => return Ok(None),

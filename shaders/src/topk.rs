@@ -128,8 +128,10 @@ impl GpuTopK {
         })?;
         let (mut cur_s, mut cur_p, mut stride) = (scores, payloads, stride.max(1));
         let mut lens = row_len;
+        // Long rows' first round is cut finer, to fill the device (`spread_chunk`).
+        let mut chunk = shape.spread_chunk(rows, stride);
         loop {
-            let parts = stride.div_ceil(shape.chunk);
+            let parts = stride.div_ceil(chunk);
             let last = parts == 1;
             let blocks = rows * parts;
             let params = uniform(
@@ -138,7 +140,7 @@ impl GpuTopK {
                     rows as u32,
                     stride as u32,
                     parts as u32,
-                    shape.chunk as u32,
+                    chunk as u32,
                     keep as u32,
                     u32::from(lens.is_some()),
                     shape.queue as u32,
@@ -181,6 +183,7 @@ impl GpuTopK {
                 Some((s, p)) if !last => {
                     (cur_s, cur_p, stride) = (s, Some(p), parts * keep);
                     lens = None;
+                    chunk = shape.chunk;
                 }
                 done => return Ok(done),
             }

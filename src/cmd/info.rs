@@ -51,6 +51,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "list sizes      min {min}, mean {:.1}, max {max}, {empty} empty",
         index.len() as f64 / p.nlist as f64
     );
+    // A probe lands on a list with a chance that grows with its size: the expected list
+    // probed holds Σs² / Σs entries (scripts/roofline.py's `--skew`).
+    let total: f64 = sizes.iter().map(|&s| s as f64).sum();
+    if total > 0.0 {
+        let probed = sizes.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / total;
+        let mean = total / sizes.len().max(1) as f64;
+        println!(
+            "list skew       {:.2} (a probed list holds {probed:.1} entries on average)",
+            probed / mean
+        );
+    }
     println!(
         "bytes/vector    {} (id 8 + code {} + raw {})",
         index.bytes_per_vector(),
