@@ -72,6 +72,8 @@ WAYS_8BIT = gather_ways()
 # A dependent step of a lone warp that waits on memory: a load from HBM (or from L2, for
 # rows the previous kernel just wrote and L2 still holds), then the vote.
 LATENCY = {"hbm": 600e-9, "l2": 300e-9}
+# Steps whose loads a selection issues together (kernels/cuda/topk.cu `PREFETCH`).
+PREFETCH = 4
 # Warps an H100 keeps resident at once for the selections: 32 one-warp blocks per SM.
 SELECT_WARPS = 132 * 32
 
@@ -106,11 +108,12 @@ class Kernel:
 
 
 def select_latency(n, parts, batch, level="hbm"):
-    """A selection's chain: each warp reads its part 32 entries a step, a vote a step (the
-    next load waits for it); `batch × parts` warps in waves of SELECT_WARPS."""
+    """A selection's chain: each warp reads its part 32 entries a step, a vote a step, the
+    loads of PREFETCH steps issued together (topk.cu), so one memory latency per PREFETCH
+    steps; `batch × parts` warps in waves of SELECT_WARPS."""
     warps = batch * parts
     waves = math.ceil(warps / SELECT_WARPS)
-    steps = math.ceil(n / parts / LANES)
+    steps = math.ceil(n / parts / LANES / PREFETCH)
     return waves * steps * LATENCY[level] / batch
 
 
@@ -159,12 +162,12 @@ def quiver(a, nprobe, e):
     group = min(max(math.ceil(a.batch * nprobe / 4096), 1), nprobe)
     parts = math.ceil(nprobe / group)
     ks = []
-    # Coarse: 64 × 64 tiles, per 16 dimensions 128 shared loads and 320 FFMA a thread (16 dot
-    # products + 4 norms a dimension): 0.4 conflict-free wavefronts per warp FFMA; centroids
-    # from L2 once per 64-query tile; 4 bytes a list out.
-    fma = nlist * dim * 1.25
-    ks.append(Kernel("coarse_distances", hbm=4 * nlist, l2=4 * dim * nlist / 64 * 2,
-                     smem=0.4 * fma / LANES, fp32=fma, issue=1.4 * fma / LANES))
+    # Coarse: 128 × 128 tiles, per dimension 16 shared loads and 72 FFMA a thread (64 dot
+    # products + 8 norms): 0.22 conflict-free wavefronts per warp FFMA; centroids and queries
+    # from L2 once per 128-row tile; 4 bytes a list out.
+    fma = nlist * dim * 72 / 64
+    ks.append(Kernel("coarse_distances", hbm=4 * nlist, l2=4 * dim * nlist / 128 * 2,
+                     smem=16 / 72 * fma / LANES, fp32=fma, issue=(1 + 16 / 72 + 0.05) * fma / LANES))
     parts_p = spread_parts(nlist, nprobe, a.batch)
     ks.append(selection("select (probes)", nlist, nprobe, 12, implicit=True, parts=parts_p))
     if parts_p > 1:

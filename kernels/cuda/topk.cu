@@ -32,6 +32,8 @@
 
 #include "warp_queue.cuh"
 
+#define PREFETCH 4
+
 // Selects the best `keep` of one chunk (`len` entries from `src`) into `dst`: the body of
 // both entry points. One warp; dynamic shared memory (k + 32·t) × 12 bytes (a `WarpQueue`).
 // With `implicit`, entry i's payload is (0, first_pos + i) and `in_payload` is not read.
@@ -53,14 +55,25 @@ __device__ void select_chunk(
     const unsigned int lane = threadIdx.x;
     WarpQueue w;
     wq_init(w, smem, lane, k, t);
-    for (unsigned int base = 0; base < len; base += LANES) {
-        const unsigned int i = base + lane;
-        const bool has = i < len;
-        const float s = has ? in_score[src + i] : 0.0f;
-        const uint2 p = !has ? make_uint2(0u, 0u)
-                      : implicit ? make_uint2(0u, first_pos + i)
-                                 : in_payload[src + i];
-        wq_offer(w, lane, has, s, p);
+    // PREFETCH steps' loads issued before their offers (each offer waits on a vote, so a load
+    // per step would put one memory latency on every step); the offers are the same, in the
+    // same order.
+    for (unsigned int base = 0; base < len; base += PREFETCH * LANES) {
+        float s[PREFETCH];
+        uint2 p[PREFETCH];
+#pragma unroll
+        for (unsigned int j = 0; j < PREFETCH; j++) {
+            const unsigned int i = base + j * LANES + lane;
+            const bool has = i < len;
+            s[j] = has ? in_score[src + i] : 0.0f;
+            p[j] = !has ? make_uint2(0u, 0u)
+                 : implicit ? make_uint2(0u, first_pos + i)
+                            : in_payload[src + i];
+        }
+#pragma unroll
+        for (unsigned int j = 0; j < PREFETCH; j++) {
+            if (base + j * LANES < len) wq_offer(w, lane, base + j * LANES + lane < len, s[j], p[j]);
+        }
     }
     wq_finish(w, lane);
     for (unsigned int i = lane; i < keep; i += LANES) {

@@ -40,8 +40,8 @@ use crate::probe::{cuda_availability, CudaAvailability};
 use crate::transfer::{Fetched, Transfers};
 
 /// Queries and centroids of one `coarse_distances` block's tile (`cuda/coarse.cu`: 16 × 16
-/// threads, 4 × 4 outputs each).
-pub(crate) const COARSE_TILE: usize = 64;
+/// threads, 8 × 8 outputs each).
+pub(crate) const COARSE_TILE: usize = 128;
 
 /// Largest `keep` the WarpSelect-style kernel selects on the device (a 2,048-entry warp
 /// queue, 27 KiB of shared memory); above it the host selects (see `cuda/topk.cu`).

@@ -245,8 +245,8 @@ const FUSED_KERNELS: [&str; 2] = ["coarse", "refine"];
 /// Static shared memory each entry point may declare (bytes).
 fn static_shared_budget(entry: &str) -> usize {
     match entry {
-        // 16 dimensions × (64 + 1) of queries and of centroids.
-        "coarse_distances" => 2 * 16 * 65 * 4,
+        // 8 dimensions × 132 (128 rows, padded) of queries and of centroids.
+        "coarse_distances" => 2 * 8 * 132 * 4,
         _ => 0,
     }
 }
@@ -256,8 +256,8 @@ fn static_shared_budget(entry: &str) -> usize {
 fn register_budget(entry: &str) -> usize {
     match entry {
         "warp_select" | "select_strided" => 96,
-        // 16 dot products, 4 norms and 8 operands held in registers.
-        "coarse_distances" => 56,
+        // 64 dot products, 8 norms and 16 operands held in registers.
+        "coarse_distances" => 128,
         "lookup_tables" | "refine" | "refine_candidates" => 40,
         "scan8" | "scan4" | "scan4_quantized" | "scan_items" => 48,
         "scan8_select" | "scan4_select" => 96,

@@ -26,9 +26,9 @@ pub(crate) struct DistanceParams {
     pub(crate) pad: [u32; 3],
 }
 
-/// Queries and centroids of one `coarse.wgsl` workgroup's tile (16 × 16 invocations, 4 × 4
+/// Queries and centroids of one `coarse.wgsl` workgroup's tile (16 × 16 invocations, 8 × 8
 /// outputs each).
-pub(crate) const COARSE_TILE: usize = 64;
+pub(crate) const COARSE_TILE: usize = 128;
 
 /// The coarse quantizer on a device, with its two kernels.
 pub struct GpuCoarse {

@@ -1,12 +1,12 @@
 // Coarse distances: scores[q][c] for a batch of queries against every coarse centroid. Twin of
 // kernels/cuda/coarse.cu.
 //
-// A register-tiled matrix product. One 16 × 16 workgroup computes a 64-query × 64-centroid
-// tile, each invocation a 4 × 4 sub-tile: queries y + 16i and centroids x + 16j (i, j < 4),
+// A register-tiled matrix product. One 16 × 16 workgroup computes a 128-query × 128-centroid
+// tile, each invocation an 8 × 8 sub-tile: queries y + 16i and centroids x + 16j (i, j < 8),
 // so that 16 neighbouring invocations read 16 consecutive workgroup-memory words. Both
-// operands are staged through workgroup memory 16 dimensions at a time, dimension-major (row
-// stride 65); per dimension an invocation reads 4 + 4 words and does 16 multiply-adds for the
-// dot products (+ 4 for the queries' norms). Each dot product adds its dimensions in order.
+// operands are staged through workgroup memory 8 dimensions at a time, dimension-major (row
+// stride 132); per dimension an invocation reads 8 + 8 words and does 64 multiply-adds for the
+// dot products (+ 8 for the queries' norms). Each dot product adds its dimensions in order.
 // Inner product: -<q, c>; L2: max(‖q‖² + ‖c‖² − 2<q, c>, 0), the same expression as the CPU
 // reference. Each score goes out with its payload (0, centroid) for the top-k kernel, which
 // then picks the nprobe best.
@@ -29,12 +29,13 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> payloads: array<vec2<u32>>;
 @group(0) @binding(5) var<uniform> params: Params;
 
-const TILE: u32 = 64u;
-const STEP: u32 = 16u;
-const STRIDE: u32 = 65u;
+const TILE: u32 = 128u;
+const STEP: u32 = 8u;
+const STRIDE: u32 = 132u;
+const SUB: u32 = 8u;
 
-var<workgroup> q_tile: array<f32, 1040>; // STEP × STRIDE
-var<workgroup> c_tile: array<f32, 1040>;
+var<workgroup> q_tile: array<f32, 1056>; // STEP × STRIDE
+var<workgroup> c_tile: array<f32, 1056>;
 
 @compute @workgroup_size(16, 16)
 fn main(
@@ -46,20 +47,20 @@ fn main(
     let tid = ty * 16u + tx;
     let q0 = wid.y * TILE;
     let c0 = wid.x * TILE;
-    var dot: array<array<f32, 4>, 4>;
-    var q_norm: array<f32, 4>;
-    for (var i = 0u; i < 4u; i++) {
+    var dot: array<array<f32, 8>, 8>;
+    var q_norm: array<f32, 8>;
+    for (var i = 0u; i < SUB; i++) {
         q_norm[i] = 0.0;
-        for (var j = 0u; j < 4u; j++) {
+        for (var j = 0u; j < SUB; j++) {
             dot[i][j] = 0.0;
         }
     }
     for (var d0 = 0u; d0 < params.dim; d0 += STEP) {
-        // Stage 64 rows × 16 dimensions of each operand: invocation tid loads row tid / 16 +
-        // 16r, dimension tid % 16.
-        let d = d0 + (tid & 15u);
+        // Stage 128 rows × 8 dimensions of each operand: invocation tid loads row tid / 8 +
+        // 32r, dimension tid % 8.
+        let d = d0 + (tid & 7u);
         for (var r = 0u; r < 4u; r++) {
-            let row = (tid >> 4u) + 16u * r;
+            let row = (tid >> 3u) + 32u * r;
             let q = q0 + row;
             let c = c0 + row;
             var qv = 0.0;
@@ -70,29 +71,29 @@ fn main(
             if (c < params.nlist && d < params.dim) {
                 cv = centroids[c * params.dim + d];
             }
-            q_tile[(tid & 15u) * STRIDE + row] = qv;
-            c_tile[(tid & 15u) * STRIDE + row] = cv;
+            q_tile[(tid & 7u) * STRIDE + row] = qv;
+            c_tile[(tid & 7u) * STRIDE + row] = cv;
         }
         workgroupBarrier();
         for (var t = 0u; t < STEP; t++) {
-            var a: array<f32, 4>;
-            var b: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
+            var a: array<f32, 8>;
+            var b: array<f32, 8>;
+            for (var i = 0u; i < SUB; i++) {
                 a[i] = q_tile[t * STRIDE + ty + 16u * i];
                 b[i] = c_tile[t * STRIDE + tx + 16u * i];
             }
-            for (var i = 0u; i < 4u; i++) {
+            for (var i = 0u; i < SUB; i++) {
                 q_norm[i] += a[i] * a[i];
-                for (var j = 0u; j < 4u; j++) {
+                for (var j = 0u; j < SUB; j++) {
                     dot[i][j] += a[i] * b[j];
                 }
             }
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
+    for (var i = 0u; i < SUB; i++) {
         let q = q0 + ty + 16u * i;
-        for (var j = 0u; j < 4u; j++) {
+        for (var j = 0u; j < SUB; j++) {
             let c = c0 + tx + 16u * j;
             if (q < params.nq && c < params.nlist) {
                 var s = -dot[i][j];

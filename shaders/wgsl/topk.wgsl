@@ -49,6 +49,8 @@ struct Chunk {
 
 var<workgroup> chunk_len: u32;
 
+const PREFETCH: u32 = 4u;
+
 // Selects the best `keep` of one chunk (`n` entries from `src`) into `dst`: the body of both
 // entry points (twin of `select_chunk` in topk.cu).
 // With `implicit`, entry i's payload is (0, first_pos + i) and `in_payload` is not read.
@@ -62,21 +64,30 @@ fn select_chunk(
     }
     let len = workgroupUniformLoad(&chunk_len);
     var step = 0u;
-    for (var base = 0u; base < len; base += LANES) {
-        let i = base + lane;
-        let has = i < len;
-        var s = 0.0;
-        var p = vec2<u32>(0u, 0u);
-        if (has) {
-            s = in_score[src + i];
-            if (implicit) {
-                p = vec2<u32>(0u, first_pos + i);
-            } else {
-                p = in_payload[src + i];
+    // PREFETCH steps' loads before their offers (each offer waits on a vote); the offers are
+    // the same, in the same order (twin of topk.cu).
+    for (var base = 0u; base < len; base += PREFETCH * LANES) {
+        var s: array<f32, PREFETCH>;
+        var p: array<vec2<u32>, PREFETCH>;
+        for (var j = 0u; j < PREFETCH; j++) {
+            let i = base + j * LANES + lane;
+            s[j] = 0.0;
+            p[j] = vec2<u32>(0u, 0u);
+            if (i < len) {
+                s[j] = in_score[src + i];
+                if (implicit) {
+                    p[j] = vec2<u32>(0u, first_pos + i);
+                } else {
+                    p[j] = in_payload[src + i];
+                }
             }
         }
-        wq_offer(lane, has, s, p, k, t, step);
-        step += 1u;
+        for (var j = 0u; j < PREFETCH; j++) {
+            if (base + j * LANES < len) {
+                wq_offer(lane, base + j * LANES + lane < len, s[j], p[j], k, t, step);
+                step += 1u;
+            }
+        }
     }
     wq_finish(lane, k, t, step);
     for (var i = lane; i < keep; i += LANES) {
