@@ -3,8 +3,9 @@
 
 Usage: build.py OUT_DIR   (writes OUT_DIR/libcuda.so and OUT_DIR/libcuda.so.1)
 
-Each kernels/cuda/*.cu is compiled as host C++ with cuda_emu.h: its `#include`s are dropped
-(the shim provides what they declared), `extern __shared__ T name[];` becomes a pointer to the
+Each kernels/cuda/*.cu is compiled as host C++ with cuda_emu.h: its system `#include`s are
+dropped (the shim provides what they declared), its quoted ones (Quiver's `.cuh` headers
+beside it) inlined, `extern __shared__ T name[];` becomes a pointer to the
 launch's dynamic shared memory, and its source goes into a namespace of its own (helpers with
 the same name in two kernels stay apart). Its `extern "C" __global__` entry points are
 registered by name with the driver (driver.cpp), which looks them up when cudarc loads the
