@@ -292,6 +292,9 @@ def main():
         print(f"N {a.n:,} d {a.dim} IVF{a.nlist} PQ{a.m}x{a.bits} nprobe {p} k {a.k} refine x{a.refine}"
               f" {'l2' if a.l2 else 'ip'} batch {a.batch}: {e:,.0f} entries scanned per query"
               f" (list skew {skew:.2f}), {a.gpu}")
+        if a.k * a.refine > 256:
+            print("  note: k × refine > 256 runs the unfused scan (score rows and rounds), which"
+                  " this model does not cover; the figures below are the fused path's")
         ks, launches, parts = quiver(a, p, e)
         tq = show(f"Quiver (fused scan: {parts} part(s) of {math.ceil(p / parts)} probes a query)",
                   ks, r, launches)

@@ -243,9 +243,9 @@ impl WarpSelectShape {
     /// The chunk of a first round over `rows` rows of `row_len` entries: [`Self::chunk`] or
     /// less, so that `rows × parts` reaches [`Self::SPREAD_WARPS`], but never below 8·K (each
     /// round still shrinks a row at least 8-fold). The coarse selection's rows (`nlist`
-    /// scores) use it: 1,024 queries at nlist 16,384 and nprobe 32 read 2,048-entry chunks,
-    /// 8 warps a row, where 8,192-entry chunks would leave 2 warps a row and most of an H100
-    /// idle.
+    /// scores) use it: 1,024 queries at nlist 16,384 and nprobe 32 read 4,096-entry chunks,
+    /// 4 warps a row, where 8,192-entry chunks would leave 2 warps a row and half of an H100's
+    /// warp slots idle.
     pub fn spread_chunk(&self, rows: usize, row_len: usize) -> usize {
         let parts = Self::SPREAD_WARPS.div_ceil(rows.max(1));
         row_len

@@ -20,9 +20,9 @@
 // and one comparison per entry. K is a power of two from 64 to 2,048 (host: the smallest one
 // ≥ keep), T = min(8, K / 32). Dynamic shared memory: (K + 32·T) × 12 bytes, 27 KiB at
 // K = 2,048 (no opt-in beyond 48 KiB needed; 8 blocks per SM on an H100 at that size). The
-// host cuts rows into chunks of max(8·K, 8,192) and chains rounds until each row is one
-// chunk. FAISS keeps the queue in registers and exchanges by shuffles, one compiled kernel
-// per K; this one exchanges through shared memory, as the WGSL twin must, and takes K at run
+// host cuts rows into chunks of max(8·K, 8,192) (a long row's first round finer, to fill the
+// device: `WarpSelectShape::spread_chunk`) and chains rounds until each row is one chunk.
+// FAISS keeps the queue in registers and exchanges by shuffles, one compiled kernel per K; this one exchanges through shared memory, as the WGSL twin must, and takes K at run
 // time.
 //
 // Beyond keep = 2,048 (where FAISS stops) the host selects from the rows read back. The plan

@@ -1,7 +1,7 @@
 // The warp queue of the WarpSelect-style selection (kernels/cuda/topk.cu's header comment
 // describes the algorithm), shared by the top-k kernels (topk.cu) and the scans that select
-// as they score (scan8.cu `scan8_select`, scan4.cu `scan4_select`). Twin of the functions of
-// shaders/wgsl/topk.wgsl.
+// as they score (scan8.cu `scan8_select`, scan4.cu `scan4_select`). Twin of
+// shaders/wgsl/warp_queue.wgsl.
 //
 // A `WarpQueue` is one warp's: its sorted queue of K entries and its staging area of 32·T in
 // shared memory (laid out as queue scores [K], staging scores [32·T], queue payloads [K],

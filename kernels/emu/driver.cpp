@@ -634,7 +634,10 @@ static std::uint64_t read_at(const unsigned char* image, std::size_t at, std::si
     return v;
 }
 // A 64-bit CUDA ELF (EM_CUDA = 190): its architecture from e_flags (the low byte: the SM
-// number) and its kernels from the `.text.<name>` sections.
+// number, in the ELF ABI of CUDA 12's cubins, which is what NVRTC 12.9 writes; CUDA 13 moved
+// it, and a cubin of that ABI would be refused here as for another GPU) and its kernels from
+// the `.text.<name>` sections. The image's size is not passed to cuModuleLoadData: the
+// section table is trusted, as NVRTC wrote it.
 static CUresult load_cubin(Module* module, const unsigned char* image) {
     if (image[4] != 2 || read_at(image, 18, 2) != 190) return CUDA_ERROR_INVALID_IMAGE;
     if (driver_version() < 12000) {

@@ -112,11 +112,18 @@ fn cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/quiver"))
 }
 
-/// The cache file of `kernel` in `form` (`cubin` / `ptx`) for `arch`.
+/// The cache file of `kernel` in `form` (`cubin` / `ptx`) for `arch`: keyed by everything
+/// the compilation reads (the source, its headers, the flags, the include folders and the
+/// toolkit headers there that the kernels include) and by NVRTC, the driver and the form.
 fn cache_file(kernel: &Kernel, form: &str, arch: &str, code: &LoadedCode) -> Option<PathBuf> {
     let mut h = DefaultHasher::new();
     kernel.source.hash(&mut h);
+    kernel.headers.hash(&mut h);
     COMPILE_FLAGS.hash(&mut h);
+    for dir in crate::compile::include_paths() {
+        let header = std::fs::read(std::path::Path::new(&dir).join("cuda_fp16.h")).ok();
+        (dir, header).hash(&mut h);
+    }
     (code.nvrtc, code.driver, arch, form).hash(&mut h);
     cache_dir().map(|d| {
         d.join(form).join(format!(
@@ -129,39 +136,57 @@ fn cache_file(kernel: &Kernel, form: &str, arch: &str, code: &LoadedCode) -> Opt
     })
 }
 
-/// `build()` through the cache file `file`.
+/// `build()` through the cache file `file`; true when the bytes came from the cache.
 fn cached<E>(
-    file: Option<PathBuf>,
+    file: &Option<PathBuf>,
     build: impl FnOnce() -> Result<Vec<u8>, E>,
-) -> Result<Vec<u8>, E> {
-    if let Some(f) = &file {
+) -> Result<(Vec<u8>, bool), E> {
+    if let Some(f) = file {
         if let Ok(bytes) = std::fs::read(f) {
-            return Ok(bytes);
+            return Ok((bytes, true));
         }
     }
     let bytes = build()?;
-    if let Some(f) = &file {
-        // A cache: failing to write it only costs a compilation next time.
+    if let Some(f) = file {
+        // A cache: failing to write it only costs a compilation next time. Each writer has a
+        // temporary file of its own, renamed into place whole.
         if let Some(parent) = f.parent() {
             let _ = std::fs::create_dir_all(parent);
         }
-        let tmp = f.with_extension("tmp");
-        if std::fs::write(&tmp, &bytes).is_ok() {
-            let _ = std::fs::rename(&tmp, f);
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = f.with_extension(format!("{}.{n}.tmp", std::process::id()));
+        if std::fs::write(&tmp, &bytes).is_ok() && std::fs::rename(&tmp, f).is_err() {
+            let _ = std::fs::remove_file(&tmp);
         }
     }
-    Ok(bytes)
+    Ok((bytes, false))
 }
 
-fn arch_name(prefix: &str, (major, minor): (i32, i32)) -> &'static str {
-    match (prefix, major, minor) {
-        ("compute", 8, 0) => "compute_80",
-        ("compute", 9, 0) => "compute_90",
-        ("sm", 8, 0) => "sm_80",
-        ("sm", 9, 0) => "sm_90",
-        // NVRTC's options take a `&'static str`; one string per architecture seen.
-        _ => Box::leak(format!("{prefix}_{major}{minor}").into_boxed_str()),
+/// A module from the cache or NVRTC; a cached image the driver does not take is dropped from
+/// the cache and compiled again, once.
+fn load_cached(
+    ctx: &Arc<CudaContext>,
+    file: Option<PathBuf>,
+    build: impl Fn() -> Result<Vec<u8>, CudaError>,
+    image: impl Fn(Vec<u8>) -> Result<Ptx, CudaError>,
+) -> Result<Arc<CudaModule>, CudaError> {
+    let (bytes, from_cache) = cached(&file, &build)?;
+    match ctx.load_module(image(bytes)?) {
+        Ok(m) => Ok(m),
+        Err(_) if from_cache => {
+            if let Some(f) = &file {
+                let _ = std::fs::remove_file(f);
+            }
+            let (bytes, _) = cached(&file, &build)?;
+            ctx.load_module(image(bytes)?).map_err(driver)
+        }
+        Err(e) => Err(driver(e)),
     }
+}
+
+fn arch_name(prefix: &str, (major, minor): (i32, i32)) -> String {
+    format!("{prefix}_{major}{minor}")
 }
 
 /// Every kernel's module in the form that loads here.
@@ -177,8 +202,12 @@ fn load_modules(
             KERNELS
                 .iter()
                 .map(|k| {
-                    let bin = cached(cache_file(k, "cubin", sm, code), || compile_cubin(k, sm))?;
-                    ctx.load_module(Ptx::from_binary(bin)).map_err(driver)
+                    load_cached(
+                        ctx,
+                        cache_file(k, "cubin", &sm, code),
+                        || Ok(compile_cubin(k, &sm)?),
+                        |bin| Ok(Ptx::from_binary(bin)),
+                    )
                 })
                 .collect()
         };
@@ -213,9 +242,10 @@ fn load_modules(
     };
     let mut modules = Vec::with_capacity(KERNELS.len());
     for k in KERNELS {
-        let bytes = cached(cache_file(k, "ptx", compute, code), || {
-            compile_ptx(k, compute).map(String::into_bytes)
-        })?;
+        // NVRTC's PTX, whose ISA decides what the driver is given.
+        let file = cache_file(k, "ptx", &compute, code);
+        let build = || -> Result<Vec<u8>, CudaError> { Ok(compile_ptx(k, &compute)?.into_bytes()) };
+        let (bytes, _) = cached(&file, build)?;
         let ptx = String::from_utf8(bytes)
             .map_err(|_| CudaError::Driver(format!("cached PTX of {} is not text", k.name)))?;
         let written = ptx_isa(&ptx)
@@ -228,17 +258,27 @@ fn load_modules(
             return Err(nothing_fits(written));
         };
         code.form = CodeForm::Ptx { isa, written };
-        let text = if isa == written {
-            ptx
-        } else {
-            with_ptx_isa(&ptx, isa)
+        let text = |bytes: Vec<u8>| -> Result<Ptx, CudaError> {
+            let ptx = String::from_utf8(bytes)
+                .map_err(|_| CudaError::Driver(format!("cached PTX of {} is not text", k.name)))?;
+            Ok(Ptx::from_src(if isa == written {
+                ptx
+            } else {
+                with_ptx_isa(&ptx, isa)
+            }))
         };
-        match ctx.load_module(Ptx::from_src(text)) {
+        match load_cached(ctx, file, build, text) {
             Ok(m) => modules.push(m),
-            Err(e) if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION => {
+            Err(CudaError::Driver(e)) if e.contains("CUDA_ERROR_UNSUPPORTED_PTX_VERSION") => {
                 return Err(nothing_fits(written))
             }
-            Err(e) => return Err(driver(e)),
+            Err(CudaError::Driver(e)) if isa != written => {
+                return Err(CudaError::Driver(format!(
+                    "{e} (PTX of {} declared at ISA {isa}; NVRTC wrote {written})",
+                    k.name
+                )))
+            }
+            Err(e) => return Err(e),
         }
     }
     Ok(modules)

@@ -1,20 +1,23 @@
 //! The device-resident search: a whole batch on the device, from one upload of its queries
-//! to one download of its results (issue #13).
+//! to one download of its results (issues #13, #32).
 //!
 //! The staged stages of `backend.rs` hand probes, tables and candidates back to the host
-//! between stages (the engine's `run_stages`); here they stay where they are made:
-//! coarse distances → strided top-k rounds (the probes) → lookup tables → work items built
-//! on the device from the probes and the lists' places (`scan_items`) → the 8-bit scan into
-//! rows a fixed stride apart (the longest row the probes could make), each row's length
-//! written by the items kernel → top-k rounds that read only each row's length → refine of
-//! the candidates at their global slots, ids read on the device → the final top-k into one
-//! result buffer, which comes back in one copy. A batch whose working memory exceeds the
-//! tile budget runs as several tiles, all reading the one uploaded query buffer and writing
-//! the one result buffer. Buffers every kernel overwrites are never cleared.
+//! between stages (the engine's `run_stages`); here they stay where they are made: coarse
+//! distances, scores alone → strided top-k rounds (each entry's place in its row as its
+//! payload: the probes) → the fused scan (`scan8_select` / `scan4_select`: one block per
+//! (query, part of its probes) builds the query's table in shared memory, scores the probed
+//! lists and selects as it scores, `keep` candidates a part) → one round merging a query's
+//! parts → refine of the candidates at their global slots, ids read on the device → the
+//! final top-k into one result buffer, which comes back in one copy. Where the fused scan
+//! does not apply (`keep` above 256, its tables and queues beyond the opt-in shared memory,
+//! or `without_fused_select`), the unfused stages run instead: lookup tables → work items
+//! built on the device (`scan_items`) → the scan into rows a fixed stride apart → top-k
+//! rounds reading each row's length. A batch whose working memory exceeds the tile budget
+//! runs as several tiles, all reading the one uploaded query buffer and writing the one
+//! result buffer. Buffers every kernel overwrites are never cleared.
 //!
 //! Taken when the index's codes, raw vectors and ids are resident and the selection fits the
-//! device top-k (`keep ≤ 2,048`, `nprobe ≤ 2,048`) with 8-bit codes; otherwise the staged
-//! path runs (4-bit codes quantize their tables per list on the host there).
+//! device top-k (`keep ≤ 2,048`, `nprobe ≤ 2,048`); otherwise the staged path runs.
 
 use cudarc::driver::{CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg};
 use quiver_engine::backend::{fused_scan_group, Neighbors, SearchParams, FUSED_SELECT_MAX_KEEP};

@@ -57,6 +57,22 @@ fn the_backend_loads_a_cubin_or_ptx_the_driver_reads() {
     }
     let previous = std::env::var("QUIVER_EMU_DRIVER_VERSION").ok();
 
+    // A torn or foreign file in the code cache is dropped and compiled again, not loaded.
+    if let Some(dir) = std::env::var_os("QUIVER_CACHE_DIR") {
+        let cubins = std::path::Path::new(&dir).join("cubin");
+        let mut torn = 0;
+        for f in std::fs::read_dir(&cubins).into_iter().flatten().flatten() {
+            if f.path().extension().is_some_and(|e| e == "cubin") {
+                std::fs::write(f.path(), b"\x7fELF torn").expect("overwrite a cached cubin");
+                torn += 1;
+            }
+        }
+        assert!(torn > 0, "no cubin cached in {}", cubins.display());
+        let b = CudaBackend::open(0).expect("open over a torn cache");
+        assert_eq!(b.loaded_code().form, CodeForm::Cubin);
+        parity::searches_match_the_cpu_reference(&b);
+    }
+
     // PTX as NVRTC writes it, on a driver of NVRTC's own release.
     set(Some("12090"), Some("ptx"));
     let b = CudaBackend::open(0).expect("PTX on a 12.9 driver");

@@ -1,20 +1,24 @@
 //! The device-resident search on wgpu: a whole batch from one upload of its queries to one
 //! read-back of its results, the twin of `kernels/src/resident.rs` (docs/GPU.md).
 //!
-//! Coarse distances (`coarse.wgsl`) → strided top-k rounds (`topk.wgsl` `strided`: the
-//! probes) → lookup tables (`tables.wgsl`) → work items built on the device from the probes
-//! and the lists' places (`items.wgsl`) → the 8-bit scan (`scan8.wgsl`) into rows a fixed
-//! stride apart → strided rounds reading each row's length → refine at the candidates'
-//! global slots with ids read on the device (`refine_candidates.wgsl`) → the final round
-//! into one result buffer, read back in one copy. A batch whose bindings would exceed the
-//! device's storage-binding limit runs as tiles (each submitted on its own, so its buffers
-//! go when it is done), every tile binding its range of the one query buffer and of the one
-//! result buffer (tile sizes keep those ranges on the device's offset alignment).
+//! Coarse distances, scores alone (`coarse.wgsl`) → strided top-k rounds (`topk.wgsl`
+//! `strided`, each entry's place in its row as its payload: the probes) → lookup tables
+//! (`tables.wgsl`) → for 8-bit codes with `keep` ≤ 256, the scan selecting as it scores
+//! (`scan8.wgsl` `fused`: one workgroup per (query, part of its probes), `keep` candidates a
+//! part) and one round merging a query's parts; otherwise work items built on the device
+//! from the probes and the lists' places (`items.wgsl`) → the scan (`scan8.wgsl`, or
+//! `scan4.wgsl` `quantized`) into rows a fixed stride apart → strided rounds reading each
+//! row's length. Then refine at the candidates' global slots with ids read on the device
+//! (`refine_candidates.wgsl`) → the final round into one result buffer, read back in one
+//! copy. A batch whose bindings would exceed the device's storage-binding limit runs as tiles
+//! (each submitted on its own, so its buffers go when it is done), every tile binding its
+//! range of the one query buffer and of the one result buffer (tile sizes keep those ranges
+//! on the device's offset alignment).
 //!
 //! Taken with 8-bit codes, or 4-bit codes of M ≤ 128 (each item's table quantized on the
-//! device, `scan4.wgsl` `quantized`), when the codes and raw vectors are resident in one buffer each, the
-//! ids and places fit a binding, L2 terms sit in one buffer, and the selections fit the
-//! device's top-k; otherwise the staged stages run.
+//! device, `scan4.wgsl` `quantized`), when the codes and raw vectors are resident in one
+//! buffer each, the ids and places fit a binding, L2 terms sit in one buffer, and the
+//! selections fit the device's top-k; otherwise the staged stages run.
 
 use quiver_engine::backend::{fused_scan_group, Neighbors, SearchParams, FUSED_SELECT_MAX_KEEP};
 use quiver_engine::list::CodeLayout;
@@ -82,9 +86,9 @@ impl WgpuBackend {
         .max()
         .unwrap_or(1);
         let limit = self.gpu.max_binding() as usize;
-        // Coarse tiles address 65,535 workgroups of 16 queries; indexes are 32-bit.
+        // Coarse tiles address 65,535 workgroups of 128 queries; indexes are 32-bit.
         let most = (limit / widest)
-            .min(65_535 * 16)
+            .min(65_535 * 128)
             .min(u32::MAX as usize / stride.max(nlist).max(keep));
         if nq <= most {
             return Some(nq);

@@ -130,6 +130,11 @@ impl GpuTopK {
         let mut lens = row_len;
         // Long rows' first round is cut finer, to fill the device (`spread_chunk`).
         let mut chunk = shape.spread_chunk(rows, stride);
+        let no_payloads = if cur_p.is_none() {
+            output(gpu, "no payloads", 8)
+        } else {
+            cur_s.clone()
+        };
         loop {
             let parts = stride.div_ceil(chunk);
             let last = parts == 1;
@@ -169,8 +174,12 @@ impl GpuTopK {
                 encoder,
                 &[
                     (0, cur_s.as_entire_binding()),
-                    // Never read with implicit payloads.
-                    (1, cur_p.as_ref().unwrap_or(&cur_s).as_entire_binding()),
+                    // Never read with implicit payloads (a placeholder of one entry: a
+                    // `vec2<u32>` array binding needs 8 bytes at least).
+                    (
+                        1,
+                        cur_p.as_ref().unwrap_or(&no_payloads).as_entire_binding(),
+                    ),
                     (3, os),
                     (4, op),
                     // Never read without `use_len`.

@@ -113,10 +113,10 @@ var<workgroup> item_len: u32;
 // output, best first; each item made as items.wgsl makes it), scoring entries lane, lane +
 // 32, … of each list and offering them to the workgroup's queue (K, T: the host's shape for
 // `keep`); deleted entries are not offered. The best `keep` go to (q · parts + p) · keep,
-// sorted. CUDA runs 8 warps per block, one queue each, merged at the end (its table staged
-// once for the 8); one warp here, as WGSL's 16 KiB of workgroup memory holds one queue of
-// 256 beside nothing else of size, and the table is read through the cache. The selected
-// entries and their order are the same.
+// sorted. CUDA runs 8 warps per block, one queue each, merged at the end, and builds the
+// table in shared memory; here one warp, its 6 KiB queue (K 256, T 8) in WGSL's 16 KiB of
+// workgroup memory, which cannot also hold a 48 KiB table, so the table is read through the
+// cache from the tables kernel's output. The selected entries and their order are the same.
 @compute @workgroup_size(32)
 fn fused(
     @builtin(local_invocation_index) lane: u32,
