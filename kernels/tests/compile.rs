@@ -182,8 +182,8 @@ fn every_kernel_compiles_and_assembles_for_sm80_and_sm90() {
 }
 
 /// Entries whose SASS must read global memory 16 bytes at a time (`LDG.E.128`): the 8-bit
-/// scan reads its codes in the interleaved layout's 16-byte chunks.
-const WIDE_LOAD_ENTRIES: [&str; 1] = ["scan8"];
+/// scans read their codes in the interleaved layout's 16-byte chunks.
+const WIDE_LOAD_ENTRIES: [&str; 2] = ["scan8", "scan8_select"];
 
 /// Disassembles `cubin` with nvdisasm and checks that each entry of [`WIDE_LOAD_ENTRIES`] in
 /// it has a 128-bit global load; prints each entry's count of global loads by width.

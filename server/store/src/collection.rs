@@ -1577,7 +1577,8 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             .name("quiver-train".into())
             .spawn(move || {
                 crate::priority::lower_current_thread(me.cfg.write_nice);
-                let r = me.run_training(overrides);
+                let min_points = (trigger == Trigger::Size).then(|| me.training_size());
+                let r = me.run_training(overrides, min_points);
                 if r.is_err() && trigger == Trigger::Drift && !me.training_cancelled() {
                     // A failed retraining waits for as many new points again. One stopped
                     // by a shutdown or a drop says nothing about the data: the trigger
@@ -1595,16 +1596,25 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     }
 
     /// Runs a training whose job state the caller set to training, and records the outcome.
-    fn run_training(&self, overrides: Option<IndexConfig>) -> Result<()> {
+    /// `min_points` (a training started by the collection's size): fewer live points than
+    /// that when the training takes its inputs — deletes landed between the optimizer's look
+    /// and the snapshot — is not a failure: the collection stays untrained and ready, and
+    /// the optimizer starts again once it holds enough.
+    fn run_training(
+        &self,
+        overrides: Option<IndexConfig>,
+        min_points: Option<usize>,
+    ) -> Result<()> {
         // A panic fails the training like an error: the job state is not left at training.
-        let r =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.train_now(overrides)))
-                .unwrap_or_else(|p| {
-                    Err(StoreError::Precondition(format!(
-                        "training panicked: {}",
-                        panic_message(&*p)
-                    )))
-                });
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.train_now(overrides, min_points)
+        }))
+        .unwrap_or_else(|p| {
+            Err(StoreError::Precondition(format!(
+                "training panicked: {}",
+                panic_message(&*p)
+            )))
+        });
         // Ended, however it ended (only a stopped process leaves the marker). Under the
         // structural lock and only while the folder is still this collection's.
         {
@@ -1614,14 +1624,29 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             }
         }
         let state = match &r {
-            Ok(()) => JobState::Ready,
+            Ok(TrainOutcome::Trained) => JobState::Ready,
+            Ok(TrainOutcome::TooFew(n)) => {
+                tracing::info!(collection = %self.meta.read().name, live = n, "fewer points than the training size when the training took its inputs: waiting for more");
+                JobState::Ready
+            }
             Err(e) => {
                 tracing::error!(collection = %self.meta.read().name, error = %e, "training failed; the collection is unchanged");
                 JobState::Failed(e.to_string())
             }
         };
         *self.job.lock() = state;
-        r
+        r.map(|_| ())
+    }
+
+    /// The live points at which an untrained collection trains by itself: its `train_at`,
+    /// never below what a training needs (a list per point, 256 for the PQ code book); 0
+    /// when it does not train by itself.
+    fn training_size(&self) -> usize {
+        let m = self.meta.read();
+        if m.index.train_at == 0 {
+            return 0;
+        }
+        m.index.train_at.max(u64::from(m.index.nlist)).max(256) as usize
     }
 
     /// Starts training an untrained collection that reached its `train_at` size (on a thread
@@ -2020,9 +2045,20 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         })
     }
 
-    fn train_now(&self, overrides: Option<IndexConfig>) -> Result<()> {
+    fn train_now(
+        &self,
+        overrides: Option<IndexConfig>,
+        min_points: Option<usize>,
+    ) -> Result<TrainOutcome> {
+        fail::fail_point!("train::start");
         let one = self.structural.lock();
         self.refuse_dropped()?;
+        if let Some(min) = min_points {
+            let live = self.version().len();
+            if live < min {
+                return Ok(TrainOutcome::TooFew(live));
+            }
+        }
         // Seal what is appendable, so the inputs are immutable but for deletes. Writes go on
         // into a flat appendable segment (of a trained collection too: its rows are encoded
         // after the switch, with the new quantizers).
@@ -2169,7 +2205,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         phase("published");
         self.checkpoint_locked()?;
         phase("checkpointed");
-        Ok(())
+        Ok(TrainOutcome::Trained)
     }
 
     /// Makes an index file's contents the starting state of this empty, untrained collection
@@ -2295,11 +2331,8 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             // Never below what a training needs (a list per point at least, and a PQ code
             // book's 256 entries): a training started earlier would fail, and a failed one
             // waits for a Train call.
-            let (train_at, nlist) = {
-                let m = self.meta.read();
-                (m.index.train_at, u64::from(m.index.nlist))
-            };
-            if train_at > 0 && v.len() as u64 >= train_at.max(nlist).max(256) {
+            let size = self.training_size();
+            if size > 0 && v.len() >= size {
                 return self.train_by_itself(v.len());
             }
             return Ok(did);
@@ -2528,6 +2561,16 @@ pub struct Applied {
     pub skipped: usize,
     /// The number of the last op now applied.
     pub last_seq: u64,
+}
+
+/// How a training ended that did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TrainOutcome {
+    /// Trained and published.
+    Trained,
+    /// Not started: the collection held fewer live points (this many) than the size that
+    /// triggered it.
+    TooFew(usize),
 }
 
 /// What started a training.
