@@ -245,11 +245,30 @@ fn load_modules(
         // NVRTC's PTX, whose ISA decides what the driver is given.
         let file = cache_file(k, "ptx", &compute, code);
         let build = || -> Result<Vec<u8>, CudaError> { Ok(compile_ptx(k, &compute)?.into_bytes()) };
-        let (bytes, _) = cached(&file, build)?;
-        let ptx = String::from_utf8(bytes)
-            .map_err(|_| CudaError::Driver(format!("cached PTX of {} is not text", k.name)))?;
-        let written = ptx_isa(&ptx)
-            .ok_or_else(|| CudaError::Driver(format!("PTX of {} has no .version", k.name)))?;
+        let parse = |bytes: Vec<u8>| {
+            let text = String::from_utf8(bytes).ok()?;
+            let isa = ptx_isa(&text)?;
+            Some((text, isa))
+        };
+        let (bytes, from_cache) = cached(&file, build)?;
+        let (ptx, written) = match parse(bytes) {
+            Some(p) => p,
+            // A torn cache file: dropped and compiled again.
+            None if from_cache => {
+                if let Some(f) = &file {
+                    let _ = std::fs::remove_file(f);
+                }
+                parse(cached(&file, build)?.0).ok_or_else(|| {
+                    CudaError::Driver(format!("NVRTC's PTX of {} has no .version", k.name))
+                })?
+            }
+            None => {
+                return Err(CudaError::Driver(format!(
+                    "NVRTC's PTX of {} has no .version",
+                    k.name
+                )))
+            }
+        };
         let isa = if written <= readable {
             written
         } else if floor.is_some_and(|f| f <= readable) {

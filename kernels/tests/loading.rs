@@ -98,6 +98,21 @@ fn the_backend_loads_a_cubin_or_ptx_the_driver_reads() {
         }
     );
     parity::searches_match_the_cpu_reference(&b);
+    // Its cached PTX torn: each file is compiled again, not loaded.
+    if let Some(dir) = std::env::var_os("QUIVER_CACHE_DIR") {
+        let ptx = std::path::Path::new(&dir).join("ptx");
+        let mut torn = 0;
+        for f in std::fs::read_dir(&ptx).into_iter().flatten().flatten() {
+            if f.path().extension().is_some_and(|e| e == "ptx") {
+                std::fs::write(f.path(), b"//\n// torn").expect("overwrite a cached PTX file");
+                torn += 1;
+            }
+        }
+        assert!(torn > 0, "no PTX cached in {}", ptx.display());
+        let b = CudaBackend::open(0).expect("PTX over a torn cache");
+        assert_eq!(b.loaded_code().form, code.form);
+        parity::searches_match_the_cpu_reference(&b);
+    }
 
     // The same driver by default: the cubin, which needs no PTX compiler at all.
     set(Some("12040"), None);
