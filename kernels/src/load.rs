@@ -245,13 +245,9 @@ fn load_modules(
         // NVRTC's PTX, whose ISA decides what the driver is given.
         let file = cache_file(k, "ptx", &compute, code);
         let build = || -> Result<Vec<u8>, CudaError> { Ok(compile_ptx(k, &compute)?.into_bytes()) };
-        let parse = |bytes: Vec<u8>| {
-            let text = String::from_utf8(bytes).ok()?;
-            let isa = ptx_isa(&text)?;
-            Some((text, isa))
-        };
+        let parse = |bytes: Vec<u8>| ptx_isa(std::str::from_utf8(&bytes).ok()?);
         let (bytes, from_cache) = cached(&file, build)?;
-        let (ptx, written) = match parse(bytes) {
+        let written = match parse(bytes) {
             Some(p) => p,
             // A torn cache file: dropped and compiled again.
             None if from_cache => {

@@ -42,6 +42,24 @@ fn set(driver: Option<&str>, code: Option<&str>) {
     }
 }
 
+/// Overwrites every cached file of `form` (`cubin`, `ptx`) in `QUIVER_CACHE_DIR` with
+/// `bytes`; false without a cache folder.
+fn tear_cache(form: &str, bytes: &[u8]) -> bool {
+    let Some(dir) = std::env::var_os("QUIVER_CACHE_DIR") else {
+        return false;
+    };
+    let folder = std::path::Path::new(&dir).join(form);
+    let mut torn = 0;
+    for f in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+        if f.path().extension().is_some_and(|e| e == form) {
+            std::fs::write(f.path(), bytes).expect("overwrite a cached file");
+            torn += 1;
+        }
+    }
+    assert!(torn > 0, "nothing cached in {}", folder.display());
+    true
+}
+
 #[test]
 fn the_backend_loads_a_cubin_or_ptx_the_driver_reads() {
     let Some(emulated) = on_emulator() else {
@@ -58,16 +76,7 @@ fn the_backend_loads_a_cubin_or_ptx_the_driver_reads() {
     let previous = std::env::var("QUIVER_EMU_DRIVER_VERSION").ok();
 
     // A torn or foreign file in the code cache is dropped and compiled again, not loaded.
-    if let Some(dir) = std::env::var_os("QUIVER_CACHE_DIR") {
-        let cubins = std::path::Path::new(&dir).join("cubin");
-        let mut torn = 0;
-        for f in std::fs::read_dir(&cubins).into_iter().flatten().flatten() {
-            if f.path().extension().is_some_and(|e| e == "cubin") {
-                std::fs::write(f.path(), b"\x7fELF torn").expect("overwrite a cached cubin");
-                torn += 1;
-            }
-        }
-        assert!(torn > 0, "no cubin cached in {}", cubins.display());
+    if tear_cache("cubin", b"\x7fELF torn") {
         let b = CudaBackend::open(0).expect("open over a torn cache");
         assert_eq!(b.loaded_code().form, CodeForm::Cubin);
         parity::searches_match_the_cpu_reference(&b);
@@ -99,16 +108,7 @@ fn the_backend_loads_a_cubin_or_ptx_the_driver_reads() {
     );
     parity::searches_match_the_cpu_reference(&b);
     // Its cached PTX torn: each file is compiled again, not loaded.
-    if let Some(dir) = std::env::var_os("QUIVER_CACHE_DIR") {
-        let ptx = std::path::Path::new(&dir).join("ptx");
-        let mut torn = 0;
-        for f in std::fs::read_dir(&ptx).into_iter().flatten().flatten() {
-            if f.path().extension().is_some_and(|e| e == "ptx") {
-                std::fs::write(f.path(), b"//\n// torn").expect("overwrite a cached PTX file");
-                torn += 1;
-            }
-        }
-        assert!(torn > 0, "no PTX cached in {}", ptx.display());
+    if tear_cache("ptx", b"//\n// torn") {
         let b = CudaBackend::open(0).expect("PTX over a torn cache");
         assert_eq!(b.loaded_code().form, code.form);
         parity::searches_match_the_cpu_reference(&b);
