@@ -19,8 +19,9 @@ times the mean (`--skew`, or `--list-sizes FILE` with one size per line; `quiver
 the skew of an index). Launch gaps, tails and latency not hidden by occupancy are not in the
 model: a measured rate is `scripts/gpu-check`'s job.
 
-Quiver's structure follows kernels/src/resident.rs (the fused path: coarse scores → probe
-selection → `scan8_select` / `scan4_select` building the query's table per part of `group`
+Quiver's structure follows kernels/src/resident.rs (the fused path: `coarse_select` keeping
+each query's probes of a span of centroids in shared memory (nprobe ≤ 64; above it coarse
+scores → probe selection rounds) → one merge round → `scan8_select` / `scan4_select` building the query's table per part of `group`
 probes and selecting as it scores → one merge round → refine → final selection). cuVS's
 follows its source as of 2026-07 (cpp/src/neighbors/ivf_pq: a cuBLAS coarse GEMM writing
 f32 scores, select_k, the rotation GEMM, `compute_similarity` with one block per (query,
@@ -117,6 +118,30 @@ def select_latency(n, parts, batch, level="hbm"):
     return waves * steps * LATENCY[level] / batch
 
 
+# The largest nprobe the coarse product selects in shared memory, and its spans
+# (engine::backend::COARSE_SELECT_MAX_KEEP, coarse_select_span).
+COARSE_SELECT_MAX_KEEP = 64
+
+
+def coarse_select_span(rows, nlist):
+    query_tiles = max(math.ceil(rows / 128), 1)
+    list_tiles = max(math.ceil(nlist / 128), 1)
+    parts = min(max(math.ceil(256 / query_tiles), 1), list_tiles)
+    return math.ceil(list_tiles / parts) * 128
+
+
+def queue_shape(keep, passes=False):
+    """A warp queue's K and T for `keep` (engine::topk::WarpSelectShape::for_keep, or
+    `for_passes`: K ≥ 32, T = 1), and the warp steps of one flush: a bitonic sort of the 32·T
+    staged entries and a merge into K."""
+    k_q = max(32 if passes else 64, 1 << max(0, math.ceil(math.log2(max(keep, 1)))))
+    t = 1 if passes else min(8, k_q // 32)
+    stage = 32 * t
+    steps = (stage / 2 / LANES) * (math.log2(stage) * (math.log2(stage) + 1) / 2) \
+        + (k_q / 2 / LANES) * math.log2(k_q) + stage / LANES
+    return k_q, t, steps
+
+
 def selection(name, n, keep, entry_bytes, read_from="hbm", writes=None, implicit=False,
               parts=None, batch=1024):
     """A WarpSelect pass over `n` entries keeping `keep` (one warp per row part): one read and
@@ -124,13 +149,9 @@ def selection(name, n, keep, entry_bytes, read_from="hbm", writes=None, implicit
     ≈ keep · (1 + ln(n / keep)) insertions, a flush about every 16·T of them (the first full
     thread queue), each a bitonic sort of 32·T staged entries and a merge into K (≈ 12
     instructions and 8 shared wavefronts per compare-exchange step of 32 pairs)."""
-    k_q = max(64, 1 << max(0, math.ceil(math.log2(max(keep, 1)))))
-    t = min(8, k_q // 32)
-    stage = 32 * t
+    k_q, t, steps = queue_shape(keep)
     inserts = keep * (1 + math.log(max(n / keep, 1))) if n > keep else n
     flushes = max(1.0, inserts / (16 * t))
-    steps = (stage / 2 / LANES) * (math.log2(stage) * (math.log2(stage) + 1) / 2) \
-        + (k_q / 2 / LANES) * math.log2(k_q) + stage / LANES
     issue = n / LANES * 6 + flushes * steps * 12
     smem = flushes * steps * 8
     read = n * (4 if implicit else entry_bytes)
@@ -164,14 +185,33 @@ def quiver(a, nprobe, e):
     ks = []
     # Coarse: 128 × 128 tiles, per dimension 16 shared loads and 72 FFMA a thread (64 dot
     # products + 8 norms): 0.22 conflict-free wavefronts per warp FFMA; centroids and queries
-    # from L2 once per 128-row tile; 4 bytes a list out.
+    # from L2 once per 128-row tile.
     fma = nlist * dim * 72 / 64
-    ks.append(Kernel("coarse_distances", hbm=4 * nlist, l2=4 * dim * nlist / 128 * 2,
-                     smem=16 / 72 * fma / LANES, fp32=fma, issue=(1 + 16 / 72 + 0.05) * fma / LANES))
-    parts_p = spread_parts(nlist, nprobe, a.batch)
-    ks.append(selection("select (probes)", nlist, nprobe, 12, implicit=True, parts=parts_p))
-    if parts_p > 1:
-        ks.append(selection("select (probes, merge)", parts_p * nprobe, nprobe, 12))
+    gemm = {"l2": 4 * dim * nlist / 128 * 2, "smem": 16 / 72 * fma / LANES, "fp32": fma,
+            "issue": (1 + 16 / 72 + 0.05) * fma / LANES}
+    if nprobe <= COARSE_SELECT_MAX_KEEP:
+        # coarse_select: a block keeps each query's best nprobe of a span of centroids in a
+        # shared-memory queue; per 128-list tile the half tile's scores are stored and read
+        # (8 conflict-free wavefronts a query), 4 offer steps, and a finish (a flush when any
+        # lane holds an entry: at most one a tile) besides the flushes of full thread queues.
+        # `nprobe` entries per span out, then one round merging the spans.
+        span = coarse_select_span(a.batch, nlist)
+        spans = math.ceil(nlist / span)
+        k_q, t, steps = queue_shape(nprobe, passes=True)
+        inserts = nprobe * (1 + math.log(max(span / nprobe, 1)))
+        flushes = spans * (span / 128 + inserts / (16 * t))
+        ks.append(Kernel("coarse_select", hbm=spans * nprobe * 12, l2=gemm["l2"],
+                         smem=gemm["smem"] + nlist / 128 * 8 + flushes * steps * 8,
+                         fp32=fma, issue=gemm["issue"] + nlist / LANES * 6 + flushes * steps * 12))
+        if spans > 1:
+            ks.append(selection("select (probes, merge)", spans * nprobe, nprobe, 12))
+    else:
+        # coarse_distances: 4 bytes a list out, then the probe selection in rounds.
+        ks.append(Kernel("coarse_distances", hbm=4 * nlist, **gemm))
+        parts_p = spread_parts(nlist, nprobe, a.batch)
+        ks.append(selection("select (probes)", nlist, nprobe, 12, implicit=True, parts=parts_p))
+        if parts_p > 1:
+            ks.append(selection("select (probes, merge)", parts_p * nprobe, nprobe, 12))
     # The fused scan: per part the query's table built in shared memory (codebook from L2,
     # dsub multiplies and adds per entry, unfused), with L2 the list terms folded per item;
     # per entry its code bytes (HBM), M table gathers (8-bit: random words of a 256-word

@@ -211,7 +211,8 @@ impl<T: Copy + Ord> TopK<T> {
 /// `keep`: the warp queue's length, each lane's thread-queue length and the chunk a warp reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WarpSelectShape {
-    /// Warp queue entries K: a power of two, at least 64 and at least `keep`.
+    /// Warp queue entries K: a power of two, at least `keep` (and 64, but for
+    /// [`Self::for_passes`]).
     pub queue: usize,
     /// Thread-queue entries per lane T: `min(8, K / 32)`, so the 32·T staged entries fit the
     /// queue's tail when they are merged.
@@ -231,6 +232,19 @@ impl WarpSelectShape {
         WarpSelectShape {
             queue,
             thread_queue: (queue / Self::LANES).min(8),
+            chunk: (queue * 8).max(8192),
+        }
+    }
+
+    /// The shape of queues held in shared memory across many short passes (the coarse
+    /// selection's: 128 a block, each offered a tile's 128 lists, then finished): K a power of
+    /// two, at least 32 and at least `keep`; T = 1, so a finish — nearly every pass ends in
+    /// one — sorts 32 staged entries, not 32·T.
+    pub fn for_passes(keep: usize) -> WarpSelectShape {
+        let queue = keep.max(32).next_power_of_two();
+        WarpSelectShape {
+            queue,
+            thread_queue: 1,
             chunk: (queue * 8).max(8192),
         }
     }

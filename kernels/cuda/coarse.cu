@@ -16,31 +16,45 @@
 // Each score goes out with its payload (0, centroid) for the top-k kernel, or (with
 // `with_payloads` 0: the device-resident search) alone, 4 bytes a list, the selection taking
 // an entry's place in its row as its payload.
+//
+// `coarse_select` (the device-resident search, nprobe ≤ 64) writes no score rows at all: a
+// block takes a span of centroids, one 128 × 128 tile after another, and keeps each of its
+// 128 queries' best `keep` lists of the span in a warp queue (`warp_queue.cuh`) held in
+// shared memory between tiles; each tile's scores pass through shared memory half a tile (64
+// queries) at a time, a warp offering 8 queries' rows. The block writes each query's best
+// `keep` of its span, sorted by (score, list); one top-k round merges a query's spans. Same
+// products, same scores as `coarse_distances`, so the same probes.
+
+#include "warp_queue.cuh"
 
 #define TILE 128
 #define STEP 8
 #define STRIDE 132
 #define SUB 8
+// Half a tile's scores staged for the selection: 64 queries × 128 centroids, row stride 144
+// (≡ 16 mod 32: a warp's stores, two query rows × 16 threads, land in 32 distinct banks).
+#define HALF 64
+#define SCORE_STRIDE 144
+#define SELECT_WARPS 8
 
-extern "C" __global__ void coarse_distances(
+// The products of queries q0.. × centroids c0.. (a 128 × 128 tile): dot[i][j] for query
+// q0 + ty + 16i and centroid c0 + tx + 16j, and the queries' squared norms. Every thread of the
+// 16 × 16 block calls it (it stages operands through `q_tile` / `c_tile` between barriers).
+__device__ __forceinline__ void tile_product(
     const float* __restrict__ queries,
     const float* __restrict__ centroids,
-    const float* __restrict__ centroid_norms,
-    float* __restrict__ scores,
-    uint2* __restrict__ payloads,
     unsigned int nq,
     unsigned int nlist,
     unsigned int dim,
-    unsigned int l2,
-    unsigned int with_payloads)
+    unsigned int q0,
+    unsigned int c0,
+    float* q_tile,
+    float* c_tile,
+    float (&dot)[SUB][SUB],
+    float (&q_norm)[SUB])
 {
-    __shared__ float q_tile[STEP * STRIDE];
-    __shared__ float c_tile[STEP * STRIDE];
     const unsigned int tx = threadIdx.x, ty = threadIdx.y;
     const unsigned int tid = ty * 16 + tx;
-    const unsigned int q0 = blockIdx.y * TILE, c0 = blockIdx.x * TILE;
-    float dot[SUB][SUB];
-    float q_norm[SUB];
 #pragma unroll
     for (int i = 0; i < SUB; i++) {
         q_norm[i] = 0.0f;
@@ -75,6 +89,32 @@ extern "C" __global__ void coarse_distances(
         }
         __syncthreads();
     }
+}
+
+// A list's coarse score from its product: inner product -<q, c>; L2 max(|q|² + |c|² − 2<q, c>, 0).
+__device__ __forceinline__ float coarse_score(float dot, float q_norm, float c_norm, unsigned int l2) {
+    return l2 ? fmaxf(q_norm + c_norm - 2.0f * dot, 0.0f) : -dot;
+}
+
+extern "C" __global__ void coarse_distances(
+    const float* __restrict__ queries,
+    const float* __restrict__ centroids,
+    const float* __restrict__ centroid_norms,
+    float* __restrict__ scores,
+    uint2* __restrict__ payloads,
+    unsigned int nq,
+    unsigned int nlist,
+    unsigned int dim,
+    unsigned int l2,
+    unsigned int with_payloads)
+{
+    __shared__ float q_tile[STEP * STRIDE];
+    __shared__ float c_tile[STEP * STRIDE];
+    const unsigned int tx = threadIdx.x, ty = threadIdx.y;
+    const unsigned int q0 = blockIdx.y * TILE, c0 = blockIdx.x * TILE;
+    float dot[SUB][SUB];
+    float q_norm[SUB];
+    tile_product(queries, centroids, nq, nlist, dim, q0, c0, q_tile, c_tile, dot, q_norm);
 #pragma unroll
     for (int i = 0; i < SUB; i++) {
         const unsigned int q = q0 + ty + 16 * i;
@@ -82,10 +122,102 @@ extern "C" __global__ void coarse_distances(
         for (int j = 0; j < SUB; j++) {
             const unsigned int c = c0 + tx + 16 * j;
             if (q < nq && c < nlist) {
-                float s = -dot[i][j];
-                if (l2) s = fmaxf(q_norm[i] + centroid_norms[c] - 2.0f * dot[i][j], 0.0f);
-                scores[(size_t)q * nlist + c] = s;
+                scores[(size_t)q * nlist + c] = coarse_score(dot[i][j], q_norm[i], centroid_norms[c], l2);
                 if (with_payloads) payloads[(size_t)q * nlist + c] = make_uint2(0u, c);
+            }
+        }
+    }
+}
+
+// The coarse product with the probe selection in it (see the header). Block (16, 16); grid
+// (parts, query tiles): block (p, y) takes queries 128y.. and centroids [p · span, (p + 1) ·
+// span) ∩ [0, nlist), `span` a multiple of 128, and writes each query's best `keep` of them,
+// sorted, at (q · parts + p) · keep (padding — +inf, payload all ones — where the span has
+// fewer). Dynamic shared memory: the half tile's scores (64 × 144 words), 128 queues of `k`
+// entries (scores, then payloads) and 8 warps' staging areas of 32·t (scores, then payloads):
+// 36,864 + 128 · k · 12 + 8 · 32 · t · 12 bytes.
+extern "C" __global__ void coarse_select(
+    const float* __restrict__ queries,
+    const float* __restrict__ centroids,
+    const float* __restrict__ centroid_norms,
+    float* __restrict__ out_score,
+    uint2* __restrict__ out_payload,
+    unsigned int nq,
+    unsigned int nlist,
+    unsigned int dim,
+    unsigned int l2,
+    unsigned int span,
+    unsigned int keep,
+    unsigned int k,
+    unsigned int t)
+{
+    extern __shared__ float smem[];
+    __shared__ float q_tile[STEP * STRIDE];
+    __shared__ float c_tile[STEP * STRIDE];
+    const unsigned int tx = threadIdx.x, ty = threadIdx.y;
+    const unsigned int tid = ty * 16 + tx, warp = tid / LANES, lane = tid % LANES;
+    const unsigned int parts = gridDim.x, part = blockIdx.x;
+    const unsigned int q0 = blockIdx.y * TILE;
+    const unsigned int c_begin = part * span;
+    const unsigned int c_end = min(nlist, c_begin + span);
+    float* half_scores = smem;
+    float* queue_s = half_scores + HALF * SCORE_STRIDE;
+    uint2* queue_p = reinterpret_cast<uint2*>(queue_s + TILE * k);
+    float* stage_s = reinterpret_cast<float*>(queue_p + TILE * k);
+    uint2* stage_p = reinterpret_cast<uint2*>(stage_s + SELECT_WARPS * LANES * t);
+    float* ss = stage_s + warp * LANES * t;
+    uint2* sp = stage_p + warp * LANES * t;
+    const float inf = __int_as_float(0x7f800000);
+    for (unsigned int i = tid; i < TILE * k; i += TILE * 2) {
+        queue_s[i] = inf;
+        queue_p[i] = make_uint2(0xffffffffu, 0xffffffffu);
+    }
+    for (unsigned int c0 = c_begin; c0 < c_end; c0 += TILE) {
+        float dot[SUB][SUB];
+        float q_norm[SUB];
+        tile_product(queries, centroids, nq, nlist, dim, q0, c0, q_tile, c_tile, dot, q_norm);
+#pragma unroll
+        for (unsigned int h = 0; h < 2; h++) {
+            // The previous half's offers are done (and, first, the queues are cleared).
+            __syncthreads();
+#pragma unroll
+            for (unsigned int i = 0; i < SUB / 2; i++) {
+#pragma unroll
+                for (unsigned int j = 0; j < SUB; j++) {
+                    const unsigned int c = c0 + tx + 16 * j;
+                    const float cn = c < c_end ? centroid_norms[c] : 0.0f;
+                    half_scores[(ty + 16 * i) * SCORE_STRIDE + tx + 16 * j] =
+                        coarse_score(dot[4 * h + i][j], q_norm[4 * h + i], cn, l2);
+                }
+            }
+            __syncthreads();
+            // Warp w offers rows 8w..8w + 8 of the half, one query after another, a step
+            // of 32 lists at a time; lists past the span are not offered.
+            for (unsigned int r = warp * 8; r < warp * 8 + 8; r++) {
+                const unsigned int row = HALF * h + r;
+                if (q0 + row >= nq) break;
+                WarpQueue w;
+                wq_attach(w, queue_s + row * k, queue_p + row * k, ss, sp, k, t);
+#pragma unroll
+                for (unsigned int step = 0; step < TILE / LANES; step++) {
+                    const unsigned int col = step * LANES + lane;
+                    const unsigned int c = c0 + col;
+                    wq_offer(w, lane, c < c_end, half_scores[r * SCORE_STRIDE + col], make_uint2(0u, c));
+                }
+                wq_finish(w, lane);
+            }
+        }
+    }
+    // Each warp writes the queues it kept (no other warp touched them).
+    for (unsigned int h = 0; h < 2; h++) {
+        for (unsigned int r = warp * 8; r < warp * 8 + 8; r++) {
+            const unsigned int row = HALF * h + r;
+            const unsigned int q = q0 + row;
+            if (q >= nq) break;
+            const size_t dst = ((size_t)q * parts + part) * keep;
+            for (unsigned int i = lane; i < keep; i += LANES) {
+                out_score[dst + i] = queue_s[row * k + i];
+                out_payload[dst + i] = queue_p[row * k + i];
             }
         }
     }

@@ -130,6 +130,23 @@ __device__ __forceinline__ void wq_init(WarpQueue& w, float* smem, unsigned int 
     __syncwarp();
 }
 
+// Takes up a sorted queue of `k` entries kept in shared memory between passes (`qs` / `qp`,
+// e.g. one of the coarse selection's per-query queues) with the warp's staging area of 32·t
+// (`ss` / `sp`); the thread queues start empty. The queue's entries must be visible to the
+// warp (a barrier since they were written).
+__device__ __forceinline__ void wq_attach(WarpQueue& w, float* qs, uint2* qp, float* ss,
+                                          uint2* sp, unsigned int k, unsigned int t) {
+    w.qs = qs;
+    w.qp = qp;
+    w.ss = ss;
+    w.sp = sp;
+    w.k = k;
+    w.t = t;
+    w.thr_score = qs[k - 1];
+    w.thr_payload = qp[k - 1];
+    w.count = 0;
+}
+
 // Moves every lane's thread queue into the staging area, sorts it and merges it into the
 // queue; reloads the threshold.
 __device__ __forceinline__ void wq_flush(WarpQueue& w, unsigned int lane) {

@@ -41,7 +41,10 @@ use crate::transfer::{Fetched, Transfers};
 
 /// Queries and centroids of one `coarse_distances` block's tile (`cuda/coarse.cu`: 16 × 16
 /// threads, 8 × 8 outputs each).
-pub(crate) const COARSE_TILE: usize = 128;
+pub(crate) const COARSE_TILE: usize = quiver_engine::backend::COARSE_TILE;
+
+/// Static shared memory of the coarse kernels (two operand stages of 8 × 132 words).
+pub(crate) const COARSE_STATIC_SHARED: usize = 2 * 8 * 132 * 4;
 
 /// Largest `keep` the WarpSelect-style kernel selects on the device (a 2,048-entry warp
 /// queue, 27 KiB of shared memory); above it the host selects (see `cuda/topk.cu`).
@@ -181,6 +184,7 @@ pub struct CudaBackend {
     pub(crate) scan4_quantized: CudaFunction,
     pub(crate) scan8_select: CudaFunction,
     pub(crate) scan4_select: CudaFunction,
+    pub(crate) coarse_select: CudaFunction,
     refine: CudaFunction,
     pub(crate) refine_candidates: CudaFunction,
     /// Bytes of score rows and tables a batch tile aims at (two tiles are in flight).
@@ -193,7 +197,8 @@ pub struct CudaBackend {
     memory_budget: Option<usize>,
     /// The form the kernels were loaded in.
     code: LoadedCode,
-    /// Whether the resident search selects inside the scan where it can (`scan8_select`).
+    /// Whether the resident search selects inside the coarse product and the scan where it
+    /// can (`coarse_select`, `scan8_select`).
     pub(crate) fused_select: bool,
 }
 
@@ -292,6 +297,16 @@ impl CudaBackend {
                 .map_err(driver)?;
                 f
             },
+            coarse_select: {
+                let f = take("coarse_select")?;
+                let dynamic = (optin as usize).saturating_sub(COARSE_STATIC_SHARED);
+                f.set_attribute(
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    dynamic as i32,
+                )
+                .map_err(driver)?;
+                f
+            },
             refine: take("refine")?,
             tile_bytes: (free / 8).clamp(1 << 20, PIPELINE_TILE_BYTES),
             name: format!("{name} (sm_{major}{minor})"),
@@ -314,8 +329,9 @@ impl CudaBackend {
         self
     }
 
-    /// Turns off the fused scan + selection: the resident search then writes every score
-    /// into rows and selects in rounds, as before it existed (for A/B counts and timings).
+    /// Turns off the fused selections (in the coarse product and in the scan): the resident
+    /// search then writes every score into rows and selects in rounds, as before they
+    /// existed (for A/B counts and timings).
     pub fn without_fused_select(mut self) -> Self {
         self.fused_select = false;
         self

@@ -2,9 +2,11 @@
 //! to one download of its results (issues #13, #32).
 //!
 //! The staged stages of `backend.rs` hand probes, tables and candidates back to the host
-//! between stages (the engine's `run_stages`); here they stay where they are made: coarse
-//! distances, scores alone → strided top-k rounds (each entry's place in its row as its
-//! payload: the probes) → the fused scan (`scan8_select` / `scan4_select`: one block per
+//! between stages (the engine's `run_stages`); here they stay where they are made: the
+//! probes selected inside the coarse product (`coarse_select`: each query's best `nprobe` of
+//! a span of centroids kept in shared memory, then one round merging the spans; above
+//! nprobe 64, coarse scores alone → strided top-k rounds, each entry's place in its row as
+//! its payload) → the fused scan (`scan8_select` / `scan4_select`: one block per
 //! (query, part of its probes) builds the query's table in shared memory, scores the probed
 //! lists and selects as it scores, `keep` candidates a part) → one round merging a query's
 //! parts → refine of the candidates at their global slots, ids read on the device → the
@@ -20,13 +22,17 @@
 //! device top-k (`keep ≤ 2,048`, `nprobe ≤ 2,048`); otherwise the staged path runs.
 
 use cudarc::driver::{CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg};
-use quiver_engine::backend::{fused_scan_group, Neighbors, SearchParams, FUSED_SELECT_MAX_KEEP};
+use quiver_engine::backend::{
+    coarse_select_span, fused_scan_group, Neighbors, SearchParams, COARSE_SELECT_MAX_KEEP,
+    FUSED_SELECT_MAX_KEEP,
+};
 use quiver_engine::list::CodeLayout;
 use quiver_engine::topk::WarpSelectShape;
 use quiver_engine::RefineKind;
 
 use crate::backend::{
-    driver, grid, CudaBackend, CudaError, CudaPrepared, COARSE_TILE, MAX_GPU_KEEP,
+    driver, grid, CudaBackend, CudaError, CudaPrepared, COARSE_STATIC_SHARED, COARSE_TILE,
+    MAX_GPU_KEEP,
 };
 
 /// Warps in a block of the fused scan + selection (each with its own queue).
@@ -91,7 +97,9 @@ impl CudaBackend {
         let (nlist, tl) = (index.nlist(), index.pq().m() * index.pq().ksub());
         let nprobe = params.nprobe.min(nlist);
         let keep = params.candidates();
-        let common = nlist * 4 + tl * 4 + nprobe * 12 + keep * 24;
+        // The coarse stage's output at the largest span count (a one-query tile's).
+        let coarse = self.coarse_bytes_per_query(1, nlist, nprobe);
+        let common = coarse + tl * 4 + nprobe * 12 + keep * 24;
         if self.fused_shared_bytes(p, keep).is_some() {
             // Each part's candidates (a part per probe at most), then the merged ones.
             common + nprobe * keep * 12
@@ -220,46 +228,10 @@ impl CudaBackend {
         let ip = index.metric().is_inner_product();
         let dev = &p.dev;
         let stream = &self.io.compute;
-        let (rows_u, nlist_u, dim_u) = (rows as u32, nlist as u32, dim as u32);
+        let (rows_u, dim_u) = (rows as u32, dim as u32);
 
-        // 1. Coarse distances, rows × nlist, scores alone (4 bytes a list: the selection
-        // takes a list's place in its row as its payload).
-        // SAFETY (all `alloc`s below): each buffer is written whole by the kernel that
-        // follows it before anything reads it (or, for the scan rows, read only below each
-        // row's length, which the scan writes); `no_payloads` is never written or read.
-        let mut cs = unsafe { stream.alloc::<u32>(rows * nlist) }.map_err(driver)?;
-        let mut no_payloads = unsafe { stream.alloc::<u32>(2) }.map_err(driver)?;
-        {
-            let cfg = LaunchConfig {
-                grid_dim: (
-                    nlist.div_ceil(COARSE_TILE) as u32,
-                    rows.div_ceil(COARSE_TILE) as u32,
-                    1,
-                ),
-                block_dim: (16, 16, 1),
-                shared_mem_bytes: 0,
-            };
-            let l2 = u32::from(!ip);
-            let mut b = stream.launch_builder(&self.coarse);
-            b.arg(queries)
-                .arg(&dev.quant.centroids)
-                .arg(&dev.quant.norms)
-                .arg(&mut cs)
-                .arg(&mut no_payloads);
-            let with_payloads = 0u32;
-            b.arg(&rows_u)
-                .arg(&nlist_u)
-                .arg(&dim_u)
-                .arg(&l2)
-                .arg(&with_payloads);
-            // SAFETY: argument types and order match `coarse_distances`; the grid covers
-            // the rows × nlist matrix; without payloads the payload pointer is not used.
-            unsafe { b.launch(cfg) }.map_err(driver)?;
-        }
-        // 2. The probes: each row's best nprobe lists, rows × nprobe.
-        let (ps, pp) = self
-            .select_strided_rounds(cs, None, rows, nlist, None, nprobe, SelectOut::New)?
-            .ok_or_else(|| CudaError::Driver("internal: no probes".into()))?;
+        // 1–2. The probes: each row's best nprobe lists, rows × nprobe.
+        let (ps, pp) = self.coarse_probes(p, queries, rows, nprobe)?;
         // 3. Lookup tables, rows × M × ksub, for the indexes that scan unfused (the fused
         // scan builds each query's table in shared memory).
         let unfused = segs
@@ -350,6 +322,110 @@ impl CudaBackend {
             )?;
         }
         Ok(())
+    }
+
+    /// The coarse selection's dynamic shared memory (`coarse_select`) for `nprobe`, when it
+    /// runs: `nprobe` within [`COARSE_SELECT_MAX_KEEP`] and half a tile's scores, 128 queues
+    /// and 8 staging areas within the device's opt-in shared memory.
+    fn coarse_select_shared(&self, nprobe: usize) -> Option<usize> {
+        if nprobe > COARSE_SELECT_MAX_KEEP || !self.fused_select {
+            return None;
+        }
+        let shape = WarpSelectShape::for_passes(nprobe);
+        let bytes = 64 * 144 * 4
+            + COARSE_TILE * shape.queue * 12
+            + 8 * WarpSelectShape::LANES * shape.thread_queue * 12;
+        (bytes + COARSE_STATIC_SHARED <= self.scan8_shared).then_some(bytes)
+    }
+
+    /// Bytes a query's coarse stage writes: its best `nprobe` of each span
+    /// (`coarse_select`), or its score for every list.
+    fn coarse_bytes_per_query(&self, rows: usize, nlist: usize, nprobe: usize) -> usize {
+        match self.coarse_select_shared(nprobe) {
+            Some(_) => nlist.div_ceil(coarse_select_span(rows, nlist)) * nprobe * 12,
+            None => nlist * 4,
+        }
+    }
+
+    /// Steps 1–2 of a tile: each query's best `nprobe` lists (scores, payloads (0, list)),
+    /// rows × nprobe. `coarse_select` scores the centroids and keeps each query's best of a
+    /// span in shared memory (one round then merges a query's spans); otherwise
+    /// `coarse_distances` writes every score, 4 bytes a list, and top-k rounds select (each
+    /// entry's place in its row as its payload).
+    fn coarse_probes(
+        &self,
+        p: &CudaPrepared,
+        queries: &cudarc::driver::CudaView<'_, f32>,
+        rows: usize,
+        nprobe: usize,
+    ) -> Result<Rows, CudaError> {
+        let index = p.index_arc();
+        let dev = &p.dev;
+        let stream = &self.io.compute;
+        let (dim, nlist) = (index.dim(), index.nlist());
+        let l2 = u32::from(!index.metric().is_inner_product());
+        let (rows_u, nlist_u, dim_u) = (rows as u32, nlist as u32, dim as u32);
+        let query_tiles = rows.div_ceil(COARSE_TILE) as u32;
+        let select = self.coarse_select_shared(nprobe);
+        let span = coarse_select_span(rows, nlist);
+        let parts = nlist.div_ceil(span);
+        let shape = WarpSelectShape::for_passes(nprobe);
+        // `coarse_select`: `nprobe` entries (scores, payloads) per query and span;
+        // `coarse_distances`: every score, and a payload buffer it never touches.
+        let (entries, payload_words) = match select {
+            Some(_) => (rows * parts * nprobe, 2 * rows * parts * nprobe),
+            None => (rows * nlist, 2),
+        };
+        // SAFETY: the kernel writes every entry of `cs` (and of `cp` when it selects).
+        let mut cs = unsafe { stream.alloc::<u32>(entries) }.map_err(driver)?;
+        let mut cp = unsafe { stream.alloc::<u32>(payload_words) }.map_err(driver)?;
+        let cfg = LaunchConfig {
+            grid_dim: match select {
+                Some(_) => (parts as u32, query_tiles, 1),
+                None => (nlist.div_ceil(COARSE_TILE) as u32, query_tiles, 1),
+            },
+            block_dim: (16, 16, 1),
+            shared_mem_bytes: select.unwrap_or(0) as u32,
+        };
+        let (span_u, keep_u, with_payloads) = (span as u32, nprobe as u32, 0u32);
+        let (k_u, t_u) = (shape.queue as u32, shape.thread_queue as u32);
+        let mut b = stream.launch_builder(match select {
+            Some(_) => &self.coarse_select,
+            None => &self.coarse,
+        });
+        b.arg(queries)
+            .arg(&dev.quant.centroids)
+            .arg(&dev.quant.norms)
+            .arg(&mut cs)
+            .arg(&mut cp);
+        b.arg(&rows_u).arg(&nlist_u).arg(&dim_u).arg(&l2);
+        match select {
+            Some(_) => b.arg(&span_u).arg(&keep_u).arg(&k_u).arg(&t_u),
+            None => b.arg(&with_payloads),
+        };
+        // SAFETY: argument types and order match `coarse_select` (block (p, y) reads queries
+        // 128y.. below `rows` and the centroids of its span, and writes `nprobe` entries at
+        // (q · parts + p) · nprobe for its queries, inside rows × parts × nprobe; `smem`
+        // holds the half tile, 128 queues and 8 staging areas of `shape`) or
+        // `coarse_distances` (the grid covers the rows × nlist matrix; without payloads the
+        // payload pointer is not used).
+        unsafe { b.launch(cfg) }.map_err(driver)?;
+        let probes = match select {
+            Some(_) if parts == 1 => return Ok((cs, cp)),
+            Some(_) => self.select_strided_rounds(
+                cs,
+                Some(cp),
+                rows,
+                parts * nprobe,
+                None,
+                nprobe,
+                SelectOut::New,
+            )?,
+            None => {
+                self.select_strided_rounds(cs, None, rows, nlist, None, nprobe, SelectOut::New)?
+            }
+        };
+        probes.ok_or_else(|| CudaError::Driver("internal: no probes".into()))
     }
 
     /// Steps 4–6 of a tile, unfused: work items from the probes, the scan into rows `stride`

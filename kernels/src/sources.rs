@@ -26,9 +26,9 @@ const WARP_QUEUE: (&str, &str) = ("warp_queue.cuh", include_str!("../cuda/warp_q
 pub const KERNELS: &[Kernel] = &[
     Kernel {
         name: "coarse",
-        entries: &["coarse_distances"],
+        entries: &["coarse_distances", "coarse_select"],
         source: include_str!("../cuda/coarse.cu"),
-        headers: &[],
+        headers: &[WARP_QUEUE],
         wgsl_twin: "coarse.wgsl",
     },
     Kernel {

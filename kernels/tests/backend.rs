@@ -126,3 +126,9 @@ fn device_quantized_tables_equal_the_host_quantization() {
     let Some(b) = backend() else { return };
     parity::device_quantized_tables_equal_the_host_quantization(&b);
 }
+
+#[test]
+fn tied_centroids_probe_the_cpu_lists() {
+    let Some(b) = backend() else { return };
+    parity::tied_centroids_probe_the_cpu_lists(&b);
+}

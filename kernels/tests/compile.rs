@@ -246,7 +246,7 @@ const FUSED_KERNELS: [&str; 2] = ["coarse", "refine"];
 fn static_shared_budget(entry: &str) -> usize {
     match entry {
         // 8 dimensions × 132 (128 rows, padded) of queries and of centroids.
-        "coarse_distances" => 2 * 8 * 132 * 4,
+        "coarse_distances" | "coarse_select" => 2 * 8 * 132 * 4,
         _ => 0,
     }
 }
@@ -258,6 +258,8 @@ fn register_budget(entry: &str) -> usize {
         "warp_select" | "select_strided" => 96,
         // 64 dot products, 8 norms and 16 operands held in registers.
         "coarse_distances" => 128,
+        // The same, with the warp queue's threshold and thread queue beside them.
+        "coarse_select" => 136,
         "lookup_tables" | "refine" | "refine_candidates" => 40,
         "scan8" | "scan4" | "scan4_quantized" | "scan_items" => 48,
         "scan8_select" | "scan4_select" => 96,

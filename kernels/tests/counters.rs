@@ -37,6 +37,18 @@ fn backend() -> Option<CudaBackend> {
     }
 }
 
+/// The backend for a test that counts, with the process's counters to itself; `None`
+/// (skipped) without a device, or on NVIDIA's driver, which has no counters.
+fn counted_backend() -> Option<(std::sync::MutexGuard<'static, ()>, CudaBackend)> {
+    let alone = counting();
+    let b = backend()?;
+    if b.counters().is_none() {
+        eprintln!("skipped: NVIDIA's driver has no counters");
+        return None;
+    }
+    Some((alone, b))
+}
+
 /// One test: the process's counters must see no other test's work. Then several segments
 /// searched as one batch: one upload, one download.
 #[test]
@@ -133,12 +145,9 @@ fn fused_against_unfused(
 /// device bytes than the unfused path.
 #[test]
 fn the_fused_scan_writes_candidates_not_score_rows() {
-    let _alone = counting();
-    let Some(b) = backend() else { return };
-    if b.counters().is_none() {
-        eprintln!("skipped: NVIDIA's driver has no counters");
+    let Some((_alone, b)) = counted_backend() else {
         return;
-    }
+    };
     let s = Shape {
         n: 40_000,
         dim: 32,
@@ -163,12 +172,9 @@ fn the_fused_scan_writes_candidates_not_score_rows() {
 #[test]
 #[ignore = "long on the emulator: the issue's per-query shapes at 1M vectors"]
 fn the_issue_shapes_fused_and_unfused() {
-    let _alone = counting();
-    let Some(b) = backend() else { return };
-    if b.counters().is_none() {
-        eprintln!("skipped: NVIDIA's driver has no counters");
+    let Some((_alone, b)) = counted_backend() else {
         return;
-    }
+    };
     for nprobe in [32, 128] {
         let s = Shape {
             n: 1_000_000,
@@ -181,6 +187,34 @@ fn the_issue_shapes_fused_and_unfused() {
             fused_against_unfused(&b, &s, metric, m, bits);
         }
     }
+}
+
+/// The issue's list count (#32: IVF16384, nprobe 32, PQ48, 384 dimensions, k 10, refine ×10,
+/// 1,024 queries) at 200k vectors: the coarse product selects each query's probes on chip
+/// (`coarse_select`), so what a query writes does not grow with nlist (its lists are short
+/// here; what the fused path writes does not depend on their length). `--ignored`: training
+/// 16,384 centroids takes minutes.
+#[test]
+#[ignore = "minutes: trains 16,384 centroids"]
+fn the_issue_lists_fused_and_unfused() {
+    let Some((_alone, b)) = counted_backend() else {
+        return;
+    };
+    let s = Shape {
+        n: 200_000,
+        dim: 384,
+        nlist: 16384,
+        nq: 1024,
+        nprobe: 32,
+    };
+    let (fused, unfused) = fused_against_unfused(&b, &s, Metric::InnerProduct, 48, 8);
+    // The coarse scores alone are 64 KiB a query unfused.
+    assert!(
+        fused.alloc_bytes * 4 <= unfused.alloc_bytes,
+        "{} device bytes fused, {} unfused",
+        fused.alloc_bytes,
+        unfused.alloc_bytes
+    );
 }
 
 /// The issue's batch (#13) on the emulator: `--ignored` (about five minutes).

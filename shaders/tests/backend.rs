@@ -183,3 +183,9 @@ fn device_quantized_tables_equal_the_host_quantization() {
     let Some(gpu) = device() else { return };
     parity::device_quantized_tables_equal_the_host_quantization(&WgpuBackend::new(Arc::new(gpu)));
 }
+
+#[test]
+fn tied_centroids_probe_the_cpu_lists() {
+    let Some(gpu) = device() else { return };
+    parity::tied_centroids_probe_the_cpu_lists(&WgpuBackend::new(Arc::new(gpu)));
+}

@@ -468,6 +468,33 @@ pub fn fused_scan_group(rows: usize, nprobe: usize) -> usize {
         .clamp(1, nprobe.max(1))
 }
 
+/// The largest `nprobe` the CUDA backend selects inside the coarse product
+/// (`coarse_select`: each block keeps 128 queries' queues of up to 64 probes in shared memory
+/// and writes only those); above it the coarse scores are written and top-k rounds select.
+pub const COARSE_SELECT_MAX_KEEP: usize = 64;
+
+/// Queries, and centroids, of one tile of the GPU backends' coarse product.
+pub const COARSE_TILE: usize = 128;
+
+/// Blocks the coarse product + selection aims at for a batch: two per SM of an H100 (its
+/// shared memory holds one or two), so a block's span of centroids stays long and its output
+/// — `nprobe` probes per query and span — small.
+const COARSE_SELECT_TARGET_BLOCKS: usize = 256;
+
+/// Centroids one block of the coarse product + selection scores in turn for `rows` queries
+/// and `nlist` lists: a multiple of [`COARSE_TILE`], as many tiles as leave about
+/// [`COARSE_SELECT_TARGET_BLOCKS`] blocks in the batch (the whole of `nlist` when the batch
+/// alone fills them). A query's lists are cut into `nlist.div_ceil(span)` spans, each writing
+/// its best `nprobe`.
+pub fn coarse_select_span(rows: usize, nlist: usize) -> usize {
+    let query_tiles = rows.div_ceil(COARSE_TILE).max(1);
+    let list_tiles = nlist.div_ceil(COARSE_TILE).max(1);
+    let parts = COARSE_SELECT_TARGET_BLOCKS
+        .div_ceil(query_tiles)
+        .clamp(1, list_tiles);
+    list_tiles.div_ceil(parts) * COARSE_TILE
+}
+
 /// The coarse term a list adds to every score of its entries: the list's coarse score when
 /// codes are residuals (the score then splits into query–centroid and query–residual parts),
 /// zero when codes encode the vectors themselves (inner-product metrics only). Every backend

@@ -300,6 +300,46 @@ pub fn many_lists_and_several_rounds_match_the_cpu_reference<B: Backend>(backend
     }
 }
 
+/// Tied coarse scores decide the probes as on the CPU: a quantizer of 16 distinct centroids,
+/// each repeated 64 times (copy j of centroid c is list 16·j + c, so the copies of one
+/// centroid lie in every 128-list span), every point in its centroid's first copy (the
+/// assignment keeps a tie's lowest list). A query's best 64 lists all tie; the CPU probes the
+/// lowest-numbered ones, and a backend that took other copies of a tie (another span's, say)
+/// would scan empty lists and miss the points. Cosine, L2 and inner product; nprobe within
+/// the CUDA backend's on-chip probe selection (40, 64) and beyond it (100); 300 queries
+/// (several query tiles).
+pub fn tied_centroids_probe_the_cpu_lists<B: Backend>(backend: &B) {
+    let (dim, distinct, copies) = (16, 16, 64);
+    let g = ClusteredGaussian::new(dim, distinct, 0.4, 29);
+    let x = g.rows(0, 8000);
+    let q = g.rows(8000, 300);
+    for metric in [Metric::L2, Metric::InnerProduct, Metric::Cosine] {
+        let mut small = IndexParams::new(metric, dim, distinct, 8);
+        small.refine = RefineKind::F32;
+        let base = IvfPqIndex::train(small.clone(), &x, &NoProgress).expect("train");
+        let mut params = small;
+        params.nlist = distinct * copies;
+        let centroids: Vec<f32> = (0..copies)
+            .flat_map(|_| base.centroids().iter().copied())
+            .collect();
+        let mut idx = IvfPqIndex::from_parts(params, centroids, base.pq().clone(), Vec::new());
+        idx.add(&x, None, &NoProgress).expect("add");
+        let filled = idx.lists().iter().filter(|l| !l.is_empty()).count();
+        assert!(filled <= distinct, "{metric}: {filled} lists filled");
+        let idx = Arc::new(idx);
+        for nprobe in [40, 64, 100] {
+            let params = SearchParams {
+                k: 10,
+                nprobe,
+                refine_factor: 2,
+            };
+            let (want, got) = search_both(backend, &idx, &q, &params);
+            let label = format!("{} {metric} tied centroids nprobe {nprobe}", backend.name());
+            assert_parity(&label, &want, &got);
+        }
+    }
+}
+
 /// Indexes sharing their quantizers (a collection's segments: one trained index, three parts
 /// added to copies of it, each prepared from the first by `refresh`) searched as one batch
 /// (`search_many`) give each index's own search, ids and distance bits. With `count` (a
