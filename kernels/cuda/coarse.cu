@@ -136,7 +136,8 @@ extern "C" __global__ void coarse_distances(
 // fewer). Dynamic shared memory: the half tile's scores (64 × 144 words), 128 queues of `k`
 // entries (scores, then payloads) and 8 warps' staging areas of 32·t (scores, then payloads):
 // 36,864 + 128 · k · 12 + 8 · 32 · t · 12 bytes.
-extern "C" __global__ void coarse_select(
+// Two blocks an SM (128 registers a thread): what its shared memory allows at nprobe ≤ 32.
+extern "C" __global__ void __launch_bounds__(256, 2) coarse_select(
     const float* __restrict__ queries,
     const float* __restrict__ centroids,
     const float* __restrict__ centroid_norms,
@@ -198,7 +199,8 @@ extern "C" __global__ void coarse_select(
                 if (q0 + row >= nq) break;
                 WarpQueue w;
                 wq_attach(w, queue_s + row * k, queue_p + row * k, ss, sp, k, t);
-#pragma unroll
+                // One offer in the code (not unrolled): the registers stay the product's.
+#pragma unroll 1
                 for (unsigned int step = 0; step < TILE / LANES; step++) {
                     const unsigned int col = step * LANES + lane;
                     const unsigned int c = c0 + col;
@@ -216,8 +218,8 @@ extern "C" __global__ void coarse_select(
             if (q >= nq) break;
             const size_t dst = ((size_t)q * parts + part) * keep;
             for (unsigned int i = lane; i < keep; i += LANES) {
-                out_score[dst + i] = queue_s[row * k + i];
-                out_payload[dst + i] = queue_p[row * k + i];
+                out_score[dst + i] = queue_s[row * k + sw4(i)];
+                out_payload[dst + i] = queue_p[row * k + sw8(i)];
             }
         }
     }

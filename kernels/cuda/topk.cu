@@ -77,8 +77,8 @@ __device__ void select_chunk(
     }
     wq_finish(w, lane);
     for (unsigned int i = lane; i < keep; i += LANES) {
-        out_score[dst + i] = w.qs[i];
-        out_payload[dst + i] = w.qp[i];
+        out_score[dst + i] = w.qs[sw4(i)];
+        out_payload[dst + i] = w.qp[sw8(i)];
     }
 }
 

@@ -5,8 +5,8 @@
 //
 // A `WarpQueue` is one warp's: its sorted queue of K entries and its staging area of 32·T in
 // shared memory (laid out as queue scores [K], staging scores [32·T], queue payloads [K],
-// staging payloads [32·T]: (K + 32·T) × 12 bytes), each lane's thread queue and the
-// threshold in registers. Every lane of the warp calls `offer` together, one candidate (or
+// staging payloads [32·T]: (K + 32·T) × 12 bytes; entry i of each at `sw4(i)` / `sw8(i)`,
+// below), each lane's thread queue and the threshold in registers. Every lane of the warp calls `offer` together, one candidate (or
 // none) each; `finish` flushes what the thread queues hold. Entries order by (score,
 // payload): a score's IEEE total order (−0 before +0), then the payload's high word, then its
 // low word — the CPU reference's tie rule.
@@ -35,6 +35,16 @@ __device__ __forceinline__ bool before(float ka, uint2 pa, float kb, uint2 pb) {
     return a < b || (a == b && (pa.x < pb.x || (pa.x == pb.x && pa.y < pb.y)));
 }
 
+// Where entry i of a queue or staging area lives: scores (4 bytes) permuted within blocks of
+// 64, payloads (8 bytes, served a half-warp at a time) within blocks of 32. A warp's
+// compare-exchange step reads 32 first (or second) elements of a 64-element window; stored
+// in order, elements e and e + 32 share a bank and every step below stride 32 would be a
+// 2-way conflict (4-way for payloads). Flipping the low bits of the upper half (e ^ 31 when
+// bit 5 is set; e ^ 15 when bit 4 is, for payloads) sends every step's elements to distinct
+// banks, and runs of 32 consecutive entries (the merges, the output) stay conflict-free.
+__device__ __forceinline__ unsigned int sw4(unsigned int i) { return i ^ (((i >> 5) & 1u) * 31u); }
+__device__ __forceinline__ unsigned int sw8(unsigned int i) { return i ^ (((i >> 4) & 1u) * 15u); }
+
 // First index of compare-exchange pair `p` in a bitonic step of half-width `stride`.
 __device__ __forceinline__ unsigned int pair_first(unsigned int p, unsigned int stride) {
     return 2u * stride * (p / stride) + p % stride;
@@ -48,12 +58,12 @@ __device__ void sort_stage(unsigned int lane, unsigned int n, float* ss, uint2* 
                 const unsigned int i = pair_first(p, stride);
                 const unsigned int j = i + stride;
                 const bool ascending = (i & size) == 0;
-                const float ki = ss[i], kj = ss[j];
-                const uint2 pi = sp[i], pj = sp[j];
+                const float ki = ss[sw4(i)], kj = ss[sw4(j)];
+                const uint2 pi = sp[sw8(i)], pj = sp[sw8(j)];
                 const bool swap = ascending ? before(kj, pj, ki, pi) : before(ki, pi, kj, pj);
                 if (swap) {
-                    ss[i] = kj; ss[j] = ki;
-                    sp[i] = pj; sp[j] = pi;
+                    ss[sw4(i)] = kj; ss[sw4(j)] = ki;
+                    sp[sw8(i)] = pj; sp[sw8(j)] = pi;
                 }
             }
             __syncwarp();
@@ -70,11 +80,11 @@ __device__ void merge_stage(unsigned int lane, unsigned int k, unsigned int n,
     for (unsigned int p = lane; p < n; p += LANES) {
         const unsigned int i = k - n + p;
         const unsigned int b = n - 1 - p;
-        const float sb = ss[b];
-        const uint2 pb = sp[b];
-        if (before(sb, pb, qs[i], qp[i])) {
-            qs[i] = sb;
-            qp[i] = pb;
+        const float sb = ss[sw4(b)];
+        const uint2 pb = sp[sw8(b)];
+        if (before(sb, pb, qs[sw4(i)], qp[sw8(i)])) {
+            qs[sw4(i)] = sb;
+            qp[sw8(i)] = pb;
         }
     }
     __syncwarp();
@@ -82,11 +92,11 @@ __device__ void merge_stage(unsigned int lane, unsigned int k, unsigned int n,
         for (unsigned int p = lane; p < k / 2; p += LANES) {
             const unsigned int i = pair_first(p, stride);
             const unsigned int j = i + stride;
-            const float ki = qs[i], kj = qs[j];
-            const uint2 pi = qp[i], pj = qp[j];
+            const float ki = qs[sw4(i)], kj = qs[sw4(j)];
+            const uint2 pi = qp[sw8(i)], pj = qp[sw8(j)];
             if (before(kj, pj, ki, pi)) {
-                qs[i] = kj; qs[j] = ki;
-                qp[i] = pj; qp[j] = pi;
+                qs[sw4(i)] = kj; qs[sw4(j)] = ki;
+                qp[sw8(i)] = pj; qp[sw8(j)] = pi;
             }
         }
         __syncwarp();
@@ -142,8 +152,8 @@ __device__ __forceinline__ void wq_attach(WarpQueue& w, float* qs, uint2* qp, fl
     w.sp = sp;
     w.k = k;
     w.t = t;
-    w.thr_score = qs[k - 1];
-    w.thr_payload = qp[k - 1];
+    w.thr_score = qs[sw4(k - 1)];
+    w.thr_payload = qp[sw8(k - 1)];
     w.count = 0;
 }
 
@@ -156,16 +166,16 @@ __device__ __forceinline__ void wq_flush(WarpQueue& w, unsigned int lane) {
     for (unsigned int j = 0; j < TQ_MAX; ++j) {
         if (j < w.t) {
             const unsigned int at = lane * w.t + j;
-            w.ss[at] = j < w.count ? w.tq_score[j] : inf;
-            w.sp[at] = j < w.count ? w.tq_payload[j] : none;
+            w.ss[sw4(at)] = j < w.count ? w.tq_score[j] : inf;
+            w.sp[sw8(at)] = j < w.count ? w.tq_payload[j] : none;
         }
     }
     w.count = 0;
     __syncwarp();
     sort_stage(lane, w.t * LANES, w.ss, w.sp);
     merge_stage(lane, w.k, w.t * LANES, w.qs, w.qp, w.ss, w.sp);
-    w.thr_score = w.qs[w.k - 1];
-    w.thr_payload = w.qp[w.k - 1];
+    w.thr_score = w.qs[sw4(w.k - 1)];
+    w.thr_payload = w.qp[sw8(w.k - 1)];
 }
 
 // One step of the warp: each lane offers (s, p) when `has`; kept when it beats the threshold;
@@ -211,8 +221,8 @@ __device__ __forceinline__ void wq_merge_block(WarpQueue& wq, float* queues, uns
     if (warp == 0) {
         __syncwarp();
         for (unsigned int i = lane; i < keep; i += LANES) {
-            out_score[dst + i] = wq.qs[i];
-            out_payload[dst + i] = wq.qp[i];
+            out_score[dst + i] = wq.qs[sw4(i)];
+            out_payload[dst + i] = wq.qp[sw8(i)];
         }
     }
 }

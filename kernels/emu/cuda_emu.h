@@ -52,7 +52,13 @@ T shfl(T v, int src) {
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __launch_bounds__(...)
+#ifdef QUIVER_EMU_BANKS
+// In a section of their own, so the bank-conflict tracer knows their addresses.
+#define __shared__ static __attribute__((section("emu_shared")))
+#else
 #define __shared__ static
+#endif
 #define threadIdx (emu::thread_idx())
 #define blockIdx (emu::block_idx())
 #define blockDim (emu::block_dim())

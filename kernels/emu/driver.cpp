@@ -119,6 +119,10 @@ struct Fiber {
     dim3 tid;
     unsigned int linear;
     State state;
+#ifdef QUIVER_EMU_BANKS
+    // The shared-memory accesses (address, bytes) since the warp last synchronised.
+    std::vector<std::pair<std::uintptr_t, unsigned int>> accesses;
+#endif
 };
 
 struct Warp {
@@ -130,6 +134,7 @@ struct Warp {
 
 struct Launch {
     const Invoker* kernel;
+    const char* name = "";
     void** params;
     dim3 grid, block, block_idx;
     std::vector<unsigned char> shared;
@@ -157,10 +162,60 @@ Warp& my_warp() { return g_launch->warps[me().linear / 32]; }
 
 void yield_to_scheduler() { context_switch(me().ctx, g_launch->scheduler); }
 
+#ifdef QUIVER_EMU_BANKS
+// Shared-memory bank conflicts (build.py --banks: the kernels are compiled with
+// -fsanitize=thread, whose instrumentation calls the __tsan_* hooks below for every load and
+// store; nothing else of ThreadSanitizer is linked). Between two synchronisations of a warp
+// its lanes run one after another, each logging its shared-memory accesses; when the warp
+// synchronises, the i-th access of every lane is one warp request. A request costs as many
+// wavefronts as its worst bank holds distinct 4-byte words (a word read by several lanes is
+// broadcast); 8-byte accesses are served a half-warp at a time and 16-byte ones a quarter at
+// a time, as on NVIDIA's GPUs (so a conflict-free request of 8-byte words takes two). Per
+// kernel: requests, wavefronts, the worst request's, and the wavefronts the requests would
+// take without a conflict (one per half- or quarter-warp group with an active lane).
+struct BankStats {
+    unsigned long long requests = 0, wavefronts = 0, worst = 0, ideal = 0;
+};
+std::map<std::string, BankStats> g_banks;
+
+// Returns (wavefronts, wavefronts without a conflict).
+std::pair<unsigned int, unsigned int> request_wavefronts(
+    const std::vector<std::pair<std::uintptr_t, unsigned int>>& req) {
+    unsigned int bytes = 4;
+    for (const auto& a : req) bytes = std::max(bytes, std::min(a.second & 0xffu, 16u));
+    const unsigned int group = bytes >= 16 ? 8 : bytes >= 8 ? 16 : 32;
+    unsigned int total = 0, ideal = 0;
+    for (unsigned int g0 = 0; g0 < 32; g0 += group) {
+        std::vector<std::uintptr_t> words[32];
+        bool active = false;
+        for (const auto& a : req) {
+            // req holds (address, lane << 8 | bytes) here: see analyse_warp.
+            const unsigned int lane = a.second >> 8, size = a.second & 0xff;
+            if (lane < g0 || lane >= g0 + group) continue;
+            active = true;
+            for (std::uintptr_t w = a.first / 4; w <= (a.first + std::max(size, 1u) - 1) / 4; ++w) {
+                auto& b = words[w % 32];
+                if (std::find(b.begin(), b.end(), w) == b.end()) b.push_back(w);
+            }
+        }
+        unsigned int ways = 0;
+        for (const auto& b : words) ways = std::max(ways, (unsigned int)b.size());
+        total += ways;
+        ideal += active ? 1 : 0;
+    }
+    return {total, ideal};
+}
+
+void analyse_warp(unsigned int w);
+#endif
+
 void release_block_if_complete() {
     Launch& l = *g_launch;
     if (l.arrived > 0 && l.arrived == l.live) {
         l.arrived = 0;
+#ifdef QUIVER_EMU_BANKS
+        for (unsigned int w = 0; w < l.warps.size(); ++w) analyse_warp(w);
+#endif
         for (Fiber& f : l.fibers)
             if (f.state == State::WaitBlock) f.state = State::Runnable;
     }
@@ -171,6 +226,9 @@ void release_warp_if_complete(unsigned int w) {
     Warp& warp = l.warps[w];
     if (warp.arrived > 0 && warp.arrived == warp.live) {
         warp.arrived = 0;
+#ifdef QUIVER_EMU_BANKS
+        analyse_warp(w);
+#endif
         for (unsigned int i = w * 32; i < l.fibers.size() && i < (w + 1) * 32; ++i)
             if (l.fibers[i].state == State::WaitWarp) l.fibers[i].state = State::Runnable;
     }
@@ -234,7 +292,35 @@ void run_block(Launch& l) {
             std::abort();
         }
     }
+#ifdef QUIVER_EMU_BANKS
+    for (unsigned int w = 0; w < l.warps.size(); ++w) analyse_warp(w);
+#endif
 }
+
+#ifdef QUIVER_EMU_BANKS
+void analyse_warp(unsigned int w) {
+    Launch& l = *g_launch;
+    const unsigned int first = w * 32, end = std::min<unsigned int>(first + 32, l.fibers.size());
+    std::size_t longest = 0;
+    for (unsigned int i = first; i < end; ++i) longest = std::max(longest, l.fibers[i].accesses.size());
+    if (longest == 0) return;
+    BankStats& stats = g_banks[l.name];
+    std::vector<std::pair<std::uintptr_t, unsigned int>> req;
+    for (std::size_t k = 0; k < longest; ++k) {
+        req.clear();
+        for (unsigned int i = first; i < end; ++i) {
+            const auto& log = l.fibers[i].accesses;
+            if (k < log.size()) req.emplace_back(log[k].first, ((i - first) << 8) | log[k].second);
+        }
+        const auto [wf, ideal] = request_wavefronts(req);
+        stats.requests += 1;
+        stats.wavefronts += wf;
+        stats.ideal += ideal;
+        stats.worst = std::max<unsigned long long>(stats.worst, wf);
+    }
+    for (unsigned int i = first; i < end; ++i) l.fibers[i].accesses.clear();
+}
+#endif
 
 }  // namespace
 
@@ -308,6 +394,67 @@ std::uint64_t exchange(std::uint64_t mine, int src) {
 }
 
 }  // namespace emu
+
+#ifdef QUIVER_EMU_BANKS
+extern "C" char __start_emu_shared[] __attribute__((weak));
+extern "C" char __stop_emu_shared[] __attribute__((weak));
+
+namespace emu {
+// Logs an access of the running thread when it is to shared memory (the launch's dynamic
+// shared memory, or the `__shared__` arrays, which cuda_emu.h places in section emu_shared).
+static void record(const void* p, unsigned int bytes) {
+    Launch* l = g_launch;
+    if (l == nullptr || l->current == nullptr || bytes == 0) return;
+    const auto a = reinterpret_cast<std::uintptr_t>(p);
+    const auto ds = reinterpret_cast<std::uintptr_t>(l->shared.data());
+    const auto ss = reinterpret_cast<std::uintptr_t>(__start_emu_shared);
+    const auto se = reinterpret_cast<std::uintptr_t>(__stop_emu_shared);
+    const bool shared = (a >= ds && a < ds + l->shared.size()) || (a >= ss && a < se);
+    if (shared) l->current->accesses.emplace_back(a, std::min(bytes, 16u));
+}
+}  // namespace emu
+
+#define QUIVER_HOOK __attribute__((visibility("default")))
+extern "C" {
+QUIVER_HOOK void __tsan_init() {}
+QUIVER_HOOK void __tsan_func_entry(void*) {}
+QUIVER_HOOK void __tsan_func_exit() {}
+QUIVER_HOOK void __tsan_vptr_update(void**, void*) {}
+QUIVER_HOOK void __tsan_vptr_read(void**) {}
+#define QUIVER_ACCESS(n)                                                              \
+    QUIVER_HOOK void __tsan_read##n(void* p) { emu::record(p, n); }                  \
+    QUIVER_HOOK void __tsan_write##n(void* p) { emu::record(p, n); }                 \
+    QUIVER_HOOK void __tsan_unaligned_read##n(void* p) { emu::record(p, n); }        \
+    QUIVER_HOOK void __tsan_unaligned_write##n(void* p) { emu::record(p, n); }       \
+    QUIVER_HOOK void __tsan_volatile_read##n(void* p) { emu::record(p, n); }         \
+    QUIVER_HOOK void __tsan_volatile_write##n(void* p) { emu::record(p, n); }
+QUIVER_ACCESS(1)
+QUIVER_ACCESS(2)
+QUIVER_ACCESS(4)
+QUIVER_ACCESS(8)
+QUIVER_ACCESS(16)
+QUIVER_HOOK void __tsan_read_range(void* p, unsigned long n) {
+    if (n <= 16) emu::record(p, (unsigned int)n);
+}
+QUIVER_HOOK void __tsan_write_range(void* p, unsigned long n) {
+    if (n <= 16) emu::record(p, (unsigned int)n);
+}
+
+// A kernel's shared-memory requests, wavefronts, worst request and conflict-free wavefronts
+// so far (out[0..4]);
+// returns 0 when it has none (or the emulator was built without --banks: no such symbol).
+QUIVER_HOOK int quiver_emu_banks(const char* entry, unsigned long long* out) {
+    std::lock_guard<std::recursive_mutex> guard(emu::g_lock);
+    auto it = emu::g_banks.find(entry);
+    if (it == emu::g_banks.end()) return 0;
+    out[0] = it->second.requests;
+    out[1] = it->second.wavefronts;
+    out[2] = it->second.worst;
+    out[3] = it->second.ideal;
+    return 1;
+}
+}
+#endif
 
 // ---- The driver API ------------------------------------------------------------------------
 
@@ -731,6 +878,10 @@ CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned
         return CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES;
     emu::Launch l;
     l.kernel = (const emu::Invoker*)f;
+#ifdef QUIVER_EMU_BANKS
+    for (const auto& [name, invoker] : emu::registry())
+        if (&invoker == l.kernel) l.name = name.c_str();
+#endif
     l.params = params;
     l.grid = emu::dim3{gx, gy, gz};
     l.block = emu::dim3{bx, by, bz};

@@ -22,6 +22,6 @@ mod transfer;
 
 pub use backend::{CudaBackend, CudaError, CudaPrepared};
 pub use compile::{compile_cubin, compile_ptx, CompileError, CudaVersion, PtxIsa};
-pub use counters::{emulator_counters, DeviceCounters};
+pub use counters::{emulator_bank_counts, emulator_counters, BankCounts, DeviceCounters};
 pub use load::{CodeForm, LoadedCode};
 pub use sources::{Kernel, KERNELS};

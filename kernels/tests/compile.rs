@@ -258,8 +258,8 @@ fn register_budget(entry: &str) -> usize {
         "warp_select" | "select_strided" => 96,
         // 64 dot products, 8 norms and 16 operands held in registers.
         "coarse_distances" => 128,
-        // The same, with the warp queue's threshold and thread queue beside them.
-        "coarse_select" => 136,
+        // The same with the queues; `__launch_bounds__(256, 2)` holds it to 128.
+        "coarse_select" => 128,
         "lookup_tables" | "refine" | "refine_candidates" => 40,
         "scan8" | "scan4" | "scan4_quantized" | "scan_items" => 48,
         "scan8_select" | "scan4_select" => 96,

@@ -168,7 +168,7 @@ fn fused(
     }
     wq_finish(lane, k, t, step);
     for (var i = lane; i < keep; i += LANES) {
-        out_score[w * keep + i] = queue_score[i];
-        out_payload[w * keep + i] = queue_payload[i];
+        out_score[w * keep + i] = queue_score[sw4(i)];
+        out_payload[w * keep + i] = queue_payload[sw8(i)];
     }
 }

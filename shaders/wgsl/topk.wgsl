@@ -91,8 +91,8 @@ fn select_chunk(
     }
     wq_finish(lane, k, t, step);
     for (var i = lane; i < keep; i += LANES) {
-        out_score[dst + i] = queue_score[i];
-        out_payload[dst + i] = queue_payload[i];
+        out_score[dst + i] = queue_score[sw4(i)];
+        out_payload[dst + i] = queue_payload[sw8(i)];
     }
 }
 

@@ -5,8 +5,8 @@
 //
 // One queue per workgroup of 32 invocations: the sorted queue of K entries and the staging
 // area of 32·T in workgroup memory ((QCAP + STAGE) × 12 bytes; the host sizes QCAP and STAGE
-// by replacing their lines), each invocation's thread queue and the threshold in private
-// memory. Every invocation calls `wq_offer` together (in uniform control flow), one
+// by replacing their lines; entry i at `sw4(i)` / `sw8(i)`), each invocation's thread queue
+// and the threshold in private memory. Every invocation calls `wq_offer` together (in uniform control flow), one
 // candidate (or none) each; `wq_finish` flushes what the thread queues hold. Entries order by
 // (score, payload): a score's IEEE total order (−0 before +0), then the payload's high word,
 // then its low word — the CPU reference's tie rule.
@@ -38,6 +38,17 @@ fn before(ka: f32, pa: vec2<u32>, kb: f32, pb: vec2<u32>) -> bool {
     return a < b || (a == b && (pa.x < pb.x || (pa.x == pb.x && pa.y < pb.y)));
 }
 
+// Where entry i of the queue or the staging area lives: scores permuted within blocks of 64,
+// payloads (8 bytes, served a half-warp at a time) within blocks of 32, so that the elements
+// a compare-exchange step reads lie in distinct banks (warp_queue.cuh's `sw4` / `sw8`).
+fn sw4(i: u32) -> u32 {
+    return i ^ (((i >> 5u) & 1u) * 31u);
+}
+
+fn sw8(i: u32) -> u32 {
+    return i ^ (((i >> 4u) & 1u) * 15u);
+}
+
 // First index of compare-exchange pair `p` in a bitonic step of half-width `stride`.
 fn pair_first(p: u32, stride: u32) -> u32 {
     return 2u * stride * (p / stride) + p % stride;
@@ -51,16 +62,16 @@ fn sort_stage(lane: u32, n: u32) {
                 let i = pair_first(p, stride);
                 let j = i + stride;
                 let ascending = (i & size) == 0u;
-                let ki = stage_score[i];
-                let kj = stage_score[j];
-                let pi = stage_payload[i];
-                let pj = stage_payload[j];
+                let ki = stage_score[sw4(i)];
+                let kj = stage_score[sw4(j)];
+                let pi = stage_payload[sw8(i)];
+                let pj = stage_payload[sw8(j)];
                 let swap = select(before(ki, pi, kj, pj), before(kj, pj, ki, pi), ascending);
                 if (swap) {
-                    stage_score[i] = kj;
-                    stage_score[j] = ki;
-                    stage_payload[i] = pj;
-                    stage_payload[j] = pi;
+                    stage_score[sw4(i)] = kj;
+                    stage_score[sw4(j)] = ki;
+                    stage_payload[sw8(i)] = pj;
+                    stage_payload[sw8(j)] = pi;
                 }
             }
             workgroupBarrier();
@@ -76,11 +87,11 @@ fn merge_stage(lane: u32, k: u32, n: u32) {
     for (var p = lane; p < n; p += LANES) {
         let i = k - n + p;
         let b = n - 1u - p;
-        let sb = stage_score[b];
-        let pb = stage_payload[b];
-        if (before(sb, pb, queue_score[i], queue_payload[i])) {
-            queue_score[i] = sb;
-            queue_payload[i] = pb;
+        let sb = stage_score[sw4(b)];
+        let pb = stage_payload[sw8(b)];
+        if (before(sb, pb, queue_score[sw4(i)], queue_payload[sw8(i)])) {
+            queue_score[sw4(i)] = sb;
+            queue_payload[sw8(i)] = pb;
         }
     }
     workgroupBarrier();
@@ -88,15 +99,15 @@ fn merge_stage(lane: u32, k: u32, n: u32) {
         for (var p = lane; p < k / 2u; p += LANES) {
             let i = pair_first(p, stride);
             let j = i + stride;
-            let ki = queue_score[i];
-            let kj = queue_score[j];
-            let pi = queue_payload[i];
-            let pj = queue_payload[j];
+            let ki = queue_score[sw4(i)];
+            let kj = queue_score[sw4(j)];
+            let pi = queue_payload[sw8(i)];
+            let pj = queue_payload[sw8(j)];
             if (before(kj, pj, ki, pi)) {
-                queue_score[i] = kj;
-                queue_score[j] = ki;
-                queue_payload[i] = pj;
-                queue_payload[j] = pi;
+                queue_score[sw4(i)] = kj;
+                queue_score[sw4(j)] = ki;
+                queue_payload[sw8(i)] = pj;
+                queue_payload[sw8(j)] = pi;
             }
         }
         workgroupBarrier();
@@ -114,8 +125,8 @@ fn wq_init(lane: u32, k: u32) {
     let inf = bitcast<f32>(INF_BITS);
     let none = vec2<u32>(0xffffffffu, 0xffffffffu);
     for (var i = lane; i < k; i += LANES) {
-        queue_score[i] = inf;
-        queue_payload[i] = none;
+        queue_score[sw4(i)] = inf;
+        queue_payload[sw8(i)] = none;
     }
     if (lane == 0u) {
         vote[0] = 0u;
@@ -136,19 +147,19 @@ fn wq_flush(lane: u32, k: u32, t: u32) {
     for (var j = 0u; j < t; j += 1u) {
         let at = lane * t + j;
         if (j < tq_count) {
-            stage_score[at] = tq_score[j];
-            stage_payload[at] = tq_payload[j];
+            stage_score[sw4(at)] = tq_score[j];
+            stage_payload[sw8(at)] = tq_payload[j];
         } else {
-            stage_score[at] = inf;
-            stage_payload[at] = none;
+            stage_score[sw4(at)] = inf;
+            stage_payload[sw8(at)] = none;
         }
     }
     tq_count = 0u;
     workgroupBarrier();
     sort_stage(lane, t * LANES);
     merge_stage(lane, k, t * LANES);
-    thr_score = queue_score[k - 1u];
-    thr_payload = queue_payload[k - 1u];
+    thr_score = queue_score[sw4(k - 1u)];
+    thr_payload = queue_payload[sw8(k - 1u)];
 }
 
 // One step, the caller's `step`-th (counted from 0 since `wq_init`, the same in every
