@@ -653,6 +653,20 @@ CUresult cuMemFree_v2(CUdeviceptr p) {
 }
 CUresult cuMemAllocAsync(CUdeviceptr* p, std::size_t bytes, CUstream) { return cuMemAlloc_v2(p, bytes); }
 CUresult cuMemFreeAsync(CUdeviceptr p, CUstream) { return cuMemFree_v2(p); }
+// The device's default memory pool, and its release threshold (what the backend sets; the
+// emulator's allocations do not go through a pool).
+typedef void* CUmemoryPool;
+static int g_default_pool = 0;
+static unsigned long long g_pool_release_threshold = 0;
+CUresult cuDeviceGetDefaultMemPool(CUmemoryPool* pool, CUdevice) {
+    *pool = &g_default_pool;
+    return CUDA_SUCCESS;
+}
+CUresult cuMemPoolSetAttribute(CUmemoryPool pool, int attribute, void* value) {
+    if (pool != &g_default_pool || value == nullptr) return CUDA_ERROR_INVALID_VALUE;
+    if (attribute == 4) g_pool_release_threshold = *static_cast<unsigned long long*>(value);  // RELEASE_THRESHOLD
+    return CUDA_SUCCESS;
+}
 CUresult cuMemHostAlloc(void** p, std::size_t bytes, unsigned int) {
     *p = std::aligned_alloc(4096, (bytes + 4095) / 4096 * 4096 + 4096);
     return *p ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;

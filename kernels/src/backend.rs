@@ -210,6 +210,31 @@ impl std::fmt::Debug for CudaBackend {
     }
 }
 
+/// Keeps freed device memory in the device's default pool (its release threshold at the
+/// maximum): the resident search allocates its buffers with `cuMemAllocAsync` and frees them
+/// after each batch, and with the default threshold (0) the pool would give that memory back
+/// to the driver at every synchronisation and map it again for the next batch.
+fn keep_pool_memory(ctx: &Arc<CudaContext>) -> Result<(), CudaError> {
+    use cudarc::driver::sys;
+    ctx.bind_to_thread().map_err(driver)?;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: `pool` receives the device's default pool handle.
+    unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) }
+        .result()
+        .map_err(driver)?;
+    let mut threshold = u64::MAX;
+    // SAFETY: the release threshold attribute takes a u64, read through the pointer.
+    unsafe {
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+    }
+    .result()
+    .map_err(driver)
+}
+
 /// One dimension of blocks for `n` independent blocks: x up to 65,535, the rest in y.
 pub(crate) fn grid(n: usize) -> (u32, u32, u32) {
     let n = n.max(1);
@@ -234,6 +259,7 @@ impl CudaBackend {
             other => return Err(CudaError::Unavailable(other.to_string())),
         }
         let ctx = CudaContext::new(ordinal).map_err(driver)?;
+        keep_pool_memory(&ctx)?;
         let (major, minor) = ctx.compute_capability().map_err(driver)?;
         let name = ctx.name().map_err(driver)?;
         let (mut funcs, code) = load_kernels(&ctx)?;

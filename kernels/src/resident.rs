@@ -10,7 +10,9 @@
 //! (query, part of its probes) builds the query's table in shared memory, scores the probed
 //! lists and selects as it scores, `keep` candidates a part) → one round merging a query's
 //! parts → refine of the candidates at their global slots, ids read on the device → the
-//! final top-k into one result buffer, which comes back in one copy. Where the fused scan
+//! final top-k into one result buffer, which comes back in one copy. A batch runs on a
+//! stream of its own (two taken in turn: two callers' batches overlap), its queries up and
+//! its results down through pinned buffers. Where the fused scan
 //! does not apply (`keep` above 256, its tables and queues beyond the opt-in shared memory,
 //! or `without_fused_select`), the unfused stages run instead: lookup tables → work items
 //! built on the device (`scan_items`) → the scan into rows a fixed stride apart → top-k
@@ -21,7 +23,9 @@
 //! Taken when the index's codes, raw vectors and ids are resident and the selection fits the
 //! device top-k (`keep ≤ 2,048`, `nprobe ≤ 2,048`); otherwise the staged path runs.
 
-use cudarc::driver::{CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg};
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream, CudaViewMut, LaunchConfig, PushKernelArg};
 use quiver_engine::backend::{
     coarse_select_span, fused_scan_group, Neighbors, SearchParams, COARSE_SELECT_MAX_KEEP,
     FUSED_SELECT_MAX_KEEP,
@@ -160,31 +164,52 @@ impl CudaBackend {
         let rows_per_tile = ((self.tile_bytes * 8) / per_query)
             .min((u32::MAX as usize) / stride.max(index.nlist()).max(params.candidates()))
             .clamp(1, nq);
-        let q_dev = self.upload(queries)?;
+        // The batch's stream (two batches from two callers overlap), its queries up through a
+        // pinned buffer and its results back through another: asynchronous copies, one each.
+        let stream = &self.io.lane();
+        let mut held = Vec::new();
+        let q_words = self.io.stage_on(stream, queries, &mut held)?;
+        // SAFETY: `q_words` holds the queries' f32 bits, nq × dim words.
+        let q_dev = unsafe { q_words.transmute::<f32>(nq * dim) }
+            .ok_or_else(|| CudaError::Driver("internal: query buffer too short".into()))?;
         // One buffer for the results: segments × nq × k scores, then (8-byte aligned) as
         // many payloads; segment s's part is at s × nq × k.
         let total = segs.len() * nq * k;
         let s_words = total.next_multiple_of(2);
         // SAFETY: the final selections write every score and payload word of every row of
         // every segment.
-        let mut result =
-            unsafe { self.io.compute.alloc::<u32>(s_words + 2 * total) }.map_err(driver)?;
+        let mut result = unsafe { stream.alloc::<u32>(s_words + 2 * total) }.map_err(driver)?;
         {
             let (mut res_s, mut res_p) = result.split_at_mut(s_words);
             let mut a = 0;
             while a < nq {
                 let b = (a + rows_per_tile).min(nq);
                 let q_view = q_dev.slice(a * dim..b * dim);
-                self.resident_tile(segs, &q_view, (a, b, nq), params, &mut res_s, &mut res_p)?;
+                let rows = (a, b, nq);
+                self.resident_tile(stream, segs, &q_view, rows, params, &mut res_s, &mut res_p)?;
                 a = b;
             }
         }
-        let words = self.download(&result)?;
+        let fetched = self.io.fetch_on(stream, &result)?;
+        let out = Self::read_results(index.metric(), segs.len(), (nq, k), fetched.wait()?);
+        self.io.release(held, vec![fetched]);
+        Ok(out)
+    }
+
+    /// The batch's results from the words of its result buffer: `segments` × nq × k scores,
+    /// then (8-byte aligned) their payloads (ids); padding entries (+inf, all ones) become −1.
+    fn read_results(
+        metric: quiver_engine::Metric,
+        segments: usize,
+        (nq, k): (usize, usize),
+        words: &[u32],
+    ) -> Vec<Neighbors> {
+        let total = segments * nq * k;
+        let s_words = total.next_multiple_of(2);
         let scores: &[f32] = bytemuck::cast_slice(&words[..total]);
-        let metric = index.metric();
         let pad = Neighbors::padding_distance(metric);
-        let mut out = Vec::with_capacity(segs.len());
-        for s in 0..segs.len() {
+        let mut out = Vec::with_capacity(segments);
+        for s in 0..segments {
             let mut ids = vec![-1i64; nq * k];
             let mut distances = vec![pad; nq * k];
             for i in 0..nq * k {
@@ -198,15 +223,17 @@ impl CudaBackend {
             }
             out.push(Neighbors { k, ids, distances });
         }
-        Ok(out)
+        out
     }
 
     /// Every stage for the queries `a..b` of `nq` (`queries`, on the device): the coarse
     /// search and tables once (the indexes share their quantizers), then for each index of
     /// `segs` its items, scan, selections and refine, its best k of each query written to
     /// its part of the result (`res_s` / `res_p`: segment s's rows at s × nq × k).
+    #[allow(clippy::too_many_arguments)]
     fn resident_tile<'v>(
         &self,
+        stream: &Arc<CudaStream>,
         segs: &[&CudaPrepared],
         queries: &cudarc::driver::CudaView<'_, f32>,
         (a, b, nq): (usize, usize, usize),
@@ -227,11 +254,10 @@ impl CudaBackend {
         let keep = params.candidates();
         let ip = index.metric().is_inner_product();
         let dev = &p.dev;
-        let stream = &self.io.compute;
         let (rows_u, dim_u) = (rows as u32, dim as u32);
 
         // 1–2. The probes: each row's best nprobe lists, rows × nprobe.
-        let (ps, pp) = self.coarse_probes(p, queries, rows, nprobe)?;
+        let (ps, pp) = self.coarse_probes(stream, p, queries, rows, nprobe)?;
         // 3. Lookup tables, rows × M × ksub, for the indexes that scan unfused (the fused
         // scan builds each query's table in shared memory).
         let unfused = segs
@@ -263,9 +289,9 @@ impl CudaBackend {
             let (ks, kp) = match self.fused_shared_bytes(p, keep) {
                 Some(smem) => {
                     let probes = (&pp, &ps);
-                    self.fused_scan_select(p, probes, queries, factor, rows, params, smem)?
+                    self.fused_scan_select(stream, p, probes, queries, factor, rows, params, smem)?
                 }
-                None => self.scan_then_select(p, &pp, &ps, &tables, rows, params)?,
+                None => self.scan_then_select(stream, p, (&pp, &ps), &tables, rows, params)?,
             };
             // 7. Refine at the candidates' global slots; payloads become ids.
             let n = rows * keep;
@@ -312,6 +338,7 @@ impl CudaBackend {
             let mut out_s = res_s.slice_mut(at + a * k..at + b * k);
             let mut out_p = res_p.slice_mut(2 * (at + a * k)..2 * (at + b * k));
             self.select_strided_rounds(
+                stream,
                 rs,
                 Some(rp),
                 rows,
@@ -354,6 +381,7 @@ impl CudaBackend {
     /// entry's place in its row as its payload).
     fn coarse_probes(
         &self,
+        stream: &Arc<CudaStream>,
         p: &CudaPrepared,
         queries: &cudarc::driver::CudaView<'_, f32>,
         rows: usize,
@@ -361,7 +389,6 @@ impl CudaBackend {
     ) -> Result<Rows, CudaError> {
         let index = p.index_arc();
         let dev = &p.dev;
-        let stream = &self.io.compute;
         let (dim, nlist) = (index.dim(), index.nlist());
         let l2 = u32::from(!index.metric().is_inner_product());
         let (rows_u, nlist_u, dim_u) = (rows as u32, nlist as u32, dim as u32);
@@ -413,6 +440,7 @@ impl CudaBackend {
         let probes = match select {
             Some(_) if parts == 1 => return Ok((cs, cp)),
             Some(_) => self.select_strided_rounds(
+                stream,
                 cs,
                 Some(cp),
                 rows,
@@ -421,9 +449,16 @@ impl CudaBackend {
                 nprobe,
                 SelectOut::New,
             )?,
-            None => {
-                self.select_strided_rounds(cs, None, rows, nlist, None, nprobe, SelectOut::New)?
-            }
+            None => self.select_strided_rounds(
+                stream,
+                cs,
+                None,
+                rows,
+                nlist,
+                None,
+                nprobe,
+                SelectOut::New,
+            )?,
         };
         probes.ok_or_else(|| CudaError::Driver("internal: no probes".into()))
     }
@@ -432,16 +467,15 @@ impl CudaBackend {
     /// apart (each row's length written by the items kernel), then top-k rounds over them.
     fn scan_then_select(
         &self,
+        stream: &Arc<CudaStream>,
         p: &CudaPrepared,
-        pp: &CudaSlice<u32>,
-        ps: &CudaSlice<u32>,
+        (pp, ps): (&CudaSlice<u32>, &CudaSlice<u32>),
         tables: &CudaSlice<f32>,
         rows: usize,
         params: &SearchParams,
     ) -> Result<Rows, CudaError> {
         let index = p.index_arc();
         let dev = &p.dev;
-        let stream = &self.io.compute;
         let nlist = index.nlist();
         let (m, ksub) = (index.pq().m(), index.pq().ksub());
         let tl = m * ksub;
@@ -535,6 +569,7 @@ impl CudaBackend {
         // 6. Each query's best `keep` candidates.
         let (ks, kp) = self
             .select_strided_rounds(
+                stream,
                 ss,
                 Some(sp),
                 rows,
@@ -555,6 +590,7 @@ impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
     fn fused_scan_select(
         &self,
+        stream: &Arc<CudaStream>,
         p: &CudaPrepared,
         (pp, ps): (&CudaSlice<u32>, &CudaSlice<u32>),
         queries: &cudarc::driver::CudaView<'_, f32>,
@@ -565,7 +601,6 @@ impl CudaBackend {
     ) -> Result<Rows, CudaError> {
         let index = p.index_arc();
         let dev = &p.dev;
-        let stream = &self.io.compute;
         let m = index.pq().m();
         let nprobe = params.nprobe.min(index.nlist());
         let keep = params.candidates();
@@ -618,8 +653,17 @@ impl CudaBackend {
         if parts == 1 {
             return Ok((fs, fp));
         }
-        self.select_strided_rounds(fs, Some(fp), rows, parts * keep, None, keep, SelectOut::New)?
-            .ok_or_else(|| CudaError::Driver("internal: no candidates".into()))
+        self.select_strided_rounds(
+            stream,
+            fs,
+            Some(fp),
+            rows,
+            parts * keep,
+            None,
+            keep,
+            SelectOut::New,
+        )?
+        .ok_or_else(|| CudaError::Driver("internal: no candidates".into()))
     }
 
     /// Top-k rounds over `rows` rows `stride` apart (of `row_len` entries each when given;
@@ -629,6 +673,7 @@ impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
     fn select_strided_rounds(
         &self,
+        stream: &Arc<CudaStream>,
         scores: CudaSlice<u32>,
         payloads: Option<CudaSlice<u32>>,
         rows: usize,
@@ -639,7 +684,6 @@ impl CudaBackend {
     ) -> Result<Option<Rows>, CudaError> {
         let shape = WarpSelectShape::for_keep(keep.max(1));
         let (k, t) = (shape.queue as u32, shape.thread_queue as u32);
-        let stream = &self.io.compute;
         let (mut cur_s, mut cur_p, mut stride) = (scores, payloads, stride.max(1));
         let mut lens = row_len;
         let mut out = Some(out);

@@ -9,11 +9,16 @@
 //! host builds tile t + 1 and its inputs cross PCIe, and tile t − 1's results come back: the
 //! schedule of `shaders/src/backend.rs`, where wgpu's queue does the same.
 //!
+//! A device-resident batch (`resident.rs`) runs its upload, kernels and download on one
+//! stream of its own, taken in turn from two ([`Transfers::lane`]), through the same pinned
+//! buffers: a second caller's batch uploads and starts while the first one scans.
+//!
 //! Copies from pageable memory would be staged by the driver and block the host; pinned
 //! memory is what lets a copy run asynchronously. Allocating it is slow (pages are locked),
 //! so buffers go back to a small pool. Everything moves as 32-bit words: every type the
 //! kernels exchange (f32, u32, `uint2`, the work-item structs) is a whole number of them.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
@@ -27,13 +32,20 @@ const MIN_WORDS: usize = 4096;
 /// Buffers kept for reuse.
 const POOL_SIZE: usize = 16;
 
-/// The two streams and the pinned-buffer pool of one backend.
+/// Streams a device-resident batch runs on, taken in turn: two callers' batches overlap (one's
+/// upload and coarse stage under the other's scan) instead of queueing on one stream.
+const LANES: usize = 2;
+
+/// The streams and the pinned-buffer pool of one backend.
 pub(crate) struct Transfers {
     ctx: Arc<CudaContext>,
     /// Kernels.
     pub(crate) compute: Arc<CudaStream>,
     /// Host↔device copies of tiles.
     pub(crate) copy: Arc<CudaStream>,
+    /// The device-resident batches' streams (copies and kernels of a batch on one).
+    lanes: Vec<Arc<CudaStream>>,
+    next_lane: AtomicUsize,
     pool: Mutex<Vec<PinnedHostSlice<u32>>>,
 }
 
@@ -58,8 +70,18 @@ impl Transfers {
             ctx: ctx.clone(),
             compute: ctx.new_stream().map_err(driver)?,
             copy: ctx.new_stream().map_err(driver)?,
+            lanes: (0..LANES)
+                .map(|_| ctx.new_stream().map_err(driver))
+                .collect::<Result<_, _>>()?,
+            next_lane: AtomicUsize::new(0),
             pool: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The stream for the next device-resident batch (the lanes in turn).
+    pub(crate) fn lane(&self) -> Arc<CudaStream> {
+        let i = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
+        self.lanes[i].clone()
     }
 
     /// Device memory free now, bytes.
@@ -106,6 +128,16 @@ impl Transfers {
         data: &[T],
         held: &mut Vec<PinnedHostSlice<u32>>,
     ) -> Result<CudaSlice<u32>, CudaError> {
+        self.stage_on(&self.copy, data, held)
+    }
+
+    /// [`Self::stage`] on `stream`.
+    pub(crate) fn stage_on<T: bytemuck::Pod>(
+        &self,
+        stream: &Arc<CudaStream>,
+        data: &[T],
+        held: &mut Vec<PinnedHostSlice<u32>>,
+    ) -> Result<CudaSlice<u32>, CudaError> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let words = bytes.len().div_ceil(4).max(1);
         let mut pinned = self.take(words)?;
@@ -115,18 +147,18 @@ impl Transfers {
             dst[..bytes.len()].copy_from_slice(bytes);
             dst[bytes.len()..].fill(0);
         }
-        // SAFETY: the copy below writes every word before any kernel reads it (the copy
-        // stream's write event orders them).
-        let mut device = unsafe { self.copy.alloc::<u32>(words) }.map_err(driver)?;
+        // SAFETY: the copy below writes every word before any kernel reads it (the stream's
+        // write event orders them).
+        let mut device = unsafe { stream.alloc::<u32>(words) }.map_err(driver)?;
         {
             // Only `words` words: the pooled buffer may be longer than `device`.
-            let (dst, _record_dst) = device.device_ptr_mut(&self.copy);
-            // SAFETY: the slice is used only by the copy below, on `self.copy`.
-            let (src, _record_src) = unsafe { pinned.stream_synced_slice(&self.copy) };
+            let (dst, _record_dst) = device.device_ptr_mut(stream);
+            // SAFETY: the slice is used only by the copy below, on `stream`.
+            let (src, _record_src) = unsafe { pinned.stream_synced_slice(stream) };
             // SAFETY: `src[..words]` and `dst` both hold `words` u32s; the guards keep both
             // alive and ordered until the copy is recorded.
             unsafe {
-                cudarc::driver::result::memcpy_htod_async(dst, &src[..words], self.copy.cu_stream())
+                cudarc::driver::result::memcpy_htod_async(dst, &src[..words], stream.cu_stream())
             }
             .map_err(driver)?;
         }
@@ -136,19 +168,28 @@ impl Transfers {
 
     /// Starts copying `device` back on the copy stream (after the kernels that write it).
     pub(crate) fn fetch(&self, device: &CudaSlice<u32>) -> Result<Fetched, CudaError> {
+        self.fetch_on(&self.copy, device)
+    }
+
+    /// [`Self::fetch`] on `stream`.
+    pub(crate) fn fetch_on(
+        &self,
+        stream: &Arc<CudaStream>,
+        device: &CudaSlice<u32>,
+    ) -> Result<Fetched, CudaError> {
         let words = device.len();
         let mut buffer = self.take(words)?;
         // Not `memcpy_dtoh`: it copies the destination's length, and a pooled buffer may be
         // longer than `device` (the emulator's guard pages caught that read past the end).
         // The same event bookkeeping by hand: the copy waits for the kernels that wrote
         // `device` and for the buffer's previous use, and both record this use.
-        let (src, _record_src) = device.device_ptr(&self.copy);
-        // SAFETY: the slice is used only by the copy below, on `self.copy`.
-        let (dst, _record_dst) = unsafe { buffer.stream_synced_mut_slice(&self.copy) };
+        let (src, _record_src) = device.device_ptr(stream);
+        // SAFETY: the slice is used only by the copy below, on `stream`.
+        let (dst, _record_dst) = unsafe { buffer.stream_synced_mut_slice(stream) };
         // SAFETY: `dst[..words]` and `src` both hold `words` u32s; the guards keep both
         // alive and ordered until the copy is recorded.
         unsafe {
-            cudarc::driver::result::memcpy_dtoh_async(&mut dst[..words], src, self.copy.cu_stream())
+            cudarc::driver::result::memcpy_dtoh_async(&mut dst[..words], src, stream.cu_stream())
         }
         .map_err(driver)?;
         drop((_record_src, _record_dst));

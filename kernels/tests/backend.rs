@@ -132,3 +132,9 @@ fn tied_centroids_probe_the_cpu_lists() {
     let Some(b) = backend() else { return };
     parity::tied_centroids_probe_the_cpu_lists(&b);
 }
+
+#[test]
+fn concurrent_batches_equal_each_alone() {
+    let Some(b) = backend() else { return };
+    parity::concurrent_batches_equal_each_alone(&b);
+}

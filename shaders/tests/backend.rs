@@ -189,3 +189,9 @@ fn tied_centroids_probe_the_cpu_lists() {
     let Some(gpu) = device() else { return };
     parity::tied_centroids_probe_the_cpu_lists(&WgpuBackend::new(Arc::new(gpu)));
 }
+
+#[test]
+fn concurrent_batches_equal_each_alone() {
+    let Some(gpu) = device() else { return };
+    parity::concurrent_batches_equal_each_alone(&WgpuBackend::new(Arc::new(gpu)));
+}

@@ -340,6 +340,59 @@ pub fn tied_centroids_probe_the_cpu_lists<B: Backend>(backend: &B) {
     }
 }
 
+/// Batches searched at once from several threads on one prepared index (the CUDA backend
+/// runs each on a stream of its own, two in turn, so they overlap on a GPU) give each batch's
+/// own result, ids and distance bits, with different parameters per thread.
+pub fn concurrent_batches_equal_each_alone<B: Backend>(backend: &B) {
+    let c = Case {
+        metric: Metric::L2,
+        bits: 8,
+        m: 8,
+        refine: RefineKind::F16,
+    };
+    let (idx, q) = build(&c, &[]);
+    let dim = idx.dim();
+    let prepared = backend.prepare(idx.clone()).expect("prepare");
+    let batches: Vec<(Vec<f32>, SearchParams)> = (0..4)
+        .map(|t| {
+            let rows = 20 + 7 * t;
+            let q: Vec<f32> = q
+                .iter()
+                .cycle()
+                .skip(t * dim)
+                .take(rows * dim)
+                .copied()
+                .collect();
+            let params = SearchParams {
+                k: 5 + t,
+                nprobe: 4 + 3 * t,
+                refine_factor: 1 + t,
+            };
+            (q, params)
+        })
+        .collect();
+    let alone: Vec<Neighbors> = batches
+        .iter()
+        .map(|(q, params)| backend.search(&prepared, q, params).expect("search"))
+        .collect();
+    let together: Vec<Neighbors> = std::thread::scope(|scope| {
+        let handles: Vec<_> = batches
+            .iter()
+            .map(|(q, params)| scope.spawn(|| backend.search(&prepared, q, params)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread").expect("search"))
+            .collect()
+    });
+    for (t, (a, b)) in alone.iter().zip(&together).enumerate() {
+        let label = format!("{} batch {t} of 4 at once", backend.name());
+        assert_eq!(a.ids, b.ids, "{label}: ids");
+        let bits = |d: &[f32]| d.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a.distances), bits(&b.distances), "{label}: distances");
+    }
+}
+
 /// Indexes sharing their quantizers (a collection's segments: one trained index, three parts
 /// added to copies of it, each prepared from the first by `refresh`) searched as one batch
 /// (`search_many`) give each index's own search, ids and distance bits. With `count` (a
