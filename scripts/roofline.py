@@ -142,6 +142,18 @@ def queue_shape(keep, passes=False):
     return k_q, t, steps
 
 
+def passes_flushes(keep, tiles):
+    """Flushes of a T = 1 queue offered `tiles` tiles of 128 entries, 32 a step (the coarse
+    selection's per span): a step flushes when any lane keeps an entry. Tile 1 fills the
+    queue (every entry kept); tile j > 1 keeps ≈ keep / (j − 1) of its 128 (an entry beats the
+    keep-th best of 128 (j − 1) seen with that chance), spread over its 4 steps at random."""
+    total = 0.0
+    for j in range(1, tiles + 1):
+        kept = 128 if j == 1 else min(128, keep / (j - 1))
+        total += 4 * (1 - math.exp(-kept / 4))
+    return total
+
+
 def selection(name, n, keep, entry_bytes, read_from="hbm", writes=None, implicit=False,
               parts=None, batch=1024):
     """A WarpSelect pass over `n` entries keeping `keep` (one warp per row part): one read and
@@ -192,14 +204,13 @@ def quiver(a, nprobe, e):
     if nprobe <= COARSE_SELECT_MAX_KEEP:
         # coarse_select: a block keeps each query's best nprobe of a span of centroids in a
         # shared-memory queue; per 128-list tile the half tile's scores are stored and read
-        # (8 conflict-free wavefronts a query), 4 offer steps, and a finish (a flush when any
-        # lane holds an entry: at most one a tile) besides the flushes of full thread queues.
-        # `nprobe` entries per span out, then one round merging the spans.
+        # (8 conflict-free wavefronts a query) and offered in 4 steps, each a flush when any
+        # lane keeps an entry (T = 1). `nprobe` entries per span out, then one round merging
+        # the spans.
         span = coarse_select_span(a.batch, nlist)
         spans = math.ceil(nlist / span)
         k_q, t, steps = queue_shape(nprobe, passes=True)
-        inserts = nprobe * (1 + math.log(max(span / nprobe, 1)))
-        flushes = spans * (span / 128 + inserts / (16 * t))
+        flushes = spans * passes_flushes(nprobe, span // 128)
         ks.append(Kernel("coarse_select", hbm=spans * nprobe * 12, l2=gemm["l2"],
                          smem=gemm["smem"] + nlist / 128 * 8 + flushes * steps * 8,
                          fp32=fma, issue=gemm["issue"] + nlist / LANES * 6 + flushes * steps * 12))

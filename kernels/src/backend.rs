@@ -200,6 +200,10 @@ pub struct CudaBackend {
     /// Whether the resident search selects inside the coarse product and the scan where it
     /// can (`coarse_select`, `scan8_select`).
     pub(crate) fused_select: bool,
+    /// Whether the probes are selected inside the coarse product (`coarse_select`) where
+    /// `fused_select` allows; `QUIVER_CUDA_COARSE_SELECT=off` writes the coarse score rows
+    /// and selects in rounds instead (an A/B for a GPU: the model puts the two close).
+    pub(crate) select_probes: bool,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -207,6 +211,17 @@ impl std::fmt::Debug for CudaBackend {
         f.debug_struct("CudaBackend")
             .field("device", &self.name)
             .finish()
+    }
+}
+
+/// `QUIVER_CUDA_COARSE_SELECT`: `on` (the default) or `off`.
+fn coarse_select_wanted() -> Result<bool, CudaError> {
+    match std::env::var("QUIVER_CUDA_COARSE_SELECT").as_deref() {
+        Err(_) | Ok("") | Ok("on") => Ok(true),
+        Ok("off") => Ok(false),
+        Ok(other) => Err(CudaError::Invalid(format!(
+            "QUIVER_CUDA_COARSE_SELECT is {other:?}: expected on or off"
+        ))),
     }
 }
 
@@ -295,6 +310,7 @@ impl CudaBackend {
             scan8_shared: optin as usize,
             memory_budget: None,
             fused_select: true,
+            select_probes: coarse_select_wanted()?,
             scan4: take("scan4")?,
             scan8_select: {
                 let f = take("scan8_select")?;

@@ -355,7 +355,7 @@ impl CudaBackend {
     /// runs: `nprobe` within [`COARSE_SELECT_MAX_KEEP`] and half a tile's scores, 128 queues
     /// and 8 staging areas within the device's opt-in shared memory.
     fn coarse_select_shared(&self, nprobe: usize) -> Option<usize> {
-        if nprobe > COARSE_SELECT_MAX_KEEP || !self.fused_select {
+        if nprobe > COARSE_SELECT_MAX_KEEP || !self.fused_select || !self.select_probes {
             return None;
         }
         let shape = WarpSelectShape::for_passes(nprobe);
