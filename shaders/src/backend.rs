@@ -45,6 +45,7 @@ pub struct WgpuBackend {
     scan4: Kernel,
     /// `scan4.wgsl`'s `quantized` entry: the device-resident 4-bit scan.
     pub(crate) scan4_quantized: Kernel,
+    pub(crate) scan4_fused: Kernel,
     refine: Kernel,
     pub(crate) topk: GpuTopK,
     /// The device-resident search's work items (`items.wgsl`) and refine
@@ -164,13 +165,14 @@ impl WgpuBackend {
         WgpuBackend {
             scan8: Kernel::new(&gpu, "scan8", &crate::topk::scan8_source()),
             scan8_fused: Kernel::entry(&gpu, "scan8-fused", &crate::topk::scan8_source(), "fused"),
-            scan4: Kernel::new(&gpu, "scan4", include_str!("../wgsl/scan4.wgsl")),
+            scan4: Kernel::new(&gpu, "scan4", &crate::topk::scan4_source()),
             scan4_quantized: Kernel::entry(
                 &gpu,
                 "scan4-quantized",
-                include_str!("../wgsl/scan4.wgsl"),
+                &crate::topk::scan4_source(),
                 "quantized",
             ),
+            scan4_fused: Kernel::entry(&gpu, "scan4-fused", &crate::topk::scan4_source(), "fused"),
             refine: Kernel::new(&gpu, "refine", include_str!("../wgsl/refine.wgsl")),
             items: Kernel::new(&gpu, "items", include_str!("../wgsl/items.wgsl")),
             refine_candidates: Kernel::new(

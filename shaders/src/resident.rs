@@ -351,18 +351,18 @@ impl WgpuBackend {
         Ok(())
     }
 
-    /// True when the 8-bit scan selects as it scores (`scan8.wgsl` `fused`) for this index
-    /// and `keep` (4-bit indexes keep the unfused path on wgpu).
+    /// True when the scan selects as it scores (`scan8.wgsl` / `scan4.wgsl` `fused`) for
+    /// this index and `keep` (4-bit: M ≤ 128, what the workgroup's arrays hold).
     pub(crate) fn fused_eligible(&self, p: &WgpuPrepared, keep: usize) -> bool {
         self.fused_select
             && keep <= FUSED_SELECT_MAX_KEEP
-            && p.data.index.layout() != CodeLayout::Packed4x32
+            && (p.data.index.layout() != CodeLayout::Packed4x32 || p.tables.m <= SCAN4_FUSED_MAX_M)
     }
 
-    /// Steps 4–6 of a tile, fused: `scan8.wgsl`'s `fused` entry scores each query's probed
-    /// lists in parts of `fused_scan_group` probes, each part's workgroup writing its best
-    /// `keep` (no score rows); one strided round merges a query's parts (none when it has
-    /// one).
+    /// Steps 4–6 of a tile, fused: `scan8.wgsl`'s or `scan4.wgsl`'s `fused` entry scores
+    /// each query's probed lists in parts of `fused_scan_group` probes (4-bit: each item's u8
+    /// table quantized in the workgroup), each part's workgroup writing its best `keep` (no
+    /// score rows); one strided round merges a query's parts (none when it has one).
     fn fused_scan_select(
         &self,
         p: &WgpuPrepared,
@@ -400,20 +400,27 @@ impl WgpuBackend {
                 0,
             ],
         );
-        self.scan8_fused.dispatch_bound(
+        // 8-bit: tables and terms at 2 and 3, probes, places and parameters at 8 to 11;
+        // 4-bit: tables and terms at 8 and 9, the rest at 11 to 14.
+        let (scan, at) = if index.layout() == CodeLayout::Packed4x32 {
+            (&self.scan4_fused, [8, 9, 11])
+        } else {
+            (&self.scan8_fused, [2, 3, 8])
+        };
+        scan.dispatch_bound(
             gpu,
             enc,
             &[
                 (0, p.data.code_bufs[0].as_entire_binding()),
-                (2, tables.as_entire_binding()),
-                (3, terms.as_entire_binding()),
+                (at[0], tables.as_entire_binding()),
+                (at[1], terms.as_entire_binding()),
                 (4, p.data.dead.as_entire_binding()),
                 (5, fs.as_entire_binding()),
                 (6, fp.as_entire_binding()),
-                (8, pp.as_entire_binding()),
-                (9, ps.as_entire_binding()),
-                (10, data.places.as_entire_binding()),
-                (11, fparams.as_entire_binding()),
+                (at[2], pp.as_entire_binding()),
+                (at[2] + 1, ps.as_entire_binding()),
+                (at[2] + 2, data.places.as_entire_binding()),
+                (at[2] + 3, fparams.as_entire_binding()),
             ],
             grid(blocks as u64)?,
         );
@@ -532,6 +539,9 @@ impl WgpuBackend {
         Ok((ks, kp))
     }
 }
+
+/// Sub-quantizers the 4-bit fused scan's workgroup arrays hold (`scan4.wgsl` `QM_MAX`).
+const SCAN4_FUSED_MAX_M: usize = 128;
 
 /// What steps 4–6 of a tile read: the probes (payloads, scores), the lookup tables, and how
 /// many queries the tile holds.

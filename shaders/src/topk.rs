@@ -67,6 +67,15 @@ pub(crate) fn scan8_source() -> String {
     queue + include_str!("../wgsl/scan8.wgsl")
 }
 
+/// `scan4.wgsl` with the warp queue prepended, sized as for [`scan8_source`] (its `fused`
+/// entry selects into it).
+pub(crate) fn scan4_source() -> String {
+    let queue = include_str!("../wgsl/warp_queue.wgsl")
+        .replace(QUEUE_LINE, "const QCAP: u32 = 256u;")
+        .replace(STAGE_LINE, "const STAGE: u32 = 256u;");
+    queue + include_str!("../wgsl/scan4.wgsl")
+}
+
 impl GpuTopK {
     pub(crate) fn new(gpu: &GpuDevice) -> GpuTopK {
         const SOURCE: &str = concat!(

@@ -195,3 +195,50 @@ fn concurrent_batches_equal_each_alone() {
     let Some(gpu) = device() else { return };
     parity::concurrent_batches_equal_each_alone(&WgpuBackend::new(Arc::new(gpu)));
 }
+
+/// The fused scans (`scan8.wgsl` / `scan4.wgsl` `fused`: the selection in the scan, no score
+/// rows) select what the unfused path selects, ids and distance bits: 8- and 4-bit codes, IP
+/// and L2 (the 4-bit item tables quantized in the workgroup, the L2 terms folded in), with
+/// deletes, at nprobe 4 and at every list (16), a part per probe.
+#[test]
+fn fused_scans_select_what_the_unfused_path_selects() {
+    let Some(gpu) = device() else { return };
+    let gpu = Arc::new(gpu);
+    let fused = WgpuBackend::new(gpu.clone());
+    let unfused = WgpuBackend::new(gpu).without_fused_select();
+    for (metric, bits, m) in [
+        (Metric::InnerProduct, 8, 8),
+        (Metric::L2, 8, 8),
+        (Metric::InnerProduct, 4, 16),
+        (Metric::L2, 4, 16),
+    ] {
+        let c = Case {
+            metric,
+            bits,
+            m,
+            refine: RefineKind::F16,
+        };
+        let (idx, q) = build(&c, &[3, 7, 11]);
+        for nprobe in [4, 16] {
+            let params = SearchParams {
+                k: 10,
+                nprobe,
+                refine_factor: 3,
+            };
+            let a = unfused
+                .search(&unfused.prepare(idx.clone()).expect("prepare"), &q, &params)
+                .expect("unfused");
+            let b = fused
+                .search(&fused.prepare(idx.clone()).expect("prepare"), &q, &params)
+                .expect("fused");
+            let label = format!("{metric} {bits}-bit nprobe {nprobe}");
+            assert_eq!(a.ids, b.ids, "{label}: ids");
+            let bits_of = |d: &[f32]| d.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits_of(&a.distances),
+                bits_of(&b.distances),
+                "{label}: distances"
+            );
+        }
+    }
+}

@@ -99,6 +99,22 @@ fn main(
     }
 }
 
+// Entry i's score from the u8 table in `lut`: the integer sum of its M nibbles' table bytes
+// (the list's codes from byte `byte_off`, blocks of 32 entries), then
+// `(base + sum / scale) + offset`.
+fn score4(byte_off: u32, i: u32, m: u32, base: f32, scale: f32, offset: f32) -> f32 {
+    let block = i / 32u;
+    let v = i % 32u;
+    let shift = select(0u, 4u, v >= 16u);
+    let b0 = byte_off + block * m * 16u + (v % 16u);
+    var sum = 0u;
+    for (var s = 0u; s < m; s++) {
+        let nib = (code_byte(b0 + s * 16u) >> shift) & 15u;
+        sum += lut_byte(s * 16u + nib);
+    }
+    return (base + f32(sum) / scale) + offset;
+}
+
 // Scores the item's entries from its u8 table staged in `lut`: the integer sum of each
 // entry's M nibbles' table bytes, then `(base + sum / scale) + offset`; deleted entries score
 // +inf. The loop of both entries (`main` with a staged table, and `quantized`); it touches
@@ -111,16 +127,7 @@ fn score_entries(it: Item, m: u32, base: f32, scale: f32, offset: f32, tid: u32)
             out_payload[it.out + i] = vec2<u32>(0xffffffffu, 0xffffffffu);
             continue;
         }
-        let block = i / 32u;
-        let v = i % 32u;
-        let shift = select(0u, 4u, v >= 16u);
-        let b0 = it.byte_off + block * m * 16u + (v % 16u);
-        var sum = 0u;
-        for (var s = 0u; s < m; s++) {
-            let nib = (code_byte(b0 + s * 16u) >> shift) & 15u;
-            sum += lut_byte(s * 16u + nib);
-        }
-        out_score[it.out + i] = (base + f32(sum) / scale) + offset;
+        out_score[it.out + i] = score4(it.byte_off, i, m, base, scale, offset);
         out_payload[it.out + i] = vec2<u32>(0u, slot);
     }
 }
@@ -133,45 +140,34 @@ fn score_entries(it: Item, m: u32, base: f32, scale: f32, offset: f32, tid: u32)
 
 const QM_MAX: u32 = 128u; // sub-quantizers the workgroup arrays below hold
 
-var<workgroup> ftab: array<f32, 2048>; // QM_MAX × 16
 var<workgroup> sub_lo: array<f32, 128>;
 var<workgroup> sub_range: array<f32, 128>;
 var<workgroup> base_scale: vec2<f32>;
 
-// The device-resident search's 4-bit scan (twin of `scan4_quantized` in kernels/cuda/scan4.cu):
-// `main` with each item's u8 table quantized here by the CPU's operations
-// (`QuantizedTable::quantize`): the float table (L2: the list's terms + the query's table),
-// each sub-table's minimum and range, thread 0 summing the minima in order from the starting
-// base (the coarse term for L2, 0 for inner product, whose coarse term is added to the score)
+// Entry i of an item's float table: the query's (`lookup_tables`' output, from `q0`), plus for
+// L2 the list's terms (from `l0`), added as the CPU adds them.
+fn item_value(q0: u32, l0: u32, i: u32, l2: bool) -> f32 {
+    var x = ftables[q0 + i];
+    if (l2) {
+        x = terms[l0 + i] + x;
+    }
+    return x;
+}
+
+// Quantizes an item's table into `lut` (u8, packed four to a word) and `base_scale` by the
+// CPU's operations (`QuantizedTable::quantize`): each sub-table's minimum and range, invocation
+// 0 summing the minima in order from `start` (the coarse term for L2, 0 for inner product)
 // and taking the widest range, scale = 255 / range, values trunc(clamp((x − min) · scale +
-// 0.5, 0, 255)) packed four to a word in `lut`. M ≤ 128 (the host checks).
-@compute @workgroup_size(256)
-fn quantized(
-    @builtin(local_invocation_index) tid: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-) {
-    let w = wid.x + wid.y * 65535u;
-    if (w >= qparams2.z) {
-        return;
-    }
-    let it = items[w];
-    let m = qparams2.x;
-    let l2 = qparams2.y != 0u;
-    let n = m * 16u;
-    let t0 = it.table * n;
-    for (var i = tid; i < n; i += 256u) {
-        var x = ftables[t0 + i];
-        if (l2) {
-            x = terms[it.terms + i] + x;
-        }
-        ftab[i] = x;
-    }
-    workgroupBarrier();
-    for (var s = tid; s < m; s += 256u) {
-        var a = ftab[s * 16u];
+// 0.5, 0, 255)). The float values are read from the storage buffers twice rather than staged
+// (the fused entry's workgroup memory holds its queue instead). Every invocation of the
+// workgroup (`threads` of them, `tid` its index) calls it in uniform control flow; `lut` and
+// `base_scale` are ready when it returns. M ≤ 128.
+fn quantize_item(tid: u32, threads: u32, q0: u32, l0: u32, m: u32, l2: bool, start: f32) {
+    for (var s = tid; s < m; s += threads) {
+        var a = item_value(q0, l0, s * 16u, l2);
         var b = a;
-        for (var j = 1u; j < 16u; j++) {
-            let x = ftab[s * 16u + j];
+        for (var c = 1u; c < 16u; c++) {
+            let x = item_value(q0, l0, s * 16u + c, l2);
             a = select(a, x, x < a);
             b = select(b, x, x > b);
         }
@@ -180,10 +176,7 @@ fn quantized(
     }
     workgroupBarrier();
     if (tid == 0u) {
-        var base = 0.0;
-        if (l2) {
-            base = it.offset;
-        }
+        var base = start;
         var widest = 0.0;
         for (var s = 0u; s < m; s++) {
             base = base + sub_lo[s];
@@ -197,21 +190,117 @@ fn quantized(
     }
     workgroupBarrier();
     let scale = base_scale.y;
-    for (var wd = tid; wd < n / 4u; wd += 256u) {
+    for (var wd = tid; wd < m * 4u; wd += threads) {
         var word = 0u;
-        for (var j = 0u; j < 4u; j++) {
-            let i = wd * 4u + j;
-            var y = (ftab[i] - sub_lo[i / 16u]) * scale + 0.5;
+        for (var c = 0u; c < 4u; c++) {
+            let i = wd * 4u + c;
+            var y = (item_value(q0, l0, i, l2) - sub_lo[i / 16u]) * scale + 0.5;
             y = select(0.0, y, y >= 0.0);
             y = select(255.0, y, y <= 255.0);
-            word = word | (u32(y) << (8u * j));
+            word = word | (u32(y) << (8u * c));
         }
         lut[wd] = word;
     }
     workgroupBarrier();
+}
+
+// The device-resident search's 4-bit scan (twin of `scan4_quantized` in kernels/cuda/scan4.cu):
+// `main` with each item's u8 table quantized here (`quantize_item`) from the query's float
+// table and, for L2, the list's terms; the inner product's coarse term is added to the score
+// instead. M ≤ 128 (the host checks).
+@compute @workgroup_size(256)
+fn quantized(
+    @builtin(local_invocation_index) tid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    let w = wid.x + wid.y * 65535u;
+    if (w >= qparams2.z) {
+        return;
+    }
+    let it = items[w];
+    let m = qparams2.x;
+    let l2 = qparams2.y != 0u;
+    var start = 0.0;
     var offset = it.offset;
     if (l2) {
+        start = it.offset;
         offset = 0.0;
     }
-    score_entries(it, m, base_scale.x, scale, offset, tid);
+    quantize_item(tid, 256u, it.table * m * 16u, it.terms, m, l2, start);
+    score_entries(it, m, base_scale.x, base_scale.y, offset, tid);
+}
+
+// The bindings of `fused` besides codes, dead, the outputs, `ftables` and `terms`.
+@group(0) @binding(11) var<storage, read> probe_payload: array<vec2<u32>>;
+@group(0) @binding(12) var<storage, read> probe_score: array<f32>;
+@group(0) @binding(13) var<storage, read> places: array<vec4<u32>>;
+// [0]: m, l2, queries, nprobe; [1]: group, by_residual, keep, K; [2]: T.
+@group(0) @binding(14) var<uniform> fparams: array<vec4<u32>, 3>;
+
+var<workgroup> item_len4: u32;
+
+// The 4-bit scan with the selection fused in (twin of `scan4_select` in scan4.cu;
+// warp_queue.wgsl is prepended by the host): `scan8.wgsl` `fused`'s shape (one workgroup of
+// 32 invocations per (query, part of its probes), the workgroup's queue, the best `keep` at
+// (q · parts + p) · keep, sorted), each probe's u8 table quantized in workgroup memory as
+// `quantized` quantizes it (`quantize_item`); deleted entries are not offered. It selects
+// the entries `quantized` and the strided rounds select. M ≤ 128 (the host checks).
+@compute @workgroup_size(32)
+fn fused(
+    @builtin(local_invocation_index) lane: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    let w = wid.x + wid.y * 65535u;
+    let part = fused_part(fparams, w);
+    if (!part.live) {
+        return;
+    }
+    let q = part.q;
+    let m = part.m;
+    let n = m * 16u;
+    let q0 = q * n;
+    wq_init(lane, part.k);
+    var step = 0u;
+    for (var j = part.first; j < part.last; j++) {
+        let at = q * part.nprobe + j;
+        let l = probe_payload[at].y;
+        let l0 = l * n;
+        let place = places[l];
+        var bias = 0.0;
+        if (part.by_residual) {
+            bias = probe_score[at];
+        }
+        // The previous item's reads of `lut` and `item_len4` are done before they are
+        // rewritten.
+        workgroupBarrier();
+        if (lane == 0u) {
+            item_len4 = place.z;
+        }
+        var start = 0.0;
+        var offset = bias;
+        if (part.l2) {
+            start = bias;
+            offset = 0.0;
+        }
+        quantize_item(lane, LANES, q0, l0, m, part.l2, start);
+        let len = workgroupUniformLoad(&item_len4);
+        let base = base_scale.x;
+        let scale = base_scale.y;
+        for (var b0 = 0u; b0 < len; b0 += LANES) {
+            let i = b0 + lane;
+            let slot = place.y + i;
+            var has = i < len;
+            if (has) {
+                has = ((dead[slot >> 5u] >> (slot & 31u)) & 1u) == 0u;
+            }
+            var s = 0.0;
+            if (has) {
+                s = score4(place.x, i, m, base, scale, offset);
+            }
+            wq_offer(lane, has, s, vec2<u32>(0u, slot), part.k, part.t, step);
+            step += 1u;
+        }
+    }
+    wq_finish(lane, part.k, part.t, step);
+    wq_write(lane, part.keep, w * part.keep);
 }

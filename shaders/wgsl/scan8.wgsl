@@ -123,24 +123,16 @@ fn fused(
     @builtin(workgroup_id) wid: vec3<u32>,
 ) {
     let w = wid.x + wid.y * 65535u;
-    let m = fparams[0].x;
-    let l2 = fparams[0].y != 0u;
-    let nprobe = fparams[0].w;
-    let group = fparams[1].x;
-    let keep = fparams[1].z;
-    let k = fparams[1].w;
-    let t = fparams[2].x;
-    let parts = (nprobe + group - 1u) / group;
-    if (w >= fparams[0].z * parts) {
+    let part = fused_part(fparams, w);
+    if (!part.live) {
         return;
     }
-    let q = w / parts;
-    let first = (w % parts) * group;
-    let last = min(first + group, nprobe);
-    wq_init(lane, k);
+    let q = part.q;
+    let m = part.m;
+    wq_init(lane, part.k);
     var step = 0u;
-    for (var j = first; j < last; j++) {
-        let at = q * nprobe + j;
+    for (var j = part.first; j < part.last; j++) {
+        let at = q * part.nprobe + j;
         let l = probe_payload[at].y;
         let place = places[l];
         if (lane == 0u) {
@@ -148,7 +140,7 @@ fn fused(
         }
         let len = workgroupUniformLoad(&item_len);
         var bias = 0.0;
-        if (fparams[1].y != 0u) {
+        if (part.by_residual) {
             bias = probe_score[at];
         }
         for (var base = 0u; base < len; base += LANES) {
@@ -160,15 +152,12 @@ fn fused(
             }
             var s = 0.0;
             if (has) {
-                s = score8(place.x, len, i, bias, q * m * 256u, l * m * 256u, m, l2);
+                s = score8(place.x, len, i, bias, q * m * 256u, l * m * 256u, m, part.l2);
             }
-            wq_offer(lane, has, s, vec2<u32>(0u, slot), k, t, step);
+            wq_offer(lane, has, s, vec2<u32>(0u, slot), part.k, part.t, step);
             step += 1u;
         }
     }
-    wq_finish(lane, k, t, step);
-    for (var i = lane; i < keep; i += LANES) {
-        out_score[w * keep + i] = queue_score[sw4(i)];
-        out_payload[w * keep + i] = queue_payload[sw8(i)];
-    }
+    wq_finish(lane, part.k, part.t, step);
+    wq_write(lane, part.keep, w * part.keep);
 }

@@ -90,10 +90,7 @@ fn select_chunk(
         }
     }
     wq_finish(lane, k, t, step);
-    for (var i = lane; i < keep; i += LANES) {
-        out_score[dst + i] = queue_score[sw4(i)];
-        out_payload[dst + i] = queue_payload[sw8(i)];
-    }
+    wq_write(lane, keep, dst);
 }
 
 // One chunk per workgroup, the chunks listed by the host.

@@ -194,3 +194,50 @@ fn wq_finish(lane: u32, k: u32, t: u32, step: u32) {
     wq_step(lane, false, 0.0, vec2<u32>(0u, 0u), k, t, step, true);
     workgroupBarrier();
 }
+
+// Writes the queue's best `keep` at `dst` of `out_score` / `out_payload` (every file this
+// one is prepended to declares them), after `wq_finish`.
+fn wq_write(lane: u32, keep: u32, dst: u32) {
+    for (var i = lane; i < keep; i += LANES) {
+        out_score[dst + i] = queue_score[sw4(i)];
+        out_payload[dst + i] = queue_payload[sw8(i)];
+    }
+}
+
+// A fused scan's part (scan8.wgsl and scan4.wgsl `fused`) and its parameters, from `f`
+// ([0] m, l2, queries, nprobe; [1] group, by_residual, keep, K; [2] T): workgroup `w` of a
+// dispatch over queries × parts takes query `q`'s probes `first` … `last` − 1; `live` is
+// false past the last part.
+struct FusedPart {
+    q: u32,
+    first: u32,
+    last: u32,
+    live: bool,
+    m: u32,
+    l2: bool,
+    nprobe: u32,
+    by_residual: bool,
+    keep: u32,
+    k: u32,
+    t: u32,
+}
+
+fn fused_part(f: array<vec4<u32>, 3>, w: u32) -> FusedPart {
+    let nprobe = f[0].w;
+    let group = f[1].x;
+    let parts = (nprobe + group - 1u) / group;
+    let first = (w % parts) * group;
+    return FusedPart(
+        w / parts,
+        first,
+        min(first + group, nprobe),
+        w < f[0].z * parts,
+        f[0].x,
+        f[0].y != 0u,
+        nprobe,
+        f[1].y != 0u,
+        f[1].z,
+        f[1].w,
+        f[2].x,
+    );
+}
