@@ -667,6 +667,12 @@ CUresult cuMemPoolSetAttribute(CUmemoryPool pool, int attribute, void* value) {
     if (attribute == 4) g_pool_release_threshold = *static_cast<unsigned long long*>(value);  // RELEASE_THRESHOLD
     return CUDA_SUCCESS;
 }
+// Reserved and used bytes (5, 7): none, since nothing is pooled here; the threshold (4).
+CUresult cuMemPoolGetAttribute(CUmemoryPool pool, int attribute, void* value) {
+    if (pool != &g_default_pool || value == nullptr) return CUDA_ERROR_INVALID_VALUE;
+    *static_cast<unsigned long long*>(value) = attribute == 4 ? g_pool_release_threshold : 0;
+    return CUDA_SUCCESS;
+}
 CUresult cuMemHostAlloc(void** p, std::size_t bytes, unsigned int) {
     *p = std::aligned_alloc(4096, (bytes + 4095) / 4096 * 4096 + 4096);
     return *p ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;

@@ -37,7 +37,7 @@ use quiver_engine::{EngineError, IvfPqIndex, RefineKind};
 use crate::compile::CompileError;
 use crate::load::{load_kernels, LoadedCode};
 use crate::probe::{cuda_availability, CudaAvailability};
-use crate::transfer::{Fetched, Transfers};
+use crate::transfer::{Fetched, MemPool, Transfers};
 
 /// Queries and centroids of one `coarse_distances` block's tile (`cuda/coarse.cu`: 16 × 16
 /// threads, 8 × 8 outputs each).
@@ -228,9 +228,16 @@ fn coarse_select_wanted() -> Result<bool, CudaError> {
 /// Keeps freed device memory in the device's default pool (its release threshold at the
 /// maximum): the resident search allocates its buffers with `cuMemAllocAsync` and frees them
 /// after each batch, and with the default threshold (0) the pool would give that memory back
-/// to the driver at every synchronisation and map it again for the next batch.
-fn keep_pool_memory(ctx: &Arc<CudaContext>) -> Result<(), CudaError> {
+/// to the driver at every synchronisation and map it again for the next batch. `None` where
+/// the device has no memory pools (cudarc then allocates with `cuMemAlloc`).
+fn keep_pool_memory(ctx: &Arc<CudaContext>) -> Result<Option<MemPool>, CudaError> {
     use cudarc::driver::sys;
+    let pools = ctx
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED)
+        .map_err(driver)?;
+    if pools == 0 {
+        return Ok(None);
+    }
     ctx.bind_to_thread().map_err(driver)?;
     let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
     // SAFETY: `pool` receives the device's default pool handle.
@@ -247,7 +254,8 @@ fn keep_pool_memory(ctx: &Arc<CudaContext>) -> Result<(), CudaError> {
         )
     }
     .result()
-    .map_err(driver)
+    .map_err(driver)?;
+    Ok(Some(MemPool(pool)))
 }
 
 /// One dimension of blocks for `n` independent blocks: x up to 65,535, the rest in y.
@@ -274,7 +282,7 @@ impl CudaBackend {
             other => return Err(CudaError::Unavailable(other.to_string())),
         }
         let ctx = CudaContext::new(ordinal).map_err(driver)?;
-        keep_pool_memory(&ctx)?;
+        let pool = keep_pool_memory(&ctx)?;
         let (major, minor) = ctx.compute_capability().map_err(driver)?;
         let name = ctx.name().map_err(driver)?;
         let (mut funcs, code) = load_kernels(&ctx)?;
@@ -291,7 +299,7 @@ impl CudaBackend {
                 .ok_or_else(|| CudaError::Driver(format!("kernel {n} missing")))
         };
         Ok(CudaBackend {
-            io: Transfers::new(&ctx)?,
+            io: Transfers::new(&ctx, pool)?,
             coarse: take("coarse_distances")?,
             warp_select: take("warp_select")?,
             select_strided: take("select_strided")?,

@@ -36,9 +36,20 @@ const POOL_SIZE: usize = 16;
 /// upload and coarse stage under the other's scan) instead of queueing on one stream.
 const LANES: usize = 2;
 
+/// The device's default memory pool (its handle: a driver object that lives as long as the
+/// context).
+pub(crate) struct MemPool(pub(crate) cudarc::driver::sys::CUmemoryPool);
+
+// SAFETY: the handle names a driver object, usable from any thread of the process.
+unsafe impl Send for MemPool {}
+// SAFETY: as above; the driver synchronises calls on it.
+unsafe impl Sync for MemPool {}
+
 /// The streams and the pinned-buffer pool of one backend.
 pub(crate) struct Transfers {
     ctx: Arc<CudaContext>,
+    /// The default memory pool, which keeps what batches free (`None`: no pools).
+    mem_pool: Option<MemPool>,
     /// Kernels.
     pub(crate) compute: Arc<CudaStream>,
     /// Host↔device copies of tiles.
@@ -65,9 +76,13 @@ impl Fetched {
 impl Transfers {
     /// Two new non-blocking streams on `ctx` (cudarc then tracks each allocation's reads
     /// and writes with events, so work on one stream waits for the other where it must).
-    pub(crate) fn new(ctx: &Arc<CudaContext>) -> Result<Transfers, CudaError> {
+    pub(crate) fn new(
+        ctx: &Arc<CudaContext>,
+        mem_pool: Option<MemPool>,
+    ) -> Result<Transfers, CudaError> {
         Ok(Transfers {
             ctx: ctx.clone(),
+            mem_pool,
             compute: ctx.new_stream().map_err(driver)?,
             copy: ctx.new_stream().map_err(driver)?,
             lanes: (0..LANES)
@@ -84,9 +99,34 @@ impl Transfers {
         self.lanes[i].clone()
     }
 
-    /// Device memory free now, bytes.
+    /// Device memory free now, bytes: the driver's count, plus what the memory pool holds
+    /// for reuse (batches' freed buffers, which the driver counts as used, yet any
+    /// allocation from the pool takes).
     pub(crate) fn free_memory(&self) -> Result<usize, CudaError> {
-        Ok(self.ctx.mem_get_info().map_err(driver)?.0)
+        let free = self.ctx.mem_get_info().map_err(driver)?.0;
+        Ok(free + self.pool_idle_bytes())
+    }
+
+    /// Bytes the memory pool has reserved and no allocation uses (0 without a pool, or when
+    /// the driver does not say).
+    fn pool_idle_bytes(&self) -> usize {
+        use cudarc::driver::sys::{cuMemPoolGetAttribute, CUmemPool_attribute as A};
+        let Some(pool) = &self.mem_pool else {
+            return 0;
+        };
+        let read = |attr: A| {
+            let mut v = 0u64;
+            // SAFETY: both attributes are u64s written through the pointer.
+            let r = unsafe { cuMemPoolGetAttribute(pool.0, attr, (&mut v as *mut u64).cast()) };
+            r.result().ok().map(|_| v)
+        };
+        match (
+            read(A::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT),
+            read(A::CU_MEMPOOL_ATTR_USED_MEM_CURRENT),
+        ) {
+            (Some(reserved), Some(used)) => reserved.saturating_sub(used) as usize,
+            _ => 0,
+        }
     }
 
     /// A pinned buffer of at least `words` words: the smallest pooled one that fits, or a

@@ -225,13 +225,22 @@ fn fused_scans_select_what_the_unfused_path_selects() {
                 nprobe,
                 refine_factor: 3,
             };
-            let a = unfused
-                .search(&unfused.prepare(idx.clone()).expect("prepare"), &q, &params)
-                .expect("unfused");
-            let b = fused
-                .search(&fused.prepare(idx.clone()).expect("prepare"), &q, &params)
-                .expect("fused");
+            // Each search's dispatches: the fused path must have taken fewer (no rounds over
+            // score rows), or it did not run.
+            let run = |b: &WgpuBackend| {
+                let prepared = b.prepare(idx.clone()).expect("prepare");
+                let before = b.counters().expect("wgpu counts its dispatches");
+                let found = b.search(&prepared, &q, &params).expect("search");
+                let after = b.counters().expect("wgpu counts its dispatches");
+                (found, after.launches - before.launches)
+            };
+            let (a, unfused_launches) = run(&unfused);
+            let (b, fused_launches) = run(&fused);
             let label = format!("{metric} {bits}-bit nprobe {nprobe}");
+            assert!(
+                fused_launches < unfused_launches,
+                "{label}: {fused_launches} dispatches fused, {unfused_launches} unfused"
+            );
             assert_eq!(a.ids, b.ids, "{label}: ids");
             let bits_of = |d: &[f32]| d.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             assert_eq!(

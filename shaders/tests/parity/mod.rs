@@ -342,7 +342,10 @@ pub fn tied_centroids_probe_the_cpu_lists<B: Backend>(backend: &B) {
 
 /// Batches searched at once from several threads on one prepared index (the CUDA backend
 /// runs each on a stream of its own, two in turn, so they overlap on a GPU) give each batch's
-/// own result, ids and distance bits, with different parameters per thread.
+/// own result, ids and distance bits, with different parameters per thread. On the CUDA
+/// emulator every launch and copy completes when issued, so a missing wait between streams
+/// cannot show there; this checks the host's bookkeeping (buffers, pinned staging, results
+/// per call), and `scripts/gpu-check` runs it on a GPU, where the streams do overlap.
 pub fn concurrent_batches_equal_each_alone<B: Backend>(backend: &B) {
     let c = Case {
         metric: Metric::L2,
