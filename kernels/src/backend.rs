@@ -216,10 +216,15 @@ impl std::fmt::Debug for CudaBackend {
 
 /// `QUIVER_CUDA_COARSE_SELECT`: `on` (the default) or `off`.
 fn coarse_select_wanted() -> Result<bool, CudaError> {
-    match std::env::var("QUIVER_CUDA_COARSE_SELECT").as_deref() {
-        Err(_) | Ok("") | Ok("on") => Ok(true),
-        Ok("off") => Ok(false),
-        Ok(other) => Err(CudaError::Invalid(format!(
+    parse_coarse_select(std::env::var("QUIVER_CUDA_COARSE_SELECT").ok().as_deref())
+}
+
+/// [`coarse_select_wanted`]'s reading of the variable's value (`None`: unset).
+fn parse_coarse_select(value: Option<&str>) -> Result<bool, CudaError> {
+    match value {
+        None | Some("") | Some("on") => Ok(true),
+        Some("off") => Ok(false),
+        Some(other) => Err(CudaError::Invalid(format!(
             "QUIVER_CUDA_COARSE_SELECT is {other:?}: expected on or off"
         ))),
     }
@@ -1476,5 +1481,25 @@ impl CudaBackend {
             Some(last) => complete(last),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The coarse selection's switch: on unless `off`; anything else is refused, naming the
+    /// variable and the value.
+    #[test]
+    fn the_coarse_select_switch_reads_on_and_off_only() {
+        assert!(parse_coarse_select(None).expect("unset"));
+        assert!(parse_coarse_select(Some("")).expect("empty"));
+        assert!(parse_coarse_select(Some("on")).expect("on"));
+        assert!(!parse_coarse_select(Some("off")).expect("off"));
+        let err = parse_coarse_select(Some("0")).expect_err("0").to_string();
+        assert!(
+            err.contains("QUIVER_CUDA_COARSE_SELECT") && err.contains("\"0\""),
+            "{err}"
+        );
     }
 }
