@@ -135,6 +135,9 @@ fn fused(
         let at = q * part.nprobe + j;
         let l = probe_payload[at].y;
         let place = places[l];
+        // Every invocation has read the previous probe's length before it is rewritten (an
+        // empty list leaves no barrier between the two otherwise).
+        workgroupBarrier();
         if (lane == 0u) {
             item_len = place.z;
         }
