@@ -225,22 +225,29 @@ def quiver(a, nprobe, e):
             ks.append(selection("select (probes, merge)", parts_p * nprobe, nprobe, 12))
     # The fused scan: per part the query's table built in shared memory (codebook from L2,
     # dsub multiplies and adds per entry, unfused), with L2 the list terms folded per item;
-    # per entry its code bytes (HBM), M table gathers (8-bit: random words of a 256-word
-    # row, WAYS_8BIT wavefronts a warp; 4-bit: u8 tables, one wavefront), M adds, and the
-    # queue's compare; each part's `keep` candidates out.
+    # per entry its code bytes (HBM), and the queue's compare; each part's `keep` candidates
+    # out. 8-bit: per entry M table gathers (random words of a 256-word row, WAYS_8BIT
+    # wavefronts a warp) and M adds (≈ 3 instructions a sub-quantizer). 4-bit: a thread
+    # scores a quad of 4 entries with the sub-quantizer's u8 row in registers: per
+    # sub-quantizer one broadcast 16-byte shared load for the warp's 128 entries (one
+    # wavefront), ≈ 15 instructions (selector, two byte permutes, the mask, the pick, two
+    # 16-bit-pair adds) and a quarter of a 16-byte code load per quad.
     table = m * ksub
     build_fp = parts * table * dsub * 2
     build_l2 = parts * table * dsub * 4
     fold = nprobe * table * 2 / LANES if a.l2 else 0
-    ways = WAYS_8BIT if bits == 8 else 1.0
     quant = nprobe * table * 6 / LANES if bits == 4 else 0  # 4-bit: each item's quantization
-    per_entry_issue = m * 3 / LANES + 6 / LANES
+    if bits == 8:
+        entry_smem, per_entry_issue = m / LANES * WAYS_8BIT, m * 3 / LANES + 6 / LANES
+    else:
+        entry_smem = m / (4 * LANES)
+        per_entry_issue = m * (15 + 1 / 4) / 4 / LANES + 6 / LANES
     scan_sel = selection("(queue)", e / (parts * 8), keep, 12)
     ks.append(Kernel(
         "scan8_select" if bits == 8 else "scan4_select",
         hbm=e * code + e / 8 + parts * keep * 12,
         l2=build_l2 + nprobe * (16 + 8 + 4) + (nprobe * table * 4 if a.l2 else 0),
-        smem=parts * table / LANES + fold + quant + e * m / LANES * ways + parts * 8 * scan_sel.smem,
+        smem=parts * table / LANES + fold + quant + e * entry_smem + parts * 8 * scan_sel.smem,
         fp32=build_fp + e * m,
         issue=build_fp / LANES + e * per_entry_issue + parts * 8 * (scan_sel.issue - e / (parts * 8) / LANES * 6),
     ))

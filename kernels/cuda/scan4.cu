@@ -1,10 +1,14 @@
 // 4-bit fast-scan list scan. Twin of shaders/wgsl/scan4.wgsl, stage for stage.
 //
-// Same block layout as the CPU fast-scan (32 entries per block, M × 16 bytes; byte j of
-// sub-quantizer m holds entry j's code in its low nibble and entry j + 16's in its high one)
-// and the same u8 tables (quantized on the host by the CPU code), staged in shared memory
-// (M × 16 bytes), so the integer sum equals the CPU's and `base + sum / scale + offset` is the
-// same expression. One block per (query, probed list); deleted entries score +inf.
+// Codes in the GPU layout of fast-scan blocks (engine/src/interleave.rs: 32 entries a block,
+// sub-quantizers regrouped in quads, `mq` = M rounded up to 4, `mq` × 16 bytes a block) and the
+// CPU's u8 tables (quantized on the host by the CPU code, or on the device by its operations),
+// staged in shared memory (M × 16 bytes), so the integer sum equals the CPU's and
+// `base + sum / scale + offset` is the same expression. A thread scores four consecutive
+// entries of a block (a quad: `quad_sums`): per quad of sub-quantizers one 16-byte load of
+// their codes, per sub-quantizer one broadcast 16-byte load of its table row into registers
+// and the four look-ups done there by byte permutes; sums in 16-bit halves of two registers.
+// One block per (query, probed list); deleted entries score +inf.
 
 #include "table_entry.cuh"
 #include "warp_queue.cuh"
@@ -20,32 +24,71 @@ struct ScanItem {
     unsigned int dead_off;  // first word of this query's exclusion bitmap in `dead`
 };
 
-// Entry i's score of the list whose blocks start at `byte_off`: the integer sum of its M
-// nibbles' table bytes, then `(base + sum / scale) + offset`.
-__device__ __forceinline__ float score4(
-    const unsigned char* __restrict__ codes,
-    unsigned int byte_off,
-    unsigned int i,
-    const unsigned char* lut,
-    float base,
-    float scale,
-    float offset,
-    unsigned int m)
+// Table row `t` (16 u8 entries in four words) looked up at four codes, one per byte of `x`
+// (each 0 … 15): byte n of the result is t's byte numbered by x's byte n. Two byte permutes
+// take codes 0–7 from the row's first eight bytes and 8–15 from its last eight, and a mask
+// from each code's bit 3 picks between them.
+__device__ __forceinline__ unsigned int lookup16(uint4 t, unsigned int x)
 {
-    const unsigned int block = i / 32, v = i % 32;
-    const unsigned int shift = v >= 16 ? 4 : 0;
-    const unsigned char* b0 = codes + byte_off + (size_t)block * m * 16 + (v % 16);
-    unsigned int sum = 0;
-    for (unsigned int s = 0; s < m; s++) {
-        const unsigned int nib = (b0[s * 16] >> shift) & 15u;
-        sum += lut[s * 16 + nib];
-    }
-    return (base + (float)sum / scale) + offset;
+    const unsigned int lo3 = x & 0x07070707u;
+    // The four 3-bit selectors as the nibbles of one word (bytes 0 and 2 of lo3 | lo3 >> 4).
+    const unsigned int sel = __byte_perm(lo3 | (lo3 >> 4), 0u, 0x4420u);
+    const unsigned int low = __byte_perm(t.x, t.y, sel);
+    const unsigned int high = __byte_perm(t.z, t.w, sel);
+    const unsigned int bit3 = x & 0x08080808u;
+    const unsigned int mask = (bit3 << 5) - (bit3 >> 3);  // 0xff in each byte whose code is ≥ 8
+    return (low & ~mask) | (high & mask);
 }
 
-// Scores the item's entries from its u8 table `lut` (M × 16, in shared memory): the integer
-// sum of each entry's M nibbles' table bytes, then `(base + sum / scale) + offset`; deleted
-// entries score +inf. Both scans' loop (the host-quantized and the device-quantized tables).
+// The u16 sums (as the CPU's: wrapping) of quad `quad` of a list whose blocks start at
+// `byte_off`: entries 4·quad … 4·quad + 3, i.e. entries 4u … 4u + 3 of block quad / 8
+// (u = quad % 8: chunk u % 4 of each quad of sub-quantizers, high nibbles when u ≥ 4). Sums
+// go in 16-bit halves (entries 0 and 2 of the quad in `even`, 1 and 3 in `odd`), moved into
+// 32-bit totals every 256 sub-quantizers (256 · 255 < 2^16), so no half carries into the next.
+__device__ __forceinline__ void quad_sums(
+    const unsigned char* __restrict__ codes,
+    unsigned int byte_off,
+    unsigned int quad,
+    const unsigned char* lut,
+    unsigned int m,
+    unsigned int sums[4])
+{
+    const unsigned int mq = (m + 3u) & ~3u;
+    const unsigned int u = quad & 7u;
+    const unsigned int shift = (u >> 2) * 4u;
+    const unsigned char* chunk =
+        codes + byte_off + (size_t)(quad >> 3) * mq * 16u + (u & 3u) * 16u;
+    unsigned int total[4] = {0u, 0u, 0u, 0u};
+    for (unsigned int s1 = 0; s1 < m; s1 += 256u) {
+        const unsigned int end = min(s1 + 256u, m);
+        unsigned int even = 0u, odd = 0u;
+        for (unsigned int s0 = s1; s0 < end; s0 += 4u) {
+            const uint4 v = *reinterpret_cast<const uint4*>(chunk + (size_t)s0 * 16u);
+#pragma unroll
+            for (unsigned int j = 0; j < 4; j++) {
+                const unsigned int s = s0 + j;
+                if (s < end) {
+                    const unsigned int w = j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
+                    const uint4 t = *reinterpret_cast<const uint4*>(lut + s * 16u);
+                    const unsigned int r = lookup16(t, (w >> shift) & 0x0f0f0f0fu);
+                    even += r & 0x00ff00ffu;
+                    odd += (r >> 8) & 0x00ff00ffu;
+                }
+            }
+        }
+        total[0] += even & 0xffffu;
+        total[1] += odd & 0xffffu;
+        total[2] += even >> 16;
+        total[3] += odd >> 16;
+    }
+#pragma unroll
+    for (unsigned int r = 0; r < 4; r++) sums[r] = total[r] & 0xffffu;
+}
+
+// Scores the item's entries from its u8 table `lut` (M × 16, in shared memory, 16-byte
+// aligned): a thread a quad (`quad_sums`), then `(base + sum / scale) + offset` per entry;
+// deleted entries score +inf. Both scans' loop (the host-quantized and the device-quantized
+// tables).
 __device__ __forceinline__ void score_entries(
     const unsigned char* __restrict__ codes,
     const ScanItem& it,
@@ -58,15 +101,22 @@ __device__ __forceinline__ void score_entries(
     uint2* __restrict__ out_payload,
     unsigned int m)
 {
-    for (unsigned int i = threadIdx.x; i < it.len; i += blockDim.x) {
-        const unsigned int slot = it.gslot + i;
-        if ((dead[it.dead_off + (slot >> 5)] >> (slot & 31)) & 1u) {
-            out_score[it.out + i] = __int_as_float(0x7f800000);
-            out_payload[it.out + i] = make_uint2(0xffffffffu, 0xffffffffu);
-            continue;
+    for (unsigned int quad = threadIdx.x; quad * 4u < it.len; quad += blockDim.x) {
+        unsigned int sums[4];
+        quad_sums(codes, it.byte_off, quad, lut, m, sums);
+#pragma unroll
+        for (unsigned int r = 0; r < 4; r++) {
+            const unsigned int i = quad * 4u + r;
+            if (i >= it.len) break;
+            const unsigned int slot = it.gslot + i;
+            if ((dead[it.dead_off + (slot >> 5)] >> (slot & 31)) & 1u) {
+                out_score[it.out + i] = __int_as_float(0x7f800000);
+                out_payload[it.out + i] = make_uint2(0xffffffffu, 0xffffffffu);
+                continue;
+            }
+            out_score[it.out + i] = (base + (float)sums[r] / scale) + offset;
+            out_payload[it.out + i] = make_uint2(0u, slot);
         }
-        out_score[it.out + i] = score4(codes, it.byte_off, i, lut, base, scale, offset, m);
-        out_payload[it.out + i] = make_uint2(0u, slot);
     }
 }
 
@@ -81,7 +131,7 @@ extern "C" __global__ void scan4(
     unsigned int m,
     unsigned int nitems)
 {
-    extern __shared__ unsigned char lut[];
+    extern __shared__ __align__(16) unsigned char lut[];
     const unsigned int w = blockIdx.x + blockIdx.y * gridDim.x;
     if (w >= nitems) return;
     const ScanItem it = items[w];
@@ -100,8 +150,9 @@ struct QuantizedItem {
 };
 
 // Quantizes the item's table (the query's float table `t`, M × 16, plus for L2 the list's
-// `terms`) in `smem4` (M × 16 floats, 2·M + 2 floats, M × 16 bytes) as the CPU does. Every
-// thread of the block calls it; it returns after the last barrier.
+// `terms`) in `smem4` (16-byte aligned: M × 16 bytes for the u8 table, first so that its rows
+// load as 16-byte words, then M × 16 floats, 2·M + 2 floats) as the CPU does. Every thread of
+// the block calls it; it returns after the last barrier.
 __device__ QuantizedItem quantize_item(
     unsigned char* smem4,
     const float* __restrict__ t,
@@ -111,24 +162,40 @@ __device__ QuantizedItem quantize_item(
     unsigned int m)
 {
     const unsigned int n = m * 16;
-    float* f = reinterpret_cast<float*>(smem4);
+    unsigned char* lut = smem4;
+    float* f = reinterpret_cast<float*>(smem4 + n);
     float* lo = f + n;
     float* range = lo + m;
     float* qp = range + m;
-    unsigned char* lut = reinterpret_cast<unsigned char*>(qp + 2);
     for (unsigned int i = threadIdx.x; i < n; i += blockDim.x) {
         f[i] = l2 ? __fadd_rn(terms[i], t[i]) : t[i];
     }
     __syncthreads();
-    for (unsigned int s = threadIdx.x; s < m; s += blockDim.x) {
-        float a = f[s * 16], b = a;
-        for (unsigned int j = 1; j < 16; j++) {
-            const float x = f[s * 16 + j];
-            a = x < a ? x : a;
-            b = x > b ? x : b;
+    // Each sub-table's minimum and maximum: 16 lanes a sub-table, each reading one value
+    // (consecutive words: no bank conflict), reduced by shuffles that keep, among equal
+    // values, the first — what the CPU's `x < a ? x : a` in order keeps (−0 and +0 are equal
+    // there). Whole warps loop (n is a multiple of 16; the block of 32).
+    for (unsigned int i = threadIdx.x; i < ((n + 31u) & ~31u); i += blockDim.x) {
+        float a = i < n ? f[i] : 0.0f, b = a;
+        unsigned int ja = i & 15u, jb = ja;
+        for (unsigned int d = 1; d < 16u; d <<= 1) {
+            const float oa = __shfl_xor_sync(FULL_MASK, a, d);
+            const float ob = __shfl_xor_sync(FULL_MASK, b, d);
+            const unsigned int oja = __shfl_xor_sync(FULL_MASK, ja, d);
+            const unsigned int ojb = __shfl_xor_sync(FULL_MASK, jb, d);
+            if (oa < a || (oa == a && oja < ja)) {
+                a = oa;
+                ja = oja;
+            }
+            if (ob > b || (ob == b && ojb < jb)) {
+                b = ob;
+                jb = ojb;
+            }
         }
-        lo[s] = a;
-        range[s] = __fsub_rn(b, a);
+        if (i < n && (i & 15u) == 0) {
+            lo[i / 16] = a;
+            range[i / 16] = __fsub_rn(b, a);
+        }
     }
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -166,8 +233,8 @@ __device__ QuantizedItem quantize_item(
 // shared per-query table) and takes the widest range; scale = 255 / range; each value
 // becomes trunc(clamp((x − min) · scale + 0.5, 0, 255)), with `__f*_rn` so that no
 // multiply-add is fused (the CPU rounds after each operation). Then `scan4`'s loop.
-// Dynamic shared memory: M × 16 floats (the table), 2·M + 2 floats (each sub-table's minimum
-// and range, base and scale), M × 16 bytes (the u8 table).
+// Dynamic shared memory: M × 16 bytes (the u8 table), M × 16 floats (the table), 2·M + 2
+// floats (each sub-table's minimum and range, base and scale).
 extern "C" __global__ void scan4_quantized(
     const unsigned char* __restrict__ codes,
     const ScanItem* __restrict__ items,
@@ -180,7 +247,7 @@ extern "C" __global__ void scan4_quantized(
     unsigned int l2,
     unsigned int nitems)
 {
-    extern __shared__ unsigned char smem4[];
+    extern __shared__ __align__(16) unsigned char smem4[];
     const unsigned int w = blockIdx.x + blockIdx.y * gridDim.x;
     if (w >= nitems) return;
     const ScanItem it = items[w];
@@ -220,7 +287,7 @@ extern "C" __global__ void scan4_select(
     unsigned int k,
     unsigned int t)
 {
-    extern __shared__ unsigned char smem4[];
+    extern __shared__ __align__(16) unsigned char smem4[];
     const unsigned int parts = (nprobe + group - 1u) / group;
     const unsigned int w = blockIdx.x + blockIdx.y * gridDim.x;
     if (w >= nq * parts) return;
@@ -245,12 +312,20 @@ extern "C" __global__ void scan4_select(
         const QuantizedItem qi = quantize_item(item, q_table, terms + (size_t)l * table_len, l2,
                                                bias, m);
         const float offset = l2 ? 0.0f : bias;
-        for (unsigned int base = warp * LANES; base < pl.z; base += blockDim.x) {
-            const unsigned int i = base + lane;
-            const unsigned int slot = pl.y + i;
-            const bool has = i < pl.z && !((dead[slot >> 5] >> (slot & 31u)) & 1u);
-            const float s = has ? score4(codes, pl.x, i, qi.lut, qi.base, qi.scale, offset, m) : 0.0f;
-            wq_offer(wq, lane, has, s, make_uint2(0u, slot));
+        // A quad a lane (the warp's 32 quads: 128 entries); each of its four entries offered
+        // in turn.
+        for (unsigned int base = warp * LANES; base * 4u < pl.z; base += blockDim.x) {
+            const unsigned int quad = base + lane;
+            unsigned int sums[4] = {0u, 0u, 0u, 0u};
+            if (quad * 4u < pl.z) quad_sums(codes, pl.x, quad, qi.lut, m, sums);
+#pragma unroll
+            for (unsigned int r = 0; r < 4; r++) {
+                const unsigned int i = quad * 4u + r;
+                const unsigned int slot = pl.y + i;
+                const bool has = i < pl.z && !((dead[slot >> 5] >> (slot & 31u)) & 1u);
+                const float s = has ? (qi.base + (float)sums[r] / qi.scale) + offset : 0.0f;
+                wq_offer(wq, lane, has, s, make_uint2(0u, slot));
+            }
         }
     }
     wq_finish(wq, lane);

@@ -105,6 +105,16 @@ inline int __float_as_int(float f) {
     std::memcpy(&i, &f, 4);
     return i;
 }
+// Four bytes chosen from the eight of x (bytes 0–3) and y (4–7): result byte n is the byte
+// numbered by selector nibble n (its top bit ignored, as CUDA documents).
+inline unsigned int __byte_perm(unsigned int x, unsigned int y, unsigned int s) {
+    const std::uint64_t v = (std::uint64_t)y << 32 | x;
+    unsigned int r = 0;
+    for (int n = 0; n < 4; n++) {
+        r |= (unsigned int)((v >> (((s >> (4 * n)) & 7u) * 8)) & 0xffu) << (8 * n);
+    }
+    return r;
+}
 inline unsigned int __float_as_uint(float f) {
     unsigned int u;
     std::memcpy(&u, &f, 4);

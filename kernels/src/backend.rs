@@ -1106,7 +1106,7 @@ impl CudaBackend {
         let streamed_code_bytes = match (p.dev.codes.is_none(), fast) {
             (false, _) => 0,
             (true, false) => quiver_engine::interleave::padded_m(p.index.pq().code_size()),
-            (true, true) => p.index.pq().code_size(),
+            (true, true) => quiver_engine::interleave::quad_block_bytes(p.index.pq().m()) / 32,
         };
         let row_of = |q: usize| -> usize {
             probes.lists[q * nprobe..(q + 1) * nprobe]

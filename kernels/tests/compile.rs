@@ -181,9 +181,19 @@ fn every_kernel_compiles_and_assembles_for_sm80_and_sm90() {
     }
 }
 
-/// Entries whose SASS must read global memory 16 bytes at a time (`LDG.E.128`): the 8-bit
-/// scans read their codes in the interleaved layout's 16-byte chunks.
-const WIDE_LOAD_ENTRIES: [&str; 2] = ["scan8", "scan8_select"];
+/// Entries whose SASS must read global memory 16 bytes at a time (`LDG.E.128`): the scans
+/// read their codes in the GPU layouts' 16-byte chunks (8-bit interleaved, 4-bit in quads).
+const WIDE_LOAD_ENTRIES: [&str; 5] = [
+    "scan8",
+    "scan8_select",
+    "scan4",
+    "scan4_quantized",
+    "scan4_select",
+];
+
+/// Entries whose SASS must load each sub-quantizer's u8 table row from shared memory 16 bytes
+/// at a time (`LDS.128`) and look it up in registers (`PRMT`): the 4-bit scans.
+const REGISTER_TABLE_ENTRIES: [&str; 3] = ["scan4", "scan4_quantized", "scan4_select"];
 
 /// Disassembles `cubin` with nvdisasm and checks that each entry of [`WIDE_LOAD_ENTRIES`] in
 /// it has a 128-bit global load; prints each entry's count of global loads by width.
@@ -217,10 +227,22 @@ fn check_wide_loads(nvdisasm: &Path, cubin: &Path, kernel: &str, sm: &str) {
                 .count()
         };
         let (wide, all) = (loads(".128"), loads(""));
-        let ffma = lines.iter().filter(|l| l.contains("FFMA")).count();
-        println!("sass {sm} {entry}: {all} global loads, {wide} of them 128-bit; {ffma} FFMA");
+        let count = |op: &str| lines.iter().filter(|l| l.contains(op)).count();
+        let (ffma, prmt) = (count("FFMA"), count("PRMT"));
+        let shared_rows = lines
+            .iter()
+            .filter(|l| l.contains("LDS") && l.contains(".128"))
+            .count();
+        println!(
+            "sass {sm} {entry}: {all} global loads, {wide} of them 128-bit; {ffma} FFMA; \
+             {shared_rows} 128-bit shared loads; {prmt} PRMT"
+        );
         if WIDE_LOAD_ENTRIES.contains(entry) {
             assert!(wide > 0, "sass {sm} {entry}: no 128-bit global load");
+        }
+        if REGISTER_TABLE_ENTRIES.contains(entry) {
+            assert!(shared_rows > 0, "sass {sm} {entry}: no 128-bit shared load");
+            assert!(prmt > 0, "sass {sm} {entry}: no byte permute");
         }
     }
     for entry in WIDE_LOAD_ENTRIES {

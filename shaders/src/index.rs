@@ -86,16 +86,17 @@ pub(crate) fn pack_codes(
     limit: u64,
 ) -> Result<PackedCodes, WgpuError> {
     let m = index.pq().m();
-    // 8-bit codes go in the GPU layout (`quiver_engine::interleave`: blocks of 32 entries in
-    // 16-byte chunks); 4-bit fast-scan blocks as stored.
+    // Codes go in the GPU layout (`quiver_engine::interleave`): 8-bit ones in blocks of 32
+    // entries in 16-byte chunks, 4-bit fast-scan blocks with their sub-quantizers in quads.
     let cs = index.pq().code_size();
     let (unit_bytes, unit_entries) = match index.layout() {
         CodeLayout::Flat => (
             interleave::interleaved_bytes(interleave::BLOCK, cs),
             interleave::BLOCK,
         ),
-        CodeLayout::Packed4x32 => (quiver_engine::fastscan::block_bytes(m), 32),
+        CodeLayout::Packed4x32 => (interleave::quad_block_bytes(m), 32),
     };
+    let fast_block = quiver_engine::fastscan::block_bytes(m);
     check_binding(
         gpu,
         "one code unit (bytes)",
@@ -131,9 +132,11 @@ pub(crate) fn pack_codes(
                 CodeLayout::Flat => {
                     interleave::interleave(&codes[first * cs..last * cs], cs, &mut cur)
                 }
-                CodeLayout::Packed4x32 => {
-                    cur.extend_from_slice(&codes[u * unit_bytes..(u + take) * unit_bytes])
-                }
+                CodeLayout::Packed4x32 => interleave::append_quad_blocks(
+                    &codes[u * fast_block..(u + take) * fast_block],
+                    m,
+                    &mut cur,
+                ),
             }
             // Keep the next run 4-byte aligned.
             cur.resize(cur.len().next_multiple_of(4), 0);

@@ -1,10 +1,12 @@
 // 4-bit fast-scan list scan: exact integer sums of u8-quantized tables over block-packed codes.
 //
-// Same layout as the CPU fast-scan (blocks of 32 entries, `M × 16` bytes; byte `j` of
-// sub-quantizer `m` holds entry `j`'s code in its low nibble and entry `j + 16`'s in its high
-// nibble) and the same quantized tables (quantized on the host by the CPU code), so the u32
-// sum equals the CPU's u16 sum and the score `base + sum / scale + offset` is computed with
-// the same operations. One workgroup per (query, probed list); deleted entries score +inf.
+// The CPU fast-scan's blocks (32 entries; byte `j` of sub-quantizer `m` holds entry `j`'s code
+// in its low nibble and entry `j + 16`'s in its high nibble) in the GPU layout
+// (engine/src/interleave.rs: sub-quantizers regrouped in quads, `mq × 16` bytes a block with
+// mq = M rounded up to 4; read through `code_at`) and the same quantized tables (quantized on
+// the host by the CPU code), so the u32 sum equals the CPU's u16 sum and the score
+// `base + sum / scale + offset` is computed with the same operations. One workgroup per
+// (query, probed list); deleted entries score +inf.
 // The work item's table (M × 16 bytes) is first staged in workgroup memory, as
 // kernels/cuda/scan4.cu stages it in shared memory (here up to M = 256, the 4 KiB reserved;
 // a larger M reads the table from the storage buffer, through the cache).
@@ -36,6 +38,12 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> out_score: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out_payload: array<vec2<u32>>;
 @group(0) @binding(7) var<uniform> params: Params;
+
+// Byte `j` (0 … 15) of sub-quantizer `s`'s fast-scan row in the block starting at byte `b0`
+// (engine/src/interleave.rs `quad_byte`).
+fn code_at(b0: u32, s: u32, j: u32) -> u32 {
+    return code_byte(b0 + (s >> 2u) * 64u + (j >> 2u) * 16u + (s & 3u) * 4u + (j & 3u));
+}
 
 fn code_byte(b: u32) -> u32 {
     return (codes[b >> 2u] >> ((b & 3u) * 8u)) & 0xffu;
@@ -88,10 +96,10 @@ fn main(
         let block = i / 32u;
         let v = i % 32u;
         let shift = select(0u, 4u, v >= 16u);
-        let b0 = it.byte_off + block * m * 16u + (v % 16u);
+        let b0 = it.byte_off + block * ((m + 3u) & ~3u) * 16u;
         var sum = 0u;
         for (var s = 0u; s < m; s++) {
-            let nib = (code_byte(b0 + s * 16u) >> shift) & 15u;
+            let nib = (code_at(b0, s, v % 16u) >> shift) & 15u;
             sum += table_byte(t0 + s * 16u + nib);
         }
         out_score[it.out + i] = (qp.x + f32(sum) / qp.y) + it.offset;
@@ -106,10 +114,10 @@ fn score4(byte_off: u32, i: u32, m: u32, base: f32, scale: f32, offset: f32) -> 
     let block = i / 32u;
     let v = i % 32u;
     let shift = select(0u, 4u, v >= 16u);
-    let b0 = byte_off + block * m * 16u + (v % 16u);
+    let b0 = byte_off + block * ((m + 3u) & ~3u) * 16u;
     var sum = 0u;
     for (var s = 0u; s < m; s++) {
-        let nib = (code_byte(b0 + s * 16u) >> shift) & 15u;
+        let nib = (code_at(b0, s, v % 16u) >> shift) & 15u;
         sum += lut_byte(s * 16u + nib);
     }
     return (base + f32(sum) / scale) + offset;

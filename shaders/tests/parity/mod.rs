@@ -237,12 +237,15 @@ pub fn searches_match_the_cpu_reference<B: Backend>(backend: &B) {
 
 /// Wide codes: the scans' table paths for large M — 8-bit M = 64 (a 64 KiB table: CUDA stages
 /// it in opted-in shared memory), 8-bit M = 256 (256 KiB: read from global memory on both
-/// backends) and 4-bit M = 264 (past WGSL's 4 KiB of staged table) — match the CPU.
+/// backends), 4-bit M = 264 (past WGSL's 4 KiB of staged table, and sums past 16 bits, which
+/// wrap as the CPU's) and 4-bit M = 10 (the GPU layout's last quad of sub-quantizers padded)
+/// — match the CPU.
 pub fn wide_codes_match_the_cpu_reference<B: Backend>(backend: &B) {
     for (metric, bits, dim, m) in [
         (Metric::L2, 8, 256, 64),
         (Metric::InnerProduct, 8, 256, 256),
         (Metric::InnerProduct, 4, 528, 264),
+        (Metric::L2, 4, 30, 10),
     ] {
         let g = ClusteredGaussian::new(dim, 8, 0.5, 13);
         let x = g.rows(0, 2000);
