@@ -754,6 +754,8 @@ impl CudaBackend {
             } else {
                 DeviceQuantizers::bytes(&index)
             };
+        // The lanes' kept working memory goes back first: the index may need it.
+        self.io.trim_scratch()?;
         let free = self.io.free_memory()?;
         if fixed > free {
             return Err(CudaError::TooLarge {

@@ -8,7 +8,8 @@
 //! driver reads) and caches it;
 //! [`probe`] says whether a CUDA driver and device exist, without cudarc's panic when the
 //! driver library is missing; [`backend`] runs the stages, with copies overlapping compute on
-//! a second stream (`transfer`). `emu/` (outside the crate) is a `libcuda.so` that runs these
+//! a second stream (`transfer`), device-resident batches on lanes that keep their working
+//! memory (`scratch`). `emu/` (outside the crate) is a `libcuda.so` that runs these
 //! kernels on the CPU, so CI executes the whole backend (`emu/README.md`).
 
 pub mod backend;
@@ -17,6 +18,7 @@ pub mod counters;
 mod load;
 pub mod probe;
 mod resident;
+mod scratch;
 pub mod sources;
 mod transfer;
 

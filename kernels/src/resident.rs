@@ -11,8 +11,9 @@
 //! lists and selects as it scores, `keep` candidates a part) → one round merging a query's
 //! parts → refine of the candidates at their global slots, ids read on the device → the
 //! final top-k into one result buffer, which comes back in one copy. A batch runs on a
-//! stream of its own (two taken in turn: two callers' batches overlap), its queries up and
-//! its results down through pinned buffers. Where the fused scan
+//! stream of its own (two lanes taken in turn: two callers' batches overlap), its queries up
+//! and its results down through pinned buffers, its device buffers the ones its lane kept
+//! from earlier batches (`scratch`: a batch of a shape seen before allocates nothing). Where the fused scan
 //! does not apply (`keep` above 256, its tables and queues beyond the opt-in shared memory,
 //! or `without_fused_select`), the unfused stages run instead: lookup tables → work items
 //! built on the device (`scan_items`) → the scan into rows a fixed stride apart → top-k
@@ -25,7 +26,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaStream, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 use quiver_engine::backend::{
     coarse_select_span, fused_scan_group, Neighbors, SearchParams, COARSE_SELECT_MAX_KEEP,
     FUSED_SELECT_MAX_KEEP,
@@ -38,6 +39,7 @@ use crate::backend::{
     driver, grid, CudaBackend, CudaError, CudaPrepared, COARSE_STATIC_SHARED, COARSE_TILE,
     MAX_GPU_KEEP,
 };
+use crate::scratch::{Buffer, Pair, Work};
 
 /// Warps in a block of the fused scan + selection (each with its own queue).
 const FUSED_WARPS: usize = 8;
@@ -48,13 +50,26 @@ pub(crate) struct FusedShared {
     bytes: usize,
 }
 
-/// A selection's scores and payloads on the device (one word, two words an entry).
-type Rows = (CudaSlice<u32>, CudaSlice<u32>);
+/// Where a selection's last round writes: views of scores and payloads.
+type Out<'a, 'b> = (&'a mut CudaViewMut<'b, u32>, &'a mut CudaViewMut<'b, u32>);
 
-/// Where the last round of a selection writes: new buffers, or views of the batch's result.
-enum SelectOut<'a, 'b> {
-    New,
-    Into(&'a mut CudaViewMut<'b, u32>, &'a mut CudaViewMut<'b, u32>),
+/// The unfused scan's buffers (work items, row lengths, score rows), its selection's
+/// output and rounds.
+struct UnfusedBufs<'a> {
+    items: &'a mut Buffer,
+    row_len: &'a mut Buffer,
+    rows: &'a mut Pair,
+    candidates: &'a mut Pair,
+    rounds: &'a mut [Pair; 2],
+}
+
+/// What the fused scan reads besides the index and the probes.
+struct FusedArgs<'a, 'b> {
+    queries: &'a CudaView<'b, f32>,
+    factor: f32,
+    smem: FusedShared,
+    /// Bound where the kernel takes L2 terms and the index has none.
+    unused: &'a CudaView<'b, u32>,
 }
 
 impl CudaBackend {
@@ -164,35 +179,49 @@ impl CudaBackend {
         let rows_per_tile = ((self.tile_bytes * 8) / per_query)
             .min((u32::MAX as usize) / stride.max(index.nlist()).max(params.candidates()))
             .clamp(1, nq);
-        // The batch's stream (two batches from two callers overlap), its queries up through a
-        // pinned buffer and its results back through another: asynchronous copies, one each.
-        let stream = &self.io.lane();
+        // The batch's lane: its stream (two batches from two callers overlap) and the working
+        // memory it keeps between batches; the queries go up through a pinned buffer and the
+        // results come back through another: asynchronous copies, one each.
+        let (lane, stream) = self.io.lane();
+        let mut scratch = self.io.take_scratch(lane);
         let mut held = Vec::new();
-        let q_words = self.io.stage_on(stream, queries, &mut held)?;
-        // SAFETY: `q_words` holds the queries' f32 bits, nq × dim words.
-        let q_dev = unsafe { q_words.transmute::<f32>(nq * dim) }
-            .ok_or_else(|| CudaError::Driver("internal: query buffer too short".into()))?;
         // One buffer for the results: segments × nq × k scores, then (8-byte aligned) as
         // many payloads; segment s's part is at s × nq × k.
         let total = segs.len() * nq * k;
         let s_words = total.next_multiple_of(2);
-        // SAFETY: the final selections write every score and payload word of every row of
-        // every segment.
-        let mut result = unsafe { stream.alloc::<u32>(s_words + 2 * total) }.map_err(driver)?;
-        {
-            let (mut res_s, mut res_p) = result.split_at_mut(s_words);
-            let mut a = 0;
-            while a < nq {
-                let b = (a + rows_per_tile).min(nq);
-                let q_view = q_dev.slice(a * dim..b * dim);
-                let rows = (a, b, nq);
-                self.resident_tile(stream, segs, &q_view, rows, params, &mut res_s, &mut res_p)?;
-                a = b;
+        let fetched = {
+            let sc = &mut scratch;
+            {
+                let mut q_words = sc.queries.words(&stream, nq * dim)?;
+                self.io
+                    .stage_into(&stream, queries, &mut q_words, &mut held)?;
             }
-        }
-        let fetched = self.io.fetch_on(stream, &result)?;
+            let q_words = sc.queries.view(nq * dim)?;
+            // SAFETY: `q_words` holds the queries' f32 bits, nq × dim words.
+            let q_dev = unsafe { q_words.transmute::<f32>(nq * dim) }
+                .ok_or_else(|| CudaError::Driver("internal: query buffer too short".into()))?;
+            // The final selections write every score and payload word of every row of every
+            // segment.
+            let mut result = sc.result.words(&stream, s_words + 2 * total)?;
+            {
+                let (mut res_s, mut res_p) = result.split_at_mut(s_words);
+                let mut a = 0;
+                while a < nq {
+                    let b = (a + rows_per_tile).min(nq);
+                    let q_view = q_dev.slice(a * dim..b * dim);
+                    let rows = (a, b, nq);
+                    let out = (&mut res_s, &mut res_p);
+                    self.resident_tile(&stream, segs, &q_view, rows, params, out, &mut sc.work)?;
+                    a = b;
+                }
+            }
+            self.io.fetch_on(&stream, &result)?
+        };
         let out = Self::read_results(index.metric(), segs.len(), (nq, k), fetched.wait()?);
         self.io.release(held, vec![fetched]);
+        // Every kernel of the batch has finished (its results are here): the lane keeps the
+        // memory for its next batch. (On an error above it is freed instead, in stream order.)
+        self.io.give_scratch(lane, scratch);
         Ok(out)
     }
 
@@ -229,17 +258,18 @@ impl CudaBackend {
     /// Every stage for the queries `a..b` of `nq` (`queries`, on the device): the coarse
     /// search and tables once (the indexes share their quantizers), then for each index of
     /// `segs` its items, scan, selections and refine, its best k of each query written to
-    /// its part of the result (`res_s` / `res_p`: segment s's rows at s × nq × k).
+    /// its part of the result (`res_s` / `res_p`: segment s's rows at s × nq × k). Its
+    /// buffers are `work`'s.
     #[allow(clippy::too_many_arguments)]
-    fn resident_tile<'v>(
+    fn resident_tile(
         &self,
         stream: &Arc<CudaStream>,
         segs: &[&CudaPrepared],
-        queries: &cudarc::driver::CudaView<'_, f32>,
+        queries: &CudaView<'_, f32>,
         (a, b, nq): (usize, usize, usize),
         params: &SearchParams,
-        res_s: &mut CudaViewMut<'v, u32>,
-        res_p: &mut CudaViewMut<'v, u32>,
+        (res_s, res_p): Out<'_, '_>,
+        work: &mut Work,
     ) -> Result<(), CudaError> {
         let rows = b - a;
         let p = segs
@@ -255,19 +285,26 @@ impl CudaBackend {
         let ip = index.metric().is_inner_product();
         let dev = &p.dev;
         let (rows_u, dim_u) = (rows as u32, dim as u32);
+        work.unused.words(stream, 1)?;
+        let unused = work.unused.view(1)?;
 
         // 1–2. The probes: each row's best nprobe lists, rows × nprobe.
-        let (ps, pp) = self.coarse_probes(stream, p, queries, rows, nprobe)?;
+        let probes = (&mut work.coarse, &mut work.probes);
+        self.coarse_probes(stream, p, queries, rows, nprobe, probes, &mut work.rounds)?;
+        let ps = work.probes.scores.view(rows * nprobe)?;
+        let pp = work.probes.payloads.view(2 * rows * nprobe)?;
         // 3. Lookup tables, rows × M × ksub, for the indexes that scan unfused (the fused
         // scan builds each query's table in shared memory).
         let unfused = segs
             .iter()
             .any(|p| self.fused_shared_bytes(p, params.candidates()).is_none());
         let factor: f32 = if ip { -1.0 } else { -2.0 };
-        let mut tables =
-            unsafe { stream.alloc::<f32>(if unfused { rows * tl } else { 1 }) }.map_err(driver)?;
         if unfused {
             let n = rows * tl;
+            let mut words = work.tables.words(stream, n)?;
+            // SAFETY: `words` is n u32s; the tables kernel writes each as an f32.
+            let mut tables = unsafe { words.transmute_mut::<f32>(n) }
+                .ok_or_else(|| CudaError::Driver("internal: table buffer too short".into()))?;
             let cfg = LaunchConfig {
                 grid_dim: grid(n.div_ceil(256)),
                 block_dim: (256, 1, 1),
@@ -286,18 +323,49 @@ impl CudaBackend {
             let dev = &p.dev;
             // 4–6. Each query's best `keep` candidates: scored and selected in one kernel
             // (then one round merging its parts), or scored into rows and selected in rounds.
-            let (ks, kp) = match self.fused_shared_bytes(p, keep) {
+            let probes = (&pp, &ps);
+            match self.fused_shared_bytes(p, keep) {
                 Some(smem) => {
-                    let probes = (&pp, &ps);
-                    self.fused_scan_select(stream, p, probes, queries, factor, rows, params, smem)?
+                    let bufs = (&mut work.scanned, &mut work.candidates, &mut work.rounds);
+                    let fused = FusedArgs {
+                        queries,
+                        factor,
+                        smem,
+                        unused: &unused,
+                    };
+                    self.fused_scan_select(stream, p, probes, &fused, rows, params, bufs)?;
                 }
-                None => self.scan_then_select(stream, p, (&pp, &ps), &tables, rows, params)?,
-            };
-            // 7. Refine at the candidates' global slots; payloads become ids.
+                None => {
+                    let words = work.tables.view(rows * tl)?;
+                    // SAFETY: the tables kernel wrote rows × M × ksub f32s there.
+                    let tables = unsafe { words.transmute::<f32>(rows * tl) }.ok_or_else(|| {
+                        CudaError::Driver("internal: table buffer too short".into())
+                    })?;
+                    let bufs = UnfusedBufs {
+                        items: &mut work.items,
+                        row_len: &mut work.row_len,
+                        rows: &mut work.scanned,
+                        candidates: &mut work.candidates,
+                        rounds: &mut work.rounds,
+                    };
+                    self.scan_then_select(
+                        stream,
+                        p,
+                        probes,
+                        (&tables, &unused),
+                        rows,
+                        params,
+                        bufs,
+                    )?;
+                }
+            }
             let n = rows * keep;
-            let mut rs = unsafe { stream.alloc::<u32>(n) }.map_err(driver)?;
-            let mut rp = unsafe { stream.alloc::<u32>(2 * n) }.map_err(driver)?;
+            let ks = work.candidates.scores.view(n)?;
+            let kp = work.candidates.payloads.view(2 * n)?;
+            // 7. Refine at the candidates' global slots; payloads become ids.
             {
+                let mut rs = work.refined.scores.words(stream, n)?;
+                let mut rp = work.refined.payloads.words(stream, 2 * n)?;
                 let ids = dev
                     .ids
                     .as_ref()
@@ -334,18 +402,22 @@ impl CudaBackend {
                 unsafe { b.launch(cfg) }.map_err(driver)?;
             }
             // 8. The best k by (distance, id), into this index's part of the batch's result.
+            let rs = work.refined.scores.view(n)?;
+            let rp = work.refined.payloads.view(2 * n)?;
             let at = seg * nq * k;
             let mut out_s = res_s.slice_mut(at + a * k..at + b * k);
             let mut out_p = res_p.slice_mut(2 * (at + a * k)..2 * (at + b * k));
+            let rounds = &mut work.rounds;
+            let input = (&rs, Some(&rp));
             self.select_strided_rounds(
                 stream,
-                rs,
-                Some(rp),
+                input,
                 rows,
                 keep,
                 None,
                 k,
-                SelectOut::Into(&mut out_s, &mut out_p),
+                (&mut out_s, &mut out_p),
+                rounds,
             )?;
         }
         Ok(())
@@ -375,18 +447,22 @@ impl CudaBackend {
     }
 
     /// Steps 1–2 of a tile: each query's best `nprobe` lists (scores, payloads (0, list)),
-    /// rows × nprobe. `coarse_select` scores the centroids and keeps each query's best of a
-    /// span in shared memory (one round then merges a query's spans); otherwise
-    /// `coarse_distances` writes every score, 4 bytes a list, and top-k rounds select (each
+    /// rows × nprobe, into `probes`. `coarse_select` scores the centroids and keeps each
+    /// query's best of a span in shared memory (one round then merges a query's spans, read
+    /// from `coarse`; with one span it writes `probes` itself); otherwise `coarse_distances`
+    /// writes every score into `coarse`, 4 bytes a list, and top-k rounds select (each
     /// entry's place in its row as its payload).
+    #[allow(clippy::too_many_arguments)]
     fn coarse_probes(
         &self,
         stream: &Arc<CudaStream>,
         p: &CudaPrepared,
-        queries: &cudarc::driver::CudaView<'_, f32>,
+        queries: &CudaView<'_, f32>,
         rows: usize,
         nprobe: usize,
-    ) -> Result<Rows, CudaError> {
+        (coarse, probes): (&mut Pair, &mut Pair),
+        rounds: &mut [Pair; 2],
+    ) -> Result<(), CudaError> {
         let index = p.index_arc();
         let dev = &p.dev;
         let (dim, nlist) = (index.dim(), index.nlist());
@@ -403,77 +479,93 @@ impl CudaBackend {
             Some(_) => (rows * parts * nprobe, 2 * rows * parts * nprobe),
             None => (rows * nlist, 2),
         };
-        // SAFETY: the kernel writes every entry of `cs` (and of `cp` when it selects).
-        let mut cs = unsafe { stream.alloc::<u32>(entries) }.map_err(driver)?;
-        let mut cp = unsafe { stream.alloc::<u32>(payload_words) }.map_err(driver)?;
-        let cfg = LaunchConfig {
-            grid_dim: match select {
-                Some(_) => (parts as u32, query_tiles, 1),
-                None => (nlist.div_ceil(COARSE_TILE) as u32, query_tiles, 1),
-            },
-            block_dim: (16, 16, 1),
-            shared_mem_bytes: select.unwrap_or(0) as u32,
-        };
-        let (span_u, keep_u, with_payloads) = (span as u32, nprobe as u32, 0u32);
-        let (k_u, t_u) = (shape.queue as u32, shape.thread_queue as u32);
-        let mut b = stream.launch_builder(match select {
-            Some(_) => &self.coarse_select,
-            None => &self.coarse,
-        });
-        b.arg(queries)
-            .arg(&dev.quant.centroids)
-            .arg(&dev.quant.norms)
-            .arg(&mut cs)
-            .arg(&mut cp);
-        b.arg(&rows_u).arg(&nlist_u).arg(&dim_u).arg(&l2);
+        let direct = select.is_some() && parts == 1;
+        {
+            let into = if direct { &mut *probes } else { &mut *coarse };
+            // The kernel writes every entry of `cs` (and of `cp` when it selects).
+            let mut cs = into.scores.words(stream, entries)?;
+            let mut cp = into.payloads.words(stream, payload_words)?;
+            let cfg = LaunchConfig {
+                grid_dim: match select {
+                    Some(_) => (parts as u32, query_tiles, 1),
+                    None => (nlist.div_ceil(COARSE_TILE) as u32, query_tiles, 1),
+                },
+                block_dim: (16, 16, 1),
+                shared_mem_bytes: select.unwrap_or(0) as u32,
+            };
+            let (span_u, keep_u, with_payloads) = (span as u32, nprobe as u32, 0u32);
+            let (k_u, t_u) = (shape.queue as u32, shape.thread_queue as u32);
+            let mut b = stream.launch_builder(match select {
+                Some(_) => &self.coarse_select,
+                None => &self.coarse,
+            });
+            b.arg(queries)
+                .arg(&dev.quant.centroids)
+                .arg(&dev.quant.norms)
+                .arg(&mut cs)
+                .arg(&mut cp);
+            b.arg(&rows_u).arg(&nlist_u).arg(&dim_u).arg(&l2);
+            match select {
+                Some(_) => b.arg(&span_u).arg(&keep_u).arg(&k_u).arg(&t_u),
+                None => b.arg(&with_payloads),
+            };
+            // SAFETY: argument types and order match `coarse_select` (block (p, y) reads
+            // queries 128y.. below `rows` and the centroids of its span, and writes `nprobe`
+            // entries at (q · parts + p) · nprobe for its queries, inside rows × parts ×
+            // nprobe; `smem` holds the half tile, 128 queues and 8 staging areas of `shape`)
+            // or `coarse_distances` (the grid covers the rows × nlist matrix; without
+            // payloads the payload pointer is not used).
+            unsafe { b.launch(cfg) }.map_err(driver)?;
+        }
+        if direct {
+            return Ok(());
+        }
+        let cs = coarse.scores.view(entries)?;
+        let mut out_s = probes.scores.words(stream, rows * nprobe)?;
+        let mut out_p = probes.payloads.words(stream, 2 * rows * nprobe)?;
+        let out = (&mut out_s, &mut out_p);
         match select {
-            Some(_) => b.arg(&span_u).arg(&keep_u).arg(&k_u).arg(&t_u),
-            None => b.arg(&with_payloads),
-        };
-        // SAFETY: argument types and order match `coarse_select` (block (p, y) reads queries
-        // 128y.. below `rows` and the centroids of its span, and writes `nprobe` entries at
-        // (q · parts + p) · nprobe for its queries, inside rows × parts × nprobe; `smem`
-        // holds the half tile, 128 queues and 8 staging areas of `shape`) or
-        // `coarse_distances` (the grid covers the rows × nlist matrix; without payloads the
-        // payload pointer is not used).
-        unsafe { b.launch(cfg) }.map_err(driver)?;
-        let probes = match select {
-            Some(_) if parts == 1 => return Ok((cs, cp)),
-            Some(_) => self.select_strided_rounds(
-                stream,
-                cs,
-                Some(cp),
-                rows,
-                parts * nprobe,
-                None,
-                nprobe,
-                SelectOut::New,
-            )?,
+            Some(_) => {
+                let cp = coarse.payloads.view(payload_words)?;
+                let stride = parts * nprobe;
+                self.select_strided_rounds(
+                    stream,
+                    (&cs, Some(&cp)),
+                    rows,
+                    stride,
+                    None,
+                    nprobe,
+                    out,
+                    rounds,
+                )
+            }
             None => self.select_strided_rounds(
                 stream,
-                cs,
-                None,
+                (&cs, None),
                 rows,
                 nlist,
                 None,
                 nprobe,
-                SelectOut::New,
-            )?,
-        };
-        probes.ok_or_else(|| CudaError::Driver("internal: no probes".into()))
+                out,
+                rounds,
+            ),
+        }
     }
 
     /// Steps 4–6 of a tile, unfused: work items from the probes, the scan into rows `stride`
-    /// apart (each row's length written by the items kernel), then top-k rounds over them.
+    /// apart (each row's length written by the items kernel), then top-k rounds over them
+    /// into `bufs.candidates`.
+    #[allow(clippy::too_many_arguments)]
     fn scan_then_select(
         &self,
         stream: &Arc<CudaStream>,
         p: &CudaPrepared,
-        (pp, ps): (&CudaSlice<u32>, &CudaSlice<u32>),
-        tables: &CudaSlice<f32>,
+        (pp, ps): (&CudaView<'_, u32>, &CudaView<'_, u32>),
+        (tables, unused): (&CudaView<'_, f32>, &CudaView<'_, u32>),
         rows: usize,
         params: &SearchParams,
-    ) -> Result<Rows, CudaError> {
+        bufs: UnfusedBufs<'_>,
+    ) -> Result<(), CudaError> {
         let index = p.index_arc();
         let dev = &p.dev;
         let nlist = index.nlist();
@@ -485,9 +577,9 @@ impl CudaBackend {
         // 4. Work items and row lengths from the probes.
         let stride = dev.row_bound[nprobe].max(1);
         let nitems = rows * nprobe;
-        let mut items = unsafe { stream.alloc::<u32>(nitems * 8) }.map_err(driver)?;
-        let mut row_len = unsafe { stream.alloc::<u32>(rows) }.map_err(driver)?;
         {
+            let mut items = bufs.items.words(stream, nitems * 8)?;
+            let mut row_len = bufs.row_len.words(stream, rows)?;
             let cfg = LaunchConfig {
                 grid_dim: grid(rows.div_ceil(128)),
                 block_dim: (128, 1, 1),
@@ -507,98 +599,95 @@ impl CudaBackend {
                 .arg(&tl_u)
                 .arg(&by_residual);
             // SAFETY: argument types and order match `scan_items` (`places` is four words a
-            // list, `items` eight words an item); each thread writes its query's items.
+            // list, `items` eight words an item); each thread writes its query's items and
+            // its row's length.
             unsafe { b.launch(cfg) }.map_err(driver)?;
         }
+        let items = bufs.items.view(nitems * 8)?;
+        let row_len = bufs.row_len.view(rows)?;
         // 5. The scan into rows `stride` apart (4-bit: each item's table quantized there).
-        let mut ss = unsafe { stream.alloc::<u32>(rows * stride) }.map_err(driver)?;
-        let mut sp = unsafe { stream.alloc::<u32>(2 * rows * stride) }.map_err(driver)?;
         {
+            // Each row is written below its length, which is all the selection reads.
+            let mut ss = bufs.rows.scores.words(stream, rows * stride)?;
+            let mut sp = bufs.rows.payloads.words(stream, 2 * rows * stride)?;
             let codes = dev
                 .codes
                 .as_ref()
                 .ok_or_else(|| CudaError::Driver("internal: codes not resident".into()))?;
-            let no_terms;
-            let terms = match &dev.quant.l2_terms {
-                Some((_, d)) => d,
-                None => {
-                    no_terms = unsafe { stream.alloc::<f32>(1) }.map_err(driver)?;
-                    &no_terms
-                }
-            };
             let l2 = u32::from(dev.quant.l2_terms.is_some());
+            let mut b;
+            let cfg;
             if index.layout() == CodeLayout::Packed4x32 {
-                let (m_u, n_u) = (m as u32, nitems as u32);
-                let cfg = LaunchConfig {
+                cfg = LaunchConfig {
                     grid_dim: grid(nitems),
                     block_dim: (256, 1, 1),
                     shared_mem_bytes: (m * (16 * 5 + 8) + 8) as u32,
                 };
-                let mut b = stream.launch_builder(&self.scan4_quantized);
-                b.arg(codes).arg(&items).arg(tables).arg(terms).arg(&p.dead);
-                b.arg(&mut ss).arg(&mut sp).arg(&m_u).arg(&l2).arg(&n_u);
-                // SAFETY: argument types and order match `scan4_quantized`; the items
-                // address resident codes and rows of `ss` / `sp` below each row's length;
-                // shared memory holds the item's float table, ranges and u8 table.
-                unsafe { b.launch(cfg) }.map_err(driver)?;
+                b = stream.launch_builder(&self.scan4_quantized);
             } else {
                 let staged = m * 256 * 4 <= self.scan8_shared;
-                let smem = if staged { (m * 256 * 4) as u32 } else { 0 };
-                let staged = u32::from(staged);
                 let group = quiver_engine::backend::scan_items_per_block(nitems);
-                let (m_u, n_u, g_u) = (m as u32, nitems as u32, group as u32);
-                let cfg = LaunchConfig {
+                cfg = LaunchConfig {
                     grid_dim: grid(nitems.div_ceil(group)),
                     block_dim: (256, 1, 1),
-                    shared_mem_bytes: smem,
+                    shared_mem_bytes: if staged { (m * 256 * 4) as u32 } else { 0 },
                 };
-                let mut b = stream.launch_builder(&self.scan8);
-                b.arg(codes).arg(&items).arg(tables).arg(terms).arg(&p.dead);
-                b.arg(&mut ss)
-                    .arg(&mut sp)
-                    .arg(&m_u)
-                    .arg(&l2)
-                    .arg(&staged)
-                    .arg(&n_u)
-                    .arg(&g_u);
-                // SAFETY: argument types and order match `scan8`; the items address resident
-                // codes and rows of `ss` / `sp` below each row's length.
-                unsafe { b.launch(cfg) }.map_err(driver)?;
+                b = stream.launch_builder(&self.scan8);
             }
+            b.arg(codes).arg(&items).arg(tables);
+            match &dev.quant.l2_terms {
+                Some((_, d)) => b.arg(d),
+                // Never read without L2 terms.
+                None => b.arg(unused),
+            };
+            b.arg(&p.dead).arg(&mut ss).arg(&mut sp);
+            let (m_u, n_u) = (m as u32, nitems as u32);
+            let staged = u32::from(m * 256 * 4 <= self.scan8_shared);
+            let g_u = quiver_engine::backend::scan_items_per_block(nitems) as u32;
+            if index.layout() == CodeLayout::Packed4x32 {
+                b.arg(&m_u).arg(&l2).arg(&n_u);
+            } else {
+                b.arg(&m_u).arg(&l2).arg(&staged).arg(&n_u).arg(&g_u);
+            }
+            // SAFETY: argument types and order match `scan4_quantized` (shared memory holds
+            // the item's float table, ranges and u8 table) or `scan8`; the items address
+            // resident codes and rows of `ss` / `sp` below each row's length.
+            unsafe { b.launch(cfg) }.map_err(driver)?;
         }
         // 6. Each query's best `keep` candidates.
-        let (ks, kp) = self
-            .select_strided_rounds(
-                stream,
-                ss,
-                Some(sp),
-                rows,
-                stride,
-                Some(&row_len),
-                keep,
-                SelectOut::New,
-            )?
-            .ok_or_else(|| CudaError::Driver("internal: no candidates".into()))?;
-        Ok((ks, kp))
+        let ss = bufs.rows.scores.view(rows * stride)?;
+        let sp = bufs.rows.payloads.view(2 * rows * stride)?;
+        let mut ks = bufs.candidates.scores.words(stream, rows * keep)?;
+        let mut kp = bufs.candidates.payloads.words(stream, 2 * rows * keep)?;
+        self.select_strided_rounds(
+            stream,
+            (&ss, Some(&sp)),
+            rows,
+            stride,
+            Some(&row_len),
+            keep,
+            (&mut ks, &mut kp),
+            bufs.rounds,
+        )
     }
 
     /// Steps 3–6 of a tile, fused: `scan8_select` / `scan4_select` build each query's table
     /// in shared memory and score its probed lists in parts of `fused_scan_group` probes, each
     /// part's block writing its best `keep` (no tables or score rows in device memory); one
-    /// `select_strided` round merges a query's parts (none when it has one). `smem`: the
-    /// kernel's dynamic shared memory ([`Self::fused_shared_bytes`]).
+    /// `select_strided` round merges a query's parts (none when it has one: the kernel writes
+    /// the candidates itself). `fused.smem`: the kernel's dynamic shared memory
+    /// ([`Self::fused_shared_bytes`]).
     #[allow(clippy::too_many_arguments)]
     fn fused_scan_select(
         &self,
         stream: &Arc<CudaStream>,
         p: &CudaPrepared,
-        (pp, ps): (&CudaSlice<u32>, &CudaSlice<u32>),
-        queries: &cudarc::driver::CudaView<'_, f32>,
-        factor: f32,
+        (pp, ps): (&CudaView<'_, u32>, &CudaView<'_, u32>),
+        fused: &FusedArgs<'_, '_>,
         rows: usize,
         params: &SearchParams,
-        smem: FusedShared,
-    ) -> Result<Rows, CudaError> {
+        (parts_buf, candidates, rounds): (&mut Pair, &mut Pair, &mut [Pair; 2]),
+    ) -> Result<(), CudaError> {
         let index = p.index_arc();
         let dev = &p.dev;
         let m = index.pq().m();
@@ -612,83 +701,93 @@ impl CudaBackend {
             .codes
             .as_ref()
             .ok_or_else(|| CudaError::Driver("internal: codes not resident".into()))?;
-        let no_terms;
-        let terms = match &dev.quant.l2_terms {
-            Some((_, d)) => d,
-            None => {
-                no_terms = unsafe { stream.alloc::<f32>(1) }.map_err(driver)?;
-                &no_terms
-            }
-        };
-        // SAFETY: every block writes its `keep` entries (padding where a part has fewer).
-        let mut fs = unsafe { stream.alloc::<u32>(blocks * keep) }.map_err(driver)?;
-        let mut fp = unsafe { stream.alloc::<u32>(2 * blocks * keep) }.map_err(driver)?;
-        let l2 = u32::from(dev.quant.l2_terms.is_some());
-        let four_bit = index.layout() == CodeLayout::Packed4x32;
-        let (m_u, rows_u, np_u, g_u) = (m as u32, rows as u32, nprobe as u32, group as u32);
-        let dsub_u = index.pq().dsub() as u32;
-        let by_residual = u32::from(index.params().by_residual());
-        let (keep_u, k_u, t_u) = (keep as u32, shape.queue as u32, shape.thread_queue as u32);
-        let cfg = LaunchConfig {
-            grid_dim: grid(blocks),
-            block_dim: ((FUSED_WARPS * WarpSelectShape::LANES) as u32, 1, 1),
-            shared_mem_bytes: smem.bytes as u32,
-        };
-        let mut b = stream.launch_builder(if four_bit {
-            &self.scan4_select
-        } else {
-            &self.scan8_select
-        });
-        b.arg(codes).arg(pp).arg(ps).arg(&dev.places);
-        b.arg(queries).arg(&dev.quant.codebook).arg(terms);
-        b.arg(&p.dead).arg(&mut fs).arg(&mut fp);
-        b.arg(&m_u).arg(&dsub_u).arg(&factor).arg(&l2);
-        b.arg(&rows_u).arg(&np_u).arg(&g_u).arg(&by_residual);
-        b.arg(&keep_u).arg(&k_u).arg(&t_u);
-        // SAFETY: argument types and order match `scan8_select` and `scan4_select`; each block
-        // reads its query (rows × M · dsub floats), the codebook, its probes and the lists'
-        // resident codes, and writes `keep` entries at its block number × keep, inside
-        // `blocks × keep`; `smem` holds its tables and eight queues of `shape`.
-        unsafe { b.launch(cfg) }.map_err(driver)?;
-        if parts == 1 {
-            return Ok((fs, fp));
+        {
+            // Every block writes its `keep` entries (padding where a part has fewer).
+            let into = if parts == 1 {
+                &mut *candidates
+            } else {
+                &mut *parts_buf
+            };
+            let mut fs = into.scores.words(stream, blocks * keep)?;
+            let mut fp = into.payloads.words(stream, 2 * blocks * keep)?;
+            let l2 = u32::from(dev.quant.l2_terms.is_some());
+            let four_bit = index.layout() == CodeLayout::Packed4x32;
+            let (m_u, rows_u, np_u, g_u) = (m as u32, rows as u32, nprobe as u32, group as u32);
+            let dsub_u = index.pq().dsub() as u32;
+            let by_residual = u32::from(index.params().by_residual());
+            let (keep_u, k_u, t_u) = (keep as u32, shape.queue as u32, shape.thread_queue as u32);
+            let cfg = LaunchConfig {
+                grid_dim: grid(blocks),
+                block_dim: ((FUSED_WARPS * WarpSelectShape::LANES) as u32, 1, 1),
+                shared_mem_bytes: fused.smem.bytes as u32,
+            };
+            let mut b = stream.launch_builder(if four_bit {
+                &self.scan4_select
+            } else {
+                &self.scan8_select
+            });
+            b.arg(codes).arg(pp).arg(ps).arg(&dev.places);
+            b.arg(fused.queries).arg(&dev.quant.codebook);
+            match &dev.quant.l2_terms {
+                Some((_, d)) => b.arg(d),
+                // Never read without L2 terms.
+                None => b.arg(fused.unused),
+            };
+            b.arg(&p.dead).arg(&mut fs).arg(&mut fp);
+            b.arg(&m_u).arg(&dsub_u).arg(&fused.factor).arg(&l2);
+            b.arg(&rows_u).arg(&np_u).arg(&g_u).arg(&by_residual);
+            b.arg(&keep_u).arg(&k_u).arg(&t_u);
+            // SAFETY: argument types and order match `scan8_select` and `scan4_select`; each
+            // block reads its query (rows × M · dsub floats), the codebook, its probes and the
+            // lists' resident codes, and writes `keep` entries at its block number × keep,
+            // inside `blocks × keep`; `smem` holds its tables and eight queues of `shape`.
+            unsafe { b.launch(cfg) }.map_err(driver)?;
         }
+        if parts == 1 {
+            return Ok(());
+        }
+        let fs = parts_buf.scores.view(blocks * keep)?;
+        let fp = parts_buf.payloads.view(2 * blocks * keep)?;
+        let mut ks = candidates.scores.words(stream, rows * keep)?;
+        let mut kp = candidates.payloads.words(stream, 2 * rows * keep)?;
+        let out = (&mut ks, &mut kp);
         self.select_strided_rounds(
             stream,
-            fs,
-            Some(fp),
+            (&fs, Some(&fp)),
             rows,
             parts * keep,
             None,
             keep,
-            SelectOut::New,
-        )?
-        .ok_or_else(|| CudaError::Driver("internal: no candidates".into()))
+            out,
+            rounds,
+        )
     }
 
     /// Top-k rounds over `rows` rows `stride` apart (of `row_len` entries each when given;
-    /// without `payloads`, each entry's payload is (0, its place in its row)), keeping `keep`
-    /// per row; the last round writes to `out` (new buffers, returned, or the
-    /// views given).
+    /// without payloads, each entry's payload is (0, its place in its row)), keeping `keep`
+    /// per row; the last round writes `out`, the ones before it `rounds` in turn.
     #[allow(clippy::too_many_arguments)]
     fn select_strided_rounds(
         &self,
         stream: &Arc<CudaStream>,
-        scores: CudaSlice<u32>,
-        payloads: Option<CudaSlice<u32>>,
+        (scores, payloads): (&CudaView<'_, u32>, Option<&CudaView<'_, u32>>),
         rows: usize,
         stride: usize,
-        row_len: Option<&CudaSlice<u32>>,
+        row_len: Option<&CudaView<'_, u32>>,
         keep: usize,
-        out: SelectOut<'_, '_>,
-    ) -> Result<Option<Rows>, CudaError> {
+        (out_s, out_p): Out<'_, '_>,
+        rounds: &mut [Pair; 2],
+    ) -> Result<(), CudaError> {
         let shape = WarpSelectShape::for_keep(keep.max(1));
         let (k, t) = (shape.queue as u32, shape.thread_queue as u32);
-        let (mut cur_s, mut cur_p, mut stride) = (scores, payloads, stride.max(1));
+        let [even, odd] = rounds;
+        let mut stride = stride.max(1);
         let mut lens = row_len;
-        let mut out = Some(out);
         // Long rows' first round is cut finer, to fill the device (`spread_chunk`).
         let mut chunk = shape.spread_chunk(rows, stride);
+        // Round r (not the last) writes `even` when r is even, `odd` when odd; round r ≥ 1
+        // reads what round r − 1 wrote (`prev` entries).
+        let (mut round, mut prev) = (0usize, 0usize);
         loop {
             let parts = stride.div_ceil(chunk);
             let last = parts == 1;
@@ -706,35 +805,41 @@ impl CudaBackend {
                 keep as u32,
                 u32::from(lens.is_some()),
             );
-            let implicit = u32::from(cur_p.is_none());
+            let (src, dst) = if round % 2 == 0 {
+                (&*odd, &mut *even)
+            } else {
+                (&*even, &mut *odd)
+            };
+            let (in_s, in_p) = if round == 0 {
+                (scores.slice(..), payloads.map(|p| p.slice(..)))
+            } else {
+                (src.scores.view(prev)?, Some(src.payloads.view(2 * prev)?))
+            };
+            let implicit = u32::from(in_p.is_none());
+            // Every chunk writes its `keep` entries: into `out` in the last round.
+            let mut next = match last {
+                true => None,
+                false => Some((
+                    dst.scores.words(stream, blocks * keep)?,
+                    dst.payloads.words(stream, 2 * blocks * keep)?,
+                )),
+            };
             let mut b = stream.launch_builder(&self.select_strided);
-            b.arg(&cur_s);
-            match &cur_p {
+            b.arg(&in_s);
+            match &in_p {
                 Some(p) => b.arg(p),
                 // Never read with `implicit` payloads.
-                None => b.arg(&cur_s),
+                None => b.arg(&in_s),
             };
             match lens {
                 Some(l) => b.arg(l),
                 // Never read without `use_len`.
-                None => b.arg(&cur_s),
+                None => b.arg(&in_s),
             };
-            let mut fresh = None;
-            match (last, out.take()) {
-                (true, Some(SelectOut::Into(s, p))) => {
-                    b.arg(s).arg(p);
-                }
-                (_, o) => {
-                    out = o;
-                    // SAFETY: every chunk writes its `keep` entries.
-                    let s = unsafe { stream.alloc::<u32>(blocks * keep) }.map_err(driver)?;
-                    let p = unsafe { stream.alloc::<u32>(2 * blocks * keep) }.map_err(driver)?;
-                    fresh = Some((s, p));
-                }
-            }
-            if let Some((s, p)) = fresh.as_mut() {
-                b.arg(s).arg(p);
-            }
+            match next.as_mut() {
+                Some((s, p)) => b.arg(s).arg(p),
+                None => b.arg(&mut *out_s).arg(&mut *out_p),
+            };
             b.arg(&rows_u)
                 .arg(&stride_u)
                 .arg(&parts_u)
@@ -745,15 +850,13 @@ impl CudaBackend {
             // row r's entries below its length and writes `keep` entries at (r·parts+p)·keep,
             // inside the output of `blocks × keep` entries.
             unsafe { b.launch(cfg) }.map_err(driver)?;
-            match fresh {
-                Some((s, p)) if !last => {
-                    (cur_s, cur_p, stride) = (s, Some(p), parts * keep);
-                    lens = None;
-                    chunk = shape.chunk;
-                }
-                Some(done) => return Ok(Some(done)),
-                None => return Ok(None),
+            if last {
+                return Ok(());
             }
+            (stride, prev) = (parts * keep, blocks * keep);
+            lens = None;
+            chunk = shape.chunk;
+            round += 1;
         }
     }
 }

@@ -11,7 +11,8 @@
 //!
 //! A device-resident batch (`resident.rs`) runs its upload, kernels and download on one
 //! stream of its own, taken in turn from two ([`Transfers::lane`]), through the same pinned
-//! buffers: a second caller's batch uploads and starts while the first one scans.
+//! buffers: a second caller's batch uploads and starts while the first one scans. Its device
+//! buffers come from a [`Scratch`] kept by its lane between batches.
 //!
 //! Copies from pageable memory would be staged by the driver and block the host; pinned
 //! memory is what lets a copy run asynchronously. Allocating it is slow (pages are locked),
@@ -22,10 +23,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
-    CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, HostSlice, PinnedHostSlice,
+    CudaContext, CudaSlice, CudaStream, CudaViewMut, DevicePtr, DevicePtrMut, HostSlice,
+    PinnedHostSlice,
 };
 
 use crate::backend::{driver, CudaError};
+use crate::scratch::Scratch;
 
 /// Smallest pinned buffer allocated, words (16 KiB).
 const MIN_WORDS: usize = 4096;
@@ -56,6 +59,8 @@ pub(crate) struct Transfers {
     pub(crate) copy: Arc<CudaStream>,
     /// The device-resident batches' streams (copies and kernels of a batch on one).
     lanes: Vec<Arc<CudaStream>>,
+    /// Each lane's working memory not in use by a batch (one per batch it has run at once).
+    scratch: Vec<Mutex<Vec<Scratch>>>,
     next_lane: AtomicUsize,
     pool: Mutex<Vec<PinnedHostSlice<u32>>>,
 }
@@ -89,14 +94,43 @@ impl Transfers {
                 .map(|_| ctx.new_stream().map_err(driver))
                 .collect::<Result<_, _>>()?,
             next_lane: AtomicUsize::new(0),
+            scratch: (0..LANES).map(|_| Mutex::new(Vec::new())).collect(),
             pool: Mutex::new(Vec::new()),
         })
     }
 
-    /// The stream for the next device-resident batch (the lanes in turn).
-    pub(crate) fn lane(&self) -> Arc<CudaStream> {
+    /// The next device-resident batch's lane (the lanes in turn) and its stream.
+    pub(crate) fn lane(&self) -> (usize, Arc<CudaStream>) {
         let i = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
-        self.lanes[i].clone()
+        (i, self.lanes[i].clone())
+    }
+
+    /// Working memory for a batch on `lane`: one the lane kept, or a new, empty one.
+    pub(crate) fn take_scratch(&self, lane: usize) -> Scratch {
+        let mut kept = self.scratch[lane].lock().unwrap_or_else(|e| e.into_inner());
+        kept.pop().unwrap_or_default()
+    }
+
+    /// Keeps `scratch` for the lane's next batch (its batch's results have arrived).
+    pub(crate) fn give_scratch(&self, lane: usize, scratch: Scratch) {
+        let mut kept = self.scratch[lane].lock().unwrap_or_else(|e| e.into_inner());
+        kept.push(scratch);
+    }
+
+    /// Frees what the lanes keep (before an index's memory is counted: its upload may need
+    /// it) and waits until the lanes' streams have freed it.
+    pub(crate) fn trim_scratch(&self) -> Result<(), CudaError> {
+        let mut any = false;
+        for k in &self.scratch {
+            let dropped = std::mem::take(&mut *k.lock().unwrap_or_else(|e| e.into_inner()));
+            any |= !dropped.is_empty();
+        }
+        if any {
+            for lane in &self.lanes {
+                lane.synchronize().map_err(driver)?;
+            }
+        }
+        Ok(())
     }
 
     /// Device memory free now, bytes: the driver's count, plus what the memory pool holds
@@ -178,8 +212,30 @@ impl Transfers {
         data: &[T],
         held: &mut Vec<PinnedHostSlice<u32>>,
     ) -> Result<CudaSlice<u32>, CudaError> {
+        let words = std::mem::size_of_val(data).div_ceil(4).max(1);
+        // SAFETY: the copy below writes every word before any kernel reads it (the stream's
+        // write event orders them).
+        let mut device = unsafe { stream.alloc::<u32>(words) }.map_err(driver)?;
+        self.stage_into(stream, data, &mut device.slice_mut(..), held)?;
+        Ok(device)
+    }
+
+    /// [`Self::stage_on`] into `device` (its first words: `data`'s, rounded up to whole
+    /// words, which it must hold).
+    pub(crate) fn stage_into<T: bytemuck::Pod>(
+        &self,
+        stream: &Arc<CudaStream>,
+        data: &[T],
+        device: &mut CudaViewMut<'_, u32>,
+        held: &mut Vec<PinnedHostSlice<u32>>,
+    ) -> Result<(), CudaError> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let words = bytes.len().div_ceil(4).max(1);
+        if device.len() < words {
+            return Err(CudaError::Driver(
+                "internal: staging buffer too short".into(),
+            ));
+        }
         let mut pinned = self.take(words)?;
         {
             let all = pinned.as_mut_slice().map_err(driver)?;
@@ -187,23 +243,19 @@ impl Transfers {
             dst[..bytes.len()].copy_from_slice(bytes);
             dst[bytes.len()..].fill(0);
         }
-        // SAFETY: the copy below writes every word before any kernel reads it (the stream's
-        // write event orders them).
-        let mut device = unsafe { stream.alloc::<u32>(words) }.map_err(driver)?;
         {
-            // Only `words` words: the pooled buffer may be longer than `device`.
             let (dst, _record_dst) = device.device_ptr_mut(stream);
             // SAFETY: the slice is used only by the copy below, on `stream`.
             let (src, _record_src) = unsafe { pinned.stream_synced_slice(stream) };
-            // SAFETY: `src[..words]` and `dst` both hold `words` u32s; the guards keep both
-            // alive and ordered until the copy is recorded.
+            // SAFETY: `src[..words]` and `device` (at least `words` long) hold `words` u32s;
+            // the guards keep both alive and ordered until the copy is recorded.
             unsafe {
                 cudarc::driver::result::memcpy_htod_async(dst, &src[..words], stream.cu_stream())
             }
             .map_err(driver)?;
         }
         held.push(pinned);
-        Ok(device)
+        Ok(())
     }
 
     /// Starts copying `device` back on the copy stream (after the kernels that write it).
@@ -215,7 +267,7 @@ impl Transfers {
     pub(crate) fn fetch_on(
         &self,
         stream: &Arc<CudaStream>,
-        device: &CudaSlice<u32>,
+        device: &impl DevicePtr<u32>,
     ) -> Result<Fetched, CudaError> {
         let words = device.len();
         let mut buffer = self.take(words)?;

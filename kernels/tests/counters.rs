@@ -225,3 +225,65 @@ fn the_issue_batch_at_100k() {
     let Some(b) = backend() else { return };
     parity::the_issue_batch_at_100k(&b, true);
 }
+
+/// A lane keeps its batches' working memory (item 6 of #32): once each lane has run a batch,
+/// a batch of the same shape, or a smaller one, allocates no device memory (nor, with it, the
+/// two events cudarc creates for every allocation), and answers as the first did. Fused and
+/// unfused paths, 8- and 4-bit.
+#[test]
+fn later_batches_reuse_their_lanes_memory() {
+    let Some((_alone, b)) = counted_backend() else {
+        return;
+    };
+    let (n, dim, nq) = (6000, 32, 64);
+    let g = ClusteredGaussian::new(dim, 12, 0.5, 5);
+    let x = g.rows(0, n);
+    let q = g.rows(n, nq);
+    let unfused = CudaBackend::open(0).expect("open").without_fused_select();
+    for (backend, path) in [(&b, "fused"), (&unfused, "unfused")] {
+        for (metric, bits) in [(Metric::InnerProduct, 8), (Metric::L2, 4)] {
+            let mut p = IndexParams::new(metric, dim, 32, 8);
+            p.pq_bits = bits;
+            p.refine = RefineKind::F16;
+            let mut idx = IvfPqIndex::train(p, &x, &NoProgress).expect("train");
+            idx.add(&x, None, &NoProgress).expect("add");
+            let prepared = backend.prepare(Arc::new(idx)).expect("prepare");
+            let params = SearchParams {
+                k: 10,
+                nprobe: 8,
+                refine_factor: 10,
+            };
+            let label = format!("{path} {metric} {bits}-bit");
+            let before = backend.counters().expect("counts");
+            // One batch on each of the two lanes.
+            let first = backend.search(&prepared, &q, &params).expect("search");
+            backend.search(&prepared, &q, &params).expect("search");
+            let warm = backend.counters().expect("counts").since(&before);
+            assert!(warm.allocs > 0, "{label}: the first batches allocate");
+            let before = backend.counters().expect("counts");
+            for _ in 0..3 {
+                let again = backend.search(&prepared, &q, &params).expect("search");
+                assert_eq!(again.ids, first.ids, "{label}: ids");
+                let bits_of = |d: &[f32]| d.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits_of(&again.distances),
+                    bits_of(&first.distances),
+                    "{label}"
+                );
+            }
+            let half = backend
+                .search(&prepared, &q[..nq / 2 * dim], &params)
+                .expect("search");
+            assert_eq!(
+                half.ids,
+                first.ids[..nq / 2 * 10],
+                "{label}: half the batch"
+            );
+            let later = backend.counters().expect("counts").since(&before);
+            println!("{label}: first two batches {warm:?}; four later ones {later:?}");
+            assert_eq!(later.allocs, 0, "{label}: later batches allocate nothing");
+            assert_eq!(later.h2d_copies, 4, "{label}: one upload a batch");
+            assert_eq!(later.d2h_copies, 4, "{label}: one download a batch");
+        }
+    }
+}
