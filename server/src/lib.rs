@@ -36,4 +36,5 @@ pub mod service;
 pub mod signals;
 pub mod status;
 pub mod tls;
+pub mod unknown_method;
 pub mod writes;

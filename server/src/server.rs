@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tonic::codec::CompressionEncoding;
 
 use tokio_stream::StreamExt;
 
@@ -142,9 +143,13 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let limit = config.limits.max_message_bytes;
+    // Requests may come compressed (gzip, deflate: what gRPC clients offer); answers go
+    // uncompressed, which every client reads, without spending CPU on them.
     let service = QuiverServer::new(QuiverService::new(registry.clone()))
         .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
+        .max_encoding_message_size(limit)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Deflate);
 
     // Qdrant's APIs: bound now (a bad address fails the start), served until shutdown begins.
     let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
@@ -193,6 +198,7 @@ pub async fn serve(
     tokio::spawn(reload_on_sighup(hangups, tls.clone()));
     let router = tonic::transport::Server::builder()
         .layer(crate::request_id::RequestIdLayer)
+        .layer(crate::unknown_method::NameUnknownMethodLayer)
         .layer(AuthLayer::new(
             Arc::new(config.api_keys.clone()),
             registry.limiter().clone(),
@@ -282,22 +288,31 @@ async fn serve_qdrant_grpc(
     let limit = config.limits.max_message_bytes;
     let router = tonic::transport::Server::builder()
         .layer(crate::request_id::RequestIdLayer)
+        .layer(crate::unknown_method::NameUnknownMethodLayer)
         .layer(AuthLayer::new(
             Arc::new(config.api_keys.clone()),
             registry.limiter().clone(),
             registry.metrics().clone(),
         ))
         .layer(WriteAdmissionLayer::new(registry.write_budget().clone()))
-        .add_service(QdrantServer::new(svc.clone()))
+        .add_service(
+            QdrantServer::new(svc.clone())
+                .accept_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Deflate),
+        )
         .add_service(
             CollectionsServer::new(svc.clone())
                 .max_decoding_message_size(limit)
-                .max_encoding_message_size(limit),
+                .max_encoding_message_size(limit)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Deflate),
         )
         .add_service(
             PointsServer::new(svc)
                 .max_decoding_message_size(limit)
-                .max_encoding_message_size(limit),
+                .max_encoding_message_size(limit)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Deflate),
         );
     let task = tokio::spawn(async move {
         let r = match tls {

@@ -1,9 +1,13 @@
-//! Key paths into a payload: `source`, `meta.source`, `authors[].name`, `tags[0]`.
+//! Key paths into a payload: `source`, `meta.source`, `authors[].name`, `tags[0]`,
+//! `grid[][1]`, `meta."dotted.key"`.
 //!
-//! A path is keys joined by dots; `[]` after a key says "each element of this array" and `[i]`
-//! picks one element. Arrays met along a path are traversed whether or not `[]` is written (so
-//! `authors.name` reaches every author's name), and an array at the end of a path stands for its
-//! elements: a condition on `tags` holds when it holds for any element.
+//! A path is keys joined by dots (a key holding a dot or a bracket is written in double
+//! quotes); `[]` after a key stands for each element of the array there (Qdrant's wildcard:
+//! `grid[][1]` is element 1 of every inner array of `grid`, `grid[][]` every inner array's
+//! elements) and `[i]` picks one element. Arrays met by a key along a path are also traversed
+//! (a Quiver extension: `authors.name` reaches every author's name, where Qdrant reaches
+//! nothing), and an array at the end of a path stands for its elements: a condition on `tags`
+//! holds when it holds for any element.
 
 use serde_json::{Map, Value};
 
@@ -17,6 +21,8 @@ enum Step {
     Key(String),
     /// One element of an array.
     Index(usize),
+    /// Each element of an array (`[]`).
+    Each,
 }
 
 /// A parsed key path.
@@ -36,31 +42,50 @@ impl KeyPath {
             return Err(format!("the key is longer than {MAX_KEY_BYTES} bytes"));
         }
         let mut steps = Vec::new();
-        for part in text.split('.') {
-            let (name, mut rest) = match part.find('[') {
-                Some(i) => (&part[..i], &part[i..]),
-                None => (part, ""),
-            };
+        let mut rest = text;
+        loop {
+            // A key: quoted, or up to the next `.` or `[`.
+            let name;
+            if let Some(quoted) = rest.strip_prefix('"') {
+                let Some(close) = quoted.find('"') else {
+                    return Err(format!("`{text}` has an unclosed `\"`"));
+                };
+                name = &quoted[..close];
+                rest = &quoted[close + 1..];
+            } else {
+                let end = rest.find(['.', '[']).unwrap_or(rest.len());
+                name = &rest[..end];
+                if name.contains('"') {
+                    return Err(format!("`{text}`: a quote may only open a key"));
+                }
+                rest = &rest[end..];
+            }
             if name.is_empty() {
-                return Err(format!("`{text}` has an empty key between dots"));
+                return Err(format!("`{text}` has an empty key"));
             }
             steps.push(Step::Key(name.to_string()));
-            while !rest.is_empty() {
-                let Some(close) = rest.find(']') else {
+            while let Some(after) = rest.strip_prefix('[') {
+                let Some(close) = after.find(']') else {
                     return Err(format!("`{text}` has an unclosed `[`"));
                 };
-                let inner = &rest[1..close];
-                if !inner.is_empty() {
-                    let i = inner
-                        .parse::<usize>()
-                        .map_err(|_| format!("`{text}`: `[{inner}]` is not an array index"))?;
-                    steps.push(Step::Index(i));
-                }
-                rest = &rest[close + 1..];
-                if !rest.is_empty() && !rest.starts_with('[') {
-                    return Err(format!("`{text}`: unexpected `{rest}` after `]`"));
-                }
+                let inner = &after[..close];
+                steps.push(if inner.is_empty() {
+                    Step::Each
+                } else {
+                    Step::Index(
+                        inner
+                            .parse::<usize>()
+                            .map_err(|_| format!("`{text}`: `[{inner}]` is not an array index"))?,
+                    )
+                });
+                rest = &after[close + 1..];
             }
+            if rest.is_empty() {
+                break;
+            }
+            rest = rest
+                .strip_prefix('.')
+                .ok_or_else(|| format!("`{text}`: unexpected `{rest}` after `]`"))?;
         }
         Ok(KeyPath {
             text: text.to_string(),
@@ -111,6 +136,11 @@ fn walk<'a>(v: &'a Value, steps: &[Step], out: &mut Vec<&'a Value>) {
                 walk(e, &steps[1..], out);
             }
         }
+        (Value::Array(a), Step::Each) => {
+            for e in a {
+                walk(e, &steps[1..], out);
+            }
+        }
         (Value::Array(a), Step::Key(_)) => {
             for e in a {
                 walk(e, steps, out);
@@ -134,6 +164,16 @@ mod tests {
         v.as_object().unwrap().clone()
     }
 
+    /// The values key `k` reaches in `p`.
+    fn values_at(p: &Map<String, Value>, k: &str) -> Vec<Value> {
+        KeyPath::parse(k)
+            .unwrap()
+            .values(p)
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
     #[test]
     fn paths_reach_nested_keys_and_array_elements() {
         let p = obj(json!({
@@ -141,14 +181,7 @@ mod tests {
             "meta": {"lang": "en", "tags": ["a", "b"]},
             "authors": [{"name": "x"}, {"name": "y"}, {"other": 1}],
         }));
-        let vals = |k: &str| -> Vec<Value> {
-            KeyPath::parse(k)
-                .unwrap()
-                .values(&p)
-                .into_iter()
-                .cloned()
-                .collect()
-        };
+        let vals = |k: &str| values_at(&p, k);
         assert_eq!(vals("source"), vec![json!("torch")]);
         assert_eq!(vals("meta.lang"), vec![json!("en")]);
         assert_eq!(vals("meta.tags"), vec![json!("a"), json!("b")]);
@@ -160,9 +193,56 @@ mod tests {
         assert!(vals("source.deeper").is_empty());
     }
 
+    /// Qdrant's wildcard (`[]`) and quoted keys, as qdrant-client's local mode resolves them.
+    #[test]
+    fn wildcards_flatten_each_level_and_quoted_keys_hold_dots() {
+        let p = obj(json!({
+            "grid": [[1, 2], [3, 4], [5, 6]],
+            "meta": {"lang": "en"},
+            "the": {"nested.key": "cuckoo", "a[0]": 7},
+            "location": [{"counts": [1, 2]}, {"counts": [3]}],
+        }));
+        let vals = |k: &str| values_at(&p, k);
+        assert_eq!(vals("grid[][1]"), vec![json!(2), json!(4), json!(6)]);
+        assert_eq!(
+            vals("grid[][]"),
+            (1..=6).map(|i| json!(i)).collect::<Vec<_>>()
+        );
+        assert_eq!(vals("grid[0][]"), vec![json!(1), json!(2)]);
+        assert_eq!(vals("grid[0][1]"), vec![json!(2)]);
+        // An array at the end stands for its elements, as Qdrant's checks take it.
+        let inner = KeyPath::parse("grid[]").unwrap();
+        assert_eq!(
+            inner.resolve(&p),
+            vec![&json!([1, 2]), &json!([3, 4]), &json!([5, 6])]
+        );
+        assert_eq!(vals("grid[]"), vals("grid[][]"));
+        assert_eq!(
+            vals("location[].counts"),
+            vec![json!(1), json!(2), json!(3)]
+        );
+        // `[]` where there is no array reaches nothing.
+        assert!(vals("meta[].lang").is_empty());
+        assert_eq!(vals(r#"the."nested.key""#), vec![json!("cuckoo")]);
+        assert_eq!(vals(r#"the."a[0]""#), vec![json!(7)]);
+        assert_eq!(vals(r#""the"."nested.key""#), vec![json!("cuckoo")]);
+    }
+
     #[test]
     fn bad_paths_are_refused() {
-        for bad in ["", "a..b", ".a", "a[", "a[x]", "a[]b", &"k".repeat(600)] {
+        for bad in [
+            "",
+            "a..b",
+            ".a",
+            "a.",
+            "a[",
+            "a[x]",
+            "a[]b",
+            r#"a."b"#,
+            r#"a"b"#,
+            r#"a.""#,
+            &"k".repeat(600),
+        ] {
             assert!(KeyPath::parse(bad).is_err(), "{bad}");
         }
     }

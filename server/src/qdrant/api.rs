@@ -20,6 +20,7 @@ use quiver_engine::payload::fields::{FieldSpec, FieldType};
 use quiver_engine::Metric;
 use quiver_store::wal::PayloadEdit;
 use quiver_store::{IndexConfig, UpsertMode};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tonic::Status;
 
@@ -133,6 +134,61 @@ impl Datatype {
     }
 }
 
+/// What both ports answer to a collection created without a dense vector (Qdrant allows
+/// sparse-only and vector-less collections).
+pub const NO_DENSE_VECTOR: &str =
+    "vectors: a collection without a dense vector (give `size` and `distance`)";
+
+/// How the client wrote the vector's parameters, kept so that `GetCollectionInfo` answers in
+/// the same form: under the name `""` (`{"": {…}}`, the form LangChain writes and then reads
+/// back as `vectors[""]`) or unnamed, and what it said of `on_disk` and `datatype`. Kept in the
+/// collection's settings under [`VectorForm::KEY`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VectorForm {
+    /// Given as the vector named `""`.
+    #[serde(default)]
+    pub named: bool,
+    /// `on_disk`, as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_disk: Option<bool>,
+    /// `datatype` was given (as what it says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datatype: Option<DatatypeName>,
+}
+
+/// A `datatype` as the client named it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatatypeName {
+    /// `float32`.
+    Float32,
+    /// `float16`.
+    Float16,
+}
+
+impl From<Datatype> for DatatypeName {
+    fn from(d: Datatype) -> Self {
+        match d {
+            Datatype::Float32 => DatatypeName::Float32,
+            Datatype::Float16 => DatatypeName::Float16,
+        }
+    }
+}
+
+impl VectorForm {
+    /// Its key in the settings.
+    pub const KEY: &'static str = "vectors";
+
+    /// The form kept in `settings` (the default when there is none: collections made before
+    /// it was kept).
+    fn of(settings: &Map<String, Value>) -> VectorForm {
+        settings
+            .get(Self::KEY)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default()
+    }
+}
+
 /// A collection to create. `settings` holds, in REST form, what the client gave of
 /// `hnsw_config`, `wal_config`, `optimizers_config`, `quantization_config` and `metadata`.
 #[derive(Debug, Clone)]
@@ -151,6 +207,8 @@ pub struct CreateSpec {
     pub shards: u32,
     /// Replicas of each shard (`replication_factor`; 0: 1).
     pub replication: u32,
+    /// How the vector's parameters were written.
+    pub form: VectorForm,
 }
 
 /// What a collection is, for `GetCollectionInfo`.
@@ -186,6 +244,8 @@ pub struct InfoView {
     pub shards: u32,
     /// Replicas of each shard.
     pub replication: u32,
+    /// How the vector's parameters were written at creation.
+    pub form: VectorForm,
 }
 
 /// A point to upsert.
@@ -417,7 +477,11 @@ impl QdrantApi {
         .map_err(|s| rename_field(s, "dim", "vectors.size"))?;
         meta.index.train_at = train_at(&spec.settings, spec.dim, &quiver)?;
         check_settings(&spec.settings)?;
-        meta.settings = Value::Object(spec.settings);
+        let mut settings = spec.settings;
+        let form = serde_json::to_value(&spec.form)
+            .map_err(|e| Status::internal(format!("the vector form: {e}")))?;
+        settings.insert(VectorForm::KEY.into(), form);
+        meta.settings = Value::Object(settings);
         // A single server holds one shard of one replica whatever is asked (as a single
         // Qdrant node does); a cluster node makes what is asked.
         let (shards, replication) = match self.router.is_cluster() {
@@ -521,6 +585,7 @@ impl QdrantApi {
                 .collect(),
             shards: state.shards,
             replication: state.replication,
+            form: VectorForm::of(&settings),
         })
     }
 

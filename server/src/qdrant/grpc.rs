@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 use tonic::{Request, Response, Status};
 
 use super::api::{
-    CreateSpec, Datatype, Distance, InfoView, PayloadSel, PointIn, QdrantApi, QuerySpec,
-    QueryVector, Record, Scored, Selector,
+    CreateSpec, Datatype, DatatypeName, Distance, InfoView, PayloadSel, PointIn, QdrantApi,
+    QuerySpec, QueryVector, Record, Scored, Selector, VectorForm, NO_DENSE_VECTOR,
 };
 use super::filter::{from_grpc, point_id, point_key};
 use super::proto::{
@@ -497,6 +497,37 @@ fn u64_of(o: &Map<String, Value>, k: &str) -> Option<u64> {
     o.get(k).and_then(Value::as_u64)
 }
 
+/// The collection's vector parameters in the form they were given (unnamed, or as the vector
+/// named `""`), with `on_disk` and `datatype` when given.
+fn vectors_proto(v: &InfoView) -> proto::VectorsConfig {
+    use proto::vectors_config::Config;
+    let params = proto::VectorParams {
+        size: v.dim,
+        distance: match v.distance {
+            Distance::Cosine => proto::Distance::Cosine,
+            Distance::Euclid => proto::Distance::Euclid,
+            Distance::Dot => proto::Distance::Dot,
+        } as i32,
+        on_disk: v.form.on_disk,
+        // Qdrant's `Datatype` enum: 1 float32, 3 float16.
+        datatype: v.form.datatype.map(|d| match d {
+            DatatypeName::Float32 => 1,
+            DatatypeName::Float16 => 3,
+        }),
+        ..Default::default()
+    };
+    let config = if v.form.named {
+        Config::ParamsMap(proto::VectorParamsMap {
+            map: [(String::new(), params)].into_iter().collect(),
+        })
+    } else {
+        Config::Params(params)
+    };
+    proto::VectorsConfig {
+        config: Some(config),
+    }
+}
+
 fn info_proto(v: InfoView) -> proto::CollectionInfo {
     let h = &v.hnsw;
     let w = &v.wal;
@@ -516,17 +547,7 @@ fn info_proto(v: InfoView) -> proto::CollectionInfo {
             params: Some(proto::CollectionParams {
                 shard_number: v.shards,
                 on_disk_payload: true,
-                vectors_config: Some(proto::VectorsConfig {
-                    config: Some(proto::vectors_config::Config::Params(proto::VectorParams {
-                        size: v.dim,
-                        distance: match v.distance {
-                            Distance::Cosine => proto::Distance::Cosine,
-                            Distance::Euclid => proto::Distance::Euclid,
-                            Distance::Dot => proto::Distance::Dot,
-                        } as i32,
-                        ..Default::default()
-                    })),
-                }),
+                vectors_config: Some(vectors_proto(&v)),
                 replication_factor: Some(v.replication),
                 write_consistency_factor: Some(1),
             }),
@@ -661,13 +682,15 @@ impl Collections for QdrantGrpc {
                 return Err(unsupported("strict_mode_config"));
             }
             use proto::vectors_config::Config;
+            let named = matches!(
+                r.vectors_config.as_ref().and_then(|v| v.config.as_ref()),
+                Some(Config::ParamsMap(_))
+            );
             let params =
                 match r.vectors_config.as_ref().and_then(|v| v.config.as_ref()) {
-                    None => {
-                        return Err(invalid(
-                            "vectors_config",
-                            "missing: the vector size and distance are required",
-                        ))
+                    None => return Err(unsupported(NO_DENSE_VECTOR)),
+                    Some(Config::ParamsMap(m)) if m.map.is_empty() => {
+                        return Err(unsupported(NO_DENSE_VECTOR))
                     }
                     Some(Config::Params(p)) => *p,
                     Some(Config::ParamsMap(m)) => match m.map.get("") {
@@ -691,15 +714,22 @@ impl Collections for QdrantGrpc {
                 )?,
                 &r.metadata,
             )?;
+            let datatype = Datatype::from_grpc("vectors_config.datatype", params.datatype)?;
+            let form = VectorForm {
+                named,
+                on_disk: params.on_disk,
+                datatype: params.datatype.map(|_| datatype.into()),
+            };
             self.api
                 .create(CreateSpec {
                     name: r.collection_name,
                     dim: params.size,
                     distance: distance(params.distance)?,
-                    datatype: Datatype::from_grpc("vectors_config.datatype", params.datatype)?,
+                    datatype,
                     settings: s,
                     shards: r.shard_number.unwrap_or(0),
                     replication: r.replication_factor.unwrap_or(0),
+                    form,
                 })
                 .await?;
             Ok(Response::new(proto::CollectionOperationResponse {

@@ -24,7 +24,7 @@ use tonic::{Code, Status};
 
 use super::api::{
     CreateSpec, Datatype, Distance, InfoView, PayloadSel, PointIn, QdrantApi, QuerySpec,
-    QueryVector, Record, Scored, Selector,
+    QueryVector, Record, Scored, Selector, VectorForm, NO_DENSE_VECTOR,
 };
 use super::filter::from_rest;
 use super::ids::PointKey;
@@ -676,6 +676,23 @@ fn scored_json(s: Scored) -> Value {
     })
 }
 
+/// The collection's vector parameters in the form they were given (unnamed, or as the vector
+/// named `""`), with `on_disk` and `datatype` when given.
+fn vectors_json(v: &InfoView) -> Value {
+    let mut params = json!({"size": v.dim, "distance": v.distance.name()});
+    if let Some(on_disk) = v.form.on_disk {
+        params["on_disk"] = json!(on_disk);
+    }
+    if let Some(d) = v.form.datatype {
+        params["datatype"] = json!(d);
+    }
+    if v.form.named {
+        json!({ "": params })
+    } else {
+        params
+    }
+}
+
 fn info_json(v: InfoView) -> Value {
     let schema: Map<String, Value> = v
         .fields
@@ -701,7 +718,7 @@ fn info_json(v: InfoView) -> Value {
         "indexed_vectors_count": v.indexed,
         "config": {
             "params": {
-                "vectors": {"size": v.dim, "distance": v.distance.name()},
+                "vectors": vectors_json(&v),
                 "shard_number": v.shards,
                 "replication_factor": v.replication,
                 "write_consistency_factor": 1,
@@ -723,8 +740,10 @@ type Peer = ConnectInfo<PeerAddr>;
 
 async fn root() -> Response {
     axum::Json(json!({
-        "title": format!("quiver {} (Qdrant API)", env!("CARGO_PKG_VERSION")),
+        // Qdrant's own title: clients (LangChain among them) recognise a Qdrant server by it.
+        "title": "qdrant - vector search engine",
         "version": super::API_VERSION,
+        "engine": format!("quiver {}", env!("CARGO_PKG_VERSION")),
     }))
     .into_response()
 }
@@ -816,13 +835,11 @@ async fn create(
                 return Err(unsupported("strict_mode_config"));
             }
             let vectors = object_in("vectors", b.get("vectors"))?;
-            let params = if vectors.contains_key("size") {
+            let named = !vectors.contains_key("size");
+            let params = if !named {
                 vectors
             } else if vectors.is_empty() {
-                return Err(invalid(
-                    "vectors",
-                    "missing: the vector size and distance are required",
-                ));
+                return Err(unsupported(NO_DENSE_VECTOR));
             } else {
                 match vectors.get("") {
                     Some(Value::Object(p)) if vectors.len() == 1 => p.clone(),
@@ -853,6 +870,19 @@ async fn create(
                 "vectors.datatype",
                 params.get("datatype").and_then(Value::as_str),
             )?;
+            let on_disk = match params.get("on_disk") {
+                None | Some(Value::Null) => None,
+                Some(Value::Bool(b)) => Some(*b),
+                Some(_) => return Err(invalid("vectors.on_disk", "expected true or false")),
+            };
+            let form = VectorForm {
+                named,
+                on_disk,
+                datatype: params
+                    .get("datatype")
+                    .filter(|d| !d.is_null())
+                    .map(|_| datatype.into()),
+            };
             let settings = settings_in(&b, Some(&params))?;
             let shards = u32_in("shard_number", b.get("shard_number"))?;
             let replication = u32_in("replication_factor", b.get("replication_factor"))?;
@@ -865,6 +895,7 @@ async fn create(
                     settings,
                     shards,
                     replication,
+                    form,
                 })
                 .await?;
             Ok(json!(true))
