@@ -68,6 +68,9 @@ def gather_ways(words_per_row=256, trials=20000, seed=7):
 
 
 WAYS_8BIT = gather_ways()
+# The same gathers from compact 8-bit tables (docs/GPU.md, "Compact tables"): 256 f16 entries
+# are 128 words, 256 u8 entries 64 (entries sharing a word are one broadcast).
+TABLE_WAYS = {"f32": WAYS_8BIT, "f16": gather_ways(128), "u8": gather_ways(64)}
 
 
 # A dependent step of a lone warp that waits on memory: a load from HBM (or from L2, for
@@ -237,8 +240,12 @@ def quiver(a, nprobe, e):
     build_l2 = parts * table * dsub * 4
     fold = nprobe * table * 2 / LANES if a.l2 else 0
     quant = nprobe * table * 6 / LANES if bits == 4 else 0  # 4-bit: each item's quantization
+    if bits == 8 and a.tables == "u8":
+        # u8 tables: quantized as the 4-bit ones, once a part (IP) or an item (L2's fold).
+        quant = (nprobe if a.l2 else parts) * table * 6 / LANES
     if bits == 8:
-        entry_smem, per_entry_issue = m / LANES * WAYS_8BIT, m * 3 / LANES + 6 / LANES
+        ways = TABLE_WAYS[a.tables]
+        entry_smem, per_entry_issue = m / LANES * ways, m * 3 / LANES + 6 / LANES
     else:
         entry_smem = m / (4 * LANES)
         per_entry_issue = m * (15 + 1 / 4) / 4 / LANES + 6 / LANES
@@ -337,6 +344,9 @@ def main():
     ap.add_argument("--skew", type=float, default=None,
                     help="sum(s^2)/sum(s) over the mean list size (default 1: equal lists)")
     ap.add_argument("--list-sizes", help="a file of list sizes, one a line (sets --skew)")
+    ap.add_argument("--tables", default="f32", choices=sorted(TABLE_WAYS),
+                    help="8-bit codes: the look-up tables' element type (f16, u8: compact tables, "
+                    "not built yet; f32 today)")
     ap.add_argument("--gpu", default="h100", choices=sorted(GPUS))
     ap.add_argument("--quiver-only", action="store_true", help="skip the cuVS model")
     a = ap.parse_args()
