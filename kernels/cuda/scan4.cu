@@ -172,25 +172,21 @@ __device__ QuantizedItem quantize_item(
     }
     __syncthreads();
     // Each sub-table's minimum and maximum: 16 lanes a sub-table, each reading one value
-    // (consecutive words: no bank conflict), reduced by shuffles that keep, among equal
-    // values, the first — what the CPU's `x < a ? x : a` in order keeps (−0 and +0 are equal
-    // there). Whole warps loop (n is a multiple of 16; the block of 32).
+    // (consecutive words: no bank conflict), reduced by shuffles as the CPU's tree
+    // (`fastscan::min_max16`) reduces them: values 8 apart, then 4, 2, 1, each step keeping
+    // `lower < upper ? lower : upper` of the value from the lower position and the one from
+    // the upper (and the same for the maximum), so ties, signed zeros and all come out as
+    // the CPU's. Whole warps loop (n is a multiple of 16; the block of 32).
     for (unsigned int i = threadIdx.x; i < ((n + 31u) & ~31u); i += blockDim.x) {
         float a = i < n ? f[i] : 0.0f, b = a;
-        unsigned int ja = i & 15u, jb = ja;
-        for (unsigned int d = 1; d < 16u; d <<= 1) {
+        for (unsigned int d = 8; d > 0; d >>= 1) {
             const float oa = __shfl_xor_sync(FULL_MASK, a, d);
             const float ob = __shfl_xor_sync(FULL_MASK, b, d);
-            const unsigned int oja = __shfl_xor_sync(FULL_MASK, ja, d);
-            const unsigned int ojb = __shfl_xor_sync(FULL_MASK, jb, d);
-            if (oa < a || (oa == a && oja < ja)) {
-                a = oa;
-                ja = oja;
-            }
-            if (ob > b || (ob == b && ojb < jb)) {
-                b = ob;
-                jb = ojb;
-            }
+            const bool low = (i & d) == 0;
+            const float a_lo = low ? a : oa, a_hi = low ? oa : a;
+            const float b_lo = low ? b : ob, b_hi = low ? ob : b;
+            a = a_lo < a_hi ? a_lo : a_hi;
+            b = b_lo > b_hi ? b_lo : b_hi;
         }
         if (i < n && (i & 15u) == 0) {
             lo[i / 16] = a;

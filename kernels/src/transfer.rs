@@ -38,6 +38,9 @@ const POOL_SIZE: usize = 16;
 /// Streams a device-resident batch runs on, taken in turn: two callers' batches overlap (one's
 /// upload and coarse stage under the other's scan) instead of queueing on one stream.
 const LANES: usize = 2;
+/// Working memories a lane keeps for its next batches: one per batch it runs at once, up to
+/// this many (more callers at once allocate theirs and free them after).
+const KEPT_PER_LANE: usize = 2;
 
 /// The device's default memory pool (its handle: a driver object that lives as long as the
 /// context).
@@ -59,7 +62,8 @@ pub(crate) struct Transfers {
     pub(crate) copy: Arc<CudaStream>,
     /// The device-resident batches' streams (copies and kernels of a batch on one).
     lanes: Vec<Arc<CudaStream>>,
-    /// Each lane's working memory not in use by a batch (one per batch it has run at once).
+    /// Each lane's working memory not in use by a batch (one per batch it has run at once, up
+    /// to [`KEPT_PER_LANE`]).
     scratch: Vec<Mutex<Vec<Scratch>>>,
     next_lane: AtomicUsize,
     pool: Mutex<Vec<PinnedHostSlice<u32>>>,
@@ -111,10 +115,13 @@ impl Transfers {
         kept.pop().unwrap_or_default()
     }
 
-    /// Keeps `scratch` for the lane's next batch (its batch's results have arrived).
+    /// Keeps `scratch` for the lane's next batch (its batch's results have arrived), unless
+    /// the lane keeps [`KEPT_PER_LANE`] already: then it is freed.
     pub(crate) fn give_scratch(&self, lane: usize, scratch: Scratch) {
         let mut kept = self.scratch[lane].lock().unwrap_or_else(|e| e.into_inner());
-        kept.push(scratch);
+        if kept.len() < KEPT_PER_LANE {
+            kept.push(scratch);
+        }
     }
 
     /// Frees what the lanes keep (before an index's memory is counted: its upload may need

@@ -4,7 +4,7 @@
 // in its low nibble and entry `j + 16`'s in its high nibble) in the GPU layout
 // (engine/src/interleave.rs: sub-quantizers regrouped in quads, `mq × 16` bytes a block with
 // mq = M rounded up to 4; read through `code_at`) and the same quantized tables (quantized on
-// the host by the CPU code), so the u32 sum equals the CPU's u16 sum and the score
+// the host by the CPU code), so the sum, wrapped at 16 bits, equals the CPU's u16 sum and the score
 // `base + sum / scale + offset` is computed with the same operations. One workgroup per
 // (query, probed list); deleted entries score +inf.
 // The work item's table (M × 16 bytes) is first staged in workgroup memory, as
@@ -102,7 +102,7 @@ fn main(
             let nib = (code_at(b0, s, v % 16u) >> shift) & 15u;
             sum += table_byte(t0 + s * 16u + nib);
         }
-        out_score[it.out + i] = (qp.x + f32(sum) / qp.y) + it.offset;
+        out_score[it.out + i] = (qp.x + f32(sum & 0xffffu) / qp.y) + it.offset;
         out_payload[it.out + i] = vec2<u32>(0u, slot);
     }
 }
@@ -120,7 +120,7 @@ fn score4(byte_off: u32, i: u32, m: u32, base: f32, scale: f32, offset: f32) -> 
         let nib = (code_at(b0, s, v % 16u) >> shift) & 15u;
         sum += lut_byte(s * 16u + nib);
     }
-    return (base + f32(sum) / scale) + offset;
+    return (base + f32(sum & 0xffffu) / scale) + offset;
 }
 
 // Scores the item's entries from its u8 table staged in `lut`: the integer sum of each

@@ -44,20 +44,21 @@ impl KeyPath {
         let mut steps = Vec::new();
         let mut rest = text;
         loop {
-            // A key: quoted, or up to the next `.` or `[`.
+            // A key: quoted (a `"` opening it, another closing it, something between), or up
+            // to the next `.` or `[` (quotes there are part of the key, as before quoting
+            // existed: keys stored in older segments keep their meaning).
+            let quoted = rest.strip_prefix('"').and_then(|q| {
+                q.find('"')
+                    .filter(|&close| close > 0)
+                    .map(|close| (&q[..close], &q[close + 1..]))
+            });
             let name;
-            if let Some(quoted) = rest.strip_prefix('"') {
-                let Some(close) = quoted.find('"') else {
-                    return Err(format!("`{text}` has an unclosed `\"`"));
-                };
-                name = &quoted[..close];
-                rest = &quoted[close + 1..];
+            if let Some((inner, after)) = quoted {
+                name = inner;
+                rest = after;
             } else {
                 let end = rest.find(['.', '[']).unwrap_or(rest.len());
                 name = &rest[..end];
-                if name.contains('"') {
-                    return Err(format!("`{text}`: a quote may only open a key"));
-                }
                 rest = &rest[end..];
             }
             if name.is_empty() {
@@ -69,14 +70,18 @@ impl KeyPath {
                     return Err(format!("`{text}` has an unclosed `[`"));
                 };
                 let inner = &after[..close];
+                let index = || {
+                    inner
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                        .then(|| inner.parse::<usize>().ok())
+                        .flatten()
+                        .ok_or_else(|| format!("`{text}`: `[{inner}]` is not an array index"))
+                };
                 steps.push(if inner.is_empty() {
                     Step::Each
                 } else {
-                    Step::Index(
-                        inner
-                            .parse::<usize>()
-                            .map_err(|_| format!("`{text}`: `[{inner}]` is not an array index"))?,
-                    )
+                    Step::Index(index()?)
                 });
                 rest = &after[close + 1..];
             }
@@ -228,6 +233,16 @@ mod tests {
         assert_eq!(vals(r#""the"."nested.key""#), vec![json!("cuckoo")]);
     }
 
+    /// Keys older segments may hold (quotes inside a key, an unclosed or empty quote) still
+    /// parse, as one literal key each.
+    #[test]
+    fn quotes_that_do_not_quote_a_key_are_part_of_it() {
+        let p = obj(json!({"a\"b": 1, "\"c": {"d": 2}, "\"\"": 3}));
+        assert_eq!(values_at(&p, "a\"b"), vec![json!(1)]);
+        assert_eq!(values_at(&p, "\"c.d"), vec![json!(2)]);
+        assert_eq!(values_at(&p, "\"\""), vec![json!(3)]);
+    }
+
     #[test]
     fn bad_paths_are_refused() {
         for bad in [
@@ -238,9 +253,7 @@ mod tests {
             "a[",
             "a[x]",
             "a[]b",
-            r#"a."b"#,
-            r#"a"b"#,
-            r#"a.""#,
+            "a[+1]",
             &"k".repeat(600),
         ] {
             assert!(KeyPath::parse(bad).is_err(), "{bad}");

@@ -610,7 +610,8 @@ impl Qdrant for QdrantGrpc {
         _req: Request<proto::HealthCheckRequest>,
     ) -> Result<Response<proto::HealthCheckReply>, Status> {
         Ok(Response::new(proto::HealthCheckReply {
-            title: format!("quiver {} (Qdrant API)", env!("CARGO_PKG_VERSION")),
+            // Qdrant's own title, as `GET /` answers it (clients recognise a server by it).
+            title: "qdrant - vector search engine".into(),
             version: super::API_VERSION.into(),
             commit: None,
         }))
@@ -718,7 +719,8 @@ impl Collections for QdrantGrpc {
             let form = VectorForm {
                 named,
                 on_disk: params.on_disk,
-                datatype: params.datatype.map(|_| datatype.into()),
+                // 0 is the enum's default: not a datatype the client named.
+                datatype: params.datatype.filter(|&d| d != 0).map(|_| datatype.into()),
             };
             self.api
                 .create(CreateSpec {

@@ -237,9 +237,9 @@ pub fn searches_match_the_cpu_reference<B: Backend>(backend: &B) {
 
 /// Wide codes: the scans' table paths for large M — 8-bit M = 64 (a 64 KiB table: CUDA stages
 /// it in opted-in shared memory), 8-bit M = 256 (256 KiB: read from global memory on both
-/// backends), 4-bit M = 264 (past WGSL's 4 KiB of staged table, and sums past 16 bits, which
-/// wrap as the CPU's) and 4-bit M = 10 (the GPU layout's last quad of sub-quantizers padded)
-/// — match the CPU.
+/// backends), 4-bit M = 264 (past WGSL's 4 KiB of staged table; the sums' 16-bit
+/// accumulation is moved to 32 bits past 256 sub-quantizers) and 4-bit M = 10 (the GPU
+/// layout's last quad of sub-quantizers padded) — match the CPU.
 pub fn wide_codes_match_the_cpu_reference<B: Backend>(backend: &B) {
     for (metric, bits, dim, m) in [
         (Metric::L2, 8, 256, 64),
