@@ -615,25 +615,27 @@ impl CudaBackend {
                 .as_ref()
                 .ok_or_else(|| CudaError::Driver("internal: codes not resident".into()))?;
             let l2 = u32::from(dev.quant.l2_terms.is_some());
-            let mut b;
-            let cfg;
-            if index.layout() == CodeLayout::Packed4x32 {
-                cfg = LaunchConfig {
-                    grid_dim: grid(nitems),
-                    block_dim: (256, 1, 1),
-                    shared_mem_bytes: (m * (16 * 5 + 8) + 8) as u32,
-                };
-                b = stream.launch_builder(&self.scan4_quantized);
+            let four_bit = index.layout() == CodeLayout::Packed4x32;
+            let staged = m * 256 * 4 <= self.scan8_shared;
+            let group = quiver_engine::backend::scan_items_per_block(nitems);
+            let cfg = LaunchConfig {
+                grid_dim: grid(if four_bit {
+                    nitems
+                } else {
+                    nitems.div_ceil(group)
+                }),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: match (four_bit, staged) {
+                    (true, _) => (m * (16 * 5 + 8) + 8) as u32,
+                    (false, true) => (m * 256 * 4) as u32,
+                    (false, false) => 0,
+                },
+            };
+            let mut b = stream.launch_builder(if four_bit {
+                &self.scan4_quantized
             } else {
-                let staged = m * 256 * 4 <= self.scan8_shared;
-                let group = quiver_engine::backend::scan_items_per_block(nitems);
-                cfg = LaunchConfig {
-                    grid_dim: grid(nitems.div_ceil(group)),
-                    block_dim: (256, 1, 1),
-                    shared_mem_bytes: if staged { (m * 256 * 4) as u32 } else { 0 },
-                };
-                b = stream.launch_builder(&self.scan8);
-            }
+                &self.scan8
+            });
             b.arg(codes).arg(&items).arg(tables);
             match &dev.quant.l2_terms {
                 Some((_, d)) => b.arg(d),
@@ -641,13 +643,12 @@ impl CudaBackend {
                 None => b.arg(unused),
             };
             b.arg(&p.dead).arg(&mut ss).arg(&mut sp);
-            let (m_u, n_u) = (m as u32, nitems as u32);
-            let staged = u32::from(m * 256 * 4 <= self.scan8_shared);
-            let g_u = quiver_engine::backend::scan_items_per_block(nitems) as u32;
-            if index.layout() == CodeLayout::Packed4x32 {
+            let (m_u, n_u, staged_u, g_u) =
+                (m as u32, nitems as u32, u32::from(staged), group as u32);
+            if four_bit {
                 b.arg(&m_u).arg(&l2).arg(&n_u);
             } else {
-                b.arg(&m_u).arg(&l2).arg(&staged).arg(&n_u).arg(&g_u);
+                b.arg(&m_u).arg(&l2).arg(&staged_u).arg(&n_u).arg(&g_u);
             }
             // SAFETY: argument types and order match `scan4_quantized` (shared memory holds
             // the item's float table, ranges and u8 table) or `scan8`; the items address
