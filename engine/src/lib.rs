@@ -29,6 +29,7 @@ pub mod persist;
 pub mod pq;
 pub mod progress;
 pub mod simd;
+pub mod sparse;
 pub mod storage;
 pub mod synth;
 pub mod topk;

@@ -26,6 +26,7 @@ use quiver_engine::backend::{Backend, Neighbors, PreparedIndex};
 use quiver_engine::payload::fields::FieldSpec;
 use quiver_engine::payload::filter::Filter;
 use quiver_engine::progress::NoProgress;
+use quiver_engine::sparse::SparseVector;
 use quiver_engine::{FlatIndex, IndexParams, IvfPqIndex, Metric, RefineKind};
 
 use crate::drift::Drift;
@@ -753,6 +754,41 @@ impl<B: Backend + Clone + 'static> Collection<B> {
             self.cpu.backend(),
             &self.backend,
         )?)
+    }
+
+    /// The `k` live points passing `filter` whose sparse vector named `name` has the highest
+    /// dot product with `query` (points sharing no term with it left out), best first: exact.
+    /// With `idf`, the query's weights are first multiplied by each term's inverse document
+    /// frequency among the live points ([`quiver_engine::sparse::idf`]).
+    pub fn search_sparse(
+        &self,
+        name: &str,
+        query: &SparseVector,
+        k: usize,
+        filter: Option<&Filter>,
+        idf: bool,
+    ) -> Vec<(u64, f32)> {
+        let v = self.version();
+        let key = crate::wal::sparse_key(name);
+        let fields = self.field_specs();
+        let weighted;
+        let query = if idf {
+            let n = v.len();
+            let df = v.sparse_doc_freqs(&key, &query.indices);
+            weighted = SparseVector {
+                indices: query.indices.clone(),
+                values: query
+                    .values
+                    .iter()
+                    .zip(df)
+                    .map(|(w, d)| w * quiver_engine::sparse::idf(d, n))
+                    .collect(),
+            };
+            &weighted
+        } else {
+            query
+        };
+        v.search_sparse(&key, query, k, filter, &fields)
     }
 
     /// Live points passing `filter` (all without one).

@@ -6,6 +6,7 @@
 //! A segment is never changed in place: a write builds the next version of the segments it
 //! touches (cheap clones: shared list data, persistent id maps) and publishes it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -15,6 +16,7 @@ use quiver_engine::backend::{Backend, Neighbors, PreparedIndex, QueryFilters, Se
 use quiver_engine::index::EncodedRows;
 use quiver_engine::payload::fields::{FieldIndexes, FieldSpec};
 use quiver_engine::payload::filter::{Filter, Rows as _};
+use quiver_engine::sparse::{SparseIndex, SparseVector};
 use quiver_engine::{EngineError, FlatIndex, IvfPqIndex, Metric, RefineKind};
 
 /// Search parameters as a client sent them; zeros mean "the default", resolved per segment.
@@ -53,6 +55,11 @@ pub fn resolve(key: SearchKey, nlist: usize, refine: RefineKind) -> SearchParams
     }
 }
 
+/// True when `needle` occurs in `haystack`.
+fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 /// How a segment is searched.
 pub enum SegmentIndex<B: Backend> {
     /// Exact search over raw vectors (untrained collection).
@@ -75,7 +82,16 @@ pub struct Segment<B: Backend> {
     pub deleted: imbl::Vector<u64>,
     /// Its field indexes, once built.
     fields: FieldCache,
+    /// Its sparse vectors' inverted indexes, by payload key, built on first use (see
+    /// [`Segment::sparse_index`]).
+    sparse: SparseCache,
 }
+
+/// A segment's inverted indexes of sparse vectors, by the payload key holding them: kept
+/// while its rows stay as they are (deletes only mark rows: a search passes over rows no
+/// longer live), dropped by a write to the appendable segment.
+#[derive(Default)]
+struct SparseCache(Mutex<HashMap<String, Arc<SparseIndex>>>);
 
 /// A segment's field indexes (value → rows, for the collection's indexed fields): built on
 /// first use, or ahead of it when the segment is sealed, merged or loaded; kept while the
@@ -117,6 +133,7 @@ impl<B: Backend> Segment<B> {
             index,
             deleted: imbl::Vector::new(),
             fields: FieldCache::default(),
+            sparse: SparseCache::default(),
         }
     }
 
@@ -128,6 +145,7 @@ impl<B: Backend> Segment<B> {
             index,
             deleted,
             fields: FieldCache::of(self.fields.0.lock().clone()),
+            sparse: SparseCache(Mutex::new(self.sparse.0.lock().clone())),
         }
     }
 
@@ -178,6 +196,31 @@ impl<B: Backend> Segment<B> {
     pub fn kept_field_indexes(&self) -> Option<Arc<FieldIndexes>> {
         let kept = self.fields.0.lock().clone()?;
         (kept.rows() == self.row_count()).then_some(kept)
+    }
+
+    /// The inverted index of the sparse vectors its live points hold under the payload key
+    /// `key` (points without one left out): the one kept, or built now from the payloads
+    /// (and kept). Rows deleted since it was built are still in it: [`Self::contains`]
+    /// tells which are live.
+    pub fn sparse_index(&self, key: &str) -> Arc<SparseIndex> {
+        let mut kept = self.sparse.0.lock();
+        if let Some(i) = kept.get(key) {
+            return i.clone();
+        }
+        let mut ids = Vec::new();
+        self.for_each_matching(&Filter::default(), None, |id| ids.push(id));
+        let needle = format!("\"{key}\"");
+        let built = Arc::new(SparseIndex::build(ids.into_iter().filter_map(|id| {
+            let bytes = self.payload(id)?;
+            // Most payloads without the key are passed over unparsed.
+            if !contains_bytes(bytes, needle.as_bytes()) {
+                return None;
+            }
+            let map = quiver_engine::payload::decode(bytes);
+            Some((id, SparseVector::from_json(map.get(key)?)?))
+        })));
+        kept.insert(key.to_string(), built.clone());
+        built
     }
 
     /// Live points.
@@ -382,8 +425,9 @@ impl<B: Backend> Segment<B> {
         rows: Rows,
         payloads: &[Vec<u8>],
     ) -> Result<(), EngineError> {
-        // Rows move: the field indexes no longer apply.
+        // Rows move: the field and sparse indexes no longer apply.
         *self.fields.0.get_mut() = None;
+        self.sparse.0.get_mut().clear();
         match (&mut self.index, rows) {
             (SegmentIndex::Flat(f), Rows::Raw(v)) => f.upsert_with_payloads(&v, ids, payloads),
             (SegmentIndex::Cpu(p), Rows::Encoded(mut e)) => {

@@ -13,6 +13,7 @@ use crate::segment::{merge_results, Rows, SearchKey, Segment, SegmentIndex};
 use crate::wal::Op;
 use quiver_engine::payload::fields::FieldSpec;
 use quiver_engine::payload::filter::Filter;
+use quiver_engine::sparse::SparseVector;
 
 /// One published state of a collection.
 pub struct Version<B: Backend> {
@@ -219,6 +220,47 @@ impl<B: Backend> Version<B> {
                 Some(f) => s.count_matching(f, s.field_indexes(fields).as_deref()),
             })
             .sum()
+    }
+
+    /// The `k` live points passing `filter` whose sparse vector under the payload key `key`
+    /// has the highest dot product with `query` (points sharing no term with it left out),
+    /// best first, ties by ascending id: exact, through each segment's inverted index.
+    pub fn search_sparse(
+        &self,
+        key: &str,
+        query: &SparseVector,
+        k: usize,
+        filter: Option<&Filter>,
+        fields: &[FieldSpec],
+    ) -> Vec<(u64, f32)> {
+        let parts = self
+            .all()
+            .map(|s| {
+                let index = s.sparse_index(key);
+                let allowed: Option<std::collections::HashSet<u64>> = filter.map(|f| {
+                    s.matching(f, s.field_indexes(fields).as_deref())
+                        .into_iter()
+                        .collect()
+                });
+                let keep =
+                    |id: u64| s.contains(id) && allowed.as_ref().is_none_or(|a| a.contains(&id));
+                index.search(query, k, &keep)
+            })
+            .collect();
+        quiver_engine::sparse::merge_hits(parts, k)
+    }
+
+    /// How many live points hold each of `terms` in their sparse vector under `key`.
+    pub fn sparse_doc_freqs(&self, key: &str, terms: &[u32]) -> Vec<usize> {
+        let mut df = vec![0; terms.len()];
+        for s in self.all() {
+            let index = s.sparse_index(key);
+            let live = |id: u64| s.contains(id);
+            for (d, &t) in df.iter_mut().zip(terms) {
+                *d += index.doc_freq(t, &live);
+            }
+        }
+        df
     }
 
     /// The `n` smallest ids at least `from` of live points passing `filter`, ascending (a

@@ -69,6 +69,13 @@ pub enum PayloadEdit {
 /// keeps them.
 pub const RESERVED_KEY_PREFIX: &str = "__quiver_";
 
+/// The payload key a point's sparse vector named `name` is kept under (Qdrant's sparse
+/// vectors: `{"indices": […], "values": […]}`), logged, checkpointed and replayed with the
+/// payload, and indexed for search by each segment ([`crate::segment::Segment::sparse_index`]).
+pub fn sparse_key(name: &str) -> String {
+    format!("{RESERVED_KEY_PREFIX}sparse/{name}")
+}
+
 impl PayloadEdit {
     fn code(&self) -> u32 {
         match self {
