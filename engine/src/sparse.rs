@@ -179,6 +179,11 @@ impl SparseIndex {
         self.ids.is_empty()
     }
 
+    /// How many rows pass `keep`.
+    pub fn count(&self, keep: &dyn Fn(u64) -> bool) -> usize {
+        self.ids.iter().filter(|&&id| keep(id)).count()
+    }
+
     /// How many rows passing `keep` hold `term`.
     pub fn doc_freq(&self, term: u32, keep: &dyn Fn(u64) -> bool) -> usize {
         self.postings.get(&term).map_or(0, |p| {
@@ -296,7 +301,7 @@ mod tests {
             })
             .collect();
         let index = SparseIndex::build(rows.clone());
-        let keep = |id: u64| id % 7 != 0;
+        let keep = |id: u64| !id.is_multiple_of(7);
         for _ in 0..50 {
             let mut terms: Vec<u32> = (0..rng.random_range(1..6))
                 .map(|_| rng.random_range(0..70))

@@ -20,22 +20,26 @@ use quiver_engine::payload::fields::{FieldSpec, FieldType};
 use quiver_engine::Metric;
 use quiver_store::wal::PayloadEdit;
 use quiver_store::{IndexConfig, UpsertMode};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tonic::Status;
 
+use super::fusion::{fuse, Fusion};
 use super::ids::{key_of, key_of_stored, PointKey, UUID_KEY};
 use super::unsupported;
+use super::vectors::{split_point, VectorIn, VectorKind, VectorSel, VectorsOut};
+pub use super::vectors::{DatatypeName, VectorForm};
 use crate::payloads::encode_payloads;
 use crate::ratelimit::Client;
 use crate::registry::Registry;
 use crate::requests::local::blocking;
+use crate::requests::SparseSearch;
 use crate::requests::{
     collection_meta, Caller, CollectionStatus, Count, CreateCollection, Delete, DeleteTarget,
-    EditPayload, Get, Hit, Probes, QueryFilters, Router, Scroll, Search, SettingsEdit, StoredPoint,
+    EditPayload, Get, Probes, QueryFilters, Router, Scroll, Search, SettingsEdit, StoredPoint,
     Upsert,
 };
 use crate::status::invalid;
+use quiver_engine::sparse::SparseVector;
 use quiver_store::wal::RESERVED_KEY_PREFIX;
 
 /// Qdrant's distance of a collection.
@@ -88,15 +92,6 @@ impl Distance {
             _ => distance,
         }
     }
-
-    /// Whether a score passes a threshold (distances at most it; similarities at least it).
-    fn passes(self, score: f32, threshold: Option<f32>) -> bool {
-        match (self, threshold) {
-            (_, None) => true,
-            (Distance::Euclid, Some(t)) => score <= t,
-            (_, Some(t)) => score >= t,
-        }
-    }
 }
 
 /// The element type a collection's vectors are kept in (Qdrant's `datatype`).
@@ -139,53 +134,12 @@ impl Datatype {
 pub const NO_DENSE_VECTOR: &str =
     "vectors: a collection without a dense vector (give `size` and `distance`)";
 
-/// How the client wrote the vector's parameters, kept so that `GetCollectionInfo` answers in
-/// the same form: under the name `""` (`{"": {…}}`, the form LangChain writes and then reads
-/// back as `vectors[""]`) or unnamed, and what it said of `on_disk` and `datatype`. Kept in the
-/// collection's settings under [`VectorForm::KEY`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VectorForm {
-    /// Given as the vector named `""`.
-    #[serde(default)]
-    pub named: bool,
-    /// `on_disk`, as given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_disk: Option<bool>,
-    /// `datatype` was given (as what it says).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub datatype: Option<DatatypeName>,
-}
-
-/// A `datatype` as the client named it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DatatypeName {
-    /// `float32`.
-    Float32,
-    /// `float16`.
-    Float16,
-}
-
 impl From<Datatype> for DatatypeName {
     fn from(d: Datatype) -> Self {
         match d {
             Datatype::Float32 => DatatypeName::Float32,
             Datatype::Float16 => DatatypeName::Float16,
         }
-    }
-}
-
-impl VectorForm {
-    /// Its key in the settings.
-    pub const KEY: &'static str = "vectors";
-
-    /// The form kept in `settings` (the default when there is none: collections made before
-    /// it was kept).
-    fn of(settings: &Map<String, Value>) -> VectorForm {
-        settings
-            .get(Self::KEY)
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-            .unwrap_or_default()
     }
 }
 
@@ -253,8 +207,8 @@ pub struct InfoView {
 pub struct PointIn {
     /// Its id.
     pub key: PointKey,
-    /// Its vector.
-    pub vector: Vec<f32>,
+    /// Its vectors by name (`""`: the unnamed dense vector).
+    pub vectors: Vec<(String, VectorIn)>,
     /// Its payload.
     pub payload: Map<String, Value>,
 }
@@ -284,7 +238,7 @@ pub enum PayloadSel {
 impl PayloadSel {
     /// The payload to answer (`None`: not asked for), the reserved UUID key removed.
     fn apply(&self, mut map: Map<String, Value>) -> Option<Map<String, Value>> {
-        map.remove(UUID_KEY);
+        map.retain(|k, _| !super::vectors::is_reserved(k));
         match self {
             PayloadSel::None => None,
             PayloadSel::All => Some(map),
@@ -306,8 +260,8 @@ pub struct Record {
     pub key: PointKey,
     /// Its payload, when asked for.
     pub payload: Option<Map<String, Value>>,
-    /// Its vector, when asked for.
-    pub vector: Option<Vec<f32>>,
+    /// Its vectors, when asked for.
+    pub vector: Option<VectorsOut>,
 }
 
 /// A search hit.
@@ -324,8 +278,12 @@ pub struct Scored {
 pub enum QueryVector {
     /// This vector.
     Dense(Vec<f32>),
+    /// A sparse vector.
+    Sparse(SparseVector),
     /// The stored vector of this point (which is left out of the answer).
     Point(PointKey),
+    /// The fusion of the prefetches' rankings.
+    Fusion(Fusion),
 }
 
 /// One nearest-neighbour query.
@@ -333,6 +291,10 @@ pub enum QueryVector {
 pub struct QuerySpec {
     /// What it searches with.
     pub vector: QueryVector,
+    /// The vector it searches (`""`: the unnamed dense vector).
+    pub using: String,
+    /// Queries whose results this one ranks (fuses, or scores again with its vector).
+    pub prefetch: Vec<QuerySpec>,
     /// Only points passing this filter (Quiver's filter text).
     pub filter: Option<String>,
     /// Hits to answer.
@@ -349,8 +311,8 @@ pub struct QuerySpec {
     pub exact: bool,
     /// Payload keys to answer.
     pub with_payload: PayloadSel,
-    /// Answer the vectors.
-    pub with_vector: bool,
+    /// The vectors to answer.
+    pub with_vector: VectorSel,
 }
 
 /// Quiver's own index parameters, given as `metadata.quiver` (an extension Qdrant clients can
@@ -438,6 +400,12 @@ impl QdrantApi {
 
     /// Creates a collection.
     pub async fn create(&self, spec: CreateSpec) -> Result<(), Status> {
+        if !spec.form.no_dense && spec.form.sparse.contains_key(&spec.form.name) {
+            return Err(invalid(
+                "sparse_vectors",
+                format!("`{}` names both a dense and a sparse vector", spec.form.name),
+            ));
+        }
         let quiver = quiver_params(&spec.settings)?;
         let (refine, refine_factor) = match quiver.refine.as_deref() {
             None | Some("") if spec.datatype == Datatype::Float16 => ("f16", 0),
@@ -466,16 +434,17 @@ impl QdrantApi {
             Distance::Euclid => Metric::L2,
             Distance::Dot => Metric::InnerProduct,
         };
-        let mut meta = collection_meta(
-            self.limits(),
-            &spec.name,
-            spec.dim,
-            metric,
-            index,
-            Vec::new(),
-        )
-        .map_err(|s| rename_field(s, "dim", "vectors.size"))?;
-        meta.index.train_at = train_at(&spec.settings, spec.dim, &quiver)?;
+        // Without a dense vector: a one-dimension placeholder, never trained.
+        let (dim, metric) = match spec.form.no_dense {
+            true => (1, Metric::L2),
+            false => (spec.dim, metric),
+        };
+        let mut meta = collection_meta(self.limits(), &spec.name, dim, metric, index, Vec::new())
+            .map_err(|s| rename_field(s, "dim", "vectors.size"))?;
+        meta.index.train_at = match spec.form.no_dense {
+            true => 0,
+            false => train_at(&spec.settings, dim, &quiver)?,
+        };
         check_settings(&spec.settings)?;
         let mut settings = spec.settings;
         let form = serde_json::to_value(&spec.form)
@@ -589,6 +558,12 @@ impl QdrantApi {
         })
     }
 
+    /// How a collection's vectors are named.
+    async fn form(&self, name: &str) -> Result<VectorForm, Status> {
+        let meta = self.router.meta(name).await?;
+        Ok(VectorForm::of(&obj(meta.settings)))
+    }
+
     // ---- points: writes ----
 
     /// Adds or replaces points; durable and visible when it returns. An id given twice keeps
@@ -632,9 +607,10 @@ impl QdrantApi {
             .map(|(id, p)| (id, p.payload))
             .collect();
         let dim = meta.dim;
+        let form = VectorForm::of(&obj(meta.settings.clone()));
         // Rendering and encoding payloads runs off the async threads.
         let (ids, vectors, payloads) = blocking(move || {
-            let (ids, vectors, texts) = prepare_upsert(dim, &stored, points)?;
+            let (ids, vectors, texts) = prepare_upsert(&form, dim, &stored, points)?;
             let payloads = encode_payloads(&texts, ids.len())?;
             Ok((ids, vectors, payloads))
         })
@@ -904,10 +880,10 @@ impl QdrantApi {
         name: &str,
         keys: Vec<PointKey>,
         with_payload: PayloadSel,
-        with_vector: bool,
+        with_vector: VectorSel,
     ) -> Result<Vec<Record>, Status> {
         // An unknown collection is one even when no id is asked for.
-        self.router.meta(name).await?;
+        let form = self.form(name).await?;
         let max = self.limits().max_queries_per_request;
         if keys.len() > max {
             return Err(invalid(
@@ -917,7 +893,12 @@ impl QdrantApi {
         }
         let ids = keys.iter().map(|k| k.internal()).collect();
         let found = self
-            .get_many(name, ids, with_vector, &Caller::default())
+            .get_many(
+                name,
+                ids,
+                with_vector.wants_dense(&form),
+                &Caller::default(),
+            )
             .await?;
         // Parsing payloads runs off the async threads.
         blocking(move || {
@@ -928,8 +909,8 @@ impl QdrantApi {
                     let map = payload::decode(&p.payload);
                     (key_of(k.internal(), Some(&map)) == Some(k)).then(|| Record {
                         key: k,
+                        vector: with_vector.select(&form, &p.vector, &map),
                         payload: with_payload.apply(map),
-                        vector: with_vector.then(|| p.vector.clone()),
                     })
                 })
                 .collect())
@@ -945,8 +926,9 @@ impl QdrantApi {
         offset: Option<PointKey>,
         limit: usize,
         with_payload: PayloadSel,
-        with_vector: bool,
+        with_vector: VectorSel,
     ) -> Result<(Vec<Record>, Option<PointKey>), Status> {
+        let form = self.form(name).await?;
         let max = self.limits().max_queries_per_request;
         if limit == 0 || limit > max {
             return Err(invalid(
@@ -967,7 +949,7 @@ impl QdrantApi {
                 filter: filter.clone().unwrap_or_default(),
                 from,
                 limit: (limit + 1).min(max),
-                with_vectors: with_vector,
+                with_vectors: with_vector.wants_dense(&form),
             };
             let got = self.router.scroll(scroll, &caller).await?;
             // Parsing payloads runs off the async threads.
@@ -1001,8 +983,8 @@ impl QdrantApi {
             .into_iter()
             .map(|(p, key, map)| Record {
                 key,
+                vector: with_vector.select(&form, &p.vector, &map),
                 payload: with_payload.apply(map),
-                vector: with_vector.then_some(p.vector),
             })
             .collect();
         Ok((records, next))
@@ -1017,7 +999,9 @@ impl QdrantApi {
         self.router.count(count, &Caller::default()).await
     }
 
-    /// Answers nearest-neighbour queries (one batch: the same collection).
+    /// Answers queries (one batch: the same collection): nearest neighbours by a dense or
+    /// sparse vector or a point's, and the Query API's prefetches, fused (RRF, DBSF) or scored
+    /// again by the query's vector.
     pub async fn query(
         &self,
         client: Client,
@@ -1026,8 +1010,11 @@ impl QdrantApi {
         timeout: Option<Duration>,
     ) -> Result<Vec<Vec<Scored>>, Status> {
         let meta = self.router.meta(name).await?;
-        let distance = Distance::of(meta.metric());
-        let max_k = self.limits().max_k;
+        let target = Target {
+            name,
+            form: VectorForm::of(&obj(meta.settings.clone())),
+            distance: Distance::of(meta.metric()),
+        };
         let n = queries.len();
         let max = self.limits().max_queries_per_request;
         if n > max {
@@ -1040,87 +1027,193 @@ impl QdrantApi {
         let mut out = Vec::with_capacity(n);
         for (qi, q) in queries.into_iter().enumerate() {
             let field = if n == 1 {
-                "query".to_string()
+                String::new()
             } else {
-                format!("searches[{qi}].query")
+                format!("searches[{qi}].")
             };
-            let (vector, exclude) = match &q.vector {
-                QueryVector::Dense(v) => (v.clone(), None),
-                QueryVector::Point(k) => {
-                    let found = self.get(name, vec![*k], PayloadSel::None, true).await?;
-                    let Some(v) = found.into_iter().next().and_then(|r| r.vector) else {
-                        return Err(Status::not_found(format!(
-                            "query: no point with id {}",
-                            k.to_json()
-                        )));
-                    };
-                    (v, Some(k.internal()))
-                }
-            };
-            let k = q
-                .limit
-                .saturating_add(q.offset)
-                .saturating_add(usize::from(exclude.is_some()));
+            let ranked = self.rank(&target, &q, &field, &caller).await?;
+            out.push(self.scored(&target, ranked, &q, &caller).await?);
+        }
+        Ok(out)
+    }
+
+    /// The best `limit + offset` points of one query (and its prefetches), best first.
+    fn rank<'a>(
+        &'a self,
+        t: &'a Target<'a>,
+        q: &'a QuerySpec,
+        field: &'a str,
+        caller: &'a Caller,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Ranked, Status>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let max_k = self.limits().max_k;
+            let k = q.limit.saturating_add(q.offset);
             if q.limit == 0 || k > max_k {
                 return Err(invalid(
-                    "limit",
+                    &format!("{field}limit"),
                     format!(
                         "limit {} with offset {} is out of range: limit must be at least 1 and limit + offset at most {max_k}",
                         q.limit, q.offset
                     ),
                 ));
             }
-            let search = Search {
-                collection: name.to_string(),
-                queries: vector,
-                batch_field: None,
-                k,
-                probes: match (q.exact, q.nprobe) {
-                    (true, _) => Probes::All,
-                    (false, 0) => Probes::Default,
-                    (false, n) => Probes::AtMost(n as usize),
-                },
-                refine_factor: q.refine_factor as usize,
-                filters: QueryFilters::One(q.filter.clone().unwrap_or_default()),
-                with_payload: false,
+            // The prefetches' rankings, each as its own query.
+            let mut rankings = Vec::with_capacity(q.prefetch.len());
+            for (i, p) in q.prefetch.iter().enumerate() {
+                let at = format!("{field}prefetch[{i}].");
+                rankings.push(self.rank(t, p, &at, caller).await?.hits);
+            }
+            if let QueryVector::Fusion(f) = q.vector {
+                if rankings.is_empty() {
+                    return Err(invalid(
+                        &format!("{field}query"),
+                        "a fusion query needs prefetch queries to fuse",
+                    ));
+                }
+                let mut hits = fuse(f, &rankings, k);
+                if let Some(threshold) = q.score_threshold {
+                    hits.retain(|h| h.1 >= threshold);
+                }
+                return Ok(Ranked {
+                    hits,
+                    exclude: None,
+                    higher_better: true,
+                });
+            }
+            // Scored again by this query's vector: only the prefetches' points.
+            let filter = match rankings.is_empty() {
+                true => q.filter.clone(),
+                false => {
+                    let mut ids: Vec<u64> = rankings.iter().flatten().map(|h| h.0).collect();
+                    ids.sort_unstable();
+                    ids.dedup();
+                    if ids.is_empty() {
+                        return Ok(Ranked::default());
+                    }
+                    Some(with_ids(q.filter.as_deref(), &ids)?)
+                }
             };
-            let hits = self
-                .router
-                .search(search, &caller)
-                .await
-                .map_err(|s| rename_field(s, "vector", &field))?
-                .pop()
-                .unwrap_or_default();
-            out.push(
-                self.hits(name, hits, exclude, distance, &q, &caller)
-                    .await?,
-            );
-        }
-        Ok(out)
+            let kind = t.form.kind_of(&format!("{field}using"), &q.using)?;
+            let (vector, exclude) = match &q.vector {
+                QueryVector::Point(key) => {
+                    let sel = VectorSel::Only(vec![q.using.clone()]);
+                    let found = self.get(t.name, vec![*key], PayloadSel::None, sel).await?;
+                    let v = found.into_iter().next().and_then(|r| match r.vector? {
+                        VectorsOut::Unnamed(d) => Some(VectorIn::Dense(d)),
+                        VectorsOut::Named(mut n) => Some(match n.pop()?.1 {
+                            super::vectors::VectorOut::Dense(d) => VectorIn::Dense(d),
+                            super::vectors::VectorOut::Sparse(s) => VectorIn::Sparse(s),
+                        }),
+                    });
+                    let Some(v) = v else {
+                        return Err(Status::not_found(format!(
+                            "{field}query: no point with id {} holding the vector `{}`",
+                            key.to_json(),
+                            q.using
+                        )));
+                    };
+                    (v, Some(key.internal()))
+                }
+                QueryVector::Dense(v) => (VectorIn::Dense(v.clone()), None),
+                QueryVector::Sparse(v) => (VectorIn::Sparse(v.clone()), None),
+                QueryVector::Fusion(_) => unreachable!("answered above"),
+            };
+            let k = k + usize::from(exclude.is_some());
+            let mut ranked = match (kind, vector) {
+                (VectorKind::Dense, VectorIn::Dense(v)) => {
+                    let search = Search {
+                        collection: t.name.to_string(),
+                        queries: v,
+                        batch_field: None,
+                        k,
+                        probes: match (q.exact, q.nprobe) {
+                            (true, _) => Probes::All,
+                            (false, 0) => Probes::Default,
+                            (false, n) => Probes::AtMost(n as usize),
+                        },
+                        refine_factor: q.refine_factor as usize,
+                        filters: QueryFilters::One(filter.unwrap_or_default()),
+                        with_payload: false,
+                    };
+                    let hits = self
+                        .router
+                        .search(search, caller)
+                        .await
+                        .map_err(|s| rename_field(s, "vector", &format!("{field}query")))?
+                        .pop()
+                        .unwrap_or_default();
+                    Ranked {
+                        hits: hits
+                            .into_iter()
+                            .map(|h| (h.id, t.distance.score(h.distance)))
+                            .collect(),
+                        exclude,
+                        higher_better: t.distance != Distance::Euclid,
+                    }
+                }
+                (VectorKind::Sparse { idf }, VectorIn::Sparse(v)) => {
+                    let search = SparseSearch {
+                        collection: t.name.to_string(),
+                        name: q.using.clone(),
+                        query: v,
+                        k,
+                        idf,
+                        filter: filter.unwrap_or_default(),
+                    };
+                    let hits = self.router.sparse_search(search, caller).await?;
+                    Ranked {
+                        hits: hits.into_iter().map(|h| (h.id, -h.distance)).collect(),
+                        exclude,
+                        higher_better: true,
+                    }
+                }
+                (VectorKind::Dense, VectorIn::Sparse(_)) => {
+                    return Err(invalid(
+                        &format!("{field}query"),
+                        format!("a sparse vector for `{}`, a dense vector", q.using),
+                    ))
+                }
+                (VectorKind::Sparse { .. }, VectorIn::Dense(_)) => {
+                    return Err(invalid(
+                        &format!("{field}query"),
+                        format!("a dense vector for `{}`, a sparse vector", q.using),
+                    ))
+                }
+            };
+            if let Some(threshold) = q.score_threshold {
+                let higher = ranked.higher_better;
+                ranked.hits.retain(|h| {
+                    if higher {
+                        h.1 >= threshold
+                    } else {
+                        h.1 <= threshold
+                    }
+                });
+            }
+            Ok(ranked)
+        })
     }
 
-    /// Search hits as Qdrant's scored points: ids and payloads from the stored points, the
-    /// offset skipped and the threshold applied.
-    async fn hits(
+    /// A query's ranking as Qdrant's scored points: the excluded point left out, the offset
+    /// skipped, ids, payloads and vectors from the stored points.
+    async fn scored(
         &self,
-        name: &str,
-        hits: Vec<Hit>,
-        exclude: Option<u64>,
-        distance: Distance,
+        t: &Target<'_>,
+        ranked: Ranked,
         q: &QuerySpec,
         caller: &Caller,
     ) -> Result<Vec<Scored>, Status> {
-        let (offset, limit, threshold) = (q.offset, q.limit, q.score_threshold);
-        let hits: Vec<(u64, f32)> = hits
+        let (offset, limit) = (q.offset, q.limit);
+        let hits: Vec<(u64, f32)> = ranked
+            .hits
             .into_iter()
-            .filter(|h| Some(h.id) != exclude)
+            .filter(|h| Some(h.0) != ranked.exclude)
             .skip(offset)
-            .map(|h| (h.id, distance.score(h.distance)))
-            .filter(|&(_, score)| distance.passes(score, threshold))
             .collect();
         let uuid_hits = hits.iter().any(|&(id, _)| id >= super::ids::UUID_BASE);
-        let (with_payload, with_vector) = (q.with_payload.clone(), q.with_vector);
-        if with_payload == PayloadSel::None && !with_vector && !uuid_hits {
+        let (with_payload, with_vector) = (q.with_payload.clone(), q.with_vector.clone());
+        if with_payload == PayloadSel::None && !with_vector.any() && !uuid_hits {
             // Plain integer ids and scores (the common answer) are made here.
             return Ok(hits
                 .into_iter()
@@ -1137,7 +1230,10 @@ impl QdrantApi {
         }
         // The hits' points, read once.
         let ids = hits.iter().map(|&(id, _)| id).collect();
-        let stored = self.get_many(name, ids, with_vector, caller).await?;
+        let form = t.form.clone();
+        let stored = self
+            .get_many(t.name, ids, with_vector.wants_dense(&form), caller)
+            .await?;
         // Parsing payloads runs off the async threads.
         blocking(move || {
             let mut out = Vec::with_capacity(hits.len().min(limit));
@@ -1146,7 +1242,10 @@ impl QdrantApi {
                     // Deleted since the search.
                     continue;
                 };
-                let map = if with_payload != PayloadSel::None || id >= super::ids::UUID_BASE {
+                let map = if with_payload != PayloadSel::None
+                    || with_vector.any()
+                    || id >= super::ids::UUID_BASE
+                {
                     payload::decode(&p.payload)
                 } else {
                     Map::new()
@@ -1157,8 +1256,8 @@ impl QdrantApi {
                 out.push(Scored {
                     record: Record {
                         key,
+                        vector: with_vector.select(&form, &p.vector, &map),
                         payload: with_payload.apply(map),
-                        vector: with_vector.then(|| p.vector.clone()),
                     },
                     score,
                 });
@@ -1172,11 +1271,43 @@ impl QdrantApi {
     }
 }
 
+/// The collection a query runs on.
+struct Target<'a> {
+    name: &'a str,
+    form: VectorForm,
+    distance: Distance,
+}
+
+/// A query's points, best first, with Qdrant's scores.
+#[derive(Debug, Default)]
+struct Ranked {
+    hits: Vec<(u64, f32)>,
+    /// The point a query by id searched with (left out of the answer, not of a fusion).
+    exclude: Option<u64>,
+    /// Scores are similarities (else distances).
+    higher_better: bool,
+}
+
+/// `filter` (Quiver's filter text; none: all) narrowed to the points `ids`.
+fn with_ids(filter: Option<&str>, ids: &[u64]) -> Result<String, Status> {
+    let only = json!({"has_id": ids});
+    let combined = match filter.filter(|f| !f.is_empty()) {
+        None => json!({"must": [only]}),
+        Some(f) => {
+            let f: Value = serde_json::from_str(f)
+                .map_err(|e| Status::internal(format!("a filter's text: {e}")))?;
+            json!({"must": [f, only]})
+        }
+    };
+    Ok(combined.to_string())
+}
+
 /// An upsert's ids, vectors and payload texts: each id once (its last point), every UUID
 /// checked against the point its id holds now (`stored`: the payloads of the UUIDs' ids that
 /// exist) and written into its payload.
 #[allow(clippy::type_complexity)]
 fn prepare_upsert(
+    form: &VectorForm,
     dim: usize,
     stored: &HashMap<u64, Vec<u8>>,
     points: Vec<PointIn>,
@@ -1188,16 +1319,17 @@ fn prepare_upsert(
     for (i, p) in points.into_iter().enumerate() {
         let field = format!("points[{i}]");
         let id = p.key.internal();
-        if p.vector.len() != dim {
-            return Err(invalid(
-                &format!("{field}.vector"),
-                format!("dimension mismatch: expected {dim}, got {}", p.vector.len()),
-            ));
-        }
         let mut payload = p.payload;
         if payload.keys().any(|k| k.starts_with(RESERVED_KEY_PREFIX)) {
             return Err(reserved(&format!("{field}.payload")));
         }
+        let vector = split_point(
+            form,
+            dim,
+            &format!("{field}.vector"),
+            p.vectors,
+            &mut payload,
+        )?;
         if let Some(u) = p.key.as_uuid() {
             payload.insert(UUID_KEY.into(), Value::String(u.hyphenated().to_string()));
         }
@@ -1209,7 +1341,7 @@ fn prepare_upsert(
         match row_of.get(&id) {
             // The same id again: its last point wins.
             Some(&(row, key)) if key == p.key => {
-                vectors[row * dim..(row + 1) * dim].copy_from_slice(&p.vector);
+                vectors[row * dim..(row + 1) * dim].copy_from_slice(&vector);
                 payloads[row] = text;
                 continue;
             }
@@ -1234,7 +1366,7 @@ fn prepare_upsert(
         }
         row_of.insert(id, (ids.len(), p.key));
         ids.push(id);
-        vectors.extend_from_slice(&p.vector);
+        vectors.extend_from_slice(&vector);
         payloads.push(text);
     }
     Ok((ids, vectors, payloads))

@@ -15,15 +15,18 @@ use super::api::{
     QuerySpec, QueryVector, Record, Scored, Selector, VectorForm, NO_DENSE_VECTOR,
 };
 use super::filter::{from_grpc, point_id, point_key};
+use super::fusion::Fusion;
 use super::proto::{
     self, collections_server::Collections, points_server::Points, qdrant_server::Qdrant,
 };
 use super::unsupported;
 use super::values;
+use super::vectors::{SparseParams, VectorIn, VectorOut, VectorSel, VectorsOut};
 use crate::auth::{check_reach, in_reach};
 use crate::registry::Registry;
 use crate::service::{client_of, grpc_timeout};
 use crate::status::invalid;
+use quiver_engine::sparse::SparseVector;
 
 /// The three services, over one set of operations.
 #[derive(Clone)]
@@ -98,47 +101,52 @@ fn payload_sel(s: Option<&proto::WithPayloadSelector>, default: PayloadSel) -> P
     }
 }
 
-fn vector_sel(s: Option<&proto::WithVectorsSelector>) -> Result<bool, Status> {
+fn vector_sel(s: Option<&proto::WithVectorsSelector>) -> VectorSel {
     use proto::with_vectors_selector::SelectorOptions;
     match s.and_then(|s| s.selector_options.as_ref()) {
-        None => Ok(false),
-        Some(SelectorOptions::Enable(b)) => Ok(*b),
-        Some(SelectorOptions::Include(names)) => {
-            if let Some(n) = names.names.iter().find(|n| !n.is_empty()) {
-                return Err(unsupported(&format!(
-                    "with_vectors: the named vector `{n}`"
-                )));
-            }
-            Ok(true)
-        }
+        None | Some(SelectorOptions::Enable(false)) => VectorSel::None,
+        Some(SelectorOptions::Enable(true)) => VectorSel::All,
+        Some(SelectorOptions::Include(names)) => VectorSel::Only(names.names.clone()),
     }
 }
 
-fn dense(field: &str, v: &proto::Vector) -> Result<Vec<f32>, Status> {
+fn sparse(field: &str, indices: &[u32], values: &[f32]) -> Result<SparseVector, Status> {
+    SparseVector::new(indices.to_vec(), values.to_vec()).map_err(|e| invalid(field, e))
+}
+
+fn vector_in(field: &str, v: &proto::Vector) -> Result<VectorIn, Status> {
     use proto::vector::Vector as V;
     match &v.vector {
-        Some(V::Dense(d)) => Ok(d.data.clone()),
-        Some(V::Sparse(_)) => Err(unsupported(&format!("{field}: sparse vectors"))),
+        Some(V::Dense(d)) => Ok(VectorIn::Dense(d.data.clone())),
+        Some(V::Sparse(sv)) => Ok(VectorIn::Sparse(sparse(field, &sv.indices, &sv.values)?)),
         Some(V::MultiDense(_)) => Err(unsupported(&format!("{field}: multi-vectors"))),
         Some(V::Document(_) | V::Image(_) | V::Object(_)) => Err(unsupported(&format!(
             "{field}: server-side inference (documents, images, objects)"
         ))),
-        None if v.indices.is_some() => Err(unsupported(&format!("{field}: sparse vectors"))),
-        None => Ok(v.data.clone()),
+        None => match &v.indices {
+            Some(i) => Ok(VectorIn::Sparse(sparse(field, &i.data, &v.data)?)),
+            None => Ok(VectorIn::Dense(v.data.clone())),
+        },
     }
 }
 
-fn point_vector(field: &str, v: Option<&proto::Vectors>) -> Result<Vec<f32>, Status> {
+fn point_vectors(
+    field: &str,
+    v: Option<&proto::Vectors>,
+) -> Result<Vec<(String, VectorIn)>, Status> {
     use proto::vectors::VectorsOptions;
     match v.and_then(|v| v.vectors_options.as_ref()) {
         None => Err(invalid(field, "missing: every point needs a vector")),
-        Some(VectorsOptions::Vector(v)) => dense(field, v),
-        Some(VectorsOptions::Vectors(named)) => match named.vectors.get("") {
-            Some(v) if named.vectors.len() == 1 => dense(field, v),
-            _ => Err(unsupported(&format!(
-                "{field}: named vectors (a collection holds one unnamed vector)"
-            ))),
-        },
+        Some(VectorsOptions::Vector(v)) => Ok(vec![(String::new(), vector_in(field, v)?)]),
+        Some(VectorsOptions::Vectors(named)) => {
+            let mut out: Vec<(String, VectorIn)> = named
+                .vectors
+                .iter()
+                .map(|(n, v)| Ok((n.clone(), vector_in(&format!("{field}.{n}"), v)?)))
+                .collect::<Result<_, Status>>()?;
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            Ok(out)
+        }
     }
 }
 
@@ -342,21 +350,76 @@ fn quantization_proto(v: &Value) -> Option<proto::QuantizationConfig> {
     })
 }
 
+/// The parts a query and a prefetch share.
+struct QueryParts<'a> {
+    prefetch: &'a [proto::PrefetchQuery],
+    query: Option<&'a proto::Query>,
+    using: Option<&'a str>,
+    filter: Option<&'a proto::Filter>,
+    params: Option<&'a proto::SearchParams>,
+    score_threshold: Option<f32>,
+    limit: Option<u64>,
+    lookup_from: bool,
+}
+
 fn query_spec(field: &str, q: &proto::QueryPoints) -> Result<QuerySpec, Status> {
+    let mut spec = query_parts(
+        field,
+        QueryParts {
+            prefetch: &q.prefetch,
+            query: q.query.as_ref(),
+            using: q.using.as_deref(),
+            filter: q.filter.as_ref(),
+            params: q.params.as_ref(),
+            score_threshold: q.score_threshold,
+            limit: q.limit,
+            lookup_from: q.lookup_from.is_some(),
+        },
+        0,
+    )?;
+    spec.offset = q.offset.unwrap_or(0) as usize;
+    spec.with_payload = payload_sel(q.with_payload.as_ref(), PayloadSel::None);
+    spec.with_vector = vector_sel(q.with_vectors.as_ref());
+    Ok(spec)
+}
+
+/// Most levels of nested prefetches.
+const MAX_PREFETCH_DEPTH: usize = 8;
+
+fn query_parts(field: &str, q: QueryParts<'_>, depth: usize) -> Result<QuerySpec, Status> {
     use proto::query::Variant;
     use proto::vector_input::Variant as Input;
-    if !q.prefetch.is_empty() {
-        return Err(unsupported(&format!("{field}prefetch: prefetch queries")));
+    if depth > MAX_PREFETCH_DEPTH {
+        return Err(invalid(
+            &format!("{field}prefetch"),
+            format!("more than {MAX_PREFETCH_DEPTH} levels of prefetch"),
+        ));
     }
-    if q.lookup_from.is_some() {
+    if q.lookup_from {
         return Err(unsupported(&format!("{field}lookup_from")));
     }
-    if let Some(u) = q.using.as_deref().filter(|u| !u.is_empty()) {
-        return Err(unsupported(&format!(
-            "{field}using: the named vector `{u}`"
-        )));
-    }
-    let vector = match q.query.as_ref().and_then(|q| q.variant.as_ref()) {
+    let prefetch = q
+        .prefetch
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            query_parts(
+                &format!("{field}prefetch[{i}]."),
+                QueryParts {
+                    prefetch: &p.prefetch,
+                    query: p.query.as_ref(),
+                    using: p.using.as_deref(),
+                    filter: p.filter.as_ref(),
+                    params: p.params.as_ref(),
+                    score_threshold: p.score_threshold,
+                    limit: p.limit,
+                    lookup_from: p.lookup_from.is_some(),
+                },
+                depth + 1,
+            )
+        })
+        .collect::<Result<Vec<_>, Status>>()?;
+    let vector = match q.query.and_then(|q| q.variant.as_ref()) {
         None => {
             return Err(unsupported(&format!(
                 "{field}query: a query without a vector (use Scroll)"
@@ -364,11 +427,13 @@ fn query_spec(field: &str, q: &proto::QueryPoints) -> Result<QuerySpec, Status> 
         }
         Some(Variant::Nearest(input)) => match &input.variant {
             Some(Input::Dense(d)) => QueryVector::Dense(d.data.clone()),
+            Some(Input::Sparse(v)) => QueryVector::Sparse(sparse(
+                &format!("{field}query.nearest.sparse"),
+                &v.indices,
+                &v.values,
+            )?),
             Some(Input::Id(id)) => {
                 QueryVector::Point(point_key(&format!("{field}query.nearest.id"), id)?)
-            }
-            Some(Input::Sparse(_)) => {
-                return Err(unsupported(&format!("{field}query: sparse vectors")))
             }
             Some(Input::MultiDense(_)) => {
                 return Err(unsupported(&format!("{field}query: multi-vectors")))
@@ -380,6 +445,15 @@ fn query_spec(field: &str, q: &proto::QueryPoints) -> Result<QuerySpec, Status> 
             }
             None => return Err(invalid(&format!("{field}query.nearest"), "empty")),
         },
+        // Qdrant's `Fusion` enum: 0 RRF, 1 DBSF.
+        Some(Variant::Fusion(0)) => QueryVector::Fusion(Fusion::Rrf),
+        Some(Variant::Fusion(1)) => QueryVector::Fusion(Fusion::Dbsf),
+        Some(Variant::Fusion(other)) => {
+            return Err(invalid(
+                &format!("{field}query.fusion"),
+                format!("unknown fusion {other} (0 RRF, 1 DBSF)"),
+            ))
+        }
         Some(other) => {
             let name = match other {
                 Variant::Recommend(_) => "recommend",
@@ -398,18 +472,20 @@ fn query_spec(field: &str, q: &proto::QueryPoints) -> Result<QuerySpec, Status> 
             return Err(unsupported(&format!("{field}query: `{name}` queries")));
         }
     };
-    let (nprobe, refine_factor, exact) = params(q.params.as_ref());
+    let (nprobe, refine_factor, exact) = params(q.params);
     Ok(QuerySpec {
         vector,
-        filter: from_grpc(&format!("{field}filter"), q.filter.as_ref())?,
+        using: q.using.unwrap_or_default().to_string(),
+        prefetch,
+        filter: from_grpc(&format!("{field}filter"), q.filter)?,
         limit: q.limit.unwrap_or(10) as usize,
-        offset: q.offset.unwrap_or(0) as usize,
+        offset: 0,
         score_threshold: q.score_threshold,
         nprobe,
         refine_factor,
         exact,
-        with_payload: payload_sel(q.with_payload.as_ref(), PayloadSel::None),
-        with_vector: vector_sel(q.with_vectors.as_ref())?,
+        with_payload: PayloadSel::None,
+        with_vector: VectorSel::None,
     })
 }
 
@@ -427,19 +503,15 @@ fn params(p: Option<&proto::SearchParams>) -> (u32, u32, bool) {
 }
 
 fn search_spec(field: &str, s: &proto::SearchPoints) -> Result<QuerySpec, Status> {
-    if let Some(n) = s.vector_name.as_deref().filter(|n| !n.is_empty()) {
-        return Err(unsupported(&format!(
-            "{field}vector_name: the named vector `{n}`"
-        )));
-    }
-    if s.sparse_indices.is_some() {
-        return Err(unsupported(&format!(
-            "{field}sparse_indices: sparse vectors"
-        )));
-    }
+    let vector = match &s.sparse_indices {
+        Some(i) => QueryVector::Sparse(sparse(&format!("{field}vector"), &i.data, &s.vector)?),
+        None => QueryVector::Dense(s.vector.clone()),
+    };
     let (nprobe, refine_factor, exact) = params(s.params.as_ref());
     Ok(QuerySpec {
-        vector: QueryVector::Dense(s.vector.clone()),
+        vector,
+        using: s.vector_name.clone().unwrap_or_default(),
+        prefetch: Vec::new(),
         filter: from_grpc(&format!("{field}filter"), s.filter.as_ref())?,
         limit: s.limit as usize,
         offset: s.offset.unwrap_or(0) as usize,
@@ -448,21 +520,34 @@ fn search_spec(field: &str, s: &proto::SearchPoints) -> Result<QuerySpec, Status
         refine_factor,
         exact,
         with_payload: payload_sel(s.with_payload.as_ref(), PayloadSel::None),
-        with_vector: vector_sel(s.with_vectors.as_ref())?,
+        with_vector: vector_sel(s.with_vectors.as_ref()),
     })
 }
 
 // ---- encoding ----
 
-fn vectors_out(v: Option<Vec<f32>>) -> Option<proto::VectorsOutput> {
-    v.map(|data| proto::VectorsOutput {
-        vectors_options: Some(proto::vectors_output::VectorsOptions::Vector(
-            proto::VectorOutput {
-                vector: Some(proto::vector_output::Vector::Dense(proto::DenseVector {
-                    data,
-                })),
-            },
-        )),
+fn vector_out(v: VectorOut) -> proto::VectorOutput {
+    use proto::vector_output::Vector;
+    proto::VectorOutput {
+        vector: Some(match v {
+            VectorOut::Dense(data) => Vector::Dense(proto::DenseVector { data }),
+            VectorOut::Sparse(s) => Vector::Sparse(proto::SparseVector {
+                values: s.values,
+                indices: s.indices,
+            }),
+        }),
+    }
+}
+
+fn vectors_out(v: Option<VectorsOut>) -> Option<proto::VectorsOutput> {
+    use proto::vectors_output::VectorsOptions;
+    v.map(|v| proto::VectorsOutput {
+        vectors_options: Some(match v {
+            VectorsOut::Unnamed(data) => VectorsOptions::Vector(vector_out(VectorOut::Dense(data))),
+            VectorsOut::Named(named) => VectorsOptions::Vectors(proto::NamedVectorsOutput {
+                vectors: named.into_iter().map(|(n, v)| (n, vector_out(v))).collect(),
+            }),
+        }),
     })
 }
 
@@ -516,9 +601,11 @@ fn vectors_proto(v: &InfoView) -> proto::VectorsConfig {
         }),
         ..Default::default()
     };
-    let config = if v.form.named {
+    let config = if v.form.no_dense {
+        Config::ParamsMap(proto::VectorParamsMap::default())
+    } else if v.form.named {
         Config::ParamsMap(proto::VectorParamsMap {
-            map: [(String::new(), params)].into_iter().collect(),
+            map: [(v.form.name.clone(), params)].into_iter().collect(),
         })
     } else {
         Config::Params(params)
@@ -526,6 +613,59 @@ fn vectors_proto(v: &InfoView) -> proto::VectorsConfig {
     proto::VectorsConfig {
         config: Some(config),
     }
+}
+
+/// The sparse vectors' parameters (none without sparse vectors).
+fn sparse_proto(form: &VectorForm) -> Option<proto::SparseVectorConfig> {
+    (!form.sparse.is_empty()).then(|| proto::SparseVectorConfig {
+        map: form
+            .sparse
+            .iter()
+            .map(|(n, p)| {
+                let index =
+                    p.index
+                        .as_ref()
+                        .and_then(Value::as_object)
+                        .map(|o| proto::SparseIndexConfig {
+                            full_scan_threshold: u64_of(o, "full_scan_threshold"),
+                            on_disk: o.get("on_disk").and_then(Value::as_bool),
+                            datatype: None,
+                        });
+                let params = proto::SparseVectorParams {
+                    index,
+                    modifier: p.idf.then_some(1),
+                };
+                (n.clone(), params)
+            })
+            .collect(),
+    })
+}
+
+/// The sparse vectors a create request names, in the form kept.
+fn sparse_params(
+    c: Option<&proto::SparseVectorConfig>,
+) -> Result<std::collections::BTreeMap<String, SparseParams>, Status> {
+    let mut out = std::collections::BTreeMap::new();
+    for (name, p) in c.map(|c| c.map.iter()).into_iter().flatten() {
+        let idf = match p.modifier {
+            None | Some(0) => false,
+            Some(1) => true,
+            Some(other) => {
+                return Err(invalid(
+                    &format!("sparse_vectors_config.{name}.modifier"),
+                    format!("unknown modifier {other} (0 none, 1 idf)"),
+                ))
+            }
+        };
+        let index = p.index.as_ref().map(|i| {
+            let mut o = Map::new();
+            put(&mut o, "full_scan_threshold", i.full_scan_threshold);
+            put(&mut o, "on_disk", i.on_disk);
+            Value::Object(o)
+        });
+        out.insert(name.clone(), SparseParams { idf, index });
+    }
+    Ok(out)
 }
 
 fn info_proto(v: InfoView) -> proto::CollectionInfo {
@@ -550,6 +690,7 @@ fn info_proto(v: InfoView) -> proto::CollectionInfo {
                 vectors_config: Some(vectors_proto(&v)),
                 replication_factor: Some(v.replication),
                 write_consistency_factor: Some(1),
+                sparse_vectors_config: sparse_proto(&v.form),
             }),
             hnsw_config: Some(proto::HnswConfigDiff {
                 m: u64_of(h, "m"),
@@ -673,34 +814,37 @@ impl Collections for QdrantGrpc {
         let r = async {
             reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
-            if r.sparse_vectors_config
-                .as_ref()
-                .is_some_and(|s| !s.map.is_empty())
-            {
-                return Err(unsupported("sparse_vectors_config: sparse vectors"));
-            }
             if r.strict_mode_config.is_some() {
                 return Err(unsupported("strict_mode_config"));
             }
+            let sparse = sparse_params(r.sparse_vectors_config.as_ref())?;
             use proto::vectors_config::Config;
             let named = matches!(
                 r.vectors_config.as_ref().and_then(|v| v.config.as_ref()),
                 Some(Config::ParamsMap(_))
             );
-            let params =
+            let (name, params) =
                 match r.vectors_config.as_ref().and_then(|v| v.config.as_ref()) {
+                    None if !sparse.is_empty() => (None, proto::VectorParams::default()),
+                    Some(Config::ParamsMap(m)) if m.map.is_empty() && !sparse.is_empty() => {
+                        (None, proto::VectorParams::default())
+                    }
                     None => return Err(unsupported(NO_DENSE_VECTOR)),
                     Some(Config::ParamsMap(m)) if m.map.is_empty() => {
                         return Err(unsupported(NO_DENSE_VECTOR))
                     }
-                    Some(Config::Params(p)) => *p,
-                    Some(Config::ParamsMap(m)) => match m.map.get("") {
-                        Some(p) if m.map.len() == 1 => *p,
-                        _ => return Err(unsupported(
-                            "vectors_config: named vectors (a collection holds one unnamed vector)",
-                        )),
-                    },
+                    Some(Config::Params(p)) => (Some(String::new()), *p),
+                    Some(Config::ParamsMap(m)) if m.map.len() == 1 => {
+                        let (n, p) = m.map.iter().next().expect("one entry");
+                        (Some(n.clone()), *p)
+                    }
+                    Some(Config::ParamsMap(_)) => {
+                        return Err(unsupported(
+                            "vectors_config: several dense vectors (a collection holds one dense vector, and sparse vectors)",
+                        ))
+                    }
                 };
+            let no_dense = name.is_none();
             if params.multivector_config.is_some() {
                 return Err(unsupported("vectors_config: multi-vectors"));
             }
@@ -718,15 +862,21 @@ impl Collections for QdrantGrpc {
             let datatype = Datatype::from_grpc("vectors_config.datatype", params.datatype)?;
             let form = VectorForm {
                 named,
+                name: name.unwrap_or_default(),
+                no_dense,
                 on_disk: params.on_disk,
                 // 0 is the enum's default: not a datatype the client named.
                 datatype: params.datatype.filter(|&d| d != 0).map(|_| datatype.into()),
+                sparse,
             };
             self.api
                 .create(CreateSpec {
                     name: r.collection_name,
                     dim: params.size,
-                    distance: distance(params.distance)?,
+                    distance: match no_dense {
+                        true => Distance::Euclid,
+                        false => distance(params.distance)?,
+                    },
                     datatype,
                     settings: s,
                     shards: r.shard_number.unwrap_or(0),
@@ -855,7 +1005,7 @@ impl Points for QdrantGrpc {
                             .ok_or_else(|| invalid(&format!("{field}.id"), "missing"))?;
                     Ok(PointIn {
                         key: point_key(&format!("{field}.id"), id)?,
-                        vector: point_vector(&format!("{field}.vectors"), p.vectors.as_ref())?,
+                        vectors: point_vectors(&format!("{field}.vectors"), p.vectors.as_ref())?,
                         payload: values::map_to_json(&format!("{field}.payload"), &p.payload)?,
                     })
                 })
@@ -908,7 +1058,7 @@ impl Points for QdrantGrpc {
                     &r.collection_name,
                     keys,
                     payload_sel(r.with_payload.as_ref(), PayloadSel::All),
-                    vector_sel(r.with_vectors.as_ref())?,
+                    vector_sel(r.with_vectors.as_ref()),
                 )
                 .await?;
             Ok(Response::new(proto::GetResponse {
@@ -1110,7 +1260,7 @@ impl Points for QdrantGrpc {
                     offset,
                     r.limit.unwrap_or(10) as usize,
                     payload_sel(r.with_payload.as_ref(), PayloadSel::All),
-                    vector_sel(r.with_vectors.as_ref())?,
+                    vector_sel(r.with_vectors.as_ref()),
                 )
                 .await?;
             Ok(Response::new(proto::ScrollResponse {

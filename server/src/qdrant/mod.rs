@@ -7,15 +7,19 @@
 //! - [`ids`]: Qdrant's point ids (integers and UUIDs) on Quiver's;
 //! - [`values`]: JSON values in gRPC form;
 //! - [`filter`]: Qdrant filters onto Quiver's;
+//! - [`vectors`]: a collection's vectors by name (dense, sparse) and a point's;
+//! - [`fusion`]: fusing rankings (the Query API's RRF and DBSF);
 //! - [`api`]: the operations, shared by both front ends;
 //! - [`grpc`], [`rest`]: the front ends.
 
 pub mod api;
 pub mod filter;
+pub mod fusion;
 pub mod grpc;
 pub mod ids;
 pub mod rest;
 pub mod values;
+pub mod vectors;
 
 pub mod proto {
     //! Generated protobuf and gRPC code for the supported part of Qdrant's API (`qdrant`).

@@ -27,13 +27,16 @@ use super::api::{
     QueryVector, Record, Scored, Selector, VectorForm, NO_DENSE_VECTOR,
 };
 use super::filter::from_rest;
+use super::fusion::Fusion;
 use super::ids::PointKey;
 use super::unsupported;
+use super::vectors::{SparseParams, VectorIn, VectorOut, VectorSel, VectorsOut};
 use crate::auth::{Access, ApiKeys};
 use crate::metrics::Metrics;
 use crate::ratelimit::{Client, Limit, RateLimiter};
 use crate::registry::Registry;
 use crate::status::invalid;
+use quiver_engine::sparse::SparseVector;
 
 /// The REST front end's state.
 #[derive(Clone)]
@@ -379,8 +382,8 @@ fn keys_in(field: &str, v: Option<&Value>) -> Result<Vec<PointKey>, Status> {
     }
 }
 
-/// A dense vector: a list of numbers, or `{"": [...]}` (the unnamed vector by name).
-fn dense_in(field: &str, v: Option<&Value>) -> Result<Vec<f32>, Status> {
+/// A vector: a list of numbers (dense) or `{"indices": […], "values": […]}` (sparse).
+fn vector_in(field: &str, v: Option<&Value>) -> Result<VectorIn, Status> {
     match v.filter(|v| !v.is_null()) {
         None => Err(invalid(field, "missing")),
         Some(Value::Array(a)) => a
@@ -394,22 +397,62 @@ fn dense_in(field: &str, v: Option<&Value>) -> Result<Vec<f32>, Status> {
                 Value::Array(_) => Err(unsupported(&format!("{field}: multi-vectors"))),
                 _ => Err(invalid(&format!("{field}[{i}]"), "expected a number")),
             })
-            .collect(),
+            .collect::<Result<Vec<f32>, Status>>()
+            .map(VectorIn::Dense),
         Some(Value::Object(o)) if o.contains_key("indices") => {
-            Err(unsupported(&format!("{field}: sparse vectors")))
+            let indices = o
+                .get("indices")
+                .and_then(Value::as_array)
+                .ok_or_else(|| invalid(&format!("{field}.indices"), "expected a list of indices"))?
+                .iter()
+                .enumerate()
+                .map(|(i, x)| {
+                    x.as_u64()
+                        .and_then(|x| u32::try_from(x).ok())
+                        .ok_or_else(|| {
+                            invalid(
+                                &format!("{field}.indices[{i}]"),
+                                "expected an unsigned 32-bit integer",
+                            )
+                        })
+                })
+                .collect::<Result<Vec<u32>, Status>>()?;
+            let values = o
+                .get("values")
+                .and_then(Value::as_array)
+                .ok_or_else(|| invalid(&format!("{field}.values"), "expected a list of numbers"))?
+                .iter()
+                .enumerate()
+                .map(|(i, x)| {
+                    x.as_f64().map(|f| f as f32).ok_or_else(|| {
+                        invalid(&format!("{field}.values[{i}]"), "expected a number")
+                    })
+                })
+                .collect::<Result<Vec<f32>, Status>>()?;
+            SparseVector::new(indices, values)
+                .map(VectorIn::Sparse)
+                .map_err(|e| invalid(field, e))
         }
         Some(Value::Object(o)) if o.contains_key("text") || o.contains_key("image") => {
             Err(unsupported(&format!(
                 "{field}: server-side inference (documents, images, objects)"
             )))
         }
-        Some(Value::Object(o)) => match o.get("") {
-            Some(v) if o.len() == 1 => dense_in(field, Some(v)),
-            _ => Err(unsupported(&format!(
-                "{field}: named vectors (a collection holds one unnamed vector)"
-            ))),
-        },
-        Some(_) => Err(invalid(field, "expected a list of numbers")),
+        Some(_) => Err(invalid(
+            field,
+            "expected a list of numbers or {\"indices\": […], \"values\": […]}",
+        )),
+    }
+}
+
+/// A point's vectors: one unnamed list of numbers, or vectors by name.
+fn point_vectors_in(field: &str, v: Option<&Value>) -> Result<Vec<(String, VectorIn)>, Status> {
+    match v.filter(|v| !v.is_null()) {
+        Some(Value::Object(o)) if !o.contains_key("indices") => o
+            .iter()
+            .map(|(n, x)| Ok((n.clone(), vector_in(&format!("{field}.{n}"), Some(x))?)))
+            .collect(),
+        v => Ok(vec![(String::new(), vector_in(field, v)?)]),
     }
 }
 
@@ -434,17 +477,11 @@ fn payload_sel(field: &str, v: Option<&Value>, default: PayloadSel) -> Result<Pa
     }
 }
 
-fn vector_sel(field: &str, v: Option<&Value>) -> Result<bool, Status> {
+fn vector_sel(field: &str, v: Option<&Value>) -> Result<VectorSel, Status> {
     match v.filter(|v| !v.is_null()) {
-        None => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(Value::Array(_)) => {
-            let names = strings_in(field, v)?;
-            if let Some(n) = names.iter().find(|n| !n.is_empty()) {
-                return Err(unsupported(&format!("{field}: the named vector `{n}`")));
-            }
-            Ok(!names.is_empty())
-        }
+        None | Some(Value::Bool(false)) => Ok(VectorSel::None),
+        Some(Value::Bool(true)) => Ok(VectorSel::All),
+        Some(Value::Array(_)) => Ok(VectorSel::Only(strings_in(field, v)?)),
         Some(_) => Err(invalid(
             field,
             "expected true, false or a list of vector names",
@@ -492,25 +529,25 @@ fn params_in(field: &str, v: Option<&Value>) -> Result<(u32, u32, bool), Status>
 
 fn search_in(field: &str, b: &Map<String, Value>) -> Result<QuerySpec, Status> {
     let f = |k: &str| format!("{field}{k}");
-    let vector = match b.get("vector") {
-        Some(Value::Object(o)) if o.contains_key("vector") => {
-            if let Some(n) = o
-                .get("name")
+    // `{"name": …, "vector": …}`: a vector by name (a sparse one is always named).
+    let (using, vector) = match b.get("vector") {
+        Some(Value::Object(o)) if o.contains_key("vector") => (
+            o.get("name")
                 .and_then(Value::as_str)
-                .filter(|n| !n.is_empty())
-            {
-                return Err(unsupported(&format!(
-                    "{}: the named vector `{n}`",
-                    f("vector")
-                )));
-            }
-            dense_in(&f("vector.vector"), o.get("vector"))?
-        }
-        v => dense_in(&f("vector"), v)?,
+                .unwrap_or_default()
+                .to_string(),
+            vector_in(&f("vector.vector"), o.get("vector"))?,
+        ),
+        v => (String::new(), vector_in(&f("vector"), v)?),
     };
     let (nprobe, refine_factor, exact) = params_in(&f("params"), b.get("params"))?;
     Ok(QuerySpec {
-        vector: QueryVector::Dense(vector),
+        vector: match vector {
+            VectorIn::Dense(d) => QueryVector::Dense(d),
+            VectorIn::Sparse(v) => QueryVector::Sparse(v),
+        },
+        using,
+        prefetch: Vec::new(),
         filter: from_rest(&f("filter"), b.get("filter"))?,
         limit: u64_in(&f("limit"), b.get("limit"), 10)? as usize,
         offset: u64_in(&f("offset"), b.get("offset"), 0)? as usize,
@@ -536,13 +573,29 @@ fn query_vector(field: &str, v: Option<&Value>) -> Result<QueryVector, Status> {
             field,
             v.unwrap_or(&Value::Null),
         )?)),
-        Some(Value::Array(_)) => Ok(QueryVector::Dense(dense_in(field, v)?)),
+        Some(Value::Array(_)) => match vector_in(field, v)? {
+            VectorIn::Dense(d) => Ok(QueryVector::Dense(d)),
+            VectorIn::Sparse(s) => Ok(QueryVector::Sparse(s)),
+        },
         Some(Value::Object(o)) => {
             if let Some(n) = o.get("nearest") {
                 return query_vector(&format!("{field}.nearest"), Some(n));
             }
             if o.contains_key("indices") {
-                return Err(unsupported(&format!("{field}: sparse vectors")));
+                return match vector_in(field, v)? {
+                    VectorIn::Dense(d) => Ok(QueryVector::Dense(d)),
+                    VectorIn::Sparse(s) => Ok(QueryVector::Sparse(s)),
+                };
+            }
+            if let Some(f) = o.get("fusion") {
+                return match f.as_str() {
+                    Some("rrf") => Ok(QueryVector::Fusion(Fusion::Rrf)),
+                    Some("dbsf") => Ok(QueryVector::Fusion(Fusion::Dbsf)),
+                    _ => Err(invalid(
+                        &format!("{field}.fusion"),
+                        "expected \"rrf\" or \"dbsf\"",
+                    )),
+                };
             }
             let kind = o.keys().next().cloned().unwrap_or_default();
             Err(unsupported(&format!("{field}: `{kind}` queries")))
@@ -554,27 +607,56 @@ fn query_vector(field: &str, v: Option<&Value>) -> Result<QueryVector, Status> {
     }
 }
 
+/// Most levels of nested prefetches.
+const MAX_PREFETCH_DEPTH: usize = 8;
+
 fn query_in(field: &str, b: &Map<String, Value>) -> Result<QuerySpec, Status> {
+    query_at(field, b, 0)
+}
+
+fn query_at(field: &str, b: &Map<String, Value>, depth: usize) -> Result<QuerySpec, Status> {
     let f = |k: &str| format!("{field}{k}");
-    if b.get("prefetch").is_some_and(|p| !p.is_null()) {
-        return Err(unsupported(&format!("{}: prefetch queries", f("prefetch"))));
+    if depth > MAX_PREFETCH_DEPTH {
+        return Err(invalid(
+            &f("prefetch"),
+            format!("more than {MAX_PREFETCH_DEPTH} levels of prefetch"),
+        ));
     }
     if b.get("lookup_from").is_some_and(|p| !p.is_null()) {
         return Err(unsupported(&f("lookup_from")));
     }
-    if let Some(u) = b
-        .get("using")
-        .and_then(Value::as_str)
-        .filter(|u| !u.is_empty())
-    {
-        return Err(unsupported(&format!(
-            "{}: the named vector `{u}`",
-            f("using")
-        )));
-    }
+    // One prefetch or a list of them.
+    let prefetch = match b.get("prefetch") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Object(o)) => vec![query_at(&f("prefetch."), o, depth + 1)?],
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match p {
+                Value::Object(o) => query_at(&format!("{field}prefetch[{i}]."), o, depth + 1),
+                _ => Err(invalid(
+                    &format!("{field}prefetch[{i}]"),
+                    "expected a JSON object",
+                )),
+            })
+            .collect::<Result<_, Status>>()?,
+        Some(_) => {
+            return Err(invalid(
+                &f("prefetch"),
+                "expected a query or a list of queries",
+            ))
+        }
+    };
+    let using = match b.get("using") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(u)) => u.clone(),
+        Some(_) => return Err(invalid(&f("using"), "expected a vector name")),
+    };
     let (nprobe, refine_factor, exact) = params_in(&f("params"), b.get("params"))?;
     Ok(QuerySpec {
         vector: query_vector(&f("query"), b.get("query"))?,
+        using,
+        prefetch,
         filter: from_rest(&f("filter"), b.get("filter"))?,
         limit: u64_in(&f("limit"), b.get("limit"), 10)? as usize,
         offset: u64_in(&f("offset"), b.get("offset"), 0)? as usize,
@@ -588,6 +670,31 @@ fn query_in(field: &str, b: &Map<String, Value>) -> Result<QuerySpec, Status> {
             b.get("with_vector").or(b.get("with_vectors")),
         )?,
     })
+}
+
+/// The sparse vectors of a create body (`sparse_vectors`: name → `{"modifier", "index"}`).
+fn sparse_in(
+    v: Option<&Value>,
+) -> Result<std::collections::BTreeMap<String, SparseParams>, Status> {
+    let mut out = std::collections::BTreeMap::new();
+    for (name, p) in object_in("sparse_vectors", v)? {
+        let field = format!("sparse_vectors.{name}");
+        let p = object_in(&field, Some(&p))?;
+        let idf = match p.get("modifier") {
+            None | Some(Value::Null) => false,
+            Some(Value::String(m)) if m == "none" => false,
+            Some(Value::String(m)) if m == "idf" => true,
+            Some(_) => {
+                return Err(invalid(
+                    &format!("{field}.modifier"),
+                    "expected \"none\" or \"idf\"",
+                ))
+            }
+        };
+        let index = p.get("index").filter(|i| !i.is_null()).cloned();
+        out.insert(name, SparseParams { idf, index });
+    }
+    Ok(out)
 }
 
 /// The client's settings from a create or update body (the keys [`super::api`] keeps).
@@ -658,11 +765,25 @@ fn field_type_in(v: Option<&Value>) -> Result<FieldType, Status> {
 
 // ---- answers ----
 
+fn vectors_out_json(v: Option<VectorsOut>) -> Value {
+    let one = |v: VectorOut| match v {
+        VectorOut::Dense(d) => json!(d),
+        VectorOut::Sparse(s) => s.to_json(),
+    };
+    match v {
+        None => Value::Null,
+        Some(VectorsOut::Unnamed(d)) => json!(d),
+        Some(VectorsOut::Named(n)) => {
+            Value::Object(n.into_iter().map(|(k, v)| (k, one(v))).collect())
+        }
+    }
+}
+
 fn record_json(r: Record) -> Value {
     json!({
         "id": r.key.to_json(),
         "payload": r.payload.map(Value::Object),
-        "vector": r.vector,
+        "vector": vectors_out_json(r.vector),
     })
 }
 
@@ -672,7 +793,7 @@ fn scored_json(s: Scored) -> Value {
         "version": 0,
         "score": s.score,
         "payload": s.record.payload.map(Value::Object),
-        "vector": s.record.vector,
+        "vector": vectors_out_json(s.record.vector),
     })
 }
 
@@ -686,11 +807,35 @@ fn vectors_json(v: &InfoView) -> Value {
     if let Some(d) = v.form.datatype {
         params["datatype"] = json!(d);
     }
-    if v.form.named {
-        json!({ "": params })
+    if v.form.no_dense {
+        json!({})
+    } else if v.form.named {
+        json!({ v.form.name.clone(): params })
     } else {
         params
     }
+}
+
+/// The sparse vectors' parameters (none without sparse vectors).
+fn sparse_vectors_json(form: &VectorForm) -> Value {
+    if form.sparse.is_empty() {
+        return Value::Null;
+    }
+    Value::Object(
+        form.sparse
+            .iter()
+            .map(|(n, p)| {
+                let mut o = Map::new();
+                if let Some(i) = &p.index {
+                    o.insert("index".into(), i.clone());
+                }
+                if p.idf {
+                    o.insert("modifier".into(), json!("idf"));
+                }
+                (n.clone(), Value::Object(o))
+            })
+            .collect(),
+    )
 }
 
 fn info_json(v: InfoView) -> Value {
@@ -719,6 +864,7 @@ fn info_json(v: InfoView) -> Value {
         "config": {
             "params": {
                 "vectors": vectors_json(&v),
+                "sparse_vectors": sparse_vectors_json(&v.form),
                 "shard_number": v.shards,
                 "replication_factor": v.replication,
                 "write_consistency_factor": 1,
@@ -826,30 +972,31 @@ async fn create(
         Some(&name),
         |_| async {
             let b = Body::parse(&body)?;
-            if b.get("sparse_vectors")
-                .is_some_and(|v| v.as_object().is_some_and(|o| !o.is_empty()))
-            {
-                return Err(unsupported("sparse_vectors: sparse vectors"));
-            }
             if b.get("strict_mode_config").is_some() {
                 return Err(unsupported("strict_mode_config"));
             }
+            let sparse = sparse_in(b.get("sparse_vectors"))?;
             let vectors = object_in("vectors", b.get("vectors"))?;
             let named = !vectors.contains_key("size");
-            let params = if !named {
-                vectors
+            let (vname, params) = if !named {
+                (Some(String::new()), vectors)
             } else if vectors.is_empty() {
-                return Err(unsupported(NO_DENSE_VECTOR));
-            } else {
-                match vectors.get("") {
-                    Some(Value::Object(p)) if vectors.len() == 1 => p.clone(),
-                    _ => {
-                        return Err(unsupported(
-                            "vectors: named vectors (a collection holds one unnamed vector)",
-                        ))
-                    }
+                if sparse.is_empty() {
+                    return Err(unsupported(NO_DENSE_VECTOR));
                 }
+                (None, Map::new())
+            } else if vectors.len() == 1 {
+                let (n, p) = vectors.iter().next().expect("one entry");
+                match p {
+                    Value::Object(p) => (Some(n.clone()), p.clone()),
+                    _ => return Err(invalid(&format!("vectors.{n}"), "expected a JSON object")),
+                }
+            } else {
+                return Err(unsupported(
+                    "vectors: several dense vectors (a collection holds one dense vector, and sparse vectors)",
+                ));
             };
+            let no_dense = vname.is_none();
             if params
                 .get("multivector_config")
                 .is_some_and(|v| !v.is_null())
@@ -859,6 +1006,7 @@ async fn create(
             let dim = u64_in("vectors.size", params.get("size"), 0)?;
             let distance = match params.get("distance").and_then(Value::as_str) {
                 Some(d) => Distance::parse("vectors.distance", d)?,
+                None if no_dense => Distance::Euclid,
                 None => {
                     return Err(invalid(
                         "vectors.distance",
@@ -877,6 +1025,9 @@ async fn create(
             };
             let form = VectorForm {
                 named,
+                name: vname.unwrap_or_default(),
+                no_dense,
+                sparse,
                 on_disk,
                 datatype: params
                     .get("datatype")
@@ -974,16 +1125,29 @@ fn points_in(mut b: Body) -> Result<Vec<PointIn>, Status> {
         let ids = keys_in("batch.ids", batch.get("ids"))?;
         let vectors = match batch.remove("vectors") {
             Some(Value::Array(a)) => a,
-            Some(Value::Object(mut o)) if o.len() == 1 && o.contains_key("") => {
-                match o.remove("") {
-                    Some(Value::Array(a)) => a,
-                    _ => return Err(invalid("batch.vectors", "expected a list of vectors")),
+            // By name: each name's list, one vector per id, zipped into one object per id.
+            Some(Value::Object(o)) => {
+                let mut rows: Vec<Map<String, Value>> = vec![Map::new(); ids.len()];
+                for (n, list) in o {
+                    let Value::Array(list) = list else {
+                        return Err(invalid(
+                            &format!("batch.vectors.{n}"),
+                            "expected a list of vectors",
+                        ));
+                    };
+                    if list.len() != ids.len() {
+                        return Err(invalid(
+                            &format!("batch.vectors.{n}"),
+                            format!("{} vectors for {} ids", list.len(), ids.len()),
+                        ));
+                    }
+                    for (row, v) in rows.iter_mut().zip(list) {
+                        if !v.is_null() {
+                            row.insert(n.clone(), v);
+                        }
+                    }
                 }
-            }
-            Some(Value::Object(_)) => {
-                return Err(unsupported(
-                    "batch.vectors: named vectors (a collection holds one unnamed vector)",
-                ))
+                rows.into_iter().map(Value::Object).collect()
             }
             _ => return Err(invalid("batch.vectors", "missing: a list of vectors")),
         };
@@ -1011,7 +1175,7 @@ fn points_in(mut b: Body) -> Result<Vec<PointIn>, Status> {
             .map(|(i, ((key, v), p))| {
                 Ok(PointIn {
                     key,
-                    vector: dense_in(&format!("batch.vectors[{i}]"), Some(&v))?,
+                    vectors: point_vectors_in(&format!("batch.vectors[{i}]"), Some(&v))?,
                     payload: payload_owned(&format!("batch.payloads[{i}]"), p)?,
                 })
             })
@@ -1031,7 +1195,7 @@ fn points_in(mut b: Body) -> Result<Vec<PointIn>, Status> {
                         &format!("{field}.id"),
                         p.get("id").unwrap_or(&Value::Null),
                     )?,
-                    vector: dense_in(&format!("{field}.vector"), p.get("vector"))?,
+                    vectors: point_vectors_in(&format!("{field}.vector"), p.get("vector"))?,
                     payload: payload_owned(
                         &format!("{field}.payload"),
                         p.remove("payload").unwrap_or(Value::Null),
@@ -1143,7 +1307,10 @@ async fn retrieve_one(
                 Ok(n) => PointKey::num("id", n)?,
                 Err(_) => PointKey::uuid("id", &id)?,
             };
-            let mut records = s.api.get(&name, vec![key], PayloadSel::All, true).await?;
+            let mut records = s
+                .api
+                .get(&name, vec![key], PayloadSel::All, VectorSel::All)
+                .await?;
             match records.pop() {
                 Some(r) => Ok(record_json(r)),
                 None => Err(Status::not_found(format!("no point with id {id}"))),

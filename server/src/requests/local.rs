@@ -287,6 +287,24 @@ impl<'a> Local<'a> {
         blocking(move || Ok(store.count(filter.as_ref()) as u64)).await
     }
 
+    pub(super) async fn sparse_search(&self, r: super::SparseSearch) -> Result<Vec<Hit>, Status> {
+        let c = self.registry.get(&r.collection)?;
+        let filter = parse_filter("filter", &r.filter, &c.store.field_specs())?;
+        let store = c.store.clone();
+        blocking(move || {
+            Ok(store
+                .search_sparse(&r.name, &r.query, r.k, filter.as_ref(), r.idf)
+                .into_iter()
+                .map(|(id, score)| Hit {
+                    id,
+                    distance: -score,
+                    payload: Vec::new(),
+                })
+                .collect())
+        })
+        .await
+    }
+
     pub(super) async fn search(
         &self,
         r: Search,

@@ -305,6 +305,23 @@ pub struct Hit {
     pub payload: Vec<u8>,
 }
 
+/// A query on a collection's sparse vectors of one name: exact, by dot product.
+#[derive(Debug, Clone)]
+pub struct SparseSearch {
+    /// The collection.
+    pub collection: String,
+    /// The sparse vectors' name.
+    pub name: String,
+    /// The query.
+    pub query: quiver_engine::sparse::SparseVector,
+    /// Neighbours.
+    pub k: usize,
+    /// Weigh the query's terms by their inverse document frequency (Qdrant's `idf` modifier).
+    pub idf: bool,
+    /// Only points passing this filter (empty: all).
+    pub filter: String,
+}
+
 /// Trains a collection's IVF-PQ index.
 #[derive(Debug, Clone)]
 pub struct Train {
@@ -585,6 +602,26 @@ impl Router {
             Some(c) => c.search(r, caller, self).await,
             None => self.local().search(r, caller, self).await,
         }
+    }
+
+    /// Searches sparse vectors; answers the neighbours (points sharing a term with the
+    /// query), best first, with their dot products as distances negated (Quiver's order:
+    /// smaller is better).
+    pub async fn sparse_search(
+        &self,
+        r: SparseSearch,
+        caller: &Caller,
+    ) -> Result<Vec<Hit>, Status> {
+        let max_k = self.limits().max_k;
+        if r.k == 0 || r.k > max_k {
+            return Err(crate::status::invalid(
+                "k",
+                format!("{} is out of range: it must be between 1 and {max_k}", r.k),
+            ));
+        }
+        self.not_in_cluster("sparse vector search")?;
+        self.take_vectors(caller.client, 1)?;
+        self.local().sparse_search(r).await
     }
 
     /// Trains a collection's index; answers its state (training, when in the background).

@@ -759,7 +759,8 @@ impl<B: Backend + Clone + 'static> Collection<B> {
     /// The `k` live points passing `filter` whose sparse vector named `name` has the highest
     /// dot product with `query` (points sharing no term with it left out), best first: exact.
     /// With `idf`, the query's weights are first multiplied by each term's inverse document
-    /// frequency among the live points ([`quiver_engine::sparse::idf`]).
+    /// frequency among the live points holding a sparse vector of that name
+    /// ([`quiver_engine::sparse::idf`]).
     pub fn search_sparse(
         &self,
         name: &str,
@@ -773,8 +774,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         let fields = self.field_specs();
         let weighted;
         let query = if idf {
-            let n = v.len();
-            let df = v.sparse_doc_freqs(&key, &query.indices);
+            let (n, df) = v.sparse_doc_freqs(&key, &query.indices);
             weighted = SparseVector {
                 indices: query.indices.clone(),
                 values: query

@@ -250,17 +250,20 @@ impl<B: Backend> Version<B> {
         quiver_engine::sparse::merge_hits(parts, k)
     }
 
-    /// How many live points hold each of `terms` in their sparse vector under `key`.
-    pub fn sparse_doc_freqs(&self, key: &str, terms: &[u32]) -> Vec<usize> {
+    /// How many live points hold a sparse vector under `key`, and how many of them hold
+    /// each of `terms`.
+    pub fn sparse_doc_freqs(&self, key: &str, terms: &[u32]) -> (usize, Vec<usize>) {
+        let mut n = 0;
         let mut df = vec![0; terms.len()];
         for s in self.all() {
             let index = s.sparse_index(key);
             let live = |id: u64| s.contains(id);
+            n += index.count(&live);
             for (d, &t) in df.iter_mut().zip(terms) {
                 *d += index.doc_freq(t, &live);
             }
         }
-        df
+        (n, df)
     }
 
     /// The `n` smallest ids at least `from` of live points passing `filter`, ascending (a

@@ -51,7 +51,7 @@ fn brute(
     g: Option<u64>,
     with_idf: bool,
 ) -> Vec<(u64, f32)> {
-    let n = model.len();
+    let n = model.values().filter(|(v, _)| v.is_some()).count();
     let q = if with_idf {
         let values = q
             .indices

@@ -1,0 +1,367 @@
+//! A Qdrant collection's vectors as its clients name them: one dense vector (unnamed, or under
+//! a name), sparse vectors by name, or no dense vector at all; and the vectors a point carries,
+//! a query names and an answer shows.
+//!
+//! The dense vector is the store collection's vector. Sparse vectors are kept in the point's
+//! payload under reserved keys ([`quiver_store::wal::sparse_key`]), written, logged and
+//! replayed with it, and searched through each segment's inverted index. A collection with no
+//! dense vector keeps a one-dimension placeholder per point that no answer shows.
+
+use std::collections::BTreeMap;
+
+use quiver_engine::sparse::SparseVector;
+use quiver_store::wal::{sparse_key, RESERVED_KEY_PREFIX};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tonic::Status;
+
+use crate::status::invalid;
+
+/// How the client described the collection's vectors, kept in its settings under
+/// [`VectorForm::KEY`] so that `GetCollectionInfo` answers in the same form (LangChain reads
+/// back `vectors[name]`) and requests are checked against the names.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VectorForm {
+    /// The dense vector was given by name (`{"name": {…}}`, the name possibly `""`).
+    #[serde(default)]
+    pub named: bool,
+    /// Its name (`""`: the unnamed one).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// The collection has no dense vector (sparse vectors only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_dense: bool,
+    /// `on_disk`, as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_disk: Option<bool>,
+    /// `datatype` was given (as what it says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datatype: Option<DatatypeName>,
+    /// The sparse vectors, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sparse: BTreeMap<String, SparseParams>,
+}
+
+/// A `datatype` as the client named it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatatypeName {
+    /// `float32`.
+    Float32,
+    /// `float16`.
+    Float16,
+}
+
+/// A sparse vector's parameters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SparseParams {
+    /// Queries weigh their terms by inverse document frequency (`modifier: idf`).
+    #[serde(default)]
+    pub idf: bool,
+    /// The client's `index` parameters (REST form), kept and reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<Value>,
+}
+
+impl VectorForm {
+    /// Its key in the settings.
+    pub const KEY: &'static str = "vectors";
+
+    /// The form kept in `settings` (the default when there is none: collections made before
+    /// it was kept).
+    pub fn of(settings: &Map<String, Value>) -> VectorForm {
+        settings
+            .get(Self::KEY)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default()
+    }
+
+    /// True when answers show vectors by name (`{"name": …}`) rather than the bare dense one.
+    pub fn shows_names(&self) -> bool {
+        self.named || self.no_dense || !self.sparse.is_empty()
+    }
+
+    /// Every vector name, the dense one first.
+    pub fn names(&self) -> Vec<String> {
+        let dense = (!self.no_dense).then(|| self.name.clone());
+        dense
+            .into_iter()
+            .chain(self.sparse.keys().cloned())
+            .collect()
+    }
+
+    /// What `name` is in this collection; a clear error naming `field` when nothing.
+    pub fn kind_of(&self, field: &str, name: &str) -> Result<VectorKind, Status> {
+        if !self.no_dense && name == self.name {
+            return Ok(VectorKind::Dense);
+        }
+        if let Some(p) = self.sparse.get(name) {
+            return Ok(VectorKind::Sparse { idf: p.idf });
+        }
+        Err(self.no_such(field, name))
+    }
+
+    /// The error for a vector name the collection does not have.
+    pub fn no_such(&self, field: &str, name: &str) -> Status {
+        let names = self
+            .names()
+            .iter()
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        invalid(
+            field,
+            format!("Wrong input: Not existing vector name error: `{name}` (the collection has: {names})"),
+        )
+    }
+}
+
+/// What a vector name stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VectorKind {
+    /// The dense vector.
+    Dense,
+    /// A sparse vector (`idf`: its modifier).
+    Sparse {
+        /// Queries are weighed by inverse document frequency.
+        idf: bool,
+    },
+}
+
+/// A vector as a request gives it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VectorIn {
+    /// Dense values.
+    Dense(Vec<f32>),
+    /// A sparse vector (checked and sorted).
+    Sparse(SparseVector),
+}
+
+/// A vector as an answer shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VectorOut {
+    /// Dense values.
+    Dense(Vec<f32>),
+    /// A sparse vector.
+    Sparse(SparseVector),
+}
+
+/// A point's vectors in an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VectorsOut {
+    /// The collection's one unnamed dense vector, bare.
+    Unnamed(Vec<f32>),
+    /// By name.
+    Named(Vec<(String, VectorOut)>),
+}
+
+/// Which vectors an answer carries.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum VectorSel {
+    /// None.
+    #[default]
+    None,
+    /// All of them.
+    All,
+    /// These names.
+    Only(Vec<String>),
+}
+
+impl VectorSel {
+    /// True when the dense vector is wanted.
+    pub fn wants_dense(&self, form: &VectorForm) -> bool {
+        !form.no_dense
+            && match self {
+                VectorSel::None => false,
+                VectorSel::All => true,
+                VectorSel::Only(n) => n.contains(&form.name),
+            }
+    }
+
+    /// True when any vector is wanted.
+    pub fn any(&self) -> bool {
+        *self != VectorSel::None
+    }
+
+    /// The vectors to answer of a point whose stored dense vector is `dense` and payload
+    /// `payload` (`None`: none asked for).
+    pub fn select(
+        &self,
+        form: &VectorForm,
+        dense: &[f32],
+        payload: &Map<String, Value>,
+    ) -> Option<VectorsOut> {
+        let wanted = |n: &str| match self {
+            VectorSel::None => false,
+            VectorSel::All => true,
+            VectorSel::Only(names) => names.iter().any(|x| x == n),
+        };
+        if !self.any() {
+            return None;
+        }
+        if !form.shows_names() {
+            return Some(VectorsOut::Unnamed(dense.to_vec()));
+        }
+        let mut out = Vec::new();
+        if !form.no_dense && wanted(&form.name) {
+            out.push((form.name.clone(), VectorOut::Dense(dense.to_vec())));
+        }
+        for name in form.sparse.keys().filter(|n| wanted(n)) {
+            if let Some(v) = payload
+                .get(&sparse_key(name))
+                .and_then(SparseVector::from_json)
+            {
+                out.push((name.clone(), VectorOut::Sparse(v)));
+            }
+        }
+        Some(VectorsOut::Named(out))
+    }
+}
+
+/// The placeholder a point of a collection without a dense vector keeps.
+pub const PLACEHOLDER: [f32; 1] = [0.0];
+
+/// A point's vectors split into what the store keeps: the dense values (the placeholder
+/// when the collection has none), and each sparse vector written into `payload` under its
+/// reserved key. `field` names the point's vector in errors.
+pub fn split_point(
+    form: &VectorForm,
+    dim: usize,
+    field: &str,
+    vectors: Vec<(String, VectorIn)>,
+    payload: &mut Map<String, Value>,
+) -> Result<Vec<f32>, Status> {
+    let mut dense = None;
+    for (name, v) in vectors {
+        let at = if name.is_empty() && !form.shows_names() {
+            field.to_string()
+        } else {
+            format!("{field}.{name}")
+        };
+        match (form.kind_of(&at, &name)?, v) {
+            (VectorKind::Dense, VectorIn::Dense(d)) => {
+                if d.len() != dim {
+                    return Err(invalid(
+                        &at,
+                        format!("dimension mismatch: expected {dim}, got {}", d.len()),
+                    ));
+                }
+                dense = Some(d);
+            }
+            (VectorKind::Sparse { .. }, VectorIn::Sparse(s)) => {
+                payload.insert(sparse_key(&name), s.to_json());
+            }
+            (VectorKind::Dense, VectorIn::Sparse(_)) => {
+                return Err(invalid(
+                    &at,
+                    format!("`{name}` is a dense vector; a sparse one was given"),
+                ))
+            }
+            (VectorKind::Sparse { .. }, VectorIn::Dense(_)) => {
+                return Err(invalid(
+                    &at,
+                    format!("`{name}` is a sparse vector; a dense one was given"),
+                ))
+            }
+        }
+    }
+    if form.no_dense {
+        return Ok(PLACEHOLDER.to_vec());
+    }
+    dense.ok_or_else(|| {
+        invalid(
+            field,
+            format!(
+                "missing the dense vector{}: Quiver keeps one for every point",
+                if form.name.is_empty() {
+                    String::new()
+                } else {
+                    format!(" `{}`", form.name)
+                }
+            ),
+        )
+    })
+}
+
+/// True when `key` is one of the payload keys a front end reserves (a UUID point's id, sparse
+/// vectors): never shown in an answer's payload.
+pub fn is_reserved(key: &str) -> bool {
+    key.starts_with(RESERVED_KEY_PREFIX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hybrid() -> VectorForm {
+        let mut sparse = BTreeMap::new();
+        sparse.insert(
+            "text".to_string(),
+            SparseParams {
+                idf: true,
+                index: None,
+            },
+        );
+        VectorForm {
+            named: true,
+            name: "dense".into(),
+            sparse,
+            ..VectorForm::default()
+        }
+    }
+
+    #[test]
+    fn points_split_into_the_dense_vector_and_payload_keys() {
+        let form = hybrid();
+        let mut payload = Map::new();
+        let sv = SparseVector::new(vec![3, 1], vec![0.3, 0.1]).unwrap();
+        let dense = split_point(
+            &form,
+            2,
+            "points[0].vector",
+            vec![
+                ("dense".into(), VectorIn::Dense(vec![1.0, 2.0])),
+                ("text".into(), VectorIn::Sparse(sv.clone())),
+            ],
+            &mut payload,
+        )
+        .unwrap();
+        assert_eq!(dense, vec![1.0, 2.0]);
+        let out = VectorSel::All.select(&form, &dense, &payload).unwrap();
+        assert_eq!(
+            out,
+            VectorsOut::Named(vec![
+                ("dense".into(), VectorOut::Dense(vec![1.0, 2.0])),
+                ("text".into(), VectorOut::Sparse(sv)),
+            ])
+        );
+        let e = split_point(
+            &form,
+            2,
+            "points[0].vector",
+            vec![("other".into(), VectorIn::Dense(vec![1.0, 2.0]))],
+            &mut Map::new(),
+        )
+        .unwrap_err();
+        assert!(
+            e.message().contains("points[0].vector.other"),
+            "{}",
+            e.message()
+        );
+        assert!(e.message().contains("`other`"), "{}", e.message());
+        let e = split_point(&form, 2, "points[0].vector", vec![], &mut Map::new()).unwrap_err();
+        assert!(
+            e.message().contains("missing the dense vector `dense`"),
+            "{}",
+            e.message()
+        );
+    }
+
+    #[test]
+    fn an_unnamed_collection_shows_the_bare_vector() {
+        let form = VectorForm::default();
+        let out = VectorSel::All.select(&form, &[1.0], &Map::new());
+        assert_eq!(out, Some(VectorsOut::Unnamed(vec![1.0])));
+        assert_eq!(VectorSel::None.select(&form, &[1.0], &Map::new()), None);
+    }
+}
