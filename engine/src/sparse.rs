@@ -151,6 +151,8 @@ pub fn idf(df: usize, n: usize) -> f32 {
 pub struct SparseIndex {
     /// The id of each row.
     ids: Vec<u64>,
+    /// (id, row), by id: which row holds an id.
+    rows_by_id: Vec<(u64, u32)>,
     /// Term → (row, weight), rows ascending.
     postings: HashMap<u32, Vec<(u32, f32)>>,
 }
@@ -166,7 +168,34 @@ impl SparseIndex {
                 index.postings.entry(t).or_default().push((row, w));
             }
         }
+        index.rows_by_id = index
+            .ids
+            .iter()
+            .enumerate()
+            .map(|(r, &id)| (id, r as u32))
+            .collect();
+        index.rows_by_id.sort_unstable();
         index
+    }
+
+    /// The row holding `id`, if any.
+    pub fn row_of(&self, id: u64) -> Option<u32> {
+        self.rows_by_id
+            .binary_search_by_key(&id, |p| p.0)
+            .ok()
+            .map(|i| self.rows_by_id[i].1)
+    }
+
+    /// True when row `row` holds `term`.
+    pub fn holds(&self, row: u32, term: u32) -> bool {
+        self.postings
+            .get(&term)
+            .is_some_and(|p| p.binary_search_by_key(&row, |e| e.0).is_ok())
+    }
+
+    /// How many rows hold `term`.
+    pub fn postings_len(&self, term: u32) -> usize {
+        self.postings.get(&term).map_or(0, Vec::len)
     }
 
     /// Rows held.
@@ -177,11 +206,6 @@ impl SparseIndex {
     /// True when it holds no row.
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
-    }
-
-    /// How many rows pass `keep`.
-    pub fn count(&self, keep: &dyn Fn(u64) -> bool) -> usize {
-        self.ids.iter().filter(|&&id| keep(id)).count()
     }
 
     /// How many rows passing `keep` hold `term`.
@@ -226,6 +250,22 @@ impl SparseIndex {
             .map(|r| (self.ids[r as usize], scores[r as usize]))
             .collect();
         let by_score = |a: &(u64, f32), b: &(u64, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        // The best few first (most rows pass `keep`); all of them only when too few of those
+        // pass.
+        let few = k.saturating_mul(4).max(64);
+        if hits.len() > few {
+            hits.select_nth_unstable_by(few, by_score);
+            let mut head: Vec<(u64, f32)> = hits[..few].to_vec();
+            head.sort_unstable_by(by_score);
+            let kept: Vec<(u64, f32)> = head
+                .into_iter()
+                .filter(|(id, _)| keep(*id))
+                .take(k)
+                .collect();
+            if kept.len() == k {
+                return kept;
+            }
+        }
         hits.sort_unstable_by(by_score);
         hits.into_iter()
             .filter(|(id, _)| keep(*id))
@@ -333,5 +373,14 @@ mod tests {
             .filter(|(id, v)| keep(*id) && v.indices.contains(&5))
             .count();
         assert_eq!(df, want);
+        for (id, v) in rows.iter().take(50) {
+            let row = index.row_of(*id).unwrap();
+            assert_eq!(index.holds(row, 5), v.indices.contains(&5));
+        }
+        assert_eq!(index.row_of(1), None);
+        assert_eq!(
+            index.postings_len(5),
+            rows.iter().filter(|(_, v)| v.indices.contains(&5)).count()
+        );
     }
 }

@@ -403,7 +403,10 @@ impl QdrantApi {
         if !spec.form.no_dense && spec.form.sparse.contains_key(&spec.form.name) {
             return Err(invalid(
                 "sparse_vectors",
-                format!("`{}` names both a dense and a sparse vector", spec.form.name),
+                format!(
+                    "`{}` names both a dense and a sparse vector",
+                    spec.form.name
+                ),
             ));
         }
         let quiver = quiver_params(&spec.settings)?;

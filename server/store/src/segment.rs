@@ -87,11 +87,22 @@ pub struct Segment<B: Backend> {
     sparse: SparseCache,
 }
 
-/// A segment's inverted indexes of sparse vectors, by the payload key holding them: kept
-/// while its rows stay as they are (deletes only mark rows: a search passes over rows no
-/// longer live), dropped by a write to the appendable segment.
+/// A segment's inverted indexes of sparse vectors, by the payload key holding them, each
+/// with the length of the segment's `deleted` list when it was built: kept while its rows
+/// stay as they are (deletes only mark rows: a search passes over rows no longer live, and
+/// the ids deleted since it was built are the rest of `deleted`), dropped by any write to
+/// the appendable segment.
 #[derive(Default)]
-struct SparseCache(Mutex<HashMap<String, Arc<SparseIndex>>>);
+struct SparseCache(Mutex<HashMap<String, (Arc<SparseIndex>, usize)>>);
+
+/// A segment's sparse index as of now: the index, and the ids deleted since it was built
+/// (rows it holds that are no longer live).
+pub struct SparseView {
+    /// The index.
+    pub index: Arc<SparseIndex>,
+    /// Ids of its rows deleted since.
+    pub dead: Vec<u64>,
+}
 
 /// A segment's field indexes (value → rows, for the collection's indexed fields): built on
 /// first use, or ahead of it when the segment is sealed, merged or loaded; kept while the
@@ -200,12 +211,15 @@ impl<B: Backend> Segment<B> {
 
     /// The inverted index of the sparse vectors its live points hold under the payload key
     /// `key` (points without one left out): the one kept, or built now from the payloads
-    /// (and kept). Rows deleted since it was built are still in it: [`Self::contains`]
-    /// tells which are live.
-    pub fn sparse_index(&self, key: &str) -> Arc<SparseIndex> {
+    /// (and kept). Rows deleted since it was built are still in it, listed in `dead`
+    /// ([`Self::contains`] tells too).
+    pub fn sparse_index(&self, key: &str) -> SparseView {
         let mut kept = self.sparse.0.lock();
-        if let Some(i) = kept.get(key) {
-            return i.clone();
+        if let Some((index, at)) = kept.get(key) {
+            return SparseView {
+                index: index.clone(),
+                dead: self.deleted.iter().skip(*at).copied().collect(),
+            };
         }
         let mut ids = Vec::new();
         self.for_each_matching(&Filter::default(), None, |id| ids.push(id));
@@ -219,8 +233,11 @@ impl<B: Backend> Segment<B> {
             let map = quiver_engine::payload::decode(bytes);
             Some((id, SparseVector::from_json(map.get(key)?)?))
         })));
-        kept.insert(key.to_string(), built.clone());
-        built
+        kept.insert(key.to_string(), (built.clone(), self.deleted.len()));
+        SparseView {
+            index: built,
+            dead: Vec::new(),
+        }
     }
 
     /// Live points.
@@ -412,8 +429,13 @@ impl<B: Backend> Segment<B> {
         if sealed {
             deleted.extend(present.iter().copied());
         }
-        // Deletes only mark rows: the field indexes still apply.
-        Ok(Some((self.with_index(index, deleted), present.len())))
+        // Deletes only mark rows: the field indexes still apply; the sparse indexes too when
+        // the deletes are recorded (they tell the rows no longer live).
+        let next = self.with_index(index, deleted);
+        if !sealed {
+            next.sparse.0.lock().clear();
+        }
+        Ok(Some((next, present.len())))
     }
 
     /// Appendable segment: replaces or adds rows by id, with their payloads (empty: none),
@@ -446,6 +468,8 @@ impl<B: Backend> Segment<B> {
 
     /// Appendable segment: deletes ids in place; returns how many were live.
     pub fn delete_in_place(&mut self, ids: &[u64]) -> Result<usize, EngineError> {
+        // Not recorded in `deleted`: the sparse indexes would not know these rows are gone.
+        self.sparse.0.get_mut().clear();
         match &mut self.index {
             SegmentIndex::Flat(f) => Ok(f.delete(ids)),
             SegmentIndex::Cpu(p) => Ok(p.index_mut().delete(ids)),

@@ -236,7 +236,7 @@ impl<B: Backend> Version<B> {
         let parts = self
             .all()
             .map(|s| {
-                let index = s.sparse_index(key);
+                let index = s.sparse_index(key).index;
                 let allowed: Option<std::collections::HashSet<u64>> = filter.map(|f| {
                     s.matching(f, s.field_indexes(fields).as_deref())
                         .into_iter()
@@ -256,11 +256,17 @@ impl<B: Backend> Version<B> {
         let mut n = 0;
         let mut df = vec![0; terms.len()];
         for s in self.all() {
-            let index = s.sparse_index(key);
-            let live = |id: u64| s.contains(id);
-            n += index.count(&live);
+            let view = s.sparse_index(key);
+            let index = &view.index;
+            let dead: Vec<u32> = view
+                .dead
+                .iter()
+                .filter_map(|&id| index.row_of(id))
+                .collect();
+            n += index.len() - dead.len();
             for (d, &t) in df.iter_mut().zip(terms) {
-                *d += index.doc_freq(t, &live);
+                let gone = dead.iter().filter(|&&r| index.holds(r, t)).count();
+                *d += index.postings_len(t) - gone;
             }
         }
         (n, df)
