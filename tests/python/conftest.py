@@ -99,13 +99,14 @@ def _stop(proc) -> int:
 
 
 def start_server(tmp_path, extra_args=(), env=None, name="server"):
-    """Starts `quiver serve` on 127.0.0.1:0 with its data in tmp_path/<name>-data; returns a
-    _Server once it printed its address (stop it with stop_server)."""
+    """Starts `quiver serve` on 127.0.0.1:0 with its data in tmp_path/<name>-data (kept from an
+    earlier server of that name); returns a _Server once it printed its address (stop it with
+    stop_server)."""
     binary = _quiver_bin()
     if not binary.exists():
         pytest.fail(f"server binary not found: {binary} (build it with `cargo build`, or set QUIVER_BIN)")
     data_dir = tmp_path / f"{name}-data"
-    data_dir.mkdir()
+    data_dir.mkdir(exist_ok=True)  # a restart of a server of that name finds its data
     stderr_path = tmp_path / f"{name}.stderr"
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen(

@@ -240,7 +240,8 @@ def test_outside_the_supported_surface_is_refused_by_name(qserver, prefer_grpc):
     c = client_for(qserver, prefer_grpc)
     err = unsupported(prefer_grpc)
     with pytest.raises(err) as e:
-        c.create_collection("named", vectors_config={"text": models.VectorParams(size=4, distance=models.Distance.DOT)})
+        c.create_collection("named", vectors_config={"text": models.VectorParams(size=4, distance=models.Distance.DOT),
+                                                     "image": models.VectorParams(size=2, distance=models.Distance.DOT)})
     check_unsupported(e.value, prefer_grpc)
     with pytest.raises(err) as e:
         c.create_collection("m", vectors_config=models.VectorParams(size=4, distance=models.Distance.MANHATTAN))
@@ -256,9 +257,14 @@ def test_outside_the_supported_surface_is_refused_by_name(qserver, prefer_grpc):
     with pytest.raises(err) as e:
         c.query_points("c", query=models.RecommendQuery(recommend=models.RecommendInput(positive=[1])))
     check_unsupported(e.value, prefer_grpc)
-    with pytest.raises(err) as e:
+    # A vector name the collection lacks is bad input, as in Qdrant.
+    with pytest.raises(grpc.RpcError if prefer_grpc else UnexpectedResponse) as e:
         c.query_points("c", query=[1.0, 0, 0, 1], using="other")
-    check_unsupported(e.value, prefer_grpc)
+    if prefer_grpc:
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    else:
+        assert e.value.status_code == 400
+    assert "Not existing vector name" in str(e.value), str(e.value)
     with pytest.raises(err) as e:
         c.count("c", count_filter=models.Filter(must=[
             models.FieldCondition(key="t", match=models.MatchText(text="x"))]))

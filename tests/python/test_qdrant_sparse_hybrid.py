@@ -204,3 +204,45 @@ def test_a_dense_vector_missing_from_a_point_is_refused(qserver):  # noqa: F811
     assert e.value.status_code == 400
     assert "more than once" in e.value.content.decode(), e.value.content
     c.close()
+
+
+def test_sparse_and_named_vectors_survive_sigkill(tmp_path):
+    """Acknowledged writes of named and sparse vectors (upserts, a payload overwrite that keeps
+    them, deletes) are all there after the server is killed with SIGKILL and started again on
+    its data: the same points, vectors and query answers."""
+    from conftest import start_server, stop_server
+    from test_qdrant import _read_addresses
+
+    args = ["--qdrant-grpc-listen", "127.0.0.1:0", "--qdrant-http-listen", "127.0.0.1:0"]
+    srv = start_server(tmp_path, args, name="killed")
+    srv.grpc_port, srv.rest_port = _read_addresses(srv)
+    c = client_for(srv, True)
+    _create(c, "k")
+    pts = _points(seed=8)
+    for s in range(0, N, 50):
+        c.upsert("k", points=pts[s:s + 50], wait=True)
+    c.overwrite_payload("k", payload={"o": 1}, points=[3, 4, 5], wait=True)
+    c.delete("k", points_selector=models.PointIdsList(points=[6, 7]), wait=True)
+    rng = random.Random(2)
+    queries = [(_sparse(rng, most=4), "text") for _ in range(10)] + [(_sparse(rng, vocab=20, most=3), "title")
+                                                                     for _ in range(5)]
+    before = [_ids_scores(c.query_points("k", query=q, using=u, limit=10).points) for q, u in queries]
+    kept = c.retrieve("k", ids=[3, 4], with_vectors=True, with_payload=True)
+    c.close()
+    srv.proc.kill()
+    srv.proc.wait()
+
+    srv = start_server(tmp_path, args, name="killed")
+    try:
+        srv.grpc_port, srv.rest_port = _read_addresses(srv)
+        c = client_for(srv, False)
+        assert c.count("k").count == N - 2
+        after = [_ids_scores(c.query_points("k", query=q, using=u, limit=10).points) for q, u in queries]
+        assert after == before
+        again = c.retrieve("k", ids=[3, 4], with_vectors=True, with_payload=True)
+        for a, b in zip(again, kept):
+            assert a.payload == b.payload == {"o": 1}
+            assert a.vector["text"] == b.vector["text"]
+        c.close()
+    finally:
+        stop_server(srv)
