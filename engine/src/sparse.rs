@@ -85,8 +85,21 @@ impl SparseVector {
     }
 
     /// The JSON form Qdrant's REST API uses: `{"indices": [...], "values": [...]}`.
+    /// Values are written in their shortest f32 form (`0.1`, not f64's widening of it), which
+    /// reads back to the same f32.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({"indices": self.indices, "values": self.values})
+        let values: Vec<serde_json::Value> = self
+            .values
+            .iter()
+            .map(|v| {
+                v.to_string()
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(serde_json::Number::from_f64)
+                    .map_or(serde_json::Value::Null, serde_json::Value::Number)
+            })
+            .collect();
+        serde_json::json!({"indices": self.indices, "values": values})
     }
 
     /// Reads [`Self::to_json`]'s form (checked as [`Self::new`] checks); `None` when it is not
@@ -318,6 +331,17 @@ mod tests {
         assert_eq!(a.dot(&sv(&[3], &[1.0])), None);
         // A shared term of weight 0 still scores (0), as Qdrant's does.
         assert_eq!(a.dot(&sv(&[1], &[0.0])), Some(0.0));
+    }
+
+    #[test]
+    fn json_keeps_the_shortest_form_and_reads_back() {
+        let v = sv(&[1, 4_000_000_000], &[0.1, 1.0e-7]);
+        let j = v.to_json();
+        assert_eq!(
+            j.to_string(),
+            r#"{"indices":[1,4000000000],"values":[0.1,1e-7]}"#
+        );
+        assert_eq!(SparseVector::from_json(&j), Some(v));
     }
 
     #[test]

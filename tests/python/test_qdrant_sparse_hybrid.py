@@ -242,7 +242,41 @@ def test_sparse_and_named_vectors_survive_sigkill(tmp_path):
         again = c.retrieve("k", ids=[3, 4], with_vectors=True, with_payload=True)
         for a, b in zip(again, kept):
             assert a.payload == b.payload == {"o": 1}
-            assert a.vector["text"] == b.vector["text"]
+            # Read over REST now, over gRPC (f32 on the wire) before.
+            assert a.vector["text"].indices == b.vector["text"].indices
+            assert a.vector["text"].values == pytest.approx(b.vector["text"].values, rel=1e-6)
         c.close()
     finally:
         stop_server(srv)
+
+
+@MODES
+def test_a_querys_filter_and_ids_reach_its_prefetches(qserver, reference, prefer_grpc):  # noqa: F811
+    """The root filter applies inside every prefetch (fusion and re-scoring answer `limit`
+    points passing it), and a point queried by id is left out of every ranking, as in local
+    mode."""
+    c = client_for(qserver, prefer_grpc)
+    name = f"pf_{int(prefer_grpc)}"
+    _create(c, name)
+    c.upsert(name, points=_points(), wait=True)
+    rng = random.Random(31)
+    flt = models.Filter(must=[models.FieldCondition(key="g", match=models.MatchValue(value=1))])
+    for _ in range(5):
+        dense = [rng.uniform(-1, 1) for _ in range(DIM)]
+        sparse = _sparse(rng, most=6)
+        prefetch = [models.Prefetch(query=dense, using="dense", limit=15, params=models.SearchParams(exact=True)),
+                    models.Prefetch(query=sparse, using="text", limit=15)]
+        for query, using in ((models.FusionQuery(fusion=models.Fusion.RRF), None), (dense, "dense")):
+            kw = dict(prefetch=prefetch, query=query, using=using, query_filter=flt, limit=8)
+            got = c.query_points(name, **kw).points
+            want = reference.query_points("h", **kw).points
+            assert all(p.id % 3 == 1 for p in got)
+            assert [p.id for p in got] == [p.id for p in want]
+    by_id = [models.Prefetch(query=5, using="dense", limit=10, params=models.SearchParams(exact=True)),
+             models.Prefetch(query=_sparse(rng), using="text", limit=10)]
+    got = c.query_points(name, prefetch=by_id, query=models.FusionQuery(fusion=models.Fusion.RRF), limit=10).points
+    want = reference.query_points("h", prefetch=by_id, query=models.FusionQuery(fusion=models.Fusion.RRF),
+                                  limit=10).points
+    assert 5 not in [p.id for p in got]
+    assert [p.id for p in got] == [p.id for p in want]
+    c.close()

@@ -16,7 +16,9 @@ use roaring::RoaringBitmap;
 use serde_json::{Map, Value};
 
 use super::fields::{FieldIndexes, FieldSpec, FieldType, Range, Scalar};
+use super::geo::{GeoPoint, GeoShape};
 use super::path::KeyPath;
+use super::text::TextTest;
 use super::type_name;
 
 /// Deepest nesting of filters inside filters.
@@ -54,6 +56,15 @@ pub enum FieldTest {
     Except(Vec<Scalar>),
     /// A numeric value lies in the range.
     Range(Range),
+    /// The count of values at the key (an array counts its elements, a missing or null
+    /// value 0, any other 1) lies in the range, for one of the values reached.
+    ValuesCount(Range),
+    /// A datetime string value lies in the range (bounds in microseconds since the epoch).
+    DatetimeRange(Range),
+    /// A geo point value satisfies the shape.
+    Geo(super::geo::GeoShape),
+    /// A string value passes the text test.
+    Text(super::text::TextTest),
 }
 
 /// One condition of a clause.
@@ -76,6 +87,14 @@ pub enum Condition {
     HasId(Vec<u64>),
     /// A nested filter.
     Nested(Box<Filter>),
+    /// Qdrant's `nested`: some object element of the array at the key passes the filter (on
+    /// its own, as if it were a payload).
+    NestedKey {
+        /// The array's key.
+        key: KeyPath,
+        /// The filter each element is tried against.
+        filter: Box<Filter>,
+    },
 }
 
 /// `min_should`: at least `min_count` of the conditions hold.
@@ -325,11 +344,33 @@ impl Parser {
                 depth + 1,
             )?)));
         }
-        if obj.contains_key("nested") {
-            return err(
-                &format!("{path}.nested"),
-                "nested-object conditions are not supported; use a key path such as `items[].name`",
-            );
+        if let Some(inner) = obj.get("nested") {
+            only("nested")?;
+            let at = format!("{path}.nested");
+            let Value::Object(n) = inner else {
+                return err(
+                    &at,
+                    format!("expected {{\"key\", \"filter\"}}, got {}", type_name(inner)),
+                );
+            };
+            if let Some(k) = n.keys().find(|k| *k != "key" && *k != "filter") {
+                return err(
+                    &format!("{at}.{k}"),
+                    format!("unknown field `{k}` (key, filter)"),
+                );
+            }
+            // `data` and `data[]` name the same array.
+            let mut key = self.key(n, &at)?;
+            if let Some(base) = key.as_str().strip_suffix("[]").filter(|b| !b.is_empty()) {
+                key = KeyPath::parse(base).or_else(|m| err(&format!("{at}.key"), m))?;
+            }
+            let Some(f) = n.get("filter") else {
+                return err(&at, "filter is missing");
+            };
+            return Ok(Condition::NestedKey {
+                key,
+                filter: Box::new(self.filter(f, &format!("{at}.filter"), depth + 1)?),
+            });
         }
         match obj.keys().next() {
             Some(k) => err(
@@ -363,23 +404,40 @@ impl Parser {
             let t = match k.as_str() {
                 "key" => continue,
                 "match" => self.match_test(v, &at)?,
+                // A range of strings is a datetime range (Qdrant tells them apart so too).
+                "range" if range_of_strings(v) => FieldTest::DatetimeRange(datetime_range(v, &at)?),
                 "range" => FieldTest::Range(range(v, &at)?),
-                "geo_bounding_box" | "geo_radius" | "geo_polygon" | "values_count"
-                | "datetime_range" => {
-                    return err(&at, format!("`{k}` conditions are not supported"))
+                "datetime_range" => FieldTest::DatetimeRange(datetime_range(v, &at)?),
+                "values_count" => FieldTest::ValuesCount(range(v, &at)?),
+                "geo_radius" | "geo_bounding_box" | "geo_polygon" => {
+                    if v.is_null() {
+                        continue;
+                    }
+                    FieldTest::Geo(geo_shape(k, v, &at)?)
                 }
-                _ => return err(&at, format!("unknown operator `{k}` (match, range)")),
+                _ => {
+                    return err(
+                        &at,
+                        format!("unknown operator `{k}` (match, range, datetime_range, values_count, geo_radius, geo_bounding_box, geo_polygon)"),
+                    )
+                }
             };
             if v.is_null() {
                 continue;
             }
             if test.is_some() {
-                return err(&at, "a condition takes one of match or range");
+                return err(
+                    &at,
+                    "a condition takes one test (match, range, values_count, a geo shape)",
+                );
             }
             test = Some(t);
         }
         let Some(test) = test else {
-            return err(path, "the condition has a key but no match or range");
+            return err(
+                path,
+                "the condition has a key but no test (match, range, values_count, a geo shape)",
+            );
         };
         Ok(Condition::Field {
             at: path.to_string(),
@@ -421,8 +479,31 @@ impl Parser {
                     FieldTest::Except(values)
                 })
             }
-            "text" | "phrase" | "text_any" => err(&at, "full-text match is not supported"),
-            _ => err(&at, format!("unknown match `{k}` (value, any, except)")),
+            "text" | "text_any" | "phrase" => {
+                let Value::String(q) = val else {
+                    return err(&at, format!("expected a string, got {}", type_name(val)));
+                };
+                let words = super::text::words(q);
+                Ok(FieldTest::Text(match k.as_str() {
+                    "text" => TextTest::All(words),
+                    "text_any" => TextTest::Any(words),
+                    _ => TextTest::Phrase(words),
+                }))
+            }
+            "prefix" | "substring" => {
+                let Value::String(q) = val else {
+                    return err(&at, format!("expected a string, got {}", type_name(val)));
+                };
+                Ok(FieldTest::Text(if k == "prefix" {
+                    TextTest::Prefix(q.clone())
+                } else {
+                    TextTest::Substring(q.clone())
+                }))
+            }
+            _ => err(
+                &at,
+                format!("unknown match `{k}` (value, any, except, text, text_any, phrase, prefix, substring)"),
+            ),
         }
     }
 }
@@ -477,9 +558,137 @@ fn range(v: &Value, path: &str) -> Result<Range, FilterError> {
     Ok(r)
 }
 
+/// True when a range's bounds are strings (a datetime range written as a range).
+fn range_of_strings(v: &Value) -> bool {
+    v.as_object()
+        .is_some_and(|o| o.values().any(Value::is_string))
+}
+
+/// A datetime range: bounds are datetimes (strings, [`super::datetime::parse_micros`]) or
+/// numbers of seconds since the epoch; held as microseconds.
+fn datetime_range(v: &Value, path: &str) -> Result<Range, FilterError> {
+    let Value::Object(obj) = v else {
+        return err(path, format!("expected an object, got {}", type_name(v)));
+    };
+    let mut r = Range::default();
+    for (k, b) in obj {
+        let at = format!("{path}.{k}");
+        let slot = match k.as_str() {
+            "gt" => &mut r.gt,
+            "gte" => &mut r.gte,
+            "lt" => &mut r.lt,
+            "lte" => &mut r.lte,
+            _ => return err(&at, format!("unknown bound `{k}` (gt, gte, lt, lte)")),
+        };
+        *slot = match b {
+            Value::Null => None,
+            Value::String(t) => match super::datetime::parse_micros(t) {
+                Some(m) => Some(m as f64),
+                None => {
+                    return err(
+                        &at,
+                        format!("`{t}` is not a datetime (RFC 3339, e.g. 2024-05-01T12:00:00Z)"),
+                    )
+                }
+            },
+            _ => {
+                return err(
+                    &at,
+                    format!("expected a datetime string, got {}", type_name(b)),
+                )
+            }
+        };
+    }
+    Ok(r)
+}
+
+fn geo_point(v: Option<&Value>, path: &str) -> Result<GeoPoint, FilterError> {
+    match v {
+        Some(v) => GeoPoint::of(v).ok_or_else(|| FilterError {
+            path: path.to_string(),
+            message: "expected {\"lon\": number, \"lat\": number}".into(),
+        }),
+        None => err(path, "missing"),
+    }
+}
+
+fn geo_ring(v: Option<&Value>, path: &str) -> Result<Vec<GeoPoint>, FilterError> {
+    let Some(Value::Object(o)) = v else {
+        return err(path, "expected {\"points\": [...]}");
+    };
+    let Some(Value::Array(points)) = o.get("points") else {
+        return err(&format!("{path}.points"), "expected a list of points");
+    };
+    if points.len() < 4 || points.first() != points.last() {
+        return err(
+            &format!("{path}.points"),
+            "a ring needs at least 4 points, the last equal to the first",
+        );
+    }
+    points
+        .iter()
+        .enumerate()
+        .map(|(i, p)| geo_point(Some(p), &format!("{path}.points[{i}]")))
+        .collect()
+}
+
+fn geo_shape(kind: &str, v: &Value, path: &str) -> Result<GeoShape, FilterError> {
+    let Value::Object(o) = v else {
+        return err(path, format!("expected an object, got {}", type_name(v)));
+    };
+    Ok(match kind {
+        "geo_radius" => {
+            let radius = o
+                .get("radius")
+                .and_then(Value::as_f64)
+                .filter(|r| r.is_finite());
+            let Some(radius) = radius else {
+                return err(&format!("{path}.radius"), "expected a number of metres");
+            };
+            GeoShape::Radius {
+                center: geo_point(o.get("center"), &format!("{path}.center"))?,
+                radius,
+            }
+        }
+        "geo_bounding_box" => GeoShape::Box {
+            top_left: geo_point(o.get("top_left"), &format!("{path}.top_left"))?,
+            bottom_right: geo_point(o.get("bottom_right"), &format!("{path}.bottom_right"))?,
+        },
+        _ => {
+            let interiors = match o.get("interiors") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Array(rings)) => rings
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| geo_ring(Some(r), &format!("{path}.interiors[{i}]")))
+                    .collect::<Result<_, _>>()?,
+                Some(_) => return err(&format!("{path}.interiors"), "expected a list of rings"),
+            };
+            GeoShape::Polygon {
+                exterior: geo_ring(o.get("exterior"), &format!("{path}.exterior"))?,
+                interiors,
+            }
+        }
+    })
+}
+
+/// The count of one value reached by a key (Qdrant's `values_count`).
+fn value_count(v: &Value) -> usize {
+    match v {
+        Value::Null => 0,
+        Value::Array(a) => a.len(),
+        _ => 1,
+    }
+}
+
 /// Whether a test applies to values of an indexed type (so an index answers it).
 fn applies(test: &FieldTest, kind: FieldType) -> Result<(), String> {
     let scalars = match test {
+        // Evaluated value by value, whatever the index.
+        FieldTest::ValuesCount(_)
+        | FieldTest::DatetimeRange(_)
+        | FieldTest::Geo(_)
+        | FieldTest::Text(_) => return Ok(()),
         FieldTest::Range(_) => {
             return match kind {
                 FieldType::Integer | FieldType::Float => Ok(()),
@@ -638,6 +847,14 @@ impl Filter {
 fn cost(c: &Condition, rows: &dyn Rows) -> u8 {
     match c {
         Condition::HasId(_) => 0,
+        Condition::Field {
+            test:
+                FieldTest::ValuesCount(_)
+                | FieldTest::DatetimeRange(_)
+                | FieldTest::Geo(_)
+                | FieldTest::Text(_),
+            ..
+        } => 2,
         Condition::Field { key, .. } | Condition::IsEmpty(key) => {
             if rows.fields().and_then(|f| f.get(key.as_str())).is_some() {
                 0
@@ -645,7 +862,7 @@ fn cost(c: &Condition, rows: &dyn Rows) -> u8 {
                 2
             }
         }
-        Condition::IsNull(_) => 2,
+        Condition::IsNull(_) | Condition::NestedKey { .. } => 2,
         Condition::Nested(_) => 1,
     }
 }
@@ -659,7 +876,25 @@ fn test_matches(test: &FieldTest, key: &KeyPath, payload: &Map<String, Value>) -
             .any(|v| !v.is_null() && !not.iter().any(|w| w.equals(v))),
         FieldTest::Range(r) => values
             .iter()
-            .any(|v| v.as_f64().is_some_and(|x| r.contains(x))),
+            .any(|v| !v.is_boolean() && v.as_f64().is_some_and(|x| r.contains(x))),
+        FieldTest::ValuesCount(r) => {
+            let reached = key.resolve(payload);
+            if reached.iter().all(|v| v.is_null()) {
+                return r.contains(0.0);
+            }
+            reached.iter().any(|v| r.contains(value_count(v) as f64))
+        }
+        FieldTest::DatetimeRange(r) => values.iter().any(|v| {
+            v.as_str()
+                .and_then(super::datetime::parse_micros)
+                .is_some_and(|m| r.contains(m as f64))
+        }),
+        FieldTest::Geo(shape) => values
+            .iter()
+            .any(|v| GeoPoint::of(v).is_some_and(|p| shape.contains(p))),
+        FieldTest::Text(t) => values
+            .iter()
+            .any(|v| v.as_str().is_some_and(|s| t.matches(s))),
     }
 }
 
@@ -670,6 +905,14 @@ fn condition_matches(c: &Condition, id: u64, payload: &Map<String, Value>) -> bo
         Condition::IsNull(key) => key.resolve(payload).iter().any(|v| v.is_null()),
         Condition::HasId(ids) => ids.binary_search(&id).is_ok(),
         Condition::Nested(f) => f.matches(id, payload),
+        // An element is not a point: `has_id` inside never holds (no id is u64::MAX).
+        Condition::NestedKey { key, filter } => key.resolve(payload).iter().any(|v| {
+            v.as_array().is_some_and(|a| {
+                a.iter()
+                    .filter_map(Value::as_object)
+                    .any(|o| filter.matches(u64::MAX, o))
+            })
+        }),
     }
 }
 
@@ -690,6 +933,7 @@ fn condition_rows(c: &Condition, rows: &dyn Rows, within: &RoaringBitmap) -> Roa
                     FieldTest::Match(v) => ix.matching(v),
                     FieldTest::Except(v) => ix.not_matching(v),
                     FieldTest::Range(r) => ix.in_range(r),
+                    _ => None,
                 };
                 if let Some(mut hit) = answered {
                     hit &= within;
@@ -706,7 +950,7 @@ fn condition_rows(c: &Condition, rows: &dyn Rows, within: &RoaringBitmap) -> Roa
             Some(ix) => within - ix.nonempty(),
             None => rows_matching(c, rows, within),
         },
-        Condition::IsNull(_) => rows_matching(c, rows, within),
+        Condition::IsNull(_) | Condition::NestedKey { .. } => rows_matching(c, rows, within),
         Condition::HasId(ids) => {
             if (ids.len() as u64) < within.len() {
                 ids.iter()

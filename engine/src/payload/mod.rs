@@ -12,9 +12,12 @@
 //!   evaluated to a bitmap of rows.
 
 pub mod column;
+pub mod datetime;
 pub mod fields;
 pub mod filter;
+pub mod geo;
 pub mod path;
+pub mod text;
 
 use serde_json::{Map, Value};
 

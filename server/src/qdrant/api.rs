@@ -481,12 +481,15 @@ impl QdrantApi {
         check_settings(&settings)?;
         let quiver = quiver_params(&settings)?;
         train_at(&settings, dim, &quiver)?;
-        let retrain = update
+        // A collection without a dense vector never trains (its vectors are placeholders).
+        let no_dense = VectorForm::of(&obj(meta.settings.clone())).no_dense;
+        let asked = update
             .get("optimizers_config")
             .is_some_and(|o| o.get("indexing_threshold").is_some())
             || update
                 .get("metadata")
                 .is_some_and(|m| m.get("quiver").is_some());
+        let retrain = asked && !no_dense;
         let edit: SettingsEdit = Arc::new(move |settings, at| {
             let now = with_update(obj(settings.take()), &update);
             if retrain {
@@ -1034,7 +1037,22 @@ impl QdrantApi {
             } else {
                 format!("searches[{qi}].")
             };
-            let ranked = self.rank(&target, &q, &field, &caller).await?;
+            let prefetches = count_prefetches(&q);
+            if prefetches > MAX_PREFETCHES {
+                return Err(invalid(
+                    &format!("{field}prefetch"),
+                    format!(
+                        "{prefetches} prefetches exceed the limit of {MAX_PREFETCHES} per query"
+                    ),
+                ));
+            }
+            // The points a query names by id are left out of every ranking of it, as Qdrant
+            // leaves them out: a filter every level of prefetch inherits.
+            let mut referenced = Vec::new();
+            referenced_ids(&q, &mut referenced);
+            let root =
+                (!referenced.is_empty()).then(|| json!({"must_not": [{"has_id": referenced}]}));
+            let ranked = self.rank(&target, &q, &field, &caller, root).await?;
             out.push(self.scored(&target, ranked, &q, &caller).await?);
         }
         Ok(out)
@@ -1047,9 +1065,23 @@ impl QdrantApi {
         q: &'a QuerySpec,
         field: &'a str,
         caller: &'a Caller,
+        inherited: Option<Value>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Ranked, Status>> + Send + 'a>>
     {
         Box::pin(async move {
+            // This query's filter and its ancestors' (Qdrant passes a query's filter down to
+            // every prefetch under it).
+            let own: Option<Value> = match q.filter.as_deref().filter(|f| !f.is_empty()) {
+                Some(f) => Some(
+                    serde_json::from_str(f)
+                        .map_err(|e| Status::internal(format!("a filter's text: {e}")))?,
+                ),
+                None => None,
+            };
+            let filter = match (inherited, own) {
+                (None, f) | (f, None) => f,
+                (Some(a), Some(b)) => Some(json!({"must": [a, b]})),
+            };
             let max_k = self.limits().max_k;
             let k = q.limit.saturating_add(q.offset);
             if q.limit == 0 || k > max_k {
@@ -1065,7 +1097,7 @@ impl QdrantApi {
             let mut rankings = Vec::with_capacity(q.prefetch.len());
             for (i, p) in q.prefetch.iter().enumerate() {
                 let at = format!("{field}prefetch[{i}].");
-                rankings.push(self.rank(t, p, &at, caller).await?.hits);
+                rankings.push(self.rank(t, p, &at, caller, filter.clone()).await?.hits);
             }
             if let QueryVector::Fusion(f) = q.vector {
                 if rankings.is_empty() {
@@ -1080,13 +1112,12 @@ impl QdrantApi {
                 }
                 return Ok(Ranked {
                     hits,
-                    exclude: None,
                     higher_better: true,
                 });
             }
             // Scored again by this query's vector: only the prefetches' points.
             let filter = match rankings.is_empty() {
-                true => q.filter.clone(),
+                true => filter.map(|f| f.to_string()),
                 false => {
                     let mut ids: Vec<u64> = rankings.iter().flatten().map(|h| h.0).collect();
                     ids.sort_unstable();
@@ -1094,11 +1125,11 @@ impl QdrantApi {
                     if ids.is_empty() {
                         return Ok(Ranked::default());
                     }
-                    Some(with_ids(q.filter.as_deref(), &ids)?)
+                    Some(with_ids(filter, &ids))
                 }
             };
             let kind = t.form.kind_of(&format!("{field}using"), &q.using)?;
-            let (vector, exclude) = match &q.vector {
+            let vector = match &q.vector {
                 QueryVector::Point(key) => {
                     let sel = VectorSel::Only(vec![q.using.clone()]);
                     let found = self.get(t.name, vec![*key], PayloadSel::None, sel).await?;
@@ -1116,13 +1147,12 @@ impl QdrantApi {
                             q.using
                         )));
                     };
-                    (v, Some(key.internal()))
+                    v
                 }
-                QueryVector::Dense(v) => (VectorIn::Dense(v.clone()), None),
-                QueryVector::Sparse(v) => (VectorIn::Sparse(v.clone()), None),
+                QueryVector::Dense(v) => VectorIn::Dense(v.clone()),
+                QueryVector::Sparse(v) => VectorIn::Sparse(v.clone()),
                 QueryVector::Fusion(_) => unreachable!("answered above"),
             };
-            let k = k + usize::from(exclude.is_some());
             let mut ranked = match (kind, vector) {
                 (VectorKind::Dense, VectorIn::Dense(v)) => {
                     let search = Search {
@@ -1151,7 +1181,6 @@ impl QdrantApi {
                             .into_iter()
                             .map(|h| (h.id, t.distance.score(h.distance)))
                             .collect(),
-                        exclude,
                         higher_better: t.distance != Distance::Euclid,
                     }
                 }
@@ -1167,7 +1196,6 @@ impl QdrantApi {
                     let hits = self.router.sparse_search(search, caller).await?;
                     Ranked {
                         hits: hits.into_iter().map(|h| (h.id, -h.distance)).collect(),
-                        exclude,
                         higher_better: true,
                     }
                 }
@@ -1198,8 +1226,8 @@ impl QdrantApi {
         })
     }
 
-    /// A query's ranking as Qdrant's scored points: the excluded point left out, the offset
-    /// skipped, ids, payloads and vectors from the stored points.
+    /// A query's ranking as Qdrant's scored points: the offset skipped, ids, payloads and
+    /// vectors from the stored points.
     async fn scored(
         &self,
         t: &Target<'_>,
@@ -1208,12 +1236,7 @@ impl QdrantApi {
         caller: &Caller,
     ) -> Result<Vec<Scored>, Status> {
         let (offset, limit) = (q.offset, q.limit);
-        let hits: Vec<(u64, f32)> = ranked
-            .hits
-            .into_iter()
-            .filter(|h| Some(h.0) != ranked.exclude)
-            .skip(offset)
-            .collect();
+        let hits: Vec<(u64, f32)> = ranked.hits.into_iter().skip(offset).collect();
         let uuid_hits = hits.iter().any(|&(id, _)| id >= super::ids::UUID_BASE);
         let (with_payload, with_vector) = (q.with_payload.clone(), q.with_vector.clone());
         if with_payload == PayloadSel::None && !with_vector.any() && !uuid_hits {
@@ -1285,24 +1308,37 @@ struct Target<'a> {
 #[derive(Debug, Default)]
 struct Ranked {
     hits: Vec<(u64, f32)>,
-    /// The point a query by id searched with (left out of the answer, not of a fusion).
-    exclude: Option<u64>,
     /// Scores are similarities (else distances).
     higher_better: bool,
 }
 
-/// `filter` (Quiver's filter text; none: all) narrowed to the points `ids`.
-fn with_ids(filter: Option<&str>, ids: &[u64]) -> Result<String, Status> {
+/// Most prefetches in one query, nested ones included (their candidates, at most `max_k`
+/// each, make one `has_id` list).
+pub const MAX_PREFETCHES: usize = 64;
+
+/// How many prefetches a query holds, nested ones included.
+fn count_prefetches(q: &QuerySpec) -> usize {
+    q.prefetch.iter().map(|p| 1 + count_prefetches(p)).sum()
+}
+
+/// The internal ids of the points a query and its prefetches query by.
+fn referenced_ids(q: &QuerySpec, out: &mut Vec<u64>) {
+    if let QueryVector::Point(k) = &q.vector {
+        out.push(k.internal());
+    }
+    for p in &q.prefetch {
+        referenced_ids(p, out);
+    }
+}
+
+/// `filter` (none: all) narrowed to the points `ids`, as Quiver's filter text.
+fn with_ids(filter: Option<Value>, ids: &[u64]) -> String {
     let only = json!({"has_id": ids});
-    let combined = match filter.filter(|f| !f.is_empty()) {
+    match filter {
         None => json!({"must": [only]}),
-        Some(f) => {
-            let f: Value = serde_json::from_str(f)
-                .map_err(|e| Status::internal(format!("a filter's text: {e}")))?;
-            json!({"must": [f, only]})
-        }
-    };
-    Ok(combined.to_string())
+        Some(f) => json!({"must": [f, only]}),
+    }
+    .to_string()
 }
 
 /// An upsert's ids, vectors and payload texts: each id once (its last point), every UUID

@@ -45,12 +45,6 @@ fn map_has_id(field: &str, v: &mut Value, depth: usize) -> Result<(), Status> {
                         continue;
                     }
                 }
-                if matches!(
-                    k.as_str(),
-                    "geo_bounding_box" | "geo_radius" | "geo_polygon"
-                ) {
-                    return Err(unsupported(&format!("{field}: the geo condition `{k}`")));
-                }
                 map_has_id(field, x, depth + 1)?;
             }
         }
@@ -125,8 +119,12 @@ fn condition_json(field: &str, c: &proto::Condition, depth: usize) -> Result<Val
             Ok(json!({ "has_id": ids }))
         }
         Some(ConditionOneOf::Filter(f)) => filter_json(field, f, depth + 1),
-        Some(ConditionOneOf::Nested(_)) => {
-            Err(unsupported(&format!("{field}: `nested` conditions")))
+        Some(ConditionOneOf::Nested(n)) => {
+            let f = match &n.filter {
+                Some(f) => filter_json(&format!("{field}.nested.filter"), f, depth + 1)?,
+                None => return Err(invalid(&format!("{field}.nested.filter"), "missing")),
+            };
+            Ok(json!({"nested": {"key": n.key, "filter": f}}))
         }
         Some(ConditionOneOf::HasVector(_)) => {
             Err(unsupported(&format!("{field}: `has_vector` conditions")))
@@ -137,15 +135,53 @@ fn condition_json(field: &str, c: &proto::Condition, depth: usize) -> Result<Val
 
 fn field_json(field: &str, fc: &proto::FieldCondition) -> Result<Value, Status> {
     let key = &fc.key;
-    let geo = fc.geo_bounding_box.is_some() || fc.geo_radius.is_some() || fc.geo_polygon.is_some();
-    if geo {
-        return Err(unsupported(&format!("{field}: geo conditions")));
+    let point =
+        |p: &Option<proto::GeoPoint>| p.as_ref().map(|p| json!({"lon": p.lon, "lat": p.lat}));
+    let ring = |r: &proto::GeoLineString| json!({"points": r.points.iter().map(|p| json!({"lon": p.lon, "lat": p.lat})).collect::<Vec<_>>()});
+    if let Some(g) = &fc.geo_radius {
+        return Ok(
+            json!({"key": key, "geo_radius": {"center": point(&g.center), "radius": g.radius}}),
+        );
     }
-    if fc.values_count.is_some() {
-        return Err(unsupported(&format!("{field}: `values_count` conditions")));
+    if let Some(g) = &fc.geo_bounding_box {
+        return Ok(json!({"key": key, "geo_bounding_box": {
+            "top_left": point(&g.top_left), "bottom_right": point(&g.bottom_right)}}));
     }
-    if fc.datetime_range.is_some() {
-        return Err(unsupported(&format!("{field}: datetime ranges")));
+    if let Some(g) = &fc.geo_polygon {
+        return Ok(json!({"key": key, "geo_polygon": {
+            "exterior": g.exterior.as_ref().map(ring),
+            "interiors": g.interiors.iter().map(ring).collect::<Vec<_>>()}}));
+    }
+    if let Some(c) = &fc.values_count {
+        let o: Map<String, Value> = [("lt", c.lt), ("gt", c.gt), ("gte", c.gte), ("lte", c.lte)]
+            .into_iter()
+            .filter_map(|(n, v)| Some((n.to_string(), json!(v?))))
+            .collect();
+        return Ok(json!({"key": key, "values_count": o}));
+    }
+    if let Some(r) = &fc.datetime_range {
+        let mut o = Map::new();
+        for (name, t) in [
+            ("lt", &r.lt),
+            ("gt", &r.gt),
+            ("gte", &r.gte),
+            ("lte", &r.lte),
+        ] {
+            if let Some(t) = t {
+                let micros = t
+                    .seconds
+                    .checked_mul(1_000_000)
+                    .and_then(|s| s.checked_add(i64::from(t.nanos) / 1_000))
+                    .ok_or_else(|| {
+                        invalid(&format!("{field}.datetime_range.{name}"), "out of range")
+                    })?;
+                o.insert(
+                    name.into(),
+                    json!(quiver_engine::payload::datetime::format_micros(micros)),
+                );
+            }
+        }
+        return Ok(json!({"key": key, "datetime_range": o}));
     }
     if let Some(m) = &fc.r#match {
         let m = match &m.match_value {
@@ -157,13 +193,11 @@ fn field_json(field: &str, fc: &proto::FieldCondition) -> Result<Value, Status> 
             Some(MatchValue::Integers(k)) => json!({ "any": k.integers }),
             Some(MatchValue::ExceptKeywords(k)) => json!({ "except": k.strings }),
             Some(MatchValue::ExceptIntegers(k)) => json!({ "except": k.integers }),
-            Some(
-                MatchValue::Text(_)
-                | MatchValue::Phrase(_)
-                | MatchValue::TextAny(_)
-                | MatchValue::Prefix(_)
-                | MatchValue::Substring(_),
-            ) => return Err(unsupported(&format!("{field}.match: full-text matching"))),
+            Some(MatchValue::Text(t)) => json!({ "text": t }),
+            Some(MatchValue::Phrase(t)) => json!({ "phrase": t }),
+            Some(MatchValue::TextAny(t)) => json!({ "text_any": t }),
+            Some(MatchValue::Prefix(t)) => json!({ "prefix": t }),
+            Some(MatchValue::Substring(t)) => json!({ "substring": t }),
         };
         return Ok(json!({ "key": key, "match": m }));
     }
@@ -269,22 +303,62 @@ mod tests {
     #[test]
     fn unsupported_conditions_are_named() {
         let f = proto::Filter {
-            must: vec![field("text", MatchValue::Text("hello".into()))],
+            must: vec![proto::Condition {
+                condition_one_of: Some(ConditionOneOf::Slice(proto::Unsupported {})),
+            }],
             ..Default::default()
         };
         let e = from_grpc("filter", Some(&f)).unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unimplemented);
         assert!(
-            e.message().contains("filter.must[0].match: full-text"),
+            e.message().contains("filter.must[0]: `slice`"),
             "{}",
             e.message()
         );
-        let e = from_rest(
-            "filter",
-            Some(&json!({"must": [{"key": "p", "geo_radius": {"center": {"lat": 0, "lon": 0}, "radius": 1}}]})),
-        )
-        .unwrap_err();
-        assert_eq!(e.code(), tonic::Code::Unimplemented);
+    }
+
+    #[test]
+    fn text_geo_count_datetime_and_nested_conditions_convert() {
+        let f = proto::Filter {
+            must: vec![
+                field("t", MatchValue::Text("hello world".into())),
+                proto::Condition {
+                    condition_one_of: Some(ConditionOneOf::Field(proto::FieldCondition {
+                        key: "when".into(),
+                        datetime_range: Some(proto::DatetimeRange {
+                            gte: Some(proto::Timestamp {
+                                seconds: 1_675_853_340,
+                                nanos: 5_000,
+                            }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })),
+                },
+                proto::Condition {
+                    condition_one_of: Some(ConditionOneOf::Nested(proto::NestedCondition {
+                        key: "items".into(),
+                        filter: Some(proto::Filter {
+                            must: vec![field("name", MatchValue::Keyword("x".into()))],
+                            ..Default::default()
+                        }),
+                    })),
+                },
+            ],
+            ..Default::default()
+        };
+        let v: Value =
+            serde_json::from_str(&from_grpc("filter", Some(&f)).unwrap().unwrap()).unwrap();
+        assert_eq!(
+            v["must"][0],
+            json!({"key": "t", "match": {"text": "hello world"}})
+        );
+        assert_eq!(
+            v["must"][1],
+            json!({"key": "when", "datetime_range": {"gte": "2023-02-08T10:49:00.000005Z"}})
+        );
+        assert_eq!(v["must"][2]["nested"]["key"], json!("items"));
+        quiver_engine::payload::filter::Filter::parse(&v).unwrap();
     }
 
     #[test]

@@ -200,7 +200,9 @@ impl VectorSel {
             return None;
         }
         if !form.shows_names() {
-            return Some(VectorsOut::Unnamed(dense.to_vec()));
+            return self
+                .wants_dense(form)
+                .then(|| VectorsOut::Unnamed(dense.to_vec()));
         }
         let mut out = Vec::new();
         if !form.no_dense && wanted(&form.name) {

@@ -214,16 +214,18 @@ impl<B: Backend> Segment<B> {
     /// (and kept). Rows deleted since it was built are still in it, listed in `dead`
     /// ([`Self::contains`] tells too).
     pub fn sparse_index(&self, key: &str) -> SparseView {
-        let mut kept = self.sparse.0.lock();
-        if let Some((index, at)) = kept.get(key) {
+        if let Some((index, at)) = self.sparse.0.lock().get(key) {
             return SparseView {
                 index: index.clone(),
                 dead: self.deleted.iter().skip(*at).copied().collect(),
             };
         }
+        // Built without the lock held: a write copying this segment (`with_index`) does not
+        // wait for it; two searches may build it at once, and the later one is kept.
         let mut ids = Vec::new();
         self.for_each_matching(&Filter::default(), None, |id| ids.push(id));
-        let needle = format!("\"{key}\"");
+        // The key as JSON writes it (quoted and escaped).
+        let needle = serde_json::to_string(key).unwrap_or_default();
         let built = Arc::new(SparseIndex::build(ids.into_iter().filter_map(|id| {
             let bytes = self.payload(id)?;
             // Most payloads without the key are passed over unparsed.
@@ -233,7 +235,10 @@ impl<B: Backend> Segment<B> {
             let map = quiver_engine::payload::decode(bytes);
             Some((id, SparseVector::from_json(map.get(key)?)?))
         })));
-        kept.insert(key.to_string(), (built.clone(), self.deleted.len()));
+        self.sparse
+            .0
+            .lock()
+            .insert(key.to_string(), (built.clone(), self.deleted.len()));
         SparseView {
             index: built,
             dead: Vec::new(),

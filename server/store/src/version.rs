@@ -263,10 +263,10 @@ impl<B: Backend> Version<B> {
                 .iter()
                 .filter_map(|&id| index.row_of(id))
                 .collect();
-            n += index.len() - dead.len();
+            n += index.len().saturating_sub(dead.len());
             for (d, &t) in df.iter_mut().zip(terms) {
                 let gone = dead.iter().filter(|&&r| index.holds(r, t)).count();
-                *d += index.postings_len(t) - gone;
+                *d += index.postings_len(t).saturating_sub(gone);
             }
         }
         (n, df)
