@@ -782,14 +782,19 @@ pub fn device_quantized_tables_equal_the_host_quantization<B: Backend>(backend: 
 }
 
 /// Filters of the parity test: nothing allowed, everything, ≈ 1% (`r` < 40), 10% (`g` = 3),
-/// 50% (`g` < 5) and an unindexed one, for payloads `{"g": i % 10, "r": i, "t": "t{i % 3}"}`.
-pub const PARITY_FILTERS: [&str; 6] = [
+/// 50% (`g` < 5), an unindexed one, and two of the conditions evaluated value by value (geo,
+/// full text, nested; datetime, values count), for payloads `{"g": i % 10, "r": i, "t":
+/// "t{i % 3}", "loc": {"lon": i % 100 / 10, "lat": 0}, "w": "word{i % 4} other", "items":
+/// [{"n": i % 5}] (none when i % 7 = 0), "d": "2024-01-{1 + i % 28}"}`.
+pub const PARITY_FILTERS: [&str; 8] = [
     r#"{"must":[{"key":"g","match":{"value":42}}]}"#,
     "{}",
     r#"{"must":[{"key":"r","range":{"lt":40}}]}"#,
     r#"{"must":[{"key":"g","match":{"value":3}}]}"#,
     r#"{"must":[{"key":"g","range":{"lt":5}}]}"#,
     r#"{"should":[{"key":"t","match":{"value":"t1"}}],"must_not":[{"has_id":[1,2,3]}]}"#,
+    r#"{"must":[{"key":"loc","geo_bounding_box":{"top_left":{"lon":-1,"lat":1},"bottom_right":{"lon":6.05,"lat":-1}}},{"key":"w","match":{"text":"WORD1"}}],"must_not":[{"nested":{"key":"items","filter":{"must":[{"key":"n","match":{"value":0}}]}}}]}"#,
+    r#"{"must":[{"key":"d","datetime_range":{"gte":"2024-01-10T00:00:00Z"}},{"key":"items","values_count":{"gte":1}}]}"#,
 ];
 
 /// [`build`] with payloads on every point (and the same deletes).
@@ -803,10 +808,18 @@ pub fn build_with_payloads(c: &Case, deletes: &[u64]) -> (Arc<IvfPqIndex>, Vec<f
     let mut idx = IvfPqIndex::train(p, &x, &NoProgress).expect("train");
     let payloads: Vec<Vec<u8>> = (0..4000)
         .map(|i| {
+            let items = if i % 7 == 0 {
+                String::new()
+            } else {
+                format!(r#"{{"n":{}}}"#, i % 5)
+            };
             quiver_engine::payload::encode_text(&format!(
-                r#"{{"g":{},"r":{i},"t":"t{}"}}"#,
+                r#"{{"g":{},"r":{i},"t":"t{}","loc":{{"lon":{},"lat":0}},"w":"word{} other","items":[{items}],"d":"2024-01-{:02}"}}"#,
                 i % 10,
-                i % 3
+                i % 3,
+                (i % 100) as f64 / 10.0,
+                i % 4,
+                1 + i % 28
             ))
             .expect("payload")
         })
@@ -840,9 +853,23 @@ pub fn filtered_searches_match_the_cpu_reference<B: Backend>(backend: &B) {
             .collect();
         assert_eq!(sets[0].allowed(), 0);
         assert_eq!(sets[1].allowed(), idx.len());
-        // Query i: filter i % 7, the seventh being none.
+        // Query i: filter i % (filters + 1), the last being none.
+        let n = PARITY_FILTERS.len() as u32;
+        for s in &sets[6..] {
+            assert!(
+                s.allowed() > 0 && s.allowed() < idx.len(),
+                "{}",
+                s.allowed()
+            );
+        }
         let of_query: Vec<u32> = (0..40u32)
-            .map(|i| if i % 7 == 6 { NO_FILTER } else { i % 7 })
+            .map(|i| {
+                if i % (n + 1) == n {
+                    NO_FILTER
+                } else {
+                    i % (n + 1)
+                }
+            })
             .collect();
         let filters = QueryFilters {
             sets: &sets,
