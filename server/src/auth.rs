@@ -303,6 +303,8 @@ pub fn needed(path: &str) -> Option<Access> {
         "/qdrant.Collections/Get",
         "/qdrant.Collections/List",
         "/qdrant.Collections/CollectionExists",
+        "/qdrant.Collections/ListAliases",
+        "/qdrant.Collections/ListCollectionAliases",
         "/qdrant.Points/Get",
         "/qdrant.Points/Search",
         "/qdrant.Points/SearchBatch",

@@ -184,6 +184,12 @@ impl Registry {
         if let Some(c) = self.collections.read().get(name) {
             return Ok(c.clone());
         }
+        // An alias stands for its collection.
+        if let Some(target) = self.folder.resolve(name).filter(|t| t != name) {
+            if let Some(c) = self.collections.read().get(&target) {
+                return Ok(c.clone());
+            }
+        }
         if let Some(why) = self.failed.read().get(name) {
             return Err(Status::unavailable(format!(
                 "collection {name:?} failed to open: {why}"
@@ -197,6 +203,30 @@ impl Registry {
         Err(Status::not_found(format!(
             "collection {name:?} does not exist"
         )))
+    }
+
+    /// The aliases: alias → collection.
+    pub fn aliases(&self) -> std::collections::BTreeMap<String, String> {
+        self.folder.aliases()
+    }
+
+    /// The collection `name` stands for (itself, or an alias's collection), if any.
+    pub fn resolve(&self, name: &str) -> Option<String> {
+        self.folder.resolve(name)
+    }
+
+    /// Changes the aliases (all or none, durable when it returns; blocks on the catalog's
+    /// fsync).
+    pub fn update_aliases(&self, actions: Vec<quiver_store::AliasAction>) -> Result<(), Status> {
+        self.folder
+            .update_aliases(actions)
+            .map(|_| ())
+            .map_err(|e| match e {
+                quiver_store::StoreError::Precondition(m) => {
+                    Status::invalid_argument(format!("actions: {m}"))
+                }
+                e => from_store(e),
+            })
     }
 
     /// All collections, by name.

@@ -19,6 +19,7 @@ use quiver_engine::payload;
 use quiver_engine::payload::fields::{FieldSpec, FieldType};
 use quiver_engine::Metric;
 use quiver_store::wal::PayloadEdit;
+pub use quiver_store::AliasAction;
 use quiver_store::{IndexConfig, UpsertMode};
 use serde_json::{json, Map, Value};
 use tonic::Status;
@@ -562,6 +563,21 @@ impl QdrantApi {
             replication: state.replication,
             form: VectorForm::of(&settings),
         })
+    }
+
+    // ---- aliases ----
+
+    /// Changes the aliases: `actions` in order, all or none.
+    pub async fn update_aliases(&self, actions: Vec<AliasAction>) -> Result<(), Status> {
+        if actions.is_empty() {
+            return Err(invalid("actions", "empty: give at least one action"));
+        }
+        self.router.update_aliases(actions).await
+    }
+
+    /// The aliases (alias, collection), by alias; only those of `collection` when given.
+    pub async fn aliases(&self, collection: Option<&str>) -> Result<Vec<(String, String)>, Status> {
+        self.router.aliases(collection).await
     }
 
     /// How a collection's vectors are named.

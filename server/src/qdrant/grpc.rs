@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 use tonic::{Request, Response, Status};
 
 use super::api::{
-    CreateSpec, Datatype, DatatypeName, Distance, InfoView, PayloadSel, PointIn, QdrantApi,
-    QuerySpec, QueryVector, Record, Scored, Selector, VectorForm, NO_DENSE_VECTOR,
+    AliasAction, CreateSpec, Datatype, DatatypeName, Distance, InfoView, PayloadSel, PointIn,
+    QdrantApi, QuerySpec, QueryVector, Record, Scored, Selector, VectorForm, NO_DENSE_VECTOR,
 };
 use super::filter::{from_grpc, point_id, point_key};
 use super::fusion::Fusion;
@@ -962,6 +962,93 @@ impl Collections for QdrantGrpc {
         }
         .await;
         self.record("qdrant.Collections/CollectionExists", r)
+    }
+
+    async fn update_aliases(
+        &self,
+        req: Request<proto::ChangeAliases>,
+    ) -> Result<Response<proto::CollectionOperationResponse>, Status> {
+        use proto::alias_operations::Action;
+        let start = Instant::now();
+        let r = async {
+            // An alias reaches a collection by another name: only a key reaching every
+            // collection changes them.
+            crate::auth::check_unscoped(req.extensions(), "changing aliases")?;
+            let actions = req
+                .into_inner()
+                .actions
+                .into_iter()
+                .enumerate()
+                .map(|(i, a)| match a.action {
+                    Some(Action::CreateAlias(c)) => Ok(AliasAction::Create {
+                        alias: c.alias_name,
+                        collection: c.collection_name,
+                    }),
+                    Some(Action::RenameAlias(r)) => Ok(AliasAction::Rename {
+                        from: r.old_alias_name,
+                        to: r.new_alias_name,
+                    }),
+                    Some(Action::DeleteAlias(d)) => Ok(AliasAction::Delete {
+                        alias: d.alias_name,
+                    }),
+                    None => Err(invalid(&format!("actions[{i}]"), "empty action")),
+                })
+                .collect::<Result<Vec<_>, Status>>()?;
+            self.api.update_aliases(actions).await?;
+            Ok(Response::new(proto::CollectionOperationResponse {
+                result: true,
+                time: secs(start),
+            }))
+        }
+        .await;
+        self.record("qdrant.Collections/UpdateAliases", r)
+    }
+
+    async fn list_collection_aliases(
+        &self,
+        req: Request<proto::ListCollectionAliasesRequest>,
+    ) -> Result<Response<proto::ListAliasesResponse>, Status> {
+        let start = Instant::now();
+        let name = &req.get_ref().collection_name;
+        let r = async {
+            reach(&req, name)?;
+            let aliases = self.api.aliases(Some(name)).await?;
+            Ok(Response::new(aliases_proto(aliases, start)))
+        }
+        .await;
+        self.record("qdrant.Collections/ListCollectionAliases", r)
+    }
+
+    async fn list_aliases(
+        &self,
+        req: Request<proto::ListAliasesRequest>,
+    ) -> Result<Response<proto::ListAliasesResponse>, Status> {
+        let start = Instant::now();
+        let r = async {
+            let aliases = self
+                .api
+                .aliases(None)
+                .await?
+                .into_iter()
+                .filter(|(a, c)| in_reach(req.extensions(), a) && in_reach(req.extensions(), c))
+                .collect();
+            Ok(Response::new(aliases_proto(aliases, start)))
+        }
+        .await;
+        self.record("qdrant.Collections/ListAliases", r)
+    }
+}
+
+fn aliases_proto(aliases: Vec<(String, String)>, start: Instant) -> proto::ListAliasesResponse {
+    proto::ListAliasesResponse {
+        aliases: aliases
+            .into_iter()
+            .map(|(alias_name, collection_name)| proto::AliasDescription {
+                alias_name,
+                collection_name,
+            })
+            .collect(),
+        time: secs(start),
     }
 }
 

@@ -23,8 +23,8 @@ use serde_json::{json, Map, Value};
 use tonic::{Code, Status};
 
 use super::api::{
-    CreateSpec, Datatype, Distance, InfoView, PayloadSel, PointIn, QdrantApi, QuerySpec,
-    QueryVector, Record, Scored, Selector, VectorForm, NO_DENSE_VECTOR,
+    AliasAction, CreateSpec, Datatype, Distance, InfoView, PayloadSel, PointIn, QdrantApi,
+    QuerySpec, QueryVector, Record, Scored, Selector, VectorForm, NO_DENSE_VECTOR,
 };
 use super::filter::from_rest;
 use super::fusion::Fusion;
@@ -71,6 +71,9 @@ impl Rest {
             .route("/livez", get(health))
             .route("/readyz", get(health))
             .route("/collections", get(list))
+            .route("/collections/aliases", post(update_aliases))
+            .route("/aliases", get(list_aliases))
+            .route("/collections/{name}/aliases", get(list_collection_aliases))
             .route(
                 "/collections/{name}",
                 get(info).put(create).patch(update).delete(drop),
@@ -920,6 +923,135 @@ async fn list(State(s): State<Rest>, ConnectInfo(PeerAddr(peer)): Peer, h: Heade
             .collect();
         Ok(json!({ "collections": names }))
     })
+    .await
+}
+
+/// `POST /collections/aliases`'s body.
+#[derive(Deserialize)]
+struct ChangeAliases {
+    actions: Vec<AliasActionIn>,
+}
+
+/// One alias action as Qdrant's REST API writes it.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum AliasActionIn {
+    CreateAlias {
+        collection_name: String,
+        alias_name: String,
+    },
+    DeleteAlias {
+        alias_name: String,
+    },
+    RenameAlias {
+        old_alias_name: String,
+        new_alias_name: String,
+    },
+}
+
+impl From<AliasActionIn> for AliasAction {
+    fn from(a: AliasActionIn) -> Self {
+        match a {
+            AliasActionIn::CreateAlias {
+                collection_name,
+                alias_name,
+            } => AliasAction::Create {
+                alias: alias_name,
+                collection: collection_name,
+            },
+            AliasActionIn::DeleteAlias { alias_name } => AliasAction::Delete { alias: alias_name },
+            AliasActionIn::RenameAlias {
+                old_alias_name,
+                new_alias_name,
+            } => AliasAction::Rename {
+                from: old_alias_name,
+                to: new_alias_name,
+            },
+        }
+    }
+}
+
+fn aliases_json(aliases: Vec<(String, String)>) -> Value {
+    let list: Vec<Value> = aliases
+        .into_iter()
+        .map(|(a, c)| json!({"alias_name": a, "collection_name": c}))
+        .collect();
+    json!({ "aliases": list })
+}
+
+async fn update_aliases(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let api = &s.api;
+    s.run(
+        "update_aliases",
+        Access::ReadWrite,
+        &h,
+        peer,
+        None,
+        |c| async move {
+            // An alias reaches a collection by another name: only a key reaching every
+            // collection changes them.
+            if c.scope.is_some() {
+                return Err(Status::permission_denied(
+                    "aliases are changed with a key that reaches every collection",
+                ));
+            }
+            let b: ChangeAliases =
+                serde_json::from_slice(&body).map_err(|e| invalid("actions", e))?;
+            api.update_aliases(b.actions.into_iter().map(AliasAction::from).collect())
+                .await?;
+            Ok(json!(true))
+        },
+    )
+    .await
+}
+
+async fn list_aliases(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    h: HeaderMap,
+) -> Response {
+    let api = &s.api;
+    s.run(
+        "list_aliases",
+        Access::ReadOnly,
+        &h,
+        peer,
+        None,
+        |c| async move {
+            let all = api.aliases(None).await?;
+            let seen = all
+                .into_iter()
+                .filter(|(a, col)| {
+                    c.scope
+                        .as_ref()
+                        .is_none_or(|sc| sc.reaches(a) && sc.reaches(col))
+                })
+                .collect();
+            Ok(aliases_json(seen))
+        },
+    )
+    .await
+}
+
+async fn list_collection_aliases(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    Path(name): Path<String>,
+    h: HeaderMap,
+) -> Response {
+    s.run(
+        "list_collection_aliases",
+        Access::ReadOnly,
+        &h,
+        peer,
+        Some(&name),
+        |_| async { Ok(aliases_json(s.api.aliases(Some(&name)).await?)) },
+    )
     .await
 }
 

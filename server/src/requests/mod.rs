@@ -604,6 +604,37 @@ impl Router {
         }
     }
 
+    /// Changes the aliases: `actions` in order, all or none.
+    pub async fn update_aliases(
+        &self,
+        actions: Vec<quiver_store::AliasAction>,
+    ) -> Result<(), Status> {
+        self.not_in_cluster("aliases")?;
+        let registry = self.registry.clone();
+        local::blocking(move || registry.update_aliases(actions)).await
+    }
+
+    /// The aliases (alias, collection), by alias; only those of `collection` when given (an
+    /// unknown collection is NOT_FOUND).
+    pub async fn aliases(&self, collection: Option<&str>) -> Result<Vec<(String, String)>, Status> {
+        if self.registry.cluster().is_some() {
+            // No aliases in cluster mode (yet): none to list.
+            if let Some(c) = collection {
+                self.meta(c).await?;
+            }
+            return Ok(Vec::new());
+        }
+        if let Some(c) = collection {
+            self.registry.get(c)?;
+        }
+        Ok(self
+            .registry
+            .aliases()
+            .into_iter()
+            .filter(|(_, c)| collection.is_none_or(|want| want == c))
+            .collect())
+    }
+
     /// Searches sparse vectors; answers the neighbours (points sharing a term with the
     /// query), best first, with their dot products as distances negated (Quiver's order:
     /// smaller is better).

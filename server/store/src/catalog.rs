@@ -53,8 +53,42 @@ pub enum CatalogOp {
         name: String,
     },
     /// The entries before this one were compacted away (only live creations are kept); its
-    /// number is the last one they had.
-    Compacted,
+    /// number is the last one they had. It carries the aliases they had made.
+    Compacted {
+        /// Alias → collection.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        aliases: BTreeMap<String, String>,
+    },
+    /// Aliases changed: the actions in order, all or none.
+    Aliases {
+        /// What changes.
+        actions: Vec<AliasAction>,
+    },
+}
+
+/// One change of the aliases (Qdrant's alias actions).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum AliasAction {
+    /// `alias` names `collection` (an alias of that name must not exist).
+    Create {
+        /// The alias.
+        alias: String,
+        /// The collection it names.
+        collection: String,
+    },
+    /// `alias` is removed.
+    Delete {
+        /// The alias.
+        alias: String,
+    },
+    /// `from` is renamed `to` (which must not exist).
+    Rename {
+        /// The alias now.
+        from: String,
+        /// Its new name.
+        to: String,
+    },
 }
 
 impl CatalogOp {
@@ -62,7 +96,7 @@ impl CatalogOp {
     pub fn name(&self) -> Option<&str> {
         match self {
             CatalogOp::Create { name, .. } | CatalogOp::Drop { name } => Some(name),
-            CatalogOp::Compacted => None,
+            CatalogOp::Compacted { .. } | CatalogOp::Aliases { .. } => None,
         }
     }
 }
@@ -98,6 +132,8 @@ pub struct Catalog {
     last_seq: u64,
     records: usize,
     live: BTreeMap<String, LiveCollection>,
+    /// Alias → collection.
+    aliases: BTreeMap<String, String>,
     /// Names whose last entry is a drop, with its number (forgotten at compaction).
     dropped: BTreeMap<String, u64>,
     /// Set when a failed append could not be undone: the file's tail is unknown until a restart.
@@ -209,6 +245,7 @@ impl Catalog {
             last_seq: state.last_seq,
             records: state.records,
             live: state.live,
+            aliases: state.aliases,
             dropped: state.dropped,
             broken: None,
         })
@@ -236,7 +273,9 @@ impl Catalog {
         entries.sort_by_key(|e| e.seq);
         entries.push(CatalogEntry {
             seq: self.last_seq,
-            op: CatalogOp::Compacted,
+            op: CatalogOp::Compacted {
+                aliases: self.aliases.clone(),
+            },
         });
         let reopened = write_file(&self.path, &entries).and_then(|()| Catalog::open(&self.path));
         match reopened {
@@ -255,6 +294,11 @@ impl Catalog {
     /// The collections that exist, by name.
     pub fn live(&self) -> &BTreeMap<String, LiveCollection> {
         &self.live
+    }
+
+    /// The aliases: alias → collection.
+    pub fn aliases(&self) -> &BTreeMap<String, String> {
+        &self.aliases
     }
 
     /// Names whose last entry is a drop, with its number (since the last compaction).
@@ -289,7 +333,7 @@ impl Catalog {
             }
             Some(s) => s,
         };
-        if matches!(op, CatalogOp::Compacted) {
+        if matches!(op, CatalogOp::Compacted { .. }) {
             return Err(StoreError::Invalid {
                 field: "op",
                 reason: "a compaction mark is written by the catalog itself".into(),
@@ -298,11 +342,18 @@ impl Catalog {
         let entry = CatalogEntry { seq, op };
         let mut probe = State {
             last_seq: self.last_seq,
+            aliases: self.aliases.clone(),
             ..State::default()
         };
-        if let Some(name) = entry.op.name() {
-            if let Some(l) = self.live.get(name) {
-                probe.live.insert(name.to_string(), l.clone());
+        match &entry.op {
+            // Aliases are checked against every collection.
+            CatalogOp::Aliases { .. } => probe.live = self.live.clone(),
+            _ => {
+                if let Some(name) = entry.op.name() {
+                    if let Some(l) = self.live.get(name) {
+                        probe.live.insert(name.to_string(), l.clone());
+                    }
+                }
             }
         }
         probe.apply(&entry).map_err(StoreError::Precondition)?;
@@ -339,6 +390,7 @@ impl Catalog {
         self.len += record.len() as u64;
         self.records += 1;
         self.last_seq = seq;
+        self.aliases = probe.aliases;
         match &entry.op {
             CatalogOp::Create { name, .. } => {
                 self.dropped.remove(name);
@@ -348,7 +400,7 @@ impl Catalog {
                 self.live.remove(name);
                 self.dropped.insert(name.clone(), seq);
             }
-            CatalogOp::Compacted => {}
+            CatalogOp::Compacted { .. } | CatalogOp::Aliases { .. } => {}
         }
         Ok(Some(seq))
     }
@@ -360,10 +412,56 @@ struct State {
     last_seq: u64,
     records: usize,
     live: BTreeMap<String, LiveCollection>,
+    aliases: BTreeMap<String, String>,
     dropped: BTreeMap<String, u64>,
 }
 
 impl State {
+    /// Applies alias actions in order to a copy; all or none.
+    fn apply_aliases(&mut self, actions: &[AliasAction]) -> std::result::Result<(), String> {
+        let mut next = self.aliases.clone();
+        let free =
+            |next: &BTreeMap<String, String>, alias: &str| -> std::result::Result<(), String> {
+                if !crate::collection::valid_name(alias) {
+                    return Err(format!(
+                        "{alias:?} is not a valid alias name (1 to 64 of A-Z a-z 0-9 _ . -)"
+                    ));
+                }
+                if next.contains_key(alias) {
+                    return Err(format!("alias {alias:?} already exists"));
+                }
+                if self.live.contains_key(alias) {
+                    return Err(format!("{alias:?} is a collection's name"));
+                }
+                Ok(())
+            };
+        for a in actions {
+            match a {
+                AliasAction::Create { alias, collection } => {
+                    if !self.live.contains_key(collection) {
+                        return Err(format!("collection {collection:?} does not exist"));
+                    }
+                    free(&next, alias)?;
+                    next.insert(alias.clone(), collection.clone());
+                }
+                AliasAction::Delete { alias } => {
+                    if next.remove(alias).is_none() {
+                        return Err(format!("alias {alias:?} does not exist"));
+                    }
+                }
+                AliasAction::Rename { from, to } => {
+                    let Some(c) = next.remove(from) else {
+                        return Err(format!("alias {from:?} does not exist"));
+                    };
+                    free(&next, to)?;
+                    next.insert(to.clone(), c);
+                }
+            }
+        }
+        self.aliases = next;
+        Ok(())
+    }
+
     /// Applies one entry read from the file or about to be written.
     fn apply(&mut self, e: &CatalogEntry) -> std::result::Result<(), String> {
         if let Some(name) = e.op.name() {
@@ -391,6 +489,9 @@ impl State {
                 if self.live.contains_key(name) {
                     return Err(format!("collection {name:?} already exists"));
                 }
+                if self.aliases.contains_key(name) {
+                    return Err(format!("{name:?} is an alias's name"));
+                }
                 self.dropped.remove(name);
                 self.live.insert(
                     name.clone(),
@@ -408,13 +509,22 @@ impl State {
                 if self.live.remove(name).is_none() {
                     return Err(format!("collection {name:?} does not exist"));
                 }
+                // A dropped collection's aliases go with it (as in Qdrant).
+                self.aliases.retain(|_, c| c != name);
                 self.dropped.insert(name.clone(), e.seq);
             }
             // Numbered like the entry it follows; creations before it may be lower.
-            CatalogOp::Compacted => {
+            CatalogOp::Compacted { aliases } => {
                 if e.seq < self.last_seq {
                     return Err(format!("compaction mark {} after {}", e.seq, self.last_seq));
                 }
+                self.aliases = aliases.clone();
+            }
+            CatalogOp::Aliases { actions } => {
+                if e.seq <= self.last_seq {
+                    return Err(format!("number {} after {}", e.seq, self.last_seq));
+                }
+                self.apply_aliases(actions)?;
             }
         }
         self.last_seq = e.seq;
@@ -492,7 +602,12 @@ mod tests {
             Err(StoreError::Precondition(_))
         ));
         assert!(matches!(
-            c.append(None, CatalogOp::Compacted),
+            c.append(
+                None,
+                CatalogOp::Compacted {
+                    aliases: BTreeMap::new()
+                }
+            ),
             Err(StoreError::Invalid { field: "op", .. })
         ));
         let c = Catalog::open(&path).unwrap();
@@ -613,5 +728,95 @@ mod tests {
         assert_eq!(c.append(Some(205), drop_op("keep")).unwrap(), Some(205));
         let c = Catalog::open(&path).unwrap();
         assert_eq!((c.last_seq(), names(&c)), (205, vec!["late".to_string()]));
+    }
+
+    #[test]
+    fn aliases_change_all_or_none_survive_reopening_and_compaction_and_go_with_their_collection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".catalog.log");
+        let mut c = Catalog::create(&path, vec![create("a"), create("b")]).unwrap();
+        let mk = |alias: &str, collection: &str| AliasAction::Create {
+            alias: alias.into(),
+            collection: collection.into(),
+        };
+        c.append(
+            None,
+            CatalogOp::Aliases {
+                actions: vec![mk("x", "a"), mk("y", "b")],
+            },
+        )
+        .unwrap();
+        // One action that does not fit refuses them all.
+        for bad in [
+            vec![mk("z", "a"), mk("x", "b")],
+            vec![mk("z", "nope")],
+            vec![mk("b", "a")],
+            vec![AliasAction::Delete { alias: "q".into() }],
+            vec![AliasAction::Rename {
+                from: "x".into(),
+                to: "y".into(),
+            }],
+            vec![mk("bad name", "a")],
+        ] {
+            assert!(c.append(None, CatalogOp::Aliases { actions: bad }).is_err());
+        }
+        assert!(
+            c.append(None, create("x")).is_err(),
+            "a collection may not take an alias's name"
+        );
+        // Switching an alias to another collection in one step.
+        c.append(
+            None,
+            CatalogOp::Aliases {
+                actions: vec![AliasAction::Delete { alias: "x".into() }, mk("x", "b")],
+            },
+        )
+        .unwrap();
+        c.append(
+            None,
+            CatalogOp::Aliases {
+                actions: vec![AliasAction::Rename {
+                    from: "y".into(),
+                    to: "w".into(),
+                }],
+            },
+        )
+        .unwrap();
+        let want: BTreeMap<String, String> = [
+            ("w".to_string(), "b".to_string()),
+            ("x".to_string(), "b".to_string()),
+        ]
+        .into();
+        assert_eq!(c.aliases(), &want);
+        drop(c);
+        let mut c = Catalog::open(&path).unwrap();
+        assert_eq!(c.aliases(), &want);
+        // Compaction (many drops) keeps them.
+        for i in 0..80 {
+            let n = format!("t{i}");
+            c.append(None, create(&n)).unwrap();
+            c.append(None, drop_op(&n)).unwrap();
+        }
+        c.compact_if_due();
+        assert!(c.records < 10, "compacted: {}", c.records);
+        assert_eq!(c.aliases(), &want);
+        drop(c);
+        let mut c = Catalog::open(&path).unwrap();
+        assert_eq!(c.aliases(), &want);
+        c.append(None, drop_op("b")).unwrap();
+        assert!(
+            c.aliases().is_empty(),
+            "a dropped collection's aliases go with it"
+        );
+        drop(c);
+        assert!(Catalog::open(&path).unwrap().aliases().is_empty());
+        // A compaction mark written before aliases existed reads as one without aliases.
+        let old: CatalogEntry = serde_json::from_str(r#"{"seq":5,"op":"compacted"}"#).unwrap();
+        assert_eq!(
+            old.op,
+            CatalogOp::Compacted {
+                aliases: BTreeMap::new()
+            }
+        );
     }
 }

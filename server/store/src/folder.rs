@@ -180,6 +180,31 @@ impl CollectionsFolder {
         self.catalog.lock().live().get(name).cloned()
     }
 
+    /// The aliases: alias → collection.
+    pub fn aliases(&self) -> std::collections::BTreeMap<String, String> {
+        self.catalog.lock().aliases().clone()
+    }
+
+    /// The collection `name` stands for: itself when it is a collection, the collection an
+    /// alias of that name names, else `None`.
+    pub fn resolve(&self, name: &str) -> Option<String> {
+        let catalog = self.catalog.lock();
+        if catalog.live().contains_key(name) {
+            return Some(name.to_string());
+        }
+        catalog.aliases().get(name).cloned()
+    }
+
+    /// Changes the aliases: `actions` in order, all or none, durable when it returns (one
+    /// catalog entry). Refused, with nothing written, when an action does not fit (an alias
+    /// that exists already or not at all, a collection that does not exist, a name taken by a
+    /// collection).
+    pub fn update_aliases(&self, actions: Vec<crate::catalog::AliasAction>) -> Result<u64> {
+        let mut catalog = self.catalog.lock();
+        let seq = catalog.append(None, CatalogOp::Aliases { actions })?;
+        Ok(seq.unwrap_or_else(|| catalog.last_seq()))
+    }
+
     /// The number of the last catalog entry (0 for none): where a replica goes on from.
     pub fn catalog_seq(&self) -> u64 {
         self.catalog.lock().last_seq()

@@ -31,7 +31,7 @@ pub mod training_input;
 pub mod version;
 pub mod wal;
 
-pub use catalog::{CatalogEntry, CatalogOp};
+pub use catalog::{AliasAction, CatalogEntry, CatalogOp};
 pub use collection::{
     check_ops, valid_folder_name, valid_name, Applied, Collection, JobState, UpsertMode,
 };
