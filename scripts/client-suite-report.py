@@ -1,4 +1,5 @@
-"""Reads the junit report of scripts/langchain-qdrant-suite and says what failed and why.
+"""Reads the junit report of a Qdrant client's own test suite run against Quiver
+(scripts/langchain-qdrant-suite, scripts/qdrant-client-suite) and says what failed and why.
 
 Every failure is put under the refusal Quiver's Qdrant API answered it with (the exception a
 test ended with: an `UnexpectedResponse` whose body says `"error": "… is not supported …"`),
@@ -8,7 +9,7 @@ hybrid queries came, issue #33) — a test of what Quiver supports that fails is
 or when fewer than `--min-passed N` tests passed (a suite that did not reach the server passes
 nothing).
 
-    python3 scripts/langchain-qdrant-report.py REPORT.xml [--check] [--min-passed N]
+    python3 scripts/client-suite-report.py REPORT.xml [--check] [--min-passed N] [--title T]
 """
 
 import collections
@@ -26,6 +27,10 @@ def reason(failure: ET.Element) -> str:
     m = re.search(r'"error":"([^"]*?) is not supported', message.replace('\\"', '"'))
     if message.startswith("qdrant_client.") and m:
         return m.group(1)
+    # gRPC: UNIMPLEMENTED with the same words in its details.
+    m = re.search(r'details = "([^"]*?) is not supported by Quiver', message)
+    if m:
+        return m.group(1)
     return "other: " + message.split("\n")[0][:160]
 
 
@@ -33,6 +38,11 @@ def main() -> int:
     argv = sys.argv[1:]
     check = "--check" in argv
     min_passed = 1
+    title = "langchain-qdrant"
+    if "--title" in argv:
+        i = argv.index("--title")
+        title = argv[i + 1]
+        del argv[i : i + 2]
     if "--min-passed" in argv:
         i = argv.index("--min-passed")
         min_passed = int(argv[i + 1])
@@ -56,7 +66,7 @@ def main() -> int:
         reasons[r] += 1
         if not any(e in r for e in EXPECTED):
             unexpected.append(f"{tc.get('classname')}::{tc.get('name')}: {r}")
-    print(f"langchain-qdrant against Quiver: {passed} of {len(cases)} passed")
+    print(f"{title} against Quiver: {passed} of {len(cases)} passed")
     for r, n in reasons.most_common():
         print(f"  {n:4d} refused: {r}")
     if unexpected:
