@@ -1,8 +1,7 @@
 //! Qdrant filters onto Quiver's filter, whose JSON form is Qdrant's (docs/FILTERS.md): a REST
 //! filter passes through with its `has_id` lists mapped to Quiver's ids; a gRPC `Filter`
-//! message is written out as that JSON. Conditions Quiver does not evaluate (geo, full-text,
-//! `values_count`, datetime ranges, nested objects, `has_vector`) are UNIMPLEMENTED, naming
-//! the condition.
+//! message is written out as that JSON. Conditions Quiver does not evaluate (`has_vector`,
+//! `slice`) are UNIMPLEMENTED, naming the condition.
 
 use serde_json::{json, Map, Value};
 use tonic::Status;
@@ -44,6 +43,9 @@ fn map_has_id(field: &str, v: &mut Value, depth: usize) -> Result<(), Status> {
                         }
                         continue;
                     }
+                }
+                if matches!(k.as_str(), "has_vector" | "slice") {
+                    return Err(unsupported(&format!("{field}: `{k}` conditions")));
                 }
                 map_has_id(field, x, depth + 1)?;
             }

@@ -934,16 +934,16 @@ struct ChangeAliases {
 
 /// One alias action as Qdrant's REST API writes it.
 #[derive(Deserialize)]
-#[serde(rename_all = "snake_case")]
 enum AliasActionIn {
-    CreateAlias {
+    #[serde(rename = "create_alias")]
+    Create {
         collection_name: String,
         alias_name: String,
     },
-    DeleteAlias {
-        alias_name: String,
-    },
-    RenameAlias {
+    #[serde(rename = "delete_alias")]
+    Delete { alias_name: String },
+    #[serde(rename = "rename_alias")]
+    Rename {
         old_alias_name: String,
         new_alias_name: String,
     },
@@ -952,15 +952,15 @@ enum AliasActionIn {
 impl From<AliasActionIn> for AliasAction {
     fn from(a: AliasActionIn) -> Self {
         match a {
-            AliasActionIn::CreateAlias {
+            AliasActionIn::Create {
                 collection_name,
                 alias_name,
             } => AliasAction::Create {
                 alias: alias_name,
                 collection: collection_name,
             },
-            AliasActionIn::DeleteAlias { alias_name } => AliasAction::Delete { alias: alias_name },
-            AliasActionIn::RenameAlias {
+            AliasActionIn::Delete { alias_name } => AliasAction::Delete { alias: alias_name },
+            AliasActionIn::Rename {
                 old_alias_name,
                 new_alias_name,
             } => AliasAction::Rename {
