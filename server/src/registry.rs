@@ -222,6 +222,10 @@ impl Registry {
             .update_aliases(actions)
             .map(|_| ())
             .map_err(|e| match e {
+                // A collection or alias an action names that does not exist: 404, as Qdrant.
+                quiver_store::StoreError::Precondition(m) if m.contains("does not exist") => {
+                    Status::not_found(format!("actions: {m}"))
+                }
                 quiver_store::StoreError::Precondition(m) => {
                     Status::invalid_argument(format!("actions: {m}"))
                 }

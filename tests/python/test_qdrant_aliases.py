@@ -67,17 +67,28 @@ def test_aliases_switch_atomically_and_stand_for_their_collection(qserver, prefe
     with pytest.raises((UnexpectedResponse, grpc.RpcError)) as e:
         c.update_collection_aliases(change_aliases_operations=bad)
     if prefer_grpc:
-        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
     else:
-        assert e.value.status_code == 400
+        assert e.value.status_code == 404
     assert "nope" in str(e.value)
     assert _aliases(c) == _aliases(ref)
+    # As Qdrant: creating an alias that exists points it elsewhere, deleting a missing one is
+    # no error.
+    ops = [models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name="never_" + str(s))),
+           models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=v1, alias_name=prod))]
+    for cl in (c, ref):
+        cl.update_collection_aliases(change_aliases_operations=ops)
+    assert _aliases(c) == _aliases(ref)
+    assert c.count(prod).count == 4
     # A collection may not take an alias's name; dropping a collection drops its aliases.
     with pytest.raises((UnexpectedResponse, grpc.RpcError)):
         c.create_collection(prod, vectors_config=models.VectorParams(size=2, distance=models.Distance.DOT))
     for cl in (c, ref):
         cl.delete_collection(v2)
-    assert _aliases(c) == _aliases(ref) == [("old_" + str(s), v1)]
+    assert _aliases(c) == _aliases(ref) == [("old_" + str(s), v1), (prod, v1)]
+    for cl in (c, ref):
+        cl.delete_collection(v1)
+    assert _aliases(c) == _aliases(ref) == []
     with pytest.raises((UnexpectedResponse, grpc.RpcError, ValueError)):
         c.count(prod)
     c.close()
@@ -101,5 +112,36 @@ def test_aliases_survive_sigkill(tmp_path):
         assert _aliases(c) == [("live", "v2_k")]
         assert c.count("live").count == 4
         c.close()
+    finally:
+        stop_server(srv)
+
+
+def test_a_scoped_key_does_not_reach_through_an_alias(tmp_path):
+    """An alias in a key's scope naming a collection outside it does not open that collection
+    to the key, on either port; listings hide such aliases."""
+    keyfile = tmp_path / "keys"
+    admin, tenant = "admin-key-0123456789abcdef", "tenant-key-0123456789abcdef"
+    keyfile.write_text(f"rw:{admin}\nrw@tenant-a-*:{tenant}\n")
+    srv = start_server(tmp_path, ["--qdrant-grpc-listen", "127.0.0.1:0", "--qdrant-http-listen", "127.0.0.1:0",
+                                  "--api-key-file", str(keyfile)], name="alias-scopes")
+    try:
+        srv.grpc_port, srv.rest_port = _read_addresses(srv)
+        boss = client_for(srv, False, api_key=admin)
+        boss.create_collection("tenant-b-docs", vectors_config=models.VectorParams(size=2, distance=models.Distance.DOT))
+        boss.upsert("tenant-b-docs", points=[models.PointStruct(id=1, vector=[1.0, 0.0])], wait=True)
+        boss.update_collection_aliases(change_aliases_operations=[models.CreateAliasOperation(
+            create_alias=models.CreateAlias(collection_name="tenant-b-docs", alias_name="tenant-a-sneaky"))])
+        for prefer_grpc in (False, True):
+            c = client_for(srv, prefer_grpc, api_key=tenant)
+            with pytest.raises((UnexpectedResponse, grpc.RpcError)) as e:
+                c.count("tenant-a-sneaky")
+            if prefer_grpc:
+                assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            else:
+                assert e.value.status_code == 403
+            assert "tenant-b-docs" in str(e.value)
+            assert _aliases(c) == []
+            c.close()
+        assert boss.count("tenant-a-sneaky").count == 1
     finally:
         stop_server(srv)

@@ -69,11 +69,13 @@ fn offset(rest: &str) -> Option<i64> {
         b'-' => -1,
         _ => return None,
     };
-    let digits: String = rest[1..].chars().filter(|c| *c != ':').collect();
-    if digits.len() != 4 || !digits.bytes().all(|d| d.is_ascii_digit()) {
-        return None;
-    }
-    if rest.len() == 6 && b[3] != b':' {
+    // `±HH:MM` or `±HHMM`, nothing else.
+    let digits: String = match rest.len() {
+        6 if b[3] == b':' => format!("{}{}", &rest[1..3], &rest[4..6]),
+        5 => rest[1..].to_string(),
+        _ => return None,
+    };
+    if !digits.bytes().all(|d| d.is_ascii_digit()) {
         return None;
     }
     let h: i64 = digits[..2].parse().ok()?;

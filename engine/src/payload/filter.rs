@@ -564,8 +564,8 @@ fn range_of_strings(v: &Value) -> bool {
         .is_some_and(|o| o.values().any(Value::is_string))
 }
 
-/// A datetime range: bounds are datetimes (strings, [`super::datetime::parse_micros`]) or
-/// numbers of seconds since the epoch; held as microseconds.
+/// A datetime range: bounds are datetime strings ([`super::datetime::parse_micros`]); held
+/// as microseconds since the epoch.
 fn datetime_range(v: &Value, path: &str) -> Result<Range, FilterError> {
     let Value::Object(obj) = v else {
         return err(path, format!("expected an object, got {}", type_name(v)));
@@ -619,17 +619,18 @@ fn geo_ring(v: Option<&Value>, path: &str) -> Result<Vec<GeoPoint>, FilterError>
     let Some(Value::Array(points)) = o.get("points") else {
         return err(&format!("{path}.points"), "expected a list of points");
     };
-    if points.len() < 4 || points.first() != points.last() {
+    let ring: Vec<GeoPoint> = points
+        .iter()
+        .enumerate()
+        .map(|(i, p)| geo_point(Some(p), &format!("{path}.points[{i}]")))
+        .collect::<Result<_, _>>()?;
+    if ring.len() < 4 || ring.first() != ring.last() {
         return err(
             &format!("{path}.points"),
             "a ring needs at least 4 points, the last equal to the first",
         );
     }
-    points
-        .iter()
-        .enumerate()
-        .map(|(i, p)| geo_point(Some(p), &format!("{path}.points[{i}]")))
-        .collect()
+    Ok(ring)
 }
 
 fn geo_shape(kind: &str, v: &Value, path: &str) -> Result<GeoShape, FilterError> {

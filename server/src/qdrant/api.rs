@@ -580,6 +580,15 @@ impl QdrantApi {
         self.router.aliases(collection).await
     }
 
+    /// The collection `name` stands for (itself, or an alias's collection), if any, on this
+    /// server (none in cluster mode: no aliases there yet).
+    pub fn collection_of(&self, name: &str) -> Option<String> {
+        match self.router.is_cluster() {
+            true => None,
+            false => self.router.registry().resolve(name),
+        }
+    }
+
     /// How a collection's vectors are named.
     async fn form(&self, name: &str) -> Result<VectorForm, Status> {
         let meta = self.router.meta(name).await?;

@@ -44,6 +44,20 @@ impl QdrantGrpc {
         }
     }
 
+    /// Refuses a key whose scope does not reach `collection`, nor the collection it stands
+    /// for when it is an alias.
+    fn reach<T>(&self, req: &Request<T>, collection: &str) -> Result<(), Status> {
+        check_reach(req.extensions(), "collection_name", collection)?;
+        if let Some(target) = self
+            .api
+            .collection_of(collection)
+            .filter(|t| t != collection)
+        {
+            check_reach(req.extensions(), "collection_name", &target)?;
+        }
+        Ok(())
+    }
+
     fn record<T>(&self, method: &str, r: Result<T, Status>) -> Result<T, Status> {
         let code = match &r {
             Ok(_) => tonic::Code::Ok,
@@ -760,9 +774,6 @@ impl Qdrant for QdrantGrpc {
 }
 
 /// Refuses a request whose API key does not reach its collection (see [`crate::auth::Reach`]).
-fn reach<T>(req: &Request<T>, collection: &str) -> Result<(), Status> {
-    check_reach(req.extensions(), "collection_name", collection)
-}
 
 #[tonic::async_trait]
 impl Collections for QdrantGrpc {
@@ -773,7 +784,7 @@ impl Collections for QdrantGrpc {
         let start = Instant::now();
         let name = &req.get_ref().collection_name;
         let r = async {
-            reach(&req, name)?;
+            self.reach(&req, name)?;
             let v = self.api.info(name).await?;
             Ok(Response::new(proto::GetCollectionInfoResponse {
                 result: Some(info_proto(v)),
@@ -812,7 +823,7 @@ impl Collections for QdrantGrpc {
     ) -> Result<Response<proto::CollectionOperationResponse>, Status> {
         let start = Instant::now();
         let r = async {
-            reach(&req, &req.get_ref().collection_name)?;
+            self.reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             if r.strict_mode_config.is_some() {
                 return Err(unsupported("strict_mode_config"));
@@ -899,7 +910,7 @@ impl Collections for QdrantGrpc {
     ) -> Result<Response<proto::CollectionOperationResponse>, Status> {
         let start = Instant::now();
         let r = async {
-            reach(&req, &req.get_ref().collection_name)?;
+            self.reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             if r.sparse_vectors_config
                 .as_ref()
@@ -934,7 +945,7 @@ impl Collections for QdrantGrpc {
         let start = Instant::now();
         let r = async {
             let name = &req.get_ref().collection_name;
-            reach(&req, name)?;
+            self.reach(&req, name)?;
             let result = self.api.delete(name).await?;
             Ok(Response::new(proto::CollectionOperationResponse {
                 result,
@@ -952,7 +963,7 @@ impl Collections for QdrantGrpc {
         let start = Instant::now();
         let name = &req.get_ref().collection_name;
         let r = async {
-            reach(&req, name)?;
+            self.reach(&req, name)?;
             Ok(Response::new(proto::CollectionExistsResponse {
                 result: Some(proto::CollectionExists {
                     exists: self.api.exists(name).await?,
@@ -1011,7 +1022,7 @@ impl Collections for QdrantGrpc {
         let start = Instant::now();
         let name = &req.get_ref().collection_name;
         let r = async {
-            reach(&req, name)?;
+            self.reach(&req, name)?;
             let aliases = self.api.aliases(Some(name)).await?;
             Ok(Response::new(aliases_proto(aliases, start)))
         }
@@ -1065,7 +1076,7 @@ impl Points for QdrantGrpc {
             .get::<crate::admission::PreAdmitted>()
             .cloned();
         let r = async {
-            reach(&req, &req.get_ref().collection_name)?;
+            self.reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             if r.update_filter.is_some() {
                 return Err(unsupported("update_filter: conditional upserts"));
@@ -1113,7 +1124,7 @@ impl Points for QdrantGrpc {
         let start = Instant::now();
         let client = client_of(&req);
         let r = async {
-            reach(&req, &req.get_ref().collection_name)?;
+            self.reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             let sel = selector("points", r.points.as_ref())?;
             self.api
@@ -1131,7 +1142,7 @@ impl Points for QdrantGrpc {
     ) -> Result<Response<proto::GetResponse>, Status> {
         let start = Instant::now();
         let r = async {
-            reach(&req, &req.get_ref().collection_name)?;
+            self.reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             let keys = r
                 .ids
@@ -1162,7 +1173,7 @@ impl Points for QdrantGrpc {
         req: Request<proto::SetPayloadPoints>,
     ) -> Result<Response<proto::PointsOperationResponse>, Status> {
         let start = Instant::now();
-        let r = match reach(&req, &req.get_ref().collection_name) {
+        let r = match self.reach(&req, &req.get_ref().collection_name) {
             Ok(()) => self.set_or_overwrite(req.into_inner(), false).await,
             Err(s) => Err(s),
         };
@@ -1177,7 +1188,7 @@ impl Points for QdrantGrpc {
         req: Request<proto::SetPayloadPoints>,
     ) -> Result<Response<proto::PointsOperationResponse>, Status> {
         let start = Instant::now();
-        let r = match reach(&req, &req.get_ref().collection_name) {
+        let r = match self.reach(&req, &req.get_ref().collection_name) {
             Ok(()) => self.set_or_overwrite(req.into_inner(), true).await,
             Err(s) => Err(s),
         };
@@ -1193,7 +1204,7 @@ impl Points for QdrantGrpc {
     ) -> Result<Response<proto::PointsOperationResponse>, Status> {
         let start = Instant::now();
         let r = async {
-            reach(&req, &req.get_ref().collection_name)?;
+            self.reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             let sel = selector("points_selector", r.points_selector.as_ref())?;
             self.api
@@ -1211,7 +1222,7 @@ impl Points for QdrantGrpc {
     ) -> Result<Response<proto::PointsOperationResponse>, Status> {
         let start = Instant::now();
         let r = async {
-            reach(&req, &req.get_ref().collection_name)?;
+            self.reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             let sel = selector("points", r.points.as_ref())?;
             self.api.clear_payload(&r.collection_name, sel).await?;
@@ -1227,7 +1238,7 @@ impl Points for QdrantGrpc {
     ) -> Result<Response<proto::PointsOperationResponse>, Status> {
         let start = Instant::now();
         let r = async {
-            reach(&req, &req.get_ref().collection_name)?;
+            self.reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             let kind = field_type(r.field_type)?;
             self.api
@@ -1245,7 +1256,7 @@ impl Points for QdrantGrpc {
     ) -> Result<Response<proto::PointsOperationResponse>, Status> {
         let start = Instant::now();
         let r = async {
-            reach(&req, &req.get_ref().collection_name)?;
+            self.reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             self.api
                 .delete_field_index(&r.collection_name, &r.field_name)
@@ -1264,7 +1275,7 @@ impl Points for QdrantGrpc {
         let client = client_of(&req);
         let timeout = timeout_of(&req, req.get_ref().timeout);
         let r = async {
-            reach(&req, &req.get_ref().collection_name)?;
+            self.reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             let spec = search_spec("", &r)?;
             let mut hits = self
@@ -1293,7 +1304,7 @@ impl Points for QdrantGrpc {
         let client = client_of(&req);
         let timeout = timeout_of(&req, req.get_ref().timeout);
         let r = async {
-            reach(&req, &req.get_ref().collection_name)?;
+            self.reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             let mut specs = Vec::with_capacity(r.search_points.len());
             for (i, s) in r.search_points.iter().enumerate() {
@@ -1329,7 +1340,7 @@ impl Points for QdrantGrpc {
     ) -> Result<Response<proto::ScrollResponse>, Status> {
         let start = Instant::now();
         let r = async {
-            reach(&req, &req.get_ref().collection_name)?;
+            self.reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             if r.order_by.is_some() {
                 return Err(unsupported("order_by: scrolling in payload order"));
@@ -1366,7 +1377,7 @@ impl Points for QdrantGrpc {
     ) -> Result<Response<proto::CountResponse>, Status> {
         let start = Instant::now();
         let r = async {
-            reach(&req, &req.get_ref().collection_name)?;
+            self.reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             let count = self
                 .api
@@ -1389,7 +1400,7 @@ impl Points for QdrantGrpc {
         let client = client_of(&req);
         let timeout = timeout_of(&req, req.get_ref().timeout);
         let r = async {
-            reach(&req, &req.get_ref().collection_name)?;
+            self.reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             let spec = query_spec("", &r)?;
             let mut hits = self
@@ -1418,7 +1429,7 @@ impl Points for QdrantGrpc {
         let client = client_of(&req);
         let timeout = timeout_of(&req, req.get_ref().timeout);
         let r = async {
-            reach(&req, &req.get_ref().collection_name)?;
+            self.reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
             let mut specs = Vec::with_capacity(r.query_points.len());
             for (i, q) in r.query_points.iter().enumerate() {

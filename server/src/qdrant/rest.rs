@@ -131,10 +131,14 @@ impl Rest {
             .check(client, Limit::Requests, 1, &self.metrics)?;
         let scope = grant.and_then(|g| g.scope);
         if let (Some(scope), Some(name)) = (&scope, collection) {
-            if !scope.reaches(name) {
-                return Err(Status::permission_denied(format!(
-                    "the API key does not reach collection {name:?}"
-                )));
+            // The name, and the collection it stands for when it is an alias.
+            let target = self.api.collection_of(name);
+            for n in std::iter::once(name).chain(target.as_deref().filter(|t| *t != name)) {
+                if !scope.reaches(n) {
+                    return Err(Status::permission_denied(format!(
+                        "the API key does not reach collection {n:?}"
+                    )));
+                }
             }
         }
         Ok(Caller { client, scope })

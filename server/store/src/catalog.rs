@@ -420,40 +420,39 @@ impl State {
     /// Applies alias actions in order to a copy; all or none.
     fn apply_aliases(&mut self, actions: &[AliasAction]) -> std::result::Result<(), String> {
         let mut next = self.aliases.clone();
-        let free =
-            |next: &BTreeMap<String, String>, alias: &str| -> std::result::Result<(), String> {
-                if !crate::collection::valid_name(alias) {
-                    return Err(format!(
-                        "{alias:?} is not a valid alias name (1 to 64 of A-Z a-z 0-9 _ . -)"
-                    ));
-                }
-                if next.contains_key(alias) {
-                    return Err(format!("alias {alias:?} already exists"));
-                }
-                if self.live.contains_key(alias) {
-                    return Err(format!("{alias:?} is a collection's name"));
-                }
-                Ok(())
-            };
+        let usable = |alias: &str| -> std::result::Result<(), String> {
+            if !crate::collection::valid_name(alias) {
+                return Err(format!(
+                    "{alias:?} is not a valid alias name (1 to 64 of A-Z a-z 0-9 _ . -)"
+                ));
+            }
+            if self.live.contains_key(alias) {
+                return Err(format!("{alias:?} is a collection's name"));
+            }
+            Ok(())
+        };
         for a in actions {
             match a {
+                // As Qdrant: creating an alias that exists points it elsewhere; deleting one
+                // that does not exist is no error.
                 AliasAction::Create { alias, collection } => {
                     if !self.live.contains_key(collection) {
                         return Err(format!("collection {collection:?} does not exist"));
                     }
-                    free(&next, alias)?;
+                    usable(alias)?;
                     next.insert(alias.clone(), collection.clone());
                 }
                 AliasAction::Delete { alias } => {
-                    if next.remove(alias).is_none() {
-                        return Err(format!("alias {alias:?} does not exist"));
-                    }
+                    next.remove(alias);
                 }
                 AliasAction::Rename { from, to } => {
                     let Some(c) = next.remove(from) else {
                         return Err(format!("alias {from:?} does not exist"));
                     };
-                    free(&next, to)?;
+                    usable(to)?;
+                    if next.contains_key(to) {
+                        return Err(format!("alias {to:?} already exists"));
+                    }
                     next.insert(to.clone(), c);
                 }
             }
@@ -748,10 +747,12 @@ mod tests {
         .unwrap();
         // One action that does not fit refuses them all.
         for bad in [
-            vec![mk("z", "a"), mk("x", "b")],
-            vec![mk("z", "nope")],
+            vec![mk("z", "a"), mk("z2", "nope")],
             vec![mk("b", "a")],
-            vec![AliasAction::Delete { alias: "q".into() }],
+            vec![AliasAction::Rename {
+                from: "q".into(),
+                to: "r".into(),
+            }],
             vec![AliasAction::Rename {
                 from: "x".into(),
                 to: "y".into(),
@@ -764,11 +765,26 @@ mod tests {
             c.append(None, create("x")).is_err(),
             "a collection may not take an alias's name"
         );
-        // Switching an alias to another collection in one step.
+        assert!(!c.aliases().contains_key("z"), "all or none");
+        // Switching an alias to another collection in one step; deleting a missing alias is
+        // no error, creating an existing one points it elsewhere (as Qdrant).
         c.append(
             None,
             CatalogOp::Aliases {
-                actions: vec![AliasAction::Delete { alias: "x".into() }, mk("x", "b")],
+                actions: vec![
+                    AliasAction::Delete { alias: "x".into() },
+                    AliasAction::Delete {
+                        alias: "never".into(),
+                    },
+                    mk("x", "a"),
+                ],
+            },
+        )
+        .unwrap();
+        c.append(
+            None,
+            CatalogOp::Aliases {
+                actions: vec![mk("x", "b")],
             },
         )
         .unwrap();

@@ -116,6 +116,11 @@ impl CollectionsFolder {
                 tracing::warn!(collection = %name, "finishing an interrupted drop");
                 self.remove_files(name)?;
             } else {
+                if catalog.aliases().contains_key(name) {
+                    // Left as it is (not served) rather than stopping the start.
+                    tracing::error!(collection = %name, "a collection folder the catalog does not list has an alias's name: not adopted (rename it, or delete the alias)");
+                    continue;
+                }
                 tracing::warn!(collection = %name, "adopting a collection folder the catalog does not list");
                 catalog.append(None, adoption(&self.root, name.clone()))?;
             }
