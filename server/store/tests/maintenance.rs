@@ -61,7 +61,7 @@ fn wal_bytes(dir: &Path) -> u64 {
 
 /// Collection A trains through most of the ingest (by itself at its size first, through the
 /// optimizer, then retrained again and again) while both A and B take writes: both logs stay
-/// under twice the checkpoint size, and every acknowledged point is there after a reopen.
+/// within a few checkpoint sizes, and every acknowledged point is there after a reopen.
 /// Before, a training held A's checkpoints back (its log grew with every write until the
 /// training ended), and a training by size or drift ran on the optimizer's one thread (B's
 /// checkpoints waited for it).
@@ -76,7 +76,10 @@ fn checkpoints_go_on_while_a_collection_trains() {
         checkpoint_wal_bytes: 1 << 20,
         ..StoreConfig::default()
     };
-    let limit = 2 * cfg.checkpoint_wal_bytes;
+    // Twice the checkpoint size, and as much again for a checkpoint the machine's load
+    // delays (the background threads run at a lower priority than this test's writes). A
+    // training that held checkpoints back would grow A's log by tens of MB here.
+    let limit = 4 * cfg.checkpoint_wal_bytes;
     let (pa, pb) = (dir.path().join("a"), dir.path().join("b"));
     let a = Arc::new(C::create(&pa, meta("a", 60_000), CpuBackend, cfg.clone()).unwrap());
     let b = Arc::new(C::create(&pb, meta("b", 0), CpuBackend, cfg.clone()).unwrap());
