@@ -12,6 +12,7 @@
 pub mod backend;
 pub mod bruteforce;
 pub mod checksum;
+pub mod dense_set;
 pub mod error;
 pub mod fastscan;
 pub mod flat;

@@ -791,6 +791,26 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         v.search_sparse(&key, query, k, filter, &fields)
     }
 
+    /// The `k` nearest neighbours of each query (row-major, `dim` values each) among the
+    /// live points passing `filter` that hold a vector of the named space `name` (`metric`;
+    /// kept in their payloads under [`crate::wal::dense_key`]), best first, padded with -1:
+    /// exact (brute force over each segment's vectors of that space).
+    pub fn search_dense(
+        &self,
+        name: &str,
+        metric: Metric,
+        dim: usize,
+        queries: &[f32],
+        k: usize,
+        filter: Option<&Filter>,
+    ) -> Result<Neighbors> {
+        let key = crate::wal::dense_key(name);
+        let fields = self.field_specs();
+        Ok(self
+            .version()
+            .search_dense(&key, metric, dim, queries, k, filter, &fields)?)
+    }
+
     /// Live points passing `filter` (all without one).
     pub fn count(&self, filter: Option<&Filter>) -> usize {
         match filter {

@@ -16,6 +16,7 @@ use quiver_engine::backend::{Backend, Neighbors, PreparedIndex, QueryFilters, Se
 use quiver_engine::index::EncodedRows;
 use quiver_engine::payload::fields::{FieldIndexes, FieldSpec};
 use quiver_engine::payload::filter::{Filter, Rows as _};
+use quiver_engine::dense_set::{self, DenseSet};
 use quiver_engine::sparse::{SparseIndex, SparseVector};
 use quiver_engine::{EngineError, FlatIndex, IvfPqIndex, Metric, RefineKind};
 
@@ -84,16 +85,35 @@ pub struct Segment<B: Backend> {
     fields: FieldCache,
     /// Its sparse vectors' inverted indexes, by payload key, built on first use (see
     /// [`Segment::sparse_index`]).
-    sparse: SparseCache,
+    sparse: DerivedCache<SparseIndex>,
+    /// Its named spaces' dense vectors, by payload key, gathered on first use (see
+    /// [`Segment::dense_set`]).
+    dense: DerivedCache<DenseSet>,
 }
 
-/// A segment's inverted indexes of sparse vectors, by the payload key holding them, each
-/// with the length of the segment's `deleted` list when it was built: kept while its rows
-/// stay as they are (deletes only mark rows: a search passes over rows no longer live, and
-/// the ids deleted since it was built are the rest of `deleted`), dropped by any write to
-/// the appendable segment.
-#[derive(Default)]
-struct SparseCache(Mutex<HashMap<String, (Arc<SparseIndex>, usize)>>);
+/// Structures a segment derives from its points' payloads on first use (sparse vectors'
+/// inverted indexes, the dense vectors of named spaces), by the payload key they come from,
+/// each with the length of the segment's `deleted` list when it was built: kept while its
+/// rows stay as they are (deletes only mark rows: a search passes over rows no longer live,
+/// and the ids deleted since it was built are the rest of `deleted`), dropped by any write
+/// to the appendable segment.
+struct DerivedCache<T>(Mutex<HashMap<String, (Arc<T>, usize)>>);
+
+impl<T> Default for DerivedCache<T> {
+    fn default() -> Self {
+        DerivedCache(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<T> DerivedCache<T> {
+    fn copy(&self) -> Self {
+        DerivedCache(Mutex::new(self.0.lock().clone()))
+    }
+
+    fn clear(&mut self) {
+        self.0.get_mut().clear();
+    }
+}
 
 /// A segment's sparse index as of now: the index, and the ids deleted since it was built
 /// (rows it holds that are no longer live).
@@ -144,7 +164,8 @@ impl<B: Backend> Segment<B> {
             index,
             deleted: imbl::Vector::new(),
             fields: FieldCache::default(),
-            sparse: SparseCache::default(),
+            sparse: DerivedCache::default(),
+            dense: DerivedCache::default(),
         }
     }
 
@@ -156,7 +177,8 @@ impl<B: Backend> Segment<B> {
             index,
             deleted,
             fields: FieldCache::of(self.fields.0.lock().clone()),
-            sparse: SparseCache(Mutex::new(self.sparse.0.lock().clone())),
+            sparse: self.sparse.copy(),
+            dense: self.dense.copy(),
         }
     }
 
@@ -214,11 +236,38 @@ impl<B: Backend> Segment<B> {
     /// (and kept). Rows deleted since it was built are still in it, listed in `dead`
     /// ([`Self::contains`] tells too).
     pub fn sparse_index(&self, key: &str) -> SparseView {
-        if let Some((index, at)) = self.sparse.0.lock().get(key) {
-            return SparseView {
-                index: index.clone(),
-                dead: self.deleted.iter().skip(*at).copied().collect(),
-            };
+        let (index, dead) = self.derived(&self.sparse, key, |rows| {
+            SparseIndex::build(rows.filter_map(|(id, v)| Some((id, SparseVector::from_json(v)?))))
+        });
+        SparseView { index, dead }
+    }
+
+    /// The dense vectors its live points hold under the payload key `key` (a named space's,
+    /// [`quiver_engine::dense_set`]; points without one left out), with the ids deleted since
+    /// they were gathered: the set kept, or gathered now from the payloads (and kept).
+    pub fn dense_set(&self, key: &str, metric: Metric, dim: usize) -> (Arc<DenseSet>, Vec<u64>) {
+        self.derived(&self.dense, key, |rows| {
+            DenseSet::build(
+                metric,
+                dim,
+                rows.filter_map(|(id, v)| Some((id, dense_set::decode(v.as_str()?)?))),
+            )
+        })
+    }
+
+    /// The structure `cache` keeps for the payload key `key`, or `build` of the live points'
+    /// values under it (kept), with the ids deleted since it was built.
+    fn derived<T>(
+        &self,
+        cache: &DerivedCache<T>,
+        key: &str,
+        build: impl FnOnce(&mut dyn Iterator<Item = (u64, &serde_json::Value)>) -> T,
+    ) -> (Arc<T>, Vec<u64>) {
+        if let Some((kept, at)) = cache.0.lock().get(key) {
+            return (
+                kept.clone(),
+                self.deleted.iter().skip(*at).copied().collect(),
+            );
         }
         // Built without the lock held: a write copying this segment (`with_index`) does not
         // wait for it; two searches may build it at once, and the later one is kept.
@@ -226,23 +275,24 @@ impl<B: Backend> Segment<B> {
         self.for_each_matching(&Filter::default(), None, |id| ids.push(id));
         // The key as JSON writes it (quoted and escaped).
         let needle = serde_json::to_string(key).unwrap_or_default();
-        let built = Arc::new(SparseIndex::build(ids.into_iter().filter_map(|id| {
-            let bytes = self.payload(id)?;
-            // Most payloads without the key are passed over unparsed.
-            if !contains_bytes(bytes, needle.as_bytes()) {
-                return None;
-            }
-            let map = quiver_engine::payload::decode(bytes);
-            Some((id, SparseVector::from_json(map.get(key)?)?))
-        })));
-        self.sparse
+        let values: Vec<(u64, serde_json::Value)> = ids
+            .into_iter()
+            .filter_map(|id| {
+                let bytes = self.payload(id)?;
+                // Most payloads without the key are passed over unparsed.
+                if !contains_bytes(bytes, needle.as_bytes()) {
+                    return None;
+                }
+                let mut map = quiver_engine::payload::decode(bytes);
+                Some((id, map.remove(key)?))
+            })
+            .collect();
+        let built = Arc::new(build(&mut values.iter().map(|(id, v)| (*id, v))));
+        cache
             .0
             .lock()
             .insert(key.to_string(), (built.clone(), self.deleted.len()));
-        SparseView {
-            index: built,
-            dead: Vec::new(),
-        }
+        (built, Vec::new())
     }
 
     /// Live points.
@@ -439,6 +489,7 @@ impl<B: Backend> Segment<B> {
         let next = self.with_index(index, deleted);
         if !sealed {
             next.sparse.0.lock().clear();
+            next.dense.0.lock().clear();
         }
         Ok(Some((next, present.len())))
     }
@@ -454,7 +505,8 @@ impl<B: Backend> Segment<B> {
     ) -> Result<(), EngineError> {
         // Rows move: the field and sparse indexes no longer apply.
         *self.fields.0.get_mut() = None;
-        self.sparse.0.get_mut().clear();
+        self.sparse.clear();
+        self.dense.clear();
         match (&mut self.index, rows) {
             (SegmentIndex::Flat(f), Rows::Raw(v)) => f.upsert_with_payloads(&v, ids, payloads),
             (SegmentIndex::Cpu(p), Rows::Encoded(mut e)) => {
@@ -473,8 +525,9 @@ impl<B: Backend> Segment<B> {
 
     /// Appendable segment: deletes ids in place; returns how many were live.
     pub fn delete_in_place(&mut self, ids: &[u64]) -> Result<usize, EngineError> {
-        // Not recorded in `deleted`: the sparse indexes would not know these rows are gone.
-        self.sparse.0.get_mut().clear();
+        // Not recorded in `deleted`: the derived structures would not know these rows are gone.
+        self.sparse.clear();
+        self.dense.clear();
         match &mut self.index {
             SegmentIndex::Flat(f) => Ok(f.delete(ids)),
             SegmentIndex::Cpu(p) => Ok(p.index_mut().delete(ids)),

@@ -250,6 +250,40 @@ impl<B: Backend> Version<B> {
         quiver_engine::sparse::merge_hits(parts, k)
     }
 
+    /// The `k` nearest neighbours of each query (row-major) among the live points passing
+    /// `filter` that hold a dense vector of the named space kept under the payload key `key`
+    /// (`metric`, `dim`), best first, padded with -1: exact, through each segment's
+    /// [`DenseSet`](quiver_engine::dense_set::DenseSet), the segments' answers merged.
+    #[allow(clippy::too_many_arguments)]
+    pub fn search_dense(
+        &self,
+        key: &str,
+        metric: quiver_engine::Metric,
+        dim: usize,
+        queries: &[f32],
+        k: usize,
+        filter: Option<&Filter>,
+        fields: &[FieldSpec],
+    ) -> Result<Neighbors, EngineError> {
+        let mut parts = Vec::with_capacity(self.len());
+        for s in self.all() {
+            let (set, _) = s.dense_set(key, metric, dim);
+            if set.is_empty() {
+                continue;
+            }
+            let allowed: Option<std::collections::HashSet<u64>> = filter.map(|f| {
+                s.matching(f, s.field_indexes(fields).as_deref())
+                    .into_iter()
+                    .collect()
+            });
+            let keep =
+                |id: u64| s.contains(id) && allowed.as_ref().is_none_or(|a| a.contains(&id));
+            parts.push(set.search(queries, k, &keep)?);
+        }
+        let nq = queries.len() / dim.max(1);
+        Ok(merge_results(parts, nq, k, metric))
+    }
+
     /// How many live points hold a sparse vector under `key`, and how many of them hold
     /// each of `terms`.
     pub fn sparse_doc_freqs(&self, key: &str, terms: &[u32]) -> (usize, Vec<usize>) {

@@ -76,6 +76,14 @@ pub fn sparse_key(name: &str) -> String {
     format!("{RESERVED_KEY_PREFIX}sparse/{name}")
 }
 
+/// The payload key a point's dense vector of the named space `name` is kept under (a
+/// collection with several named dense vectors: [`quiver_engine::dense_set::encode`]'s text),
+/// logged, checkpointed and replayed with the payload, and gathered for search by each
+/// segment ([`crate::segment::Segment::dense_set`]).
+pub fn dense_key(name: &str) -> String {
+    format!("{RESERVED_KEY_PREFIX}dense/{name}")
+}
+
 impl PayloadEdit {
     fn code(&self) -> u32 {
         match self {

@@ -1,7 +1,8 @@
-//! Sparse vectors in the store: kept in the payload under their reserved key, searched exactly
-//! through each segment's inverted index. The top-k equals brute force over the points as
-//! written (upserts, deletes, payload edits that keep or drop them) with filters and the idf
-//! modifier, across sealed segments, a training, a checkpoint and a restart.
+//! Vectors kept in the payload under reserved keys: sparse vectors, searched exactly through
+//! each segment's inverted index, and the dense vectors of a named space, searched exactly
+//! through each segment's gathered set. Both top-ks equal brute force over the points as
+//! written (upserts, deletes, payload edits that keep or drop them) with filters (and the idf
+//! modifier), across sealed segments, a training, a checkpoint and a restart.
 
 mod common;
 
@@ -12,7 +13,8 @@ use common::{small_meta, Rng};
 use quiver_engine::backend::cpu::CpuBackend;
 use quiver_engine::payload::{self, filter::Filter};
 use quiver_engine::sparse::{idf, SparseVector};
-use quiver_store::wal::{sparse_key, PayloadEdit};
+use quiver_engine::{dense_set, Metric};
+use quiver_store::wal::{dense_key, sparse_key, PayloadEdit};
 use quiver_store::{Collection, StoreConfig};
 use serde_json::{json, Value};
 
@@ -32,14 +34,28 @@ fn sparse(rng: &mut Rng) -> SparseVector {
     SparseVector::new(terms, values).unwrap()
 }
 
-/// What the test believes each live point holds: its sparse vector (if any) and its `g`.
-type Model = BTreeMap<u64, (Option<SparseVector>, u64)>;
+/// The named dense space's size (cosine).
+const IMG_DIM: usize = 3;
 
-fn payload_of(v: Option<&SparseVector>, g: u64) -> Vec<u8> {
+fn dense(rng: &mut Rng) -> Vec<f32> {
+    let v: Vec<f32> = (0..IMG_DIM)
+        .map(|_| rng.below(2000) as f32 / 1000.0 - 0.999)
+        .collect();
+    dense_set::prepare(Metric::Cosine, IMG_DIM, &v).unwrap()
+}
+
+/// What the test believes each live point holds: its sparse vector (if any), its `g`, and
+/// its vector of the named dense space `img` (if any).
+type Model = BTreeMap<u64, (Option<SparseVector>, u64, Option<Vec<f32>>)>;
+
+fn payload_of(v: Option<&SparseVector>, g: u64, img: Option<&[f32]>) -> Vec<u8> {
     let mut m = serde_json::Map::new();
     m.insert("g".into(), json!(g));
     if let Some(v) = v {
         m.insert(sparse_key("text"), v.to_json());
+    }
+    if let Some(img) = img {
+        m.insert(dense_key("img"), json!(dense_set::encode(img)));
     }
     payload::encode(&Value::Object(m)).unwrap()
 }
@@ -51,7 +67,7 @@ fn brute(
     g: Option<u64>,
     with_idf: bool,
 ) -> Vec<(u64, f32)> {
-    let n = model.values().filter(|(v, _)| v.is_some()).count();
+    let n = model.values().filter(|(v, _, _)| v.is_some()).count();
     let q = if with_idf {
         let values = q
             .indices
@@ -60,7 +76,7 @@ fn brute(
             .map(|(t, w)| {
                 let df = model
                     .values()
-                    .filter(|(v, _)| v.as_ref().is_some_and(|v| v.indices.contains(t)))
+                    .filter(|(v, _, _)| v.as_ref().is_some_and(|v| v.indices.contains(t)))
                     .count();
                 w * idf(df, n)
             })
@@ -74,8 +90,24 @@ fn brute(
     };
     let mut hits: Vec<(u64, f32)> = model
         .iter()
-        .filter(|(_, (_, pg))| g.is_none_or(|g| *pg == g))
-        .filter_map(|(id, (v, _))| Some((*id, q.dot(v.as_ref()?)?)))
+        .filter(|(_, (_, pg, _))| g.is_none_or(|g| *pg == g))
+        .filter_map(|(id, (v, _, _))| Some((*id, q.dot(v.as_ref()?)?)))
+        .collect();
+    hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    hits.truncate(k);
+    hits
+}
+
+/// Exact cosine neighbours in the `img` space among points of group `g` (all: `None`).
+fn brute_dense(model: &Model, q: &[f32], k: usize, g: Option<u64>) -> Vec<(u64, f32)> {
+    let q = dense_set::prepare(Metric::Cosine, IMG_DIM, q).unwrap();
+    let mut hits: Vec<(u64, f32)> = model
+        .iter()
+        .filter(|(_, (_, pg, _))| g.is_none_or(|g| *pg == g))
+        .filter_map(|(id, (_, _, img))| {
+            let img = img.as_ref()?;
+            Some((*id, img.iter().zip(&q).map(|(a, b)| a * b).sum()))
+        })
         .collect();
     hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     hits.truncate(k);
@@ -83,6 +115,33 @@ fn brute(
 }
 
 fn check(c: &C, model: &Model, rng: &mut Rng, what: &str) {
+    for i in 0..20 {
+        let q = dense(rng);
+        let g = (i % 3 == 0).then(|| rng.below(3));
+        let filter = g.map(|g| {
+            Filter::parse(&json!({"must": [{"key": "g", "match": {"value": g}}]})).unwrap()
+        });
+        let got = c
+            .search_dense("img", Metric::Cosine, IMG_DIM, &q, 10, filter.as_ref())
+            .unwrap();
+        let want = brute_dense(model, &q, 10, g);
+        let got_hits: Vec<(u64, f32)> = got
+            .ids
+            .iter()
+            .zip(&got.distances)
+            .filter(|(id, _)| **id >= 0)
+            .map(|(&id, &d)| (id as u64, d))
+            .collect();
+        assert_eq!(got_hits.len(), want.len(), "{what}: dense query {i}");
+        for (a, b) in got_hits.iter().zip(&want) {
+            // Ties (equal scores) may come in either order.
+            assert!(
+                (a.1 - b.1).abs() <= 1e-5,
+                "{what}: dense query {i}: {got_hits:?} vs {want:?}"
+            );
+            assert!(model[&a.0].2.is_some() && g.is_none_or(|g| model[&a.0].1 == g));
+        }
+    }
     for i in 0..40 {
         let q = sparse(rng);
         let g = (i % 3 == 0).then(|| rng.below(3));
@@ -107,7 +166,7 @@ fn check(c: &C, model: &Model, rng: &mut Rng, what: &str) {
 }
 
 #[test]
-fn sparse_search_equals_brute_force_through_edits_segments_and_restarts() {
+fn payload_vectors_search_equals_brute_force_through_edits_segments_and_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s");
     let cfg = StoreConfig {
@@ -129,9 +188,10 @@ fn sparse_search_equals_brute_force_through_edits_segments_and_restarts() {
         for &id in &uniq {
             let v = (!rng.chance(0.15)).then(|| sparse(&mut rng));
             let g = rng.below(3);
-            payloads.push(payload_of(v.as_ref(), g));
+            let img = (!rng.chance(0.2)).then(|| dense(&mut rng));
+            payloads.push(payload_of(v.as_ref(), g, img.as_deref()));
             vectors.extend((0..DIM).map(|j| (id as f32 + j as f32) / 1000.0));
-            model.insert(id, (v, g));
+            model.insert(id, (v, g, img));
         }
         c.upsert_with_payloads(uniq, vectors, payloads).unwrap();
         // Deletes.
@@ -157,12 +217,23 @@ fn sparse_search_equals_brute_force_through_edits_segments_and_restarts() {
         if !dropped.is_empty() {
             c.set_payload(
                 dropped.clone(),
-                PayloadEdit::DeleteKeys(vec![sparse_key("text")]),
+                PayloadEdit::DeleteKeys(vec![sparse_key("text"), dense_key("img")]),
             )
             .unwrap();
             for id in &dropped {
-                model.get_mut(id).unwrap().0 = None;
+                let p = model.get_mut(id).unwrap();
+                p.0 = None;
+                p.2 = None;
             }
+        }
+        // A named vector replaced by a payload merge (Qdrant's UpdateVectors).
+        let moved: Vec<u64> = model.keys().copied().filter(|_| rng.chance(0.05)).collect();
+        for id in moved {
+            let img = dense(&mut rng);
+            let edit = json!({ dense_key("img"): dense_set::encode(&img) });
+            c.set_payload(vec![id], PayloadEdit::Merge(payload::encode(&edit).unwrap()))
+                .unwrap();
+            model.get_mut(&id).unwrap().2 = Some(img);
         }
         check(&c, &model, &mut rng, &format!("round {round}"));
         if round == 7 {
