@@ -81,7 +81,11 @@ pub struct DenseSet {
 impl DenseSet {
     /// The set of `rows` (id, vector in its kept form); rows whose vector has another
     /// length, or is not finite, are left out (a damaged payload cannot stop a search).
-    pub fn build(metric: Metric, dim: usize, rows: impl IntoIterator<Item = (u64, Vec<f32>)>) -> Self {
+    pub fn build(
+        metric: Metric,
+        dim: usize,
+        rows: impl IntoIterator<Item = (u64, Vec<f32>)>,
+    ) -> Self {
         let mut set = DenseSet {
             metric,
             dim,
@@ -159,7 +163,10 @@ mod tests {
     fn vectors_are_checked_and_cosine_ones_scaled() {
         assert!(matches!(
             prepare(Metric::L2, 3, &[1.0, 2.0]),
-            Err(EngineError::DimensionMismatch { expected: 3, got: 2 })
+            Err(EngineError::DimensionMismatch {
+                expected: 3,
+                got: 2
+            })
         ));
         assert!(matches!(
             prepare(Metric::L2, 2, &[1.0, f32::NAN]),
@@ -169,7 +176,10 @@ mod tests {
             prepare(Metric::Cosine, 2, &[0.0, 0.0]),
             Err(EngineError::ZeroVector { .. })
         ));
-        assert_eq!(prepare(Metric::Cosine, 2, &[3.0, 4.0]).unwrap(), vec![0.6, 0.8]);
+        assert_eq!(
+            prepare(Metric::Cosine, 2, &[3.0, 4.0]).unwrap(),
+            vec![0.6, 0.8]
+        );
         assert_eq!(prepare(Metric::L2, 2, &[3.0, 4.0]).unwrap(), vec![3.0, 4.0]);
     }
 
@@ -207,7 +217,11 @@ mod tests {
         let set = DenseSet::build(
             Metric::L2,
             2,
-            vec![(1, vec![1.0, 0.0]), (2, vec![1.0]), (3, vec![f32::NAN, 0.0])],
+            vec![
+                (1, vec![1.0, 0.0]),
+                (2, vec![1.0]),
+                (3, vec![f32::NAN, 0.0]),
+            ],
         );
         assert_eq!(set.len(), 1);
         let got = set.search(&[1.0, 0.0], 2, &|_| true).unwrap();

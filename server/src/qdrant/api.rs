@@ -33,18 +33,18 @@ use crate::payloads::encode_payloads;
 use crate::ratelimit::Client;
 use crate::registry::Registry;
 use crate::requests::local::blocking;
-use crate::requests::SparseSearch;
 use crate::requests::{
     collection_meta, Caller, CollectionStatus, Count, CreateCollection, Delete, DeleteTarget,
     EditPayload, Get, Probes, QueryFilters, Router, Scroll, Search, SettingsEdit, StoredPoint,
     Upsert,
 };
+use crate::requests::{SpaceSearch, SparseSearch};
 use crate::status::invalid;
 use quiver_engine::sparse::SparseVector;
 use quiver_store::wal::RESERVED_KEY_PREFIX;
 
 /// Qdrant's distance of a collection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Distance {
     /// Cosine similarity (Quiver's cosine metric).
     Cosine,
@@ -75,6 +75,15 @@ impl Distance {
                 field,
                 format!("unknown distance `{other}` (Cosine, Euclid or Dot)"),
             )),
+        }
+    }
+
+    /// Quiver's metric for it.
+    pub fn metric(self) -> Metric {
+        match self {
+            Distance::Cosine => Metric::Cosine,
+            Distance::Euclid => Metric::L2,
+            Distance::Dot => Metric::InnerProduct,
         }
     }
 
@@ -401,14 +410,29 @@ impl QdrantApi {
 
     /// Creates a collection.
     pub async fn create(&self, spec: CreateSpec) -> Result<(), Status> {
-        if !spec.form.no_dense && spec.form.sparse.contains_key(&spec.form.name) {
-            return Err(invalid(
-                "sparse_vectors",
-                format!(
-                    "`{}` names both a dense and a sparse vector",
-                    spec.form.name
-                ),
-            ));
+        let dense_names = (!spec.form.no_dense)
+            .then_some(&spec.form.name)
+            .into_iter()
+            .chain(spec.form.spaces.keys());
+        for name in dense_names {
+            if spec.form.sparse.contains_key(name) {
+                return Err(invalid(
+                    "sparse_vectors",
+                    format!("`{name}` names both a dense and a sparse vector"),
+                ));
+            }
+        }
+        let max_dim = self.limits().max_dim as u64;
+        for (name, p) in &spec.form.spaces {
+            if p.size == 0 || p.size > max_dim {
+                return Err(invalid(
+                    &format!("vectors.{name}.size"),
+                    format!(
+                        "{} is out of range: it must be between 1 and {max_dim}",
+                        p.size
+                    ),
+                ));
+            }
         }
         let quiver = quiver_params(&spec.settings)?;
         let (refine, refine_factor) = match quiver.refine.as_deref() {
@@ -875,6 +899,142 @@ impl QdrantApi {
         .await
     }
 
+    /// Sets vectors of existing points (Qdrant's `UpdateVectors`): each point keeps its
+    /// payload and the vectors not given. A point that does not exist is NOT_FOUND, and then
+    /// nothing is written.
+    pub async fn update_vectors(
+        &self,
+        client: Client,
+        name: &str,
+        points: Vec<(PointKey, Vec<(String, VectorIn)>)>,
+    ) -> Result<(), Status> {
+        let meta = self.router.meta(name).await?;
+        if points.is_empty() {
+            return Err(invalid("points", "empty: at least one point is required"));
+        }
+        let max = self.limits().max_upsert_points;
+        if points.len() > max {
+            return Err(invalid(
+                "points",
+                format!(
+                    "{} points exceed the limit of {max} per request",
+                    points.len()
+                ),
+            ));
+        }
+        let form = VectorForm::of(&obj(meta.settings.clone()));
+        let dim = meta.dim;
+        let keys: Vec<PointKey> = points.iter().map(|p| p.0).collect();
+        let live: std::collections::HashSet<u64> = self
+            .resolve(name, Selector::Ids(keys))
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        // Each point once (a later entry's vectors over an earlier one's): its store vector
+        // if given, and the vectors its payload keeps.
+        let mut order: Vec<u64> = Vec::new();
+        let mut split: HashMap<u64, (Option<Vec<f32>>, Map<String, Value>)> = HashMap::new();
+        for (i, (key, vectors)) in points.into_iter().enumerate() {
+            let field = format!("points[{i}].vector");
+            if vectors.is_empty() {
+                return Err(invalid(&field, "no vector to update"));
+            }
+            let id = key.internal();
+            if !live.contains(&id) {
+                return Err(Status::not_found(format!(
+                    "No point with id {} found",
+                    key.to_json()
+                )));
+            }
+            let mut kept = Map::new();
+            let dense = super::vectors::split_vectors(&form, dim, &field, vectors, &mut kept)?;
+            let entry = split.entry(id).or_insert_with(|| {
+                order.push(id);
+                (None, Map::new())
+            });
+            if dense.is_some() {
+                entry.0 = dense;
+            }
+            entry.1.extend(kept);
+        }
+        // Points whose store vector is written (or is the placeholder): one conditional
+        // upsert keeping their payloads; the others: their payload keys set.
+        let caller = Caller::new(client, None);
+        let (mut ids, mut vectors, mut texts) = (Vec::new(), Vec::new(), Vec::new());
+        let mut edits = Vec::new();
+        for id in order {
+            let (dense, kept) = split.remove(&id).unwrap_or_default();
+            let text = Value::Object(kept).to_string();
+            match (dense, form.no_dense) {
+                (Some(d), _) => vectors.extend(d),
+                (None, true) => vectors.extend(super::vectors::PLACEHOLDER),
+                (None, false) => {
+                    edits.push((id, text));
+                    continue;
+                }
+            }
+            ids.push(id);
+            texts.push(text);
+        }
+        if !ids.is_empty() {
+            let payloads = encode_payloads(&texts, ids.len())?;
+            let upsert = Upsert {
+                collection: name.to_string(),
+                ids,
+                vectors,
+                payloads,
+                mode: UpsertMode::UpdateVectors,
+                wait: true,
+            };
+            self.router
+                .upsert(upsert, &caller, None)
+                .await
+                .map_err(|s| rename_field(s, "vectors", "points.vector"))?;
+        }
+        for (id, text) in edits {
+            let encoded = payload::encode_text(&text).map_err(|e| invalid("points", e))?;
+            self.edit(name, vec![id], PayloadEdit::Merge(encoded))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Removes named vectors of the selected points (Qdrant's `DeleteVectors`): the points
+    /// stay, with their other vectors and payload. The dense vector a collection indexes
+    /// cannot be removed (Quiver keeps one for every point).
+    pub async fn delete_vectors(
+        &self,
+        name: &str,
+        selector: Selector,
+        names: Vec<String>,
+    ) -> Result<(), Status> {
+        let form = self.form(name).await?;
+        let mut keys = Vec::with_capacity(names.len());
+        for (i, n) in names.iter().enumerate() {
+            let key = match form.kind_of(&format!("vector[{i}]"), n)? {
+                VectorKind::Space { .. } => quiver_store::wal::dense_key(n),
+                VectorKind::Sparse { .. } => quiver_store::wal::sparse_key(n),
+                VectorKind::Dense => {
+                    return Err(unsupported(&format!(
+                        "vector[{i}]: deleting `{n}`, the dense vector the collection's IVF-PQ index holds (Quiver keeps one for every point; upsert the point to change it)"
+                    )))
+                }
+            };
+            keys.push(key);
+        }
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let ids = self.resolve(name, selector).await?;
+        self.edit(
+            name,
+            ids.into_iter().map(|(id, _)| id).collect(),
+            PayloadEdit::DeleteKeys(keys),
+        )
+        .await
+    }
+
     /// Indexes a payload field.
     pub async fn create_field_index(
         &self,
@@ -1224,7 +1384,30 @@ impl QdrantApi {
                         higher_better: true,
                     }
                 }
-                (VectorKind::Dense, VectorIn::Sparse(_)) => {
+                (VectorKind::Space { dim, distance }, VectorIn::Dense(v)) => {
+                    let search = SpaceSearch {
+                        collection: t.name.to_string(),
+                        name: q.using.clone(),
+                        metric: distance.metric(),
+                        dim,
+                        query: v,
+                        k,
+                        filter: filter.unwrap_or_default(),
+                    };
+                    let hits = self
+                        .router
+                        .space_search(search, caller)
+                        .await
+                        .map_err(|s| rename_field(s, "vector", &format!("{field}query")))?;
+                    Ranked {
+                        hits: hits
+                            .into_iter()
+                            .map(|h| (h.id, distance.score(h.distance)))
+                            .collect(),
+                        higher_better: distance != Distance::Euclid,
+                    }
+                }
+                (VectorKind::Dense | VectorKind::Space { .. }, VectorIn::Sparse(_)) => {
                     return Err(invalid(
                         &format!("{field}query"),
                         format!("a sparse vector for `{}`, a dense vector", q.using),

@@ -21,6 +21,7 @@ use super::proto::{
 };
 use super::unsupported;
 use super::values;
+use super::vectors::SpaceParams;
 use super::vectors::{SparseParams, VectorIn, VectorOut, VectorSel, VectorsOut};
 use crate::auth::{check_reach, in_reach};
 use crate::registry::Registry;
@@ -600,22 +601,40 @@ fn u64_of(o: &Map<String, Value>, k: &str) -> Option<u64> {
 /// named `""`), with `on_disk` and `datatype` when given.
 fn vectors_proto(v: &InfoView) -> proto::VectorsConfig {
     use proto::vectors_config::Config;
-    let params = proto::VectorParams {
-        size: v.dim,
-        distance: match v.distance {
+    let params_of = |size: u64,
+                     distance: Distance,
+                     on_disk: Option<bool>,
+                     datatype: Option<DatatypeName>| proto::VectorParams {
+        size,
+        distance: match distance {
             Distance::Cosine => proto::Distance::Cosine,
             Distance::Euclid => proto::Distance::Euclid,
             Distance::Dot => proto::Distance::Dot,
         } as i32,
-        on_disk: v.form.on_disk,
+        on_disk,
         // Qdrant's `Datatype` enum: 1 float32, 3 float16.
-        datatype: v.form.datatype.map(|d| match d {
+        datatype: datatype.map(|d| match d {
             DatatypeName::Float32 => 1,
             DatatypeName::Float16 => 3,
         }),
         ..Default::default()
     };
-    let config = if v.form.no_dense {
+    let params = params_of(v.dim, v.distance, v.form.on_disk, v.form.datatype);
+    let config = if !v.form.spaces.is_empty() {
+        Config::ParamsMap(proto::VectorParamsMap {
+            map: v
+                .form
+                .spaces
+                .iter()
+                .map(|(n, p)| {
+                    (
+                        n.clone(),
+                        params_of(p.size, p.distance, p.on_disk, p.datatype),
+                    )
+                })
+                .collect(),
+        })
+    } else if v.form.no_dense {
         Config::ParamsMap(proto::VectorParamsMap::default())
     } else if v.form.named {
         Config::ParamsMap(proto::VectorParamsMap {
@@ -652,6 +671,21 @@ fn sparse_proto(form: &VectorForm) -> Option<proto::SparseVectorConfig> {
                 (n.clone(), params)
             })
             .collect(),
+    })
+}
+
+/// One of several named dense vectors' parameters.
+fn space_params(name: &str, p: &proto::VectorParams) -> Result<SpaceParams, Status> {
+    let field = format!("vectors_config.{name}");
+    if p.multivector_config.is_some() {
+        return Err(unsupported(&format!("{field}: multi-vectors")));
+    }
+    let datatype = Datatype::from_grpc(&format!("{field}.datatype"), p.datatype)?;
+    Ok(SpaceParams {
+        size: p.size,
+        distance: distance(p.distance)?,
+        on_disk: p.on_disk,
+        datatype: p.datatype.filter(|&d| d != 0).map(|_| datatype.into()),
     })
 }
 
@@ -834,27 +868,28 @@ impl Collections for QdrantGrpc {
                 r.vectors_config.as_ref().and_then(|v| v.config.as_ref()),
                 Some(Config::ParamsMap(_))
             );
-            let (name, params) =
-                match r.vectors_config.as_ref().and_then(|v| v.config.as_ref()) {
-                    None if !sparse.is_empty() => (None, proto::VectorParams::default()),
-                    Some(Config::ParamsMap(m)) if m.map.is_empty() && !sparse.is_empty() => {
-                        (None, proto::VectorParams::default())
+            let mut spaces = std::collections::BTreeMap::new();
+            let (name, params) = match r.vectors_config.as_ref().and_then(|v| v.config.as_ref()) {
+                None if !sparse.is_empty() => (None, proto::VectorParams::default()),
+                Some(Config::ParamsMap(m)) if m.map.is_empty() && !sparse.is_empty() => {
+                    (None, proto::VectorParams::default())
+                }
+                None => return Err(unsupported(NO_DENSE_VECTOR)),
+                Some(Config::ParamsMap(m)) if m.map.is_empty() => {
+                    return Err(unsupported(NO_DENSE_VECTOR))
+                }
+                Some(Config::Params(p)) => (Some(String::new()), *p),
+                Some(Config::ParamsMap(m)) if m.map.len() == 1 => {
+                    let (n, p) = m.map.iter().next().expect("one entry");
+                    (Some(n.clone()), *p)
+                }
+                Some(Config::ParamsMap(m)) => {
+                    for (n, p) in &m.map {
+                        spaces.insert(n.clone(), space_params(n, p)?);
                     }
-                    None => return Err(unsupported(NO_DENSE_VECTOR)),
-                    Some(Config::ParamsMap(m)) if m.map.is_empty() => {
-                        return Err(unsupported(NO_DENSE_VECTOR))
-                    }
-                    Some(Config::Params(p)) => (Some(String::new()), *p),
-                    Some(Config::ParamsMap(m)) if m.map.len() == 1 => {
-                        let (n, p) = m.map.iter().next().expect("one entry");
-                        (Some(n.clone()), *p)
-                    }
-                    Some(Config::ParamsMap(_)) => {
-                        return Err(unsupported(
-                            "vectors_config: several dense vectors (a collection holds one dense vector, and sparse vectors)",
-                        ))
-                    }
-                };
+                    (None, proto::VectorParams::default())
+                }
+            };
             let no_dense = name.is_none();
             if params.multivector_config.is_some() {
                 return Err(unsupported("vectors_config: multi-vectors"));
@@ -875,6 +910,7 @@ impl Collections for QdrantGrpc {
                 named,
                 name: name.unwrap_or_default(),
                 no_dense,
+                spaces,
                 on_disk: params.on_disk,
                 // 0 is the enum's default: not a datatype the client named.
                 datatype: params.datatype.filter(|&d| d != 0).map(|_| datatype.into()),
@@ -1214,6 +1250,61 @@ impl Points for QdrantGrpc {
         }
         .await;
         self.record("qdrant.Points/DeletePayload", r)
+    }
+
+    async fn update_vectors(
+        &self,
+        req: Request<proto::UpdatePointVectors>,
+    ) -> Result<Response<proto::PointsOperationResponse>, Status> {
+        let start = Instant::now();
+        let client = client_of(&req);
+        let r = async {
+            self.reach(&req, &req.get_ref().collection_name)?;
+            let r = req.into_inner();
+            if r.update_filter.is_some() {
+                return Err(unsupported("update_filter: conditional updates"));
+            }
+            let points = r
+                .points
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let field = format!("points[{i}]");
+                    let id =
+                        p.id.as_ref()
+                            .ok_or_else(|| invalid(&format!("{field}.id"), "missing"))?;
+                    Ok((
+                        point_key(&format!("{field}.id"), id)?,
+                        point_vectors(&format!("{field}.vectors"), p.vectors.as_ref())?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, Status>>()?;
+            self.api
+                .update_vectors(client, &r.collection_name, points)
+                .await?;
+            Ok(Response::new(timed(done(r.wait), start)))
+        }
+        .await;
+        self.record("qdrant.Points/UpdateVectors", r)
+    }
+
+    async fn delete_vectors(
+        &self,
+        req: Request<proto::DeletePointVectors>,
+    ) -> Result<Response<proto::PointsOperationResponse>, Status> {
+        let start = Instant::now();
+        let r = async {
+            self.reach(&req, &req.get_ref().collection_name)?;
+            let r = req.into_inner();
+            let sel = selector("points_selector", r.points_selector.as_ref())?;
+            let names = r.vectors.map(|v| v.names).unwrap_or_default();
+            self.api
+                .delete_vectors(&r.collection_name, sel, names)
+                .await?;
+            Ok(Response::new(timed(done(r.wait), start)))
+        }
+        .await;
+        self.record("qdrant.Points/DeleteVectors", r)
     }
 
     async fn clear_payload(

@@ -30,7 +30,7 @@ use super::filter::from_rest;
 use super::fusion::Fusion;
 use super::ids::PointKey;
 use super::unsupported;
-use super::vectors::{SparseParams, VectorIn, VectorOut, VectorSel, VectorsOut};
+use super::vectors::{SpaceParams, SparseParams, VectorIn, VectorOut, VectorSel, VectorsOut};
 use crate::auth::{Access, ApiKeys};
 use crate::metrics::Metrics;
 use crate::ratelimit::{Client, Limit, RateLimiter};
@@ -82,6 +82,11 @@ impl Rest {
             .route("/collections/{name}/points", put(upsert).post(retrieve))
             .route("/collections/{name}/points/{id}", get(retrieve_one))
             .route("/collections/{name}/points/delete", post(delete_points))
+            .route("/collections/{name}/points/vectors", put(update_vectors))
+            .route(
+                "/collections/{name}/points/vectors/delete",
+                post(delete_vectors),
+            )
             .route(
                 "/collections/{name}/points/payload",
                 post(set_payload).put(overwrite_payload),
@@ -814,7 +819,24 @@ fn vectors_json(v: &InfoView) -> Value {
     if let Some(d) = v.form.datatype {
         params["datatype"] = json!(d);
     }
-    if v.form.no_dense {
+    if !v.form.spaces.is_empty() {
+        Value::Object(
+            v.form
+                .spaces
+                .iter()
+                .map(|(n, p)| {
+                    let mut o = json!({"size": p.size, "distance": p.distance.name()});
+                    if let Some(on_disk) = p.on_disk {
+                        o["on_disk"] = json!(on_disk);
+                    }
+                    if let Some(d) = p.datatype {
+                        o["datatype"] = json!(d);
+                    }
+                    (n.clone(), o)
+                })
+                .collect(),
+        )
+    } else if v.form.no_dense {
         json!({})
     } else if v.form.named {
         json!({ v.form.name.clone(): params })
@@ -1114,6 +1136,7 @@ async fn create(
             let sparse = sparse_in(b.get("sparse_vectors"))?;
             let vectors = object_in("vectors", b.get("vectors"))?;
             let named = !vectors.contains_key("size");
+            let mut spaces = std::collections::BTreeMap::new();
             let (vname, params) = if !named {
                 (Some(String::new()), vectors)
             } else if vectors.is_empty() {
@@ -1128,9 +1151,10 @@ async fn create(
                     _ => return Err(invalid(&format!("vectors.{n}"), "expected a JSON object")),
                 }
             } else {
-                return Err(unsupported(
-                    "vectors: several dense vectors (a collection holds one dense vector, and sparse vectors)",
-                ));
+                for (n, p) in &vectors {
+                    spaces.insert(n.clone(), space_in(&format!("vectors.{n}"), p)?);
+                }
+                (None, Map::new())
             };
             let no_dense = vname.is_none();
             if params
@@ -1163,6 +1187,7 @@ async fn create(
                 named,
                 name: vname.unwrap_or_default(),
                 no_dense,
+                spaces,
                 sparse,
                 on_disk,
                 datatype: params
@@ -1189,6 +1214,46 @@ async fn create(
         },
     )
     .await
+}
+
+/// One of several named dense vectors' parameters.
+fn space_in(field: &str, v: &Value) -> Result<SpaceParams, Status> {
+    let Value::Object(p) = v else {
+        return Err(invalid(field, "expected a JSON object"));
+    };
+    if p.get("multivector_config").is_some_and(|v| !v.is_null()) {
+        return Err(unsupported(&format!(
+            "{field}.multivector_config: multi-vectors"
+        )));
+    }
+    let distance = match p.get("distance").and_then(Value::as_str) {
+        Some(d) => Distance::parse(&format!("{field}.distance"), d)?,
+        None => {
+            return Err(invalid(
+                &format!("{field}.distance"),
+                "missing (Cosine, Euclid or Dot)",
+            ))
+        }
+    };
+    let datatype = p.get("datatype").filter(|d| !d.is_null());
+    Ok(SpaceParams {
+        size: u64_in(&format!("{field}.size"), p.get("size"), 0)?,
+        distance,
+        on_disk: match p.get("on_disk") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(_) => {
+                return Err(invalid(
+                    &format!("{field}.on_disk"),
+                    "expected true or false",
+                ))
+            }
+        },
+        datatype: match datatype {
+            None => None,
+            Some(d) => Some(Datatype::parse(&format!("{field}.datatype"), d.as_str())?.into()),
+        },
+    })
 }
 
 async fn update(
@@ -1526,6 +1591,70 @@ async fn overwrite_payload(
         peer,
         Some(&name),
         |_| set_or_overwrite(&s, &name, &body, true),
+    )
+    .await
+}
+
+async fn update_vectors(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    Path(name): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    s.clone()
+        .run(
+            "update_vectors",
+            Access::ReadWrite,
+            &h,
+            peer,
+            Some(&name.clone()),
+            |Caller { client, .. }| async move {
+                let b = Body::parse(&body)?;
+                if b.get("update_filter").is_some_and(|v| !v.is_null()) {
+                    return Err(unsupported("update_filter: conditional updates"));
+                }
+                let Some(Value::Array(list)) = b.get("points") else {
+                    return Err(invalid("points", "expected a list of points"));
+                };
+                let mut points = Vec::with_capacity(list.len());
+                for (i, p) in list.iter().enumerate() {
+                    let field = format!("points[{i}]");
+                    let Value::Object(p) = p else {
+                        return Err(invalid(&field, "expected {\"id\": …, \"vector\": …}"));
+                    };
+                    let key = keys_in(&format!("{field}.id"), Some(&json!([p.get("id")])))?
+                        .pop()
+                        .ok_or_else(|| invalid(&format!("{field}.id"), "missing"))?;
+                    let vectors = point_vectors_in(&format!("{field}.vector"), p.get("vector"))?;
+                    points.push((key, vectors));
+                }
+                s.api.update_vectors(client, &name, points).await?;
+                Ok(update_result())
+            },
+        )
+        .await
+}
+
+async fn delete_vectors(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    Path(name): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    s.run(
+        "delete_vectors",
+        Access::ReadWrite,
+        &h,
+        peer,
+        Some(&name),
+        |_| async {
+            let b = Body::parse(&body)?;
+            let names = strings_in("vector", b.get("vector"))?;
+            s.api.delete_vectors(&name, selector_in(&b)?, names).await?;
+            Ok(update_result())
+        },
     )
     .await
 }

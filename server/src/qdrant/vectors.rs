@@ -1,20 +1,25 @@
 //! A Qdrant collection's vectors as its clients name them: one dense vector (unnamed, or under
-//! a name), sparse vectors by name, or no dense vector at all; and the vectors a point carries,
-//! a query names and an answer shows.
+//! a name), several named dense vectors, sparse vectors by name, or no dense vector at all;
+//! and the vectors a point carries, a query names and an answer shows.
 //!
-//! The dense vector is the store collection's vector. Sparse vectors are kept in the point's
-//! payload under reserved keys ([`quiver_store::wal::sparse_key`]), written, logged and
-//! replayed with it, and searched through each segment's inverted index. A collection with no
-//! dense vector keeps a one-dimension placeholder per point that no answer shows.
+//! One dense vector is the store collection's vector (IVF-PQ, every backend). Sparse vectors
+//! are kept in the point's payload under reserved keys ([`quiver_store::wal::sparse_key`]),
+//! written, logged and replayed with it, and searched through each segment's inverted index.
+//! A collection with several dense vectors keeps each of them likewise
+//! ([`quiver_store::wal::dense_key`], any subset per point), searched exactly (brute force
+//! over each segment's vectors of that name). A collection whose dense vectors are not the
+//! store's keeps a one-dimension placeholder per point that no answer shows.
 
 use std::collections::BTreeMap;
 
 use quiver_engine::sparse::SparseVector;
-use quiver_store::wal::{sparse_key, RESERVED_KEY_PREFIX};
+use quiver_engine::{dense_set, Metric};
+use quiver_store::wal::{dense_key, sparse_key, RESERVED_KEY_PREFIX};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tonic::Status;
 
+use super::api::Distance;
 use crate::status::invalid;
 
 /// How the client described the collection's vectors, kept in its settings under
@@ -28,9 +33,13 @@ pub struct VectorForm {
     /// Its name (`""`: the unnamed one).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
-    /// The collection has no dense vector (sparse vectors only).
+    /// The store collection holds no dense vector of the client's (sparse vectors only, or
+    /// several dense vectors: [`Self::spaces`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_dense: bool,
+    /// The dense vectors by name, when there are several (each kept in the payload).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub spaces: BTreeMap<String, SpaceParams>,
     /// `on_disk`, as given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_disk: Option<bool>,
@@ -40,6 +49,28 @@ pub struct VectorForm {
     /// The sparse vectors, by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sparse: BTreeMap<String, SparseParams>,
+}
+
+/// A named dense vector of a collection with several.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpaceParams {
+    /// Size.
+    pub size: u64,
+    /// Distance.
+    pub distance: Distance,
+    /// `on_disk`, as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_disk: Option<bool>,
+    /// `datatype`, as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datatype: Option<DatatypeName>,
+}
+
+impl SpaceParams {
+    /// The metric it is searched with.
+    pub fn metric(&self) -> Metric {
+        self.distance.metric()
+    }
 }
 
 /// A `datatype` as the client named it.
@@ -81,11 +112,12 @@ impl VectorForm {
         self.named || self.no_dense || !self.sparse.is_empty()
     }
 
-    /// Every vector name, the dense one first.
+    /// Every vector name, the dense ones first.
     pub fn names(&self) -> Vec<String> {
         let dense = (!self.no_dense).then(|| self.name.clone());
         dense
             .into_iter()
+            .chain(self.spaces.keys().cloned())
             .chain(self.sparse.keys().cloned())
             .collect()
     }
@@ -94,6 +126,12 @@ impl VectorForm {
     pub fn kind_of(&self, field: &str, name: &str) -> Result<VectorKind, Status> {
         if !self.no_dense && name == self.name {
             return Ok(VectorKind::Dense);
+        }
+        if let Some(p) = self.spaces.get(name) {
+            return Ok(VectorKind::Space {
+                dim: p.size as usize,
+                distance: p.distance,
+            });
         }
         if let Some(p) = self.sparse.get(name) {
             return Ok(VectorKind::Sparse { idf: p.idf });
@@ -119,8 +157,15 @@ impl VectorForm {
 /// What a vector name stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VectorKind {
-    /// The dense vector.
+    /// The store collection's dense vector.
     Dense,
+    /// A named dense vector kept in the payload.
+    Space {
+        /// Its size.
+        dim: usize,
+        /// Its distance.
+        distance: Distance,
+    },
     /// A sparse vector (`idf`: its modifier).
     Sparse {
         /// Queries are weighed by inverse document frequency.
@@ -208,6 +253,15 @@ impl VectorSel {
         if !form.no_dense && wanted(&form.name) {
             out.push((form.name.clone(), VectorOut::Dense(dense.to_vec())));
         }
+        for name in form.spaces.keys().filter(|n| wanted(n)) {
+            if let Some(v) = payload
+                .get(&dense_key(name))
+                .and_then(Value::as_str)
+                .and_then(dense_set::decode)
+            {
+                out.push((name.clone(), VectorOut::Dense(v)));
+            }
+        }
         for name in form.sparse.keys().filter(|n| wanted(n)) {
             if let Some(v) = payload
                 .get(&sparse_key(name))
@@ -233,6 +287,34 @@ pub fn split_point(
     vectors: Vec<(String, VectorIn)>,
     payload: &mut Map<String, Value>,
 ) -> Result<Vec<f32>, Status> {
+    let dense = split_vectors(form, dim, field, vectors, payload)?;
+    if form.no_dense {
+        return Ok(PLACEHOLDER.to_vec());
+    }
+    dense.ok_or_else(|| {
+        invalid(
+            field,
+            format!(
+                "missing the dense vector{}: Quiver keeps one for every point",
+                if form.name.is_empty() {
+                    String::new()
+                } else {
+                    format!(" `{}`", form.name)
+                }
+            ),
+        )
+    })
+}
+
+/// The vectors a request gives a point, checked against the collection's: the store's dense
+/// vector if given, the others written into `payload` under their reserved keys.
+pub fn split_vectors(
+    form: &VectorForm,
+    dim: usize,
+    field: &str,
+    vectors: Vec<(String, VectorIn)>,
+    payload: &mut Map<String, Value>,
+) -> Result<Option<Vec<f32>>, Status> {
     let mut dense = None;
     for (name, v) in vectors {
         let at = if name.is_empty() && !form.shows_names() {
@@ -250,10 +332,15 @@ pub fn split_point(
                 }
                 dense = Some(d);
             }
+            (VectorKind::Space { dim, distance }, VectorIn::Dense(d)) => {
+                let kept = dense_set::prepare(distance.metric(), dim, &d)
+                    .map_err(|e| invalid(&at, e.to_string()))?;
+                payload.insert(dense_key(&name), Value::String(dense_set::encode(&kept)));
+            }
             (VectorKind::Sparse { .. }, VectorIn::Sparse(s)) => {
                 payload.insert(sparse_key(&name), s.to_json());
             }
-            (VectorKind::Dense, VectorIn::Sparse(_)) => {
+            (VectorKind::Dense | VectorKind::Space { .. }, VectorIn::Sparse(_)) => {
                 return Err(invalid(
                     &at,
                     format!("`{name}` is a dense vector; a sparse one was given"),
@@ -267,22 +354,7 @@ pub fn split_point(
             }
         }
     }
-    if form.no_dense {
-        return Ok(PLACEHOLDER.to_vec());
-    }
-    dense.ok_or_else(|| {
-        invalid(
-            field,
-            format!(
-                "missing the dense vector{}: Quiver keeps one for every point",
-                if form.name.is_empty() {
-                    String::new()
-                } else {
-                    format!(" `{}`", form.name)
-                }
-            ),
-        )
-    })
+    Ok(dense)
 }
 
 /// True when `key` is one of the payload keys a front end reserves (a UUID point's id, sparse

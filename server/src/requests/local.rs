@@ -305,6 +305,21 @@ impl<'a> Local<'a> {
         .await
     }
 
+    pub(super) async fn space_search(&self, r: super::SpaceSearch) -> Result<Vec<Hit>, Status> {
+        let c = self.registry.get(&r.collection)?;
+        let filter = parse_filter("filter", &r.filter, &c.store.field_specs())?;
+        let query = quiver_engine::dense_set::prepare(r.metric, r.dim, &r.query)
+            .map_err(|e| crate::status::invalid("vector", e.to_string()))?;
+        let store = c.store.clone();
+        blocking(move || {
+            let n = store
+                .search_dense(&r.name, r.metric, r.dim, &query, r.k, filter.as_ref())
+                .map_err(|e| Status::internal(e.to_string()))?;
+            Ok(hits_of(&n, 0))
+        })
+        .await
+    }
+
     pub(super) async fn search(
         &self,
         r: Search,

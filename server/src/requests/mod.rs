@@ -322,6 +322,26 @@ pub struct SparseSearch {
     pub filter: String,
 }
 
+/// A query on one of a collection's named dense spaces kept in its points' payloads (a
+/// collection with several named dense vectors): exact.
+#[derive(Debug, Clone)]
+pub struct SpaceSearch {
+    /// The collection.
+    pub collection: String,
+    /// The space's name.
+    pub name: String,
+    /// Its metric.
+    pub metric: quiver_engine::Metric,
+    /// Its size.
+    pub dim: usize,
+    /// The query vector.
+    pub query: Vec<f32>,
+    /// Neighbours.
+    pub k: usize,
+    /// Only points passing this filter (empty: all).
+    pub filter: String,
+}
+
 /// Trains a collection's IVF-PQ index.
 #[derive(Debug, Clone)]
 pub struct Train {
@@ -653,6 +673,21 @@ impl Router {
         self.not_in_cluster("sparse vector search")?;
         self.take_vectors(caller.client, 1)?;
         self.local().sparse_search(r).await
+    }
+
+    /// Searches one of a collection's named dense spaces kept in payloads; answers the
+    /// neighbours best first, distances as the native search reports them.
+    pub async fn space_search(&self, r: SpaceSearch, caller: &Caller) -> Result<Vec<Hit>, Status> {
+        let max_k = self.limits().max_k;
+        if r.k == 0 || r.k > max_k {
+            return Err(crate::status::invalid(
+                "k",
+                format!("{} is out of range: it must be between 1 and {max_k}", r.k),
+            ));
+        }
+        self.not_in_cluster("named dense vector search")?;
+        self.take_vectors(caller.client, 1)?;
+        self.local().space_search(r).await
     }
 
     /// Trains a collection's index; answers its state (training, when in the background).

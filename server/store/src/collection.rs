@@ -122,6 +122,12 @@ pub enum UpsertMode {
     InsertOnly,
     /// Only points whose id is live; the others are not created.
     UpdateOnly,
+    /// Only points whose id is live, each keeping its stored payload with the write's
+    /// payload keys set over it (Qdrant's `UpdateVectors`: new vectors, and the vectors a
+    /// payload carries, for points that stay otherwise as they are). Resolved against the
+    /// stored payloads in the same step of the group commit as the write, so no concurrent
+    /// payload edit is lost; the log records the payloads as written.
+    UpdateVectors,
 }
 
 struct QueuedWrite {
@@ -2748,10 +2754,11 @@ fn retain_for_mode<B: Backend>(
     else {
         return;
     };
-    let keep: Vec<bool> = ids
-        .iter()
-        .map(|&id| v.contains(id) == (mode == UpsertMode::UpdateOnly))
-        .collect();
+    let live_only = matches!(mode, UpsertMode::UpdateOnly | UpsertMode::UpdateVectors);
+    let keep: Vec<bool> = ids.iter().map(|&id| v.contains(id) == live_only).collect();
+    if mode == UpsertMode::UpdateVectors {
+        merge_stored_payloads(v, ids, payloads);
+    }
     if keep.iter().all(|&k| k) {
         return;
     }
@@ -2776,6 +2783,26 @@ fn retain_for_mode<B: Backend>(
     if !payloads.is_empty() {
         *payloads = kept_rows(payloads, 1, &keep);
     }
+}
+
+/// Each point's payload (`payloads[i]` of `ids[i]`; empty: none for any) set over its stored
+/// one: the keys written replace those stored, the others are kept.
+fn merge_stored_payloads<B: Backend>(v: &Version<B>, ids: &[u64], payloads: &mut Vec<Vec<u8>>) {
+    let merged: Vec<Vec<u8>> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| {
+            let stored = v.payload(id).unwrap_or_default();
+            let written = payloads.get(i).map_or(&[][..], |p| p.as_slice());
+            if written.is_empty() {
+                return stored.to_vec();
+            }
+            PayloadEdit::Merge(written.to_vec())
+                .apply(stored)
+                .unwrap_or_else(|_| stored.to_vec())
+        })
+        .collect();
+    *payloads = merged;
 }
 
 /// The rows of `values` (`width` values each) whose `keep` is true, in order.

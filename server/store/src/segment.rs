@@ -13,10 +13,10 @@ use parking_lot::Mutex;
 use quiver_engine::backend::allow::{allow_set, field_indexes_for, IndexRows};
 use quiver_engine::backend::cpu::{CpuBackend, CpuPrepared};
 use quiver_engine::backend::{Backend, Neighbors, PreparedIndex, QueryFilters, SearchParams};
+use quiver_engine::dense_set::{self, DenseSet};
 use quiver_engine::index::EncodedRows;
 use quiver_engine::payload::fields::{FieldIndexes, FieldSpec};
 use quiver_engine::payload::filter::{Filter, Rows as _};
-use quiver_engine::dense_set::{self, DenseSet};
 use quiver_engine::sparse::{SparseIndex, SparseVector};
 use quiver_engine::{EngineError, FlatIndex, IvfPqIndex, Metric, RefineKind};
 

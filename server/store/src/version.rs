@@ -276,8 +276,7 @@ impl<B: Backend> Version<B> {
                     .into_iter()
                     .collect()
             });
-            let keep =
-                |id: u64| s.contains(id) && allowed.as_ref().is_none_or(|a| a.contains(&id));
+            let keep = |id: u64| s.contains(id) && allowed.as_ref().is_none_or(|a| a.contains(&id));
             parts.push(set.search(queries, k, &keep)?);
         }
         let nq = queries.len() / dim.max(1);

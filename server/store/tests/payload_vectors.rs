@@ -231,8 +231,11 @@ fn payload_vectors_search_equals_brute_force_through_edits_segments_and_restarts
         for id in moved {
             let img = dense(&mut rng);
             let edit = json!({ dense_key("img"): dense_set::encode(&img) });
-            c.set_payload(vec![id], PayloadEdit::Merge(payload::encode(&edit).unwrap()))
-                .unwrap();
+            c.set_payload(
+                vec![id],
+                PayloadEdit::Merge(payload::encode(&edit).unwrap()),
+            )
+            .unwrap();
             model.get_mut(&id).unwrap().2 = Some(img);
         }
         check(&c, &model, &mut rng, &format!("round {round}"));

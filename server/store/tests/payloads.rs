@@ -730,3 +730,62 @@ fn conditional_upserts_into_a_trained_collection_keep_each_rows_code() {
         );
     }
 }
+
+/// Qdrant's `UpdateVectors`: live points only, each keeping its stored payload with the
+/// written keys set over it (a payload edit queued before it in the same group is kept);
+/// what is logged replays to the same points.
+#[test]
+fn vector_updates_keep_the_stored_payload_and_replay() {
+    use quiver_store::UpsertMode;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c");
+    let c = C::create(
+        &path,
+        meta(),
+        quiver_engine::backend::cpu::CpuBackend,
+        StoreConfig::default(),
+    )
+    .unwrap();
+    let p = |v: serde_json::Value| payload::encode(&v).unwrap();
+    c.upsert_with_payloads(
+        vec![1, 2],
+        [vector(1), vector(2)].concat(),
+        vec![p(serde_json::json!({"a": 1, "b": 2})), Vec::new()],
+    )
+    .unwrap();
+    c.set_payload(vec![1], PayloadEdit::Merge(p(serde_json::json!({"e": 5}))))
+        .unwrap();
+    let n = c
+        .upsert_with_mode(
+            vec![1, 2, 99],
+            [vector(101), vector(102), vector(199)].concat(),
+            vec![
+                p(serde_json::json!({"b": 3, "c": 4})),
+                Vec::new(),
+                p(serde_json::json!({"x": 1})),
+            ],
+            UpsertMode::UpdateVectors,
+        )
+        .unwrap();
+    assert_eq!(n, 2, "the absent point is not created");
+    let check = |c: &C| {
+        assert!(c.get(&[99]).is_empty());
+        assert_eq!(c.get(&[1])[0].1, vector(101));
+        assert_eq!(c.get(&[2])[0].1, vector(102));
+        assert_eq!(
+            payload_of(c, 1),
+            serde_json::json!({"a": 1, "b": 3, "c": 4, "e": 5})
+        );
+        assert!(c.get_points(&[2])[0].2.is_empty(), "no payload stays none");
+    };
+    check(&c);
+    c.close();
+    drop(c);
+    let c = C::open(
+        &path,
+        quiver_engine::backend::cpu::CpuBackend,
+        StoreConfig::default(),
+    )
+    .unwrap();
+    check(&c);
+}
