@@ -17,6 +17,7 @@ pub mod fields;
 pub mod filter;
 pub mod geo;
 pub mod path;
+pub mod selector;
 pub mod text;
 
 use serde_json::{Map, Value};

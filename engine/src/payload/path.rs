@@ -16,7 +16,7 @@ pub const MAX_KEY_BYTES: usize = 512;
 
 /// One step of a path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Step {
+pub(crate) enum Step {
     /// An object key.
     Key(String),
     /// One element of an array.
@@ -33,6 +33,11 @@ pub struct KeyPath {
 }
 
 impl KeyPath {
+    /// Its steps.
+    pub(crate) fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+
     /// Parses a path; the error says what is wrong with it.
     pub fn parse(text: &str) -> Result<KeyPath, String> {
         if text.is_empty() {

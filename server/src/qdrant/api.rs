@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use quiver_engine::payload;
 use quiver_engine::payload::fields::{FieldSpec, FieldType};
+use quiver_engine::payload::selector::Selection;
 use quiver_engine::Metric;
 use quiver_store::wal::PayloadEdit;
 pub use quiver_store::AliasAction;
@@ -252,15 +253,66 @@ impl PayloadSel {
         match self {
             PayloadSel::None => None,
             PayloadSel::All => Some(map),
-            PayloadSel::Include(keys) => Some(payload::select(map, Some(keys))),
-            PayloadSel::Exclude(keys) => {
-                for k in keys {
-                    map.remove(k);
+            // Key paths (`a.b`, `l[].c`) as Qdrant reads them; a key that is no path is taken
+            // as a top-level key.
+            PayloadSel::Include(keys) => Some(match Selection::parse(keys) {
+                Ok(s) => s.include(map),
+                Err(_) => payload::select(map, Some(keys)),
+            }),
+            PayloadSel::Exclude(keys) => Some(match Selection::parse(keys) {
+                Ok(s) => s.exclude(map),
+                Err(_) => {
+                    for k in keys {
+                        map.remove(k);
+                    }
+                    map
                 }
-                Some(map)
-            }
+            }),
         }
     }
+}
+
+/// One operation of a batch of updates (`UpdateBatch`, `POST …/points/batch`).
+#[derive(Debug, Clone)]
+pub enum UpdateOp {
+    /// Upsert points.
+    Upsert {
+        /// The points.
+        points: Vec<PointIn>,
+        /// Which of them are written.
+        mode: UpsertMode,
+    },
+    /// Delete points.
+    Delete(Selector),
+    /// Set payload keys (`overwrite`: replace the payload).
+    SetPayload {
+        /// The points.
+        selector: Selector,
+        /// The keys.
+        payload: Map<String, Value>,
+        /// A nested key to set them under (refused).
+        key: Option<String>,
+        /// Replace the whole payload.
+        overwrite: bool,
+    },
+    /// Remove payload keys.
+    DeletePayload {
+        /// The points.
+        selector: Selector,
+        /// The keys.
+        keys: Vec<String>,
+    },
+    /// Remove the payload.
+    ClearPayload(Selector),
+    /// Set vectors of points.
+    UpdateVectors(Vec<(PointKey, Vec<(String, VectorIn)>)>),
+    /// Remove named vectors of points.
+    DeleteVectors {
+        /// The points.
+        selector: Selector,
+        /// The vectors' names.
+        names: Vec<String>,
+    },
 }
 
 /// A point read back.
@@ -294,6 +346,8 @@ pub enum QueryVector {
     Point(PointKey),
     /// The fusion of the prefetches' rankings.
     Fusion(Fusion),
+    /// None: the points passing the filter by ascending id, each scored 1.
+    None,
 }
 
 /// One nearest-neighbour query.
@@ -613,6 +667,14 @@ impl QdrantApi {
         }
     }
 
+    /// `filter` bound to the collection's vectors (its `has_vector` conditions).
+    async fn bound(&self, name: &str, field: &str, filter: String) -> Result<String, Status> {
+        match filter.contains("has_vector") {
+            true => self.form(name).await?.bind_filter(field, &filter),
+            false => Ok(filter),
+        }
+    }
+
     /// How a collection's vectors are named.
     async fn form(&self, name: &str) -> Result<VectorForm, Status> {
         let meta = self.router.meta(name).await?;
@@ -709,7 +771,9 @@ impl QdrantApi {
                 }
                 DeleteTarget::Ids(ids)
             }
-            Selector::Filter(filter) => DeleteTarget::Filter(filter),
+            Selector::Filter(filter) => {
+                DeleteTarget::Filter(self.bound(name, "filter", filter).await?)
+            }
         };
         let delete = Delete {
             collection: name.to_string(),
@@ -785,6 +849,7 @@ impl QdrantApi {
                 .await?;
             }
             Selector::Filter(filter) => {
+                let filter = self.bound(name, "filter", filter).await?;
                 let mut from = None;
                 loop {
                     let scroll = Scroll {
@@ -1000,6 +1065,57 @@ impl QdrantApi {
         Ok(())
     }
 
+    /// Applies a batch of updates in order, each as its own operation (durable and visible
+    /// before the next starts, as Qdrant applies a batch); the first that fails stops the
+    /// batch, its error naming it (`operations[i]`), the ones before it staying applied.
+    /// Answers how many were applied.
+    pub async fn update_batch(
+        &self,
+        client: Client,
+        name: &str,
+        ops: Vec<UpdateOp>,
+    ) -> Result<usize, Status> {
+        self.router.meta(name).await?;
+        let max = self.limits().max_queries_per_request;
+        if ops.len() > max {
+            return Err(invalid(
+                "operations",
+                format!(
+                    "{} operations exceed the limit of {max} per request",
+                    ops.len()
+                ),
+            ));
+        }
+        let n = ops.len();
+        for (i, op) in ops.into_iter().enumerate() {
+            let r = match op {
+                UpdateOp::Upsert { points, mode } => {
+                    self.upsert(client, name, points, mode, None).await
+                }
+                UpdateOp::Delete(sel) => self.delete_points(client, name, sel).await,
+                UpdateOp::SetPayload {
+                    selector,
+                    payload,
+                    key,
+                    overwrite,
+                } => {
+                    self.set_payload(name, selector, payload, key, overwrite)
+                        .await
+                }
+                UpdateOp::DeletePayload { selector, keys } => {
+                    self.delete_payload(name, selector, keys).await
+                }
+                UpdateOp::ClearPayload(sel) => self.clear_payload(name, sel).await,
+                UpdateOp::UpdateVectors(points) => self.update_vectors(client, name, points).await,
+                UpdateOp::DeleteVectors { selector, names } => {
+                    self.delete_vectors(name, selector, names).await
+                }
+            };
+            r.map_err(|e| Status::new(e.code(), format!("operations[{i}].{}", e.message())))?;
+        }
+        Ok(n)
+    }
+
     /// Removes named vectors of the selected points (Qdrant's `DeleteVectors`): the points
     /// stay, with their other vectors and payload. The dense vector a collection indexes
     /// cannot be removed (Quiver keeps one for every point).
@@ -1120,6 +1236,7 @@ impl QdrantApi {
         with_vector: VectorSel,
     ) -> Result<(Vec<Record>, Option<PointKey>), Status> {
         let form = self.form(name).await?;
+        let filter = filter.map(|f| form.bind_filter("filter", &f)).transpose()?;
         let max = self.limits().max_queries_per_request;
         if limit == 0 || limit > max {
             return Err(invalid(
@@ -1185,7 +1302,9 @@ impl QdrantApi {
     pub async fn count(&self, name: &str, filter: Option<String>) -> Result<u64, Status> {
         let count = Count {
             collection: name.to_string(),
-            filter: filter.unwrap_or_default(),
+            filter: self
+                .bound(name, "filter", filter.unwrap_or_default())
+                .await?,
         };
         self.router.count(count, &Caller::default()).await
     }
@@ -1258,7 +1377,7 @@ impl QdrantApi {
             // every prefetch under it).
             let own: Option<Value> = match q.filter.as_deref().filter(|f| !f.is_empty()) {
                 Some(f) => Some(
-                    serde_json::from_str(f)
+                    serde_json::from_str(&t.form.bind_filter(&format!("{field}filter"), f)?)
                         .map_err(|e| Status::internal(format!("a filter's text: {e}")))?,
                 ),
                 None => None,
@@ -1277,6 +1396,29 @@ impl QdrantApi {
                         q.limit, q.offset
                     ),
                 ));
+            }
+            if let QueryVector::None = q.vector {
+                if !q.prefetch.is_empty() {
+                    return Err(unsupported(&format!(
+                        "{field}query: prefetches without a query to rank them"
+                    )));
+                }
+                // Points by ascending id, each scored 1 (as Qdrant answers a query without
+                // a vector).
+                let (records, _) = self
+                    .scroll(
+                        t.name,
+                        filter.map(|f| f.to_string()),
+                        None,
+                        k,
+                        PayloadSel::None,
+                        VectorSel::None,
+                    )
+                    .await?;
+                return Ok(Ranked {
+                    hits: records.iter().map(|r| (r.key.internal(), 1.0)).collect(),
+                    higher_better: true,
+                });
             }
             // The prefetches' rankings, each as its own query.
             let mut rankings = Vec::with_capacity(q.prefetch.len());
@@ -1336,7 +1478,7 @@ impl QdrantApi {
                 }
                 QueryVector::Dense(v) => VectorIn::Dense(v.clone()),
                 QueryVector::Sparse(v) => VectorIn::Sparse(v.clone()),
-                QueryVector::Fusion(_) => unreachable!("answered above"),
+                QueryVector::Fusion(_) | QueryVector::None => unreachable!("answered above"),
             };
             let mut ranked = match (kind, vector) {
                 (VectorKind::Dense, VectorIn::Dense(v)) => {

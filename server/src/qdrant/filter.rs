@@ -1,7 +1,8 @@
 //! Qdrant filters onto Quiver's filter, whose JSON form is Qdrant's (docs/FILTERS.md): a REST
 //! filter passes through with its `has_id` lists mapped to Quiver's ids; a gRPC `Filter`
-//! message is written out as that JSON. Conditions Quiver does not evaluate (`has_vector`,
-//! `slice`) are UNIMPLEMENTED, naming the condition.
+//! message is written out as that JSON. `has_vector` passes through, to be bound to the
+//! collection's vectors by the operation ([`super::vectors::VectorForm::bind_filter`]);
+//! `slice` is UNIMPLEMENTED.
 
 use serde_json::{json, Map, Value};
 use tonic::Status;
@@ -44,7 +45,7 @@ fn map_has_id(field: &str, v: &mut Value, depth: usize) -> Result<(), Status> {
                         continue;
                     }
                 }
-                if matches!(k.as_str(), "has_vector" | "slice") {
+                if k == "slice" {
                     return Err(unsupported(&format!("{field}: `{k}` conditions")));
                 }
                 map_has_id(field, x, depth + 1)?;
@@ -128,9 +129,8 @@ fn condition_json(field: &str, c: &proto::Condition, depth: usize) -> Result<Val
             };
             Ok(json!({"nested": {"key": n.key, "filter": f}}))
         }
-        Some(ConditionOneOf::HasVector(_)) => {
-            Err(unsupported(&format!("{field}: `has_vector` conditions")))
-        }
+        // Bound to the collection's vectors by `VectorForm::bind_filter`.
+        Some(ConditionOneOf::HasVector(h)) => Ok(json!({"has_vector": h.has_vector})),
         Some(ConditionOneOf::Slice(_)) => Err(unsupported(&format!("{field}: `slice` conditions"))),
     }
 }

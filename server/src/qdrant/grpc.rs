@@ -12,10 +12,12 @@ use tonic::{Request, Response, Status};
 
 use super::api::{
     AliasAction, CreateSpec, Datatype, DatatypeName, Distance, InfoView, PayloadSel, PointIn,
-    QdrantApi, QuerySpec, QueryVector, Record, Scored, Selector, VectorForm, NO_DENSE_VECTOR,
+    QdrantApi, QuerySpec, QueryVector, Record, Scored, Selector, UpdateOp, VectorForm,
+    NO_DENSE_VECTOR,
 };
 use super::filter::{from_grpc, point_id, point_key};
 use super::fusion::Fusion;
+use super::ids::PointKey;
 use super::proto::{
     self, collections_server::Collections, points_server::Points, qdrant_server::Qdrant,
 };
@@ -163,6 +165,129 @@ fn point_vectors(
             Ok(out)
         }
     }
+}
+
+/// An upsert's `update_mode`.
+fn upsert_mode(mode: Option<i32>) -> Result<UpsertMode, Status> {
+    match mode.unwrap_or(0) {
+        0 => Ok(UpsertMode::Upsert),
+        1 => Ok(UpsertMode::InsertOnly),
+        2 => Ok(UpsertMode::UpdateOnly),
+        m => Err(invalid(
+            "update_mode",
+            format!("unknown mode {m} (0 upsert, 1 insert only, 2 update only)"),
+        )),
+    }
+}
+
+/// The points of an upsert (`field`: the list's name in errors).
+fn points_in(field: &str, points: &[proto::PointStruct]) -> Result<Vec<PointIn>, Status> {
+    points
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let field = format!("{field}[{i}]");
+            let id =
+                p.id.as_ref()
+                    .ok_or_else(|| invalid(&format!("{field}.id"), "missing"))?;
+            Ok(PointIn {
+                key: point_key(&format!("{field}.id"), id)?,
+                vectors: point_vectors(&format!("{field}.vectors"), p.vectors.as_ref())?,
+                payload: values::map_to_json(&format!("{field}.payload"), &p.payload)?,
+            })
+        })
+        .collect()
+}
+
+/// The points of a vector update.
+fn point_vectors_in(
+    field: &str,
+    points: &[proto::PointVectors],
+) -> Result<Vec<(PointKey, Vec<(String, VectorIn)>)>, Status> {
+    points
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let field = format!("{field}[{i}]");
+            let id =
+                p.id.as_ref()
+                    .ok_or_else(|| invalid(&format!("{field}.id"), "missing"))?;
+            Ok((
+                point_key(&format!("{field}.id"), id)?,
+                point_vectors(&format!("{field}.vectors"), p.vectors.as_ref())?,
+            ))
+        })
+        .collect()
+}
+
+/// One operation of a batch.
+fn update_op(field: &str, op: &proto::PointsUpdateOperation) -> Result<UpdateOp, Status> {
+    use proto::points_update_operation::Operation as O;
+    let at = |name: &str| format!("{field}.{name}");
+    Ok(match &op.operation {
+        None => return Err(invalid(field, "empty operation")),
+        Some(O::Upsert(u)) => {
+            if u.update_filter.is_some() {
+                return Err(unsupported("update_filter: conditional upserts"));
+            }
+            UpdateOp::Upsert {
+                points: points_in(&at("upsert.points"), &u.points)?,
+                mode: upsert_mode(u.update_mode)?,
+            }
+        }
+        Some(O::DeleteDeprecated(sel)) => UpdateOp::Delete(selector(&at("delete"), Some(sel))?),
+        Some(O::DeletePoints(d)) => {
+            UpdateOp::Delete(selector(&at("delete_points.points"), d.points.as_ref())?)
+        }
+        Some(O::SetPayload(p)) => UpdateOp::SetPayload {
+            selector: selector(
+                &at("set_payload.points_selector"),
+                p.points_selector.as_ref(),
+            )?,
+            payload: values::map_to_json(&at("set_payload.payload"), &p.payload)?,
+            key: p.key.clone(),
+            overwrite: false,
+        },
+        Some(O::OverwritePayload(p)) => UpdateOp::SetPayload {
+            selector: selector(
+                &at("overwrite_payload.points_selector"),
+                p.points_selector.as_ref(),
+            )?,
+            payload: values::map_to_json(&at("overwrite_payload.payload"), &p.payload)?,
+            key: p.key.clone(),
+            overwrite: true,
+        },
+        Some(O::DeletePayload(p)) => UpdateOp::DeletePayload {
+            selector: selector(
+                &at("delete_payload.points_selector"),
+                p.points_selector.as_ref(),
+            )?,
+            keys: p.keys.clone(),
+        },
+        Some(O::ClearPayloadDeprecated(sel)) => {
+            UpdateOp::ClearPayload(selector(&at("clear_payload"), Some(sel))?)
+        }
+        Some(O::ClearPayload(c)) => {
+            UpdateOp::ClearPayload(selector(&at("clear_payload.points"), c.points.as_ref())?)
+        }
+        Some(O::UpdateVectors(u)) => {
+            if u.update_filter.is_some() {
+                return Err(unsupported("update_filter: conditional updates"));
+            }
+            UpdateOp::UpdateVectors(point_vectors_in(&at("update_vectors.points"), &u.points)?)
+        }
+        Some(O::DeleteVectors(d)) => UpdateOp::DeleteVectors {
+            selector: selector(
+                &at("delete_vectors.points_selector"),
+                d.points_selector.as_ref(),
+            )?,
+            names: d
+                .vectors
+                .as_ref()
+                .map(|v| v.names.clone())
+                .unwrap_or_default(),
+        },
+    })
 }
 
 fn selector(field: &str, s: Option<&proto::PointsSelector>) -> Result<Selector, Status> {
@@ -435,11 +560,7 @@ fn query_parts(field: &str, q: QueryParts<'_>, depth: usize) -> Result<QuerySpec
         })
         .collect::<Result<Vec<_>, Status>>()?;
     let vector = match q.query.and_then(|q| q.variant.as_ref()) {
-        None => {
-            return Err(unsupported(&format!(
-                "{field}query: a query without a vector (use Scroll)"
-            )))
-        }
+        None => QueryVector::None,
         Some(Variant::Nearest(input)) => match &input.variant {
             Some(Input::Dense(d)) => QueryVector::Dense(d.data.clone()),
             Some(Input::Sparse(v)) => QueryVector::Sparse(sparse(
@@ -1117,33 +1238,8 @@ impl Points for QdrantGrpc {
             if r.update_filter.is_some() {
                 return Err(unsupported("update_filter: conditional upserts"));
             }
-            let mode = match r.update_mode.unwrap_or(0) {
-                0 => UpsertMode::Upsert,
-                1 => UpsertMode::InsertOnly,
-                2 => UpsertMode::UpdateOnly,
-                m => {
-                    return Err(invalid(
-                        "update_mode",
-                        format!("unknown mode {m} (0 upsert, 1 insert only, 2 update only)"),
-                    ))
-                }
-            };
-            let points = r
-                .points
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    let field = format!("points[{i}]");
-                    let id =
-                        p.id.as_ref()
-                            .ok_or_else(|| invalid(&format!("{field}.id"), "missing"))?;
-                    Ok(PointIn {
-                        key: point_key(&format!("{field}.id"), id)?,
-                        vectors: point_vectors(&format!("{field}.vectors"), p.vectors.as_ref())?,
-                        payload: values::map_to_json(&format!("{field}.payload"), &p.payload)?,
-                    })
-                })
-                .collect::<Result<Vec<_>, Status>>()?;
+            let mode = upsert_mode(r.update_mode)?;
+            let points = points_in("points", &r.points)?;
             self.api
                 .upsert(client, &r.collection_name, points, mode, admitted)
                 .await?;
@@ -1264,21 +1360,7 @@ impl Points for QdrantGrpc {
             if r.update_filter.is_some() {
                 return Err(unsupported("update_filter: conditional updates"));
             }
-            let points = r
-                .points
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    let field = format!("points[{i}]");
-                    let id =
-                        p.id.as_ref()
-                            .ok_or_else(|| invalid(&format!("{field}.id"), "missing"))?;
-                    Ok((
-                        point_key(&format!("{field}.id"), id)?,
-                        point_vectors(&format!("{field}.vectors"), p.vectors.as_ref())?,
-                    ))
-                })
-                .collect::<Result<Vec<_>, Status>>()?;
+            let points = point_vectors_in("points", &r.points)?;
             self.api
                 .update_vectors(client, &r.collection_name, points)
                 .await?;
@@ -1286,6 +1368,35 @@ impl Points for QdrantGrpc {
         }
         .await;
         self.record("qdrant.Points/UpdateVectors", r)
+    }
+
+    async fn update_batch(
+        &self,
+        req: Request<proto::UpdateBatchPoints>,
+    ) -> Result<Response<proto::UpdateBatchResponse>, Status> {
+        let start = Instant::now();
+        let client = client_of(&req);
+        let r = async {
+            self.reach(&req, &req.get_ref().collection_name)?;
+            let r = req.into_inner();
+            let ops = r
+                .operations
+                .iter()
+                .enumerate()
+                .map(|(i, op)| update_op(&format!("operations[{i}]"), op))
+                .collect::<Result<Vec<_>, _>>()?;
+            let n = self
+                .api
+                .update_batch(client, &r.collection_name, ops)
+                .await?;
+            let one = done(r.wait).result.unwrap_or_default();
+            Ok(Response::new(proto::UpdateBatchResponse {
+                result: vec![one; n],
+                time: secs(start),
+            }))
+        }
+        .await;
+        self.record("qdrant.Points/UpdateBatch", r)
     }
 
     async fn delete_vectors(

@@ -24,7 +24,7 @@ use tonic::{Code, Status};
 
 use super::api::{
     AliasAction, CreateSpec, Datatype, Distance, InfoView, PayloadSel, PointIn, QdrantApi,
-    QuerySpec, QueryVector, Record, Scored, Selector, VectorForm, NO_DENSE_VECTOR,
+    QuerySpec, QueryVector, Record, Scored, Selector, UpdateOp, VectorForm, NO_DENSE_VECTOR,
 };
 use super::filter::from_rest;
 use super::fusion::Fusion;
@@ -83,6 +83,7 @@ impl Rest {
             .route("/collections/{name}/points/{id}", get(retrieve_one))
             .route("/collections/{name}/points/delete", post(delete_points))
             .route("/collections/{name}/points/vectors", put(update_vectors))
+            .route("/collections/{name}/points/batch", post(update_batch))
             .route(
                 "/collections/{name}/points/vectors/delete",
                 post(delete_vectors),
@@ -578,9 +579,7 @@ fn search_in(field: &str, b: &Map<String, Value>) -> Result<QuerySpec, Status> {
 /// The vector of a `query`: a vector, a point id, or `{"nearest": …}` of either.
 fn query_vector(field: &str, v: Option<&Value>) -> Result<QueryVector, Status> {
     match v.filter(|v| !v.is_null()) {
-        None => Err(unsupported(&format!(
-            "{field}: a query without a vector (use scroll)"
-        ))),
+        None => Ok(QueryVector::None),
         Some(Value::Number(_) | Value::String(_)) => Ok(QueryVector::Point(PointKey::from_json(
             field,
             v.unwrap_or(&Value::Null),
@@ -1614,23 +1613,129 @@ async fn update_vectors(
                 if b.get("update_filter").is_some_and(|v| !v.is_null()) {
                     return Err(unsupported("update_filter: conditional updates"));
                 }
-                let Some(Value::Array(list)) = b.get("points") else {
-                    return Err(invalid("points", "expected a list of points"));
-                };
-                let mut points = Vec::with_capacity(list.len());
-                for (i, p) in list.iter().enumerate() {
-                    let field = format!("points[{i}]");
-                    let Value::Object(p) = p else {
-                        return Err(invalid(&field, "expected {\"id\": …, \"vector\": …}"));
-                    };
-                    let key = keys_in(&format!("{field}.id"), Some(&json!([p.get("id")])))?
-                        .pop()
-                        .ok_or_else(|| invalid(&format!("{field}.id"), "missing"))?;
-                    let vectors = point_vectors_in(&format!("{field}.vector"), p.get("vector"))?;
-                    points.push((key, vectors));
-                }
+                let points = point_vectors_list(&b)?;
                 s.api.update_vectors(client, &name, points).await?;
                 Ok(update_result())
+            },
+        )
+        .await
+}
+
+/// The points of an `update_vectors` body: ids and their vectors.
+fn point_vectors_list(b: &Body) -> Result<Vec<(PointKey, Vec<(String, VectorIn)>)>, Status> {
+    let Some(Value::Array(list)) = b.get("points") else {
+        return Err(invalid("points", "expected a list of points"));
+    };
+    let mut points = Vec::with_capacity(list.len());
+    for (i, p) in list.iter().enumerate() {
+        let field = format!("points[{i}]");
+        let Value::Object(p) = p else {
+            return Err(invalid(&field, "expected {\"id\": …, \"vector\": …}"));
+        };
+        let key = keys_in(&format!("{field}.id"), Some(&json!([p.get("id")])))?
+            .pop()
+            .ok_or_else(|| invalid(&format!("{field}.id"), "missing"))?;
+        let vectors = point_vectors_in(&format!("{field}.vector"), p.get("vector"))?;
+        points.push((key, vectors));
+    }
+    Ok(points)
+}
+
+/// One operation of a batch: `{"upsert": {…}}`, `{"delete": {…}}`, `{"set_payload": {…}}`,
+/// `{"overwrite_payload": {…}}`, `{"delete_payload": {…}}`, `{"clear_payload": {…}}`,
+/// `{"update_vectors": {…}}` or `{"delete_vectors": {…}}`, each body as its own endpoint's.
+fn update_op_in(field: &str, v: &Value) -> Result<UpdateOp, Status> {
+    let Some((kind, body)) = v
+        .as_object()
+        .filter(|o| o.len() == 1)
+        .and_then(|o| o.iter().next())
+    else {
+        return Err(invalid(
+            field,
+            "expected one operation, e.g. {\"upsert\": {…}}",
+        ));
+    };
+    let Value::Object(body) = body else {
+        return Err(invalid(
+            &format!("{field}.{kind}"),
+            "expected a JSON object",
+        ));
+    };
+    let b = Body(body.clone());
+    let op = match kind.as_str() {
+        "upsert" => match b.get("update_filter").is_some_and(|v| !v.is_null()) {
+            true => Err(unsupported("update_filter: conditional upserts")),
+            false => update_mode_in(b.get("update_mode")).and_then(|mode| {
+                Ok(UpdateOp::Upsert {
+                    points: points_in(Body(body.clone()))?,
+                    mode,
+                })
+            }),
+        },
+        "delete" => selector_in(&b).map(UpdateOp::Delete),
+        "set_payload" | "overwrite_payload" => (|| {
+            Ok(UpdateOp::SetPayload {
+                selector: selector_in(&b)?,
+                payload: object_in("payload", b.get("payload"))?,
+                key: b.get("key").and_then(Value::as_str).map(str::to_string),
+                overwrite: kind == "overwrite_payload",
+            })
+        })(),
+        "delete_payload" => (|| {
+            Ok(UpdateOp::DeletePayload {
+                selector: selector_in(&b)?,
+                keys: strings_in("keys", b.get("keys"))?,
+            })
+        })(),
+        "clear_payload" => selector_in(&b).map(UpdateOp::ClearPayload),
+        "update_vectors" => match b.get("update_filter").is_some_and(|v| !v.is_null()) {
+            true => Err(unsupported("update_filter: conditional updates")),
+            false => point_vectors_list(&b).map(UpdateOp::UpdateVectors),
+        },
+        "delete_vectors" => (|| {
+            Ok(UpdateOp::DeleteVectors {
+                selector: selector_in(&b)?,
+                names: strings_in("vector", b.get("vector"))?,
+            })
+        })(),
+        other => return Err(invalid(
+            field,
+            format!("unknown operation `{other}` (upsert, delete, set_payload, overwrite_payload, delete_payload, clear_payload, update_vectors or delete_vectors)"),
+        )),
+    };
+    // Errors name the operation (refusals name what is refused, as everywhere).
+    op.map_err(|e| match e.code() {
+        tonic::Code::Unimplemented => e,
+        _ => Status::new(e.code(), format!("{field}.{kind}.{}", e.message())),
+    })
+}
+
+async fn update_batch(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    Path(name): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    s.clone()
+        .run(
+            "batch_update",
+            Access::ReadWrite,
+            &h,
+            peer,
+            Some(&name.clone()),
+            |Caller { client, .. }| async move {
+                let b = Body::parse(&body)?;
+                let Some(Value::Array(list)) = b.get("operations") else {
+                    return Err(invalid("operations", "expected a list of operations"));
+                };
+                let ops = list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| update_op_in(&format!("operations[{i}]"), v))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let n = s.api.update_batch(client, &name, ops).await?;
+                Ok(Value::Array(vec![update_result(); n]))
             },
         )
         .await

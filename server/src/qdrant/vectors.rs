@@ -16,7 +16,7 @@ use quiver_engine::sparse::SparseVector;
 use quiver_engine::{dense_set, Metric};
 use quiver_store::wal::{dense_key, sparse_key, RESERVED_KEY_PREFIX};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 use tonic::Status;
 
 use super::api::Distance;
@@ -152,6 +152,63 @@ impl VectorForm {
             format!("Wrong input: Not existing vector name error: `{name}` (the collection has: {names})"),
         )
     }
+}
+
+impl VectorForm {
+    /// Quiver's filter text `text` with each `{"has_vector": NAME}` condition (Qdrant's: the
+    /// point holds that vector) bound to this collection: always true for the dense vector
+    /// the store indexes (every point holds it), else "its payload key is there". A name the
+    /// collection lacks is refused as for queries.
+    pub fn bind_filter(&self, field: &str, text: &str) -> Result<String, Status> {
+        if !text.contains("has_vector") {
+            return Ok(text.to_string());
+        }
+        let mut v: Value = serde_json::from_str(text).map_err(|e| invalid(field, e.to_string()))?;
+        self.bind(field, &mut v, 0)?;
+        Ok(v.to_string())
+    }
+
+    fn bind(&self, field: &str, v: &mut Value, depth: usize) -> Result<(), Status> {
+        if depth > 64 {
+            return Err(invalid(field, "nested too deep"));
+        }
+        match v {
+            Value::Object(o) => {
+                if let Some(name) = o.get("has_vector") {
+                    let at = format!("{field}.has_vector");
+                    let Some(name) = name.as_str().filter(|_| o.len() == 1) else {
+                        return Err(invalid(&at, "expected {\"has_vector\": \"name\"}"));
+                    };
+                    *v = match self.kind_of(&at, name)? {
+                        VectorKind::Dense => json!({"must_not": [{"has_id": []}]}),
+                        VectorKind::Space { .. } => key_present(&dense_key(name)),
+                        VectorKind::Sparse { .. } => key_present(&sparse_key(name)),
+                    };
+                    return Ok(());
+                }
+                for x in o.values_mut() {
+                    self.bind(field, x, depth + 1)?;
+                }
+            }
+            Value::Array(a) => {
+                for x in a {
+                    self.bind(field, x, depth + 1)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The condition "the payload holds top-level key `key`" (quoted when it holds a dot or a
+/// bracket, so the whole key is one step of the path).
+fn key_present(key: &str) -> Value {
+    let path = match key.contains(['.', '[']) && !key.contains('"') {
+        true => format!("\"{key}\""),
+        false => key.to_string(),
+    };
+    json!({"must_not": [{"is_empty": {"key": path}}]})
 }
 
 /// What a vector name stands for.
