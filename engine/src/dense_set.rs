@@ -199,7 +199,7 @@ mod tests {
             let set = DenseSet::build(metric, dim, rows.clone());
             assert_eq!(set.len(), n);
             let queries: Vec<f32> = (0..nq * dim).map(|_| rng.random::<f32>() - 0.5).collect();
-            let keep = |id: u64| id % 2 == 0;
+            let keep = |id: u64| id.is_multiple_of(2);
             let got = set.search(&queries, k, &keep).unwrap();
             let mut want = ExactSearch::new(metric, dim, &queries, k).unwrap();
             let kept: Vec<&(u64, Vec<f32>)> = rows.iter().filter(|r| keep(r.0)).collect();
@@ -208,7 +208,10 @@ mod tests {
             want.add_rows(&flat, &ids);
             let want = want.finish();
             assert_eq!(got.ids, want.ids, "{metric:?}");
-            assert!(got.ids.iter().all(|&id| id >= 0 && id % 2 == 0));
+            assert!(
+                got.ids.iter().all(|&id| id >= 0 && id % 2 == 0),
+                "only kept rows"
+            );
         }
     }
 

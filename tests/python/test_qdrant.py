@@ -240,8 +240,9 @@ def test_outside_the_supported_surface_is_refused_by_name(qserver, prefer_grpc):
     c = client_for(qserver, prefer_grpc)
     err = unsupported(prefer_grpc)
     with pytest.raises(err) as e:
-        c.create_collection("named", vectors_config={"text": models.VectorParams(size=4, distance=models.Distance.DOT),
-                                                     "image": models.VectorParams(size=2, distance=models.Distance.DOT)})
+        c.create_collection("multi", vectors_config={"colbert": models.VectorParams(
+            size=4, distance=models.Distance.DOT,
+            multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM))})
     check_unsupported(e.value, prefer_grpc)
     with pytest.raises(err) as e:
         c.create_collection("m", vectors_config=models.VectorParams(size=4, distance=models.Distance.MANHATTAN))
@@ -265,9 +266,11 @@ def test_outside_the_supported_surface_is_refused_by_name(qserver, prefer_grpc):
     else:
         assert e.value.status_code == 400
     assert "Not existing vector name" in str(e.value), str(e.value)
-    with pytest.raises(err) as e:
+    # `has_vector` names one of the collection's vectors.
+    assert c.count("c", count_filter=models.Filter(must=[models.HasVectorCondition(has_vector="")])).count == 4
+    with pytest.raises(grpc.RpcError if prefer_grpc else UnexpectedResponse) as e:
         c.count("c", count_filter=models.Filter(must=[models.HasVectorCondition(has_vector="x")]))
-    check_unsupported(e.value, prefer_grpc)
+    assert "Not existing vector name" in str(e.value) and "`x`" in str(e.value), str(e.value)
     # Operations Qdrant has and Quiver does not: UNIMPLEMENTED, or a REST error naming the path.
     if prefer_grpc:
         from qdrant_client import grpc as qgrpc

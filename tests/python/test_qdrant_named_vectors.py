@@ -211,3 +211,46 @@ def test_one_vector_collections_update_it_and_refuse_deleting_it(qserver, prefer
     assert c.query_points(name, query=[1.0, 1.0, 1.0, 1.0], limit=1).points[0].id == 3
     with pytest.raises(Exception, match="(?i)dense vector"):
         c.delete_vectors(name, vectors=[""], points=[3])
+
+
+@MODES
+def test_has_vector_batches_paths_and_vectorless_queries_as_local_mode(qserver, reference, prefer_grpc):  # noqa: F811
+    """`has_vector` counts, a batch of updates, payload selection by key path and a query
+    without a vector, each compared with local mode."""
+    c = client_for(qserver, prefer_grpc)
+    ref = QdrantClient(":memory:")
+    name = f"misc_{int(prefer_grpc)}"
+    for cl in [c, ref]:
+        _create(cl, name)
+        cl.upsert(name, points=_points(seed=33), wait=True)
+    for v in list(SIZES) + ["words"]:
+        f = models.Filter(must=[models.HasVectorCondition(has_vector=v)])
+        assert c.count(name, count_filter=f).count == ref.count(name, count_filter=f).count, v
+        f = models.Filter(must_not=[models.HasVectorCondition(has_vector=v)])
+        assert c.count(name, count_filter=f).count == ref.count(name, count_filter=f).count, v
+    ops = [
+        models.UpsertOperation(upsert=models.PointsList(points=[
+            models.PointStruct(id=1000, vector={"image": [0.1, 0.2, 0.3, 0.4, 0.5]},
+                               payload={"g": 9, "nested": {"a": 1, "b": [{"c": 1, "d": 2}]}})])),
+        models.SetPayloadOperation(set_payload=models.SetPayload(payload={"tag": "x"}, points=[1, 2, 1000])),
+        models.DeletePayloadOperation(delete_payload=models.DeletePayload(keys=["i"], points=[2])),
+        models.DeleteVectorsOperation(delete_vectors=models.DeleteVectors(vector=["text"], points=[3])),
+        models.UpdateVectorsOperation(update_vectors=models.UpdateVectors(points=[
+            models.PointVectors(id=4, vector={"code": [1.0] * SIZES["code"]})])),
+        models.DeleteOperation(delete=models.PointIdsList(points=[5])),
+        models.ClearPayloadOperation(clear_payload=models.PointIdsList(points=[6])),
+    ]
+    for cl in [c, ref]:
+        cl.batch_update_points(name, update_operations=ops, wait=True)
+    ids = [1, 2, 3, 4, 5, 6, 1000]
+    assert _records(c.retrieve(name, ids, with_vectors=True, with_payload=True)) == _records(
+        ref.retrieve(name, ids, with_vectors=True, with_payload=True)
+    )
+    for sel in [["nested.a", "g"], ["nested.b[].c"], models.PayloadSelectorExclude(exclude=["nested.b[].d", "tag"])]:
+        got = c.retrieve(name, [1000, 1], with_payload=sel)
+        want = ref.retrieve(name, [1000, 1], with_payload=sel)
+        assert {r.id: r.payload for r in got} == {r.id: r.payload for r in want}, sel
+    f = models.Filter(must=[models.FieldCondition(key="g", match=models.MatchValue(value=2))])
+    got = c.query_points(name, query_filter=f, limit=7, offset=2, with_payload=True).points
+    want = ref.query_points(name, query_filter=f, limit=7, offset=2, with_payload=True).points
+    assert [(p.id, p.score, p.payload) for p in got] == [(p.id, p.score, p.payload) for p in want]

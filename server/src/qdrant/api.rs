@@ -272,6 +272,9 @@ impl PayloadSel {
     }
 }
 
+/// A point's id and the vectors a vector update gives it, by name.
+pub type PointVectorsIn = (PointKey, Vec<(String, VectorIn)>);
+
 /// One operation of a batch of updates (`UpdateBatch`, `POST …/points/batch`).
 #[derive(Debug, Clone)]
 pub enum UpdateOp {
@@ -305,7 +308,7 @@ pub enum UpdateOp {
     /// Remove the payload.
     ClearPayload(Selector),
     /// Set vectors of points.
-    UpdateVectors(Vec<(PointKey, Vec<(String, VectorIn)>)>),
+    UpdateVectors(Vec<PointVectorsIn>),
     /// Remove named vectors of points.
     DeleteVectors {
         /// The points.
@@ -971,7 +974,7 @@ impl QdrantApi {
         &self,
         client: Client,
         name: &str,
-        points: Vec<(PointKey, Vec<(String, VectorIn)>)>,
+        points: Vec<PointVectorsIn>,
     ) -> Result<(), Status> {
         let meta = self.router.meta(name).await?;
         if points.is_empty() {
@@ -999,7 +1002,8 @@ impl QdrantApi {
         // Each point once (a later entry's vectors over an earlier one's): its store vector
         // if given, and the vectors its payload keeps.
         let mut order: Vec<u64> = Vec::new();
-        let mut split: HashMap<u64, (Option<Vec<f32>>, Map<String, Value>)> = HashMap::new();
+        type Split = (Option<Vec<f32>>, Map<String, Value>);
+        let mut split: HashMap<u64, Split> = HashMap::new();
         for (i, (key, vectors)) in points.into_iter().enumerate() {
             let field = format!("points[{i}].vector");
             if vectors.is_empty() {

@@ -12,12 +12,11 @@ use tonic::{Request, Response, Status};
 
 use super::api::{
     AliasAction, CreateSpec, Datatype, DatatypeName, Distance, InfoView, PayloadSel, PointIn,
-    QdrantApi, QuerySpec, QueryVector, Record, Scored, Selector, UpdateOp, VectorForm,
-    NO_DENSE_VECTOR,
+    PointVectorsIn, QdrantApi, QuerySpec, QueryVector, Record, Scored, Selector, UpdateOp,
+    VectorForm, NO_DENSE_VECTOR,
 };
 use super::filter::{from_grpc, point_id, point_key};
 use super::fusion::Fusion;
-use super::ids::PointKey;
 use super::proto::{
     self, collections_server::Collections, points_server::Points, qdrant_server::Qdrant,
 };
@@ -203,7 +202,7 @@ fn points_in(field: &str, points: &[proto::PointStruct]) -> Result<Vec<PointIn>,
 fn point_vectors_in(
     field: &str,
     points: &[proto::PointVectors],
-) -> Result<Vec<(PointKey, Vec<(String, VectorIn)>)>, Status> {
+) -> Result<Vec<PointVectorsIn>, Status> {
     points
         .iter()
         .enumerate()

@@ -23,8 +23,9 @@ use serde_json::{json, Map, Value};
 use tonic::{Code, Status};
 
 use super::api::{
-    AliasAction, CreateSpec, Datatype, Distance, InfoView, PayloadSel, PointIn, QdrantApi,
-    QuerySpec, QueryVector, Record, Scored, Selector, UpdateOp, VectorForm, NO_DENSE_VECTOR,
+    AliasAction, CreateSpec, Datatype, Distance, InfoView, PayloadSel, PointIn, PointVectorsIn,
+    QdrantApi, QuerySpec, QueryVector, Record, Scored, Selector, UpdateOp, VectorForm,
+    NO_DENSE_VECTOR,
 };
 use super::filter::from_rest;
 use super::fusion::Fusion;
@@ -1622,7 +1623,7 @@ async fn update_vectors(
 }
 
 /// The points of an `update_vectors` body: ids and their vectors.
-fn point_vectors_list(b: &Body) -> Result<Vec<(PointKey, Vec<(String, VectorIn)>)>, Status> {
+fn point_vectors_list(b: &Body) -> Result<Vec<PointVectorsIn>, Status> {
     let Some(Value::Array(list)) = b.get("points") else {
         return Err(invalid("points", "expected a list of points"));
     };
