@@ -479,6 +479,17 @@ impl QdrantApi {
                 ));
             }
         }
+        // A name is part of a payload key path (`has_vector`): one quoted path step.
+        for name in spec.form.names() {
+            if name.contains('"') || name.len() > MAX_VECTOR_NAME_BYTES {
+                return Err(invalid(
+                    "vectors",
+                    format!(
+                        "vector name `{name}`: at most {MAX_VECTOR_NAME_BYTES} bytes, without `\"`"
+                    ),
+                ));
+            }
+        }
         let max_dim = self.limits().max_dim as u64;
         for (name, p) in &spec.form.spaces {
             if p.size == 0 || p.size > max_dim {
@@ -1059,7 +1070,13 @@ impl QdrantApi {
             self.router
                 .upsert(upsert, &caller, None)
                 .await
-                .map_err(|s| rename_field(s, "vectors", "points.vector"))?;
+                .map_err(|s| {
+                    rename_field(
+                        rename_field(s, "vectors", "points.vector"),
+                        "payloads",
+                        "points",
+                    )
+                })?;
         }
         for (id, text) in edits {
             let encoded = payload::encode_text(&text).map_err(|e| invalid("points", e))?;
@@ -1665,6 +1682,9 @@ struct Ranked {
     /// Scores are similarities (else distances).
     higher_better: bool,
 }
+
+/// Longest vector name.
+pub const MAX_VECTOR_NAME_BYTES: usize = 256;
 
 /// Most prefetches in one query, nested ones included (their candidates, at most `max_k`
 /// each, make one `has_id` list).

@@ -803,7 +803,13 @@ fn space_params(name: &str, p: &proto::VectorParams) -> Result<SpaceParams, Stat
     let datatype = Datatype::from_grpc(&format!("{field}.datatype"), p.datatype)?;
     Ok(SpaceParams {
         size: p.size,
-        distance: distance(p.distance)?,
+        distance: distance(p.distance).map_err(|e| {
+            let m = e.message().replace(
+                "vectors_config.params.distance",
+                &format!("{field}.distance"),
+            );
+            Status::new(e.code(), m)
+        })?,
         on_disk: p.on_disk,
         datatype: p.datatype.filter(|&d| d != 0).map(|_| datatype.into()),
     })

@@ -68,6 +68,8 @@ enum Failure {
     Wal(PathBuf, String),
     Stopped(String),
     Apply(String),
+    /// One write of a group refused when its turn came (the others go on).
+    Invalid(&'static str, String),
 }
 
 impl From<Failure> for StoreError {
@@ -76,6 +78,7 @@ impl From<Failure> for StoreError {
             Failure::Wal(path, reason) => StoreError::WalFailed { path, reason },
             Failure::Stopped(m) => StoreError::WritesStopped(m),
             Failure::Apply(m) => StoreError::Failed(m),
+            Failure::Invalid(field, reason) => StoreError::Invalid { field, reason },
         }
     }
 }
@@ -106,9 +109,14 @@ impl TicketState {
 
 type Ticket = Arc<TicketState>;
 
-/// A group applied to a copy of the committed version: the version, each write's count, the
-/// next log number and the group's records.
-type GroupApplied<B> = (Version<B>, Vec<usize>, u64, Vec<u8>);
+/// A group applied to a copy of the committed version: the version, each write's count (or its
+/// refusal, for a write refused alone), the next log number and the group's records.
+type GroupApplied<B> = (
+    Version<B>,
+    Vec<std::result::Result<usize, Failure>>,
+    u64,
+    Vec<u8>,
+);
 
 /// A validated write waiting for the next group commit.
 /// Which points of an upsert are written, decided against the collection's state at the
@@ -1285,9 +1293,20 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                 // Rows encoded before a training switch are encoded again.
                 let mut rows = if same { q.rows.take() } else { None };
                 if q.mode != UpsertMode::Upsert {
-                    retain_for_mode(&v, &mut q.op, &mut rows, q.mode);
+                    // A vector update whose merged payloads no longer fit is refused alone,
+                    // before anything of it is applied or logged.
+                    let fits = retain_for_mode(&v, &mut q.op, &mut rows, q.mode)
+                        .and_then(|()| wal::check_size(&q.op));
+                    if let Err(e) = fits {
+                        let (field, reason) = match e {
+                            StoreError::Invalid { field, reason } => (field, reason),
+                            other => ("points", other.to_string()),
+                        };
+                        counts.push(Err(Failure::Invalid(field, reason)));
+                        continue;
+                    }
                     if matches!(&q.op, Op::Upsert { ids, .. } if ids.is_empty()) {
-                        counts.push(0);
+                        counts.push(Ok(0));
                         continue;
                     }
                 }
@@ -1308,7 +1327,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                         lsn += 1;
                     }
                 }
-                counts.push(n);
+                counts.push(Ok(n));
             }
             Ok((v, counts, lsn, buf))
         }));
@@ -1355,7 +1374,7 @@ impl<B: Backend + Clone + 'static> Collection<B> {
                             self.meta.write().describe(d);
                         }
                     }
-                    counts.into_iter().map(Ok).collect()
+                    counts
                 }
                 Err(failure) => {
                     if let Failure::Stopped(m) = &failure {
@@ -2744,7 +2763,7 @@ fn retain_for_mode<B: Backend>(
     op: &mut Op,
     rows: &mut Option<Rows>,
     mode: UpsertMode,
-) {
+) -> Result<()> {
     let Op::Upsert {
         ids,
         vectors,
@@ -2752,15 +2771,15 @@ fn retain_for_mode<B: Backend>(
         payloads,
     } = op
     else {
-        return;
+        return Ok(());
     };
     let live_only = matches!(mode, UpsertMode::UpdateOnly | UpsertMode::UpdateVectors);
     let keep: Vec<bool> = ids.iter().map(|&id| v.contains(id) == live_only).collect();
     if mode == UpsertMode::UpdateVectors {
-        merge_stored_payloads(v, ids, payloads);
+        merge_stored_payloads(v, ids, &keep, payloads)?;
     }
     if keep.iter().all(|&k| k) {
-        return;
+        return Ok(());
     }
     // The rows already encoded are kept as they are, the skipped ones left out (no point is
     // encoded again).
@@ -2783,26 +2802,36 @@ fn retain_for_mode<B: Backend>(
     if !payloads.is_empty() {
         *payloads = kept_rows(payloads, 1, &keep);
     }
+    Ok(())
 }
 
-/// Each point's payload (`payloads[i]` of `ids[i]`; empty: none for any) set over its stored
-/// one: the keys written replace those stored, the others are kept.
-fn merge_stored_payloads<B: Backend>(v: &Version<B>, ids: &[u64], payloads: &mut Vec<Vec<u8>>) {
-    let merged: Vec<Vec<u8>> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, &id)| {
-            let stored = v.payload(id).unwrap_or_default();
-            let written = payloads.get(i).map_or(&[][..], |p| p.as_slice());
-            if written.is_empty() {
-                return stored.to_vec();
-            }
-            PayloadEdit::Merge(written.to_vec())
-                .apply(stored)
-                .unwrap_or_else(|_| stored.to_vec())
-        })
-        .collect();
+/// Each kept point's payload (`payloads[i]` of `ids[i]`; empty: none for any) set over its
+/// stored one: the keys written replace those stored, the others are kept. A point whose
+/// merged payload is over the limit refuses the write.
+fn merge_stored_payloads<B: Backend>(
+    v: &Version<B>,
+    ids: &[u64],
+    keep: &[bool],
+    payloads: &mut Vec<Vec<u8>>,
+) -> Result<()> {
+    let mut merged = Vec::with_capacity(ids.len());
+    for (i, &id) in ids.iter().enumerate() {
+        let stored = v.payload(id).unwrap_or_default();
+        let written = payloads.get(i).map_or(&[][..], |p| p.as_slice());
+        if !keep[i] || written.is_empty() {
+            merged.push(stored.to_vec());
+            continue;
+        }
+        let m = PayloadEdit::Merge(written.to_vec())
+            .apply(stored)
+            .map_err(|e| StoreError::Invalid {
+                field: "payloads",
+                reason: format!("point {id}: its payload with the vectors written: {e}"),
+            })?;
+        merged.push(m);
+    }
     *payloads = merged;
+    Ok(())
 }
 
 /// The rows of `values` (`width` values each) whose `keep` is true, in order.

@@ -237,7 +237,7 @@ impl<B: Backend> Segment<B> {
     /// ([`Self::contains`] tells too).
     pub fn sparse_index(&self, key: &str) -> SparseView {
         let (index, dead) = self.derived(&self.sparse, key, |rows| {
-            SparseIndex::build(rows.filter_map(|(id, v)| Some((id, SparseVector::from_json(v)?))))
+            SparseIndex::build(rows.filter_map(|(id, v)| Some((id, SparseVector::from_json(&v)?))))
         });
         SparseView { index, dead }
     }
@@ -261,7 +261,7 @@ impl<B: Backend> Segment<B> {
         &self,
         cache: &DerivedCache<T>,
         key: &str,
-        build: impl FnOnce(&mut dyn Iterator<Item = (u64, &serde_json::Value)>) -> T,
+        build: impl FnOnce(&mut dyn Iterator<Item = (u64, serde_json::Value)>) -> T,
     ) -> (Arc<T>, Vec<u64>) {
         if let Some((kept, at)) = cache.0.lock().get(key) {
             return (
@@ -275,19 +275,17 @@ impl<B: Backend> Segment<B> {
         self.for_each_matching(&Filter::default(), None, |id| ids.push(id));
         // The key as JSON writes it (quoted and escaped).
         let needle = serde_json::to_string(key).unwrap_or_default();
-        let values: Vec<(u64, serde_json::Value)> = ids
-            .into_iter()
-            .filter_map(|id| {
-                let bytes = self.payload(id)?;
-                // Most payloads without the key are passed over unparsed.
-                if !contains_bytes(bytes, needle.as_bytes()) {
-                    return None;
-                }
-                let mut map = quiver_engine::payload::decode(bytes);
-                Some((id, map.remove(key)?))
-            })
-            .collect();
-        let built = Arc::new(build(&mut values.iter().map(|(id, v)| (*id, v))));
+        // One payload parsed at a time.
+        let mut values = ids.into_iter().filter_map(|id| {
+            let bytes = self.payload(id)?;
+            // Most payloads without the key are passed over unparsed.
+            if !contains_bytes(bytes, needle.as_bytes()) {
+                return None;
+            }
+            let mut map = quiver_engine::payload::decode(bytes);
+            Some((id, map.remove(key)?))
+        });
+        let built = Arc::new(build(&mut values));
         cache
             .0
             .lock()

@@ -779,6 +779,30 @@ fn vector_updates_keep_the_stored_payload_and_replay() {
         assert!(c.get_points(&[2])[0].2.is_empty(), "no payload stays none");
     };
     check(&c);
+    // An update whose merged payload would pass the limit is refused alone: nothing of it is
+    // applied or logged, and writes go on.
+    let big = "x".repeat(40_000);
+    c.set_payload(
+        vec![2],
+        PayloadEdit::Merge(p(serde_json::json!({"big": big}))),
+    )
+    .unwrap();
+    let e = c
+        .upsert_with_mode(
+            vec![2],
+            vector(302),
+            vec![p(serde_json::json!({"more": "y".repeat(30_000)}))],
+            UpsertMode::UpdateVectors,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("point 2"), "{e}");
+    assert_eq!(
+        c.get(&[2])[0].1,
+        vector(102),
+        "the refused update left the vector"
+    );
+    c.set_payload(vec![2], PayloadEdit::DeleteKeys(vec!["big".into()]))
+        .unwrap();
     c.close();
     drop(c);
     let c = C::open(
