@@ -77,6 +77,17 @@ impl ExactSearch {
     /// Scores rows with explicit ids (`ids.len()` rows of `base`, already valid and
     /// normalised, as a flat index holds them).
     pub fn add_rows(&mut self, base: &[f32], ids: &[u64]) {
+        self.add_rows_where(base, ids, &|_| true);
+    }
+
+    /// [`Self::add_rows`], keeping only rows whose id `keep` accepts (asked only of rows that
+    /// would enter a query's best, so rows need not be copied out to be left out).
+    pub fn add_rows_where(
+        &mut self,
+        base: &[f32],
+        ids: &[u64],
+        keep: &(dyn Fn(u64) -> bool + Sync),
+    ) {
         let dim = self.dim;
         let nb = ids.len();
         if nb == 0 {
@@ -111,7 +122,7 @@ impl ExactSearch {
                         } else {
                             (query_norms[q0 + r] + base_norms[j] - 2.0 * v).max(0.0)
                         };
-                        if s <= top.threshold() {
+                        if s <= top.threshold() && keep(ids[j]) {
                             top.push(s, ids[j]);
                         }
                     }

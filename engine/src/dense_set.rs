@@ -125,20 +125,15 @@ impl DenseSet {
         keep: &(dyn Fn(u64) -> bool + Sync),
     ) -> Result<Neighbors, EngineError> {
         let mut search = ExactSearch::new(self.metric, self.dim, queries, k)?;
-        let (mut ids, mut rows) = (Vec::with_capacity(BLOCK_ROWS), Vec::new());
-        for (i, &id) in self.ids.iter().enumerate() {
-            if !keep(id) {
-                continue;
-            }
-            ids.push(id);
-            rows.extend_from_slice(&self.vectors[i * self.dim..(i + 1) * self.dim]);
-            if ids.len() == BLOCK_ROWS {
-                search.add_rows(&rows, &ids);
-                ids.clear();
-                rows.clear();
-            }
+        // Contiguous blocks scored in place; `keep` is asked only of rows good enough to
+        // enter a query's best.
+        for (ids, rows) in self
+            .ids
+            .chunks(BLOCK_ROWS)
+            .zip(self.vectors.chunks(BLOCK_ROWS * self.dim))
+        {
+            search.add_rows_where(rows, ids, keep);
         }
-        search.add_rows(&rows, &ids);
         Ok(search.finish())
     }
 }

@@ -118,7 +118,7 @@ def test_aliases_survive_sigkill(tmp_path):
 
 def test_a_scoped_key_does_not_reach_through_an_alias(tmp_path):
     """An alias in a key's scope naming a collection outside it does not open that collection
-    to the key, on either port; listings hide such aliases."""
+    to the key, on either port (nor does a query's `lookup_from`); listings hide such aliases."""
     keyfile = tmp_path / "keys"
     admin, tenant = "admin-key-0123456789abcdef", "tenant-key-0123456789abcdef"
     keyfile.write_text(f"rw:{admin}\nrw@tenant-a-*:{tenant}\n")
@@ -129,6 +129,7 @@ def test_a_scoped_key_does_not_reach_through_an_alias(tmp_path):
         boss = client_for(srv, False, api_key=admin)
         boss.create_collection("tenant-b-docs", vectors_config=models.VectorParams(size=2, distance=models.Distance.DOT))
         boss.upsert("tenant-b-docs", points=[models.PointStruct(id=1, vector=[1.0, 0.0])], wait=True)
+        boss.create_collection("tenant-a-own", vectors_config=models.VectorParams(size=2, distance=models.Distance.DOT))
         boss.update_collection_aliases(change_aliases_operations=[models.CreateAliasOperation(
             create_alias=models.CreateAlias(collection_name="tenant-b-docs", alias_name="tenant-a-sneaky"))])
         for prefer_grpc in (False, True):
@@ -141,6 +142,14 @@ def test_a_scoped_key_does_not_reach_through_an_alias(tmp_path):
                 assert e.value.status_code == 403
             assert "tenant-b-docs" in str(e.value)
             assert _aliases(c) == []
+            # Nor does a query reading its points' vectors through `lookup_from`.
+            with pytest.raises((UnexpectedResponse, grpc.RpcError)) as e:
+                c.query_points("tenant-a-own", query=1, lookup_from=models.LookupLocation(collection="tenant-b-docs"))
+            if prefer_grpc:
+                assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            else:
+                assert e.value.status_code == 403
+            assert "tenant-b-docs" in str(e.value)
             c.close()
         assert boss.count("tenant-a-sneaky").count == 1
     finally:

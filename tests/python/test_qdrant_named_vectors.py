@@ -254,3 +254,37 @@ def test_has_vector_batches_paths_and_vectorless_queries_as_local_mode(qserver, 
     got = c.query_points(name, query_filter=f, limit=7, offset=2, with_payload=True).points
     want = ref.query_points(name, query_filter=f, limit=7, offset=2, with_payload=True).points
     assert [(p.id, p.score, p.payload) for p in got] == [(p.id, p.score, p.payload) for p in want]
+
+
+@MODES
+def test_recommend_and_lookup_from_as_local_mode(qserver, reference, prefer_grpc):  # noqa: F811
+    """Recommendations (average_vector) by ids and vectors, on a named vector and on a
+    one-vector collection, and `lookup_from` another collection, against local mode."""
+    c = client_for(qserver, prefer_grpc)
+    ref = QdrantClient(":memory:")
+    name, other = f"rec_{int(prefer_grpc)}", f"rec_other_{int(prefer_grpc)}"
+    rng = random.Random(4)
+    for cl in [c, ref]:
+        _create(cl, name)
+        cl.upsert(name, points=_points(seed=41), wait=True)
+        cl.create_collection(other, vectors_config={"img": models.VectorParams(size=SIZES["image"], distance=models.Distance.DOT)})
+        cl.upsert(other, points=[models.PointStruct(id=i, vector={"img": _vec(random.Random(i), SIZES["image"])})
+                                 for i in range(20)], wait=True)
+    holders = [p.id for p in _points(seed=41) if "image" in p.vector][:6]
+    queries = [
+        dict(query=models.RecommendQuery(recommend=models.RecommendInput(positive=holders[:2], negative=holders[2:4])),
+             using="image"),
+        dict(query=models.RecommendQuery(recommend=models.RecommendInput(
+            positive=[holders[4], _vec(rng, SIZES["image"])])), using="image"),
+        dict(query=models.RecommendQuery(recommend=models.RecommendInput(positive=[1, 2], negative=[3])),
+             using="image", lookup_from=models.LookupLocation(collection=other, vector="img")),
+        dict(query=5, using="image", lookup_from=models.LookupLocation(collection=other, vector="img")),
+    ]
+    for i, q in enumerate(queries):
+        got = c.query_points(name, limit=8, **q).points
+        want = ref.query_points(name, limit=8, **q).points
+        _same_ranking(_hits(got), _hits(want), f"query {i}")
+    with pytest.raises(Exception, match="Not found: Collection"):
+        c.query_points(name, query=1, using="image", lookup_from=models.LookupLocation(collection="nope"))
+    with pytest.raises(Exception, match="Not existing vector name"):
+        c.query_points(name, query=1, using="image", lookup_from=models.LookupLocation(collection=other, vector="x"))

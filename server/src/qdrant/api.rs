@@ -351,6 +351,33 @@ pub enum QueryVector {
     Fusion(Fusion),
     /// None: the points passing the filter by ascending id, each scored 1.
     None,
+    /// Recommend by examples (Qdrant's `average_vector` strategy): nearest to the mean of the
+    /// positive examples, moved away from the mean of the negative ones
+    /// (`2·mean(positive) − mean(negative)`); examples given by id are left out.
+    Recommend {
+        /// Liked examples (at least one).
+        positive: Vec<Example>,
+        /// Disliked examples.
+        negative: Vec<Example>,
+    },
+}
+
+/// An example of a recommendation: a vector, or a stored point's.
+#[derive(Debug, Clone)]
+pub enum Example {
+    /// These values.
+    Dense(Vec<f32>),
+    /// The vector of this point.
+    Point(PointKey),
+}
+
+/// Where a query by point id takes the point's vector from (Qdrant's `lookup_from`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LookupFrom {
+    /// The collection (or alias) holding the point.
+    pub collection: String,
+    /// The vector of it (`None`: the query's `using`).
+    pub vector: Option<String>,
 }
 
 /// One nearest-neighbour query.
@@ -358,6 +385,8 @@ pub enum QueryVector {
 pub struct QuerySpec {
     /// What it searches with.
     pub vector: QueryVector,
+    /// A point id's vector is read from this collection, not the one searched.
+    pub lookup_from: Option<LookupFrom>,
     /// The vector it searches (`""`: the unnamed dense vector).
     pub using: String,
     /// Queries whose results this one ranks (fuses, or scores again with its vector).
@@ -1479,8 +1508,9 @@ impl QdrantApi {
             let kind = t.form.kind_of(&format!("{field}using"), &q.using)?;
             let vector = match &q.vector {
                 QueryVector::Point(key) => {
-                    let sel = VectorSel::Only(vec![q.using.clone()]);
-                    let found = self.get(t.name, vec![*key], PayloadSel::None, sel).await?;
+                    let (from, name) = self.lookup_source(t, q, field).await?;
+                    let sel = VectorSel::Only(vec![name.clone()]);
+                    let found = self.get(from, vec![*key], PayloadSel::None, sel).await?;
                     let v = found.into_iter().next().and_then(|r| match r.vector? {
                         VectorsOut::Unnamed(d) => Some(VectorIn::Dense(d)),
                         VectorsOut::Named(mut n) => Some(match n.pop()?.1 {
@@ -1490,12 +1520,70 @@ impl QdrantApi {
                     });
                     let Some(v) = v else {
                         return Err(Status::not_found(format!(
-                            "{field}query: no point with id {} holding the vector `{}`",
+                            "{field}query: no point with id {} holding the vector `{name}` in `{from}`",
                             key.to_json(),
-                            q.using
                         )));
                     };
                     v
+                }
+                QueryVector::Recommend { positive, negative } => {
+                    let mean = |examples: &'a [Example]| async move {
+                        let mut sum: Vec<f64> = Vec::new();
+                        for e in examples {
+                            let v = match e {
+                                Example::Dense(d) => d.clone(),
+                                Example::Point(key) => {
+                                    self.example_vector(t, q, field, *key).await?
+                                }
+                            };
+                            if sum.is_empty() {
+                                sum = vec![0.0; v.len()];
+                            }
+                            if v.len() != sum.len() {
+                                return Err(invalid(
+                                    &format!("{field}query.recommend"),
+                                    format!(
+                                        "examples of different sizes ({} and {})",
+                                        sum.len(),
+                                        v.len()
+                                    ),
+                                ));
+                            }
+                            sum.iter_mut()
+                                .zip(&v)
+                                .for_each(|(s, x)| *s += f64::from(*x));
+                        }
+                        let n = examples.len().max(1) as f64;
+                        Ok::<Vec<f64>, Status>(sum.into_iter().map(|s| s / n).collect())
+                    };
+                    if positive.is_empty() {
+                        return Err(invalid(
+                            &format!("{field}query.recommend.positive"),
+                            "empty: the average_vector strategy needs a positive example",
+                        ));
+                    }
+                    let p = mean(positive).await?;
+                    let v: Vec<f32> = match negative.is_empty() {
+                        true => p.iter().map(|&x| x as f32).collect(),
+                        false => {
+                            let n = mean(negative).await?;
+                            if n.len() != p.len() {
+                                return Err(invalid(
+                                    &format!("{field}query.recommend.negative"),
+                                    format!(
+                                        "size {}, where the positive examples have {}",
+                                        n.len(),
+                                        p.len()
+                                    ),
+                                ));
+                            }
+                            p.iter()
+                                .zip(&n)
+                                .map(|(a, b)| (2.0 * a - b) as f32)
+                                .collect()
+                        }
+                    };
+                    VectorIn::Dense(v)
                 }
                 QueryVector::Dense(v) => VectorIn::Dense(v.clone()),
                 QueryVector::Sparse(v) => VectorIn::Sparse(v.clone()),
@@ -1594,6 +1682,56 @@ impl QdrantApi {
                 });
             }
             Ok(ranked)
+        })
+    }
+
+    /// Where a query's point ids take their vectors from: the collection (its own, or
+    /// `lookup_from`'s) and the vector's name, checked to exist there.
+    async fn lookup_source<'q>(
+        &self,
+        t: &'q Target<'_>,
+        q: &'q QuerySpec,
+        field: &str,
+    ) -> Result<(&'q str, &'q String), Status> {
+        let Some(l) = &q.lookup_from else {
+            return Ok((t.name, &q.using));
+        };
+        let name = l.vector.as_ref().unwrap_or(&q.using);
+        let form = self.form(&l.collection).await.map_err(|s| match s.code() {
+            tonic::Code::NotFound => Status::not_found(format!(
+                "{field}lookup_from: Not found: Collection `{}` doesn't exist!",
+                l.collection
+            )),
+            _ => s,
+        })?;
+        form.kind_of(&format!("{field}lookup_from.vector"), name)?;
+        Ok((l.collection.as_str(), name))
+    }
+
+    /// The dense vector of the point `key` a recommendation names (from `lookup_from`'s
+    /// collection when the query has one).
+    async fn example_vector(
+        &self,
+        t: &Target<'_>,
+        q: &QuerySpec,
+        field: &str,
+        key: PointKey,
+    ) -> Result<Vec<f32>, Status> {
+        let (from, name) = self.lookup_source(t, q, field).await?;
+        let sel = VectorSel::Only(vec![name.clone()]);
+        let found = self.get(from, vec![key], PayloadSel::None, sel).await?;
+        let v = found.into_iter().next().and_then(|r| match r.vector? {
+            VectorsOut::Unnamed(d) => Some(d),
+            VectorsOut::Named(mut n) => match n.pop()?.1 {
+                super::vectors::VectorOut::Dense(d) => Some(d),
+                super::vectors::VectorOut::Sparse(_) => None,
+            },
+        });
+        v.ok_or_else(|| {
+            Status::not_found(format!(
+                "{field}query: no point with id {} holding the dense vector `{name}` in `{from}`",
+                key.to_json()
+            ))
         })
     }
 
@@ -1697,11 +1835,30 @@ fn count_prefetches(q: &QuerySpec) -> usize {
 
 /// The internal ids of the points a query and its prefetches query by.
 fn referenced_ids(q: &QuerySpec, out: &mut Vec<u64>) {
-    if let QueryVector::Point(k) = &q.vector {
-        out.push(k.internal());
+    // (A point looked up in another collection is not one of this one's.)
+    match (&q.vector, &q.lookup_from) {
+        (QueryVector::Point(k), None) => out.push(k.internal()),
+        (QueryVector::Recommend { positive, negative }, None) => {
+            out.extend(positive.iter().chain(negative).filter_map(|e| match e {
+                Example::Point(k) => Some(k.internal()),
+                Example::Dense(_) => None,
+            }))
+        }
+        _ => {}
     }
     for p in &q.prefetch {
         referenced_ids(p, out);
+    }
+}
+
+/// The collections a query (and its prefetches) reads points from besides its own
+/// (`lookup_from`): a key must reach them too.
+pub fn lookup_collections(q: &QuerySpec, out: &mut Vec<String>) {
+    if let Some(l) = &q.lookup_from {
+        out.push(l.collection.clone());
+    }
+    for p in &q.prefetch {
+        lookup_collections(p, out);
     }
 }
 

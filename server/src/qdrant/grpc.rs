@@ -11,9 +11,9 @@ use serde_json::{Map, Value};
 use tonic::{Request, Response, Status};
 
 use super::api::{
-    AliasAction, CreateSpec, Datatype, DatatypeName, Distance, InfoView, PayloadSel, PointIn,
-    PointVectorsIn, QdrantApi, QuerySpec, QueryVector, Record, Scored, Selector, UpdateOp,
-    VectorForm, NO_DENSE_VECTOR,
+    AliasAction, CreateSpec, Datatype, DatatypeName, Distance, Example, InfoView, LookupFrom,
+    PayloadSel, PointIn, PointVectorsIn, QdrantApi, QuerySpec, QueryVector, Record, Scored,
+    Selector, UpdateOp, VectorForm, NO_DENSE_VECTOR,
 };
 use super::filter::{from_grpc, point_id, point_key};
 use super::fusion::Fusion;
@@ -60,6 +60,19 @@ impl QdrantGrpc {
         Ok(())
     }
 
+    /// Refuses queries reading points (`lookup_from`) from a collection the call's key does
+    /// not reach (an alias: nor its collection).
+    fn reach_lookups<T>(&self, req: &Request<T>, specs: &[QuerySpec]) -> Result<(), Status> {
+        let mut names = Vec::new();
+        for q in specs {
+            super::api::lookup_collections(q, &mut names);
+        }
+        names
+            .iter()
+            .try_for_each(|n| self.reach(req, n))
+            .map_err(|s| rename_status(s, "collection_name", "lookup_from.collection_name"))
+    }
+
     fn record<T>(&self, method: &str, r: Result<T, Status>) -> Result<T, Status> {
         let code = match &r {
             Ok(_) => tonic::Code::Ok,
@@ -67,6 +80,14 @@ impl QdrantGrpc {
         };
         self.registry.metrics().request(method, code);
         r
+    }
+}
+
+/// `s` with its message's field `from` named `to`.
+fn rename_status(s: Status, from: &str, to: &str) -> Status {
+    match s.message().strip_prefix(from) {
+        Some(rest) => Status::new(s.code(), format!("{to}{rest}")),
+        None => s,
     }
 }
 
@@ -498,7 +519,7 @@ struct QueryParts<'a> {
     params: Option<&'a proto::SearchParams>,
     score_threshold: Option<f32>,
     limit: Option<u64>,
-    lookup_from: bool,
+    lookup_from: Option<&'a proto::LookupLocation>,
 }
 
 fn query_spec(field: &str, q: &proto::QueryPoints) -> Result<QuerySpec, Status> {
@@ -512,7 +533,7 @@ fn query_spec(field: &str, q: &proto::QueryPoints) -> Result<QuerySpec, Status> 
             params: q.params.as_ref(),
             score_threshold: q.score_threshold,
             limit: q.limit,
-            lookup_from: q.lookup_from.is_some(),
+            lookup_from: q.lookup_from.as_ref(),
         },
         0,
     )?;
@@ -534,9 +555,6 @@ fn query_parts(field: &str, q: QueryParts<'_>, depth: usize) -> Result<QuerySpec
             format!("more than {MAX_PREFETCH_DEPTH} levels of prefetch"),
         ));
     }
-    if q.lookup_from {
-        return Err(unsupported(&format!("{field}lookup_from")));
-    }
     let prefetch = q
         .prefetch
         .iter()
@@ -552,7 +570,7 @@ fn query_parts(field: &str, q: QueryParts<'_>, depth: usize) -> Result<QuerySpec
                     params: p.params.as_ref(),
                     score_threshold: p.score_threshold,
                     limit: p.limit,
-                    lookup_from: p.lookup_from.is_some(),
+                    lookup_from: p.lookup_from.as_ref(),
                 },
                 depth + 1,
             )
@@ -580,6 +598,35 @@ fn query_parts(field: &str, q: QueryParts<'_>, depth: usize) -> Result<QuerySpec
             }
             None => return Err(invalid(&format!("{field}query.nearest"), "empty")),
         },
+        Some(Variant::Recommend(r)) => {
+            // Qdrant's `RecommendStrategy` enum: 0 average_vector, 1 best_score, 2 sum_scores.
+            if r.strategy.unwrap_or(0) != 0 {
+                return Err(unsupported(&format!(
+                    "{field}query.recommend.strategy: the best_score and sum_scores strategies"
+                )));
+            }
+            let examples = |name: &str, list: &[proto::VectorInput]| {
+                list.iter()
+                    .enumerate()
+                    .map(|(i, e)| {
+                        let at = format!("{field}query.recommend.{name}[{i}]");
+                        match &e.variant {
+                            Some(Input::Dense(d)) => Ok(Example::Dense(d.data.clone())),
+                            Some(Input::Id(id)) => Ok(Example::Point(point_key(&at, id)?)),
+                            Some(Input::Sparse(_)) => Err(unsupported(&format!(
+                                "{at}: sparse recommendation examples"
+                            ))),
+                            Some(_) => Err(unsupported(&format!("{at}: such examples"))),
+                            None => Err(invalid(&at, "empty")),
+                        }
+                    })
+                    .collect::<Result<Vec<_>, Status>>()
+            };
+            QueryVector::Recommend {
+                positive: examples("positive", &r.positive)?,
+                negative: examples("negative", &r.negative)?,
+            }
+        }
         // Qdrant's `Fusion` enum: 0 RRF, 1 DBSF.
         Some(Variant::Fusion(0)) => QueryVector::Fusion(Fusion::Rrf),
         Some(Variant::Fusion(1)) => QueryVector::Fusion(Fusion::Dbsf),
@@ -610,6 +657,10 @@ fn query_parts(field: &str, q: QueryParts<'_>, depth: usize) -> Result<QuerySpec
     let (nprobe, refine_factor, exact) = params(q.params);
     Ok(QuerySpec {
         vector,
+        lookup_from: q.lookup_from.map(|l| LookupFrom {
+            collection: l.collection_name.clone(),
+            vector: l.vector_name.clone(),
+        }),
         using: q.using.unwrap_or_default().to_string(),
         prefetch,
         filter: from_grpc(&format!("{field}filter"), q.filter)?,
@@ -645,6 +696,7 @@ fn search_spec(field: &str, s: &proto::SearchPoints) -> Result<QuerySpec, Status
     let (nprobe, refine_factor, exact) = params(s.params.as_ref());
     Ok(QuerySpec {
         vector,
+        lookup_from: None,
         using: s.vector_name.clone().unwrap_or_default(),
         prefetch: Vec::new(),
         filter: from_grpc(&format!("{field}filter"), s.filter.as_ref())?,
@@ -1608,8 +1660,9 @@ impl Points for QdrantGrpc {
         let timeout = timeout_of(&req, req.get_ref().timeout);
         let r = async {
             self.reach(&req, &req.get_ref().collection_name)?;
+            let spec = query_spec("", req.get_ref())?;
+            self.reach_lookups(&req, std::slice::from_ref(&spec))?;
             let r = req.into_inner();
-            let spec = query_spec("", &r)?;
             let mut hits = self
                 .api
                 .query(client, &r.collection_name, vec![spec], timeout)
@@ -1637,10 +1690,11 @@ impl Points for QdrantGrpc {
         let timeout = timeout_of(&req, req.get_ref().timeout);
         let r = async {
             self.reach(&req, &req.get_ref().collection_name)?;
-            let r = req.into_inner();
-            let mut specs = Vec::with_capacity(r.query_points.len());
-            for (i, q) in r.query_points.iter().enumerate() {
-                if !q.collection_name.is_empty() && q.collection_name != r.collection_name {
+            let mut specs = Vec::with_capacity(req.get_ref().query_points.len());
+            for (i, q) in req.get_ref().query_points.iter().enumerate() {
+                if !q.collection_name.is_empty()
+                    && q.collection_name != req.get_ref().collection_name
+                {
                     return Err(invalid(
                         &format!("query_points[{i}].collection_name"),
                         "differs from the batch's collection",
@@ -1648,6 +1702,8 @@ impl Points for QdrantGrpc {
                 }
                 specs.push(query_spec(&format!("query_points[{i}]."), q)?);
             }
+            self.reach_lookups(&req, &specs)?;
+            let r = req.into_inner();
             let hits = self
                 .api
                 .query(client, &r.collection_name, specs, timeout)

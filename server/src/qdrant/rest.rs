@@ -23,9 +23,9 @@ use serde_json::{json, Map, Value};
 use tonic::{Code, Status};
 
 use super::api::{
-    AliasAction, CreateSpec, Datatype, Distance, InfoView, PayloadSel, PointIn, PointVectorsIn,
-    QdrantApi, QuerySpec, QueryVector, Record, Scored, Selector, UpdateOp, VectorForm,
-    NO_DENSE_VECTOR,
+    AliasAction, CreateSpec, Datatype, Distance, Example, InfoView, LookupFrom, PayloadSel,
+    PointIn, PointVectorsIn, QdrantApi, QuerySpec, QueryVector, Record, Scored, Selector, UpdateOp,
+    VectorForm, NO_DENSE_VECTOR,
 };
 use super::filter::from_rest;
 use super::fusion::Fusion;
@@ -149,6 +149,33 @@ impl Rest {
             }
         }
         Ok(Caller { client, scope })
+    }
+
+    /// Refuses queries reading points (`lookup_from`) from a collection the key does not
+    /// reach (an alias: nor its collection).
+    fn reach_lookups(
+        &self,
+        scope: Option<&crate::auth::Scope>,
+        specs: &[QuerySpec],
+    ) -> Result<(), Status> {
+        let Some(scope) = scope else {
+            return Ok(());
+        };
+        let mut names = Vec::new();
+        for q in specs {
+            super::api::lookup_collections(q, &mut names);
+        }
+        for name in &names {
+            let target = self.api.collection_of(name);
+            for n in std::iter::once(name.as_str()).chain(target.as_deref().filter(|t| t != name)) {
+                if !scope.reaches(n) {
+                    return Err(Status::permission_denied(format!(
+                        "the API key does not reach collection {n:?}"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Runs an operation needing `need` on `collection` (`None`: on none) and answers in
@@ -560,6 +587,7 @@ fn search_in(field: &str, b: &Map<String, Value>) -> Result<QuerySpec, Status> {
             VectorIn::Dense(d) => QueryVector::Dense(d),
             VectorIn::Sparse(v) => QueryVector::Sparse(v),
         },
+        lookup_from: None,
         using,
         prefetch: Vec::new(),
         filter: from_rest(&f("filter"), b.get("filter"))?,
@@ -577,6 +605,62 @@ fn search_in(field: &str, b: &Map<String, Value>) -> Result<QuerySpec, Status> {
     })
 }
 
+/// A `recommend` query: `{"positive": […], "negative": […], "strategy": "average_vector"}`,
+/// each example a vector or a point id.
+fn recommend_in(field: &str, v: &Value) -> Result<QueryVector, Status> {
+    let Value::Object(o) = v else {
+        return Err(invalid(
+            field,
+            "expected {\"positive\": […], \"negative\": […]}",
+        ));
+    };
+    match o.get("strategy") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if s == "average_vector" => {}
+        Some(Value::String(s)) if s == "best_score" || s == "sum_scores" => {
+            return Err(unsupported(&format!("{field}.strategy: the {s} strategy")))
+        }
+        Some(_) => {
+            return Err(invalid(
+                &format!("{field}.strategy"),
+                "expected average_vector, best_score or sum_scores",
+            ))
+        }
+    }
+    let examples = |name: &str| -> Result<Vec<Example>, Status> {
+        match o.get(name) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(list)) => list
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    let at = format!("{field}.{name}[{i}]");
+                    match e {
+                        Value::Number(_) | Value::String(_) => {
+                            Ok(Example::Point(PointKey::from_json(&at, e)?))
+                        }
+                        Value::Array(_) => match vector_in(&at, Some(e))? {
+                            VectorIn::Dense(d) => Ok(Example::Dense(d)),
+                            VectorIn::Sparse(_) => {
+                                Err(invalid(&at, "expected a vector or a point id"))
+                            }
+                        },
+                        Value::Object(_) => {
+                            Err(unsupported(&format!("{at}: sparse or inferred examples")))
+                        }
+                        _ => Err(invalid(&at, "expected a vector or a point id")),
+                    }
+                })
+                .collect(),
+            Some(_) => Err(invalid(&format!("{field}.{name}"), "expected a list")),
+        }
+    };
+    Ok(QueryVector::Recommend {
+        positive: examples("positive")?,
+        negative: examples("negative")?,
+    })
+}
+
 /// The vector of a `query`: a vector, a point id, or `{"nearest": …}` of either.
 fn query_vector(field: &str, v: Option<&Value>) -> Result<QueryVector, Status> {
     match v.filter(|v| !v.is_null()) {
@@ -591,6 +675,9 @@ fn query_vector(field: &str, v: Option<&Value>) -> Result<QueryVector, Status> {
         },
         Some(Value::Object(o)) => {
             if let Some(n) = o.get("nearest") {
+                if o.get("mmr").is_some_and(|m| !m.is_null()) {
+                    return Err(unsupported(&format!("{field}: `mmr` queries")));
+                }
                 return query_vector(&format!("{field}.nearest"), Some(n));
             }
             if o.contains_key("indices") {
@@ -598,6 +685,9 @@ fn query_vector(field: &str, v: Option<&Value>) -> Result<QueryVector, Status> {
                     VectorIn::Dense(d) => Ok(QueryVector::Dense(d)),
                     VectorIn::Sparse(s) => Ok(QueryVector::Sparse(s)),
                 };
+            }
+            if let Some(r) = o.get("recommend") {
+                return recommend_in(&format!("{field}.recommend"), r);
             }
             if let Some(f) = o.get("fusion") {
                 return match f.as_str() {
@@ -634,9 +724,26 @@ fn query_at(field: &str, b: &Map<String, Value>, depth: usize) -> Result<QuerySp
             format!("more than {MAX_PREFETCH_DEPTH} levels of prefetch"),
         ));
     }
-    if b.get("lookup_from").is_some_and(|p| !p.is_null()) {
-        return Err(unsupported(&f("lookup_from")));
-    }
+    let lookup_from = match b.get("lookup_from") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(o)) => Some(LookupFrom {
+            collection: match o.get("collection") {
+                Some(Value::String(c)) => c.clone(),
+                _ => {
+                    return Err(invalid(
+                        &f("lookup_from.collection"),
+                        "expected a collection name",
+                    ))
+                }
+            },
+            vector: match o.get("vector") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(v)) => Some(v.clone()),
+                Some(_) => return Err(invalid(&f("lookup_from.vector"), "expected a vector name")),
+            },
+        }),
+        Some(_) => return Err(invalid(&f("lookup_from"), "expected {\"collection\": …}")),
+    };
     // One prefetch or a list of them.
     let prefetch = match b.get("prefetch") {
         None | Some(Value::Null) => Vec::new(),
@@ -667,6 +774,7 @@ fn query_at(field: &str, b: &Map<String, Value>, depth: usize) -> Result<QuerySp
     let (nprobe, refine_factor, exact) = params_in(&f("params"), b.get("params"))?;
     Ok(QuerySpec {
         vector: query_vector(&f("query"), b.get("query"))?,
+        lookup_from,
         using,
         prefetch,
         filter: from_rest(&f("filter"), b.get("filter"))?,
@@ -1943,9 +2051,10 @@ async fn query(
             &h,
             peer,
             Some(&name.clone()),
-            |Caller { client, .. }| async move {
+            |Caller { client, scope }| async move {
                 let b = Body::parse(&body)?;
                 let spec = query_in("", &b.0)?;
+                s.reach_lookups(scope.as_deref(), std::slice::from_ref(&spec))?;
                 let mut hits = s.api.query(client, &name, vec![spec], None).await?;
                 let points: Vec<Value> = hits
                     .pop()
@@ -1973,13 +2082,14 @@ async fn query_batch(
             &h,
             peer,
             Some(&name.clone()),
-            |Caller { client, .. }| async move {
+            |Caller { client, scope }| async move {
                 let b = Body::parse(&body)?;
                 let specs = batch_of(&b)?
                     .iter()
                     .enumerate()
                     .map(|(i, x)| query_in(&format!("searches[{i}]."), x))
                     .collect::<Result<Vec<_>, _>>()?;
+                s.reach_lookups(scope.as_deref(), &specs)?;
                 let hits = s.api.query(client, &name, specs, None).await?;
                 Ok(Value::Array(
                     hits.into_iter()

@@ -267,7 +267,7 @@ impl<B: Backend> Version<B> {
     ) -> Result<Neighbors, EngineError> {
         let mut parts = Vec::with_capacity(self.len());
         for s in self.all() {
-            let (set, _) = s.dense_set(key, metric, dim);
+            let (set, dead) = s.dense_set(key, metric, dim);
             if set.is_empty() {
                 continue;
             }
@@ -276,7 +276,11 @@ impl<B: Backend> Version<B> {
                     .into_iter()
                     .collect()
             });
-            let keep = |id: u64| s.contains(id) && allowed.as_ref().is_none_or(|a| a.contains(&id));
+            // The set holds the points live when it was gathered; those deleted since are
+            // `dead` (the appendable segment's set is dropped by any write to it).
+            let dead: std::collections::HashSet<u64> = dead.into_iter().collect();
+            let keep =
+                |id: u64| !dead.contains(&id) && allowed.as_ref().is_none_or(|a| a.contains(&id));
             parts.push(set.search(queries, k, &keep)?);
         }
         let nq = queries.len() / dim.max(1);
