@@ -47,6 +47,7 @@ impl PreAdmitted {
 const METHODS: &[(&str, u64)] = &[
     ("/quiver.v1.Quiver/Upsert", 3),
     ("/qdrant.Points/Upsert", 5),
+    ("/qdrant.Points/UpdateBatch", 5),
 ];
 
 /// Layer admitting large gRPC writes by their message prefix (see the module doc).

@@ -256,7 +256,8 @@ def test_outside_the_supported_surface_is_refused_by_name(qserver, prefer_grpc):
     assert [h.id for h in hits] == [1, 2] and hits[0].score == pytest.approx(0.0, abs=1e-6)
     assert hits[1].score == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(err) as e:
-        c.query_points("c", query=models.RecommendQuery(recommend=models.RecommendInput(positive=[1])))
+        c.query_points("c", query=models.DiscoverQuery(discover=models.DiscoverInput(
+            target=1, context=[models.ContextPair(positive=2, negative=3)])))
     check_unsupported(e.value, prefer_grpc)
     # A vector name the collection lacks is bad input, as in Qdrant.
     with pytest.raises(grpc.RpcError if prefer_grpc else UnexpectedResponse) as e:

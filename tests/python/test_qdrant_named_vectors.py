@@ -279,6 +279,9 @@ def test_recommend_and_lookup_from_as_local_mode(qserver, reference, prefer_grpc
         dict(query=models.RecommendQuery(recommend=models.RecommendInput(positive=[1, 2], negative=[3])),
              using="image", lookup_from=models.LookupLocation(collection=other, vector="img")),
         dict(query=5, using="image", lookup_from=models.LookupLocation(collection=other, vector="img")),
+        # A lookup in the collection itself: its points named by id are left out.
+        dict(query=models.RecommendQuery(recommend=models.RecommendInput(positive=holders[:3])),
+             using="image", lookup_from=models.LookupLocation(collection=name, vector="image")),
     ]
     for i, q in enumerate(queries):
         got = c.query_points(name, limit=8, **q).points
@@ -288,3 +291,6 @@ def test_recommend_and_lookup_from_as_local_mode(qserver, reference, prefer_grpc
         c.query_points(name, query=1, using="image", lookup_from=models.LookupLocation(collection="nope"))
     with pytest.raises(Exception, match="Not existing vector name"):
         c.query_points(name, query=1, using="image", lookup_from=models.LookupLocation(collection=other, vector="x"))
+    with pytest.raises(Exception, match="examples exceed the limit"):
+        c.query_points(name, using="image", query=models.RecommendQuery(
+            recommend=models.RecommendInput(positive=list(range(300)))))

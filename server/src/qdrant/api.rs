@@ -1118,12 +1118,14 @@ impl QdrantApi {
     /// Applies a batch of updates in order, each as its own operation (durable and visible
     /// before the next starts, as Qdrant applies a batch); the first that fails stops the
     /// batch, its error naming it (`operations[i]`), the ones before it staying applied.
-    /// Answers how many were applied.
+    /// Answers how many were applied. `admitted`: the batch's share of the write budget,
+    /// taken already (its first upsert holds it; later ones take their own).
     pub async fn update_batch(
         &self,
         client: Client,
         name: &str,
         ops: Vec<UpdateOp>,
+        admitted: Option<crate::admission::PreAdmitted>,
     ) -> Result<usize, Status> {
         self.router.meta(name).await?;
         let max = self.limits().max_queries_per_request;
@@ -1140,7 +1142,8 @@ impl QdrantApi {
         for (i, op) in ops.into_iter().enumerate() {
             let r = match op {
                 UpdateOp::Upsert { points, mode } => {
-                    self.upsert(client, name, points, mode, None).await
+                    self.upsert(client, name, points, mode, admitted.clone())
+                        .await
                 }
                 UpdateOp::Delete(sel) => self.delete_points(client, name, sel).await,
                 UpdateOp::SetPayload {
@@ -1161,7 +1164,7 @@ impl QdrantApi {
                     self.delete_vectors(name, selector, names).await
                 }
             };
-            r.map_err(|e| Status::new(e.code(), format!("operations[{i}].{}", e.message())))?;
+            r.map_err(|e| Status::new(e.code(), format!("operations[{i}]: {}", e.message())))?;
         }
         Ok(n)
     }
@@ -1402,8 +1405,23 @@ impl QdrantApi {
             }
             // The points a query names by id are left out of every ranking of it, as Qdrant
             // leaves them out: a filter every level of prefetch inherits.
+            if let Some(n) = examples_over(&q, MAX_EXAMPLES) {
+                return Err(invalid(
+                    &format!("{field}query.recommend"),
+                    format!("{n} examples exceed the limit of {MAX_EXAMPLES}"),
+                ));
+            }
+            // A lookup in this very collection (or an alias of it) names its own points.
+            let this = self.collection_of(name).unwrap_or_else(|| name.to_string());
+            let own = |l: &LookupFrom| {
+                l.collection == name
+                    || self
+                        .collection_of(&l.collection)
+                        .unwrap_or_else(|| l.collection.clone())
+                        == this
+            };
             let mut referenced = Vec::new();
-            referenced_ids(&q, &mut referenced);
+            referenced_ids(&q, &own, &mut referenced);
             let root =
                 (!referenced.is_empty()).then(|| json!({"must_not": [{"has_id": referenced}]}));
             let ranked = self.rank(&target, &q, &field, &caller, root).await?;
@@ -1536,6 +1554,12 @@ impl QdrantApi {
                                     self.example_vector(t, q, field, *key).await?
                                 }
                             };
+                            if v.is_empty() {
+                                return Err(invalid(
+                                    &format!("{field}query.recommend"),
+                                    "an empty example vector",
+                                ));
+                            }
                             if sum.is_empty() {
                                 sum = vec![0.0; v.len()];
                             }
@@ -1821,6 +1845,10 @@ struct Ranked {
     higher_better: bool,
 }
 
+/// Most examples (positive and negative) in one recommendation (those named by id are read
+/// one by one and left out of the answer by a filter).
+pub const MAX_EXAMPLES: usize = 256;
+
 /// Longest vector name.
 pub const MAX_VECTOR_NAME_BYTES: usize = 256;
 
@@ -1834,21 +1862,36 @@ fn count_prefetches(q: &QuerySpec) -> usize {
 }
 
 /// The internal ids of the points a query and its prefetches query by.
-fn referenced_ids(q: &QuerySpec, out: &mut Vec<u64>) {
-    // (A point looked up in another collection is not one of this one's.)
-    match (&q.vector, &q.lookup_from) {
-        (QueryVector::Point(k), None) => out.push(k.internal()),
-        (QueryVector::Recommend { positive, negative }, None) => {
-            out.extend(positive.iter().chain(negative).filter_map(|e| match e {
-                Example::Point(k) => Some(k.internal()),
-                Example::Dense(_) => None,
-            }))
+/// (`own`: a `lookup_from` naming the queried collection itself; a point looked up in another
+/// collection is not one of this one's.)
+fn referenced_ids(q: &QuerySpec, own: &dyn Fn(&LookupFrom) -> bool, out: &mut Vec<u64>) {
+    if q.lookup_from.as_ref().is_none_or(own) {
+        match &q.vector {
+            QueryVector::Point(k) => out.push(k.internal()),
+            QueryVector::Recommend { positive, negative } => {
+                out.extend(positive.iter().chain(negative).filter_map(|e| match e {
+                    Example::Point(k) => Some(k.internal()),
+                    Example::Dense(_) => None,
+                }))
+            }
+            _ => {}
         }
-        _ => {}
     }
     for p in &q.prefetch {
-        referenced_ids(p, out);
+        referenced_ids(p, own, out);
     }
+}
+
+/// The count of a query's (or one of its prefetches') recommendation examples when over
+/// `max`.
+fn examples_over(q: &QuerySpec, max: usize) -> Option<usize> {
+    if let QueryVector::Recommend { positive, negative } = &q.vector {
+        let n = positive.len() + negative.len();
+        if n > max {
+            return Some(n);
+        }
+    }
+    q.prefetch.iter().find_map(|p| examples_over(p, max))
 }
 
 /// The collections a query (and its prefetches) reads points from besides its own

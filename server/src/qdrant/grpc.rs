@@ -1433,6 +1433,10 @@ impl Points for QdrantGrpc {
     ) -> Result<Response<proto::UpdateBatchResponse>, Status> {
         let start = Instant::now();
         let client = client_of(&req);
+        let admitted = req
+            .extensions()
+            .get::<crate::admission::PreAdmitted>()
+            .cloned();
         let r = async {
             self.reach(&req, &req.get_ref().collection_name)?;
             let r = req.into_inner();
@@ -1444,7 +1448,7 @@ impl Points for QdrantGrpc {
                 .collect::<Result<Vec<_>, _>>()?;
             let n = self
                 .api
-                .update_batch(client, &r.collection_name, ops)
+                .update_batch(client, &r.collection_name, ops, admitted)
                 .await?;
             let one = done(r.wait).result.unwrap_or_default();
             Ok(Response::new(proto::UpdateBatchResponse {

@@ -151,6 +151,28 @@ impl Rest {
         Ok(Caller { client, scope })
     }
 
+    /// A write's body, read after its share of the write budget is taken by its declared
+    /// length (`declared`), so many large writes at once hold at most the budget.
+    async fn admitted_body(
+        &self,
+        declared: u64,
+        body: axum::body::Body,
+    ) -> Result<(crate::admission::PreAdmitted, Body), Status> {
+        let share = crate::admission::PreAdmitted::new(
+            self.budget
+                .take(declared.saturating_mul(REST_UPSERT_SHARE))?,
+        );
+        let body = axum::body::to_bytes(body, self.max_body)
+            .await
+            .map_err(|e| {
+                invalid(
+                    "body",
+                    format!("could not be read within {} bytes: {e}", self.max_body),
+                )
+            })?;
+        Ok((share, Body::parse(&body)?))
+    }
+
     /// Refuses queries reading points (`lookup_from`) from a collection the key does not
     /// reach (an alias: nor its collection).
     fn reach_lookups(
@@ -1542,16 +1564,7 @@ async fn upsert(
             peer,
             Some(&name.clone()),
             |Caller { client, .. }| async move {
-                let share = crate::admission::PreAdmitted::new(
-                    s.budget.take(declared.saturating_mul(REST_UPSERT_SHARE))?,
-                );
-                let body = axum::body::to_bytes(body, s.max_body).await.map_err(|e| {
-                    invalid(
-                        "body",
-                        format!("could not be read within {} bytes: {e}", s.max_body),
-                    )
-                })?;
-                let b = Body::parse(&body)?;
+                let (share, b) = s.admitted_body(declared, body).await?;
                 if b.get("update_filter").is_some() {
                     return Err(unsupported("update_filter: conditional upserts"));
                 }
@@ -1824,8 +1837,15 @@ async fn update_batch(
     ConnectInfo(PeerAddr(peer)): Peer,
     Path(name): Path<String>,
     h: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
+    // Admitted as an upsert is: its share of the write budget taken by its declared length
+    // before the body is read.
+    let declared = h
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(s.max_body as u64)
+        .min(s.max_body as u64);
     s.clone()
         .run(
             "batch_update",
@@ -1834,7 +1854,7 @@ async fn update_batch(
             peer,
             Some(&name.clone()),
             |Caller { client, .. }| async move {
-                let b = Body::parse(&body)?;
+                let (share, b) = s.admitted_body(declared, body).await?;
                 let Some(Value::Array(list)) = b.get("operations") else {
                     return Err(invalid("operations", "expected a list of operations"));
                 };
@@ -1843,7 +1863,7 @@ async fn update_batch(
                     .enumerate()
                     .map(|(i, v)| update_op_in(&format!("operations[{i}]"), v))
                     .collect::<Result<Vec<_>, _>>()?;
-                let n = s.api.update_batch(client, &name, ops).await?;
+                let n = s.api.update_batch(client, &name, ops, Some(share)).await?;
                 Ok(Value::Array(vec![update_result(); n]))
             },
         )
