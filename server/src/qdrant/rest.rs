@@ -697,9 +697,6 @@ fn query_vector(field: &str, v: Option<&Value>) -> Result<QueryVector, Status> {
         },
         Some(Value::Object(o)) => {
             if let Some(n) = o.get("nearest") {
-                if o.get("mmr").is_some_and(|m| !m.is_null()) {
-                    return Err(unsupported(&format!("{field}: `mmr` queries")));
-                }
                 return query_vector(&format!("{field}.nearest"), Some(n));
             }
             if o.contains_key("indices") {
