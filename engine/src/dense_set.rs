@@ -116,6 +116,19 @@ impl DenseSet {
         self.ids.len() * 8 + self.vectors.len() * 4
     }
 
+    /// Offers every row whose id `keep` accepts to `best`, scored against `query`'s examples
+    /// ([`crate::example_query`]).
+    pub fn offer_examples(
+        &self,
+        query: &crate::example_query::DenseExamples,
+        keep: &dyn Fn(u64) -> bool,
+        best: &mut crate::example_query::BestScores,
+    ) {
+        if query.dim() == self.dim {
+            query.offer(&self.vectors, &self.ids, keep, best);
+        }
+    }
+
     /// The exact `k` nearest neighbours of each query (row-major) among the rows whose id
     /// `keep` accepts, best first, padded with -1; distances as [`Metric::reported`] gives.
     pub fn search(

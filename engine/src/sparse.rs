@@ -206,6 +206,22 @@ impl SparseIndex {
             .is_some_and(|p| p.binary_search_by_key(&row, |e| e.0).is_ok())
     }
 
+    /// The id of row `row`.
+    pub fn id(&self, row: u32) -> u64 {
+        self.ids[row as usize]
+    }
+
+    /// Adds each row's dot product with `query` to `out[row]` (`out`: one value per row).
+    pub fn accumulate(&self, query: &SparseVector, out: &mut [f32]) {
+        for (t, &q) in query.indices.iter().zip(&query.values) {
+            if let Some(list) = self.postings.get(t) {
+                for &(row, w) in list {
+                    out[row as usize] += q * w;
+                }
+            }
+        }
+    }
+
     /// How many rows hold `term`.
     pub fn postings_len(&self, term: u32) -> usize {
         self.postings.get(&term).map_or(0, Vec::len)
@@ -285,6 +301,39 @@ impl SparseIndex {
             .take(k)
             .collect()
     }
+}
+
+/// The query of Qdrant's `average_vector` recommendation over sparse vectors: the mean of
+/// the positive examples (each term's weights summed over the examples, divided by their
+/// count), and with negative examples `2·mean(positive) − mean(negative)` over the union of
+/// their terms.
+pub fn average_vector(
+    positive: &[SparseVector],
+    negative: &[SparseVector],
+) -> Result<SparseVector, SparseError> {
+    let mean = |examples: &[SparseVector]| -> std::collections::BTreeMap<u32, f64> {
+        let mut sum = std::collections::BTreeMap::new();
+        for e in examples {
+            for (&t, &w) in e.indices.iter().zip(&e.values) {
+                *sum.entry(t).or_insert(0.0f64) += f64::from(w);
+            }
+        }
+        let n = examples.len().max(1) as f64;
+        sum.values_mut().for_each(|w| *w /= n);
+        sum
+    };
+    let mut p = mean(positive);
+    if !negative.is_empty() {
+        let n = mean(negative);
+        for w in p.values_mut() {
+            *w *= 2.0;
+        }
+        for (t, w) in n {
+            *p.entry(t).or_insert(0.0) -= w;
+        }
+    }
+    let (indices, values) = p.into_iter().map(|(t, w)| (t, w as f32)).unzip();
+    SparseVector::new(indices, values)
 }
 
 /// The best `k` of several parts' hits (each best first), best first, ties by ascending id.

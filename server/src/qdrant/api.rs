@@ -39,8 +39,9 @@ use crate::requests::{
     EditPayload, Get, Probes, QueryFilters, Router, Scroll, Search, SettingsEdit, StoredPoint,
     Upsert,
 };
-use crate::requests::{SpaceSearch, SparseSearch};
+use crate::requests::{ExampleSearch, ExampleSpace, ExampleVectors, SpaceSearch, SparseSearch};
 use crate::status::invalid;
+use quiver_engine::example_query::{average_vector, Scoring};
 use quiver_engine::sparse::SparseVector;
 use quiver_store::wal::RESERVED_KEY_PREFIX;
 
@@ -351,24 +352,132 @@ pub enum QueryVector {
     Fusion(Fusion),
     /// None: the points passing the filter by ascending id, each scored 1.
     None,
-    /// Recommend by examples (Qdrant's `average_vector` strategy): nearest to the mean of the
-    /// positive examples, moved away from the mean of the negative ones
-    /// (`2·mean(positive) − mean(negative)`); examples given by id are left out.
+    /// Recommend by examples; examples given by id are left out.
     Recommend {
-        /// Liked examples (at least one).
+        /// Liked examples.
         positive: Vec<Example>,
         /// Disliked examples.
         negative: Vec<Example>,
+        /// How the examples make a ranking.
+        strategy: Strategy,
+    },
+    /// Qdrant's discovery: points on the positive side of more context pairs first, among
+    /// equals those nearer the target; examples given by id are left out.
+    Discover {
+        /// The target.
+        target: Example,
+        /// The context pairs (may be none).
+        context: Vec<ContextPair>,
+    },
+    /// Qdrant's context search: points scored by how far they lie on the negative side of
+    /// each pair (0: on the positive side of all); examples given by id are left out.
+    Context {
+        /// The pairs (at least one).
+        pairs: Vec<ContextPair>,
     },
 }
 
-/// An example of a recommendation: a vector, or a stored point's.
+impl QueryVector {
+    /// The examples it names (recommendation, discovery and context queries).
+    fn examples(&self) -> Vec<&Example> {
+        match self {
+            QueryVector::Recommend {
+                positive, negative, ..
+            } => positive.iter().chain(negative).collect(),
+            QueryVector::Discover { target, context } => std::iter::once(target)
+                .chain(context.iter().flat_map(|p| [&p.positive, &p.negative]))
+                .collect(),
+            QueryVector::Context { pairs } => pairs
+                .iter()
+                .flat_map(|p| [&p.positive, &p.negative])
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// How a recommendation ranks points (Qdrant's `RecommendStrategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// Nearest to the mean of the positive examples moved away from the mean of the negative
+    /// ones (`2·mean(positive) − mean(negative)`); needs a positive example.
+    #[default]
+    AverageVector,
+    /// By the best similarity to a positive example against the best to a negative one
+    /// ([`Scoring::BestScore`]).
+    BestScore,
+    /// By the summed similarities to the positive examples less those to the negative ones
+    /// ([`Scoring::SumScores`]).
+    SumScores,
+}
+
+impl Strategy {
+    /// The strategy Qdrant names `name` (REST's snake case).
+    pub fn named(name: &str) -> Option<Strategy> {
+        match name {
+            "average_vector" => Some(Strategy::AverageVector),
+            "best_score" => Some(Strategy::BestScore),
+            "sum_scores" => Some(Strategy::SumScores),
+            _ => None,
+        }
+    }
+}
+
+/// A context pair of a discovery or context query.
+#[derive(Debug, Clone)]
+pub struct ContextPair {
+    /// The example a point should be more similar to.
+    pub positive: Example,
+    /// The example it should be less similar to.
+    pub negative: Example,
+}
+
+/// An example of a recommendation, discovery or context query: a vector, or a stored point's.
 #[derive(Debug, Clone)]
 pub enum Example {
     /// These values.
     Dense(Vec<f32>),
+    /// This sparse vector.
+    Sparse(SparseVector),
     /// The vector of this point.
     Point(PointKey),
+}
+
+/// Maximal marginal relevance over a nearest query's candidates ([`quiver_engine::mmr`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Mmr {
+    /// 0 (by relevance alone) to 1 (by difference from the points picked before).
+    pub diversity: f32,
+    /// Nearest candidates re-ranked (`None`: the query's limit).
+    pub candidates: Option<usize>,
+}
+
+impl Mmr {
+    /// Qdrant's defaults for what a request leaves out: diversity 0.5, the limit's
+    /// candidates; `diversity` checked to lie in [0, 1].
+    pub fn new(
+        field: &str,
+        diversity: Option<f32>,
+        candidates: Option<usize>,
+    ) -> Result<Mmr, Status> {
+        let diversity = diversity.unwrap_or(0.5);
+        if !(0.0..=1.0).contains(&diversity) {
+            return Err(invalid(
+                &format!("{field}.diversity"),
+                format!("{diversity} is out of range: it must be between 0 and 1"),
+            ));
+        }
+        if candidates == Some(0) {
+            return Err(invalid(
+                &format!("{field}.candidates_limit"),
+                "0: at least one candidate",
+            ));
+        }
+        Ok(Mmr {
+            diversity,
+            candidates,
+        })
+    }
 }
 
 /// Where a query by point id takes the point's vector from (Qdrant's `lookup_from`).
@@ -391,6 +500,8 @@ pub struct QuerySpec {
     pub using: String,
     /// Queries whose results this one ranks (fuses, or scores again with its vector).
     pub prefetch: Vec<QuerySpec>,
+    /// Re-rank the nearest candidates for diversity (a nearest query's `mmr`).
+    pub mmr: Option<Mmr>,
     /// Only points passing this filter (Quiver's filter text).
     pub filter: Option<String>,
     /// Hits to answer.
@@ -1407,7 +1518,7 @@ impl QdrantApi {
             // leaves them out: a filter every level of prefetch inherits.
             if let Some(n) = examples_over(&q, MAX_EXAMPLES) {
                 return Err(invalid(
-                    &format!("{field}query.recommend"),
+                    &format!("{field}query"),
                     format!("{n} examples exceed the limit of {MAX_EXAMPLES}"),
                 ));
             }
@@ -1524,94 +1635,73 @@ impl QdrantApi {
                 }
             };
             let kind = t.form.kind_of(&format!("{field}using"), &q.using)?;
+            if let Some(scoring) = example_scoring(&q.vector) {
+                return self
+                    .rank_by_examples(t, q, field, caller, kind, scoring, filter)
+                    .await;
+            }
             let vector = match &q.vector {
-                QueryVector::Point(key) => {
-                    let (from, name) = self.lookup_source(t, q, field).await?;
-                    let sel = VectorSel::Only(vec![name.clone()]);
-                    let found = self.get(from, vec![*key], PayloadSel::None, sel).await?;
-                    let v = found.into_iter().next().and_then(|r| match r.vector? {
-                        VectorsOut::Unnamed(d) => Some(VectorIn::Dense(d)),
-                        VectorsOut::Named(mut n) => Some(match n.pop()?.1 {
-                            super::vectors::VectorOut::Dense(d) => VectorIn::Dense(d),
-                            super::vectors::VectorOut::Sparse(s) => VectorIn::Sparse(s),
-                        }),
-                    });
-                    let Some(v) = v else {
-                        return Err(Status::not_found(format!(
-                            "{field}query: no point with id {} holding the vector `{name}` in `{from}`",
-                            key.to_json(),
-                        )));
-                    };
-                    v
-                }
-                QueryVector::Recommend { positive, negative } => {
-                    let mean = |examples: &'a [Example]| async move {
-                        let mut sum: Vec<f64> = Vec::new();
-                        for e in examples {
-                            let v = match e {
-                                Example::Dense(d) => d.clone(),
-                                Example::Point(key) => {
-                                    self.example_vector(t, q, field, *key).await?
-                                }
-                            };
-                            if v.is_empty() {
-                                return Err(invalid(
-                                    &format!("{field}query.recommend"),
-                                    "an empty example vector",
-                                ));
-                            }
-                            if sum.is_empty() {
-                                sum = vec![0.0; v.len()];
-                            }
-                            if v.len() != sum.len() {
-                                return Err(invalid(
-                                    &format!("{field}query.recommend"),
-                                    format!(
-                                        "examples of different sizes ({} and {})",
-                                        sum.len(),
-                                        v.len()
-                                    ),
-                                ));
-                            }
-                            sum.iter_mut()
-                                .zip(&v)
-                                .for_each(|(s, x)| *s += f64::from(*x));
-                        }
-                        let n = examples.len().max(1) as f64;
-                        Ok::<Vec<f64>, Status>(sum.into_iter().map(|s| s / n).collect())
-                    };
+                QueryVector::Point(key) => self.point_vector(t, q, field, *key).await?,
+                QueryVector::Recommend {
+                    positive, negative, ..
+                } => {
                     if positive.is_empty() {
                         return Err(invalid(
                             &format!("{field}query.recommend.positive"),
                             "empty: the average_vector strategy needs a positive example",
                         ));
                     }
-                    let p = mean(positive).await?;
-                    let v: Vec<f32> = match negative.is_empty() {
-                        true => p.iter().map(|&x| x as f32).collect(),
-                        false => {
-                            let n = mean(negative).await?;
-                            if n.len() != p.len() {
-                                return Err(invalid(
-                                    &format!("{field}query.recommend.negative"),
-                                    format!(
-                                        "size {}, where the positive examples have {}",
-                                        n.len(),
-                                        p.len()
-                                    ),
-                                ));
-                            }
-                            p.iter()
-                                .zip(&n)
-                                .map(|(a, b)| (2.0 * a - b) as f32)
-                                .collect()
+                    let mut dense = (Vec::new(), Vec::new());
+                    let mut sparse = (Vec::new(), Vec::new());
+                    for (e, liked) in positive
+                        .iter()
+                        .map(|e| (e, true))
+                        .chain(negative.iter().map(|e| (e, false)))
+                    {
+                        match (self.example_vector(t, q, field, e).await?, liked) {
+                            (VectorIn::Dense(d), true) => dense.0.push(d),
+                            (VectorIn::Dense(d), false) => dense.1.push(d),
+                            (VectorIn::Sparse(v), true) => sparse.0.push(v),
+                            (VectorIn::Sparse(v), false) => sparse.1.push(v),
                         }
-                    };
-                    VectorIn::Dense(v)
+                    }
+                    let at = format!("{field}query.recommend");
+                    match (
+                        dense.0.is_empty() && dense.1.is_empty(),
+                        sparse.0.is_empty() && sparse.1.is_empty(),
+                    ) {
+                        (false, true) => VectorIn::Dense(
+                            average_vector(&dense.0, &dense.1)
+                                .map_err(|e| invalid(&at, e.to_string()))?,
+                        ),
+                        (true, false) => VectorIn::Sparse(
+                            quiver_engine::sparse::average_vector(&sparse.0, &sparse.1)
+                                .map_err(|e| invalid(&at, e.to_string()))?,
+                        ),
+                        _ => return Err(invalid(&at, "dense and sparse examples mixed")),
+                    }
                 }
                 QueryVector::Dense(v) => VectorIn::Dense(v.clone()),
                 QueryVector::Sparse(v) => VectorIn::Sparse(v.clone()),
-                QueryVector::Fusion(_) | QueryVector::None => unreachable!("answered above"),
+                QueryVector::Fusion(_)
+                | QueryVector::None
+                | QueryVector::Discover { .. }
+                | QueryVector::Context { .. } => unreachable!("answered above"),
+            };
+            // MMR re-ranks the nearest candidates (the query's limit of them unless it says).
+            let mmr = q.mmr.map(|m| (m, vector.clone()));
+            let k = match q.mmr {
+                Some(Mmr {
+                    candidates: Some(c),
+                    ..
+                }) if c > max_k => {
+                    return Err(invalid(
+                        &format!("{field}query.mmr.candidates_limit"),
+                        format!("{c} is out of range: at most {max_k}"),
+                    ))
+                }
+                Some(m) => m.candidates.unwrap_or(q.limit),
+                None => k,
             };
             let mut ranked = match (kind, vector) {
                 (VectorKind::Dense, VectorIn::Dense(v)) => {
@@ -1705,6 +1795,11 @@ impl QdrantApi {
                     }
                 });
             }
+            if let Some((m, query)) = mmr {
+                ranked.hits = self
+                    .diversify(t, q, caller, kind, query, ranked.hits, m)
+                    .await?;
+            }
             Ok(ranked)
         })
     }
@@ -1732,30 +1827,211 @@ impl QdrantApi {
         Ok((l.collection.as_str(), name))
     }
 
-    /// The dense vector of the point `key` a recommendation names (from `lookup_from`'s
-    /// collection when the query has one).
-    async fn example_vector(
+    /// The vector of the point `key` a query names: from `lookup_from`'s collection when the
+    /// query has one, else its own; the query's `using` (or `lookup_from`'s vector).
+    async fn point_vector(
         &self,
         t: &Target<'_>,
         q: &QuerySpec,
         field: &str,
         key: PointKey,
-    ) -> Result<Vec<f32>, Status> {
+    ) -> Result<VectorIn, Status> {
         let (from, name) = self.lookup_source(t, q, field).await?;
         let sel = VectorSel::Only(vec![name.clone()]);
         let found = self.get(from, vec![key], PayloadSel::None, sel).await?;
-        let v = found.into_iter().next().and_then(|r| match r.vector? {
-            VectorsOut::Unnamed(d) => Some(d),
-            VectorsOut::Named(mut n) => match n.pop()?.1 {
-                super::vectors::VectorOut::Dense(d) => Some(d),
-                super::vectors::VectorOut::Sparse(_) => None,
-            },
-        });
+        let v = found
+            .into_iter()
+            .next()
+            .and_then(|r| r.vector)
+            .and_then(only_vector);
         v.ok_or_else(|| {
             Status::not_found(format!(
-                "{field}query: no point with id {} holding the dense vector `{name}` in `{from}`",
-                key.to_json()
+                "{field}query: no point with id {} holding the vector `{name}` in `{from}`",
+                key.to_json(),
             ))
+        })
+    }
+
+    /// The nearest candidates `hits` in the order maximal marginal relevance picks them
+    /// ([`quiver_engine::mmr`]), up to the query's limit and offset, scores as they were:
+    /// similarities of the query's space (`kind`) between the query and the candidates' stored
+    /// vectors, and among the candidates.
+    #[allow(clippy::too_many_arguments)]
+    async fn diversify(
+        &self,
+        t: &Target<'_>,
+        q: &QuerySpec,
+        caller: &Caller,
+        kind: VectorKind,
+        query: VectorIn,
+        hits: Vec<(u64, f32)>,
+        m: Mmr,
+    ) -> Result<Vec<(u64, f32)>, Status> {
+        use quiver_engine::example_query::similarity;
+        let ids = hits.iter().map(|h| h.0).collect();
+        let form = t.form.clone();
+        let sel = VectorSel::Only(vec![q.using.clone()]);
+        let stored = self
+            .get_many(t.name, ids, sel.wants_dense(&form), caller)
+            .await?;
+        let limit = q.limit.saturating_add(q.offset);
+        let metric = match kind {
+            VectorKind::Dense => t.distance.metric(),
+            VectorKind::Space { distance, .. } => distance.metric(),
+            VectorKind::Sparse { .. } => Metric::InnerProduct,
+        };
+        blocking(move || {
+            // The candidates still stored, with their vectors of the space.
+            let mut kept = Vec::with_capacity(hits.len());
+            let mut vectors = Vec::with_capacity(hits.len());
+            for h in hits {
+                let Some(p) = stored.get(&h.0) else { continue };
+                let map = match form.shows_names() {
+                    true => payload::decode(&p.payload),
+                    false => Map::new(),
+                };
+                if let Some(v) = sel.select(&form, &p.vector, &map).and_then(only_vector) {
+                    kept.push(h);
+                    vectors.push(v);
+                }
+            }
+            let order = match query {
+                VectorIn::Dense(mut qv) => {
+                    let mut dense: Vec<Vec<f32>> = vectors
+                        .into_iter()
+                        .map(|v| match v {
+                            VectorIn::Dense(d) => d,
+                            VectorIn::Sparse(_) => Vec::new(),
+                        })
+                        .collect();
+                    if metric == Metric::Cosine {
+                        for v in dense.iter_mut().chain(std::iter::once(&mut qv)) {
+                            let dim = v.len().max(1);
+                            quiver_engine::linalg::normalize_rows(v, dim);
+                        }
+                    }
+                    let score = |a: &[f32], b: &[f32]| match a.len() == b.len() {
+                        true => similarity(metric, a, b),
+                        false => f32::NEG_INFINITY,
+                    };
+                    let relevance: Vec<f32> = dense.iter().map(|v| score(&qv, v)).collect();
+                    quiver_engine::mmr::mmr_order(
+                        &relevance,
+                        &|a, b| score(&dense[a], &dense[b]),
+                        m.diversity,
+                        limit,
+                    )
+                }
+                VectorIn::Sparse(qv) => {
+                    let sparse: Vec<SparseVector> = vectors
+                        .into_iter()
+                        .map(|v| match v {
+                            VectorIn::Sparse(s) => s,
+                            VectorIn::Dense(_) => SparseVector::default(),
+                        })
+                        .collect();
+                    let dot = |a: &SparseVector, b: &SparseVector| a.dot(b).unwrap_or(0.0);
+                    let relevance: Vec<f32> = sparse.iter().map(|v| dot(&qv, v)).collect();
+                    quiver_engine::mmr::mmr_order(
+                        &relevance,
+                        &|a, b| dot(&sparse[a], &sparse[b]),
+                        m.diversity,
+                        limit,
+                    )
+                }
+            };
+            Ok(order.into_iter().map(|i| kept[i]).collect())
+        })
+        .await
+    }
+
+    /// An example's vector: its own, or its point's ([`Self::point_vector`]).
+    async fn example_vector(
+        &self,
+        t: &Target<'_>,
+        q: &QuerySpec,
+        field: &str,
+        e: &Example,
+    ) -> Result<VectorIn, Status> {
+        match e {
+            Example::Dense(d) => Ok(VectorIn::Dense(d.clone())),
+            Example::Sparse(v) => Ok(VectorIn::Sparse(v.clone())),
+            Example::Point(key) => self.point_vector(t, q, field, *key).await,
+        }
+    }
+
+    /// The ranking of a query scored against examples (discovery, context, and the
+    /// best_score and sum_scores recommendations): exact, over the space `kind` of the
+    /// query's `using`.
+    #[allow(clippy::too_many_arguments)]
+    async fn rank_by_examples(
+        &self,
+        t: &Target<'_>,
+        q: &QuerySpec,
+        field: &str,
+        caller: &Caller,
+        kind: VectorKind,
+        scoring: Scoring,
+        filter: Option<String>,
+    ) -> Result<Ranked, Status> {
+        let at = format!("{field}query");
+        let mut dense = Vec::new();
+        let mut sparse = Vec::new();
+        for e in q.vector.examples() {
+            match self.example_vector(t, q, field, e).await? {
+                VectorIn::Dense(d) => dense.push(d),
+                VectorIn::Sparse(v) => sparse.push(v),
+            }
+        }
+        let (space, examples) = match kind {
+            VectorKind::Sparse { idf } if dense.is_empty() => (
+                ExampleSpace::Sparse {
+                    name: q.using.clone(),
+                    idf,
+                },
+                ExampleVectors::Sparse(sparse),
+            ),
+            VectorKind::Sparse { .. } => {
+                return Err(invalid(
+                    &at,
+                    format!("a dense example for `{}`, a sparse vector", q.using),
+                ))
+            }
+            _ if !sparse.is_empty() => {
+                return Err(invalid(
+                    &at,
+                    format!("a sparse example for `{}`, a dense vector", q.using),
+                ))
+            }
+            VectorKind::Dense => (ExampleSpace::Own, ExampleVectors::Dense(dense)),
+            VectorKind::Space { dim, distance } => (
+                ExampleSpace::Named {
+                    name: q.using.clone(),
+                    metric: distance.metric(),
+                    dim,
+                },
+                ExampleVectors::Dense(dense),
+            ),
+        };
+        let search = ExampleSearch {
+            collection: t.name.to_string(),
+            space,
+            scoring,
+            examples,
+            k: q.limit.saturating_add(q.offset),
+            filter: filter.unwrap_or_default(),
+        };
+        let mut hits = self
+            .router
+            .example_search(search, caller)
+            .await
+            .map_err(|s| rename_field(s, "query", &at))?;
+        if let Some(threshold) = q.score_threshold {
+            hits.retain(|h| h.1 >= threshold);
+        }
+        Ok(Ranked {
+            hits,
+            higher_better: true,
         })
     }
 
@@ -1845,6 +2121,40 @@ struct Ranked {
     higher_better: bool,
 }
 
+/// The one vector of a point read back with one name selected.
+fn only_vector(v: VectorsOut) -> Option<VectorIn> {
+    match v {
+        VectorsOut::Unnamed(d) => Some(VectorIn::Dense(d)),
+        VectorsOut::Named(mut n) => Some(match n.pop()?.1 {
+            super::vectors::VectorOut::Dense(d) => VectorIn::Dense(d),
+            super::vectors::VectorOut::Sparse(s) => VectorIn::Sparse(s),
+        }),
+    }
+}
+
+/// How a query scored against examples makes its scores (`None`: not such a query).
+fn example_scoring(v: &QueryVector) -> Option<Scoring> {
+    match v {
+        QueryVector::Recommend {
+            positive,
+            negative,
+            strategy,
+        } => {
+            let (positive, negative) = (positive.len(), negative.len());
+            match strategy {
+                Strategy::AverageVector => None,
+                Strategy::BestScore => Some(Scoring::BestScore { positive, negative }),
+                Strategy::SumScores => Some(Scoring::SumScores { positive, negative }),
+            }
+        }
+        QueryVector::Discover { context, .. } => Some(Scoring::Discover {
+            pairs: context.len(),
+        }),
+        QueryVector::Context { pairs } => Some(Scoring::Context { pairs: pairs.len() }),
+        _ => None,
+    }
+}
+
 /// Most examples (positive and negative) in one recommendation (those named by id are read
 /// one by one and left out of the answer by a filter).
 pub const MAX_EXAMPLES: usize = 256;
@@ -1866,16 +2176,13 @@ fn count_prefetches(q: &QuerySpec) -> usize {
 /// collection is not one of this one's.)
 fn referenced_ids(q: &QuerySpec, own: &dyn Fn(&LookupFrom) -> bool, out: &mut Vec<u64>) {
     if q.lookup_from.as_ref().is_none_or(own) {
-        match &q.vector {
-            QueryVector::Point(k) => out.push(k.internal()),
-            QueryVector::Recommend { positive, negative } => {
-                out.extend(positive.iter().chain(negative).filter_map(|e| match e {
-                    Example::Point(k) => Some(k.internal()),
-                    Example::Dense(_) => None,
-                }))
-            }
-            _ => {}
+        if let QueryVector::Point(k) = &q.vector {
+            out.push(k.internal());
         }
+        out.extend(q.vector.examples().into_iter().filter_map(|e| match e {
+            Example::Point(k) => Some(k.internal()),
+            Example::Dense(_) | Example::Sparse(_) => None,
+        }));
     }
     for p in &q.prefetch {
         referenced_ids(p, own, out);
@@ -1885,11 +2192,9 @@ fn referenced_ids(q: &QuerySpec, own: &dyn Fn(&LookupFrom) -> bool, out: &mut Ve
 /// The count of a query's (or one of its prefetches') recommendation examples when over
 /// `max`.
 fn examples_over(q: &QuerySpec, max: usize) -> Option<usize> {
-    if let QueryVector::Recommend { positive, negative } = &q.vector {
-        let n = positive.len() + negative.len();
-        if n > max {
-            return Some(n);
-        }
+    let n = q.vector.examples().len();
+    if n > max {
+        return Some(n);
     }
     q.prefetch.iter().find_map(|p| examples_over(p, max))
 }

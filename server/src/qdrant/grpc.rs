@@ -11,9 +11,9 @@ use serde_json::{Map, Value};
 use tonic::{Request, Response, Status};
 
 use super::api::{
-    AliasAction, CreateSpec, Datatype, DatatypeName, Distance, Example, InfoView, LookupFrom,
-    PayloadSel, PointIn, PointVectorsIn, QdrantApi, QuerySpec, QueryVector, Record, Scored,
-    Selector, UpdateOp, VectorForm, NO_DENSE_VECTOR,
+    AliasAction, ContextPair, CreateSpec, Datatype, DatatypeName, Distance, Example, InfoView,
+    LookupFrom, Mmr, PayloadSel, PointIn, PointVectorsIn, QdrantApi, QuerySpec, QueryVector,
+    Record, Scored, Selector, Strategy, UpdateOp, VectorForm, NO_DENSE_VECTOR,
 };
 use super::filter::{from_grpc, point_id, point_key};
 use super::fusion::Fusion;
@@ -576,56 +576,96 @@ fn query_parts(field: &str, q: QueryParts<'_>, depth: usize) -> Result<QuerySpec
             )
         })
         .collect::<Result<Vec<_>, Status>>()?;
+    let mut mmr = None;
+    let nearest = match q.query.and_then(|q| q.variant.as_ref()) {
+        Some(Variant::NearestWithMmr(n)) => {
+            let at = format!("{field}query.nearest_with_mmr.mmr");
+            let m = n.mmr.as_ref();
+            mmr = Some(Mmr::new(
+                &at,
+                m.and_then(|m| m.diversity),
+                m.and_then(|m| m.candidates_limit).map(|c| c as usize),
+            )?);
+            match &n.nearest {
+                Some(input) => Some(input),
+                None => {
+                    return Err(invalid(
+                        &format!("{field}query.nearest_with_mmr.nearest"),
+                        "missing",
+                    ))
+                }
+            }
+        }
+        Some(Variant::Nearest(input)) => Some(input),
+        _ => None,
+    };
     let vector = match q.query.and_then(|q| q.variant.as_ref()) {
         None => QueryVector::None,
-        Some(Variant::Nearest(input)) => match &input.variant {
-            Some(Input::Dense(d)) => QueryVector::Dense(d.data.clone()),
-            Some(Input::Sparse(v)) => QueryVector::Sparse(sparse(
-                &format!("{field}query.nearest.sparse"),
-                &v.indices,
-                &v.values,
-            )?),
-            Some(Input::Id(id)) => {
-                QueryVector::Point(point_key(&format!("{field}query.nearest.id"), id)?)
+        Some(Variant::Nearest(_) | Variant::NearestWithMmr(_)) => {
+            match nearest.and_then(|input| input.variant.as_ref()) {
+                Some(Input::Dense(d)) => QueryVector::Dense(d.data.clone()),
+                Some(Input::Sparse(v)) => QueryVector::Sparse(sparse(
+                    &format!("{field}query.nearest.sparse"),
+                    &v.indices,
+                    &v.values,
+                )?),
+                Some(Input::Id(id)) => {
+                    QueryVector::Point(point_key(&format!("{field}query.nearest.id"), id)?)
+                }
+                Some(Input::MultiDense(_)) => {
+                    return Err(unsupported(&format!("{field}query: multi-vectors")))
+                }
+                Some(_) => {
+                    return Err(unsupported(&format!(
+                        "{field}query: server-side inference (documents, images, objects)"
+                    )))
+                }
+                None => return Err(invalid(&format!("{field}query.nearest"), "empty")),
             }
-            Some(Input::MultiDense(_)) => {
-                return Err(unsupported(&format!("{field}query: multi-vectors")))
-            }
-            Some(_) => {
-                return Err(unsupported(&format!(
-                    "{field}query: server-side inference (documents, images, objects)"
-                )))
-            }
-            None => return Err(invalid(&format!("{field}query.nearest"), "empty")),
-        },
+        }
         Some(Variant::Recommend(r)) => {
             // Qdrant's `RecommendStrategy` enum: 0 average_vector, 1 best_score, 2 sum_scores.
-            if r.strategy.unwrap_or(0) != 0 {
-                return Err(unsupported(&format!(
-                    "{field}query.recommend.strategy: the best_score and sum_scores strategies"
-                )));
-            }
+            let strategy = match r.strategy.unwrap_or(0) {
+                0 => Strategy::AverageVector,
+                1 => Strategy::BestScore,
+                2 => Strategy::SumScores,
+                other => return Err(invalid(
+                    &format!("{field}query.recommend.strategy"),
+                    format!(
+                        "unknown strategy {other} (0 average_vector, 1 best_score, 2 sum_scores)"
+                    ),
+                )),
+            };
             let examples = |name: &str, list: &[proto::VectorInput]| {
                 list.iter()
                     .enumerate()
-                    .map(|(i, e)| {
-                        let at = format!("{field}query.recommend.{name}[{i}]");
-                        match &e.variant {
-                            Some(Input::Dense(d)) => Ok(Example::Dense(d.data.clone())),
-                            Some(Input::Id(id)) => Ok(Example::Point(point_key(&at, id)?)),
-                            Some(Input::Sparse(_)) => Err(unsupported(&format!(
-                                "{at}: sparse recommendation examples"
-                            ))),
-                            Some(_) => Err(unsupported(&format!("{at}: such examples"))),
-                            None => Err(invalid(&at, "empty")),
-                        }
-                    })
+                    .map(|(i, e)| example(&format!("{field}query.recommend.{name}[{i}]"), e))
                     .collect::<Result<Vec<_>, Status>>()
             };
             QueryVector::Recommend {
                 positive: examples("positive", &r.positive)?,
                 negative: examples("negative", &r.negative)?,
+                strategy,
             }
+        }
+        Some(Variant::Discover(d)) => {
+            let at = format!("{field}query.discover");
+            let target = match &d.target {
+                Some(t) => example(&format!("{at}.target"), t)?,
+                None => return Err(invalid(&format!("{at}.target"), "missing")),
+            };
+            QueryVector::Discover {
+                target,
+                context: context_pairs(&format!("{at}.context"), d.context.as_ref())?,
+            }
+        }
+        Some(Variant::Context(c)) => {
+            let at = format!("{field}query.context");
+            let pairs = context_pairs(&at, Some(c))?;
+            if pairs.is_empty() {
+                return Err(invalid(&at, "a context query needs at least one pair"));
+            }
+            QueryVector::Context { pairs }
         }
         // Qdrant's `Fusion` enum: 0 RRF, 1 DBSF.
         Some(Variant::Fusion(0)) => QueryVector::Fusion(Fusion::Rrf),
@@ -657,6 +697,7 @@ fn query_parts(field: &str, q: QueryParts<'_>, depth: usize) -> Result<QuerySpec
     let (nprobe, refine_factor, exact) = params(q.params);
     Ok(QuerySpec {
         vector,
+        mmr,
         lookup_from: q.lookup_from.map(|l| LookupFrom {
             collection: l.collection_name.clone(),
             vector: l.vector_name.clone(),
@@ -673,6 +714,45 @@ fn query_parts(field: &str, q: QueryParts<'_>, depth: usize) -> Result<QuerySpec
         with_payload: PayloadSel::None,
         with_vector: VectorSel::None,
     })
+}
+
+/// An example of a recommendation, discovery or context query: a point id, a dense or a
+/// sparse vector.
+fn example(at: &str, e: &proto::VectorInput) -> Result<Example, Status> {
+    use proto::vector_input::Variant as Input;
+    match &e.variant {
+        Some(Input::Dense(d)) => Ok(Example::Dense(d.data.clone())),
+        Some(Input::Sparse(v)) => Ok(Example::Sparse(sparse(
+            &format!("{at}.sparse"),
+            &v.indices,
+            &v.values,
+        )?)),
+        Some(Input::Id(id)) => Ok(Example::Point(point_key(at, id)?)),
+        Some(Input::MultiDense(_)) => Err(unsupported(&format!("{at}: multi-vector examples"))),
+        Some(_) => Err(unsupported(&format!(
+            "{at}: inferred (document, image, object) examples"
+        ))),
+        None => Err(invalid(at, "empty")),
+    }
+}
+
+/// The pairs of a `ContextInput` (none when absent).
+fn context_pairs(at: &str, c: Option<&proto::ContextInput>) -> Result<Vec<ContextPair>, Status> {
+    let Some(c) = c else { return Ok(Vec::new()) };
+    c.pairs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let side = |name: &str, e: Option<&proto::VectorInput>| match e {
+                Some(e) => example(&format!("{at}.pairs[{i}].{name}"), e),
+                None => Err(invalid(&format!("{at}.pairs[{i}].{name}"), "missing")),
+            };
+            Ok(ContextPair {
+                positive: side("positive", p.positive.as_ref())?,
+                negative: side("negative", p.negative.as_ref())?,
+            })
+        })
+        .collect()
 }
 
 /// `hnsw_ef` as nprobe, `quantization.oversampling` as the refine factor, `exact`.
@@ -699,6 +779,7 @@ fn search_spec(field: &str, s: &proto::SearchPoints) -> Result<QuerySpec, Status
         lookup_from: None,
         using: s.vector_name.clone().unwrap_or_default(),
         prefetch: Vec::new(),
+        mmr: None,
         filter: from_grpc(&format!("{field}filter"), s.filter.as_ref())?,
         limit: s.limit as usize,
         offset: s.offset.unwrap_or(0) as usize,

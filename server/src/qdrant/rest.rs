@@ -23,9 +23,9 @@ use serde_json::{json, Map, Value};
 use tonic::{Code, Status};
 
 use super::api::{
-    AliasAction, CreateSpec, Datatype, Distance, Example, InfoView, LookupFrom, PayloadSel,
-    PointIn, PointVectorsIn, QdrantApi, QuerySpec, QueryVector, Record, Scored, Selector, UpdateOp,
-    VectorForm, NO_DENSE_VECTOR,
+    AliasAction, ContextPair, CreateSpec, Datatype, Distance, Example, InfoView, LookupFrom, Mmr,
+    PayloadSel, PointIn, PointVectorsIn, QdrantApi, QuerySpec, QueryVector, Record, Scored,
+    Selector, Strategy, UpdateOp, VectorForm, NO_DENSE_VECTOR,
 };
 use super::filter::from_rest;
 use super::fusion::Fusion;
@@ -612,6 +612,7 @@ fn search_in(field: &str, b: &Map<String, Value>) -> Result<QuerySpec, Status> {
         lookup_from: None,
         using,
         prefetch: Vec::new(),
+        mmr: None,
         filter: from_rest(&f("filter"), b.get("filter"))?,
         limit: u64_in(&f("limit"), b.get("limit"), 10)? as usize,
         offset: u64_in(&f("offset"), b.get("offset"), 0)? as usize,
@@ -627,8 +628,8 @@ fn search_in(field: &str, b: &Map<String, Value>) -> Result<QuerySpec, Status> {
     })
 }
 
-/// A `recommend` query: `{"positive": […], "negative": […], "strategy": "average_vector"}`,
-/// each example a vector or a point id.
+/// A `recommend` query: `{"positive": […], "negative": […], "strategy": …}`, each example a
+/// vector or a point id.
 fn recommend_in(field: &str, v: &Value) -> Result<QueryVector, Status> {
     let Value::Object(o) = v else {
         return Err(invalid(
@@ -636,11 +637,10 @@ fn recommend_in(field: &str, v: &Value) -> Result<QueryVector, Status> {
             "expected {\"positive\": […], \"negative\": […]}",
         ));
     };
-    match o.get("strategy") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) if s == "average_vector" => {}
-        Some(Value::String(s)) if s == "best_score" || s == "sum_scores" => {
-            return Err(unsupported(&format!("{field}.strategy: the {s} strategy")))
+    let strategy = match o.get("strategy") {
+        None | Some(Value::Null) => Strategy::AverageVector,
+        Some(Value::String(s)) if Strategy::named(s).is_some() => {
+            Strategy::named(s).unwrap_or_default()
         }
         Some(_) => {
             return Err(invalid(
@@ -648,31 +648,14 @@ fn recommend_in(field: &str, v: &Value) -> Result<QueryVector, Status> {
                 "expected average_vector, best_score or sum_scores",
             ))
         }
-    }
+    };
     let examples = |name: &str| -> Result<Vec<Example>, Status> {
         match o.get(name) {
             None | Some(Value::Null) => Ok(Vec::new()),
             Some(Value::Array(list)) => list
                 .iter()
                 .enumerate()
-                .map(|(i, e)| {
-                    let at = format!("{field}.{name}[{i}]");
-                    match e {
-                        Value::Number(_) | Value::String(_) => {
-                            Ok(Example::Point(PointKey::from_json(&at, e)?))
-                        }
-                        Value::Array(_) => match vector_in(&at, Some(e))? {
-                            VectorIn::Dense(d) => Ok(Example::Dense(d)),
-                            VectorIn::Sparse(_) => {
-                                Err(invalid(&at, "expected a vector or a point id"))
-                            }
-                        },
-                        Value::Object(_) => {
-                            Err(unsupported(&format!("{at}: sparse or inferred examples")))
-                        }
-                        _ => Err(invalid(&at, "expected a vector or a point id")),
-                    }
-                })
+                .map(|(i, e)| example_in(&format!("{field}.{name}[{i}]"), e))
                 .collect(),
             Some(_) => Err(invalid(&format!("{field}.{name}"), "expected a list")),
         }
@@ -680,6 +663,68 @@ fn recommend_in(field: &str, v: &Value) -> Result<QueryVector, Status> {
     Ok(QueryVector::Recommend {
         positive: examples("positive")?,
         negative: examples("negative")?,
+        strategy,
+    })
+}
+
+/// An example: a point id, a dense vector or a sparse one (`{"indices": …, "values": …}`).
+fn example_in(at: &str, e: &Value) -> Result<Example, Status> {
+    match e {
+        Value::Number(_) | Value::String(_) => Ok(Example::Point(PointKey::from_json(at, e)?)),
+        Value::Array(_) => match vector_in(at, Some(e))? {
+            VectorIn::Dense(d) => Ok(Example::Dense(d)),
+            VectorIn::Sparse(s) => Ok(Example::Sparse(s)),
+        },
+        Value::Object(o) if o.contains_key("indices") => match vector_in(at, Some(e))? {
+            VectorIn::Dense(d) => Ok(Example::Dense(d)),
+            VectorIn::Sparse(s) => Ok(Example::Sparse(s)),
+        },
+        Value::Object(_) => Err(unsupported(&format!(
+            "{at}: multi-vector or inferred (document, image, object) examples"
+        ))),
+        _ => Err(invalid(at, "expected a vector or a point id")),
+    }
+}
+
+/// Context pairs: `[{"positive": …, "negative": …}, …]`, or one pair alone.
+fn context_in(field: &str, v: Option<&Value>) -> Result<Vec<ContextPair>, Status> {
+    let pair = |at: &str, p: &Value| -> Result<ContextPair, Status> {
+        let Value::Object(o) = p else {
+            return Err(invalid(at, "expected {\"positive\": …, \"negative\": …}"));
+        };
+        let side = |name: &str| match o.get(name) {
+            Some(e) if !e.is_null() => example_in(&format!("{at}.{name}"), e),
+            _ => Err(invalid(&format!("{at}.{name}"), "missing")),
+        };
+        Ok(ContextPair {
+            positive: side("positive")?,
+            negative: side("negative")?,
+        })
+    };
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(list)) => list
+            .iter()
+            .enumerate()
+            .map(|(i, p)| pair(&format!("{field}[{i}]"), p))
+            .collect(),
+        Some(p @ Value::Object(_)) => Ok(vec![pair(field, p)?]),
+        Some(_) => Err(invalid(field, "expected a list of context pairs")),
+    }
+}
+
+/// A `discover` query: `{"target": …, "context": [pairs]}`.
+fn discover_in(field: &str, v: &Value) -> Result<QueryVector, Status> {
+    let Value::Object(o) = v else {
+        return Err(invalid(field, "expected {\"target\": …, \"context\": […]}"));
+    };
+    let target = match o.get("target") {
+        Some(t) if !t.is_null() => example_in(&format!("{field}.target"), t)?,
+        _ => return Err(invalid(&format!("{field}.target"), "missing")),
+    };
+    Ok(QueryVector::Discover {
+        target,
+        context: context_in(&format!("{field}.context"), o.get("context"))?,
     })
 }
 
@@ -708,6 +753,19 @@ fn query_vector(field: &str, v: Option<&Value>) -> Result<QueryVector, Status> {
             if let Some(r) = o.get("recommend") {
                 return recommend_in(&format!("{field}.recommend"), r);
             }
+            if let Some(d) = o.get("discover") {
+                return discover_in(&format!("{field}.discover"), d);
+            }
+            if let Some(c) = o.get("context") {
+                let pairs = context_in(&format!("{field}.context"), Some(c))?;
+                if pairs.is_empty() {
+                    return Err(invalid(
+                        &format!("{field}.context"),
+                        "a context query needs at least one pair",
+                    ));
+                }
+                return Ok(QueryVector::Context { pairs });
+            }
             if let Some(f) = o.get("fusion") {
                 return match f.as_str() {
                     Some("rrf") => Ok(QueryVector::Fusion(Fusion::Rrf)),
@@ -724,6 +782,34 @@ fn query_vector(field: &str, v: Option<&Value>) -> Result<QueryVector, Status> {
         Some(_) => Err(invalid(
             field,
             "expected a vector, a point id or {\"nearest\": …}",
+        )),
+    }
+}
+
+/// The `mmr` of a `{"nearest": …, "mmr": {"diversity": …, "candidates_limit": …}}` query.
+fn mmr_in(field: &str, query: Option<&Value>) -> Result<Option<Mmr>, Status> {
+    let Some(Value::Object(q)) = query else {
+        return Ok(None);
+    };
+    match q.get("mmr") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => {
+            if !q.contains_key("nearest") {
+                return Err(invalid(field, "mmr re-ranks a `nearest` query"));
+            }
+            let candidates = match m.get("candidates_limit") {
+                None | Some(Value::Null) => None,
+                v => Some(u64_in(&format!("{field}.candidates_limit"), v, 0)? as usize),
+            };
+            Ok(Some(Mmr::new(
+                field,
+                f32_in(&format!("{field}.diversity"), m.get("diversity"))?,
+                candidates,
+            )?))
+        }
+        Some(_) => Err(invalid(
+            field,
+            "expected {\"diversity\": …, \"candidates_limit\": …}",
         )),
     }
 }
@@ -793,6 +879,7 @@ fn query_at(field: &str, b: &Map<String, Value>, depth: usize) -> Result<QuerySp
     let (nprobe, refine_factor, exact) = params_in(&f("params"), b.get("params"))?;
     Ok(QuerySpec {
         vector: query_vector(&f("query"), b.get("query"))?,
+        mmr: mmr_in(&f("query.mmr"), b.get("query"))?,
         lookup_from,
         using,
         prefetch,

@@ -320,6 +320,56 @@ impl<'a> Local<'a> {
         .await
     }
 
+    pub(super) async fn example_search(
+        &self,
+        r: super::ExampleSearch,
+    ) -> Result<Vec<(u64, f32)>, Status> {
+        use quiver_engine::example_query::DenseExamples;
+        use quiver_store::collection::Examples;
+        let c = self.registry.get(&r.collection)?;
+        let filter = parse_filter("filter", &r.filter, &c.store.field_specs())?;
+        let dense = |metric, dim, examples: &[Vec<f32>]| {
+            DenseExamples::new(r.scoring, metric, dim, examples)
+                .map_err(|e| invalid("query", e.to_string()))
+        };
+        let examples = match (r.space, &r.examples) {
+            (super::ExampleSpace::Own, super::ExampleVectors::Dense(v)) => {
+                let meta = c.store.meta();
+                Examples::Own(dense(meta.metric(), meta.dim, v)?)
+            }
+            (super::ExampleSpace::Named { name, metric, dim }, super::ExampleVectors::Dense(v)) => {
+                Examples::Named {
+                    name,
+                    metric,
+                    query: dense(metric, dim, v)?,
+                }
+            }
+            (super::ExampleSpace::Sparse { name, idf }, super::ExampleVectors::Sparse(v)) => {
+                r.scoring
+                    .check()
+                    .map_err(|e| invalid("query", e.to_string()))?;
+                Examples::Sparse {
+                    name,
+                    idf,
+                    scoring: r.scoring,
+                    examples: v.clone(),
+                }
+            }
+            (super::ExampleSpace::Sparse { .. }, _) => {
+                return Err(invalid("query", "dense examples for sparse vectors"))
+            }
+            (_, _) => return Err(invalid("query", "sparse examples for dense vectors")),
+        };
+        let store = c.store.clone();
+        let k = r.k;
+        blocking(move || {
+            store
+                .search_examples(&examples, k, filter.as_ref())
+                .map_err(from_store)
+        })
+        .await
+    }
+
     pub(super) async fn search(
         &self,
         r: Search,

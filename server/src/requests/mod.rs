@@ -342,6 +342,57 @@ pub struct SpaceSearch {
     pub filter: String,
 }
 
+/// A query scoring points against several examples rather than by nearness to one vector
+/// (Qdrant's `discover` and `context` queries, the `best_score` and `sum_scores`
+/// recommendation strategies): exact, every point holding a vector of the space scored.
+#[derive(Debug, Clone)]
+pub struct ExampleSearch {
+    /// The collection.
+    pub collection: String,
+    /// The vectors scored.
+    pub space: ExampleSpace,
+    /// How a point's similarities to the examples make its score.
+    pub scoring: quiver_engine::example_query::Scoring,
+    /// The examples, in the scoring's order (dense for a dense space, sparse for a sparse one).
+    pub examples: ExampleVectors,
+    /// Points answered.
+    pub k: usize,
+    /// Only points passing this filter (empty: all).
+    pub filter: String,
+}
+
+/// The vectors an [`ExampleSearch`] scores.
+#[derive(Debug, Clone)]
+pub enum ExampleSpace {
+    /// The collection's own dense vectors (those its index holds).
+    Own,
+    /// A named dense space kept in payloads.
+    Named {
+        /// Its name.
+        name: String,
+        /// Its metric.
+        metric: quiver_engine::Metric,
+        /// Its size.
+        dim: usize,
+    },
+    /// Sparse vectors of one name.
+    Sparse {
+        /// Their name.
+        name: String,
+        /// Weigh the examples' terms by inverse document frequency (Qdrant's `idf` modifier).
+        idf: bool,
+    },
+}
+
+/// The examples of an [`ExampleSearch`].
+#[derive(Debug, Clone)]
+pub enum ExampleVectors {
+    /// Dense vectors.
+    Dense(Vec<Vec<f32>>),
+    /// Sparse vectors.
+    Sparse(Vec<quiver_engine::sparse::SparseVector>),
+}
+
 /// Trains a collection's IVF-PQ index.
 #[derive(Debug, Clone)]
 pub struct Train {
@@ -688,6 +739,24 @@ impl Router {
         self.not_in_cluster("named dense vector search")?;
         self.take_vectors(caller.client, 1)?;
         self.local().space_search(r).await
+    }
+
+    /// Scores points against examples; answers the best, highest score first.
+    pub async fn example_search(
+        &self,
+        r: ExampleSearch,
+        caller: &Caller,
+    ) -> Result<Vec<(u64, f32)>, Status> {
+        let max_k = self.limits().max_k;
+        if r.k == 0 || r.k > max_k {
+            return Err(crate::status::invalid(
+                "k",
+                format!("{} is out of range: it must be between 1 and {max_k}", r.k),
+            ));
+        }
+        self.not_in_cluster("discovery, context and example-scored recommendation queries")?;
+        self.take_vectors(caller.client, 1)?;
+        self.local().example_search(r).await
     }
 
     /// Trains a collection's index; answers its state (training, when in the background).

@@ -34,9 +34,36 @@ use crate::error::{Result, StoreError};
 use crate::fsutil::{remove_temp_files, sync_dir};
 use crate::manifest::{CollectionMeta, IndexConfig, Manifest, SegmentEntry};
 use crate::segment::{Rows, SearchKey, Segment, SegmentIndex};
-use crate::version::Version;
+use crate::version::{ExampleQuery, Version};
 use crate::wal::{self, Op, PayloadEdit, WalWriter};
 use crate::StoreConfig;
+
+/// The examples of an example-scored query ([`Collection::search_examples`]), by the
+/// vectors they score.
+pub enum Examples {
+    /// The collection's own dense vectors (those its index holds).
+    Own(quiver_engine::example_query::DenseExamples),
+    /// The named dense space `name`'s vectors.
+    Named {
+        /// The space.
+        name: String,
+        /// Its metric.
+        metric: Metric,
+        /// The examples, of the space's size.
+        query: quiver_engine::example_query::DenseExamples,
+    },
+    /// The sparse vectors named `name`.
+    Sparse {
+        /// Their name.
+        name: String,
+        /// Weigh the examples' terms by inverse document frequency.
+        idf: bool,
+        /// How the similarities make a score.
+        scoring: quiver_engine::example_query::Scoring,
+        /// The examples, in the scoring's order.
+        examples: Vec<SparseVector>,
+    },
+}
 
 /// Most payload fields a collection indexes.
 pub const MAX_FIELD_INDEXES: usize = 64;
@@ -823,6 +850,72 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         Ok(self
             .version()
             .search_dense(&key, metric, dim, queries, k, filter, &fields)?)
+    }
+
+    /// The `k` live points passing `filter` that score best against `examples` (Qdrant's
+    /// `discover` and `context` queries, the `best_score` and `sum_scores` recommendation
+    /// strategies), best first, ties by ascending id: exact, every point holding a vector of
+    /// the space scored ([`quiver_engine::example_query`]). Sparse examples of a space with
+    /// `idf` have their weights multiplied by each term's inverse document frequency, as a
+    /// sparse search's query.
+    pub fn search_examples(
+        &self,
+        examples: &Examples,
+        k: usize,
+        filter: Option<&Filter>,
+    ) -> Result<Vec<(u64, f32)>> {
+        let v = self.version();
+        let fields = self.field_specs();
+        let (key, weighted);
+        let query = match examples {
+            Examples::Own(q) => ExampleQuery::Own(q),
+            Examples::Named {
+                name,
+                metric,
+                query,
+            } => {
+                key = crate::wal::dense_key(name);
+                ExampleQuery::Named {
+                    key: &key,
+                    metric: *metric,
+                    query,
+                }
+            }
+            Examples::Sparse {
+                name,
+                idf,
+                scoring,
+                examples,
+            } => {
+                key = crate::wal::sparse_key(name);
+                let examples = if *idf {
+                    weighted = examples
+                        .iter()
+                        .map(|e| {
+                            let (n, df) = v.sparse_doc_freqs(&key, &e.indices);
+                            SparseVector {
+                                indices: e.indices.clone(),
+                                values: e
+                                    .values
+                                    .iter()
+                                    .zip(df)
+                                    .map(|(w, d)| w * quiver_engine::sparse::idf(d, n))
+                                    .collect(),
+                            }
+                        })
+                        .collect::<Vec<_>>();
+                    &weighted[..]
+                } else {
+                    &examples[..]
+                };
+                ExampleQuery::Sparse {
+                    key: &key,
+                    scoring: *scoring,
+                    examples,
+                }
+            }
+        };
+        Ok(v.search_examples(&query, k, filter, &fields)?)
     }
 
     /// Live points passing `filter` (all without one).

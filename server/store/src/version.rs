@@ -15,6 +15,31 @@ use quiver_engine::payload::fields::FieldSpec;
 use quiver_engine::payload::filter::Filter;
 use quiver_engine::sparse::SparseVector;
 
+/// The vectors an example-scored query ([`Version::search_examples`]) scores, with its
+/// examples.
+pub enum ExampleQuery<'a> {
+    /// The collection's own dense vectors (those its index holds).
+    Own(&'a quiver_engine::example_query::DenseExamples),
+    /// A named dense space's, kept in payloads under `key`.
+    Named {
+        /// The payload key.
+        key: &'a str,
+        /// The space's metric.
+        metric: Metric,
+        /// The examples (of the space's size).
+        query: &'a quiver_engine::example_query::DenseExamples,
+    },
+    /// Sparse vectors kept in payloads under `key`.
+    Sparse {
+        /// The payload key.
+        key: &'a str,
+        /// How the similarities make a score.
+        scoring: quiver_engine::example_query::Scoring,
+        /// The examples, in the scoring's order.
+        examples: &'a [SparseVector],
+    },
+}
+
 /// One published state of a collection.
 pub struct Version<B: Backend> {
     /// Sealed segments, oldest first.
@@ -285,6 +310,69 @@ impl<B: Backend> Version<B> {
         }
         let nq = queries.len() / dim.max(1);
         Ok(merge_results(parts, nq, k, metric))
+    }
+
+    /// The `k` live points passing `filter` that score best against the examples of
+    /// `query` (Qdrant's `discover`, `context` and recommendation strategies other than the
+    /// average vector), best first, ties by ascending id: exact, every such point scored.
+    pub fn search_examples(
+        &self,
+        query: &ExampleQuery<'_>,
+        k: usize,
+        filter: Option<&Filter>,
+        fields: &[FieldSpec],
+    ) -> Result<Vec<(u64, f32)>, EngineError> {
+        use quiver_engine::example_query::{sparse_example_search, BestScores};
+        use std::collections::HashSet;
+        let mut best = BestScores::new(k);
+        let all = Filter::default();
+        for s in self.all() {
+            let field_indexes = s.field_indexes(fields);
+            let allowed = |s: &Segment<B>| -> HashSet<u64> {
+                s.matching(filter.unwrap_or(&all), field_indexes.as_deref())
+                    .into_iter()
+                    .collect()
+            };
+            match query {
+                ExampleQuery::Own(q) => {
+                    let mut sims = Vec::new();
+                    for id in s.matching(filter.unwrap_or(&all), field_indexes.as_deref()) {
+                        if let Some(v) = s.vector(id) {
+                            best.push(id, q.score(&v, &mut sims));
+                        }
+                    }
+                }
+                ExampleQuery::Named {
+                    key,
+                    metric,
+                    query: q,
+                } => {
+                    let (set, dead) = s.dense_set(key, *metric, q.dim());
+                    if set.is_empty() {
+                        continue;
+                    }
+                    let dead: HashSet<u64> = dead.into_iter().collect();
+                    let allowed = allowed(s);
+                    let keep = |id: u64| !dead.contains(&id) && allowed.contains(&id);
+                    set.offer_examples(q, &keep, &mut best);
+                }
+                ExampleQuery::Sparse {
+                    key,
+                    scoring,
+                    examples,
+                } => {
+                    let view = s.sparse_index(key);
+                    if view.index.is_empty() {
+                        continue;
+                    }
+                    let dead: HashSet<u64> = view.dead.into_iter().collect();
+                    let allowed = allowed(s);
+                    let keep = |id: u64| !dead.contains(&id) && allowed.contains(&id);
+                    sparse_example_search(&view.index, *scoring, examples, &keep, &mut best)?;
+                }
+            }
+        }
+        Ok(best.finish())
     }
 
     /// How many live points hold a sparse vector under `key`, and how many of them hold
