@@ -101,6 +101,59 @@ impl DenseSet {
         set
     }
 
+    /// The set of multi-vectors `rows` (id, its vectors' values one after the other, in their
+    /// kept form): each point's vectors held as consecutive rows of the same id; points whose
+    /// values are not a whole number (at least one) of `dim`-long vectors, or not finite, are
+    /// left out.
+    pub fn build_multi(
+        metric: Metric,
+        dim: usize,
+        rows: impl IntoIterator<Item = (u64, Vec<f32>)>,
+    ) -> Self {
+        let mut set = DenseSet {
+            metric,
+            dim,
+            ids: Vec::new(),
+            vectors: Vec::new(),
+        };
+        for (id, v) in rows {
+            let whole = dim > 0 && !v.is_empty() && v.len().is_multiple_of(dim);
+            if whole && v.iter().all(|x| x.is_finite()) {
+                set.ids.extend(std::iter::repeat_n(id, v.len() / dim));
+                set.vectors.extend_from_slice(&v);
+            }
+        }
+        set
+    }
+
+    /// The `k` points whose vectors (consecutive rows of one id, [`DenseSet::build_multi`])
+    /// score highest by MaxSim against the multi-vector `query` (row-major, `dim` values per
+    /// vector; cosine: unit vectors): the sum over the query's vectors of the greatest
+    /// similarity to one of the point's ([`crate::example_query::similarity`]); best first,
+    /// ties by ascending id; only points `keep` accepts.
+    pub fn max_sim(&self, query: &[f32], k: usize, keep: &dyn Fn(u64) -> bool) -> Vec<(u64, f32)> {
+        let mut best = crate::example_query::BestScores::new(k);
+        for (id, rows) in self.points() {
+            if keep(id) {
+                best.push(id, max_sim(self.metric, self.dim, query, rows));
+            }
+        }
+        best.finish()
+    }
+
+    /// Each point with its rows (consecutive rows of one id: a multi-vector's vectors).
+    fn points(&self) -> impl Iterator<Item = (u64, &[f32])> {
+        let dim = self.dim.max(1);
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            let id = *self.ids.get(at)?;
+            let end = at + self.ids[at..].iter().take_while(|&&x| x == id).count();
+            let rows = &self.vectors[at * dim..end * dim];
+            at = end;
+            Some((id, rows))
+        })
+    }
+
     /// Vectors held.
     pub fn len(&self) -> usize {
         self.ids.len()
@@ -124,8 +177,18 @@ impl DenseSet {
         keep: &dyn Fn(u64) -> bool,
         best: &mut crate::example_query::BestScores,
     ) {
-        if query.dim() == self.dim {
+        if query.dim() != self.dim {
+            return;
+        }
+        if !query.is_multi() {
             query.offer(&self.vectors, &self.ids, keep, best);
+            return;
+        }
+        let mut sims = Vec::new();
+        for (id, rows) in self.points() {
+            if keep(id) {
+                best.push(id, query.score_multi(rows, &mut sims));
+            }
         }
     }
 
@@ -149,6 +212,20 @@ impl DenseSet {
         }
         Ok(search.finish())
     }
+}
+
+/// MaxSim of two multi-vectors (row-major, `dim` values per vector): the sum over `query`'s
+/// vectors of the greatest similarity to one of `rows`' ([`crate::example_query::similarity`]).
+pub fn max_sim(metric: Metric, dim: usize, query: &[f32], rows: &[f32]) -> f32 {
+    let dim = dim.max(1);
+    query
+        .chunks_exact(dim)
+        .map(|q| {
+            rows.chunks_exact(dim)
+                .map(|r| crate::example_query::similarity(metric, q, r))
+                .fold(f32::NEG_INFINITY, f32::max)
+        })
+        .sum()
 }
 
 #[cfg(test)]
@@ -189,6 +266,27 @@ mod tests {
             vec![0.6, 0.8]
         );
         assert_eq!(prepare(Metric::L2, 2, &[3.0, 4.0]).unwrap(), vec![3.0, 4.0]);
+    }
+
+    /// MaxSim written out for two points; points of partial vectors are left out.
+    #[test]
+    fn multi_vectors_are_scored_by_max_sim() {
+        let set = DenseSet::build_multi(
+            Metric::InnerProduct,
+            2,
+            vec![
+                (7, vec![1.0, 0.0, 0.0, 1.0]),
+                (3, vec![0.5, 0.5]),
+                (9, vec![1.0, 2.0, 3.0]),
+            ],
+        );
+        assert_eq!(set.len(), 3, "two rows of 7, one of 3");
+        // Query vectors (1, 0) and (0, 2): point 7 scores 1 + 2, point 3 0.5 + 1.
+        let got = set.max_sim(&[1.0, 0.0, 0.0, 2.0], 5, &|_| true);
+        assert_eq!(got, vec![(7, 3.0), (3, 1.5)]);
+        assert_eq!(set.max_sim(&[1.0, 0.0], 5, &|id| id != 7), vec![(3, 0.5)]);
+        let l2 = max_sim(Metric::L2, 2, &[0.0, 0.0], &[1.0, 1.0, 3.0, 0.0]);
+        assert_eq!(l2, -2.0);
     }
 
     /// Equal to an exact search over the kept rows, for every metric, with and without a

@@ -215,14 +215,17 @@ impl BestScores {
     }
 }
 
-/// A query scoring dense vectors against examples.
+/// A query scoring dense vectors (or multi-vectors) against examples.
 #[derive(Debug, Clone)]
 pub struct DenseExamples {
     scoring: Scoring,
     metric: Metric,
     dim: usize,
-    /// The examples, row-major (cosine: scaled to unit length).
+    /// The examples' vectors, row-major (cosine: scaled to unit length).
     examples: Vec<f32>,
+    /// Multi-vectors: where each example's vectors start in `examples` (in rows), and the
+    /// end; points and examples compared by MaxSim.
+    multi: Option<Vec<usize>>,
 }
 
 impl DenseExamples {
@@ -235,43 +238,45 @@ impl DenseExamples {
         dim: usize,
         examples: &[Vec<f32>],
     ) -> Result<Self, EngineError> {
-        scoring.check()?;
-        if examples.len() != scoring.examples() {
-            return Err(EngineError::InvalidParameter {
-                name: "examples",
-                reason: format!(
-                    "{} examples where the scoring takes {}",
-                    examples.len(),
-                    scoring.examples()
-                ),
-            });
-        }
-        let mut flat = Vec::with_capacity(examples.len() * dim);
-        for (row, e) in examples.iter().enumerate() {
-            if e.len() != dim {
-                return Err(EngineError::DimensionMismatch {
-                    expected: dim,
-                    got: e.len(),
-                });
-            }
-            if let Some(c) = e.iter().position(|x| !x.is_finite()) {
-                return Err(EngineError::NonFinite {
-                    row,
-                    component: c,
-                    value: e[c],
-                });
-            }
-            let start = flat.len();
-            flat.extend_from_slice(e);
-            if metric == Metric::Cosine {
-                unit(&mut flat[start..]);
-            }
-        }
+        check_count(scoring, examples.len())?;
         Ok(DenseExamples {
             scoring,
             metric,
             dim,
-            examples: flat,
+            examples: kept_rows(metric, dim, examples.iter())?,
+            multi: None,
+        })
+    }
+
+    /// The query over multi-vectors: each example several vectors of `dim` values (at least
+    /// one), a point's similarity to an example their MaxSim with the example's vectors as
+    /// the query ([`crate::dense_set::max_sim`]); checked and scaled as [`DenseExamples::new`].
+    pub fn new_multi(
+        scoring: Scoring,
+        metric: Metric,
+        dim: usize,
+        examples: &[Vec<Vec<f32>>],
+    ) -> Result<Self, EngineError> {
+        check_count(scoring, examples.len())?;
+        if let Some(i) = examples.iter().position(Vec::is_empty) {
+            return Err(EngineError::InvalidParameter {
+                name: "examples",
+                reason: format!("example {i} holds no vector"),
+            });
+        }
+        let mut starts = Vec::with_capacity(examples.len() + 1);
+        let mut at = 0;
+        for e in examples {
+            starts.push(at);
+            at += e.len();
+        }
+        starts.push(at);
+        Ok(DenseExamples {
+            scoring,
+            metric,
+            dim,
+            examples: kept_rows(metric, dim, examples.iter().flatten())?,
+            multi: Some(starts),
         })
     }
 
@@ -280,8 +285,30 @@ impl DenseExamples {
         self.dim
     }
 
+    /// True for a query over multi-vectors ([`DenseExamples::new_multi`]).
+    pub fn is_multi(&self) -> bool {
+        self.multi.is_some()
+    }
+
+    /// The score of a point whose multi-vector is `rows` (its vectors one after the other, in
+    /// their kept form), for a query over multi-vectors (`sims`: scratch space).
+    pub fn score_multi(&self, rows: &[f32], sims: &mut Vec<f32>) -> f32 {
+        sims.clear();
+        let dim = self.dim.max(1);
+        if let Some(starts) = &self.multi {
+            sims.extend(starts.windows(2).map(|w| {
+                let example = &self.examples[w[0] * dim..w[1] * dim];
+                crate::dense_set::max_sim(self.metric, dim, example, rows)
+            }));
+        }
+        self.scoring.score(sims)
+    }
+
     /// The score of a point whose vector is `row` (`sims`: scratch space).
     pub fn score(&self, row: &[f32], sims: &mut Vec<f32>) -> f32 {
+        if self.multi.is_some() {
+            return self.score_multi(row, sims);
+        }
         sims.clear();
         let scaled;
         let row = if self.metric == Metric::Cosine {
@@ -321,6 +348,52 @@ impl DenseExamples {
             }
         }
     }
+}
+
+/// Checks that `scoring` is valid and takes `n` examples.
+fn check_count(scoring: Scoring, n: usize) -> Result<(), EngineError> {
+    scoring.check()?;
+    if n != scoring.examples() {
+        return Err(EngineError::InvalidParameter {
+            name: "examples",
+            reason: format!(
+                "{n} examples where the scoring takes {}",
+                scoring.examples()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// `rows` checked (`dim` values, finite) and one after the other; cosine ones scaled to unit
+/// length.
+fn kept_rows<'a>(
+    metric: Metric,
+    dim: usize,
+    rows: impl Iterator<Item = &'a Vec<f32>>,
+) -> Result<Vec<f32>, EngineError> {
+    let mut flat = Vec::new();
+    for (row, e) in rows.enumerate() {
+        if e.len() != dim {
+            return Err(EngineError::DimensionMismatch {
+                expected: dim,
+                got: e.len(),
+            });
+        }
+        if let Some(c) = e.iter().position(|x| !x.is_finite()) {
+            return Err(EngineError::NonFinite {
+                row,
+                component: c,
+                value: e[c],
+            });
+        }
+        let start = flat.len();
+        flat.extend_from_slice(e);
+        if metric == Metric::Cosine {
+            unit(&mut flat[start..]);
+        }
+    }
+    Ok(flat)
 }
 
 /// Scales `v` to unit length (a zero vector is left as it is).

@@ -240,11 +240,6 @@ def test_outside_the_supported_surface_is_refused_by_name(qserver, prefer_grpc):
     c = client_for(qserver, prefer_grpc)
     err = unsupported(prefer_grpc)
     with pytest.raises(err) as e:
-        c.create_collection("multi", vectors_config={"colbert": models.VectorParams(
-            size=4, distance=models.Distance.DOT,
-            multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM))})
-    check_unsupported(e.value, prefer_grpc)
-    with pytest.raises(err) as e:
         c.create_collection("m", vectors_config=models.VectorParams(size=4, distance=models.Distance.MANHATTAN))
     check_unsupported(e.value, prefer_grpc)
 
@@ -256,8 +251,7 @@ def test_outside_the_supported_surface_is_refused_by_name(qserver, prefer_grpc):
     assert [h.id for h in hits] == [1, 2] and hits[0].score == pytest.approx(0.0, abs=1e-6)
     assert hits[1].score == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(err) as e:
-        c.query_points("c", query=models.DiscoverQuery(discover=models.DiscoverInput(
-            target=1, context=[models.ContextPair(positive=2, negative=3)])))
+        c.query_points("c", query=models.SampleQuery(sample=models.Sample.RANDOM))
     check_unsupported(e.value, prefer_grpc)
     # A vector name the collection lacks is bad input, as in Qdrant.
     with pytest.raises(grpc.RpcError if prefer_grpc else UnexpectedResponse) as e:

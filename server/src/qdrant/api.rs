@@ -346,6 +346,8 @@ pub enum QueryVector {
     Dense(Vec<f32>),
     /// A sparse vector.
     Sparse(SparseVector),
+    /// A multi-vector (several dense vectors; MaxSim).
+    Multi(Vec<Vec<f32>>),
     /// The stored vector of this point (which is left out of the answer).
     Point(PointKey),
     /// The fusion of the prefetches' rankings.
@@ -439,8 +441,30 @@ pub enum Example {
     Dense(Vec<f32>),
     /// This sparse vector.
     Sparse(SparseVector),
+    /// This multi-vector.
+    Multi(Vec<Vec<f32>>),
     /// The vector of this point.
     Point(PointKey),
+}
+
+impl From<VectorIn> for Example {
+    fn from(v: VectorIn) -> Example {
+        match v {
+            VectorIn::Dense(d) => Example::Dense(d),
+            VectorIn::Sparse(s) => Example::Sparse(s),
+            VectorIn::Multi(m) => Example::Multi(m),
+        }
+    }
+}
+
+impl From<VectorIn> for QueryVector {
+    fn from(v: VectorIn) -> QueryVector {
+        match v {
+            VectorIn::Dense(d) => QueryVector::Dense(d),
+            VectorIn::Sparse(s) => QueryVector::Sparse(s),
+            VectorIn::Multi(m) => QueryVector::Multi(m),
+        }
+    }
 }
 
 /// Maximal marginal relevance over a nearest query's candidates ([`quiver_engine::mmr`]).
@@ -1653,6 +1677,7 @@ impl QdrantApi {
                     }
                     let mut dense = (Vec::new(), Vec::new());
                     let mut sparse = (Vec::new(), Vec::new());
+                    let mut multi: Vec<Vec<f32>> = Vec::new();
                     for (e, liked) in positive
                         .iter()
                         .map(|e| (e, true))
@@ -1663,13 +1688,23 @@ impl QdrantApi {
                             (VectorIn::Dense(d), false) => dense.1.push(d),
                             (VectorIn::Sparse(v), true) => sparse.0.push(v),
                             (VectorIn::Sparse(v), false) => sparse.1.push(v),
+                            (VectorIn::Multi(m), true) => multi.extend(m),
+                            // A negative multi-vector's vectors join negated (local mode's
+                            // average for multi-vectors).
+                            (VectorIn::Multi(m), false) => multi.extend(
+                                m.into_iter()
+                                    .map(|v| v.into_iter().map(|x| -x).collect::<Vec<f32>>()),
+                            ),
                         }
                     }
                     let at = format!("{field}query.recommend");
-                    match (
-                        dense.0.is_empty() && dense.1.is_empty(),
-                        sparse.0.is_empty() && sparse.1.is_empty(),
-                    ) {
+                    let no_dense = dense.0.is_empty() && dense.1.is_empty();
+                    let no_sparse = sparse.0.is_empty() && sparse.1.is_empty();
+                    match (no_dense, no_sparse) {
+                        _ if !multi.is_empty() && (!no_dense || !no_sparse) => {
+                            return Err(invalid(&at, "multi-vector and other examples mixed"))
+                        }
+                        _ if !multi.is_empty() => VectorIn::Multi(multi),
                         (false, true) => VectorIn::Dense(
                             average_vector(&dense.0, &dense.1)
                                 .map_err(|e| invalid(&at, e.to_string()))?,
@@ -1683,6 +1718,7 @@ impl QdrantApi {
                 }
                 QueryVector::Dense(v) => VectorIn::Dense(v.clone()),
                 QueryVector::Sparse(v) => VectorIn::Sparse(v.clone()),
+                QueryVector::Multi(m) => VectorIn::Multi(m.clone()),
                 QueryVector::Fusion(_)
                 | QueryVector::None
                 | QueryVector::Discover { .. }
@@ -1749,12 +1785,55 @@ impl QdrantApi {
                         higher_better: true,
                     }
                 }
-                (VectorKind::Space { dim, distance }, VectorIn::Dense(v)) => {
+                (
+                    VectorKind::Space {
+                        dim,
+                        distance,
+                        multi: true,
+                    },
+                    v @ (VectorIn::Dense(_) | VectorIn::Multi(_)),
+                ) => {
+                    // A dense query is a multi-vector of one.
+                    let query = match v {
+                        VectorIn::Multi(m) => m.concat(),
+                        VectorIn::Dense(d) => d,
+                        VectorIn::Sparse(_) => unreachable!("matched above"),
+                    };
                     let search = SpaceSearch {
                         collection: t.name.to_string(),
                         name: q.using.clone(),
                         metric: distance.metric(),
                         dim,
+                        multi: true,
+                        query,
+                        k,
+                        filter: filter.unwrap_or_default(),
+                    };
+                    let hits = self
+                        .router
+                        .space_search(search, caller)
+                        .await
+                        .map_err(|s| rename_field(s, "vector", &format!("{field}query")))?;
+                    // MaxSim as Qdrant shows it: the sum itself, for Euclid the square root
+                    // of its magnitude (a distance).
+                    Ranked {
+                        hits: hits
+                            .into_iter()
+                            .map(|h| match distance {
+                                Distance::Euclid => (h.id, h.distance.abs().sqrt()),
+                                _ => (h.id, -h.distance),
+                            })
+                            .collect(),
+                        higher_better: distance != Distance::Euclid,
+                    }
+                }
+                (VectorKind::Space { dim, distance, .. }, VectorIn::Dense(v)) => {
+                    let search = SpaceSearch {
+                        collection: t.name.to_string(),
+                        name: q.using.clone(),
+                        metric: distance.metric(),
+                        dim,
+                        multi: false,
                         query: v,
                         k,
                         filter: filter.unwrap_or_default(),
@@ -1778,10 +1857,19 @@ impl QdrantApi {
                         format!("a sparse vector for `{}`, a dense vector", q.using),
                     ))
                 }
-                (VectorKind::Sparse { .. }, VectorIn::Dense(_)) => {
+                (VectorKind::Sparse { .. }, VectorIn::Dense(_) | VectorIn::Multi(_)) => {
                     return Err(invalid(
                         &format!("{field}query"),
                         format!("a dense vector for `{}`, a sparse vector", q.using),
+                    ))
+                }
+                (VectorKind::Dense | VectorKind::Space { .. }, VectorIn::Multi(_)) => {
+                    return Err(invalid(
+                        &format!("{field}query"),
+                        format!(
+                            "a multi-vector for `{}`, a dense vector without multivector_config",
+                            q.using
+                        ),
                     ))
                 }
             };
@@ -1867,7 +1955,6 @@ impl QdrantApi {
         hits: Vec<(u64, f32)>,
         m: Mmr,
     ) -> Result<Vec<(u64, f32)>, Status> {
-        use quiver_engine::example_query::similarity;
         let ids = hits.iter().map(|h| h.0).collect();
         let form = t.form.clone();
         let sel = VectorSel::Only(vec![q.using.clone()]);
@@ -1896,23 +1983,35 @@ impl QdrantApi {
                 }
             }
             let order = match query {
-                VectorIn::Dense(mut qv) => {
-                    let mut dense: Vec<Vec<f32>> = vectors
-                        .into_iter()
-                        .map(|v| match v {
-                            VectorIn::Dense(d) => d,
-                            VectorIn::Sparse(_) => Vec::new(),
-                        })
-                        .collect();
+                q @ (VectorIn::Dense(_) | VectorIn::Multi(_)) => {
+                    // Vectors and multi-vectors alike as rows of `dim` values, compared by
+                    // MaxSim (of single vectors: their similarity).
+                    let flat = |v: VectorIn| match v {
+                        VectorIn::Dense(d) => d,
+                        VectorIn::Multi(m) => m.concat(),
+                        VectorIn::Sparse(_) => Vec::new(),
+                    };
+                    let dim = match &q {
+                        VectorIn::Dense(d) => d.len(),
+                        VectorIn::Multi(m) => m.first().map_or(0, Vec::len),
+                        VectorIn::Sparse(_) => 0,
+                    }
+                    .max(1);
+                    let mut qv = flat(q);
+                    let mut dense: Vec<Vec<f32>> = vectors.into_iter().map(flat).collect();
                     if metric == Metric::Cosine {
                         for v in dense.iter_mut().chain(std::iter::once(&mut qv)) {
-                            let dim = v.len().max(1);
-                            quiver_engine::linalg::normalize_rows(v, dim);
+                            if v.len().is_multiple_of(dim) {
+                                quiver_engine::linalg::normalize_rows(v, dim);
+                            }
                         }
                     }
-                    let score = |a: &[f32], b: &[f32]| match a.len() == b.len() {
-                        true => similarity(metric, a, b),
-                        false => f32::NEG_INFINITY,
+                    let score = |a: &[f32], b: &[f32]| {
+                        let whole = |v: &[f32]| !v.is_empty() && v.len().is_multiple_of(dim);
+                        match whole(a) && whole(b) {
+                            true => quiver_engine::dense_set::max_sim(metric, dim, a, b),
+                            false => f32::NEG_INFINITY,
+                        }
                     };
                     let relevance: Vec<f32> = dense.iter().map(|v| score(&qv, v)).collect();
                     quiver_engine::mmr::mmr_order(
@@ -1927,7 +2026,7 @@ impl QdrantApi {
                         .into_iter()
                         .map(|v| match v {
                             VectorIn::Sparse(s) => s,
-                            VectorIn::Dense(_) => SparseVector::default(),
+                            VectorIn::Dense(_) | VectorIn::Multi(_) => SparseVector::default(),
                         })
                         .collect();
                     let dot = |a: &SparseVector, b: &SparseVector| a.dot(b).unwrap_or(0.0);
@@ -1956,6 +2055,7 @@ impl QdrantApi {
         match e {
             Example::Dense(d) => Ok(VectorIn::Dense(d.clone())),
             Example::Sparse(v) => Ok(VectorIn::Sparse(v.clone())),
+            Example::Multi(m) => Ok(VectorIn::Multi(m.clone())),
             Example::Point(key) => self.point_vector(t, q, field, *key).await,
         }
     }
@@ -1977,10 +2077,12 @@ impl QdrantApi {
         let at = format!("{field}query");
         let mut dense = Vec::new();
         let mut sparse = Vec::new();
+        let mut multi = Vec::new();
         for e in q.vector.examples() {
             match self.example_vector(t, q, field, e).await? {
                 VectorIn::Dense(d) => dense.push(d),
                 VectorIn::Sparse(v) => sparse.push(v),
+                VectorIn::Multi(m) => multi.push(m),
             }
         }
         let (space, examples) = match kind {
@@ -2004,11 +2106,35 @@ impl QdrantApi {
                 ))
             }
             VectorKind::Dense => (ExampleSpace::Own, ExampleVectors::Dense(dense)),
-            VectorKind::Space { dim, distance } => (
+            VectorKind::Space {
+                dim,
+                distance,
+                multi: true,
+            } => {
+                // Dense examples are multi-vectors of one.
+                multi.extend(dense.into_iter().map(|d| vec![d]));
+                (
+                    ExampleSpace::Named {
+                        name: q.using.clone(),
+                        metric: distance.metric(),
+                        dim,
+                        multi: true,
+                    },
+                    ExampleVectors::Multi(multi),
+                )
+            }
+            _ if !multi.is_empty() => {
+                return Err(invalid(
+                    &at,
+                    format!("a multi-vector example for `{}`, a dense vector", q.using),
+                ))
+            }
+            VectorKind::Space { dim, distance, .. } => (
                 ExampleSpace::Named {
                     name: q.using.clone(),
                     metric: distance.metric(),
                     dim,
+                    multi: false,
                 },
                 ExampleVectors::Dense(dense),
             ),
@@ -2124,11 +2250,8 @@ struct Ranked {
 /// The one vector of a point read back with one name selected.
 fn only_vector(v: VectorsOut) -> Option<VectorIn> {
     match v {
-        VectorsOut::Unnamed(d) => Some(VectorIn::Dense(d)),
-        VectorsOut::Named(mut n) => Some(match n.pop()?.1 {
-            super::vectors::VectorOut::Dense(d) => VectorIn::Dense(d),
-            super::vectors::VectorOut::Sparse(s) => VectorIn::Sparse(s),
-        }),
+        VectorsOut::Unnamed(v) => Some(v.into()),
+        VectorsOut::Named(mut n) => Some(n.pop()?.1.into()),
     }
 }
 
@@ -2181,7 +2304,7 @@ fn referenced_ids(q: &QuerySpec, own: &dyn Fn(&LookupFrom) -> bool, out: &mut Ve
         }
         out.extend(q.vector.examples().into_iter().filter_map(|e| match e {
             Example::Point(k) => Some(k.internal()),
-            Example::Dense(_) | Example::Sparse(_) => None,
+            Example::Dense(_) | Example::Sparse(_) | Example::Multi(_) => None,
         }));
     }
     for p in &q.prefetch {

@@ -156,15 +156,39 @@ fn vector_in(field: &str, v: &proto::Vector) -> Result<VectorIn, Status> {
     match &v.vector {
         Some(V::Dense(d)) => Ok(VectorIn::Dense(d.data.clone())),
         Some(V::Sparse(sv)) => Ok(VectorIn::Sparse(sparse(field, &sv.indices, &sv.values)?)),
-        Some(V::MultiDense(_)) => Err(unsupported(&format!("{field}: multi-vectors"))),
+        Some(V::MultiDense(m)) => Ok(VectorIn::Multi(multi(m))),
         Some(V::Document(_) | V::Image(_) | V::Object(_)) => Err(unsupported(&format!(
             "{field}: server-side inference (documents, images, objects)"
         ))),
-        None => match &v.indices {
-            Some(i) => Ok(VectorIn::Sparse(sparse(field, &i.data, &v.data)?)),
-            None => Ok(VectorIn::Dense(v.data.clone())),
+        None => match (&v.indices, v.vectors_count) {
+            (Some(i), _) => Ok(VectorIn::Sparse(sparse(field, &i.data, &v.data)?)),
+            // The older form of a multi-vector: its values one after the other.
+            (None, Some(n)) if n > 1 => {
+                let n = n as usize;
+                if !v.data.len().is_multiple_of(n) {
+                    return Err(invalid(
+                        field,
+                        format!(
+                            "{} values do not make {n} vectors of one size",
+                            v.data.len()
+                        ),
+                    ));
+                }
+                Ok(VectorIn::Multi(
+                    v.data
+                        .chunks(v.data.len() / n)
+                        .map(<[f32]>::to_vec)
+                        .collect(),
+                ))
+            }
+            (None, _) => Ok(VectorIn::Dense(v.data.clone())),
         },
     }
+}
+
+/// A multi-vector's vectors.
+fn multi(m: &proto::MultiDenseVector) -> Vec<Vec<f32>> {
+    m.vectors.iter().map(|v| v.data.clone()).collect()
 }
 
 fn point_vectors(
@@ -612,9 +636,7 @@ fn query_parts(field: &str, q: QueryParts<'_>, depth: usize) -> Result<QuerySpec
                 Some(Input::Id(id)) => {
                     QueryVector::Point(point_key(&format!("{field}query.nearest.id"), id)?)
                 }
-                Some(Input::MultiDense(_)) => {
-                    return Err(unsupported(&format!("{field}query: multi-vectors")))
-                }
+                Some(Input::MultiDense(m)) => QueryVector::Multi(multi(m)),
                 Some(_) => {
                     return Err(unsupported(&format!(
                         "{field}query: server-side inference (documents, images, objects)"
@@ -629,12 +651,14 @@ fn query_parts(field: &str, q: QueryParts<'_>, depth: usize) -> Result<QuerySpec
                 0 => Strategy::AverageVector,
                 1 => Strategy::BestScore,
                 2 => Strategy::SumScores,
-                other => return Err(invalid(
-                    &format!("{field}query.recommend.strategy"),
-                    format!(
+                other => {
+                    return Err(invalid(
+                        &format!("{field}query.recommend.strategy"),
+                        format!(
                         "unknown strategy {other} (0 average_vector, 1 best_score, 2 sum_scores)"
                     ),
-                )),
+                    ))
+                }
             };
             let examples = |name: &str, list: &[proto::VectorInput]| {
                 list.iter()
@@ -728,7 +752,7 @@ fn example(at: &str, e: &proto::VectorInput) -> Result<Example, Status> {
             &v.values,
         )?)),
         Some(Input::Id(id)) => Ok(Example::Point(point_key(at, id)?)),
-        Some(Input::MultiDense(_)) => Err(unsupported(&format!("{at}: multi-vector examples"))),
+        Some(Input::MultiDense(m)) => Ok(Example::Multi(multi(m))),
         Some(_) => Err(unsupported(&format!(
             "{at}: inferred (document, image, object) examples"
         ))),
@@ -803,6 +827,12 @@ fn vector_out(v: VectorOut) -> proto::VectorOutput {
                 values: s.values,
                 indices: s.indices,
             }),
+            VectorOut::Multi(m) => Vector::MultiDense(proto::MultiDenseVector {
+                vectors: m
+                    .into_iter()
+                    .map(|data| proto::DenseVector { data })
+                    .collect(),
+            }),
         }),
     }
 }
@@ -811,7 +841,7 @@ fn vectors_out(v: Option<VectorsOut>) -> Option<proto::VectorsOutput> {
     use proto::vectors_output::VectorsOptions;
     v.map(|v| proto::VectorsOutput {
         vectors_options: Some(match v {
-            VectorsOut::Unnamed(data) => VectorsOptions::Vector(vector_out(VectorOut::Dense(data))),
+            VectorsOut::Unnamed(v) => VectorsOptions::Vector(vector_out(v)),
             VectorsOut::Named(named) => VectorsOptions::Vectors(proto::NamedVectorsOutput {
                 vectors: named.into_iter().map(|(n, v)| (n, vector_out(v))).collect(),
             }),
@@ -873,18 +903,22 @@ fn vectors_proto(v: &InfoView) -> proto::VectorsConfig {
         ..Default::default()
     };
     let params = params_of(v.dim, v.distance, v.form.on_disk, v.form.datatype);
-    let config = if !v.form.spaces.is_empty() {
+    let space = |p: &SpaceParams| {
+        let mut params = params_of(p.size, p.distance, p.on_disk, p.datatype);
+        if p.multi {
+            params.multivector_config = Some(proto::MultiVectorConfig { comparator: 0 });
+        }
+        params
+    };
+    let config = if let Some(p) = v.form.unnamed_space() {
+        Config::Params(space(p))
+    } else if !v.form.spaces.is_empty() {
         Config::ParamsMap(proto::VectorParamsMap {
             map: v
                 .form
                 .spaces
                 .iter()
-                .map(|(n, p)| {
-                    (
-                        n.clone(),
-                        params_of(p.size, p.distance, p.on_disk, p.datatype),
-                    )
-                })
+                .map(|(n, p)| (n.clone(), space(p)))
                 .collect(),
         })
     } else if v.form.no_dense {
@@ -930,8 +964,12 @@ fn sparse_proto(form: &VectorForm) -> Option<proto::SparseVectorConfig> {
 /// One of several named dense vectors' parameters.
 fn space_params(name: &str, p: &proto::VectorParams) -> Result<SpaceParams, Status> {
     let field = format!("vectors_config.{name}");
-    if p.multivector_config.is_some() {
-        return Err(unsupported(&format!("{field}: multi-vectors")));
+    // Qdrant's `MultiVectorComparator`: 0 MaxSim, the only one.
+    if let Some(c) = p.multivector_config.as_ref().filter(|c| c.comparator != 0) {
+        return Err(invalid(
+            &format!("{field}.multivector_config.comparator"),
+            format!("unknown comparator {} (0: max_sim)", c.comparator),
+        ));
     }
     let datatype = Datatype::from_grpc(&format!("{field}.datatype"), p.datatype)?;
     Ok(SpaceParams {
@@ -945,6 +983,7 @@ fn space_params(name: &str, p: &proto::VectorParams) -> Result<SpaceParams, Stat
         })?,
         on_disk: p.on_disk,
         datatype: p.datatype.filter(|&d| d != 0).map(|_| datatype.into()),
+        multi: p.multivector_config.is_some(),
     })
 }
 
@@ -1137,8 +1176,16 @@ impl Collections for QdrantGrpc {
                 Some(Config::ParamsMap(m)) if m.map.is_empty() => {
                     return Err(unsupported(NO_DENSE_VECTOR))
                 }
+                Some(Config::Params(p)) if p.multivector_config.is_some() => {
+                    // An unnamed multi-vector: kept in the payload as a space named "".
+                    spaces.insert(String::new(), space_params("", p)?);
+                    (None, proto::VectorParams::default())
+                }
                 Some(Config::Params(p)) => (Some(String::new()), *p),
-                Some(Config::ParamsMap(m)) if m.map.len() == 1 => {
+                Some(Config::ParamsMap(m))
+                    if m.map.len() == 1
+                        && m.map.values().all(|p| p.multivector_config.is_none()) =>
+                {
                     let (n, p) = m.map.iter().next().expect("one entry");
                     (Some(n.clone()), *p)
                 }
@@ -1150,9 +1197,6 @@ impl Collections for QdrantGrpc {
                 }
             };
             let no_dense = name.is_none();
-            if params.multivector_config.is_some() {
-                return Err(unsupported("vectors_config: multi-vectors"));
-            }
             let s = settings(
                 r.hnsw_config.as_ref().or(params.hnsw_config.as_ref()),
                 r.wal_config.as_ref(),

@@ -449,6 +449,25 @@ fn keys_in(field: &str, v: Option<&Value>) -> Result<Vec<PointKey>, Status> {
 fn vector_in(field: &str, v: Option<&Value>) -> Result<VectorIn, Status> {
     match v.filter(|v| !v.is_null()) {
         None => Err(invalid(field, "missing")),
+        // A list of lists: a multi-vector.
+        Some(Value::Array(a)) if a.first().is_some_and(Value::is_array) => a
+            .iter()
+            .enumerate()
+            .map(|(i, x)| match x {
+                Value::Array(_) => match vector_in(&format!("{field}[{i}]"), Some(x))? {
+                    VectorIn::Dense(d) => Ok(d),
+                    _ => Err(invalid(
+                        &format!("{field}[{i}]"),
+                        "expected a list of numbers",
+                    )),
+                },
+                _ => Err(invalid(
+                    &format!("{field}[{i}]"),
+                    "expected a list of numbers",
+                )),
+            })
+            .collect::<Result<Vec<Vec<f32>>, Status>>()
+            .map(VectorIn::Multi),
         Some(Value::Array(a)) => a
             .iter()
             .enumerate()
@@ -457,7 +476,6 @@ fn vector_in(field: &str, v: Option<&Value>) -> Result<VectorIn, Status> {
                     .as_f64()
                     .map(|f| f as f32)
                     .ok_or_else(|| invalid(&format!("{field}[{i}]"), "expected a number")),
-                Value::Array(_) => Err(unsupported(&format!("{field}: multi-vectors"))),
                 _ => Err(invalid(&format!("{field}[{i}]"), "expected a number")),
             })
             .collect::<Result<Vec<f32>, Status>>()
@@ -605,10 +623,7 @@ fn search_in(field: &str, b: &Map<String, Value>) -> Result<QuerySpec, Status> {
     };
     let (nprobe, refine_factor, exact) = params_in(&f("params"), b.get("params"))?;
     Ok(QuerySpec {
-        vector: match vector {
-            VectorIn::Dense(d) => QueryVector::Dense(d),
-            VectorIn::Sparse(v) => QueryVector::Sparse(v),
-        },
+        vector: vector.into(),
         lookup_from: None,
         using,
         prefetch: Vec::new(),
@@ -671,16 +686,10 @@ fn recommend_in(field: &str, v: &Value) -> Result<QueryVector, Status> {
 fn example_in(at: &str, e: &Value) -> Result<Example, Status> {
     match e {
         Value::Number(_) | Value::String(_) => Ok(Example::Point(PointKey::from_json(at, e)?)),
-        Value::Array(_) => match vector_in(at, Some(e))? {
-            VectorIn::Dense(d) => Ok(Example::Dense(d)),
-            VectorIn::Sparse(s) => Ok(Example::Sparse(s)),
-        },
-        Value::Object(o) if o.contains_key("indices") => match vector_in(at, Some(e))? {
-            VectorIn::Dense(d) => Ok(Example::Dense(d)),
-            VectorIn::Sparse(s) => Ok(Example::Sparse(s)),
-        },
+        Value::Array(_) => Ok(vector_in(at, Some(e))?.into()),
+        Value::Object(o) if o.contains_key("indices") => Ok(vector_in(at, Some(e))?.into()),
         Value::Object(_) => Err(unsupported(&format!(
-            "{at}: multi-vector or inferred (document, image, object) examples"
+            "{at}: inferred (document, image, object) examples"
         ))),
         _ => Err(invalid(at, "expected a vector or a point id")),
     }
@@ -736,19 +745,13 @@ fn query_vector(field: &str, v: Option<&Value>) -> Result<QueryVector, Status> {
             field,
             v.unwrap_or(&Value::Null),
         )?)),
-        Some(Value::Array(_)) => match vector_in(field, v)? {
-            VectorIn::Dense(d) => Ok(QueryVector::Dense(d)),
-            VectorIn::Sparse(s) => Ok(QueryVector::Sparse(s)),
-        },
+        Some(Value::Array(_)) => Ok(vector_in(field, v)?.into()),
         Some(Value::Object(o)) => {
             if let Some(n) = o.get("nearest") {
                 return query_vector(&format!("{field}.nearest"), Some(n));
             }
             if o.contains_key("indices") {
-                return match vector_in(field, v)? {
-                    VectorIn::Dense(d) => Ok(QueryVector::Dense(d)),
-                    VectorIn::Sparse(s) => Ok(QueryVector::Sparse(s)),
-                };
+                return Ok(vector_in(field, v)?.into());
             }
             if let Some(r) = o.get("recommend") {
                 return recommend_in(&format!("{field}.recommend"), r);
@@ -991,14 +994,30 @@ fn field_type_in(v: Option<&Value>) -> Result<FieldType, Status> {
 
 // ---- answers ----
 
+/// A dense vector space's parameters as `GetCollectionInfo` shows them.
+fn space_json(p: &SpaceParams) -> Value {
+    let mut o = json!({"size": p.size, "distance": p.distance.name()});
+    if let Some(on_disk) = p.on_disk {
+        o["on_disk"] = json!(on_disk);
+    }
+    if let Some(d) = p.datatype {
+        o["datatype"] = json!(d);
+    }
+    if p.multi {
+        o["multivector_config"] = json!({"comparator": "max_sim"});
+    }
+    o
+}
+
 fn vectors_out_json(v: Option<VectorsOut>) -> Value {
     let one = |v: VectorOut| match v {
         VectorOut::Dense(d) => json!(d),
         VectorOut::Sparse(s) => s.to_json(),
+        VectorOut::Multi(m) => json!(m),
     };
     match v {
         None => Value::Null,
-        Some(VectorsOut::Unnamed(d)) => json!(d),
+        Some(VectorsOut::Unnamed(v)) => one(v),
         Some(VectorsOut::Named(n)) => {
             Value::Object(n.into_iter().map(|(k, v)| (k, one(v))).collect())
         }
@@ -1033,21 +1052,14 @@ fn vectors_json(v: &InfoView) -> Value {
     if let Some(d) = v.form.datatype {
         params["datatype"] = json!(d);
     }
-    if !v.form.spaces.is_empty() {
+    if let Some(p) = v.form.unnamed_space() {
+        space_json(p)
+    } else if !v.form.spaces.is_empty() {
         Value::Object(
             v.form
                 .spaces
                 .iter()
-                .map(|(n, p)| {
-                    let mut o = json!({"size": p.size, "distance": p.distance.name()});
-                    if let Some(on_disk) = p.on_disk {
-                        o["on_disk"] = json!(on_disk);
-                    }
-                    if let Some(d) = p.datatype {
-                        o["datatype"] = json!(d);
-                    }
-                    (n.clone(), o)
-                })
+                .map(|(n, p)| (n.clone(), space_json(p)))
                 .collect(),
         )
     } else if v.form.no_dense {
@@ -1351,14 +1363,24 @@ async fn create(
             let vectors = object_in("vectors", b.get("vectors"))?;
             let named = !vectors.contains_key("size");
             let mut spaces = std::collections::BTreeMap::new();
-            let (vname, params) = if !named {
+            let multi =
+                |p: &Map<String, Value>| p.get("multivector_config").is_some_and(|v| !v.is_null());
+            let (vname, params) = if !named && multi(&vectors) {
+                // An unnamed multi-vector: kept in the payload as a space named "".
+                spaces.insert(String::new(), space_in("vectors", &Value::Object(vectors))?);
+                (None, Map::new())
+            } else if !named {
                 (Some(String::new()), vectors)
             } else if vectors.is_empty() {
                 if sparse.is_empty() {
                     return Err(unsupported(NO_DENSE_VECTOR));
                 }
                 (None, Map::new())
-            } else if vectors.len() == 1 {
+            } else if vectors.len() == 1
+                && vectors
+                    .values()
+                    .all(|p| p.as_object().is_none_or(|p| !multi(p)))
+            {
                 let (n, p) = vectors.iter().next().expect("one entry");
                 match p {
                     Value::Object(p) => (Some(n.clone()), p.clone()),
@@ -1371,12 +1393,6 @@ async fn create(
                 (None, Map::new())
             };
             let no_dense = vname.is_none();
-            if params
-                .get("multivector_config")
-                .is_some_and(|v| !v.is_null())
-            {
-                return Err(unsupported("vectors.multivector_config: multi-vectors"));
-            }
             let dim = u64_in("vectors.size", params.get("size"), 0)?;
             let distance = match params.get("distance").and_then(Value::as_str) {
                 Some(d) => Distance::parse("vectors.distance", d)?,
@@ -1435,11 +1451,24 @@ fn space_in(field: &str, v: &Value) -> Result<SpaceParams, Status> {
     let Value::Object(p) = v else {
         return Err(invalid(field, "expected a JSON object"));
     };
-    if p.get("multivector_config").is_some_and(|v| !v.is_null()) {
-        return Err(unsupported(&format!(
-            "{field}.multivector_config: multi-vectors"
-        )));
-    }
+    let multi = match p.get("multivector_config") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(m)) => match m.get("comparator").and_then(Value::as_str) {
+            Some("max_sim") => true,
+            _ => {
+                return Err(invalid(
+                    &format!("{field}.multivector_config.comparator"),
+                    "expected \"max_sim\"",
+                ))
+            }
+        },
+        Some(_) => {
+            return Err(invalid(
+                &format!("{field}.multivector_config"),
+                "expected {\"comparator\": \"max_sim\"}",
+            ))
+        }
+    };
     let distance = match p.get("distance").and_then(Value::as_str) {
         Some(d) => Distance::parse(&format!("{field}.distance"), d)?,
         None => {
@@ -1467,6 +1496,7 @@ fn space_in(field: &str, v: &Value) -> Result<SpaceParams, Status> {
             None => None,
             Some(d) => Some(Datatype::parse(&format!("{field}.datatype"), d.as_str())?.into()),
         },
+        multi,
     })
 }
 

@@ -64,6 +64,10 @@ pub struct SpaceParams {
     /// `datatype`, as given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datatype: Option<DatatypeName>,
+    /// A multi-vector space (`multivector_config` with the `max_sim` comparator): a point
+    /// holds any number (at least one) of `size`-long vectors, scored by MaxSim.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub multi: bool,
 }
 
 impl SpaceParams {
@@ -107,9 +111,18 @@ impl VectorForm {
             .unwrap_or_default()
     }
 
-    /// True when answers show vectors by name (`{"name": …}`) rather than the bare dense one.
+    /// True when answers show vectors by name (`{"name": …}`) rather than the bare one.
     pub fn shows_names(&self) -> bool {
-        self.named || self.no_dense || !self.sparse.is_empty()
+        self.named || (self.no_dense && self.unnamed_space().is_none()) || !self.sparse.is_empty()
+    }
+
+    /// The one unnamed vector kept in the payload (an unnamed multi-vector), if that is the
+    /// collection's vector.
+    pub fn unnamed_space(&self) -> Option<&SpaceParams> {
+        match (self.named, self.spaces.len()) {
+            (false, 1) => self.spaces.get(""),
+            _ => None,
+        }
     }
 
     /// Every vector name, the dense ones first.
@@ -131,6 +144,7 @@ impl VectorForm {
             return Ok(VectorKind::Space {
                 dim: p.size as usize,
                 distance: p.distance,
+                multi: p.multi,
             });
         }
         if let Some(p) = self.sparse.get(name) {
@@ -222,6 +236,8 @@ pub enum VectorKind {
         dim: usize,
         /// Its distance.
         distance: Distance,
+        /// A point holds several vectors of it, scored by MaxSim.
+        multi: bool,
     },
     /// A sparse vector (`idf`: its modifier).
     Sparse {
@@ -237,6 +253,8 @@ pub enum VectorIn {
     Dense(Vec<f32>),
     /// A sparse vector (checked and sorted).
     Sparse(SparseVector),
+    /// A multi-vector: several dense vectors of one size.
+    Multi(Vec<Vec<f32>>),
 }
 
 /// A vector as an answer shows it.
@@ -246,13 +264,25 @@ pub enum VectorOut {
     Dense(Vec<f32>),
     /// A sparse vector.
     Sparse(SparseVector),
+    /// A multi-vector.
+    Multi(Vec<Vec<f32>>),
+}
+
+impl From<VectorOut> for VectorIn {
+    fn from(v: VectorOut) -> VectorIn {
+        match v {
+            VectorOut::Dense(d) => VectorIn::Dense(d),
+            VectorOut::Sparse(s) => VectorIn::Sparse(s),
+            VectorOut::Multi(m) => VectorIn::Multi(m),
+        }
+    }
 }
 
 /// A point's vectors in an answer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum VectorsOut {
-    /// The collection's one unnamed dense vector, bare.
-    Unnamed(Vec<f32>),
+    /// The collection's one unnamed vector, bare.
+    Unnamed(VectorOut),
     /// By name.
     Named(Vec<(String, VectorOut)>),
 }
@@ -293,30 +323,57 @@ impl VectorSel {
         dense: &[f32],
         payload: &Map<String, Value>,
     ) -> Option<VectorsOut> {
+        if !self.any() {
+            return None;
+        }
+        if !form.shows_names() {
+            if form.unnamed_space().is_some() {
+                let named = self.select_named(form, dense, payload);
+                return named
+                    .into_iter()
+                    .next()
+                    .map(|(_, v)| VectorsOut::Unnamed(v));
+            }
+            return self
+                .wants_dense(form)
+                .then(|| VectorsOut::Unnamed(VectorOut::Dense(dense.to_vec())));
+        }
+        Some(VectorsOut::Named(self.select_named(form, dense, payload)))
+    }
+
+    /// The vectors selected, by name.
+    fn select_named(
+        &self,
+        form: &VectorForm,
+        dense: &[f32],
+        payload: &Map<String, Value>,
+    ) -> Vec<(String, VectorOut)> {
         let wanted = |n: &str| match self {
             VectorSel::None => false,
             VectorSel::All => true,
             VectorSel::Only(names) => names.iter().any(|x| x == n),
         };
-        if !self.any() {
-            return None;
-        }
-        if !form.shows_names() {
-            return self
-                .wants_dense(form)
-                .then(|| VectorsOut::Unnamed(dense.to_vec()));
-        }
         let mut out = Vec::new();
         if !form.no_dense && wanted(&form.name) {
             out.push((form.name.clone(), VectorOut::Dense(dense.to_vec())));
         }
-        for name in form.spaces.keys().filter(|n| wanted(n)) {
+        for (name, p) in form.spaces.iter().filter(|(n, _)| wanted(n)) {
             if let Some(v) = payload
                 .get(&dense_key(name))
                 .and_then(Value::as_str)
                 .and_then(dense_set::decode)
             {
-                out.push((name.clone(), VectorOut::Dense(v)));
+                out.push((
+                    name.clone(),
+                    match p.multi {
+                        true => VectorOut::Multi(
+                            v.chunks(p.size.max(1) as usize)
+                                .map(<[f32]>::to_vec)
+                                .collect(),
+                        ),
+                        false => VectorOut::Dense(v),
+                    },
+                ));
             }
         }
         for name in form.sparse.keys().filter(|n| wanted(n)) {
@@ -327,7 +384,7 @@ impl VectorSel {
                 out.push((name.clone(), VectorOut::Sparse(v)));
             }
         }
-        Some(VectorsOut::Named(out))
+        out
     }
 }
 
@@ -389,13 +446,44 @@ pub fn split_vectors(
                 }
                 dense = Some(d);
             }
-            (VectorKind::Space { dim, distance }, VectorIn::Dense(d)) => {
+            (
+                VectorKind::Space {
+                    dim,
+                    distance,
+                    multi: false,
+                },
+                VectorIn::Dense(d),
+            ) => {
                 let kept = dense_set::prepare(distance.metric(), dim, &d)
                     .map_err(|e| invalid(&at, e.to_string()))?;
                 payload.insert(dense_key(&name), Value::String(dense_set::encode(&kept)));
             }
+            (
+                VectorKind::Space {
+                    dim,
+                    distance,
+                    multi: true,
+                },
+                VectorIn::Multi(m),
+            ) => {
+                let kept =
+                    prepare_multi(distance.metric(), dim, &m).map_err(|e| invalid(&at, e))?;
+                payload.insert(dense_key(&name), Value::String(dense_set::encode(&kept)));
+            }
             (VectorKind::Sparse { .. }, VectorIn::Sparse(s)) => {
                 payload.insert(sparse_key(&name), s.to_json());
+            }
+            (VectorKind::Space { multi: true, .. }, _) => {
+                return Err(invalid(
+                    &at,
+                    format!("`{name}` is a multi-vector: give a list of vectors"),
+                ))
+            }
+            (VectorKind::Dense | VectorKind::Space { .. }, VectorIn::Multi(_)) => {
+                return Err(invalid(
+                    &at,
+                    format!("`{name}` is a dense vector; a multi-vector was given"),
+                ))
             }
             (VectorKind::Dense | VectorKind::Space { .. }, VectorIn::Sparse(_)) => {
                 return Err(invalid(
@@ -403,7 +491,7 @@ pub fn split_vectors(
                     format!("`{name}` is a dense vector; a sparse one was given"),
                 ))
             }
-            (VectorKind::Sparse { .. }, VectorIn::Dense(_)) => {
+            (VectorKind::Sparse { .. }, VectorIn::Dense(_) | VectorIn::Multi(_)) => {
                 return Err(invalid(
                     &at,
                     format!("`{name}` is a sparse vector; a dense one was given"),
@@ -412,6 +500,29 @@ pub fn split_vectors(
         }
     }
     Ok(dense)
+}
+
+/// Most vectors in one multi-vector.
+pub const MAX_MULTI_VECTORS: usize = 4096;
+
+/// A multi-vector in the form it is kept: each of its vectors checked (`dim` values, finite)
+/// and, for cosine, scaled to unit length, one after the other; at least one vector.
+pub fn prepare_multi(metric: Metric, dim: usize, m: &[Vec<f32>]) -> Result<Vec<f32>, String> {
+    if m.is_empty() {
+        return Err("a multi-vector holds at least one vector".into());
+    }
+    if m.len() > MAX_MULTI_VECTORS {
+        return Err(format!(
+            "{} vectors in one multi-vector; at most {MAX_MULTI_VECTORS}",
+            m.len()
+        ));
+    }
+    let mut kept = Vec::with_capacity(m.len() * dim);
+    for (i, v) in m.iter().enumerate() {
+        let one = dense_set::prepare(metric, dim, v).map_err(|e| format!("[{i}]: {e}"))?;
+        kept.extend_from_slice(&one);
+    }
+    Ok(kept)
 }
 
 /// True when `key` is one of the payload keys a front end reserves (a UUID point's id, sparse
@@ -492,7 +603,7 @@ mod tests {
     fn an_unnamed_collection_shows_the_bare_vector() {
         let form = VectorForm::default();
         let out = VectorSel::All.select(&form, &[1.0], &Map::new());
-        assert_eq!(out, Some(VectorsOut::Unnamed(vec![1.0])));
+        assert_eq!(out, Some(VectorsOut::Unnamed(VectorOut::Dense(vec![1.0]))));
         assert_eq!(VectorSel::None.select(&form, &[1.0], &Map::new()), None);
     }
 }

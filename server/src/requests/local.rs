@@ -308,6 +308,24 @@ impl<'a> Local<'a> {
     pub(super) async fn space_search(&self, r: super::SpaceSearch) -> Result<Vec<Hit>, Status> {
         let c = self.registry.get(&r.collection)?;
         let filter = parse_filter("filter", &r.filter, &c.store.field_specs())?;
+        if r.multi {
+            let rows: Vec<Vec<f32>> = r.query.chunks(r.dim.max(1)).map(<[f32]>::to_vec).collect();
+            let query = crate::qdrant::vectors::prepare_multi(r.metric, r.dim, &rows)
+                .map_err(|e| crate::status::invalid("vector", e))?;
+            let store = c.store.clone();
+            return blocking(move || {
+                Ok(store
+                    .search_multi(&r.name, r.metric, r.dim, &query, r.k, filter.as_ref())
+                    .into_iter()
+                    .map(|(id, score)| Hit {
+                        id,
+                        distance: -score,
+                        payload: Vec::new(),
+                    })
+                    .collect())
+            })
+            .await;
+        }
         let query = quiver_engine::dense_set::prepare(r.metric, r.dim, &r.query)
             .map_err(|e| crate::status::invalid("vector", e.to_string()))?;
         let store = c.store.clone();
@@ -337,13 +355,33 @@ impl<'a> Local<'a> {
                 let meta = c.store.meta();
                 Examples::Own(dense(meta.metric(), meta.dim, v)?)
             }
-            (super::ExampleSpace::Named { name, metric, dim }, super::ExampleVectors::Dense(v)) => {
-                Examples::Named {
+            (
+                super::ExampleSpace::Named {
                     name,
                     metric,
-                    query: dense(metric, dim, v)?,
-                }
-            }
+                    dim,
+                    multi: false,
+                },
+                super::ExampleVectors::Dense(v),
+            ) => Examples::Named {
+                name,
+                metric,
+                query: dense(metric, dim, v)?,
+            },
+            (
+                super::ExampleSpace::Named {
+                    name,
+                    metric,
+                    dim,
+                    multi: true,
+                },
+                super::ExampleVectors::Multi(v),
+            ) => Examples::Named {
+                name,
+                metric,
+                query: DenseExamples::new_multi(r.scoring, metric, dim, v)
+                    .map_err(|e| invalid("query", e.to_string()))?,
+            },
             (super::ExampleSpace::Sparse { name, idf }, super::ExampleVectors::Sparse(v)) => {
                 r.scoring
                     .check()

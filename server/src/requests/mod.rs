@@ -334,7 +334,10 @@ pub struct SpaceSearch {
     pub metric: quiver_engine::Metric,
     /// Its size.
     pub dim: usize,
-    /// The query vector.
+    /// A multi-vector space: `query` holds one or more vectors, scored by MaxSim (hits'
+    /// distances: the MaxSim negated).
+    pub multi: bool,
+    /// The query vector (several, one after the other, for a multi-vector space).
     pub query: Vec<f32>,
     /// Neighbours.
     pub k: usize,
@@ -374,6 +377,8 @@ pub enum ExampleSpace {
         metric: quiver_engine::Metric,
         /// Its size.
         dim: usize,
+        /// A multi-vector space (examples are multi-vectors, compared by MaxSim).
+        multi: bool,
     },
     /// Sparse vectors of one name.
     Sparse {
@@ -391,6 +396,8 @@ pub enum ExampleVectors {
     Dense(Vec<Vec<f32>>),
     /// Sparse vectors.
     Sparse(Vec<quiver_engine::sparse::SparseVector>),
+    /// Multi-vectors (each several dense vectors of the space's size).
+    Multi(Vec<Vec<Vec<f32>>>),
 }
 
 /// Trains a collection's IVF-PQ index.

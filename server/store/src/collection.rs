@@ -918,6 +918,24 @@ impl<B: Backend + Clone + 'static> Collection<B> {
         Ok(v.search_examples(&query, k, filter, &fields)?)
     }
 
+    /// The `k` live points passing `filter` whose multi-vector of the space `name` (`metric`,
+    /// `dim` values per vector; kept in their payloads under [`crate::wal::dense_key`]) scores
+    /// highest by MaxSim against `query` (row-major), best first, with their MaxSim: exact.
+    pub fn search_multi(
+        &self,
+        name: &str,
+        metric: Metric,
+        dim: usize,
+        query: &[f32],
+        k: usize,
+        filter: Option<&Filter>,
+    ) -> Vec<(u64, f32)> {
+        let key = crate::wal::dense_key(name);
+        let fields = self.field_specs();
+        self.version()
+            .search_multi(&key, metric, dim, query, k, filter, &fields)
+    }
+
     /// Live points passing `filter` (all without one).
     pub fn count(&self, filter: Option<&Filter>) -> usize {
         match filter {

@@ -89,6 +89,9 @@ pub struct Segment<B: Backend> {
     /// Its named spaces' dense vectors, by payload key, gathered on first use (see
     /// [`Segment::dense_set`]).
     dense: DerivedCache<DenseSet>,
+    /// Its multi-vector spaces' vectors, by payload key, gathered on first use (see
+    /// [`Segment::multi_set`]).
+    multi: DerivedCache<DenseSet>,
 }
 
 /// Structures a segment derives from its points' payloads on first use (sparse vectors'
@@ -166,6 +169,7 @@ impl<B: Backend> Segment<B> {
             fields: FieldCache::default(),
             sparse: DerivedCache::default(),
             dense: DerivedCache::default(),
+            multi: DerivedCache::default(),
         }
     }
 
@@ -179,6 +183,7 @@ impl<B: Backend> Segment<B> {
             fields: FieldCache::of(self.fields.0.lock().clone()),
             sparse: self.sparse.copy(),
             dense: self.dense.copy(),
+            multi: self.multi.copy(),
         }
     }
 
@@ -248,6 +253,19 @@ impl<B: Backend> Segment<B> {
     pub fn dense_set(&self, key: &str, metric: Metric, dim: usize) -> (Arc<DenseSet>, Vec<u64>) {
         self.derived(&self.dense, key, |rows| {
             DenseSet::build(
+                metric,
+                dim,
+                rows.filter_map(|(id, v)| Some((id, dense_set::decode(v.as_str()?)?))),
+            )
+        })
+    }
+
+    /// The multi-vectors its live points hold under the payload key `key` (a multi-vector
+    /// space's: each point's vectors as consecutive rows, [`DenseSet::build_multi`]), with the
+    /// ids deleted since they were gathered.
+    pub fn multi_set(&self, key: &str, metric: Metric, dim: usize) -> (Arc<DenseSet>, Vec<u64>) {
+        self.derived(&self.multi, key, |rows| {
+            DenseSet::build_multi(
                 metric,
                 dim,
                 rows.filter_map(|(id, v)| Some((id, dense_set::decode(v.as_str()?)?))),
@@ -488,6 +506,7 @@ impl<B: Backend> Segment<B> {
         if !sealed {
             next.sparse.0.lock().clear();
             next.dense.0.lock().clear();
+            next.multi.0.lock().clear();
         }
         Ok(Some((next, present.len())))
     }
@@ -505,6 +524,7 @@ impl<B: Backend> Segment<B> {
         *self.fields.0.get_mut() = None;
         self.sparse.clear();
         self.dense.clear();
+        self.multi.clear();
         match (&mut self.index, rows) {
             (SegmentIndex::Flat(f), Rows::Raw(v)) => f.upsert_with_payloads(&v, ids, payloads),
             (SegmentIndex::Cpu(p), Rows::Encoded(mut e)) => {
@@ -526,6 +546,7 @@ impl<B: Backend> Segment<B> {
         // Not recorded in `deleted`: the derived structures would not know these rows are gone.
         self.sparse.clear();
         self.dense.clear();
+        self.multi.clear();
         match &mut self.index {
             SegmentIndex::Flat(f) => Ok(f.delete(ids)),
             SegmentIndex::Cpu(p) => Ok(p.index_mut().delete(ids)),

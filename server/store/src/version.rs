@@ -347,7 +347,10 @@ impl<B: Backend> Version<B> {
                     metric,
                     query: q,
                 } => {
-                    let (set, dead) = s.dense_set(key, *metric, q.dim());
+                    let (set, dead) = match q.is_multi() {
+                        true => s.multi_set(key, *metric, q.dim()),
+                        false => s.dense_set(key, *metric, q.dim()),
+                    };
                     if set.is_empty() {
                         continue;
                     }
@@ -373,6 +376,40 @@ impl<B: Backend> Version<B> {
             }
         }
         Ok(best.finish())
+    }
+
+    /// The `k` live points passing `filter` whose multi-vector under the payload key `key`
+    /// (`metric`, `dim` values per vector) scores highest by MaxSim against `query` (its
+    /// vectors row-major; cosine: unit vectors), best first, ties by ascending id, with their
+    /// MaxSim: exact, through each segment's gathered multi-vectors.
+    #[allow(clippy::too_many_arguments)]
+    pub fn search_multi(
+        &self,
+        key: &str,
+        metric: Metric,
+        dim: usize,
+        query: &[f32],
+        k: usize,
+        filter: Option<&Filter>,
+        fields: &[FieldSpec],
+    ) -> Vec<(u64, f32)> {
+        let mut parts = Vec::with_capacity(self.len());
+        for s in self.all() {
+            let (set, dead) = s.multi_set(key, metric, dim);
+            if set.is_empty() {
+                continue;
+            }
+            let allowed: Option<std::collections::HashSet<u64>> = filter.map(|f| {
+                s.matching(f, s.field_indexes(fields).as_deref())
+                    .into_iter()
+                    .collect()
+            });
+            let dead: std::collections::HashSet<u64> = dead.into_iter().collect();
+            let keep =
+                |id: u64| !dead.contains(&id) && allowed.as_ref().is_none_or(|a| a.contains(&id));
+            parts.push(set.max_sim(query, k, &keep));
+        }
+        quiver_engine::sparse::merge_hits(parts, k)
     }
 
     /// How many live points hold a sparse vector under `key`, and how many of them hold
