@@ -1789,22 +1789,22 @@ impl QdrantApi {
                     VectorKind::Space {
                         dim,
                         distance,
-                        multi: true,
+                        multi,
                     },
                     v @ (VectorIn::Dense(_) | VectorIn::Multi(_)),
                 ) => {
-                    // A dense query is a multi-vector of one.
+                    // A dense query on a multi-vector space is a multi-vector of one.
                     let query = match v {
-                        VectorIn::Multi(m) => m.concat(),
+                        VectorIn::Multi(m) if multi => m.concat(),
                         VectorIn::Dense(d) => d,
-                        VectorIn::Sparse(_) => unreachable!("matched above"),
+                        _ => return Err(not_multi(field, &q.using)),
                     };
                     let search = SpaceSearch {
                         collection: t.name.to_string(),
                         name: q.using.clone(),
                         metric: distance.metric(),
                         dim,
-                        multi: true,
+                        multi,
                         query,
                         k,
                         filter: filter.unwrap_or_default(),
@@ -1816,37 +1816,15 @@ impl QdrantApi {
                         .map_err(|s| rename_field(s, "vector", &format!("{field}query")))?;
                     // MaxSim as Qdrant shows it: the sum itself, for Euclid the square root
                     // of its magnitude (a distance).
-                    Ranked {
-                        hits: hits
-                            .into_iter()
-                            .map(|h| match distance {
-                                Distance::Euclid => (h.id, h.distance.abs().sqrt()),
-                                _ => (h.id, -h.distance),
-                            })
-                            .collect(),
-                        higher_better: distance != Distance::Euclid,
-                    }
-                }
-                (VectorKind::Space { dim, distance, .. }, VectorIn::Dense(v)) => {
-                    let search = SpaceSearch {
-                        collection: t.name.to_string(),
-                        name: q.using.clone(),
-                        metric: distance.metric(),
-                        dim,
-                        multi: false,
-                        query: v,
-                        k,
-                        filter: filter.unwrap_or_default(),
+                    let score = |d: f32| match (multi, distance) {
+                        (true, Distance::Euclid) => d.abs().sqrt(),
+                        (true, _) => -d,
+                        (false, _) => distance.score(d),
                     };
-                    let hits = self
-                        .router
-                        .space_search(search, caller)
-                        .await
-                        .map_err(|s| rename_field(s, "vector", &format!("{field}query")))?;
                     Ranked {
                         hits: hits
                             .into_iter()
-                            .map(|h| (h.id, distance.score(h.distance)))
+                            .map(|h| (h.id, score(h.distance)))
                             .collect(),
                         higher_better: distance != Distance::Euclid,
                     }
@@ -1863,15 +1841,7 @@ impl QdrantApi {
                         format!("a dense vector for `{}`, a sparse vector", q.using),
                     ))
                 }
-                (VectorKind::Dense | VectorKind::Space { .. }, VectorIn::Multi(_)) => {
-                    return Err(invalid(
-                        &format!("{field}query"),
-                        format!(
-                            "a multi-vector for `{}`, a dense vector without multivector_config",
-                            q.using
-                        ),
-                    ))
-                }
+                (VectorKind::Dense, VectorIn::Multi(_)) => return Err(not_multi(field, &q.using)),
             };
             if let Some(threshold) = q.score_threshold {
                 let higher = ranked.higher_better;
@@ -2245,6 +2215,14 @@ struct Ranked {
     hits: Vec<(u64, f32)>,
     /// Scores are similarities (else distances).
     higher_better: bool,
+}
+
+/// A multi-vector query on a vector without `multivector_config`.
+fn not_multi(field: &str, using: &str) -> Status {
+    invalid(
+        &format!("{field}query"),
+        format!("a multi-vector for `{using}`, a dense vector without multivector_config"),
+    )
 }
 
 /// The one vector of a point read back with one name selected.
