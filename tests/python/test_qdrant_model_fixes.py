@@ -11,7 +11,7 @@ from PyPI (REST and gRPC), and against qdrant-client's local mode where it is th
   vector named "" (what LangChain writes, then reads back as `vectors[""]`) or unnamed, with
   `on_disk` and `datatype` (on_disk was dropped, the named form came back unnamed);
 - `GET /` carries Qdrant's title;
-- a collection without a dense vector is refused alike on both ports.
+- a collection without any vector answers as local mode on both ports.
 """
 
 import grpc
@@ -123,17 +123,26 @@ def test_the_root_answers_qdrants_title(qserver):  # noqa: F811
 
 
 @MODES
-def test_a_collection_without_a_dense_vector_is_refused_alike(qserver, prefer_grpc):  # noqa: F811
+def test_a_collection_without_vectors_as_local_mode(qserver, prefer_grpc):  # noqa: F811
+    """No vector at all (`vectors_config={}`): points hold payloads only; retrieve, scroll,
+    count and vectorless queries answer as local mode; a nearest query names the missing
+    vector."""
     c = client_for(qserver, prefer_grpc)
-    with pytest.raises(grpc.RpcError if prefer_grpc else UnexpectedResponse) as e:
-        c.create_collection("sparse_only", vectors_config={})
-    # The same refusal as every feature outside the supported surface: UNIMPLEMENTED, or 400.
-    if prefer_grpc:
-        assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        text = e.value.details()
-    else:
-        assert e.value.status_code == 400, e.value.content
-        text = e.value.content.decode()
-    assert "without a dense vector" in text, text
-    assert not c.collection_exists("sparse_only")
+    ref = QdrantClient(":memory:")
+    name = f"no_vectors_{int(prefer_grpc)}"
+    pts = [models.PointStruct(id=i, vector={}, payload={"k": i % 3}) for i in range(20)]
+    for cl in [c, ref]:
+        cl.create_collection(name, vectors_config={})
+        cl.upsert(name, points=pts, wait=True)
+    assert c.get_collection(name).config.params.vectors == ref.get_collection(name).config.params.vectors
+    f = models.Filter(must=[models.FieldCondition(key="k", match=models.MatchValue(value=1))])
+    assert c.count(name, count_filter=f).count == ref.count(name, count_filter=f).count
+    got = c.retrieve(name, ids=[1, 2], with_vectors=True)
+    want = ref.retrieve(name, ids=[1, 2], with_vectors=True)
+    assert [(r.id, r.payload, r.vector) for r in got] == [(r.id, r.payload, r.vector) for r in want]
+    got = c.query_points(name, query_filter=f, limit=5).points
+    want = ref.query_points(name, query_filter=f, limit=5).points
+    assert [(p.id, p.score) for p in got] == [(p.id, p.score) for p in want]
+    with pytest.raises(Exception, match="Not existing vector name"):
+        c.query_points(name, query=[0.1, 0.2], limit=3)
     c.close()

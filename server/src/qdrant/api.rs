@@ -467,7 +467,49 @@ impl From<VectorIn> for QueryVector {
     }
 }
 
-/// Maximal marginal relevance over a nearest query's candidates ([`quiver_engine::mmr`]).
+/// How a query's hits are grouped ([`QdrantApi::query_groups`]).
+#[derive(Debug, Clone)]
+pub struct GroupSpec {
+    /// The payload key whose values name the groups.
+    pub group_by: String,
+    /// Most hits per group.
+    pub group_size: usize,
+    /// The collection holding each group's point (its id the group's value).
+    pub with_lookup: Option<WithLookup>,
+}
+
+/// Where groups find their points.
+#[derive(Debug, Clone)]
+pub struct WithLookup {
+    /// The collection (or alias).
+    pub collection: String,
+    /// The payload keys to answer.
+    pub with_payload: PayloadSel,
+    /// The vectors to answer.
+    pub with_vector: VectorSel,
+}
+
+/// Hits sharing one value of the grouping key.
+#[derive(Debug, Clone)]
+pub struct Group {
+    /// The value (an integer or a string).
+    pub id: Value,
+    /// Its hits, best first.
+    pub hits: Vec<Scored>,
+    /// The point whose id is the value, from `with_lookup`'s collection.
+    pub lookup: Option<Record>,
+}
+
+/// Sets the limit of every prefetch under `q` to `limit` (grouping ranks every point).
+fn widen_prefetches(q: &mut QuerySpec, limit: usize) {
+    for p in &mut q.prefetch {
+        p.limit = limit;
+        p.offset = 0;
+        widen_prefetches(p, limit);
+    }
+}
+
+/// Maximal marginal relevance over a nearest query's candidates/// Maximal marginal relevance over a nearest query's candidates ([`quiver_engine::mmr`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Mmr {
     /// 0 (by relevance alone) to 1 (by difference from the points picked before).
@@ -1563,6 +1605,101 @@ impl QdrantApi {
             out.push(self.scored(&target, ranked, &q, &caller).await?);
         }
         Ok(out)
+    }
+
+    /// A query's hits in groups by a payload key's value (Qdrant's `query_points_groups`):
+    /// the query ranks up to the server's `max_k` points (its prefetches likewise); each hit
+    /// joins the group of every distinct value (an integer or a string) the key holds, up to
+    /// `group_size` hits per group, groups in the order of their best hit; a hit whose key
+    /// is missing or holds another kind of value joins none. The first `limit` groups are
+    /// answered, each with the point of its id in `with_lookup`'s collection.
+    pub async fn query_groups(
+        &self,
+        client: Client,
+        name: &str,
+        q: QuerySpec,
+        g: GroupSpec,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Group>, Status> {
+        let path =
+            payload::path::KeyPath::parse(&g.group_by).map_err(|e| invalid("group_by", e))?;
+        if g.group_size == 0 {
+            return Err(invalid("group_size", "0: at least 1"));
+        }
+        if q.limit == 0 {
+            return Err(invalid("limit", "0: at least one group"));
+        }
+        let max_k = self.limits().max_k;
+        let mut wide = q.clone();
+        wide.limit = max_k;
+        wide.offset = 0;
+        wide.with_payload = PayloadSel::All;
+        widen_prefetches(&mut wide, max_k);
+        let hits = self
+            .query(client, name, vec![wide], timeout)
+            .await?
+            .pop()
+            .unwrap_or_default();
+        let mut groups: Vec<Group> = Vec::new();
+        let mut at: HashMap<String, usize> = HashMap::new();
+        for hit in hits {
+            let map = hit.record.payload.clone().unwrap_or_default();
+            let values = path.values(&map);
+            let ids: Option<Vec<Value>> = values
+                .iter()
+                .map(|v| match v {
+                    Value::Number(n) if n.is_i64() || n.is_u64() => Some((*v).clone()),
+                    Value::String(_) => Some((*v).clone()),
+                    _ => None,
+                })
+                .collect();
+            let Some(ids) = ids.filter(|ids| !ids.is_empty()) else {
+                continue;
+            };
+            let shown = Scored {
+                record: Record {
+                    payload: q.with_payload.clone().apply(map),
+                    ..hit.record
+                },
+                score: hit.score,
+            };
+            let mut seen = std::collections::HashSet::new();
+            for id in ids {
+                let key = id.to_string();
+                if !seen.insert(key.clone()) {
+                    continue;
+                }
+                let i = *at.entry(key).or_insert_with(|| {
+                    groups.push(Group {
+                        id: id.clone(),
+                        hits: Vec::new(),
+                        lookup: None,
+                    });
+                    groups.len() - 1
+                });
+                if groups[i].hits.len() < g.group_size {
+                    groups[i].hits.push(shown.clone());
+                }
+            }
+        }
+        groups.truncate(q.limit);
+        if let Some(l) = &g.with_lookup {
+            for group in &mut groups {
+                let Ok(key) = PointKey::from_json("group id", &group.id) else {
+                    continue;
+                };
+                group.lookup = self
+                    .get(
+                        &l.collection,
+                        vec![key],
+                        l.with_payload.clone(),
+                        l.with_vector.clone(),
+                    )
+                    .await?
+                    .pop();
+            }
+        }
+        Ok(groups)
     }
 
     /// The best `limit + offset` points of one query (and its prefetches), best first.

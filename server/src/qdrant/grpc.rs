@@ -11,9 +11,9 @@ use serde_json::{Map, Value};
 use tonic::{Request, Response, Status};
 
 use super::api::{
-    AliasAction, ContextPair, CreateSpec, Datatype, DatatypeName, Distance, Example, InfoView,
-    LookupFrom, Mmr, PayloadSel, PointIn, PointVectorsIn, QdrantApi, QuerySpec, QueryVector,
-    Record, Scored, Selector, Strategy, UpdateOp, VectorForm, NO_DENSE_VECTOR,
+    AliasAction, ContextPair, CreateSpec, Datatype, DatatypeName, Distance, Example, Group,
+    GroupSpec, InfoView, LookupFrom, Mmr, PayloadSel, PointIn, PointVectorsIn, QdrantApi,
+    QuerySpec, QueryVector, Record, Scored, Selector, Strategy, UpdateOp, VectorForm, WithLookup,
 };
 use super::filter::{from_grpc, point_id, point_key};
 use super::fusion::Fusion;
@@ -861,6 +861,21 @@ fn retrieved(r: Record) -> proto::RetrievedPoint {
     }
 }
 
+fn point_group(g: Group) -> proto::PointGroup {
+    use proto::group_id::Kind;
+    let kind = match &g.id {
+        Value::Number(n) if n.is_u64() => n.as_u64().map(Kind::UnsignedValue),
+        Value::Number(n) => n.as_i64().map(Kind::IntegerValue),
+        Value::String(t) => Some(Kind::StringValue(t.clone())),
+        _ => None,
+    };
+    proto::PointGroup {
+        id: Some(proto::GroupId { kind }),
+        hits: g.hits.into_iter().map(scored).collect(),
+        lookup: g.lookup.map(retrieved),
+    }
+}
+
 fn scored(s: Scored) -> proto::ScoredPoint {
     proto::ScoredPoint {
         id: Some(point_id(s.record.key)),
@@ -1168,13 +1183,10 @@ impl Collections for QdrantGrpc {
             );
             let mut spaces = std::collections::BTreeMap::new();
             let (name, params) = match r.vectors_config.as_ref().and_then(|v| v.config.as_ref()) {
-                None if !sparse.is_empty() => (None, proto::VectorParams::default()),
-                Some(Config::ParamsMap(m)) if m.map.is_empty() && !sparse.is_empty() => {
-                    (None, proto::VectorParams::default())
-                }
-                None => return Err(unsupported(NO_DENSE_VECTOR)),
+                // No dense vector (sparse vectors only, or none at all).
+                None => (None, proto::VectorParams::default()),
                 Some(Config::ParamsMap(m)) if m.map.is_empty() => {
-                    return Err(unsupported(NO_DENSE_VECTOR))
+                    (None, proto::VectorParams::default())
                 }
                 Some(Config::Params(p)) if p.multivector_config.is_some() => {
                     // An unnamed multi-vector: kept in the payload as a space named "".
@@ -1808,6 +1820,66 @@ impl Points for QdrantGrpc {
         }
         .await;
         self.record("qdrant.Points/Query", r)
+    }
+
+    async fn query_groups(
+        &self,
+        req: Request<proto::QueryPointGroups>,
+    ) -> Result<Response<proto::QueryGroupsResponse>, Status> {
+        let start = Instant::now();
+        let client = client_of(&req);
+        let timeout = timeout_of(&req, req.get_ref().timeout);
+        let r = async {
+            self.reach(&req, &req.get_ref().collection_name)?;
+            let q = req.get_ref();
+            // The same fields as a query's, less the offset.
+            let as_query = proto::QueryPoints {
+                collection_name: String::new(),
+                prefetch: q.prefetch.clone(),
+                query: q.query.clone(),
+                using: q.using.clone(),
+                filter: q.filter.clone(),
+                params: q.params,
+                score_threshold: q.score_threshold,
+                limit: q.limit,
+                offset: None,
+                with_vectors: q.with_vectors.clone(),
+                with_payload: q.with_payload.clone(),
+                lookup_from: q.lookup_from.clone(),
+                timeout: None,
+            };
+            let spec = query_spec("", &as_query)?;
+            if q.group_by.is_empty() {
+                return Err(invalid("group_by", "expected a payload key"));
+            }
+            let group = GroupSpec {
+                group_by: q.group_by.clone(),
+                group_size: q.group_size.unwrap_or(3) as usize,
+                with_lookup: q.with_lookup.as_ref().map(|l| WithLookup {
+                    collection: l.collection.clone(),
+                    with_payload: payload_sel(l.with_payload.as_ref(), PayloadSel::All),
+                    with_vector: vector_sel(l.with_vectors.as_ref()),
+                }),
+            };
+            self.reach_lookups(&req, std::slice::from_ref(&spec))?;
+            if let Some(l) = &group.with_lookup {
+                self.reach(&req, &l.collection)
+                    .map_err(|s| rename_status(s, "collection_name", "with_lookup.collection"))?;
+            }
+            let name = req.get_ref().collection_name.clone();
+            let groups = self
+                .api
+                .query_groups(client, &name, spec, group, timeout)
+                .await?;
+            Ok(Response::new(proto::QueryGroupsResponse {
+                result: Some(proto::GroupsResult {
+                    groups: groups.into_iter().map(point_group).collect(),
+                }),
+                time: secs(start),
+            }))
+        }
+        .await;
+        self.record("qdrant.Points/QueryGroups", r)
     }
 
     async fn query_batch(

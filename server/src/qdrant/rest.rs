@@ -23,9 +23,9 @@ use serde_json::{json, Map, Value};
 use tonic::{Code, Status};
 
 use super::api::{
-    AliasAction, ContextPair, CreateSpec, Datatype, Distance, Example, InfoView, LookupFrom, Mmr,
-    PayloadSel, PointIn, PointVectorsIn, QdrantApi, QuerySpec, QueryVector, Record, Scored,
-    Selector, Strategy, UpdateOp, VectorForm, NO_DENSE_VECTOR,
+    AliasAction, ContextPair, CreateSpec, Datatype, Distance, Example, Group, GroupSpec, InfoView,
+    LookupFrom, Mmr, PayloadSel, PointIn, PointVectorsIn, QdrantApi, QuerySpec, QueryVector,
+    Record, Scored, Selector, Strategy, UpdateOp, VectorForm, WithLookup,
 };
 use super::filter::from_rest;
 use super::fusion::Fusion;
@@ -110,6 +110,14 @@ impl Rest {
             )
             .route("/collections/{name}/points/query", post(query))
             .route("/collections/{name}/points/query/batch", post(query_batch))
+            .route(
+                "/collections/{name}/points/query/groups",
+                post(query_groups),
+            )
+            .route(
+                "/collections/{name}/points/search/groups",
+                post(search_groups),
+            )
             .route("/collections/{name}/points/scroll", post(scroll))
             .route("/collections/{name}/points/count", post(count))
             .fallback(not_supported)
@@ -180,14 +188,24 @@ impl Rest {
         scope: Option<&crate::auth::Scope>,
         specs: &[QuerySpec],
     ) -> Result<(), Status> {
-        let Some(scope) = scope else {
-            return Ok(());
-        };
         let mut names = Vec::new();
         for q in specs {
             super::api::lookup_collections(q, &mut names);
         }
-        for name in &names {
+        self.reach_all(scope, &names)
+    }
+
+    /// Refuses a call whose key does not reach every collection of `names` (an alias: nor
+    /// its collection).
+    fn reach_all(
+        &self,
+        scope: Option<&crate::auth::Scope>,
+        names: &[String],
+    ) -> Result<(), Status> {
+        let Some(scope) = scope else {
+            return Ok(());
+        };
+        for name in names {
             let target = self.api.collection_of(name);
             for n in std::iter::once(name.as_str()).chain(target.as_deref().filter(|t| t != name)) {
                 if !scope.reaches(n) {
@@ -1372,9 +1390,7 @@ async fn create(
             } else if !named {
                 (Some(String::new()), vectors)
             } else if vectors.is_empty() {
-                if sparse.is_empty() {
-                    return Err(unsupported(NO_DENSE_VECTOR));
-                }
+                // No dense vector (sparse vectors only, or none at all).
                 (None, Map::new())
             } else if vectors.len() == 1
                 && vectors
@@ -2123,6 +2139,128 @@ async fn search(
                         .map(scored_json)
                         .collect(),
                 ))
+            },
+        )
+        .await
+}
+
+/// The grouping of a `…/groups` body: `group_by`, `group_size` (default 3), `with_lookup`
+/// (a collection name, or `{"collection", "with_payload", "with_vectors"}`).
+fn group_in(b: &Map<String, Value>) -> Result<GroupSpec, Status> {
+    let group_by = match b.get("group_by") {
+        Some(Value::String(k)) if !k.is_empty() => k.clone(),
+        _ => return Err(invalid("group_by", "expected a payload key")),
+    };
+    let group_size = u64_in("group_size", b.get("group_size"), 3)? as usize;
+    let with_lookup = match b.get("with_lookup") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(c)) => Some(WithLookup {
+            collection: c.clone(),
+            with_payload: PayloadSel::All,
+            with_vector: VectorSel::None,
+        }),
+        Some(Value::Object(o)) => Some(WithLookup {
+            collection: match o.get("collection") {
+                Some(Value::String(c)) => c.clone(),
+                _ => {
+                    return Err(invalid(
+                        "with_lookup.collection",
+                        "expected a collection name",
+                    ))
+                }
+            },
+            with_payload: payload_sel(
+                "with_lookup.with_payload",
+                o.get("with_payload"),
+                PayloadSel::All,
+            )?,
+            with_vector: vector_sel(
+                "with_lookup.with_vectors",
+                o.get("with_vectors").or(o.get("with_vector")),
+            )?,
+        }),
+        Some(_) => {
+            return Err(invalid(
+                "with_lookup",
+                "expected a collection name or {\"collection\": …}",
+            ))
+        }
+    };
+    Ok(GroupSpec {
+        group_by,
+        group_size,
+        with_lookup,
+    })
+}
+
+fn groups_json(groups: Vec<Group>) -> Value {
+    let groups: Vec<Value> = groups
+        .into_iter()
+        .map(|g| {
+            let mut o = json!({
+                "id": g.id,
+                "hits": g.hits.into_iter().map(scored_json).collect::<Vec<_>>(),
+            });
+            if let Some(l) = g.lookup {
+                o["lookup"] = record_json(l);
+            }
+            o
+        })
+        .collect();
+    json!({ "groups": groups })
+}
+
+async fn query_groups(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    Path(name): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    grouped(s, peer, name, h, body, "query_points_groups", query_in).await
+}
+
+async fn search_groups(
+    State(s): State<Rest>,
+    ConnectInfo(PeerAddr(peer)): Peer,
+    Path(name): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    grouped(s, peer, name, h, body, "search_point_groups", search_in).await
+}
+
+/// A grouped query whose body `parse` reads (a query's or a search's), grouped as
+/// [`group_in`] reads.
+async fn grouped(
+    s: Rest,
+    peer: SocketAddr,
+    name: String,
+    h: HeaderMap,
+    body: Bytes,
+    method: &'static str,
+    parse: fn(&str, &Map<String, Value>) -> Result<QuerySpec, Status>,
+) -> Response {
+    s.clone()
+        .run(
+            method,
+            Access::ReadOnly,
+            &h,
+            peer,
+            Some(&name.clone()),
+            |Caller { client, scope }| async move {
+                let b = Body::parse(&body)?;
+                let spec = parse("", &b.0)?;
+                let group = group_in(&b.0)?;
+                s.reach_lookups(scope.as_deref(), std::slice::from_ref(&spec))?;
+                let lookup: Vec<String> = group
+                    .with_lookup
+                    .iter()
+                    .map(|l| l.collection.clone())
+                    .collect();
+                s.reach_all(scope.as_deref(), &lookup)?;
+                let groups = s.api.query_groups(client, &name, spec, group, None).await?;
+                Ok(groups_json(groups))
             },
         )
         .await
