@@ -19,6 +19,12 @@ const EPSILON: f32 = f32::EPSILON;
 /// Most examples one query scores against.
 pub const MAX_EXAMPLES: usize = 256;
 
+/// Most vectors in all of a query's multi-vector examples together.
+pub const MAX_EXAMPLE_VECTORS: usize = 4096;
+
+/// Sparse index rows whose dot products with the examples are held at once.
+const SPARSE_BLOCK_ROWS: u32 = 4096;
+
 /// `x / (1 + |x|)`: a sigmoid into (-1, 1) without an exponential.
 fn fast_sigmoid(x: f32) -> f32 {
     if !x.is_finite() {
@@ -264,6 +270,13 @@ impl DenseExamples {
                 reason: format!("example {i} holds no vector"),
             });
         }
+        let total: usize = examples.iter().map(Vec::len).sum();
+        if total > MAX_EXAMPLE_VECTORS {
+            return Err(EngineError::InvalidParameter {
+                name: "examples",
+                reason: format!("{total} vectors in the examples; at most {MAX_EXAMPLE_VECTORS}"),
+            });
+        }
         let mut starts = Vec::with_capacity(examples.len() + 1);
         let mut at = 0;
         for e in examples {
@@ -424,22 +437,33 @@ pub fn sparse_example_search(
             ),
         });
     }
-    let rows = index.len();
-    // One dot product per (example, row): an accumulator per example over every row.
-    let mut dots = vec![0.0f32; rows * examples.len()];
-    for (e, acc) in examples.iter().zip(dots.chunks_exact_mut(rows.max(1))) {
-        index.accumulate(e, acc);
-    }
+    let rows = index.len() as u32;
+    // One dot product per (example, row), a block of rows at a time (memory bounded by the
+    // block, not the segment).
+    let mut dots = vec![0.0f32; SPARSE_BLOCK_ROWS as usize * examples.len()];
     let mut sims = vec![0.0f32; examples.len()];
-    for row in 0..rows {
-        let id = index.id(row as u32);
-        if !keep(id) {
-            continue;
+    let mut start = 0;
+    while start < rows {
+        let end = (start + SPARSE_BLOCK_ROWS).min(rows);
+        let n = (end - start) as usize;
+        dots.iter_mut().for_each(|d| *d = 0.0);
+        for (e, acc) in examples
+            .iter()
+            .zip(dots.chunks_exact_mut(SPARSE_BLOCK_ROWS as usize))
+        {
+            index.accumulate_rows(e, start..end, &mut acc[..n]);
         }
-        for (e, s) in sims.iter_mut().enumerate() {
-            *s = dots[e * rows + row];
+        for r in 0..n {
+            let id = index.id(start + r as u32);
+            if !keep(id) {
+                continue;
+            }
+            for (e, s) in sims.iter_mut().enumerate() {
+                *s = dots[e * SPARSE_BLOCK_ROWS as usize + r];
+            }
+            best.push(id, scoring.score(&sims));
         }
-        best.push(id, scoring.score(&sims));
+        start = end;
     }
     Ok(())
 }
@@ -570,6 +594,44 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// Across several blocks of rows, each row scored as its own dot products give.
+    #[test]
+    fn sparse_scan_spans_blocks() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let n = SPARSE_BLOCK_ROWS as usize * 2 + 123;
+        let rows: Vec<(u64, SparseVector)> = (0..n as u64)
+            .map(|i| {
+                let mut terms: Vec<u32> = (0..3).map(|_| rng.random_range(0..50)).collect();
+                terms.sort_unstable();
+                terms.dedup();
+                let values = terms.iter().map(|_| rng.random::<f32>()).collect();
+                (i * 2, SparseVector::new(terms, values).unwrap())
+            })
+            .collect();
+        let index = SparseIndex::build(rows.clone());
+        let examples = [
+            SparseVector::new(vec![1, 7, 30], vec![1.0, 0.5, 2.0]).unwrap(),
+            SparseVector::new(vec![2, 7], vec![1.5, 1.0]).unwrap(),
+            SparseVector::new(vec![40], vec![1.0]).unwrap(),
+        ];
+        let scoring = Scoring::Discover { pairs: 1 };
+        let mut best = BestScores::new(50);
+        sparse_example_search(&index, scoring, &examples, &|_| true, &mut best).unwrap();
+        let mut want: Vec<(u64, f32)> = rows
+            .iter()
+            .map(|(id, v)| {
+                let sims: Vec<f32> = examples.iter().map(|e| e.dot(v).unwrap_or(0.0)).collect();
+                (*id, scoring.score(&sims))
+            })
+            .collect();
+        want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        want.truncate(50);
+        let got = best.finish();
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g.1 - w.1).abs() < 1e-5, "{g:?} vs {w:?}");
         }
     }
 

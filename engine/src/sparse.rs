@@ -211,12 +211,20 @@ impl SparseIndex {
         self.ids[row as usize]
     }
 
-    /// Adds each row's dot product with `query` to `out[row]` (`out`: one value per row).
-    pub fn accumulate(&self, query: &SparseVector, out: &mut [f32]) {
+    /// Adds the dot product with `query` of each row in `rows` to `out[row − rows.start]`
+    /// (`out`: one value per row of the range).
+    pub fn accumulate_rows(
+        &self,
+        query: &SparseVector,
+        rows: std::ops::Range<u32>,
+        out: &mut [f32],
+    ) {
         for (t, &q) in query.indices.iter().zip(&query.values) {
             if let Some(list) = self.postings.get(t) {
-                for &(row, w) in list {
-                    out[row as usize] += q * w;
+                // Postings are by ascending row: the range's part of the list.
+                let from = list.partition_point(|e| e.0 < rows.start);
+                for &(row, w) in list[from..].iter().take_while(|e| e.0 < rows.end) {
+                    out[(row - rows.start) as usize] += q * w;
                 }
             }
         }

@@ -11,7 +11,7 @@ qdrant-client's local mode (`QdrantClient(":memory:")`):
   recommendations (average, best score), discovery and context queries, and MMR on a
   multi-vector: the same ids and scores as local mode (scored exactly);
 - a plain vector where a multi-vector is expected, and vectors of the wrong size inside a
-  multi-vector, are refused naming the field.
+  multi-vector (stored or queried), are refused naming the field.
 """
 
 import random
@@ -122,7 +122,11 @@ def test_an_unnamed_multivector_as_local_mode(qserver, prefer_grpc):  # noqa: F8
     got = c.retrieve(name, ids=[3, 4], with_vectors=True)
     want = ref.retrieve(name, ids=[3, 4], with_vectors=True)
     assert [_round(r.vector) for r in got] == [_round(r.vector) for r in want]
-    for q in [_multi(rng, 5), 7]:
+    mmr = models.NearestQuery(nearest=_multi(rng, 5), mmr=models.Mmr(diversity=0.5, candidates_limit=20))
+    for q in [_multi(rng, 5), 7, mmr]:
         g = c.query_points(name, query=q, limit=6).points
         w = ref.query_points(name, query=q, limit=6).points
         _same_ranking(_hits(g), _hits(w), f"unnamed {q}")
+    # Vectors of another size inside a query are refused, not re-cut.
+    with pytest.raises(Exception, match="dimension mismatch"):
+        c.query_points(name, query=[[0.1] * 6, [0.2] * 4], limit=3)

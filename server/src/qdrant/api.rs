@@ -509,7 +509,7 @@ fn widen_prefetches(q: &mut QuerySpec, limit: usize) {
     }
 }
 
-/// Maximal marginal relevance over a nearest query's candidates/// Maximal marginal relevance over a nearest query's candidates ([`quiver_engine::mmr`]).
+/// Maximal marginal relevance over a nearest query's candidates ([`quiver_engine::mmr`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Mmr {
     /// 0 (by relevance alone) to 1 (by difference from the points picked before).
@@ -1931,11 +1931,18 @@ impl QdrantApi {
                     v @ (VectorIn::Dense(_) | VectorIn::Multi(_)),
                 ) => {
                     // A dense query on a multi-vector space is a multi-vector of one.
-                    let query = match v {
-                        VectorIn::Multi(m) if multi => m.concat(),
-                        VectorIn::Dense(d) => d,
+                    let rows = match v {
+                        VectorIn::Multi(m) if multi => m,
+                        VectorIn::Dense(d) => vec![d],
                         _ => return Err(not_multi(field, &q.using)),
                     };
+                    if let Some(r) = rows.iter().find(|r| r.len() != dim) {
+                        return Err(invalid(
+                            &format!("{field}query"),
+                            format!("dimension mismatch: expected {dim}, got {}", r.len()),
+                        ));
+                    }
+                    let query = rows.concat();
                     let search = SpaceSearch {
                         collection: t.name.to_string(),
                         name: q.using.clone(),
@@ -2080,9 +2087,10 @@ impl QdrantApi {
             let mut vectors = Vec::with_capacity(hits.len());
             for h in hits {
                 let Some(p) = stored.get(&h.0) else { continue };
-                let map = match form.shows_names() {
-                    true => payload::decode(&p.payload),
-                    false => Map::new(),
+                // Vectors other than the store's are in the payload.
+                let map = match kind {
+                    VectorKind::Dense => Map::new(),
+                    _ => payload::decode(&p.payload),
                 };
                 if let Some(v) = sel.select(&form, &p.vector, &map).and_then(only_vector) {
                     kept.push(h);
@@ -2182,69 +2190,72 @@ impl QdrantApi {
         filter: Option<String>,
     ) -> Result<Ranked, Status> {
         let at = format!("{field}query");
-        let mut dense = Vec::new();
-        let mut sparse = Vec::new();
-        let mut multi = Vec::new();
+        // The examples in the scoring's order, each of the space's kind.
+        let mut vectors = Vec::new();
         for e in q.vector.examples() {
-            match self.example_vector(t, q, field, e).await? {
-                VectorIn::Dense(d) => dense.push(d),
-                VectorIn::Sparse(v) => sparse.push(v),
-                VectorIn::Multi(m) => multi.push(m),
-            }
+            vectors.push(self.example_vector(t, q, field, e).await?);
         }
+        let wrong =
+            |what: &str, is: &str| invalid(&at, format!("{what} example for `{}`, {is}", q.using));
         let (space, examples) = match kind {
-            VectorKind::Sparse { idf } if dense.is_empty() => (
+            VectorKind::Sparse { idf } => (
                 ExampleSpace::Sparse {
                     name: q.using.clone(),
                     idf,
                 },
-                ExampleVectors::Sparse(sparse),
+                ExampleVectors::Sparse(
+                    vectors
+                        .into_iter()
+                        .map(|v| match v {
+                            VectorIn::Sparse(s) => Ok(s),
+                            _ => Err(wrong("a dense", "a sparse vector")),
+                        })
+                        .collect::<Result<_, _>>()?,
+                ),
             ),
-            VectorKind::Sparse { .. } => {
-                return Err(invalid(
-                    &at,
-                    format!("a dense example for `{}`, a sparse vector", q.using),
-                ))
-            }
-            _ if !sparse.is_empty() => {
-                return Err(invalid(
-                    &at,
-                    format!("a sparse example for `{}`, a dense vector", q.using),
-                ))
-            }
-            VectorKind::Dense => (ExampleSpace::Own, ExampleVectors::Dense(dense)),
             VectorKind::Space {
                 dim,
                 distance,
                 multi: true,
-            } => {
-                // Dense examples are multi-vectors of one.
-                multi.extend(dense.into_iter().map(|d| vec![d]));
-                (
-                    ExampleSpace::Named {
-                        name: q.using.clone(),
-                        metric: distance.metric(),
-                        dim,
-                        multi: true,
-                    },
-                    ExampleVectors::Multi(multi),
-                )
-            }
-            _ if !multi.is_empty() => {
-                return Err(invalid(
-                    &at,
-                    format!("a multi-vector example for `{}`, a dense vector", q.using),
-                ))
-            }
-            VectorKind::Space { dim, distance, .. } => (
+            } => (
                 ExampleSpace::Named {
                     name: q.using.clone(),
                     metric: distance.metric(),
                     dim,
-                    multi: false,
+                    multi: true,
                 },
-                ExampleVectors::Dense(dense),
+                // A plain example is a multi-vector of one.
+                ExampleVectors::Multi(
+                    vectors
+                        .into_iter()
+                        .map(|v| match v {
+                            VectorIn::Multi(m) => Ok(m),
+                            VectorIn::Dense(d) => Ok(vec![d]),
+                            VectorIn::Sparse(_) => Err(wrong("a sparse", "a multi-vector")),
+                        })
+                        .collect::<Result<_, _>>()?,
+                ),
             ),
+            VectorKind::Dense | VectorKind::Space { .. } => {
+                let dense = vectors
+                    .into_iter()
+                    .map(|v| match v {
+                        VectorIn::Dense(d) => Ok(d),
+                        VectorIn::Sparse(_) => Err(wrong("a sparse", "a dense vector")),
+                        VectorIn::Multi(_) => Err(wrong("a multi-vector", "a dense vector")),
+                    })
+                    .collect::<Result<_, _>>()?;
+                let space = match kind {
+                    VectorKind::Space { dim, distance, .. } => ExampleSpace::Named {
+                        name: q.using.clone(),
+                        metric: distance.metric(),
+                        dim,
+                        multi: false,
+                    },
+                    _ => ExampleSpace::Own,
+                };
+                (space, ExampleVectors::Dense(dense))
+            }
         };
         let search = ExampleSearch {
             collection: t.name.to_string(),

@@ -165,7 +165,7 @@ fn vector_in(field: &str, v: &proto::Vector) -> Result<VectorIn, Status> {
             // The older form of a multi-vector: its values one after the other.
             (None, Some(n)) if n > 1 => {
                 let n = n as usize;
-                if !v.data.len().is_multiple_of(n) {
+                if v.data.len() < n || !v.data.len().is_multiple_of(n) {
                     return Err(invalid(
                         field,
                         format!(
