@@ -15,6 +15,35 @@ use quiver_engine::payload::fields::FieldSpec;
 use quiver_engine::payload::filter::Filter;
 use quiver_engine::sparse::SparseVector;
 
+/// Which of a segment's gathered rows a search keeps: ids not deleted since the rows were
+/// gathered (`dead`) and passing the filter (every id without one).
+struct Kept {
+    dead: std::collections::HashSet<u64>,
+    allowed: Option<std::collections::HashSet<u64>>,
+}
+
+impl Kept {
+    fn new<B: Backend>(
+        s: &Segment<B>,
+        dead: Vec<u64>,
+        filter: Option<&Filter>,
+        fields: &[FieldSpec],
+    ) -> Kept {
+        Kept {
+            dead: dead.into_iter().collect(),
+            allowed: filter.map(|f| {
+                s.matching(f, s.field_indexes(fields).as_deref())
+                    .into_iter()
+                    .collect()
+            }),
+        }
+    }
+
+    fn keeps(&self, id: u64) -> bool {
+        !self.dead.contains(&id) && self.allowed.as_ref().is_none_or(|a| a.contains(&id))
+    }
+}
+
 /// The vectors an example-scored query ([`Version::search_examples`]) scores, with its
 /// examples.
 pub enum ExampleQuery<'a> {
@@ -296,16 +325,10 @@ impl<B: Backend> Version<B> {
             if set.is_empty() {
                 continue;
             }
-            let allowed: Option<std::collections::HashSet<u64>> = filter.map(|f| {
-                s.matching(f, s.field_indexes(fields).as_deref())
-                    .into_iter()
-                    .collect()
-            });
             // The set holds the points live when it was gathered; those deleted since are
             // `dead` (the appendable segment's set is dropped by any write to it).
-            let dead: std::collections::HashSet<u64> = dead.into_iter().collect();
-            let keep =
-                |id: u64| !dead.contains(&id) && allowed.as_ref().is_none_or(|a| a.contains(&id));
+            let kept = Kept::new(s, dead, filter, fields);
+            let keep = |id: u64| kept.keeps(id);
             parts.push(set.search(queries, k, &keep)?);
         }
         let nq = queries.len() / dim.max(1);
@@ -323,19 +346,13 @@ impl<B: Backend> Version<B> {
         fields: &[FieldSpec],
     ) -> Result<Vec<(u64, f32)>, EngineError> {
         use quiver_engine::example_query::{sparse_example_search, BestScores};
-        use std::collections::HashSet;
         let mut best = BestScores::new(k);
         let all = Filter::default();
         for s in self.all() {
-            let field_indexes = s.field_indexes(fields);
-            let allowed = |s: &Segment<B>| -> HashSet<u64> {
-                s.matching(filter.unwrap_or(&all), field_indexes.as_deref())
-                    .into_iter()
-                    .collect()
-            };
             match query {
                 ExampleQuery::Own(q) => {
                     let mut sims = Vec::new();
+                    let field_indexes = s.field_indexes(fields);
                     for id in s.matching(filter.unwrap_or(&all), field_indexes.as_deref()) {
                         if let Some(v) = s.vector(id) {
                             best.push(id, q.score(&v, &mut sims));
@@ -354,10 +371,8 @@ impl<B: Backend> Version<B> {
                     if set.is_empty() {
                         continue;
                     }
-                    let dead: HashSet<u64> = dead.into_iter().collect();
-                    let allowed = allowed(s);
-                    let keep = |id: u64| !dead.contains(&id) && allowed.contains(&id);
-                    set.offer_examples(q, &keep, &mut best);
+                    let kept = Kept::new(s, dead, filter, fields);
+                    set.offer_examples(q, &|id| kept.keeps(id), &mut best);
                 }
                 ExampleQuery::Sparse {
                     key,
@@ -368,9 +383,8 @@ impl<B: Backend> Version<B> {
                     if view.index.is_empty() {
                         continue;
                     }
-                    let dead: HashSet<u64> = view.dead.into_iter().collect();
-                    let allowed = allowed(s);
-                    let keep = |id: u64| !dead.contains(&id) && allowed.contains(&id);
+                    let kept = Kept::new(s, view.dead, filter, fields);
+                    let keep = |id: u64| kept.keeps(id);
                     sparse_example_search(&view.index, *scoring, examples, &keep, &mut best)?;
                 }
             }
@@ -399,14 +413,8 @@ impl<B: Backend> Version<B> {
             if set.is_empty() {
                 continue;
             }
-            let allowed: Option<std::collections::HashSet<u64>> = filter.map(|f| {
-                s.matching(f, s.field_indexes(fields).as_deref())
-                    .into_iter()
-                    .collect()
-            });
-            let dead: std::collections::HashSet<u64> = dead.into_iter().collect();
-            let keep =
-                |id: u64| !dead.contains(&id) && allowed.as_ref().is_none_or(|a| a.contains(&id));
+            let kept = Kept::new(s, dead, filter, fields);
+            let keep = |id: u64| kept.keeps(id);
             parts.push(set.max_sim(query, k, &keep));
         }
         quiver_engine::sparse::merge_hits(parts, k)
